@@ -1,0 +1,1 @@
+"""api: the service (CLI, REST API, Prometheus metrics, dashboard)."""

@@ -1,0 +1,1 @@
+"""classifier: flow records -> app, category, media, method, confidence."""

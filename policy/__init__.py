@@ -1,0 +1,1 @@
+"""policy: classified flows -> calls, call quality, verdicts and a tamper-evident ledger."""

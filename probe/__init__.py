@@ -1,0 +1,1 @@
+"""probe: capture files, pcap streams and live interfaces -> bidirectional flow records."""

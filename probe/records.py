@@ -1,0 +1,267 @@
+"""The probe's record schema: what a finished flow looks like downstream.
+
+``FlowRecord`` is the one schema for a finished flow, in the spirit of Zeek's
+conn.log: field names state direction and unit. Every later stage refers to a
+flow by ``uid``. Per-packet detail the later stages need (first payloads, a
+timing series, a per-second rate series, RTP header samples) travels with the
+record as compact arrays so nobody has to keep every packet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ORIG",
+    "RESP",
+    "FlowRecord",
+    "IcmpNotice",
+    "PayloadSample",
+    "RtpSeries",
+    "Weird",
+]
+
+ORIG = 0
+"""Direction code: packet sent by the originator."""
+RESP = 1
+"""Direction code: packet sent by the responder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Weird:
+    """A packet (or part of one) the probe could not decode; counted, never fatal."""
+
+    frame: int
+    """1-based position of the packet in the capture (0 for file-level problems)."""
+    ts: float
+    """Capture timestamp of the packet, seconds since the epoch."""
+    layer: str
+    """Protocol layer that failed (``"ipv4"``, ``"tcp"``, ``"pcapng"``...)."""
+    offset: int
+    """Byte offset inside the packet (or file) where decoding failed."""
+    reason: str
+    """Short machine-friendly name, e.g. ``"truncated"``, ``"bad-ihl"``."""
+    uid: str | None = None
+    """Flow the packet belonged to, when the outer layers were enough to tell."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "ts": self.ts, "layer": self.layer,
+                "offset": self.offset, "reason": self.reason, "uid": self.uid}
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpNotice:
+    """An ICMP/ICMPv6 error that quoted one of this flow's packets."""
+
+    frame: int
+    """1-based position of the ICMP packet in the capture."""
+    ts: float
+    """When it arrived, seconds since the epoch."""
+    family: int
+    """4 for ICMP, 6 for ICMPv6."""
+    type: int
+    """ICMP type (3 unreachable, 11 time exceeded; v6: 1, 3...)."""
+    code: int
+    """ICMP code (e.g. 3 port unreachable, 13 administratively prohibited)."""
+    reporter: str
+    """Address of the host that sent the error."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "ts": self.ts, "family": self.family, "type": self.type,
+                "code": self.code, "reporter": self.reporter}
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSample:
+    """One of the first transport payloads of a flow, kept for inspection."""
+
+    frame: int
+    """1-based position of the packet in the capture."""
+    ts: float
+    """Capture timestamp, seconds since the epoch."""
+    direction: int
+    """``ORIG`` or ``RESP``."""
+    data: bytes
+    """The transport payload as captured (may be shorter than on the wire)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtpSeries:
+    """RTP header fields of every packet of a flow that carried RTP (whole life).
+
+    All arrays have one entry per RTP packet in arrival order. ``offset`` is
+    where the RTP header began inside the UDP payload (0 plain, 4 TURN
+    ChannelData, more for an application framing).
+    """
+
+    ts: npt.NDArray[np.float64]
+    """Arrival time, seconds since the epoch."""
+    direction: npt.NDArray[np.uint8]
+    """``ORIG`` or ``RESP`` per packet."""
+    seq: npt.NDArray[np.uint16]
+    """RTP sequence number."""
+    rtp_ts: npt.NDArray[np.uint32]
+    """RTP media timestamp."""
+    ssrc: npt.NDArray[np.uint32]
+    """Synchronisation source."""
+    pt: npt.NDArray[np.uint8]
+    """Payload type (7 bits)."""
+    marker: npt.NDArray[np.uint8]
+    """Marker bit."""
+    size: npt.NDArray[np.uint16]
+    """UDP payload length."""
+    offset: npt.NDArray[np.uint8]
+    """Where the RTP header began in the UDP payload."""
+    frame: npt.NDArray[np.int64]
+    """1-based capture position of each packet."""
+    truncated: bool = False
+    """True if the per-flow cap was reached and later packets were not kept."""
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    """A finished bidirectional flow."""
+
+    uid: str
+    """Deterministic id: the same capture gives the same uids on every run."""
+    proto: str
+    """Transport protocol, lowercase: ``tcp``, ``udp``, ``icmp``, ``icmpv6``, ``sctp``..."""
+    ip_version: int
+    """4 or 6."""
+    orig_h: str
+    """Originator address (the side that sent the first packet; the SYN sender for TCP)."""
+    orig_p: int
+    """Originator port (0 where the protocol has none)."""
+    resp_h: str
+    """Responder address."""
+    resp_p: int
+    """Responder port."""
+    first_ts: float
+    """Timestamp of the first packet, seconds since the epoch."""
+    last_ts: float
+    """Timestamp of the last packet."""
+    orig_pkts: int
+    """Packets sent by the originator."""
+    orig_bytes: int
+    """Transport payload bytes sent by the originator (Zeek's meaning)."""
+    orig_wire_bytes: int
+    """Frame bytes on the wire sent by the originator (what tshark counts)."""
+    resp_pkts: int
+    """Packets sent by the responder."""
+    resp_bytes: int
+    """Transport payload bytes sent by the responder."""
+    resp_wire_bytes: int
+    """Frame bytes on the wire sent by the responder."""
+    orig_flags: int
+    """TCP flags seen from the originator, OR-ed (0 for non-TCP)."""
+    resp_flags: int
+    """TCP flags seen from the responder, OR-ed."""
+    orig_retrans: int
+    """Originator TCP segments whose data had been seen before."""
+    resp_retrans: int
+    """Responder TCP segments whose data had been seen before."""
+    first_frame: int
+    """1-based capture position of the first packet."""
+    last_frame: int
+    """1-based capture position of the last packet."""
+    end_reason: str
+    """Why the flow ended: ``idle``, ``active``, ``tcp-close``, ``port-reuse``, ``evicted``, ``eof``."""
+    vlan: int | None = None
+    """Outermost 802.1Q VLAN id, when tagged."""
+    tunnel: str | None = None
+    """Innermost encapsulation crossed (``gre``, ``vxlan``, ``gtpu``, ``mpls``...)."""
+    icmp: tuple[IcmpNotice, ...] = ()
+    """ICMP errors that quoted this flow's packets."""
+    weirds: tuple[Weird, ...] = ()
+    """Decoding problems in this flow's packets."""
+    payloads: tuple[PayloadSample, ...] = ()
+    """The first N payload-carrying packets per direction."""
+    pkt_ts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    """Timing series: arrival time of the first M packets."""
+    pkt_len: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
+    """Timing series: transport payload length of the first M packets."""
+    pkt_dir: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
+    """Timing series: direction of the first M packets."""
+    pkt_flags: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
+    """Timing series: TCP flags of the first M packets (0 for non-TCP)."""
+    rate: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 5), np.int64))
+    """Per-second series for the whole life: rows ``(second, orig_pkts, orig_wire_bytes,
+    resp_pkts, resp_wire_bytes)``; ``second`` is whole seconds since the epoch; seconds
+    without packets are absent."""
+    rtp: RtpSeries | None = None
+    """RTP header samples over the flow's whole life, for UDP flows that carry RTP."""
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds between the first and the last packet."""
+        return self.last_ts - self.first_ts
+
+    @property
+    def conn_state(self) -> str:
+        """Zeek-style summary of a TCP connection's fate (``""`` for other protocols).
+
+        S0 SYN without reply; REJ SYN answered by RST; S1 established, not closed;
+        SF normal close; RSTO/RSTR reset by originator/responder after set-up;
+        SH originator SYN+FIN without responder; OTH no SYN seen.
+        """
+        if self.proto != "tcp":
+            return ""
+        o, r = self.orig_flags, self.resp_flags
+        syn, fin, rst, ack = 0x02, 0x01, 0x04, 0x10
+        if not o & syn:
+            return "OTH"
+        if self.resp_pkts == 0:
+            return "SH" if o & fin else ("RSTOS0" if o & rst else "S0")
+        if r & rst and not r & syn:
+            return "REJ"
+        established = bool(r & syn and r & ack)
+        if not established:
+            return "OTH"
+        if o & rst:
+            return "RSTO"
+        if r & rst:
+            return "RSTR"
+        if o & fin and r & fin:
+            return "SF"
+        if o & fin or r & fin:
+            return "S3" if r & fin else "S2"
+        return "S1"
+
+    def conn_dict(self) -> dict[str, Any]:
+        """The conn.log columns as plain JSON-ready values."""
+        return {
+            "uid": self.uid,
+            "proto": self.proto,
+            "ip_version": self.ip_version,
+            "orig_h": self.orig_h,
+            "orig_p": self.orig_p,
+            "resp_h": self.resp_h,
+            "resp_p": self.resp_p,
+            "first_ts": round(self.first_ts, 6),
+            "last_ts": round(self.last_ts, 6),
+            "duration_s": round(self.duration_s, 6),
+            "orig_pkts": self.orig_pkts,
+            "orig_bytes": self.orig_bytes,
+            "orig_wire_bytes": self.orig_wire_bytes,
+            "resp_pkts": self.resp_pkts,
+            "resp_bytes": self.resp_bytes,
+            "resp_wire_bytes": self.resp_wire_bytes,
+            "conn_state": self.conn_state,
+            "orig_retrans": self.orig_retrans,
+            "resp_retrans": self.resp_retrans,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "end_reason": self.end_reason,
+            "vlan": self.vlan,
+            "tunnel": self.tunnel,
+            "icmp": [n.to_dict() for n in self.icmp],
+            "weirds": len(self.weirds),
+            "rtp_pkts": 0 if self.rtp is None else len(self.rtp),
+        }
