@@ -30,6 +30,11 @@ class Cursor:
 
     # -- position ---------------------------------------------------------
     @property
+    def data(self) -> bytes | memoryview:
+        """The underlying buffer (positions are absolute within it)."""
+        return self._data
+
+    @property
     def pos(self) -> int:
         """Offset of the next byte to read."""
         return self._pos

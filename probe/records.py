@@ -172,7 +172,8 @@ class FlowRecord:
     last_frame: int
     """1-based capture position of the last packet."""
     end_reason: str
-    """Why the flow ended: ``idle``, ``active``, ``tcp-close``, ``port-reuse``, ``evicted``, ``eof``."""
+    """Why the flow ended: ``idle``, ``active``, ``tcp-close``, ``port-reuse``, ``evicted``,
+    ``eof``."""
     vlan: int | None = None
     """Outermost 802.1Q VLAN id, when tagged."""
     tunnel: str | None = None

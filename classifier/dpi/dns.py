@@ -1,0 +1,302 @@
+"""DNS inspector: messages over UDP and TCP, names, A/AAAA/CNAME answers.
+
+Input: a DNS/UDP payload, or a DNS/TCP byte stream (each message preceded by
+a 2-byte length, possibly several per segment). The answer records let a later
+stage map the addresses a client was given back to the names it asked for
+(:func:`address_names`), following CNAME chains.
+
+Errors: :class:`probe.errors.ParseError` with layer ``"dns"``:
+:class:`~probe.errors.Truncated` when the message ends early,
+:class:`~probe.errors.Malformed` for impossible lengths, bad labels and
+compression pointers that loop or point forward.
+
+References: RFC 1035 §4.1 (message format), §4.1.4 (compression), §4.2.2
+(TCP framing); RFC 3596 (AAAA); RFC 6891 (OPT); RFC 6895 (RCODEs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+from probe.cursor import Cursor
+from probe.errors import Malformed, Truncated
+
+__all__ = [
+    "DnsMessage",
+    "DnsQuestion",
+    "DnsRecord",
+    "Opcode",
+    "RRType",
+    "Rcode",
+    "address_names",
+    "parse_dns",
+    "parse_dns_tcp",
+    "read_name",
+]
+
+LAYER = "dns"
+
+_HEADER = 12
+"""ID, flags, QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT: six 16-bit fields (RFC 1035 §4.1.1)."""
+_MAX_NAME = 255
+"""Longest name in wire form (RFC 1035 §2.3.4)."""
+_MAX_POINTERS = 64
+"""Compression pointers followed per name before giving up."""
+
+# Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2)
+_QR = 0x8000
+_AA = 0x0400
+_TC = 0x0200
+_RD = 0x0100
+_RA = 0x0080
+
+
+class RRType(IntEnum):
+    """Resource record types the inspector names (IANA DNS parameters)."""
+
+    A = 1
+    NS = 2
+    CNAME = 5
+    SOA = 6
+    PTR = 12
+    MX = 15
+    TXT = 16
+    AAAA = 28
+    SRV = 33
+    OPT = 41
+    SVCB = 64
+    HTTPS = 65
+    ANY = 255
+
+
+class Rcode(IntEnum):
+    """Response codes in the 4-bit header field (RFC 1035 §4.1.1, RFC 6895 §2.3)."""
+
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    YXDOMAIN = 6
+    YXRRSET = 7
+    NXRRSET = 8
+    NOTAUTH = 9
+    NOTZONE = 10
+
+
+class Opcode(IntEnum):
+    """Header opcodes (RFC 1035 §4.1.1, RFC 1996, RFC 2136)."""
+
+    QUERY = 0
+    IQUERY = 1
+    STATUS = 2
+    NOTIFY = 4
+    UPDATE = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DnsQuestion:
+    """One entry of the question section."""
+
+    name: str
+    """Queried name, lower-case, without the trailing dot ("" for the root)."""
+    qtype: int
+    """QTYPE (``RRType`` value when known)."""
+    qclass: int
+    """QCLASS (1 = IN; the top bit is mDNS's unicast-response flag)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsRecord:
+    """One resource record (answer, authority or additional)."""
+
+    name: str
+    """Owner name, lower-case, without the trailing dot."""
+    rtype: int
+    """TYPE (``RRType`` value when known)."""
+    rclass: int
+    """CLASS (for OPT: the requester's UDP payload size)."""
+    ttl: int
+    """TTL in seconds (for OPT: extended RCODE and flags)."""
+    rdata: bytes
+    """RDATA as sent."""
+    address: str | None
+    """The address of an A or AAAA record, in text form; None otherwise."""
+    target: str | None
+    """The target name of a CNAME, NS or PTR record; None otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsMessage:
+    """A decoded DNS message."""
+
+    id: int
+    """Transaction ID."""
+    is_response: bool
+    """QR bit."""
+    opcode: int
+    """``Opcode`` value."""
+    authoritative: bool
+    """AA bit."""
+    truncated: bool
+    """TC bit: the answer did not fit and should be retried over TCP."""
+    recursion_desired: bool
+    """RD bit."""
+    recursion_available: bool
+    """RA bit."""
+    rcode: int
+    """``Rcode`` value of the 4-bit header field."""
+    questions: tuple[DnsQuestion, ...]
+    """Question section."""
+    answers: tuple[DnsRecord, ...]
+    """Answer section."""
+    authority: tuple[DnsRecord, ...]
+    """Authority section."""
+    additional: tuple[DnsRecord, ...]
+    """Additional section (OPT pseudo-record included)."""
+
+
+def read_name(cur: Cursor, message: bytes) -> str:
+    """Read a possibly compressed name at ``cur`` and move past it (RFC 1035 §4.1.4).
+
+    ``message`` is the whole message that pointers refer into. Every pointer
+    must point strictly before the label that holds it, and at most
+    ``_MAX_POINTERS`` are followed, so a pointer loop cannot spin.
+    """
+    layer = cur.layer
+    labels: list[str] = []
+    wire_len = 1
+    reader = cur
+    hops = 0
+    while True:
+        at = reader.pos
+        length = reader.u8()
+        if length == 0:
+            break
+        kind = length & 0xC0
+        if kind == 0xC0:
+            target = ((length & 0x3F) << 8) | reader.u8()
+            if target >= at:
+                raise Malformed(layer, at, f"compression pointer to {target} does not go back")
+            hops += 1
+            if hops > _MAX_POINTERS:
+                raise Malformed(layer, at, "too many compression pointers")
+            reader = Cursor(message, layer, target, at)
+            continue
+        if kind:
+            raise Malformed(layer, at, f"label type {kind:#x} unsupported")
+        label = reader.take(length)
+        wire_len += length + 1
+        if wire_len > _MAX_NAME:
+            raise Malformed(layer, at, "name longer than 255 bytes")
+        labels.append(label.decode("ascii", "backslashreplace").lower())
+    return ".".join(labels)
+
+
+def _record(cur: Cursor, message: bytes) -> DnsRecord:
+    name = read_name(cur, message)
+    rtype = cur.u16()
+    rclass = cur.u16()
+    ttl = cur.u32()
+    rdlength = cur.u16()
+    rd_start = cur.pos
+    rdata = cur.peek(rdlength)
+    address: str | None = None
+    target: str | None = None
+    with cur.block(rdlength):
+        if rtype == RRType.A and rclass == 1:
+            if rdlength != 4:
+                raise Malformed(cur.layer, rd_start, f"A record of {rdlength} bytes")
+            address = str(ipaddress.IPv4Address(cur.take(4)))
+        elif rtype == RRType.AAAA and rclass == 1:
+            if rdlength != 16:
+                raise Malformed(cur.layer, rd_start, f"AAAA record of {rdlength} bytes")
+            address = str(ipaddress.IPv6Address(cur.take(16)))
+        elif rtype in (RRType.CNAME, RRType.NS, RRType.PTR):
+            target = read_name(cur, message)
+        else:
+            cur.skip(rdlength)
+    return DnsRecord(name, rtype, rclass, ttl, rdata, address, target)
+
+
+def parse_dns(data: bytes, layer: str = LAYER) -> DnsMessage:
+    """Decode one DNS message (a UDP payload, or one TCP message without its length)."""
+    cur = Cursor(data, layer)
+    msg_id = cur.u16()
+    flags = cur.u16()
+    counts = [cur.u16() for _ in range(4)]
+    questions = []
+    for _ in range(counts[0]):
+        name = read_name(cur, data)
+        questions.append(DnsQuestion(name, cur.u16(), cur.u16()))
+    sections = [tuple(_record(cur, data) for _ in range(n)) for n in counts[1:]]
+    return DnsMessage(
+        id=msg_id,
+        is_response=bool(flags & _QR),
+        opcode=(flags >> 11) & 0x0F,
+        authoritative=bool(flags & _AA),
+        truncated=bool(flags & _TC),
+        recursion_desired=bool(flags & _RD),
+        recursion_available=bool(flags & _RA),
+        rcode=flags & 0x0F,
+        questions=tuple(questions),
+        answers=sections[0],
+        authority=sections[1],
+        additional=sections[2],
+    )
+
+
+def parse_dns_tcp(data: bytes, layer: str = LAYER) -> tuple[DnsMessage, ...]:
+    """Decode every message of a DNS/TCP stream (2-byte length prefix, RFC 1035 §4.2.2).
+
+    Raises :class:`Truncated` at the start of a message the stream cuts off.
+    """
+    cur = Cursor(data, layer)
+    out: list[DnsMessage] = []
+    while not cur.eof():
+        start = cur.pos
+        length = cur.u16()
+        if length < _HEADER:
+            raise Malformed(layer, start, f"DNS/TCP message of {length} bytes")
+        if cur.remaining() < length:
+            raise Truncated(layer, start, f"message of {length} bytes, {cur.remaining()} left")
+        try:
+            out.append(parse_dns(cur.take(length), layer))
+        except Truncated as exc:
+            raise Truncated(layer, start + 2 + exc.offset, exc.reason) from None
+        except Malformed as exc:
+            raise Malformed(layer, start + 2 + exc.offset, exc.reason) from None
+    return tuple(out)
+
+
+def address_names(msg: DnsMessage) -> Iterator[tuple[str, str]]:
+    """Yield (name, address) for every A/AAAA answer, once per name that leads to it.
+
+    A query for ``web.example`` answered with ``web.example CNAME edge.cdn``
+    and ``edge.cdn A 192.0.2.7`` yields ``("web.example", "192.0.2.7")`` and
+    ``("edge.cdn", "192.0.2.7")``, the name at the head of the chain first.
+    CNAME loops are cut.
+    """
+    aliases: dict[str, list[str]] = {}  # canonical name -> names that CNAME to it
+    for rr in msg.answers:
+        if rr.rtype == RRType.CNAME and rr.target is not None:
+            aliases.setdefault(rr.target, []).append(rr.name)
+    for rr in msg.answers:
+        if rr.address is None:
+            continue
+        chain: list[str] = []
+        todo = [rr.name]
+        seen: set[str] = set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            chain.append(name)
+            todo.extend(aliases.get(name, ()))
+        for name in reversed(chain):
+            yield name, rr.address

@@ -1,0 +1,120 @@
+"""DNS inspector: real queries and answers, CNAME chains, TCP framing, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import pytest
+
+from classifier.dpi import dns
+from classifier.dpi.dns import Rcode, RRType
+from probe.errors import Malformed, ParseError, Truncated
+
+VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "dpi"
+
+
+def vec(name: str) -> bytes:
+    return (VECTORS / name).read_bytes()
+
+
+QUERY = vec("dns_f4.bin")  # dns.pcap frame 4: A? e7.whatsapp.net
+ANSWER = vec("dns_f5.bin")  # dns.pcap frame 5: 8 A records
+CNAMES = vec("teams_f333.bin")  # teams.pcap frame 333: CNAME chain to one A record
+
+WHATSAPP = ["169.45.219.235", "169.47.40.142", "169.45.248.121", "108.168.176.234",
+            "169.45.248.189", "169.45.248.180", "169.53.81.79", "169.45.219.232"]
+
+
+def test_query() -> None:
+    msg = dns.parse_dns(QUERY)
+    assert msg.id == 0x7843 and not msg.is_response and msg.recursion_desired
+    assert msg.opcode == dns.Opcode.QUERY
+    assert msg.questions == (dns.DnsQuestion("e7.whatsapp.net", RRType.A, 1),)
+    assert msg.answers == msg.authority == msg.additional == ()
+
+
+def test_answer_with_compressed_names() -> None:
+    msg = dns.parse_dns(ANSWER)
+    assert msg.is_response and msg.recursion_available and msg.rcode == Rcode.NOERROR
+    assert [rr.address for rr in msg.answers] == WHATSAPP
+    assert all(rr.name == "e7.whatsapp.net" and rr.rtype == RRType.A for rr in msg.answers)
+    assert msg.answers[0].ttl == 491
+    assert list(dns.address_names(msg)) == [("e7.whatsapp.net", a) for a in WHATSAPP]
+
+
+def test_cname_chain() -> None:
+    msg = dns.parse_dns(CNAMES)
+    assert [(rr.rtype, rr.target) for rr in msg.answers[:3]] == [
+        (RRType.CNAME, "config.teams.trafficmanager.net"),
+        (RRType.CNAME, "config-teams.s-0005.s-msedge.net"),
+        (RRType.CNAME, "s-0005.s-msedge.net"),
+    ]
+    assert list(dns.address_names(msg)) == [
+        ("config.teams.microsoft.com", "52.113.194.132"),
+        ("config.teams.trafficmanager.net", "52.113.194.132"),
+        ("config-teams.s-0005.s-msedge.net", "52.113.194.132"),
+        ("s-0005.s-msedge.net", "52.113.194.132"),
+    ]
+
+
+def test_tcp_stream_with_two_messages() -> None:
+    # RFC 1035 §4.2.2 framing around the real query and answer, in one segment.
+    stream = b"".join(len(m).to_bytes(2, "big") + m for m in (QUERY, ANSWER))
+    query, answer = dns.parse_dns_tcp(stream)
+    assert query == dns.parse_dns(QUERY) and answer == dns.parse_dns(ANSWER)
+    with pytest.raises(Truncated) as exc:
+        dns.parse_dns_tcp(stream[:-1])
+    assert exc.value.offset == 2 + len(QUERY)  # the cut message starts here
+
+
+def test_truncated_answer() -> None:
+    with pytest.raises(Truncated) as exc:
+        dns.parse_dns(ANSWER[:100])
+    # Answers are 16 bytes from offset 33: the 5th starts at 97 and its TYPE at 99
+    # needs 2 bytes where 1 is left.
+    assert exc.value.offset == 99
+
+
+def test_pointer_loops_and_forward_pointers() -> None:
+    # The first answer's owner name is the pointer c00c (to offset 12).
+    assert ANSWER[33:35] == b"\xc0\x0c"
+    self_loop = ANSWER[:33] + b"\xc0\x21" + ANSWER[35:]
+    with pytest.raises(Malformed) as exc:
+        dns.parse_dns(self_loop)
+    assert exc.value.offset == 33
+    forward = ANSWER[:33] + b"\xc0\x40" + ANSWER[35:]
+    with pytest.raises(Malformed):
+        dns.parse_dns(forward)
+    # A question name that points at itself.
+    with pytest.raises(Malformed):
+        dns.parse_dns(QUERY[:12] + b"\xc0\x0c" + QUERY[-4:])
+
+
+def test_junk() -> None:
+    with pytest.raises(ParseError):
+        dns.parse_dns(b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x80abc")
+    with pytest.raises(Malformed):
+        dns.parse_dns_tcp(b"\x00\x03abc")
+
+
+def test_fuzz_only_parse_errors() -> None:
+    rng = random.Random(3)
+    seeds = [QUERY, ANSWER, CNAMES]
+    for _ in range(3000):
+        base = rng.choice(seeds)
+        kind = rng.randrange(3)
+        if kind == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+        elif kind == 1:
+            data = base[:rng.randrange(len(base))]
+        else:
+            mutated = bytearray(base)
+            for _ in range(rng.randrange(1, 6)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            data = bytes(mutated)
+        with contextlib.suppress(ParseError):
+            list(dns.address_names(dns.parse_dns(data)))
+        with contextlib.suppress(ParseError):
+            dns.parse_dns_tcp(data)

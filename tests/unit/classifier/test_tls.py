@@ -1,0 +1,187 @@
+"""TLS inspector: ClientHello/ServerHello on real bytes, JA4, alerts, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from classifier.dpi import tls
+from classifier.dpi.tls import ClientHello, Extension, Transport
+from probe.errors import Malformed, ParseError, Truncated
+
+VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "dpi"
+
+
+def vec(name: str) -> bytes:
+    return (VECTORS / name).read_bytes()
+
+
+CURL_CH = vec("443-curl_f4.bin")  # 443-curl.pcap frame 4: curl -> www.ntop.org
+CURL_SERVER = vec("443-curl_f6.bin")  # 443-curl.pcap frame 6: ServerHello, Certificate...
+
+
+def test_client_hello_from_curl_capture() -> None:
+    ch = tls.parse_tls_client_hello(CURL_CH)
+    assert ch.legacy_version == 0x0303
+    assert ch.sni == "www.ntop.org"
+    assert ch.alpn == ("h2", "http/1.1")
+    assert len(ch.cipher_suites) == 67
+    assert ch.cipher_suites[:2] == (0xCC14, 0xCC13)
+    assert ch.extension_types == (0, 11, 10, 13, 13172, 16, 21)
+    assert ch.supported_groups[:3] == (14, 13, 25)
+    assert ch.signature_algorithms[:3] == (0x0601, 0x0602, 0x0603)
+    assert ch.supported_versions == ()
+    assert ch.cookie is None
+
+
+def test_ja4_of_curl_matches_published_value() -> None:
+    # nDPI's regression output for 443-curl.pcap (ndpi_result/443-curl.pcap.out) prints
+    # this JA4; computed independently from the same ClientHello it must agree.
+    ch = tls.parse_tls_client_hello(CURL_CH)
+    assert tls.ja4(ch) == "t12d6707h2_2955a3196ffa_c83f907a73d3"
+    raw = tls.ja4_raw(ch)
+    a, ciphers, exts, sigs = raw.split("_")
+    assert a == "t12d6707h2"
+    assert hashlib.sha256(ciphers.encode()).hexdigest()[:12] == "2955a3196ffa"
+    assert exts == "000a,000b,000d,0015,3374"  # SNI and ALPN left out, sorted
+    assert hashlib.sha256(f"{exts}_{sigs}".encode()).hexdigest()[:12] == "c83f907a73d3"
+
+
+def _spec_hello(grease: bool = False) -> ClientHello:
+    """The ClientHello of JA4.md's worked example (JA4_ro lists its original order)."""
+    ciphers = [0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8,
+               0xC013, 0xC014, 0x009C, 0x009D, 0x002F, 0x0035]
+    ext_types = [0x001B, 0x0000, 0x0033, 0x0010, 0x4469, 0x0017, 0x002D, 0x000D, 0x0005,
+                 0x0023, 0x0012, 0x002B, 0xFF01, 0x000B, 0x000A, 0x0015]
+    sigs = [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601]
+    versions = [0x0304, 0x0303]
+    if grease:
+        ciphers.insert(0, 0x4A4A)
+        ext_types.insert(0, 0x0A0A)
+        ext_types.append(0xFAFA)
+        sigs.insert(3, 0x9A9A)
+        versions.insert(0, 0x7A7A)
+    return ClientHello(0x0303, bytes(32), b"", None, tuple(ciphers), b"\x00",
+                       tuple(Extension(t, b"") for t in ext_types), "example.com", ("h2",),
+                       tuple(versions), tuple(sigs), (), ())
+
+
+def test_ja4_spec_worked_example() -> None:
+    # JA4.md "Example": t13d1516h2_8daaf6152771_e5627efa2ab1, with the sorted lists it shows.
+    ch = _spec_hello()
+    assert tls.ja4(ch) == "t13d1516h2_8daaf6152771_e5627efa2ab1"
+    assert tls.ja4_raw(ch) == (
+        "t13d1516h2_002f,0035,009c,009d,1301,1302,1303,c013,c014,c02b,c02c,c02f,c030,cca8,"
+        "cca9_0005,000a,000b,000d,0012,0015,0017,001b,0023,002b,002d,0033,4469,ff01_0403,"
+        "0804,0401,0503,0805,0501,0806,0601")
+    # GREASE anywhere changes nothing; the transport only changes the first character.
+    assert tls.ja4(_spec_hello(grease=True)) == tls.ja4(ch)
+    assert tls.ja4(ch, Transport.QUIC).startswith("q13d1516h2_")
+
+
+def test_ja4_alpn_and_version_edge_cases() -> None:
+    ch = _spec_hello()
+    no_alpn = dataclasses.replace(ch, alpn=())
+    assert tls.ja4(no_alpn).startswith("t13d151600_")
+    odd = dataclasses.replace(ch, alpn=("h3-27\xff",), supported_versions=())
+    # No supported_versions -> legacy 0x0303; non-alphanumeric end -> hex digits.
+    assert tls.ja4(odd).split("_")[0] == "t12d1516" + "6" + "f"
+
+
+def test_client_hello_across_records_and_segments() -> None:
+    # The same handshake message re-framed into three records, delivered as
+    # four TCP segments: the parser sees the concatenation.
+    hs = CURL_CH[5:]
+    pieces = [hs[:100], hs[100:101], hs[101:]]
+    stream = b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p for p in pieces)
+    segments = [stream[:7], stream[7:200], stream[200:201], stream[201:]]
+    assert tls.parse_tls_client_hello(b"".join(segments)) == tls.parse_tls_client_hello(CURL_CH)
+    with pytest.raises(Truncated) as exc:
+        tls.parse_tls_client_hello(b"".join(segments[:3]))
+    assert exc.value.offset == 201
+
+
+def test_bare_handshake_client_hello() -> None:
+    assert tls.parse_client_hello(CURL_CH[5:]).sni == "www.ntop.org"
+    with pytest.raises(Malformed):
+        tls.parse_client_hello(b"\x02" + CURL_CH[6:])
+
+
+def test_server_hello_and_no_alert() -> None:
+    sh = tls.parse_tls_server_hello(CURL_SERVER)
+    assert sh.legacy_version == 0x0303 and sh.selected_version == 0x0303
+    assert sh.cipher_suite == 0xC02F
+    assert sh.alpn == "h2"
+    assert not sh.is_hello_retry
+    assert [e.type for e in sh.extensions] == [0xFF01, 0, 11, 16]
+    # The segment ends inside the Certificate record: the scan tolerates it.
+    assert tls.parse_records(CURL_SERVER)[-1].partial
+    assert tls.find_alert(CURL_SERVER) is None
+
+
+def test_alert_instead_of_server_hello() -> None:
+    # The alert body of dtls.pcap frame 6 (fatal unexpected_message) in a TLS record.
+    body = vec("dtls_f6_gtp_inner.bin")[13:]
+    assert body == b"\x02\x0a"
+    reply = b"\x15\x03\x03\x00\x02" + body
+    alert = tls.find_alert(reply)
+    assert alert == tls.TlsAlert(tls.AlertLevel.FATAL, tls.AlertDescription.UNEXPECTED_MESSAGE, 0)
+    with pytest.raises(Malformed):
+        tls.parse_tls_server_hello(reply)
+    # After a ServerHello record, a plaintext alert is still found, at its own offset.
+    first = tls.parse_records(CURL_SERVER)[0]
+    sh_record = CURL_SERVER[:5 + len(first.fragment)]
+    assert tls.find_alert(sh_record + reply) == tls.TlsAlert(2, 10, len(sh_record))
+
+
+def test_truncated_client_hello_offset() -> None:
+    with pytest.raises(Truncated) as exc:
+        tls.parse_tls_client_hello(CURL_CH[:300])
+    assert exc.value.offset == 300
+    with pytest.raises(Truncated) as exc:
+        tls.parse_tls_client_hello(CURL_CH[:3])
+    assert exc.value.offset == 3  # inside the record header: the length is missing
+
+
+def test_junk_is_malformed() -> None:
+    with pytest.raises(Malformed):
+        tls.parse_tls_client_hello(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(Malformed):
+        tls.parse_tls_client_hello(b"\x16\x05\x01\x00\x10" + bytes(16))
+    # One byte after the extensions block, with record and handshake lengths
+    # grown to cover it: the ClientHello body is not used up exactly.
+    grown = bytearray(CURL_CH + b"\x00")
+    grown[3:5] = (int.from_bytes(grown[3:5], "big") + 1).to_bytes(2, "big")
+    grown[6:9] = (int.from_bytes(grown[6:9], "big") + 1).to_bytes(3, "big")
+    with pytest.raises(Malformed) as exc:
+        tls.parse_tls_client_hello(bytes(grown))
+    assert exc.value.offset == len(CURL_CH) - 5
+
+
+def test_fuzz_only_parse_errors() -> None:
+    rng = random.Random(1)
+    seeds = [CURL_CH, CURL_SERVER]
+    for _ in range(3000):
+        base = rng.choice(seeds)
+        kind = rng.randrange(3)
+        if kind == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+        elif kind == 1:
+            data = base[:rng.randrange(len(base))]
+        else:
+            mutated = bytearray(base)
+            for _ in range(rng.randrange(1, 6)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            data = bytes(mutated)
+        for func in (tls.parse_tls_client_hello, tls.parse_tls_server_hello, tls.find_alert,
+                     tls.parse_client_hello):
+            try:
+                result = func(data)
+            except ParseError:
+                continue
+            if isinstance(result, ClientHello):
+                tls.ja4(result)
