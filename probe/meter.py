@@ -77,7 +77,7 @@ class MeterConfig:
     """Table size bound; beyond it the least recently active flows are evicted."""
     payload_samples: int = 8
     """Payload-carrying packets kept per direction for inspection."""
-    payload_snap: int = 4096
+    payload_snap: int = 2048
     """Bytes kept of each payload sample."""
     timing_packets: int = 64
     """Packets per flow kept in the (timestamp, size, direction) timing series."""
@@ -146,31 +146,47 @@ def canonical_key(cols: Decoded, idx: I64) -> tuple[U64, npt.NDArray[np.bool_]]:
 
 
 class _Log:
-    """Rows appended per batch, keyed by flow serial, gathered when flows end."""
+    """Rows appended per batch, keyed by flow serial, gathered when flows end.
+
+    ``take`` touches each stored chunk once (a boolean lookup by serial), keeps
+    the chunks that hold none of the requested flows as they are, and merges
+    small chunks now and then so their number stays bounded.
+    """
 
     def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
+        self.names = (*names, "fid")
         self.chunks: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
 
     def add(self, fid: I64, **cols: np.ndarray) -> None:  # type: ignore[type-arg]
         if len(fid):
             cols["fid"] = fid
             self.chunks.append(cols)
+            if len(self.chunks) > 48:
+                self.chunks = [{n: np.concatenate([c[n] for c in self.chunks])
+                                for n in self.names}]
 
-    def take(self, fids: I64) -> tuple[dict[str, np.ndarray], I64, I64]:  # type: ignore[type-arg]
-        """Remove and return the rows of ``fids`` (sorted), grouped: (cols, starts, ends)."""
-        if not self.chunks:
-            empty = {n: np.zeros(0) for n in self.names}
+    def take(self, fids: I64, lookup: npt.NDArray[np.bool_]
+             ) -> tuple[dict[str, np.ndarray], I64, I64]:  # type: ignore[type-arg]
+        """Remove and return the rows of ``fids`` (sorted; ``lookup[fid]`` is True for
+        them), grouped by flow: (columns, start of each flow's rows, end)."""
+        parts: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
+        kept: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
+        for c in self.chunks:
+            f = c["fid"]
+            mask = lookup[f]
+            if not mask.any():
+                kept.append(c)
+                continue
+            parts.append({n: c[n][mask] for n in self.names})
+            if not mask.all():
+                keep = ~mask
+                kept.append({n: c[n][keep] for n in self.names})
+        self.chunks = kept
+        if not parts:
             z = np.zeros(len(fids), dtype=np.int64)
-            return empty, z, z
-        if len(self.chunks) > 1:
-            merged = {n: np.concatenate([c[n] for c in self.chunks]) for n in (*self.names, "fid")}
-        else:
-            merged = self.chunks[0]
-        mask = np.isin(merged["fid"], fids)
-        out = {n: merged[n][mask] for n in (*self.names, "fid")}
-        keep = ~mask
-        self.chunks = [{n: merged[n][keep] for n in (*self.names, "fid")}] if keep.any() else []
+            return {n: np.zeros(0, dtype=np.int64) for n in self.names}, z, z
+        out = parts[0] if len(parts) == 1 else {
+            n: np.concatenate([p[n] for p in parts]) for n in self.names}
         order = np.argsort(out["fid"], kind="stable")
         out = {n: v[order] for n, v in out.items()}
         starts = np.searchsorted(out["fid"], fids, side="left")
@@ -301,7 +317,7 @@ class FlowMeter:
         self._rate = _Log(("sec", "pa", "wa", "pb", "wb"))
         self._rtp = _Log(("ts", "side", "seq", "rts", "ssrc", "pt", "mk", "size", "off",
                           "frame"))
-        self._payloads: dict[int, list[tuple[int, int, int, bytes]]] = {}
+        self._pay_log = _PayloadLog()
         self._icmp: dict[int, list[IcmpNotice]] = {}
         self._flow_weirds: dict[int, list[tuple[int, int, WeirdInfo]]] = {}
         self._idle_ns = np.full(256, int(self.cfg.other_idle_s * NS), dtype=np.int64)
@@ -632,16 +648,13 @@ class FlowMeter:
         if keep.any():
             k = sel_o[keep]
             np.add.at(t.n_pay, (slot[keep], side[keep]), 1)
-            po = cols.pay_off[idx][pkt_o][k].tolist()
-            pc = np.minimum(cols.pay_cap[idx][pkt_o][k], cfg.payload_snap).tolist()
-            frames = (b.frame0 + idx[pkt_o][k]).tolist()
-            tss = ts_s[k].tolist()
-            dirs = dir_s[k].tolist()
-            buf = b.buf
-            store = self._payloads
-            for f, fr, ts, d, a, ln in zip(fid_s[k].tolist(), frames, tss, dirs, po, pc,
-                                           strict=True):
-                store.setdefault(f, []).append((fr, ts, d, buf[a:a + ln]))
+            po = cols.pay_off[idx][pkt_o][k]
+            pc = np.minimum(cols.pay_cap[idx][pkt_o][k], cfg.payload_snap)
+            starts = np.cumsum(pc) - pc
+            arr = np.frombuffer(b.buf, dtype=np.uint8)
+            pool = arr[np.repeat(po - starts, pc) + np.arange(int(pc.sum()))].tobytes()
+            self._pay_log.add(fid_s[k], starts, pc, b.frame0 + idx[pkt_o][k], ts_s[k],
+                              dir_s[k], pool)
         # RTP header fields of UDP payloads, plain or behind a known framing.
         udp = proto_s[sel] == 17
         if not udp.any():
@@ -764,87 +777,169 @@ class FlowMeter:
         fids = t.fid[slots]
         fsort = np.argsort(fids)
         fids_sorted = fids[fsort]
-        tim, tim_a, tim_z = self._timing.take(fids_sorted)
-        rate, rate_a, rate_z = self._rate.take(fids_sorted)
-        rtp, rtp_a, rtp_z = self._rtp.take(fids_sorted)
+        lookup = np.zeros(self._next_fid + 1, dtype=bool)
+        lookup[fids] = True
         pos_of = np.empty(len(slots), dtype=np.int64)
         pos_of[fsort] = np.arange(len(slots))
-        keys = t.key[slots]
-        for j, s in enumerate(slots.tolist()):
-            fid = int(fids[j])
-            p = int(pos_of[j])
-            rec = self._record(s, fid, keys[j], reasons[j], tim, int(tim_a[p]), int(tim_z[p]),
-                               rate, int(rate_a[p]), int(rate_z[p]), rtp, int(rtp_a[p]),
-                               int(rtp_z[p]))
+
+        def grouped(log: _Log) -> tuple[dict[str, np.ndarray], list[int], list[int]]:  # type: ignore[type-arg]
+            cols, st, en = log.take(fids_sorted, lookup)
+            return cols, st[pos_of].tolist(), en[pos_of].tolist()
+
+        tim, tim_a, tim_z = grouped(self._timing)
+        tim_ts = tim["ts"].astype(np.float64) / NS
+        tim_len = tim["len"].astype(np.int32)
+        tim_dir = tim["side"].astype(np.uint8)
+        tim_fl = tim["flags"].astype(np.uint8)
+        rate_rows, rate_fid = _merge_rate(self._rate.take(fids_sorted, lookup)[0])
+        rate_a = np.searchsorted(rate_fid, fids, side="left").tolist()
+        rate_z = np.searchsorted(rate_fid, fids, side="right").tolist()
+        need_rtp = bool((t.n_rtp[slots] > 0).any())
+        if need_rtp:
+            rtp, rtp_a, rtp_z = grouped(self._rtp)
+        payloads = self._pay_log.take(lookup)
+        # Plain Python values for every column at once.
+        key = t.key[slots]
+        a_hi, a_lo, b_hi, b_lo = (key[:, i].tolist() for i in range(4))
+        k4 = key[:, 4].tolist()
+        zone = key[:, 5].tolist()
+        o_is_a = t.orig_is_a[slots].tolist()
+        first_ns = t.first_ns[slots].tolist()
+        last_ns = t.last_ns[slots].tolist()
+        first_fr = t.first_frame[slots].tolist()
+        last_fr = t.last_frame[slots].tolist()
+        pkts, pay, wire = t.pkts[slots].tolist(), t.pay[slots].tolist(), t.wire[slots].tolist()
+        flags, retr = t.flags[slots].tolist(), t.retrans[slots].tolist()
+        tunnels = t.tunnel[slots].tolist()
+        n_rtp = t.n_rtp[slots].tolist()
+        fid_l = fids.tolist()
+        cap = self.cfg.rtp_max_packets
+        for j in range(len(slots)):
+            fid = fid_l[j]
+            o = 0 if o_is_a[j] else 1
+            r = 1 - o
+            a_ver, a_str = _addr_str(a_hi[j], a_lo[j])
+            _, b_str = _addr_str(b_hi[j], b_lo[j])
+            kk = k4[j]
+            a_port, b_port = kk >> 48, (kk >> 32) & 0xFFFF
+            proto = (kk >> 16) & 0xFF
+            vlan = (kk & 0xFFFF) - 1
+            if o == 0:
+                oh, op, rh, rp = a_str, a_port, b_str, b_port
+            else:
+                oh, op, rh, rp = b_str, b_port, a_str, a_port
+            pname = PROTO_NAMES.get(proto, str(proto))
+            uid = _uid(f"{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone[j]}|{first_ns[j]}")
+            ta, tz = tim_a[j], tim_z[j]
+            rr = rate_rows[rate_a[j]:rate_z[j]]
+            if o == 1:
+                rr = rr[:, [0, 3, 4, 1, 2]]
+            rtp_series = None
+            if need_rtp and n_rtp[j] >= 4:
+                rtp_series = _rtp_series(rtp, rtp_a[j], rtp_z[j], pkts[j][0] + pkts[j][1],
+                                         n_rtp[j] > cap)
+            weirds = tuple(Weird(fr, ts / NS, w.layer, w.offset, w.reason, uid)
+                           for fr, ts, w in self._flow_weirds.pop(fid, ()))
+            rec = FlowRecord(
+                uid=uid, proto=pname, ip_version=a_ver, orig_h=oh, orig_p=op, resp_h=rh,
+                resp_p=rp, first_ts=first_ns[j] / NS, last_ts=last_ns[j] / NS,
+                orig_pkts=pkts[j][o], orig_bytes=pay[j][o], orig_wire_bytes=wire[j][o],
+                resp_pkts=pkts[j][r], resp_bytes=pay[j][r], resp_wire_bytes=wire[j][r],
+                orig_flags=flags[j][o], resp_flags=flags[j][r], orig_retrans=retr[j][o],
+                resp_retrans=retr[j][r], first_frame=first_fr[j], last_frame=last_fr[j],
+                end_reason=reasons[j], vlan=vlan if vlan >= 0 else None,
+                tunnel=TUNNEL_NAMES.get(tunnels[j]), icmp=tuple(self._icmp.pop(fid, ())),
+                weirds=weirds, payloads=payloads.get(fid, ()),
+                pkt_ts=tim_ts[ta:tz], pkt_len=tim_len[ta:tz], pkt_dir=tim_dir[ta:tz],
+                pkt_flags=tim_fl[ta:tz], rate=rr, rtp=rtp_series)
             self.stats.flows += 1
             if self._emit is not None:
                 self._emit(rec)
             self._out.append(rec)
-            k = self._slot_key.pop(s, None)
-            if k is not None and self._index.get(k) == s:
-                del self._index[k]
+        for s in slots.tolist():
+            kb = self._slot_key.pop(s, None)
+            if kb is not None and self._index.get(kb) == s:
+                del self._index[kb]
         t.reset(slots)
         self._closed[slots] = False
         self._free.extend(slots.tolist())
 
-    def _record(self, s: int, fid: int, key: U64, reason: str, tim: dict[str, np.ndarray],
-                ta: int, tz: int, rate: dict[str, np.ndarray], ra: int, rz: int,
-                rtp: dict[str, np.ndarray], pa: int, pz: int) -> FlowRecord:  # type: ignore[type-arg]
-        t = self._t
-        a_ver, a_str = _addr_str(int(key[0]), int(key[1]))
-        _, b_str = _addr_str(int(key[2]), int(key[3]))
-        k4 = int(key[4])
-        a_port, b_port = k4 >> 48, (k4 >> 32) & 0xFFFF
-        proto = (k4 >> 16) & 0xFF
-        vlan = (k4 & 0xFFFF) - 1
-        zone = int(key[5])
-        o = 0 if t.orig_is_a[s] else 1
-        r = 1 - o
-        if o == 0:
-            oh, op, rh, rp = a_str, a_port, b_str, b_port
-        else:
-            oh, op, rh, rp = b_str, b_port, a_str, a_port
-        first_ns = int(t.first_ns[s])
-        pname = PROTO_NAMES.get(proto, str(proto))
-        uid = _uid(f"{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone}|{first_ns}")
-        payloads = tuple(PayloadSample(fr, ts / NS, d, data)
-                         for fr, ts, d, data in self._payloads.pop(fid, ()))
-        weirds = tuple(Weird(fr, ts / NS, w.layer, w.offset, w.reason, uid)
-                       for fr, ts, w in self._flow_weirds.pop(fid, ()))
-        rate_rows = np.zeros((rz - ra, 5), dtype=np.int64)
-        if rz > ra:
-            sec = rate["sec"][ra:rz]
-            cols_ab = [rate["pa"][ra:rz], rate["wa"][ra:rz], rate["pb"][ra:rz],
-                       rate["wb"][ra:rz]]
-            if o == 1:
-                cols_ab = [cols_ab[2], cols_ab[3], cols_ab[0], cols_ab[1]]
-            usec, inv = np.unique(sec, return_inverse=True)
-            rate_rows = np.zeros((len(usec), 5), dtype=np.int64)
-            rate_rows[:, 0] = usec
-            for c in range(4):
-                rate_rows[:, c + 1] = np.bincount(inv, weights=cols_ab[c],
-                                                  minlength=len(usec)).astype(np.int64)
-        rtp_series = None
-        if pz - pa >= 4:
-            rtp_series = _rtp_series(rtp, pa, pz, int(t.pkts[s].sum()),
-                                     int(t.n_rtp[s]) > self.cfg.rtp_max_packets)
-        tunnel = TUNNEL_NAMES.get(int(t.tunnel[s]))
-        return FlowRecord(
-            uid=uid, proto=pname, ip_version=a_ver, orig_h=oh, orig_p=op, resp_h=rh, resp_p=rp,
-            first_ts=first_ns / NS, last_ts=int(t.last_ns[s]) / NS,
-            orig_pkts=int(t.pkts[s, o]), orig_bytes=int(t.pay[s, o]),
-            orig_wire_bytes=int(t.wire[s, o]), resp_pkts=int(t.pkts[s, r]),
-            resp_bytes=int(t.pay[s, r]), resp_wire_bytes=int(t.wire[s, r]),
-            orig_flags=int(t.flags[s, o]), resp_flags=int(t.flags[s, r]),
-            orig_retrans=int(t.retrans[s, o]), resp_retrans=int(t.retrans[s, r]),
-            first_frame=int(t.first_frame[s]), last_frame=int(t.last_frame[s]),
-            end_reason=reason, vlan=vlan if vlan >= 0 else None, tunnel=tunnel,
-            icmp=tuple(self._icmp.pop(fid, ())), weirds=weirds, payloads=payloads,
-            pkt_ts=tim["ts"][ta:tz].astype(np.float64) / NS if tz > ta else np.zeros(0),
-            pkt_len=tim["len"][ta:tz].astype(np.int32) if tz > ta else np.zeros(0, np.int32),
-            pkt_dir=tim["side"][ta:tz].astype(np.uint8) if tz > ta else np.zeros(0, np.uint8),
-            pkt_flags=tim["flags"][ta:tz].astype(np.uint8) if tz > ta else np.zeros(0, np.uint8),
-            rate=rate_rows, rtp=rtp_series)
+
+@dataclass(slots=True)
+class _PayloadChunk:
+    fid: I64
+    off: I64
+    length: I64
+    frame: I64
+    ts: I64
+    direction: npt.NDArray[np.uint8]
+    pool: bytes
+
+
+class _PayloadLog:
+    """Payload samples of one batch share one byte pool; rows point into it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[_PayloadChunk] = []
+
+    def add(self, fid: I64, off: I64, length: I64, frame: I64, ts: I64,
+            direction: npt.NDArray[np.uint8], pool: bytes) -> None:
+        if len(fid):
+            self.chunks.append(_PayloadChunk(fid, off, length, frame, ts, direction, pool))
+
+    def take(self, lookup: npt.NDArray[np.bool_]) -> dict[int, tuple[PayloadSample, ...]]:
+        out: dict[int, list[PayloadSample]] = {}
+        kept: list[_PayloadChunk] = []
+        for c in self.chunks:
+            mask = lookup[c.fid]
+            if not mask.any():
+                kept.append(c)
+                continue
+            sel = np.flatnonzero(mask)
+            pool = c.pool
+            for f, o, n, fr, t, d in zip(c.fid[sel].tolist(), c.off[sel].tolist(),
+                                         c.length[sel].tolist(), c.frame[sel].tolist(),
+                                         (c.ts[sel] / NS).tolist(), c.direction[sel].tolist(),
+                                         strict=True):
+                out.setdefault(f, []).append(PayloadSample(fr, t, d, pool[o:o + n]))
+            if mask.all():
+                continue
+            rest = ~mask
+            nc = _PayloadChunk(c.fid[rest], c.off[rest], c.length[rest], c.frame[rest],
+                               c.ts[rest], c.direction[rest], pool)
+            live = int(nc.length.sum())
+            if len(pool) > (1 << 20) and live * 4 < len(pool):  # repack a mostly dead pool
+                arr = np.frombuffer(pool, dtype=np.uint8)
+                starts = np.cumsum(nc.length) - nc.length
+                nc.pool = arr[np.repeat(nc.off - starts, nc.length)
+                              + np.arange(live)].tobytes()
+                nc.off = starts
+            kept.append(nc)
+        self.chunks = kept
+        return {f: tuple(v) for f, v in out.items()}
+
+
+def _merge_rate(rate: dict[str, np.ndarray]) -> tuple[I64, I64]:  # type: ignore[type-arg]
+    """Rate rows of several flows, one row per (flow, second): rows of the same second
+    (a second that straddled two batches) are added up.
+
+    Returns rows ``(second, a_pkts, a_wire, b_pkts, b_wire)`` sorted by flow then
+    second, and the flow serial of each row.
+    """
+    fid = rate["fid"].astype(np.int64)
+    if len(fid) == 0:
+        return np.zeros((0, 5), dtype=np.int64), fid
+    sec = rate["sec"].astype(np.int64)
+    order = np.lexsort((sec, fid))
+    fid, sec = fid[order], sec[order]
+    vals = np.stack([rate[c][order].astype(np.int64) for c in ("pa", "wa", "pb", "wb")], 1)
+    start = np.ones(len(fid), dtype=bool)
+    start[1:] = (fid[1:] != fid[:-1]) | (sec[1:] != sec[:-1])
+    pos = np.flatnonzero(start)
+    out = np.empty((len(pos), 5), dtype=np.int64)
+    out[:, 0] = sec[pos]
+    out[:, 1:] = np.add.reduceat(vals, pos, axis=0)
+    return out, fid[pos]
 
 
 def _rtp_framings(arr: npt.NDArray[np.uint8], po: I64, pc: I64, b0: I64,

@@ -10,7 +10,7 @@ record as compact arrays so nobody has to keep every packet.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -75,8 +75,7 @@ class IcmpNotice:
                 "code": self.code, "reporter": self.reporter}
 
 
-@dataclass(frozen=True, slots=True)
-class PayloadSample:
+class PayloadSample(NamedTuple):
     """One of the first transport payloads of a flow, kept for inspection."""
 
     frame: int
