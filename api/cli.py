@@ -15,6 +15,7 @@ from typing import Any
 
 from api.output import CsvWriter, dumps, write_jsonl
 from probe import CaptureError, FlowReader, FlowRecord, MeterConfig
+from probe.run import default_workers
 
 __all__ = ["main"]
 
@@ -42,6 +43,9 @@ def _add_meter_options(p: argparse.ArgumentParser) -> None:
                         f"{d.payload_samples})")
     p.add_argument("--timing-packets", type=int, default=d.timing_packets, metavar="M",
                    help=f"packets per flow in the timing series (default {d.timing_packets})")
+    p.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
+                   help="1: one process; 2: read and decode in a second process "
+                        "(default where two cores exist)")
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
@@ -105,7 +109,8 @@ def _run_flows(args: argparse.Namespace) -> int:
             csvw.write(row)
 
     try:
-        reader = FlowReader(args.capture, _meter_config(args), progress=progress.update)
+        reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
+                            workers=args.workers)
         for rec in reader:
             emit(rec)
     except CaptureError as exc:

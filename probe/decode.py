@@ -104,7 +104,9 @@ class Decoder:
         n = len(b)
         buf = b.buf
         arr = np.frombuffer(buf, dtype=np.uint8)
-        top = len(buf) - 1
+        if len(arr) < 16:
+            arr = np.concatenate([arr, np.zeros(16, dtype=np.uint8)])
+        top = len(arr) - 9  # reads go up to 8 bytes past an index; masks reject what lies beyond
         off = b.data_off
         cap = b.caplen
         lt = b.linktype

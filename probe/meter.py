@@ -36,8 +36,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from probe.decode import KIND_FLOW, V4_MAPPED, Decoded, join_addr
+from probe.decode import V4_MAPPED, Decoded, join_addr
 from probe.layers import TUNNEL_NAMES, IcmpQuote, WeirdInfo
+from probe.prepare import (
+    KEY_BYTES,
+    KEY_WIDTH,
+    SPLIT_IDLE,
+    Prepared,
+    canonical_key,
+    prepare,
+    seg_rank,
+)
 from probe.records import (
     FlowRecord,
     IcmpNotice,
@@ -55,8 +64,6 @@ NS = 1_000_000_000
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah",
                58: "icmpv6", 89: "ospf", 103: "pim", 112: "vrrp", 132: "sctp"}
-KEY_WIDTH = 6
-KEY_BYTES = KEY_WIDTH * 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,40 +116,6 @@ class MeterStats:
     """ICMP errors quoting a flow that was not in the table."""
     last_ts: float = 0.0
     """Timestamp of the newest packet seen."""
-
-
-def _mix(k: U64) -> U64:
-    """A 64-bit hash of each key row (splitmix-style finaliser over the columns)."""
-    h = np.zeros(k.shape[0], dtype=np.uint64)
-    for j in range(k.shape[1]):
-        h ^= k[:, j] + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6)) + (h >> np.uint64(2))
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(31)
-    return h
-
-
-def canonical_key(cols: Decoded, idx: I64) -> tuple[U64, npt.NDArray[np.bool_]]:
-    """The direction-free key of each packet and whether its sender is the lower endpoint.
-
-    This is the one place the probe decides how the two ends of a flow are
-    ordered. Rows: ``a_hi, a_lo, b_hi, b_lo, ports|proto|vlan, zone`` where ``a``
-    is the lower (address, port) endpoint.
-    """
-    s_hi, s_lo, d_hi, d_lo = cols.src_hi[idx], cols.src_lo[idx], cols.dst_hi[idx], cols.dst_lo[idx]
-    sp, dp = cols.sport[idx], cols.dport[idx]
-    src_is_a = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp))))
-    k = np.empty((len(idx), KEY_WIDTH), dtype=np.uint64)
-    k[:, 0] = np.where(src_is_a, s_hi, d_hi)
-    k[:, 1] = np.where(src_is_a, s_lo, d_lo)
-    k[:, 2] = np.where(src_is_a, d_hi, s_hi)
-    k[:, 3] = np.where(src_is_a, d_lo, s_lo)
-    a_p = np.where(src_is_a, sp, dp).astype(np.uint64)
-    b_p = np.where(src_is_a, dp, sp).astype(np.uint64)
-    k[:, 4] = ((a_p << np.uint64(48)) | (b_p << np.uint64(32))
-               | (cols.proto[idx].astype(np.uint64) << np.uint64(16))
-               | (cols.vlan[idx] + 1).astype(np.uint64))
-    k[:, 5] = cols.zone[idx].astype(np.uint64)
-    return k, src_is_a
 
 
 class _Log:
@@ -268,19 +241,6 @@ class _Table:
             arr[slots] = -1 if name in ("seq_base", "fid") else 0
 
 
-def _seg_rank(seg: I64) -> I64:
-    """Position of each element within its run of equal values (input grouped)."""
-    n = len(seg)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    start = np.ones(n, dtype=bool)
-    start[1:] = seg[1:] != seg[:-1]
-    first = np.flatnonzero(start)
-    run = np.cumsum(start) - 1
-    out: I64 = np.arange(n, dtype=np.int64) - first[run]
-    return out
-
-
 def _addr_str(hi: int, lo: int) -> tuple[int, str]:
     ver, a = join_addr(hi, lo)
     if ver == 4:
@@ -320,39 +280,46 @@ class FlowMeter:
         self._pay_log = _PayloadLog()
         self._icmp: dict[int, list[IcmpNotice]] = {}
         self._flow_weirds: dict[int, list[tuple[int, int, WeirdInfo]]] = {}
-        self._idle_ns = np.full(256, int(self.cfg.other_idle_s * NS), dtype=np.int64)
-        self._idle_ns[6] = int(self.cfg.tcp_idle_s * NS)
-        self._idle_ns[17] = int(self.cfg.udp_idle_s * NS)
+        self.idle_ns = np.full(256, int(self.cfg.other_idle_s * NS), dtype=np.int64)
+        """Idle timeout per IP protocol number, in nanoseconds."""
+        self.idle_ns[6] = int(self.cfg.tcp_idle_s * NS)
+        self.idle_ns[17] = int(self.cfg.udp_idle_s * NS)
+        self._idle_ns = self.idle_ns
         self._active_ns = int(self.cfg.active_s * NS)
         self._close_ns = int(self.cfg.tcp_close_s * NS)
         self._out: list[FlowRecord] = []
         self._now = 0
 
     # -- public ------------------------------------------------------------------
+    def prepare(self, b: RawBatch, cols: Decoded) -> Prepared:
+        """The table-independent part of metering a batch (may run in another process)."""
+        return prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.cfg.payload_snap)
+
     def feed(self, b: RawBatch, cols: Decoded) -> list[FlowRecord]:
-        """Meter one batch; return the flows that ended during it."""
+        """Meter one decoded batch; return the flows that ended during it."""
+        return self.apply(self.prepare(b, cols))
+
+    def apply(self, p: Prepared) -> list[FlowRecord]:
+        """Meter one prepared batch; return the flows that ended during it."""
         self._out = []
         st = self.stats
-        st.packets += len(b)
-        st.slow_path += cols.slow
-        st.non_ip += int(np.count_nonzero(cols.kind == 1))
-        st.weird += len(cols.weirds)
-        idx = np.flatnonzero(cols.kind == KIND_FLOW)
-        fid_of_pkt = np.full(len(b), -1, dtype=np.int64)
-        if len(idx):
-            self._meter(b, cols, idx, fid_of_pkt)
-        for i, w in cols.weirds:
-            frame = b.frame0 + i
-            ts = int(b.ts_ns[i])
-            f = int(fid_of_pkt[i])
-            if f >= 0:
-                self._flow_weirds.setdefault(f, []).append((frame, ts, w))
+        st.packets += p.packets
+        st.slow_path += p.slow
+        st.non_ip += p.non_ip
+        st.weird += len(p.weirds)
+        fid_s = np.zeros(0, dtype=np.int64)
+        if p.metered:
+            st.metered += p.metered
+            fid_s = self._meter(p)
+        for (frame, ts, w), pos in zip(p.weirds, p.weird_sorted.tolist(), strict=True):
+            if pos >= 0:
+                self._flow_weirds.setdefault(int(fid_s[pos]), []).append((frame, ts, w))
             else:
                 self.weirds.append(Weird(frame, ts / NS, w.layer, w.offset, w.reason))
-        for i, q in cols.icmp:
-            self._attach_icmp(b.frame0 + i, int(b.ts_ns[i]), q)
-        if len(b):
-            self._now = max(self._now, int(b.ts_ns.max()))
+        for frame, ts, q in p.icmp:
+            self._attach_icmp(frame, ts, q)
+        if p.packets:
+            self._now = max(self._now, p.ts_max)
             st.last_ts = self._now / NS
         self._expire(self._now)
         return self._out
@@ -369,120 +336,92 @@ class FlowMeter:
         return len(self._index)
 
     # -- metering ----------------------------------------------------------------
-    def _meter(self, b: RawBatch, cols: Decoded, idx: I64, fid_of_pkt: I64) -> None:
+    def _meter(self, p: Prepared) -> I64:
+        """Apply a prepared batch to the table; return each packet's flow serial."""
         cfg = self.cfg
         t = self._t
-        n = len(idx)
-        self.stats.metered += n
-        keys, src_is_a = canonical_key(cols, idx)
-        h = _mix(keys)
-        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
-        if not np.array_equal(keys, keys[first][inv]):  # 64-bit hash collision: exact grouping
-            _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-        order = np.argsort(inv, kind="stable")
-        g_s = inv[order]
-        ts_s = b.ts_ns[idx][order]
-        proto_s = cols.proto[idx][order].astype(np.int64)
-        flags_s = cols.flags[idx][order].astype(np.int64)
-        side_s = (~src_is_a[order]).astype(np.int64)  # 0: endpoint a sent it
-        n_groups = len(first)
-
-        gkeys = keys[first]
-        kb = gkeys.tobytes()
+        n = p.metered
+        ts_s, proto_s, flags_s, side_s = p.ts, p.proto, p.flags, p.side
+        gpos = p.gpos
+        n_groups = len(gpos)
+        kb = p.gkeys.tobytes()
         index = self._index
         slot_g = np.fromiter(
             (index.get(kb[i * KEY_BYTES:(i + 1) * KEY_BYTES], -1) for i in range(n_groups)),
             dtype=np.int64, count=n_groups)
-
-        gstart = np.ones(n, dtype=bool)
-        gstart[1:] = g_s[1:] != g_s[:-1]
-        gpos = np.flatnonzero(gstart)
-        idle = self._idle_ns[proto_s]
-        gap = np.zeros(n, dtype=np.int64)
-        gap[1:] = ts_s[1:] - ts_s[:-1]
-        split = gstart.copy()
-        split |= gap > idle
+        split = p.split.copy()
+        reasons: dict[int, str] = {
+            int(i): ("idle" if w == SPLIT_IDLE else "port-reuse")
+            for i, w in zip(np.flatnonzero(p.split_why).tolist(),
+                            p.split_why[p.split_why != 0].tolist(), strict=True)}
+        idle = self._idle_ns[proto_s[gpos]]
         # Existing flows that went idle before this batch's first packet end first.
         has = slot_g >= 0
-        ex_slot = np.where(has, slot_g, 0)
-        stale = has & ((ts_s[gpos] - t.last_ns[ex_slot]) > idle[gpos])
+        ex = np.where(has, slot_g, 0)
+        stale = has & ((ts_s[gpos] - t.last_ns[ex]) > idle)
         if stale.any():
             st_slots = slot_g[stale]
             self._end(st_slots, ["idle"] * len(st_slots))
             slot_g = np.where(stale, -1, slot_g)
             has = slot_g >= 0
-        # Groups that need a packet-by-packet look: TCP SYN after close, active timeout.
+            ex = np.where(has, slot_g, 0)
+        # Groups that need a packet-by-packet look: a SYN reusing a flow closed in an
+        # earlier batch, or a flow reaching the active timeout.
         pure_syn = (proto_s == 6) & ((flags_s & (TCP_SYN | TCP_ACK)) == TCP_SYN)
-        closing = (proto_s == 6) & ((flags_s & (TCP_FIN | TCP_RST)) != 0)
-        g_has_syn = np.bincount(g_s, weights=pure_syn, minlength=n_groups) > 0
-        g_has_close = np.bincount(g_s, weights=closing, minlength=n_groups) > 0
-        g_first_ts = ts_s[gpos]
+        g_has_syn = np.bincount(p.group, weights=pure_syn, minlength=n_groups) > 0
         g_last_ts = np.maximum.reduceat(ts_s, gpos)
-        start_ts = np.where(has, t.first_ns[np.where(has, slot_g, 0)], g_first_ts)
-        ex_closed = has & self._closed[np.where(has, slot_g, 0)]
-        care = (g_has_syn & (g_has_close | ex_closed | has)) | (
-            (g_last_ts - start_ts) > self._active_ns)
-        reasons: dict[int, str] = {}  # sorted position of a segment's first packet -> why
+        start_ts = np.where(has, t.first_ns[ex], ts_s[gpos])
+        care = (g_has_syn & has & self._closed[ex]) | ((g_last_ts - start_ts) > self._active_ns)
         if care.any():
             self._careful(np.flatnonzero(care), gpos, n, ts_s, flags_s, proto_s, side_s, split,
                           slot_g, reasons)
-        first_seg_new = has & np.isin(gpos, np.fromiter(reasons.keys(), dtype=np.int64,
-                                                         count=len(reasons)))
-        if first_seg_new.any():
-            old = slot_g[first_seg_new]
-            why = [reasons[int(p)] for p in gpos[first_seg_new]]
-            self._end(old, ["tcp-close" if self._closed[s] else w for s, w in zip(old.tolist(),
-                                                                                     why,
-                                                                                     strict=True)])
-            slot_g = np.where(first_seg_new, -1, slot_g)
-            has = slot_g >= 0
+        # An existing flow superseded at this batch's first packet ends now.
+        first_new = has & np.isin(gpos, np.fromiter(reasons.keys(), dtype=np.int64,
+                                                     count=len(reasons)))
+        if first_new.any():
+            old = slot_g[first_new]
+            why = [reasons[int(q)] for q in gpos[first_new]]
+            self._end(old, ["tcp-close" if self._closed[s] else w
+                            for s, w in zip(old.tolist(), why, strict=True)])
+            slot_g = np.where(first_new, -1, slot_g)
 
         seg_s = np.cumsum(split) - 1
         spos = np.flatnonzero(split)
         n_seg = len(spos)
-        seg_group = g_s[spos]
-        seg_first_in_group = gstart[spos]
+        seg_group = p.group[spos]
         seg_last_in_group = np.ones(n_seg, dtype=bool)
         seg_last_in_group[:-1] = seg_group[1:] != seg_group[:-1]
-        cont = seg_first_in_group & (slot_g[seg_group] >= 0)
+        cont = (spos == gpos[seg_group]) & (slot_g[seg_group] >= 0)
         seg_slot = np.where(cont, slot_g[seg_group], -1)
         new_seg = np.flatnonzero(~cont)
         new_slots = self._alloc(len(new_seg))
         seg_slot[new_seg] = new_slots
         t = self._t
-        # Initialise new flows.
         if len(new_seg):
-            fp = spos[new_seg]  # first packet (sorted position)
+            fp = spos[new_seg]  # first packet of each new flow
             fl = flags_s[fp]
-            first_side = side_s[fp]
             synack = (proto_s[fp] == 6) & ((fl & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
-            orig_side = np.where(synack, 1 - first_side, first_side)
+            orig_side = np.where(synack, 1 - side_s[fp], side_s[fp])
             ns = new_slots
-            t.key[ns] = keys[order[fp]]
-            o_idx = idx[order[fp]]
-            t.ipver[ns] = cols.ipver[o_idx]
-            t.tunnel[ns] = cols.tunnel[o_idx]
+            t.key[ns] = p.gkeys[seg_group[new_seg]]
+            t.ipver[ns] = p.ipver[fp]
+            t.tunnel[ns] = p.tunnel[fp]
             t.orig_is_a[ns] = orig_side == 0
             t.first_ns[ns] = ts_s[fp]
-            t.first_frame[ns] = b.frame0 + o_idx
-            fids = np.arange(self._next_fid, self._next_fid + len(ns), dtype=np.int64)
+            t.first_frame[ns] = p.frame[fp]
+            t.fid[ns] = np.arange(self._next_fid, self._next_fid + len(ns), dtype=np.int64)
             self._next_fid += len(ns)
-            t.fid[ns] = fids
             t.alive[ns] = True
-            kg = gkeys[seg_group[new_seg]].tobytes()
-            last_new = seg_last_in_group[new_seg]
-            for j, s in enumerate(ns.tolist()):
-                if last_new[j]:
-                    kbytes = kg[j * KEY_BYTES:(j + 1) * KEY_BYTES]
-                    index[kbytes] = s
-                    self._slot_key[s] = kbytes
+            kg = p.gkeys[seg_group[new_seg]].tobytes()
+            for j in np.flatnonzero(seg_last_in_group[new_seg]).tolist():
+                s = int(ns[j])
+                kbytes = kg[j * KEY_BYTES:(j + 1) * KEY_BYTES]
+                index[kbytes] = s
+                self._slot_key[s] = kbytes
         # Sums per (segment, side).
-        pkt_o = order  # sorted position -> index into idx
         seg_side = seg_s * 2 + side_s
         m2 = 2 * n_seg
-        pay_s = cols.pay_len[idx][pkt_o]
-        wire_s = b.wirelen[idx][pkt_o]
+        pay_s, wire_s = p.pay_len, p.wire
         cnt = np.bincount(seg_side, minlength=m2).reshape(n_seg, 2)
         pay_sum = np.bincount(seg_side, weights=pay_s, minlength=m2).reshape(n_seg, 2)
         wire_sum = np.bincount(seg_side, weights=wire_s, minlength=m2).reshape(n_seg, 2)
@@ -493,25 +432,19 @@ class FlowMeter:
         t.wire[seg_slot] += wire_sum.astype(np.int64)
         t.flags[seg_slot] |= fl_or.reshape(n_seg, 2)
         seg_end = np.append(spos[1:], n)
-        last_ts = np.maximum.reduceat(ts_s, spos)
-        t.last_ns[seg_slot] = np.maximum(t.last_ns[seg_slot], last_ts)
-        frame_s = b.frame0 + idx[pkt_o]
-        t.last_frame[seg_slot] = np.maximum(t.last_frame[seg_slot], frame_s[seg_end - 1])
+        t.last_ns[seg_slot] = np.maximum(t.last_ns[seg_slot], np.maximum.reduceat(ts_s, spos))
+        t.last_frame[seg_slot] = np.maximum(t.last_frame[seg_slot], p.frame[seg_end - 1])
         fl2 = t.flags[seg_slot]
         self._closed_grow()
-        self._closed[seg_slot] = ((fl2[:, 0] & TCP_FIN) & (fl2[:, 1] & TCP_FIN)).astype(bool) | (
+        self._closed[seg_slot] = ((fl2[:, 0] & fl2[:, 1] & TCP_FIN) != 0) | (
             ((fl2[:, 0] | fl2[:, 1]) & TCP_RST) != 0)
         slot_s = seg_slot[seg_s]
-        fid_s = t.fid[slot_s]
-        fid_of_pkt[idx[pkt_o]] = fid_s
-        orig_side_s = np.where(t.orig_is_a[slot_s], 0, 1)
-        dir_s = (side_s != orig_side_s).astype(np.uint8)
+        fid_s: I64 = t.fid[slot_s]
+        dir_s = (side_s != np.where(t.orig_is_a[slot_s], 0, 1)).astype(np.uint8)
 
-        # TCP retransmissions: data already covered in the same direction.
         tcp_data = (proto_s == 6) & (pay_s > 0)
         if tcp_data.any():
-            self._retrans(np.flatnonzero(tcp_data), cols, idx, pkt_o, seg_slot, seg_s, side_s,
-                          pay_s)
+            self._retrans(np.flatnonzero(tcp_data), p, seg_s, seg_slot, side_s, pay_s)
         # Timing series: the first packets of each flow.
         rank = np.arange(n, dtype=np.int64) - spos[seg_s]
         keep = rank + t.n_timing[slot_s] < cfg.timing_packets
@@ -532,28 +465,47 @@ class FlowMeter:
         rw = np.bincount(rs, weights=wire_s, minlength=2 * nr).reshape(nr, 2).astype(np.int64)
         self._rate.add(fid_s[rpos], sec=sec[rpos], pa=rc[:, 0], wa=rw[:, 0], pb=rc[:, 1],
                        wb=rw[:, 1])
-        # Payload samples and RTP headers.
-        has_pay = cols.pay_cap[idx][pkt_o] > 0
-        if has_pay.any():
-            self._samples(b, cols, idx, pkt_o, np.flatnonzero(has_pay), seg_slot, seg_s, side_s,
-                          dir_s, ts_s, proto_s, fid_s, slot_s)
+        # Payload samples: candidates the flow still has room for.
+        if len(p.pay_pos):
+            pp = p.pay_pos
+            ps, pside = slot_s[pp], side_s[pp]
+            keep = p.pay_rank + t.n_pay[ps, pside] < cfg.payload_samples
+            if keep.any():
+                kk = np.flatnonzero(keep)
+                np.add.at(t.n_pay, (ps[kk], pside[kk]), 1)
+                self._pay_log.add(fid_s[pp[kk]], p.pay_off[kk], p.pay_n[kk], p.frame[pp[kk]],
+                                  ts_s[pp[kk]], dir_s[pp[kk]], p.pool)
+        # RTP header fields, up to the per-flow cap.
+        if len(p.rtp_pos):
+            rp = p.rtp_pos
+            rslot = slot_s[rp]
+            keep = seg_rank(rslot) + t.n_rtp[rslot] < cfg.rtp_max_packets
+            np.add.at(t.n_rtp, rslot, 1)
+            if keep.any():
+                kk = np.flatnonzero(keep)
+                u = rp[kk]
+                self._rtp.add(fid_s[u], ts=ts_s[u], side=dir_s[u], seq=p.rtp_seq[kk],
+                              rts=p.rtp_ts[kk], ssrc=p.rtp_ssrc[kk], pt=p.rtp_pt[kk],
+                              mk=p.rtp_mk[kk],
+                              size=np.minimum(pay_s[u], 65535).astype(np.uint16),
+                              off=p.rtp_off[kk], frame=p.frame[u])
         # Segments that are not the last of their group are finished flows.
         done = np.flatnonzero(~seg_last_in_group)
         if len(done):
-            why = []
+            why_done = []
             for j in done.tolist():
-                p = int(spos[j + 1])
                 s = int(seg_slot[j])
-                why.append("tcp-close" if self._closed[s] else reasons.get(p, "idle"))
-            self._end(seg_slot[done], why)
+                why_done.append("tcp-close" if self._closed[s]
+                                else reasons.get(int(spos[j + 1]), "idle"))
+            self._end(seg_slot[done], why_done)
+        return fid_s
 
     def _careful(self, groups: I64, gpos: I64, n: int, ts_s: I64, flags_s: I64, proto_s: I64,
                  side_s: I64, split: npt.NDArray[np.bool_], slot_g: I64,
                  reasons: dict[int, str]) -> None:
-        """Packet-by-packet segmentation for groups where TCP reuse or the active timeout apply."""
+        """Packet-by-packet segmentation where the table's state matters."""
         t = self._t
         ends = np.append(gpos[1:], n)
-        idle_all = self._idle_ns
         for g in groups.tolist():
             a, z = int(gpos[g]), int(ends[g])
             s = int(slot_g[g])
@@ -563,43 +515,42 @@ class FlowMeter:
                 fin_b = bool(t.flags[s, 1] & TCP_FIN)
                 rst = bool((t.flags[s, 0] | t.flags[s, 1]) & TCP_RST)
                 has_pkts = True
-                last = int(t.last_ns[s])
             else:
                 seg_first = int(ts_s[a])
                 fin_a = fin_b = rst = False
                 has_pkts = False
-                last = seg_first
-            idle = int(idle_all[proto_s[a]])
             is_tcp = proto_s[a] == 6
-            for p in range(a, z):
-                tp = int(ts_s[p])
-                f = int(flags_s[p])
-                why = None
-                if has_pkts and tp - last > idle:
-                    why = "idle"
-                elif has_pkts and tp - seg_first > self._active_ns:
-                    why = "active"
-                elif (is_tcp and has_pkts and (f & (TCP_SYN | TCP_ACK)) == TCP_SYN
-                      and ((fin_a and fin_b) or rst)):
-                    why = "port-reuse"
-                if why is not None:
-                    split[p] = True
-                    reasons[p] = why
+            for q in range(a, z):
+                tp = int(ts_s[q])
+                f = int(flags_s[q])
+                if q != a and split[q]:  # a split the batch already knew about
                     seg_first = tp
                     fin_a = fin_b = rst = False
+                else:
+                    why = None
+                    if has_pkts and tp - seg_first > self._active_ns:
+                        why = "active"
+                    elif (is_tcp and has_pkts and (f & (TCP_SYN | TCP_ACK)) == TCP_SYN
+                          and ((fin_a and fin_b) or rst)):
+                        why = "port-reuse"
+                    if why is not None:
+                        split[q] = True
+                        reasons[q] = why
+                        seg_first = tp
+                        fin_a = fin_b = rst = False
                 has_pkts = True
-                last = tp
                 if is_tcp:
                     if f & TCP_FIN:
-                        if side_s[p] == 0:
+                        if side_s[q] == 0:
                             fin_a = True
                         else:
                             fin_b = True
                     if f & TCP_RST:
                         rst = True
 
-    def _retrans(self, sel: I64, cols: Decoded, idx: I64, pkt_o: I64, seg_slot: I64, seg_s: I64,
-                 side_s: I64, pay_s: I64) -> None:
+    def _retrans(self, sel: I64, p: Prepared, seg_s: I64, seg_slot: I64, side_s: I64,
+                 pay_s: I64) -> None:
+        """Count TCP segments whose data was already covered in the same direction."""
         t = self._t
         ss = seg_s[sel] * 2 + side_s[sel]
         o = np.argsort(ss, kind="stable")
@@ -607,12 +558,10 @@ class FlowMeter:
         ss = ss[o]
         slot = seg_slot[seg_s[sel]]
         side = side_s[sel]
-        seq = cols.seq[idx][pkt_o][sel]
+        seq = p.seq[sel]
         ln = pay_s[sel]
-        base = t.seq_base[slot, side]
-        rank = _seg_rank(ss)
-        firsts = rank == 0
-        unknown = firsts & (base < 0)
+        firsts = seg_rank(ss) == 0
+        unknown = firsts & (t.seq_base[slot, side] < 0)
         t.seq_base[slot[unknown], side[unknown]] = seq[unknown]
         base = t.seq_base[slot, side]
         rel_end = (seq + ln - base) & 0xFFFFFFFF
@@ -625,74 +574,12 @@ class FlowMeter:
         prev[1:] = cm[:-1]
         prev[firsts] = carried[firsts] + offset[firsts]
         prev = np.maximum(prev, carried + offset)
-        is_re = val <= prev
-        m = np.flatnonzero(is_re)
+        m = np.flatnonzero(val <= prev)
         if len(m):
             np.add.at(t.retrans, (slot[m], side[m]), 1)
         lastpos = np.append(np.flatnonzero(firsts)[1:], len(sel)) - 1
-        new_max = np.maximum(cm[lastpos] - offset[lastpos], carried[lastpos])
-        t.seq_max[slot[lastpos], side[lastpos]] = new_max
-
-    def _samples(self, b: RawBatch, cols: Decoded, idx: I64, pkt_o: I64, sel: I64,
-                 seg_slot: I64, seg_s: I64, side_s: I64, dir_s: npt.NDArray[np.uint8],
-                 ts_s: I64, proto_s: I64, fid_s: I64, slot_s: I64) -> None:
-        cfg = self.cfg
-        t = self._t
-        ss = seg_s[sel] * 2 + side_s[sel]
-        o = np.argsort(ss, kind="stable")
-        sel_o = sel[o]
-        rank = _seg_rank(ss[o])
-        slot = slot_s[sel_o]
-        side = side_s[sel_o]
-        keep = rank + t.n_pay[slot, side] < cfg.payload_samples
-        if keep.any():
-            k = sel_o[keep]
-            np.add.at(t.n_pay, (slot[keep], side[keep]), 1)
-            po = cols.pay_off[idx][pkt_o][k]
-            pc = np.minimum(cols.pay_cap[idx][pkt_o][k], cfg.payload_snap)
-            starts = np.cumsum(pc) - pc
-            arr = np.frombuffer(b.buf, dtype=np.uint8)
-            pool = arr[np.repeat(po - starts, pc) + np.arange(int(pc.sum()))].tobytes()
-            self._pay_log.add(fid_s[k], starts, pc, b.frame0 + idx[pkt_o][k], ts_s[k],
-                              dir_s[k], pool)
-        # RTP header fields of UDP payloads, plain or behind a known framing.
-        udp = proto_s[sel] == 17
-        if not udp.any():
-            return
-        u = sel[udp]
-        po = cols.pay_off[idx][pkt_o][u]
-        pc = cols.pay_cap[idx][pkt_o][u]
-        arr = np.frombuffer(b.buf, dtype=np.uint8)
-        top = len(b.buf) - 1
-        b0 = arr[np.minimum(po, top)].astype(np.int64)
-        rtp_off = np.full(len(u), -1, dtype=np.int64)
-        for cand, cond in _rtp_framings(arr, po, pc, b0, top):
-            rtp_off = np.where((rtp_off < 0) & cond, cand, rtp_off)
-        ok = rtp_off >= 0
-        if not ok.any():
-            return
-        u = u[ok]
-        base = po[ok] + rtp_off[ok]
-        slot = slot_s[u]
-        rank = _seg_rank(slot)  # packets are grouped by segment, so by slot
-        keep = rank + t.n_rtp[slot] < cfg.rtp_max_packets
-        np.add.at(t.n_rtp, slot, 1)
-        if not keep.any():
-            return
-        u = u[keep]
-        base = base[keep]
-        rb = arr[np.minimum(base[:, None] + np.arange(12), top)].astype(np.int64)
-        self._rtp.add(
-            fid_s[u], ts=ts_s[u], side=dir_s[u],
-            seq=((rb[:, 2] << 8) | rb[:, 3]).astype(np.uint16),
-            rts=((rb[:, 4] << 24) | (rb[:, 5] << 16) | (rb[:, 6] << 8) | rb[:, 7]).astype(
-                np.uint32),
-            ssrc=((rb[:, 8] << 24) | (rb[:, 9] << 16) | (rb[:, 10] << 8) | rb[:, 11]).astype(
-                np.uint32),
-            pt=(rb[:, 1] & 0x7F).astype(np.uint8), mk=(rb[:, 1] >> 7).astype(np.uint8),
-            size=np.minimum(cols.pay_len[idx][pkt_o][u], 65535).astype(np.uint16),
-            off=rtp_off[ok][keep].astype(np.uint8),
-            frame=b.frame0 + idx[pkt_o][u])
+        t.seq_max[slot[lastpos], side[lastpos]] = np.maximum(cm[lastpos] - offset[lastpos],
+                                                             carried[lastpos])
 
     def _attach_icmp(self, frame: int, ts: int, q: IcmpQuote) -> None:
         v4 = q.ipver == 4
@@ -940,37 +827,6 @@ def _merge_rate(rate: dict[str, np.ndarray]) -> tuple[I64, I64]:  # type: ignore
     out[:, 0] = sec[pos]
     out[:, 1:] = np.add.reduceat(vals, pos, axis=0)
     return out, fid[pos]
-
-
-def _rtp_framings(arr: npt.NDArray[np.uint8], po: I64, pc: I64, b0: I64,
-                  top: int) -> list[tuple[int | I64, npt.NDArray[np.bool_]]]:
-    """Candidate RTP header offsets inside UDP payloads, most common first.
-
-    Plain RTP (RFC 3550, version 2, not an RTCP packet type 200-204), RTP inside
-    TURN ChannelData (RFC 8656 §12.4: 4-byte header, channel 0x4000-0x4FFF), and
-    RTP behind Zoom's media encapsulation (type 5 server framing, an 8-byte
-    header then a media header whose first byte names the media).
-    """
-    def byte(rel: int | I64) -> I64:
-        out: I64 = arr[np.minimum(po + rel, top)].astype(np.int64)
-        return out
-
-    def rtp_at(rel: int | I64) -> npt.NDArray[np.bool_]:
-        v = byte(rel)
-        pt = byte(np.asarray(rel) + 1) & 0x7F
-        ok: npt.NDArray[np.bool_] = (((v & 0xC0) == 0x80) & ((pt < 72) | (pt > 76))
-                                     & (pc >= np.asarray(rel) + 12))
-        return ok
-
-    out: list[tuple[int | I64, npt.NDArray[np.bool_]]] = [(0, rtp_at(0))]
-    chan = (b0 >= 0x40) & (b0 <= 0x4F)
-    out.append((4, chan & rtp_at(4)))
-    zoom = (b0 == 0x05) & (pc > 40)
-    media = byte(8)
-    zoff = np.select([media == 15, media == 16, media == 13, media == 30],
-                     [8 + 19, 8 + 24, 8 + 27, 8 + 20], default=0)
-    out.append((zoff, zoom & (zoff > 0) & rtp_at(zoff)))
-    return out
 
 
 def _rtp_series(rtp: dict[str, np.ndarray], a: int, z: int, flow_pkts: int,  # type: ignore[type-arg]

@@ -1,43 +1,94 @@
-"""Reading a capture end to end: source -> decoder -> meter -> flow records."""
+"""Reading a capture end to end: source -> decoder -> meter -> flow records.
+
+With ``workers=2`` the reading, record walking, decoding and batch preparation
+run in a forked child process while this process keeps the flow table; the
+child hands over :class:`~probe.prepare.Prepared` batches (columns and the few
+payload bytes the records keep), never the capture buffer. The pipe between
+them holds at most a batch or two, so memory stays bounded.
+"""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from probe.decode import Decoder
-from probe.errors import UnsupportedLinkType
+from probe.errors import CaptureError, UnsupportedLinkType
 from probe.meter import FlowMeter, MeterConfig, MeterStats
+from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
-from probe.sources import LinkType, ReadStatus, open_source
+from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
 
 __all__ = ["CaptureRun", "FlowReader", "read_capture"]
 
 SUPPORTED_LINKTYPES = frozenset(int(x) for x in LinkType)
 
 
+def _check_linktypes(status: ReadStatus) -> None:
+    if status.linktypes and not status.linktypes & SUPPORTED_LINKTYPES:
+        kinds = ", ".join(str(x) for x in sorted(status.linktypes))
+        raise UnsupportedLinkType(f"{status.source}: unsupported link type {kinds}")
+
+
+def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type: ignore[type-arg]
+              n_payloads: int, snap: int) -> Iterator[Prepared]:
+    checked = False
+    for batch in src.batches():
+        if not checked:
+            checked = True
+            _check_linktypes(src.status)
+        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap)
+    if not checked:
+        _check_linktypes(src.status)
+
+
+def _produce(src: CaptureSource, idle_ns: np.ndarray, n_payloads: int,  # type: ignore[type-arg]
+             snap: int, conn: Connection) -> None:
+    """Child process: read, decode and prepare batches, send them to the parent."""
+    try:
+        for p in _prepared(src, Decoder(), idle_ns, n_payloads, snap):
+            conn.send(("batch", p, src.status.bytes_read))
+        conn.send(("end", src.status, 0))
+    except CaptureError as exc:
+        conn.send(("capture-error", f"{type(exc).__name__}|{exc}", 0))
+    except BrokenPipeError:
+        pass
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}", 0))
+    finally:
+        conn.close()
+
+
 class FlowReader:
     """Iterate the flows of a capture as they end.
 
     ``progress`` (optional) is called after each batch with the bytes of input
-    consumed so far. After iteration, :attr:`status` says whether the capture
-    was read completely, :attr:`stats` holds the counters and :attr:`weirds`
-    the decoding problems that belong to no flow.
+    consumed so far. ``workers=2`` reads and decodes in a second process.
+    After iteration, :attr:`status` says whether the capture was read
+    completely, :attr:`stats` holds the counters and :attr:`weirds` the
+    decoding problems that belong to no flow.
     """
 
     def __init__(self, source: str | Path | BinaryIO, config: MeterConfig | None = None,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, workers: int = 1) -> None:
         self.config = config or MeterConfig()
         self._src = open_source(source, self.config.chunk_size)
-        self._decoder = Decoder()
         self.meter = FlowMeter(self.config)
         self._progress = progress
+        self._workers = workers if "fork" in mp.get_all_start_methods() else 1
+        self._final_status: ReadStatus | None = None
 
     @property
     def status(self) -> ReadStatus:
-        return self._src.status
+        return self._final_status or self._src.status
 
     @property
     def stats(self) -> MeterStats:
@@ -48,23 +99,57 @@ class FlowReader:
         return self.meter.weirds
 
     def __iter__(self) -> Iterator[FlowRecord]:
-        checked = False
-        for batch in self._src.batches():
-            if not checked:
-                checked = True
-                if not self.status.linktypes & SUPPORTED_LINKTYPES:
-                    kinds = ", ".join(str(x) for x in sorted(self.status.linktypes))
-                    raise UnsupportedLinkType(
-                        f"{self.status.source}: unsupported link type {kinds}")
-            cols = self._decoder.decode(batch)
-            yield from self.meter.feed(batch, cols)
-            if self._progress is not None:
-                self._progress(self.status.bytes_read)
-        if not checked and self.status.linktypes and not (
-                self.status.linktypes & SUPPORTED_LINKTYPES):
-            kinds = ", ".join(str(x) for x in sorted(self.status.linktypes))
-            raise UnsupportedLinkType(f"{self.status.source}: unsupported link type {kinds}")
+        batches = self._inline() if self._workers <= 1 else self._forked()
+        for p in batches:
+            yield from self.meter.apply(p)
         yield from self.meter.finish()
+
+    def _inline(self) -> Iterator[Prepared]:
+        cfg = self.config
+        for p in _prepared(self._src, Decoder(), self.meter.idle_ns, cfg.payload_samples,
+                           cfg.payload_snap):
+            yield p
+            if self._progress is not None:
+                self._progress(self._src.status.bytes_read)
+
+    def _forked(self) -> Iterator[Prepared]:
+        cfg = self.config
+        ctx = mp.get_context("fork")
+        recv, send = ctx.Pipe(duplex=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
+                           args=(self._src, self.meter.idle_ns, cfg.payload_samples,
+                                 cfg.payload_snap, send))
+        proc.start()
+        send.close()
+        self._src.close()
+        try:
+            while True:
+                try:
+                    kind, body, done = recv.recv()
+                except EOFError:
+                    raise CaptureError(f"{self._src.status.source}: reader process ended "
+                                       f"unexpectedly") from None
+                if kind == "batch":
+                    yield body
+                    if self._progress is not None:
+                        self._progress(done)
+                elif kind == "end":
+                    self._final_status = replace(body)
+                    return
+                elif kind == "capture-error":
+                    name, _, msg = body.partition("|")
+                    raise (UnsupportedLinkType(msg) if name == "UnsupportedLinkType"
+                           else CaptureError(msg))
+                else:
+                    raise RuntimeError(f"reader process failed: {body}")
+        finally:
+            recv.close()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
 @dataclass(slots=True)
@@ -81,16 +166,22 @@ class CaptureRun:
     """Packet and flow counters."""
 
     def all_weirds(self) -> list[Weird]:
-        """Every weird, with the flow ones first (by frame)."""
+        """Every weird, those of flows included, by frame."""
         out = list(self.weirds)
         for f in self.flows:
             out.extend(f.weirds)
         return sorted(out, key=lambda w: w.frame)
 
 
-def read_capture(source: str | Path | BinaryIO, config: MeterConfig | None = None) -> CaptureRun:
+def read_capture(source: str | Path | BinaryIO, config: MeterConfig | None = None,
+                 workers: int = 1) -> CaptureRun:
     """Read a whole capture into memory. Raises :class:`~probe.errors.CaptureError` if it
     cannot be read at all; a damaged capture returns what came before the damage."""
-    reader = FlowReader(source, config)
+    reader = FlowReader(source, config, workers=workers)
     flows = sorted(reader, key=lambda f: (f.first_frame, f.uid))
     return CaptureRun(flows, reader.weirds, reader.status, reader.stats)
+
+
+def default_workers() -> int:
+    """Two processes where there are two cores to run them."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1

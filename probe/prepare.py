@@ -1,0 +1,307 @@
+"""Per-batch metering work that needs no flow-table state.
+
+:func:`prepare` turns a decoded batch into a :class:`Prepared` batch: the
+packets that belong to flows, grouped by their direction-free key and cut
+where a flow must end whatever the table holds (an idle gap, a TCP SYN after a
+close), plus the payload bytes and RTP header fields the flow records will
+need. It never looks at the flow table, so it can run in another process than
+:class:`~probe.meter.FlowMeter`; the capture buffer does not have to cross.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from probe.decode import KIND_FLOW, KIND_NONIP, Decoded
+from probe.layers import IcmpQuote, WeirdInfo
+from probe.sources import RawBatch
+
+__all__ = ["KEY_BYTES", "KEY_WIDTH", "Prepared", "canonical_key", "prepare", "seg_rank"]
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+NS = 1_000_000_000
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+KEY_WIDTH = 6
+KEY_BYTES = KEY_WIDTH * 8
+SPLIT_NONE, SPLIT_IDLE, SPLIT_REUSE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One batch, ready for the flow table. Packet arrays are in *sorted order*:
+    grouped by flow key, file order within a group."""
+
+    packets: int
+    """Packet records in the batch."""
+    frame0: int
+    """Frame number of the batch's first packet."""
+    ts_max: int
+    """Newest timestamp in the batch (ns), or 0."""
+    non_ip: int
+    """Packets that were not IP."""
+    slow: int
+    """Packets decoded by the per-packet decoder."""
+    weirds: list[tuple[int, int, WeirdInfo]]
+    """(frame, ts ns, what) for each decoding problem."""
+    weird_sorted: I64
+    """For each weird, its packet's sorted position, or -1 if it belongs to no flow."""
+    icmp: list[tuple[int, int, IcmpQuote]]
+    """(frame, ts ns, quoted header) for each ICMP error."""
+    frame: I64
+    ts: I64
+    proto: I64
+    flags: I64
+    side: I64
+    """0 if the packet was sent by endpoint ``a`` of the key (the lower one)."""
+    seq: I64
+    pay_len: I64
+    wire: I64
+    ipver: npt.NDArray[np.uint8]
+    tunnel: npt.NDArray[np.uint8]
+    group: I64
+    """Key group of each packet (0..groups-1)."""
+    gpos: I64
+    """Sorted position of each group's first packet."""
+    gkeys: U64
+    """Key row of each group."""
+    split: npt.NDArray[np.bool_]
+    """True where a new flow starts within the batch (group starts included)."""
+    split_why: npt.NDArray[np.int8]
+    """Why: ``SPLIT_IDLE`` or ``SPLIT_REUSE`` (0 at plain group starts)."""
+    pay_pos: I64
+    """Sorted positions of payload candidates (the first N per segment and side)."""
+    pay_rank: I64
+    """Rank of each candidate among its segment's payloads in that direction."""
+    pay_off: I64
+    """Offset of each candidate's bytes in ``pool``."""
+    pay_n: I64
+    """Length of each candidate's bytes."""
+    pool: bytes
+    """Concatenated candidate payload bytes."""
+    rtp_pos: I64
+    """Sorted positions of packets that carry an RTP header."""
+    rtp_off: npt.NDArray[np.uint8]
+    rtp_seq: npt.NDArray[np.uint16]
+    rtp_ts: npt.NDArray[np.uint32]
+    rtp_ssrc: npt.NDArray[np.uint32]
+    rtp_pt: npt.NDArray[np.uint8]
+    rtp_mk: npt.NDArray[np.uint8]
+
+    @property
+    def metered(self) -> int:
+        return int(self.ts.shape[0])
+
+
+def mix(k: U64) -> U64:
+    """A 64-bit hash of each key row (splitmix-style finaliser over the columns)."""
+    h = np.zeros(k.shape[0], dtype=np.uint64)
+    for j in range(k.shape[1]):
+        h ^= k[:, j] + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6)) + (h >> np.uint64(2))
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def canonical_key(cols: Decoded, idx: I64) -> tuple[U64, npt.NDArray[np.bool_]]:
+    """The direction-free key of each packet and whether its sender is the lower endpoint.
+
+    This is the one place the probe decides how the two ends of a flow are
+    ordered. Rows: ``a_hi, a_lo, b_hi, b_lo, ports|proto|vlan, zone`` where ``a``
+    is the lower (address, port) endpoint.
+    """
+    s_hi, s_lo, d_hi, d_lo = cols.src_hi[idx], cols.src_lo[idx], cols.dst_hi[idx], cols.dst_lo[idx]
+    sp, dp = cols.sport[idx], cols.dport[idx]
+    src_is_a = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp))))
+    k = np.empty((len(idx), KEY_WIDTH), dtype=np.uint64)
+    k[:, 0] = np.where(src_is_a, s_hi, d_hi)
+    k[:, 1] = np.where(src_is_a, s_lo, d_lo)
+    k[:, 2] = np.where(src_is_a, d_hi, s_hi)
+    k[:, 3] = np.where(src_is_a, d_lo, s_lo)
+    a_p = np.where(src_is_a, sp, dp).astype(np.uint64)
+    b_p = np.where(src_is_a, dp, sp).astype(np.uint64)
+    k[:, 4] = ((a_p << np.uint64(48)) | (b_p << np.uint64(32))
+               | (cols.proto[idx].astype(np.uint64) << np.uint64(16))
+               | (cols.vlan[idx] + 1).astype(np.uint64))
+    k[:, 5] = cols.zone[idx].astype(np.uint64)
+    return k, src_is_a
+
+
+def seg_rank(seg: I64) -> I64:
+    """Position of each element within its run of equal values (input grouped)."""
+    n = len(seg)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    start = np.ones(n, dtype=bool)
+    start[1:] = seg[1:] != seg[:-1]
+    first = np.flatnonzero(start)
+    run = np.cumsum(start) - 1
+    out: I64 = np.arange(n, dtype=np.int64) - first[run]
+    return out
+
+
+def _segmented_any_before(flag: npt.NDArray[np.bool_], seg_start: npt.NDArray[np.bool_]
+                          ) -> npt.NDArray[np.bool_]:
+    """For each element: was ``flag`` set on an earlier element of the same segment?"""
+    c: I64 = np.cumsum(flag, dtype=np.int64)
+    before = c - flag  # set flags strictly before each element
+    start_pos = np.flatnonzero(seg_start)
+    run = np.cumsum(seg_start) - 1
+    out: npt.NDArray[np.bool_] = np.greater(before - before[start_pos][run], 0)
+    return out
+
+
+def _rtp_framings(arr: npt.NDArray[np.uint8], po: I64, pc: I64, b0: I64,
+                  top: int) -> list[tuple[int | I64, npt.NDArray[np.bool_]]]:
+    """Candidate RTP header offsets inside UDP payloads, most common first.
+
+    Plain RTP (RFC 3550 §5.1: version 2, and not an RTCP packet type 200-204),
+    RTP inside TURN ChannelData (RFC 8656 §12.4: 4-byte header, channel numbers
+    0x4000-0x4FFF), and RTP behind Zoom's type-5 media encapsulation, whose media
+    header (first byte 15 audio, 16 video, 13 screen share, 30 P2P screen share)
+    sits either right after the type byte or after an 8-byte header.
+    """
+    def byte(rel: int | I64) -> I64:
+        out: I64 = arr[np.minimum(po + rel, top)].astype(np.int64)
+        return out
+
+    def rtp_at(rel: int | I64) -> npt.NDArray[np.bool_]:
+        v = byte(rel)
+        pt = byte(np.asarray(rel) + 1) & 0x7F
+        ok: npt.NDArray[np.bool_] = (((v & 0xC0) == 0x80) & ((pt < 72) | (pt > 76))
+                                     & (pc >= np.asarray(rel) + 12))
+        return ok
+
+    out: list[tuple[int | I64, npt.NDArray[np.bool_]]] = [(0, rtp_at(0))]
+    chan = (b0 >= 0x40) & (b0 <= 0x4F)
+    out.append((4, chan & rtp_at(4)))
+    zoom = (b0 == 0x05) & (pc > 40)
+    for hdr in (1, 8):
+        media = byte(hdr)
+        zoff = np.select([media == 15, media == 16, media == 13, media == 30],
+                         [hdr + 19, hdr + 24, hdr + 27, hdr + 20], default=0)
+        out.append((zoff, zoom & (zoff > 0) & rtp_at(zoff)))
+    return out
+
+
+def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
+            payload_snap: int) -> Prepared:
+    """Group a decoded batch by flow key and extract what the records need."""
+    n_all = len(b)
+    idx = np.flatnonzero(cols.kind == KIND_FLOW)
+    n = len(idx)
+    keys, src_is_a = canonical_key(cols, idx)
+    if n:
+        h = mix(keys)
+        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        if not np.array_equal(keys, keys[first][inv.reshape(-1)]):  # 64-bit hash collision
+            _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        order = np.argsort(inv, kind="stable")
+    else:
+        first = np.zeros(0, dtype=np.int64)
+        inv = np.zeros(0, dtype=np.int64)
+        order = np.zeros(0, dtype=np.int64)
+    pidx = idx[order]
+    g_s = inv[order]
+    ts_s = b.ts_ns[pidx]
+    proto_s = cols.proto[pidx].astype(np.int64)
+    flags_s = cols.flags[pidx].astype(np.int64)
+    side_s = (~src_is_a[order]).astype(np.int64)
+    pay_s = cols.pay_len[pidx]
+    gstart = np.ones(n, dtype=bool)
+    if n:
+        gstart[1:] = g_s[1:] != g_s[:-1]
+    gpos = np.flatnonzero(gstart)
+
+    # Splits that hold whatever the table says: idle gaps, a SYN after FIN both ways or RST.
+    gap = np.zeros(n, dtype=np.int64)
+    if n:
+        gap[1:] = ts_s[1:] - ts_s[:-1]
+    idle_split = ~gstart & (gap > idle_ns[proto_s])
+    split = gstart | idle_split
+    why = np.where(idle_split, SPLIT_IDLE, SPLIT_NONE).astype(np.int8)
+    tcp = proto_s == 6
+    pure_syn = tcp & ((flags_s & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+    if pure_syn.any():
+        closing = tcp & ((flags_s & (TCP_FIN | TCP_RST)) != 0)
+        for _ in range(8):  # each round can only add splits; reuse chains are short
+            rst = closing & ((flags_s & TCP_RST) != 0)
+            fin_a = tcp & ((flags_s & TCP_FIN) != 0) & (side_s == 0)
+            fin_b = tcp & ((flags_s & TCP_FIN) != 0) & (side_s == 1)
+            closed = (_segmented_any_before(rst, split)
+                      | (_segmented_any_before(fin_a, split)
+                         & _segmented_any_before(fin_b, split)))
+            new = pure_syn & closed & ~split
+            if not new.any():
+                break
+            split |= new
+            why[new] = SPLIT_REUSE
+
+    # Payload candidates: the first N payloads per segment and direction.
+    pay_cap_s = cols.pay_cap[pidx]
+    seg = np.cumsum(split) - 1
+    has_pay = np.flatnonzero(pay_cap_s > 0)
+    ss = seg[has_pay] * 2 + side_s[has_pay]
+    o = np.argsort(ss, kind="stable")
+    cand = has_pay[o]
+    rank = seg_rank(ss[o])
+    keep = rank < payload_samples
+    pay_pos = cand[keep]
+    pay_rank = rank[keep]
+    o2 = np.argsort(pay_pos, kind="stable")
+    pay_pos, pay_rank = pay_pos[o2], pay_rank[o2]
+    arr = np.frombuffer(b.buf, dtype=np.uint8)
+    po = cols.pay_off[pidx][pay_pos]
+    pn = np.minimum(pay_cap_s[pay_pos], payload_snap)
+    pstart = np.cumsum(pn) - pn
+    mv = memoryview(b.buf)
+    pool = b"".join([mv[a:a + ln] for a, ln in zip(po.tolist(), pn.tolist(), strict=True)])
+
+    # RTP header fields of UDP payloads, plain or behind a known framing.
+    udp = np.flatnonzero((proto_s == 17) & (pay_cap_s >= 12))
+    rtp_pos = np.zeros(0, dtype=np.int64)
+    rtp_off = np.zeros(0, dtype=np.int64)
+    rb = np.zeros((0, 12), dtype=np.int64)
+    if len(udp):
+        top = len(b.buf) - 1
+        upo = cols.pay_off[pidx][udp]
+        upc = pay_cap_s[udp]
+        b0 = arr[np.minimum(upo, top)].astype(np.int64)
+        off = np.full(len(udp), -1, dtype=np.int64)
+        for cand_off, cond in _rtp_framings(arr, upo, upc, b0, top):
+            off = np.where((off < 0) & cond, cand_off, off)
+        ok = off >= 0
+        rtp_pos = udp[ok]
+        rtp_off = off[ok]
+        base = upo[ok] + rtp_off
+        rb = arr[np.minimum(base[:, None] + np.arange(12), top)].astype(np.int64)
+
+    weird_sorted = np.full(len(cols.weirds), -1, dtype=np.int64)
+    if cols.weirds:
+        where = np.full(n_all, -1, dtype=np.int64)
+        where[pidx] = np.arange(n)
+        weird_sorted = where[np.asarray([i for i, _ in cols.weirds], dtype=np.int64)]
+    ts_list = b.ts_ns
+    return Prepared(
+        packets=n_all, frame0=b.frame0, ts_max=int(ts_list.max()) if n_all else 0,
+        non_ip=int(np.count_nonzero(cols.kind == KIND_NONIP)), slow=cols.slow,
+        weirds=[(b.frame0 + i, int(ts_list[i]), w) for i, w in cols.weirds],
+        weird_sorted=weird_sorted,
+        icmp=[(b.frame0 + i, int(ts_list[i]), q) for i, q in cols.icmp],
+        frame=b.frame0 + pidx, ts=ts_s, proto=proto_s, flags=flags_s, side=side_s,
+        seq=cols.seq[pidx], pay_len=pay_s, wire=b.wirelen[pidx],
+        ipver=cols.ipver[pidx], tunnel=cols.tunnel[pidx], group=g_s, gpos=gpos,
+        gkeys=np.ascontiguousarray(keys[first]) if n else np.zeros((0, KEY_WIDTH), np.uint64),
+        split=split, split_why=why,
+        pay_pos=pay_pos, pay_rank=pay_rank, pay_off=pstart, pay_n=pn, pool=pool,
+        rtp_pos=rtp_pos, rtp_off=rtp_off.astype(np.uint8),
+        rtp_seq=((rb[:, 2] << 8) | rb[:, 3]).astype(np.uint16),
+        rtp_ts=((rb[:, 4] << 24) | (rb[:, 5] << 16) | (rb[:, 6] << 8) | rb[:, 7]).astype(
+            np.uint32),
+        rtp_ssrc=((rb[:, 8] << 24) | (rb[:, 9] << 16) | (rb[:, 10] << 8) | rb[:, 11]).astype(
+            np.uint32),
+        rtp_pt=(rb[:, 1] & 0x7F).astype(np.uint8), rtp_mk=(rb[:, 1] >> 7).astype(np.uint8))

@@ -1,0 +1,171 @@
+"""Flow metering: the key and orig/resp decision, timeouts, TCP reuse, the two-process path."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP  # type: ignore[attr-defined]
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from probe import FlowRecord, MeterConfig, read_capture
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _pcap(packets: list[tuple[float, bytes]]) -> bytes:
+    out = io.BytesIO()
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for ts, data in packets:
+        sec = int(ts)
+        out.write(struct.pack("<IIII", sec, int(round((ts - sec) * 1e6)), len(data), len(data)))
+        out.write(data)
+    return out.getvalue()
+
+
+def _udp(t: float, src: str, sport: int, dst: str, dport: int, payload: bytes = b"x" * 20
+         ) -> tuple[float, bytes]:
+    return t, bytes(Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) /
+                    Raw(payload))
+
+
+def _tcp(t: float, src: str, sport: int, dst: str, dport: int, flags: str, seq: int = 1000,
+         payload: bytes = b"") -> tuple[float, bytes]:
+    pkt = Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq)
+    if payload:
+        pkt = pkt / Raw(payload)
+    return t, bytes(pkt)
+
+
+def _flows(packets: list[tuple[float, bytes]], tmp_path: Path, **cfg: float) -> list[FlowRecord]:
+    path = tmp_path / "t.pcap"
+    path.write_bytes(_pcap(packets))
+    return read_capture(path, MeterConfig(**cfg)).flows  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_originator_is_first_sender_whatever_address_order(tmp_path: Path, swap: bool) -> None:
+    a, b = ("10.0.0.1", "10.0.0.9") if not swap else ("10.0.0.9", "10.0.0.1")
+    flows = _flows([_udp(1.0, a, 5000, b, 53), _udp(1.1, b, 53, a, 5000),
+                    _udp(1.2, a, 5000, b, 53)], tmp_path)
+    assert len(flows) == 1
+    f = flows[0]
+    assert (f.orig_h, f.orig_p, f.resp_h, f.resp_p) == (a, 5000, b, 53)
+    assert (f.orig_pkts, f.resp_pkts) == (2, 1)
+    assert f.orig_bytes == 40 and f.resp_bytes == 20
+    assert f.orig_wire_bytes == 2 * 62
+
+
+def test_syn_sender_is_originator_even_if_synack_seen_first(tmp_path: Path) -> None:
+    flows = _flows([_tcp(1.0, "10.0.0.9", 443, "10.0.0.1", 40000, "SA"),
+                    _tcp(1.1, "10.0.0.1", 40000, "10.0.0.9", 443, "A")], tmp_path)
+    assert (flows[0].orig_h, flows[0].orig_p) == ("10.0.0.1", 40000)
+
+
+def test_udp_idle_gap_splits_and_config_changes_it(tmp_path: Path) -> None:
+    pkts = [_udp(1.0, "10.0.0.1", 5000, "10.0.0.2", 6000),
+            _udp(200.0, "10.0.0.1", 5000, "10.0.0.2", 6000)]
+    flows = _flows(pkts, tmp_path)
+    assert [f.end_reason for f in flows] == ["idle", "eof"]
+    assert len({f.uid for f in flows}) == 2
+    assert len(_flows(pkts, tmp_path, udp_idle_s=300.0)) == 1
+
+
+def test_tcp_port_reuse_after_close_is_a_new_flow(tmp_path: Path) -> None:
+    c, s = "10.0.0.1", "10.0.0.2"
+    pkts = [_tcp(1.0, c, 40000, s, 80, "S", 100), _tcp(1.1, s, 80, c, 40000, "SA", 500),
+            _tcp(1.2, c, 40000, s, 80, "A", 101), _tcp(1.3, c, 40000, s, 80, "FA", 101),
+            _tcp(1.4, s, 80, c, 40000, "FA", 501), _tcp(1.5, c, 40000, s, 80, "A", 102),
+            _tcp(2.0, c, 40000, s, 80, "S", 9000), _tcp(2.1, s, 80, c, 40000, "SA", 7000),
+            _tcp(2.2, c, 40000, s, 80, "R", 9001)]
+    flows = _flows(pkts, tmp_path)
+    assert [(f.orig_pkts, f.resp_pkts) for f in flows] == [(4, 2), (2, 1)]
+    assert flows[0].end_reason == "tcp-close"
+    assert flows[0].conn_state == "SF"
+    assert flows[1].conn_state == "RSTO"
+
+
+def test_syn_answered_by_rst_is_rej(tmp_path: Path) -> None:
+    flows = _flows([_tcp(1.0, "10.0.0.1", 40000, "10.0.0.2", 443, "S"),
+                    _tcp(1.01, "10.0.0.2", 443, "10.0.0.1", 40000, "RA")], tmp_path)
+    assert flows[0].conn_state == "REJ"
+
+
+def test_retransmission_counted_once(tmp_path: Path) -> None:
+    c, s = "10.0.0.1", "10.0.0.2"
+    pkts = [_tcp(1.0, c, 40000, s, 80, "S", 100), _tcp(1.1, s, 80, c, 40000, "SA", 500),
+            _tcp(1.2, c, 40000, s, 80, "PA", 101, b"a" * 100),
+            _tcp(1.3, c, 40000, s, 80, "PA", 101, b"a" * 100),
+            _tcp(1.4, c, 40000, s, 80, "PA", 201, b"b" * 100)]
+    f = _flows(pkts, tmp_path)[0]
+    assert (f.orig_retrans, f.resp_retrans) == (1, 0)
+
+
+def test_payload_samples_timing_and_rate_series(tmp_path: Path) -> None:
+    pkts = [_udp(10.0 + i * 0.5, "10.0.0.1", 5000, "10.0.0.2", 6000, bytes([i]) * (10 + i))
+            for i in range(12)]
+    f = _flows(pkts, tmp_path, payload_samples=8)[0]
+    assert [p.data for p in f.payloads] == [bytes([i]) * (10 + i) for i in range(8)]
+    assert [p.frame for p in f.payloads] == list(range(1, 9))
+    assert list(f.pkt_len) == [10 + i for i in range(12)]
+    assert list(f.rate[:, 0]) == [10, 11, 12, 13, 14, 15]
+    assert int(f.rate[:, 1].sum()) == 12
+
+
+def test_rtp_series_kept_over_whole_life(tmp_path: Path) -> None:
+    pkts = []
+    for i in range(300):
+        rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0x1234) + b"\xff" * 160
+        pkts.append(_udp(1.0 + i * 0.02, "10.0.0.1", 4000, "10.0.0.2", 4002, rtp))
+    f = _flows(pkts, tmp_path)[0]
+    assert f.rtp is not None and len(f.rtp) == 300
+    assert list(f.rtp.seq[:3]) == [0, 1, 2]
+    assert int(f.rtp.ssrc[0]) == 0x1234
+    assert int(f.rtp.rtp_ts[-1]) == 299 * 160
+
+
+def test_random_udp_is_not_taken_for_rtp(tmp_path: Path) -> None:
+    import random
+    rnd = random.Random(5)
+    pkts = [_udp(1.0 + i * 0.02, "10.0.0.1", 4000, "10.0.0.2", 4002,
+                 bytes(rnd.getrandbits(8) for _ in range(100))) for i in range(200)]
+    assert _flows(pkts, tmp_path)[0].rtp is None
+
+
+def test_uids_are_deterministic() -> None:
+    sample = ROOT / "captures" / "sample-call.pcap"
+    a = [f.uid for f in read_capture(sample).flows]
+    b = [f.uid for f in read_capture(sample).flows]
+    assert a == b and len(set(a)) == len(a)
+
+
+@pytest.mark.parametrize("name", ["sample-call.pcap", "ipv4-frag-ooo.pcap", "icmp-errors.pcap",
+                                  "flow-tcp-reuse.pcap", "malformed-packets.pcap",
+                                  "pcapng-multi.pcapng"])
+def test_two_processes_give_the_same_flows(name: str) -> None:
+    path = ROOT / "captures" / name
+    one = read_capture(path, workers=1)
+    two = read_capture(path, workers=2)
+    assert [f.conn_dict() for f in one.flows] == [f.conn_dict() for f in two.flows]
+    assert [f.payloads for f in one.flows] == [f.payloads for f in two.flows]
+    assert one.status.complete == two.status.complete
+    assert one.status.packets == two.status.packets
+    assert len(one.all_weirds()) == len(two.all_weirds())
+
+
+def test_small_batches_give_the_same_flows() -> None:
+    """Flows spanning many batches are metered exactly as in one batch."""
+    path = ROOT / "captures" / "sample-call.pcap"
+    whole = read_capture(path)
+    tiny = read_capture(path, MeterConfig(chunk_size=4096))
+    assert [f.conn_dict() for f in whole.flows] == [f.conn_dict() for f in tiny.flows]
+    for a, b in zip(whole.flows, tiny.flows, strict=True):
+        assert a.payloads == b.payloads
+        assert (a.rate == b.rate).all()
+        assert list(a.pkt_ts) == list(b.pkt_ts)
+        assert (a.rtp is None) == (b.rtp is None)
+        if a.rtp is not None and b.rtp is not None:
+            assert list(a.rtp.seq) == list(b.rtp.seq)
