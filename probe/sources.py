@@ -204,7 +204,9 @@ class CaptureSource:
         if isinstance(source, str | Path):
             name = str(source)
             if name == "-":
-                fh: BinaryIO = sys.stdin.buffer
+                # A private handle on fd 0: a forked reader process closes sys.stdin.
+                fh: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+                self._owned = fh
             else:
                 try:
                     fh = open(name, "rb")  # noqa: SIM115 - closed in close()

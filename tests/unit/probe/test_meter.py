@@ -21,7 +21,7 @@ def _pcap(packets: list[tuple[float, bytes]]) -> bytes:
     out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
     for ts, data in packets:
         sec = int(ts)
-        out.write(struct.pack("<IIII", sec, int(round((ts - sec) * 1e6)), len(data), len(data)))
+        out.write(struct.pack("<IIII", sec, round((ts - sec) * 1e6), len(data), len(data)))
         out.write(data)
     return out.getvalue()
 
