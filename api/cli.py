@@ -24,10 +24,11 @@ EXIT_UNREADABLE = 2
 EXIT_PARTIAL = 3
 
 
-def _meter_config(args: argparse.Namespace) -> MeterConfig:
+def _meter_config(args: argparse.Namespace, payloads: int | None = None) -> MeterConfig:
     return MeterConfig(
         udp_idle_s=args.udp_idle, tcp_idle_s=args.tcp_idle, active_s=args.active_timeout,
-        payload_samples=args.payloads, timing_packets=args.timing_packets)
+        payload_samples=args.payloads if payloads is None else payloads,
+        timing_packets=args.timing_packets)
 
 
 def _add_meter_options(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,7 @@ class _Progress:
             self._bar.start()
 
     def update(self, done: int) -> None:
+        sys.stdout.flush()  # flows of the batch just metered are out as soon as it is done
         if self._bar is not None:
             self._bar.update(self._task, completed=done)
 
@@ -101,6 +103,10 @@ def _run_flows(args: argparse.Namespace) -> int:
 
     def emit(rec: FlowRecord) -> None:
         row = rec.conn_dict()
+        if args.samples:
+            row["payloads"] = [{"frame": s.frame, "ts": s.ts, "direction": s.direction,
+                                "hex": s.data.hex()} for s in rec.payloads]
+            row["rtp_streams"] = [s.to_dict() for s in rec.rtp_streams]
         if fmt == "json":
             collected.append(row)
         elif fmt == "jsonl":
@@ -109,7 +115,9 @@ def _run_flows(args: argparse.Namespace) -> int:
             csvw.write(row)
 
     try:
-        reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
+        # Payload samples are kept only when they are printed.
+        config = _meter_config(args, None if args.samples else 0)
+        reader = FlowReader(args.capture, config, progress=progress.update,
                             workers=args.workers)
         for rec in reader:
             emit(rec)
@@ -148,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("flows", help="bidirectional flow records of a capture")
     f.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
     _add_format(f)
+    f.add_argument("--samples", action="store_true",
+                   help="also print each flow's payload samples (hex) and RTP stream summaries")
     _add_meter_options(f)
     f.set_defaults(func=_run_flows)
     return p

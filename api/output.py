@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
+import orjson
+
 __all__ = ["CsvWriter", "dumps", "write_jsonl"]
 
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def dumps(obj: Any) -> str:
-    """Compact, deterministic JSON."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_clean)
+    """Compact, deterministic JSON (NaN and infinities become null)."""
+    return orjson.dumps(obj, option=_OPTS).decode()
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], out: TextIO) -> None:
+    """One JSON object per line; the caller decides when to flush."""
     for row in rows:
         out.write(dumps(row))
         out.write("\n")
-        out.flush()
 
 
 class CsvWriter:
@@ -41,6 +38,5 @@ class CsvWriter:
             self._w = csv.DictWriter(self._out, fieldnames=list(row.keys()),
                                      extrasaction="ignore", lineterminator="\n")
             self._w.writeheader()
-        self._w.writerow({k: dumps(v) if isinstance(v, list | dict) else v
+        self._w.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v
                           for k, v in row.items()})
-        self._out.flush()

@@ -164,11 +164,8 @@ class Decoder:
         # Anything layered (stacked tags, MPLS, PPPoE...) goes the slow way.
         slow |= np.isin(et, (0x8100, 0x88A8, 0x9100, 0x8847, 0x8848, 0x88BE, 0x8864))
 
-        is4 = ~slow & (et == 0x0800)
-        is6 = ~slow & (et == 0x86DD)
         avail = end - l3
         ip_wire = b.wirelen - (l3 - off)
-
         ipver = np.zeros(n, dtype=np.uint8)
         proto = np.zeros(n, dtype=np.int64)
         src_hi = np.zeros(n, dtype=np.uint64)
@@ -178,81 +175,94 @@ class Decoder:
         l4 = np.zeros(n, dtype=np.int64)
         ip_pay = np.zeros(n, dtype=np.int64)
 
-        if is4.any():
-            h0 = _u8(arr, at(l3))
+        i4 = np.flatnonzero(~slow & (et == 0x0800))
+        if len(i4):
+            L = l3[i4]
+            h0 = _u8(arr, at(L))
             ihl = (h0 & 0x0F) * 4
-            tot = _be16(arr, at(l3 + 2))
-            frag = _be16(arr, at(l3 + 6))
-            pr = _u8(arr, at(l3 + 9))
-            good = (is4 & (avail >= 20) & ((h0 >> 4) == 4) & (ihl >= 20) & (avail >= ihl)
-                    & (tot >= ihl) & (tot <= ip_wire) & ((frag & 0x3FFF) == 0)
-                    & ~np.isin(pr, (4, 41, 47)))
-            slow |= is4 & ~good
-            is4 = good
-            ipver[is4] = 4
-            proto = np.where(is4, pr, proto)
-            sa = _be32(arr, at(l3 + 12))
-            da = _be32(arr, at(l3 + 16))
-            src_lo = np.where(is4, (sa | V4_MAPPED).astype(np.uint64), src_lo)
-            dst_lo = np.where(is4, (da | V4_MAPPED).astype(np.uint64), dst_lo)
-            l4 = np.where(is4, l3 + ihl, l4)
-            ip_pay = np.where(is4, tot - ihl, ip_pay)
-        if is6.any():
-            h0 = _u8(arr, at(l3))
-            plen = _be16(arr, at(l3 + 4))
-            nh = _u8(arr, at(l3 + 6))
-            good = (is6 & (avail >= 40) & ((h0 >> 4) == 6) & (plen > 0) & (plen + 40 <= ip_wire)
-                    & np.isin(nh, (6, 17, 58, 132, 59)))
-            slow |= is6 & ~good
-            is6 = good
-            ipver[is6] = 6
-            proto = np.where(is6, nh, proto)
-            src_hi = np.where(is6, _be64(arr, at(l3 + 8)), src_hi)
-            src_lo = np.where(is6, _be64(arr, at(l3 + 16)), src_lo)
-            dst_hi = np.where(is6, _be64(arr, at(l3 + 24)), dst_hi)
-            dst_lo = np.where(is6, _be64(arr, at(l3 + 32)), dst_lo)
-            l4 = np.where(is6, l3 + 40, l4)
-            ip_pay = np.where(is6, plen, ip_pay)
+            tot = _be16(arr, at(L + 2))
+            frag = _be16(arr, at(L + 6))
+            pr = _u8(arr, at(L + 9))
+            av = avail[i4]
+            good = ((av >= 20) & ((h0 >> 4) == 4) & (ihl >= 20) & (av >= ihl) & (tot >= ihl)
+                    & (tot <= ip_wire[i4]) & ((frag & 0x3FFF) == 0)
+                    & (pr != 4) & (pr != 41) & (pr != 47))
+            slow[i4[~good]] = True
+            g = i4[good]
+            Lg = L[good]
+            ipver[g] = 4
+            proto[g] = pr[good]
+            src_lo[g] = (_be32(arr, at(Lg + 12)) | V4_MAPPED).astype(np.uint64)
+            dst_lo[g] = (_be32(arr, at(Lg + 16)) | V4_MAPPED).astype(np.uint64)
+            l4[g] = Lg + ihl[good]
+            ip_pay[g] = tot[good] - ihl[good]
+        i6 = np.flatnonzero(~slow & (et == 0x86DD))
+        if len(i6):
+            L = l3[i6]
+            h0 = _u8(arr, at(L))
+            plen = _be16(arr, at(L + 4))
+            nh = _u8(arr, at(L + 6))
+            good = ((avail[i6] >= 40) & ((h0 >> 4) == 6) & (plen > 0)
+                    & (plen + 40 <= ip_wire[i6]) & np.isin(nh, (6, 17, 58, 132, 59)))
+            slow[i6[~good]] = True
+            g = i6[good]
+            Lg = L[good]
+            ipver[g] = 6
+            proto[g] = nh[good]
+            src_hi[g] = _be64(arr, at(Lg + 8))
+            src_lo[g] = _be64(arr, at(Lg + 16))
+            dst_hi[g] = _be64(arr, at(Lg + 24))
+            dst_lo[g] = _be64(arr, at(Lg + 32))
+            l4[g] = Lg + 40
+            ip_pay[g] = plen[good]
 
-        ip = is4 | is6
-        avail4 = end - l4
         sport = np.zeros(n, dtype=np.int64)
         dport = np.zeros(n, dtype=np.int64)
         flags = np.zeros(n, dtype=np.int64)
         seq = np.zeros(n, dtype=np.int64)
         hdr = np.zeros(n, dtype=np.int64)
-
-        tcp = ip & (proto == 6)
-        if tcp.any():
-            thl = (_u8(arr, at(l4 + 12)) >> 4) * 4
-            good = tcp & (avail4 >= 14) & (thl >= 20) & (thl <= ip_pay)
-            slow |= tcp & ~good
-            tcp = good
-            sport = np.where(tcp, _be16(arr, at(l4)), sport)
-            dport = np.where(tcp, _be16(arr, at(l4 + 2)), dport)
-            seq = np.where(tcp, _be32(arr, at(l4 + 4)), seq)
-            flags = np.where(tcp, _u8(arr, at(l4 + 13)), flags)
-            hdr = np.where(tcp, thl, hdr)
-        udp = ip & (proto == 17)
-        if udp.any():
-            sp = _be16(arr, at(l4))
-            dp = _be16(arr, at(l4 + 2))
-            ulen = _be16(arr, at(l4 + 4))
-            good = udp & (avail4 >= 8) & (ip_pay >= 8) & (ulen == ip_pay)
-            tunnel_port = (np.isin(dp, (VXLAN_PORT, GTPU_PORT))
-                           | np.isin(sp, (VXLAN_PORT, GTPU_PORT)))
-            slow |= udp & (~good | tunnel_port)
-            udp = good & ~tunnel_port
-            sport = np.where(udp, sp, sport)
-            dport = np.where(udp, dp, dport)
-            hdr = np.where(udp, 8, hdr)
-        icmp = ip & ((proto == 1) | (proto == 58))
-        if icmp.any():
-            ty = _u8(arr, at(l4))
-            err = np.where(proto == 1, np.isin(ty, (3, 4, 5, 11, 12)), ty < 128)
-            slow |= icmp & (err | (avail4 < 1))
-        other = ip & ~(tcp | udp) & ~((proto == 6) | (proto == 17))
-        fast = (tcp | udp | other) & ~slow
+        fast = np.zeros(n, dtype=bool)
+        ip = ipver > 0
+        it = np.flatnonzero(ip & (proto == 6))
+        if len(it):
+            L = l4[it]
+            thl = (_u8(arr, at(L + 12)) >> 4) * 4
+            good = ((end[it] - L) >= 14) & (thl >= 20) & (thl <= ip_pay[it])
+            slow[it[~good]] = True
+            g = it[good]
+            Lg = L[good]
+            sport[g] = _be16(arr, at(Lg))
+            dport[g] = _be16(arr, at(Lg + 2))
+            seq[g] = _be32(arr, at(Lg + 4))
+            flags[g] = _u8(arr, at(Lg + 13))
+            hdr[g] = thl[good]
+            fast[g] = True
+        iu = np.flatnonzero(ip & (proto == 17))
+        if len(iu):
+            L = l4[iu]
+            sp = _be16(arr, at(L))
+            dp = _be16(arr, at(L + 2))
+            ulen = _be16(arr, at(L + 4))
+            pay = ip_pay[iu]
+            good = (((end[iu] - L) >= 8) & (pay >= 8) & (ulen == pay)
+                    & (sp != VXLAN_PORT) & (dp != VXLAN_PORT) & (sp != GTPU_PORT)
+                    & (dp != GTPU_PORT))
+            slow[iu[~good]] = True
+            g = iu[good]
+            sport[g] = sp[good]
+            dport[g] = dp[good]
+            hdr[g] = 8
+            fast[g] = True
+        ic = np.flatnonzero(ip & ((proto == 1) | (proto == 58)))
+        if len(ic):
+            L = l4[ic]
+            ty = _u8(arr, at(L))
+            err = np.where(proto[ic] == 1, np.isin(ty, (3, 4, 5, 11, 12)), ty < 128)
+            bad = err | ((end[ic] - L) < 1)
+            slow[ic[bad]] = True
+        other = ip & (proto != 6) & (proto != 17)
+        fast |= other
+        fast &= ~slow
 
         kind = np.full(n, KIND_NONIP, dtype=np.uint8)
         kind[fast] = KIND_FLOW

@@ -132,7 +132,7 @@ class SlowDecoder:
         self._frags: dict[tuple[int, int, int, int, int], tuple[int, int, int]] = {}
 
     # -- entry point -----------------------------------------------------------
-    def decode(self, buf: bytes, off: int, cap: int, wire: int, linktype: int,
+    def decode(self, buf: bytes | bytearray, off: int, cap: int, wire: int, linktype: int,
                ts: int) -> tuple[PacketInfo | None, WeirdInfo | None]:
         ctx = _Ctx(off, off + wire, ts)
         cur = Cursor(buf, "link", off, off + cap)

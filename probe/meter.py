@@ -27,10 +27,10 @@ connection closed by FIN in both directions or by RST is ended after
 
 from __future__ import annotations
 
-import base64
+import functools
 import hashlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,8 +52,10 @@ from probe.records import (
     IcmpNotice,
     PayloadSample,
     RtpSeries,
+    RtpStream,
     Weird,
 )
+from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import RawBatch
 
 __all__ = ["FlowMeter", "MeterConfig", "MeterStats", "canonical_key"]
@@ -88,8 +90,9 @@ class MeterConfig:
     """Bytes kept of each payload sample."""
     timing_packets: int = 64
     """Packets per flow kept in the (timestamp, size, direction) timing series."""
-    rtp_max_packets: int = 500_000
-    """RTP header samples kept per flow (about 80 minutes of a two-way 50 pps call)."""
+    rtp_detail_packets: int = 2000
+    """RTP packets per flow kept one by one (``FlowRecord.rtp``, 20 s of a two-way 50 pps
+    call); every packet still counts in the whole-life ``FlowRecord.rtp_streams``."""
     chunk_size: int = 16 << 20
     """Bytes of capture read per batch."""
 
@@ -241,6 +244,7 @@ class _Table:
             arr[slots] = -1 if name in ("seq_base", "fid") else 0
 
 
+@functools.lru_cache(maxsize=65536)
 def _addr_str(hi: int, lo: int) -> tuple[int, str]:
     ver, a = join_addr(hi, lo)
     if ver == 4:
@@ -249,8 +253,8 @@ def _addr_str(hi: int, lo: int) -> tuple[int, str]:
 
 
 def _uid(parts: str) -> str:
-    digest = hashlib.blake2b(parts.encode(), digest_size=10).digest()
-    return "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:16]
+    """``C`` + 17 hex digits of a BLAKE2b digest of the flow's key and first timestamp."""
+    return "C" + hashlib.blake2b(parts.encode(), digest_size=9).hexdigest()[:17]
 
 
 class FlowMeter:
@@ -278,6 +282,7 @@ class FlowMeter:
         self._rtp = _Log(("ts", "side", "seq", "rts", "ssrc", "pt", "mk", "size", "off",
                           "frame"))
         self._pay_log = _PayloadLog()
+        self._streams = RtpStreams()
         self._icmp: dict[int, list[IcmpNotice]] = {}
         self._flow_weirds: dict[int, list[tuple[int, int, WeirdInfo]]] = {}
         self.idle_ns = np.full(256, int(self.cfg.other_idle_s * NS), dtype=np.int64)
@@ -324,12 +329,17 @@ class FlowMeter:
         self._expire(self._now)
         return self._out
 
-    def finish(self) -> list[FlowRecord]:
-        """End every flow still in the table (end reason ``eof``)."""
-        self._out = []
+    def finish(self) -> Iterator[FlowRecord]:
+        """End every flow still in the table (end reason ``eof``), a few thousand at a time
+        so the records need not all be in memory at once."""
         slots = np.flatnonzero(self._t.alive)
-        self._end(slots, ["eof"] * len(slots))
-        return self._out
+        slots = slots[np.argsort(self._t.first_frame[slots], kind="stable")]
+        for a in range(0, len(slots), 4096):
+            self._out = []
+            part = slots[a:a + 4096]
+            self._end(part, ["eof"] * len(part))
+            yield from self._out
+        self._out = []
 
     def active_flows(self) -> int:
         """Flows currently in the table."""
@@ -475,15 +485,22 @@ class FlowMeter:
                 np.add.at(t.n_pay, (ps[kk], pside[kk]), 1)
                 self._pay_log.add(fid_s[pp[kk]], p.pay_off[kk], p.pay_n[kk], p.frame[pp[kk]],
                                   ts_s[pp[kk]], dir_s[pp[kk]], p.pool)
-        # RTP header fields, up to the per-flow cap.
+        # RTP: whole-life stream state, and the first packets one by one.
         if len(p.rtp_pos):
             rp = p.rtp_pos
+            size = np.minimum(pay_s[rp], 65535)
+            ok = self._streams.update(fid_s[rp], dir_s[rp].astype(np.int64),
+                                      p.rtp_ssrc.astype(np.int64), p.rtp_seq.astype(np.int64),
+                                      p.rtp_ts.astype(np.int64), p.rtp_pt.astype(np.int64),
+                                      ts_s[rp], size)
+            acc = np.flatnonzero(ok)
+            rp = rp[acc]
             rslot = slot_s[rp]
-            keep = seg_rank(rslot) + t.n_rtp[rslot] < cfg.rtp_max_packets
+            keep = seg_rank(rslot) + t.n_rtp[rslot] < cfg.rtp_detail_packets
             np.add.at(t.n_rtp, rslot, 1)
             if keep.any():
-                kk = np.flatnonzero(keep)
-                u = rp[kk]
+                kk = acc[np.flatnonzero(keep)]
+                u = p.rtp_pos[kk]
                 self._rtp.add(fid_s[u], ts=ts_s[u], side=dir_s[u], seq=p.rtp_seq[kk],
                               rts=p.rtp_ts[kk], ssrc=p.rtp_ssrc[kk], pt=p.rtp_pt[kk],
                               mk=p.rtp_mk[kk],
@@ -682,8 +699,10 @@ class FlowMeter:
         rate_a = np.searchsorted(rate_fid, fids, side="left").tolist()
         rate_z = np.searchsorted(rate_fid, fids, side="right").tolist()
         need_rtp = bool((t.n_rtp[slots] > 0).any())
+        streams: dict[int, list[StreamState]] = {}
         if need_rtp:
             rtp, rtp_a, rtp_z = grouped(self._rtp)
+            streams = self._streams.take(fids.tolist())
         payloads = self._pay_log.take(lookup)
         # Plain Python values for every column at once.
         key = t.key[slots]
@@ -700,7 +719,7 @@ class FlowMeter:
         tunnels = t.tunnel[slots].tolist()
         n_rtp = t.n_rtp[slots].tolist()
         fid_l = fids.tolist()
-        cap = self.cfg.rtp_max_packets
+        cap = self.cfg.rtp_detail_packets
         for j in range(len(slots)):
             fid = fid_l[j]
             o = 0 if o_is_a[j] else 1
@@ -722,9 +741,13 @@ class FlowMeter:
             if o == 1:
                 rr = rr[:, [0, 3, 4, 1, 2]]
             rtp_series = None
+            rtp_streams: tuple[RtpStream, ...] = ()
             if need_rtp and n_rtp[j] >= 4:
-                rtp_series = _rtp_series(rtp, rtp_a[j], rtp_z[j], pkts[j][0] + pkts[j][1],
-                                         n_rtp[j] > cap)
+                rtp_series = _rtp_series(rtp, rtp_a[j], rtp_z[j],
+                                         min(pkts[j][0] + pkts[j][1], cap), n_rtp[j] > cap)
+                sr = streams.get(fid)
+                if rtp_series is not None and sr is not None:
+                    rtp_streams = _streams_of(sr)
             weirds = tuple(Weird(fr, ts / NS, w.layer, w.offset, w.reason, uid)
                            for fr, ts, w in self._flow_weirds.pop(fid, ()))
             rec = FlowRecord(
@@ -738,7 +761,7 @@ class FlowMeter:
                 tunnel=TUNNEL_NAMES.get(tunnels[j]), icmp=tuple(self._icmp.pop(fid, ())),
                 weirds=weirds, payloads=payloads.get(fid, ()),
                 pkt_ts=tim_ts[ta:tz], pkt_len=tim_len[ta:tz], pkt_dir=tim_dir[ta:tz],
-                pkt_flags=tim_fl[ta:tz], rate=rr, rtp=rtp_series)
+                pkt_flags=tim_fl[ta:tz], rate=rr, rtp=rtp_series, rtp_streams=rtp_streams)
             self.stats.flows += 1
             if self._emit is not None:
                 self._emit(rec)
@@ -829,13 +852,27 @@ def _merge_rate(rate: dict[str, np.ndarray]) -> tuple[I64, I64]:  # type: ignore
     return out, fid[pos]
 
 
+def _streams_of(states: list[StreamState]) -> tuple[RtpStream, ...]:
+    """Stream records of one flow, originator's streams first, biggest first."""
+    out = [RtpStream(direction=st.direction, ssrc=st.ssrc, pt=st.pt, clock_hz=st.clock,
+                     packets=st.packets, bytes=st.bytes, first_ext_seq=st.first_ext,
+                     max_ext_seq=st.max_ext, reordered=st.reordered, jitter_s=st.jitter_s,
+                     first_ts=st.first_ts, last_ts=st.last_ts, seconds=st.seconds)
+           for st in states]
+    return tuple(sorted(out, key=lambda s: (s.direction, -s.packets, s.ssrc)))
+
+
 def _rtp_series(rtp: dict[str, np.ndarray], a: int, z: int, flow_pkts: int,  # type: ignore[type-arg]
                 truncated: bool) -> RtpSeries | None:
-    """Keep the RTP samples only if the flow looks like RTP: most packets, few SSRCs."""
+    """Keep the RTP samples only if the flow looks like RTP: many packets of few SSRCs.
+
+    ICE flows mix STUN, DTLS and RTCP with the media, so 20 RTP packets are enough
+    even when they are not half of the flow.
+    """
     n = z - a
     ssrc = rtp["ssrc"][a:z]
     side = rtp["side"][a:z]
-    if n < max(4, flow_pkts // 2):
+    if n < 4 or (n < flow_pkts // 2 and n < 20):
         return None
     # A media stream keeps its SSRC: the top two SSRCs per direction cover nearly everything.
     covered = 0

@@ -22,6 +22,7 @@ __all__ = [
     "IcmpNotice",
     "PayloadSample",
     "RtpSeries",
+    "RtpStream",
     "Weird",
 ]
 
@@ -90,7 +91,7 @@ class PayloadSample(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class RtpSeries:
-    """RTP header fields of every packet of a flow that carried RTP (whole life).
+    """RTP header fields, packet by packet, of the first RTP packets of a flow.
 
     All arrays have one entry per RTP packet in arrival order. ``offset`` is
     where the RTP header began inside the UDP payload (0 plain, 4 TURN
@@ -118,10 +119,65 @@ class RtpSeries:
     frame: npt.NDArray[np.int64]
     """1-based capture position of each packet."""
     truncated: bool = False
-    """True if the per-flow cap was reached and later packets were not kept."""
+    """True if the flow had more RTP packets than were kept here (see ``rtp_streams``)."""
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RtpStream:
+    """One RTP stream (direction and SSRC) of a flow, judged over the flow's whole life.
+
+    Kept as running state by the probe (RFC 3550 §A.1 extended sequence numbers,
+    §6.4.1 jitter), so its size does not grow with the number of packets.
+    """
+
+    direction: int
+    """``ORIG`` or ``RESP``."""
+    ssrc: int
+    """Synchronisation source."""
+    pt: int
+    """Payload type of the last packet."""
+    clock_hz: int
+    """RTP clock rate (static payload type or estimated); 0 if unknown."""
+    packets: int
+    """Packets received."""
+    bytes: int
+    """UDP payload bytes received."""
+    first_ext_seq: int
+    """Extended sequence number of the first packet."""
+    max_ext_seq: int
+    """Highest extended sequence number seen."""
+    reordered: int
+    """Packets that arrived after one with a higher sequence number."""
+    jitter_s: float
+    """RFC 3550 interarrival jitter estimate at the end, in seconds."""
+    first_ts: float
+    """Arrival of the first packet."""
+    last_ts: float
+    """Arrival of the last packet."""
+    seconds: npt.NDArray[np.float64]
+    """One row per second with packets: ``(second, packets, bytes, max_ext_seq, reordered,
+    jitter_s, transit_min_s, transit_max_s)``; transit = arrival − RTP time, relative to the
+    first packet (NaN while the clock rate is unknown)."""
+
+    @property
+    def expected(self) -> int:
+        """Packets the sequence numbers say were sent (RFC 3550 §A.3)."""
+        return self.max_ext_seq - self.first_ext_seq + 1
+
+    @property
+    def lost(self) -> int:
+        """Expected minus received (negative with duplicates)."""
+        return self.expected - self.packets
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"direction": self.direction, "ssrc": self.ssrc, "pt": self.pt,
+                "clock_hz": self.clock_hz, "packets": self.packets, "bytes": self.bytes,
+                "expected": self.expected, "lost": self.lost, "reordered": self.reordered,
+                "jitter_s": round(self.jitter_s, 6), "first_ts": self.first_ts,
+                "last_ts": self.last_ts}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +252,10 @@ class FlowRecord:
     resp_pkts, resp_wire_bytes)``; ``second`` is whole seconds since the epoch; seconds
     without packets are absent."""
     rtp: RtpSeries | None = None
-    """RTP header samples over the flow's whole life, for UDP flows that carry RTP."""
+    """Per-packet RTP header fields of the first packets (``MeterConfig.rtp_detail_packets``)
+    of a flow that carries RTP."""
+    rtp_streams: tuple[RtpStream, ...] = ()
+    """Every RTP stream of the flow, judged over its whole life."""
 
     @property
     def duration_s(self) -> float:
@@ -263,5 +322,5 @@ class FlowRecord:
             "tunnel": self.tunnel,
             "icmp": [n.to_dict() for n in self.icmp],
             "weirds": len(self.weirds),
-            "rtp_pkts": 0 if self.rtp is None else len(self.rtp),
+            "rtp_streams": len(self.rtp_streams),
         }

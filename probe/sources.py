@@ -105,7 +105,7 @@ class ReadStatus:
 class RawBatch:
     """Complete packet records from one chunk of input, as columns."""
 
-    buf: bytes
+    buf: bytes | bytearray
     """The chunk; packet data is referenced by offset into it."""
     data_off: npt.NDArray[np.int64]
     """Offset of each packet's first byte in ``buf``."""
@@ -135,15 +135,6 @@ class _Interface:
     offset_s: int
 
 
-def _gather_u32(arr: npt.NDArray[np.uint8], offs: npt.NDArray[np.int64], rel: int,
-                big: bool) -> npt.NDArray[np.int64]:
-    b = arr[offs[:, None] + np.arange(rel, rel + 4)].astype(np.int64)
-    if big:
-        b = b[:, ::-1]
-    out: npt.NDArray[np.int64] = (b[:, 3] << 24) | (b[:, 2] << 16) | (b[:, 1] << 8) | b[:, 0]
-    return out
-
-
 class _Input:
     """Reads chunks from a file or pipe, gzip-aware, remembering consumed bytes."""
 
@@ -170,6 +161,21 @@ class _Input:
         data = self._raw.read(n)
         self._raw.seek(pos)
         return data
+
+    @property
+    def direct(self) -> bool:
+        """True when chunks can be read straight into a buffer (a plain file)."""
+        return not self._is_pipe and not self.compressed
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` from a plain file; returns the bytes read (0 at the end)."""
+        got = 0
+        while got < len(view):
+            n = self._stream.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                break
+            got += n
+        return got
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; on a pipe, returns early with what is available."""
@@ -278,8 +284,21 @@ class CaptureSource:
         finally:
             self.close()
 
-    def _more(self, buf: bytes, pos: int) -> tuple[bytes, int, bool]:
+    def _more(self, buf: bytes | bytearray, pos: int) -> tuple[bytes | bytearray, int, bool]:
         """Drop consumed bytes and append the next chunk. Returns (buf, base_shift, eof)."""
+        if self._in.direct:
+            left = len(buf) - pos
+            new = bytearray(left + self.chunk_size)
+            new[:left] = memoryview(buf)[pos:]
+            try:
+                got = self._in.readinto(memoryview(new)[left:])
+            except OSError as exc:
+                self.status.damaged(self.status.bytes_read,
+                                    f"input unreadable after byte {self.status.bytes_read}: {exc}")
+                return buf[pos:], pos, True
+            if left + got < len(new):
+                del new[left + got:]
+            return new, pos, got == 0
         try:
             nxt = self._in.read(self.chunk_size)
         except (OSError, EOFError, gzip.BadGzipFile, struct.error) as exc:
@@ -290,7 +309,7 @@ class CaptureSource:
 
     def _pcap_batches(self) -> Iterator[RawBatch]:
         st = self.status
-        buf = self._pending
+        buf: bytes | bytearray = self._pending
         self._pending = b""
         if len(buf) < 24:
             buf, _, _ = self._more(buf, 0)
@@ -312,27 +331,34 @@ class CaptureSource:
             ap = offs.append
             end = len(buf)
             bad = False
-            while pos + 16 <= end:
-                incl = incl_at(buf, pos + 8)[0]
-                if incl > max_incl:
-                    bad = True
-                    break
-                nxt = pos + 16 + incl
+            last = end - 16
+            # The tight loop: record lengths are checked against max_incl afterwards, in bulk.
+            while pos <= last:
+                nxt = pos + 16 + incl_at(buf, pos + 8)[0]
                 if nxt > end:
                     break
                 ap(pos)
                 pos = nxt
+            if pos <= last and incl_at(buf, pos + 8)[0] > max_incl:
+                bad = True
             if offs:
                 o = np.asarray(offs, dtype=np.int64)
                 arr = np.frombuffer(buf, dtype=np.uint8)
-                sec = _gather_u32(arr, o, 0, self._big)
-                frac = _gather_u32(arr, o, 4, self._big)
-                cap = _gather_u32(arr, o, 8, self._big)
-                wire = _gather_u32(arr, o, 12, self._big)
+                hdr = arr[o[:, None] + np.arange(16)].view(">u4" if self._big else "<u4")
+                hdr = hdr.astype(np.int64)
+                over = np.flatnonzero(hdr[:, 2] > max_incl)
+                if len(over):  # a corrupt record header: keep what came before it
+                    k = int(over[0])
+                    pos = int(o[k])
+                    bad = True
+                    o, hdr = o[:k], hdr[:k]
+                sec, frac, cap, wire = hdr[:, 0], hdr[:, 1], hdr[:, 2], hdr[:, 3]
                 wire = np.maximum(wire, cap)
-                n = len(offs)
-                yield RawBatch(buf, o + 16, cap, wire, sec * 1_000_000_000 + frac * frac_scale,
-                               np.full(n, linktype, dtype=np.int32), frame)
+                n = len(o)
+                if n:
+                    yield RawBatch(buf, o + 16, cap, wire,
+                                   sec * 1_000_000_000 + frac * frac_scale,
+                                   np.full(n, linktype, dtype=np.int32), frame)
                 frame += n
                 st.packets += n
             st.bytes_read = base + pos
@@ -354,7 +380,7 @@ class CaptureSource:
 
     def _pcapng_batches(self) -> Iterator[RawBatch]:
         st = self.status
-        buf = self._pending
+        buf: bytes | bytearray = self._pending
         self._pending = b""
         ifaces: list[_Interface] = []  # all interfaces across sections
         section: list[int] = []  # local id -> index in ifaces
@@ -462,7 +488,7 @@ class CaptureSource:
             pos = 0
 
     @staticmethod
-    def _idb_options(buf: bytes, p: int, end: int, e: str, rec: _Interface) -> None:
+    def _idb_options(buf: bytes | bytearray, p: int, end: int, e: str, rec: _Interface) -> None:
         while p + 4 <= end:
             code, length = struct.unpack_from(e + "HH", buf, p)
             if code == 0:
@@ -479,8 +505,8 @@ class CaptureSource:
                 rec.offset_s = struct.unpack(e + "q", val)[0]
             p += 4 + ((length + 3) & ~3)
 
-    def _ng_batch(self, buf: bytes, d_off: list[int], d_cap: list[int], d_wire: list[int],
-                  d_if: list[int], d_ts: list[int], ifaces: list[_Interface],
+    def _ng_batch(self, buf: bytes | bytearray, d_off: list[int], d_cap: list[int],
+                  d_wire: list[int], d_if: list[int], d_ts: list[int], ifaces: list[_Interface],
                   frame: int) -> RawBatch:
         iface_idx = np.asarray(d_if, dtype=np.int64)
         raw = np.asarray(d_ts, dtype=np.int64)
