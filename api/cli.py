@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from api.output import CsvWriter, dumps, write_jsonl
+from classifier.engine import Classifier
+from classifier.records import Classification
 from probe import CaptureError, FlowReader, FlowRecord, MeterConfig
 from probe.run import default_workers
 
@@ -136,6 +138,55 @@ def _run_flows(args: argparse.Namespace) -> int:
     return _finish(reader)
 
 
+def _flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:
+    row = rec.conn_dict()
+    row.update(c.to_dict())
+    if c.detail:
+        row["detail"] = c.detail
+    f = c.facts
+    if f.protocol:
+        row["l7"] = f.protocol
+    if f.sni:
+        row["sni"] = f.sni
+    if f.ja4:
+        row["ja4"] = f.ja4
+    return row
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    fmt = args.fmt or "json"
+    progress = _Progress(args.capture)
+    out = sys.stdout
+    classifier = Classifier()
+    try:
+        reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
+                            workers=args.workers)
+        if fmt == "jsonl":
+            for rec in reader:
+                write_jsonl([_flow_row(rec, classifier.classify(rec))], out)
+        else:
+            flows = list(reader)
+            flows.sort(key=lambda r: (r.first_frame, r.uid))
+            classes = classifier.classify_all(flows)
+            rows = [_flow_row(r, c) for r, c in zip(flows, classes, strict=True)]
+            if fmt == "csv":
+                w = CsvWriter(out)
+                for row in rows:
+                    w.write(row)
+            else:
+                out.write(dumps({"flows": rows, "calls": []}))
+                out.write("\n")
+    except CaptureError as exc:
+        progress.stop()
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except BrokenPipeError:
+        return EXIT_OK
+    finally:
+        progress.stop()
+    return _finish(reader)
+
+
 def _finish(reader: FlowReader) -> int:
     st = reader.status
     stats = reader.stats
@@ -160,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print each flow's payload samples (hex) and RTP stream summaries")
     _add_meter_options(f)
     f.set_defaults(func=_run_flows)
+    a = sub.add_parser("analyze", help="flows with their app, category and media")
+    a.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
+    _add_format(a)
+    _add_meter_options(a)
+    a.set_defaults(func=_run_analyze)
     return p
 
 

@@ -1,0 +1,345 @@
+"""The classification engine: facts and statistics in, one Classification per flow out.
+
+Evidence is weighed in a fixed order, strongest first, and the first rule that
+names an app wins; its ``method`` and ``reason`` say which one it was:
+
+1. the flow's own bytes: app-specific STUN message types and attributes,
+   STUN REALM/SOFTWARE, app framings (Zoom, Discord, WhatsApp, Telegram,
+   Viber), SIP;
+2. names: TLS SNI, QUIC SNI, plain-HTTP Host, DNS questions (for DNS flows)
+   and, for other flows, the DNS answers seen earlier for the server address;
+3. cross-flow (``call-peer``): endpoints learned from STUN mapped/peer/relayed
+   addresses and SDP, and the local socket of a call flow, label later flows
+   of the same call;
+4. the address owner (published IP ranges of the app's operator);
+5. statistics: packet sizes and timing say whether a flow is real-time media
+   (voice/video/screen) or buffered streaming.
+
+Category and media are settled after the app: media flows of a call app are
+voice/video/screen (statistics or RTP decide which), its STUN/TURN/DTLS and
+relay flows are call-setup, and so on.
+
+The engine keeps state across flows (the DNS map, call endpoints), so it is
+fed flows in capture order: :meth:`Classifier.classify_all` sorts them first
+and makes two passes so that a later flow's evidence can still name an
+earlier one of the same call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from classifier.hostnames import HostMatch, Service, match_host
+from classifier.inspect import inspect_flow
+from classifier.owners import lookup as owner_lookup
+from classifier.records import (
+    CALL_CATEGORIES,
+    Category,
+    Classification,
+    Facts,
+    Method,
+)
+from classifier.stats import MediaGuess, media_guess
+from probe.records import FlowRecord
+
+__all__ = ["Classifier", "classify_flows"]
+
+CALL_APPS = frozenset({"whatsapp", "messenger", "teams", "zoom", "facetime", "viber", "signal",
+                       "telegram", "meet", "discord", "webex", "wechat", "line", "imo",
+                       "snapchat", "sip"})
+STREAMING_APPS = frozenset({"youtube", "netflix"})
+REALM_APPS = (("whatsapp", "whatsapp"), ("facebook", "messenger"), ("messenger", "messenger"),
+              ("fbcdn", "messenger"), ("telegram", "telegram"), ("viber", "viber"),
+              ("signal.org", "signal"), ("whispersystems", "signal"), ("google.com", "meet"),
+              ("discord", "discord"), ("zoom", "zoom"), ("webex", "webex"),
+              ("line.me", "line"), ("naver", "line"), ("imo.im", "imo"), ("snapchat", "snapchat"),
+              ("apple.com", "facetime"), ("icloud.com", "facetime"))
+VENDOR_APPS = {"whatsapp": "whatsapp", "microsoft": "teams", "zoom": "zoom", "google": "meet"}
+SERVICE_CATEGORY = {Service.RELAY: Category.CALL_SETUP, Service.CALL_SETUP: Category.CALL_SETUP,
+                    Service.MESSAGING: Category.MESSAGING, Service.MEDIA: Category.WEB,
+                    Service.STREAMING: Category.STREAMING, Service.WEB: Category.WEB,
+                    Service.PUSH: Category.MESSAGING, Service.ANY: Category.WEB}
+FACETIME_UDP = (range(3478, 3498), range(16384, 16388), range(16393, 16403))
+
+
+@dataclass(slots=True)
+class _Verdict:
+    app: str | None
+    method: Method
+    confidence: float
+    reason: str
+    service: Service | None = None
+    detail: str | None = None
+
+
+def _remote(flow: FlowRecord) -> tuple[str, int]:
+    """The far end: the responder, unless the originator is the public side."""
+    if _is_private(flow.resp_h) and not _is_private(flow.orig_h):
+        return flow.orig_h, flow.orig_p
+    return flow.resp_h, flow.resp_p
+
+
+def _local(flow: FlowRecord) -> tuple[str, int]:
+    r = _remote(flow)
+    return (flow.orig_h, flow.orig_p) if r == (flow.resp_h, flow.resp_p) else (
+        flow.resp_h, flow.resp_p)
+
+
+_PRIVATE: dict[str, bool] = {}
+
+
+def _is_private(addr: str) -> bool:
+    v = _PRIVATE.get(addr)
+    if v is None:
+        try:
+            ip = ipaddress.ip_address(addr)
+            v = ip.is_private or ip.is_link_local or ip.is_multicast
+        except ValueError:
+            v = False
+        if len(_PRIVATE) > 100_000:
+            _PRIVATE.clear()
+        _PRIVATE[addr] = v
+    return v
+
+
+class Classifier:
+    """Classifies flows, learning names and call endpoints as it goes."""
+
+    def __init__(self) -> None:
+        self._dns: dict[str, str] = {}
+        """Address -> the name a DNS answer gave for it."""
+        self._call_endpoints: dict[tuple[str, int], tuple[str, str]] = {}
+        """(address, port) -> (app, how it was learned), from STUN and SDP."""
+        self._call_hosts: dict[str, tuple[str, str]] = {}
+        """Relay/server address -> (app, how), from flows already named as calls."""
+        self._sdp: dict[tuple[str, int], str] = {}
+        """SDP media endpoint -> Call-ID that announced it."""
+        self._sip_seen = False
+
+    # -- public -----------------------------------------------------------------------
+    def classify_all(self, flows: Iterable[FlowRecord]) -> list[Classification]:
+        """Classify a whole capture's flows (returned in the order given)."""
+        flows = list(flows)
+        order = sorted(range(len(flows)), key=lambda i: (flows[i].first_ts, flows[i].uid))
+        facts = {f.uid: inspect_flow(f) for f in flows}
+        for i in order:  # learn: names, endpoints, SIP
+            self._learn(flows[i], facts[flows[i].uid])
+        first = {flows[i].uid: self._decide(flows[i], facts[flows[i].uid]) for i in order}
+        for i in order:  # what the first pass named teaches the second
+            c = first[flows[i].uid]
+            if c.app in CALL_APPS and c.category in CALL_CATEGORIES:
+                self._learn_call(flows[i], c)
+        out = []
+        for f in flows:
+            c = first[f.uid]
+            if c.app is None or c.method in (Method.IP_OWNER, Method.STATS, Method.PORT):
+                c2 = self._decide(f, facts[f.uid])
+                if c2.app is not None and c2.method is Method.CALL_PEER:
+                    c = c2
+            out.append(c)
+        return out
+
+    def classify(self, flow: FlowRecord) -> Classification:
+        """Classify one flow with what has been learned so far (streaming use)."""
+        facts = inspect_flow(flow)
+        self._learn(flow, facts)
+        c = self._decide(flow, facts)
+        if c.app in CALL_APPS and c.category in CALL_CATEGORIES:
+            self._learn_call(flow, c)
+        return c
+
+    # -- learning -----------------------------------------------------------------------
+    def _learn(self, flow: FlowRecord, facts: Facts) -> None:
+        for name, addr in facts.dns_answers:
+            self._dns[addr] = name
+        if facts.sni:
+            self._dns.setdefault(_remote(flow)[0], facts.sni.lower())
+        if facts.sip:
+            self._sip_seen = True
+            for m in facts.sip:
+                for addr, port, _media, _dir in m.media:
+                    self._sdp[(addr, port)] = m.call_id or "?"
+                    self._call_endpoints[(addr, port)] = ("sip", "SDP")
+        st = facts.stun
+        if st is not None:
+            app = self._stun_app(facts)
+            if app is not None:
+                for ep in (*st.mapped, *st.peers, *st.relayed):
+                    self._call_endpoints.setdefault(ep, (app[0], "STUN address"))
+
+    def _learn_call(self, flow: FlowRecord, c: Classification) -> None:
+        if c.app is None:
+            return
+        rh = _remote(flow)[0]
+        if flow.proto == "udp":
+            self._call_hosts.setdefault(rh, (c.app, f"{c.app} call flow {flow.uid}"))
+            self._call_endpoints.setdefault(_local(flow), (c.app, f"call flow {flow.uid}"))
+
+    # -- deciding -------------------------------------------------------------------------
+    def _stun_app(self, facts: Facts) -> tuple[str, Method, str] | None:
+        st = facts.stun
+        if st is None:
+            return None
+        if "whatsapp" in st.vendors:
+            wa_types = [t for t in st.msg_types if 0x0800 <= t <= 0x08FF]
+            if wa_types:
+                return ("whatsapp", Method.STUN_TYPE, "STUN message types " +
+                        ", ".join(f"0x{t:04x}" for t in wa_types) + " are WhatsApp's")
+            return "whatsapp", Method.STUN_ATTR, "STUN attributes 0x4000-0x4007 are WhatsApp's"
+        realm = (st.realm or "").lower()
+        software = (st.software or "").lower()
+        for needle, app in REALM_APPS:
+            if needle in realm:
+                return app, Method.STUN_REALM, f"STUN REALM {st.realm!r}"
+        for needle, app in REALM_APPS:
+            if needle in software:
+                return app, Method.STUN_REALM, f"STUN SOFTWARE {st.software!r}"
+        for vendor in st.vendors:
+            vendor_app = VENDOR_APPS.get(vendor)
+            if vendor_app is not None:
+                return vendor_app, Method.STUN_ATTR, f"STUN attributes private to {vendor}"
+        return None
+
+    def _name_verdict(self, name: str, method: Method, what: str) -> _Verdict | None:
+        m: HostMatch | None = match_host(name)
+        if m is None:
+            return None
+        if m.app is None:
+            return _Verdict(None, method, 0.5, f"{what} {name} ({m.owner})", m.service,
+                            detail=m.owner)
+        return _Verdict(m.app, method, 0.9 if method is not Method.DNS else 0.8,
+                        f"{what} {name} matches {m.rule}", m.service)
+
+    def _app_verdict(self, flow: FlowRecord, facts: Facts) -> _Verdict | None:
+        stun_app = self._stun_app(facts)
+        if stun_app is not None:
+            return _Verdict(stun_app[0], stun_app[1], 0.95, stun_app[2], Service.CALL_SETUP)
+        if facts.framing == "zoom":
+            return _Verdict("zoom", Method.FRAMING, 0.9,
+                            f"Zoom media encapsulation on UDP {flow.resp_p}", Service.RELAY)
+        if facts.framing == "discord":
+            return _Verdict("discord", Method.FRAMING, 0.95, "Discord voice IP discovery",
+                            Service.RELAY)
+        if facts.framing == "telegram":
+            return _Verdict("telegram", Method.FRAMING, 0.8, "Telegram relay packet framing",
+                            Service.RELAY)
+        if facts.framing == "whatsapp":
+            return _Verdict("whatsapp", Method.FRAMING, 0.95,
+                            "WhatsApp chat protocol prologue", Service.MESSAGING)
+        if facts.sip:
+            return _Verdict("sip", Method.SIP, 0.95,
+                            f"SIP {facts.sip[0].method or facts.sip[0].status}",
+                            Service.CALL_SETUP)
+        if facts.sni:
+            v = self._name_verdict(facts.sni, Method.QUIC_SNI if facts.protocol in (
+                "quic", "gquic") else Method.SNI, "server name")
+            if v is not None and v.app is not None:
+                return v
+        if facts.http_host:
+            v = self._name_verdict(facts.http_host, Method.SNI, "HTTP Host")
+            if v is not None and v.app is not None:
+                return v
+        if facts.protocol == "dns" and facts.dns_query:
+            v = self._name_verdict(facts.dns_query, Method.DNS_QUERY, "DNS question")
+            if v is not None:
+                return v
+        rh, rp = _remote(flow)
+        ep = self._call_endpoints.get((rh, rp)) or self._call_endpoints.get(_local(flow))
+        if ep is not None and flow.proto == "udp":
+            return _Verdict(ep[0], Method.CALL_PEER, 0.8,
+                            f"endpoint {rh}:{rp} learned from {ep[1]}", Service.RELAY)
+        name = self._dns.get(rh)
+        if name is not None:
+            v = self._name_verdict(name, Method.DNS, f"DNS answer named {rh}")
+            if v is not None and v.app is not None:
+                return v
+        if flow.proto == "udp":
+            host = self._call_hosts.get(rh)
+            if host is not None:
+                return _Verdict(host[0], Method.CALL_PEER, 0.7,
+                                f"{rh} carried a {host[1]}", Service.RELAY)
+        own = owner_lookup(rh)
+        if own is not None and own.app is not None:
+            if own.app == "facetime" and not _facetime_shape(flow, facts):
+                return None
+            return _Verdict(own.app, Method.IP_OWNER, 0.6,
+                            f"{rh} is in {own.prefix} ({own.owner}, {own.source})",
+                            Service(str(own.service)) if str(own.service) in Service.__members__
+                            .values() else None)
+        return None
+
+    def _decide(self, flow: FlowRecord, facts: Facts) -> Classification:
+        v = self._app_verdict(flow, facts)
+        guess = media_guess(flow)
+        app = v.app if v is not None else None
+        category, media = self._category(flow, facts, v, guess)
+        if v is None:
+            method = Method.STATS if guess.realtime or guess.streaming else Method.NONE
+            reason: str = guess.reason if (guess.realtime or guess.streaming) else _plain(facts)
+            conf = guess.confidence if (guess.realtime or guess.streaming) else 0.3
+            if app is None and self._sip_seen and guess.realtime and facts.protocol == "rtp":
+                app, method = "sip", Method.RTP
+                reason = f"RTP in a capture with SIP signalling; {guess.reason}"
+            return Classification(flow.uid, app, category, media, method, conf, reason, facts)
+        reason = v.reason
+        if media is not None and guess.reason:
+            reason = f"{v.reason}; {guess.reason}"
+        return Classification(flow.uid, app, category, media, v.method, v.confidence, reason,
+                              facts, v.detail)
+
+    def _category(self, flow: FlowRecord, facts: Facts, v: _Verdict | None,
+                  guess: MediaGuess) -> tuple[Category, str | None]:
+        proto = facts.protocol
+        if proto == "dns":
+            return Category.DNS, None
+        app = v.app if v is not None else None
+        if guess.realtime and flow.proto == "udp":
+            media = str(guess.media) if guess.media is not None else "audio"
+            cat = {"audio": Category.VOICE, "video": Category.VIDEO,
+                   "screen": Category.SCREEN}.get(media, Category.VOICE)
+            if facts.framing == "zoom" and facts.framing_detail in ("video", "screen"):
+                cat = Category.VIDEO if facts.framing_detail == "video" else Category.SCREEN
+                media = facts.framing_detail
+            return cat, media
+        if guess.streaming or (app in STREAMING_APPS and v is not None
+                               and v.service is Service.STREAMING):
+            return Category.STREAMING, None
+        if proto in ("stun", "dtls", "sip") or facts.framing in ("zoom", "discord", "telegram"):
+            return Category.CALL_SETUP, None
+        if flow.proto == "udp" and app in CALL_APPS and proto not in ("quic", "gquic"):
+            return Category.CALL_SETUP, None
+        if v is not None and v.service is not None:
+            cat = SERVICE_CATEGORY.get(v.service, Category.WEB)
+            if cat is Category.CALL_SETUP and flow.proto != "udp":
+                cat = Category.MESSAGING
+            return cat, None
+        if proto in ("tls", "quic", "gquic", "http"):
+            return Category.WEB, None
+        return Category.OTHER, None
+
+
+def _facetime_shape(flow: FlowRecord, facts: Facts) -> bool:
+    """Apple's address space serves everything; only call-shaped UDP is FaceTime."""
+    if flow.proto != "udp":
+        return False
+    ports = (flow.orig_p, flow.resp_p)
+    in_range = any(p in r for p in ports for r in FACETIME_UDP)
+    return in_range or facts.protocol in ("stun", "rtp")
+
+
+def _plain(facts: Facts) -> str:
+    if facts.protocol:
+        return f"{facts.protocol} with no app evidence"
+    return "no app evidence"
+
+
+def classify_flows(flows: Iterable[FlowRecord]) -> list[Classification]:
+    """Classify a capture's flows with a fresh :class:`Classifier`."""
+    return Classifier().classify_all(flows)
+
+
+def reclassify(c: Classification, **changes: object) -> Classification:
+    """A copy of ``c`` with some fields changed."""
+    return replace(c, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,318 @@
+"""Run the inspectors over a flow's payload samples and collect :class:`Facts`.
+
+Only the payloads the probe kept (the first few per direction, plus the RTP
+state) are looked at; the dispatch is by transport, ports and the first bytes
+(RFC 7983 demultiplexing for UDP). An inspector that finds broken bytes adds a
+note and the others go on: inspection never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from classifier.dpi import dns, dtls, framings, quic, sip, stun, tls
+from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
+from classifier.records import Facts, SipSummary, StunSummary
+from probe.errors import ParseError
+from probe.records import ORIG, RESP, FlowRecord, PayloadSample
+
+__all__ = ["inspect_flow"]
+
+DNS_PORTS = frozenset({53, 5353, 5355})
+SIP_PORTS = frozenset({5060, 5061, 5080})
+ZOOM_PORTS = range(8801, 8811)
+HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
+SIP_STARTS = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER ",
+              b"OPTIONS sip", b"PRACK ", b"SUBSCRIBE ", b"NOTIFY ", b"PUBLISH ", b"INFO ",
+              b"REFER ", b"MESSAGE ", b"UPDATE ")
+
+
+def _split(flow: FlowRecord) -> tuple[list[PayloadSample], list[PayloadSample]]:
+    orig = [p for p in flow.payloads if p.direction == ORIG]
+    resp = [p for p in flow.payloads if p.direction == RESP]
+    return orig, resp
+
+
+def inspect_flow(flow: FlowRecord) -> Facts:
+    """Everything the inspectors can read from one flow."""
+    if not flow.payloads:
+        return Facts(flow.uid, protocol="rtp" if flow.rtp_streams else None)
+    found: dict[str, object] = {}
+    notes: list[str] = []
+    orig, resp = _split(flow)
+    ports = {flow.orig_p, flow.resp_p}
+    if flow.proto == "udp":
+        _udp(flow, orig, resp, ports, found, notes)
+    elif flow.proto == "tcp":
+        _tcp(flow, orig, resp, ports, found, notes)
+    if "protocol" not in found and flow.rtp_streams:
+        found["protocol"] = "rtp"
+    return Facts(flow.uid, notes=tuple(notes), **found)  # type: ignore[arg-type]
+
+
+def _udp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
+         ports: set[int], found: dict[str, object], notes: list[str]) -> None:
+    if ports & DNS_PORTS:
+        _dns(flow.payloads, False, found, notes)
+        if "protocol" in found:
+            return
+    first = (orig or resp)[0].data
+    if not first:
+        return
+    kind = classify_first_byte(first[0])
+    if _starts_sip(flow.payloads):
+        _sip(flow.payloads, False, found, notes)
+        return
+    if kind in (Kind.STUN, Kind.TURN_CHANNEL) or any(
+            stun.looks_like_stun(p.data) for p in flow.payloads[:4]):
+        _stun(flow.payloads, False, found, notes)
+    if ports & set(ZOOM_PORTS):
+        for p in flow.payloads:
+            try:
+                z = framings.parse_zoom_sfu(p.data)
+            except ParseError:
+                continue
+            if z is not None:
+                found.setdefault("framing", "zoom")
+                media = getattr(z, "media", None)
+                kind_name = getattr(media, "kind", None) if media is not None else None
+                if kind_name is not None:
+                    found["framing_detail"] = str(kind_name)
+                    break
+        if found.get("framing") == "zoom":
+            found.setdefault("protocol", "zoom")
+    if "protocol" not in found and any(0x14 <= p.data[0] <= 0x3F for p in flow.payloads
+                                       if p.data):
+        _dtls(orig, resp, found, notes)
+    if "protocol" not in found and first[0] & 0xC0 == 0xC0 and orig:
+        _quic(orig, found, notes)
+    if "protocol" not in found:
+        _framings_udp(flow.payloads, found)
+
+
+def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
+         ports: set[int], found: dict[str, object], notes: list[str]) -> None:
+    if not orig and not resp:
+        return
+    o = b"".join(p.data for p in orig)
+    r = b"".join(p.data for p in resp)
+    if ports & DNS_PORTS:
+        _dns(flow.payloads, True, found, notes)
+        if "protocol" in found:
+            return
+    if o[:1] == b"\x16":
+        try:
+            ch = tls.parse_tls_client_hello(o)
+            found.update(protocol="tls", sni=ch.sni, alpn=tuple(ch.alpn), client_hello=True,
+                         ja4=tls.ja4(ch, tls.Transport.TCP))
+        except ParseError as exc:
+            notes.append(f"tls client hello: {exc}")
+            found["protocol"] = "tls"
+        if r:
+            try:
+                tls.parse_tls_server_hello(r)
+                found["server_hello"] = True
+            except ParseError:
+                pass
+            try:
+                alert = tls.find_alert(r)
+            except ParseError:
+                alert = None
+            if alert is not None:
+                found["tls_alert"] = (int(alert.level), int(alert.description))
+        return
+    if o.startswith(HTTP_METHODS):
+        found["protocol"] = "http"
+        head = o.split(b"\r\n\r\n", 1)[0]
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"host":
+                found["http_host"] = value.strip().decode("latin-1").split(":")[0]
+                break
+        return
+    if _starts_sip(flow.payloads):
+        _sip(flow.payloads, True, found, notes)
+        return
+    if stun.looks_like_stun(o[:64]) or (len(o) > 2 and stun.looks_like_stun(o[2:66])) or \
+            o[:2] == b"\xff\x10":
+        _stun(flow.payloads, True, found, notes)
+        if "protocol" in found:
+            return
+    try:
+        wa = framings.parse_whatsapp_prologue(o)
+    except ParseError:
+        wa = None
+    if wa is not None:
+        found.update(protocol="whatsapp", framing="whatsapp")
+        return
+    try:
+        vb = framings.parse_viber(o, tcp=True)
+    except ParseError:
+        vb = None
+    if vb is not None and flow.resp_p not in (80, 443):
+        found.update(framing="viber", framing_detail=str(vb))
+
+
+def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:
+    return any(p.data.startswith(SIP_STARTS) for p in payloads[:6])
+
+
+def _dns(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
+         notes: list[str]) -> None:
+    answers: list[tuple[str, str]] = []
+    for p in payloads:
+        try:
+            msgs = dns.parse_dns_tcp(p.data) if tcp else (dns.parse_dns(p.data),)
+        except ParseError as exc:
+            notes.append(f"dns: {exc}")
+            continue
+        for m in msgs:
+            found["protocol"] = "dns"
+            if m.questions and "dns_query" not in found:
+                found["dns_query"] = m.questions[0].name.lower().rstrip(".")
+            if m.is_response:
+                found.setdefault("dns_rcode", int(m.rcode))
+                answers.extend((n.lower().rstrip("."), a) for n, a in dns.address_names(m))
+    if answers:
+        found["dns_answers"] = tuple(dict.fromkeys(answers))
+
+
+def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
+          notes: list[str]) -> None:
+    req = ok = err = ind = orig_req = resp_resp = 0
+    methods: set[int] = set()
+    types: set[int] = set()
+    vendors: set[str] = set()
+    realm = software = None
+    mapped: list[tuple[str, int]] = []
+    peers: list[tuple[str, int]] = []
+    relayed: list[tuple[str, int]] = []
+    turn = False
+    ms_version = None
+    seen = False
+    for p in payloads:
+        try:
+            pay = stun.parse_stun_payload(p.data, tcp=tcp)
+        except ParseError:
+            continue
+        for item in pay.items:
+            if not isinstance(item, stun.StunMessage):
+                turn = True
+                seen = True
+                continue
+            for m in (item, item.inner) if item.inner is not None else (item,):
+                if m is None:
+                    continue
+                seen = True
+                types.add(m.msg_type)
+                methods.add(m.method)
+                vendors.update(str(v) for v in m.vendors)
+                if m.cls is MessageClass.REQUEST:
+                    req += 1
+                    orig_req += p.direction == ORIG
+                elif m.cls is MessageClass.SUCCESS_RESPONSE:
+                    ok += 1
+                    resp_resp += p.direction == RESP
+                elif m.cls is MessageClass.ERROR_RESPONSE:
+                    err += 1
+                    resp_resp += p.direction == RESP
+                else:
+                    ind += 1
+                if m.is_turn:
+                    turn = True
+                realm = realm or m.realm
+                software = software or m.software
+                ms_version = ms_version or m.ms_version or m.ms_implementation_version
+                for a in (m.xor_mapped_address, m.mapped_address):
+                    if a is not None:
+                        mapped.append((a.address, a.port))
+                peers.extend((a.address, a.port) for a in m.xor_peer_addresses)
+                if m.xor_relayed_address is not None:
+                    relayed.append((m.xor_relayed_address.address, m.xor_relayed_address.port))
+    if not seen:
+        return
+    found["protocol"] = "stun"
+    found["stun"] = StunSummary(
+        requests=req, success=ok, errors=err, indications=ind, orig_requests=orig_req,
+        resp_responses=resp_resp, methods=tuple(sorted(methods)), msg_types=tuple(sorted(types)),
+        vendors=tuple(sorted(vendors)), realm=realm, software=software,
+        mapped=tuple(dict.fromkeys(mapped)), peers=tuple(dict.fromkeys(peers)),
+        relayed=tuple(dict.fromkeys(relayed)), turn=turn, ms_version=ms_version)
+
+
+def _sip(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
+         notes: list[str]) -> None:
+    out: list[SipSummary] = []
+    for p in payloads:
+        if not p.data.startswith(SIP_STARTS):
+            continue
+        try:
+            msgs = sip.parse_sip(p.data, tcp=tcp)
+        except ParseError as exc:
+            notes.append(f"sip: {exc}")
+            continue
+        for m in msgs:
+            media: tuple[tuple[str, int, str, str], ...] = ()
+            if m.sdp is not None:
+                media = tuple((e.address, e.port, str(e.media), str(e.direction))
+                              for e in sip.media_endpoints(m.sdp))
+            out.append(SipSummary(p.frame, p.ts, p.direction, m.method if m.is_request else None,
+                                  m.status_code, m.call_id, m.cseq_method, media))
+    if out:
+        found["protocol"] = "sip"
+        found["sip"] = tuple(out)
+
+
+def _dtls(orig: list[PayloadSample], resp: list[PayloadSample], found: dict[str, object],
+          notes: list[str]) -> None:
+    try:
+        ch = dtls.parse_dtls_client_hello([p.data for p in orig])
+        found.update(protocol="dtls", client_hello=True, sni=ch.sni,
+                     ja4=tls.ja4(ch, tls.Transport.DTLS), alpn=tuple(ch.alpn))
+    except ParseError:
+        pass
+    try:
+        dtls.parse_dtls_server_hello([p.data for p in resp])
+        found.update(protocol="dtls", server_hello=True)
+    except ParseError:
+        pass
+    if "protocol" not in found:
+        try:
+            if any(dtls.parse_dtls_records(p.data) for p in (orig + resp)[:2]
+                   if dtls.looks_like_dtls(p.data)):
+                found["protocol"] = "dtls"
+        except ParseError as exc:
+            notes.append(f"dtls: {exc}")
+
+
+def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str]) -> None:
+    try:
+        hello = quic.inspect_client([p.data for p in orig[:4]])
+    except ParseError as exc:
+        notes.append(f"quic: {exc}")
+        return
+    if isinstance(hello, quic.GquicHello):
+        found.update(protocol="gquic", sni=hello.sni, client_hello=True)
+    else:
+        found.update(protocol="quic", sni=hello.sni, alpn=tuple(hello.alpn), ja4=hello.ja4,
+                     quic_version=hello.version, client_hello=True)
+
+
+def _framings_udp(payloads: Sequence[PayloadSample], found: dict[str, object]) -> None:
+    for p in payloads[:6]:
+        try:
+            d = framings.parse_discord(p.data)
+        except ParseError:
+            d = None
+        if d is not None:
+            found.update(protocol="discord", framing="discord",
+                         framing_detail=type(d).__name__)
+            return
+    for p in payloads[:8]:
+        try:
+            t = framings.parse_telegram_relay(p.data)
+        except ParseError:
+            t = None
+        if t is not None:
+            found.update(protocol="telegram", framing="telegram")
+            return

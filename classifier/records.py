@@ -1,0 +1,216 @@
+"""The classifier's record schema: what it says about each flow, and why.
+
+``Facts`` is what the inspectors read from a flow's first payloads (names,
+handshakes, STUN exchanges, SIP dialog messages...). ``Classification`` is
+the verdict on the flow's app, category and media, with the evidence that
+decided it. Both refer to the probe's flow by ``uid``; the policy stage reads
+them without changing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "APPS",
+    "CALL_CATEGORIES",
+    "Category",
+    "Classification",
+    "Facts",
+    "Method",
+    "SipSummary",
+    "StunSummary",
+]
+
+APPS = frozenset({
+    "whatsapp", "messenger", "facebook", "teams", "zoom", "facetime", "viber", "signal",
+    "telegram", "meet", "discord", "webex", "wechat", "line", "imo", "snapchat", "sip",
+    "youtube", "netflix"})
+"""App names of the output contract; these names never change."""
+
+
+class Category(StrEnum):
+    """What the flow is for."""
+
+    VOICE = "voice"
+    VIDEO = "video"
+    SCREEN = "screen"
+    CALL_SETUP = "call-setup"
+    STREAMING = "streaming"
+    MESSAGING = "messaging"
+    WEB = "web"
+    DNS = "dns"
+    OTHER = "other"
+
+
+CALL_CATEGORIES = frozenset({Category.VOICE, Category.VIDEO, Category.SCREEN,
+                             Category.CALL_SETUP})
+
+
+class Method(StrEnum):
+    """Which evidence decided the app."""
+
+    STUN_ATTR = "stun-attr"
+    STUN_REALM = "stun-realm"
+    STUN_TYPE = "stun-type"
+    FRAMING = "framing"
+    SNI = "sni"
+    QUIC_SNI = "quic-sni"
+    DNS = "dns"
+    DNS_QUERY = "dns-query"
+    IP_OWNER = "ip-owner"
+    SIP = "sip"
+    SDP = "sdp"
+    RTP = "rtp"
+    CALL_PEER = "call-peer"
+    STATS = "stats"
+    PORT = "port"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class StunSummary:
+    """The STUN/TURN exchange of a flow, as far as its payload samples show."""
+
+    requests: int
+    """Requests sent (any method), from either side."""
+    success: int
+    """Success responses."""
+    errors: int
+    """Error responses."""
+    indications: int
+    """Indications (TURN Send/Data, keepalives)."""
+    orig_requests: int
+    """Requests sent by the originator."""
+    resp_responses: int
+    """Responses (success or error) sent by the responder."""
+    methods: tuple[int, ...]
+    """STUN methods seen, sorted."""
+    msg_types: tuple[int, ...]
+    """Raw message types seen, sorted (non-standard ones identify apps)."""
+    vendors: tuple[str, ...]
+    """Vendors whose private attributes or message types appear."""
+    realm: str | None
+    """REALM attribute, if any."""
+    software: str | None
+    """SOFTWARE attribute, if any."""
+    mapped: tuple[tuple[str, int], ...]
+    """Addresses from (XOR-)MAPPED-ADDRESS: the client as the server saw it."""
+    peers: tuple[tuple[str, int], ...]
+    """XOR-PEER-ADDRESS values: the far end of a relayed call."""
+    relayed: tuple[tuple[str, int], ...]
+    """XOR-RELAYED-ADDRESS values: the relay's allocation."""
+    turn: bool
+    """TURN methods or ChannelData seen."""
+    ms_version: int | None = None
+    """Microsoft MS-VERSION / implementation version attribute."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "success": self.success, "errors": self.errors,
+                "indications": self.indications, "orig_requests": self.orig_requests,
+                "resp_responses": self.resp_responses,
+                "msg_types": [f"0x{t:04x}" for t in self.msg_types],
+                "vendors": list(self.vendors), "realm": self.realm, "software": self.software,
+                "turn": self.turn}
+
+
+@dataclass(frozen=True, slots=True)
+class SipSummary:
+    """One SIP message of a flow."""
+
+    frame: int
+    """Capture position of the packet that carried it."""
+    ts: float
+    """When it was seen."""
+    direction: int
+    """``ORIG`` or ``RESP`` of the flow."""
+    method: str | None
+    """Request method, or None for a response."""
+    status: int | None
+    """Response status code, or None for a request."""
+    call_id: str | None
+    """Call-ID header."""
+    cseq_method: str | None
+    """Method named in CSeq."""
+    media: tuple[tuple[str, int, str, str], ...]
+    """SDP media endpoints announced: (address, port, media, direction)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "ts": self.ts, "direction": self.direction,
+                "method": self.method, "status": self.status, "call_id": self.call_id,
+                "cseq_method": self.cseq_method,
+                "media": [list(m) for m in self.media]}
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the inspectors found in a flow's payload samples."""
+
+    uid: str
+    """The probe's flow."""
+    protocol: str | None = None
+    """Application protocol recognised: tls, quic, gquic, dtls, stun, rtp, rtcp, sip, dns,
+    http, zoom, discord, whatsapp, telegram, viber..."""
+    sni: str | None = None
+    """Server name from a TLS or QUIC ClientHello."""
+    alpn: tuple[str, ...] = ()
+    """ALPN protocols offered."""
+    ja4: str | None = None
+    """JA4 fingerprint of the ClientHello."""
+    quic_version: int | None = None
+    """QUIC version of the client Initial."""
+    client_hello: bool = False
+    """A TLS/QUIC/DTLS ClientHello was seen from the originator."""
+    server_hello: bool = False
+    """A ServerHello came back."""
+    tls_alert: tuple[int, int] | None = None
+    """(level, description) of a TLS alert from the responder."""
+    dns_query: str | None = None
+    """First DNS question name."""
+    dns_answers: tuple[tuple[str, str], ...] = ()
+    """(name, address) pairs from DNS answers, CNAME chains followed."""
+    dns_rcode: int | None = None
+    """Response code of the first DNS answer."""
+    stun: StunSummary | None = None
+    """STUN/TURN exchange, if any."""
+    sip: tuple[SipSummary, ...] = ()
+    """SIP messages, in order."""
+    framing: str | None = None
+    """App framing recognised (zoom, discord, whatsapp, telegram, viber)."""
+    framing_detail: str | None = None
+    """What exactly the framing said (e.g. Zoom media kind)."""
+    http_host: str | None = None
+    """Host header of a plain HTTP request."""
+    notes: tuple[str, ...] = ()
+    """Inspector problems worth keeping (malformed handshakes...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The classifier's verdict on one flow."""
+
+    uid: str
+    """The probe's flow."""
+    app: str | None
+    """One of :data:`APPS`, or None."""
+    category: Category
+    """What the flow is for."""
+    media: str | None
+    """``audio``, ``video``, ``screen`` or None."""
+    method: Method
+    """Which evidence decided the app (or the category when there is no app)."""
+    confidence: float
+    """How sure, in [0, 1]."""
+    reason: str
+    """One human-readable sentence naming the evidence."""
+    facts: Facts = field(default_factory=lambda: Facts(""))
+    """What the inspectors saw (for the policy stage and for explanations)."""
+    detail: str | None = None
+    """A finer name where the evidence allows it (e.g. ``skype`` vs ``teams``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"app": self.app, "category": str(self.category), "media": self.media,
+                "method": str(self.method), "confidence": round(self.confidence, 3),
+                "reason": self.reason}
