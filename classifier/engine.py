@@ -61,6 +61,9 @@ SERVICE_CATEGORY = {Service.RELAY: Category.CALL_SETUP, Service.CALL_SETUP: Cate
                     Service.MESSAGING: Category.MESSAGING, Service.MEDIA: Category.WEB,
                     Service.STREAMING: Category.STREAMING, Service.WEB: Category.WEB,
                     Service.PUSH: Category.MESSAGING, Service.ANY: Category.WEB}
+CALL_CONTROL = frozenset({"stun", "dtls", "sip", "rtcp", "mgcp", "h323", "sccp", "mumble",
+                          "agora"})
+"""Application protocols that set up or control calls."""
 FACETIME_UDP = (range(3478, 3498), range(16384, 16388), range(16393, 16403))
 
 
@@ -117,6 +120,8 @@ class Classifier:
         self._sdp: dict[tuple[str, int], str] = {}
         """SDP media endpoint -> Call-ID that announced it."""
         self._sip_seen = False
+        self._h323_pairs: set[frozenset[str]] = set()
+        """Host pairs with H.225.0 call signalling (their TPKT flows are H.245)."""
 
     # -- public -----------------------------------------------------------------------
     def classify_all(self, flows: Iterable[FlowRecord]) -> list[Classification]:
@@ -162,6 +167,8 @@ class Classifier:
                 for addr, port, _media, _dir in m.media:
                     self._sdp[(addr, port)] = m.call_id or "?"
                     self._call_endpoints[(addr, port)] = ("sip", "SDP")
+        if facts.protocol == "h323":
+            self._h323_pairs.add(frozenset((flow.orig_h, flow.resp_h)))
         st = facts.stun
         if st is not None:
             app = self._stun_app(facts)
@@ -271,6 +278,10 @@ class Classifier:
         return None
 
     def _decide(self, flow: FlowRecord, facts: Facts) -> Classification:
+        if facts.protocol == "tpkt" and frozenset((flow.orig_h, flow.resp_h)) in \
+                self._h323_pairs:
+            facts = replace(facts, protocol="h323",
+                            framing_detail="H.245 in TPKT between hosts with H.225.0 signalling")
         v = self._app_verdict(flow, facts)
         guess = media_guess(flow)
         app = v.app if v is not None else None
@@ -306,7 +317,7 @@ class Classifier:
         if guess.streaming or (app in STREAMING_APPS and v is not None
                                and v.service is Service.STREAMING):
             return Category.STREAMING, None
-        if proto in ("stun", "dtls", "sip") or facts.framing in ("zoom", "discord", "telegram"):
+        if proto in CALL_CONTROL or facts.framing in ("zoom", "discord", "telegram"):
             return Category.CALL_SETUP, None
         if flow.proto == "udp" and app in CALL_APPS and proto not in ("quic", "gquic"):
             return Category.CALL_SETUP, None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from classifier.dpi import dns, dtls, framings, quic, sip, stun, tls
+from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
 from classifier.records import Facts, SipSummary, StunSummary
 from probe.errors import ParseError
@@ -21,6 +21,7 @@ __all__ = ["inspect_flow"]
 DNS_PORTS = frozenset({53, 5353, 5355})
 SIP_PORTS = frozenset({5060, 5061, 5080})
 ZOOM_PORTS = range(8801, 8811)
+H323_RAS_PORT = 1719
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
 SIP_STARTS = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER ",
               b"OPTIONS sip", b"PRACK ", b"SUBSCRIBE ", b"NOTIFY ", b"PUBLISH ", b"INFO ",
@@ -84,10 +85,16 @@ def _udp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
     if "protocol" not in found and any(0x14 <= p.data[0] <= 0x3F for p in flow.payloads
                                        if p.data):
         _dtls(orig, resp, found, notes)
-    if "protocol" not in found and first[0] & 0xC0 == 0xC0 and orig:
+    if "protocol" not in found and orig and (first[0] & 0xC0 == 0xC0 or ports & {443, 80}):
         _quic(orig, found, notes)
     if "protocol" not in found:
         _framings_udp(flow.payloads, found)
+    if "protocol" not in found:
+        _telephony_udp(orig, resp, found)
+    if "protocol" not in found and H323_RAS_PORT in ports and min(
+            len(p.data) for p in flow.payloads) >= 8:
+        # H.225.0 RAS is PER-encoded with no fixed bytes: its registered port is the evidence.
+        found.update(protocol="h323", framing_detail="RAS (UDP 1719)")
 
 
 def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
@@ -151,6 +158,12 @@ def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
         vb = None
     if vb is not None and flow.resp_p not in (80, 443):
         found.update(framing="viber", framing_detail=str(vb))
+        return
+    for data in (orig[0].data if orig else b"", resp[0].data if resp else b""):
+        t = telephony.parse_h225_tpkt(data) or telephony.parse_sccp(data)
+        if t is not None:
+            found.update(protocol=t.protocol, framing_detail=t.what)
+            return
 
 
 def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:
@@ -296,6 +309,24 @@ def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str])
     else:
         found.update(protocol="quic", sni=hello.sni, alpn=tuple(hello.alpn), ja4=hello.ja4,
                      quic_version=hello.version, client_hello=True)
+
+
+def _telephony_udp(orig: list[PayloadSample], resp: list[PayloadSample],
+                   found: dict[str, object]) -> None:
+    payloads = orig + resp
+    for p in payloads[:4]:
+        t = telephony.parse_mgcp(p.data) or telephony.parse_agora(p.data)
+        if t is not None:
+            found.update(protocol=t.protocol, framing_detail=t.what)
+            return
+    if orig:
+        t = telephony.parse_mumble_ping(orig[0].data, resp[0].data if resp else None)
+        if t is not None:
+            found.update(protocol=t.protocol, framing_detail=t.what)
+            return
+    rtcp_like = [p for p in payloads[:6] if rtp.is_rtcp(p.data)]
+    if rtcp_like and len(rtcp_like) * 2 >= min(len(payloads), 6):
+        found["protocol"] = "rtcp"
 
 
 def _framings_udp(payloads: Sequence[PayloadSample], found: dict[str, object]) -> None:
