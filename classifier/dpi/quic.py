@@ -417,8 +417,9 @@ def parse_initial_frames(plain: bytes, packet_number: int = 0,
         at = cur.pos
         ftype = cur.varint()
         if ftype == FrameType.PADDING:
-            while not cur.eof() and cur.peek_u8() == 0:
-                cur.skip(1)
+            # A run of zero bytes is one stretch of padding: jump over it at once.
+            rest = plain[cur.pos:cur.end]
+            cur.seek(cur.end - len(rest.lstrip(b"\x00")))
         elif ftype == FrameType.PING:
             pass
         elif ftype in (FrameType.ACK, FrameType.ACK_ECN):
