@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/marsad flows captures/sample-call.pcap
+	@for f in captures/sample-*.pcap; do \
+	  echo "== $$f"; \
+	  $(BIN)/marsad analyze "$$f" --csv | cut -d, -f2,4-7,10,12,27-31; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -74,6 +74,7 @@ class _Progress:
             except OSError:
                 size = 0
         if size > 4 << 20:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
@@ -82,7 +83,7 @@ class _Progress:
             )
             self._bar = Progress("[progress.description]{task.description}", BarColumn(),
                                  DownloadColumn(), TimeRemainingColumn(),
-                                 console=None, transient=True)
+                                 console=Console(stderr=True), transient=True)
             self._task = self._bar.add_task(os.path.basename(path), total=size)
             self._bar.start()
 

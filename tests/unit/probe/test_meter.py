@@ -169,3 +169,38 @@ def test_small_batches_give_the_same_flows() -> None:
         assert (a.rtp is None) == (b.rtp is None)
         if a.rtp is not None and b.rtp is not None:
             assert list(a.rtp.seq) == list(b.rtp.seq)
+
+
+def test_rtp_streams_loss_reorder_wrap_and_jitter(tmp_path: Path) -> None:
+    """A stream across a 16-bit wrap with 3 losses, one reordered pair and constant
+    2 ms extra delay on every 10th packet: whole-life counters and RFC 3550 jitter."""
+    seqs = [(65500 + i) & 0xFFFF for i in range(200)]
+    order = list(range(200))
+    for lost in (50, 51, 120):
+        order.remove(lost)
+    a, b = order.index(80), order.index(81)
+    order[a], order[b] = order[b], order[a]
+    pkts = []
+    arrivals = []
+    for i in order:
+        t = 1.0 + i * 0.02 + (0.002 if i % 10 == 0 else 0.0)
+        arrivals.append((t, i))
+    # arrival order follows `order` (the reordered pair arrives swapped)
+    for t, i in arrivals:
+        rtp = struct.pack("!BBHII", 0x80, 0, seqs[i], i * 160, 0xABCD) + b"\x00" * 160
+        pkts.append(_udp(t, "10.0.0.1", 4000, "10.0.0.2", 4002, rtp))
+    f = _flows(pkts, tmp_path)[0]
+    (s,) = f.rtp_streams
+    assert s.packets == 197 and s.expected == 200 and s.lost == 3
+    assert s.reordered == 1
+    assert s.clock_hz == 8000
+    # Reference: the RFC 3550 A.8 recursion computed packet by packet.
+    j = 0.0
+    prev = None
+    for t, i in arrivals:
+        transit = t - i * 160 / 8000
+        if prev is not None:
+            j += (abs(transit - prev) - j) / 16
+        prev = transit
+    assert abs(s.jitter_s - j) < 1e-9
+    assert int(s.seconds[:, 1].sum()) == 197
