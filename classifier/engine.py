@@ -27,13 +27,15 @@ earlier one of the same call.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from classifier.hostnames import HostMatch, Service, match_host
 from classifier.inspect import inspect_flow
-from classifier.owners import lookup as owner_lookup
+from classifier.owners import Owner
+from classifier.owners import lookup as _owner_lookup
 from classifier.records import (
     CALL_CATEGORIES,
     Category,
@@ -65,6 +67,16 @@ CALL_CONTROL = frozenset({"stun", "dtls", "sip", "rtcp", "mgcp", "h323", "sccp",
                           "agora"})
 """Application protocols that set up or control calls."""
 FACETIME_UDP = (range(3478, 3498), range(16384, 16388), range(16393, 16403))
+
+
+@functools.lru_cache(maxsize=65536)
+def _match(name: str) -> HostMatch | None:
+    return match_host(name)
+
+
+@functools.lru_cache(maxsize=65536)
+def owner_lookup(addr: str) -> Owner | None:
+    return _owner_lookup(addr)
 
 
 @dataclass(slots=True)
@@ -129,9 +141,11 @@ class Classifier:
         flows = list(flows)
         order = sorted(range(len(flows)), key=lambda i: (flows[i].first_ts, flows[i].uid))
         facts = {f.uid: inspect_flow(f) for f in flows}
+        guesses = {f.uid: media_guess(f) for f in flows}
         for i in order:  # learn: names, endpoints, SIP
             self._learn(flows[i], facts[flows[i].uid])
-        first = {flows[i].uid: self._decide(flows[i], facts[flows[i].uid]) for i in order}
+        first = {flows[i].uid: self._decide(flows[i], facts[flows[i].uid],
+                                            guesses[flows[i].uid]) for i in order}
         for i in order:  # what the first pass named teaches the second
             c = first[flows[i].uid]
             if c.app in CALL_APPS and c.category in CALL_CATEGORIES:
@@ -139,8 +153,9 @@ class Classifier:
         out = []
         for f in flows:
             c = first[f.uid]
-            if c.app is None or c.method in (Method.IP_OWNER, Method.STATS, Method.PORT):
-                c2 = self._decide(f, facts[f.uid])
+            if f.proto == "udp" and (c.app is None or c.method in (
+                    Method.IP_OWNER, Method.STATS, Method.PORT)):
+                c2 = self._decide(f, facts[f.uid], guesses[f.uid])
                 if c2.app is not None and c2.method is Method.CALL_PEER:
                     c = c2
             out.append(c)
@@ -150,7 +165,7 @@ class Classifier:
         """Classify one flow with what has been learned so far (streaming use)."""
         facts = inspect_flow(flow)
         self._learn(flow, facts)
-        c = self._decide(flow, facts)
+        c = self._decide(flow, facts, media_guess(flow))
         if c.app in CALL_APPS and c.category in CALL_CATEGORIES:
             self._learn_call(flow, c)
         return c
@@ -210,7 +225,7 @@ class Classifier:
         return None
 
     def _name_verdict(self, name: str, method: Method, what: str) -> _Verdict | None:
-        m: HostMatch | None = match_host(name)
+        m: HostMatch | None = _match(name)
         if m is None:
             return None
         if m.app is None:
@@ -277,13 +292,12 @@ class Classifier:
                             .values() else None)
         return None
 
-    def _decide(self, flow: FlowRecord, facts: Facts) -> Classification:
+    def _decide(self, flow: FlowRecord, facts: Facts, guess: MediaGuess) -> Classification:
         if facts.protocol == "tpkt" and frozenset((flow.orig_h, flow.resp_h)) in \
                 self._h323_pairs:
             facts = replace(facts, protocol="h323",
                             framing_detail="H.245 in TPKT between hosts with H.225.0 signalling")
         v = self._app_verdict(flow, facts)
-        guess = media_guess(flow)
         app = v.app if v is not None else None
         category, media = self._category(flow, facts, v, guess)
         if v is None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
 from classifier.records import Facts, SipSummary, StunSummary
-from probe.errors import ParseError
+from probe.errors import ParseError, Truncated
 from probe.records import ORIG, RESP, FlowRecord, PayloadSample
 
 __all__ = ["inspect_flow"]
@@ -101,8 +101,9 @@ def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
          ports: set[int], found: dict[str, object], notes: list[str]) -> None:
     if not orig and not resp:
         return
-    o = b"".join(p.data for p in orig)
-    r = b"".join(p.data for p in resp)
+    # A ClientHello spans at most a few segments; the ServerHello or an alert comes first back.
+    o = b"".join(p.data for p in orig[:4])
+    r = b"".join(p.data for p in resp[:3])
     if ports & DNS_PORTS:
         _dns(flow.payloads, True, found, notes)
         if "protocol" in found:
@@ -147,6 +148,9 @@ def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
             return
     try:
         wa = framings.parse_whatsapp_prologue(o)
+    except Truncated:
+        # The prologue is there; only the frame after it was cut (samples are kept short).
+        wa = framings.parse_whatsapp_prologue(orig[0].data[:4]) if orig else None
     except ParseError:
         wa = None
     if wa is not None:
@@ -173,7 +177,10 @@ def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:
 def _dns(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
          notes: list[str]) -> None:
     answers: list[tuple[str, str]] = []
+    responses = 0
     for p in payloads:
+        if responses >= 2 or ("dns_query" in found and p.direction == ORIG):
+            continue  # the question is repeated in the response; two answers are enough
         try:
             msgs = dns.parse_dns_tcp(p.data) if tcp else (dns.parse_dns(p.data),)
         except ParseError as exc:
@@ -184,6 +191,7 @@ def _dns(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
             if m.questions and "dns_query" not in found:
                 found["dns_query"] = m.questions[0].name.lower().rstrip(".")
             if m.is_response:
+                responses += 1
                 found.setdefault("dns_rcode", int(m.rcode))
                 answers.extend((n.lower().rstrip("."), a) for n, a in dns.address_names(m))
     if answers:

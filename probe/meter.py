@@ -87,7 +87,11 @@ class MeterConfig:
     payload_samples: int = 8
     """Payload-carrying packets kept per direction for inspection."""
     payload_snap: int = 2048
-    """Bytes kept of each payload sample."""
+    """Bytes kept of each of the first ``payload_full`` samples per direction (handshakes)."""
+    payload_full: int = 3
+    """Samples per direction kept up to ``payload_snap`` bytes; later ones are cut shorter."""
+    payload_tail_snap: int = 256
+    """Bytes kept of the later samples (headers of STUN, RTP, SIP start lines...)."""
     timing_packets: int = 64
     """Packets per flow kept in the (timestamp, size, direction) timing series."""
     rtp_detail_packets: int = 2000
@@ -290,6 +294,8 @@ class FlowMeter:
         self.idle_ns[6] = int(self.cfg.tcp_idle_s * NS)
         self.idle_ns[17] = int(self.cfg.udp_idle_s * NS)
         self._idle_ns = self.idle_ns
+        self.snaps = (self.cfg.payload_snap, self.cfg.payload_full, self.cfg.payload_tail_snap)
+        """Payload sample sizes: (first samples, how many, later samples)."""
         self._active_ns = int(self.cfg.active_s * NS)
         self._close_ns = int(self.cfg.tcp_close_s * NS)
         self._out: list[FlowRecord] = []
@@ -298,7 +304,7 @@ class FlowMeter:
     # -- public ------------------------------------------------------------------
     def prepare(self, b: RawBatch, cols: Decoded) -> Prepared:
         """The table-independent part of metering a batch (may run in another process)."""
-        return prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.cfg.payload_snap)
+        return prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.snaps)
 
     def feed(self, b: RawBatch, cols: Decoded) -> list[FlowRecord]:
         """Meter one decoded batch; return the flows that ended during it."""
@@ -479,11 +485,15 @@ class FlowMeter:
         if len(p.pay_pos):
             pp = p.pay_pos
             ps, pside = slot_s[pp], side_s[pp]
-            keep = p.pay_rank + t.n_pay[ps, pside] < cfg.payload_samples
+            flow_rank = p.pay_rank + t.n_pay[ps, pside]
+            keep = flow_rank < cfg.payload_samples
             if keep.any():
                 kk = np.flatnonzero(keep)
                 np.add.at(t.n_pay, (ps[kk], pside[kk]), 1)
-                self._pay_log.add(fid_s[pp[kk]], p.pay_off[kk], p.pay_n[kk], p.frame[pp[kk]],
+                later = (flow_rank[kk] >= cfg.payload_full) & ~p.pay_signal[kk]
+                kept_n = np.where(later, np.minimum(p.pay_n[kk], cfg.payload_tail_snap),
+                                  p.pay_n[kk])
+                self._pay_log.add(fid_s[pp[kk]], p.pay_off[kk], kept_n, p.frame[pp[kk]],
                                   ts_s[pp[kk]], dir_s[pp[kk]], p.pool)
         # RTP: whole-life stream state, and the first packets one by one.
         if len(p.rtp_pos):

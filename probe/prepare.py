@@ -28,6 +28,11 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 KEY_WIDTH = 6
 KEY_BYTES = KEY_WIDTH * 8
 SPLIT_NONE, SPLIT_IDLE, SPLIT_REUSE = 0, 1, 2
+SIP_HEADS = np.array([int.from_bytes(w, "big") for w in (
+    b"SIP/", b"INVI", b"ACK ", b"BYE ", b"CANC", b"REGI", b"OPTI", b"PRAC", b"SUBS", b"NOTI",
+    b"PUBL", b"INFO", b"REFE", b"MESS", b"UPDA")], dtype=np.uint32)
+"""First four bytes of SIP messages (RFC 3261 methods and the status line): such payloads
+are kept whole whatever their rank, since their SDP says which media flows belong to a call."""
 
 
 @dataclass(slots=True)
@@ -80,6 +85,8 @@ class Prepared:
     """Offset of each candidate's bytes in ``pool``."""
     pay_n: I64
     """Length of each candidate's bytes."""
+    pay_signal: npt.NDArray[np.bool_]
+    """Candidates that carry signalling (SIP) and are kept whole."""
     pool: bytes
     """Concatenated candidate payload bytes."""
     rtp_pos: I64
@@ -188,7 +195,7 @@ def _rtp_framings(arr: npt.NDArray[np.uint8], po: I64, pc: I64, b0: I64,
 
 
 def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
-            payload_snap: int) -> Prepared:
+            snaps: tuple[int, int, int]) -> Prepared:
     """Group a decoded batch by flow key and extract what the records need."""
     n_all = len(b)
     idx = np.flatnonzero(cols.kind == KIND_FLOW)
@@ -256,7 +263,13 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     pay_pos, pay_rank = pay_pos[o2], pay_rank[o2]
     arr = np.frombuffer(b.buf, dtype=np.uint8)
     po = cols.pay_off[pidx][pay_pos]
-    pn = np.minimum(pay_cap_s[pay_pos], payload_snap)
+    snap = snaps[0]
+    head = arr[np.minimum(po[:, None] + np.arange(4), max(len(b.buf) - 1, 0))].astype(np.uint32)
+    first4 = (head[:, 0] << 24) | (head[:, 1] << 16) | (head[:, 2] << 8) | head[:, 3]
+    # Whether a sample is one of its flow's first few is known only to the flow table, which
+    # cuts the later ones down to ``tail`` bytes; signalling messages stay whole.
+    signalling = np.isin(first4, SIP_HEADS) & (pay_cap_s[pay_pos] >= 4)
+    pn = np.minimum(pay_cap_s[pay_pos], snap)
     pstart = np.cumsum(pn) - pn
     mv = memoryview(b.buf)
     pool = b"".join([mv[a:a + ln] for a, ln in zip(po.tolist(), pn.tolist(), strict=True)])
@@ -297,7 +310,8 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
         ipver=cols.ipver[pidx], tunnel=cols.tunnel[pidx], group=g_s, gpos=gpos,
         gkeys=np.ascontiguousarray(keys[first]) if n else np.zeros((0, KEY_WIDTH), np.uint64),
         split=split, split_why=why,
-        pay_pos=pay_pos, pay_rank=pay_rank, pay_off=pstart, pay_n=pn, pool=pool,
+        pay_pos=pay_pos, pay_rank=pay_rank, pay_off=pstart, pay_n=pn, pay_signal=signalling,
+        pool=pool,
         rtp_pos=rtp_pos, rtp_off=rtp_off.astype(np.uint8),
         rtp_seq=((rb[:, 2] << 8) | rb[:, 3]).astype(np.uint16),
         rtp_ts=((rb[:, 4] << 24) | (rb[:, 5] << 16) | (rb[:, 6] << 8) | rb[:, 7]).astype(

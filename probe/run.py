@@ -39,7 +39,7 @@ def _check_linktypes(status: ReadStatus) -> None:
 
 
 def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type: ignore[type-arg]
-              n_payloads: int, snap: int) -> Iterator[Prepared]:
+              n_payloads: int, snap: tuple[int, int, int]) -> Iterator[Prepared]:
     checked = False
     for batch in src.batches():
         if not checked:
@@ -51,7 +51,7 @@ def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type
 
 
 def _produce(src: CaptureSource, idle_ns: np.ndarray, n_payloads: int,  # type: ignore[type-arg]
-             snap: int, conn: Connection) -> None:
+             snap: tuple[int, int, int], conn: Connection) -> None:
     """Child process: read, decode and prepare batches, send them to the parent."""
     try:
         for p in _prepared(src, Decoder(), idle_ns, n_payloads, snap):
@@ -117,7 +117,7 @@ class FlowReader:
     def _inline(self) -> Iterator[Prepared]:
         cfg = self.config
         for p in _prepared(self._src, Decoder(), self.meter.idle_ns, cfg.payload_samples,
-                           cfg.payload_snap):
+                           self.meter.snaps):
             yield p
             if self._progress is not None:
                 self._progress(self._src.status.bytes_read)
@@ -131,7 +131,7 @@ class FlowReader:
         sys.stderr.flush()
         proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
                            args=(self._src, self.meter.idle_ns, cfg.payload_samples,
-                                 cfg.payload_snap, send))
+                                 self.meter.snaps, send))
         proc.start()
         send.close()
         self._src.close()

@@ -18,6 +18,7 @@ RFC 7301 (ALPN); RFC 8701 (GREASE); JA4 by FoxIO
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -371,11 +372,8 @@ def _u16_list(cur: Cursor, length_size: int, what: str) -> tuple[int, ...]:
     n = cur.u8() if length_size == 1 else cur.u16()
     if n % 2:
         raise Malformed(cur.layer, cur.pos, f"odd {what} length {n}")
-    values: list[int] = []
-    with cur.block(n):
-        for _ in range(n // 2):
-            values.append(cur.u16())
-    return tuple(values)
+    raw = cur.take(n)
+    return struct.unpack(f">{n // 2}H", raw)
 
 
 def _decode_name(raw: bytes) -> str:
