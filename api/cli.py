@@ -158,7 +158,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     fmt = args.fmt or "json"
     progress = _Progress(args.capture)
     out = sys.stdout
-    classifier = Classifier()
+    classifier = Classifier(fingerprints=args.ja4)
     try:
         reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
                             workers=args.workers)
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
     _add_format(a)
     _add_meter_options(a)
+    a.add_argument("--ja4", action="store_true",
+                   help="add the JA4 fingerprint of each TLS/QUIC/DTLS ClientHello")
     a.set_defaults(func=_run_analyze)
     return p
 

@@ -122,7 +122,9 @@ def _is_private(addr: str) -> bool:
 class Classifier:
     """Classifies flows, learning names and call endpoints as it goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, fingerprints: bool = False) -> None:
+        self.fingerprints = fingerprints
+        """Also compute JA4 fingerprints of ClientHellos (costs time on every TLS/QUIC flow)."""
         self._dns: dict[str, str] = {}
         """Address -> the name a DNS answer gave for it."""
         self._call_endpoints: dict[tuple[str, int], tuple[str, str]] = {}
@@ -140,8 +142,8 @@ class Classifier:
         """Classify a whole capture's flows (returned in the order given)."""
         flows = list(flows)
         order = sorted(range(len(flows)), key=lambda i: (flows[i].first_ts, flows[i].uid))
-        facts = {f.uid: inspect_flow(f) for f in flows}
-        guesses = {f.uid: media_guess(f) for f in flows}
+        facts = {f.uid: inspect_flow(f, self.fingerprints) for f in flows}
+        guesses = {f.uid: _media(f) for f in flows}
         for i in order:  # learn: names, endpoints, SIP
             self._learn(flows[i], facts[flows[i].uid])
         first = {flows[i].uid: self._decide(flows[i], facts[flows[i].uid],
@@ -156,16 +158,18 @@ class Classifier:
             if f.proto == "udp" and (c.app is None or c.method in (
                     Method.IP_OWNER, Method.STATS, Method.PORT)):
                 c2 = self._decide(f, facts[f.uid], guesses[f.uid])
-                if c2.app is not None and c2.method is Method.CALL_PEER:
+                # a call peer names the flow only where its own evidence did not already
+                # name that app (else the flow would cite itself, or a flow that cited it)
+                if c2.app is not None and c2.method is Method.CALL_PEER and c2.app != c.app:
                     c = c2
             out.append(c)
         return out
 
     def classify(self, flow: FlowRecord) -> Classification:
         """Classify one flow with what has been learned so far (streaming use)."""
-        facts = inspect_flow(flow)
+        facts = inspect_flow(flow, self.fingerprints)
         self._learn(flow, facts)
-        c = self._decide(flow, facts, media_guess(flow))
+        c = self._decide(flow, facts, _media(flow))
         if c.app in CALL_APPS and c.category in CALL_CATEGORIES:
             self._learn_call(flow, c)
         return c
@@ -247,6 +251,12 @@ class Classifier:
         if facts.framing == "telegram":
             return _Verdict("telegram", Method.FRAMING, 0.8, "Telegram relay packet framing",
                             Service.RELAY)
+        if facts.framing == "viber":  # a short marker: only with a Viber address behind it
+            own = owner_lookup(_remote(flow)[0])
+            if own is not None and own.app == "viber":
+                return _Verdict("viber", Method.FRAMING, 0.9,
+                                f"Viber framing {facts.framing_detail} to {own.prefix} "
+                                f"({own.owner})", Service.MESSAGING)
         if facts.framing == "whatsapp":
             return _Verdict("whatsapp", Method.FRAMING, 0.95,
                             "WhatsApp chat protocol prologue", Service.MESSAGING)
@@ -343,6 +353,17 @@ class Classifier:
         if proto in ("tls", "quic", "gquic", "http"):
             return Category.WEB, None
         return Category.OTHER, None
+
+
+_TOO_SHORT = MediaGuess(False, None, False, 0.5, "shorter than 2 s: too short to judge media")
+
+
+def _media(flow: FlowRecord) -> MediaGuess:
+    """The statistical media guess, skipped for flows too short for any of its rules
+    (sustained media needs 3 s of activity, streaming two bursts 2 s apart)."""
+    if flow.duration_s < 2.0 and not flow.rtp_streams and flow.rtp is None:
+        return _TOO_SHORT
+    return media_guess(flow)
 
 
 def _facetime_shape(flow: FlowRecord, facts: Facts) -> bool:

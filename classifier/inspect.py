@@ -28,47 +28,50 @@ SIP_STARTS = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER 
               b"REFER ", b"MESSAGE ", b"UPDATE ")
 
 
-def _split(flow: FlowRecord) -> tuple[list[PayloadSample], list[PayloadSample]]:
-    orig = [p for p in flow.payloads if p.direction == ORIG]
-    resp = [p for p in flow.payloads if p.direction == RESP]
+def _split(payloads: Sequence[PayloadSample]) -> tuple[list[PayloadSample], list[PayloadSample]]:
+    orig = [p for p in payloads if p.direction == ORIG]
+    resp = [p for p in payloads if p.direction == RESP]
     return orig, resp
 
 
-def inspect_flow(flow: FlowRecord) -> Facts:
-    """Everything the inspectors can read from one flow."""
+def inspect_flow(flow: FlowRecord, fingerprints: bool = False) -> Facts:
+    """Everything the inspectors can read from one flow (JA4 fingerprints on request)."""
     if not flow.payloads:
         return Facts(flow.uid, protocol="rtp" if flow.rtp_streams else None)
     found: dict[str, object] = {}
     notes: list[str] = []
-    orig, resp = _split(flow)
+    payloads = tuple(flow.payloads)  # made once: the record keeps them as columns
+    orig, resp = _split(payloads)
     ports = {flow.orig_p, flow.resp_p}
     if flow.proto == "udp":
-        _udp(flow, orig, resp, ports, found, notes)
+        _udp(flow, payloads, orig, resp, ports, found, notes, fingerprints)
     elif flow.proto == "tcp":
-        _tcp(flow, orig, resp, ports, found, notes)
+        _tcp(flow, payloads, orig, resp, ports, found, notes, fingerprints)
     if "protocol" not in found and flow.rtp_streams:
         found["protocol"] = "rtp"
     return Facts(flow.uid, notes=tuple(notes), **found)  # type: ignore[arg-type]
 
 
-def _udp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
-         ports: set[int], found: dict[str, object], notes: list[str]) -> None:
+def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[PayloadSample],
+         resp: list[PayloadSample],
+         ports: set[int], found: dict[str, object], notes: list[str],
+         fingerprints: bool = False) -> None:
     if ports & DNS_PORTS:
-        _dns(flow.payloads, False, found, notes)
+        _dns(payloads, False, found, notes)
         if "protocol" in found:
             return
     first = (orig or resp)[0].data
     if not first:
         return
     kind = classify_first_byte(first[0])
-    if _starts_sip(flow.payloads):
-        _sip(flow.payloads, False, found, notes)
+    if _starts_sip(payloads):
+        _sip(payloads, False, found, notes)
         return
     if kind in (Kind.STUN, Kind.TURN_CHANNEL) or any(
-            stun.looks_like_stun(p.data) for p in flow.payloads[:4]):
-        _stun(flow.payloads, False, found, notes)
+            stun.looks_like_stun(p.data) for p in payloads[:4]):
+        _stun(payloads, False, found, notes)
     if ports & set(ZOOM_PORTS):
-        for p in flow.payloads:
+        for p in payloads:
             try:
                 z = framings.parse_zoom_sfu(p.data)
             except ParseError:
@@ -82,52 +85,49 @@ def _udp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
                     break
         if found.get("framing") == "zoom":
             found.setdefault("protocol", "zoom")
-    if "protocol" not in found and any(0x14 <= p.data[0] <= 0x3F for p in flow.payloads
+    if "protocol" not in found and any(0x14 <= p.data[0] <= 0x3F for p in payloads
                                        if p.data):
         _dtls(orig, resp, found, notes)
     if "protocol" not in found and orig and (first[0] & 0xC0 == 0xC0 or ports & {443, 80}):
-        _quic(orig, found, notes)
+        _quic(orig, found, notes, fingerprints)
     if "protocol" not in found:
-        _framings_udp(flow.payloads, found)
+        _framings_udp(payloads, found)
     if "protocol" not in found:
         _telephony_udp(orig, resp, found)
     if "protocol" not in found and H323_RAS_PORT in ports and min(
-            len(p.data) for p in flow.payloads) >= 8:
+            len(p.data) for p in payloads) >= 8:
         # H.225.0 RAS is PER-encoded with no fixed bytes: its registered port is the evidence.
         found.update(protocol="h323", framing_detail="RAS (UDP 1719)")
 
 
-def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
-         ports: set[int], found: dict[str, object], notes: list[str]) -> None:
+def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[PayloadSample],
+         resp: list[PayloadSample],
+         ports: set[int], found: dict[str, object], notes: list[str],
+         fingerprints: bool = False) -> None:
     if not orig and not resp:
         return
     # A ClientHello spans at most a few segments; the ServerHello or an alert comes first back.
     o = b"".join(p.data for p in orig[:4])
     r = b"".join(p.data for p in resp[:3])
     if ports & DNS_PORTS:
-        _dns(flow.payloads, True, found, notes)
+        _dns(payloads, True, found, notes)
         if "protocol" in found:
             return
     if o[:1] == b"\x16":
         try:
             ch = tls.parse_tls_client_hello(o)
-            found.update(protocol="tls", sni=ch.sni, alpn=tuple(ch.alpn), client_hello=True,
-                         ja4=tls.ja4(ch, tls.Transport.TCP))
+            found.update(protocol="tls", sni=ch.sni, alpn=tuple(ch.alpn), client_hello=True)
+            if fingerprints:
+                found["ja4"] = tls.ja4(ch, tls.Transport.TCP)
         except ParseError as exc:
             notes.append(f"tls client hello: {exc}")
             found["protocol"] = "tls"
-        if r:
-            try:
-                tls.parse_tls_server_hello(r)
-                found["server_hello"] = True
-            except ParseError:
-                pass
-            try:
-                alert = tls.find_alert(r)
-            except ParseError:
-                alert = None
-            if alert is not None:
-                found["tls_alert"] = (int(alert.level), int(alert.description))
+        # RFC 8446 §5.1: the first record back is a plaintext handshake (ServerHello, type 2)
+        # or a plaintext alert (content type 21: level, description).
+        if len(r) >= 6 and r[0] == 0x16 and r[5] == 0x02:
+            found["server_hello"] = True
+        elif len(r) >= 7 and r[0] == 0x15 and r[1] == 0x03:
+            found["tls_alert"] = (r[5], r[6])
         return
     if o.startswith(HTTP_METHODS):
         found["protocol"] = "http"
@@ -138,12 +138,12 @@ def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
                 found["http_host"] = value.strip().decode("latin-1").split(":")[0]
                 break
         return
-    if _starts_sip(flow.payloads):
-        _sip(flow.payloads, True, found, notes)
+    if _starts_sip(payloads):
+        _sip(payloads, True, found, notes)
         return
     if stun.looks_like_stun(o[:64]) or (len(o) > 2 and stun.looks_like_stun(o[2:66])) or \
             o[:2] == b"\xff\x10":
-        _stun(flow.payloads, True, found, notes)
+        _stun(payloads, True, found, notes)
         if "protocol" in found:
             return
     try:
@@ -157,7 +157,8 @@ def _tcp(flow: FlowRecord, orig: list[PayloadSample], resp: list[PayloadSample],
         found.update(protocol="whatsapp", framing="whatsapp")
         return
     try:
-        vb = framings.parse_viber(o, tcp=True)
+        # Viber's length prefix covers one message: read the first segment alone
+        vb = framings.parse_viber(orig[0].data if orig else b"", tcp=True)
     except ParseError:
         vb = None
     if vb is not None and flow.resp_p not in (80, 443):
@@ -178,9 +179,12 @@ def _dns(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
          notes: list[str]) -> None:
     answers: list[tuple[str, str]] = []
     responses = 0
-    for p in payloads:
+    # Answers first: they repeat the question, so a query needs parsing only when unanswered.
+    ordered = [p for p in payloads if p.direction == RESP] + [p for p in payloads
+                                                              if p.direction == ORIG]
+    for p in ordered:
         if responses >= 2 or ("dns_query" in found and p.direction == ORIG):
-            continue  # the question is repeated in the response; two answers are enough
+            continue
         try:
             msgs = dns.parse_dns_tcp(p.data) if tcp else (dns.parse_dns(p.data),)
         except ParseError as exc:
@@ -306,7 +310,8 @@ def _dtls(orig: list[PayloadSample], resp: list[PayloadSample], found: dict[str,
             notes.append(f"dtls: {exc}")
 
 
-def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str]) -> None:
+def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str],
+          fingerprints: bool = False) -> None:
     try:
         hello = quic.inspect_client([p.data for p in orig[:4]])
     except ParseError as exc:
@@ -315,8 +320,10 @@ def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str])
     if isinstance(hello, quic.GquicHello):
         found.update(protocol="gquic", sni=hello.sni, client_hello=True)
     else:
-        found.update(protocol="quic", sni=hello.sni, alpn=tuple(hello.alpn), ja4=hello.ja4,
+        found.update(protocol="quic", sni=hello.sni, alpn=tuple(hello.alpn),
                      quic_version=hello.version, client_hello=True)
+        if fingerprints:
+            found["ja4"] = hello.ja4
 
 
 def _telephony_udp(orig: list[PayloadSample], resp: list[PayloadSample],

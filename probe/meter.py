@@ -50,7 +50,7 @@ from probe.prepare import (
 from probe.records import (
     FlowRecord,
     IcmpNotice,
-    PayloadSample,
+    PayloadSamples,
     RtpSeries,
     RtpStream,
     Weird,
@@ -769,7 +769,7 @@ class FlowMeter:
                 resp_retrans=retr[j][r], first_frame=first_fr[j], last_frame=last_fr[j],
                 end_reason=reasons[j], vlan=vlan if vlan >= 0 else None,
                 tunnel=TUNNEL_NAMES.get(tunnels[j]), icmp=tuple(self._icmp.pop(fid, ())),
-                weirds=weirds, payloads=payloads.get(fid, ()),
+                weirds=weirds, payloads=payloads.get(fid, _NO_PAYLOADS),
                 pkt_ts=tim_ts[ta:tz], pkt_len=tim_len[ta:tz], pkt_dir=tim_dir[ta:tz],
                 pkt_flags=tim_fl[ta:tz], rate=rr, rtp=rtp_series, rtp_streams=rtp_streams)
             self.stats.flows += 1
@@ -796,6 +796,9 @@ class _PayloadChunk:
     pool: bytes
 
 
+_NO_PAYLOADS = PayloadSamples()
+
+
 class _PayloadLog:
     """Payload samples of one batch share one byte pool; rows point into it."""
 
@@ -807,8 +810,10 @@ class _PayloadLog:
         if len(fid):
             self.chunks.append(_PayloadChunk(fid, off, length, frame, ts, direction, pool))
 
-    def take(self, lookup: npt.NDArray[np.bool_]) -> dict[int, tuple[PayloadSample, ...]]:
-        out: dict[int, list[PayloadSample]] = {}
+    def take(self, lookup: npt.NDArray[np.bool_]) -> dict[int, PayloadSamples]:
+        """Remove the samples of the flows marked in ``lookup``; one column set per flow."""
+        out: dict[int, PayloadSamples] = {}
+        parts: dict[int, list[tuple[_PayloadChunk, I64]]] = {}
         kept: list[_PayloadChunk] = []
         for c in self.chunks:
             mask = lookup[c.fid]
@@ -816,27 +821,43 @@ class _PayloadLog:
                 kept.append(c)
                 continue
             sel = np.flatnonzero(mask)
-            pool = c.pool
-            for f, o, n, fr, t, d in zip(c.fid[sel].tolist(), c.off[sel].tolist(),
-                                         c.length[sel].tolist(), c.frame[sel].tolist(),
-                                         (c.ts[sel] / NS).tolist(), c.direction[sel].tolist(),
-                                         strict=True):
-                out.setdefault(f, []).append(PayloadSample(fr, t, d, pool[o:o + n]))
-            if mask.all():
-                continue
-            rest = ~mask
-            nc = _PayloadChunk(c.fid[rest], c.off[rest], c.length[rest], c.frame[rest],
-                               c.ts[rest], c.direction[rest], pool)
-            live = int(nc.length.sum())
-            if len(pool) > (1 << 20) and live * 4 < len(pool):  # repack a mostly dead pool
-                arr = np.frombuffer(pool, dtype=np.uint8)
-                starts = np.cumsum(nc.length) - nc.length
-                nc.pool = arr[np.repeat(nc.off - starts, nc.length)
-                              + np.arange(live)].tobytes()
-                nc.off = starts
-            kept.append(nc)
+            sel = sel[np.argsort(c.fid[sel], kind="stable")]
+            fid = c.fid[sel]
+            frame, ts, d = c.frame[sel], c.ts[sel], c.direction[sel]
+            off, n = c.off[sel], c.length[sel]
+            cut = np.flatnonzero(np.diff(fid)) + 1
+            starts = np.concatenate(([0], cut)).tolist()
+            ends = np.concatenate((cut, [len(sel)])).tolist()
+            for f, a, z in zip(fid[starts].tolist(), starts, ends, strict=True):
+                if f in out:
+                    parts.setdefault(f, []).append((c, sel[a:z]))
+                    continue
+                out[f] = PayloadSamples(c.pool, frame[a:z], ts[a:z], d[a:z], off[a:z], n[a:z])
+            if not mask.all():
+                rest = ~mask
+                nc = _PayloadChunk(c.fid[rest], c.off[rest], c.length[rest], c.frame[rest],
+                                   c.ts[rest], c.direction[rest], c.pool)
+                live = int(nc.length.sum())
+                if len(c.pool) > (1 << 20) and live * 4 < len(c.pool):  # repack a dead pool
+                    mv = memoryview(c.pool)
+                    nc.pool = b"".join(mv[o:o + k] for o, k in zip(nc.off.tolist(),
+                                                                   nc.length.tolist(),
+                                                                   strict=True))
+                    nc.off = np.cumsum(nc.length) - nc.length
+                kept.append(nc)
         self.chunks = kept
-        return {f: tuple(v) for f, v in out.items()}
+        for f, pieces in parts.items():  # samples of one flow spread over several batches
+            first = out.pop(f)
+            items = list(first)
+            for c, rows in pieces:
+                items.extend(PayloadSamples(c.pool, c.frame[rows], c.ts[rows], c.direction[rows],
+                                            c.off[rows], c.length[rows]))
+            lengths = [len(p.data) for p in items]
+            offs = np.cumsum([0, *lengths[:-1]]).tolist()
+            out[f] = PayloadSamples(b"".join(p.data for p in items), [p.frame for p in items],
+                                    [round(p.ts * 1e9) for p in items],
+                                    [p.direction for p in items], offs, lengths)
+        return out
 
 
 def _merge_rate(rate: dict[str, np.ndarray]) -> tuple[I64, I64]:  # type: ignore[type-arg]

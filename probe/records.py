@@ -9,8 +9,9 @@ record as compact arrays so nobody has to keep every packet.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,7 @@ __all__ = [
     "FlowRecord",
     "IcmpNotice",
     "PayloadSample",
+    "PayloadSamples",
     "RtpSeries",
     "RtpStream",
     "Weird",
@@ -87,6 +89,67 @@ class PayloadSample(NamedTuple):
     """``ORIG`` or ``RESP``."""
     data: bytes
     """The transport payload as captured (may be shorter than on the wire)."""
+
+
+Column = Sequence[int] | npt.NDArray[Any]
+"""A column of integers: a sequence or a numpy array."""
+
+
+class PayloadSamples(Sequence[PayloadSample]):
+    """A flow's payload samples: columns over one byte pool, items made on demand.
+
+    Behaves as a read-only sequence of :class:`PayloadSample`; keeping the
+    samples as columns costs the probe one object per flow instead of one per
+    sample.
+    """
+
+    __slots__ = ("_dir", "_frame", "_len", "_off", "_pool", "_ts")
+
+    def __init__(self, pool: bytes = b"", frame: Column = (), ts_ns: Column = (),
+                 direction: Column = (), off: Column = (), length: Column = ()) -> None:
+        self._pool = pool
+        self._frame = frame
+        self._ts = ts_ns
+        self._dir = direction
+        self._off = off
+        self._len = length
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def _item(self, i: int) -> PayloadSample:
+        o = int(self._off[i])
+        return PayloadSample(int(self._frame[i]), int(self._ts[i]) / 1e9, int(self._dir[i]),
+                             bytes(self._pool[o:o + int(self._len[i])]))
+
+    @overload
+    def __getitem__(self, i: int) -> PayloadSample: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> tuple[PayloadSample, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> PayloadSample | tuple[PayloadSample, ...]:
+        if isinstance(i, slice):
+            return tuple(self._item(k) for k in range(*i.indices(len(self))))
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("payload sample index out of range")
+        return self._item(i)
+
+    def __iter__(self) -> Iterator[PayloadSample]:
+        return (self._item(k) for k in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PayloadSamples({list(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +300,8 @@ class FlowRecord:
     """ICMP errors that quoted this flow's packets."""
     weirds: tuple[Weird, ...] = ()
     """Decoding problems in this flow's packets."""
-    payloads: tuple[PayloadSample, ...] = ()
-    """The first N payload-carrying packets per direction."""
+    payloads: Sequence[PayloadSample] = ()
+    """The first N payload-carrying packets per direction (later ones cut short)."""
     pkt_ts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     """Timing series: arrival time of the first M packets."""
     pkt_len: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
