@@ -200,6 +200,11 @@ def _finish(reader: FlowReader) -> int:
     return EXIT_OK
 
 
+def _run_refresh(args: argparse.Namespace) -> int:
+    from classifier import refresh
+    return refresh.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marsad", description=(
         "Observe over-the-top voice and video calls and record, with evidence, whether the "
@@ -219,10 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ja4", action="store_true",
                    help="add the JA4 fingerprint of each TLS/QUIC/DTLS ClientHello")
     a.set_defaults(func=_run_analyze)
+    r = sub.add_parser("refresh-data", add_help=False,
+                       help="rebuild the IP-owner or hostname tables from a local copy of a "
+                            "public list (run 'marsad refresh-data --help')")
+    r.add_argument("rest", nargs=argparse.REMAINDER)
+    r.set_defaults(func=_run_refresh)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["refresh-data"]:  # its own parser, options and help
+        from classifier import refresh
+        return refresh.main(argv[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -235,8 +235,13 @@ class Classifier:
         if m.app is None:
             return _Verdict(None, method, 0.5, f"{what} {name} ({m.owner})", m.service,
                             detail=m.owner)
+        detail = None
+        if m.app == "teams":
+            # nDPI cannot tell them apart; the name often can.
+            detail = "skype" if ("skype" in name or "lync" in name) else "microsoft-teams"
         return _Verdict(m.app, method, 0.9 if method is not Method.DNS else 0.8,
-                        f"{what} {name} matches {m.rule}", m.service)
+                        f"{what} {name} matches {m.rule}"
+                        + (f" ({detail})" if detail else ""), m.service, detail=detail)
 
     def _app_verdict(self, flow: FlowRecord, facts: Facts) -> _Verdict | None:
         stun_app = self._stun_app(facts)
