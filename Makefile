@@ -29,6 +29,7 @@ test: $(STAMP) lint
 
 captures: $(STAMP)
 	$(BIN)/python captures/make_captures.py
+	$(BIN)/python captures/make_app_captures.py
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
