@@ -11,11 +11,15 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from api.output import CsvWriter, dumps, write_jsonl
 from classifier.engine import Classifier
 from classifier.records import Classification
+from policy.calls import analyse_calls
+from policy.errors import PolicyError
+from policy.rules import load_policy
 from probe import CaptureError, FlowReader, FlowRecord, MeterConfig
 from probe.run import default_workers
 
@@ -154,6 +158,11 @@ def _flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:
     return row
 
 
+def _light(rec: FlowRecord) -> FlowRecord:
+    """The record without its payload samples (kept for call assembly in streams)."""
+    return replace(rec, payloads=())
+
+
 def _run_analyze(args: argparse.Namespace) -> int:
     fmt = args.fmt or "json"
     progress = _Progress(args.capture)
@@ -162,22 +171,41 @@ def _run_analyze(args: argparse.Namespace) -> int:
     try:
         reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
                             workers=args.workers)
+        policy = load_policy(args.policy)
         if fmt == "jsonl":
+            flows: list[FlowRecord] = []
+            classes: list[Classification] = []
             for rec in reader:
-                write_jsonl([_flow_row(rec, classifier.classify(rec))], out)
+                c = classifier.classify(rec)
+                flows.append(_light(rec))
+                classes.append(c)
+                write_jsonl([{"record": "flow", **_flow_row(rec, c)}], out)
+            analysis = analyse_calls(flows, classes, policy)
+            write_jsonl([{"record": "call", **call.to_dict()} for call in analysis.calls], out)
+            write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
+                         for u, v in analysis.flow_verdicts.items()], out)
         else:
             flows = list(reader)
             flows.sort(key=lambda r: (r.first_frame, r.uid))
             classes = classifier.classify_all(flows)
-            rows = [_flow_row(r, c) for r, c in zip(flows, classes, strict=True)]
+            analysis = analyse_calls(flows, classes, policy)
+            rows = []
+            for r, c in zip(flows, classes, strict=True):
+                row = _flow_row(r, c)
+                v = analysis.flow_verdicts.get(r.uid)
+                if v is not None:
+                    row["verdict"] = str(v.kind)
+                    row["reasons"] = [str(x) for x in v.reasons]
+                rows.append(row)
             if fmt == "csv":
                 w = CsvWriter(out)
                 for row in rows:
                     w.write(row)
             else:
-                out.write(dumps({"flows": rows, "calls": []}))
+                out.write(dumps({"flows": rows,
+                                 "calls": [call.to_dict() for call in analysis.calls]}))
                 out.write("\n")
-    except CaptureError as exc:
+    except (CaptureError, PolicyError) as exc:
         progress.stop()
         print(f"marsad: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
@@ -221,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
     _add_format(a)
     _add_meter_options(a)
+    a.add_argument("--policy", metavar="FILE",
+                   help="verdict thresholds (YAML; default: the packaged policy)")
     a.add_argument("--ja4", action="store_true",
                    help="add the JA4 fingerprint of each TLS/QUIC/DTLS ClientHello")
     a.set_defaults(func=_run_analyze)

@@ -1,0 +1,293 @@
+"""Join classified flows into calls, measure their legs and give each a verdict.
+
+How flows become one call:
+
+* a SIP dialog (one Call-ID with an INVITE) is a call; the RTP/RTCP flows on
+  the media endpoints its SDP announced belong to it;
+* otherwise, call flows (STUN/TURN/DTLS set-up, media, relays: any flow the
+  classifier put in a call category) are joined when they share the local
+  socket (ICE uses one port for all candidate pairs) or the same local host
+  talks to the same remote host, or to the same app, within
+  ``calls.same_call_gap_s`` of the call's other flows;
+* TCP/TLS/QUIC flows of the same app, or to the call's remote hosts, that
+  start up to ``calls.same_call_gap_s`` before or during the call are its
+  signalling and are judged with it (a reset TLS connection to the app's
+  servers is how SNI blocking shows).
+
+The local side is the host the capture was taken next to: the private
+address when one side is private, else the originator of most call flows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from classifier.records import CALL_CATEGORIES, Category, Classification
+from policy.legs import flow_legs, local_is_orig
+from policy.records import Call, FlowVerdict, Leg, Reason, Verdict
+from policy.rules import Policy, call_rules, flow_rules, load_policy, verdict_from
+from probe.records import FlowRecord
+
+__all__ = ["Analysis", "analyse_calls"]
+
+MEDIA_CATEGORIES = frozenset({Category.VOICE, Category.VIDEO, Category.SCREEN})
+SETUP_PROTOCOLS = frozenset({"stun", "dtls", "rtcp", "rtp", "sip", "zoom", "discord",
+                             "telegram", "mgcp", "h323", "sccp", "agora", "mumble"})
+SIGNALLING_PROTOCOLS = frozenset({"tls", "quic", "gquic", "http", "whatsapp"})
+
+
+@dataclass(slots=True)
+class Analysis:
+    """Calls and the flows that show interference."""
+
+    calls: list[Call]
+    """Every call found, by start time."""
+    flow_verdicts: dict[str, Verdict]
+    """Flows (in or out of calls) whose own packets show interference."""
+
+    def flow_verdict_list(self) -> list[FlowVerdict]:
+        return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
+
+
+def _private(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return ip.is_private or ip.is_link_local
+
+
+def _local_of(flows: Sequence[FlowRecord]) -> str | None:
+    votes: Counter[str] = Counter()
+    for f in flows:
+        if _private(f.orig_h) and not _private(f.resp_h):
+            votes[f.orig_h] += 2
+        elif _private(f.resp_h) and not _private(f.orig_h):
+            votes[f.resp_h] += 2
+        else:
+            votes[f.orig_h] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+class _Union:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _is_call_flow(f: FlowRecord, c: Classification) -> bool:
+    if c.category in CALL_CATEGORIES:
+        return True
+    return f.proto == "udp" and c.facts.protocol in SETUP_PROTOCOLS
+
+
+def _remote_local(f: FlowRecord, local: str | None) -> tuple[tuple[str, int], tuple[str, int]]:
+    if local_is_orig(f, local):
+        return (f.resp_h, f.resp_p), (f.orig_h, f.orig_p)
+    return (f.orig_h, f.orig_p), (f.resp_h, f.resp_p)
+
+
+def _sip_dialogs(flows: Sequence[FlowRecord], classes: dict[str, Classification]
+                 ) -> dict[str, dict[str, Any]]:
+    dialogs: dict[str, dict[str, Any]] = {}
+    for f in flows:
+        for m in classes[f.uid].facts.sip:
+            if not m.call_id:
+                continue
+            d = dialogs.setdefault(m.call_id, {"flows": set(), "messages": [], "media": set(),
+                                               "invite": False})
+            d["flows"].add(f.uid)
+            d["messages"].append(m)
+            if m.method == "INVITE":
+                d["invite"] = True
+            for addr, port, _media, direction in m.media:
+                d["media"].add((addr, port, direction))
+    return {k: v for k, v in dialogs.items() if v["invite"]}
+
+
+def _sip_outcome(messages: list[Any]) -> tuple[Reason, dict[str, Any], list[int]] | None:
+    """failed when the INVITE's final answer says the endpoints ended it."""
+    finals = [m for m in messages if m.status is not None and m.cseq_method == "INVITE"
+              and m.status >= 300]
+    answered = any(m.status is not None and 200 <= m.status < 300 and m.cseq_method == "INVITE"
+                   for m in messages)
+    if answered:
+        return None
+    real = [m for m in finals if m.status not in (401, 407)]  # auth challenges get retried
+    if not real:
+        return None
+    last = real[-1]
+    cancelled = any(m.method == "CANCEL" for m in messages) or last.status == 487
+    reason = Reason.SIP_NO_ANSWER if cancelled else Reason.SIP_REJECTED
+    rang = any(m.status in (180, 183) for m in messages)
+    return reason, {"final": last.status, "rang": rang,
+                    "reason_phrase": "cancelled before answer" if cancelled else "rejected"}, \
+        [m.frame for m in messages]
+
+
+def _call_uid(flow_uids: Sequence[str]) -> str:
+    return "K" + hashlib.blake2b("|".join(sorted(flow_uids)).encode(),
+                                 digest_size=9).hexdigest()[:17]
+
+
+def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification],
+                  policy: Policy | None = None) -> Analysis:
+    """Calls with legs, quality and verdicts; and verdicts on interfered flows."""
+    pol = policy or load_policy()
+    by_uid = {f.uid: f for f in flows}
+    cls = {c.uid: c for c in classes}
+    local = _local_of([f for f in flows if _is_call_flow(f, cls[f.uid])] or list(flows))
+    answered = [f for f in flows if f.resp_pkts > 0 and f.orig_pkts > 0]
+    gap = float(pol.get("calls", "same_call_gap_s"))
+    delay_ms = float(pol.get("quality", "assumed_network_delay_ms"))
+
+    groups: list[list[FlowRecord]] = []
+    extras: list[dict[str, Any]] = []
+    outcomes: list[tuple[Reason, dict[str, Any], list[int]] | None] = []
+    taken: set[str] = set()
+    # SIP dialogs and the media their SDP announced.
+    for call_id, d in sorted(_sip_dialogs(flows, cls).items(),
+                             key=lambda kv: min(m.ts for m in kv[1]["messages"])):
+        members = [by_uid[u] for u in sorted(d["flows"])]
+        # RTP on the announced ports, RTCP on the next one up (RFC 3550 §11).
+        endpoints = {(a, p + k) for a, p, _ in d["media"] for k in (0, 1)}
+        for f in flows:
+            if f.uid in d["flows"] or f.proto != "udp":
+                continue
+            if (f.orig_h, f.orig_p) in endpoints or (f.resp_h, f.resp_p) in endpoints:
+                members.append(f)
+        groups.append(members)
+        directions = sorted({dr for _, _, dr in d["media"]})
+        extras.append({"sip_call_id": call_id, "sdp_directions": directions})
+        outcomes.append(_sip_outcome(d["messages"]))
+        taken.update(f.uid for f in members)
+    n_sip = len(groups)
+    # Everything else: union of call flows.
+    cand = [f for f in flows if f.uid not in taken and _is_call_flow(f, cls[f.uid])
+            and not cls[f.uid].facts.sip]
+    cand.sort(key=lambda f: (f.first_ts, f.uid))
+    u = _Union(len(cand))
+    by_socket: dict[tuple[str, int], int] = {}
+    for i, f in enumerate(cand):
+        _, sock = _remote_local(f, local)
+        if sock in by_socket:
+            u.join(i, by_socket[sock])
+        else:
+            by_socket[sock] = i
+    for i, f in enumerate(cand):
+        (rh, _), (lh, _) = _remote_local(f, local)
+        app = cls[f.uid].app
+        for j in range(i):
+            g = cand[j]
+            if g.first_ts > f.last_ts + gap or f.first_ts > g.last_ts + gap:
+                continue
+            (grh, _), (glh, _) = _remote_local(g, local)
+            if glh == lh and (grh == rh or (app is not None and cls[g.uid].app == app)):
+                u.join(i, j)
+    comps: dict[int, list[FlowRecord]] = {}
+    for i, f in enumerate(cand):
+        comps.setdefault(u.find(i), []).append(f)
+    for members in comps.values():
+        groups.append(members)
+        extras.append({})
+        outcomes.append(None)
+    # Signalling flows of the same app or to the same remote hosts, just before or during.
+    for members in groups[n_sip:]:
+        apps = {cls[f.uid].app for f in members} - {None}
+        remotes = {_remote_local(f, local)[0][0] for f in members}
+        start = min(f.first_ts for f in members) - gap
+        end = max(f.last_ts for f in members)
+        for f in flows:
+            if f.uid in taken or any(f.uid == m.uid for m in members):
+                continue
+            c = cls[f.uid]
+            if c.facts.protocol not in SIGNALLING_PROTOCOLS and f.proto != "tcp":
+                continue
+            if not start <= f.first_ts <= end:
+                continue
+            if (c.app is not None and c.app in apps) or _remote_local(f, local)[0][0] in remotes:
+                members.append(f)
+    calls: list[Call] = []
+    flow_verdicts: dict[str, Verdict] = {}
+    others_answered = len(answered) > 0
+    for members, extra, outcome in zip(groups, extras, outcomes, strict=True):
+        members = sorted({f.uid: f for f in members}.values(), key=lambda f: (f.first_ts, f.uid))
+        media_flows = [f for f in members if cls[f.uid].category in MEDIA_CATEGORIES
+                       or (f.rtp_streams and cls[f.uid].facts.protocol == "rtp")]
+        legs: list[Leg] = []
+        for f in media_flows:
+            legs.extend(flow_legs(f, local, cls[f.uid].media, delay_ms))
+        others = others_answered and any(a.uid not in {m.uid for m in members}
+                                         for a in answered)
+        evidence = call_rules(members, cls, legs, media_flows, local, others, outcome, pol)
+        media_s = max((f.duration_s for f in media_flows), default=0.0)
+        unknown = not media_flows or media_s < float(pol.get("calls", "min_media_s"))
+        stun_seen = any(cls[f.uid].facts.stun is not None for f in members)
+        verdict = verdict_from(evidence, unknown=unknown and not stun_seen and not outcome)
+        app_votes = Counter(cls[f.uid].app for f in members if cls[f.uid].app is not None)
+        app = app_votes.most_common(1)[0][0] if app_votes else None
+        media = tuple(sorted({leg.media for leg in legs if leg.media}))
+        setup = _setup(members, cls)
+        calls.append(Call(_call_uid([f.uid for f in members]), app, media,
+                          tuple(f.uid for f in members), min(f.first_ts for f in members),
+                          max(f.last_ts for f in members), local, tuple(legs), setup, verdict,
+                          extra))
+    for f in flows:
+        ev = flow_rules(f, cls[f.uid], local, others_answered, pol)
+        if ev:
+            flow_verdicts[f.uid] = verdict_from(ev)
+    calls.sort(key=lambda c: (c.start_ts, c.uid))
+    return Analysis(calls, flow_verdicts)
+
+
+def _setup(members: list[FlowRecord], cls: dict[str, Classification]) -> dict[str, Any]:
+    stun_req = stun_ok = stun_err = 0
+    sip: list[dict[str, Any]] = []
+    tcp = {"connections": 0, "established": 0, "refused": 0, "unanswered": 0}
+    tls = {"client_hellos": 0, "server_hellos": 0}
+    for f in members:
+        facts = cls[f.uid].facts
+        if facts.stun is not None:
+            stun_req += facts.stun.requests
+            stun_ok += facts.stun.success
+            stun_err += facts.stun.errors
+        for m in facts.sip:
+            sip.append({"ts": m.ts, "frame": m.frame,
+                        "message": m.method or str(m.status), "call_id": m.call_id})
+        if f.proto == "tcp":
+            tcp["connections"] += 1
+            state = f.conn_state
+            if state in ("REJ",):
+                tcp["refused"] += 1
+            elif state in ("S0", "RSTOS0"):
+                tcp["unanswered"] += 1
+            elif state not in ("OTH",):
+                tcp["established"] += 1
+        if facts.client_hello:
+            tls["client_hellos"] += 1
+        if facts.server_hello:
+            tls["server_hellos"] += 1
+    first = min(f.first_ts for f in members)
+    return {"stun": {"requests": stun_req, "success": stun_ok, "errors": stun_err},
+            "sip": sorted(sip, key=lambda m: m["ts"]), "tcp": tcp, "tls": tls,
+            "first_media_ts": min((f.first_ts for f in members
+                                   if cls[f.uid].category in MEDIA_CATEGORIES), default=None),
+            "setup_s": None if not any(cls[f.uid].category in MEDIA_CATEGORIES
+                                       for f in members)
+            else round(min(f.first_ts for f in members
+                           if cls[f.uid].category in MEDIA_CATEGORIES) - first, 6)}

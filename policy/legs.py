@@ -1,0 +1,134 @@
+"""Quality of each call leg, judged over the whole flow.
+
+Where RTP headers are visible, the probe's whole-life stream state gives loss
+and reordering (RFC 3550 §A.1/§A.3), the §6.4.1 jitter estimate and, per
+second, received packets, bytes and the minimum relative transit time — whose
+rise and plateau is the signature of a queue in front of a rate limiter. Where
+they are not, the per-second rate series gives the bit rate and its gaps. The
+MOS estimate is ITU-T G.107's E-model (``policy.emodel``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from policy.emodel import Codec, codec_for_payload_type, score
+from policy.quality import (
+    PLATEAU_FLAT_RATIO,
+    PLATEAU_MIN_S,
+    PLATEAU_REACHED_RATIO,
+    theil_sen_slope,
+)
+from policy.records import Leg
+from probe.records import ORIG, FlowRecord, RtpStream
+
+__all__ = ["delay_shape", "flow_legs", "local_is_orig"]
+
+F64 = npt.NDArray[np.float64]
+
+
+def local_is_orig(flow: FlowRecord, local: str | None) -> bool:
+    """Whether the flow's originator is the local side of the capture."""
+    if local is not None:
+        if flow.orig_h == local:
+            return True
+        if flow.resp_h == local:
+            return False
+    return True
+
+
+def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
+    """Rise of the per-second minimum one-way delay, whether it levelled off, and the
+    index of the second where it started to rise (None if it did not)."""
+    y = tmin_ms[np.isfinite(tmin_ms)]
+    x = np.flatnonzero(np.isfinite(tmin_ms)).astype(np.float64)
+    if len(y) < 3:
+        return None, False, None
+    smooth = np.array([np.median(y[max(0, i - 1):i + 2]) for i in range(len(y))])
+    base = float(np.min(smooth[: max(1, min(3, len(smooth)))]))
+    rise = float(smooth.max()) - base
+    start = None
+    above = np.flatnonzero(smooth > base + 0.2 * rise) if rise > 0 else np.zeros(0, np.int64)
+    if len(above):
+        start = int(x[above[0]])
+    plateau = False
+    if rise > 0:
+        k = int(np.argmax(smooth >= base + PLATEAU_REACHED_RATIO * rise))
+        if k >= 1 and len(x) - k >= 3 and x[-1] - x[k] >= PLATEAU_MIN_S:
+            head = theil_sen_slope(x[: k + 1], y[: k + 1])
+            tail = theil_sen_slope(x[k:], y[k:])
+            if head is not None and tail is not None and head > 0:
+                plateau = abs(tail) <= PLATEAU_FLAT_RATIO * head
+    return rise, plateau, start
+
+
+def _rtp_leg(flow: FlowRecord, s: RtpStream, out: bool, media: str | None,
+             assumed_delay_ms: float) -> Leg:
+    rows = s.seconds
+    secs: list[tuple[float, ...]] = []
+    lost_total = max(s.lost, 0)
+    mean_jitter = None
+    rise = None
+    plateau = False
+    if len(rows):
+        max_ext = rows[:, 3]
+        prev = np.concatenate(([s.first_ext_seq - 1], np.maximum.accumulate(max_ext)[:-1]))
+        expected = np.maximum(max_ext - prev, 0)
+        lost = np.maximum(expected - rows[:, 1], 0)
+        bps = rows[:, 2] * 8.0
+        tmin_ms = rows[:, 6] * 1000.0
+        rise, plateau, _ = delay_shape(tmin_ms)
+        mean_jitter = float(np.nanmean(rows[:, 5])) if np.isfinite(rows[:, 5]).any() else None
+        secs = [tuple(float(v) for v in r) for r in zip(
+            rows[:, 0], rows[:, 1], bps, lost, rows[:, 5], tmin_ms, strict=True)]
+        mean_bps = float(bps.mean())
+    else:
+        span = max(s.last_ts - s.first_ts, 1e-9)
+        mean_bps = s.bytes * 8 / span
+    expected_all = s.expected
+    loss = lost_total / expected_all if expected_all > 0 else None
+    mos = None
+    kind = media or ("audio" if s.clock_hz in (8000, 16000, 48000) else None)
+    if kind == "audio" and loss is not None:
+        codec = codec_for_payload_type(s.pt) or Codec.OPUS
+        mos = score(codec, loss_ratio=loss, jitter_s=mean_jitter or s.jitter_s,
+                    network_delay_ms=assumed_delay_ms).mos
+    return Leg(flow.uid, "out" if out else "in", kind, s.ssrc, s.packets, expected_all, loss,
+               s.reordered, s.jitter_s, mean_jitter, rise, plateau, mean_bps, mos,
+               tuple(secs))
+
+
+def _rate_leg(flow: FlowRecord, out_dir: int, out: bool, media: str | None) -> Leg:
+    rate = flow.rate
+    col_p, col_b = (1, 2) if out_dir == ORIG else (3, 4)
+    pkts = int(rate[:, col_p].sum()) if len(rate) else 0
+    active = rate[rate[:, col_p] > 0] if len(rate) else rate
+    bps = float(active[:, col_b].mean() * 8) if len(active) else 0.0
+    secs = tuple((float(r[0]), float(r[col_p]), float(r[col_b] * 8), 0.0, float("nan"),
+                  float("nan")) for r in rate) if len(rate) else ()
+    return Leg(flow.uid, "out" if out else "in", media, None, pkts, None, None, None, None,
+               None, None, False, bps, None, secs)
+
+
+def flow_legs(flow: FlowRecord, local: str | None, media: str | None,
+              assumed_delay_ms: float) -> list[Leg]:
+    """The legs of one media flow: one per RTP stream, or one per direction."""
+    orig_local = local_is_orig(flow, local)
+    legs: list[Leg] = []
+    if flow.rtp_streams:
+        seen_dirs = set()
+        for s in flow.rtp_streams:
+            if s.packets < 3:
+                continue
+            out = (s.direction == ORIG) == orig_local
+            seen_dirs.add(s.direction)
+            legs.append(_rtp_leg(flow, s, out, media, assumed_delay_ms))
+        for d in (0, 1):
+            if d not in seen_dirs and (flow.orig_pkts if d == 0 else flow.resp_pkts) > 0:
+                legs.append(_rate_leg(flow, d, (d == ORIG) == orig_local, media))
+        return legs
+    for d in (0, 1):
+        if (flow.orig_pkts if d == 0 else flow.resp_pkts) > 0:
+            legs.append(_rate_leg(flow, d, (d == ORIG) == orig_local, media))
+    return legs

@@ -1,0 +1,208 @@
+"""The policy stage's record schema: calls, their legs' quality, verdicts, evidence.
+
+A :class:`Call` groups the flows of one call (by ``uid``); each
+:class:`Leg` is one direction of one media stream with its measured quality.
+A :class:`Verdict` says whether the network interfered, names the rule that
+fired and the evidence a reader can check against the packets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["Call", "Evidence", "FlowVerdict", "Leg", "Reason", "Verdict", "VerdictKind"]
+
+
+class VerdictKind(StrEnum):
+    """What happened to a call or flow."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    THROTTLED = "throttled"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class Reason(StrEnum):
+    """Closed set of reason codes (documented in docs/VERDICTS.md)."""
+
+    STUN_UNANSWERED = "stun-unanswered"
+    """STUN/TURN requests went out and no response came back, while other traffic flowed."""
+    SYN_UNANSWERED = "syn-unanswered"
+    """TCP SYNs to the app's servers were never answered, while other connections worked."""
+    TCP_RESET = "tcp-reset"
+    """A TCP SYN was answered by a RST instead of a SYN-ACK."""
+    TLS_RESET_AFTER_HELLO = "tls-reset-after-hello"
+    """The TLS ClientHello was answered by a RST (or nothing) instead of a ServerHello:
+    the signature of SNI-based blocking."""
+    ICMP_UNREACHABLE = "icmp-unreachable"
+    """An ICMP destination-unreachable or administratively-prohibited error quoted the
+    call's packets."""
+    MEDIA_NO_RETURN = "media-no-return"
+    """Media went out for seconds and nothing came back, though the call is two-way."""
+    RATE_CAPPED = "rate-capped"
+    """Received media lost packets while its one-way delay climbed and levelled off: a
+    queue in front of a rate limit (a shaper)."""
+    DELAYED_THROTTLE = "delayed-throttle"
+    """Media was clean at first, then capped from some second on."""
+    HIGH_LOSS = "high-loss"
+    """Packet loss above the threshold, without a shaper's delay signature."""
+    HIGH_JITTER = "high-jitter"
+    """Interarrival jitter above the threshold."""
+    LOW_MOS = "low-mos"
+    """E-model MOS below the threshold."""
+    SIP_REJECTED = "sip-rejected"
+    """The callee (or its proxy) answered the INVITE with a final 4xx/5xx/6xx."""
+    SIP_NO_ANSWER = "sip-no-answer"
+    """The call rang and was cancelled (487) before an answer."""
+    TOO_SHORT = "too-short"
+    """Too little of the call was captured to judge it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a verdict rests on: checkable against the capture."""
+
+    rule: str
+    """Policy rule that fired (its name in the policy file)."""
+    reason: Reason
+    """Reason code."""
+    flow_uids: tuple[str, ...]
+    """Flows the rule looked at."""
+    frames: tuple[int, ...]
+    """Capture positions (1-based frame numbers) of the packets that show it."""
+    first_ts: float
+    """Earliest time concerned."""
+    last_ts: float
+    """Latest time concerned."""
+    figures: dict[str, Any]
+    """The measured values and the thresholds they crossed."""
+    text: str
+    """One sentence a person can check in the packets."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "reason": str(self.reason), "flow_uids": list(self.flow_uids),
+                "frames": list(self.frames), "first_ts": self.first_ts,
+                "last_ts": self.last_ts, "figures": self.figures, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The verdict on a call or a flow."""
+
+    kind: VerdictKind
+    """ok, degraded, throttled, blocked, failed or unknown."""
+    reasons: tuple[Reason, ...]
+    """Reason codes, strongest first."""
+    evidence: tuple[Evidence, ...]
+    """One entry per rule that fired."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": str(self.kind), "reasons": [str(r) for r in self.reasons],
+                "evidence": [e.to_dict() for e in self.evidence]}
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One direction of one media stream of a call, and how it went."""
+
+    flow_uid: str
+    """The flow that carried it."""
+    direction: str
+    """``out`` (sent by the local side) or ``in`` (received by it)."""
+    media: str | None
+    """audio, video, screen or None when unknown."""
+    ssrc: int | None
+    """RTP SSRC, when RTP headers were visible."""
+    packets: int
+    """Packets seen."""
+    expected: int | None
+    """Packets the sender sent (from RTP sequence numbers), when known."""
+    loss_ratio: float | None
+    """Lost / expected (RFC 3550), when known."""
+    reordered: int | None
+    """Packets out of order."""
+    jitter_s: float | None
+    """RFC 3550 interarrival jitter (end of the stream), seconds."""
+    mean_jitter_s: float | None
+    """Mean of the per-second jitter values, seconds."""
+    delay_rise_ms: float | None
+    """How much the one-way delay (minimum per second) rose over the leg."""
+    delay_plateau: bool
+    """True if the delay rose and then levelled off (a full shaper queue)."""
+    mean_bps: float
+    """Mean bit rate over the leg's active seconds (bits of payload per second)."""
+    mos: float | None
+    """E-model MOS estimate (audio legs)."""
+    seconds: tuple[tuple[float, ...], ...] = ()
+    """Per second: (second, packets, bits/s, lost, jitter_s, transit_min_ms)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(x: float | None, n: int = 4) -> float | None:
+            return None if x is None else round(x, n)
+        return {"flow_uid": self.flow_uid, "direction": self.direction, "media": self.media,
+                "ssrc": self.ssrc, "packets": self.packets, "expected": self.expected,
+                "loss_ratio": r(self.loss_ratio), "reordered": self.reordered,
+                "jitter_s": r(self.jitter_s, 6), "mean_jitter_s": r(self.mean_jitter_s, 6),
+                "delay_rise_ms": r(self.delay_rise_ms, 1), "delay_plateau": self.delay_plateau,
+                "mean_bps": round(self.mean_bps, 1), "mos": r(self.mos, 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call: its flows, legs, set-up and verdict."""
+
+    uid: str
+    """Deterministic id (from the flows' uids)."""
+    app: str | None
+    """App of the call (sip for plain SIP, None for unnamed RTP)."""
+    media: tuple[str, ...]
+    """Media carried (audio, video, screen)."""
+    flow_uids: tuple[str, ...]
+    """Every flow of the call: signalling, set-up and media."""
+    start_ts: float
+    """First packet of the call."""
+    end_ts: float
+    """Last packet of the call."""
+    local: str | None
+    """Address of the local side (the caller's host as seen by the probe)."""
+    legs: tuple[Leg, ...]
+    """One per direction and media stream."""
+    setup: dict[str, Any]
+    """What happened during set-up: STUN requests/responses, SIP messages, TCP/TLS."""
+    verdict: Verdict
+    """Whether the network interfered."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth showing (e.g. the SIP Call-ID)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "uid": self.uid, "app": self.app, "media": list(self.media),
+            "flow_uids": list(self.flow_uids), "start_ts": self.start_ts, "end_ts": self.end_ts,
+            "duration_s": round(self.end_ts - self.start_ts, 6), "local": self.local,
+            "legs": [leg.to_dict() for leg in self.legs], "setup": self.setup}
+        d.update(self.verdict.to_dict())
+        mos = [leg.mos for leg in self.legs if leg.mos is not None]
+        d["quality"] = {"mos": round(min(mos), 2) if mos else None,
+                        "loss_ratio": _worst([leg.loss_ratio for leg in self.legs]),
+                        "jitter_s": _worst([leg.mean_jitter_s for leg in self.legs])}
+        d.update(self.extra)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class FlowVerdict:
+    """A verdict on a single flow that shows interference outside any call."""
+
+    uid: str
+    """The flow."""
+    verdict: Verdict
+    """What happened to it."""
+
+
+def _worst(values: list[float | None]) -> float | None:
+    vs = [v for v in values if v is not None]
+    return round(max(vs), 6) if vs else None

@@ -1,0 +1,226 @@
+"""The verdict rules and their thresholds (the policy file).
+
+Each rule looks at a call's flows and legs (or at one flow) and, when it
+fires, returns :class:`~policy.records.Evidence`: the rule's name, the reason
+code, the flows and packet positions it rests on, and the figures that crossed
+the thresholds. Verdict precedence: failed (the endpoints said no) > blocked >
+throttled > degraded > ok.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from classifier.records import Classification
+from policy.errors import PolicyError
+from policy.legs import local_is_orig
+from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
+from probe.records import FlowRecord
+
+__all__ = ["Policy", "call_rules", "flow_rules", "load_policy", "verdict_from"]
+
+ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
+TCP_SYN, TCP_RST = 0x02, 0x04
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Thresholds, from the policy file."""
+
+    values: dict[str, dict[str, Any]]
+    """Section -> key -> value, defaults merged with the user's file."""
+    source: str
+    """Where the values came from."""
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[section][key]
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The packaged defaults, overridden by ``path`` if given."""
+    text = resources.files("policy").joinpath("default_policy.yaml").read_text()
+    values: dict[str, dict[str, Any]] = yaml.safe_load(text)
+    source = "policy/default_policy.yaml"
+    if path is not None:
+        try:
+            user = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise PolicyError(f"{path}: cannot read the policy file: {exc}") from exc
+        if not isinstance(user, dict):
+            raise PolicyError(f"{path}: a policy file is a mapping of sections")
+        for section, entries in user.items():
+            if section == "version":
+                continue
+            if section not in values or not isinstance(entries, dict):
+                raise PolicyError(f"{path}: unknown policy section {section!r}")
+            for k, v in entries.items():
+                if k not in values[section]:
+                    raise PolicyError(f"{path}: unknown key {section}.{k}")
+                values[section][k] = v
+        source = str(path)
+    return Policy(values, source)
+
+
+def _ev(rule: str, reason: Reason, flows: list[FlowRecord], frames: list[int],
+        figures: dict[str, Any], text: str) -> Evidence:
+    return Evidence(rule, reason, tuple(f.uid for f in flows), tuple(sorted(set(frames)))[:64],
+                    min(f.first_ts for f in flows), max(f.last_ts for f in flows), figures, text)
+
+
+def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
+               others_answered: bool, pol: Policy) -> list[Evidence]:
+    """Interference visible on a single flow (TCP/TLS/ICMP)."""
+    out: list[Evidence] = []
+    for n in flow.icmp:
+        if (n.family, n.type) in ICMP_BLOCKING or (n.family == 4 and n.type == 3):
+            out.append(_ev("blocked.icmp", Reason.ICMP_UNREACHABLE, [flow], [n.frame],
+                           {"icmp_type": n.type, "icmp_code": n.code, "reporter": n.reporter},
+                           f"ICMP type {n.type} code {n.code} from {n.reporter} quoted this "
+                           f"flow's packet (frame {n.frame})"))
+            break
+    if flow.proto != "tcp":
+        return out
+    state = flow.conn_state
+    if state == "REJ":
+        out.append(_ev("blocked.tcp_reset", Reason.TCP_RESET, [flow], [flow.first_frame],
+                       {"conn_state": state, "resp_flags": flow.resp_flags},
+                       f"SYN to {flow.resp_h}:{flow.resp_p} answered by RST, no SYN-ACK "
+                       f"(frames {flow.first_frame}-{flow.last_frame})"))
+    elif state in ("S0", "RSTOS0") and others_answered and flow.orig_pkts >= pol.get(
+            "blocked", "syn_min_attempts"):
+        out.append(_ev("blocked.syn", Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
+                       {"syn_sent": flow.orig_pkts, "answers": 0},
+                       f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
+                       " while other connections were"))
+    f = cls.facts
+    if f.client_hello and not f.server_hello and flow.resp_flags & TCP_RST and \
+            flow.resp_flags & TCP_SYN:
+        hello = next((p for p in flow.payloads if p.direction == 0), None)
+        frames = [hello.frame] if hello is not None else [flow.first_frame]
+        out.append(_ev("blocked.tls_reset", Reason.TLS_RESET_AFTER_HELLO, [flow],
+                       [*frames, flow.last_frame],
+                       {"sni": f.sni, "server_hello": False, "reset": True},
+                       f"TLS ClientHello for {f.sni or '?'} (frame {frames[0]}) answered by a "
+                       f"RST instead of a ServerHello"))
+    return out
+
+
+def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
+               others_answered: bool, pol: Policy) -> Evidence | None:
+    stun_flows = [f for f in flows if classes[f.uid].facts.stun is not None]
+    if not stun_flows:
+        return None
+    stuns = [s for f in stun_flows if (s := classes[f.uid].facts.stun) is not None]
+    req = sum(s.orig_requests for s in stuns)
+    ans = sum(s.resp_responses for s in stuns)
+    if req >= pol.get("blocked", "stun_min_requests") and ans == 0 and (
+            others_answered or not pol.get("blocked", "require_other_traffic")):
+        frames = [p.frame for f in stun_flows for p in f.payloads if p.direction == 0][:16]
+        return _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,
+                   {"stun_requests": req, "stun_responses": ans},
+                   f"{req} STUN requests to {', '.join(sorted({f.resp_h for f in stun_flows}))}"
+                   f" got no response while other traffic was answered")
+    return None
+
+
+def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs: list[Leg],
+               media_flows: list[FlowRecord], local: str | None, others_answered: bool,
+               sip_outcome: tuple[Reason, dict[str, Any], list[int]] | None,
+               pol: Policy) -> list[Evidence]:
+    """Every rule that fires for one call."""
+    out: list[Evidence] = []
+    if sip_outcome is not None:
+        reason, figures, frames = sip_outcome
+        rule = "failed.sip_rejected" if reason is Reason.SIP_REJECTED else "failed.sip_no_answer"
+        out.append(_ev(rule, reason, flows, frames, figures,
+                       f"SIP INVITE answered {figures.get('final')} "
+                       f"({figures.get('reason_phrase', '')}): the callee's side ended it"))
+    ev = _stun_rule(flows, classes, others_answered, pol)
+    if ev is not None:
+        out.append(ev)
+    for f in flows:
+        out.extend(flow_rules(f, classes[f.uid], local, others_answered, pol))
+    # Media that went out and never came back.
+    for f in media_flows:
+        out_local = local_is_orig(f, local)
+        sent, got = (f.orig_pkts, f.resp_pkts) if out_local else (f.resp_pkts, f.orig_pkts)
+        if got == 0 and sent >= pol.get("blocked", "media_no_return_min_pkts") and \
+                f.duration_s >= pol.get("blocked", "media_no_return_min_s") and \
+                classes[f.uid].facts.protocol not in ("rtcp",):
+            out.append(_ev("blocked.media_no_return", Reason.MEDIA_NO_RETURN, [f],
+                           [f.first_frame, f.last_frame],
+                           {"sent_pkts": sent, "received_pkts": 0,
+                            "duration_s": round(f.duration_s, 3)},
+                           f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
+                           f"{f.duration_s:.1f} s, none came back"))
+    # Shaping and quality, on the legs the local side received.
+    for leg in legs:
+        if leg.direction != "in" or leg.loss_ratio is None:
+            continue
+        fig = {"loss_ratio": round(leg.loss_ratio, 4), "expected": leg.expected,
+               "received": leg.packets, "delay_rise_ms": None if leg.delay_rise_ms is None
+               else round(leg.delay_rise_ms, 1), "delay_plateau": leg.delay_plateau,
+               "mean_bps": round(leg.mean_bps), "ssrc": leg.ssrc}
+        rise = leg.delay_rise_ms or 0.0
+        flow = next(f for f in flows if f.uid == leg.flow_uid)
+        if leg.loss_ratio >= pol.get("throttled", "min_loss") and \
+                rise >= pol.get("throttled", "min_delay_rise_ms"):
+            delayed = _delayed_start(leg, pol)
+            reason = Reason.DELAYED_THROTTLE if delayed is not None else Reason.RATE_CAPPED
+            if delayed is not None:
+                fig["clean_until_s"] = delayed
+            out.append(_ev("throttled.rate_cap", reason, [flow], [flow.first_frame],
+                           fig, f"received stream {leg.ssrc} lost {leg.loss_ratio:.1%} while its "
+                                f"one-way delay rose {rise:.0f} ms"
+                                + (" and levelled off" if leg.delay_plateau else "")
+                                + (f", clean for the first {delayed:.0f} s" if delayed else "")
+                                + ": a shaper's queue"))
+            continue
+        if leg.loss_ratio > pol.get("degraded", "max_loss"):
+            out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
+                           f"received stream {leg.ssrc} lost {leg.loss_ratio:.1%} with no "
+                           f"delay build-up ({rise:.0f} ms): loss, not a rate cap"))
+        if leg.mean_jitter_s is not None and \
+                leg.mean_jitter_s > pol.get("degraded", "max_jitter_s"):
+            out.append(_ev("degraded.jitter", Reason.HIGH_JITTER, [flow], [flow.first_frame],
+                           {**fig, "mean_jitter_s": round(leg.mean_jitter_s, 4)},
+                           f"mean jitter {leg.mean_jitter_s * 1000:.0f} ms on stream {leg.ssrc}"))
+        if leg.mos is not None and leg.mos < pol.get("degraded", "min_mos"):
+            out.append(_ev("degraded.mos", Reason.LOW_MOS, [flow], [flow.first_frame],
+                           {**fig, "mos": round(leg.mos, 2)},
+                           f"E-model MOS {leg.mos:.2f} on stream {leg.ssrc}"))
+    return out
+
+
+def _delayed_start(leg: Leg, pol: Policy) -> float | None:
+    """Seconds of clean media before losses began, if there were enough of them."""
+    if not leg.seconds:
+        return None
+    t0 = leg.seconds[0][0]
+    for row in leg.seconds:
+        if row[3] > 0:  # first second with losses
+            clean = row[0] - t0
+            return clean if clean >= pol.get("throttled", "delayed_min_clean_s") else None
+    return None
+
+
+ORDER = {VerdictKind.FAILED: 0, VerdictKind.BLOCKED: 1, VerdictKind.THROTTLED: 2,
+         VerdictKind.DEGRADED: 3, VerdictKind.UNKNOWN: 4, VerdictKind.OK: 5}
+
+
+def verdict_from(evidence: list[Evidence], unknown: bool = False) -> Verdict:
+    """Strongest verdict the evidence supports."""
+    if not evidence:
+        if unknown:
+            return Verdict(VerdictKind.UNKNOWN, (Reason.TOO_SHORT,), ())
+        return Verdict(VerdictKind.OK, (), ())
+    kinds = [VerdictKind(e.rule.split(".", 1)[0]) for e in evidence]
+    best = min(kinds, key=lambda k: ORDER[k])
+    ranked = sorted(zip(kinds, evidence, strict=True), key=lambda ke: ORDER[ke[0]])
+    reasons = tuple(dict.fromkeys(e.reason for _, e in ranked))
+    return Verdict(best, reasons, tuple(e for _, e in ranked))
