@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from api.output import CsvWriter, dumps, write_jsonl
+from api.pipeline import AnalysisResult, flow_row
 from classifier.engine import Classifier
 from classifier.records import Classification
 from policy.calls import analyse_calls
@@ -143,21 +144,6 @@ def _run_flows(args: argparse.Namespace) -> int:
     return _finish(reader)
 
 
-def _flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:
-    row = rec.conn_dict()
-    row.update(c.to_dict())
-    if c.detail:
-        row["detail"] = c.detail
-    f = c.facts
-    if f.protocol:
-        row["l7"] = f.protocol
-    if f.sni:
-        row["sni"] = f.sni
-    if f.ja4:
-        row["ja4"] = f.ja4
-    return row
-
-
 def _light(rec: FlowRecord) -> FlowRecord:
     """The record without its payload samples (kept for call assembly in streams)."""
     return replace(rec, payloads=())
@@ -179,31 +165,22 @@ def _run_analyze(args: argparse.Namespace) -> int:
                 c = classifier.classify(rec)
                 flows.append(_light(rec))
                 classes.append(c)
-                write_jsonl([{"record": "flow", **_flow_row(rec, c)}], out)
+                write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
             analysis = analyse_calls(flows, classes, policy)
             write_jsonl([{"record": "call", **call.to_dict()} for call in analysis.calls], out)
             write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
                          for u, v in analysis.flow_verdicts.items()], out)
         else:
-            flows = list(reader)
-            flows.sort(key=lambda r: (r.first_frame, r.uid))
+            flows = sorted(reader, key=lambda r: (r.first_frame, r.uid))
             classes = classifier.classify_all(flows)
-            analysis = analyse_calls(flows, classes, policy)
-            rows = []
-            for r, c in zip(flows, classes, strict=True):
-                row = _flow_row(r, c)
-                v = analysis.flow_verdicts.get(r.uid)
-                if v is not None:
-                    row["verdict"] = str(v.kind)
-                    row["reasons"] = [str(x) for x in v.reasons]
-                rows.append(row)
+            result = AnalysisResult(flows, classes, analyse_calls(flows, classes, policy),
+                                    reader.status, reader.stats, reader.weirds)
             if fmt == "csv":
                 w = CsvWriter(out)
-                for row in rows:
+                for row in result.flow_rows():
                     w.write(row)
             else:
-                out.write(dumps({"flows": rows,
-                                 "calls": [call.to_dict() for call in analysis.calls]}))
+                out.write(dumps(result.to_json()))
                 out.write("\n")
     except (CaptureError, PolicyError) as exc:
         progress.stop()
