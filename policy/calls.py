@@ -232,9 +232,9 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         legs: list[Leg] = []
         for f in media_flows:
             legs.extend(flow_legs(f, local, cls[f.uid].media, delay_ms))
-        others = others_answered and any(a.uid not in {m.uid for m in members}
-                                         for a in answered)
-        evidence = call_rules(members, cls, legs, media_flows, local, others, outcome, pol)
+        # "Other traffic flows": some flow besides the unanswered ones got answers.
+        evidence = call_rules(members, cls, legs, media_flows, local, others_answered, outcome,
+                              pol)
         media_s = max((f.duration_s for f in media_flows), default=0.0)
         unknown = not media_flows or media_s < float(pol.get("calls", "min_media_s"))
         stun_seen = any(cls[f.uid].facts.stun is not None for f in members)
@@ -247,7 +247,14 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                           tuple(f.uid for f in members), min(f.first_ts for f in members),
                           max(f.last_ts for f in members), local, tuple(legs), setup, verdict,
                           extra))
+        for uid in {u for e in verdict.evidence for u in e.flow_uids
+                    if len(e.flow_uids) == 1}:
+            flow_verdicts[uid] = verdict_from([e for e in verdict.evidence
+                                               if e.flow_uids == (uid,)])
+    in_calls = {u for c in calls for u in c.flow_uids}
     for f in flows:
+        if f.uid in in_calls:
+            continue
         ev = flow_rules(f, cls[f.uid], local, others_answered, pol)
         if ev:
             flow_verdicts[f.uid] = verdict_from(ev)

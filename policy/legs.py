@@ -49,7 +49,9 @@ def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
     base = float(np.min(smooth[: max(1, min(3, len(smooth)))]))
     rise = float(smooth.max()) - base
     start = None
-    above = np.flatnonzero(smooth > base + 0.2 * rise) if rise > 0 else np.zeros(0, np.int64)
+    # The rise starts at the first second clearly above the base (10 % of the rise, 30 ms).
+    above = np.flatnonzero(y > base + max(0.1 * rise, 30.0)) if rise > 0 else \
+        np.zeros(0, np.int64)
     if len(above):
         start = int(x[above[0]])
     plateau = False

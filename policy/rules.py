@@ -14,15 +14,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from classifier.records import Classification
 from policy.errors import PolicyError
-from policy.legs import local_is_orig
+from policy.legs import delay_shape, local_is_orig
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
 from probe.records import FlowRecord
 
-__all__ = ["Policy", "call_rules", "flow_rules", "load_policy", "verdict_from"]
+__all__ = ["Policy", "call_rules", "explained_by_shaper", "flow_rules", "load_policy",
+           "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 TCP_SYN, TCP_RST = 0x02, 0x04
@@ -77,7 +79,12 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
     """Interference visible on a single flow (TCP/TLS/ICMP)."""
     out: list[Evidence] = []
     for n in flow.icmp:
-        if (n.family, n.type) in ICMP_BLOCKING or (n.family == 4 and n.type == 3):
+        # A router's unreachable, or anyone's "administratively prohibited", is the network
+        # refusing; a port unreachable from the endpoints themselves is just a closed port.
+        prohibited = (n.family == 4 and n.code in (9, 10, 13)) or (n.family == 6 and n.code == 1)
+        from_endpoint = n.reporter in (flow.orig_h, flow.resp_h)
+        if ((n.family, n.type) in ICMP_BLOCKING or (n.family == 4 and n.type == 3)) and (
+                prohibited or not from_endpoint):
             out.append(_ev("blocked.icmp", Reason.ICMP_UNREACHABLE, [flow], [n.frame],
                            {"icmp_type": n.type, "icmp_code": n.code, "reporter": n.reporter},
                            f"ICMP type {n.type} code {n.code} from {n.reporter} quoted this "
@@ -159,6 +166,7 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
                            f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
                            f"{f.duration_s:.1f} s, none came back"))
     # Shaping and quality, on the legs the local side received.
+    shaped_hosts: set[str] = set()
     for leg in legs:
         if leg.direction != "in" or leg.loss_ratio is None:
             continue
@@ -174,6 +182,7 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
             reason = Reason.DELAYED_THROTTLE if delayed is not None else Reason.RATE_CAPPED
             if delayed is not None:
                 fig["clean_until_s"] = delayed
+            shaped_hosts.update((flow.orig_h, flow.resp_h))
             out.append(_ev("throttled.rate_cap", reason, [flow], [flow.first_frame],
                            fig, f"received stream {leg.ssrc} lost {leg.loss_ratio:.1%} while its "
                                 f"one-way delay rose {rise:.0f} ms"
@@ -194,19 +203,43 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
             out.append(_ev("degraded.mos", Reason.LOW_MOS, [flow], [flow.first_frame],
                            {**fig, "mos": round(leg.mos, 2)},
                            f"E-model MOS {leg.mos:.2f} on stream {leg.ssrc}"))
-    return out
+    return explained_by_shaper(out, flows)
+
+
+def explained_by_shaper(evidence: list[Evidence], flows: list[FlowRecord]) -> list[Evidence]:
+    """Drop unanswered-request evidence on paths a shaper was seen congesting: a full tbf
+    queue drops SYNs and STUN requests too, which is the throttle, not a block."""
+    shaped = [e for e in evidence if e.rule == "throttled.rate_cap"]
+    if not shaped:
+        return evidence
+    by_uid = {f.uid: f for f in flows}
+    hosts = {h for e in shaped for u in e.flow_uids for h in (by_uid[u].orig_h,
+                                                            by_uid[u].resp_h)}
+    keep = []
+    for e in evidence:
+        if e.reason in (Reason.SYN_UNANSWERED, Reason.STUN_UNANSWERED) and all(
+                {by_uid[u].orig_h, by_uid[u].resp_h} <= hosts for u in e.flow_uids):
+            continue
+        keep.append(e)
+    return keep
 
 
 def _delayed_start(leg: Leg, pol: Policy) -> float | None:
-    """Seconds of clean media before losses began, if there were enough of them."""
+    """Seconds of clean media before the shaper bit, if there were enough of them.
+
+    A throttle in place from the start makes the one-way delay climb from the first
+    seconds (the queue fills); a delayed one leaves a stretch of flat delay and no loss.
+    """
     if not leg.seconds:
         return None
     t0 = leg.seconds[0][0]
-    for row in leg.seconds:
-        if row[3] > 0:  # first second with losses
-            clean = row[0] - t0
-            return clean if clean >= pol.get("throttled", "delayed_min_clean_s") else None
-    return None
+    tmin = np.array([row[5] for row in leg.seconds], dtype=np.float64)
+    _, _, start = delay_shape(tmin)
+    first_loss = next((row[0] - t0 for row in leg.seconds if row[3] > 0), None)
+    if start is None or first_loss is None:
+        return None
+    clean = min(float(start), first_loss)
+    return clean if clean >= pol.get("throttled", "delayed_min_clean_s") else None
 
 
 ORDER = {VerdictKind.FAILED: 0, VerdictKind.BLOCKED: 1, VerdictKind.THROTTLED: 2,
