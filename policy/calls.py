@@ -225,6 +225,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     calls: list[Call] = []
     flow_verdicts: dict[str, Verdict] = {}
     others_answered = len(answered) > 0
+    capture_end = max((f.last_ts for f in flows), default=0.0)
     for members, extra, outcome in zip(groups, extras, outcomes, strict=True):
         members = sorted({f.uid: f for f in members}.values(), key=lambda f: (f.first_ts, f.uid))
         media_flows = [f for f in members if cls[f.uid].category in MEDIA_CATEGORIES
@@ -233,8 +234,21 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         for f in media_flows:
             legs.extend(flow_legs(f, local, cls[f.uid].media, delay_ms))
         # "Other traffic flows": some flow besides the unanswered ones got answers.
+        one_way = any(d in ("sendonly", "recvonly", "inactive")
+                      for d in extra.get("sdp_directions", []))
         evidence = call_rules(members, cls, legs, media_flows, local, others_answered, outcome,
-                              pol)
+                              pol, one_way_by_design=one_way, capture_end=capture_end)
+        if _two_way_media(media_flows):
+            # The call worked: a failed candidate path (ICMP, a refused side connection) is
+            # the flow's story, not the call's.
+            call_level = [e for e in evidence if e.reason not in (
+                Reason.ICMP_UNREACHABLE, Reason.TCP_RESET, Reason.SYN_UNANSWERED,
+                Reason.TLS_RESET_AFTER_HELLO)]
+            side = [e for e in evidence if e not in call_level]
+            evidence = call_level
+            for e in side:
+                for uid in e.flow_uids:
+                    flow_verdicts[uid] = verdict_from([e])
         media_s = max((f.duration_s for f in media_flows), default=0.0)
         unknown = not media_flows or media_s < float(pol.get("calls", "min_media_s"))
         stun_seen = any(cls[f.uid].facts.stun is not None for f in members)
@@ -242,27 +256,32 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         app_votes = Counter(cls[f.uid].app for f in members if cls[f.uid].app is not None)
         app = app_votes.most_common(1)[0][0] if app_votes else None
         media = tuple(sorted({leg.media for leg in legs if leg.media}))
-        setup = _setup(members, cls)
+        setup = _setup(members, cls, extra.get("sip_call_id"))
         calls.append(Call(_call_uid([f.uid for f in members]), app, media,
                           tuple(f.uid for f in members), min(f.first_ts for f in members),
                           max(f.last_ts for f in members), local, tuple(legs), setup, verdict,
                           extra))
         for uid in {u for e in verdict.evidence for u in e.flow_uids
-                    if len(e.flow_uids) == 1}:
+                    if len(e.flow_uids) == 1 and not e.rule.startswith("failed.")}:
             flow_verdicts[uid] = verdict_from([e for e in verdict.evidence
                                                if e.flow_uids == (uid,)])
     in_calls = {u for c in calls for u in c.flow_uids}
     for f in flows:
         if f.uid in in_calls:
             continue
-        ev = flow_rules(f, cls[f.uid], local, others_answered, pol)
+        ev = flow_rules(f, cls[f.uid], local, others_answered, pol, capture_end)
         if ev:
             flow_verdicts[f.uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
     return Analysis(calls, flow_verdicts)
 
 
-def _setup(members: list[FlowRecord], cls: dict[str, Classification]) -> dict[str, Any]:
+def _two_way_media(media_flows: list[FlowRecord]) -> bool:
+    return any(f.orig_pkts >= 10 and f.resp_pkts >= 10 for f in media_flows)
+
+
+def _setup(members: list[FlowRecord], cls: dict[str, Classification],
+           call_id: str | None = None) -> dict[str, Any]:
     stun_req = stun_ok = stun_err = 0
     sip: list[dict[str, Any]] = []
     tcp = {"connections": 0, "established": 0, "refused": 0, "unanswered": 0}
@@ -274,6 +293,8 @@ def _setup(members: list[FlowRecord], cls: dict[str, Classification]) -> dict[st
             stun_ok += facts.stun.success
             stun_err += facts.stun.errors
         for m in facts.sip:
+            if call_id is not None and m.call_id != call_id:
+                continue
             sip.append({"ts": m.ts, "frame": m.frame,
                         "message": m.method or str(m.status), "call_id": m.call_id})
         if f.proto == "tcp":

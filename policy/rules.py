@@ -9,6 +9,7 @@ throttled > degraded > ok.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,11 @@ __all__ = ["Policy", "call_rules", "explained_by_shaper", "flow_rules", "load_po
            "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
+STUN_SERVER_PORTS = frozenset({3478, 3479, 3480, 3481, 3482, 3483, 3484, 3485, 3486, 3487, 5349,
+                               5350, *range(19302, 19310)})
+"""Ports STUN/TURN servers listen on (RFC 8489 §9 3478/5349, and the published app ranges);
+requests to other ports are checks against a peer's candidates, which fail by design
+behind NATs and say nothing about the network."""
 TCP_SYN, TCP_RST = 0x02, 0x04
 
 
@@ -75,7 +81,8 @@ def _ev(rule: str, reason: Reason, flows: list[FlowRecord], frames: list[int],
 
 
 def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
-               others_answered: bool, pol: Policy) -> list[Evidence]:
+               others_answered: bool, pol: Policy,
+               capture_end: float = float("inf")) -> list[Evidence]:
     """Interference visible on a single flow (TCP/TLS/ICMP)."""
     out: list[Evidence] = []
     for n in flow.icmp:
@@ -99,7 +106,8 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
                        f"SYN to {flow.resp_h}:{flow.resp_p} answered by RST, no SYN-ACK "
                        f"(frames {flow.first_frame}-{flow.last_frame})"))
     elif state in ("S0", "RSTOS0") and others_answered and flow.orig_pkts >= pol.get(
-            "blocked", "syn_min_attempts"):
+            "blocked", "syn_min_attempts") and capture_end - flow.first_ts >= pol.get(
+            "blocked", "syn_min_wait_s"):
         out.append(_ev("blocked.syn", Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
                        {"syn_sent": flow.orig_pkts, "answers": 0},
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
@@ -118,12 +126,19 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
 
 
 def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
-               others_answered: bool, pol: Policy) -> Evidence | None:
-    stun_flows = [f for f in flows if classes[f.uid].facts.stun is not None]
+               others_answered: bool, pol: Policy, capture_end: float) -> Evidence | None:
+    # Unanswered: nothing at all came back on the STUN 5-tuple (any reply, even a TCP ACK
+    # or a vendor's odd message type, shows the server is reachable), and the capture went
+    # on long enough for an answer to have arrived.
+    stun_flows = [f for f in flows if (st := classes[f.uid].facts.stun) is not None
+                  and f.resp_pkts == 0 and (f.resp_p in STUN_SERVER_PORTS or st.turn)
+                  and (f.duration_s >= 1.0 or capture_end - f.last_ts >= 2.0)]
     if not stun_flows:
         return None
     stuns = [s for f in stun_flows if (s := classes[f.uid].facts.stun) is not None]
-    req = sum(s.orig_requests for s in stuns)
+    # ICE connectivity checks to a peer's candidates fail by design behind NATs; only
+    # requests to STUN/TURN servers say whether the app's infrastructure is reachable.
+    req = sum(s.orig_requests - s.orig_ice_checks for s in stuns)
     ans = sum(s.resp_responses for s in stuns)
     if req >= pol.get("blocked", "stun_min_requests") and ans == 0 and (
             others_answered or not pol.get("blocked", "require_other_traffic")):
@@ -135,10 +150,24 @@ def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
     return None
 
 
+def _same_network(a: str, b: str) -> bool:
+    """Both ends on one link-local network (same IPv4 /24 or IPv6 /64): no operator between."""
+    try:
+        x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False
+    if x.version != y.version or not (x.is_private and y.is_private):
+        return False
+    bits = 24 if x.version == 4 else 64
+    net = ipaddress.ip_network(f"{a}/{bits}", strict=False)
+    return y in net
+
+
 def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs: list[Leg],
                media_flows: list[FlowRecord], local: str | None, others_answered: bool,
                sip_outcome: tuple[Reason, dict[str, Any], list[int]] | None,
-               pol: Policy) -> list[Evidence]:
+               pol: Policy, *, one_way_by_design: bool = False,
+               capture_end: float = float("inf")) -> list[Evidence]:
     """Every rule that fires for one call."""
     out: list[Evidence] = []
     if sip_outcome is not None:
@@ -147,13 +176,16 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
         out.append(_ev(rule, reason, flows, frames, figures,
                        f"SIP INVITE answered {figures.get('final')} "
                        f"({figures.get('reason_phrase', '')}): the callee's side ended it"))
-    ev = _stun_rule(flows, classes, others_answered, pol)
+    ev = _stun_rule(flows, classes, others_answered, pol, capture_end)
     if ev is not None:
         out.append(ev)
     for f in flows:
-        out.extend(flow_rules(f, classes[f.uid], local, others_answered, pol))
-    # Media that went out and never came back.
+        out.extend(flow_rules(f, classes[f.uid], local, others_answered, pol, capture_end))
+    # Media that went out and never came back (unless one-way by design, or no operator
+    # network lies between the two ends).
     for f in media_flows:
+        if one_way_by_design or _same_network(f.orig_h, f.resp_h):
+            continue
         out_local = local_is_orig(f, local)
         sent, got = (f.orig_pkts, f.resp_pkts) if out_local else (f.resp_pkts, f.orig_pkts)
         if got == 0 and sent >= pol.get("blocked", "media_no_return_min_pkts") and \
@@ -168,8 +200,9 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
     # Shaping and quality, on the legs the local side received.
     shaped_hosts: set[str] = set()
     for leg in legs:
-        if leg.direction != "in" or leg.loss_ratio is None:
-            continue
+        if leg.direction != "in" or leg.loss_ratio is None or (
+                leg.expected or 0) < pol.get("degraded", "min_packets"):
+            continue  # a handful of packets says nothing about loss or jitter
         fig = {"loss_ratio": round(leg.loss_ratio, 4), "expected": leg.expected,
                "received": leg.packets, "delay_rise_ms": None if leg.delay_rise_ms is None
                else round(leg.delay_rise_ms, 1), "delay_plateau": leg.delay_plateau,

@@ -88,6 +88,9 @@ class MeterConfig:
     """Payload-carrying packets kept per direction for inspection."""
     payload_snap: int = 2048
     """Bytes kept of each of the first ``payload_full`` samples per direction (handshakes)."""
+    signal_samples: int = 64
+    """Further SIP messages kept per direction beyond ``payload_samples``: a dialog's final
+    answer decides whether a call failed, and it may come late in a signalling flow."""
     payload_full: int = 3
     """Samples per direction kept up to ``payload_snap`` bytes; later ones are cut shorter."""
     payload_tail_snap: int = 256
@@ -486,7 +489,8 @@ class FlowMeter:
             pp = p.pay_pos
             ps, pside = slot_s[pp], side_s[pp]
             flow_rank = p.pay_rank + t.n_pay[ps, pside]
-            keep = flow_rank < cfg.payload_samples
+            keep = (flow_rank < cfg.payload_samples) | (
+                p.pay_signal & (t.n_pay[ps, pside] < cfg.payload_samples + cfg.signal_samples))
             if keep.any():
                 kk = np.flatnonzero(keep)
                 np.add.at(t.n_pay, (ps[kk], pside[kk]), 1)

@@ -256,19 +256,23 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     o = np.argsort(ss, kind="stable")
     cand = has_pay[o]
     rank = seg_rank(ss[o])
-    keep = rank < payload_samples
+    # SIP messages are candidates whatever their rank: a dialog's outcome may come late.
+    arr = np.frombuffer(b.buf, dtype=np.uint8)
+    cpo = cols.pay_off[pidx][cand]
+    chead = arr[np.minimum(cpo[:, None] + np.arange(4), max(len(b.buf) - 1, 0))].astype(
+        np.uint32)
+    cfirst4 = (chead[:, 0] << 24) | (chead[:, 1] << 16) | (chead[:, 2] << 8) | chead[:, 3]
+    csig = np.isin(cfirst4, SIP_HEADS) & (pay_cap_s[cand] >= 4)
+    keep = (rank < payload_samples) | csig
     pay_pos = cand[keep]
     pay_rank = rank[keep]
     o2 = np.argsort(pay_pos, kind="stable")
     pay_pos, pay_rank = pay_pos[o2], pay_rank[o2]
-    arr = np.frombuffer(b.buf, dtype=np.uint8)
     po = cols.pay_off[pidx][pay_pos]
     snap = snaps[0]
-    head = arr[np.minimum(po[:, None] + np.arange(4), max(len(b.buf) - 1, 0))].astype(np.uint32)
-    first4 = (head[:, 0] << 24) | (head[:, 1] << 16) | (head[:, 2] << 8) | head[:, 3]
     # Whether a sample is one of its flow's first few is known only to the flow table, which
     # cuts the later ones down to ``tail`` bytes; signalling messages stay whole.
-    signalling = np.isin(first4, SIP_HEADS) & (pay_cap_s[pay_pos] >= 4)
+    signalling = csig[keep][o2]
     pn = np.minimum(pay_cap_s[pay_pos], snap)
     pstart = np.cumsum(pn) - pn
     mv = memoryview(b.buf)
