@@ -82,6 +82,13 @@ def test_throttled_rate_matches_the_shaper(lab_captures: LabCaptures) -> None:
     leg = received[0]
     assert leg.delay_plateau
     assert (leg.delay_rise_ms or 0) > 200
+    # The wire rate that got through is the shaper's, within 20 %: packets per second
+    # received times the frame size on the wire.
+    nominal = meta["media"][0]["nominal"]
+    got_pps = sum(s[1] for s in leg.seconds[1:-1]) / max(len(leg.seconds) - 2, 1)
+    wire_kbit = got_pps * nominal["frame_bytes"] * 8 / 1000
+    assert abs(wire_kbit - meta["impairment"]["rate_kbit"]) <= 0.2 * meta["impairment"][
+        "rate_kbit"], wire_kbit
 
 
 def test_random_loss_is_not_throttling(lab_captures: LabCaptures) -> None:
