@@ -214,6 +214,7 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
     relayed: list[tuple[str, int]] = []
     turn = False
     ms_version = None
+    ice = 0
     seen = False
     for p in payloads:
         try:
@@ -235,6 +236,10 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
                 if m.cls is MessageClass.REQUEST:
                     req += 1
                     orig_req += p.direction == ORIG
+                    if p.direction == ORIG and (
+                            m.priority is not None or m.use_candidate
+                            or m.ice_controlling is not None or m.ice_controlled is not None):
+                        ice += 1
                 elif m.cls is MessageClass.SUCCESS_RESPONSE:
                     ok += 1
                     resp_resp += p.direction == RESP
@@ -262,7 +267,8 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
         resp_responses=resp_resp, methods=tuple(sorted(methods)), msg_types=tuple(sorted(types)),
         vendors=tuple(sorted(vendors)), realm=realm, software=software,
         mapped=tuple(dict.fromkeys(mapped)), peers=tuple(dict.fromkeys(peers)),
-        relayed=tuple(dict.fromkeys(relayed)), turn=turn, ms_version=ms_version)
+        relayed=tuple(dict.fromkeys(relayed)), turn=turn, ms_version=ms_version,
+        orig_ice_checks=ice)
 
 
 def _sip(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],

@@ -106,6 +106,9 @@ class StunSummary:
     """TURN methods or ChannelData seen."""
     ms_version: int | None = None
     """Microsoft MS-VERSION / implementation version attribute."""
+    orig_ice_checks: int = 0
+    """Originator requests that are ICE connectivity checks (PRIORITY, USE-CANDIDATE,
+    ICE-CONTROLLING/CONTROLLED, RFC 8445 §7.1): aimed at a peer's candidate, not a server."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "success": self.success, "errors": self.errors,
