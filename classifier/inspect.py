@@ -115,10 +115,13 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
             return
     if o[:1] == b"\x16":
         try:
-            ch = tls.parse_tls_client_hello(o)
-            found.update(protocol="tls", sni=ch.sni, alpn=tuple(ch.alpn), client_hello=True)
             if fingerprints:
-                found["ja4"] = tls.ja4(ch, tls.Transport.TCP)
+                ch = tls.parse_tls_client_hello(o)
+                found.update(protocol="tls", sni=ch.sni, alpn=tuple(ch.alpn), client_hello=True,
+                             ja4=tls.ja4(ch, tls.Transport.TCP))
+            else:  # the names are all the classifier needs
+                sni, alpn = tls.tls_client_hello_names(o)
+                found.update(protocol="tls", sni=sni, alpn=alpn, client_hello=True)
         except ParseError as exc:
             notes.append(f"tls client hello: {exc}")
             found["protocol"] = "tls"

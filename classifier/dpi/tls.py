@@ -498,6 +498,59 @@ def parse_tls_client_hello(data: bytes, layer: str = LAYER) -> ClientHello:
     return parse_client_hello(_leading_handshake(data, layer), layer)
 
 
+def client_hello_names(hello: bytes) -> tuple[str | None, tuple[str, ...]]:
+    """SNI and ALPN of a bare handshake ClientHello, read without building the full record.
+
+    The classifier's fast path: it needs only the names, on every TLS and QUIC flow.
+    Raises :class:`ParseError` like :func:`parse_client_hello` for bytes that are not a
+    ClientHello; the full parser (and JA4) is used when more is asked for.
+    """
+    n = len(hello)
+    if n < 4 or hello[0] != HandshakeType.CLIENT_HELLO:
+        raise Malformed(LAYER, 0, "not a ClientHello")
+    end = min(n, 4 + int.from_bytes(hello[1:4], "big"))
+    p = 4 + 2 + 32  # version, random
+    if p >= end:
+        raise Truncated(LAYER, p, "ClientHello ends before its session id")
+    p += 1 + hello[p]  # session id
+    if p + 2 > end:
+        raise Truncated(LAYER, p, "ClientHello ends before its cipher suites")
+    if hello[4] == 0xFE:  # DTLS: a cookie follows the session id
+        p += 1 + hello[p]
+    p += 2 + int.from_bytes(hello[p:p + 2], "big")  # cipher suites
+    if p + 1 > end:
+        raise Truncated(LAYER, p, "ClientHello ends before its compression methods")
+    p += 1 + hello[p]  # compression methods
+    if p + 2 > end:
+        return None, ()  # no extensions
+    ext_end = min(end, p + 2 + int.from_bytes(hello[p:p + 2], "big"))
+    p += 2
+    sni: str | None = None
+    alpn: list[str] = []
+    while p + 4 <= ext_end:
+        etype = int.from_bytes(hello[p:p + 2], "big")
+        elen = int.from_bytes(hello[p + 2:p + 4], "big")
+        body = hello[p + 4:p + 4 + elen]
+        p += 4 + elen
+        if len(body) < elen:
+            raise Truncated(LAYER, p - elen, "extension cut short")
+        if etype == ExtensionType.SERVER_NAME and len(body) >= 5 and body[2] == 0:
+            k = int.from_bytes(body[3:5], "big")
+            sni = _decode_name(body[5:5 + k])
+        elif etype == ExtensionType.ALPN and len(body) >= 2:
+            q = 2
+            while q < len(body):
+                k = body[q]
+                alpn.append(body[q + 1:q + 1 + k].decode("latin-1"))
+                q += 1 + k
+    return sni, tuple(alpn)
+
+
+def tls_client_hello_names(data: bytes) -> tuple[str | None, tuple[str, ...]]:
+    """:func:`client_hello_names` for a ClientHello carried in TLS records."""
+    return client_hello_names(_leading_handshake(data, LAYER))
+
+
 def parse_server_hello_body(cur: Cursor) -> ServerHello:
     """Read a ServerHello body (after the handshake header) up to ``cur.end``."""
     layer = cur.layer

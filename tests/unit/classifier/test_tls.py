@@ -185,3 +185,29 @@ def test_fuzz_only_parse_errors() -> None:
                 continue
             if isinstance(result, ClientHello):
                 tls.ja4(result)
+
+
+def test_names_fast_path_agrees_with_the_full_parser() -> None:
+    """The classifier's SNI/ALPN reader gives what the full ClientHello parser gives."""
+    from pathlib import Path
+
+    from classifier.dpi import tls as tls_mod
+    from probe.errors import ParseError
+    compared = 0
+    for path in sorted((Path(__file__).resolve().parents[2] / "vectors" / "dpi").glob("*.bin")):
+        data = path.read_bytes()
+        try:
+            full = tls_mod.parse_tls_client_hello(data)
+        except ParseError:  # not every vector is a TLS ClientHello
+            continue
+        assert tls_mod.tls_client_hello_names(data) == (full.sni, tuple(full.alpn)), path.name
+        compared += 1
+    assert compared >= 1
+    # Cut short anywhere, it fails the way the full parser does: with a ParseError.
+    data = (Path(__file__).resolve().parents[2] / "vectors" / "dpi" / "443-curl_f4.bin"
+            ).read_bytes()
+    for n in range(0, len(data), 7):
+        try:
+            tls_mod.tls_client_hello_names(data[:n])
+        except ParseError:
+            pass
