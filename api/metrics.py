@@ -1,0 +1,515 @@
+"""Prometheus metrics: running totals folded in per analysed batch, read at scrape time.
+
+The pipeline (or the live service) hands :class:`MarsadMetrics` whole batches
+of finished flows, their classifications and the calls judged from them; the
+object keeps running totals, and its ``collect`` turns them into metric
+families only when Prometheus scrapes. Nothing is pushed per packet.
+
+Names follow ``marsad_<subsystem>_<name>_<unit>`` in base units, with
+``_total`` on counters. Label values come only from closed sets: ``app`` is
+one of :data:`classifier.records.APPS` or ``unknown``; ``category`` one of
+:class:`~classifier.records.Category`; ``verdict`` one of
+:class:`~policy.records.VerdictKind`; ``reason`` one of
+:class:`~policy.records.Reason` (or ``other``); ``state`` one of
+:data:`JOB_STATES` (or ``other``). Anything outside a set is folded into its
+fallback value, so a bad record can never create a new series.
+
+Series (see :data:`SPECS` for the full list with help texts):
+
+* ``marsad_flow_bytes_total`` / ``marsad_flow_packets_total`` {app, category}:
+  frame bytes and packets of finished flows, both directions.
+* ``marsad_flow_ended_total`` {app, category}: finished flows.
+* ``marsad_flow_rate_bytes_per_second`` {app}: wire bytes per second over the
+  last ``rate_window_s`` seconds of capture time (the capacity view).
+* ``marsad_flow_active_flows``: flows in the meter's table, from a callable.
+* ``marsad_flow_verdicts_total`` {app, verdict}: flows whose own packets show
+  interference.
+* ``marsad_call_started_total`` {app}, ``marsad_call_ended_total``
+  {app, verdict}, ``marsad_call_reasons_total`` {app, reason}.
+* ``marsad_call_loss_ratio``, ``marsad_call_jitter_seconds``,
+  ``marsad_call_mos`` {app}: histograms of call legs' quality.
+* ``marsad_capture_received_packets_total``,
+  ``marsad_capture_dropped_packets_total``,
+  ``marsad_capture_weird_packets_total``: what the capture delivered.
+* ``marsad_capture_processing_lag_seconds``: wall clock minus the capture time
+  of the newest packet processed (live capture only).
+* ``marsad_analysis_jobs`` {state}: analysis jobs by state, from a callable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from prometheus_client import make_asgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from classifier.records import APPS, Category, Classification
+from policy.records import Call, FlowVerdict, Reason, VerdictKind
+from probe import FlowRecord
+from probe.meter import MeterStats
+
+if TYPE_CHECKING:
+    from api.pipeline import AnalysisResult
+
+__all__ = [
+    "JITTER_BUCKETS",
+    "JOB_STATES",
+    "LOSS_BUCKETS",
+    "MOS_BUCKETS",
+    "SPECS",
+    "Kind",
+    "MarsadMetrics",
+    "MetricSpec",
+    "app_label",
+    "category_label",
+    "metrics_app",
+    "reason_label",
+    "state_label",
+    "verdict_label",
+]
+
+UNKNOWN_APP = "unknown"
+"""Label value for flows and calls of no known app."""
+OTHER = "other"
+"""Label value for a reason or job state outside its closed set."""
+
+JOB_STATES = ("queued", "running", "done", "failed", "interrupted")
+"""States of an analysis job (those of the service's job store), always exposed."""
+
+LOSS_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
+"""Upper bounds for leg loss ratios (1 % and 3 % are where calls audibly suffer)."""
+JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
+"""Upper bounds for leg jitter, seconds (ITU-T G.114 puts trouble past ~30 ms)."""
+MOS_BUCKETS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
+"""Upper bounds for E-model MOS (ITU-T G.107: 4.3+ very satisfied, below 3.1 many
+dissatisfied)."""
+
+_APP_SET = frozenset(APPS)
+_CATEGORIES = frozenset(str(c) for c in Category)
+_VERDICTS = frozenset(str(v) for v in VerdictKind)
+_REASONS = frozenset(str(r) for r in Reason)
+_SEEN_CALLS = 100_000
+"""How many call uids are remembered to count each call once."""
+
+
+class Kind(StrEnum):
+    """Prometheus metric type."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exposed metric family."""
+
+    name: str
+    """Full name as scraped (counters include ``_total``)."""
+    kind: Kind
+    """Metric type."""
+    unit: str
+    """Base unit the name ends with (before ``_total``), or ``""`` for event counts."""
+    labels: tuple[str, ...]
+    """Label names; every one takes values from a closed set."""
+    doc: str
+    """HELP text."""
+
+    @property
+    def family(self) -> str:
+        """Family name as prometheus_client wants it (counters without ``_total``)."""
+        return self.name.removesuffix("_total") if self.kind is Kind.COUNTER else self.name
+
+
+def _spec(name: str, kind: Kind, unit: str, labels: tuple[str, ...], doc: str) -> MetricSpec:
+    return MetricSpec(name, kind, unit, labels, doc)
+
+
+_AC = ("app", "category")
+SPECS: dict[str, MetricSpec] = {s.name: s for s in (
+    _spec("marsad_flow_bytes_total", Kind.COUNTER, "bytes", _AC,
+          "Frame bytes on the wire of finished flows, both directions."),
+    _spec("marsad_flow_packets_total", Kind.COUNTER, "packets", _AC,
+          "Packets of finished flows, both directions."),
+    _spec("marsad_flow_ended_total", Kind.COUNTER, "", _AC,
+          "Flows finished and classified."),
+    _spec("marsad_flow_rate_bytes_per_second", Kind.GAUGE, "bytes_per_second", ("app",),
+          "Frame bytes per second over the last seconds of capture time."),
+    _spec("marsad_flow_active_flows", Kind.GAUGE, "flows", (),
+          "Flows currently in the meter's table."),
+    _spec("marsad_flow_verdicts_total", Kind.COUNTER, "", ("app", "verdict"),
+          "Flows whose own packets show interference, by verdict."),
+    _spec("marsad_call_started_total", Kind.COUNTER, "", ("app",),
+          "Calls seen for the first time."),
+    _spec("marsad_call_ended_total", Kind.COUNTER, "", ("app", "verdict"),
+          "Calls finished, by verdict."),
+    _spec("marsad_call_reasons_total", Kind.COUNTER, "", ("app", "reason"),
+          "Reason codes given by finished calls' verdicts."),
+    _spec("marsad_call_loss_ratio", Kind.HISTOGRAM, "ratio", ("app",),
+          "Packet loss ratio of call legs (RFC 3550 lost / expected)."),
+    _spec("marsad_call_jitter_seconds", Kind.HISTOGRAM, "seconds", ("app",),
+          "Mean interarrival jitter of call legs (RFC 3550)."),
+    _spec("marsad_call_mos", Kind.HISTOGRAM, "mos", ("app",),
+          "E-model mean opinion score of call legs (ITU-T G.107 scale)."),
+    _spec("marsad_capture_received_packets_total", Kind.COUNTER, "packets", (),
+          "Packets the capture delivered (the capture tool's count when live)."),
+    _spec("marsad_capture_dropped_packets_total", Kind.COUNTER, "packets", (),
+          "Packets the capture tool reported dropped."),
+    _spec("marsad_capture_weird_packets_total", Kind.COUNTER, "packets", (),
+          "Packets with a decoding problem."),
+    _spec("marsad_capture_processing_lag_seconds", Kind.GAUGE, "seconds", (),
+          "Wall clock minus the capture time of the newest packet processed."),
+    _spec("marsad_analysis_jobs", Kind.GAUGE, "jobs", ("state",),
+          "Analysis jobs by state."),
+)}
+"""Every metric family the collector exposes, by name."""
+
+_BUCKETS: dict[str, tuple[float, ...]] = {
+    "marsad_call_loss_ratio": LOSS_BUCKETS,
+    "marsad_call_jitter_seconds": JITTER_BUCKETS,
+    "marsad_call_mos": MOS_BUCKETS,
+}
+
+
+def app_label(app: str | None) -> str:
+    """The ``app`` label for a classifier app name: one of APPS, else ``unknown``."""
+    return app if app in _APP_SET else UNKNOWN_APP
+
+
+def category_label(category: object) -> str:
+    """The ``category`` label: one of :class:`Category`, else ``other``."""
+    value = str(category)
+    return value if value in _CATEGORIES else str(Category.OTHER)
+
+
+def verdict_label(kind: object) -> str:
+    """The ``verdict`` label: one of :class:`VerdictKind`, else ``unknown``."""
+    value = str(kind)
+    return value if value in _VERDICTS else str(VerdictKind.UNKNOWN)
+
+
+def reason_label(reason: object) -> str:
+    """The ``reason`` label: one of :class:`Reason`, else ``other``."""
+    value = str(reason)
+    return value if value in _REASONS else OTHER
+
+
+def state_label(state: object) -> str:
+    """The ``state`` label: one of :data:`JOB_STATES`, else ``other``."""
+    value = str(state)
+    return value if value in JOB_STATES else OTHER
+
+
+@dataclass(slots=True)
+class _Histogram:
+    """Bucket counts (not cumulative) and sum of one labelled histogram."""
+
+    bounds: tuple[float, ...]
+    """Finite upper bounds, ascending."""
+    counts: list[int] = field(default_factory=list)
+    """Observations per bucket; one more than ``bounds`` (the +Inf bucket)."""
+    total: float = 0.0
+    """Sum of the observations."""
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        i = 0
+        while i < len(self.bounds) and value > self.bounds[i]:
+            i += 1
+        self.counts[i] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+@dataclass(slots=True)
+class _Running:
+    """A monotonic total fed either by increments or by a source's cumulative count."""
+
+    total: int = 0
+    """The counter's value."""
+    last: int | None = None
+    """Last cumulative count reported by the source."""
+
+    def report(self, cumulative: int) -> None:
+        """Take a cumulative count; a smaller one than before means the source restarted."""
+        if self.last is None or cumulative < self.last:
+            self.total += cumulative
+        else:
+            self.total += cumulative - self.last
+        self.last = cumulative
+
+
+class MarsadMetrics:
+    """Running totals of marsad's analyses, exposed to Prometheus by ``collect``.
+
+    ``registry``: where to register (tests pass a fresh ``CollectorRegistry``).
+    ``active_flows``: returns the number of flows in the live meter's table
+    (e.g. ``FlowMeter.active_flows``); without it the gauge reads 0.
+    ``jobs``: returns the number of analysis jobs per state.
+    ``clock``: wall clock, for the processing lag.
+    ``rate_window_s``: how many seconds of capture time the byte rate covers.
+
+    The ``observe_*`` methods may be called from any thread; each takes a lock
+    for the time it takes to add a batch.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None, *,
+                 active_flows: Callable[[], int] | None = None,
+                 jobs: Callable[[], Mapping[str, int]] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 rate_window_s: int = 10) -> None:
+        if rate_window_s < 1:
+            raise ValueError(f"rate_window_s must be at least 1, not {rate_window_s}")
+        self._active_flows = active_flows
+        self._jobs = jobs
+        self._clock = clock
+        self._window = rate_window_s
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[tuple[str, ...], float]] = {
+            s.name: {} for s in SPECS.values() if s.kind is Kind.COUNTER and s.labels}
+        self._hists: dict[str, dict[str, _Histogram]] = {name: {} for name in _BUCKETS}
+        self._received = _Running()
+        self._dropped = _Running()
+        self._weird = _Running()
+        self._lag: float | None = None
+        self._rate_apps: set[str] = set()
+        self._rate: dict[str, dict[int, int]] = {}
+        self._now_s: int | None = None
+        self._calls: OrderedDict[str, bool] = OrderedDict()
+        if registry is not None:
+            registry.register(self)
+
+    # -- folding in ----------------------------------------------------------------
+    def observe_result(self, result: AnalysisResult) -> None:
+        """Fold in a whole analysed capture: flows, calls, flow verdicts, packet counts.
+
+        A capture is its own timeline: the byte rate afterwards covers the last
+        seconds of this capture.
+        """
+        with self._lock:
+            self._rate.clear()
+            self._now_s = None
+            self._add_flows(result.flows, result.classes)
+            self._add_calls(result.analysis.calls, finished=True, dedupe=False)
+            self._add_flow_verdicts(result.analysis.flow_verdict_list(),
+                                    result.flows, result.classes)
+            self._received.total += result.stats.packets
+            self._weird.total += result.stats.weird
+            self._advance(result.stats.last_ts)
+
+    def observe_flows(self, flows: Sequence[FlowRecord],
+                      classes: Sequence[Classification]) -> None:
+        """Fold in a batch of finished flows and their classifications (same order)."""
+        with self._lock:
+            self._add_flows(flows, classes)
+
+    def observe_calls(self, calls: Iterable[Call], *, finished: bool = True) -> None:
+        """Fold in a batch of calls. Each call uid is counted once as started, and
+        once as ended when it is passed with ``finished=True``."""
+        with self._lock:
+            self._add_calls(calls, finished=finished, dedupe=True)
+
+    def observe_flow_verdicts(self, verdicts: Iterable[FlowVerdict],
+                              flows: Sequence[FlowRecord],
+                              classes: Sequence[Classification]) -> None:
+        """Fold in verdicts on single flows; ``flows``/``classes`` give their apps."""
+        with self._lock:
+            self._add_flow_verdicts(verdicts, flows, classes)
+
+    def observe_capture(self, *, received: int, dropped: int) -> None:
+        """Take the capture tool's cumulative statistics (libpcap's ``ps_recv`` and
+        ``ps_drop``, or a pcapng Interface Statistics Block's ``isb_ifrecv`` and
+        ``isb_ifdrop``). A count smaller than the previous one means a new capture
+        session; the exposed counters keep growing across it."""
+        with self._lock:
+            self._received.report(received)
+            self._dropped.report(dropped)
+
+    def observe_meter(self, stats: MeterStats) -> None:
+        """Take a running meter's cumulative statistics: weird packets, and the
+        capture time of the newest packet (processing lag, byte-rate window)."""
+        with self._lock:
+            self._weird.report(stats.weird)
+            if stats.last_ts > 0:
+                self._lag = max(0.0, self._clock() - stats.last_ts)
+                self._advance(stats.last_ts)
+
+    # -- under the lock ------------------------------------------------------------
+    def _inc(self, name: str, labels: tuple[str, ...], by: float = 1) -> None:
+        series = self._counters[name]
+        series[labels] = series.get(labels, 0) + by
+
+    def _advance(self, ts: float) -> None:
+        second = int(ts)
+        if self._now_s is None or second > self._now_s:
+            self._now_s = second
+            oldest = second - self._window
+            for per_second in self._rate.values():
+                for s in [s for s in per_second if s <= oldest]:
+                    del per_second[s]
+
+    def _add_flows(self, flows: Sequence[FlowRecord],
+                   classes: Sequence[Classification]) -> None:
+        if len(flows) != len(classes):
+            raise ValueError(f"{len(flows)} flows but {len(classes)} classifications")
+        newest = self._now_s
+        for f, c in zip(flows, classes, strict=True):
+            labels = (app_label(c.app), category_label(c.category))
+            self._inc("marsad_flow_bytes_total", labels, f.orig_wire_bytes + f.resp_wire_bytes)
+            self._inc("marsad_flow_packets_total", labels, f.orig_pkts + f.resp_pkts)
+            self._inc("marsad_flow_ended_total", labels)
+            if len(f.rate):
+                last = int(f.rate[-1, 0])
+                newest = last if newest is None else max(newest, last)
+        if newest is not None:
+            self._advance(newest)
+        oldest = (self._now_s or 0) - self._window
+        for f, c in zip(flows, classes, strict=True):
+            app = app_label(c.app)
+            self._rate_apps.add(app)
+            per_second = self._rate.setdefault(app, {})
+            for second, _op, ob, _rp, rb in f.rate.tolist():
+                if second > oldest:
+                    per_second[second] = per_second.get(second, 0) + ob + rb
+
+    def _add_calls(self, calls: Iterable[Call], *, finished: bool, dedupe: bool) -> None:
+        for call in calls:
+            app = app_label(call.app)
+            ended = self._calls.get(call.uid) if dedupe else None
+            if ended is None:
+                self._inc("marsad_call_started_total", (app,))
+            if ended:
+                continue
+            if dedupe:
+                self._calls[call.uid] = finished
+                self._calls.move_to_end(call.uid)
+                while len(self._calls) > _SEEN_CALLS:
+                    self._calls.popitem(last=False)
+            if not finished:
+                continue
+            self._inc("marsad_call_ended_total", (app, verdict_label(call.verdict.kind)))
+            for reason in call.verdict.reasons:
+                self._inc("marsad_call_reasons_total", (app, reason_label(reason)))
+            for leg in call.legs:
+                jitter = leg.mean_jitter_s if leg.mean_jitter_s is not None else leg.jitter_s
+                for name, value in (("marsad_call_loss_ratio", leg.loss_ratio),
+                                    ("marsad_call_jitter_seconds", jitter),
+                                    ("marsad_call_mos", leg.mos)):
+                    if value is not None:
+                        hist = self._hists[name].get(app)
+                        if hist is None:
+                            hist = self._hists[name][app] = _Histogram(_BUCKETS[name])
+                        hist.observe(value)
+
+    def _add_flow_verdicts(self, verdicts: Iterable[FlowVerdict],
+                           flows: Sequence[FlowRecord],
+                           classes: Sequence[Classification]) -> None:
+        apps = {f.uid: c.app for f, c in zip(flows, classes, strict=True)}
+        for v in verdicts:
+            self._inc("marsad_flow_verdicts_total",
+                      (app_label(apps.get(v.uid)), verdict_label(v.verdict.kind)))
+
+    # -- scrape --------------------------------------------------------------------
+    def describe(self) -> Iterator[Metric]:
+        """Every family, without samples (the registry checks names with it)."""
+        for spec in SPECS.values():
+            yield _family(spec)
+
+    def collect(self) -> Iterator[Metric]:
+        """The current values, as metric families."""
+        active = self._active_flows() if self._active_flows is not None else 0
+        jobs = dict(self._jobs()) if self._jobs is not None else {}
+        with self._lock:
+            counters = {name: sorted(series.items()) for name, series in self._counters.items()}
+            hists = {name: sorted((app, h.cumulative(), h.total) for app, h in per_app.items())
+                     for name, per_app in self._hists.items()}
+            plain = {"marsad_capture_received_packets_total": self._received.total,
+                     "marsad_capture_dropped_packets_total": self._dropped.total,
+                     "marsad_capture_weird_packets_total": self._weird.total}
+            rates = sorted((app, sum(self._rate.get(app, {}).values()) / self._window)
+                           for app in self._rate_apps)
+            lag = self._lag
+        by_state = dict.fromkeys(JOB_STATES, 0)
+        for state, n in jobs.items():
+            key = state_label(state)
+            by_state[key] = by_state.get(key, 0) + n
+        gauges: dict[str, list[tuple[list[str], float]]] = {
+            "marsad_flow_rate_bytes_per_second": [([app], rate) for app, rate in rates],
+            "marsad_flow_active_flows": [([], active)],
+            "marsad_capture_processing_lag_seconds": [] if lag is None else [([], lag)],
+            "marsad_analysis_jobs": [([state], n) for state, n in by_state.items()],
+        }
+        for spec in SPECS.values():
+            labels = list(spec.labels)
+            if spec.kind is Kind.COUNTER:
+                counter = CounterMetricFamily(spec.family, spec.doc, labels=labels)
+                if spec.name in plain:
+                    counter.add_metric([], plain[spec.name])
+                for values, value in counters.get(spec.name, []):
+                    counter.add_metric(list(values), value)
+                yield counter
+            elif spec.kind is Kind.GAUGE:
+                if not gauges[spec.name]:
+                    continue
+                gauge = GaugeMetricFamily(spec.family, spec.doc, labels=labels)
+                for gauge_labels, value in gauges[spec.name]:
+                    gauge.add_metric(gauge_labels, value)
+                yield gauge
+            else:
+                hist = HistogramMetricFamily(spec.family, spec.doc, labels=labels)
+                for app, buckets, total in hists[spec.name]:
+                    hist.add_metric([app], buckets, total)
+                yield hist
+
+
+def _family(spec: MetricSpec) -> Metric:
+    """An empty metric family for a spec."""
+    labels = list(spec.labels)
+    if spec.kind is Kind.COUNTER:
+        return CounterMetricFamily(spec.family, spec.doc, labels=labels)
+    if spec.kind is Kind.GAUGE:
+        return GaugeMetricFamily(spec.family, spec.doc, labels=labels)
+    return HistogramMetricFamily(spec.family, spec.doc, labels=labels)
+
+
+def metrics_app(registry: CollectorRegistry) -> ASGIApp:
+    """An ASGI app serving ``registry`` in the Prometheus text format, to mount at
+    ``/metrics``. It also answers ASGI lifespan messages, so it can be served on
+    its own (``uvicorn``) as well as mounted."""
+    inner: ASGIApp = make_asgi_app(registry=registry)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await inner(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return app
