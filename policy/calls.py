@@ -20,6 +20,7 @@ address when one side is private, else the originator of most call flows.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 from collections import Counter
@@ -189,16 +190,26 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
             u.join(i, by_socket[sock])
         else:
             by_socket[sock] = i
+    # Same local host talking to the same remote host, or to the same app, within the gap:
+    # per key, flows sorted by start join while they overlap (with the gap) the run so far.
+    keyed: dict[tuple[str, str, str], list[int]] = {}
     for i, f in enumerate(cand):
         (rh, _), (lh, _) = _remote_local(f, local)
+        keyed.setdefault(("host", lh, rh), []).append(i)
         app = cls[f.uid].app
-        for j in range(i):
-            g = cand[j]
-            if g.first_ts > f.last_ts + gap or f.first_ts > g.last_ts + gap:
-                continue
-            (grh, _), (glh, _) = _remote_local(g, local)
-            if glh == lh and (grh == rh or (app is not None and cls[g.uid].app == app)):
-                u.join(i, j)
+        if app is not None:
+            keyed.setdefault(("app", lh, app), []).append(i)
+    for members_idx in keyed.values():
+        run_end = -1.0
+        prev = -1
+        for i in members_idx:  # already in start order
+            f = cand[i]
+            if prev >= 0 and f.first_ts <= run_end + gap:
+                u.join(i, prev)
+                run_end = max(run_end, f.last_ts)
+            else:
+                run_end = f.last_ts
+            prev = i
     comps: dict[int, list[FlowRecord]] = {}
     for i, f in enumerate(cand):
         comps.setdefault(u.find(i), []).append(f)
@@ -207,21 +218,30 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         extras.append({})
         outcomes.append(None)
     # Signalling flows of the same app or to the same remote hosts, just before or during.
+    sig = [f for f in flows if f.uid not in taken and (
+        cls[f.uid].facts.protocol in SIGNALLING_PROTOCOLS or f.proto == "tcp")]
+    sig.sort(key=lambda f: f.first_ts)
+    by_remote: dict[str, list[FlowRecord]] = {}
+    by_app: dict[str, list[FlowRecord]] = {}
+    for f in sig:
+        by_remote.setdefault(_remote_local(f, local)[0][0], []).append(f)
+        if cls[f.uid].app is not None:
+            by_app.setdefault(str(cls[f.uid].app), []).append(f)
     for members in groups[n_sip:]:
-        apps = {cls[f.uid].app for f in members} - {None}
+        apps = {str(cls[f.uid].app) for f in members if cls[f.uid].app is not None}
         remotes = {_remote_local(f, local)[0][0] for f in members}
         start = min(f.first_ts for f in members) - gap
         end = max(f.last_ts for f in members)
-        for f in flows:
-            if f.uid in taken or any(f.uid == m.uid for m in members):
-                continue
-            c = cls[f.uid]
-            if c.facts.protocol not in SIGNALLING_PROTOCOLS and f.proto != "tcp":
-                continue
-            if not start <= f.first_ts <= end:
-                continue
-            if (c.app is not None and c.app in apps) or _remote_local(f, local)[0][0] in remotes:
-                members.append(f)
+        have = {m.uid for m in members}
+        pools = [by_remote.get(r, []) for r in remotes] + [by_app.get(a, []) for a in apps]
+        for pool in pools:
+            lo = bisect.bisect_left(pool, start, key=lambda f: f.first_ts)
+            for f in pool[lo:]:
+                if f.first_ts > end:
+                    break
+                if f.uid not in have:
+                    have.add(f.uid)
+                    members.append(f)
     calls: list[Call] = []
     flow_verdicts: dict[str, Verdict] = {}
     others_answered = len(answered) > 0
