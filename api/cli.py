@@ -210,6 +210,241 @@ def _run_refresh(args: argparse.Namespace) -> int:
     return refresh.main(args.rest)
 
 
+def _write_result(result: AnalysisResult, fmt: str, out: Any) -> None:
+    """``marsad analyze`` output of a finished result, in the records _run_analyze writes."""
+    if fmt == "jsonl":
+        write_jsonl([{"record": "flow", **flow_row(f, c)}
+                     for f, c in zip(result.flows, result.classes, strict=True)], out)
+        write_jsonl([{"record": "call", **call.to_dict()} for call in result.analysis.calls],
+                    out)
+        write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
+                     for u, v in result.analysis.flow_verdicts.items()], out)
+    elif fmt == "csv":
+        w = CsvWriter(out)
+        for row in result.flow_rows():
+            w.write(row)
+    else:
+        out.write(dumps(result.to_json()))
+        out.write("\n")
+
+
+def _result_status(result: AnalysisResult) -> int:
+    """Exit status and warnings of a finished result, as :func:`_finish` gives them."""
+    if result.stats.weird:
+        print(f"marsad: {result.stats.weird} malformed packet(s) recorded as weird",
+              file=sys.stderr)
+    st = result.status
+    if not st.complete:
+        print(f"marsad: {st.source}: {st.message}; flows before byte {st.stopped_at} were "
+              f"reported", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _open_ledger(path: str, must_exist: bool) -> Any:
+    import time
+
+    from policy.ledger import Ledger
+    if must_exist and not os.path.isfile(path):
+        raise PolicyError(f"{path}: no such ledger")
+    return Ledger(path, clock=time.time)
+
+
+def _run_analyze_ledger(args: argparse.Namespace) -> int:
+    """``marsad analyze``; with ``--ledger``, also record every verdict other than ok."""
+    if args.ledger is None:
+        return _run_analyze(args)
+    from api.evidence import record_verdicts
+    from api.pipeline import analyze_capture
+    if args.capture == "-":
+        print("marsad: --ledger needs a capture file (its SHA-256 is recorded), not stdin",
+              file=sys.stderr)
+        return EXIT_UNREADABLE
+    progress = _Progress(args.capture)
+    try:
+        with _open_ledger(args.ledger, must_exist=False) as ledger:
+            policy = load_policy(args.policy)
+            result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
+                                     workers=args.workers, fingerprints=args.ja4,
+                                     progress=progress.update)
+            progress.stop()
+            _write_result(result, args.fmt or "json", sys.stdout)
+            done = record_verdicts(ledger, result, policy)
+    except (CaptureError, PolicyError) as exc:
+        progress.stop()
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except BrokenPipeError:
+        return EXIT_OK
+    finally:
+        progress.stop()
+    print(f"marsad: ledger {args.ledger}: {len(done.appended)} verdict(s) recorded, "
+          f"{len(done.skipped)} already there", file=sys.stderr)
+    return _result_status(result)
+
+
+def _parse_anchor(text: str) -> Any:
+    from policy.ledger import Anchor
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise ValueError(f"--anchor wants SEQ:SHA256, got {text!r}")
+    return Anchor(int(seq), digest.lower())
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    """``marsad verify``: the chain, and each verdict against its capture's packets."""
+    from api.evidence import PROBLEM_WORDS, iter_problem_lines, verify_ledger
+    from api.pipeline import capture_sha256
+    try:
+        anchor = None if args.anchor is None else _parse_anchor(args.anchor)
+        policy = load_policy(args.policy)
+        captures = args.capture or []
+        shas = {capture_sha256(c): c for c in captures}
+        with _open_ledger(args.ledger, must_exist=True) as ledger:
+            report = verify_ledger(ledger, captures, policy=policy, anchor=anchor)
+            recorded = {e.capture_sha256 for e in ledger.entries()}
+    except (CaptureError, PolicyError, OSError, ValueError) as exc:
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    unused = sorted(c for sha, c in shas.items() if sha not in recorded)
+    if args.json:
+        sys.stdout.write(dumps({
+            "ledger": args.ledger, "entries": report.entries, "ok": report.ok,
+            "problems": [{"seq": p.seq, "kind": p.kind.name.lower(),
+                          "what": PROBLEM_WORDS.get(p.kind.name, p.kind.name.lower()),
+                          "detail": p.detail} for p in report.problems],
+            "captures_checked": [{"sha256": s, "file": shas[s]} for s in
+                                 report.captures_checked],
+            "captures_unavailable": list(report.captures_unavailable),
+            "captures_without_entries": unused}))
+        sys.stdout.write("\n")
+    else:
+        state = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"{args.ledger}: {report.entries} entries, {state}")
+        for line in iter_problem_lines(report):
+            print(f"  {line}")
+        for s in report.captures_checked:
+            print(f"  re-derived from {shas[s]} ({s[:16]})")
+        if report.captures_unavailable:
+            print(f"  not checked against packets: entries of {len(report.captures_unavailable)}"
+                  f" capture(s) not given with --capture")
+        for c in unused:
+            print(f"  {c}: no entries in the ledger")
+    return EXIT_OK if report.ok else 1
+
+
+def _run_evidence(args: argparse.Namespace) -> int:
+    """``marsad evidence``: write (or ``--check``) an evidence bundle."""
+    from api.evidence import EvidenceError, build_bundle, check_bundle
+    from api.pipeline import analyze_capture
+    if args.check is not None:
+        try:
+            checked = check_bundle(args.check)
+        except (EvidenceError, OSError) as exc:
+            print(f"marsad: {args.check}: {exc}", file=sys.stderr)
+            return EXIT_UNREADABLE
+        for name in checked.checked:
+            print(f"ok       {name}")
+        for problem in checked.problems:
+            print(f"PROBLEM  {problem}")
+        cap = checked.manifest.get("capture") or {}
+        print(f"{args.check}: {'intact' if checked.ok else 'MODIFIED'}; capture sha256 "
+              f"{cap.get('sha256')}, anonymised: {checked.manifest.get('anonymised')}")
+        return EXIT_OK if checked.ok else 1
+    missing = [o for o, v in (("CALL_UID", args.uid), ("--capture", args.capture),
+                              ("--out", args.out)) if v is None]
+    if missing:
+        print(f"marsad evidence: {', '.join(missing)} required (or --check BUNDLE)",
+              file=sys.stderr)
+        return EXIT_UNREADABLE
+    try:
+        key = None if args.key is None else bytes.fromhex(args.key)
+        policy = load_policy(args.policy)
+        entries = None
+        if args.ledger is not None:
+            with _open_ledger(args.ledger, must_exist=True) as ledger:
+                entries = ledger.entries()
+        result = analyze_capture(args.capture, policy=policy, workers=args.workers)
+        data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
+                            ledger_entries=entries)
+        tmp = f"{args.out}.part"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, args.out)
+    except (CaptureError, PolicyError, EvidenceError, OSError, ValueError) as exc:
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    print(f"marsad: wrote {args.out} ({len(data)} bytes"
+          f"{', anonymised' if args.anonymize else ''})", file=sys.stderr)
+    return _result_status(result)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    """``marsad report``: calls and interfered flows, for people."""
+    from api.pipeline import analyze_capture
+    from api.report import build_report, render_rich, render_text
+    progress = _Progress(args.capture)
+    try:
+        result = analyze_capture(args.capture, policy=load_policy(args.policy),
+                                 workers=args.workers, progress=progress.update)
+    except (CaptureError, PolicyError) as exc:
+        progress.stop()
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    finally:
+        progress.stop()
+    report = build_report(result, args.capture)
+    try:
+        if sys.stdout.isatty():
+            from rich.console import Console
+            render_rich(report, Console())
+        else:
+            sys.stdout.write(render_text(report))
+    except BrokenPipeError:
+        return EXIT_OK
+    return EXIT_PARTIAL if not result.status.complete else EXIT_OK
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from api.config import Settings
+    from api.jobs import NotACaptureFile, TooLarge
+    from api.main import create_app
+    from api.store import StoreError
+
+    given = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if args.preload:
+        overrides["preload"] = tuple(Path(p) for p in args.preload)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"marsad: bad setting: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    for path in settings.preload:
+        if not path.is_file():
+            print(f"marsad: {path}: no such file", file=sys.stderr)
+            return EXIT_UNREADABLE
+    try:
+        token_file = settings.ensure_token()
+        app = create_app(settings)
+    except (NotACaptureFile, TooLarge) as exc:
+        print(f"marsad: cannot preload: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except (OSError, StoreError, PolicyError) as exc:
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if token_file is not None:
+        print(f"marsad: the API token for uploads and evidence is in {token_file}",
+              file=sys.stderr)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marsad", description=(
         "Observe over-the-top voice and video calls and record, with evidence, whether the "
@@ -230,12 +465,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verdict thresholds (YAML; default: the packaged policy)")
     a.add_argument("--ja4", action="store_true",
                    help="add the JA4 fingerprint of each TLS/QUIC/DTLS ClientHello")
-    a.set_defaults(func=_run_analyze)
+    a.add_argument("--ledger", metavar="PATH",
+                   help="also record every verdict other than ok in this evidence ledger "
+                        "(created if missing; a verdict already recorded is not repeated)")
+    a.set_defaults(func=_run_analyze_ledger)
+    v = sub.add_parser("verify", help="check an evidence ledger's chain and re-derive its "
+                                      "verdicts from the captures")
+    v.add_argument("ledger", help="the ledger file")
+    v.add_argument("--capture", action="append", metavar="FILE",
+                   help="a capture to re-derive verdicts from (matched by SHA-256; repeatable)")
+    v.add_argument("--policy", metavar="FILE", help="the policy the verdicts were reached with")
+    v.add_argument("--anchor", metavar="SEQ:SHA256",
+                   help="a published checkpoint: entry SEQ must still hash to SHA256")
+    v.add_argument("--json", action="store_true", help="one JSON object")
+    v.set_defaults(func=_run_verify)
+    e = sub.add_parser("evidence", help="write an evidence bundle (zip) for one call, or "
+                                        "check one")
+    e.add_argument("uid", nargs="?", metavar="CALL_UID", help="the call (or flow) uid")
+    e.add_argument("--capture", metavar="FILE", help="the capture the call is in")
+    e.add_argument("--out", metavar="ZIP", help="where to write the bundle")
+    e.add_argument("--anonymize", "--anonymise", action="store_true",
+                   help="rewrite the local side's addresses (prefix-preserving)")
+    e.add_argument("--key", metavar="HEX",
+                   help="anonymisation key (at least 16 bytes as hex; default: random)")
+    e.add_argument("--ledger", metavar="PATH", help="include the ledger's entries for the call")
+    e.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
+    e.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
+                   help="processes reading the capture")
+    e.add_argument("--check", metavar="ZIP",
+                   help="verify a bundle's files against its manifest instead")
+    e.set_defaults(func=_run_evidence)
+    rp = sub.add_parser("report", help="a human summary of a capture's calls and verdicts")
+    rp.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
+    rp.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
+    rp.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
+                    help="processes reading the capture")
+    rp.set_defaults(func=_run_report)
     r = sub.add_parser("refresh-data", add_help=False,
                        help="rebuild the IP-owner or hostname tables from a local copy of a "
                             "public list (run 'marsad refresh-data --help')")
     r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(func=_run_refresh)
+    s = sub.add_parser("serve", help="run the REST API (OpenAPI at /docs) and analyse uploaded "
+                                     "captures in the background")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="TCP port (default 8000)")
+    s.add_argument("--data-dir", metavar="DIR",
+                   help="store, ledger, captures and probe status (default ./marsad-data)")
+    s.add_argument("--preload", nargs="+", metavar="CAPTURE",
+                   help="captures to analyse at start, so there is data to look at")
+    s.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"),
+                   help="server log level (default info)")
+    s.set_defaults(func=_run_serve)
     return p
 
 

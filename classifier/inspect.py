@@ -189,7 +189,8 @@ def _dns(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
         if responses >= 2 or ("dns_query" in found and p.direction == ORIG):
             continue
         try:
-            msgs = dns.parse_dns_tcp(p.data) if tcp else (dns.parse_dns(p.data),)
+            msgs = dns.parse_dns_tcp(p.data) if tcp else (dns.parse_dns(p.data,
+                                                                         answers_only=True),)
         except ParseError as exc:
             notes.append(f"dns: {exc}")
             continue

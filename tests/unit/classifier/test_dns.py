@@ -118,3 +118,19 @@ def test_fuzz_only_parse_errors() -> None:
             list(dns.address_names(dns.parse_dns(data)))
         with contextlib.suppress(ParseError):
             dns.parse_dns_tcp(data)
+
+
+def test_answers_only_matches_the_full_parse() -> None:
+    """The classifier's shortcut reads the same question and answers, and nothing after."""
+    from pathlib import Path
+
+    from classifier.dpi.dns import parse_dns
+    compared = 0
+    for path in sorted((Path(__file__).resolve().parents[2] / "vectors" / "dpi").glob("dns*.bin")):
+        full = parse_dns(path.read_bytes())
+        quick = parse_dns(path.read_bytes(), answers_only=True)
+        assert (quick.questions, quick.answers, quick.rcode) == (full.questions, full.answers,
+                                                                 full.rcode)
+        assert quick.authority == () and quick.additional == ()
+        compared += 1
+    assert compared >= 1
