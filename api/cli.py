@@ -144,8 +144,11 @@ def _run_flows(args: argparse.Namespace) -> int:
     return _finish(reader)
 
 
-def _light(rec: FlowRecord) -> FlowRecord:
-    """The record without its payload samples (kept for call assembly in streams)."""
+def _light(rec: FlowRecord, c: Classification) -> FlowRecord:
+    """The record kept for call assembly at the end of a stream: payload samples only where
+    the verdict rules cite their frames (STUN, TLS, SIP), so memory stays small."""
+    if c.facts.protocol in ("stun", "tls", "sip"):
+        return rec
     return replace(rec, payloads=())
 
 
@@ -163,7 +166,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             classes: list[Classification] = []
             for rec in reader:
                 c = classifier.classify(rec)
-                flows.append(_light(rec))
+                flows.append(_light(rec, c))
                 classes.append(c)
                 write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
             analysis = analyse_calls(flows, classes, policy)
