@@ -120,3 +120,36 @@ def test_sip_failures_are_failed_not_blocked(lab_captures: LabCaptures, scenario
         assert call.verdict.kind is VerdictKind.FAILED, call.verdict
         assert call.verdict.reasons[0] is reason
     assert all(k is not VerdictKind.BLOCKED for k, _ in _verdicts(result))
+
+
+def test_evidence_bundle_for_a_lab_call(lab_captures: LabCaptures, tmp_path: Path) -> None:
+    """A blocked lab call's evidence bundle: its own packets, a manifest that checks, an
+    anonymised copy that hides the caller and keeps the operator side."""
+    import io
+    import zipfile
+
+    from api.evidence import build_bundle, check_bundle
+    from probe import read_capture
+
+    path, meta = lab_captures["block_udp"]
+    result = _analyse(str(path))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.BLOCKED
+    for anonymize in (False, True):
+        blob = build_bundle(result, call.uid, path, anonymize, b"k" * 16)
+        check = check_bundle(blob)
+        assert check.ok, check
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            name = next(n for n in z.namelist() if n.startswith("packets."))
+            cut = tmp_path / f"{anonymize}-{name}"
+            cut.write_bytes(z.read(name))
+        flows = read_capture(cut).flows
+        total = sum(f.orig_pkts + f.resp_pkts for f in flows)
+        by_uid = {f.uid: f for f in result.flows}
+        assert total == sum(by_uid[u].orig_pkts + by_uid[u].resp_pkts for u in call.flow_uids)
+        hosts = {h for f in flows for h in (f.orig_h, f.resp_h)}
+        assert call.local == meta["local"]["ip"]
+        if anonymize:
+            assert call.local not in hosts
+        else:
+            assert call.local in hosts
