@@ -121,8 +121,17 @@ def _sip_dialogs(flows: Sequence[FlowRecord], classes: dict[str, Classification]
     return {k: v for k, v in dialogs.items() if v["invite"]}
 
 
-def _sip_outcome(messages: list[Any]) -> tuple[Reason, dict[str, Any], list[int]] | None:
-    """failed when the INVITE's final answer says the endpoints ended it."""
+def _sip_outcome(messages: list[Any], capture_end: float, wait_s: float
+                 ) -> tuple[Reason, dict[str, Any], list[int]] | None:
+    """failed when the INVITE's final answer says the endpoints ended it; blocked when the
+    INVITE got no response at all although the capture went on long enough."""
+    invites = [m for m in messages if m.method == "INVITE"]
+    if invites and not any(m.status is not None for m in messages):
+        if capture_end - invites[0].ts >= wait_s:
+            return Reason.SIP_UNANSWERED, {"invites": len(invites), "responses": 0,
+                                           "waited_s": round(capture_end - invites[0].ts, 3)}, \
+                [m.frame for m in invites]
+        return None
     finals = [m for m in messages if m.status is not None and m.cseq_method == "INVITE"
               and m.status >= 300]
     answered = any(m.status is not None and 200 <= m.status < 300 and m.cseq_method == "INVITE"
@@ -155,6 +164,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     local = _local_of([f for f in flows if _is_call_flow(f, cls[f.uid])] or list(flows))
     answered = [f for f in flows if f.resp_pkts > 0 and f.orig_pkts > 0]
     gap = float(pol.get("calls", "same_call_gap_s"))
+    capture_end = max((f.last_ts for f in flows), default=0.0)
     delay_ms = float(pol.get("quality", "assumed_network_delay_ms"))
 
     groups: list[list[FlowRecord]] = []
@@ -175,7 +185,8 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         groups.append(members)
         directions = sorted({dr for _, _, dr in d["media"]})
         extras.append({"sip_call_id": call_id, "sdp_directions": directions})
-        outcomes.append(_sip_outcome(d["messages"]))
+        outcomes.append(_sip_outcome(d["messages"], capture_end,
+                                     float(pol.get("blocked", "sip_min_wait_s"))))
         taken.update(f.uid for f in members)
     n_sip = len(groups)
     # Everything else: union of call flows.
@@ -245,7 +256,6 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     calls: list[Call] = []
     flow_verdicts: dict[str, Verdict] = {}
     others_answered = len(answered) > 0
-    capture_end = max((f.last_ts for f in flows), default=0.0)
     for members, extra, outcome in zip(groups, extras, outcomes, strict=True):
         members = sorted({f.uid: f for f in members}.values(), key=lambda f: (f.first_ts, f.uid))
         media_flows = [f for f in members if cls[f.uid].category in MEDIA_CATEGORIES

@@ -54,6 +54,8 @@ class Reason(StrEnum):
     """Interarrival jitter above the threshold."""
     LOW_MOS = "low-mos"
     """E-model MOS below the threshold."""
+    SIP_UNANSWERED = "sip-unanswered"
+    """SIP INVITEs (retransmitted) got no response at all, not even 100 Trying."""
     SIP_REJECTED = "sip-rejected"
     """The callee (or its proxy) answered the INVITE with a final 4xx/5xx/6xx."""
     SIP_NO_ANSWER = "sip-no-answer"

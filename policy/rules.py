@@ -172,10 +172,16 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
     out: list[Evidence] = []
     if sip_outcome is not None:
         reason, figures, frames = sip_outcome
-        rule = "failed.sip_rejected" if reason is Reason.SIP_REJECTED else "failed.sip_no_answer"
-        out.append(_ev(rule, reason, flows, frames, figures,
-                       f"SIP INVITE answered {figures.get('final')} "
-                       f"({figures.get('reason_phrase', '')}): the callee's side ended it"))
+        if reason is Reason.SIP_UNANSWERED:
+            out.append(_ev("blocked.sip", reason, flows, frames, figures,
+                           f"{figures['invites']} SIP INVITE(s) got no response at all in "
+                           f"{figures['waited_s']:.0f} s, not even 100 Trying"))
+        else:
+            rule = ("failed.sip_rejected" if reason is Reason.SIP_REJECTED
+                    else "failed.sip_no_answer")
+            out.append(_ev(rule, reason, flows, frames, figures,
+                           f"SIP INVITE answered {figures.get('final')} "
+                           f"({figures.get('reason_phrase', '')}): the callee's side ended it"))
     ev = _stun_rule(flows, classes, others_answered, pol, capture_end)
     if ev is not None:
         out.append(ev)
