@@ -510,7 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("rest", nargs=argparse.REMAINDER)
     r.set_defaults(func=_run_refresh)
     s = sub.add_parser("serve", help="run the REST API (OpenAPI at /docs) and analyse uploaded "
-                                     "captures in the background")
+                                     "captures in the background",
+                       description="Run the REST API. Other settings come from MARSAD_* "
+                                   "environment variables (see api/config.py), e.g. "
+                                   "MARSAD_API_TOKEN, MARSAD_OPEN_READS, "
+                                   "MARSAD_MAX_UPLOAD_BYTES, MARSAD_RETENTION_DAYS.")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="TCP port (default 8000)")
     s.add_argument("--data-dir", metavar="DIR",

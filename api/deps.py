@@ -1,0 +1,164 @@
+"""Shared dependencies of the routes, as ``Annotated`` aliases.
+
+:func:`api.main.create_app` puts one :class:`Services` on ``app.state.services``;
+routes reach its parts through :data:`SettingsDep`, :data:`StoreDep`,
+:data:`JobsDep`, :data:`LedgerDep` and :data:`ClockDep`.
+
+Access: :func:`require_token` guards write endpoints and evidence downloads (and
+reads when ``open_reads`` is off). The token is compared in constant time and
+never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.config import Settings
+from api.jobs import Jobs
+from api.store import Query as ListQuery
+from api.store import Store
+from classifier.records import Category
+from policy.ledger import Ledger
+from policy.records import VerdictKind
+
+__all__ = [
+    "ClockDep",
+    "JobsDep",
+    "LedgerDep",
+    "ListQueryDep",
+    "Services",
+    "SettingsDep",
+    "StoreDep",
+    "TokenDep",
+    "bearer",
+    "require_token",
+    "services",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the routes share, created once per app."""
+
+    settings: Settings
+    """The configuration."""
+    store: Store
+    """Captures, flows, calls, verdicts."""
+    ledger: Ledger
+    """The evidence ledger."""
+    jobs: Jobs
+    """Capture intake and background analysis."""
+    token: str | None
+    """The bearer token in force; None: token-protected endpoints are refused."""
+    clock: Callable[[], float]
+    """Seconds since the epoch."""
+
+
+def services(request: Request) -> Services:
+    """The app's :class:`Services`."""
+    found: Services = request.app.state.services
+    return found
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def _settings(s: ServicesDep) -> Settings:
+    return s.settings
+
+
+def _store(s: ServicesDep) -> Store:
+    return s.store
+
+
+def _jobs(s: ServicesDep) -> Jobs:
+    return s.jobs
+
+
+def _ledger(s: ServicesDep) -> Ledger:
+    return s.ledger
+
+
+def _clock(s: ServicesDep) -> Callable[[], float]:
+    return s.clock
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[Store, Depends(_store)]
+JobsDep = Annotated[Jobs, Depends(_jobs)]
+LedgerDep = Annotated[Ledger, Depends(_ledger)]
+ClockDep = Annotated[Callable[[], float], Depends(_clock)]
+
+bearer = HTTPBearer(auto_error=False, scheme_name="token",
+                    description="The service's API token (MARSAD_API_TOKEN, or the "
+                                "api-token file in the data directory).")
+
+
+def require_token(s: ServicesDep,
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """Refuse the request unless it carries the API token as a bearer token."""
+    if s.token is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            "this endpoint needs an API token and none is configured: set "
+                            "MARSAD_API_TOKEN or run 'marsad serve', which creates one")
+    if creds is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                            "missing bearer token (Authorization: Bearer <token>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(creds.credentials.encode(), s.token.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+TokenDep = Depends(require_token)
+"""Add to a route's or router's ``dependencies`` to require the token."""
+
+
+MAX_PAGE = 1000
+"""Largest page a listing returns."""
+MAX_OFFSET = 1 << 40
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def list_query(
+    since: Annotated[datetime | None, Query(description=(
+        "Only items that end at or after this time: ISO 8601 (UTC unless it says) or "
+        "seconds since the epoch."))] = None,
+    until: Annotated[datetime | None, Query(description=(
+        "Only items that start at or before this time."))] = None,
+    app: Annotated[str | None, Query(max_length=64, description="Only this app "
+                                                                "(whatsapp, teams...).")] = None,
+    category: Annotated[Category | None, Query(description=(
+        "Flows: only this category; calls: only calls with a flow of this category."))] = None,
+    verdict: Annotated[VerdictKind | None, Query(description=(
+        "Flows: only flows with this verdict of their own; calls: only this call verdict."
+    ))] = None,
+    capture: Annotated[str | None, Query(max_length=64, description="Only this capture's "
+                                                                    "items.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
+    order: Annotated[Literal["newest", "oldest"], Query(description=(
+        "By start time."))] = "newest",
+) -> ListQuery:
+    """The filters and page of a flow or call listing."""
+    return ListQuery(since=_epoch(since), until=_epoch(until), app=app,
+                     category=None if category is None else category.value,
+                     verdict=None if verdict is None else verdict.value, capture_id=capture,
+                     limit=limit, offset=offset, newest_first=order == "newest")
+
+
+ListQueryDep = Annotated[ListQuery, Depends(list_query)]

@@ -1,0 +1,309 @@
+"""Background analysis of uploaded captures.
+
+:class:`Jobs` takes in a capture file (an upload already on disk, or a file
+named at start-up), keeps it under the data directory, records it in the store
+as a queued job and analyses it on a worker thread with
+:func:`api.pipeline.analyze_capture`: progress is written to the store as the
+input is read; the flows, calls and verdicts are stored in one transaction;
+each verdict other than ok is appended to the evidence ledger
+(:func:`api.evidence.record_verdicts`: once per capture content and verdict).
+
+A capture whose content (SHA-256) is already stored and not failed is not
+analysed twice: the existing capture is returned.
+
+On shutdown, a running analysis stops at its next batch and queued ones are not
+started; they are all marked ``interrupted``, as are any a crashed run left
+behind (:meth:`api.store.Store.interrupt_unfinished` at start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from api.evidence import EvidenceError, derivations, record_verdicts
+from api.pipeline import AnalysisResult, analyze_capture
+from api.store import CaptureRow, JobState, Store
+from policy.errors import LedgerError
+from policy.ledger import Derivation, Ledger
+from policy.rules import Policy
+from probe import CaptureError, open_source
+
+__all__ = ["UPLOAD_PREFIX", "Intake", "Jobs", "NotACaptureFile", "TooLarge"]
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PREFIX = ".upload-"
+"""Prefix of capture files still being received (removed at start-up)."""
+
+_CHUNK = 1 << 16
+_PROGRESS_EVERY_S = 0.25
+
+
+class TooLarge(Exception):
+    """The capture is larger than the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the capture is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+class NotACaptureFile(Exception):
+    """The bytes received are not a pcap or pcapng capture (plain or gzip)."""
+
+
+class _Stopping(Exception):
+    """The service is shutting down: abandon the analysis."""
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A capture written under the data directory, hashed, not yet recorded."""
+
+    path: Path
+    """Temporary file in the captures directory."""
+    sha256: str
+    """SHA-256 of its content."""
+    size_bytes: int
+    """Its size."""
+
+
+def _suffix(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] == b"\x1f\x8b":
+        return ".pcap.gz"
+    if head == b"\x0a\x0d\x0d\x0a":
+        return ".pcapng"
+    return ".pcap"
+
+
+class Jobs:
+    """Receives captures and analyses them on ``workers`` threads."""
+
+    def __init__(self, store: Store, ledger: Ledger, *, captures_dir: Path, policy: Policy,
+                 workers: int = 1, max_upload_bytes: int,
+                 retention: tuple[float | None, int | None] = (None, None),
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._ledger = ledger
+        self.captures_dir = captures_dir
+        self._policy = policy
+        self.max_upload_bytes = max_upload_bytes
+        self._retention = retention
+        self._clock = clock
+        self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="marsad-job")
+        self._futures: set[Future[None]] = set()
+        self._futures_lock = threading.Lock()
+        self._listeners: list[Callable[[AnalysisResult], None]] = []
+        captures_dir.mkdir(parents=True, exist_ok=True)
+        for stale in captures_dir.glob(UPLOAD_PREFIX + "*"):
+            stale.unlink(missing_ok=True)
+
+    def add_listener(self, listener: Callable[[AnalysisResult], None]) -> None:
+        """Call ``listener`` with every analysis stored (e.g. to update metrics); it runs on
+        the worker thread and its exceptions are logged, not raised."""
+        self._listeners.append(listener)
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def new_upload(self) -> tuple[BinaryIO, Path]:
+        """An open temporary file in the captures directory to receive an upload."""
+        fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self.captures_dir)
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def check(self, tmp: Path, sha256: str, size: int) -> Intake:
+        """Check a received file is a capture; raises :class:`NotACaptureFile` (and
+        removes the file) if not."""
+        try:
+            with open_source(tmp, chunk_size=64):
+                pass
+        except CaptureError as exc:
+            tmp.unlink(missing_ok=True)
+            reason = str(exc).removeprefix(str(tmp)).lstrip(": ")
+            raise NotACaptureFile(reason) from exc
+        return Intake(tmp, sha256, size)
+
+    def copy_in(self, source: Path) -> Intake:
+        """Copy a local capture file into the captures directory (hashing it)."""
+        out, tmp = self.new_upload()
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with out, open(source, "rb") as fh:
+                while block := fh.read(_CHUNK):
+                    size += len(block)
+                    if size > self.max_upload_bytes:
+                        raise TooLarge(self.max_upload_bytes)
+                    h.update(block)
+                    out.write(block)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self.check(tmp, h.hexdigest(), size)
+
+    def accept(self, intake: Intake, filename: str) -> tuple[CaptureRow, bool]:
+        """Record a checked capture and queue its analysis; returns the capture and True,
+        or the stored capture with the same content and False."""
+        existing = self._store.capture_by_sha256(intake.sha256)
+        if existing is not None:
+            intake.path.unlink(missing_ok=True)
+            return existing, False
+        capture_id = "P" + secrets.token_hex(8)
+        final = self.captures_dir / (capture_id + _suffix(intake.path))
+        os.replace(intake.path, final)
+        row = self._store.add_capture(capture_id=capture_id, filename=filename[:255],
+                                      path=str(final), sha256=intake.sha256,
+                                      size_bytes=intake.size_bytes)
+        self._submit(capture_id)
+        return row, True
+
+    def _submit(self, capture_id: str) -> None:
+        fut = self._pool.submit(self.run, capture_id)
+        with self._futures_lock:
+            self._futures.add(fut)
+        fut.add_done_callback(self._forget)
+
+    def _forget(self, fut: Future[None]) -> None:
+        with self._futures_lock:
+            self._futures.discard(fut)
+
+    # -- analysis --------------------------------------------------------------------------
+
+    def analyse(self, path: str | Path,
+                progress: Callable[[int], None] | None = None) -> AnalysisResult:
+        """Analyse a stored capture with the service's policy (one process)."""
+        return analyze_capture(path, policy=self._policy, workers=1, progress=progress)
+
+    def run(self, capture_id: str) -> None:
+        """Analyse one queued capture (what a worker thread does)."""
+        store = self._store
+        if self._stopping.is_set() or not store.start_job(capture_id):
+            return
+        row = store.capture(capture_id)
+        if row is None:
+            return
+        last = time.monotonic()
+
+        def progress(done: int) -> None:
+            nonlocal last
+            if self._stopping.is_set():
+                raise _Stopping
+            now = time.monotonic()
+            if now - last >= _PROGRESS_EVERY_S and row.size_bytes:
+                last = now
+                store.set_progress(capture_id, done / row.size_bytes)
+
+        try:
+            result = self.analyse(row.path, progress)
+        except _Stopping:
+            store.end_job(capture_id, JobState.INTERRUPTED,
+                          "the service stopped during the analysis; upload the capture again")
+            return
+        except CaptureError as exc:
+            store.end_job(capture_id, JobState.FAILED, str(exc).replace(row.path, row.filename))
+            return
+        except Exception as exc:
+            log.exception("analysis of capture %s failed", capture_id)
+            store.end_job(capture_id, JobState.FAILED,
+                          f"internal error during the analysis: {type(exc).__name__}")
+            return
+        warnings: list[str] = []
+        appended = self._record(result, warnings)
+        try:
+            store.save_results(capture_id, result, _summary(result, appended, warnings))
+        except Exception as exc:
+            log.exception("storing the results of capture %s failed", capture_id)
+            store.end_job(capture_id, JobState.FAILED,
+                          f"the results could not be stored: {type(exc).__name__}")
+            return
+        for listener in self._listeners:
+            try:
+                listener(result)
+            except Exception:
+                log.exception("a listener failed on capture %s", capture_id)
+        self.prune()
+
+    def _record(self, result: AnalysisResult, warnings: list[str]) -> int:
+        """Append the capture's verdicts to the ledger (those it does not hold yet)."""
+        try:
+            return len(record_verdicts(self._ledger, result, self._policy).appended)
+        except (LedgerError, EvidenceError) as exc:
+            warnings.append(f"verdicts not recorded in the evidence ledger: {exc}")
+            return 0
+
+    def derive(self, sha256: str) -> list[Derivation] | None:
+        """Re-derive a stored capture's verdicts (for ledger verification); None when
+        the capture is no longer stored."""
+        row = self._store.capture_by_sha256(sha256)
+        if row is None or not Path(row.path).is_file():
+            return None
+        try:
+            result = self.analyse(row.path)
+        except CaptureError:
+            return None
+        return derivations(result)
+
+    # -- retention and lifetime ------------------------------------------------------------
+
+    def prune(self) -> int:
+        """Apply retention: delete old captures with their results and files."""
+        max_age_s, max_captures = self._retention
+        removed = self._store.prune(max_age_s=max_age_s, max_captures=max_captures)
+        for row in removed:
+            Path(row.path).unlink(missing_ok=True)
+        return len(removed)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait until no job is queued or running; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._futures_lock:
+                pending = list(self._futures)
+            if not pending:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                pending[0].exception(timeout=left)
+            except TimeoutError:
+                return False
+            except CancelledError:
+                self._forget(pending[0])
+
+    def shutdown(self) -> None:
+        """Stop: abandon running analyses at their next batch, drop queued ones, and mark
+        them all interrupted."""
+        self._stopping.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._store.interrupt_unfinished()
+
+
+def _summary(result: AnalysisResult, appended: int, warnings: list[str]) -> dict[str, Any]:
+    st = result.status
+    calls = result.analysis.calls
+    times = [f.first_ts for f in result.flows] + [f.last_ts for f in result.flows]
+    return {
+        "format": st.format, "compressed": st.compressed, "packets": result.stats.packets,
+        "flows": len(result.flows), "calls": len(calls), "weirds": result.stats.weird,
+        "complete": st.complete, "stopped_at": st.stopped_at, "message": st.message,
+        "first_ts": min(times) if times else None, "last_ts": max(times) if times else None,
+        "verdicts": dict(Counter(str(c.verdict.kind) for c in calls)),
+        "flow_verdicts": dict(Counter(str(v.kind) for v in
+                                      result.analysis.flow_verdicts.values())),
+        "ledger_entries": appended, "warnings": warnings,
+    }
+

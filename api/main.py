@@ -1,0 +1,109 @@
+"""The FastAPI application: :func:`create_app` wires settings, store, ledger and jobs.
+
+The app keeps its parts on ``app.state.services`` (an :class:`api.deps.Services`);
+other parts of the service (metrics, dashboard) reach the store and the ledger
+there. On start it marks jobs an earlier run left unfinished as interrupted,
+applies retention and queues the captures named in ``settings.preload``; on
+shutdown it stops the workers and closes the store and the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.config import Settings
+from api.deps import Services, require_token
+from api.jobs import Jobs
+from api.routes import calls, captures, flows, health, ledger, probe
+from api.store import open_store
+from policy.ledger import Ledger
+from policy.rules import load_policy
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return version("marsad")
+    except PackageNotFoundError:
+        return "0"
+
+
+def create_app(settings: Settings | None = None, *,
+               clock: Callable[[], float] = time.time) -> FastAPI:
+    """The service's app for ``settings`` (default: from the environment).
+
+    Raises :class:`~policy.errors.PolicyError` for a bad policy file,
+    :class:`~api.store.StoreError` for an unusable store, and, for a capture to preload,
+    :class:`~api.jobs.NotACaptureFile`, :class:`~api.jobs.TooLarge` or :class:`OSError`.
+    """
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    policy = load_policy(settings.policy_file)
+    store = open_store(settings.data_dir, clock=clock)
+    try:
+        led = Ledger(settings.ledger_path, clock=clock)
+    except BaseException:
+        store.close()
+        raise
+    interrupted = store.interrupt_unfinished()
+    if interrupted:
+        log.warning("%d analysis job(s) left unfinished by an earlier run marked interrupted",
+                    len(interrupted))
+    max_age_s = None if settings.retention_days is None else settings.retention_days * 86400
+    jobs = Jobs(store, led, captures_dir=settings.captures_dir, policy=policy,
+                workers=settings.analysis_workers, max_upload_bytes=settings.max_upload_bytes,
+                retention=(max_age_s, settings.retention_max_captures), clock=clock)
+    services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
+                        token=settings.token(), clock=clock)
+
+    def close() -> None:
+        jobs.shutdown()
+        led.close()
+        store.close()
+
+    try:
+        jobs.prune()
+        for path in settings.preload:
+            row, created = jobs.accept(jobs.copy_in(path), path.name)
+            log.info("preload %s: capture %s (%s)", path.name, row.id,
+                     "queued" if created else "already stored")
+    except BaseException:
+        close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            close()
+
+    app = FastAPI(
+        title="marsad", version=_version(), lifespan=lifespan,
+        description="Over-the-top voice and video calls seen on the network, and whether the "
+                    "network blocked or throttled them. Reads are open unless configured "
+                    "otherwise; uploads and evidence downloads need the bearer token.")
+    app.state.services = services
+    reads = [] if settings.open_reads else [Depends(require_token)]
+    app.include_router(health.router)
+    app.include_router(captures.router, dependencies=reads)
+    for router in (flows.router, calls.router, ledger.router, probe.router):
+        app.include_router(router, dependencies=reads)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error; the service log has the details"},
+                            status_code=500)
+
+    return app

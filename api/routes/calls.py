@@ -1,0 +1,104 @@
+"""``/v1/calls``: calls, one call, and a call's evidence bundle."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from api.deps import JobsDep, LedgerDep, ListQueryDep, SettingsDep, StoreDep, TokenDep
+from api.schemas import CallOut, CallPage, ErrorOut
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/calls", tags=["calls"])
+
+CaptureParam = Annotated[str | None, Query(max_length=64, description=(
+    "The capture to take the call from (default: the newest capture holding it)."))]
+
+
+@router.get("", response_model=CallPage)
+def list_calls(store: StoreDep, query: ListQueryDep) -> CallPage:
+    """Calls with their legs, quality and verdict."""
+    page = store.calls(query)
+    return CallPage(items=[CallOut.model_validate(row) for row in page.items], total=page.total,
+                    limit=query.limit, offset=query.offset)
+
+
+def _call(store: StoreDep, uid: str, capture: str | None) -> dict[str, Any]:
+    row = store.call(uid, capture)
+    if row is None:
+        where = f" in capture {capture}" if capture is not None else ""
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call {uid}{where}")
+    return row
+
+
+@router.get("/{uid}", response_model=CallOut,
+            responses={404: {"model": ErrorOut, "description": "No such call."}})
+def get_call(store: StoreDep, uid: str, capture: CaptureParam = None) -> CallOut:
+    """One call."""
+    return CallOut.model_validate(_call(store, uid, capture))
+
+
+def bundle_builder() -> Callable[..., bytes] | None:
+    """``api.evidence.build_bundle`` when that module is present."""
+    try:
+        module = importlib.import_module("api.evidence")
+    except ModuleNotFoundError as exc:
+        if exc.name == "api.evidence":
+            return None
+        raise
+    build = getattr(module, "build_bundle", None)
+    return build if callable(build) else None
+
+
+@router.get("/{uid}/evidence", dependencies=[TokenDep],
+            response_class=Response,
+            responses={200: {"content": {"application/zip": {}},
+                             "description": "The evidence bundle."},
+                       401: {"model": ErrorOut, "description": "Missing or wrong token."},
+                       403: {"model": ErrorOut, "description": "No token is configured."},
+                       404: {"model": ErrorOut, "description": "No such call."},
+                       410: {"model": ErrorOut, "description": "The capture file is gone."},
+                       501: {"model": ErrorOut, "description": "No bundle builder."}})
+def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: SettingsDep,
+                  uid: str,
+                  capture: CaptureParam = None,
+                  anonymize: Annotated[bool, Query(description=(
+                      "Pseudonymise addresses in the bundle."))] = False) -> Response:
+    """The call's evidence bundle: its packets and the verdict's reasoning (needs the token)."""
+    row = _call(store, uid, capture)
+    capture_row = store.capture(row["capture_id"])
+    if capture_row is None or not Path(capture_row.path).is_file():
+        raise HTTPException(status.HTTP_410_GONE,
+                            "the capture this call came from is no longer kept")
+    build = bundle_builder()
+    if build is None:
+        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED,
+                            "evidence bundles are not available in this build "
+                            "(api.evidence.build_bundle is missing)")
+    result = jobs.analyse(capture_row.path)
+    key = settings.anonymize_key
+    extra: dict[str, Any] = {}
+    if "ledger_entries" in inspect.signature(build).parameters:
+        extra["ledger_entries"] = ledger.entries(capture_sha256=capture_row.sha256)
+    try:
+        data = build(result, uid, Path(capture_row.path), anonymize,
+                     None if key is None else key.get_secret_value().encode(), **extra)
+    except Exception as exc:
+        log.exception("evidence bundle for call %s failed", uid)
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR,
+                            f"the evidence bundle could not be built: "
+                            f"{type(exc).__name__}") from exc
+    zipped = data[:4] == b"PK\x03\x04"
+    name = f"evidence-{uid}.zip" if zipped else f"evidence-{uid}.bin"
+    return Response(content=data,
+                    media_type="application/zip" if zipped else "application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -1,0 +1,38 @@
+"""``GET /v1/ledger/verify``: walk the evidence ledger and report every problem."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from api.deps import JobsDep, LedgerDep
+from api.schemas import ErrorOut, LedgerVerifyOut, ledger_out
+from policy.ledger import Anchor
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+
+
+@router.get("/verify", response_model=LedgerVerifyOut,
+            responses={400: {"model": ErrorOut, "description": "Half an anchor was given."}})
+def verify_ledger(
+    ledger: LedgerDep, jobs: JobsDep,
+    rederive: Annotated[bool, Query(description="Also re-analyse each stored capture and "
+                                                "check its verdicts (slow).")] = False,
+    anchor_seq: Annotated[int | None, Query(ge=1, le=1 << 62, description=(
+        "Position of a published checkpoint; with anchor_hash."))] = None,
+    anchor_hash: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$", description=(
+        "entry_hash of the published checkpoint."))] = None,
+) -> LedgerVerifyOut:
+    """Recompute every hash and link; optionally check a published anchor and re-derive the
+    verdicts from the captures still stored."""
+    if (anchor_seq is None) != (anchor_hash is None):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST,
+                            "give both anchor_seq and anchor_hash, or neither")
+    anchor = None
+    if anchor_seq is not None and anchor_hash is not None:
+        anchor = Anchor(seq=anchor_seq, entry_hash=anchor_hash)
+    report = ledger.verify(jobs.derive if rederive else None, anchor=anchor)
+    return ledger_out(report, ledger.anchor())
