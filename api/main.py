@@ -14,13 +14,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 
 from api.config import Settings
 from api.deps import Services, require_token
 from api.jobs import Jobs
+from api.metrics import MarsadMetrics, metrics_app
+from api.probe_status import read_probe_status
 from api.routes import calls, captures, flows, health, ledger, probe
 from api.store import open_store
 from policy.ledger import Ledger
@@ -36,6 +40,15 @@ def _version() -> str:
         return version("marsad")
     except PackageNotFoundError:
         return "0"
+
+
+def _active(data_dir: Path) -> int:
+    """Flows the live probe reports active (0 when no probe runs or its file is unreadable)."""
+    try:
+        status = read_probe_status(data_dir)
+    except (OSError, ValueError):
+        return 0
+    return status.flows_active if status is not None else 0
 
 
 def create_app(settings: Settings | None = None, *,
@@ -65,6 +78,11 @@ def create_app(settings: Settings | None = None, *,
                 retention=(max_age_s, settings.retention_max_captures), clock=clock)
     services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
                         token=settings.token(), clock=clock)
+    # Prometheus: a registry per app, fed by every stored analysis, read at scrape time.
+    registry = CollectorRegistry()
+    metrics = MarsadMetrics(registry, jobs=store.job_counts,
+                            active_flows=lambda: _active(settings.data_dir), clock=clock)
+    jobs.add_listener(metrics.observe_result)
 
     def close() -> None:
         jobs.shutdown()
@@ -94,6 +112,8 @@ def create_app(settings: Settings | None = None, *,
                     "network blocked or throttled them. Reads are open unless configured "
                     "otherwise; uploads and evidence downloads need the bearer token.")
     app.state.services = services
+    app.state.metrics = metrics
+    app.mount("/metrics", metrics_app(registry))
     reads = [] if settings.open_reads else [Depends(require_token)]
     app.include_router(health.router)
     app.include_router(captures.router, dependencies=reads)

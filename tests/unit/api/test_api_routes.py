@@ -433,3 +433,13 @@ def test_settings_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
         assert c.get("/v1/calls").status_code == 401
         assert c.get("/v1/calls", headers={"Authorization": "Bearer from-env"}).json() == \
             {"items": [], "total": 0, "limit": 100, "offset": 0}
+
+
+def test_metrics_follow_the_stored_analyses(loaded: TestClient) -> None:
+    """/metrics is served by the app and reflects the captures it analysed."""
+    r = loaded.get("/metrics/")
+    assert r.status_code == 200
+    text = r.text
+    assert 'marsad_flow_packets_total{app="whatsapp",category="voice"}' in text
+    assert 'marsad_call_ended_total{app="whatsapp",verdict="blocked"}' in text
+    assert "marsad_analysis_jobs" in text
