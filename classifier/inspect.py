@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
-from classifier.records import Facts, SipSummary, StunSummary
+from classifier.records import Facts, RtcpReport, SipSummary, StunSummary
 from probe.errors import ParseError, Truncated
 from probe.records import ORIG, RESP, FlowRecord, PayloadSample
 
@@ -49,6 +49,10 @@ def inspect_flow(flow: FlowRecord, fingerprints: bool = False) -> Facts:
         _tcp(flow, payloads, orig, resp, ports, found, notes, fingerprints)
     if "protocol" not in found and flow.rtp_streams:
         found["protocol"] = "rtp"
+    if flow.proto == "udp":
+        reports = _rtcp_reports(payloads)
+        if reports:
+            found["rtcp_reports"] = reports
     return Facts(flow.uid, notes=tuple(notes), **found)  # type: ignore[arg-type]
 
 
@@ -334,6 +338,26 @@ def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str],
                      quic_version=hello.version, client_hello=True)
         if fingerprints:
             found["ja4"] = hello.ja4
+
+
+def _rtcp_reports(payloads: Sequence[PayloadSample]) -> tuple[RtcpReport, ...]:
+    out: list[RtcpReport] = []
+    for p in payloads:
+        d = p.data
+        if len(d) < 8 or d[0] & 0xC0 != 0x80 or d[1] not in (200, 201):
+            continue
+        try:
+            compound = rtp.parse_rtcp(d)
+        except ParseError:
+            continue
+        if not compound.complete:
+            continue  # SRTCP: the reports are encrypted
+        for pkt in compound.packets:
+            for rb in pkt.reports:
+                out.append(RtcpReport(p.frame, p.ts, p.direction, pkt.ssrc, rb.ssrc,
+                                      rb.fraction_lost / 256.0, rb.cumulative_lost,
+                                      rb.highest_sequence, rb.jitter))
+    return tuple(out)
 
 
 def _telephony_udp(orig: list[PayloadSample], resp: list[PayloadSample],

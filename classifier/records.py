@@ -20,6 +20,7 @@ __all__ = [
     "Classification",
     "Facts",
     "Method",
+    "RtcpReport",
     "SipSummary",
     "StunSummary",
 ]
@@ -148,6 +149,30 @@ class SipSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class RtcpReport:
+    """One RTCP report block: the reporter's view of one source's stream."""
+
+    frame: int
+    """Capture position of the RTCP packet."""
+    ts: float
+    """When it was seen."""
+    direction: int
+    """``ORIG`` or ``RESP``: which side of the flow sent the report."""
+    reporter: int | None
+    """SSRC of the reporter."""
+    source: int
+    """SSRC of the stream reported on."""
+    fraction_lost: float
+    """Fraction lost since the previous report (0..1)."""
+    cumulative_lost: int
+    """Packets lost since the start (may be negative with duplicates)."""
+    highest_seq: int
+    """Extended highest sequence number received."""
+    jitter: int
+    """Interarrival jitter, in RTP timestamp units."""
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     """What the inspectors found in a flow's payload samples."""
 
@@ -182,6 +207,8 @@ class Facts:
     """SIP messages, in order."""
     framing: str | None = None
     """App framing recognised (zoom, discord, whatsapp, telegram, viber)."""
+    rtcp_reports: tuple[RtcpReport, ...] = ()
+    """RTCP report blocks seen (RFC 3550 §6.4): how a receiver saw a source's stream."""
     framing_detail: str | None = None
     """What exactly the framing said (e.g. Zoom media kind)."""
     http_host: str | None = None

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from classifier.records import CALL_CATEGORIES, Category, Classification
-from policy.legs import flow_legs, local_is_orig
+from policy.legs import flow_legs, local_is_orig, with_rtcp
 from policy.records import Call, FlowVerdict, Leg, Reason, Verdict
 from policy.rules import Policy, call_rules, flow_rules, load_policy, verdict_from
 from probe.records import FlowRecord
@@ -263,6 +263,10 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         legs: list[Leg] = []
         for f in media_flows:
             legs.extend(flow_legs(f, local, cls[f.uid].media, delay_ms))
+        reports = [r for f in members for r in cls[f.uid].facts.rtcp_reports]
+        if reports:
+            clocks = {s.ssrc: s.clock_hz for f in media_flows for s in f.rtp_streams}
+            legs = with_rtcp(legs, reports, clocks)
         # "Other traffic flows": some flow besides the unanswered ones got answers.
         one_way = any(d in ("sendonly", "recvonly", "inactive")
                       for d in extra.get("sdp_directions", []))

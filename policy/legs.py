@@ -10,9 +10,13 @@ MOS estimate is ITU-T G.107's E-model (``policy.emodel``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
 import numpy.typing as npt
 
+from classifier.records import RtcpReport
 from policy.emodel import Codec, codec_for_payload_type, score
 from policy.quality import (
     PLATEAU_FLAT_RATIO,
@@ -23,7 +27,7 @@ from policy.quality import (
 from policy.records import Leg
 from probe.records import ORIG, FlowRecord, RtpStream
 
-__all__ = ["delay_shape", "flow_legs", "local_is_orig"]
+__all__ = ["delay_shape", "flow_legs", "local_is_orig", "with_rtcp"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -111,6 +115,26 @@ def _rate_leg(flow: FlowRecord, out_dir: int, out: bool, media: str | None) -> L
                   float("nan")) for r in rate) if len(rate) else ()
     return Leg(flow.uid, "out" if out else "in", media, None, pkts, None, None, None, None,
                None, None, False, bps, None, secs)
+
+
+def with_rtcp(legs: list[Leg], reports: Sequence[RtcpReport],
+              clocks: dict[int, int]) -> list[Leg]:
+    """Attach what RTCP receiver reports said about each leg's stream (by SSRC)."""
+    by_source: dict[int, list[RtcpReport]] = {}
+    for rep in reports:
+        by_source.setdefault(rep.source, []).append(rep)
+    out = []
+    for leg in legs:
+        reps = by_source.get(leg.ssrc or -1, [])
+        if not reps:
+            out.append(leg)
+            continue
+        latest = max(reps, key=lambda r: r.ts)
+        clock = clocks.get(leg.ssrc or -1, 0)
+        out.append(replace(leg, rtcp_reports=len(reps),
+                           rtcp_fraction_lost=sum(r.fraction_lost for r in reps) / len(reps),
+                           rtcp_jitter_s=latest.jitter / clock if clock else None))
+    return out
 
 
 def flow_legs(flow: FlowRecord, local: str | None, media: str | None,

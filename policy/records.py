@@ -141,6 +141,12 @@ class Leg:
     """E-model MOS estimate (audio legs)."""
     seconds: tuple[tuple[float, ...], ...] = ()
     """Per second: (second, packets, bits/s, lost, jitter_s, transit_min_ms)."""
+    rtcp_reports: int = 0
+    """RTCP receiver reports about this stream from the other side (RFC 3550 §6.4)."""
+    rtcp_fraction_lost: float | None = None
+    """Mean fraction lost those reports gave: the far side's view of this stream."""
+    rtcp_jitter_s: float | None = None
+    """Interarrival jitter in the latest such report, in seconds."""
 
     def to_dict(self) -> dict[str, Any]:
         def r(x: float | None, n: int = 4) -> float | None:
@@ -150,7 +156,11 @@ class Leg:
                 "loss_ratio": r(self.loss_ratio), "reordered": self.reordered,
                 "jitter_s": r(self.jitter_s, 6), "mean_jitter_s": r(self.mean_jitter_s, 6),
                 "delay_rise_ms": r(self.delay_rise_ms, 1), "delay_plateau": self.delay_plateau,
-                "mean_bps": round(self.mean_bps, 1), "mos": r(self.mos, 2)}
+                "mean_bps": round(self.mean_bps, 1), "mos": r(self.mos, 2),
+                "rtcp": None if not self.rtcp_reports else {
+                    "reports": self.rtcp_reports,
+                    "fraction_lost": r(self.rtcp_fraction_lost),
+                    "jitter_s": r(self.rtcp_jitter_s, 6)}}
 
 
 @dataclass(frozen=True, slots=True)

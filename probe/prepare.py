@@ -262,7 +262,10 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     chead = arr[np.minimum(cpo[:, None] + np.arange(4), max(len(b.buf) - 1, 0))].astype(
         np.uint32)
     cfirst4 = (chead[:, 0] << 24) | (chead[:, 1] << 16) | (chead[:, 2] << 8) | chead[:, 3]
-    csig = np.isin(cfirst4, SIP_HEADS) & (pay_cap_s[cand] >= 4)
+    # RTCP sender/receiver reports (RFC 3550 §6.4: version 2, packet type 200/201) carry
+    # the far side's view of loss and jitter over the whole call.
+    rtcp_report = ((chead[:, 0] & 0xC0) == 0x80) & ((chead[:, 1] == 200) | (chead[:, 1] == 201))
+    csig = (np.isin(cfirst4, SIP_HEADS) | rtcp_report) & (pay_cap_s[cand] >= 4)
     keep = (rank < payload_samples) | csig
     pay_pos = cand[keep]
     pay_rank = rank[keep]

@@ -59,3 +59,35 @@ def test_invite_cut_by_the_end_of_the_capture_is_not_judged(tmp_path: Path) -> N
     result = analyze_capture(path, workers=1)
     kinds = {c.verdict.kind for c in result.analysis.calls}
     assert VerdictKind.BLOCKED not in kinds
+
+
+def _rtp(seq: int, ts: int, ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, ts, ssrc) + b"\xd5" * 160
+
+
+def _rtcp_rr(reporter: int, source: int, fraction: int, lost: int, highest: int,
+             jitter: int) -> bytes:
+    # RFC 3550 §6.4.2: V=2, RC=1, PT=201, length 7 words; one report block.
+    block = struct.pack("!IB3sIIII", source, fraction, lost.to_bytes(3, "big"), highest, jitter,
+                        0, 0)
+    return struct.pack("!BBHI", 0x81, 201, 7, reporter) + block
+
+
+def test_rtcp_receiver_reports_give_the_far_side_view(tmp_path: Path) -> None:
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    pkts = []
+    for i in range(250):
+        t = 1.0 + i * 0.02
+        pkts.append(_udp(t, *me, *peer, _rtp(i, i * 160, 0xAAAA)))
+        pkts.append(_udp(t + 0.005, *peer, *me, _rtp(i, i * 160, 0xBBBB)))
+    # The far end reports on our stream: 25/256 lost lately, 12 in all, jitter 80 units.
+    pkts.append(_udp(4.01, *peer, me[0], me[1] + 1, _rtcp_rr(0xBBBB, 0xAAAA, 25, 12, 150, 80)))
+    path = tmp_path / "rtcp.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    legs = [leg for c in result.analysis.calls for leg in c.legs if leg.ssrc == 0xAAAA]
+    assert legs and legs[0].direction == "out"
+    leg = legs[0]
+    assert leg.rtcp_reports == 1
+    assert abs((leg.rtcp_fraction_lost or 0) - 25 / 256) < 1e-9
+    assert leg.rtcp_jitter_s is not None and abs(leg.rtcp_jitter_s - 80 / 8000) < 1e-9
