@@ -130,9 +130,12 @@ def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
     # Unanswered: nothing at all came back on the STUN 5-tuple (any reply, even a TCP ACK
     # or a vendor's odd message type, shows the server is reachable), and the capture went
     # on long enough for an answer to have arrived.
-    stun_flows = [f for f in flows if (st := classes[f.uid].facts.stun) is not None
-                  and f.resp_pkts == 0 and (f.resp_p in STUN_SERVER_PORTS or st.turn)
-                  and (f.duration_s >= 1.0 or capture_end - f.last_ts >= 2.0)]
+    server = [f for f in flows if (st := classes[f.uid].facts.stun) is not None
+              and (f.resp_p in STUN_SERVER_PORTS or st.turn)]
+    if any(f.resp_pkts > 0 for f in server):
+        return None  # a STUN/TURN server of the call answered: the path is open (loss happens)
+    stun_flows = [f for f in server
+                  if f.duration_s >= 1.0 or capture_end - f.last_ts >= 2.0]
     if not stun_flows:
         return None
     stuns = [s for f in stun_flows if (s := classes[f.uid].facts.stun) is not None]
