@@ -178,13 +178,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             classes = classifier.classify_all(flows)
             result = AnalysisResult(flows, classes, analyse_calls(flows, classes, policy),
                                     reader.status, reader.stats, reader.weirds)
-            if fmt == "csv":
-                w = CsvWriter(out)
-                for row in result.flow_rows():
-                    w.write(row)
-            else:
-                out.write(dumps(result.to_json()))
-                out.write("\n")
+            _write_result(result, fmt, out)
     except (CaptureError, PolicyError) as exc:
         progress.stop()
         print(f"marsad: {exc}", file=sys.stderr)
@@ -448,6 +442,56 @@ def _run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_probe(args: argparse.Namespace) -> int:
+    """``marsad probe``: a live capture (``-i``) or a stream (``-r``), reported as it runs."""
+    import logging
+    import signal
+    import threading
+    from pathlib import Path
+
+    from api.live import LiveConfig, LiveError, LiveProbe, RingConfig
+    if (args.interface is None) == (args.read is None):
+        print("marsad probe: give exactly one of -i IFACE and -r FILE|-", file=sys.stderr)
+        return EXIT_UNREADABLE
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="marsad probe: %(levelname)s %(message)s")
+    data_dir = Path(args.data_dir) if args.data_dir is not None else None
+    ring_dir = (Path(args.ring_dir) if args.ring_dir is not None
+                else (data_dir or Path(".")) / "captures" / "ring")
+    ring = None if args.no_ring else RingConfig(
+        ring_dir, file_bytes=int(args.ring_file_mb * (1 << 20)), file_age_s=args.ring_age_s,
+        total_bytes=int(args.ring_total_mb * (1 << 20)), keep_s=args.ring_keep_s)
+    cfg = LiveConfig(source=args.interface or args.read, interface=args.interface is not None,
+                     bpf=args.filter, meter=_meter_config(args), ring=ring, data_dir=data_dir,
+                     call_interval_s=args.call_interval, settle_s=args.call_settle,
+                     status_interval_s=args.status_interval, tcpdump=args.tcpdump,
+                     user=args.user, fingerprints=args.ja4)
+    metrics = None
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+        from prometheus_client.registry import CollectorRegistry
+
+        from api.metrics import MarsadMetrics
+        registry = CollectorRegistry()
+        metrics = MarsadMetrics(registry)
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        probe = LiveProbe(cfg, load_policy(args.policy), sys.stdout, metrics=metrics)
+        return probe.run(stop)
+    except (LiveError, PolicyError, OSError) as exc:
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except BrokenPipeError:
+        return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marsad", description=(
         "Observe over-the-top voice and video calls and record, with evidence, whether the "
@@ -525,6 +569,46 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level (default info)")
     s.set_defaults(func=_run_serve)
+    pr = sub.add_parser("probe", help="watch an interface (or a pcap stream) live: flows, "
+                                      "calls and verdicts as they complete",
+                        description="Capture with tcpdump (-i) or read a pcap stream (-r FILE|-) "
+                                    "and write flows, calls and verdicts as JSON lines as they "
+                                    "complete; keep the raw packets in a rotating ring.")
+    src = pr.add_mutually_exclusive_group()
+    src.add_argument("-i", "--interface", metavar="IFACE", help="interface to capture on")
+    src.add_argument("-r", "--read", metavar="FILE", help="pcap/pcapng file or - (stdin)")
+    pr.add_argument("--filter", metavar="BPF", help="BPF capture filter (with -i)")
+    pr.add_argument("--data-dir", metavar="DIR",
+                    help="also write to the service's store, ledger and probe-status.json here")
+    pr.add_argument("--ring-dir", metavar="DIR",
+                    help="capture ring directory (default DATA_DIR/captures/ring, else "
+                         "./captures/ring)")
+    pr.add_argument("--ring-file-mb", type=float, default=50.0, metavar="N",
+                    help="close a ring file at this size (default 50)")
+    pr.add_argument("--ring-age-s", type=float, default=300.0, metavar="N",
+                    help="close a ring file after this many seconds (default 300)")
+    pr.add_argument("--ring-total-mb", type=float, default=2048.0, metavar="N",
+                    help="delete the oldest ring files beyond this total (default 2048)")
+    pr.add_argument("--ring-keep-s", type=float, default=86400.0, metavar="N",
+                    help="delete ring files older than this (default 86400)")
+    pr.add_argument("--no-ring", action="store_true", help="keep no raw packets")
+    pr.add_argument("--call-interval", type=float, default=5.0, metavar="S",
+                    help="seconds of capture time between call-grouping passes (default 5)")
+    pr.add_argument("--call-settle", type=float, default=30.0, metavar="S",
+                    help="report a call once its newest flow ended this long ago (default 30)")
+    pr.add_argument("--status-interval", type=float, default=2.0, metavar="S",
+                    help="seconds between status file updates (default 2)")
+    pr.add_argument("--metrics-port", type=int, metavar="PORT",
+                    help="serve Prometheus metrics on this port")
+    pr.add_argument("--metrics-host", default="127.0.0.1",
+                    help="address of the metrics endpoint (default 127.0.0.1)")
+    pr.add_argument("--tcpdump", default="tcpdump", help="the tcpdump program")
+    pr.add_argument("--user", metavar="USER",
+                    help="user tcpdump switches to after opening the interface (-Z)")
+    pr.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
+    pr.add_argument("--ja4", action="store_true", help="add JA4 fingerprints")
+    _add_meter_options(pr)
+    pr.set_defaults(func=_run_probe)
     return p
 
 

@@ -1,0 +1,915 @@
+"""The live probe: a pcap stream in, flows, calls and verdicts out while it runs.
+
+``marsad probe -i IFACE`` starts ``tcpdump -i IFACE -U -w -`` (libpcap's kernel
+ring buffer and BPF filter do the capturing; tcpdump drops its privileges with
+``-Z`` when started as root) and reads its standard output;
+``marsad probe -r FILE|-`` reads any pcap or pcapng stream. The stream is teed:
+
+* into the :class:`CaptureRing`, a directory of pcap files rotated by size and
+  by age and deleted beyond a total size and age budget, so the packets behind
+  any verdict of the retention window can be cut out again. Each file is named
+  after its first packet's time (``ring-20240102T030405.123456Z-000001.pcap``)
+  and the ring keeps ``index.json``: for every file its first frame number
+  (frames count from 1 over the whole stream, as in the flow records), packet
+  count, first and last packet time, size and, once closed, SHA-256;
+* into a :class:`~probe.run.FlowReader` (in a thread), whose flows come out as
+  their idle, active or TCP-close timeouts expire in capture time.
+
+Each finished flow is classified at once (:meth:`Classifier.classify`) and
+written as a ``{"record": "flow", ...}`` JSON line. Every ``call_interval_s`` of
+capture time the recent flows (``window_s``) are grouped into calls
+(:func:`policy.calls.analyse_calls`); a call, or a flow verdict, is written
+(``{"record": "call"}`` / ``{"record": "flow-verdict"}``) once its newest flow
+ended ``settle_s`` before the newest packet, and at the end of the stream.
+
+With a data directory, flows, calls and verdicts also go to the service's
+store (one capture row per probe run, ``live-<start>-<pid>``) and every
+verdict other than ok to the evidence ledger. A ledger entry waits until the
+ring files holding its frames are closed: its ``capture_sha256`` is the file
+holding its last frame, and its evidence gains ``ring``, the list of ring files
+(name, SHA-256, first frame, packets) spanning the subject's frames.
+
+Health, every ``status_interval_s``: ``probe-status.json`` in the data
+directory (:mod:`api.probe_status`), Prometheus metrics (``--metrics-port``)
+and, when the probe falls behind, a log line. Kernel receive/drop counts come
+from tcpdump's own statistics, printed on stderr when it gets ``SIGUSR1`` (sent
+each interval) and at exit. The processing lag is the wall clock minus the
+time of the newest packet processed; the backlog is packets teed but not yet
+metered. A probe more than ``behind_s`` behind says so in the status message
+and the log; nothing is dropped silently (the pipe to tcpdump fills, and then
+the kernel ring, whose drops are counted).
+
+Errors: :class:`LiveError` (the capture tool cannot be started or the input
+cannot be read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO, TextIO
+
+from api.output import write_jsonl
+from api.pipeline import AnalysisResult, flow_row
+from api.probe_status import ProbeState, ProbeStatus, write_probe_status
+from classifier.engine import Classifier
+from classifier.records import Classification
+from policy.calls import Analysis, analyse_calls
+from policy.records import Call, Verdict
+from policy.rules import Policy
+from probe import FlowReader, FlowRecord, MeterConfig
+from probe.errors import CaptureError
+
+__all__ = [
+    "CaptureRing",
+    "CaptureStats",
+    "LiveConfig",
+    "LiveError",
+    "LiveProbe",
+    "RingConfig",
+    "RingFile",
+    "parse_capture_stats",
+    "tcpdump_command",
+]
+
+log = logging.getLogger("marsad.probe")
+
+PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
+               b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
+"""Classic pcap magic (as it appears in the file) -> (byte order, ns per fraction unit)
+(draft-ietf-opsawg-pcap section 4)."""
+PCAP_HEADER = 24
+"""Bytes of the pcap file header."""
+RECORD_HEADER = 16
+"""Bytes of a pcap packet record header: ts_sec, ts_frac, caplen, wirelen."""
+MAX_RECORD = 1 << 24
+"""Largest captured length believed; beyond it the stream is not trusted."""
+INDEX_FILE = "index.json"
+"""The ring's file list, rewritten atomically whenever it changes."""
+MB = 1 << 20
+
+
+class LiveError(Exception):
+    """The capture tool could not be started or the stream could not be read."""
+
+
+# -- capture tool statistics ----------------------------------------------------------------------
+
+_STAT_RE = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel|"
+                      r"dropped by interface)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureStats:
+    """The capture tool's cumulative counters (libpcap's ``pcap_stats``)."""
+
+    captured: int = 0
+    """Packets tcpdump wrote out."""
+    received: int = 0
+    """Packets that passed the kernel filter (``ps_recv``)."""
+    dropped: int = 0
+    """Packets the kernel dropped because the ring buffer was full (``ps_drop``)."""
+    if_dropped: int = 0
+    """Packets the interface or its driver dropped (``ps_ifdrop``)."""
+
+
+def parse_capture_stats(lines: Sequence[str], prev: CaptureStats | None = None) -> CaptureStats:
+    """Fold tcpdump's statistics lines (``N packets received by filter`` ...) into ``prev``;
+    other lines are ignored."""
+    out = prev or CaptureStats()
+    names = {"captured": "captured", "received by filter": "received",
+             "dropped by kernel": "dropped", "dropped by interface": "if_dropped"}
+    for line in lines:
+        m = _STAT_RE.match(line.strip())
+        if m is not None:
+            out = replace(out, **{names[m.group(2)]: int(m.group(1))})
+    return out
+
+
+def tcpdump_command(iface: str, bpf: str | None, *, tcpdump: str = "tcpdump",
+                    user: str | None = None, buffer_kib: int = 8192,
+                    snaplen: int = 0) -> list[str]:
+    """The tcpdump command line writing ``iface``'s packets to stdout as a pcap stream,
+    each packet as soon as it is captured (``-U``, ``--immediate-mode``)."""
+    argv = [tcpdump, "-i", iface, "-n", "-U", "--immediate-mode", "-B", str(buffer_kib),
+            "-s", str(snaplen), "-w", "-"]
+    if user is not None:
+        argv += ["-Z", user]
+    if bpf:
+        argv.append(bpf)
+    return argv
+
+
+# -- the ring -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RingConfig:
+    """Where and how long raw packets are kept."""
+
+    directory: Path
+    """Directory of the ring files (created if missing)."""
+    file_bytes: int = 50 * MB
+    """A file is closed before it would grow past this size."""
+    file_age_s: float = 300.0
+    """A file is closed once it covers this many seconds (capture time, or wall clock on a
+    quiet link)."""
+    total_bytes: int = 2048 * MB
+    """The oldest closed files are deleted while the ring holds more than this."""
+    keep_s: float = 86400.0
+    """Closed files whose last packet is older than this (capture time) are deleted."""
+
+
+@dataclass(frozen=True, slots=True)
+class RingFile:
+    """One file of the ring."""
+
+    name: str
+    """File name in the ring directory."""
+    first_frame: int
+    """Stream frame number of its first packet (1-based)."""
+    packets: int
+    """Packets in it."""
+    first_ts: float
+    """Time of its first packet (seconds since the epoch)."""
+    last_ts: float
+    """Time of its last packet."""
+    size: int
+    """Bytes in it, header included."""
+    sha256: str | None
+    """SHA-256 of the file once closed; None while it is written."""
+
+    @property
+    def last_frame(self) -> int:
+        """Stream frame number of its last packet."""
+        return self.first_frame + self.packets - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "first_frame": self.first_frame, "packets": self.packets,
+                "first_ts": self.first_ts, "last_ts": self.last_ts, "size": self.size,
+                "sha256": self.sha256}
+
+
+@dataclass(slots=True)
+class _Open:
+    fh: BinaryIO
+    hash: Any
+    name: str
+    first_frame: int
+    first_ts: float
+    opened_wall: float
+    packets: int = 0
+    last_ts: float = 0.0
+    size: int = 0
+
+
+class CaptureRing:
+    """Splits a classic pcap stream into rotating files (see the module docstring).
+
+    ``feed`` takes the stream in chunks of any size; ``tick`` closes a file that
+    has been open ``file_age_s`` of wall clock; ``close`` closes the current file.
+    ``on_close`` is called with each file as it is closed. A pcapng or gzip stream
+    cannot be split at packet boundaries here: the ring then keeps nothing and
+    :attr:`disabled` says why.
+    """
+
+    def __init__(self, config: RingConfig, *, clock: Callable[[], float] = time.time,
+                 on_close: Callable[[RingFile], None] | None = None) -> None:
+        self.cfg = config
+        self._clock = clock
+        self._on_close = on_close
+        config.directory.mkdir(parents=True, exist_ok=True)
+        self._buf = bytearray()
+        self._header: bytes | None = None
+        self._order = "<"
+        self._frac_ns = 1000
+        self._seq = 0
+        self._open: _Open | None = None
+        self.files: list[RingFile] = []
+        """Closed files still in the ring, oldest first."""
+        self.disabled: str | None = None
+        """Why the ring keeps nothing (not a classic pcap stream), or None."""
+        self.frames = 0
+        """Packets seen in the stream."""
+        self.newest_ts = 0.0
+        """Time of the newest packet seen."""
+        self.deleted = 0
+        """Files deleted by the budget."""
+
+    # -- the stream -----------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the stream."""
+        if self.disabled is not None:
+            return
+        buf = self._buf
+        buf += data
+        pos = 0
+        if self._header is None:
+            if len(buf) < PCAP_HEADER:
+                return
+            kind = PCAP_MAGICS.get(bytes(buf[:4]))
+            if kind is None:
+                self.disabled = ("the stream is not classic pcap (pcapng or compressed): "
+                                 "no ring files are kept")
+                self._buf = bytearray()
+                return
+            self._order, self._frac_ns = kind
+            self._header = bytes(buf[:PCAP_HEADER])
+            pos = PCAP_HEADER
+        rec = struct.Struct(self._order + "IIII")
+        end = len(buf)
+        start = pos  # first byte not yet written
+        while pos + RECORD_HEADER <= end:
+            sec, frac, incl, _wire = rec.unpack_from(buf, pos)
+            if incl > MAX_RECORD:
+                self.disabled = (f"corrupt record header after frame {self.frames}: the ring "
+                                 f"stops here")
+                self._write(buf, start, pos)
+                self.close()
+                self._buf = bytearray()
+                return
+            nxt = pos + RECORD_HEADER + incl
+            if nxt > end:
+                break
+            ts = sec + frac * self._frac_ns / 1e9
+            cur = self._open
+            if cur is not None and cur.packets and (
+                    cur.size + (pos - start) + (nxt - pos) > self.cfg.file_bytes
+                    or ts - cur.first_ts >= self.cfg.file_age_s):
+                self._write(buf, start, pos)
+                start = pos
+                self._close_current()
+                cur = None
+            if cur is None:
+                cur = self._start(ts)
+            cur.packets += 1
+            cur.last_ts = ts
+            self.frames += 1
+            self.newest_ts = max(self.newest_ts, ts)
+            pos = nxt
+        self._write(buf, start, pos)
+        del buf[:pos]
+
+    def _write(self, buf: bytearray, a: int, z: int) -> None:
+        cur = self._open
+        if cur is None or z <= a:
+            return
+        chunk = memoryview(buf)[a:z]
+        cur.fh.write(chunk)
+        cur.hash.update(chunk)
+        cur.size += z - a
+        chunk.release()
+
+    def _start(self, ts: float) -> _Open:
+        assert self._header is not None
+        self._seq += 1
+        stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        name = f"ring-{stamp}-{self._seq:06d}.pcap"
+        fh = open(self.cfg.directory / name, "wb")  # noqa: SIM115 - closed in _close_current
+        h = hashlib.sha256(self._header)
+        fh.write(self._header)
+        self._open = _Open(fh, h, name, self.frames + 1, ts, self._clock(),
+                           size=len(self._header))
+        self._write_index()
+        return self._open
+
+    def _close_current(self) -> None:
+        cur = self._open
+        if cur is None:
+            return
+        self._open = None
+        cur.fh.flush()
+        os.fsync(cur.fh.fileno())
+        cur.fh.close()
+        done = RingFile(cur.name, cur.first_frame, cur.packets, cur.first_ts, cur.last_ts,
+                        cur.size, cur.hash.hexdigest())
+        self.files.append(done)
+        self._prune()
+        self._write_index()
+        if self._on_close is not None:
+            self._on_close(done)
+
+    def _prune(self) -> None:
+        total = sum(f.size for f in self.files)
+        horizon = self.newest_ts - self.cfg.keep_s
+        while self.files and (total > self.cfg.total_bytes or self.files[0].last_ts < horizon):
+            gone = self.files.pop(0)
+            total -= gone.size
+            (self.cfg.directory / gone.name).unlink(missing_ok=True)
+            self.deleted += 1
+
+    def flush(self) -> None:
+        """Push what was written to the open file to the operating system."""
+        if self._open is not None:
+            self._open.fh.flush()
+
+    def tick(self) -> None:
+        """Close the open file if it has been open ``file_age_s`` of wall clock."""
+        cur = self._open
+        if cur is not None and self._clock() - cur.opened_wall >= self.cfg.file_age_s:
+            self._close_current()
+        else:
+            self.flush()
+
+    def close(self) -> None:
+        """Close the open file (the stream ended)."""
+        self._close_current()
+
+    # -- lookups --------------------------------------------------------------------------
+    def current(self) -> RingFile | None:
+        """The file being written, if any."""
+        cur = self._open
+        if cur is None:
+            return None
+        return RingFile(cur.name, cur.first_frame, cur.packets, cur.first_ts, cur.last_ts,
+                        cur.size, None)
+
+    def closed_through(self) -> int:
+        """The last frame number held by a closed file (0 if none)."""
+        cur = self._open
+        if cur is not None:
+            return cur.first_frame - 1
+        return self.frames if self._header is not None else 0
+
+    def spanning(self, first_frame: int, last_frame: int) -> list[RingFile]:
+        """Closed files still in the ring holding any frame of ``first..last``."""
+        return [f for f in self.files
+                if f.first_frame <= last_frame and f.last_frame >= first_frame]
+
+    def _write_index(self) -> None:
+        files = [f.to_dict() for f in self.files]
+        cur = self.current()
+        if cur is not None:
+            files.append(cur.to_dict())
+        path = self.cfg.directory / INDEX_FILE
+        tmp = path.with_suffix(".json.part")
+        tmp.write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+# -- the probe ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveConfig:
+    """How the live probe runs."""
+
+    source: str
+    """Interface name (with ``interface=True``), capture file path or ``-``."""
+    interface: bool = False
+    """True: capture ``source`` with tcpdump; False: read it as a capture stream."""
+    bpf: str | None = None
+    """BPF filter given to tcpdump."""
+    meter: MeterConfig = field(default_factory=MeterConfig)
+    """Flow timeouts and sampling."""
+    ring: RingConfig | None = None
+    """The capture ring; None keeps no packets."""
+    data_dir: Path | None = None
+    """Store, ledger and status file; None writes only to stdout."""
+    call_interval_s: float = 5.0
+    """Seconds of capture time between two call-grouping passes."""
+    settle_s: float = 30.0
+    """A call (or flow verdict) is written once its newest flow ended this long ago."""
+    window_s: float = 600.0
+    """Finished flows are kept this long (capture time) for call grouping."""
+    status_interval_s: float = 2.0
+    """Wall-clock seconds between status files, tcpdump statistics and metrics."""
+    behind_s: float = 10.0
+    """Processing lag beyond which the probe reports that it falls behind."""
+    tcpdump: str = "tcpdump"
+    """The tcpdump program."""
+    user: str | None = None
+    """User tcpdump switches to after opening the interface (``-Z``)."""
+    fingerprints: bool = False
+    """Add JA4 fingerprints to flow rows."""
+
+
+def _light(rec: FlowRecord, c: Classification) -> FlowRecord:
+    """The record kept for call grouping: payload samples only where the verdict rules
+    cite them (STUN, TLS, SIP), so the window stays small."""
+    if c.facts.protocol in ("stun", "tls", "sip"):
+        return rec
+    return replace(rec, payloads=())
+
+
+_END = object()
+
+
+class LiveProbe:
+    """Runs one live capture to its end (see the module docstring).
+
+    ``out`` receives the JSON lines; ``policy`` judges the calls; ``metrics``
+    (optional) is a :class:`~api.metrics.MarsadMetrics`; ``clock`` is the wall clock.
+    """
+
+    def __init__(self, config: LiveConfig, policy: Policy, out: TextIO, *,
+                 metrics: Any = None, clock: Callable[[], float] = time.time,
+                 stdin: IO[bytes] | None = None) -> None:
+        self.cfg = config
+        self.policy = policy
+        self.out = out
+        self.metrics = metrics
+        self.clock = clock
+        self._stdin = stdin
+        self.started_at = clock()
+        self.classifier = Classifier(fingerprints=config.fingerprints)
+        self.state = ProbeState.STARTING
+        self.message: str | None = None
+        self.capture_stats = CaptureStats()
+        self._stats_lines: list[str] = []
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=10000)
+        self._window: dict[str, tuple[FlowRecord, Classification]] = {}
+        self._emitted_calls: set[str] = set()
+        self._emitted_verdicts: set[str] = set()
+        self._pending_ledger: list[tuple[str, Verdict, dict[str, Any], int, int]] = []
+        self._new_flows: list[tuple[FlowRecord, Classification]] = []
+        self.flows_finished = 0
+        self.calls = 0
+        self.verdicts: dict[str, int] = {}
+        self.ledger_appended = 0
+        self._next_pass = 0.0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: FlowReader | None = None
+        self._tee_bytes = 0
+        self._behind = False
+        self.ring: CaptureRing | None = None
+        if config.ring is not None:
+            self.ring = CaptureRing(config.ring, clock=clock)
+        self._store: Any = None
+        self._ledger: Any = None
+        self._capture_id = f"live-{int(self.started_at)}-{os.getpid()}"
+        if config.data_dir is not None:
+            from api.store import open_store
+            from policy.ledger import Ledger
+            self._store = open_store(config.data_dir, clock=clock)
+            self._store.add_capture(capture_id=self._capture_id,
+                                    filename=("live:" if config.interface else "stream:")
+                                    + config.source,
+                                    path=str(config.ring.directory if config.ring else ""),
+                                    sha256="", size_bytes=0)
+            self._ledger = Ledger(Path(config.data_dir) / "ledger.db", clock=time.time)
+
+    # -- input ------------------------------------------------------------------------------
+    def _open_input(self) -> IO[bytes]:
+        cfg = self.cfg
+        if not cfg.interface:
+            if cfg.source == "-":
+                return self._stdin or os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+            try:
+                return open(cfg.source, "rb")
+            except OSError as exc:
+                raise LiveError(f"{cfg.source}: {exc.strerror or exc}") from exc
+        exe = shutil.which(cfg.tcpdump)
+        if exe is None:
+            raise LiveError(f"{cfg.tcpdump}: not found (install tcpdump)")
+        argv = tcpdump_command(cfg.source, cfg.bpf, tcpdump=exe, user=cfg.user)
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise LiveError(f"cannot start {exe}: {exc}") from exc
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        threading.Thread(target=self._read_stderr, args=(self._proc.stderr,),
+                         name="marsad-tcpdump-stderr", daemon=True).start()
+        return self._proc.stdout
+
+    def _read_stderr(self, fh: IO[bytes]) -> None:
+        for raw in fh:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if _STAT_RE.match(line):
+                with self._lock:
+                    self.capture_stats = parse_capture_stats([line], self.capture_stats)
+            elif line:
+                log.info("tcpdump: %s", line)
+
+    def _tee(self, src: IO[bytes], sink: int) -> None:
+        """Copy the stream into the ring and into the flow reader's pipe."""
+        fd = src.fileno()
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except OSError as exc:
+                    log.error("capture stream unreadable: %s", exc)
+                    break
+                if not data:
+                    break
+                if self.ring is not None:
+                    with self._lock:
+                        self.ring.feed(data)
+                self._tee_bytes += len(data)
+                view = memoryview(data)
+                while view:
+                    try:
+                        n = os.write(sink, view)
+                    except BrokenPipeError:
+                        return
+                    view = view[n:]
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(sink)
+            with contextlib.suppress(OSError):
+                src.close()
+
+    def _read_flows(self, pipe: BinaryIO) -> None:
+        try:
+            reader = FlowReader(pipe, self.cfg.meter, workers=1)
+            self._reader = reader
+            for rec in reader:
+                self._queue.put(rec)
+            self._queue.put(_END)
+        except CaptureError as exc:
+            self._queue.put(exc)
+        except Exception as exc:  # handed to the main loop, which raises it
+            self._queue.put(exc)
+        finally:
+            pipe.close()
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Capture until the stream ends or ``stop`` is set; return the exit status
+        (0 done, 2 the input could not be read)."""
+        stop = stop or threading.Event()
+        try:
+            src = self._open_input()
+        except LiveError as exc:
+            self._fail(str(exc))
+            raise
+        r, w = os.pipe()
+        pipe = os.fdopen(r, "rb")
+        tee = threading.Thread(target=self._tee, args=(src, w), name="marsad-tee", daemon=True)
+        reader = threading.Thread(target=self._read_flows, args=(pipe,), name="marsad-meter",
+                                  daemon=True)
+        tee.start()
+        reader.start()
+        self.state = ProbeState.RUNNING
+        self._write_status()
+        next_status = self.clock() + self.cfg.status_interval_s
+        failure: BaseException | None = None
+        stopping = False
+        try:
+            while True:
+                if stop.is_set() and not stopping:
+                    stopping = True
+                    self.state = ProbeState.STOPPING
+                    self._stop_capture(src)
+                    if self._proc is None:
+                        break  # a stream read by a thread cannot be interrupted: stop here
+                try:
+                    item = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    item = None
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    failure = item
+                    break
+                if isinstance(item, FlowRecord):
+                    self._flow(item)
+                    while True:  # whatever else is ready, before the periodic work
+                        try:
+                            more = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if not isinstance(more, FlowRecord):
+                            self._queue.put(more)
+                            break
+                        self._flow(more)
+                self._maybe_pass()
+                now = self.clock()
+                if now >= next_status:
+                    next_status = now + self.cfg.status_interval_s
+                    self._health()
+        finally:
+            if self._proc is not None and self._proc.poll() is None:
+                self._stop_capture(src)
+            wait_s = 10.0 if self._proc is not None or not stopping else 0.5
+            tee.join(timeout=wait_s)
+            reader.join(timeout=wait_s)
+            if self._proc is not None:
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+        with self._lock:
+            if self.ring is not None:
+                self.ring.close()
+        self._call_pass(final=True)
+        self._flush_ledger()
+        time.sleep(0.05)  # tcpdump's last statistics lines
+        if failure is not None:
+            self._fail(f"{failure}")
+            self._close()
+            if isinstance(failure, CaptureError):
+                return 2
+            raise failure
+        self.state = ProbeState.STOPPED
+        self.message = self._health_line() + ("; stopped" if stopping else "; end of stream")
+        self._health(final=True)
+        self._close()
+        return 0
+
+    def _stop_capture(self, src: IO[bytes]) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.send_signal(signal.SIGTERM)
+        else:
+            with contextlib.suppress(OSError):
+                src.close()
+
+    def _fail(self, message: str) -> None:
+        self.state = ProbeState.ERROR
+        self.message = message
+        log.error("%s", message)
+        with contextlib.suppress(OSError):
+            self._write_status()
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        if self._ledger is not None:
+            self._ledger.close()
+
+    # -- flows, calls, verdicts -------------------------------------------------------------
+    def _flow(self, rec: FlowRecord) -> None:
+        c = self.classifier.classify(rec)
+        self.flows_finished += 1
+        write_jsonl([{"record": "flow", **flow_row(rec, c)}], self.out)
+        self.out.flush()
+        light = _light(rec, c)
+        self._window[rec.uid] = (light, c)
+        self._new_flows.append((light, c))
+        if self.metrics is not None:
+            self.metrics.observe_flows([rec], [c])
+
+    def _newest(self) -> float:
+        reader = self._reader
+        return reader.stats.last_ts if reader is not None else 0.0
+
+    def _maybe_pass(self) -> None:
+        now = self._newest()
+        if now <= 0:
+            return
+        if self._next_pass == 0.0:
+            self._next_pass = now + self.cfg.call_interval_s
+        elif now >= self._next_pass:
+            self._next_pass = now + self.cfg.call_interval_s
+            self._call_pass(final=False)
+
+    def _call_pass(self, final: bool) -> None:
+        """Group the window's flows into calls; write the settled ones."""
+        now = self._newest()
+        horizon = now - self.cfg.settle_s
+        items = sorted(self._window.values(), key=lambda fc: (fc[0].first_frame, fc[0].uid))
+        flows = [f for f, _ in items]
+        classes = [c for _, c in items]
+        analysis = analyse_calls(flows, classes, self.policy) if flows else Analysis([], {})
+        by_uid = {f.uid: f for f in flows}
+        calls: list[Call] = []
+        for call in analysis.calls:
+            if call.uid in self._emitted_calls or not (final or call.end_ts <= horizon):
+                continue
+            self._emitted_calls.add(call.uid)
+            calls.append(call)
+        verdicts: dict[str, Verdict] = {}
+        for uid, v in analysis.flow_verdicts.items():
+            f = by_uid[uid]
+            if uid in self._emitted_verdicts or not (final or f.last_ts <= horizon):
+                continue
+            self._emitted_verdicts.add(uid)
+            verdicts[uid] = v
+        if calls:
+            write_jsonl([{"record": "call", **call.to_dict()} for call in calls], self.out)
+        if verdicts:
+            write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
+                         for u, v in verdicts.items()], self.out)
+        self.out.flush()
+        for call in calls:
+            self.calls += 1
+            kind = str(call.verdict.kind)
+            self.verdicts[kind] = self.verdicts.get(kind, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe_calls(calls, finished=True)
+            if verdicts:
+                cls = {c.uid: c for c in classes}
+                vf = [by_uid[u] for u in verdicts]
+                self.metrics.observe_flow_verdicts(
+                    Analysis([], verdicts).flow_verdict_list(), vf, [cls[f.uid] for f in vf])
+        self._record(calls, verdicts, by_uid, classes)
+        if not final:  # forget flows no call can still need
+            keep = now - self.cfg.window_s
+            for uid in [u for u, (f, _) in self._window.items() if f.last_ts < keep]:
+                del self._window[uid]
+
+    def _record(self, calls: list[Call], verdicts: dict[str, Verdict],
+                by_uid: dict[str, FlowRecord], classes: list[Classification]) -> None:
+        """Store the new flows, calls and verdicts; queue ledger entries."""
+        cls = {c.uid: c for c in classes}
+        rows: dict[str, tuple[FlowRecord, Classification]] = {
+            f.uid: (f, c) for f, c in self._new_flows}
+        self._new_flows = []
+        for call in calls:  # rewrite a call's flows so they carry its uid
+            for u in call.flow_uids:
+                if u in by_uid:
+                    rows[u] = (by_uid[u], cls[u])
+        for u in verdicts:
+            rows[u] = (by_uid[u], cls[u])
+        if not rows and not calls and not verdicts:
+            return
+        result = AnalysisResult([f for f, _ in rows.values()], [c for _, c in rows.values()],
+                                Analysis(calls, verdicts),
+                                self._reader.status if self._reader else _no_status(),
+                                self._reader.stats if self._reader else _no_stats())
+        if self._store is not None:
+            self._store.save_results(self._capture_id, result, self._summary())
+        if self._ledger is None:
+            return
+        from api.evidence import ledger_items
+        for uid, verdict, evidence in ledger_items(result, self.policy):
+            uids = evidence.get("flow_uids") or [uid]
+            frames = [(by_uid[u].first_frame, by_uid[u].last_frame) for u in uids
+                      if u in by_uid]
+            if not frames:
+                continue
+            first = min(a for a, _ in frames)
+            last = max(z for _, z in frames)
+            self._pending_ledger.append((uid, verdict, evidence, first, last))
+        self._flush_ledger()
+
+    def _flush_ledger(self) -> None:
+        """Append the pending entries whose frames are all in closed ring files."""
+        if self._ledger is None or not self._pending_ledger:
+            return
+        with self._lock:
+            ring = self.ring
+            if ring is None or ring.disabled is not None:
+                if self._pending_ledger:
+                    log.warning("no ring files: %d verdict(s) not put in the ledger",
+                                len(self._pending_ledger))
+                self._pending_ledger = []
+                return
+            closed = ring.closed_through()
+            ready = [p for p in self._pending_ledger if p[4] <= closed]
+            self._pending_ledger = [p for p in self._pending_ledger if p[4] > closed]
+            spans = {(p[3], p[4]): ring.spanning(p[3], p[4]) for p in ready}
+        for uid, verdict, evidence, first, last in ready:
+            files = spans[(first, last)]
+            holder = next((f for f in files if f.first_frame <= last <= f.last_frame), None)
+            if holder is None or holder.sha256 is None:
+                log.warning("the ring no longer holds the packets of %s: not in the ledger",
+                            uid)
+                continue
+            ev = dict(evidence)
+            ev["ring"] = [{"file": f.name, "sha256": f.sha256, "first_frame": f.first_frame,
+                           "packets": f.packets} for f in files]
+            self._ledger.append(capture_sha256=holder.sha256, subject_uid=uid,
+                                verdict=verdict.kind, reasons=verdict.reasons, evidence=ev)
+            self.ledger_appended += 1
+
+    # -- health ------------------------------------------------------------------------------
+    def lag_s(self) -> float:
+        """Wall clock minus the time of the newest packet metered (0 before any)."""
+        newest = self._newest()
+        return max(0.0, self.clock() - newest) if newest > 0 else 0.0
+
+    def backlog(self) -> int:
+        """Packets teed into the pipe but not metered yet."""
+        reader = self._reader
+        if self.ring is None or reader is None:
+            return 0
+        return max(0, self.ring.frames - reader.stats.packets)
+
+    def _health_line(self) -> str:
+        reader = self._reader
+        weird = reader.stats.weird if reader is not None else 0
+        parts = [f"lag {self.lag_s():.1f} s", f"backlog {self.backlog()} packets",
+                 f"{weird} weird packets", f"ledger {self.ledger_appended}"]
+        if self.ring is not None:
+            parts.append(f"ring {len(self.ring.files)} closed files")
+            if self.ring.disabled:
+                parts.append(self.ring.disabled)
+        st = self.capture_stats
+        if self._proc is not None:
+            parts.append(f"kernel received {st.received} dropped {st.dropped}")
+        return ", ".join(parts)
+
+    def _health(self, final: bool = False) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGUSR1)
+        with self._lock:
+            if self.ring is not None:
+                self.ring.tick()
+        self._flush_ledger()
+        reader = self._reader
+        behind = self.backlog() > 0 and self.lag_s() > self.cfg.behind_s
+        if behind and not self._behind:
+            log.warning("the probe falls behind: %s", self._health_line())
+        elif self._behind and not behind:
+            log.warning("the probe caught up: %s", self._health_line())
+        self._behind = behind
+        if not final:
+            self.message = ("FALLING BEHIND: " if behind else "") + self._health_line()
+        if self.metrics is not None:
+            st = self.capture_stats
+            if self._proc is not None:
+                self.metrics.observe_capture(received=st.received,
+                                             dropped=st.dropped + st.if_dropped)
+            elif reader is not None:
+                self.metrics.observe_capture(received=reader.stats.packets, dropped=0)
+            if reader is not None:
+                self.metrics.observe_meter(reader.stats)
+        self._write_status()
+
+    def status(self) -> ProbeStatus:
+        """The probe's report on itself, as written to the status file."""
+        reader = self._reader
+        packets = reader.stats.packets if reader is not None else 0
+        st = self.capture_stats
+        return ProbeStatus(
+            state=self.state, interface=self.cfg.source, pid=os.getpid(),
+            started_at=self.started_at, updated_at=self.clock(), packets=packets,
+            bytes=self._tee_bytes, dropped=st.dropped + st.if_dropped,
+            flows_active=reader.meter.active_flows() if reader is not None else 0,
+            flows_finished=self.flows_finished, calls=self.calls, verdicts=dict(self.verdicts),
+            message=self.message)
+
+    def _summary(self) -> dict[str, Any]:
+        s = self.status()
+        return {"live": True, "interface": s.interface, "packets": s.packets,
+                "dropped": s.dropped, "flows": s.flows_finished, "calls": s.calls,
+                "verdicts": s.verdicts, "complete": True}
+
+    def _write_status(self) -> None:
+        if self.cfg.data_dir is not None:
+            write_probe_status(self.cfg.data_dir, self.status())
+
+
+def _no_status() -> Any:
+    from probe import ReadStatus
+    return ReadStatus(source="-")
+
+
+def _no_stats() -> Any:
+    from probe.meter import MeterStats
+    return MeterStats()
+
