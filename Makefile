@@ -14,10 +14,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	@for f in captures/sample-*.pcap; do \
-	  echo "== $$f"; \
-	  $(BIN)/marsad analyze "$$f" --csv | cut -d, -f2,4-7,10,12,27-31; \
-	done
+	$(BIN)/marsad serve --host 127.0.0.1 --port 8000 --data-dir .marsad-data \
+	  --preload captures/sample-call.pcap captures/sample-blocked.pcap captures/sample-sip.pcap
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -25,7 +25,7 @@ from api.deps import Services, require_token
 from api.jobs import Jobs
 from api.metrics import MarsadMetrics, metrics_app
 from api.probe_status import read_probe_status
-from api.routes import calls, captures, flows, health, ledger, probe
+from api.routes import calls, captures, dashboard, flows, health, ledger, probe
 from api.store import open_store
 from policy.ledger import Ledger
 from policy.rules import load_policy
@@ -116,8 +116,10 @@ def create_app(settings: Settings | None = None, *,
     app.mount("/metrics", metrics_app(registry))
     reads = [] if settings.open_reads else [Depends(require_token)]
     app.include_router(health.router)
+    app.include_router(dashboard.page_router)
     app.include_router(captures.router, dependencies=reads)
-    for router in (flows.router, calls.router, ledger.router, probe.router):
+    for router in (flows.router, calls.router, ledger.router, probe.router,
+                   dashboard.stats_router):
         app.include_router(router, dependencies=reads)
 
     @app.exception_handler(Exception)
