@@ -11,17 +11,17 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from api.output import CsvWriter, dumps, write_jsonl
-from api.pipeline import AnalysisResult, flow_row
+from api.pipeline import AnalysisResult, analyze_capture, flow_row, gc_paused
 from classifier.engine import Classifier
 from classifier.records import Classification
 from policy.calls import analyse_calls
 from policy.errors import PolicyError
 from policy.rules import load_policy
-from probe import CaptureError, FlowReader, FlowRecord, MeterConfig
+from probe import CaptureError, FlowReader, FlowRecord, MeterConfig, ReadStatus
+from probe.meter import MeterStats
 from probe.run import default_workers
 
 __all__ = ["main"]
@@ -144,41 +144,35 @@ def _run_flows(args: argparse.Namespace) -> int:
     return _finish(reader)
 
 
-def _light(rec: FlowRecord, c: Classification) -> FlowRecord:
-    """The record kept for call assembly at the end of a stream: payload samples only where
-    the verdict rules cite their frames (STUN, TLS, SIP), so memory stays small."""
-    if c.facts.protocol in ("stun", "tls", "sip"):
-        return rec
-    return replace(rec, payloads=())
-
-
 def _run_analyze(args: argparse.Namespace) -> int:
     fmt = args.fmt or "json"
     progress = _Progress(args.capture)
     out = sys.stdout
     classifier = Classifier(fingerprints=args.ja4)
     try:
-        reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
-                            workers=args.workers)
         policy = load_policy(args.policy)
         if fmt == "jsonl":
+            reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
+                                workers=args.workers)
             flows: list[FlowRecord] = []
             classes: list[Classification] = []
-            for rec in reader:
-                c = classifier.classify(rec)
-                flows.append(_light(rec, c))
-                classes.append(c)
-                write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
-            analysis = analyse_calls(flows, classes, policy)
+            with gc_paused():
+                for rec in reader:
+                    c = classifier.classify(rec)
+                    flows.append(rec.without_payload_data())
+                    classes.append(c)
+                    write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
+                analysis = analyse_calls(flows, classes, policy)
             write_jsonl([{"record": "call", **call.to_dict()} for call in analysis.calls], out)
             write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
                          for u, v in analysis.flow_verdicts.items()], out)
+            status, stats = reader.status, reader.stats
         else:
-            flows = sorted(reader, key=lambda r: (r.first_frame, r.uid))
-            classes = classifier.classify_all(flows)
-            result = AnalysisResult(flows, classes, analyse_calls(flows, classes, policy),
-                                    reader.status, reader.stats, reader.weirds)
+            result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
+                                     workers=args.workers, fingerprints=args.ja4,
+                                     hash_capture=False, progress=progress.update)
             _write_result(result, fmt, out)
+            status, stats = result.status, result.stats
     except (CaptureError, PolicyError) as exc:
         progress.stop()
         print(f"marsad: {exc}", file=sys.stderr)
@@ -187,12 +181,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         progress.stop()
-    return _finish(reader)
+    return _finish_status(status, stats)
 
 
 def _finish(reader: FlowReader) -> int:
-    st = reader.status
-    stats = reader.stats
+    return _finish_status(reader.status, reader.stats)
+
+
+def _finish_status(st: ReadStatus, stats: MeterStats) -> int:
     if stats.weird:
         print(f"marsad: {stats.weird} malformed packet(s) recorded as weird", file=sys.stderr)
     if not st.complete:

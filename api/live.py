@@ -440,14 +440,6 @@ class LiveConfig:
     """Add JA4 fingerprints to flow rows."""
 
 
-def _light(rec: FlowRecord, c: Classification) -> FlowRecord:
-    """The record kept for call grouping: payload samples only where the verdict rules
-    cite them (STUN, TLS, SIP), so the window stays small."""
-    if c.facts.protocol in ("stun", "tls", "sip"):
-        return rec
-    return replace(rec, payloads=())
-
-
 _END = object()
 
 
@@ -695,7 +687,7 @@ class LiveProbe:
         self.flows_finished += 1
         write_jsonl([{"record": "flow", **flow_row(rec, c)}], self.out)
         self.out.flush()
-        light = _light(rec, c)
+        light = rec.without_payload_data()
         self._window[rec.uid] = (light, c)
         self._new_flows.append((light, c))
         if self.metrics is not None:

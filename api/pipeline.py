@@ -7,13 +7,16 @@ capture.
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from classifier.engine import Classifier
+from classifier.engine import Classifier, Observation
 from classifier.records import Classification
 from policy.calls import Analysis, analyse_calls
 from policy.rules import Policy, load_policy
@@ -21,7 +24,7 @@ from probe import FlowReader, FlowRecord, MeterConfig, ReadStatus, Weird
 from probe.meter import MeterStats
 from probe.run import default_workers
 
-__all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row"]
+__all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row", "gc_paused"]
 
 
 @dataclass(slots=True)
@@ -85,19 +88,75 @@ def capture_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a capture is read and judged.
+
+    Analysis allocates millions of objects that all stay alive to the end (records,
+    observations, classifications); the collector would walk them again and again and
+    find nothing, since records hold no reference cycles. Reference counting still frees
+    everything that dies.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class _Hasher(threading.Thread):
+    """SHA-256 of a capture file, computed beside the analysis (hashlib lets go of the
+    GIL on large blocks, so this uses the time the other core has spare)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(name="marsad-sha256", daemon=True)
+        self.path = path
+        self.digest: str | None = None
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            self.digest = capture_sha256(self.path)
+        except OSError as exc:
+            self.error = exc
+
+
 def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = None,
                     config: MeterConfig | None = None, workers: int | None = None,
-                    fingerprints: bool = False,
+                    fingerprints: bool = False, hash_capture: bool = True,
                     progress: Callable[[int], None] | None = None) -> AnalysisResult:
     """Read, classify and judge a whole capture. Raises
-    :class:`~probe.errors.CaptureError` if it cannot be read at all."""
+    :class:`~probe.errors.CaptureError` if it cannot be read at all.
+
+    Each flow is observed (inspected, its media statistics taken) as soon as the probe
+    ends it; the record kept for the later stages then drops its payload bytes, so memory
+    follows the flow table rather than the capture. ``hash_capture`` computes the file's
+    SHA-256 (for the ledger) alongside.
+    """
     reader = FlowReader(source, config, progress=progress,
                         workers=default_workers() if workers is None else workers)
-    flows = sorted(reader, key=lambda r: (r.first_frame, r.uid))
-    classes = Classifier(fingerprints=fingerprints).classify_all(flows)
-    analysis = analyse_calls(flows, classes, policy or load_policy())
+    hasher = None
+    if hash_capture and isinstance(source, str | Path) and str(source) != "-":
+        hasher = _Hasher(source)
+        hasher.start()
+    classifier = Classifier(fingerprints=fingerprints)
+    flows: list[FlowRecord] = []
+    observed: dict[str, Observation] = {}
+    with gc_paused():
+        for rec in reader:
+            observed[rec.uid] = classifier.observe(rec)
+            flows.append(rec.without_payload_data())
+        flows.sort(key=lambda r: (r.first_frame, r.uid))
+        classes = classifier.classify_all(flows, observed)
+        del observed
+        analysis = analyse_calls(flows, classes, policy or load_policy())
     sha = None
-    if isinstance(source, str | Path) and str(source) != "-":
-        sha = capture_sha256(source)
+    if hasher is not None:
+        hasher.join()
+        if hasher.error is not None:
+            raise hasher.error
+        sha = hasher.digest
     return AnalysisResult(flows, classes, analysis, reader.status, reader.stats,
                           reader.weirds, sha)

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from classifier.hostnames import HostMatch, Service, match_host
@@ -46,7 +47,7 @@ from classifier.records import (
 from classifier.stats import MediaGuess, media_guess
 from probe.records import FlowRecord
 
-__all__ = ["Classifier", "classify_flows"]
+__all__ = ["Classifier", "Observation", "classify_flows"]
 
 CALL_APPS = frozenset({"whatsapp", "messenger", "teams", "zoom", "facetime", "viber", "signal",
                        "telegram", "meet", "discord", "webex", "wechat", "line", "imo",
@@ -89,6 +90,14 @@ class _Verdict:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one flow says on its own: the inspectors' facts and the media statistics."""
+
+    facts: Facts
+    guess: MediaGuess
+
+
 def _remote(flow: FlowRecord) -> tuple[str, int]:
     """The far end: the responder, unless the originator is the public side."""
     if _is_private(flow.resp_h) and not _is_private(flow.orig_h):
@@ -105,15 +114,32 @@ def _local(flow: FlowRecord) -> tuple[str, int]:
 _PRIVATE: dict[str, bool] = {}
 
 
+_V4_LOCAL = tuple((int(n.network_address), int(n.broadcast_address)) for n in map(
+    ipaddress.IPv4Network, (
+        # IANA special-purpose blocks that are not globally reachable (what ``is_private``
+        # lists), then link-local and multicast
+        "0.0.0.0/8", "10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/29", "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "224.0.0.0/4")))
+
+
 def _is_private(addr: str) -> bool:
+    """Private, link-local or multicast: a side of the flow that is not the far end."""
     v = _PRIVATE.get(addr)
     if v is None:
         try:
-            ip = ipaddress.ip_address(addr)
-            v = ip.is_private or ip.is_link_local or ip.is_multicast
-        except ValueError:
-            v = False
-        if len(_PRIVATE) > 100_000:
+            x = int.from_bytes(socket.inet_aton(addr), "big") if ":" not in addr else None
+        except OSError:
+            x = None
+        if x is not None:
+            v = any(lo <= x <= hi for lo, hi in _V4_LOCAL)
+        else:
+            try:
+                ip = ipaddress.ip_address(addr)
+                v = ip.is_private or ip.is_link_local or ip.is_multicast
+            except ValueError:
+                v = False
+        if len(_PRIVATE) > 1_000_000:
             _PRIVATE.clear()
         _PRIVATE[addr] = v
     return v
@@ -138,12 +164,25 @@ class Classifier:
         """Host pairs with H.225.0 call signalling (their TPKT flows are H.245)."""
 
     # -- public -----------------------------------------------------------------------
-    def classify_all(self, flows: Iterable[FlowRecord]) -> list[Classification]:
-        """Classify a whole capture's flows (returned in the order given)."""
+    def observe(self, flow: FlowRecord) -> Observation:
+        """What the flow's own bytes and timing say, independent of every other flow.
+
+        The expensive part of classification; it needs the payload samples, so a caller
+        that streams flows observes each one as it ends and can then drop its payload
+        bytes (:meth:`FlowRecord.without_payload_data`) before :meth:`classify_all`.
+        """
+        return Observation(inspect_flow(flow, self.fingerprints), _media(flow))
+
+    def classify_all(self, flows: Iterable[FlowRecord],
+                     observed: Mapping[str, Observation] | None = None) -> list[Classification]:
+        """Classify a whole capture's flows (returned in the order given), using
+        ``observed[uid]`` where given instead of observing a flow again."""
         flows = list(flows)
         order = sorted(range(len(flows)), key=lambda i: (flows[i].first_ts, flows[i].uid))
-        facts = {f.uid: inspect_flow(f, self.fingerprints) for f in flows}
-        guesses = {f.uid: _media(f) for f in flows}
+        obs = {f.uid: (observed[f.uid] if observed is not None and f.uid in observed
+                       else self.observe(f)) for f in flows}
+        facts = {u: o.facts for u, o in obs.items()}
+        guesses = {u: o.guess for u, o in obs.items()}
         for i in order:  # learn: names, endpoints, SIP
             self._learn(flows[i], facts[flows[i].uid])
         first = {flows[i].uid: self._decide(flows[i], facts[flows[i].uid],
@@ -165,11 +204,12 @@ class Classifier:
             out.append(c)
         return out
 
-    def classify(self, flow: FlowRecord) -> Classification:
+    def classify(self, flow: FlowRecord, observed: Observation | None = None) -> Classification:
         """Classify one flow with what has been learned so far (streaming use)."""
-        facts = inspect_flow(flow, self.fingerprints)
+        ob = observed if observed is not None else self.observe(flow)
+        facts = ob.facts
         self._learn(flow, facts)
-        c = self._decide(flow, facts, _media(flow))
+        c = self._decide(flow, facts, ob.guess)
         if c.app in CALL_APPS and c.category in CALL_CATEGORIES:
             self._learn_call(flow, c)
         return c

@@ -315,6 +315,23 @@ def _dir(sizes: I64, times: F64, rules: MediaRules) -> _Dir:
         large_spread=float(sizes[large].std()) if large.sum() > 1 else 0.0)
 
 
+class _LazyDirs:
+    """Both directions' timing figures, computed the first time a rule needs them (most
+    flows are settled by cheaper whole-life figures first)."""
+
+    __slots__ = ("_flow", "_rules", "_v")
+
+    def __init__(self, flow: FlowRecord, rules: MediaRules) -> None:
+        self._flow = flow
+        self._rules = rules
+        self._v: tuple[_Dir, _Dir] | None = None
+
+    def __getitem__(self, d: int) -> _Dir:
+        if self._v is None:
+            self._v = _dirs(self._flow, self._rules)
+        return self._v[d]
+
+
 def _dirs(flow: FlowRecord, rules: MediaRules) -> tuple[_Dir, _Dir]:
     keep = flow.pkt_len > 0  # pure TCP acks say nothing about the media
     orig = keep & (flow.pkt_dir == ORIG)
@@ -370,7 +387,7 @@ def _proto_name(flow: FlowRecord) -> str:
 # -- the rules ---------------------------------------------------------------------------------
 
 
-def _streaming(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: MediaRules
+def _streaming(flow: FlowRecord, dirs: _LazyDirs, life: _Life, rules: MediaRules
                ) -> MediaGuess | None:
     quic = flow.proto == "udp" and 443 in (flow.orig_p, flow.resp_p)
     if not (flow.proto == "tcp" or quic):
@@ -382,6 +399,13 @@ def _streaming(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: Me
     total = nbytes[0] + nbytes[1]
     if total == 0 or nbytes[h] / total < rules.stream_min_share:
         return None
+    bulk = np.flatnonzero(life.wire[:, h] >= rules.stream_burst_bytes)
+    if bulk.size < 2:
+        return None
+    silences = np.diff(bulk) - 1
+    longest = int(silences.max())
+    if longest < rules.stream_min_silence_s:
+        return None
     heavy = dirs[h]
     if heavy.n == 0 or float(np.median(heavy.sizes)) < rules.stream_min_size:
         return None
@@ -389,13 +413,6 @@ def _streaming(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: Me
     back = flow.pkt_len[flow.pkt_dir == 1 - h]
     ack_share = _share(back <= rules.stream_max_ack_size)
     if back.size and ack_share < rules.stream_min_ack_share:
-        return None
-    bulk = np.flatnonzero(life.wire[:, h] >= rules.stream_burst_bytes)
-    if bulk.size < 2:
-        return None
-    silences = np.diff(bulk) - 1
-    longest = int(silences.max())
-    if longest < rules.stream_min_silence_s:
         return None
     bursts = int((silences >= rules.stream_min_silence_s).sum()) + 1
     share = nbytes[h] / total
@@ -407,13 +424,15 @@ def _streaming(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: Me
                       "of silence between: buffered streaming")
 
 
-def _video(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: MediaRules
+def _video(flow: FlowRecord, dirs: _LazyDirs, life: _Life, rules: MediaRules
            ) -> MediaGuess | None:
     a, b = life.run
     kbps = np.median(life.wire[a:b] * 8 / 1000.0, axis=0)
     h = int(np.argmax(kbps))
+    if kbps[h] < rules.video_min_kbps:
+        return None
     d = dirs[h]
-    if kbps[h] < rules.video_min_kbps or d.n < 10:
+    if d.n < 10:
         return None
     if d.large_share < rules.video_min_large_share or d.grouped_share < rules.video_grouped_share:
         return None
@@ -432,7 +451,7 @@ def _video(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: MediaR
                       "video")
 
 
-def _voice(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: MediaRules
+def _voice(flow: FlowRecord, dirs: _LazyDirs, life: _Life, rules: MediaRules
            ) -> tuple[MediaGuess | None, str]:
     a, b = life.run
     pps = np.median(life.pkts[a:b], axis=0).astype(np.float64)
@@ -466,14 +485,16 @@ def _voice(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: MediaR
                       f"<= {rules.voice_max_size} B, median gap {gap:.0f} ms: voice"), ""
 
 
-def _screen(flow: FlowRecord, dirs: tuple[_Dir, _Dir], life: _Life, rules: MediaRules
+def _screen(flow: FlowRecord, dirs: _LazyDirs, life: _Life, rules: MediaRules
             ) -> MediaGuess | None:
     if flow.proto != "udp" or life.span < rules.screen_min_life_s:
         return None
     h = int(np.argmax(life.wire.sum(axis=0)))
-    d = dirs[h]
     kbps = life.wire[:, h].sum() * 8 / 1000.0 / life.span
-    if kbps > rules.screen_max_kbps or d.large_share < rules.video_min_large_share:
+    if kbps > rules.screen_max_kbps:
+        return None
+    d = dirs[h]
+    if d.large_share < rules.video_min_large_share:
         return None
     if d.grouped_share < rules.video_grouped_share:
         return None
@@ -503,7 +524,7 @@ def media_guess(flow: FlowRecord, rules: MediaRules = DEFAULT_RULES) -> MediaGue
     if total < rules.min_packets:
         return MediaGuess(False, None, False, 0.5,
                           f"{_proto_name(flow)}, {total} packets: too few to judge")
-    dirs = _dirs(flow, rules)
+    dirs = _LazyDirs(flow, rules)
     life = _life(flow, rules)
     found = _streaming(flow, dirs, life, rules)
     if found is not None:

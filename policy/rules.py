@@ -10,6 +10,7 @@ throttled > degraded > ok.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -170,8 +171,10 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
                media_flows: list[FlowRecord], local: str | None, others_answered: bool,
                sip_outcome: tuple[Reason, dict[str, Any], list[int]] | None,
                pol: Policy, *, one_way_by_design: bool = False,
-               capture_end: float = float("inf")) -> list[Evidence]:
-    """Every rule that fires for one call."""
+               capture_end: float = float("inf"),
+               single: Callable[[FlowRecord], list[Evidence]] | None = None) -> list[Evidence]:
+    """Every rule that fires for one call. ``single(flow)``, where given, returns
+    :func:`flow_rules` of a flow (a caller judging many calls keeps them once per flow)."""
     out: list[Evidence] = []
     if sip_outcome is not None:
         reason, figures, frames = sip_outcome
@@ -189,7 +192,8 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
     if ev is not None:
         out.append(ev)
     for f in flows:
-        out.extend(flow_rules(f, classes[f.uid], local, others_answered, pol, capture_end))
+        out.extend(single(f) if single is not None else
+                   flow_rules(f, classes[f.uid], local, others_answered, pol, capture_end))
     # Media that went out and never came back (unless one-way by design, or no operator
     # network lies between the two ends).
     for f in media_flows:

@@ -54,6 +54,7 @@ from probe.records import (
     RtpSeries,
     RtpStream,
     Weird,
+    concat_samples,
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import RawBatch
@@ -852,16 +853,9 @@ class _PayloadLog:
                 kept.append(nc)
         self.chunks = kept
         for f, pieces in parts.items():  # samples of one flow spread over several batches
-            first = out.pop(f)
-            items = list(first)
-            for c, rows in pieces:
-                items.extend(PayloadSamples(c.pool, c.frame[rows], c.ts[rows], c.direction[rows],
-                                            c.off[rows], c.length[rows]))
-            lengths = [len(p.data) for p in items]
-            offs = np.cumsum([0, *lengths[:-1]]).tolist()
-            out[f] = PayloadSamples(b"".join(p.data for p in items), [p.frame for p in items],
-                                    [round(p.ts * 1e9) for p in items],
-                                    [p.direction for p in items], offs, lengths)
+            out[f] = concat_samples([out[f], *(
+                PayloadSamples(c.pool, c.frame[rows], c.ts[rows], c.direction[rows],
+                               c.off[rows], c.length[rows]) for c, rows in pieces)])
         return out
 
 

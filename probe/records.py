@@ -9,8 +9,9 @@ record as compact arrays so nobody has to keep every packet.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, overload
 
 import numpy as np
@@ -117,6 +118,11 @@ class PayloadSamples(Sequence[PayloadSample]):
     def __len__(self) -> int:
         return len(self._frame)
 
+    def without_data(self) -> PayloadSamples:
+        """The same samples (frames, times, directions) with empty payload bytes."""
+        zeros = np.zeros(len(self._frame), np.int64)
+        return PayloadSamples(b"", self._frame, self._ts, self._dir, zeros, zeros)
+
     def _item(self, i: int) -> PayloadSample:
         o = int(self._off[i])
         return PayloadSample(int(self._frame[i]), int(self._ts[i]) / 1e9, int(self._dir[i]),
@@ -150,6 +156,22 @@ class PayloadSamples(Sequence[PayloadSample]):
 
     def __repr__(self) -> str:
         return f"PayloadSamples({list(self)!r})"
+
+
+def concat_samples(parts: Sequence[PayloadSamples]) -> PayloadSamples:
+    """One flow's samples kept in several batches, joined in order over one new pool
+    (column by column: no per-sample objects, timestamps stay exact nanoseconds)."""
+    views: list[memoryview] = []
+    for part in parts:
+        mv = memoryview(part._pool)
+        views.extend(mv[o:o + k] for o, k in zip(np.asarray(part._off).tolist(),
+                                                  np.asarray(part._len).tolist(), strict=True))
+    lengths = np.concatenate([np.asarray(p._len, np.int64) for p in parts])
+    return PayloadSamples(b"".join(views),
+                          np.concatenate([np.asarray(p._frame, np.int64) for p in parts]),
+                          np.concatenate([np.asarray(p._ts, np.int64) for p in parts]),
+                          np.concatenate([np.asarray(p._dir, np.uint8) for p in parts]),
+                          np.cumsum(lengths) - lengths, lengths)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +378,21 @@ class FlowRecord:
             return "S3" if r & fin else "S2"
         return "S1"
 
+    def without_payload_data(self) -> FlowRecord:
+        """This record with its payload samples' bytes dropped (frames, times and directions
+        kept): what later stages cite once the inspectors have read the bytes."""
+        pay = self.payloads
+        if not pay:
+            return self
+        if isinstance(pay, PayloadSamples):
+            light: Sequence[PayloadSample] = pay.without_data()
+        else:
+            light = tuple(p._replace(data=b"") for p in pay)
+        # positional copy: twice as fast as dataclasses.replace, which matters per flow
+        values = list(_record_values(self))
+        values[_PAYLOADS_AT] = light
+        return FlowRecord(*values)
+
     def conn_dict(self) -> dict[str, Any]:
         """The conn.log columns as plain JSON-ready values."""
         return {
@@ -387,3 +424,8 @@ class FlowRecord:
             "weirds": len(self.weirds),
             "rtp_streams": len(self.rtp_streams),
         }
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(FlowRecord))
+_record_values = operator.attrgetter(*_FIELD_NAMES)
+_PAYLOADS_AT = _FIELD_NAMES.index("payloads")
