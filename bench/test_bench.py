@@ -377,3 +377,24 @@ def test_nfstream_runner_sees_every_flow(small: tuple[Path, dict[str, Any], list
     assert n == info["flows"]
     seen = {name.split(".")[0] for name in apps}
     assert {"DNS", "QUIC", "TLS", "STUN"} <= seen
+
+
+def test_quic_request_bursts_are_not_call_media(tmp_path: Path) -> None:
+    """HTTP/3 over QUIC in bursts of full-size packets with idle seconds between can pass
+    the statistical screen-share rule; a flow the inspectors know as QUIC is web traffic,
+    never voice, video or screen (the apps carry call media in SRTP over UDP)."""
+    from api.pipeline import analyze_capture
+    from classifier.engine import Classifier
+    from probe import FlowReader
+
+    out = tmp_path / "quic.pcap"
+    assert gc.main(["--packets", "40000", "--out", str(out)]) == 0
+    classifier = Classifier()
+    looks_live = [f.uid for f in FlowReader(out) if (o := classifier.observe(f)).guess.realtime
+                  and o.facts.protocol == "quic"]
+    assert looks_live  # the statistics alone would call these call media
+    result = analyze_capture(out, workers=1, hash_capture=False)
+    by_uid = {c.uid: c for c in result.classes}
+    for uid in looks_live:
+        assert str(by_uid[uid].category) not in ("voice", "video", "screen"), by_uid[uid]
+        assert by_uid[uid].media is None

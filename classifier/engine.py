@@ -375,7 +375,9 @@ class Classifier:
         if proto == "dns":
             return Category.DNS, None
         app = v.app if v is not None else None
-        if guess.realtime and flow.proto == "udp":
+        # QUIC carries HTTP/3 and the apps' APIs, not their call media (SRTP over UDP):
+        # its request/response bursts must not pass for a screen share.
+        if guess.realtime and flow.proto == "udp" and proto not in ("quic", "gquic"):
             media = str(guess.media) if guess.media is not None else "audio"
             cat = {"audio": Category.VOICE, "video": Category.VIDEO,
                    "screen": Category.SCREEN}.get(media, Category.VOICE)

@@ -10,9 +10,10 @@ How flows become one call:
   talks to the same remote host, or to the same app, within
   ``calls.same_call_gap_s`` of the call's other flows;
 * TCP/TLS/QUIC flows of the same app, or to the call's remote hosts, that
-  start up to ``calls.same_call_gap_s`` before or during the call are its
-  signalling and are judged with it (a reset TLS connection to the app's
-  servers is how SNI blocking shows).
+  start up to ``calls.same_call_gap_s`` before the call and before its first
+  media (or its end, when no media flowed) are its signalling and are judged
+  with it (a reset TLS connection to the app's servers is how SNI blocking
+  shows); connections opened once media flows are the app's other business.
 
 The local side is the host the capture was taken next to: the private
 address when one side is private, else the originator of most call flows.
@@ -232,23 +233,33 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     sig = [f for f in flows if f.uid not in taken and (
         cls[f.uid].facts.protocol in SIGNALLING_PROTOCOLS or f.proto == "tcp")]
     sig.sort(key=lambda f: f.first_ts)
-    by_remote: dict[str, list[FlowRecord]] = {}
-    by_app: dict[str, list[FlowRecord]] = {}
+    # Keyed by the local host too: in a capture of many hosts (an operator's vantage point)
+    # another subscriber's connections are not this call's signalling.
+    by_remote: dict[tuple[str, str], list[FlowRecord]] = {}
+    by_app: dict[tuple[str, str], list[FlowRecord]] = {}
     for f in sig:
-        by_remote.setdefault(_remote_local(f, local)[0][0], []).append(f)
+        (rh, _), (lh, _) = _remote_local(f, local)
+        by_remote.setdefault((lh, rh), []).append(f)
         if cls[f.uid].app is not None:
-            by_app.setdefault(str(cls[f.uid].app), []).append(f)
+            by_app.setdefault((lh, str(cls[f.uid].app)), []).append(f)
     for members in groups[n_sip:]:
-        apps = {str(cls[f.uid].app) for f in members if cls[f.uid].app is not None}
-        remotes = {_remote_local(f, local)[0][0] for f in members}
+        ends = [_remote_local(f, local) for f in members]
+        hosts = {lh for _, (lh, _) in ends}
+        apps = {(lh, str(cls[f.uid].app)) for f in members if cls[f.uid].app is not None
+                for lh in hosts}
+        remotes = {(lh, rh) for (rh, _), (lh, _) in ends}
         start = min(f.first_ts for f in members) - gap
         end = max(f.last_ts for f in members)
         have = {m.uid for m in members}
+        # Signalling sets a call up: connections that start once media flows are the app's
+        # other business (chat, downloads), not this call's (a call without media: its end).
+        until = min((f.first_ts for f in members
+                     if cls[f.uid].category in MEDIA_CATEGORIES), default=end)
         pools = [by_remote.get(r, []) for r in remotes] + [by_app.get(a, []) for a in apps]
         for pool in pools:
             lo = bisect.bisect_left(pool, start, key=lambda f: f.first_ts)
             for f in pool[lo:]:
-                if f.first_ts > end:
+                if f.first_ts > until:
                     break
                 if f.uid not in have:
                     have.add(f.uid)
