@@ -54,7 +54,6 @@ from probe.records import (
     RtpSeries,
     RtpStream,
     Weird,
-    concat_samples,
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import RawBatch
@@ -817,9 +816,12 @@ class _PayloadLog:
             self.chunks.append(_PayloadChunk(fid, off, length, frame, ts, direction, pool))
 
     def take(self, lookup: npt.NDArray[np.bool_]) -> dict[int, PayloadSamples]:
-        """Remove the samples of the flows marked in ``lookup``; one column set per flow."""
-        out: dict[int, PayloadSamples] = {}
-        parts: dict[int, list[tuple[_PayloadChunk, I64]]] = {}
+        """Remove the samples of the flows marked in ``lookup``; one column set per flow.
+
+        The selected rows of every chunk are gathered column-wise into one new pool
+        (samples of a flow kept over several batches come out joined, in order)."""
+        cols: list[tuple[I64, I64, I64, npt.NDArray[np.uint8], I64]] = []
+        views: list[memoryview] = []
         kept: list[_PayloadChunk] = []
         for c in self.chunks:
             mask = lookup[c.fid]
@@ -827,36 +829,34 @@ class _PayloadLog:
                 kept.append(c)
                 continue
             sel = np.flatnonzero(mask)
-            sel = sel[np.argsort(c.fid[sel], kind="stable")]
-            fid = c.fid[sel]
-            frame, ts, d = c.frame[sel], c.ts[sel], c.direction[sel]
-            off, n = c.off[sel], c.length[sel]
-            cut = np.flatnonzero(np.diff(fid)) + 1
-            starts = np.concatenate(([0], cut)).tolist()
-            ends = np.concatenate((cut, [len(sel)])).tolist()
-            for f, a, z in zip(fid[starts].tolist(), starts, ends, strict=True):
-                if f in out:
-                    parts.setdefault(f, []).append((c, sel[a:z]))
-                    continue
-                out[f] = PayloadSamples(c.pool, frame[a:z], ts[a:z], d[a:z], off[a:z], n[a:z])
+            mv = memoryview(c.pool)
+            views.extend(mv[o:o + k] for o, k in zip(c.off[sel].tolist(),
+                                                     c.length[sel].tolist(), strict=True))
+            cols.append((c.fid[sel], c.frame[sel], c.ts[sel], c.direction[sel], c.length[sel]))
             if not mask.all():
                 rest = ~mask
                 nc = _PayloadChunk(c.fid[rest], c.off[rest], c.length[rest], c.frame[rest],
                                    c.ts[rest], c.direction[rest], c.pool)
                 live = int(nc.length.sum())
                 if len(c.pool) > (1 << 20) and live * 4 < len(c.pool):  # repack a dead pool
-                    mv = memoryview(c.pool)
                     nc.pool = b"".join(mv[o:o + k] for o, k in zip(nc.off.tolist(),
                                                                    nc.length.tolist(),
                                                                    strict=True))
                     nc.off = np.cumsum(nc.length) - nc.length
                 kept.append(nc)
         self.chunks = kept
-        for f, pieces in parts.items():  # samples of one flow spread over several batches
-            out[f] = concat_samples([out[f], *(
-                PayloadSamples(c.pool, c.frame[rows], c.ts[rows], c.direction[rows],
-                               c.off[rows], c.length[rows]) for c, rows in pieces)])
-        return out
+        if not cols:
+            return {}
+        fid, frame, ts, d, length = (np.concatenate([c[i] for c in cols]) for i in range(5))
+        pool = b"".join(views)
+        off = np.cumsum(length) - length
+        order = np.argsort(fid, kind="stable")  # stable: batch order, then arrival order
+        fid, frame, ts, d, off, length = (x[order] for x in (fid, frame, ts, d, off, length))
+        cut = np.flatnonzero(np.diff(fid)) + 1
+        starts = np.concatenate(([0], cut)).tolist()
+        ends = np.concatenate((cut, [len(fid)])).tolist()
+        return {f: PayloadSamples(pool, frame[a:z], ts[a:z], d[a:z], off[a:z], length[a:z])
+                for f, a, z in zip(fid[starts].tolist(), starts, ends, strict=True)}
 
 
 def _merge_rate(rate: dict[str, np.ndarray]) -> tuple[I64, I64]:  # type: ignore[type-arg]

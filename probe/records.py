@@ -158,22 +158,6 @@ class PayloadSamples(Sequence[PayloadSample]):
         return f"PayloadSamples({list(self)!r})"
 
 
-def concat_samples(parts: Sequence[PayloadSamples]) -> PayloadSamples:
-    """One flow's samples kept in several batches, joined in order over one new pool
-    (column by column: no per-sample objects, timestamps stay exact nanoseconds)."""
-    views: list[memoryview] = []
-    for part in parts:
-        mv = memoryview(part._pool)
-        views.extend(mv[o:o + k] for o, k in zip(np.asarray(part._off).tolist(),
-                                                  np.asarray(part._len).tolist(), strict=True))
-    lengths = np.concatenate([np.asarray(p._len, np.int64) for p in parts])
-    return PayloadSamples(b"".join(views),
-                          np.concatenate([np.asarray(p._frame, np.int64) for p in parts]),
-                          np.concatenate([np.asarray(p._ts, np.int64) for p in parts]),
-                          np.concatenate([np.asarray(p._dir, np.uint8) for p in parts]),
-                          np.cumsum(lengths) - lengths, lengths)
-
-
 @dataclass(frozen=True, slots=True)
 class RtpSeries:
     """RTP header fields, packet by packet, of the first RTP packets of a flow.
