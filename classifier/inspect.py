@@ -192,6 +192,16 @@ def _dns(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
     for p in ordered:
         if responses >= 2 or ("dns_query" in found and p.direction == ORIG):
             continue
+        gist = None if tcp else dns.dns_gist(p.data)
+        if gist is not None:  # the plain case, read fast; anything else takes the full parser
+            found["protocol"] = "dns"
+            if gist.question is not None and "dns_query" not in found:
+                found["dns_query"] = gist.question.rstrip(".")
+            if gist.is_response:
+                responses += 1
+                found.setdefault("dns_rcode", gist.rcode)
+                answers.extend((n.rstrip("."), a) for n, a in gist.addresses)
+            continue
         try:
             msgs = dns.parse_dns_tcp(p.data) if tcp else (dns.parse_dns(p.data,
                                                                          answers_only=True),)
@@ -327,12 +337,15 @@ def _dtls(orig: list[PayloadSample], resp: list[PayloadSample], found: dict[str,
 def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str],
           fingerprints: bool = False) -> None:
     try:
-        hello = quic.inspect_client([p.data for p in orig[:4]])
+        hello = quic.inspect_client([p.data for p in orig[:4]], names_only=not fingerprints)
     except ParseError as exc:
         notes.append(f"quic: {exc}")
         return
     if isinstance(hello, quic.GquicHello):
         found.update(protocol="gquic", sni=hello.sni, client_hello=True)
+    elif isinstance(hello, quic.QuicNames):  # the names are all the classifier needs
+        found.update(protocol="quic", sni=hello.sni, alpn=hello.alpn,
+                     quic_version=hello.version, client_hello=True)
     else:
         found.update(protocol="quic", sni=hello.sni, alpn=tuple(hello.alpn),
                      quic_version=hello.version, client_hello=True)

@@ -145,7 +145,16 @@ class PayloadSamples(Sequence[PayloadSample]):
         return self._item(i)
 
     def __iter__(self) -> Iterator[PayloadSample]:
-        return (self._item(k) for k in range(len(self)))
+        return iter(self.items())
+
+    def items(self) -> tuple[PayloadSample, ...]:
+        """Every sample at once (columns converted in one go: what an inspector wants)."""
+        pool = self._pool
+        frames, ts, dirs, offs, lens = (c.tolist() if isinstance(c, np.ndarray) else list(c)
+                                        for c in (self._frame, self._ts, self._dir,
+                                                  self._off, self._len))
+        return tuple(PayloadSample(f, t / 1e9, d, bytes(pool[o:o + n]))
+                     for f, t, d, o, n in zip(frames, ts, dirs, offs, lens, strict=True))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):

@@ -16,7 +16,7 @@ References: RFC 1035 §4.1 (message format), §4.1.4 (compression), §4.2.2
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -25,6 +25,7 @@ from probe.cursor import Cursor
 from probe.errors import Malformed, Truncated
 
 __all__ = [
+    "DnsGist",
     "DnsMessage",
     "DnsQuestion",
     "DnsRecord",
@@ -32,6 +33,7 @@ __all__ = [
     "RRType",
     "Rcode",
     "address_names",
+    "dns_gist",
     "parse_dns",
     "parse_dns_tcp",
     "read_name",
@@ -211,11 +213,11 @@ def _record(cur: Cursor, message: bytes) -> DnsRecord:
         if rtype == RRType.A and rclass == 1:
             if rdlength != 4:
                 raise Malformed(cur.layer, rd_start, f"A record of {rdlength} bytes")
-            address = str(ipaddress.IPv4Address(cur.take(4)))
+            address = socket.inet_ntop(socket.AF_INET, cur.take(4))
         elif rtype == RRType.AAAA and rclass == 1:
             if rdlength != 16:
                 raise Malformed(cur.layer, rd_start, f"AAAA record of {rdlength} bytes")
-            address = str(ipaddress.IPv6Address(cur.take(16)))
+            address = socket.inet_ntop(socket.AF_INET6, cur.take(16))
         elif rtype in (RRType.CNAME, RRType.NS, RRType.PTR):
             target = read_name(cur, message)
         else:
@@ -254,6 +256,128 @@ def parse_dns(data: bytes, layer: str = LAYER, *, answers_only: bool = False) ->
         authority=sections[1],
         additional=sections[2],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DnsGist:
+    """What the classifier reads from a DNS message: :func:`dns_gist`."""
+
+    is_response: bool
+    rcode: int
+    question: str | None
+    """The first question's name (lower case), if there is one."""
+    addresses: tuple[tuple[str, str], ...]
+    """:func:`address_names` of the message, in its order."""
+
+
+class _Plain(Exception):
+    """The message is not the plain kind the fast path reads."""
+
+
+def _gist_name(data: bytes, pos: int, limit: int) -> tuple[str, int]:
+    """A name at ``pos`` (RFC 1035 §4.1.4) and where the reading stopped; the same rules
+    as :func:`read_name` (pointers strictly back, labels before the pointer that led to
+    them, at most ``_MAX_POINTERS`` hops, 255 bytes), raising :class:`_Plain` instead."""
+    labels: list[str] = []
+    wire = 1
+    hops = 0
+    end = -1
+    while True:
+        if pos >= limit:
+            raise _Plain
+        length = data[pos]
+        if length == 0:
+            return ".".join(labels), (pos + 1 if end < 0 else end)
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= limit:
+                raise _Plain
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            hops += 1
+            if target >= pos or hops > _MAX_POINTERS:
+                raise _Plain
+            if end < 0:
+                end = pos + 2
+            pos, limit = target, pos
+            continue
+        if length & 0xC0 or pos + 1 + length > limit:
+            raise _Plain
+        wire += length + 1
+        if wire > _MAX_NAME:
+            raise _Plain
+        labels.append(data[pos + 1:pos + 1 + length].decode("ascii", "backslashreplace").lower())
+        pos += 1 + length
+
+
+def dns_gist(data: bytes) -> DnsGist | None:
+    """The classifier's fast read of one DNS message over UDP: header flags, the first
+    question and the (name, address) pairs of the answer section, walking the bytes
+    directly. ``None`` when anything is out of the ordinary (cut short, a bad pointer, an
+    odd record): :func:`parse_dns` then gives the full answer and its exact error."""
+    n = len(data)
+    if n < _HEADER:
+        return None
+    flags = int.from_bytes(data[2:4], "big")
+    qd = int.from_bytes(data[4:6], "big")
+    an = int.from_bytes(data[6:8], "big")
+    pos = _HEADER
+    question: str | None = None
+    try:
+        for i in range(qd):
+            name, pos = _gist_name(data, pos, n)
+            if pos + 4 > n:
+                return None
+            pos += 4
+            if i == 0:
+                question = name
+        owners: list[str] = []
+        addrs: list[str | None] = []
+        aliases: dict[str, list[str]] = {}
+        for _ in range(an):
+            name, pos = _gist_name(data, pos, n)
+            if pos + 10 > n:
+                return None
+            rtype = int.from_bytes(data[pos:pos + 2], "big")
+            rclass = int.from_bytes(data[pos + 2:pos + 4], "big")
+            rdlength = int.from_bytes(data[pos + 8:pos + 10], "big")
+            pos += 10
+            if pos + rdlength > n:
+                return None
+            address = None
+            if rtype == RRType.A and rclass == 1:
+                if rdlength != 4:
+                    return None
+                address = socket.inet_ntop(socket.AF_INET, data[pos:pos + 4])
+            elif rtype == RRType.AAAA and rclass == 1:
+                if rdlength != 16:
+                    return None
+                address = socket.inet_ntop(socket.AF_INET6, data[pos:pos + 16])
+            elif rtype in (RRType.CNAME, RRType.NS, RRType.PTR):
+                target, stop = _gist_name(data, pos, pos + rdlength)
+                if stop != pos + rdlength:
+                    return None
+                if rtype == RRType.CNAME:
+                    aliases.setdefault(target, []).append(name)
+            pos += rdlength
+            owners.append(name)
+            addrs.append(address)
+    except _Plain:
+        return None
+    pairs: list[tuple[str, str]] = []
+    for owner, address in zip(owners, addrs, strict=True):
+        if address is None:
+            continue
+        chain: list[str] = []
+        todo = [owner]
+        seen: set[str] = set()
+        while todo:
+            nm = todo.pop()
+            if nm in seen:
+                continue
+            seen.add(nm)
+            chain.append(nm)
+            todo.extend(aliases.get(nm, ()))
+        pairs.extend((nm, address) for nm in reversed(chain))
+    return DnsGist(bool(flags & _QR), flags & 0x0F, question, tuple(pairs))
 
 
 def parse_dns_tcp(data: bytes, layer: str = LAYER) -> tuple[DnsMessage, ...]:

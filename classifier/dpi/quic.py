@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from classifier.dpi.tls import ClientHello, Transport, ja4, parse_client_hello
+from classifier.dpi.tls import (
+    ClientHello,
+    Transport,
+    client_hello_names,
+    ja4,
+    parse_client_hello,
+)
 from probe.cursor import Cursor
 from probe.errors import Malformed, Truncated
 
@@ -43,7 +49,9 @@ __all__ = [
     "LongHeader",
     "PacketType",
     "QuicClientInitial",
+    "QuicNames",
     "QuicVersion",
+    "client_initial_names",
     "decrypt_initial",
     "initial_keys",
     "inspect_client",
@@ -220,6 +228,15 @@ class InitialPayload:
     """Frame types in order (runs of PADDING count once)."""
     crypto: tuple[tuple[int, bytes], ...]
     """CRYPTO frames as (stream offset, data), in wire order."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuicNames:
+    """The names a client's Initials carry (:func:`client_initial_names`)."""
+
+    version: int
+    sni: str | None
+    alpn: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,17 +486,10 @@ def _handshake_complete(stream: bytes) -> bool:
 
 # -- top level --------------------------------------------------------------------------
 
-def inspect_client_initials(datagrams: Iterable[bytes],
-                            layer: str = LAYER) -> QuicClientInitial:
-    """Decrypt the client's Initial packets until the ClientHello is whole.
-
-    ``datagrams`` are the originator's UDP payloads in capture order. Coalesced
-    packets are split; 0-RTT and Handshake packets are skipped; CRYPTO frames
-    may arrive in any order and across several Initials. Keys derive from the
-    Destination Connection ID of the first Initial; an Initial that does not
-    verify under them (a client restarting after Retry) is tried with its own.
-    Raises :class:`Truncated` if the datagrams end before the ClientHello.
-    """
+def _client_hello_stream(datagrams: Iterable[bytes], layer: str
+                         ) -> tuple[LongHeader, bytes, int]:
+    """The first Initial's header, the reassembled CRYPTO stream holding the whole
+    ClientHello, and how many Initials it took (see :func:`inspect_client_initials`)."""
     first: LongHeader | None = None
     keys: InitialKeys | None = None
     chunks: list[tuple[int, bytes]] = []
@@ -508,11 +518,34 @@ def inspect_client_initials(datagrams: Iterable[bytes],
             packets += 1
             stream = _assemble(chunks)
             if _handshake_complete(stream):
-                hello = parse_client_hello(stream, layer)
-                return QuicClientInitial(first.version, first.dcid, first.scid, hello, packets)
+                return first, stream, packets
     if first is None:
         raise Truncated(layer, consumed, "no Initial packet")
     raise Truncated(layer, consumed, "datagrams end before the ClientHello")
+
+
+def inspect_client_initials(datagrams: Iterable[bytes],
+                            layer: str = LAYER) -> QuicClientInitial:
+    """Decrypt the client's Initial packets until the ClientHello is whole.
+
+    ``datagrams`` are the originator's UDP payloads in capture order. Coalesced
+    packets are split; 0-RTT and Handshake packets are skipped; CRYPTO frames
+    may arrive in any order and across several Initials. Keys derive from the
+    Destination Connection ID of the first Initial; an Initial that does not
+    verify under them (a client restarting after Retry) is tried with its own.
+    Raises :class:`Truncated` if the datagrams end before the ClientHello.
+    """
+    first, stream, packets = _client_hello_stream(datagrams, layer)
+    hello = parse_client_hello(stream, layer)
+    return QuicClientInitial(first.version, first.dcid, first.scid, hello, packets)
+
+
+def client_initial_names(datagrams: Iterable[bytes], layer: str = LAYER) -> QuicNames:
+    """Version, SNI and ALPN from a client's Initials: :func:`inspect_client_initials`
+    without building the full ClientHello record (the classifier's fast path)."""
+    first, stream, _ = _client_hello_stream(datagrams, layer)
+    sni, alpn = client_hello_names(stream)
+    return QuicNames(first.version, sni, alpn)
 
 
 def parse_gquic_chlo(data: bytes, layer: str = GLAYER) -> tuple[tuple[str, bytes], ...]:
@@ -623,8 +656,11 @@ def _parse_q050(data: bytes, layer: str) -> GquicHello:
     raise Malformed(layer, 0, "no Initial packet")
 
 
-def inspect_client(datagrams: Iterable[bytes]) -> QuicClientInitial | GquicHello:
-    """Dispatch on the first datagram's version: TLS-based QUIC or gQUIC CHLO."""
+def inspect_client(datagrams: Iterable[bytes], names_only: bool = False
+                   ) -> QuicClientInitial | QuicNames | GquicHello:
+    """Dispatch on the first datagram's version: TLS-based QUIC or gQUIC CHLO.
+    ``names_only`` gives (version, SNI, ALPN) for TLS-based QUIC
+    (:func:`client_initial_names`)."""
     items = list(datagrams)
     if not items:
         raise Truncated(LAYER, 0, "no datagram")
@@ -639,5 +675,7 @@ def inspect_client(datagrams: Iterable[bytes]) -> QuicClientInitial | GquicHello
         raise Malformed(LAYER, 0, "first datagram has no version")
     if _is_gquic(version) and version not in (QuicVersion.T050, QuicVersion.T051):
         return parse_gquic_packet(items[0])
+    if names_only:
+        return client_initial_names(items)
     return inspect_client_initials(items)
 

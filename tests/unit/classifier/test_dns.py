@@ -134,3 +134,50 @@ def test_answers_only_matches_the_full_parse() -> None:
         assert quick.authority == () and quick.additional == ()
         compared += 1
     assert compared >= 1
+
+
+def _slow_gist(data: bytes) -> tuple[bool, int, str | None, tuple[tuple[str, str], ...]]:
+    m = dns.parse_dns(data, answers_only=True)
+    return (m.is_response, int(m.rcode), m.questions[0].name if m.questions else None,
+            tuple(dns.address_names(m)))
+
+
+def test_gist_reads_what_the_full_parser_reads() -> None:
+    for data in (QUERY, ANSWER, CNAMES):
+        gist = dns.dns_gist(data)
+        assert gist is not None
+        assert (gist.is_response, gist.rcode, gist.question, gist.addresses) == _slow_gist(data)
+    gist = dns.dns_gist(ANSWER)
+    assert gist is not None and [a for _, a in gist.addresses] == WHATSAPP
+    cn = dns.dns_gist(CNAMES)
+    assert cn is not None and len({a for _, a in cn.addresses}) == 1 and len(cn.addresses) > 1
+
+
+def test_gist_leaves_anything_odd_to_the_full_parser() -> None:
+    # cut short, pointer loops, forward pointers, junk: no gist, and the full parser raises
+    odd = [ANSWER[:40], ANSWER[:33] + b"\xc0\x21" + ANSWER[35:],
+           ANSWER[:33] + b"\xc0\x40" + ANSWER[35:], QUERY[:12] + b"\xc0\x0c" + QUERY[-4:],
+           b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x80abc", b"", b"\x00" * 11]
+    for data in odd:
+        assert dns.dns_gist(data) is None
+        with pytest.raises(ParseError):
+            dns.parse_dns(data, answers_only=True)
+
+
+def test_gist_fuzz_agrees_with_the_full_parser() -> None:
+    """Wherever the fast path answers, the full parser gives the same answer."""
+    rng = random.Random(11)
+    answered = 0
+    for _ in range(4000):
+        base = rng.choice([QUERY, ANSWER, CNAMES])
+        keep = len(base) if rng.random() < 0.5 else rng.randrange(len(base) // 2, len(base))
+        mutated = bytearray(base[:keep])
+        for _ in range(rng.randrange(0, 3)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        data = bytes(mutated)
+        gist = dns.dns_gist(data)
+        if gist is None:
+            continue
+        answered += 1
+        assert (gist.is_response, gist.rcode, gist.question, gist.addresses) == _slow_gist(data)
+    assert answered > 300

@@ -209,3 +209,25 @@ def test_fuzz_only_parse_errors() -> None:
             quic.inspect_client([data])
         with contextlib.suppress(ParseError):
             quic.parse_initial_frames(data)
+
+
+@pytest.mark.parametrize("name", ["rfc9001_a2_client_initial.bin", "rfc9369_a2_client_initial.bin",
+                                  "quic-27_f1.bin", "quic-mvfst-22_f1.bin", "quic_0RTT_f1.bin",
+                                  "quic_t51_f1.bin"])
+def test_names_only_reads_the_same_names(name: str) -> None:
+    full = quic.inspect_client([vec(name)])
+    names = quic.inspect_client([vec(name)], names_only=True)
+    assert isinstance(full, QuicClientInitial) and isinstance(names, quic.QuicNames)
+    assert (names.version, names.sni, names.alpn) == (full.version, full.sni, full.alpn)
+
+
+def test_names_only_on_truncated_and_damaged_initials() -> None:
+    with pytest.raises(Truncated):
+        quic.inspect_client([RFC9001[:4]], names_only=True)
+    damaged = bytearray(RFC9001)
+    damaged[-1] ^= 1
+    with pytest.raises(Malformed):
+        quic.inspect_client([bytes(damaged)], names_only=True)
+    # gQUIC has no TLS ClientHello: its CHLO comes back whatever was asked
+    assert isinstance(quic.inspect_client([vec("quic046_f1.bin")], names_only=True),
+                      quic.GquicHello)
