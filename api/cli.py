@@ -159,7 +159,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             with gc_paused():
                 for rec in reader:
                     c = classifier.classify(rec)
-                    flows.append(rec.without_payload_data())
+                    flows.append(rec.lightened())
                     classes.append(c)
                     write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
                 analysis = analyse_calls(flows, classes, policy)

@@ -687,7 +687,7 @@ class LiveProbe:
         self.flows_finished += 1
         write_jsonl([{"record": "flow", **flow_row(rec, c)}], self.out)
         self.out.flush()
-        light = rec.without_payload_data()
+        light = rec.lightened()
         self._window[rec.uid] = (light, c)
         self._new_flows.append((light, c))
         if self.metrics is not None:

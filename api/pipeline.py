@@ -131,7 +131,8 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     :class:`~probe.errors.CaptureError` if it cannot be read at all.
 
     Each flow is observed (inspected, its media statistics taken) as soon as the probe
-    ends it; the record kept for the later stages then drops its payload bytes, so memory
+    ends it; the record kept for the later stages then drops its payload bytes and timing
+    series (:meth:`~probe.records.FlowRecord.lightened`), so memory
     follows the flow table rather than the capture. ``hash_capture`` computes the file's
     SHA-256 (for the ledger) alongside.
     """
@@ -147,7 +148,7 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     with gc_paused():
         for rec in reader:
             observed[rec.uid] = classifier.observe(rec)
-            flows.append(rec.without_payload_data())
+            flows.append(rec.lightened())
         flows.sort(key=lambda r: (r.first_frame, r.uid))
         classes = classifier.classify_all(flows, observed)
         del observed

@@ -169,7 +169,7 @@ class Classifier:
 
         The expensive part of classification; it needs the payload samples, so a caller
         that streams flows observes each one as it ends and can then drop its payload
-        bytes (:meth:`FlowRecord.without_payload_data`) before :meth:`classify_all`.
+        bytes and timing series (:meth:`FlowRecord.lightened`) before :meth:`classify_all`.
         """
         return Observation(inspect_flow(flow, self.fingerprints), _media(flow))
 

@@ -371,19 +371,21 @@ class FlowRecord:
             return "S3" if r & fin else "S2"
         return "S1"
 
-    def without_payload_data(self) -> FlowRecord:
-        """This record with its payload samples' bytes dropped (frames, times and directions
-        kept): what later stages cite once the inspectors have read the bytes."""
+    def lightened(self) -> FlowRecord:
+        """This record as later stages keep it once the classifier has observed it: payload
+        samples without their bytes (frames, times and directions stay citable) and no
+        per-packet timing series; counters, the rate series and RTP state are kept."""
         pay = self.payloads
-        if not pay:
-            return self
+        light: Sequence[PayloadSample]
         if isinstance(pay, PayloadSamples):
-            light: Sequence[PayloadSample] = pay.without_data()
+            light = pay.without_data()
         else:
             light = tuple(p._replace(data=b"") for p in pay)
         # positional copy: twice as fast as dataclasses.replace, which matters per flow
         values = list(_record_values(self))
         values[_PAYLOADS_AT] = light
+        for at, empty in _TIMING_EMPTY:
+            values[at] = empty
         return FlowRecord(*values)
 
     def conn_dict(self) -> dict[str, Any]:
@@ -422,3 +424,8 @@ class FlowRecord:
 _FIELD_NAMES = tuple(f.name for f in fields(FlowRecord))
 _record_values = operator.attrgetter(*_FIELD_NAMES)
 _PAYLOADS_AT = _FIELD_NAMES.index("payloads")
+_TIMING_EMPTY = tuple((_FIELD_NAMES.index(name), np.zeros(0, dtype))
+                      for name, dtype in (("pkt_ts", np.float64), ("pkt_len", np.int32),
+                                          ("pkt_dir", np.uint8), ("pkt_flags", np.uint8)))
+for _, _empty in _TIMING_EMPTY:
+    _empty.flags.writeable = False

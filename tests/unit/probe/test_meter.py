@@ -115,6 +115,20 @@ def test_payload_samples_timing_and_rate_series(tmp_path: Path) -> None:
     assert int(f.rate[:, 1].sum()) == 12
 
 
+def test_lightened_record_keeps_what_later_stages_cite(tmp_path: Path) -> None:
+    pkts = [_udp(10.0 + i * 0.5, "10.0.0.1", 5000, "10.0.0.2", 6000, bytes([i]) * (10 + i))
+            for i in range(12)]
+    f = _flows(pkts, tmp_path, payload_samples=8)[0]
+    light = f.lightened()
+    assert light.conn_dict() == f.conn_dict()
+    assert [(p.frame, p.ts, p.direction) for p in light.payloads] == [
+        (p.frame, p.ts, p.direction) for p in f.payloads]
+    assert all(p.data == b"" for p in light.payloads)
+    assert len(light.pkt_ts) == len(light.pkt_len) == len(light.pkt_dir) == 0
+    assert (light.rate == f.rate).all() and light.rtp_streams == f.rtp_streams
+    assert len(f.pkt_ts) == 12 and f.payloads[0].data == b"\x00" * 10  # the original is intact
+
+
 def test_rtp_series_kept_over_whole_life(tmp_path: Path) -> None:
     pkts = []
     for i in range(300):
