@@ -14,18 +14,20 @@ from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony,
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
 from classifier.records import Facts, RtcpReport, SipSummary, StunSummary
 from probe.errors import ParseError, Truncated
-from probe.records import ORIG, RESP, FlowRecord, PayloadSample
+from probe.records import ORIG, RESP, FlowRecord, PayloadSample, PayloadSamples
 
 __all__ = ["inspect_flow"]
 
 DNS_PORTS = frozenset({53, 5353, 5355})
 SIP_PORTS = frozenset({5060, 5061, 5080})
 ZOOM_PORTS = range(8801, 8811)
+_ZOOM_PORT_SET = frozenset(ZOOM_PORTS)
 H323_RAS_PORT = 1719
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
 SIP_STARTS = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER ",
               b"OPTIONS sip", b"PRACK ", b"SUBSCRIBE ", b"NOTIFY ", b"PUBLISH ", b"INFO ",
               b"REFER ", b"MESSAGE ", b"UPDATE ")
+_SIP_FIRST_BYTES = frozenset(start[:1] for start in SIP_STARTS)
 
 
 def _split(payloads: Sequence[PayloadSample]) -> tuple[list[PayloadSample], list[PayloadSample]]:
@@ -36,11 +38,13 @@ def _split(payloads: Sequence[PayloadSample]) -> tuple[list[PayloadSample], list
 
 def inspect_flow(flow: FlowRecord, fingerprints: bool = False) -> Facts:
     """Everything the inspectors can read from one flow (JA4 fingerprints on request)."""
-    if not flow.payloads:
+    pay = flow.payloads
+    if not pay:
         return Facts(flow.uid, protocol="rtp" if flow.rtp_streams else None)
     found: dict[str, object] = {}
     notes: list[str] = []
-    payloads = tuple(flow.payloads)  # made once: the record keeps them as columns
+    # made once: the record keeps them as columns
+    payloads = pay.items() if isinstance(pay, PayloadSamples) else tuple(pay)
     orig, resp = _split(payloads)
     ports = {flow.orig_p, flow.resp_p}
     if flow.proto == "udp":
@@ -61,7 +65,7 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
          ports: set[int], found: dict[str, object], notes: list[str],
          fingerprints: bool = False) -> None:
     if ports & DNS_PORTS:
-        _dns(payloads, False, found, notes)
+        _dns(orig, resp, False, found, notes)
         if "protocol" in found:
             return
     first = (orig or resp)[0].data
@@ -71,10 +75,11 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
     if _starts_sip(payloads):
         _sip(payloads, False, found, notes)
         return
+    # STUN's first byte is below 0x40 (the two top bits are zero): a cheap first test
     if kind in (Kind.STUN, Kind.TURN_CHANNEL) or any(
-            stun.looks_like_stun(p.data) for p in payloads[:4]):
+            p.data[:1] < b"\x40" and stun.looks_like_stun(p.data) for p in payloads[:4]):
         _stun(payloads, False, found, notes)
-    if ports & set(ZOOM_PORTS):
+    if ports & _ZOOM_PORT_SET:
         for p in payloads:
             try:
                 z = framings.parse_zoom_sfu(p.data)
@@ -112,9 +117,10 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         return
     # A ClientHello spans at most a few segments; the ServerHello or an alert comes first back.
     o = b"".join(p.data for p in orig[:4])
-    r = b"".join(p.data for p in resp[:3])
+    # only the first seven bytes back are looked at (record header, ServerHello or alert)
+    r = resp[0].data if resp and len(resp[0].data) >= 7 else b"".join(p.data for p in resp[:3])
     if ports & DNS_PORTS:
-        _dns(payloads, True, found, notes)
+        _dns(orig, resp, True, found, notes)
         if "protocol" in found:
             return
     if o[:1] == b"\x16":
@@ -179,19 +185,19 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
 
 
 def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:
-    return any(p.data.startswith(SIP_STARTS) for p in payloads[:6])
+    # the first byte rules out most payloads before the fifteen prefixes are tried
+    return any(p.data[:1] in _SIP_FIRST_BYTES and p.data.startswith(SIP_STARTS)
+               for p in payloads[:6])
 
 
-def _dns(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
-         notes: list[str]) -> None:
+def _dns(orig: list[PayloadSample], resp: list[PayloadSample], tcp: bool,
+         found: dict[str, object], notes: list[str]) -> None:
     answers: list[tuple[str, str]] = []
     responses = 0
     # Answers first: they repeat the question, so a query needs parsing only when unanswered.
-    ordered = [p for p in payloads if p.direction == RESP] + [p for p in payloads
-                                                              if p.direction == ORIG]
-    for p in ordered:
+    for p in resp + orig:
         if responses >= 2 or ("dns_query" in found and p.direction == ORIG):
-            continue
+            break  # and so for every sample after this one
         gist = None if tcp else dns.dns_gist(p.data)
         if gist is not None:  # the plain case, read fast; anything else takes the full parser
             found["protocol"] = "dns"
@@ -235,48 +241,60 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
     ice = 0
     seen = False
     for p in payloads:
-        try:
-            pay = stun.parse_stun_payload(p.data, tcp=tcp)
-        except ParseError:
-            continue
-        for item in pay.items:
-            if not isinstance(item, stun.StunMessage):
-                turn = True
-                seen = True
+        msgs: list[stun.StunMessage | stun.StunGist]
+        gist = None if tcp else stun.stun_gist(p.data)
+        if gist is not None:  # the plain case, read fast; anything else takes the full parser
+            msgs = [gist]
+        elif not tcp and not stun.udp_stun_possible(p.data):
+            continue  # media: the parser could only fail
+        else:
+            try:
+                pay = stun.parse_stun_payload(p.data, tcp=tcp)
+            except ParseError:
                 continue
-            for m in (item, item.inner) if item.inner is not None else (item,):
-                if m is None:
+            msgs = []
+            for item in pay.items:
+                if not isinstance(item, stun.StunMessage):
+                    turn = True
+                    seen = True
                     continue
-                seen = True
-                types.add(m.msg_type)
-                methods.add(m.method)
+                msgs.append(item)
+                if item.inner is not None:
+                    msgs.append(item.inner)
+        for m in msgs:
+            seen = True
+            types.add(m.msg_type)
+            methods.add(m.method)
+            if m.vendors:
                 vendors.update(str(v) for v in m.vendors)
-                if m.cls is MessageClass.REQUEST:
-                    req += 1
-                    orig_req += p.direction == ORIG
-                    if p.direction == ORIG and (
-                            m.priority is not None or m.use_candidate
+            cls = m.cls
+            if cls is MessageClass.REQUEST:
+                req += 1
+                if p.direction == ORIG:
+                    orig_req += 1
+                    if (m.priority is not None or m.use_candidate
                             or m.ice_controlling is not None or m.ice_controlled is not None):
                         ice += 1
-                elif m.cls is MessageClass.SUCCESS_RESPONSE:
-                    ok += 1
-                    resp_resp += p.direction == RESP
-                elif m.cls is MessageClass.ERROR_RESPONSE:
-                    err += 1
-                    resp_resp += p.direction == RESP
-                else:
-                    ind += 1
-                if m.is_turn:
-                    turn = True
-                realm = realm or m.realm
-                software = software or m.software
-                ms_version = ms_version or m.ms_version or m.ms_implementation_version
-                for a in (m.xor_mapped_address, m.mapped_address):
-                    if a is not None:
-                        mapped.append((a.address, a.port))
+            elif cls is MessageClass.SUCCESS_RESPONSE:
+                ok += 1
+                resp_resp += p.direction == RESP
+            elif cls is MessageClass.ERROR_RESPONSE:
+                err += 1
+                resp_resp += p.direction == RESP
+            else:
+                ind += 1
+            if m.is_turn:
+                turn = True
+            realm = realm or m.realm
+            software = software or m.software
+            ms_version = ms_version or m.ms_version or m.ms_implementation_version
+            for a in (m.xor_mapped_address, m.mapped_address):
+                if a is not None:
+                    mapped.append((a.address, a.port))
+            if m.xor_peer_addresses:
                 peers.extend((a.address, a.port) for a in m.xor_peer_addresses)
-                if m.xor_relayed_address is not None:
-                    relayed.append((m.xor_relayed_address.address, m.xor_relayed_address.port))
+            if m.xor_relayed_address is not None:
+                relayed.append((m.xor_relayed_address.address, m.xor_relayed_address.port))
     if not seen:
         return
     found["protocol"] = "stun"
@@ -359,17 +377,21 @@ def _rtcp_reports(payloads: Sequence[PayloadSample]) -> tuple[RtcpReport, ...]:
         d = p.data
         if len(d) < 8 or d[0] & 0xC0 != 0x80 or d[1] not in (200, 201):
             continue
-        try:
-            compound = rtp.parse_rtcp(d)
-        except ParseError:
-            continue
-        if not compound.complete:
-            continue  # SRTCP: the reports are encrypted
-        for pkt in compound.packets:
-            for rb in pkt.reports:
-                out.append(RtcpReport(p.frame, p.ts, p.direction, pkt.ssrc, rb.ssrc,
-                                      rb.fraction_lost / 256.0, rb.cumulative_lost,
-                                      rb.highest_sequence, rb.jitter))
+        blocks: Sequence[tuple[int | None, int, int, int, int, int]] | None
+        blocks = rtp.rtcp_report_blocks(d)  # the plain case, read fast
+        if blocks is None:
+            try:
+                compound = rtp.parse_rtcp(d)
+            except ParseError:
+                continue
+            if not compound.complete:
+                continue  # SRTCP: the reports are encrypted
+            blocks = tuple((pkt.ssrc, rb.ssrc, rb.fraction_lost, rb.cumulative_lost,
+                            rb.highest_sequence, rb.jitter)
+                           for pkt in compound.packets for rb in pkt.reports)
+        for reporter, source, fraction, lost, highest, jitter in blocks:
+            out.append(RtcpReport(p.frame, p.ts, p.direction, reporter, source,
+                                  fraction / 256.0, lost, highest, jitter))
     return tuple(out)
 
 

@@ -92,6 +92,13 @@ class PayloadSample(NamedTuple):
     """The transport payload as captured (may be shorter than on the wire)."""
 
 
+_new_tuple = tuple.__new__
+
+
+def _as_list(column: Column) -> list[Any]:
+    """A column's values as Python objects (``tolist`` converts a numpy array in one go)."""
+    return column.tolist() if isinstance(column, np.ndarray) else list(column)
+
 Column = Sequence[int] | npt.NDArray[Any]
 """A column of integers: a sequence or a numpy array."""
 
@@ -149,12 +156,17 @@ class PayloadSamples(Sequence[PayloadSample]):
 
     def items(self) -> tuple[PayloadSample, ...]:
         """Every sample at once (columns converted in one go: what an inspector wants)."""
+        if not len(self._frame):
+            return ()
         pool = self._pool
-        frames, ts, dirs, offs, lens = (c.tolist() if isinstance(c, np.ndarray) else list(c)
-                                        for c in (self._frame, self._ts, self._dir,
-                                                  self._off, self._len))
-        return tuple(PayloadSample(f, t / 1e9, d, bytes(pool[o:o + n]))
-                     for f, t, d, o, n in zip(frames, ts, dirs, offs, lens, strict=True))
+        rows = zip(_as_list(self._frame), _as_list(self._ts), _as_list(self._dir),
+                   _as_list(self._off), _as_list(self._len), strict=True)
+        # tuple.__new__ is what the NamedTuple's constructor calls, minus a Python-level call
+        if isinstance(pool, bytes):  # always, from the probe: a slice is already bytes
+            return tuple([_new_tuple(PayloadSample, (f, t / 1e9, d, pool[o:o + n]))
+                          for f, t, d, o, n in rows])
+        return tuple([_new_tuple(PayloadSample, (f, t / 1e9, d, bytes(pool[o:o + n])))
+                      for f, t, d, o, n in rows])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):

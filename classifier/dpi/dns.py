@@ -17,6 +17,7 @@ References: RFC 1035 §4.1 (message format), §4.1.4 (compression), §4.2.2
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -274,11 +275,22 @@ class _Plain(Exception):
     """The message is not the plain kind the fast path reads."""
 
 
-def _gist_name(data: bytes, pos: int, limit: int) -> tuple[str, int]:
+def _gist_name(data: bytes, pos: int, limit: int,
+               seen: dict[int, tuple[str, int]]) -> tuple[str, int]:
     """A name at ``pos`` (RFC 1035 §4.1.4) and where the reading stopped; the same rules
     as :func:`read_name` (pointers strictly back, labels before the pointer that led to
-    them, at most ``_MAX_POINTERS`` hops, 255 bytes), raising :class:`_Plain` instead."""
-    labels: list[str] = []
+    them, at most ``_MAX_POINTERS`` hops, 255 bytes), raising :class:`_Plain` instead.
+
+    ``seen`` maps where names without pointers began to (name, where they ended): a name
+    that is only a pointer to one of those (an answer pointing back at the question, the
+    usual case) is that name, read again under the same rules, so it is not walked again.
+    """
+    if seen and pos + 1 < limit and data[pos] & 0xC0 == 0xC0:
+        known = seen.get(((data[pos] & 0x3F) << 8) | data[pos + 1])
+        if known is not None and known[1] <= pos:  # and so the target is before ``pos``
+            return known[0], pos + 2
+    start = pos
+    labels: list[bytes] = []
     wire = 1
     hops = 0
     end = -1
@@ -287,7 +299,12 @@ def _gist_name(data: bytes, pos: int, limit: int) -> tuple[str, int]:
             raise _Plain
         length = data[pos]
         if length == 0:
-            return ".".join(labels), (pos + 1 if end < 0 else end)
+            # decoded and lowered at once: the same text as label by label (ASCII only)
+            name = b".".join(labels).decode("ascii", "backslashreplace").lower()
+            if end < 0:
+                seen[start] = (name, pos + 1)
+                return name, pos + 1
+            return name, end
         if length & 0xC0 == 0xC0:
             if pos + 1 >= limit:
                 raise _Plain
@@ -304,8 +321,17 @@ def _gist_name(data: bytes, pos: int, limit: int) -> tuple[str, int]:
         wire += length + 1
         if wire > _MAX_NAME:
             raise _Plain
-        labels.append(data[pos + 1:pos + 1 + length].decode("ascii", "backslashreplace").lower())
-        pos += 1 + length
+        pos += 1
+        labels.append(data[pos:pos + length])
+        pos += length
+
+
+_COUNTS = struct.Struct("!HHH")
+"""Flags, QDCOUNT, ANCOUNT (RFC 1035 §4.1.1), from offset 2."""
+_RR_FIXED = struct.Struct("!HHIH")
+"""TYPE, CLASS, TTL, RDLENGTH after a record's owner name (RFC 1035 §4.1.3)."""
+_A, _AAAA, _CNAME = int(RRType.A), int(RRType.AAAA), int(RRType.CNAME)
+_NAME_TARGETS = frozenset({int(RRType.CNAME), int(RRType.NS), int(RRType.PTR)})
 
 
 def dns_gist(data: bytes) -> DnsGist | None:
@@ -316,48 +342,46 @@ def dns_gist(data: bytes) -> DnsGist | None:
     n = len(data)
     if n < _HEADER:
         return None
-    flags = int.from_bytes(data[2:4], "big")
-    qd = int.from_bytes(data[4:6], "big")
-    an = int.from_bytes(data[6:8], "big")
+    flags, qd, an = _COUNTS.unpack_from(data, 2)
     pos = _HEADER
     question: str | None = None
+    owners: list[str] = []
+    addrs: list[str | None] = []
+    aliases: dict[str, list[str]] = {}
+    known: dict[int, tuple[str, int]] = {}
     try:
         for i in range(qd):
-            name, pos = _gist_name(data, pos, n)
+            name, pos = _gist_name(data, pos, n, known)
             if pos + 4 > n:
                 return None
             pos += 4
             if i == 0:
                 question = name
-        owners: list[str] = []
-        addrs: list[str | None] = []
-        aliases: dict[str, list[str]] = {}
         for _ in range(an):
-            name, pos = _gist_name(data, pos, n)
+            name, pos = _gist_name(data, pos, n, known)
             if pos + 10 > n:
                 return None
-            rtype = int.from_bytes(data[pos:pos + 2], "big")
-            rclass = int.from_bytes(data[pos + 2:pos + 4], "big")
-            rdlength = int.from_bytes(data[pos + 8:pos + 10], "big")
+            rtype, rclass, _ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
             pos += 10
-            if pos + rdlength > n:
+            stop = pos + rdlength
+            if stop > n:
                 return None
             address = None
-            if rtype == RRType.A and rclass == 1:
+            if rtype == _A and rclass == 1:
                 if rdlength != 4:
                     return None
-                address = socket.inet_ntop(socket.AF_INET, data[pos:pos + 4])
-            elif rtype == RRType.AAAA and rclass == 1:
+                address = socket.inet_ntop(socket.AF_INET, data[pos:stop])
+            elif rtype == _AAAA and rclass == 1:
                 if rdlength != 16:
                     return None
-                address = socket.inet_ntop(socket.AF_INET6, data[pos:pos + 16])
-            elif rtype in (RRType.CNAME, RRType.NS, RRType.PTR):
-                target, stop = _gist_name(data, pos, pos + rdlength)
-                if stop != pos + rdlength:
+                address = socket.inet_ntop(socket.AF_INET6, data[pos:stop])
+            elif rtype in _NAME_TARGETS:
+                target, end = _gist_name(data, pos, stop, known)
+                if end != stop:
                     return None
-                if rtype == RRType.CNAME:
+                if rtype == _CNAME:
                     aliases.setdefault(target, []).append(name)
-            pos += rdlength
+            pos = stop
             owners.append(name)
             addrs.append(address)
     except _Plain:
@@ -365,6 +389,9 @@ def dns_gist(data: bytes) -> DnsGist | None:
     pairs: list[tuple[str, str]] = []
     for owner, address in zip(owners, addrs, strict=True):
         if address is None:
+            continue
+        if not aliases:
+            pairs.append((owner, address))
             continue
         chain: list[str] = []
         todo = [owner]

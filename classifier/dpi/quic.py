@@ -303,11 +303,90 @@ class GquicHello:
 
 # -- headers ------------------------------------------------------------------------
 
+_V1_TYPES = tuple(PacketType(bits) for bits in range(4))
+
+
 def _packet_type(first: int, version: int) -> PacketType:
     bits = (first >> 4) & 0x03
     if version == QuicVersion.V2:
         return _V2_TYPES[bits]
-    return PacketType(bits)
+    return _V1_TYPES[bits]
+
+
+def _short(layer: str, pos: int, n: int, end: int) -> Truncated:
+    """The error :meth:`Cursor.take` raises for ``n`` bytes at ``pos`` before ``end``."""
+    return Truncated(layer, pos, f"need {n} bytes, {end - pos} left")
+
+
+def _varint_at(data: bytes, pos: int, end: int, layer: str) -> tuple[int, int]:
+    """A QUIC variable-length integer at ``pos`` (RFC 9000 §16) and the position after it;
+    :meth:`Cursor.varint` by hand, with its errors."""
+    if pos >= end:
+        raise Truncated(layer, pos, "need 1 byte, 0 left")
+    first = data[pos]
+    if first < 0x40:
+        return first, pos + 1
+    size = 1 << (first >> 6)
+    if pos + size > end:
+        raise _short(layer, pos, size, end)
+    stop = pos + size
+    return int.from_bytes(data[pos:stop], "big") & ((1 << (8 * size - 2)) - 1), stop
+
+
+def _long_header(data: bytes, start: int, end: int, layer: str) -> LongHeader:
+    """:func:`parse_long_header` over ``data[start:end]``: the same reads and errors,
+    indexing the bytes directly (every QUIC flow's first datagram goes through here)."""
+    if start >= end:
+        raise _short(layer, start, 1, end)
+    first = data[start]
+    if not first & 0x80:
+        raise Malformed(layer, start, "short header packet")
+    if start + 5 > end:
+        raise _short(layer, start + 1, 4, end)
+    version = int.from_bytes(data[start + 1:start + 5], "big")
+    if _is_gquic(version) and version < QuicVersion.Q050:
+        raise Malformed(layer, start + 1, f"gQUIC {version:#x} has no IETF long header")
+    p = start + 5
+    if p >= end:
+        raise _short(layer, p, 1, end)
+    size = data[p]
+    p += 1
+    if p + size > end:
+        raise _short(layer, p, size, end)
+    dcid = data[p:p + size]
+    p += size
+    if p >= end:
+        raise _short(layer, p, 1, end)
+    size = data[p]
+    p += 1
+    if p + size > end:
+        raise _short(layer, p, size, end)
+    scid = data[p:p + size]
+    p += size
+    if version != QuicVersion.NEGOTIATION and (len(dcid) > _MAX_CID or len(scid) > _MAX_CID):
+        raise Malformed(layer, start + 5, "connection ID longer than 20 bytes")
+    if version == QuicVersion.NEGOTIATION:
+        if (end - p) % 4:
+            raise Malformed(layer, p, "version list not a multiple of 4 bytes")
+        return LongHeader(start, end - start, first, version,
+                          PacketType.VERSION_NEGOTIATION, dcid, scid, b"", 0, 0)
+    ptype = _packet_type(first, version)
+    if ptype == PacketType.RETRY:
+        return LongHeader(start, end - start, first, version, ptype, dcid, scid, data[p:end],
+                          0, 0)
+    token = b""
+    if ptype == PacketType.INITIAL:
+        size, p = _varint_at(data, p, end, layer)
+        if p + size > end:
+            raise _short(layer, p, size, end)
+        token = data[p:p + size]
+        p += size
+    length, p = _varint_at(data, p, end, layer)
+    pn_offset = p - start
+    if p + length > end:
+        raise _short(layer, p, length, end)
+    return LongHeader(start, pn_offset + length, first, version, ptype, dcid, scid, token,
+                      pn_offset, length)
 
 
 def parse_long_header(cur: Cursor) -> LongHeader:
@@ -317,35 +396,11 @@ def parse_long_header(cur: Cursor) -> LongHeader:
     (several may be coalesced in one datagram); Retry and Version Negotiation
     packets take the rest of the datagram.
     """
-    layer = cur.layer
-    start = cur.pos
-    first = cur.u8()
-    if not first & 0x80:
-        raise Malformed(layer, start, "short header packet")
-    version = cur.u32()
-    if _is_gquic(version) and version < QuicVersion.Q050:
-        raise Malformed(layer, start + 1, f"gQUIC {version:#x} has no IETF long header")
-    dcid = cur.take(cur.u8())
-    scid = cur.take(cur.u8())
-    if version != QuicVersion.NEGOTIATION and (len(dcid) > _MAX_CID or len(scid) > _MAX_CID):
-        raise Malformed(layer, start + 5, "connection ID longer than 20 bytes")
-    if version == QuicVersion.NEGOTIATION:
-        rest = cur.remaining()
-        if rest % 4:
-            raise Malformed(layer, cur.pos, "version list not a multiple of 4 bytes")
-        cur.skip(rest)
-        return LongHeader(start, cur.pos - start, first, version,
-                          PacketType.VERSION_NEGOTIATION, dcid, scid, b"", 0, 0)
-    ptype = _packet_type(first, version)
-    if ptype == PacketType.RETRY:
-        token = cur.take(cur.remaining())
-        return LongHeader(start, cur.pos - start, first, version, ptype, dcid, scid, token, 0, 0)
-    token = cur.take(cur.varint()) if ptype == PacketType.INITIAL else b""
-    length = cur.varint()
-    pn_offset = cur.pos - start
-    cur.skip(length)
-    return LongHeader(start, cur.pos - start, first, version, ptype, dcid, scid, token,
-                      pn_offset, length)
+    data = cur.data
+    header = _long_header(data if isinstance(data, bytes) else bytes(data), cur.pos, cur.end,
+                          cur.layer)
+    cur.seek(header.offset + header.size)
+    return header
 
 
 def split_datagram(data: bytes, layer: str = LAYER) -> tuple[LongHeader, ...]:
@@ -354,27 +409,41 @@ def split_datagram(data: bytes, layer: str = LAYER) -> tuple[LongHeader, ...]:
     A short-header packet can only come last and is left out. Zero bytes of
     padding after the last packet are tolerated.
     """
-    cur = Cursor(data, layer)
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    end = len(data)
+    pos = 0
     out: list[LongHeader] = []
-    while not cur.eof():
-        first = cur.peek_u8()
-        if not first & 0x80:
-            if out and all(b == 0 for b in cur.peek(cur.remaining())):
-                break  # padding after the coalesced packets
+    while pos < end:
+        if not data[pos] & 0x80:
+            # zero padding, or a short-header packet: either way the long headers are done
             if not out:
-                raise Malformed(layer, cur.pos, "datagram starts with a short header packet")
+                raise Malformed(layer, pos, "datagram starts with a short header packet")
             break
-        out.append(parse_long_header(cur))
+        header = _long_header(data, pos, end, layer)
+        out.append(header)
+        pos += header.size
     return tuple(out)
 
 
 # -- Initial protection ------------------------------------------------------------------
 
-def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
-    """HKDF-Expand-Label with an empty context (RFC 8446 §7.1)."""
+_SHA256 = hashes.SHA256()
+_ECB = modes.ECB()
+"""Stateless algorithm and mode objects, made once."""
+
+
+def _label_info(label: bytes, length: int) -> bytes:
+    """The HkdfLabel structure with an empty context (RFC 8446 §7.1)."""
     full = b"tls13 " + label
-    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
-    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+    return length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+
+
+_CLIENT_IN_INFO = _label_info(b"client in", 32)
+_KEY_IV_HP_INFO = {prefix: (_label_info(prefix + b"key", 16), _label_info(prefix + b"iv", 12),
+                            _label_info(prefix + b"hp", 16))
+                   for prefix in (b"quic ", b"quicv2 ")}
+"""The HkdfLabels of the packet key, IV and header protection key, by label prefix."""
 
 
 def initial_keys(version: int, dcid: bytes) -> InitialKeys:
@@ -382,12 +451,12 @@ def initial_keys(version: int, dcid: bytes) -> InitialKeys:
     salt = _initial_salt(version)
     if salt is None:
         raise Malformed(LAYER, 1, f"no Initial salt known for version {version:#010x}")
-    initial_secret = HKDF.extract(hashes.SHA256(), salt, dcid)
-    client = _expand_label(initial_secret, b"client in", 32)
-    prefix = b"quicv2 " if version == QuicVersion.V2 else b"quic "
-    return InitialKeys(_expand_label(client, prefix + b"key", 16),
-                       _expand_label(client, prefix + b"iv", 12),
-                       _expand_label(client, prefix + b"hp", 16))
+    # HKDF-Extract of the DCID, then HKDF-Expand-Label "client in", in one HKDF call
+    client = HKDF(_SHA256, 32, salt, _CLIENT_IN_INFO).derive(dcid)
+    key, iv, hp = _KEY_IV_HP_INFO[b"quicv2 " if version == QuicVersion.V2 else b"quic "]
+    return InitialKeys(HKDFExpand(_SHA256, 16, key).derive(client),
+                       HKDFExpand(_SHA256, 12, iv).derive(client),
+                       HKDFExpand(_SHA256, 16, hp).derive(client))
 
 
 def decrypt_initial(data: bytes, header: LongHeader, keys: InitialKeys,
@@ -398,22 +467,22 @@ def decrypt_initial(data: bytes, header: LongHeader, keys: InitialKeys,
     number and the plaintext frames. A wrong key or damaged packet fails the
     AEAD check and raises :class:`Malformed`.
     """
-    cur = Cursor(data, layer, header.offset, header.offset + header.size)
-    pn_at = header.offset + header.pn_offset
+    start = header.offset
+    pn_at = start + header.pn_offset
     if header.length < 4 + _SAMPLE:
         raise Malformed(layer, pn_at, f"Initial payload of {header.length} bytes is too short")
-    head = bytearray(cur.take(header.pn_offset))
-    pn_and_sample = cur.peek(4 + _SAMPLE)
-    encryptor = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor()
-    mask = encryptor.update(pn_and_sample[4:]) + encryptor.finalize()
-    head[0] ^= mask[0] & 0x0F
-    pn_len = (head[0] & 0x03) + 1
-    pn_bytes = bytes(b ^ m for b, m in zip(cur.take(pn_len), mask[1:1 + pn_len], strict=True))
-    packet_number = int.from_bytes(pn_bytes, "big")
-    ciphertext = cur.take(header.length - pn_len)
+    encryptor = Cipher(algorithms.AES(keys.hp), _ECB).encryptor()
+    mask = encryptor.update(data[pn_at + 4:pn_at + 4 + _SAMPLE]) + encryptor.finalize()
+    first = data[start] ^ (mask[0] & 0x0F)
+    pn_len = (first & 0x03) + 1
+    packet_number = int.from_bytes(data[pn_at:pn_at + pn_len], "big") ^ \
+        int.from_bytes(mask[1:1 + pn_len], "big")
+    pn_bytes = packet_number.to_bytes(pn_len, "big")
+    ciphertext = data[pn_at + pn_len:pn_at + header.length]
     nonce = (int.from_bytes(keys.iv, "big") ^ packet_number).to_bytes(12, "big")
     try:
-        plain = AESGCM(keys.key).decrypt(nonce, ciphertext, bytes(head) + pn_bytes)
+        plain = AESGCM(keys.key).decrypt(nonce, ciphertext,
+                                         bytes((first,)) + data[start + 1:pn_at] + pn_bytes)
     except InvalidTag:
         raise Malformed(layer, header.offset, "Initial packet does not decrypt") from None
     return packet_number, plain
@@ -427,37 +496,49 @@ def parse_initial_frames(plain: bytes, packet_number: int = 0,
     ACK, CRYPTO, CONNECTION_CLOSE), plus the 0x08 handshake frame of Google's
     Q050/T05x; anything else raises :class:`Malformed`.
     """
-    cur = Cursor(plain, layer)
+    if not isinstance(plain, bytes):
+        plain = bytes(plain)
+    end = len(plain)
+    pos = 0
     types: list[int] = []
     crypto: list[tuple[int, bytes]] = []
-    while not cur.eof():
-        at = cur.pos
-        ftype = cur.varint()
+    while pos < end:
+        at = pos
+        ftype, pos = _varint_at(plain, pos, end, layer)
         if ftype == FrameType.PADDING:
             # A run of zero bytes is one stretch of padding: jump over it at once.
-            rest = plain[cur.pos:cur.end]
-            cur.seek(cur.end - len(rest.lstrip(b"\x00")))
+            if plain.count(0, pos, end) == end - pos:
+                pos = end  # the usual case: padding to the end of the packet
+            else:
+                pos = end - len(plain[pos:end].lstrip(b"\x00"))
         elif ftype == FrameType.PING:
             pass
         elif ftype in (FrameType.ACK, FrameType.ACK_ECN):
-            cur.varint()  # largest acknowledged
-            cur.varint()  # ack delay
-            ranges = cur.varint()
-            cur.varint()  # first range
+            _, pos = _varint_at(plain, pos, end, layer)  # largest acknowledged
+            _, pos = _varint_at(plain, pos, end, layer)  # ack delay
+            ranges, pos = _varint_at(plain, pos, end, layer)
+            _, pos = _varint_at(plain, pos, end, layer)  # first range
             for _ in range(ranges):
-                cur.varint()  # gap
-                cur.varint()  # range length
+                _, pos = _varint_at(plain, pos, end, layer)  # gap
+                _, pos = _varint_at(plain, pos, end, layer)  # range length
             if ftype == FrameType.ACK_ECN:
                 for _ in range(3):
-                    cur.varint()
+                    _, pos = _varint_at(plain, pos, end, layer)
         elif ftype in (FrameType.CRYPTO, FrameType.GQUIC_CRYPTO):
-            offset = cur.varint()
-            crypto.append((offset, cur.take(cur.varint())))
+            offset, pos = _varint_at(plain, pos, end, layer)
+            size, pos = _varint_at(plain, pos, end, layer)
+            if pos + size > end:
+                raise _short(layer, pos, size, end)
+            crypto.append((offset, plain[pos:pos + size]))
+            pos += size
         elif ftype in (FrameType.CONNECTION_CLOSE, FrameType.CONNECTION_CLOSE_APP):
-            cur.varint()  # error code
+            _, pos = _varint_at(plain, pos, end, layer)  # error code
             if ftype == FrameType.CONNECTION_CLOSE:
-                cur.varint()  # offending frame type
-            cur.skip(cur.varint())  # reason phrase
+                _, pos = _varint_at(plain, pos, end, layer)  # offending frame type
+            size, pos = _varint_at(plain, pos, end, layer)  # reason phrase
+            if pos + size > end:
+                raise _short(layer, pos, size, end)
+            pos += size
         else:
             raise Malformed(layer, at, f"frame type {ftype:#x} not allowed in an Initial")
         if not types or types[-1] != ftype or ftype != FrameType.PADDING:
@@ -467,8 +548,10 @@ def parse_initial_frames(plain: bytes, packet_number: int = 0,
 
 def _assemble(chunks: Iterable[tuple[int, bytes]]) -> bytes:
     """The contiguous CRYPTO stream from offset 0, from chunks in any order."""
-    stream = bytearray()
     pending = sorted(chunks)
+    if len(pending) == 1 and pending[0][0] == 0:
+        return bytes(pending[0][1])  # the usual case: the whole ClientHello in one frame
+    stream = bytearray()
     progress = True
     while progress:
         progress = False

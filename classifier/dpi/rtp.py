@@ -9,7 +9,8 @@ APP, transport- and payload-specific feedback (RFC 4585) and XR (RFC 3611).
 SRTCP (RFC 3711 §3.4) encrypts everything after the first eight bytes and
 appends an index and an authentication tag, so on an SRTCP datagram only the
 first packet's header and sender SSRC are meaningful; :attr:`RtcpCompound.complete`
-tells the two apart.
+tells the two apart. :func:`rtcp_report_blocks` is the classifier's fast read of the report
+blocks of a plain (complete, SR/RR/SDES) compound; anything else is left to :func:`parse_rtcp`.
 
 Errors (all from :mod:`probe.errors`)::
 
@@ -33,6 +34,7 @@ __all__ = [
     "Media",
     "PayloadTypeInfo",
     "ReportBlock",
+    "ReportGist",
     "RtcpCompound",
     "RtcpPacket",
     "RtcpType",
@@ -45,6 +47,7 @@ __all__ = [
     "is_rtp",
     "parse_rtcp",
     "parse_rtp",
+    "rtcp_report_blocks",
 ]
 
 RTP_LAYER = "rtp"
@@ -425,6 +428,69 @@ def parse_rtcp(data: bytes | bytearray | memoryview) -> RtcpCompound:
             break
     complete = cur.eof() and all(p.decoded for p in packets)
     return RtcpCompound(tuple(packets), complete, cur.rest())
+
+
+ReportGist = tuple[int, int, int, int, int, int]
+"""(sender SSRC, source SSRC, fraction lost, cumulative lost, highest sequence, jitter)."""
+
+
+def rtcp_report_blocks(data: bytes) -> tuple[ReportGist, ...] | None:
+    """The classifier's fast read of a plain compound RTCP datagram of SR, RR and SDES
+    packets: every report block as a :data:`ReportGist`, in order, with the values
+    :func:`parse_rtcp` gives when it finds the compound complete. ``None`` for anything
+    else (other packet types, SRTCP, damage): :func:`parse_rtcp` then gives the full
+    answer. Walks the bytes directly, with the same length checks."""
+    n = len(data)
+    if not n:
+        return None
+    out: list[ReportGist] = []
+    pos = 0
+    while pos < n:
+        if pos + 4 > n:
+            return None
+        b0 = data[pos]
+        ptype = data[pos + 1]
+        if b0 >> 6 != 2:
+            return None
+        count = b0 & 0x1F
+        body = pos + 4
+        end = body + 4 * ((data[pos + 2] << 8) | data[pos + 3])
+        if end > n or (b0 & 0x20 and end != n):  # padding only on the last packet (§6.4.1)
+            return None
+        if ptype in (RtcpType.SR, RtcpType.RR):
+            p = body + (24 if ptype == RtcpType.SR else 4)  # SSRC [+ sender info]
+            if p + 24 * count > end:
+                return None
+            sender = int.from_bytes(data[body:body + 4], "big")
+            for _ in range(count):
+                lost = int.from_bytes(data[p + 5:p + 8], "big")
+                if lost & 0x800000:
+                    lost -= 1 << 24
+                out.append((sender, int.from_bytes(data[p:p + 4], "big"), data[p + 4], lost,
+                            int.from_bytes(data[p + 8:p + 12], "big"),
+                            int.from_bytes(data[p + 12:p + 16], "big")))
+                p += 24
+        elif ptype == RtcpType.SDES:  # must decode: SSRC, items up to END, 32-bit aligned
+            p = body
+            for _ in range(count):
+                chunk = p
+                p += 4
+                while True:
+                    if p >= end:
+                        return None
+                    if data[p] == SdesType.END:
+                        p += 1
+                        break
+                    if p + 2 > end or p + 2 + data[p + 1] > end:
+                        return None
+                    p += 2 + data[p + 1]
+                p += -(p - chunk) % 4
+                if p > end:
+                    return None
+        else:
+            return None
+        pos = end
+    return tuple(out)
 
 
 # -- predicates -----------------------------------------------------------------------------

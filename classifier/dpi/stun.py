@@ -12,6 +12,10 @@ Every attribute is kept, in order, as (type, raw value); the ones that carry
 something a later stage may use to name the app or to tie flows together are
 decoded as well. Nothing here decides which app a flow belongs to.
 
+:func:`stun_gist` is the classifier's fast read of the plain case (one UDP message with the
+cookie, no DATA): only the fields it keeps, the same values; anything else is left to
+:func:`parse_stun_payload`. Addresses are written as :mod:`ipaddress` writes them.
+
 Errors (all from :mod:`probe.errors`)::
 
     ParseError
@@ -22,11 +26,13 @@ Errors (all from :mod:`probe.errors`)::
 from __future__ import annotations
 
 import ipaddress
+import socket
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
+from typing import NamedTuple
 
 from probe.cursor import Cursor
 from probe.errors import Malformed, ParseError, Truncated
@@ -44,6 +50,7 @@ __all__ = [
     "Method",
     "StunAttribute",
     "StunFraming",
+    "StunGist",
     "StunMessage",
     "StunPayload",
     "TransportAddress",
@@ -53,6 +60,8 @@ __all__ = [
     "parse_channel_data",
     "parse_stun",
     "parse_stun_payload",
+    "stun_gist",
+    "udp_stun_possible",
 ]
 
 LAYER = "stun"
@@ -136,13 +145,6 @@ class Method(IntEnum):
 TURN_METHODS = frozenset({Method.ALLOCATE, Method.REFRESH, Method.SEND, Method.DATA,
                           Method.CREATE_PERMISSION, Method.CHANNEL_BIND, Method.CONNECT,
                           Method.CONNECTION_BIND, Method.CONNECTION_ATTEMPT})
-
-
-def _split_type(msg_type: int) -> tuple[int, MessageClass]:
-    # RFC 8489 §5: M11..M7 C1 M6..M4 C0 M3..M0
-    method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
-    cls = ((msg_type >> 4) & 0x1) | ((msg_type >> 7) & 0x2)
-    return method, MessageClass(cls)
 
 
 def _plausible_type(msg_type: int) -> bool:
@@ -455,26 +457,52 @@ def looks_like_stun(data: bytes | bytearray | memoryview) -> bool:
     return length % 4 == 0 and length + _HEADER_LEN == len(data)
 
 
+def udp_stun_possible(data: bytes | bytearray | memoryview) -> bool:
+    """False when :func:`parse_stun_payload` of this UDP payload can only raise: a first
+    byte of 0x50 or more (RTP, RTCP, QUIC... by RFC 9443 §3) without the 0xFF10
+    multiplexed-TURN header. Cheap enough for every payload of a media flow."""
+    return len(data) < 2 or data[0] < 0x50 or (data[0] == 0xFF and data[1] == 0x10)
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _address(cur: Cursor, key: bytes | None, offset: int) -> TransportAddress:
-    """Address attribute value (RFC 8489 §14.1); ``key`` = cookie + transaction id for XOR-*."""
-    cur.skip(1)
-    family = cur.u8()
-    port = cur.u16()
+def _need(pos: int, n: int, end: int) -> Truncated:
+    """The error :meth:`Cursor.take` raises for ``n`` bytes at ``pos`` before ``end``."""
+    return Truncated(LAYER, pos, f"need {n} bytes, {end - pos} left")
+
+
+def _ip_text(family: int, raw: bytes) -> str:
+    """Text form of an address, as :mod:`ipaddress` writes it (``socket.inet_ntop`` is the
+    same text, and much faster, except for IPv6 addresses with an embedded IPv4 part)."""
     if family == 1:
-        raw = cur.take(4)
+        return socket.inet_ntop(socket.AF_INET, raw)
+    text = socket.inet_ntop(socket.AF_INET6, raw)
+    return str(ipaddress.IPv6Address(raw)) if "." in text else text
+
+
+def _address(value: bytes, key: bytes | None, offset: int) -> TransportAddress:
+    """Address attribute value (RFC 8489 §14.1); ``key`` = cookie + transaction id for XOR-*.
+    ``offset`` is where the value starts in the message (for errors)."""
+    n = len(value)
+    if n < 4:
+        raise Truncated(LAYER, offset + n, "address attribute cut short")
+    family = value[1]
+    port = (value[2] << 8) | value[3]
+    if family == 1:
+        size = 4
     elif family == 2:
-        raw = cur.take(16)
+        size = 16
     else:
         raise Malformed(LAYER, offset + 1, f"address family {family}")
+    if n < 4 + size:
+        raise _need(offset + 4, size, offset + n)
+    raw = value[4:4 + size]
     if key is not None:
         port ^= MAGIC_COOKIE >> 16
-        raw = bytes(a ^ k for a, k in zip(raw, key, strict=False))
-    addr = ipaddress.IPv4Address(raw) if family == 1 else ipaddress.IPv6Address(raw)
-    return TransportAddress(family, str(addr), port)
+        raw = (int.from_bytes(raw, "big") ^ int.from_bytes(key[:size], "big")).to_bytes(size, "big")
+    return TransportAddress(family, _ip_text(family, raw), port)
 
 
 def _u32(a: StunAttribute, start: int) -> int:
@@ -528,6 +556,9 @@ class _Fields:
         self.network_info: tuple[int, int] | None = None
 
 
+_NO_FIELDS = _Fields()
+"""What a message without attributes has (shared: only ever read)."""
+
 _ADDRESS_FIELD = {
     AttrType.MAPPED_ADDRESS: "mapped_address",
     AttrType.XOR_MAPPED_ADDRESS: "xor_mapped_address",
@@ -550,97 +581,142 @@ _U32_FIELD = {
     AttrType.MS_IMPLEMENTATION_VERSION: "ms_implementation_version",
 }
 
+# How each decoded attribute type is read (types absent here are kept raw only).
+_ADDR, _XOR_ADDR, _PEER, _TEXT, _U32, _ERROR, _CHANNEL, _TRANSPORT, _DATA, _INTEGRITY, \
+    _FINGERPRINT, _USE_CANDIDATE, _CONTROLLED, _CONTROLLING, _NETWORK_INFO = range(15)
+_DECODER: dict[int, int] = {
+    **{int(t): _ADDR for t in _ADDRESS_ATTRS},
+    **{int(t): _XOR_ADDR for t in _XOR_ADDRESS_ATTRS},
+    AttrType.XOR_PEER_ADDRESS: _PEER,
+    **{int(t): _TEXT for t in _TEXT_FIELD},
+    **{int(t): _U32 for t in _U32_FIELD},
+    AttrType.ERROR_CODE: _ERROR,
+    AttrType.CHANNEL_NUMBER: _CHANNEL,
+    AttrType.REQUESTED_TRANSPORT: _TRANSPORT,
+    AttrType.DATA: _DATA,
+    AttrType.MESSAGE_INTEGRITY: _INTEGRITY,
+    AttrType.FINGERPRINT: _FINGERPRINT,
+    AttrType.USE_CANDIDATE: _USE_CANDIDATE,
+    AttrType.ICE_CONTROLLED: _CONTROLLED,
+    AttrType.ICE_CONTROLLING: _CONTROLLING,
+    AttrType.GOOG_NETWORK_INFO: _NETWORK_INFO,
+}
+_FIELD_OF: dict[int, str] = {int(t): name for t, name in
+                             (*_ADDRESS_FIELD.items(), *_TEXT_FIELD.items(),
+                              *_U32_FIELD.items())}
+
 
 def _set_once(f: _Fields, name: str, value: object) -> None:
     if getattr(f, name) is None:
         setattr(f, name, value)
 
 
-def _decode_attribute(f: _Fields, attr: StunAttribute, buf: bytes | memoryview, start: int,
+def _decode_attribute(f: _Fields, how: int, attr: StunAttribute, buf: bytes, start: int,
                       key: bytes | None, depth: int) -> None:
-    """Fill ``f`` from one attribute; ``buf``/``start`` locate the whole message."""
+    """Fill ``f`` from one attribute read the ``how`` way (see ``_DECODER``); ``buf`` and
+    ``start`` locate the whole message. Raises :class:`ParseError` for a value that does not
+    fit its registered layout."""
     t = attr.type
-    v = Cursor(attr.value, LAYER)
-    if t in _XOR_ADDRESS_ATTRS or t in _ADDRESS_ATTRS:
-        addr = _address(v, key if t in _XOR_ADDRESS_ATTRS else None, start + attr.offset + 4)
-        if t == AttrType.XOR_PEER_ADDRESS:
-            return  # collected separately, there may be several
-        name = _ADDRESS_FIELD.get(AttrType(t))
+    value = attr.value
+    if how in (_XOR_ADDR, _ADDR):
+        addr = _address(value, key if how == _XOR_ADDR else None, start + attr.offset + 4)
+        name = _FIELD_OF.get(t)
         if name is not None:
             _set_once(f, name, addr)
-    elif t in _TEXT_FIELD:
-        _set_once(f, _TEXT_FIELD[AttrType(t)], _text(attr.value))
-    elif t in _U32_FIELD:
-        _set_once(f, _U32_FIELD[AttrType(t)], _u32(attr, start))
-    elif t == AttrType.ERROR_CODE:
-        v.skip(2)
-        klass = v.u8() & 0x07
-        number = v.u8()
-        _set_once(f, "error", ErrorCode(klass * 100 + number, _text(v.rest())))
-    elif t == AttrType.CHANNEL_NUMBER:
+    elif how == _TEXT:
+        _set_once(f, _FIELD_OF[t], _text(value))
+    elif how == _U32:
+        _set_once(f, _FIELD_OF[t], _u32(attr, start))
+    elif how == _ERROR:
+        if len(value) < 4:
+            raise Truncated(LAYER, start + attr.offset + 4 + len(value), "ERROR-CODE cut short")
+        _set_once(f, "error", ErrorCode((value[2] & 0x07) * 100 + value[3], _text(value[4:])))
+    elif how == _CHANNEL:
         _set_once(f, "channel_number", _u32(attr, start) >> 16)
-    elif t == AttrType.REQUESTED_TRANSPORT:
+    elif how == _TRANSPORT:
         _set_once(f, "requested_transport", _u32(attr, start) >> 24)
-    elif t == AttrType.DATA:
-        _set_once(f, "data", attr.value)
-        if f.inner is None and depth < 2 and looks_like_stun(attr.value):
+    elif how == _DATA:
+        _set_once(f, "data", value)
+        if f.inner is None and depth < 2 and looks_like_stun(value):
             try:
-                f.inner = _parse_message(Cursor(attr.value, LAYER), attr.value, tcp=False,
-                                         depth=depth + 1)
+                f.inner = _parse_message(value, 0, len(value), tcp=False, depth=depth + 1)[0]
             except (Truncated, Malformed):
                 f.inner = None
-    elif t == AttrType.MESSAGE_INTEGRITY:
-        _set_once(f, "message_integrity", attr.value)
-    elif t == AttrType.FINGERPRINT:
-        value = _u32(attr, start)
+    elif how == _INTEGRITY:
+        _set_once(f, "message_integrity", value)
+    elif how == _FINGERPRINT:
+        crc = _u32(attr, start)
         if f.fingerprint is None:
-            covered = Cursor(buf, LAYER, start, start + attr.offset).rest()
-            f.fingerprint = value
-            f.fingerprint_ok = (zlib.crc32(covered) ^ _FINGERPRINT_XOR) == value
-    elif t == AttrType.USE_CANDIDATE:
+            f.fingerprint = crc
+            covered = buf[start:start + attr.offset]
+            f.fingerprint_ok = (zlib.crc32(covered) ^ _FINGERPRINT_XOR) == crc
+    elif how == _USE_CANDIDATE:
         f.use_candidate = True
-    elif t == AttrType.ICE_CONTROLLED:
+    elif how == _CONTROLLED:
         _set_once(f, "ice_controlled", _u64(attr, start))
-    elif t == AttrType.ICE_CONTROLLING:
+    elif how == _CONTROLLING:
         _set_once(f, "ice_controlling", _u64(attr, start))
-    elif t == AttrType.GOOG_NETWORK_INFO:
+    elif how == _NETWORK_INFO:
         word = _u32(attr, start)
         _set_once(f, "network_info", (word >> 16, word & 0xFFFF))
 
 
-def _walk_attributes(cur: Cursor, start: int, length: int, *,
+def _walk_attributes(buf: bytes, start: int, pos: int, stop: int, *,
                      padded: bool) -> list[StunAttribute]:
-    """TLVs of a ``length``-byte attribute block; values padded to 4 bytes (RFC 8489 §14)."""
+    """TLVs of the attribute block ``buf[pos:stop]`` of the message at ``start``; values
+    padded to 4 bytes (RFC 8489 §14). The block is read exactly as a :class:`Cursor` block
+    would be, with the same errors; by hand, because every STUN packet of a call goes
+    through here."""
     out: list[StunAttribute] = []
-    with cur.block(length):
-        while not cur.eof():
-            a_off = cur.pos - start
-            a_type = cur.u16()
-            a_len = cur.u16()
-            out.append(StunAttribute(a_type, cur.take(a_len), a_off))
-            pad = (-a_len) % 4
-            if padded and pad:
-                if cur.remaining() < pad:
-                    raise Malformed(LAYER, cur.pos, "attribute padding missing")
-                cur.skip(pad)
+    while pos < stop:
+        if pos + 4 > stop:
+            raise _need(pos, 2, stop) if pos + 2 > stop else _need(pos + 2, 2, stop)
+        a_type = (buf[pos] << 8) | buf[pos + 1]
+        a_len = (buf[pos + 2] << 8) | buf[pos + 3]
+        value_at = pos + 4
+        end = value_at + a_len
+        if end > stop:
+            raise _need(value_at, a_len, stop)
+        out.append(StunAttribute(a_type, buf[value_at:end], pos - start))
+        pos = end
+        pad = -a_len & 3
+        if padded and pad:
+            if stop - pos < pad:
+                raise Malformed(LAYER, pos, "attribute padding missing")
+            pos += pad
     return out
 
 
-def _parse_message(cur: Cursor, buf: bytes | memoryview, *, tcp: bool,
-                   depth: int = 0) -> StunMessage:
-    """Parse one message starting at ``cur.pos`` of ``buf``; leaves the cursor after it."""
-    start = cur.pos
-    msg_type = cur.u16()
+_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
+_CLASS_OF_BITS = tuple(MessageClass(c) for c in range(4))
+
+
+def _parse_message(buf: bytes, start: int, end: int, *, tcp: bool,
+                   depth: int = 0) -> tuple[StunMessage, int]:
+    """Parse one message at ``buf[start:end]``; returns it and where it ends.
+
+    Reads as a :class:`Cursor` over ``buf`` from ``start`` to ``end`` would, raising the
+    same errors at the same offsets.
+    """
+    if start + 2 > end:
+        raise _need(start, 2, end)
+    msg_type = (buf[start] << 8) | buf[start + 1]
     if msg_type & 0xC000:
         raise Malformed(LAYER, start, f"first two bits set (type 0x{msg_type:04x})")
-    length = cur.u16()
-    cookie = cur.peek(4) == MAGIC_COOKIE.to_bytes(4, "big")
+    if start + 4 > end:
+        raise _need(start + 2, 2, end)
+    length = (buf[start + 2] << 8) | buf[start + 3]
+    if start + 8 > end:
+        raise _need(start + 4, 4, end)
+    cookie = buf[start + 4:start + 8] == _COOKIE_BYTES
     if length % 4 and not cookie:
         raise Malformed(LAYER, start + 2, f"length {length} not a multiple of 4")
+    key: bytes | None
     if cookie:
-        cur.skip(4)
-        txid = cur.take(12)
-        key = MAGIC_COOKIE.to_bytes(4, "big") + txid
+        if start + 20 > end:
+            raise _need(start + 8, 12, end)
+        txid = buf[start + 8:start + 20]
+        key = buf[start + 4:start + 20]  # the cookie, then the transaction id
     else:
         # RFC 3489 has no cookie: only over UDP, only plausible types; the caller checks
         # that the message fills the datagram exactly.
@@ -648,45 +724,54 @@ def _parse_message(cur: Cursor, buf: bytes | memoryview, *, tcp: bool,
             raise Malformed(LAYER, start + 4, "no magic cookie on TCP")
         if not _plausible_type(msg_type):
             raise Malformed(LAYER, start, f"classic STUN with type 0x{msg_type:04x}")
-        txid = cur.take(16)
+        if start + 20 > end:
+            raise _need(start + 4, 16, end)
+        txid = buf[start + 4:start + 20]
         # Without the cookie nothing is XORed: RFC 3489 had no XOR attributes, and the
         # pre-RFC TURN Microsoft still sends (0x0115 Data indication) uses 0x0012 as a
         # plain REMOTE-ADDRESS.
         key = None
-    method, cls = _split_type(msg_type)
-    attrs: list[StunAttribute] = []
+    # RFC 8489 §5: M11..M7 C1 M6..M4 C0 M3..M0
+    method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
+    cls = _CLASS_OF_BITS[((msg_type >> 4) & 0x1) | ((msg_type >> 7) & 0x2)]
+    body_at = start + _HEADER_LEN
+    stop = body_at + length
+    if stop > end:
+        raise Truncated(LAYER, body_at, f"attributes of {length} bytes, {end - body_at} left")
+    vendor = VENDOR_MESSAGE_TYPES.get(msg_type)
+    vendors: set[Vendor] = set() if vendor is None else {vendor}
     peers: list[TransportAddress] = []
-    vendors: set[Vendor] = set()
-    if msg_type in VENDOR_MESSAGE_TYPES:
-        vendors.add(VENDOR_MESSAGE_TYPES[msg_type])
-    f = _Fields()
     undecoded: list[int] = []
-    body_at = cur.pos
-    if cur.remaining() < length:
-        raise Truncated(LAYER, body_at, f"attributes of {length} bytes, {cur.remaining()} left")
-    try:
-        raw_attrs = _walk_attributes(cur, start, length, padded=True)
-    except ParseError as padded_error:
-        # Microsoft's pre-RFC TURN does not pad attribute values (teams.pcap): retry unpadded.
-        # The block is all there, so a walk that overruns it means wrong bytes, not missing.
-        cur.seek(body_at)
+    f = _NO_FIELDS
+    attrs: list[StunAttribute] = []
+    if length:
         try:
-            raw_attrs = _walk_attributes(cur, start, length, padded=False)
-        except ParseError:
-            raise Malformed(LAYER, padded_error.offset, padded_error.reason) from None
-    for attr in raw_attrs:
-        a_type, a_off = attr.type, attr.offset
-        attrs.append(attr)
-        if a_type in VENDOR_ATTRIBUTES:
-            vendors.add(VENDOR_ATTRIBUTES[a_type])
-        try:
-            _decode_attribute(f, attr, buf, start, key, depth)
-            if a_type == AttrType.XOR_PEER_ADDRESS:
-                peers.append(_address(Cursor(attr.value, LAYER), key, start + a_off + 4))
-        except ParseError:
-            # A value that does not fit its registered type (vendors reuse numbers, e.g.
-            # WhatsApp sends a 4-byte 0x802B): keep it raw, note it, go on.
-            undecoded.append(a_type)
+            attrs = _walk_attributes(buf, start, body_at, stop, padded=True)
+        except ParseError as padded_error:
+            # Microsoft's pre-RFC TURN does not pad attribute values (teams.pcap): retry
+            # unpadded. The block is all there, so a walk that overruns it means wrong
+            # bytes, not missing.
+            try:
+                attrs = _walk_attributes(buf, start, body_at, stop, padded=False)
+            except ParseError:
+                raise Malformed(LAYER, padded_error.offset, padded_error.reason) from None
+        f = _Fields()
+        for attr in attrs:
+            a_type = attr.type
+            if a_type in VENDOR_ATTRIBUTES:
+                vendors.add(VENDOR_ATTRIBUTES[a_type])
+            how = _DECODER.get(a_type)
+            if how is None:
+                continue
+            try:
+                if how == _PEER:  # there may be several: collected apart
+                    peers.append(_address(attr.value, key, start + attr.offset + 4))
+                else:
+                    _decode_attribute(f, how, attr, buf, start, key, depth)
+            except ParseError:
+                # A value that does not fit its registered type (vendors reuse numbers,
+                # e.g. WhatsApp sends a 4-byte 0x802B): keep it raw, note it, go on.
+                undecoded.append(a_type)
     return StunMessage(
         msg_type=msg_type, method=method, cls=cls, length=length, magic_cookie=cookie,
         transaction_id=txid, attributes=tuple(attrs), mapped_address=f.mapped_address,
@@ -702,7 +787,7 @@ def _parse_message(cur: Cursor, buf: bytes | memoryview, *, tcp: bool,
         ms_version=f.ms_version, ms_implementation_version=f.ms_implementation_version,
         network_info=f.network_info, vendors=frozenset(vendors),
         undecoded=tuple(undecoded),
-    )
+    ), stop
 
 
 def parse_stun(data: bytes | bytearray | memoryview, *, tcp: bool = False) -> StunMessage:
@@ -712,15 +797,15 @@ def parse_stun(data: bytes | bytearray | memoryview, *, tcp: bool = False) -> St
     :class:`Malformed` when it is not STUN or has bytes after the message.
     """
     buf = bytes(data)
-    cur = Cursor(buf, LAYER)
-    if not tcp and len(buf) >= 8 and int.from_bytes(buf[4:8], "big") != MAGIC_COOKIE:
+    n = len(buf)
+    if not tcp and n >= 8 and buf[4:8] != _COOKIE_BYTES:
         length = int.from_bytes(buf[2:4], "big")
-        if length + _HEADER_LEN != len(buf):
+        if length + _HEADER_LEN != n:
             raise Malformed(LAYER, 2, f"classic STUN length {length} does not fill "
-                            f"{len(buf)} bytes")
-    msg = _parse_message(cur, buf, tcp=tcp)
-    if not cur.eof():
-        raise Malformed(LAYER, cur.pos, f"{cur.remaining()} bytes after the message")
+                            f"{n} bytes")
+    msg, stop = _parse_message(buf, 0, n, tcp=tcp)
+    if stop != n:
+        raise Malformed(LAYER, stop, f"{n - stop} bytes after the message")
     return msg
 
 
@@ -765,45 +850,178 @@ def parse_stun_payload(data: bytes | bytearray | memoryview, *,
     ChannelData may be interleaved. A payload cut inside a message raises :class:`Truncated`.
     """
     buf = bytes(data)
-    cur = Cursor(buf, LAYER)
+    n = len(buf)
     framing = StunFraming.BARE
-    session: bytes | None = None
-    if len(buf) >= 2 and cur.peek(2) == _MS_MUX_MAGIC.to_bytes(2, "big"):
+    if n >= 2 and buf[0] == _MS_MUX_MAGIC >> 8 and buf[1] == _MS_MUX_MAGIC & 0xFF:
         # [MS-TURN]: 0xFF10, 16-bit length of what follows the first 4 bytes, 8-byte session id
-        cur.skip(2)
-        mux_len = cur.u16()
-        session = cur.take(8)
-        framing = StunFraming.MS_MULTIPLEXED
-        if mux_len != cur.remaining() + 8:
-            raise Malformed(LAYER, 2, f"multiplexed length {mux_len} for "
-                            f"{cur.remaining() + 8} bytes")
-        inner = _parse_message(cur, buf, tcp=tcp)
-        if not cur.eof():
-            raise Malformed(LAYER, cur.pos, f"{cur.remaining()} bytes after the message")
-        return StunPayload(framing, session, (inner,))
+        if n < 4:
+            raise _need(2, 2, n)
+        mux_len = (buf[2] << 8) | buf[3]
+        if n < _MS_MUX_HEADER_LEN:
+            raise _need(4, 8, n)
+        session = buf[4:_MS_MUX_HEADER_LEN]
+        if mux_len != n - 4:
+            raise Malformed(LAYER, 2, f"multiplexed length {mux_len} for {n - 4} bytes")
+        inner, stop = _parse_message(buf, _MS_MUX_HEADER_LEN, n, tcp=tcp)
+        if stop != n:
+            raise Malformed(LAYER, stop, f"{n - stop} bytes after the message")
+        return StunPayload(StunFraming.MS_MULTIPLEXED, session, (inner,))
     if not tcp:
-        if buf and classify_first_byte(buf[0]) is Kind.TURN_CHANNEL:
+        if buf and 64 <= buf[0] <= 79:  # Kind.TURN_CHANNEL
             return StunPayload(framing, None, (parse_channel_data(buf),))
-        if len(buf) >= 8 and int.from_bytes(buf[4:8], "big") == MAGIC_COOKIE:
+        if n >= 8 and buf[4:8] == _COOKIE_BYTES:
             # WhatsApp appends bytes after some messages (stun_wa_call.pcapng): keep them
-            msg = _parse_message(cur, buf, tcp=False)
-            return StunPayload(framing, None, (msg,), cur.rest())
+            msg, stop = _parse_message(buf, 0, n, tcp=False)
+            return StunPayload(framing, None, (msg,), buf[stop:])
         return StunPayload(framing, None, (parse_stun(buf),))
     items: list[StunMessage | ChannelData] = []
-    rfc4571 = len(buf) >= 10 and buf[2] <= 3 and \
-        int.from_bytes(buf[6:10], "big") == MAGIC_COOKIE and \
-        int.from_bytes(buf[4:8], "big") != MAGIC_COOKIE
+    rfc4571 = n >= 10 and buf[2] <= 3 and buf[6:10] == _COOKIE_BYTES and \
+        buf[4:8] != _COOKIE_BYTES
     if rfc4571:
         framing = StunFraming.RFC4571
-    while not cur.eof():
-        if framing is StunFraming.RFC4571:
-            frame_len = cur.u16()
-            with cur.block(frame_len):
-                items.append(_parse_message(cur, buf, tcp=True))
-        elif classify_first_byte(cur.peek_u8()) is Kind.TURN_CHANNEL:
+    pos = 0
+    while pos < n:
+        if rfc4571:
+            if pos + 2 > n:
+                raise _need(pos, 2, n)
+            frame_len = (buf[pos] << 8) | buf[pos + 1]
+            pos += 2
+            if pos + frame_len > n:
+                raise Truncated(LAYER, pos, f"block of {frame_len} bytes, {n - pos} left")
+            msg, stop = _parse_message(buf, pos, pos + frame_len, tcp=True)
+            if stop != pos + frame_len:
+                raise Malformed(LAYER, stop, f"block of {frame_len} bytes read {stop - pos}")
+            items.append(msg)
+            pos = stop
+        elif 64 <= buf[pos] <= 79:  # Kind.TURN_CHANNEL
+            cur = Cursor(buf, LAYER, pos)
             items.append(_parse_channel(cur, buf, tcp=True))
+            pos = cur.pos
         else:
-            items.append(_parse_message(cur, buf, tcp=True))
+            msg, pos = _parse_message(buf, pos, n, tcp=True)
+            items.append(msg)
     if not items:
         raise Truncated(LAYER, 0, "empty payload")
-    return StunPayload(framing, session, tuple(items))
+    return StunPayload(framing, None, tuple(items))
+
+# Attribute numbers :func:`stun_gist` reads, as plain ints.
+_T_MAPPED = int(AttrType.MAPPED_ADDRESS)
+_T_XOR_MAPPED = frozenset({int(AttrType.XOR_MAPPED_ADDRESS),
+                           int(AttrType.XOR_MAPPED_ADDRESS_OLD)})
+_T_XOR_PEER = int(AttrType.XOR_PEER_ADDRESS)
+_T_XOR_RELAYED = int(AttrType.XOR_RELAYED_ADDRESS)
+_T_SOFTWARE = int(AttrType.SOFTWARE)
+_T_REALM = int(AttrType.REALM)
+_T_DATA = int(AttrType.DATA)
+_T_USE_CANDIDATE = int(AttrType.USE_CANDIDATE)
+_T_PRIORITY = int(AttrType.PRIORITY)
+_T_MS_VERSION = int(AttrType.MS_VERSION)
+_T_MS_IMPLEMENTATION_VERSION = int(AttrType.MS_IMPLEMENTATION_VERSION)
+_T_ICE_CONTROLLED = int(AttrType.ICE_CONTROLLED)
+_T_ICE_CONTROLLING = int(AttrType.ICE_CONTROLLING)
+
+
+class StunGist(NamedTuple):
+    """What the classifier reads from a plain STUN message (:func:`stun_gist`): the
+    :class:`StunMessage` fields of the same names, with the same values."""
+
+    msg_type: int
+    method: int
+    cls: MessageClass
+    vendors: frozenset[Vendor]
+    mapped_address: TransportAddress | None
+    xor_mapped_address: TransportAddress | None
+    xor_peer_addresses: tuple[TransportAddress, ...]
+    xor_relayed_address: TransportAddress | None
+    realm: str | None
+    software: str | None
+    priority: int | None
+    use_candidate: bool
+    ice_controlled: int | None
+    ice_controlling: int | None
+    ms_version: int | None
+    ms_implementation_version: int | None
+
+    @property
+    def is_turn(self) -> bool:
+        """True for TURN methods (RFC 8656 / RFC 6062)."""
+        return self.method in TURN_METHODS
+
+
+_NO_VENDORS: frozenset[Vendor] = frozenset()
+
+
+def stun_gist(data: bytes) -> StunGist | None:
+    """The classifier's fast read of a UDP payload holding one plain STUN message (magic
+    cookie, attributes padded, no DATA to look into), walking the bytes directly and
+    decoding only the attributes :class:`StunGist` keeps. ``None`` for anything else
+    (ChannelData, classic STUN, odd or cut-short bytes, not STUN at all):
+    :func:`parse_stun_payload` then gives the full answer or its exact error."""
+    n = len(data)
+    if n < _HEADER_LEN or data[0] & 0xC0 or data[4:8] != _COOKIE_BYTES:
+        return None
+    msg_type = (data[0] << 8) | data[1]
+    stop = _HEADER_LEN + ((data[2] << 8) | data[3])
+    if stop > n:
+        return None
+    key = data[4:20]
+    vendor = VENDOR_MESSAGE_TYPES.get(msg_type)
+    vendors = _NO_VENDORS if vendor is None else frozenset((vendor,))
+    mapped = xor_mapped = relayed = None
+    peers: list[TransportAddress] = []
+    realm = software = None
+    priority = controlled = controlling = ms_version = ms_implementation = None
+    use_candidate = False
+    pos = _HEADER_LEN
+    while pos < stop:
+        if pos + 4 > stop:
+            return None
+        a_type = (data[pos] << 8) | data[pos + 1]
+        a_len = (data[pos + 2] << 8) | data[pos + 3]
+        at = pos + 4
+        pos = at + a_len + (-a_len & 3)
+        if pos > stop:
+            return None  # cut short, or not padded: the full parser sorts it out
+        if a_type in VENDOR_ATTRIBUTES:
+            vendors = vendors | {VENDOR_ATTRIBUTES[a_type]}
+        value = data[at:at + a_len]
+        try:
+            if a_type in _T_XOR_MAPPED:
+                if xor_mapped is None:
+                    xor_mapped = _address(value, key, at)
+            elif a_type == _T_MAPPED:
+                if mapped is None:
+                    mapped = _address(value, None, at)
+            elif a_type == _T_XOR_PEER:
+                peers.append(_address(value, key, at))
+            elif a_type == _T_XOR_RELAYED:
+                if relayed is None:
+                    relayed = _address(value, key, at)
+            elif a_type == _T_SOFTWARE:
+                software = software if software is not None else _text(value)
+            elif a_type == _T_REALM:
+                realm = realm if realm is not None else _text(value)
+            elif a_type == _T_DATA:
+                return None  # may hold a message of its own: the full parser reads it
+            elif a_type == _T_USE_CANDIDATE:
+                use_candidate = True
+            elif a_len == 4:
+                if a_type == _T_PRIORITY and priority is None:
+                    priority = int.from_bytes(value, "big")
+                elif a_type == _T_MS_VERSION and ms_version is None:
+                    ms_version = int.from_bytes(value, "big")
+                elif a_type == _T_MS_IMPLEMENTATION_VERSION and ms_implementation is None:
+                    ms_implementation = int.from_bytes(value, "big")
+            elif a_len == 8:
+                if a_type == _T_ICE_CONTROLLED and controlled is None:
+                    controlled = int.from_bytes(value, "big")
+                elif a_type == _T_ICE_CONTROLLING and controlling is None:
+                    controlling = int.from_bytes(value, "big")
+        except ParseError:
+            continue  # an address that does not fit: the full parser keeps it undecoded
+    method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
+    cls = _CLASS_OF_BITS[((msg_type >> 4) & 0x1) | ((msg_type >> 7) & 0x2)]
+    return StunGist(msg_type, method, cls, vendors, mapped, xor_mapped, tuple(peers), relayed,
+                    realm, software, priority, use_candidate, controlled, controlling,
+                    ms_version, ms_implementation)
+

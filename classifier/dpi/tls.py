@@ -312,18 +312,38 @@ def _leading_handshake(data: bytes, layer: str) -> bytes:
 
     Reads records only until the message (type, u24 length, body) is whole, so
     whatever follows it in the stream is never looked at. Raises
-    :class:`Truncated` at ``len(data)`` if the input ends first.
+    :class:`Truncated` at ``len(data)`` if the input ends first. The records are
+    read as :func:`iter_records` reads them, with the same errors, but by direct
+    indexing: every TLS flow's first bytes go through here.
     """
-    buf = bytearray()
-    for rec in iter_records(data, layer):
-        if rec.content_type != ContentType.HANDSHAKE:
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    n = len(data)
+    pos = 0
+    buf = b""
+    while pos < n:
+        start = pos
+        ctype = data[pos]
+        if pos + 5 > n:
+            at = pos + 1 if pos + 3 > n else pos + 3
+            raise Truncated(layer, at, f"need 2 bytes, {n - at} left")
+        version = (data[pos + 1] << 8) | data[pos + 2]
+        length = (data[pos + 3] << 8) | data[pos + 4]
+        if not 20 <= ctype <= 24:
+            raise Malformed(layer, start, f"content type {ctype} is not a TLS record")
+        if version >> 8 != 0x03:
+            raise Malformed(layer, start + 1, f"record version {version:#06x}")
+        if length > _MAX_RECORD:
+            raise Malformed(layer, start + 3, f"record length {length} too large")
+        pos = min(n, pos + 5 + length)
+        if ctype != ContentType.HANDSHAKE:
             if not buf:
-                raise Malformed(layer, rec.offset,
-                                f"first record is content type {rec.content_type}, not handshake")
+                raise Malformed(layer, start,
+                                f"first record is content type {ctype}, not handshake")
             break
-        buf += rec.fragment
+        buf += data[start + 5:pos]
         if len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[1:4], "big"):
-            return bytes(buf)
+            return buf
     if not buf and not data:
         raise Truncated(layer, 0, "no TLS record")
     raise Truncated(layer, len(data), "input ends inside the first handshake message")
@@ -498,6 +518,10 @@ def parse_tls_client_hello(data: bytes, layer: str = LAYER) -> ClientHello:
     return parse_client_hello(_leading_handshake(data, layer), layer)
 
 
+_SERVER_NAME = int(ExtensionType.SERVER_NAME)
+_NAME_EXTENSIONS = frozenset({_SERVER_NAME, int(ExtensionType.ALPN)})
+
+
 def client_hello_names(hello: bytes) -> tuple[str | None, tuple[str, ...]]:
     """SNI and ALPN of a bare handshake ClientHello, read without building the full record.
 
@@ -528,16 +552,19 @@ def client_hello_names(hello: bytes) -> tuple[str | None, tuple[str, ...]]:
     sni: str | None = None
     alpn: list[str] = []
     while p + 4 <= ext_end:
-        etype = int.from_bytes(hello[p:p + 2], "big")
-        elen = int.from_bytes(hello[p + 2:p + 4], "big")
-        body = hello[p + 4:p + 4 + elen]
-        p += 4 + elen
-        if len(body) < elen:
-            raise Truncated(LAYER, p - elen, "extension cut short")
-        if etype == ExtensionType.SERVER_NAME and len(body) >= 5 and body[2] == 0:
-            k = int.from_bytes(body[3:5], "big")
-            sni = _decode_name(body[5:5 + k])
-        elif etype == ExtensionType.ALPN and len(body) >= 2:
+        etype = (hello[p] << 8) | hello[p + 1]
+        at = p + 4
+        p = at + ((hello[p + 2] << 8) | hello[p + 3])
+        if p > n:
+            raise Truncated(LAYER, at, "extension cut short")
+        if etype not in _NAME_EXTENSIONS:
+            continue
+        body = hello[at:p]
+        if etype == _SERVER_NAME:
+            if len(body) >= 5 and body[2] == 0:
+                k = int.from_bytes(body[3:5], "big")
+                sni = _decode_name(body[5:5 + k])
+        elif len(body) >= 2:
             q = 2
             while q < len(body):
                 k = body[q]

@@ -181,3 +181,31 @@ def test_gist_fuzz_agrees_with_the_full_parser() -> None:
         answered += 1
         assert (gist.is_response, gist.rcode, gist.question, gist.addresses) == _slow_gist(data)
     assert answered > 300
+
+
+def test_gist_names_pointing_back_are_read_as_the_full_parser_reads_them() -> None:
+    """Owners that point at the question, at a CNAME target, at a name that itself ends in
+    a pointer, or too far back for the labels they reach: the same names as the full parser."""
+    def labels(*parts: bytes) -> bytes:
+        return b"".join(bytes([len(p)]) + p for p in parts)
+
+    def rr(owner: bytes, rtype: int, rdata: bytes) -> bytes:
+        return owner + rtype.to_bytes(2, "big") + b"\x00\x01" + bytes(4) + \
+            len(rdata).to_bytes(2, "big") + rdata
+
+    head = bytes.fromhex("abcd81800001000500000000")
+    question = labels(b"WWW", b"example", b"com") + b"\x00" + b"\x00\x01\x00\x01"
+    body = head + question
+    cname_at = len(body) + 2 + 10  # where the CNAME target begins
+    body += rr(b"\xc0\x0c", 5, labels(b"edge", b"CDN", b"net") + b"\x00")
+    body += rr(bytes([0xC0, cname_at]), 1, bytes([192, 0, 2, 7]))
+    prefixed_at = len(body)
+    body += rr(labels(b"v6") + b"\xc0\x0c", 28, bytes(15) + b"\x01")
+    body += rr(bytes([0xC0, prefixed_at]), 1, bytes([192, 0, 2, 8]))
+    body += rr(bytes([0xC0, 16]), 1, bytes([192, 0, 2, 9]))  # a suffix of the question
+    gist = dns.dns_gist(body)
+    assert gist is not None
+    assert (gist.is_response, gist.rcode, gist.question, gist.addresses) == _slow_gist(body)
+    assert ("www.example.com", "192.0.2.7") in gist.addresses
+    assert ("v6.www.example.com", "::1") in gist.addresses
+    assert ("example.com", "192.0.2.9") in gist.addresses

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from classifier.dpi import quic
 from classifier.dpi.quic import GquicHello, PacketType, QuicClientInitial, QuicVersion
+from probe.cursor import Cursor
 from probe.errors import Malformed, ParseError, Truncated
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "dpi"
@@ -231,3 +234,91 @@ def test_names_only_on_truncated_and_damaged_initials() -> None:
     # gQUIC has no TLS ClientHello: its CHLO comes back whatever was asked
     assert isinstance(quic.inspect_client([vec("quic046_f1.bin")], names_only=True),
                       quic.GquicHello)
+
+
+# -- the direct-indexing readers against the Cursor reads they replace ---------------------------
+
+def _cursor_long_header(cur: Cursor) -> quic.LongHeader:
+    """RFC 9000 §17.2 read with a Cursor, field by field (the reference for split_datagram)."""
+    layer, start = cur.layer, cur.pos
+    first = cur.u8()
+    if not first & 0x80:
+        raise Malformed(layer, start, "short header packet")
+    version = cur.u32()
+    if version >> 16 in (0x5130, 0x5430) and version < QuicVersion.Q050:
+        raise Malformed(layer, start + 1, f"gQUIC {version:#x} has no IETF long header")
+    dcid = cur.take(cur.u8())
+    scid = cur.take(cur.u8())
+    if version != 0 and (len(dcid) > 20 or len(scid) > 20):
+        raise Malformed(layer, start + 5, "connection ID longer than 20 bytes")
+    if version == 0:
+        if cur.remaining() % 4:
+            raise Malformed(layer, cur.pos, "version list not a multiple of 4 bytes")
+        cur.skip(cur.remaining())
+        return quic.LongHeader(start, cur.pos - start, first, version,
+                               PacketType.VERSION_NEGOTIATION, dcid, scid, b"", 0, 0)
+    bits = (first >> 4) & 0x03
+    ptype = quic._V2_TYPES[bits] if version == QuicVersion.V2 else PacketType(bits)
+    if ptype == PacketType.RETRY:
+        token = cur.take(cur.remaining())
+        return quic.LongHeader(start, cur.pos - start, first, version, ptype, dcid, scid, token,
+                               0, 0)
+    token = cur.take(cur.varint()) if ptype == PacketType.INITIAL else b""
+    length = cur.varint()
+    pn_offset = cur.pos - start
+    cur.skip(length)
+    return quic.LongHeader(start, cur.pos - start, first, version, ptype, dcid, scid, token,
+                           pn_offset, length)
+
+
+def _outcome(func: Callable[[], object]) -> object:
+    try:
+        return func()
+    except ParseError as exc:
+        return type(exc), exc.offset, exc.reason
+
+
+def test_long_headers_read_as_a_cursor_reads_them() -> None:
+    rng = random.Random(9)
+    seeds = [RFC9001, RFC9369, vec("quic-27_f1.bin"), vec("quic_0RTT_f3.bin"),
+             vec("quic_0RTT_f5.bin"), vec("quic-mvfst-22_f1.bin"), vec("gquic_f1.bin"),
+             b"\x80\x00\x00\x00\x00\x04abcd\x04efgh\x00\x00\x00\x01",  # version negotiation
+             b"\xf0\x00\x00\x00\x01\x01a\x01b" + bytes(20)]  # Retry
+    for _ in range(3000):
+        data = bytearray(rng.choice(seeds))
+        if rng.random() < 0.5:
+            del data[rng.randrange(len(data) + 1):]
+        for _ in range(rng.randint(0, 3)):
+            if data:
+                data[rng.randrange(min(len(data), 40))] = rng.randrange(256)
+        raw = bytes(data)
+        for pos in (0, 1):
+            ours, ref = Cursor(raw, "quic", min(pos, len(raw))), Cursor(raw, "quic",
+                                                                        min(pos, len(raw)))
+            got = _outcome(partial(quic.parse_long_header, ours))
+            want = _outcome(partial(_cursor_long_header, ref))
+            assert got == want
+            if isinstance(want, quic.LongHeader):
+                assert ours.pos == ref.pos  # moved past the packet
+
+
+def test_initial_frames_errors_where_a_cursor_would() -> None:
+    # frames cut at every length: Truncated at the offset of the read that ran out
+    plain = (b"\x02\x41\x00\x05\x00\x00" + b"\x03\x00\x00\x00\x00\x01\x02\x03"
+             + b"\x06\x00\x05hello" + b"\x01" + b"\x1c\x07\x06\x03abc" + bytes(8))
+    frames = quic.parse_initial_frames(plain)
+    assert frames.crypto == ((0, b"hello"),)
+    assert frames.frame_types == (2, 3, 6, 1, 0x1C, 0)
+    for n in range(len(plain)):
+        cut = plain[:n]
+        try:
+            quic.parse_initial_frames(cut)
+        except Truncated as err:
+            assert 0 <= err.offset <= n
+            assert err.reason.startswith("need ")
+    with pytest.raises(Truncated) as exc:
+        quic.parse_initial_frames(b"\x06\x00\x09hello")
+    assert (exc.value.offset, exc.value.reason) == (3, "need 9 bytes, 5 left")
+    with pytest.raises(Truncated) as exc:
+        quic.parse_initial_frames(b"\x06\x40")
+    assert (exc.value.offset, exc.value.reason) == (1, "need 2 bytes, 1 left")

@@ -20,6 +20,7 @@ from classifier.dpi.rtp import (
     is_rtp,
     parse_rtcp,
     parse_rtp,
+    rtcp_report_blocks,
 )
 from probe.errors import Malformed, ParseError, Truncated
 
@@ -200,3 +201,49 @@ def test_fuzz_only_parse_errors_escape() -> None:
             parse_rtp(raw)
         with contextlib.suppress(ParseError):
             parse_rtcp(raw)
+
+
+# -- the classifier's fast read of report blocks ------------------------------------------------
+
+def _slow_blocks(data: bytes) -> tuple[tuple[int | None, int, int, int, int, int], ...] | None:
+    c = parse_rtcp(data)
+    if not c.complete:
+        return None
+    return tuple((p.ssrc, b.ssrc, b.fraction_lost, b.cumulative_lost, b.highest_sequence, b.jitter)
+                 for p in c.packets for b in p.reports)
+
+
+def test_report_blocks_read_what_the_full_parser_reads() -> None:
+    for data in (SR_SDES, RR_SDES):
+        blocks = rtcp_report_blocks(data)
+        assert blocks is not None and blocks == _slow_blocks(data)
+    assert rtcp_report_blocks(RR_SDES) == ((0x01932DB4, 0, 1, 1, 48834, 1),)
+    rr = bytearray(RR_SDES)
+    rr[13:16] = b"\xff\xff\xfe"  # negative cumulative loss, as in the full parser
+    assert rtcp_report_blocks(bytes(rr)) == _slow_blocks(bytes(rr))
+
+
+def test_report_blocks_leave_anything_else_to_the_full_parser() -> None:
+    # BYE and feedback packets, SRTCP, cut short, junk: no answer
+    for data in (SR_SDES_BYE, RTPFB, MEET_XR, MEET_APP, TEAMS_PSFB, WA_SDES, SR_SDES[:50],
+                 RR_SDES[:-4], G711, STUN, DTLS, QUIC, b""):
+        assert rtcp_report_blocks(data) is None
+
+
+def test_report_blocks_fuzz_agree_with_the_full_parser() -> None:
+    rng = random.Random(17)
+    answered = 0
+    for _ in range(4000):
+        data = bytearray(rng.choice([SR_SDES, RR_SDES, SR_SDES + RR_SDES, RR_SDES[:32]]))
+        for _ in range(rng.randint(0, 3)):
+            if rng.random() < 0.7 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            else:
+                del data[rng.randrange(len(data) + 1):]
+        raw = bytes(data)
+        blocks = rtcp_report_blocks(raw)
+        if blocks is None:
+            continue
+        answered += 1
+        assert blocks == _slow_blocks(raw)  # parse_rtcp does not raise where this answers
+    assert answered > 300

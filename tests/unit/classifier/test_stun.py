@@ -20,6 +20,7 @@ from classifier.dpi.stun import (
     MessageClass,
     Method,
     StunFraming,
+    StunGist,
     StunMessage,
     Vendor,
     classify_first_byte,
@@ -27,6 +28,8 @@ from classifier.dpi.stun import (
     parse_channel_data,
     parse_stun,
     parse_stun_payload,
+    stun_gist,
+    udp_stun_possible,
 )
 from probe.errors import Malformed, ParseError, Truncated
 
@@ -377,3 +380,88 @@ def test_every_stun_message_in_call_captures_parses() -> None:
                 assert all(m.fingerprint_ok is not False for m in msgs)
                 count += 1
     assert count > 200
+
+
+# -- the classifier's fast read (stun_gist) ------------------------------------------------------
+
+def _gist_of(m: StunMessage) -> StunGist:
+    return StunGist(*(getattr(m, name) for name in StunGist._fields))
+
+
+def test_gist_reads_what_the_full_parser_reads() -> None:
+    plain = [WA_ALLOCATE_OK, WA_0801, TEAMS_ALLOCATE, TEAMS_CHECK, TG_BINDING_OK,
+             TG_CREATE_PERMISSION, TG_401, TG_REFRESH_OK, MEET_V6, MEET_CHECK]
+    for data in plain:
+        gist = stun_gist(data)
+        assert gist is not None
+        (m,) = parse_stun_payload(data).items
+        assert isinstance(m, StunMessage)
+        assert gist == _gist_of(m) and gist.is_turn == m.is_turn
+    gist = stun_gist(MEET_V6)
+    assert gist is not None and gist.xor_mapped_address is not None
+    assert gist.xor_mapped_address.address == "2001:b07:a3d:c112:48a1:1094:1227:281e"
+    gist = stun_gist(TG_CREATE_PERMISSION)
+    assert gist is not None and gist.realm == "telegram.org"
+    assert [(a.address, a.port) for a in gist.xor_peer_addresses] == [("10.46.103.200", 42554)]
+
+
+def test_gist_leaves_anything_else_to_the_full_parser() -> None:
+    # DATA (an inner message), classic STUN, ChannelData, 0xFF10, cut short, junk
+    for data in (TG_DATA_IND, TEAMS_LEGACY_DATA, CLASSIC_REQ, CLASSIC_RSP, CHANDATA, TEAMS_MUX,
+                 TG_BINDING_OK[:50], TG_BINDING_OK[:19], b"", bytes.fromhex("8064") + bytes(40),
+                 b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"):
+        assert stun_gist(data) is None
+
+
+def test_gist_fuzz_agrees_with_the_full_parser() -> None:
+    rng = random.Random(20260101)
+    seeds = [*ALL_REAL, TEAMS_MUX, CHANDATA]
+    answered = 0
+    for _ in range(4000):
+        base = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(0, 3)):
+            if rng.random() < 0.7 and base:
+                base[rng.randrange(len(base))] = rng.randrange(256)
+            else:
+                del base[rng.randrange(len(base) + 1):]
+        data = bytes(base)
+        gist = stun_gist(data)
+        if gist is None:
+            continue
+        answered += 1
+        (m,) = parse_stun_payload(data).items  # the gist never answers where this raises
+        assert isinstance(m, StunMessage) and m.inner is None
+        assert gist == _gist_of(m)
+    assert answered > 500
+
+
+def test_udp_stun_possible_only_rules_out_what_cannot_parse() -> None:
+    for data in (*ALL_REAL, TEAMS_MUX, CHANDATA):
+        assert udp_stun_possible(data)
+    rtp = bytes.fromhex("808092db000000a0343da99bffffffffffffffffffffffff")
+    quic = bytes.fromhex("c5ff00001b087ba7750a8f3bf556000045204135bf2bc44c")
+    for data in (rtp, quic):
+        assert not udp_stun_possible(data)
+    rng = random.Random(5)
+    for _ in range(3000):
+        data = bytes([rng.randrange(256)]) + rng.randbytes(rng.randrange(40))
+        if not udp_stun_possible(data):
+            with pytest.raises(ParseError):
+                parse_stun_payload(data)
+
+
+def test_ipv6_addresses_read_as_ipaddress_writes_them() -> None:
+    """Addresses are formatted with inet_ntop, and as ipaddress when an IPv4 part is embedded."""
+    import ipaddress
+    import socket
+    for text in ("::ffff:1.2.3.4", "::1.2.3.4", "::1", "::", "2001:db8::1", "1:0:0:1::1",
+                 "fe80::1:0:0:0"):
+        raw = socket.inet_pton(socket.AF_INET6, text)
+        value = b"\x00\x02\x12\x34" + raw  # MAPPED-ADDRESS, family 2, port 0x1234
+        msg = (bytes.fromhex("0101") + (4 + len(value)).to_bytes(2, "big")
+               + bytes.fromhex("2112a442") + bytes(12) + b"\x00\x01"
+               + len(value).to_bytes(2, "big") + value)
+        m = parse_stun(msg)
+        assert m.mapped_address is not None
+        assert m.mapped_address.address == str(ipaddress.IPv6Address(raw))
+        assert stun_gist(msg) == _gist_of(m)

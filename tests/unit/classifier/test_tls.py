@@ -210,3 +210,51 @@ def test_names_fast_path_agrees_with_the_full_parser() -> None:
     for n in range(0, len(data), 7):
         with contextlib.suppress(ParseError):
             tls_mod.tls_client_hello_names(data[:n])
+
+
+def _slow_leading_handshake(data: bytes) -> bytes:
+    """The first handshake message as :func:`tls.iter_records` reads the records."""
+    buf = bytearray()
+    for rec in tls.iter_records(data):
+        if rec.content_type != tls.ContentType.HANDSHAKE:
+            if not buf:
+                raise Malformed("tls", rec.offset,
+                                f"first record is content type {rec.content_type}, not handshake")
+            break
+        buf += rec.fragment
+        if len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[1:4], "big"):
+            return bytes(buf)
+    if not buf and not data:
+        raise Truncated("tls", 0, "no TLS record")
+    raise Truncated("tls", len(data), "input ends inside the first handshake message")
+
+
+def _outcome(func: object, data: bytes) -> object:
+    try:
+        return func(data)  # type: ignore[operator]
+    except ParseError as exc:
+        return type(exc), exc.offset, exc.reason
+
+
+def test_leading_handshake_reads_records_as_iter_records_does() -> None:
+    hello = tls._leading_handshake(CURL_CH, "tls")
+    # the same ClientHello cut into three records, then a ChangeCipherSpec
+    split = b"".join(b"\x16\x03\x01" + len(part).to_bytes(2, "big") + part
+                     for part in (hello[:3], hello[3:100], hello[100:]))
+    split += b"\x14\x03\x03\x00\x01\x01"
+    assert tls._leading_handshake(split, "tls") == hello
+    samples = [CURL_CH, CURL_SERVER, split, b"\x15\x03\x03\x00\x02\x02\x28", b"",
+               b"\x16\x03", b"\x17\x03\x03\x00\x05hello", b"\x16\x02\x00\x00\x00",
+               b"\x16\x03\x01\xff\xff" + hello, b"\x16\x03\x01\x00\x00\x15\x03\x03\x00\x00"]
+    rng = random.Random(3)
+    for _ in range(3000):
+        data = bytearray(rng.choice([CURL_CH, CURL_SERVER, split]))
+        if rng.random() < 0.5:
+            del data[rng.randrange(len(data) + 1):]
+        for _ in range(rng.randint(0, 2)):
+            if data:
+                data[rng.randrange(min(len(data), 12))] = rng.randrange(256)
+        samples.append(bytes(data))
+    for sample in samples:
+        assert _outcome(lambda d: tls._leading_handshake(d, "tls"), sample) == \
+            _outcome(_slow_leading_handshake, sample)
