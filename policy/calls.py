@@ -276,7 +276,6 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                                                capture_end)
         return ev
 
-    setup_parts: dict[str, _SetupPart] = {}
     for members, extra, outcome in zip(groups, extras, outcomes, strict=True):
         members = sorted({f.uid: f for f in members}.values(), key=lambda f: (f.first_ts, f.uid))
         media_flows = [f for f in members if cls[f.uid].category in MEDIA_CATEGORIES
@@ -312,7 +311,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         app_votes = Counter(cls[f.uid].app for f in members if cls[f.uid].app is not None)
         app = app_votes.most_common(1)[0][0] if app_votes else None
         media = tuple(sorted({leg.media for leg in legs if leg.media}))
-        setup = _setup(members, cls, extra.get("sip_call_id"), setup_parts)
+        setup = _setup(members, cls, extra.get("sip_call_id"))
         calls.append(Call(_call_uid([f.uid for f in members]), app, media,
                           tuple(f.uid for f in members), min(f.first_ts for f in members),
                           max(f.last_ts for f in members), local, tuple(legs), setup, verdict,
@@ -336,63 +335,42 @@ def _two_way_media(media_flows: list[FlowRecord]) -> bool:
     return any(f.orig_pkts >= 10 and f.resp_pkts >= 10 for f in media_flows)
 
 
-@dataclass(frozen=True, slots=True)
-class _SetupPart:
-    """One flow's share of a call's setup summary (kept once per flow: signalling flows
-    belong to many calls)."""
-
-    stun: tuple[int, int, int]
-    tcp: str | None
-    client_hello: bool
-    server_hello: bool
-    media: bool
-
-
-def _setup_part(f: FlowRecord, c: Classification) -> _SetupPart:
-    facts = c.facts
-    st = facts.stun
-    tcp = None
-    if f.proto == "tcp":
-        state = f.conn_state
-        tcp = ("refused" if state == "REJ" else "unanswered" if state in ("S0", "RSTOS0")
-               else None if state == "OTH" else "established")
-    return _SetupPart((st.requests, st.success, st.errors) if st is not None else (0, 0, 0),
-                      tcp, bool(facts.client_hello), bool(facts.server_hello),
-                      c.category in MEDIA_CATEGORIES)
-
-
 def _setup(members: list[FlowRecord], cls: dict[str, Classification],
-           call_id: str | None = None,
-           parts: dict[str, _SetupPart] | None = None) -> dict[str, Any]:
-    parts = {} if parts is None else parts
+           call_id: str | None = None) -> dict[str, Any]:
     stun_req = stun_ok = stun_err = 0
     sip: list[dict[str, Any]] = []
     tcp = {"connections": 0, "established": 0, "refused": 0, "unanswered": 0}
     tls = {"client_hellos": 0, "server_hellos": 0}
-    first = min(f.first_ts for f in members)
-    first_media: float | None = None
     for f in members:
-        part = parts.get(f.uid)
-        if part is None:
-            part = parts[f.uid] = _setup_part(f, cls[f.uid])
-        stun_req += part.stun[0]
-        stun_ok += part.stun[1]
-        stun_err += part.stun[2]
-        for m in cls[f.uid].facts.sip:
+        facts = cls[f.uid].facts
+        if facts.stun is not None:
+            stun_req += facts.stun.requests
+            stun_ok += facts.stun.success
+            stun_err += facts.stun.errors
+        for m in facts.sip:
             if call_id is not None and m.call_id != call_id:
                 continue
             sip.append({"ts": m.ts, "frame": m.frame,
                         "message": m.method or str(m.status), "call_id": m.call_id})
-        if part.tcp is not None:
+        if f.proto == "tcp":
             tcp["connections"] += 1
-            tcp[part.tcp] += 1
-        elif f.proto == "tcp":
-            tcp["connections"] += 1
-        tls["client_hellos"] += part.client_hello
-        tls["server_hellos"] += part.server_hello
-        if part.media and (first_media is None or f.first_ts < first_media):
-            first_media = f.first_ts
+            state = f.conn_state
+            if state in ("REJ",):
+                tcp["refused"] += 1
+            elif state in ("S0", "RSTOS0"):
+                tcp["unanswered"] += 1
+            elif state not in ("OTH",):
+                tcp["established"] += 1
+        if facts.client_hello:
+            tls["client_hellos"] += 1
+        if facts.server_hello:
+            tls["server_hellos"] += 1
+    first = min(f.first_ts for f in members)
     return {"stun": {"requests": stun_req, "success": stun_ok, "errors": stun_err},
             "sip": sorted(sip, key=lambda m: m["ts"]), "tcp": tcp, "tls": tls,
-            "first_media_ts": first_media,
-            "setup_s": None if first_media is None else round(first_media - first, 6)}
+            "first_media_ts": min((f.first_ts for f in members
+                                   if cls[f.uid].category in MEDIA_CATEGORIES), default=None),
+            "setup_s": None if not any(cls[f.uid].category in MEDIA_CATEGORIES
+                                       for f in members)
+            else round(min(f.first_ts for f in members
+                           if cls[f.uid].category in MEDIA_CATEGORIES) - first, 6)}

@@ -92,15 +92,15 @@ class PayloadSample(NamedTuple):
     """The transport payload as captured (may be shorter than on the wire)."""
 
 
+Column = Sequence[int] | npt.NDArray[Any]
+"""A column of integers: a sequence or a numpy array."""
+
 _new_tuple = tuple.__new__
 
 
 def _as_list(column: Column) -> list[Any]:
     """A column's values as Python objects (``tolist`` converts a numpy array in one go)."""
     return column.tolist() if isinstance(column, np.ndarray) else list(column)
-
-Column = Sequence[int] | npt.NDArray[Any]
-"""A column of integers: a sequence or a numpy array."""
 
 
 class PayloadSamples(Sequence[PayloadSample]):
@@ -161,11 +161,9 @@ class PayloadSamples(Sequence[PayloadSample]):
         pool = self._pool
         rows = zip(_as_list(self._frame), _as_list(self._ts), _as_list(self._dir),
                    _as_list(self._off), _as_list(self._len), strict=True)
-        # tuple.__new__ is what the NamedTuple's constructor calls, minus a Python-level call
-        if isinstance(pool, bytes):  # always, from the probe: a slice is already bytes
-            return tuple([_new_tuple(PayloadSample, (f, t / 1e9, d, pool[o:o + n]))
-                          for f, t, d, o, n in rows])
-        return tuple([_new_tuple(PayloadSample, (f, t / 1e9, d, bytes(pool[o:o + n])))
+        # tuple.__new__ is what the NamedTuple's constructor calls, minus a Python-level
+        # call; the pool is bytes, so a slice is bytes already
+        return tuple([_new_tuple(PayloadSample, (f, t / 1e9, d, pool[o:o + n]))
                       for f, t, d, o, n in rows])
 
     def __eq__(self, other: object) -> bool:

@@ -393,17 +393,7 @@ def dns_gist(data: bytes) -> DnsGist | None:
         if not aliases:
             pairs.append((owner, address))
             continue
-        chain: list[str] = []
-        todo = [owner]
-        seen: set[str] = set()
-        while todo:
-            nm = todo.pop()
-            if nm in seen:
-                continue
-            seen.add(nm)
-            chain.append(nm)
-            todo.extend(aliases.get(nm, ()))
-        pairs.extend((nm, address) for nm in reversed(chain))
+        pairs.extend((nm, address) for nm in _names_leading_to(owner, aliases))
     return DnsGist(bool(flags & _QR), flags & 0x0F, question, tuple(pairs))
 
 
@@ -443,17 +433,23 @@ def address_names(msg: DnsMessage) -> Iterator[tuple[str, str]]:
         if rr.rtype == RRType.CNAME and rr.target is not None:
             aliases.setdefault(rr.target, []).append(rr.name)
     for rr in msg.answers:
-        if rr.address is None:
+        if rr.address is not None:
+            for name in _names_leading_to(rr.name, aliases):
+                yield name, rr.address
+
+
+def _names_leading_to(owner: str, aliases: dict[str, list[str]]) -> list[str]:
+    """``owner`` and every name that CNAMEs to it, directly or through others, the head of
+    each chain first (``aliases``: canonical name -> names that CNAME to it); loops cut."""
+    chain: list[str] = []
+    todo = [owner]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
             continue
-        chain: list[str] = []
-        todo = [rr.name]
-        seen: set[str] = set()
-        while todo:
-            name = todo.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            chain.append(name)
-            todo.extend(aliases.get(name, ()))
-        for name in reversed(chain):
-            yield name, rr.address
+        seen.add(name)
+        chain.append(name)
+        todo.extend(aliases.get(name, ()))
+    chain.reverse()
+    return chain

@@ -333,6 +333,18 @@ def _varint_at(data: bytes, pos: int, end: int, layer: str) -> tuple[int, int]:
     return int.from_bytes(data[pos:stop], "big") & ((1 << (8 * size - 2)) - 1), stop
 
 
+def _cid_at(data: bytes, pos: int, end: int, layer: str) -> tuple[bytes, int]:
+    """A connection ID with its one-byte length at ``pos`` (RFC 9000 §17.2) and the
+    position after it."""
+    if pos >= end:
+        raise _short(layer, pos, 1, end)
+    size = data[pos]
+    pos += 1
+    if pos + size > end:
+        raise _short(layer, pos, size, end)
+    return data[pos:pos + size], pos + size
+
+
 def _long_header(data: bytes, start: int, end: int, layer: str) -> LongHeader:
     """:func:`parse_long_header` over ``data[start:end]``: the same reads and errors,
     indexing the bytes directly (every QUIC flow's first datagram goes through here)."""
@@ -346,23 +358,8 @@ def _long_header(data: bytes, start: int, end: int, layer: str) -> LongHeader:
     version = int.from_bytes(data[start + 1:start + 5], "big")
     if _is_gquic(version) and version < QuicVersion.Q050:
         raise Malformed(layer, start + 1, f"gQUIC {version:#x} has no IETF long header")
-    p = start + 5
-    if p >= end:
-        raise _short(layer, p, 1, end)
-    size = data[p]
-    p += 1
-    if p + size > end:
-        raise _short(layer, p, size, end)
-    dcid = data[p:p + size]
-    p += size
-    if p >= end:
-        raise _short(layer, p, 1, end)
-    size = data[p]
-    p += 1
-    if p + size > end:
-        raise _short(layer, p, size, end)
-    scid = data[p:p + size]
-    p += size
+    dcid, p = _cid_at(data, start + 5, end, layer)
+    scid, p = _cid_at(data, p, end, layer)
     if version != QuicVersion.NEGOTIATION and (len(dcid) > _MAX_CID or len(scid) > _MAX_CID):
         raise Malformed(layer, start + 5, "connection ID longer than 20 bytes")
     if version == QuicVersion.NEGOTIATION:

@@ -291,15 +291,20 @@ def iter_records(data: bytes, layer: str = LAYER) -> Iterator[TlsRecord]:
         ctype = cur.u8()
         version = cur.u16()
         length = cur.u16()
-        if not 20 <= ctype <= 24:
-            raise Malformed(layer, start, f"content type {ctype} is not a TLS record")
-        if version >> 8 != 0x03:
-            raise Malformed(layer, start + 1, f"record version {version:#06x}")
-        if length > _MAX_RECORD:
-            raise Malformed(layer, start + 3, f"record length {length} too large")
+        _check_record_header(layer, start, ctype, version, length)
         partial = cur.remaining() < length
         body = cur.take(min(length, cur.remaining()))
         yield TlsRecord(ctype, version, start, body, partial)
+
+
+def _check_record_header(layer: str, start: int, ctype: int, version: int, length: int) -> None:
+    """Reject a record header (RFC 8446 §5.1) that no TLS stack sends."""
+    if not 20 <= ctype <= 24:
+        raise Malformed(layer, start, f"content type {ctype} is not a TLS record")
+    if version >> 8 != 0x03:
+        raise Malformed(layer, start + 1, f"record version {version:#06x}")
+    if length > _MAX_RECORD:
+        raise Malformed(layer, start + 3, f"record length {length} too large")
 
 
 def parse_records(data: bytes, layer: str = LAYER) -> tuple[TlsRecord, ...]:
@@ -329,12 +334,7 @@ def _leading_handshake(data: bytes, layer: str) -> bytes:
             raise Truncated(layer, at, f"need 2 bytes, {n - at} left")
         version = (data[pos + 1] << 8) | data[pos + 2]
         length = (data[pos + 3] << 8) | data[pos + 4]
-        if not 20 <= ctype <= 24:
-            raise Malformed(layer, start, f"content type {ctype} is not a TLS record")
-        if version >> 8 != 0x03:
-            raise Malformed(layer, start + 1, f"record version {version:#06x}")
-        if length > _MAX_RECORD:
-            raise Malformed(layer, start + 3, f"record length {length} too large")
+        _check_record_header(layer, start, ctype, version, length)
         pos = min(n, pos + 5 + length)
         if ctype != ContentType.HANDSHAKE:
             if not buf:
