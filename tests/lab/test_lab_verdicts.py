@@ -91,7 +91,7 @@ def test_throttled_rate_matches_the_shaper(lab_captures: LabCaptures) -> None:
         "rate_kbit"], wire_kbit
 
 
-def test_random_loss_is_not_throttling(lab_captures: LabCaptures) -> None:
+def test_loss_without_a_shaper_is_not_throttling(lab_captures: LabCaptures) -> None:
     for name in ("loss_5", "loss_15"):
         kinds = {k for k, _ in _verdicts(_analyse(str(lab_captures[name][0])))}
         assert VerdictKind.THROTTLED not in kinds and VerdictKind.BLOCKED not in kinds, name
