@@ -3,10 +3,12 @@
 
 Each tool runs as its own process on the same file; runs alternate between the
 tools for ``--reps`` rounds and the median wall time is kept. Peak memory is
-the peak of the summed resident set size of the tool's whole process tree
-(nfstream meters and marsad workers are separate processes), sampled from
-/proc every ~20 ms; forked workers share pages, so the sum over-counts what
-they share, the same way for every tool.
+measured over the tool's whole process tree (nfstream meters and marsad
+workers are separate processes), sampled from /proc every ~20 ms, two ways:
+the summed resident set size (RSS), which counts a page shared by forked
+processes once per process, and the summed proportional set size (PSS), which
+splits shared pages between the processes that map them and so adds up to the
+memory the tree really holds. Both are reported; the memory ratios use both.
 
 Tools that are not installed, or marsad subcommands that do not exist yet, are
 skipped with a note. Results go to ``bench/out/`` as JSON and markdown, with
@@ -84,13 +86,30 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of one process (/proc/<pid>/smaps_rollup): pages shared with
+    other processes count as a share each, so a process tree's PSS adds up to what the
+    tree really holds. 0 if the process is gone or the kernel has no smaps_rollup."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 class TreeSampler(threading.Thread):
-    """Samples the summed RSS of a process tree until told to stop; keeps the peak."""
+    """Samples the summed RSS and PSS of a process tree until told to stop; keeps the
+    peaks. RSS counts a page shared by forked processes once in each of them; PSS splits
+    it between them, which is fair to tools that fork workers (marsad and nfstream do)."""
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.root = root
         self.peak = 0
+        self.peak_pss = 0
         self.samples = 0
         self.max_procs = 0
         self._stop_event = threading.Event()
@@ -106,6 +125,7 @@ class TreeSampler(threading.Thread):
         self.samples += 1
         self.max_procs = max(self.max_procs, len(tree))
         self.peak = max(self.peak, total)
+        self.peak_pss = max(self.peak_pss, sum(pss_bytes(pid) for pid in tree))
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -120,6 +140,8 @@ class Run:
     """Wall-clock time from start to exit."""
     peak_rss: int
     """Peak of the summed RSS of the process tree, bytes."""
+    peak_pss: int
+    """Peak of the summed PSS of the process tree, bytes (0 where PSS is unavailable)."""
     returncode: int
     """Exit status (negative: killed by that signal)."""
     flows: int | None
@@ -157,7 +179,8 @@ def timed_run(argv: Sequence[str], keep_stdout: bool, timeout_s: float) -> Run:
                 flows = sum(1 for line in text.splitlines() if "<->" in line)
         err.seek(0)
         tail = "\n".join(err.read().decode(errors="replace").splitlines()[-5:])
-    return Run(wall, sampler.peak, rc, flows, sampler.max_procs, tail if rc else "")
+    return Run(wall, sampler.peak, sampler.peak_pss, rc, flows, sampler.max_procs,
+               tail if rc else "")
 
 
 # --------------------------------------------------------------------------------------
@@ -348,6 +371,7 @@ def summary(tool: Tool, packets: int) -> dict[str, Any]:
         wall = statistics.median(r.wall_s for r in ok)
         out.update({"median_wall_s": wall, "pps": packets / wall,
                     "peak_rss_mib": max(r.peak_rss for r in ok) / 2**20,
+                    "peak_pss_mib": max(r.peak_pss for r in ok) / 2**20,
                     "flows": ok[-1].flows, "procs": max(r.procs for r in ok)})
     return out
 
@@ -373,18 +397,21 @@ def markdown(result: dict[str, Any]) -> str:
              f"{cap['bytes'] / 2**20:.1f} MiB"
              + (f", {cap['flows']:,} flows" if cap.get("flows") else "")
              + f"; {result['reps']} runs per tool, alternating; median wall time.", "",
-             "| tool | packets/s | median wall s | peak RSS MiB | flows | procs |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| tool | packets/s | median wall s | peak RSS MiB | peak PSS MiB | flows | procs |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["tools"]:
         if "pps" in r:
             flows = r["flows"] if r["flows"] is not None else "-"
             lines.append(f"| {r['tool']} | {r['pps']:,.0f} | {r['median_wall_s']:.2f} | "
-                         f"{r['peak_rss_mib']:.1f} | {flows} | {r['procs']} |")
+                         f"{r['peak_rss_mib']:.1f} | {r['peak_pss_mib']:.1f} | {flows} | "
+                         f"{r['procs']} |")
         else:
-            lines.append(f"| {r['tool']} | skipped | | | | |")
-    lines += ["", "| ratio | throughput (a/b packets/s) | peak memory (a/b) |", "|---|---|---|"]
+            lines.append(f"| {r['tool']} | skipped | | | | | |")
+    lines += ["", "| ratio | throughput (a/b packets/s) | peak RSS (a/b) | peak PSS (a/b) |",
+              "|---|---|---|---|"]
     for row in result["ratios"]:
-        lines.append(f"| {row['a']} / {row['b']} | {row['throughput']} | {row['memory']} |")
+        lines.append(f"| {row['a']} / {row['b']} | {row['throughput']} | {row['memory']} | "
+                     f"{row['memory_pss']} |")
     notes = [f"- {r['tool']}: {r['skip']}" for r in result["tools"] if r.get("skip")]
     if notes:
         lines += ["", "Skipped:", *notes]
@@ -431,7 +458,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     rows = {t.name: summary(t, packets) for t in tools}
     result["tools"] = list(rows.values())
     result["ratios"] = [{"a": a, "b": b, "throughput": ratio(rows, a, b, "pps"),
-                         "memory": ratio(rows, a, b, "peak_rss_mib")} for a, b in RATIOS]
+                         "memory": ratio(rows, a, b, "peak_rss_mib"),
+                         "memory_pss": ratio(rows, a, b, "peak_pss_mib")} for a, b in RATIOS]
     text = markdown(result)
     print(text)
     save(result, text, args.out_dir, "bench")

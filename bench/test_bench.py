@@ -323,6 +323,22 @@ def test_timed_run_reads_flows_and_tree_memory() -> None:
     assert run.flows == 7
     assert run.procs == 2
     assert run.peak_rss > 150 << 20
+    assert run.peak_pss > 140 << 20
+
+
+def test_pss_splits_what_forked_processes_share() -> None:
+    # A parent fills 150 MiB, then forks a child that only waits: RSS counts the pages in
+    # both processes, PSS once between them.
+    code = ("import os, time\n"
+            "b = b'\\x01' * (150 << 20)\n"
+            "pid = os.fork()\n"
+            "time.sleep(0.8)\n"
+            "if pid == 0: os._exit(0)\n"
+            "os.waitpid(pid, 0)\n")
+    run = rb.timed_run([sys.executable, "-c", code], keep_stdout=False, timeout_s=60)
+    assert run.returncode == 0 and run.procs == 2
+    assert run.peak_rss > 290 << 20
+    assert 145 << 20 < run.peak_pss < 210 << 20
 
 
 def test_missing_marsad_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch,

@@ -32,6 +32,36 @@ __all__ = ["CaptureRun", "FlowReader", "read_capture"]
 SUPPORTED_LINKTYPES = frozenset(int(x) for x in LinkType)
 
 
+def _heap_trimmer() -> Callable[[], object]:
+    """glibc's ``malloc_trim(0)``, or a no-op where there is no glibc.
+
+    Metering frees many mid-sized numpy arrays per batch (gathered logs, batch columns);
+    glibc keeps such freed memory in the heap for reuse, and with the heap fragmented
+    the process's resident size only ever grows. Giving the free pages back after each
+    few batches keeps the resident size nearer to what is really in use (on the benchmark
+    capture, every 8th batch: about a sixth lower peak for no measurable time; after
+    every batch the pages given back are faulted in again, which costs ~10 % of the run).
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+trim_heap = _heap_trimmer()
+"""Return the heap's free pages to the system (no-op without glibc)."""
+
+TRIM_EVERY = 8
+"""Batches between two :func:`trim_heap` calls."""
+
+
 def _check_linktypes(status: ReadStatus) -> None:
     if status.linktypes and not status.linktypes & SUPPORTED_LINKTYPES:
         kinds = ", ".join(str(x) for x in sorted(status.linktypes))
@@ -54,8 +84,11 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray, n_payloads: int,  # type: 
              snap: tuple[int, int, int], conn: Connection) -> None:
     """Child process: read, decode and prepare batches, send them to the parent."""
     try:
-        for p in _prepared(src, Decoder(), idle_ns, n_payloads, snap):
+        for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap), 1):
             conn.send(("batch", p, src.status.bytes_read))
+            del p
+            if i % TRIM_EVERY == 0:
+                trim_heap()
         conn.send(("end", src.status, 0))
     except CaptureError as exc:
         conn.send(("capture-error", f"{type(exc).__name__}|{exc}", 0))
@@ -110,9 +143,15 @@ class FlowReader:
 
     def __iter__(self) -> Iterator[FlowRecord]:
         batches = self._inline() if self._workers <= 1 else self._forked()
-        for p in batches:
+        for i, p in enumerate(batches, 1):
             yield from self.meter.apply(p)
-        yield from self.meter.finish()
+            del p
+            if i % TRIM_EVERY == 0:
+                trim_heap()
+        for i, rec in enumerate(self.meter.finish(), 1):
+            yield rec
+            if i % (TRIM_EVERY * 1024) == 0:
+                trim_heap()
 
     def _inline(self) -> Iterator[Prepared]:
         cfg = self.config
