@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from api.output import CsvWriter, dumps, write_jsonl
@@ -109,12 +110,7 @@ def _run_flows(args: argparse.Namespace) -> int:
     collected: list[dict[str, Any]] = []
     csvw = CsvWriter(out) if fmt == "csv" else None
 
-    def emit(rec: FlowRecord) -> None:
-        row = rec.conn_dict()
-        if args.samples:
-            row["payloads"] = [{"frame": s.frame, "ts": s.ts, "direction": s.direction,
-                                "hex": s.data.hex()} for s in rec.payloads]
-            row["rtp_streams"] = [s.to_dict() for s in rec.rtp_streams]
+    def emit(row: dict[str, Any]) -> None:
         if fmt == "json":
             collected.append(row)
         elif fmt == "jsonl":
@@ -123,12 +119,22 @@ def _run_flows(args: argparse.Namespace) -> int:
             csvw.write(row)
 
     try:
-        # Payload samples are kept only when they are printed.
+        # Payload samples and timing series are kept only when they are printed.
         config = _meter_config(args, None if args.samples else 0)
+        if not args.samples:
+            config = replace(config, timing_packets=0)
         reader = FlowReader(args.capture, config, progress=progress.update,
                             workers=args.workers)
-        for rec in reader:
-            emit(rec)
+        if args.samples:
+            for rec in reader:
+                row = rec.conn_dict()
+                row["payloads"] = [{"frame": s.frame, "ts": s.ts, "direction": s.direction,
+                                    "hex": s.data.hex()} for s in rec.payloads]
+                row["rtp_streams"] = [s.to_dict() for s in rec.rtp_streams]
+                emit(row)
+        else:  # the conn.log columns alone, without building records
+            for row in reader.conn_rows():
+                emit(row)
     except CaptureError as exc:
         progress.stop()
         print(f"marsad: {exc}", file=sys.stderr)

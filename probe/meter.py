@@ -32,6 +32,7 @@ import hashlib
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,11 +55,13 @@ from probe.records import (
     RtpSeries,
     RtpStream,
     Weird,
+    conn_state,
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import RawBatch
 
-__all__ = ["FlowMeter", "MeterConfig", "MeterStats", "canonical_key"]
+__all__ = ["Ended", "FlowMeter", "MeterConfig", "MeterStats", "build_records", "canonical_key",
+           "conn_rows"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -305,6 +308,10 @@ class FlowMeter:
         self._active_ns = int(self.cfg.active_s * NS)
         self._close_ns = int(self.cfg.tcp_close_s * NS)
         self._out: list[FlowRecord] = []
+        self._out_ended: list[Ended] = []
+        self.gathered = False
+        """Hand finished flows out as :class:`Ended` columns (:meth:`apply_gathered`,
+        :meth:`finish_gathered`) instead of records."""
         self._now = 0
 
     # -- public ------------------------------------------------------------------
@@ -319,6 +326,19 @@ class FlowMeter:
     def apply(self, p: Prepared) -> list[FlowRecord]:
         """Meter one prepared batch; return the flows that ended during it."""
         self._out = []
+        self._apply(p)
+        out, self._out = self._out, []
+        return out
+
+    def apply_gathered(self, p: Prepared) -> list[Ended]:
+        """:meth:`apply` for a meter in :attr:`gathered` mode: the flows that ended, as
+        columns (:func:`build_records` makes their records)."""
+        self._out_ended = []
+        self._apply(p)
+        out, self._out_ended = self._out_ended, []
+        return out
+
+    def _apply(self, p: Prepared) -> None:
         st = self.stats
         st.packets += p.packets
         st.slow_path += p.slow
@@ -339,19 +359,27 @@ class FlowMeter:
             self._now = max(self._now, p.ts_max)
             st.last_ts = self._now / NS
         self._expire(self._now)
-        return self._out
 
     def finish(self) -> Iterator[FlowRecord]:
         """End every flow still in the table (end reason ``eof``), a few thousand at a time
         so the records need not all be in memory at once."""
+        for e in self._finish_parts():
+            recs = build_records(e)
+            if self._emit is not None:
+                for rec in recs:
+                    self._emit(rec)
+            yield from recs
+
+    def finish_gathered(self, chunk: int = 4096) -> Iterator[Ended]:
+        """:meth:`finish` for a meter in :attr:`gathered` mode, ``chunk`` flows at a time."""
+        return self._finish_parts(chunk)
+
+    def _finish_parts(self, chunk: int = 4096) -> Iterator[Ended]:
         slots = np.flatnonzero(self._t.alive)
         slots = slots[np.argsort(self._t.first_frame[slots], kind="stable")]
-        for a in range(0, len(slots), 4096):
-            self._out = []
-            part = slots[a:a + 4096]
-            self._end(part, ["eof"] * len(part))
-            yield from self._out
-        self._out = []
+        for a in range(0, len(slots), chunk):
+            part = slots[a:a + chunk]
+            yield self._gather(part, ["eof"] * len(part))
 
     def active_flows(self) -> int:
         """Flows currently in the table."""
@@ -687,9 +715,21 @@ class FlowMeter:
             self._end(victims, ["evicted"] * len(victims))
 
     def _end(self, slots: I64, reasons: list[str]) -> None:
-        """Turn table rows into records, hand them out, free the rows."""
+        """End table rows: gather their columns, free the rows, hand out the flows (as
+        records, or as gathered columns when :attr:`gathered` is set)."""
         if len(slots) == 0:
             return
+        e = self._gather(slots, reasons)
+        if self.gathered:
+            self._out_ended.append(e)
+            return
+        for rec in build_records(e):
+            if self._emit is not None:
+                self._emit(rec)
+            self._out.append(rec)
+
+    def _gather(self, slots: I64, reasons: list[str]) -> Ended:
+        """Take the finished flows' rows out of the table and the logs, as columns."""
         t = self._t
         slots = np.asarray(slots, dtype=np.int64)
         order = np.argsort(t.first_frame[slots], kind="stable")
@@ -703,86 +743,36 @@ class FlowMeter:
         pos_of = np.empty(len(slots), dtype=np.int64)
         pos_of[fsort] = np.arange(len(slots))
 
-        def grouped(log: _Log) -> tuple[dict[str, np.ndarray], list[int], list[int]]:  # type: ignore[type-arg]
+        def grouped(log: _Log) -> tuple[dict[str, np.ndarray], I64, I64]:  # type: ignore[type-arg]
             cols, st, en = log.take(fids_sorted, lookup)
-            return cols, st[pos_of].tolist(), en[pos_of].tolist()
+            return cols, st[pos_of], en[pos_of]
 
         tim, tim_a, tim_z = grouped(self._timing)
-        tim_ts = tim["ts"].astype(np.float64) / NS
-        tim_len = tim["len"].astype(np.int32)
-        tim_dir = tim["side"].astype(np.uint8)
-        tim_fl = tim["flags"].astype(np.uint8)
         rate_rows, rate_fid = _merge_rate(self._rate.take(fids_sorted, lookup)[0])
-        rate_a = np.searchsorted(rate_fid, fids, side="left").tolist()
-        rate_z = np.searchsorted(rate_fid, fids, side="right").tolist()
-        need_rtp = bool((t.n_rtp[slots] > 0).any())
+        n_rtp = t.n_rtp[slots].copy()
+        rtp: dict[str, np.ndarray] | None = None  # type: ignore[type-arg]
+        rtp_a = rtp_z = np.zeros(0, dtype=np.int64)
         streams: dict[int, list[StreamState]] = {}
-        if need_rtp:
+        if bool((n_rtp > 0).any()):
             rtp, rtp_a, rtp_z = grouped(self._rtp)
             streams = self._streams.take(fids.tolist())
-        payloads = self._pay_log.take(lookup)
-        # Plain Python values for every column at once.
-        key = t.key[slots]
-        a_hi, a_lo, b_hi, b_lo = (key[:, i].tolist() for i in range(4))
-        k4 = key[:, 4].tolist()
-        zone = key[:, 5].tolist()
-        o_is_a = t.orig_is_a[slots].tolist()
-        first_ns = t.first_ns[slots].tolist()
-        last_ns = t.last_ns[slots].tolist()
-        first_fr = t.first_frame[slots].tolist()
-        last_fr = t.last_frame[slots].tolist()
-        pkts, pay, wire = t.pkts[slots].tolist(), t.pay[slots].tolist(), t.wire[slots].tolist()
-        flags, retr = t.flags[slots].tolist(), t.retrans[slots].tolist()
-        tunnels = t.tunnel[slots].tolist()
-        n_rtp = t.n_rtp[slots].tolist()
         fid_l = fids.tolist()
-        cap = self.cfg.rtp_detail_packets
-        for j in range(len(slots)):
-            fid = fid_l[j]
-            o = 0 if o_is_a[j] else 1
-            r = 1 - o
-            a_ver, a_str = _addr_str(a_hi[j], a_lo[j])
-            _, b_str = _addr_str(b_hi[j], b_lo[j])
-            kk = k4[j]
-            a_port, b_port = kk >> 48, (kk >> 32) & 0xFFFF
-            proto = (kk >> 16) & 0xFF
-            vlan = (kk & 0xFFFF) - 1
-            if o == 0:
-                oh, op, rh, rp = a_str, a_port, b_str, b_port
-            else:
-                oh, op, rh, rp = b_str, b_port, a_str, a_port
-            pname = PROTO_NAMES.get(proto, str(proto))
-            uid = _uid(f"{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone[j]}|{first_ns[j]}")
-            ta, tz = tim_a[j], tim_z[j]
-            rr = rate_rows[rate_a[j]:rate_z[j]]
-            if o == 1:
-                rr = rr[:, [0, 3, 4, 1, 2]]
-            rtp_series = None
-            rtp_streams: tuple[RtpStream, ...] = ()
-            if need_rtp and n_rtp[j] >= 4:
-                rtp_series = _rtp_series(rtp, rtp_a[j], rtp_z[j],
-                                         min(pkts[j][0] + pkts[j][1], cap), n_rtp[j] > cap)
-                sr = streams.get(fid)
-                if rtp_series is not None and sr is not None:
-                    rtp_streams = _streams_of(sr)
-            weirds = tuple(Weird(fr, ts / NS, w.layer, w.offset, w.reason, uid)
-                           for fr, ts, w in self._flow_weirds.pop(fid, ()))
-            rec = FlowRecord(
-                uid=uid, proto=pname, ip_version=a_ver, orig_h=oh, orig_p=op, resp_h=rh,
-                resp_p=rp, first_ts=first_ns[j] / NS, last_ts=last_ns[j] / NS,
-                orig_pkts=pkts[j][o], orig_bytes=pay[j][o], orig_wire_bytes=wire[j][o],
-                resp_pkts=pkts[j][r], resp_bytes=pay[j][r], resp_wire_bytes=wire[j][r],
-                orig_flags=flags[j][o], resp_flags=flags[j][r], orig_retrans=retr[j][o],
-                resp_retrans=retr[j][r], first_frame=first_fr[j], last_frame=last_fr[j],
-                end_reason=reasons[j], vlan=vlan if vlan >= 0 else None,
-                tunnel=TUNNEL_NAMES.get(tunnels[j]), icmp=tuple(self._icmp.pop(fid, ())),
-                weirds=weirds, payloads=payloads.get(fid, _NO_PAYLOADS),
-                pkt_ts=tim_ts[ta:tz], pkt_len=tim_len[ta:tz], pkt_dir=tim_dir[ta:tz],
-                pkt_flags=tim_fl[ta:tz], rate=rr, rtp=rtp_series, rtp_streams=rtp_streams)
-            self.stats.flows += 1
-            if self._emit is not None:
-                self._emit(rec)
-            self._out.append(rec)
+        icmp = {f: self._icmp.pop(f) for f in fid_l if f in self._icmp}
+        weirds = {f: self._flow_weirds.pop(f) for f in fid_l if f in self._flow_weirds}
+        e = Ended(
+            reasons=reasons, fid=fids, key=t.key[slots], orig_is_a=t.orig_is_a[slots],
+            first_ns=t.first_ns[slots], last_ns=t.last_ns[slots],
+            first_frame=t.first_frame[slots], last_frame=t.last_frame[slots],
+            pkts=t.pkts[slots], pay=t.pay[slots], wire=t.wire[slots], flags=t.flags[slots],
+            retrans=t.retrans[slots], tunnel=t.tunnel[slots], n_rtp=n_rtp,
+            tim_ts=tim["ts"], tim_len=tim["len"], tim_dir=tim["side"], tim_flags=tim["flags"],
+            tim_a=tim_a, tim_z=tim_z, rate=rate_rows,
+            rate_a=np.searchsorted(rate_fid, fids, side="left"),
+            rate_z=np.searchsorted(rate_fid, fids, side="right"),
+            rtp=rtp, rtp_a=rtp_a, rtp_z=rtp_z, streams=streams,
+            payloads=self._pay_log.take(lookup, fids), icmp=icmp, weirds=weirds,
+            rtp_cap=self.cfg.rtp_detail_packets)
+        self.stats.flows += len(slots)
         for s in slots.tolist():
             kb = self._slot_key.pop(s, None)
             if kb is not None and self._index.get(kb) == s:
@@ -790,6 +780,217 @@ class FlowMeter:
         t.reset(slots)
         self._closed[slots] = False
         self._free.extend(slots.tolist())
+        return e
+
+
+@dataclass(slots=True)
+class PayloadColumns:
+    """Payload samples of several flows over one byte pool, rows grouped by flow:
+    flow ``i`` (in the order asked for) owns rows ``a[i]:z[i]``."""
+
+    pool: bytes
+    frame: I64
+    ts: I64
+    direction: npt.NDArray[np.uint8]
+    off: I64
+    length: I64
+    a: I64
+    z: I64
+
+
+@dataclass(slots=True)
+class Ended:
+    """Finished flows as columns, one row per flow (ordered by first packet): everything
+    their records are made from, in a few large arrays, so that a batch of them crosses
+    to another process cheaply (:func:`build_records` makes the records there)."""
+
+    reasons: list[str]
+    fid: I64
+    key: U64
+    orig_is_a: npt.NDArray[np.bool_]
+    first_ns: I64
+    last_ns: I64
+    first_frame: I64
+    last_frame: I64
+    pkts: I64
+    pay: I64
+    wire: I64
+    flags: I64
+    retrans: I64
+    tunnel: npt.NDArray[np.uint8]
+    n_rtp: I64
+    tim_ts: I64
+    tim_len: I64
+    tim_dir: npt.NDArray[np.uint8]
+    tim_flags: npt.NDArray[np.uint8]
+    tim_a: I64
+    tim_z: I64
+    rate: I64
+    rate_a: I64
+    rate_z: I64
+    rtp: dict[str, np.ndarray] | None  # type: ignore[type-arg]
+    rtp_a: I64
+    rtp_z: I64
+    streams: dict[int, list[StreamState]]
+    payloads: PayloadColumns | None
+    icmp: dict[int, list[IcmpNotice]]
+    weirds: dict[int, list[tuple[int, int, WeirdInfo]]]
+    rtp_cap: int
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+
+def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
+                orig_is_a: bool, first_ns: int
+                ) -> tuple[str, int, str, int, str, int, int | None, str]:
+    """(proto name, IP version, orig_h, orig_p, resp_h, resp_p, vlan, uid) of a table key."""
+    a_ver, a_str = _addr_str(a_hi, a_lo)
+    _, b_str = _addr_str(b_hi, b_lo)
+    a_port, b_port = kk >> 48, (kk >> 32) & 0xFFFF
+    proto = (kk >> 16) & 0xFF
+    vlan = (kk & 0xFFFF) - 1
+    if orig_is_a:
+        oh, op, rh, rp = a_str, a_port, b_str, b_port
+    else:
+        oh, op, rh, rp = b_str, b_port, a_str, a_port
+    pname = PROTO_NAMES.get(proto, str(proto))
+    uid = _uid(f"{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone}|{first_ns}")
+    return pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
+
+
+def build_records(e: Ended) -> list[FlowRecord]:
+    """The flow records of gathered flows, in the order gathered."""
+    n = len(e)
+    if n == 0:
+        return []
+    key = e.key
+    a_hi, a_lo, b_hi, b_lo = (key[:, i].tolist() for i in range(4))
+    k4 = key[:, 4].tolist()
+    zone = key[:, 5].tolist()
+    o_is_a = e.orig_is_a.tolist()
+    first_ns = e.first_ns.tolist()
+    last_ns = e.last_ns.tolist()
+    first_fr = e.first_frame.tolist()
+    last_fr = e.last_frame.tolist()
+    pkts, pay, wire = e.pkts.tolist(), e.pay.tolist(), e.wire.tolist()
+    flags, retr = e.flags.tolist(), e.retrans.tolist()
+    tunnels = e.tunnel.tolist()
+    n_rtp = e.n_rtp.tolist()
+    fid_l = e.fid.tolist()
+    reasons = e.reasons
+    tim_ts = e.tim_ts.astype(np.float64) / NS
+    tim_len = e.tim_len.astype(np.int32)
+    tim_dir = e.tim_dir.astype(np.uint8)
+    tim_fl = e.tim_flags.astype(np.uint8)
+    tim_a, tim_z = e.tim_a.tolist(), e.tim_z.tolist()
+    rate_rows = e.rate
+    rate_a, rate_z = e.rate_a.tolist(), e.rate_z.tolist()
+    rtp = e.rtp
+    rtp_a, rtp_z = e.rtp_a.tolist(), e.rtp_z.tolist()
+    streams = e.streams
+    pc = e.payloads
+    pay_a, pay_z = (pc.a.tolist(), pc.z.tolist()) if pc is not None else ([0] * n, [0] * n)
+    icmp, weird_log = e.icmp, e.weirds
+    cap = e.rtp_cap
+    out = []
+    for j in range(n):
+        fid = fid_l[j]
+        o = 0 if o_is_a[j] else 1
+        r = 1 - o
+        pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
+            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o == 0, first_ns[j])
+        ta, tz = tim_a[j], tim_z[j]
+        rr = rate_rows[rate_a[j]:rate_z[j]]
+        if o == 1:
+            rr = rr[:, [0, 3, 4, 1, 2]]
+        rtp_series = None
+        rtp_streams: tuple[RtpStream, ...] = ()
+        if rtp is not None and n_rtp[j] >= 4:
+            rtp_series = _rtp_series(rtp, rtp_a[j], rtp_z[j],
+                                     min(pkts[j][0] + pkts[j][1], cap), n_rtp[j] > cap)
+            sr = streams.get(fid)
+            if rtp_series is not None and sr is not None:
+                rtp_streams = _streams_of(sr)
+        w = weird_log.get(fid)
+        weirds = () if w is None else tuple(
+            Weird(fr, ts / NS, x.layer, x.offset, x.reason, uid) for fr, ts, x in w)
+        pa, pz = pay_a[j], pay_z[j]
+        if pc is None or pa == pz:
+            payloads = _NO_PAYLOADS
+        else:
+            payloads = PayloadSamples(pc.pool, pc.frame[pa:pz], pc.ts[pa:pz],
+                                      pc.direction[pa:pz], pc.off[pa:pz], pc.length[pa:pz])
+        ic = icmp.get(fid)
+        out.append(FlowRecord(
+            uid=uid, proto=pname, ip_version=ver, orig_h=oh, orig_p=op, resp_h=rh,
+            resp_p=rp, first_ts=first_ns[j] / NS, last_ts=last_ns[j] / NS,
+            orig_pkts=pkts[j][o], orig_bytes=pay[j][o], orig_wire_bytes=wire[j][o],
+            resp_pkts=pkts[j][r], resp_bytes=pay[j][r], resp_wire_bytes=wire[j][r],
+            orig_flags=flags[j][o], resp_flags=flags[j][r], orig_retrans=retr[j][o],
+            resp_retrans=retr[j][r], first_frame=first_fr[j], last_frame=last_fr[j],
+            end_reason=reasons[j], vlan=vlan, tunnel=TUNNEL_NAMES.get(tunnels[j]),
+            icmp=() if ic is None else tuple(ic), weirds=weirds, payloads=payloads,
+            pkt_ts=tim_ts[ta:tz], pkt_len=tim_len[ta:tz], pkt_dir=tim_dir[ta:tz],
+            pkt_flags=tim_fl[ta:tz], rate=rr, rtp=rtp_series, rtp_streams=rtp_streams))
+    return out
+
+
+def conn_rows(e: Ended) -> list[dict[str, Any]]:
+    """:meth:`FlowRecord.conn_dict` of every gathered flow, made straight from the columns
+    (no record, no payload samples, timing or rate series): what ``marsad flows`` prints.
+    The same values, keys and key order as building the records and asking each."""
+    n = len(e)
+    if n == 0:
+        return []
+    key = e.key
+    a_hi, a_lo, b_hi, b_lo = (key[:, i].tolist() for i in range(4))
+    k4 = key[:, 4].tolist()
+    zone = key[:, 5].tolist()
+    o_is_a = e.orig_is_a.tolist()
+    first_ns = e.first_ns.tolist()
+    last_ns = e.last_ns.tolist()
+    first_fr = e.first_frame.tolist()
+    last_fr = e.last_frame.tolist()
+    pkts, pay, wire = e.pkts.tolist(), e.pay.tolist(), e.wire.tolist()
+    flags, retr = e.flags.tolist(), e.retrans.tolist()
+    tunnels = e.tunnel.tolist()
+    n_rtp = e.n_rtp.tolist()
+    fid_l = e.fid.tolist()
+    reasons = e.reasons
+    rtp, rtp_a, rtp_z = e.rtp, e.rtp_a.tolist(), e.rtp_z.tolist()
+    streams, icmp, weird_log = e.streams, e.icmp, e.weirds
+    cap = e.rtp_cap
+    out = []
+    for j in range(n):
+        fid = fid_l[j]
+        o = 0 if o_is_a[j] else 1
+        r = 1 - o
+        pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
+            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o == 0, first_ns[j])
+        n_streams = 0
+        if rtp is not None and n_rtp[j] >= 4:
+            sr = streams.get(fid)
+            if sr is not None and _rtp_series(rtp, rtp_a[j], rtp_z[j],
+                                              min(pkts[j][0] + pkts[j][1], cap),
+                                              n_rtp[j] > cap) is not None:
+                n_streams = len(sr)
+        first_ts, last_ts = first_ns[j] / NS, last_ns[j] / NS
+        ic = icmp.get(fid)
+        w = weird_log.get(fid)
+        out.append({
+            "uid": uid, "proto": pname, "ip_version": ver, "orig_h": oh, "orig_p": op,
+            "resp_h": rh, "resp_p": rp, "first_ts": round(first_ts, 6),
+            "last_ts": round(last_ts, 6), "duration_s": round(last_ts - first_ts, 6),
+            "orig_pkts": pkts[j][o], "orig_bytes": pay[j][o], "orig_wire_bytes": wire[j][o],
+            "resp_pkts": pkts[j][r], "resp_bytes": pay[j][r], "resp_wire_bytes": wire[j][r],
+            "conn_state": conn_state(pname, flags[j][o], flags[j][r], pkts[j][r]),
+            "orig_retrans": retr[j][o], "resp_retrans": retr[j][r],
+            "first_frame": first_fr[j], "last_frame": last_fr[j], "end_reason": reasons[j],
+            "vlan": vlan, "tunnel": TUNNEL_NAMES.get(tunnels[j]),
+            "icmp": [] if ic is None else [x.to_dict() for x in ic],
+            "weirds": 0 if w is None else len(w), "rtp_streams": n_streams})
+    return out
 
 
 @dataclass(slots=True)
@@ -817,8 +1018,9 @@ class _PayloadLog:
         if len(fid):
             self.chunks.append(_PayloadChunk(fid, off, length, frame, ts, direction, pool))
 
-    def take(self, lookup: npt.NDArray[np.bool_]) -> dict[int, PayloadSamples]:
-        """Remove the samples of the flows marked in ``lookup``; one column set per flow.
+    def take(self, lookup: npt.NDArray[np.bool_], fids: I64) -> PayloadColumns | None:
+        """Remove the samples of the flows marked in ``lookup``, as columns grouped in the
+        order of ``fids`` (None when none of them has samples).
 
         The selected rows of every chunk are gathered column-wise into one new pool
         (samples of a flow kept over several batches come out joined, in order)."""
@@ -848,17 +1050,15 @@ class _PayloadLog:
                 kept.append(nc)
         self.chunks = kept
         if not cols:
-            return {}
+            return None
         fid, frame, ts, d, length = (np.concatenate([c[i] for c in cols]) for i in range(5))
         pool = b"".join(views)
         off = np.cumsum(length) - length
         order = np.argsort(fid, kind="stable")  # stable: batch order, then arrival order
         fid, frame, ts, d, off, length = (x[order] for x in (fid, frame, ts, d, off, length))
-        cut = np.flatnonzero(np.diff(fid)) + 1
-        starts = np.concatenate(([0], cut)).tolist()
-        ends = np.concatenate((cut, [len(fid)])).tolist()
-        return {f: PayloadSamples(pool, frame[a:z], ts[a:z], d[a:z], off[a:z], length[a:z])
-                for f, a, z in zip(fid[starts].tolist(), starts, ends, strict=True)}
+        return PayloadColumns(pool, frame, ts, d, off, length,
+                              np.searchsorted(fid, fids, side="left"),
+                              np.searchsorted(fid, fids, side="right"))
 
 
 def _merge_rate(rate: dict[str, np.ndarray]) -> tuple[I64, I64]:  # type: ignore[type-arg]

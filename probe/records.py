@@ -27,6 +27,7 @@ __all__ = [
     "RtpSeries",
     "RtpStream",
     "Weird",
+    "conn_state",
 ]
 
 ORIG = 0
@@ -352,34 +353,9 @@ class FlowRecord:
 
     @property
     def conn_state(self) -> str:
-        """Zeek-style summary of a TCP connection's fate (``""`` for other protocols).
-
-        S0 SYN without reply; REJ SYN answered by RST; S1 established, not closed;
-        SF normal close; RSTO/RSTR reset by originator/responder after set-up;
-        SH originator SYN+FIN without responder; OTH no SYN seen.
-        """
-        if self.proto != "tcp":
-            return ""
-        o, r = self.orig_flags, self.resp_flags
-        syn, fin, rst, ack = 0x02, 0x01, 0x04, 0x10
-        if not o & syn:
-            return "OTH"
-        if self.resp_pkts == 0:
-            return "SH" if o & fin else ("RSTOS0" if o & rst else "S0")
-        if r & rst and not r & syn:
-            return "REJ"
-        established = bool(r & syn and r & ack)
-        if not established:
-            return "OTH"
-        if o & rst:
-            return "RSTO"
-        if r & rst:
-            return "RSTR"
-        if o & fin and r & fin:
-            return "SF"
-        if o & fin or r & fin:
-            return "S3" if r & fin else "S2"
-        return "S1"
+        """Zeek-style summary of a TCP connection's fate (``""`` for other protocols);
+        see :func:`conn_state`."""
+        return conn_state(self.proto, self.orig_flags, self.resp_flags, self.resp_pkts)
 
     def lightened(self) -> FlowRecord:
         """This record as later stages keep it once the classifier has observed it: payload
@@ -429,6 +405,37 @@ class FlowRecord:
             "weirds": len(self.weirds),
             "rtp_streams": len(self.rtp_streams),
         }
+
+
+def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> str:
+    """Zeek-style summary of a TCP connection's fate (``""`` for other protocols).
+
+    S0 SYN without reply; REJ SYN answered by RST; S1 established, not closed;
+    SF normal close; RSTO/RSTR reset by originator/responder after set-up;
+    SH originator SYN+FIN without responder; OTH no SYN seen.
+    """
+    if proto != "tcp":
+        return ""
+    o, r = orig_flags, resp_flags
+    syn, fin, rst, ack = 0x02, 0x01, 0x04, 0x10
+    if not o & syn:
+        return "OTH"
+    if resp_pkts == 0:
+        return "SH" if o & fin else ("RSTOS0" if o & rst else "S0")
+    if r & rst and not r & syn:
+        return "REJ"
+    established = bool(r & syn and r & ack)
+    if not established:
+        return "OTH"
+    if o & rst:
+        return "RSTO"
+    if r & rst:
+        return "RSTR"
+    if o & fin and r & fin:
+        return "SF"
+    if o & fin or r & fin:
+        return "S3" if r & fin else "S2"
+    return "S1"
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(FlowRecord))

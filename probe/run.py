@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from probe.decode import Decoder
 from probe.errors import CaptureError, UnsupportedLinkType
-from probe.meter import FlowMeter, MeterConfig, MeterStats
+from probe.meter import FlowMeter, MeterConfig, MeterStats, conn_rows
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
@@ -152,6 +152,26 @@ class FlowReader:
             yield rec
             if i % (TRIM_EVERY * 1024) == 0:
                 trim_heap()
+
+    def conn_rows(self) -> Iterator[dict[str, Any]]:
+        """Iterate the flows as they end, as their conn.log columns only
+        (:meth:`FlowRecord.conn_dict`), made straight from the flow table's columns:
+        no record, payload sample or timing series is built (what ``marsad flows``
+        prints; a third less work in the metering process)."""
+        batches = self._inline() if self._workers <= 1 else self._forked()
+        meter = self.meter
+        meter.gathered = True
+        try:
+            for i, p in enumerate(batches, 1):
+                for e in meter.apply_gathered(p):
+                    yield from conn_rows(e)
+                del p
+                if i % TRIM_EVERY == 0:
+                    trim_heap()
+            for e in meter.finish_gathered():
+                yield from conn_rows(e)
+        finally:
+            meter.gathered = False
 
     def _inline(self) -> Iterator[Prepared]:
         cfg = self.config

@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP  # type: ignore[attr-defined]
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from probe import FlowRecord, MeterConfig, read_capture
+from probe import FlowReader, FlowRecord, MeterConfig, read_capture
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -218,3 +218,33 @@ def test_rtp_streams_loss_reorder_wrap_and_jitter(tmp_path: Path) -> None:
         prev = transit
     assert abs(s.jitter_s - j) < 1e-9
     assert int(s.seconds[:, 1].sum()) == 197
+
+
+_EVERY_CAPTURE = sorted(p.name for p in (ROOT / "captures").iterdir()
+                        if p.suffix in (".pcap", ".pcapng", ".gz")
+                        and not p.name.startswith("bad-"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", _EVERY_CAPTURE)
+def test_conn_rows_are_the_records_conn_dicts(name: str, workers: int) -> None:
+    """``FlowReader.conn_rows`` (what ``marsad flows`` prints, made from the table's columns
+    without records) gives each record's conn_dict: same values, keys and key order."""
+    path = ROOT / "captures" / name
+    want = [f.conn_dict() for f in FlowReader(path, workers=workers)]
+    got = list(FlowReader(path, MeterConfig(payload_samples=0, timing_packets=0),
+                          workers=workers).conn_rows())
+    assert got == want
+    assert [list(r) for r in got] == [list(r) for r in want]
+    assert any(r["conn_state"] for r in got) or all(r["proto"] != "tcp" for r in got)
+
+
+def test_conn_rows_of_a_truncated_capture_stop_where_records_stop() -> None:
+    path = ROOT / "captures" / "bad-truncated.pcap"
+    reader = FlowReader(path, workers=2)
+    want = [f.conn_dict() for f in reader]
+    rows_reader = FlowReader(path, workers=2)
+    got = list(rows_reader.conn_rows())
+    assert got == want and got
+    assert not rows_reader.status.complete
+    assert rows_reader.status.stopped_at == reader.status.stopped_at
