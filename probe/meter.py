@@ -370,11 +370,11 @@ class FlowMeter:
                     self._emit(rec)
             yield from recs
 
-    def finish_gathered(self, chunk: int = 4096) -> Iterator[Ended]:
+    def finish_gathered(self, chunk: int = 2048) -> Iterator[Ended]:
         """:meth:`finish` for a meter in :attr:`gathered` mode, ``chunk`` flows at a time."""
         return self._finish_parts(chunk)
 
-    def _finish_parts(self, chunk: int = 4096) -> Iterator[Ended]:
+    def _finish_parts(self, chunk: int = 2048) -> Iterator[Ended]:
         slots = np.flatnonzero(self._t.alive)
         slots = slots[np.argsort(self._t.first_frame[slots], kind="stable")]
         for a in range(0, len(slots), chunk):

@@ -148,6 +148,7 @@ class FlowReader:
             del p
             if i % TRIM_EVERY == 0:
                 trim_heap()
+        trim_heap()  # the end of input empties the table: the peak is about to come
         for i, rec in enumerate(self.meter.finish(), 1):
             yield rec
             if i % (TRIM_EVERY * 1024) == 0:
