@@ -1,0 +1,51 @@
+"""The ``marsad`` console command ends batch commands without interpreter teardown; what it
+prints and its exit status are those of :func:`api.cli.main`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from api.cli import EXIT_PARTIAL, main
+
+ROOT = Path(__file__).resolve().parents[3]
+CAPTURES = ROOT / "captures"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from api.cli import run; sys.argv[0] = 'marsad'; run()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, check=False)
+
+
+@pytest.mark.parametrize("command", ["analyze", "flows"])
+def test_console_command_prints_what_main_prints(command: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cap = str(CAPTURES / "sample-call.pcap")
+    assert main([command, cap, "--jsonl"]) == 0
+    want = capsys.readouterr().out
+    got = _run(command, cap, "--jsonl")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == want and want.count("\n") > 3
+
+
+def test_console_command_keeps_the_partial_exit_status() -> None:
+    got = _run("flows", str(CAPTURES / "bad-truncated.pcap"), "--jsonl")
+    assert got.returncode == EXIT_PARTIAL
+    assert "truncated" in got.stderr and got.stdout.count("\n") >= 1
+
+
+def test_console_command_on_a_closed_pipe_ends_quietly() -> None:
+    code = "import sys; from api.cli import run; sys.argv[0] = 'marsad'; run()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "analyze",
+                             str(CAPTURES / "sample-call.pcap"), "--jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 1, 120)
+    assert "Traceback" not in err
