@@ -840,11 +840,23 @@ class Ended:
     def __len__(self) -> int:
         return len(self.reasons)
 
+    def plain(self) -> tuple[list[Any], ...]:
+        """The per-flow columns as Python lists (converted in one go each): the key's
+        address halves, ports word and zone, then orig_is_a, first/last ns and frame,
+        pkts, pay, wire, flags, retrans (pairs per side), tunnel, n_rtp and fid."""
+        key = self.key
+        return (*(key[:, i].tolist() for i in range(6)), self.orig_is_a.tolist(),
+                self.first_ns.tolist(), self.last_ns.tolist(), self.first_frame.tolist(),
+                self.last_frame.tolist(), self.pkts.tolist(), self.pay.tolist(),
+                self.wire.tolist(), self.flags.tolist(), self.retrans.tolist(),
+                self.tunnel.tolist(), self.n_rtp.tolist(), self.fid.tolist())
+
 
 def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
                 orig_is_a: bool, first_ns: int
-                ) -> tuple[str, int, str, int, str, int, int | None, str]:
-    """(proto name, IP version, orig_h, orig_p, resp_h, resp_p, vlan, uid) of a table key."""
+                ) -> tuple[int, int, str, int, str, int, str, int, int | None, str]:
+    """(orig side, resp side, proto name, IP version, orig_h, orig_p, resp_h, resp_p, vlan,
+    uid) of a table key; the sides index the per-side (a, b) counter pairs."""
     a_ver, a_str = _addr_str(a_hi, a_lo)
     _, b_str = _addr_str(b_hi, b_lo)
     a_port, b_port = kk >> 48, (kk >> 32) & 0xFFFF
@@ -856,28 +868,15 @@ def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
         oh, op, rh, rp = b_str, b_port, a_str, a_port
     pname = PROTO_NAMES.get(proto, str(proto))
     uid = _uid(f"{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone}|{first_ns}")
-    return pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
+    o = 0 if orig_is_a else 1
+    return o, 1 - o, pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
 
 
 def build_records(e: Ended) -> list[FlowRecord]:
     """The flow records of gathered flows, in the order gathered."""
     n = len(e)
-    if n == 0:
-        return []
-    key = e.key
-    a_hi, a_lo, b_hi, b_lo = (key[:, i].tolist() for i in range(4))
-    k4 = key[:, 4].tolist()
-    zone = key[:, 5].tolist()
-    o_is_a = e.orig_is_a.tolist()
-    first_ns = e.first_ns.tolist()
-    last_ns = e.last_ns.tolist()
-    first_fr = e.first_frame.tolist()
-    last_fr = e.last_frame.tolist()
-    pkts, pay, wire = e.pkts.tolist(), e.pay.tolist(), e.wire.tolist()
-    flags, retr = e.flags.tolist(), e.retrans.tolist()
-    tunnels = e.tunnel.tolist()
-    n_rtp = e.n_rtp.tolist()
-    fid_l = e.fid.tolist()
+    (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
+     pay, wire, flags, retr, tunnels, n_rtp, fid_l) = e.plain()
     reasons = e.reasons
     tim_ts = e.tim_ts.astype(np.float64) / NS
     tim_len = e.tim_len.astype(np.int32)
@@ -896,10 +895,8 @@ def build_records(e: Ended) -> list[FlowRecord]:
     out = []
     for j in range(n):
         fid = fid_l[j]
-        o = 0 if o_is_a[j] else 1
-        r = 1 - o
-        pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
-            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o == 0, first_ns[j])
+        o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
+            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
         ta, tz = tim_a[j], tim_z[j]
         rr = rate_rows[rate_a[j]:rate_z[j]]
         if o == 1:
@@ -941,22 +938,8 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
     (no record, no payload samples, timing or rate series): what ``marsad flows`` prints.
     The same values, keys and key order as building the records and asking each."""
     n = len(e)
-    if n == 0:
-        return []
-    key = e.key
-    a_hi, a_lo, b_hi, b_lo = (key[:, i].tolist() for i in range(4))
-    k4 = key[:, 4].tolist()
-    zone = key[:, 5].tolist()
-    o_is_a = e.orig_is_a.tolist()
-    first_ns = e.first_ns.tolist()
-    last_ns = e.last_ns.tolist()
-    first_fr = e.first_frame.tolist()
-    last_fr = e.last_frame.tolist()
-    pkts, pay, wire = e.pkts.tolist(), e.pay.tolist(), e.wire.tolist()
-    flags, retr = e.flags.tolist(), e.retrans.tolist()
-    tunnels = e.tunnel.tolist()
-    n_rtp = e.n_rtp.tolist()
-    fid_l = e.fid.tolist()
+    (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
+     pay, wire, flags, retr, tunnels, n_rtp, fid_l) = e.plain()
     reasons = e.reasons
     rtp, rtp_a, rtp_z = e.rtp, e.rtp_a.tolist(), e.rtp_z.tolist()
     streams, icmp, weird_log = e.streams, e.icmp, e.weirds
@@ -964,10 +947,8 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
     out = []
     for j in range(n):
         fid = fid_l[j]
-        o = 0 if o_is_a[j] else 1
-        r = 1 - o
-        pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
-            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o == 0, first_ns[j])
+        o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
+            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
         n_streams = 0
         if rtp is not None and n_rtp[j] >= 4:
             sr = streams.get(fid)
