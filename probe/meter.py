@@ -307,11 +307,7 @@ class FlowMeter:
         """Payload sample sizes: (first samples, how many, later samples)."""
         self._active_ns = int(self.cfg.active_s * NS)
         self._close_ns = int(self.cfg.tcp_close_s * NS)
-        self._out: list[FlowRecord] = []
-        self._out_ended: list[Ended] = []
-        self.gathered = False
-        """Hand finished flows out as :class:`Ended` columns (:meth:`apply_gathered`,
-        :meth:`finish_gathered`) instead of records."""
+        self._ended: list[Ended] = []
         self._now = 0
 
     # -- public ------------------------------------------------------------------
@@ -325,20 +321,12 @@ class FlowMeter:
 
     def apply(self, p: Prepared) -> list[FlowRecord]:
         """Meter one prepared batch; return the flows that ended during it."""
-        self._out = []
-        self._apply(p)
-        out, self._out = self._out, []
-        return out
+        return self._records(self.apply_gathered(p))
 
     def apply_gathered(self, p: Prepared) -> list[Ended]:
-        """:meth:`apply` for a meter in :attr:`gathered` mode: the flows that ended, as
-        columns (:func:`build_records` makes their records)."""
-        self._out_ended = []
-        self._apply(p)
-        out, self._out_ended = self._out_ended, []
-        return out
-
-    def _apply(self, p: Prepared) -> None:
+        """:meth:`apply`, with the flows that ended as columns (:func:`build_records` makes
+        their records, :func:`conn_rows` their conn.log rows alone)."""
+        self._ended = []
         st = self.stats
         st.packets += p.packets
         st.slow_path += p.slow
@@ -359,27 +347,30 @@ class FlowMeter:
             self._now = max(self._now, p.ts_max)
             st.last_ts = self._now / NS
         self._expire(self._now)
+        out, self._ended = self._ended, []
+        return out
 
     def finish(self) -> Iterator[FlowRecord]:
         """End every flow still in the table (end reason ``eof``), a few thousand at a time
         so the records need not all be in memory at once."""
-        for e in self._finish_parts():
-            recs = build_records(e)
-            if self._emit is not None:
-                for rec in recs:
-                    self._emit(rec)
-            yield from recs
+        for e in self.finish_gathered():
+            yield from self._records([e])
 
     def finish_gathered(self, chunk: int = 2048) -> Iterator[Ended]:
-        """:meth:`finish` for a meter in :attr:`gathered` mode, ``chunk`` flows at a time."""
-        return self._finish_parts(chunk)
-
-    def _finish_parts(self, chunk: int = 2048) -> Iterator[Ended]:
+        """:meth:`finish`, with the flows as columns, ``chunk`` flows at a time."""
         slots = np.flatnonzero(self._t.alive)
         slots = slots[np.argsort(self._t.first_frame[slots], kind="stable")]
         for a in range(0, len(slots), chunk):
             part = slots[a:a + chunk]
             yield self._gather(part, ["eof"] * len(part))
+
+    def _records(self, ended: list[Ended]) -> list[FlowRecord]:
+        """The records of gathered flows, each handed to ``emit`` too."""
+        recs = [r for e in ended for r in build_records(e)]
+        if self._emit is not None:
+            for rec in recs:
+                self._emit(rec)
+        return recs
 
     def active_flows(self) -> int:
         """Flows currently in the table."""
@@ -715,18 +706,9 @@ class FlowMeter:
             self._end(victims, ["evicted"] * len(victims))
 
     def _end(self, slots: I64, reasons: list[str]) -> None:
-        """End table rows: gather their columns, free the rows, hand out the flows (as
-        records, or as gathered columns when :attr:`gathered` is set)."""
-        if len(slots) == 0:
-            return
-        e = self._gather(slots, reasons)
-        if self.gathered:
-            self._out_ended.append(e)
-            return
-        for rec in build_records(e):
-            if self._emit is not None:
-                self._emit(rec)
-            self._out.append(rec)
+        """End table rows: gather their columns and free the rows."""
+        if len(slots):
+            self._ended.append(self._gather(slots, reasons))
 
     def _gather(self, slots: I64, reasons: list[str]) -> Ended:
         """Take the finished flows' rows out of the table and the logs, as columns."""
@@ -749,7 +731,7 @@ class FlowMeter:
 
         tim, tim_a, tim_z = grouped(self._timing)
         rate_rows, rate_fid = _merge_rate(self._rate.take(fids_sorted, lookup)[0])
-        n_rtp = t.n_rtp[slots].copy()
+        n_rtp = t.n_rtp[slots]
         rtp: dict[str, np.ndarray] | None = None  # type: ignore[type-arg]
         rtp_a = rtp_z = np.zeros(0, dtype=np.int64)
         streams: dict[int, list[StreamState]] = {}
@@ -872,6 +854,19 @@ def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
     return o, 1 - o, pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
 
 
+def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[int],  # type: ignore[type-arg]
+              j: int, n_rtp: int, pkts: list[int], cap: int, states: list[StreamState] | None
+              ) -> tuple[RtpSeries | None, tuple[RtpStream, ...]]:
+    """Gathered flow ``j``'s RTP series and whole-life streams: kept only when the flow
+    looks like RTP (:func:`_rtp_series`); ``pkts`` is its (a, b) packet counts."""
+    if rtp is None or n_rtp < 4:
+        return None, ()
+    series = _rtp_series(rtp, rtp_a[j], rtp_z[j], min(pkts[0] + pkts[1], cap), n_rtp > cap)
+    if series is None or states is None:
+        return series, ()
+    return series, _streams_of(states)
+
+
 def build_records(e: Ended) -> list[FlowRecord]:
     """The flow records of gathered flows, in the order gathered."""
     n = len(e)
@@ -901,14 +896,8 @@ def build_records(e: Ended) -> list[FlowRecord]:
         rr = rate_rows[rate_a[j]:rate_z[j]]
         if o == 1:
             rr = rr[:, [0, 3, 4, 1, 2]]
-        rtp_series = None
-        rtp_streams: tuple[RtpStream, ...] = ()
-        if rtp is not None and n_rtp[j] >= 4:
-            rtp_series = _rtp_series(rtp, rtp_a[j], rtp_z[j],
-                                     min(pkts[j][0] + pkts[j][1], cap), n_rtp[j] > cap)
-            sr = streams.get(fid)
-            if rtp_series is not None and sr is not None:
-                rtp_streams = _streams_of(sr)
+        rtp_series, rtp_streams = _flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap,
+                                            streams.get(fid))
         w = weird_log.get(fid)
         weirds = () if w is None else tuple(
             Weird(fr, ts / NS, x.layer, x.offset, x.reason, uid) for fr, ts, x in w)
@@ -949,13 +938,8 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
         fid = fid_l[j]
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
             a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
-        n_streams = 0
-        if rtp is not None and n_rtp[j] >= 4:
-            sr = streams.get(fid)
-            if sr is not None and _rtp_series(rtp, rtp_a[j], rtp_z[j],
-                                              min(pkts[j][0] + pkts[j][1], cap),
-                                              n_rtp[j] > cap) is not None:
-                n_streams = len(sr)
+        n_streams = len(_flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap,
+                                  streams.get(fid))[1])
         first_ts, last_ts = first_ns[j] / NS, last_ns[j] / NS
         ic = icmp.get(fid)
         w = weird_log.get(fid)

@@ -160,19 +160,14 @@ class FlowReader:
         no record, payload sample or timing series is built (what ``marsad flows``
         prints; a third less work in the metering process)."""
         batches = self._inline() if self._workers <= 1 else self._forked()
-        meter = self.meter
-        meter.gathered = True
-        try:
-            for i, p in enumerate(batches, 1):
-                for e in meter.apply_gathered(p):
-                    yield from conn_rows(e)
-                del p
-                if i % TRIM_EVERY == 0:
-                    trim_heap()
-            for e in meter.finish_gathered():
+        for i, p in enumerate(batches, 1):
+            for e in self.meter.apply_gathered(p):
                 yield from conn_rows(e)
-        finally:
-            meter.gathered = False
+            del p
+            if i % TRIM_EVERY == 0:
+                trim_heap()
+        for e in self.meter.finish_gathered():
+            yield from conn_rows(e)
 
     def _inline(self) -> Iterator[Prepared]:
         cfg = self.config
