@@ -13,11 +13,13 @@ from api.cli import EXIT_PARTIAL, main
 
 ROOT = Path(__file__).resolve().parents[3]
 CAPTURES = ROOT / "captures"
+MARSAD = [sys.executable, "-c",
+          "import sys; from api.cli import run; sys.argv[0] = 'marsad'; run()"]
+"""The console command, run by this interpreter."""
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from api.cli import run; sys.argv[0] = 'marsad'; run()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+    return subprocess.run([*MARSAD, *args], capture_output=True,
                           text=True, timeout=120, cwd=ROOT, check=False)
 
 
@@ -39,8 +41,7 @@ def test_console_command_keeps_the_partial_exit_status() -> None:
 
 
 def test_console_command_on_a_closed_pipe_ends_quietly() -> None:
-    code = "import sys; from api.cli import run; sys.argv[0] = 'marsad'; run()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "analyze",
+    proc = subprocess.Popen([*MARSAD, "analyze",
                              str(CAPTURES / "sample-call.pcap"), "--jsonl"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     assert proc.stdout is not None and proc.stderr is not None
