@@ -49,7 +49,10 @@ def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
     x = np.flatnonzero(np.isfinite(tmin_ms)).astype(np.float64)
     if len(y) < 3:
         return None, False, None
-    smooth = np.array([np.median(y[max(0, i - 1):i + 2]) for i in range(len(y))])
+    # Median of each second and its neighbours (of the two at either end).
+    smooth = np.empty(len(y))
+    smooth[1:-1] = np.median(np.lib.stride_tricks.sliding_window_view(y, 3), axis=1)
+    smooth[0], smooth[-1] = np.median(y[:2]), np.median(y[-2:])
     base = float(np.min(smooth[: max(1, min(3, len(smooth)))]))
     rise = float(smooth.max()) - base
     start = None

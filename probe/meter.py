@@ -137,40 +137,60 @@ class MeterStats:
 class _Log:
     """Rows appended per batch, keyed by flow serial, gathered when flows end.
 
-    ``take`` touches each stored chunk once (a boolean lookup by serial), keeps
-    the chunks that hold none of the requested flows as they are, and merges
-    small chunks now and then so their number stays bounded.
+    ``take`` touches each stored chunk once (a boolean lookup by serial) and copies out
+    the rows asked for. The rows taken stay in their chunk, marked dead, until they are
+    half of it: serials are never reused, so no later take asks for them, and copying
+    every chunk's survivors at every take (most chunks lose a few flows each batch)
+    would cost more than the dead rows weigh. Small chunks are merged now and then so
+    their number stays bounded.
     """
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = (*names, "fid")
         self.chunks: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
+        self.dead: list[npt.NDArray[np.bool_] | None] = []
+        """Per chunk: its rows already taken (None: none)."""
 
     def add(self, fid: I64, **cols: np.ndarray) -> None:  # type: ignore[type-arg]
         if len(fid):
             cols["fid"] = fid
             self.chunks.append(cols)
+            self.dead.append(None)
             if len(self.chunks) > 48:
-                self.chunks = [{n: np.concatenate([c[n] for c in self.chunks])
+                self.chunks = [{n: np.concatenate([self._live(i, n)
+                                                   for i in range(len(self.chunks))])
                                 for n in self.names}]
+                self.dead = [None]
+
+    def _live(self, i: int, name: str) -> np.ndarray:  # type: ignore[type-arg]
+        d = self.dead[i]
+        col = self.chunks[i][name]
+        return col if d is None else col[~d]
 
     def take(self, fids: I64, lookup: npt.NDArray[np.bool_]
              ) -> tuple[dict[str, np.ndarray], I64, I64]:  # type: ignore[type-arg]
         """Remove and return the rows of ``fids`` (sorted; ``lookup[fid]`` is True for
         them), grouped by flow: (columns, start of each flow's rows, end)."""
         parts: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
-        kept: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
-        for c in self.chunks:
-            f = c["fid"]
-            mask = lookup[f]
+        chunks: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
+        deads: list[npt.NDArray[np.bool_] | None] = []
+        for c, dead in zip(self.chunks, self.dead, strict=True):
+            mask = lookup[c["fid"]]
             if not mask.any():
-                kept.append(c)
+                chunks.append(c)
+                deads.append(dead)
                 continue
             parts.append({n: c[n][mask] for n in self.names})
-            if not mask.all():
-                keep = ~mask
-                kept.append({n: c[n][keep] for n in self.names})
-        self.chunks = kept
+            dead = mask if dead is None else dead | mask
+            n_dead = int(np.count_nonzero(dead))
+            if n_dead == len(dead):
+                continue
+            if 2 * n_dead > len(dead):
+                keep = ~dead
+                c, dead = {n: c[n][keep] for n in self.names}, None
+            chunks.append(c)
+            deads.append(dead)
+        self.chunks, self.dead = chunks, deads
         if not parts:
             z = np.zeros(len(fids), dtype=np.int64)
             return {n: np.zeros(0, dtype=np.int64) for n in self.names}, z, z
@@ -183,7 +203,9 @@ class _Log:
         return out, starts, ends
 
     def rows(self) -> int:
-        return sum(len(c["fid"]) for c in self.chunks)
+        """Rows not taken yet."""
+        return sum(len(c["fid"]) - (0 if d is None else int(np.count_nonzero(d)))
+                   for c, d in zip(self.chunks, self.dead, strict=True))
 
 
 @dataclass(slots=True)
