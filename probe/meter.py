@@ -989,13 +989,36 @@ class _PayloadChunk:
     ts: I64
     direction: npt.NDArray[np.uint8]
     pool: bytes
+    live: int
+    """Bytes of the pool still referred to by rows not taken."""
+    dead: npt.NDArray[np.bool_] | None = None
+    """Rows already taken (None: none)."""
+
+    def compact(self, repack: bool) -> None:
+        """Drop the rows already taken; with ``repack``, their bytes from the pool too."""
+        if self.dead is not None:
+            keep = ~self.dead
+            self.fid, self.off, self.length, self.frame, self.ts = (
+                x[keep] for x in (self.fid, self.off, self.length, self.frame, self.ts))
+            self.direction = self.direction[keep]
+            self.dead = None
+        if repack:
+            mv = memoryview(self.pool)
+            self.pool = b"".join(mv[o:o + k] for o, k in zip(self.off.tolist(),
+                                                             self.length.tolist(),
+                                                             strict=True))
+            self.off = np.cumsum(self.length) - self.length
 
 
 _NO_PAYLOADS = PayloadSamples()
 
 
 class _PayloadLog:
-    """Payload samples of one batch share one byte pool; rows point into it."""
+    """Payload samples of one batch share one byte pool; rows point into it.
+
+    As in :class:`_Log`, rows taken stay marked dead until they are half of their chunk,
+    and a pool is repacked once less than a quarter of it is still referred to.
+    """
 
     def __init__(self) -> None:
         self.chunks: list[_PayloadChunk] = []
@@ -1003,7 +1026,8 @@ class _PayloadLog:
     def add(self, fid: I64, off: I64, length: I64, frame: I64, ts: I64,
             direction: npt.NDArray[np.uint8], pool: bytes) -> None:
         if len(fid):
-            self.chunks.append(_PayloadChunk(fid, off, length, frame, ts, direction, pool))
+            self.chunks.append(_PayloadChunk(fid, off, length, frame, ts, direction, pool,
+                                             int(length.sum())))
 
     def take(self, lookup: npt.NDArray[np.bool_], fids: I64) -> PayloadColumns | None:
         """Remove the samples of the flows marked in ``lookup``, as columns grouped in the
@@ -1021,20 +1045,19 @@ class _PayloadLog:
                 continue
             sel = np.flatnonzero(mask)
             mv = memoryview(c.pool)
-            views.extend(mv[o:o + k] for o, k in zip(c.off[sel].tolist(),
-                                                     c.length[sel].tolist(), strict=True))
-            cols.append((c.fid[sel], c.frame[sel], c.ts[sel], c.direction[sel], c.length[sel]))
-            if not mask.all():
-                rest = ~mask
-                nc = _PayloadChunk(c.fid[rest], c.off[rest], c.length[rest], c.frame[rest],
-                                   c.ts[rest], c.direction[rest], c.pool)
-                live = int(nc.length.sum())
-                if len(c.pool) > (1 << 20) and live * 4 < len(c.pool):  # repack a dead pool
-                    nc.pool = b"".join(mv[o:o + k] for o, k in zip(nc.off.tolist(),
-                                                                   nc.length.tolist(),
-                                                                   strict=True))
-                    nc.off = np.cumsum(nc.length) - nc.length
-                kept.append(nc)
+            taken = c.length[sel]
+            views.extend(mv[o:o + k] for o, k in zip(c.off[sel].tolist(), taken.tolist(),
+                                                     strict=True))
+            cols.append((c.fid[sel], c.frame[sel], c.ts[sel], c.direction[sel], taken))
+            c.dead = mask if c.dead is None else c.dead | mask
+            n_dead = int(np.count_nonzero(c.dead))
+            if n_dead == len(c.dead):
+                continue
+            c.live -= int(taken.sum())
+            repack = len(c.pool) > (1 << 20) and c.live * 4 < len(c.pool)
+            if repack or 2 * n_dead > len(c.dead):
+                c.compact(repack)
+            kept.append(c)
         self.chunks = kept
         if not cols:
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probe.meter import _Log
+from probe.meter import _Log, _PayloadLog
 
 
 def _lookup(fids: list[int], size: int) -> np.ndarray:  # type: ignore[type-arg]
@@ -52,3 +52,46 @@ def test_taking_flows_with_no_rows() -> None:
     cols, a, z = log.take(np.array([1, 3], dtype=np.int64), _lookup([1, 3], 4))
     assert cols["v"][a[0]:z[0]].tolist() == [10, 11] and a[1] == z[1]
     assert log.rows() == 1
+
+
+def test_payload_samples_survive_dead_rows_compaction_and_repacking() -> None:
+    """Samples of each flow come back whole and in order while other flows' rows die,
+    chunks are compacted and pools (over 1 MiB) are repacked."""
+    rng = np.random.default_rng(11)
+    log = _PayloadLog()
+    want: dict[int, list[bytes]] = {}
+    alive: list[int] = []
+    next_fid, frame = 0, 0
+    repacked = 0
+    for _batch in range(60):
+        alive.extend(range(next_fid, next_fid + 30))
+        next_fid += 30
+        fids = np.sort(rng.choice(alive, size=200)).astype(np.int64)
+        lengths = rng.integers(2000, 12000, size=200)
+        datas = [bytes([int(f) % 251]) * int(n) + frame.to_bytes(4, "big")
+                 for f, n, frame in zip(fids.tolist(), lengths.tolist(),
+                                        range(frame, frame + 200), strict=True)]
+        length = np.array([len(d) for d in datas], dtype=np.int64)
+        frames = np.arange(frame, frame + 200, dtype=np.int64)
+        frame += 200
+        log.add(fids, np.cumsum(length) - length, length, frames, frames * 1000,
+                np.zeros(200, dtype=np.uint8), b"".join(datas))
+        for f, d in zip(fids.tolist(), datas, strict=True):
+            want.setdefault(f, []).append(d)
+        ending = sorted(rng.choice(alive, size=25, replace=False).tolist())
+        if _batch == 59:
+            ending = sorted(alive)
+        pools = {id(c.pool) for c in log.chunks}
+        cols = log.take(_lookup(ending, next_fid + 1), np.array(ending, dtype=np.int64))
+        repacked += sum(1 for c in log.chunks if id(c.pool) not in pools)
+        assert cols is not None
+        for i, f in enumerate(ending):
+            got = [cols.pool[o:o + n] for o, n in zip(cols.off[cols.a[i]:cols.z[i]].tolist(),
+                                                       cols.length[cols.a[i]:cols.z[i]].tolist(),
+                                                       strict=True)]
+            assert got == want.pop(f, [])
+        alive = [f for f in alive if f not in set(ending)]
+        for c in log.chunks:
+            live = ~c.dead if c.dead is not None else np.ones(len(c.fid), dtype=bool)
+            assert c.live == int(c.length[live].sum())
+    assert repacked and not want and not log.chunks
