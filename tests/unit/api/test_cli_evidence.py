@@ -141,10 +141,12 @@ def test_verify_inserted_entry(ledger_path: Path, capsys: pytest.CaptureFixture[
     db = attacker(ledger_path)
     for s in (5, 4, 3, 2):
         db.execute(f"UPDATE entries SET seq = {s + 1} WHERE seq = {s}")
-    # A forged entry at 2, chained after 1 like the real one (now at 3).
+    # A forged entry at 2, chained after 1 like the real one (now at 3); its hash differs
+    # from the real one's in the first digit (hashes are unique in the table).
     db.execute("INSERT INTO entries SELECT 2, recorded_at, capture_sha256, 'Kforged', verdict, "
-               "reasons, evidence, prev_hash, 'f' || substr(entry_hash, 2) FROM entries "
-               "WHERE seq = 3")
+               "reasons, evidence, prev_hash, "
+               "CASE substr(entry_hash, 1, 1) WHEN 'f' THEN 'e' ELSE 'f' END "
+               "|| substr(entry_hash, 2) FROM entries WHERE seq = 3")
     db.close()
     code, out, _ = run(capsys, "verify", str(ledger_path))
     assert code == 1 and "entry 3: inserted" in out and "entry 2: edited" in out
