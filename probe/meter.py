@@ -1016,8 +1016,11 @@ _NO_PAYLOADS = PayloadSamples()
 class _PayloadLog:
     """Payload samples of one batch share one byte pool; rows point into it.
 
-    As in :class:`_Log`, rows taken stay marked dead until they are half of their chunk,
-    and a pool is repacked once less than a quarter of it is still referred to.
+    As in :class:`_Log`, rows taken stay marked dead until they are half of their chunk.
+    A pool is repacked once less than half of it, and 64 KiB or more less, is still
+    referred to: pools arrive about half dead already (the batch keeps every candidate
+    whole, the table only the first samples of each flow and the later ones cut short),
+    and most are under a MiB, so a rule for large pools alone left half the bytes dead.
     """
 
     def __init__(self) -> None:
@@ -1054,7 +1057,7 @@ class _PayloadLog:
             if n_dead == len(c.dead):
                 continue
             c.live -= int(taken.sum())
-            repack = len(c.pool) > (1 << 20) and c.live * 4 < len(c.pool)
+            repack = len(c.pool) - c.live >= (64 << 10) and c.live * 2 < len(c.pool)
             if repack or 2 * n_dead > len(c.dead):
                 c.compact(repack)
             kept.append(c)
