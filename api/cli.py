@@ -164,8 +164,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
             flows: list[FlowRecord] = []
             classes: list[Classification] = []
             with gc_paused():
-                for rec in reader:
-                    c = classifier.classify(rec)
+                for rec, ob in reader.observed(classifier.observe):
+                    c = classifier.classify(rec, ob)
                     flows.append(rec.lightened())
                     classes.append(c)
                     write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)

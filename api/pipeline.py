@@ -146,8 +146,8 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     flows: list[FlowRecord] = []
     observed: dict[str, Observation] = {}
     with gc_paused():
-        for rec in reader:
-            observed[rec.uid] = classifier.observe(rec)
+        for rec, ob in reader.observed(classifier.observe):
+            observed[rec.uid] = ob
             flows.append(rec.lightened())
         flows.sort(key=lambda r: (r.first_frame, r.uid))
         classes = classifier.classify_all(flows, observed)

@@ -5,29 +5,38 @@ run in a forked child process while this process keeps the flow table; the
 child hands over :class:`~probe.prepare.Prepared` batches (columns and the few
 payload bytes the records keep), never the capture buffer. The pipe between
 them holds at most a batch or two, so memory stays bounded.
+
+:meth:`FlowReader.observed` also lets the child, which has time to spare,
+observe part of the finished flows (the classifier's order-free half of the
+work): chunks of them go back to it as columns (:class:`~probe.meter.Ended`).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
 from probe.decode import Decoder
 from probe.errors import CaptureError, UnsupportedLinkType
-from probe.meter import FlowMeter, MeterConfig, MeterStats, conn_rows
+from probe.meter import Ended, FlowMeter, MeterConfig, MeterStats, build_records, conn_rows
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
 
 __all__ = ["CaptureRun", "FlowReader", "read_capture"]
+
+T = TypeVar("T")
 
 SUPPORTED_LINKTYPES = frozenset(int(x) for x in LinkType)
 
@@ -61,6 +70,9 @@ trim_heap = _heap_trimmer()
 TRIM_EVERY = 8
 """Batches between two :func:`trim_heap` calls."""
 
+SHARE_AHEAD = 3
+"""Chunks of finished flows :meth:`FlowReader.observed` lets wait in the reader process."""
+
 
 def _check_linktypes(status: ReadStatus) -> None:
     if status.linktypes and not status.linktypes & SUPPORTED_LINKTYPES:
@@ -80,16 +92,31 @@ def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type
         _check_linktypes(src.status)
 
 
-def _produce(src: CaptureSource, idle_ns: np.ndarray, n_payloads: int,  # type: ignore[type-arg]
-             snap: tuple[int, int, int], conn: Connection) -> None:
-    """Child process: read, decode and prepare batches, send them to the parent."""
+def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
+             n_payloads: int, snap: tuple[int, int, int], conn: Connection,
+             requests: Connection | None, observe: Callable[[FlowRecord], Any] | None
+             ) -> None:
+    """Child process: read, decode and prepare batches, send them to the parent.
+
+    With ``requests``, also observe the finished flows the parent sends (gathered
+    columns, :class:`~probe.meter.Ended`): between batches whatever has arrived, and
+    after the end of input until the parent closes the pipe."""
     try:
         for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap), 1):
             conn.send(("batch", p, src.status.bytes_read))
             del p
+            if requests is not None:
+                while requests.poll():
+                    if not _serve(requests, conn, observe):
+                        requests = None
+                        break
             if i % TRIM_EVERY == 0:
                 trim_heap()
         conn.send(("end", src.status, 0))
+        trim_heap()
+        if requests is not None:
+            while _serve(requests, conn, observe):
+                pass
     except CaptureError as exc:
         conn.send(("capture-error", f"{type(exc).__name__}|{exc}", 0))
     except BrokenPipeError:
@@ -98,6 +125,20 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray, n_payloads: int,  # type: 
         conn.send(("error", f"{type(exc).__name__}: {exc}", 0))
     finally:
         conn.close()
+
+
+def _serve(requests: Connection, conn: Connection,
+           observe: Callable[[FlowRecord], Any] | None) -> bool:
+    """Observe one chunk of finished flows the parent sent; False once it sends no more."""
+    try:
+        msg = requests.recv()
+    except EOFError:
+        return False
+    if msg is None or observe is None:
+        return False
+    seq, ended = msg
+    conn.send(("observed", (seq, [observe(r) for r in build_records(ended)]), 0))
+    return True
 
 
 def _widen_pipe(fd: int) -> None:
@@ -154,6 +195,78 @@ class FlowReader:
             if i % (TRIM_EVERY * 1024) == 0:
                 trim_heap()
 
+    def observed(self, observe: Callable[[FlowRecord], T]) -> Iterator[tuple[FlowRecord, T]]:
+        """Iterate the flows as they end, each with ``observe(flow)``.
+
+        ``observe`` must depend on the flow alone (not on the flows before it) and return
+        a picklable value. With ``workers=2`` on a capture file, the reader process, which
+        has time to spare (reading is the lighter half of the work, and after the end of
+        input it has none), observes part of the flows: each chunk of finished flows goes
+        to it while fewer than :data:`SHARE_AHEAD` chunks are waiting there, and is
+        observed here otherwise. Flows come out in the same order either way.
+        """
+        if self._workers <= 1 or self._src.stream:
+            for rec in self:
+                yield rec, observe(rec)
+            return
+        proc = _ReaderProcess(self, observe)
+        pending: deque[tuple[int, Ended | list[FlowRecord], list[Any] | None]] = deque()
+        seq = 0
+
+        def take(ended: list[Ended], eof: bool) -> None:
+            nonlocal seq
+            for e in ended:
+                seq += 1
+                # Before the end of input, only while the reader is ahead (a message is
+                # waiting): observing then costs it nothing this process waits for.
+                if proc.outstanding < SHARE_AHEAD and (eof or proc.poll()):
+                    proc.request(seq, e)
+                    pending.append((seq, e, None))
+                else:
+                    recs = build_records(e)
+                    pending.append((seq, recs, [observe(r) for r in recs]))
+
+        def ready() -> Iterator[tuple[FlowRecord, T]]:
+            while pending:
+                n, body, obs = pending[0]
+                if obs is None:
+                    obs = proc.results.pop(n, None)
+                    if obs is None:
+                        return
+                recs = build_records(body) if isinstance(body, Ended) else body
+                pending.popleft()
+                yield from zip(recs, obs, strict=True)
+
+        try:
+            batches = 0
+            while True:
+                kind, body, done = proc.next()
+                if kind == "batch":
+                    take(self.meter.apply_gathered(body), eof=False)
+                    del body
+                    if self._progress is not None:
+                        self._progress(done)
+                    batches += 1
+                    if batches % TRIM_EVERY == 0:
+                        trim_heap()
+                elif kind == "end":
+                    self._final_status = replace(body)
+                    break
+                yield from ready()
+            trim_heap()  # the end of input empties the table: the peak is about to come
+            for i, e in enumerate(self.meter.finish_gathered(), 1):
+                take([e], eof=True)
+                while proc.poll():
+                    proc.next()
+                yield from ready()
+                if i % 4 == 0:
+                    trim_heap()
+            while pending:
+                proc.next()
+                yield from ready()
+        finally:
+            proc.close()
+
     def conn_rows(self) -> Iterator[dict[str, Any]]:
         """Iterate the flows as they end, as their conn.log columns only
         (:meth:`FlowRecord.conn_dict`), made straight from the flow table's columns:
@@ -178,25 +291,10 @@ class FlowReader:
                 self._progress(self._src.status.bytes_read)
 
     def _forked(self) -> Iterator[Prepared]:
-        cfg = self.config
-        ctx = mp.get_context("fork")
-        recv, send = ctx.Pipe(duplex=False)
-        _widen_pipe(send.fileno())
-        sys.stdout.flush()
-        sys.stderr.flush()
-        proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
-                           args=(self._src, self.meter.idle_ns, cfg.payload_samples,
-                                 self.meter.snaps, send))
-        proc.start()
-        send.close()
-        self._src.close()
+        proc = _ReaderProcess(self, None)
         try:
             while True:
-                try:
-                    kind, body, done = recv.recv()
-                except EOFError:
-                    raise CaptureError(f"{self._src.status.source}: reader process ended "
-                                       f"unexpectedly") from None
+                kind, body, done = proc.next()
                 if kind == "batch":
                     yield body
                     if self._progress is not None:
@@ -204,18 +302,98 @@ class FlowReader:
                 elif kind == "end":
                     self._final_status = replace(body)
                     return
-                elif kind == "capture-error":
-                    name, _, msg = body.partition("|")
-                    raise (UnsupportedLinkType(msg) if name == "UnsupportedLinkType"
-                           else CaptureError(msg))
-                else:
-                    raise RuntimeError(f"reader process failed: {body}")
         finally:
-            recv.close()
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+            proc.close()
+
+
+class _ReaderProcess:
+    """The forked reader process (:func:`_produce`) and the pipes to and from it.
+
+    With ``observe``, chunks of finished flows can be handed to it (:meth:`request`); a
+    thread sends them, so that this process never waits on the reader process while
+    the reader process may be waiting for this one to take a batch."""
+
+    def __init__(self, reader: FlowReader, observe: Callable[[FlowRecord], Any] | None
+                 ) -> None:
+        cfg = reader.config
+        ctx = mp.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        _widen_pipe(send.fileno())
+        req_recv = req_send = None
+        if observe is not None:
+            req_recv, req_send = ctx.Pipe(duplex=False)
+            _widen_pipe(req_send.fileno())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
+                                 args=(reader._src, reader.meter.idle_ns, cfg.payload_samples,
+                                       reader.meter.snaps, send, req_recv, observe))
+        self._proc.start()
+        send.close()
+        reader._src.close()
+        self.source = reader._src.status.source
+        self.results: dict[int, list[Any]] = {}
+        """Observations received, by request number."""
+        self.outstanding = 0
+        """Requests sent and not answered yet."""
+        self._queue: queue.SimpleQueue[tuple[int, Ended] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        if req_recv is not None and req_send is not None:
+            req_recv.close()
+            self._sender = threading.Thread(target=self._send, args=(req_send,),
+                                            name="marsad-requests", daemon=True)
+            self._sender.start()
+
+    def _send(self, conn: Connection) -> None:
+        try:
+            while (msg := self._queue.get()) is not None:
+                conn.send(msg)
+            conn.send(None)  # no more (the reader process holds a copy of this pipe's end)
+        except OSError:  # the reader process is gone; next() reports why
+            pass
+        finally:
+            conn.close()
+
+    def request(self, seq: int, ended: Ended) -> None:
+        """Have the reader process observe these flows; the answer comes as
+        ``results[seq]``, in the order asked."""
+        self.outstanding += 1
+        self._queue.put((seq, ended))
+
+    def poll(self) -> bool:
+        """Whether a message is waiting."""
+        return self._recv.poll()
+
+    def next(self) -> tuple[str, Any, int]:
+        """The next message from the reader process: ``batch``, ``end`` or ``observed``
+        (whose observations are stored in :attr:`results`)."""
+        try:
+            kind, body, done = self._recv.recv()
+        except EOFError:
+            raise CaptureError(f"{self.source}: reader process ended unexpectedly") from None
+        if kind == "observed":
+            seq, obs = body
+            self.results[seq] = obs
+            self.outstanding -= 1
+        elif kind == "capture-error":
+            name, _, msg = body.partition("|")
+            raise (UnsupportedLinkType(msg) if name == "UnsupportedLinkType"
+                   else CaptureError(msg))
+        elif kind == "error":
+            raise RuntimeError(f"reader process failed: {body}")
+        return kind, body, done
+
+    def close(self) -> None:
+        # This end first: a reader process blocked sending a batch then stops, and with it
+        # anything the request thread may be blocked sending to it.
+        self._recv.close()
+        if self._sender is not None:
+            self._queue.put(None)
+            self._sender.join(timeout=5)
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
 
 
 @dataclass(slots=True)

@@ -163,6 +163,11 @@ class _Input:
         return data
 
     @property
+    def pipe(self) -> bool:
+        """True for a pipe or socket (no end known in advance, reads may wait)."""
+        return self._is_pipe
+
+    @property
     def direct(self) -> bool:
         """True when chunks can be read straight into a buffer (a plain file)."""
         return not self._is_pipe and not self.compressed
@@ -240,6 +245,11 @@ class CaptureSource:
         if self._owned is not None:
             self._owned.close()
             self._owned = None
+
+    @property
+    def stream(self) -> bool:
+        """True when reading a pipe or socket, where input may pause for any time."""
+        return self._in.pipe
 
     def __enter__(self) -> CaptureSource:
         return self

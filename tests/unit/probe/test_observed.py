@@ -1,0 +1,113 @@
+"""``FlowReader.observed``: flows with an order-free observation of each, part of which the
+reader process computes. Whoever observes, the pairs and their order are the same."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from classifier.engine import Classifier
+from probe import FlowReader, FlowRecord, MeterConfig
+
+ROOT = Path(__file__).resolve().parents[3]
+CAPTURES = ROOT / "captures"
+_EVERY_CAPTURE = sorted(p.name for p in CAPTURES.iterdir()
+                        if p.suffix in (".pcap", ".pcapng", ".gz")
+                        and not p.name.startswith("bad-"))
+
+
+def _digest(rec: FlowRecord) -> tuple[str, int, str, int]:
+    """What an observer sees of a flow: its payload bytes and timing series."""
+    h = hashlib.sha256()
+    for s in rec.payloads:
+        h.update(s.data)
+    return rec.uid, len(rec.payloads), h.hexdigest(), len(rec.pkt_ts)
+
+
+def _where(rec: FlowRecord) -> tuple[tuple[str, int, str, int], int]:
+    return _digest(rec), os.getpid()
+
+
+@pytest.mark.parametrize("name", _EVERY_CAPTURE)
+def test_same_pairs_in_the_same_order_with_one_or_two_processes(name: str) -> None:
+    path = CAPTURES / name
+    one = [(r.conn_dict(), ob) for r, ob in FlowReader(path, workers=1).observed(_digest)]
+    two = [(r.conn_dict(), ob) for r, ob in FlowReader(path, workers=2).observed(_digest)]
+    assert one == two
+    assert [ob for _, ob in one] == [_digest(r) for r in FlowReader(path, workers=1)]
+
+
+def test_the_reader_process_takes_a_share_and_order_holds() -> None:
+    """Small batches: many chunks end before and at the end of input; some are observed
+    in the reader process, the rest here, and the flows still come out in order."""
+    path = CAPTURES / "sample-call.pcap"
+    cfg = MeterConfig(chunk_size=4096)
+    want = [_digest(r) for r in FlowReader(path, cfg, workers=1)]
+    pairs = list(FlowReader(path, cfg, workers=2).observed(_where))
+    assert [ob for ob, _ in (p[1] for p in pairs)] == want
+    assert [r.uid for r, _ in pairs] == [d[0] for d in want]
+    pids = {pid for _, (_, pid) in pairs}
+    assert pids - {os.getpid()}, "the reader process observed nothing"
+
+
+def test_classifier_observations_are_equal_whoever_makes_them() -> None:
+    path = CAPTURES / "sample-call.pcap"
+    cl = Classifier()
+    cfg = MeterConfig(chunk_size=4096)
+    one = [ob for _, ob in FlowReader(path, cfg, workers=1).observed(cl.observe)]
+    two = [ob for _, ob in FlowReader(path, cfg, workers=2).observed(cl.observe)]
+    assert one == two and len(one) > 3
+
+
+def test_a_truncated_capture_stops_at_the_same_byte() -> None:
+    path = CAPTURES / "bad-truncated.pcap"
+    a = FlowReader(path, workers=1)
+    b = FlowReader(path, workers=2)
+    assert [ob for _, ob in a.observed(_digest)] == [ob for _, ob in b.observed(_digest)]
+    assert not b.status.complete and b.status.stopped_at == a.status.stopped_at
+    assert b.stats.packets == a.stats.packets and b.stats.flows == a.stats.flows
+
+
+def _fails(rec: FlowRecord) -> int:
+    if rec.orig_pkts + rec.resp_pkts > 0:
+        raise ValueError(f"cannot observe {rec.uid}")
+    return 0
+
+
+def test_an_observer_failing_in_the_reader_process_is_raised_here() -> None:
+    path = CAPTURES / "sample-call.pcap"
+    with pytest.raises((RuntimeError, ValueError), match="cannot observe"):
+        list(FlowReader(path, MeterConfig(chunk_size=4096), workers=2).observed(_fails))
+
+
+def test_a_stream_is_observed_here_only() -> None:
+    """On a pipe the reader may wait on input for any time: it is never handed flows, so
+    none waits on it."""
+    script = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from probe import FlowReader\n"
+        "pids = {os.getpid() == pid for _, pid in\n"
+        "        FlowReader('-', workers=2).observed(lambda r: os.getpid())}\n"
+        "print(sorted(pids))\n")
+    data = (CAPTURES / "sample-call.pcap").read_bytes()
+    out = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True,
+                         timeout=60, check=True)
+    assert out.stdout.decode().strip() == "[True]"
+
+
+def test_stopping_early_leaves_no_reader_process() -> None:
+    path = CAPTURES / "sample-call.pcap"
+    it = FlowReader(path, MeterConfig(chunk_size=4096), workers=2).observed(_digest)
+    next(it)
+    t = time.monotonic()
+    it.close()
+    assert not multiprocessing.active_children()
+    assert time.monotonic() - t < 4, "closing waited on a join timeout"
