@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -195,7 +195,8 @@ class FlowReader:
             if i % (TRIM_EVERY * 1024) == 0:
                 trim_heap()
 
-    def observed(self, observe: Callable[[FlowRecord], T]) -> Iterator[tuple[FlowRecord, T]]:
+    def observed(self, observe: Callable[[FlowRecord], T]
+                 ) -> Generator[tuple[FlowRecord, T], None, None]:
         """Iterate the flows as they end, each with ``observe(flow)``.
 
         ``observe`` must depend on the flow alone (not on the flows before it) and return
