@@ -277,6 +277,11 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     # cuts the later ones down to ``tail`` bytes; signalling messages stay whole.
     signalling = csig[keep][o2]
     pn = np.minimum(pay_cap_s[pay_pos], snap)
+    # A candidate that is not among the first few of its flow in this batch is not among
+    # the first few of the flow either: it can be cut down here already (most of the
+    # bytes a batch carries are otherwise of long flows whose first samples are long kept).
+    later = (pay_rank >= snaps[1]) & ~signalling
+    pn[later] = np.minimum(pn[later], snaps[2])
     pstart = np.cumsum(pn) - pn
     mv = memoryview(b.buf)
     pool = b"".join([mv[a:a + ln] for a, ln in zip(po.tolist(), pn.tolist(), strict=True)])
