@@ -166,7 +166,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             with gc_paused():
                 for rec, ob in reader.observed(classifier.observe):
                     c = classifier.classify(rec, ob)
-                    flows.append(rec.lightened())
+                    flows.append(rec)
                     classes.append(c)
                     write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
                 analysis = analyse_calls(flows, classes, policy)

@@ -131,9 +131,10 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     :class:`~probe.errors.CaptureError` if it cannot be read at all.
 
     Each flow is observed (inspected, its media statistics taken) as soon as the probe
-    ends it; the record kept for the later stages then drops its payload bytes and timing
-    series (:meth:`~probe.records.FlowRecord.lightened`), so memory
-    follows the flow table rather than the capture. ``hash_capture`` computes the file's
+    ends it (:meth:`~probe.run.FlowReader.observed`, the reader process taking a share);
+    the record kept for the later stages comes without its payload bytes and timing
+    series (:meth:`~probe.records.FlowRecord.lightened`), so memory follows the flow
+    table rather than the capture. ``hash_capture`` computes the file's
     SHA-256 (for the ledger) alongside.
     """
     reader = FlowReader(source, config, progress=progress,
@@ -148,7 +149,7 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     with gc_paused():
         for rec, ob in reader.observed(classifier.observe):
             observed[rec.uid] = ob
-            flows.append(rec.lightened())
+            flows.append(rec)
         flows.sort(key=lambda r: (r.first_frame, r.uid))
         classes = classifier.classify_all(flows, observed)
         del observed

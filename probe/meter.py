@@ -49,6 +49,7 @@ from probe.prepare import (
     seg_rank,
 )
 from probe.records import (
+    NO_TIMING,
     FlowRecord,
     IcmpNotice,
     PayloadSamples,
@@ -889,17 +890,23 @@ def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[i
     return series, _streams_of(states)
 
 
-def build_records(e: Ended) -> list[FlowRecord]:
-    """The flow records of gathered flows, in the order gathered."""
+def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
+    """The flow records of gathered flows, in the order gathered; with ``light``, as
+    :meth:`FlowRecord.lightened` would make them (no payload bytes, no timing series),
+    without building them whole first."""
     n = len(e)
     (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
      pay, wire, flags, retr, tunnels, n_rtp, fid_l) = e.plain()
     reasons = e.reasons
-    tim_ts = e.tim_ts.astype(np.float64) / NS
-    tim_len = e.tim_len.astype(np.int32)
-    tim_dir = e.tim_dir.astype(np.uint8)
-    tim_fl = e.tim_flags.astype(np.uint8)
-    tim_a, tim_z = e.tim_a.tolist(), e.tim_z.tolist()
+    if light:
+        tim_ts, tim_len, tim_dir, tim_fl = NO_TIMING
+        tim_a = tim_z = [0] * n
+    else:
+        tim_ts = e.tim_ts.astype(np.float64) / NS
+        tim_len = e.tim_len.astype(np.int32)
+        tim_dir = e.tim_dir.astype(np.uint8)
+        tim_fl = e.tim_flags.astype(np.uint8)
+        tim_a, tim_z = e.tim_a.tolist(), e.tim_z.tolist()
     rate_rows = e.rate
     rate_a, rate_z = e.rate_a.tolist(), e.rate_z.tolist()
     rtp = e.rtp
@@ -907,6 +914,13 @@ def build_records(e: Ended) -> list[FlowRecord]:
     streams = e.streams
     pc = e.payloads
     pay_a, pay_z = (pc.a.tolist(), pc.z.tolist()) if pc is not None else ([0] * n, [0] * n)
+    pool = b"" if light or pc is None else pc.pool
+    no_payloads = _NO_PAYLOADS.without_data() if light else _NO_PAYLOADS
+    if pc is not None:
+        if light:
+            p_off = p_len = np.zeros(len(pc.length), np.int64)
+        else:
+            p_off, p_len = pc.off, pc.length
     icmp, weird_log = e.icmp, e.weirds
     cap = e.rtp_cap
     out = []
@@ -925,10 +939,10 @@ def build_records(e: Ended) -> list[FlowRecord]:
             Weird(fr, ts / NS, x.layer, x.offset, x.reason, uid) for fr, ts, x in w)
         pa, pz = pay_a[j], pay_z[j]
         if pc is None or pa == pz:
-            payloads = _NO_PAYLOADS
+            payloads = no_payloads
         else:
-            payloads = PayloadSamples(pc.pool, pc.frame[pa:pz], pc.ts[pa:pz],
-                                      pc.direction[pa:pz], pc.off[pa:pz], pc.length[pa:pz])
+            payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz],
+                                      pc.direction[pa:pz], p_off[pa:pz], p_len[pa:pz])
         ic = icmp.get(fid)
         out.append(FlowRecord(
             uid=uid, proto=pname, ip_version=ver, orig_h=oh, orig_p=op, resp_h=rh,

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "NO_TIMING",
     "ORIG",
     "RESP",
     "FlowRecord",
@@ -125,6 +126,11 @@ class PayloadSamples(Sequence[PayloadSample]):
 
     def __len__(self) -> int:
         return len(self._frame)
+
+    @property
+    def has_data(self) -> bool:
+        """False once the payload bytes have been dropped (:meth:`without_data`)."""
+        return bool(self._pool)
 
     def without_data(self) -> PayloadSamples:
         """The same samples (frames, times, directions) with empty payload bytes."""
@@ -360,10 +366,14 @@ class FlowRecord:
     def lightened(self) -> FlowRecord:
         """This record as later stages keep it once the classifier has observed it: payload
         samples without their bytes (frames, times and directions stay citable) and no
-        per-packet timing series; counters, the rate series and RTP state are kept."""
+        per-packet timing series; counters, the rate series and RTP state are kept. A
+        record that is light already is returned as it is."""
         pay = self.payloads
         light: Sequence[PayloadSample]
         if isinstance(pay, PayloadSamples):
+            if not pay.has_data and not (len(self.pkt_ts) or len(self.pkt_len)
+                                         or len(self.pkt_dir) or len(self.pkt_flags)):
+                return self
             light = pay.without_data()
         else:
             light = tuple(p._replace(data=b"") for p in pay)
@@ -441,8 +451,11 @@ def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> 
 _FIELD_NAMES = tuple(f.name for f in fields(FlowRecord))
 _record_values = operator.attrgetter(*_FIELD_NAMES)
 _PAYLOADS_AT = _FIELD_NAMES.index("payloads")
-_TIMING_EMPTY = tuple((_FIELD_NAMES.index(name), np.zeros(0, dtype))
-                      for name, dtype in (("pkt_ts", np.float64), ("pkt_len", np.int32),
-                                          ("pkt_dir", np.uint8), ("pkt_flags", np.uint8)))
-for _, _empty in _TIMING_EMPTY:
+NO_TIMING = (np.zeros(0, np.float64), np.zeros(0, np.int32), np.zeros(0, np.uint8),
+             np.zeros(0, np.uint8))
+"""A light record's ``pkt_ts``, ``pkt_len``, ``pkt_dir`` and ``pkt_flags`` (shared, read-only)."""
+for _empty in NO_TIMING:
     _empty.flags.writeable = False
+_TIMING_EMPTY = tuple(zip((_FIELD_NAMES.index(name)
+                           for name in ("pkt_ts", "pkt_len", "pkt_dir", "pkt_flags")),
+                          NO_TIMING, strict=True))

@@ -199,8 +199,10 @@ class FlowReader:
                  ) -> Generator[tuple[FlowRecord, T], None, None]:
         """Iterate the flows as they end, each with ``observe(flow)``.
 
-        ``observe`` must depend on the flow alone (not on the flows before it) and return
-        a picklable value. With ``workers=2`` on a capture file, the reader process, which
+        The flows come out lightened (:meth:`FlowRecord.lightened`: what ``observe`` was
+        to take from their payload bytes and timing series has been taken). ``observe``
+        must depend on the flow alone (not on the flows before it) and return a picklable
+        value. With ``workers=2`` on a capture file, the reader process, which
         has time to spare (reading is the lighter half of the work, and after the end of
         input it has none), observes part of the flows: each chunk of finished flows goes
         to it while fewer than :data:`SHARE_AHEAD` chunks are waiting there, and is
@@ -208,7 +210,7 @@ class FlowReader:
         """
         if self._workers <= 1 or self._src.stream:
             for rec in self:
-                yield rec, observe(rec)
+                yield rec.lightened(), observe(rec)
             return
         proc = _ReaderProcess(self, observe)
         pending: deque[tuple[int, Ended | list[FlowRecord], list[Any] | None]] = deque()
@@ -225,7 +227,8 @@ class FlowReader:
                     pending.append((seq, e, None))
                 else:
                     recs = build_records(e)
-                    pending.append((seq, recs, [observe(r) for r in recs]))
+                    obs = [observe(r) for r in recs]
+                    pending.append((seq, [r.lightened() for r in recs], obs))
 
         def ready() -> Iterator[tuple[FlowRecord, T]]:
             while pending:
@@ -234,7 +237,7 @@ class FlowReader:
                     obs = proc.results.pop(n, None)
                     if obs is None:
                         return
-                recs = build_records(body) if isinstance(body, Ended) else body
+                recs = build_records(body, light=True) if isinstance(body, Ended) else body
                 pending.popleft()
                 yield from zip(recs, obs, strict=True)
 

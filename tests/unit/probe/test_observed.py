@@ -3,6 +3,7 @@ reader process computes. Whoever observes, the pairs and their order are the sam
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -11,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from classifier.engine import Classifier
 from probe import FlowReader, FlowRecord, MeterConfig
+from probe.meter import FlowMeter, build_records
+from probe.records import PayloadSamples
 
 ROOT = Path(__file__).resolve().parents[3]
 CAPTURES = ROOT / "captures"
@@ -111,3 +115,50 @@ def test_stopping_early_leaves_no_reader_process() -> None:
     it.close()
     assert not multiprocessing.active_children()
     assert time.monotonic() - t < 4, "closing waited on a join timeout"
+
+
+def _same(x: object, y: object) -> bool:
+    """Deep equality of record values (numpy arrays by dtype and content)."""
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        return (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                and x.dtype == y.dtype and np.array_equal(x, y))
+    if isinstance(x, PayloadSamples) or isinstance(y, PayloadSamples):
+        return [tuple(s) for s in x] == [tuple(s) for s in y]  # type: ignore[attr-defined]
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return type(x) is type(y) and all(
+            _same(getattr(x, f.name), getattr(y, f.name)) for f in dataclasses.fields(x))
+    if isinstance(x, tuple | list) and isinstance(y, tuple | list):
+        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y, strict=True))
+    return x == y
+
+
+def _same_record(a: FlowRecord, b: FlowRecord) -> bool:
+    return _same(a, b)
+
+
+@pytest.mark.parametrize("name", ["sample-call.pcap", "sample-sip.pcap", "icmp-errors.pcap",
+                                  "malformed-packets.pcap", "encap-gre.pcap"])
+def test_light_records_built_from_columns_equal_lightened_ones(name: str) -> None:
+    meter = FlowMeter()
+    reader = FlowReader(CAPTURES / name, workers=1)
+    ended = [e for p in reader._inline() for e in meter.apply_gathered(p)]
+    ended += list(meter.finish_gathered(chunk=3))
+    n = 0
+    for e in ended:
+        for whole, light in zip(build_records(e), build_records(e, light=True), strict=True):
+            assert _same_record(whole.lightened(), light)
+            assert light.lightened() is light
+            assert isinstance(light.payloads, PayloadSamples)
+            assert not light.payloads.has_data
+            n += 1
+    assert n > 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_observed_flows_come_out_light(workers: int) -> None:
+    path = CAPTURES / "sample-call.pcap"
+    cfg = MeterConfig(chunk_size=4096)
+    whole = {r.uid: r for r in FlowReader(path, cfg, workers=1)}
+    for rec, _ in FlowReader(path, cfg, workers=workers).observed(_digest):
+        assert len(rec.pkt_ts) == 0 and all(s.data == b"" for s in rec.payloads)
+        assert _same_record(rec, whole[rec.uid].lightened())
