@@ -220,9 +220,10 @@ class FlowReader:
             nonlocal seq
             for e in ended:
                 seq += 1
-                # Before the end of input, only while the reader is ahead (a message is
-                # waiting): observing then costs it nothing this process waits for.
-                if proc.outstanding < SHARE_AHEAD and (eof or proc.poll()):
+                # Before the end of input, only while the reader is ahead (the batch was
+                # waiting when asked for): observing then costs it nothing this process
+                # waits for.
+                if proc.outstanding < SHARE_AHEAD and (eof or proc.was_waiting):
                     proc.request(seq, e)
                     pending.append((seq, e, None))
                 else:
@@ -340,6 +341,8 @@ class _ReaderProcess:
         """Observations received, by request number."""
         self.outstanding = 0
         """Requests sent and not answered yet."""
+        self.was_waiting = False
+        """Whether the last message was there already when :meth:`next` was called."""
         self._queue: queue.SimpleQueue[tuple[int, Ended] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         if req_recv is not None and req_send is not None:
@@ -371,6 +374,7 @@ class _ReaderProcess:
     def next(self) -> tuple[str, Any, int]:
         """The next message from the reader process: ``batch``, ``end`` or ``observed``
         (whose observations are stored in :attr:`results`)."""
+        self.was_waiting = self._recv.poll()
         try:
             kind, body, done = self._recv.recv()
         except EOFError:
