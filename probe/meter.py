@@ -898,10 +898,8 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
      pay, wire, flags, retr, tunnels, n_rtp, fid_l) = e.plain()
     reasons = e.reasons
-    if light:
-        tim_ts, tim_len, tim_dir, tim_fl = NO_TIMING
-        tim_a = tim_z = [0] * n
-    else:
+    tim = NO_TIMING  # a light record's timing series: the shared empty ones
+    if not light:
         tim_ts = e.tim_ts.astype(np.float64) / NS
         tim_len = e.tim_len.astype(np.int32)
         tim_dir = e.tim_dir.astype(np.uint8)
@@ -928,7 +926,9 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
         fid = fid_l[j]
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
             a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
-        ta, tz = tim_a[j], tim_z[j]
+        if not light:
+            tim = (tim_ts[tim_a[j]:tim_z[j]], tim_len[tim_a[j]:tim_z[j]],
+                   tim_dir[tim_a[j]:tim_z[j]], tim_fl[tim_a[j]:tim_z[j]])
         rr = rate_rows[rate_a[j]:rate_z[j]]
         if o == 1:
             rr = rr[:, [0, 3, 4, 1, 2]]
@@ -940,6 +940,10 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
         pa, pz = pay_a[j], pay_z[j]
         if pc is None or pa == pz:
             payloads = no_payloads
+        elif light:
+            zeros = p_off[pa:pz]
+            payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz],
+                                      pc.direction[pa:pz], zeros, zeros)
         else:
             payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz],
                                       pc.direction[pa:pz], p_off[pa:pz], p_len[pa:pz])
@@ -953,8 +957,8 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             resp_retrans=retr[j][r], first_frame=first_fr[j], last_frame=last_fr[j],
             end_reason=reasons[j], vlan=vlan, tunnel=TUNNEL_NAMES.get(tunnels[j]),
             icmp=() if ic is None else tuple(ic), weirds=weirds, payloads=payloads,
-            pkt_ts=tim_ts[ta:tz], pkt_len=tim_len[ta:tz], pkt_dir=tim_dir[ta:tz],
-            pkt_flags=tim_fl[ta:tz], rate=rr, rtp=rtp_series, rtp_streams=rtp_streams))
+            pkt_ts=tim[0], pkt_len=tim[1], pkt_dir=tim[2], pkt_flags=tim[3], rate=rr,
+            rtp=rtp_series, rtp_streams=rtp_streams))
     return out
 
 

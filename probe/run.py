@@ -138,6 +138,8 @@ def _serve(requests: Connection, conn: Connection,
         return False
     seq, ended = msg
     conn.send(("observed", (seq, [observe(r) for r in build_records(ended)]), 0))
+    del ended
+    trim_heap()  # what the chunk's records took is free again: give it back
     return True
 
 
