@@ -913,12 +913,8 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     pc = e.payloads
     pay_a, pay_z = (pc.a.tolist(), pc.z.tolist()) if pc is not None else ([0] * n, [0] * n)
     pool = b"" if light or pc is None else pc.pool
-    no_payloads = _NO_PAYLOADS.without_data() if light else _NO_PAYLOADS
-    if pc is not None:
-        if light:
-            p_off = p_len = np.zeros(len(pc.length), np.int64)
-        else:
-            p_off, p_len = pc.off, pc.length
+    if pc is not None:  # light: one column of zeros is every sample's offset and length
+        p_off = np.zeros(len(pc.length), np.int64) if light else pc.off
     icmp, weird_log = e.icmp, e.weirds
     cap = e.rtp_cap
     out = []
@@ -939,14 +935,11 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             Weird(fr, ts / NS, x.layer, x.offset, x.reason, uid) for fr, ts, x in w)
         pa, pz = pay_a[j], pay_z[j]
         if pc is None or pa == pz:
-            payloads = no_payloads
-        elif light:
-            zeros = p_off[pa:pz]
-            payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz],
-                                      pc.direction[pa:pz], zeros, zeros)
+            payloads = _NO_PAYLOADS
         else:
-            payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz],
-                                      pc.direction[pa:pz], p_off[pa:pz], p_len[pa:pz])
+            off = p_off[pa:pz]
+            payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz], pc.direction[pa:pz],
+                                      off, off if light else pc.length[pa:pz])
         ic = icmp.get(fid)
         out.append(FlowRecord(
             uid=uid, proto=pname, ip_version=ver, orig_h=oh, orig_p=op, resp_h=rh,
