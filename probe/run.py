@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -106,33 +107,70 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
     With ``requests``, also observe the finished flows the parent sends (gathered
     columns, :class:`~probe.meter.Ended`): between batches whatever has arrived, and
     after the end of input until the parent closes the pipe."""
+    out = _Outbox(conn)
     try:
         for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap), 1):
-            conn.send(("batch", p, src.status.bytes_read))
+            out.send(("batch", p, src.status.bytes_read))
             del p
             if requests is not None:
                 while requests.poll():
-                    if not _serve(requests, conn, observe):
+                    if not _serve(requests, out, observe):
                         requests = None
                         break
             if i % TRIM_EVERY == 0:
                 trim_heap()
-        conn.send(("end", src.status, 0))
+        out.send(("end", src.status, 0))
         trim_heap()
         if requests is not None:
-            while _serve(requests, conn, observe):
+            while _serve(requests, out, observe):
                 pass
     except CaptureError as exc:
-        conn.send(("capture-error", f"{type(exc).__name__}|{exc}", 0))
+        out.send(("capture-error", f"{type(exc).__name__}|{exc}", 0))
     except BrokenPipeError:
         pass
     except Exception as exc:  # reported to the parent, which raises it
-        conn.send(("error", f"{type(exc).__name__}: {exc}", 0))
+        out.send(("error", f"{type(exc).__name__}: {exc}", 0))
     finally:
-        conn.close()
+        out.close()
 
 
-def _serve(requests: Connection, conn: Connection,
+class _Outbox:
+    """The reader process's messages to the parent: pickled by the caller, written to the
+    pipe by a thread, so that reading and preparing the next batch go on while the parent
+    is still busy with the one before (the pipe holds about one batch). At most
+    ``depth`` pickled messages wait beyond the one being written.
+
+    Once the parent has closed its end, the messages still queued are dropped and
+    :meth:`send` raises :class:`BrokenPipeError`."""
+
+    def __init__(self, conn: Connection, depth: int = 1) -> None:
+        self._conn = conn
+        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=depth)
+        self._broken = False
+        self._thread = threading.Thread(target=self._write, name="marsad-outbox", daemon=True)
+        self._thread.start()
+
+    def send(self, msg: object) -> None:
+        if self._broken:
+            raise BrokenPipeError("the parent process closed the pipe")
+        self._queue.put(ForkingPickler.dumps(msg))
+
+    def _write(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if not self._broken:
+                try:
+                    self._conn.send_bytes(data)
+                except OSError:
+                    self._broken = True
+
+    def close(self) -> None:
+        """Write what is queued, then close the pipe."""
+        self._queue.put(None)
+        self._thread.join()
+        self._conn.close()
+
+
+def _serve(requests: Connection, conn: _Outbox,
            observe: Callable[[FlowRecord], Any] | None) -> bool:
     """Observe one chunk of finished flows the parent sent; False once it sends no more."""
     try:

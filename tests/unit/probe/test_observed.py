@@ -162,3 +162,23 @@ def test_observed_flows_come_out_light(workers: int) -> None:
     for rec, _ in FlowReader(path, cfg, workers=workers).observed(_digest):
         assert len(rec.pkt_ts) == 0 and all(s.data == b"" for s in rec.payloads)
         assert _same_record(rec, whole[rec.uid].lightened())
+
+
+def test_the_reader_outbox_keeps_order_and_stops_on_a_closed_pipe() -> None:
+    from probe.run import _Outbox
+    recv, send = multiprocessing.Pipe(duplex=False)
+    out = _Outbox(send)
+    msgs = [("batch", np.arange(n), n) for n in (0, 5, 100_000)]
+    for m in msgs:
+        out.send(m)
+    for kind, body, n in msgs:
+        got = recv.recv()
+        assert got[0] == kind and got[2] == n
+        assert np.array_equal(got[1], body)
+    recv.close()  # the parent went away: sending fails instead of blocking
+    big = np.zeros(1 << 22, dtype=np.uint8)
+    with pytest.raises(BrokenPipeError):
+        for _ in range(8):
+            out.send(("batch", big, 0))
+            time.sleep(0.05)
+    out.close()
