@@ -156,30 +156,32 @@ def _run_analyze(args: argparse.Namespace) -> int:
     progress = _Progress(args.capture)
     out = sys.stdout
     classifier = Classifier(fingerprints=args.ja4)
+    # The collector stays paused through the output too: the records it would walk over
+    # and over are all alive until the command ends.
     try:
-        policy = load_policy(args.policy)
-        if fmt == "jsonl":
-            reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
-                                workers=args.workers)
-            flows: list[FlowRecord] = []
-            classes: list[Classification] = []
-            with gc_paused():
+        with gc_paused():
+            policy = load_policy(args.policy)
+            if fmt == "jsonl":
+                reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
+                                    workers=args.workers)
+                flows: list[FlowRecord] = []
+                classes: list[Classification] = []
                 for rec, ob in reader.observed(classifier.observe):
                     c = classifier.classify(rec, ob)
                     flows.append(rec)
                     classes.append(c)
                     write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
                 analysis = analyse_calls(flows, classes, policy)
-            write_jsonl([{"record": "call", **call.to_dict()} for call in analysis.calls], out)
-            write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
-                         for u, v in analysis.flow_verdicts.items()], out)
-            status, stats = reader.status, reader.stats
-        else:
-            result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
-                                     workers=args.workers, fingerprints=args.ja4,
-                                     hash_capture=False, progress=progress.update)
-            _write_result(result, fmt, out)
-            status, stats = result.status, result.stats
+                write_jsonl([{"record": "call", **call.to_dict()} for call in analysis.calls], out)
+                write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
+                             for u, v in analysis.flow_verdicts.items()], out)
+                status, stats = reader.status, reader.stats
+            else:
+                result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
+                                         workers=args.workers, fingerprints=args.ja4,
+                                         hash_capture=False, progress=progress.update)
+                _write_result(result, fmt, out)
+                status, stats = result.status, result.stats
     except (CaptureError, PolicyError) as exc:
         progress.stop()
         print(f"marsad: {exc}", file=sys.stderr)
