@@ -32,7 +32,7 @@ import hashlib
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +60,7 @@ from probe.records import (
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import RawBatch
+from probe.wire import out_of_band
 
 __all__ = ["Ended", "FlowMeter", "MeterConfig", "MeterStats", "build_records", "canonical_key",
            "conn_rows"]
@@ -801,6 +802,9 @@ class PayloadColumns:
     length: I64
     a: I64
     z: I64
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, tuple[Any, ...]]:
+        return out_of_band(self, int(protocol), "pool")
 
 
 @dataclass(slots=True)

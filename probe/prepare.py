@@ -11,6 +11,7 @@ need. It never looks at the flow table, so it can run in another process than
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +19,7 @@ import numpy.typing as npt
 from probe.decode import KIND_FLOW, KIND_NONIP, Decoded
 from probe.layers import IcmpQuote, WeirdInfo
 from probe.sources import RawBatch
+from probe.wire import out_of_band
 
 __all__ = ["KEY_BYTES", "KEY_WIDTH", "Prepared", "canonical_key", "prepare", "seg_rank"]
 
@@ -97,6 +99,9 @@ class Prepared:
     rtp_ssrc: npt.NDArray[np.uint32]
     rtp_pt: npt.NDArray[np.uint8]
     rtp_mk: npt.NDArray[np.uint8]
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, tuple[Any, ...]]:
+        return out_of_band(self, int(protocol), "pool")
 
     @property
     def metered(self) -> int:

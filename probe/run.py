@@ -3,8 +3,9 @@
 With ``workers=2`` the reading, record walking, decoding and batch preparation
 run in a forked child process while this process keeps the flow table; the
 child hands over :class:`~probe.prepare.Prepared` batches (columns and the few
-payload bytes the records keep), never the capture buffer. The pipe between
-them holds at most a batch or two, so memory stays bounded.
+payload bytes the records keep), never the capture buffer, their arrays out of
+band (:mod:`probe.wire`). A thread writes them to the pipe; the pipe and that thread
+hold at most a batch or two, so memory stays bounded.
 
 :meth:`FlowReader.observed` also lets the child, which has time to spare,
 observe part of the finished flows (the classifier's order-free half of the
@@ -22,7 +23,6 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -34,6 +34,7 @@ from probe.meter import Ended, FlowMeter, MeterConfig, MeterStats, build_records
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
+from probe.wire import frames, recv_message, send_frames, send_message
 
 __all__ = ["CaptureRun", "FlowReader", "read_capture"]
 
@@ -145,7 +146,7 @@ class _Outbox:
 
     def __init__(self, conn: Connection, depth: int = 1) -> None:
         self._conn = conn
-        self._queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[list[bytes | memoryview] | None] = queue.Queue(maxsize=depth)
         self._broken = False
         self._thread = threading.Thread(target=self._write, name="marsad-outbox", daemon=True)
         self._thread.start()
@@ -153,13 +154,13 @@ class _Outbox:
     def send(self, msg: object) -> None:
         if self._broken:
             raise BrokenPipeError("the parent process closed the pipe")
-        self._queue.put(ForkingPickler.dumps(msg))
+        self._queue.put(frames(msg))
 
     def _write(self) -> None:
         while (data := self._queue.get()) is not None:
             if not self._broken:
                 try:
-                    self._conn.send_bytes(data)
+                    send_frames(self._conn, data)
                 except OSError:
                     self._broken = True
 
@@ -174,7 +175,7 @@ def _serve(requests: Connection, conn: _Outbox,
            observe: Callable[[FlowRecord], Any] | None) -> bool:
     """Observe one chunk of finished flows the parent sent; False once it sends no more."""
     try:
-        msg = requests.recv()
+        msg = recv_message(requests)
     except EOFError:
         return False
     if msg is None or observe is None:
@@ -399,8 +400,8 @@ class _ReaderProcess:
     def _send(self, conn: Connection) -> None:
         try:
             while (msg := self._queue.get()) is not None:
-                conn.send(msg)
-            conn.send(None)  # no more (the reader process holds a copy of this pipe's end)
+                send_message(conn, msg)
+            send_message(conn, None)  # no more (the reader process holds a copy of this pipe's end)
         except OSError:  # the reader process is gone; next() reports why
             pass
         finally:
@@ -421,7 +422,7 @@ class _ReaderProcess:
         (whose observations are stored in :attr:`results`)."""
         self.was_waiting = self._recv.poll()
         try:
-            kind, body, done = self._recv.recv()
+            kind, body, done = recv_message(self._recv)
         except EOFError:
             raise CaptureError(f"{self.source}: reader process ended unexpectedly") from None
         if kind == "observed":

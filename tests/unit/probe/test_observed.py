@@ -166,15 +166,17 @@ def test_observed_flows_come_out_light(workers: int) -> None:
 
 def test_the_reader_outbox_keeps_order_and_stops_on_a_closed_pipe() -> None:
     from probe.run import _Outbox
+    from probe.wire import recv_message
     recv, send = multiprocessing.Pipe(duplex=False)
     out = _Outbox(send)
     msgs = [("batch", np.arange(n), n) for n in (0, 5, 100_000)]
     for m in msgs:
         out.send(m)
     for kind, body, n in msgs:
-        got = recv.recv()
+        got = recv_message(recv)
         assert got[0] == kind and got[2] == n
         assert np.array_equal(got[1], body)
+        assert not got[1].flags.writeable or len(body) == 0  # made on the received buffer
     recv.close()  # the parent went away: sending fails instead of blocking
     big = np.zeros(1 << 22, dtype=np.uint8)
     with pytest.raises(BrokenPipeError):
