@@ -59,7 +59,37 @@ from gen_capture import default_path  # noqa: E402
 # Measuring one process tree
 # --------------------------------------------------------------------------------------
 
+HAS_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+"""Whether the kernel lists each thread's children (CONFIG_PROC_CHILDREN)."""
+
+
 def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants.
+
+    From each thread's list of children (/proc/<pid>/task/<tid>/children) where the
+    kernel has them: a few small reads per process of the tree, where the scan of every
+    process's parent link (the fallback) reads one file per process on the machine, 50
+    times a second, on CPU the measured tools would otherwise have."""
+    if not HAS_CHILDREN_FILES:
+        return process_tree_scan(root)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # gone
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    todo.extend(int(x) for x in fh.read().split())
+            except (OSError, ValueError):
+                continue
+    return tree
+
+
+def process_tree_scan(root: int) -> list[int]:
     """``root`` and all its descendants, from the parent links in /proc/<pid>/stat."""
     parent: dict[int, int] = {}
     for name in os.listdir("/proc"):

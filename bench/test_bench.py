@@ -11,6 +11,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,6 +325,23 @@ def test_timed_run_reads_flows_and_tree_memory() -> None:
     assert run.procs == 2
     assert run.peak_rss > 150 << 20
     assert run.peak_pss > 140 << 20
+
+
+def test_process_tree_from_children_lists_equals_the_full_scan() -> None:
+    # grandchildren too, and a child forked by a thread other than the main one
+    code = ("import subprocess, threading, time\n"
+            "subprocess.Popen(['sh', '-c', 'sleep 2 & sleep 2; wait'])\n"
+            "threading.Thread(target=lambda: subprocess.run(['sleep', '2'])).start()\n"
+            "time.sleep(2)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.7)
+        tree = rb.process_tree(proc.pid)
+        assert sorted(tree) == sorted(rb.process_tree_scan(proc.pid))
+        assert tree[0] == proc.pid and len(tree) == 5  # python, sh, 2 sleeps, thread's sleep
+    finally:
+        proc.wait()
+    assert rb.process_tree(proc.pid) == [proc.pid]  # gone: the root alone (sampled as 0)
 
 
 def test_pss_splits_what_forked_processes_share() -> None:
