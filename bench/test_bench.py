@@ -432,3 +432,12 @@ def test_quic_request_bursts_are_not_call_media(tmp_path: Path) -> None:
     for uid in looks_live:
         assert str(by_uid[uid].category) not in ("voice", "video", "screen"), by_uid[uid]
         assert by_uid[uid].media is None
+
+
+def test_project_is_byte_compiled_before_the_runs() -> None:
+    import importlib.util
+    rb.compile_project()
+    for pkg in rb.PACKAGES:
+        for src in (rb.ROOT / pkg).rglob("*.py"):
+            pyc = Path(importlib.util.cache_from_source(str(src)))
+            assert pyc.exists() and pyc.stat().st_mtime >= src.stat().st_mtime, src
