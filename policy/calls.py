@@ -22,6 +22,7 @@ address when one side is private, else the originator of most call flows.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import ipaddress
 from collections import Counter
@@ -56,7 +57,9 @@ class Analysis:
         return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _private(addr: str) -> bool:
+    """Private or link-local (cached: the local addresses come back in every call)."""
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
