@@ -43,6 +43,7 @@ from classifier.records import (
     Classification,
     Facts,
     Method,
+    pickled_by_position,
 )
 from classifier.stats import MediaGuess, media_guess
 from probe.records import FlowRecord
@@ -90,6 +91,7 @@ class _Verdict:
     detail: str | None = None
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Observation:
     """What one flow says on its own: the inspectors' facts and the media statistics."""

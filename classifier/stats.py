@@ -48,6 +48,7 @@ import numpy.typing as npt
 
 from classifier.dpi.rtp import STATIC_PAYLOAD_TYPES
 from classifier.dpi.rtp import Media as StaticMedia
+from classifier.records import pickled_by_position
 from probe.records import ORIG, RESP, FlowRecord, RtpSeries
 
 __all__ = [
@@ -70,6 +71,7 @@ class MediaKind(StrEnum):
     SCREEN = "screen"
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class MediaGuess:
     """The detector's answer for one flow."""
