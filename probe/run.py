@@ -75,11 +75,6 @@ TRIM_EVERY = 8
 SHARE_AHEAD = 3
 """Chunks of finished flows :meth:`FlowReader.observed` lets wait in the reader process."""
 
-SHARE_PRE_EOF_EVERY = 3
-"""Before the end of input, the reader process is handed one in this many of the chunks
-it could take (those that end while it is ahead): reading is the head of the pipeline
-and it is ahead in bursts only, so taking every such chunk left this process waiting for
-batches (1.3 s on the benchmark capture; one in three: 0.1-0.25 s faster overall)."""
 
 OUTBOX_DEPTH = 3
 """Batches the reader process may have pickled and queued beyond the one being written:
@@ -121,7 +116,7 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
     out = _Outbox(conn, OUTBOX_DEPTH)
     try:
         for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap), 1):
-            out.send(("batch", p, src.status.bytes_read))
+            out.send(("batch", p, src.status.bytes_read, out.queued))
             del p
             if requests is not None:
                 while requests.poll():
@@ -130,17 +125,17 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
                         break
             if i % TRIM_EVERY == 0:
                 trim_heap()
-        out.send(("end", src.status, 0))
+        out.send(("end", src.status, 0, 0))
         trim_heap()
         if requests is not None:
             while _serve(requests, out, observe):
                 pass
     except CaptureError as exc:
-        out.send(("capture-error", f"{type(exc).__name__}|{exc}", 0))
+        out.send(("capture-error", f"{type(exc).__name__}|{exc}", 0, 0))
     except BrokenPipeError:
         pass
     except Exception as exc:  # reported to the parent, which raises it
-        out.send(("error", f"{type(exc).__name__}: {exc}", 0))
+        out.send(("error", f"{type(exc).__name__}: {exc}", 0, 0))
     finally:
         out.close()
 
@@ -160,6 +155,11 @@ class _Outbox:
         self._broken = False
         self._thread = threading.Thread(target=self._write, name="marsad-outbox", daemon=True)
         self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be written (not counting the one being written)."""
+        return self._queue.qsize()
 
     def send(self, msg: object) -> None:
         if self._broken:
@@ -191,7 +191,7 @@ def _serve(requests: Connection, conn: _Outbox,
     if msg is None or observe is None:
         return False
     seq, ended = msg
-    conn.send(("observed", (seq, [observe(r) for r in build_records(ended)]), 0))
+    conn.send(("observed", (seq, [observe(r) for r in build_records(ended)]), 0, 0))
     del ended
     trim_heap()  # what the chunk's records took is free again: give it back
     return True
@@ -262,9 +262,9 @@ class FlowReader:
         has time to spare (reading is the lighter half of the work, and after the end of
         input it has none), observes part of the flows: each chunk of finished flows goes
         to it while fewer than :data:`SHARE_AHEAD` chunks are waiting there (before the
-        end of input, only one in :data:`SHARE_PRE_EOF_EVERY` of those that end while it is
-        ahead), and is observed here otherwise. Flows come out in the same order either
-        way.
+        end of input, only when it is well ahead: it had another batch queued in front of
+        the one that ended them), and is observed here otherwise. Flows come out in the
+        same order either way.
         """
         if self._workers <= 1 or self._src.stream:
             for rec in self:
@@ -274,24 +274,14 @@ class FlowReader:
         pending: deque[tuple[int, Ended | list[FlowRecord], list[Any] | None]] = deque()
         seq = 0
 
-        chances = 0
-
-        def ahead() -> bool:
-            """Before the end of input: whether the reader process takes this chunk."""
-            nonlocal chances
-            if not proc.was_waiting:
-                return False
-            chances += 1
-            return chances % SHARE_PRE_EOF_EVERY == 0
-
         def take(ended: list[Ended], eof: bool) -> None:
             nonlocal seq
             for e in ended:
                 seq += 1
-                # Before the end of input, only while the reader is ahead (the batch was
-                # waiting when asked for), and then one chunk in a few: observing then
-                # costs it little this process waits for.
-                if proc.outstanding < SHARE_AHEAD and (eof or ahead()):
+                # Before the end of input, only while the reader is well ahead (it had
+                # queued another batch in front of the one just taken): observing then
+                # costs it nothing this process waits for.
+                if proc.outstanding < SHARE_AHEAD and (eof or proc.ahead > 0):
                     proc.request(seq, e)
                     pending.append((seq, e, None))
                 else:
@@ -409,8 +399,9 @@ class _ReaderProcess:
         """Observations received, by request number."""
         self.outstanding = 0
         """Requests sent and not answered yet."""
-        self.was_waiting = False
-        """Whether the last message was there already when :meth:`next` was called."""
+        self.ahead = 0
+        """Batches the reader process had queued, not yet written, in front of the last
+        batch when it queued that one: how far it is ahead of this process."""
         self._queue: queue.SimpleQueue[tuple[int, Ended] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         if req_recv is not None and req_send is not None:
@@ -442,9 +433,8 @@ class _ReaderProcess:
     def next(self) -> tuple[str, Any, int]:
         """The next message from the reader process: ``batch``, ``end`` or ``observed``
         (whose observations are stored in :attr:`results`)."""
-        self.was_waiting = self._recv.poll()
         try:
-            kind, body, done = recv_message(self._recv)
+            kind, body, done, self.ahead = recv_message(self._recv)
         except EOFError:
             raise CaptureError(f"{self.source}: reader process ended unexpectedly") from None
         if kind == "observed":
