@@ -51,7 +51,8 @@ def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
         return None, False, None
     # Median of each second and its neighbours (of the two at either end).
     smooth = np.empty(len(y))
-    smooth[1:-1] = np.median(np.lib.stride_tricks.sliding_window_view(y, 3), axis=1)
+    a, b, c = y[:-2], y[1:-1], y[2:]  # the median of three, without sorting each window
+    smooth[1:-1] = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
     smooth[0], smooth[-1] = np.median(y[:2]), np.median(y[-2:])
     base = float(np.min(smooth[: max(1, min(3, len(smooth)))]))
     rise = float(smooth.max()) - base
@@ -89,8 +90,9 @@ def _rtp_leg(flow: FlowRecord, s: RtpStream, out: bool, media: str | None,
         tmin_ms = rows[:, 6] * 1000.0
         rise, plateau, _ = delay_shape(tmin_ms)
         mean_jitter = float(np.nanmean(rows[:, 5])) if np.isfinite(rows[:, 5]).any() else None
-        secs = [tuple(float(v) for v in r) for r in zip(
-            rows[:, 0], rows[:, 1], bps, lost, rows[:, 5], tmin_ms, strict=True)]
+        # one conversion of the whole table (per-element float() of numpy scalars is slow)
+        secs = [tuple(r) for r in np.column_stack(
+            (rows[:, 0], rows[:, 1], bps, lost, rows[:, 5], tmin_ms)).astype(np.float64).tolist()]
         mean_bps = float(bps.mean())
     else:
         span = max(s.last_ts - s.first_ts, 1e-9)
@@ -114,8 +116,10 @@ def _rate_leg(flow: FlowRecord, out_dir: int, out: bool, media: str | None) -> L
     pkts = int(rate[:, col_p].sum()) if len(rate) else 0
     active = rate[rate[:, col_p] > 0] if len(rate) else rate
     bps = float(active[:, col_b].mean() * 8) if len(active) else 0.0
-    secs = tuple((float(r[0]), float(r[col_p]), float(r[col_b] * 8), 0.0, float("nan"),
-                  float("nan")) for r in rate) if len(rate) else ()
+    nan = float("nan")
+    secs = tuple((t, p, b, 0.0, nan, nan) for t, p, b in zip(
+        rate[:, 0].astype(np.float64).tolist(), rate[:, col_p].astype(np.float64).tolist(),
+        (rate[:, col_b] * 8).astype(np.float64).tolist(), strict=True)) if len(rate) else ()
     return Leg(flow.uid, "out" if out else "in", media, None, pkts, None, None, None, None,
                None, None, False, bps, None, secs)
 

@@ -384,3 +384,21 @@ def test_real_g711_call_matches_tshark() -> None:
         assert q.jitter_max_s * 1000 == pytest.approx(max_jitter_ms, abs=0.0006)
         assert q.jitter_mean_s * 1000 == pytest.approx(mean_jitter_ms, abs=0.0006)
         assert q.longest_gap_s < 0.021 and not q.delay_plateau
+
+
+def test_delay_shape_smoothing_is_the_median_of_three() -> None:
+    from policy.legs import delay_shape
+    rng = np.random.default_rng(7)
+    for n in (3, 4, 9, 40):
+        y = np.round(rng.normal(50, 40, size=n), 1)
+        y[rng.random(n) < 0.3] = 60.0  # ties
+        # a rise of 200 ms from the middle on: the smoothing decides where it starts
+        y[n // 2:] += 200.0
+        rise, _, start = delay_shape(y)
+        smooth = np.empty(n)
+        smooth[1:-1] = [np.median(y[i - 1:i + 2]) for i in range(1, n - 1)]
+        smooth[0], smooth[-1] = np.median(y[:2]), np.median(y[-2:])
+        base = float(np.min(smooth[:min(3, n)]))
+        assert rise == pytest.approx(float(smooth.max()) - base)
+        above = np.flatnonzero(y > base + max(0.1 * (smooth.max() - base), 30.0))
+        assert start == (int(above[0]) if len(above) else None)
