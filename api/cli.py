@@ -13,18 +13,21 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.output import CsvWriter, dumps, write_jsonl
-from api.pipeline import AnalysisResult, analyze_capture, flow_row, gc_paused
-from classifier.engine import Classifier
-from classifier.records import Classification
-from policy.calls import analyse_calls
+from api.runtime import gc_paused
 from policy.errors import PolicyError
-from policy.rules import load_policy
 from probe import CaptureError, FlowReader, FlowRecord, MeterConfig, ReadStatus
 from probe.meter import MeterStats
 from probe.run import default_workers
+
+if TYPE_CHECKING:
+    from api.pipeline import AnalysisResult
+
+# The classifier, the policy and the pipeline are imported where they are used: a
+# command that reads a capture starts its reader process first, and reading then goes
+# on while they load (about a tenth of a second).
 
 __all__ = ["main"]
 
@@ -155,15 +158,23 @@ def _run_analyze(args: argparse.Namespace) -> int:
     fmt = args.fmt or "json"
     progress = _Progress(args.capture)
     out = sys.stdout
-    classifier = Classifier(fingerprints=args.ja4)
     # The collector stays paused through the output too: the records it would walk over
     # and over are all alive until the command ends.
     try:
         with gc_paused():
-            policy = load_policy(args.policy)
+            reader = None
             if fmt == "jsonl":
                 reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
                                     workers=args.workers)
+                reader.start()  # reading begins while the rest loads
+            from api.pipeline import analyze_capture, flow_row
+            from classifier.engine import Classifier
+            from classifier.records import Classification
+            from policy.calls import analyse_calls
+            from policy.rules import load_policy
+            classifier = Classifier(fingerprints=args.ja4)
+            policy = load_policy(args.policy)
+            if reader is not None:
                 flows: list[FlowRecord] = []
                 classes: list[Classification] = []
                 for rec, ob in reader.observed(classifier.observe):
@@ -214,6 +225,7 @@ def _run_refresh(args: argparse.Namespace) -> int:
 
 def _write_result(result: AnalysisResult, fmt: str, out: Any) -> None:
     """``marsad analyze`` output of a finished result, in the records _run_analyze writes."""
+    from api.pipeline import flow_row
     if fmt == "jsonl":
         write_jsonl([{"record": "flow", **flow_row(f, c)}
                      for f, c in zip(result.flows, result.classes, strict=True)], out)
@@ -254,6 +266,7 @@ def _open_ledger(path: str, must_exist: bool) -> Any:
 
 def _run_analyze_ledger(args: argparse.Namespace) -> int:
     """``marsad analyze``; with ``--ledger``, also record every verdict other than ok."""
+    from policy.rules import load_policy
     if args.ledger is None:
         return _run_analyze(args)
     from api.evidence import record_verdicts
@@ -297,6 +310,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     """``marsad verify``: the chain, and each verdict against its capture's packets."""
     from api.evidence import PROBLEM_WORDS, iter_problem_lines, verify_ledger
     from api.pipeline import capture_sha256
+    from policy.rules import load_policy
     try:
         anchor = None if args.anchor is None else _parse_anchor(args.anchor)
         policy = load_policy(args.policy)
@@ -339,6 +353,7 @@ def _run_evidence(args: argparse.Namespace) -> int:
     """``marsad evidence``: write (or ``--check``) an evidence bundle."""
     from api.evidence import EvidenceError, build_bundle, check_bundle
     from api.pipeline import analyze_capture
+    from policy.rules import load_policy
     if args.check is not None:
         try:
             checked = check_bundle(args.check)
@@ -385,6 +400,7 @@ def _run_report(args: argparse.Namespace) -> int:
     """``marsad report``: calls and interfered flows, for people."""
     from api.pipeline import analyze_capture
     from api.report import build_report, render_rich, render_text
+    from policy.rules import load_policy
     progress = _Progress(args.capture)
     try:
         result = analyze_capture(args.capture, policy=load_policy(args.policy),
@@ -455,6 +471,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from api.live import LiveConfig, LiveError, LiveProbe, RingConfig
+    from policy.rules import load_policy
     if (args.interface is None) == (args.read is None):
         print("marsad probe: give exactly one of -i IFACE and -r FILE|-", file=sys.stderr)
         return EXIT_UNREADABLE

@@ -7,15 +7,14 @@ capture.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from api.runtime import gc_paused
 from classifier.engine import Classifier, Observation
 from classifier.records import Classification
 from policy.calls import Analysis, analyse_calls
@@ -86,24 +85,6 @@ def capture_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a capture is read and judged.
-
-    Analysis allocates millions of objects that all stay alive to the end (records,
-    observations, classifications); the collector would walk them again and again and
-    find nothing, since records hold no reference cycles. Reference counting still frees
-    everything that dies.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class _Hasher(threading.Thread):

@@ -112,15 +112,17 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
 
     With ``requests``, also observe the finished flows the parent sends (gathered
     columns, :class:`~probe.meter.Ended`): between batches whatever has arrived, and
-    after the end of input until the parent closes the pipe."""
+    after the end of input until the parent closes the pipe. ``observe`` may instead
+    come as the first request (a process started before its observer was known)."""
     out = _Outbox(conn, OUTBOX_DEPTH)
+    serving = _Serving(observe)
     try:
         for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap), 1):
             out.send(("batch", p, src.status.bytes_read, out.queued))
             del p
             if requests is not None:
                 while requests.poll():
-                    if not _serve(requests, out, observe):
+                    if not serving.serve(requests, out):
                         requests = None
                         break
             if i % TRIM_EVERY == 0:
@@ -128,7 +130,7 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
         out.send(("end", src.status, 0, 0))
         trim_heap()
         if requests is not None:
-            while _serve(requests, out, observe):
+            while serving.serve(requests, out):
                 pass
     except CaptureError as exc:
         out.send(("capture-error", f"{type(exc).__name__}|{exc}", 0, 0))
@@ -181,20 +183,31 @@ class _Outbox:
         self._conn.close()
 
 
-def _serve(requests: Connection, conn: _Outbox,
-           observe: Callable[[FlowRecord], Any] | None) -> bool:
-    """Observe one chunk of finished flows the parent sent; False once it sends no more."""
-    try:
-        msg = recv_message(requests)
-    except EOFError:
-        return False
-    if msg is None or observe is None:
-        return False
-    seq, ended = msg
-    conn.send(("observed", (seq, [observe(r) for r in build_records(ended)]), 0, 0))
-    del ended
-    trim_heap()  # what the chunk's records took is free again: give it back
-    return True
+class _Serving:
+    """The reader process's side of the requests: the observer, and what it answers."""
+
+    def __init__(self, observe: Callable[[FlowRecord], Any] | None) -> None:
+        self.observe = observe
+
+    def serve(self, requests: Connection, out: _Outbox) -> bool:
+        """Take one request: observe a chunk of finished flows and send the observations,
+        or keep the observer sent; False once the parent sends no more."""
+        try:
+            msg = recv_message(requests)
+        except EOFError:
+            return False
+        if msg is None:
+            return False
+        if msg[0] == "observer":
+            self.observe = msg[1]
+            return True
+        if self.observe is None:
+            return False
+        seq, ended = msg
+        out.send(("observed", (seq, [self.observe(r) for r in build_records(ended)]), 0, 0))
+        del ended
+        trim_heap()  # what the chunk's records took is free again: give it back
+        return True
 
 
 def _widen_pipe(fd: int) -> None:
@@ -225,6 +238,24 @@ class FlowReader:
         self._progress = progress
         self._workers = workers if "fork" in mp.get_all_start_methods() else 1
         self._final_status: ReadStatus | None = None
+        self._started: _ReaderProcess | None = None
+
+    def start(self) -> None:
+        """Start the reader process now (``workers=2`` on a capture file; otherwise
+        nothing), so that reading goes on while the caller finishes setting up (imports,
+        tables): :meth:`observed` later hands it its observer. Iterating without
+        observing works too (the process answers no requests then)."""
+        if self._started is None and self._workers > 1 and not self._src.stream:
+            self._started = _ReaderProcess(self, None, requests=True)
+
+    def _reader_process(self, observe: Callable[[FlowRecord], Any] | None) -> _ReaderProcess:
+        """The started reader process, given ``observe``, or a new one."""
+        proc, self._started = self._started, None
+        if proc is None:
+            return _ReaderProcess(self, observe)
+        if observe is not None:
+            proc.set_observer(observe)
+        return proc
 
     @property
     def status(self) -> ReadStatus:
@@ -270,7 +301,7 @@ class FlowReader:
             for rec in self:
                 yield rec.lightened(), observe(rec)
             return
-        proc = _ReaderProcess(self, observe)
+        proc = self._reader_process(observe)
         pending: deque[tuple[int, Ended | list[FlowRecord], list[Any] | None]] = deque()
         seq = 0
 
@@ -354,7 +385,7 @@ class FlowReader:
                 self._progress(self._src.status.bytes_read)
 
     def _forked(self) -> Iterator[Prepared]:
-        proc = _ReaderProcess(self, None)
+        proc = self._reader_process(None)
         try:
             while True:
                 kind, body, done = proc.next()
@@ -376,14 +407,14 @@ class _ReaderProcess:
     thread sends them, so that this process never waits on the reader process while
     the reader process may be waiting for this one to take a batch."""
 
-    def __init__(self, reader: FlowReader, observe: Callable[[FlowRecord], Any] | None
-                 ) -> None:
+    def __init__(self, reader: FlowReader, observe: Callable[[FlowRecord], Any] | None,
+                 requests: bool = False) -> None:
         cfg = reader.config
         ctx = mp.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
         _widen_pipe(send.fileno())
         req_recv = req_send = None
-        if observe is not None:
+        if observe is not None or requests:
             req_recv, req_send = ctx.Pipe(duplex=False)
             _widen_pipe(req_send.fileno())
         sys.stdout.flush()
@@ -402,7 +433,7 @@ class _ReaderProcess:
         self.ahead = 0
         """Batches the reader process had queued, not yet written, in front of the last
         batch when it queued that one: how far it is ahead of this process."""
-        self._queue: queue.SimpleQueue[tuple[int, Ended] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         if req_recv is not None and req_send is not None:
             req_recv.close()
@@ -419,6 +450,10 @@ class _ReaderProcess:
             pass
         finally:
             conn.close()
+
+    def set_observer(self, observe: Callable[[FlowRecord], Any]) -> None:
+        """Send the observer (pickled) to a process started without one."""
+        self._queue.put(("observer", observe))
 
     def request(self, seq: int, ended: Ended) -> None:
         """Have the reader process observe these flows; the answer comes as

@@ -184,3 +184,46 @@ def test_the_reader_outbox_keeps_order_and_stops_on_a_closed_pipe() -> None:
             out.send(("batch", big, 0))
             time.sleep(0.05)
     out.close()
+
+
+def test_a_reader_started_early_takes_its_observer_later() -> None:
+    """start() forks the reader process before the observer exists (the CLI loads the
+    classifier meanwhile); observed() then sends it the observer, pickled."""
+    path = CAPTURES / "sample-call.pcap"
+    cfg = MeterConfig(chunk_size=4096)
+    want = [_digest(r) for r in FlowReader(path, cfg, workers=1)]
+    reader = FlowReader(path, cfg, workers=2)
+    reader.start()
+    time.sleep(0.2)  # the process reads ahead meanwhile
+    pairs = list(reader.observed(_where))
+    assert [ob for ob, _ in (p[1] for p in pairs)] == want
+    assert {pid for _, (_, pid) in pairs} - {os.getpid()}, "the reader process observed nothing"
+    assert reader.status.complete
+
+
+def test_a_reader_started_early_iterates_without_an_observer() -> None:
+    path = CAPTURES / "sample-call.pcap"
+    want = list(FlowReader(path, workers=1).conn_rows())
+    reader = FlowReader(path, workers=2)
+    reader.start()
+    assert list(reader.conn_rows()) == want
+
+
+def test_starting_a_reader_on_a_stream_does_nothing() -> None:
+    import threading
+    data = (CAPTURES / "sample-call.pcap").read_bytes()
+    r, w = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(w, "wb") as fh:
+            fh.write(data)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    with os.fdopen(r, "rb") as src:
+        reader = FlowReader(src, workers=2)
+        reader.start()
+        assert reader._started is None  # a pipe is read here only
+        got = [rec.uid for rec, _ in reader.observed(_digest)]
+    t.join()
+    assert got == [rec.uid for rec in FlowReader(CAPTURES / "sample-call.pcap", workers=1)]
