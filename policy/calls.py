@@ -165,8 +165,9 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     pol = policy or load_policy()
     by_uid = {f.uid: f for f in flows}
     cls = {c.uid: c for c in classes}
-    local = _local_of([f for f in flows if _is_call_flow(f, cls[f.uid])] or list(flows))
-    answered = [f for f in flows if f.resp_pkts > 0 and f.orig_pkts > 0]
+    call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
+    local = _local_of(call_flows or list(flows))
+    others_answered = any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows)
     gap = float(pol.get("calls", "same_call_gap_s"))
     capture_end = max((f.last_ts for f in flows), default=0.0)
     delay_ms = float(pol.get("quality", "assumed_network_delay_ms"))
@@ -194,8 +195,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         taken.update(f.uid for f in members)
     n_sip = len(groups)
     # Everything else: union of call flows.
-    cand = [f for f in flows if f.uid not in taken and _is_call_flow(f, cls[f.uid])
-            and not cls[f.uid].facts.sip]
+    cand = [f for f in call_flows if f.uid not in taken and not cls[f.uid].facts.sip]
     cand.sort(key=lambda f: (f.first_ts, f.uid))
     u = _Union(len(cand))
     by_socket: dict[tuple[str, int], int] = {}
@@ -269,7 +269,6 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                     members.append(f)
     calls: list[Call] = []
     flow_verdicts: dict[str, Verdict] = {}
-    others_answered = len(answered) > 0
     single_ev: dict[str, list[Evidence]] = {}  # signalling flows sit in many calls: judge once
 
     def single(f: FlowRecord) -> list[Evidence]:
@@ -325,7 +324,8 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                                                if e.flow_uids == (uid,)])
     in_calls = {u for c in calls for u in c.flow_uids}
     for f in flows:
-        if f.uid in in_calls:
+        # a flow's own rules look at ICMP errors quoting it, and at TCP
+        if f.uid in in_calls or (not f.icmp and f.proto != "tcp"):
             continue
         ev = single(f)
         if ev:
