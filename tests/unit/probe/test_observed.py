@@ -208,22 +208,3 @@ def test_a_reader_started_early_iterates_without_an_observer() -> None:
     reader.start()
     assert list(reader.conn_rows()) == want
 
-
-def test_starting_a_reader_on_a_stream_does_nothing() -> None:
-    import threading
-    data = (CAPTURES / "sample-call.pcap").read_bytes()
-    r, w = os.pipe()
-
-    def feed() -> None:
-        with os.fdopen(w, "wb") as fh:
-            fh.write(data)
-
-    t = threading.Thread(target=feed)
-    t.start()
-    with os.fdopen(r, "rb") as src:
-        reader = FlowReader(src, workers=2)
-        reader.start()
-        assert reader._started is None  # a pipe is read here only
-        got = [rec.uid for rec, _ in reader.observed(_digest)]
-    t.join()
-    assert got == [rec.uid for rec in FlowReader(CAPTURES / "sample-call.pcap", workers=1)]
