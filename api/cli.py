@@ -266,11 +266,11 @@ def _open_ledger(path: str, must_exist: bool) -> Any:
 
 def _run_analyze_ledger(args: argparse.Namespace) -> int:
     """``marsad analyze``; with ``--ledger``, also record every verdict other than ok."""
-    from policy.rules import load_policy
     if args.ledger is None:
         return _run_analyze(args)
     from api.evidence import record_verdicts
     from api.pipeline import analyze_capture
+    from policy.rules import load_policy
     if args.capture == "-":
         print("marsad: --ledger needs a capture file (its SHA-256 is recorded), not stdin",
               file=sys.stderr)

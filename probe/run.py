@@ -75,7 +75,6 @@ TRIM_EVERY = 8
 SHARE_AHEAD = 3
 """Chunks of finished flows :meth:`FlowReader.observed` lets wait in the reader process."""
 
-
 OUTBOX_DEPTH = 3
 """Batches the reader process may have pickled and queued beyond the one being written:
 they absorb the bursts of flows ending in this process (a few MiB each)."""
