@@ -17,6 +17,12 @@ def gc_paused() -> Iterator[None]:
     observations, classifications); the collector would walk them again and again and
     find nothing, since records hold no reference cycles. Reference counting still frees
     everything that dies.
+
+    On the way out, what was allocated meanwhile joins the oldest generation at once
+    (``gc.freeze`` then ``gc.unfreeze``: two list splices) instead of staying in the
+    youngest, whose first collection after ``gc.enable`` would walk every object of the
+    analysis (0.1 s after a 2M-packet capture). Cyclic garbage among them is still
+    found, by the next full collection.
     """
     was = gc.isenabled()
     gc.disable()
@@ -24,4 +30,6 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was:
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()

@@ -50,3 +50,24 @@ def test_console_command_on_a_closed_pipe_ends_quietly() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 1, 120)
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("fmt", ["--jsonl", "--json"])
+def test_records_are_held_only_when_the_process_ends_next(fmt: str,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    from api import cli
+    from probe import FlowRecord
+    cap = str(CAPTURES / "sample-call.pcap")
+    kept: list[object] = []
+    monkeypatch.setattr(cli, "_kept", kept)
+    assert main(["analyze", cap, fmt]) == 0  # in-process (tests, the service): nothing held
+    assert kept == []
+    monkeypatch.setattr(cli, "_exit_follows", True)
+    assert main(["analyze", cap, fmt]) == 0
+    out = capsys.readouterr().out
+    held = [x for obj in kept for x in (obj.flows if hasattr(obj, "flows") else
+                                        obj if isinstance(obj, list) else [])]
+    flows = [x for x in held if isinstance(x, FlowRecord)]
+    assert flows and all(f.uid in out for f in flows)
