@@ -101,6 +101,18 @@ def test_vectorised_equals_scalar(which: str) -> None:
     assert table.lookup_many(ips) == [table.lookup(ip) for ip in ips]
 
 
+@pytest.mark.parametrize("ip", [
+    "01.2.3.4", "157.240.000.61", " 157.240.0.61", "157.240.0.61 ", "0x9d.240.0.61",
+    "157.15728701",
+    "::ffff:157.240.0.61", "::FFFF:9df0:3d", "::157.240.0.61", "2A03:2880::1", "fe80::1%eth0",
+    "2a03:2880::1%1", "2a03:2880:0:0:0:0:0:1", "2a03:2880::0001", "::", "::1"])
+def test_odd_forms_read_as_the_library_reads_them(ip: str) -> None:
+    # lookup reads the usual forms from their packed bytes, lookup_many through ipaddress
+    for table in (NESTED, owners.default_table()):
+        assert table.lookup(ip) == table.lookup_many([ip])[0]
+    assert NESTED.lookup("::ffff:157.240.0.61") == NESTED.lookup("157.240.0.61") is not None
+
+
 def test_index_v4_on_integer_columns() -> None:
     table = owners.default_table()
     addrs = np.array([int(ipaddress.IPv4Address(a)) for a in
