@@ -57,6 +57,7 @@ from probe.records import (
     RtpStream,
     Weird,
     conn_state,
+    new_record,
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import RawBatch
@@ -945,17 +946,13 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz], pc.direction[pa:pz],
                                       off, off if light else pc.length[pa:pz])
         ic = icmp.get(fid)
-        out.append(FlowRecord(
-            uid=uid, proto=pname, ip_version=ver, orig_h=oh, orig_p=op, resp_h=rh,
-            resp_p=rp, first_ts=first_ns[j] / NS, last_ts=last_ns[j] / NS,
-            orig_pkts=pkts[j][o], orig_bytes=pay[j][o], orig_wire_bytes=wire[j][o],
-            resp_pkts=pkts[j][r], resp_bytes=pay[j][r], resp_wire_bytes=wire[j][r],
-            orig_flags=flags[j][o], resp_flags=flags[j][r], orig_retrans=retr[j][o],
-            resp_retrans=retr[j][r], first_frame=first_fr[j], last_frame=last_fr[j],
-            end_reason=reasons[j], vlan=vlan, tunnel=TUNNEL_NAMES.get(tunnels[j]),
-            icmp=() if ic is None else tuple(ic), weirds=weirds, payloads=payloads,
-            pkt_ts=tim[0], pkt_len=tim[1], pkt_dir=tim[2], pkt_flags=tim[3], rate=rr,
-            rtp=rtp_series, rtp_streams=rtp_streams))
+        n_pk, n_pay, n_wire, fl, rt = pkts[j], pay[j], wire[j], flags[j], retr[j]
+        out.append(new_record(  # FlowRecord's fields, in order
+            uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,
+            n_pk[o], n_pay[o], n_wire[o], n_pk[r], n_pay[r], n_wire[r], fl[o], fl[r], rt[o],
+            rt[r], first_fr[j], last_fr[j], reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]),
+            () if ic is None else tuple(ic), weirds, payloads, *tim, rr, rtp_series,
+            rtp_streams))
     return out
 
 

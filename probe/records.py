@@ -10,7 +10,7 @@ record as compact arrays so nobody has to keep every packet.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, overload
 
@@ -382,7 +382,7 @@ class FlowRecord:
         values[_PAYLOADS_AT] = light
         for at, empty in _TIMING_EMPTY:
             values[at] = empty
-        return FlowRecord(*values)
+        return new_record(*values)
 
     def conn_dict(self) -> dict[str, Any]:
         """The conn.log columns as plain JSON-ready values."""
@@ -450,6 +450,28 @@ def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> 
 
 _FIELD_NAMES = tuple(f.name for f in fields(FlowRecord))
 _record_values = operator.attrgetter(*_FIELD_NAMES)
+
+
+def _slots_maker(cls: type[Any], names: Sequence[str]) -> Any:
+    """A function taking every field of the frozen slotted dataclass ``cls`` by position
+    and returning the instance its ``__init__`` would make: the slots filled through
+    their descriptors, one straight line of calls (the generated ``__init__`` goes
+    through ``object.__setattr__`` per field: twice the time for a 34-field record,
+    which the probe builds for every flow)."""
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has a __post_init__: use its constructor")
+    scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
+    for i, name in enumerate(names):
+        scope[f"_set{i}"] = getattr(cls, name).__set__
+        lines.append(f"    _set{i}(o, {name})")
+    lines.append("    return o")
+    exec("\n".join(lines), scope)  # generated from the field names only
+    return scope["make"]
+
+
+new_record: Callable[..., FlowRecord] = _slots_maker(FlowRecord, _FIELD_NAMES)
+"""``FlowRecord(*values)``, values in field order, in half the time (see _slots_maker)."""
 _PAYLOADS_AT = _FIELD_NAMES.index("payloads")
 NO_TIMING = (np.zeros(0, np.float64), np.zeros(0, np.int32), np.zeros(0, np.uint8),
              np.zeros(0, np.uint8))

@@ -1,8 +1,12 @@
-"""PayloadSamples: the columns read back as PayloadSample items, all at once or one by one."""
+"""PayloadSamples: the columns read back as PayloadSample items, all at once or one by one;
+the fast FlowRecord maker."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 from probe.records import ORIG, RESP, PayloadSample, PayloadSamples
 
@@ -33,3 +37,32 @@ def test_items_match_one_by_one_access() -> None:
     assert PayloadSamples().items() == ()
     light = _samples(True).without_data()
     assert [p.data for p in light.items()] == [b"", b"", b""]
+
+
+def test_new_record_makes_what_the_constructor_makes() -> None:
+    from probe.records import FlowRecord, new_record
+    names = [f.name for f in dataclasses.fields(FlowRecord)]
+    values: list[object] = [f"v{i}" for i in range(len(names))]
+    made = new_record(*values)
+    assert type(made) is FlowRecord
+    assert made == FlowRecord(*values)  # type: ignore[arg-type]
+    assert [getattr(made, n) for n in names] == values
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.uid = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        new_record(*values[:-1])  # every field, none defaulted
+
+
+def test_the_fast_maker_refuses_a_class_with_post_init() -> None:
+    from probe.records import _slots_maker
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    with pytest.raises(TypeError, match="__post_init__"):
+        _slots_maker(Checked, ["a"])
