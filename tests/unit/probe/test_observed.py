@@ -208,3 +208,19 @@ def test_a_reader_started_early_iterates_without_an_observer() -> None:
     reader.start()
     assert list(reader.conn_rows()) == want
 
+
+
+def test_starting_a_reader_on_a_stream_does_nothing() -> None:
+    cap = CAPTURES / "encap-gtpu.pcap"
+    data = cap.read_bytes()
+    r, w = os.pipe()
+    try:
+        assert os.write(w, data) == len(data)  # it fits in the pipe: no writer thread
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as src:
+        reader = FlowReader(src, workers=2)
+        reader.start()
+        assert reader._started is None  # a pipe is read in this process only
+        got = [rec.uid for rec, _ in reader.observed(_digest)]
+    assert got and got == [rec.uid for rec in FlowReader(cap, workers=1)]
