@@ -172,9 +172,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
             from classifier.records import Classification
             from policy.calls import analyse_calls
             from policy.rules import load_policy
-            classifier = Classifier(fingerprints=args.ja4)
             policy = load_policy(args.policy)
             if reader is not None:
+                classifier = Classifier(fingerprints=args.ja4)  # analyze_capture has its own
                 flows: list[FlowRecord] = []
                 classes: list[Classification] = []
                 for rec, ob in reader.observed(classifier.observe):
