@@ -451,27 +451,6 @@ def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> 
 _FIELD_NAMES = tuple(f.name for f in fields(FlowRecord))
 _record_values = operator.attrgetter(*_FIELD_NAMES)
 
-
-def _slots_maker(cls: type[Any], names: Sequence[str]) -> Any:
-    """A function taking every field of the frozen slotted dataclass ``cls`` by position
-    and returning the instance its ``__init__`` would make: the slots filled through
-    their descriptors, one straight line of calls (the generated ``__init__`` goes
-    through ``object.__setattr__`` per field: twice the time for a 34-field record,
-    which the probe builds for every flow)."""
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__} has a __post_init__: use its constructor")
-    scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
-    for i, name in enumerate(names):
-        scope[f"_set{i}"] = getattr(cls, name).__set__
-        lines.append(f"    _set{i}(o, {name})")
-    lines.append("    return o")
-    exec("\n".join(lines), scope)  # generated from the field names only
-    return scope["make"]
-
-
-new_record: Callable[..., FlowRecord] = _slots_maker(FlowRecord, _FIELD_NAMES)
-"""``FlowRecord(*values)``, values in field order, in half the time (see _slots_maker)."""
 _PAYLOADS_AT = _FIELD_NAMES.index("payloads")
 NO_TIMING = (np.zeros(0, np.float64), np.zeros(0, np.int32), np.zeros(0, np.uint8),
              np.zeros(0, np.uint8))
@@ -481,3 +460,27 @@ for _empty in NO_TIMING:
 _TIMING_EMPTY = tuple(zip((_FIELD_NAMES.index(name)
                            for name in ("pkt_ts", "pkt_len", "pkt_dir", "pkt_flags")),
                           NO_TIMING, strict=True))
+
+
+def _slots_maker(cls: type[Any]) -> Callable[..., Any]:
+    """A function taking every field of the frozen slotted dataclass ``cls`` by position
+    and returning the instance its ``__init__`` would make: the slots filled through
+    their descriptors, one straight line of calls (the generated ``__init__`` goes
+    through ``object.__setattr__`` per field: twice the time for a 34-field record,
+    which the probe builds for every flow)."""
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has a __post_init__: use its constructor")
+    names = [f.name for f in fields(cls)]
+    scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
+    for i, name in enumerate(names):
+        scope[f"_set{i}"] = getattr(cls, name).__set__
+        lines.append(f"    _set{i}(o, {name})")
+    lines.append("    return o")
+    exec("\n".join(lines), scope)  # generated from the field names only
+    make: Callable[..., Any] = scope["make"]
+    return make
+
+
+new_record: Callable[..., FlowRecord] = _slots_maker(FlowRecord)
+"""``FlowRecord(*values)``, values in field order, in half the time (see _slots_maker)."""

@@ -25,12 +25,9 @@ __all__ = ["out_of_band", "recv_message", "send_message"]
 def out_of_band(obj: Any, protocol: int, *names: str) -> tuple[Any, tuple[Any, ...]]:
     """``__reduce_ex__`` of a dataclass whose ``bytes`` fields ``names`` are to cross
     as buffers of their own (protocol 5 and later; in the pickle otherwise)."""
-    values = [getattr(obj, f.name) for f in fields(obj)]
-    if protocol >= 5:
-        for i, f in enumerate(fields(obj)):
-            if f.name in names:
-                values[i] = pickle.PickleBuffer(values[i])
-    return type(obj), tuple(values)
+    marked = names if protocol >= 5 else ()
+    return type(obj), tuple(pickle.PickleBuffer(getattr(obj, f.name)) if f.name in marked
+                            else getattr(obj, f.name) for f in fields(obj))
 
 
 def frames(msg: object) -> list[bytes | memoryview]:

@@ -209,7 +209,6 @@ def test_a_reader_started_early_iterates_without_an_observer() -> None:
     assert list(reader.conn_rows()) == want
 
 
-
 def test_starting_a_reader_on_a_stream_does_nothing() -> None:
     cap = CAPTURES / "encap-gtpu.pcap"
     data = cap.read_bytes()

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from probe import FlowReader
 from probe.meter import FlowMeter, PayloadColumns
@@ -60,8 +61,5 @@ def test_payload_columns_pool_crosses_out_of_band_and_pickles_in_band_too() -> N
 def test_a_closed_pipe_is_end_of_file() -> None:
     recv, send = multiprocessing.Pipe(duplex=False)
     send.close()
-    try:
+    with pytest.raises(EOFError):
         recv_message(recv)
-    except EOFError:
-        return
-    raise AssertionError("expected EOFError")
