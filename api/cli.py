@@ -93,7 +93,10 @@ class _Progress:
             )
             self._bar = Progress("[progress.description]{task.description}", BarColumn(),
                                  DownloadColumn(), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
+                                 console=Console(stderr=True), transient=True,
+                                 # the records go to stdout, which may be a file: rich
+                                 # would otherwise capture it and draw it on the terminal
+                                 redirect_stdout=False, redirect_stderr=False)
             self._task = self._bar.add_task(os.path.basename(path), total=size)
             self._bar.start()
 
