@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 from api.output import CsvWriter, dumps, write_jsonl
 from api.runtime import gc_paused
 from policy.errors import PolicyError
+from policy.settling import PipelineConfig
 from probe import CaptureError, FlowReader, FlowRecord, MeterConfig, ReadStatus
 from probe.meter import MeterStats
 from probe.run import default_workers
 
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult
+    from policy.pipeline import Step
 
 # The classifier, the policy and the pipeline are imported where they are used: a
 # command that reads a capture starts its reader process first, and reading then goes
@@ -59,6 +61,20 @@ def _add_meter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                    help="1: one process; 2: read and decode in a second process "
                         "(default where two cores exist)")
+
+
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    d = PipelineConfig()
+    p.add_argument("--call-interval", type=float, default=d.cut_s, metavar="S",
+                   help="seconds of capture time between two settling points, where flows "
+                        f"are classified and calls judged (default {d.cut_s:g})")
+    p.add_argument("--call-settle", type=float, default=d.call_settle_s, metavar="S",
+                   help="report a call once capture time has passed its end by this much "
+                        f"(default {d.call_settle_s:g})")
+
+
+def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    return PipelineConfig(cut_s=args.call_interval, call_settle_s=args.call_settle)
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
@@ -170,30 +186,25 @@ def _run_analyze(args: argparse.Namespace) -> int:
                 reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
                                     workers=args.workers)
                 reader.start()  # reading begins while the rest loads
-            from api.pipeline import analyze_capture, flow_row
-            from classifier.engine import Classifier
-            from classifier.records import Classification
-            from policy.calls import analyse_calls
+            from api.pipeline import analyze_capture
+            from policy.pipeline import Pipeline, run_capture
             from policy.rules import load_policy
             policy = load_policy(args.policy)
             if reader is not None:
-                classifier = Classifier(fingerprints=args.ja4)  # analyze_capture has its own
-                flows: list[FlowRecord] = []
-                classes: list[Classification] = []
-                for rec, ob in reader.observed(classifier.observe):
-                    c = classifier.classify(rec, ob)
-                    flows.append(rec)
-                    classes.append(c)
-                    write_jsonl([{"record": "flow", **flow_row(rec, c)}], out)
-                analysis = analyse_calls(flows, classes, policy)
-                write_jsonl([{"record": "call", **call.to_dict()} for call in analysis.calls], out)
-                write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
-                             for u, v in analysis.flow_verdicts.items()], out)
+                pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
+                                config=_pipeline_config(args))
+                kept: list[FlowRecord] = []
+                steps: list[Step] = []
+                for step in run_capture(reader, pipe):
+                    _write_step(step, out)
+                    kept.extend(f for f, _ in step.flows)
+                    steps.append(step)
                 status, stats = reader.status, reader.stats
-                _keep_until_exit(flows, classes, analysis, reader)
+                _keep_until_exit(kept, steps, reader)
             else:
                 result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
                                          workers=args.workers, fingerprints=args.ja4,
+                                         pipeline=_pipeline_config(args),
                                          hash_capture=False, progress=progress.update)
                 _write_result(result, fmt, out)
                 status, stats = result.status, result.stats
@@ -226,6 +237,15 @@ def _finish_status(st: ReadStatus, stats: MeterStats) -> int:
 def _run_refresh(args: argparse.Namespace) -> int:
     from classifier import refresh
     return refresh.main(args.rest)
+
+
+def _write_step(step: Step, out: Any) -> None:
+    """``marsad analyze --jsonl`` records of one settled pipeline step."""
+    from policy.pipeline import flow_row
+    write_jsonl([{"record": "flow", **flow_row(f, c)} for f, c in step.flows], out)
+    write_jsonl([{"record": "call", **call.to_dict()} for call in step.calls], out)
+    write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
+                 for u, v in step.flow_verdicts.items()], out)
 
 
 def _write_result(result: AnalysisResult, fmt: str, out: Any) -> None:
@@ -286,6 +306,7 @@ def _run_analyze_ledger(args: argparse.Namespace) -> int:
             policy = load_policy(args.policy)
             result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
                                      workers=args.workers, fingerprints=args.ja4,
+                                     pipeline=_pipeline_config(args),
                                      progress=progress.update)
             progress.stop()
             _write_result(result, args.fmt or "json", sys.stdout)
@@ -490,7 +511,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         total_bytes=int(args.ring_total_mb * (1 << 20)), keep_s=args.ring_keep_s)
     cfg = LiveConfig(source=args.interface or args.read, interface=args.interface is not None,
                      bpf=args.filter, meter=_meter_config(args), ring=ring, data_dir=data_dir,
-                     call_interval_s=args.call_interval, settle_s=args.call_settle,
+                     pipeline=_pipeline_config(args),
                      status_interval_s=args.status_interval, tcpdump=args.tcpdump,
                      user=args.user, fingerprints=args.ja4)
     metrics = None
@@ -535,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
     _add_format(a)
     _add_meter_options(a)
+    _add_pipeline_options(a)
     a.add_argument("--policy", metavar="FILE",
                    help="verdict thresholds (YAML; default: the packaged policy)")
     a.add_argument("--ja4", action="store_true",
@@ -619,10 +641,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ring-keep-s", type=float, default=86400.0, metavar="N",
                     help="delete ring files older than this (default 86400)")
     pr.add_argument("--no-ring", action="store_true", help="keep no raw packets")
-    pr.add_argument("--call-interval", type=float, default=5.0, metavar="S",
-                    help="seconds of capture time between call-grouping passes (default 5)")
-    pr.add_argument("--call-settle", type=float, default=30.0, metavar="S",
-                    help="report a call once its newest flow ended this long ago (default 30)")
     pr.add_argument("--status-interval", type=float, default=2.0, metavar="S",
                     help="seconds between status file updates (default 2)")
     pr.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -635,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
     pr.add_argument("--ja4", action="store_true", help="add JA4 fingerprints")
     _add_meter_options(pr)
+    _add_pipeline_options(pr)
     pr.set_defaults(func=_run_probe)
     return p
 

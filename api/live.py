@@ -15,12 +15,11 @@ ring buffer and BPF filter do the capturing; tcpdump drops its privileges with
 * into a :class:`~probe.run.FlowReader` (in a thread), whose flows come out as
   their idle, active or TCP-close timeouts expire in capture time.
 
-Each finished flow is classified at once (:meth:`Classifier.classify`) and
-written as a ``{"record": "flow", ...}`` JSON line. Every ``call_interval_s`` of
-capture time the recent flows (``window_s``) are grouped into calls
-(:func:`policy.calls.analyse_calls`); a call, or a flow verdict, is written
-(``{"record": "call"}`` / ``{"record": "flow-verdict"}``) once its newest flow
-ended ``settle_s`` before the newest packet, and at the end of the stream.
+Finished flows and the reader's clock go through the same pipeline as
+``marsad analyze`` (:mod:`policy.pipeline`): flows are classified, grouped into
+calls and judged as they settle in capture time, and written as
+``{"record": "flow"}``, ``{"record": "call"}`` and ``{"record": "flow-verdict"}``
+JSON lines, so the probe fed a capture says what ``marsad analyze`` says of it.
 
 With a data directory, flows, calls and verdicts also go to the service's
 store (one capture row per probe run, ``live-<start>-<pid>``) and every
@@ -68,13 +67,14 @@ from typing import IO, Any, BinaryIO, TextIO
 from api.output import write_jsonl
 from api.pipeline import AnalysisResult, flow_row
 from api.probe_status import ProbeState, ProbeStatus, write_probe_status
-from classifier.engine import Classifier
-from classifier.records import Classification
-from policy.calls import Analysis, analyse_calls
-from policy.records import Call, Verdict
+from classifier.engine import Observation
+from policy.calls import Analysis
+from policy.pipeline import Pipeline, PipelineConfig, Step
+from policy.records import Verdict
 from policy.rules import Policy
 from probe import FlowReader, FlowRecord, MeterConfig
 from probe.errors import CaptureError
+from probe.run import Watermark
 
 __all__ = [
     "CaptureRing",
@@ -422,12 +422,8 @@ class LiveConfig:
     """The capture ring; None keeps no packets."""
     data_dir: Path | None = None
     """Store, ledger and status file; None writes only to stdout."""
-    call_interval_s: float = 5.0
-    """Seconds of capture time between two call-grouping passes."""
-    settle_s: float = 30.0
-    """A call (or flow verdict) is written once its newest flow ended this long ago."""
-    window_s: float = 600.0
-    """Finished flows are kept this long (capture time) for call grouping."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """When flows, calls and verdicts settle (the same defaults as ``marsad analyze``)."""
     status_interval_s: float = 2.0
     """Wall-clock seconds between status files, tcpdump statistics and metrics."""
     behind_s: float = 10.0
@@ -460,23 +456,19 @@ class LiveProbe:
         self.clock = clock
         self._stdin = stdin
         self.started_at = clock()
-        self.classifier = Classifier(fingerprints=config.fingerprints)
+        self.pipeline = Pipeline(policy, config.meter, fingerprints=config.fingerprints,
+                                 config=config.pipeline)
         self.state = ProbeState.STARTING
         self.message: str | None = None
         self.capture_stats = CaptureStats()
         self._stats_lines: list[str] = []
         self._lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=10000)
-        self._window: dict[str, tuple[FlowRecord, Classification]] = {}
-        self._emitted_calls: set[str] = set()
-        self._emitted_verdicts: set[str] = set()
         self._pending_ledger: list[tuple[str, Verdict, dict[str, Any], int, int]] = []
-        self._new_flows: list[tuple[FlowRecord, Classification]] = []
         self.flows_finished = 0
         self.calls = 0
         self.verdicts: dict[str, int] = {}
         self.ledger_appended = 0
-        self._next_pass = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: FlowReader | None = None
         self._tee_bytes = 0
@@ -564,8 +556,8 @@ class LiveProbe:
         try:
             reader = FlowReader(pipe, self.cfg.meter, workers=1)
             self._reader = reader
-            for rec in reader:
-                self._queue.put(rec)
+            for item in reader.observed_with_clock(self.pipeline.observe):
+                self._queue.put(item)
             self._queue.put(_END)
         except CaptureError as exc:
             self._queue.put(exc)
@@ -613,18 +605,14 @@ class LiveProbe:
                 if isinstance(item, BaseException):
                     failure = item
                     break
-                if isinstance(item, FlowRecord):
-                    self._flow(item)
-                    while True:  # whatever else is ready, before the periodic work
-                        try:
-                            more = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if not isinstance(more, FlowRecord):
-                            self._queue.put(more)
-                            break
-                        self._flow(more)
-                self._maybe_pass()
+                while isinstance(item, tuple | Watermark):  # and whatever else is ready
+                    self._take(item)
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        item = None
+                if item is not None:
+                    self._queue.put(item)
                 now = self.clock()
                 if now >= next_status:
                     next_status = now + self.cfg.status_interval_s
@@ -644,7 +632,8 @@ class LiveProbe:
         with self._lock:
             if self.ring is not None:
                 self.ring.close()
-        self._call_pass(final=True)
+        if failure is None:
+            self._emit(self.pipeline.finish())
         self._flush_ledger()
         time.sleep(0.05)  # tcpdump's last statistics lines
         if failure is not None:
@@ -682,93 +671,52 @@ class LiveProbe:
             self._ledger.close()
 
     # -- flows, calls, verdicts -------------------------------------------------------------
-    def _flow(self, rec: FlowRecord) -> None:
-        c = self.classifier.classify(rec)
-        self.flows_finished += 1
-        write_jsonl([{"record": "flow", **flow_row(rec, c)}], self.out)
-        self.out.flush()
-        light = rec.lightened()
-        self._window[rec.uid] = (light, c)
-        self._new_flows.append((light, c))
-        if self.metrics is not None:
-            self.metrics.observe_flows([rec], [c])
+    def _take(self, item: tuple[FlowRecord, Observation] | Watermark) -> None:
+        """A flow the reader ended (with its observation), or the reader's clock."""
+        if isinstance(item, Watermark):
+            for step in self.pipeline.advance(item):
+                self._emit(step)
+        else:
+            self.pipeline.push(*item)
 
     def _newest(self) -> float:
         reader = self._reader
         return reader.stats.last_ts if reader is not None else 0.0
 
-    def _maybe_pass(self) -> None:
-        now = self._newest()
-        if now <= 0:
+    def _emit(self, step: Step) -> None:
+        """Write, count and store what the pipeline settled."""
+        if not step:
             return
-        if self._next_pass == 0.0:
-            self._next_pass = now + self.cfg.call_interval_s
-        elif now >= self._next_pass:
-            self._next_pass = now + self.cfg.call_interval_s
-            self._call_pass(final=False)
-
-    def _call_pass(self, final: bool) -> None:
-        """Group the window's flows into calls; write the settled ones."""
-        now = self._newest()
-        horizon = now - self.cfg.settle_s
-        items = sorted(self._window.values(), key=lambda fc: (fc[0].first_frame, fc[0].uid))
-        flows = [f for f, _ in items]
-        classes = [c for _, c in items]
-        analysis = analyse_calls(flows, classes, self.policy) if flows else Analysis([], {})
-        by_uid = {f.uid: f for f in flows}
-        calls: list[Call] = []
-        for call in analysis.calls:
-            if call.uid in self._emitted_calls or not (final or call.end_ts <= horizon):
-                continue
-            self._emitted_calls.add(call.uid)
-            calls.append(call)
-        verdicts: dict[str, Verdict] = {}
-        for uid, v in analysis.flow_verdicts.items():
-            f = by_uid[uid]
-            if uid in self._emitted_verdicts or not (final or f.last_ts <= horizon):
-                continue
-            self._emitted_verdicts.add(uid)
-            verdicts[uid] = v
-        if calls:
-            write_jsonl([{"record": "call", **call.to_dict()} for call in calls], self.out)
-        if verdicts:
-            write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
-                         for u, v in verdicts.items()], self.out)
+        rows = [{"record": "flow", **flow_row(f, c)} for f, c in step.flows]
+        rows += [{"record": "call", **call.to_dict()} for call in step.calls]
+        rows += [{"record": "flow-verdict", "uid": u, **v.to_dict()}
+                 for u, v in step.flow_verdicts.items()]
+        write_jsonl(rows, self.out)
         self.out.flush()
-        for call in calls:
+        self.flows_finished += len(step.flows)
+        for call in step.calls:
             self.calls += 1
             kind = str(call.verdict.kind)
             self.verdicts[kind] = self.verdicts.get(kind, 0) + 1
         if self.metrics is not None:
-            self.metrics.observe_calls(calls, finished=True)
-            if verdicts:
-                cls = {c.uid: c for c in classes}
-                vf = [by_uid[u] for u in verdicts]
+            if step.flows:
+                self.metrics.observe_flows([f for f, _ in step.flows],
+                                           [c for _, c in step.flows])
+            self.metrics.observe_calls(step.calls, finished=True)
+            if step.flow_verdicts:
+                vf = [step.window[u] for u in step.flow_verdicts]
                 self.metrics.observe_flow_verdicts(
-                    Analysis([], verdicts).flow_verdict_list(), vf, [cls[f.uid] for f in vf])
-        self._record(calls, verdicts, by_uid, classes)
-        if not final:  # forget flows no call can still need
-            keep = now - self.cfg.window_s
-            for uid in [u for u, (f, _) in self._window.items() if f.last_ts < keep]:
-                del self._window[uid]
+                    Analysis([], step.flow_verdicts).flow_verdict_list(),
+                    [f for f, _ in vf], [c for _, c in vf])
+        self._record(step)
 
-    def _record(self, calls: list[Call], verdicts: dict[str, Verdict],
-                by_uid: dict[str, FlowRecord], classes: list[Classification]) -> None:
+    def _record(self, step: Step) -> None:
         """Store the new flows, calls and verdicts; queue ledger entries."""
-        cls = {c.uid: c for c in classes}
-        rows: dict[str, tuple[FlowRecord, Classification]] = {
-            f.uid: (f, c) for f, c in self._new_flows}
-        self._new_flows = []
-        for call in calls:  # rewrite a call's flows so they carry its uid
-            for u in call.flow_uids:
-                if u in by_uid:
-                    rows[u] = (by_uid[u], cls[u])
-        for u in verdicts:
-            rows[u] = (by_uid[u], cls[u])
-        if not rows and not calls and not verdicts:
-            return
+        rows = {f.uid: (f, c) for f, c in step.flows}
+        rows.update(step.window)  # a call's flows are stored again, carrying its uid
+        by_uid = {u: f for u, (f, _) in rows.items()}
         result = AnalysisResult([f for f, _ in rows.values()], [c for _, c in rows.values()],
-                                Analysis(calls, verdicts),
+                                Analysis(step.calls, step.flow_verdicts),
                                 self._reader.status if self._reader else _no_status(),
                                 self._reader.stats if self._reader else _no_stats())
         if self._store is not None:

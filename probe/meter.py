@@ -112,6 +112,17 @@ class MeterConfig:
     less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more
     time in per-batch work; below 8 MiB the per-batch work starts to show (4 MiB: +20 %)."""
 
+    def timeout_s(self, rec: FlowRecord) -> float:
+        """How long the table keeps a flow like ``rec`` after its last packet: the idle
+        timeout of its protocol, or ``tcp_close_s`` once a TCP flow was closed."""
+        if rec.end_reason == "tcp-close":
+            return self.tcp_close_s
+        if rec.proto == "udp":
+            return self.udp_idle_s
+        if rec.proto == "tcp":
+            return self.tcp_idle_s
+        return self.other_idle_s
+
 
 @dataclass(slots=True)
 class MeterStats:
@@ -396,6 +407,23 @@ class FlowMeter:
             for rec in recs:
                 self._emit(rec)
         return recs
+
+    @property
+    def now(self) -> float:
+        """Capture time of the newest packet metered (seconds; 0 before any): flows quiet
+        for longer than their timeout at this time have ended."""
+        return self._now / NS
+
+    def open_udp_since(self) -> float:
+        """Start (capture time, seconds) of the oldest UDP flow still in the table; infinity
+        when there is none. With :attr:`now`, what a consumer needs to know whether a flow
+        that started by some time may still come."""
+        t = self._t
+        proto = (t.key[:, 4] >> np.uint64(16)).astype(np.int64) & 0xFF
+        udp = t.alive & (proto == 17)
+        if not udp.any():
+            return float("inf")
+        return int(t.first_ns[udp].min()) / NS
 
     def active_flows(self) -> int:
         """Flows currently in the table."""

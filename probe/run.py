@@ -36,7 +36,7 @@ from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
 from probe.wire import frames, recv_message, send_frames, send_message
 
-__all__ = ["CaptureRun", "FlowReader", "read_capture"]
+__all__ = ["CaptureRun", "FlowReader", "Watermark", "read_capture"]
 
 T = TypeVar("T")
 
@@ -83,6 +83,22 @@ EOF_CHUNK = 1024
 """Flows per chunk when :meth:`FlowReader.observed` empties the table at the end of input
 (each chunk waiting for the reader process is held here, and once more while it is sent:
 half the usual chunk takes ~20 MiB off the peak of the benchmark capture, for no time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The flow table's clock after a batch: the capture time of the newest packet metered.
+
+    Every flow whose timeout had run out by then (``last_ts + timeout_s < ts``, the
+    timeout by :meth:`MeterConfig.timeout_s`) has ended and been handed out before it, so a
+    consumer can settle everything older without knowing how the input was cut in batches.
+    """
+
+    ts: float
+    """Seconds since the epoch."""
+    open_udp_since: float = float("inf")
+    """Start of the oldest UDP flow not yet ended (infinity: none): a UDP flow that started
+    earlier than this has been handed out."""
 
 
 def _check_linktypes(status: ReadStatus) -> None:
@@ -269,10 +285,16 @@ class FlowReader:
         return self.meter.weirds
 
     def __iter__(self) -> Iterator[FlowRecord]:
+        for item in self._records_and_clock():
+            if not isinstance(item, Watermark):
+                yield item
+
+    def _records_and_clock(self) -> Iterator[FlowRecord | Watermark]:
         batches = self._inline() if self._workers <= 1 else self._forked()
         for i, p in enumerate(batches, 1):
             yield from self.meter.apply(p)
             del p
+            yield Watermark(self.meter.now, self.meter.open_udp_since())
             if i % TRIM_EVERY == 0:
                 trim_heap()
         trim_heap()  # the end of input empties the table: the peak is about to come
@@ -283,6 +305,18 @@ class FlowReader:
 
     def observed(self, observe: Callable[[FlowRecord], T]
                  ) -> Generator[tuple[FlowRecord, T], None, None]:
+        """Iterate the flows as they end, each with ``observe(flow)``
+        (:meth:`observed_with_clock` without its watermarks)."""
+        events = self.observed_with_clock(observe)
+        try:
+            for item in events:
+                if not isinstance(item, Watermark):
+                    yield item
+        finally:
+            events.close()
+
+    def observed_with_clock(self, observe: Callable[[FlowRecord], T]
+                            ) -> Generator[tuple[FlowRecord, T] | Watermark, None, None]:
         """Iterate the flows as they end, each with ``observe(flow)``.
 
         The flows come out lightened (:meth:`FlowRecord.lightened`: what ``observe`` was
@@ -295,13 +329,22 @@ class FlowReader:
         end of input, only when it is well ahead: it had another batch queued in front of
         the one that ended them), and is observed here otherwise. Flows come out in the
         same order either way.
+
+        After the flows each batch ended comes a :class:`Watermark`: every flow whose
+        timeout (:meth:`~probe.meter.MeterConfig.timeout_s`) had run out by its time has
+        come out before it. The flows the end of input empties from the table come after
+        the last one.
         """
         if self._workers <= 1 or self._src.stream:
-            for rec in self:
-                yield rec.lightened(), observe(rec)
+            for item in self._records_and_clock():
+                if isinstance(item, Watermark):
+                    yield item
+                else:
+                    yield item.lightened(), observe(item)
             return
         proc = self._reader_process(observe)
-        pending: deque[tuple[int, Ended | list[FlowRecord], list[Any] | None]] = deque()
+        pending: deque[tuple[int, Ended | list[FlowRecord] | Watermark, list[Any] | None]
+                       ] = deque()
         seq = 0
 
         def take(ended: list[Ended], eof: bool) -> None:
@@ -319,9 +362,13 @@ class FlowReader:
                     obs = [observe(r) for r in recs]
                     pending.append((seq, [r.lightened() for r in recs], obs))
 
-        def ready() -> Iterator[tuple[FlowRecord, T]]:
+        def ready() -> Iterator[tuple[FlowRecord, T] | Watermark]:
             while pending:
                 n, body, obs = pending[0]
+                if isinstance(body, Watermark):
+                    pending.popleft()
+                    yield body
+                    continue
                 if obs is None:
                     obs = proc.results.pop(n, None)
                     if obs is None:
@@ -336,6 +383,8 @@ class FlowReader:
                 kind, body, done = proc.next()
                 if kind == "batch":
                     take(self.meter.apply_gathered(body), eof=False)
+                    mark = Watermark(self.meter.now, self.meter.open_udp_since())
+                    pending.append((0, mark, []))
                     del body
                     if self._progress is not None:
                         self._progress(done)

@@ -1,0 +1,275 @@
+"""The one analysis pipeline: flows in as the probe ends them; classifications, calls and
+verdicts out as they settle. Every entry point runs it — ``marsad analyze`` in every output
+format, ``marsad report``, the service's jobs and the live probe — so a capture gives the
+same labels, calls and verdicts whichever way it is read.
+
+What is decided when depends on the capture's own clock, never on how the input was cut
+into batches, on the wall clock or on the output format:
+
+* the probe hands over each finished flow and, after each batch, a
+  :class:`~probe.run.Watermark`: every flow whose timeout had run out by the watermark's
+  time has been handed over before it;
+* at points of a fixed grid of capture time (``cut_s``), the flows whose timeout ran out
+  before the point are *settled*: they are classified together (the classifier's two
+  passes, with what it learned from earlier flows) and join the *window*;
+* the window is grouped into calls (:func:`policy.calls.analyse_calls`); a call is
+  written once the capture's clock has passed its end by ``call_settle_s`` and no UDP
+  flow that started before that is still going or waiting to settle (it may be another
+  stream of the same call; the watermark says when the oldest flow still open started),
+  or at the latest ``call_hold_s`` after its end; its flows then leave the window. A
+  flow's own verdict is written once the clock has passed its end by ``call_settle_s``;
+* flows that are neither in a call nor still young leave the window after ``window_s``,
+  so memory follows the traffic of the last minutes, not the capture;
+* at the end of input everything left is settled, grouped and written.
+
+A grid point is visited only when something can change there (a flow's timeout runs out,
+a call or a flow verdict is due), so a jump in capture time costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from classifier.engine import Classifier, Observation
+from classifier.records import Classification
+from policy.calls import Analysis, analyse_calls
+from policy.records import Call, Verdict
+from policy.rules import Policy, load_policy
+from policy.settling import PipelineConfig
+from probe import FlowReader, FlowRecord, MeterConfig, ReadStatus, Weird
+from probe.meter import MeterStats
+from probe.run import Watermark
+
+__all__ = ["AnalysisResult", "Pipeline", "PipelineConfig", "Step", "analyze_flows",
+           "flow_row", "run_capture"]
+
+_EPSILON_S = 1e-3
+"""Margin between a flow's timeout and a grid point (float rounding of ns timestamps)."""
+
+
+@dataclass(slots=True)
+class Step:
+    """What one grid point (or the end of input) settled."""
+
+    flows: list[tuple[FlowRecord, Classification]] = field(default_factory=list)
+    """Flows classified, by first packet."""
+    calls: list[Call] = field(default_factory=list)
+    """Calls written, by start."""
+    flow_verdicts: dict[str, Verdict] = field(default_factory=dict)
+    """Flow verdicts written."""
+    window: dict[str, tuple[FlowRecord, Classification]] = field(default_factory=dict)
+    """The flows (and classifications) the calls and verdicts above rest on, by uid."""
+
+    def __bool__(self) -> bool:
+        return bool(self.flows or self.calls or self.flow_verdicts)
+
+
+class Pipeline:
+    """Classifies, groups and judges flows handed over as the probe ends them.
+
+    Feed it with :meth:`push` (a flow and its :meth:`Classifier.observe` observation) and
+    :meth:`advance` (each watermark), then :meth:`finish`; each returns the
+    :class:`Step` objects it settled, in order.
+    """
+
+    def __init__(self, policy: Policy | None = None, meter: MeterConfig | None = None, *,
+                 fingerprints: bool = False, config: PipelineConfig | None = None) -> None:
+        self.policy = policy or load_policy()
+        self.meter = meter or MeterConfig()
+        self.cfg = config or PipelineConfig()
+        self.classifier = Classifier(fingerprints=fingerprints)
+        self._pending: dict[str, tuple[FlowRecord, Observation]] = {}
+        self._window: dict[str, tuple[FlowRecord, Classification]] = {}
+        self._judged: set[str] = set()
+        """Window flows whose own verdict is settled (written, or none)."""
+        self._due_calls: list[float] = []
+        """When each call found in the window but not yet written is next looked at."""
+        self._in_due: set[str] = set()
+        """Window flows of those calls (judged with them)."""
+        self._clock = -math.inf
+        self._open_udp_since = math.inf
+        """Start of the oldest UDP flow the probe has not ended yet."""
+
+    @property
+    def observe(self) -> Callable[[FlowRecord], Observation]:
+        """The order-free observation :meth:`push` wants with each flow."""
+        return self.classifier.observe
+
+    # -- input ----------------------------------------------------------------------------
+    def push(self, flow: FlowRecord, observation: Observation) -> None:
+        """A flow the probe ended (lightened or not), with its observation."""
+        self._pending[flow.uid] = (flow, observation)
+
+    def advance(self, watermark: Watermark) -> list[Step]:
+        """The probe's clock reached ``watermark``: settle every grid point up to it."""
+        self._open_udp_since = watermark.open_udp_since
+        steps: list[Step] = []
+        while True:
+            point = self._next_point()
+            if point is None or point > watermark.ts:
+                break
+            step = self._settle(point, final=False)
+            if step:
+                steps.append(step)
+        return steps
+
+    def finish(self) -> Step:
+        """End of input: settle, group and write everything left."""
+        return self._settle(math.inf, final=True)
+
+    # -- settling -------------------------------------------------------------------------
+    def _ripe_at(self, flow: FlowRecord) -> float:
+        return flow.last_ts + self.meter.timeout_s(flow) + _EPSILON_S
+
+    def _next_point(self) -> float | None:
+        """The first grid point after the last one visited at which something settles."""
+        times = [self._ripe_at(f) for f, _ in self._pending.values()]
+        times.extend(self._due_calls)
+        times.extend(f.last_ts + self.cfg.call_settle_s for u, (f, _) in self._window.items()
+                     if u not in self._judged and u not in self._in_due)
+        if not times:
+            return None
+        g = self.cfg.cut_s
+        point = (math.floor(min(times) / g) + 1) * g  # the first grid point after it
+        if self._clock > -math.inf:
+            point = max(point, (math.floor(self._clock / g) + 1) * g)
+        return point
+
+    def _settle(self, point: float, final: bool) -> Step:
+        self._clock = point
+        step = Step()
+        ripe = [fo for fo in self._pending.values() if final or self._ripe_at(fo[0]) < point]
+        if ripe:
+            for f, _ in ripe:
+                del self._pending[f.uid]
+            ripe.sort(key=lambda fo: (fo[0].first_frame, fo[0].uid))
+            flows = [f for f, _ in ripe]
+            classes = self.classifier.classify_all(flows, {f.uid: o for f, o in ripe})
+            for f, c in zip(flows, classes, strict=True):
+                self._window[f.uid] = (f, c)
+                step.flows.append((f, c))
+        if not self._window:
+            return step
+        items = sorted(self._window.values(), key=lambda fc: (fc[0].first_frame, fc[0].uid))
+        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy)
+        settle = self.cfg.call_settle_s
+        going = min([self._open_udp_since, *(f.first_ts for f, _ in self._pending.values()
+                                              if f.proto == "udp")])
+        done: set[str] = set()
+        self._due_calls = []
+        for call in analysis.calls:
+            if final or call.end_ts + self.cfg.call_hold_s <= point or (
+                    call.end_ts + settle <= point and going > call.end_ts + settle):
+                step.calls.append(call)
+                done.update(call.flow_uids)
+            elif call.end_ts + settle <= point:  # held: a stream may still be going
+                self._due_calls.append(call.end_ts + self.cfg.call_hold_s)
+            else:
+                self._due_calls.append(call.end_ts + settle)
+        in_due = {u for call in analysis.calls for u in call.flow_uids if u not in done}
+        self._in_due = in_due
+        for uid, (f, _) in self._window.items():
+            if uid in self._judged or not (final or f.last_ts + settle <= point):
+                continue
+            if uid in in_due:
+                continue  # judged with its call
+            self._judged.add(uid)
+            v = analysis.flow_verdicts.get(uid)
+            if v is not None:
+                step.flow_verdicts[uid] = v
+        for uid in done:  # a written call's flows' verdicts go with it
+            v = analysis.flow_verdicts.get(uid)
+            if v is not None and uid not in self._judged:
+                step.flow_verdicts[uid] = v
+            self._judged.add(uid)
+        step.window = {u: self._window[u] for u in
+                       done | set(step.flow_verdicts) if u in self._window}
+        keep_after = point - self.cfg.window_s
+        for uid in [u for u, (f, _) in self._window.items()
+                    if u in done or final or (u in self._judged and u not in in_due
+                                              and f.last_ts < keep_after)]:
+            del self._window[uid]
+            self._judged.discard(uid)
+        return step
+
+
+def flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:
+    """A flow's conn.log columns plus its classification, JSON-ready."""
+    row = rec.conn_dict()
+    row.update(c.to_dict())
+    if c.detail:
+        row["detail"] = c.detail
+    f = c.facts
+    if f.protocol:
+        row["l7"] = f.protocol
+    if f.sni:
+        row["sni"] = f.sni
+    if f.ja4:
+        row["ja4"] = f.ja4
+    return row
+
+
+@dataclass(slots=True)
+class AnalysisResult:
+    """Everything derived from one capture."""
+
+    flows: list[FlowRecord]
+    """Flow records, by first packet."""
+    classes: list[Classification]
+    """One classification per flow, same order."""
+    analysis: Analysis
+    """Calls and flow verdicts."""
+    status: ReadStatus
+    """How reading the capture went."""
+    stats: MeterStats
+    """Packet and flow counters."""
+    weirds: list[Weird] = field(default_factory=list)
+    """Decoding problems that belong to no flow."""
+    sha256: str | None = None
+    """SHA-256 of the capture file, when it was read from a file."""
+
+    def flow_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for f, c in zip(self.flows, self.classes, strict=True):
+            row = flow_row(f, c)
+            v = self.analysis.flow_verdicts.get(f.uid)
+            if v is not None:
+                row["verdict"] = str(v.kind)
+                row["reasons"] = [str(x) for x in v.reasons]
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``marsad analyze --json`` object."""
+        return {"flows": self.flow_rows(),
+                "calls": [call.to_dict() for call in self.analysis.calls]}
+
+
+def run_capture(reader: FlowReader, pipeline: Pipeline) -> Iterator[Step]:
+    """Drive ``pipeline`` with ``reader``'s flows and watermarks; yield each settled step."""
+    for item in reader.observed_with_clock(pipeline.observe):
+        if isinstance(item, Watermark):
+            yield from pipeline.advance(item)
+        else:
+            pipeline.push(*item)
+    yield pipeline.finish()
+
+
+def analyze_flows(steps: Iterable[Step], reader: FlowReader) -> AnalysisResult:
+    """Collect every step of a capture into one :class:`AnalysisResult`."""
+    flows: list[tuple[FlowRecord, Classification]] = []
+    calls: list[Call] = []
+    verdicts: dict[str, Verdict] = {}
+    for step in steps:
+        flows.extend(step.flows)
+        calls.extend(step.calls)
+        verdicts.update(step.flow_verdicts)
+    flows.sort(key=lambda fc: (fc[0].first_frame, fc[0].uid))
+    calls.sort(key=lambda c: (c.start_ts, c.uid))
+    return AnalysisResult([f for f, _ in flows], [c for _, c in flows],
+                          Analysis(calls, verdicts), reader.status, reader.stats,
+                          reader.weirds)
+
