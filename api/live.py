@@ -3,17 +3,25 @@
 ``marsad probe -i IFACE`` starts ``tcpdump -i IFACE -U -w -`` (libpcap's kernel
 ring buffer and BPF filter do the capturing; tcpdump drops its privileges with
 ``-Z`` when started as root) and reads its standard output;
-``marsad probe -r FILE|-`` reads any pcap or pcapng stream. The stream is teed:
+``marsad probe -r FILE|-`` reads any pcap or pcapng stream. A classic pcap
+stream is first checked and mended (:class:`~api.pcap_stream.PcapStream`:
+resynchronised after damage, concatenated captures joined, a cut-off end
+reported, timestamp jumps counted); the clean stream is teed:
 
 * into the :class:`CaptureRing`, a directory of pcap files rotated by size and
-  by age and deleted beyond a total size and age budget, so the packets behind
+  by age and deleted beyond a total size budget and a retention time on the
+  wall clock (never packet time), so the packets behind
   any verdict of the retention window can be cut out again. Each file is named
   after its first packet's time (``ring-20240102T030405.123456Z-000001.pcap``)
   and the ring keeps ``index.json``: for every file its first frame number
   (frames count from 1 over the whole stream, as in the flow records), packet
   count, first and last packet time, size and, once closed, SHA-256;
 * into a :class:`~probe.run.FlowReader` (in a thread), whose flows come out as
-  their idle, active or TCP-close timeouts expire in capture time.
+  their idle, active or TCP-close timeouts expire in capture time. On a live
+  interface whose link is quiet (every packet received is metered and none has
+  arrived for a second) the capture clock is run on by the wall clock: idle
+  flows end (:meth:`~probe.run.FlowReader.advance`) and calls settle without
+  waiting for more traffic. A stream or file read with ``-r`` keeps its own time.
 
 Each finished flow is classified at once (:meth:`Classifier.classify`) and
 written as a ``{"record": "flow", ...}`` JSON line. Every ``call_interval_s`` of
@@ -27,20 +35,28 @@ store (one capture row per probe run, ``live-<start>-<pid>``) and every
 verdict other than ok to the evidence ledger. A ledger entry waits until the
 ring files holding its frames are closed: its ``capture_sha256`` is the file
 holding its last frame, and its evidence gains ``ring``, the list of ring files
-(name, SHA-256, first frame, packets) spanning the subject's frames.
+(name, SHA-256, first frame, packets) spanning the subject's frames. A verdict
+that was reported but cannot be put there (no ring, a pcapng stream the ring
+cannot split, files deleted by the size budget first) is counted
+(``unledgered`` in the status file, ``marsad_ledger_unrecorded_verdicts_total``),
+logged as an error, and makes the exit status 3.
 
 Health, every ``status_interval_s``: ``probe-status.json`` in the data
 directory (:mod:`api.probe_status`), Prometheus metrics (``--metrics-port``)
 and, when the probe falls behind, a log line. Kernel receive/drop counts come
 from tcpdump's own statistics, printed on stderr when it gets ``SIGUSR1`` (sent
-each interval) and at exit. The processing lag is the wall clock minus the
-time of the newest packet processed; the backlog is packets teed but not yet
-metered. A probe more than ``behind_s`` behind says so in the status message
+each interval) and at exit; they are parsed, not repeated: the log shows them
+once at the end, and a rise in drops when it happens. The processing lag is how
+long the oldest packet received but not yet metered has waited (wall clock);
+the backlog is packets teed but not yet metered. Packet times play no part in
+either, so an old capture replayed is not "behind". A probe more than
+``behind_s`` behind says so in the status message
 and the log; nothing is dropped silently (the pipe to tcpdump fills, and then
 the kernel ring, whose drops are counted).
 
 Errors: :class:`LiveError` (the capture tool cannot be started or the input
-cannot be read).
+cannot be read). tcpdump that exits before capturing (no permission, no such
+interface) is explained in one line and the run ends with status 2.
 """
 
 from __future__ import annotations

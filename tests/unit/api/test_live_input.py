@@ -246,3 +246,72 @@ def test_tcpdump_failures_are_explained() -> None:
     other = _diagnose_tcpdump("eth0", "tcpdump", ["tcpdump: syntax error in filter expression"],
                               1, "empty input")
     assert other == "tcpdump could not capture on eth0: syntax error in filter expression"
+
+
+# -- what the probe says about itself -----------------------------------------------------------
+
+
+def test_processing_lag_and_probe_counters_as_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from api.metrics import MarsadMetrics
+    from probe.meter import MeterStats
+    reg = CollectorRegistry()
+    m = MarsadMetrics(reg, clock=lambda: 1_790_000_000.0)
+    # A capture of 2023 replayed in 2026 with nothing waiting: no lag.
+    m.observe_meter(MeterStats(packets=40, last_ts=1_700_001_029.0), lag_s=0.0)
+    assert reg.get_sample_value("marsad_capture_processing_lag_seconds") == 0.0
+    m.observe_probe(skipped_bytes=4096, time_jumps=2, unledgered=3)
+    m.observe_probe(skipped_bytes=4096, time_jumps=2, unledgered=3)  # cumulative
+    assert reg.get_sample_value("marsad_capture_skipped_bytes_total") == 4096
+    assert reg.get_sample_value("marsad_capture_time_jumps_total") == 2
+    assert reg.get_sample_value("marsad_ledger_unrecorded_verdicts_total") == 3
+
+
+def test_status_file_carries_the_evidence_fields(tmp_path: Path) -> None:
+    from api.probe_status import (
+        STATUS_FILE,
+        ProbeState,
+        ProbeStatus,
+        ProbeStatusError,
+        read_probe_status,
+        write_probe_status,
+    )
+    status = ProbeStatus(state=ProbeState.STOPPED, interface="-", pid=1, started_at=1.0,
+                         updated_at=2.0, lag_s=0.25, skipped_bytes=4096, time_jumps=2,
+                         truncated_at=61879, ledgered=2, unledgered=1)
+    write_probe_status(tmp_path, status)
+    assert read_probe_status(tmp_path) == status
+    # A file written before these fields existed still reads (as zero and null).
+    obj = json.loads((tmp_path / STATUS_FILE).read_text())
+    for key in ("lag_s", "skipped_bytes", "time_jumps", "truncated_at", "ledgered",
+                "unledgered"):
+        del obj[key]
+    (tmp_path / STATUS_FILE).write_text(json.dumps(obj))
+    old = read_probe_status(tmp_path)
+    assert old is not None and (old.truncated_at, old.unledgered, old.lag_s) == (None, 0, 0.0)
+    obj["truncated_at"] = -1
+    (tmp_path / STATUS_FILE).write_text(json.dumps(obj))
+    with pytest.raises(ProbeStatusError, match="truncated_at"):
+        read_probe_status(tmp_path)
+
+
+def test_flows_end_on_a_later_clock_when_no_packet_comes() -> None:
+    from probe.decode import Decoder
+    from probe.meter import FlowMeter, MeterConfig
+    from probe.sources import open_source
+    meter = FlowMeter(MeterConfig(udp_idle_s=3.0, tcp_idle_s=3.0, other_idle_s=3.0,
+                                  tcp_close_s=1.0))
+    decoder = Decoder()
+    ended = []
+    with open_source(CAPTURES / "sample-call.pcap") as src:
+        for batch in src.batches():
+            ended += meter.feed(batch, decoder.decode(batch))
+    active = meter.active_flows()
+    last = meter.stats.last_ts
+    assert active > 0
+    assert meter.expire_until(last) == [] and meter.expire_until(last + 0.5) == []
+    later = meter.expire_until(last + 3.5)  # the wall clock ran on past every idle timeout
+    assert len(later) == active and meter.active_flows() == 0
+    assert all(r.end_reason in ("idle", "tcp-close") for r in later)
+    assert meter.stats.last_ts == last  # the capture clock is the packets' own
