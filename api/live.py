@@ -772,6 +772,12 @@ class LiveProbe:
                      "kernel, %d dropped by interface", st.captured, st.received, st.dropped,
                      st.if_dropped)
         code, notes = 0, []
+        if self._proc is not None and not stopping and self._proc.returncode:
+            # tcpdump does not end on its own: the interface went away, or it failed
+            code = 3
+            notes.append(f"{self.cfg.tcpdump} ended with status {self._proc.returncode} "
+                         f"while capturing on {self.cfg.source}")
+            log.error("%s", notes[-1])
         cut_at, cut_why = self.truncated()
         if cut_at is not None:
             code = 3

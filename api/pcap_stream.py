@@ -133,18 +133,10 @@ class PcapStream:
         be joined), None if the stream was read to its end."""
         self.stop_message: str | None = None
         """Why reading stopped early."""
-        self.input_bytes = 0
-        """Bytes taken in."""
-
-    @property
-    def resyncing(self) -> bool:
-        """True while damaged bytes are being skipped."""
-        return self._damage_at is not None
 
     # -- the stream -----------------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
         """Take the next input bytes; return the clean bytes they complete."""
-        self.input_bytes += len(data)
         if self.kind == "other":
             return data
         if self.stopped_at is not None:
@@ -171,7 +163,10 @@ class PcapStream:
         elif buf:
             at = self._base
             cur = self._cur
-            if len(buf) >= RECORD_HEADER and cur is not None:
+            if bytes(buf[:4]) in PCAP_MAGICS and len(buf) < PCAP_HEADER:
+                self._stop(at, f"capture truncated at byte {at}: a pcap file header with "
+                               f"{len(buf)} of {PCAP_HEADER} bytes")
+            elif len(buf) >= RECORD_HEADER and cur is not None:
                 want = RECORD_HEADER + cur.rec.unpack_from(buf, 0)[2]
                 self._stop(at, f"capture truncated at byte {at}: last record has {len(buf)} "
                                f"of {want} bytes")

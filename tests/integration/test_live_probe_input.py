@@ -350,3 +350,26 @@ def test_no_capture_permission_names_the_fix(tmp_path: Path) -> None:
     assert "setcap cap_net_raw,cap_net_admin=eip $(which tcpdump)" in err
     assert "empty input" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_capture_tool_that_dies_mid_capture_is_not_a_clean_end(
+        tmp_path: Path, blocked: tuple[bytes, list[bytes]]) -> None:
+    # A stand-in for tcpdump that delivers part of a capture, then fails (the interface
+    # went away): the probe keeps what came and says the capture ended early.
+    head, recs = blocked
+    (tmp_path / "part.pcap").write_bytes(head + b"".join(recs[:100]))
+    fake = tmp_path / "tcpdump"
+    fake.write_text("#!/bin/sh\n"
+                    f"cat {tmp_path / 'part.pcap'}\n"
+                    "echo 'tcpdump: pcap_loop: The interface disappeared' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    proc = subprocess.run([sys.executable, "-m", "api.cli", "probe", "-i", "eth7",
+                           "--tcpdump", str(fake), "--data-dir", str(tmp_path / "d"), *FAST],
+                          cwd=ROOT, capture_output=True, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 3, err
+    assert f"{fake} ended with status 1 while capturing on eth7" in err
+    assert "The interface disappeared" in err
+    status = json.loads((tmp_path / "d" / "probe-status.json").read_text())
+    assert status["packets"] == 100 and "ended with status 1" in status["message"]

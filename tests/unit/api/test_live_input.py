@@ -139,6 +139,11 @@ def test_truncated_stream_says_where(call: tuple[bytes, list[bytes]]) -> None:
     assert stream.stopped_at == cut
     assert stream.stop_message == (f"capture truncated at byte {cut}: last record has "
                                    f"{len(recs[-1]) - 10} of {len(recs[-1])} bytes")
+    # A second capture whose file header is cut short.
+    head_cut = PcapStream()
+    assert run(head_cut, data + head[:10], 4096) == data
+    assert head_cut.stop_message == (f"capture truncated at byte {len(data)}: a pcap file "
+                                     f"header with 10 of 24 bytes")
     # Garbage with no good record after it is a truncation where the damage began.
     tail = PcapStream()
     run(tail, head + b"".join(recs[:5]) + b"\xee" * 500, 64)
