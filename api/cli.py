@@ -622,7 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "calls and verdicts as they complete",
                         description="Capture with tcpdump (-i) or read a pcap stream (-r FILE|-) "
                                     "and write flows, calls and verdicts as JSON lines as they "
-                                    "complete; keep the raw packets in a rotating ring.")
+                                    "complete; keep the raw packets in a rotating ring. Exit "
+                                    "status: 0 done; 2 the capture could not start or the "
+                                    "input is not a capture; 3 the input was cut short "
+                                    "(truncated) or a reported verdict is not in the ledger.")
     src = pr.add_mutually_exclusive_group()
     src.add_argument("-i", "--interface", metavar="IFACE", help="interface to capture on")
     src.add_argument("-r", "--read", metavar="FILE", help="pcap/pcapng file or - (stdin)")
@@ -639,8 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ring-total-mb", type=float, default=2048.0, metavar="N",
                     help="delete the oldest ring files beyond this total (default 2048)")
     pr.add_argument("--ring-keep-s", type=float, default=86400.0, metavar="N",
-                    help="delete ring files older than this (default 86400)")
-    pr.add_argument("--no-ring", action="store_true", help="keep no raw packets")
+                    help="delete ring files closed longer ago than this, by the wall clock "
+                         "(default 86400)")
+    pr.add_argument("--no-ring", action="store_true",
+                    help="keep no raw packets (with --data-dir, verdicts then cannot go in "
+                         "the ledger: the probe says so and exits 3)")
     pr.add_argument("--status-interval", type=float, default=2.0, metavar="S",
                     help="seconds between status file updates (default 2)")
     pr.add_argument("--metrics-port", type=int, metavar="PORT",

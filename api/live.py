@@ -3,17 +3,25 @@
 ``marsad probe -i IFACE`` starts ``tcpdump -i IFACE -U -w -`` (libpcap's kernel
 ring buffer and BPF filter do the capturing; tcpdump drops its privileges with
 ``-Z`` when started as root) and reads its standard output;
-``marsad probe -r FILE|-`` reads any pcap or pcapng stream. The stream is teed:
+``marsad probe -r FILE|-`` reads any pcap or pcapng stream. A classic pcap
+stream is first checked and mended (:class:`~api.pcap_stream.PcapStream`:
+resynchronised after damage, concatenated captures joined, a cut-off end
+reported, timestamp jumps counted); the clean stream is teed:
 
 * into the :class:`CaptureRing`, a directory of pcap files rotated by size and
-  by age and deleted beyond a total size and age budget, so the packets behind
+  by age and deleted beyond a total size budget and a retention time on the
+  wall clock (never packet time), so the packets behind
   any verdict of the retention window can be cut out again. Each file is named
   after its first packet's time (``ring-20240102T030405.123456Z-000001.pcap``)
   and the ring keeps ``index.json``: for every file its first frame number
   (frames count from 1 over the whole stream, as in the flow records), packet
   count, first and last packet time, size and, once closed, SHA-256;
 * into a :class:`~probe.run.FlowReader` (in a thread), whose flows come out as
-  their idle, active or TCP-close timeouts expire in capture time.
+  their idle, active or TCP-close timeouts expire in capture time. On a live
+  interface whose link is quiet (every packet received is metered and none has
+  arrived for a second) the capture clock is run on by the wall clock: idle
+  flows end (:meth:`~probe.run.FlowReader.advance`) and calls settle without
+  waiting for more traffic. A stream or file read with ``-r`` keeps its own time.
 
 Finished flows and the reader's clock go through the same pipeline as
 ``marsad analyze`` (:mod:`policy.pipeline`): flows are classified, grouped into
@@ -26,20 +34,28 @@ store (one capture row per probe run, ``live-<start>-<pid>``) and every
 verdict other than ok to the evidence ledger. A ledger entry waits until the
 ring files holding its frames are closed: its ``capture_sha256`` is the file
 holding its last frame, and its evidence gains ``ring``, the list of ring files
-(name, SHA-256, first frame, packets) spanning the subject's frames.
+(name, SHA-256, first frame, packets) spanning the subject's frames. A verdict
+that was reported but cannot be put there (no ring, a pcapng stream the ring
+cannot split, files deleted by the size budget first) is counted
+(``unledgered`` in the status file, ``marsad_ledger_unrecorded_verdicts_total``),
+logged as an error, and makes the exit status 3.
 
 Health, every ``status_interval_s``: ``probe-status.json`` in the data
 directory (:mod:`api.probe_status`), Prometheus metrics (``--metrics-port``)
 and, when the probe falls behind, a log line. Kernel receive/drop counts come
 from tcpdump's own statistics, printed on stderr when it gets ``SIGUSR1`` (sent
-each interval) and at exit. The processing lag is the wall clock minus the
-time of the newest packet processed; the backlog is packets teed but not yet
-metered. A probe more than ``behind_s`` behind says so in the status message
+each interval) and at exit; they are parsed, not repeated: the log shows them
+once at the end, and a rise in drops when it happens. The processing lag is how
+long the oldest packet received but not yet metered has waited (wall clock);
+the backlog is packets teed but not yet metered. Packet times play no part in
+either, so an old capture replayed is not "behind". A probe more than
+``behind_s`` behind says so in the status message
 and the log; nothing is dropped silently (the pipe to tcpdump fills, and then
 the kernel ring, whose drops are counted).
 
 Errors: :class:`LiveError` (the capture tool cannot be started or the input
-cannot be read).
+cannot be read). tcpdump that exits before capturing (no permission, no such
+interface) is explained in one line and the run ends with status 2.
 """
 
 from __future__ import annotations
@@ -58,6 +74,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -65,6 +82,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
 from api.output import write_jsonl
+from api.pcap_stream import MAX_RECORD, PCAP_HEADER, PCAP_MAGICS, RECORD_HEADER, PcapStream
 from api.pipeline import AnalysisResult, flow_row
 from api.probe_status import ProbeState, ProbeStatus, write_probe_status
 from classifier.engine import Observation
@@ -90,16 +108,6 @@ __all__ = [
 
 log = logging.getLogger("marsad.probe")
 
-PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
-               b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
-"""Classic pcap magic (as it appears in the file) -> (byte order, ns per fraction unit)
-(draft-ietf-opsawg-pcap section 4)."""
-PCAP_HEADER = 24
-"""Bytes of the pcap file header."""
-RECORD_HEADER = 16
-"""Bytes of a pcap packet record header: ts_sec, ts_frac, caplen, wirelen."""
-MAX_RECORD = 1 << 24
-"""Largest captured length believed; beyond it the stream is not trusted."""
 INDEX_FILE = "index.json"
 """The ring's file list, rewritten atomically whenever it changes."""
 MB = 1 << 20
@@ -113,6 +121,18 @@ class LiveError(Exception):
 
 _STAT_RE = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel|"
                       r"dropped by interface)\s*$")
+_STAT_PART = re.compile(r"(\d+) packets? (captured|received by filter|dropped by kernel|"
+                        r"dropped by interface)")
+
+
+def _stats_line(line: str) -> bool:
+    """True for a line of tcpdump's statistics: one count a line (at exit), or all on one
+    line after ``tcpdump:`` (on ``SIGUSR1``)."""
+    text = line.strip()
+    if text.startswith("tcpdump:"):
+        text = text[len("tcpdump:"):].strip()
+    parts = [p.strip() for p in text.split(",")]
+    return bool(parts) and all(_STAT_RE.match(p) for p in parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +150,15 @@ class CaptureStats:
 
 
 def parse_capture_stats(lines: Sequence[str], prev: CaptureStats | None = None) -> CaptureStats:
-    """Fold tcpdump's statistics lines (``N packets received by filter`` ...) into ``prev``;
-    other lines are ignored."""
+    """Fold tcpdump's statistics lines (``N packets received by filter`` ..., one a line
+    or comma-separated on one) into ``prev``; other lines are ignored."""
     out = prev or CaptureStats()
     names = {"captured": "captured", "received by filter": "received",
              "dropped by kernel": "dropped", "dropped by interface": "if_dropped"}
     for line in lines:
-        m = _STAT_RE.match(line.strip())
-        if m is not None:
+        if not _stats_line(line):
+            continue
+        for m in _STAT_PART.finditer(line):
             out = replace(out, **{names[m.group(2)]: int(m.group(1))})
     return out
 
@@ -173,7 +194,9 @@ class RingConfig:
     total_bytes: int = 2048 * MB
     """The oldest closed files are deleted while the ring holds more than this."""
     keep_s: float = 86400.0
-    """Closed files whose last packet is older than this (capture time) are deleted."""
+    """Closed files closed longer ago than this (wall clock) are deleted. Retention never
+    follows packet time: one record stamped decades ahead (or a clock step) would
+    otherwise age every file out at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +217,8 @@ class RingFile:
     """Bytes in it, header included."""
     sha256: str | None
     """SHA-256 of the file once closed; None while it is written."""
+    closed_at: float | None = None
+    """When the file was closed (wall clock, seconds since the epoch); None while open."""
 
     @property
     def last_frame(self) -> int:
@@ -203,7 +228,7 @@ class RingFile:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "first_frame": self.first_frame, "packets": self.packets,
                 "first_ts": self.first_ts, "last_ts": self.last_ts, "size": self.size,
-                "sha256": self.sha256}
+                "sha256": self.sha256, "closed_at": self.closed_at}
 
 
 @dataclass(slots=True)
@@ -338,7 +363,7 @@ class CaptureRing:
         os.fsync(cur.fh.fileno())
         cur.fh.close()
         done = RingFile(cur.name, cur.first_frame, cur.packets, cur.first_ts, cur.last_ts,
-                        cur.size, cur.hash.hexdigest())
+                        cur.size, cur.hash.hexdigest(), self._clock())
         self.files.append(done)
         self._prune()
         self._write_index()
@@ -346,9 +371,12 @@ class CaptureRing:
             self._on_close(done)
 
     def _prune(self) -> None:
+        """Delete the oldest closed files beyond the size budget and those closed more than
+        ``keep_s`` ago by the wall clock (never by packet time)."""
         total = sum(f.size for f in self.files)
-        horizon = self.newest_ts - self.cfg.keep_s
-        while self.files and (total > self.cfg.total_bytes or self.files[0].last_ts < horizon):
+        horizon = self._clock() - self.cfg.keep_s
+        while self.files and (total > self.cfg.total_bytes
+                              or (self.files[0].closed_at or 0.0) < horizon):
             gone = self.files.pop(0)
             total -= gone.size
             (self.cfg.directory / gone.name).unlink(missing_ok=True)
@@ -360,12 +388,17 @@ class CaptureRing:
             self._open.fh.flush()
 
     def tick(self) -> None:
-        """Close the open file if it has been open ``file_age_s`` of wall clock."""
+        """Close the open file if it has been open ``file_age_s`` of wall clock; delete the
+        files past their retention (a quiet ring ages too)."""
         cur = self._open
         if cur is not None and self._clock() - cur.opened_wall >= self.cfg.file_age_s:
             self._close_current()
         else:
             self.flush()
+            before = self.deleted
+            self._prune()
+            if self.deleted != before:
+                self._write_index()
 
     def close(self) -> None:
         """Close the open file (the stream ended)."""
@@ -473,6 +506,22 @@ class LiveProbe:
         self._reader: FlowReader | None = None
         self._tee_bytes = 0
         self._behind = False
+        self._stream = PcapStream(note=lambda line: log.warning("input: %s", line))
+        self._arrivals: deque[tuple[int, float]] = deque()
+        """(frames of the stream so far, wall clock they arrived), one per chunk read: the
+        oldest entry not yet metered tells the processing lag."""
+        self._last_arrival = 0.0
+        self._stopping = False
+        self._stderr: threading.Thread | None = None
+        self._tool_lines: list[str] = []
+        """tcpdump's lines held back until the capture is seen running (on failure they are
+        read for the one line that explains it)."""
+        self._tool_shown = False
+        self._drops_shown = 0
+        self._next_advance = 0.0
+        self.unledgered = 0
+        """Verdicts reported (other than ok) that could not be put in the ledger."""
+        self._unledgered_why: str | None = None
         self.ring: CaptureRing | None = None
         if config.ring is not None:
             self.ring = CaptureRing(config.ring, clock=clock)
@@ -489,6 +538,9 @@ class LiveProbe:
                                     path=str(config.ring.directory if config.ring else ""),
                                     sha256="", size_bytes=0)
             self._ledger = Ledger(Path(config.data_dir) / "ledger.db", clock=time.time)
+            if config.ring is None:
+                log.warning("no capture ring: verdicts other than ok cannot be put in the "
+                            "evidence ledger (they are counted as unledgered)")
 
     # -- input ------------------------------------------------------------------------------
     def _open_input(self) -> IO[bytes]:
@@ -510,47 +562,96 @@ class LiveProbe:
         except OSError as exc:
             raise LiveError(f"cannot start {exe}: {exc}") from exc
         assert self._proc.stdout is not None and self._proc.stderr is not None
-        threading.Thread(target=self._read_stderr, args=(self._proc.stderr,),
-                         name="marsad-tcpdump-stderr", daemon=True).start()
+        self._stderr = threading.Thread(target=self._read_stderr, args=(self._proc.stderr,),
+                                        name="marsad-tcpdump-stderr", daemon=True)
+        self._stderr.start()
         return self._proc.stdout
 
     def _read_stderr(self, fh: IO[bytes]) -> None:
+        """tcpdump's statistics go into :attr:`capture_stats` (shown at the end, and when
+        the kernel drops packets); its other lines are logged once it is seen capturing."""
         for raw in fh:
             line = raw.decode("utf-8", "replace").rstrip()
-            if _STAT_RE.match(line):
+            if _stats_line(line):
                 with self._lock:
                     self.capture_stats = parse_capture_stats([line], self.capture_stats)
             elif line:
-                log.info("tcpdump: %s", line)
+                with self._lock:
+                    show = self._tool_shown
+                    if not show:
+                        self._tool_lines.append(line)
+                if show:
+                    log.info("tcpdump: %s", line)
+
+    def _show_tool_lines(self) -> None:
+        """tcpdump has been capturing for a while: log what it said so far."""
+        with self._lock:
+            lines, self._tool_lines = self._tool_lines, []
+            self._tool_shown = True
+        for line in lines:
+            log.info("tcpdump: %s", line)
+
+    def _capture_failure(self, exc: CaptureError) -> str:
+        """One line on why the capture failed: for tcpdump that delivered no packet, what
+        it said, made plain (no permission, no such interface)."""
+        proc = self._proc
+        if proc is None or self._stream.frames > 0:
+            return str(exc)
+        if self._stderr is not None:
+            self._stderr.join(timeout=2)
+        with self._lock:
+            said = list(self._tool_lines)
+        return _diagnose_tcpdump(self.cfg.source, self.cfg.tcpdump, said, proc.returncode,
+                                 str(exc))
 
     def _tee(self, src: IO[bytes], sink: int) -> None:
-        """Copy the stream into the ring and into the flow reader's pipe."""
+        """Copy the stream, checked and mended (:class:`~api.pcap_stream.PcapStream`), into
+        the ring and into the flow reader's pipe."""
         fd = src.fileno()
         try:
             while True:
                 try:
                     data = os.read(fd, 1 << 16)
                 except OSError as exc:
-                    log.error("capture stream unreadable: %s", exc)
+                    if not self._stopping:
+                        log.error("capture stream unreadable: %s", exc)
                     break
                 if not data:
-                    break
-                if self.ring is not None:
                     with self._lock:
-                        self.ring.feed(data)
-                self._tee_bytes += len(data)
-                view = memoryview(data)
-                while view:
-                    try:
-                        n = os.write(sink, view)
-                    except BrokenPipeError:
-                        return
-                    view = view[n:]
+                        clean = self._stream.finish()
+                        if self.ring is not None and clean:
+                            self.ring.feed(clean)
+                    self._pass_on(sink, clean)
+                    break
+                now = self.clock()
+                with self._lock:
+                    clean = self._stream.feed(data)
+                    if self.ring is not None and clean:
+                        self.ring.feed(clean)
+                    self._tee_bytes += len(data)
+                    self._last_arrival = now
+                frames = self._stream.frames
+                if frames and (not self._arrivals or self._arrivals[-1][0] < frames):
+                    self._arrivals.append((frames, now))
+                if not self._pass_on(sink, clean):
+                    return
         finally:
             with contextlib.suppress(OSError):
                 os.close(sink)
             with contextlib.suppress(OSError):
                 src.close()
+
+    @staticmethod
+    def _pass_on(sink: int, data: bytes) -> bool:
+        """Write all of ``data`` to the flow reader's pipe; False if the reader is gone."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(sink, view)
+            except BrokenPipeError:
+                return False
+            view = view[n:]
+        return True
 
     def _read_flows(self, pipe: BinaryIO) -> None:
         try:
@@ -568,8 +669,10 @@ class LiveProbe:
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> int:
-        """Capture until the stream ends or ``stop`` is set; return the exit status
-        (0 done, 2 the input could not be read)."""
+        """Capture until the stream ends or ``stop`` is set; return the exit status: 0 done,
+        2 the input could not be read (or the capture could not start), 3 the input was
+        cut short (truncated, or a section that cannot be joined) or a reported verdict
+        could not be put in the ledger (the status file and the log say which)."""
         stop = stop or threading.Event()
         try:
             src = self._open_input()
@@ -591,7 +694,7 @@ class LiveProbe:
         try:
             while True:
                 if stop.is_set() and not stopping:
-                    stopping = True
+                    stopping = self._stopping = True
                     self.state = ProbeState.STOPPING
                     self._stop_capture(src)
                     if self._proc is None:
@@ -614,6 +717,11 @@ class LiveProbe:
                 if item is not None:
                     self._queue.put(item)
                 now = self.clock()
+                self._quiet_link(now)
+                if (not self._tool_shown and self._proc is not None
+                        and self._proc.poll() is None
+                        and (self._stream.frames or now - self.started_at >= 1.0)):
+                    self._show_tool_lines()  # tcpdump is capturing: show what it said
                 if now >= next_status:
                     next_status = now + self.cfg.status_interval_s
                     self._health()
@@ -634,19 +742,59 @@ class LiveProbe:
                 self.ring.close()
         if failure is None:
             self._emit(self.pipeline.finish())
-        self._flush_ledger()
+        self._flush_ledger(final=True)
         time.sleep(0.05)  # tcpdump's last statistics lines
+        if self._stderr is not None:
+            self._stderr.join(timeout=1)
         if failure is not None:
+            if isinstance(failure, CaptureError):
+                self._fail(self._capture_failure(failure))
+                self._close()
+                return 2
             self._fail(f"{failure}")
             self._close()
-            if isinstance(failure, CaptureError):
-                return 2
             raise failure
+        if self._proc is not None:
+            self._show_tool_lines()
+            st = self.capture_stats
+            log.info("tcpdump: %d packets captured, %d received by filter, %d dropped by "
+                     "kernel, %d dropped by interface", st.captured, st.received, st.dropped,
+                     st.if_dropped)
+        code, notes = 0, []
+        if self._proc is not None and not stopping and self._proc.returncode:
+            # tcpdump does not end on its own: the interface went away, or it failed
+            code = 3
+            notes.append(f"{self.cfg.tcpdump} ended with status {self._proc.returncode} "
+                         f"while capturing on {self.cfg.source}")
+            log.error("%s", notes[-1])
+        cut_at, cut_why = self.truncated()
+        if cut_at is not None:
+            code = 3
+            notes.append(cut_why or f"the input stopped at byte {cut_at}")
+            if self._stream.stopped_at is None:  # the stream logged its own
+                log.error("input: %s", cut_why)
+        if self.unledgered:
+            code = 3
+            notes.append(f"{self.unledgered} reported verdict(s) not in the ledger: "
+                         f"{self._unledgered_why}")
+            log.error("%d reported verdict(s) are not in the evidence ledger: %s",
+                      self.unledgered, self._unledgered_why)
         self.state = ProbeState.STOPPED
-        self.message = self._health_line() + ("; stopped" if stopping else "; end of stream")
+        self.message = "; ".join([self._health_line() + ("; stopped" if stopping
+                                                         else "; end of stream"), *notes])
         self._health(final=True)
         self._close()
-        return 0
+        return code
+
+    def truncated(self) -> tuple[int | None, str | None]:
+        """(byte offset of the input where reading stopped early, why), or (None, None)
+        when the input was read to its end."""
+        if self._stream.stopped_at is not None:
+            return self._stream.stopped_at, self._stream.stop_message
+        reader = self._reader
+        if reader is not None and not reader.status.complete:  # a pcapng stream's damage
+            return reader.status.stopped_at, reader.status.message
+        return None, None
 
     def _stop_capture(self, src: IO[bytes]) -> None:
         if self._proc is not None:
@@ -680,8 +828,33 @@ class LiveProbe:
             self.pipeline.push(*item)
 
     def _newest(self) -> float:
+        """The probe's clock for expiring calls: the newest packet's time, run on by the
+        wall clock while a live link is quiet (:meth:`_quiet_s`)."""
         reader = self._reader
-        return reader.stats.last_ts if reader is not None else 0.0
+        newest = reader.stats.last_ts if reader is not None else 0.0
+        return newest + self._quiet_s() if newest > 0 else 0.0
+
+    def _quiet_s(self) -> float:
+        """How long a live link has been quiet: wall-clock seconds since the last input
+        arrived, once every packet that arrived is metered; 0 when reading a stream or a
+        file (-r), whose time is its own, or while packets wait."""
+        if not self.cfg.interface or self._last_arrival <= 0 or self.backlog() > 0:
+            return 0.0
+        return max(0.0, self.clock() - self._last_arrival)
+
+    def _quiet_link(self, now: float) -> None:
+        """On a quiet live link, end the flows idle by the wall clock (no packet moves the
+        capture clock on), at most once a second."""
+        reader = self._reader
+        if (reader is None or now < self._next_advance or self._quiet_s() < 1.0
+                or not self._queue.empty()):
+            return
+        self._next_advance = now + 1.0
+        ended, mark = reader.advance(self._newest())
+        for rec in ended:
+            self._take((rec.lightened(), self.pipeline.observe(rec)))
+        if mark is not None:
+            self._take(mark)
 
     def _emit(self, step: Step) -> None:
         """Write, count and store what the pipeline settled."""
@@ -735,28 +908,39 @@ class LiveProbe:
             self._pending_ledger.append((uid, verdict, evidence, first, last))
         self._flush_ledger()
 
-    def _flush_ledger(self) -> None:
-        """Append the pending entries whose frames are all in closed ring files."""
+    def _flush_ledger(self, final: bool = False) -> None:
+        """Append the pending entries whose frames are all in closed ring files.
+
+        An entry that can never be appended (no ring, a ring that stopped keeping packets
+        before its frames, files deleted by the size budget, or the end of the run) is
+        counted in :attr:`unledgered` and logged as an error: a verdict once reported is
+        in the ledger with its packets, or the probe says why not."""
         if self._ledger is None or not self._pending_ledger:
             return
+        lost: list[tuple[str, Verdict, dict[str, Any], int, int]] = []
+        why = ""
         with self._lock:
             ring = self.ring
-            if ring is None or ring.disabled is not None:
-                if self._pending_ledger:
-                    log.warning("no ring files: %d verdict(s) not put in the ledger",
-                                len(self._pending_ledger))
-                self._pending_ledger = []
+            if ring is None:
+                lost, self._pending_ledger = self._pending_ledger, []
+                self._lose(len(lost), "no capture ring is kept (--no-ring)")
                 return
             closed = ring.closed_through()
             ready = [p for p in self._pending_ledger if p[4] <= closed]
-            self._pending_ledger = [p for p in self._pending_ledger if p[4] > closed]
+            rest = [p for p in self._pending_ledger if p[4] > closed]
+            if rest and (final or ring.disabled is not None):
+                lost, rest = rest, []
+                why = ring.disabled or "their packets are in no closed ring file"
+            self._pending_ledger = rest
             spans = {(p[3], p[4]): ring.spanning(p[3], p[4]) for p in ready}
+        if lost:
+            self._lose(len(lost), why)
+        gone = 0
         for uid, verdict, evidence, first, last in ready:
             files = spans[(first, last)]
             holder = next((f for f in files if f.first_frame <= last <= f.last_frame), None)
             if holder is None or holder.sha256 is None:
-                log.warning("the ring no longer holds the packets of %s: not in the ledger",
-                            uid)
+                gone += 1
                 continue
             ev = dict(evidence)
             ev["ring"] = [{"file": f.name, "sha256": f.sha256, "first_frame": f.first_frame,
@@ -764,25 +948,50 @@ class LiveProbe:
             self._ledger.append(capture_sha256=holder.sha256, subject_uid=uid,
                                 verdict=verdict.kind, reasons=verdict.reasons, evidence=ev)
             self.ledger_appended += 1
+        if gone:
+            self._lose(gone, "the ring no longer holds their packets (its size budget deleted "
+                             "the files)" if ring.disabled is None else ring.disabled)
+
+    def _lose(self, n: int, why: str) -> None:
+        self.unledgered += n
+        self._unledgered_why = why
+        log.error("%d reported verdict(s) not put in the evidence ledger: %s", n, why)
 
     # -- health ------------------------------------------------------------------------------
     def lag_s(self) -> float:
-        """Wall clock minus the time of the newest packet metered (0 before any)."""
-        newest = self._newest()
-        return max(0.0, self.clock() - newest) if newest > 0 else 0.0
+        """Processing lag: how long the oldest packet received but not yet metered has been
+        waiting (wall clock); 0 when every packet received is metered. Packet times play
+        no part: a capture replayed with -r is not "behind" for being old."""
+        reader = self._reader
+        done = reader.stats.packets if reader is not None else 0
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][0] <= done:
+            arrivals.popleft()
+        if not arrivals:
+            return 0.0
+        return max(0.0, self.clock() - arrivals[0][1])
 
     def backlog(self) -> int:
-        """Packets teed into the pipe but not metered yet."""
+        """Packets received but not metered yet."""
         reader = self._reader
-        if self.ring is None or reader is None:
+        if reader is None:
             return 0
-        return max(0, self.ring.frames - reader.stats.packets)
+        return max(0, self._stream.frames - reader.stats.packets)
 
     def _health_line(self) -> str:
         reader = self._reader
         weird = reader.stats.weird if reader is not None else 0
         parts = [f"lag {self.lag_s():.1f} s", f"backlog {self.backlog()} packets",
                  f"{weird} weird packets", f"ledger {self.ledger_appended}"]
+        stream = self._stream
+        if self.unledgered:
+            parts.append(f"{self.unledgered} verdict(s) NOT in the ledger")
+        if stream.skipped_bytes:
+            parts.append(f"{stream.skipped_bytes} damaged bytes skipped")
+        if stream.time_jumps:
+            parts.append(f"{stream.time_jumps} timestamp jumps")
+        if stream.sections > 1:
+            parts.append(f"{stream.sections} concatenated captures")
         if self.ring is not None:
             parts.append(f"ring {len(self.ring.files)} closed files")
             if self.ring.disabled:
@@ -807,6 +1016,12 @@ class LiveProbe:
         elif self._behind and not behind:
             log.warning("the probe caught up: %s", self._health_line())
         self._behind = behind
+        st = self.capture_stats
+        drops = st.dropped + st.if_dropped
+        if drops > self._drops_shown:
+            log.warning("the kernel dropped %d packets (%d in all)", drops - self._drops_shown,
+                        drops)
+            self._drops_shown = drops
         if not final:
             self.message = ("FALLING BEHIND: " if behind else "") + self._health_line()
         if self.metrics is not None:
@@ -817,7 +1032,10 @@ class LiveProbe:
             elif reader is not None:
                 self.metrics.observe_capture(received=reader.stats.packets, dropped=0)
             if reader is not None:
-                self.metrics.observe_meter(reader.stats)
+                self.metrics.observe_meter(reader.stats, lag_s=self.lag_s())
+            self.metrics.observe_probe(skipped_bytes=self._stream.skipped_bytes,
+                                       time_jumps=self._stream.time_jumps,
+                                       unledgered=self.unledgered)
         self._write_status()
 
     def status(self) -> ProbeStatus:
@@ -831,17 +1049,39 @@ class LiveProbe:
             bytes=self._tee_bytes, dropped=st.dropped + st.if_dropped,
             flows_active=reader.meter.active_flows() if reader is not None else 0,
             flows_finished=self.flows_finished, calls=self.calls, verdicts=dict(self.verdicts),
-            message=self.message)
+            message=self.message, lag_s=round(self.lag_s(), 3),
+            skipped_bytes=self._stream.skipped_bytes, time_jumps=self._stream.time_jumps,
+            truncated_at=self.truncated()[0], ledgered=self.ledger_appended,
+            unledgered=self.unledgered)
 
     def _summary(self) -> dict[str, Any]:
         s = self.status()
         return {"live": True, "interface": s.interface, "packets": s.packets,
                 "dropped": s.dropped, "flows": s.flows_finished, "calls": s.calls,
-                "verdicts": s.verdicts, "complete": True}
+                "verdicts": s.verdicts, "complete": s.truncated_at is None}
 
     def _write_status(self) -> None:
         if self.cfg.data_dir is not None:
             write_probe_status(self.cfg.data_dir, self.status())
+
+
+def _diagnose_tcpdump(iface: str, tcpdump: str, said: Sequence[str], returncode: int | None,
+                      fallback: str) -> str:
+    """One line saying why tcpdump delivered no capture, from what it printed."""
+    text = " ".join(said)
+    low = text.lower()
+    if "permission" in low or "operation not permitted" in low:
+        return (f"no permission to capture on {iface}: run marsad probe as root, or give "
+                f"tcpdump the capture capabilities CAP_NET_RAW and CAP_NET_ADMIN: "
+                f"sudo setcap cap_net_raw,cap_net_admin=eip $(which {tcpdump})")
+    if "no such device" in low or "doesn't exist" in low:
+        return f"no interface named {iface!r} (ip link lists them)"
+    first = next((line for line in said if not line.startswith("(")), None)
+    if first is not None:
+        return f"{tcpdump} could not capture on {iface}: {first.removeprefix('tcpdump: ')}"
+    if returncode not in (None, 0):
+        return f"{tcpdump} exited with status {returncode} before capturing on {iface}"
+    return fallback
 
 
 def _no_status() -> Any:

@@ -31,8 +31,14 @@ Series (see :data:`SPECS` for the full list with help texts):
 * ``marsad_capture_received_packets_total``,
   ``marsad_capture_dropped_packets_total``,
   ``marsad_capture_weird_packets_total``: what the capture delivered.
-* ``marsad_capture_processing_lag_seconds``: wall clock minus the capture time
-  of the newest packet processed (live capture only).
+* ``marsad_capture_processing_lag_seconds``: how long the oldest packet received
+  but not yet processed has waited (the live probe), or else wall clock minus the
+  capture time of the newest packet processed.
+* ``marsad_capture_skipped_bytes_total``, ``marsad_capture_time_jumps_total``:
+  damaged input skipped to resynchronise, and packets whose time jumps (the live
+  probe).
+* ``marsad_ledger_unrecorded_verdicts_total``: verdicts the live probe reported
+  but could not put in the evidence ledger.
 * ``marsad_analysis_jobs`` {state}: analysis jobs by state, from a callable.
 """
 
@@ -171,7 +177,13 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
     _spec("marsad_capture_weird_packets_total", Kind.COUNTER, "packets", (),
           "Packets with a decoding problem."),
     _spec("marsad_capture_processing_lag_seconds", Kind.GAUGE, "seconds", (),
-          "Wall clock minus the capture time of the newest packet processed."),
+          "How long the oldest packet received but not yet processed has waited."),
+    _spec("marsad_capture_skipped_bytes_total", Kind.COUNTER, "bytes", (),
+          "Damaged input bytes skipped to resynchronise on the next good record."),
+    _spec("marsad_capture_time_jumps_total", Kind.COUNTER, "", (),
+          "Packets whose time is more than an hour from the packet before."),
+    _spec("marsad_ledger_unrecorded_verdicts_total", Kind.COUNTER, "", (),
+          "Verdicts reported but not put in the evidence ledger."),
     _spec("marsad_analysis_jobs", Kind.GAUGE, "jobs", ("state",),
           "Analysis jobs by state."),
 )}
@@ -293,6 +305,9 @@ class MarsadMetrics:
         self._received = _Running()
         self._dropped = _Running()
         self._weird = _Running()
+        self._skipped = _Running()
+        self._jumps = _Running()
+        self._unrecorded = _Running()
         self._lag: float | None = None
         self._rate_apps: set[str] = set()
         self._rate: dict[str, dict[int, int]] = {}
@@ -347,14 +362,26 @@ class MarsadMetrics:
             self._received.report(received)
             self._dropped.report(dropped)
 
-    def observe_meter(self, stats: MeterStats) -> None:
+    def observe_meter(self, stats: MeterStats, *, lag_s: float | None = None) -> None:
         """Take a running meter's cumulative statistics: weird packets, and the
-        capture time of the newest packet (processing lag, byte-rate window)."""
+        capture time of the newest packet (byte-rate window). ``lag_s`` is the
+        processing lag when the caller measures it (the live probe: how long received
+        packets wait); without it, the wall clock minus the newest packet's time."""
         with self._lock:
             self._weird.report(stats.weird)
+            if lag_s is not None:
+                self._lag = max(0.0, lag_s)
             if stats.last_ts > 0:
-                self._lag = max(0.0, self._clock() - stats.last_ts)
+                if lag_s is None:
+                    self._lag = max(0.0, self._clock() - stats.last_ts)
                 self._advance(stats.last_ts)
+
+    def observe_probe(self, *, skipped_bytes: int, time_jumps: int, unledgered: int) -> None:
+        """Take the live probe's cumulative input and evidence counters."""
+        with self._lock:
+            self._skipped.report(skipped_bytes)
+            self._jumps.report(time_jumps)
+            self._unrecorded.report(unledgered)
 
     # -- under the lock ------------------------------------------------------------
     def _inc(self, name: str, labels: tuple[str, ...], by: float = 1) -> None:
@@ -447,7 +474,10 @@ class MarsadMetrics:
                      for name, per_app in self._hists.items()}
             plain = {"marsad_capture_received_packets_total": self._received.total,
                      "marsad_capture_dropped_packets_total": self._dropped.total,
-                     "marsad_capture_weird_packets_total": self._weird.total}
+                     "marsad_capture_weird_packets_total": self._weird.total,
+                     "marsad_capture_skipped_bytes_total": self._skipped.total,
+                     "marsad_capture_time_jumps_total": self._jumps.total,
+                     "marsad_ledger_unrecorded_verdicts_total": self._unrecorded.total}
             rates = sorted((app, sum(self._rate.get(app, {}).values()) / self._window)
                            for app in self._rate_apps)
             lag = self._lag

@@ -18,8 +18,18 @@ holds one JSON object (version 1)::
       "flows_finished": 2048,     # flows expired since start
       "calls": 3,                 # calls seen since start
       "verdicts": {"ok": 2, "blocked": 1},  # call verdicts since start
-      "message": null             # one human line (why it stopped, the error...)
+      "message": null,            # one human line (why it stopped, the error...)
+      "lag_s": 0.0,               # processing lag: how long the oldest packet received
+                                  # but not yet processed has waited (wall clock)
+      "skipped_bytes": 0,         # damaged input bytes skipped to the next good record
+      "time_jumps": 0,            # packets more than an hour from the one before
+      "truncated_at": null,       # input byte offset where reading stopped early
+      "ledgered": 1,              # verdicts put in the evidence ledger
+      "unledgered": 0             # verdicts reported but NOT in the ledger (see message)
     }
+
+The fields after ``message`` were added later; a reader takes them as 0 (null)
+when absent.
 
 Writers replace the file atomically (write a temporary file, then rename), so a
 reader never sees half an object.
@@ -95,6 +105,19 @@ class ProbeStatus:
     """Call verdicts since start, by verdict name."""
     message: str | None = None
     """One human line: why it stopped, the error, ..."""
+    lag_s: float = 0.0
+    """Processing lag: wall-clock seconds the oldest packet received but not yet
+    processed has waited (0 when the probe keeps up)."""
+    skipped_bytes: int = 0
+    """Damaged input bytes skipped to resynchronise on the next good record."""
+    time_jumps: int = 0
+    """Packets whose time is more than an hour from the packet before."""
+    truncated_at: int | None = None
+    """Byte offset of the input where reading stopped early (truncated input), or None."""
+    ledgered: int = 0
+    """Verdicts put in the evidence ledger."""
+    unledgered: int = 0
+    """Verdicts reported but not put in the ledger (the message says why)."""
 
     def to_json(self) -> dict[str, Any]:
         """The file's object."""
@@ -116,7 +139,15 @@ class ProbeStatus:
             raise ProbeStatusError(f"bad or missing state {obj.get('state')!r}") from exc
         interface = _typed(obj, "interface", str)
         counts = {k: _count(obj, k) for k in
-                  ("packets", "bytes", "dropped", "flows_active", "flows_finished", "calls")}
+                  ("packets", "bytes", "dropped", "flows_active", "flows_finished", "calls",
+                   "skipped_bytes", "time_jumps", "ledgered", "unledgered")}
+        truncated_at = obj.get("truncated_at")
+        if truncated_at is not None and not _is_count(truncated_at):
+            raise ProbeStatusError(f"truncated_at must be a byte offset or null, got "
+                                   f"{truncated_at!r}")
+        lag = obj.get("lag_s", 0.0)
+        if isinstance(lag, bool) or not isinstance(lag, int | float) or not lag >= 0:
+            raise ProbeStatusError(f"lag_s must be non-negative seconds, got {lag!r}")
         verdicts = obj.get("verdicts", {})
         if not isinstance(verdicts, dict) or not all(
                 isinstance(k, str) and _is_count(v) for k, v in verdicts.items()):
@@ -126,7 +157,8 @@ class ProbeStatus:
             raise ProbeStatusError("message must be a string or null")
         return cls(state=state, interface=interface, pid=_count(obj, "pid", required=True),
                    started_at=_time(obj, "started_at"), updated_at=_time(obj, "updated_at"),
-                   verdicts=dict(verdicts), message=message, **counts)
+                   verdicts=dict(verdicts), message=message, lag_s=float(lag),
+                   truncated_at=truncated_at, **counts)
 
 
 def _is_count(v: Any) -> bool:

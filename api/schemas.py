@@ -286,6 +286,12 @@ class ProbeStatusOut(BaseModel):
     calls: int
     verdicts: dict[str, int]
     message: str | None
+    lag_s: float = 0.0
+    skipped_bytes: int = 0
+    time_jumps: int = 0
+    truncated_at: int | None = None
+    ledgered: int = 0
+    unledgered: int = 0
 
 
 class ProbeOut(BaseModel):
@@ -310,7 +316,10 @@ def probe_out(status: ProbeStatus, now: float, stale_after_s: float) -> ProbeOut
         started_at=started, updated_at=updated, packets=status.packets, bytes=status.bytes,
         dropped=status.dropped, flows_active=status.flows_active,
         flows_finished=status.flows_finished, calls=status.calls,
-        verdicts=dict(status.verdicts), message=status.message)
+        verdicts=dict(status.verdicts), message=status.message, lag_s=status.lag_s,
+        skipped_bytes=status.skipped_bytes, time_jumps=status.time_jumps,
+        truncated_at=status.truncated_at, ledgered=status.ledgered,
+        unledgered=status.unledgered)
     live = status.state in ("starting", "running", "stopping")
     if live and age > stale_after_s:
         return ProbeOut(running=False, state="stale", age_s=age, status=out,

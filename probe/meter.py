@@ -386,6 +386,18 @@ class FlowMeter:
         out, self._ended = self._ended, []
         return out
 
+    def expire_until(self, now_s: float) -> list[FlowRecord]:
+        """End the flows that are idle (or closed) as of ``now_s``, a clock that ran on past
+        the newest packet (the wall clock on a quiet live link), and return them. The
+        meter's own clock, the newest packet's time, is left as it is."""
+        now = int(now_s * NS)
+        if now <= self._now:
+            return []
+        self._ended = []
+        self._expire(now)
+        out, self._ended = self._ended, []
+        return self._records(out)
+
     def finish(self) -> Iterator[FlowRecord]:
         """End every flow still in the table (end reason ``eof``), a few thousand at a time
         so the records need not all be in memory at once."""

@@ -254,6 +254,8 @@ class FlowReader:
         self._workers = workers if "fork" in mp.get_all_start_methods() else 1
         self._final_status: ReadStatus | None = None
         self._started: _ReaderProcess | None = None
+        self._lock = threading.Lock()
+        self._finishing = False
 
     def start(self) -> None:
         """Start the reader process now (``workers=2`` on a capture file; otherwise
@@ -292,16 +294,33 @@ class FlowReader:
     def _records_and_clock(self) -> Iterator[FlowRecord | Watermark]:
         batches = self._inline() if self._workers <= 1 else self._forked()
         for i, p in enumerate(batches, 1):
-            yield from self.meter.apply(p)
-            del p
-            yield Watermark(self.meter.now, self.meter.open_udp_since())
+            with self._lock:
+                ended = self.meter.apply(p)
+                mark = Watermark(self.meter.now, self.meter.open_udp_since())
+            yield from ended
+            del p, ended
+            yield mark
             if i % TRIM_EVERY == 0:
                 trim_heap()
+        with self._lock:
+            self._finishing = True
         trim_heap()  # the end of input empties the table: the peak is about to come
         for i, rec in enumerate(self.meter.finish(), 1):
             yield rec
             if i % (TRIM_EVERY * 1024) == 0:
                 trim_heap()
+
+    def advance(self, now_s: float) -> tuple[list[FlowRecord], Watermark | None]:
+        """End the flows idle as of ``now_s`` (see :meth:`FlowMeter.expire_until`) and return
+        them with the watermark they stand for: for a live capture whose link is quiet,
+        where no packet moves the capture clock on. Safe to call from another thread while
+        this reader is iterated (the flows so ended do not come out of the iteration);
+        nothing once the input ended."""
+        with self._lock:
+            if self._finishing or now_s <= self.meter.now:
+                return [], None
+            ended = self.meter.expire_until(now_s)
+            return ended, Watermark(now_s, self.meter.open_udp_since())
 
     def observed(self, observe: Callable[[FlowRecord], T]
                  ) -> Generator[tuple[FlowRecord, T], None, None]:

@@ -1,0 +1,330 @@
+"""A classic pcap stream checked and mended on its way into the live probe.
+
+The live probe's input is a byte stream that nobody vouches for: ``cat a.pcap
+b.pcap``, a feeder killed mid-record, bytes damaged in transit, a device whose
+clock jumps. :class:`PcapStream` sits between the input and its two readers (the
+capture ring and the flow meter) and hands both the same clean stream, one
+pcap file header followed by whole records, so that their frame numbers agree:
+
+* **Concatenated captures.** A pcap file header found where a record header
+  was expected starts a new section; its records are rewritten into the first
+  section's byte order and timestamp resolution (nanoseconds to microseconds
+  truncates), and the stream is read whole. A section of another link type
+  cannot join one pcap stream: the stream stops there (:attr:`stopped_at`).
+* **Damage.** A record header is believed when its captured length is within
+  the snapshot length (or the meter's own bound), its fraction of a second is
+  below one second and its original length is not zero. Otherwise the bytes
+  from there on are skipped until the next plausible record (the heuristics of
+  Wireshark's and pcapfix's pcap repair): the captured length within the
+  snapshot length and the original length, the timestamp within
+  :data:`RESYNC_NEAR_S` of the last good record, and the record that follows
+  plausible too (or the stream ending right after it). The skipped bytes are
+  counted (:attr:`skipped_bytes`, :attr:`damaged`) and reading carries on.
+* **Truncation.** At the end of input, a record cut short (or damage with no
+  good record after it) sets :attr:`stopped_at`, the byte offset in the input
+  where the stream stopped being read, and :attr:`stop_message`.
+* **Time.** A record more than :data:`TIME_JUMP_S` away from the one before it
+  (either way) is a timestamp jump: counted (:attr:`time_jumps`) and passed on;
+  nothing here uses packet time as a clock.
+
+A stream that does not start with a classic pcap magic (pcapng, gzip) is
+passed on unchanged for the flow reader to judge; :attr:`kind` says which.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_RECORD",
+    "PCAP_HEADER",
+    "PCAP_MAGICS",
+    "RECORD_HEADER",
+    "RESYNC_NEAR_S",
+    "TIME_JUMP_S",
+    "PcapStream",
+]
+
+PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
+               b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
+"""Classic pcap magic (as it appears in the file) -> (byte order, ns per fraction unit)
+(draft-ietf-opsawg-pcap section 4)."""
+PCAP_HEADER = 24
+"""Bytes of the pcap file header."""
+RECORD_HEADER = 16
+"""Bytes of a pcap packet record header: ts_sec, ts_frac, caplen, wirelen."""
+MAX_RECORD = 1 << 24
+"""Largest captured length believed; beyond it the stream is not trusted."""
+MIN_SNAP = 262144
+"""Captured lengths up to this are believed whatever snapshot length a header declares
+(as the flow reader does: writers are loose about it)."""
+RESYNC_NEAR_S = 86400.0
+"""While resynchronising, a candidate record's time must be this close to the last good
+record's."""
+TIME_JUMP_S = 3600.0
+"""A record this far from the one before it (either way) is counted as a time jump."""
+
+
+@dataclass(slots=True)
+class _Section:
+    order: str
+    """Byte order of the section's headers."""
+    frac_ns: int
+    """Nanoseconds per unit of its fraction field."""
+    linktype: int
+    max_incl: int
+    """Largest captured length believed in this section."""
+    rec: struct.Struct
+
+
+def _section(header: bytes | bytearray) -> _Section | None:
+    """The section a 24-byte pcap file header opens, or None if it is not one."""
+    kind = PCAP_MAGICS.get(bytes(header[:4]))
+    if kind is None:
+        return None
+    order, frac_ns = kind
+    major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
+        order + "HHiIII", header, 4)
+    if major != 2:
+        return None
+    return _Section(order, frac_ns, network & 0x0FFFFFFF,
+                    max(min(snaplen, MAX_RECORD), MIN_SNAP), struct.Struct(order + "IIII"))
+
+
+class PcapStream:
+    """Checks a pcap byte stream and gives it on clean (see the module docstring).
+
+    ``feed`` takes the next input bytes and returns the clean bytes ready to pass
+    on; ``finish`` is called at the end of input. ``note`` (optional) is called
+    with one human line for each damage, section and the first few time jumps.
+    """
+
+    def __init__(self, note: Callable[[str], None] | None = None) -> None:
+        self._note = note or (lambda _line: None)
+        self._buf = bytearray()
+        self._base = 0
+        """Input offset of ``_buf[0]``."""
+        self._out: _Section | None = None
+        self._cur: _Section | None = None
+        self._last_ts: float | None = None
+        self._good_ts: float | None = None
+        """Time of the last record not counted as a jump (the resync reference)."""
+        self._damage_at: int | None = None
+        """Input offset where the damage being skipped began."""
+        self.kind: str | None = None
+        """``pcap`` once the stream is known to be classic pcap, ``other`` for a stream
+        passed on unchanged, None before the first bytes."""
+        self.frames = 0
+        """Records passed on."""
+        self.sections = 0
+        """pcap file headers read (more than one in a concatenated stream)."""
+        self.skipped_bytes = 0
+        """Bytes of damage skipped while resynchronising."""
+        self.damaged = 0
+        """Stretches of damage skipped."""
+        self.time_jumps = 0
+        """Records more than :data:`TIME_JUMP_S` from the one before."""
+        self.converted = 0
+        """Records rewritten into the first section's byte order or resolution."""
+        self.stopped_at: int | None = None
+        """Input offset where reading stopped early (truncated, or a section that cannot
+        be joined), None if the stream was read to its end."""
+        self.stop_message: str | None = None
+        """Why reading stopped early."""
+
+    # -- the stream -----------------------------------------------------------------------
+    def feed(self, data: bytes) -> bytes:
+        """Take the next input bytes; return the clean bytes they complete."""
+        if self.kind == "other":
+            return data
+        if self.stopped_at is not None:
+            return b""
+        self._buf += data
+        return self._walk(eof=False)
+
+    def finish(self) -> bytes:
+        """The input ended: return the last clean bytes and note a truncation."""
+        if self.kind == "other" or self.stopped_at is not None:
+            return b""
+        if self.kind is None:  # too short to tell: let the flow reader say what it is
+            self.kind = "other"
+            out = bytes(self._buf)
+            self._buf = bytearray()
+            return out
+        out = self._walk(eof=True)
+        buf = self._buf
+        if self._damage_at is not None:
+            skipped = self._base + len(buf) - self._damage_at
+            self.skipped_bytes += len(buf)
+            self._stop(self._damage_at, f"damaged from byte {self._damage_at} to the end of "
+                                        f"the input ({skipped} bytes): no record found after it")
+        elif buf:
+            at = self._base
+            cur = self._cur
+            if bytes(buf[:4]) in PCAP_MAGICS and len(buf) < PCAP_HEADER:
+                self._stop(at, f"capture truncated at byte {at}: a pcap file header with "
+                               f"{len(buf)} of {PCAP_HEADER} bytes")
+            elif len(buf) >= RECORD_HEADER and cur is not None:
+                want = RECORD_HEADER + cur.rec.unpack_from(buf, 0)[2]
+                self._stop(at, f"capture truncated at byte {at}: last record has {len(buf)} "
+                               f"of {want} bytes")
+            else:
+                self._stop(at, f"capture truncated at byte {at}: {len(buf)} bytes of a "
+                               f"header")
+        self._buf = bytearray()
+        return out
+
+    def _stop(self, at: int, message: str) -> None:
+        self.stopped_at = at
+        self.stop_message = message
+        self._note(message)
+
+    def _walk(self, eof: bool) -> bytes:
+        buf = self._buf
+        out = bytearray()
+        if self.kind is None:
+            if len(buf) < 4:
+                return b""
+            if bytes(buf[:4]) not in PCAP_MAGICS:
+                self.kind = "other"
+                self._buf = bytearray()
+                return bytes(buf)
+            if len(buf) < PCAP_HEADER:
+                return b""
+            first = _section(buf[:PCAP_HEADER])
+            if first is None:
+                self.kind = "other"
+                self._buf = bytearray()
+                return bytes(buf)
+            self.kind = "pcap"
+            self.sections = 1
+            self._out = self._cur = first
+            out += buf[:PCAP_HEADER]
+            pos = PCAP_HEADER
+        else:
+            pos = 0
+        out_sec = self._out
+        assert out_sec is not None
+        end = len(buf)
+        run = pos  # start of a run of records passed on unchanged
+        while True:
+            cur = self._cur
+            assert cur is not None
+            if self._damage_at is not None:
+                found, resume = self._resync(buf, pos, eof)
+                if found is None:  # what was scanned is damage; the rest may still tell
+                    self.skipped_bytes += resume - pos
+                    pos = run = resume
+                    break
+                self.skipped_bytes += found - pos
+                self.damaged += 1
+                self._note(f"skipped {self._base + found - self._damage_at} bytes of damage "
+                           f"at byte {self._damage_at} (after frame {self.frames}): "
+                           f"resynchronised")
+                self._damage_at = None
+                pos = run = found
+                continue
+            if pos + 4 <= end and bytes(buf[pos:pos + 4]) in PCAP_MAGICS:
+                if pos + PCAP_HEADER > end:
+                    break
+                sec = _section(buf[pos:pos + PCAP_HEADER])
+                if sec is not None:
+                    out += buf[run:pos]
+                    if sec.linktype != out_sec.linktype:
+                        self._stop(self._base + pos,
+                                   f"a capture of link type {sec.linktype} begins at byte "
+                                   f"{self._base + pos} of a stream of link type "
+                                   f"{out_sec.linktype}: the stream is read up to there "
+                                   f"(give the captures one at a time)")
+                        pos = run = end
+                        break
+                    self.sections += 1
+                    self._cur = sec
+                    self._note(f"capture {self.sections} begins at byte {self._base + pos} "
+                               f"(frame {self.frames + 1}): read on")
+                    pos = run = pos + PCAP_HEADER
+                    continue
+            if pos + RECORD_HEADER > end:
+                break
+            sec_s, frac, incl, orig = cur.rec.unpack_from(buf, pos)
+            if not self._plausible(cur, frac, incl, orig):
+                out += buf[run:pos]
+                self._damage_at = self._base + pos
+                run = pos
+                continue
+            nxt = pos + RECORD_HEADER + incl
+            if nxt > end:
+                break
+            ts = sec_s + frac * cur.frac_ns / 1e9
+            self._time(ts)
+            if cur.order != out_sec.order or cur.frac_ns != out_sec.frac_ns:
+                out += buf[run:pos]
+                if cur.frac_ns != out_sec.frac_ns:
+                    frac = frac * cur.frac_ns // out_sec.frac_ns
+                out += out_sec.rec.pack(sec_s, frac, incl, orig)
+                out += buf[pos + RECORD_HEADER:nxt]
+                self.converted += 1
+                run = nxt
+            self.frames += 1
+            pos = nxt
+        if self._damage_at is None:
+            out += buf[run:pos]
+        del buf[:pos]
+        self._base += pos
+        return bytes(out)
+
+    @staticmethod
+    def _plausible(sec: _Section, frac: int, incl: int, orig: int) -> bool:
+        return incl <= sec.max_incl and frac * sec.frac_ns < 1_000_000_000 and orig > 0
+
+    def _near(self, ts: float) -> bool:
+        refs = [t for t in (self._good_ts, self._last_ts) if t is not None]
+        return not refs or any(abs(ts - t) <= RESYNC_NEAR_S for t in refs)
+
+    def _candidate(self, buf: bytearray, p: int, sec: _Section) -> int | None:
+        """End of a plausible record at ``p`` (strict checks), or None."""
+        s, frac, incl, orig = (int(x) for x in sec.rec.unpack_from(buf, p))
+        if not (self._plausible(sec, frac, incl, orig) and incl <= orig
+                and self._near(s + frac * sec.frac_ns / 1e9)):
+            return None
+        return p + RECORD_HEADER + incl
+
+    def _resync(self, buf: bytearray, pos: int, eof: bool) -> tuple[int | None, int]:
+        """(offset of the next plausible record or pcap file header from ``pos``, None if
+        there is none in ``buf`` yet; the first offset not yet ruled out)."""
+        cur = self._cur
+        assert cur is not None
+        end = len(buf)
+        for p in range(pos, end):
+            if p + RECORD_HEADER > end:
+                return None, p
+            if bytes(buf[p:p + 4]) in PCAP_MAGICS:
+                if p + PCAP_HEADER > end:
+                    return None, p
+                if _section(buf[p:p + PCAP_HEADER]) is not None:
+                    return p, p
+            nxt = self._candidate(buf, p, cur)
+            if nxt is None:
+                continue
+            if nxt == end and eof:
+                return p, p
+            if nxt + RECORD_HEADER > end:
+                if eof:
+                    continue
+                return None, p  # wait for the bytes that tell
+            if self._candidate(buf, nxt, cur) is not None or (
+                    bytes(buf[nxt:nxt + 4]) in PCAP_MAGICS):
+                return p, p
+        return None, end
+
+    def _time(self, ts: float) -> None:
+        last = self._last_ts
+        if last is not None and abs(ts - last) > TIME_JUMP_S:
+            self.time_jumps += 1
+            if self.time_jumps <= 5:
+                self._note(f"frame {self.frames + 1}: timestamp jumps {ts - last:+.0f} s")
+        else:
+            self._good_ts = ts
+        self._last_ts = ts
