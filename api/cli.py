@@ -601,11 +601,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     metrics = None
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
-        from prometheus_client.registry import CollectorRegistry
 
-        from api.metrics import MarsadMetrics
-        registry = CollectorRegistry()
-        metrics = MarsadMetrics(registry)
+        from api.metrics import probe_metrics
+        registry, metrics = probe_metrics(_version())
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
     stop = threading.Event()
 

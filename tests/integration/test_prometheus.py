@@ -101,7 +101,7 @@ def test_prometheus_scrapes_marsad(marsad_target: int, tmp_path: Path) -> None:
         stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + DEADLINE_S
-        voice = 'marsad_flow_packets_total{app="whatsapp",category="voice"}'
+        voice = 'marsad_flow_packets_total{app="whatsapp",category="voice",source="capture"}'
         got = None
         while time.monotonic() < deadline and proc.poll() is None:
             got = scalar(base, voice)
@@ -112,9 +112,10 @@ def test_prometheus_scrapes_marsad(marsad_target: int, tmp_path: Path) -> None:
         assert got == 1817, f"{voice} = {got} after {DEADLINE_S} s"
         # The same scrape holds everything else.
         assert scalar(base, "sum(marsad_flow_packets_total)") == 1898
-        assert scalar(base, "marsad_capture_received_packets_total") == 1898
-        assert scalar(base, 'marsad_call_ended_total{app="whatsapp",verdict="ok"}') == 1
-        assert scalar(base, "marsad_flow_active_flows") == 7
+        assert scalar(base, 'marsad_capture_received_packets_total{source="capture"}') == 1898
+        ok = 'marsad_call_ended_total{app="whatsapp",verdict="ok",source="capture"}'
+        assert scalar(base, ok) == 1
+        assert scalar(base, "marsad_probe_active_flows") == 7
         assert scalar(base, 'marsad_analysis_jobs{state="done"}') == 1
         median = scalar(base, "histogram_quantile(0.5, sum by (le) (marsad_call_mos_bucket))")
         assert median is not None and 4.0 < median <= 4.2
