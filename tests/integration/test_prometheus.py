@@ -1,8 +1,9 @@
 """A real Prometheus server scrapes marsad's /metrics over HTTP on the loopback.
 
-The metrics app is mounted at ``/metrics`` the way the service mounts it and
-served by uvicorn; Prometheus (Debian's ``prometheus`` package) scrapes it every
-second, and its HTTP query API must return the values of sample-call.pcap.
+The registry is served at ``/metrics`` the way the service serves it (a route, through
+:func:`api.metrics.metrics_payload`) by uvicorn; Prometheus (Debian's ``prometheus``
+package) scrapes it every second, and its HTTP query API must return the values of
+sample-call.pcap.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from api.metrics import MarsadMetrics, metrics_app
+from api.metrics import MarsadMetrics, metrics_payload
 from api.pipeline import analyze_capture
 from tests.conftest import ROOT, need_tool
 
@@ -44,7 +47,12 @@ def marsad_target() -> Iterator[int]:
     reg = CollectorRegistry()
     metrics = MarsadMetrics(reg, active_flows=lambda: 7, jobs=lambda: {"done": 1})
     metrics.observe_result(analyze_capture(ROOT / "captures" / "sample-call.pcap", workers=0))
-    app = Starlette(routes=[Mount("/metrics", app=metrics_app(reg))])
+
+    def scrape(request: Request) -> Response:
+        body, content_type = metrics_payload(reg, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    app = Starlette(routes=[Route("/metrics", scrape)])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
