@@ -599,11 +599,16 @@ def _run_probe(args: argparse.Namespace) -> int:
                      status_interval_s=args.status_interval, tcpdump=args.tcpdump,
                      user=args.user, fingerprints=args.ja4)
     metrics = None
+    running: list[LiveProbe] = []  # the probe, once made (the active-flows gauge reads it)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
         from api.metrics import probe_metrics
-        registry, metrics = probe_metrics(_version())
+
+        def active_flows() -> int:
+            return running[0].status().flows_active if running else 0
+
+        registry, metrics = probe_metrics(_version(), active_flows=active_flows)
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
     stop = threading.Event()
 
@@ -614,6 +619,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     try:
         probe = LiveProbe(cfg, load_policy(args.policy), sys.stdout, metrics=metrics)
+        running.append(probe)
         return probe.run(stop)
     except (LiveError, PolicyError, OSError) as exc:
         print(f"marsad: {exc}", file=sys.stderr)

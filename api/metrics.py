@@ -564,11 +564,12 @@ def add_process_collectors(registry: CollectorRegistry, version: str) -> None:
     registry.register(BuildInfo(version))
 
 
-def probe_metrics(version: str) -> tuple[CollectorRegistry, MarsadMetrics]:
-    """The registry ``marsad probe --metrics-port`` serves: live traffic, the process's
-    series and the build info."""
+def probe_metrics(version: str, *, active_flows: Callable[[], int] | None = None
+                  ) -> tuple[CollectorRegistry, MarsadMetrics]:
+    """The registry ``marsad probe --metrics-port`` serves: live traffic (``active_flows``
+    gives the flows in the probe's table), the process's series and the build info."""
     registry = CollectorRegistry()
-    metrics = MarsadMetrics(registry)
+    metrics = MarsadMetrics(registry, active_flows=active_flows)
     add_process_collectors(registry, version)
     return registry, metrics
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +145,57 @@ def test_every_metric_of_the_dashboard_is_exposed(exposed: set[str]) -> None:
         assert used <= exposed, (title, used - exposed)
         seen |= used
     assert "marsad_capture_processing_lag_seconds" in seen  # the probe exports it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_the_probe_metrics_port_shows_live_traffic() -> None:
+    """``marsad probe -r - --metrics-port``: while the stream is open, its scrape holds the
+    live packets, flows and the flows still in the table, beside the process series."""
+    port = _free_port()
+    cmd = [sys.executable, "-c",
+           "import sys; from api.cli import run; sys.argv[0] = 'marsad'; run()",
+           "probe", "-r", "-", "--no-ring", "--metrics-port", str(port),
+           "--status-interval", "0.2"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        proc.stdin.write((ROOT / "captures" / "sample-call.pcap").read_bytes())
+        proc.stdin.flush()
+        values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=2) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                continue  # not listening yet
+            values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                      for fam in text_string_to_metric_families(text) for s in fam.samples}
+            if values.get(("marsad_capture_received_packets_total", (("source", "live"),))):
+                break
+        assert values.get(("marsad_capture_received_packets_total",
+                           (("source", "live"),))) == 1898
+        # the stream is still open: its UDP flows have not timed out
+        assert values[("marsad_probe_active_flows", ())] > 0
+        assert values[("marsad_flow_packets_total", (("app", "unknown"), ("category", "web"),
+                                                      ("source", "live")))] == 29
+        assert ("process_start_time_seconds", ()) in values
+        assert any(name == "marsad_build_info" for name, _ in values)
+        assert not any(dict(labels).get("source") == "capture" for _, labels in values)
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        proc.stderr.close()
