@@ -255,8 +255,8 @@ def _zeek_time(ts: float) -> str:
 
 
 class ZeekConnWriter:
-    """Zeek ``conn.log`` TSV: the header on construction, one row per :meth:`write`,
-    ``#close`` on :meth:`close`.
+    """Zeek ``conn.log`` TSV: the header before the first row (or at :meth:`close` when
+    there is none), one row per :meth:`write`, ``#close`` on :meth:`close`.
 
     Columns marsad cannot fill are unset (``-``), as Zeek leaves them when it lacks the
     data: ``local_orig``/``local_resp`` (no ``Site::local_nets``), ``missed_bytes``
@@ -270,10 +270,17 @@ class ZeekConnWriter:
     def __init__(self, out: TextIO, *, clock: Callable[[], float] = time.time) -> None:
         self._out = out
         self._clock = clock
+        self._opened = False
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
+        out = self._out
         out.write("#separator \\x09\n")
         for key, value in (("set_separator", ","), ("empty_field", _EMPTY),
                            ("unset_field", _UNSET), ("path", "conn"),
-                           ("open", _zeek_time(clock())),
+                           ("open", _zeek_time(self._clock())),
                            ("fields", "\t".join(ZEEK_CONN_FIELDS)),
                            ("types", "\t".join(ZEEK_CONN_TYPES))):
             out.write(f"#{key}\t{value}\n")
@@ -281,6 +288,7 @@ class ZeekConnWriter:
     def write(self, row: Mapping[str, Any], *, service: str | None = None,
               history: str | None = None) -> None:
         """One flow, from its conn.log columns (:meth:`FlowRecord.conn_dict`)."""
+        self._open()
         duration = float(row["duration_s"])
         has_span = duration > 0 and math.isfinite(duration)
         cells = (
@@ -306,6 +314,7 @@ class ZeekConnWriter:
 
     def close(self) -> None:
         """The closing ``#close`` line, as Zeek writes when it rotates or ends a log."""
+        self._open()
         self._out.write(f"#close\t{_zeek_time(self._clock())}\n")
 
 

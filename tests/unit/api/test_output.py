@@ -189,3 +189,19 @@ def test_zeek_strings_are_escaped_as_zeek_escapes_them() -> None:
     _, [r] = _read_zeek(out.getvalue())
     assert r["uid"] == "C\tx\\" and r["service"] == "-" and r["history"] == ""
     assert r["proto"] == "unknown_transport"
+
+
+@pytest.mark.parametrize("fmt", ["--zeek", "--csv"])
+def test_an_unreadable_capture_prints_nothing(fmt: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flows", str(CAPTURES / "bad-text.pcap"), fmt]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("marsad: ")
+
+
+def test_an_empty_zeek_log_still_has_its_header_and_close() -> None:
+    out = io.StringIO()
+    ZeekConnWriter(out, clock=lambda: 0.0).close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "#separator \\x09" and lines[-1] == "#close\t1970-01-01-00-00-00"
+    assert len(lines) == 9
