@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/marsad serve --host 127.0.0.1 --port 8000 --data-dir .marsad-data \
+	$(BIN)/marsad serve --host 127.0.0.1 --port 8000 --data-dir marsad-data \
 	  --preload captures/sample-call.pcap captures/sample-blocked.pcap captures/sample-sip.pcap
 
 lint: $(STAMP)

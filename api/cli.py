@@ -10,12 +10,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from api.output import CsvWriter, dumps, write_jsonl
+from api.output import (
+    CONN_CSV_FIELDS,
+    FLOWS_SAMPLES_CSV_FIELDS,
+    CsvWriter,
+    ZeekConnWriter,
+    dumps,
+    write_analysis_csv,
+    write_analysis_zeek,
+    write_jsonl,
+)
 from api.runtime import gc_paused
 from policy.errors import PolicyError
 from policy.settling import PipelineConfig
@@ -45,18 +55,62 @@ def _meter_config(args: argparse.Namespace, payloads: int | None = None) -> Mete
         timing_packets=args.timing_packets)
 
 
+def _positive(text: str) -> float:
+    """A duration or size that must be above zero (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _nonnegative(text: str) -> float:
+    """A duration that may be zero but not negative (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of zero or more (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, 1 to 65535 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {text}")
+    return value
+
+
 def _add_meter_options(p: argparse.ArgumentParser) -> None:
     d = MeterConfig()
-    p.add_argument("--udp-idle", type=float, default=d.udp_idle_s, metavar="S",
+    p.add_argument("--udp-idle", type=_positive, default=d.udp_idle_s, metavar="S",
                    help=f"UDP idle timeout in seconds (default {d.udp_idle_s:g})")
-    p.add_argument("--tcp-idle", type=float, default=d.tcp_idle_s, metavar="S",
+    p.add_argument("--tcp-idle", type=_positive, default=d.tcp_idle_s, metavar="S",
                    help=f"TCP idle timeout in seconds (default {d.tcp_idle_s:g})")
-    p.add_argument("--active-timeout", type=float, default=d.active_s, metavar="S",
+    p.add_argument("--active-timeout", type=_positive, default=d.active_s, metavar="S",
                    help=f"active timeout in seconds (default {d.active_s:g})")
-    p.add_argument("--payloads", type=int, default=d.payload_samples, metavar="N",
+    p.add_argument("--payloads", type=_count, default=d.payload_samples, metavar="N",
                    help=f"payloads kept per direction for inspection (default "
                         f"{d.payload_samples})")
-    p.add_argument("--timing-packets", type=int, default=d.timing_packets, metavar="M",
+    p.add_argument("--timing-packets", type=_count, default=d.timing_packets, metavar="M",
                    help=f"packets per flow in the timing series (default {d.timing_packets})")
     p.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                    help="1: one process; 2: read and decode in a second process "
@@ -65,10 +119,10 @@ def _add_meter_options(p: argparse.ArgumentParser) -> None:
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     d = PipelineConfig()
-    p.add_argument("--call-interval", type=float, default=d.cut_s, metavar="S",
+    p.add_argument("--call-interval", type=_positive, default=d.cut_s, metavar="S",
                    help="seconds of capture time between two settling points, where flows "
                         f"are classified and calls judged (default {d.cut_s:g})")
-    p.add_argument("--call-settle", type=float, default=d.call_settle_s, metavar="S",
+    p.add_argument("--call-settle", type=_nonnegative, default=d.call_settle_s, metavar="S",
                    help="report a call once capture time has passed its end by this much "
                         f"(default {d.call_settle_s:g})")
 
@@ -77,14 +131,20 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(cut_s=args.call_interval, call_settle_s=args.call_settle)
 
 
-def _add_format(p: argparse.ArgumentParser) -> None:
+def _add_format(p: argparse.ArgumentParser, calls: bool = False) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--json", dest="fmt", action="store_const", const="json",
                    help="one JSON object {\"flows\": [...]} at the end")
     g.add_argument("--jsonl", dest="fmt", action="store_const", const="jsonl",
                    help="one JSON record per line, as flows end")
     g.add_argument("--csv", dest="fmt", action="store_const", const="csv",
-                   help="CSV, one row per flow as flows end")
+                   help="CSV, one row per flow, with a fixed header (see api/output.py)"
+                        + ("; calls go to --calls-csv FILE" if calls else ""))
+    g.add_argument("--zeek", dest="fmt", action="store_const", const="zeek",
+                   help="Zeek conn.log (tab-separated, with Zeek's #fields/#types header)")
+    if calls:
+        p.add_argument("--calls-csv", metavar="FILE",
+                       help="with --csv: also write the calls, one row each, to FILE")
 
 
 class _Progress:
@@ -131,7 +191,9 @@ def _run_flows(args: argparse.Namespace) -> int:
     progress = _Progress(args.capture)
     out = sys.stdout
     collected: list[dict[str, Any]] = []
-    csvw = CsvWriter(out) if fmt == "csv" else None
+    csvw = (CsvWriter(out, FLOWS_SAMPLES_CSV_FIELDS if args.samples else CONN_CSV_FIELDS)
+            if fmt == "csv" else None)
+    zeek = ZeekConnWriter(out) if fmt == "zeek" else None
 
     def emit(row: dict[str, Any]) -> None:
         if fmt == "json":
@@ -144,11 +206,14 @@ def _run_flows(args: argparse.Namespace) -> int:
     try:
         # Payload samples and timing series are kept only when they are printed.
         config = _meter_config(args, None if args.samples else 0)
-        if not args.samples:
+        if not args.samples and zeek is None:  # Zeek's TCP history comes from the series
             config = replace(config, timing_packets=0)
         reader = FlowReader(args.capture, config, progress=progress.update,
                             workers=args.workers)
-        if args.samples:
+        if zeek is not None:
+            for rec in reader:
+                zeek.write_record(rec)
+        elif args.samples:
             for rec in reader:
                 row = rec.conn_dict()
                 row["payloads"] = [{"frame": s.frame, "ts": s.ts, "direction": s.direction,
@@ -170,6 +235,10 @@ def _run_flows(args: argparse.Namespace) -> int:
         collected.sort(key=lambda r: (r["first_frame"], r["uid"]))
         out.write(dumps({"flows": collected}))
         out.write("\n")
+    elif csvw is not None:
+        csvw.close()
+    elif zeek is not None:
+        zeek.close()
     return _finish(reader)
 
 
@@ -206,7 +275,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
                                          workers=args.workers, fingerprints=args.ja4,
                                          pipeline=_pipeline_config(args),
                                          hash_capture=False, progress=progress.update)
-                _write_result(result, fmt, out)
+                _write_result(result, fmt, out, args.calls_csv)
                 status, stats = result.status, result.stats
                 _keep_until_exit(result)
     except (CaptureError, PolicyError) as exc:
@@ -248,7 +317,8 @@ def _write_step(step: Step, out: Any) -> None:
                  for u, v in step.flow_verdicts.items()], out)
 
 
-def _write_result(result: AnalysisResult, fmt: str, out: Any) -> None:
+def _write_result(result: AnalysisResult, fmt: str, out: Any,
+                  calls_csv: str | None = None) -> None:
     """``marsad analyze`` output of a finished result, in the records _run_analyze writes."""
     from api.pipeline import flow_row
     if fmt == "jsonl":
@@ -259,12 +329,24 @@ def _write_result(result: AnalysisResult, fmt: str, out: Any) -> None:
         write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
                      for u, v in result.analysis.flow_verdicts.items()], out)
     elif fmt == "csv":
-        w = CsvWriter(out)
-        for row in result.flow_rows():
-            w.write(row)
+        _write_csv(result, out, calls_csv)
+    elif fmt == "zeek":
+        write_analysis_zeek(result, out)
     else:
         out.write(dumps(result.to_json()))
         out.write("\n")
+
+
+def _write_csv(result: AnalysisResult, out: Any, calls_csv: str | None) -> None:
+    """``marsad analyze --csv``: flows on ``out``, calls to the ``--calls-csv`` file."""
+    if calls_csv is None:
+        write_analysis_csv(result, out)
+        if result.analysis.calls:
+            print(f"marsad: {len(result.analysis.calls)} call(s) not written: --calls-csv "
+                  f"FILE writes them", file=sys.stderr)
+        return
+    with open(calls_csv, "w", encoding="utf-8", newline="") as calls_out:
+        write_analysis_csv(result, out, calls_out)
 
 
 def _result_status(result: AnalysisResult) -> int:
@@ -286,7 +368,10 @@ def _open_ledger(path: str, must_exist: bool) -> Any:
     from policy.ledger import Ledger
     if must_exist and not os.path.isfile(path):
         raise PolicyError(f"{path}: no such ledger")
-    return Ledger(path, clock=time.time)
+    try:
+        return Ledger(path, clock=time.time)
+    except sqlite3.Error as exc:
+        raise PolicyError(f"{path}: cannot open the ledger: {exc}") from None
 
 
 def _run_analyze_ledger(args: argparse.Namespace) -> int:
@@ -309,7 +394,7 @@ def _run_analyze_ledger(args: argparse.Namespace) -> int:
                                      pipeline=_pipeline_config(args),
                                      progress=progress.update)
             progress.stop()
-            _write_result(result, args.fmt or "json", sys.stdout)
+            _write_result(result, args.fmt or "json", sys.stdout, args.calls_csv)
             done = record_verdicts(ledger, result, policy)
     except (CaptureError, PolicyError) as exc:
         progress.stop()
@@ -423,30 +508,50 @@ def _run_evidence(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    """``marsad report``: calls and interfered flows, for people."""
+    """``marsad report``: calls and interfered flows of each capture, for people (or as
+    JSON). Exit status: 2 if a capture could not be read (the others are still
+    reported), else 3 if one was damaged, else 0."""
     from api.pipeline import analyze_capture
-    from api.report import build_report, render_rich, render_text
+    from api.report import build_report, render_rich, render_text, report_json
     from policy.rules import load_policy
-    progress = _Progress(args.capture)
     try:
-        result = analyze_capture(args.capture, policy=load_policy(args.policy),
-                                 workers=args.workers, progress=progress.update)
-    except (CaptureError, PolicyError) as exc:
-        progress.stop()
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
         print(f"marsad: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
-    finally:
-        progress.stop()
-    report = build_report(result, args.capture)
-    try:
-        if sys.stdout.isatty():
-            from rich.console import Console
-            render_rich(report, Console())
+    code = EXIT_OK
+    as_json: list[dict[str, Any]] = []
+    console = None
+    if not args.json and sys.stdout.isatty():
+        from rich.console import Console
+        console = Console()
+    for n, capture in enumerate(args.capture):
+        progress = _Progress(capture)
+        try:
+            result = analyze_capture(capture, policy=policy, workers=args.workers,
+                                     progress=progress.update)
+        except CaptureError as exc:
+            progress.stop()
+            print(f"marsad: {exc}", file=sys.stderr)
+            code = EXIT_UNREADABLE
+            continue
+        finally:
+            progress.stop()
+        if not result.status.complete and code == EXIT_OK:
+            code = EXIT_PARTIAL
+        if args.json:
+            as_json.append(report_json(result, capture, only=args.only))
+            continue
+        report = build_report(result, capture, only=args.only)
+        if console is not None:
+            if n:
+                console.print()
+            render_rich(report, console)
         else:
-            sys.stdout.write(render_text(report))
-    except BrokenPipeError:
-        return EXIT_OK
-    return EXIT_PARTIAL if not result.status.complete else EXIT_OK
+            sys.stdout.write(("\n" if n else "") + render_text(report))
+    if args.json:
+        sys.stdout.write(dumps({"captures": as_json}) + "\n")
+    return code
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -515,13 +620,16 @@ def _run_probe(args: argparse.Namespace) -> int:
                      status_interval_s=args.status_interval, tcpdump=args.tcpdump,
                      user=args.user, fingerprints=args.ja4)
     metrics = None
+    running: list[LiveProbe] = []  # the probe, once made (the active-flows gauge reads it)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
-        from prometheus_client.registry import CollectorRegistry
 
-        from api.metrics import MarsadMetrics
-        registry = CollectorRegistry()
-        metrics = MarsadMetrics(registry)
+        from api.metrics import probe_metrics
+
+        def active_flows() -> int:
+            return running[0].status().flows_active if running else 0
+
+        registry, metrics = probe_metrics(_version(), active_flows=active_flows)
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
     stop = threading.Event()
 
@@ -532,6 +640,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     try:
         probe = LiveProbe(cfg, load_policy(args.policy), sys.stdout, metrics=metrics)
+        running.append(probe)
         return probe.run(stop)
     except (LiveError, PolicyError, OSError) as exc:
         print(f"marsad: {exc}", file=sys.stderr)
@@ -540,11 +649,21 @@ def _run_probe(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("marsad")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marsad", description=(
         "Observe over-the-top voice and video calls and record, with evidence, whether the "
         "network blocked or throttled them."))
+    p.add_argument("--version", action="version", version=f"marsad {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    subparsers: dict[str, argparse.ArgumentParser] = {}
     f = sub.add_parser("flows", help="bidirectional flow records of a capture")
     f.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
     _add_format(f)
@@ -554,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_run_flows)
     a = sub.add_parser("analyze", help="flows with their app, category and media")
     a.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
-    _add_format(a)
+    _add_format(a, calls=True)
     _add_meter_options(a)
     _add_pipeline_options(a)
     a.add_argument("--policy", metavar="FILE",
@@ -591,8 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--check", metavar="ZIP",
                    help="verify a bundle's files against its manifest instead")
     e.set_defaults(func=_run_evidence)
-    rp = sub.add_parser("report", help="a human summary of a capture's calls and verdicts")
-    rp.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
+    rp = sub.add_parser("report", help="a human summary of captures' calls and verdicts")
+    rp.add_argument("capture", nargs="+",
+                    help="pcap or pcapng files (gzip allowed), or - for stdin")
+    rp.add_argument("--only", choices=("interfered", "not-ok"),
+                    help="show only calls and flows the network interfered with (blocked, "
+                         "throttled), or all but the ok ones")
+    rp.add_argument("--json", action="store_true",
+                    help="one JSON object {\"captures\": [...]} instead of text")
     rp.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
     rp.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                     help="processes reading the capture")
@@ -609,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "MARSAD_API_TOKEN, MARSAD_OPEN_READS, "
                                    "MARSAD_MAX_UPLOAD_BYTES, MARSAD_RETENTION_DAYS.")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, help="TCP port (default 8000)")
+    s.add_argument("--port", type=_port, help="TCP port (default 8000)")
     s.add_argument("--data-dir", metavar="DIR",
                    help="store, ledger, captures and probe status (default ./marsad-data)")
     s.add_argument("--preload", nargs="+", metavar="CAPTURE",
@@ -618,6 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level (default info)")
     s.set_defaults(func=_run_serve)
+    subparsers["serve"] = s
     pr = sub.add_parser("probe", help="watch an interface (or a pcap stream) live: flows, "
                                       "calls and verdicts as they complete",
                         description="Capture with tcpdump (-i) or read a pcap stream (-r FILE|-) "
@@ -635,21 +761,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ring-dir", metavar="DIR",
                     help="capture ring directory (default DATA_DIR/captures/ring, else "
                          "./captures/ring)")
-    pr.add_argument("--ring-file-mb", type=float, default=50.0, metavar="N",
+    pr.add_argument("--ring-file-mb", type=_positive, default=50.0, metavar="N",
                     help="close a ring file at this size (default 50)")
-    pr.add_argument("--ring-age-s", type=float, default=300.0, metavar="N",
+    pr.add_argument("--ring-age-s", type=_positive, default=300.0, metavar="N",
                     help="close a ring file after this many seconds (default 300)")
-    pr.add_argument("--ring-total-mb", type=float, default=2048.0, metavar="N",
+    pr.add_argument("--ring-total-mb", type=_positive, default=2048.0, metavar="N",
                     help="delete the oldest ring files beyond this total (default 2048)")
-    pr.add_argument("--ring-keep-s", type=float, default=86400.0, metavar="N",
+    pr.add_argument("--ring-keep-s", type=_positive, default=86400.0, metavar="N",
                     help="delete ring files closed longer ago than this, by the wall clock "
                          "(default 86400)")
     pr.add_argument("--no-ring", action="store_true",
                     help="keep no raw packets (with --data-dir, verdicts then cannot go in "
                          "the ledger: the probe says so and exits 3)")
-    pr.add_argument("--status-interval", type=float, default=2.0, metavar="S",
+    pr.add_argument("--status-interval", type=_positive, default=2.0, metavar="S",
                     help="seconds between status file updates (default 2)")
-    pr.add_argument("--metrics-port", type=int, metavar="PORT",
+    pr.add_argument("--metrics-port", type=_port, metavar="PORT",
                     help="serve Prometheus metrics on this port")
     pr.add_argument("--metrics-host", default="127.0.0.1",
                     help="address of the metrics endpoint (default 127.0.0.1)")
@@ -661,6 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_meter_options(pr)
     _add_pipeline_options(pr)
     pr.set_defaults(func=_run_probe)
+    subparsers.update(flows=f, analyze=a, verify=v, evidence=e, report=rp, probe=pr)
+    p.set_defaults(subparsers=subparsers)
     return p
 
 
@@ -669,12 +797,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["refresh-data"]:  # its own parser, options and help
         from classifier import refresh
         return refresh.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Unknown options are reported by the subcommand's parser, with its usage: argparse
+    # hands them up to the top-level parser, whose usage says nothing about them.
+    args, unknown = parser.parse_known_args(argv)
+    sub: argparse.ArgumentParser = args.subparsers.get(args.command, parser)
+    if unknown:
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "calls_csv", None) is not None and args.fmt != "csv":
+        sub.error("--calls-csv goes with --csv")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (``marsad flows --json | head``): nothing more
+        # can be shown, and flushing at exit would fail again with a traceback.
+        _quiet_stdout()
+        return EXIT_OK
+    except (OSError, sqlite3.Error) as exc:
+        # A file that cannot be opened or written (--ledger in a missing directory,
+        # --calls-csv on a read-only disk): one line, as for an unreadable capture.
+        print(f"marsad: {_os_message(exc)}", file=sys.stderr)
+        return EXIT_UNREADABLE
+
+
+def _os_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush has nowhere to fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 _BATCH_COMMANDS = frozenset({"flows", "analyze", "report"})

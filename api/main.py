@@ -17,13 +17,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 
 from api.config import Settings
 from api.deps import Services, require_token
 from api.jobs import Jobs
-from api.metrics import MarsadMetrics, metrics_app
+from api.metrics import MarsadMetrics, add_process_collectors, metrics_payload
 from api.probe_status import read_probe_status
 from api.routes import calls, captures, dashboard, flows, health, ledger, probe
 from api.store import open_store
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, *,
     registry = CollectorRegistry()
     metrics = MarsadMetrics(registry, jobs=store.job_counts,
                             active_flows=lambda: _active(settings.data_dir), clock=clock)
+    add_process_collectors(registry, _version())
     jobs.add_listener(metrics.observe_result)
 
     def close() -> None:
@@ -113,7 +114,13 @@ def create_app(settings: Settings | None = None, *,
                     "otherwise; uploads and evidence downloads need the bearer token.")
     app.state.services = services
     app.state.metrics = metrics
-    app.mount("/metrics", metrics_app(registry))
+
+    @app.get("/metrics", include_in_schema=False)
+    def _metrics(request: Request) -> Response:
+        # a route, not a mount: a mount answers /metrics with a redirect to /metrics/
+        body, content_type = metrics_payload(registry, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     reads = [] if settings.open_reads else [Depends(require_token)]
     app.include_router(health.router)
     app.include_router(dashboard.page_router)

@@ -11,35 +11,47 @@ one of :data:`classifier.records.APPS` or ``unknown``; ``category`` one of
 :class:`~classifier.records.Category`; ``verdict`` one of
 :class:`~policy.records.VerdictKind`; ``reason`` one of
 :class:`~policy.records.Reason` (or ``other``); ``state`` one of
-:data:`JOB_STATES` (or ``other``). Anything outside a set is folded into its
-fallback value, so a bad record can never create a new series.
+:data:`JOB_STATES` (or ``other``); ``source`` one of :data:`SOURCES`. Anything
+outside a set is folded into its fallback value, so a bad record can never
+create a new series.
+
+``source`` tells current traffic from stored captures: ``live`` is what a live
+probe is seeing now (the ``observe_flows``/``observe_calls``/... methods), and
+``capture`` is a whole capture file analysed after the fact (``observe_result``:
+an upload or a preload of the service). A capture of last year's traffic thus
+never shows as a spike of current traffic: it moves only ``source="capture"``
+series, and never the byte-rate gauge, the processing lag or the active flows.
 
 Series (see :data:`SPECS` for the full list with help texts):
 
-* ``marsad_flow_bytes_total`` / ``marsad_flow_packets_total`` {app, category}:
-  frame bytes and packets of finished flows, both directions.
-* ``marsad_flow_ended_total`` {app, category}: finished flows.
-* ``marsad_flow_rate_bytes_per_second`` {app}: wire bytes per second over the
-  last ``rate_window_s`` seconds of capture time (the capacity view).
-* ``marsad_flow_active_flows``: flows in the meter's table, from a callable.
-* ``marsad_flow_verdicts_total`` {app, verdict}: flows whose own packets show
-  interference.
-* ``marsad_call_started_total`` {app}, ``marsad_call_ended_total``
-  {app, verdict}, ``marsad_call_reasons_total`` {app, reason}.
+* ``marsad_flow_bytes_total`` / ``marsad_flow_packets_total``
+  {app, category, source}: frame bytes and packets of finished flows, both
+  directions.
+* ``marsad_flow_ended_total`` {app, category, source}: finished flows.
+* ``marsad_flow_rate_bytes_per_second`` {app}: wire bytes per second of live
+  traffic over the last ``rate_window_s`` seconds of capture time (the capacity
+  view).
+* ``marsad_probe_active_flows``: flows in the meter's table, from a callable.
+* ``marsad_flow_verdicts_total`` {app, verdict, source}: flows whose own packets
+  show interference.
+* ``marsad_call_started_total`` {app, source}, ``marsad_call_ended_total``
+  {app, verdict, source}, ``marsad_call_reasons_total`` {app, reason, source}.
 * ``marsad_call_loss_ratio``, ``marsad_call_jitter_seconds``,
-  ``marsad_call_mos`` {app}: histograms of call legs' quality.
+  ``marsad_call_mos`` {app, source}: histograms of call legs' quality.
 * ``marsad_capture_received_packets_total``,
   ``marsad_capture_dropped_packets_total``,
-  ``marsad_capture_weird_packets_total``: what the capture delivered.
+  ``marsad_capture_weird_packets_total`` {source}: what the capture delivered.
 * ``marsad_capture_processing_lag_seconds``: how long the oldest packet received
-  but not yet processed has waited (the live probe), or else wall clock minus the
-  capture time of the newest packet processed.
+  but not yet processed has waited (the live probe).
 * ``marsad_capture_skipped_bytes_total``, ``marsad_capture_time_jumps_total``:
   damaged input skipped to resynchronise, and packets whose time jumps (the live
   probe).
 * ``marsad_ledger_unrecorded_verdicts_total``: verdicts the live probe reported
   but could not put in the evidence ledger.
 * ``marsad_analysis_jobs`` {state}: analysis jobs by state, from a callable.
+
+:func:`add_process_collectors` adds prometheus_client's ``process_*`` and
+``python_info`` series and ``marsad_build_info`` {version} to a registry.
 """
 
 from __future__ import annotations
@@ -52,13 +64,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from prometheus_client import make_asgi_app
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    make_asgi_app,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -71,17 +89,23 @@ if TYPE_CHECKING:
     from api.pipeline import AnalysisResult
 
 __all__ = [
+    "BUILD_INFO",
     "JITTER_BUCKETS",
     "JOB_STATES",
     "LOSS_BUCKETS",
     "MOS_BUCKETS",
+    "SOURCES",
     "SPECS",
+    "BuildInfo",
     "Kind",
     "MarsadMetrics",
     "MetricSpec",
+    "add_process_collectors",
     "app_label",
     "category_label",
     "metrics_app",
+    "metrics_payload",
+    "probe_metrics",
     "reason_label",
     "state_label",
     "verdict_label",
@@ -91,6 +115,13 @@ UNKNOWN_APP = "unknown"
 """Label value for flows and calls of no known app."""
 OTHER = "other"
 """Label value for a reason or job state outside its closed set."""
+
+LIVE = "live"
+"""``source`` of what a live probe sees."""
+CAPTURE = "capture"
+"""``source`` of a whole capture file analysed after the fact (upload, preload)."""
+SOURCES = (LIVE, CAPTURE)
+"""Values of the ``source`` label."""
 
 JOB_STATES = ("queued", "running", "done", "failed", "interrupted")
 """States of an analysis job (those of the service's job store), always exposed."""
@@ -144,37 +175,38 @@ def _spec(name: str, kind: Kind, unit: str, labels: tuple[str, ...], doc: str) -
     return MetricSpec(name, kind, unit, labels, doc)
 
 
-_AC = ("app", "category")
+_ACS = ("app", "category", "source")
+_SRC = ("source",)
 SPECS: dict[str, MetricSpec] = {s.name: s for s in (
-    _spec("marsad_flow_bytes_total", Kind.COUNTER, "bytes", _AC,
+    _spec("marsad_flow_bytes_total", Kind.COUNTER, "bytes", _ACS,
           "Frame bytes on the wire of finished flows, both directions."),
-    _spec("marsad_flow_packets_total", Kind.COUNTER, "packets", _AC,
+    _spec("marsad_flow_packets_total", Kind.COUNTER, "packets", _ACS,
           "Packets of finished flows, both directions."),
-    _spec("marsad_flow_ended_total", Kind.COUNTER, "", _AC,
+    _spec("marsad_flow_ended_total", Kind.COUNTER, "", _ACS,
           "Flows finished and classified."),
     _spec("marsad_flow_rate_bytes_per_second", Kind.GAUGE, "bytes_per_second", ("app",),
-          "Frame bytes per second over the last seconds of capture time."),
-    _spec("marsad_flow_active_flows", Kind.GAUGE, "flows", (),
-          "Flows currently in the meter's table."),
-    _spec("marsad_flow_verdicts_total", Kind.COUNTER, "", ("app", "verdict"),
+          "Frame bytes per second of live traffic over the last seconds of capture time."),
+    _spec("marsad_probe_active_flows", Kind.GAUGE, "flows", (),
+          "Flows currently in the live meter's table."),
+    _spec("marsad_flow_verdicts_total", Kind.COUNTER, "", ("app", "verdict", "source"),
           "Flows whose own packets show interference, by verdict."),
-    _spec("marsad_call_started_total", Kind.COUNTER, "", ("app",),
+    _spec("marsad_call_started_total", Kind.COUNTER, "", ("app", "source"),
           "Calls seen for the first time."),
-    _spec("marsad_call_ended_total", Kind.COUNTER, "", ("app", "verdict"),
+    _spec("marsad_call_ended_total", Kind.COUNTER, "", ("app", "verdict", "source"),
           "Calls finished, by verdict."),
-    _spec("marsad_call_reasons_total", Kind.COUNTER, "", ("app", "reason"),
+    _spec("marsad_call_reasons_total", Kind.COUNTER, "", ("app", "reason", "source"),
           "Reason codes given by finished calls' verdicts."),
-    _spec("marsad_call_loss_ratio", Kind.HISTOGRAM, "ratio", ("app",),
+    _spec("marsad_call_loss_ratio", Kind.HISTOGRAM, "ratio", ("app", "source"),
           "Packet loss ratio of call legs (RFC 3550 lost / expected)."),
-    _spec("marsad_call_jitter_seconds", Kind.HISTOGRAM, "seconds", ("app",),
+    _spec("marsad_call_jitter_seconds", Kind.HISTOGRAM, "seconds", ("app", "source"),
           "Mean interarrival jitter of call legs (RFC 3550)."),
-    _spec("marsad_call_mos", Kind.HISTOGRAM, "mos", ("app",),
+    _spec("marsad_call_mos", Kind.HISTOGRAM, "mos", ("app", "source"),
           "E-model mean opinion score of call legs (ITU-T G.107 scale)."),
-    _spec("marsad_capture_received_packets_total", Kind.COUNTER, "packets", (),
+    _spec("marsad_capture_received_packets_total", Kind.COUNTER, "packets", _SRC,
           "Packets the capture delivered (the capture tool's count when live)."),
-    _spec("marsad_capture_dropped_packets_total", Kind.COUNTER, "packets", (),
-          "Packets the capture tool reported dropped."),
-    _spec("marsad_capture_weird_packets_total", Kind.COUNTER, "packets", (),
+    _spec("marsad_capture_dropped_packets_total", Kind.COUNTER, "packets", _SRC,
+          "Packets the capture tool reported dropped (live capture only)."),
+    _spec("marsad_capture_weird_packets_total", Kind.COUNTER, "packets", _SRC,
           "Packets with a decoding problem."),
     _spec("marsad_capture_processing_lag_seconds", Kind.GAUGE, "seconds", (),
           "How long the oldest packet received but not yet processed has waited."),
@@ -300,8 +332,11 @@ class MarsadMetrics:
         self._window = rate_window_s
         self._lock = threading.Lock()
         self._counters: dict[str, dict[tuple[str, ...], float]] = {
-            s.name: {} for s in SPECS.values() if s.kind is Kind.COUNTER and s.labels}
-        self._hists: dict[str, dict[str, _Histogram]] = {name: {} for name in _BUCKETS}
+            s.name: {} for s in SPECS.values() if s.kind is Kind.COUNTER}
+        self._hists: dict[str, dict[tuple[str, str], _Histogram]] = {
+            name: {} for name in _BUCKETS}
+        # the live capture tool's and meter's cumulative counts (a whole capture adds its
+        # own totals straight to the counters)
         self._received = _Running()
         self._dropped = _Running()
         self._weird = _Running()
@@ -318,44 +353,42 @@ class MarsadMetrics:
 
     # -- folding in ----------------------------------------------------------------
     def observe_result(self, result: AnalysisResult) -> None:
-        """Fold in a whole analysed capture: flows, calls, flow verdicts, packet counts.
-
-        A capture is its own timeline: the byte rate afterwards covers the last
-        seconds of this capture.
-        """
+        """Fold in a whole analysed capture (an upload, a preload): flows, calls, flow
+        verdicts and packet counts, all under ``source="capture"``. It is not current
+        traffic: the live byte rate, lag and active flows are left as they are."""
         with self._lock:
-            self._rate.clear()
-            self._now_s = None
-            self._add_flows(result.flows, result.classes)
-            self._add_calls(result.analysis.calls, finished=True, dedupe=False)
+            self._add_flows(result.flows, result.classes, CAPTURE)
+            self._add_calls(result.analysis.calls, CAPTURE, finished=True, dedupe=False)
             self._add_flow_verdicts(result.analysis.flow_verdict_list(),
-                                    result.flows, result.classes)
-            self._received.total += result.stats.packets
-            self._weird.total += result.stats.weird
-            self._advance(result.stats.last_ts)
+                                    result.flows, result.classes, CAPTURE)
+            self._inc("marsad_capture_received_packets_total", (CAPTURE,),
+                      result.stats.packets)
+            self._inc("marsad_capture_weird_packets_total", (CAPTURE,), result.stats.weird)
 
     def observe_flows(self, flows: Sequence[FlowRecord],
                       classes: Sequence[Classification]) -> None:
-        """Fold in a batch of finished flows and their classifications (same order)."""
+        """Fold in a batch of live flows, finished, and their classifications (same
+        order)."""
         with self._lock:
-            self._add_flows(flows, classes)
+            self._add_flows(flows, classes, LIVE)
 
     def observe_calls(self, calls: Iterable[Call], *, finished: bool = True) -> None:
-        """Fold in a batch of calls. Each call uid is counted once as started, and
+        """Fold in a batch of live calls. Each call uid is counted once as started, and
         once as ended when it is passed with ``finished=True``."""
         with self._lock:
-            self._add_calls(calls, finished=finished, dedupe=True)
+            self._add_calls(calls, LIVE, finished=finished, dedupe=True)
 
     def observe_flow_verdicts(self, verdicts: Iterable[FlowVerdict],
                               flows: Sequence[FlowRecord],
                               classes: Sequence[Classification]) -> None:
-        """Fold in verdicts on single flows; ``flows``/``classes`` give their apps."""
+        """Fold in verdicts on single live flows; ``flows``/``classes`` give their
+        apps."""
         with self._lock:
-            self._add_flow_verdicts(verdicts, flows, classes)
+            self._add_flow_verdicts(verdicts, flows, classes, LIVE)
 
     def observe_capture(self, *, received: int, dropped: int) -> None:
-        """Take the capture tool's cumulative statistics (libpcap's ``ps_recv`` and
-        ``ps_drop``, or a pcapng Interface Statistics Block's ``isb_ifrecv`` and
+        """Take the live capture tool's cumulative statistics (libpcap's ``ps_recv``
+        and ``ps_drop``, or a pcapng Interface Statistics Block's ``isb_ifrecv`` and
         ``isb_ifdrop``). A count smaller than the previous one means a new capture
         session; the exposed counters keep growing across it."""
         with self._lock:
@@ -398,18 +431,20 @@ class MarsadMetrics:
                     del per_second[s]
 
     def _add_flows(self, flows: Sequence[FlowRecord],
-                   classes: Sequence[Classification]) -> None:
+                   classes: Sequence[Classification], source: str) -> None:
         if len(flows) != len(classes):
             raise ValueError(f"{len(flows)} flows but {len(classes)} classifications")
         newest = self._now_s
         for f, c in zip(flows, classes, strict=True):
-            labels = (app_label(c.app), category_label(c.category))
+            labels = (app_label(c.app), category_label(c.category), source)
             self._inc("marsad_flow_bytes_total", labels, f.orig_wire_bytes + f.resp_wire_bytes)
             self._inc("marsad_flow_packets_total", labels, f.orig_pkts + f.resp_pkts)
             self._inc("marsad_flow_ended_total", labels)
-            if len(f.rate):
+            if source == LIVE and len(f.rate):
                 last = int(f.rate[-1, 0])
                 newest = last if newest is None else max(newest, last)
+        if source != LIVE:
+            return
         if newest is not None:
             self._advance(newest)
         oldest = (self._now_s or 0) - self._window
@@ -421,12 +456,13 @@ class MarsadMetrics:
                 if second > oldest:
                     per_second[second] = per_second.get(second, 0) + ob + rb
 
-    def _add_calls(self, calls: Iterable[Call], *, finished: bool, dedupe: bool) -> None:
+    def _add_calls(self, calls: Iterable[Call], source: str, *, finished: bool,
+                   dedupe: bool) -> None:
         for call in calls:
             app = app_label(call.app)
             ended = self._calls.get(call.uid) if dedupe else None
             if ended is None:
-                self._inc("marsad_call_started_total", (app,))
+                self._inc("marsad_call_started_total", (app, source))
             if ended:
                 continue
             if dedupe:
@@ -436,27 +472,29 @@ class MarsadMetrics:
                     self._calls.popitem(last=False)
             if not finished:
                 continue
-            self._inc("marsad_call_ended_total", (app, verdict_label(call.verdict.kind)))
+            self._inc("marsad_call_ended_total",
+                      (app, verdict_label(call.verdict.kind), source))
             for reason in call.verdict.reasons:
-                self._inc("marsad_call_reasons_total", (app, reason_label(reason)))
+                self._inc("marsad_call_reasons_total", (app, reason_label(reason), source))
             for leg in call.legs:
                 jitter = leg.mean_jitter_s if leg.mean_jitter_s is not None else leg.jitter_s
                 for name, value in (("marsad_call_loss_ratio", leg.loss_ratio),
                                     ("marsad_call_jitter_seconds", jitter),
                                     ("marsad_call_mos", leg.mos)):
                     if value is not None:
-                        hist = self._hists[name].get(app)
+                        hist = self._hists[name].get((app, source))
                         if hist is None:
-                            hist = self._hists[name][app] = _Histogram(_BUCKETS[name])
+                            hist = self._hists[name][app, source] = _Histogram(
+                                _BUCKETS[name])
                         hist.observe(value)
 
     def _add_flow_verdicts(self, verdicts: Iterable[FlowVerdict],
                            flows: Sequence[FlowRecord],
-                           classes: Sequence[Classification]) -> None:
+                           classes: Sequence[Classification], source: str) -> None:
         apps = {f.uid: c.app for f, c in zip(flows, classes, strict=True)}
         for v in verdicts:
             self._inc("marsad_flow_verdicts_total",
-                      (app_label(apps.get(v.uid)), verdict_label(v.verdict.kind)))
+                      (app_label(apps.get(v.uid)), verdict_label(v.verdict.kind), source))
 
     # -- scrape --------------------------------------------------------------------
     def describe(self) -> Iterator[Metric]:
@@ -469,15 +507,20 @@ class MarsadMetrics:
         active = self._active_flows() if self._active_flows is not None else 0
         jobs = dict(self._jobs()) if self._jobs is not None else {}
         with self._lock:
-            counters = {name: sorted(series.items()) for name, series in self._counters.items()}
-            hists = {name: sorted((app, h.cumulative(), h.total) for app, h in per_app.items())
-                     for name, per_app in self._hists.items()}
-            plain = {"marsad_capture_received_packets_total": self._received.total,
-                     "marsad_capture_dropped_packets_total": self._dropped.total,
-                     "marsad_capture_weird_packets_total": self._weird.total,
-                     "marsad_capture_skipped_bytes_total": self._skipped.total,
-                     "marsad_capture_time_jumps_total": self._jumps.total,
-                     "marsad_ledger_unrecorded_verdicts_total": self._unrecorded.total}
+            counters = {name: dict(series) for name, series in self._counters.items()}
+            for name, running in (("marsad_capture_received_packets_total", self._received),
+                                  ("marsad_capture_dropped_packets_total", self._dropped),
+                                  ("marsad_capture_weird_packets_total", self._weird)):
+                # live totals, shown from the first report on (0 before: nothing seen)
+                if running.last is not None:
+                    counters[name][(LIVE,)] = running.total
+            hists = {name: sorted((key, h.cumulative(), h.total) for key, h in per_key.items())
+                     for name, per_key in self._hists.items()}
+            for name, running in (("marsad_capture_skipped_bytes_total", self._skipped),
+                                  ("marsad_capture_time_jumps_total", self._jumps),
+                                  ("marsad_ledger_unrecorded_verdicts_total", self._unrecorded)):
+                if running.last is not None:  # live probe only, from its first report on
+                    counters[name] = {(): running.total}
             rates = sorted((app, sum(self._rate.get(app, {}).values()) / self._window)
                            for app in self._rate_apps)
             lag = self._lag
@@ -487,7 +530,7 @@ class MarsadMetrics:
             by_state[key] = by_state.get(key, 0) + n
         gauges: dict[str, list[tuple[list[str], float]]] = {
             "marsad_flow_rate_bytes_per_second": [([app], rate) for app, rate in rates],
-            "marsad_flow_active_flows": [([], active)],
+            "marsad_probe_active_flows": [([], active)],
             "marsad_capture_processing_lag_seconds": [] if lag is None else [([], lag)],
             "marsad_analysis_jobs": [([state], n) for state, n in by_state.items()],
         }
@@ -495,9 +538,7 @@ class MarsadMetrics:
             labels = list(spec.labels)
             if spec.kind is Kind.COUNTER:
                 counter = CounterMetricFamily(spec.family, spec.doc, labels=labels)
-                if spec.name in plain:
-                    counter.add_metric([], plain[spec.name])
-                for values, value in counters.get(spec.name, []):
+                for values, value in sorted(counters.get(spec.name, {}).items()):
                     counter.add_metric(list(values), value)
                 yield counter
             elif spec.kind is Kind.GAUGE:
@@ -509,8 +550,8 @@ class MarsadMetrics:
                 yield gauge
             else:
                 hist = HistogramMetricFamily(spec.family, spec.doc, labels=labels)
-                for app, buckets, total in hists[spec.name]:
-                    hist.add_metric([app], buckets, total)
+                for hist_labels, buckets, total in hists[spec.name]:
+                    hist.add_metric(list(hist_labels), buckets, total)
                 yield hist
 
 
@@ -522,6 +563,53 @@ def _family(spec: MetricSpec) -> Metric:
     if spec.kind is Kind.GAUGE:
         return GaugeMetricFamily(spec.family, spec.doc, labels=labels)
     return HistogramMetricFamily(spec.family, spec.doc, labels=labels)
+
+
+BUILD_INFO = "marsad_build_info"
+"""Gauge, always 1, whose ``version`` label is the running marsad's version."""
+
+
+class BuildInfo:
+    """The ``marsad_build_info`` {version} gauge (the usual ``*_build_info`` pattern: join
+    on it to tell which version a series came from)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(BUILD_INFO, "marsad's version; always 1.", labels=["version"])
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(BUILD_INFO, "marsad's version; always 1.", labels=["version"])
+        g.add_metric([self.version], 1)
+        yield g
+
+
+def add_process_collectors(registry: CollectorRegistry, version: str) -> None:
+    """Add the process's own series to ``registry``: prometheus_client's ``process_*``
+    (CPU, memory, open files, start time), ``python_info``, ``python_gc_*`` and
+    ``marsad_build_info``."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        # the library's default collectors, shared: a second registry may hold them too
+        registry.register(collector)
+    registry.register(BuildInfo(version))
+
+
+def probe_metrics(version: str, *, active_flows: Callable[[], int] | None = None
+                  ) -> tuple[CollectorRegistry, MarsadMetrics]:
+    """The registry ``marsad probe --metrics-port`` serves: live traffic (``active_flows``
+    gives the flows in the probe's table), the process's series and the build info."""
+    registry = CollectorRegistry()
+    metrics = MarsadMetrics(registry, active_flows=active_flows)
+    add_process_collectors(registry, version)
+    return registry, metrics
+
+
+def metrics_payload(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The exposition of ``registry`` in the format ``accept`` asks for (OpenMetrics or
+    the Prometheus text format), and its content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
 
 
 def metrics_app(registry: CollectorRegistry) -> ASGIApp:

@@ -13,14 +13,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.pipeline import AnalysisResult
-from policy.records import Call, Leg, Verdict
+from policy.records import Call, Leg, Verdict, VerdictKind
 from probe.records import FlowRecord
 
-__all__ = ["LEG_COLUMNS", "CallSection", "FlowLine", "Report", "build_report", "render_rich",
-           "render_text"]
+__all__ = ["INTERFERED", "LEG_COLUMNS", "ONLY", "CallSection", "FlowLine", "Report",
+           "build_report", "render_rich", "render_text", "report_json"]
 
 LEG_COLUMNS = ("flow", "dir", "media", "ssrc", "packets", "loss", "jitter", "MOS")
 """Columns of a call's leg table."""
+
+INTERFERED = frozenset({str(VerdictKind.BLOCKED), str(VerdictKind.THROTTLED)})
+"""Verdicts that say the network interfered (``--only interfered``)."""
+ONLY: dict[str, frozenset[str]] = {
+    "interfered": INTERFERED,
+    "not-ok": frozenset(str(k) for k in VerdictKind if k is not VerdictKind.OK),
+}
+"""``marsad report --only`` choices: the verdicts of the calls they keep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +132,26 @@ def _flow_line(f: FlowRecord, v: Verdict) -> FlowLine:
     return FlowLine(f.uid, text, str(v.kind))
 
 
-def build_report(result: AnalysisResult, capture: str) -> Report:
-    """The report of one analysed capture (``capture`` names it in the header)."""
+def _selected(result: AnalysisResult, only: str | None
+              ) -> tuple[list[Call], list[tuple[FlowRecord, Verdict]]]:
+    """The calls, and the flows outside calls with a verdict of their own, that the report
+    shows: all of them, or those whose verdict is in ``ONLY[only]``."""
+    keep = None if only is None else ONLY[only]
     in_calls = {u for c in result.analysis.calls for u in c.flow_uids}
     by_uid = {f.uid: f for f in result.flows}
     flows = sorted(((by_uid[u], v) for u, v in result.analysis.flow_verdicts.items()
-                    if u not in in_calls and u in by_uid),
+                    if u not in in_calls and u in by_uid
+                    and (keep is None or str(v.kind) in keep)),
                    key=lambda fv: (fv[0].first_frame, fv[0].uid))
+    calls = [c for c in result.analysis.calls if keep is None or str(c.verdict.kind) in keep]
+    return calls, flows
+
+
+def build_report(result: AnalysisResult, capture: str, only: str | None = None) -> Report:
+    """The report of one analysed capture (``capture`` names it in the header); with
+    ``only`` (a key of :data:`ONLY`), just the calls and flows with those verdicts (the
+    header still counts every call)."""
+    calls, flows = _selected(result, only)
     verdicts: dict[str, int] = {}
     for c in result.analysis.calls:
         verdicts[str(c.verdict.kind)] = verdicts.get(str(c.verdict.kind), 0) + 1
@@ -142,14 +163,36 @@ def build_report(result: AnalysisResult, capture: str) -> Report:
                    " (" + ", ".join(f"{n} {k}" for k, n in sorted(verdicts.items())) + ")"
                    if verdicts else "")),
                ("interfered flows outside calls", str(len(flows)))]
+    if only is not None:
+        header.append(("shown", f"only {only}: {len(calls)} call(s)"))
     notes = []
     if result.stats.weird:
         notes.append(f"{result.stats.weird} malformed packet(s) recorded as weird")
     if not result.status.complete:
         notes.append(f"{result.status.message}: only packets before byte "
                      f"{result.status.stopped_at} were read")
-    return Report(tuple(header), tuple(_call_section(c) for c in result.analysis.calls),
+    return Report(tuple(header), tuple(_call_section(c) for c in calls),
                   tuple(_flow_line(f, v) for f, v in flows), tuple(notes))
+
+
+def report_json(result: AnalysisResult, capture: str, only: str | None = None
+                ) -> dict[str, Any]:
+    """``marsad report --json`` for one capture: what the text report shows, as data
+    (calls as ``marsad analyze --json`` writes them, interfered flows outside calls with
+    their conn.log columns and verdict)."""
+    calls, flows = _selected(result, only)
+    verdicts: dict[str, int] = {}
+    for c in result.analysis.calls:
+        verdicts[str(c.verdict.kind)] = verdicts.get(str(c.verdict.kind), 0) + 1
+    st = result.status
+    return {
+        "capture": capture, "sha256": result.sha256, "flows": len(result.flows),
+        "calls_total": len(result.analysis.calls), "verdicts": dict(sorted(verdicts.items())),
+        "only": only, "complete": st.complete,
+        "stopped_at": None if st.complete else st.stopped_at,
+        "weird": result.stats.weird,
+        "calls": [c.to_dict() for c in calls],
+        "interfered_flows": [{**f.conn_dict(), **v.to_dict()} for f, v in flows]}
 
 
 def _table(head: tuple[str, ...], rows: tuple[tuple[str, ...], ...]) -> list[str]:

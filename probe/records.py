@@ -359,8 +359,8 @@ class FlowRecord:
 
     @property
     def conn_state(self) -> str:
-        """Zeek-style summary of a TCP connection's fate (``""`` for other protocols);
-        see :func:`conn_state`."""
+        """Zeek's summary of the connection's fate (S0, SF, REJ...); see
+        :func:`conn_state`."""
         return conn_state(self.proto, self.orig_flags, self.resp_flags, self.resp_pkts)
 
     def lightened(self) -> FlowRecord:
@@ -418,14 +418,19 @@ class FlowRecord:
 
 
 def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> str:
-    """Zeek-style summary of a TCP connection's fate (``""`` for other protocols).
+    """Zeek's ``conn_state`` of a flow, as Zeek's ``Conn::conn_state`` gives it.
 
-    S0 SYN without reply; REJ SYN answered by RST; S1 established, not closed;
+    TCP: S0 SYN without reply; REJ SYN answered by RST; S1 established, not closed;
     SF normal close; RSTO/RSTR reset by originator/responder after set-up;
     SH originator SYN+FIN without responder; OTH no SYN seen.
+    UDP: SF both sides sent, S0 only the originator did. (Zeek also has SHR, only the
+    responder sent, and OTH, neither: the originator here is the sender of the first
+    packet, so it has always sent.) Any other protocol: OTH.
     """
+    if proto == "udp":
+        return "SF" if resp_pkts else "S0"
     if proto != "tcp":
-        return ""
+        return "OTH"
     o, r = orig_flags, resp_flags
     syn, fin, rst, ack = 0x02, 0x01, 0x04, 0x10
     if not o & syn:

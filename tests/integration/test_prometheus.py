@@ -1,8 +1,9 @@
 """A real Prometheus server scrapes marsad's /metrics over HTTP on the loopback.
 
-The metrics app is mounted at ``/metrics`` the way the service mounts it and
-served by uvicorn; Prometheus (Debian's ``prometheus`` package) scrapes it every
-second, and its HTTP query API must return the values of sample-call.pcap.
+The registry is served at ``/metrics`` the way the service serves it (a route, through
+:func:`api.metrics.metrics_payload`) by uvicorn; Prometheus (Debian's ``prometheus``
+package) scrapes it every second, and its HTTP query API must return the values of
+sample-call.pcap.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from api.metrics import MarsadMetrics, metrics_app
+from api.metrics import MarsadMetrics, metrics_payload
 from api.pipeline import analyze_capture
 from tests.conftest import ROOT, need_tool
 
@@ -44,7 +47,12 @@ def marsad_target() -> Iterator[int]:
     reg = CollectorRegistry()
     metrics = MarsadMetrics(reg, active_flows=lambda: 7, jobs=lambda: {"done": 1})
     metrics.observe_result(analyze_capture(ROOT / "captures" / "sample-call.pcap", workers=0))
-    app = Starlette(routes=[Mount("/metrics", app=metrics_app(reg))])
+
+    def scrape(request: Request) -> Response:
+        body, content_type = metrics_payload(reg, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    app = Starlette(routes=[Route("/metrics", scrape)])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
@@ -101,7 +109,7 @@ def test_prometheus_scrapes_marsad(marsad_target: int, tmp_path: Path) -> None:
         stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + DEADLINE_S
-        voice = 'marsad_flow_packets_total{app="whatsapp",category="voice"}'
+        voice = 'marsad_flow_packets_total{app="whatsapp",category="voice",source="capture"}'
         got = None
         while time.monotonic() < deadline and proc.poll() is None:
             got = scalar(base, voice)
@@ -112,9 +120,10 @@ def test_prometheus_scrapes_marsad(marsad_target: int, tmp_path: Path) -> None:
         assert got == 1817, f"{voice} = {got} after {DEADLINE_S} s"
         # The same scrape holds everything else.
         assert scalar(base, "sum(marsad_flow_packets_total)") == 1898
-        assert scalar(base, "marsad_capture_received_packets_total") == 1898
-        assert scalar(base, 'marsad_call_ended_total{app="whatsapp",verdict="ok"}') == 1
-        assert scalar(base, "marsad_flow_active_flows") == 7
+        assert scalar(base, 'marsad_capture_received_packets_total{source="capture"}') == 1898
+        ok = 'marsad_call_ended_total{app="whatsapp",verdict="ok",source="capture"}'
+        assert scalar(base, ok) == 1
+        assert scalar(base, "marsad_probe_active_flows") == 7
         assert scalar(base, 'marsad_analysis_jobs{state="done"}') == 1
         median = scalar(base, "histogram_quantile(0.5, sum by (le) (marsad_call_mos_bucket))")
         assert median is not None and 4.0 < median <= 4.2

@@ -436,10 +436,22 @@ def test_settings_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_metrics_follow_the_stored_analyses(loaded: TestClient) -> None:
-    """/metrics is served by the app and reflects the captures it analysed."""
-    r = loaded.get("/metrics/")
+    """/metrics is served by the app at /metrics itself (no redirect to /metrics/) and
+    reflects the captures it analysed, as captures (not current traffic), beside the
+    process's own series and the build info."""
+    r = loaded.get("/metrics", follow_redirects=False)
     assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
     text = r.text
-    assert 'marsad_flow_packets_total{app="whatsapp",category="voice"}' in text
-    assert 'marsad_call_ended_total{app="whatsapp",verdict="blocked"}' in text
+    assert 'marsad_flow_packets_total{app="whatsapp",category="voice",source="capture"}' in text
+    assert ('marsad_call_ended_total{app="whatsapp",source="capture",verdict="blocked"}'
+            in text)
+    assert 'source="live"' not in text and "marsad_flow_rate_bytes_per_second" not in text
     assert "marsad_analysis_jobs" in text
+    assert "process_resident_memory_bytes " in text and "process_start_time_seconds " in text
+    assert "python_info{" in text
+    from importlib.metadata import version
+    assert f'marsad_build_info{{version="{version("marsad")}"}} 1.0' in text
+    om = loaded.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.text.endswith("# EOF\n")

@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from api.metrics import (
     JOB_STATES,
+    SOURCES,
     SPECS,
     Kind,
     MarsadMetrics,
+    add_process_collectors,
     app_label,
     category_label,
     metrics_app,
@@ -42,6 +44,7 @@ CLOSED: dict[str, frozenset[str]] = {
     "verdict": frozenset(str(v) for v in VerdictKind),
     "reason": frozenset(str(r) for r in Reason) | {"other"},
     "state": frozenset(JOB_STATES) | {"other"},
+    "source": frozenset(SOURCES),
 }
 
 
@@ -64,6 +67,16 @@ def value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
     return reg.get_sample_value(name, labels)
 
 
+def cap(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    """A series of whole captures analysed after the fact (``source="capture"``)."""
+    return reg.get_sample_value(name, {**labels, "source": "capture"})
+
+
+def live(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    """A series of live traffic (``source="live"``)."""
+    return reg.get_sample_value(name, {**labels, "source": "live"})
+
+
 def samples(reg: CollectorRegistry) -> Iterator[tuple[str, dict[str, str], float]]:
     for fam in reg.collect():
         for s in fam.samples:
@@ -81,54 +94,54 @@ def test_sample_call_series(call: AnalysisResult) -> None:
     reg, m = fresh()
     m.observe_result(call)
     # The WhatsApp voice flow of sample-call.pcap: 1817 packets, 232931 frame bytes.
-    assert value(reg, "marsad_flow_packets_total", app="whatsapp", category="voice") == 1817
-    assert value(reg, "marsad_flow_bytes_total", app="whatsapp", category="voice") == 232931
-    assert value(reg, "marsad_flow_ended_total", app="whatsapp", category="dns") == 4
+    assert cap(reg, "marsad_flow_packets_total", app="whatsapp", category="voice") == 1817
+    assert cap(reg, "marsad_flow_bytes_total", app="whatsapp", category="voice") == 232931
+    assert cap(reg, "marsad_flow_ended_total", app="whatsapp", category="dns") == 4
     # Flows of no known app: DNS and web of unrelated hosts.
-    assert value(reg, "marsad_flow_packets_total", app="unknown", category="web") == 29
+    assert cap(reg, "marsad_flow_packets_total", app="unknown", category="web") == 29
     total = sum(v for n, _, v in samples(reg) if n == "marsad_flow_packets_total")
     assert total == call.stats.metered == 1898
-    assert value(reg, "marsad_capture_received_packets_total") == 1898
-    assert value(reg, "marsad_capture_weird_packets_total") == 0
-    assert value(reg, "marsad_capture_dropped_packets_total") == 0
-    assert value(reg, "marsad_call_started_total", app="whatsapp") == 1
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="blocked") is None
+    assert cap(reg, "marsad_capture_received_packets_total") == 1898
+    assert cap(reg, "marsad_capture_weird_packets_total") == 0
+    assert cap(reg, "marsad_capture_dropped_packets_total") is None  # a file drops none
+    assert cap(reg, "marsad_call_started_total", app="whatsapp") == 1
+    assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
+    assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="blocked") is None
     # Two audio legs, no loss, MOS about 4.19 (between the 4.0 and 4.2 bounds).
-    assert value(reg, "marsad_call_mos_count", app="whatsapp") == 2
-    assert value(reg, "marsad_call_mos_bucket", app="whatsapp", le="4.0") == 0
-    assert value(reg, "marsad_call_mos_bucket", app="whatsapp", le="4.2") == 2
+    assert cap(reg, "marsad_call_mos_count", app="whatsapp") == 2
+    assert cap(reg, "marsad_call_mos_bucket", app="whatsapp", le="4.0") == 0
+    assert cap(reg, "marsad_call_mos_bucket", app="whatsapp", le="4.2") == 2
     legs = call.analysis.calls[0].legs
-    mos_sum = value(reg, "marsad_call_mos_sum", app="whatsapp")
+    mos_sum = cap(reg, "marsad_call_mos_sum", app="whatsapp")
     assert mos_sum == pytest.approx(sum(leg.mos or 0 for leg in legs))
-    assert value(reg, "marsad_call_loss_ratio_count", app="whatsapp") == 2
-    assert value(reg, "marsad_call_loss_ratio_sum", app="whatsapp") == 0
-    assert value(reg, "marsad_call_loss_ratio_bucket", app="whatsapp", le="0.001") == 2
+    assert cap(reg, "marsad_call_loss_ratio_count", app="whatsapp") == 2
+    assert cap(reg, "marsad_call_loss_ratio_sum", app="whatsapp") == 0
+    assert cap(reg, "marsad_call_loss_ratio_bucket", app="whatsapp", le="0.001") == 2
     jitter = [leg.mean_jitter_s for leg in legs]
-    assert value(reg, "marsad_call_jitter_seconds_sum", app="whatsapp") == pytest.approx(
+    assert cap(reg, "marsad_call_jitter_seconds_sum", app="whatsapp") == pytest.approx(
         sum(j or 0 for j in jitter))
     # The received leg's jitter (about 2 ms) lies past the 2 ms bound, the sent one's
     # (0.1 ms) under the first.
-    assert value(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="0.001") == 1
-    assert value(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="0.005") == 2
-    assert value(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="+Inf") == 2
+    assert cap(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="0.001") == 1
+    assert cap(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="0.005") == 2
+    assert cap(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="+Inf") == 2
     # Not live: no processing lag, no active flows.
     assert value(reg, "marsad_capture_processing_lag_seconds") is None
-    assert value(reg, "marsad_flow_active_flows") == 0
+    assert value(reg, "marsad_probe_active_flows") == 0
 
 
 def test_sample_blocked_series(blocked: AnalysisResult) -> None:
     reg, m = fresh()
     m.observe_result(blocked)
-    assert value(reg, "marsad_flow_packets_total", app="whatsapp", category="voice") == 306
-    assert value(reg, "marsad_capture_received_packets_total") == 382
-    assert value(reg, "marsad_call_started_total", app="whatsapp") == 1
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="blocked") == 1
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") is None
+    assert cap(reg, "marsad_flow_packets_total", app="whatsapp", category="voice") == 306
+    assert cap(reg, "marsad_capture_received_packets_total") == 382
+    assert cap(reg, "marsad_call_started_total", app="whatsapp") == 1
+    assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="blocked") == 1
+    assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") is None
     for reason in ("stun-unanswered", "media-no-return"):
-        assert value(reg, "marsad_call_reasons_total", app="whatsapp", reason=reason) == 1
+        assert cap(reg, "marsad_call_reasons_total", app="whatsapp", reason=reason) == 1
     # Only the sent leg exists: one MOS sample.
-    assert value(reg, "marsad_call_mos_count", app="whatsapp") == 1
+    assert cap(reg, "marsad_call_mos_count", app="whatsapp") == 1
     apps = {f.uid: app_label(c.app) for f, c in zip(blocked.flows, blocked.classes,
                                                     strict=True)}
     expected = Counter((apps[u], str(v.kind)) for u, v in
@@ -142,20 +155,20 @@ def test_two_captures_add_up(call: AnalysisResult, blocked: AnalysisResult) -> N
     reg, m = fresh()
     m.observe_result(call)
     m.observe_result(blocked)
-    assert value(reg, "marsad_flow_packets_total", app="whatsapp", category="voice") == 2123
-    assert value(reg, "marsad_capture_received_packets_total") == 1898 + 382
+    assert cap(reg, "marsad_flow_packets_total", app="whatsapp", category="voice") == 2123
+    assert cap(reg, "marsad_capture_received_packets_total") == 1898 + 382
     # Both captures hold the same call uids: each analysis still counts its call.
-    assert value(reg, "marsad_call_started_total", app="whatsapp") == 2
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="blocked") == 1
-    assert value(reg, "marsad_call_mos_count", app="whatsapp") == 3
+    assert cap(reg, "marsad_call_started_total", app="whatsapp") == 2
+    assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
+    assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="blocked") == 1
+    assert cap(reg, "marsad_call_mos_count", app="whatsapp") == 3
 
 
 def test_rate_whole_capture(call: AnalysisResult) -> None:
     # A window longer than the capture: rate x window is every frame byte of the app.
     window = 3600
     reg, m = fresh(rate_window_s=window)
-    m.observe_result(call)
+    m.observe_flows(call.flows, call.classes)
     for app, nbytes in app_bytes(call).items():
         rate = value(reg, "marsad_flow_rate_bytes_per_second", app=app)
         assert rate is not None
@@ -164,7 +177,7 @@ def test_rate_whole_capture(call: AnalysisResult) -> None:
 
 def test_rate_last_seconds(call: AnalysisResult, blocked: AnalysisResult) -> None:
     reg, m = fresh(rate_window_s=10)
-    m.observe_result(call)
+    m.observe_flows(call.flows, call.classes)
     # sample-call.pcap ends at 1700001029.018: the window is seconds 1020..1029, where
     # only the voice flow's last second (1020), the chat connection (1022) and a DNS
     # exchange (1029) of WhatsApp fall.
@@ -181,15 +194,31 @@ def test_rate_last_seconds(call: AnalysisResult, blocked: AnalysisResult) -> Non
     assert 0 < want["whatsapp"] < app_bytes(call)["whatsapp"] / 10
     # Apps seen before stay exposed at 0 when they fall silent.
     assert value(reg, "marsad_flow_rate_bytes_per_second", app="unknown") == 0
-    # A new capture is a new timeline: its own last ten seconds count.
+    # An uploaded capture is not current traffic: the live rate does not move.
     m.observe_result(blocked)
-    rate = value(reg, "marsad_flow_rate_bytes_per_second", app="whatsapp")
-    end = int(blocked.stats.last_ts)
-    want_b = sum(ob + rb for f, c in zip(blocked.flows, blocked.classes, strict=True)
-                 if c.app == "whatsapp"
-                 for second, _, ob, _, rb in f.rate.tolist() if second > end - 10)
-    assert want_b > 0
-    assert rate == want_b / 10
+    assert value(reg, "marsad_flow_rate_bytes_per_second", app="whatsapp") == (
+        want["whatsapp"] / 10)
+
+
+def test_an_uploaded_capture_is_never_current_traffic(call: AnalysisResult,
+                                                      blocked: AnalysisResult) -> None:
+    """A capture analysed after the fact counts under source="capture" only: no live
+    series, no byte rate, no lag, whatever its timestamps."""
+    now = [blocked.stats.last_ts + 1]
+    reg, m = fresh(clock=lambda: now[0])
+    m.observe_result(call)
+    m.observe_result(blocked)
+    assert value(reg, "marsad_flow_rate_bytes_per_second", app="whatsapp") is None
+    assert value(reg, "marsad_capture_processing_lag_seconds") is None
+    sources = {labels.get("source") for n, labels, _ in samples(reg)
+               if n.startswith(("marsad_flow_", "marsad_call_", "marsad_capture_"))}
+    assert sources == {"capture"}
+    # live traffic moves its own series; the capture's stay as they were
+    m.observe_flows(call.flows[:3], call.classes[:3])
+    assert cap(reg, "marsad_flow_packets_total", app="whatsapp", category="voice") == 2123
+    assert sum(v for n, lb, v in samples(reg) if n == "marsad_flow_packets_total"
+               and lb["source"] == "live") == sum(f.orig_pkts + f.resp_pkts
+                                                  for f in call.flows[:3])
 
 
 def test_streaming_matches_whole(call: AnalysisResult) -> None:
@@ -198,13 +227,14 @@ def test_streaming_matches_whole(call: AnalysisResult) -> None:
     reg_b, stream = fresh()
     for i in range(0, len(call.flows), 3):
         stream.observe_flows(call.flows[i:i + 3], call.classes[i:i + 3])
+    def by_labels(reg: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
+        return {(lb["app"], lb["category"]): v for n, lb, v in samples(reg) if n == name}
+
     for name in ("marsad_flow_packets_total", "marsad_flow_bytes_total",
                  "marsad_flow_ended_total"):
-        a = {tuple(sorted(lb.items())): v for n, lb, v in samples(reg_a) if n == name}
-        b = {tuple(sorted(lb.items())): v for n, lb, v in samples(reg_b) if n == name}
+        a, b = by_labels(reg_a, name), by_labels(reg_b, name)
         assert a == b and a
-    assert value(reg_b, "marsad_flow_rate_bytes_per_second", app="whatsapp") == value(
-        reg_a, "marsad_flow_rate_bytes_per_second", app="whatsapp")
+    assert (value(reg_b, "marsad_flow_rate_bytes_per_second", app="whatsapp") or 0) > 0
     with pytest.raises(ValueError, match="2 flows but 1 classifications"):
         stream.observe_flows(call.flows[:2], call.classes[:1])
 
@@ -214,14 +244,14 @@ def test_streaming_calls_counted_once(call: AnalysisResult) -> None:
     calls = call.analysis.calls
     m.observe_calls(calls, finished=False)
     m.observe_calls(calls, finished=False)
-    assert value(reg, "marsad_call_started_total", app="whatsapp") == 1
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") is None
-    assert value(reg, "marsad_call_mos_count", app="whatsapp") is None
+    assert live(reg, "marsad_call_started_total", app="whatsapp") == 1
+    assert live(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") is None
+    assert live(reg, "marsad_call_mos_count", app="whatsapp") is None
     m.observe_calls(calls)
     m.observe_calls(calls)
-    assert value(reg, "marsad_call_started_total", app="whatsapp") == 1
-    assert value(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
-    assert value(reg, "marsad_call_mos_count", app="whatsapp") == 2
+    assert live(reg, "marsad_call_started_total", app="whatsapp") == 1
+    assert live(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
+    assert live(reg, "marsad_call_mos_count", app="whatsapp") == 2
 
 
 def test_labels_outside_the_sets_are_folded(call: AnalysisResult) -> None:
@@ -233,9 +263,9 @@ def test_labels_outside_the_sets_are_folded(call: AnalysisResult) -> None:
     m.observe_calls([odd_call])
     f = flows[0]
     cat = str(call.classes[0].category)
-    assert value(reg, "marsad_flow_packets_total", app="unknown", category=cat) == (
+    assert live(reg, "marsad_flow_packets_total", app="unknown", category=cat) == (
         f.orig_pkts + f.resp_pkts)
-    assert value(reg, "marsad_call_started_total", app="unknown") == 1
+    assert live(reg, "marsad_call_started_total", app="unknown") == 1
     assert app_label(None) == "unknown"
     assert app_label("zoom") == "zoom"
     assert category_label("nonsense") == "other"
@@ -266,15 +296,15 @@ def test_capture_statistics_survive_restarts() -> None:
     reg, m = fresh()
     m.observe_capture(received=100, dropped=2)
     m.observe_capture(received=150, dropped=3)
-    assert value(reg, "marsad_capture_received_packets_total") == 150
-    assert value(reg, "marsad_capture_dropped_packets_total") == 3
+    assert live(reg, "marsad_capture_received_packets_total") == 150
+    assert live(reg, "marsad_capture_dropped_packets_total") == 3
     # The capture tool restarted: its counts began again from zero.
     m.observe_capture(received=10, dropped=0)
-    assert value(reg, "marsad_capture_received_packets_total") == 160
-    assert value(reg, "marsad_capture_dropped_packets_total") == 3
+    assert live(reg, "marsad_capture_received_packets_total") == 160
+    assert live(reg, "marsad_capture_dropped_packets_total") == 3
     m.observe_capture(received=25, dropped=4)
-    assert value(reg, "marsad_capture_received_packets_total") == 175
-    assert value(reg, "marsad_capture_dropped_packets_total") == 7
+    assert live(reg, "marsad_capture_received_packets_total") == 175
+    assert live(reg, "marsad_capture_dropped_packets_total") == 7
 
 
 def test_meter_lag_and_weird(call: AnalysisResult) -> None:
@@ -283,11 +313,11 @@ def test_meter_lag_and_weird(call: AnalysisResult) -> None:
     assert value(reg, "marsad_capture_processing_lag_seconds") is None
     m.observe_meter(MeterStats(packets=40, weird=3, last_ts=1700001029.25))
     assert value(reg, "marsad_capture_processing_lag_seconds") == pytest.approx(1.25)
-    assert value(reg, "marsad_capture_weird_packets_total") == 3
+    assert live(reg, "marsad_capture_weird_packets_total") == 3
     now[0] = 1700001100.5
     m.observe_meter(MeterStats(packets=90, weird=5, last_ts=1700001100.25))
     assert value(reg, "marsad_capture_processing_lag_seconds") == pytest.approx(0.25)
-    assert value(reg, "marsad_capture_weird_packets_total") == 5
+    assert live(reg, "marsad_capture_weird_packets_total") == 5
     # The meter's capture time moves the byte-rate window on: flows whose last second
     # is more than ten seconds old fall out of it.
     m.observe_flows(call.flows, call.classes)
@@ -303,9 +333,9 @@ def test_active_flows_and_jobs() -> None:
     active = [12]
     reg, _ = fresh(active_flows=lambda: active[0],
                    jobs=lambda: {"running": 1, "done": 4, "paused": 2, "stalled": 1})
-    assert value(reg, "marsad_flow_active_flows") == 12
+    assert value(reg, "marsad_probe_active_flows") == 12
     active[0] = 3
-    assert value(reg, "marsad_flow_active_flows") == 3
+    assert value(reg, "marsad_probe_active_flows") == 3
     assert value(reg, "marsad_analysis_jobs", state="running") == 1
     assert value(reg, "marsad_analysis_jobs", state="done") == 4
     assert value(reg, "marsad_analysis_jobs", state="queued") == 0
@@ -346,6 +376,9 @@ def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
     m.observe_result(call)
     m.observe_result(blocked)
     m.observe_meter(call.stats)
+    m.observe_flows(call.flows, call.classes)
+    m.observe_capture(received=2000, dropped=1)
+    m.observe_probe(skipped_bytes=0, time_jumps=0, unledgered=0)
     assert blocked.analysis.flow_verdicts, "sample-blocked.pcap should judge a flow"
     families = {fam.name: fam.type for fam in reg.collect()}
     described = {fam.name for fam in m.describe()}
@@ -406,7 +439,7 @@ def test_asgi_app(call: AnalysisResult) -> None:
     resp = asyncio.run(get())
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
-    line = 'marsad_flow_packets_total{app="whatsapp",category="voice"} 1817.0'
+    line = 'marsad_flow_packets_total{app="whatsapp",category="voice",source="capture"} 1817.0'
     assert line in resp.text.splitlines()
 
 
@@ -444,7 +477,9 @@ def promql_metrics(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
     expr = re.sub(r"\{[^}]*\}", "", expr)
     expr = re.sub(r"\[[^\]]*\]", "", expr)
-    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\boffset\s+-?\w+", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "",
+                  expr)
     expr = re.sub(r"\$\w+", "", expr)
     names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
     return names - PROMQL_WORDS
@@ -457,6 +492,8 @@ def test_promql_metrics_parser() -> None:
     assert promql_metrics(expr) == {"marsad_call_mos_bucket", "other_metric"}
     assert promql_metrics("label_values(marsad_flow_bytes_total, app)") == {
         "marsad_flow_bytes_total"}
+    assert promql_metrics("increase(a_total[1h] offset 15m) * on (x) group_left (v) b") == {
+        "a_total", "b"}
 
 
 def dashboard_exprs(dash: dict[str, object]) -> Iterator[tuple[str, str]]:
@@ -480,13 +517,25 @@ def test_dashboard_uses_only_exposed_series() -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     ds = variables["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    names = spec_series()
+    process = CollectorRegistry()
+    add_process_collectors(process, "1.0")
+    names = spec_series() | exposed_names(process)
     used: set[str] = set()
     for title, expr in dashboard_exprs(dash):
         metrics = promql_metrics(expr)
         assert metrics, (title, expr)
         assert metrics <= names, (title, metrics - names)
         used |= metrics
+        # every series is picked by the $probe variable (the instance label), and those
+        # with an app by $app
+        for selector in re.findall(r"(marsad_\w+|process_\w+)(\{[^}]*\})?",
+                                   "" if title == "probe" else expr):
+            assert 'instance=~"$probe"' in selector[1], (title, selector)
+            if title != "app" and selector[0] in ("marsad_flow_bytes_total",
+                                                  "marsad_call_ended_total"):
+                assert 'app=~"$app"' in selector[1], (title, selector)
+    assert {"probe", "app"} <= set(variables)
+    assert variables["probe"]["query"]["query"] == "label_values(marsad_build_info, instance)"
     # Every panel reads through the data source variable; titles are unique.
     titles = [p["title"] for p in dash["panels"]]
     assert len(set(titles)) == len(titles)
@@ -501,5 +550,7 @@ def test_dashboard_uses_only_exposed_series() -> None:
                    "marsad_capture_received_packets_total",
                    "marsad_capture_dropped_packets_total",
                    "marsad_capture_weird_packets_total",
-                   "marsad_capture_processing_lag_seconds", "marsad_flow_active_flows"):
+                   "marsad_capture_processing_lag_seconds", "marsad_probe_active_flows",
+                   "process_cpu_seconds_total", "process_resident_memory_bytes",
+                   "marsad_build_info"):
         assert needed in used, needed
