@@ -36,7 +36,7 @@ from policy.records import Call, Evidence, FlowVerdict, Leg, Reason, Verdict
 from policy.rules import Policy, call_rules, flow_rules, load_policy, verdict_from
 from probe.records import FlowRecord
 
-__all__ = ["Analysis", "analyse_calls"]
+__all__ = ["Analysis", "analyse_calls", "is_call_flow", "lone_flow_verdicts"]
 
 MEDIA_CATEGORIES = frozenset({Category.VOICE, Category.VIDEO, Category.SCREEN})
 SETUP_PROTOCOLS = frozenset({"stun", "dtls", "rtcp", "rtp", "sip", "zoom", "discord",
@@ -332,6 +332,35 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
             flow_verdicts[f.uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
     return Analysis(calls, flow_verdicts)
+
+
+def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classification],
+                       judge: Sequence[FlowRecord], policy: Policy | None = None
+                       ) -> dict[str, Verdict]:
+    """Verdicts of the flows ``judge`` (a subset of ``flows``, none of them in a call) on
+    their own packets, as :func:`analyse_calls` gives them to flows outside every call:
+    ICMP errors quoting them and TCP handshakes, with the local side, "other flows were
+    answered" and the capture's end taken from ``flows``."""
+    pol = policy or load_policy()
+    cls = {c.uid: c for c in classes}
+    call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
+    local = _local_of(call_flows or list(flows))
+    others_answered = any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows)
+    capture_end = max((f.last_ts for f in flows), default=0.0)
+    out: dict[str, Verdict] = {}
+    for f in judge:
+        if not f.icmp and f.proto != "tcp":
+            continue
+        ev = flow_rules(f, cls[f.uid], local, others_answered, pol, capture_end)
+        if ev:
+            out[f.uid] = verdict_from(ev)
+    return out
+
+
+def is_call_flow(f: FlowRecord, c: Classification) -> bool:
+    """Whether :func:`analyse_calls` builds calls on this flow (a call category, or a call
+    set-up protocol over UDP) or on the dialog it carries (SIP)."""
+    return _is_call_flow(f, c) or bool(c.facts.sip)
 
 
 def _two_way_media(media_flows: list[FlowRecord]) -> bool:

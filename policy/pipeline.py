@@ -14,8 +14,9 @@ into batches, on the wall clock or on the output format:
   passes, with what it learned from earlier flows) and join the *window*;
 * the window is grouped into calls (:func:`policy.calls.analyse_calls`); a call is
   written once the capture's clock has passed its end by ``call_settle_s`` and no UDP
-  flow that started before that is still going or waiting to settle (it may be another
-  stream of the same call; the watermark says when the oldest flow still open started),
+  flow to one of its remote hosts or on one of its local sockets that started before
+  that is still going or waiting to settle (it may be another stream of the same call;
+  the watermark lists the flows still open),
   or at the latest ``call_hold_s`` after its end; its flows then leave the window. A
   flow's own verdict is written once the clock has passed its end by ``call_settle_s``;
 * flows that are neither in a call nor still young leave the window after ``window_s``,
@@ -35,12 +36,12 @@ from typing import Any
 
 from classifier.engine import Classifier, Observation
 from classifier.records import Classification
-from policy.calls import Analysis, analyse_calls
+from policy.calls import Analysis, analyse_calls, is_call_flow, lone_flow_verdicts
 from policy.records import Call, Verdict
 from policy.rules import Policy, load_policy
 from policy.settling import PipelineConfig
 from probe import FlowReader, FlowRecord, MeterConfig, ReadStatus, Weird
-from probe.meter import MeterStats
+from probe.meter import NO_OPEN_FLOWS, MeterStats, OpenFlows
 from probe.run import Watermark
 
 __all__ = ["AnalysisResult", "Pipeline", "PipelineConfig", "Step", "analyze_flows",
@@ -90,8 +91,8 @@ class Pipeline:
         self._in_due: set[str] = set()
         """Window flows of those calls (judged with them)."""
         self._clock = -math.inf
-        self._open_udp_since = math.inf
-        """Start of the oldest UDP flow the probe has not ended yet."""
+        self._open_udp: OpenFlows = NO_OPEN_FLOWS
+        """The UDP flows the probe has not ended yet."""
 
     @property
     def observe(self) -> Callable[[FlowRecord], Observation]:
@@ -105,7 +106,7 @@ class Pipeline:
 
     def advance(self, watermark: Watermark) -> list[Step]:
         """The probe's clock reached ``watermark``: settle every grid point up to it."""
-        self._open_udp_since = watermark.open_udp_since
+        self._open_udp = watermark.open_udp
         steps: list[Step] = []
         while True:
             point = self._next_point()
@@ -153,16 +154,21 @@ class Pipeline:
                 step.flows.append((f, c))
         if not self._window:
             return step
-        items = sorted(self._window.values(), key=lambda fc: (fc[0].first_frame, fc[0].uid))
-        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy)
         settle = self.cfg.call_settle_s
-        going = min([self._open_udp_since, *(f.first_ts for f, _ in self._pending.values()
-                                              if f.proto == "udp")])
+        items = sorted(self._window.values(), key=lambda fc: (fc[0].first_frame, fc[0].uid))
+        if not (final or any(is_call_flow(f, c) for f, c in step.flows)
+                or any(t <= point for t in self._due_calls)):
+            # No call can have changed or come due: only flows outside every call settle.
+            self._judge_alone(items, point, step)
+            return step
+        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy)
+        by_uid = {f.uid: f for f, _ in items}
         done: set[str] = set()
         self._due_calls = []
         for call in analysis.calls:
             if final or call.end_ts + self.cfg.call_hold_s <= point or (
-                    call.end_ts + settle <= point and going > call.end_ts + settle):
+                    call.end_ts + settle <= point
+                    and self._going(call, by_uid) > call.end_ts + settle):
                 step.calls.append(call)
                 done.update(call.flow_uids)
             elif call.end_ts + settle <= point:  # held: a stream may still be going
@@ -187,13 +193,55 @@ class Pipeline:
             self._judged.add(uid)
         step.window = {u: self._window[u] for u in
                        done | set(step.flow_verdicts) if u in self._window}
+        self._forget(point, done, final)
+        return step
+
+    def _going(self, call: Call, flows: dict[str, FlowRecord]) -> float:
+        """Start of the earliest UDP flow, not settled yet, that may be another stream of
+        ``call``: one to a remote host of the call, or on one of its local sockets (ICE
+        uses one local port for every candidate pair); infinity when there is none."""
+        hosts: set[str] = set()
+        sockets: set[tuple[str, int]] = set()
+        for uid in call.flow_uids:
+            f = flows[uid]
+            if f.orig_h == call.local:
+                hosts.add(f.resp_h)
+                sockets.add((f.orig_h, f.orig_p))
+            elif f.resp_h == call.local:
+                hosts.add(f.orig_h)
+                sockets.add((f.resp_h, f.resp_p))
+            else:
+                hosts.update((f.orig_h, f.resp_h))
+        earliest = self._open_udp.earliest_touching(hosts, sockets)
+        for f, _ in self._pending.values():
+            if f.proto == "udp" and f.first_ts < earliest and (
+                    f.orig_h in hosts or f.resp_h in hosts
+                    or (f.orig_h, f.orig_p) in sockets or (f.resp_h, f.resp_p) in sockets):
+                earliest = f.first_ts
+        return earliest
+
+    def _judge_alone(self, items: list[tuple[FlowRecord, Classification]], point: float,
+                     step: Step) -> None:
+        """Settle the verdicts of window flows outside every call whose time has come."""
+        settle = self.cfg.call_settle_s
+        ripe = [f for f, _ in items if f.uid not in self._judged
+                and f.uid not in self._in_due and f.last_ts + settle <= point]
+        if ripe:
+            verdicts = lone_flow_verdicts([f for f, _ in items], [c for _, c in items], ripe,
+                                          self.policy)
+            self._judged.update(f.uid for f in ripe)
+            step.flow_verdicts.update(verdicts)
+            step.window = {u: self._window[u] for u in verdicts}
+        self._forget(point, set(), final=False)
+
+    def _forget(self, point: float, done: set[str], final: bool) -> None:
+        """Drop the written calls' flows, and judged flows older than the window."""
         keep_after = point - self.cfg.window_s
         for uid in [u for u, (f, _) in self._window.items()
-                    if u in done or final or (u in self._judged and u not in in_due
+                    if u in done or final or (u in self._judged and u not in self._in_due
                                               and f.last_ts < keep_after)]:
             del self._window[uid]
             self._judged.discard(uid)
-        return step
 
 
 def flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, SupportsIndex
 
@@ -426,16 +427,16 @@ class FlowMeter:
         for longer than their timeout at this time have ended."""
         return self._now / NS
 
-    def open_udp_since(self) -> float:
-        """Start (capture time, seconds) of the oldest UDP flow still in the table; infinity
-        when there is none. With :attr:`now`, what a consumer needs to know whether a flow
-        that started by some time may still come."""
+    def open_udp(self) -> OpenFlows:
+        """The UDP flows still in the table: their endpoints and starts (a snapshot)."""
         t = self._t
         proto = (t.key[:, 4] >> np.uint64(16)).astype(np.int64) & 0xFF
-        udp = t.alive & (proto == 17)
-        if not udp.any():
-            return float("inf")
-        return int(t.first_ns[udp].min()) / NS
+        rows = np.flatnonzero(t.alive & (proto == 17))
+        k = t.key[rows]
+        port = np.uint64(0xFFFF)
+        return OpenFlows(k[:, 0].copy(), k[:, 1].copy(), (k[:, 4] >> np.uint64(48)) & port,
+                         k[:, 2].copy(), k[:, 3].copy(), (k[:, 4] >> np.uint64(32)) & port,
+                         t.first_ns[rows] / NS)
 
     def active_flows(self) -> int:
         """Flows currently in the table."""
@@ -828,6 +829,52 @@ class FlowMeter:
         self._closed[slots] = False
         self._free.extend(slots.tolist())
         return e
+
+
+def pack_addr(text: str) -> tuple[int, int]:
+    """An address in the table's form: the two 64-bit halves of its IPv6 form (IPv4 as
+    ``::ffff:a.b.c.d``), the inverse of :func:`~probe.decode.join_addr`."""
+    ip = ipaddress.ip_address(text)
+    n = int(ip) if ip.version == 6 else (0xFFFF << 32) | int(ip)
+    return n >> 64, n & 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFlows:
+    """Endpoints and starts of flows still in the table (one row per flow, endpoints in
+    the table's order, addresses as :func:`pack_addr` halves)."""
+
+    a_hi: U64
+    a_lo: U64
+    a_port: U64
+    b_hi: U64
+    b_lo: U64
+    b_port: U64
+    first_ts: npt.NDArray[np.float64]
+
+    def earliest_touching(self, hosts: Iterable[str],
+                          sockets: Iterable[tuple[str, int]]) -> float:
+        """Start of the earliest of these flows with an endpoint at one of ``hosts`` or on
+        one of ``sockets`` (address, port); infinity when none does."""
+        hit = np.zeros(len(self.first_ts), dtype=bool)
+        if not len(hit):
+            return float("inf")
+        for h in hosts:
+            hi, lo = (np.uint64(x) for x in pack_addr(h))
+            hit |= ((self.a_hi == hi) & (self.a_lo == lo)) | ((self.b_hi == hi)
+                                                              & (self.b_lo == lo))
+        for h, port in sockets:
+            hi, lo = (np.uint64(x) for x in pack_addr(h))
+            p = np.uint64(port)
+            hit |= ((self.a_hi == hi) & (self.a_lo == lo) & (self.a_port == p)) | (
+                (self.b_hi == hi) & (self.b_lo == lo) & (self.b_port == p))
+        return float(self.first_ts[hit].min()) if hit.any() else float("inf")
+
+
+_NONE = np.zeros(0, dtype=np.uint64)
+NO_OPEN_FLOWS = OpenFlows(_NONE, _NONE, _NONE, _NONE, _NONE, _NONE,
+                          np.zeros(0, dtype=np.float64))
+"""An empty :class:`OpenFlows`."""
 
 
 @dataclass(slots=True)

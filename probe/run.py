@@ -30,7 +30,16 @@ import numpy as np
 
 from probe.decode import Decoder
 from probe.errors import CaptureError, UnsupportedLinkType
-from probe.meter import Ended, FlowMeter, MeterConfig, MeterStats, build_records, conn_rows
+from probe.meter import (
+    NO_OPEN_FLOWS,
+    Ended,
+    FlowMeter,
+    MeterConfig,
+    MeterStats,
+    OpenFlows,
+    build_records,
+    conn_rows,
+)
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
@@ -96,9 +105,9 @@ class Watermark:
 
     ts: float
     """Seconds since the epoch."""
-    open_udp_since: float = float("inf")
-    """Start of the oldest UDP flow not yet ended (infinity: none): a UDP flow that started
-    earlier than this has been handed out."""
+    open_udp: OpenFlows = NO_OPEN_FLOWS
+    """The UDP flows not yet ended, their endpoints and starts: the flows that may still
+    come out after the watermark's time."""
 
 
 def _check_linktypes(status: ReadStatus) -> None:
@@ -296,7 +305,7 @@ class FlowReader:
         for i, p in enumerate(batches, 1):
             with self._lock:
                 ended = self.meter.apply(p)
-                mark = Watermark(self.meter.now, self.meter.open_udp_since())
+                mark = Watermark(self.meter.now, self.meter.open_udp())
             yield from ended
             del p, ended
             yield mark
@@ -320,7 +329,7 @@ class FlowReader:
             if self._finishing or now_s <= self.meter.now:
                 return [], None
             ended = self.meter.expire_until(now_s)
-            return ended, Watermark(now_s, self.meter.open_udp_since())
+            return ended, Watermark(now_s, self.meter.open_udp())
 
     def observed(self, observe: Callable[[FlowRecord], T]
                  ) -> Generator[tuple[FlowRecord, T], None, None]:
@@ -402,7 +411,7 @@ class FlowReader:
                 kind, body, done = proc.next()
                 if kind == "batch":
                     take(self.meter.apply_gathered(body), eof=False)
-                    mark = Watermark(self.meter.now, self.meter.open_udp_since())
+                    mark = Watermark(self.meter.now, self.meter.open_udp())
                     pending.append((0, mark, []))
                     del body
                     if self._progress is not None:
