@@ -92,7 +92,7 @@ from policy.records import Verdict
 from policy.rules import Policy
 from probe import FlowReader, FlowRecord, MeterConfig
 from probe.errors import CaptureError
-from probe.run import Watermark
+from probe.run import Watermark, default_workers
 
 __all__ = [
     "CaptureRing",
@@ -653,9 +653,11 @@ class LiveProbe:
             view = view[n:]
         return True
 
-    def _read_flows(self, pipe: BinaryIO) -> None:
+    def _read_flows(self, pipe: BinaryIO, write_end: int) -> None:
         try:
-            reader = FlowReader(pipe, self.cfg.meter, workers=1)
+            # reading, decoding and batch preparation in a second process, as for a file
+            reader = FlowReader(pipe, self.cfg.meter, workers=default_workers(),
+                                not_ours=(write_end,))
             self._reader = reader
             for item in reader.observed_with_clock(self.pipeline.observe):
                 self._queue.put(item)
@@ -682,7 +684,7 @@ class LiveProbe:
         r, w = os.pipe()
         pipe = os.fdopen(r, "rb")
         tee = threading.Thread(target=self._tee, args=(src, w), name="marsad-tee", daemon=True)
-        reader = threading.Thread(target=self._read_flows, args=(pipe,), name="marsad-meter",
+        reader = threading.Thread(target=self._read_flows, args=(pipe, w), name="marsad-meter",
                                   daemon=True)
         tee.start()
         reader.start()

@@ -14,6 +14,7 @@ work): chunks of them go back to it as columns (:class:`~probe.meter.Ended`).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -130,14 +131,17 @@ def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type
 
 def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
              n_payloads: int, snap: tuple[int, int, int], conn: Connection,
-             requests: Connection | None, observe: Callable[[FlowRecord], Any] | None
-             ) -> None:
+             requests: Connection | None, observe: Callable[[FlowRecord], Any] | None,
+             not_ours: tuple[int, ...] = ()) -> None:
     """Child process: read, decode and prepare batches, send them to the parent.
 
     With ``requests``, also observe the finished flows the parent sends (gathered
     columns, :class:`~probe.meter.Ended`): between batches whatever has arrived, and
     after the end of input until the parent closes the pipe. ``observe`` may instead
     come as the first request (a process started before its observer was known)."""
+    for fd in not_ours:  # e.g. the write end of the pipe this process reads: EOF needs it shut
+        with contextlib.suppress(OSError):
+            os.close(fd)
     out = _Outbox(conn, OUTBOX_DEPTH)
     serving = _Serving(observe)
     try:
@@ -255,8 +259,12 @@ class FlowReader:
     """
 
     def __init__(self, source: str | Path | BinaryIO, config: MeterConfig | None = None,
-                 progress: Callable[[int], None] | None = None, workers: int = 1) -> None:
+                 progress: Callable[[int], None] | None = None, workers: int = 1,
+                 not_ours: tuple[int, ...] = ()) -> None:
         self.config = config or MeterConfig()
+        self.not_ours = not_ours
+        """File descriptors the reader process closes first (``workers=2``): the write end
+        of a pipe it reads, which it would otherwise keep open, so that it never sees EOF."""
         self._src = open_source(source, self.config.chunk_size)
         self.meter = FlowMeter(self.config)
         self._progress = progress
@@ -497,7 +505,8 @@ class _ReaderProcess:
         sys.stderr.flush()
         self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
                                  args=(reader._src, reader.meter.idle_ns, cfg.payload_samples,
-                                       reader.meter.snaps, send, req_recv, observe))
+                                       reader.meter.snaps, send, req_recv, observe,
+                                       reader.not_ours))
         self._proc.start()
         send.close()
         reader._src.close()
