@@ -371,10 +371,9 @@ def _life(flow: FlowRecord, rules: MediaRules) -> _Life:
     rows = int(secs.size)
     pkts = np.zeros((rows, 2), np.int64)
     wire = np.zeros((rows, 2), np.int64)
-    np.add.at(pkts, (row, 0), rate[:, 1])
-    np.add.at(pkts, (row, 1), rate[:, 3])
-    np.add.at(wire, (row, 0), rate[:, 2])
-    np.add.at(wire, (row, 1), rate[:, 4])
+    for d in (ORIG, RESP):
+        np.add.at(pkts[:, d], row, rate[:, 1 + 2 * d])
+        np.add.at(wire[:, d], row, rate[:, 2 + 2 * d])
     sec: I64 = (secs - secs[0]).astype(np.int64)
     span = int(sec[-1]) + 1
     active = pkts.sum(axis=1) >= rules.active_pkts
