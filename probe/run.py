@@ -94,11 +94,14 @@ def _check_linktypes(status: ReadStatus) -> None:
 def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type: ignore[type-arg]
               n_payloads: int, snap: tuple[int, int, int]) -> Iterator[Prepared]:
     checked = False
+    ts_last: int | None = None
     for batch in src.batches():
         if not checked:
             checked = True
             _check_linktypes(src.status)
-        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap)
+        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap, ts_last)
+        if len(batch):
+            ts_last = int(batch.ts_ns[-1])
     if not checked:
         _check_linktypes(src.status)
 
