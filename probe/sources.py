@@ -44,6 +44,9 @@ PCAPNG_BOM = 0x1A2B3C4D
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD = 1 << 24
 """Largest packet record we believe (16 MiB); anything bigger means a corrupt header."""
+NS = 1_000_000_000
+SPB_NO_TS = 1 << 64
+"""Raw timestamp of a simple packet block (it has none; no real one is this big)."""
 
 
 class LinkType(IntEnum):
@@ -124,6 +127,10 @@ class RawBatch:
         return int(self.data_off.shape[0])
 
 
+TS_MAX_NS = (1 << 63) - 1
+"""Newest timestamp the probe holds (nanoseconds since the epoch in an int64: year 2262)."""
+
+
 @dataclass(slots=True)
 class _Interface:
     linktype: int
@@ -133,6 +140,39 @@ class _Interface:
     resol_bin: int
     """Binary exponent k for 2^-k units when ``resol_dec`` is None."""
     offset_s: int
+    raw_min: int = 0
+    """Smallest raw 64-bit packet timestamp that gives a time from the epoch to
+    ``TS_MAX_NS`` with this interface's resolution and offset (set by :meth:`limits`)."""
+    raw_max: int = (1 << 64) - 1
+    """Largest such raw timestamp; a packet stamped outside makes its block corrupt."""
+
+    def limits(self) -> str | None:
+        """Set ``raw_min``/``raw_max``: the raw timestamps :meth:`CaptureSource._ng_batch`
+        turns into nanoseconds with no int64 overflow on the way. Returns what is wrong
+        with the interface's ``if_tsresol`` or ``if_tsoffset`` if they cannot describe a
+        capture: a unit so small that a 64-bit timestamp cannot count one second, or an
+        offset beyond the time range the probe holds."""
+        if self.resol_dec is not None and self.resol_dec > 19:
+            return f"if_tsresol 10^-{self.resol_dec} s cannot count one second in 64 bits"
+        if self.resol_dec is None and self.resol_bin > 63:
+            return f"if_tsresol 2^-{self.resol_bin} s cannot count one second in 64 bits"
+        if abs(self.offset_s) > TS_MAX_NS // NS:
+            return f"if_tsoffset {self.offset_s} s is beyond year 2262"
+        off = self.offset_s * NS
+        top = TS_MAX_NS
+        if self.resol_dec is not None and self.resol_dec <= 9:
+            m = 10 ** (9 - self.resol_dec)  # ns = raw * m + off, raw * m itself an int64
+            lo, hi = -(off // m), min((top - off) // m, top // m)
+        elif self.resol_dec is not None:
+            d = 10 ** (self.resol_dec - 9)  # ns = raw // d + off
+            lo, hi = -off * d, (top - off + 1) * d - 1
+        else:
+            sh = self.resol_bin  # ns = (raw >> sh) * NS + (fraction < NS) + off
+            lo = -(off // NS) << sh
+            hi = ((min(top - off, top) // NS) << sh) - 1
+        self.raw_min = max(lo, 0)
+        self.raw_max = min(hi, (1 << 64) - 1)
+        return None
 
 
 class _Input:
@@ -232,6 +272,9 @@ class CaptureSource:
             fh = source
             name = getattr(source, "name", "<stream>")
         self.chunk_size = chunk_size
+        self._ts_last = 0
+        """Timestamp of the last packet yielded (a simple packet block has none: it takes
+        the one before it, across batches too)."""
         self._in = _Input(fh, name)
         self.status = ReadStatus(source=name, compressed=self._in.compressed)
         try:
@@ -452,11 +495,17 @@ class CaptureSource:
                     if iface >= len(section):
                         bad = f"packet block at byte {base + pos} names unknown interface {iface}"
                         break
+                    raw = (hi << 32) | lo
+                    rec = ifaces[section[iface]]
+                    if not rec.raw_min <= raw <= rec.raw_max:
+                        bad = (f"corrupt packet block at byte {base + pos}: timestamp {raw} "
+                               "is out of range (before 1970 or after 2262)")
+                        break
                     d_off.append(pos + 28)
                     d_cap.append(cap)
                     d_wire.append(max(wire, cap))
                     d_if.append(section[iface])
-                    d_ts.append((hi << 32) | lo)
+                    d_ts.append(raw)
                 elif btype == _BlockType.SPB:
                     if not section:
                         bad = f"simple packet block at byte {base + pos} before any interface"
@@ -468,11 +517,18 @@ class CaptureSource:
                     d_cap.append(cap)
                     d_wire.append(wire)
                     d_if.append(section[0])
-                    d_ts.append(-1)
+                    d_ts.append(SPB_NO_TS)
                 elif btype == _BlockType.IDB:
+                    if blen < 20:
+                        bad = f"short interface description block at byte {base + pos}"
+                        break
                     lt, _res, snap = struct.unpack_from(e + "HHI", buf, pos + 8)
                     iface_rec = _Interface(lt, snap, 6, 0, 0)
                     self._idb_options(buf, pos + 16, pos + blen - 4, e, iface_rec)
+                    wrong = iface_rec.limits()
+                    if wrong is not None:
+                        bad = f"corrupt interface description block at byte {base + pos}: {wrong}"
+                        break
                     section.append(len(ifaces))
                     ifaces.append(iface_rec)
                     st.linktypes.add(lt)
@@ -501,7 +557,7 @@ class CaptureSource:
     def _idb_options(buf: bytes | bytearray, p: int, end: int, e: str, rec: _Interface) -> None:
         while p + 4 <= end:
             code, length = struct.unpack_from(e + "HH", buf, p)
-            if code == 0:
+            if code == 0 or p + 4 + length > end:  # the end, or an option past the block
                 break
             val = buf[p + 4:p + 4 + length]
             if code == 9 and length >= 1:  # if_tsresol
@@ -519,34 +575,36 @@ class CaptureSource:
                   d_wire: list[int], d_if: list[int], d_ts: list[int], ifaces: list[_Interface],
                   frame: int) -> RawBatch:
         iface_idx = np.asarray(d_if, dtype=np.int64)
-        raw = np.asarray(d_ts, dtype=np.int64)
+        missing = np.fromiter((r == SPB_NO_TS for r in d_ts), dtype=bool, count=len(d_ts))
+        # Every raw timestamp is within its interface's limits (checked as the blocks were
+        # walked), so none of the arithmetic below leaves the int64 range.
+        raw = np.asarray([0 if r == SPB_NO_TS else r for r in d_ts], dtype=np.uint64)
         ts = np.zeros(len(d_ts), dtype=np.int64)
         lts = np.zeros(len(d_ts), dtype=np.int32)
         for k in np.unique(iface_idx).tolist():
             rec = ifaces[k]
-            m = iface_idx == k
-            lts[m] = rec.linktype
+            m = (iface_idx == k) & ~missing
+            lts[iface_idx == k] = rec.linktype
             r = raw[m]
-            if rec.resol_dec is not None:
+            if rec.resol_dec is not None:  # at most 19 (Interface.limits)
                 if rec.resol_dec <= 9:
-                    t = r * (10 ** (9 - rec.resol_dec))
+                    t = r.astype(np.int64) * (10 ** (9 - rec.resol_dec))
                 else:
-                    t = r // (10 ** (rec.resol_dec - 9))
+                    t = (r // np.uint64(10 ** (rec.resol_dec - 9))).astype(np.int64)
             else:
-                sh = rec.resol_bin
-                ur = r.astype(np.uint64)
-                sec = (ur >> np.uint64(sh)).astype(np.int64)
-                fr = (ur & np.uint64((1 << sh) - 1)).astype(np.float64)
-                t = sec * 1_000_000_000 + np.floor(fr * 1e9 / float(1 << sh)).astype(np.int64)
-            t = t + rec.offset_s * 1_000_000_000
-            ts[m] = t
+                sh = rec.resol_bin  # at most 63
+                sec = (r >> np.uint64(sh)).astype(np.int64)
+                fr = (r & np.uint64((1 << sh) - 1)).astype(np.float64)
+                t = sec * NS + np.floor(fr * 1e9 / float(1 << sh)).astype(np.int64)
+            ts[m] = t + rec.offset_s * NS
         # Simple packet blocks carry no timestamp: they take the one before them.
-        missing = raw < 0
         if missing.any():
             idx = np.where(missing, 0, np.arange(len(raw)))
             np.maximum.accumulate(idx, out=idx)
             ts = ts[idx]
-            ts[missing & (idx == 0) & (raw[0] < 0)] = 0
+            ts[missing & (idx == 0) & missing[0]] = self._ts_last
+        if len(ts):
+            self._ts_last = int(ts[-1])
         return RawBatch(buf, np.asarray(d_off, dtype=np.int64), np.asarray(d_cap, dtype=np.int64),
                         np.asarray(d_wire, dtype=np.int64), ts, lts, frame)
 
