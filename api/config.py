@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     """Largest capture ``POST /v1/captures`` accepts, in bytes."""
     analysis_workers: int = Field(default=1, ge=1, le=8)
     """Captures analysed at the same time (threads)."""
+    costly_concurrency: int = Field(default=1, ge=1, le=8)
+    """Requests that re-analyse stored captures (``/v1/ledger/verify?rederive=true``,
+    evidence bundles) served at the same time; more get 429."""
     retention_days: float | None = Field(default=30.0, gt=0)
     """Captures (with their flows, calls and verdicts) finished longer ago are deleted;
     None keeps them forever. The evidence ledger is never pruned."""

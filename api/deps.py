@@ -5,15 +5,19 @@ routes reach its parts through :data:`SettingsDep`, :data:`StoreDep`,
 :data:`JobsDep`, :data:`LedgerDep` and :data:`ClockDep`.
 
 Access: :func:`require_token` guards write endpoints and evidence downloads (and
-reads when ``open_reads`` is off). The token is compared in constant time and
-never logged or echoed.
+reads when ``open_reads`` is off), and :func:`check_token` the costly variants of
+open reads (``/v1/ledger/verify?rederive=true``). The token is compared in constant
+time and never logged or echoed. Requests that re-analyse stored captures take a
+slot of :attr:`Services.costly` (:func:`costly_slot`); none left: 429.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -29,15 +33,19 @@ from policy.ledger import Ledger
 from policy.records import VerdictKind
 
 __all__ = [
+    "BearerDep",
     "ClockDep",
     "JobsDep",
     "LedgerDep",
     "ListQueryDep",
     "Services",
+    "ServicesDep",
     "SettingsDep",
     "StoreDep",
     "TokenDep",
     "bearer",
+    "check_token",
+    "costly_slot",
     "require_token",
     "services",
 ]
@@ -59,6 +67,9 @@ class Services:
     """The bearer token in force; None: token-protected endpoints are refused."""
     clock: Callable[[], float]
     """Seconds since the epoch."""
+    costly: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(1))
+    """Slots for requests that re-analyse stored captures (``costly_concurrency``)."""
 
 
 def services(request: Request) -> Services:
@@ -101,9 +112,16 @@ bearer = HTTPBearer(auto_error=False, scheme_name="token",
                                 "api-token file in the data directory).")
 
 
-def require_token(s: ServicesDep,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def require_token(s: ServicesDep, creds: BearerDep) -> None:
     """Refuse the request unless it carries the API token as a bearer token."""
+    check_token(s, creds)
+
+
+def check_token(s: Services, creds: HTTPAuthorizationCredentials | None) -> None:
+    """:func:`require_token` for a route that needs the token only for some requests."""
     if s.token is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             "this endpoint needs an API token and none is configured: set "
@@ -119,6 +137,25 @@ def require_token(s: ServicesDep,
 
 TokenDep = Depends(require_token)
 """Add to a route's or router's ``dependencies`` to require the token."""
+
+RETRY_AFTER_S = 10
+"""What a 429 from :func:`costly_slot` asks the client to wait, in seconds."""
+
+
+@contextmanager
+def costly_slot(s: Services) -> Iterator[None]:
+    """Hold one of the slots for work that re-analyses stored captures, or refuse with 429
+    when all are taken: such a request costs what an analysis costs, and one client must
+    not be able to start many of them at once. The slots are per process."""
+    if not s.costly.acquire(blocking=False):
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"the service is already re-analysing captures for "
+                            f"{s.settings.costly_concurrency} request(s); try again later",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        yield
+    finally:
+        s.costly.release()
 
 
 MAX_PAGE = 1000

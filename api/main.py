@@ -10,6 +10,7 @@ shutdown it stops the workers and closes the store and the ledger.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None, *,
                 workers=settings.analysis_workers, max_upload_bytes=settings.max_upload_bytes,
                 retention=(max_age_s, settings.retention_max_captures), clock=clock)
     services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
-                        token=settings.token(), clock=clock)
+                        token=settings.token(), clock=clock,
+                        costly=threading.BoundedSemaphore(settings.costly_concurrency))
     # Prometheus: a registry per app, fed by every stored analysis, read at scrape time.
     registry = CollectorRegistry()
     metrics = MarsadMetrics(registry, jobs=store.job_counts,

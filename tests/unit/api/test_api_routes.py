@@ -298,7 +298,7 @@ def test_evidence_for_a_capture_no_longer_kept_is_410(loaded: TestClient) -> Non
 
 
 def test_ledger_verify_finds_tampering(loaded: TestClient) -> None:
-    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}).json()
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH).json()
     # sample-blocked's call and flow; the other captures' verdicts are all ok.
     assert r["ok"] and r["entries"] == 2 and len(r["captures_checked"]) == 1
     anchor = r["anchor"]
@@ -316,10 +316,113 @@ def test_ledger_verify_finds_tampering(loaded: TestClient) -> None:
     db.execute("UPDATE entries SET verdict = 'OK' WHERE seq = 1")
     db.commit()
     db.close()
-    r = loaded.get("/v1/ledger/verify", params={"rederive": True}).json()
+    r = loaded.get("/v1/ledger/verify", params={"rederive": True}, headers=AUTH).json()
     assert not r["ok"]
     kinds = {(p["kind"], p["seq"]) for p in r["problems"]}
     assert ("content-mismatch", 1) in kinds and ("derivation-mismatch", 1) in kinds
+
+
+def test_rederive_needs_the_token_where_reads_are_open(loaded: TestClient) -> None:
+    """Re-deriving re-analyses every stored capture: not for anyone who can read."""
+    calls: list[str] = []
+    jobs = _services(loaded).jobs
+    derive = jobs.derive
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        calls.append("derive")
+        return derive(*a, **kw)
+
+    jobs.derive = counted  # type: ignore[method-assign]
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"},
+                   headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and TOKEN not in r.text
+    assert calls == []
+    assert loaded.get("/v1/ledger/verify").json()["ok"]  # the hash walk alone stays open
+    assert calls == []
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["captures_checked"] and calls
+
+
+def test_rederive_without_a_configured_token_is_403(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data"), clock=lambda: NOW)
+    with TestClient(app) as c:
+        r = c.get("/v1/ledger/verify", params={"rederive": "true"})
+        assert r.status_code == 403
+        assert c.get("/v1/ledger/verify").status_code == 200
+
+
+def test_costly_requests_run_one_at_a_time(loaded: TestClient) -> None:
+    """While one request re-analyses captures, the next gets 429 with Retry-After; the
+    slot is given back however the request ends."""
+    svc = _services(loaded)
+    uid = loaded.get("/v1/calls").json()["items"][0]["uid"]
+    assert svc.costly.acquire(blocking=False)  # a request already re-analysing
+    try:
+        r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 429 and r.headers["retry-after"] == "10"
+        assert "1 request(s)" in r.json()["detail"]
+        r = loaded.get(f"/v1/calls/{uid}/evidence", headers=AUTH)
+        assert r.status_code == 429
+        assert loaded.get("/v1/ledger/verify").status_code == 200  # cheap reads go on
+    finally:
+        svc.costly.release()
+    for _ in range(2):  # each finished request gave its slot back
+        r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 200
+        assert loaded.get(f"/v1/calls/{uid}/evidence", headers=AUTH).status_code == 200
+    jobs = svc.jobs
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        raise RuntimeError("analysis failed")
+
+    jobs.analyse = broken  # type: ignore[method-assign]
+    plain = TestClient(loaded.app, raise_server_exceptions=False)  # no second lifespan
+    assert plain.get(f"/v1/calls/{uid}/evidence", headers=AUTH).status_code == 500
+    assert svc.costly.acquire(blocking=False)  # released after the failure too
+    svc.costly.release()
+
+
+def test_a_second_rederive_while_one_runs_is_429(loaded: TestClient) -> None:
+    import threading
+
+    jobs = _services(loaded).jobs
+    derive = jobs.derive
+    entered, go = threading.Event(), threading.Event()
+
+    def slow(*a: Any, **kw: Any) -> Any:
+        entered.set()
+        assert go.wait(30)
+        return derive(*a, **kw)
+
+    jobs.derive = slow  # type: ignore[method-assign]
+    first: list[int] = []
+    t = threading.Thread(target=lambda: first.append(loaded.get(
+        "/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH).status_code))
+    t.start()
+    try:
+        assert entered.wait(30)
+        r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 429
+    finally:
+        go.set()
+        t.join(60)
+    assert first == [200]
+
+
+def test_costly_concurrency_is_configurable(tmp_path: Path) -> None:
+    app = create_app(_settings(tmp_path, costly_concurrency=2), clock=lambda: NOW)
+    with TestClient(app) as c:
+        svc = _services(c)
+        assert svc.costly.acquire(blocking=False)
+        r = c.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 200
+        assert svc.costly.acquire(blocking=False)
+        r = c.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 429 and "2 request(s)" in r.json()["detail"]
+        svc.costly.release()
+        svc.costly.release()
 
 
 def test_probe_status_file(client: TestClient) -> None:
