@@ -40,7 +40,7 @@ def _meter_config(args: argparse.Namespace, payloads: int | None = None) -> Mete
     return MeterConfig(
         udp_idle_s=args.udp_idle, tcp_idle_s=args.tcp_idle, active_s=args.active_timeout,
         payload_samples=args.payloads if payloads is None else payloads,
-        timing_packets=args.timing_packets)
+        timing_packets=args.timing_packets, max_decompressed_bytes=args.max_decompressed_bytes)
 
 
 def _add_meter_options(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,10 @@ def _add_meter_options(p: argparse.ArgumentParser) -> None:
                         f"{d.payload_samples})")
     p.add_argument("--timing-packets", type=int, default=d.timing_packets, metavar="M",
                    help=f"packets per flow in the timing series (default {d.timing_packets})")
+    p.add_argument("--max-decompressed-bytes", type=int, default=d.max_decompressed_bytes,
+                   metavar="N", help="read a gzip capture up to N bytes decompressed, then "
+                                     "stop as damaged, exit 3 (default "
+                                     f"{d.max_decompressed_bytes})")
     p.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                    help="1: one process; 2: read and decode in a second process "
                         "(default where two cores exist)")

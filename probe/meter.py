@@ -61,7 +61,7 @@ from probe.records import (
     new_record,
 )
 from probe.rtpstate import RtpStreams, StreamState
-from probe.sources import RawBatch
+from probe.sources import MAX_DECOMPRESSED, RawBatch
 from probe.wire import out_of_band
 
 __all__ = ["Ended", "FlowMeter", "MeterConfig", "MeterStats", "build_records", "canonical_key",
@@ -108,6 +108,9 @@ class MeterConfig:
     rtp_detail_packets: int = 2000
     """RTP packets per flow kept one by one (``FlowRecord.rtp``, 20 s of a two-way 50 pps
     call); every packet still counts in the whole-life ``FlowRecord.rtp_streams``."""
+    max_decompressed_bytes: int = MAX_DECOMPRESSED
+    """Most bytes a gzip-compressed capture is read to once decompressed (64 GiB); beyond,
+    reading stops as at damage (what came before is kept, the offset is named)."""
     chunk_size: int = 8 << 20
     """Bytes of capture read per batch. 8 MiB: the reader process then holds about 40 MiB
     less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more

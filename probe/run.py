@@ -235,7 +235,8 @@ class FlowReader:
     def __init__(self, source: str | Path | BinaryIO, config: MeterConfig | None = None,
                  progress: Callable[[int], None] | None = None, workers: int = 1) -> None:
         self.config = config or MeterConfig()
-        self._src = open_source(source, self.config.chunk_size)
+        self._src = open_source(source, self.config.chunk_size,
+                                self.config.max_decompressed_bytes)
         self.meter = FlowMeter(self.config)
         self._progress = progress
         self._workers = workers if "fork" in mp.get_all_start_methods() else 1

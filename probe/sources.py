@@ -35,13 +35,17 @@ import numpy.typing as npt
 
 from probe.errors import CaptureError, NotACapture
 
-__all__ = ["CaptureSource", "LinkType", "RawBatch", "ReadStatus", "open_source"]
+__all__ = ["MAX_DECOMPRESSED", "CaptureSource", "LinkType", "RawBatch", "ReadStatus",
+           "open_source"]
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECOMPRESSED = 64 << 30
+"""Default bound on what a gzip-compressed capture may decompress to (64 GiB): a small
+file that inflates without end (a gzip bomb) is read up to it, then stops as damaged."""
 MAX_RECORD = 1 << 24
 """Largest packet record we believe (16 MiB); anything bigger means a corrupt header."""
 NS = 1_000_000_000
@@ -176,11 +180,17 @@ class _Interface:
 
 
 class _Input:
-    """Reads chunks from a file or pipe, gzip-aware, remembering consumed bytes."""
+    """Reads chunks from a file or pipe, gzip-aware. A compressed input gives at most
+    ``max_decompressed`` bytes; ``over`` is then True and every later read gives none."""
 
-    def __init__(self, fh: BinaryIO, name: str) -> None:
+    def __init__(self, fh: BinaryIO, name: str, max_decompressed: int = MAX_DECOMPRESSED
+                 ) -> None:
         self.name = name
         self._raw = fh
+        self.max_decompressed = max_decompressed
+        self.inflated = 0
+        """Decompressed bytes given so far."""
+        self.over = False
         head = self._peek_raw(2)
         self.compressed = head == GZIP_MAGIC
         self._stream: BinaryIO = (
@@ -224,6 +234,21 @@ class _Input:
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; on a pipe, returns early with what is available."""
+        if not self.compressed:
+            return self._read(n)
+        if self.over:
+            return b""
+        # One byte past the bound tells a capture that ends exactly there from one that
+        # goes on; no more than that is ever decompressed.
+        room = self.max_decompressed - self.inflated
+        data = self._read(min(n, room + 1))
+        if len(data) > room:
+            self.over = True
+            data = data[:room]
+        self.inflated += len(data)
+        return data
+
+    def _read(self, n: int) -> bytes:
         if not self._is_pipe:
             return self._stream.read(n)
         out = bytearray()
@@ -247,10 +272,12 @@ class CaptureSource:
     """Iterates a capture as :class:`RawBatch` chunks.
 
     ``source`` is a path, ``"-"`` for standard input, or an open binary file.
-    ``chunk_size`` bounds how much input one batch covers.
+    ``chunk_size`` bounds how much input one batch covers; a gzip-compressed input is read
+    up to ``max_decompressed`` bytes once decompressed, and stops there as damaged.
     """
 
-    def __init__(self, source: str | Path | BinaryIO, chunk_size: int = 16 << 20) -> None:
+    def __init__(self, source: str | Path | BinaryIO, chunk_size: int = 16 << 20,
+                 max_decompressed: int = MAX_DECOMPRESSED) -> None:
         self._owned: BinaryIO | None = None
         if isinstance(source, str | Path):
             name = str(source)
@@ -275,7 +302,7 @@ class CaptureSource:
         self._ts_last = 0
         """Timestamp of the last packet yielded (a simple packet block has none: it takes
         the one before it, across batches too)."""
-        self._in = _Input(fh, name)
+        self._in = _Input(fh, name, max_decompressed)
         self.status = ReadStatus(source=name, compressed=self._in.compressed)
         try:
             self._pending = self._in.read(max(chunk_size, 64))
@@ -421,6 +448,8 @@ class CaptureSource:
                                        f"captured length {incl} exceeds {max_incl}")
                 return
             if eof or not st.complete:
+                if self._over_limit(base + pos):
+                    return
                 if pos < len(buf) and st.complete:
                     left = len(buf) - pos
                     want = 16 + incl_at(buf, pos + 8)[0] if left >= 16 else 16
@@ -544,6 +573,8 @@ class CaptureSource:
                 st.damaged(base + pos, bad)
                 return
             if eof or not st.complete:
+                if self._over_limit(base + pos):
+                    return
                 if pos < len(buf) and st.complete:
                     left = len(buf) - pos
                     st.damaged(base + pos, f"capture truncated at byte {base + pos}: last block "
@@ -552,6 +583,16 @@ class CaptureSource:
             buf, shift, eof = self._more(buf, pos)
             base += shift
             pos = 0
+
+    def _over_limit(self, at: int) -> bool:
+        """At the end of the input: if it ended because it reached the bound on its
+        decompressed size, say so (stopping at ``at``, the end of the last whole record)."""
+        if not self._in.over or not self.status.complete:
+            return False
+        limit = self._in.max_decompressed
+        self.status.damaged(at, f"stopped at byte {at}: the capture decompresses to more "
+                                f"than the limit of {limit} bytes (max_decompressed_bytes)")
+        return True
 
     @staticmethod
     def _idb_options(buf: bytes | bytearray, p: int, end: int, e: str, rec: _Interface) -> None:
@@ -609,6 +650,7 @@ class CaptureSource:
                         np.asarray(d_wire, dtype=np.int64), ts, lts, frame)
 
 
-def open_source(source: str | Path | BinaryIO, chunk_size: int = 16 << 20) -> CaptureSource:
+def open_source(source: str | Path | BinaryIO, chunk_size: int = 16 << 20,
+                max_decompressed: int = MAX_DECOMPRESSED) -> CaptureSource:
     """Open a capture file, ``"-"`` (stdin) or a binary stream; format from the magic."""
-    return CaptureSource(source, chunk_size)
+    return CaptureSource(source, chunk_size, max_decompressed)
