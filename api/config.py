@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     """True: read endpoints need no token, so a dashboard works out of the box."""
     max_upload_bytes: int = Field(default=1 << 30, gt=0)
     """Largest capture ``POST /v1/captures`` accepts, in bytes."""
+    max_decompressed_bytes: int = Field(default=16 << 30, gt=0)
+    """Most bytes a gzip-compressed capture may decompress to: an upload that inflates past
+    it is refused (413) as it arrives, and an analysis stops reading there."""
     analysis_workers: int = Field(default=1, ge=1, le=8)
     """Captures analysed at the same time (threads)."""
     costly_concurrency: int = Field(default=1, ge=1, le=8)

@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, *,
     max_age_s = None if settings.retention_days is None else settings.retention_days * 86400
     jobs = Jobs(store, led, captures_dir=settings.captures_dir, policy=policy,
                 workers=settings.analysis_workers, max_upload_bytes=settings.max_upload_bytes,
+                max_decompressed_bytes=settings.max_decompressed_bytes,
                 retention=(max_age_s, settings.retention_max_captures), clock=clock)
     services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
                         token=settings.token(), clock=clock,

@@ -145,6 +145,73 @@ def test_too_large_is_413_declared_or_streamed(tmp_path: Path) -> None:
         assert c.get("/v1/captures").json()["total"] == 0
 
 
+def test_streamed_multipart_413_states_the_configured_limit(tmp_path: Path) -> None:
+    """The multipart framing allowance is ours, not the limit the operator set."""
+    app = create_app(_settings(tmp_path, max_upload_bytes=10_000), clock=lambda: NOW)
+    data = (CAPTURES / "sample-blocked.pcap").read_bytes() * 20
+    assert len(data) > 10_000 + (1 << 16)
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pcap\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for i in range(0, len(body), 4096):
+            yield body[i:i + 4096]
+
+    with TestClient(app) as c:
+        r = c.post("/v1/captures", content=chunks(),
+                   headers={**AUTH, "Content-Type": "multipart/form-data; boundary=XyZ"})
+        assert r.status_code == 413
+        assert r.json()["detail"] == "the capture is larger than the limit of 10000 bytes"
+
+
+def _gzip_bomb(inflated: int) -> bytes:
+    """A pcap header and then ``inflated`` zero bytes, gzip-compressed (about 1000:1)."""
+    import gzip
+    import struct
+
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as gz:
+        gz.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        block = bytes(1 << 20)
+        for _ in range(inflated >> 20):
+            gz.write(block)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("how", ["raw", "multipart", "preload"])
+def test_a_gzip_upload_that_inflates_past_the_limit_is_413(tmp_path: Path, how: str) -> None:
+    bomb = _gzip_bomb(64 << 20)
+    assert len(bomb) < 100_000
+    settings = _settings(tmp_path, max_decompressed_bytes=8 << 20)
+    if how == "preload":
+        from api.jobs import InflatesTooLarge
+
+        path = tmp_path / "bomb.pcap.gz"
+        path.write_bytes(bomb)
+        with pytest.raises(InflatesTooLarge, match="decompresses to more than the limit of "
+                                                   "8388608 bytes"):
+            create_app(_settings(tmp_path, max_decompressed_bytes=8 << 20, preload=(path,)))
+        return
+    app = create_app(settings, clock=lambda: NOW)
+    with TestClient(app) as c:
+        if how == "raw":
+            r = c.post("/v1/captures", content=bomb, headers=AUTH)
+        else:
+            r = c.post("/v1/captures", headers=AUTH, files={"file": ("b.pcap.gz", bomb)})
+        assert r.status_code == 413
+        assert r.json()["detail"] == ("the capture decompresses to more than the limit of "
+                                      "8388608 bytes")
+        assert list(_services(c).settings.captures_dir.iterdir()) == []
+        # Within the limit, a gzip capture is taken and analysed.
+        import gzip
+
+        good = gzip.compress((CAPTURES / "sample-blocked.pcap").read_bytes())
+        r = c.post("/v1/captures", content=good, headers=AUTH)
+        assert r.status_code == 202
+        _settle(c)
+        assert c.get(f"/v1/captures/{r.json()['id']}").json()["state"] == "done"
+
+
 def test_write_and_evidence_need_the_token(loaded: TestClient) -> None:
     data = (CAPTURES / "sample-sip.pcap").read_bytes()
     r = loaded.post("/v1/captures", content=data)
