@@ -441,8 +441,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     from api.config import Settings
     from api.jobs import NotACaptureFile, TooLarge
     from api.main import create_app
+    from api.runtime import private_files
     from api.store import StoreError
 
+    private_files()
     given = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.preload:
@@ -480,7 +482,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from api.live import LiveConfig, LiveError, LiveProbe, RingConfig
+    from api.runtime import private_files
     from policy.rules import load_policy
+    private_files()
     if (args.interface is None) == (args.read is None):
         print("marsad probe: give exactly one of -i IFACE and -r FILE|-", file=sys.stderr)
         return EXIT_UNREADABLE

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
             return None
         path = self.token_path
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(fd, "w", encoding="utf-8") as fh:
                 fh.write(secrets.token_urlsafe(32) + "\n")

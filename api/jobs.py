@@ -182,7 +182,7 @@ class Jobs:
         self._futures: set[Future[None]] = set()
         self._futures_lock = threading.Lock()
         self._listeners: list[Callable[[AnalysisResult], None]] = []
-        captures_dir.mkdir(parents=True, exist_ok=True)
+        captures_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for stale in captures_dir.glob(UPLOAD_PREFIX + "*"):
             stale.unlink(missing_ok=True)
 

@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *,
     :class:`~api.jobs.NotACaptureFile`, :class:`~api.jobs.TooLarge` or :class:`OSError`.
     """
     settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # captured traffic
     policy = load_policy(settings.policy_file)
     store = open_store(settings.data_dir, clock=clock)
     try:
