@@ -68,6 +68,19 @@ class LinkType(IntEnum):
     LINUX_SLL2 = 276
 
 
+FCS_PRESENT = 0x04000000
+"""P bit of the pcap header's link-type field: the FCS length is stated (bits 28-31)."""
+
+
+def _link_info(network: int) -> tuple[int, int]:
+    """(link type, FCS bytes at the end of each packet) from a pcap file header's
+    LinkType-and-additional-information field (draft-ietf-opsawg-pcap §4): the link type
+    is the low 16 bits; when the P bit is set, the top 4 bits give the FCS length in
+    16-bit words; the other bits are reserved and ignored."""
+    fcs = 2 * ((network >> 28) & 0xF) if network & FCS_PRESENT else 0
+    return network & 0xFFFF, fcs
+
+
 class _BlockType(IntEnum):
     """pcapng block types we read; any other type is skipped."""
 
@@ -397,7 +410,7 @@ class CaptureSource:
             raise NotACapture(f"{st.source}: pcap file header truncated ({len(buf)} of 24 bytes)")
         e = ">" if self._big else "<"
         _, _, _, _, _, snaplen, network = struct.unpack(e + "IHHiIII", buf[:24])
-        linktype = network & 0x0FFFFFFF
+        linktype, fcs = _link_info(network)
         st.linktypes.add(linktype)
         max_incl = max(min(snaplen, MAX_RECORD), 262144)
         incl_at = struct.Struct(e + "I").unpack_from
@@ -434,6 +447,9 @@ class CaptureSource:
                     o, hdr = o[:k], hdr[:k]
                 sec, frac, cap, wire = hdr[:, 0], hdr[:, 1], hdr[:, 2], hdr[:, 3]
                 wire = np.maximum(wire, cap)
+                if fcs:  # the frame check sequence is no part of the packet
+                    wire = np.maximum(wire - fcs, 0)
+                    cap = np.minimum(cap, wire)
                 n = len(o)
                 if n:
                     yield RawBatch(buf, o + 16, cap, wire,
