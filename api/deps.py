@@ -14,6 +14,7 @@ slot of :attr:`Services.costly` (:func:`costly_slot`); none left: 429.
 from __future__ import annotations
 
 import hmac
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator, WithJsonSchema
 
 from api.config import Settings
 from api.jobs import Jobs
@@ -38,6 +40,7 @@ __all__ = [
     "JobsDep",
     "LedgerDep",
     "ListQueryDep",
+    "Moment",
     "Services",
     "ServicesDep",
     "SettingsDep",
@@ -163,19 +166,51 @@ MAX_PAGE = 1000
 MAX_OFFSET = 1 << 40
 
 
-def _epoch(value: datetime | None) -> float | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment(value: object) -> float | None:
+    """Seconds since the epoch from an RFC 3339 date-time (UTC when it names no offset)
+    or a number of seconds; anything else (a date alone, words, ``inf``) is refused."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        seconds = value
+    elif isinstance(value, str) and _NUMBER.fullmatch(value):
+        seconds = float(value)
+    elif isinstance(value, str) and _DATE_TIME.fullmatch(value):
+        try:
+            moment = datetime.fromisoformat(value.upper())
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = (moment - _EPOCH).total_seconds()
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"not a valid date-time: {exc}") from exc
+    else:
+        raise ValueError("expected an RFC 3339 date-time (2024-01-02T03:04:05Z) or a number "
+                         "of seconds since the epoch")
+    if seconds is not None and not MOMENT_MIN_S <= seconds <= MOMENT_MAX_S:  # NaN too
+        raise ValueError("expected a time between the years 1 and 9999")
+    return None if seconds is None else float(seconds)
+
+
+MOMENT_MIN_S = -62_135_596_800
+"""0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a query may name."""
+MOMENT_MAX_S = 253_402_300_799
+"""9999-12-31T23:59:59Z: the latest."""
+
+Moment = Annotated[float | None, BeforeValidator(_moment), WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "date-time"},
+               {"type": "number", "minimum": MOMENT_MIN_S, "maximum": MOMENT_MAX_S}]})]
+"""A query parameter naming a time: an RFC 3339 date-time or seconds since the epoch, as
+the OpenAPI schema says (and nothing else), given to the route as seconds."""
 
 
 def list_query(
-    since: Annotated[datetime | None, Query(description=(
-        "Only items that end at or after this time: ISO 8601 (UTC unless it says) or "
-        "seconds since the epoch."))] = None,
-    until: Annotated[datetime | None, Query(description=(
+    since: Annotated[Moment, Query(description=(
+        "Only items that end at or after this time: an RFC 3339 date-time (UTC unless it "
+        "says) or seconds since the epoch."))] = None,
+    until: Annotated[Moment, Query(description=(
         "Only items that start at or before this time."))] = None,
     app: Annotated[str | None, Query(max_length=64, description="Only this app "
                                                                 "(whatsapp, teams...).")] = None,
@@ -192,7 +227,7 @@ def list_query(
         "By start time."))] = "newest",
 ) -> ListQuery:
     """The filters and page of a flow or call listing."""
-    return ListQuery(since=_epoch(since), until=_epoch(until), app=app,
+    return ListQuery(since=since, until=until, app=app,
                      category=None if category is None else category.value,
                      verdict=None if verdict is None else verdict.value, capture_id=capture,
                      limit=limit, offset=offset, newest_first=order == "newest")

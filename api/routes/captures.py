@@ -134,7 +134,9 @@ async def _receive_multipart(request: Request, jobs: Jobs) -> tuple[Intake, str 
              dependencies=[TokenDep], openapi_extra=_UPLOAD_BODY,
              responses={200: {"model": CaptureOut,
                               "description": "The same capture is already stored."},
-                        400: {"model": ErrorOut, "description": "Not a pcap/pcapng capture."},
+                        400: {"model": ErrorOut,
+                              "description": "Not a pcap/pcapng capture, or a malformed "
+                                             "multipart form (no 'file' part)."},
                         401: {"model": ErrorOut, "description": "Missing or wrong token."},
                         403: {"model": ErrorOut, "description": "No token is configured."},
                         413: {"model": ErrorOut,

@@ -193,9 +193,7 @@ def test_retention_deletes_capture_files(tmp_path: Path) -> None:
 
 
 def test_inflation_counts_what_a_gzip_capture_decompresses_to() -> None:
-    import gzip
-
-    from api.jobs import Inflation, InflatesTooLarge
+    from api.jobs import InflatesTooLarge, Inflation
 
     part = gzip.compress(b"a" * 300_000)
     two = part + gzip.compress(b"b" * 300_000)  # two members, one after the other

@@ -309,6 +309,14 @@ def test_one_call(loaded: TestClient) -> None:
     ("/v1/calls", {"limit": 1001}, 422),
     ("/v1/flows", {"offset": -1}, 422),
     ("/v1/flows", {"since": "yesterday-ish"}, 422),
+    ("/v1/flows", {"since": "2023-11-14"}, 422),  # a date alone is not a date-time
+    ("/v1/calls", {"until": "2023-11-14 22:40:00Z"}, 422),
+    ("/v1/calls", {"until": "2023-13-14T22:40:00Z"}, 422),
+    ("/v1/flows", {"since": "inf"}, 422),
+    ("/v1/flows", {"until": "nan"}, 422),
+    ("/v1/stats/apps", {"since": "1e999"}, 422),
+    ("/v1/stats/apps", {"since": "-1e300", "until": "1e300"}, 422),  # was a 500
+    ("/v1/stats/apps", {"since": 2, "until": 1}, 400),
     ("/v1/flows", {"category": "gossip"}, 422),
     ("/v1/calls", {"verdict": "maybe"}, 422),
     ("/v1/calls", {"order": "sideways"}, 422),
@@ -529,6 +537,25 @@ def test_probe_status_round_trip(tmp_path: Path) -> None:
     write_probe_status(tmp_path, status)
     assert read_probe_status(tmp_path) == status
     assert [p.name for p in tmp_path.iterdir()] == [STATUS_FILE]
+
+
+def test_openapi_states_the_400s_and_what_a_time_may_be(client: TestClient) -> None:
+    """Every 400 a route can answer is in its responses, and a time parameter is a
+    date-time string or a number, as the routes accept (no more, no less)."""
+    spec = client.get("/openapi.json").json()["paths"]
+    for path, method in (("/v1/captures", "post"), ("/v1/ledger/verify", "get"),
+                         ("/v1/stats/apps", "get")):
+        assert "400" in spec[path][method]["responses"], path
+    moment = {"anyOf": [{"type": "string", "format": "date-time"},
+                        {"type": "number", "minimum": -62_135_596_800,
+                         "maximum": 253_402_300_799}]}
+    for path in ("/v1/flows", "/v1/calls", "/v1/stats/apps"):
+        params = {p["name"]: p["schema"] for p in spec[path]["get"]["parameters"]}
+        for name in ("since", "until"):
+            assert {k: v for k, v in params[name].items() if k != "title"} == moment, path
+    for value in ("2023-11-14T22:40:00Z", "2023-11-14T22:40:00+01:00", "2023-11-14T22:40:00",
+                  "1700001500", "1.7e9", "-5"):
+        assert client.get("/v1/flows", params={"since": value}).status_code == 200, value
 
 
 def test_healthz_and_openapi(client: TestClient) -> None:

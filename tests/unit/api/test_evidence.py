@@ -504,5 +504,5 @@ def test_check_bundle_streams_members_and_stops_at_the_stated_size(
     got, peak = _peak(lambda: check_bundle(unsized))
     assert got.problems == ("packets.pcap: more than 4194304 bytes once decompressed",)
     assert peak < 8 << 20
-    with pytest.raises(BundleError, match="manifest.json: more than 1048576 bytes"):
+    with pytest.raises(BundleError, match=r"manifest\.json: more than 1048576 bytes"):
         check_bundle(_bomb(1 << 20, {}, extra_manifest=b" " * (2 << 20)))
