@@ -120,11 +120,14 @@ def _check_linktypes(status: ReadStatus) -> None:
 def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type: ignore[type-arg]
               n_payloads: int, snap: tuple[int, int, int]) -> Iterator[Prepared]:
     checked = False
+    ts_last: int | None = None
     for batch in src.batches():
         if not checked:
             checked = True
             _check_linktypes(src.status)
-        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap)
+        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap, ts_last)
+        if len(batch):
+            ts_last = int(batch.ts_ns[-1])
     if not checked:
         _check_linktypes(src.status)
 
@@ -265,7 +268,8 @@ class FlowReader:
         self.not_ours = not_ours
         """File descriptors the reader process closes first (``workers=2``): the write end
         of a pipe it reads, which it would otherwise keep open, so that it never sees EOF."""
-        self._src = open_source(source, self.config.chunk_size)
+        self._src = open_source(source, self.config.chunk_size,
+                                self.config.max_decompressed_bytes)
         self.meter = FlowMeter(self.config)
         self._progress = progress
         self._workers = workers if "fork" in mp.get_all_start_methods() else 1

@@ -59,11 +59,14 @@ def _declared_length(request: Request) -> int | None:
     return int(value)
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+async def _limited(stream: AsyncIterator[bytes], limit: int, slack: int = 0
+                   ) -> AsyncGenerator[bytes, None]:
+    """The body's chunks; :class:`TooLarge` (naming ``limit``, the configured size) once
+    more than ``limit + slack`` bytes came (``slack``: room for multipart framing)."""
     seen = 0
     async for chunk in stream:
         seen += len(chunk)
-        if seen > limit:
+        if seen > limit + slack:
             raise TooLarge(limit)
         yield chunk
 
@@ -71,10 +74,13 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
 async def _receive_raw(request: Request, jobs: Jobs) -> Intake:
     out, tmp = jobs.new_upload()
     h = hashlib.sha256()
+    inflated = jobs.inflation()
     size = 0
     try:
         with out:
             async for chunk in _limited(request.stream(), jobs.max_upload_bytes):
+                # Off the event loop: a compressed chunk can inflate to a thousand times it.
+                await run_in_threadpool(inflated.feed, chunk)
                 h.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
@@ -87,6 +93,7 @@ async def _receive_raw(request: Request, jobs: Jobs) -> Intake:
 def _copy_part(src: IO[bytes], jobs: Jobs) -> Intake:
     out, tmp = jobs.new_upload()
     h = hashlib.sha256()
+    inflated = jobs.inflation()
     size = 0
     try:
         with out:
@@ -94,6 +101,7 @@ def _copy_part(src: IO[bytes], jobs: Jobs) -> Intake:
                 size += len(block)
                 if size > jobs.max_upload_bytes:
                     raise TooLarge(jobs.max_upload_bytes)
+                inflated.feed(block)
                 h.update(block)
                 out.write(block)
     except BaseException:
@@ -103,7 +111,7 @@ def _copy_part(src: IO[bytes], jobs: Jobs) -> Intake:
 
 
 async def _receive_multipart(request: Request, jobs: Jobs) -> tuple[Intake, str | None]:
-    stream = _limited(request.stream(), jobs.max_upload_bytes + _MULTIPART_SLACK)
+    stream = _limited(request.stream(), jobs.max_upload_bytes, _MULTIPART_SLACK)
     parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=8)
     try:
         form = await parser.parse()
@@ -126,16 +134,22 @@ async def _receive_multipart(request: Request, jobs: Jobs) -> tuple[Intake, str 
              dependencies=[TokenDep], openapi_extra=_UPLOAD_BODY,
              responses={200: {"model": CaptureOut,
                               "description": "The same capture is already stored."},
-                        400: {"model": ErrorOut, "description": "Not a pcap/pcapng capture."},
+                        400: {"model": ErrorOut,
+                              "description": "Not a pcap/pcapng capture, or a malformed "
+                                             "multipart form (no 'file' part)."},
                         401: {"model": ErrorOut, "description": "Missing or wrong token."},
                         403: {"model": ErrorOut, "description": "No token is configured."},
-                        413: {"model": ErrorOut, "description": "Larger than the limit."}})
+                        413: {"model": ErrorOut,
+                              "description": "Larger than the size limit, or a compressed "
+                                             "capture that decompresses to more than the "
+                                             "decompressed-size limit."}})
 async def upload_capture(
     request: Request, response: Response, jobs: JobsDep,
     name: Annotated[str | None, Query(max_length=255, description=(
         "File name to record for a raw-body upload."))] = None,
 ) -> CaptureOut:
-    """Upload a pcap or pcapng capture (gzip allowed) and queue its analysis. Answers 202
+    """Upload a pcap or pcapng capture (gzip allowed, up to ``max_decompressed_bytes`` once
+    decompressed) and queue its analysis. Answers 202
     with the queued capture, or 200 with the stored one if the same bytes were uploaded
     before; follow ``GET /v1/captures/{id}`` for progress and results."""
     declared = _declared_length(request)
