@@ -278,13 +278,22 @@ class FlowReader:
         self._lock = threading.Lock()
         self._finishing = False
 
-    def start(self) -> None:
+    def start(self, stream_too: bool = False) -> None:
         """Start the reader process now (``workers=2`` on a capture file; otherwise
         nothing), so that reading goes on while the caller finishes setting up (imports,
         tables): :meth:`observed` later hands it its observer. Iterating without
-        observing works too (the process answers no requests then)."""
-        if self._started is None and self._workers > 1 and not self._src.stream:
+        observing works too (the process answers no requests then).
+
+        ``stream_too`` starts it on a pipe or socket as well (it then only reads; the
+        flows are observed in this process): a caller that holds the write end of the
+        pipe (``not_ours``) keeps it open until the process has started and closed its
+        copy."""
+        if self._started is not None or self._workers <= 1:
+            return
+        if not self._src.stream:
             self._started = _ReaderProcess(self, None, requests=True)
+        elif stream_too:
+            self._started = _ReaderProcess(self, None)
 
     def _reader_process(self, observe: Callable[[FlowRecord], Any] | None) -> _ReaderProcess:
         """The started reader process, given ``observe``, or a new one."""
