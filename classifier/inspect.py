@@ -24,9 +24,7 @@ ZOOM_PORTS = range(8801, 8811)
 _ZOOM_PORT_SET = frozenset(ZOOM_PORTS)
 H323_RAS_PORT = 1719
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
-SIP_STARTS = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER ",
-              b"OPTIONS sip", b"PRACK ", b"SUBSCRIBE ", b"NOTIFY ", b"PUBLISH ", b"INFO ",
-              b"REFER ", b"MESSAGE ", b"UPDATE ")
+SIP_STARTS = sip.START_LINES
 _SIP_FIRST_BYTES = frozenset(start[:1] for start in SIP_STARTS)
 
 

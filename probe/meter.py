@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from probe.decode import V4_MAPPED, Decoded, join_addr
 from probe.layers import TUNNEL_NAMES, IcmpQuote, WeirdInfo
+from probe.plugins import NEUTRAL, PayloadPolicy
 from probe.prepare import (
     KEY_BYTES,
     KEY_WIDTH,
@@ -108,6 +109,10 @@ class MeterConfig:
     rtp_detail_packets: int = 2000
     """RTP packets per flow kept one by one (``FlowRecord.rtp``, 20 s of a two-way 50 pps
     call); every packet still counts in the whole-life ``FlowRecord.rtp_streams``."""
+    payloads: PayloadPolicy = NEUTRAL
+    """Which payloads are kept whole beyond ``payload_samples`` and where RTP headers sit
+    inside framings: declared by the classifier (:mod:`probe.plugins`); the default knows
+    no application (plain RTP only, nothing kept whole)."""
     chunk_size: int = 8 << 20
     """Bytes of capture read per batch. 8 MiB: the reader process then holds about 40 MiB
     less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more
@@ -350,7 +355,8 @@ class FlowMeter:
     # -- public ------------------------------------------------------------------
     def prepare(self, b: RawBatch, cols: Decoded) -> Prepared:
         """The table-independent part of metering a batch (may run in another process)."""
-        return prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.snaps)
+        return prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.snaps,
+                       self.cfg.payloads)
 
     def feed(self, b: RawBatch, cols: Decoded) -> list[FlowRecord]:
         """Meter one decoded batch; return the flows that ended during it."""

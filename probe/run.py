@@ -40,6 +40,7 @@ from probe.meter import (
     build_records,
     conn_rows,
 )
+from probe.plugins import PayloadPolicy
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
@@ -117,19 +118,21 @@ def _check_linktypes(status: ReadStatus) -> None:
 
 
 def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type: ignore[type-arg]
-              n_payloads: int, snap: tuple[int, int, int]) -> Iterator[Prepared]:
+              n_payloads: int, snap: tuple[int, int, int], payloads: PayloadPolicy
+              ) -> Iterator[Prepared]:
     checked = False
     for batch in src.batches():
         if not checked:
             checked = True
             _check_linktypes(src.status)
-        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap)
+        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap, payloads)
     if not checked:
         _check_linktypes(src.status)
 
 
 def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
-             n_payloads: int, snap: tuple[int, int, int], conn: Connection,
+             n_payloads: int, snap: tuple[int, int, int], payloads: PayloadPolicy,
+             conn: Connection,
              requests: Connection | None, observe: Callable[[FlowRecord], Any] | None
              ) -> None:
     """Child process: read, decode and prepare batches, send them to the parent.
@@ -141,7 +144,8 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
     out = _Outbox(conn, OUTBOX_DEPTH)
     serving = _Serving(observe)
     try:
-        for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap), 1):
+        for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap, payloads),
+                             1):
             out.send(("batch", p, src.status.bytes_read, out.queued))
             del p
             if requests is not None:
@@ -455,7 +459,7 @@ class FlowReader:
     def _inline(self) -> Iterator[Prepared]:
         cfg = self.config
         for p in _prepared(self._src, Decoder(), self.meter.idle_ns, cfg.payload_samples,
-                           self.meter.snaps):
+                           self.meter.snaps, cfg.payloads):
             yield p
             if self._progress is not None:
                 self._progress(self._src.status.bytes_read)
@@ -497,7 +501,8 @@ class _ReaderProcess:
         sys.stderr.flush()
         self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
                                  args=(reader._src, reader.meter.idle_ns, cfg.payload_samples,
-                                       reader.meter.snaps, send, req_recv, observe))
+                                       reader.meter.snaps, cfg.payloads, send, req_recv,
+                                       observe))
         self._proc.start()
         send.close()
         reader._src.close()

@@ -32,10 +32,15 @@ import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+import numpy as np
+import numpy.typing as npt
+
 from probe.cursor import Cursor
 from probe.errors import Malformed, Truncated
+from probe.plugins import Framing, PayloadView
 
 __all__ = [
+    "ZOOM_SFU_RTP",
     "DiscordIpDiscovery",
     "DiscordKeepalive",
     "TelegramRelay",
@@ -187,6 +192,32 @@ def parse_zoom_media(payload: bytes | bytearray | memoryview) -> ZoomMedia | Non
     if not buf or buf[0] not in _ZOOM_MEDIA:
         return None
     return _zoom_media_at(Cursor(buf, ZOOM_LAYER), 0)
+
+
+_ZOOM_PROBE_MIN_LEN = 40
+"""The probe takes RTP from type-5 payloads longer than this only: it looks at UDP on
+every port, where a one-byte marker is weak evidence, and media packets are longer."""
+
+
+def _zoom_rtp(view: PayloadView, hdr: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    media = view.byte(hdr)
+    zoff = np.select([media == 15, media == 16, media == 13, media == 30],
+                     [hdr + 19, hdr + 24, hdr + 27, hdr + 20], default=0)
+    claimed = ((view.byte(0) == ZoomSfuType.MEDIA) & (view.length > _ZOOM_PROBE_MIN_LEN)
+               & (zoff > 0))
+    return zoff, claimed
+
+
+def _zoom_rtp_short(view: PayloadView) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    return _zoom_rtp(view, 1)
+
+
+def _zoom_rtp_long(view: PayloadView) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    return _zoom_rtp(view, _ZOOM_SFU_HEADER_LEN)
+
+
+ZOOM_SFU_RTP = (Framing("zoom-sfu-1", _zoom_rtp_short), Framing("zoom-sfu-8", _zoom_rtp_long))
+"""For the probe (:mod:`probe.plugins`): RTP behind Zoom's type-5 media encapsulation."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,10 @@ from enum import IntEnum
 from probe.cursor import Cursor
 from probe.errors import Malformed, ParseError
 from probe.payload_types import STATIC_PAYLOAD_TYPES, PayloadTypeInfo
+from probe.plugins import Prefix
 
 __all__ = [
+    "KEEP_WHOLE",
     "ReportBlock",
     "ReportGist",
     "RtcpCompound",
@@ -141,6 +143,13 @@ class RtcpType(IntEnum):
     RTPFB = 205  # RFC 4585 §6.2: transport-layer feedback (NACK, TWCC...)
     PSFB = 206  # RFC 4585 §6.3: payload-specific feedback (PLI, FIR, REMB...)
     XR = 207  # RFC 3611 §2
+
+
+KEEP_WHOLE = tuple(Prefix(f"rtcp-{t.name.lower()}", 0x80000000 | t << 16, 0xC0FF0000)
+                   for t in (RtcpType.SR, RtcpType.RR))
+"""For the probe (:mod:`probe.plugins`): RTCP sender and receiver reports (version 2,
+packet type 200/201) are kept whole whatever their rank in a flow; their report blocks
+give the far side's view of loss and jitter over the whole call."""
 
 
 class SdesType(IntEnum):
