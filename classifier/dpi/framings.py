@@ -100,6 +100,13 @@ _ZOOM_MEDIA: dict[int, tuple[ZoomMediaKind, int]] = {
 }
 
 
+_ZOOM_VIDEO, _ZOOM_SCREEN = 16, 13
+_ZOOM_VIDEO_INFO = 20
+"""Video: the byte at this offset is 0x02 when a frame-info block precedes the RTP packet."""
+_ZOOM_VIDEO_NO_INFO_REL = 20
+"""Video without the frame-info block: the RTP packet starts here instead."""
+
+
 @dataclass(frozen=True, slots=True)
 class ZoomMedia:
     """A Zoom media header and where the RTP (or RTCP) packet behind it starts."""
@@ -140,10 +147,11 @@ def _zoom_media_at(cur: Cursor, base: int) -> ZoomMedia | None:
     if media_type not in _ZOOM_MEDIA:
         return None
     kind, rel = _ZOOM_MEDIA[media_type]
-    if media_type == 16:
-        cur.seek(base + 20)
-        rel = 24 if cur.u8() == 0x02 else 20
-    elif media_type == 13:
+    if media_type == _ZOOM_VIDEO:
+        cur.seek(base + _ZOOM_VIDEO_INFO)
+        if cur.u8() != 0x02:
+            rel = _ZOOM_VIDEO_NO_INFO_REL
+    elif media_type == _ZOOM_SCREEN:
         cur.seek(base + 7)
         if cur.u8() != 0x1E:
             return None  # screen-share control, no RTP behind it
@@ -199,25 +207,43 @@ _ZOOM_PROBE_MIN_LEN = 40
 every port, where a one-byte marker is weak evidence, and media packets are longer."""
 
 
-def _zoom_rtp(view: PayloadView, hdr: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    media = view.byte(hdr)
-    zoff = np.select([media == 15, media == 16, media == 13, media == 30],
-                     [hdr + 19, hdr + 24, hdr + 27, hdr + 20], default=0)
+_I64 = npt.NDArray[np.int64]
+_Bool = npt.NDArray[np.bool_]
+_ZOOM_RTP_REL = np.zeros(256, dtype=np.int64)
+for _t, (_kind, _rel) in _ZOOM_MEDIA.items():
+    _ZOOM_RTP_REL[_t] = _rel
+_ZOOM_IS_RTCP = np.zeros(256, dtype=bool)
+_ZOOM_IS_RTCP[[t for t, (k, _) in _ZOOM_MEDIA.items() if k is ZoomMediaKind.RTCP]] = True
+
+
+def _zoom_media_cols(view: PayloadView, base: int) -> tuple[_I64, _Bool, _Bool]:
+    """:func:`_zoom_media_at` over columns: the RTP/RTCP offset of a media header at
+    ``base``, whether one is there (known type, RTP version 2 behind it), and whether
+    it carries RTP rather than RTCP."""
+    media = view.byte(base)
+    rel = _ZOOM_RTP_REL[media]
+    rel = np.where((media == _ZOOM_VIDEO) & (view.byte(base + _ZOOM_VIDEO_INFO) != 0x02),
+                   _ZOOM_VIDEO_NO_INFO_REL, rel)
+    known = (rel > 0) & ~((media == _ZOOM_SCREEN) & (view.byte(base + 7) != 0x1E))
+    off = base + rel
+    found = known & ((view.byte(off) >> 6) == 2)
+    return off, found, found & ~_ZOOM_IS_RTCP[media]
+
+
+def _zoom_sfu_rtp(view: PayloadView) -> tuple[_I64, _Bool]:
+    """Where :func:`parse_zoom_sfu` places the RTP packet of a type-5 payload: behind the
+    8-byte SFU header when a media header is there, else right after the type byte."""
+    off8, found8, rtp8 = _zoom_media_cols(view, _ZOOM_SFU_HEADER_LEN)
+    off1, _, rtp1 = _zoom_media_cols(view, 1)
+    long = found8 & (view.length >= _ZOOM_SFU_HEADER_LEN + 1)
     claimed = ((view.byte(0) == ZoomSfuType.MEDIA) & (view.length > _ZOOM_PROBE_MIN_LEN)
-               & (zoff > 0))
-    return zoff, claimed
+               & np.where(long, rtp8, rtp1))
+    return np.where(long, off8, off1), claimed
 
 
-def _zoom_rtp_short(view: PayloadView) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    return _zoom_rtp(view, 1)
-
-
-def _zoom_rtp_long(view: PayloadView) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    return _zoom_rtp(view, _ZOOM_SFU_HEADER_LEN)
-
-
-ZOOM_SFU_RTP = (Framing("zoom-sfu-1", _zoom_rtp_short), Framing("zoom-sfu-8", _zoom_rtp_long))
-"""For the probe (:mod:`probe.plugins`): RTP behind Zoom's type-5 media encapsulation."""
+ZOOM_SFU_RTP = (Framing("zoom-sfu", _zoom_sfu_rtp),)
+"""For the probe (:mod:`probe.plugins`): RTP behind Zoom's type-5 media encapsulation, at
+the offsets :data:`_ZOOM_MEDIA` gives (the same table :func:`parse_zoom_sfu` reads)."""
 
 
 @dataclass(frozen=True, slots=True)
