@@ -50,6 +50,10 @@ class PayloadView:
     length: I64
     """Captured bytes of each payload."""
 
+    def subset(self, idx: I64) -> PayloadView:
+        """The payloads at positions ``idx`` only."""
+        return PayloadView(self.buf, self.start[idx], self.length[idx])
+
     def byte(self, rel: int | I64) -> I64:
         """The byte at ``rel`` (a number, or one per payload) from each payload's start.
 
@@ -145,10 +149,17 @@ class PayloadPolicy:
 
     def rtp_offsets(self, view: PayloadView) -> I64:
         """Offset of the RTP header in each payload, -1 where there is none."""
-        off = np.full(len(view.start), -1, dtype=np.int64)
+        n = len(view.start)
+        off = np.full(n, -1, dtype=np.int64)
         for framing in self.rtp_framings:
             at, claimed = framing.locate(view)
-            off = np.where((off < 0) & claimed & rtp_header_at(view, at), at, off)
+            todo = np.flatnonzero((off < 0) & claimed)
+            if len(todo) == n:  # every payload (plain RTP, the first framing)
+                off = np.where(rtp_header_at(view, at), at, off)
+            elif len(todo):  # only the payloads claimed and still without RTP are read
+                rel = at if isinstance(at, int) else at[todo]
+                ok = rtp_header_at(view.subset(todo), rel)
+                off[todo[ok]] = rel if isinstance(rel, int) else rel[ok]
         return off
 
 

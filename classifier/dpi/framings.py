@@ -233,12 +233,18 @@ def _zoom_media_cols(view: PayloadView, base: int) -> tuple[_I64, _Bool, _Bool]:
 def _zoom_sfu_rtp(view: PayloadView) -> tuple[_I64, _Bool]:
     """Where :func:`parse_zoom_sfu` places the RTP packet of a type-5 payload: behind the
     8-byte SFU header when a media header is there, else right after the type byte."""
-    off8, found8, rtp8 = _zoom_media_cols(view, _ZOOM_SFU_HEADER_LEN)
-    off1, _, rtp1 = _zoom_media_cols(view, 1)
-    long = found8 & (view.length >= _ZOOM_SFU_HEADER_LEN + 1)
-    claimed = ((view.byte(0) == ZoomSfuType.MEDIA) & (view.length > _ZOOM_PROBE_MIN_LEN)
-               & np.where(long, rtp8, rtp1))
-    return np.where(long, off8, off1), claimed
+    n = len(view.start)
+    off = np.zeros(n, dtype=np.int64)
+    claimed = np.zeros(n, dtype=bool)
+    sfu = np.flatnonzero((view.byte(0) == ZoomSfuType.MEDIA)
+                         & (view.length > _ZOOM_PROBE_MIN_LEN))
+    if len(sfu):  # the media headers are read on type-5 payloads only
+        sub = view.subset(sfu)
+        off8, found8, rtp8 = _zoom_media_cols(sub, _ZOOM_SFU_HEADER_LEN)
+        off1, _, rtp1 = _zoom_media_cols(sub, 1)
+        off[sfu] = np.where(found8, off8, off1)
+        claimed[sfu] = np.where(found8, rtp8, rtp1)
+    return off, claimed
 
 
 ZOOM_SFU_RTP = (Framing("zoom-sfu", _zoom_sfu_rtp),)
