@@ -97,9 +97,9 @@ class MeterConfig:
     payload_snap: int = 2048
     """Bytes kept of each of the first ``payload_full`` samples per direction (handshakes)."""
     signal_samples: int = 64
-    """Further SIP messages and RTCP reports kept per direction beyond ``payload_samples``: a
-    dialog's final answer decides whether a call failed, and RTCP receiver reports give the
-    far side's view of the media; both may come late in a flow."""
+    """Further payloads the payload policy keeps whole (``payloads.keep_whole``: the
+    classifier's SIP messages and RTCP reports) kept per direction beyond
+    ``payload_samples``: what they say may come late in a flow."""
     payload_full: int = 3
     """Samples per direction kept up to ``payload_snap`` bytes; later ones are cut shorter."""
     payload_tail_snap: int = 256
