@@ -7,12 +7,11 @@ flow with :func:`policy.legs.flow_legs`: what runs in production, end to end.
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +21,12 @@ import pytest
 from policy.legs import delay_shape, flow_legs, theil_sen_slope
 from policy.records import Leg
 from probe import FlowRecord, MeterConfig, read_capture
+from tests.pcapbytes import pcap, udp_frame
 
 T0 = 1_700_000_000.0
 SHARED = Path(__file__).resolve().parents[4] / "shared"
 G711_PCAP = SHARED / "captures/ndpi-dev/pcap_other/sip-rtp-g711.pcap"
 LOCAL, REMOTE = "10.0.0.1", "192.0.2.7"
-
-
-def _ipv4(addr: str) -> bytes:
-    return bytes(int(x) for x in addr.split("."))
-
-
-def _frame(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, _ipv4(src),
-                     _ipv4(dst))
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
-
-
-def _pcap(packets: Iterable[tuple[float, bytes]]) -> bytes:
-    out = io.BytesIO()
-    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-    for ts, data in packets:
-        sec = int(ts)
-        out.write(struct.pack("<IIII", sec, round((ts - sec) * 1e6), len(data), len(data)))
-        out.write(data)
-    return out.getvalue()
 
 
 def _rtp(seq: int, rtp_ts: int, *, pt: int = 0, ssrc: int = 0x1234, size: int = 172) -> bytes:
@@ -58,11 +37,11 @@ def _rtp(seq: int, rtp_ts: int, *, pt: int = 0, ssrc: int = 0x1234, size: int = 
 def _meter(tmp_path: Path, packets: Sequence[tuple[float, bool, bytes]]) -> FlowRecord:
     """The one flow of ``packets`` (arrival, sent by the local side, payload)."""
     frames = sorted(
-        ((t, _frame(LOCAL, 40000, REMOTE, 6000, p) if out else
-          _frame(REMOTE, 6000, LOCAL, 40000, p)) for t, out, p in packets),
+        ((t, udp_frame(LOCAL, 40000, REMOTE, 6000, p) if out else
+          udp_frame(REMOTE, 6000, LOCAL, 40000, p)) for t, out, p in packets),
         key=lambda x: x[0])
     path = tmp_path / "legs.pcap"
-    path.write_bytes(_pcap(frames))
+    path.write_bytes(pcap(frames))
     (flow,) = read_capture(path, MeterConfig()).flows
     return flow
 

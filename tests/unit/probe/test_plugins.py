@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 import struct
 from pathlib import Path
@@ -12,23 +11,13 @@ import numpy.typing as npt
 
 from probe import FlowRecord, MeterConfig, read_capture
 from probe.plugins import NEUTRAL, Framing, PayloadPolicy, PayloadView, Prefix
-
-
-def _frame(sport: int, dport: int, payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
+from tests.pcapbytes import pcap, udp_frame
 
 
 def _flow(tmp_path: Path, payloads: list[bytes], policy: PayloadPolicy) -> FlowRecord:
-    out = io.BytesIO()
-    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-    for i, p in enumerate(payloads):
-        data = _frame(5062, 5062, p)
-        out.write(struct.pack("<IIII", 100, i * 20000, len(data), len(data)) + data)
     path = tmp_path / "p.pcap"
-    path.write_bytes(out.getvalue())
+    path.write_bytes(pcap((100 + i * 0.02, udp_frame("10.0.0.1", 5062, "10.0.0.2", 5062, p))
+                          for i, p in enumerate(payloads)))
     (flow,) = read_capture(path, MeterConfig(payloads=policy)).flows
     return flow
 
