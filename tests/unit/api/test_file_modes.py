@@ -5,8 +5,8 @@ whatever umask they were started with (the stores hold captured traffic)."""
 from __future__ import annotations
 
 import os
-import stat
 import socket
+import stat
 import subprocess
 import sys
 import time
