@@ -36,10 +36,11 @@ from typing import Any, BinaryIO
 from api.evidence import EvidenceError, derivations, record_verdicts
 from api.pipeline import AnalysisResult, analyze_capture
 from api.store import CaptureRow, JobState, Store
+from classifier.payloads import meter_config
 from policy.errors import LedgerError
 from policy.ledger import Derivation, Ledger
 from policy.rules import Policy
-from probe import CaptureError, MeterConfig, open_source
+from probe import CaptureError, open_source
 from probe.sources import MAX_DECOMPRESSED
 
 __all__ = [
@@ -174,7 +175,7 @@ class Jobs:
         self._policy = policy
         self.max_upload_bytes = max_upload_bytes
         self.max_decompressed_bytes = max_decompressed_bytes
-        self._meter_config = MeterConfig(max_decompressed_bytes=max_decompressed_bytes)
+        self._meter_config = meter_config(max_decompressed_bytes=max_decompressed_bytes)
         self._retention = retention
         self._clock = clock
         self._stopping = threading.Event()

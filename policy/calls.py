@@ -297,11 +297,22 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                               single=single)
         if _two_way_media(media_flows):
             # The call worked: a failed candidate path (ICMP, a refused side connection) is
-            # the flow's story, not the call's.
-            call_level = [e for e in evidence if e.reason not in (
+            # the flow's story, not the call's. Unanswered connectivity checks and media
+            # that got no return on a candidate pair to a host that carried no media both
+            # ways are how ICE works (RFC 8445: most pairs fail by design) when another
+            # path carried the media: no interference is shown, for the call or the flow.
+            # On a host pair whose media did flow both ways, the same silence means those
+            # messages alone were dropped, which a failed path does not explain.
+            worked = {_remote_local(f, local)[0][0] for f in media_flows
+                      if f.orig_pkts >= 10 and f.resp_pkts >= 10}
+            failed_pair = [e for e in evidence
+                           if e.reason in (Reason.STUN_UNANSWERED, Reason.MEDIA_NO_RETURN)
+                           and not any(_remote_local(by_uid[u], local)[0][0] in worked
+                                       for u in e.flow_uids if u in by_uid)]
+            call_level = [e for e in evidence if e not in failed_pair and e.reason not in (
                 Reason.ICMP_UNREACHABLE, Reason.TCP_RESET, Reason.SYN_UNANSWERED,
                 Reason.TLS_RESET_AFTER_HELLO)]
-            side = [e for e in evidence if e not in call_level]
+            side = [e for e in evidence if e not in call_level and e not in failed_pair]
             evidence = call_level
             for e in side:
                 for uid in e.flow_uids:
