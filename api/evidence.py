@@ -25,7 +25,7 @@ Anonymisation
     keyed PRF (HMAC-SHA256) of the *i* bits before it, so two addresses sharing
     a *k*-bit prefix map to two addresses sharing exactly a *k*-bit prefix. Only
     the local side is rewritten: the call's local host and every address of
-    :data:`LOCAL_NETWORKS`; the operator/remote side is left as it is. IPv4/IPv6
+    :data:`REWRITTEN_CLASSES`; the operator/remote side is left as it is. IPv4/IPv6
     headers are rewritten at every depth (tunnels, ICMP-quoted headers) and
     every checksum covering them is updated incrementally (RFC 1624), so a
     checksum that was right stays right. Application payloads (SIP/SDP bodies,
@@ -70,6 +70,7 @@ from policy.ledger import (
 )
 from policy.records import Call, Verdict, VerdictKind
 from policy.rules import Policy, load_policy
+from probe.addresses import LOCAL_CLASSES, AddressClass, address_class
 from probe.decode import KIND_FLOW, V4_MAPPED, Decoder
 from probe.meter import PROTO_NAMES
 from probe.prepare import canonical_key
@@ -78,8 +79,8 @@ from probe.sources import open_source
 
 __all__ = [
     "BUNDLE_FORMAT",
-    "LOCAL_NETWORKS",
     "PROBLEM_WORDS",
+    "REWRITTEN_CLASSES",
     "AnonymisationError",
     "BundleCheck",
     "BundleError",
@@ -405,18 +406,9 @@ class PrefixAnonymiser:
         return str(ipaddress.IPv6Address(self.map_int(int(ip), 128)))
 
 
-LOCAL_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
-    "100.64.0.0/10",  # RFC 6598 shared address space: the subscriber side of a carrier NAT
-    "169.254.0.0/16", "127.0.0.0/8",  # RFC 3927 link-local, loopback
-    "fc00::/7", "fe80::/10", "::1/128"))  # RFC 4193 unique local, link-local, loopback
-"""Address blocks that are always on the local side. (Python's ``is_private`` would also
-take the documentation and benchmarking blocks, which are often the remote side in test
-captures.)"""
-
-
-def _is_local_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return any(ip in net for net in LOCAL_NETWORKS)
+REWRITTEN_CLASSES = LOCAL_CLASSES | {AddressClass.LOOPBACK}
+"""Address classes always rewritten: the local classes of :mod:`probe.addresses`
+(RFC 1918, RFC 6598, link-local, unique local) and loopback."""
 
 
 @dataclass(slots=True)
@@ -428,7 +420,7 @@ class _Policy:
     mapped: dict[str, str] = field(default_factory=dict)
 
     def wants(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return str(ip) in self.local or _is_local_kind(ip)
+        return str(ip) in self.local or address_class(str(ip)) in REWRITTEN_CLASSES
 
     def packed(self, raw: bytes) -> bytes | None:
         ip = ipaddress.ip_address(raw)

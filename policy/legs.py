@@ -25,21 +25,12 @@ from policy.quality import (
     theil_sen_slope,
 )
 from policy.records import Leg
+from probe.addresses import local_is_orig
 from probe.records import ORIG, FlowRecord, RtpStream
 
-__all__ = ["delay_shape", "flow_legs", "local_is_orig", "with_rtcp"]
+__all__ = ["delay_shape", "flow_legs", "with_rtcp"]
 
 F64 = npt.NDArray[np.float64]
-
-
-def local_is_orig(flow: FlowRecord, local: str | None) -> bool:
-    """Whether the flow's originator is the local side of the capture."""
-    if local is not None:
-        if flow.orig_h == local:
-            return True
-        if flow.resp_h == local:
-            return False
-    return True
 
 
 def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:

@@ -21,8 +21,9 @@ import yaml
 
 from classifier.records import Classification
 from policy.errors import PolicyError
-from policy.legs import delay_shape, local_is_orig
+from policy.legs import delay_shape
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
+from probe.addresses import is_local_class, local_is_orig
 from probe.records import FlowRecord
 
 __all__ = ["Policy", "call_rules", "explained_by_shaper", "flow_rules", "load_policy",
@@ -155,15 +156,15 @@ def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
 
 
 def _same_network(a: str, b: str) -> bool:
-    """Both ends on one link-local network (same IPv4 /24 or IPv6 /64): no operator between."""
-    try:
-        x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    except ValueError:
+    """Both ends of a local address class (:func:`probe.addresses.is_local_class`) on one
+    network (same IPv4 /24 or IPv6 /64): no operator between."""
+    if not (is_local_class(a) and is_local_class(b)):
         return False
-    if x.version != y.version or not (x.is_private and y.is_private):
+    x, y = ipaddress.ip_address(a.partition("%")[0]), ipaddress.ip_address(b.partition("%")[0])
+    if x.version != y.version:
         return False
     bits = 24 if x.version == 4 else 64
-    net = ipaddress.ip_network(f"{a}/{bits}", strict=False)
+    net = ipaddress.ip_network(f"{x}/{bits}", strict=False)
     return y in net
 
 
