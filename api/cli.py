@@ -29,9 +29,15 @@ from api.output import (
 from api.runtime import gc_paused
 from policy.errors import PolicyError
 from policy.settling import PipelineConfig
-from probe import CaptureError, FlowReader, FlowRecord, MeterConfig, ReadStatus
-from probe.meter import MeterStats
-from probe.run import default_workers
+from probe import (
+    CaptureError,
+    FlowReader,
+    FlowRecord,
+    MeterConfig,
+    MeterStats,
+    ReadStatus,
+    default_workers,
+)
 
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult

@@ -90,9 +90,7 @@ from policy.calls import Analysis
 from policy.pipeline import Pipeline, PipelineConfig, Step
 from policy.records import Verdict
 from policy.rules import Policy
-from probe import FlowReader, FlowRecord, MeterConfig
-from probe.errors import CaptureError
-from probe.run import Watermark
+from probe import CaptureError, FlowReader, FlowRecord, MeterConfig, Watermark
 
 __all__ = [
     "CaptureRing",
@@ -1090,6 +1088,6 @@ def _no_status() -> Any:
 
 
 def _no_stats() -> Any:
-    from probe.meter import MeterStats
+    from probe import MeterStats
     return MeterStats()
 

@@ -24,7 +24,7 @@ from policy.errors import PolicyError
 from policy.legs import delay_shape
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
 from probe.addresses import is_local_class, local_is_orig
-from probe.records import FlowRecord
+from probe.records import FlowRecord, TcpFlag
 
 __all__ = ["Policy", "call_rules", "explained_by_shaper", "flow_rules", "load_policy",
            "verdict_from"]
@@ -35,7 +35,6 @@ STUN_SERVER_PORTS = frozenset({3478, 3479, 3480, 3481, 3482, 3483, 3484, 3485, 3
 """Ports STUN/TURN servers listen on (RFC 8489 §9 3478/5349, and the published app ranges);
 requests to other ports are checks against a peer's candidates, which fail by design
 behind NATs and say nothing about the network."""
-TCP_SYN, TCP_RST = 0x02, 0x04
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +114,8 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
                        " while other connections were"))
     f = cls.facts
-    if f.client_hello and not f.server_hello and flow.resp_flags & TCP_RST and \
-            flow.resp_flags & TCP_SYN:
+    if f.client_hello and not f.server_hello and flow.resp_flags & TcpFlag.RST and \
+            flow.resp_flags & TcpFlag.SYN:
         hello = next((p for p in flow.payloads if p.direction == 0), None)
         frames = [hello.frame] if hello is not None else [flow.first_frame]
         out.append(_ev("blocked.tls_reset", Reason.TLS_RESET_AFTER_HELLO, [flow],

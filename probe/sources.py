@@ -35,7 +35,8 @@ import numpy.typing as npt
 
 from probe.errors import CaptureError, NotACapture
 
-__all__ = ["CaptureSource", "LinkType", "RawBatch", "ReadStatus", "open_source"]
+__all__ = ["PCAPNG_BOM", "PCAPNG_SHB", "PCAP_MAGIC_NS", "PCAP_MAGIC_US", "CaptureSource",
+           "LinkType", "RawBatch", "ReadStatus", "open_source"]
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D

@@ -94,7 +94,7 @@ def test_not_an_address(addr: str) -> None:
 
 
 def test_local_classes_are_those_behind_an_operator() -> None:
-    assert A.LOCAL_CLASSES == {C.PRIVATE, C.SHARED, C.UNIQUE_LOCAL, C.LINK_LOCAL}
+    assert {C.PRIVATE, C.SHARED, C.UNIQUE_LOCAL, C.LINK_LOCAL} == A.LOCAL_CLASSES
 
 
 # -- which end is local, on flows read from real packets ------------------------------------------
