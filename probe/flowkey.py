@@ -43,9 +43,6 @@ __all__ = [
     "record_key",
 ]
 
-I64 = npt.NDArray[np.int64]
-U64 = npt.NDArray[np.uint64]
-
 KEY_WIDTH = 6
 """Words in a key row."""
 KEY_BYTES = KEY_WIDTH * 8
@@ -57,6 +54,9 @@ number."""
 PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
 """Flow record protocol names -> IP protocol numbers."""
 _PORT = np.uint64(0xFFFF)
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
 
 
 def pack_addr(text: str) -> tuple[int, int]:

@@ -15,15 +15,10 @@ from scapy.packet import Raw
 
 from probe import FlowRecord, read_capture
 from probe import addresses as A
-from probe.addresses import (
-    AddressClass,
-    address_class,
-    ends,
-    is_local_class,
-    local_host,
-    local_is_orig,
-    orig_is_local,
-)
+
+AddressClass = A.AddressClass
+address_class, is_local_class, orig_is_local = A.address_class, A.is_local_class, A.orig_is_local
+ends, local_host, local_is_orig = A.ends, A.local_host, A.local_is_orig
 
 C = AddressClass
 
