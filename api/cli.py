@@ -589,8 +589,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
-    from api.live import LiveConfig, LiveError, LiveProbe, RingConfig
+    from api.live import LiveConfig, LiveError, LiveProbe
     from policy.rules import load_policy
+    from probe import RingConfig
     if (args.interface is None) == (args.read is None):
         print("marsad probe: give exactly one of -i IFACE and -r FILE|-", file=sys.stderr)
         return EXIT_UNREADABLE

@@ -1,8 +1,9 @@
 """probe: capture files, pcap streams and live interfaces -> bidirectional flow records.
 
 The names below are the probe's public surface; :mod:`probe.addresses`,
-:mod:`probe.flowkey`, :mod:`probe.extract`, :mod:`probe.records`,
-:mod:`probe.run` and :mod:`probe.sources` are public modules too. The decoder,
+:mod:`probe.flowkey`, :mod:`probe.extract`, :mod:`probe.pcapstream`,
+:mod:`probe.records`, :mod:`probe.ring`, :mod:`probe.run` and :mod:`probe.sources`
+are public modules too. The decoder,
 the batch preparation and the flow table (:mod:`probe.decode`,
 :mod:`probe.prepare`, :mod:`probe.meter`) are the probe's own: the service
 (``api``) may not import them (an import-linter contract).
@@ -30,6 +31,7 @@ from probe.errors import (
 from probe.extract import CutPacket, capture_bytes, cut_packets, packet_addresses
 from probe.flowkey import PROTO_NAMES, PROTO_NUMBERS, pack_addr, record_key
 from probe.meter import FlowMeter, MeterConfig, MeterStats
+from probe.pcapstream import PcapStream
 from probe.records import (
     ORIG,
     RESP,
@@ -42,6 +44,7 @@ from probe.records import (
     Weird,
     conn_state,
 )
+from probe.ring import CaptureRing, RingConfig, RingFile
 from probe.run import CaptureRun, FlowReader, Watermark, default_workers, read_capture
 from probe.sources import ReadStatus, open_source
 
@@ -53,6 +56,7 @@ __all__ = [
     "RESP",
     "AddressClass",
     "CaptureError",
+    "CaptureRing",
     "CaptureRun",
     "CutPacket",
     "FlowMeter",
@@ -65,8 +69,11 @@ __all__ = [
     "NotACapture",
     "ParseError",
     "PayloadSample",
+    "PcapStream",
     "ProbeError",
     "ReadStatus",
+    "RingConfig",
+    "RingFile",
     "RtpSeries",
     "RtpStream",
     "TcpFlag",
