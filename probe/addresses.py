@@ -252,13 +252,14 @@ def orig_is_local(orig_h: str, resp_h: str) -> bool:
     """Whether the originator is the local end of a flow between these addresses, by
     their classes alone: yes unless the responder ranks higher (see the module
     docstring)."""
-    r = _RANK
-    ro = r.get(orig_h)
-    if ro is None:
-        ro = _rank(orig_h)
-    rr = r.get(resp_h)
+    rr = _RANK.get(resp_h)
     if rr is None:
         rr = _rank(resp_h)
+    if not rr:  # the common case, a responder of no special rank: one lookup
+        return True
+    ro = _RANK.get(orig_h)
+    if ro is None:
+        ro = _rank(orig_h)
     return ro >= rr
 
 
