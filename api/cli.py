@@ -61,7 +61,7 @@ def _meter_config(args: argparse.Namespace, payloads: int | None = None) -> Mete
     return MeterConfig(
         udp_idle_s=args.udp_idle, tcp_idle_s=args.tcp_idle, active_s=args.active_timeout,
         payload_samples=args.payloads if payloads is None else payloads,
-        timing_packets=args.timing_packets)
+        timing_packets=args.timing_packets, max_decompressed_bytes=args.max_decompressed_bytes)
 
 
 def _checked(kind: Callable[[str], _N], ok: Callable[[_N], bool], what: str,
@@ -102,6 +102,10 @@ def _add_meter_options(p: argparse.ArgumentParser) -> None:
                         f"{d.payload_samples})")
     p.add_argument("--timing-packets", type=_count, default=d.timing_packets, metavar="M",
                    help=f"packets per flow in the timing series (default {d.timing_packets})")
+    p.add_argument("--max-decompressed-bytes", type=int, default=d.max_decompressed_bytes,
+                   metavar="N", help="read a gzip capture up to N bytes decompressed, then "
+                                     "stop as damaged, exit 3 (default "
+                                     f"{d.max_decompressed_bytes})")
     p.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                    help="1: one process; 2: read and decode in a second process "
                         "(default where two cores exist)")
@@ -551,8 +555,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     from api.config import Settings
     from api.jobs import NotACaptureFile, TooLarge
     from api.main import create_app
+    from api.runtime import private_files
     from api.store import StoreError
 
+    private_files()
     given = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.preload:
@@ -590,8 +596,10 @@ def _run_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from api.live import LiveConfig, LiveError, LiveProbe
+    from api.runtime import private_files
     from policy.rules import load_policy
     from probe import RingConfig
+    private_files()
     if (args.interface is None) == (args.read is None):
         print("marsad probe: give exactly one of -i IFACE and -r FILE|-", file=sys.stderr)
         return EXIT_UNREADABLE

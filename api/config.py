@@ -44,8 +44,14 @@ class Settings(BaseSettings):
     """True: read endpoints need no token, so a dashboard works out of the box."""
     max_upload_bytes: int = Field(default=1 << 30, gt=0)
     """Largest capture ``POST /v1/captures`` accepts, in bytes."""
+    max_decompressed_bytes: int = Field(default=16 << 30, gt=0)
+    """Most bytes a gzip-compressed capture may decompress to: an upload that inflates past
+    it is refused (413) as it arrives, and an analysis stops reading there."""
     analysis_workers: int = Field(default=1, ge=1, le=8)
     """Captures analysed at the same time (threads)."""
+    costly_concurrency: int = Field(default=1, ge=1, le=8)
+    """Requests that re-analyse stored captures (``/v1/ledger/verify?rederive=true``,
+    evidence bundles) served at the same time; more get 429."""
     retention_days: float | None = Field(default=30.0, gt=0)
     """Captures (with their flows, calls and verdicts) finished longer ago are deleted;
     None keeps them forever. The evidence ledger is never pruned."""
@@ -98,7 +104,7 @@ class Settings(BaseSettings):
             return None
         path = self.token_path
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(fd, "w", encoding="utf-8") as fh:
                 fh.write(secrets.token_urlsafe(32) + "\n")

@@ -5,20 +5,26 @@ routes reach its parts through :data:`SettingsDep`, :data:`StoreDep`,
 :data:`JobsDep`, :data:`LedgerDep` and :data:`ClockDep`.
 
 Access: :func:`require_token` guards write endpoints and evidence downloads (and
-reads when ``open_reads`` is off). The token is compared in constant time and
-never logged or echoed.
+reads when ``open_reads`` is off), and :func:`check_token` the costly variants of
+open reads (``/v1/ledger/verify?rederive=true``). The token is compared in constant
+time and never logged or echoed. Requests that re-analyse stored captures take a
+slot of :attr:`Services.costly` (:func:`costly_slot`); none left: 429.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator, WithJsonSchema
 
 from api.config import Settings
 from api.jobs import Jobs
@@ -29,15 +35,20 @@ from policy.ledger import Ledger
 from policy.records import VerdictKind
 
 __all__ = [
+    "BearerDep",
     "ClockDep",
     "JobsDep",
     "LedgerDep",
     "ListQueryDep",
+    "Moment",
     "Services",
+    "ServicesDep",
     "SettingsDep",
     "StoreDep",
     "TokenDep",
     "bearer",
+    "check_token",
+    "costly_slot",
     "require_token",
     "services",
 ]
@@ -59,6 +70,9 @@ class Services:
     """The bearer token in force; None: token-protected endpoints are refused."""
     clock: Callable[[], float]
     """Seconds since the epoch."""
+    costly: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(1))
+    """Slots for requests that re-analyse stored captures (``costly_concurrency``)."""
 
 
 def services(request: Request) -> Services:
@@ -101,9 +115,16 @@ bearer = HTTPBearer(auto_error=False, scheme_name="token",
                                 "api-token file in the data directory).")
 
 
-def require_token(s: ServicesDep,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def require_token(s: ServicesDep, creds: BearerDep) -> None:
     """Refuse the request unless it carries the API token as a bearer token."""
+    check_token(s, creds)
+
+
+def check_token(s: Services, creds: HTTPAuthorizationCredentials | None) -> None:
+    """:func:`require_token` for a route that needs the token only for some requests."""
     if s.token is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             "this endpoint needs an API token and none is configured: set "
@@ -120,25 +141,76 @@ def require_token(s: ServicesDep,
 TokenDep = Depends(require_token)
 """Add to a route's or router's ``dependencies`` to require the token."""
 
+RETRY_AFTER_S = 10
+"""What a 429 from :func:`costly_slot` asks the client to wait, in seconds."""
+
+
+@contextmanager
+def costly_slot(s: Services) -> Iterator[None]:
+    """Hold one of the slots for work that re-analyses stored captures, or refuse with 429
+    when all are taken: such a request costs what an analysis costs, and one client must
+    not be able to start many of them at once. The slots are per process."""
+    if not s.costly.acquire(blocking=False):
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"the service is already re-analysing captures for "
+                            f"{s.settings.costly_concurrency} request(s); try again later",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        yield
+    finally:
+        s.costly.release()
+
 
 MAX_PAGE = 1000
 """Largest page a listing returns."""
 MAX_OFFSET = 1 << 40
 
 
-def _epoch(value: datetime | None) -> float | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment(value: object) -> float | None:
+    """Seconds since the epoch from an RFC 3339 date-time (UTC when it names no offset)
+    or a number of seconds; anything else (a date alone, words, ``inf``) is refused."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        seconds = value
+    elif isinstance(value, str) and _NUMBER.fullmatch(value):
+        seconds = float(value)
+    elif isinstance(value, str) and _DATE_TIME.fullmatch(value):
+        try:
+            moment = datetime.fromisoformat(value.upper())
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = (moment - _EPOCH).total_seconds()
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"not a valid date-time: {exc}") from exc
+    else:
+        raise ValueError("expected an RFC 3339 date-time (2024-01-02T03:04:05Z) or a number "
+                         "of seconds since the epoch")
+    if seconds is not None and not MOMENT_MIN_S <= seconds <= MOMENT_MAX_S:  # NaN too
+        raise ValueError("expected a time between the years 1 and 9999")
+    return None if seconds is None else float(seconds)
+
+
+MOMENT_MIN_S = -62_135_596_800
+"""0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a query may name."""
+MOMENT_MAX_S = 253_402_300_799
+"""9999-12-31T23:59:59Z: the latest."""
+
+Moment = Annotated[float | None, BeforeValidator(_moment), WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "date-time"},
+               {"type": "number", "minimum": MOMENT_MIN_S, "maximum": MOMENT_MAX_S}]})]
+"""A query parameter naming a time: an RFC 3339 date-time or seconds since the epoch, as
+the OpenAPI schema says (and nothing else), given to the route as seconds."""
 
 
 def list_query(
-    since: Annotated[datetime | None, Query(description=(
-        "Only items that end at or after this time: ISO 8601 (UTC unless it says) or "
-        "seconds since the epoch."))] = None,
-    until: Annotated[datetime | None, Query(description=(
+    since: Annotated[Moment, Query(description=(
+        "Only items that end at or after this time: an RFC 3339 date-time (UTC unless it "
+        "says) or seconds since the epoch."))] = None,
+    until: Annotated[Moment, Query(description=(
         "Only items that start at or before this time."))] = None,
     app: Annotated[str | None, Query(max_length=64, description="Only this app "
                                                                 "(whatsapp, teams...).")] = None,
@@ -155,7 +227,7 @@ def list_query(
         "By start time."))] = "newest",
 ) -> ListQuery:
     """The filters and page of a flow or call listing."""
-    return ListQuery(since=_epoch(since), until=_epoch(until), app=app,
+    return ListQuery(since=since, until=until, app=app,
                      category=None if category is None else category.value,
                      verdict=None if verdict is None else verdict.value, capture_id=capture,
                      limit=limit, offset=offset, newest_first=order == "newest")

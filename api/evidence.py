@@ -48,6 +48,7 @@ import re
 import secrets
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,6 +107,12 @@ __all__ = [
 BUNDLE_FORMAT = 1
 """``format`` in ``manifest.json``."""
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20
+"""Largest ``manifest.json`` :func:`check_bundle` reads (ours are a few hundred bytes)."""
+MAX_MEMBER_BYTES = 1 << 32
+"""Most bytes :func:`check_bundle` inflates from one member: the manifest states each
+file's size, and a member is never read past it, nor past this."""
+_CHUNK = 1 << 20
 PAYLOAD_SCOPE = ("IPv4/IPv6 header addresses at every depth (tunnels, ICMP-quoted headers), "
                  "with their checksums; application payloads (SIP/SDP bodies, STUN "
                  "attributes) are not rewritten")
@@ -581,10 +588,48 @@ class BundleCheck:
         return not self.problems
 
 
+def _inflate(z: zipfile.ZipFile, name: str, limit: int) -> Iterator[bytes]:
+    """A member's bytes, a chunk at a time; :class:`BundleError` as soon as it gives more
+    than ``limit`` (a zip bomb is found by reading one chunk past the limit, not by holding
+    the member)."""
+    seen = 0
+    with z.open(name) as fh:
+        while chunk := fh.read(_CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise BundleError(f"{name}: more than {limit} bytes once decompressed")
+            yield chunk
+
+
+def _member_digest(z: zipfile.ZipFile, name: str, meta: Any) -> tuple[str | None, str | None]:
+    """(SHA-256, None) of a member, or (None, the problem) when it cannot be hashed within
+    the size its manifest entry states (``MAX_MEMBER_BYTES`` when it states none)."""
+    declared = meta.get("bytes") if isinstance(meta, dict) else None
+    limit = MAX_MEMBER_BYTES
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 0:
+        limit = min(declared, MAX_MEMBER_BYTES)
+        size = z.getinfo(name).file_size
+        if size != declared:
+            return None, (f"{name}: the zip says {size} bytes, the manifest {declared}; "
+                          "not decompressed")
+    h = hashlib.sha256()
+    try:
+        for chunk in _inflate(z, name, limit):
+            h.update(chunk)
+    except BundleError as exc:
+        return None, str(exc)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        return None, f"{name}: unreadable ({exc})"
+    return h.hexdigest(), None
+
+
 def check_bundle(source: str | Path | bytes) -> BundleCheck:
     """Re-hash every file of a bundle against its manifest.
 
-    Raises :class:`BundleError` when it is not a zip or has no readable manifest.
+    Members are decompressed a chunk at a time and never past the size the manifest
+    states (nor ``MAX_MEMBER_BYTES``), so a small zip that inflates to gigabytes costs
+    one chunk of memory. Raises :class:`BundleError` when it is not a zip or has no
+    readable manifest.
     """
     try:
         z = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
@@ -595,11 +640,12 @@ def check_bundle(source: str | Path | bytes) -> BundleCheck:
         if MANIFEST not in names:
             raise BundleError("no manifest.json in the bundle")
         try:
-            manifest = json.loads(z.read(MANIFEST))
+            manifest = json.loads(b"".join(_inflate(z, MANIFEST, MAX_MANIFEST_BYTES)))
             listed: dict[str, Any] = manifest["files"]
             if not isinstance(listed, dict):
                 raise TypeError("files is not a mapping")
-        except (ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        except (ValueError, KeyError, TypeError, zipfile.BadZipFile, OSError, EOFError,
+                zlib.error) as exc:
             raise BundleError(f"manifest.json is unreadable: {exc}") from exc
         problems: list[str] = []
         checked: list[str] = []
@@ -609,12 +655,10 @@ def check_bundle(source: str | Path | bytes) -> BundleCheck:
             if name not in names:
                 problems.append(f"{name}: listed in the manifest but missing")
                 continue
-            try:
-                data = z.read(name)
-            except (zipfile.BadZipFile, OSError) as exc:
-                problems.append(f"{name}: unreadable ({exc})")
+            digest, problem = _member_digest(z, name, meta)
+            if problem is not None:
+                problems.append(problem)
                 continue
-            digest = hashlib.sha256(data).hexdigest()
             if not isinstance(meta, dict) or digest != meta.get("sha256"):
                 want = meta.get("sha256") if isinstance(meta, dict) else meta
                 problems.append(f"{name}: SHA-256 {digest} differs from the manifest's {want}")

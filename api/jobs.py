@@ -25,6 +25,7 @@ import secrets
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -38,9 +39,19 @@ from api.store import CaptureRow, JobState, Store
 from policy.errors import LedgerError
 from policy.ledger import Derivation, Ledger
 from policy.rules import Policy
-from probe import CaptureError, open_source
+from probe import CaptureError, MeterConfig, open_source
+from probe.sources import MAX_DECOMPRESSED
 
-__all__ = ["UPLOAD_PREFIX", "Intake", "Jobs", "NotACaptureFile", "TooLarge", "Upload"]
+__all__ = [
+    "UPLOAD_PREFIX",
+    "InflatesTooLarge",
+    "Inflation",
+    "Intake",
+    "Jobs",
+    "NotACaptureFile",
+    "TooLarge",
+    "Upload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,67 @@ class TooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the capture is larger than the limit of {limit} bytes")
         self.limit = limit
+
+
+class InflatesTooLarge(TooLarge):
+    """A gzip-compressed capture decompresses to more than the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        Exception.__init__(self, f"the capture decompresses to more than the limit of {limit} "
+                                 "bytes")
+        self.limit = limit
+
+
+class Inflation:
+    """Counts what a capture decompresses to as its bytes arrive (nothing for one that is
+    not gzip-compressed), and raises :class:`InflatesTooLarge` as soon as that passes
+    ``limit``: a gzip bomb is refused after the few bytes that inflate past the limit,
+    before it is stored or analysed. Output is counted and dropped a block at a time, so
+    memory stays at one block. Bytes that are not valid gzip stop the count (the analysis
+    reads what comes before them, as for any damaged capture)."""
+
+    _BLOCK = 1 << 20
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        """Decompressed bytes so far."""
+        self._head = b""
+        self._z: Any = None
+        self._state = "start"  # then "gzip", "plain" or "broken"
+
+    def feed(self, data: bytes) -> None:
+        """Count the next bytes of the capture."""
+        if self._state == "start":
+            self._head += data
+            if len(self._head) < 2:
+                return
+            self._state = "gzip" if self._head[:2] == b"\x1f\x8b" else "plain"
+            data, self._head = self._head, b""
+            self._z = zlib.decompressobj(wbits=31)
+        if self._state != "gzip":
+            return
+        try:
+            self._inflate(data)
+        except zlib.error:
+            self._state = "broken"
+
+    def _inflate(self, data: bytes) -> None:
+        z = self._z
+        while True:
+            out = z.decompress(data, self._BLOCK)
+            self.total += len(out)
+            if self.total > self.limit:
+                raise InflatesTooLarge(self.limit)
+            if z.eof:  # a gzip file may hold several members, one after another
+                data = z.unused_data
+                z = self._z = zlib.decompressobj(wbits=31)
+                if not data:
+                    return
+                continue
+            data = z.unconsumed_tail
+            if not data and len(out) < self._BLOCK:
+                return
 
 
 class NotACaptureFile(Exception):
@@ -91,16 +163,18 @@ def _suffix(path: Path) -> str:
 
 class Upload:
     """An upload being received: written to a temporary file, hashed and counted as it
-    comes; more than ``limit`` bytes raise :class:`TooLarge`. Used as a context manager:
+    comes; more than ``limit`` bytes raise :class:`TooLarge`, a gzip capture inflating
+    past its limit :class:`InflatesTooLarge` (``inflation``). Used as a context manager:
     the file is closed on the way out, and removed if the block raised."""
 
-    def __init__(self, out: BinaryIO, path: Path, limit: int) -> None:
+    def __init__(self, out: BinaryIO, path: Path, limit: int, inflation: Inflation) -> None:
         self._out = out
         self.path = path
         """The temporary file."""
         self.size = 0
         """Bytes written."""
         self._limit = limit
+        self._inflation = inflation
         self._hash = hashlib.sha256()
 
     def write(self, block: bytes) -> None:
@@ -108,6 +182,7 @@ class Upload:
         self.size += len(block)
         if self.size > self._limit:
             raise TooLarge(self._limit)
+        self._inflation.feed(block)
         self._hash.update(block)
         self._out.write(block)
 
@@ -129,6 +204,7 @@ class Jobs:
 
     def __init__(self, store: Store, ledger: Ledger, *, captures_dir: Path, policy: Policy,
                  workers: int = 1, max_upload_bytes: int,
+                 max_decompressed_bytes: int = MAX_DECOMPRESSED,
                  retention: tuple[float | None, int | None] = (None, None),
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
@@ -136,6 +212,8 @@ class Jobs:
         self.captures_dir = captures_dir
         self._policy = policy
         self.max_upload_bytes = max_upload_bytes
+        self.max_decompressed_bytes = max_decompressed_bytes
+        self._meter_config = MeterConfig(max_decompressed_bytes=max_decompressed_bytes)
         self._retention = retention
         self._clock = clock
         self._stopping = threading.Event()
@@ -143,7 +221,7 @@ class Jobs:
         self._futures: set[Future[None]] = set()
         self._futures_lock = threading.Lock()
         self._listeners: list[Callable[[AnalysisResult], None]] = []
-        captures_dir.mkdir(parents=True, exist_ok=True)
+        captures_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for stale in captures_dir.glob(UPLOAD_PREFIX + "*"):
             stale.unlink(missing_ok=True)
 
@@ -158,7 +236,7 @@ class Jobs:
         """A temporary file in the captures directory to receive an upload, hashed and
         bounded by ``max_upload_bytes`` as it is written (:class:`Upload`)."""
         fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self.captures_dir)
-        return Upload(os.fdopen(fd, "wb"), Path(name), self.max_upload_bytes)
+        return Upload(os.fdopen(fd, "wb"), Path(name), self.max_upload_bytes, self.inflation())
 
     def check(self, tmp: Path, sha256: str, size: int) -> Intake:
         """Check a received file is a capture; raises :class:`NotACaptureFile` (and
@@ -171,6 +249,10 @@ class Jobs:
             reason = str(exc).removeprefix(str(tmp)).lstrip(": ")
             raise NotACaptureFile(reason) from exc
         return Intake(tmp, sha256, size)
+
+    def inflation(self) -> Inflation:
+        """A counter of what an incoming capture decompresses to, against the limit."""
+        return Inflation(self.max_decompressed_bytes)
 
     def copy_in(self, source: Path) -> Intake:
         """Copy a local capture file into the captures directory (hashing it)."""
@@ -216,7 +298,8 @@ class Jobs:
     def analyse(self, path: str | Path,
                 progress: Callable[[int], None] | None = None) -> AnalysisResult:
         """Analyse a stored capture with the service's policy (one process)."""
-        return analyze_capture(path, policy=self._policy, workers=1, progress=progress)
+        return analyze_capture(path, policy=self._policy, config=self._meter_config, workers=1,
+                               progress=progress)
 
     def run(self, capture_id: str) -> None:
         """Analyse one queued capture (what a worker thread does)."""

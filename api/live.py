@@ -94,6 +94,7 @@ from probe import (
     PcapStream,
     RingConfig,
     Watermark,
+    default_workers,
 )
 
 __all__ = [
@@ -234,6 +235,10 @@ class LiveProbe:
         self._stats_lines: list[str] = []
         self._lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=10000)
+        self._sink_lock = threading.Lock()
+        self._sink_open = True
+        """Whether the tee still holds the write end of the flow reader's pipe (the reader
+        process, forked meanwhile, closes its copy of it by number)."""
         self._pending_ledger: list[tuple[str, Verdict, dict[str, Any], int, int]] = []
         self.flows_finished = 0
         self.calls = 0
@@ -373,7 +378,8 @@ class LiveProbe:
                 if not self._pass_on(sink, clean):
                     return
         finally:
-            with contextlib.suppress(OSError):
+            with self._sink_lock, contextlib.suppress(OSError):
+                self._sink_open = False
                 os.close(sink)
             with contextlib.suppress(OSError):
                 src.close()
@@ -390,9 +396,15 @@ class LiveProbe:
             view = view[n:]
         return True
 
-    def _read_flows(self, pipe: BinaryIO) -> None:
+    def _read_flows(self, pipe: BinaryIO, write_end: int) -> None:
+        """The flow reader, in a thread: flows and watermarks into the queue."""
         try:
-            reader = FlowReader(pipe, self.cfg.meter, workers=1)
+            # reading, decoding and batch preparation in a second process, as for a file
+            reader = FlowReader(pipe, self.cfg.meter, workers=default_workers())
+            with self._sink_lock:  # the tee must not close its end while the process forks
+                if self._sink_open:
+                    reader.not_ours = (write_end,)
+                reader.start(stream_too=True)
             self._reader = reader
             for item in reader.observed_with_clock(self.pipeline.observe):
                 self._queue.put(item)
@@ -419,7 +431,7 @@ class LiveProbe:
         r, w = os.pipe()
         pipe = os.fdopen(r, "rb")
         tee = threading.Thread(target=self._tee, args=(src, w), name="marsad-tee", daemon=True)
-        reader = threading.Thread(target=self._read_flows, args=(pipe,), name="marsad-meter",
+        reader = threading.Thread(target=self._read_flows, args=(pipe, w), name="marsad-meter",
                                   daemon=True)
         tee.start()
         reader.start()

@@ -10,6 +10,7 @@ shutdown it stops the workers and closes the store and the ledger.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None, *,
     :class:`~api.jobs.NotACaptureFile`, :class:`~api.jobs.TooLarge` or :class:`OSError`.
     """
     settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # captured traffic
     policy = load_policy(settings.policy_file)
     store = open_store(settings.data_dir, clock=clock)
     try:
@@ -75,9 +76,11 @@ def create_app(settings: Settings | None = None, *,
     max_age_s = None if settings.retention_days is None else settings.retention_days * 86400
     jobs = Jobs(store, led, captures_dir=settings.captures_dir, policy=policy,
                 workers=settings.analysis_workers, max_upload_bytes=settings.max_upload_bytes,
+                max_decompressed_bytes=settings.max_decompressed_bytes,
                 retention=(max_age_s, settings.retention_max_captures), clock=clock)
     services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
-                        token=settings.token(), clock=clock)
+                        token=settings.token(), clock=clock,
+                        costly=threading.BoundedSemaphore(settings.costly_concurrency))
     # Prometheus: a registry per app, fed by every stored analysis, read at scrape time.
     registry = CollectorRegistry()
     metrics = MarsadMetrics(registry, jobs=store.job_counts,

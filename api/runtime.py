@@ -1,12 +1,25 @@
-"""Process-level helpers for the commands that analyse a capture."""
+"""Process-level helpers for the commands: the garbage collector while a capture is
+analysed, and the file mode of what the long-running commands write."""
 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["gc_paused"]
+__all__ = ["PRIVATE_UMASK", "gc_paused", "private_files"]
+
+PRIVATE_UMASK = 0o077
+"""What ``marsad serve`` and ``marsad probe`` create is the owner's alone: directories
+0700, files (databases and their WAL, ring captures, status) 0600."""
+
+
+def private_files() -> int:
+    """Make every file and directory this process creates from now on private to its
+    owner (umask 077): the store, the ledger and the capture ring hold captured traffic.
+    Returns the previous umask."""
+    return os.umask(PRIVATE_UMASK)
 
 
 @contextmanager

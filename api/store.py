@@ -610,6 +610,6 @@ def _verdict_row(capture_id: str, uid: str, subject: str, verdict: Verdict) -> t
 def open_store(data_dir: str | Path, *, clock: Callable[[], float]) -> Store:
     """The store of a data directory (created if missing)."""
     path = Path(data_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return SqliteStore(path / "marsad.db", clock=clock)
 

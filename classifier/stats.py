@@ -344,42 +344,53 @@ def _dirs(flow: FlowRecord, rules: MediaRules) -> tuple[_Dir, _Dir]:
 
 @dataclass(frozen=True, slots=True)
 class _Life:
-    """Whole-life per-second figures from the rate rows (dense over the flow's span)."""
+    """Whole-life per-second figures from the rate rows, one row per second that carried
+    packets. Seconds without packets are not stored: the memory this takes follows the
+    flow's packets, not the time between its first and last packet, which one wrong
+    timestamp can make any size."""
 
-    pkts: I64  # shape (span, 2)
-    wire: I64  # shape (span, 2)
-    run: tuple[int, int]  # [start, end) of the longest run of active seconds
+    sec: I64  # each row's second, counted from the flow's first (sorted, unique)
+    pkts: I64  # shape (rows, 2)
+    wire: I64  # shape (rows, 2)
+    span: int  # seconds from the first row to the last, both included
+    run: tuple[int, int]  # [start, end) rows of the longest run of active seconds
     active_share: float  # active seconds from run start to the end of life
 
     @property
-    def span(self) -> int:
-        return int(self.pkts.shape[0])
-
-    @property
     def run_s(self) -> int:
-        return self.run[1] - self.run[0]
+        return self.run[1] - self.run[0]  # the rows of a run are consecutive seconds
 
 
 def _life(flow: FlowRecord, rules: MediaRules) -> _Life:
     rate = flow.rate
     if rate.shape[0] == 0:
         z = np.zeros((0, 2), np.int64)
-        return _Life(z, z, (0, 0), 0.0)
-    sec = rate[:, 0] - rate[0, 0]
+        return _Life(np.zeros(0, np.int64), z, z, 0, (0, 0), 0.0)
+    secs, row = np.unique(rate[:, 0], return_inverse=True)  # sorted, merged per second
+    row = row.reshape(-1)
+    rows = int(secs.size)
+    pkts = np.zeros((rows, 2), np.int64)
+    wire = np.zeros((rows, 2), np.int64)
+    for d in (ORIG, RESP):
+        np.add.at(pkts[:, d], row, rate[:, 1 + 2 * d])
+        np.add.at(wire[:, d], row, rate[:, 2 + 2 * d])
+    sec: I64 = (secs - secs[0]).astype(np.int64)
     span = int(sec[-1]) + 1
-    pkts = np.zeros((span, 2), np.int64)
-    wire = np.zeros((span, 2), np.int64)
-    pkts[sec, 0], pkts[sec, 1] = rate[:, 1], rate[:, 3]
-    wire[sec, 0], wire[sec, 1] = rate[:, 2], rate[:, 4]
     active = pkts.sum(axis=1) >= rules.active_pkts
-    edges = np.diff(np.r_[0, active.astype(np.int8), 0])
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    # A run goes on while the next row is active and the very next second.
+    link = np.zeros(rows, dtype=bool)
+    link[1:] = active[1:] & active[:-1] & (np.diff(sec) == 1)
+    starts = np.flatnonzero(active & ~link)
+    last = np.ones(rows, dtype=bool)
+    last[:-1] = ~link[1:]
+    ends = np.flatnonzero(active & last) + 1
     best = (0, 0)
+    share = 0.0
     if starts.size:
         k = int(np.argmax(ends - starts))  # the first of the longest runs
         best = (int(starts[k]), int(ends[k]))
-    share = float(active[best[0]:].mean()) if best[1] > best[0] else 0.0
-    return _Life(pkts, wire, best, share)
+        share = float(active[best[0]:].sum()) / (span - int(sec[best[0]]))
+    return _Life(sec, pkts, wire, span, best, share)
 
 
 def _proto_name(flow: FlowRecord) -> str:
@@ -401,7 +412,7 @@ def _streaming(flow: FlowRecord, dirs: _LazyDirs, life: _Life, rules: MediaRules
     total = nbytes[0] + nbytes[1]
     if total == 0 or nbytes[h] / total < rules.stream_min_share:
         return None
-    bulk = np.flatnonzero(life.wire[:, h] >= rules.stream_burst_bytes)
+    bulk = life.sec[life.wire[:, h] >= rules.stream_burst_bytes]
     if bulk.size < 2:
         return None
     silences = np.diff(bulk) - 1
@@ -502,14 +513,15 @@ def _screen(flow: FlowRecord, dirs: _LazyDirs, life: _Life, rules: MediaRules
         return None
     # A second with a burst carries at least a few large packets' worth of bytes.
     burst = life.wire[:, h] >= 3 * rules.large_size
-    idle = 1.0 - float(burst.mean())
-    alive = float((life.pkts.sum(axis=1) > 0).mean())
+    burst_share = float(burst.sum()) / life.span
+    idle = 1.0 - burst_share
+    alive = float((life.pkts.sum(axis=1) > 0).sum()) / life.span
     if idle < rules.screen_min_idle_share or burst.sum() < 2 or alive < 0.5:
         return None
     conf = 0.5 + 0.2 * min(1.0, life.span / 60)
     return MediaGuess(True, MediaKind.SCREEN, False, round(conf, 2),
                       f"UDP, {kbps:.0f} kbit/s average over {life.span} s, bursts of "
-                      f"large packets in {burst.mean():.0%} of seconds, idle or small-only "
+                      f"large packets in {burst_share:.0%} of seconds, idle or small-only "
                       f"in {idle:.0%}: screen share")
 
 

@@ -91,6 +91,10 @@ class Pipeline:
         self._in_due: set[str] = set()
         """Window flows of those calls (judged with them)."""
         self._clock = -math.inf
+        self._first_ripe = math.inf
+        """The earliest time at which a pending flow's timeout runs out."""
+        self._first_due = math.inf
+        """The earliest time at which a call or a window flow's verdict comes due."""
         self._open_udp: OpenFlows = NO_OPEN_FLOWS
         """The UDP flows the probe has not ended yet."""
 
@@ -103,6 +107,7 @@ class Pipeline:
     def push(self, flow: FlowRecord, observation: Observation) -> None:
         """A flow the probe ended (lightened or not), with its observation."""
         self._pending[flow.uid] = (flow, observation)
+        self._first_ripe = min(self._first_ripe, self._ripe_at(flow))
 
     def advance(self, watermark: Watermark) -> list[Step]:
         """The probe's clock reached ``watermark``: settle every grid point up to it."""
@@ -127,19 +132,27 @@ class Pipeline:
 
     def _next_point(self) -> float | None:
         """The first grid point after the last one visited at which something settles."""
-        times = [self._ripe_at(f) for f, _ in self._pending.values()]
-        times.extend(self._due_calls)
-        times.extend(f.last_ts + self.cfg.call_settle_s for u, (f, _) in self._window.items()
-                     if u not in self._judged and u not in self._in_due)
-        if not times:
+        first = min(self._first_ripe, self._first_due)
+        if first == math.inf:
             return None
         g = self.cfg.cut_s
-        point = (math.floor(min(times) / g) + 1) * g  # the first grid point after it
+        point = (math.floor(first / g) + 1) * g  # the first grid point after it
         if self._clock > -math.inf:
             point = max(point, (math.floor(self._clock / g) + 1) * g)
         return point
 
     def _settle(self, point: float, final: bool) -> Step:
+        step = self._settle_at(point, final)
+        self._first_ripe = min((self._ripe_at(f) for f, _ in self._pending.values()),
+                               default=math.inf)
+        settle = self.cfg.call_settle_s
+        self._first_due = min([*self._due_calls,
+                               *(f.last_ts + settle for u, (f, _) in self._window.items()
+                                 if u not in self._judged and u not in self._in_due)],
+                              default=math.inf)
+        return step
+
+    def _settle_at(self, point: float, final: bool) -> Step:
         self._clock = point
         step = Step()
         ripe = [fo for fo in self._pending.values() if final or self._ripe_at(fo[0]) < point]

@@ -49,7 +49,7 @@ from probe.flowkey import (
     ports_word_fields,
 )
 from probe.layers import TUNNEL_NAMES, IcmpQuote, WeirdInfo
-from probe.prepare import SPLIT_IDLE, Prepared, prepare, seg_rank
+from probe.prepare import SPLIT_CLOCK, SPLIT_IDLE, Prepared, prepare, seg_rank
 from probe.records import (
     NO_TIMING,
     FlowRecord,
@@ -63,7 +63,7 @@ from probe.records import (
     new_record,
 )
 from probe.rtpstate import RtpStreams, StreamState
-from probe.sources import RawBatch
+from probe.sources import MAX_DECOMPRESSED, RawBatch
 from probe.wire import out_of_band
 
 __all__ = ["NO_OPEN_FLOWS", "Ended", "FlowMeter", "MeterConfig", "MeterStats", "OpenFlows",
@@ -107,6 +107,9 @@ class MeterConfig:
     rtp_detail_packets: int = 2000
     """RTP packets per flow kept one by one (``FlowRecord.rtp``, 20 s of a two-way 50 pps
     call); every packet still counts in the whole-life ``FlowRecord.rtp_streams``."""
+    max_decompressed_bytes: int = MAX_DECOMPRESSED
+    """Most bytes a gzip-compressed capture is read to once decompressed (64 GiB); beyond,
+    reading stops as at damage (what came before is kept, the offset is named)."""
     chunk_size: int = 8 << 20
     """Bytes of capture read per batch. 8 MiB: the reader process then holds about 40 MiB
     less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more
@@ -135,7 +138,11 @@ class MeterStats:
     non_ip: int = 0
     """Packets that were not IP (ARP, LLDP...)."""
     weird: int = 0
-    """Packets with a decoding problem (some still counted in a flow)."""
+    """Weirds recorded: packets with a decoding problem (some still counted in a flow) or a
+    clock step."""
+    clock_steps: int = 0
+    """Packets stamped more than a second before the packet read just before them, or more
+    than a day after it (the first few of each batch are recorded as weirds)."""
     slow_path: int = 0
     """Packets decoded by the per-packet decoder."""
     flows: int = 0
@@ -345,11 +352,15 @@ class FlowMeter:
         self._close_ns = int(self.cfg.tcp_close_s * NS)
         self._ended: list[Ended] = []
         self._now = 0
+        self._ts_last: int | None = None
 
     # -- public ------------------------------------------------------------------
     def prepare(self, b: RawBatch, cols: Decoded) -> Prepared:
         """The table-independent part of metering a batch (may run in another process)."""
-        return prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.snaps)
+        p = prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.snaps, self._ts_last)
+        if len(b):
+            self._ts_last = int(b.ts_ns[-1])
+        return p
 
     def feed(self, b: RawBatch, cols: Decoded) -> list[FlowRecord]:
         """Meter one decoded batch; return the flows that ended during it."""
@@ -368,15 +379,12 @@ class FlowMeter:
         st.slow_path += p.slow
         st.non_ip += p.non_ip
         st.weird += len(p.weirds)
-        fid_s = np.zeros(0, dtype=np.int64)
+        st.clock_steps += p.clock_steps
         if p.metered:
             st.metered += p.metered
-            fid_s = self._meter(p)
-        for (frame, ts, w), pos in zip(p.weirds, p.weird_sorted.tolist(), strict=True):
-            if pos >= 0:
-                self._flow_weirds.setdefault(int(fid_s[pos]), []).append((frame, ts, w))
-            else:
-                self.weirds.append(Weird(frame, ts / NS, w.layer, w.offset, w.reason))
+            self._meter(p)
+        else:
+            self._attach_weirds(p, np.zeros(0, dtype=np.int64))
         for frame, ts, q in p.icmp:
             self._attach_icmp(frame, ts, q)
         if p.packets:
@@ -441,7 +449,8 @@ class FlowMeter:
 
     # -- metering ----------------------------------------------------------------
     def _meter(self, p: Prepared) -> I64:
-        """Apply a prepared batch to the table; return each packet's flow serial."""
+        """Apply a prepared batch to the table (its weirds too); return each packet's flow
+        serial."""
         cfg = self.cfg
         t = self._t
         n = p.metered
@@ -455,17 +464,23 @@ class FlowMeter:
             dtype=np.int64, count=n_groups)
         split = p.split.copy()
         reasons: dict[int, str] = {
-            int(i): ("idle" if w == SPLIT_IDLE else "port-reuse")
+            int(i): ("idle" if w == SPLIT_IDLE else "clock-step" if w == SPLIT_CLOCK
+                     else "port-reuse")
             for i, w in zip(np.flatnonzero(p.split_why).tolist(),
                             p.split_why[p.split_why != 0].tolist(), strict=True)}
         idle = self._idle_ns[proto_s[gpos]]
-        # Existing flows that went idle before this batch's first packet end first.
+        # Existing flows that went idle before this batch's first packet end first, and so
+        # do those whose newest packet is further after it than that (a clock step back:
+        # see probe.prepare._backward_splits).
         has = slot_g >= 0
         ex = np.where(has, slot_g, 0)
-        stale = has & ((ts_s[gpos] - t.last_ns[ex]) > idle)
+        first_ts = ts_s[gpos]
+        late = (first_ts > t.last_ns[ex]) & (first_ts - idle > t.last_ns[ex])
+        early = (first_ts < t.last_ns[ex]) & (t.last_ns[ex] - idle > first_ts)
+        stale = has & (late | early)
         if stale.any():
             st_slots = slot_g[stale]
-            self._end(st_slots, ["idle"] * len(st_slots))
+            self._end(st_slots, ["clock-step" if e else "idle" for e in early[stale].tolist()])
             slot_g = np.where(stale, -1, slot_g)
             has = slot_g >= 0
             ex = np.where(has, slot_g, 0)
@@ -606,6 +621,8 @@ class FlowMeter:
                               mk=p.rtp_mk[kk],
                               size=np.minimum(pay_s[u], 65535).astype(np.uint16),
                               off=p.rtp_off[kk], frame=p.frame[u])
+        # Weirds join their flows before any of them ends (below).
+        self._attach_weirds(p, fid_s)
         # Segments that are not the last of their group are finished flows.
         done = np.flatnonzero(~seg_last_in_group)
         if len(done):
@@ -616,6 +633,15 @@ class FlowMeter:
                                 else reasons.get(int(spos[j + 1]), "idle"))
             self._end(seg_slot[done], why_done)
         return fid_s
+
+    def _attach_weirds(self, p: Prepared, fid_s: I64) -> None:
+        """Keep each weird with its packet's flow (``fid_s``: each packet's flow serial), or
+        with the run when it belongs to none."""
+        for (frame, ts, w), pos in zip(p.weirds, p.weird_sorted.tolist(), strict=True):
+            if pos >= 0:
+                self._flow_weirds.setdefault(int(fid_s[pos]), []).append((frame, ts, w))
+            else:
+                self.weirds.append(Weird(frame, ts / NS, w.layer, w.offset, w.reason))
 
     def _careful(self, groups: I64, gpos: I64, n: int, ts_s: I64, flags_s: I64, proto_s: I64,
                  side_s: I64, split: npt.NDArray[np.bool_], slot_g: I64,

@@ -23,12 +23,21 @@ from probe.records import TcpFlag
 from probe.sources import RawBatch
 from probe.wire import out_of_band
 
-__all__ = ["Prepared", "prepare", "seg_rank"]
+__all__ = ["Prepared", "clock_steps", "prepare", "seg_rank"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 NS = 1_000_000_000
-SPLIT_NONE, SPLIT_IDLE, SPLIT_REUSE = 0, 1, 2
+SPLIT_NONE, SPLIT_IDLE, SPLIT_REUSE, SPLIT_CLOCK = 0, 1, 2, 3
+CLOCK_BACK_NS = NS
+"""A packet stamped more than this before the packet read just before it is a clock step
+back (a ``clock-backwards`` weird); smaller steps are ordinary reordering of capture queues."""
+CLOCK_JUMP_NS = 86_400 * NS
+"""A packet stamped more than a day after the packet read just before it is a clock jump
+(a ``clock-jump`` weird): a clock set while capturing, or a corrupt timestamp."""
+CLOCK_WEIRDS = 16
+"""Clock steps per batch recorded as weirds; all are counted (``Prepared.clock_steps``), so
+a capture whose every timestamp is wrong costs no more than one with none."""
 SIP_HEADS = np.array([int.from_bytes(w, "big") for w in (
     b"SIP/", b"INVI", b"ACK ", b"BYE ", b"CANC", b"REGI", b"OPTI", b"PRAC", b"SUBS", b"NOTI",
     b"PUBL", b"INFO", b"REFE", b"MESS", b"UPDA")], dtype=np.uint32)
@@ -55,6 +64,9 @@ class Prepared:
     """(frame, ts ns, what) for each decoding problem."""
     weird_sorted: I64
     """For each weird, its packet's sorted position, or -1 if it belongs to no flow."""
+    clock_steps: int
+    """Packets whose timestamp stepped back or jumped ahead (the first ``CLOCK_WEIRDS`` of
+    them are among ``weirds``)."""
     icmp: list[tuple[int, int, IcmpQuote]]
     """(frame, ts ns, quoted header) for each ICMP error."""
     frame: I64
@@ -141,6 +153,49 @@ def _segmented_any_before(flag: npt.NDArray[np.bool_], seg_start: npt.NDArray[np
     return out
 
 
+def clock_steps(ts: I64, before: int | None) -> tuple[list[tuple[int, WeirdInfo]], int]:
+    """Packets of a batch (file order) whose timestamp went back more than ``CLOCK_BACK_NS``
+    or ahead more than ``CLOCK_JUMP_NS`` from the packet before (``before``: the previous
+    batch's last, if any): the first ``CLOCK_WEIRDS`` as (index, weird), and how many."""
+    if not len(ts):
+        return [], 0
+    prev = np.empty_like(ts)
+    prev[1:] = ts[:-1]
+    prev[0] = ts[0] if before is None else before
+    # Compared without subtracting: timestamps may sit anywhere in the int64 range.
+    back = ts < prev
+    back[back] = (prev[back] - CLOCK_BACK_NS) > ts[back]
+    jump = ts > prev
+    jump[jump] = (ts[jump] - CLOCK_JUMP_NS) > prev[jump]
+    hit = np.flatnonzero(back | jump)
+    kept = [(i, WeirdInfo("clock", 0, "clock-backwards" if back[i] else "clock-jump"))
+            for i in hit[:CLOCK_WEIRDS].tolist()]
+    return kept, len(hit)
+
+
+def _backward_splits(ts_s: I64, proto_s: I64, gpos: I64, groups: I64, idle_ns: I64,
+                     split: npt.NDArray[np.bool_], why: npt.NDArray[np.int8]) -> None:
+    """Start a new flow where a packet is stamped more than its idle timeout before the
+    newest packet of its flow so far (``groups``: the key groups where that may happen).
+
+    A forward gap that long already starts a new flow; doing the same backwards keeps every
+    flow's packets within its idle timeout of the flow's time, however wrong a timestamp is,
+    so what a flow's per-second series cost is bounded by its active timeout."""
+    ends = np.append(gpos[1:], len(ts_s))
+    for g in groups.tolist():
+        a, z = int(gpos[g]), int(ends[g])
+        lim = int(idle_ns[proto_s[a]])
+        newest = int(ts_s[a])
+        for q, t in enumerate(ts_s[a + 1:z].tolist(), a + 1):
+            if split[q] or t < newest - lim:
+                if not split[q]:
+                    split[q] = True
+                    why[q] = SPLIT_CLOCK
+                newest = t
+            elif t > newest:
+                newest = t
+
+
 def _rtp_framings(arr: npt.NDArray[np.uint8], po: I64, pc: I64, b0: I64,
                   top: int) -> list[tuple[int | I64, npt.NDArray[np.bool_]]]:
     """Candidate RTP header offsets inside UDP payloads, most common first.
@@ -175,8 +230,11 @@ def _rtp_framings(arr: npt.NDArray[np.uint8], po: I64, pc: I64, b0: I64,
 
 
 def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
-            snaps: tuple[int, int, int]) -> Prepared:
-    """Group a decoded batch by flow key and extract what the records need."""
+            snaps: tuple[int, int, int], ts_before: int | None = None) -> Prepared:
+    """Group a decoded batch by flow key and extract what the records need.
+
+    ``ts_before`` is the timestamp of the packet read just before the batch, if any (a
+    clock step between two batches is found as one within a batch)."""
     n_all = len(b)
     idx = np.flatnonzero(cols.kind == KIND_FLOW)
     n = len(idx)
@@ -211,6 +269,16 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     idle_split = ~gstart & (gap > idle_ns[proto_s])
     split = gstart | idle_split
     why = np.where(idle_split, SPLIT_IDLE, SPLIT_NONE).astype(np.int8)
+    if n_all:
+        # Only a packet more than the shortest idle timeout behind the newest one of the
+        # whole batch can be that far behind the newest of its flow: most batches stop here.
+        ts_all = b.ts_ns
+        behind = ts_all[idx] < np.maximum.accumulate(ts_all)[idx] - int(idle_ns.min())
+        if behind.any():
+            sorted_pos = np.empty(n, dtype=np.int64)
+            sorted_pos[order] = np.arange(n)
+            _backward_splits(ts_s, proto_s, gpos, np.unique(g_s[sorted_pos[behind]]), idle_ns,
+                             split, why)
     tcp = proto_s == 6
     pure_syn = tcp & ((flags_s & (TcpFlag.SYN | TcpFlag.ACK)) == TcpFlag.SYN)
     if pure_syn.any():
@@ -285,17 +353,19 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
         base = upo[ok] + rtp_off
         rb = arr[np.minimum(base[:, None] + np.arange(12), top)].astype(np.int64)
 
-    weird_sorted = np.full(len(cols.weirds), -1, dtype=np.int64)
-    if cols.weirds:
+    clock, n_clock = clock_steps(b.ts_ns, ts_before)
+    weirds = sorted([*cols.weirds, *clock], key=lambda w: w[0]) if clock else cols.weirds
+    weird_sorted = np.full(len(weirds), -1, dtype=np.int64)
+    if weirds:
         where = np.full(n_all, -1, dtype=np.int64)
         where[pidx] = np.arange(n)
-        weird_sorted = where[np.asarray([i for i, _ in cols.weirds], dtype=np.int64)]
+        weird_sorted = where[np.asarray([i for i, _ in weirds], dtype=np.int64)]
     ts_list = b.ts_ns
     return Prepared(
         packets=n_all, frame0=b.frame0, ts_max=int(ts_list.max()) if n_all else 0,
         non_ip=int(np.count_nonzero(cols.kind == KIND_NONIP)), slow=cols.slow,
-        weirds=[(b.frame0 + i, int(ts_list[i]), w) for i, w in cols.weirds],
-        weird_sorted=weird_sorted,
+        weirds=[(b.frame0 + i, int(ts_list[i]), w) for i, w in weirds],
+        weird_sorted=weird_sorted, clock_steps=n_clock,
         icmp=[(b.frame0 + i, int(ts_list[i]), q) for i, q in cols.icmp],
         frame=b.frame0 + pidx, ts=ts_s, proto=proto_s, flags=flags_s, side=side_s,
         seq=cols.seq[pidx], pay_len=pay_s, wire=b.wirelen[pidx],

@@ -341,7 +341,8 @@ class FlowRecord:
     """1-based capture position of the last packet."""
     end_reason: str
     """Why the flow ended: ``idle``, ``active``, ``tcp-close``, ``port-reuse``, ``evicted``,
-    ``eof``."""
+    ``eof``, or ``clock-step`` (the next packet of its key was stamped more than the idle
+    timeout before its newest packet)."""
     vlan: int | None = None
     """Outermost 802.1Q VLAN id, when tagged."""
     tunnel: str | None = None

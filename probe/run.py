@@ -14,6 +14,7 @@ work): chunks of them go back to it as columns (:class:`~probe.meter.Ended`).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -119,25 +120,31 @@ def _check_linktypes(status: ReadStatus) -> None:
 def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type: ignore[type-arg]
               n_payloads: int, snap: tuple[int, int, int]) -> Iterator[Prepared]:
     checked = False
+    ts_last: int | None = None
     for batch in src.batches():
         if not checked:
             checked = True
             _check_linktypes(src.status)
-        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap)
+        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap, ts_last)
+        if len(batch):
+            ts_last = int(batch.ts_ns[-1])
     if not checked:
         _check_linktypes(src.status)
 
 
 def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
              n_payloads: int, snap: tuple[int, int, int], conn: Connection,
-             requests: Connection | None, observe: Callable[[FlowRecord], Any] | None
-             ) -> None:
+             requests: Connection | None, observe: Callable[[FlowRecord], Any] | None,
+             not_ours: tuple[int, ...] = ()) -> None:
     """Child process: read, decode and prepare batches, send them to the parent.
 
     With ``requests``, also observe the finished flows the parent sends (gathered
     columns, :class:`~probe.meter.Ended`): between batches whatever has arrived, and
     after the end of input until the parent closes the pipe. ``observe`` may instead
     come as the first request (a process started before its observer was known)."""
+    for fd in not_ours:  # e.g. the write end of the pipe this process reads: EOF needs it shut
+        with contextlib.suppress(OSError):
+            os.close(fd)
     out = _Outbox(conn, OUTBOX_DEPTH)
     serving = _Serving(observe)
     try:
@@ -255,9 +262,14 @@ class FlowReader:
     """
 
     def __init__(self, source: str | Path | BinaryIO, config: MeterConfig | None = None,
-                 progress: Callable[[int], None] | None = None, workers: int = 1) -> None:
+                 progress: Callable[[int], None] | None = None, workers: int = 1,
+                 not_ours: tuple[int, ...] = ()) -> None:
         self.config = config or MeterConfig()
-        self._src = open_source(source, self.config.chunk_size)
+        self.not_ours = not_ours
+        """File descriptors the reader process closes first (``workers=2``): the write end
+        of a pipe it reads, which it would otherwise keep open, so that it never sees EOF."""
+        self._src = open_source(source, self.config.chunk_size,
+                                self.config.max_decompressed_bytes)
         self.meter = FlowMeter(self.config)
         self._progress = progress
         self._workers = workers if "fork" in mp.get_all_start_methods() else 1
@@ -266,13 +278,22 @@ class FlowReader:
         self._lock = threading.Lock()
         self._finishing = False
 
-    def start(self) -> None:
+    def start(self, stream_too: bool = False) -> None:
         """Start the reader process now (``workers=2`` on a capture file; otherwise
         nothing), so that reading goes on while the caller finishes setting up (imports,
         tables): :meth:`observed` later hands it its observer. Iterating without
-        observing works too (the process answers no requests then)."""
-        if self._started is None and self._workers > 1 and not self._src.stream:
+        observing works too (the process answers no requests then).
+
+        ``stream_too`` starts it on a pipe or socket as well (it then only reads; the
+        flows are observed in this process): a caller that holds the write end of the
+        pipe (``not_ours``) keeps it open until the process has started and closed its
+        copy."""
+        if self._started is not None or self._workers <= 1:
+            return
+        if not self._src.stream:
             self._started = _ReaderProcess(self, None, requests=True)
+        elif stream_too:
+            self._started = _ReaderProcess(self, None)
 
     def _reader_process(self, observe: Callable[[FlowRecord], Any] | None) -> _ReaderProcess:
         """The started reader process, given ``observe``, or a new one."""
@@ -497,7 +518,8 @@ class _ReaderProcess:
         sys.stderr.flush()
         self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
                                  args=(reader._src, reader.meter.idle_ns, cfg.payload_samples,
-                                       reader.meter.snaps, send, req_recv, observe))
+                                       reader.meter.snaps, send, req_recv, observe,
+                                       reader.not_ours))
         self._proc.start()
         send.close()
         reader._src.close()

@@ -36,6 +36,7 @@ import numpy.typing as npt
 from probe.errors import CaptureError, NotACapture
 
 __all__ = [
+    "MAX_DECOMPRESSED",
     "MAX_RECORD",
     "MIN_SNAP",
     "PCAPNG_BOM",
@@ -60,8 +61,14 @@ PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECOMPRESSED = 64 << 30
+"""Default bound on what a gzip-compressed capture may decompress to (64 GiB): a small
+file that inflates without end (a gzip bomb) is read up to it, then stops as damaged."""
 MAX_RECORD = 1 << 24
 """Largest packet record we believe (16 MiB); anything bigger means a corrupt header."""
+NS = 1_000_000_000
+SPB_NO_TS = 1 << 64
+"""Raw timestamp of a simple packet block (it has none; no real one is this big)."""
 MIN_SNAP = 262144
 """Captured lengths up to this are believed whatever snapshot length a pcap header
 declares: writers are loose about it."""
@@ -88,7 +95,10 @@ class PcapHeader:
     snaplen: int
     """Snapshot length the header declares."""
     linktype: int
-    """Link type of every record (the FCS bits of the field masked off)."""
+    """Link type of every record (the low 16 bits of the header's field)."""
+    fcs: int
+    """Bytes of frame check sequence at the end of each packet (0 if the field says
+    none)."""
 
     @property
     def max_incl(self) -> int:
@@ -113,7 +123,7 @@ def pcap_header(data: bytes | bytearray) -> PcapHeader | None:
     order, frac_ns = kind
     major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
         order + "HHiIII", data, 4)
-    return PcapHeader(order, frac_ns, major, snaplen, network & 0x0FFFFFFF)
+    return PcapHeader(order, frac_ns, major, snaplen, *_link_info(network))
 
 
 def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
@@ -152,6 +162,19 @@ class LinkType(IntEnum):
     IPV4 = 228
     IPV6 = 229
     LINUX_SLL2 = 276
+
+
+FCS_PRESENT = 0x04000000
+"""P bit of the pcap header's link-type field: the FCS length is stated (bits 28-31)."""
+
+
+def _link_info(network: int) -> tuple[int, int]:
+    """(link type, FCS bytes at the end of each packet) from a pcap file header's
+    LinkType-and-additional-information field (draft-ietf-opsawg-pcap §4): the link type
+    is the low 16 bits; when the P bit is set, the top 4 bits give the FCS length in
+    16-bit words; the other bits are reserved and ignored."""
+    fcs = 2 * ((network >> 28) & 0xF) if network & FCS_PRESENT else 0
+    return network & 0xFFFF, fcs
 
 
 class _BlockType(IntEnum):
@@ -217,6 +240,10 @@ class RawBatch:
         return int(self.data_off.shape[0])
 
 
+TS_MAX_NS = (1 << 63) - 1
+"""Newest timestamp the probe holds (nanoseconds since the epoch in an int64: year 2262)."""
+
+
 @dataclass(slots=True)
 class _Interface:
     linktype: int
@@ -226,14 +253,53 @@ class _Interface:
     resol_bin: int
     """Binary exponent k for 2^-k units when ``resol_dec`` is None."""
     offset_s: int
+    raw_min: int = 0
+    """Smallest raw 64-bit packet timestamp that gives a time from the epoch to
+    ``TS_MAX_NS`` with this interface's resolution and offset (set by :meth:`limits`)."""
+    raw_max: int = (1 << 64) - 1
+    """Largest such raw timestamp; a packet stamped outside makes its block corrupt."""
+
+    def limits(self) -> str | None:
+        """Set ``raw_min``/``raw_max``: the raw timestamps :meth:`CaptureSource._ng_batch`
+        turns into nanoseconds with no int64 overflow on the way. Returns what is wrong
+        with the interface's ``if_tsresol`` or ``if_tsoffset`` if they cannot describe a
+        capture: a unit so small that a 64-bit timestamp cannot count one second, or an
+        offset beyond the time range the probe holds."""
+        if self.resol_dec is not None and self.resol_dec > 19:
+            return f"if_tsresol 10^-{self.resol_dec} s cannot count one second in 64 bits"
+        if self.resol_dec is None and self.resol_bin > 63:
+            return f"if_tsresol 2^-{self.resol_bin} s cannot count one second in 64 bits"
+        if abs(self.offset_s) > TS_MAX_NS // NS:
+            return f"if_tsoffset {self.offset_s} s is beyond year 2262"
+        off = self.offset_s * NS
+        top = TS_MAX_NS
+        if self.resol_dec is not None and self.resol_dec <= 9:
+            m = 10 ** (9 - self.resol_dec)  # ns = raw * m + off, raw * m itself an int64
+            lo, hi = -(off // m), min((top - off) // m, top // m)
+        elif self.resol_dec is not None:
+            d = 10 ** (self.resol_dec - 9)  # ns = raw // d + off
+            lo, hi = -off * d, (top - off + 1) * d - 1
+        else:
+            sh = self.resol_bin  # ns = (raw >> sh) * NS + (fraction < NS) + off
+            lo = -(off // NS) << sh
+            hi = ((min(top - off, top) // NS) << sh) - 1
+        self.raw_min = max(lo, 0)
+        self.raw_max = min(hi, (1 << 64) - 1)
+        return None
 
 
 class _Input:
-    """Reads chunks from a file or pipe, gzip-aware, remembering consumed bytes."""
+    """Reads chunks from a file or pipe, gzip-aware. A compressed input gives at most
+    ``max_decompressed`` bytes; ``over`` is then True and every later read gives none."""
 
-    def __init__(self, fh: BinaryIO, name: str) -> None:
+    def __init__(self, fh: BinaryIO, name: str, max_decompressed: int = MAX_DECOMPRESSED
+                 ) -> None:
         self.name = name
         self._raw = fh
+        self.max_decompressed = max_decompressed
+        self.inflated = 0
+        """Decompressed bytes given so far."""
+        self.over = False
         head = self._peek_raw(2)
         self.compressed = head == GZIP_MAGIC
         self._stream: BinaryIO = (
@@ -277,6 +343,21 @@ class _Input:
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; on a pipe, returns early with what is available."""
+        if not self.compressed:
+            return self._read(n)
+        if self.over:
+            return b""
+        # One byte past the bound tells a capture that ends exactly there from one that
+        # goes on; no more than that is ever decompressed.
+        room = self.max_decompressed - self.inflated
+        data = self._read(min(n, room + 1))
+        if len(data) > room:
+            self.over = True
+            data = data[:room]
+        self.inflated += len(data)
+        return data
+
+    def _read(self, n: int) -> bytes:
         if not self._is_pipe:
             return self._stream.read(n)
         out = bytearray()
@@ -300,10 +381,12 @@ class CaptureSource:
     """Iterates a capture as :class:`RawBatch` chunks.
 
     ``source`` is a path, ``"-"`` for standard input, or an open binary file.
-    ``chunk_size`` bounds how much input one batch covers.
+    ``chunk_size`` bounds how much input one batch covers; a gzip-compressed input is read
+    up to ``max_decompressed`` bytes once decompressed, and stops there as damaged.
     """
 
-    def __init__(self, source: str | Path | BinaryIO, chunk_size: int = 16 << 20) -> None:
+    def __init__(self, source: str | Path | BinaryIO, chunk_size: int = 16 << 20,
+                 max_decompressed: int = MAX_DECOMPRESSED) -> None:
         self._owned: BinaryIO | None = None
         if isinstance(source, str | Path):
             name = str(source)
@@ -325,7 +408,10 @@ class CaptureSource:
             fh = source
             name = getattr(source, "name", "<stream>")
         self.chunk_size = chunk_size
-        self._in = _Input(fh, name)
+        self._ts_last = 0
+        """Timestamp of the last packet yielded (a simple packet block has none: it takes
+        the one before it, across batches too)."""
+        self._in = _Input(fh, name, max_decompressed)
         self.status = ReadStatus(source=name, compressed=self._in.compressed)
         try:
             self._pending = self._in.read(max(chunk_size, 64))
@@ -420,7 +506,7 @@ class CaptureSource:
             raise NotACapture(f"{st.source}: pcap file header truncated ({len(buf)} of 24 bytes)")
         hdr0 = pcap_header(buf)
         assert hdr0 is not None  # the magic was checked in _detect
-        linktype = hdr0.linktype
+        linktype, fcs = hdr0.linktype, hdr0.fcs
         st.linktypes.add(linktype)
         max_incl = hdr0.max_incl
         incl_at = _INCL[hdr0.order]
@@ -449,6 +535,9 @@ class CaptureSource:
                     o, hdr = o[:k], hdr[:k]
                 sec, frac, cap, wire = hdr[:, 0], hdr[:, 1], hdr[:, 2], hdr[:, 3]
                 wire = np.maximum(wire, cap)
+                if fcs:  # the frame check sequence is no part of the packet
+                    wire = np.maximum(wire - fcs, 0)
+                    cap = np.minimum(cap, wire)
                 n = len(o)
                 if n:
                     yield RawBatch(buf, o + 16, cap, wire,
@@ -463,6 +552,8 @@ class CaptureSource:
                                        f"captured length {incl} exceeds {max_incl}")
                 return
             if eof or not st.complete:
+                if self._over_limit(base + pos):
+                    return
                 if pos < len(buf) and st.complete:
                     left = len(buf) - pos
                     want = 16 + incl_at(buf, pos + 8)[0] if left >= 16 else 16
@@ -537,11 +628,17 @@ class CaptureSource:
                     if iface >= len(section):
                         bad = f"packet block at byte {base + pos} names unknown interface {iface}"
                         break
+                    raw = (hi << 32) | lo
+                    rec = ifaces[section[iface]]
+                    if not rec.raw_min <= raw <= rec.raw_max:
+                        bad = (f"corrupt packet block at byte {base + pos}: timestamp {raw} "
+                               "is out of range (before 1970 or after 2262)")
+                        break
                     d_off.append(pos + 28)
                     d_cap.append(cap)
                     d_wire.append(max(wire, cap))
                     d_if.append(section[iface])
-                    d_ts.append((hi << 32) | lo)
+                    d_ts.append(raw)
                 elif btype == _BlockType.SPB:
                     if not section:
                         bad = f"simple packet block at byte {base + pos} before any interface"
@@ -553,11 +650,18 @@ class CaptureSource:
                     d_cap.append(cap)
                     d_wire.append(wire)
                     d_if.append(section[0])
-                    d_ts.append(-1)
+                    d_ts.append(SPB_NO_TS)
                 elif btype == _BlockType.IDB:
+                    if blen < 20:
+                        bad = f"short interface description block at byte {base + pos}"
+                        break
                     lt, _res, snap = struct.unpack_from(e + "HHI", buf, pos + 8)
                     iface_rec = _Interface(lt, snap, 6, 0, 0)
                     self._idb_options(buf, pos + 16, pos + blen - 4, e, iface_rec)
+                    wrong = iface_rec.limits()
+                    if wrong is not None:
+                        bad = f"corrupt interface description block at byte {base + pos}: {wrong}"
+                        break
                     section.append(len(ifaces))
                     ifaces.append(iface_rec)
                     st.linktypes.add(lt)
@@ -573,6 +677,8 @@ class CaptureSource:
                 st.damaged(base + pos, bad)
                 return
             if eof or not st.complete:
+                if self._over_limit(base + pos):
+                    return
                 if pos < len(buf) and st.complete:
                     left = len(buf) - pos
                     st.damaged(base + pos, f"capture truncated at byte {base + pos}: last block "
@@ -582,11 +688,21 @@ class CaptureSource:
             base += shift
             pos = 0
 
+    def _over_limit(self, at: int) -> bool:
+        """At the end of the input: if it ended because it reached the bound on its
+        decompressed size, say so (stopping at ``at``, the end of the last whole record)."""
+        if not self._in.over or not self.status.complete:
+            return False
+        limit = self._in.max_decompressed
+        self.status.damaged(at, f"stopped at byte {at}: the capture decompresses to more "
+                                f"than the limit of {limit} bytes (max_decompressed_bytes)")
+        return True
+
     @staticmethod
     def _idb_options(buf: bytes | bytearray, p: int, end: int, e: str, rec: _Interface) -> None:
         while p + 4 <= end:
             code, length = struct.unpack_from(e + "HH", buf, p)
-            if code == 0:
+            if code == 0 or p + 4 + length > end:  # the end, or an option past the block
                 break
             val = buf[p + 4:p + 4 + length]
             if code == 9 and length >= 1:  # if_tsresol
@@ -604,38 +720,41 @@ class CaptureSource:
                   d_wire: list[int], d_if: list[int], d_ts: list[int], ifaces: list[_Interface],
                   frame: int) -> RawBatch:
         iface_idx = np.asarray(d_if, dtype=np.int64)
-        raw = np.asarray(d_ts, dtype=np.int64)
+        missing = np.fromiter((r == SPB_NO_TS for r in d_ts), dtype=bool, count=len(d_ts))
+        # Every raw timestamp is within its interface's limits (checked as the blocks were
+        # walked), so none of the arithmetic below leaves the int64 range.
+        raw = np.asarray([0 if r == SPB_NO_TS else r for r in d_ts], dtype=np.uint64)
         ts = np.zeros(len(d_ts), dtype=np.int64)
         lts = np.zeros(len(d_ts), dtype=np.int32)
         for k in np.unique(iface_idx).tolist():
             rec = ifaces[k]
-            m = iface_idx == k
-            lts[m] = rec.linktype
+            m = (iface_idx == k) & ~missing
+            lts[iface_idx == k] = rec.linktype
             r = raw[m]
-            if rec.resol_dec is not None:
+            if rec.resol_dec is not None:  # at most 19 (Interface.limits)
                 if rec.resol_dec <= 9:
-                    t = r * (10 ** (9 - rec.resol_dec))
+                    t = r.astype(np.int64) * (10 ** (9 - rec.resol_dec))
                 else:
-                    t = r // (10 ** (rec.resol_dec - 9))
+                    t = (r // np.uint64(10 ** (rec.resol_dec - 9))).astype(np.int64)
             else:
-                sh = rec.resol_bin
-                ur = r.astype(np.uint64)
-                sec = (ur >> np.uint64(sh)).astype(np.int64)
-                fr = (ur & np.uint64((1 << sh) - 1)).astype(np.float64)
-                t = sec * 1_000_000_000 + np.floor(fr * 1e9 / float(1 << sh)).astype(np.int64)
-            t = t + rec.offset_s * 1_000_000_000
-            ts[m] = t
+                sh = rec.resol_bin  # at most 63
+                sec = (r >> np.uint64(sh)).astype(np.int64)
+                fr = (r & np.uint64((1 << sh) - 1)).astype(np.float64)
+                t = sec * NS + np.floor(fr * 1e9 / float(1 << sh)).astype(np.int64)
+            ts[m] = t + rec.offset_s * NS
         # Simple packet blocks carry no timestamp: they take the one before them.
-        missing = raw < 0
         if missing.any():
             idx = np.where(missing, 0, np.arange(len(raw)))
             np.maximum.accumulate(idx, out=idx)
             ts = ts[idx]
-            ts[missing & (idx == 0) & (raw[0] < 0)] = 0
+            ts[missing & (idx == 0) & missing[0]] = self._ts_last
+        if len(ts):
+            self._ts_last = int(ts[-1])
         return RawBatch(buf, np.asarray(d_off, dtype=np.int64), np.asarray(d_cap, dtype=np.int64),
                         np.asarray(d_wire, dtype=np.int64), ts, lts, frame)
 
 
-def open_source(source: str | Path | BinaryIO, chunk_size: int = 16 << 20) -> CaptureSource:
+def open_source(source: str | Path | BinaryIO, chunk_size: int = 16 << 20,
+                max_decompressed: int = MAX_DECOMPRESSED) -> CaptureSource:
     """Open a capture file, ``"-"`` (stdin) or a binary stream; format from the magic."""
-    return CaptureSource(source, chunk_size)
+    return CaptureSource(source, chunk_size, max_decompressed)

@@ -11,7 +11,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from api.deps import JobsDep, LedgerDep, ListQueryDep, SettingsDep, StoreDep, TokenDep
+from api.deps import (
+    JobsDep,
+    LedgerDep,
+    ListQueryDep,
+    ServicesDep,
+    SettingsDep,
+    StoreDep,
+    TokenDep,
+    costly_slot,
+)
 from api.schemas import CallOut, CallPage, ErrorOut
 
 __all__ = ["router"]
@@ -67,9 +76,12 @@ def bundle_builder() -> Callable[..., bytes] | None:
                        403: {"model": ErrorOut, "description": "No token is configured."},
                        404: {"model": ErrorOut, "description": "No such call."},
                        410: {"model": ErrorOut, "description": "The capture file is gone."},
+                       429: {"model": ErrorOut,
+                             "description": "The service is already re-analysing captures "
+                                            "for other requests."},
                        501: {"model": ErrorOut, "description": "No bundle builder."}})
 def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: SettingsDep,
-                  uid: str,
+                  svc: ServicesDep, uid: str,
                   capture: CaptureParam = None,
                   anonymize: Annotated[bool, Query(description=(
                       "Pseudonymise addresses in the bundle."))] = False) -> Response:
@@ -84,7 +96,8 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
         raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED,
                             "evidence bundles are not available in this build "
                             "(api.evidence.build_bundle is missing)")
-    result = jobs.analyse(capture_row.path)
+    with costly_slot(svc):  # the bundle re-analyses the capture
+        result = jobs.analyse(capture_row.path)
     key = settings.anonymize_key
     extra: dict[str, Any] = {}
     if "ledger_entries" in inspect.signature(build).parameters:

@@ -57,11 +57,14 @@ def _declared_length(request: Request) -> int | None:
     return int(value)
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+async def _limited(stream: AsyncIterator[bytes], limit: int, slack: int = 0
+                   ) -> AsyncGenerator[bytes, None]:
+    """The body's chunks; :class:`TooLarge` (naming ``limit``, the configured size) once
+    more than ``limit + slack`` bytes came (``slack``: room for multipart framing)."""
     seen = 0
     async for chunk in stream:
         seen += len(chunk)
-        if seen > limit:
+        if seen > limit + slack:
             raise TooLarge(limit)
         yield chunk
 
@@ -69,12 +72,13 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
 async def _receive_raw(request: Request, jobs: Jobs) -> Intake:
     with jobs.new_upload() as up:
         async for chunk in request.stream():
-            up.write(chunk)
+            # Off the event loop: a compressed chunk can inflate to a thousand times it.
+            await run_in_threadpool(up.write, chunk)
     return await run_in_threadpool(jobs.check, up.path, up.sha256(), up.size)
 
 
 async def _receive_multipart(request: Request, jobs: Jobs) -> tuple[Intake, str | None]:
-    stream = _limited(request.stream(), jobs.max_upload_bytes + _MULTIPART_SLACK)
+    stream = _limited(request.stream(), jobs.max_upload_bytes, _MULTIPART_SLACK)
     parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=8)
     try:
         form = await parser.parse()
@@ -97,16 +101,22 @@ async def _receive_multipart(request: Request, jobs: Jobs) -> tuple[Intake, str 
              dependencies=[TokenDep], openapi_extra=_UPLOAD_BODY,
              responses={200: {"model": CaptureOut,
                               "description": "The same capture is already stored."},
-                        400: {"model": ErrorOut, "description": "Not a pcap/pcapng capture."},
+                        400: {"model": ErrorOut,
+                              "description": "Not a pcap/pcapng capture, or a malformed "
+                                             "multipart form (no 'file' part)."},
                         401: {"model": ErrorOut, "description": "Missing or wrong token."},
                         403: {"model": ErrorOut, "description": "No token is configured."},
-                        413: {"model": ErrorOut, "description": "Larger than the limit."}})
+                        413: {"model": ErrorOut,
+                              "description": "Larger than the size limit, or a compressed "
+                                             "capture that decompresses to more than the "
+                                             "decompressed-size limit."}})
 async def upload_capture(
     request: Request, response: Response, jobs: JobsDep,
     name: Annotated[str | None, Query(max_length=255, description=(
         "File name to record for a raw-body upload."))] = None,
 ) -> CaptureOut:
-    """Upload a pcap or pcapng capture (gzip allowed) and queue its analysis. Answers 202
+    """Upload a pcap or pcapng capture (gzip allowed, up to ``max_decompressed_bytes`` once
+    decompressed) and queue its analysis. Answers 202
     with the queued capture, or 200 with the stored one if the same bytes were uploaded
     before; follow ``GET /v1/captures/{id}`` for progress and results."""
     declared = _declared_length(request)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +24,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
-from api.deps import StoreDep
+from api.deps import Moment, StoreDep
 from api.schemas import ErrorOut
 from api.store import Query as ListQuery
 from api.store import Store
@@ -232,14 +231,6 @@ def app_traffic(store: Store, *, bucket_s: int, since: float | None = None,
                          flows=sum(a.flows for a in apps), complete=complete, apps=apps)
 
 
-def _epoch(value: datetime | None) -> float | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
 @stats_router.get("/apps", response_model=AppTrafficOut,
                   responses={400: {"model": ErrorOut,
                                    "description": "since is after until."}})
@@ -248,17 +239,17 @@ def apps_over_time(
     bucket: Annotated[int, Query(ge=1, le=86_400, description=(
         "Bucket width in seconds (made wider when the window would need more than 360)."
     ))] = 60,
-    since: Annotated[datetime | None, Query(description=(
-        "Start of the window: ISO 8601 (UTC unless it says) or seconds since the epoch "
-        "(default: the earliest flow, at most a day before the end)."))] = None,
-    until: Annotated[datetime | None, Query(description=(
+    since: Annotated[Moment, Query(description=(
+        "Start of the window: an RFC 3339 date-time (UTC unless it says) or seconds since "
+        "the epoch (default: the earliest flow, at most a day before the end)."))] = None,
+    until: Annotated[Moment, Query(description=(
         "End of the window (default: the latest flow's end)."))] = None,
     capture: Annotated[str | None, Query(max_length=64, description=(
         "Only this capture's flows."))] = None,
 ) -> AppTrafficOut:
     """Traffic of each app over time (wire bytes per bucket of capture time, each flow's
     bytes spread evenly over its life)."""
-    lo, hi = _epoch(since), _epoch(until)
+    lo, hi = since, until
     if lo is not None and hi is not None and lo > hi:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
     return app_traffic(store, bucket_s=bucket, since=lo, until=hi, capture=capture)

@@ -190,3 +190,26 @@ def test_retention_deletes_capture_files(tmp_path: Path) -> None:
         assert p.jobs.derive(first.sha256) is None
     finally:
         p.close()
+
+
+def test_inflation_counts_what_a_gzip_capture_decompresses_to() -> None:
+    from api.jobs import InflatesTooLarge, Inflation
+
+    part = gzip.compress(b"a" * 300_000)
+    two = part + gzip.compress(b"b" * 300_000)  # two members, one after the other
+    for step in (1, 7, 65536, len(two)):
+        counted = Inflation(600_000)
+        for i in range(0, len(two), step):
+            counted.feed(two[i:i + step])
+        assert counted.total == 600_000
+    over = Inflation(599_999)
+    with pytest.raises(InflatesTooLarge, match="more than the limit of 599999 bytes"):
+        over.feed(two)
+    plain = Inflation(10)
+    plain.feed(b"\xd4\xc3\xb2\xa1" + bytes(1000))
+    assert plain.total == 0
+    broken = Inflation(1 << 30)  # damaged gzip: the analysis reads what comes before it
+    broken.feed(part + b"\x1f\x8b garbage, not a gzip member")
+    assert broken.total == 300_000
+    broken.feed(gzip.compress(bytes(1000)))
+    assert broken.total == 300_000

@@ -145,6 +145,73 @@ def test_too_large_is_413_declared_or_streamed(tmp_path: Path) -> None:
         assert c.get("/v1/captures").json()["total"] == 0
 
 
+def test_streamed_multipart_413_states_the_configured_limit(tmp_path: Path) -> None:
+    """The multipart framing allowance is ours, not the limit the operator set."""
+    app = create_app(_settings(tmp_path, max_upload_bytes=10_000), clock=lambda: NOW)
+    data = (CAPTURES / "sample-blocked.pcap").read_bytes() * 20
+    assert len(data) > 10_000 + (1 << 16)
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pcap\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for i in range(0, len(body), 4096):
+            yield body[i:i + 4096]
+
+    with TestClient(app) as c:
+        r = c.post("/v1/captures", content=chunks(),
+                   headers={**AUTH, "Content-Type": "multipart/form-data; boundary=XyZ"})
+        assert r.status_code == 413
+        assert r.json()["detail"] == "the capture is larger than the limit of 10000 bytes"
+
+
+def _gzip_bomb(inflated: int) -> bytes:
+    """A pcap header and then ``inflated`` zero bytes, gzip-compressed (about 1000:1)."""
+    import gzip
+    import struct
+
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as gz:
+        gz.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        block = bytes(1 << 20)
+        for _ in range(inflated >> 20):
+            gz.write(block)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("how", ["raw", "multipart", "preload"])
+def test_a_gzip_upload_that_inflates_past_the_limit_is_413(tmp_path: Path, how: str) -> None:
+    bomb = _gzip_bomb(64 << 20)
+    assert len(bomb) < 100_000
+    settings = _settings(tmp_path, max_decompressed_bytes=8 << 20)
+    if how == "preload":
+        from api.jobs import InflatesTooLarge
+
+        path = tmp_path / "bomb.pcap.gz"
+        path.write_bytes(bomb)
+        with pytest.raises(InflatesTooLarge, match="decompresses to more than the limit of "
+                                                   "8388608 bytes"):
+            create_app(_settings(tmp_path, max_decompressed_bytes=8 << 20, preload=(path,)))
+        return
+    app = create_app(settings, clock=lambda: NOW)
+    with TestClient(app) as c:
+        if how == "raw":
+            r = c.post("/v1/captures", content=bomb, headers=AUTH)
+        else:
+            r = c.post("/v1/captures", headers=AUTH, files={"file": ("b.pcap.gz", bomb)})
+        assert r.status_code == 413
+        assert r.json()["detail"] == ("the capture decompresses to more than the limit of "
+                                      "8388608 bytes")
+        assert list(_services(c).settings.captures_dir.iterdir()) == []
+        # Within the limit, a gzip capture is taken and analysed.
+        import gzip
+
+        good = gzip.compress((CAPTURES / "sample-blocked.pcap").read_bytes())
+        r = c.post("/v1/captures", content=good, headers=AUTH)
+        assert r.status_code == 202
+        _settle(c)
+        assert c.get(f"/v1/captures/{r.json()['id']}").json()["state"] == "done"
+
+
 def test_write_and_evidence_need_the_token(loaded: TestClient) -> None:
     data = (CAPTURES / "sample-sip.pcap").read_bytes()
     r = loaded.post("/v1/captures", content=data)
@@ -242,6 +309,14 @@ def test_one_call(loaded: TestClient) -> None:
     ("/v1/calls", {"limit": 1001}, 422),
     ("/v1/flows", {"offset": -1}, 422),
     ("/v1/flows", {"since": "yesterday-ish"}, 422),
+    ("/v1/flows", {"since": "2023-11-14"}, 422),  # a date alone is not a date-time
+    ("/v1/calls", {"until": "2023-11-14 22:40:00Z"}, 422),
+    ("/v1/calls", {"until": "2023-13-14T22:40:00Z"}, 422),
+    ("/v1/flows", {"since": "inf"}, 422),
+    ("/v1/flows", {"until": "nan"}, 422),
+    ("/v1/stats/apps", {"since": "1e999"}, 422),
+    ("/v1/stats/apps", {"since": "-1e300", "until": "1e300"}, 422),  # was a 500
+    ("/v1/stats/apps", {"since": 2, "until": 1}, 400),
     ("/v1/flows", {"category": "gossip"}, 422),
     ("/v1/calls", {"verdict": "maybe"}, 422),
     ("/v1/calls", {"order": "sideways"}, 422),
@@ -298,7 +373,7 @@ def test_evidence_for_a_capture_no_longer_kept_is_410(loaded: TestClient) -> Non
 
 
 def test_ledger_verify_finds_tampering(loaded: TestClient) -> None:
-    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}).json()
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH).json()
     # sample-blocked's call and flow; the other captures' verdicts are all ok.
     assert r["ok"] and r["entries"] == 2 and len(r["captures_checked"]) == 1
     anchor = r["anchor"]
@@ -316,10 +391,113 @@ def test_ledger_verify_finds_tampering(loaded: TestClient) -> None:
     db.execute("UPDATE entries SET verdict = 'OK' WHERE seq = 1")
     db.commit()
     db.close()
-    r = loaded.get("/v1/ledger/verify", params={"rederive": True}).json()
+    r = loaded.get("/v1/ledger/verify", params={"rederive": True}, headers=AUTH).json()
     assert not r["ok"]
     kinds = {(p["kind"], p["seq"]) for p in r["problems"]}
     assert ("content-mismatch", 1) in kinds and ("derivation-mismatch", 1) in kinds
+
+
+def test_rederive_needs_the_token_where_reads_are_open(loaded: TestClient) -> None:
+    """Re-deriving re-analyses every stored capture: not for anyone who can read."""
+    calls: list[str] = []
+    jobs = _services(loaded).jobs
+    derive = jobs.derive
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        calls.append("derive")
+        return derive(*a, **kw)
+
+    jobs.derive = counted  # type: ignore[method-assign]
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"},
+                   headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and TOKEN not in r.text
+    assert calls == []
+    assert loaded.get("/v1/ledger/verify").json()["ok"]  # the hash walk alone stays open
+    assert calls == []
+    r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["captures_checked"] and calls
+
+
+def test_rederive_without_a_configured_token_is_403(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data"), clock=lambda: NOW)
+    with TestClient(app) as c:
+        r = c.get("/v1/ledger/verify", params={"rederive": "true"})
+        assert r.status_code == 403
+        assert c.get("/v1/ledger/verify").status_code == 200
+
+
+def test_costly_requests_run_one_at_a_time(loaded: TestClient) -> None:
+    """While one request re-analyses captures, the next gets 429 with Retry-After; the
+    slot is given back however the request ends."""
+    svc = _services(loaded)
+    uid = loaded.get("/v1/calls").json()["items"][0]["uid"]
+    assert svc.costly.acquire(blocking=False)  # a request already re-analysing
+    try:
+        r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 429 and r.headers["retry-after"] == "10"
+        assert "1 request(s)" in r.json()["detail"]
+        r = loaded.get(f"/v1/calls/{uid}/evidence", headers=AUTH)
+        assert r.status_code == 429
+        assert loaded.get("/v1/ledger/verify").status_code == 200  # cheap reads go on
+    finally:
+        svc.costly.release()
+    for _ in range(2):  # each finished request gave its slot back
+        r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 200
+        assert loaded.get(f"/v1/calls/{uid}/evidence", headers=AUTH).status_code == 200
+    jobs = svc.jobs
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        raise RuntimeError("analysis failed")
+
+    jobs.analyse = broken  # type: ignore[method-assign]
+    plain = TestClient(loaded.app, raise_server_exceptions=False)  # no second lifespan
+    assert plain.get(f"/v1/calls/{uid}/evidence", headers=AUTH).status_code == 500
+    assert svc.costly.acquire(blocking=False)  # released after the failure too
+    svc.costly.release()
+
+
+def test_a_second_rederive_while_one_runs_is_429(loaded: TestClient) -> None:
+    import threading
+
+    jobs = _services(loaded).jobs
+    derive = jobs.derive
+    entered, go = threading.Event(), threading.Event()
+
+    def slow(*a: Any, **kw: Any) -> Any:
+        entered.set()
+        assert go.wait(30)
+        return derive(*a, **kw)
+
+    jobs.derive = slow  # type: ignore[method-assign]
+    first: list[int] = []
+    t = threading.Thread(target=lambda: first.append(loaded.get(
+        "/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH).status_code))
+    t.start()
+    try:
+        assert entered.wait(30)
+        r = loaded.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 429
+    finally:
+        go.set()
+        t.join(60)
+    assert first == [200]
+
+
+def test_costly_concurrency_is_configurable(tmp_path: Path) -> None:
+    app = create_app(_settings(tmp_path, costly_concurrency=2), clock=lambda: NOW)
+    with TestClient(app) as c:
+        svc = _services(c)
+        assert svc.costly.acquire(blocking=False)
+        r = c.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 200
+        assert svc.costly.acquire(blocking=False)
+        r = c.get("/v1/ledger/verify", params={"rederive": "true"}, headers=AUTH)
+        assert r.status_code == 429 and "2 request(s)" in r.json()["detail"]
+        svc.costly.release()
+        svc.costly.release()
 
 
 def test_probe_status_file(client: TestClient) -> None:
@@ -359,6 +537,25 @@ def test_probe_status_round_trip(tmp_path: Path) -> None:
     write_probe_status(tmp_path, status)
     assert read_probe_status(tmp_path) == status
     assert [p.name for p in tmp_path.iterdir()] == [STATUS_FILE]
+
+
+def test_openapi_states_the_400s_and_what_a_time_may_be(client: TestClient) -> None:
+    """Every 400 a route can answer is in its responses, and a time parameter is a
+    date-time string or a number, as the routes accept (no more, no less)."""
+    spec = client.get("/openapi.json").json()["paths"]
+    for path, method in (("/v1/captures", "post"), ("/v1/ledger/verify", "get"),
+                         ("/v1/stats/apps", "get")):
+        assert "400" in spec[path][method]["responses"], path
+    moment = {"anyOf": [{"type": "string", "format": "date-time"},
+                        {"type": "number", "minimum": -62_135_596_800,
+                         "maximum": 253_402_300_799}]}
+    for path in ("/v1/flows", "/v1/calls", "/v1/stats/apps"):
+        params = {p["name"]: p["schema"] for p in spec[path]["get"]["parameters"]}
+        for name in ("since", "until"):
+            assert {k: v for k, v in params[name].items() if k != "title"} == moment, path
+    for value in ("2023-11-14T22:40:00Z", "2023-11-14T22:40:00+01:00", "2023-11-14T22:40:00",
+                  "1700001500", "1.7e9", "-5"):
+        assert client.get("/v1/flows", params={"since": value}).status_code == 200, value
 
 
 def test_healthz_and_openapi(client: TestClient) -> None:

@@ -449,3 +449,58 @@ def test_check_bundle_finds_modified_missing_and_extra_files(ledger: Ledger) -> 
         check_bundle(b"not a zip")
     with pytest.raises(BundleError):
         check_bundle(rezip({"report.json": b"{}"}))
+
+
+def _bomb(size: int, manifest_files: dict[str, Any], *, extra_manifest: bytes = b"") -> bytes:
+    """A bundle whose packets.pcap is ``size`` zero bytes (a few hundred KiB compressed)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        info = zipfile.ZipInfo("packets.pcap")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with z.open(info, "w", force_zip64=True) as fh:
+            block = bytes(1 << 20)
+            for _ in range(size >> 20):
+                fh.write(block)
+        z.writestr("manifest.json", json.dumps({"files": manifest_files}).encode()
+                   + extra_manifest)
+    return out.getvalue()
+
+
+def _peak(fn: Any) -> tuple[Any, int]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        got = fn()
+        return got, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_check_bundle_streams_members_and_stops_at_the_stated_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zip bomb costs a chunk of memory, not its inflated size (a 2 MB zip holding 2 GiB
+    took 4.3 GB to check)."""
+    import hashlib
+
+    size = 64 << 20
+    sha = hashlib.sha256(bytes(size)).hexdigest()
+    bomb = _bomb(size, {"packets.pcap": {"sha256": sha, "bytes": 100}})
+    assert len(bomb) < 1 << 20
+    got, peak = _peak(lambda: check_bundle(bomb))
+    assert got.problems == ("packets.pcap: the zip says 67108864 bytes, the manifest 100; "
+                            "not decompressed",)
+    assert peak < 4 << 20
+    honest = _bomb(size, {"packets.pcap": {"sha256": sha, "bytes": size}})
+    got, peak = _peak(lambda: check_bundle(honest))
+    assert got.ok and got.checked == ("packets.pcap",)
+    assert peak < 8 << 20  # hashed a chunk at a time, never held whole
+    import api.evidence as evidence
+
+    monkeypatch.setattr(evidence, "MAX_MEMBER_BYTES", 4 << 20)
+    unsized = _bomb(size, {"packets.pcap": {"sha256": sha}})
+    got, peak = _peak(lambda: check_bundle(unsized))
+    assert got.problems == ("packets.pcap: more than 4194304 bytes once decompressed",)
+    assert peak < 8 << 20
+    with pytest.raises(BundleError, match=r"manifest\.json: more than 1048576 bytes"):
+        check_bundle(_bomb(1 << 20, {}, extra_manifest=b" " * (2 << 20)))

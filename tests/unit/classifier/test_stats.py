@@ -547,3 +547,22 @@ def test_no_call_media_outside_the_calls() -> None:
             if g.realtime or g.streaming:
                 assert listed, (name, f.uid, g.reason)
                 assert (listed[0].realtime, listed[0].streaming) == (g.realtime, g.streaming)
+
+
+def test_a_packet_stamped_years_early_costs_no_memory() -> None:
+    """The per-second figures follow the rows that carry packets, not the span between the
+    first and the last: one packet stamped in 1970 once asked for a 25 GiB array."""
+    import tracemalloc
+
+    pkts = [(-T0 + 1 if i == 0 else p[0], p[1], p[2]) for i, p in enumerate(voice(10))]
+    flow = make_flow(pkts)
+    assert int(flow.rate[-1, 0] - flow.rate[0, 0]) > 1_000_000_000
+    tracemalloc.start()
+    try:
+        g = media_guess(flow)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 << 20
+    # One lost second of sustained voice among ten: still voice.
+    assert (g.realtime, g.media) == (True, MediaKind.AUDIO), g.reason
