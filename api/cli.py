@@ -58,7 +58,10 @@ _N = TypeVar("_N", int, float)
 
 
 def _meter_config(args: argparse.Namespace, payloads: int | None = None) -> MeterConfig:
-    return MeterConfig(
+    """The meter settings of the command line, with the classifier's payload policy (what
+    the probe keeps whole and where it finds RTP) whatever the command."""
+    from classifier.payloads import meter_config
+    return meter_config(
         udp_idle_s=args.udp_idle, tcp_idle_s=args.tcp_idle, active_s=args.active_timeout,
         payload_samples=args.payloads if payloads is None else payloads,
         timing_packets=args.timing_packets, max_decompressed_bytes=args.max_decompressed_bytes)

@@ -81,6 +81,7 @@ from api.output import write_jsonl
 from api.pipeline import AnalysisResult, flow_row
 from api.probe_status import ProbeState, ProbeStatus, write_probe_status
 from classifier.engine import Observation
+from classifier.payloads import meter_config
 from policy.calls import Analysis
 from policy.pipeline import Pipeline, PipelineConfig, Step
 from policy.records import Verdict
@@ -187,8 +188,8 @@ class LiveConfig:
     """True: capture ``source`` with tcpdump; False: read it as a capture stream."""
     bpf: str | None = None
     """BPF filter given to tcpdump."""
-    meter: MeterConfig = field(default_factory=MeterConfig)
-    """Flow timeouts and sampling."""
+    meter: MeterConfig = field(default_factory=meter_config)
+    """Flow timeouts and sampling (with the classifier's payload policy)."""
     ring: RingConfig | None = None
     """The capture ring; None keeps no packets."""
     data_dir: Path | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from api.runtime import gc_paused
+from classifier.payloads import meter_config
 from policy.pipeline import (
     AnalysisResult,
     Pipeline,
@@ -62,9 +63,10 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     """Read, classify and judge a whole capture. Raises
     :class:`~probe.errors.CaptureError` if it cannot be read at all.
 
-    ``hash_capture`` computes the file's SHA-256 (for the ledger) alongside.
+    ``hash_capture`` computes the file's SHA-256 (for the ledger) alongside. Without
+    ``config``, the meter's defaults with the classifier's payload policy.
     """
-    reader = FlowReader(source, config, progress=progress,
+    reader = FlowReader(source, config or meter_config(), progress=progress,
                         workers=default_workers() if workers is None else workers)
     hasher = None
     if hash_capture and isinstance(source, str | Path) and str(source) != "-":

@@ -24,10 +24,7 @@ ZOOM_PORTS = range(8801, 8811)
 _ZOOM_PORT_SET = frozenset(ZOOM_PORTS)
 H323_RAS_PORT = 1719
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
-SIP_STARTS = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER ",
-              b"OPTIONS sip", b"PRACK ", b"SUBSCRIBE ", b"NOTIFY ", b"PUBLISH ", b"INFO ",
-              b"REFER ", b"MESSAGE ", b"UPDATE ")
-_SIP_FIRST_BYTES = frozenset(start[:1] for start in SIP_STARTS)
+_SIP_FIRST_BYTES = frozenset(start[:1] for start in sip.START_LINES)
 
 
 def _split(payloads: Sequence[PayloadSample]) -> tuple[list[PayloadSample], list[PayloadSample]]:
@@ -186,7 +183,7 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
 
 def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:
     # the first byte rules out most payloads before the fifteen prefixes are tried
-    return any(p.data[:1] in _SIP_FIRST_BYTES and p.data.startswith(SIP_STARTS)
+    return any(p.data[:1] in _SIP_FIRST_BYTES and p.data.startswith(sip.START_LINES)
                for p in payloads[:6])
 
 
@@ -311,7 +308,7 @@ def _sip(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
          notes: list[str]) -> None:
     out: list[SipSummary] = []
     for p in payloads:
-        if not p.data.startswith(SIP_STARTS):
+        if not p.data.startswith(sip.START_LINES):
             continue
         try:
             msgs = sip.parse_sip(p.data, tcp=tcp)

@@ -46,9 +46,9 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from classifier.dpi.rtp import STATIC_PAYLOAD_TYPES
-from classifier.dpi.rtp import Media as StaticMedia
 from classifier.records import pickled_by_position
+from probe.payload_types import STATIC_PAYLOAD_TYPES
+from probe.payload_types import Media as StaticMedia
 from probe.records import ORIG, RESP, FlowRecord, RtpSeries
 
 __all__ = [

@@ -18,24 +18,56 @@ import numpy.typing as npt
 
 from classifier.records import RtcpReport
 from policy.emodel import Codec, codec_for_payload_type, score
-from policy.quality import (
-    PLATEAU_FLAT_RATIO,
-    PLATEAU_MIN_S,
-    PLATEAU_REACHED_RATIO,
-    theil_sen_slope,
-)
 from policy.records import Leg
 from probe.addresses import local_is_orig
 from probe.records import ORIG, FlowRecord, RtpStream
 
-__all__ = ["delay_shape", "flow_legs", "with_rtcp"]
+__all__ = ["delay_shape", "flow_legs", "theil_sen_slope", "with_rtcp"]
 
 F64 = npt.NDArray[np.float64]
+
+THEIL_SEN_MAX_POINTS = 400
+"""Longer per-second series are subsampled evenly before the O(n²) slope."""
+PLATEAU_REACHED_RATIO = 0.9
+"""The plateau starts where the smoothed delay first reaches this share of its rise."""
+PLATEAU_MIN_S = 3.0
+"""The flat part must last at least this long."""
+PLATEAU_FLAT_RATIO = 0.2
+"""The flat part's slope must be under this share of the rising part's slope."""
+
+
+def theil_sen_slope(x: F64, y: F64) -> float | None:
+    """Median of pairwise slopes (Theil–Sen); ``None`` with fewer than two distinct x.
+
+    Robust to outlying seconds (a burst of late packets moves one point, not the slope).
+    """
+    finite = np.isfinite(y)
+    x, y = x[finite], y[finite]
+    n = x.shape[0]
+    if n > THEIL_SEN_MAX_POINTS:
+        pick = np.linspace(0, n - 1, THEIL_SEN_MAX_POINTS).round().astype(np.int64)
+        x, y = x[pick], y[pick]
+        n = THEIL_SEN_MAX_POINTS
+    i, j = np.triu_indices(n, k=1)
+    dx = x[j] - x[i]
+    ok = dx != 0
+    if not ok.any():
+        return None
+    return float(np.median((y[j] - y[i])[ok] / dx[ok]))
 
 
 def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
     """Rise of the per-second minimum one-way delay, whether it levelled off, and the
-    index of the second where it started to rise (None if it did not)."""
+    index of the second where it started to rise (None if it did not).
+
+    ``tmin_ms`` holds one value per second, NaN for seconds without a measurement.
+    The minima are smoothed by the median of each second and its neighbours; the rise
+    is the peak of the smoothed series over its lowest of the first three. A *plateau*
+    is declared when the smoothed minima first reach ``PLATEAU_REACHED_RATIO`` of the
+    rise at a later second, at least three measured seconds spanning ``PLATEAU_MIN_S``
+    follow, and the Theil–Sen slope from there is under ``PLATEAU_FLAT_RATIO`` of the
+    slope before: a token-bucket queue filled up, then dropped instead of growing.
+    """
     y = tmin_ms[np.isfinite(tmin_ms)]
     x = np.flatnonzero(np.isfinite(tmin_ms)).astype(np.float64)
     if len(y) < 3:

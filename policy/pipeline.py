@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from classifier.engine import Classifier, Observation
+from classifier.payloads import meter_config
 from classifier.records import Classification
 from policy.calls import Analysis, analyse_calls, is_call_flow, lone_flow_verdicts
 from policy.records import Call, Verdict
@@ -79,7 +80,7 @@ class Pipeline:
     def __init__(self, policy: Policy | None = None, meter: MeterConfig | None = None, *,
                  fingerprints: bool = False, config: PipelineConfig | None = None) -> None:
         self.policy = policy or load_policy()
-        self.meter = meter or MeterConfig()
+        self.meter = meter or meter_config()
         self.cfg = config or PipelineConfig()
         self.classifier = Classifier(fingerprints=fingerprints)
         self._pending: dict[str, tuple[FlowRecord, Observation]] = {}

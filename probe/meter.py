@@ -49,6 +49,7 @@ from probe.flowkey import (
     ports_word_fields,
 )
 from probe.layers import TUNNEL_NAMES, IcmpQuote, WeirdInfo
+from probe.plugins import NEUTRAL, PayloadPolicy
 from probe.prepare import SPLIT_CLOCK, SPLIT_IDLE, Prepared, prepare, seg_rank
 from probe.records import (
     NO_TIMING,
@@ -95,9 +96,9 @@ class MeterConfig:
     payload_snap: int = 2048
     """Bytes kept of each of the first ``payload_full`` samples per direction (handshakes)."""
     signal_samples: int = 64
-    """Further SIP messages and RTCP reports kept per direction beyond ``payload_samples``: a
-    dialog's final answer decides whether a call failed, and RTCP receiver reports give the
-    far side's view of the media; both may come late in a flow."""
+    """Further payloads the payload policy keeps whole (``payloads.keep_whole``: the
+    classifier's SIP messages and RTCP reports) kept per direction beyond
+    ``payload_samples``: what they say may come late in a flow."""
     payload_full: int = 3
     """Samples per direction kept up to ``payload_snap`` bytes; later ones are cut shorter."""
     payload_tail_snap: int = 256
@@ -110,6 +111,10 @@ class MeterConfig:
     max_decompressed_bytes: int = MAX_DECOMPRESSED
     """Most bytes a gzip-compressed capture is read to once decompressed (64 GiB); beyond,
     reading stops as at damage (what came before is kept, the offset is named)."""
+    payloads: PayloadPolicy = NEUTRAL
+    """Which payloads are kept whole beyond ``payload_samples`` and where RTP headers sit
+    inside framings: declared by the classifier (:mod:`probe.plugins`); the default knows
+    no application (plain RTP only, nothing kept whole)."""
     chunk_size: int = 8 << 20
     """Bytes of capture read per batch. 8 MiB: the reader process then holds about 40 MiB
     less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more
@@ -357,7 +362,8 @@ class FlowMeter:
     # -- public ------------------------------------------------------------------
     def prepare(self, b: RawBatch, cols: Decoded) -> Prepared:
         """The table-independent part of metering a batch (may run in another process)."""
-        p = prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.snaps, self._ts_last)
+        p = prepare(b, cols, self._idle_ns, self.cfg.payload_samples, self.snaps,
+                    self.cfg.payloads, self._ts_last)
         if len(b):
             self._ts_last = int(b.ts_ns[-1])
         return p

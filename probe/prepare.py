@@ -19,6 +19,7 @@ import numpy.typing as npt
 from probe.decode import KIND_FLOW, KIND_NONIP, Decoded
 from probe.flowkey import KEY_WIDTH, canonical_key
 from probe.layers import IcmpQuote, WeirdInfo
+from probe.plugins import PayloadPolicy, PayloadView
 from probe.records import TcpFlag
 from probe.sources import RawBatch
 from probe.wire import out_of_band
@@ -38,11 +39,6 @@ CLOCK_JUMP_NS = 86_400 * NS
 CLOCK_WEIRDS = 16
 """Clock steps per batch recorded as weirds; all are counted (``Prepared.clock_steps``), so
 a capture whose every timestamp is wrong costs no more than one with none."""
-SIP_HEADS = np.array([int.from_bytes(w, "big") for w in (
-    b"SIP/", b"INVI", b"ACK ", b"BYE ", b"CANC", b"REGI", b"OPTI", b"PRAC", b"SUBS", b"NOTI",
-    b"PUBL", b"INFO", b"REFE", b"MESS", b"UPDA")], dtype=np.uint32)
-"""First four bytes of SIP messages (RFC 3261 methods and the status line): such payloads
-are kept whole whatever their rank, since their SDP says which media flows belong to a call."""
 
 
 @dataclass(slots=True)
@@ -99,7 +95,7 @@ class Prepared:
     pay_n: I64
     """Length of each candidate's bytes."""
     pay_signal: npt.NDArray[np.bool_]
-    """Candidates that carry signalling (SIP) and are kept whole."""
+    """Candidates the payload policy keeps whole (``PayloadPolicy.keep_whole``)."""
     pool: bytes
     """Concatenated candidate payload bytes."""
     rtp_pos: I64
@@ -196,42 +192,11 @@ def _backward_splits(ts_s: I64, proto_s: I64, gpos: I64, groups: I64, idle_ns: I
                 newest = t
 
 
-def _rtp_framings(arr: npt.NDArray[np.uint8], po: I64, pc: I64, b0: I64,
-                  top: int) -> list[tuple[int | I64, npt.NDArray[np.bool_]]]:
-    """Candidate RTP header offsets inside UDP payloads, most common first.
-
-    Plain RTP (RFC 3550 §5.1: version 2, and not an RTCP packet type 200-204),
-    RTP inside TURN ChannelData (RFC 8656 §12.4: 4-byte header, channel numbers
-    0x4000-0x4FFF), and RTP behind Zoom's type-5 media encapsulation, whose media
-    header (first byte 15 audio, 16 video, 13 screen share, 30 P2P screen share)
-    sits either right after the type byte or after an 8-byte header.
-    """
-    def byte(rel: int | I64) -> I64:
-        out: I64 = arr[np.minimum(po + rel, top)].astype(np.int64)
-        return out
-
-    def rtp_at(rel: int | I64) -> npt.NDArray[np.bool_]:
-        v = byte(rel)
-        pt = byte(np.asarray(rel) + 1) & 0x7F
-        ok: npt.NDArray[np.bool_] = (((v & 0xC0) == 0x80) & ((pt < 72) | (pt > 76))
-                                     & (pc >= np.asarray(rel) + 12))
-        return ok
-
-    out: list[tuple[int | I64, npt.NDArray[np.bool_]]] = [(0, rtp_at(0))]
-    chan = (b0 >= 0x40) & (b0 <= 0x4F)
-    out.append((4, chan & rtp_at(4)))
-    zoom = (b0 == 0x05) & (pc > 40)
-    for hdr in (1, 8):
-        media = byte(hdr)
-        zoff = np.select([media == 15, media == 16, media == 13, media == 30],
-                         [hdr + 19, hdr + 24, hdr + 27, hdr + 20], default=0)
-        out.append((zoff, zoom & (zoff > 0) & rtp_at(zoff)))
-    return out
-
-
 def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
-            snaps: tuple[int, int, int], ts_before: int | None = None) -> Prepared:
-    """Group a decoded batch by flow key and extract what the records need.
+            snaps: tuple[int, int, int], payloads: PayloadPolicy,
+            ts_before: int | None = None) -> Prepared:
+    """Group a decoded batch by flow key and extract what the records need: payloads
+    and RTP headers as ``payloads`` declares (:mod:`probe.plugins`).
 
     ``ts_before`` is the timestamp of the packet read just before the batch, if any (a
     clock step between two batches is found as one within a batch)."""
@@ -304,16 +269,17 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     o = np.argsort(ss, kind="stable")
     cand = has_pay[o]
     rank = seg_rank(ss[o])
-    # SIP messages are candidates whatever their rank: a dialog's outcome may come late.
+    # Payloads the policy keeps whole are candidates whatever their rank (a SIP dialog's
+    # outcome, RTCP reports may come late).
     arr = np.frombuffer(b.buf, dtype=np.uint8)
-    cpo = cols.pay_off[pidx][cand]
-    chead = arr[np.minimum(cpo[:, None] + np.arange(4), max(len(b.buf) - 1, 0))].astype(
-        np.uint32)
-    cfirst4 = (chead[:, 0] << 24) | (chead[:, 1] << 16) | (chead[:, 2] << 8) | chead[:, 3]
-    # RTCP sender/receiver reports (RFC 3550 §6.4: version 2, packet type 200/201) carry
-    # the far side's view of loss and jitter over the whole call.
-    rtcp_report = ((chead[:, 0] & 0xC0) == 0x80) & ((chead[:, 1] == 200) | (chead[:, 1] == 201))
-    csig = (np.isin(cfirst4, SIP_HEADS) | rtcp_report) & (pay_cap_s[cand] >= 4)
+    if payloads.keep_whole:
+        cpo = cols.pay_off[pidx][cand]
+        chead = arr[np.minimum(cpo[:, None] + np.arange(4), max(len(b.buf) - 1, 0))].astype(
+            np.uint32)
+        cfirst4 = (chead[:, 0] << 24) | (chead[:, 1] << 16) | (chead[:, 2] << 8) | chead[:, 3]
+        csig = payloads.keeps_whole(cfirst4) & (pay_cap_s[cand] >= 4)
+    else:
+        csig = np.zeros(len(cand), dtype=bool)
     keep = (rank < payload_samples) | csig
     pay_pos = cand[keep]
     pay_rank = rank[keep]
@@ -334,7 +300,7 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     mv = memoryview(b.buf)
     pool = b"".join([mv[a:a + ln] for a, ln in zip(po.tolist(), pn.tolist(), strict=True)])
 
-    # RTP header fields of UDP payloads, plain or behind a known framing.
+    # RTP header fields of UDP payloads, plain or behind a framing the policy declares.
     udp = np.flatnonzero((proto_s == 17) & (pay_cap_s >= 12))
     rtp_pos = np.zeros(0, dtype=np.int64)
     rtp_off = np.zeros(0, dtype=np.int64)
@@ -342,11 +308,7 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     if len(udp):
         top = len(b.buf) - 1
         upo = cols.pay_off[pidx][udp]
-        upc = pay_cap_s[udp]
-        b0 = arr[np.minimum(upo, top)].astype(np.int64)
-        off = np.full(len(udp), -1, dtype=np.int64)
-        for cand_off, cond in _rtp_framings(arr, upo, upc, b0, top):
-            off = np.where((off < 0) & cond, cand_off, off)
+        off = payloads.rtp_offsets(PayloadView(arr, upo, pay_cap_s[udp]))
         ok = off >= 0
         rtp_pos = udp[ok]
         rtp_off = off[ok]

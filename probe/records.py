@@ -207,8 +207,8 @@ class RtpSeries:
     """RTP header fields, packet by packet, of the first RTP packets of a flow.
 
     All arrays have one entry per RTP packet in arrival order. ``offset`` is
-    where the RTP header began inside the UDP payload (0 plain, 4 TURN
-    ChannelData, more for an application framing).
+    where the RTP header began inside the UDP payload (0 plain, more inside a
+    framing the payload policy declares, :mod:`probe.plugins`).
     """
 
     ts: npt.NDArray[np.float64]

@@ -15,9 +15,10 @@ one dict lookup per stream and batch. A stream is created only once three of
 its packets are seen in one batch (random UDP payloads that merely look like
 RTP never repeat an SSRC, so they do not fill the table).
 
-The clock rate comes from the static payload-type table (RFC 3551) or, for
-dynamic types, from the ratio of timestamp to arrival-time progress snapped to
-the common rates; until it is known, jitter and transit are not computed.
+The clock rate comes from the static payload-type table (RFC 3551,
+:mod:`probe.payload_types`) or, for dynamic types, from the ratio of timestamp
+to arrival-time progress snapped to the common rates; until it is known, jitter
+and transit are not computed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RtpStreams", "StreamState", "static_clock"]
+from probe.payload_types import static_clock
+
+__all__ = ["RtpStreams", "StreamState"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -37,22 +40,6 @@ ALPHA = 15.0 / 16.0
 BLOCK = 512
 COMMON_CLOCKS = np.array([8000, 16000, 24000, 32000, 44100, 48000, 90000], dtype=np.float64)
 MIN_NEW_STREAM = 3
-
-_STATIC = np.zeros(128, dtype=np.int64)
-for _pt in (0, 3, 4, 5, 7, 8, 9, 12, 13, 15, 18):
-    _STATIC[_pt] = 8000
-_STATIC[6] = 16000
-_STATIC[10] = _STATIC[11] = 44100
-_STATIC[16] = 11025
-_STATIC[17] = 22050
-for _pt in (25, 26, 28, 31, 32, 33, 34):
-    _STATIC[_pt] = 90000
-
-
-def static_clock(pt: I64) -> I64:
-    """RFC 3551 clock rate of static payload types (0 for dynamic/unknown ones)."""
-    out: I64 = _STATIC[np.asarray(pt, dtype=np.int64) & 0x7F]
-    return out
 
 
 def _seg_start_pos(starts: npt.NDArray[np.bool_]) -> tuple[I64, I64]:

@@ -41,6 +41,7 @@ from probe.meter import (
     build_records,
     conn_rows,
 )
+from probe.plugins import PayloadPolicy
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
@@ -118,14 +119,16 @@ def _check_linktypes(status: ReadStatus) -> None:
 
 
 def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type: ignore[type-arg]
-              n_payloads: int, snap: tuple[int, int, int]) -> Iterator[Prepared]:
+              n_payloads: int, snap: tuple[int, int, int], payloads: PayloadPolicy
+              ) -> Iterator[Prepared]:
     checked = False
     ts_last: int | None = None
     for batch in src.batches():
         if not checked:
             checked = True
             _check_linktypes(src.status)
-        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap, ts_last)
+        yield prepare(batch, decoder.decode(batch), idle_ns, n_payloads, snap, payloads,
+                      ts_last)
         if len(batch):
             ts_last = int(batch.ts_ns[-1])
     if not checked:
@@ -133,9 +136,10 @@ def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type
 
 
 def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
-             n_payloads: int, snap: tuple[int, int, int], conn: Connection,
-             requests: Connection | None, observe: Callable[[FlowRecord], Any] | None,
-             not_ours: tuple[int, ...] = ()) -> None:
+             n_payloads: int, snap: tuple[int, int, int], payloads: PayloadPolicy,
+             conn: Connection, requests: Connection | None,
+             observe: Callable[[FlowRecord], Any] | None, not_ours: tuple[int, ...] = ()
+             ) -> None:
     """Child process: read, decode and prepare batches, send them to the parent.
 
     With ``requests``, also observe the finished flows the parent sends (gathered
@@ -148,7 +152,8 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
     out = _Outbox(conn, OUTBOX_DEPTH)
     serving = _Serving(observe)
     try:
-        for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap), 1):
+        for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap, payloads),
+                             1):
             out.send(("batch", p, src.status.bytes_read, out.queued))
             del p
             if requests is not None:
@@ -476,7 +481,7 @@ class FlowReader:
     def _inline(self) -> Iterator[Prepared]:
         cfg = self.config
         for p in _prepared(self._src, Decoder(), self.meter.idle_ns, cfg.payload_samples,
-                           self.meter.snaps):
+                           self.meter.snaps, cfg.payloads):
             yield p
             if self._progress is not None:
                 self._progress(self._src.status.bytes_read)
@@ -518,8 +523,8 @@ class _ReaderProcess:
         sys.stderr.flush()
         self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
                                  args=(reader._src, reader.meter.idle_ns, cfg.payload_samples,
-                                       reader.meter.snaps, send, req_recv, observe,
-                                       reader.not_ours))
+                                       reader.meter.snaps, cfg.payloads, send, req_recv,
+                                       observe, reader.not_ours))
         self._proc.start()
         send.close()
         reader._src.close()

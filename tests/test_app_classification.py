@@ -27,6 +27,7 @@ import pytest
 from classifier.dpi import framings, rtp, stun
 from classifier.engine import classify_flows
 from classifier.owners import lookup as owner_lookup
+from classifier.payloads import meter_config
 from classifier.records import APPS, Category, Classification
 from probe import read_capture
 from probe.records import FlowRecord
@@ -74,7 +75,7 @@ class Expect:
 
 @cache
 def _classified(path: Path) -> tuple[Pair, ...]:
-    run = read_capture(path)
+    run = read_capture(path, meter_config())
     return tuple(zip(run.flows, classify_flows(run.flows), strict=True))
 
 

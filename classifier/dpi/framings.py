@@ -32,10 +32,15 @@ import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+import numpy as np
+import numpy.typing as npt
+
 from probe.cursor import Cursor
 from probe.errors import Malformed, Truncated
+from probe.plugins import Framing, PayloadView
 
 __all__ = [
+    "ZOOM_SFU_RTP",
     "DiscordIpDiscovery",
     "DiscordKeepalive",
     "TelegramRelay",
@@ -95,6 +100,13 @@ _ZOOM_MEDIA: dict[int, tuple[ZoomMediaKind, int]] = {
 }
 
 
+_ZOOM_VIDEO, _ZOOM_SCREEN = 16, 13
+_ZOOM_VIDEO_INFO = 20
+"""Video: the byte at this offset is 0x02 when a frame-info block precedes the RTP packet."""
+_ZOOM_VIDEO_NO_INFO_REL = 20
+"""Video without the frame-info block: the RTP packet starts here instead."""
+
+
 @dataclass(frozen=True, slots=True)
 class ZoomMedia:
     """A Zoom media header and where the RTP (or RTCP) packet behind it starts."""
@@ -135,10 +147,11 @@ def _zoom_media_at(cur: Cursor, base: int) -> ZoomMedia | None:
     if media_type not in _ZOOM_MEDIA:
         return None
     kind, rel = _ZOOM_MEDIA[media_type]
-    if media_type == 16:
-        cur.seek(base + 20)
-        rel = 24 if cur.u8() == 0x02 else 20
-    elif media_type == 13:
+    if media_type == _ZOOM_VIDEO:
+        cur.seek(base + _ZOOM_VIDEO_INFO)
+        if cur.u8() != 0x02:
+            rel = _ZOOM_VIDEO_NO_INFO_REL
+    elif media_type == _ZOOM_SCREEN:
         cur.seek(base + 7)
         if cur.u8() != 0x1E:
             return None  # screen-share control, no RTP behind it
@@ -187,6 +200,56 @@ def parse_zoom_media(payload: bytes | bytearray | memoryview) -> ZoomMedia | Non
     if not buf or buf[0] not in _ZOOM_MEDIA:
         return None
     return _zoom_media_at(Cursor(buf, ZOOM_LAYER), 0)
+
+
+_ZOOM_PROBE_MIN_LEN = 40
+"""The probe takes RTP from type-5 payloads longer than this only: it looks at UDP on
+every port, where a one-byte marker is weak evidence, and media packets are longer."""
+
+
+_I64 = npt.NDArray[np.int64]
+_Bool = npt.NDArray[np.bool_]
+_ZOOM_RTP_REL = np.zeros(256, dtype=np.int64)
+for _t, (_kind, _rel) in _ZOOM_MEDIA.items():
+    _ZOOM_RTP_REL[_t] = _rel
+_ZOOM_IS_RTCP = np.zeros(256, dtype=bool)
+_ZOOM_IS_RTCP[[t for t, (k, _) in _ZOOM_MEDIA.items() if k is ZoomMediaKind.RTCP]] = True
+
+
+def _zoom_media_cols(view: PayloadView, base: int) -> tuple[_I64, _Bool, _Bool]:
+    """:func:`_zoom_media_at` over columns: the RTP/RTCP offset of a media header at
+    ``base``, whether one is there (known type, RTP version 2 behind it), and whether
+    it carries RTP rather than RTCP."""
+    media = view.byte(base)
+    rel = _ZOOM_RTP_REL[media]
+    rel = np.where((media == _ZOOM_VIDEO) & (view.byte(base + _ZOOM_VIDEO_INFO) != 0x02),
+                   _ZOOM_VIDEO_NO_INFO_REL, rel)
+    known = (rel > 0) & ~((media == _ZOOM_SCREEN) & (view.byte(base + 7) != 0x1E))
+    off = base + rel
+    found = known & ((view.byte(off) >> 6) == 2)
+    return off, found, found & ~_ZOOM_IS_RTCP[media]
+
+
+def _zoom_sfu_rtp(view: PayloadView) -> tuple[_I64, _Bool]:
+    """Where :func:`parse_zoom_sfu` places the RTP packet of a type-5 payload: behind the
+    8-byte SFU header when a media header is there, else right after the type byte."""
+    n = len(view.start)
+    off = np.zeros(n, dtype=np.int64)
+    claimed = np.zeros(n, dtype=bool)
+    sfu = np.flatnonzero((view.byte(0) == ZoomSfuType.MEDIA)
+                         & (view.length > _ZOOM_PROBE_MIN_LEN))
+    if len(sfu):  # the media headers are read on type-5 payloads only
+        sub = view.subset(sfu)
+        off8, found8, rtp8 = _zoom_media_cols(sub, _ZOOM_SFU_HEADER_LEN)
+        off1, _, rtp1 = _zoom_media_cols(sub, 1)
+        off[sfu] = np.where(found8, off8, off1)
+        claimed[sfu] = np.where(found8, rtp8, rtp1)
+    return off, claimed
+
+
+ZOOM_SFU_RTP = (Framing("zoom-sfu", _zoom_sfu_rtp),)
+"""For the probe (:mod:`probe.plugins`): RTP behind Zoom's type-5 media encapsulation, at
+the offsets :data:`_ZOOM_MEDIA` gives (the same table :func:`parse_zoom_sfu` reads)."""
 
 
 @dataclass(frozen=True, slots=True)

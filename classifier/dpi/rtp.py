@@ -21,18 +21,16 @@ Errors (all from :mod:`probe.errors`)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
-from types import MappingProxyType
+from enum import IntEnum
 
 from probe.cursor import Cursor
 from probe.errors import Malformed, ParseError
+from probe.payload_types import STATIC_PAYLOAD_TYPES, PayloadTypeInfo
+from probe.plugins import Prefix
 
 __all__ = [
-    "STATIC_PAYLOAD_TYPES",
-    "Media",
-    "PayloadTypeInfo",
+    "KEEP_WHOLE",
     "ReportBlock",
     "ReportGist",
     "RtcpCompound",
@@ -52,61 +50,6 @@ __all__ = [
 
 RTP_LAYER = "rtp"
 RTCP_LAYER = "rtcp"
-
-
-# -- static payload types (RFC 3551 §6, tables 4 and 5) -----------------------------------------
-
-
-class Media(StrEnum):
-    """Media kind of a payload type."""
-
-    AUDIO = "audio"
-    VIDEO = "video"
-    AUDIO_VIDEO = "audio/video"
-
-
-@dataclass(frozen=True, slots=True)
-class PayloadTypeInfo:
-    """One row of the RFC 3551 static payload-type tables."""
-
-    name: str
-    """Encoding name as registered (e.g. "PCMU")."""
-    media: Media
-    """Audio, video or both (MP2T)."""
-    clock_rate: int
-    """RTP timestamp clock rate in Hz."""
-    channels: int | None
-    """Audio channels; None for video."""
-
-
-_A, _V = Media.AUDIO, Media.VIDEO
-STATIC_PAYLOAD_TYPES: Mapping[int, PayloadTypeInfo] = MappingProxyType({
-    0: PayloadTypeInfo("PCMU", _A, 8000, 1),
-    3: PayloadTypeInfo("GSM", _A, 8000, 1),
-    4: PayloadTypeInfo("G723", _A, 8000, 1),
-    5: PayloadTypeInfo("DVI4", _A, 8000, 1),
-    6: PayloadTypeInfo("DVI4", _A, 16000, 1),
-    7: PayloadTypeInfo("LPC", _A, 8000, 1),
-    8: PayloadTypeInfo("PCMA", _A, 8000, 1),
-    9: PayloadTypeInfo("G722", _A, 8000, 1),  # clock rate 8000 by historical error, §4.5.2
-    10: PayloadTypeInfo("L16", _A, 44100, 2),
-    11: PayloadTypeInfo("L16", _A, 44100, 1),
-    12: PayloadTypeInfo("QCELP", _A, 8000, 1),
-    13: PayloadTypeInfo("CN", _A, 8000, 1),
-    14: PayloadTypeInfo("MPA", _A, 90000, None),
-    15: PayloadTypeInfo("G728", _A, 8000, 1),
-    16: PayloadTypeInfo("DVI4", _A, 11025, 1),
-    17: PayloadTypeInfo("DVI4", _A, 22050, 1),
-    18: PayloadTypeInfo("G729", _A, 8000, 1),
-    25: PayloadTypeInfo("CelB", _V, 90000, None),
-    26: PayloadTypeInfo("JPEG", _V, 90000, None),
-    28: PayloadTypeInfo("nv", _V, 90000, None),
-    31: PayloadTypeInfo("H261", _V, 90000, None),
-    32: PayloadTypeInfo("MPV", _V, 90000, None),
-    33: PayloadTypeInfo("MP2T", Media.AUDIO_VIDEO, 90000, None),
-    34: PayloadTypeInfo("H263", _V, 90000, None),
-})
-"""RFC 3551 tables 4 and 5. 96-127 are dynamic: their meaning comes from SDP a=rtpmap."""
 
 
 # -- RTP ------------------------------------------------------------------------------------
@@ -200,6 +143,13 @@ class RtcpType(IntEnum):
     RTPFB = 205  # RFC 4585 §6.2: transport-layer feedback (NACK, TWCC...)
     PSFB = 206  # RFC 4585 §6.3: payload-specific feedback (PLI, FIR, REMB...)
     XR = 207  # RFC 3611 §2
+
+
+KEEP_WHOLE = tuple(Prefix(f"rtcp-{t.name.lower()}", 0x80000000 | t << 16, 0xC0FF0000)
+                   for t in (RtcpType.SR, RtcpType.RR))
+"""For the probe (:mod:`probe.plugins`): RTCP sender and receiver reports (version 2,
+packet type 200/201) are kept whole whatever their rank in a flow; their report blocks
+give the far side's view of loss and jitter over the whole call."""
 
 
 class SdesType(IntEnum):

@@ -26,9 +26,11 @@ from types import MappingProxyType
 
 from probe.cursor import Cursor
 from probe.errors import Malformed, Truncated
+from probe.plugins import Prefix
 
 __all__ = [
     "COMPACT_HEADERS",
+    "START_LINES",
     "Direction",
     "MediaEndpoint",
     "NameAddr",
@@ -46,6 +48,17 @@ __all__ = [
 LAYER = "sip"
 SDP_LAYER = "sdp"
 _VERSION = "SIP/2.0"
+
+START_LINES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"REGISTER ",
+               b"OPTIONS sip", b"PRACK ", b"SUBSCRIBE ", b"NOTIFY ", b"PUBLISH ", b"INFO ",
+               b"REFER ", b"MESSAGE ", b"UPDATE ")
+"""How SIP messages start: the status line, and the request line of each RFC 3261 method
+and extension (``OPTIONS`` with its URI scheme, since HTTP has an OPTIONS method too)."""
+
+KEEP_WHOLE = tuple(dict.fromkeys(Prefix.of("sip", start[:4]) for start in START_LINES))
+"""For the probe (:mod:`probe.plugins`): SIP messages are kept whole whatever their rank
+in a flow, since a dialog's final answer, late in the flow, says whether the call failed
+and its SDP which media flows belong to it. Four bytes tell them apart from other UDP."""
 
 COMPACT_HEADERS: Mapping[str, str] = MappingProxyType({
     # RFC 3261 §7.3.3 and §20, plus later registrations in the IANA SIP header registry

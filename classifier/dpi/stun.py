@@ -34,11 +34,16 @@ from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from probe.cursor import Cursor
 from probe.errors import Malformed, ParseError, Truncated
+from probe.plugins import Framing, PayloadView
 
 __all__ = [
     "MAGIC_COOKIE",
+    "TURN_CHANNEL_RTP",
     "TURN_METHODS",
     "VENDOR_ATTRIBUTES",
     "VENDOR_MESSAGE_TYPES",
@@ -73,6 +78,8 @@ _FINGERPRINT_XOR = 0x5354554E  # RFC 8489 §14.7: CRC-32 XOR "STUN"
 _HEADER_LEN = 20  # RFC 8489 §5
 _MS_MUX_MAGIC = 0xFF10  # [MS-TURN] multiplexed TURN session framing
 _MS_MUX_HEADER_LEN = 12
+_CHANNEL_HEADER_LEN = 4  # RFC 8656 §12.4: channel number(2) length(2)
+_CHANNEL_FIRST_BYTES = (0x40, 0x4F)  # RFC 8656 §12: channel numbers 0x4000-0x4FFF
 
 
 # -- demultiplexing (RFC 7983 §7, updated by RFC 9443 §3) --------------------------------------
@@ -826,6 +833,18 @@ def _parse_channel(cur: Cursor, buf: bytes, *, tcp: bool) -> ChannelData:
         except (Truncated, Malformed):
             inner = None
     return ChannelData(channel, length, data, inner_kind, inner)
+
+
+def _channel_data_rtp(view: PayloadView) -> tuple[int, npt.NDArray[np.bool_]]:
+    b0 = view.byte(0)
+    lo, hi = _CHANNEL_FIRST_BYTES
+    claimed: npt.NDArray[np.bool_] = (b0 >= lo) & (b0 <= hi)
+    return _CHANNEL_HEADER_LEN, claimed
+
+
+TURN_CHANNEL_RTP = Framing("turn-channel-data", _channel_data_rtp)
+"""For the probe (:mod:`probe.plugins`): RTP relayed in TURN ChannelData sits right after
+the 4-byte header of a channel number in RFC 8656's range."""
 
 
 def parse_channel_data(data: bytes | bytearray | memoryview, *, tcp: bool = False) -> ChannelData:

@@ -5,6 +5,7 @@ whatever umask they were started with (the stores hold captured traffic)."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -50,7 +51,10 @@ def test_probe_data_is_private(tmp_path: Path) -> None:
 
 def test_serve_data_is_private(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = subprocess.Popen([*MARSAD, "serve", "--data-dir", str(data), "--port", "0"],
+    with socket.socket() as probe_port:  # a free port for the service
+        probe_port.bind(("127.0.0.1", 0))
+        port = probe_port.getsockname()[1]
+    proc = subprocess.Popen([*MARSAD, "serve", "--data-dir", str(data), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
                             preexec_fn=_open_umask)
     try:

@@ -13,8 +13,6 @@ import random
 import pytest
 
 from classifier.dpi.rtp import (
-    STATIC_PAYLOAD_TYPES,
-    Media,
     RtcpType,
     is_rtcp,
     is_rtp,
@@ -93,13 +91,6 @@ def test_rtp_csrc_list() -> None:
     mixed = bytes([G711[0] | 0x02]) + G711[1:12] + bytes.fromhex("0000000a0000000b") + G711[12:]
     h = parse_rtp(mixed)
     assert h.csrcs == (10, 11) and h.header_length == 20
-
-
-def test_static_payload_types() -> None:
-    assert STATIC_PAYLOAD_TYPES[8].name == "PCMA"
-    assert STATIC_PAYLOAD_TYPES[9].clock_rate == 8000
-    assert STATIC_PAYLOAD_TYPES[34].media is Media.VIDEO
-    assert all(pt < 96 for pt in STATIC_PAYLOAD_TYPES)
 
 
 def test_rtcp_sr_rr_sdes() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 from pathlib import Path
 
@@ -12,18 +11,9 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from probe import FlowReader, FlowRecord, MeterConfig, read_capture
+from tests.pcapbytes import pcap
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _pcap(packets: list[tuple[float, bytes]]) -> bytes:
-    out = io.BytesIO()
-    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-    for ts, data in packets:
-        sec = int(ts)
-        out.write(struct.pack("<IIII", sec, round((ts - sec) * 1e6), len(data), len(data)))
-        out.write(data)
-    return out.getvalue()
 
 
 def _udp(t: float, src: str, sport: int, dst: str, dport: int, payload: bytes = b"x" * 20
@@ -42,7 +32,7 @@ def _tcp(t: float, src: str, sport: int, dst: str, dport: int, flags: str, seq: 
 
 def _flows(packets: list[tuple[float, bytes]], tmp_path: Path, **cfg: float) -> list[FlowRecord]:
     path = tmp_path / "t.pcap"
-    path.write_bytes(_pcap(packets))
+    path.write_bytes(pcap(packets))
     return read_capture(path, MeterConfig(**cfg)).flows  # type: ignore[arg-type]
 
 

@@ -1,0 +1,27 @@
+"""Small capture files written by tests: classic pcap bytes and plain Ethernet/IPv4/UDP
+frames, so a test states its packets and reads them back through the probe."""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterable
+
+
+def pcap(packets: Iterable[tuple[float, bytes]]) -> bytes:
+    """A little-endian microsecond pcap of Ethernet ``(arrival, frame)`` records."""
+    out = io.BytesIO()
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for ts, data in packets:
+        sec = int(ts)
+        out.write(struct.pack("<IIII", sec, round((ts - sec) * 1e6), len(data), len(data)))
+        out.write(data)
+    return out.getvalue()
+
+
+def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """An Ethernet frame of one IPv4 UDP datagram (checksums left at zero)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     bytes(int(x) for x in src.split(".")), bytes(int(x) for x in dst.split(".")))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
