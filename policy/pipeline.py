@@ -14,9 +14,9 @@ into batches, on the wall clock or on the output format:
   passes, with what it learned from earlier flows) and join the *window*;
 * the window is grouped into calls (:func:`policy.calls.analyse_calls`); a call is
   written once the capture's clock has passed its end by ``call_settle_s`` and no UDP
-  flow to one of its remote hosts or on one of its local sockets that started before
-  that is still going or waiting to settle (it may be another stream of the same call;
-  the watermark lists the flows still open),
+  flow that may be another of its streams (to one of its remote hosts, on one of its
+  local sockets, or of its local host and started during the call) and started before
+  that is still going or waiting to settle (the watermark lists the flows still open),
   or at the latest ``call_hold_s`` after its end; its flows then leave the window. A
   flow's own verdict is written once the clock has passed its end by ``call_settle_s``;
 * flows that are neither in a call nor still young leave the window after ``window_s``,
@@ -213,7 +213,9 @@ class Pipeline:
     def _going(self, call: Call, flows: dict[str, FlowRecord]) -> float:
         """Start of the earliest UDP flow, not settled yet, that may be another stream of
         ``call``: one to a remote host of the call, or on one of its local sockets (ICE
-        uses one local port for every candidate pair); infinity when there is none."""
+        uses one local port for every candidate pair), or one of the local host's that
+        started while the call went on (a stream to another relay); infinity when there is
+        none."""
         hosts: set[str] = set()
         sockets: set[tuple[str, int]] = set()
         for uid in call.flow_uids:
@@ -226,11 +228,16 @@ class Pipeline:
                 sockets.add((f.resp_h, f.resp_p))
             else:
                 hosts.update((f.orig_h, f.resp_h))
-        earliest = self._open_udp.earliest_touching(hosts, sockets)
+        local = {call.local} if call.local is not None else set()
+        earliest = min(self._open_udp.earliest_touching(hosts, sockets),
+                       self._open_udp.earliest_touching(local, (), since=call.start_ts))
         for f, _ in self._pending.values():
-            if f.proto == "udp" and f.first_ts < earliest and (
-                    f.orig_h in hosts or f.resp_h in hosts
-                    or (f.orig_h, f.orig_p) in sockets or (f.resp_h, f.resp_p) in sockets):
+            if f.proto != "udp" or f.first_ts >= earliest:
+                continue
+            if (f.orig_h in hosts or f.resp_h in hosts or (f.orig_h, f.orig_p) in sockets
+                    or (f.resp_h, f.resp_p) in sockets
+                    or (f.first_ts >= call.start_ts and (f.orig_h in local
+                                                          or f.resp_h in local))):
                 earliest = f.first_ts
         return earliest
 

@@ -866,22 +866,25 @@ class OpenFlows:
     b_port: U64
     first_ts: npt.NDArray[np.float64]
 
-    def earliest_touching(self, hosts: Iterable[str],
-                          sockets: Iterable[tuple[str, int]]) -> float:
+    def earliest_touching(self, hosts: Iterable[str], sockets: Iterable[tuple[str, int]],
+                          since: float = float("-inf")) -> float:
         """Start of the earliest of these flows with an endpoint at one of ``hosts`` or on
-        one of ``sockets`` (address, port); infinity when none does."""
-        hit = np.zeros(len(self.first_ts), dtype=bool)
-        if not len(hit):
+        one of ``sockets`` (address, port), among those that started at ``since`` or later;
+        infinity when none does."""
+        hit = self.first_ts >= since
+        if not hit.any():
             return float("inf")
+        near = np.zeros(len(hit), dtype=bool)
         for h in hosts:
             hi, lo = (np.uint64(x) for x in pack_addr(h))
-            hit |= ((self.a_hi == hi) & (self.a_lo == lo)) | ((self.b_hi == hi)
-                                                              & (self.b_lo == lo))
+            near |= ((self.a_hi == hi) & (self.a_lo == lo)) | ((self.b_hi == hi)
+                                                               & (self.b_lo == lo))
         for h, port in sockets:
             hi, lo = (np.uint64(x) for x in pack_addr(h))
             p = np.uint64(port)
-            hit |= ((self.a_hi == hi) & (self.a_lo == lo) & (self.a_port == p)) | (
+            near |= ((self.a_hi == hi) & (self.a_lo == lo) & (self.a_port == p)) | (
                 (self.b_hi == hi) & (self.b_lo == lo) & (self.b_port == p))
+        hit &= near
         return float(self.first_ts[hit].min()) if hit.any() else float("inf")
 
 

@@ -289,16 +289,14 @@ class FlowReader:
         tables): :meth:`observed` later hands it its observer. Iterating without
         observing works too (the process answers no requests then).
 
-        ``stream_too`` starts it on a pipe or socket as well (it then only reads; the
-        flows are observed in this process): a caller that holds the write end of the
-        pipe (``not_ours``) keeps it open until the process has started and closed its
-        copy."""
+        ``stream_too`` starts it on a pipe or socket as well, and it then observes part of
+        the flows as on a file (it takes a share only when it has batches queued, i.e.
+        is not waiting for input); a caller that holds the write end of the pipe
+        (``not_ours``) keeps it open until the process has started."""
         if self._started is not None or self._workers <= 1:
             return
-        if not self._src.stream:
+        if not self._src.stream or stream_too:
             self._started = _ReaderProcess(self, None, requests=True)
-        elif stream_too:
-            self._started = _ReaderProcess(self, None)
 
     def _reader_process(self, observe: Callable[[FlowRecord], Any] | None) -> _ReaderProcess:
         """The started reader process, given ``observe``, or a new one."""
@@ -389,7 +387,7 @@ class FlowReader:
         come out before it. The flows the end of input empties from the table come after
         the last one.
         """
-        if self._workers <= 1 or self._src.stream:
+        if self._workers <= 1 or (self._src.stream and self._started is None):
             for item in self._records_and_clock():
                 if isinstance(item, Watermark):
                     yield item

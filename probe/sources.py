@@ -24,6 +24,7 @@ import os
 import select
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -288,6 +289,12 @@ class _Interface:
         return None
 
 
+PIPE_GAP_S = 0.05
+"""How long reading a pipe waits for more input before a batch is handed on."""
+PIPE_BATCH_S = 0.25
+"""The longest a batch read from a pipe gathers input after its first bytes."""
+
+
 class _Input:
     """Reads chunks from a file or pipe, gzip-aware. A compressed input gives at most
     ``max_decompressed`` bytes; ``over`` is then True and every later read gives none."""
@@ -358,10 +365,14 @@ class _Input:
         return data
 
     def _read(self, n: int) -> bytes:
+        """Up to ``n`` bytes. On a pipe: what arrives while more keeps coming (each wait for
+        more at most ``PIPE_GAP_S``) until ``PIPE_BATCH_S`` after the first bytes, so a fast
+        writer fills whole batches while a quiet link's packets are not held back long."""
         if not self._is_pipe:
             return self._stream.read(n)
         out = bytearray()
         read1 = getattr(self._stream, "read1", self._stream.read)
+        deadline = 0.0
         while len(out) < n:
             try:
                 part = read1(n - len(out))
@@ -371,8 +382,10 @@ class _Input:
                 break
             out += part
             if self._fd is not None and not self.compressed:
-                ready, _, _ = select.select([self._fd], [], [], 0.05 if len(out) < 65536 else 0)
-                if not ready:
+                now = time.monotonic()
+                deadline = deadline or now + PIPE_BATCH_S
+                wait = min(PIPE_GAP_S, deadline - now)
+                if wait <= 0 or not select.select([self._fd], [], [], wait)[0]:
                     break
         return bytes(out)
 
