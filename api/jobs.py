@@ -39,8 +39,7 @@ from api.store import CaptureRow, JobState, Store
 from policy.errors import LedgerError
 from policy.ledger import Derivation, Ledger
 from policy.rules import Policy
-from probe import CaptureError, MeterConfig, open_source
-from probe.sources import MAX_DECOMPRESSED
+from probe import MAX_DECOMPRESSED, CaptureError, MeterConfig, open_source
 
 __all__ = [
     "UPLOAD_PREFIX",

@@ -46,10 +46,11 @@ from probe.records import (
 )
 from probe.ring import CaptureRing, RingConfig, RingFile
 from probe.run import CaptureRun, FlowReader, Watermark, default_workers, read_capture
-from probe.sources import ReadStatus, open_source
+from probe.sources import MAX_DECOMPRESSED, ReadStatus, open_source
 
 __all__ = [
     "LOCAL_CLASSES",
+    "MAX_DECOMPRESSED",
     "ORIG",
     "PROTO_NAMES",
     "PROTO_NUMBERS",
