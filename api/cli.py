@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from api.output import (
     CONN_CSV_FIELDS,
@@ -29,9 +30,15 @@ from api.output import (
 from api.runtime import gc_paused
 from policy.errors import PolicyError
 from policy.settling import PipelineConfig
-from probe import CaptureError, FlowReader, FlowRecord, MeterConfig, ReadStatus
-from probe.meter import MeterStats
-from probe.run import default_workers
+from probe import (
+    CaptureError,
+    FlowReader,
+    FlowRecord,
+    MeterConfig,
+    MeterStats,
+    ReadStatus,
+    default_workers,
+)
 
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult
@@ -47,6 +54,8 @@ EXIT_OK = 0
 EXIT_UNREADABLE = 2
 EXIT_PARTIAL = 3
 
+_N = TypeVar("_N", int, float)
+
 
 def _meter_config(args: argparse.Namespace, payloads: int | None = None) -> MeterConfig:
     """The meter settings of the command line, with the classifier's payload policy (what
@@ -58,48 +67,29 @@ def _meter_config(args: argparse.Namespace, payloads: int | None = None) -> Mete
         timing_packets=args.timing_packets, max_decompressed_bytes=args.max_decompressed_bytes)
 
 
-def _positive(text: str) -> float:
-    """A duration or size that must be above zero (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
+def _checked(kind: Callable[[str], _N], ok: Callable[[_N], bool], what: str,
+             need: str) -> Callable[[str], _N]:
+    """An argparse type: ``kind`` of the text, refused unless ``ok``; ``what`` names the
+    kind in the error for text that is not one, ``need`` says what is wanted."""
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{need}, not {text}")
+        return value
+    return parse
 
 
-def _nonnegative(text: str) -> float:
-    """A duration that may be zero but not negative (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    """A whole number of zero or more (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    """A TCP port, 1 to 65535 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {text}")
-    return value
+_positive = _checked(float, lambda v: 0 < v < math.inf, "a number", "must be a positive number")
+"""A duration or size that must be above zero."""
+_nonnegative = _checked(float, lambda v: 0 <= v < math.inf, "a number", "must be 0 or more")
+"""A duration that may be zero but not negative."""
+_count = _checked(int, lambda v: v >= 0, "a whole number", "must be 0 or more")
+"""A whole number of zero or more."""
+_port = _checked(int, lambda v: 0 < v < 65536, "a port number", "a port is 1 to 65535")
+"""A TCP port, 1 to 65535."""
 
 
 def _add_meter_options(p: argparse.ArgumentParser) -> None:
@@ -193,6 +183,37 @@ class _Progress:
             self._bar.stop()
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """What :func:`_reported` made of a command's body."""
+
+    code: int | None = None
+    """The exit status of a failure it reported; None when the body ran through."""
+
+
+@contextlib.contextmanager
+def _reported(progress: _Progress | None = None,
+              errors: tuple[type[Exception], ...] = (CaptureError, PolicyError),
+              ) -> Iterator[_Outcome]:
+    """A command's body: the progress bar is taken down whatever happens; an expected
+    failure (``errors``) becomes one line on stderr and exit status 2 in the outcome. A
+    closed standard output (``BrokenPipeError``) goes on up to :func:`main`, which ends
+    quietly."""
+    outcome = _Outcome()
+    try:
+        yield outcome
+    except BrokenPipeError:
+        raise
+    except errors as exc:
+        if progress is not None:
+            progress.stop()
+        print(f"marsad: {exc}", file=sys.stderr)
+        outcome.code = EXIT_UNREADABLE
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
 def _run_flows(args: argparse.Namespace) -> int:
     fmt = args.fmt or "jsonl"
     progress = _Progress(args.capture)
@@ -210,7 +231,7 @@ def _run_flows(args: argparse.Namespace) -> int:
         elif csvw is not None:
             csvw.write(row)
 
-    try:
+    with _reported(progress, (CaptureError,)) as failed:
         # Payload samples and timing series are kept only when they are printed.
         config = _meter_config(args, None if args.samples else 0)
         if not args.samples and zeek is None:  # Zeek's TCP history comes from the series
@@ -230,14 +251,8 @@ def _run_flows(args: argparse.Namespace) -> int:
         else:  # the conn.log columns alone, without building records
             for row in reader.conn_rows():
                 emit(row)
-    except CaptureError as exc:
-        progress.stop()
-        print(f"marsad: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    except BrokenPipeError:
-        return EXIT_OK
-    finally:
-        progress.stop()
+    if failed.code is not None:
+        return failed.code
     if fmt == "json":
         collected.sort(key=lambda r: (r["first_frame"], r["uid"]))
         out.write(dumps({"flows": collected}))
@@ -255,44 +270,37 @@ def _run_analyze(args: argparse.Namespace) -> int:
     out = sys.stdout
     # The collector stays paused through the output too: the records it would walk over
     # and over are all alive until the command ends.
-    try:
-        with gc_paused():
-            reader = None
-            if fmt == "jsonl":
-                reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
-                                    workers=args.workers)
-                reader.start()  # reading begins while the rest loads
-            from api.pipeline import analyze_capture
-            from policy.pipeline import Pipeline, run_capture
-            from policy.rules import load_policy
-            policy = load_policy(args.policy)
-            if reader is not None:
-                pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
-                                config=_pipeline_config(args))
-                kept: list[FlowRecord] = []
-                steps: list[Step] = []
-                for step in run_capture(reader, pipe):
-                    _write_step(step, out)
-                    kept.extend(f for f, _ in step.flows)
-                    steps.append(step)
-                status, stats = reader.status, reader.stats
-                _keep_until_exit(kept, steps, reader)
-            else:
-                result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
-                                         workers=args.workers, fingerprints=args.ja4,
-                                         pipeline=_pipeline_config(args),
-                                         hash_capture=False, progress=progress.update)
-                _write_result(result, fmt, out, args.calls_csv)
-                status, stats = result.status, result.stats
-                _keep_until_exit(result)
-    except (CaptureError, PolicyError) as exc:
-        progress.stop()
-        print(f"marsad: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    except BrokenPipeError:
-        return EXIT_OK
-    finally:
-        progress.stop()
+    with _reported(progress) as failed, gc_paused():
+        reader = None
+        if fmt == "jsonl":
+            reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
+                                workers=args.workers)
+            reader.start()  # reading begins while the rest loads
+        from api.pipeline import analyze_capture
+        from policy.pipeline import Pipeline, run_capture
+        from policy.rules import load_policy
+        policy = load_policy(args.policy)
+        if reader is not None:
+            pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
+                            config=_pipeline_config(args))
+            kept: list[FlowRecord] = []
+            steps: list[Step] = []
+            for step in run_capture(reader, pipe):
+                _write_step(step, out)
+                kept.extend(f for f, _ in step.flows)
+                steps.append(step)
+            status, stats = reader.status, reader.stats
+            _keep_until_exit(kept, steps, reader)
+        else:
+            result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
+                                     workers=args.workers, fingerprints=args.ja4,
+                                     pipeline=_pipeline_config(args),
+                                     hash_capture=False, progress=progress.update)
+            _write_result(result, fmt, out, args.calls_csv)
+            status, stats = result.status, result.stats
+            _keep_until_exit(result)
+    if failed.code is not None:
+        return failed.code
     return _finish_status(status, stats)
 
 
@@ -358,15 +366,7 @@ def _write_csv(result: AnalysisResult, out: Any, calls_csv: str | None) -> None:
 
 def _result_status(result: AnalysisResult) -> int:
     """Exit status and warnings of a finished result, as :func:`_finish` gives them."""
-    if result.stats.weird:
-        print(f"marsad: {result.stats.weird} malformed packet(s) recorded as weird",
-              file=sys.stderr)
-    st = result.status
-    if not st.complete:
-        print(f"marsad: {st.source}: {st.message}; flows before byte {st.stopped_at} were "
-              f"reported", file=sys.stderr)
-        return EXIT_PARTIAL
-    return EXIT_OK
+    return _finish_status(result.status, result.stats)
 
 
 def _open_ledger(path: str, must_exist: bool) -> Any:
@@ -393,24 +393,17 @@ def _run_analyze_ledger(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_UNREADABLE
     progress = _Progress(args.capture)
-    try:
-        with _open_ledger(args.ledger, must_exist=False) as ledger:
-            policy = load_policy(args.policy)
-            result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
-                                     workers=args.workers, fingerprints=args.ja4,
-                                     pipeline=_pipeline_config(args),
-                                     progress=progress.update)
-            progress.stop()
-            _write_result(result, args.fmt or "json", sys.stdout, args.calls_csv)
-            done = record_verdicts(ledger, result, policy)
-    except (CaptureError, PolicyError) as exc:
+    with _reported(progress) as failed, _open_ledger(args.ledger, must_exist=False) as ledger:
+        policy = load_policy(args.policy)
+        result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
+                                 workers=args.workers, fingerprints=args.ja4,
+                                 pipeline=_pipeline_config(args),
+                                 progress=progress.update)
         progress.stop()
-        print(f"marsad: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    except BrokenPipeError:
-        return EXIT_OK
-    finally:
-        progress.stop()
+        _write_result(result, args.fmt or "json", sys.stdout, args.calls_csv)
+        done = record_verdicts(ledger, result, policy)
+    if failed.code is not None:
+        return failed.code
     print(f"marsad: ledger {args.ledger}: {len(done.appended)} verdict(s) recorded, "
           f"{len(done.skipped)} already there", file=sys.stderr)
     return _result_status(result)
@@ -429,7 +422,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     from api.evidence import PROBLEM_WORDS, iter_problem_lines, verify_ledger
     from api.pipeline import capture_sha256
     from policy.rules import load_policy
-    try:
+    with _reported(errors=(CaptureError, PolicyError, OSError, ValueError)) as failed:
         anchor = None if args.anchor is None else _parse_anchor(args.anchor)
         policy = load_policy(args.policy)
         captures = args.capture or []
@@ -437,9 +430,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         with _open_ledger(args.ledger, must_exist=True) as ledger:
             report = verify_ledger(ledger, captures, policy=policy, anchor=anchor)
             recorded = {e.capture_sha256 for e in ledger.entries()}
-    except (CaptureError, PolicyError, OSError, ValueError) as exc:
-        print(f"marsad: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+    if failed.code is not None:
+        return failed.code
     unused = sorted(c for sha, c in shas.items() if sha not in recorded)
     if args.json:
         sys.stdout.write(dumps({
@@ -492,7 +484,8 @@ def _run_evidence(args: argparse.Namespace) -> int:
         print(f"marsad evidence: {', '.join(missing)} required (or --check BUNDLE)",
               file=sys.stderr)
         return EXIT_UNREADABLE
-    try:
+    with _reported(errors=(CaptureError, PolicyError, EvidenceError, OSError,
+                           ValueError)) as failed:
         key = None if args.key is None else bytes.fromhex(args.key)
         policy = load_policy(args.policy)
         entries = None
@@ -506,9 +499,8 @@ def _run_evidence(args: argparse.Namespace) -> int:
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, args.out)
-    except (CaptureError, PolicyError, EvidenceError, OSError, ValueError) as exc:
-        print(f"marsad: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+    if failed.code is not None:
+        return failed.code
     print(f"marsad: wrote {args.out} ({len(data)} bytes"
           f"{', anonymised' if args.anonymize else ''})", file=sys.stderr)
     return _result_status(result)
@@ -534,16 +526,12 @@ def _run_report(args: argparse.Namespace) -> int:
         console = Console()
     for n, capture in enumerate(args.capture):
         progress = _Progress(capture)
-        try:
+        with _reported(progress, (CaptureError,)) as failed:
             result = analyze_capture(capture, policy=policy, workers=args.workers,
                                      progress=progress.update)
-        except CaptureError as exc:
-            progress.stop()
-            print(f"marsad: {exc}", file=sys.stderr)
-            code = EXIT_UNREADABLE
+        if failed.code is not None:
+            code = failed.code
             continue
-        finally:
-            progress.stop()
         if not result.status.complete and code == EXIT_OK:
             code = EXIT_PARTIAL
         if args.json:
@@ -610,9 +598,10 @@ def _run_probe(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
-    from api.live import LiveConfig, LiveError, LiveProbe, RingConfig
+    from api.live import LiveConfig, LiveError, LiveProbe
     from api.runtime import private_files
     from policy.rules import load_policy
+    from probe import RingConfig
     private_files()
     if (args.interface is None) == (args.read is None):
         print("marsad probe: give exactly one of -i IFACE and -r FILE|-", file=sys.stderr)
@@ -649,15 +638,12 @@ def _run_probe(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    try:
+    with _reported(errors=(LiveError, PolicyError, OSError)) as failed:
         probe = LiveProbe(cfg, load_policy(args.policy), sys.stdout, metrics=metrics)
         running.append(probe)
         return probe.run(stop)
-    except (LiveError, PolicyError, OSError) as exc:
-        print(f"marsad: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    except BrokenPipeError:
-        return EXIT_OK
+    assert failed.code is not None
+    return failed.code
 
 
 def _version() -> str:

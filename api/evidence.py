@@ -25,7 +25,7 @@ Anonymisation
     keyed PRF (HMAC-SHA256) of the *i* bits before it, so two addresses sharing
     a *k*-bit prefix map to two addresses sharing exactly a *k*-bit prefix. Only
     the local side is rewritten: the call's local host and every address of
-    :data:`LOCAL_NETWORKS`; the operator/remote side is left as it is. IPv4/IPv6
+    :data:`REWRITTEN_CLASSES`; the operator/remote side is left as it is. IPv4/IPv6
     headers are rewritten at every depth (tunnels, ICMP-quoted headers) and
     every checksum covering them is updated incrementally (RFC 1624), so a
     checksum that was right stays right. Application payloads (SIP/SDP bodies,
@@ -46,7 +46,6 @@ import math
 import os
 import re
 import secrets
-import struct
 import time
 import zipfile
 import zlib
@@ -71,20 +70,25 @@ from policy.ledger import (
 )
 from policy.records import Call, Verdict, VerdictKind
 from policy.rules import Policy, load_policy
-from probe.decode import KIND_FLOW, V4_MAPPED, Decoder
-from probe.meter import PROTO_NAMES
-from probe.prepare import canonical_key
-from probe.records import FlowRecord
-from probe.sources import open_source
+from probe import (
+    LOCAL_CLASSES,
+    AddressClass,
+    CutPacket,
+    FlowRecord,
+    address_class,
+    capture_bytes,
+    cut_packets,
+    pack_addr,
+    packet_addresses,
+)
 
 __all__ = [
     "BUNDLE_FORMAT",
-    "LOCAL_NETWORKS",
     "PROBLEM_WORDS",
+    "REWRITTEN_CLASSES",
     "AnonymisationError",
     "BundleCheck",
     "BundleError",
-    "CutPacket",
     "EvidenceError",
     "PrefixAnonymiser",
     "RecordSummary",
@@ -92,11 +96,9 @@ __all__ = [
     "anonymise_frames",
     "build_bundle",
     "check_bundle",
-    "cut_packets",
     "derivations",
     "iter_problem_lines",
     "ledger_items",
-    "pcap_bytes",
     "policy_digest",
     "record_verdicts",
     "verify_ledger",
@@ -232,151 +234,6 @@ def verify_ledger(ledger: Ledger, captures: Sequence[str | Path] = (), *,
     return ledger.verify(derive, anchor=anchor)
 
 
-# -- cutting packets ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CutPacket:
-    """One packet kept for a bundle."""
-
-    frame: int
-    """1-based position in the original capture."""
-    ts_ns: int
-    """Timestamp, nanoseconds since the epoch."""
-    wirelen: int
-    """Length on the wire."""
-    linktype: int
-    """Link type of the packet."""
-    data: bytes
-    """The captured bytes."""
-
-
-_LOW64 = 0xFFFF_FFFF_FFFF_FFFF
-_PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
-
-
-def _halves(addr: str) -> tuple[int, int]:
-    """An address as the decoder's two uint64 halves (IPv4 in its mapped form)."""
-    ip = ipaddress.ip_address(addr)
-    if ip.version == 4:
-        return 0, V4_MAPPED | int(ip)
-    v = int(ip)
-    return v >> 64, v & _LOW64
-
-
-@dataclass(slots=True)
-class _Target:
-    flow: FlowRecord
-    row: tuple[int, int, int, int, int]
-    """a_hi, a_lo, b_hi, b_lo, ports|proto|vlan as the probe keys the flow."""
-    zone: int | None = None
-
-
-def _target(f: FlowRecord) -> _Target:
-    proto = _PROTO_NUMBERS.get(f.proto)
-    if proto is None:
-        proto = int(f.proto)
-    o = (*_halves(f.orig_h), f.orig_p)
-    r = (*_halves(f.resp_h), f.resp_p)
-    a, b = (o, r) if o <= r else (r, o)  # the order probe.prepare.canonical_key uses
-    k4 = (a[2] << 48) | (b[2] << 32) | (proto << 16) | (0 if f.vlan is None else f.vlan + 1)
-    return _Target(f, (a[0], a[1], b[0], b[1], k4))
-
-
-def cut_packets(source: str | Path, flows: Sequence[FlowRecord],
-                extra_frames: Iterable[int] = ()) -> list[CutPacket]:
-    """The packets of ``flows``, re-read from the capture, in capture order.
-
-    A packet belongs to a flow when the probe's decoder gives it the flow's key
-    (both endpoints, protocol, VLAN; for tunnels the inner header) and its frame
-    lies between the flow's first and last frame. ``extra_frames`` (ICMP errors
-    quoting the flows) are kept too.
-    """
-    targets = [_target(f) for f in flows]
-    extra = set(extra_frames)
-    last = max([f.last_frame for f in flows] + list(extra), default=0)
-    out: list[CutPacket] = []
-    decoder = Decoder()
-    with open_source(source) as src:
-        for b in src.batches():
-            n = len(b)
-            if n == 0:
-                continue
-            if b.frame0 > last:
-                break
-            cols = decoder.decode(b)
-            frames = b.frame0 + np.arange(n, dtype=np.int64)
-            keep = np.isin(frames, np.fromiter(extra, dtype=np.int64, count=len(extra)))
-            idx = np.flatnonzero(cols.kind == KIND_FLOW)
-            if len(idx):
-                keys, _ = canonical_key(cols, idx)
-                fr = frames[idx]
-                for t in targets:
-                    m = ((keys[:, 0] == np.uint64(t.row[0])) & (keys[:, 1] == np.uint64(t.row[1]))
-                         & (keys[:, 2] == np.uint64(t.row[2]))
-                         & (keys[:, 3] == np.uint64(t.row[3]))
-                         & (keys[:, 4] == np.uint64(t.row[4]))
-                         & (fr >= t.flow.first_frame) & (fr <= t.flow.last_frame))
-                    hit = np.flatnonzero(m)
-                    if not len(hit):
-                        continue
-                    zones = keys[hit, 5]
-                    if t.zone is None:
-                        first = np.flatnonzero(fr[hit] == t.flow.first_frame)
-                        t.zone = int(zones[first[0]] if len(first) else zones[0])
-                    keep[idx[hit[zones == np.uint64(t.zone)]]] = True
-            for i in np.flatnonzero(keep).tolist():
-                off = int(b.data_off[i])
-                out.append(CutPacket(int(frames[i]), int(b.ts_ns[i]), int(b.wirelen[i]),
-                                     int(b.linktype[i]), bytes(b.buf[off:off + int(b.caplen[i])])))
-    return out
-
-
-# -- writing captures -----------------------------------------------------------------------------
-
-_PCAP_NS_MAGIC = 0xA1B23C4D  # pcap with nanosecond timestamps
-_SNAPLEN = 262144
-
-
-def pcap_bytes(packets: Sequence[CutPacket]) -> tuple[str, bytes]:
-    """The packets as a capture file: (name, bytes).
-
-    One link type gives a nanosecond pcap (``packets.pcap``); several give a
-    pcapng with one interface per link type (``packets.pcapng``).
-    """
-    linktypes = sorted({p.linktype for p in packets}) or [1]
-    if len(linktypes) == 1:
-        out = io.BytesIO()
-        out.write(struct.pack("<IHHiIII", _PCAP_NS_MAGIC, 2, 4, 0, 0, _SNAPLEN, linktypes[0]))
-        for p in packets:
-            sec, ns = divmod(p.ts_ns, 1_000_000_000)
-            out.write(struct.pack("<IIII", sec, ns, len(p.data), p.wirelen))
-            out.write(p.data)
-        return "packets.pcap", out.getvalue()
-    return "packets.pcapng", _pcapng(packets, linktypes)
-
-
-def _block(kind: int, body: bytes) -> bytes:
-    pad = b"\0" * (-len(body) % 4)
-    total = 12 + len(body) + len(pad)
-    return struct.pack("<II", kind, total) + body + pad + struct.pack("<I", total)
-
-
-def _pcapng(packets: Sequence[CutPacket], linktypes: list[int]) -> bytes:
-    # Section header, one interface per link type with if_tsresol = 10^-9 (option 9).
-    out = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
-    tsresol = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)
-    iface = {}
-    for i, lt in enumerate(linktypes):
-        iface[lt] = i
-        out.append(_block(1, struct.pack("<HHI", lt, 0, _SNAPLEN) + tsresol))
-    for p in packets:
-        body = struct.pack("<IIIII", iface[p.linktype], p.ts_ns >> 32, p.ts_ns & 0xFFFFFFFF,
-                           len(p.data), p.wirelen) + p.data
-        out.append(_block(6, body))
-    return b"".join(out)
-
-
 # -- anonymisation --------------------------------------------------------------------------------
 
 
@@ -412,18 +269,9 @@ class PrefixAnonymiser:
         return str(ipaddress.IPv6Address(self.map_int(int(ip), 128)))
 
 
-LOCAL_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
-    "100.64.0.0/10",  # RFC 6598 shared address space: the subscriber side of a carrier NAT
-    "169.254.0.0/16", "127.0.0.0/8",  # RFC 3927 link-local, loopback
-    "fc00::/7", "fe80::/10", "::1/128"))  # RFC 4193 unique local, link-local, loopback
-"""Address blocks that are always on the local side. (Python's ``is_private`` would also
-take the documentation and benchmarking blocks, which are often the remote side in test
-captures.)"""
-
-
-def _is_local_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return any(ip in net for net in LOCAL_NETWORKS)
+REWRITTEN_CLASSES = LOCAL_CLASSES | {AddressClass.LOOPBACK}
+"""Address classes always rewritten: the local classes of :mod:`probe.addresses`
+(RFC 1918, RFC 6598, link-local, unique local) and loopback."""
 
 
 @dataclass(slots=True)
@@ -435,7 +283,7 @@ class _Policy:
     mapped: dict[str, str] = field(default_factory=dict)
 
     def wants(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return str(ip) in self.local or _is_local_kind(ip)
+        return str(ip) in self.local or address_class(str(ip)) in REWRITTEN_CLASSES
 
     def packed(self, raw: bytes) -> bytes | None:
         ip = ipaddress.ip_address(raw)
@@ -584,24 +432,12 @@ def anonymise_frames(packets: Sequence[CutPacket], anon: PrefixAnonymiser,
 
 def _check_gone(packets: Sequence[CutPacket], pol: _Policy) -> None:
     """Read the rewritten packets with the probe: no flow endpoint may still be local."""
-    if not packets:
-        return
-    _, data = pcap_bytes(packets)
-    originals = {_halves(a) for a in pol.mapped} | {_halves(a) for a in pol.local}
-    decoder = Decoder()
-    with open_source(io.BytesIO(data)) as src:
-        for b in src.batches():
-            cols = decoder.decode(b)
-            found = [(j, (hi, lo)) for j in np.flatnonzero(cols.kind == KIND_FLOW).tolist()
-                     for hi, lo in ((int(cols.src_hi[j]), int(cols.src_lo[j])),
-                                    (int(cols.dst_hi[j]), int(cols.dst_lo[j])))]
-            found += [(j, (0, V4_MAPPED | a) if q.ipver == 4 else (a >> 64, a & _LOW64))
-                      for j, q in cols.icmp for a in (q.src, q.dst)]
-            for j, halves in found:
-                if halves in originals:
-                    raise AnonymisationError(
-                        f"frame {packets[b.frame0 - 1 + j].frame}: an address in a layer the "
-                        f"rewriter does not know was left as it was")
+    originals = {pack_addr(a) for a in pol.mapped} | {pack_addr(a) for a in pol.local}
+    for i, halves in packet_addresses(packets):
+        if halves in originals:
+            raise AnonymisationError(
+                f"frame {packets[i].frame}: an address in a layer the rewriter does not know "
+                f"was left as it was")
 
 
 _IPV4_TEXT = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
@@ -714,7 +550,7 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
             "ledger_note": None if ledger_doc is None else
             "ledger.json entries are anonymised copies: their entry_hash values refer to the "
             "original entries and do not verify against these copies"}
-    pcap_name, pcap = pcap_bytes(packets)
+    pcap_name, pcap = capture_bytes(packets)
     files: dict[str, bytes] = {pcap_name: pcap, "report.json": _json_bytes(report)}
     if ledger_doc is not None:
         files["ledger.json"] = _json_bytes(ledger_doc)

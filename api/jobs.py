@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from api.evidence import EvidenceError, derivations, record_verdicts
 from api.pipeline import AnalysisResult, analyze_capture
@@ -40,8 +40,7 @@ from classifier.payloads import meter_config
 from policy.errors import LedgerError
 from policy.ledger import Derivation, Ledger
 from policy.rules import Policy
-from probe import CaptureError, open_source
-from probe.sources import MAX_DECOMPRESSED
+from probe import MAX_DECOMPRESSED, CaptureError, open_source
 
 __all__ = [
     "UPLOAD_PREFIX",
@@ -51,6 +50,7 @@ __all__ = [
     "Jobs",
     "NotACaptureFile",
     "TooLarge",
+    "Upload",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,44 @@ def _suffix(path: Path) -> str:
     return ".pcap"
 
 
+class Upload:
+    """An upload being received: written to a temporary file, hashed and counted as it
+    comes; more than ``limit`` bytes raise :class:`TooLarge`, a gzip capture inflating
+    past its limit :class:`InflatesTooLarge` (``inflation``). Used as a context manager:
+    the file is closed on the way out, and removed if the block raised."""
+
+    def __init__(self, out: BinaryIO, path: Path, limit: int, inflation: Inflation) -> None:
+        self._out = out
+        self.path = path
+        """The temporary file."""
+        self.size = 0
+        """Bytes written."""
+        self._limit = limit
+        self._inflation = inflation
+        self._hash = hashlib.sha256()
+
+    def write(self, block: bytes) -> None:
+        """Take the next bytes of the upload."""
+        self.size += len(block)
+        if self.size > self._limit:
+            raise TooLarge(self._limit)
+        self._inflation.feed(block)
+        self._hash.update(block)
+        self._out.write(block)
+
+    def sha256(self) -> str:
+        """SHA-256 of what was written, in hex."""
+        return self._hash.hexdigest()
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_exc: object) -> None:
+        self._out.close()
+        if kind is not None:
+            self.path.unlink(missing_ok=True)
+
+
 class Jobs:
     """Receives captures and analyses them on ``workers`` threads."""
 
@@ -194,10 +232,11 @@ class Jobs:
 
     # -- intake ----------------------------------------------------------------------------
 
-    def new_upload(self) -> tuple[BinaryIO, Path]:
-        """An open temporary file in the captures directory to receive an upload."""
+    def new_upload(self) -> Upload:
+        """A temporary file in the captures directory to receive an upload, hashed and
+        bounded by ``max_upload_bytes`` as it is written (:class:`Upload`)."""
         fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self.captures_dir)
-        return os.fdopen(fd, "wb"), Path(name)
+        return Upload(os.fdopen(fd, "wb"), Path(name), self.max_upload_bytes, self.inflation())
 
     def check(self, tmp: Path, sha256: str, size: int) -> Intake:
         """Check a received file is a capture; raises :class:`NotACaptureFile` (and
@@ -217,23 +256,16 @@ class Jobs:
 
     def copy_in(self, source: Path) -> Intake:
         """Copy a local capture file into the captures directory (hashing it)."""
-        out, tmp = self.new_upload()
-        h = hashlib.sha256()
-        inflated = self.inflation()
-        size = 0
-        try:
-            with out, open(source, "rb") as fh:
-                while block := fh.read(_CHUNK):
-                    size += len(block)
-                    if size > self.max_upload_bytes:
-                        raise TooLarge(self.max_upload_bytes)
-                    inflated.feed(block)
-                    h.update(block)
-                    out.write(block)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return self.check(tmp, h.hexdigest(), size)
+        with open(source, "rb") as fh:
+            return self.copy_stream(fh)
+
+    def copy_stream(self, src: IO[bytes]) -> Intake:
+        """Copy a readable binary stream into the captures directory (hashing it) and
+        check it is a capture."""
+        with self.new_upload() as up:
+            while block := src.read(_CHUNK):
+                up.write(block)
+        return self.check(up.path, up.sha256(), up.size)
 
     def accept(self, intake: Intake, filename: str) -> tuple[CaptureRow, bool]:
         """Record a checked capture and queue its analysis; returns the capture and True,

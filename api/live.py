@@ -4,11 +4,11 @@
 ring buffer and BPF filter do the capturing; tcpdump drops its privileges with
 ``-Z`` when started as root) and reads its standard output;
 ``marsad probe -r FILE|-`` reads any pcap or pcapng stream. A classic pcap
-stream is first checked and mended (:class:`~api.pcap_stream.PcapStream`:
+stream is first checked and mended (:class:`~probe.pcapstream.PcapStream`:
 resynchronised after damage, concatenated captures joined, a cut-off end
 reported, timestamp jumps counted); the clean stream is teed:
 
-* into the :class:`CaptureRing`, a directory of pcap files rotated by size and
+* into the :class:`~probe.ring.CaptureRing`, a directory of pcap files rotated by size and
   by age and deleted beyond a total size budget and a retention time on the
   wall clock (never packet time), so the packets behind
   any verdict of the retention window can be cut out again. Each file is named
@@ -61,15 +61,12 @@ interface) is explained in one line and the run ends with status 2.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import queue
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -77,12 +74,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
 from api.output import write_jsonl
-from api.pcap_stream import MAX_RECORD, PCAP_HEADER, PCAP_MAGICS, RECORD_HEADER, PcapStream
 from api.pipeline import AnalysisResult, flow_row
 from api.probe_status import ProbeState, ProbeStatus, write_probe_status
 from classifier.engine import Observation
@@ -91,27 +86,29 @@ from policy.calls import Analysis
 from policy.pipeline import Pipeline, PipelineConfig, Step
 from policy.records import Verdict
 from policy.rules import Policy
-from probe import FlowReader, FlowRecord, MeterConfig
-from probe.errors import CaptureError
-from probe.run import Watermark, default_workers
+from probe import (
+    CaptureError,
+    CaptureRing,
+    FlowReader,
+    FlowRecord,
+    MeterConfig,
+    PcapStream,
+    RingConfig,
+    Watermark,
+    default_workers,
+)
 
 __all__ = [
-    "CaptureRing",
     "CaptureStats",
     "LiveConfig",
     "LiveError",
     "LiveProbe",
-    "RingConfig",
-    "RingFile",
     "parse_capture_stats",
     "tcpdump_command",
 ]
 
 log = logging.getLogger("marsad.probe")
 
-INDEX_FILE = "index.json"
-"""The ring's file list, rewritten atomically whenever it changes."""
-MB = 1 << 20
 
 
 class LiveError(Exception):
@@ -176,265 +173,6 @@ def tcpdump_command(iface: str, bpf: str | None, *, tcpdump: str = "tcpdump",
     if bpf:
         argv.append(bpf)
     return argv
-
-
-# -- the ring -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RingConfig:
-    """Where and how long raw packets are kept."""
-
-    directory: Path
-    """Directory of the ring files (created if missing)."""
-    file_bytes: int = 50 * MB
-    """A file is closed before it would grow past this size."""
-    file_age_s: float = 300.0
-    """A file is closed once it covers this many seconds (capture time, or wall clock on a
-    quiet link)."""
-    total_bytes: int = 2048 * MB
-    """The oldest closed files are deleted while the ring holds more than this."""
-    keep_s: float = 86400.0
-    """Closed files closed longer ago than this (wall clock) are deleted. Retention never
-    follows packet time: one record stamped decades ahead (or a clock step) would
-    otherwise age every file out at once."""
-
-
-@dataclass(frozen=True, slots=True)
-class RingFile:
-    """One file of the ring."""
-
-    name: str
-    """File name in the ring directory."""
-    first_frame: int
-    """Stream frame number of its first packet (1-based)."""
-    packets: int
-    """Packets in it."""
-    first_ts: float
-    """Time of its first packet (seconds since the epoch)."""
-    last_ts: float
-    """Time of its last packet."""
-    size: int
-    """Bytes in it, header included."""
-    sha256: str | None
-    """SHA-256 of the file once closed; None while it is written."""
-    closed_at: float | None = None
-    """When the file was closed (wall clock, seconds since the epoch); None while open."""
-
-    @property
-    def last_frame(self) -> int:
-        """Stream frame number of its last packet."""
-        return self.first_frame + self.packets - 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "first_frame": self.first_frame, "packets": self.packets,
-                "first_ts": self.first_ts, "last_ts": self.last_ts, "size": self.size,
-                "sha256": self.sha256, "closed_at": self.closed_at}
-
-
-@dataclass(slots=True)
-class _Open:
-    fh: BinaryIO
-    hash: Any
-    name: str
-    first_frame: int
-    first_ts: float
-    opened_wall: float
-    packets: int = 0
-    last_ts: float = 0.0
-    size: int = 0
-
-
-class CaptureRing:
-    """Splits a classic pcap stream into rotating files (see the module docstring).
-
-    ``feed`` takes the stream in chunks of any size; ``tick`` closes a file that
-    has been open ``file_age_s`` of wall clock; ``close`` closes the current file.
-    ``on_close`` is called with each file as it is closed. A pcapng or gzip stream
-    cannot be split at packet boundaries here: the ring then keeps nothing and
-    :attr:`disabled` says why.
-    """
-
-    def __init__(self, config: RingConfig, *, clock: Callable[[], float] = time.time,
-                 on_close: Callable[[RingFile], None] | None = None) -> None:
-        self.cfg = config
-        self._clock = clock
-        self._on_close = on_close
-        config.directory.mkdir(parents=True, exist_ok=True)
-        self._buf = bytearray()
-        self._header: bytes | None = None
-        self._order = "<"
-        self._frac_ns = 1000
-        self._seq = 0
-        self._open: _Open | None = None
-        self.files: list[RingFile] = []
-        """Closed files still in the ring, oldest first."""
-        self.disabled: str | None = None
-        """Why the ring keeps nothing (not a classic pcap stream), or None."""
-        self.frames = 0
-        """Packets seen in the stream."""
-        self.newest_ts = 0.0
-        """Time of the newest packet seen."""
-        self.deleted = 0
-        """Files deleted by the budget."""
-
-    # -- the stream -----------------------------------------------------------------------
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes of the stream."""
-        if self.disabled is not None:
-            return
-        buf = self._buf
-        buf += data
-        pos = 0
-        if self._header is None:
-            if len(buf) < PCAP_HEADER:
-                return
-            kind = PCAP_MAGICS.get(bytes(buf[:4]))
-            if kind is None:
-                self.disabled = ("the stream is not classic pcap (pcapng or compressed): "
-                                 "no ring files are kept")
-                self._buf = bytearray()
-                return
-            self._order, self._frac_ns = kind
-            self._header = bytes(buf[:PCAP_HEADER])
-            pos = PCAP_HEADER
-        rec = struct.Struct(self._order + "IIII")
-        end = len(buf)
-        start = pos  # first byte not yet written
-        while pos + RECORD_HEADER <= end:
-            sec, frac, incl, _wire = rec.unpack_from(buf, pos)
-            if incl > MAX_RECORD:
-                self.disabled = (f"corrupt record header after frame {self.frames}: the ring "
-                                 f"stops here")
-                self._write(buf, start, pos)
-                self.close()
-                self._buf = bytearray()
-                return
-            nxt = pos + RECORD_HEADER + incl
-            if nxt > end:
-                break
-            ts = sec + frac * self._frac_ns / 1e9
-            cur = self._open
-            if cur is not None and cur.packets and (
-                    cur.size + (pos - start) + (nxt - pos) > self.cfg.file_bytes
-                    or ts - cur.first_ts >= self.cfg.file_age_s):
-                self._write(buf, start, pos)
-                start = pos
-                self._close_current()
-                cur = None
-            if cur is None:
-                cur = self._start(ts)
-            cur.packets += 1
-            cur.last_ts = ts
-            self.frames += 1
-            self.newest_ts = max(self.newest_ts, ts)
-            pos = nxt
-        self._write(buf, start, pos)
-        del buf[:pos]
-
-    def _write(self, buf: bytearray, a: int, z: int) -> None:
-        cur = self._open
-        if cur is None or z <= a:
-            return
-        chunk = memoryview(buf)[a:z]
-        cur.fh.write(chunk)
-        cur.hash.update(chunk)
-        cur.size += z - a
-        chunk.release()
-
-    def _start(self, ts: float) -> _Open:
-        assert self._header is not None
-        self._seq += 1
-        stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        name = f"ring-{stamp}-{self._seq:06d}.pcap"
-        fh = open(self.cfg.directory / name, "wb")  # noqa: SIM115 - closed in _close_current
-        h = hashlib.sha256(self._header)
-        fh.write(self._header)
-        self._open = _Open(fh, h, name, self.frames + 1, ts, self._clock(),
-                           size=len(self._header))
-        self._write_index()
-        return self._open
-
-    def _close_current(self) -> None:
-        cur = self._open
-        if cur is None:
-            return
-        self._open = None
-        cur.fh.flush()
-        os.fsync(cur.fh.fileno())
-        cur.fh.close()
-        done = RingFile(cur.name, cur.first_frame, cur.packets, cur.first_ts, cur.last_ts,
-                        cur.size, cur.hash.hexdigest(), self._clock())
-        self.files.append(done)
-        self._prune()
-        self._write_index()
-        if self._on_close is not None:
-            self._on_close(done)
-
-    def _prune(self) -> None:
-        """Delete the oldest closed files beyond the size budget and those closed more than
-        ``keep_s`` ago by the wall clock (never by packet time)."""
-        total = sum(f.size for f in self.files)
-        horizon = self._clock() - self.cfg.keep_s
-        while self.files and (total > self.cfg.total_bytes
-                              or (self.files[0].closed_at or 0.0) < horizon):
-            gone = self.files.pop(0)
-            total -= gone.size
-            (self.cfg.directory / gone.name).unlink(missing_ok=True)
-            self.deleted += 1
-
-    def flush(self) -> None:
-        """Push what was written to the open file to the operating system."""
-        if self._open is not None:
-            self._open.fh.flush()
-
-    def tick(self) -> None:
-        """Close the open file if it has been open ``file_age_s`` of wall clock; delete the
-        files past their retention (a quiet ring ages too)."""
-        cur = self._open
-        if cur is not None and self._clock() - cur.opened_wall >= self.cfg.file_age_s:
-            self._close_current()
-        else:
-            self.flush()
-            before = self.deleted
-            self._prune()
-            if self.deleted != before:
-                self._write_index()
-
-    def close(self) -> None:
-        """Close the open file (the stream ended)."""
-        self._close_current()
-
-    # -- lookups --------------------------------------------------------------------------
-    def current(self) -> RingFile | None:
-        """The file being written, if any."""
-        cur = self._open
-        if cur is None:
-            return None
-        return RingFile(cur.name, cur.first_frame, cur.packets, cur.first_ts, cur.last_ts,
-                        cur.size, None)
-
-    def closed_through(self) -> int:
-        """The last frame number held by a closed file (0 if none)."""
-        cur = self._open
-        if cur is not None:
-            return cur.first_frame - 1
-        return self.frames if self._header is not None else 0
-
-    def spanning(self, first_frame: int, last_frame: int) -> list[RingFile]:
-        """Closed files still in the ring holding any frame of ``first..last``."""
-        return [f for f in self.files
-                if f.first_frame <= last_frame and f.last_frame >= first_frame]
-
-    def _write_index(self) -> None:
-        files = [f.to_dict() for f in self.files]
-        cur = self.current()
-        if cur is not None:
-            files.append(cur.to_dict())
-        path = self.cfg.directory / INDEX_FILE
-        tmp = path.with_suffix(".json.part")
-        tmp.write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
 
 
 # -- the probe ------------------------------------------------------------------------------------
@@ -610,7 +348,7 @@ class LiveProbe:
                                  str(exc))
 
     def _tee(self, src: IO[bytes], sink: int) -> None:
-        """Copy the stream, checked and mended (:class:`~api.pcap_stream.PcapStream`), into
+        """Copy the stream, checked and mended (:class:`~probe.pcapstream.PcapStream`), into
         the ring and into the flow reader's pipe."""
         fd = src.fileno()
         try:
@@ -1102,6 +840,6 @@ def _no_status() -> Any:
 
 
 def _no_stats() -> Any:
-    from probe.meter import MeterStats
+    from probe import MeterStats
     return MeterStats()
 

@@ -82,8 +82,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from classifier.records import APPS, Category, Classification
 from policy.records import Call, FlowVerdict, Reason, VerdictKind
-from probe import FlowRecord
-from probe.meter import MeterStats
+from probe import FlowRecord, MeterStats
 
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from probe.records import ORIG
+from probe import ORIG, TcpFlag
 
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult
@@ -173,9 +173,6 @@ _SERVICES = {"tls": "ssl", "dtls": "dtls", "quic": "quic", "gquic": "quic", "dns
 _TRANSPORTS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
 """Zeek's ``transport_proto`` (anything else is ``unknown_transport``)."""
 
-_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
-
-
 def zeek_service(protocol: str | None) -> str | None:
     """Zeek's ``service`` for the application protocol the classifier recognised (``tls``
     is Zeek's ``ssl``), or None where Zeek has no analyzer of that name."""
@@ -201,16 +198,17 @@ def _tcp_history(rec: FlowRecord) -> str | None:
     for flags, direction, length in zip(rec.pkt_flags.tolist(), rec.pkt_dir.tolist(),
                                         rec.pkt_len.tolist(), strict=True):
         orig = direction == ORIG
-        syn, fin, rst = bool(flags & _SYN), bool(flags & _FIN), bool(flags & _RST)
+        syn, fin = bool(flags & TcpFlag.SYN), bool(flags & TcpFlag.FIN)
+        rst = bool(flags & TcpFlag.RST)
         if syn + fin + rst > 1:
             once("I" if fin and rst else "Q", orig)
         elif syn:
-            once("H" if flags & _ACK else "S", orig)
+            once("H" if flags & TcpFlag.ACK else "S", orig)
         elif fin:
             once("F", orig)
         elif rst:
             once("R", orig)
-        elif flags & _ACK and length == 0:
+        elif flags & TcpFlag.ACK and length == 0:
             once("A", orig)
         if length > 0:
             once("D", orig)

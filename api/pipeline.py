@@ -24,8 +24,7 @@ from policy.pipeline import (
     run_capture,
 )
 from policy.rules import Policy
-from probe import FlowReader, MeterConfig
-from probe.run import default_workers
+from probe import FlowReader, MeterConfig, default_workers
 
 __all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row", "gc_paused"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from api.pipeline import AnalysisResult
 from policy.records import Call, Leg, Verdict, VerdictKind
-from probe.records import FlowRecord
+from probe import FlowRecord
 
 __all__ = ["INTERFERED", "LEG_COLUMNS", "ONLY", "CallSection", "FlowLine", "Report",
            "build_report", "render_rich", "render_text", "report_json"]

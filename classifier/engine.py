@@ -28,8 +28,6 @@ earlier one of the same call.
 from __future__ import annotations
 
 import functools
-import ipaddress
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -46,6 +44,7 @@ from classifier.records import (
     pickled_by_position,
 )
 from classifier.stats import MediaGuess, media_guess
+from probe.addresses import orig_is_local
 from probe.records import FlowRecord
 
 __all__ = ["Classifier", "Observation", "classify_flows"]
@@ -101,66 +100,17 @@ class Observation:
 
 
 def _remote(flow: FlowRecord) -> tuple[str, int]:
-    """The far end: the responder, unless the originator is the public side."""
-    if _is_private(flow.resp_h) and not _is_private(flow.orig_h):
-        return flow.orig_h, flow.orig_p
-    return flow.resp_h, flow.resp_p
+    """The far end of a flow (:func:`probe.addresses.orig_is_local`)."""
+    if orig_is_local(flow.orig_h, flow.resp_h):
+        return flow.resp_h, flow.resp_p
+    return flow.orig_h, flow.orig_p
 
 
 def _local(flow: FlowRecord) -> tuple[str, int]:
-    r = _remote(flow)
-    return (flow.orig_h, flow.orig_p) if r == (flow.resp_h, flow.resp_p) else (
-        flow.resp_h, flow.resp_p)
-
-
-_PRIVATE: dict[str, bool] = {}
-
-
-_V4_LOCAL = tuple((int(n.network_address), int(n.broadcast_address)) for n in map(
-    ipaddress.IPv4Network, (
-        # IANA special-purpose blocks that are not globally reachable (what ``is_private``
-        # lists), then link-local and multicast
-        "0.0.0.0/8", "10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-        "192.0.0.0/29", "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
-        "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "224.0.0.0/4")))
-
-
-_V4_LOCAL_FIRST = frozenset(b for lo, hi in _V4_LOCAL for b in range(lo >> 24, (hi >> 24) + 1))
-"""First octets inside those blocks: the others need no comparison."""
-
-
-def _other_local(addr: str) -> bool:
-    """:func:`_is_private` of an address that is not dotted IPv4 (IPv6, mostly)."""
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    try:
-        # made from the packed form: half the time of parsing the text (after trying it
-        # as IPv4 first)
-        ip = ipaddress.IPv6Address(int.from_bytes(socket.inet_pton(socket.AF_INET6, addr),
-                                                  "big"))
-    except OSError:  # a scope id, say
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-    return ip.is_private or ip.is_link_local or ip.is_multicast
-
-
-def _is_private(addr: str) -> bool:
-    """Private, link-local or multicast: a side of the flow that is not the far end."""
-    v = _PRIVATE.get(addr)
-    if v is None:
-        try:
-            x = int.from_bytes(socket.inet_aton(addr), "big") if ":" not in addr else None
-        except OSError:
-            x = None
-        if x is not None:
-            v = (x >> 24) in _V4_LOCAL_FIRST and any(lo <= x <= hi for lo, hi in _V4_LOCAL)
-        else:
-            v = _other_local(addr)
-        if len(_PRIVATE) > 1_000_000:
-            _PRIVATE.clear()
-        _PRIVATE[addr] = v
-    return v
+    """The near end of a flow: the other end than :func:`_remote`."""
+    if orig_is_local(flow.orig_h, flow.resp_h):
+        return flow.orig_h, flow.orig_p
+    return flow.resp_h, flow.resp_p
 
 
 class Classifier:

@@ -15,25 +15,25 @@ How flows become one call:
   with it (a reset TLS connection to the app's servers is how SNI blocking
   shows); connections opened once media flows are the app's other business.
 
-The local side is the host the capture was taken next to: the private
-address when one side is private, else the originator of most call flows.
+The local side is the host the capture was taken next to, chosen by vote over
+the call flows (:func:`probe.addresses.local_host`: the end of a local address
+class when only one end is, else the originator).
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
-import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from classifier.records import CALL_CATEGORIES, Category, Classification
-from policy.legs import flow_legs, local_is_orig, with_rtcp
+from policy.legs import flow_legs, with_rtcp
 from policy.records import Call, Evidence, FlowVerdict, Leg, Reason, Verdict
 from policy.rules import Policy, call_rules, flow_rules, load_policy, verdict_from
+from probe.addresses import ends, local_host
 from probe.records import FlowRecord
 
 __all__ = ["Analysis", "analyse_calls", "is_call_flow", "lone_flow_verdicts"]
@@ -55,28 +55,6 @@ class Analysis:
 
     def flow_verdict_list(self) -> list[FlowVerdict]:
         return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _private(addr: str) -> bool:
-    """Private or link-local (cached: the local addresses come back in every call)."""
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return ip.is_private or ip.is_link_local
-
-
-def _local_of(flows: Sequence[FlowRecord]) -> str | None:
-    votes: Counter[str] = Counter()
-    for f in flows:
-        if _private(f.orig_h) and not _private(f.resp_h):
-            votes[f.orig_h] += 2
-        elif _private(f.resp_h) and not _private(f.orig_h):
-            votes[f.resp_h] += 2
-        else:
-            votes[f.orig_h] += 1
-    return votes.most_common(1)[0][0] if votes else None
 
 
 class _Union:
@@ -102,9 +80,8 @@ def _is_call_flow(f: FlowRecord, c: Classification) -> bool:
 
 
 def _remote_local(f: FlowRecord, local: str | None) -> tuple[tuple[str, int], tuple[str, int]]:
-    if local_is_orig(f, local):
-        return (f.resp_h, f.resp_p), (f.orig_h, f.orig_p)
-    return (f.orig_h, f.orig_p), (f.resp_h, f.resp_p)
+    near, far = ends(f, local)
+    return far, near
 
 
 def _sip_dialogs(flows: Sequence[FlowRecord], classes: dict[str, Classification]
@@ -166,7 +143,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     by_uid = {f.uid: f for f in flows}
     cls = {c.uid: c for c in classes}
     call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
-    local = _local_of(call_flows or list(flows))
+    local = local_host(call_flows or list(flows))
     others_answered = any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows)
     gap = float(pol.get("calls", "same_call_gap_s"))
     capture_end = max((f.last_ts for f in flows), default=0.0)
@@ -355,7 +332,7 @@ def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classifica
     pol = policy or load_policy()
     cls = {c.uid: c for c in classes}
     call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
-    local = _local_of(call_flows or list(flows))
+    local = local_host(call_flows or list(flows))
     others_answered = any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows)
     capture_end = max((f.last_ts for f in flows), default=0.0)
     out: dict[str, Verdict] = {}

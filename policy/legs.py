@@ -19,9 +19,10 @@ import numpy.typing as npt
 from classifier.records import RtcpReport
 from policy.emodel import Codec, codec_for_payload_type, score
 from policy.records import Leg
+from probe.addresses import local_is_orig
 from probe.records import ORIG, FlowRecord, RtpStream
 
-__all__ = ["delay_shape", "flow_legs", "local_is_orig", "theil_sen_slope", "with_rtcp"]
+__all__ = ["delay_shape", "flow_legs", "theil_sen_slope", "with_rtcp"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -33,16 +34,6 @@ PLATEAU_MIN_S = 3.0
 """The flat part must last at least this long."""
 PLATEAU_FLAT_RATIO = 0.2
 """The flat part's slope must be under this share of the rising part's slope."""
-
-
-def local_is_orig(flow: FlowRecord, local: str | None) -> bool:
-    """Whether the flow's originator is the local side of the capture."""
-    if local is not None:
-        if flow.orig_h == local:
-            return True
-        if flow.resp_h == local:
-            return False
-    return True
 
 
 def theil_sen_slope(x: F64, y: F64) -> float | None:

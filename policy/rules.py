@@ -21,9 +21,10 @@ import yaml
 
 from classifier.records import Classification
 from policy.errors import PolicyError
-from policy.legs import delay_shape, local_is_orig
+from policy.legs import delay_shape
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
-from probe.records import FlowRecord
+from probe.addresses import is_local_class, local_is_orig
+from probe.records import FlowRecord, TcpFlag
 
 __all__ = ["Policy", "call_rules", "explained_by_shaper", "flow_rules", "load_policy",
            "verdict_from"]
@@ -34,7 +35,6 @@ STUN_SERVER_PORTS = frozenset({3478, 3479, 3480, 3481, 3482, 3483, 3484, 3485, 3
 """Ports STUN/TURN servers listen on (RFC 8489 §9 3478/5349, and the published app ranges);
 requests to other ports are checks against a peer's candidates, which fail by design
 behind NATs and say nothing about the network."""
-TCP_SYN, TCP_RST = 0x02, 0x04
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +114,8 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
                        " while other connections were"))
     f = cls.facts
-    if f.client_hello and not f.server_hello and flow.resp_flags & TCP_RST and \
-            flow.resp_flags & TCP_SYN:
+    if f.client_hello and not f.server_hello and flow.resp_flags & TcpFlag.RST and \
+            flow.resp_flags & TcpFlag.SYN:
         hello = next((p for p in flow.payloads if p.direction == 0), None)
         frames = [hello.frame] if hello is not None else [flow.first_frame]
         out.append(_ev("blocked.tls_reset", Reason.TLS_RESET_AFTER_HELLO, [flow],
@@ -155,15 +155,15 @@ def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
 
 
 def _same_network(a: str, b: str) -> bool:
-    """Both ends on one link-local network (same IPv4 /24 or IPv6 /64): no operator between."""
-    try:
-        x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    except ValueError:
+    """Both ends of a local address class (:func:`probe.addresses.is_local_class`) on one
+    network (same IPv4 /24 or IPv6 /64): no operator between."""
+    if not (is_local_class(a) and is_local_class(b)):
         return False
-    if x.version != y.version or not (x.is_private and y.is_private):
+    x, y = ipaddress.ip_address(a.partition("%")[0]), ipaddress.ip_address(b.partition("%")[0])
+    if x.version != y.version:
         return False
     bits = 24 if x.version == 4 else 64
-    net = ipaddress.ip_network(f"{a}/{bits}", strict=False)
+    net = ipaddress.ip_network(f"{x}/{bits}", strict=False)
     return y in net
 
 

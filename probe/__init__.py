@@ -1,5 +1,24 @@
-"""probe: capture files, pcap streams and live interfaces -> bidirectional flow records."""
+"""probe: capture files, pcap streams and live interfaces -> bidirectional flow records.
 
+The names below are the probe's public surface; :mod:`probe.addresses`,
+:mod:`probe.flowkey`, :mod:`probe.extract`, :mod:`probe.pcapstream`,
+:mod:`probe.records`, :mod:`probe.ring`, :mod:`probe.run` and :mod:`probe.sources`
+are public modules too. The decoder,
+the batch preparation and the flow table (:mod:`probe.decode`,
+:mod:`probe.prepare`, :mod:`probe.meter`) are the probe's own: the service
+(``api``) may not import them (an import-linter contract).
+"""
+
+from probe.addresses import (
+    LOCAL_CLASSES,
+    AddressClass,
+    address_class,
+    ends,
+    is_local_class,
+    local_host,
+    local_is_orig,
+    orig_is_local,
+)
 from probe.errors import (
     CaptureError,
     Malformed,
@@ -9,16 +28,38 @@ from probe.errors import (
     Truncated,
     UnsupportedLinkType,
 )
+from probe.extract import CutPacket, capture_bytes, cut_packets, packet_addresses
+from probe.flowkey import PROTO_NAMES, PROTO_NUMBERS, pack_addr, record_key
 from probe.meter import FlowMeter, MeterConfig, MeterStats
-from probe.records import ORIG, RESP, FlowRecord, IcmpNotice, PayloadSample, RtpSeries, Weird
-from probe.run import CaptureRun, FlowReader, read_capture
-from probe.sources import ReadStatus, open_source
+from probe.pcapstream import PcapStream
+from probe.records import (
+    ORIG,
+    RESP,
+    FlowRecord,
+    IcmpNotice,
+    PayloadSample,
+    RtpSeries,
+    RtpStream,
+    TcpFlag,
+    Weird,
+    conn_state,
+)
+from probe.ring import CaptureRing, RingConfig, RingFile
+from probe.run import CaptureRun, FlowReader, Watermark, default_workers, read_capture
+from probe.sources import MAX_DECOMPRESSED, ReadStatus, open_source
 
 __all__ = [
+    "LOCAL_CLASSES",
+    "MAX_DECOMPRESSED",
     "ORIG",
+    "PROTO_NAMES",
+    "PROTO_NUMBERS",
     "RESP",
+    "AddressClass",
     "CaptureError",
+    "CaptureRing",
     "CaptureRun",
+    "CutPacket",
     "FlowMeter",
     "FlowReader",
     "FlowRecord",
@@ -29,12 +70,31 @@ __all__ = [
     "NotACapture",
     "ParseError",
     "PayloadSample",
+    "PcapStream",
     "ProbeError",
     "ReadStatus",
+    "RingConfig",
+    "RingFile",
     "RtpSeries",
+    "RtpStream",
+    "TcpFlag",
     "Truncated",
     "UnsupportedLinkType",
+    "Watermark",
     "Weird",
+    "address_class",
+    "capture_bytes",
+    "conn_state",
+    "cut_packets",
+    "default_workers",
+    "ends",
+    "is_local_class",
+    "local_host",
+    "local_is_orig",
     "open_source",
+    "orig_is_local",
+    "pack_addr",
+    "packet_addresses",
     "read_capture",
+    "record_key",
 ]

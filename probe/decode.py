@@ -30,7 +30,8 @@ from probe.layers import (
 )
 from probe.sources import LinkType, RawBatch
 
-__all__ = ["KIND_FLOW", "KIND_NONIP", "KIND_WEIRD", "Decoded", "Decoder"]
+__all__ = ["KIND_FLOW", "KIND_NONIP", "KIND_WEIRD", "V4_MAPPED", "Decoded", "Decoder", "join_addr",
+           "split_addr"]
 
 KIND_FLOW = 0
 """The packet belongs to a flow (its key columns are valid)."""
@@ -318,10 +319,17 @@ class Decoder:
                 cols.icmp.append((i, info.quote))
 
 
-def _split(addr: int, ipver: int) -> tuple[np.uint64, np.uint64]:
+def split_addr(addr: int, ipver: int) -> tuple[int, int]:
+    """The two stored halves of an integer address of IP version ``ipver`` (IPv4 in its
+    mapped form); the inverse of :func:`join_addr`."""
     if ipver == 4:
-        return np.uint64(0), np.uint64(V4_MAPPED | addr)
-    return np.uint64(addr >> 64), np.uint64(addr & 0xFFFFFFFFFFFFFFFF)
+        return 0, V4_MAPPED | addr
+    return addr >> 64, addr & 0xFFFFFFFFFFFFFFFF
+
+
+def _split(addr: int, ipver: int) -> tuple[np.uint64, np.uint64]:
+    hi, lo = split_addr(addr, ipver)
+    return np.uint64(hi), np.uint64(lo)
 
 
 def join_addr(hi: int, lo: int) -> tuple[int, int]:

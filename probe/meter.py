@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,19 +37,20 @@ from typing import Any, SupportsIndex
 import numpy as np
 import numpy.typing as npt
 
-from probe.decode import V4_MAPPED, Decoded, join_addr
-from probe.layers import TUNNEL_NAMES, IcmpQuote, WeirdInfo
-from probe.plugins import NEUTRAL, PayloadPolicy
-from probe.prepare import (
+from probe.decode import Decoded, join_addr, split_addr
+from probe.flowkey import (
     KEY_BYTES,
     KEY_WIDTH,
-    SPLIT_CLOCK,
-    SPLIT_IDLE,
-    Prepared,
-    canonical_key,
-    prepare,
-    seg_rank,
+    PROTO_NAMES,
+    key_ports,
+    key_proto,
+    key_row,
+    pack_addr,
+    ports_word_fields,
 )
+from probe.layers import TUNNEL_NAMES, IcmpQuote, WeirdInfo
+from probe.plugins import NEUTRAL, PayloadPolicy
+from probe.prepare import SPLIT_CLOCK, SPLIT_IDLE, Prepared, prepare, seg_rank
 from probe.records import (
     NO_TIMING,
     FlowRecord,
@@ -58,23 +58,21 @@ from probe.records import (
     PayloadSamples,
     RtpSeries,
     RtpStream,
+    TcpFlag,
     Weird,
-    conn_state,
+    conn_row,
     new_record,
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import MAX_DECOMPRESSED, RawBatch
 from probe.wire import out_of_band
 
-__all__ = ["Ended", "FlowMeter", "MeterConfig", "MeterStats", "build_records", "canonical_key",
-           "conn_rows"]
+__all__ = ["NO_OPEN_FLOWS", "Ended", "FlowMeter", "MeterConfig", "MeterStats", "OpenFlows",
+           "build_records", "conn_rows"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 NS = 1_000_000_000
-TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah",
-               58: "icmpv6", 89: "ospf", 103: "pim", 112: "vrrp", 132: "sctp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,13 +443,11 @@ class FlowMeter:
     def open_udp(self) -> OpenFlows:
         """The UDP flows still in the table: their endpoints and starts (a snapshot)."""
         t = self._t
-        proto = (t.key[:, 4] >> np.uint64(16)).astype(np.int64) & 0xFF
-        rows = np.flatnonzero(t.alive & (proto == 17))
+        rows = np.flatnonzero(t.alive & (key_proto(t.key) == 17))
         k = t.key[rows]
-        port = np.uint64(0xFFFF)
-        return OpenFlows(k[:, 0].copy(), k[:, 1].copy(), (k[:, 4] >> np.uint64(48)) & port,
-                         k[:, 2].copy(), k[:, 3].copy(), (k[:, 4] >> np.uint64(32)) & port,
-                         t.first_ns[rows] / NS)
+        a_port, b_port = key_ports(k)
+        return OpenFlows(k[:, 0].copy(), k[:, 1].copy(), a_port, k[:, 2].copy(), k[:, 3].copy(),
+                         b_port, t.first_ns[rows] / NS)
 
     def active_flows(self) -> int:
         """Flows currently in the table."""
@@ -496,7 +492,7 @@ class FlowMeter:
             ex = np.where(has, slot_g, 0)
         # Groups that need a packet-by-packet look: a SYN reusing a flow closed in an
         # earlier batch, or a flow reaching the active timeout.
-        pure_syn = (proto_s == 6) & ((flags_s & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+        pure_syn = (proto_s == 6) & ((flags_s & (TcpFlag.SYN | TcpFlag.ACK)) == TcpFlag.SYN)
         g_has_syn = np.bincount(p.group, weights=pure_syn, minlength=n_groups) > 0
         g_last_ts = np.maximum.reduceat(ts_s, gpos)
         start_ts = np.where(has, t.first_ns[ex], ts_s[gpos])
@@ -529,7 +525,8 @@ class FlowMeter:
         if len(new_seg):
             fp = spos[new_seg]  # first packet of each new flow
             fl = flags_s[fp]
-            synack = (proto_s[fp] == 6) & ((fl & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+            synack_bits = TcpFlag.SYN | TcpFlag.ACK
+            synack = (proto_s[fp] == 6) & ((fl & synack_bits) == synack_bits)
             orig_side = np.where(synack, 1 - side_s[fp], side_s[fp])
             ns = new_slots
             t.key[ns] = p.gkeys[seg_group[new_seg]]
@@ -565,8 +562,8 @@ class FlowMeter:
         t.last_frame[seg_slot] = np.maximum(t.last_frame[seg_slot], p.frame[seg_end - 1])
         fl2 = t.flags[seg_slot]
         self._closed_grow()
-        self._closed[seg_slot] = ((fl2[:, 0] & fl2[:, 1] & TCP_FIN) != 0) | (
-            ((fl2[:, 0] | fl2[:, 1]) & TCP_RST) != 0)
+        self._closed[seg_slot] = ((fl2[:, 0] & fl2[:, 1] & TcpFlag.FIN) != 0) | (
+            ((fl2[:, 0] | fl2[:, 1]) & TcpFlag.RST) != 0)
         slot_s = seg_slot[seg_s]
         fid_s: I64 = t.fid[slot_s]
         dir_s = (side_s != np.where(t.orig_is_a[slot_s], 0, 1)).astype(np.uint8)
@@ -663,9 +660,9 @@ class FlowMeter:
             s = int(slot_g[g])
             if s >= 0:
                 seg_first = int(t.first_ns[s])
-                fin_a = bool(t.flags[s, 0] & TCP_FIN)
-                fin_b = bool(t.flags[s, 1] & TCP_FIN)
-                rst = bool((t.flags[s, 0] | t.flags[s, 1]) & TCP_RST)
+                fin_a = bool(t.flags[s, 0] & TcpFlag.FIN)
+                fin_b = bool(t.flags[s, 1] & TcpFlag.FIN)
+                rst = bool((t.flags[s, 0] | t.flags[s, 1]) & TcpFlag.RST)
                 has_pkts = True
             else:
                 seg_first = int(ts_s[a])
@@ -682,7 +679,7 @@ class FlowMeter:
                     why = None
                     if has_pkts and tp - seg_first > self._active_ns:
                         why = "active"
-                    elif (is_tcp and has_pkts and (f & (TCP_SYN | TCP_ACK)) == TCP_SYN
+                    elif (is_tcp and has_pkts and (f & (TcpFlag.SYN | TcpFlag.ACK)) == TcpFlag.SYN
                           and ((fin_a and fin_b) or rst)):
                         why = "port-reuse"
                     if why is not None:
@@ -692,12 +689,12 @@ class FlowMeter:
                         fin_a = fin_b = rst = False
                 has_pkts = True
                 if is_tcp:
-                    if f & TCP_FIN:
+                    if f & TcpFlag.FIN:
                         if side_s[q] == 0:
                             fin_a = True
                         else:
                             fin_b = True
-                    if f & TCP_RST:
+                    if f & TcpFlag.RST:
                         rst = True
 
     def _retrans(self, sel: I64, p: Prepared, seg_s: I64, seg_slot: I64, side_s: I64,
@@ -734,16 +731,9 @@ class FlowMeter:
                                                              carried[lastpos])
 
     def _attach_icmp(self, frame: int, ts: int, q: IcmpQuote) -> None:
-        v4 = q.ipver == 4
-
-        def halves(a: int) -> tuple[int, int]:
-            return (0, V4_MAPPED | a) if v4 else (a >> 64, a & 0xFFFFFFFFFFFFFFFF)
-
-        s = (*halves(q.src), q.sport)
-        d = (*halves(q.dst), q.dport)
-        a, bb = (s, d) if s <= d else (d, s)
-        row = np.array([a[0], a[1], bb[0], bb[1], (a[2] << 48) | (bb[2] << 32) | (q.proto << 16),
-                        0], dtype=np.uint64)
+        five, _ = key_row((*split_addr(q.src, q.ipver), q.sport),
+                          (*split_addr(q.dst, q.ipver), q.dport), q.proto)
+        row = np.array([*five, 0], dtype=np.uint64)
         slot = self._index.get(row.tobytes())
         if slot is None:
             # The quoted flow may be on a VLAN or in a tunnel: any flow with these endpoints.
@@ -789,8 +779,7 @@ class FlowMeter:
         alive = np.flatnonzero(t.alive)
         if not len(alive):
             return
-        proto = (t.key[alive, 4] >> np.uint64(16)).astype(np.int64) & 0xFF
-        idle = self._idle_ns[proto]
+        idle = self._idle_ns[key_proto(t.key[alive])]
         quiet = now - t.last_ns[alive]
         closed = self._closed[alive]
         gone = (quiet > idle) | (closed & (quiet > self._close_ns))
@@ -862,14 +851,6 @@ class FlowMeter:
         self._closed[slots] = False
         self._free.extend(slots.tolist())
         return e
-
-
-def pack_addr(text: str) -> tuple[int, int]:
-    """An address in the table's form: the two 64-bit halves of its IPv6 form (IPv4 as
-    ``::ffff:a.b.c.d``), the inverse of :func:`~probe.decode.join_addr`."""
-    ip = ipaddress.ip_address(text)
-    n = int(ip) if ip.version == 6 else (0xFFFF << 32) | int(ip)
-    return n >> 64, n & 0xFFFFFFFFFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -992,9 +973,7 @@ def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
     uid) of a table key; the sides index the per-side (a, b) counter pairs."""
     a_ver, a_str = _addr_str(a_hi, a_lo)
     _, b_str = _addr_str(b_hi, b_lo)
-    a_port, b_port = kk >> 48, (kk >> 32) & 0xFFFF
-    proto = (kk >> 16) & 0xFF
-    vlan = (kk & 0xFFFF) - 1
+    a_port, b_port, proto, vlan = ports_word_fields(kk)
     if orig_is_a:
         oh, op, rh, rp = a_str, a_port, b_str, b_port
     else:
@@ -1097,21 +1076,14 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
             a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
         n_streams = len(_flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap,
                                   streams.get(fid))[1])
-        first_ts, last_ts = first_ns[j] / NS, last_ns[j] / NS
         ic = icmp.get(fid)
         w = weird_log.get(fid)
-        out.append({
-            "uid": uid, "proto": pname, "ip_version": ver, "orig_h": oh, "orig_p": op,
-            "resp_h": rh, "resp_p": rp, "first_ts": round(first_ts, 6),
-            "last_ts": round(last_ts, 6), "duration_s": round(last_ts - first_ts, 6),
-            "orig_pkts": pkts[j][o], "orig_bytes": pay[j][o], "orig_wire_bytes": wire[j][o],
-            "resp_pkts": pkts[j][r], "resp_bytes": pay[j][r], "resp_wire_bytes": wire[j][r],
-            "conn_state": conn_state(pname, flags[j][o], flags[j][r], pkts[j][r]),
-            "orig_retrans": retr[j][o], "resp_retrans": retr[j][r],
-            "first_frame": first_fr[j], "last_frame": last_fr[j], "end_reason": reasons[j],
-            "vlan": vlan, "tunnel": TUNNEL_NAMES.get(tunnels[j]),
-            "icmp": [] if ic is None else [x.to_dict() for x in ic],
-            "weirds": 0 if w is None else len(w), "rtp_streams": n_streams})
+        out.append(conn_row(
+            uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,
+            pkts[j][o], pay[j][o], wire[j][o], pkts[j][r], pay[j][r], wire[j][r],
+            flags[j][o], flags[j][r], retr[j][o], retr[j][r], first_fr[j], last_fr[j],
+            reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]), () if ic is None else ic,
+            0 if w is None else len(w), n_streams))
     return out
 
 

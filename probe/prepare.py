@@ -17,20 +17,18 @@ import numpy as np
 import numpy.typing as npt
 
 from probe.decode import KIND_FLOW, KIND_NONIP, Decoded
+from probe.flowkey import KEY_WIDTH, canonical_key
 from probe.layers import IcmpQuote, WeirdInfo
 from probe.plugins import PayloadPolicy, PayloadView
+from probe.records import TcpFlag
 from probe.sources import RawBatch
 from probe.wire import out_of_band
 
-__all__ = ["KEY_BYTES", "KEY_WIDTH", "Prepared", "canonical_key", "clock_steps", "prepare",
-           "seg_rank"]
+__all__ = ["Prepared", "clock_steps", "prepare", "seg_rank"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 NS = 1_000_000_000
-TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-KEY_WIDTH = 6
-KEY_BYTES = KEY_WIDTH * 8
 SPLIT_NONE, SPLIT_IDLE, SPLIT_REUSE, SPLIT_CLOCK = 0, 1, 2, 3
 CLOCK_BACK_NS = NS
 """A packet stamped more than this before the packet read just before it is a clock step
@@ -125,30 +123,6 @@ def mix(k: U64) -> U64:
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(31)
     return h
-
-
-def canonical_key(cols: Decoded, idx: I64) -> tuple[U64, npt.NDArray[np.bool_]]:
-    """The direction-free key of each packet and whether its sender is the lower endpoint.
-
-    This is the one place the probe decides how the two ends of a flow are
-    ordered. Rows: ``a_hi, a_lo, b_hi, b_lo, ports|proto|vlan, zone`` where ``a``
-    is the lower (address, port) endpoint.
-    """
-    s_hi, s_lo, d_hi, d_lo = cols.src_hi[idx], cols.src_lo[idx], cols.dst_hi[idx], cols.dst_lo[idx]
-    sp, dp = cols.sport[idx], cols.dport[idx]
-    src_is_a = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sp <= dp))))
-    k = np.empty((len(idx), KEY_WIDTH), dtype=np.uint64)
-    k[:, 0] = np.where(src_is_a, s_hi, d_hi)
-    k[:, 1] = np.where(src_is_a, s_lo, d_lo)
-    k[:, 2] = np.where(src_is_a, d_hi, s_hi)
-    k[:, 3] = np.where(src_is_a, d_lo, s_lo)
-    a_p = np.where(src_is_a, sp, dp).astype(np.uint64)
-    b_p = np.where(src_is_a, dp, sp).astype(np.uint64)
-    k[:, 4] = ((a_p << np.uint64(48)) | (b_p << np.uint64(32))
-               | (cols.proto[idx].astype(np.uint64) << np.uint64(16))
-               | (cols.vlan[idx] + 1).astype(np.uint64))
-    k[:, 5] = cols.zone[idx].astype(np.uint64)
-    return k, src_is_a
 
 
 def seg_rank(seg: I64) -> I64:
@@ -271,13 +245,13 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
             _backward_splits(ts_s, proto_s, gpos, np.unique(g_s[sorted_pos[behind]]), idle_ns,
                              split, why)
     tcp = proto_s == 6
-    pure_syn = tcp & ((flags_s & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+    pure_syn = tcp & ((flags_s & (TcpFlag.SYN | TcpFlag.ACK)) == TcpFlag.SYN)
     if pure_syn.any():
-        closing = tcp & ((flags_s & (TCP_FIN | TCP_RST)) != 0)
+        closing = tcp & ((flags_s & (TcpFlag.FIN | TcpFlag.RST)) != 0)
         for _ in range(8):  # each round can only add splits; reuse chains are short
-            rst = closing & ((flags_s & TCP_RST) != 0)
-            fin_a = tcp & ((flags_s & TCP_FIN) != 0) & (side_s == 0)
-            fin_b = tcp & ((flags_s & TCP_FIN) != 0) & (side_s == 1)
+            rst = closing & ((flags_s & TcpFlag.RST) != 0)
+            fin_a = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 0)
+            fin_b = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 1)
             closed = (_segmented_any_before(rst, split)
                       | (_segmented_any_before(fin_a, split)
                          & _segmented_any_before(fin_b, split)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple, overload
+from typing import Any, Final, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,9 @@ __all__ = [
     "PayloadSamples",
     "RtpSeries",
     "RtpStream",
+    "TcpFlag",
     "Weird",
+    "conn_row",
     "conn_state",
 ]
 
@@ -35,6 +37,22 @@ ORIG = 0
 """Direction code: packet sent by the originator."""
 RESP = 1
 """Direction code: packet sent by the responder."""
+
+
+class TcpFlag:
+    """TCP header flag bits (RFC 9293 section 3.1; ECE and CWR: RFC 3168 section 6.1), as
+    ``FlowRecord.orig_flags``/``resp_flags`` and the timing series hold them. Plain ints,
+    not an ``IntFlag``: they are tested per packet, where an ``IntFlag`` operation costs
+    seventy times an ``int`` one."""
+
+    FIN: Final = 0x01
+    SYN: Final = 0x02
+    RST: Final = 0x04
+    PSH: Final = 0x08
+    ACK: Final = 0x10
+    URG: Final = 0x20
+    ECE: Final = 0x40
+    CWR: Final = 0x80
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,36 +404,40 @@ class FlowRecord:
         return new_record(*values)
 
     def conn_dict(self) -> dict[str, Any]:
-        """The conn.log columns as plain JSON-ready values."""
-        return {
-            "uid": self.uid,
-            "proto": self.proto,
-            "ip_version": self.ip_version,
-            "orig_h": self.orig_h,
-            "orig_p": self.orig_p,
-            "resp_h": self.resp_h,
-            "resp_p": self.resp_p,
-            "first_ts": round(self.first_ts, 6),
-            "last_ts": round(self.last_ts, 6),
-            "duration_s": round(self.duration_s, 6),
-            "orig_pkts": self.orig_pkts,
-            "orig_bytes": self.orig_bytes,
-            "orig_wire_bytes": self.orig_wire_bytes,
-            "resp_pkts": self.resp_pkts,
-            "resp_bytes": self.resp_bytes,
-            "resp_wire_bytes": self.resp_wire_bytes,
-            "conn_state": self.conn_state,
-            "orig_retrans": self.orig_retrans,
-            "resp_retrans": self.resp_retrans,
-            "first_frame": self.first_frame,
-            "last_frame": self.last_frame,
-            "end_reason": self.end_reason,
-            "vlan": self.vlan,
-            "tunnel": self.tunnel,
-            "icmp": [n.to_dict() for n in self.icmp],
-            "weirds": len(self.weirds),
-            "rtp_streams": len(self.rtp_streams),
-        }
+        """The conn.log columns as plain JSON-ready values (:func:`conn_row`)."""
+        return conn_row(
+            self.uid, self.proto, self.ip_version, self.orig_h, self.orig_p, self.resp_h,
+            self.resp_p, self.first_ts, self.last_ts, self.orig_pkts, self.orig_bytes,
+            self.orig_wire_bytes, self.resp_pkts, self.resp_bytes, self.resp_wire_bytes,
+            self.orig_flags, self.resp_flags, self.orig_retrans, self.resp_retrans,
+            self.first_frame, self.last_frame, self.end_reason, self.vlan, self.tunnel,
+            self.icmp, len(self.weirds), len(self.rtp_streams))
+
+
+def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, resp_h: str,
+             resp_p: int, first_ts: float, last_ts: float, orig_pkts: int, orig_bytes: int,
+             orig_wire_bytes: int, resp_pkts: int, resp_bytes: int, resp_wire_bytes: int,
+             orig_flags: int, resp_flags: int, orig_retrans: int, resp_retrans: int,
+             first_frame: int, last_frame: int, end_reason: str, vlan: int | None,
+             tunnel: str | None, icmp: Sequence[IcmpNotice], weirds: int,
+             rtp_streams: int) -> dict[str, Any]:
+    """A flow's conn.log row (what ``marsad flows`` prints), from its
+    :class:`FlowRecord` fields; ``weirds`` and ``rtp_streams`` are counts. The one place
+    the row's keys, order and rounding are written: a record's :meth:`FlowRecord.conn_dict`
+    and the meter's rows made straight from its columns both come here."""
+    return {
+        "uid": uid, "proto": proto, "ip_version": ip_version,
+        "orig_h": orig_h, "orig_p": orig_p, "resp_h": resp_h, "resp_p": resp_p,
+        "first_ts": round(first_ts, 6), "last_ts": round(last_ts, 6),
+        "duration_s": round(last_ts - first_ts, 6),
+        "orig_pkts": orig_pkts, "orig_bytes": orig_bytes, "orig_wire_bytes": orig_wire_bytes,
+        "resp_pkts": resp_pkts, "resp_bytes": resp_bytes, "resp_wire_bytes": resp_wire_bytes,
+        "conn_state": conn_state(proto, orig_flags, resp_flags, resp_pkts),
+        "orig_retrans": orig_retrans, "resp_retrans": resp_retrans,
+        "first_frame": first_frame, "last_frame": last_frame, "end_reason": end_reason,
+        "vlan": vlan, "tunnel": tunnel, "icmp": [n.to_dict() for n in icmp],
+        "weirds": weirds, "rtp_streams": rtp_streams,
+    }
 
 
 def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> str:
@@ -433,7 +455,7 @@ def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> 
     if proto != "tcp":
         return "OTH"
     o, r = orig_flags, resp_flags
-    syn, fin, rst, ack = 0x02, 0x01, 0x04, 0x10
+    syn, fin, rst, ack = TcpFlag.SYN, TcpFlag.FIN, TcpFlag.RST, TcpFlag.ACK
     if not o & syn:
         return "OTH"
     if resp_pkts == 0:

@@ -47,7 +47,7 @@ from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
 from probe.wire import frames, recv_message, send_frames, send_message
 
-__all__ = ["CaptureRun", "FlowReader", "Watermark", "read_capture"]
+__all__ = ["CaptureRun", "FlowReader", "Watermark", "default_workers", "read_capture"]
 
 T = TypeVar("T")
 

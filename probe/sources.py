@@ -36,8 +36,26 @@ import numpy.typing as npt
 
 from probe.errors import CaptureError, NotACapture
 
-__all__ = ["MAX_DECOMPRESSED", "CaptureSource", "LinkType", "RawBatch", "ReadStatus",
-           "open_source"]
+__all__ = [
+    "MAX_DECOMPRESSED",
+    "MAX_RECORD",
+    "MIN_SNAP",
+    "PCAPNG_BOM",
+    "PCAPNG_SHB",
+    "PCAP_HEADER",
+    "PCAP_MAGICS",
+    "PCAP_MAGIC_NS",
+    "PCAP_MAGIC_US",
+    "RECORD_HEADER",
+    "CaptureSource",
+    "LinkType",
+    "PcapHeader",
+    "RawBatch",
+    "ReadStatus",
+    "open_source",
+    "pcap_header",
+    "record_offsets",
+]
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -52,6 +70,84 @@ MAX_RECORD = 1 << 24
 NS = 1_000_000_000
 SPB_NO_TS = 1 << 64
 """Raw timestamp of a simple packet block (it has none; no real one is this big)."""
+MIN_SNAP = 262144
+"""Captured lengths up to this are believed whatever snapshot length a pcap header
+declares: writers are loose about it."""
+PCAP_HEADER = 24
+"""Bytes of a classic pcap file header."""
+RECORD_HEADER = 16
+"""Bytes of a classic pcap record header: ts_sec, ts_frac, caplen, wirelen."""
+PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
+               b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
+"""Classic pcap magic, as its four bytes appear in the file -> (byte order, nanoseconds
+per unit of a record's fraction field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PcapHeader:
+    """A classic pcap file header (draft-ietf-opsawg-pcap section 4)."""
+
+    order: str
+    """Byte order of the file's headers, ``<`` or ``>``."""
+    frac_ns: int
+    """Nanoseconds per unit of a record's fraction field (1000 for microseconds, 1)."""
+    major: int
+    """Major version (2 for every pcap written since 1998)."""
+    snaplen: int
+    """Snapshot length the header declares."""
+    linktype: int
+    """Link type of every record (the low 16 bits of the header's field)."""
+    fcs: int
+    """Bytes of frame check sequence at the end of each packet (0 if the field says
+    none)."""
+
+    @property
+    def max_incl(self) -> int:
+        """Largest captured length believed in this file."""
+        return max(min(self.snaplen, MAX_RECORD), MIN_SNAP)
+
+    @property
+    def record(self) -> struct.Struct:
+        """A record header: ts_sec, ts_frac, caplen, wirelen."""
+        return _RECORD[self.order]
+
+
+_RECORD = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
+
+
+def pcap_header(data: bytes | bytearray) -> PcapHeader | None:
+    """The classic pcap file header at the start of ``data`` (24 bytes at least), or None
+    if it does not start with a pcap magic."""
+    kind = PCAP_MAGICS.get(bytes(data[:4]))
+    if kind is None or len(data) < PCAP_HEADER:
+        return None
+    order, frac_ns = kind
+    major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
+        order + "HHiIII", data, 4)
+    return PcapHeader(order, frac_ns, major, snaplen, *_link_info(network))
+
+
+def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
+                   ) -> tuple[list[int], int]:
+    """Walk the classic pcap record headers of ``buf`` from ``pos``: the offsets of the
+    complete records, and where the walk stopped (the first record not complete in
+    ``buf``, or the end). Captured lengths are not checked here: the caller does, in
+    bulk (a length past ``header.max_incl`` means a corrupt header)."""
+    incl_at = _INCL[header.order]
+    offs: list[int] = []
+    ap = offs.append
+    end = len(buf)
+    last = end - RECORD_HEADER
+    while pos <= last:
+        nxt = pos + RECORD_HEADER + incl_at(buf, pos + 8)[0]
+        if nxt > end:
+            break
+        ap(pos)
+        pos = nxt
+    return offs, pos
+
+
+_INCL = {"<": struct.Struct("<I").unpack_from, ">": struct.Struct(">I").unpack_from}
 
 
 class LinkType(IntEnum):
@@ -421,30 +517,22 @@ class CaptureSource:
             buf, _, _ = self._more(buf, 0)
         if len(buf) < 24:
             raise NotACapture(f"{st.source}: pcap file header truncated ({len(buf)} of 24 bytes)")
-        e = ">" if self._big else "<"
-        _, _, _, _, _, snaplen, network = struct.unpack(e + "IHHiIII", buf[:24])
-        linktype, fcs = _link_info(network)
+        hdr0 = pcap_header(buf)
+        assert hdr0 is not None  # the magic was checked in _detect
+        linktype, fcs = hdr0.linktype, hdr0.fcs
         st.linktypes.add(linktype)
-        max_incl = max(min(snaplen, MAX_RECORD), 262144)
-        incl_at = struct.Struct(e + "I").unpack_from
-        frac_scale = 1 if self._nano else 1000
+        max_incl = hdr0.max_incl
+        incl_at = _INCL[hdr0.order]
+        frac_scale = hdr0.frac_ns
         base = 0  # file offset of buf[0]
-        pos = 24
+        pos = PCAP_HEADER
         frame = 1
         eof = False
         while True:
-            offs: list[int] = []
-            ap = offs.append
-            end = len(buf)
             bad = False
-            last = end - 16
+            last = len(buf) - RECORD_HEADER
             # The tight loop: record lengths are checked against max_incl afterwards, in bulk.
-            while pos <= last:
-                nxt = pos + 16 + incl_at(buf, pos + 8)[0]
-                if nxt > end:
-                    break
-                ap(pos)
-                pos = nxt
+            offs, pos = record_offsets(buf, pos, hdr0)
             if pos <= last and incl_at(buf, pos + 8)[0] > max_incl:
                 bad = True
             if offs:

@@ -10,11 +10,10 @@ queued.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import IO, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -31,7 +30,6 @@ router = APIRouter(prefix="/v1/captures", tags=["captures"])
 
 _MULTIPART_SLACK = 1 << 16
 """Bytes of multipart framing allowed on top of the size limit."""
-_CHUNK = 1 << 16
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -72,42 +70,11 @@ async def _limited(stream: AsyncIterator[bytes], limit: int, slack: int = 0
 
 
 async def _receive_raw(request: Request, jobs: Jobs) -> Intake:
-    out, tmp = jobs.new_upload()
-    h = hashlib.sha256()
-    inflated = jobs.inflation()
-    size = 0
-    try:
-        with out:
-            async for chunk in _limited(request.stream(), jobs.max_upload_bytes):
-                # Off the event loop: a compressed chunk can inflate to a thousand times it.
-                await run_in_threadpool(inflated.feed, chunk)
-                h.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return await run_in_threadpool(jobs.check, tmp, h.hexdigest(), size)
-
-
-def _copy_part(src: IO[bytes], jobs: Jobs) -> Intake:
-    out, tmp = jobs.new_upload()
-    h = hashlib.sha256()
-    inflated = jobs.inflation()
-    size = 0
-    try:
-        with out:
-            while block := src.read(_CHUNK):
-                size += len(block)
-                if size > jobs.max_upload_bytes:
-                    raise TooLarge(jobs.max_upload_bytes)
-                inflated.feed(block)
-                h.update(block)
-                out.write(block)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return jobs.check(tmp, h.hexdigest(), size)
+    with jobs.new_upload() as up:
+        async for chunk in request.stream():
+            # Off the event loop: a compressed chunk can inflate to a thousand times it.
+            await run_in_threadpool(up.write, chunk)
+    return await run_in_threadpool(jobs.check, up.path, up.sha256(), up.size)
 
 
 async def _receive_multipart(request: Request, jobs: Jobs) -> tuple[Intake, str | None]:
@@ -124,7 +91,7 @@ async def _receive_multipart(request: Request, jobs: Jobs) -> tuple[Intake, str 
             raise HTTPException(status.HTTP_400_BAD_REQUEST,
                                 "the multipart form needs the capture in a file part named "
                                 "'file'")
-        intake = await run_in_threadpool(_copy_part, part.file, jobs)
+        intake = await run_in_threadpool(jobs.copy_stream, part.file)
         return intake, part.filename
     finally:
         await form.close()

@@ -25,14 +25,9 @@ from typing import Any
 
 import pytest
 
-from api.live import (
-    CaptureRing,
-    CaptureStats,
-    RingConfig,
-    parse_capture_stats,
-    tcpdump_command,
-)
+from api.live import CaptureStats, parse_capture_stats, tcpdump_command
 from policy.ledger import Ledger
+from probe import CaptureRing, RingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = ROOT / "captures"

@@ -18,24 +18,22 @@ import pytest
 from api.evidence import (
     AnonymisationError,
     BundleError,
-    CutPacket,
     EvidenceError,
     PrefixAnonymiser,
     UnknownSubject,
     anonymise_frames,
     build_bundle,
     check_bundle,
-    cut_packets,
     derivations,
     ledger_items,
-    pcap_bytes,
     record_verdicts,
     verify_ledger,
 )
 from api.pipeline import AnalysisResult, analyze_capture
 from policy.ledger import Ledger, ProblemKind
 from policy.records import Reason, VerdictKind
-from probe import read_capture
+from probe import CutPacket, cut_packets, read_capture
+from probe import capture_bytes as pcap_bytes
 from tests.conftest import NDPI_DEV, ROOT, need_shared, need_tool
 
 CAPTURES = ROOT / "captures"

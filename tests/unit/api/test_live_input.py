@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from api.live import CaptureRing, CaptureStats, RingConfig, parse_capture_stats
-from api.pcap_stream import TIME_JUMP_S, PcapStream
+from api.live import CaptureStats, parse_capture_stats
+from probe import CaptureRing, PcapStream, RingConfig
+from probe.pcapstream import TIME_JUMP_S
 
 ROOT = Path(__file__).resolve().parents[3]
 CAPTURES = ROOT / "captures"
@@ -320,3 +321,20 @@ def test_flows_end_on_a_later_clock_when_no_packet_comes() -> None:
     assert len(later) == active and meter.active_flows() == 0
     assert all(r.end_reason in ("idle", "tcp-close") for r in later)
     assert meter.stats.last_ts == last  # the capture clock is the packets' own
+
+
+@pytest.mark.parametrize("chunk", [7, 1000, 1 << 20])
+def test_ring_stops_at_a_corrupt_record_header_and_keeps_what_came_before(
+        tmp_path: Path, call: tuple[bytes, list[bytes]], chunk: int) -> None:
+    head, recs = call
+    order = "<" if head[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    bad = struct.pack(order + "IIII", 1, 0, 1 << 25, 1 << 25)  # 32 MiB: not believed
+    data = head + b"".join(recs[:50]) + bad + b"".join(recs[50:60])
+    ring = _ring(tmp_path, [1_700_000_000.0])
+    for at in range(0, len(data), chunk):
+        ring.feed(data[at:at + chunk])
+    ring.close()
+    assert ring.disabled is not None and "corrupt record header after frame 50" in ring.disabled
+    assert ring.frames == 50
+    held = [r for f in ring.files for r in split((tmp_path / f.name).read_bytes())[1]]
+    assert held == recs[:50]

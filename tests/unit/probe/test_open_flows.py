@@ -8,7 +8,8 @@ import ipaddress
 import numpy as np
 
 from probe.decode import join_addr
-from probe.meter import OpenFlows, pack_addr
+from probe.flowkey import pack_addr
+from probe.meter import OpenFlows
 from tests.conftest import ROOT
 
 

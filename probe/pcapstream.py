@@ -33,33 +33,18 @@ passed on unchanged for the flow reader to judge; :attr:`kind` says which.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
-__all__ = [
-    "MAX_RECORD",
-    "PCAP_HEADER",
-    "PCAP_MAGICS",
-    "RECORD_HEADER",
-    "RESYNC_NEAR_S",
-    "TIME_JUMP_S",
-    "PcapStream",
-]
+from probe.sources import (
+    PCAP_HEADER,
+    PCAP_MAGICS,
+    RECORD_HEADER,
+    PcapHeader,
+    pcap_header,
+)
 
-PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
-               b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
-"""Classic pcap magic (as it appears in the file) -> (byte order, ns per fraction unit)
-(draft-ietf-opsawg-pcap section 4)."""
-PCAP_HEADER = 24
-"""Bytes of the pcap file header."""
-RECORD_HEADER = 16
-"""Bytes of a pcap packet record header: ts_sec, ts_frac, caplen, wirelen."""
-MAX_RECORD = 1 << 24
-"""Largest captured length believed; beyond it the stream is not trusted."""
-MIN_SNAP = 262144
-"""Captured lengths up to this are believed whatever snapshot length a header declares
-(as the flow reader does: writers are loose about it)."""
+__all__ = ["RESYNC_NEAR_S", "TIME_JUMP_S", "PcapStream"]
+
 RESYNC_NEAR_S = 86400.0
 """While resynchronising, a candidate record's time must be this close to the last good
 record's."""
@@ -67,30 +52,10 @@ TIME_JUMP_S = 3600.0
 """A record this far from the one before it (either way) is counted as a time jump."""
 
 
-@dataclass(slots=True)
-class _Section:
-    order: str
-    """Byte order of the section's headers."""
-    frac_ns: int
-    """Nanoseconds per unit of its fraction field."""
-    linktype: int
-    max_incl: int
-    """Largest captured length believed in this section."""
-    rec: struct.Struct
-
-
-def _section(header: bytes | bytearray) -> _Section | None:
-    """The section a 24-byte pcap file header opens, or None if it is not one."""
-    kind = PCAP_MAGICS.get(bytes(header[:4]))
-    if kind is None:
-        return None
-    order, frac_ns = kind
-    major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
-        order + "HHiIII", header, 4)
-    if major != 2:
-        return None
-    return _Section(order, frac_ns, network & 0x0FFFFFFF,
-                    max(min(snaplen, MAX_RECORD), MIN_SNAP), struct.Struct(order + "IIII"))
+def _section(header: bytes | bytearray) -> PcapHeader | None:
+    """The section a 24-byte pcap file header opens (version 2 only), or None."""
+    sec = pcap_header(header)
+    return sec if sec is not None and sec.major == 2 else None
 
 
 class PcapStream:
@@ -106,8 +71,8 @@ class PcapStream:
         self._buf = bytearray()
         self._base = 0
         """Input offset of ``_buf[0]``."""
-        self._out: _Section | None = None
-        self._cur: _Section | None = None
+        self._out: PcapHeader | None = None
+        self._cur: PcapHeader | None = None
         self._last_ts: float | None = None
         self._good_ts: float | None = None
         """Time of the last record not counted as a jump (the resync reference)."""
@@ -167,7 +132,7 @@ class PcapStream:
                 self._stop(at, f"capture truncated at byte {at}: a pcap file header with "
                                f"{len(buf)} of {PCAP_HEADER} bytes")
             elif len(buf) >= RECORD_HEADER and cur is not None:
-                want = RECORD_HEADER + cur.rec.unpack_from(buf, 0)[2]
+                want = RECORD_HEADER + cur.record.unpack_from(buf, 0)[2]
                 self._stop(at, f"capture truncated at byte {at}: last record has {len(buf)} "
                                f"of {want} bytes")
             else:
@@ -248,7 +213,7 @@ class PcapStream:
                     continue
             if pos + RECORD_HEADER > end:
                 break
-            sec_s, frac, incl, orig = cur.rec.unpack_from(buf, pos)
+            sec_s, frac, incl, orig = cur.record.unpack_from(buf, pos)
             if not self._plausible(cur, frac, incl, orig):
                 out += buf[run:pos]
                 self._damage_at = self._base + pos
@@ -263,7 +228,7 @@ class PcapStream:
                 out += buf[run:pos]
                 if cur.frac_ns != out_sec.frac_ns:
                     frac = frac * cur.frac_ns // out_sec.frac_ns
-                out += out_sec.rec.pack(sec_s, frac, incl, orig)
+                out += out_sec.record.pack(sec_s, frac, incl, orig)
                 out += buf[pos + RECORD_HEADER:nxt]
                 self.converted += 1
                 run = nxt
@@ -276,16 +241,16 @@ class PcapStream:
         return bytes(out)
 
     @staticmethod
-    def _plausible(sec: _Section, frac: int, incl: int, orig: int) -> bool:
+    def _plausible(sec: PcapHeader, frac: int, incl: int, orig: int) -> bool:
         return incl <= sec.max_incl and frac * sec.frac_ns < 1_000_000_000 and orig > 0
 
     def _near(self, ts: float) -> bool:
         refs = [t for t in (self._good_ts, self._last_ts) if t is not None]
         return not refs or any(abs(ts - t) <= RESYNC_NEAR_S for t in refs)
 
-    def _candidate(self, buf: bytearray, p: int, sec: _Section) -> int | None:
+    def _candidate(self, buf: bytearray, p: int, sec: PcapHeader) -> int | None:
         """End of a plausible record at ``p`` (strict checks), or None."""
-        s, frac, incl, orig = (int(x) for x in sec.rec.unpack_from(buf, p))
+        s, frac, incl, orig = (int(x) for x in sec.record.unpack_from(buf, p))
         if not (self._plausible(sec, frac, incl, orig) and incl <= orig
                 and self._near(s + frac * sec.frac_ns / 1e9)):
             return None

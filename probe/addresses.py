@@ -1,0 +1,298 @@
+"""Address classes, and which side of a flow is the local one.
+
+Every stage asks this module, and only this module, what kind of address it is
+looking at and which end of a flow is the host the capture was taken next to.
+
+**Address classes** (:class:`AddressClass`) follow the IANA IPv4 and IPv6
+Special-Purpose Address Registries (RFC 6890 and the RFCs each entry cites).
+An address in no special-purpose block is :attr:`AddressClass.GLOBAL`; so is
+one in a special-purpose block the registry marks globally reachable (TURN and
+PCP anycast, AS112, AMT, Teredo, 6to4, the NAT64 well-known prefix, ORCHIDv2).
+An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, RFC 4291 section 2.5.5.2) has
+the class of the IPv4 address inside it.
+
+**Local classes** (:func:`is_local_class`) are the addresses a subscriber's
+device has behind an operator: private (RFC 1918), carrier-grade NAT shared
+space (RFC 6598), unique local (RFC 4193) and link-local (RFC 3927, RFC 4291).
+Documentation and benchmarking blocks are *not* local: test captures often use
+them for the far side.
+
+**Which end is local.** Each end of a flow gets a rank: 2 for a local class, 1
+for a multicast or broadcast group (it stands for the receivers next to the
+capture; the sender is the far end), 0 for anything else. Per flow
+(:func:`orig_is_local`, :func:`local_is_orig`) the originator is local unless
+the responder ranks higher; a known local host, when it is one of the flow's
+ends, decides first. Over a set of flows (:func:`local_host`) the local host is
+chosen by vote: the higher-ranked end of a flow gets two votes, the originator
+of a flow whose ends rank alike gets one.
+
+Answers are cached per address text: the classifier asks for every flow.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Iterable
+from enum import IntEnum
+
+from probe.records import FlowRecord
+
+__all__ = [
+    "LOCAL_CLASSES",
+    "AddressClass",
+    "address_class",
+    "ends",
+    "is_local_class",
+    "local_host",
+    "local_is_orig",
+    "orig_is_local",
+]
+
+
+class AddressClass(IntEnum):
+    """What an address is, by the special-purpose block it lies in (RFC 6890)."""
+
+    GLOBAL = 0
+    """Globally reachable unicast: no special-purpose block, or one marked globally
+    reachable in the registry (192.0.0.9 PCP anycast RFC 7723, 192.0.0.10 TURN anycast
+    RFC 8155, 192.31.196.0/24 and 192.175.48.0/24 AS112 RFC 7535/7534, 192.52.193.0/24
+    AMT RFC 7450, 2001::/32 Teredo RFC 4380, 2002::/16 6to4 RFC 3056, 64:ff9b::/96
+    NAT64 RFC 6052, 2001:20::/28 ORCHIDv2 RFC 7343...)."""
+    PRIVATE = 1
+    """Private internets, RFC 1918: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16."""
+    SHARED = 2
+    """Shared address space for carrier-grade NAT, RFC 6598: 100.64.0.0/10 (the
+    subscriber side of an operator's NAT)."""
+    UNIQUE_LOCAL = 3
+    """Unique local IPv6 unicast, RFC 4193: fc00::/7."""
+    LINK_LOCAL = 4
+    """Link-local: 169.254.0.0/16 (RFC 3927), fe80::/10 (RFC 4291 section 2.5.6)."""
+    LOOPBACK = 5
+    """Loopback: 127.0.0.0/8 (RFC 1122 section 3.2.1.3), ::1/128 (RFC 4291 section
+    2.5.3)."""
+    UNSPECIFIED = 6
+    """"This network": 0.0.0.0/8 (RFC 791, RFC 1122 section 3.2.1.3); the unspecified
+    address ::/128 (RFC 4291 section 2.5.2)."""
+    MULTICAST = 7
+    """Multicast groups: 224.0.0.0/4 (RFC 5771), ff00::/8 (RFC 4291 section 2.7)."""
+    BROADCAST = 8
+    """Limited broadcast, 255.255.255.255/32 (RFC 919, RFC 8190)."""
+    DOCUMENTATION = 9
+    """Documentation: 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 (RFC 5737);
+    2001:db8::/32 (RFC 3849); 3fff::/20 (RFC 9637)."""
+    BENCHMARKING = 10
+    """Benchmarking: 198.18.0.0/15 (RFC 2544), 2001:2::/48 (RFC 5180)."""
+    IETF_PROTOCOL = 11
+    """IETF protocol assignments not globally reachable: 192.0.0.0/24 (RFC 6890 section
+    2.2.2; 192.0.0.0/29 DS-Lite RFC 7335, 192.0.0.170/31 NAT64 discovery RFC 7050),
+    2001::/23 (RFC 2928) outside its globally reachable entries, 64:ff9b:1::/48
+    (local-use IPv4/IPv6 translation, RFC 8215)."""
+    DISCARD = 12
+    """Discard-only, 100::/64 (RFC 6666)."""
+    RESERVED = 13
+    """Reserved: 240.0.0.0/4 (RFC 1112 section 4), fec0::/10 (deprecated site-local,
+    RFC 3879), 2001:10::/28 (deprecated ORCHID, RFC 4843), and IPv6 outside 2000::/3
+    not listed above (RFC 4291 section 2.4)."""
+
+
+LOCAL_CLASSES = frozenset({AddressClass.PRIVATE, AddressClass.SHARED,
+                           AddressClass.UNIQUE_LOCAL, AddressClass.LINK_LOCAL})
+"""The classes of addresses a subscriber's device has behind an operator."""
+
+_A = AddressClass
+
+# (network, prefix length, class): the most specific block wins, so a table is searched
+# longest prefix first.
+_V4_BLOCKS: tuple[tuple[str, int, AddressClass], ...] = (
+    ("255.255.255.255", 32, _A.BROADCAST),
+    ("192.0.0.9", 32, _A.GLOBAL),
+    ("192.0.0.10", 32, _A.GLOBAL),
+    ("192.0.0.170", 31, _A.IETF_PROTOCOL),
+    ("192.0.0.0", 29, _A.IETF_PROTOCOL),
+    ("192.0.0.0", 24, _A.IETF_PROTOCOL),
+    ("192.0.2.0", 24, _A.DOCUMENTATION),
+    ("198.51.100.0", 24, _A.DOCUMENTATION),
+    ("203.0.113.0", 24, _A.DOCUMENTATION),
+    ("192.168.0.0", 16, _A.PRIVATE),
+    ("169.254.0.0", 16, _A.LINK_LOCAL),
+    ("198.18.0.0", 15, _A.BENCHMARKING),
+    ("172.16.0.0", 12, _A.PRIVATE),
+    ("100.64.0.0", 10, _A.SHARED),
+    ("10.0.0.0", 8, _A.PRIVATE),
+    ("127.0.0.0", 8, _A.LOOPBACK),
+    ("0.0.0.0", 8, _A.UNSPECIFIED),
+    ("224.0.0.0", 4, _A.MULTICAST),
+    ("240.0.0.0", 4, _A.RESERVED),
+)
+
+_V6_BLOCKS: tuple[tuple[str, int, AddressClass], ...] = (
+    ("::", 128, _A.UNSPECIFIED),
+    ("::1", 128, _A.LOOPBACK),
+    ("2001:1::1", 128, _A.GLOBAL),
+    ("2001:1::2", 128, _A.GLOBAL),
+    ("2001:1::3", 128, _A.GLOBAL),
+    ("64:ff9b::", 96, _A.GLOBAL),
+    ("100::", 64, _A.DISCARD),
+    ("2001:2::", 48, _A.BENCHMARKING),
+    ("2001:4:112::", 48, _A.GLOBAL),
+    ("64:ff9b:1::", 48, _A.IETF_PROTOCOL),
+    ("2001::", 32, _A.GLOBAL),
+    ("2001:3::", 32, _A.GLOBAL),
+    ("2001:db8::", 32, _A.DOCUMENTATION),
+    ("2001:10::", 28, _A.RESERVED),
+    ("2001:20::", 28, _A.GLOBAL),
+    ("2001:30::", 28, _A.GLOBAL),
+    ("2001::", 23, _A.IETF_PROTOCOL),
+    ("3fff::", 20, _A.DOCUMENTATION),
+    ("2002::", 16, _A.GLOBAL),
+    ("fe80::", 10, _A.LINK_LOCAL),
+    ("fec0::", 10, _A.RESERVED),
+    ("ff00::", 8, _A.MULTICAST),
+    ("fc00::", 7, _A.UNIQUE_LOCAL),
+    ("2000::", 3, _A.GLOBAL),
+)
+
+
+def _table(blocks: tuple[tuple[str, int, AddressClass], ...], family: socket.AddressFamily,
+           bits: int) -> tuple[tuple[int, int, AddressClass], ...]:
+    """(network as an integer, mask, class) rows, longest prefix first."""
+    rows = []
+    for text, plen, cls in blocks:
+        net = int.from_bytes(socket.inet_pton(family, text), "big")
+        mask = ((1 << plen) - 1) << (bits - plen)
+        assert net & mask == net, text
+        rows.append((plen, net, mask, cls))
+    rows.sort(key=lambda r: -r[0])
+    return tuple((net, mask, cls) for _, net, mask, cls in rows)
+
+
+_V4_TABLE = _table(_V4_BLOCKS, socket.AF_INET, 32)
+_V6_TABLE = _table(_V6_BLOCKS, socket.AF_INET6, 128)
+_V4_MAPPED = 0xFFFF << 32
+_V4_SPECIAL_FIRST = frozenset(
+    b for net, mask, _ in _V4_TABLE
+    for b in range(net >> 24, ((net | (~mask & 0xFFFFFFFF)) >> 24) + 1))
+"""First octets inside some IPv4 block: an address outside them is global at once."""
+
+
+def _v4_class(x: int) -> AddressClass:
+    if (x >> 24) not in _V4_SPECIAL_FIRST:
+        return _A.GLOBAL
+    for net, mask, cls in _V4_TABLE:
+        if x & mask == net:
+            return cls
+    return _A.GLOBAL
+
+
+def _v6_class(x: int) -> AddressClass:
+    if x >> 32 == 0xFFFF:  # ::ffff:0:0/96, IPv4-mapped
+        return _v4_class(x & 0xFFFFFFFF)
+    for net, mask, cls in _V6_TABLE:
+        if x & mask == net:
+            return cls
+    return _A.RESERVED
+
+
+def _classify(addr: str) -> AddressClass | None:
+    """The class of an address written as text (a zone index after ``%`` is ignored);
+    None if it is not an address."""
+    if ":" not in addr:
+        try:
+            packed = socket.inet_pton(socket.AF_INET, addr)
+        except OSError:
+            return None
+        return _v4_class(int.from_bytes(packed, "big"))
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, addr.partition("%")[0])
+    except OSError:
+        return None
+    return _v6_class(int.from_bytes(packed, "big"))
+
+
+_CLASS: dict[str, AddressClass | None] = {}
+_RANK: dict[str, int] = {}
+_CACHE_MAX = 1 << 20
+
+
+def address_class(addr: str) -> AddressClass | None:
+    """The :class:`AddressClass` of an address written as text, None if ``addr`` is not
+    an IPv4 or IPv6 address."""
+    try:
+        return _CLASS[addr]
+    except KeyError:
+        pass
+    cls = _classify(addr)
+    if len(_CLASS) >= _CACHE_MAX:
+        _CLASS.clear()
+    _CLASS[addr] = cls
+    return cls
+
+
+def is_local_class(addr: str) -> bool:
+    """Whether ``addr`` is of a class a subscriber's device has behind an operator
+    (:data:`LOCAL_CLASSES`: private, shared/CGNAT, unique local, link-local)."""
+    return _rank(addr) == 2
+
+
+def _rank(addr: str) -> int:
+    """2 for a local class, 1 for a multicast or broadcast group, 0 otherwise."""
+    r = _RANK.get(addr)
+    if r is None:
+        cls = address_class(addr)
+        r = (2 if cls in LOCAL_CLASSES
+             else 1 if cls in (_A.MULTICAST, _A.BROADCAST) else 0)
+        if len(_RANK) >= _CACHE_MAX:
+            _RANK.clear()
+        _RANK[addr] = r
+    return r
+
+
+def orig_is_local(orig_h: str, resp_h: str) -> bool:
+    """Whether the originator is the local end of a flow between these addresses, by
+    their classes alone: yes unless the responder ranks higher (see the module
+    docstring)."""
+    rr = _RANK.get(resp_h)
+    if rr is None:
+        rr = _rank(resp_h)
+    if not rr:  # the common case, a responder of no special rank: one lookup
+        return True
+    ro = _RANK.get(orig_h)
+    if ro is None:
+        ro = _rank(orig_h)
+    return ro >= rr
+
+
+def local_is_orig(flow: FlowRecord, local: str | None = None) -> bool:
+    """Whether the flow's originator is its local end: the known ``local`` host when it
+    is one of the flow's ends, else by the ends' address classes."""
+    if local is not None:
+        if flow.orig_h == local:
+            return True
+        if flow.resp_h == local:
+            return False
+    return orig_is_local(flow.orig_h, flow.resp_h)
+
+
+def ends(flow: FlowRecord, local: str | None = None
+         ) -> tuple[tuple[str, int], tuple[str, int]]:
+    """((local host, port), (remote host, port)) of a flow, by :func:`local_is_orig`."""
+    if local_is_orig(flow, local):
+        return (flow.orig_h, flow.orig_p), (flow.resp_h, flow.resp_p)
+    return (flow.resp_h, flow.resp_p), (flow.orig_h, flow.orig_p)
+
+
+def local_host(flows: Iterable[FlowRecord]) -> str | None:
+    """The host the capture was taken next to, by vote over ``flows``: the higher-ranked
+    end of each flow gets two votes, the originator of a flow whose ends rank alike one
+    (ties go to the host seen first). None for no flows."""
+    votes: Counter[str] = Counter()
+    for f in flows:
+        ro, rr = _rank(f.orig_h), _rank(f.resp_h)
+        if ro > rr:
+            votes[f.orig_h] += 2
+        elif rr > ro:
+            votes[f.resp_h] += 2
+        else:
+            votes[f.orig_h] += 1
+    return votes.most_common(1)[0][0] if votes else None
