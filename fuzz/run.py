@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "fuzz" / "corpus"
@@ -47,42 +48,68 @@ def _child(name: str, args: list[str]) -> None:
     atheris.Fuzz()
 
 
-def fuzz_target(name: str, work: Path, seconds: float | None, runs: int | None,
-                timeout: int, rss_limit_mb: int, log: Path) -> dict[str, object]:
-    """Fuzz one target; returns its figures."""
+def _segment(name: str, work: Path, seconds: float | None, runs: int | None, timeout: int,
+             rss_limit_mb: int, log: Path, known: Path) -> dict[str, Any]:
+    """One fuzzing process on target ``name``; returns its figures."""
     corpus = work / "corpus" / name
     crashes = work / "crashes"
-    corpus.mkdir(parents=True, exist_ok=True)
-    crashes.mkdir(parents=True, exist_ok=True)
-    known = work / f"known-{name}.log"
-    known.unlink(missing_ok=True)
     args = [f"-timeout={timeout}", f"-rss_limit_mb={rss_limit_mb}",
             f"-max_len={MAX_LEN.get(name, 2048)}", f"-artifact_prefix={crashes}/{name}-",
             "-print_final_stats=1", "-print_pcs=0"]
     if runs is not None:
         args.append(f"-runs={runs}")
     if seconds is not None:
-        args.append(f"-max_total_time={int(seconds)}")
+        args.append(f"-max_total_time={max(1, int(seconds))}")
     args += [str(corpus), str(SEEDS / name)]
     env = dict(os.environ, MARSAD_FUZZ_KNOWN=str(known), PYTHONPATH=str(ROOT))
-    t0 = time.monotonic()
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         rc = subprocess.call([sys.executable, "-m", "fuzz.run", "--child", name, "--", *args],
                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    duration = time.monotonic() - t0
-    text = log.read_text(errors="replace")
+    text = log.read_text(errors="replace").rsplit("INFO: Running with entropic power", 1)[-1]
     stats = {k: int(v) for k, v in _STAT.findall(text)}
     last = _DONE.findall(text) or _STATUS.findall(text)
     execs, cov, ft, corp = (int(x) for x in last[-1]) if last else (0, 0, 0, 0)
-    execs = stats.get("number_of_executed_units", execs)
     artifacts = _ARTIFACT.findall(text)
-    hang = "ALARM: working on the last Unit" in text or "-timeout" in "".join(
-        a for a in artifacts if "timeout-" in a)
+    return {"inputs": stats.get("number_of_executed_units", execs), "cov": cov, "ft": ft,
+            "corpus": corp, "exit": rc, "artifacts": artifacts,
+            "hang": "ALARM: working on the last Unit" in text
+            or any("timeout-" in a for a in artifacts),
+            "oom": "out-of-memory" in text or any("oom-" in a for a in artifacts),
+            "peak_rss_mb": stats.get("peak_rss_mb", 0)}
+
+
+def fuzz_target(name: str, work: Path, seconds: float | None, runs: int | None,
+                timeout: int, rss_limit_mb: int, log: Path, segment_s: float
+                ) -> dict[str, object]:
+    """Fuzz one target for ``seconds`` (or ``runs`` inputs) in processes of at most
+    ``segment_s`` each, the corpus carried from one to the next: under atheris the fuzzing
+    process grows by some KB per input (replaying the same inputs without it does not), so
+    a long run in one process would end at the memory limit."""
+    (work / "corpus" / name).mkdir(parents=True, exist_ok=True)
+    (work / "crashes").mkdir(parents=True, exist_ok=True)
+    known = work / f"known-{name}.log"
+    known.unlink(missing_ok=True)
+    log.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    total, segments = 0, 0
+    seg: dict[str, Any] = {}
+    while True:
+        left = None if seconds is None else seconds - (time.monotonic() - t0)
+        if left is not None and left < 1:
+            break
+        seg = _segment(name, work, None if left is None else min(left, segment_s),
+                       None if runs is None else runs - total, timeout, rss_limit_mb, log, known)
+        segments += 1
+        total += int(seg["inputs"])
+        if seg["exit"] != 0 or (runs is not None and total >= runs) or not seg["inputs"]:
+            break
     known_hits = known.read_text().splitlines() if known.exists() else []
-    return {"target": name, "inputs": execs, "cov": cov, "ft": ft, "corpus": corp,
-            "crashes": 0 if rc == 0 else 1, "hang": hang, "exit": rc, "artifacts": artifacts,
-            "known_issues": len(known_hits), "seconds": round(duration, 1),
-            "peak_rss_mb": stats.get("peak_rss_mb", 0), "log": str(log)}
+    return {"target": name, "inputs": total, "cov": seg.get("cov", 0), "ft": seg.get("ft", 0),
+            "corpus": seg.get("corpus", 0), "crashes": 0 if seg.get("exit", 0) == 0 else 1,
+            "hang": seg.get("hang", False), "oom": seg.get("oom", False),
+            "exit": seg.get("exit", 0), "artifacts": seg.get("artifacts", []),
+            "known_issues": len(known_hits), "segments": segments,
+            "seconds": round(time.monotonic() - t0, 1), "log": str(log)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="inputs per target")
     ap.add_argument("--timeout", type=int, default=20, help="seconds one input may take")
     ap.add_argument("--rss-limit-mb", type=int, default=2048)
+    ap.add_argument("--segment", type=float, default=60.0,
+                    help="longest fuzzing process, seconds (the corpus carries over)")
     ap.add_argument("--work", type=Path, default=ROOT / "fuzz" / "work")
     ap.add_argument("--report", type=Path, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -114,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'known':>5} {'sec':>6}", flush=True)
     for name in names:
         row = fuzz_target(name, args.work, args.seconds, args.runs, args.timeout,
-                          args.rss_limit_mb, args.work / f"{name}.log")
+                          args.rss_limit_mb, args.work / f"{name}.log", args.segment)
         rows.append(row)
         print(f"{name:<10} {row['inputs']:>9} {row['cov']:>6} {row['ft']:>7} "
               f"{row['corpus']:>6} {row['crashes']:>5} {row['known_issues']:>5} "
