@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv captures bench clean
+.PHONY: run test lint venv captures bench clean fuzz fuzz-smoke fuzz-corpus soak
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -24,6 +24,28 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -n 2
+
+# Fuzzing (fuzz/run.py): targets run one after another on one core. FUZZ_SECONDS per target;
+# the corpus the fuzzer grows is kept in FUZZ_WORK between runs (CI may cache it).
+FUZZ_SECONDS ?= 300
+FUZZ_WORK ?= fuzz/work
+FUZZ_ARGS ?=
+
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) --work $(FUZZ_WORK) \
+	  --report $(FUZZ_WORK)/report.json $(FUZZ_ARGS)
+
+# ~10 s per target, about 3 minutes in all; fails on any crash or hang
+fuzz-smoke: $(STAMP)
+	$(BIN)/python -m fuzz.run --seconds 10 --work $(FUZZ_WORK) $(FUZZ_ARGS)
+
+fuzz-corpus: $(STAMP)
+	$(BIN)/python fuzz/make_corpus.py
+
+# The long soak (the suite runs a bounded one in tests/soak/test_soak.py)
+SOAK_SECONDS ?= 900
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak.soak --seconds $(SOAK_SECONDS) --json soak-result.json
 
 captures: $(STAMP)
 	$(BIN)/python captures/make_captures.py

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from probe.layers import (
     GTPU_PORT,
+    LOOP_INET6_FAMILIES,
     TUNNEL_NONE,
     VXLAN_PORT,
     IcmpQuote,
@@ -75,21 +76,30 @@ class Decoded:
     """How many packets went through the per-packet decoder."""
 
 
+# The readers below take a column of positions, some of which may lie past the end of a
+# packet (a mask rejects those packets afterwards); each clamps its positions so that the
+# bytes it reads lie inside the buffer. The clamp is by the width read: a field that ends
+# exactly at the end of the buffer (the last packet of a chunk) is read where it is.
+
+
 def _u8(arr: npt.NDArray[np.uint8], idx: I64) -> I64:
-    return arr[idx].astype(np.int64)
+    return arr[np.minimum(idx, len(arr) - 1)].astype(np.int64)
 
 
 def _be16(arr: npt.NDArray[np.uint8], idx: I64) -> I64:
+    idx = np.minimum(idx, len(arr) - 2)
     return (arr[idx].astype(np.int64) << 8) | arr[idx + 1]
 
 
 def _be32(arr: npt.NDArray[np.uint8], idx: I64) -> I64:
+    idx = np.minimum(idx, len(arr) - 4)
     b = arr[idx[:, None] + np.arange(4)].astype(np.int64)
     out: I64 = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
     return out
 
 
 def _be64(arr: npt.NDArray[np.uint8], idx: I64) -> U64:
+    idx = np.minimum(idx, len(arr) - 8)
     b = arr[idx[:, None] + np.arange(8)]
     out: U64 = b.copy().view(">u8").reshape(-1).astype(np.uint64)
     return out
@@ -107,14 +117,10 @@ class Decoder:
         arr = np.frombuffer(buf, dtype=np.uint8)
         if len(arr) < 16:
             arr = np.concatenate([arr, np.zeros(16, dtype=np.uint8)])
-        top = len(arr) - 9  # reads go up to 8 bytes past an index; masks reject what lies beyond
         off = b.data_off
         cap = b.caplen
         lt = b.linktype
         end = off + cap
-
-        def at(x: I64) -> I64:
-            return np.minimum(x, top)
 
         l3 = np.full(n, -1, dtype=np.int64)
         et = np.zeros(n, dtype=np.int64)
@@ -125,40 +131,47 @@ class Decoder:
         if eth.any():
             ok = eth & (cap >= 14)
             slow |= eth & ~ok
-            e = _be16(arr, at(off + 12))
+            e = _be16(arr, off + 12)
             tag = ok & (e == 0x8100)
-            e2 = _be16(arr, at(off + 16))
+            e2 = _be16(arr, off + 16)
             tag_ok = tag & (cap >= 18)
             slow |= tag & ~tag_ok
-            vlan = np.where(tag_ok, _be16(arr, at(off + 14)) & 0x0FFF, vlan)
+            vlan = np.where(tag_ok, _be16(arr, off + 14) & 0x0FFF, vlan)
             et = np.where(ok, np.where(tag_ok, e2, e), et)
             l3 = np.where(ok, np.where(tag_ok, off + 18, off + 14), l3)
         sll = lt == LinkType.LINUX_SLL
         if sll.any():
             ok = sll & (cap >= 16)
             slow |= sll & ~ok
-            et = np.where(ok, _be16(arr, at(off + 14)), et)
+            et = np.where(ok, _be16(arr, off + 14), et)
             l3 = np.where(ok, off + 16, l3)
         sll2 = lt == LinkType.LINUX_SLL2
         if sll2.any():
             ok = sll2 & (cap >= 20)
             slow |= sll2 & ~ok
-            et = np.where(ok, _be16(arr, at(off)), et)
+            et = np.where(ok, _be16(arr, off), et)
             l3 = np.where(ok, off + 20, l3)
         raw = np.isin(lt, (LinkType.RAW, LinkType.RAW_12, LinkType.RAW_14, LinkType.IPV4,
                            LinkType.IPV6))
         if raw.any():
             ok = raw & (cap >= 1)
             slow |= raw & ~ok
-            v = _u8(arr, at(off)) >> 4
+            v = _u8(arr, off) >> 4
             et = np.where(ok, np.where(v == 4, 0x0800, np.where(v == 6, 0x86DD, -1)), et)
             l3 = np.where(ok, off, l3)
         loop = (lt == LinkType.NULL) | (lt == LinkType.LOOP)
         if loop.any():
             ok = loop & (cap >= 5)
             slow |= loop & ~ok
-            v = _u8(arr, at(off + 4)) >> 4
-            et = np.where(ok, np.where(v == 4, 0x0800, np.where(v == 6, 0x86DD, -1)), et)
+            # The address family says what follows, as in the per-packet decoder: host
+            # order for NULL (read the other way when it cannot be little-endian), network
+            # order for LOOP; any family but IPv4's and IPv6's is not IP.
+            be = _be32(arr, off)
+            le = (((be & 0xFF) << 24) | (((be >> 8) & 0xFF) << 16) | (((be >> 16) & 0xFF) << 8)
+                  | (be >> 24))
+            fam = np.where((lt == LinkType.NULL) & (le <= 0xFFFF), le, be)
+            et = np.where(ok, np.where(fam == 2, 0x0800,
+                                       np.where(np.isin(fam, LOOP_INET6_FAMILIES), 0x86DD, -1)), et)
             l3 = np.where(ok, off + 4, l3)
         known = eth | sll | sll2 | raw | loop
         slow |= ~known
@@ -179,11 +192,11 @@ class Decoder:
         i4 = np.flatnonzero(~slow & (et == 0x0800))
         if len(i4):
             L = l3[i4]
-            h0 = _u8(arr, at(L))
+            h0 = _u8(arr, L)
             ihl = (h0 & 0x0F) * 4
-            tot = _be16(arr, at(L + 2))
-            frag = _be16(arr, at(L + 6))
-            pr = _u8(arr, at(L + 9))
+            tot = _be16(arr, L + 2)
+            frag = _be16(arr, L + 6)
+            pr = _u8(arr, L + 9)
             av = avail[i4]
             good = ((av >= 20) & ((h0 >> 4) == 4) & (ihl >= 20) & (av >= ihl) & (tot >= ihl)
                     & (tot <= ip_wire[i4]) & ((frag & 0x3FFF) == 0)
@@ -193,16 +206,16 @@ class Decoder:
             Lg = L[good]
             ipver[g] = 4
             proto[g] = pr[good]
-            src_lo[g] = (_be32(arr, at(Lg + 12)) | V4_MAPPED).astype(np.uint64)
-            dst_lo[g] = (_be32(arr, at(Lg + 16)) | V4_MAPPED).astype(np.uint64)
+            src_lo[g] = (_be32(arr, Lg + 12) | V4_MAPPED).astype(np.uint64)
+            dst_lo[g] = (_be32(arr, Lg + 16) | V4_MAPPED).astype(np.uint64)
             l4[g] = Lg + ihl[good]
             ip_pay[g] = tot[good] - ihl[good]
         i6 = np.flatnonzero(~slow & (et == 0x86DD))
         if len(i6):
             L = l3[i6]
-            h0 = _u8(arr, at(L))
-            plen = _be16(arr, at(L + 4))
-            nh = _u8(arr, at(L + 6))
+            h0 = _u8(arr, L)
+            plen = _be16(arr, L + 4)
+            nh = _u8(arr, L + 6)
             good = ((avail[i6] >= 40) & ((h0 >> 4) == 6) & (plen > 0)
                     & (plen + 40 <= ip_wire[i6]) & np.isin(nh, (6, 17, 58, 132, 59)))
             slow[i6[~good]] = True
@@ -210,10 +223,10 @@ class Decoder:
             Lg = L[good]
             ipver[g] = 6
             proto[g] = nh[good]
-            src_hi[g] = _be64(arr, at(Lg + 8))
-            src_lo[g] = _be64(arr, at(Lg + 16))
-            dst_hi[g] = _be64(arr, at(Lg + 24))
-            dst_lo[g] = _be64(arr, at(Lg + 32))
+            src_hi[g] = _be64(arr, Lg + 8)
+            src_lo[g] = _be64(arr, Lg + 16)
+            dst_hi[g] = _be64(arr, Lg + 24)
+            dst_lo[g] = _be64(arr, Lg + 32)
             l4[g] = Lg + 40
             ip_pay[g] = plen[good]
 
@@ -227,23 +240,23 @@ class Decoder:
         it = np.flatnonzero(ip & (proto == 6))
         if len(it):
             L = l4[it]
-            thl = (_u8(arr, at(L + 12)) >> 4) * 4
+            thl = (_u8(arr, L + 12) >> 4) * 4
             good = ((end[it] - L) >= 14) & (thl >= 20) & (thl <= ip_pay[it])
             slow[it[~good]] = True
             g = it[good]
             Lg = L[good]
-            sport[g] = _be16(arr, at(Lg))
-            dport[g] = _be16(arr, at(Lg + 2))
-            seq[g] = _be32(arr, at(Lg + 4))
-            flags[g] = _u8(arr, at(Lg + 13))
+            sport[g] = _be16(arr, Lg)
+            dport[g] = _be16(arr, Lg + 2)
+            seq[g] = _be32(arr, Lg + 4)
+            flags[g] = _u8(arr, Lg + 13)
             hdr[g] = thl[good]
             fast[g] = True
         iu = np.flatnonzero(ip & (proto == 17))
         if len(iu):
             L = l4[iu]
-            sp = _be16(arr, at(L))
-            dp = _be16(arr, at(L + 2))
-            ulen = _be16(arr, at(L + 4))
+            sp = _be16(arr, L)
+            dp = _be16(arr, L + 2)
+            ulen = _be16(arr, L + 4)
             pay = ip_pay[iu]
             good = (((end[iu] - L) >= 8) & (pay >= 8) & (ulen == pay)
                     & (sp != VXLAN_PORT) & (dp != VXLAN_PORT) & (sp != GTPU_PORT)
@@ -257,7 +270,7 @@ class Decoder:
         ic = np.flatnonzero(ip & ((proto == 1) | (proto == 58)))
         if len(ic):
             L = l4[ic]
-            ty = _u8(arr, at(L))
+            ty = _u8(arr, L)
             err = np.where(proto[ic] == 1, np.isin(ty, (3, 4, 5, 11, 12)), ty < 128)
             bad = err | ((end[ic] - L) < 1)
             slow[ic[bad]] = True

@@ -24,6 +24,7 @@ from probe.sources import LinkType
 
 __all__ = [
     "GTPU_PORT",
+    "LOOP_INET6_FAMILIES",
     "TUNNEL_NAMES",
     "TUNNEL_NONE",
     "VXLAN_PORT",
@@ -62,6 +63,8 @@ IPV6_FRAG = 44
 IPPROTO_AH = 51
 ICMP4_ERRORS = {3, 4, 5, 11, 12}
 MAX_DEPTH = 6
+LOOP_INET6_FAMILIES = (10, 23, 24, 28, 30)
+"""AF_INET6 in a loopback header: Linux, Windows, NetBSD/OpenBSD, FreeBSD, Darwin."""
 FRAG_TABLE_MAX = 65536
 FRAG_TTL_NS = 60 * 1_000_000_000
 
@@ -178,7 +181,7 @@ class SlowDecoder:
                 fam = int.from_bytes(fam_raw, "big")
             if fam == 2:
                 return self._ipv4(cur, ctx)
-            if fam in (10, 23, 24, 28, 30):
+            if fam in LOOP_INET6_FAMILIES:
                 return self._ipv6(cur, ctx)
             return None
         raise Malformed("link", cur.pos, f"unsupported-linktype-{lt}")

@@ -25,6 +25,7 @@ import select
 import struct
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -428,7 +429,7 @@ class CaptureSource:
         self.status = ReadStatus(source=name, compressed=self._in.compressed)
         try:
             self._pending = self._in.read(max(chunk_size, 64))
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             self.close()
             raise NotACapture(f"{name}: unreadable gzip data ({exc})") from exc
         self._detect()
@@ -503,7 +504,7 @@ class CaptureSource:
             return new, pos, got == 0
         try:
             nxt = self._in.read(self.chunk_size)
-        except (OSError, EOFError, gzip.BadGzipFile, struct.error) as exc:
+        except (OSError, EOFError, gzip.BadGzipFile, struct.error, zlib.error) as exc:
             self.status.damaged(self.status.bytes_read,
                                 f"input unreadable after byte {self.status.bytes_read}: {exc}")
             return buf[pos:], pos, True

@@ -560,17 +560,29 @@ def client_hello_names(hello: bytes) -> tuple[str | None, tuple[str, ...]]:
         if etype not in _NAME_EXTENSIONS:
             continue
         body = hello[at:p]
+        # as in parse_client_hello: the last extension of a type is the one that counts
         if etype == _SERVER_NAME:
-            if len(body) >= 5 and body[2] == 0:
-                k = int.from_bytes(body[3:5], "big")
-                sni = _decode_name(body[5:5 + k])
-        elif len(body) >= 2:
+            if body:
+                sni = _first_host_name(body)
+        else:
+            alpn = []
             q = 2
             while q < len(body):
                 k = body[q]
                 alpn.append(body[q + 1:q + 1 + k].decode("latin-1"))
                 q += 1 + k
     return sni, tuple(alpn)
+
+
+def _first_host_name(body: bytes) -> str | None:
+    """The first host_name entry of a server_name list (what :func:`_parse_sni` returns)."""
+    q = 2
+    while q + 3 <= len(body):
+        k = int.from_bytes(body[q + 1:q + 3], "big")
+        if body[q] == 0:
+            return _decode_name(body[q + 3:q + 3 + k])
+        q += 3 + k
+    return None
 
 
 def tls_client_hello_names(data: bytes) -> tuple[str | None, tuple[str, ...]]:

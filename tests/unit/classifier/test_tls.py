@@ -258,3 +258,42 @@ def test_leading_handshake_reads_records_as_iter_records_does() -> None:
     for sample in samples:
         assert _outcome(lambda d: tls._leading_handshake(d, "tls"), sample) == \
             _outcome(_slow_leading_handshake, sample)
+
+
+def _hello_with(*extensions: tuple[int, bytes]) -> bytes:
+    """A TLS record holding a ClientHello with these (type, body) extensions."""
+    exts = b"".join(t.to_bytes(2, "big") + len(b).to_bytes(2, "big") + b for t, b in extensions)
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+            + len(exts).to_bytes(2, "big") + exts)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+
+
+def _alpn(*names: bytes) -> bytes:
+    items = b"".join(bytes([len(n)]) + n for n in names)
+    return len(items).to_bytes(2, "big") + items
+
+
+def _sni(*entries: tuple[int, bytes]) -> bytes:
+    items = b"".join(bytes([t]) + len(n).to_bytes(2, "big") + n for t, n in entries)
+    return len(items).to_bytes(2, "big") + items
+
+
+def test_names_fast_path_takes_the_last_extension_of_a_type() -> None:
+    # Found by the tls fuzz target (fuzz/regressions/tls): a ClientHello whose server_name
+    # extension type was changed into a second ALPN extension. The fast path added up the
+    # names of both ALPN extensions; the full parser keeps the last.
+    cases = [
+        _hello_with((16, _alpn(b"imo.im")), (16, _alpn(b"h2", b"http/1.1"))),
+        _hello_with((0, _sni((0, b"a.example"))), (0, _sni((0, b"b.example")))),
+        _hello_with((0, _sni((0, b"a.example"))), (0, _sni((1, b"x"), (0, b"b.example")))),
+        _hello_with((0, _sni((0, b"a.example"))), (0, _sni((1, b"x")))),
+    ]
+    found = (Path(__file__).resolve().parents[3] / "fuzz" / "regressions" / "tls"
+             / "duplicate-alpn-extension").read_bytes()
+    for data in (*cases, found):
+        full = tls.parse_tls_client_hello(data)
+        assert tls.tls_client_hello_names(data) == (full.sni, tuple(full.alpn))
+    assert tls.tls_client_hello_names(cases[0]) == (None, ("h2", "http/1.1"))
+    assert tls.tls_client_hello_names(cases[2])[0] == "b.example"
+    assert tls.tls_client_hello_names(cases[3])[0] is None
