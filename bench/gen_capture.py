@@ -9,6 +9,10 @@ ClientHello, then short-header packets), DNS queries and answers, and STUN
 binding requests/responses. About 15 % of the flows are IPv6 and 8 % carry an
 802.1Q tag. IPv4 header, UDP and TCP checksums are correct.
 
+``--profile`` picks the mix (:data:`PROFILES`): ``web`` (the default) has a few long
+calls among many web and DNS flows; ``calls`` puts most packets in many short voice and
+video calls, one flow each, as an access network busy with calls sees them.
+
 The same seed gives the same bytes. Flows are drawn first, from their own
 random stream, so ``--scale K`` gives the same flows (addresses, ports, names,
 keys, sizes) with every packet train K times longer: media calls last K times
@@ -557,6 +561,10 @@ class Capture:
         c["patch"].append(np.tile(np.array([s.patch for s in slots], np.int8), n_units)[flat])
         c["xid"].append(xid.ravel()[flat])
 
+    def drawn(self) -> int:
+        """Packets emitted so far."""
+        return sum(len(ts) for ts in self.cols["ts"])
+
     # ---- writing -----------------------------------------------------------------
     def write(self, path: Path) -> dict[str, Any]:
         """Sort the packets, compute the per-packet fields and write the pcap."""
@@ -924,12 +932,14 @@ def fit_starts(cap: Capture, dur: I64) -> I64:
     return (cap.frng.random(len(dur)) * room).astype(np.int64)
 
 
-def media_durations(cap: Capture, budget: int, pps: float) -> list[int]:
-    """Call lengths (scale-1 µs) whose packets add up to about ``budget``."""
+def media_durations(cap: Capture, budget: int, pps: float,
+                    call_s: tuple[float, float] = (20.0, 150.0)) -> list[int]:
+    """Call lengths (scale-1 µs), uniform in ``call_s`` seconds, whose packets add up to
+    about ``budget``; the last one is cut to what is left."""
     out: list[int] = []
     left = budget
-    while left > pps * 5:
-        d = float(cap.frng.uniform(20, 150))
+    while left > pps * min(5.0, call_s[0]):
+        d = float(cap.frng.uniform(*call_s))
         d = min(d, left / pps)
         out.append(int(d * 1e6))
         left -= int(d * pps)
@@ -968,15 +978,17 @@ def as_arrays(msgs: Mapping[str, list[tuple[int, int]]]) -> dict[str, tuple[I64,
             for k, v in msgs.items()}
 
 
-def gen_media(cap: Capture, kind: Kind, budget: int, used: set[Any]) -> int:
-    """Voice (two-way, 50 pps per direction) or video (bursty frames one way, RTCP back).
+def gen_media(cap: Capture, kind: Kind, budget: int, used: set[Any],
+              call_s: tuple[float, float] = (20.0, 150.0)) -> int:
+    """Voice (two-way, 50 pps per direction) or video (bursty frames one way, RTCP back),
+    one flow per call, each lasting ``call_s`` seconds (uniform) at scale 1.
 
     Returns the expected packet count at scale 1.
     """
     r = cap.frng
     video = kind == Kind.VIDEO
     pps = 125.0 if video else 100.0
-    durs = media_durations(cap, budget, pps)
+    durs = media_durations(cap, budget, pps, call_s)
     ids: list[int] = []
     msgs: dict[str, list[tuple[int, int]]] = {k: [] for k in (
         "ice_req0", "ice_resp0", "ice_req1", "ice_resp1", "rtcp0", "rtcp1")}
@@ -1271,6 +1283,24 @@ class Mix:
     """Share of the non-media flows that are standalone STUN."""
     quic_flows: float = 0.18
     """Share of the non-media flows that are QUIC (the rest is TLS over TCP)."""
+    call_s: tuple[float, float] = (20.0, 150.0)
+    """Range of call lengths in seconds at scale 1 (uniform), voice and video alike."""
+    exact_budget: bool = False
+    """Give web traffic what is left of the packet budget after the packets already drawn.
+    Otherwise media calls are counted in whole seconds each, which is close for long calls
+    (the ``web`` profile was first made so and keeps its bytes) but misses about half a
+    second of packets per call when calls last a few seconds."""
+
+
+PROFILES: dict[str, Mix] = {
+    "web": Mix(),
+    "calls": Mix(voice_share=0.57, video_share=0.18, dns_flows=0.6, quic_flows=0.12,
+                 call_s=(0.5, 3.0), exact_budget=True),
+}
+"""Named mixes. ``web``: most flows are web and DNS; a few long calls (20-150 s) carry over
+half the packets. ``calls``: three quarters of the packets are in short voice and video
+calls (0.5-3 s), about one call per 250 packets (2,000 calls among 12,500 flows in 500,000
+packets); the other flows are web and DNS, with more DNS so the web part fits what is left."""
 
 
 def generate(packets: int, flows: int, scale: int, seed: int, out: Path,
@@ -1278,8 +1308,8 @@ def generate(packets: int, flows: int, scale: int, seed: int, out: Path,
     """Build and write a capture; returns the sidecar contents."""
     cap = Capture(seed, scale)
     used: set[Any] = set()
-    base = gen_media(cap, Kind.VOICE, int(packets * mix.voice_share), used)
-    base += gen_media(cap, Kind.VIDEO, int(packets * mix.video_share), used)
+    base = gen_media(cap, Kind.VOICE, int(packets * mix.voice_share), used, mix.call_s)
+    base += gen_media(cap, Kind.VIDEO, int(packets * mix.video_share), used, mix.call_s)
     rest = max(flows - len(cap.flows), 10)
     n_dns = int(rest * mix.dns_flows)
     n_stun = int(rest * mix.stun_flows)
@@ -1287,10 +1317,14 @@ def generate(packets: int, flows: int, scale: int, seed: int, out: Path,
     n_tls = rest - n_dns - n_stun - n_quic
     base += gen_dns(cap, n_dns, used)
     base += gen_stun(cap, n_stun, used)
+    if mix.exact_budget:
+        base = cap.drawn()
     gen_tls_quic(cap, n_tls, n_quic, packets - base, used)
     info = cap.write(out)
+    by_kind = info["by_kind"]
     info.update({"seed": seed, "scale": scale, "span_s": cap.span_us / 1e6,
-                 "target_packets": packets, "target_flows": flows})
+                 "target_packets": packets, "target_flows": flows,
+                 "calls": by_kind["voice"]["flows"] + by_kind["video"]["flows"]})
     return info
 
 
@@ -1300,30 +1334,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--flows", type=int, default=None, help="target flows (default packets/40)")
     ap.add_argument("--scale", type=int, default=1, help="make every flow K times longer")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="web",
+                    help="traffic mix: web (few long calls) or calls (many short calls)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="output pcap (default bench/data/synth-<packets>-s<scale>.pcap)")
+                    help="output pcap (default bench/data/synth-<packets>-s<scale>.pcap, "
+                    "synth-<profile>-<packets>-s<scale>.pcap for other profiles)")
     a = ap.parse_args(argv)
     if a.packets < 1000 or a.scale < 1:
         ap.error("--packets must be at least 1000 and --scale at least 1")
     flows = a.flows if a.flows is not None else max(a.packets // 40, 10)
-    out = a.out or default_path(a.packets, a.scale)
+    out = a.out or default_path(a.packets, a.scale, a.profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    info = generate(a.packets, flows, a.scale, a.seed, out)
+    info = generate(a.packets, flows, a.scale, a.seed, out, PROFILES[a.profile])
+    info["profile"] = a.profile
     info["generate_s"] = round(time.perf_counter() - t, 2)
     Path(str(out) + ".json").write_text(json.dumps(info, indent=2) + "\n")
     kinds = ", ".join(f"{k} {v['flows']}/{v['packets']}" for k, v in info["by_kind"].items())
     print(f"{out}: {info['packets']} packets, {info['flows']} flows, "
           f"{info['bytes'] / 2**20:.1f} MiB, {info['span_s']:.0f} s span, "
           f"{info['generate_s']} s to generate")
-    print(f"  flows/packets by kind: {kinds}; ipv6 flows {info['ipv6_flows']}, "
-          f"802.1Q flows {info['vlan_flows']}")
+    print(f"  flows/packets by kind: {kinds}; calls {info['calls']}; "
+          f"ipv6 flows {info['ipv6_flows']}, 802.1Q flows {info['vlan_flows']}")
     return 0
 
 
-def default_path(packets: int, scale: int) -> Path:
-    """Where a capture of this size and scale is written by default."""
-    return Path(__file__).resolve().parent / "data" / f"synth-{packets}-s{scale}.pcap"
+def default_path(packets: int, scale: int, profile: str = "web") -> Path:
+    """Where a capture of this profile, size and scale is written by default (the web
+    profile's name has no profile in it: it was the only one)."""
+    name = f"synth-{packets}-s{scale}" if profile == "web" else \
+        f"synth-{profile}-{packets}-s{scale}"
+    return Path(__file__).resolve().parent / "data" / f"{name}.pcap"
 
 
 if __name__ == "__main__":

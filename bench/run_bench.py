@@ -1,8 +1,16 @@
 #!/usr/bin/env python3
-"""Time marsad against a dpkt loop, nfstream and (optionally) tshark on one capture.
+"""Time marsad against a dpkt loop, nfstream and (optionally) tshark on synthetic captures.
 
-Each tool runs as its own process on the same file; runs alternate between the
-tools for ``--reps`` rounds and the median wall time is kept. Peak memory is
+marsad is timed as users run it: ``marsad flows`` (flow records only), ``marsad
+analyze FILE --json`` (the one pipeline: flows, labels, calls, verdicts) and the live
+probe fed the capture as a stream (``cat FILE | marsad probe -r - --data-dir D``, with
+the capture ring and the store on, a fresh data directory per run).
+
+It runs on two captures from ``gen_capture.py`` (``--captures``, default both): ``web``,
+mostly web and DNS flows with a few long calls, and ``calls``, most packets in many
+short voice and video calls. Each tool runs as its own process on the same file; runs
+alternate between the tools and the captures for ``--reps`` rounds and the median wall
+time is kept. Peak memory is
 measured over the tool's whole process tree (nfstream meters and marsad
 workers are separate processes), sampled from /proc every ~20 ms (PSS every
 ~100 ms, see ``PSS_EVERY``), two ways:
@@ -12,8 +20,8 @@ splits shared pages between the processes that map them and so adds up to the
 memory the tree really holds. Both are reported; the memory ratios use both.
 
 Tools that are not installed, or marsad subcommands that do not exist yet, are
-skipped with a note. Results go to ``bench/out/`` as JSON and markdown, with
-the machine they were measured on.
+skipped with a note. Results go to ``bench/out/`` as JSON and markdown, one table and
+its ratios per capture, with the machine they were measured on.
 
 ``--flatness`` instead runs marsad flows and nfstream without DPI on a
 scale-1 and a scale-10 capture of the same flows (``gen_capture.py --scale``)
@@ -54,7 +62,10 @@ PSS_EVERY = 5
 page-table lock contention. PSS never exceeds RSS, so it is also skipped when the summed
 RSS is below the PSS peak already seen."""
 sys.path.insert(0, str(BENCH))
-from gen_capture import default_path  # noqa: E402
+from gen_capture import PROFILES, default_path  # noqa: E402
+
+DEFAULT_PACKETS = {"web": 2_000_000, "calls": 500_000}
+"""Size of each profile's generated capture unless ``--packets`` says otherwise."""
 
 # --------------------------------------------------------------------------------------
 # Measuring one process tree
@@ -235,33 +246,66 @@ class Tool:
     """Command line, with ``{pcap}`` where the capture goes."""
     keep_stdout: bool = True
     """Capture standard output (to read the flow count) instead of discarding it."""
+    data_dir: bool = False
+    """Give every run a fresh empty directory, ``{datadir}`` in ``argv``, removed after."""
     skip: str | None = None
     """Why the tool is not run, if it is not."""
     runs: list[Run] = field(default_factory=list)
     """Measurements."""
 
-    def command(self, pcap: Path) -> list[str]:
-        return [a.replace("{pcap}", str(pcap)) for a in self.argv]
+    def command(self, pcap: Path, data_dir: Path | None = None) -> list[str]:
+        out = [a.replace("{pcap}", str(pcap)) for a in self.argv]
+        if data_dir is not None:
+            out = [a.replace("{datadir}", str(data_dir)) for a in out]
+        return out
+
+    def fresh(self) -> Tool:
+        """The same tool with no measurements (one per capture)."""
+        return Tool(self.name, list(self.argv), self.keep_stdout, self.data_dir, self.skip)
+
+
+MARSAD_FORMAT = {"flows": "--jsonl", "analyze": "--json"}
+"""Output option each timed marsad subcommand runs with. ``analyze --json`` and
+``--jsonl`` run the same pipeline; ``--json`` is the output users ask for."""
 
 
 def marsad_tool(sub: str) -> Tool:
-    """``marsad <sub> FILE --jsonl``, skipped when the CLI or the subcommand is missing."""
+    """``marsad <sub> FILE --jsonl|--json``, skipped when the CLI or the subcommand is
+    missing."""
     exe = VENV_BIN / "marsad"
-    tool = Tool(f"marsad {sub}", [str(exe), sub, "{pcap}", "--jsonl"], keep_stdout=False)
+    tool = Tool(f"marsad {sub}", [str(exe), sub, "{pcap}", MARSAD_FORMAT.get(sub, "--jsonl")],
+                keep_stdout=False)
+    tool.skip = marsad_missing(exe, sub)
+    return tool
+
+
+def marsad_probe_tool() -> Tool:
+    """The live probe fed the capture as a stream, as on a tap: ``cat FILE | marsad probe
+    -r - --data-dir D``, the capture ring and the store on (the defaults with a data
+    directory). The shell, ``cat`` and the probe's processes are one tree, so the memory
+    sampler counts all of them; standard output (the JSON lines) is discarded."""
+    exe = VENV_BIN / "marsad"
+    tool = Tool("marsad probe (stream)",
+                ["sh", "-c", 'cat "$1" | "$2" probe -r - --data-dir "$3"', "sh", "{pcap}",
+                 str(exe), "{datadir}"], keep_stdout=False, data_dir=True)
+    tool.skip = marsad_missing(exe, "probe")
+    return tool
+
+
+def marsad_missing(exe: Path, sub: str) -> str | None:
+    """Why ``marsad <sub>`` cannot be run, or None when ``marsad <sub> --help`` works."""
     if not exe.exists():
-        tool.skip = f"{exe} not found (package not installed?)"
-        return tool
+        return f"{exe} not found (package not installed?)"
     try:
         probe = subprocess.run([str(exe), sub, "--help"], capture_output=True, timeout=60,
                                cwd=ROOT)
     except (OSError, subprocess.TimeoutExpired) as e:
-        tool.skip = f"`marsad {sub} --help` failed: {e}"
-        return tool
+        return f"`marsad {sub} --help` failed: {e}"
     if probe.returncode != 0:
         msg = (probe.stderr or probe.stdout).decode(errors="replace").strip().splitlines()
-        tool.skip = f"`marsad {sub}` not available (exit {probe.returncode}" \
+        return f"`marsad {sub}` not available (exit {probe.returncode}" \
             + (f": {msg[-1]}" if msg else "") + ")"
-    return tool
+    return None
 
 
 def python_tool(name: str, script: str, *args: str, needs: str | None = None) -> Tool:
@@ -285,7 +329,7 @@ def tshark_tool() -> Tool:
 
 
 def all_tools(with_tshark: bool) -> list[Tool]:
-    tools = [marsad_tool("flows"), marsad_tool("analyze"),
+    tools = [marsad_tool("flows"), marsad_tool("analyze"), marsad_probe_tool(),
              python_tool("dpkt loop", "dpkt_loop.py", needs="dpkt"),
              python_tool("nfstream no-DPI", "nfstream_run.py", "--mode", "no-dpi",
                          needs="nfstream"),
@@ -295,17 +339,31 @@ def all_tools(with_tshark: bool) -> list[Tool]:
     return tools
 
 
-def measure(tools: Sequence[Tool], pcap: Path, reps: int, timeout_s: float) -> None:
-    """Run every available tool ``reps`` times, alternating between tools."""
+def run_tool(tool: Tool, pcap: Path, timeout_s: float) -> Run:
+    """One timed run of a tool on a capture (in a fresh data directory if it takes one)."""
+    if not tool.data_dir:
+        return timed_run(tool.command(pcap), tool.keep_stdout, timeout_s)
+    data = Path(tempfile.mkdtemp(prefix="marsad-bench-"))
+    try:
+        return timed_run(tool.command(pcap, data), tool.keep_stdout, timeout_s)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def measure(plan: Sequence[tuple[str, Path, Sequence[Tool]]], reps: int,
+            timeout_s: float) -> None:
+    """Run every available tool on its capture ``reps`` times; each round runs every tool
+    on every capture in turn, so a change in the machine's load falls on all of them."""
     for rep in range(reps):
-        for tool in tools:
-            if tool.skip:
-                continue
-            run = timed_run(tool.command(pcap), tool.keep_stdout, timeout_s)
-            tool.runs.append(run)
-            state = "ok" if run.returncode == 0 else f"exit {run.returncode}"
-            print(f"  [{rep + 1}/{reps}] {tool.name:16s} {run.wall_s:8.2f} s "
-                  f"{run.peak_rss / 2**20:8.1f} MiB  {state}", flush=True)
+        for label, pcap, tools in plan:
+            for tool in tools:
+                if tool.skip:
+                    continue
+                run = run_tool(tool, pcap, timeout_s)
+                tool.runs.append(run)
+                state = "ok" if run.returncode == 0 else f"exit {run.returncode}"
+                print(f"  [{rep + 1}/{reps}] {label:6s} {tool.name:22s} {run.wall_s:8.2f} s "
+                      f"{run.peak_rss / 2**20:8.1f} MiB  {state}", flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -340,13 +398,15 @@ def count_packets(pcap: Path) -> int:
             n += 1
 
 
-def ensure_capture(packets: int, scale: int) -> Path:
-    """The default capture of this size and scale, generated first if it is missing."""
-    path = default_path(packets, scale)
+def ensure_capture(packets: int, scale: int, profile: str = "web") -> Path:
+    """The default capture of this profile, size and scale, generated first if it is
+    missing."""
+    path = default_path(packets, scale, profile)
     if not path.exists():
         print(f"generating {path} ...", flush=True)
         subprocess.run([sys.executable, str(BENCH / "gen_capture.py"), "--packets", str(packets),
-                        "--scale", str(scale), "--out", str(path)], check=True)
+                        "--scale", str(scale), "--profile", profile, "--out", str(path)],
+                       check=True)
     return path
 
 
@@ -424,20 +484,30 @@ def ratio(rows: dict[str, dict[str, Any]], a: str, b: str, key: str) -> str:
 
 
 RATIOS = (("marsad flows", "nfstream no-DPI"), ("marsad flows", "dpkt loop"),
-          ("marsad analyze", "nfstream DPI"))
+          ("marsad analyze", "nfstream DPI"), ("marsad probe (stream)", "marsad analyze"))
+"""Pairs compared on each capture (a / b)."""
 
 
 def markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    cap = result["capture"]
     lines = [f"# Benchmark {result['started']}", "",
+             f"{result['reps']} runs per tool, alternating between tools and captures; "
+             "median wall time."]
+    for name, cap in result["captures"].items():
+        lines += ["", *capture_md(name, cap)]
+    lines += ["", machine_md(result["machine"])]
+    return "\n".join(lines) + "\n"
+
+
+def capture_md(name: str, cap: dict[str, Any]) -> list[str]:
+    """The table and the ratios of one capture."""
+    lines = [f"## {name}", "",
              f"Capture `{cap['path']}`: {cap['packets']:,} packets, "
              f"{cap['bytes'] / 2**20:.1f} MiB"
              + (f", {cap['flows']:,} flows" if cap.get("flows") else "")
-             + f"; {result['reps']} runs per tool, alternating; median wall time.", "",
+             + (f", {cap['calls']:,} calls" if cap.get("calls") is not None else "") + ".", "",
              "| tool | packets/s | median wall s | peak RSS MiB | peak PSS MiB | flows | procs |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in result["tools"]:
+    for r in cap["tools"]:
         if "pps" in r:
             flows = r["flows"] if r["flows"] is not None else "-"
             lines.append(f"| {r['tool']} | {r['pps']:,.0f} | {r['median_wall_s']:.2f} | "
@@ -447,14 +517,13 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {r['tool']} | skipped | | | | | |")
     lines += ["", "| ratio | throughput (a/b packets/s) | peak RSS (a/b) | peak PSS (a/b) |",
               "|---|---|---|---|"]
-    for row in result["ratios"]:
+    for row in cap["ratios"]:
         lines.append(f"| {row['a']} / {row['b']} | {row['throughput']} | {row['memory']} | "
                      f"{row['memory_pss']} |")
-    notes = [f"- {r['tool']}: {r['skip']}" for r in result["tools"] if r.get("skip")]
+    notes = [f"- {r['tool']}: {r['skip']}" for r in cap["tools"] if r.get("skip")]
     if notes:
         lines += ["", "Skipped:", *notes]
-    lines += ["", machine_md(m)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def machine_md(m: dict[str, Any]) -> str:
@@ -475,29 +544,51 @@ def save(result: dict[str, Any], text: str, out_dir: Path, stem: str) -> None:
     print(f"saved {out_dir / f'{stem}-{stamp}'}.{{json,md}}")
 
 
-def bench(args: argparse.Namespace) -> dict[str, Any]:
-    pcap = args.pcap or ensure_capture(args.packets, 1)
-    packets = count_packets(pcap)
+def capture_facts(pcap: Path) -> dict[str, Any]:
+    """Path, packets, bytes, and the flow and call counts of the generator's sidecar."""
     side = Path(str(pcap) + ".json")
-    flows = json.loads(side.read_text()).get("flows") if side.exists() else None
-    tools = all_tools(args.tshark)
+    info = json.loads(side.read_text()) if side.exists() else {}
+    return {"path": str(pcap), "packets": count_packets(pcap), "bytes": pcap.stat().st_size,
+            "flows": info.get("flows"), "calls": info.get("calls"),
+            "profile": info.get("profile")}
+
+
+def captures_of(args: argparse.Namespace) -> dict[str, Path]:
+    """The captures to run on, by name: ``--pcap`` alone, else the generated profiles."""
+    if args.pcap is not None:
+        return {args.pcap.stem: args.pcap}
+    out = {}
+    for name in args.captures:
+        packets = args.packets if args.packets is not None else DEFAULT_PACKETS[name]
+        out[name] = ensure_capture(packets, 1, name)
+    return out
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    caps = captures_of(args)
+    template = all_tools(args.tshark)
     if args.only:
         keep = {s.strip() for s in args.only.split(",")}
-        tools = [t for t in tools if t.name in keep]
+        template = [t for t in template if t.name in keep]
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    result: dict[str, Any] = {"started": started, "machine": machine(), "reps": args.reps,
-                              "capture": {"path": str(pcap), "packets": packets, "flows": flows,
-                                          "bytes": pcap.stat().st_size}}
-    print(f"{pcap}: {packets} packets; {args.reps} rounds", flush=True)
-    for t in tools:
+    facts = {name: capture_facts(pcap) for name, pcap in caps.items()}
+    plan = [(name, pcap, [t.fresh() for t in template]) for name, pcap in caps.items()]
+    for name, f in facts.items():
+        print(f"{name}: {f['path']}: {f['packets']} packets", flush=True)
+    print(f"{args.reps} rounds", flush=True)
+    for t in template:
         if t.skip:
             print(f"  skip {t.name}: {t.skip}")
-    measure(tools, pcap, args.reps, args.timeout)
-    rows = {t.name: summary(t, packets) for t in tools}
-    result["tools"] = list(rows.values())
-    result["ratios"] = [{"a": a, "b": b, "throughput": ratio(rows, a, b, "pps"),
-                         "memory": ratio(rows, a, b, "peak_rss_mib"),
-                         "memory_pss": ratio(rows, a, b, "peak_pss_mib")} for a, b in RATIOS]
+    measure(plan, args.reps, args.timeout)
+    result: dict[str, Any] = {"started": started, "machine": machine(), "reps": args.reps,
+                              "captures": {}}
+    for name, _pcap, tools in plan:
+        rows = {t.name: summary(t, facts[name]["packets"]) for t in tools}
+        result["captures"][name] = {
+            **facts[name], "tools": list(rows.values()),
+            "ratios": [{"a": a, "b": b, "throughput": ratio(rows, a, b, "pps"),
+                        "memory": ratio(rows, a, b, "peak_rss_mib"),
+                        "memory_pss": ratio(rows, a, b, "peak_pss_mib")} for a, b in RATIOS]}
     text = markdown(result)
     print(text)
     save(result, text, args.out_dir, "bench")
@@ -520,7 +611,7 @@ def flatness(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{path}: {counts[k]} packets", flush=True)
         for t in tools:
             t.runs = []
-        measure(tools, path, args.reps, args.timeout)
+        measure([(f"s{k}", path, tools)], args.reps, args.timeout)
         for t in tools:
             per[t.name][k] = summary(t, counts[k])
     big = args.flat_scale
@@ -561,8 +652,11 @@ def flatness(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--pcap", type=Path, help="capture to use (default: generated)")
-    ap.add_argument("--packets", type=int, default=2_000_000,
-                    help="size of the generated default capture")
+    ap.add_argument("--captures", type=profile_list, default=list(DEFAULT_PACKETS),
+                    help="generated captures to run on, comma-separated (default web,calls)")
+    ap.add_argument("--packets", type=int, default=None,
+                    help="size of every generated capture (default: web 2,000,000, "
+                    "calls 500,000)")
     ap.add_argument("--reps", type=int, default=3, help="runs per tool (median is reported)")
     ap.add_argument("--tshark", action="store_true", help="also time tshark conversations")
     ap.add_argument("--only", help="comma-separated tool names to run (e.g. 'dpkt loop')")
@@ -586,6 +680,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         bench(args)
     return 0
+
+
+def profile_list(text: str) -> list[str]:
+    """``--captures``: known profile names, comma-separated, in the order given."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [n for n in names if n not in PROFILES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown capture {', '.join(bad) or '(none)'}; choose from {', '.join(PROFILES)}")
+    return list(dict.fromkeys(names))
 
 
 PACKAGES = ("probe", "classifier", "policy", "api")

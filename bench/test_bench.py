@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -276,6 +278,63 @@ def test_rtp_streams_and_dns_and_stun(small: tuple[Path, dict[str, Any], list[Fr
     assert video == small[1]["by_kind"]["video"]["flows"]
 
 
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("calls") / "calls.pcap"
+    assert gc.main(["--profile", "calls", "--packets", "20000", "--out", str(out)]) == 0
+    return out, json.loads(Path(str(out) + ".json").read_text())
+
+
+def test_call_heavy_profile_is_many_short_calls(calls: tuple[Path, dict[str, Any]]) -> None:
+    path, info = calls
+    kinds = info["by_kind"]
+    assert info["profile"] == "calls" and info["flows"] == 500
+    assert 18_000 < info["packets"] < 22_000  # the web part gets what the calls leave
+    # about one call per 250 packets (2,000 calls in 500,000), each call one media flow
+    assert info["calls"] == kinds["voice"]["flows"] + kinds["video"]["flows"]
+    assert 60 <= info["calls"] <= 100
+    media = kinds["voice"]["packets"] + kinds["video"]["packets"]
+    assert 0.7 < media / info["packets"] < 0.8
+    assert all(kinds[k]["flows"] > 0 for k in ("dns", "stun", "tls", "quic"))
+    span: dict[tuple[bytes, int, bytes, int], list[float]] = {}
+    with path.open("rb") as fh:
+        for ts, buf in dpkt.pcap.Reader(fh):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            udp = ip.data
+            if (isinstance(udp, dpkt.udp.UDP) and 443 not in (udp.sport, udp.dport)
+                    and udp.data[0] == 0x80 and udp.data[1] & 0x7F in (0, 96, 98, 102, 111)):
+                key = min((ip.src, udp.sport, ip.dst, udp.dport),
+                          (ip.dst, udp.dport, ip.src, udp.sport))
+                span.setdefault(key, []).append(ts)
+    assert len(span) == info["calls"]
+    lengths = sorted(max(t) - min(t) for t in span.values())
+    assert lengths[-1] < 3.05 and lengths[len(lengths) // 2] > 1.0
+    assert sum(x < 0.45 for x in lengths) <= 2  # at most the last voice and video call is cut
+
+
+def test_call_heavy_capture_gives_marsad_its_calls(calls: tuple[Path, dict[str, Any]]) -> None:
+    """Every voice and video flow of the call-heavy capture is a call with media to marsad:
+    the benchmark's call-heavy figures time the call assembly they are meant to."""
+    from api.pipeline import analyze_capture
+
+    path, info = calls
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    with_media = [c for c in result.analysis.calls if c.media]
+    assert len(with_media) == info["calls"]
+    assert {m for c in with_media for m in c.media} == {"audio", "video"}
+
+
+def test_profiles_same_bytes_and_own_default_names(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    for out in (a, b):
+        assert gc.main(["--profile", "calls", "--packets", "3000", "--out", str(out)]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert gc.default_path(2_000_000, 1).name == "synth-2000000-s1.pcap"
+    assert gc.default_path(2_000_000, 1, "web") == gc.default_path(2_000_000, 1)
+    assert gc.default_path(500_000, 1, "calls").name == "synth-calls-500000-s1.pcap"
+    assert set(rb.DEFAULT_PACKETS) == set(gc.PROFILES)
+
+
 def test_same_seed_same_bytes_and_scale_keeps_flows(tmp_path: Path) -> None:
     a, b, c = tmp_path / "a.pcap", tmp_path / "b.pcap", tmp_path / "c.pcap"
     for out, scale in ((a, 1), (b, 1), (c, 3)):
@@ -370,6 +429,56 @@ def test_missing_marsad_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch,
     assert rb.marsad_tool("flows").skip is None
     skip = rb.marsad_tool("analyze").skip
     assert skip is not None and "invalid choice" in skip
+    skip = rb.marsad_probe_tool().skip
+    assert skip is not None and "`marsad probe` not available" in skip
+
+
+def test_marsad_is_timed_as_users_run_it() -> None:
+    assert rb.marsad_tool("flows").argv[1:] == ["flows", "{pcap}", "--jsonl"]
+    assert rb.marsad_tool("analyze").argv[1:] == ["analyze", "{pcap}", "--json"]
+
+
+def test_probe_tool_reads_the_stream_with_ring_and_store(
+        calls: tuple[Path, dict[str, Any]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tool = rb.marsad_probe_tool()
+    if tool.skip:
+        pytest.skip(tool.skip)
+    path, _info = calls
+    made: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(prefix: str) -> str:
+        made.append(Path(real_mkdtemp(prefix=prefix, dir=tmp_path)))
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    # What the run leaves in its data directory: the store, the ledger and the ring.
+    monkeypatch.setattr(shutil, "rmtree", lambda d, ignore_errors=False: None)
+    run = rb.run_tool(tool, path, timeout_s=120)
+    assert run.returncode == 0, run.stderr_tail
+    assert len(made) == 1
+    data = made[0]
+    assert (data / "marsad.db").is_file() and (data / "ledger.db").is_file()
+    ring = list((data / "captures" / "ring").glob("*.pcap"))
+    assert ring and sum(p.stat().st_size for p in ring) > path.stat().st_size // 2
+    # The tree is the shell, cat, the probe and its reader: all counted.
+    assert run.procs >= 3
+    assert run.peak_rss > 40 << 20
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    run = rb.run_tool(tool, path, timeout_s=120)
+    assert run.returncode == 0 and len(made) == 2 and not made[1].exists()  # removed after
+
+
+def test_a_failing_stream_fails_the_run(tmp_path: Path) -> None:
+    tool = rb.marsad_probe_tool()
+    if tool.skip:
+        pytest.skip(tool.skip)
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all" * 10)
+    run = rb.run_tool(tool, bad, timeout_s=120)
+    assert run.returncode == 2  # the probe's exit status, through the shell's pipeline
 
 
 def test_ratios_and_markdown() -> None:
@@ -392,12 +501,54 @@ def test_runner_end_to_end_on_dpkt(small: tuple[Path, dict[str, Any], list[Frame
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "bench-latest.json").read_text())
-    row = next(t for t in res["tools"] if t["tool"] == "dpkt loop")
+    assert list(res["captures"]) == [path.stem]
+    cap = res["captures"][path.stem]
+    row = next(t for t in cap["tools"] if t["tool"] == "dpkt loop")
     assert row["flows"] == info["flows"]
     assert row["pps"] > 0 and row["peak_rss_mib"] > 5
-    assert res["capture"]["packets"] == info["packets"]
+    assert cap["packets"] == info["packets"]
     assert res["machine"]["versions"]["dpkt"]
     assert "| dpkt loop |" in (tmp_path / "bench-latest.md").read_text()
+
+
+def test_runner_times_both_captures_interleaved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    made: list[tuple[int, str]] = []
+
+    def default_path(packets: int, scale: int, profile: str = "web") -> Path:
+        made.append((packets, profile))
+        return tmp_path / f"{profile}-{packets}-s{scale}.pcap"
+
+    monkeypatch.setattr(rb, "default_path", default_path)
+    assert rb.main(["--packets", "3000", "--reps", "2", "--only", "dpkt loop",
+                    "--out-dir", str(tmp_path / "out")]) == 0
+    assert made == [(3000, "web"), (3000, "calls")]
+    order = [line.split()[1] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  [")]
+    assert order == ["web", "calls", "web", "calls"]
+    res = json.loads((tmp_path / "out" / "bench-latest.json").read_text())
+    assert list(res["captures"]) == ["web", "calls"]
+    for name, cap in res["captures"].items():
+        side = json.loads((tmp_path / f"{name}-3000-s1.pcap.json").read_text())
+        assert cap["profile"] == name and cap["calls"] == side["calls"]
+        row = next(t for t in cap["tools"] if t["tool"] == "dpkt loop")
+        assert row["flows"] == side["flows"] and len(row["runs"]) == 2
+        assert [(r["a"], r["b"]) for r in cap["ratios"]] == list(rb.RATIOS)
+        probe = next(r for r in cap["ratios"] if r["a"] == "marsad probe (stream)")
+        assert probe["b"] == "marsad analyze" and probe["throughput"].startswith("n/a")
+    md = (tmp_path / "out" / "bench-latest.md").read_text()
+    assert md.index("## web") < md.index("## calls")
+    assert md.count("| marsad analyze / nfstream DPI |") == 2
+    assert md.count("| marsad probe (stream) / marsad analyze |") == 2
+
+
+def test_captures_option() -> None:
+    assert rb.profile_list("calls") == ["calls"]
+    assert rb.profile_list("web, calls,web") == ["web", "calls"]
+    with pytest.raises(Exception, match="unknown capture voip"):
+        rb.profile_list("web,voip")
+    with pytest.raises(SystemExit):
+        rb.main(["--captures", "bogus"])
 
 
 def test_nfstream_runner_sees_every_flow(small: tuple[Path, dict[str, Any], list[Frame]]) -> None:
