@@ -610,6 +610,8 @@ class LiveProbe:
         """Write, count and store what the pipeline settled."""
         if not step:
             return
+        # Stored and ledgered before it is reported: a verdict printed is one on record.
+        self._record(step)
         rows = [{"record": "flow", **flow_row(f, c)} for f, c in step.flows]
         rows += [{"record": "call", **call.to_dict()} for call in step.calls]
         rows += [{"record": "flow-verdict", "uid": u, **v.to_dict()}
@@ -631,7 +633,6 @@ class LiveProbe:
                 self.metrics.observe_flow_verdicts(
                     Analysis([], step.flow_verdicts).flow_verdict_list(),
                     [f for f, _ in vf], [c for _, c in vf])
-        self._record(step)
 
     def _record(self, step: Step) -> None:
         """Store the new flows, calls and verdicts; queue ledger entries."""
@@ -656,6 +657,9 @@ class LiveProbe:
             first = min(a for a, _ in frames)
             last = max(z for _, z in frames)
             self._pending_ledger.append((uid, verdict, evidence, first, last))
+        if self._pending_ledger and self.ring is not None:
+            with self._lock:  # the packets behind the verdicts go into a closed file now
+                self.ring.seal(max(p[4] for p in self._pending_ledger))
         self._flush_ledger()
 
     def _flush_ledger(self, final: bool = False) -> None:

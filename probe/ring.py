@@ -269,6 +269,13 @@ class CaptureRing:
         """Close the open file (the stream ended)."""
         self._close_current()
 
+    def seal(self, last_frame: int) -> None:
+        """Close the open file now if it holds ``last_frame``, so that evidence resting on
+        that frame can be recorded with the file's SHA-256 at once."""
+        cur = self._open
+        if cur is not None and cur.first_frame <= last_frame:
+            self._close_current()
+
     # -- lookups --------------------------------------------------------------------------
     def current(self) -> RingFile | None:
         """The file being written, if any."""

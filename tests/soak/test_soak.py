@@ -49,12 +49,6 @@ def test_verdicts_of_stopped_probes_are_ledgered(soak: SoakResult) -> None:
     assert soak.missing_clean == [], soak.missing_clean
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known evidence loss (api/live.py, being fixed on another branch): the probe prints a "
-    "verdict when it settles and stores it, but queues its ledger entry until the ring file "
-    "holding its packets closes; a SIGKILL in between loses a verdict already reported "
-    "(the 600 s soak: 2 of 1,582 printed verdicts, one call and its flow verdict, after 1 "
-    "of 4 kills)"))
 def test_verdicts_of_killed_probes_are_ledgered(soak: SoakResult) -> None:
     """A verdict printed is in the ledger even when its probe was then killed (SIGKILL)."""
     assert soak.missing_after_kill == [], soak.missing_after_kill
