@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv captures bench clean
+.PHONY: run test lint venv captures baseline bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP) lint
 captures: $(STAMP)
 	$(BIN)/python captures/make_captures.py
 	$(BIN)/python captures/make_app_captures.py
+
+# Rewrite tests/golden/ (what every capture gives) after an intended change in behaviour.
+baseline: $(STAMP)
+	$(BIN)/python tests/regen_golden.py
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
