@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv captures bench clean fuzz fuzz-smoke fuzz-corpus soak
+.PHONY: run test lint venv captures baseline bench clean fuzz fuzz-smoke fuzz-corpus soak
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -50,6 +50,10 @@ soak: $(STAMP)
 captures: $(STAMP)
 	$(BIN)/python captures/make_captures.py
 	$(BIN)/python captures/make_app_captures.py
+
+# Rewrite tests/golden/ (what every capture gives) after an intended change in behaviour.
+baseline: $(STAMP)
+	$(BIN)/python tests/regen_golden.py
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
