@@ -71,7 +71,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -245,6 +245,9 @@ class LiveProbe:
         self.calls = 0
         self.verdicts: dict[str, int] = {}
         self.ledger_appended = 0
+        self._first_ts: float | None = None
+        self._last_ts: float | None = None
+        self._flow_verdicts: Counter[str] = Counter()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: FlowReader | None = None
         self._tee_bytes = 0
@@ -493,6 +496,10 @@ class LiveProbe:
         if failure is None:
             self._emit(self.pipeline.finish())
         self._flush_ledger(final=True)
+        if self._store is not None:  # the run's final figures (ledger entries, warnings)
+            self._store.save_results(self._capture_id, AnalysisResult(
+                [], [], Analysis([], {}), self._reader.status if self._reader else _no_status(),
+                self._reader.stats if self._reader else _no_stats()), self._summary())
         time.sleep(0.05)  # tcpdump's last statistics lines
         if self._stderr is not None:
             self._stderr.join(timeout=1)
@@ -610,6 +617,16 @@ class LiveProbe:
         """Write, count and store what the pipeline settled."""
         if not step:
             return
+        self.flows_finished += len(step.flows)
+        for f, _ in step.flows:
+            self._first_ts = min(self._first_ts or f.first_ts, f.first_ts)
+            self._last_ts = max(self._last_ts or f.last_ts, f.last_ts)
+        for v in step.flow_verdicts.values():
+            self._flow_verdicts[str(v.kind)] += 1
+        for call in step.calls:
+            self.calls += 1
+            kind = str(call.verdict.kind)
+            self.verdicts[kind] = self.verdicts.get(kind, 0) + 1
         # Stored and ledgered before it is reported: a verdict printed is one on record.
         self._record(step)
         rows = [{"record": "flow", **flow_row(f, c)} for f, c in step.flows]
@@ -618,11 +635,6 @@ class LiveProbe:
                  for u, v in step.flow_verdicts.items()]
         write_jsonl(rows, self.out)
         self.out.flush()
-        self.flows_finished += len(step.flows)
-        for call in step.calls:
-            self.calls += 1
-            kind = str(call.verdict.kind)
-            self.verdicts[kind] = self.verdicts.get(kind, 0) + 1
         if self.metrics is not None:
             if step.flows:
                 self.metrics.observe_flows([f for f, _ in step.flows],
@@ -643,10 +655,14 @@ class LiveProbe:
                                 Analysis(step.calls, step.flow_verdicts),
                                 self._reader.status if self._reader else _no_status(),
                                 self._reader.stats if self._reader else _no_stats())
-        if self._store is not None:
+        if self._ledger is not None:
+            self._queue_ledger(result, by_uid)
+        if self._store is not None:  # after the ledger: the summary counts its entries
             self._store.save_results(self._capture_id, result, self._summary())
-        if self._ledger is None:
-            return
+
+    def _queue_ledger(self, result: AnalysisResult, by_uid: dict[str, FlowRecord]) -> None:
+        """Queue the ledger entries of a step's verdicts and append those whose packets are
+        in closed ring files (the open file is closed for them first)."""
         from api.evidence import ledger_items
         for uid, verdict, evidence in ledger_items(result, self.policy):
             uids = evidence.get("flow_uids") or [uid]
@@ -809,10 +825,24 @@ class LiveProbe:
             unledgered=self.unledgered)
 
     def _summary(self) -> dict[str, Any]:
+        """The capture row's summary, in the schema of an analysed upload's
+        (:class:`api.schemas.CaptureSummary`) plus what only a live run has."""
         s = self.status()
-        return {"live": True, "interface": s.interface, "packets": s.packets,
-                "dropped": s.dropped, "flows": s.flows_finished, "calls": s.calls,
-                "verdicts": s.verdicts, "complete": s.truncated_at is None}
+        truncated_at, why = self.truncated()
+        warnings = []
+        if self.unledgered:
+            warnings.append(f"{self.unledgered} reported verdict(s) not in the ledger: "
+                            f"{self._unledgered_why}")
+        if self._stream.skipped_bytes:
+            warnings.append(f"{self._stream.skipped_bytes} damaged bytes skipped")
+        return {"format": "pcap", "compressed": False, "packets": s.packets,
+                "flows": s.flows_finished, "calls": s.calls,
+                "weirds": self._reader.stats.weird if self._reader is not None else 0,
+                "complete": truncated_at is None, "stopped_at": truncated_at,
+                "message": why, "first_ts": self._first_ts, "last_ts": self._last_ts,
+                "verdicts": s.verdicts, "flow_verdicts": dict(self._flow_verdicts),
+                "ledger_entries": self.ledger_appended, "warnings": warnings,
+                "live": True, "interface": s.interface, "dropped": s.dropped}
 
     def _write_status(self) -> None:
         if self.cfg.data_dir is not None:

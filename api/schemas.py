@@ -100,8 +100,18 @@ def capture_out(row: CaptureRow) -> CaptureOut:
         id=row.id, filename=row.filename, sha256=row.sha256, size_bytes=row.size_bytes,
         state=row.state, progress=row.progress, error=row.error, created_at=created,
         started_at=utc(row.started_at), finished_at=utc(row.finished_at),
-        summary=CaptureSummary.model_validate(row.summary)
-        if row.state is JobState.DONE else None)
+        summary=_summary(row.summary) if row.state is JobState.DONE else None)
+
+
+_SUMMARY_UNKNOWN: dict[str, object] = {
+    "format": "pcap", "compressed": False, "packets": 0, "flows": 0, "calls": 0, "weirds": 0,
+    "complete": True, "stopped_at": None, "message": None, "first_ts": None, "last_ts": None,
+    "verdicts": {}, "flow_verdicts": {}, "ledger_entries": 0, "warnings": []}
+"""What a summary written by an older live probe (a few fields only) leaves unsaid."""
+
+
+def _summary(stored: dict[str, Any]) -> CaptureSummary:
+    return CaptureSummary.model_validate({**_SUMMARY_UNKNOWN, **stored})
 
 
 class CapturePage(BaseModel):
