@@ -25,3 +25,16 @@ def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes) -> byt
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
                      bytes(int(x) for x in src.split(".")), bytes(int(x) for x in dst.split(".")))
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
+
+
+def split(data: bytes) -> tuple[bytes, list[bytes]]:
+    """(file header, packet records with their headers) of a little-endian microsecond
+    pcap, which must hold whole records only."""
+    assert data[:4] == b"\xd4\xc3\xb2\xa1"
+    out, pos = [], 24
+    while pos + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, pos + 8)[0]
+        out.append(data[pos:pos + 16 + incl])
+        pos += 16 + incl
+    assert pos == len(data)
+    return data[:24], out

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import pytest
 from api.live import CaptureStats, parse_capture_stats, tcpdump_command
 from policy.ledger import Ledger
 from probe import CaptureRing, RingConfig
+from tests.pcapbytes import split
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = ROOT / "captures"
@@ -35,22 +35,10 @@ FAST = ["--udp-idle", "3", "--tcp-idle", "3", "--call-settle", "2", "--call-inte
         "--status-interval", "0.3"]
 
 
-def _records(data: bytes) -> list[bytes]:
-    """The packet records (header + data) of a little-endian microsecond pcap."""
-    assert data[:4] == b"\xd4\xc3\xb2\xa1"
-    out, pos = [], 24
-    while pos + 16 <= len(data):
-        incl = struct.unpack_from("<I", data, pos + 8)[0]
-        out.append(data[pos:pos + 16 + incl])
-        pos += 16 + incl
-    assert pos == len(data)
-    return out
-
-
 def _ring_records(ring: Path) -> list[bytes]:
     out: list[bytes] = []
     for f in sorted(ring.glob("ring-*.pcap")):
-        out.extend(_records(f.read_bytes()))
+        out.extend(split(f.read_bytes())[1])
     return out
 
 
@@ -81,7 +69,7 @@ def test_tcpdump_command() -> None:
 
 def test_ring_rotates_by_size_and_prunes_by_total(tmp_path: Path) -> None:
     data = (CAPTURES / "sample-call.pcap").read_bytes()
-    recs = _records(data)
+    recs = split(data)[1]
     closed: list[str] = []
     ring = CaptureRing(RingConfig(tmp_path, file_bytes=20_000, file_age_s=1e9,
                                   total_bytes=1 << 30),
@@ -185,10 +173,10 @@ def test_stdin_stream_reports_before_the_end(tmp_path: Path, capture: str,
         deadline = time.monotonic() + 5
         while True:  # the heartbeat catches up with every packet while stdin is open
             status = json.loads((data_dir / "probe-status.json").read_text())
-            if status["packets"] == len(_records(data)) or time.monotonic() > deadline:
+            if status["packets"] == len(split(data)[1]) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert status["state"] == "running" and status["packets"] == len(_records(data))
+        assert status["state"] == "running" and status["packets"] == len(split(data)[1])
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
@@ -200,7 +188,7 @@ def test_stdin_stream_reports_before_the_end(tmp_path: Path, capture: str,
     assert any(t < closed_at and o["record"] == "flow" for t, o in lines.lines)
     # The ring holds every packet of the stream, byte for byte.
     ring = data_dir / "captures" / "ring"
-    assert _ring_records(ring) == _records(data)
+    assert _ring_records(ring) == split(data)[1]
     status = json.loads((data_dir / "probe-status.json").read_text())
     assert status["state"] == "stopped" and status["flows_finished"] == sum(
         1 for _, o in lines.lines if o["record"] == "flow")
@@ -352,9 +340,9 @@ def test_live_probe_on_a_veth(tmp_path: Path) -> None:
     assert status["state"] == "running" and status["packets"] > 250
     assert "dropped" in status and status["dropped"] == 0
     assert "kernel received" in (status["message"] or "")
-    assert ring_files and sum(len(_records(f.read_bytes())) for f in ring_files
+    assert ring_files and sum(len(split(f.read_bytes())[1]) for f in ring_files
                               if f.exists()) > 0
     final = json.loads((data_dir / "probe-status.json").read_text())
     assert final["state"] == "stopped"
-    total = sum(len(_records(f.read_bytes())) for f in sorted(ring.glob("ring-*.pcap")))
+    total = sum(len(split(f.read_bytes())[1]) for f in sorted(ring.glob("ring-*.pcap")))
     assert total == final["packets"]

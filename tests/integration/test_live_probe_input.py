@@ -30,23 +30,13 @@ from typing import Any
 import pytest
 
 from policy.ledger import Ledger
+from tests.pcapbytes import split
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = ROOT / "captures"
 FAST = ["--udp-idle", "3", "--tcp-idle", "3", "--call-settle", "2", "--call-interval", "1",
         "--status-interval", "0.3"]
 BAD = ("blocked", "throttled", "degraded", "failed")
-
-
-def split(data: bytes) -> tuple[bytes, list[bytes]]:
-    """(file header, records) of a little-endian microsecond pcap."""
-    assert data[:4] == b"\xd4\xc3\xb2\xa1"
-    out, pos = [], 24
-    while pos + 16 <= len(data):
-        incl = struct.unpack_from("<I", data, pos + 8)[0]
-        out.append(data[pos:pos + 16 + incl])
-        pos += 16 + incl
-    return data[:24], out
 
 
 def arp_record(sec: int) -> bytes:

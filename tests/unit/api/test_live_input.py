@@ -17,21 +17,10 @@ import pytest
 from api.live import CaptureStats, parse_capture_stats
 from probe import CaptureRing, PcapStream, RingConfig
 from probe.pcapstream import TIME_JUMP_S
+from tests.pcapbytes import split
 
 ROOT = Path(__file__).resolve().parents[3]
 CAPTURES = ROOT / "captures"
-
-
-def split(data: bytes) -> tuple[bytes, list[bytes]]:
-    """(file header, records) of a little-endian microsecond pcap."""
-    assert data[:4] == b"\xd4\xc3\xb2\xa1"
-    out, pos = [], 24
-    while pos + 16 <= len(data):
-        incl = struct.unpack_from("<I", data, pos + 8)[0]
-        out.append(data[pos:pos + 16 + incl])
-        pos += 16 + incl
-    assert pos == len(data)
-    return data[:24], out
 
 
 def restamp(rec: bytes, sec: int) -> bytes:
