@@ -49,7 +49,8 @@ def _child(name: str, args: list[str]) -> None:
 
 
 def _segment(name: str, work: Path, seconds: float | None, runs: int | None, timeout: int,
-             rss_limit_mb: int, log: Path, known: Path) -> dict[str, Any]:
+             rss_limit_mb: int, log: Path, known: Path, seed: int | None = None
+             ) -> dict[str, Any]:
     """One fuzzing process on target ``name``; returns its figures."""
     corpus = work / "corpus" / name
     crashes = work / "crashes"
@@ -58,6 +59,8 @@ def _segment(name: str, work: Path, seconds: float | None, runs: int | None, tim
             "-print_final_stats=1", "-print_pcs=0"]
     if runs is not None:
         args.append(f"-runs={runs}")
+    if seed is not None:
+        args.append(f"-seed={seed}")
     if seconds is not None:
         args.append(f"-max_total_time={max(1, int(seconds))}")
     args += [str(corpus), str(SEEDS / name)]
@@ -79,8 +82,8 @@ def _segment(name: str, work: Path, seconds: float | None, runs: int | None, tim
 
 
 def fuzz_target(name: str, work: Path, seconds: float | None, runs: int | None,
-                timeout: int, rss_limit_mb: int, log: Path, segment_s: float
-                ) -> dict[str, object]:
+                timeout: int, rss_limit_mb: int, log: Path, segment_s: float,
+                seed: int | None = None) -> dict[str, object]:
     """Fuzz one target for ``seconds`` (or ``runs`` inputs) in processes of at most
     ``segment_s`` each, the corpus carried from one to the next: under atheris the fuzzing
     process grows by some KB per input (replaying the same inputs without it does not), so
@@ -98,7 +101,8 @@ def fuzz_target(name: str, work: Path, seconds: float | None, runs: int | None,
         if left is not None and left < 1:
             break
         seg = _segment(name, work, None if left is None else min(left, segment_s),
-                       None if runs is None else runs - total, timeout, rss_limit_mb, log, known)
+                       None if runs is None else runs - total, timeout, rss_limit_mb, log, known,
+                       None if seed is None else seed + segments)
         segments += 1
         total += int(seg["inputs"])
         if seg["exit"] != 0 or (runs is not None and total >= runs) or not seg["inputs"]:
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated targets (default: all)")
     ap.add_argument("--seconds", type=float, help="time per target")
     ap.add_argument("--runs", type=int, help="inputs per target")
+    ap.add_argument("--seed", type=int, help="libFuzzer's random seed (default: a new one "
+                                             "each run); a fixed one makes a run repeatable")
     ap.add_argument("--timeout", type=int, default=20, help="seconds one input may take")
     ap.add_argument("--rss-limit-mb", type=int, default=2048)
     ap.add_argument("--segment", type=float, default=60.0,
@@ -143,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'known':>5} {'sec':>6}", flush=True)
     for name in names:
         row = fuzz_target(name, args.work, args.seconds, args.runs, args.timeout,
-                          args.rss_limit_mb, args.work / f"{name}.log", args.segment)
+                          args.rss_limit_mb, args.work / f"{name}.log", args.segment,
+                          args.seed)
         rows.append(row)
         print(f"{name:<10} {row['inputs']:>9} {row['cov']:>6} {row['ft']:>7} "
               f"{row['corpus']:>6} {row['crashes']:>5} {row['known_issues']:>5} "

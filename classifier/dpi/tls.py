@@ -539,8 +539,6 @@ def client_hello_names(hello: bytes) -> tuple[str | None, tuple[str, ...]]:
     p += 1 + hello[p]  # session id
     if p + 2 > end:
         raise Truncated(LAYER, p, "ClientHello ends before its cipher suites")
-    if hello[4] == 0xFE:  # DTLS: a cookie follows the session id
-        p += 1 + hello[p]
     p += 2 + int.from_bytes(hello[p:p + 2], "big")  # cipher suites
     if p + 1 > end:
         raise Truncated(LAYER, p, "ClientHello ends before its compression methods")
