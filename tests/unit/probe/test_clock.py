@@ -102,11 +102,13 @@ def test_reordered_packets_and_long_silences_are_not_clock_steps(tmp_path: Path)
 
 
 _MEASURED = """
-import resource, sys
+import sys
 from api.cli import main
 code = main(sys.argv[1:])
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+# VmHWM is this program's own peak: ru_maxrss would also count the pages of the process it
+# was forked from before exec (a test runner grown large by the tests before).
+with open("/proc/self/status") as fh:
+    peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
 print(f"maxrss_kb={peak}", file=sys.stderr)
 sys.exit(code)
 """
@@ -117,8 +119,7 @@ def test_analyze_stays_small_whatever_one_timestamp_says(tmp_path: Path, bad: in
     """Before: 914 MB for the packet 10^8 s early, a MemoryError and exit 1 for 1970."""
     path = tmp_path / "clock.pcap"
     path.write_bytes(_pcap(_forty(bad)))
-    # One process: its own peak is the whole cost (a forked reader's peak, counted among
-    # the children, starts from a copy of its parent's pages and varies with load).
+    # One process: its own peak is the whole cost.
     out = subprocess.run([sys.executable, "-c", _MEASURED, "analyze", "--json", "--workers",
                           "1", str(path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
