@@ -18,6 +18,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import threading
 from collections import deque
@@ -135,17 +136,34 @@ def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type
         _check_linktypes(src.status)
 
 
+def _end_with_parent(parent: int) -> None:
+    """Have the kernel end this process when the process ``parent`` that forked it ends,
+    however it ends (``kill -9`` included): a reader left behind would hold its memory and
+    its input for nothing. Linux's ``PR_SET_PDEATHSIG``; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != parent:  # it ended before the request took effect
+        os._exit(1)
+
+
 def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
              n_payloads: int, snap: tuple[int, int, int], payloads: PayloadPolicy,
              conn: Connection, requests: Connection | None,
-             observe: Callable[[FlowRecord], Any] | None, not_ours: tuple[int, ...] = ()
-             ) -> None:
+             observe: Callable[[FlowRecord], Any] | None, not_ours: tuple[int, ...] = (),
+             parent: int = 0) -> None:
     """Child process: read, decode and prepare batches, send them to the parent.
 
     With ``requests``, also observe the finished flows the parent sends (gathered
     columns, :class:`~probe.meter.Ended`): between batches whatever has arrived, and
     after the end of input until the parent closes the pipe. ``observe`` may instead
     come as the first request (a process started before its observer was known)."""
+    _end_with_parent(parent)
     for fd in not_ours:  # e.g. the write end of the pipe this process reads: EOF needs it shut
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -522,7 +540,7 @@ class _ReaderProcess:
         self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
                                  args=(reader._src, reader.meter.idle_ns, cfg.payload_samples,
                                        reader.meter.snaps, cfg.payloads, send, req_recv,
-                                       observe, reader.not_ours))
+                                       observe, reader.not_ours, os.getpid()))
         self._proc.start()
         send.close()
         reader._src.close()
