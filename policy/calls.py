@@ -143,10 +143,8 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     by_uid = {f.uid: f for f in flows}
     cls = {c.uid: c for c in classes}
     call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
-    local = local_host(call_flows or list(flows))
-    others_answered = any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows)
+    local, others_answered, capture_end = _context(flows, call_flows)
     gap = float(pol.get("calls", "same_call_gap_s"))
-    capture_end = max((f.last_ts for f in flows), default=0.0)
     delay_ms = float(pol.get("quality", "assumed_network_delay_ms"))
 
     groups: list[list[FlowRecord]] = []
@@ -313,13 +311,29 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     in_calls = {u for c in calls for u in c.flow_uids}
     for f in flows:
         # a flow's own rules look at ICMP errors quoting it, and at TCP
-        if f.uid in in_calls or (not f.icmp and f.proto != "tcp"):
+        if f.uid in in_calls or not _own_rules_apply(f):
             continue
         ev = single(f)
         if ev:
             flow_verdicts[f.uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
     return Analysis(calls, flow_verdicts)
+
+
+def _context(flows: Sequence[FlowRecord], call_flows: Sequence[FlowRecord]
+             ) -> tuple[str | None, bool, float]:
+    """What the verdict rules take from all the flows judged together: the local host (by
+    vote over the call flows, else over all), whether any flow was answered both ways, and
+    the newest packet's time."""
+    return (local_host(call_flows or list(flows)),
+            any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows),
+            max((f.last_ts for f in flows), default=0.0))
+
+
+def _own_rules_apply(f: FlowRecord) -> bool:
+    """Whether a flow outside every call has rules of its own: those read ICMP errors that
+    quote it and TCP handshakes."""
+    return bool(f.icmp) or f.proto == "tcp"
 
 
 def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classification],
@@ -331,13 +345,11 @@ def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classifica
     answered" and the capture's end taken from ``flows``."""
     pol = policy or load_policy()
     cls = {c.uid: c for c in classes}
-    call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
-    local = local_host(call_flows or list(flows))
-    others_answered = any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows)
-    capture_end = max((f.last_ts for f in flows), default=0.0)
+    local, others_answered, capture_end = _context(
+        flows, [f for f in flows if _is_call_flow(f, cls[f.uid])])
     out: dict[str, Verdict] = {}
     for f in judge:
-        if not f.icmp and f.proto != "tcp":
+        if not _own_rules_apply(f):
             continue
         ev = flow_rules(f, cls[f.uid], local, others_answered, pol, capture_end)
         if ev:

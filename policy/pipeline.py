@@ -149,9 +149,14 @@ class Pipeline:
         settle = self.cfg.call_settle_s
         self._first_due = min([*self._due_calls,
                                *(f.last_ts + settle for u, (f, _) in self._window.items()
-                                 if u not in self._judged and u not in self._in_due)],
+                                 if self._awaits_verdict(u))],
                               default=math.inf)
         return step
+
+    def _awaits_verdict(self, uid: str) -> bool:
+        """Whether a window flow's own verdict is still to be settled (not judged yet, and
+        not in a call still to be written, which judges it)."""
+        return uid not in self._judged and uid not in self._in_due
 
     def _settle_at(self, point: float, final: bool) -> Step:
         self._clock = point
@@ -189,13 +194,10 @@ class Pipeline:
                 self._due_calls.append(call.end_ts + self.cfg.call_hold_s)
             else:
                 self._due_calls.append(call.end_ts + settle)
-        in_due = {u for call in analysis.calls for u in call.flow_uids if u not in done}
-        self._in_due = in_due
+        self._in_due = {u for call in analysis.calls for u in call.flow_uids if u not in done}
         for uid, (f, _) in self._window.items():
-            if uid in self._judged or not (final or f.last_ts + settle <= point):
+            if not self._awaits_verdict(uid) or not (final or f.last_ts + settle <= point):
                 continue
-            if uid in in_due:
-                continue  # judged with its call
             self._judged.add(uid)
             v = analysis.flow_verdicts.get(uid)
             if v is not None:
@@ -245,8 +247,7 @@ class Pipeline:
                      step: Step) -> None:
         """Settle the verdicts of window flows outside every call whose time has come."""
         settle = self.cfg.call_settle_s
-        ripe = [f for f, _ in items if f.uid not in self._judged
-                and f.uid not in self._in_due and f.last_ts + settle <= point]
+        ripe = [f for f, _ in items if self._awaits_verdict(f.uid) and f.last_ts + settle <= point]
         if ripe:
             verdicts = lone_flow_verdicts([f for f, _ in items], [c for _, c in items], ripe,
                                           self.policy)
