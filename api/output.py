@@ -57,7 +57,7 @@ CONN_CSV_FIELDS = (
     "last_ts", "duration_s", "orig_pkts", "orig_bytes", "orig_wire_bytes", "resp_pkts",
     "resp_bytes", "resp_wire_bytes", "conn_state", "orig_retrans", "resp_retrans",
     "first_frame", "last_frame", "end_reason", "vlan", "tunnel", "icmp", "weirds",
-    "rtp_streams")
+    "rtp_streams", "orig_l2_addr", "resp_l2_addr")
 """``marsad flows --csv``: the flow record's conn.log columns
 (:meth:`~probe.records.FlowRecord.conn_dict`), in its order."""
 

@@ -26,6 +26,13 @@ ends, decides first. Over a set of flows (:func:`local_host`) the local host is
 chosen by vote: the higher-ranked end of a flow gets two votes, the originator
 of a flow whose ends rank alike gets one.
 
+**One machine, several addresses** (:func:`machines`). A dual-stack host sends from
+one IPv4 address and several IPv6 ones (stable and temporary addresses, RFC 8981)
+with the same link-layer address; a router's link-layer address carries the
+addresses of every host behind it. A link-layer address that carried at most one
+routable IPv4 address and IPv6 addresses of at most two /64 prefixes is taken to
+be one machine's, and its addresses to be that machine.
+
 Answers are cached per address text: the classifier asks for every flow.
 """
 
@@ -46,6 +53,7 @@ __all__ = [
     "is_local_class",
     "local_host",
     "local_is_orig",
+    "machines",
     "orig_is_local",
 ]
 
@@ -296,3 +304,39 @@ def local_host(flows: Iterable[FlowRecord]) -> str | None:
         else:
             votes[f.orig_h] += 1
     return votes.most_common(1)[0][0] if votes else None
+
+
+HOST_V6_PREFIXES = 2
+"""/64 prefixes one machine's IPv6 addresses may span (a global prefix and a unique local
+one, RFC 4193), besides link-local ones."""
+
+
+def machines(flows: Iterable[FlowRecord]) -> dict[str, str]:
+    """Addresses held by one machine, each mapped to that machine's link-layer address,
+    by the link-layer addresses ``flows`` were sent from (see the module docstring). An
+    address seen from no such link-layer address is absent: it stands for itself."""
+    by_l2: dict[str, set[str]] = {}
+    for f in flows:
+        for host, l2 in ((f.orig_h, f.orig_l2_addr), (f.resp_h, f.resp_l2_addr)):
+            # group addresses (I/G bit, IEEE 802 §8.2) are never one machine's
+            if l2 is not None and not int(l2[:2], 16) & 1:
+                by_l2.setdefault(l2, set()).add(host)
+    out: dict[str, str] = {}
+    for l2 in sorted(by_l2):
+        hosts = by_l2[l2]
+        v4 = set()
+        v6 = set()
+        for h in hosts:
+            cls = address_class(h)
+            if cls is None or cls in (_A.LINK_LOCAL, _A.UNSPECIFIED, _A.MULTICAST,
+                                      _A.BROADCAST, _A.LOOPBACK):
+                continue
+            if ":" in h:
+                v6.add(socket.inet_pton(socket.AF_INET6, h.partition("%")[0])[:8])
+            else:
+                v4.add(h)
+        if len(v4) > 1 or len(v6) > HOST_V6_PREFIXES:
+            continue
+        for h in hosts:
+            out.setdefault(h, l2)
+    return out

@@ -257,6 +257,7 @@ class _Table:
     n_timing: I64 = field(init=False)
     n_rtp: I64 = field(init=False)
     tunnel: npt.NDArray[np.uint8] = field(init=False)
+    l2: U64 = field(init=False)
     fid: I64 = field(init=False)
     alive: npt.NDArray[np.bool_] = field(init=False)
 
@@ -280,6 +281,7 @@ class _Table:
         self.n_timing = np.zeros(c, dtype=np.int64)
         self.n_rtp = np.zeros(c, dtype=np.int64)
         self.tunnel = np.zeros(c, dtype=np.uint8)
+        self.l2 = np.zeros((c, 2), dtype=np.uint64)
         self.fid = np.full(c, -1, dtype=np.int64)
         self.alive = np.zeros(c, dtype=bool)
 
@@ -532,6 +534,7 @@ class FlowMeter:
             t.key[ns] = p.gkeys[seg_group[new_seg]]
             t.ipver[ns] = p.ipver[fp]
             t.tunnel[ns] = p.tunnel[fp]
+            t.l2[ns] = p.gl2[seg_group[new_seg]]
             t.orig_is_a[ns] = orig_side == 0
             t.first_ns[ns] = ts_s[fp]
             t.first_frame[ns] = p.frame[fp]
@@ -834,7 +837,7 @@ class FlowMeter:
             first_ns=t.first_ns[slots], last_ns=t.last_ns[slots],
             first_frame=t.first_frame[slots], last_frame=t.last_frame[slots],
             pkts=t.pkts[slots], pay=t.pay[slots], wire=t.wire[slots], flags=t.flags[slots],
-            retrans=t.retrans[slots], tunnel=t.tunnel[slots], n_rtp=n_rtp,
+            retrans=t.retrans[slots], tunnel=t.tunnel[slots], l2=t.l2[slots], n_rtp=n_rtp,
             tim_ts=tim["ts"], tim_len=tim["len"], tim_dir=tim["side"], tim_flags=tim["flags"],
             tim_a=tim_a, tim_z=tim_z, rate=rate_rows,
             rate_a=np.searchsorted(rate_fid, fids, side="left"),
@@ -932,6 +935,7 @@ class Ended:
     flags: I64
     retrans: I64
     tunnel: npt.NDArray[np.uint8]
+    l2: U64
     n_rtp: I64
     tim_ts: I64
     tim_len: I64
@@ -957,13 +961,26 @@ class Ended:
     def plain(self) -> tuple[list[Any], ...]:
         """The per-flow columns as Python lists (converted in one go each): the key's
         address halves, ports word and zone, then orig_is_a, first/last ns and frame,
-        pkts, pay, wire, flags, retrans (pairs per side), tunnel, n_rtp and fid."""
+        pkts, pay, wire, flags, retrans (pairs per side), tunnel, n_rtp, fid and the
+        link-layer addresses (a pair per flow, as text or None)."""
         key = self.key
         return (*(key[:, i].tolist() for i in range(6)), self.orig_is_a.tolist(),
                 self.first_ns.tolist(), self.last_ns.tolist(), self.first_frame.tolist(),
                 self.last_frame.tolist(), self.pkts.tolist(), self.pay.tolist(),
                 self.wire.tolist(), self.flags.tolist(), self.retrans.tolist(),
-                self.tunnel.tolist(), self.n_rtp.tolist(), self.fid.tolist())
+                self.tunnel.tolist(), self.n_rtp.tolist(), self.fid.tolist(), _macs(self.l2))
+
+
+def _macs(l2: U64) -> list[list[str | None]]:
+    """Each flow's (a, b) link-layer addresses as colon-separated hex, None for unknown."""
+    names: dict[int, str | None] = {0: None}
+    out = []
+    for a, b in l2.tolist():
+        for v in (a, b):
+            if v not in names:
+                names[v] = ":".join(f"{(v >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+        out.append([names[a], names[b]])
+    return out
 
 
 def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
@@ -1003,7 +1020,7 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     without building them whole first."""
     n = len(e)
     (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
-     pay, wire, flags, retr, tunnels, n_rtp, fid_l) = e.plain()
+     pay, wire, flags, retr, tunnels, n_rtp, fid_l, l2) = e.plain()
     reasons = e.reasons
     tim = NO_TIMING  # a light record's timing series: the shared empty ones
     if not light:
@@ -1053,8 +1070,8 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,
             n_pk[o], n_pay[o], n_wire[o], n_pk[r], n_pay[r], n_wire[r], fl[o], fl[r], rt[o],
             rt[r], first_fr[j], last_fr[j], reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]),
-            () if ic is None else tuple(ic), weirds, payloads, *tim, rr, rtp_series,
-            rtp_streams))
+            l2[j][o], l2[j][r], () if ic is None else tuple(ic), weirds, payloads, *tim, rr,
+            rtp_series, rtp_streams))
     return out
 
 
@@ -1064,7 +1081,7 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
     The same values, keys and key order as building the records and asking each."""
     n = len(e)
     (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
-     pay, wire, flags, retr, tunnels, n_rtp, fid_l) = e.plain()
+     pay, wire, flags, retr, tunnels, n_rtp, fid_l, l2) = e.plain()
     reasons = e.reasons
     rtp, rtp_a, rtp_z = e.rtp, e.rtp_a.tolist(), e.rtp_z.tolist()
     streams, icmp, weird_log = e.streams, e.icmp, e.weirds
@@ -1083,7 +1100,7 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
             pkts[j][o], pay[j][o], wire[j][o], pkts[j][r], pay[j][r], wire[j][r],
             flags[j][o], flags[j][r], retr[j][o], retr[j][r], first_fr[j], last_fr[j],
             reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]), () if ic is None else ic,
-            0 if w is None else len(w), n_streams))
+            0 if w is None else len(w), n_streams, l2[j][o], l2[j][r]))
     return out
 
 

@@ -21,7 +21,7 @@ from probe.flowkey import KEY_WIDTH, canonical_key
 from probe.layers import IcmpQuote, WeirdInfo
 from probe.plugins import PayloadPolicy, PayloadView
 from probe.records import TcpFlag
-from probe.sources import RawBatch
+from probe.sources import LinkType, RawBatch
 from probe.wire import out_of_band
 
 __all__ = ["Prepared", "clock_steps", "prepare", "seg_rank"]
@@ -82,6 +82,9 @@ class Prepared:
     """Sorted position of each group's first packet."""
     gkeys: U64
     """Key row of each group."""
+    gl2: U64
+    """Link-layer (MAC) addresses of each group's endpoints ``a`` and ``b`` as its first
+    packet carried them (groups x 2; 0 where the link layer has none or does not say)."""
     split: npt.NDArray[np.bool_]
     """True where a new flow starts within the batch (group starts included)."""
     split_why: npt.NDArray[np.int8]
@@ -113,6 +116,44 @@ class Prepared:
     @property
     def metered(self) -> int:
         return int(self.ts.shape[0])
+
+
+def _be48(arr: npt.NDArray[np.uint8], idx: I64) -> U64:
+    b = arr[np.clip(idx[:, None] + np.arange(6), 0, max(len(arr) - 1, 0))].astype(np.uint64)
+    out: U64 = np.zeros(len(idx), dtype=np.uint64)
+    for k in range(6):
+        out = (out << np.uint64(8)) | b[:, k]
+    return out
+
+
+def group_l2(b: RawBatch, bi: I64, side: I64) -> U64:
+    """The link-layer addresses of endpoints ``a`` and ``b`` (one row per packet ``bi``
+    of batch ``b``, sent by endpoint ``side``): Ethernet gives both (destination, then
+    source, IEEE 802.3 §3.1.1); Linux cooked captures give the sender's only (SLL v1 at
+    offset 6, SLL2 at 12, when the address length says 6). 0 stands for unknown."""
+    out = np.zeros((len(bi), 2), dtype=np.uint64)
+    if not len(bi) or not len(b.buf):
+        return out
+    arr = np.frombuffer(b.buf, dtype=np.uint8)
+    off, cap, lt = b.data_off[bi], b.caplen[bi], b.linktype[bi]
+    src = np.zeros(len(bi), dtype=np.uint64)
+    dst = np.zeros(len(bi), dtype=np.uint64)
+    eth = (lt == LinkType.ETHERNET) & (cap >= 14)
+    if eth.any():
+        dst = np.where(eth, _be48(arr, off), dst)
+        src = np.where(eth, _be48(arr, off + 6), src)
+    top = max(len(arr) - 1, 0)
+    sll = (lt == LinkType.LINUX_SLL) & (cap >= 16)
+    if sll.any():
+        alen = (arr[np.minimum(off + 4, top)].astype(np.int64) << 8) | arr[np.minimum(off + 5, top)]
+        src = np.where(sll & (alen == 6), _be48(arr, off + 6), src)
+    sll2 = (lt == LinkType.LINUX_SLL2) & (cap >= 20)
+    if sll2.any():
+        src = np.where(sll2 & (arr[np.minimum(off + 11, top)] == 6), _be48(arr, off + 12), src)
+    from_a = side == 0
+    out[:, 0] = np.where(from_a, src, dst)
+    out[:, 1] = np.where(from_a, dst, src)
+    return out
 
 
 def mix(k: U64) -> U64:
@@ -333,6 +374,7 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
         seq=cols.seq[pidx], pay_len=pay_s, wire=b.wirelen[pidx],
         ipver=cols.ipver[pidx], tunnel=cols.tunnel[pidx], group=g_s, gpos=gpos,
         gkeys=np.ascontiguousarray(keys[first]) if n else np.zeros((0, KEY_WIDTH), np.uint64),
+        gl2=group_l2(b, pidx[gpos], side_s[gpos]),
         split=split, split_why=why,
         pay_pos=pay_pos, pay_rank=pay_rank, pay_off=pstart, pay_n=pn, pay_signal=signalling,
         pool=pool,

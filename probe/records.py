@@ -347,6 +347,11 @@ class FlowRecord:
     """Outermost 802.1Q VLAN id, when tagged."""
     tunnel: str | None = None
     """Innermost encapsulation crossed (``gre``, ``vxlan``, ``gtpu``, ``mpls``...)."""
+    orig_l2_addr: str | None = None
+    """Link-layer (MAC) address the originator's side carried in the flow's first packet
+    (Zeek's ``orig_l2_addr``); None when the link layer has none or does not say."""
+    resp_l2_addr: str | None = None
+    """Link-layer address of the responder's side in the flow's first packet."""
     icmp: tuple[IcmpNotice, ...] = ()
     """ICMP errors that quoted this flow's packets."""
     weirds: tuple[Weird, ...] = ()
@@ -411,7 +416,8 @@ class FlowRecord:
             self.orig_wire_bytes, self.resp_pkts, self.resp_bytes, self.resp_wire_bytes,
             self.orig_flags, self.resp_flags, self.orig_retrans, self.resp_retrans,
             self.first_frame, self.last_frame, self.end_reason, self.vlan, self.tunnel,
-            self.icmp, len(self.weirds), len(self.rtp_streams))
+            self.icmp, len(self.weirds), len(self.rtp_streams), self.orig_l2_addr,
+            self.resp_l2_addr)
 
 
 def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, resp_h: str,
@@ -420,7 +426,8 @@ def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, re
              orig_flags: int, resp_flags: int, orig_retrans: int, resp_retrans: int,
              first_frame: int, last_frame: int, end_reason: str, vlan: int | None,
              tunnel: str | None, icmp: Sequence[IcmpNotice], weirds: int,
-             rtp_streams: int) -> dict[str, Any]:
+             rtp_streams: int, orig_l2_addr: str | None = None,
+             resp_l2_addr: str | None = None) -> dict[str, Any]:
     """A flow's conn.log row (what ``marsad flows`` prints), from its
     :class:`FlowRecord` fields; ``weirds`` and ``rtp_streams`` are counts. The one place
     the row's keys, order and rounding are written: a record's :meth:`FlowRecord.conn_dict`
@@ -437,6 +444,7 @@ def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, re
         "first_frame": first_frame, "last_frame": last_frame, "end_reason": end_reason,
         "vlan": vlan, "tunnel": tunnel, "icmp": [n.to_dict() for n in icmp],
         "weirds": weirds, "rtp_streams": rtp_streams,
+        "orig_l2_addr": orig_l2_addr, "resp_l2_addr": resp_l2_addr,
     }
 
 

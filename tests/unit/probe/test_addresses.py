@@ -175,3 +175,77 @@ def test_local_host_by_vote(tmp_path: Path) -> None:
     assert local_host([]) is None
     # one flow with a local end outvotes one flow without
     assert local_host([between, back]) == "100.64.0.9"
+
+
+# -- link-layer addresses and machines -----------------------------------------------------------
+
+HOST_MAC, ROUTER_MAC, OTHER_MAC = "5c:e4:2a:f6:5e:46", "f0:4d:d4:46:58:1b", "62:65:01:18:11:40"
+
+
+def _read(tmp_path: Path, frames: list[bytes], linktype: int = 1) -> list[FlowRecord]:
+    data = bytearray(_pcap(frames))
+    struct.pack_into("<I", data, 20, linktype)
+    path = tmp_path / "m.pcap"
+    path.write_bytes(bytes(data))
+    return list(read_capture(path).flows)
+
+
+def _exchange(src: str, dst: str, sport: int, src_mac: str, dst_mac: str,
+              incoming_first: bool = False) -> list[bytes]:
+    ip = IPv6 if ":" in src else IP
+    out = bytes(Ether(src=src_mac, dst=dst_mac) / ip(src=src, dst=dst)
+                / UDP(sport=sport, dport=3478) / Raw(b"x"))
+    back = bytes(Ether(src=dst_mac, dst=src_mac) / ip(src=dst, dst=src)
+                 / UDP(sport=3478, dport=sport) / Raw(b"y"))
+    return [back, out] if incoming_first else [out, back]
+
+
+def test_flows_carry_the_link_layer_addresses_of_their_ends(tmp_path: Path) -> None:
+    # Whichever end sends first, each end keeps its own address (Zeek's orig_l2_addr).
+    frames = (_exchange("192.168.1.8", "157.240.1.1", 40000, HOST_MAC, ROUTER_MAC)
+              + _exchange("192.168.1.8", "157.240.1.2", 40001, HOST_MAC, ROUTER_MAC,
+                          incoming_first=True))
+    flows = sorted(_read(tmp_path, frames), key=lambda f: f.first_frame)
+    assert [(f.orig_h, f.orig_l2_addr, f.resp_l2_addr) for f in flows] == [
+        ("192.168.1.8", HOST_MAC, ROUTER_MAC), ("157.240.1.2", ROUTER_MAC, HOST_MAC)]
+    assert flows[0].conn_dict()["orig_l2_addr"] == HOST_MAC
+
+
+def test_cooked_captures_give_the_senders_address_only(tmp_path: Path) -> None:
+    # Linux cooked v1 (link type 113): packet type, ARPHRD, address length 6, address.
+    ip = bytes(IP(src="10.0.0.5", dst="157.240.1.1") / UDP(sport=40000, dport=3478)
+               / Raw(b"x"))
+    mac = bytes.fromhex(HOST_MAC.replace(":", ""))
+    frame = struct.pack(">HHH", 4, 1, 6) + mac + b"\0\0" + struct.pack(">H", 0x0800) + ip
+    (f,) = _read(tmp_path, [frame], linktype=113)
+    assert (f.orig_l2_addr, f.resp_l2_addr) == (HOST_MAC, None)
+
+
+def test_raw_ip_has_no_link_layer_address(tmp_path: Path) -> None:
+    ip = bytes(IP(src="10.0.0.5", dst="157.240.1.1") / UDP(sport=40000, dport=3478) / Raw(b"x"))
+    (f,) = _read(tmp_path, [ip], linktype=101)
+    assert (f.orig_l2_addr, f.resp_l2_addr) == (None, None)
+
+
+def test_one_machine_holds_its_ipv4_and_ipv6_addresses(tmp_path: Path) -> None:
+    # A dual-stack host: one IPv4 address, a stable and a temporary IPv6 address of one
+    # /64 (RFC 8981); the router's address carries every far end and is no machine.
+    frames = (_exchange("192.168.1.8", "157.240.1.1", 40000, HOST_MAC, ROUTER_MAC)
+              + _exchange("2a02:a03f:c095:7d00::17", "2a03:2880::1", 40001, HOST_MAC,
+                          ROUTER_MAC)
+              + _exchange("2a02:a03f:c095:7d00:c8e9::37", "2a03:2880::2", 40002, HOST_MAC,
+                          ROUTER_MAC)
+              + _exchange("192.168.1.46", "157.240.1.3", 40003, OTHER_MAC, ROUTER_MAC))
+    who = A.machines(_read(tmp_path, frames))
+    assert {h for h, m in who.items() if m == HOST_MAC} == {
+        "192.168.1.8", "2a02:a03f:c095:7d00::17", "2a02:a03f:c095:7d00:c8e9::37"}
+    assert who["192.168.1.46"] == OTHER_MAC
+    assert "157.240.1.1" not in who and ROUTER_MAC not in who.values()
+
+
+def test_a_link_layer_address_of_many_ipv4_hosts_is_no_machine(tmp_path: Path) -> None:
+    # Captured beyond a router: every subscriber's packets carry the router's address.
+    frames = (_exchange("100.64.0.8", "157.240.1.1", 40000, ROUTER_MAC, OTHER_MAC)
+              + _exchange("100.64.0.9", "157.240.1.1", 40001, ROUTER_MAC, OTHER_MAC))
+    who = A.machines(_read(tmp_path, frames))
+    assert "100.64.0.8" not in who and "100.64.0.9" not in who
