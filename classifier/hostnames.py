@@ -27,6 +27,7 @@ this shape: unknown app or service, bad host, missing field.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,6 +46,7 @@ __all__ = [
     "MatchKind",
     "RulesError",
     "Service",
+    "app_owner",
     "default_rules",
     "match_host",
     "normalize_name",
@@ -309,6 +311,22 @@ def parse_rule(item: Any, index: int, sources: Mapping[str, Any]) -> HostRule:
 def default_rules() -> HostRules:
     """The packaged rules (``classifier/data/hostnames.json``), loaded once."""
     return HostRules.from_file(HOSTNAMES_PATH)
+
+
+@cache
+def _app_owners() -> dict[str, str]:
+    votes: dict[str, Counter[str]] = {}
+    for rule in default_rules().rules:
+        if rule.app is not None:
+            votes.setdefault(rule.app, Counter())[rule.owner] += 1
+    return {app: c.most_common(1)[0][0] for app, c in votes.items()}
+
+
+def app_owner(app: str) -> str | None:
+    """The organisation that runs ``app``'s servers, by the packaged hostname rules (the
+    owner most of the app's rules name: ``meta`` for whatsapp, messenger and facebook),
+    or None for an app the rules do not name."""
+    return _app_owners().get(app)
 
 
 def match_host(name: str) -> HostMatch | None:

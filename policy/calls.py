@@ -6,9 +6,17 @@ How flows become one call:
   the media endpoints its SDP announced belong to it;
 * otherwise, call flows (STUN/TURN/DTLS set-up, media, relays: any flow the
   classifier put in a call category) are joined when they share the local
-  socket (ICE uses one port for all candidate pairs) or the same local host
-  talks to the same remote host, or to the same app, within
-  ``calls.same_call_gap_s`` of the call's other flows;
+  socket (ICE uses one port for all candidate pairs) or the same local machine
+  talks to the same remote host, or to the same organisation's servers (its
+  app's, else the published owner of the address), within
+  ``calls.same_call_gap_s`` of the call's other flows. The local machine is
+  the set of addresses one link-layer address sent from
+  (:func:`probe.addresses.machines`): a dual-stack host's IPv4 and IPv6
+  candidates are one call's. One organisation runs several apps' relays
+  (Messenger calls use WhatsApp's): a join by organisation never makes one
+  call of media streams named by two different apps. The call is named by its
+  call flows' apps, evidence that names one app (a REALM, a server name)
+  outweighing evidence an organisation's apps share (STUN types, addresses);
 * TCP/TLS/QUIC flows of the same app, or to the call's remote hosts, that
   start up to ``calls.same_call_gap_s`` before the call and before its first
   media (or its end, when no media flowed) are its signalling and are judged
@@ -29,11 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from classifier.records import CALL_CATEGORIES, Category, Classification
+from classifier.hostnames import app_owner
+from classifier.owners import lookup as owner_of
+from classifier.records import CALL_CATEGORIES, Category, Classification, Method
 from policy.legs import flow_legs, with_rtcp
 from policy.records import Call, Evidence, FlowVerdict, Leg, Reason, Verdict
 from policy.rules import Policy, call_rules, flow_rules, load_policy, verdict_from
-from probe.addresses import ends, local_host
+from probe.addresses import ends, local_host, machines
 from probe.records import FlowRecord
 
 __all__ = ["Analysis", "analyse_calls", "is_call_flow", "lone_flow_verdicts"]
@@ -58,8 +68,15 @@ class Analysis:
 
 
 class _Union:
-    def __init__(self, n: int) -> None:
+    """Union-find over call flows; each set knows the apps its media flows are named
+    by, so that a join by organisation alone (:meth:`join_if_same_app`) never makes one
+    call of two media streams that name different apps."""
+
+    def __init__(self, n: int, media_apps: Sequence[str | None] = ()) -> None:
         self.parent = list(range(n))
+        self.apps: list[frozenset[str]] = [
+            frozenset() if a is None else frozenset({a}) for a in media_apps] or [
+            frozenset()] * n
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -70,7 +87,17 @@ class _Union:
     def join(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+            lo, hi = min(ra, rb), max(ra, rb)
+            self.parent[hi] = lo
+            self.apps[lo] = self.apps[lo] | self.apps[hi]
+
+    def join_if_same_app(self, a: int, b: int) -> bool:
+        """Join unless both sets carry media named by apps and none in common."""
+        pa, pb = self.apps[self.find(a)], self.apps[self.find(b)]
+        if pa and pb and not pa & pb:
+            return False
+        self.join(a, b)
+        return True
 
 
 def _is_call_flow(f: FlowRecord, c: Classification) -> bool:
@@ -79,9 +106,26 @@ def _is_call_flow(f: FlowRecord, c: Classification) -> bool:
     return f.proto == "udp" and c.facts.protocol in SETUP_PROTOCOLS
 
 
-def _remote_local(f: FlowRecord, local: str | None) -> tuple[tuple[str, int], tuple[str, int]]:
+def _remote_local(f: FlowRecord, local: str | None, who: dict[str, str] | None = None
+                  ) -> tuple[tuple[str, int], tuple[str, int]]:
+    """(remote end, local end) of a flow: :func:`probe.addresses.ends`, except that an end
+    held by the local host's machine (``who``, :func:`probe.addresses.machines`) is the
+    local one (a peer that opened a flow to the host's other address)."""
     near, far = ends(f, local)
+    if who and local is not None:
+        mine = who.get(local)
+        if mine is not None and who.get(far[0]) == mine and who.get(near[0]) != mine:
+            near, far = far, near
     return far, near
+
+
+def _org(app: str | None, remote: str) -> str | None:
+    """Whose servers a call flow reaches: its app's organisation (WhatsApp, Messenger and
+    Facebook calls share Meta's relays), else the published owner of its remote address."""
+    if app is not None:
+        return app_owner(app) or app
+    owner = owner_of(remote)
+    return owner.owner if owner is not None else None
 
 
 def _sip_dialogs(flows: Sequence[FlowRecord], classes: dict[str, Classification]
@@ -144,6 +188,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     cls = {c.uid: c for c in classes}
     call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
     local, others_answered, capture_end = _context(flows, call_flows)
+    who = machines(flows)
     gap = float(pol.get("calls", "same_call_gap_s"))
     delay_ms = float(pol.get("quality", "assumed_network_delay_ms"))
 
@@ -172,31 +217,40 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     # Everything else: union of call flows.
     cand = [f for f in call_flows if f.uid not in taken and not cls[f.uid].facts.sip]
     cand.sort(key=lambda f: (f.first_ts, f.uid))
-    u = _Union(len(cand))
+    u = _Union(len(cand), [cls[f.uid].app if cls[f.uid].category in MEDIA_CATEGORIES
+                           else None for f in cand])
     by_socket: dict[tuple[str, int], int] = {}
     for i, f in enumerate(cand):
-        _, sock = _remote_local(f, local)
+        _, sock = _remote_local(f, local, who)
         if sock in by_socket:
             u.join(i, by_socket[sock])
         else:
             by_socket[sock] = i
     # Same local host talking to the same remote host, or to the same app, within the gap:
     # per key, flows sorted by start join while they overlap (with the gap) the run so far.
+    # The local host is its machine: a dual-stack host's IPv4 and IPv6 candidates are one
+    # call's; the app is its organisation (one relay network serves several apps).
     keyed: dict[tuple[str, str, str], list[int]] = {}
     for i, f in enumerate(cand):
-        (rh, _), (lh, _) = _remote_local(f, local)
-        keyed.setdefault(("host", lh, rh), []).append(i)
-        app = cls[f.uid].app
-        if app is not None:
-            keyed.setdefault(("app", lh, app), []).append(i)
-    for members_idx in keyed.values():
+        (rh, _), (lh, _) = _remote_local(f, local, who)
+        lm = who.get(lh, lh)
+        keyed.setdefault(("host", lm, rh), []).append(i)
+        org = _org(cls[f.uid].app, rh)
+        if org is not None:
+            keyed.setdefault(("org", lm, org), []).append(i)
+    for key, members_idx in keyed.items():
         run_end = -1.0
         prev = -1
         for i in members_idx:  # already in start order
             f = cand[i]
             if prev >= 0 and f.first_ts <= run_end + gap:
-                u.join(i, prev)
-                run_end = max(run_end, f.last_ts)
+                if key[0] == "org" and not u.join_if_same_app(i, prev):
+                    # two calls of two apps of one organisation: a new run
+                    run_end = f.last_ts
+                else:
+                    if key[0] != "org":
+                        u.join(i, prev)
+                    run_end = max(run_end, f.last_ts)
             else:
                 run_end = f.last_ts
             prev = i
@@ -216,16 +270,17 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     by_remote: dict[tuple[str, str], list[FlowRecord]] = {}
     by_app: dict[tuple[str, str], list[FlowRecord]] = {}
     for f in sig:
-        (rh, _), (lh, _) = _remote_local(f, local)
-        by_remote.setdefault((lh, rh), []).append(f)
+        (rh, _), (lh, _) = _remote_local(f, local, who)
+        lm = who.get(lh, lh)
+        by_remote.setdefault((lm, rh), []).append(f)
         if cls[f.uid].app is not None:
-            by_app.setdefault((lh, str(cls[f.uid].app)), []).append(f)
+            by_app.setdefault((lm, str(cls[f.uid].app)), []).append(f)
     for members in groups[n_sip:]:
-        ends = [_remote_local(f, local) for f in members]
-        hosts = {lh for _, (lh, _) in ends}
+        ends = [_remote_local(f, local, who) for f in members]
+        hosts = {who.get(lh, lh) for _, (lh, _) in ends}
         apps = {(lh, str(cls[f.uid].app)) for f in members if cls[f.uid].app is not None
                 for lh in hosts}
-        remotes = {(lh, rh) for (rh, _), (lh, _) in ends}
+        remotes = {(who.get(lh, lh), rh) for (rh, _), (lh, _) in ends}
         start = min(f.first_ts for f in members) - gap
         end = max(f.last_ts for f in members)
         have = {m.uid for m in members}
@@ -278,11 +333,11 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
             # path carried the media: no interference is shown, for the call or the flow.
             # On a host pair whose media did flow both ways, the same silence means those
             # messages alone were dropped, which a failed path does not explain.
-            worked = {_remote_local(f, local)[0][0] for f in media_flows
+            worked = {_remote_local(f, local, who)[0][0] for f in media_flows
                       if f.orig_pkts >= 10 and f.resp_pkts >= 10}
             failed_pair = [e for e in evidence
                            if e.reason in (Reason.STUN_UNANSWERED, Reason.MEDIA_NO_RETURN)
-                           and not any(_remote_local(by_uid[u], local)[0][0] in worked
+                           and not any(_remote_local(by_uid[u], local, who)[0][0] in worked
                                        for u in e.flow_uids if u in by_uid)]
             call_level = [e for e in evidence if e not in failed_pair and e.reason not in (
                 Reason.ICMP_UNREACHABLE, Reason.TCP_RESET, Reason.SYN_UNANSWERED,
@@ -296,8 +351,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         unknown = not media_flows or media_s < float(pol.get("calls", "min_media_s"))
         stun_seen = any(cls[f.uid].facts.stun is not None for f in members)
         verdict = verdict_from(evidence, unknown=unknown and not stun_seen and not outcome)
-        app_votes = Counter(cls[f.uid].app for f in members if cls[f.uid].app is not None)
-        app = app_votes.most_common(1)[0][0] if app_votes else None
+        app = _call_app(members, cls)
         media = tuple(sorted({leg.media for leg in legs if leg.media}))
         setup = _setup(members, cls, extra.get("sip_call_id"))
         calls.append(Call(_call_uid([f.uid for f in members]), app, media,
@@ -361,6 +415,30 @@ def is_call_flow(f: FlowRecord, c: Classification) -> bool:
     """Whether :func:`analyse_calls` builds calls on this flow (a call category, or a call
     set-up protocol over UDP) or on the dialog it carries (SIP)."""
     return _is_call_flow(f, c) or bool(c.facts.sip)
+
+
+NAMED_BY_APP = frozenset({Method.STUN_REALM, Method.STUN_ATTR, Method.SNI, Method.QUIC_SNI,
+                          Method.DNS, Method.DNS_QUERY, Method.SIP, Method.SDP})
+"""Methods that name one app from its own servers' names and attributes; the others (STUN
+message types, framings, address owners, call peers) may be shared by the apps of one
+organisation: Messenger calls use WhatsApp's relays and STUN types."""
+
+
+def _call_app(members: Sequence[FlowRecord], cls: dict[str, Classification]) -> str | None:
+    """The app a call is named by: votes of its own call flows (its signalling may be the
+    app's other business) weighted three to one for evidence that names one app."""
+    votes: Counter[str] = Counter()
+    for only_call in (True, False):
+        for f in members:
+            c = cls[f.uid]
+            if c.app is not None and (not only_call or _is_call_flow(f, c)):
+                votes[c.app] += 3 if c.method in NAMED_BY_APP else 1
+        if votes:
+            break
+    if not votes:
+        return None
+    best = max(votes.values())
+    return min(a for a, v in votes.items() if v == best)
 
 
 def _two_way_media(media_flows: list[FlowRecord]) -> bool:

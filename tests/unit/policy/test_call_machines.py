@@ -1,0 +1,95 @@
+"""One call per call: a dual-stack host's IPv4 and IPv6 candidates, and the relays of one
+organisation, are one call; another host's candidates, and a call of another app of the
+same organisation, are not.
+
+Captures are built from real STUN and RTP bytes (the generators of ``captures/``) with
+each host's own link-layer address, as a Wi-Fi or Ethernet capture carries it.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import sys
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+from api.pipeline import analyze_capture
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "captures"))
+
+import make_app_captures as gen
+from make_captures import ORIG, Flow, ethertype, send_udp
+
+HOST = bytes.fromhex("5ce42af65e46")
+NEIGHBOUR = bytes.fromhex("626501181140")
+ROUTER = bytes.fromhex("f04dd446581b")
+META_V4, META_V6 = "157.240.22.60", "2a03:2880:f021::24d9"
+"""Relays in Meta's published address space (AS32934)."""
+
+
+def _link(host_mac: bytes) -> Callable[[bytes, int], bytes]:
+    def wrap(ip: bytes, direction: int) -> bytes:
+        macs = ROUTER + host_mac if direction == ORIG else host_mac + ROUTER
+        return macs + struct.pack(">H", ethertype(ip)) + ip
+    return wrap
+
+
+def _bindings(cap: gen.Capture, flow: Flow, mac: bytes, t: Fraction,
+              rng: random.Random) -> None:
+    """Two answered STUN Binding requests (RFC 8489 §3), as ICE gathering sends."""
+    link = _link(mac)
+    for k in range(2):
+        txid = rng.randbytes(12)
+        send_udp(cap, flow, link, t + k, ORIG, gen.stun_message(gen.BINDING_REQUEST, txid, []))
+        send_udp(cap, flow, link, t + k + Fraction(3, 100), 1 - ORIG, gen.stun_message(
+            gen.BINDING_SUCCESS, txid, [(gen.XOR_MAPPED_ADDRESS,
+                                         gen.xor_mapped(gen.PUBLIC, flow.orig_p))]))
+
+
+def _media(cap: gen.Capture, flow: Flow, mac: bytes, t: Fraction, rng: random.Random,
+           ssrc: int) -> None:
+    """Three seconds of two-way RTP, one packet every 20 ms each way (RFC 3550 §5.1)."""
+    link = _link(mac)
+    for i in range(150):
+        for direction, s in ((ORIG, ssrc), (1 - ORIG, ssrc + 1)):
+            send_udp(cap, flow, link, t + Fraction(i, 50) + Fraction(direction, 1000),
+                     direction, gen.rtp(1000 + i, 960 * i, s, 111, rng.randbytes(60)))
+
+
+def _capture(tmp_path: Path, v6_mac: bytes) -> tuple[Path, dict[int, str]]:
+    rng = random.Random("machines")
+    cap = gen.Capture()
+    t = gen.at(8000)
+    v4 = Flow("udp", "192.168.1.8", 50000, META_V4, 3478)
+    v6 = Flow("udp", "2a02:a03f:c095:7d00::17", 50002, META_V6, 3478)
+    tmp6 = Flow("udp", "2a02:a03f:c095:7d00:c8e9::37", 50004, META_V6, 3478)
+    _bindings(cap, v4, HOST, t, rng)
+    _bindings(cap, v6, v6_mac, t + Fraction(1, 20), rng)
+    _bindings(cap, tmp6, v6_mac, t + Fraction(1, 10), rng)
+    _media(cap, v4, HOST, t + 3, rng, 0x7E55E201)
+    gen.save(tmp_path, "m.pcap", cap)
+    path = tmp_path / "m.pcap"
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    return path, {f.orig_p: f.uid for f in result.flows}
+
+
+def _calls(path: Path) -> list[set[str]]:
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    return [set(c.flow_uids) for c in result.analysis.calls]
+
+
+def test_a_dual_stack_hosts_candidates_are_one_call(tmp_path: Path) -> None:
+    path, uid = _capture(tmp_path, HOST)
+    assert _calls(path) == [{uid[50000], uid[50002], uid[50004]}]
+
+
+def test_another_hosts_candidates_are_not_its_call(tmp_path: Path) -> None:
+    # Same /64, same relays, same seconds: but sent from another link-layer address.
+    path, uid = _capture(tmp_path, NEIGHBOUR)
+    calls = _calls(path)
+    assert {uid[50000]} in [c & {uid[50000]} for c in calls]
+    mine = next(c for c in calls if uid[50000] in c)
+    assert not mine & {uid[50002], uid[50004]}
