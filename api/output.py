@@ -74,11 +74,11 @@ own verdict and reasons (empty for a flow without one: those in calls are judged
 their call)."""
 
 CALL_CSV_FIELDS = (
-    "uid", "app", "media", "start_ts", "end_ts", "duration_s", "local", "verdict",
+    "uid", "app", "media", "start_ts", "end_ts", "duration_s", "local", "outcome", "verdict",
     "reasons", "mos", "loss_ratio", "jitter_s", "legs", "flows", "flow_uids",
     "sip_call_id", "evidence")
-"""Calls (``marsad analyze --csv --calls-csv FILE``): the verdict and its reasons (JSON
-list), the worst leg's quality (lowest MOS, highest loss ratio and mean jitter), the
+"""Calls (``marsad analyze --csv --calls-csv FILE``): the outcome, the verdict and its
+reasons (JSON list), the worst leg's quality (lowest MOS, highest loss ratio and mean jitter), the
 number of legs and flows, the flows' uids (JSON list), the SIP Call-ID when there is
 one, and the evidence sentences (JSON list)."""
 
@@ -133,7 +133,8 @@ def call_csv_row(call: Call) -> dict[str, Any]:
     q = d["quality"]
     return {"uid": call.uid, "app": call.app, "media": list(call.media),
             "start_ts": round(call.start_ts, 6), "end_ts": round(call.end_ts, 6),
-            "duration_s": d["duration_s"], "local": call.local, "verdict": d["verdict"],
+            "duration_s": d["duration_s"], "local": call.local, "outcome": d["outcome"],
+            "verdict": d["verdict"],
             "reasons": d["reasons"], "mos": q["mos"], "loss_ratio": q["loss_ratio"],
             "jitter_s": q["jitter_s"], "legs": len(call.legs), "flows": len(call.flow_uids),
             "flow_uids": list(call.flow_uids), "sip_call_id": call.extra.get("sip_call_id"),

@@ -15,7 +15,16 @@ if TYPE_CHECKING:
     from policy.errors import LedgerError, PolicyError
     from policy.ledger import Ledger, LedgerEntry, VerifyReport
     from policy.pipeline import AnalysisResult, Pipeline, Step, analyze_flows, run_capture
-    from policy.records import Call, Evidence, FlowVerdict, Leg, Reason, Verdict, VerdictKind
+    from policy.records import (
+        Call,
+        CallOutcome,
+        Evidence,
+        FlowVerdict,
+        Leg,
+        Reason,
+        Verdict,
+        VerdictKind,
+    )
     from policy.rules import Policy, load_policy
     from policy.settling import PipelineConfig
 
@@ -23,6 +32,7 @@ _EXPORTS = {
     "Analysis": "policy.calls",
     "AnalysisResult": "policy.pipeline",
     "Call": "policy.records",
+    "CallOutcome": "policy.records",
     "Evidence": "policy.records",
     "FlowVerdict": "policy.records",
     "Leg": "policy.records",
@@ -48,6 +58,7 @@ __all__ = [
     "Analysis",
     "AnalysisResult",
     "Call",
+    "CallOutcome",
     "Evidence",
     "FlowVerdict",
     "Ledger",

@@ -41,7 +41,16 @@ from classifier.hostnames import app_owner
 from classifier.owners import lookup as owner_of
 from classifier.records import CALL_CATEGORIES, Category, Classification, Method
 from policy.legs import flow_legs, with_rtcp
-from policy.records import Call, Evidence, FlowVerdict, Leg, Reason, Verdict
+from policy.records import (
+    Call,
+    CallOutcome,
+    Evidence,
+    FlowVerdict,
+    Leg,
+    Reason,
+    Verdict,
+    VerdictKind,
+)
 from policy.rules import Policy, call_rules, flow_rules, load_policy, verdict_from
 from probe.addresses import ends, local_host, machines
 from probe.records import FlowRecord
@@ -347,17 +356,25 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
             for e in side:
                 for uid in e.flow_uids:
                     flow_verdicts[uid] = verdict_from([e])
+        if not evidence and "sip_call_id" not in extra and not _call_happened(
+                members, media_flows, cls):
+            continue
         media_s = max((f.duration_s for f in media_flows), default=0.0)
         unknown = not media_flows or media_s < float(pol.get("calls", "min_media_s"))
-        stun_seen = any(cls[f.uid].facts.stun is not None for f in members)
-        verdict = verdict_from(evidence, unknown=unknown and not stun_seen and not outcome)
+        verdict = verdict_from(evidence, unknown=unknown and not outcome)
         app = _call_app(members, cls)
         media = tuple(sorted({leg.media for leg in legs if leg.media}))
         setup = _setup(members, cls, extra.get("sip_call_id"))
+        # Media the classifier could not name still flows inside a call app's framing or
+        # DTLS: their packets say whether the call was answered.
+        carried = media_flows or [f for f in members if cls[f.uid].facts.framing is not None
+                                  or cls[f.uid].facts.protocol == "dtls"]
+        fate = _outcome(outcome, carried, local, who, verdict,
+                        int(pol.get("calls", "answered_packets")))
         calls.append(Call(_call_uid([f.uid for f in members]), app, media,
                           tuple(f.uid for f in members), min(f.first_ts for f in members),
                           max(f.last_ts for f in members), local, tuple(legs), setup, verdict,
-                          extra))
+                          fate, extra))
         for uid in {u for e in verdict.evidence for u in e.flow_uids
                     if len(e.flow_uids) == 1 and not e.rule.startswith("failed.")}:
             flow_verdicts[uid] = verdict_from([e for e in verdict.evidence
@@ -439,6 +456,71 @@ def _call_app(members: Sequence[FlowRecord], cls: dict[str, Classification]) -> 
         return None
     best = max(votes.values())
     return min(a for a, v in votes.items() if v == best)
+
+
+TURN_PEER_METHODS = frozenset({0x006, 0x007, 0x008, 0x009})
+"""TURN Send, Data, CreatePermission and ChannelBind (RFC 8656 §18): a relay is told
+about, or carries traffic of, a peer."""
+
+
+CALL_SIGNALLING = SETUP_PROTOCOLS - {"stun", "dtls", "rtcp"}
+"""Protocols that exist to set up, carry or control calls (SIP, MGCP, H.323, Skinny, call
+apps' own protocols): a flow of one is a call attempt. STUN and DTLS also serve relay
+upkeep and data channels, so they count only once they reach a peer."""
+
+
+def _real_time(f: FlowRecord, c: Classification) -> bool:
+    """Whether a flow's own packets show real-time set-up or media structure (STUN, DTLS,
+    RTP/RTCP, SIP, a call app's framing), not only packet statistics."""
+    return (bool(f.rtp_streams) or c.facts.framing is not None or bool(c.facts.sip)
+            or c.facts.protocol in SETUP_PROTOCOLS)
+
+
+def _call_happened(members: Sequence[FlowRecord], media_flows: Sequence[FlowRecord],
+                   cls: dict[str, Classification]) -> bool:
+    """Whether a group of flows with no interference shown is a call. Media judged from
+    packet statistics alone, in a group where no flow shows real-time structure, is no
+    call (a QUIC transfer whose handshake the capture missed is bursty too); nor is
+    set-up that never reached a peer: relay allocations, refreshes and keep-alives with
+    the app's servers, which clients keep up between calls."""
+    if any(_real_time(f, cls[f.uid]) for f in media_flows):
+        return True
+    if media_flows and not any(_real_time(f, cls[f.uid]) for f in members):
+        return False
+    if media_flows:
+        return True
+    for f in members:
+        c = cls[f.uid]
+        st = c.facts.stun
+        if (c.facts.framing is not None or c.facts.sip or c.method is Method.CALL_PEER
+                or c.facts.protocol in CALL_SIGNALLING):
+            return True
+        if st is not None and (st.orig_ice_checks or st.peers
+                               or TURN_PEER_METHODS.intersection(st.methods)):
+            return True
+    return False
+
+
+def _outcome(sip: tuple[Reason, dict[str, Any], list[int]] | None,
+             media_flows: Sequence[FlowRecord], local: str | None, who: dict[str, str],
+             verdict: Verdict, answered_packets: int) -> CallOutcome:
+    """What became of a call: a SIP final answer says it; else packets each way (sent by
+    the local end, received by it) over the flows that carry its media."""
+    if sip is not None:
+        return {Reason.SIP_REJECTED: CallOutcome.REJECTED,
+                Reason.SIP_NO_ANSWER: CallOutcome.MISSED}.get(sip[0], CallOutcome.SETUP_FAILED)
+    sent = received = 0
+    for f in media_flows:
+        mine = _remote_local(f, local, who)[1][0] == f.orig_h
+        sent += f.orig_pkts if mine else f.resp_pkts
+        received += f.resp_pkts if mine else f.orig_pkts
+    if sent >= answered_packets and received >= answered_packets:
+        return CallOutcome.ANSWERED
+    if max(sent, received) >= answered_packets:
+        return CallOutcome.ONE_WAY
+    if verdict.kind in (VerdictKind.BLOCKED, VerdictKind.FAILED):
+        return CallOutcome.SETUP_FAILED
+    return CallOutcome.MISSED
 
 
 def _two_way_media(media_flows: list[FlowRecord]) -> bool:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Call", "Evidence", "FlowVerdict", "Leg", "Reason", "Verdict", "VerdictKind"]
+__all__ = ["Call", "CallOutcome", "Evidence", "FlowVerdict", "Leg", "Reason", "Verdict",
+           "VerdictKind"]
 
 
 class VerdictKind(StrEnum):
@@ -24,6 +25,21 @@ class VerdictKind(StrEnum):
     BLOCKED = "blocked"
     FAILED = "failed"
     UNKNOWN = "unknown"
+
+
+class CallOutcome(StrEnum):
+    """What became of a call, as its packets show it (whatever the network did)."""
+
+    ANSWERED = "answered"
+    """Media flowed both ways: at least ``calls.answered_packets`` media packets each way."""
+    ONE_WAY = "one-way"
+    """Media flowed one way only (the other sent fewer than ``calls.answered_packets``)."""
+    MISSED = "missed"
+    """Set up, or ringing, and given up: no media, a SIP CANCEL or 487."""
+    REJECTED = "rejected"
+    """The callee or its proxy refused it (a SIP final 4xx-6xx)."""
+    SETUP_FAILED = "setup-failed"
+    """Set-up got no answer (SIP INVITEs unanswered, set-up blocked): it never rang."""
 
 
 class Reason(StrEnum):
@@ -187,6 +203,8 @@ class Call:
     """What happened during set-up: STUN requests/responses, SIP messages, TCP/TLS."""
     verdict: Verdict
     """Whether the network interfered."""
+    outcome: CallOutcome = CallOutcome.ANSWERED
+    """What became of the call (answered, one-way, missed, rejected, set-up failed)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else worth showing (e.g. the SIP Call-ID)."""
 
@@ -195,7 +213,8 @@ class Call:
             "uid": self.uid, "app": self.app, "media": list(self.media),
             "flow_uids": list(self.flow_uids), "start_ts": self.start_ts, "end_ts": self.end_ts,
             "duration_s": round(self.end_ts - self.start_ts, 6), "local": self.local,
-            "legs": [leg.to_dict() for leg in self.legs], "setup": self.setup}
+            "outcome": str(self.outcome), "legs": [leg.to_dict() for leg in self.legs],
+            "setup": self.setup}
         d.update(self.verdict.to_dict())
         mos = [leg.mos for leg in self.legs if leg.mos is not None]
         d["quality"] = {"mos": round(min(mos), 2) if mos else None,

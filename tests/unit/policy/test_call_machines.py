@@ -93,3 +93,60 @@ def test_another_hosts_candidates_are_not_its_call(tmp_path: Path) -> None:
     assert {uid[50000]} in [c & {uid[50000]} for c in calls]
     mine = next(c for c in calls if uid[50000] in c)
     assert not mine & {uid[50002], uid[50004]}
+
+
+# -- which groups are calls, and what became of them ---------------------------------------------
+
+
+def _one_host(tmp_path: Path, build: Callable[[gen.Capture, random.Random, Fraction], None]
+              ) -> list[tuple[str, str, tuple[str, ...]]]:
+    rng = random.Random("outcomes")
+    cap = gen.Capture()
+    build(cap, rng, gen.at(9000))
+    gen.save(tmp_path, "o.pcap", cap)
+    result = analyze_capture(tmp_path / "o.pcap", workers=1, hash_capture=False)
+    return [(str(c.outcome), str(c.verdict.kind), c.media) for c in result.analysis.calls]
+
+
+V4 = Flow("udp", "192.168.1.8", 50000, META_V4, 3478)
+PEER = Flow("udp", "192.168.1.8", 50000, gen.PEER, 61000)
+
+
+def test_allocations_that_reach_no_peer_are_no_call(tmp_path: Path) -> None:
+    # A client refreshing its relay binding between calls: answered STUN, nothing else.
+    assert _one_host(tmp_path, lambda cap, rng, t: _bindings(cap, V4, HOST, t, rng)) == []
+
+
+def test_two_way_media_is_answered(tmp_path: Path) -> None:
+    def build(cap: gen.Capture, rng: random.Random, t: Fraction) -> None:
+        _bindings(cap, V4, HOST, t, rng)
+        _media(cap, V4, HOST, t + 3, rng, 0x11)
+    assert _one_host(tmp_path, build) == [("answered", "ok", ("audio",))]
+
+
+def test_connectivity_checks_to_a_peer_without_media_ring_unanswered(tmp_path: Path) -> None:
+    # ICE checks (PRIORITY, ICE-CONTROLLING: RFC 8445 §7.1) reach the peer, no media: a
+    # call that rang and was not answered; without media it is never "ok".
+    def build(cap: gen.Capture, rng: random.Random, t: Fraction) -> None:
+        _bindings(cap, V4, HOST, t, rng)
+        link = _link(HOST)
+        for k in range(3):
+            txid = rng.randbytes(12)
+            attrs = [(gen.PRIORITY, struct.pack(">I", 0x6E0001FF)),
+                     (gen.ICE_CONTROLLING, rng.randbytes(8))]
+            send_udp(cap, PEER, link, t + 1 + k, ORIG,
+                     gen.stun_message(gen.BINDING_REQUEST, txid, attrs))
+            send_udp(cap, PEER, link, t + 1 + k + Fraction(2, 100), 1 - ORIG,
+                     gen.stun_message(gen.BINDING_SUCCESS, txid, []))
+    assert _one_host(tmp_path, build) == [("missed", "unknown", ())]
+
+
+def test_media_one_way_is_one_way(tmp_path: Path) -> None:
+    def build(cap: gen.Capture, rng: random.Random, t: Fraction) -> None:
+        _bindings(cap, V4, HOST, t, rng)
+        link = _link(HOST)
+        for i in range(150):
+            send_udp(cap, V4, link, t + 3 + Fraction(i, 50), ORIG,
+                     gen.rtp(1000 + i, 960 * i, 0x22, 111, rng.randbytes(60)))
+    ((outcome, _, media),) = _one_host(tmp_path, build)
+    assert (outcome, media) == ("one-way", ("audio",))
