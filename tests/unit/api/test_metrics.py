@@ -21,6 +21,7 @@ from api.metrics import (
     SPECS,
     Kind,
     MarsadMetrics,
+    ProbeReport,
     add_process_collectors,
     app_label,
     category_label,
@@ -127,7 +128,7 @@ def test_sample_call_series(call: AnalysisResult) -> None:
     assert cap(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="+Inf") == 2
     # Not live: no processing lag, no active flows.
     assert value(reg, "marsad_capture_processing_lag_seconds") is None
-    assert value(reg, "marsad_probe_active_flows") == 0
+    assert value(reg, "marsad_probe_active_flows") is None
 
 
 def test_sample_blocked_series(blocked: AnalysisResult) -> None:
@@ -372,7 +373,8 @@ def spec_series() -> set[str]:
 
 
 def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
-    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {})
+    report = ProbeReport("eth0", True, 1.0, {})
+    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {}, probes=lambda: [report])
     m.observe_result(call)
     m.observe_result(blocked)
     m.observe_meter(call.stats)
@@ -387,7 +389,8 @@ def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
     for spec in SPECS.values():
         assert NAME.fullmatch(spec.name), spec.name
         assert families[spec.family] == str(spec.kind)
-        assert all(label in CLOSED for label in spec.labels)
+        # every label but the probe's configured name comes from a closed set
+        assert all(label in CLOSED or label == "probe" for label in spec.labels)
         base = spec.name
         if spec.kind is Kind.COUNTER:
             assert base.endswith("_total"), base
@@ -397,7 +400,8 @@ def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
         if spec.unit:
             assert base.endswith("_" + spec.unit), (base, spec.unit)
         else:
-            assert spec.kind is Kind.COUNTER, f"{base}: only event counters go without a unit"
+            assert spec.kind is Kind.COUNTER or base.endswith("_up"), (
+                f"{base}: only event counters and 0/1 up gauges go without a unit")
         for bad in ("milliseconds", "bits", "kilobytes", "percent"):
             assert bad not in base.split("_"), base
     assert exposed_names(reg) == spec_series()
