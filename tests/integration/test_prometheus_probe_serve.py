@@ -251,7 +251,8 @@ def test_prometheus_sees_probe_and_service_on_one_data_directory(
     # Both processes were scraped with their version; the probe's port has gone with it
     # (what MarsadProbeDown watches), the service still answers.
     assert before["up"] == 2 and before["marsad_build_info"] == 2
-    assert prom.total('up{job="marsad-probe"}') == 0 and prom.total('up{job="marsad"}') == 1
+    prom.wait("the probe's port gone", lambda: prom.total('up{job="marsad-probe"}') == 0)
+    assert prom.total('up{job="marsad"}') == 1
     # Uploads are their own series, never live traffic.
     assert prom.total('marsad_flow_packets_total{source="capture",probe!=""}') is None
     # Every panel's and rule's expression evaluates in Prometheus.
