@@ -29,7 +29,7 @@ from api.metrics import (
     metrics_payload,
     read_probe_reports,
 )
-from api.routes import calls, captures, dashboard, flows, health, ledger, probe
+from api.routes import calls, captures, dashboard, docs, flows, health, ledger, probe
 from api.store import open_store
 from policy.ledger import Ledger
 from policy.rules import load_policy
@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None, *,
 
     app = FastAPI(
         title="marsad", version=_version(), lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # /docs is served offline (api.routes.docs)
         description="Over-the-top voice and video calls seen on the network, and whether the "
                     "network blocked or throttled them. Reads are open unless configured "
                     "otherwise; uploads and evidence downloads need the bearer token.")
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, *,
 
     reads = [] if settings.open_reads else [Depends(require_token)]
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(dashboard.page_router)
     app.include_router(captures.router, dependencies=reads)
     for router in (flows.router, calls.router, ledger.router, probe.router,

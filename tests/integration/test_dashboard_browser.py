@@ -151,3 +151,25 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
         "/static/i18n.json", "/healthz", "/v1/probe", "/v1/stats/apps", "/v1/flows",
         "/v1/captures", "/v1/calls"} for p in paths), sorted(set(paths))
     assert "/v1/stats/apps?bucket=1" in paths
+
+
+def test_openapi_docs_render_offline(tmp_path: Path) -> None:
+    """``/docs`` draws the API in Chromium with every other host unreachable: Swagger UI's
+    files come from the service itself."""
+    srv = Server(tmp_path / "data")
+    try:
+        _until("the server to answer /healthz", 30.0, srv.up)
+        page = httpx.get(srv.base + "/docs").text
+        assert "/docs/assets/swagger-ui-bundle.js" in page
+        assert not re.search(r'(?i)(src|href)="https?://', page), page
+        done = _chromium(tmp_path / "profile", srv.base + "/docs", "--dump-dom")
+        dom = done.stdout
+        # Swagger UI ran and drew the operations of openapi.json.
+        assert 'class="swagger-ui"' in dom and "opblock" in dom, dom[-2000:]
+        assert "/v1/captures" in dom and "/v1/calls/{uid}/evidence" in dom
+        assert not [line for line in _console(done.stderr) if "Uncaught" in line]
+    finally:
+        log = srv.stop()
+    paths = set(re.findall(r'"GET ([^ ]+) HTTP/1\.1"', log))
+    assert {"/docs", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css",
+            "/openapi.json"} <= paths, paths
