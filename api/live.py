@@ -290,7 +290,8 @@ class LiveProbe:
             self.ring = CaptureRing(config.ring, clock=clock)
         self._store: Any = None
         self._ledger: Any = None
-        self._capture_id = f"live-{int(self.started_at)}-{os.getpid()}"
+        from api.store import LIVE_PREFIX
+        self._capture_id = f"{LIVE_PREFIX}{int(self.started_at)}-{os.getpid()}"
         if config.data_dir is not None:
             from api.store import open_store
             from policy.ledger import Ledger

@@ -152,17 +152,20 @@ def _wire_bytes(row: dict[str, Any]) -> int:
 
 
 def _read_spans(store: Store, since: float | None, until: float | None,
-                capture: str | None, max_flows: int) -> tuple[list[_Span], bool]:
+                capture: str | None, max_flows: int, app: str | None = None,
+                source: str | None = None) -> tuple[list[_Span], bool]:
     spans: list[_Span] = []
     offset = 0
+    def query(limit: int) -> ListQuery:
+        return ListQuery(since=since, until=until, capture_id=capture, app=app, source=source,
+                         limit=limit, offset=offset)
+
     while True:
         limit = min(_PAGE, max_flows - len(spans))
         if limit <= 0:
-            more = store.flows(ListQuery(since=since, until=until, capture_id=capture,
-                                         limit=1, offset=offset)).items
+            more = store.flows(query(1)).items
             return spans, not more
-        page = store.flows(ListQuery(since=since, until=until, capture_id=capture,
-                                     limit=limit, offset=offset))
+        page = store.flows(query(limit))
         for row in page.items:
             first, last = float(row["first_ts"]), float(row["last_ts"])
             spans.append(_Span(row.get("app"), first, max(last, first), _wire_bytes(row)))
@@ -181,6 +184,7 @@ def _bucket_width(asked: int, span_s: float, max_buckets: int) -> int:
 
 def app_traffic(store: Store, *, bucket_s: int, since: float | None = None,
                 until: float | None = None, capture: str | None = None,
+                app: str | None = None, source: str | None = None,
                 max_buckets: int = MAX_BUCKETS, max_flows: int = MAX_FLOWS,
                 default_span_s: float = DEFAULT_SPAN_S) -> AppTrafficOut:
     """Bytes per app per bucket of capture time, from the store's flows.
@@ -191,7 +195,7 @@ def app_traffic(store: Store, *, bucket_s: int, since: float | None = None,
     """
     if bucket_s < 1:
         raise ValueError(f"a bucket is at least 1 s wide, not {bucket_s}")
-    spans, complete = _read_spans(store, since, until, capture, max_flows)
+    spans, complete = _read_spans(store, since, until, capture, max_flows, app, source)
     if not spans:
         return AppTrafficOut(bucket_s=bucket_s, start_ts=None, end_ts=None, buckets=0,
                              flows=0, complete=complete, apps=[])
@@ -246,10 +250,15 @@ def apps_over_time(
         "End of the window (default: the latest flow's end)."))] = None,
     capture: Annotated[str | None, Query(max_length=64, description=(
         "Only this capture's flows."))] = None,
+    app: Annotated[str | None, Query(max_length=64, description=(
+        "Only this app's flows."))] = None,
+    source: Annotated[Literal["live", "capture"] | None, Query(description=(
+        "Only flows of live probe runs (live) or of capture files (capture)."))] = None,
 ) -> AppTrafficOut:
     """Traffic of each app over time (wire bytes per bucket of capture time, each flow's
     bytes spread evenly over its life)."""
     lo, hi = since, until
     if lo is not None and hi is not None and lo > hi:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
-    return app_traffic(store, bucket_s=bucket, since=lo, until=hi, capture=capture)
+    return app_traffic(store, bucket_s=bucket, since=lo, until=hi, capture=capture, app=app,
+                       source=source)
