@@ -22,7 +22,8 @@
   const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                       21600, 43200, 86400, 172800, 604800];
   const TOKEN_KEY = "marsad-token";
-  const FILTERS = ["range", "since", "until", "app", "verdict", "source", "capture"];
+  const FILTERS = ["range", "since", "until", "app", "verdict", "source", "capture", "period"];
+  const CAPACITY_ROWS = 40;
   const RANGES = { "1h": 3600, "24h": 86400, "7d": 604800, "30d": 2592000 };
 
   const state = { lang: "en", dict: {}, strings: null, data: {}, errors: [], loadedAt: null,
@@ -97,6 +98,7 @@
     if (f.range && f.range !== "custom" && !RANGES[f.range]) f.range = "";
     if (!VERDICTS.includes(f.verdict)) f.verdict = "";
     if (!["live", "capture"].includes(f.source)) f.source = "";
+    if (f.period !== "day") f.period = "";
     return f;
   }
 
@@ -178,6 +180,7 @@
       traffic: withParams("/v1/stats/apps?bucket=" + BUCKET_S, apiParams(f, false)),
       flows: withParams("/v1/flows?limit=1", q),
       captures: "/v1/captures?limit=50",
+      capacity: withParams("/v1/stats/capacity?period=" + (f.period || "hour"), q),
     };
     const listed = f.verdict ? [f.verdict] : INTERFERED;
     for (const v of VERDICTS) {
@@ -627,6 +630,50 @@
     $("captures-empty").hidden = page.items.length > 0;
   }
 
+  function renderCapacity() {
+    const f = state.filters;
+    const rows = $("capacity-rows");
+    const cap = state.data.capacity;
+    $("capacity-note").textContent = t("capacity_note", { period: t("period." + (f.period || "hour")) });
+    $("capacity-cover").textContent = coverText(f);
+    $("f-period").value = f.period || "hour";
+    rows.replaceChildren();
+    if (!cap) return;
+    // One row per period, source and app: the app's traffic (all categories) beside its calls.
+    const key = (r) => r.start_ts + "|" + r.source + "|" + (r.app || "");
+    const calls = new Map(cap.calls.map((c) => [key(c), c]));
+    const lines = cap.traffic.filter((r) => r.category === null)
+      .map((r) => ({ traffic: r, calls: calls.get(key(r)) || null }));
+    const seen = new Set(lines.map((l) => key(l.traffic)));
+    for (const c of cap.calls) if (!seen.has(key(c))) lines.push({ traffic: null, calls: c });
+    const fmtPeriod = (ts) => (cap.period === "day" ? fmtTime(ts).slice(0, 10)
+      : fmtTime(ts).slice(0, 16));
+    const dash = "—";
+    for (const line of lines.slice(0, CAPACITY_ROWS)) {
+      const head = line.traffic || line.calls;
+      const tr = line.traffic;
+      const c = line.calls;
+      const num = (v, fmt) => el("td", { class: "num", dir: "ltr",
+        text: v === null || v === undefined ? dash : fmt(v) });
+      const row = el("tr", { "data-app": head.app || "", "data-source": head.source,
+                             "data-start": head.start_ts },
+        el("td", { class: "time", dir: "ltr", text: fmtPeriod(head.start_ts) }),
+        el("td", { text: t("source." + head.source) }),
+        el("td", {}, el("bdi", { class: "app", text: appName(head.app) })),
+        num(tr && tr.mean_bps, fmtRate), num(tr && tr.peak_bps, fmtRate),
+        num(tr && tr.p95_bps, fmtRate), num(c && c.calls, fmtInt),
+        num(c && c.peak_concurrent, fmtInt), num(c && c.p95_concurrent, fmtInt),
+        num(c && c.interfered_share, (v) => (v * 100).toFixed(0) + " %"),
+        num(c && c.mos_mean, (v) => v.toFixed(2)), num(c && c.loss_mean, pct));
+      const swatch = el("span", { class: "swatch" });
+      swatch.style.background = appColour(head.app);
+      row.cells[2].prepend(swatch, " ");
+      rows.append(row);
+    }
+    labelCells(rows);
+    $("capacity-empty").hidden = lines.length > 0;
+  }
+
   function renderFilters() {
     const f = state.filters;
     const set = (id, options, value) => {
@@ -821,7 +868,7 @@
     const sections = state.call
       ? [renderCall]
       : [renderFilters, renderCards, renderTraffic, renderVerdicts, renderLatest, renderProbe,
-         renderCaptures];
+         renderCapacity, renderCaptures];
     const errors = state.errors.slice();
     for (const draw of sections) {
       try { draw(); } catch (e) { errors.push(draw.name + ": " + e.message); }
@@ -886,6 +933,9 @@
         }
       }
       setFilters(changes);
+    });
+    $("f-period").addEventListener("change", (ev) => {
+      setFilters({ period: ev.target.value === "day" ? "day" : "" });
     });
     $("f-clear").addEventListener("click", () => {
       const cleared = {};

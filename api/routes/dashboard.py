@@ -6,6 +6,8 @@ allows scripts, styles and requests to this origin alone. It reads the JSON API
 (``/v1/calls``, ``/v1/captures``, ``/v1/probe``, ``/healthz``) and
 ``/v1/stats/apps`` below; ``?lang=ar`` shows it in Arabic, right to left.
 
+``/v1/stats/capacity`` is capacity per hour or day (:mod:`api.capacity`).
+
 ``/v1/stats/apps`` is the traffic of each app over time, from the stored flows: a
 flow's wire bytes (both directions) are spread evenly over its life, from
 ``first_ts`` to ``last_ts``, and summed per app into fixed-width buckets of
@@ -24,6 +26,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
+from api.capacity import CapacityOut, capacity
 from api.deps import Moment, StoreDep
 from api.schemas import ErrorOut
 from api.store import Query as ListQuery
@@ -262,3 +265,28 @@ def apps_over_time(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
     return app_traffic(store, bucket_s=bucket, since=lo, until=hi, capture=capture, app=app,
                        source=source)
+
+
+@stats_router.get("/capacity", response_model=CapacityOut,
+                  responses={400: {"model": ErrorOut,
+                                   "description": "since is after until."}})
+def capacity_per_period(
+    store: StoreDep,
+    period: Annotated[Literal["hour", "day"], Query(description=(
+        "Report per hour or per day."))] = "hour",
+    since: Annotated[Moment, Query(description=(
+        "Start of the window: an RFC 3339 date-time or seconds since the epoch."))] = None,
+    until: Annotated[Moment, Query(description="End of the window.")] = None,
+    app: Annotated[str | None, Query(max_length=64, description="Only this app.")] = None,
+    capture: Annotated[str | None, Query(max_length=64, description=(
+        "Only this capture or probe run."))] = None,
+    source: Annotated[Literal["live", "capture"] | None, Query(description=(
+        "Only live probe runs (live) or capture files (capture)."))] = None,
+) -> CapacityOut:
+    """Capacity per hour or day: each app's traffic (mean, peak and 95th-percentile bit rate
+    on a one-minute grid, per category too) and calls (count, peak and 95th-percentile
+    number in progress, interfered share, mean MOS and loss), labelled by source."""
+    if since is not None and until is not None and since > until:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
+    return capacity(store, period=period, since=since, until=until, app=app, capture=capture,
+                    source=source)

@@ -136,14 +136,16 @@ class Browser:
         """Load ``url`` and wait until the dashboard says it is ready."""
         self.command("Page.navigate", url=url)
         self.wait("the page to load",
-                  "document.readyState === 'complete' && document.body.dataset.state === 'ready'")
+                  "document.readyState === 'complete' && document.body"
+                  " && document.body.dataset.state === 'ready'")
 
     def settle(self, expression: str, check: Callable[[Any], bool] = bool) -> Any:
         """Wait until the page is ready again after a click and ``expression`` passes
         ``check``; return its value."""
         deadline = time.monotonic() + self.timeout_s
         while True:
-            value = self.js(f"document.body.dataset.state === 'ready' ? ({expression}) : null")
+            value = self.js("document.body && document.body.dataset.state === 'ready' "
+                            f"? ({expression}) : null")
             if value is not None and check(value):
                 return value
             if time.monotonic() > deadline:

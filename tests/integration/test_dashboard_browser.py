@@ -151,7 +151,7 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
     assert paths and all(p.split("?")[0] in {
         "/", "/favicon.ico", "/static/dashboard.js", "/static/dashboard.css",
         "/static/i18n.json", "/healthz", "/v1/probe", "/v1/stats/apps", "/v1/flows",
-        "/v1/captures", "/v1/calls"} for p in paths), sorted(set(paths))
+        "/v1/captures", "/v1/calls", "/v1/stats/capacity"} for p in paths), sorted(set(paths))
     assert "/v1/stats/apps?bucket=1" in paths
 
 
@@ -231,6 +231,18 @@ def test_filters_drill_down_colours_and_narrow_layout(
         cut = b.js("(() => { const r = document.querySelector("
                    "'tr[data-complete=\"false\"]'); return r && r.textContent; })()")
         assert cut and "bad-truncated.pcap" in cut and "cut short at byte 800" in cut, cut
+        # Capacity per hour, then per day (kept in the URL): whatsapp's row per source.
+        cap = b.js("[...document.querySelectorAll('#capacity-rows tr')]"
+                   ".map(r => [r.dataset.app, r.dataset.source, r.cells[4].textContent,"
+                   " r.cells[6].textContent, r.cells[9].textContent])")
+        assert any(row[:2] == ["whatsapp", "capture"] for row in cap), cap
+        wa = next(row for row in cap if row[:2] == ["whatsapp", "capture"])
+        assert wa[2].endswith("bit/s") and wa[3] == "2" and wa[4] == "50 %", wa
+        b.js("(() => { const s = document.getElementById('f-period'); s.value = 'day';"
+             " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+        assert "period=day" in b.settle("location.search", lambda v: "period=" in v)
+        assert b.settle("document.querySelector('#capacity-rows td').textContent",
+                        lambda v: v == "2023-11-14")
         # Stable app colours: from the name, the same when filtered.
         colour = "document.querySelector('#traffic-legend li[data-app=\"whatsapp\"]')" \
                  ".dataset.colour"

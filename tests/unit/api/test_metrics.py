@@ -471,7 +471,8 @@ def test_asgi_app_lifespan() -> None:
 PROMQL_WORDS = frozenset({
     "sum", "avg", "min", "max", "count", "by", "without", "rate", "increase", "irate",
     "histogram_quantile", "on", "ignoring", "group_left", "group_right", "and", "or",
-    "unless", "label_values", "topk", "bottomk", "clamp_min", "clamp_max", "offset"})
+    "unless", "label_values", "topk", "bottomk", "clamp_min", "clamp_max", "offset",
+    "max_over_time", "quantile_over_time"})
 
 
 def promql_metrics(expr: str) -> set[str]:
@@ -530,16 +531,21 @@ def test_dashboard_uses_only_exposed_series() -> None:
         assert metrics, (title, expr)
         assert metrics <= names, (title, metrics - names)
         used |= metrics
-        # every series is picked by the $probe variable (the instance label), and those
-        # with an app by $app
+        # every traffic series is picked by the $probe variable (the probe label the
+        # service gives each probe's series), and those with an app by $app; the service's
+        # jobs and the processes' own series (by instance) are not a probe's
         for selector in re.findall(r"(marsad_\w+|process_\w+)(\{[^}]*\})?",
                                    "" if title == "probe" else expr):
-            assert 'instance=~"$probe"' in selector[1], (title, selector)
+            if selector[0].startswith("process_") or selector[0] in (
+                    "marsad_analysis_jobs", "marsad_build_info"):
+                assert "$probe" not in selector[1], (title, selector)
+                continue
+            assert 'probe=~"$probe"' in selector[1], (title, selector)
             if title != "app" and selector[0] in ("marsad_flow_bytes_total",
                                                   "marsad_call_ended_total"):
                 assert 'app=~"$app"' in selector[1], (title, selector)
     assert {"probe", "app"} <= set(variables)
-    assert variables["probe"]["query"]["query"] == "label_values(marsad_build_info, instance)"
+    assert variables["probe"]["query"]["query"] == "label_values(marsad_probe_up, probe)"
     # Every panel reads through the data source variable; titles are unique.
     titles = [p["title"] for p in dash["panels"]]
     assert len(set(titles)) == len(titles)
