@@ -5,8 +5,8 @@ preloaded; Chromium loads ``/`` and ``/?lang=ar``, runs the page's script and
 dumps the rendered DOM, which must show the data the API holds. Every host name
 but 127.0.0.1 is made unresolvable for the browser, and the service's access log
 must list only the page's own requests. Screenshots go to the test's temporary
-directory; with ``MARSAD_UPDATE_SCREENSHOT=1`` the English one is copied to
-``docs/dashboard.png`` for the README.
+directory; with ``MARSAD_UPDATE_SCREENSHOT=1`` the whole-page ones (English and Arabic,
+1400 and 400 px wide, and a call's page) are copied to ``docs/`` for the README.
 """
 
 from __future__ import annotations
@@ -142,8 +142,6 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
         assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == (
             1400, 1000)
         shots[lang] = out
-    if os.environ.get("MARSAD_UPDATE_SCREENSHOT") == "1":
-        shutil.copyfile(shots["en"], ROOT / "docs" / "dashboard.png")
 
     # The browser asked this service for the page's own files and API reads only.
     log = srv.stop()
@@ -324,3 +322,19 @@ def test_filters_drill_down_colours_and_narrow_layout(
         assert b.js("document.documentElement.scrollWidth") <= 400
         assert b.js("document.documentElement.dir") == "rtl"
         assert b.js("document.getElementById('call-back').textContent").startswith("→")
+
+        # Screenshots of the whole page: both languages at 1400 and 400 px, and a call's
+        # page; MARSAD_UPDATE_SCREENSHOT=1 puts them in docs/ for the README.
+        call = f"call={blocked['uid']}&capture_of={blocked['capture_id']}"
+        shots = {"dashboard.png": (1400, "/?lang=en"), "dashboard-ar.png": (1400, "/?lang=ar"),
+                 "dashboard-400.png": (400, "/?lang=en"),
+                 "dashboard-ar-400.png": (400, "/?lang=ar"),
+                 "dashboard-call.png": (1400, f"/?lang=en&{call}"),
+                 "dashboard-call-ar-400.png": (400, f"/?lang=ar&{call}")}
+        for name, (width, url) in shots.items():
+            b.viewport(width, 900)
+            b.open(srv.base + url)
+            data = b.screenshot(tmp_path / name)
+            assert data[:8] == PNG and int.from_bytes(data[16:20], "big") == width, name
+            if os.environ.get("MARSAD_UPDATE_SCREENSHOT") == "1":
+                shutil.copyfile(tmp_path / name, ROOT / "docs" / name)
