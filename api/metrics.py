@@ -36,6 +36,9 @@ Series (see :data:`SPECS` for the full list with help texts):
   show interference.
 * ``marsad_call_started_total`` {app, source}, ``marsad_call_ended_total``
   {app, verdict, source}, ``marsad_call_reasons_total`` {app, reason, source}.
+* ``marsad_call_duration_seconds_total`` {app, source}: seconds of finished calls; its
+  rate is the mean number of calls in progress (the traffic in erlangs), counted as
+  each call ends.
 * ``marsad_call_loss_ratio``, ``marsad_call_jitter_seconds``,
   ``marsad_call_mos`` {app, source}: histograms of call legs' quality.
 * ``marsad_capture_received_packets_total``,
@@ -229,6 +232,8 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
           "Calls finished, by verdict."),
     _spec("marsad_call_reasons_total", Kind.COUNTER, "", ("app", "reason", "source"),
           "Reason codes given by finished calls' verdicts."),
+    _spec("marsad_call_duration_seconds_total", Kind.COUNTER, "seconds", ("app", "source"),
+          "Seconds of finished calls (its rate is the mean number of calls in progress)."),
     _spec("marsad_call_loss_ratio", Kind.HISTOGRAM, "ratio", ("app", "source"),
           "Packet loss ratio of call legs (RFC 3550 lost / expected)."),
     _spec("marsad_call_jitter_seconds", Kind.HISTOGRAM, "seconds", ("app", "source"),
@@ -671,6 +676,8 @@ class MarsadMetrics:
                 continue
             self._inc("marsad_call_ended_total",
                       (app, verdict_label(call.verdict.kind), source))
+            self._inc("marsad_call_duration_seconds_total", (app, source),
+                      max(0.0, call.end_ts - call.start_ts))
             for reason in call.verdict.reasons:
                 self._inc("marsad_call_reasons_total", (app, reason_label(reason), source))
             for leg in call.legs:

@@ -104,6 +104,10 @@ def test_sample_call_series(call: AnalysisResult) -> None:
     assert total == call.stats.metered == 1898
     assert cap(reg, "marsad_capture_received_packets_total") == 1898
     assert cap(reg, "marsad_capture_weird_packets_total") == 0
+    # Call-seconds: the call's own duration (their rate is the calls in progress).
+    (only,) = call.analysis.calls
+    assert cap(reg, "marsad_call_duration_seconds_total", app="whatsapp") == pytest.approx(
+        only.end_ts - only.start_ts)
     assert cap(reg, "marsad_capture_dropped_packets_total") is None  # a file drops none
     assert cap(reg, "marsad_call_started_total", app="whatsapp") == 1
     assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
