@@ -759,7 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "on DIR exports) here")
     pr.add_argument("--name", default="", metavar="NAME",
                     help="the probe's name, its probe label in the service's metrics "
-                         "(default: the interface, stdin, or the capture file's name)")
+                         "(default: the interface, stdin, or the capture file's name); "
+                         "probes sharing a data directory need different names")
     pr.add_argument("--ring-dir", metavar="DIR",
                     help="capture ring directory (default DATA_DIR/captures/ring, else "
                          "./captures/ring)")
