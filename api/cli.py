@@ -618,7 +618,7 @@ def _run_probe(args: argparse.Namespace) -> int:
                      bpf=args.filter, meter=_meter_config(args), ring=ring, data_dir=data_dir,
                      pipeline=_pipeline_config(args),
                      status_interval_s=args.status_interval, tcpdump=args.tcpdump,
-                     user=args.user, fingerprints=args.ja4)
+                     user=args.user, fingerprints=args.ja4, name=args.name)
     metrics = None
     running: list[LiveProbe] = []  # the probe, once made (the active-flows gauge reads it)
     if args.metrics_port is not None:
@@ -754,7 +754,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-r", "--read", metavar="FILE", help="pcap/pcapng file or - (stdin)")
     pr.add_argument("--filter", metavar="BPF", help="BPF capture filter (with -i)")
     pr.add_argument("--data-dir", metavar="DIR",
-                    help="also write to the service's store, ledger and probe-status.json here")
+                    help="also write to the service's store, ledger, probe-status.json and "
+                         "the probe's metrics report (probes/NAME.json, which marsad serve "
+                         "on DIR exports) here")
+    pr.add_argument("--name", default="", metavar="NAME",
+                    help="the probe's name, its probe label in the service's metrics "
+                         "(default: the interface, stdin, or the capture file's name); "
+                         "probes sharing a data directory need different names")
     pr.add_argument("--ring-dir", metavar="DIR",
                     help="capture ring directory (default DATA_DIR/captures/ring, else "
                          "./captures/ring)")

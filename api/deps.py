@@ -221,6 +221,9 @@ def list_query(
     ))] = None,
     capture: Annotated[str | None, Query(max_length=64, description="Only this capture's "
                                                                     "items.")] = None,
+    source: Annotated[Literal["live", "capture"] | None, Query(description=(
+        "Only items of live probe runs (live) or of capture files: uploads and preloads "
+        "(capture)."))] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
     order: Annotated[Literal["newest", "oldest"], Query(description=(
@@ -230,7 +233,7 @@ def list_query(
     return ListQuery(since=since, until=until, app=app,
                      category=None if category is None else category.value,
                      verdict=None if verdict is None else verdict.value, capture_id=capture,
-                     limit=limit, offset=offset, newest_first=order == "newest")
+                     source=source, limit=limit, offset=offset, newest_first=order == "newest")
 
 
 ListQueryDep = Annotated[ListQuery, Depends(list_query)]

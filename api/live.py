@@ -77,6 +77,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
+from api.metrics import MarsadMetrics, probe_label, write_probe_report
 from api.output import write_jsonl
 from api.pipeline import AnalysisResult, flow_row
 from api.probe_status import ProbeState, ProbeStatus, write_probe_status
@@ -206,6 +207,19 @@ class LiveConfig:
     """User tcpdump switches to after opening the interface (``-Z``)."""
     fingerprints: bool = False
     """Add JA4 fingerprints to flow rows."""
+    name: str = ""
+    """The probe's name: its ``probe`` label in the service's metrics and the name of its
+    report (``<data_dir>/probes/<name>.json``); empty: :attr:`probe_name` picks one."""
+
+    @property
+    def probe_name(self) -> str:
+        """:attr:`name`, or the interface's name, or ``stdin`` for ``-r -``, or the capture
+        file's name; as a label value (:func:`api.metrics.probe_label`)."""
+        if self.name:
+            return probe_label(self.name)
+        if self.interface:
+            return probe_label(self.source)
+        return "stdin" if self.source == "-" else probe_label(Path(self.source).name)
 
 
 _END = object()
@@ -224,6 +238,9 @@ class LiveProbe:
         self.cfg = config
         self.policy = policy
         self.out = out
+        if metrics is None and config.data_dir is not None:
+            # the report the service on the data directory exposes is made from these
+            metrics = MarsadMetrics(None, active_flows=self._active_flows)
         self.metrics = metrics
         self.clock = clock
         self._stdin = stdin
@@ -273,7 +290,8 @@ class LiveProbe:
             self.ring = CaptureRing(config.ring, clock=clock)
         self._store: Any = None
         self._ledger: Any = None
-        self._capture_id = f"live-{int(self.started_at)}-{os.getpid()}"
+        from api.store import LIVE_PREFIX
+        self._capture_id = f"{LIVE_PREFIX}{int(self.started_at)}-{os.getpid()}"
         if config.data_dir is not None:
             from api.store import open_store
             from policy.ledger import Ledger
@@ -844,9 +862,19 @@ class LiveProbe:
                 "ledger_entries": self.ledger_appended, "warnings": warnings,
                 "live": True, "interface": s.interface, "dropped": s.dropped}
 
+    def _active_flows(self) -> int:
+        reader = self._reader
+        return reader.meter.active_flows() if reader is not None else 0
+
     def _write_status(self) -> None:
         if self.cfg.data_dir is not None:
             write_probe_status(self.cfg.data_dir, self.status())
+            if self.metrics is not None:
+                write_probe_report(self.cfg.data_dir, self.cfg.probe_name,
+                                   metrics=self.metrics,
+                                   running=self.state in (ProbeState.STARTING,
+                                                          ProbeState.RUNNING),
+                                   interval_s=self.cfg.status_interval_s, now=self.clock())
 
 
 def _diagnose_tcpdump(iface: str, tcpdump: str, said: Sequence[str], returncode: int | None,

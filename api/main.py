@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,9 +23,13 @@ from prometheus_client import CollectorRegistry
 from api.config import Settings
 from api.deps import Services, require_token
 from api.jobs import Jobs
-from api.metrics import MarsadMetrics, add_process_collectors, metrics_payload
-from api.probe_status import read_probe_status
-from api.routes import calls, captures, dashboard, flows, health, ledger, probe
+from api.metrics import (
+    MarsadMetrics,
+    add_process_collectors,
+    metrics_payload,
+    read_probe_reports,
+)
+from api.routes import calls, captures, dashboard, docs, flows, health, ledger, probe
 from api.store import open_store
 from policy.ledger import Ledger
 from policy.rules import load_policy
@@ -41,15 +44,6 @@ def _version() -> str:
         return version("marsad")
     except PackageNotFoundError:
         return "0"
-
-
-def _active(data_dir: Path) -> int:
-    """Flows the live probe reports active (0 when no probe runs or its file is unreadable)."""
-    try:
-        status = read_probe_status(data_dir)
-    except (OSError, ValueError):
-        return 0
-    return status.flows_active if status is not None else 0
 
 
 def create_app(settings: Settings | None = None, *,
@@ -81,10 +75,12 @@ def create_app(settings: Settings | None = None, *,
     services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
                         token=settings.token(), clock=clock,
                         costly=threading.BoundedSemaphore(settings.costly_concurrency))
-    # Prometheus: a registry per app, fed by every stored analysis, read at scrape time.
+    # Prometheus: a registry per app, fed by every stored analysis, read at scrape time,
+    # with the series of the live probes that report to the data directory.
     registry = CollectorRegistry()
+    data_dir = settings.data_dir
     metrics = MarsadMetrics(registry, jobs=store.job_counts,
-                            active_flows=lambda: _active(settings.data_dir), clock=clock)
+                            probes=lambda: read_probe_reports(data_dir, clock()), clock=clock)
     add_process_collectors(registry, _version())
     jobs.add_listener(metrics.observe_result)
 
@@ -112,6 +108,7 @@ def create_app(settings: Settings | None = None, *,
 
     app = FastAPI(
         title="marsad", version=_version(), lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # /docs is served offline (api.routes.docs)
         description="Over-the-top voice and video calls seen on the network, and whether the "
                     "network blocked or throttled them. Reads are open unless configured "
                     "otherwise; uploads and evidence downloads need the bearer token.")
@@ -126,6 +123,7 @@ def create_app(settings: Settings | None = None, *,
 
     reads = [] if settings.open_reads else [Depends(require_token)]
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(dashboard.page_router)
     app.include_router(captures.router, dependencies=reads)
     for router in (flows.router, calls.router, ledger.router, probe.router,

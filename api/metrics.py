@@ -36,6 +36,9 @@ Series (see :data:`SPECS` for the full list with help texts):
   show interference.
 * ``marsad_call_started_total`` {app, source}, ``marsad_call_ended_total``
   {app, verdict, source}, ``marsad_call_reasons_total`` {app, reason, source}.
+* ``marsad_call_duration_seconds_total`` {app, source}: seconds of finished calls; its
+  rate is the mean number of calls in progress (the traffic in erlangs), counted as
+  each call ends.
 * ``marsad_call_loss_ratio``, ``marsad_call_jitter_seconds``,
   ``marsad_call_mos`` {app, source}: histograms of call legs' quality.
 * ``marsad_capture_received_packets_total``,
@@ -49,6 +52,27 @@ Series (see :data:`SPECS` for the full list with help texts):
 * ``marsad_ledger_unrecorded_verdicts_total``: verdicts the live probe reported
   but could not put in the evidence ledger.
 * ``marsad_analysis_jobs`` {state}: analysis jobs by state, from a callable.
+* ``marsad_probe_up``, ``marsad_probe_report_age_seconds`` {probe}: whether each live
+  probe on the service's data directory reports on time (the service only).
+
+Live probes and the service: one metrics story
+----------------------------------------------
+A live probe (``marsad probe --data-dir D``) keeps a :class:`MarsadMetrics` of what it
+sees and, with every status heartbeat, writes its live series to
+``D/probes/<name>.json`` (:func:`write_probe_report`: the samples of
+:meth:`MarsadMetrics.snapshot`, its state and the time). The service on the same data
+directory reads those reports when Prometheus scrapes it (:func:`read_probe_reports`)
+and exposes their series beside its own, each with a ``probe`` label naming the probe:
+one scrape of ``marsad serve`` holds the live traffic, calls, verdicts and health of
+every probe on its data directory (``source="live"``, ``probe=...``) and the captures
+it analysed itself (``source="capture"``, no ``probe`` label). A report is checked
+against :data:`SPECS` and the closed label sets before anything of it is exposed; a
+report of another shape is left out and logged. A probe that stopped or missed its
+heartbeats keeps its counters (their last values) but loses its gauges (rate, active
+flows, lag) and reads ``marsad_probe_up 0``. A probe's own ``--metrics-port`` serves
+the same live series without the ``probe`` label, for a probe with no service beside
+it; ``deploy/prometheus/prometheus.yml`` keeps only its process series, so nothing
+is counted twice.
 
 :func:`add_process_collectors` adds prometheus_client's ``process_*`` and
 ``python_info`` series and ``marsad_build_info`` {version} to a registry.
@@ -56,13 +80,18 @@ Series (see :data:`SPECS` for the full list with help texts):
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -80,6 +109,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.probe_status import write_json_atomic
 from classifier.records import APPS, Category, Classification
 from policy.records import Call, FlowVerdict, Reason, VerdictKind
 from probe import FlowRecord, MeterStats
@@ -93,22 +123,29 @@ __all__ = [
     "JOB_STATES",
     "LOSS_BUCKETS",
     "MOS_BUCKETS",
+    "PROBES_DIR",
     "SOURCES",
     "SPECS",
     "BuildInfo",
     "Kind",
     "MarsadMetrics",
     "MetricSpec",
+    "ProbeReport",
     "add_process_collectors",
     "app_label",
     "category_label",
     "metrics_app",
     "metrics_payload",
+    "probe_label",
     "probe_metrics",
+    "read_probe_reports",
     "reason_label",
     "state_label",
     "verdict_label",
+    "write_probe_report",
 ]
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_APP = "unknown"
 """Label value for flows and calls of no known app."""
@@ -195,6 +232,8 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
           "Calls finished, by verdict."),
     _spec("marsad_call_reasons_total", Kind.COUNTER, "", ("app", "reason", "source"),
           "Reason codes given by finished calls' verdicts."),
+    _spec("marsad_call_duration_seconds_total", Kind.COUNTER, "seconds", ("app", "source"),
+          "Seconds of finished calls (its rate is the mean number of calls in progress)."),
     _spec("marsad_call_loss_ratio", Kind.HISTOGRAM, "ratio", ("app", "source"),
           "Packet loss ratio of call legs (RFC 3550 lost / expected)."),
     _spec("marsad_call_jitter_seconds", Kind.HISTOGRAM, "seconds", ("app", "source"),
@@ -217,6 +256,10 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
           "Verdicts reported but not put in the evidence ledger."),
     _spec("marsad_analysis_jobs", Kind.GAUGE, "jobs", ("state",),
           "Analysis jobs by state."),
+    _spec("marsad_probe_up", Kind.GAUGE, "", ("probe",),
+          "1 while a live probe on the service's data directory reports on time, else 0."),
+    _spec("marsad_probe_report_age_seconds", Kind.GAUGE, "seconds", ("probe",),
+          "Wall-clock seconds since a live probe on the data directory last reported."),
 )}
 """Every metric family the collector exposes, by name."""
 
@@ -254,6 +297,161 @@ def state_label(state: object) -> str:
     """The ``state`` label: one of :data:`JOB_STATES`, else ``other``."""
     value = str(state)
     return value if value in JOB_STATES else OTHER
+
+
+PROBES_DIR = "probes"
+"""Directory of the data directory where live probes write their reports."""
+REPORT_VERSION = 1
+"""Format of a probe's report."""
+STALE_AFTER_S = 10.0
+"""A probe is down when its report is older than this, or three heartbeats if longer."""
+FORGET_AFTER_S = 86400.0
+"""A report older than this is no longer exposed at all (a probe long gone)."""
+_PROBE_NAME_BAD = re.compile(r"[^A-Za-z0-9_.:@-]")
+_LIVE_GAUGES = frozenset({"marsad_flow_rate_bytes_per_second", "marsad_probe_active_flows",
+                          "marsad_capture_processing_lag_seconds"})
+"""Gauges that say what a probe sees now: left out once it stops reporting."""
+_REPORTED = frozenset(SPECS) - {"marsad_analysis_jobs", "marsad_probe_up",
+                                "marsad_probe_report_age_seconds"}
+"""What a probe's report may hold: every series but the service's own."""
+_SUFFIXES = {Kind.COUNTER: ("_total",), Kind.GAUGE: ("",),
+             Kind.HISTOGRAM: ("_bucket", "_count", "_sum")}
+
+
+def probe_label(name: str) -> str:
+    """The ``probe`` label (and report file name) for a probe's name: at most 64 of
+    ``A-Za-z0-9_.:@-``, anything else replaced by ``_``; ``probe`` when empty."""
+    cleaned = _PROBE_NAME_BAD.sub("_", name)[:64].lstrip(".")
+    return cleaned or "probe"
+
+
+def _label_ok(key: str, value: str) -> bool:
+    """Whether ``value`` is in the closed set of label ``key`` (a probe's report)."""
+    if key == "app":
+        return app_label(value) == value
+    if key == "category":
+        return category_label(value) == value
+    if key == "verdict":
+        return verdict_label(value) == value
+    if key == "reason":
+        return reason_label(value) == value
+    if key == "state":
+        return state_label(value) == value
+    if key == "source":
+        return value == LIVE
+    if key == "le":
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+Sample = tuple[str, dict[str, str], float]
+"""One exposed sample: its name, labels and value."""
+
+
+def _checked(name: str, samples: Any) -> list[Sample]:
+    """A report's samples of family ``name``, checked against its spec; raises
+    ValueError for anything else."""
+    spec = SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown metric {name!r}")
+    if not isinstance(samples, list):
+        raise ValueError(f"{name}: samples must be a list")
+    out: list[Sample] = []
+    suffixes = _SUFFIXES[spec.kind]
+    for item in samples:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], dict)):
+            raise ValueError(f"{name}: a sample must be [name, labels, value]")
+        sample_name, labels, value = item
+        if sample_name not in {spec.family + sfx for sfx in suffixes}:
+            raise ValueError(f"{name}: sample {sample_name!r} is not of this family")
+        want = set(spec.labels) | ({"le"} if sample_name.endswith("_bucket") else set())
+        if set(labels) != want or not all(
+                isinstance(v, str) and _label_ok(k, v) for k, v in labels.items()):
+            raise ValueError(f"{name}: labels {labels!r} outside their closed sets")
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: value {value!r} is not a non-negative number")
+        out.append((sample_name, dict(labels), float(value)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """A live probe's report, as the service read it from the data directory."""
+
+    name: str
+    """The probe's name (the ``probe`` label)."""
+    up: bool
+    """The probe runs and its report is fresh."""
+    age_s: float
+    """Wall-clock seconds since the probe wrote the report."""
+    families: dict[str, list[Sample]]
+    """Checked samples by metric name (a name of :data:`SPECS`)."""
+
+
+def write_probe_report(data_dir: Path, name: str, *, metrics: MarsadMetrics, running: bool,
+                       interval_s: float, now: float) -> Path:
+    """Write a probe's report (its live series, whether it runs, when, and how often it
+    reports) to ``data_dir/probes/<name>.json`` atomically; return the path."""
+    path = Path(data_dir) / PROBES_DIR / f"{probe_label(name)}.json"
+    write_json_atomic(path, {"version": REPORT_VERSION, "probe": probe_label(name),
+                             "running": running, "updated_at": now,
+                             "interval_s": interval_s, "metrics": metrics.snapshot()})
+    return path
+
+
+def read_probe_report(path: Path, now: float) -> ProbeReport | None:
+    """One report file checked (None when older than :data:`FORGET_AFTER_S`); raises
+    ValueError or OSError for a file of another shape or an unreadable one."""
+    obj = json.loads(path.read_bytes())
+    if not isinstance(obj, dict) or obj.get("version") != REPORT_VERSION:
+        raise ValueError("not a probe report of version 1")
+    name, updated, interval = obj.get("probe"), obj.get("updated_at"), obj.get("interval_s")
+    if not isinstance(name, str) or probe_label(name) != name:
+        raise ValueError(f"bad probe name {name!r}")
+    if isinstance(updated, bool) or not isinstance(updated, int | float) \
+            or isinstance(interval, bool) or not isinstance(interval, int | float) \
+            or not math.isfinite(updated) or not math.isfinite(interval) or interval <= 0:
+        raise ValueError("updated_at and interval_s must be numbers")
+    families = obj.get("metrics")
+    if not isinstance(families, dict):
+        raise ValueError("metrics must be an object")
+    age = max(0.0, now - float(updated))
+    if age > FORGET_AFTER_S:
+        return None
+    checked = {key: _checked(key, samples) for key, samples in families.items()}
+    up = obj.get("running") is True and age <= max(STALE_AFTER_S, 3 * float(interval))
+    return ProbeReport(name, up, age, checked)
+
+
+def read_probe_reports(data_dir: Path, now: float) -> list[ProbeReport]:
+    """Every live probe's report in ``data_dir/probes``, by name. A file that cannot be
+    read or is of another shape is logged and left out: a bad report never reaches
+    Prometheus."""
+    directory = Path(data_dir) / PROBES_DIR
+    try:
+        paths = sorted(p for p in directory.iterdir()
+                       if p.suffix == ".json" and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("probe reports in %s: %s", directory, exc.strerror or exc)
+        return []
+    reports: list[ProbeReport] = []
+    for path in paths:
+        try:
+            report = read_probe_report(path, now)
+        except (OSError, ValueError) as exc:
+            log.warning("probe report %s left out: %s", path, exc)
+            continue
+        if report is not None:
+            reports.append(report)
+    return reports
 
 
 @dataclass(slots=True)
@@ -311,6 +509,9 @@ class MarsadMetrics:
     ``active_flows``: returns the number of flows in the live meter's table
     (e.g. ``FlowMeter.active_flows``); without it the gauge reads 0.
     ``jobs``: returns the number of analysis jobs per state.
+    ``probes``: returns the reports of the live probes whose series are exposed too,
+    each labelled ``probe`` (the service: :func:`read_probe_reports` of its data
+    directory).
     ``clock``: wall clock, for the processing lag.
     ``rate_window_s``: how many seconds of capture time the byte rate covers.
 
@@ -321,12 +522,14 @@ class MarsadMetrics:
     def __init__(self, registry: CollectorRegistry | None, *,
                  active_flows: Callable[[], int] | None = None,
                  jobs: Callable[[], Mapping[str, int]] | None = None,
+                 probes: Callable[[], Sequence[ProbeReport]] | None = None,
                  clock: Callable[[], float] = time.time,
                  rate_window_s: int = 10) -> None:
         if rate_window_s < 1:
             raise ValueError(f"rate_window_s must be at least 1, not {rate_window_s}")
         self._active_flows = active_flows
         self._jobs = jobs
+        self._probes = probes
         self._clock = clock
         self._window = rate_window_s
         self._lock = threading.Lock()
@@ -473,6 +676,8 @@ class MarsadMetrics:
                 continue
             self._inc("marsad_call_ended_total",
                       (app, verdict_label(call.verdict.kind), source))
+            self._inc("marsad_call_duration_seconds_total", (app, source),
+                      max(0.0, call.end_ts - call.start_ts))
             for reason in call.verdict.reasons:
                 self._inc("marsad_call_reasons_total", (app, reason_label(reason), source))
             for leg in call.legs:
@@ -501,10 +706,46 @@ class MarsadMetrics:
         for spec in SPECS.values():
             yield _family(spec)
 
+    def snapshot(self) -> dict[str, list[list[Any]]]:
+        """The live series as JSON-ready ``[sample name, labels, value]`` lists by metric
+        name (what a probe writes in its report; :func:`read_probe_report` reads it)."""
+        out: dict[str, list[list[Any]]] = {}
+        for spec, samples in self._families():
+            live = [[name, labels, value] for name, labels, value in samples
+                    if labels.get("source", LIVE) == LIVE and spec.name in _REPORTED]
+            if live:
+                out[spec.name] = live
+        return out
+
     def collect(self) -> Iterator[Metric]:
-        """The current values, as metric families."""
-        active = self._active_flows() if self._active_flows is not None else 0
-        jobs = dict(self._jobs()) if self._jobs is not None else {}
+        """The current values, as metric families: this object's own series, and those
+        of the live probes ``probes`` reports (each with its ``probe`` label)."""
+        extra: dict[str, list[Sample]] = {}
+        if self._probes is not None:
+            for report in self._probes():
+                probe = {"probe": report.name}
+                extra.setdefault("marsad_probe_up", []).append(
+                    ("marsad_probe_up", probe, 1.0 if report.up else 0.0))
+                extra.setdefault("marsad_probe_report_age_seconds", []).append(
+                    ("marsad_probe_report_age_seconds", probe, round(report.age_s, 3)))
+                for name, samples in report.families.items():
+                    if name in _LIVE_GAUGES and not report.up:
+                        continue
+                    extra.setdefault(name, []).extend(
+                        (sample, {**labels, **probe}, value) for sample, labels, value in samples)
+        for spec, samples in self._families():
+            more = extra.get(spec.name, [])
+            if spec.kind is Kind.GAUGE and not samples and not more:
+                continue
+            family = _family(spec)
+            for name, labels, value in (*samples, *more):
+                family.add_sample(name, labels, value)
+            yield family
+
+    def _families(self) -> list[tuple[MetricSpec, list[Sample]]]:
+        """This object's own samples, per spec, in the order of :data:`SPECS`."""
+        active = self._active_flows() if self._active_flows is not None else None
+        jobs = dict(self._jobs()) if self._jobs is not None else None
         with self._lock:
             counters = {name: dict(series) for name, series in self._counters.items()}
             for name, running in (("marsad_capture_received_packets_total", self._received),
@@ -523,35 +764,38 @@ class MarsadMetrics:
             rates = sorted((app, sum(self._rate.get(app, {}).values()) / self._window)
                            for app in self._rate_apps)
             lag = self._lag
-        by_state = dict.fromkeys(JOB_STATES, 0)
-        for state, n in jobs.items():
-            key = state_label(state)
-            by_state[key] = by_state.get(key, 0) + n
-        gauges: dict[str, list[tuple[list[str], float]]] = {
-            "marsad_flow_rate_bytes_per_second": [([app], rate) for app, rate in rates],
-            "marsad_probe_active_flows": [([], active)],
-            "marsad_capture_processing_lag_seconds": [] if lag is None else [([], lag)],
-            "marsad_analysis_jobs": [([state], n) for state, n in by_state.items()],
+        gauges: dict[str, list[tuple[tuple[str, ...], float]]] = {
+            "marsad_flow_rate_bytes_per_second": [((app,), rate) for app, rate in rates],
+            "marsad_probe_active_flows": [] if active is None else [((), active)],
+            "marsad_capture_processing_lag_seconds": [] if lag is None else [((), lag)],
         }
+        if jobs is not None:
+            by_state = dict.fromkeys(JOB_STATES, 0)
+            for state, n in jobs.items():
+                key = state_label(state)
+                by_state[key] = by_state.get(key, 0) + n
+            gauges["marsad_analysis_jobs"] = [((state,), n) for state, n in by_state.items()]
+        out: list[tuple[MetricSpec, list[Sample]]] = []
         for spec in SPECS.values():
-            labels = list(spec.labels)
+            samples: list[Sample] = []
             if spec.kind is Kind.COUNTER:
-                counter = CounterMetricFamily(spec.family, spec.doc, labels=labels)
                 for values, value in sorted(counters.get(spec.name, {}).items()):
-                    counter.add_metric(list(values), value)
-                yield counter
+                    samples.append((spec.name, dict(zip(spec.labels, values, strict=True)),
+                                    float(value)))
             elif spec.kind is Kind.GAUGE:
-                if not gauges[spec.name]:
-                    continue
-                gauge = GaugeMetricFamily(spec.family, spec.doc, labels=labels)
-                for gauge_labels, value in gauges[spec.name]:
-                    gauge.add_metric(gauge_labels, value)
-                yield gauge
+                for gauge_values, gauge_value in gauges.get(spec.name, []):
+                    samples.append((spec.name, dict(zip(spec.labels, gauge_values,
+                                                        strict=True)), float(gauge_value)))
             else:
-                hist = HistogramMetricFamily(spec.family, spec.doc, labels=labels)
-                for hist_labels, buckets, total in hists[spec.name]:
-                    hist.add_metric(list(hist_labels), buckets, total)
-                yield hist
+                for hist_key, buckets, total in hists[spec.name]:
+                    labels = dict(zip(spec.labels, hist_key, strict=True))
+                    for bound, below in buckets:
+                        samples.append((f"{spec.name}_bucket", {**labels, "le": bound},
+                                        float(below)))
+                    samples.append((f"{spec.name}_count", labels, float(buckets[-1][1])))
+                    samples.append((f"{spec.name}_sum", labels, total))
+            out.append((spec, samples))
+        return out
 
 
 def _family(spec: MetricSpec) -> Metric:

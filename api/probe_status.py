@@ -52,6 +52,7 @@ __all__ = [
     "ProbeStatus",
     "ProbeStatusError",
     "read_probe_status",
+    "write_json_atomic",
     "write_probe_status",
 ]
 
@@ -190,18 +191,24 @@ def _typed(obj: dict[str, Any], key: str, kind: type[str]) -> str:
 
 def write_probe_status(data_dir: str | Path, status: ProbeStatus) -> Path:
     """Replace the status file atomically; return its path."""
-    directory = Path(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / STATUS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".probe-status.", dir=directory)
+    path = Path(data_dir) / STATUS_FILE
+    write_json_atomic(path, status.to_json())
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as JSON atomically (a temporary file in the same
+    directory, then a rename), creating the directory: a reader sees the old object or
+    the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(status.to_json(), fh, separators=(",", ":"))
+            json.dump(obj, fh, separators=(",", ":"))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def read_probe_status(data_dir: str | Path) -> ProbeStatus | None:

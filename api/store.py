@@ -39,7 +39,9 @@ from api.pipeline import AnalysisResult
 from policy.records import Verdict
 
 __all__ = [
+    "LIVE_PREFIX",
     "MIGRATIONS",
+    "SOURCES",
     "CaptureRow",
     "JobState",
     "Page",
@@ -120,6 +122,10 @@ class Query:
     """Flows: only this flow verdict; calls: only this call verdict."""
     capture_id: str | None = None
     """Only this capture's items."""
+    source: str | None = None
+    """Only items of live probe runs (``live``) or of capture files (``capture``)."""
+    call_uid: str | None = None
+    """Flows: only the flows of this call."""
     limit: int = 100
     """Page size."""
     offset: int = 0
@@ -306,6 +312,24 @@ class _Where:
 
     def sql(self) -> str:
         return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+
+
+LIVE_PREFIX = "live-"
+"""How the capture ids of live probe runs begin (``live-<start>-<pid>``)."""
+SOURCES = ("live", "capture")
+"""Values of :attr:`Query.source`."""
+
+
+def _where_capture(w: _Where, query: Query) -> None:
+    """The capture and source filters of a listing."""
+    if query.capture_id is not None:
+        w.add("capture_id = ?", query.capture_id)
+    if query.source == "live":
+        w.add("substr(capture_id, 1, ?) = ?", len(LIVE_PREFIX), LIVE_PREFIX)
+    elif query.source == "capture":
+        w.add("substr(capture_id, 1, ?) != ?", len(LIVE_PREFIX), LIVE_PREFIX)
+    elif query.source is not None:
+        raise ValueError(f"source is one of {SOURCES}, not {query.source!r}")
 
 
 class SqliteStore:
@@ -505,8 +529,9 @@ class SqliteStore:
             w.add("category = ?", query.category)
         if query.verdict is not None:
             w.add("verdict = ?", query.verdict)
-        if query.capture_id is not None:
-            w.add("capture_id = ?", query.capture_id)
+        if query.call_uid is not None:
+            w.add("call_uid = ?", query.call_uid)
+        _where_capture(w, query)
         order = "DESC" if query.newest_first else "ASC"
         return self._page("flows", w, f"first_ts {order}, capture_id, uid", query)
 
@@ -522,8 +547,7 @@ class SqliteStore:
             w.add("instr(categories, ?) > 0", "," + query.category + ",")
         if query.verdict is not None:
             w.add("verdict = ?", query.verdict)
-        if query.capture_id is not None:
-            w.add("capture_id = ?", query.capture_id)
+        _where_capture(w, query)
         order = "DESC" if query.newest_first else "ASC"
         return self._page("calls", w, f"start_ts {order}, capture_id, uid", query)
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from api.deps import (
+    MAX_PAGE,
     JobsDep,
     LedgerDep,
     ListQueryDep,
@@ -21,7 +22,8 @@ from api.deps import (
     TokenDep,
     costly_slot,
 )
-from api.schemas import CallOut, CallPage, ErrorOut
+from api.schemas import CallOut, CallPage, ErrorOut, FlowOut, FlowPage
+from api.store import Query as ListQuery
 
 __all__ = ["router"]
 
@@ -54,6 +56,18 @@ def _call(store: StoreDep, uid: str, capture: str | None) -> dict[str, Any]:
 def get_call(store: StoreDep, uid: str, capture: CaptureParam = None) -> CallOut:
     """One call."""
     return CallOut.model_validate(_call(store, uid, capture))
+
+
+@router.get("/{uid}/flows", response_model=FlowPage,
+            responses={404: {"model": ErrorOut, "description": "No such call."}})
+def get_call_flows(store: StoreDep, uid: str, capture: CaptureParam = None) -> FlowPage:
+    """The flows of one call (its media, signalling and setup flows), oldest first."""
+    row = _call(store, uid, capture)
+    query = ListQuery(call_uid=uid, capture_id=row["capture_id"], limit=MAX_PAGE,
+                      newest_first=False)
+    page = store.flows(query)
+    return FlowPage(items=[FlowOut.model_validate(r) for r in page.items], total=page.total,
+                    limit=query.limit, offset=0)
 
 
 def bundle_builder() -> Callable[..., bytes] | None:

@@ -6,6 +6,8 @@ allows scripts, styles and requests to this origin alone. It reads the JSON API
 (``/v1/calls``, ``/v1/captures``, ``/v1/probe``, ``/healthz``) and
 ``/v1/stats/apps`` below; ``?lang=ar`` shows it in Arabic, right to left.
 
+``/v1/stats/capacity`` is capacity per hour or day (:mod:`api.capacity`).
+
 ``/v1/stats/apps`` is the traffic of each app over time, from the stored flows: a
 flow's wire bytes (both directions) are spread evenly over its life, from
 ``first_ts`` to ``last_ts``, and summed per app into fixed-width buckets of
@@ -24,6 +26,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
+from api.capacity import CapacityOut, capacity
 from api.deps import Moment, StoreDep
 from api.schemas import ErrorOut
 from api.store import Query as ListQuery
@@ -152,17 +155,20 @@ def _wire_bytes(row: dict[str, Any]) -> int:
 
 
 def _read_spans(store: Store, since: float | None, until: float | None,
-                capture: str | None, max_flows: int) -> tuple[list[_Span], bool]:
+                capture: str | None, max_flows: int, app: str | None = None,
+                source: str | None = None) -> tuple[list[_Span], bool]:
     spans: list[_Span] = []
     offset = 0
+    def query(limit: int) -> ListQuery:
+        return ListQuery(since=since, until=until, capture_id=capture, app=app, source=source,
+                         limit=limit, offset=offset)
+
     while True:
         limit = min(_PAGE, max_flows - len(spans))
         if limit <= 0:
-            more = store.flows(ListQuery(since=since, until=until, capture_id=capture,
-                                         limit=1, offset=offset)).items
+            more = store.flows(query(1)).items
             return spans, not more
-        page = store.flows(ListQuery(since=since, until=until, capture_id=capture,
-                                     limit=limit, offset=offset))
+        page = store.flows(query(limit))
         for row in page.items:
             first, last = float(row["first_ts"]), float(row["last_ts"])
             spans.append(_Span(row.get("app"), first, max(last, first), _wire_bytes(row)))
@@ -181,6 +187,7 @@ def _bucket_width(asked: int, span_s: float, max_buckets: int) -> int:
 
 def app_traffic(store: Store, *, bucket_s: int, since: float | None = None,
                 until: float | None = None, capture: str | None = None,
+                app: str | None = None, source: str | None = None,
                 max_buckets: int = MAX_BUCKETS, max_flows: int = MAX_FLOWS,
                 default_span_s: float = DEFAULT_SPAN_S) -> AppTrafficOut:
     """Bytes per app per bucket of capture time, from the store's flows.
@@ -191,7 +198,7 @@ def app_traffic(store: Store, *, bucket_s: int, since: float | None = None,
     """
     if bucket_s < 1:
         raise ValueError(f"a bucket is at least 1 s wide, not {bucket_s}")
-    spans, complete = _read_spans(store, since, until, capture, max_flows)
+    spans, complete = _read_spans(store, since, until, capture, max_flows, app, source)
     if not spans:
         return AppTrafficOut(bucket_s=bucket_s, start_ts=None, end_ts=None, buckets=0,
                              flows=0, complete=complete, apps=[])
@@ -246,10 +253,40 @@ def apps_over_time(
         "End of the window (default: the latest flow's end)."))] = None,
     capture: Annotated[str | None, Query(max_length=64, description=(
         "Only this capture's flows."))] = None,
+    app: Annotated[str | None, Query(max_length=64, description=(
+        "Only this app's flows."))] = None,
+    source: Annotated[Literal["live", "capture"] | None, Query(description=(
+        "Only flows of live probe runs (live) or of capture files (capture)."))] = None,
 ) -> AppTrafficOut:
     """Traffic of each app over time (wire bytes per bucket of capture time, each flow's
     bytes spread evenly over its life)."""
     lo, hi = since, until
     if lo is not None and hi is not None and lo > hi:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
-    return app_traffic(store, bucket_s=bucket, since=lo, until=hi, capture=capture)
+    return app_traffic(store, bucket_s=bucket, since=lo, until=hi, capture=capture, app=app,
+                       source=source)
+
+
+@stats_router.get("/capacity", response_model=CapacityOut,
+                  responses={400: {"model": ErrorOut,
+                                   "description": "since is after until."}})
+def capacity_per_period(
+    store: StoreDep,
+    period: Annotated[Literal["hour", "day"], Query(description=(
+        "Report per hour or per day."))] = "hour",
+    since: Annotated[Moment, Query(description=(
+        "Start of the window: an RFC 3339 date-time or seconds since the epoch."))] = None,
+    until: Annotated[Moment, Query(description="End of the window.")] = None,
+    app: Annotated[str | None, Query(max_length=64, description="Only this app.")] = None,
+    capture: Annotated[str | None, Query(max_length=64, description=(
+        "Only this capture or probe run."))] = None,
+    source: Annotated[Literal["live", "capture"] | None, Query(description=(
+        "Only live probe runs (live) or capture files (capture)."))] = None,
+) -> CapacityOut:
+    """Capacity per hour or day: each app's traffic (mean, peak and 95th-percentile bit rate
+    on a one-minute grid, per category too) and calls (count, peak and 95th-percentile
+    number in progress, interfered share, mean MOS and loss), labelled by source."""
+    if since is not None and until is not None and since > until:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "since is after until")
+    return capacity(store, period=period, since=since, until=until, app=app, capture=capture,
+                    source=source)

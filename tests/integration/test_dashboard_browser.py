@@ -5,8 +5,8 @@ preloaded; Chromium loads ``/`` and ``/?lang=ar``, runs the page's script and
 dumps the rendered DOM, which must show the data the API holds. Every host name
 but 127.0.0.1 is made unresolvable for the browser, and the service's access log
 must list only the page's own requests. Screenshots go to the test's temporary
-directory; with ``MARSAD_UPDATE_SCREENSHOT=1`` the English one is copied to
-``docs/dashboard.png`` for the README.
+directory; with ``MARSAD_UPDATE_SCREENSHOT=1`` the whole-page ones (English and Arabic,
+1400 and 400 px wide, and a call's page) are copied to ``docs/`` for the README.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.integration.cdp import Browser
 from tests.unit.api.test_api_http import Server, _until
 
 CAPTURES = ROOT / "captures"
@@ -57,13 +58,13 @@ def _console(stderr: str) -> list[str]:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Server, dict[str, Any]]]:
     srv = Server(tmp_path / "data", "--preload", str(CAPTURES / "sample-call.pcap"),
-                 str(CAPTURES / "sample-blocked.pcap"))
+                 str(CAPTURES / "sample-blocked.pcap"), str(CAPTURES / "bad-truncated.pcap"))
     try:
         _until("the server to answer /healthz", 30.0, srv.up)
         with httpx.Client(base_url=srv.base, timeout=10) as c:
-            _until("both preloaded captures to be analysed", 90.0, lambda: [
+            _until("the preloaded captures to be analysed", 90.0, lambda: [
                 x for x in c.get("/v1/captures").json()["items"]
-                if x["state"] == "done"][1:])
+                if x["state"] == "done"][2:])
             blocked = c.get("/v1/calls", params={"verdict": "blocked"}).json()
             assert blocked["total"] == 1
             facts = {"blocked": blocked["items"][0], "calls": c.get("/v1/calls").json()["total"]}
@@ -89,11 +90,11 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
     assert 'data-state="ready"' in dom, dom[-3000:]
     assert not re.search(r"(?i)https?://", dom)
     # Traffic per app: whatsapp in the chart's legend, drawn as an SVG path.
-    assert '<li data-app="whatsapp">' in dom and '<bdi class="app">whatsapp</bdi>' in dom
+    assert '<li data-app="whatsapp"' in dom and '<bdi class="app">whatsapp</bdi>' in dom
     assert "<title>whatsapp</title>" in dom and "Traffic per app over time" in dom
     # Calls by verdict: the blocked call and the one that went through.
-    assert re.search(r'<g class="verdict" data-verdict="blocked">.*?>1</text>', dom)
-    assert re.search(r'<g class="verdict" data-verdict="ok">.*?>1</text>', dom)
+    assert re.search(r'<g class="verdict" data-verdict="blocked".*?>1</text>', dom)
+    assert re.search(r'<g class="verdict" data-verdict="ok".*?>1</text>', dom)
     assert re.search(r'id="n-calls">' + str(facts["calls"]) + "<", dom)
     # The latest blocked call, its reasons and a link to its evidence bundle.
     row = re.search(r'<tr data-uid="' + blocked["uid"] + r'" data-verdict="blocked">(.*?)</tr>',
@@ -105,6 +106,7 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
     assert "<code dir=\"ltr\">media-no-return</code>" in cells
     assert blocked["evidence"][0]["text"] in cells
     link = re.search(r'href="(/v1/calls/[^"?]+/evidence)\?capture=([^"]+)"', cells)
+    assert f'href="/?call={blocked["uid"]}&amp;capture_of={blocked["capture_id"]}"' in cells
     assert link is not None
     assert link.group(1) == f"/v1/calls/{blocked['uid']}/evidence"
     assert link.group(2) == blocked["capture_id"]
@@ -140,8 +142,6 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
         assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == (
             1400, 1000)
         shots[lang] = out
-    if os.environ.get("MARSAD_UPDATE_SCREENSHOT") == "1":
-        shutil.copyfile(shots["en"], ROOT / "docs" / "dashboard.png")
 
     # The browser asked this service for the page's own files and API reads only.
     log = srv.stop()
@@ -149,5 +149,192 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
     assert paths and all(p.split("?")[0] in {
         "/", "/favicon.ico", "/static/dashboard.js", "/static/dashboard.css",
         "/static/i18n.json", "/healthz", "/v1/probe", "/v1/stats/apps", "/v1/flows",
-        "/v1/captures", "/v1/calls"} for p in paths), sorted(set(paths))
+        "/v1/captures", "/v1/calls", "/v1/stats/capacity"} for p in paths), sorted(set(paths))
     assert "/v1/stats/apps?bucket=1" in paths
+
+
+def test_openapi_docs_render_offline(tmp_path: Path) -> None:
+    """``/docs`` draws the API in Chromium with every other host unreachable: Swagger UI's
+    files come from the service itself."""
+    srv = Server(tmp_path / "data")
+    try:
+        _until("the server to answer /healthz", 30.0, srv.up)
+        page = httpx.get(srv.base + "/docs").text
+        assert "/docs/assets/swagger-ui-bundle.js" in page
+        assert not re.search(r'(?i)(src|href)="https?://', page), page
+        done = _chromium(tmp_path / "profile", srv.base + "/docs", "--dump-dom")
+        dom = done.stdout
+        # Swagger UI ran and drew the operations of openapi.json.
+        assert 'class="swagger-ui"' in dom and "opblock" in dom, dom[-2000:]
+        assert "/v1/captures" in dom and "/v1/calls/{uid}/evidence" in dom
+        assert not [line for line in _console(done.stderr) if "Uncaught" in line]
+    finally:
+        log = srv.stop()
+    paths = set(re.findall(r'"GET ([^ ]+) HTTP/1\.1"', log))
+    assert {"/docs", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css",
+            "/openapi.json"} <= paths, paths
+
+
+def _app_colour(app: str) -> str:
+    """The colour the page gives an app: FNV-1a of its name into the page's palette."""
+    js = (ROOT / "api" / "dashboard" / "dashboard.js").read_text(encoding="utf-8")
+    block = re.search(r"const PALETTE = \[(.*?)\];", js, re.S)
+    assert block is not None
+    palette = re.findall(r'"(#[0-9a-f]{6})"', block.group(1))
+    h = 0x811C9DC5
+    for ch in app:
+        h = ((h ^ ord(ch)) * 0x01000193) & 0xFFFFFFFF
+    return palette[h % len(palette)]
+
+
+def _click(b: Browser, selector: str) -> None:
+    found = b.js(f"(() => {{ const n = document.querySelector({selector!r}); if (!n) return false;"
+                 " n.dispatchEvent(new MouseEvent('click', {bubbles: true, cancelable: true}));"
+                 " return true; })()")
+    assert found, selector
+
+
+def _texts(b: Browser, selector: str) -> list[str]:
+    got: list[str] = b.js(f"[...document.querySelectorAll({selector!r})]"
+                          ".map(n => n.textContent)")
+    return got
+
+
+def test_filters_drill_down_colours_and_narrow_layout(
+        served: tuple[Server, dict[str, Any]], tmp_path: Path) -> None:
+    """Driven through the DevTools protocol: filters kept in the URL, drill-down from the
+    charts and a verdict to a call's page, what each chart covers, values on hover, app
+    colours that do not change between views, a truncated capture's warning, and a 400 px
+    layout with nothing off-screen, in English and in Arabic (mirrored)."""
+    assert CHROMIUM is not None
+    srv, facts = served
+    blocked = facts["blocked"]
+    whatsapp = _app_colour("whatsapp")
+    with Browser(CHROMIUM, tmp_path / "profile") as b:
+        b.open(srv.base + "/")
+        # What each chart covers, said on it.
+        assert b.js("document.getElementById('traffic-cover').textContent") == \
+            "Covers all stored data (all time)."
+        assert b.js("document.getElementById('verdict-cover').textContent").startswith(
+            "Covers all stored data (all time).")
+        note = b.js("document.getElementById('traffic-note').textContent")
+        assert re.match(r"Chart: \S*2023-11-14 22:2\d:\d\d\S* to \S*2023-11-14 22:3\d:\d\d\S* "
+                        r"of capture time \(UTC\), 1 s per bar\.", note), note
+        # Values on hover: each bucket's rates per app and in all, each verdict's count.
+        tips = _texts(b, "#traffic-chart rect.bucket title")
+        assert tips and any(re.search(r"\nwhatsapp: [\d.]+ [kM]?bit/s\n.*total: ", tip, re.S)
+                            for tip in tips), tips[:3]
+        assert "blocked: 1 call(s)" in _texts(b, "#verdict-chart g.verdict title")
+        # A truncated capture is listed with a warning, not as plainly done.
+        cut = b.js("(() => { const r = document.querySelector("
+                   "'tr[data-complete=\"false\"]'); return r && r.textContent; })()")
+        assert cut and "bad-truncated.pcap" in cut and "cut short at byte 800" in cut, cut
+        # Capacity per hour, then per day (kept in the URL): whatsapp's row per source.
+        cap = b.js("[...document.querySelectorAll('#capacity-rows tr')]"
+                   ".map(r => [r.dataset.app, r.dataset.source, r.cells[4].textContent,"
+                   " r.cells[6].textContent, r.cells[9].textContent])")
+        assert any(row[:2] == ["whatsapp", "capture"] for row in cap), cap
+        wa = next(row for row in cap if row[:2] == ["whatsapp", "capture"])
+        assert wa[2].endswith("bit/s") and wa[3] == "2" and wa[4] == "50 %", wa
+        b.js("(() => { const s = document.getElementById('f-period'); s.value = 'day';"
+             " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+        assert "period=day" in b.settle("location.search", lambda v: "period=" in v)
+        assert b.settle("document.querySelector('#capacity-rows td').textContent",
+                        lambda v: v == "2023-11-14")
+        # Stable app colours: from the name, the same when filtered.
+        colour = "document.querySelector('#traffic-legend li[data-app=\"whatsapp\"]')" \
+                 ".dataset.colour"
+        assert b.js(colour) == whatsapp
+        # Drill-down from the chart: an app of the legend, then a bar's time.
+        _click(b, '#traffic-legend li[data-app="whatsapp"]')
+        assert "app=whatsapp" in b.settle("location.search", lambda v: "app=" in v)
+        assert b.settle("[...document.querySelectorAll('#traffic-legend li')]"
+                        ".map(n => n.dataset.app).join()", lambda v: v == "whatsapp")
+        assert b.js(colour) == whatsapp
+        assert "App whatsapp" in b.js("document.getElementById('traffic-cover').textContent")
+        _click(b, "#traffic-chart rect.bucket")
+        search = b.settle("location.search", lambda v: "range=custom" in v)
+        assert re.search(r"since=2023-11-14T22%3A\d\d%3A\d\d&until=", search), search
+        assert b.settle("document.getElementById('traffic-cover').textContent",
+                        lambda v: v.startswith("Covers \u20662023-11-14 22:"))
+        # Drill-down from a verdict: its calls are listed.
+        b.open(srv.base + "/")
+        _click(b, '#verdict-chart g.verdict[data-verdict="blocked"]')
+        assert "verdict=blocked" in b.settle("location.search", lambda v: "verdict=" in v)
+        assert b.settle("document.getElementById('latest-title').textContent",
+                        lambda v: v == "Latest calls judged blocked")
+        assert b.js("[...document.querySelectorAll('#latest-rows tr')]"
+                    ".map(r => r.dataset.verdict).join()") == "blocked"
+        # Filters live in the URL: a reload, or a link, shows the same view.
+        ok_view = srv.base + "/?verdict=ok&source=capture&app=whatsapp"
+        b.open(ok_view)
+        assert b.js("document.getElementById('latest-title').textContent") == \
+            "Latest calls judged ok"
+        assert b.js("document.getElementById('f-verdict').value") == "ok"
+        assert b.js("document.getElementById('f-source').value") == "capture"
+        assert b.js("document.getElementById('f-app').value") == "whatsapp"
+        b.open(srv.base + "/?source=live")
+        assert b.js("document.getElementById('verdict-chart').textContent") == "No calls yet."
+        b.open(f"{srv.base}/?capture={blocked['capture_id']}&verdict=ok")
+        assert b.js("document.getElementById('latest-rows').children.length") == 0
+        # From a call's row to its page: flows, legs, quality, evidence, bundle.
+        b.open(srv.base + "/")
+        _click(b, f'tr[data-uid="{blocked["uid"]}"] a.call-link')
+        b.settle("document.body.dataset.view", lambda v: v == "call")
+        n_flows = len(blocked["flow_uids"])
+        assert b.settle("document.querySelectorAll('#flow-rows tr').length",
+                        lambda v: v == n_flows)
+        assert sorted(b.js("[...document.querySelectorAll('#flow-rows tr')]"
+                           ".map(r => r.dataset.flow)")) == sorted(blocked["flow_uids"])
+        assert b.js("document.querySelectorAll('#call-timeline rect.flow').length") == n_flows
+        legs = blocked["legs"]
+        assert b.js("document.querySelectorAll('#leg-rows tr').length") == len(legs) > 0
+        assert b.js("document.querySelectorAll('#call-quality g.quality').length") == \
+            3 * len(legs)
+        assert b.js("document.querySelector('#call-quality g.quality rect')"
+                    ".getAttribute('fill')") == whatsapp
+        assert blocked["evidence"][0]["text"] in b.js(
+            "document.getElementById('call-evidence-list').textContent")
+        assert b.js("document.querySelector('#call-links a').getAttribute('href')") == \
+            f"/v1/calls/{blocked['uid']}/evidence?capture={blocked['capture_id']}"
+        assert b.js("document.getElementById('overview').hidden") is True
+        b.js("history.back()")
+        b.settle("document.body.dataset.view", lambda v: v == "overview")
+
+        # 400 px wide: nothing off-screen, axis labels at their real size, Arabic mirrored.
+        b.viewport(400, 900)
+        for lang in ("en", "ar"):
+            b.open(f"{srv.base}/?lang={lang}")
+            assert b.js("document.documentElement.scrollWidth") <= 400, lang
+            boxes = b.js("[...document.querySelectorAll('#latest-rows td, #capture-rows td')]"
+                         ".map(td => { const r = td.getBoundingClientRect();"
+                         " return [r.left, r.right]; })")
+            assert boxes and all(left >= 0 and right <= 400 for left, right in boxes), boxes
+            sizes = b.js("[...document.querySelectorAll('#traffic-chart text')]"
+                         ".map(n => n.getBoundingClientRect().height)")
+            assert sizes and min(sizes) >= 10, sizes
+            # the rate axis sits at the start of the line: left in English, right in Arabic
+            xs = b.js("[...document.querySelectorAll('#traffic-chart text')]"
+                      ".filter(n => n.textContent.endsWith('bit/s'))"
+                      ".map(n => n.getBoundingClientRect().left)")
+            assert xs and (max(xs) < 100 if lang == "en" else min(xs) > 300), (lang, xs)
+        b.open(f"{srv.base}/?lang=ar&call={blocked['uid']}&capture_of={blocked['capture_id']}")
+        assert b.js("document.documentElement.scrollWidth") <= 400
+        assert b.js("document.documentElement.dir") == "rtl"
+        assert b.js("document.getElementById('call-back').textContent").startswith("→")
+
+        # Screenshots of the whole page: both languages at 1400 and 400 px, and a call's
+        # page; MARSAD_UPDATE_SCREENSHOT=1 puts them in docs/ for the README.
+        call = f"call={blocked['uid']}&capture_of={blocked['capture_id']}"
+        shots = {"dashboard.png": (1400, "/?lang=en"), "dashboard-ar.png": (1400, "/?lang=ar"),
+                 "dashboard-400.png": (400, "/?lang=en"),
+                 "dashboard-ar-400.png": (400, "/?lang=ar"),
+                 "dashboard-call.png": (1400, f"/?lang=en&{call}"),
+                 "dashboard-call-ar-400.png": (400, f"/?lang=ar&{call}")}
+        for name, (width, url) in shots.items():
+            b.viewport(width, 900)
+            b.open(srv.base + url)
+            data = b.screenshot(tmp_path / name)
+            assert data[:8] == PNG and int.from_bytes(data[16:20], "big") == width, name
+            if os.environ.get("MARSAD_UPDATE_SCREENSHOT") == "1":
+                shutil.copyfile(tmp_path / name, ROOT / "docs" / name)

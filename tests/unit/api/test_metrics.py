@@ -21,6 +21,7 @@ from api.metrics import (
     SPECS,
     Kind,
     MarsadMetrics,
+    ProbeReport,
     add_process_collectors,
     app_label,
     category_label,
@@ -103,6 +104,10 @@ def test_sample_call_series(call: AnalysisResult) -> None:
     assert total == call.stats.metered == 1898
     assert cap(reg, "marsad_capture_received_packets_total") == 1898
     assert cap(reg, "marsad_capture_weird_packets_total") == 0
+    # Call-seconds: the call's own duration (their rate is the calls in progress).
+    (only,) = call.analysis.calls
+    assert cap(reg, "marsad_call_duration_seconds_total", app="whatsapp") == pytest.approx(
+        only.end_ts - only.start_ts)
     assert cap(reg, "marsad_capture_dropped_packets_total") is None  # a file drops none
     assert cap(reg, "marsad_call_started_total", app="whatsapp") == 1
     assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
@@ -127,7 +132,7 @@ def test_sample_call_series(call: AnalysisResult) -> None:
     assert cap(reg, "marsad_call_jitter_seconds_bucket", app="whatsapp", le="+Inf") == 2
     # Not live: no processing lag, no active flows.
     assert value(reg, "marsad_capture_processing_lag_seconds") is None
-    assert value(reg, "marsad_probe_active_flows") == 0
+    assert value(reg, "marsad_probe_active_flows") is None
 
 
 def test_sample_blocked_series(blocked: AnalysisResult) -> None:
@@ -372,7 +377,8 @@ def spec_series() -> set[str]:
 
 
 def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
-    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {})
+    report = ProbeReport("eth0", True, 1.0, {})
+    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {}, probes=lambda: [report])
     m.observe_result(call)
     m.observe_result(blocked)
     m.observe_meter(call.stats)
@@ -387,7 +393,8 @@ def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
     for spec in SPECS.values():
         assert NAME.fullmatch(spec.name), spec.name
         assert families[spec.family] == str(spec.kind)
-        assert all(label in CLOSED for label in spec.labels)
+        # every label but the probe's configured name comes from a closed set
+        assert all(label in CLOSED or label == "probe" for label in spec.labels)
         base = spec.name
         if spec.kind is Kind.COUNTER:
             assert base.endswith("_total"), base
@@ -397,7 +404,8 @@ def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
         if spec.unit:
             assert base.endswith("_" + spec.unit), (base, spec.unit)
         else:
-            assert spec.kind is Kind.COUNTER, f"{base}: only event counters go without a unit"
+            assert spec.kind is Kind.COUNTER or base.endswith("_up"), (
+                f"{base}: only event counters and 0/1 up gauges go without a unit")
         for bad in ("milliseconds", "bits", "kilobytes", "percent"):
             assert bad not in base.split("_"), base
     assert exposed_names(reg) == spec_series()
@@ -467,7 +475,8 @@ def test_asgi_app_lifespan() -> None:
 PROMQL_WORDS = frozenset({
     "sum", "avg", "min", "max", "count", "by", "without", "rate", "increase", "irate",
     "histogram_quantile", "on", "ignoring", "group_left", "group_right", "and", "or",
-    "unless", "label_values", "topk", "bottomk", "clamp_min", "clamp_max", "offset"})
+    "unless", "label_values", "topk", "bottomk", "clamp_min", "clamp_max", "offset",
+    "max_over_time", "quantile_over_time"})
 
 
 def promql_metrics(expr: str) -> set[str]:
@@ -526,16 +535,21 @@ def test_dashboard_uses_only_exposed_series() -> None:
         assert metrics, (title, expr)
         assert metrics <= names, (title, metrics - names)
         used |= metrics
-        # every series is picked by the $probe variable (the instance label), and those
-        # with an app by $app
+        # every traffic series is picked by the $probe variable (the probe label the
+        # service gives each probe's series), and those with an app by $app; the service's
+        # jobs and the processes' own series (by instance) are not a probe's
         for selector in re.findall(r"(marsad_\w+|process_\w+)(\{[^}]*\})?",
                                    "" if title == "probe" else expr):
-            assert 'instance=~"$probe"' in selector[1], (title, selector)
+            if selector[0].startswith("process_") or selector[0] in (
+                    "marsad_analysis_jobs", "marsad_build_info"):
+                assert "$probe" not in selector[1], (title, selector)
+                continue
+            assert 'probe=~"$probe"' in selector[1], (title, selector)
             if title != "app" and selector[0] in ("marsad_flow_bytes_total",
                                                   "marsad_call_ended_total"):
                 assert 'app=~"$app"' in selector[1], (title, selector)
     assert {"probe", "app"} <= set(variables)
-    assert variables["probe"]["query"]["query"] == "label_values(marsad_build_info, instance)"
+    assert variables["probe"]["query"]["query"] == "label_values(marsad_probe_up, probe)"
     # Every panel reads through the data source variable; titles are unique.
     titles = [p["title"] for p in dash["panels"]]
     assert len(set(titles)) == len(titles)

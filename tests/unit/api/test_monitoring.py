@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from api.config import Settings
 from api.main import create_app
-from api.metrics import probe_metrics
+from api.metrics import probe_metrics, write_probe_report
 from api.pipeline import analyze_capture
 from tests.conftest import ROOT, need_tool
 from tests.unit.api.test_metrics import dashboard_exprs, promql_metrics
@@ -46,7 +46,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     got = _promtool("check", "rules", str(RULES))
     assert got.returncode == 0, got.stdout + got.stderr
-    assert "SUCCESS: 5 rules found" in got.stdout
+    assert "SUCCESS: 6 rules found" in got.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -68,8 +68,11 @@ def _rules() -> list[dict[str, Any]]:
 
 def test_the_rules_cover_what_operators_need() -> None:
     alerts = {r["alert"]: r for r in _rules()}
-    assert {"MarsadProbeDown", "MarsadKernelDrops", "MarsadProcessingLag",
-            "MarsadInterferedCallsRising"} <= set(alerts)
+    assert {"MarsadProbeDown", "MarsadProbeNotReporting", "MarsadKernelDrops",
+            "MarsadProcessingLag", "MarsadInterferedCallsRising"} <= set(alerts)
+    # probe health is per probe (the service exports every probe on its data directory)
+    for name in ("MarsadKernelDrops", "MarsadProcessingLag"):
+        assert "by (probe)" in alerts[name]["expr"], name
     for rule in alerts.values():
         assert rule["labels"]["severity"] in ("critical", "warning")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
@@ -106,19 +109,21 @@ def _names(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Every sample name a scrape of the service (after an upload) and of a probe (after
-    live traffic) returns."""
+    """Every sample name a scrape of the service returns, after an upload and with a live
+    probe reporting to its data directory, and of a probe's own metrics port."""
     version = "9.9.9"
-    registry, live = probe_metrics(version)
+    registry, live = probe_metrics(version, active_flows=lambda: 2)
     result = analyze_capture(ROOT / "captures" / "sample-blocked.pcap", workers=1)
     live.observe_flows(result.flows, result.classes)
     live.observe_calls(result.analysis.calls)
     live.observe_flow_verdicts(result.analysis.flow_verdict_list(), result.flows,
                                result.classes)
     live.observe_capture(received=result.stats.packets + 3, dropped=3)
-    live.observe_meter(result.stats)
+    live.observe_meter(result.stats, lag_s=0.5)
     probe_names = _names(generate_latest(registry).decode())
     tmp: Path = tmp_path_factory.mktemp("serve")
+    write_probe_report(tmp / "data", "eth0", metrics=live, running=True, interval_s=2.0,
+                       now=time.time())
     settings = Settings(data_dir=tmp / "data", api_token=SecretStr("t"),
                         preload=(ROOT / "captures" / "sample-call.pcap",))
     app = create_app(settings)
@@ -128,7 +133,10 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         assert r.status_code == 200
         serve_names = _names(r.text)
     assert "marsad_build_info" in probe_names and "marsad_build_info" in serve_names
-    return probe_names | serve_names
+    # the service alone holds every live series (the probe job keeps only its process's)
+    assert {n for n in probe_names if n.startswith("marsad_")} - {"marsad_build_info"} \
+        <= serve_names
+    return serve_names | {n for n in probe_names if not n.startswith("marsad_")}
 
 
 def test_every_metric_of_the_rules_is_exposed(exposed: set[str]) -> None:
