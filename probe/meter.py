@@ -65,7 +65,7 @@ from probe.records import (
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import MAX_DECOMPRESSED, RawBatch
-from probe.wire import out_of_band
+from probe.speed import out_of_band
 
 __all__ = ["NO_OPEN_FLOWS", "Ended", "FlowMeter", "MeterConfig", "MeterStats", "OpenFlows",
            "build_records", "conn_rows"]
