@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 # The classifier, the policy and the pipeline are imported where they are used: a
 # command that reads a capture starts its reader process first, and reading then goes
-# on while they load (about a tenth of a second).
+# on while they load.
 
 __all__ = ["main"]
 

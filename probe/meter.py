@@ -116,9 +116,9 @@ class MeterConfig:
     inside framings: declared by the classifier (:mod:`probe.plugins`); the default knows
     no application (plain RTP only, nothing kept whole)."""
     chunk_size: int = 8 << 20
-    """Bytes of capture read per batch. 8 MiB: the reader process then holds about 40 MiB
-    less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more
-    time in per-batch work; below 8 MiB the per-batch work starts to show (4 MiB: +20 %)."""
+    """Bytes of capture read per batch: larger batches spread the per-batch work over more
+    packets, smaller ones hold less in the reader process (one chunk, its columns and the
+    batch in flight)."""
 
     def timeout_s(self, rec: FlowRecord) -> float:
         """How long the table keeps a flow like ``rec`` after its last packet: the idle
