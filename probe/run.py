@@ -331,10 +331,13 @@ class FlowReader:
             if proc is not None:
                 proc.close()
 
-    def _steps(self, proc: _ReaderProcess | None, chunk: int, marks: bool) -> Iterator[_Step]:
+    def _steps(self, proc: _ReaderProcess | None, chunk: int, marks: bool = False,
+               observing: bool = False) -> Iterator[_Step]:
         """The batch loop every way of iterating shares: meter each batch (read here, or by
         the reader process ``proc``) and hand on the flows it ended, with the table's clock
         after it when ``marks`` asks; then empty the table, ``chunk`` flows at a time.
+        Unless it is ``observing`` for this process, ``proc`` is closed at the end of
+        input, before the table is emptied: nothing more is asked of it.
 
         A message of ``proc`` that carries no batch (the answer to a request) is a step
         that ended nothing, so that what waited for it can go on. The table is changed
@@ -344,6 +347,8 @@ class FlowReader:
         for msg in messages:
             if isinstance(msg, End):
                 self._final_status = msg.status
+                if proc is not None and not observing:
+                    proc.close()
                 break
             if not isinstance(msg, Batch):
                 yield _Step([], None, False)
@@ -464,7 +469,7 @@ class FlowReader:
                 yield from zip(recs, obs, strict=True)
 
         try:
-            for ended, mark, eof in self._steps(proc, EOF_CHUNK, marks=True):
+            for ended, mark, eof in self._steps(proc, EOF_CHUNK, marks=True, observing=True):
                 take(ended, eof)
                 del ended
                 if mark is not None:

@@ -30,3 +30,24 @@ def test_nothing_advances_while_the_end_of_input_empties_the_table(workers: int)
             assert reader.advance(reader.meter.now + 1e6) == ([], None)
     assert marks == 1 and len(want) > 1
     assert sorted(uids) == want  # each flow once, all of them from the iteration
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_the_reader_process_is_gone_before_the_table_is_emptied(start: bool) -> None:
+    """Iterated without observing, the reader process has nothing left to do at the end of
+    input: it is joined then, not held (with its memory) while the end of input empties
+    the table."""
+    import multiprocessing
+
+    path = CAPTURES / "sample-call.pcap"
+    reader = FlowReader(path, workers=2)
+    if start:
+        reader.start()  # a process started early also waits for requests
+    marks = flows_after = 0
+    for item in reader._records_and_clock():
+        if isinstance(item, Watermark):
+            marks += 1
+        elif marks:
+            flows_after += 1
+            assert not multiprocessing.active_children()
+    assert marks == 1 and flows_after > 1
