@@ -9,7 +9,13 @@ hold at most a batch or two, so memory stays bounded.
 
 :meth:`FlowReader.observed` also lets the child, which has time to spare,
 observe part of the finished flows (the classifier's order-free half of the
-work): chunks of them go back to it as columns (:class:`~probe.meter.Ended`).
+work): chunks of them go back to it as columns (:class:`~probe.meter.Ended`). What
+crosses either way is one of the typed messages of :mod:`probe.wire`.
+
+However the flows are asked for (records, records with watermarks, observed records,
+conn.log rows), one loop meters the batches and empties the table at the end of input
+(:meth:`FlowReader._steps`), reading in this process or taking the reader process's
+messages.
 """
 
 from __future__ import annotations
