@@ -27,7 +27,6 @@ from api.output import (
     write_analysis_zeek,
     write_jsonl,
 )
-from api.runtime import gc_paused
 from policy.errors import PolicyError
 from policy.settling import PipelineConfig
 from probe import (
@@ -39,6 +38,7 @@ from probe import (
     ReadStatus,
     default_workers,
 )
+from probe.speed import exit_at_once, exit_follows, gc_paused, keep_until_exit
 
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 # The classifier, the policy and the pipeline are imported where they are used: a
 # command that reads a capture starts its reader process first, and reading then goes
-# on while they load (about a tenth of a second).
+# on while they load.
 
 __all__ = ["main"]
 
@@ -290,7 +290,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
                 kept.extend(f for f, _ in step.flows)
                 steps.append(step)
             status, stats = reader.status, reader.stats
-            _keep_until_exit(kept, steps, reader)
+            keep_until_exit(kept, steps, reader)
         else:
             result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
                                      workers=args.workers, fingerprints=args.ja4,
@@ -298,7 +298,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
                                      hash_capture=False, progress=progress.update)
             _write_result(result, fmt, out, args.calls_csv)
             status, stats = result.status, result.stats
-            _keep_until_exit(result)
+            keep_until_exit(result)
     if failed.code is not None:
         return failed.code
     return _finish_status(status, stats)
@@ -844,39 +844,20 @@ _BATCH_COMMANDS = frozenset({"flows", "analyze", "report"})
 """Commands that read a capture, print, and are done: :func:`run` skips the interpreter's
 teardown after them."""
 
-_exit_follows = False
-"""Set by :func:`run` for a batch command: the process ends as soon as it returns."""
-_kept: list[object] = []
-
-
-def _keep_until_exit(*objs: object) -> None:
-    """Hold a batch command's records until the process ends, when :func:`run` is about to
-    end it: returning would otherwise free them one by one (60 ms after a 2M-packet
-    analysis) just before the process goes. Called in-process (tests, the service), it
-    keeps nothing."""
-    if _exit_follows:
-        _kept.extend(objs)
-
-
 def run() -> None:
     """The ``marsad`` console command: :func:`main`, then exit.
 
-    After a batch command has written and flushed its output, the process ends at once
-    (``os._exit``): the interpreter's teardown would free every record, classification
-    and call one by one (about 0.3 s after a 2M-packet analysis) for nothing. The reader
-    processes are joined and the output flushed before; long-running commands (serve,
-    probe) exit normally.
+    After a batch command has written its output, the process ends at once
+    (:func:`probe.speed.exit_at_once`), what it kept (:func:`probe.speed.keep_until_exit`)
+    still held: freeing it object by object would be work for nothing. The reader
+    processes are joined before; long-running commands (serve, probe) exit normally.
     """
-    global _exit_follows
     argv = sys.argv[1:]
-    _exit_follows = bool(argv[:1]) and argv[0] in _BATCH_COMMANDS
+    batch = bool(argv[:1]) and argv[0] in _BATCH_COMMANDS
+    exit_follows(batch)
     code = main(argv)
-    if _exit_follows:
-        for stream in (sys.stdout, sys.stderr):
-            # a closed pipe: nothing more can be written
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
+    if batch:
+        exit_at_once(code)
     sys.exit(code)
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from api.runtime import gc_paused
 from classifier.payloads import meter_config
 from policy.pipeline import (
     AnalysisResult,
@@ -25,8 +24,9 @@ from policy.pipeline import (
 )
 from policy.rules import Policy
 from probe import FlowReader, MeterConfig, default_workers
+from probe.speed import gc_paused
 
-__all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row", "gc_paused"]
+__all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row"]
 
 
 def capture_sha256(path: str | Path) -> str:

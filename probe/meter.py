@@ -65,7 +65,7 @@ from probe.records import (
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import MAX_DECOMPRESSED, RawBatch
-from probe.wire import out_of_band
+from probe.speed import out_of_band
 
 __all__ = ["NO_OPEN_FLOWS", "Ended", "FlowMeter", "MeterConfig", "MeterStats", "OpenFlows",
            "build_records", "conn_rows"]
@@ -116,9 +116,9 @@ class MeterConfig:
     inside framings: declared by the classifier (:mod:`probe.plugins`); the default knows
     no application (plain RTP only, nothing kept whole)."""
     chunk_size: int = 8 << 20
-    """Bytes of capture read per batch. 8 MiB: the reader process then holds about 40 MiB
-    less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more
-    time in per-batch work; below 8 MiB the per-batch work starts to show (4 MiB: +20 %)."""
+    """Bytes of capture read per batch: larger batches spread the per-batch work over more
+    packets, smaller ones hold less in the reader process (one chunk, its columns and the
+    batch in flight)."""
 
     def timeout_s(self, rec: FlowRecord) -> float:
         """How long the table keeps a flow like ``rec`` after its last packet: the idle
@@ -1014,13 +1014,34 @@ def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[i
     return series, _streams_of(states)
 
 
+_Ident = tuple[int, int, str, int, str, int, str, int, int | None, str]
+
+
+def _each_flow(e: Ended, plain: tuple[list[Any], ...]) -> Iterator[
+        tuple[int, _Ident, tuple[RtpSeries | None, tuple[RtpStream, ...]],
+              list[IcmpNotice] | None, list[tuple[int, int, WeirdInfo]] | None]]:
+    """What a gathered flow's record and its conn.log row are both made from, flow by
+    flow: its row ``j``, identity (:func:`_flow_ident`), RTP series and streams
+    (:func:`_flow_rtp`), ICMP notices and weirds. ``plain`` is :meth:`Ended.plain`."""
+    a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns = plain[:8]
+    pkts, n_rtp, fid_l = plain[11], plain[17], plain[18]
+    rtp, rtp_a, rtp_z, cap = e.rtp, e.rtp_a.tolist(), e.rtp_z.tolist(), e.rtp_cap
+    streams, icmp, weird_log = e.streams, e.icmp, e.weirds
+    for j in range(len(e)):
+        fid = fid_l[j]
+        yield (j, _flow_ident(a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j],
+                              first_ns[j]),
+               _flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap, streams.get(fid)),
+               icmp.get(fid), weird_log.get(fid))
+
+
 def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     """The flow records of gathered flows, in the order gathered; with ``light``, as
     :meth:`FlowRecord.lightened` would make them (no payload bytes, no timing series),
     without building them whole first."""
-    n = len(e)
-    (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
-     pay, wire, flags, retr, tunnels, n_rtp, fid_l, l2) = e.plain()
+    plain = e.plain()
+    (_, _, _, _, _, _, _, first_ns, last_ns, first_fr, last_fr, pkts, pay, wire, flags, retr,
+     tunnels, _, _, l2) = plain
     reasons = e.reasons
     tim = NO_TIMING  # a light record's timing series: the shared empty ones
     if not light:
@@ -1031,30 +1052,21 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
         tim_a, tim_z = e.tim_a.tolist(), e.tim_z.tolist()
     rate_rows = e.rate
     rate_a, rate_z = e.rate_a.tolist(), e.rate_z.tolist()
-    rtp = e.rtp
-    rtp_a, rtp_z = e.rtp_a.tolist(), e.rtp_z.tolist()
-    streams = e.streams
     pc = e.payloads
+    n = len(e)
     pay_a, pay_z = (pc.a.tolist(), pc.z.tolist()) if pc is not None else ([0] * n, [0] * n)
     pool = b"" if light or pc is None else pc.pool
     if pc is not None:  # light: one column of zeros is every sample's offset and length
         p_off = np.zeros(len(pc.length), np.int64) if light else pc.off
-    icmp, weird_log = e.icmp, e.weirds
-    cap = e.rtp_cap
     out = []
-    for j in range(n):
-        fid = fid_l[j]
-        o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
-            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
+    for j, ident, (rtp_series, rtp_streams), ic, w in _each_flow(e, plain):
+        o, r, pname, ver, oh, op, rh, rp, vlan, uid = ident
         if not light:
             tim = (tim_ts[tim_a[j]:tim_z[j]], tim_len[tim_a[j]:tim_z[j]],
                    tim_dir[tim_a[j]:tim_z[j]], tim_fl[tim_a[j]:tim_z[j]])
         rr = rate_rows[rate_a[j]:rate_z[j]]
         if o == 1:
             rr = rr[:, [0, 3, 4, 1, 2]]
-        rtp_series, rtp_streams = _flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap,
-                                            streams.get(fid))
-        w = weird_log.get(fid)
         weirds = () if w is None else tuple(
             Weird(fr, ts / NS, x.layer, x.offset, x.reason, uid) for fr, ts, x in w)
         pa, pz = pay_a[j], pay_z[j]
@@ -1064,7 +1076,6 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             off = p_off[pa:pz]
             payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz], pc.direction[pa:pz],
                                       off, off if light else pc.length[pa:pz])
-        ic = icmp.get(fid)
         n_pk, n_pay, n_wire, fl, rt = pkts[j], pay[j], wire[j], flags[j], retr[j]
         out.append(new_record(  # FlowRecord's fields, in order
             uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,
@@ -1079,28 +1090,19 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
     """:meth:`FlowRecord.conn_dict` of every gathered flow, made straight from the columns
     (no record, no payload samples, timing or rate series): what ``marsad flows`` prints.
     The same values, keys and key order as building the records and asking each."""
-    n = len(e)
-    (a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns, first_fr, last_fr, pkts,
-     pay, wire, flags, retr, tunnels, n_rtp, fid_l, l2) = e.plain()
+    plain = e.plain()
+    (_, _, _, _, _, _, _, first_ns, last_ns, first_fr, last_fr, pkts, pay, wire, flags, retr,
+     tunnels, _, _, l2) = plain
     reasons = e.reasons
-    rtp, rtp_a, rtp_z = e.rtp, e.rtp_a.tolist(), e.rtp_z.tolist()
-    streams, icmp, weird_log = e.streams, e.icmp, e.weirds
-    cap = e.rtp_cap
     out = []
-    for j in range(n):
-        fid = fid_l[j]
-        o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
-            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
-        n_streams = len(_flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap,
-                                  streams.get(fid))[1])
-        ic = icmp.get(fid)
-        w = weird_log.get(fid)
+    for j, ident, (_, streams), ic, w in _each_flow(e, plain):
+        o, r, pname, ver, oh, op, rh, rp, vlan, uid = ident
         out.append(conn_row(
             uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,
             pkts[j][o], pay[j][o], wire[j][o], pkts[j][r], pay[j][r], wire[j][r],
             flags[j][o], flags[j][r], retr[j][o], retr[j][r], first_fr[j], last_fr[j],
             reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]), () if ic is None else ic,
-            0 if w is None else len(w), n_streams, l2[j][o], l2[j][r]))
+            0 if w is None else len(w), len(streams), l2[j][o], l2[j][r]))
     return out
 
 

@@ -22,7 +22,7 @@ from probe.layers import IcmpQuote, WeirdInfo
 from probe.plugins import PayloadPolicy, PayloadView
 from probe.records import TcpFlag
 from probe.sources import LinkType, RawBatch
-from probe.wire import out_of_band
+from probe.speed import out_of_band
 
 __all__ = ["Prepared", "clock_steps", "prepare", "seg_rank"]
 

@@ -9,7 +9,13 @@ hold at most a batch or two, so memory stays bounded.
 
 :meth:`FlowReader.observed` also lets the child, which has time to spare,
 observe part of the finished flows (the classifier's order-free half of the
-work): chunks of them go back to it as columns (:class:`~probe.meter.Ended`).
+work): chunks of them go back to it as columns (:class:`~probe.meter.Ended`). What
+crosses either way is one of the typed messages of :mod:`probe.wire`.
+
+However the flows are asked for (records, records with watermarks, observed records,
+conn.log rows), one loop meters the batches and empties the table at the end of input
+(:meth:`FlowReader._steps`), reading in this process or taking the reader process's
+messages.
 """
 
 from __future__ import annotations
@@ -18,15 +24,14 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
-import signal
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -46,43 +51,30 @@ from probe.plugins import PayloadPolicy
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
-from probe.wire import frames, recv_message, send_frames, send_message
+from probe.speed import TRIM_EVERY, end_with_parent, trim_heap, widen_pipe
+from probe.wire import (
+    Batch,
+    CaptureFailed,
+    End,
+    FromReader,
+    NoMoreRequests,
+    Observe,
+    Observed,
+    ReaderFailed,
+    SetObserver,
+    ToReader,
+    frames,
+    recv_from_reader,
+    recv_request,
+    send_frames,
+    send_message,
+)
 
 __all__ = ["CaptureRun", "FlowReader", "Watermark", "default_workers", "read_capture"]
 
 T = TypeVar("T")
 
 SUPPORTED_LINKTYPES = frozenset(int(x) for x in LinkType)
-
-
-def _heap_trimmer() -> Callable[[], object]:
-    """glibc's ``malloc_trim(0)``, or a no-op where there is no glibc.
-
-    Metering frees many mid-sized numpy arrays per batch (gathered logs, batch columns);
-    glibc keeps such freed memory in the heap for reuse, and with the heap fragmented
-    the process's resident size only ever grows. Giving the free pages back after each
-    few batches keeps the resident size nearer to what is really in use (on the benchmark
-    capture, every 8th batch: about a sixth lower peak for no measurable time; after
-    every batch the pages given back are faulted in again, which costs ~10 % of the run).
-    """
-    if not sys.platform.startswith("linux"):
-        return lambda: None
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
-
-
-trim_heap = _heap_trimmer()
-"""Return the heap's free pages to the system (no-op without glibc)."""
-
-TRIM_EVERY = 8
-"""Batches between two :func:`trim_heap` calls."""
 
 SHARE_AHEAD = 3
 """Chunks of finished flows :meth:`FlowReader.observed` lets wait in the reader process."""
@@ -92,9 +84,15 @@ OUTBOX_DEPTH = 3
 they absorb the bursts of flows ending in this process (a few MiB each)."""
 
 EOF_CHUNK = 1024
-"""Flows per chunk when :meth:`FlowReader.observed` empties the table at the end of input
-(each chunk waiting for the reader process is held here, and once more while it is sent:
-half the usual chunk takes ~20 MiB off the peak of the benchmark capture, for no time)."""
+"""Flows per chunk when :meth:`FlowReader.observed` empties the table at the end of input:
+each chunk waiting for the reader process is held here, and once more while it is sent,
+so the chunk is half the usual one."""
+
+FINISH_CHUNK = 2048
+"""Flows per chunk when the end of input empties the table otherwise."""
+
+TRIM_EVERY_CHUNKS = 4
+"""Chunks of flows emptied at the end of input between two :func:`trim_heap` calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,22 +134,6 @@ def _prepared(src: CaptureSource, decoder: Decoder, idle_ns: np.ndarray,  # type
         _check_linktypes(src.status)
 
 
-def _end_with_parent(parent: int) -> None:
-    """Have the kernel end this process when the process ``parent`` that forked it ends,
-    however it ends (``kill -9`` included): a reader left behind would hold its memory and
-    its input for nothing. Linux's ``PR_SET_PDEATHSIG``; elsewhere nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if parent and os.getppid() != parent:  # it ended before the request took effect
-        os._exit(1)
-
-
 def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
              n_payloads: int, snap: tuple[int, int, int], payloads: PayloadPolicy,
              conn: Connection, requests: Connection | None,
@@ -163,7 +145,7 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
     columns, :class:`~probe.meter.Ended`): between batches whatever has arrived, and
     after the end of input until the parent closes the pipe. ``observe`` may instead
     come as the first request (a process started before its observer was known)."""
-    _end_with_parent(parent)
+    end_with_parent(parent)
     for fd in not_ours:  # e.g. the write end of the pipe this process reads: EOF needs it shut
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -172,7 +154,7 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
     try:
         for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap, payloads),
                              1):
-            out.send(("batch", p, src.status.bytes_read, out.queued))
+            out.send(Batch(p, src.status.bytes_read, out.queued))
             del p
             if requests is not None:
                 while requests.poll():
@@ -181,17 +163,17 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
                         break
             if i % TRIM_EVERY == 0:
                 trim_heap()
-        out.send(("end", src.status, 0, 0))
+        out.send(End(src.status))
         trim_heap()
         if requests is not None:
             while serving.serve(requests, out):
                 pass
     except CaptureError as exc:
-        out.send(("capture-error", f"{type(exc).__name__}|{exc}", 0, 0))
+        out.send(CaptureFailed.of(exc))
     except BrokenPipeError:
         pass
     except Exception as exc:  # reported to the parent, which raises it
-        out.send(("error", f"{type(exc).__name__}: {exc}", 0, 0))
+        out.send(ReaderFailed(f"{type(exc).__name__}: {exc}"))
     finally:
         out.close()
 
@@ -217,7 +199,7 @@ class _Outbox:
         """Messages waiting to be written (not counting the one being written)."""
         return self._queue.qsize()
 
-    def send(self, msg: object) -> None:
+    def send(self, msg: FromReader) -> None:
         if self._broken:
             raise BrokenPipeError("the parent process closed the pipe")
         self._queue.put(frames(msg))
@@ -247,31 +229,31 @@ class _Serving:
         """Take one request: observe a chunk of finished flows and send the observations,
         or keep the observer sent; False once the parent sends no more."""
         try:
-            msg = recv_message(requests)
+            msg = recv_request(requests)
         except EOFError:
             return False
-        if msg is None:
+        if isinstance(msg, NoMoreRequests):
             return False
-        if msg[0] == "observer":
-            self.observe = msg[1]
+        if isinstance(msg, SetObserver):
+            self.observe = msg.observe
             return True
         if self.observe is None:
             return False
-        seq, ended = msg
-        out.send(("observed", (seq, [self.observe(r) for r in build_records(ended)]), 0, 0))
-        del ended
+        out.send(Observed(msg.seq, [self.observe(r) for r in build_records(msg.ended)]))
+        del msg
         trim_heap()  # what the chunk's records took is free again: give it back
         return True
 
 
-def _widen_pipe(fd: int) -> None:
-    """Give the pipe a few MiB of buffer (Linux) so a batch crosses in few system calls."""
-    try:
-        import fcntl
-        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-        fcntl.fcntl(fd, 1031, min(limit, 8 << 20))  # F_SETPIPE_SZ
-    except (OSError, ValueError, ImportError):
-        pass
+class _Step(NamedTuple):
+    """What one turn of :meth:`FlowReader._steps` did to the flow table."""
+
+    ended: list[Ended]
+    """The flows it ended, as columns."""
+    mark: Watermark | None
+    """The table's clock after a batch (asked for, and a batch was metered)."""
+    eof: bool
+    """A chunk of the flows the end of input empties from the table."""
 
 
 class FlowReader:
@@ -343,23 +325,68 @@ class FlowReader:
                 yield item
 
     def _records_and_clock(self) -> Iterator[FlowRecord | Watermark]:
-        batches = self._inline() if self._workers <= 1 else self._forked()
-        for i, p in enumerate(batches, 1):
+        proc = None if self._workers <= 1 else self._reader_process(None)
+        try:
+            for ended, mark, _ in self._steps(proc, FINISH_CHUNK, marks=True):
+                for e in ended:
+                    yield from build_records(e)
+                del ended
+                if mark is not None:
+                    yield mark
+        finally:
+            if proc is not None:
+                proc.close()
+
+    def _steps(self, proc: _ReaderProcess | None, chunk: int, marks: bool = False,
+               observing: bool = False) -> Iterator[_Step]:
+        """The batch loop every way of iterating shares: meter each batch (read here, or by
+        the reader process ``proc``) and hand on the flows it ended, with the table's clock
+        after it when ``marks`` asks; then empty the table, ``chunk`` flows at a time.
+        Unless it is ``observing`` for this process, ``proc`` is closed at the end of
+        input, before the table is emptied: nothing more is asked of it.
+
+        A message of ``proc`` that carries no batch (the answer to a request) is a step
+        that ended nothing, so that what waited for it can go on. The table is changed
+        under :attr:`_lock` (:meth:`advance` may run in another thread)."""
+        messages = self._inline() if proc is None else proc.messages()
+        batches = 0
+        for msg in messages:
+            if isinstance(msg, End):
+                self._final_status = msg.status
+                if proc is not None and not observing:
+                    proc.close()
+                break
+            if not isinstance(msg, Batch):
+                yield _Step([], None, False)
+                continue
             with self._lock:
-                ended = self.meter.apply(p)
-                mark = Watermark(self.meter.now, self.meter.open_udp())
-            yield from ended
-            del p, ended
-            yield mark
-            if i % TRIM_EVERY == 0:
+                ended = self.meter.apply_gathered(msg.prepared)
+                mark = Watermark(self.meter.now, self.meter.open_udp()) if marks else None
+            if self._progress is not None:
+                self._progress(msg.bytes_read)
+            del msg
+            yield _Step(ended, mark, False)
+            del ended
+            batches += 1
+            if batches % TRIM_EVERY == 0:
                 trim_heap()
         with self._lock:
             self._finishing = True
         trim_heap()  # the end of input empties the table: the peak is about to come
-        for i, rec in enumerate(self.meter.finish(), 1):
-            yield rec
-            if i % (TRIM_EVERY * 1024) == 0:
+        for i, e in enumerate(self.meter.finish_gathered(chunk), 1):
+            yield _Step([e], None, True)
+            del e
+            if i % TRIM_EVERY_CHUNKS == 0:
                 trim_heap()
+
+    def _inline(self) -> Iterator[Batch | End]:
+        """The messages a reader process would send, read in this process."""
+        cfg = self.config
+        for p in _prepared(self._src, Decoder(), self.meter.idle_ns, cfg.payload_samples,
+                           self.meter.snaps, cfg.payloads):
+            yield Batch(p, self._src.status.bytes_read, 0)
+            del p
+        yield End(self._src.status)
 
     def advance(self, now_s: float) -> tuple[list[FlowRecord], Watermark | None]:
         """End the flows idle as of ``now_s`` (see :meth:`FlowMeter.expire_until`) and return
@@ -448,31 +475,15 @@ class FlowReader:
                 yield from zip(recs, obs, strict=True)
 
         try:
-            batches = 0
-            while True:
-                kind, body, done = proc.next()
-                if kind == "batch":
-                    take(self.meter.apply_gathered(body), eof=False)
-                    mark = Watermark(self.meter.now, self.meter.open_udp())
+            for ended, mark, eof in self._steps(proc, EOF_CHUNK, marks=True, observing=True):
+                take(ended, eof)
+                del ended
+                if mark is not None:
                     pending.append((0, mark, []))
-                    del body
-                    if self._progress is not None:
-                        self._progress(done)
-                    batches += 1
-                    if batches % TRIM_EVERY == 0:
-                        trim_heap()
-                elif kind == "end":
-                    self._final_status = replace(body)
-                    break
+                if eof:
+                    while proc.poll():
+                        proc.next()
                 yield from ready()
-            trim_heap()  # the end of input empties the table: the peak is about to come
-            for i, e in enumerate(self.meter.finish_gathered(EOF_CHUNK), 1):
-                take([e], eof=True)
-                while proc.poll():
-                    proc.next()
-                yield from ready()
-                if i % 4 == 0:
-                    trim_heap()
             while pending:
                 proc.next()
                 yield from ready()
@@ -483,39 +494,15 @@ class FlowReader:
         """Iterate the flows as they end, as their conn.log columns only
         (:meth:`FlowRecord.conn_dict`), made straight from the flow table's columns:
         no record, payload sample or timing series is built (what ``marsad flows``
-        prints; a third less work in the metering process)."""
-        batches = self._inline() if self._workers <= 1 else self._forked()
-        for i, p in enumerate(batches, 1):
-            for e in self.meter.apply_gathered(p):
-                yield from conn_rows(e)
-            del p
-            if i % TRIM_EVERY == 0:
-                trim_heap()
-        for e in self.meter.finish_gathered():
-            yield from conn_rows(e)
-
-    def _inline(self) -> Iterator[Prepared]:
-        cfg = self.config
-        for p in _prepared(self._src, Decoder(), self.meter.idle_ns, cfg.payload_samples,
-                           self.meter.snaps, cfg.payloads):
-            yield p
-            if self._progress is not None:
-                self._progress(self._src.status.bytes_read)
-
-    def _forked(self) -> Iterator[Prepared]:
-        proc = self._reader_process(None)
+        prints)."""
+        proc = None if self._workers <= 1 else self._reader_process(None)
         try:
-            while True:
-                kind, body, done = proc.next()
-                if kind == "batch":
-                    yield body
-                    if self._progress is not None:
-                        self._progress(done)
-                elif kind == "end":
-                    self._final_status = replace(body)
-                    return
+            for ended, _, _ in self._steps(proc, FINISH_CHUNK, marks=False):
+                for e in ended:
+                    yield from conn_rows(e)
         finally:
-            proc.close()
+            if proc is not None:
+                proc.close()
 
 
 class _ReaderProcess:
@@ -530,11 +517,11 @@ class _ReaderProcess:
         cfg = reader.config
         ctx = mp.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
-        _widen_pipe(send.fileno())
+        widen_pipe(send.fileno())
         req_recv = req_send = None
         if observe is not None or requests:
             req_recv, req_send = ctx.Pipe(duplex=False)
-            _widen_pipe(req_send.fileno())
+            widen_pipe(req_send.fileno())
         sys.stdout.flush()
         sys.stderr.flush()
         self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
@@ -551,8 +538,9 @@ class _ReaderProcess:
         """Requests sent and not answered yet."""
         self.ahead = 0
         """Batches the reader process had queued, not yet written, in front of the last
-        batch when it queued that one: how far it is ahead of this process."""
-        self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        message when it queued that one (none in front of an answer): how far it is ahead
+        of this process."""
+        self._queue: queue.SimpleQueue[ToReader | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         if req_recv is not None and req_send is not None:
             req_recv.close()
@@ -564,7 +552,7 @@ class _ReaderProcess:
         try:
             while (msg := self._queue.get()) is not None:
                 send_message(conn, msg)
-            send_message(conn, None)  # no more (the reader process holds a copy of this pipe's end)
+            send_message(conn, NoMoreRequests())
         except OSError:  # the reader process is gone; next() reports why
             pass
         finally:
@@ -572,36 +560,43 @@ class _ReaderProcess:
 
     def set_observer(self, observe: Callable[[FlowRecord], Any]) -> None:
         """Send the observer (pickled) to a process started without one."""
-        self._queue.put(("observer", observe))
+        self._queue.put(SetObserver(observe))
 
     def request(self, seq: int, ended: Ended) -> None:
         """Have the reader process observe these flows; the answer comes as
         ``results[seq]``, in the order asked."""
         self.outstanding += 1
-        self._queue.put((seq, ended))
+        self._queue.put(Observe(seq, ended))
 
     def poll(self) -> bool:
         """Whether a message is waiting."""
         return self._recv.poll()
 
-    def next(self) -> tuple[str, Any, int]:
-        """The next message from the reader process: ``batch``, ``end`` or ``observed``
-        (whose observations are stored in :attr:`results`)."""
+    def next(self) -> Batch | End | Observed:
+        """The next message from the reader process; the observations of an
+        :class:`Observed` are stored in :attr:`results` too. A failure it reports is
+        raised here."""
         try:
-            kind, body, done, self.ahead = recv_message(self._recv)
+            msg = recv_from_reader(self._recv)
         except EOFError:
             raise CaptureError(f"{self.source}: reader process ended unexpectedly") from None
-        if kind == "observed":
-            seq, obs = body
-            self.results[seq] = obs
+        self.ahead = msg.queued if isinstance(msg, Batch) else 0
+        if isinstance(msg, Observed):
+            self.results[msg.seq] = msg.observations
             self.outstanding -= 1
-        elif kind == "capture-error":
-            name, _, msg = body.partition("|")
-            raise (UnsupportedLinkType(msg) if name == "UnsupportedLinkType"
-                   else CaptureError(msg))
-        elif kind == "error":
-            raise RuntimeError(f"reader process failed: {body}")
-        return kind, body, done
+        elif isinstance(msg, CaptureFailed):
+            raise msg.error()
+        elif isinstance(msg, ReaderFailed):
+            raise RuntimeError(f"reader process failed: {msg.description}")
+        return msg
+
+    def messages(self) -> Iterator[Batch | End | Observed]:
+        """The messages from the reader process up to the end of input (:class:`End`)."""
+        while True:
+            msg = self.next()
+            yield msg
+            if isinstance(msg, End):
+                return
 
     def close(self) -> None:
         # This end first: a reader process blocked sending a batch then stops, and with it

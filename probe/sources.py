@@ -559,20 +559,12 @@ class CaptureSource:
                                    np.full(n, linktype, dtype=np.int32), frame)
                 frame += n
                 st.packets += n
-            st.bytes_read = base + pos
-            if bad:
-                incl = incl_at(buf, pos + 8)[0]
-                st.damaged(base + pos, f"corrupt record header at byte {base + pos}: "
-                                       f"captured length {incl} exceeds {max_incl}")
-                return
-            if eof or not st.complete:
-                if self._over_limit(base + pos):
-                    return
-                if pos < len(buf) and st.complete:
-                    left = len(buf) - pos
-                    want = 16 + incl_at(buf, pos + 8)[0] if left >= 16 else 16
-                    st.damaged(base + pos, f"capture truncated at byte {base + pos}: last record "
-                                           f"has {left} of {want} bytes")
+            damage = (f"corrupt record header at byte {base + pos}: captured length "
+                      f"{incl_at(buf, pos + 8)[0]} exceeds {max_incl}") if bad else None
+            left = len(buf) - pos
+            want = 16 + incl_at(buf, pos + 8)[0] if left >= 16 else 16
+            if self._pass_ends(buf, base, pos, eof, damage,
+                               f"last record has {left} of {want} bytes"):
                 return
             buf, shift, eof = self._more(buf, pos)
             base += shift
@@ -686,21 +678,31 @@ class CaptureSource:
                 yield self._ng_batch(buf, d_off, d_cap, d_wire, d_if, d_ts, ifaces, frame)
                 frame += len(d_off)
                 st.packets += len(d_off)
-            st.bytes_read = base + pos
-            if bad is not None:
-                st.damaged(base + pos, bad)
-                return
-            if eof or not st.complete:
-                if self._over_limit(base + pos):
-                    return
-                if pos < len(buf) and st.complete:
-                    left = len(buf) - pos
-                    st.damaged(base + pos, f"capture truncated at byte {base + pos}: last block "
-                                           f"has {left} bytes")
+            if self._pass_ends(buf, base, pos, eof, bad,
+                               f"last block has {len(buf) - pos} bytes"):
                 return
             buf, shift, eof = self._more(buf, pos)
             base += shift
             pos = 0
+
+    def _pass_ends(self, buf: bytes | bytearray, base: int, pos: int, eof: bool,
+                   damage: str | None, partial: str) -> bool:
+        """The end of a pass of the record walk over ``buf`` (the input from byte ``base``
+        on), whose whole records end at ``pos``: count them as read, and say whether
+        reading stops here. It stops at ``damage`` (a corrupt record), and when the
+        input ended or failed, a partial record left at its end being damage too
+        (``partial`` says what is left of it)."""
+        st = self.status
+        at = base + pos
+        st.bytes_read = at
+        if damage is not None:
+            st.damaged(at, damage)
+            return True
+        if not eof and st.complete:
+            return False
+        if not self._over_limit(at) and pos < len(buf) and st.complete:
+            st.damaged(at, f"capture truncated at byte {at}: {partial}")
+        return True
 
     def _over_limit(self, at: int) -> bool:
         """At the end of the input: if it ended because it reached the bound on its

@@ -57,14 +57,13 @@ def test_records_are_held_only_when_the_process_ends_next(fmt: str,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
-    from api import cli
-    from probe import FlowRecord
+    from probe import FlowRecord, speed
     cap = str(CAPTURES / "sample-call.pcap")
     kept: list[object] = []
-    monkeypatch.setattr(cli, "_kept", kept)
+    monkeypatch.setattr(speed, "_kept", kept)
     assert main(["analyze", cap, fmt]) == 0  # in-process (tests, the service): nothing held
     assert kept == []
-    monkeypatch.setattr(cli, "_exit_follows", True)
+    monkeypatch.setattr(speed, "_exit_follows", True)
     assert main(["analyze", cap, fmt]) == 0
     out = capsys.readouterr().out
     held = [x for obj in kept for x in (obj.flows if hasattr(obj, "flows") else

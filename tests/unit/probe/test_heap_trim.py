@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from probe.run import trim_heap
+from probe.speed import trim_heap
 
 
 def test_trim_is_harmless_to_call() -> None:
@@ -24,7 +24,7 @@ def test_trim_returns_freed_pages_that_a_live_block_pins() -> None:
     # live block at the top keeps glibc from shrinking the heap by itself; the freed
     # pages stay resident until trimmed.
     code = textwrap.dedent("""
-        from probe.run import trim_heap
+        from probe.speed import trim_heap
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
         blocks = [bytes(1000) + bytes([i % 256]) for i in range(100_000)]

@@ -19,6 +19,7 @@ from classifier.engine import Classifier
 from probe import FlowReader, FlowRecord, MeterConfig
 from probe.meter import FlowMeter, build_records
 from probe.records import PayloadSamples
+from probe.wire import Batch, Observed
 
 ROOT = Path(__file__).resolve().parents[3]
 CAPTURES = ROOT / "captures"
@@ -141,7 +142,8 @@ def _same_record(a: FlowRecord, b: FlowRecord) -> bool:
 def test_light_records_built_from_columns_equal_lightened_ones(name: str) -> None:
     meter = FlowMeter()
     reader = FlowReader(CAPTURES / name, workers=1)
-    ended = [e for p in reader._inline() for e in meter.apply_gathered(p)]
+    ended = [e for m in reader._inline() if isinstance(m, Batch)
+             for e in meter.apply_gathered(m.prepared)]
     ended += list(meter.finish_gathered(chunk=3))
     n = 0
     for e in ended:
@@ -166,22 +168,23 @@ def test_observed_flows_come_out_light(workers: int) -> None:
 
 def test_the_reader_outbox_keeps_order_and_stops_on_a_closed_pipe() -> None:
     from probe.run import _Outbox
-    from probe.wire import recv_message
+    from probe.wire import recv_from_reader
     recv, send = multiprocessing.Pipe(duplex=False)
     out = _Outbox(send)
-    msgs = [("batch", np.arange(n), n) for n in (0, 5, 100_000)]
+    msgs = [Observed(n, [np.arange(n)]) for n in (0, 5, 100_000)]
     for m in msgs:
         out.send(m)
-    for kind, body, n in msgs:
-        got = recv_message(recv)
-        assert got[0] == kind and got[2] == n
-        assert np.array_equal(got[1], body)
-        assert not got[1].flags.writeable or len(body) == 0  # made on the received buffer
+    for m in msgs:
+        got = recv_from_reader(recv)
+        assert isinstance(got, Observed) and got.seq == m.seq
+        body, = got.observations
+        assert np.array_equal(body, m.observations[0])
+        assert not body.flags.writeable or m.seq == 0  # made on the received buffer
     recv.close()  # the parent went away: sending fails instead of blocking
     big = np.zeros(1 << 22, dtype=np.uint8)
     with pytest.raises(BrokenPipeError):
         for _ in range(8):
-            out.send(("batch", big, 0))
+            out.send(Observed(0, [big]))
             time.sleep(0.05)
     out.close()
 

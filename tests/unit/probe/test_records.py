@@ -54,7 +54,7 @@ def test_new_record_makes_what_the_constructor_makes() -> None:
 
 
 def test_the_fast_maker_refuses_a_class_with_post_init() -> None:
-    from probe.records import _slots_maker
+    from probe.speed import slots_maker
 
     @dataclasses.dataclass(frozen=True, slots=True)
     class Checked:
@@ -65,4 +65,4 @@ def test_the_fast_maker_refuses_a_class_with_post_init() -> None:
                 raise ValueError("negative")
 
     with pytest.raises(TypeError, match="__post_init__"):
-        _slots_maker(Checked)
+        slots_maker(Checked)

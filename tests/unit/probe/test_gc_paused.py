@@ -1,11 +1,11 @@
-"""The collector pause around an analysis (api.runtime.gc_paused)."""
+"""The collector pause around an analysis (probe.speed.gc_paused)."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
-from api.runtime import gc_paused
+from probe.speed import gc_paused
 
 
 class _Node:
