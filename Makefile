@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv captures baseline bench clean fuzz fuzz-smoke fuzz-corpus soak
+.PHONY: run test lint venv captures baseline bench bench-replay clean fuzz fuzz-smoke fuzz-corpus soak
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -59,6 +59,15 @@ baseline: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/run_bench.py
+
+# The live probe on a real interface (root, tcpreplay): the highest replay rate with no
+# kernel drop, on the web and the call-heavy capture (bench/replay_rate.py).
+REPLAY_RATES ?= 10000,20000,40000,60000,80000,120000
+bench-replay: $(STAMP)
+	test -f bench/data/replay-web.pcap || $(BIN)/python bench/gen_capture.py --packets 200000 --out bench/data/replay-web.pcap
+	test -f bench/data/replay-calls.pcap || $(BIN)/python bench/gen_capture.py --profile calls --packets 200000 --out bench/data/replay-calls.pcap
+	$(BIN)/python bench/replay_rate.py --capture bench/data/replay-web.pcap --rates $(REPLAY_RATES)
+	$(BIN)/python bench/replay_rate.py --capture bench/data/replay-calls.pcap --rates $(REPLAY_RATES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -592,3 +592,21 @@ def test_project_is_byte_compiled_before_the_runs() -> None:
         for src in (rb.ROOT / pkg).rglob("*.py"):
             pyc = Path(importlib.util.cache_from_source(str(src)))
             assert pyc.exists() and pyc.stat().st_mtime >= src.stat().st_mtime, src
+
+
+def test_replay_rate_counts_what_the_probe_received(
+        small: tuple[Path, dict[str, Any], list[Frame]]) -> None:
+    # tcpreplay out of a veth end in its own namespace, marsad probe -i on the other end.
+    import os
+
+    import replay_rate
+
+    if os.geteuid() != 0 or shutil.which("tcpreplay") is None:
+        pytest.skip("needs root (network namespaces, veth, capture) and tcpreplay")
+    out = subprocess.run([sys.executable, str(Path(replay_rate.__file__)), "--capture",
+                          str(small[0]), "--rates", "4000", "--limit", "4000"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows[0]["pps"] == 4000 and rows[0]["tcpreplay_rc"] == 0
+    assert rows[0]["received"] >= 4000 and rows[0]["dropped"] == 0 and rows[0]["flows"] > 0
+    assert rows[-1] == {"highest_rate_without_drops_pps": 4000}
