@@ -42,6 +42,7 @@ from policy.records import Call, Verdict
 from policy.rules import Policy, load_policy
 from policy.settling import PipelineConfig
 from probe import FlowReader, FlowRecord, MeterConfig, ReadStatus, Weird
+from probe.addresses import ends
 from probe.meter import NO_OPEN_FLOWS, MeterStats, OpenFlows
 from probe.run import Watermark
 
@@ -195,8 +196,11 @@ class Pipeline:
             else:
                 self._due_calls.append(call.end_ts + settle)
         self._in_due = {u for call in analysis.calls for u in call.flow_uids if u not in done}
-        for uid, (f, _) in self._window.items():
+        in_calls = {u for call in analysis.calls for u in call.flow_uids}
+        for uid, (f, c) in self._window.items():
             if not self._awaits_verdict(uid) or not (final or f.last_ts + settle <= point):
+                continue
+            if not final and uid not in in_calls and self._held_alone(f, c, point):
                 continue
             self._judged.add(uid)
             v = analysis.flow_verdicts.get(uid)
@@ -212,34 +216,47 @@ class Pipeline:
         self._forget(point, done, final)
         return step
 
+    def _held_alone(self, f: FlowRecord, c: Classification, point: float) -> bool:
+        """Whether a call flow in no call is held at ``point``: set-up alone is no call, but
+        the call's other streams may still be going, and the call they make would judge
+        it (held no longer than ``call_hold_s``)."""
+        return (is_call_flow(f, c) and f.last_ts + self.cfg.call_hold_s > point
+                and self._earliest_related([f], ends(f)[0][0], f.first_ts)
+                <= f.last_ts + self.cfg.call_settle_s)
+
     def _going(self, call: Call, flows: dict[str, FlowRecord]) -> float:
         """Start of the earliest UDP flow, not settled yet, that may be another stream of
-        ``call``: one to a remote host of the call, or on one of its local sockets (ICE
-        uses one local port for every candidate pair), or one of the local host's that
-        started while the call went on (a stream to another relay); infinity when there is
-        none."""
+        ``call`` (:meth:`_earliest_related`); infinity when there is none."""
+        return self._earliest_related([flows[u] for u in call.flow_uids], call.local,
+                                      call.start_ts)
+
+    def _earliest_related(self, members: list[FlowRecord], local_host: str | None,
+                          since: float) -> float:
+        """Start of the earliest UDP flow, not settled yet, that may be another stream of
+        the call ``members`` make: one to a remote host of theirs, or on one of their local
+        sockets (ICE uses one local port for every candidate pair), or one of the local
+        host's that started since ``since`` (a stream to another relay); infinity when
+        there is none."""
         hosts: set[str] = set()
         sockets: set[tuple[str, int]] = set()
-        for uid in call.flow_uids:
-            f = flows[uid]
-            if f.orig_h == call.local:
+        for f in members:
+            if f.orig_h == local_host:
                 hosts.add(f.resp_h)
                 sockets.add((f.orig_h, f.orig_p))
-            elif f.resp_h == call.local:
+            elif f.resp_h == local_host:
                 hosts.add(f.orig_h)
                 sockets.add((f.resp_h, f.resp_p))
             else:
                 hosts.update((f.orig_h, f.resp_h))
-        local = {call.local} if call.local is not None else set()
+        local = {local_host} if local_host is not None else set()
         earliest = min(self._open_udp.earliest_touching(hosts, sockets),
-                       self._open_udp.earliest_touching(local, (), since=call.start_ts))
+                       self._open_udp.earliest_touching(local, (), since=since))
         for f, _ in self._pending.values():
             if f.proto != "udp" or f.first_ts >= earliest:
                 continue
             if (f.orig_h in hosts or f.resp_h in hosts or (f.orig_h, f.orig_p) in sockets
                     or (f.resp_h, f.resp_p) in sockets
-                    or (f.first_ts >= call.start_ts and (f.orig_h in local
-                                                          or f.resp_h in local))):
+                    or (f.first_ts >= since and (f.orig_h in local or f.resp_h in local))):
                 earliest = f.first_ts
         return earliest
 
@@ -247,7 +264,8 @@ class Pipeline:
                      step: Step) -> None:
         """Settle the verdicts of window flows outside every call whose time has come."""
         settle = self.cfg.call_settle_s
-        ripe = [f for f, _ in items if self._awaits_verdict(f.uid) and f.last_ts + settle <= point]
+        ripe = [f for f, c in items if self._awaits_verdict(f.uid) and f.last_ts + settle <= point
+                and not self._held_alone(f, c, point)]
         if ripe:
             verdicts = lone_flow_verdicts([f for f, _ in items], [c for _, c in items], ripe,
                                           self.policy)
