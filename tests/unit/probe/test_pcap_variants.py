@@ -1,0 +1,68 @@
+"""Classic pcap files from patched libpcaps carry longer record headers with nothing in
+the file header to say so (ss990417 and Nokia with the standard magic, ss991029 and
+ss990915 with the modified magic 0xA1B2CD34). The reader tells the variant as
+Wireshark does, from how the first records read, and reads every packet."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from probe import read_capture
+from probe.sources import PCAP_VARIANTS, pcap_variant
+from tests.pcapbytes import udp_frame
+
+STANDARD, MODIFIED = 0xA1B2C3D4, 0xA1B2CD34
+
+
+def _tail(variant: str, order: str) -> bytes:
+    """The bytes a variant's record header adds: interface 2, Ethertype IPv4, packet
+    type 0 (outgoing) and padding; for Nokia a value of the form its files hold."""
+    if variant == "nokia":
+        return struct.pack(order + "I", 0x9FBFB601)
+    if variant in ("ss990417", "ss991029"):
+        return struct.pack(order + "IHBB", 2, 0x0800, 4, 0)
+    if variant == "ss990915":
+        return struct.pack(order + "IHBBB3s", 2, 0x0800, 0, 1, 0, b"\xaa\xbb\xcc")
+    return b""
+
+
+def _capture(variant: str, order: str = "<", n: int = 5) -> bytes:
+    magic = MODIFIED if variant.startswith("ss99") and variant != "ss990417" else STANDARD
+    out = struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, 1)
+    for i in range(n):
+        f = udp_frame("10.0.0.1", 40000, "10.0.0.2", 50000, bytes([i]) * (40 + i))
+        out += struct.pack(order + "IIII", 1_700_000_000 + i, 999_999, len(f), len(f))
+        out += _tail(variant, order) + f
+    return out
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("variant", sorted(PCAP_VARIANTS))
+def test_every_variant_is_told_and_read_whole(tmp_path: Path, variant: str, order: str) -> None:
+    data = _capture(variant, order)
+    assert pcap_variant(data) == variant
+    path = tmp_path / f"{variant}.pcap"
+    path.write_bytes(data)
+    run = read_capture(path, workers=1)
+    assert run.status.complete and run.status.variant == variant
+    [flow] = run.flows
+    assert (flow.orig_pkts, flow.orig_bytes) == (5, sum(40 + i for i in range(5)))
+    assert run.weirds == []
+
+
+def test_a_single_record_file_stays_standard() -> None:
+    """One record and nothing after it: the standard reading has nothing wrong."""
+    assert pcap_variant(_capture("pcap", n=1)) == "pcap"
+
+
+def test_a_variant_file_cut_inside_a_record_is_read_to_the_cut(tmp_path: Path) -> None:
+    data = _capture("ss990417")
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[:-10])
+    run = read_capture(path, workers=1)
+    assert not run.status.complete and run.status.variant == "ss990417"
+    assert run.status.stopped_at == len(data) - (16 + 8 + 86)  # the last record, 86-byte frame
+    assert sum(f.orig_pkts for f in run.flows) == 4
