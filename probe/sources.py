@@ -128,6 +128,27 @@ class PcapHeader:
     """Bytes each record header carries after the standard 16 (:data:`PCAP_VARIANTS`)."""
 
     @property
+    def lengths_swapped(self) -> str:
+        """Where a record's captured length is: ``no`` (the third field); ``yes`` (the
+        fourth: files before version 2.3 wrote the two lengths the other way round, and
+        DG/UX's tcpdump writes version 543 that way); ``maybe`` (version 2.3, which some
+        writers wrote either way: the smaller of the two is the captured length). As
+        libpcap and Wireshark read them."""
+        if self.major == 543 or (self.major == 2 and self.minor < 3) or self.major < 2:
+            return "yes"
+        if self.major == 2 and self.minor == 3:
+            return "maybe"
+        return "no"
+
+    def incl(self, buf: bytes | bytearray, pos: int) -> int:
+        """Captured length of the record whose header starts at ``pos``."""
+        swapped = self.lengths_swapped
+        if swapped == "no":
+            return int(_INCL[self.order](buf, pos + 8)[0])
+        a, b = _LENGTHS[self.order](buf, pos + 8)
+        return int(b) if swapped == "yes" else int(min(a, b))
+
+    @property
     def max_incl(self) -> int:
         """Largest captured length believed in this file."""
         return max(min(self.snaplen, MAX_RECORD), MIN_SNAP)
@@ -139,6 +160,7 @@ class PcapHeader:
 
 
 _RECORD = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
+_LENGTHS = {"<": struct.Struct("<II").unpack_from, ">": struct.Struct(">II").unpack_from}
 
 
 def pcap_header(data: bytes | bytearray) -> PcapHeader | None:
@@ -239,6 +261,14 @@ def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
     end = len(buf)
     rec_len = RECORD_HEADER + header.extra
     last = end - rec_len
+    if header.lengths_swapped != "no":
+        while pos <= last:
+            nxt = pos + rec_len + header.incl(buf, pos)
+            if nxt > end:
+                break
+            ap(pos)
+            pos = nxt
+        return offs, pos
     while pos <= last:
         nxt = pos + rec_len + incl_at(buf, pos + 8)[0]
         if nxt > end:
@@ -639,7 +669,8 @@ class CaptureSource:
         linktype, fcs = hdr0.linktype, hdr0.fcs
         st.linktypes.add(linktype)
         max_incl = hdr0.max_incl
-        incl_at = _INCL[hdr0.order]
+        incl_at = hdr0.incl
+        swapped = hdr0.lengths_swapped
         frac_scale = hdr0.frac_ns
         base = 0  # file offset of buf[0]
         pos = PCAP_HEADER
@@ -650,13 +681,19 @@ class CaptureSource:
             last = len(buf) - rec_len
             # The tight loop: record lengths are checked against max_incl afterwards, in bulk.
             offs, pos = record_offsets(buf, pos, hdr0)
-            if pos <= last and incl_at(buf, pos + 8)[0] > max_incl:
+            if pos <= last and incl_at(buf, pos) > max_incl:
                 bad = True
             if offs:
                 o = np.asarray(offs, dtype=np.int64)
                 arr = np.frombuffer(buf, dtype=np.uint8)
                 hdr = arr[o[:, None] + np.arange(16)].view(">u4" if self._big else "<u4")
                 hdr = hdr.astype(np.int64)
+                if swapped == "yes":
+                    hdr = hdr[:, [0, 1, 3, 2]]
+                elif swapped == "maybe":
+                    lo = np.minimum(hdr[:, 2], hdr[:, 3])
+                    hdr[:, 3] = np.maximum(hdr[:, 2], hdr[:, 3])
+                    hdr[:, 2] = lo
                 over = np.flatnonzero(hdr[:, 2] > max_incl)
                 if len(over):  # a corrupt record header: keep what came before it
                     k = int(over[0])
@@ -677,7 +714,7 @@ class CaptureSource:
                 st.packets += n
             st.bytes_read = base + pos
             if bad:
-                incl = incl_at(buf, pos + 8)[0]
+                incl = incl_at(buf, pos)
                 st.damaged(base + pos, f"corrupt record header at byte {base + pos}: "
                                        f"captured length {incl} exceeds {max_incl}")
                 return
@@ -686,7 +723,7 @@ class CaptureSource:
                     return
                 if pos < len(buf) and st.complete:
                     left = len(buf) - pos
-                    want = rec_len + incl_at(buf, pos + 8)[0] if left >= 16 else rec_len
+                    want = rec_len + incl_at(buf, pos) if left >= 16 else rec_len
                     st.damaged(base + pos, f"capture truncated at byte {base + pos}: last record "
                                            f"has {left} of {want} bytes")
                 return

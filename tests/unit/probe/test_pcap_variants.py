@@ -66,3 +66,28 @@ def test_a_variant_file_cut_inside_a_record_is_read_to_the_cut(tmp_path: Path) -
     assert not run.status.complete and run.status.variant == "ss990417"
     assert run.status.stopped_at == len(data) - (16 + 8 + 86)  # the last record, 86-byte frame
     assert sum(f.orig_pkts for f in run.flows) == 4
+
+
+def _old_capture(minor: int, swap: list[bool], major: int = 2) -> bytes:
+    out = struct.pack("<IHHiIII", STANDARD, major, minor, 0, 0, 65535, 1)
+    for i, sw in enumerate(swap):
+        f = udp_frame("10.0.0.1", 40000, "10.0.0.2", 50000, bytes([i]) * 40)
+        wire = len(f) + 100  # the frame was cut to what was captured
+        lengths = (wire, len(f)) if sw else (len(f), wire)
+        out += struct.pack("<IIII", 1_700_000_000 + i, 0, *lengths) + f
+    return out
+
+
+@pytest.mark.parametrize(("major", "minor", "swap"), [
+    (2, 2, [True, True, True]),  # before 2.3 the two lengths were written the other way
+    (543, 0, [True, True, True]),  # DG/UX's tcpdump
+    (2, 3, [False, True, False]),  # 2.3 either way: the smaller is what was captured
+], ids=["2.2", "543", "2.3"])
+def test_old_versions_with_lengths_the_other_way(tmp_path: Path, major: int, minor: int,
+                                                 swap: list[bool]) -> None:
+    path = tmp_path / "old.pcap"
+    path.write_bytes(_old_capture(minor, swap, major))
+    run = read_capture(path, workers=1)
+    assert run.status.complete
+    [flow] = run.flows
+    assert (flow.orig_pkts, flow.orig_bytes, flow.orig_wire_bytes) == (3, 120, 3 * 182)
