@@ -64,9 +64,13 @@ SERVICE_CATEGORY = {Service.RELAY: Category.CALL_SETUP, Service.CALL_SETUP: Cate
                     Service.MESSAGING: Category.MESSAGING, Service.MEDIA: Category.WEB,
                     Service.STREAMING: Category.STREAMING, Service.WEB: Category.WEB,
                     Service.PUSH: Category.MESSAGING, Service.ANY: Category.WEB}
-CALL_CONTROL = frozenset({"stun", "dtls", "sip", "rtcp", "mgcp", "h323", "sccp", "mumble",
-                          "agora"})
-"""Application protocols that set up or control calls."""
+CALL_CONTROL = frozenset({"sip", "rtcp", "mgcp", "h323", "sccp", "mumble", "agora"})
+"""Telephony protocols that set up or control calls whatever app runs them (RTCP as
+validated over several packets). STUN and DTLS are not among them: games, remote
+desktops, cloud gaming and VPNs use them too, so they make a flow call setup only when
+a call app is behind them."""
+CALL_FRAMINGS = frozenset({"zoom", "discord", "telegram", "whatsapp", "viber"})
+"""App framings that carry call media or its relay control."""
 FACETIME_UDP = (range(3478, 3498), range(16384, 16388), range(16393, 16403))
 
 
@@ -322,10 +326,18 @@ class Classifier:
                             framing_detail="H.245 in TPKT between hosts with H.225.0 signalling")
         v = self._app_verdict(flow, facts)
         app = v.app if v is not None else None
+        demoted = None
+        if guess.realtime and not _media_evidence(facts, app, guess):
+            # Packet sizes and timing alone also fit game, telemetry and VPN traffic.
+            demoted = (f"{guess.reason}, but no RTP structure and no call app: not taken "
+                       "as call media")
+            guess = replace(guess, realtime=False, media=None, reason=demoted)
         category, media = self._category(flow, facts, v, guess)
         if v is None:
             method = Method.STATS if guess.realtime or guess.streaming else Method.NONE
             reason: str = guess.reason if (guess.realtime or guess.streaming) else _plain(facts)
+            if demoted is not None:
+                reason = f"{reason}; {demoted}"
             conf = guess.confidence if (guess.realtime or guess.streaming) else 0.3
             if app is None and self._sip_seen and guess.realtime and facts.protocol == "rtp":
                 app, method = "sip", Method.RTP
@@ -358,6 +370,8 @@ class Classifier:
             return Category.STREAMING, None
         if proto in CALL_CONTROL or facts.framing in ("zoom", "discord", "telegram"):
             return Category.CALL_SETUP, None
+        if proto in ("stun", "dtls") and app in CALL_APPS:  # a call app's STUN/TURN, any transport
+            return Category.CALL_SETUP, None
         if flow.proto == "udp" and app in CALL_APPS and proto not in ("quic", "gquic"):
             return Category.CALL_SETUP, None
         if v is not None and v.service is not None:
@@ -379,6 +393,14 @@ def _media(flow: FlowRecord) -> MediaGuess:
     if flow.duration_s < 2.0 and not flow.rtp_streams and flow.rtp is None:
         return _TOO_SHORT
     return media_guess(flow)
+
+
+def _media_evidence(facts: Facts, app: str | None, guess: MediaGuess) -> bool:
+    """Whether a real-time media guess rests on more than packet sizes and timing: RTP
+    structure validated over several packets, a telephony protocol or a call app's
+    framing in the flow, or a call app behind it."""
+    return (guess.from_rtp or app in CALL_APPS or facts.protocol in CALL_CONTROL
+            or facts.protocol in ("rtp", "srtp") or facts.framing in CALL_FRAMINGS)
 
 
 def _facetime_shape(flow: FlowRecord, facts: Facts) -> bool:

@@ -23,6 +23,7 @@ SIP_PORTS = frozenset({5060, 5061, 5080})
 ZOOM_PORTS = range(8801, 8811)
 _ZOOM_PORT_SET = frozenset(ZOOM_PORTS)
 H323_RAS_PORT = 1719
+SCCP_PORT = 2000
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
 _SIP_FIRST_BYTES = frozenset(start[:1] for start in sip.START_LINES)
 
@@ -175,7 +176,10 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         found.update(framing="viber", framing_detail=str(vb))
         return
     for data in (orig[0].data if orig else b"", resp[0].data if resp else b""):
-        t = telephony.parse_h225_tpkt(data) or telephony.parse_sccp(data)
+        t = telephony.parse_h225_tpkt(data)
+        if t is None and SCCP_PORT in ports:
+            # Skinny's header has no magic: like nDPI, only on Cisco's registered port.
+            t = telephony.parse_sccp(data)
         if t is not None:
             found.update(protocol=t.protocol, framing_detail=t.what)
             return
@@ -405,8 +409,11 @@ def _telephony_udp(orig: list[PayloadSample], resp: list[PayloadSample],
         if t is not None:
             found.update(protocol=t.protocol, framing_detail=t.what)
             return
-    rtcp_like = [p for p in payloads[:6] if rtp.is_rtcp(p.data)]
-    if rtcp_like and len(rtcp_like) * 2 >= min(len(payloads), 6):
+    # RTCP by RFC 3550's validity test on each compound packet, and on more than one
+    # packet where the flow has more: a version-2 byte and a type in 200-207 alone also
+    # occur in game and telemetry traffic.
+    rtcp_ok = sum(rtp.is_rtcp_compound_start(p.data) for p in payloads[:6])
+    if rtcp_ok >= min(2, len(payloads)) and rtcp_ok * 2 >= min(len(payloads), 6):
         found["protocol"] = "rtcp"
 
 
