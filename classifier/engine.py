@@ -134,6 +134,9 @@ class Classifier:
         self._sip_seen = False
         self._h323_pairs: set[frozenset[str]] = set()
         """Host pairs with H.225.0 call signalling (their TPKT flows are H.245)."""
+        self._meta_apps: dict[str, set[str]] = {}
+        """Local address -> which of Meta's call apps its own signalling names
+        (``messenger``, ``whatsapp``): both run their calls on Meta's shared call stack."""
 
     # -- public -----------------------------------------------------------------------
     def observe(self, flow: FlowRecord) -> Observation:
@@ -200,6 +203,9 @@ class Classifier:
                     self._call_endpoints[(addr, port)] = ("sip", "SDP")
         if facts.protocol == "h323":
             self._h323_pairs.add(frozenset((flow.orig_h, flow.resp_h)))
+        meta = _meta_signalling(facts)
+        if meta is not None:
+            self._meta_apps.setdefault(_local(flow)[0], set()).add(meta)
         st = facts.stun
         if st is not None:
             app = self._stun_app(facts)
@@ -255,9 +261,21 @@ class Classifier:
                         f"{what} {name} matches {m.rule}"
                         + (f" ({detail})" if detail else ""), m.service, detail=detail)
 
+    def _meta_call_app(self, flow: FlowRecord) -> str | None:
+        """The one Meta call app the local host's own signalling names, if just one."""
+        apps = self._meta_apps.get(_local(flow)[0])
+        return next(iter(apps)) if apps is not None and len(apps) == 1 else None
+
     def _app_verdict(self, flow: FlowRecord, facts: Facts) -> _Verdict | None:
         stun_app = self._stun_app(facts)
         if stun_app is not None:
+            if stun_app[0] == "whatsapp" and self._meta_call_app(flow) == "messenger":
+                # WhatsApp's STUN message types and attributes are those of Meta's call
+                # stack, which Messenger's calls use too: the host's signalling decides.
+                return _Verdict("messenger", stun_app[1], 0.85,
+                                f"{stun_app[2]} (Meta's call stack), on a host whose "
+                                "signalling is Messenger's and not WhatsApp's",
+                                Service.CALL_SETUP)
             return _Verdict(stun_app[0], stun_app[1], 0.95, stun_app[2], Service.CALL_SETUP)
         if facts.framing == "zoom":
             return _Verdict("zoom", Method.FRAMING, 0.9,
@@ -299,6 +317,14 @@ class Classifier:
         if ep is not None and flow.proto == "udp":
             return _Verdict(ep[0], Method.CALL_PEER, 0.8,
                             f"endpoint {rh}:{rp} learned from {ep[1]}", Service.RELAY)
+        if flow.proto == "udp" and (facts.protocol in ("stun", "rtp") or flow.rtp_streams):
+            own = owner_lookup(rh)
+            meta_app = self._meta_call_app(flow)
+            if own is not None and own.owner == "meta" and meta_app is not None:
+                # Meta's STUN servers and relays serve both its call apps.
+                return _Verdict(meta_app, Method.IP_OWNER, 0.7,
+                                f"STUN/RTP to {rh} in {own.prefix} (Meta's call servers) from "
+                                f"a host whose signalling is {meta_app}'s only", Service.RELAY)
         name = self._dns.get(rh)
         if name is not None:
             v = self._name_verdict(name, Method.DNS, f"DNS answer named {rh}")
@@ -393,6 +419,24 @@ def _media(flow: FlowRecord) -> MediaGuess:
     if flow.duration_s < 2.0 and not flow.rtp_streams and flow.rtp is None:
         return _TOO_SHORT
     return media_guess(flow)
+
+
+def _meta_signalling(facts: Facts) -> str | None:
+    """Which of Meta's call apps a flow's own signalling names: WhatsApp's chat protocol
+    prologue or a WhatsApp name; a Messenger name (its MQTT edges, messenger.com) or
+    the TURN realm of Messenger's relays. STUN message types are no evidence here:
+    both apps' calls use the same ones."""
+    if facts.framing == "whatsapp":
+        return "whatsapp"
+    st = facts.stun
+    if st is not None and "turner.facebook" in (st.realm or "").lower():
+        return "messenger"
+    for name in (facts.sni, facts.http_host, facts.dns_query):
+        if name:
+            m = _match(name.lower())
+            if m is not None and m.app in ("messenger", "whatsapp"):
+                return m.app
+    return None
 
 
 def _media_evidence(facts: Facts, app: str | None, guess: MediaGuess) -> bool:
