@@ -64,7 +64,8 @@ SERVICE_CATEGORY = {Service.RELAY: Category.CALL_SETUP, Service.CALL_SETUP: Cate
                     Service.MESSAGING: Category.MESSAGING, Service.MEDIA: Category.WEB,
                     Service.STREAMING: Category.STREAMING, Service.WEB: Category.WEB,
                     Service.PUSH: Category.MESSAGING, Service.ANY: Category.WEB}
-CALL_CONTROL = frozenset({"sip", "rtcp", "mgcp", "h323", "sccp", "mumble", "agora"})
+CALL_CONTROL = frozenset({"sip", "rtcp", "mgcp", "h323", "sccp", "mumble", "agora", "iax2",
+                          "megaco", "bfcp", "teamspeak"})
 """Telephony protocols that set up or control calls whatever app runs them (RTCP as
 validated over several packets). STUN and DTLS are not among them: games, remote
 desktops, cloud gaming and VPNs use them too, so they make a flow call setup only when

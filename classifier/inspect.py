@@ -100,7 +100,7 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
     if "protocol" not in found:
         _framings_udp(payloads, found)
     if "protocol" not in found:
-        _telephony_udp(orig, resp, found)
+        _telephony_udp(orig, resp, found, ports)
     if "protocol" not in found and H323_RAS_PORT in ports and min(
             len(p.data) for p in payloads) >= 8:
         # H.225.0 RAS is PER-encoded with no fixed bytes: its registered port is the evidence.
@@ -176,13 +176,17 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         found.update(framing="viber", framing_detail=str(vb))
         return
     for data in (orig[0].data if orig else b"", resp[0].data if resp else b""):
-        t = telephony.parse_h225_tpkt(data)
+        t = telephony.parse_megaco(data) or telephony.parse_h225_tpkt(data)
         if t is None and SCCP_PORT in ports:
             # Skinny's header has no magic: like nDPI, only on Cisco's registered port.
             t = telephony.parse_sccp(data)
+        t = t or telephony.parse_teamspeak(data, udp=False)
         if t is not None:
             found.update(protocol=t.protocol, framing_detail=t.what)
             return
+    t = telephony.parse_bfcp([p.data for p in payloads[:4]], tcp=True)
+    if t is not None:
+        found.update(protocol=t.protocol, framing_detail=t.what)
 
 
 def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:
@@ -397,13 +401,20 @@ def _rtcp_reports(payloads: Sequence[PayloadSample]) -> tuple[RtcpReport, ...]:
 
 
 def _telephony_udp(orig: list[PayloadSample], resp: list[PayloadSample],
-                   found: dict[str, object]) -> None:
+                   found: dict[str, object], ports: set[int]) -> None:
     payloads = orig + resp
+    iax_port = telephony.IAX2_PORT in ports
     for p in payloads[:4]:
-        t = telephony.parse_mgcp(p.data) or telephony.parse_agora(p.data)
+        t = (telephony.parse_mgcp(p.data) or telephony.parse_agora(p.data)
+             or telephony.parse_megaco(p.data) or telephony.parse_teamspeak(p.data, udp=True)
+             or telephony.parse_iax2(p.data, iax_port))
         if t is not None:
             found.update(protocol=t.protocol, framing_detail=t.what)
             return
+    t = telephony.parse_bfcp([p.data for p in payloads[:4]], tcp=False)
+    if t is not None:
+        found.update(protocol=t.protocol, framing_detail=t.what)
+        return
     if orig:
         t = telephony.parse_mumble_ping(orig[0].data, resp[0].data if resp else None)
         if t is not None:
