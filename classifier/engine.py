@@ -70,7 +70,7 @@ CALL_CONTROL = frozenset({"sip", "rtcp", "mgcp", "h323", "sccp", "mumble", "agor
 validated over several packets). STUN and DTLS are not among them: games, remote
 desktops, cloud gaming and VPNs use them too, so they make a flow call setup only when
 a call app is behind them."""
-CALL_FRAMINGS = frozenset({"zoom", "discord", "telegram", "whatsapp", "viber"})
+CALL_FRAMINGS = frozenset({"zoom", "discord", "telegram", "whatsapp", "viber", "imo"})
 """App framings that carry call media or its relay control."""
 FACETIME_UDP = (range(3478, 3498), range(16384, 16388), range(16393, 16403))
 
@@ -296,6 +296,9 @@ class Classifier:
         if facts.framing == "whatsapp":
             return _Verdict("whatsapp", Method.FRAMING, 0.95,
                             "WhatsApp chat protocol prologue", Service.MESSAGING)
+        if facts.framing == "imo":
+            return _Verdict("imo", Method.FRAMING, 0.85, "IMO call packets (ping 09 02, "
+                            "relay reply 00 09 03)", Service.RELAY)
         if facts.sip:
             return _Verdict("sip", Method.SIP, 0.95,
                             f"SIP {facts.sip[0].method or facts.sip[0].status}",

@@ -446,3 +446,6 @@ def _framings_udp(payloads: Sequence[PayloadSample], found: dict[str, object]) -
         if t is not None:
             found.update(protocol="telegram", framing="telegram")
             return
+    # IMO's packet shapes are short markers: two of them in one flow, not one.
+    if framings.imo_packets([p.data for p in payloads[:16]]) >= 2:
+        found.update(protocol="imo", framing="imo")

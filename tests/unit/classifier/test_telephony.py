@@ -92,3 +92,17 @@ def test_flows_are_call_control(tmp_path: Path) -> None:
                                           + bytes(21)),
                                 udp_frame(B, 9987, A, 50001, b"\x00" * 30)]) == (
         None, Category.CALL_SETUP, "teamspeak")
+
+
+def test_imo_call_packets(tmp_path: Path) -> None:
+    """nDPI's IMO shapes, two in a flow: pings ``09 02`` with their ``09 03`` echoes."""
+    pkts = []
+    for i in range(3):
+        body = bytes([0xDC + i, 0x9A, 0x02]) + bytes(5)
+        pkts += [udp_frame(A, 49207, B, 57604, b"\x09\x02" + body),
+                 udp_frame(B, 57604, A, 49207, b"\x09\x03" + body)]
+    app, cat, proto = _category(tmp_path, pkts)
+    assert (app, cat, proto) == ("imo", Category.CALL_SETUP, "imo")
+    lone = [udp_frame(A, 49207, B, 57604, b"\x09\x02" + bytes(8)),
+            udp_frame(B, 57604, A, 49207, bytes(30))]
+    assert _category(tmp_path, lone)[0] is None
