@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from probe import read_capture
+from probe.pcapstream import PcapStream
 from probe.sources import PCAP_VARIANTS, pcap_variant
 from tests.pcapbytes import udp_frame
 
@@ -91,3 +92,15 @@ def test_old_versions_with_lengths_the_other_way(tmp_path: Path, major: int, min
     assert run.status.complete
     [flow] = run.flows
     assert (flow.orig_pkts, flow.orig_bytes, flow.orig_wire_bytes) == (3, 120, 3 * 182)
+
+
+@pytest.mark.parametrize("variant", ["pcap", "ss990417", "nokia"])
+def test_a_stream_passes_variant_records_on_as_standard_ones(variant: str) -> None:
+    """The live probe's stream mender gives the same packets as the file reader: the
+    records of a standard-magic variant come out with standard 16-byte headers."""
+    data = _capture(variant)
+    stream = PcapStream()
+    out = b"".join(stream.feed(data[i:i + 37]) for i in range(0, len(data), 37))
+    out += stream.finish()
+    assert stream.variant == variant and stream.stopped_at is None
+    assert out == _capture("pcap")
