@@ -67,6 +67,16 @@ def _section(header: bytes | bytearray) -> PcapHeader | None:
     return sec if sec is not None and sec.major == 2 else None
 
 
+def _lengths(sec: PcapHeader, a: int, b: int) -> tuple[int, int]:
+    """(captured, original) length from a record header's third and fourth fields, in
+    the order the section's version wrote them (:attr:`PcapHeader.lengths_swapped`);
+    the records themselves are passed on as written."""
+    swapped = sec.lengths_swapped
+    if swapped == "yes" or (swapped == "maybe" and a > b):
+        return b, a
+    return a, b
+
+
 VARIANT_WAIT = 1 << 20
 """Bytes of a stream's start after which its record header variant is told with what
 has come, whole records or not."""
@@ -83,7 +93,7 @@ def _variant_ready(buf: bytearray, sec: PcapHeader) -> bool:
     for _ in range(3):
         if pos + RECORD_HEADER > len(buf):
             return False
-        incl = sec.record.unpack_from(buf, pos)[2]
+        incl = sec.incl(buf, pos)
         if incl > MIN_SNAP:
             return True
         pos += RECORD_HEADER + incl
@@ -171,7 +181,7 @@ class PcapStream:
                 self._stop(at, f"capture truncated at byte {at}: a pcap file header with "
                                f"{len(buf)} of {PCAP_HEADER} bytes")
             elif len(buf) >= RECORD_HEADER and cur is not None:
-                want = RECORD_HEADER + self._extra + cur.record.unpack_from(buf, 0)[2]
+                want = RECORD_HEADER + self._extra + cur.incl(buf, 0)
                 self._stop(at, f"capture truncated at byte {at}: last record has {len(buf)} "
                                f"of {want} bytes")
             else:
@@ -261,7 +271,8 @@ class PcapStream:
             rec_len = RECORD_HEADER + self._extra
             if pos + rec_len > end:
                 break
-            sec_s, frac, incl, orig = cur.record.unpack_from(buf, pos)
+            sec_s, frac, len_a, len_b = cur.record.unpack_from(buf, pos)
+            incl, orig = _lengths(cur, len_a, len_b)
             if not self._plausible(cur, frac, incl, orig):
                 out += buf[run:pos]
                 self._damage_at = self._base + pos
@@ -276,7 +287,7 @@ class PcapStream:
                 out += buf[run:pos]
                 if cur.frac_ns != out_sec.frac_ns:
                     frac = frac * cur.frac_ns // out_sec.frac_ns
-                out += out_sec.record.pack(sec_s, frac, incl, orig)
+                out += out_sec.record.pack(sec_s, frac, len_a, len_b)
                 out += buf[pos + rec_len:nxt]
                 self.converted += not self._extra
                 run = nxt
@@ -298,7 +309,8 @@ class PcapStream:
 
     def _candidate(self, buf: bytearray, p: int, sec: PcapHeader) -> int | None:
         """End of a plausible record at ``p`` (strict checks), or None."""
-        s, frac, incl, orig = (int(x) for x in sec.record.unpack_from(buf, p))
+        s, frac, len_a, len_b = (int(x) for x in sec.record.unpack_from(buf, p))
+        incl, orig = _lengths(sec, len_a, len_b)
         if not (self._plausible(sec, frac, incl, orig) and incl <= orig
                 and self._near(s + frac * sec.frac_ns / 1e9)):
             return None

@@ -104,3 +104,10 @@ def test_a_stream_passes_variant_records_on_as_standard_ones(variant: str) -> No
     out += stream.finish()
     assert stream.variant == variant and stream.stopped_at is None
     assert out == _capture("pcap")
+
+
+def test_a_stream_of_an_old_version_is_walked_with_its_lengths() -> None:
+    data = _old_capture(2, [True, True, True])
+    stream = PcapStream()
+    out = stream.feed(data) + stream.finish()
+    assert out == data and stream.frames == 3 and stream.damaged == 0
