@@ -322,6 +322,11 @@ def _sip(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
             msgs = sip.parse_sip(p.data, tcp=tcp)
         except ParseError as exc:
             notes.append(f"sip: {exc}")
+            # Headers too damaged to read: a whole start line still says it is SIP.
+            start = sip.sip_start_line(p.data)
+            if start is not None:
+                out.append(SipSummary(p.frame, p.ts, p.direction, start[0], start[1], None,
+                                      None, ()))
             continue
         for m in msgs:
             media: tuple[tuple[str, int, str, str], ...] = ()
