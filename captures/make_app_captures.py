@@ -395,7 +395,9 @@ def whatsapp_setup(cap: Capture, flow: Flow, t: Fraction, rng: random.Random,
 
 def make_messenger(outdir: Path) -> None:
     """A Messenger call and a WhatsApp call from the same phone, both through relays in
-    Meta's shared address space, so only the STUN exchanges tell them apart.
+    Meta's shared address space. The phone runs both apps (each one's own signalling is
+    there: Messenger's MQTT edge, WhatsApp's chat server), so the STUN exchanges tell the
+    calls apart.
 
     Messenger's MQTT edge edge-mqtt.facebook.com and messenger.com (Meta's registered
     names, ../shared/ANCHORS.md §2); STUN REALM containing "facebook" for Messenger's
@@ -415,6 +417,9 @@ def make_messenger(outdir: Path) -> None:
                          relayed=("157.240.22.60", 41800), peer=(PEER, 39001))
     voice(cap, messenger, tm, Fraction(1, 1), rng, Voice(0x7E55E201, 111, 960),
           Voice(0x7E55E202, 111, 960), wrap=on_channel)
+    wa_rng = random.Random("messenger-whatsapp-chat")
+    t2 = lookup(cap, t + 4, 52005, "g.whatsapp.net", ["157.240.22.54"])
+    https(cap, t2 + Fraction(1, 100), wa_rng, 52006, "157.240.22.54", "g.whatsapp.net")
     whatsapp = Flow("udp", PHONE, 52004, "31.13.66.49", 3478)
     tw = whatsapp_setup(cap, whatsapp, t + 5, rng, Fraction(33, 1000))
     voice(cap, whatsapp, tw, Fraction(1, 1), rng, Voice(0x1A2B3C4D, 120, 960),
@@ -568,7 +573,8 @@ ENTRIES = [
     Entry("messenger.pcap",
           "a Messenger call and a WhatsApp call from one phone, both through relays in Meta's "
           "shared address space: TLS to edge-mqtt.facebook.com, TURN with REALM "
-          "facebook.com and 1 s of RTP in ChannelData (PT 111), then WhatsApp's STUN "
+          "facebook.com and 1 s of RTP in ChannelData (PT 111), then DNS and TLS for "
+          "WhatsApp's chat server g.whatsapp.net, WhatsApp's STUN "
           "attributes 0x4000-0x4004 and message types 0x0800/0x0801 and 1 s of RTP (PT "
           "120) to another Meta relay",
           "Meta's registered names (messenger.com, edge-mqtt.facebook.com) and STUN "

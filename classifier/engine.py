@@ -64,9 +64,14 @@ SERVICE_CATEGORY = {Service.RELAY: Category.CALL_SETUP, Service.CALL_SETUP: Cate
                     Service.MESSAGING: Category.MESSAGING, Service.MEDIA: Category.WEB,
                     Service.STREAMING: Category.STREAMING, Service.WEB: Category.WEB,
                     Service.PUSH: Category.MESSAGING, Service.ANY: Category.WEB}
-CALL_CONTROL = frozenset({"stun", "dtls", "sip", "rtcp", "mgcp", "h323", "sccp", "mumble",
-                          "agora"})
-"""Application protocols that set up or control calls."""
+CALL_CONTROL = frozenset({"sip", "rtcp", "mgcp", "h323", "sccp", "mumble", "agora", "iax2",
+                          "megaco", "bfcp", "teamspeak"})
+"""Telephony protocols that set up or control calls whatever app runs them (RTCP as
+validated over several packets). STUN and DTLS are not among them: games, remote
+desktops, cloud gaming and VPNs use them too, so they make a flow call setup only when
+a call app is behind them."""
+CALL_FRAMINGS = frozenset({"zoom", "discord", "telegram", "whatsapp", "viber", "imo"})
+"""App framings that carry call media or its relay control."""
 FACETIME_UDP = (range(3478, 3498), range(16384, 16388), range(16393, 16403))
 
 
@@ -130,6 +135,9 @@ class Classifier:
         self._sip_seen = False
         self._h323_pairs: set[frozenset[str]] = set()
         """Host pairs with H.225.0 call signalling (their TPKT flows are H.245)."""
+        self._meta_apps: dict[str, set[str]] = {}
+        """Local address -> which of Meta's call apps its own signalling names
+        (``messenger``, ``whatsapp``): both run their calls on Meta's shared call stack."""
 
     # -- public -----------------------------------------------------------------------
     def observe(self, flow: FlowRecord) -> Observation:
@@ -196,6 +204,9 @@ class Classifier:
                     self._call_endpoints[(addr, port)] = ("sip", "SDP")
         if facts.protocol == "h323":
             self._h323_pairs.add(frozenset((flow.orig_h, flow.resp_h)))
+        meta = _meta_signalling(facts)
+        if meta is not None:
+            self._meta_apps.setdefault(_local(flow)[0], set()).add(meta)
         st = facts.stun
         if st is not None:
             app = self._stun_app(facts)
@@ -251,9 +262,21 @@ class Classifier:
                         f"{what} {name} matches {m.rule}"
                         + (f" ({detail})" if detail else ""), m.service, detail=detail)
 
+    def _meta_call_app(self, flow: FlowRecord) -> str | None:
+        """The one Meta call app the local host's own signalling names, if just one."""
+        apps = self._meta_apps.get(_local(flow)[0])
+        return next(iter(apps)) if apps is not None and len(apps) == 1 else None
+
     def _app_verdict(self, flow: FlowRecord, facts: Facts) -> _Verdict | None:
         stun_app = self._stun_app(facts)
         if stun_app is not None:
+            if stun_app[0] == "whatsapp" and self._meta_call_app(flow) == "messenger":
+                # WhatsApp's STUN message types and attributes are those of Meta's call
+                # stack, which Messenger's calls use too: the host's signalling decides.
+                return _Verdict("messenger", stun_app[1], 0.85,
+                                f"{stun_app[2]} (Meta's call stack), on a host whose "
+                                "signalling is Messenger's and not WhatsApp's",
+                                Service.CALL_SETUP)
             return _Verdict(stun_app[0], stun_app[1], 0.95, stun_app[2], Service.CALL_SETUP)
         if facts.framing == "zoom":
             return _Verdict("zoom", Method.FRAMING, 0.9,
@@ -273,6 +296,9 @@ class Classifier:
         if facts.framing == "whatsapp":
             return _Verdict("whatsapp", Method.FRAMING, 0.95,
                             "WhatsApp chat protocol prologue", Service.MESSAGING)
+        if facts.framing == "imo":
+            return _Verdict("imo", Method.FRAMING, 0.85, "IMO call packets (ping 09 02, "
+                            "relay reply 00 09 03)", Service.RELAY)
         if facts.sip:
             return _Verdict("sip", Method.SIP, 0.95,
                             f"SIP {facts.sip[0].method or facts.sip[0].status}",
@@ -295,6 +321,14 @@ class Classifier:
         if ep is not None and flow.proto == "udp":
             return _Verdict(ep[0], Method.CALL_PEER, 0.8,
                             f"endpoint {rh}:{rp} learned from {ep[1]}", Service.RELAY)
+        if flow.proto == "udp" and (facts.protocol in ("stun", "rtp") or flow.rtp_streams):
+            own = owner_lookup(rh)
+            meta_app = self._meta_call_app(flow)
+            if own is not None and own.owner == "meta" and meta_app is not None:
+                # Meta's STUN servers and relays serve both its call apps.
+                return _Verdict(meta_app, Method.IP_OWNER, 0.7,
+                                f"STUN/RTP to {rh} in {own.prefix} (Meta's call servers) from "
+                                f"a host whose signalling is {meta_app}'s only", Service.RELAY)
         name = self._dns.get(rh)
         if name is not None:
             v = self._name_verdict(name, Method.DNS, f"DNS answer named {rh}")
@@ -322,10 +356,18 @@ class Classifier:
                             framing_detail="H.245 in TPKT between hosts with H.225.0 signalling")
         v = self._app_verdict(flow, facts)
         app = v.app if v is not None else None
+        demoted = None
+        if guess.realtime and not _media_evidence(facts, app, guess):
+            # Packet sizes and timing alone also fit game, telemetry and VPN traffic.
+            demoted = (f"{guess.reason}, but no RTP structure and no call app: not taken "
+                       "as call media")
+            guess = replace(guess, realtime=False, media=None, reason=demoted)
         category, media = self._category(flow, facts, v, guess)
         if v is None:
             method = Method.STATS if guess.realtime or guess.streaming else Method.NONE
             reason: str = guess.reason if (guess.realtime or guess.streaming) else _plain(facts)
+            if demoted is not None:
+                reason = f"{reason}; {demoted}"
             conf = guess.confidence if (guess.realtime or guess.streaming) else 0.3
             if app is None and self._sip_seen and guess.realtime and facts.protocol == "rtp":
                 app, method = "sip", Method.RTP
@@ -358,6 +400,8 @@ class Classifier:
             return Category.STREAMING, None
         if proto in CALL_CONTROL or facts.framing in ("zoom", "discord", "telegram"):
             return Category.CALL_SETUP, None
+        if proto in ("stun", "dtls") and app in CALL_APPS:  # a call app's STUN/TURN, any transport
+            return Category.CALL_SETUP, None
         if flow.proto == "udp" and app in CALL_APPS and proto not in ("quic", "gquic"):
             return Category.CALL_SETUP, None
         if v is not None and v.service is not None:
@@ -379,6 +423,32 @@ def _media(flow: FlowRecord) -> MediaGuess:
     if flow.duration_s < 2.0 and not flow.rtp_streams and flow.rtp is None:
         return _TOO_SHORT
     return media_guess(flow)
+
+
+def _meta_signalling(facts: Facts) -> str | None:
+    """Which of Meta's call apps a flow's own signalling names: WhatsApp's chat protocol
+    prologue or a WhatsApp name; a Messenger name (its MQTT edges, messenger.com) or
+    the TURN realm of Messenger's relays. STUN message types are no evidence here:
+    both apps' calls use the same ones."""
+    if facts.framing == "whatsapp":
+        return "whatsapp"
+    st = facts.stun
+    if st is not None and "turner.facebook" in (st.realm or "").lower():
+        return "messenger"
+    for name in (facts.sni, facts.http_host, facts.dns_query):
+        if name:
+            m = _match(name.lower())
+            if m is not None and m.app in ("messenger", "whatsapp"):
+                return m.app
+    return None
+
+
+def _media_evidence(facts: Facts, app: str | None, guess: MediaGuess) -> bool:
+    """Whether a real-time media guess rests on more than packet sizes and timing: RTP
+    structure validated over several packets, a telephony protocol or a call app's
+    framing in the flow, or a call app behind it."""
+    return (guess.from_rtp or app in CALL_APPS or facts.protocol in CALL_CONTROL
+            or facts.protocol in ("rtp", "srtp") or facts.framing in CALL_FRAMINGS)
 
 
 def _facetime_shape(flow: FlowRecord, facts: Facts) -> bool:

@@ -23,6 +23,7 @@ SIP_PORTS = frozenset({5060, 5061, 5080})
 ZOOM_PORTS = range(8801, 8811)
 _ZOOM_PORT_SET = frozenset(ZOOM_PORTS)
 H323_RAS_PORT = 1719
+SCCP_PORT = 2000
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
 _SIP_FIRST_BYTES = frozenset(start[:1] for start in sip.START_LINES)
 
@@ -99,7 +100,7 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
     if "protocol" not in found:
         _framings_udp(payloads, found)
     if "protocol" not in found:
-        _telephony_udp(orig, resp, found)
+        _telephony_udp(orig, resp, found, ports)
     if "protocol" not in found and H323_RAS_PORT in ports and min(
             len(p.data) for p in payloads) >= 8:
         # H.225.0 RAS is PER-encoded with no fixed bytes: its registered port is the evidence.
@@ -175,10 +176,17 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         found.update(framing="viber", framing_detail=str(vb))
         return
     for data in (orig[0].data if orig else b"", resp[0].data if resp else b""):
-        t = telephony.parse_h225_tpkt(data) or telephony.parse_sccp(data)
+        t = telephony.parse_megaco(data) or telephony.parse_h225_tpkt(data)
+        if t is None and SCCP_PORT in ports:
+            # Skinny's header has no magic: like nDPI, only on Cisco's registered port.
+            t = telephony.parse_sccp(data)
+        t = t or telephony.parse_teamspeak(data, udp=False)
         if t is not None:
             found.update(protocol=t.protocol, framing_detail=t.what)
             return
+    t = telephony.parse_bfcp([p.data for p in payloads[:4]], tcp=True)
+    if t is not None:
+        found.update(protocol=t.protocol, framing_detail=t.what)
 
 
 def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:
@@ -314,6 +322,11 @@ def _sip(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
             msgs = sip.parse_sip(p.data, tcp=tcp)
         except ParseError as exc:
             notes.append(f"sip: {exc}")
+            # Headers too damaged to read: a whole start line still says it is SIP.
+            start = sip.sip_start_line(p.data)
+            if start is not None:
+                out.append(SipSummary(p.frame, p.ts, p.direction, start[0], start[1], None,
+                                      None, ()))
             continue
         for m in msgs:
             media: tuple[tuple[str, int, str, str], ...] = ()
@@ -393,20 +406,30 @@ def _rtcp_reports(payloads: Sequence[PayloadSample]) -> tuple[RtcpReport, ...]:
 
 
 def _telephony_udp(orig: list[PayloadSample], resp: list[PayloadSample],
-                   found: dict[str, object]) -> None:
+                   found: dict[str, object], ports: set[int]) -> None:
     payloads = orig + resp
+    iax_port = telephony.IAX2_PORT in ports
     for p in payloads[:4]:
-        t = telephony.parse_mgcp(p.data) or telephony.parse_agora(p.data)
+        t = (telephony.parse_mgcp(p.data) or telephony.parse_agora(p.data)
+             or telephony.parse_megaco(p.data) or telephony.parse_teamspeak(p.data, udp=True)
+             or telephony.parse_iax2(p.data, iax_port))
         if t is not None:
             found.update(protocol=t.protocol, framing_detail=t.what)
             return
+    t = telephony.parse_bfcp([p.data for p in payloads[:4]], tcp=False)
+    if t is not None:
+        found.update(protocol=t.protocol, framing_detail=t.what)
+        return
     if orig:
         t = telephony.parse_mumble_ping(orig[0].data, resp[0].data if resp else None)
         if t is not None:
             found.update(protocol=t.protocol, framing_detail=t.what)
             return
-    rtcp_like = [p for p in payloads[:6] if rtp.is_rtcp(p.data)]
-    if rtcp_like and len(rtcp_like) * 2 >= min(len(payloads), 6):
+    # RTCP by RFC 3550's validity test on each compound packet, and on more than one
+    # packet where the flow has more: a version-2 byte and a type in 200-207 alone also
+    # occur in game and telemetry traffic.
+    rtcp_ok = sum(rtp.is_rtcp_compound_start(p.data) for p in payloads[:6])
+    if rtcp_ok >= min(2, len(payloads)) and rtcp_ok * 2 >= min(len(payloads), 6):
         found["protocol"] = "rtcp"
 
 
@@ -428,3 +451,6 @@ def _framings_udp(payloads: Sequence[PayloadSample], found: dict[str, object]) -
         if t is not None:
             found.update(protocol="telegram", framing="telegram")
             return
+    # IMO's packet shapes are short markers: two of them in one flow, not one.
+    if framings.imo_packets([p.data for p in payloads[:16]]) >= 2:
+        found.update(protocol="imo", framing="imo")

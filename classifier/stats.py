@@ -86,6 +86,9 @@ class MediaGuess:
     """How sure the decision is, in [0, 1] (also for negative answers)."""
     reason: str
     """One human-readable sentence with the figures that decided it."""
+    from_rtp: bool = False
+    """True when RTP structure decided it (validated streams: version, payload type,
+    sequence and timestamp steps over several packets), not packet sizes and timing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +274,8 @@ def _from_rtp(streams: list[_RtpStream]) -> MediaGuess:
     shown = "; ".join(_describe(s) for s in streams[:2])
     more = f" (+{len(streams) - 2} more)" if len(streams) > 2 else ""
     return MediaGuess(True, kind, False, round(conf, 2),
-                      f"RTP, {len(streams)} media stream(s): {shown}{more}: {verdict}")
+                      f"RTP, {len(streams)} media stream(s): {shown}{more}: {verdict}",
+                      from_rtp=True)
 
 
 # -- per-flow features -------------------------------------------------------------------------

@@ -184,7 +184,58 @@ class SlowDecoder:
             if fam in LOOP_INET6_FAMILIES:
                 return self._ipv6(cur, ctx)
             return None
+        if lt in (LinkType.PPP, LinkType.PPP_HDLC):
+            return self._ppp_or_chdlc(cur, ctx)
+        if lt == LinkType.C_HDLC:
+            return self._chdlc(cur, ctx)
+        if lt == LinkType.PPP_ETHER:
+            cur.layer = "pppoe"
+            cur.skip(6)
+            return self._ppp_protocol(cur, cur.u16(), ctx)
+        if lt == LinkType.PPI and ctx.depth == 0:
+            # PPI (Per-Packet Information): version, flags, header length and the link
+            # type of the packet that follows the header, all little-endian.
+            cur.layer = "ppi"
+            start = cur.pos
+            cur.skip(2)
+            hlen = cur.u16le()
+            inner = cur.u32le()
+            if hlen < 8:
+                raise Malformed("ppi", start, "bad-header-length")
+            cur.seek(start + hlen)
+            ctx.depth += 1
+            return self._link(cur, inner, ctx)
         raise Malformed("link", cur.pos, f"unsupported-linktype-{lt}")
+
+    def _ppp_or_chdlc(self, cur: Cursor, ctx: _Ctx) -> PacketInfo | None:
+        """LINKTYPE_PPP and LINKTYPE_PPP_HDLC: PPP in HDLC-like framing (RFC 1662: address
+        0xFF, control 0x03, then the protocol), PPP with no framing (the protocol first), or
+        Cisco HDLC (address 0x0F or 0x8F), which both link types may carry."""
+        cur.layer = "ppp"
+        first = cur.peek_u8()
+        if first in (0x0F, 0x8F):
+            return self._chdlc(cur, ctx)
+        if first == 0xFF and cur.peek_u8(1) == 0x03:
+            cur.skip(2)
+        # RFC 1661 §6.5: a compressed protocol field is one odd byte.
+        proto = cur.u8() if cur.peek_u8() & 1 else cur.u16()
+        return self._ppp_protocol(cur, proto, ctx)
+
+    def _ppp_protocol(self, cur: Cursor, proto: int, ctx: _Ctx) -> PacketInfo | None:
+        """What follows a PPP protocol field: IPv4 (0x21) or IPv6 (0x57); the rest (link and
+        network control protocols) carries no flow."""
+        if proto == 0x0021:
+            return self._ipv4(cur, ctx)
+        if proto == 0x0057:
+            return self._ipv6(cur, ctx)
+        return None
+
+    def _chdlc(self, cur: Cursor, ctx: _Ctx) -> PacketInfo | None:
+        """Cisco HDLC (RFC 1547 §4.3.1): address (0x0F unicast, 0x8F broadcast), control
+        0x00, then an Ethertype; SLARP keepalives (0x8035) and CDP carry no flow."""
+        cur.layer = "chdlc"
+        cur.skip(2)
+        return self._ethertype(cur, cur.u16(), ctx)
 
     def _ethernet(self, cur: Cursor, ctx: _Ctx) -> PacketInfo | None:
         cur.layer = "ethernet"
@@ -209,13 +260,8 @@ class SlowDecoder:
         if et == ETH_PPPOE:
             cur.layer = "pppoe"
             cur.skip(6)
-            ppp = cur.u16()
             ctx.tunnel = TUNNEL_PPPOE
-            if ppp == 0x0021:
-                return self._ipv4(cur, ctx)
-            if ppp == 0x0057:
-                return self._ipv6(cur, ctx)
-            return None
+            return self._ppp_protocol(cur, cur.u16(), ctx)
         if et == ETH_IPV4:
             return self._ipv4(cur, ctx)
         if et == ETH_IPV6:

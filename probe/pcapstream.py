@@ -27,6 +27,12 @@ pcap file header followed by whole records, so that their frame numbers agree:
   (either way) is a timestamp jump: counted (:attr:`time_jumps`) and passed on;
   nothing here uses packet time as a clock.
 
+* **Patched-libpcap records.** A stream whose first records read better with the
+  longer record headers of the ss990417 or Nokia libpcaps
+  (:func:`probe.sources.pcap_variant`, told once the first three records are in, or
+  the input ended) has each record passed on with the standard 16-byte header, the
+  extra bytes dropped: the file reader and the stream give the same packets.
+
 A stream that does not start with a classic pcap magic (pcapng, gzip) is
 passed on unchanged for the flow reader to judge; :attr:`kind` says which.
 """
@@ -36,11 +42,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from probe.sources import (
+    MIN_SNAP,
     PCAP_HEADER,
     PCAP_MAGICS,
+    PCAP_VARIANTS,
     RECORD_HEADER,
     PcapHeader,
     pcap_header,
+    pcap_variant,
 )
 
 __all__ = ["RESYNC_NEAR_S", "TIME_JUMP_S", "PcapStream"]
@@ -56,6 +65,41 @@ def _section(header: bytes | bytearray) -> PcapHeader | None:
     """The section a 24-byte pcap file header opens (version 2 only), or None."""
     sec = pcap_header(header)
     return sec if sec is not None and sec.major == 2 else None
+
+
+def _lengths(sec: PcapHeader, a: int, b: int) -> tuple[int, int]:
+    """(captured, original) length from a record header's third and fourth fields, in
+    the order the section's version wrote them (:attr:`PcapHeader.lengths_swapped`);
+    the records themselves are passed on as written."""
+    swapped = sec.lengths_swapped
+    if swapped == "yes" or (swapped == "maybe" and a > b):
+        return b, a
+    return a, b
+
+
+VARIANT_WAIT = 1 << 20
+"""Bytes of a stream's start after which its record header variant is told with what
+has come, whole records or not."""
+
+
+def _variant_ready(buf: bytearray, sec: PcapHeader) -> bool:
+    """Whether ``buf`` (a stream's start) holds the first three records as the standard
+    header reads them: enough for :func:`pcap_variant` to find a standard stream
+    standard (nothing wrong with it) or another reading better, without holding a
+    quiet live stream back for longer than its third packet."""
+    if len(buf) >= VARIANT_WAIT:
+        return True
+    pos = PCAP_HEADER
+    for _ in range(3):
+        if pos + RECORD_HEADER > len(buf):
+            return False
+        incl = sec.incl(buf, pos)
+        if incl > MIN_SNAP:
+            return True
+        pos += RECORD_HEADER + incl
+        if pos > len(buf):
+            return False
+    return True
 
 
 class PcapStream:
@@ -78,6 +122,11 @@ class PcapStream:
         """Time of the last record not counted as a jump (the resync reference)."""
         self._damage_at: int | None = None
         """Input offset where the damage being skipped began."""
+        self._extra = 0
+        """Bytes each input record header carries after the standard 16 (the first
+        section's variant)."""
+        self.variant = "pcap"
+        """The first section's record header variant (:data:`probe.sources.PCAP_VARIANTS`)."""
         self.kind: str | None = None
         """``pcap`` once the stream is known to be classic pcap, ``other`` for a stream
         passed on unchanged, None before the first bytes."""
@@ -132,7 +181,7 @@ class PcapStream:
                 self._stop(at, f"capture truncated at byte {at}: a pcap file header with "
                                f"{len(buf)} of {PCAP_HEADER} bytes")
             elif len(buf) >= RECORD_HEADER and cur is not None:
-                want = RECORD_HEADER + cur.record.unpack_from(buf, 0)[2]
+                want = RECORD_HEADER + self._extra + cur.incl(buf, 0)
                 self._stop(at, f"capture truncated at byte {at}: last record has {len(buf)} "
                                f"of {want} bytes")
             else:
@@ -163,6 +212,13 @@ class PcapStream:
                 self.kind = "other"
                 self._buf = bytearray()
                 return bytes(buf)
+            if not eof and not _variant_ready(buf, first):
+                return b""
+            self.variant = pcap_variant(buf, at_eof=eof)
+            self._extra = PCAP_VARIANTS[self.variant]
+            if self._extra:
+                self._note(f"records have the {self.variant} header ({self._extra} bytes "
+                           "more than the standard 16): passed on as standard records")
             self.kind = "pcap"
             self.sections = 1
             self._out = self._cur = first
@@ -207,30 +263,33 @@ class PcapStream:
                         break
                     self.sections += 1
                     self._cur = sec
+                    self._extra = 0  # a section's variant is told at the stream's start only
                     self._note(f"capture {self.sections} begins at byte {self._base + pos} "
                                f"(frame {self.frames + 1}): read on")
                     pos = run = pos + PCAP_HEADER
                     continue
-            if pos + RECORD_HEADER > end:
+            rec_len = RECORD_HEADER + self._extra
+            if pos + rec_len > end:
                 break
-            sec_s, frac, incl, orig = cur.record.unpack_from(buf, pos)
+            sec_s, frac, len_a, len_b = cur.record.unpack_from(buf, pos)
+            incl, orig = _lengths(cur, len_a, len_b)
             if not self._plausible(cur, frac, incl, orig):
                 out += buf[run:pos]
                 self._damage_at = self._base + pos
                 run = pos
                 continue
-            nxt = pos + RECORD_HEADER + incl
+            nxt = pos + rec_len + incl
             if nxt > end:
                 break
             ts = sec_s + frac * cur.frac_ns / 1e9
             self._time(ts)
-            if cur.order != out_sec.order or cur.frac_ns != out_sec.frac_ns:
+            if cur.order != out_sec.order or cur.frac_ns != out_sec.frac_ns or self._extra:
                 out += buf[run:pos]
                 if cur.frac_ns != out_sec.frac_ns:
                     frac = frac * cur.frac_ns // out_sec.frac_ns
-                out += out_sec.record.pack(sec_s, frac, incl, orig)
-                out += buf[pos + RECORD_HEADER:nxt]
-                self.converted += 1
+                out += out_sec.record.pack(sec_s, frac, len_a, len_b)
+                out += buf[pos + rec_len:nxt]
+                self.converted += not self._extra
                 run = nxt
             self.frames += 1
             pos = nxt
@@ -250,11 +309,12 @@ class PcapStream:
 
     def _candidate(self, buf: bytearray, p: int, sec: PcapHeader) -> int | None:
         """End of a plausible record at ``p`` (strict checks), or None."""
-        s, frac, incl, orig = (int(x) for x in sec.record.unpack_from(buf, p))
+        s, frac, len_a, len_b = (int(x) for x in sec.record.unpack_from(buf, p))
+        incl, orig = _lengths(sec, len_a, len_b)
         if not (self._plausible(sec, frac, incl, orig) and incl <= orig
                 and self._near(s + frac * sec.frac_ns / 1e9)):
             return None
-        return p + RECORD_HEADER + incl
+        return p + RECORD_HEADER + self._extra + incl
 
     def _resync(self, buf: bytearray, pos: int, eof: bool) -> tuple[int | None, int]:
         """(offset of the next plausible record or pcap file header from ``pos``, None if
@@ -263,7 +323,7 @@ class PcapStream:
         assert cur is not None
         end = len(buf)
         for p in range(pos, end):
-            if p + RECORD_HEADER > end:
+            if p + RECORD_HEADER + self._extra > end:
                 return None, p
             if bytes(buf[p:p + 4]) in PCAP_MAGICS:
                 if p + PCAP_HEADER > end:
@@ -275,7 +335,7 @@ class PcapStream:
                 continue
             if nxt == end and eof:
                 return p, p
-            if nxt + RECORD_HEADER > end:
+            if nxt + RECORD_HEADER + self._extra > end:
                 if eof:
                     continue
                 return None, p  # wait for the bytes that tell

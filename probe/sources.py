@@ -11,9 +11,16 @@ cannot trust and says where in :class:`ReadStatus` (``complete=False``,
 ``stopped_at`` = byte offset in the decompressed input). An input that is not a
 capture at all raises :class:`~probe.errors.NotACapture` before any batch.
 
+A classic pcap file may come from one of the patched libpcaps of 1999 or from a
+Nokia appliance, whose record headers carry 4, 8 or 12 bytes more than the standard
+16 with nothing in the file header to say so (the ss990417 and Nokia variants use the
+standard magic; ss990915 and ss991029 the modified magic 0xA1B2CD34). As Wireshark's
+reader does, the variant is told by reading the first three records as each candidate
+and taking the one whose headers make the most sense (:func:`pcap_variant`).
+
 References: pcap format (draft-ietf-opsawg-pcap), pcapng
 (draft-ietf-opsawg-pcapng) sections 4.1 SHB, 4.2 IDB, 4.3 EPB, 4.4 SPB,
-appendix A OPB.
+appendix A OPB; the record header variants as Wireshark's wiretap/libpcap.c reads them.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -45,8 +52,10 @@ __all__ = [
     "PCAPNG_SHB",
     "PCAP_HEADER",
     "PCAP_MAGICS",
+    "PCAP_MAGIC_MODIFIED",
     "PCAP_MAGIC_NS",
     "PCAP_MAGIC_US",
+    "PCAP_VARIANTS",
     "RECORD_HEADER",
     "CaptureSource",
     "LinkType",
@@ -55,11 +64,14 @@ __all__ = [
     "ReadStatus",
     "open_source",
     "pcap_header",
+    "pcap_variant",
     "record_offsets",
 ]
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
+PCAP_MAGIC_MODIFIED = 0xA1B2CD34
+"""Magic of the ss990915 and ss991029 patched libpcaps (microsecond timestamps)."""
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 GZIP_MAGIC = b"\x1f\x8b"
@@ -82,6 +94,15 @@ PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000
                b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
 """Classic pcap magic, as its four bytes appear in the file -> (byte order, nanoseconds
 per unit of a record's fraction field)."""
+_MODIFIED_MAGICS = {b"\x34\xcd\xb2\xa1": "<", b"\xa1\xb2\xcd\x34": ">"}
+PCAP_VARIANTS = {"pcap": 0, "ss990417": 8, "nokia": 4, "ss991029": 8, "ss990915": 12}
+"""Classic pcap record header variants -> bytes their record headers carry after the
+standard 16: an interface index, protocol, packet type and padding (ss99*), four
+bytes of unknown use (Nokia)."""
+_STANDARD_VARIANTS = ("pcap", "ss990417", "nokia")
+_MODIFIED_VARIANTS = ("ss991029", "ss990915")
+MAX_WIRE_TRY = 128 << 20
+"""An original length past this (128 MiB) marks a record header read the wrong way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +122,31 @@ class PcapHeader:
     fcs: int
     """Bytes of frame check sequence at the end of each packet (0 if the field says
     none)."""
+    minor: int = 4
+    """Minor version."""
+    extra: int = 0
+    """Bytes each record header carries after the standard 16 (:data:`PCAP_VARIANTS`)."""
+
+    @property
+    def lengths_swapped(self) -> str:
+        """Where a record's captured length is: ``no`` (the third field); ``yes`` (the
+        fourth: files before version 2.3 wrote the two lengths the other way round, and
+        DG/UX's tcpdump writes version 543 that way); ``maybe`` (version 2.3, which some
+        writers wrote either way: the smaller of the two is the captured length). As
+        libpcap and Wireshark read them."""
+        if self.major == 543 or (self.major == 2 and self.minor < 3) or self.major < 2:
+            return "yes"
+        if self.major == 2 and self.minor == 3:
+            return "maybe"
+        return "no"
+
+    def incl(self, buf: bytes | bytearray, pos: int) -> int:
+        """Captured length of the record whose header starts at ``pos``."""
+        swapped = self.lengths_swapped
+        if swapped == "no":
+            return int(_INCL[self.order](buf, pos + 8)[0])
+        a, b = _LENGTHS[self.order](buf, pos + 8)
+        return int(b) if swapped == "yes" else int(min(a, b))
 
     @property
     def max_incl(self) -> int:
@@ -114,6 +160,7 @@ class PcapHeader:
 
 
 _RECORD = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
+_LENGTHS = {"<": struct.Struct("<II").unpack_from, ">": struct.Struct(">II").unpack_from}
 
 
 def pcap_header(data: bytes | bytearray) -> PcapHeader | None:
@@ -123,9 +170,83 @@ def pcap_header(data: bytes | bytearray) -> PcapHeader | None:
     if kind is None or len(data) < PCAP_HEADER:
         return None
     order, frac_ns = kind
-    major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
+    major, minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
         order + "HHiIII", data, 4)
-    return PcapHeader(order, frac_ns, major, snaplen, *_link_info(network))
+    return PcapHeader(order, frac_ns, major, snaplen, *_link_info(network), minor=minor)
+
+
+def _try_variant(buf: bytes | bytearray, header: PcapHeader, extra: int, name: str,
+                 at_eof: bool) -> int:
+    """How many things are wrong with the first three records of ``buf`` (from byte 24)
+    read with record headers of ``16 + extra`` bytes: Wireshark's figure of merit, 0 when
+    nothing is. A fraction of a second past a million microseconds, a captured length past
+    the largest packet or the declared snapshot length, an original length past 128 MiB or
+    smaller than the captured one, a record cut short by the end of the file; for the
+    ss99* headers an interface index past 10000, a protocol that is neither an Ethertype
+    nor one of Linux's ETH_P_ values, a packet type past 4; for Nokia's, four bytes not of
+    the form seen in its files."""
+    o = header.order
+    merit = 0
+    pos = PCAP_HEADER
+    for _ in range(3):
+        if pos + RECORD_HEADER + extra > len(buf):
+            merit += at_eof and pos < len(buf)
+            break
+        _sec, frac, incl, orig = struct.unpack_from(o + "IIII", buf, pos)
+        merit += frac >= 1_000_000
+        too_big = incl > MIN_SNAP
+        merit += too_big
+        merit += incl > header.snaplen
+        merit += orig > MAX_WIRE_TRY
+        merit += incl > orig
+        if name == "nokia":
+            stuff = struct.unpack_from(o + "I", buf, pos + 16)[0]
+            merit += not (stuff & 0x0FFF00F0 == 0x0FBF0000
+                          and stuff & 0xF0000000 in (0x90000000, 0xB0000000)
+                          and stuff & 0x0000F000 in (0x0000B000, 0x0000D000)
+                          and stuff & 0x00000F00 in (0x00000600, 0x00000900)
+                          and stuff & 0x0000000F in (1, 2))
+        elif extra:
+            ifindex, proto, ptype = struct.unpack_from(o + "IHB", buf, pos + 16)
+            merit += ifindex > 10000
+            merit += not (proto >= 0x0600 or proto in (0x0060, 0x0200, 0x0400)
+                          or proto <= 0x0017)
+            merit += ptype > 4
+        if too_big:
+            break
+        pos += RECORD_HEADER + extra + incl
+        if pos > len(buf):
+            merit += at_eof
+            break
+    return merit
+
+
+def pcap_variant(buf: bytes | bytearray, at_eof: bool = True) -> str:
+    """Which record header variant the classic pcap file starting ``buf`` uses (a key of
+    :data:`PCAP_VARIANTS`), by Wireshark's rule: each candidate of the file's magic in
+    turn reads the first three records; the first with nothing wrong wins, else the one
+    with fewest things wrong. Only files of version 2.4 (the standard magic) can be a
+    variant, and nanosecond files never are. ``at_eof`` says ``buf`` holds the whole file
+    (a record cut by its end then counts against the candidate)."""
+    magic = bytes(buf[:4])
+    order = _MODIFIED_MAGICS.get(magic)
+    candidates: tuple[str, ...]
+    if order is not None:
+        candidates = _MODIFIED_VARIANTS
+        header = pcap_header(PCAP_MAGIC_US.to_bytes(4, "little" if order == "<" else "big")
+                             + bytes(buf[4:PCAP_HEADER]))
+    else:
+        header = pcap_header(buf)
+        if header is None or header.frac_ns != 1000 or (header.major, header.minor) < (2, 4):
+            return "pcap"
+        candidates = _STANDARD_VARIANTS
+    if header is None:
+        return "pcap"
+    merits = [_try_variant(buf, header, PCAP_VARIANTS[c], c, at_eof) for c in candidates]
+    for name, merit in zip(candidates, merits, strict=True):
+        if merit == 0:
+            return name
+    return candidates[merits.index(min(merits))]
 
 
 def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
@@ -138,9 +259,18 @@ def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
     offs: list[int] = []
     ap = offs.append
     end = len(buf)
-    last = end - RECORD_HEADER
+    rec_len = RECORD_HEADER + header.extra
+    last = end - rec_len
+    if header.lengths_swapped != "no":
+        while pos <= last:
+            nxt = pos + rec_len + header.incl(buf, pos)
+            if nxt > end:
+                break
+            ap(pos)
+            pos = nxt
+        return offs, pos
     while pos <= last:
-        nxt = pos + RECORD_HEADER + incl_at(buf, pos + 8)[0]
+        nxt = pos + rec_len + incl_at(buf, pos + 8)[0]
         if nxt > end:
             break
         ap(pos)
@@ -156,11 +286,16 @@ class LinkType(IntEnum):
 
     NULL = 0
     ETHERNET = 1
+    PPP = 9
     RAW_12 = 12
     RAW_14 = 14
+    PPP_HDLC = 50
+    PPP_ETHER = 51
     RAW = 101
+    C_HDLC = 104
     LOOP = 108
     LINUX_SLL = 113
+    PPI = 192
     IPV4 = 228
     IPV6 = 229
     LINUX_SLL2 = 276
@@ -197,6 +332,8 @@ class ReadStatus:
     """Path of the capture, or ``-`` for standard input."""
     format: str = "?"
     """``pcap`` or ``pcapng``."""
+    variant: str = "pcap"
+    """For a classic pcap file, its record header variant (:data:`PCAP_VARIANTS`)."""
     compressed: bool = False
     """True if the input was gzip-compressed."""
     packets: int = 0
@@ -467,7 +604,7 @@ class CaptureSource:
             self._kind = "pcapng"
             return
         for value, big in ((le, False), (be, True)):
-            if value in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
+            if value in (PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAP_MAGIC_MODIFIED):
                 self.status.format = "pcap"
                 self._kind = "pcap"
                 self._big = big
@@ -518,12 +655,22 @@ class CaptureSource:
             buf, _, _ = self._more(buf, 0)
         if len(buf) < 24:
             raise NotACapture(f"{st.source}: pcap file header truncated ({len(buf)} of 24 bytes)")
+        variant = pcap_variant(buf, at_eof=not self._in.pipe and len(buf) < self.chunk_size)
+        order = _MODIFIED_MAGICS.get(bytes(buf[:4]))
+        if order is not None:  # the modified magic: otherwise a standard header
+            buf = (PCAP_MAGIC_US.to_bytes(4, "little" if order == "<" else "big")
+                   + bytes(buf[4:]))
         hdr0 = pcap_header(buf)
         assert hdr0 is not None  # the magic was checked in _detect
+        extra = PCAP_VARIANTS[variant]
+        hdr0 = replace(hdr0, extra=extra)
+        st.variant = variant
+        rec_len = RECORD_HEADER + extra
         linktype, fcs = hdr0.linktype, hdr0.fcs
         st.linktypes.add(linktype)
         max_incl = hdr0.max_incl
-        incl_at = _INCL[hdr0.order]
+        incl_at = hdr0.incl
+        swapped = hdr0.lengths_swapped
         frac_scale = hdr0.frac_ns
         base = 0  # file offset of buf[0]
         pos = PCAP_HEADER
@@ -531,16 +678,22 @@ class CaptureSource:
         eof = False
         while True:
             bad = False
-            last = len(buf) - RECORD_HEADER
+            last = len(buf) - rec_len
             # The tight loop: record lengths are checked against max_incl afterwards, in bulk.
             offs, pos = record_offsets(buf, pos, hdr0)
-            if pos <= last and incl_at(buf, pos + 8)[0] > max_incl:
+            if pos <= last and incl_at(buf, pos) > max_incl:
                 bad = True
             if offs:
                 o = np.asarray(offs, dtype=np.int64)
                 arr = np.frombuffer(buf, dtype=np.uint8)
                 hdr = arr[o[:, None] + np.arange(16)].view(">u4" if self._big else "<u4")
                 hdr = hdr.astype(np.int64)
+                if swapped == "yes":
+                    hdr = hdr[:, [0, 1, 3, 2]]
+                elif swapped == "maybe":
+                    lo = np.minimum(hdr[:, 2], hdr[:, 3])
+                    hdr[:, 3] = np.maximum(hdr[:, 2], hdr[:, 3])
+                    hdr[:, 2] = lo
                 over = np.flatnonzero(hdr[:, 2] > max_incl)
                 if len(over):  # a corrupt record header: keep what came before it
                     k = int(over[0])
@@ -554,15 +707,15 @@ class CaptureSource:
                     cap = np.minimum(cap, wire)
                 n = len(o)
                 if n:
-                    yield RawBatch(buf, o + 16, cap, wire,
+                    yield RawBatch(buf, o + rec_len, cap, wire,
                                    sec * 1_000_000_000 + frac * frac_scale,
                                    np.full(n, linktype, dtype=np.int32), frame)
                 frame += n
                 st.packets += n
             damage = (f"corrupt record header at byte {base + pos}: captured length "
-                      f"{incl_at(buf, pos + 8)[0]} exceeds {max_incl}") if bad else None
+                      f"{incl_at(buf, pos)} exceeds {max_incl}") if bad else None
             left = len(buf) - pos
-            want = 16 + incl_at(buf, pos + 8)[0] if left >= 16 else 16
+            want = rec_len + incl_at(buf, pos) if left >= 16 else rec_len
             if self._pass_ends(buf, base, pos, eof, damage,
                                f"last record has {left} of {want} bytes"):
                 return

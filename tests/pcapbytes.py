@@ -38,3 +38,12 @@ def split(data: bytes) -> tuple[bytes, list[bytes]]:
         pos += 16 + incl
     assert pos == len(data)
     return data[:24], out
+
+
+def tcp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes, seq: int = 1,
+              flags: int = 0x18) -> bytes:
+    """An Ethernet frame of one IPv4 TCP segment (PSH+ACK unless told; checksums zero)."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 1, 5 << 4, flags, 65535, 0, 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0,
+                     bytes(int(x) for x in src.split(".")), bytes(int(x) for x in dst.split(".")))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp

@@ -423,8 +423,10 @@ def test_facetime_media_is_rtp_from_a_stable_source_every_20ms() -> None:
 
 
 def test_whatsapp_and_messenger_calls_differ_on_the_same_meta_space() -> None:
-    """Both relays are in Meta's shared blocks, which name no single app: only the STUN
-    bytes (WhatsApp's message types vs a REALM naming facebook) tell the calls apart."""
+    """Both relays are in Meta's shared blocks, which name no single app, and the phone
+    runs both apps: the STUN bytes (WhatsApp's message types vs a REALM naming facebook)
+    tell the calls apart. (On a host whose signalling is Messenger's alone, the same
+    message types are Messenger's: tests/unit/classifier/test_meta_calls.py.)"""
     pairs = _classified(APPS_DIR / "messenger.pcap")
     calls = {}
     for relay, port in (("157.240.22.60", 52003), ("31.13.66.49", 52004)):

@@ -18,6 +18,9 @@ these markers are short and need the flow's ports or addresses to back them.
 - Viber: the short UDP and length-prefixed TCP framings of the Viber app.
 - WhatsApp: the chat connection prologue on TCP (``ED 00 01`` edge routing
   header, ``WA`` + version).
+- IMO: the call packets nDPI's imo.c recognises: the 10-byte ping ``09 02``, the
+  11-byte ``00 09 03`` reply through a relay and 1099-byte ``88 49 1a 00`` media
+  packets; marsad wants two of them in a flow (:func:`imo_packets`).
 
 Errors (all from :mod:`probe.errors`)::
 
@@ -51,6 +54,8 @@ __all__ = [
     "ZoomP2pHello",
     "ZoomSfu",
     "ZoomSfuType",
+    "imo_packets",
+    "is_imo_packet",
     "parse_discord",
     "parse_telegram_relay",
     "parse_viber",
@@ -471,3 +476,22 @@ def parse_whatsapp_prologue(payload: bytes | bytearray | memoryview) -> WhatsApp
             raise Truncated(WHATSAPP_LAYER, cur.pos - 3, f"frame of {frame_len} bytes, "
                             f"{cur.remaining()} left")
     return WhatsAppPrologue(edge, routing, version, frame_len)
+
+
+# -- IMO ------------------------------------------------------------------------------------
+# Layout facts: nDPI's imo.c (the packet shapes below); checked against nDPI's imo.pcap.
+
+
+def is_imo_packet(payload: bytes | bytearray | memoryview) -> bool:
+    """One of the IMO call packet shapes: a 10-byte ``09 02`` ping, an 11-byte
+    ``00 09 03`` reply (a relay prefixes a 16-bit length) or a 1099-byte
+    ``88 49 1a 00`` packet."""
+    n = len(payload)
+    head = bytes(payload[:4])
+    return ((n == 10 and head[:2] == b"\x09\x02") or (n == 11 and head[:3] == b"\x00\x09\x03")
+            or (n == 1099 and head == b"\x88\x49\x1a\x00"))
+
+
+def imo_packets(payloads: list[bytes]) -> int:
+    """How many of a flow's payloads have an IMO call packet shape."""
+    return sum(is_imo_packet(p) for p in payloads)

@@ -669,14 +669,17 @@ def _gquic_stream_frame(cur: Cursor, big_endian: bool) -> tuple[int, int, bytes]
 
 
 def _gquic_handshake_data(cur: Cursor, big_endian: bool) -> bytes:
-    """Data at offset 0 of the crypto stream (id 1) from the frames of one packet."""
+    """The CHLO on the crypto stream (id 1) from the frames of one packet: the data at
+    offset 0, or data that starts with the CHLO tag at any offset (a client that sent
+    its first CHLO in a packet not captured, or sends a new one after it: Wireshark
+    reads it there too)."""
     layer = cur.layer
     while not cur.eof():
         at = cur.pos
         ftype = cur.peek_u8()
         if ftype & 0x80:
             stream_id, offset, data = _gquic_stream_frame(cur, big_endian)
-            if stream_id == 1 and offset == 0:
+            if stream_id == 1 and (offset == 0 or data[:4] == b"CHLO"):
                 return data
         elif ftype == 0x00:  # PADDING runs to the end of the packet
             break

@@ -42,6 +42,7 @@ __all__ = [
     "SdesType",
     "SenderInfo",
     "is_rtcp",
+    "is_rtcp_compound_start",
     "is_rtp",
     "parse_rtcp",
     "parse_rtp",
@@ -467,3 +468,19 @@ def is_rtcp(payload: bytes | bytearray | memoryview) -> bool:
         return False
     words = (payload[2] << 8) | payload[3]
     return (words + 1) * 4 <= len(payload)
+
+
+def is_rtcp_compound_start(payload: bytes | bytearray | memoryview) -> bool:
+    """RFC 3550 appendix A.2's header validity for the first packet of a compound RTCP
+    packet, which SRTCP leaves in clear (RFC 3711 §3.4): version 2, no padding, a sender
+    or receiver report whose length holds its report count's blocks (SR: 6 + 6 RC words,
+    RR: 1 + 6 RC) and fits the datagram."""
+    if len(payload) < 8 or payload[0] >> 6 != 2 or payload[0] & 0x20:
+        return False
+    pt = payload[1]
+    if pt not in (200, 201):
+        return False
+    rc = payload[0] & 0x1F
+    words = (payload[2] << 8) | payload[3]
+    need = (6 if pt == 200 else 1) + 6 * rc
+    return need <= words and (words + 1) * 4 <= len(payload)

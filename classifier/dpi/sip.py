@@ -43,6 +43,7 @@ __all__ = [
     "media_endpoints",
     "parse_sdp",
     "parse_sip",
+    "sip_start_line",
 ]
 
 LAYER = "sip"
@@ -501,3 +502,21 @@ def parse_sip(data: bytes | bytearray | memoryview, *, tcp: bool = False) -> tup
     if not out:
         raise Malformed(LAYER, 0, "no SIP message")
     return tuple(out)
+
+
+def sip_start_line(data: bytes | bytearray | memoryview) -> tuple[str | None, int | None] | None:
+    """(method, status) from a SIP start line alone (RFC 3261 §7.1-7.2: ``Method SP
+    Request-URI SP SIP/2.0`` or ``SIP/2.0 SP Status-Code SP Reason``), for a message whose
+    headers are too damaged to parse: its first line still says it is SIP. None if the
+    first line is not one."""
+    end = bytes(data[:512]).find(b"\r\n")
+    if end < 0:
+        return None
+    parts = bytes(data[:end]).split(b" ", 2)
+    if len(parts) != 3:
+        return None
+    if parts[0] == b"SIP/2.0" and len(parts[1]) == 3 and parts[1].isdigit():
+        return None, int(parts[1])
+    if parts[2] == b"SIP/2.0" and parts[0].isalpha() and parts[0].isupper() and parts[1]:
+        return parts[0].decode(), None
+    return None

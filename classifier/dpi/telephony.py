@@ -8,6 +8,14 @@ ping (a 12-byte request, 24-byte reply carrying the server version and user
 counts) and Agora's SD-RTN control messages (a 4-byte id, a 16-bit zero, a
 message type, and a length-prefixed three-letter tag).
 
+Also IAX2 (RFC 5456: full frames with a 12-byte header and information elements,
+UDP 4569), Megaco/H.248 in its text encoding (ITU-T H.248.1 annex B, RFC 3525:
+``MEGACO/1`` or ``!/1`` and the sender's mId), BFCP (RFC 8855, RFC 4582: a 12-byte
+common header whose conference ID stays the same across messages) and TeamSpeak
+(``TS3INIT1`` opening a TeamSpeak 3 session on UDP; TeamSpeak 2's ``f4 be 0x 00``
+connection packets), after the layouts nDPI's iax.c, megaco.c, bfcp.c and
+teamspeak.c test.
+
 Each ``parse_*`` returns a small record when the bytes have the layout, or
 None. They never raise: bytes that merely do not fit are simply not that
 protocol.
@@ -18,14 +26,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "IAX2_PORT",
     "Telephony",
     "parse_agora",
+    "parse_bfcp",
     "parse_h225_tpkt",
+    "parse_iax2",
+    "parse_megaco",
     "parse_mgcp",
     "parse_mumble_ping",
     "parse_sccp",
+    "parse_teamspeak",
     "parse_tpkt",
 ]
+
+IAX2_PORT = 4569
+"""IANA's port for IAX2 (RFC 5456 §2)."""
+IAX2_FRAME_TYPES = range(0x01, 0x0B)
+"""RFC 5456 §8.2: DTMF, voice, video, control, null, IAX, text, image, HTML, comfort
+noise."""
+IAX2_MAX_IES = 32
 
 MGCP_VERBS = frozenset({b"EPCF", b"CRCX", b"MDCX", b"DLCX", b"RQNT", b"NTFY", b"AUEP", b"AUCX",
                         b"RSIP"})
@@ -39,7 +59,8 @@ class Telephony:
     """A telephony control message recognised in a payload."""
 
     protocol: str
-    """``mgcp``, ``h323``, ``sccp``, ``mumble`` or ``agora``."""
+    """``mgcp``, ``h323``, ``sccp``, ``mumble``, ``agora``, ``iax2``, ``megaco``,
+    ``bfcp`` or ``teamspeak``."""
     what: str
     """The command, message id or message type, for the explanation."""
 
@@ -114,3 +135,81 @@ def parse_agora(data: bytes) -> Telephony | None:
     if not 1 <= data[12] <= 8 or not tag.isalpha() or not tag.isupper():
         return None
     return Telephony("agora", f"type 0x{data[6]:02x} {tag.decode()}")
+
+
+def _iax2_ies_fill(data: bytes, pos: int) -> bool:
+    """Whether information elements (one byte of type, one of length, the data) from
+    ``pos`` end exactly at the end of ``data`` (RFC 5456 §8.6)."""
+    for _ in range(IAX2_MAX_IES):
+        if pos == len(data):
+            return True
+        if pos + 2 > len(data):
+            return False
+        pos += 2 + data[pos + 1]
+    return pos == len(data)
+
+
+def parse_iax2(data: bytes, on_port: bool) -> Telephony | None:
+    """An IAX2 full frame (RFC 5456 §8.1.1): the F bit, source and destination call
+    numbers, a 32-bit timestamp, outbound and inbound sequence numbers, a frame type
+    (1-10) and a subclass. Off UDP 4569 only the opening of a call is taken, as nDPI
+    does: an IAX control frame (type 6) with both sequence numbers at their start and
+    information elements that fill the datagram exactly."""
+    if len(data) < 12 or not data[0] & 0x80 or data[10] not in IAX2_FRAME_TYPES:
+        return None
+    ftype, sub = data[10], data[11] & 0x7F
+    opening = ftype == 0x06 and data[8] == 0 and data[9] <= 1 and _iax2_ies_fill(data, 12)
+    if opening or (on_port and (ftype != 0x06 or _iax2_ies_fill(data, 12))):
+        return Telephony("iax2", f"frame type {ftype} subclass {sub}")
+    return None
+
+
+def parse_megaco(data: bytes) -> Telephony | None:
+    """A Megaco/H.248 text message: ``MEGACO/`` or ``!/`` and a version digit, white
+    space, then the sender's mId (a bracketed address or an angle-bracketed domain
+    name). Over TCP each message comes in a TPKT packet (H.248.1 annex D.1)."""
+    if len(data) >= 4 and data[0] == 3 and data[1] == 0:
+        data = data[4:]
+    for token in (b"MEGACO/", b"!/"):
+        if data.startswith(token):
+            rest = data[len(token):]
+            if len(rest) >= 3 and rest[:1].isdigit() and rest[1:2] in (b" ", b"\t"):
+                mid = rest[2:].lstrip(b" \t")
+                if mid[:1] in (b"[", b"<"):
+                    return Telephony("megaco", token.decode().rstrip("/") + " " + chr(rest[0]))
+    return None
+
+
+def _bfcp_header(data: bytes, tcp: bool) -> int | None:
+    """Conference ID of a BFCP message (RFC 8855 §5.1: version 1 or 2, reserved bits
+    zero, primitive 1-17, payload length in 4-octet units after the 12-byte header),
+    or None."""
+    if len(data) < 12:
+        return None
+    version = data[0] >> 5
+    if version not in (1, 2) or data[0] & 0x07 or not 1 <= data[1] <= 17:
+        return None
+    size = 12 + 4 * int.from_bytes(data[2:4], "big")
+    if size > len(data) or (not tcp and size != len(data)):
+        return None
+    return int.from_bytes(data[4:8], "big")
+
+
+def parse_bfcp(payloads: list[bytes], tcp: bool) -> Telephony | None:
+    """BFCP: at least two messages with the common header, all of one conference."""
+    conferences = [_bfcp_header(p, tcp) for p in payloads]
+    if len(conferences) < 2 or None in conferences or len(set(conferences)) != 1:
+        return None
+    return Telephony("bfcp", f"conference {conferences[0]}")
+
+
+def parse_teamspeak(data: bytes, udp: bool) -> Telephony | None:
+    """TeamSpeak 3's session opening (``TS3INIT1`` on UDP) or a TeamSpeak 2 connection
+    packet (``f4 be`` and a type 01-03, 00)."""
+    if len(data) < 20:
+        return None
+    if udp and data.startswith(b"TS3INIT1"):
+        return Telephony("teamspeak", "TeamSpeak 3 init")
+    if data[:2] == b"\xf4\xbe" and data[2] in (1, 2, 3) and data[3] == 0:
+        return Telephony("teamspeak", "TeamSpeak 2 connection")
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import struct
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -322,3 +323,29 @@ def test_initial_frames_errors_where_a_cursor_would() -> None:
     with pytest.raises(Truncated) as exc:
         quic.parse_initial_frames(b"\x06\x40")
     assert (exc.value.offset, exc.value.reason) == (1, "need 2 bytes, 1 left")
+
+
+def _chlo(tags: list[tuple[bytes, bytes]]) -> bytes:
+    """A gQUIC handshake message: tag, count, padding, (tag, end offset) entries, values."""
+    out = b"CHLO" + struct.pack("<HH", len(tags), 0)
+    end = 0
+    for tag, value in tags:
+        end += len(value)
+        out += tag + struct.pack("<I", end)
+    return out + b"".join(v for _, v in tags)
+
+
+def test_gquic_q046_chlo_at_a_later_stream_offset() -> None:
+    """A CHLO sent again at offset 1024 of the crypto stream (its first copy not
+    captured) is still read, as Wireshark reads it."""
+    chlo = _chlo([(b"SNI\x00", b"www.youtube.com"), (b"UAID", b"Chrome/74.0 Android 8.0.0"),
+                  (b"VER\x00", b"Q046")])
+    frame = b"\xa4\x01" + struct.pack(">HH", 1024, len(chlo)) + chlo
+    packet = (b"\xc3Q046\x50" + bytes.fromhex("eacfe6e706df272d") + b"\x00\x00\x00\x04"
+              + bytes(12) + frame + bytes(40))
+    hello = quic.parse_gquic_packet(packet)
+    assert (hello.version, hello.sni, hello.uaid) == (QuicVersion.Q046, "www.youtube.com",
+                                                      "Chrome/74.0 Android 8.0.0")
+    other = b"\xa4\x03" + struct.pack(">HH", 1024, len(chlo)) + chlo  # stream 3: not crypto
+    with pytest.raises(ParseError):
+        quic.parse_gquic_packet(packet.replace(frame, other))

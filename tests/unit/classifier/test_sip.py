@@ -14,6 +14,7 @@ from classifier.dpi.sip import (
     media_endpoints,
     parse_sdp,
     parse_sip,
+    sip_start_line,
 )
 from probe.errors import Malformed, ParseError, Truncated
 
@@ -170,3 +171,17 @@ def test_fuzz_only_parse_errors_escape() -> None:
         for tcp in (False, True):
             with contextlib.suppress(ParseError):
                 parse_sip(bytes(data), tcp=tcp)
+
+
+def test_a_damaged_message_is_still_sip_by_its_start_line() -> None:
+    """A REGISTER whose header lines are mangled (a fuzzed capture) cannot be parsed,
+    but its request line is whole: the flow is SIP all the same."""
+    damaged = (b"REGISTER sip:sip.example.net SIP/2.0\r\nVi\x1d: SIP/2.0/UDP 10.0.0.1\r\n"
+               b"\xff\xfe broken\r\n\r\n")
+    with pytest.raises(ParseError):
+        parse_sip(damaged)
+    assert sip_start_line(damaged) == ("REGISTER", None)
+    assert sip_start_line(b"SIP/2.0 401 Unauthorized\r\nx") == (None, 401)
+    assert sip_start_line(b"CANCEL qip:123@host SIP/2.0\r\n") == ("CANCEL", None)
+    assert sip_start_line(b"REGISTER sip:a SIP/3.0\r\n") is None
+    assert sip_start_line(b"GET / HTTP/1.1\r\n") is None
