@@ -41,11 +41,11 @@ from classifier.records import (
     Classification,
     Facts,
     Method,
-    pickled_by_position,
 )
 from classifier.stats import MediaGuess, media_guess
 from probe.addresses import orig_is_local
 from probe.records import FlowRecord
+from probe.speed import pickled_by_position
 
 __all__ = ["Classifier", "Observation", "classify_flows"]
 

@@ -46,10 +46,10 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from classifier.records import pickled_by_position
 from probe.payload_types import STATIC_PAYLOAD_TYPES
 from probe.payload_types import Media as StaticMedia
 from probe.records import ORIG, RESP, FlowRecord, RtpSeries
+from probe.speed import pickled_by_position
 
 __all__ = [
     "DEFAULT_RULES",
