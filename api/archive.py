@@ -653,5 +653,9 @@ def run_batch(sources: Sequence[str], out: str, settings: Settings, executor: Ex
         summary.outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
+    fs, root = _fs(out)
+    staging = posixpath.join(root, _STAGING)
+    if fs.exists(staging):  # every task is done with it
+        fs.rm(staging, recursive=True)
     summary.seconds = time.monotonic() - t0
     return summary

@@ -918,10 +918,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.error("--calls-csv goes with --csv")
     if args.command in ("flows", "analyze"):
         if args.out is not None:
-            if args.fmt is not None or args.calls_csv is not None \
-                    or getattr(args, "ledger", None) is not None or "-" in args.capture:
+            if args.fmt is not None or "-" in args.capture or any(
+                    getattr(args, k, None) for k in ("calls_csv", "ledger", "samples")):
                 sub.error("--out writes a dataset: give capture files or directories, "
-                          "without an output format, --calls-csv or --ledger")
+                          "without an output format, --calls-csv, --ledger or --samples")
             args.func = _run_batch
         elif len(args.capture) > 1:
             sub.error("several captures go into a dataset: add --out DIR")
