@@ -248,7 +248,7 @@ def expand_inputs(specs: Sequence[str]) -> list[str]:
     out: list[str] = []
     for spec in specs:
         fs, path = _fs(spec)
-        proto = "" if _is_local(fs) else _protocol(spec)
+        proto = _protocol(spec)
         if glob.has_magic(path):
             found = sorted(fs.glob(path))
             files = [p for p in found if fs.isfile(p)]
