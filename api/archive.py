@@ -56,6 +56,8 @@ from probe import CaptureError, FlowReader, ends
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
+    from api.store import Store
+
 __all__ = [
     "PARTITION",
     "TABLES",
@@ -68,6 +70,7 @@ __all__ = [
     "marsad_version",
     "prepare_output",
     "read_table",
+    "register_dataset",
     "result_tables",
     "rows_as_json",
     "run_batch",
@@ -659,3 +662,57 @@ def run_batch(sources: Sequence[str], out: str, settings: Settings, executor: Ex
         fs.rm(staging, recursive=True)
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+def register_dataset(store: Store, out: str) -> list[str]:
+    """Put the captures of the dataset at ``out`` in the service's store (each once: a
+    capture whose content is stored already is left alone), so the API and the dashboard
+    list their flows, calls and verdicts. Captures that could not be read are not stored.
+    The stored capture's path names the dataset, not a file: the store's retention
+    deletes files of the captures it prunes, never the archive's. Returns the ids added."""
+    added = []
+    for row in read_table(out, "manifest").to_pylist():
+        sha = row[PARTITION]
+        if row["status"] == "unreadable" or store.capture_by_sha256(sha) is not None:
+            continue
+        flows = rows_as_json("flows", read_table(out, "flows", [sha]).to_pylist())
+        calls = rows_as_json("calls", read_table(out, "calls", [sha]).to_pylist())
+        evidence: dict[str, list[dict[str, Any]]] = {}
+        for e in read_table(out, "evidence", [sha]).to_pylist():
+            if e["subject"] == "flow":
+                d = {k: e[k] for k in ("rule", "reason", "flow_uids", "frames", "first_ts",
+                                       "last_ts", "figures", "text")}
+                d["figures"] = json.loads(d["figures"])
+                evidence.setdefault(e["uid"], []).append(d)
+        flow_verdicts = {v["uid"]: {"verdict": v["verdict"], "reasons": v["reasons"],
+                                    "evidence": evidence.get(v["uid"], [])}
+                         for v in read_table(out, "verdicts", [sha]).to_pylist()
+                         if v["subject"] == "flow"}
+        capture_id = "D" + sha[:16]
+        store.add_capture(capture_id=capture_id, filename=posixpath.basename(row["path"])[:255],
+                          path=f"dataset:{out}#{sha}", sha256=sha,
+                          size_bytes=row["size_bytes"] or 0)
+        store.start_job(capture_id)
+        times = [f["first_ts"] for f in flows] + [f["last_ts"] for f in flows]
+        summary = {
+            "format": row["format"], "compressed": row["compressed"], "packets": row["packets"],
+            "flows": len(flows), "calls": len(calls), "weirds": row["weirds"],
+            "complete": row["status"] == "ok", "stopped_at": row["stopped_at"],
+            "message": row["error"], "first_ts": min(times) if times else None,
+            "last_ts": max(times) if times else None,
+            "verdicts": _counts(c["verdict"] for c in calls),
+            "flow_verdicts": _counts(v["verdict"] for v in flow_verdicts.values()),
+            "ledger_entries": 0, "warnings": [f"from the dataset {out}"], "dataset": out}
+        store.save_rows(capture_id, flows, calls, flow_verdicts, summary)
+        added.append(capture_id)
+    return added
+
+
+def _counts(values: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out

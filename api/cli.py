@@ -673,7 +673,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     from api.store import StoreError
 
     private_files()
-    given = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    given = {"host": args.host, "port": args.port, "data_dir": args.data_dir,
+             "analysis_workers": args.jobs, "scheduler": args.scheduler,
+             "datasets": tuple(args.dataset) if args.dataset else None}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.preload:
         overrides["preload"] = tuple(Path(p) for p in args.preload)
@@ -849,6 +851,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store, ledger, captures and probe status (default ./marsad-data)")
     s.add_argument("--preload", nargs="+", metavar="CAPTURE",
                    help="captures to analyse at start, so there is data to look at")
+    s.add_argument("--jobs", type=_checked(int, lambda v: 1 <= v <= 256, "a whole number",
+                                           "must be 1 to 256"), metavar="N",
+                   help="uploads analysed at once: 1 (the default) on a thread, more in as "
+                        "many local processes, or on the Dask cluster of --scheduler")
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="analyse uploads on a Dask cluster (tcp://HOST:8786 or a scheduler "
+                        "file); its workers must reach the data directory at the same path")
+    s.add_argument("--dataset", action="append", metavar="DIR",
+                   help="a dataset of marsad analyze --out whose captures, calls and verdicts "
+                        "the API and dashboard show (repeatable)")
     s.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level (default info)")
