@@ -604,8 +604,23 @@ def make_executor(jobs: int, scheduler: str | None = None) -> Executor:
     if jobs <= 1:
         return _InProcess()
     import multiprocessing
-    return ProcessPoolExecutor(max_workers=jobs,
-                               mp_context=multiprocessing.get_context("forkserver"))
+    # Fresh processes (none of this one's threads or state), which end when it does.
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_end_with_parent, initargs=(os.getpid(),))
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a pool worker: end the process as soon as ``parent`` (the process that started
+    the pool) is gone, however it ended (``kill -9`` included), rather than finish a
+    batch nobody waits for. A daemon thread looks every half second."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="marsad-parent-watch", daemon=True).start()
 
 
 class _DaskExecutor(Executor):

@@ -137,7 +137,7 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
                         "policy and settings are skipped")
     p.add_argument("--jobs", type=_checked(int, lambda v: v >= 1, "a whole number",
                                            "must be 1 or more"),
-                   default=os.cpu_count() or 1, metavar="N",
+                   default=len(os.sched_getaffinity(0)), metavar="N",
                    help="with --out: captures analysed at once, one process each (default: "
                         "the number of cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -227,9 +227,16 @@ def _run_batch(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{summary.count(k)} {k}" for k in
                        ("ok", "damaged", "unreadable", "skipped", "duplicate")
                        if summary.count(k))
+    peaks: dict[str, int] = {}
+    for o in summary.outcomes:
+        peaks[o.worker] = max(peaks.get(o.worker, 0), o.peak_rss_bytes)
     print(f"marsad: {args.out}: {len(sources)} capture(s) in {summary.seconds:.1f} s: "
           f"{counts}" + (f"; {summary.removed} partition(s) of an interrupted batch "
                          f"removed" if summary.removed else ""), file=sys.stderr)
+    if peaks:
+        print(f"marsad: {len(peaks)} worker(s), peak memory (RSS) per worker: "
+              + ", ".join(f"{v / 2**20:.0f}" for v in sorted(peaks.values(), reverse=True))
+              + " MiB", file=sys.stderr)
     if summary.held("unreadable"):
         return EXIT_UNREADABLE
     return EXIT_PARTIAL if summary.held("damaged") else EXIT_OK
