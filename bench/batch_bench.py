@@ -15,8 +15,11 @@ sampled too (``TreeSampler``). Results: a markdown table on stdout and JSON in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -47,9 +50,24 @@ def folder_of(files: int, per_file: int, base: int) -> Path:
     return path
 
 
-def one_run(argv: list[str], out: Path) -> dict[str, Any]:
+def cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds the processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def one_run(argv: list[str], out: Path, workers: list[int]) -> dict[str, Any]:
+    """One batch; ``workers``: processes outside the command's tree (Dask workers) whose
+    CPU time counts too."""
     if out.exists():
         shutil.rmtree(out)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    outside = cpu_s(workers)
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
@@ -59,11 +77,15 @@ def one_run(argv: list[str], out: Path) -> dict[str, Any]:
         rc = proc.wait()
         wall = time.perf_counter() - start
         sampler.stop()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+               + cpu_s(workers) - outside)
         err.seek(0)
         text = err.read().decode(errors="replace")
     m = _PEAKS.search(text)
     peaks = [int(x) for x in m.group(2).split(",")] if m else []
-    return {"wall_s": round(wall, 3), "returncode": rc, "workers": len(peaks),
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2),
+            "load_avg": os.getloadavg()[0], "returncode": rc, "workers": len(peaks),
             "peak_rss_mib_per_worker": peaks, "tree_peak_rss_mib": round(sampler.peak / 2**20),
             "summary": text.strip().splitlines()[-2:]}
 
@@ -86,16 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         modes = {"1 job": [*base, "--jobs", "1"], "2 jobs": [*base, "--jobs", "2"]}
+        outside: dict[str, list[int]] = {"1 job": [], "2 jobs": []}
         cluster_cm = None
         if not a.no_dask:
             cluster_cm = local_cluster(work / "cluster", workers=2)
             cluster = cluster_cm.__enter__()
             modes["Dask, 2 workers"] = [*base, "--scheduler", cluster.address]
+            outside["Dask, 2 workers"] = [p.pid for p in cluster.workers]
             runs["Dask, 2 workers"] = []
         try:
             for _ in range(a.reps):
                 for name, cmd in modes.items():
-                    r = one_run([*cmd, "--out", str(work / "dataset")], work / "dataset")
+                    r = one_run([*cmd, "--out", str(work / "dataset")], work / "dataset",
+                                outside[name])
                     runs[name].append(r)
                     print(f"{name}: {r['wall_s']} s, rc {r['returncode']}, peaks "
                           f"{r['peak_rss_mib_per_worker']} MiB", file=sys.stderr)
@@ -106,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, rs in runs.items():
         wall = statistics.median(r["wall_s"] for r in rs)
-        rows.append({"mode": name, "wall_s": wall, "captures_per_s": round(len(files) / wall, 1),
+        rows.append({"mode": name, "wall_s": wall,
+                     "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                     "cores_used": round(statistics.median(r["cpu_s"] / r["wall_s"]
+                                                           for r in rs), 2),
+                     "captures_per_s": round(len(files) / wall, 1),
                      "mib_per_s": round(size / 2**20 / wall, 1),
                      "speedup": round(one / wall, 2),
                      "workers": rs[0]["workers"],
@@ -115,12 +144,17 @@ def main(argv: list[str] | None = None) -> int:
                      "walls": [r["wall_s"] for r in rs]})
     result = {"machine": rb.machine(), "folder": str(folder), "files": len(files),
               "bytes": size, "reps": a.reps, "rows": rows, "runs": runs}
-    lines = [f"{len(files)} captures, {size / 2**20:.1f} MiB, median of {a.reps}:", "",
-             "| mode | wall s | captures/s | MiB/s | speed-up vs 1 job | peak RSS per worker MiB |",
-             "|---|---:|---:|---:|---:|---:|"]
+    loads = [r["load_avg"] for rs in runs.values() for r in rs]
+    lines = [f"{len(files)} captures, {size / 2**20:.1f} MiB, median of {a.reps}; "
+             f"{os.cpu_count()} cores, 1-minute load average {min(loads):.1f}–{max(loads):.1f} "
+             "during the runs:", "",
+             "| mode | wall s | CPU s | cores busy | captures/s | MiB/s | speed-up vs 1 job "
+             "| peak RSS per worker MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['wall_s']:.2f} | {r['captures_per_s']} | "
-                     f"{r['mib_per_s']} | {r['speedup']:.2f}× | {r['peak_rss_mib_per_worker']} |")
+        lines.append(f"| {r['mode']} | {r['wall_s']:.2f} | {r['cpu_s']:.1f} | "
+                     f"{r['cores_used']:.2f} | {r['captures_per_s']} | {r['mib_per_s']} | "
+                     f"{r['speedup']:.2f}× | {r['peak_rss_mib_per_worker']} |")
     text = "\n".join(lines)
     print(text)
     OUT.mkdir(parents=True, exist_ok=True)
