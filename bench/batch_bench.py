@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         outside: dict[str, list[int]] = {"1 job": [], "2 jobs": []}
         cluster_cm = None
         if not a.no_dask:
-            cluster_cm = local_cluster(work / "cluster", workers=2)
+            # in this session, as the local pool's processes are (sched_autogroup)
+            cluster_cm = local_cluster(work / "cluster", workers=2, own_sessions=False)
             cluster = cluster_cm.__enter__()
             modes["Dask, 2 workers"] = [*base, "--scheduler", cluster.address]
             outside["Dask, 2 workers"] = [p.pid for p in cluster.workers]

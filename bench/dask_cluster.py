@@ -33,9 +33,14 @@ def dask_command() -> str:
 
 
 @contextlib.contextmanager
-def local_cluster(work: Path, workers: int = 2, timeout_s: float = 60.0) -> Iterator[Cluster]:
+def local_cluster(work: Path, workers: int = 2, timeout_s: float = 60.0,
+                  own_sessions: bool = True) -> Iterator[Cluster]:
     """Start a scheduler on a free localhost port and ``workers`` workers; stop them all
-    on the way out. The workers import marsad from this source tree (``PYTHONPATH``)."""
+    on the way out. The workers import marsad from this source tree (``PYTHONPATH``).
+
+    ``own_sessions=False`` keeps them in the caller's session: where Linux shares the CPU
+    between sessions (``sched_autogroup``), they then get the same share as a local
+    process pool started from the caller, which a benchmark comparing the two wants."""
     work.mkdir(parents=True, exist_ok=True)
     sched_file = work / "scheduler.json"
     sched_file.unlink(missing_ok=True)
@@ -49,7 +54,8 @@ def local_cluster(work: Path, workers: int = 2, timeout_s: float = 60.0) -> Iter
         procs.append(subprocess.Popen(
             [dask_command(), "scheduler", "--host", "127.0.0.1", "--port", "0",
              "--no-dashboard", "--scheduler-file", str(sched_file)],
-            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=own_sessions))
         deadline = time.monotonic() + timeout_s
         while not sched_file.is_file() or not sched_file.read_text().strip():
             if time.monotonic() > deadline or procs[0].poll() is not None:
@@ -67,7 +73,7 @@ def local_cluster(work: Path, workers: int = 2, timeout_s: float = 60.0) -> Iter
                  "--no-dashboard", "--memory-limit", "0", "--name", f"w{i}",
                  "--local-directory", str(work / f"worker-{i}")],
                 cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=own_sessions)
             procs.append(p)
             cluster.workers.append(p)
         from distributed import Client
@@ -75,15 +81,20 @@ def local_cluster(work: Path, workers: int = 2, timeout_s: float = 60.0) -> Iter
             client.wait_for_workers(workers, timeout=timeout_s)
         yield cluster
     finally:
-        for p in reversed(procs):
+        def signal_to(p: subprocess.Popen[bytes], sig: int) -> None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
+                if own_sessions:
+                    os.killpg(p.pid, sig)
+                else:
+                    p.send_signal(sig)
+
+        for p in reversed(procs):
+            signal_to(p, signal.SIGTERM)
         for p in reversed(procs):
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
+                signal_to(p, signal.SIGKILL)
                 p.wait()
         for log in logs:
             log.close()
