@@ -213,7 +213,9 @@ class Outcome:
     source: str
     status: str
     """``ok``, ``damaged``, ``unreadable``, ``skipped`` (already in the dataset) or
-    ``duplicate`` (another task of the batch wrote the same content)."""
+    ``duplicate`` (another task of the batch wrote the same content), or ``error`` (the
+    task failed for a reason of ours, or its worker was lost: nothing is recorded, and
+    the next batch tries the capture again)."""
     sha256: str | None
     size_bytes: int
     error: str | None = None
@@ -526,6 +528,10 @@ def run_task(task: Task) -> Outcome:
     except OSError as exc:
         return Outcome(task.source, "unreadable", None, 0, f"{task.source}: {_os_error(exc)}",
                        0, time.monotonic() - t0, _peak_rss(), worker)
+    except Exception as exc:  # a fault of ours, not the capture's: not recorded, retried
+        return Outcome(task.source, "error", None, 0,
+                       f"{task.source}: internal error: {type(exc).__name__}: {exc}",
+                       0, time.monotonic() - t0, _peak_rss(), worker)
     analysis_s = time.monotonic() - t0
     status = meta.pop("status")
     if meta.get("error"):
@@ -665,9 +671,15 @@ def run_batch(sources: Sequence[str], out: str, settings: Settings, executor: Ex
     t0 = time.monotonic()
     summary = BatchSummary(removed=prepare_output(out))
     version = marsad_version()
-    futures = [executor.submit(run_task, Task(src, out, settings, version)) for src in sources]
+    futures = {executor.submit(run_task, Task(src, out, settings, version)): src
+               for src in sources}
     for fut in as_completed(futures):
-        outcome: Outcome = fut.result()
+        try:
+            outcome: Outcome = fut.result()
+        except Exception as exc:  # the worker process was lost (killed, out of memory)
+            outcome = Outcome(futures[fut], "error", None, 0,
+                              f"{futures[fut]}: the task was lost: {type(exc).__name__}: "
+                              f"{exc}")
         summary.outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)

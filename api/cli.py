@@ -192,8 +192,8 @@ class _BatchProgress:
 
 def _run_batch(args: argparse.Namespace) -> int:
     """``marsad analyze|flows CAPTURE... --out DIR``: every capture into the dataset.
-    Exit status: 2 if a capture could not be read at all, else 3 if one was damaged
-    (the others are in the dataset either way), else 0."""
+    Exit status: 2 if a capture could not be read at all (or its task failed), else 3 if
+    one was damaged (the others are in the dataset either way), else 0."""
     from api.archive import Settings, expand_inputs, make_executor, run_batch
     from policy.rules import load_policy
     try:
@@ -222,10 +222,10 @@ def _run_batch(args: argparse.Namespace) -> int:
         progress.stop()
         executor.shutdown(wait=True, cancel_futures=True)
     for o in summary.outcomes:
-        if o.status in ("damaged", "unreadable"):
+        if o.status in ("damaged", "unreadable", "error"):
             print(f"marsad: {o.status}: {o.error}", file=sys.stderr)
     counts = ", ".join(f"{summary.count(k)} {k}" for k in
-                       ("ok", "damaged", "unreadable", "skipped", "duplicate")
+                       ("ok", "damaged", "unreadable", "error", "skipped", "duplicate")
                        if summary.count(k))
     peaks: dict[str, int] = {}
     for o in summary.outcomes:
@@ -237,7 +237,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         print(f"marsad: {len(peaks)} worker(s), peak memory (RSS) per worker: "
               + ", ".join(f"{v / 2**20:.0f}" for v in sorted(peaks.values(), reverse=True))
               + " MiB", file=sys.stderr)
-    if summary.held("unreadable"):
+    if summary.held("unreadable") or summary.count("error"):
         return EXIT_UNREADABLE
     return EXIT_PARTIAL if summary.held("damaged") else EXIT_OK
 

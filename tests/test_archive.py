@@ -283,3 +283,28 @@ def test_several_captures_need_out() -> None:
     proc = marsad("analyze", str(ROOT / "captures" / "sample-call.pcap"),
                   str(ROOT / "captures" / "sample-sip.pcap"), "--json")
     assert proc.returncode == 2 and "add --out DIR" in proc.stderr
+
+
+def test_a_failing_task_does_not_stop_the_batch(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that fails for a reason of marsad's own is reported, not recorded (the next
+    batch tries it again), and the other captures go on."""
+    import api.archive as archive
+    from api.cli import main
+    real = archive._analyse
+
+    def failing(path: str, s: archive.Settings) -> Any:
+        if path.endswith("sample-sip.pcap"):
+            raise RuntimeError("a bug")
+        return real(path, s)
+
+    monkeypatch.setattr(archive, "_analyse", failing)
+    out = tmp_path / "dataset"
+    caps = [str(ROOT / "captures" / n) for n in ("sample-call.pcap", "sample-sip.pcap",
+                                                  "sample-blocked.pcap")]
+    assert main(["analyze", *caps, "--out", str(out), "--jobs", "1"]) == 2
+    assert len(read_table(str(out), "manifest")) == 2
+    monkeypatch.setattr(archive, "_analyse", real)
+    assert main(["analyze", *caps, "--out", str(out), "--jobs", "1"]) == 0
+    manifest = read_table(str(out), "manifest").to_pylist()
+    assert sorted(Path(r["path"]).name for r in manifest) == sorted(Path(c).name for c in caps)
