@@ -544,7 +544,12 @@ def run_task(task: Task) -> Outcome:
                 "settings_sha256": s.settings_sha256(), "command": s.command,
                 "worker": worker, **meta}
     tables["manifest"] = _table([manifest], MANIFEST_SCHEMA)
-    committed = _commit(out_fs, root, sha, tables, task)
+    try:
+        committed = _commit(out_fs, root, sha, tables, task)
+    except OSError as exc:  # the dataset cannot be written: nothing recorded, retried
+        return Outcome(task.source, "error", sha, size,
+                       f"{task.out}: cannot write the dataset: {_os_error(exc)}", 0,
+                       time.monotonic() - t0, _peak_rss(), worker)
     return Outcome(task.source, status if committed else "duplicate", sha, size,
                    manifest.get("error"), meta.get("packets") or 0,
                    time.monotonic() - t0, _peak_rss(), worker,
