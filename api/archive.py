@@ -604,9 +604,14 @@ class _InProcess(Executor):
         return fut
 
 
-def make_executor(jobs: int, scheduler: str | None = None) -> Executor:
+def make_executor(jobs: int, scheduler: str | None = None, *, fork: bool = False) -> Executor:
     """Where tasks run: a Dask cluster's workers (``scheduler``: ``tcp://HOST:PORT`` or a
-    scheduler file), ``jobs`` local processes, or this process for one job."""
+    scheduler file), ``jobs`` local processes, or this process for one job.
+
+    Local processes are started fresh (``spawn``), or with ``fork`` as copies of this
+    process, which then start at once with the analysis loaded; only a process with no
+    other thread running may fork (the command line before its progress display, not the
+    service)."""
     if scheduler is not None:
         from distributed import Client
         client = (Client(scheduler_file=scheduler) if os.path.isfile(scheduler)  # type: ignore[no-untyped-call]
@@ -615,9 +620,16 @@ def make_executor(jobs: int, scheduler: str | None = None) -> Executor:
     if jobs <= 1:
         return _InProcess()
     import multiprocessing
-    # Fresh processes (none of this one's threads or state), which end when it does.
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+    # Workers end when this process does (_end_with_parent).
+    if fork:
+        import classifier.engine  # noqa: F401 - loaded once, before the copies are made
+        import policy.pipeline  # noqa: F401
+    ctx = multiprocessing.get_context("fork" if fork else "spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
                                initializer=_end_with_parent, initargs=(os.getpid(),))
+    if fork:  # the first task forks every worker, while this process has no other thread
+        pool.submit(int)
+    return pool
 
 
 def _end_with_parent(parent: int) -> None:

@@ -213,8 +213,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     if not sources:
         print("marsad: no captures found in " + " ".join(args.capture), file=sys.stderr)
         return EXIT_UNREADABLE
+    executor = make_executor(args.jobs, args.scheduler, fork=True)  # before any thread
     progress = _BatchProgress(sources)
-    executor = make_executor(args.jobs, args.scheduler)
     try:
         summary = run_batch(sources, args.out, settings, executor,
                             on_done=lambda o: progress.update(o.size_bytes))
