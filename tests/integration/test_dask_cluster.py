@@ -37,9 +37,11 @@ def rows(out: str) -> dict[str, list[dict[str, Any]]]:
         for r in rs:
             for k in ("started_at", "hash_s", "analysis_s", "worker"):
                 r.pop(k, None)
-            for k in ("path", "error"):  # the URL's file:// aside
-                if r.get(k):
-                    r[k] = r[k].replace("file://", "")
+            if table == "manifest":
+                # of files with the same content, the one analysed first (duplicates race)
+                path = r.pop("path")
+                if r["error"]:
+                    r["error"] = r["error"].removeprefix(path)
         got[table] = sorted(rs, key=lambda r: (r[PARTITION], str(r.get("uid"))))
     return got
 
