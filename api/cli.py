@@ -124,6 +124,124 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         f"(default {d.call_settle_s:g})")
 
 
+_CAPTURES_HELP = ("pcap or pcapng file (gzip allowed), or - for stdin; with --out, any "
+                  "number of files, directories (their captures, recursively) and globs, "
+                  "local paths or fsspec URLs (file://, s3://...)")
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR",
+                   help="write a Parquet dataset of every capture (flows, calls, verdicts, "
+                        "evidence and a manifest, partitioned by capture SHA-256) to DIR, a "
+                        "path or fsspec URL; captures already there with the same version, "
+                        "policy and settings are skipped")
+    p.add_argument("--jobs", type=_checked(int, lambda v: v >= 1, "a whole number",
+                                           "must be 1 or more"),
+                   default=len(os.sched_getaffinity(0)), metavar="N",
+                   help="with --out: captures analysed at once, one process each (default: "
+                        "the number of cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --out: run the captures on a Dask cluster (tcp://HOST:8786, or "
+                        "a scheduler file) instead of local processes")
+
+
+class _BatchProgress:
+    """One progress display over a batch's files (files, bytes, rate, time left), on
+    stderr when it is a terminal; nothing otherwise."""
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self.total = len(sources)
+        self.done = 0
+        if not sys.stderr.isatty():
+            return
+        from fsspec.core import url_to_fs
+        size = 0
+        for src in sources:
+            with contextlib.suppress(OSError, ValueError):
+                fs, path = url_to_fs(src)
+                size += int(fs.size(path))
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                             DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=True,
+                             redirect_stdout=False, redirect_stderr=False)
+        self._task = self._bar.add_task(self._text(), total=size)
+        self._bar.start()
+
+    def _text(self) -> str:
+        return f"{self.done}/{self.total} files"
+
+    def update(self, size: int) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=size, description=self._text())
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    """``marsad analyze|flows CAPTURE... --out DIR``: every capture into the dataset.
+    Exit status: 2 if a capture could not be read at all (or its task failed), else 3 if
+    one was damaged (the others are in the dataset either way), else 0."""
+    from api.archive import Settings, expand_inputs, make_executor, run_batch
+    from policy.rules import load_policy
+    try:
+        policy = load_policy(args.policy if args.command == "analyze" else None)
+    except PolicyError as exc:
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    meter = {"udp_idle_s": args.udp_idle, "tcp_idle_s": args.tcp_idle,
+             "active_s": args.active_timeout, "payload_samples": args.payloads,
+             "timing_packets": args.timing_packets,
+             "max_decompressed_bytes": args.max_decompressed_bytes}
+    settings = Settings(command=args.command, policy=policy, meter=meter,
+                        pipeline=(_pipeline_config(args) if args.command == "analyze"
+                                  else PipelineConfig()),
+                        fingerprints=bool(getattr(args, "ja4", False)))
+    sources = expand_inputs(args.capture)
+    if not sources:
+        print("marsad: no captures found in " + " ".join(args.capture), file=sys.stderr)
+        return EXIT_UNREADABLE
+    executor = make_executor(args.jobs, args.scheduler, fork=True)  # before any thread
+    progress = _BatchProgress(sources)
+    try:
+        summary = run_batch(sources, args.out, settings, executor,
+                            on_done=lambda o: progress.update(o.size_bytes))
+    finally:
+        progress.stop()
+        executor.shutdown(wait=True, cancel_futures=True)
+    for o in summary.outcomes:
+        if o.status in ("damaged", "unreadable", "error"):
+            print(f"marsad: {o.status}: {o.error}", file=sys.stderr)
+    counts = ", ".join(f"{summary.count(k)} {k}" for k in
+                       ("ok", "damaged", "unreadable", "error", "skipped", "duplicate")
+                       if summary.count(k))
+    peaks: dict[str, int] = {}
+    for o in summary.outcomes:
+        peaks[o.worker] = max(peaks.get(o.worker, 0), o.peak_rss_bytes)
+    print(f"marsad: {args.out}: {len(sources)} capture(s) in {summary.seconds:.1f} s: "
+          f"{counts}" + (f"; {summary.removed} partition(s) of an interrupted batch "
+                         f"removed" if summary.removed else ""), file=sys.stderr)
+    if peaks:
+        print(f"marsad: {len(peaks)} worker(s), peak memory (RSS) per worker: "
+              + ", ".join(f"{v / 2**20:.0f}" for v in sorted(peaks.values(), reverse=True))
+              + " MiB", file=sys.stderr)
+    if summary.held("unreadable") or summary.count("error"):
+        return EXIT_UNREADABLE
+    return EXIT_PARTIAL if summary.held("damaged") else EXIT_OK
+
+
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(cut_s=args.call_interval, call_settle_s=args.call_settle)
 
@@ -562,7 +680,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     from api.store import StoreError
 
     private_files()
-    given = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    given = {"host": args.host, "port": args.port, "data_dir": args.data_dir,
+             "analysis_workers": args.jobs, "scheduler": args.scheduler,
+             "datasets": tuple(args.dataset) if args.dataset else None}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if args.preload:
         overrides["preload"] = tuple(Path(p) for p in args.preload)
@@ -662,15 +782,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     subparsers: dict[str, argparse.ArgumentParser] = {}
     f = sub.add_parser("flows", help="bidirectional flow records of a capture")
-    f.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
+    f.add_argument("capture", nargs="+", help=_CAPTURES_HELP)
     _add_format(f)
+    _add_batch_options(f)
     f.add_argument("--samples", action="store_true",
                    help="also print each flow's payload samples (hex) and RTP stream summaries")
     _add_meter_options(f)
     f.set_defaults(func=_run_flows)
     a = sub.add_parser("analyze", help="flows with their app, category and media")
-    a.add_argument("capture", help="pcap or pcapng file (gzip allowed), or - for stdin")
+    a.add_argument("capture", nargs="+", help=_CAPTURES_HELP)
     _add_format(a, calls=True)
+    _add_batch_options(a)
     _add_meter_options(a)
     _add_pipeline_options(a)
     a.add_argument("--policy", metavar="FILE",
@@ -736,6 +858,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store, ledger, captures and probe status (default ./marsad-data)")
     s.add_argument("--preload", nargs="+", metavar="CAPTURE",
                    help="captures to analyse at start, so there is data to look at")
+    s.add_argument("--jobs", type=_checked(int, lambda v: 1 <= v <= 256, "a whole number",
+                                           "must be 1 to 256"), metavar="N",
+                   help="uploads analysed at once: 1 (the default) on a thread, more in as "
+                        "many local processes, or on the Dask cluster of --scheduler")
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="analyse uploads on a Dask cluster (tcp://HOST:8786 or a scheduler "
+                        "file); its workers must reach the data directory at the same path")
+    s.add_argument("--dataset", action="append", metavar="DIR",
+                   help="a dataset of marsad analyze --out whose captures, calls and verdicts "
+                        "the API and dashboard show (repeatable)")
     s.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level (default info)")
@@ -809,6 +941,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "calls_csv", None) is not None and args.fmt != "csv":
         sub.error("--calls-csv goes with --csv")
+    if args.command in ("flows", "analyze"):
+        if args.out is not None:
+            if args.fmt is not None or "-" in args.capture or any(
+                    getattr(args, k, None) for k in ("calls_csv", "ledger", "samples")):
+                sub.error("--out writes a dataset: give capture files or directories, "
+                          "without an output format, --calls-csv, --ledger or --samples")
+            args.func = _run_batch
+        elif len(args.capture) > 1:
+            sub.error("several captures go into a dataset: add --out DIR")
+        elif args.scheduler is not None:
+            sub.error("--scheduler goes with --out DIR")
+        else:
+            args.capture = args.capture[0]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

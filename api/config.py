@@ -47,8 +47,15 @@ class Settings(BaseSettings):
     max_decompressed_bytes: int = Field(default=16 << 30, gt=0)
     """Most bytes a gzip-compressed capture may decompress to: an upload that inflates past
     it is refused (413) as it arrives, and an analysis stops reading there."""
-    analysis_workers: int = Field(default=1, ge=1, le=8)
-    """Captures analysed at the same time (threads)."""
+    analysis_workers: int = Field(default=1, ge=1, le=256)
+    """Captures analysed at the same time (``marsad serve --jobs``): one on a thread of the
+    service; more in as many local processes, or on the Dask cluster of ``scheduler``."""
+    scheduler: str | None = None
+    """A Dask scheduler (``tcp://HOST:8786`` or a scheduler file) whose workers analyse the
+    uploads; they must reach the data directory's captures at the same path."""
+    datasets: tuple[str, ...] = ()
+    """Parquet datasets written by ``marsad analyze --out`` (paths or fsspec URLs) whose
+    captures, calls and verdicts the API and dashboard show beside the uploads."""
     costly_concurrency: int = Field(default=1, ge=1, le=8)
     """Requests that re-analyse stored captures (``/v1/ledger/verify?rederive=true``,
     evidence bundles) served at the same time; more get 429."""

@@ -28,7 +28,8 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -51,6 +52,7 @@ __all__ = [
     "NotACaptureFile",
     "TooLarge",
     "Upload",
+    "analyse_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -199,14 +201,26 @@ class Upload:
             self.path.unlink(missing_ok=True)
 
 
+def analyse_file(path: str, policy: Policy, max_decompressed_bytes: int) -> AnalysisResult:
+    """A stored capture's analysis with the service's policy, one process: what a job
+    hands to an executor's worker (a local process or a Dask worker)."""
+    return analyze_capture(path, policy=policy,
+                           config=meter_config(max_decompressed_bytes=max_decompressed_bytes),
+                           workers=1)
+
+
 class Jobs:
-    """Receives captures and analyses them on ``workers`` threads."""
+    """Receives captures and analyses ``workers`` of them at once: on the job's own thread,
+    or, given an ``executor`` (:func:`api.archive.make_executor`: local processes or a
+    Dask cluster), on the executor's workers while the thread waits for the result."""
 
     def __init__(self, store: Store, ledger: Ledger, *, captures_dir: Path, policy: Policy,
                  workers: int = 1, max_upload_bytes: int,
                  max_decompressed_bytes: int = MAX_DECOMPRESSED,
                  retention: tuple[float | None, int | None] = (None, None),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 executor: Executor | None = None) -> None:
+        self._executor = executor
         self._store = store
         self._ledger = ledger
         self.captures_dir = captures_dir
@@ -297,9 +311,21 @@ class Jobs:
 
     def analyse(self, path: str | Path,
                 progress: Callable[[int], None] | None = None) -> AnalysisResult:
-        """Analyse a stored capture with the service's policy (one process)."""
-        return analyze_capture(path, policy=self._policy, config=self._meter_config, workers=1,
-                               progress=progress)
+        """Analyse a stored capture with the service's policy (one process). On an
+        executor, progress is not followed; a shutdown abandons the wait."""
+        if self._executor is None:
+            return analyze_capture(path, policy=self._policy, config=self._meter_config,
+                                   workers=1, progress=progress)
+        fut = self._executor.submit(analyse_file, str(path), self._policy,
+                                    self.max_decompressed_bytes)
+        while True:
+            try:
+                result: AnalysisResult = fut.result(timeout=_PROGRESS_EVERY_S)
+                return result
+            except FutureTimeout:
+                if self._stopping.is_set():
+                    fut.cancel()
+                    raise _Stopping from None
 
     def run(self, capture_id: str) -> None:
         """Analyse one queued capture (what a worker thread does)."""
@@ -403,6 +429,8 @@ class Jobs:
         them all interrupted."""
         self._stopping.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         self._store.interrupt_unfinished()
 
 

@@ -68,10 +68,20 @@ def create_app(settings: Settings | None = None, *,
         log.warning("%d analysis job(s) left unfinished by an earlier run marked interrupted",
                     len(interrupted))
     max_age_s = None if settings.retention_days is None else settings.retention_days * 86400
+    executor = None
+    if settings.analysis_workers > 1 or settings.scheduler is not None:
+        from api.archive import make_executor
+        try:
+            executor = make_executor(settings.analysis_workers, settings.scheduler)
+        except BaseException:
+            led.close()
+            store.close()
+            raise
     jobs = Jobs(store, led, captures_dir=settings.captures_dir, policy=policy,
                 workers=settings.analysis_workers, max_upload_bytes=settings.max_upload_bytes,
                 max_decompressed_bytes=settings.max_decompressed_bytes,
-                retention=(max_age_s, settings.retention_max_captures), clock=clock)
+                retention=(max_age_s, settings.retention_max_captures), clock=clock,
+                executor=executor)
     services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
                         token=settings.token(), clock=clock,
                         costly=threading.BoundedSemaphore(settings.costly_concurrency))
@@ -91,6 +101,11 @@ def create_app(settings: Settings | None = None, *,
 
     try:
         jobs.prune()
+        if settings.datasets:
+            from api.archive import register_dataset
+            for out in settings.datasets:
+                added = register_dataset(store, out)
+                log.info("dataset %s: %d capture(s) registered", out, len(added))
         for path in settings.preload:
             row, created = jobs.accept(jobs.copy_in(path), path.name)
             log.info("preload %s: capture %s (%s)", path.name, row.id,

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from api.pipeline import AnalysisResult
-from policy.records import Verdict
 
 __all__ = [
     "LIVE_PREFIX",
@@ -253,6 +252,14 @@ class Store(Protocol):
         """Store a finished analysis and mark the job done (one transaction)."""
         ...
 
+    def save_rows(self, capture_id: str, flows: list[dict[str, Any]],
+                  calls: list[dict[str, Any]], flow_verdicts: dict[str, dict[str, Any]],
+                  summary: dict[str, Any]) -> None:
+        """Store an analysis given as its records (``marsad analyze --json``'s flows and
+        calls, each flow verdict as ``Verdict.to_dict()`` by flow uid) and mark the job
+        done (one transaction)."""
+        ...
+
     def interrupt_unfinished(self) -> list[CaptureRow]:
         """Mark jobs left queued or running by an earlier run as interrupted."""
         ...
@@ -448,14 +455,21 @@ class SqliteStore:
 
     def save_results(self, capture_id: str, result: AnalysisResult,
                      summary: dict[str, Any]) -> None:
-        calls = result.analysis.calls
+        self.save_rows(capture_id, result.flow_rows(),
+                       [call.to_dict() for call in result.analysis.calls],
+                       {u: v.to_dict() for u, v in result.analysis.flow_verdicts.items()},
+                       summary)
+
+    def save_rows(self, capture_id: str, flows: list[dict[str, Any]],
+                  calls: list[dict[str, Any]], flow_verdicts: dict[str, dict[str, Any]],
+                  summary: dict[str, Any]) -> None:
         call_of: dict[str, tuple[str, str]] = {}
         for call in calls:
-            for uid in call.flow_uids:
-                call_of[uid] = (call.uid, str(call.verdict.kind))
+            for uid in call["flow_uids"]:
+                call_of[uid] = (call["uid"], call["verdict"])
         flow_rows: list[tuple[Any, ...]] = []
         categories: dict[str, str] = {}
-        for row in result.flow_rows():
+        for row in flows:
             uid = row["uid"]
             categories[uid] = row["category"]
             call_uid, call_verdict = call_of.get(uid, (None, None))
@@ -466,13 +480,12 @@ class SqliteStore:
                               row["category"], row.get("verdict"), call_uid, _dumps(row)))
         call_rows: list[tuple[Any, ...]] = []
         verdict_rows: list[tuple[Any, ...]] = []
-        for call in calls:
-            d = call.to_dict()
-            cats = sorted({categories[u] for u in call.flow_uids if u in categories})
-            call_rows.append((capture_id, call.uid, call.start_ts, call.end_ts, call.app,
-                              str(call.verdict.kind), "," + ",".join(cats) + ",", _dumps(d)))
-            verdict_rows.append(_verdict_row(capture_id, call.uid, "call", call.verdict))
-        for uid, v in result.analysis.flow_verdicts.items():
+        for d in calls:
+            cats = sorted({categories[u] for u in d["flow_uids"] if u in categories})
+            call_rows.append((capture_id, d["uid"], d["start_ts"], d["end_ts"], d["app"],
+                              d["verdict"], "," + ",".join(cats) + ",", _dumps(d)))
+            verdict_rows.append(_verdict_row(capture_id, d["uid"], "call", d))
+        for uid, v in flow_verdicts.items():
             verdict_rows.append(_verdict_row(capture_id, uid, "flow", v))
         with self._lock:
             db = self._db
@@ -626,8 +639,9 @@ def _with_capture(row: Sequence[Any]) -> dict[str, Any]:
     return d
 
 
-def _verdict_row(capture_id: str, uid: str, subject: str, verdict: Verdict) -> tuple[Any, ...]:
-    d = verdict.to_dict()
+def _verdict_row(capture_id: str, uid: str, subject: str, d: dict[str, Any]
+                 ) -> tuple[Any, ...]:
+    """A verdict's row from its ``Verdict.to_dict()`` keys (a call's dict holds them)."""
     return (capture_id, uid, subject, d["verdict"], _dumps(d["reasons"]), _dumps(d["evidence"]))
 
 

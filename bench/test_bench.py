@@ -610,3 +610,22 @@ def test_replay_rate_counts_what_the_probe_received(
     assert rows[0]["pps"] == 4000 and rows[0]["tcpreplay_rc"] == 0
     assert rows[0]["received"] >= 4000 and rows[0]["dropped"] == 0 and rows[0]["flows"] > 0
     assert rows[-1] == {"highest_rate_without_drops_pps": 4000}
+
+
+def test_batch_bench_runs_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch benchmark on a tiny folder, local modes only: a row per mode with the
+    workers' peak memory, and the same folder reused on a second call."""
+    import batch_bench as bb
+    monkeypatch.setattr(bb, "DATA", tmp_path / "data")
+    monkeypatch.setattr(bb, "OUT", tmp_path / "out")
+    assert bb.main(["--files", "12", "--packets-per-file", "300", "--base-packets", "2000",
+                    "--reps", "1", "--no-dask"]) == 0
+    result = json.loads(next((tmp_path / "out").glob("batch-*.json")).read_text())
+    assert result["files"] >= 12
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert set(rows) == {"1 job", "2 jobs"}
+    assert rows["1 job"]["workers"] == 1 and rows["2 jobs"]["workers"] == 2
+    assert all(r["peak_rss_mib_per_worker"] > 20 for r in rows.values())
+    assert all(run["returncode"] == 2 for rs in result["runs"].values() for run in rs)
+    folder = bb.folder_of(12, 300, 2000)
+    assert (folder / "kinds.json").is_file()

@@ -71,3 +71,36 @@ def test_redirected_output_stays_in_the_file_when_stderr_is_a_terminal(
     flows = [ln for ln in lines if '"uid"' in ln]
     assert len(flows) >= 20
     assert b'"uid"' not in screen  # nothing of the records was drawn on the terminal
+
+
+def test_batch_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """``analyze CAPTURES --out DIR``: one progress display across the files (files done,
+    bytes, rate, time left) when stderr is a terminal; none in a log file."""
+    caps = []
+    for i in range(3):
+        cap = tmp_path / f"c{i}.pcap"
+        _udp_capture(cap, flows=2 + i, packets=50)
+        caps.append(str(cap))
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([*MARSAD, "analyze", *caps, "--out", str(tmp_path / "a"),
+                               "--jobs", "1"], stdout=subprocess.DEVNULL, stderr=slave,
+                              stdin=slave, cwd=ROOT, timeout=120, check=False)
+        os.close(slave)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, screen.decode(errors="replace")
+    assert b"/3 files" in screen and b"kB" in screen, screen
+    logged = subprocess.run([*MARSAD, "analyze", *caps, "--out", str(tmp_path / "b"),
+                             "--jobs", "1"], capture_output=True, cwd=ROOT, timeout=120)
+    assert logged.returncode == 0
+    assert b"files" not in logged.stderr and b"3 capture(s)" in logged.stderr
