@@ -314,7 +314,7 @@ def _addr_str(hi: int, lo: int) -> tuple[int, str]:
 
 
 def _uid(parts: str) -> str:
-    """``C`` + 17 hex digits of a BLAKE2b digest of the flow's key and first timestamp."""
+    """``C`` + 17 hex digits of a BLAKE2b digest of ``parts`` (see :func:`_flow_ident`)."""
     return "C" + hashlib.blake2b(parts.encode(), digest_size=9).hexdigest()[:17]
 
 
@@ -358,6 +358,9 @@ class FlowMeter:
         self._ended: list[Ended] = []
         self._now = 0
         self._ts_last: int | None = None
+        self.origin = b""
+        """The capture's identity (:func:`~probe.prepare.capture_origin` of its first
+        packet), part of every flow uid; empty until the first packet is metered."""
 
     # -- public ------------------------------------------------------------------
     def prepare(self, b: RawBatch, cols: Decoded) -> Prepared:
@@ -380,6 +383,8 @@ class FlowMeter:
         """:meth:`apply`, with the flows that ended as columns (:func:`build_records` makes
         their records, :func:`conn_rows` their conn.log rows alone)."""
         self._ended = []
+        if p.origin and not self.origin:
+            self.origin = p.origin
         st = self.stats
         st.packets += p.packets
         st.slow_path += p.slow
@@ -841,7 +846,7 @@ class FlowMeter:
             rate_z=np.searchsorted(rate_fid, fids, side="right"),
             rtp=rtp, rtp_a=rtp_a, rtp_z=rtp_z, streams=streams,
             payloads=self._pay_log.take(lookup, fids), icmp=icmp, weirds=weirds,
-            rtp_cap=self.cfg.rtp_detail_packets)
+            rtp_cap=self.cfg.rtp_detail_packets, origin=self.origin)
         self.stats.flows += len(slots)
         for s in slots.tolist():
             kb = self._slot_key.pop(s, None)
@@ -950,6 +955,8 @@ class Ended:
     icmp: dict[int, list[IcmpNotice]]
     weirds: dict[int, list[tuple[int, int, WeirdInfo]]]
     rtp_cap: int
+    origin: bytes = b""
+    """The capture's identity (:attr:`FlowMeter.origin`), part of the flows' uids."""
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -967,10 +974,19 @@ class Ended:
 
 
 def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
-                orig_is_a: bool, first_ns: int
+                orig_is_a: bool, first_ns: int, origin: bytes, last_ns: int,
+                pkts: list[int], wire: list[int]
                 ) -> tuple[int, int, str, int, str, int, str, int, int | None, str]:
     """(orig side, resp side, proto name, IP version, orig_h, orig_p, resp_h, resp_p, vlan,
-    uid) of a table key; the sides index the per-side (a, b) counter pairs."""
+    uid) of a table key; the sides index the per-side (a, b) counter pairs.
+
+    The uid digests the capture's identity (``origin``, its first packet), the flow's key
+    and first timestamp, and what it came to (last timestamp, packets and wire bytes each
+    way): reproducible for the same capture by every entry point (all of it is capture
+    content, none of it how the input was cut or read), different for flows of captures
+    that begin differently, and different for two flows that share key and start but not
+    packets (two captures that begin alike and part later: an answered call and the same
+    call blocked)."""
     a_ver, a_str = _addr_str(a_hi, a_lo)
     _, b_str = _addr_str(b_hi, b_lo)
     a_port, b_port, proto, vlan = ports_word_fields(kk)
@@ -979,9 +995,11 @@ def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
     else:
         oh, op, rh, rp = b_str, b_port, a_str, a_port
     pname = PROTO_NAMES.get(proto, str(proto))
-    uid = _uid(f"{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone}|{first_ns}")
     o = 0 if orig_is_a else 1
-    return o, 1 - o, pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
+    r = 1 - o
+    uid = _uid(f"{origin.hex()}|{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone}|{first_ns}|"
+               f"{last_ns}|{pkts[o]}|{pkts[r]}|{wire[o]}|{wire[r]}")
+    return o, r, pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
 
 
 def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[int],  # type: ignore[type-arg]
@@ -1028,7 +1046,8 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     for j in range(n):
         fid = fid_l[j]
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
-            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
+            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j],
+            e.origin, last_ns[j], pkts[j], wire[j])
         if not light:
             tim = (tim_ts[tim_a[j]:tim_z[j]], tim_len[tim_a[j]:tim_z[j]],
                    tim_dir[tim_a[j]:tim_z[j]], tim_fl[tim_a[j]:tim_z[j]])
@@ -1073,7 +1092,8 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
     for j in range(n):
         fid = fid_l[j]
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = _flow_ident(
-            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j])
+            a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j], first_ns[j],
+            e.origin, last_ns[j], pkts[j], wire[j])
         n_streams = len(_flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap,
                                   streams.get(fid))[1])
         ic = icmp.get(fid)

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 CaptureParam = Annotated[str | None, Query(max_length=64, description=(
-    "The capture to take the call from (default: the newest capture holding it)."))]
+    "The capture to take the call from. Needed only when captures with different "
+    "contents hold the uid (409 otherwise); copies of one capture (the same SHA-256) "
+    "hold the same call, and the newest is taken."))]
 
 
 @router.get("", response_model=CallPage)
@@ -42,6 +44,18 @@ def list_calls(store: StoreDep, query: ListQueryDep) -> CallPage:
 
 
 def _call(store: StoreDep, uid: str, capture: str | None) -> dict[str, Any]:
+    """The call ``uid`` (of ``capture`` when named). A uid names one call of one capture
+    (it digests the capture's identity), so it is found in several stored captures only
+    when they are copies of one capture, or when two captures begin with the same packet
+    and hold the call's packets alike; unless their files are the same (one SHA-256), the
+    answer would be a guess between calls: 409, naming the captures to choose from."""
+    if capture is None:
+        holders = store.call_captures(uid)
+        if len({sha for _, sha in holders}) > 1:
+            ids = ", ".join(cid for cid, _ in holders)
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"call {uid} is in more than one capture ({ids}): "
+                                f"name one with ?capture=")
     row = store.call(uid, capture)
     if row is None:
         where = f" in capture {capture}" if capture is not None else ""
@@ -50,7 +64,10 @@ def _call(store: StoreDep, uid: str, capture: str | None) -> dict[str, Any]:
 
 
 @router.get("/{uid}", response_model=CallOut,
-            responses={404: {"model": ErrorOut, "description": "No such call."}})
+            responses={404: {"model": ErrorOut, "description": "No such call."},
+                       409: {"model": ErrorOut, "description": (
+                           "Captures with different contents hold the uid: name one "
+                           "with ?capture=.")}})
 def get_call(store: StoreDep, uid: str, capture: CaptureParam = None) -> CallOut:
     """One call."""
     return CallOut.model_validate(_call(store, uid, capture))
@@ -75,6 +92,9 @@ def bundle_builder() -> Callable[..., bytes] | None:
                        401: {"model": ErrorOut, "description": "Missing or wrong token."},
                        403: {"model": ErrorOut, "description": "No token is configured."},
                        404: {"model": ErrorOut, "description": "No such call."},
+                       409: {"model": ErrorOut, "description": (
+                           "Captures with different contents hold the uid: name one "
+                           "with ?capture=.")},
                        410: {"model": ErrorOut, "description": "The capture file is gone."},
                        429: {"model": ErrorOut,
                              "description": "The service is already re-analysing captures "
