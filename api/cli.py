@@ -461,12 +461,20 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 def _run_evidence(args: argparse.Namespace) -> int:
     """``marsad evidence``: write (or ``--check``) an evidence bundle."""
-    from api.evidence import EvidenceError, build_bundle, check_bundle
+    from api.evidence import (
+        EvidenceError,
+        build_bundle,
+        bundle_name,
+        check_bundle,
+        load_public_key,
+        load_signing_key,
+    )
     from api.pipeline import analyze_capture
     from policy.rules import load_policy
     if args.check is not None:
         try:
-            checked = check_bundle(args.check)
+            trusted = None if args.public_key is None else load_public_key(args.public_key)
+            checked = check_bundle(args.check, trusted)
         except (EvidenceError, OSError) as exc:
             print(f"marsad: {args.check}: {exc}", file=sys.stderr)
             return EXIT_UNREADABLE
@@ -474,12 +482,16 @@ def _run_evidence(args: argparse.Namespace) -> int:
             print(f"ok       {name}")
         for problem in checked.problems:
             print(f"PROBLEM  {problem}")
+        if checked.signature != "none":
+            print(f"signature {checked.signature}: Ed25519 key sha256 {checked.signer}"
+                  f"{'' if trusted is not None else ' (compare it with the signer you trust)'}")
         cap = checked.manifest.get("capture") or {}
         print(f"{args.check}: {'intact' if checked.ok else 'MODIFIED'}; capture sha256 "
-              f"{cap.get('sha256')}, anonymised: {checked.manifest.get('anonymised')}")
+              f"{cap.get('sha256')}, anonymised: {checked.manifest.get('anonymised')}, "
+              f"signed: {'no' if checked.signature == 'none' else checked.signature}")
         return EXIT_OK if checked.ok else 1
-    missing = [o for o, v in (("CALL_UID", args.uid), ("--capture", args.capture),
-                              ("--out", args.out)) if v is None]
+    missing = [o for o, v in (("CALL_UID", args.uid), ("--capture", args.capture))
+               if v is None]
     if missing:
         print(f"marsad evidence: {', '.join(missing)} required (or --check BUNDLE)",
               file=sys.stderr)
@@ -492,9 +504,12 @@ def _run_evidence(args: argparse.Namespace) -> int:
         if args.ledger is not None:
             with _open_ledger(args.ledger, must_exist=True) as ledger:
                 entries = ledger.entries()
+        signing = None if args.sign is None else load_signing_key(args.sign)
         result = analyze_capture(args.capture, policy=policy, workers=args.workers)
         data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
-                            ledger_entries=entries)
+                            ledger_entries=entries, signing_key=signing)
+        if args.out is None or os.path.isdir(args.out):
+            args.out = os.path.join(args.out or ".", bundle_name(args.capture, args.uid))
         tmp = f"{args.out}.part"
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -695,7 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "check one")
     e.add_argument("uid", nargs="?", metavar="CALL_UID", help="the call (or flow) uid")
     e.add_argument("--capture", metavar="FILE", help="the capture the call is in")
-    e.add_argument("--out", metavar="ZIP", help="where to write the bundle")
+    e.add_argument("--out", metavar="ZIP", help="where to write the bundle (a directory, or "
+                                              "by default the current one: "
+                                              "<capture name>-<uid>.zip there)")
     e.add_argument("--anonymize", "--anonymise", action="store_true",
                    help="rewrite the local side's addresses (prefix-preserving)")
     e.add_argument("--key", metavar="HEX",
@@ -705,7 +722,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                    help="processes reading the capture")
     e.add_argument("--check", metavar="ZIP",
-                   help="verify a bundle's files against its manifest instead")
+                   help="verify a bundle's files against its manifest instead (and its "
+                        "signature, when signed)")
+    e.add_argument("--sign", metavar="KEY.pem",
+                   help="sign the manifest with this Ed25519 private key (PEM, e.g. from "
+                        "openssl genpkey -algorithm ed25519)")
+    e.add_argument("--public-key", metavar="PUB.pem",
+                   help="with --check: the signer's public key (PEM) the bundle must be "
+                        "signed with")
     e.set_defaults(func=_run_evidence)
     rp = sub.add_parser("report", help="a human summary of captures' calls and verdicts")
     rp.add_argument("capture", nargs="+",

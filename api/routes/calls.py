@@ -85,6 +85,17 @@ def bundle_builder() -> Callable[..., bytes] | None:
     return build if callable(build) else None
 
 
+def bundle_file_name(capture_name: str, uid: str) -> str:
+    """``api.evidence.bundle_name`` (``<capture stem>-<uid>.zip``) when that module is
+    present, else ``evidence-<uid>.zip``."""
+    try:
+        module = importlib.import_module("api.evidence")
+    except ModuleNotFoundError:
+        return f"evidence-{uid}.zip"
+    name = getattr(module, "bundle_name", None)
+    return str(name(capture_name, uid)) if callable(name) else f"evidence-{uid}.zip"
+
+
 @router.get("/{uid}/evidence", dependencies=[TokenDep],
             response_class=Response,
             responses={200: {"content": {"application/zip": {}},
@@ -120,8 +131,11 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
         result = jobs.analyse(capture_row.path)
     key = settings.anonymize_key
     extra: dict[str, Any] = {}
-    if "ledger_entries" in inspect.signature(build).parameters:
+    params = inspect.signature(build).parameters
+    if "ledger_entries" in params:
         extra["ledger_entries"] = ledger.entries(capture_sha256=capture_row.sha256)
+    if "capture_name" in params:  # the uploaded file's name, not the stored copy's
+        extra["capture_name"] = capture_row.filename
     try:
         data = build(result, uid, Path(capture_row.path), anonymize,
                      None if key is None else key.get_secret_value().encode(), **extra)
@@ -131,7 +145,9 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
                             f"the evidence bundle could not be built: "
                             f"{type(exc).__name__}") from exc
     zipped = data[:4] == b"PK\x03\x04"
-    name = f"evidence-{uid}.zip" if zipped else f"evidence-{uid}.bin"
+    name = bundle_file_name(capture_row.filename, uid)
+    if not zipped:
+        name = name.removesuffix(".zip") + ".bin"
     return Response(content=data,
                     media_type="application/zip" if zipped else "application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -373,11 +373,15 @@ def test_evidence_bundle(loaded: TestClient) -> None:
         pytest.xfail("api.evidence is not present: the evidence endpoint answers 501")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/zip"
-    assert f"evidence-{blocked['uid']}.zip" in r.headers["content-disposition"]
+    # Named after the uploaded file, as is the capture in the manifest (not the stored
+    # copy's P<hex>.pcap).
+    assert f'filename="sample-blocked-{blocked["uid"]}.zip"' in r.headers["content-disposition"]
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         names = set(z.namelist())
         assert {"report.json", "manifest.json"} <= names
         report = json.loads(z.read("report.json"))
+        manifest = json.loads(z.read("manifest.json"))
+    assert manifest["capture"]["name"] == "sample-blocked.pcap"
     assert report["subject_uid"] == blocked["uid"]
     assert report["call"]["verdict"] == "blocked"
     assert loaded.get("/v1/calls/Knope/evidence", headers=AUTH).status_code == 404

@@ -335,7 +335,8 @@ def test_anonymised_bundle_rewrites_the_local_side_only(tmp_path: Path) -> None:
         {row["resp_h"] for row in json.loads(plain["report.json"])["flows"]}
     assert "157.240.27.54" in report["call"]["evidence"][0]["text"]
     manifest = json.loads(anon["manifest.json"])
-    assert manifest["anonymised"] is True and "not rewritten" in manifest["anonymisation"]["scope"]
+    assert manifest["anonymised"] is True and "STUN" in manifest["anonymisation"]["scope"]
+    assert "240.0.0.0/4" in manifest["anonymisation"]["pseudonyms"]
     assert KEY.hex() not in anon["manifest.json"].decode()
 
 
