@@ -507,7 +507,7 @@ def _run_evidence(args: argparse.Namespace) -> int:
         signing = None if args.sign is None else load_signing_key(args.sign)
         result = analyze_capture(args.capture, policy=policy, workers=args.workers)
         data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
-                            ledger_entries=entries, signing_key=signing)
+                            ledger_entries=entries, signing_key=signing, policy=policy)
         if args.out is None or os.path.isdir(args.out):
             args.out = os.path.join(args.out or ".", bundle_name(args.capture, args.uid))
         tmp = f"{args.out}.part"
@@ -533,6 +533,8 @@ def _run_report(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"marsad: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
+    if args.format is not None:
+        return _write_documents(args, policy)
     code = EXIT_OK
     as_json: list[dict[str, Any]] = []
     console = None
@@ -561,6 +563,69 @@ def _run_report(args: argparse.Namespace) -> int:
             sys.stdout.write(("\n" if n else "") + render_text(report))
     if args.json:
         sys.stdout.write(dumps({"captures": as_json}) + "\n")
+    return code
+
+
+def _when(text: str | None) -> float | None:
+    """A ``--since``/``--until`` time: seconds since the epoch or an ISO 8601 date-time."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        from datetime import UTC, datetime
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _write_documents(args: argparse.Namespace, policy: Any) -> int:
+    """``marsad report --format md|html|pdf``: the report a person files, per capture (or
+    one call, or a period), in ``--lang``; to ``--out`` (a file for one capture, or a
+    directory) or stdout (md and html)."""
+    from pathlib import Path
+
+    from api.document import build_document, render_html, render_markdown, render_pdf
+    from api.evidence import policy_digest
+    from api.pipeline import analyze_capture
+    try:
+        since, until = _when(args.since), _when(args.until)
+    except ValueError as exc:
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    code = EXIT_OK
+    out_dir = Path(args.out) if args.out and Path(args.out).is_dir() else None
+    if args.format == "pdf" and args.out is None:
+        print("marsad report: --format pdf needs --out FILE or DIR", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if len(args.capture) > 1 and args.out is not None and out_dir is None:
+        print("marsad report: several captures need --out DIR", file=sys.stderr)
+        return EXIT_UNREADABLE
+    for capture in args.capture:
+        progress = _Progress(capture)
+        with _reported(progress, (CaptureError, ValueError)) as failed:
+            result = analyze_capture(capture, policy=policy, workers=args.workers,
+                                     progress=progress.update)
+            doc = build_document(result, lang=args.lang, capture_name=Path(capture).name,
+                                 call_uid=args.call, since=since, until=until, policy=policy,
+                                 version=_version(), policy_sha256=policy_digest(policy))
+            data = (render_pdf(doc) if args.format == "pdf" else
+                    (render_html(doc) if args.format == "html" else
+                     render_markdown(doc)).encode())
+        if failed.code is not None:
+            code = failed.code
+            continue
+        if not result.status.complete and code == EXIT_OK:
+            code = EXIT_PARTIAL
+        suffix = {"md": "md", "html": "html", "pdf": "pdf"}[args.format]
+        if out_dir is not None:
+            target = out_dir / f"{Path(capture).name}.report.{args.lang}.{suffix}"
+        elif args.out is not None:
+            target = Path(args.out)
+        else:
+            sys.stdout.write(data.decode())
+            continue
+        target.write_bytes(data)
+        print(f"marsad: wrote {target}", file=sys.stderr)
     return code
 
 
@@ -742,6 +807,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
     rp.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                     help="processes reading the capture")
+    rp.add_argument("--format", choices=("md", "html", "pdf"),
+                    help="the report to file with an operator or regulator: summary, "
+                         "timeline, charts, reasons, hashes and how to verify")
+    rp.add_argument("--lang", default="en", choices=("en", "fr", "ar", "ar-MA", "ar-OM"),
+                    help="language of --format (ar: Arabic-Indic digits; ar-MA: Western "
+                         "digits)")
+    rp.add_argument("--call", metavar="UID", help="with --format: this call only")
+    rp.add_argument("--since", metavar="TIME",
+                    help="with --format: calls starting at or after TIME (epoch seconds or "
+                         "ISO 8601)")
+    rp.add_argument("--until", metavar="TIME", help="with --format: calls starting before TIME")
+    rp.add_argument("--out", metavar="FILE|DIR",
+                    help="with --format: where to write (needed for pdf)")
     rp.set_defaults(func=_run_report)
     r = sub.add_parser("refresh-data", add_help=False,
                        help="rebuild the IP-owner or hostname tables from a local copy of a "

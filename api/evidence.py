@@ -91,6 +91,7 @@ from probe import (
 __all__ = [
     "BUNDLE_FORMAT",
     "PROBLEM_WORDS",
+    "REPORT_LANGUAGES",
     "REWRITTEN_CLASSES",
     "SIGNATURE",
     "AnonymisationError",
@@ -950,7 +951,8 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
                  anonymize: bool, key: bytes | None, *,
                  ledger_entries: Sequence[LedgerEntry] | None = None,
                  clock: Callable[[], float] = time.time,
-                 capture_name: str | None = None, signing_key: Any = None) -> bytes:
+                 capture_name: str | None = None, signing_key: Any = None,
+                 policy: Policy | None = None) -> bytes:
     """A zip of the evidence about one call (or one flow) of an analysed capture.
 
     ``result`` must come from ``capture_path`` (checked by SHA-256). With
@@ -960,6 +962,10 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
     ``capture_path`` is a copy under another name. With ``signing_key`` (an Ed25519
     private key, :func:`load_signing_key`) the bundle carries :data:`SIGNATURE`, the
     signature of ``manifest.json``, which lists every other file's SHA-256.
+    A call's bundle holds its report for people (:mod:`api.document`) in every
+    language as HTML (``report.<lang>.html``) and in English as Markdown, made with
+    ``policy`` (the one the analysis used; the default policy when None), its frame
+    numbers the bundle's, anonymised with the rest.
 
     Frame numbers in ``report.json`` are those of the bundle's own capture
     (``packets.pcap``), each with the original capture's beside it
@@ -997,6 +1003,7 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
         ledger_doc = [e.to_dict() for e in ledger_entries
                       if e.capture_sha256 == sha and e.subject_uid in subjects]
     anonymisation: dict[str, Any] | None = None
+    pol: _Policy | None = None
     if anonymize:
         local = {call.local} if call is not None and call.local else set()
         anon = PrefixAnonymiser(key if key is not None else secrets.token_bytes(32))
@@ -1031,6 +1038,10 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
     files: dict[str, bytes] = {pcap_name: pcap, "report.json": _json_bytes(report)}
     if ledger_doc is not None:
         files["ledger.json"] = _json_bytes(ledger_doc)
+    if call is not None:
+        files.update(_documents(result, call_uid, files, renumber, pcap_name,
+                                capture_name or os.path.basename(str(capture_path)),
+                                policy or load_policy(), pol))
     created = clock()
     manifest = {
         "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": _version(),
@@ -1052,6 +1063,33 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, data)
     return out.getvalue()
+
+
+REPORT_LANGUAGES = ("en", "fr", "ar")
+"""The languages of the reports in a call's bundle."""
+
+
+def _documents(result: AnalysisResult, call_uid: str, files: dict[str, bytes],
+               renumber: _Renumber, pcap_name: str, capture_name: str, policy: Policy,
+               pol: _Policy | None) -> dict[str, bytes]:
+    """``report.<lang>.html`` for each of :data:`REPORT_LANGUAGES` and ``report.en.md``:
+    the call's report, citing the bundle's own frames and the other files' SHA-256; with
+    ``pol``, its addresses and ports anonymised as the packets are."""
+    from api.document import build_document, render_html, render_markdown
+    digests = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+    out: dict[str, bytes] = {}
+    for lang in REPORT_LANGUAGES:
+        doc = build_document(result, lang=lang, capture_name=capture_name, call_uid=call_uid,
+                             policy=policy, files=digests, renumber=renumber.frame,
+                             capture_file=pcap_name,
+                             bundle_name=bundle_name(capture_name, call_uid),
+                             version=_version(), policy_sha256=policy_digest(policy))
+        texts = {f"report.{lang}.html": render_html(doc)}
+        if lang == "en":
+            texts["report.en.md"] = render_markdown(doc)
+        for name, text in texts.items():
+            out[name] = (text if pol is None else _anon_text(text, pol)).encode()
+    return out
 
 
 @dataclass(frozen=True, slots=True)

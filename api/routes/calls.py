@@ -7,7 +7,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
@@ -94,6 +94,58 @@ def bundle_file_name(capture_name: str, uid: str) -> str:
         return f"evidence-{uid}.zip"
     name = getattr(module, "bundle_name", None)
     return str(name(capture_name, uid)) if callable(name) else f"evidence-{uid}.zip"
+
+
+@router.get("/{uid}/report", response_class=Response,
+            responses={200: {"content": {"text/html": {}, "text/markdown": {},
+                                         "application/pdf": {}},
+                             "description": "The call's report for people."},
+                       404: {"model": ErrorOut, "description": "No such call."},
+                       409: {"model": ErrorOut, "description": (
+                           "Captures with different contents hold the uid: name one "
+                           "with ?capture=.")},
+                       410: {"model": ErrorOut, "description": "The capture file is gone."},
+                       429: {"model": ErrorOut,
+                             "description": "The service is already re-analysing captures "
+                                            "for other requests."},
+                       501: {"model": ErrorOut, "description": "PDF needs WeasyPrint."}})
+def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
+                capture: CaptureParam = None,
+                format: Annotated[Literal["html", "md", "pdf"], Query(
+                    description="html, md (Markdown) or pdf.")] = "html",
+                lang: Annotated[Literal["en", "fr", "ar", "ar-MA", "ar-OM"], Query(
+                    description="en, fr, ar (Arabic-Indic digits), ar-MA (Western digits), "
+                                "ar-OM.")] = "en") -> Response:
+    """The call's report for people (``marsad report --format``): what happened, its
+    timeline, charts against the thresholds, reasons, hashes and how to verify; the
+    frame numbers are those of the stored capture."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from api.document import build_document, render_html, render_markdown, render_pdf
+    from api.evidence import policy_digest
+
+    row = _call(store, uid, capture)
+    capture_row = store.capture(row["capture_id"])
+    if capture_row is None or not Path(capture_row.path).is_file():
+        raise HTTPException(status.HTTP_410_GONE,
+                            "the capture this call came from is no longer kept")
+    with costly_slot(svc):  # the report re-analyses the capture
+        result = jobs.analyse(capture_row.path)
+    try:
+        marsad = version("marsad")
+    except PackageNotFoundError:
+        marsad = "unknown"
+    doc = build_document(result, lang=lang, capture_name=capture_row.filename, call_uid=uid,
+                         policy=jobs.policy, version=marsad,
+                         policy_sha256=policy_digest(jobs.policy))
+    if format == "pdf":
+        try:
+            return Response(render_pdf(doc), media_type="application/pdf")
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, str(exc)) from exc
+    if format == "md":
+        return Response(render_markdown(doc), media_type="text/markdown; charset=utf-8")
+    return Response(render_html(doc), media_type="text/html; charset=utf-8")
 
 
 @router.get("/{uid}/evidence", dependencies=[TokenDep],

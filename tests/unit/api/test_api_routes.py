@@ -387,6 +387,22 @@ def test_evidence_bundle(loaded: TestClient) -> None:
     assert loaded.get("/v1/calls/Knope/evidence", headers=AUTH).status_code == 404
 
 
+def test_a_calls_report_in_each_format_and_language(loaded: TestClient) -> None:
+    blocked = loaded.get("/v1/calls", params={"verdict": "blocked"}).json()["items"][0]
+    url = f"/v1/calls/{blocked['uid']}/report"
+    r = loaded.get(url, params={"lang": "ar"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'dir="rtl"' in r.text and blocked["uid"] in r.text and "محجوبة" in r.text
+    md = loaded.get(url, params={"format": "md", "lang": "fr"})
+    assert md.status_code == 200 and "# Rapport sur la qualité" in md.text
+    assert "sample-blocked.pcap" in md.text  # the uploaded name, not the stored copy's
+    if importlib.util.find_spec("weasyprint") is not None:
+        pdf = loaded.get(url, params={"format": "pdf"})
+        assert pdf.status_code == 200 and pdf.content[:5] == b"%PDF-"
+    assert loaded.get(url, params={"lang": "de"}).status_code == 422
+    assert loaded.get("/v1/calls/Knope/report").status_code == 404
+
+
 @pytest.mark.xfail(importlib.util.find_spec("api.evidence") is None, strict=True,
                    reason="api.evidence (build_bundle) is not present: bundles answer 501")
 def test_evidence_builder_is_found() -> None:

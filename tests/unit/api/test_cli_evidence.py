@@ -197,7 +197,8 @@ def test_evidence_bundle_and_check(ledger_path: Path, tmp_path: Path,
         names = set(z.namelist())
         pcap = z.read("packets.pcap")
         ledger_doc = json.loads(z.read("ledger.json"))
-    assert names == {"packets.pcap", "report.json", "manifest.json", "ledger.json"}
+    assert names == {"packets.pcap", "report.json", "manifest.json", "ledger.json",
+                     "report.en.html", "report.fr.html", "report.ar.html", "report.en.md"}
     judged = [f["uid"] for f in json.loads(out)["flows"] if "verdict" in f]
     assert [e["subject_uid"] for e in ledger_doc] == [call["uid"], *judged]
     (tmp_path / "p.pcap").write_bytes(pcap)
