@@ -424,14 +424,25 @@ def _rewrite_quote(buf: bytearray, at: int, pol: _Policy) -> None:
         for is_local, p in zip(local, (l4, l4 + 2), strict=True):
             if is_local:
                 buf[p:p + 2] = pol.port(int.from_bytes(buf[p:p + 2], "big")).to_bytes(2, "big")
+        # A whole quoted datagram's payload (STUN, DNS: rewritten to the same length).
+        stated = (int.from_bytes(header[2:4], "big") if version == 4
+                  else 40 + int.from_bytes(header[4:6], "big"))
+        start = l4 + (8 if proto == 17 else (buf[l4 + 12] >> 4) * 4 if l4 + 13 <= len(buf)
+                      else len(buf))
+        end = at + stated
+        old_payload = bytes(buf[start:end]) if start < end <= len(buf) else b""
+        if old_payload and _payload(bytes(buf), buf, l4, start, end, proto == 17, pol):
+            raise AnonymisationError("a payload rewritten to another length in a quote "
+                                     "cannot be re-framed")
         # The quoted segment's own checksum (a router may quote the whole datagram):
-        # its pseudo-header addresses and its ports changed.
+        # its pseudo-header addresses, its ports and its payload changed.
         ck = l4 + (6 if proto == 17 else 16)
         old_ck = int.from_bytes(buf[ck:ck + 2], "big") if ck + 2 <= len(buf) else 0
         if old_ck:
             span = addr_at - at, addr_at - at + 2 * width
-            value = _fix(old_ck, [header[span[0]:span[1]], old_ports],
-                         [bytes(buf[addr_at:addr_at + 2 * width]), bytes(buf[l4:l4 + 4])])
+            value = _fix(old_ck, [header[span[0]:span[1]], old_ports, old_payload],
+                         [bytes(buf[addr_at:addr_at + 2 * width]), bytes(buf[l4:l4 + 4]),
+                          bytes(buf[start:end]) if old_payload else b""])
             if proto == 17 and value == 0:
                 value = 0xFFFF
             buf[ck:ck + 2] = value.to_bytes(2, "big")
@@ -452,16 +463,32 @@ def _ip_end(frame: bytes | bytearray, layer: Any, off: int, sc: dict[str, Any]) 
     return min(off + n, len(frame))
 
 
-def _innermost_l4(layers: list[tuple[Any, int]], sc: dict[str, Any]) -> int | None:
-    """Index of the innermost TCP/UDP layer whose payload is the packet's own (none in
-    an ICMP error's quote)."""
-    found = None
+def _innermost_l4(layers: list[tuple[Any, int]], sc: dict[str, Any]
+                  ) -> tuple[int | None, bool]:
+    """(index of the innermost TCP/UDP layer, whether it lies in an ICMP error's quote)."""
+    found, quoted, in_icmp = None, False, False
     for i, (layer, _) in enumerate(layers):
         if isinstance(layer, sc["ICMP"] | sc["ICMPv6"]):
-            return None
+            in_icmp = True
         if isinstance(layer, sc["TCP"] | sc["UDP"]):
-            found = i
-    return found
+            found, quoted = i, in_icmp
+    return found, quoted
+
+
+def _payload(frame: bytes, buf: bytearray, off: int, start: int, end: int, is_udp: bool,
+             pol: _Policy) -> int:
+    """Rewrite the TCP/UDP payload ``frame[start:end]`` (its header at ``off``) in ``buf``;
+    the change of length."""
+    ports = (int.from_bytes(frame[off:off + 2], "big"),
+             int.from_bytes(frame[off + 2:off + 4], "big"))
+    got = rewrite_payload(frame[start:end], "udp" if is_udp else "tcp", ports,
+                          pol.wants_packed, _Names(pol))
+    if got.kind is None or got.data == frame[start:end]:
+        return 0
+    pol.payloads[got.kind] = pol.payloads.get(got.kind, 0) + 1
+    pol.integrity_broken += got.integrity_broken
+    buf[start:end] = got.data
+    return len(got.data) - (end - start)
 
 
 def _rewrite(frame: bytes, linktype: int, pol: _Policy, sc: dict[str, Any]) -> bytes:
@@ -508,9 +535,9 @@ def _rewrite(frame: bytes, linktype: int, pol: _Policy, sc: dict[str, Any]) -> b
             if local:
                 old_port = int.from_bytes(buf[at:at + 2], "big")
                 buf[at:at + 2] = pol.port(old_port).to_bytes(2, "big")
-    # The payload of the innermost TCP/UDP layer.
+    # The payload of the innermost TCP/UDP layer (in an ICMP error's quote too).
     delta = 0
-    l4 = _innermost_l4(layers, sc)
+    l4, quoted = _innermost_l4(layers, sc)
     if l4 is not None and ips and ips[-1][0] < l4:
         ip_i = ips[-1][0]
         ip_layer, ip_off = layers[ip_i]
@@ -523,21 +550,13 @@ def _rewrite(frame: bytes, linktype: int, pol: _Policy, sc: dict[str, Any]) -> b
                                   if isinstance(ip_layer, sc["IP"]) else
                                   40 + int.from_bytes(frame[ip_off + 4:ip_off + 6], "big")))
         if whole and start < end:
-            ports = (int.from_bytes(frame[off:off + 2], "big"),
-                     int.from_bytes(frame[off + 2:off + 4], "big"))
-            got = rewrite_payload(frame[start:end], "udp" if is_udp else "tcp", ports,
-                                  pol.wants_packed, _Names(pol))
-            if got.kind is not None and got.data != frame[start:end]:
-                pol.payloads[got.kind] = pol.payloads.get(got.kind, 0) + 1
-                pol.integrity_broken += got.integrity_broken
-                delta = len(got.data) - (end - start)
-                if delta and (not is_udp or len(ips) > 1):
-                    raise AnonymisationError(
-                        f"a {got.kind} payload rewritten to another length "
-                        f"{'in a tunnel' if is_udp else 'over TCP'} cannot be re-framed")
-                buf[start:end] = got.data
-                if delta:
-                    _shift_lengths(buf, ip_layer, ip_off, off, delta, sc)
+            delta = _payload(frame, buf, off, start, end, is_udp, pol)
+            if delta and (not is_udp or len(ips) > 1):
+                where = "over TCP" if not is_udp else "in a quote" if quoted else "in a tunnel"
+                raise AnonymisationError(f"a payload rewritten to another length {where} "
+                                         f"cannot be re-framed")
+            if delta:
+                _shift_lengths(buf, ip_layer, ip_off, off, delta, sc)
     if buf == bytearray(frame):
         return frame
     _fix_checksums(frame, buf, layers, ips, l4, delta, sc)
@@ -657,10 +676,10 @@ def _learn(packets: Sequence[CutPacket], pol: _Policy, sc: dict[str, Any]) -> fr
             layers = _layers(d, p.linktype, sc)
         except AnonymisationError:
             continue
-        l4 = _innermost_l4(layers, sc)
+        l4, quoted = _innermost_l4(layers, sc)
         ip = [i for i, (layer, _) in enumerate(layers)
               if isinstance(layer, sc["IP"] | sc["IPv6"]) and (l4 is None or i < l4)]
-        if l4 is None or not ip:
+        if l4 is None or quoted or not ip:
             continue
         ip_layer, ip_off = layers[ip[-1]]
         width = 4 if isinstance(ip_layer, sc["IP"]) else 16

@@ -136,3 +136,39 @@ def test_pseudonyms_are_never_routable() -> None:
     a, b = names.address("192.168.1.23"), names.address("192.168.1.1")
     assert ipaddress.ip_network(f"{a}/24", strict=False) == \
         ipaddress.ip_network(f"{b}/24", strict=False)
+
+
+def _ip_checksum(header: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
+                       ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    return head[:10] + struct.pack("!H", _ip_checksum(head)) + head[12:] + payload
+
+
+def test_a_stun_answer_quoted_by_an_icmp_error_is_rewritten_too() -> None:
+    # The phone closed its socket; its ICMP port unreachable quotes the server's whole
+    # Binding success response, XOR-MAPPED-ADDRESS and all (Linux quotes up to 576 bytes).
+    from api.evidence import PrefixAnonymiser, anonymise_frames
+    from probe import CutPacket
+    txid = bytes(range(12))
+    stun = _stun(0x0101, txid, _attr(0x0020, _xor_address(PHONE4, 51704, txid)))
+    udp = struct.pack("!HHHH", 3478, 51704, 8 + len(stun), 0) + stun
+    quoted = _ipv4("203.0.113.5", PHONE4, 17, udp)
+    icmp = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
+    icmp = icmp[:2] + struct.pack("!H", _ip_checksum(icmp + b"\0" * (len(icmp) % 2))) + icmp[4:]
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + _ipv4(PHONE4, "203.0.113.5", 1, icmp)
+    [out], mapped = anonymise_frames([CutPacket(1, 0, len(frame), 1, frame)],
+                                     PrefixAnonymiser(KEY), [PHONE4])
+    assert mapped[PHONE4] in {PrefixAnonymiser(KEY).address(PHONE4)}
+    for needle in (ipaddress.ip_address(PHONE4).packed,
+                   _xor_address(PHONE4, 51704, txid)[2:]):
+        assert needle not in out.data
+    # The ICMP checksum still holds over the rewritten quote.
+    icmp_out = out.data[14 + 20:]
+    assert _ip_checksum(icmp_out + b"\0" * (len(icmp_out) % 2)) == 0
