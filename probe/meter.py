@@ -115,6 +115,11 @@ class MeterConfig:
     """Which payloads are kept whole beyond ``payload_samples`` and where RTP headers sit
     inside framings: declared by the classifier (:mod:`probe.plugins`); the default knows
     no application (plain RTP only, nothing kept whole)."""
+    origin: bytes = b""
+    """The identity of the capture this input belongs to, when it is not the input's own
+    first packet: a file of a live capture's ring continues the stream the probe read,
+    whose first packet named its flows (:func:`probe.ring.ring_origin`). Empty: the first
+    packet metered."""
     chunk_size: int = 8 << 20
     """Bytes of capture read per batch. 8 MiB: the reader process then holds about 40 MiB
     less than at 16 MiB (one chunk, its columns and the batch in flight), for ~2 % more
@@ -358,7 +363,7 @@ class FlowMeter:
         self._ended: list[Ended] = []
         self._now = 0
         self._ts_last: int | None = None
-        self.origin = b""
+        self.origin = self.cfg.origin
         """The capture's identity (:func:`~probe.prepare.capture_origin` of its first
         packet), part of every flow uid; empty until the first packet is metered."""
 

@@ -26,7 +26,8 @@ from probe.records import TcpFlag
 from probe.sources import RawBatch
 from probe.wire import out_of_band
 
-__all__ = ["Prepared", "capture_origin", "clock_steps", "prepare", "seg_rank"]
+__all__ = ["Prepared", "capture_origin", "clock_steps", "origin_digest", "prepare",
+           "seg_rank"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -130,9 +131,16 @@ def capture_origin(b: RawBatch) -> bytes:
     if b.frame0 != 1 or not len(b):
         return b""
     off, n = int(b.data_off[0]), int(b.caplen[0])
+    return origin_digest(int(b.linktype[0]), int(b.ts_ns[0]), int(b.wirelen[0]),
+                         memoryview(b.buf)[off:off + n])
+
+
+def origin_digest(linktype: int, ts_ns: int, wirelen: int, data: bytes | memoryview) -> bytes:
+    """The capture identity a first packet gives (:func:`capture_origin`); the capture ring
+    computes it too, from the first record it keeps."""
     h = hashlib.blake2b(digest_size=8, person=b"marsad-origin")
-    h.update(struct.pack(">iqqq", int(b.linktype[0]), int(b.ts_ns[0]), int(b.wirelen[0]), n))
-    h.update(memoryview(b.buf)[off:off + n])
+    h.update(struct.pack(">iqqq", linktype, ts_ns, wirelen, len(data)))
+    h.update(data)
     return h.digest()
 
 

@@ -101,3 +101,37 @@ def test_an_answered_and_a_blocked_call_that_begin_alike_have_two_uids() -> None
     rows_b = {f.uid: _same_flow(f.conn_dict()) for f in blocked.flows}
     shared = rows_a.keys() & rows_b.keys()
     assert shared and all(rows_a[u] == rows_b[u] for u in shared)
+
+
+def test_a_live_captures_ring_file_names_its_flows_as_the_live_probe_did(
+        tmp_path: Path) -> None:
+    # The live probe names flows after the stream's first packet; a ring file analysed on
+    # its own (marsad verify, evidence) starts elsewhere in the stream, and takes the
+    # stream's identity from the ring's index.json, so its flows keep their live uids.
+    import json
+
+    from api.live import LiveConfig, LiveProbe
+    from policy.rules import load_policy
+    from probe.ring import RingConfig, ring_origin
+
+    ring_dir = tmp_path / "ring"
+    out = io.StringIO()
+    cfg = LiveConfig(source="-", ring=RingConfig(ring_dir, file_bytes=30_000,
+                                                  file_age_s=1e9))
+    with (ROOT / "captures" / "sample-call.pcap").open("rb") as fh:
+        LiveProbe(cfg, load_policy(), out, stdin=fh).run()
+    live = {r["uid"]: r for r in map(json.loads, out.getvalue().splitlines())
+            if r.get("record") == "flow"}
+    files = sorted(ring_dir.glob("ring-*.pcap"))
+    assert len(files) >= 3
+    origin = ring_origin(files[-1])
+    assert origin is not None and origin == ring_origin(files[0])
+    later = [f for p in files[1:] for f in analyze_capture(p, hash_capture=False).flows]
+    # Flows wholly inside a later file (same packets, same times) have their live uid.
+    whole = [f for f in later if f.uid in live]
+    assert whole and all(live[f.uid]["orig_pkts"] == f.orig_pkts for f in whole)
+    # Without the ring's index, the same file is a capture of its own.
+    alone = tmp_path / "alone.pcap"
+    alone.write_bytes(files[-1].read_bytes())
+    assert ring_origin(alone) is None
+    assert not {f.uid for f in analyze_capture(alone, hash_capture=False).flows} & set(live)
