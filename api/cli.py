@@ -579,12 +579,20 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 def _run_evidence(args: argparse.Namespace) -> int:
     """``marsad evidence``: write (or ``--check``) an evidence bundle."""
-    from api.evidence import EvidenceError, build_bundle, check_bundle
+    from api.evidence import (
+        EvidenceError,
+        build_bundle,
+        bundle_name,
+        check_bundle,
+        load_public_key,
+        load_signing_key,
+    )
     from api.pipeline import analyze_capture
     from policy.rules import load_policy
     if args.check is not None:
         try:
-            checked = check_bundle(args.check)
+            trusted = None if args.public_key is None else load_public_key(args.public_key)
+            checked = check_bundle(args.check, trusted)
         except (EvidenceError, OSError) as exc:
             print(f"marsad: {args.check}: {exc}", file=sys.stderr)
             return EXIT_UNREADABLE
@@ -592,12 +600,16 @@ def _run_evidence(args: argparse.Namespace) -> int:
             print(f"ok       {name}")
         for problem in checked.problems:
             print(f"PROBLEM  {problem}")
+        if checked.signature != "none":
+            print(f"signature {checked.signature}: Ed25519 key sha256 {checked.signer}"
+                  f"{'' if trusted is not None else ' (compare it with the signer you trust)'}")
         cap = checked.manifest.get("capture") or {}
         print(f"{args.check}: {'intact' if checked.ok else 'MODIFIED'}; capture sha256 "
-              f"{cap.get('sha256')}, anonymised: {checked.manifest.get('anonymised')}")
+              f"{cap.get('sha256')}, anonymised: {checked.manifest.get('anonymised')}, "
+              f"signed: {'no' if checked.signature == 'none' else checked.signature}")
         return EXIT_OK if checked.ok else 1
-    missing = [o for o, v in (("CALL_UID", args.uid), ("--capture", args.capture),
-                              ("--out", args.out)) if v is None]
+    missing = [o for o, v in (("CALL_UID", args.uid), ("--capture", args.capture))
+               if v is None]
     if missing:
         print(f"marsad evidence: {', '.join(missing)} required (or --check BUNDLE)",
               file=sys.stderr)
@@ -610,9 +622,12 @@ def _run_evidence(args: argparse.Namespace) -> int:
         if args.ledger is not None:
             with _open_ledger(args.ledger, must_exist=True) as ledger:
                 entries = ledger.entries()
+        signing = None if args.sign is None else load_signing_key(args.sign)
         result = analyze_capture(args.capture, policy=policy, workers=args.workers)
         data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
-                            ledger_entries=entries)
+                            ledger_entries=entries, signing_key=signing, policy=policy)
+        if args.out is None or os.path.isdir(args.out):
+            args.out = os.path.join(args.out or ".", bundle_name(args.capture, args.uid))
         tmp = f"{args.out}.part"
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -636,6 +651,8 @@ def _run_report(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"marsad: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
+    if args.format is not None:
+        return _write_documents(args, policy)
     code = EXIT_OK
     as_json: list[dict[str, Any]] = []
     console = None
@@ -664,6 +681,69 @@ def _run_report(args: argparse.Namespace) -> int:
             sys.stdout.write(("\n" if n else "") + render_text(report))
     if args.json:
         sys.stdout.write(dumps({"captures": as_json}) + "\n")
+    return code
+
+
+def _when(text: str | None) -> float | None:
+    """A ``--since``/``--until`` time: seconds since the epoch or an ISO 8601 date-time."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        from datetime import UTC, datetime
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _write_documents(args: argparse.Namespace, policy: Any) -> int:
+    """``marsad report --format md|html|pdf``: the report a person files, per capture (or
+    one call, or a period), in ``--lang``; to ``--out`` (a file for one capture, or a
+    directory) or stdout (md and html)."""
+    from pathlib import Path
+
+    from api.document import build_document, render_html, render_markdown, render_pdf
+    from api.evidence import policy_digest
+    from api.pipeline import analyze_capture
+    try:
+        since, until = _when(args.since), _when(args.until)
+    except ValueError as exc:
+        print(f"marsad: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    code = EXIT_OK
+    out_dir = Path(args.out) if args.out and Path(args.out).is_dir() else None
+    if args.format == "pdf" and args.out is None:
+        print("marsad report: --format pdf needs --out FILE or DIR", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if len(args.capture) > 1 and args.out is not None and out_dir is None:
+        print("marsad report: several captures need --out DIR", file=sys.stderr)
+        return EXIT_UNREADABLE
+    for capture in args.capture:
+        progress = _Progress(capture)
+        with _reported(progress, (CaptureError, ValueError)) as failed:
+            result = analyze_capture(capture, policy=policy, workers=args.workers,
+                                     progress=progress.update)
+            doc = build_document(result, lang=args.lang, capture_name=Path(capture).name,
+                                 call_uid=args.call, since=since, until=until, policy=policy,
+                                 version=_version(), policy_sha256=policy_digest(policy))
+            data = (render_pdf(doc) if args.format == "pdf" else
+                    (render_html(doc) if args.format == "html" else
+                     render_markdown(doc)).encode())
+        if failed.code is not None:
+            code = failed.code
+            continue
+        if not result.status.complete and code == EXIT_OK:
+            code = EXIT_PARTIAL
+        suffix = {"md": "md", "html": "html", "pdf": "pdf"}[args.format]
+        if out_dir is not None:
+            target = out_dir / f"{Path(capture).name}.report.{args.lang}.{suffix}"
+        elif args.out is not None:
+            target = Path(args.out)
+        else:
+            sys.stdout.write(data.decode())
+            continue
+        target.write_bytes(data)
+        print(f"marsad: wrote {target}", file=sys.stderr)
     return code
 
 
@@ -817,7 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "check one")
     e.add_argument("uid", nargs="?", metavar="CALL_UID", help="the call (or flow) uid")
     e.add_argument("--capture", metavar="FILE", help="the capture the call is in")
-    e.add_argument("--out", metavar="ZIP", help="where to write the bundle")
+    e.add_argument("--out", metavar="ZIP", help="where to write the bundle (a directory, or "
+                                              "by default the current one: "
+                                              "<capture name>-<uid>.zip there)")
     e.add_argument("--anonymize", "--anonymise", action="store_true",
                    help="rewrite the local side's addresses (prefix-preserving)")
     e.add_argument("--key", metavar="HEX",
@@ -827,7 +909,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                    help="processes reading the capture")
     e.add_argument("--check", metavar="ZIP",
-                   help="verify a bundle's files against its manifest instead")
+                   help="verify a bundle's files against its manifest instead (and its "
+                        "signature, when signed)")
+    e.add_argument("--sign", metavar="KEY.pem",
+                   help="sign the manifest with this Ed25519 private key (PEM, e.g. from "
+                        "openssl genpkey -algorithm ed25519)")
+    e.add_argument("--public-key", metavar="PUB.pem",
+                   help="with --check: the signer's public key (PEM) the bundle must be "
+                        "signed with")
     e.set_defaults(func=_run_evidence)
     rp = sub.add_parser("report", help="a human summary of captures' calls and verdicts")
     rp.add_argument("capture", nargs="+",
@@ -840,6 +929,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
     rp.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
                     help="processes reading the capture")
+    rp.add_argument("--format", choices=("md", "html", "pdf"),
+                    help="the report to file with an operator or regulator: summary, "
+                         "timeline, charts, reasons, hashes and how to verify")
+    rp.add_argument("--lang", default="en", choices=("en", "fr", "ar", "ar-MA", "ar-OM"),
+                    help="language of --format (ar: Arabic-Indic digits; ar-MA: Western "
+                         "digits)")
+    rp.add_argument("--call", metavar="UID", help="with --format: this call only")
+    rp.add_argument("--since", metavar="TIME",
+                    help="with --format: calls starting at or after TIME (epoch seconds or "
+                         "ISO 8601)")
+    rp.add_argument("--until", metavar="TIME", help="with --format: calls starting before TIME")
+    rp.add_argument("--out", metavar="FILE|DIR",
+                    help="with --format: where to write (needed for pdf)")
     rp.set_defaults(func=_run_report)
     r = sub.add_parser("refresh-data", add_help=False,
                        help="rebuild the IP-owner or hostname tables from a local copy of a "

@@ -309,6 +309,11 @@ class Jobs:
 
     # -- analysis --------------------------------------------------------------------------
 
+    @property
+    def policy(self) -> Policy:
+        """The policy the service judges with."""
+        return self._policy
+
     def analyse(self, path: str | Path,
                 progress: Callable[[int], None] | None = None) -> AnalysisResult:
         """Analyse a stored capture with the service's policy (one process). On an

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +25,7 @@ from policy.pipeline import (
 )
 from policy.rules import Policy
 from probe import FlowReader, MeterConfig, default_workers
+from probe.ring import ring_origin
 from probe.speed import gc_paused
 
 __all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row"]
@@ -64,9 +66,16 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     :class:`~probe.errors.CaptureError` if it cannot be read at all.
 
     ``hash_capture`` computes the file's SHA-256 (for the ledger) alongside. Without
-    ``config``, the meter's defaults with the classifier's payload policy.
+    ``config``, the meter's defaults with the classifier's payload policy. A file of a
+    live capture's ring (listed in the ``index.json`` beside it) is analysed with the
+    live stream's identity, so that its flows get the uids the live probe gave them.
     """
-    reader = FlowReader(source, config or meter_config(), progress=progress,
+    config = config or meter_config()
+    if isinstance(source, str | Path) and str(source) != "-" and not config.origin:
+        origin = ring_origin(source)
+        if origin is not None:  # a file of a live capture's ring: the live probe's uids
+            config = replace(config, origin=origin)
+    reader = FlowReader(source, config, progress=progress,
                         workers=default_workers() if workers is None else workers)
     hasher = None
     if hash_capture and isinstance(source, str | Path) and str(source) != "-":

@@ -276,6 +276,11 @@ class Store(Protocol):
         """A call by uid (the newest capture's, unless one is named)."""
         ...
 
+    def call_captures(self, uid: str) -> list[tuple[str, str]]:
+        """(capture id, capture SHA-256) of every capture holding a call ``uid``, newest
+        first."""
+        ...
+
     def job_counts(self) -> dict[str, int]:
         """Captures per job state."""
         ...
@@ -584,6 +589,14 @@ class SqliteStore:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
         return None if row is None else _with_capture(row)
+
+    def call_captures(self, uid: str) -> list[tuple[str, str]]:
+        sql = ("SELECT calls.capture_id, captures.sha256 FROM calls JOIN captures "
+               "ON captures.id = calls.capture_id WHERE calls.uid = ? "
+               "ORDER BY captures.created_at DESC, captures.rowid DESC")
+        with self._lock:
+            rows = self._db.execute(sql, (uid,)).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def job_counts(self) -> dict[str, int]:
         with self._lock:

@@ -184,9 +184,16 @@ def _sip_outcome(messages: list[Any], capture_end: float, wait_s: float
         [m.frame for m in messages]
 
 
-def _call_uid(flow_uids: Sequence[str]) -> str:
-    return "K" + hashlib.blake2b("|".join(sorted(flow_uids)).encode(),
-                                 digest_size=9).hexdigest()[:17]
+def _call_uid(flow_uids: Sequence[str], dialog: str | None = None) -> str:
+    """``K`` + 17 hex digits of a BLAKE2b digest of the call's flow uids and, for a SIP
+    call, its dialog's Call-ID. Flow uids carry the capture's identity (see
+    :mod:`probe.meter`), so a call uid names one call of one capture; the Call-ID tells
+    apart the dialogs one pair of signalling flows carries (a retried or second call on
+    the same SIP connection), which share every flow."""
+    parts = sorted(flow_uids)
+    if dialog is not None:
+        parts.append("sip:" + dialog)
+    return "K" + hashlib.blake2b("|".join(parts).encode(), digest_size=9).hexdigest()[:17]
 
 
 def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification],
@@ -371,7 +378,8 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                                   or cls[f.uid].facts.protocol == "dtls"]
         fate = _outcome(outcome, carried, local, who, verdict,
                         int(pol.get("calls", "answered_packets")))
-        calls.append(Call(_call_uid([f.uid for f in members]), app, media,
+        calls.append(Call(_call_uid([f.uid for f in members], extra.get("sip_call_id")),
+                          app, media,
                           tuple(f.uid for f in members), min(f.first_ts for f in members),
                           max(f.last_ts for f in members), local, tuple(legs), setup, verdict,
                           fate, extra))

@@ -184,7 +184,8 @@ class Call:
     """One call: its flows, legs, set-up and verdict."""
 
     uid: str
-    """Deterministic id (from the flows' uids)."""
+    """Deterministic id (from the flows' uids, which carry the capture's identity, and a
+    SIP call's Call-ID)."""
     app: str | None
     """App of the call (sip for plain SIP, None for unnamed RTP)."""
     media: tuple[str, ...]

@@ -115,6 +115,11 @@ class MeterConfig:
     """Which payloads are kept whole beyond ``payload_samples`` and where RTP headers sit
     inside framings: declared by the classifier (:mod:`probe.plugins`); the default knows
     no application (plain RTP only, nothing kept whole)."""
+    origin: bytes = b""
+    """The identity of the capture this input belongs to, when it is not the input's own
+    first packet: a file of a live capture's ring continues the stream the probe read,
+    whose first packet named its flows (:func:`probe.ring.ring_origin`). Empty: the first
+    packet metered."""
     chunk_size: int = 8 << 20
     """Bytes of capture read per batch: larger batches spread the per-batch work over more
     packets, smaller ones hold less in the reader process (one chunk, its columns and the
@@ -316,7 +321,7 @@ def _addr_str(hi: int, lo: int) -> tuple[int, str]:
 
 
 def _uid(parts: str) -> str:
-    """``C`` + 17 hex digits of a BLAKE2b digest of the flow's key and first timestamp."""
+    """``C`` + 17 hex digits of a BLAKE2b digest of ``parts`` (see :func:`_flow_ident`)."""
     return "C" + hashlib.blake2b(parts.encode(), digest_size=9).hexdigest()[:17]
 
 
@@ -360,6 +365,9 @@ class FlowMeter:
         self._ended: list[Ended] = []
         self._now = 0
         self._ts_last: int | None = None
+        self.origin = self.cfg.origin
+        """The capture's identity (:func:`~probe.prepare.capture_origin` of its first
+        packet), part of every flow uid; empty until the first packet is metered."""
 
     # -- public ------------------------------------------------------------------
     def prepare(self, b: RawBatch, cols: Decoded) -> Prepared:
@@ -382,6 +390,8 @@ class FlowMeter:
         """:meth:`apply`, with the flows that ended as columns (:func:`build_records` makes
         their records, :func:`conn_rows` their conn.log rows alone)."""
         self._ended = []
+        if p.origin and not self.origin:
+            self.origin = p.origin
         st = self.stats
         st.packets += p.packets
         st.slow_path += p.slow
@@ -844,7 +854,7 @@ class FlowMeter:
             rate_z=np.searchsorted(rate_fid, fids, side="right"),
             rtp=rtp, rtp_a=rtp_a, rtp_z=rtp_z, streams=streams,
             payloads=self._pay_log.take(lookup, fids), icmp=icmp, weirds=weirds,
-            rtp_cap=self.cfg.rtp_detail_packets)
+            rtp_cap=self.cfg.rtp_detail_packets, origin=self.origin)
         self.stats.flows += len(slots)
         for s in slots.tolist():
             kb = self._slot_key.pop(s, None)
@@ -954,6 +964,8 @@ class Ended:
     icmp: dict[int, list[IcmpNotice]]
     weirds: dict[int, list[tuple[int, int, WeirdInfo]]]
     rtp_cap: int
+    origin: bytes = b""
+    """The capture's identity (:attr:`FlowMeter.origin`), part of the flows' uids."""
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -984,10 +996,19 @@ def _macs(l2: U64) -> list[list[str | None]]:
 
 
 def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
-                orig_is_a: bool, first_ns: int
+                orig_is_a: bool, first_ns: int, origin: bytes, last_ns: int,
+                pkts: list[int], wire: list[int]
                 ) -> tuple[int, int, str, int, str, int, str, int, int | None, str]:
     """(orig side, resp side, proto name, IP version, orig_h, orig_p, resp_h, resp_p, vlan,
-    uid) of a table key; the sides index the per-side (a, b) counter pairs."""
+    uid) of a table key; the sides index the per-side (a, b) counter pairs.
+
+    The uid digests the capture's identity (``origin``, its first packet), the flow's key
+    and first timestamp, and what it came to (last timestamp, packets and wire bytes each
+    way): reproducible for the same capture by every entry point (all of it is capture
+    content, none of it how the input was cut or read), different for flows of captures
+    that begin differently, and different for two flows that share key and start but not
+    packets (two captures that begin alike and part later: an answered call and the same
+    call blocked)."""
     a_ver, a_str = _addr_str(a_hi, a_lo)
     _, b_str = _addr_str(b_hi, b_lo)
     a_port, b_port, proto, vlan = ports_word_fields(kk)
@@ -996,9 +1017,11 @@ def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
     else:
         oh, op, rh, rp = b_str, b_port, a_str, a_port
     pname = PROTO_NAMES.get(proto, str(proto))
-    uid = _uid(f"{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone}|{first_ns}")
     o = 0 if orig_is_a else 1
-    return o, 1 - o, pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
+    r = 1 - o
+    uid = _uid(f"{origin.hex()}|{pname}|{oh}|{op}|{rh}|{rp}|{vlan}|{zone}|{first_ns}|"
+               f"{last_ns}|{pkts[o]}|{pkts[r]}|{wire[o]}|{wire[r]}")
+    return o, r, pname, a_ver, oh, op, rh, rp, (vlan if vlan >= 0 else None), uid
 
 
 def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[int],  # type: ignore[type-arg]
@@ -1023,14 +1046,14 @@ def _each_flow(e: Ended, plain: tuple[list[Any], ...]) -> Iterator[
     """What a gathered flow's record and its conn.log row are both made from, flow by
     flow: its row ``j``, identity (:func:`_flow_ident`), RTP series and streams
     (:func:`_flow_rtp`), ICMP notices and weirds. ``plain`` is :meth:`Ended.plain`."""
-    a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns = plain[:8]
-    pkts, n_rtp, fid_l = plain[11], plain[17], plain[18]
+    a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns = plain[:9]
+    pkts, wire, n_rtp, fid_l = plain[11], plain[13], plain[17], plain[18]
     rtp, rtp_a, rtp_z, cap = e.rtp, e.rtp_a.tolist(), e.rtp_z.tolist(), e.rtp_cap
     streams, icmp, weird_log = e.streams, e.icmp, e.weirds
     for j in range(len(e)):
         fid = fid_l[j]
         yield (j, _flow_ident(a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j],
-                              first_ns[j]),
+                              first_ns[j], e.origin, last_ns[j], pkts[j], wire[j]),
                _flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap, streams.get(fid)),
                icmp.get(fid), weird_log.get(fid))
 

@@ -10,6 +10,8 @@ need. It never looks at the flow table, so it can run in another process than
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
@@ -24,7 +26,8 @@ from probe.records import TcpFlag
 from probe.sources import LinkType, RawBatch
 from probe.speed import out_of_band
 
-__all__ = ["Prepared", "clock_steps", "prepare", "seg_rank"]
+__all__ = ["Prepared", "capture_origin", "clock_steps", "origin_digest", "prepare",
+           "seg_rank"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -109,6 +112,9 @@ class Prepared:
     rtp_ssrc: npt.NDArray[np.uint32]
     rtp_pt: npt.NDArray[np.uint8]
     rtp_mk: npt.NDArray[np.uint8]
+    origin: bytes = b""
+    """The capture's identity when this batch holds its first packet (frame 1), else
+    empty: :func:`capture_origin` of that packet."""
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, tuple[Any, ...]]:
         return out_of_band(self, int(protocol), "pool")
@@ -154,6 +160,29 @@ def group_l2(b: RawBatch, bi: I64, side: I64) -> U64:
     out[:, 0] = np.where(from_a, src, dst)
     out[:, 1] = np.where(from_a, dst, src)
     return out
+
+
+def capture_origin(b: RawBatch) -> bytes:
+    """The identity of the capture a batch starts (frame 1; empty for any other batch): a
+    BLAKE2b digest of its first packet, link type, timestamp, lengths and captured
+    bytes. Every entry point sees this packet first and whole (a file read in batches,
+    a stream through :class:`~probe.pcapstream.PcapStream`, the ring it is kept in), so
+    flow uids made with it are the same whichever way the capture is read, and differ
+    between captures that do not begin with the same packet at the same time."""
+    if b.frame0 != 1 or not len(b):
+        return b""
+    off, n = int(b.data_off[0]), int(b.caplen[0])
+    return origin_digest(int(b.linktype[0]), int(b.ts_ns[0]), int(b.wirelen[0]),
+                         memoryview(b.buf)[off:off + n])
+
+
+def origin_digest(linktype: int, ts_ns: int, wirelen: int, data: bytes | memoryview) -> bytes:
+    """The capture identity a first packet gives (:func:`capture_origin`); the capture ring
+    computes it too, from the first record it keeps."""
+    h = hashlib.blake2b(digest_size=8, person=b"marsad-origin")
+    h.update(struct.pack(">iqqq", linktype, ts_ns, wirelen, len(data)))
+    h.update(data)
+    return h.digest()
 
 
 def mix(k: U64) -> U64:
@@ -384,4 +413,5 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
             np.uint32),
         rtp_ssrc=((rb[:, 8] << 24) | (rb[:, 9] << 16) | (rb[:, 10] << 8) | rb[:, 11]).astype(
             np.uint32),
-        rtp_pt=(rb[:, 1] & 0x7F).astype(np.uint8), rtp_mk=(rb[:, 1] >> 7).astype(np.uint8))
+        rtp_pt=(rb[:, 1] & 0x7F).astype(np.uint8), rtp_mk=(rb[:, 1] >> 7).astype(np.uint8),
+        origin=capture_origin(b))

@@ -300,7 +300,9 @@ class FlowRecord:
     """A finished bidirectional flow."""
 
     uid: str
-    """Deterministic id: the same capture gives the same uids on every run."""
+    """Deterministic id: the same capture gives the same uids on every run and by every
+    entry point; the capture's identity (its first packet) is part of it
+    (docs/ARCHITECTURE.md)."""
     proto: str
     """Transport protocol, lowercase: ``tcp``, ``udp``, ``icmp``, ``icmpv6``, ``sctp``..."""
     ip_version: int

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from probe.prepare import origin_digest
 from probe.sources import (
     MAX_RECORD,
     PCAP_HEADER,
@@ -34,7 +35,9 @@ from probe.sources import (
     record_offsets,
 )
 
-__all__ = ["INDEX_FILE", "CaptureRing", "RingConfig", "RingFile"]
+__all__ = ["INDEX_FILE", "CaptureRing", "RingConfig", "RingFile", "ring_origin"]
+
+NS = 1_000_000_000
 
 INDEX_FILE = "index.json"
 """The ring's file list, rewritten atomically whenever it changes."""
@@ -131,6 +134,11 @@ class CaptureRing:
         self.disabled: str | None = None
         """Why the ring keeps nothing (not a classic pcap stream), or None."""
         self.frames = 0
+        self.origin = b""
+        """The stream's identity (:func:`~probe.prepare.origin_digest` of its first
+        record), as the flow meter reading the same stream computes it; in ``index.json``
+        so that a ring file analysed on its own names its flows as the live probe did
+        (:func:`ring_origin`)."""
         """Packets seen in the stream."""
         self.newest_ts = 0.0
         """Time of the newest packet seen."""
@@ -162,11 +170,14 @@ class CaptureRing:
         offs, end = record_offsets(buf, pos, head)
         start = pos  # first byte not yet written
         for pos in offs:
-            sec, frac, incl, _wire = rec.unpack_from(buf, pos)
+            sec, frac, incl, wire = rec.unpack_from(buf, pos)
             if incl > MAX_RECORD:
                 self._corrupt(buf, start, pos)
                 return
             nxt = pos + RECORD_HEADER + incl
+            if not self.origin:  # the stream's first packet names every flow of it
+                self.origin = origin_digest(head.linktype, sec * NS + frac * head.frac_ns,
+                                            wire, bytes(buf[pos + RECORD_HEADER:nxt]))
             ts = sec + frac * head.frac_ns / 1e9
             cur = self._open
             if cur is not None and cur.packets and (
@@ -304,5 +315,25 @@ class CaptureRing:
             files.append(cur.to_dict())
         path = self.cfg.directory / INDEX_FILE
         tmp = path.with_suffix(".json.part")
-        tmp.write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+        doc: dict[str, Any] = {"files": files}
+        if self.origin:
+            doc["origin"] = self.origin.hex()
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+
+
+def ring_origin(path: str | Path) -> bytes | None:
+    """The identity of the live capture a ring file belongs to (``origin`` in the
+    ``index.json`` beside it, when that index lists the file), or None for a file that is
+    not one of a ring's: analysed with it, the file's flows get the uids the live probe
+    gave them."""
+    p = Path(path)
+    try:
+        doc = json.loads((p.parent / INDEX_FILE).read_text(encoding="utf-8"))
+        names = {f.get("name") for f in doc.get("files", []) if isinstance(f, dict)}
+        origin = doc.get("origin")
+        if p.name in names and isinstance(origin, str):
+            return bytes.fromhex(origin)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return None

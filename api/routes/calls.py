@@ -7,7 +7,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 CaptureParam = Annotated[str | None, Query(max_length=64, description=(
-    "The capture to take the call from (default: the newest capture holding it)."))]
+    "The capture to take the call from. Needed only when captures with different "
+    "contents hold the uid (409 otherwise); copies of one capture (the same SHA-256) "
+    "hold the same call, and the newest is taken."))]
 
 
 @router.get("", response_model=CallPage)
@@ -44,6 +46,18 @@ def list_calls(store: StoreDep, query: ListQueryDep) -> CallPage:
 
 
 def _call(store: StoreDep, uid: str, capture: str | None) -> dict[str, Any]:
+    """The call ``uid`` (of ``capture`` when named). A uid names one call of one capture
+    (it digests the capture's identity), so it is found in several stored captures only
+    when they are copies of one capture, or when two captures begin with the same packet
+    and hold the call's packets alike; unless their files are the same (one SHA-256), the
+    answer would be a guess between calls: 409, naming the captures to choose from."""
+    if capture is None:
+        holders = store.call_captures(uid)
+        if len({sha for _, sha in holders}) > 1:
+            ids = ", ".join(cid for cid, _ in holders)
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"call {uid} is in more than one capture ({ids}): "
+                                f"name one with ?capture=")
     row = store.call(uid, capture)
     if row is None:
         where = f" in capture {capture}" if capture is not None else ""
@@ -52,7 +66,10 @@ def _call(store: StoreDep, uid: str, capture: str | None) -> dict[str, Any]:
 
 
 @router.get("/{uid}", response_model=CallOut,
-            responses={404: {"model": ErrorOut, "description": "No such call."}})
+            responses={404: {"model": ErrorOut, "description": "No such call."},
+                       409: {"model": ErrorOut, "description": (
+                           "Captures with different contents hold the uid: name one "
+                           "with ?capture=.")}})
 def get_call(store: StoreDep, uid: str, capture: CaptureParam = None) -> CallOut:
     """One call."""
     return CallOut.model_validate(_call(store, uid, capture))
@@ -82,6 +99,69 @@ def bundle_builder() -> Callable[..., bytes] | None:
     return build if callable(build) else None
 
 
+def bundle_file_name(capture_name: str, uid: str) -> str:
+    """``api.evidence.bundle_name`` (``<capture stem>-<uid>.zip``) when that module is
+    present, else ``evidence-<uid>.zip``."""
+    try:
+        module = importlib.import_module("api.evidence")
+    except ModuleNotFoundError:
+        return f"evidence-{uid}.zip"
+    name = getattr(module, "bundle_name", None)
+    return str(name(capture_name, uid)) if callable(name) else f"evidence-{uid}.zip"
+
+
+@router.get("/{uid}/report", response_class=Response,
+            responses={200: {"content": {"text/html": {}, "text/markdown": {},
+                                         "application/pdf": {}},
+                             "description": "The call's report for people."},
+                       404: {"model": ErrorOut, "description": "No such call."},
+                       409: {"model": ErrorOut, "description": (
+                           "Captures with different contents hold the uid: name one "
+                           "with ?capture=.")},
+                       410: {"model": ErrorOut, "description": "The capture file is gone."},
+                       429: {"model": ErrorOut,
+                             "description": "The service is already re-analysing captures "
+                                            "for other requests."},
+                       501: {"model": ErrorOut, "description": "PDF needs WeasyPrint."}})
+def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
+                capture: CaptureParam = None,
+                format: Annotated[Literal["html", "md", "pdf"], Query(
+                    description="html, md (Markdown) or pdf.")] = "html",
+                lang: Annotated[Literal["en", "fr", "ar", "ar-MA", "ar-OM"], Query(
+                    description="en, fr, ar (Arabic-Indic digits), ar-MA (Western digits), "
+                                "ar-OM.")] = "en") -> Response:
+    """The call's report for people (``marsad report --format``): what happened, its
+    timeline, charts against the thresholds, reasons, hashes and how to verify; the
+    frame numbers are those of the stored capture."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from api.document import build_document, render_html, render_markdown, render_pdf
+    from api.evidence import policy_digest
+
+    row = _call(store, uid, capture)
+    capture_row = store.capture(row["capture_id"])
+    if capture_row is None or not Path(capture_row.path).is_file():
+        raise HTTPException(status.HTTP_410_GONE,
+                            "the capture this call came from is no longer kept")
+    with costly_slot(svc):  # the report re-analyses the capture
+        result = jobs.analyse(capture_row.path)
+    try:
+        marsad = version("marsad")
+    except PackageNotFoundError:
+        marsad = "unknown"
+    doc = build_document(result, lang=lang, capture_name=capture_row.filename, call_uid=uid,
+                         policy=jobs.policy, version=marsad,
+                         policy_sha256=policy_digest(jobs.policy))
+    if format == "pdf":
+        try:
+            return Response(render_pdf(doc), media_type="application/pdf")
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, str(exc)) from exc
+    if format == "md":
+        return Response(render_markdown(doc), media_type="text/markdown; charset=utf-8")
+    return Response(render_html(doc), media_type="text/html; charset=utf-8")
+
+
 @router.get("/{uid}/evidence", dependencies=[TokenDep],
             response_class=Response,
             responses={200: {"content": {"application/zip": {}},
@@ -89,6 +169,9 @@ def bundle_builder() -> Callable[..., bytes] | None:
                        401: {"model": ErrorOut, "description": "Missing or wrong token."},
                        403: {"model": ErrorOut, "description": "No token is configured."},
                        404: {"model": ErrorOut, "description": "No such call."},
+                       409: {"model": ErrorOut, "description": (
+                           "Captures with different contents hold the uid: name one "
+                           "with ?capture=.")},
                        410: {"model": ErrorOut, "description": "The capture file is gone."},
                        429: {"model": ErrorOut,
                              "description": "The service is already re-analysing captures "
@@ -114,8 +197,11 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
         result = jobs.analyse(capture_row.path)
     key = settings.anonymize_key
     extra: dict[str, Any] = {}
-    if "ledger_entries" in inspect.signature(build).parameters:
+    params = inspect.signature(build).parameters
+    if "ledger_entries" in params:
         extra["ledger_entries"] = ledger.entries(capture_sha256=capture_row.sha256)
+    if "capture_name" in params:  # the uploaded file's name, not the stored copy's
+        extra["capture_name"] = capture_row.filename
     try:
         data = build(result, uid, Path(capture_row.path), anonymize,
                      None if key is None else key.get_secret_value().encode(), **extra)
@@ -125,7 +211,9 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
                             f"the evidence bundle could not be built: "
                             f"{type(exc).__name__}") from exc
     zipped = data[:4] == b"PK\x03\x04"
-    name = f"evidence-{uid}.zip" if zipped else f"evidence-{uid}.bin"
+    name = bundle_file_name(capture_row.filename, uid)
+    if not zipped:
+        name = name.removesuffix(".zip") + ".bin"
     return Response(content=data,
                     media_type="application/zip" if zipped else "application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from api.probe_status import STATUS_FILE, ProbeState, ProbeStatus, write_probe_s
 from api.routes import calls as calls_route
 from api.routes import captures as captures_route
 from tests.conftest import ROOT
+from tests.pcapbytes import pcap, split, udp_frame
 
 CAPTURES = ROOT / "captures"
 TOKEN = "s3cret-token"
@@ -289,17 +291,49 @@ def test_one_call(loaded: TestClient) -> None:
     assert r.status_code == 200 and r.json() == sip
     assert r.json()["sip_call_id"] == "a84b4c76e66710@192.168.1.50"
     assert [leg["mos"] for leg in r.json()["legs"]] == [4.36, 4.36]
-    # The WhatsApp call uid is in two captures: the newest is shown unless one is named.
+    # The answered WhatsApp call and the blocked one begin with the same packets at the
+    # same times (the same first packet: one capture identity) and part at the media: two
+    # uids, and each names its own call.
     wa = loaded.get("/v1/calls", params={"app": "whatsapp"}).json()["items"]
-    assert wa[0]["uid"] == wa[1]["uid"]
-    by_capture = {c["capture_id"]: c["verdict"] for c in wa}
-    for capture_id, verdict in by_capture.items():
-        got = loaded.get(f"/v1/calls/{wa[0]['uid']}", params={"capture": capture_id}).json()
-        assert got["verdict"] == verdict
-    newest = loaded.get("/v1/captures").json()["items"]
-    order = [c["id"] for c in newest]
-    shown = loaded.get(f"/v1/calls/{wa[0]['uid']}").json()["capture_id"]
-    assert order.index(shown) == min(order.index(c) for c in by_capture)
+    assert sorted(c["verdict"] for c in wa) == ["blocked", "ok"]
+    assert wa[0]["uid"] != wa[1]["uid"]
+    for c in wa:
+        got = loaded.get(f"/v1/calls/{c['uid']}").json()
+        assert (got["capture_id"], got["verdict"]) == (c["capture_id"], c["verdict"])
+
+
+def test_a_uid_in_two_different_captures_is_409_until_one_is_named(client: TestClient) -> None:
+    # The call capture, and the same with one more packet a second after its end: two files
+    # (two SHA-256s) holding the same call, with the same uid. Asked for without naming a
+    # capture, the service does not pick one for the caller.
+    header, records = split((CAPTURES / "sample-call.pcap").read_bytes())
+    last = struct.unpack_from("<I", records[-1], 0)[0]
+    later = pcap([(last + 1.0, udp_frame("192.168.1.23", 40000, "192.168.1.1", 53,
+                                            b"\x12\x34" + bytes(10)))])
+    longer = header + b"".join(records) + split(later)[1][0]
+    for name, data in (("sample-call.pcap", (CAPTURES / "sample-call.pcap").read_bytes()),
+                       ("sample-call-longer.pcap", longer)):
+        r = client.post("/v1/captures", params={"name": name}, content=data,
+                        headers={**AUTH, "Content-Type": "application/vnd.tcpdump.pcap"})
+        assert r.status_code == 202, r.text
+    _settle(client)
+    wa = client.get("/v1/calls", params={"app": "whatsapp"}).json()["items"]
+    assert len(wa) == 2 and wa[0]["uid"] == wa[1]["uid"]
+    r = client.get(f"/v1/calls/{wa[0]['uid']}")
+    assert r.status_code == 409, r.text
+    assert all(c["capture_id"] in r.json()["detail"] for c in wa)
+    assert client.get(f"/v1/calls/{wa[0]['uid']}/evidence", headers=AUTH).status_code == 409
+    for c in wa:
+        got = client.get(f"/v1/calls/{c['uid']}", params={"capture": c["capture_id"]})
+        assert got.status_code == 200 and got.json()["capture_id"] == c["capture_id"]
+
+
+def test_copies_of_one_capture_answer_with_the_newest(client: TestClient) -> None:
+    # The same bytes under another name are not stored twice; the call is found plainly.
+    assert _upload(client, "sample-call.pcap").status_code == 202
+    _settle(client)
+    uid = client.get("/v1/calls").json()["items"][0]["uid"]
+    assert client.get(f"/v1/calls/{uid}").status_code == 200
 
 
 @pytest.mark.parametrize("path,params,status", [
@@ -339,14 +373,34 @@ def test_evidence_bundle(loaded: TestClient) -> None:
         pytest.xfail("api.evidence is not present: the evidence endpoint answers 501")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/zip"
-    assert f"evidence-{blocked['uid']}.zip" in r.headers["content-disposition"]
+    # Named after the uploaded file, as is the capture in the manifest (not the stored
+    # copy's P<hex>.pcap).
+    assert f'filename="sample-blocked-{blocked["uid"]}.zip"' in r.headers["content-disposition"]
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         names = set(z.namelist())
         assert {"report.json", "manifest.json"} <= names
         report = json.loads(z.read("report.json"))
+        manifest = json.loads(z.read("manifest.json"))
+    assert manifest["capture"]["name"] == "sample-blocked.pcap"
     assert report["subject_uid"] == blocked["uid"]
     assert report["call"]["verdict"] == "blocked"
     assert loaded.get("/v1/calls/Knope/evidence", headers=AUTH).status_code == 404
+
+
+def test_a_calls_report_in_each_format_and_language(loaded: TestClient) -> None:
+    blocked = loaded.get("/v1/calls", params={"verdict": "blocked"}).json()["items"][0]
+    url = f"/v1/calls/{blocked['uid']}/report"
+    r = loaded.get(url, params={"lang": "ar"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'dir="rtl"' in r.text and blocked["uid"] in r.text and "محجوبة" in r.text
+    md = loaded.get(url, params={"format": "md", "lang": "fr"})
+    assert md.status_code == 200 and "# Rapport sur la qualité" in md.text
+    assert "sample-blocked.pcap" in md.text  # the uploaded name, not the stored copy's
+    if importlib.util.find_spec("weasyprint") is not None:
+        pdf = loaded.get(url, params={"format": "pdf"})
+        assert pdf.status_code == 200 and pdf.content[:5] == b"%PDF-"
+    assert loaded.get(url, params={"lang": "de"}).status_code == 422
+    assert loaded.get("/v1/calls/Knope/report").status_code == 404
 
 
 @pytest.mark.xfail(importlib.util.find_spec("api.evidence") is None, strict=True,

@@ -197,7 +197,8 @@ def test_evidence_bundle_and_check(ledger_path: Path, tmp_path: Path,
         names = set(z.namelist())
         pcap = z.read("packets.pcap")
         ledger_doc = json.loads(z.read("ledger.json"))
-    assert names == {"packets.pcap", "report.json", "manifest.json", "ledger.json"}
+    assert names == {"packets.pcap", "report.json", "manifest.json", "ledger.json",
+                     "report.en.html", "report.fr.html", "report.ar.html", "report.en.md"}
     judged = [f["uid"] for f in json.loads(out)["flows"] if "verdict" in f]
     assert [e["subject_uid"] for e in ledger_doc] == [call["uid"], *judged]
     (tmp_path / "p.pcap").write_bytes(pcap)
@@ -223,10 +224,23 @@ def test_evidence_bundle_and_check(ledger_path: Path, tmp_path: Path,
     assert code == 1 and "PROBLEM  report.json: SHA-256" in out and "MODIFIED" in out
 
 
+def test_evidence_names_the_bundle_after_the_capture(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "analyze", BLOCKED, *W1)
+    uid = json.loads(out)["calls"][0]["uid"]
+    for _ in range(2):  # the same name every time
+        code, _, _ = run(capsys, "evidence", uid, "--capture", BLOCKED, "--out",
+                         str(tmp_path), *W1)
+        assert code == 0
+        assert [p.name for p in tmp_path.iterdir()] == [f"sample-blocked-{uid}.zip"]
+
+
 def test_evidence_refuses_bad_requests(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "b.zip")
-    assert run(capsys, "evidence", "Kx", "--capture", BLOCKED)[0] == 2  # no --out
+    assert run(capsys, "evidence", "Kx", "--capture", BLOCKED, "--out", str(tmp_path),
+               *W1)[0] == 2  # no such call
+    assert list(tmp_path.iterdir()) == []
     code, _, err = run(capsys, "evidence", "Knope", "--capture", BLOCKED, "--out", out, *W1)
     assert code == 2 and "no call or flow Knope" in err
     assert run(capsys, "evidence", "Kx", "--capture", BLOCKED, "--out", out, "--anonymize",

@@ -44,6 +44,8 @@ ICMP = CAPTURES / "icmp-errors.pcap"
 VXLAN = CAPTURES / "encap-vxlan.pcap"
 SIP_488 = NDPI_DEV / "pcap_other" / "sip-488-Not-Acceptable-Here-codec-null.pcapng"
 KEY = bytes(range(32))
+REPORTS = {"report.en.html", "report.fr.html", "report.ar.html", "report.en.md"}
+"""The report for people a call's bundle holds."""
 T0 = 1_704_067_200.0
 
 
@@ -212,7 +214,7 @@ def test_bundle_holds_exactly_the_calls_packets(tmp_path: Path) -> None:
     r = analysed(BLOCKED)
     call = r.analysis.calls[0]
     files = unzip(build_bundle(r, call.uid, BLOCKED, False, None, clock=clock))
-    assert set(files) == {"packets.pcap", "report.json", "manifest.json"}
+    assert set(files) == {"packets.pcap", "report.json", "manifest.json", *REPORTS}
     report = json.loads(files["report.json"])
     frames = report["packets"]["original_frames"]
     assert frames == expected_frames(BLOCKED, set(call.flow_uids))
@@ -335,7 +337,8 @@ def test_anonymised_bundle_rewrites_the_local_side_only(tmp_path: Path) -> None:
         {row["resp_h"] for row in json.loads(plain["report.json"])["flows"]}
     assert "157.240.27.54" in report["call"]["evidence"][0]["text"]
     manifest = json.loads(anon["manifest.json"])
-    assert manifest["anonymised"] is True and "not rewritten" in manifest["anonymisation"]["scope"]
+    assert manifest["anonymised"] is True and "STUN" in manifest["anonymisation"]["scope"]
+    assert "240.0.0.0/4" in manifest["anonymisation"]["pseudonyms"]
     assert KEY.hex() not in anon["manifest.json"].decode()
 
 
@@ -423,7 +426,8 @@ def test_check_bundle_finds_modified_missing_and_extra_files(ledger: Ledger) -> 
     data = build_bundle(r, call.uid, BLOCKED, False, None, ledger_entries=ledger.entries(),
                         clock=clock)
     good = check_bundle(data)
-    assert good.ok and set(good.checked) == {"packets.pcap", "report.json", "ledger.json"}
+    assert good.ok and set(good.checked) == {"packets.pcap", "report.json", "ledger.json",
+                                             *REPORTS}
     m: dict[str, Any] = good.manifest
     assert m["capture"]["sha256"] == r.sha256 and m["anonymised"] is False
     assert m["created_at"] == "2024-01-01T00:00:00.000000Z" and m["tool_version"]

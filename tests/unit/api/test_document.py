@@ -1,0 +1,158 @@
+"""The report a person files, in English, French and Arabic, read back from its PDF.
+
+Each report is rendered by WeasyPrint and its text read back with pdftotext: the title,
+the verdict, the translated evidence sentence, the capture's SHA-256, the call's uid and
+the tshark filter must be there in the report's language. Arabic is compared after
+Unicode normalisation (pdftotext gives some letters as presentation forms, and bidi
+marks around left-to-right runs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from api.cli import main
+from api.document import (
+    EVIDENCE,
+    TEXTS,
+    build_document,
+    evidence_sentence,
+    render_html,
+    render_markdown,
+    render_pdf,
+)
+from api.evidence import build_bundle
+from api.pipeline import analyze_capture
+from tests.conftest import ROOT, need_tool
+
+CAPTURES = ROOT / "captures"
+BLOCKED = CAPTURES / "sample-blocked.pcap"
+SIP = CAPTURES / "sample-sip.pcap"
+
+WANT = {
+    # (title, blocked verdict word, a piece of the translated STUN sentence)
+    "en": ("Call quality and interference report", "blocked", "got no response while other"),
+    "fr": ("Rapport sur la qualité des appels", "bloqué", "n'ont reçu aucune réponse"),
+    "ar": ("تقرير جودة المكالمات", "محجوبة", "أي رد بينما"),
+}
+
+
+def plain(text: str) -> str:
+    """Text as compared: NFKC (presentation forms to letters), no bidi controls, no
+    Arabic short vowels or tatweel, runs of spaces as one."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub("[\u200e\u200f\u202a-\u202e\u2066-\u2069\u064b-\u0652\u0640]", "", text)
+    return re.sub(r"\s+", " ", text)
+
+
+def pdf_text(tmp: Path, data: bytes, name: str) -> str:
+    tool = need_tool("pdftotext")
+    pdf = tmp / name
+    pdf.write_bytes(data)
+    out = subprocess.run([tool, "-raw", str(pdf), "-"], check=True, capture_output=True)
+    return plain(out.stdout.decode("utf-8"))
+
+
+def _contains(hay: str, needle: str) -> bool:
+    """``needle`` in ``hay`` word by word in order: pdftotext may reorder the runs of a
+    right-to-left line, so Arabic is matched word by word."""
+    needle = plain(needle)
+    if needle in hay:
+        return True
+    return all(w in hay for w in needle.split())
+
+
+@pytest.mark.parametrize("lang", ["en", "fr", "ar"])
+def test_the_pdf_report_reads_back_in_its_language(lang: str, tmp_path: Path) -> None:
+    pytest.importorskip("weasyprint")
+    result = analyze_capture(BLOCKED)
+    call = result.analysis.calls[0]
+    doc = build_document(result, lang=lang, capture_name=BLOCKED.name, version="test",
+                         policy_sha256="ab" * 32)
+    text = pdf_text(tmp_path, render_pdf(doc), f"{lang}.pdf")
+    title, verdict, sentence = WANT[lang]
+    for needle in (title, verdict, sentence, TEXTS[lang]["verify"], TEXTS[lang]["timeline"],
+                   TEXTS[lang]["benign"]):
+        assert _contains(text, needle), (lang, needle)
+    assert result.sha256 is not None and result.sha256 in text.replace(" ", "")
+    assert call.uid in text and "frame.numberin{29,30,34" in text.replace(" ", "")
+    assert "157.240.27.54" in text  # the STUN server named in the evidence
+
+
+@pytest.mark.parametrize("lang", ["fr", "ar"])
+def test_evidence_sentences_are_translated_from_their_templates(lang: str) -> None:
+    result = analyze_capture(BLOCKED)
+    by_uid = {f.uid: f for f in result.flows}
+    for ev in result.analysis.calls[0].verdict.evidence:
+        assert ev.rule in EVIDENCE[lang]
+        text, translated = evidence_sentence(ev, by_uid, lang)
+        assert translated and text != ev.text
+        english, _ = evidence_sentence(ev, by_uid, "en")
+        assert english == ev.text  # the English template says what the rule said
+    # A rule every language knows, in every language.
+    assert set(EVIDENCE["en"]) == set(EVIDENCE["fr"]) == set(EVIDENCE["ar"])
+
+
+def test_arabic_reads_right_to_left_with_its_digits_or_western_ones() -> None:
+    result = analyze_capture(BLOCKED)
+    ar = render_html(build_document(result, lang="ar", capture_name=BLOCKED.name))
+    ma = render_html(build_document(result, lang="ar-MA", capture_name=BLOCKED.name))
+    assert 'dir="rtl"' in ar and 'lang="ar"' in ar
+    assert "٢٢٫٣" in ar and "22.3" not in ar.split("<h2>", 1)[1].split("<h3>", 1)[0]
+    assert "22.3" in ma and "٢٢٫٣" not in ma
+    # Identifiers stay as they are typed.
+    assert result.sha256 is not None and result.sha256 in ar
+
+
+def test_markdown_report_of_a_sip_call_and_a_period() -> None:
+    result = analyze_capture(SIP)
+    call = result.analysis.calls[0]
+    md = render_markdown(build_document(result, lang="en", capture_name=SIP.name))
+    assert f"## Call `{call.uid}`" in md and "### Timeline" in md and "set-up begins" in md
+    before = render_markdown(build_document(result, lang="en", capture_name=SIP.name,
+                                            until=call.start_ts))
+    assert "No call in this report." in before
+    with pytest.raises(ValueError, match="no call Knope"):
+        build_document(result, lang="en", capture_name=SIP.name, call_uid="Knope")
+
+
+def test_the_cli_writes_each_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("weasyprint")
+    assert main(["report", str(BLOCKED), "--format", "md", "--lang", "fr", "--workers",
+                 "1"]) == 0
+    assert "# Rapport sur la qualité" in capsys.readouterr().out
+    assert main(["report", str(BLOCKED), "--format", "pdf", "--lang", "ar", "--out",
+                 str(tmp_path), "--workers", "1"]) == 0
+    pdf = tmp_path / "sample-blocked.pcap.report.ar.pdf"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert main(["report", str(BLOCKED), "--format", "pdf", "--workers", "1"]) == 2
+
+
+def test_every_call_bundle_holds_its_report_with_the_bundles_frames(tmp_path: Path) -> None:
+    result = analyze_capture(BLOCKED)
+    call = result.analysis.calls[0]
+    with zipfile.ZipFile(io.BytesIO(build_bundle(result, call.uid, BLOCKED, False,
+                                                 None))) as z:
+        md = z.read("report.en.md").decode()
+        html = z.read("report.ar.html").decode()
+        manifest = z.read("manifest.json").decode()
+        report = z.read("report.json")
+    # The STUN evidence cites frame 29 of the capture: in the bundle, the packet it became.
+    stun = json.loads(report)["call"]["evidence"][0]
+    assert stun["original_frames"][0] == 29 and stun["frames"][0] != 29
+    here = ",".join(str(n) for n in stun["frames"])
+    assert f"tshark -r packets.pcap -Y 'frame.number in {{{here}}}'" in md
+    assert "original capture's frames 29" in md
+    assert "marsad evidence --check sample-blocked-" in md
+    assert "report.ar.html" in manifest and 'dir="rtl"' in html
+    anon = zipfile.ZipFile(io.BytesIO(build_bundle(result, call.uid, BLOCKED, True,
+                                                   bytes(range(32)))))
+    assert "192.168.1.23" not in anon.read("report.en.md").decode()
