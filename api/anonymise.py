@@ -126,6 +126,15 @@ class Pseudonyms:
         self._bits[(value, bits, context)] = out
         return out
 
+    def link(self, mac: bytes) -> bytes:
+        """The pseudonym of a 6-byte link-layer (MAC) address: a keyed, locally
+        administered unicast address (first octet 0x02: the U/L bit set, IEEE 802 §8.2),
+        which no vendor assigns; a group address (I/G bit set: broadcast, multicast)
+        names no device and is kept."""
+        if len(mac) != 6 or mac[0] & 1:
+            return mac
+        return bytes([0x02]) + self._keyed(b"l2", int.from_bytes(mac, "big"), 40).to_bytes(5, "big")
+
     def _keyed(self, label: bytes, value: int, width: int) -> int:
         d = hmac.new(self._key, label + value.to_bytes(16, "big"), hashlib.sha256).digest()
         return int.from_bytes(d[:8], "big") >> (64 - width)

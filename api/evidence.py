@@ -363,10 +363,10 @@ def _scapy() -> dict[str, Any]:
     from scapy.contrib import erspan, gtp, mpls  # noqa: F401  (ERSPAN, GTP-U, MPLS bindings)
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.layers.inet6 import IPv6, _ICMPv6
-    from scapy.layers.l2 import GRE
+    from scapy.layers.l2 import GRE, Ether
     from scapy.packet import NoPayload
     return {"conf": conf, "IP": IP, "IPv6": IPv6, "TCP": TCP, "UDP": UDP, "ICMP": ICMP,
-            "ICMPv6": _ICMPv6, "GRE": GRE, "NoPayload": NoPayload}
+            "ICMPv6": _ICMPv6, "GRE": GRE, "Ether": Ether, "NoPayload": NoPayload}
 
 
 _RAW_IP_LINKTYPES = frozenset({12, 14, 101})
@@ -491,6 +491,22 @@ def _payload(frame: bytes, buf: bytearray, off: int, start: int, end: int, is_ud
     return len(got.data) - (end - start)
 
 
+def _rewrite_link(buf: bytearray, linktype: int, layers: list[tuple[Any, int]],
+                  pol: _Policy, sc: dict[str, Any]) -> None:
+    """Every unicast link-layer address of a frame as its pseudonym: a device's MAC
+    address names it (and its owner) as surely as its IP address. Ethernet headers at any
+    depth (a VXLAN or ERSPAN tunnel carries the inner frame's): destination and source
+    (IEEE 802.3 §3.1.1); Linux cooked v1/v2: the sender's, when 6 bytes long."""
+    spans = [at for layer, off in layers if isinstance(layer, sc["Ether"])
+             and off + 12 <= len(buf) for at in (off, off + 6)]
+    if linktype == 113 and len(buf) >= 16 and buf[4:6] == b"\x00\x06":
+        spans.append(6)
+    elif linktype == 276 and len(buf) >= 20 and buf[11] == 6:
+        spans.append(12)
+    for at in spans:
+        buf[at:at + 6] = pol.anon.link(bytes(buf[at:at + 6]))
+
+
 def _rewrite(frame: bytes, linktype: int, pol: _Policy, sc: dict[str, Any]) -> bytes:
     """The frame with the local side rewritten: addresses in every IP header, the local
     end's ports in every TCP/UDP header, and the payload of its own innermost TCP/UDP
@@ -500,6 +516,7 @@ def _rewrite(frame: bytes, linktype: int, pol: _Policy, sc: dict[str, Any]) -> b
     changed regions)."""
     layers = _layers(frame, linktype, sc)
     buf = bytearray(frame)
+    _rewrite_link(buf, linktype, layers, pol, sc)
     ips: list[tuple[int, int, int]] = []  # (layer index, address offset, address width)
     local_ends: dict[int, tuple[bool, bool]] = {}  # IP layer index: (src local, dst local)
     for i, (layer, off) in enumerate(layers):
@@ -763,6 +780,7 @@ def _anon_text(text: str, pol: _Policy) -> str:
 
 
 _ENDPOINTS = (("orig_h", "orig_p"), ("resp_h", "resp_p"))
+_L2_KEYS = ("orig_l2_addr", "resp_l2_addr")
 
 
 def _anon_json(value: Any, pol: _Policy) -> Any:
@@ -772,6 +790,11 @@ def _anon_json(value: Any, pol: _Policy) -> Any:
         return _anon_text(value, pol)
     if isinstance(value, dict):
         out = {k: _anon_json(v, pol) for k, v in value.items()}
+        for k in _L2_KEYS:
+            mac = value.get(k)
+            if isinstance(mac, str) and len(mac) == 17:
+                out[k] = ":".join(f"{b:02x}" for b in pol.anon.link(bytes.fromhex(
+                    mac.replace(":", ""))))
         for h, p in _ENDPOINTS:
             host, port = value.get(h), value.get(p)
             if isinstance(host, str) and isinstance(port, int) and not isinstance(port, bool):

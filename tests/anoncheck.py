@@ -10,6 +10,8 @@ magic cookie (IPv4) or with the cookie and each transaction ID of the bundle (IP
 ports are looked for where they are written: each packet's TCP/UDP header on the local
 side and its STUN address attributes (packet by packet against the plain bundle), and
 SIP/SDP text (``m=``, ``a=rtcp:``, candidates, ``addr:port`` after a pseudonym).
+Every unicast link-layer (MAC) address of the plain packets is looked for too, as bytes
+and as text: a device's MAC address names it as surely as its IP address.
 Ports below 1024 and the service ports the anonymiser keeps are not looked for.
 """
 
@@ -27,7 +29,8 @@ from probe import LOCAL_CLASSES, AddressClass, address_class
 COOKIE = bytes.fromhex("2112a442")
 FIELDS = ("ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "udp.srcport", "udp.dstport",
           "tcp.srcport", "tcp.dstport", "stun.type", "stun.id", "stun.att.type",
-          "stun.att.family", "stun.att.ipv4", "stun.att.ipv6", "stun.att.port")
+          "stun.att.family", "stun.att.ipv4", "stun.att.ipv6", "stun.att.port", "eth.src",
+          "eth.dst", "sll.src.eth")
 ADDRESS_ATTRS = {0x0001, 0x0002, 0x0004, 0x0005, 0x000B, 0x0012, 0x0016, 0x0020, 0x8020,
                  0x8023, 0x802B, 0x802C}
 MAPPED = {0x0001, 0x0020, 0x8020}
@@ -142,6 +145,14 @@ def leaks(tshark: str, plain: Path, anon: Path, files: dict[str, bytes],
                        else needle in data)
                 if hit:
                     found.append(f"{addr} as {kind} in {name}")
+    macs = {m for r in before for k in ("eth.src", "eth.dst", "sll.src.eth") for m in r[k]
+            if len(m) == 17 and not int(m[:2], 16) & 1}
+    for mac in sorted(macs):
+        for kind, needle in (("bytes", bytes.fromhex(mac.replace(":", ""))),
+                             ("text", mac.encode())):
+            for name, data in files.items():
+                if needle in data:
+                    found.append(f"link-layer address {mac} as {kind} in {name}")
     n_header = n_stun = 0
     for k, (b, a) in enumerate(zip(before, after, strict=True), 1):
         ends, pb, pa = _ends(b), _ports(b), _ports(a)
@@ -168,4 +179,4 @@ def leaks(tshark: str, plain: Path, anon: Path, files: dict[str, bytes],
         for m in re.finditer(pat, text):
             found.append(f"port {port} as text: {m.group(0)!r}")
     return found, {"addresses": len(addrs), "ports": len(ports), "header_ports": n_header,
-                   "stun_ports": n_stun}
+                   "stun_ports": n_stun, "link_addresses": len(macs)}
