@@ -217,10 +217,13 @@ class Call:
             "outcome": str(self.outcome), "legs": [leg.to_dict() for leg in self.legs],
             "setup": self.setup}
         d.update(self.verdict.to_dict())
-        mos = [leg.mos for leg in self.legs if leg.mos is not None]
+        # How a conversation sounded: a call whose media did not flow both ways (blocked,
+        # one-way, missed) had none, whatever its one-way legs measure.
+        legs = self.legs if self.outcome is CallOutcome.ANSWERED else ()
+        mos = [leg.mos for leg in legs if leg.mos is not None]
         d["quality"] = {"mos": round(min(mos), 2) if mos else None,
-                        "loss_ratio": _worst([leg.loss_ratio for leg in self.legs]),
-                        "jitter_s": _worst([leg.mean_jitter_s for leg in self.legs])}
+                        "loss_ratio": _worst([leg.loss_ratio for leg in legs]),
+                        "jitter_s": _worst([leg.mean_jitter_s for leg in legs])}
         d.update(self.extra)
         return d
 

@@ -150,3 +150,14 @@ def test_media_one_way_is_one_way(tmp_path: Path) -> None:
                      gen.rtp(1000 + i, 960 * i, 0x22, 111, rng.randbytes(60)))
     ((outcome, _, media),) = _one_host(tmp_path, build)
     assert (outcome, media) == ("one-way", ("audio",))
+
+
+def test_a_call_without_two_way_media_has_no_quality_figures() -> None:
+    # The bundled blocked call: media went out, nothing came back. Its one outgoing leg
+    # measures nothing a listener heard: no MOS, loss or jitter for the call.
+    result = analyze_capture(ROOT / "captures" / "sample-blocked.pcap", workers=1,
+                             hash_capture=False)
+    (call,) = result.analysis.calls
+    d = call.to_dict()
+    assert (d["verdict"], d["outcome"]) == ("blocked", "one-way")
+    assert call.legs and d["quality"] == {"mos": None, "loss_ratio": None, "jitter_s": None}
