@@ -283,6 +283,9 @@ class _Policy:
     payloads: dict[str, int] = field(default_factory=dict)
     """Payloads rewritten, by kind (stun, dns, sip)."""
     integrity_broken: int = 0
+    macs: frozenset[bytes] = frozenset()
+    """The unicast link-layer addresses the frames' headers carry: rewritten wherever
+    else they are written too (an mDNS EDNS0 Owner option, a DHCP client address)."""
 
     def wants(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return str(ip) in self.local or address_class(str(ip)) in REWRITTEN_CLASSES
@@ -362,11 +365,17 @@ def _scapy() -> dict[str, Any]:
     from scapy.config import conf
     from scapy.contrib import erspan, gtp, mpls  # noqa: F401  (ERSPAN, GTP-U, MPLS bindings)
     from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.layers.inet6 import IPv6, _ICMPv6
+    from scapy.layers.inet6 import (
+        ICMPv6NDOptDstLLAddr,
+        ICMPv6NDOptSrcLLAddr,
+        IPv6,
+        _ICMPv6,
+    )
     from scapy.layers.l2 import GRE, Ether
     from scapy.packet import NoPayload
     return {"conf": conf, "IP": IP, "IPv6": IPv6, "TCP": TCP, "UDP": UDP, "ICMP": ICMP,
-            "ICMPv6": _ICMPv6, "GRE": GRE, "Ether": Ether, "NoPayload": NoPayload}
+            "ICMPv6": _ICMPv6, "GRE": GRE, "Ether": Ether,
+            "NDOptLL": ICMPv6NDOptSrcLLAddr | ICMPv6NDOptDstLLAddr, "NoPayload": NoPayload}
 
 
 _RAW_IP_LINKTYPES = frozenset({12, 14, 101})
@@ -491,20 +500,40 @@ def _payload(frame: bytes, buf: bytearray, off: int, start: int, end: int, is_ud
     return len(got.data) - (end - start)
 
 
-def _rewrite_link(buf: bytearray, linktype: int, layers: list[tuple[Any, int]],
-                  pol: _Policy, sc: dict[str, Any]) -> None:
-    """Every unicast link-layer address of a frame as its pseudonym: a device's MAC
-    address names it (and its owner) as surely as its IP address. Ethernet headers at any
-    depth (a VXLAN or ERSPAN tunnel carries the inner frame's): destination and source
-    (IEEE 802.3 §3.1.1); Linux cooked v1/v2: the sender's, when 6 bytes long."""
+def _link_spans(buf: bytearray, linktype: int, layers: list[tuple[Any, int]],
+                sc: dict[str, Any]) -> list[int]:
+    """Where a frame writes link-layer addresses: Ethernet headers at any depth (a VXLAN or
+    ERSPAN tunnel carries the inner frame's), destination and source (IEEE 802.3
+    §3.1.1); Linux cooked v1/v2: the sender's, when 6 bytes long; IPv6 neighbour
+    discovery's link-layer address options."""
     spans = [at for layer, off in layers if isinstance(layer, sc["Ether"])
              and off + 12 <= len(buf) for at in (off, off + 6)]
+    # IPv6 neighbour discovery's source/target link-layer address options (RFC 4861
+    # §4.6.1): type, length, then the address; the ICMPv6 checksum follows the change.
+    spans += [off + 2 for layer, off in layers if isinstance(layer, sc["NDOptLL"])
+              and off + 8 <= len(buf) and buf[off + 1] == 1]
     if linktype == 113 and len(buf) >= 16 and buf[4:6] == b"\x00\x06":
         spans.append(6)
     elif linktype == 276 and len(buf) >= 20 and buf[11] == 6:
         spans.append(12)
+    return spans
+
+
+def _rewrite_link(buf: bytearray, linktype: int, layers: list[tuple[Any, int]],
+                  pol: _Policy, sc: dict[str, Any]) -> None:
+    """Every unicast link-layer address of a frame as its pseudonym: a device's MAC
+    address names it (and its owner) as surely as its IP address. Where the headers
+    write them (:func:`_link_spans`), and wherever else a frame carries one of the
+    addresses the bundle's headers do (``pol.macs``); the checksums that cover a
+    changed payload follow (:func:`_fix_checksums`)."""
+    spans = _link_spans(buf, linktype, layers, sc)
     for at in spans:
         buf[at:at + 6] = pol.anon.link(bytes(buf[at:at + 6]))
+    for mac in pol.macs:
+        at = buf.find(mac)
+        while at >= 0:
+            buf[at:at + 6] = pol.anon.link(mac)
+            at = buf.find(mac, at + 6)
 
 
 def _rewrite(frame: bytes, linktype: int, pol: _Policy, sc: dict[str, Any]) -> bytes:
@@ -660,6 +689,10 @@ def _anonymise(packets: Sequence[CutPacket], anon: PrefixAnonymiser,
     sc = _scapy()
     named = frozenset(local)
     pol = _Policy(anon, named | _learn(packets, _Policy(anon, named), sc))
+    pol.macs = frozenset(bytes(p.data[at:at + 6]) for p in packets
+                         for at in _link_spans(bytearray(p.data), p.linktype,
+                                               _layers(p.data, p.linktype, sc), sc)
+                         if not p.data[at] & 1)
     out: list[CutPacket] = []
     for p in packets:
         try:

@@ -70,4 +70,4 @@ def test_no_call_uid_is_shared_in_any_capture() -> None:
     if not shared:
         pytest.skip(f"{SHARED} is missing: the ndpi-dev and real-dev captures are not here")
     n_calls, _ = _check(_bundled() + shared)
-    assert n_calls >= 100
+    assert n_calls >= 75  # one record per call: 82 calls in 136 captures today
