@@ -684,15 +684,25 @@ def anonymise_frames(packets: Sequence[CutPacket], anon: PrefixAnonymiser,
     return out, dict(pol.mapped)
 
 
+def _header_macs(packets: Sequence[CutPacket], sc: dict[str, Any]) -> Iterator[bytes]:
+    """The unicast link-layer addresses the packets' headers write (a frame that cannot
+    be dissected is left to the rewrite, which names it)."""
+    for p in packets:
+        try:
+            layers = _layers(p.data, p.linktype, sc)
+        except AnonymisationError:
+            continue
+        for at in _link_spans(bytearray(p.data), p.linktype, layers, sc):
+            if not p.data[at] & 1:
+                yield bytes(p.data[at:at + 6])
+
+
 def _anonymise(packets: Sequence[CutPacket], anon: PrefixAnonymiser,
                local: Iterable[str]) -> tuple[list[CutPacket], _Policy]:
     sc = _scapy()
     named = frozenset(local)
     pol = _Policy(anon, named | _learn(packets, _Policy(anon, named), sc))
-    pol.macs = frozenset(bytes(p.data[at:at + 6]) for p in packets
-                         for at in _link_spans(bytearray(p.data), p.linktype,
-                                               _layers(p.data, p.linktype, sc), sc)
-                         if not p.data[at] & 1)
+    pol.macs = frozenset(_header_macs(packets, sc))
     out: list[CutPacket] = []
     for p in packets:
         try:
