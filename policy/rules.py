@@ -114,8 +114,12 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
                        " while other connections were"))
     f = cls.facts
+    # A client that sent its own FIN had given up before any reset: a client whose
+    # handshake was cut by a RST has no connection left to close. (Through a shaper's
+    # full queue the ServerHello never comes, the client times out and closes, and the
+    # server resets the late segments of a connection it has closed: no interference.)
     if f.client_hello and not f.server_hello and flow.resp_flags & TcpFlag.RST and \
-            flow.resp_flags & TcpFlag.SYN:
+            flow.resp_flags & TcpFlag.SYN and not flow.orig_flags & TcpFlag.FIN:
         hello = next((p for p in flow.payloads if p.direction == 0), None)
         frames = [hello.frame] if hello is not None else [flow.first_frame]
         out.append(_ev("blocked.tls_reset", Reason.TLS_RESET_AFTER_HELLO, [flow],

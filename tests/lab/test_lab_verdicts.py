@@ -119,6 +119,15 @@ def test_loss_without_a_shaper_is_not_throttling(lab_captures: LabCaptures) -> N
         assert VerdictKind.THROTTLED not in kinds and VerdictKind.BLOCKED not in kinds, name
 
 
+@pytest.mark.parametrize("scenario", ["throttle_voice_64k", "throttle_voice_32k",
+                                      "throttle_video_500k", "delayed_throttle"])
+def test_a_shaper_is_never_a_block(lab_captures: LabCaptures, scenario: str) -> None:
+    """The full queue also holds back SYNs, STUN and ServerHellos; connections time out
+    and close. None of that is a block, for the call or any flow."""
+    verdicts = _verdicts(_analyse(str(lab_captures[scenario][0])))
+    assert all(k is not VerdictKind.BLOCKED for k, _ in verdicts), verdicts
+
+
 @pytest.mark.parametrize(("scenario", "reason"), [
     ("tcp_reset_443", Reason.TCP_RESET),
     ("sni_reset", Reason.TLS_RESET_AFTER_HELLO),

@@ -177,3 +177,45 @@ def test_failed_candidate_pair_beside_the_relayed_one_is_listed_not_judged(
     assert failed["figures"]["sent_pkts"] == 200 and failed["frames"]
     assert set(failed["flow_uids"]) < set(call.flow_uids)
     assert call.to_dict()["failed_paths"] == call.extra["failed_paths"]
+
+
+CLIENT_HELLO = (Path(__file__).resolve().parents[2] / "vectors" / "dpi" /
+                "443-curl_f4.bin").read_bytes()  # curl's ClientHello for www.ntop.org
+
+
+def _tls_attempt(t0: float, cport: int, after_hello: list[tuple[float, str, str]]
+                 ) -> list[tuple[float, bytes]]:
+    """A TCP handshake to port 443, curl's ClientHello, then (delay, side, flags)."""
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+
+    me, server = "192.168.1.50", "203.0.113.5"
+    cseq, sseq = 1000, 5000
+
+    def seg(t: float, side: str, flags: str, payload: bytes = b"") -> tuple[float, bytes]:
+        src, dst, sport, dport = (me, server, cport, 443) if side == "c" else \
+            (server, me, 443, cport)
+        seq, ack = (cseq, sseq) if side == "c" else (sseq, cseq)
+        return t, bytes(Ether() / IP(src=src, dst=dst) /
+                        TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) /
+                        Raw(payload))
+
+    pkts = [seg(t0, "c", "S"), seg(t0 + 0.02, "s", "SA"), seg(t0 + 0.021, "c", "A"),
+            seg(t0 + 0.022, "c", "PA", CLIENT_HELLO)]
+    cseq += len(CLIENT_HELLO)
+    pkts += [seg(t0 + 0.022 + dt, side, flags) for dt, side, flags in after_hello]
+    return pkts
+
+
+def test_reset_after_the_client_gave_up_is_no_block(tmp_path: Path) -> None:
+    # Through a full queue: no ServerHello, the client closes after 4 s, the server
+    # closes later and resets the client's late segments. A reset injected right after
+    # the ClientHello, with no FIN from the client, is still a block.
+    gave_up = _tls_attempt(10.0, 50001, [(4.0, "c", "FA"), (9.0, "s", "FA"), (9.5, "s", "R")])
+    injected = _tls_attempt(30.0, 50002, [(0.005, "s", "R")])
+    path = tmp_path / "tls.pcap"
+    _pcap(path, sorted(gave_up + injected))
+    result = analyze_capture(path, workers=1)
+    by_port = {f.orig_p: f.uid for f in result.flows}
+    verdicts = result.analysis.flow_verdicts
+    assert by_port[50001] not in verdicts, verdicts.get(by_port[50001])
+    assert verdicts[by_port[50002]].reasons == (Reason.TLS_RESET_AFTER_HELLO,)
