@@ -786,12 +786,12 @@ def _every_nth_rules(every: int) -> tuple[RuleSpec, ...]:
 _RADIO: Final = {"p_good_bad": 0.02, "p_bad_good": 0.12, "loss_good": 0.003,
                  "loss_bad": 0.6, "delay_good_ms": 15, "jitter_good_ms": 25,
                  "delay_bad_ms": 60, "jitter_bad_ms": 80, "seed": 7,
-                 "handover_at": 4.0, "handover_s": 2.5, "handover_delay_ms": 160,
+                 "handover_at": 4.0, "handover_s": 3.5, "handover_delay_ms": 160,
                  "handover_loss": 0.15}
 """The radio link of ``mobile_loss``: per packet, good -> bad with 2 %, bad -> good with
 12 % (bursts of about 8 packets, a seventh of the time), losing 60 % in a burst and
-0.3 % otherwise; one-way delay 15-40 ms, 60-140 ms in a burst. Four seconds in, a 2.5 s
-handover: 15 % lost and 160 ms more delay, which then recedes. About 8 % lost in all and
+0.3 % otherwise; one-way delay 15-40 ms, 60-140 ms in a burst. Four seconds in, a 3.5 s
+handover: 15 % lost and 160 ms more delay, which then recedes. About 9 % lost in all and
 a delay rise well above the throttle rule's 80 ms, but no rate ceiling and no standing
 queue (ANCHORS section 7, mobile access)."""
 
