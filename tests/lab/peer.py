@@ -28,7 +28,9 @@ simulcast layers of one video (two SSRCs on two loopback ports), forwards to the
 receiver only one of them at a time — the high layer, then from ``--switch-after``
 seconds the low layer with every other frame left out (a temporal layer dropped) —
 and rewrites SSRC, sequence numbers and timestamps so the receiver sees one
-continuous stream, as SFUs that rewrite do (RFC 7667 section 3.7, RFC 8853).
+continuous stream, as SFUs that rewrite do (RFC 7667 section 3.7, RFC 8853). With
+``--no-rewrite`` it passes each layer's packets untouched (all its frames): the
+receiver sees the high layer's SSRC stop and the low layer's start.
 
 ``nfqueue``: a mobile radio link on the ISP's forwarding path: call UDP is handed
 to user space through NFQUEUE (this kernel has no netem) and each packet is dropped
@@ -261,6 +263,12 @@ def _forward(args: argparse.Namespace) -> int:
                 counts["left_out"] += 1
                 continue
             ts = int.from_bytes(data[4:8], "big")
+            if args.no_rewrite:
+                # As some servers do: the layer's own SSRC, numbers and timestamps, so
+                # the receiver sees one stream end and another begin.
+                out.sendto(data, (args.dst, args.dst_port))
+                counts["forwarded"] += 1
+                continue
             if sock is low:
                 index = frames_seen.setdefault(ts, len(frames_seen))
                 if index % 2:
@@ -469,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     fwd.add_argument("--seq-start", type=int, default=1000)
     fwd.add_argument("--ts-start", type=int, default=90000)
     fwd.add_argument("--idle-exit-s", type=float, default=1.5)
+    fwd.add_argument("--no-rewrite", action="store_true",
+                     help="forward each layer's packets as they are (an SSRC switch)")
     nfq = sub.add_parser("nfqueue", help="Gilbert-Elliott loss and delay on NFQUEUE queues")
     nfq.add_argument("--queues", type=int, nargs="+", required=True)
     nfq.add_argument("--seed", type=int, default=1)

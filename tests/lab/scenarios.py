@@ -25,7 +25,8 @@ rule would say something does:
   (``peer.py gst-adapt`` sets the property on the running encoder);
 * ``sfu_forwarding``: the relay forwards one of two simulcast layers at a time and
   drops every other frame of the low one, rewriting SSRC, sequence numbers and
-  timestamps (``peer.py forward``);
+  timestamps (``peer.py forward``); ``sfu_ssrc_switch``: the same switch with each
+  layer's packets untouched, so the forwarded stream changes SSRC mid-call;
 * ``mobile_loss``: a radio-like link in the ISP (``peer.py nfqueue``: Gilbert-Elliott
   bursts of loss and delay, a handover's delay spike that recedes; the kernel has no
   netem, so NFQUEUE hands the packets to a user-space model).
@@ -147,6 +148,8 @@ SFU_SWITCH_AFTER_S: Final = 5.0
 SFU_HIGH_PORT: Final = 40000
 SFU_LOW_PORT: Final = 40002
 SFU_OUT_SSRC: Final = 0x5F000001
+SFU_LAYER_SSRCS: Final = (0x5F0000A1, 0x5F0000A2)
+"""SSRCs of the high and the low simulcast layer, as the encoders send them."""
 NFQUEUE_NUMS: Final = {ISP_CALLER_IF: 0, ISP_RELAY_IF: 1}
 """NFQUEUE queue per ISP ingress interface: one radio-link model per direction."""
 
@@ -207,8 +210,9 @@ class CallPlan:
     """Whether a full SIP call (sipp uac_pcap -> uas with RTP echo) runs alongside."""
     video_mode: str = "plain"
     """How the relay side's video is made: ``plain`` (the VP8 encoder at its target),
-    ``adaptive`` (each side's encoder lowers its target rate mid-call) or ``sfu`` (the
-    relay forwards one of two simulcast layers, rewritten; see peer.py forward)."""
+    ``adaptive`` (each side's encoder lowers its target rate mid-call), ``sfu`` (the
+    relay forwards one of two simulcast layers, rewritten; see peer.py forward) or
+    ``sfu_switch`` (the same, each layer's packets untouched: an SSRC switch)."""
     vantages: tuple[Vantage, ...] = ()
     """Captures taken besides the caller's, at the same time."""
     direct_path: bool = False
@@ -280,9 +284,10 @@ def _gst_video(src: str, dst: str, ssrc: int) -> list[str]:
     ]
 
 
-def _vp8_source(frames: int, bps: int, name: str = "") -> str:
+def _vp8_source(frames: int, bps: int, name: str = "", size: tuple[int, int] = (240, 180)
+                ) -> str:
     return (f"videotestsrc is-live=true pattern=snow num-buffers={frames} "
-            f"! video/x-raw,width=240,height=180,framerate={VIDEO_FPS}/1 "
+            f"! video/x-raw,width={size[0]},height={size[1]},framerate={VIDEO_FPS}/1 "
             f"! vp8enc {name} target-bitrate={bps} end-usage=cbr deadline=1 cpu-used=16 "
             f"keyframe-max-dist={2 * VIDEO_FPS}")
 
@@ -306,10 +311,10 @@ def _gst_video_adaptive(src: str, dst: str, ssrc: int) -> list[str]:
             "--after", str(ADAPT_AFTER_S)]
 
 
-def _gst_video_layer(port: int, ssrc: int, bps: int) -> list[str]:
+def _gst_video_layer(port: int, ssrc: int, bps: int, size: tuple[int, int]) -> list[str]:
     """One simulcast layer, sent to the forwarder on loopback (never on the wire)."""
     frames = int(MEDIA_DURATION_S * VIDEO_FPS)
-    return ["gst-launch-1.0", "-q", *_vp8_source(frames, bps).split(),
+    return ["gst-launch-1.0", "-q", *_vp8_source(frames, bps, size=size).split(),
             "!", "rtpvp8pay", f"mtu={VIDEO_MTU}", f"ssrc={ssrc}",
             "!", "udpsink", "host=127.0.0.1", f"port={port}"]
 
@@ -575,18 +580,23 @@ def _ott_call(plan: CallPlan, outdir: Path, workdir: Path) -> ScenarioResult:
         delay = run.t0 + MEDIA_START_S - time.time()
         if delay > 0:
             time.sleep(delay)
-        if plan.video_mode == "sfu":
+        sfu = plan.video_mode in ("sfu", "sfu_switch")
+        if sfu:
             # The forwarder first, then the two layers it picks from.
             forwarder = lab.spawn(lab.relay, [
                 sys.executable, str(HERE / "peer.py"), "forward",
                 "--high-port", str(SFU_HIGH_PORT), "--low-port", str(SFU_LOW_PORT),
                 "--bind", RELAY_IP, "--port", str(RTP_VIDEO_PORT), "--dst", CALLER_IP,
                 "--dst-port", str(RTP_VIDEO_PORT), "--ssrc", hex(SFU_OUT_SSRC),
-                "--switch-after", str(SFU_SWITCH_AFTER_S)], "forwarder")
+                "--switch-after", str(SFU_SWITCH_AFTER_S),
+                *(["--no-rewrite"] if plan.video_mode == "sfu_switch" else [])], "forwarder")
             lab.wait_for_udp_listener(lab.relay, SFU_LOW_PORT)
-            for port, ssrc, bps in ((SFU_HIGH_PORT, 0x5F0000A1, SFU_HIGH_BPS),
-                                    (SFU_LOW_PORT, 0x5F0000A2, SFU_LOW_BPS)):
-                procs.append(lab.spawn(lab.relay, _gst_video_layer(port, ssrc, bps),
+            # Simulcast layers differ in resolution: a quarter of the pixels for the low one
+            # (noise at full size cannot be coded at its rate).
+            for port, ssrc, bps, size in (
+                    (SFU_HIGH_PORT, SFU_LAYER_SSRCS[0], SFU_HIGH_BPS, (240, 180)),
+                    (SFU_LOW_PORT, SFU_LAYER_SSRCS[1], SFU_LOW_BPS, (120, 90))):
+                procs.append(lab.spawn(lab.relay, _gst_video_layer(port, ssrc, bps, size),
                                        f"gst-layer-{port}"))
         if direct is not None:
             # The direct pair first, from the same local socket as the relayed pair that
@@ -607,13 +617,17 @@ def _ott_call(plan: CallPlan, outdir: Path, workdir: Path) -> ScenarioResult:
             nominal = audio_nominal() if kind == "audio" else video_nominal()
             for side, ns, src, dst in (("relay", lab.relay, RELAY_IP, CALLER_IP),
                                        ("caller", lab.caller, CALLER_IP, RELAY_IP)):
-                if kind == "video" and plan.video_mode == "sfu" and side == "relay":
+                if kind == "video" and sfu and side == "relay":
+                    rewrite = plan.video_mode == "sfu"
                     media.append({"kind": kind, "direction": "relay_to_caller",
                                   "src_ip": src, "src_port": port, "dst_ip": dst,
-                                  "dst_port": port, "ssrc": SFU_OUT_SSRC,
+                                  "dst_port": port,
+                                  "ssrc": SFU_OUT_SSRC if rewrite else list(SFU_LAYER_SSRCS),
                                   "forwarded": {"layers_bps": [SFU_HIGH_BPS, SFU_LOW_BPS],
                                                 "switch_after_s": SFU_SWITCH_AFTER_S,
-                                                "low_layer_frames_forwarded": "every other"},
+                                                "rewritten": rewrite,
+                                                "low_layer_frames_forwarded":
+                                                    "every other" if rewrite else "all"},
                                   "nominal_duration_s": MEDIA_DURATION_S})
                     continue
                 if kind == "video" and plan.video_mode == "adaptive":
@@ -646,7 +660,7 @@ def _ott_call(plan: CallPlan, outdir: Path, workdir: Path) -> ScenarioResult:
                 "direction": v.direction or "both", "description": v.description,
                 "packets_captured": st.packets_captured,
                 "packets_dropped_by_kernel": st.packets_dropped}
-        if plan.video_mode == "sfu":
+        if sfu:
             forwarder.stop()
             meta["forwarder"] = json.loads(forwarder.log().strip().splitlines()[-1])
         if plan.radio_link:
@@ -851,6 +865,14 @@ _PLANS: Final = (
                  "layers_bps": [SFU_HIGH_BPS, SFU_LOW_BPS],
                  "switch_after_s": SFU_SWITCH_AFTER_S}},
              video=True, video_mode="sfu"),
+    CallPlan("sfu_ssrc_switch",
+             "no interference; the relay forwards the high simulcast layer, then the low "
+             "one, each with its own SSRC, numbers and timestamps (a layer switch the "
+             "receiver sees as one stream stopping and another starting)",
+             {"kind": "none", "forwarding": {
+                 "layers_bps": [SFU_HIGH_BPS, SFU_LOW_BPS],
+                 "switch_after_s": SFU_SWITCH_AFTER_S, "rewritten": False}},
+             video=True, video_mode="sfu_switch"),
     CallPlan("mobile_loss",
              "a radio-like link: bursts of heavy loss with delay spikes (Gilbert-Elliott, "
              "per direction) between good stretches with small jitter; no rate limit",

@@ -39,6 +39,7 @@ from .scenarios import (
     RTP_AUDIO_PORT,
     RTP_VIDEO_PORT,
     SCENARIOS,
+    SFU_LAYER_SSRCS,
     SFU_OUT_SSRC,
     SIP_PORT,
     STUN_PORT,
@@ -705,6 +706,18 @@ def test_sfu_forwards_one_rewritten_stream(lab_captures: LabCaptures) -> None:
     assert s.packets == meta["forwarder"]["forwarded"] and s.loss == 0
     stamps = [int.from_bytes(p.payload[4:8], "big") for p in video]
     assert all(b >= a for a, b in itertools.pairwise(stamps))  # no jump at the switch
+
+
+def test_sfu_switch_passes_each_layer_untouched(lab_captures: LabCaptures) -> None:
+    pkts, meta, _ = get(lab_captures, "sfu_ssrc_switch")
+    video = rtp_packets(pkts, RELAY_IP, RTP_VIDEO_PORT)
+    ssrcs = [int.from_bytes(p.payload[8:12], "big") for p in video]
+    assert set(ssrcs) == set(SFU_LAYER_SSRCS)
+    # One switch: every high-layer packet comes before every low-layer one.
+    switch = ssrcs.index(SFU_LAYER_SSRCS[1])
+    assert set(ssrcs[:switch]) == {SFU_LAYER_SSRCS[0]} and set(ssrcs[switch:]) == {
+        SFU_LAYER_SSRCS[1]}
+    assert len(video) == meta["forwarder"]["forwarded"]
 
 
 def test_mobile_loss_comes_in_bursts(lab_captures: LabCaptures) -> None:

@@ -24,7 +24,13 @@ from api.pipeline import AnalysisResult, analyze_capture
 from policy.records import Reason, VerdictKind
 
 from .netlab import CALLER_IP, PEER_IP, RELAY_IP
-from .scenarios import ADAPT_AFTER_S, ADAPTED_BPS, SFU_OUT_SSRC, SFU_SWITCH_AFTER_S
+from .scenarios import (
+    ADAPT_AFTER_S,
+    ADAPTED_BPS,
+    SFU_LAYER_SSRCS,
+    SFU_OUT_SSRC,
+    SFU_SWITCH_AFTER_S,
+)
 
 LabCaptures = dict[str, tuple[Path, dict[str, Any]]]
 INTERFERENCE = {VerdictKind.BLOCKED, VerdictKind.THROTTLED, VerdictKind.DEGRADED}
@@ -281,6 +287,19 @@ def test_forwarding_server_passing_one_layer_is_ok(lab_captures: LabCaptures) ->
     rates = [row[2] for row in leg.seconds]
     cut = int(SFU_SWITCH_AFTER_S) + 1
     assert max(rates[cut + 1:-1]) < 0.5 * max(rates[1:cut])  # the low layer at half rate
+
+
+def test_forwarding_server_switching_ssrc_is_ok(lab_captures: LabCaptures) -> None:
+    """The high layer's stream stops mid-call and the low layer's starts, at a quarter of
+    the rate: two streams, neither lost anything, nothing was throttled."""
+    result = _analyse(str(lab_captures["sfu_ssrc_switch"][0]))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.OK, call.verdict.reasons
+    assert not _interference(result)
+    high, low = ({leg.ssrc: leg for leg in call.legs}[s] for s in SFU_LAYER_SSRCS)
+    assert high.direction == low.direction == "in"
+    assert high.loss_ratio == low.loss_ratio == 0
+    assert low.mean_bps < 0.5 * high.mean_bps
 
 
 @pytest.mark.parametrize("vantage", [None, "relay"])
