@@ -360,6 +360,9 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                 Reason.TLS_RESET_AFTER_HELLO)]
             side = [e for e in evidence if e not in call_level and e not in failed_pair]
             evidence = call_level
+            if failed_pair:
+                extra = {**extra, "failed_paths": _failed_paths(failed_pair, by_uid, local,
+                                                                who, worked)}
             for e in side:
                 for uid in e.flow_uids:
                     flow_verdicts[uid] = verdict_from([e])
@@ -529,6 +532,25 @@ def _outcome(sip: tuple[Reason, dict[str, Any], list[int]] | None,
     if verdict.kind in (VerdictKind.BLOCKED, VerdictKind.FAILED):
         return CallOutcome.SETUP_FAILED
     return CallOutcome.MISSED
+
+
+def _failed_paths(failed: list[Evidence], by_uid: dict[str, FlowRecord], local: str | None,
+                  who: dict[str, str], worked: set[str]) -> list[dict[str, Any]]:
+    """What a call says of its candidate paths that never worked while another carried its
+    media both ways: the rule that saw the silence, its flows, figures and frames, and the
+    hosts that did answer. Listed so that the failed pair can be checked in the packets;
+    no verdict rests on it (RFC 8445: most candidate pairs fail by design)."""
+    out = []
+    for e in failed:
+        remotes = sorted({_remote_local(by_uid[u], local, who)[0][0] for u in e.flow_uids
+                          if u in by_uid})
+        out.append({"rule": e.rule, "reason": str(e.reason), "flow_uids": list(e.flow_uids),
+                    "frames": list(e.frames), "figures": dict(e.figures),
+                    "remote_hosts": remotes, "worked_via": sorted(worked),
+                    "text": f"{e.text}; the call's media flowed both ways via "
+                            f"{', '.join(sorted(worked))}: a candidate pair that failed, "
+                            "not interference"})
+    return out
 
 
 def _two_way_media(media_flows: list[FlowRecord]) -> bool:

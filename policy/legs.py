@@ -34,6 +34,8 @@ PLATEAU_MIN_S = 3.0
 """The flat part must last at least this long."""
 PLATEAU_FLAT_RATIO = 0.2
 """The flat part's slope must be under this share of the rising part's slope."""
+PLATEAU_HELD_RATIO = 0.5
+"""The flat part's median delay must stay at least this share of the rise above the base."""
 
 
 def theil_sen_slope(x: F64, y: F64) -> float | None:
@@ -65,8 +67,12 @@ def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
     is the peak of the smoothed series over its lowest of the first three. A *plateau*
     is declared when the smoothed minima first reach ``PLATEAU_REACHED_RATIO`` of the
     rise at a later second, at least three measured seconds spanning ``PLATEAU_MIN_S``
-    follow, and the Theil–Sen slope from there is under ``PLATEAU_FLAT_RATIO`` of the
-    slope before: a token-bucket queue filled up, then dropped instead of growing.
+    follow, the Theil–Sen slope from there is under ``PLATEAU_FLAT_RATIO`` of the slope
+    before, and the delay stays up there (the median from that second on is at least
+    ``PLATEAU_HELD_RATIO`` of the rise): a token-bucket queue filled up, then dropped
+    instead of growing. A spike that recedes — a radio link retransmitting through a
+    handover — has a flat median slope too (most seconds are back at the base), but its
+    delay does not stay up: no standing queue.
     """
     y = tmin_ms[np.isfinite(tmin_ms)]
     x = np.flatnonzero(np.isfinite(tmin_ms)).astype(np.float64)
@@ -91,7 +97,8 @@ def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
         if k >= 1 and len(x) - k >= 3 and x[-1] - x[k] >= PLATEAU_MIN_S:
             head = theil_sen_slope(x[: k + 1], y[: k + 1])
             tail = theil_sen_slope(x[k:], y[k:])
-            if head is not None and tail is not None and head > 0:
+            held = float(np.median(smooth[k:])) >= base + PLATEAU_HELD_RATIO * rise
+            if head is not None and tail is not None and head > 0 and held:
                 plateau = abs(tail) <= PLATEAU_FLAT_RATIO * head
     return rise, plateau, start
 

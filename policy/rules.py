@@ -114,8 +114,12 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
                        " while other connections were"))
     f = cls.facts
+    # A client that sent its own FIN had given up before any reset: a client whose
+    # handshake was cut by a RST has no connection left to close. (Through a shaper's
+    # full queue the ServerHello never comes, the client times out and closes, and the
+    # server resets the late segments of a connection it has closed: no interference.)
     if f.client_hello and not f.server_hello and flow.resp_flags & TcpFlag.RST and \
-            flow.resp_flags & TcpFlag.SYN:
+            flow.resp_flags & TcpFlag.SYN and not flow.orig_flags & TcpFlag.FIN:
         hello = next((p for p in flow.payloads if p.direction == 0), None)
         frames = [hello.frame] if hello is not None else [flow.first_frame]
         out.append(_ev("blocked.tls_reset", Reason.TLS_RESET_AFTER_HELLO, [flow],
@@ -201,54 +205,89 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
             continue
         out_local = local_is_orig(f, local)
         sent, got = (f.orig_pkts, f.resp_pkts) if out_local else (f.resp_pkts, f.orig_pkts)
+        # Nothing answered anywhere in the capture: a tap that records one direction
+        # only looks the same as a path that returned nothing, so the packets cannot
+        # show a block (as for STUN, blocked.require_other_traffic).
         if got == 0 and sent >= pol.get("blocked", "media_no_return_min_pkts") and \
                 f.duration_s >= pol.get("blocked", "media_no_return_min_s") and \
-                classes[f.uid].facts.protocol not in ("rtcp",):
+                classes[f.uid].facts.protocol not in ("rtcp",) and (
+                    others_answered or not pol.get("blocked", "require_other_traffic")):
             out.append(_ev("blocked.media_no_return", Reason.MEDIA_NO_RETURN, [f],
                            [f.first_frame, f.last_frame],
                            {"sent_pkts": sent, "received_pkts": 0,
                             "duration_s": round(f.duration_s, 3)},
                            f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
                            f"{f.duration_s:.1f} s, none came back"))
-    # Shaping and quality, on the legs the local side received.
+    # Shaping and quality, on every stream whose loss and delay this capture can see:
+    # those the local side received, and those it sent that arrived here with sequence
+    # gaps or a delay build-up — the capture then lies past the network they crossed
+    # (taken mid-path or at the far end), so what it saw is the network's doing. A
+    # stream captured beside its sender shows neither: its pacing is no measure of the
+    # network, so it is not judged.
     shaped_hosts: set[str] = set()
+    paths_of: dict[int | None, set[str]] = {}
     for leg in legs:
-        if leg.direction != "in" or leg.loss_ratio is None or (
-                leg.expected or 0) < pol.get("degraded", "min_packets"):
+        paths_of.setdefault(leg.ssrc, set()).add(leg.flow_uid)
+    for leg in legs:
+        if leg.loss_ratio is None or (leg.expected or 0) < pol.get("degraded", "min_packets"):
             continue  # a handful of packets says nothing about loss or jitter
+        rise = leg.delay_rise_ms or 0.0
+        if leg.direction != "in" and (
+                (leg.loss_ratio == 0 and rise < pol.get("throttled", "min_delay_rise_ms"))
+                or len(paths_of[leg.ssrc]) > 1):
+            # Nothing the network did shows here; or the local side sent this stream
+            # over several paths of the call (ICE moves it between candidate pairs), so
+            # the sequence numbers missing on one path went along another.
+            continue
+        flow = next(f for f in flows if f.uid == leg.flow_uid)
+        sender, receiver = (flow.orig_h, flow.resp_h) if local_is_orig(flow, local) == (
+            leg.direction == "out") else (flow.resp_h, flow.orig_h)
+        seen = ("received by the local side" if leg.direction == "in" else
+                "captured after crossing the network toward its receiver")
         fig = {"loss_ratio": round(leg.loss_ratio, 4), "expected": leg.expected,
                "received": leg.packets, "delay_rise_ms": None if leg.delay_rise_ms is None
                else round(leg.delay_rise_ms, 1), "delay_plateau": leg.delay_plateau,
-               "mean_bps": round(leg.mean_bps), "ssrc": leg.ssrc}
-        rise = leg.delay_rise_ms or 0.0
-        flow = next(f for f in flows if f.uid == leg.flow_uid)
+               "mean_bps": round(leg.mean_bps), "ssrc": leg.ssrc,
+               "direction": leg.direction, "sender": sender, "receiver": receiver}
+        what = f"stream {leg.ssrc} from {sender} to {receiver} ({seen})"
+        # A shaper's signature is a standing queue: loss while the delay climbed and then
+        # held at the top. Loss with a delay spike that receded (a radio link's
+        # retransmissions, a handover) is poor quality, not a rate limit.
         if leg.loss_ratio >= pol.get("throttled", "min_loss") and \
-                rise >= pol.get("throttled", "min_delay_rise_ms"):
+                rise >= pol.get("throttled", "min_delay_rise_ms") and leg.delay_plateau:
             delayed = _delayed_start(leg, pol)
             reason = Reason.DELAYED_THROTTLE if delayed is not None else Reason.RATE_CAPPED
             if delayed is not None:
                 fig["clean_until_s"] = delayed
             shaped_hosts.update((flow.orig_h, flow.resp_h))
             out.append(_ev("throttled.rate_cap", reason, [flow], [flow.first_frame],
-                           fig, f"received stream {leg.ssrc} lost {leg.loss_ratio:.1%} while its "
-                                f"one-way delay rose {rise:.0f} ms"
-                                + (" and levelled off" if leg.delay_plateau else "")
+                           fig, f"{what} lost {leg.loss_ratio:.1%} while its one-way delay "
+                                f"rose {rise:.0f} ms and levelled off"
                                 + (f", clean for the first {delayed:.0f} s" if delayed else "")
                                 + ": a shaper's queue"))
             continue
         if leg.loss_ratio > pol.get("degraded", "max_loss"):
+            build_up = (f"a delay rise of {rise:.0f} ms that did not hold (no standing queue)"
+                        if rise >= pol.get("throttled", "min_delay_rise_ms")
+                        else f"no delay build-up ({rise:.0f} ms)")
             out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
-                           f"received stream {leg.ssrc} lost {leg.loss_ratio:.1%} with no "
-                           f"delay build-up ({rise:.0f} ms): loss, not a rate cap"))
+                           f"{what} lost {leg.loss_ratio:.1%} with {build_up}: loss, not a "
+                           "rate cap"))
+        if leg.direction != "in":
+            # Sequence gaps place this capture past the network; its timing of a stream
+            # sent by the local side may still be the sender's own pacing (a capture on
+            # the local host sees nothing else), so jitter and MOS are judged only on
+            # streams the local side received.
+            continue
         if leg.mean_jitter_s is not None and \
                 leg.mean_jitter_s > pol.get("degraded", "max_jitter_s"):
             out.append(_ev("degraded.jitter", Reason.HIGH_JITTER, [flow], [flow.first_frame],
                            {**fig, "mean_jitter_s": round(leg.mean_jitter_s, 4)},
-                           f"mean jitter {leg.mean_jitter_s * 1000:.0f} ms on stream {leg.ssrc}"))
+                           f"mean jitter {leg.mean_jitter_s * 1000:.0f} ms on {what}"))
         if leg.mos is not None and leg.mos < pol.get("degraded", "min_mos"):
             out.append(_ev("degraded.mos", Reason.LOW_MOS, [flow], [flow.first_frame],
                            {**fig, "mos": round(leg.mos, 2)},
-                           f"E-model MOS {leg.mos:.2f} on stream {leg.ssrc}"))
+                           f"E-model MOS {leg.mos:.2f} on {what}"))
     return explained_by_shaper(out, flows)
 
 

@@ -42,6 +42,9 @@ CALLER_IP: Final = "10.77.1.2"
 ISP_CALLER_IP: Final = "10.77.1.1"
 ISP_RELAY_IP: Final = "10.77.2.1"
 RELAY_IP: Final = "10.77.2.2"
+PEER_IP: Final = "10.77.2.3"
+"""A second address of the far namespace: the callee's own (host) candidate, as against
+the relay's, so a scenario can block the direct path while the relay works."""
 PREFIX_LEN: Final = 24
 
 CALLER_IF: Final = "c0"
@@ -290,6 +293,7 @@ class NetLab:
             self.run(ns, [sys.executable, str(_PEER), "tx-csum-off", ifname])
             self.run(ns, ["ip", "link", "set", ifname, "up"])
         # Only the far lab subnet is routed: nothing else is reachable from anywhere.
+        self.run(self.relay, ["ip", "addr", "add", f"{PEER_IP}/{PREFIX_LEN}", "dev", RELAY_IF])
         for ns, far_ip, gateway in ((self.caller, RELAY_IP, ISP_CALLER_IP),
                                     (self.relay, CALLER_IP, ISP_RELAY_IP)):
             net = ipaddress.ip_interface(f"{far_ip}/{PREFIX_LEN}").network
@@ -424,15 +428,24 @@ class NetLab:
 
     # -- capture -------------------------------------------------------------------
 
-    def capture(self, pcap_path: Path, timeout: float = 5.0) -> Capture:
-        """Start tcpdump on the caller's interface; returns once it is listening."""
+    def capture(self, pcap_path: Path, timeout: float = 5.0, ns: str | None = None,
+                interface: str = CALLER_IF, direction: str | None = None) -> Capture:
+        """Start tcpdump on `interface` of `ns` (the caller's by default); returns once it
+        is listening.  `direction` ``in`` or ``out`` records only packets received or
+        sent by that interface (tcpdump ``-Q``): a one-sided capture."""
+        where = self.caller if ns is None else ns
+        argv = ["tcpdump", "-i", interface, "-n", "-s", "0", "-U", "--immediate-mode",
+                "-B", "16384", "-Z", "root", "-w", str(pcap_path)]
+        if direction is not None:
+            if direction not in ("in", "out"):
+                raise LabError(f"capture direction must be in or out, not {direction!r}")
+            argv[3:3] = ["-Q", direction]
         bg = self.spawn(
-            self.caller,
+            where,
             # -U and --immediate-mode: every packet reaches the file at once, so
             # SIGINT loses nothing; -B 16 MiB: no kernel drops at video rates;
             # -Z root: keep the right to write where the caller asked.
-            ["tcpdump", "-i", CALLER_IF, "-n", "-s", "0", "-U", "--immediate-mode",
-             "-B", "16384", "-Z", "root", "-w", str(pcap_path)],
+            argv,
             name=f"tcpdump-{pcap_path.stem}",
             stderr_pipe=True,
         )
@@ -454,7 +467,7 @@ class NetLab:
         start = time.time()
         # From here on stderr only carries the final counters; hand it to the log file.
         drain = _drain_to_file(bg, seen)
-        return Capture(bg, pcap_path, CALLER_IF, start, drain)
+        return Capture(bg, pcap_path, interface, start, drain)
 
 
 def _drain_to_file(bg: Background, already: bytes) -> threading.Thread:

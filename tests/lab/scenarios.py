@@ -15,6 +15,27 @@ The OTT-style call (every scenario except the two SIP ones):
 * TLS connections to port 443 on the relay from ``openssl s_client``, with the
   app's SNI and, alternately, an unrelated "control" SNI.
 
+The benign scenarios, where nothing interferes with the call and a careless
+rule would say something does:
+
+* ``relay_fallback``: the direct candidate pair to the callee's own address
+  (``PEER_IP``) is dropped by the ISP; after seconds of one-way media on it the
+  call runs over the relay, from the same local socket;
+* ``sender_adapts``: each side's VP8 encoder lowers its own target rate mid-call
+  (``peer.py gst-adapt`` sets the property on the running encoder);
+* ``sfu_forwarding``: the relay forwards one of two simulcast layers at a time and
+  drops every other frame of the low one, rewriting SSRC, sequence numbers and
+  timestamps (``peer.py forward``); ``sfu_ssrc_switch``: the same switch with each
+  layer's packets untouched, so the forwarded stream changes SSRC mid-call;
+* ``mobile_loss``: a radio-like link in the ISP (``peer.py nfqueue``: Gilbert-Elliott
+  bursts of loss and delay, a handover's delay spike that recedes; the kernel has no
+  netem, so NFQUEUE hands the packets to a user-space model).
+
+Some scenarios are captured at several points at once (`Vantage`): the relay's
+interface, the ISP router's two interfaces (mid-path) and the caller's received
+packets only; each writes ``<scenario>@<vantage>.pcap`` and is described under
+``vantages`` in the metadata.
+
 The SIP scenarios drive ``sipp`` (uac in the caller, uas in the callee) with the
 scenario files in ``sipp/``; the clean call also carries one full SIP call
 with G.711 RTP.
@@ -33,6 +54,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +72,7 @@ from .netlab import (
     ISP_CALLER_IP,
     ISP_RELAY_IF,
     ISP_RELAY_IP,
+    PEER_IP,
     RELAY_IF,
     RELAY_IP,
     Background,
@@ -108,6 +131,54 @@ SSRC: Final = {
 
 TBF_LATENCY_MS: Final = 300
 
+DIRECT_PORT: Final = 30010
+"""Local and remote port of the caller's direct candidate pair toward the callee's host
+candidate (``PEER_IP``), beside the relayed pair on ``RTP_AUDIO_PORT``."""
+DIRECT_MEDIA_S: Final = 3.2
+"""How long the caller sends audio on the direct pair before giving it up (the relayed
+media starts after it)."""
+ADAPT_AFTER_S: Final = 4.0
+"""Seconds into its video when the adaptive sender lowers its encoder's target rate."""
+ADAPTED_BPS: Final = 300_000
+"""The target bit rate it lowers to."""
+SFU_HIGH_BPS: Final = 1_200_000
+SFU_LOW_BPS: Final = 300_000
+SFU_SWITCH_AFTER_S: Final = 5.0
+"""Seconds into the forwarded video when the forwarder switches to the low layer."""
+SFU_HIGH_PORT: Final = 40000
+SFU_LOW_PORT: Final = 40002
+SFU_OUT_SSRC: Final = 0x5F000001
+SFU_LAYER_SSRCS: Final = (0x5F0000A1, 0x5F0000A2)
+"""SSRCs of the high and the low simulcast layer, as the encoders send them."""
+NFQUEUE_NUMS: Final = {ISP_CALLER_IF: 0, ISP_RELAY_IF: 1}
+"""NFQUEUE queue per ISP ingress interface: one radio-link model per direction."""
+
+
+@dataclass(frozen=True, slots=True)
+class Vantage:
+    """One more capture point of a scenario, besides the caller's interface."""
+
+    name: str
+    """Suffix of its pcap (``<scenario>@<name>.pcap``) and key in the metadata."""
+    role: str
+    """Namespace it is taken in: caller, isp or relay."""
+    interface: str
+    """Interface tcpdump listens on."""
+    direction: str | None = None
+    """``in``/``out`` for a one-sided capture (tcpdump -Q), None for both directions."""
+    description: str = ""
+    """Where this is on the path, in words."""
+
+
+RELAY_END = Vantage("relay", "relay", RELAY_IF, None,
+                    "at the relay/callee end of the path, its own interface")
+MID_PATH_CALLER_SIDE = Vantage("isp_caller_side", "isp", ISP_CALLER_IF, None,
+                               "mid-path, the ISP router's interface toward the caller")
+MID_PATH_RELAY_SIDE = Vantage("isp_relay_side", "isp", ISP_RELAY_IF, None,
+                              "mid-path, the ISP router's interface toward the relay")
+CALLER_INBOUND_ONLY = Vantage("caller_in_only", "caller", CALLER_IF, "in",
+                              "the caller's interface, received packets only")
+
 
 @dataclass(frozen=True, slots=True)
 class RuleSpec:
@@ -137,6 +208,18 @@ class CallPlan:
     """Whether the call carries VP8 video besides the audio."""
     sip_call: bool = False
     """Whether a full SIP call (sipp uac_pcap -> uas with RTP echo) runs alongside."""
+    video_mode: str = "plain"
+    """How the relay side's video is made: ``plain`` (the VP8 encoder at its target),
+    ``adaptive`` (each side's encoder lowers its target rate mid-call), ``sfu`` (the
+    relay forwards one of two simulcast layers, rewritten; see peer.py forward) or
+    ``sfu_switch`` (the same, each layer's packets untouched: an SSRC switch)."""
+    vantages: tuple[Vantage, ...] = ()
+    """Captures taken besides the caller's, at the same time."""
+    direct_path: bool = False
+    """Whether the caller also tries a direct candidate pair to the callee's host address
+    ``PEER_IP`` (connectivity checks and seconds of media) beside the relayed call."""
+    radio_link: tuple[str, ...] = ()
+    """Arguments of ``peer.py nfqueue`` run in the ISP namespace (with NFQUEUE rules)."""
 
 
 def audio_nominal() -> dict[str, Any]:
@@ -168,8 +251,10 @@ def video_nominal() -> dict[str, Any]:
     }
 
 
-def _gst_audio(src: str, dst: str, ssrc: int) -> list[str]:
-    buffers = int(MEDIA_DURATION_S * AUDIO_PPS)
+def _gst_audio(src: str, dst: str, ssrc: int, port: int = RTP_AUDIO_PORT,
+               duration_s: float = MEDIA_DURATION_S, dst_port: int | None = None
+               ) -> list[str]:
+    buffers = int(duration_s * AUDIO_PPS)
     return [
         "gst-launch-1.0", "-q",
         "audiotestsrc", "is-live=true", "wave=sine", "freq=440",
@@ -178,8 +263,8 @@ def _gst_audio(src: str, dst: str, ssrc: int) -> list[str]:
         "!", "mulawenc",
         "!", "rtppcmupay", f"min-ptime={AUDIO_PTIME_MS * 1_000_000}",
         f"max-ptime={AUDIO_PTIME_MS * 1_000_000}", f"ssrc={ssrc}",
-        "!", "udpsink", f"host={dst}", f"port={RTP_AUDIO_PORT}",
-        f"bind-address={src}", f"bind-port={RTP_AUDIO_PORT}",
+        "!", "udpsink", f"host={dst}", f"port={port if dst_port is None else dst_port}",
+        f"bind-address={src}", f"bind-port={port}",
     ]
 
 
@@ -197,6 +282,41 @@ def _gst_video(src: str, dst: str, ssrc: int) -> list[str]:
         "!", "udpsink", f"host={dst}", f"port={RTP_VIDEO_PORT}",
         f"bind-address={src}", f"bind-port={RTP_VIDEO_PORT}",
     ]
+
+
+def _vp8_source(frames: int, bps: int, name: str = "", size: tuple[int, int] = (240, 180)
+                ) -> str:
+    return (f"videotestsrc is-live=true pattern=snow num-buffers={frames} "
+            f"! video/x-raw,width={size[0]},height={size[1]},framerate={VIDEO_FPS}/1 "
+            f"! vp8enc {name} target-bitrate={bps} end-usage=cbr deadline=1 cpu-used=16 "
+            f"keyframe-max-dist={2 * VIDEO_FPS}")
+
+
+def _gst_video_adaptive(src: str, dst: str, ssrc: int) -> list[str]:
+    """VP8 at the usual target whose encoder is told to spend only ``ADAPTED_BPS`` from
+    ``ADAPT_AFTER_S`` on: the sender's own rate control backing off, on an open path."""
+    frames = int(MEDIA_DURATION_S * VIDEO_FPS)
+    # A real-time encoder's rate control: a one-second client buffer (the default of six
+    # seconds would let it overshoot the new target for seconds), and frames dropped when
+    # the buffer runs low, as WebRTC senders lower the frame rate (noise cannot be
+    # compressed to the new target at any quantizer).
+    options = ("name=enc buffer-size=1000 buffer-initial-size=500 buffer-optimal-size=600 "
+               "dropframe-threshold=30")
+    pipeline = (f"{_vp8_source(frames, VIDEO_TARGET_BPS, options)} "
+                f"! rtpvp8pay mtu={VIDEO_MTU} ssrc={ssrc} "
+                f"! udpsink host={dst} port={RTP_VIDEO_PORT} bind-address={src} "
+                f"bind-port={RTP_VIDEO_PORT}")
+    return [sys.executable, str(HERE / "peer.py"), "gst-adapt", "--pipeline", pipeline,
+            "--element", "enc", "--property", "target-bitrate", "--value", str(ADAPTED_BPS),
+            "--after", str(ADAPT_AFTER_S)]
+
+
+def _gst_video_layer(port: int, ssrc: int, bps: int, size: tuple[int, int]) -> list[str]:
+    """One simulcast layer, sent to the forwarder on loopback (never on the wire)."""
+    frames = int(MEDIA_DURATION_S * VIDEO_FPS)
+    return ["gst-launch-1.0", "-q", *_vp8_source(frames, bps, size=size).split(),
+            "!", "rtpvp8pay", f"mtu={VIDEO_MTU}", f"ssrc={ssrc}",
+            "!", "udpsink", "host=127.0.0.1", f"port={port}"]
 
 
 def tbf_rules(rate_kbit: int, burst_bytes: int) -> tuple[RuleSpec, ...]:
@@ -404,6 +524,16 @@ def _ott_call(plan: CallPlan, outdir: Path, workdir: Path) -> ScenarioResult:
                 "sipp-uas", cwd=workdir,
             )
             lab.wait_for_udp_listener(lab.relay, SIP_PORT)
+        if plan.radio_link:
+            radio = lab.spawn(lab.isp, [sys.executable, str(HERE / "peer.py"), "nfqueue",
+                                        *plan.radio_link], "nfqueue")
+            time.sleep(0.3)
+            if not radio.running():
+                raise LabError(f"nfqueue did not start: {radio.log()[-400:]}")
+        ns_of = {"caller": lab.caller, "isp": lab.isp, "relay": lab.relay}
+        extra_caps = [(v, lab.capture(outdir / f"{plan.name}@{v.name}.pcap", ns=ns_of[v.role],
+                                      interface=v.interface, direction=v.direction))
+                      for v in plan.vantages]
         run.capture = lab.capture(pcap)
         for rule in plan.rules_at_start:
             run.apply(rule)
@@ -414,6 +544,19 @@ def _ott_call(plan: CallPlan, outdir: Path, workdir: Path) -> ScenarioResult:
             sched.at(t_s, run.stun_probe)
         for t_s, rule in plan.rules_later:
             sched.at(t_s, functools.partial(run.apply, rule))
+        direct: dict[str, Any] | None = None
+        if plan.direct_path:
+            direct = {"peer_ip": PEER_IP, "port": DIRECT_PORT, "stun": []}
+
+            def direct_check(info: dict[str, Any] = direct) -> None:
+                start = time.time()
+                res = lab.run(lab.caller, ["timeout", "2", "turnutils_stunclient", "-p",
+                                           str(DIRECT_PORT), PEER_IP], timeout=5, check=False)
+                info["stun"].append({"t_s": run.rel(start), "exit_code": res.returncode,
+                                     "client_reported_answer": "reflexive addr" in res.stdout})
+
+            for t_s in (0.5, 3.0):
+                sched.at(t_s, direct_check)
         if plan.sip_call:
             sip_info = {}
 
@@ -437,12 +580,58 @@ def _ott_call(plan: CallPlan, outdir: Path, workdir: Path) -> ScenarioResult:
         delay = run.t0 + MEDIA_START_S - time.time()
         if delay > 0:
             time.sleep(delay)
+        sfu = plan.video_mode in ("sfu", "sfu_switch")
+        if sfu:
+            # The forwarder first, then the two layers it picks from.
+            forwarder = lab.spawn(lab.relay, [
+                sys.executable, str(HERE / "peer.py"), "forward",
+                "--high-port", str(SFU_HIGH_PORT), "--low-port", str(SFU_LOW_PORT),
+                "--bind", RELAY_IP, "--port", str(RTP_VIDEO_PORT), "--dst", CALLER_IP,
+                "--dst-port", str(RTP_VIDEO_PORT), "--ssrc", hex(SFU_OUT_SSRC),
+                "--switch-after", str(SFU_SWITCH_AFTER_S),
+                *(["--no-rewrite"] if plan.video_mode == "sfu_switch" else [])], "forwarder")
+            lab.wait_for_udp_listener(lab.relay, SFU_LOW_PORT)
+            # Simulcast layers differ in resolution: a quarter of the pixels for the low one
+            # (noise at full size cannot be coded at its rate).
+            for port, ssrc, bps, size in (
+                    (SFU_HIGH_PORT, SFU_LAYER_SSRCS[0], SFU_HIGH_BPS, (240, 180)),
+                    (SFU_LOW_PORT, SFU_LAYER_SSRCS[1], SFU_LOW_BPS, (120, 90))):
+                procs.append(lab.spawn(lab.relay, _gst_video_layer(port, ssrc, bps, size),
+                                       f"gst-layer-{port}"))
+        if direct is not None:
+            # The direct pair first, from the same local socket as the relayed pair that
+            # follows (ICE pairs one local candidate with each remote one); the call
+            # moves to the relay once it is given up.
+            bg = lab.spawn(lab.caller, _gst_audio(CALLER_IP, PEER_IP, 0x1A2B00D1,
+                                                  RTP_AUDIO_PORT, DIRECT_MEDIA_S, DIRECT_PORT),
+                           "gst-audio-direct")
+            if bg.wait(DIRECT_MEDIA_S + 10) != 0:
+                raise LabError(f"{bg.name} failed: {bg.log()[-400:]}")
+            direct["media"] = {"src_port": RTP_AUDIO_PORT, "dst_port": DIRECT_PORT,
+                               "ssrc": 0x1A2B00D1, "start_s": run.rel(bg.started_epoch),
+                               "stop_s": run.rel(time.time()),
+                               "nominal_duration_s": DIRECT_MEDIA_S}
         for kind in kinds:
             port = RTP_AUDIO_PORT if kind == "audio" else RTP_VIDEO_PORT
             make = _gst_audio if kind == "audio" else _gst_video
             nominal = audio_nominal() if kind == "audio" else video_nominal()
             for side, ns, src, dst in (("relay", lab.relay, RELAY_IP, CALLER_IP),
                                        ("caller", lab.caller, CALLER_IP, RELAY_IP)):
+                if kind == "video" and sfu and side == "relay":
+                    rewrite = plan.video_mode == "sfu"
+                    media.append({"kind": kind, "direction": "relay_to_caller",
+                                  "src_ip": src, "src_port": port, "dst_ip": dst,
+                                  "dst_port": port,
+                                  "ssrc": SFU_OUT_SSRC if rewrite else list(SFU_LAYER_SSRCS),
+                                  "forwarded": {"layers_bps": [SFU_HIGH_BPS, SFU_LOW_BPS],
+                                                "switch_after_s": SFU_SWITCH_AFTER_S,
+                                                "rewritten": rewrite,
+                                                "low_layer_frames_forwarded":
+                                                    "every other" if rewrite else "all"},
+                                  "nominal_duration_s": MEDIA_DURATION_S})
+                    continue
+                if kind == "video" and plan.video_mode == "adaptive":
+                    make = _gst_video_adaptive
                 bg = lab.spawn(ns, make(src, dst, SSRC[(kind, side)]), f"gst-{kind}-{side}")
                 procs.append(bg)
                 media.append({
@@ -463,6 +652,23 @@ def _ott_call(plan: CallPlan, outdir: Path, workdir: Path) -> ScenarioResult:
         sched.join(timeout=30)
         time.sleep(TAIL_S)
         run.capture.stop()
+        meta["vantages"] = {}
+        for v, cap in extra_caps:
+            st = cap.stop()
+            meta["vantages"][v.name] = {
+                "file": st.pcap_path.name, "namespace_role": v.role, "interface": v.interface,
+                "direction": v.direction or "both", "description": v.description,
+                "packets_captured": st.packets_captured,
+                "packets_dropped_by_kernel": st.packets_dropped}
+        if sfu:
+            forwarder.stop()
+            meta["forwarder"] = json.loads(forwarder.log().strip().splitlines()[-1])
+        if plan.radio_link:
+            radio.stop(signal.SIGTERM, grace_s=5.0)
+            meta["radio_link"] = {"argv": list(plan.radio_link),
+                                  **json.loads(radio.log().strip().splitlines()[-1])}
+        if direct is not None:
+            meta["direct_path"] = direct
         assert run.tls_server is not None
         run.tls_server.stop()
         server_log = [json.loads(line) for line in run.tls_server.log().splitlines()
@@ -591,9 +797,22 @@ def _every_nth_rules(every: int) -> tuple[RuleSpec, ...]:
         for dev, side in ((ISP_CALLER_IF, "caller"), (ISP_RELAY_IF, "relay")))
 
 
+_RADIO: Final = {"p_good_bad": 0.02, "p_bad_good": 0.12, "loss_good": 0.003,
+                 "loss_bad": 0.6, "delay_good_ms": 15, "jitter_good_ms": 25,
+                 "delay_bad_ms": 60, "jitter_bad_ms": 80, "seed": 7,
+                 "handover_at": 4.0, "handover_s": 3.5, "handover_delay_ms": 160,
+                 "handover_loss": 0.15}
+"""The radio link of ``mobile_loss``: per packet, good -> bad with 2 %, bad -> good with
+12 % (bursts of about 8 packets, a seventh of the time), losing 60 % in a burst and
+0.3 % otherwise; one-way delay 15-40 ms, 60-140 ms in a burst. Four seconds in, a 3.5 s
+handover: 15 % lost and 160 ms more delay, which then recedes. About 9 % lost in all and
+a delay rise well above the throttle rule's 80 ms, but no rate ceiling and no standing
+queue (ANCHORS section 7, mobile access)."""
+
 _PLANS: Final = (
     CallPlan("clean", "no interference: the call, STUN, TLS and a SIP call all go through",
-             {"kind": "none"}, sip_call=True),
+             {"kind": "none"}, sip_call=True,
+             vantages=(RELAY_END, MID_PATH_CALLER_SIDE, CALLER_INBOUND_ONLY)),
     CallPlan("block_udp", "all call UDP (STUN 3478 and media 30000-30999) dropped both ways",
              {"kind": "block", "protocol": "udp", "ports": CALL_UDP_PORTS}, _BLOCK_UDP),
     CallPlan("block_stun", "only STUN Binding requests dropped (u32 match on type and cookie)",
@@ -609,7 +828,9 @@ _PLANS: Final = (
     CallPlan("throttle_video_500k", "video call through a 500 kbit/s token bucket each way",
              {"kind": "throttle", "rate_kbit": 500, "burst_bytes": 6000,
               "latency_ms": TBF_LATENCY_MS, "directions": ["to_caller", "to_relay"]},
-             tbf_rules(500, 6000), video=True),
+             tbf_rules(500, 6000), video=True,
+             vantages=(RELAY_END, MID_PATH_CALLER_SIDE, MID_PATH_RELAY_SIDE,
+                       CALLER_INBOUND_ONLY)),
     CallPlan("delayed_throttle", "call starts clean; 32 kbit/s token buckets 4 s into the call",
              {"kind": "throttle", "rate_kbit": 32, "burst_bytes": 3200,
               "latency_ms": TBF_LATENCY_MS, "directions": ["to_caller", "to_relay"],
@@ -620,6 +841,52 @@ _PLANS: Final = (
              _every_nth_rules(20)),
     CallPlan("loss_15", "15 % of call UDP dropped at random, both directions",
              {"kind": "loss", "probability": 0.15}, (_loss_rule(0.15),)),
+    CallPlan("relay_fallback",
+             "the direct path to the callee's host address is dropped both ways; the call "
+             "runs through the relay, which the ISP leaves alone",
+             {"kind": "block_direct_path_only", "blocked_host": PEER_IP,
+              "relay": RELAY_IP},
+             tuple(RuleSpec(("iptables", "-A", "FORWARD", "-p", "udp", flag, PEER_IP,
+                             "-j", "DROP"), f"drop all UDP {word} the callee's host address")
+                   for flag, word in (("-d", "to"), ("-s", "from"))),
+             direct_path=True, vantages=(RELAY_END,)),
+    CallPlan("sender_adapts",
+             f"no interference; each side's VP8 encoder lowers its own target from "
+             f"{VIDEO_TARGET_BPS // 1000} to {ADAPTED_BPS // 1000} kbit/s "
+             f"{ADAPT_AFTER_S:.0f} s into the call",
+             {"kind": "none", "sender_rate_change": {
+                 "from_bps": VIDEO_TARGET_BPS, "to_bps": ADAPTED_BPS,
+                 "after_s": ADAPT_AFTER_S}},
+             video=True, video_mode="adaptive", vantages=(RELAY_END,)),
+    CallPlan("sfu_forwarding",
+             "no interference; the relay forwards one of two simulcast video layers "
+             "(high, then the low one at half its frame rate), rewritten into one stream",
+             {"kind": "none", "forwarding": {
+                 "layers_bps": [SFU_HIGH_BPS, SFU_LOW_BPS],
+                 "switch_after_s": SFU_SWITCH_AFTER_S}},
+             video=True, video_mode="sfu"),
+    CallPlan("sfu_ssrc_switch",
+             "no interference; the relay forwards the high simulcast layer, then the low "
+             "one, each with its own SSRC, numbers and timestamps (a layer switch the "
+             "receiver sees as one stream stopping and another starting)",
+             {"kind": "none", "forwarding": {
+                 "layers_bps": [SFU_HIGH_BPS, SFU_LOW_BPS],
+                 "switch_after_s": SFU_SWITCH_AFTER_S, "rewritten": False}},
+             video=True, video_mode="sfu_switch"),
+    CallPlan("mobile_loss",
+             "a radio-like link: bursts of heavy loss with delay spikes (Gilbert-Elliott, "
+             "per direction) between good stretches with small jitter; no rate limit",
+             {"kind": "bursty_loss", "model": "gilbert-elliott", **_RADIO},
+             tuple(RuleSpec(("iptables", "-A", "FORWARD", "-i", dev, "-p", "udp", "-m",
+                             "multiport", "--ports", CALL_UDP_PORTS, "-j", "NFQUEUE",
+                             "--queue-num", str(num)),
+                            f"hand call UDP coming from the {side} to the radio-link model")
+                   for (dev, num), side in zip(NFQUEUE_NUMS.items(), ("caller", "relay"),
+                                               strict=True)),
+             radio_link=(*(a for k, v in _RADIO.items()
+                           for a in (f"--{k.replace('_', '-')}", str(v))),
+                         "--queues", *(str(n) for n in NFQUEUE_NUMS.values())),
+             vantages=(RELAY_END,)),
     CallPlan("tcp_reset_443", "every TCP connection to port 443 answered with a RST",
              {"kind": "tcp_reset", "port": TLS_PORT},
              (RuleSpec(("iptables", "-A", "FORWARD", "-p", "tcp", "--dport", str(TLS_PORT),

@@ -26,6 +26,7 @@ from .netlab import (
     CALLER_IP,
     ISP_CALLER_IP,
     ISP_RELAY_IP,
+    PEER_IP,
     RELAY_IP,
     NetLab,
     delete_namespace,
@@ -34,9 +35,12 @@ from .netlab import (
 from .scenarios import (
     APP_SNI,
     CONTROL_SNI,
+    DIRECT_PORT,
     RTP_AUDIO_PORT,
     RTP_VIDEO_PORT,
     SCENARIOS,
+    SFU_LAYER_SSRCS,
+    SFU_OUT_SSRC,
     SIP_PORT,
     STUN_PORT,
     TLS_PORT,
@@ -44,7 +48,7 @@ from .scenarios import (
 
 pytestmark = pytest.mark.lab
 
-LAB_ADDRESSES = {CALLER_IP, ISP_CALLER_IP, ISP_RELAY_IP, RELAY_IP}
+LAB_ADDRESSES = {CALLER_IP, ISP_CALLER_IP, ISP_RELAY_IP, RELAY_IP, PEER_IP}
 STUN_MAGIC_COOKIE = 0x2112A442
 STUN_BINDING_REQUEST = 0x0001
 STUN_BINDING_SUCCESS = 0x0101
@@ -409,6 +413,10 @@ def test_capture_is_complete_and_stays_in_the_lab(lab_captures: LabCaptures, nam
     assert cap["start_epoch"] - 0.01 <= all_frames[0].ts
     assert all_frames[-1].ts <= cap["stop_epoch"] + 0.01
     assert 7.0 <= cap["duration_s"] <= 16.0
+    _checksums_are_real(pcap)
+
+
+def _checksums_are_real(pcap: Path) -> None:
     # Transmit checksum offload is off in the lab: every checksum on the wire is real.
     bad = subprocess.run(
         ["tshark", "-r", str(pcap), "-o", "ip.check_checksum:TRUE",
@@ -616,3 +624,109 @@ def test_sip_no_answer_rings_then_cancels(lab_captures: LabCaptures) -> None:
         assert cancel.from_caller and 3.0 <= cancel.ts - ring.ts <= 6.0
         assert ladder.index("CANCEL") < ladder.index("200/CANCEL")
         assert ladder.index("CANCEL") < ladder.index("487/INVITE") < ladder.index("ACK")
+
+
+
+# -- the other vantage points -------------------------------------------------------------
+
+
+_VANTAGES = [(name, v) for name, v in (
+    ("clean", "relay"), ("clean", "isp_caller_side"), ("clean", "caller_in_only"),
+    ("throttle_video_500k", "relay"), ("throttle_video_500k", "isp_caller_side"),
+    ("throttle_video_500k", "isp_relay_side"), ("throttle_video_500k", "caller_in_only"),
+    ("relay_fallback", "relay"), ("sender_adapts", "relay"), ("mobile_loss", "relay"))]
+
+
+def _vantage(lab: LabCaptures, name: str, vantage: str) -> tuple[list[Pkt], dict[str, Any], Path]:
+    pcap, meta = lab[name]
+    v = meta["vantages"][vantage]
+    path = pcap.parent / v["file"]
+    return packets(path), v, path
+
+
+@pytest.mark.parametrize(("name", "vantage"), _VANTAGES)
+def test_vantage_capture_is_complete_and_stays_in_the_lab(lab_captures: LabCaptures, name: str,
+                                                          vantage: str) -> None:
+    _, v, path = _vantage(lab_captures, name, vantage)
+    assert v["packets_dropped_by_kernel"] == 0
+    all_frames = frames(path)
+    assert len(all_frames) == v["packets_captured"] > 100
+    assert {f.src for f in all_frames} | {f.dst for f in all_frames} <= LAB_ADDRESSES
+    _checksums_are_real(path)
+    if v["direction"] == "in":
+        assert {f.dst for f in all_frames} == {CALLER_IP}
+
+
+def test_vantages_see_the_shaper_from_both_sides(lab_captures: LabCaptures) -> None:
+    """Each stream is whole before the ISP's token bucket and thinned after it."""
+    caller_side, _, _ = _vantage(lab_captures, "throttle_video_500k", "isp_caller_side")
+    relay_side, _, _ = _vantage(lab_captures, "throttle_video_500k", "relay")
+    for whole, shaped, src in ((relay_side, caller_side, RELAY_IP),
+                               (caller_side, relay_side, CALLER_IP)):
+        assert rtp_stream(whole, src, RTP_VIDEO_PORT).loss < 0.01
+        assert rtp_stream(shaped, src, RTP_VIDEO_PORT).loss > 0.3
+
+
+# -- the benign scenarios -----------------------------------------------------------------
+
+
+def test_relay_fallback_direct_pair_gets_nothing_relay_pair_both_ways(
+        lab_captures: LabCaptures) -> None:
+    pkts, _, _ = get(lab_captures, "relay_fallback")
+    direct = [p for p in pkts if PEER_IP in (p.src, p.dst)]
+    assert direct and all(p.src == CALLER_IP for p in direct)
+    media = [p for p in direct if p.dport == DIRECT_PORT and p.sport == RTP_AUDIO_PORT]
+    assert len(media) >= 150
+    # The relayed pair uses the same local socket, after the direct one was given up.
+    for src in (CALLER_IP, RELAY_IP):
+        s = rtp_stream(pkts, src, RTP_AUDIO_PORT)
+        assert 480 <= s.packets <= 505 and s.loss < 0.01
+        assert s.first_ts > max(p.ts for p in media)
+    relay_pkts, _, _ = _vantage(lab_captures, "relay_fallback", "relay")
+    assert not [p for p in relay_pkts if PEER_IP in (p.src, p.dst)]
+
+
+def test_sender_adapts_without_loss(lab_captures: LabCaptures) -> None:
+    pkts, meta, _ = get(lab_captures, "sender_adapts")
+    change = meta["impairment"]["sender_rate_change"]
+    for src in (CALLER_IP, RELAY_IP):
+        video = rtp_packets(pkts, src, RTP_VIDEO_PORT)
+        assert rtp_stream(pkts, src, RTP_VIDEO_PORT).loss == 0
+        t0 = video[0].ts
+        before = rate_kbps(video, t0 + 1, t0 + change["after_s"])
+        after = rate_kbps(video, t0 + change["after_s"] + 2, video[-1].ts)
+        assert before > 1000 and after < 0.5 * before, (before, after)
+
+
+def test_sfu_forwards_one_rewritten_stream(lab_captures: LabCaptures) -> None:
+    pkts, meta, _ = get(lab_captures, "sfu_forwarding")
+    video = rtp_packets(pkts, RELAY_IP, RTP_VIDEO_PORT)
+    assert {int.from_bytes(p.payload[8:12], "big") for p in video} == {SFU_OUT_SSRC}
+    s = rtp_stream(pkts, RELAY_IP, RTP_VIDEO_PORT)
+    assert s.packets == meta["forwarder"]["forwarded"] and s.loss == 0
+    stamps = [int.from_bytes(p.payload[4:8], "big") for p in video]
+    assert all(b >= a for a, b in itertools.pairwise(stamps))  # no jump at the switch
+
+
+def test_sfu_switch_passes_each_layer_untouched(lab_captures: LabCaptures) -> None:
+    pkts, meta, _ = get(lab_captures, "sfu_ssrc_switch")
+    video = rtp_packets(pkts, RELAY_IP, RTP_VIDEO_PORT)
+    ssrcs = [int.from_bytes(p.payload[8:12], "big") for p in video]
+    assert set(ssrcs) == set(SFU_LAYER_SSRCS)
+    # One switch: every high-layer packet comes before every low-layer one.
+    switch = ssrcs.index(SFU_LAYER_SSRCS[1])
+    assert set(ssrcs[:switch]) == {SFU_LAYER_SSRCS[0]} and set(ssrcs[switch:]) == {
+        SFU_LAYER_SSRCS[1]}
+    assert len(video) == meta["forwarder"]["forwarded"]
+
+
+def test_mobile_loss_comes_in_bursts(lab_captures: LabCaptures) -> None:
+    pkts, meta, _ = get(lab_captures, "mobile_loss")
+    s = rtp_stream(pkts, RELAY_IP, RTP_AUDIO_PORT)
+    assert 0.04 <= s.loss <= 0.16
+    seqs = sorted(int.from_bytes(p.payload[2:4], "big")
+                  for p in rtp_packets(pkts, RELAY_IP, RTP_AUDIO_PORT))
+    runs = [b - a - 1 for a, b in itertools.pairwise(seqs) if b - a > 1]
+    assert max(runs) >= 3  # a burst, not scattered single losses
+    queues = meta["radio_link"]["queues"]
+    assert all(q["bursts"] >= 2 and q["handover_packets"] > 50 for q in queues.values())

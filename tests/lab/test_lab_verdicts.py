@@ -3,6 +3,13 @@
 Every scenario of the lab (tests/lab/scenarios.py) is analysed with the whole
 pipeline; each asserts its verdict and main reason, and the clean run must
 produce no blocked, throttled or degraded verdict anywhere.
+
+The benign scenarios — a direct path blocked while the relay works, a sender that
+lowers its own rate, a forwarding server that passes one layer at a time, a radio
+link's bursty loss — are where a careless rule gives a false verdict: none of them
+may be blocked or throttled. Some scenarios were captured at several points at once
+(the caller, both interfaces of the ISP router, the relay's end, the caller's
+received packets only); each capture is judged on its own.
 """
 
 from __future__ import annotations
@@ -15,6 +22,15 @@ import pytest
 
 from api.pipeline import AnalysisResult, analyze_capture
 from policy.records import Reason, VerdictKind
+
+from .netlab import CALLER_IP, PEER_IP, RELAY_IP
+from .scenarios import (
+    ADAPT_AFTER_S,
+    ADAPTED_BPS,
+    SFU_LAYER_SSRCS,
+    SFU_OUT_SSRC,
+    SFU_SWITCH_AFTER_S,
+)
 
 LabCaptures = dict[str, tuple[Path, dict[str, Any]]]
 INTERFERENCE = {VerdictKind.BLOCKED, VerdictKind.THROTTLED, VerdictKind.DEGRADED}
@@ -29,6 +45,18 @@ def _verdicts(result: AnalysisResult) -> list[tuple[VerdictKind, tuple[Reason, .
     out = [(c.verdict.kind, c.verdict.reasons) for c in result.analysis.calls]
     out += [(v.kind, v.reasons) for v in result.analysis.flow_verdicts.values()]
     return out
+
+
+def _at(lab_captures: LabCaptures, scenario: str, vantage: str | None = None) -> str:
+    """The capture of `scenario` taken at `vantage` (the caller's interface when None)."""
+    path, meta = lab_captures[scenario]
+    if vantage is None:
+        return str(path)
+    return str(path.parent / meta["vantages"][vantage]["file"])
+
+
+def _interference(result: AnalysisResult) -> list[tuple[VerdictKind, tuple[Reason, ...]]]:
+    return [v for v in _verdicts(result) if v[0] in INTERFERENCE]
 
 
 def _main_call(result: AnalysisResult) -> Any:
@@ -97,6 +125,15 @@ def test_loss_without_a_shaper_is_not_throttling(lab_captures: LabCaptures) -> N
         assert VerdictKind.THROTTLED not in kinds and VerdictKind.BLOCKED not in kinds, name
 
 
+@pytest.mark.parametrize("scenario", ["throttle_voice_64k", "throttle_voice_32k",
+                                      "throttle_video_500k", "delayed_throttle"])
+def test_a_shaper_is_never_a_block(lab_captures: LabCaptures, scenario: str) -> None:
+    """The full queue also holds back SYNs, STUN and ServerHellos; connections time out
+    and close. None of that is a block, for the call or any flow."""
+    verdicts = _verdicts(_analyse(str(lab_captures[scenario][0])))
+    assert all(k is not VerdictKind.BLOCKED for k, _ in verdicts), verdicts
+
+
 @pytest.mark.parametrize(("scenario", "reason"), [
     ("tcp_reset_443", Reason.TCP_RESET),
     ("sni_reset", Reason.TLS_RESET_AFTER_HELLO),
@@ -153,3 +190,130 @@ def test_evidence_bundle_for_a_lab_call(lab_captures: LabCaptures, tmp_path: Pat
             assert call.local not in hosts
         else:
             assert call.local in hosts
+
+
+# -- every vantage point --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vantage", [None, "relay", "isp_caller_side", "caller_in_only"])
+def test_clean_call_shows_no_interference_from_any_vantage(lab_captures: LabCaptures,
+                                                           vantage: str | None) -> None:
+    result = _analyse(_at(lab_captures, "clean", vantage))
+    assert result.analysis.calls
+    assert not _interference(result)
+
+
+@pytest.mark.parametrize("vantage", [None, "relay", "isp_caller_side", "isp_relay_side",
+                                     "caller_in_only"])
+def test_throttled_video_is_throttled_from_every_vantage(lab_captures: LabCaptures,
+                                                         vantage: str | None) -> None:
+    """At the caller and the ISP's caller side the shaped streams are the ones the caller
+    received; at the relay and the ISP's relay side they are the caller's own, seen
+    after the shaper; a capture of the caller's received packets alone still shows the
+    received streams' loss and standing queue."""
+    result = _analyse(_at(lab_captures, "throttle_video_500k", vantage))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.THROTTLED, (vantage, call.verdict.reasons)
+    assert call.verdict.reasons[0] is Reason.RATE_CAPPED
+    shaped = [e for e in call.verdict.evidence if e.reason is Reason.RATE_CAPPED]
+    # Whichever way the judged stream went, the evidence names it and its receiver.
+    receivers = {e.figures["receiver"] for e in shaped}
+    assert receivers == ({RELAY_IP} if vantage in ("relay", "isp_relay_side") else {CALLER_IP})
+    for e in shaped:
+        assert e.figures["delay_plateau"] and e.figures["loss_ratio"] >= 0.03
+        assert e.figures["direction"] in ("in", "out")
+        assert (e.figures["direction"] == "in") == ("received by the local side" in e.text)
+    assert all(k is not VerdictKind.BLOCKED for k, _ in _verdicts(result))
+
+
+def test_one_sided_capture_of_a_working_call_is_no_block(lab_captures: LabCaptures) -> None:
+    """Only the caller's received packets: every media flow looks one-way, as a blocked
+    path's would, but nothing in the capture went both ways, so no block can be shown."""
+    path = _at(lab_captures, "clean", "caller_in_only")
+    result = _analyse(path)
+    flows = [f for f in result.flows if f.proto == "udp"]
+    assert flows and all(f.orig_pkts == 0 or f.resp_pkts == 0 for f in flows)
+    assert not _interference(result)
+
+
+# -- the benign scenarios -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vantage", [None, "relay"])
+def test_relay_fallback_is_ok_and_lists_the_failed_pair(lab_captures: LabCaptures,
+                                                        vantage: str | None) -> None:
+    result = _analyse(_at(lab_captures, "relay_fallback", vantage))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.OK, call.verdict.reasons
+    assert str(call.outcome) == "answered"
+    assert not _interference(result)
+    if vantage == "relay":
+        return  # the ISP dropped the direct pair's packets before they got there
+    (failed,) = call.extra["failed_paths"]
+    assert failed["reason"] == Reason.MEDIA_NO_RETURN.value
+    assert failed["remote_hosts"] == [PEER_IP] and failed["worked_via"] == [RELAY_IP]
+    assert failed["figures"]["received_pkts"] == 0 and failed["figures"]["sent_pkts"] >= 150
+    assert set(failed["flow_uids"]) <= set(call.flow_uids)
+    assert failed["frames"]
+
+
+@pytest.mark.parametrize("vantage", [None, "relay"])
+def test_sender_lowering_its_rate_is_ok(lab_captures: LabCaptures,
+                                        vantage: str | None) -> None:
+    result = _analyse(_at(lab_captures, "sender_adapts", vantage))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.OK, call.verdict.reasons
+    assert not _interference(result)
+    # The scenario did what it says: each video stream fell to about the new target.
+    video = [leg for leg in call.legs if leg.media == "video"]
+    assert len(video) == 2
+    for leg in video:
+        rates = [row[2] for row in leg.seconds]
+        cut = int(ADAPT_AFTER_S) + 1
+        before, after = max(rates[1:cut]), sum(rates[cut + 2:-1]) / len(rates[cut + 2:-1])
+        assert after < 0.5 * before and after < 2 * ADAPTED_BPS, rates
+        assert leg.loss_ratio == 0
+
+
+def test_forwarding_server_passing_one_layer_is_ok(lab_captures: LabCaptures) -> None:
+    path, meta = lab_captures["sfu_forwarding"]
+    assert meta["forwarder"]["left_out"] > 500  # the other layer and the upper frames
+    result = _analyse(str(path))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.OK, call.verdict.reasons
+    assert not _interference(result)
+    (leg,) = [leg for leg in call.legs if leg.ssrc == SFU_OUT_SSRC]
+    assert leg.direction == "in" and leg.loss_ratio == 0
+    rates = [row[2] for row in leg.seconds]
+    cut = int(SFU_SWITCH_AFTER_S) + 1
+    assert max(rates[cut + 1:-1]) < 0.5 * max(rates[1:cut])  # the low layer at half rate
+
+
+def test_forwarding_server_switching_ssrc_is_ok(lab_captures: LabCaptures) -> None:
+    """The high layer's stream stops mid-call and the low layer's starts, at a quarter of
+    the rate: two streams, neither lost anything, nothing was throttled."""
+    result = _analyse(str(lab_captures["sfu_ssrc_switch"][0]))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.OK, call.verdict.reasons
+    assert not _interference(result)
+    high, low = ({leg.ssrc: leg for leg in call.legs}[s] for s in SFU_LAYER_SSRCS)
+    assert high.direction == low.direction == "in"
+    assert high.loss_ratio == low.loss_ratio == 0
+    assert low.mean_bps < 0.5 * high.mean_bps
+
+
+@pytest.mark.parametrize("vantage", [None, "relay"])
+def test_bursty_radio_loss_is_degraded_never_throttled(lab_captures: LabCaptures,
+                                                       vantage: str | None) -> None:
+    """Bursts of loss and a handover's delay spike well above the throttle rule's 80 ms,
+    which recedes: no standing queue, so degraded. From the relay's end the judged
+    stream is the caller's own."""
+    result = _analyse(_at(lab_captures, "mobile_loss", vantage))
+    call = _main_call(result)
+    assert call.verdict.kind is VerdictKind.DEGRADED, call.verdict.reasons
+    assert call.verdict.reasons[0] is Reason.HIGH_LOSS
+    ev = call.verdict.evidence[0]
+    assert ev.figures["delay_rise_ms"] >= 80 and not ev.figures["delay_plateau"]
+    assert ev.figures["receiver"] == (RELAY_IP if vantage == "relay" else CALLER_IP)
+    kinds = {k for k, _ in _verdicts(result)}
+    assert VerdictKind.THROTTLED not in kinds and VerdictKind.BLOCKED not in kinds

@@ -307,3 +307,17 @@ def test_real_g711_call_matches_tshark_and_rfc3550() -> None:
         assert leg.jitter_s == pytest.approx(jitter[ssrc][1], abs=1e-7)
         assert leg.jitter_s is not None and leg.jitter_s * 1000 <= max_jitter_ms + 0.0006
         assert leg.delay_rise_ms is not None and leg.delay_rise_ms < 1.0  # no queue built up
+
+
+def test_delay_spike_that_recedes_is_no_plateau() -> None:
+    # A handover: the delay climbs over two seconds, holds four, then falls back for
+    # eight. Most seconds after the peak are back at the base, so the slope from the
+    # peak is flat by the median; but the queue did not stand.
+    tmin = np.array([20, 20, 20, 100, 180, 180, 180, 180] + [20] * 8, dtype=np.float64)
+    rise, plateau, start = delay_shape(tmin)
+    assert rise == pytest.approx(160)
+    assert start == 3
+    assert not plateau
+    # The same climb that stays up is one.
+    held = np.array([20, 20, 20, 100, 180, 180, 180, 180] + [182] * 8, dtype=np.float64)
+    assert delay_shape(held)[1]

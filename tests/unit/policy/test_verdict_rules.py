@@ -91,3 +91,131 @@ def test_rtcp_receiver_reports_give_the_far_side_view(tmp_path: Path) -> None:
     assert leg.rtcp_reports == 1
     assert abs((leg.rtcp_fraction_lost or 0) - 25 / 256) < 1e-9
     assert leg.rtcp_jitter_s is not None and abs(leg.rtcp_jitter_s - 80 / 8000) < 1e-9
+
+
+def _voice(src: tuple[str, int], dst: tuple[str, int], ssrc: int, *, n: int = 500,
+           delay_s: list[float] | None = None, lost: set[int] | None = None
+           ) -> list[tuple[float, bytes]]:
+    """n packets of 20 ms PCMU from src to dst, as captured: extra delay per packet, and
+    the packets the network lost left out."""
+    return [_udp(1.0 + i * 0.02 + (delay_s[i] if delay_s else 0.0), *src, *dst,
+                 _rtp(i, i * 160, ssrc))
+            for i in range(n) if not lost or i not in lost]
+
+
+def _shaped_delay(n: int) -> list[float]:
+    """A token bucket's queue: from 1 s on it fills by 100 ms/s to 300 ms and stays full."""
+    return [min(max(i * 0.02 - 1.0, 0.0) * 0.1, 0.3) for i in range(n)]
+
+
+def test_stream_captured_past_the_shaper_is_judged_whichever_way_it_went(
+        tmp_path: Path) -> None:
+    # Taken at the far end of the path: the local side's own stream arrives here after a
+    # shaper (every 8th packet lost once the queue is full, delay climbing then level).
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    pkts = _voice(peer, me, 0xBBBB)
+    pkts += _voice(me, peer, 0xAAAA, delay_s=_shaped_delay(500),
+                   lost={i for i in range(200, 500) if i % 8 == 0})
+    path = tmp_path / "far-end.pcap"
+    _pcap(path, sorted(pkts))
+    (call,) = analyze_capture(path, workers=1).analysis.calls
+    assert call.verdict.kind is VerdictKind.THROTTLED, call.verdict
+    ev = call.verdict.evidence[0]
+    assert ev.figures["direction"] == "out" and ev.figures["ssrc"] == 0xAAAA
+    assert ev.figures["sender"] == me[0] and ev.figures["receiver"] == peer[0]
+    assert "captured after crossing the network" in ev.text
+
+
+def test_delay_spike_that_recedes_is_loss_not_a_shaper(tmp_path: Path) -> None:
+    # A radio handover: 2.5 s with 160 ms more delay and some loss, then back to normal;
+    # 8 % lost in all. The delay rose, but no queue stood: degraded, never throttled.
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    spike = [0.16 if 200 <= i < 325 else 0.0 for i in range(500)]
+    lost = {i for i in range(500) if i % 13 == 0} | {i for i in range(200, 325) if i % 5 == 0}
+    pkts = _voice(me, peer, 0xAAAA) + _voice(peer, me, 0xBBBB, delay_s=spike, lost=lost)
+    path = tmp_path / "handover.pcap"
+    _pcap(path, sorted(pkts))
+    (call,) = analyze_capture(path, workers=1).analysis.calls
+    leg = next(leg for leg in call.legs if leg.ssrc == 0xBBBB)
+    assert (leg.delay_rise_ms or 0) > 120 and not leg.delay_plateau
+    assert call.verdict.kind is VerdictKind.DEGRADED, call.verdict
+    assert call.verdict.reasons[0] is Reason.HIGH_LOSS
+    assert "did not hold" in call.verdict.evidence[0].text
+
+
+def test_one_sided_capture_is_no_block(tmp_path: Path) -> None:
+    # A tap that recorded only one direction of a working call: every flow is one-way,
+    # which a path that returned nothing would also show. The packets cannot tell, so
+    # no block.
+    a, b = ("10.0.1.2", 30000), ("10.0.2.2", 30000)
+    path = tmp_path / "one-sided.pcap"
+    _pcap(path, sorted(_voice(b, a, 0xBBBB) + _voice(b, (a[0], 30002), 0xCCCC)))
+    result = analyze_capture(path, workers=1)
+    kinds = {c.verdict.kind for c in result.analysis.calls} | {
+        v.kind for v in result.analysis.flow_verdicts.values()}
+    assert result.analysis.calls
+    assert VerdictKind.BLOCKED not in kinds, result.analysis.calls
+
+
+def test_failed_candidate_pair_beside_the_relayed_one_is_listed_not_judged(
+        tmp_path: Path) -> None:
+    # ICE: 4 s of media on the direct pair to the callee's own address, never answered,
+    # then the call over the relay, both ways, from the same local socket.
+    me, callee, relay = ("192.168.1.50", 40000), ("198.51.100.20", 50010), \
+        ("203.0.113.9", 50000)
+    pkts = _voice(me, callee, 0xDDDD, n=200)
+    pkts += [(t + 4.2, p) for t, p in _voice(me, relay, 0xAAAA) + _voice(relay, me, 0xBBBB)]
+    path = tmp_path / "fallback.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    (call,) = result.analysis.calls
+    assert call.verdict.kind is VerdictKind.OK, call.verdict
+    assert not result.analysis.flow_verdicts
+    (failed,) = call.extra["failed_paths"]
+    assert failed["reason"] == "media-no-return"
+    assert failed["remote_hosts"] == [callee[0]] and failed["worked_via"] == [relay[0]]
+    assert failed["figures"]["sent_pkts"] == 200 and failed["frames"]
+    assert set(failed["flow_uids"]) < set(call.flow_uids)
+    assert call.to_dict()["failed_paths"] == call.extra["failed_paths"]
+
+
+CLIENT_HELLO = (Path(__file__).resolve().parents[2] / "vectors" / "dpi" /
+                "443-curl_f4.bin").read_bytes()  # curl's ClientHello for www.ntop.org
+
+
+def _tls_attempt(t0: float, cport: int, after_hello: list[tuple[float, str, str]]
+                 ) -> list[tuple[float, bytes]]:
+    """A TCP handshake to port 443, curl's ClientHello, then (delay, side, flags)."""
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+
+    me, server = "192.168.1.50", "203.0.113.5"
+    cseq, sseq = 1000, 5000
+
+    def seg(t: float, side: str, flags: str, payload: bytes = b"") -> tuple[float, bytes]:
+        src, dst, sport, dport = (me, server, cport, 443) if side == "c" else \
+            (server, me, 443, cport)
+        seq, ack = (cseq, sseq) if side == "c" else (sseq, cseq)
+        return t, bytes(Ether() / IP(src=src, dst=dst) /
+                        TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) /
+                        Raw(payload))
+
+    pkts = [seg(t0, "c", "S"), seg(t0 + 0.02, "s", "SA"), seg(t0 + 0.021, "c", "A"),
+            seg(t0 + 0.022, "c", "PA", CLIENT_HELLO)]
+    cseq += len(CLIENT_HELLO)
+    pkts += [seg(t0 + 0.022 + dt, side, flags) for dt, side, flags in after_hello]
+    return pkts
+
+
+def test_reset_after_the_client_gave_up_is_no_block(tmp_path: Path) -> None:
+    # Through a full queue: no ServerHello, the client closes after 4 s, the server
+    # closes later and resets the client's late segments. A reset injected right after
+    # the ClientHello, with no FIN from the client, is still a block.
+    gave_up = _tls_attempt(10.0, 50001, [(4.0, "c", "FA"), (9.0, "s", "FA"), (9.5, "s", "R")])
+    injected = _tls_attempt(30.0, 50002, [(0.005, "s", "R")])
+    path = tmp_path / "tls.pcap"
+    _pcap(path, sorted(gave_up + injected))
+    result = analyze_capture(path, workers=1)
+    by_port = {f.orig_p: f.uid for f in result.flows}
+    verdicts = result.analysis.flow_verdicts
+    assert by_port[50001] not in verdicts, verdicts.get(by_port[50001])
+    assert verdicts[by_port[50002]].reasons == (Reason.TLS_RESET_AFTER_HELLO,)
