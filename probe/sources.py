@@ -221,6 +221,42 @@ def _try_variant(buf: bytes | bytearray, header: PcapHeader, extra: int, name: s
     return merit
 
 
+def _candidates(buf: bytes | bytearray) -> tuple[PcapHeader | None, tuple[str, ...]]:
+    """The file header and the record header variants a classic pcap file starting
+    ``buf`` may use (none to choose from: it is plain pcap)."""
+    order = _MODIFIED_MAGICS.get(bytes(buf[:4]))
+    if order is not None:
+        return (pcap_header(PCAP_MAGIC_US.to_bytes(4, "little" if order == "<" else "big")
+                            + bytes(buf[4:PCAP_HEADER])), _MODIFIED_VARIANTS)
+    header = pcap_header(buf)
+    if header is None or header.frac_ns != 1000 or (header.major, header.minor) < (2, 4):
+        return header, ()
+    return header, _STANDARD_VARIANTS
+
+
+def pcap_variant_decidable(buf: bytes | bytearray) -> bool:
+    """Whether ``buf`` holds enough of a classic pcap file for :func:`pcap_variant`: every
+    candidate's walk over the first three records ends inside it (or at a length no
+    record can have). A reader fills its buffer until it does (or the input ends), so
+    the variant does not depend on how much the first read happened to return."""
+    header, candidates = _candidates(buf)
+    if header is None or len(candidates) < 2:
+        return True
+    incl_of = _INCL[header.order]
+    for name in candidates:
+        pos = PCAP_HEADER
+        for _ in range(3):
+            if pos + RECORD_HEADER + PCAP_VARIANTS[name] > len(buf):
+                return False
+            incl = int(incl_of(buf, pos + 8)[0])
+            if incl > MIN_SNAP:
+                break
+            pos += RECORD_HEADER + PCAP_VARIANTS[name] + incl
+            if pos > len(buf):
+                return False
+    return True
+
+
 def pcap_variant(buf: bytes | bytearray, at_eof: bool = True) -> str:
     """Which record header variant the classic pcap file starting ``buf`` uses (a key of
     :data:`PCAP_VARIANTS`), by Wireshark's rule: each candidate of the file's magic in
@@ -228,19 +264,8 @@ def pcap_variant(buf: bytes | bytearray, at_eof: bool = True) -> str:
     with fewest things wrong. Only files of version 2.4 (the standard magic) can be a
     variant, and nanosecond files never are. ``at_eof`` says ``buf`` holds the whole file
     (a record cut by its end then counts against the candidate)."""
-    magic = bytes(buf[:4])
-    order = _MODIFIED_MAGICS.get(magic)
-    candidates: tuple[str, ...]
-    if order is not None:
-        candidates = _MODIFIED_VARIANTS
-        header = pcap_header(PCAP_MAGIC_US.to_bytes(4, "little" if order == "<" else "big")
-                             + bytes(buf[4:PCAP_HEADER]))
-    else:
-        header = pcap_header(buf)
-        if header is None or header.frac_ns != 1000 or (header.major, header.minor) < (2, 4):
-            return "pcap"
-        candidates = _STANDARD_VARIANTS
-    if header is None:
+    header, candidates = _candidates(buf)
+    if header is None or not candidates:
         return "pcap"
     merits = [_try_variant(buf, header, PCAP_VARIANTS[c], c, at_eof) for c in candidates]
     for name, merit in zip(candidates, merits, strict=True):
@@ -655,7 +680,10 @@ class CaptureSource:
             buf, _, _ = self._more(buf, 0)
         if len(buf) < 24:
             raise NotACapture(f"{st.source}: pcap file header truncated ({len(buf)} of 24 bytes)")
-        variant = pcap_variant(buf, at_eof=not self._in.pipe and len(buf) < self.chunk_size)
+        eof = False
+        while not eof and not pcap_variant_decidable(buf):
+            buf, _, eof = self._more(buf, 0)
+        variant = pcap_variant(buf, at_eof=eof)
         order = _MODIFIED_MAGICS.get(bytes(buf[:4]))
         if order is not None:  # the modified magic: otherwise a standard header
             buf = (PCAP_MAGIC_US.to_bytes(4, "little" if order == "<" else "big")
@@ -675,7 +703,6 @@ class CaptureSource:
         base = 0  # file offset of buf[0]
         pos = PCAP_HEADER
         frame = 1
-        eof = False
         while True:
             bad = False
             last = len(buf) - rec_len
