@@ -681,7 +681,9 @@ class CaptureSource:
         if len(buf) < 24:
             raise NotACapture(f"{st.source}: pcap file header truncated ({len(buf)} of 24 bytes)")
         eof = False
-        while not eof and not pcap_variant_decidable(buf):
+        # A file is read until its variant is decided, whatever the chunk size; a pipe is
+        # decided on what its first read brought (its next records may be minutes away).
+        while not eof and not self._in.pipe and not pcap_variant_decidable(buf):
             buf, _, eof = self._more(buf, 0)
         variant = pcap_variant(buf, at_eof=eof)
         order = _MODIFIED_MAGICS.get(bytes(buf[:4]))
