@@ -22,8 +22,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The lab (tests/lab) plays real-time calls through network namespaces: it runs on its own,
+# after the rest, so that other tests' load does not bend its delay and loss figures.
 test: $(STAMP) lint
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --ignore=tests/lab
+	$(BIN)/pytest -p no:xdist tests/lab
 
 # Fuzzing (fuzz/run.py): targets run one after another on one core. FUZZ_SECONDS per target;
 # the corpus the fuzzer grows is kept in FUZZ_WORK between runs (CI may cache it).
