@@ -65,11 +65,21 @@ def _call(store: StoreDep, uid: str, capture: str | None) -> dict[str, Any]:
     return row
 
 
+_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such call."},
+    409: {"model": ErrorOut, "description": (
+        "Captures with different contents hold the uid: name one with ?capture=.")}}
+"""How a call uid is found (or not) in the store: every route on one call answers these."""
+_REANALYSED: dict[int | str, dict[str, Any]] = {
+    **_FOUND,
+    410: {"model": ErrorOut, "description": "The capture file is gone."},
+    429: {"model": ErrorOut, "description": (
+        "The service is already re-analysing captures for other requests.")}}
+"""...and these, for the routes that re-analyse the call's capture."""
+
+
 @router.get("/{uid}", response_model=CallOut,
-            responses={404: {"model": ErrorOut, "description": "No such call."},
-                       409: {"model": ErrorOut, "description": (
-                           "Captures with different contents hold the uid: name one "
-                           "with ?capture=.")}})
+            responses=_FOUND)
 def get_call(store: StoreDep, uid: str, capture: CaptureParam = None) -> CallOut:
     """One call."""
     return CallOut.model_validate(_call(store, uid, capture))
@@ -114,14 +124,7 @@ def bundle_file_name(capture_name: str, uid: str) -> str:
             responses={200: {"content": {"text/html": {}, "text/markdown": {},
                                          "application/pdf": {}},
                              "description": "The call's report for people."},
-                       404: {"model": ErrorOut, "description": "No such call."},
-                       409: {"model": ErrorOut, "description": (
-                           "Captures with different contents hold the uid: name one "
-                           "with ?capture=.")},
-                       410: {"model": ErrorOut, "description": "The capture file is gone."},
-                       429: {"model": ErrorOut,
-                             "description": "The service is already re-analysing captures "
-                                            "for other requests."},
+                       **_REANALYSED,
                        501: {"model": ErrorOut, "description": "PDF needs WeasyPrint."}})
 def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
                 capture: CaptureParam = None,
@@ -168,14 +171,7 @@ def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
                              "description": "The evidence bundle."},
                        401: {"model": ErrorOut, "description": "Missing or wrong token."},
                        403: {"model": ErrorOut, "description": "No token is configured."},
-                       404: {"model": ErrorOut, "description": "No such call."},
-                       409: {"model": ErrorOut, "description": (
-                           "Captures with different contents hold the uid: name one "
-                           "with ?capture=.")},
-                       410: {"model": ErrorOut, "description": "The capture file is gone."},
-                       429: {"model": ErrorOut,
-                             "description": "The service is already re-analysing captures "
-                                            "for other requests."},
+                       **_REANALYSED,
                        501: {"model": ErrorOut, "description": "No bundle builder."}})
 def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: SettingsDep,
                   svc: ServicesDep, uid: str,
