@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Call", "CallOutcome", "Evidence", "FlowVerdict", "Leg", "Reason", "Verdict",
-           "VerdictKind"]
+__all__ = ["Call", "CallOutcome", "Evidence", "FlowVerdict", "Leg", "Reason", "TestKind",
+           "TestResult", "Verdict", "VerdictKind"]
 
 
 class VerdictKind(StrEnum):
@@ -236,6 +236,46 @@ class FlowVerdict:
     """The flow."""
     verdict: Verdict
     """What happened to it."""
+
+
+class TestKind(StrEnum):
+    """The active tests marsad runs."""
+
+    REPLAY = "replay"
+    """An app's call trace and its controls replayed over the path (Wehe's method)."""
+    REACHABILITY = "reachability"
+    """DNS, TCP, TLS and STUN towards an app's endpoints (OONI's method)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    """An active test, judged: what was measured, the verdict, and its own capture."""
+
+    __test__ = False  # not a pytest test class
+
+    uid: str
+    """Deterministic id (from the app, the kind, the start time and the measurement)."""
+    kind: TestKind
+    app: str
+    started_ts: float
+    duration_s: float
+    verdict: Verdict
+    """ok, throttled, blocked, degraded or unknown; an interference verdict's evidence
+    names the benign explanations the measurement excludes."""
+    test_keys: dict[str, Any]
+    """The measurement, in the spirit of OONI's ``test_keys``: every step and figure."""
+    capture: str | None = None
+    """Path of the test's own capture of its packets, if one was taken."""
+    capture_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "uid": self.uid, "kind": str(self.kind), "app": self.app,
+            "started_ts": self.started_ts, "duration_s": self.duration_s,
+            "capture": self.capture, "capture_sha256": self.capture_sha256}
+        d.update(self.verdict.to_dict())
+        d["test_keys"] = self.test_keys
+        return d
 
 
 def _worst(values: list[float | None]) -> float | None:
