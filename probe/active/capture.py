@@ -1,0 +1,126 @@
+"""The capture an active test keeps of its own packets.
+
+A test's verdict is evidence only if a reader can check it against the packets, so every
+test runs ``tcpdump`` on the interfaces for the length of the test, with a BPF filter that
+keeps only the test's own traffic (its peers' addresses), and writes a pcap file beside
+the result. Capturing needs ``CAP_NET_RAW``; without it (or without tcpdump) the test
+still runs and says why it has no capture, rather than failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import select
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["CaptureResult", "TestCapture", "peer_filter"]
+
+_SNAPLEN = 65535
+"""The largest IP packet: every payload kept whole."""
+_BUFFER_KIB = 32768
+"""libpcap's ring (32 MiB): room for seconds of a call's packets at full snaplen."""
+_READY_S = 10.0
+"""How long tcpdump may take to open its socket."""
+_SETTLE_S = 0.3
+"""How long the last packets may take to reach tcpdump's file after the test ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureResult:
+    """The test's capture file, or why there is none."""
+
+    path: Path | None
+    sha256: str | None
+    packets: int | None
+    """Packets tcpdump reported captured (``None`` if it did not say)."""
+    dropped: int | None
+    """Packets the kernel dropped before tcpdump read them: the capture misses that many."""
+    problem: str | None
+    """Why there is no capture (no tcpdump, no permission, it exited early)."""
+
+
+def peer_filter(addresses: list[str]) -> str:
+    """A BPF filter keeping packets to or from any of ``addresses``."""
+    if not addresses:
+        raise ValueError("a test capture needs at least one peer address")
+    return " or ".join(f"host {a}" for a in sorted(set(addresses)))
+
+
+class TestCapture:
+    """``with TestCapture(path, bpf) as cap: ...`` captures the test's packets to ``path``.
+
+    After the block, :attr:`result` holds the file and its SHA-256 (or the problem).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, path: Path, bpf: str, *, iface: str = "any",
+                 tcpdump: str = "tcpdump") -> None:
+        self.path = path
+        self.bpf = bpf
+        self.iface = iface
+        self.tcpdump = tcpdump
+        self.result = CaptureResult(None, None, None, None, "capture not run")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> TestCapture:
+        exe = shutil.which(self.tcpdump)
+        if exe is None:
+            self.result = CaptureResult(None, None, None, None, f"{self.tcpdump} not found")
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [exe, "-i", self.iface, "-n", "-U", "--immediate-mode",
+                "-B", str(_BUFFER_KIB), "-s", str(_SNAPLEN), "-w", str(self.path), self.bpf]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE)
+        # tcpdump says "listening on ..." once its socket is open: nothing the test sends
+        # after that line is missed.
+        assert self._proc.stderr is not None
+        said = b""
+        deadline = time.monotonic() + _READY_S
+        while b"listening on" not in said and time.monotonic() < deadline:
+            if not select.select([self._proc.stderr], [], [], deadline - time.monotonic())[0]:
+                break
+            line = self._proc.stderr.readline()
+            if not line:
+                break
+            said += line
+        if b"listening on" not in said:
+            self._proc.kill()
+            rest = self._proc.communicate()[1]
+            err = (said + rest).decode(errors="replace").strip().splitlines()
+            self.result = CaptureResult(
+                None, None, None, None,
+                f"tcpdump did not start: {err[-1] if err else 'no message'}")
+            self._proc = None
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        time.sleep(_SETTLE_S)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err_bytes = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err_bytes = proc.communicate()
+        counts: dict[str, int] = {}
+        for line in err_bytes.decode(errors="replace").splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[0].isdigit() and words[1] == "packets":
+                counts[" ".join(words[2:])] = int(words[0])
+        packets, dropped = counts.get("captured"), counts.get("dropped by kernel")
+        if not self.path.exists():
+            self.result = CaptureResult(None, None, packets, dropped, "tcpdump wrote no file")
+            return
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.result = CaptureResult(self.path, digest, packets, dropped, None)
