@@ -34,7 +34,7 @@ import bisect
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from classifier.hostnames import app_owner
@@ -51,7 +51,16 @@ from policy.records import (
     Verdict,
     VerdictKind,
 )
-from policy.rules import Policy, call_rules, flow_rules, load_policy, verdict_from
+from policy.rules import (
+    CongestedPath,
+    Policy,
+    call_rules,
+    congested_paths,
+    explained_by_congestion,
+    flow_rules,
+    load_policy,
+    verdict_from,
+)
 from probe.addresses import ends, local_host, machines
 from probe.records import FlowRecord
 
@@ -71,6 +80,9 @@ class Analysis:
     """Every call found, by start time."""
     flow_verdicts: dict[str, Verdict]
     """Flows (in or out of calls) whose own packets show interference."""
+    congested: list[CongestedPath] = field(default_factory=list)
+    """Paths the calls showed congested (a shaper's queue, heavy loss): they explain the
+    unanswered requests of flows outside the calls, also ones judged later."""
 
     def flow_verdict_list(self) -> list[FlowVerdict]:
         return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
@@ -197,8 +209,11 @@ def _call_uid(flow_uids: Sequence[str], dialog: str | None = None) -> str:
 
 
 def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification],
-                  policy: Policy | None = None) -> Analysis:
-    """Calls with legs, quality and verdicts; and verdicts on interfered flows."""
+                  policy: Policy | None = None,
+                  congested: Sequence[CongestedPath] = ()) -> Analysis:
+    """Calls with legs, quality and verdicts; and verdicts on interfered flows (flows
+    outside the calls also judged against ``congested``: paths calls judged earlier
+    showed congested)."""
     pol = policy or load_policy()
     by_uid = {f.uid: f for f in flows}
     cls = {c.uid: c for c in classes}
@@ -391,15 +406,16 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
             flow_verdicts[uid] = verdict_from([e for e in verdict.evidence
                                                if e.flow_uids == (uid,)])
     in_calls = {u for c in calls for u in c.flow_uids}
+    seen = congested_paths([e for c in calls for e in c.verdict.evidence], by_uid)
     for f in flows:
         # a flow's own rules look at ICMP errors quoting it, and at TCP
         if f.uid in in_calls or not _own_rules_apply(f):
             continue
-        ev = single(f)
+        ev = explained_by_congestion(single(f), [*seen, *congested], by_uid)
         if ev:
             flow_verdicts[f.uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
-    return Analysis(calls, flow_verdicts)
+    return Analysis(calls, flow_verdicts, seen)
 
 
 def _context(flows: Sequence[FlowRecord], call_flows: Sequence[FlowRecord]
@@ -419,12 +435,13 @@ def _own_rules_apply(f: FlowRecord) -> bool:
 
 
 def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classification],
-                       judge: Sequence[FlowRecord], policy: Policy | None = None
-                       ) -> dict[str, Verdict]:
+                       judge: Sequence[FlowRecord], policy: Policy | None = None,
+                       congested: Sequence[CongestedPath] = ()) -> dict[str, Verdict]:
     """Verdicts of the flows ``judge`` (a subset of ``flows``, none of them in a call) on
     their own packets, as :func:`analyse_calls` gives them to flows outside every call:
     ICMP errors quoting them and TCP handshakes, with the local side, "other flows were
-    answered" and the capture's end taken from ``flows``."""
+    answered" and the capture's end taken from ``flows``, and the ``congested`` paths calls
+    judged earlier showed explaining unanswered requests."""
     pol = policy or load_policy()
     cls = {c.uid: c for c in classes}
     local, others_answered, capture_end = _context(
@@ -433,7 +450,9 @@ def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classifica
     for f in judge:
         if not _own_rules_apply(f):
             continue
-        ev = flow_rules(f, cls[f.uid], local, others_answered, pol, capture_end)
+        ev = explained_by_congestion(
+            flow_rules(f, cls[f.uid], local, others_answered, pol, capture_end), congested,
+            {f.uid: f})
         if ev:
             out[f.uid] = verdict_from(ev)
     return out

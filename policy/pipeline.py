@@ -39,7 +39,7 @@ from classifier.payloads import meter_config
 from classifier.records import Classification
 from policy.calls import Analysis, analyse_calls, is_call_flow, lone_flow_verdicts
 from policy.records import Call, Verdict
-from policy.rules import Policy, load_policy
+from policy.rules import CongestedPath, Policy, congested_paths, load_policy
 from policy.settling import PipelineConfig
 from probe import FlowReader, FlowRecord, MeterConfig, ReadStatus, Weird
 from probe.addresses import ends
@@ -98,6 +98,9 @@ class Pipeline:
         self._first_due = math.inf
         """The earliest time at which a call or a window flow's verdict comes due."""
         self._open_udp: OpenFlows = NO_OPEN_FLOWS
+        self._congested: list[CongestedPath] = []
+        """Paths written calls showed congested, kept for the window's length: they explain
+        unanswered requests of flows judged after the call."""
         """The UDP flows the probe has not ended yet."""
 
     @property
@@ -181,7 +184,8 @@ class Pipeline:
             # No call can have changed or come due: only flows outside every call settle.
             self._judge_alone(items, point, step)
             return step
-        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy)
+        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy,
+                                 self._congested)
         by_uid = {f.uid: f for f, _ in items}
         done: set[str] = set()
         self._due_calls = []
@@ -191,6 +195,7 @@ class Pipeline:
                     and self._going(call, by_uid) > call.end_ts + settle):
                 step.calls.append(call)
                 done.update(call.flow_uids)
+                self._congested.extend(congested_paths(call.verdict.evidence, by_uid))
             elif call.end_ts + settle <= point:  # held: a stream may still be going
                 self._due_calls.append(call.end_ts + self.cfg.call_hold_s)
             else:
@@ -217,12 +222,17 @@ class Pipeline:
         return step
 
     def _held_alone(self, f: FlowRecord, c: Classification, point: float) -> bool:
-        """Whether a call flow in no call is held at ``point``: set-up alone is no call, but
-        the call's other streams may still be going, and the call they make would judge
-        it (held no longer than ``call_hold_s``)."""
-        return (is_call_flow(f, c) and f.last_ts + self.cfg.call_hold_s > point
-                and self._earliest_related([f], ends(f)[0][0], f.first_ts)
-                <= f.last_ts + self.cfg.call_settle_s)
+        """Whether a flow in no call is held at ``point``. A call flow: set-up alone is no
+        call, but the call's other streams may still be going, and the call they make would
+        judge it (held no longer than ``call_hold_s``). A TCP handshake nobody answered:
+        a call to the same host that was going when it tried may show the path congested,
+        which explains the silence; it waits until those streams have ended."""
+        if is_call_flow(f, c):
+            return (f.last_ts + self.cfg.call_hold_s > point
+                    and self._earliest_related([f], ends(f)[0][0], f.first_ts)
+                    <= f.last_ts + self.cfg.call_settle_s)
+        return (f.proto == "tcp" and f.conn_state in ("S0", "RSTOS0")
+                and self._earliest_related([f], ends(f)[0][0], math.inf) <= f.last_ts)
 
     def _going(self, call: Call, flows: dict[str, FlowRecord]) -> float:
         """Start of the earliest UDP flow, not settled yet, that may be another stream of
@@ -268,7 +278,7 @@ class Pipeline:
                 and not self._held_alone(f, c, point)]
         if ripe:
             verdicts = lone_flow_verdicts([f for f, _ in items], [c for _, c in items], ripe,
-                                          self.policy)
+                                          self.policy, self._congested)
             self._judged.update(f.uid for f in ripe)
             step.flow_verdicts.update(verdicts)
             step.window = {u: self._window[u] for u in verdicts}
@@ -277,6 +287,7 @@ class Pipeline:
     def _forget(self, point: float, done: set[str], final: bool) -> None:
         """Drop the written calls' flows, and judged flows older than the window."""
         keep_after = point - self.cfg.window_s
+        self._congested = [p for p in self._congested if final or p.last_ts >= keep_after]
         for uid in [u for u, (f, _) in self._window.items()
                     if u in done or final or (u in self._judged and u not in self._in_due
                                               and f.last_ts < keep_after)]:

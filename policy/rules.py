@@ -10,7 +10,7 @@ throttled > degraded > ok.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +26,8 @@ from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
 from probe.addresses import is_local_class, local_is_orig
 from probe.records import FlowRecord, TcpFlag
 
-__all__ = ["Policy", "call_rules", "explained_by_shaper", "flow_rules", "load_policy",
+__all__ = ["CONGESTION_RULES", "CongestedPath", "Policy", "call_rules", "congested_paths",
+           "explained_by_congestion", "explained_by_shaper", "flow_rules", "load_policy",
            "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
@@ -291,22 +292,56 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
     return explained_by_shaper(out, flows)
 
 
-def explained_by_shaper(evidence: list[Evidence], flows: list[FlowRecord]) -> list[Evidence]:
-    """Drop unanswered-request evidence on paths a shaper was seen congesting: a full tbf
-    queue drops SYNs and STUN requests too, which is the throttle, not a block."""
-    shaped = [e for e in evidence if e.rule == "throttled.rate_cap"]
-    if not shaped:
+CONGESTION_RULES = frozenset({"throttled.rate_cap", "degraded.loss"})
+"""Rules whose evidence shows a path losing packets for reasons of its own: a shaper's full
+queue, or loss heavy enough to lose a few SYNs or STUN requests too."""
+
+
+@dataclass(frozen=True, slots=True)
+class CongestedPath:
+    """Hosts whose packets a congested path was losing, and when: from a call's evidence."""
+
+    hosts: frozenset[str]
+    first_ts: float
+    last_ts: float
+    rule: str
+
+
+def congested_paths(evidence: Sequence[Evidence], by_uid: Mapping[str, FlowRecord]
+                    ) -> list[CongestedPath]:
+    """The paths the congestion evidence among ``evidence`` shows, one per piece."""
+    return [CongestedPath(frozenset(h for u in e.flow_uids if u in by_uid
+                                    for h in (by_uid[u].orig_h, by_uid[u].resp_h)),
+                          e.first_ts, e.last_ts, e.rule)
+            for e in evidence if e.rule in CONGESTION_RULES]
+
+
+def explained_by_congestion(evidence: list[Evidence], paths: Sequence[CongestedPath],
+                            by_uid: Mapping[str, FlowRecord], *, overlap: bool = True
+                            ) -> list[Evidence]:
+    """Drop unanswered-request evidence on paths a call showed congested: a full token
+    bucket queue, or a path losing a call's media, drops SYNs and STUN requests too, which
+    is the throttle (or the loss), not a block. With ``overlap``, only requests sent while
+    the congestion was seen are explained."""
+    if not paths:
         return evidence
-    by_uid = {f.uid: f for f in flows}
-    hosts = {h for e in shaped for u in e.flow_uids for h in (by_uid[u].orig_h,
-                                                            by_uid[u].resp_h)}
     keep = []
     for e in evidence:
-        if e.reason in (Reason.SYN_UNANSWERED, Reason.STUN_UNANSWERED) and all(
-                {by_uid[u].orig_h, by_uid[u].resp_h} <= hosts for u in e.flow_uids):
+        if e.reason in (Reason.SYN_UNANSWERED, Reason.STUN_UNANSWERED) and any(
+                all(u in by_uid and {by_uid[u].orig_h, by_uid[u].resp_h} <= p.hosts
+                    for u in e.flow_uids)
+                and (not overlap or (e.first_ts <= p.last_ts and e.last_ts >= p.first_ts))
+                for p in paths):
             continue
         keep.append(e)
     return keep
+
+
+def explained_by_shaper(evidence: list[Evidence], flows: list[FlowRecord]) -> list[Evidence]:
+    """A call's evidence without the unanswered requests its own congestion explains."""
+    by_uid = {f.uid: f for f in flows}
+    return explained_by_congestion(evidence, congested_paths(evidence, by_uid), by_uid,
+                                   overlap=False)
 
 
 def _delayed_start(leg: Leg, pol: Policy) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, UDP  # type: ignore[attr-defined]
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -29,10 +30,20 @@ def _pcap(path: Path, packets: list[tuple[float, bytes]]) -> None:
     path.write_bytes(b"".join(out))
 
 
+_HEADERS: dict[tuple[str, int, str, int, int], bytes] = {}
+
+
 def _udp(ts: float, src: str, sport: int, dst: str, dport: int, payload: bytes
          ) -> tuple[float, bytes]:
-    return ts, bytes(Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) /
-                     Raw(payload))
+    # Ethernet, IPv4 and UDP headers built by scapy once per 5-tuple and size; the UDP
+    # checksum left out (zero: RFC 768 allows it over IPv4) so the headers can be reused.
+    key = (src, sport, dst, dport, len(payload))
+    head = _HEADERS.get(key)
+    if head is None:
+        frame = bytes(Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport, chksum=0)
+                      / Raw(payload))
+        head = _HEADERS[key] = frame[:-len(payload)] if payload else frame
+    return ts, head + payload
 
 
 def test_invite_without_any_response_is_blocked(tmp_path: Path) -> None:
@@ -219,3 +230,53 @@ def test_reset_after_the_client_gave_up_is_no_block(tmp_path: Path) -> None:
     verdicts = result.analysis.flow_verdicts
     assert by_port[50001] not in verdicts, verdicts.get(by_port[50001])
     assert verdicts[by_port[50002]].reasons == (Reason.TLS_RESET_AFTER_HELLO,)
+
+
+def _dns_answered(me: str) -> list[tuple[float, bytes]]:
+    """A lookup answered before the call: other traffic was answered."""
+    return [_udp(0.5, me, 40001, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
+            _udp(0.6, "192.168.1.1", 53, me, 40001, b"\x12\x34\x80" + b"\x00" * 9)]
+
+
+def _syn(ts: float, src: tuple[str, int], dst: tuple[str, int]) -> tuple[float, bytes]:
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+    return ts, bytes(Ether() / IP(src=src[0], dst=dst[0]) /
+                     TCP(sport=src[1], dport=dst[1], flags="S", seq=1000))
+
+
+@pytest.mark.parametrize("n", [1000, 17000])
+def test_syns_lost_in_a_shapers_full_queue_are_no_block(tmp_path: Path, n: int) -> None:
+    # A token bucket throttles everything toward the far host: the call's media shows the
+    # standing queue, and a connection the client opens to that host mid-call loses every
+    # SYN retry in the same full queue. That is the throttle, not a block of the connection.
+    # (A six-minute call ends long after the connection has timed out in the flow table:
+    # its verdict must wait for the call's.)
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    pkts = _voice(peer, me, 0xBBBB, n=n)
+    pkts += _voice(me, peer, 0xAAAA, n=n, delay_s=_shaped_delay(n),
+                   lost={i for i in range(200, n) if i % 8 == 0})
+    pkts += _dns_answered(me[0])
+    pkts += [_syn(6.0 + t, (me[0], 45000), (peer[0], 443)) for t in (0.0, 1.0, 3.0, 7.0)]
+    path = tmp_path / "shaped-syn.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    (call,) = result.analysis.calls
+    assert call.verdict.kind is VerdictKind.THROTTLED, call.verdict
+    kinds = {v.kind for v in result.analysis.flow_verdicts.values()}
+    assert VerdictKind.BLOCKED not in kinds, result.analysis.flow_verdicts
+
+
+def test_syns_unanswered_beside_a_clean_call_are_still_a_block(tmp_path: Path) -> None:
+    # The same connection attempts while the call to that host runs clean: nothing on the
+    # path explains the silence, so the rule still fires.
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    pkts = _voice(peer, me, 0xBBBB, n=1000) + _voice(me, peer, 0xAAAA, n=1000)
+    pkts += _dns_answered(me[0])
+    pkts += [_syn(6.0 + t, (me[0], 45000), (peer[0], 443)) for t in (0.0, 1.0, 3.0, 7.0)]
+    path = tmp_path / "clean-syn.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    (call,) = result.analysis.calls
+    assert call.verdict.kind is VerdictKind.OK, call.verdict
+    reasons = {r for v in result.analysis.flow_verdicts.values() for r in v.reasons}
+    assert Reason.SYN_UNANSWERED in reasons, result.analysis.flow_verdicts
