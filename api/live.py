@@ -100,6 +100,7 @@ from probe import (
 )
 
 __all__ = [
+    "KERNEL_BLOCK_TIMEOUT_S",
     "CaptureStats",
     "LiveConfig",
     "LiveError",
@@ -162,12 +163,23 @@ def parse_capture_stats(lines: Sequence[str], prev: CaptureStats | None = None) 
     return out
 
 
+KERNEL_BLOCK_TIMEOUT_S = 1.2
+"""How long a packet may wait in the kernel's capture ring before tcpdump gets it: tcpdump's
+1 s packet buffer timeout (the ring block's retire timeout), and a margin."""
+
+
 def tcpdump_command(iface: str, bpf: str | None, *, tcpdump: str = "tcpdump",
                     user: str | None = None, buffer_kib: int = 8192,
                     snaplen: int = 0) -> list[str]:
     """The tcpdump command line writing ``iface``'s packets to stdout as a pcap stream,
-    each packet as soon as it is captured (``-U``, ``--immediate-mode``)."""
-    argv = [tcpdump, "-i", iface, "-n", "-U", "--immediate-mode", "-B", str(buffer_kib),
+    each packet written as soon as tcpdump reads it (``-U``).
+
+    Not ``--immediate-mode``: that makes libpcap give every packet a ring frame of the
+    whole snapshot length, and on loopback (64 KiB MTU) or ``any`` (no MTU) an 8 MiB ring
+    then holds a few dozen packets, which a burst overflows. Without it the kernel packs
+    packets into blocks and hands a part-filled one over after tcpdump's 1 s timeout
+    (:data:`KERNEL_BLOCK_TIMEOUT_S`), which the probe waits out before it stops tcpdump."""
+    argv = [tcpdump, "-i", iface, "-n", "-U", "-B", str(buffer_kib),
             "-s", str(snaplen), "-w", "-"]
     if user is not None:
         argv += ["-Z", user]
@@ -574,6 +586,9 @@ class LiveProbe:
     def _stop_capture(self, src: IO[bytes]) -> None:
         if self._proc is not None:
             if self._proc.poll() is None:
+                # The packets of the kernel's last part-filled block reach tcpdump only
+                # when the block times out: stopping sooner would lose them.
+                time.sleep(KERNEL_BLOCK_TIMEOUT_S)
                 with contextlib.suppress(ProcessLookupError):
                     self._proc.send_signal(signal.SIGTERM)
         else:

@@ -10,6 +10,7 @@ still runs and says why it has no capture, rather than failing.
 from __future__ import annotations
 
 import hashlib
+import os
 import select
 import shutil
 import signal
@@ -24,11 +25,12 @@ __all__ = ["CaptureResult", "TestCapture", "peer_filter"]
 _SNAPLEN = 65535
 """The largest IP packet: every payload kept whole."""
 _BUFFER_KIB = 32768
-"""libpcap's ring (32 MiB): room for seconds of a call's packets at full snaplen."""
+"""libpcap's ring (32 MiB): room for seconds of a replay's packets."""
 _READY_S = 10.0
 """How long tcpdump may take to open its socket."""
-_SETTLE_S = 0.3
-"""How long the last packets may take to reach tcpdump's file after the test ends."""
+_SETTLE_S = 1.2
+"""How long the last packets may take to reach tcpdump after the test ends: the kernel hands
+a part-filled ring block over after tcpdump's 1 s timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,22 +77,25 @@ class TestCapture:
             self.result = CaptureResult(None, None, None, None, f"{self.tcpdump} not found")
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [exe, "-i", self.iface, "-n", "-U", "--immediate-mode",
-                "-B", str(_BUFFER_KIB), "-s", str(_SNAPLEN), "-w", str(self.path), self.bpf]
+        # Not --immediate-mode: it gives each packet a ring frame of the whole snapshot
+        # length, and on "any" or loopback a burst then overflows the ring.
+        argv = [exe, "-i", self.iface, "-n", "-U", "-B", str(_BUFFER_KIB),
+                "-s", str(_SNAPLEN), "-w", str(self.path), self.bpf]
         self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE)
         # tcpdump says "listening on ..." once its socket is open: nothing the test sends
         # after that line is missed.
         assert self._proc.stderr is not None
         said = b""
+        fd = self._proc.stderr.fileno()  # raw reads: a buffered readline hides lines from select
         deadline = time.monotonic() + _READY_S
         while b"listening on" not in said and time.monotonic() < deadline:
-            if not select.select([self._proc.stderr], [], [], deadline - time.monotonic())[0]:
+            if not select.select([fd], [], [], deadline - time.monotonic())[0]:
                 break
-            line = self._proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 4096)
+            if not chunk:
                 break
-            said += line
+            said += chunk
         if b"listening on" not in said:
             self._proc.kill()
             rest = self._proc.communicate()[1]
