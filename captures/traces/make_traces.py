@@ -58,6 +58,7 @@ from classifier.dpi.framings import (  # noqa: E402
     ZoomMediaKind,
     ZoomSfuType,
 )
+from classifier.dpi.sip import START_LINES  # noqa: E402
 from classifier.dpi.stun import (  # noqa: E402
     MAGIC_COOKIE,
     VENDOR_ATTRIBUTES,
@@ -65,7 +66,6 @@ from classifier.dpi.stun import (  # noqa: E402
     AttrType,
     Vendor,
 )
-from classifier.dpi.sip import START_LINES  # noqa: E402
 from classifier.engine import MESSENGER_TURN_REALM, REALM_APPS  # noqa: E402
 
 CLIENT = "192.0.2.10"
@@ -170,6 +170,12 @@ class Trace:
     what: str
     follows: str
     packets: list[tuple[int, int, bytes]] = field(default_factory=list)
+    signatures: list[tuple[str, int | None, bytes]] = field(default_factory=list)
+    """What a middlebox could key on: (what, offset in the payload or None for anywhere,
+    bytes). The manifest says how many packets of each direction carry each."""
+
+    def sign(self, what: str, offset: int | None, value: bytes) -> None:
+        self.signatures.append((what, offset, value))
 
     def add(self, t_us: int, direction: int, payload: bytes) -> None:
         self.packets.append((t_us, direction, payload))
@@ -366,6 +372,7 @@ _PATH_DELAY_US = 24_000
 
 def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
                     relayed_port: int, peer: tuple[str, int], extra: list[tuple[int, bytes]],
+                    reply: tuple[tuple[int, bytes], ...] = (),
                     software: str | None = None) -> bytes:
     """TURN allocation (RFC 8656 §7): Allocate, 401 with REALM and NONCE, Allocate with
     long-term credentials, then CreatePermission and ChannelBind for the peer. Returns
@@ -391,7 +398,8 @@ def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
         stun(ALLOCATE_SUCCESS, txid, [(AttrType.XOR_RELAYED_ADDRESS,
                                        xor_address(SERVER, relayed_port)),
                                       (AttrType.XOR_MAPPED_ADDRESS, mapped),
-                                      (AttrType.LIFETIME, struct.pack(">I", 600)), *sw],
+                                      (AttrType.LIFETIME, struct.pack(">I", 600)), *reply,
+                                      *sw],
              key=key, fingerprint=True))
     txid = rng.randbytes(12)
     clock.exchange(
@@ -651,6 +659,16 @@ END_US = 8_000_000
 # The traces
 
 
+STUN_COOKIE = struct.pack(">I", MAGIC_COOKIE)
+CHANNEL_BYTES = struct.pack(">H", CHANNEL)
+
+
+def _sign_turn(tr: Trace, realm: str) -> None:
+    tr.sign("STUN magic cookie (RFC 8489 §5)", 4, STUN_COOKIE)
+    tr.sign("TURN REALM naming the app", None, realm.encode())
+    tr.sign("TURN ChannelData on channel 0x4000 (RFC 8656 §12.4)", 0, CHANNEL_BYTES)
+
+
 def make_whatsapp() -> Trace:
     """WhatsApp: its relay exchange (Binding requests with its private attributes, its
     own request/response types) and SRTP with Opus voice and H.264 video on the same
@@ -667,6 +685,9 @@ def make_whatsapp() -> Trace:
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
     token = rng.randbytes(16)
+    tr.sign("STUN magic cookie (RFC 8489 §5)", 4, STUN_COOKIE)
+    tr.sign("WhatsApp STUN request type 0x0800", 0, struct.pack(">H", WA_REQUEST))
+    tr.sign("WhatsApp STUN attribute 0x4000 first", 20, struct.pack(">H", WA_TOKEN))
 
     def binding() -> tuple[bytes, bytes]:
         txid = rng.randbytes(12)
@@ -694,6 +715,7 @@ def make_whatsapp() -> Trace:
 def _webrtc_relayed(tr: Trace, rng: random.Random, realm: str, media: Media) -> None:
     """A WebRTC call through a TURN relay: allocation, ICE checks and DTLS-SRTP in
     ChannelData, a consent check (RFC 7675) every ~4 s."""
+    _sign_turn(tr, realm)
     clock = Clock(tr, rng)
     peer = ("203.0.113.140", 51820)
     user = f"{1767229200 + rng.randrange(0, 86400)}:{rng.randbytes(6).hex()}"
@@ -765,6 +787,7 @@ def make_viber() -> Trace:
                "classifier's table (classifier.engine.REALM_APPS, from nDPI's stun.c)")
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
+    _sign_turn(tr, realm_of("viber"))
     turn_allocation(clock, realm=realm_of("viber"),
                     username=f"{1767229200 + rng.randrange(0, 86400)}:{rng.randbytes(4).hex()}",
                     password=rng.randbytes(16).hex(), relayed_port=50112,
@@ -778,13 +801,17 @@ def _teams_relay(tr: Trace, rng: random.Random, *, tcp: bool) -> None:
     """Teams: [MS-TURN] allocation with Microsoft's attributes on the transport relay,
     ICE checks with [MS-ICE2] attributes and SRTP (SILK wideband, PT 104) in ChannelData."""
     clock = Clock(tr, rng)
+    tr.sign("STUN magic cookie (RFC 8489 §5)", 4, STUN_COOKIE)
+    tr.sign("MS-SERVICE-QUALITY attribute ([MS-TURN])", None,
+            struct.pack(">HH", MS_SERVICE_QUALITY, 4))
+    tr.sign("TURN ChannelData on channel 0x4000 (RFC 8656 §12.4)", 0, CHANNEL_BYTES)
     wrap: Callable[[bytes], bytes] = (lambda b: channel_data(b, tcp=True)) if tcp else \
         channel_data
     quality = [(MS_VERSION, struct.pack(">I", 6)),
                (MS_SERVICE_QUALITY, struct.pack(">HH", 1, 0))]  # stream type audio, best
-    turn_allocation(clock, realm="rtcmedia", username=rng.randbytes(24).hex(),
+    turn_allocation(clock, realm="teams.microsoft.com", username=rng.randbytes(24).hex(),
                     password=rng.randbytes(16).hex(), relayed_port=51000 + rng.randrange(900),
-                    peer=("203.0.113.170", 50012), extra=quality)
+                    peer=("203.0.113.170", 50012), extra=quality, reply=(quality[0],))
     pwd = rng.randbytes(16).hex().encode()
     ms = [(MS_IMPLEMENTATION_VERSION, struct.pack(">I", 2)),
           (MS_CANDIDATE_IDENTIFIER, rng.randbytes(4))]
@@ -799,9 +826,10 @@ def _teams_relay(tr: Trace, rng: random.Random, *, tcp: bool) -> None:
 def make_teams() -> Trace:
     tr = Trace("teams.pcap", "teams", "udp", 50012, 3479,
                "Teams audio through a Teams transport relay on UDP 3479 (the relay's audio "
-               "port): Allocate with MS-VERSION and MS-SERVICE-QUALITY, 401 with REALM "
-               "rtcmedia, authenticated Allocate, CreatePermission, ChannelBind; ICE checks "
-               "with MS-IMPLEMENTATION-VERSION and MS-CANDIDATE-IDENTIFIER and SRTP voice "
+               "port): Allocate with MS-VERSION and MS-SERVICE-QUALITY, 401 with a REALM naming "
+               "the provider's domain, authenticated Allocate answered with MS-VERSION, "
+               "CreatePermission, ChannelBind; ICE checks with MS-IMPLEMENTATION-VERSION and "
+               "MS-CANDIDATE-IDENTIFIER and SRTP voice "
                "(SILK wideband PT 104, 16 kHz, 20 ms) in ChannelData; Teams sends video on "
                "its own relay port (3480), so this flow carries the voice",
                "[MS-TURN] (MS-VERSION, MS-SERVICE-QUALITY), [MS-ICE2] "
@@ -841,6 +869,10 @@ def make_zoom() -> Trace:
     rtp_at = ZOOM_MEDIA_TYPES[audio_type][1]
     seq = {UP: rng.randrange(0, 0x8000), DOWN: rng.randrange(0, 0x8000)}
     direction_byte = {UP: 0, DOWN: 4}
+    tr.sign("Zoom SFU client hello", 0, bytes([ZoomSfuType.CLIENT_HELLO, 0, 3]))
+    tr.sign("Zoom SFU media packet (type 5)", 0, bytes([ZoomSfuType.MEDIA]))
+    tr.sign("Zoom audio media header after the SFU header", ZOOM_SFU_HEADER_LEN,
+            bytes([audio_type]))
 
     def hello(kind: int) -> bytes:
         return bytes([kind, 0x00, 0x03]) + rng.randbytes(rng.randrange(60, 90))
@@ -893,6 +925,9 @@ def make_telegram() -> Trace:
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
     tag = rng.randbytes(TELEGRAM_PEER_TAG_LEN)
+    tr.sign("Telegram relay marker: twelve 0xFF bytes after the peer tag",
+            TELEGRAM_PEER_TAG_LEN, TELEGRAM_RELAY_MARKER)
+    tr.sign("the call's peer tag", 0, tag)
     date = 1767225600
 
     def ping() -> tuple[bytes, bytes]:
@@ -932,6 +967,9 @@ def make_sip() -> Trace:
                "RFC 4733); the classifier's SIP start lines (classifier.dpi.sip.START_LINES)")
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
+    tr.sign("SIP INVITE request line", 0, b"INVITE sip:")
+    tr.sign("SIP status line", 0, b"SIP/2.0 ")
+    tr.sign("RTP version 2, PCMA (PT 8)", 0, b"\x80\x08")
     call_id = f"{rng.randbytes(8).hex()}@{CLIENT}"
     tag_a, tag_b = rng.randbytes(4).hex(), rng.randbytes(4).hex()
     branch = "z9hG4bK" + rng.randbytes(6).hex()
@@ -1003,6 +1041,16 @@ MAKERS: tuple[Callable[[], Trace], ...] = (
     make_telegram, make_viber, make_sip)
 
 
+def _signature(packets: list[tuple[int, int, bytes]], what: str, offset: int | None,
+               value: bytes) -> dict[str, object]:
+    """A signature as the manifest lists it, with how many packets carry it each way."""
+    def has(p: bytes) -> bool:
+        return value in p if offset is None else p[offset:offset + len(value)] == value
+    return {"what": what, "offset": offset, "hex": value.hex(),
+            "up_packets": sum(has(p) for _, d, p in packets if d == UP),
+            "down_packets": sum(has(p) for _, d, p in packets if d == DOWN)}
+
+
 def build(outdir: Path) -> dict[str, dict[str, object]]:
     """Write every trace into ``outdir`` and return the manifest."""
     outdir.mkdir(parents=True, exist_ok=True)
@@ -1027,6 +1075,7 @@ def build(outdir: Path) -> dict[str, dict[str, object]]:
             "sha256": hashlib.sha256(data).hexdigest(),
             "packets": len(packets), "duration_s": round(duration, 6), "bytes": len(data),
             "client_port": tr.client_port, "server_port": tr.server_port,
+            "signatures": [_signature(packets, *sig) for sig in tr.signatures],
             "what": tr.what, "follows": tr.follows,
         }
     (outdir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
