@@ -34,6 +34,7 @@ of jitter, and never reordered within a stream.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import json
@@ -249,23 +250,34 @@ def _frames(trace: Trace) -> Iterator[tuple[int, int, bytes]]:
             src, sport, dst, dport = ends[d]
             yield t, d, ip(d, 17, _udp(src, sport, dst, dport, payload))
         return
-    # TCP: handshake before the first data, data segments carrying the ACK of what the
-    # other side sent so far, and FIN both ways after the last
+    # TCP: handshake before the first data, data segments carrying the ACK of what has
+    # reached their sender (the client has what the capture shows; the server, sending
+    # one path delay before the capture sees its segment, has the client's bytes sent a
+    # round trip before that), and FIN both ways after the last
     rng = random.Random(trace.name + "/isn")
     nxt = {UP: rng.getrandbits(32), DOWN: rng.getrandbits(32)}
     rtt = 2 * _PATH_DELAY_US
+    client_sent: list[tuple[int, int]] = []
+    """(time, sequence number after it) of every client segment, in time order."""
 
     def seg(t: int, d: int, flags: int, payload: bytes = b"") -> tuple[int, int, bytes]:
         src, sport, dst, dport = ends[d]
-        ack = nxt[1 - d] if flags & ACK else 0
+        ack = 0
+        if flags & ACK:
+            ack = nxt[DOWN]
+            if d == DOWN:
+                i = bisect.bisect_right(client_sent, (t - rtt, 1 << 33))
+                ack = client_sent[i - 1][1] if i else client_sent[0][1]
         l4 = _tcp(src, sport, dst, dport, nxt[d], ack, flags, payload, syn=bool(flags & SYN))
         nxt[d] += len(payload) + bool(flags & SYN) + bool(flags & FIN)
+        if d == UP:
+            client_sent.append((t, nxt[UP]))
         return t, d, ip(d, 6, l4)
 
     t0 = packets[0][0]
-    yield seg(t0 - rtt - 200, UP, SYN)
-    yield seg(t0 - 200 - rtt // 2, DOWN, SYN | ACK)
-    yield seg(t0 - 150, UP, ACK)
+    yield seg(t0 - rtt - 400, UP, SYN)
+    yield seg(t0 - 400, DOWN, SYN | ACK)
+    yield seg(t0 - 250, UP, ACK)
     for t, d, payload in packets:
         yield seg(t, d, PSH | ACK, payload)
     end = packets[-1][0]
