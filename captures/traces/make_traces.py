@@ -581,9 +581,13 @@ class Media:
     """Voice frame sizes while talking (Opus at 24-40 kb/s)."""
     quiet: tuple[int, int] = (6, 14)
     """Voice frame sizes while listening (Opus comfort noise, DTX off)."""
-    video_delta: tuple[int, int] = (260, 820)
+    video_delta: tuple[int, int] = (250, 780)
     video_key: int = 5200
     video_mtu: int = 1080
+    rtcp: bool = False
+    """SRTCP sender reports on the same 5-tuple (RTP/RTCP multiplexing, RFC 5761)."""
+    feedback_ms: int | None = None
+    """Transport-wide congestion control feedback every so many milliseconds (WebRTC)."""
 
 
 class MediaSender:
@@ -654,13 +658,53 @@ class MediaSender:
                     self._send(base + k * 180, head + self.rng.randbytes(chunk + m.tag))
 
 
+def srtcp(rng: random.Random, first: bytes, ssrc: int, body_len: int, index: int,
+          tag: int) -> bytes:
+    """An SRTCP packet (RFC 3711 §3.4): the first RTCP header and sender SSRC in clear,
+    the rest of the compound packet encrypted, the E flag with the 31-bit SRTCP index,
+    the authentication tag."""
+    return first + struct.pack(">I", ssrc) + rng.randbytes(body_len) + \
+        struct.pack(">I", 0x80000000 | index) + rng.randbytes(tag)
+
+
+def rtcp_flow(trace: Trace, rng: random.Random, sender: MediaSender, start_us: int,
+              end_us: int, media: Media, wrap: Callable[[bytes], bytes]) -> None:
+    """One direction's SRTCP: a sender report with one report block and an SDES CNAME
+    at randomised intervals around 1 s (RFC 3550 §6.3.1), and, where asked, transport-wide
+    congestion feedback (RTPFB, FMT 15) on its own period."""
+    index = 0
+    t = start_us + rng.randrange(300_000, 700_000)
+    while t < end_us:
+        index += 1
+        # SR: 28 bytes + one 24-byte report block; SDES with a 16-character CNAME: 24 bytes
+        first = struct.pack(">BBH", 0x81, 200, (28 + 24) // 4 - 1)
+        trace.add(t + sender._delay(), sender.direction,
+                  wrap(srtcp(rng, first, sender.audio.ssrc, 52 + 24 - 8, index, media.tag)))
+        t += rng.randrange(500_000, 1_500_000)
+    if media.feedback_ms is None:
+        return
+    t = start_us + rng.randrange(50_000, 150_000)
+    while t < end_us:
+        index += 1
+        n = 12 + 8 + 2 * rng.randrange(2, 6) + rng.randrange(4, 14)
+        n += -n % 4
+        first = struct.pack(">BBH", 0x8F, 205, n // 4 - 1)
+        trace.add(t + sender._delay(), sender.direction,
+                  wrap(srtcp(rng, first, sender.audio.ssrc, n - 8, index, media.tag)))
+        t += media.feedback_ms * 1000 + rng.randrange(-20_000, 20_000)
+
+
 def call_media(trace: Trace, rng: random.Random, start_us: int, end_us: int, media: Media,
                wrap: Callable[[bytes], bytes] = lambda b: b) -> None:
     """Both directions of a call's media from ``start_us`` to ``end_us``."""
     talking = talk_spurts(rng, start_us, end_us, starts_talking=True)
-    MediaSender(trace, rng, UP, media, wrap, talking).run(start_us, end_us)
-    MediaSender(trace, rng, DOWN, media, wrap, lambda t: not talking(t)).run(start_us,
-                                                                             end_us)
+    up = MediaSender(trace, rng, UP, media, wrap, talking)
+    up.run(start_us, end_us)
+    down = MediaSender(trace, rng, DOWN, media, wrap, lambda t: not talking(t))
+    down.run(start_us, end_us)
+    if media.rtcp:
+        for sender in (up, down):
+            rtcp_flow(trace, rng, sender, start_us, end_us, media, wrap)
 
 
 END_US = 8_000_000
@@ -690,7 +734,8 @@ def make_whatsapp() -> Trace:
                "WhatsApp's attributes 0x4000/0x4001/0x4004 answered with XOR-MAPPED-ADDRESS "
                "and 0x4002, its own request/response 0x0800/0x0801 with 0x4003, then SRTP "
                "(Opus PT 120 at 20 ms, H.264 PT 97 at 15 frames/s, one SSRC each per "
-               "direction) with a Binding keep-alive every 2 s",
+               "direction), SRTCP sender reports about once a second each way (RTP/RTCP "
+               "multiplexed) and a Binding keep-alive every 2 s",
                "STUN RFC 8489; WhatsApp's message types and attributes as in the classifier's "
                "tables (classifier.dpi.stun, from nDPI's stun.c); SRTP RFC 3711; Opus RTP "
                "RFC 7587; H.264 RTP RFC 6184")
@@ -717,7 +762,7 @@ def make_whatsapp() -> Trace:
                    stun(WA_RESPONSE, txid, [(WA_CHECK, rng.randbytes(4))]), then_us=20_000)
     start = clock.t
     call_media(tr, rng, start, END_US, Media(audio_pt=120, audio_step=OPUS_CLOCK_STEP,
-                                             video_pt=97))
+                                             video_pt=97, rtcp=True))
     for k in range(1, 4):
         clock.t = start + k * 2_000_000 + 7_000
         clock.exchange(*binding())
@@ -760,7 +805,8 @@ def make_messenger() -> Trace:
                "CreatePermission and ChannelBind; then in ChannelData: an ICE check, the "
                "DTLS 1.2 handshake (use_srtp), SRTP with Opus PT 111 and VP8 PT 96 at 15 "
                "frames/s (RFC 8285 audio-level and transport-wide-cc extensions, AES-GCM "
-               "tags) and ICE consent checks",
+               "tags), SRTCP sender reports and transport-wide congestion feedback every "
+               "~200 ms each way, and ICE consent checks",
                "TURN RFC 8656; ICE RFC 8445, consent RFC 7675; DTLS-SRTP RFC 5764 over DTLS "
                "1.2 RFC 6347; SRTP AES-GCM RFC 7714; Opus RTP RFC 7587; VP8 RTP RFC 7741; "
                "the REALM of Messenger's relays as the classifier reads it "
@@ -768,7 +814,7 @@ def make_messenger() -> Trace:
     rng = random.Random(tr.name)
     _webrtc_relayed(tr, rng, realm_of("messenger"),
                     Media(audio_pt=111, audio_step=OPUS_CLOCK_STEP, video_pt=96,
-                          webrtc_ext=True, tag=GCM_TAG))
+                          webrtc_ext=True, tag=GCM_TAG, rtcp=True, feedback_ms=200))
     return tr
 
 
@@ -778,14 +824,15 @@ def make_signal() -> Trace:
                f"REALM {realm_of('signal')!r}, authenticated Allocate, CreatePermission, "
                "ChannelBind; then in ChannelData: an ICE check, the DTLS 1.2 handshake "
                "(use_srtp), SRTP with Opus PT 102 and VP8 PT 108 at 15 frames/s (RFC 8285 "
-               "extensions, AES-GCM tags) and ICE consent checks",
+               "extensions, AES-GCM tags), SRTCP sender reports and transport-wide "
+               "congestion feedback every ~200 ms each way, and ICE consent checks",
                "TURN RFC 8656; ICE RFC 8445, consent RFC 7675; DTLS-SRTP RFC 5764; RingRTC "
                "(WebRTC) media; Signal's TURN REALM as in the classifier's table "
                "(classifier.engine.REALM_APPS, from nDPI's stun.c)")
     rng = random.Random(tr.name)
     _webrtc_relayed(tr, rng, realm_of("signal"),
                     Media(audio_pt=102, audio_step=OPUS_CLOCK_STEP, video_pt=108,
-                          webrtc_ext=True, tag=GCM_TAG))
+                          webrtc_ext=True, tag=GCM_TAG, rtcp=True, feedback_ms=200))
     return tr
 
 
@@ -794,7 +841,7 @@ def make_viber() -> Trace:
                "Viber call through Viber's TURN relay on UDP 3478: Allocate, 401 with REALM "
                f"{realm_of('viber')!r}, authenticated Allocate, CreatePermission, ChannelBind; "
                "then SRTP in ChannelData with voice (PT 106, 20 ms at 16 kHz) and video "
-               "(PT 97 at 15 frames/s)",
+               "(PT 97 at 15 frames/s) and SRTCP sender reports",
                "TURN RFC 8656; SRTP RFC 3711; the REALM containing 'viber' as in the "
                "classifier's table (classifier.engine.REALM_APPS, from nDPI's stun.c)")
     rng = random.Random(tr.name)
@@ -805,7 +852,7 @@ def make_viber() -> Trace:
                     password=rng.randbytes(16).hex(), relayed_port=50112,
                     peer=("203.0.113.150", 40022), extra=[])
     call_media(tr, rng, clock.t + 10_000, END_US,
-               Media(audio_pt=106, audio_step=320, video_pt=97), wrap=channel_data)
+               Media(audio_pt=106, audio_step=320, video_pt=97, rtcp=True), wrap=channel_data)
     return tr
 
 
@@ -832,7 +879,8 @@ def _teams_relay(tr: Trace, rng: random.Random, *, tcp: bool) -> None:
                               controlling=True, extra=ms)
         clock.exchange(wrap(req), wrap(resp), then_us=25_000)
     call_media(tr, rng, clock.t + 5_000, END_US,
-               Media(audio_pt=104, audio_step=320, talk=(40, 76), quiet=(5, 12)), wrap=wrap)
+               Media(audio_pt=104, audio_step=320, talk=(40, 76), quiet=(5, 12), rtcp=True),
+               wrap=wrap)
 
 
 def make_teams() -> Trace:
@@ -842,8 +890,8 @@ def make_teams() -> Trace:
                "the provider's domain, authenticated Allocate answered with MS-VERSION, "
                "CreatePermission, ChannelBind; ICE checks with MS-IMPLEMENTATION-VERSION and "
                "MS-CANDIDATE-IDENTIFIER and SRTP voice "
-               "(SILK wideband PT 104, 16 kHz, 20 ms) in ChannelData; Teams sends video on "
-               "its own relay port (3480), so this flow carries the voice",
+               "(SILK wideband PT 104, 16 kHz, 20 ms) and SRTCP in ChannelData; Teams sends "
+               "video on its own relay port (3480), so this flow carries the voice",
                "[MS-TURN] (MS-VERSION, MS-SERVICE-QUALITY), [MS-ICE2] "
                "(MS-IMPLEMENTATION-VERSION, MS-CANDIDATE-IDENTIFIER) with the attribute "
                "numbers of the classifier's table (classifier.dpi.stun.VENDOR_ATTRIBUTES); "
