@@ -103,8 +103,6 @@ CREATE_PERMISSION_REQUEST = 0x0008
 CREATE_PERMISSION_SUCCESS = 0x0108
 CHANNEL_BIND_REQUEST = 0x0009
 CHANNEL_BIND_SUCCESS = 0x0109
-REFRESH_REQUEST = 0x0004
-REFRESH_SUCCESS = 0x0104
 FINGERPRINT_XOR = 0x5354554E
 """RFC 8489 §14.7: the CRC-32 of FINGERPRINT is XORed with this."""
 CHANNEL = 0x4000
@@ -112,11 +110,15 @@ CHANNEL = 0x4000
 PROTO_UDP = 17
 """REQUESTED-TRANSPORT for UDP (an IANA protocol number), RFC 8656 §18.8."""
 
-# Vendor numbers, taken from the classifier's tables and checked to be the vendor's
-WA_REQUEST, WA_RESPONSE = 0x0800, 0x0801
-"""WhatsApp's relay request and its answer (message types of Meta's call stack)."""
-WA_TOKEN, WA_VERSION, WA_ROUTE, WA_CHECK, WA_FLAGS = 0x4000, 0x4001, 0x4002, 0x4003, 0x4004
-"""WhatsApp's private attributes in the order its Binding requests carry them."""
+# Vendor numbers, from the classifier's tables (and checked to be the vendor's there)
+WA_REQUEST, WA_RESPONSE = sorted(t for t, v in VENDOR_MESSAGE_TYPES.items()
+                                 if v is Vendor.WHATSAPP)[:2]
+"""WhatsApp's relay request and its answer, 0x0800/0x0801 (message types of Meta's call
+stack)."""
+WA_TOKEN, WA_VERSION, WA_ROUTE, WA_CHECK, WA_FLAGS = (
+    int(AttrType.WHATSAPP_4000), int(AttrType.WHATSAPP_4001), int(AttrType.WHATSAPP_4002),
+    int(AttrType.WHATSAPP_4003), int(AttrType.WHATSAPP_4004))
+"""WhatsApp's private attributes 0x4000-0x4004."""
 MS_SERVICE_QUALITY = int(AttrType.MS_SERVICE_QUALITY)
 MS_CANDIDATE_IDENTIFIER = int(AttrType.MS_CANDIDATE_IDENTIFIER)
 MS_IMPLEMENTATION_VERSION = int(AttrType.MS_IMPLEMENTATION_VERSION)
@@ -365,16 +367,10 @@ class Clock:
     def __init__(self, trace: Trace, rng: random.Random, t_us: int = 0) -> None:
         self.trace, self.rng, self.t = trace, rng, t_us
 
-    def exchange(self, up: bytes, down: bytes | None, *, then_us: int = 2_000,
-                 server_first: bool = False) -> None:
+    def exchange(self, up: bytes, down: bytes, *, then_us: int = 2_000) -> None:
         rtt = 2 * _PATH_DELAY_US + self.rng.randrange(0, 3_000)
-        if server_first and down is not None:
-            self.trace.add(self.t, DOWN, down)
-            self.trace.add(self.t + rtt, UP, up)
-        else:
-            self.trace.add(self.t, UP, up)
-            if down is not None:
-                self.trace.add(self.t + rtt, DOWN, down)
+        self.trace.add(self.t, UP, up)
+        self.trace.add(self.t + rtt, DOWN, down)
         self.t += rtt + then_us
 
 
@@ -384,20 +380,18 @@ _PATH_DELAY_US = 24_000
 
 def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
                     relayed_port: int, peer: tuple[str, int], extra: list[tuple[int, bytes]],
-                    reply: tuple[tuple[int, bytes], ...] = (),
-                    software: str | None = None) -> bytes:
+                    reply: tuple[tuple[int, bytes], ...] = ()) -> None:
     """TURN allocation (RFC 8656 §7): Allocate, 401 with REALM and NONCE, Allocate with
-    long-term credentials, then CreatePermission and ChannelBind for the peer. Returns
-    the key later authenticated requests use. Over TCP the messages are the same bytes,
-    one after the other on the stream (RFC 8656 §12.5)."""
+    long-term credentials, then CreatePermission and ChannelBind for the peer; ``extra``
+    goes into both Allocate requests, ``reply`` into the success. Over TCP the messages
+    are the same bytes, one after the other on the stream (RFC 8656 §12.5)."""
     rng = clock.rng
     key = long_term_key(username, realm, password)
     nonce = rng.randbytes(16).hex().encode()
     transport = [(int(AttrType.REQUESTED_TRANSPORT), struct.pack(">B3x", PROTO_UDP))]
-    sw = [(int(AttrType.SOFTWARE), software.encode())] if software else []
     txid = rng.randbytes(12)
     clock.exchange(
-        stun(ALLOCATE_REQUEST, txid, transport + extra + sw, fingerprint=True),
+        stun(ALLOCATE_REQUEST, txid, transport + extra, fingerprint=True),
         stun(ALLOCATE_ERROR, txid, [(AttrType.ERROR_CODE, error_code(401, "Unauthorized")),
                                     (AttrType.REALM, realm.encode()), (AttrType.NONCE, nonce)],
              fingerprint=True))
@@ -406,12 +400,11 @@ def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
     txid = rng.randbytes(12)
     mapped = xor_address("203.0.113.61", clock.trace.client_port)
     clock.exchange(
-        stun(ALLOCATE_REQUEST, txid, transport + extra + sw + creds, key=key, fingerprint=True),
+        stun(ALLOCATE_REQUEST, txid, transport + extra + creds, key=key, fingerprint=True),
         stun(ALLOCATE_SUCCESS, txid, [(AttrType.XOR_RELAYED_ADDRESS,
                                        xor_address(SERVER, relayed_port)),
                                       (AttrType.XOR_MAPPED_ADDRESS, mapped),
-                                      (AttrType.LIFETIME, struct.pack(">I", 600)), *reply,
-                                      *sw],
+                                      (AttrType.LIFETIME, struct.pack(">I", 600)), *reply],
              key=key, fingerprint=True))
     txid = rng.randbytes(12)
     clock.exchange(
@@ -426,7 +419,6 @@ def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
               (AttrType.XOR_PEER_ADDRESS, xor_address(*peer)), *creds],
              key=key, fingerprint=True),
         stun(CHANNEL_BIND_SUCCESS, txid, [], key=key, fingerprint=True))
-    return key
 
 
 def ice_check(rng: random.Random, ufrag: str, password: bytes, *, controlling: bool,
