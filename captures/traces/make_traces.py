@@ -909,12 +909,15 @@ def make_zoom() -> Trace:
                "Zoom audio with a Zoom multimedia router on UDP 8801: the SFU hellos "
                "(01 00 03 / 02 00 03), keep-alives (types 3 and 4, 13 bytes), then type-5 "
                "packets: the 8-byte SFU header and the audio media header (type 15) with "
-               "the RTP packet behind it (PT 112, 16 kHz, 20 ms); Zoom sends video on a "
-               "flow of its own, so this flow carries the voice",
+               "the RTP packet behind it (PT 112, 16 kHz, 20 ms); the Zoom client opens one "
+               "connection per media type, so this flow carries the voice and the video "
+               "would be a flow of its own",
                "the SFU encapsulation and media header as in the classifier's table "
                "(classifier.dpi.framings: ZOOM_MEDIA_TYPES, ZOOM_SFU_HEADER_LEN, from the "
                "Wireshark Zoom dissector of Princeton's zoom-analysis and nDPI's zoom.c); "
-               "Zoom's firewall rules (UDP 8801-8810)")
+               "Zoom's 'Connection Process' white paper (April 2020: one connection per media "
+               "type to the multimedia router, UDP 8801 first) and firewall rules (UDP "
+               "8801-8810)")
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
     audio_type = next(t for t, (k, _) in ZOOM_MEDIA_TYPES.items() if k is ZoomMediaKind.AUDIO)
