@@ -57,7 +57,6 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ import orjson
 
 from api.anonymise import Pseudonyms, rewrite_payload
 from api.pipeline import AnalysisResult, analyze_capture, capture_sha256
+from api.version import marsad_version
 from policy.ledger import (
     Anchor,
     Derivation,
@@ -860,13 +860,6 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _version() -> str:
-    try:
-        return metadata.version("marsad")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
                         | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
@@ -1129,7 +1122,7 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
                                 policy or load_policy(), pol))
     created = clock()
     manifest = {
-        "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": _version(),
+        "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": marsad_version(),
         "created_at": _iso(created), "subject_uid": call_uid,
         "capture": {"sha256": sha,
                     "name": os.path.basename(capture_name or str(capture_path))},
@@ -1168,7 +1161,7 @@ def _documents(result: AnalysisResult, call_uid: str, files: dict[str, bytes],
                              policy=policy, files=digests, renumber=renumber.frame,
                              capture_file=pcap_name,
                              bundle_name=bundle_name(capture_name, call_uid),
-                             version=_version(), policy_sha256=policy_digest(policy))
+                             version=marsad_version(), policy_sha256=policy_digest(policy))
         texts = {f"report.{lang}.html": render_html(doc)}
         if lang == "en":
             texts["report.en.md"] = render_markdown(doc)
