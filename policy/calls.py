@@ -220,8 +220,8 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
     call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
     local, others_answered, capture_end = _context(flows, call_flows)
     who = machines(flows)
-    gap = float(pol.get("calls", "same_call_gap_s"))
-    delay_ms = float(pol.get("quality", "assumed_network_delay_ms"))
+    gap = pol.calls.same_call_gap_s
+    delay_ms = pol.quality.assumed_network_delay_ms
 
     groups: list[list[FlowRecord]] = []
     extras: list[dict[str, Any]] = []
@@ -242,7 +242,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         directions = sorted({dr for _, _, dr in d["media"]})
         extras.append({"sip_call_id": call_id, "sdp_directions": directions})
         outcomes.append(_sip_outcome(d["messages"], capture_end,
-                                     float(pol.get("blocked", "sip_min_wait_s"))))
+                                     pol.blocked.sip_min_wait_s))
         taken.update(f.uid for f in members)
     n_sip = len(groups)
     # Everything else: union of call flows.
@@ -385,7 +385,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                 members, media_flows, cls):
             continue
         media_s = max((f.duration_s for f in media_flows), default=0.0)
-        unknown = not media_flows or media_s < float(pol.get("calls", "min_media_s"))
+        unknown = not media_flows or media_s < pol.calls.min_media_s
         verdict = verdict_from(evidence, unknown=unknown and not outcome)
         app = _call_app(members, cls)
         media = tuple(sorted({leg.media for leg in legs if leg.media}))
@@ -395,7 +395,7 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
         carried = media_flows or [f for f in members if cls[f.uid].facts.framing is not None
                                   or cls[f.uid].facts.protocol == "dtls"]
         fate = _outcome(outcome, carried, local, who, verdict,
-                        int(pol.get("calls", "answered_packets")))
+                        pol.calls.answered_packets)
         calls.append(Call(_call_uid([f.uid for f in members], extra.get("sip_call_id")),
                           app, media,
                           tuple(f.uid for f in members), min(f.first_ts for f in members),

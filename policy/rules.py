@@ -10,11 +10,12 @@ throttled > degraded > ok.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 import yaml
@@ -26,9 +27,10 @@ from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
 from probe.addresses import is_local_class, local_is_orig
 from probe.records import FlowRecord, TcpFlag
 
-__all__ = ["CONGESTION_RULES", "CongestedPath", "Policy", "call_rules", "congested_paths",
-           "explained_by_congestion", "explained_by_shaper", "flow_rules", "load_policy",
-           "verdict_from"]
+__all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallsPolicy", "CongestedPath",
+           "DegradedPolicy", "Policy", "QualityPolicy", "ThrottledPolicy", "call_rules",
+           "congested_paths", "explained_by_congestion", "explained_by_shaper", "flow_rules",
+           "load_policy", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 STUN_SERVER_PORTS = frozenset({3478, 3479, 3480, 3481, 3482, 3483, 3484, 3485, 3486, 3487, 5349,
@@ -38,23 +40,139 @@ requests to other ports are checks against a peer's candidates, which fail by de
 behind NATs and say nothing about the network."""
 
 
+def _threshold(unit: str, low: float = 0.0, high: float | None = None) -> Any:
+    """A policy field: its unit (for the error a bad value gets) and its allowed range."""
+    return field(metadata={"unit": unit, "low": low, "high": high})
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedPolicy:
+    """``blocked``: when silence or refusal on the path is a block."""
+
+    stun_min_requests: int = _threshold("requests")
+    """Unanswered STUN/TURN requests to the app's servers needed."""
+    syn_min_attempts: int = _threshold("SYNs")
+    """Unanswered SYNs needed (an S0 connection)."""
+    syn_min_wait_s: float = _threshold("s")
+    """How long the capture must go on after the first SYN."""
+    sip_min_wait_s: float = _threshold("s")
+    """How long an INVITE must go without any response at all (RFC 3261 T1 retransmits
+    at 0.5, 1 and 2 s)."""
+    media_no_return_min_s: float = _threshold("s")
+    """Seconds of outgoing media with nothing back."""
+    media_no_return_min_pkts: int = _threshold("packets")
+    """Packets of outgoing media with nothing back."""
+    require_other_traffic: bool = _threshold("yes/no")
+    """Call silence a block only when other flows of the capture got answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottledPolicy:
+    """``throttled``: a shaper's signature on received media."""
+
+    min_loss: float = _threshold("ratio", high=1.0)
+    """Loss ratio of the leg."""
+    min_delay_rise_ms: float = _threshold("ms")
+    """How far the one-way delay (per-second minimum) must climb."""
+    delayed_min_clean_s: float = _threshold("s")
+    """Clean seconds a delayed throttle shows before it bites."""
+
+
+@dataclass(frozen=True, slots=True)
+class DegradedPolicy:
+    """``degraded``: poor quality without a shaper's signature."""
+
+    min_packets: int = _threshold("packets")
+    """Expected packets a leg needs to be judged at all."""
+    max_loss: float = _threshold("ratio", high=1.0)
+    """More loss than this is degraded."""
+    max_jitter_s: float = _threshold("s")
+    """Mean RFC 3550 jitter above this is degraded."""
+    min_mos: float = _threshold("MOS", high=5.0)
+    """An E-model MOS below this is degraded."""
+
+
+@dataclass(frozen=True, slots=True)
+class QualityPolicy:
+    """``quality``: what the E-model assumes of what a passive probe cannot see."""
+
+    assumed_network_delay_ms: float = _threshold("ms")
+    """One-way network delay."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallsPolicy:
+    """``calls``: how flows make a call and when it counts as answered."""
+
+    min_media_s: float = _threshold("s")
+    """Shorter media is judged unknown (too short)."""
+    answered_packets: int = _threshold("packets")
+    """Media packets each way that make a call answered."""
+    same_call_gap_s: float = _threshold("s")
+    """Flows of one app from one host closer than this join one call."""
+
+
+_KINDS: dict[type, str] = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Thresholds, from the policy file."""
+    """The thresholds of the policy file, one typed section per section of
+    ``policy/default_policy.yaml``. A section is a frozen dataclass whose fields are its
+    keys (type, unit and range in the field); adding a section is adding one such class
+    and a field here. A section of the file with no class yet is kept in :attr:`values`
+    (and so in the policy's identity) but read by nothing."""
 
-    values: dict[str, dict[str, Any]]
-    """Section -> key -> value, defaults merged with the user's file."""
+    blocked: BlockedPolicy
+    throttled: ThrottledPolicy
+    degraded: DegradedPolicy
+    quality: QualityPolicy
+    calls: CallsPolicy
+    values: dict[str, Any]
+    """Section -> key -> value as read, defaults merged with the user's file: the policy's
+    identity (:func:`api.evidence.policy_digest` hashes it)."""
     source: str
     """Where the values came from."""
 
-    def get(self, section: str, key: str) -> Any:
-        return self.values[section][key]
+
+def _sections() -> dict[str, type]:
+    """The typed sections of :class:`Policy`: field name -> section class."""
+    hints = get_type_hints(Policy)
+    return {f.name: hints[f.name] for f in fields(Policy) if is_dataclass(hints[f.name])}
+
+
+def _typed(where: str, section: str, cls: type, entries: dict[str, Any]) -> Any:
+    """``entries`` as an instance of the section class ``cls``; a missing key, a value of
+    the wrong type or out of range is a :class:`PolicyError` naming the key."""
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        key, kind, meta = f"{section}.{f.name}", hints[f.name], f.metadata
+        if f.name not in entries:
+            raise PolicyError(f"{where}: {key} is missing")
+        value = entries[f.name]
+        unit = "" if meta["unit"] == "yes/no" else f" ({meta['unit']})"
+        ok = isinstance(value, kind) if kind is bool else (
+            isinstance(value, int | float) and not isinstance(value, bool)
+            and (kind is float or isinstance(value, int)) and math.isfinite(value))
+        if not ok:
+            raise PolicyError(f"{where}: {key} must be {_KINDS[kind]}{unit}, not {value!r}")
+        if kind is not bool:
+            low, high = meta["low"], meta["high"]
+            if value < low or (high is not None and value > high):
+                span = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
+                raise PolicyError(f"{where}: {key} must be {span}{unit}, not {value!r}")
+            value = kind(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """The packaged defaults, overridden by ``path`` if given."""
+    """The packaged defaults, overridden by ``path`` if given; every threshold checked
+    once here (type and range), so that a bad file is refused with the key it got wrong
+    before any capture is read."""
     text = resources.files("policy").joinpath("default_policy.yaml").read_text()
-    values: dict[str, dict[str, Any]] = yaml.safe_load(text)
+    values: dict[str, Any] = yaml.safe_load(text)
     source = "policy/default_policy.yaml"
     if path is not None:
         try:
@@ -66,14 +184,20 @@ def load_policy(path: str | Path | None = None) -> Policy:
         for section, entries in user.items():
             if section == "version":
                 continue
-            if section not in values or not isinstance(entries, dict):
+            if section not in values or not isinstance(values[section], dict):
                 raise PolicyError(f"{path}: unknown policy section {section!r}")
+            if entries is None:
+                continue  # a section written with no keys keeps its defaults
+            if not isinstance(entries, dict):
+                raise PolicyError(f"{path}: policy section {section!r} is a mapping of keys")
             for k, v in entries.items():
                 if k not in values[section]:
                     raise PolicyError(f"{path}: unknown key {section}.{k}")
                 values[section][k] = v
         source = str(path)
-    return Policy(values, source)
+    typed = {name: _typed(source, name, cls, values.get(name) or {})
+             for name, cls in _sections().items()}
+    return Policy(**typed, values=values, source=source)
 
 
 def _ev(rule: str, reason: Reason, flows: list[FlowRecord], frames: list[int],
@@ -107,9 +231,9 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
                        {"conn_state": state, "resp_flags": flow.resp_flags},
                        f"SYN to {flow.resp_h}:{flow.resp_p} answered by RST, no SYN-ACK "
                        f"(frames {flow.first_frame}-{flow.last_frame})"))
-    elif state in ("S0", "RSTOS0") and others_answered and flow.orig_pkts >= pol.get(
-            "blocked", "syn_min_attempts") and capture_end - flow.first_ts >= pol.get(
-            "blocked", "syn_min_wait_s"):
+    elif state in ("S0", "RSTOS0") and others_answered and \
+            flow.orig_pkts >= pol.blocked.syn_min_attempts and \
+            capture_end - flow.first_ts >= pol.blocked.syn_min_wait_s:
         out.append(_ev("blocked.syn", Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
                        {"syn_sent": flow.orig_pkts, "answers": 0},
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
@@ -149,8 +273,8 @@ def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
     # requests to STUN/TURN servers say whether the app's infrastructure is reachable.
     req = sum(s.orig_requests - s.orig_ice_checks for s in stuns)
     ans = sum(s.resp_responses for s in stuns)
-    if req >= pol.get("blocked", "stun_min_requests") and ans == 0 and (
-            others_answered or not pol.get("blocked", "require_other_traffic")):
+    if req >= pol.blocked.stun_min_requests and ans == 0 and (
+            others_answered or not pol.blocked.require_other_traffic):
         frames = [p.frame for f in stun_flows for p in f.payloads if p.direction == 0][:16]
         return _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,
                    {"stun_requests": req, "stun_responses": ans},
@@ -209,10 +333,10 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
         # Nothing answered anywhere in the capture: a tap that records one direction
         # only looks the same as a path that returned nothing, so the packets cannot
         # show a block (as for STUN, blocked.require_other_traffic).
-        if got == 0 and sent >= pol.get("blocked", "media_no_return_min_pkts") and \
-                f.duration_s >= pol.get("blocked", "media_no_return_min_s") and \
+        if got == 0 and sent >= pol.blocked.media_no_return_min_pkts and \
+                f.duration_s >= pol.blocked.media_no_return_min_s and \
                 classes[f.uid].facts.protocol not in ("rtcp",) and (
-                    others_answered or not pol.get("blocked", "require_other_traffic")):
+                    others_answered or not pol.blocked.require_other_traffic):
             out.append(_ev("blocked.media_no_return", Reason.MEDIA_NO_RETURN, [f],
                            [f.first_frame, f.last_frame],
                            {"sent_pkts": sent, "received_pkts": 0,
@@ -230,11 +354,11 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
     for leg in legs:
         paths_of.setdefault(leg.ssrc, set()).add(leg.flow_uid)
     for leg in legs:
-        if leg.loss_ratio is None or (leg.expected or 0) < pol.get("degraded", "min_packets"):
+        if leg.loss_ratio is None or (leg.expected or 0) < pol.degraded.min_packets:
             continue  # a handful of packets says nothing about loss or jitter
         rise = leg.delay_rise_ms or 0.0
         if leg.direction != "in" and (
-                (leg.loss_ratio == 0 and rise < pol.get("throttled", "min_delay_rise_ms"))
+                (leg.loss_ratio == 0 and rise < pol.throttled.min_delay_rise_ms)
                 or len(paths_of[leg.ssrc]) > 1):
             # Nothing the network did shows here; or the local side sent this stream
             # over several paths of the call (ICE moves it between candidate pairs), so
@@ -254,8 +378,8 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
         # A shaper's signature is a standing queue: loss while the delay climbed and then
         # held at the top. Loss with a delay spike that receded (a radio link's
         # retransmissions, a handover) is poor quality, not a rate limit.
-        if leg.loss_ratio >= pol.get("throttled", "min_loss") and \
-                rise >= pol.get("throttled", "min_delay_rise_ms") and leg.delay_plateau:
+        if leg.loss_ratio >= pol.throttled.min_loss and \
+                rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
             delayed = _delayed_start(leg, pol)
             reason = Reason.DELAYED_THROTTLE if delayed is not None else Reason.RATE_CAPPED
             if delayed is not None:
@@ -267,9 +391,9 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
                                 + (f", clean for the first {delayed:.0f} s" if delayed else "")
                                 + ": a shaper's queue"))
             continue
-        if leg.loss_ratio > pol.get("degraded", "max_loss"):
+        if leg.loss_ratio > pol.degraded.max_loss:
             build_up = (f"a delay rise of {rise:.0f} ms that did not hold (no standing queue)"
-                        if rise >= pol.get("throttled", "min_delay_rise_ms")
+                        if rise >= pol.throttled.min_delay_rise_ms
                         else f"no delay build-up ({rise:.0f} ms)")
             out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
                            f"{what} lost {leg.loss_ratio:.1%} with {build_up}: loss, not a "
@@ -281,11 +405,11 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
             # streams the local side received.
             continue
         if leg.mean_jitter_s is not None and \
-                leg.mean_jitter_s > pol.get("degraded", "max_jitter_s"):
+                leg.mean_jitter_s > pol.degraded.max_jitter_s:
             out.append(_ev("degraded.jitter", Reason.HIGH_JITTER, [flow], [flow.first_frame],
                            {**fig, "mean_jitter_s": round(leg.mean_jitter_s, 4)},
                            f"mean jitter {leg.mean_jitter_s * 1000:.0f} ms on {what}"))
-        if leg.mos is not None and leg.mos < pol.get("degraded", "min_mos"):
+        if leg.mos is not None and leg.mos < pol.degraded.min_mos:
             out.append(_ev("degraded.mos", Reason.LOW_MOS, [flow], [flow.first_frame],
                            {**fig, "mos": round(leg.mos, 2)},
                            f"E-model MOS {leg.mos:.2f} on {what}"))
@@ -359,7 +483,7 @@ def _delayed_start(leg: Leg, pol: Policy) -> float | None:
     if start is None or first_loss is None:
         return None
     clean = min(float(start), first_loss)
-    return clean if clean >= pol.get("throttled", "delayed_min_clean_s") else None
+    return clean if clean >= pol.throttled.delayed_min_clean_s else None
 
 
 ORDER = {VerdictKind.FAILED: 0, VerdictKind.BLOCKED: 1, VerdictKind.THROTTLED: 2,
