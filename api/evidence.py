@@ -84,6 +84,7 @@ from probe import (
     address_class,
     capture_bytes,
     cut_packets,
+    link_address_offsets,
     pack_addr,
     packet_addresses,
 )
@@ -502,20 +503,18 @@ def _payload(frame: bytes, buf: bytearray, off: int, start: int, end: int, is_ud
 
 def _link_spans(buf: bytearray, linktype: int, layers: list[tuple[Any, int]],
                 sc: dict[str, Any]) -> list[int]:
-    """Where a frame writes link-layer addresses: Ethernet headers at any depth (a VXLAN or
-    ERSPAN tunnel carries the inner frame's), destination and source (IEEE 802.3
-    §3.1.1); Linux cooked v1/v2: the sender's, when 6 bytes long; IPv6 neighbour
-    discovery's link-layer address options."""
+    """Where a frame writes link-layer addresses: its link header's, where the probe reads
+    them (:func:`probe.linklayer.link_address_offsets`: Ethernet's destination and
+    source, a Linux cooked capture's sender); Ethernet headers inside it (a VXLAN or
+    ERSPAN tunnel carries the inner frame's); IPv6 neighbour discovery's link-layer
+    address options."""
     spans = [at for layer, off in layers if isinstance(layer, sc["Ether"])
              and off + 12 <= len(buf) for at in (off, off + 6)]
     # IPv6 neighbour discovery's source/target link-layer address options (RFC 4861
     # §4.6.1): type, length, then the address; the ICMPv6 checksum follows the change.
     spans += [off + 2 for layer, off in layers if isinstance(layer, sc["NDOptLL"])
               and off + 8 <= len(buf) and buf[off + 1] == 1]
-    if linktype == 113 and len(buf) >= 16 and buf[4:6] == b"\x00\x06":
-        spans.append(6)
-    elif linktype == 276 and len(buf) >= 20 and buf[11] == 6:
-        spans.append(12)
+    spans += [at for at in link_address_offsets(buf, linktype) if at not in spans]
     return spans
 
 
