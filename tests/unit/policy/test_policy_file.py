@@ -18,7 +18,7 @@ from policy.ledger import canonical_json
 from policy.records import Reason, VerdictKind
 from policy.rules import load_policy
 from tests.conftest import ROOT
-from tests.unit.policy.test_verdict_rules import INVITE, _pcap, _udp
+from tests.unit.policy.test_verdict_rules import unanswered_invite
 
 DEFAULTS = ROOT / "policy" / "default_policy.yaml"
 
@@ -91,13 +91,7 @@ def test_an_empty_section_keeps_its_defaults(tmp_path: Path) -> None:
 def test_a_threshold_from_the_file_reaches_its_rule(tmp_path: Path) -> None:
     """An INVITE unanswered for 6 s is blocked under the default 4 s wait, and not judged
     under a 10 s one."""
-    pkts = [_udp(10.0 + t, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
-            for t in (0.0, 0.5, 1.5, 3.5)]
-    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
-             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
-             _udp(16.0, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
-    cap = tmp_path / "invite.pcap"
-    _pcap(cap, sorted(pkts))
+    cap = unanswered_invite(tmp_path / "invite.pcap")
     (call,) = [c for c in analyze_capture(cap, workers=1).analysis.calls if c.app == "sip"]
     assert call.verdict.reasons[0] is Reason.SIP_UNANSWERED
     patient = load_policy(_file(tmp_path, "blocked:\n  sip_min_wait_s: 10\n"))
