@@ -98,3 +98,27 @@ def test_a_threshold_from_the_file_reaches_its_rule(tmp_path: Path) -> None:
     (call,) = [c for c in analyze_capture(cap, workers=1, policy=patient).analysis.calls
                if c.app == "sip"]
     assert call.verdict.kind is not VerdictKind.BLOCKED
+
+
+def test_a_section_with_no_class_yet_is_kept_not_refused(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A section added to the defaults before its typed class (another part of marsad
+    reads it) loads, takes the user's values and stays in the policy's identity."""
+    import policy.rules
+
+    text = DEFAULTS.read_text() + "\nreplay:\n  min_runs: 3\n"
+
+    class Packaged:
+        def joinpath(self, name: str) -> Packaged:
+            return self
+
+        def read_text(self) -> str:
+            return text
+
+    monkeypatch.setattr(policy.rules.resources, "files", lambda package: Packaged())
+    assert load_policy().values["replay"] == {"min_runs": 3}
+    assert load_policy(_file(tmp_path, "replay:\n  min_runs: 5\n")).values["replay"] == {
+        "min_runs": 5}
+    with pytest.raises(PolicyError, match=r"unknown key replay\.bogus"):
+        load_policy(_file(tmp_path, "replay:\n  bogus: 5\n"))
