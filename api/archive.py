@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from api.output import dumps
 from api.pipeline import AnalysisResult, analyze_capture, capture_sha256
+from api.version import marsad_version
 from policy.rules import Policy
 from policy.settling import PipelineConfig
 from probe import CaptureError, FlowReader, ends
@@ -67,7 +68,6 @@ __all__ = [
     "Task",
     "expand_inputs",
     "make_executor",
-    "marsad_version",
     "prepare_output",
     "read_table",
     "register_dataset",
@@ -158,15 +158,6 @@ the capture."""
 
 _SCHEMAS = {"flows": FLOWS_SCHEMA, "calls": CALLS_SCHEMA, "verdicts": VERDICTS_SCHEMA,
             "evidence": EVIDENCE_SCHEMA, "manifest": MANIFEST_SCHEMA}
-
-
-def marsad_version() -> str:
-    """The installed package's version (``0+unknown`` when run from a source tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("marsad")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 # -- what a task is given and gives back ---------------------------------------------------

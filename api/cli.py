@@ -27,6 +27,7 @@ from api.output import (
     write_analysis_zeek,
     write_jsonl,
 )
+from api.version import marsad_version
 from policy.errors import PolicyError
 from policy.settling import PipelineConfig
 from probe import (
@@ -725,7 +726,7 @@ def _write_documents(args: argparse.Namespace, policy: Any) -> int:
                                      progress=progress.update)
             doc = build_document(result, lang=args.lang, capture_name=Path(capture).name,
                                  call_uid=args.call, since=since, until=until, policy=policy,
-                                 version=_version(), policy_sha256=policy_digest(policy))
+                                 version=marsad_version(), policy_sha256=policy_digest(policy))
             data = (render_pdf(doc) if args.format == "pdf" else
                     (render_html(doc) if args.format == "html" else
                      render_markdown(doc)).encode())
@@ -829,7 +830,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         def active_flows() -> int:
             return running[0].status().flows_active if running else 0
 
-        registry, metrics = probe_metrics(_version(), active_flows=active_flows)
+        registry, metrics = probe_metrics(marsad_version(), active_flows=active_flows)
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
     stop = threading.Event()
 
@@ -846,19 +847,11 @@ def _run_probe(args: argparse.Namespace) -> int:
     return failed.code
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("marsad")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marsad", description=(
         "Observe over-the-top voice and video calls and record, with evidence, whether the "
         "network blocked or throttled them."))
-    p.add_argument("--version", action="version", version=f"marsad {_version()}")
+    p.add_argument("--version", action="version", version=f"marsad {marsad_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     subparsers: dict[str, argparse.ArgumentParser] = {}
     f = sub.add_parser("flows", help="bidirectional flow records of a capture")

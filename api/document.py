@@ -486,11 +486,9 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
     if blocking and any(f.orig_pkts and f.resp_pkts for f in result.flows):
         out.append(loc.t("benign.other_traffic"))
     if "sip-unanswered" in kinds:
-        out.append(loc.t("benign.waited", s=loc.num(float(pol.get("blocked",
-                                                                   "sip_min_wait_s")), 0)))
+        out.append(loc.t("benign.waited", s=loc.num(pol.blocked.sip_min_wait_s, 0)))
     if "syn-unanswered" in kinds:
-        out.append(loc.t("benign.waited", s=loc.num(float(pol.get("blocked",
-                                                                   "syn_min_wait_s")), 0)))
+        out.append(loc.t("benign.waited", s=loc.num(pol.blocked.syn_min_wait_s, 0)))
     if "media-no-return" in kinds:
         out.append(loc.t("benign.not_one_way"))
         out.append(loc.t("benign.not_lan"))
@@ -498,7 +496,7 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
         out.append(loc.t("benign.not_loss_alone"))
     if kinds & {"rate-capped", "delayed-throttle", "high-loss", "high-jitter", "low-mos"}:
         out.append(loc.t("benign.enough_packets",
-                         n=loc.digits(str(int(pol.get("degraded", "min_packets"))))))
+                         n=loc.digits(str(pol.degraded.min_packets))))
     return out
 
 
@@ -568,13 +566,13 @@ def _call_part(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale,
         name = f"{leg.media or '?'} {leg.ssrc if leg.ssrc is not None else leg.flow_uid[:8]}"
         if leg.loss_ratio is not None:
             quality.append((f"{name}: {loc.t('loss')}", leg.loss_ratio * 100,
-                            float(pol.get("degraded", "max_loss")) * 100, "%"))
+                            pol.degraded.max_loss * 100, "%"))
         if leg.mean_jitter_s is not None:
             quality.append((f"{name}: {loc.t('jitter')}", leg.mean_jitter_s * 1000,
-                            float(pol.get("degraded", "max_jitter_s")) * 1000, "ms"))
+                            pol.degraded.max_jitter_s * 1000, "ms"))
         if leg.delay_rise_ms is not None:
             quality.append((f"{name}: {loc.t('delay')}", leg.delay_rise_ms,
-                            float(pol.get("throttled", "min_delay_rise_ms")), "ms"))
+                            pol.throttled.min_delay_rise_ms, "ms"))
     return CallPart(call.uid, facts, summary, timeline, tuple(series), tuple(quality),
                     tuple(ev_rows), tuple(_benign(call, result, pol, loc)), v)
 

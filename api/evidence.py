@@ -57,7 +57,6 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ import orjson
 
 from api.anonymise import Pseudonyms, rewrite_payload
 from api.pipeline import AnalysisResult, analyze_capture, capture_sha256
+from api.version import marsad_version
 from policy.ledger import (
     Anchor,
     Derivation,
@@ -84,6 +84,7 @@ from probe import (
     address_class,
     capture_bytes,
     cut_packets,
+    link_address_offsets,
     pack_addr,
     packet_addresses,
 )
@@ -502,20 +503,18 @@ def _payload(frame: bytes, buf: bytearray, off: int, start: int, end: int, is_ud
 
 def _link_spans(buf: bytearray, linktype: int, layers: list[tuple[Any, int]],
                 sc: dict[str, Any]) -> list[int]:
-    """Where a frame writes link-layer addresses: Ethernet headers at any depth (a VXLAN or
-    ERSPAN tunnel carries the inner frame's), destination and source (IEEE 802.3
-    §3.1.1); Linux cooked v1/v2: the sender's, when 6 bytes long; IPv6 neighbour
-    discovery's link-layer address options."""
+    """Where a frame writes link-layer addresses: its link header's, where the probe reads
+    them (:func:`probe.linklayer.link_address_offsets`: Ethernet's destination and
+    source, a Linux cooked capture's sender); Ethernet headers inside it (a VXLAN or
+    ERSPAN tunnel carries the inner frame's); IPv6 neighbour discovery's link-layer
+    address options."""
     spans = [at for layer, off in layers if isinstance(layer, sc["Ether"])
              and off + 12 <= len(buf) for at in (off, off + 6)]
     # IPv6 neighbour discovery's source/target link-layer address options (RFC 4861
     # §4.6.1): type, length, then the address; the ICMPv6 checksum follows the change.
     spans += [off + 2 for layer, off in layers if isinstance(layer, sc["NDOptLL"])
               and off + 8 <= len(buf) and buf[off + 1] == 1]
-    if linktype == 113 and len(buf) >= 16 and buf[4:6] == b"\x00\x06":
-        spans.append(6)
-    elif linktype == 276 and len(buf) >= 20 and buf[11] == 6:
-        spans.append(12)
+    spans += [at for at in link_address_offsets(buf, linktype) if at not in spans]
     return spans
 
 
@@ -860,13 +859,6 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _version() -> str:
-    try:
-        return metadata.version("marsad")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
                         | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
@@ -1129,7 +1121,7 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
                                 policy or load_policy(), pol))
     created = clock()
     manifest = {
-        "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": _version(),
+        "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": marsad_version(),
         "created_at": _iso(created), "subject_uid": call_uid,
         "capture": {"sha256": sha,
                     "name": os.path.basename(capture_name or str(capture_path))},
@@ -1168,7 +1160,7 @@ def _documents(result: AnalysisResult, call_uid: str, files: dict[str, bytes],
                              policy=policy, files=digests, renumber=renumber.frame,
                              capture_file=pcap_name,
                              bundle_name=bundle_name(capture_name, call_uid),
-                             version=_version(), policy_sha256=policy_digest(policy))
+                             version=marsad_version(), policy_sha256=policy_digest(policy))
         texts = {f"report.{lang}.html": render_html(doc)}
         if lang == "en":
             texts["report.en.md"] = render_markdown(doc)

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -31,19 +30,13 @@ from api.metrics import (
 )
 from api.routes import calls, captures, dashboard, docs, flows, health, ledger, probe
 from api.store import open_store
+from api.version import marsad_version
 from policy.ledger import Ledger
 from policy.rules import load_policy
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def _version() -> str:
-    try:
-        return version("marsad")
-    except PackageNotFoundError:
-        return "0"
 
 
 def create_app(settings: Settings | None = None, *,
@@ -91,7 +84,7 @@ def create_app(settings: Settings | None = None, *,
     data_dir = settings.data_dir
     metrics = MarsadMetrics(registry, jobs=store.job_counts,
                             probes=lambda: read_probe_reports(data_dir, clock()), clock=clock)
-    add_process_collectors(registry, _version())
+    add_process_collectors(registry, marsad_version())
     jobs.add_listener(metrics.observe_result)
 
     def close() -> None:
@@ -122,7 +115,7 @@ def create_app(settings: Settings | None = None, *,
             close()
 
     app = FastAPI(
-        title="marsad", version=_version(), lifespan=lifespan,
+        title="marsad", version=marsad_version(), lifespan=lifespan,
         docs_url=None, redoc_url=None,  # /docs is served offline (api.routes.docs)
         description="Over-the-top voice and video calls seen on the network, and whether the "
                     "network blocked or throttled them. Reads are open unless configured "

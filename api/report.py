@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.pipeline import AnalysisResult
-from policy.records import Call, Leg, Verdict, VerdictKind
+from policy.records import Call, CallSetup, Leg, Verdict, VerdictKind
 from probe import FlowRecord
 
 __all__ = ["INTERFERED", "LEG_COLUMNS", "ONLY", "CallSection", "FlowLine", "Report",
@@ -95,22 +95,18 @@ def _reasons(v: Verdict) -> str:
     return ", ".join(str(r) for r in v.reasons) or "-"
 
 
-def _setup(setup: dict[str, Any]) -> str:
+def _setup(setup: CallSetup) -> str:
     parts = []
-    stun = setup.get("stun") or {}
-    if stun.get("requests"):
-        parts.append(f"STUN {stun['requests']} requests / {stun.get('success', 0)} answered")
-    tcp = setup.get("tcp") or {}
-    if tcp.get("connections"):
-        parts.append(f"TCP {tcp['connections']} ({tcp.get('established', 0)} established, "
-                     f"{tcp.get('refused', 0)} refused, {tcp.get('unanswered', 0)} unanswered)")
-    tls = setup.get("tls") or {}
-    if tls.get("client_hellos"):
-        parts.append(f"TLS {tls['client_hellos']} ClientHello / "
-                     f"{tls.get('server_hellos', 0)} ServerHello")
-    sip = setup.get("sip") or []
+    stun, tcp, tls, sip = setup.stun, setup.tcp, setup.tls, setup.sip
+    if stun.requests:
+        parts.append(f"STUN {stun.requests} requests / {stun.success} answered")
+    if tcp.connections:
+        parts.append(f"TCP {tcp.connections} ({tcp.established} established, "
+                     f"{tcp.refused} refused, {tcp.unanswered} unanswered)")
+    if tls.client_hellos:
+        parts.append(f"TLS {tls.client_hellos} ClientHello / {tls.server_hellos} ServerHello")
     if sip:
-        parts.append("SIP " + " ".join(str(m.get("message")) for m in sip[:12])
+        parts.append("SIP " + " ".join(m.message for m in sip[:12])
                      + (" ..." if len(sip) > 12 else ""))
     return "; ".join(parts) or "-"
 

@@ -37,7 +37,8 @@ from typing import Any
 from classifier.engine import Classifier, Observation
 from classifier.payloads import meter_config
 from classifier.records import Classification
-from policy.calls import Analysis, analyse_calls, is_call_flow, lone_flow_verdicts
+from policy.assembly import is_call_flow
+from policy.calls import Analysis, analyse_calls, lone_flow_verdicts
 from policy.records import Call, Verdict
 from policy.rules import CongestedPath, Policy, congested_paths, load_policy
 from policy.settling import PipelineConfig

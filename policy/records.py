@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Call", "CallOutcome", "Evidence", "FlowVerdict", "Leg", "Reason", "TestKind",
-           "TestResult", "Verdict", "VerdictKind"]
+__all__ = ["Call", "CallOutcome", "CallSetup", "Evidence", "FlowVerdict", "Leg", "Reason",
+           "SipEvent", "StunSetup", "TcpSetup", "TestKind", "TestResult", "TlsSetup", "Verdict",
+           "VerdictKind"]
 
 
 class VerdictKind(StrEnum):
@@ -180,6 +181,75 @@ class Leg:
 
 
 @dataclass(frozen=True, slots=True)
+class StunSetup:
+    """STUN/TURN over a call's flows: requests sent, success and error responses."""
+
+    requests: int = 0
+    success: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSetup:
+    """A call's TCP connections by how their handshake went (Zeek's ``conn_state``)."""
+
+    connections: int = 0
+    established: int = 0
+    """Any state but refused, unanswered or mid-stream (``OTH``)."""
+    refused: int = 0
+    """``REJ``: the SYN answered by a reset."""
+    unanswered: int = 0
+    """``S0``/``RSTOS0``: no answer to the SYN."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSetup:
+    """TLS handshakes over a call's flows."""
+
+    client_hellos: int = 0
+    server_hellos: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SipEvent:
+    """One SIP message of a call's dialog, as the set-up lists it."""
+
+    ts: float
+    frame: int
+    message: str
+    """The request method, or the response's status code."""
+    call_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallSetup:
+    """What happened while a call was set up: STUN, the SIP dialog, TCP and TLS, and how
+    long until its first media."""
+
+    stun: StunSetup
+    sip: tuple[SipEvent, ...]
+    """The dialog's messages by time."""
+    tcp: TcpSetup
+    tls: TlsSetup
+    first_media_ts: float | None
+    """First packet of the first media flow; None when no media flowed."""
+    setup_s: float | None
+    """Seconds from the call's first packet to its first media (6 decimals)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stun": {"requests": self.stun.requests, "success": self.stun.success,
+                         "errors": self.stun.errors},
+                "sip": [{"ts": m.ts, "frame": m.frame, "message": m.message,
+                         "call_id": m.call_id} for m in self.sip],
+                "tcp": {"connections": self.tcp.connections,
+                        "established": self.tcp.established, "refused": self.tcp.refused,
+                        "unanswered": self.tcp.unanswered},
+                "tls": {"client_hellos": self.tls.client_hellos,
+                        "server_hellos": self.tls.server_hellos},
+                "first_media_ts": self.first_media_ts, "setup_s": self.setup_s}
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """One call: its flows, legs, set-up and verdict."""
 
@@ -200,7 +270,7 @@ class Call:
     """Address of the local side (the caller's host as seen by the probe)."""
     legs: tuple[Leg, ...]
     """One per direction and media stream."""
-    setup: dict[str, Any]
+    setup: CallSetup
     """What happened during set-up: STUN requests/responses, SIP messages, TCP/TLS."""
     verdict: Verdict
     """Whether the network interfered."""
@@ -215,7 +285,7 @@ class Call:
             "flow_uids": list(self.flow_uids), "start_ts": self.start_ts, "end_ts": self.end_ts,
             "duration_s": round(self.end_ts - self.start_ts, 6), "local": self.local,
             "outcome": str(self.outcome), "legs": [leg.to_dict() for leg in self.legs],
-            "setup": self.setup}
+            "setup": self.setup.to_dict()}
         d.update(self.verdict.to_dict())
         # How a conversation sounded: a call whose media did not flow both ways (blocked,
         # one-way, missed) had none, whatever its one-way legs measure.

@@ -10,25 +10,28 @@ throttled > degraded > ok.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 import yaml
 
 from classifier.records import Classification
+from policy.assembly import SipDialog
 from policy.errors import PolicyError
 from policy.legs import delay_shape
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
 from probe.addresses import is_local_class, local_is_orig
 from probe.records import FlowRecord, TcpFlag
 
-__all__ = ["CONGESTION_RULES", "CongestedPath", "Policy", "call_rules", "congested_paths",
-           "explained_by_congestion", "explained_by_shaper", "flow_rules", "load_policy",
-           "verdict_from"]
+__all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
+           "DegradedPolicy", "Policy", "QualityPolicy", "RuleContext", "SipOutcome",
+           "ThrottledPolicy", "call_rules", "congested_paths", "explained_by_congestion",
+           "explained_by_shaper", "flow_rules", "load_policy", "sip_outcome", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 STUN_SERVER_PORTS = frozenset({3478, 3479, 3480, 3481, 3482, 3483, 3484, 3485, 3486, 3487, 5349,
@@ -38,23 +41,139 @@ requests to other ports are checks against a peer's candidates, which fail by de
 behind NATs and say nothing about the network."""
 
 
+def _threshold(unit: str, low: float = 0.0, high: float | None = None) -> Any:
+    """A policy field: its unit (for the error a bad value gets) and its allowed range."""
+    return field(metadata={"unit": unit, "low": low, "high": high})
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedPolicy:
+    """``blocked``: when silence or refusal on the path is a block."""
+
+    stun_min_requests: int = _threshold("requests")
+    """Unanswered STUN/TURN requests to the app's servers needed."""
+    syn_min_attempts: int = _threshold("SYNs")
+    """Unanswered SYNs needed (an S0 connection)."""
+    syn_min_wait_s: float = _threshold("s")
+    """How long the capture must go on after the first SYN."""
+    sip_min_wait_s: float = _threshold("s")
+    """How long an INVITE must go without any response at all (RFC 3261 T1 retransmits
+    at 0.5, 1 and 2 s)."""
+    media_no_return_min_s: float = _threshold("s")
+    """Seconds of outgoing media with nothing back."""
+    media_no_return_min_pkts: int = _threshold("packets")
+    """Packets of outgoing media with nothing back."""
+    require_other_traffic: bool = _threshold("yes/no")
+    """Call silence a block only when other flows of the capture got answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottledPolicy:
+    """``throttled``: a shaper's signature on received media."""
+
+    min_loss: float = _threshold("ratio", high=1.0)
+    """Loss ratio of the leg."""
+    min_delay_rise_ms: float = _threshold("ms")
+    """How far the one-way delay (per-second minimum) must climb."""
+    delayed_min_clean_s: float = _threshold("s")
+    """Clean seconds a delayed throttle shows before it bites."""
+
+
+@dataclass(frozen=True, slots=True)
+class DegradedPolicy:
+    """``degraded``: poor quality without a shaper's signature."""
+
+    min_packets: int = _threshold("packets")
+    """Expected packets a leg needs to be judged at all."""
+    max_loss: float = _threshold("ratio", high=1.0)
+    """More loss than this is degraded."""
+    max_jitter_s: float = _threshold("s")
+    """Mean RFC 3550 jitter above this is degraded."""
+    min_mos: float = _threshold("MOS", high=5.0)
+    """An E-model MOS below this is degraded."""
+
+
+@dataclass(frozen=True, slots=True)
+class QualityPolicy:
+    """``quality``: what the E-model assumes of what a passive probe cannot see."""
+
+    assumed_network_delay_ms: float = _threshold("ms")
+    """One-way network delay."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallsPolicy:
+    """``calls``: how flows make a call and when it counts as answered."""
+
+    min_media_s: float = _threshold("s")
+    """Shorter media is judged unknown (too short)."""
+    answered_packets: int = _threshold("packets")
+    """Media packets each way that make a call answered."""
+    same_call_gap_s: float = _threshold("s")
+    """Flows of one app from one host closer than this join one call."""
+
+
+_KINDS: dict[type, str] = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Thresholds, from the policy file."""
+    """The thresholds of the policy file, one typed section per section of
+    ``policy/default_policy.yaml``. A section is a frozen dataclass whose fields are its
+    keys (type, unit and range in the field); adding a section is adding one such class
+    and a field here. A section of the file with no class yet is kept in :attr:`values`
+    (and so in the policy's identity) but read by nothing."""
 
-    values: dict[str, dict[str, Any]]
-    """Section -> key -> value, defaults merged with the user's file."""
+    blocked: BlockedPolicy
+    throttled: ThrottledPolicy
+    degraded: DegradedPolicy
+    quality: QualityPolicy
+    calls: CallsPolicy
+    values: dict[str, Any]
+    """Section -> key -> value as read, defaults merged with the user's file: the policy's
+    identity (:func:`api.evidence.policy_digest` hashes it)."""
     source: str
     """Where the values came from."""
 
-    def get(self, section: str, key: str) -> Any:
-        return self.values[section][key]
+
+def _sections() -> dict[str, type]:
+    """The typed sections of :class:`Policy`: field name -> section class."""
+    hints = get_type_hints(Policy)
+    return {f.name: hints[f.name] for f in fields(Policy) if is_dataclass(hints[f.name])}
+
+
+def _typed(where: str, section: str, cls: type, entries: dict[str, Any]) -> Any:
+    """``entries`` as an instance of the section class ``cls``; a missing key, a value of
+    the wrong type or out of range is a :class:`PolicyError` naming the key."""
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        key, kind, meta = f"{section}.{f.name}", hints[f.name], f.metadata
+        if f.name not in entries:
+            raise PolicyError(f"{where}: {key} is missing")
+        value = entries[f.name]
+        unit = "" if meta["unit"] == "yes/no" else f" ({meta['unit']})"
+        ok = isinstance(value, kind) if kind is bool else (
+            isinstance(value, int | float) and not isinstance(value, bool)
+            and (kind is float or isinstance(value, int)) and math.isfinite(value))
+        if not ok:
+            raise PolicyError(f"{where}: {key} must be {_KINDS[kind]}{unit}, not {value!r}")
+        if kind is not bool:
+            low, high = meta["low"], meta["high"]
+            if value < low or (high is not None and value > high):
+                span = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
+                raise PolicyError(f"{where}: {key} must be {span}{unit}, not {value!r}")
+            value = kind(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """The packaged defaults, overridden by ``path`` if given."""
+    """The packaged defaults, overridden by ``path`` if given; every threshold checked
+    once here (type and range), so that a bad file is refused with the key it got wrong
+    before any capture is read."""
     text = resources.files("policy").joinpath("default_policy.yaml").read_text()
-    values: dict[str, dict[str, Any]] = yaml.safe_load(text)
+    values: dict[str, Any] = yaml.safe_load(text)
     source = "policy/default_policy.yaml"
     if path is not None:
         try:
@@ -66,26 +185,108 @@ def load_policy(path: str | Path | None = None) -> Policy:
         for section, entries in user.items():
             if section == "version":
                 continue
-            if section not in values or not isinstance(entries, dict):
+            if section not in values or not isinstance(values[section], dict):
                 raise PolicyError(f"{path}: unknown policy section {section!r}")
+            if entries is None:
+                continue  # a section written with no keys keeps its defaults
+            if not isinstance(entries, dict):
+                raise PolicyError(f"{path}: policy section {section!r} is a mapping of keys")
             for k, v in entries.items():
                 if k not in values[section]:
                     raise PolicyError(f"{path}: unknown key {section}.{k}")
                 values[section][k] = v
         source = str(path)
-    return Policy(values, source)
+    typed = {name: _typed(source, name, cls, values.get(name) or {})
+             for name, cls in _sections().items()}
+    return Policy(**typed, values=values, source=source)
 
 
-def _ev(rule: str, reason: Reason, flows: list[FlowRecord], frames: list[int],
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    """What the rules take from the whole capture: the same for every call and flow
+    judged in it."""
+
+    policy: Policy
+    classes: Mapping[str, Classification]
+    """Each flow's classification, by flow uid."""
+    local: str | None
+    """The local host (:func:`policy.assembly.vantage`)."""
+    others_answered: bool
+    """Whether any flow of the capture was answered both ways: silence elsewhere is then
+    no artefact of a one-sided tap."""
+    capture_end: float = math.inf
+    """The newest packet's time: how long the capture went on after a request."""
+
+
+@dataclass(frozen=True, slots=True)
+class SipOutcome:
+    """What a SIP dialog's INVITE came to, when the network or the endpoints ended it:
+    the reason, the figures its evidence shows and the frames they rest on."""
+
+    reason: Reason
+    """``sip-unanswered``, ``sip-rejected`` or ``sip-no-answer``."""
+    frames: tuple[int, ...]
+    invites: int = 0
+    """Unanswered: the INVITEs sent (retransmissions included)."""
+    waited_s: float = 0.0
+    """Unanswered: seconds from the first INVITE to the capture's end (3 decimals)."""
+    final: int | None = None
+    """Ended: the final response's status."""
+    rang: bool = False
+    """Ended: whether the callee's phone rang (180/183) first."""
+    cancelled: bool = False
+    """Ended: whether the caller cancelled (CANCEL, 487) rather than the callee refused."""
+
+    def figures(self) -> dict[str, Any]:
+        if self.reason is Reason.SIP_UNANSWERED:
+            return {"invites": self.invites, "responses": 0, "waited_s": self.waited_s}
+        return {"final": self.final, "rang": self.rang,
+                "reason_phrase": "cancelled before answer" if self.cancelled else "rejected"}
+
+
+def sip_outcome(dialog: SipDialog, capture_end: float, wait_s: float) -> SipOutcome | None:
+    """failed when the INVITE's final answer says the endpoints ended it; blocked when the
+    INVITE got no response at all although the capture went on ``wait_s``
+    (``blocked.sip_min_wait_s``)."""
+    invites = dialog.invites
+    if invites and not dialog.responded:
+        waited = capture_end - invites[0].ts
+        if waited >= wait_s:
+            return SipOutcome(Reason.SIP_UNANSWERED, tuple(m.frame for m in invites),
+                              invites=len(invites), waited_s=round(waited, 3))
+        return None
+    last = None if dialog.answered else dialog.final
+    if last is None:
+        return None
+    cancelled = any(m.method == "CANCEL" for m in dialog.messages) or last.status == 487
+    return SipOutcome(Reason.SIP_NO_ANSWER if cancelled else Reason.SIP_REJECTED,
+                      tuple(m.frame for m in dialog.messages), final=last.status,
+                      rang=any(m.status in (180, 183) for m in dialog.messages),
+                      cancelled=cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class CallCase:
+    """One call as the rules judge it: its flows, media and legs, and what its SIP
+    dialog came to."""
+
+    flows: Sequence[FlowRecord]
+    media_flows: Sequence[FlowRecord]
+    legs: Sequence[Leg]
+    sip: SipOutcome | None = None
+    one_way_by_design: bool = False
+    """Its SDP made the media one-way (no return is then no block)."""
+
+
+def _ev(rule: str, reason: Reason, flows: Sequence[FlowRecord], frames: Sequence[int],
         figures: dict[str, Any], text: str) -> Evidence:
     return Evidence(rule, reason, tuple(f.uid for f in flows), tuple(sorted(set(frames)))[:64],
                     min(f.first_ts for f in flows), max(f.last_ts for f in flows), figures, text)
 
 
-def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
-               others_answered: bool, pol: Policy,
-               capture_end: float = float("inf")) -> list[Evidence]:
+def flow_rules(flow: FlowRecord, ctx: RuleContext) -> list[Evidence]:
     """Interference visible on a single flow (TCP/TLS/ICMP)."""
+    pol = ctx.policy
     out: list[Evidence] = []
     for n in flow.icmp:
         # A router's unreachable, or anyone's "administratively prohibited", is the network
@@ -107,14 +308,14 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
                        {"conn_state": state, "resp_flags": flow.resp_flags},
                        f"SYN to {flow.resp_h}:{flow.resp_p} answered by RST, no SYN-ACK "
                        f"(frames {flow.first_frame}-{flow.last_frame})"))
-    elif state in ("S0", "RSTOS0") and others_answered and flow.orig_pkts >= pol.get(
-            "blocked", "syn_min_attempts") and capture_end - flow.first_ts >= pol.get(
-            "blocked", "syn_min_wait_s"):
+    elif state in ("S0", "RSTOS0") and ctx.others_answered and \
+            flow.orig_pkts >= pol.blocked.syn_min_attempts and \
+            ctx.capture_end - flow.first_ts >= pol.blocked.syn_min_wait_s:
         out.append(_ev("blocked.syn", Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
                        {"syn_sent": flow.orig_pkts, "answers": 0},
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
                        " while other connections were"))
-    f = cls.facts
+    f = ctx.classes[flow.uid].facts
     # A client that sent its own FIN had given up before any reset: a client whose
     # handshake was cut by a RST has no connection left to close. (Through a shaper's
     # full queue the ServerHello never comes, the client times out and closes, and the
@@ -131,17 +332,17 @@ def flow_rules(flow: FlowRecord, cls: Classification, local: str | None,
     return out
 
 
-def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
-               others_answered: bool, pol: Policy, capture_end: float) -> Evidence | None:
+def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None:
     # Unanswered: nothing at all came back on the STUN 5-tuple (any reply, even a TCP ACK
     # or a vendor's odd message type, shows the server is reachable), and the capture went
     # on long enough for an answer to have arrived.
+    classes, pol = ctx.classes, ctx.policy
     server = [f for f in flows if (st := classes[f.uid].facts.stun) is not None
               and (f.resp_p in STUN_SERVER_PORTS or st.turn)]
     if any(f.resp_pkts > 0 for f in server):
         return None  # a STUN/TURN server of the call answered: the path is open (loss happens)
     stun_flows = [f for f in server
-                  if f.duration_s >= 1.0 or capture_end - f.last_ts >= 2.0]
+                  if f.duration_s >= 1.0 or ctx.capture_end - f.last_ts >= 2.0]
     if not stun_flows:
         return None
     stuns = [s for f in stun_flows if (s := classes[f.uid].facts.stun) is not None]
@@ -149,8 +350,8 @@ def _stun_rule(flows: list[FlowRecord], classes: dict[str, Classification],
     # requests to STUN/TURN servers say whether the app's infrastructure is reachable.
     req = sum(s.orig_requests - s.orig_ice_checks for s in stuns)
     ans = sum(s.resp_responses for s in stuns)
-    if req >= pol.get("blocked", "stun_min_requests") and ans == 0 and (
-            others_answered or not pol.get("blocked", "require_other_traffic")):
+    if req >= pol.blocked.stun_min_requests and ans == 0 and (
+            ctx.others_answered or not pol.blocked.require_other_traffic):
         frames = [p.frame for f in stun_flows for p in f.payloads if p.direction == 0][:16]
         return _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,
                    {"stun_requests": req, "stun_responses": ans},
@@ -172,47 +373,44 @@ def _same_network(a: str, b: str) -> bool:
     return y in net
 
 
-def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs: list[Leg],
-               media_flows: list[FlowRecord], local: str | None, others_answered: bool,
-               sip_outcome: tuple[Reason, dict[str, Any], list[int]] | None,
-               pol: Policy, *, one_way_by_design: bool = False,
-               capture_end: float = float("inf"),
+def call_rules(call: CallCase, ctx: RuleContext,
                single: Callable[[FlowRecord], list[Evidence]] | None = None) -> list[Evidence]:
     """Every rule that fires for one call. ``single(flow)``, where given, returns
     :func:`flow_rules` of a flow (a caller judging many calls keeps them once per flow)."""
+    flows, pol, local, classes = call.flows, ctx.policy, ctx.local, ctx.classes
     out: list[Evidence] = []
-    if sip_outcome is not None:
-        reason, figures, frames = sip_outcome
-        if reason is Reason.SIP_UNANSWERED:
-            out.append(_ev("blocked.sip", reason, flows, frames, figures,
-                           f"{figures['invites']} SIP INVITE(s) got no response at all in "
-                           f"{figures['waited_s']:.0f} s, not even 100 Trying"))
+    sip = call.sip
+    if sip is not None:
+        figures = sip.figures()
+        if sip.reason is Reason.SIP_UNANSWERED:
+            out.append(_ev("blocked.sip", sip.reason, flows, sip.frames, figures,
+                           f"{sip.invites} SIP INVITE(s) got no response at all in "
+                           f"{sip.waited_s:.0f} s, not even 100 Trying"))
         else:
-            rule = ("failed.sip_rejected" if reason is Reason.SIP_REJECTED
+            rule = ("failed.sip_rejected" if sip.reason is Reason.SIP_REJECTED
                     else "failed.sip_no_answer")
-            out.append(_ev(rule, reason, flows, frames, figures,
-                           f"SIP INVITE answered {figures.get('final')} "
-                           f"({figures.get('reason_phrase', '')}): the callee's side ended it"))
-    ev = _stun_rule(flows, classes, others_answered, pol, capture_end)
+            out.append(_ev(rule, sip.reason, flows, sip.frames, figures,
+                           f"SIP INVITE answered {sip.final} "
+                           f"({figures['reason_phrase']}): the callee's side ended it"))
+    ev = _stun_rule(flows, ctx)
     if ev is not None:
         out.append(ev)
     for f in flows:
-        out.extend(single(f) if single is not None else
-                   flow_rules(f, classes[f.uid], local, others_answered, pol, capture_end))
+        out.extend(single(f) if single is not None else flow_rules(f, ctx))
     # Media that went out and never came back (unless one-way by design, or no operator
     # network lies between the two ends).
-    for f in media_flows:
-        if one_way_by_design or _same_network(f.orig_h, f.resp_h):
+    for f in call.media_flows:
+        if call.one_way_by_design or _same_network(f.orig_h, f.resp_h):
             continue
         out_local = local_is_orig(f, local)
         sent, got = (f.orig_pkts, f.resp_pkts) if out_local else (f.resp_pkts, f.orig_pkts)
         # Nothing answered anywhere in the capture: a tap that records one direction
         # only looks the same as a path that returned nothing, so the packets cannot
         # show a block (as for STUN, blocked.require_other_traffic).
-        if got == 0 and sent >= pol.get("blocked", "media_no_return_min_pkts") and \
-                f.duration_s >= pol.get("blocked", "media_no_return_min_s") and \
+        if got == 0 and sent >= pol.blocked.media_no_return_min_pkts and \
+                f.duration_s >= pol.blocked.media_no_return_min_s and \
                 classes[f.uid].facts.protocol not in ("rtcp",) and (
-                    others_answered or not pol.get("blocked", "require_other_traffic")):
+                    ctx.others_answered or not pol.blocked.require_other_traffic):
             out.append(_ev("blocked.media_no_return", Reason.MEDIA_NO_RETURN, [f],
                            [f.first_frame, f.last_frame],
                            {"sent_pkts": sent, "received_pkts": 0,
@@ -227,14 +425,14 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
     # network, so it is not judged.
     shaped_hosts: set[str] = set()
     paths_of: dict[int | None, set[str]] = {}
-    for leg in legs:
+    for leg in call.legs:
         paths_of.setdefault(leg.ssrc, set()).add(leg.flow_uid)
-    for leg in legs:
-        if leg.loss_ratio is None or (leg.expected or 0) < pol.get("degraded", "min_packets"):
+    for leg in call.legs:
+        if leg.loss_ratio is None or (leg.expected or 0) < pol.degraded.min_packets:
             continue  # a handful of packets says nothing about loss or jitter
         rise = leg.delay_rise_ms or 0.0
         if leg.direction != "in" and (
-                (leg.loss_ratio == 0 and rise < pol.get("throttled", "min_delay_rise_ms"))
+                (leg.loss_ratio == 0 and rise < pol.throttled.min_delay_rise_ms)
                 or len(paths_of[leg.ssrc]) > 1):
             # Nothing the network did shows here; or the local side sent this stream
             # over several paths of the call (ICE moves it between candidate pairs), so
@@ -254,8 +452,8 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
         # A shaper's signature is a standing queue: loss while the delay climbed and then
         # held at the top. Loss with a delay spike that receded (a radio link's
         # retransmissions, a handover) is poor quality, not a rate limit.
-        if leg.loss_ratio >= pol.get("throttled", "min_loss") and \
-                rise >= pol.get("throttled", "min_delay_rise_ms") and leg.delay_plateau:
+        if leg.loss_ratio >= pol.throttled.min_loss and \
+                rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
             delayed = _delayed_start(leg, pol)
             reason = Reason.DELAYED_THROTTLE if delayed is not None else Reason.RATE_CAPPED
             if delayed is not None:
@@ -267,9 +465,9 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
                                 + (f", clean for the first {delayed:.0f} s" if delayed else "")
                                 + ": a shaper's queue"))
             continue
-        if leg.loss_ratio > pol.get("degraded", "max_loss"):
+        if leg.loss_ratio > pol.degraded.max_loss:
             build_up = (f"a delay rise of {rise:.0f} ms that did not hold (no standing queue)"
-                        if rise >= pol.get("throttled", "min_delay_rise_ms")
+                        if rise >= pol.throttled.min_delay_rise_ms
                         else f"no delay build-up ({rise:.0f} ms)")
             out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
                            f"{what} lost {leg.loss_ratio:.1%} with {build_up}: loss, not a "
@@ -281,11 +479,11 @@ def call_rules(flows: list[FlowRecord], classes: dict[str, Classification], legs
             # streams the local side received.
             continue
         if leg.mean_jitter_s is not None and \
-                leg.mean_jitter_s > pol.get("degraded", "max_jitter_s"):
+                leg.mean_jitter_s > pol.degraded.max_jitter_s:
             out.append(_ev("degraded.jitter", Reason.HIGH_JITTER, [flow], [flow.first_frame],
                            {**fig, "mean_jitter_s": round(leg.mean_jitter_s, 4)},
                            f"mean jitter {leg.mean_jitter_s * 1000:.0f} ms on {what}"))
-        if leg.mos is not None and leg.mos < pol.get("degraded", "min_mos"):
+        if leg.mos is not None and leg.mos < pol.degraded.min_mos:
             out.append(_ev("degraded.mos", Reason.LOW_MOS, [flow], [flow.first_frame],
                            {**fig, "mos": round(leg.mos, 2)},
                            f"E-model MOS {leg.mos:.2f} on {what}"))
@@ -337,7 +535,8 @@ def explained_by_congestion(evidence: list[Evidence], paths: Sequence[CongestedP
     return keep
 
 
-def explained_by_shaper(evidence: list[Evidence], flows: list[FlowRecord]) -> list[Evidence]:
+def explained_by_shaper(evidence: list[Evidence], flows: Sequence[FlowRecord]
+                        ) -> list[Evidence]:
     """A call's evidence without the unanswered requests its own congestion explains."""
     by_uid = {f.uid: f for f in flows}
     return explained_by_congestion(evidence, congested_paths(evidence, by_uid), by_uid,
@@ -359,7 +558,7 @@ def _delayed_start(leg: Leg, pol: Policy) -> float | None:
     if start is None or first_loss is None:
         return None
     clean = min(float(start), first_loss)
-    return clean if clean >= pol.get("throttled", "delayed_min_clean_s") else None
+    return clean if clean >= pol.throttled.delayed_min_clean_s else None
 
 
 ORDER = {VerdictKind.FAILED: 0, VerdictKind.BLOCKED: 1, VerdictKind.THROTTLED: 2,

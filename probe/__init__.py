@@ -1,7 +1,7 @@
 """probe: capture files, pcap streams and live interfaces -> bidirectional flow records.
 
 The names below are the probe's public surface; :mod:`probe.addresses`,
-:mod:`probe.flowkey`, :mod:`probe.extract`, :mod:`probe.pcapstream`,
+:mod:`probe.flowkey`, :mod:`probe.extract`, :mod:`probe.linklayer`, :mod:`probe.pcapstream`,
 :mod:`probe.records`, :mod:`probe.ring`, :mod:`probe.run` and :mod:`probe.sources`
 are public modules too. The decoder,
 the batch preparation and the flow table (:mod:`probe.decode`,
@@ -30,6 +30,7 @@ from probe.errors import (
 )
 from probe.extract import CutPacket, capture_bytes, cut_packets, packet_addresses
 from probe.flowkey import PROTO_NAMES, PROTO_NUMBERS, pack_addr, record_key
+from probe.linklayer import LINK_ADDRESSES, LinkAddresses, link_address_offsets
 from probe.meter import FlowMeter, MeterConfig, MeterStats
 from probe.pcapstream import PcapStream
 from probe.records import (
@@ -49,6 +50,7 @@ from probe.run import CaptureRun, FlowReader, Watermark, default_workers, read_c
 from probe.sources import MAX_DECOMPRESSED, ReadStatus, open_source
 
 __all__ = [
+    "LINK_ADDRESSES",
     "LOCAL_CLASSES",
     "MAX_DECOMPRESSED",
     "ORIG",
@@ -64,6 +66,7 @@ __all__ = [
     "FlowReader",
     "FlowRecord",
     "IcmpNotice",
+    "LinkAddresses",
     "Malformed",
     "MeterConfig",
     "MeterStats",
@@ -89,6 +92,7 @@ __all__ = [
     "default_workers",
     "ends",
     "is_local_class",
+    "link_address_offsets",
     "local_host",
     "local_is_orig",
     "open_source",

@@ -21,9 +21,10 @@ import numpy.typing as npt
 from probe.decode import KIND_FLOW, KIND_NONIP, Decoded
 from probe.flowkey import KEY_WIDTH, canonical_key
 from probe.layers import IcmpQuote, WeirdInfo
+from probe.linklayer import LINK_ADDRESSES
 from probe.plugins import PayloadPolicy, PayloadView
 from probe.records import TcpFlag
-from probe.sources import LinkType, RawBatch
+from probe.sources import RawBatch
 from probe.speed import out_of_band
 
 __all__ = ["Prepared", "capture_origin", "clock_steps", "origin_digest", "prepare",
@@ -134,9 +135,9 @@ def _be48(arr: npt.NDArray[np.uint8], idx: I64) -> U64:
 
 def group_l2(b: RawBatch, bi: I64, side: I64) -> U64:
     """The link-layer addresses of endpoints ``a`` and ``b`` (one row per packet ``bi``
-    of batch ``b``, sent by endpoint ``side``): Ethernet gives both (destination, then
-    source, IEEE 802.3 §3.1.1); Linux cooked captures give the sender's only (SLL v1 at
-    offset 6, SLL2 at 12, when the address length says 6). 0 stands for unknown."""
+    of batch ``b``, sent by endpoint ``side``), where the link header writes them
+    (:data:`probe.linklayer.LINK_ADDRESSES`): Ethernet gives both, Linux cooked captures
+    the sender's only. 0 stands for unknown."""
     out = np.zeros((len(bi), 2), dtype=np.uint64)
     if not len(bi) or not len(b.buf):
         return out
@@ -144,18 +145,19 @@ def group_l2(b: RawBatch, bi: I64, side: I64) -> U64:
     off, cap, lt = b.data_off[bi], b.caplen[bi], b.linktype[bi]
     src = np.zeros(len(bi), dtype=np.uint64)
     dst = np.zeros(len(bi), dtype=np.uint64)
-    eth = (lt == LinkType.ETHERNET) & (cap >= 14)
-    if eth.any():
-        dst = np.where(eth, _be48(arr, off), dst)
-        src = np.where(eth, _be48(arr, off + 6), src)
     top = max(len(arr) - 1, 0)
-    sll = (lt == LinkType.LINUX_SLL) & (cap >= 16)
-    if sll.any():
-        alen = (arr[np.minimum(off + 4, top)].astype(np.int64) << 8) | arr[np.minimum(off + 5, top)]
-        src = np.where(sll & (alen == 6), _be48(arr, off + 6), src)
-    sll2 = (lt == LinkType.LINUX_SLL2) & (cap >= 20)
-    if sll2.any():
-        src = np.where(sll2 & (arr[np.minimum(off + 11, top)] == 6), _be48(arr, off + 12), src)
+    for linktype, layout in LINK_ADDRESSES.items():
+        rows = (lt == linktype) & (cap >= layout.header_len)
+        if not rows.any():
+            continue
+        if layout.length_at is not None:
+            length = np.zeros(len(bi), dtype=np.int64)
+            for k in range(layout.length_width):
+                length = (length << 8) | arr[np.minimum(off + layout.length_at + k, top)]
+            rows &= length == 6
+        src = np.where(rows, _be48(arr, off + layout.src_at), src)
+        if layout.dst_at is not None:
+            dst = np.where(rows, _be48(arr, off + layout.dst_at), dst)
     from_a = side == 0
     out[:, 0] = np.where(from_a, src, dst)
     out[:, 1] = np.where(from_a, dst, src)

@@ -136,10 +136,9 @@ def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
     """The call's report for people (``marsad report --format``): what happened, its
     timeline, charts against the thresholds, reasons, hashes and how to verify; the
     frame numbers are those of the stored capture."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from api.document import build_document, render_html, render_markdown, render_pdf
     from api.evidence import policy_digest
+    from api.version import marsad_version
 
     row = _call(store, uid, capture)
     capture_row = store.capture(row["capture_id"])
@@ -148,12 +147,8 @@ def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
                             "the capture this call came from is no longer kept")
     with costly_slot(svc):  # the report re-analyses the capture
         result = jobs.analyse(capture_row.path)
-    try:
-        marsad = version("marsad")
-    except PackageNotFoundError:
-        marsad = "unknown"
     doc = build_document(result, lang=lang, capture_name=capture_row.filename, call_uid=uid,
-                         policy=jobs.policy, version=marsad,
+                         policy=jobs.policy, version=marsad_version(),
                          policy_sha256=policy_digest(jobs.policy))
     if format == "pdf":
         try:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, HTTPException, status
 
 from api.deps import StoreDep
 from api.schemas import ErrorOut, HealthOut
+from api.version import marsad_version
 
 __all__ = ["router"]
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
-
-
-def _version() -> str:
-    try:
-        return version("marsad")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @router.get("/healthz", response_model=HealthOut,
@@ -34,4 +27,4 @@ def healthz(store: StoreDep) -> HealthOut:
         log.warning("health check: store unreadable: %s", exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             "the store cannot be read") from exc
-    return HealthOut(status="ok", version=_version(), jobs=jobs)
+    return HealthOut(status="ok", version=marsad_version(), jobs=jobs)

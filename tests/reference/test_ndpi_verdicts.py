@@ -61,6 +61,6 @@ def test_non_ok_verdicts_match_the_checked_snapshot(path: Path) -> None:
     assert sorted(items, key=repr) == sorted(SNAPSHOT.get(path.name, []), key=repr)
     # An answered SIP call is never blocked.
     for c in r.analysis.calls:
-        answered = any(m.get("message") == "200" for m in c.setup.get("sip", []))
+        answered = any(m.message == "200" for m in c.setup.sip)
         if c.app == "sip" and answered:
             assert str(c.verdict.kind) != "blocked"

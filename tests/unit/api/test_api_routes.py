@@ -625,6 +625,29 @@ def test_healthz_and_openapi(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_every_part_states_one_version_when_the_package_is_not_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A source tree that was never installed: the OpenAPI document, /healthz and the
+    CLI name the same fallback version (they had three: ``0``, ``unknown``,
+    ``0+unknown``)."""
+    import importlib.metadata
+
+    from api.cli import main
+    from api.version import UNKNOWN
+
+    def absent(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", absent)
+    with TestClient(create_app(_settings(tmp_path), clock=lambda: NOW)) as c:
+        assert c.get("/healthz").json()["version"] == UNKNOWN
+        assert c.get("/openapi.json").json()["info"]["version"] == UNKNOWN
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"marsad {UNKNOWN}"
+
+
 def test_restart_reports_interrupted_jobs(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     from api.store import SqliteStore

@@ -46,16 +46,21 @@ def _udp(ts: float, src: str, sport: int, dst: str, dport: int, payload: bytes
     return ts, head + payload
 
 
-def test_invite_without_any_response_is_blocked(tmp_path: Path) -> None:
+def unanswered_invite(path: Path) -> Path:
+    """A capture of an INVITE sent four times in 3.5 s with no response at all, ending
+    6 s after the first, while a DNS exchange was answered."""
     pkts = [_udp(10.0 + t, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
             for t in (0.0, 0.5, 1.5, 3.5)]
     # Other traffic is answered: a DNS exchange.
     pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
              _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
              _udp(16.0, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
-    path = tmp_path / "invite.pcap"
     _pcap(path, sorted(pkts))
-    result = analyze_capture(path, workers=1)
+    return path
+
+
+def test_invite_without_any_response_is_blocked(tmp_path: Path) -> None:
+    result = analyze_capture(unanswered_invite(tmp_path / "invite.pcap"), workers=1)
     (call,) = [c for c in result.analysis.calls if c.app == "sip"]
     assert call.verdict.kind is VerdictKind.BLOCKED
     assert call.verdict.reasons[0] is Reason.SIP_UNANSWERED
