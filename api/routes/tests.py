@@ -46,7 +46,7 @@ _AUTH: dict[int | str, dict[str, Any]] = {
 
 def _invalid(field: str, message: str) -> HTTPException:
     """A 422 in the shape of FastAPI's own validation errors, naming the body field."""
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                          [{"loc": ["body", field], "msg": message, "type": "value_error"}])
 
 

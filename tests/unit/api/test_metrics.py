@@ -32,7 +32,8 @@ from api.metrics import (
 )
 from api.pipeline import AnalysisResult, analyze_capture
 from classifier.records import APPS, Category
-from policy.records import Reason, VerdictKind
+from policy import records
+from policy.records import Reason, Verdict, VerdictKind
 from probe.meter import MeterStats
 from tests.conftest import ROOT, need_tool
 
@@ -46,6 +47,7 @@ CLOSED: dict[str, frozenset[str]] = {
     "reason": frozenset(str(r) for r in Reason) | {"other"},
     "state": frozenset(JOB_STATES) | {"other"},
     "source": frozenset(SOURCES),
+    "kind": frozenset(str(k) for k in records.TestKind),
 }
 
 
@@ -378,7 +380,11 @@ def spec_series() -> set[str]:
 
 def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
     report = ProbeReport("eth0", True, 1.0, {})
-    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {}, probes=lambda: [report])
+    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {}, probes=lambda: [report],
+                   tests=lambda: {("replay", "whatsapp"): 1_700_000_000.0})
+    m.observe_test(records.TestResult(uid="T1", kind=records.TestKind.REPLAY, app="whatsapp",
+                              started_ts=1_700_000_000.0, duration_s=8.0,
+                              verdict=Verdict(VerdictKind.OK, (), ()), test_keys={}))
     m.observe_result(call)
     m.observe_result(blocked)
     m.observe_meter(call.stats)
