@@ -104,6 +104,7 @@ def _job_out(job: dict[str, object]) -> TestJobOut:
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TestJobOut,
              dependencies=[TokenDep],
              responses={**_AUTH,
+                        400: {"model": ErrorOut, "description": "The body cannot be parsed."},
                         429: {"model": ErrorOut, "description": "Too many tests waiting."},
                         503: {"model": ErrorOut, "description": "Tests are not enabled."}})
 def request_test(body: TestIn, response: Response, svc: ServicesDep,
