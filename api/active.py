@@ -81,6 +81,7 @@ __all__ = [
     "load_result",
     "record_test",
     "rejudge",
+    "render_test_html",
     "render_test_markdown",
     "result_from_dict",
     "run_test",
@@ -531,53 +532,157 @@ class TestJobs:
 
 # -- report and bundle ----------------------------------------------------------------------------
 
-_TEST_WORDS = {
-    TestKind.REPLAY: "replay of the app's call traffic against its controls (Wehe's method)",
-    TestKind.REACHABILITY: "reachability of the app's endpoints: DNS, TCP, TLS, STUN "
-                           "(OONI's method)",
+_LABELS: dict[str, dict[str, str]] = {
+    "en": {"title": "marsad active test {uid}", "test": "Test", "app": "App",
+           "started": "Started (UTC)", "duration": "Duration", "verdict": "Verdict",
+           "reasons": "Reasons", "capture": "Capture (SHA-256)",
+           "no_capture": "none: the measurement is the record", "evidence": "Evidence",
+           "rule": "rule", "files": "Files", "ledger": "Ledger",
+           "entry": "entry {seq} recorded {at}", "check": "How to check",
+           "check.bundle": "re-hashes every file against the manifest (and checks its "
+                           "signature)",
+           "check.verify": "checks the ledger's chain and re-judges the test's measurement "
+                           "(result.json test_keys)",
+           "check.packets": "shows the packets the test sent and received",
+           "kind.replay": "replay of the app's call traffic against its controls "
+                          "(Wehe's method)",
+           "kind.reachability": "reachability of the app's endpoints: DNS, TCP, TLS, STUN "
+                                "(OONI's method)"},
+    "fr": {"title": "Test actif marsad {uid}", "test": "Test", "app": "Application",
+           "started": "Début (UTC)", "duration": "Durée", "verdict": "Verdict",
+           "reasons": "Raisons", "capture": "Capture (SHA-256)",
+           "no_capture": "aucune : la mesure fait foi", "evidence": "Preuves",
+           "rule": "règle", "files": "Fichiers", "ledger": "Registre",
+           "entry": "entrée {seq} enregistrée le {at}", "check": "Comment vérifier",
+           "check.bundle": "recalcule l'empreinte de chaque fichier d'après le manifeste "
+                           "(et vérifie sa signature)",
+           "check.verify": "vérifie la chaîne du registre et rejuge la mesure du test "
+                           "(test_keys de result.json)",
+           "check.packets": "montre les paquets envoyés et reçus par le test",
+           "kind.replay": "rejeu du trafic d'appel de l'application face à ses témoins "
+                          "(méthode Wehe)",
+           "kind.reachability": "joignabilité des serveurs de l'application : DNS, TCP, "
+                                "TLS, STUN (méthode OONI)"},
+    "ar": {"title": "اختبار نشط من مرصد {uid}", "test": "الاختبار", "app": "التطبيق",
+           "started": "البداية (UTC)", "duration": "المدة", "verdict": "الحكم",
+           "reasons": "الأسباب", "capture": "الالتقاط (SHA-256)",
+           "no_capture": "لا يوجد: القياس هو السجل", "evidence": "الأدلة",
+           "rule": "القاعدة", "files": "الملفات", "ledger": "السجل",
+           "entry": "القيد {seq} المسجل في {at}", "check": "كيفية التحقق",
+           "check.bundle": "يعيد حساب بصمة كل ملف مقابل البيان (ويتحقق من توقيعه)",
+           "check.verify": "يتحقق من سلسلة السجل ويعيد الحكم على قياس الاختبار "
+                           "(test_keys في result.json)",
+           "check.packets": "يعرض الحزم التي أرسلها الاختبار واستقبلها",
+           "kind.replay": "إعادة تشغيل حركة مكالمات التطبيق مقابل نسخ ضابطة (طريقة Wehe)",
+           "kind.reachability": "إمكانية الوصول إلى خوادم التطبيق: DNS وTCP وTLS وSTUN "
+                                "(طريقة OONI)"},
 }
+"""The words of a test's report, per language of :data:`api.evidence.REPORT_LANGUAGES`."""
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def render_test_markdown(result: TestResult, *, files: Mapping[str, str] | None = None,
-                         entries: Sequence[LedgerEntry] = ()) -> str:
-    """A test's report for people, in English Markdown: what was tested, the verdict, its
-    reasons and figures, the files and ledger entries that back it, and how to check."""
+@dataclass(frozen=True, slots=True)
+class _Report:
+    title: str
+    facts: tuple[tuple[str, str], ...]
+    evidence: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    """(sentence, ((figure, value)...)) per piece of evidence."""
+    sections: tuple[tuple[str, tuple[str, ...]], ...]
+    """(heading, lines): files, ledger, how to check."""
+    verdict: str
+    lang: str
+
+
+def _report(result: TestResult, lang: str, files: Mapping[str, str] | None,
+            entries: Sequence[LedgerEntry]) -> _Report:
     from api.document import REASON_WORDS, VERDICT_WORDS
+    if lang not in _LABELS:
+        raise ValueError(f"no report language {lang!r}; one of {', '.join(_LABELS)}")
+    lb = _LABELS[lang]
     v = result.verdict
-    lines = [f"# marsad active test {result.uid}", "",
-             f"- Test: {result.kind} — {_TEST_WORDS[result.kind]}",
-             f"- App: {result.app}",
-             f"- Started: {_iso(result.started_ts)} ({result.duration_s:.1f} s)",
-             f"- Verdict: **{VERDICT_WORDS['en'].get(str(v.kind), str(v.kind))}** "
-             f"({v.kind})"]
+    facts = [(lb["test"], f"{result.kind}: {lb['kind.' + str(result.kind)]}"),
+             (lb["app"], result.app), (lb["started"], _iso(result.started_ts)),
+             (lb["duration"], f"{result.duration_s:.1f} s"),
+             (lb["verdict"], f"{VERDICT_WORDS[lang].get(str(v.kind), str(v.kind))} "
+                             f"({v.kind})")]
     if v.reasons:
-        lines.append("- Reasons: " + "; ".join(
-            f"{REASON_WORDS['en'].get(str(r), str(r))} ({r})" for r in v.reasons))
-    lines.append(f"- Capture: {result.capture_sha256 or 'none (the measurement is the record)'}")
-    if v.evidence:
-        lines += ["", "## Evidence", ""]
-        for e in v.evidence:
-            lines.append(f"- {e.reason} (rule {e.rule}): {e.text}")
-            for k, val in sorted(e.figures.items()):
-                lines.append(f"  - {k}: {json.dumps(_finite(val), ensure_ascii=False)}")
+        facts.append((lb["reasons"], "; ".join(
+            f"{REASON_WORDS[lang].get(str(r), str(r))} ({r})" for r in v.reasons)))
+    facts.append((lb["capture"], result.capture_sha256 or lb["no_capture"]))
+    evidence = tuple(
+        (f"{e.reason} ({lb['rule']} {e.rule}): {e.text}",
+         tuple((k, json.dumps(_finite(val), ensure_ascii=False))
+               for k, val in sorted(e.figures.items())))
+        for e in v.evidence)
+    sections: list[tuple[str, tuple[str, ...]]] = []
     if files:
-        lines += ["", "## Files", ""]
-        lines += [f"- {name}: SHA-256 {digest}" for name, digest in sorted(files.items())]
+        sections.append((lb["files"], tuple(f"{name}: {digest}"
+                                            for name, digest in sorted(files.items()))))
     if entries:
-        lines += ["", "## Ledger", ""]
-        lines += [f"- entry {e.seq} recorded {e.recorded_at}: {e.verdict} "
-                  f"{list(e.reasons)}, entry_hash {e.entry_hash}" for e in entries]
-    lines += ["", "## How to check", "",
-              "- `marsad evidence --check BUNDLE.zip` re-hashes every file against the "
-              "manifest (and checks its signature).",
-              "- `marsad verify LEDGER --capture test.pcap` checks the ledger's chain and "
-              "re-judges the test's measurement (result.json `test_keys`).",
-              "- `tshark -r test.pcap` shows the packets the test sent and received.", ""]
+        sections.append((lb["ledger"], tuple(
+            f"{lb['entry'].format(seq=e.seq, at=e.recorded_at)}: {e.verdict} "
+            f"{list(e.reasons)}, entry_hash {e.entry_hash}" for e in entries)))
+    sections.append((lb["check"], (
+        f"marsad evidence --check BUNDLE.zip — {lb['check.bundle']}",
+        f"marsad verify LEDGER --capture test.pcap — {lb['check.verify']}",
+        f"tshark -r test.pcap — {lb['check.packets']}")))
+    return _Report(lb["title"].format(uid=result.uid), tuple(facts), evidence,
+                   tuple(sections), str(v.kind), lang)
+
+
+def render_test_markdown(result: TestResult, *, lang: str = "en",
+                         files: Mapping[str, str] | None = None,
+                         entries: Sequence[LedgerEntry] = ()) -> str:
+    """A test's report for people, in Markdown (``lang``: en, fr or ar): what was tested,
+    the verdict, its reasons and figures, the files and ledger entries that back it, and
+    how to check them."""
+    r = _report(result, lang, files, entries)
+    lines = [f"# {r.title}", ""]
+    lines += [f"- {k}: **{val}**" if k == _LABELS[lang]["verdict"] else f"- {k}: {val}"
+              for k, val in r.facts]
+    if r.evidence:
+        lines += ["", f"## {_LABELS[lang]['evidence']}", ""]
+        for sentence, figures in r.evidence:
+            lines.append(f"- {sentence}")
+            lines += [f"  - `{k}`: {val}" for k, val in figures]
+    for heading, items in r.sections:
+        lines += ["", f"## {heading}", ""]
+        lines += [f"- {item}" for item in items]
+    lines.append("")
     return "\n".join(lines)
+
+
+def render_test_html(result: TestResult, *, lang: str = "en",
+                     files: Mapping[str, str] | None = None,
+                     entries: Sequence[LedgerEntry] = ()) -> str:
+    """The report of :func:`render_test_markdown` as one self-contained HTML page
+    (right to left in Arabic)."""
+    import html
+    r = _report(result, lang, files, entries)
+    e = html.escape
+    out = [f'<!DOCTYPE html>\n<html lang="{lang}" dir="{"rtl" if lang == "ar" else "ltr"}">'
+           f'<head><meta charset="utf-8"><title>{e(r.title)}</title></head><body>',
+           f"<h1>{e(r.title)}</h1>", "<table>"]
+    for k, val in r.facts:
+        cls = f' class="verdict-{e(r.verdict)}"' if k == _LABELS[lang]["verdict"] else ""
+        out.append(f"<tr><th>{e(k)}</th><td{cls}><bdi>{e(val)}</bdi></td></tr>")
+    out.append("</table>")
+    if r.evidence:
+        out.append(f"<h2>{e(_LABELS[lang]['evidence'])}</h2><ul>")
+        for sentence, figures in r.evidence:
+            out.append(f'<li><bdi>{e(sentence)}</bdi><ul dir="ltr">')
+            out += [f"<li><code>{e(k)}</code>: {e(val)}</li>" for k, val in figures]
+            out.append("</ul></li>")
+        out.append("</ul>")
+    for heading, items in r.sections:
+        out.append(f"<h2>{e(heading)}</h2><ul>")
+        out += [f"<li><bdi>{e(item)}</bdi></li>" for item in items]
+        out.append("</ul>")
+    out.append("</body></html>\n")
+    return "\n".join(out)
 
 
 def build_test_bundle(result: TestResult, *, ledger_entries: Iterable[LedgerEntry] | None = None,
@@ -585,10 +690,12 @@ def build_test_bundle(result: TestResult, *, ledger_entries: Iterable[LedgerEntr
                       signing_key: Any = None) -> bytes:
     """A zip of the evidence about one test: ``test.pcap`` (its own capture, when it took
     one; checked against the result's SHA-256), ``result.json``, ``ledger.json`` (its
-    entries, when given), ``report.en.md`` and ``manifest.json``; with ``signing_key``,
-    ``manifest.sig`` as for a call's bundle (:func:`api.evidence.check_bundle` reads
-    both kinds). Raises :class:`api.evidence.EvidenceError` when the capture is missing
-    or is not the one the result names."""
+    entries, when given), its report (``report.<lang>.html`` in English, French and
+    Arabic, and ``report.en.md``, citing the other files' SHA-256) and ``manifest.json``;
+    with ``signing_key``, ``manifest.sig`` as for a call's bundle
+    (:func:`api.evidence.check_bundle` reads both kinds). Raises
+    :class:`api.evidence.EvidenceError` when the capture is missing or is not the one
+    the result names."""
     from api.evidence import EvidenceError
     files: dict[str, bytes] = {}
     if result.capture is not None or result.capture_sha256 is not None:
@@ -609,6 +716,9 @@ def build_test_bundle(result: TestResult, *, ledger_entries: Iterable[LedgerEntr
     if ledger_entries is not None:
         files["ledger.json"] = _json_bytes([e.to_dict() for e in entries])
     digests = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+    for lang in _LABELS:
+        files[f"report.{lang}.html"] = render_test_html(result, lang=lang, files=digests,
+                                                        entries=entries).encode()
     files["report.en.md"] = render_test_markdown(result, files=digests,
                                                  entries=entries).encode()
     created = clock()

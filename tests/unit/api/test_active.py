@@ -193,13 +193,19 @@ def test_bundle_holds_the_test_and_checks(tmp_path: Path, ledger: Ledger) -> Non
     with zipfile.ZipFile(__import__("io").BytesIO(data)) as z:
         names = set(z.namelist())
         assert names == {"test.pcap", "result.json", "ledger.json", "report.en.md",
+                         "report.en.html", "report.fr.html", "report.ar.html",
                          "manifest.json", "manifest.sig"}
+        fr = z.read("report.fr.html").decode()
+        assert "bloqué" in fr and "connexion refusée par une réinitialisation" in fr
+        ar = z.read("report.ar.html").decode()
+        assert '<html lang="ar" dir="rtl">' in ar and "محجوبة" in ar
+        assert hashlib.sha256(z.read("test.pcap")).hexdigest() in ar
         assert z.read("test.pcap") == Path(str(result.capture)).read_bytes()
         assert json.loads(z.read("ledger.json")) == [entry.to_dict()]
         doc = json.loads(z.read("result.json"))
         assert doc["uid"] == result.uid and doc["capture"] == "test.pcap"
         report = z.read("report.en.md").decode()
-        assert "**blocked**" in report and "tcp-reset" in report
+        assert "- Verdict: **blocked (blocked)**" in report and "tcp-reset" in report
         assert entry.entry_hash in report
         assert hashlib.sha256(z.read("test.pcap")).hexdigest() in report
         manifest = json.loads(z.read("manifest.json"))

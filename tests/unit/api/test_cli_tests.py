@@ -73,7 +73,7 @@ def test_report_of_a_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     result, path, _ = written(tmp_path)
     code, out, _ = run(capsys, "report", "--test", str(path))
     assert code == 0
-    assert f"# marsad active test {result.uid}" in out and "**blocked**" in out
+    assert f"# marsad active test {result.uid}" in out and "**blocked (blocked)**" in out
     assert "connection refused by a reset (tcp-reset)" in out
     code, out, _ = run(capsys, "report", "--test", str(path), "--json")
     assert code == 0 and json.loads(out)["tests"][0]["uid"] == result.uid
