@@ -77,6 +77,7 @@ __all__ = [
     "bundle_name_for_test",
     "deriver_with_tests",
     "entry_capture_sha256",
+    "from_plain",
     "is_test_entry",
     "load_result",
     "record_test",
@@ -186,7 +187,7 @@ def is_test_entry(entry: LedgerEntry) -> bool:
             and ev.get("kind") in {k.value for k in TestKind})
 
 
-def _rebuild(tp: Any, value: Any) -> Any:
+def from_plain(tp: Any, value: Any) -> Any:
     """``value`` (plain JSON) as type ``tp``: dataclasses field by field, tuples,
     enums, optionals. Raises TypeError/ValueError/KeyError when it does not fit."""
     origin = typing.get_origin(tp)
@@ -198,7 +199,7 @@ def _rebuild(tp: Any, value: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _rebuild(arg, value)
+                return from_plain(arg, value)
             except (TypeError, ValueError, KeyError):
                 continue
         raise TypeError(f"{value!r} fits none of {tp}")
@@ -207,10 +208,10 @@ def _rebuild(tp: Any, value: Any) -> Any:
         if not isinstance(value, list | tuple):
             raise TypeError(f"expected a list for {tp}, got {type(value).__name__}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_rebuild(args[0], v) for v in value)
+            return tuple(from_plain(args[0], v) for v in value)
         if len(args) != len(value):
             raise ValueError(f"expected {len(args)} items for {tp}")
-        return tuple(_rebuild(a, v) for a, v in zip(args, value, strict=True))
+        return tuple(from_plain(a, v) for a, v in zip(args, value, strict=True))
     if origin is dict:
         if not isinstance(value, dict):
             raise TypeError(f"expected an object for {tp}")
@@ -222,7 +223,7 @@ def _rebuild(tp: Any, value: Any) -> Any:
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name in value:
-                kwargs[f.name] = _rebuild(hints[f.name], value[f.name])
+                kwargs[f.name] = from_plain(hints[f.name], value[f.name])
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise KeyError(f.name)
         return tp(**kwargs)
@@ -256,7 +257,7 @@ def rejudge(kind: TestKind, test_keys: Mapping[str, Any], policy: Policy) -> Ver
     for candidate in (test_keys.get("measurement"), test_keys):
         if isinstance(candidate, Mapping):
             try:
-                measurement = _rebuild(cls, dict(candidate))
+                measurement = from_plain(cls, dict(candidate))
                 break
             except (TypeError, ValueError, KeyError):
                 continue

@@ -237,3 +237,33 @@ def test_metrics_count_tests_and_read_the_latest(tmp_path: Path) -> None:
     names = {s.labels.get("kind") for fam in reg.collect() for s in fam.samples
              if s.name.startswith("marsad_test_")}
     assert names == {"reachability", "replay"}  # an unknown kind makes no series
+
+
+def test_a_replay_measurement_rebuilds_from_its_json() -> None:
+    # What re-judging a replay test reads back: the measurement as plain JSON, whole.
+    from probe.active.records import (
+        Interval,
+        ReplayKind,
+        ReplayMeasurement,
+        ReplayRun,
+        Series,
+    )
+
+    def series(direction: str, lost: int) -> Series:
+        return Series(direction, 0.5, tuple(
+            Interval(i * 0.5, 50, 6000, 50 - lost, 6000 - 120 * lost, lost,
+                     None if lost == 50 else 1.5 + i, None if lost == 50 else 0.4)
+            for i in range(3)))
+
+    runs = tuple(ReplayRun(kind, "udp", ("192.0.2.10", 40000 + n), ("198.51.100.20", 3478),
+                           1_700_000_000.0 + n * 10, 1.5, series("up", 0),
+                           series("down", 50 if kind is ReplayKind.ORIGINAL else 2),
+                           kind is not ReplayKind.ORIGINAL,
+                           None if kind is not ReplayKind.ORIGINAL else "generic_timeout_error")
+                 for n, kind in enumerate(ReplayKind))
+    m = ReplayMeasurement("whatsapp", "whatsapp.pcap@" + "ab" * 32, 1_700_000_000.0, runs)
+    plain = json.loads(json.dumps(dataclasses.asdict(m)))
+    assert active.from_plain(ReplayMeasurement, plain) == m
+    plain["runs"][0]["kind"] = "mirrored"  # not a ReplayKind
+    with pytest.raises(ValueError):
+        active.from_plain(ReplayMeasurement, plain)
