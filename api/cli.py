@@ -557,7 +557,8 @@ def _run_verify(args: argparse.Namespace) -> int:
             "problems": [{"seq": p.seq, "kind": p.kind.name.lower(),
                           "what": PROBLEM_WORDS.get(p.kind.name, p.kind.name.lower()),
                           "detail": p.detail} for p in report.problems],
-            "captures_checked": [{"sha256": s, "file": shas[s]} for s in
+            # an active test without a capture is re-judged from its measurement: no file
+            "captures_checked": [{"sha256": s, "file": shas.get(s)} for s in
                                  report.captures_checked],
             "captures_unavailable": list(report.captures_unavailable),
             "captures_without_entries": unused}))
@@ -568,7 +569,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         for line in iter_problem_lines(report):
             print(f"  {line}")
         for s in report.captures_checked:
-            print(f"  re-derived from {shas[s]} ({s[:16]})")
+            print(f"  re-derived from {shas.get(s, 'a test measurement')} ({s[:16]})")
         if report.captures_unavailable:
             print(f"  not checked against packets: entries of {len(report.captures_unavailable)}"
                   f" capture(s) not given with --capture")

@@ -92,3 +92,20 @@ def test_verify_rejudges_the_test(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, out, _ = run(capsys, "verify", str(ledger), "--capture", str(result.capture))
     assert code == 0, out
     assert "no problems" in out and f"re-derived from {result.capture}" in out
+
+
+def test_verify_rejudges_a_test_without_capture(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "policy.reach", judge_module())
+    result = measure(tmp_path, capture=False)
+    ledger = tmp_path / "ledger.db"
+    with Ledger(ledger, clock=time.time) as led:
+        entry = record_test(result, ledger=led)
+    code, out, _ = run(capsys, "verify", str(ledger))
+    assert code == 0, out
+    assert f"re-derived from a test measurement ({entry.capture_sha256[:16]})" in out
+    code, out, _ = run(capsys, "verify", str(ledger), "--json")
+    assert code == 0
+    assert json.loads(out)["captures_checked"] == [{"sha256": entry.capture_sha256,
+                                                    "file": None}]
