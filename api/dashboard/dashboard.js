@@ -582,7 +582,9 @@
         el("td", {}, reasonList(test)),
         el("td", {}, evidenceList(test), figureList(test)),
         el("td", {}, el("div", { class: "links" }, test.capture_kept || !test.capture_sha256
-          ? testBundleLink(test) : el("span", { text: "—" })))));
+          ? testBundleLink(test) : el("span", { text: "—" }),
+        el("a", { class: "report-link", text: t("test_report"),
+          href: "/v1/tests/" + encodeURIComponent(test.uid) + "/report?lang=" + state.lang })))));
     }
     labelCells(rows);
     $("tests-empty").hidden = page.items.length > 0;

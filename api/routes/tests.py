@@ -26,6 +26,8 @@ from api.active import (
     TestRequest,
     build_test_bundle,
     bundle_name_for_test,
+    render_test_html,
+    render_test_markdown,
     result_from_dict,
 )
 from api.config import Settings
@@ -164,6 +166,31 @@ def get_test(uid: str, store: StoreDep) -> TestOut:
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no test {uid}")
     return active_test_out(row)
+
+
+@router.get("/{uid}/report", response_class=Response,
+            responses={200: {"content": {"text/html": {}, "text/markdown": {}},
+                             "description": "The test's report for people."},
+                       404: {"model": ErrorOut, "description": "No such test."}})
+def get_test_report(
+    uid: str, store: StoreDep, ledger: LedgerDep,
+    format: Annotated[Literal["html", "md"], Query(
+        description="html or md (Markdown).")] = "html",
+    lang: Annotated[Literal["en", "fr", "ar"], Query(description="en, fr or ar.")] = "en",
+) -> Response:
+    """The test's report for people (``marsad report --test``): what was tested, the
+    verdict, its reasons and figures, its ledger entry and how to check them."""
+    row = store.test(uid)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no test {uid}")
+    result = result_from_dict(row.result)
+    entries = [] if row.ledger_seq is None else [
+        e for e in ledger.entries(start=row.ledger_seq, limit=1) if e.subject_uid == uid]
+    if format == "md":
+        return Response(render_test_markdown(result, lang=lang, entries=entries),
+                        media_type="text/markdown; charset=utf-8")
+    return Response(render_test_html(result, lang=lang, entries=entries),
+                    media_type="text/html; charset=utf-8")
 
 
 @router.get("/{uid}/evidence", dependencies=[TokenDep], response_class=Response,

@@ -205,6 +205,7 @@ def test_tests_panel_in_chromium(tmp_path: Path) -> None:
         assert result.verdict.evidence[0].text in cells
         assert '<code>refused</code> ["mmg.whatsapp.net"]' in cells
         assert f'href="/v1/tests/{result.uid}/evidence"' in cells
+        assert f'href="/v1/tests/{result.uid}/report?lang=en"' in cells
         dom_ar = _chromium(profile, srv.base + "/?lang=ar", "--dump-dom").stdout
         assert "الاختبارات النشطة" in dom_ar and "إمكانية الوصول (DNS وTCP وTLS وSTUN)" in dom_ar
     finally:

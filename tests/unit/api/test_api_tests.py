@@ -144,6 +144,14 @@ def test_a_test_runs_is_recorded_and_served(client: TestClient, recorder: Record
     assert check_bundle(bundle.content).ok
     with zipfile.ZipFile(io.BytesIO(bundle.content)) as z:
         assert z.read("test.pcap") == Path(services.store.test(uid).capture_path).read_bytes()
+    # Its report, in each language and both formats.
+    fr = client.get(f"/v1/tests/{uid}/report", params={"lang": "fr"})
+    assert fr.status_code == 200 and fr.headers["content-type"].startswith("text/html")
+    assert "bloqué" in fr.text and entry.entry_hash in fr.text
+    md = client.get(f"/v1/tests/{uid}/report", params={"format": "md", "lang": "ar"})
+    assert md.headers["content-type"].startswith("text/markdown") and "محجوبة" in md.text
+    assert client.get(f"/v1/tests/{uid}/report", params={"lang": "de"}).status_code == 422
+    assert client.get("/v1/tests/nope/report").status_code == 404
     # The metrics.
     text = client.get("/metrics").text
     assert ('marsad_test_finished_total{app="whatsapp",kind="reachability",'
