@@ -543,11 +543,12 @@ def test_dashboard_uses_only_exposed_series() -> None:
         used |= metrics
         # every traffic series is picked by the $probe variable (the probe label the
         # service gives each probe's series), and those with an app by $app; the service's
-        # jobs and the processes' own series (by instance) are not a probe's
+        # jobs and active tests and the processes' own series (by instance) are not a probe's
         for selector in re.findall(r"(marsad_\w+|process_\w+)(\{[^}]*\})?",
                                    "" if title == "probe" else expr):
             if selector[0].startswith("process_") or selector[0] in (
-                    "marsad_analysis_jobs", "marsad_build_info"):
+                    "marsad_analysis_jobs", "marsad_build_info",
+                    "marsad_test_finished_total", "marsad_test_last_timestamp_seconds"):
                 assert "$probe" not in selector[1], (title, selector)
                 continue
             assert 'probe=~"$probe"' in selector[1], (title, selector)
