@@ -558,7 +558,8 @@ def _run_verify(args: argparse.Namespace) -> int:
             "problems": [{"seq": p.seq, "kind": p.kind.name.lower(),
                           "what": PROBLEM_WORDS.get(p.kind.name, p.kind.name.lower()),
                           "detail": p.detail} for p in report.problems],
-            "captures_checked": [{"sha256": s, "file": shas[s]} for s in
+            # an active test without a capture is re-judged from its measurement: no file
+            "captures_checked": [{"sha256": s, "file": shas.get(s)} for s in
                                  report.captures_checked],
             "captures_unavailable": list(report.captures_unavailable),
             "captures_without_entries": unused}))
@@ -569,7 +570,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         for line in iter_problem_lines(report):
             print(f"  {line}")
         for s in report.captures_checked:
-            print(f"  re-derived from {shas[s]} ({s[:16]})")
+            print(f"  re-derived from {shas.get(s, 'a test measurement')} ({s[:16]})")
         if report.captures_unavailable:
             print(f"  not checked against packets: entries of {len(report.captures_unavailable)}"
                   f" capture(s) not given with --capture")
@@ -590,6 +591,8 @@ def _run_evidence(args: argparse.Namespace) -> int:
     )
     from api.pipeline import analyze_capture
     from policy.rules import load_policy
+    if args.test is not None and args.check is None:
+        return _test_evidence(args)
     if args.check is not None:
         try:
             trusted = None if args.public_key is None else load_public_key(args.public_key)
@@ -640,6 +643,58 @@ def _run_evidence(args: argparse.Namespace) -> int:
     return _result_status(result)
 
 
+def _test_evidence(args: argparse.Namespace) -> int:
+    """``marsad evidence --test RESULT.json``: the bundle of an active test (its capture,
+    result, ledger entries, report), signed with ``--sign``."""
+    from api.active import build_test_bundle, bundle_name_for_test, load_result
+    from api.evidence import EvidenceError, load_signing_key
+    if args.uid is not None or args.capture is not None or args.anonymize:
+        print("marsad evidence: --test takes no CALL_UID, --capture or --anonymize (a test's "
+              "bundle holds its own capture, not anonymised)", file=sys.stderr)
+        return EXIT_UNREADABLE
+    with _reported(errors=(EvidenceError, OSError, ValueError)) as failed:
+        result = load_result(args.test)
+        entries = None
+        if args.ledger is not None:
+            with _open_ledger(args.ledger, must_exist=True) as ledger:
+                entries = ledger.entries()
+        signing = None if args.sign is None else load_signing_key(args.sign)
+        data = build_test_bundle(result, ledger_entries=entries, signing_key=signing)
+        if args.out is None or os.path.isdir(args.out):
+            args.out = os.path.join(args.out or ".", bundle_name_for_test(result))
+        tmp = f"{args.out}.part"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, args.out)
+    if failed.code is not None:
+        return failed.code
+    print(f"marsad: wrote {args.out} ({len(data)} bytes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _test_reports(args: argparse.Namespace) -> int:
+    """``marsad report --test RESULT.json...``: each active test's report (Markdown, or
+    the results as JSON with ``--json``). Exit 2 if a result could not be read."""
+    from api.active import load_result, render_test_markdown
+    if args.format not in (None, "md"):
+        print("marsad report: an active test's report is Markdown (--format md) or --json",
+              file=sys.stderr)
+        return EXIT_UNREADABLE
+    code = EXIT_OK
+    results = []
+    for path in args.test:
+        try:
+            results.append(load_result(path))
+        except (OSError, ValueError) as exc:
+            print(f"marsad: {path}: {exc}", file=sys.stderr)
+            code = EXIT_UNREADABLE
+    if args.json:
+        sys.stdout.write(dumps({"tests": [r.to_dict() for r in results]}) + "\n")
+    else:
+        sys.stdout.write("\n".join(render_test_markdown(r) for r in results))
+    return code
+
+
 def _run_report(args: argparse.Namespace) -> int:
     """``marsad report``: calls and interfered flows of each capture, for people (or as
     JSON). Exit status: 2 if a capture could not be read (the others are still
@@ -647,6 +702,14 @@ def _run_report(args: argparse.Namespace) -> int:
     from api.pipeline import analyze_capture
     from api.report import build_report, render_rich, render_text, report_json
     from policy.rules import load_policy
+    if args.test:
+        if args.capture:
+            print("marsad report: give captures or --test results, not both", file=sys.stderr)
+            return EXIT_UNREADABLE
+        return _test_reports(args)
+    if not args.capture:
+        print("marsad report: a capture (or --test RESULT.json) is required", file=sys.stderr)
+        return EXIT_UNREADABLE
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
@@ -910,10 +973,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--public-key", metavar="PUB.pem",
                    help="with --check: the signer's public key (PEM) the bundle must be "
                         "signed with")
+    e.add_argument("--test", metavar="RESULT.json",
+                   help="write the bundle of an active test instead (the result file a "
+                        "'marsad test' run wrote, its capture beside it)")
     e.set_defaults(func=_run_evidence)
     rp = sub.add_parser("report", help="a human summary of captures' calls and verdicts")
-    rp.add_argument("capture", nargs="+",
+    rp.add_argument("capture", nargs="*",
                     help="pcap or pcapng files (gzip allowed), or - for stdin")
+    rp.add_argument("--test", action="append", metavar="RESULT.json",
+                    help="report an active test from the result file it wrote (repeatable)")
     rp.add_argument("--only", choices=("interfered", "not-ok"),
                     help="show only calls and flows the network interfered with (blocked, "
                          "throttled), or all but the ok ones")

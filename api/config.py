@@ -16,13 +16,30 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["TOKEN_FILE", "Settings"]
+__all__ = ["TOKEN_FILE", "ReplayServer", "Settings"]
 
 TOKEN_FILE = "api-token"
 """Name of the file, in the data directory, holding the generated API token."""
+
+
+class ReplayServer(BaseModel):
+    """A replay server (``marsad replay-server``) the service may run replay tests against.
+
+    ``MARSAD_REPLAY_SERVERS`` holds a JSON list of them, e.g.
+    ``[{"name": "lab", "host": "192.0.2.7", "port": 5201,
+    "token_file": "/etc/marsad/replay-lab.token"}]``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """What a test request names it by."""
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    token_file: Path
+    """File holding the client token the server expects (read when a test starts; never
+    served nor logged)."""
 
 
 class Settings(BaseSettings):
@@ -72,6 +89,17 @@ class Settings(BaseSettings):
     """Key passed to the evidence bundle builder to pseudonymise addresses."""
     preload: tuple[Path, ...] = ()
     """Captures analysed when the service starts (copied into the data directory)."""
+    replay_servers: tuple[ReplayServer, ...] = ()
+    """The replay servers ``POST /v1/tests`` may test against; there is no built-in one, so
+    without any the service refuses replay tests."""
+    test_resolvers: tuple[str, ...] = ()
+    """DNS resolvers (IP addresses) a reachability test may name; without any a test
+    uses the system's resolver only."""
+    tests_max_queued: int = Field(default=8, ge=1, le=64)
+    """Active tests that may wait for the one running; more get 429."""
+    retention_max_tests: int | None = Field(default=1000, gt=0)
+    """At most this many active tests (with their captures) are kept, newest first; tests
+    older than ``retention_days`` are deleted too. Their ledger entries stay."""
 
     @property
     def store_path(self) -> Path:
@@ -87,6 +115,11 @@ class Settings(BaseSettings):
     def captures_dir(self) -> Path:
         """Where uploaded captures are kept while their results are."""
         return self.data_dir / "captures"
+
+    @property
+    def tests_dir(self) -> Path:
+        """Where active tests write their captures and results."""
+        return self.data_dir / "tests"
 
     @property
     def token_path(self) -> Path:

@@ -26,6 +26,7 @@ from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator, WithJsonSchema
 
+from api.active import TestJobs
 from api.config import Settings
 from api.jobs import Jobs
 from api.store import Query as ListQuery
@@ -73,6 +74,8 @@ class Services:
     costly: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(1))
     """Slots for requests that re-analyse stored captures (``costly_concurrency``)."""
+    tests: TestJobs | None = None
+    """Active tests requested through the API (None: not enabled)."""
 
 
 def services(request: Request) -> Services:

@@ -10,7 +10,9 @@ Recording
 
 Verification
     :func:`verify_ledger` walks the chain and, for the captures it is given
-    (matched by SHA-256), re-derives each stored verdict from the packets.
+    (matched by SHA-256), re-derives each stored verdict from the packets; an active
+    test's entry is re-judged from its stored measurement
+    (:func:`api.active.deriver_with_tests`).
 
 Bundles
     :func:`build_bundle` writes a zip holding the subject's packets cut from the
@@ -249,7 +251,11 @@ def verify_ledger(ledger: Ledger, captures: Sequence[str | Path] = (), *,
         path = by_sha.get(sha)
         return None if path is None else derivations(run(path))
 
-    return ledger.verify(derive, anchor=anchor)
+    # Active tests' entries are re-judged from their measurement (api.active).
+    from api.active import deriver_with_tests
+    return ledger.verify(deriver_with_tests(ledger, policy or load_policy(),
+                                            capture_path=by_sha.get, fallback=derive),
+                         anchor=anchor)
 
 
 # -- anonymisation --------------------------------------------------------------------------------

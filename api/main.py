@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 
+from api.active import Runner, TestJobs
 from api.config import Settings
 from api.deps import Services, require_token
 from api.jobs import Jobs
@@ -28,7 +29,7 @@ from api.metrics import (
     metrics_payload,
     read_probe_reports,
 )
-from api.routes import calls, captures, dashboard, docs, flows, health, ledger, probe
+from api.routes import calls, captures, dashboard, docs, flows, health, ledger, probe, tests
 from api.store import open_store
 from api.version import marsad_version
 from policy.ledger import Ledger
@@ -40,8 +41,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, *,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               clock: Callable[[], float] = time.time,
+               test_runner: Runner | None = None) -> FastAPI:
     """The service's app for ``settings`` (default: from the environment).
+
+    ``test_runner`` runs the active tests ``POST /v1/tests`` requests (default:
+    :func:`api.active.run_test`, the project's replay and reachability runners).
 
     Raises :class:`~policy.errors.PolicyError` for a bad policy file,
     :class:`~api.store.StoreError` for an unusable store, and, for a capture to preload,
@@ -57,6 +62,8 @@ def create_app(settings: Settings | None = None, *,
         store.close()
         raise
     interrupted = store.interrupt_unfinished()
+    if store.interrupt_unfinished_tests():
+        log.warning("test jobs left unfinished by an earlier run marked interrupted")
     if interrupted:
         log.warning("%d analysis job(s) left unfinished by an earlier run marked interrupted",
                     len(interrupted))
@@ -75,25 +82,34 @@ def create_app(settings: Settings | None = None, *,
                 max_decompressed_bytes=settings.max_decompressed_bytes,
                 retention=(max_age_s, settings.retention_max_captures), clock=clock,
                 executor=executor)
+    test_jobs = TestJobs(store, led, tests_dir=settings.tests_dir, policy=policy,
+                         runner=test_runner, max_queued=settings.tests_max_queued,
+                         retention=(max_age_s, settings.retention_max_tests), clock=clock)
     services = Services(settings=settings, store=store, ledger=led, jobs=jobs,
                         token=settings.token(), clock=clock,
-                        costly=threading.BoundedSemaphore(settings.costly_concurrency))
+                        costly=threading.BoundedSemaphore(settings.costly_concurrency),
+                        tests=test_jobs)
     # Prometheus: a registry per app, fed by every stored analysis, read at scrape time,
     # with the series of the live probes that report to the data directory.
     registry = CollectorRegistry()
     data_dir = settings.data_dir
     metrics = MarsadMetrics(registry, jobs=store.job_counts,
-                            probes=lambda: read_probe_reports(data_dir, clock()), clock=clock)
+                            probes=lambda: read_probe_reports(data_dir, clock()), clock=clock,
+                            tests=store.test_latest)
     add_process_collectors(registry, marsad_version())
     jobs.add_listener(metrics.observe_result)
+    test_jobs.add_listener(metrics.observe_test)
 
     def close() -> None:
+        test_jobs.shutdown()
+        store.interrupt_unfinished_tests()
         jobs.shutdown()
         led.close()
         store.close()
 
     try:
         jobs.prune()
+        test_jobs.prune()
         if settings.datasets:
             from api.archive import register_dataset
             for out in settings.datasets:
@@ -135,7 +151,7 @@ def create_app(settings: Settings | None = None, *,
     app.include_router(dashboard.page_router)
     app.include_router(captures.router, dependencies=reads)
     for router in (flows.router, calls.router, ledger.router, probe.router,
-                   dashboard.stats_router):
+                   dashboard.stats_router, tests.router):
         app.include_router(router, dependencies=reads)
 
     @app.exception_handler(Exception)

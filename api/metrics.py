@@ -54,6 +54,11 @@ Series (see :data:`SPECS` for the full list with help texts):
 * ``marsad_analysis_jobs`` {state}: analysis jobs by state, from a callable.
 * ``marsad_probe_up``, ``marsad_probe_report_age_seconds`` {probe}: whether each live
   probe on the service's data directory reports on time (the service only).
+* ``marsad_test_finished_total`` {kind, app, verdict}: active tests the service ran and
+  recorded (``observe_test``), ``kind`` one of :class:`~policy.records.TestKind`.
+* ``marsad_test_last_timestamp_seconds`` {kind, app}: start time of the latest stored
+  active test of each kind and app, read from a callable at scrape time (the service's
+  store: it survives a restart).
 
 Live probes and the service: one metrics story
 ----------------------------------------------
@@ -111,7 +116,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.probe_status import write_json_atomic
 from classifier.records import APPS, Category, Classification
-from policy.records import Call, FlowVerdict, Reason, VerdictKind
+from policy.records import Call, FlowVerdict, Reason, TestKind, TestResult, VerdictKind
 from probe import FlowRecord, MeterStats
 
 if TYPE_CHECKING:
@@ -134,6 +139,7 @@ __all__ = [
     "add_process_collectors",
     "app_label",
     "category_label",
+    "kind_label",
     "metrics_app",
     "metrics_payload",
     "probe_label",
@@ -174,6 +180,7 @@ _APP_SET = frozenset(APPS)
 _CATEGORIES = frozenset(str(c) for c in Category)
 _VERDICTS = frozenset(str(v) for v in VerdictKind)
 _REASONS = frozenset(str(r) for r in Reason)
+_TEST_KINDS = frozenset(str(k) for k in TestKind)
 _SEEN_CALLS = 100_000
 """How many call uids are remembered to count each call once."""
 
@@ -260,6 +267,10 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
           "1 while a live probe on the service's data directory reports on time, else 0."),
     _spec("marsad_probe_report_age_seconds", Kind.GAUGE, "seconds", ("probe",),
           "Wall-clock seconds since a live probe on the data directory last reported."),
+    _spec("marsad_test_finished_total", Kind.COUNTER, "", ("kind", "app", "verdict"),
+          "Active tests (replay, reachability) run and recorded, by verdict."),
+    _spec("marsad_test_last_timestamp_seconds", Kind.GAUGE, "seconds", ("kind", "app"),
+          "Start time (seconds since the epoch) of the latest stored active test."),
 )}
 """Every metric family the collector exposes, by name."""
 
@@ -293,6 +304,13 @@ def reason_label(reason: object) -> str:
     return value if value in _REASONS else OTHER
 
 
+def kind_label(kind: object) -> str | None:
+    """The ``kind`` label: one of :class:`TestKind`, else None (the sample is dropped:
+    a test kind has no fallback value)."""
+    value = str(kind)
+    return value if value in _TEST_KINDS else None
+
+
 def state_label(state: object) -> str:
     """The ``state`` label: one of :data:`JOB_STATES`, else ``other``."""
     value = str(state)
@@ -312,7 +330,8 @@ _LIVE_GAUGES = frozenset({"marsad_flow_rate_bytes_per_second", "marsad_probe_act
                           "marsad_capture_processing_lag_seconds"})
 """Gauges that say what a probe sees now: left out once it stops reporting."""
 _REPORTED = frozenset(SPECS) - {"marsad_analysis_jobs", "marsad_probe_up",
-                                "marsad_probe_report_age_seconds"}
+                                "marsad_probe_report_age_seconds", "marsad_test_finished_total",
+                                "marsad_test_last_timestamp_seconds"}
 """What a probe's report may hold: every series but the service's own."""
 _SUFFIXES = {Kind.COUNTER: ("_total",), Kind.GAUGE: ("",),
              Kind.HISTOGRAM: ("_bucket", "_count", "_sum")}
@@ -512,6 +531,8 @@ class MarsadMetrics:
     ``probes``: returns the reports of the live probes whose series are exposed too,
     each labelled ``probe`` (the service: :func:`read_probe_reports` of its data
     directory).
+    ``tests``: returns the start time of the latest stored active test per (kind, app)
+    (the service: :meth:`api.store.Store.test_latest`).
     ``clock``: wall clock, for the processing lag.
     ``rate_window_s``: how many seconds of capture time the byte rate covers.
 
@@ -523,6 +544,7 @@ class MarsadMetrics:
                  active_flows: Callable[[], int] | None = None,
                  jobs: Callable[[], Mapping[str, int]] | None = None,
                  probes: Callable[[], Sequence[ProbeReport]] | None = None,
+                 tests: Callable[[], Mapping[tuple[str, str], float]] | None = None,
                  clock: Callable[[], float] = time.time,
                  rate_window_s: int = 10) -> None:
         if rate_window_s < 1:
@@ -530,6 +552,7 @@ class MarsadMetrics:
         self._active_flows = active_flows
         self._jobs = jobs
         self._probes = probes
+        self._tests = tests
         self._clock = clock
         self._window = rate_window_s
         self._lock = threading.Lock()
@@ -566,6 +589,15 @@ class MarsadMetrics:
             self._inc("marsad_capture_received_packets_total", (CAPTURE,),
                       result.stats.packets)
             self._inc("marsad_capture_weird_packets_total", (CAPTURE,), result.stats.weird)
+
+    def observe_test(self, result: TestResult) -> None:
+        """Count a recorded active test by kind, app and verdict."""
+        kind = kind_label(result.kind)
+        if kind is None:
+            return
+        with self._lock:
+            self._inc("marsad_test_finished_total",
+                      (kind, app_label(result.app), verdict_label(result.verdict.kind)))
 
     def observe_flows(self, flows: Sequence[FlowRecord],
                       classes: Sequence[Classification]) -> None:
@@ -746,6 +778,12 @@ class MarsadMetrics:
         """This object's own samples, per spec, in the order of :data:`SPECS`."""
         active = self._active_flows() if self._active_flows is not None else None
         jobs = dict(self._jobs()) if self._jobs is not None else None
+        latest: dict[tuple[str, str], float] = {}
+        for (kind, app), ts in (self._tests() if self._tests is not None else {}).items():
+            kind_value = kind_label(kind)
+            if kind_value is not None and math.isfinite(ts):
+                series = (kind_value, app_label(app))
+                latest[series] = max(ts, latest.get(series, ts))
         with self._lock:
             counters = {name: dict(series) for name, series in self._counters.items()}
             for name, running in (("marsad_capture_received_packets_total", self._received),
@@ -768,6 +806,7 @@ class MarsadMetrics:
             "marsad_flow_rate_bytes_per_second": [((app,), rate) for app, rate in rates],
             "marsad_probe_active_flows": [] if active is None else [((), active)],
             "marsad_capture_processing_lag_seconds": [] if lag is None else [((), lag)],
+            "marsad_test_last_timestamp_seconds": sorted(latest.items()),
         }
         if jobs is not None:
             by_state = dict.fromkeys(JOB_STATES, 0)

@@ -8,12 +8,13 @@ columns (``sni``, ``ja4``, a SIP ``call_id``...) before this file names them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.probe_status import ProbeStatus
-from api.store import CaptureRow, JobState
+from api.store import CaptureRow, JobState, TestRow
 from policy.ledger import Anchor, VerifyReport
 
 __all__ = [
@@ -34,6 +35,11 @@ __all__ = [
     "ProbeOut",
     "ProbeStatusOut",
     "QualityOut",
+    "TestIn",
+    "TestJobOut",
+    "TestOut",
+    "TestPage",
+    "active_test_out",
     "capture_out",
     "ledger_out",
     "probe_out",
@@ -345,3 +351,82 @@ class HealthOut(BaseModel):
     status: str = Field(description="ok")
     version: str
     jobs: dict[str, int] = Field(description="Captures per job state.")
+
+
+class TestIn(BaseModel):
+    """An active test to run (``POST /v1/tests``)."""
+
+    __test__ = False
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["replay", "reachability"] = Field(
+        description="replay: the app's call trace and its controls against a replay server; "
+                    "reachability: DNS, TCP, TLS and STUN towards the app's endpoints.")
+    app: str = Field(max_length=64, description="The app (whatsapp, teams, zoom, sip...).")
+    server: str | None = Field(default=None, max_length=320, description=(
+        "replay: a replay server of the service's configuration, by its name or host:port "
+        "(the service tests against no other)."))
+    transport: Literal["udp", "tcp"] = Field(default="udp", description=(
+        "replay: the trace's transport (tcp where the app falls back to it)."))
+    resolvers: list[str] = Field(default_factory=list, max_length=8, description=(
+        "reachability: DNS resolvers to ask and compare, from the service's configured "
+        "ones (none: the system resolver)."))
+    timeout_s: float = Field(default=5.0, gt=0, le=30, description=(
+        "reachability: how long each step may take."))
+
+
+class TestJobOut(BaseModel):
+    """A requested test's job: follow it until ``done`` (then ``test_uid`` names the
+    result) or ``failed`` (``error`` says why)."""
+
+    __test__ = False
+
+    id: str
+    request: dict[str, Any]
+    state: str = Field(description="queued, running, done, failed or interrupted")
+    error: str | None
+    test_uid: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TestOut(BaseModel):
+    """A judged active test: verdict, reasons and evidence, the measurement
+    (``test_keys``), its own capture and its evidence-ledger entry."""
+
+    __test__ = False
+    model_config = ConfigDict(extra="allow")
+
+    uid: str
+    kind: str = Field(description="replay or reachability")
+    app: str
+    started_ts: float
+    duration_s: float
+    verdict: str = Field(description="ok, degraded, throttled, blocked, failed or unknown")
+    reasons: list[str]
+    evidence: list[EvidenceOut]
+    test_keys: dict[str, Any]
+    capture_sha256: str | None
+    capture_kept: bool = Field(description="Whether the test's capture is still stored.")
+    ledger_seq: int | None = Field(description="Its entry in the evidence ledger.")
+    created_at: datetime
+
+
+class TestPage(BaseModel):
+    """A page of active tests."""
+
+    __test__ = False
+
+    items: list[TestOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def active_test_out(row: TestRow) -> TestOut:
+    """A stored test as the API shows it (the capture's path on the server is not shown)."""
+    d = {k: v for k, v in row.result.items() if k != "capture"}
+    kept = row.capture_path is not None and Path(row.capture_path).is_file()
+    return TestOut(**{**d, "capture_kept": kept, "ledger_seq": row.ledger_seq,
+                      "created_at": utc(row.created_at)})

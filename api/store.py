@@ -22,6 +22,14 @@ they are reported rather than lost.
 
 Flows and calls are keyed by (capture, uid): uids are derived from the packets,
 so the same traffic in two captures gives the same uids.
+
+Active tests
+------------
+Table ``tests`` (schema step 2) holds each judged active test by its uid: kind, app,
+verdict and reasons as columns to filter on, the whole result as JSON, the test's own
+capture (path and SHA-256) and the position of its evidence-ledger entry; ``test_jobs``
+holds each requested test's job (queued, running, done, failed, interrupted). Retention
+applies to tests as to captures (:meth:`Store.prune_tests`); the ledger keeps its entry.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "TestQuery",
+    "TestRow",
     "open_store",
 ]
 
@@ -144,6 +154,54 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class TestQuery:
+    """Filters and page of a test listing; None means no filter."""
+
+    __test__ = False  # not a pytest test class
+
+    app: str | None = None
+    """Only this app."""
+    kind: str | None = None
+    """Only this kind of test (``replay``, ``reachability``)."""
+    verdict: str | None = None
+    """Only this verdict."""
+    since: float | None = None
+    """Only tests started at or after this time."""
+    until: float | None = None
+    """Only tests started at or before this time."""
+    limit: int = 100
+    """Page size."""
+    offset: int = 0
+    """Items skipped before the page."""
+    newest_first: bool = True
+    """Order by start time, newest first (else oldest first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TestRow:
+    """One stored active test: its judged result, its capture and its ledger entry."""
+
+    __test__ = False  # not a pytest test class
+
+    uid: str
+    kind: str
+    app: str
+    verdict: str
+    reasons: tuple[str, ...]
+    started_ts: float
+    duration_s: float
+    result: dict[str, Any]
+    """The result as :meth:`policy.records.TestResult.to_dict` wrote it."""
+    capture_path: str | None
+    """Where the test's own capture is kept (None: the test took none)."""
+    capture_sha256: str | None
+    ledger_seq: int | None
+    """Position of the test's entry in the evidence ledger (None: not recorded)."""
+    created_at: float
+    """When the service stored it."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Migration:
     version: int
     statements: tuple[str, ...]
@@ -209,6 +267,35 @@ MIGRATIONS: tuple[_Migration, ...] = (
         PRIMARY KEY (capture_id, subject_uid)
         )""",
     ), "captures with their jobs, flows, calls, verdicts"),
+    _Migration(2, (
+        """CREATE TABLE tests (
+        uid            TEXT PRIMARY KEY,
+        kind           TEXT NOT NULL,
+        app            TEXT NOT NULL,
+        verdict        TEXT NOT NULL,
+        reasons        TEXT NOT NULL,
+        started_ts     REAL NOT NULL,
+        duration_s     REAL NOT NULL,
+        result         TEXT NOT NULL,
+        capture_path   TEXT,
+        capture_sha256 TEXT,
+        ledger_seq     INTEGER,
+        created_at     REAL NOT NULL
+        )""",
+        "CREATE INDEX tests_started ON tests (started_ts)",
+        "CREATE INDEX tests_created ON tests (created_at)",
+        "CREATE INDEX tests_capture ON tests (capture_sha256)",
+        """CREATE TABLE test_jobs (
+        id          TEXT PRIMARY KEY,
+        request     TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        error       TEXT,
+        test_uid    TEXT,
+        created_at  REAL NOT NULL,
+        started_at  REAL,
+        finished_at REAL
+        )""",
+    ), "active tests: judged results with their capture and ledger entry"),
 )
 """Schema steps, in order; the last one's version is the current schema."""
 
@@ -287,6 +374,49 @@ class Store(Protocol):
 
     def verdict_counts(self) -> dict[tuple[str, str], int]:
         """Stored verdicts per (subject kind, verdict): ``("call", "blocked")``..."""
+        ...
+
+    def add_test(self, result: dict[str, Any], *, capture_path: str | None,
+                 ledger_seq: int | None) -> TestRow:
+        """Store a judged test (``TestResult.to_dict()``); the same uid again replaces it."""
+        ...
+
+    def test(self, uid: str) -> TestRow | None:
+        """One stored test."""
+        ...
+
+    def tests(self, query: TestQuery) -> tuple[list[TestRow], int]:
+        """A page of tests and how many match the filters."""
+        ...
+
+    def test_latest(self) -> dict[tuple[str, str], float]:
+        """Start time of the latest stored test of each (kind, app)."""
+        ...
+
+    def test_capture(self, sha256: str) -> TestRow | None:
+        """The latest stored test whose capture has this SHA-256."""
+        ...
+
+    def add_test_job(self, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Record a queued test job."""
+        ...
+
+    def set_test_job(self, job_id: str, state: str, *, error: str | None = None,
+                     test_uid: str | None = None) -> None:
+        """Move a test job to ``running``, ``done`` or ``failed``."""
+        ...
+
+    def test_job(self, job_id: str) -> dict[str, Any] | None:
+        """A test job: id, request, state, error, test_uid and its times."""
+        ...
+
+    def interrupt_unfinished_tests(self) -> int:
+        """Mark test jobs an earlier run left queued or running as interrupted."""
+        ...
+
+    def prune_tests(self, *, max_age_s: float | None, max_tests: int | None) -> list[TestRow]:
+        """Apply retention to tests as to captures; returns the rows removed (their capture
+        files are the caller's to delete)."""
         ...
 
     def prune(self, *, max_age_s: float | None, max_captures: int | None) -> list[CaptureRow]:
@@ -613,6 +743,127 @@ class SqliteStore:
             ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    # -- active tests ----------------------------------------------------------------------
+
+    def add_test(self, result: dict[str, Any], *, capture_path: str | None,
+                 ledger_seq: int | None) -> TestRow:
+        uid = str(result["uid"])
+        values = (uid, str(result["kind"]), str(result["app"]), str(result["verdict"]),
+                  _dumps(list(result.get("reasons", []))), float(result["started_ts"]),
+                  float(result["duration_s"]), _dumps(result), capture_path,
+                  result.get("capture_sha256"), ledger_seq, self._clock())
+        with self._lock:
+            self._db.execute(f"INSERT OR REPLACE INTO tests ({_TEST_COLUMNS}) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        row = self.test(uid)
+        assert row is not None
+        return row
+
+    def test(self, uid: str) -> TestRow | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_TEST_COLUMNS} FROM tests WHERE uid = ?",
+                                   (uid,)).fetchone()
+        return None if row is None else _test(row)
+
+    def tests(self, query: TestQuery) -> tuple[list[TestRow], int]:
+        w = _Where()
+        for column, value in (("app", query.app), ("kind", query.kind),
+                              ("verdict", query.verdict)):
+            if value is not None:
+                w.add(f"{column} = ?", value)
+        if query.since is not None:
+            w.add("started_ts >= ?", query.since)
+        if query.until is not None:
+            w.add("started_ts <= ?", query.until)
+        order = "DESC" if query.newest_first else "ASC"
+        where = w.sql()
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM tests{where}", w.args).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT {_TEST_COLUMNS} FROM tests{where} ORDER BY started_ts {order}, uid "
+                "LIMIT ? OFFSET ?", [*w.args, query.limit, query.offset]).fetchall()
+        return [_test(r) for r in rows], int(total)
+
+    def test_latest(self) -> dict[tuple[str, str], float]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, app, MAX(started_ts) FROM tests GROUP BY kind, app").fetchall()
+        return {(str(r[0]), str(r[1])): float(r[2]) for r in rows}
+
+    def test_capture(self, sha256: str) -> TestRow | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_TEST_COLUMNS} FROM tests WHERE capture_sha256 = ? "
+                "ORDER BY created_at DESC, rowid DESC LIMIT 1", (sha256,)).fetchone()
+        return None if row is None else _test(row)
+
+    def add_test_job(self, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._db.execute("INSERT INTO test_jobs (id, request, state, created_at) "
+                             "VALUES (?, ?, ?, ?)",
+                             (job_id, _dumps(request), JobState.QUEUED.value, self._clock()))
+        job = self.test_job(job_id)
+        assert job is not None
+        return job
+
+    def set_test_job(self, job_id: str, state: str, *, error: str | None = None,
+                     test_uid: str | None = None) -> None:
+        now = self._clock()
+        with self._lock:
+            if state == JobState.RUNNING.value:
+                self._db.execute("UPDATE test_jobs SET state = ?, started_at = ? WHERE id = ?",
+                                 (state, now, job_id))
+            elif state in (JobState.DONE.value, JobState.FAILED.value):
+                self._db.execute("UPDATE test_jobs SET state = ?, error = ?, test_uid = ?, "
+                                 "finished_at = ? WHERE id = ?",
+                                 (state, error, test_uid, now, job_id))
+            else:
+                raise ValueError(f"a test job is set running, done or failed, not {state}")
+
+    def test_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, request, state, error, test_uid, created_at, started_at, "
+                "finished_at FROM test_jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        return {"id": row[0], "request": json.loads(row[1]), "state": row[2], "error": row[3],
+                "test_uid": row[4], "created_at": row[5], "started_at": row[6],
+                "finished_at": row[7]}
+
+    def interrupt_unfinished_tests(self) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE test_jobs SET state = ?, finished_at = ?, error = ? "
+                "WHERE state IN (?, ?)",
+                (JobState.INTERRUPTED.value, self._clock(),
+                 "the service stopped before the test ran or finished; request it again",
+                 *[s.value for s in UNFINISHED]))
+        return cur.rowcount
+
+    def prune_tests(self, *, max_age_s: float | None, max_tests: int | None) -> list[TestRow]:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                doomed: dict[str, Sequence[Any]] = {}
+                if max_age_s is not None:
+                    cutoff = self._clock() - max_age_s
+                    for r in db.execute(f"SELECT {_TEST_COLUMNS} FROM tests "
+                                        "WHERE created_at < ?", (cutoff,)):
+                        doomed[r[0]] = r
+                if max_tests is not None:
+                    for r in db.execute(f"SELECT {_TEST_COLUMNS} FROM tests ORDER BY "
+                                        "created_at DESC, rowid DESC LIMIT -1 OFFSET ?",
+                                        (max_tests,)):
+                        doomed[r[0]] = r
+                db.executemany("DELETE FROM tests WHERE uid = ?", [(k,) for k in doomed])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return [_test(r) for r in doomed.values()]
+
     # -- retention -------------------------------------------------------------------------
 
     def prune(self, *, max_age_s: float | None, max_captures: int | None) -> list[CaptureRow]:
@@ -644,6 +895,17 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+_TEST_COLUMNS = ("uid, kind, app, verdict, reasons, started_ts, duration_s, result, "
+                 "capture_path, capture_sha256, ledger_seq, created_at")
+
+
+def _test(row: Sequence[Any]) -> TestRow:
+    return TestRow(uid=row[0], kind=row[1], app=row[2], verdict=row[3],
+                   reasons=tuple(json.loads(row[4])), started_ts=row[5], duration_s=row[6],
+                   result=json.loads(row[7]), capture_path=row[8], capture_sha256=row[9],
+                   ledger_seq=row[10], created_at=row[11])
 
 
 def _with_capture(row: Sequence[Any]) -> dict[str, Any]:

@@ -180,6 +180,8 @@
       traffic: withParams("/v1/stats/apps?bucket=" + BUCKET_S, apiParams(f, false)),
       flows: withParams("/v1/flows?limit=1", q),
       captures: "/v1/captures?limit=50",
+      tests: withParams("/v1/tests?limit=" + LATEST,
+        new URLSearchParams(f.app ? { app: f.app } : {})),
       capacity: withParams("/v1/stats/capacity?period=" + (f.period || "hour"), q),
     };
     const listed = f.verdict ? [f.verdict] : INTERFERED;
@@ -538,6 +540,56 @@
     $("latest-empty").hidden = calls.length > 0 || !listed.every((v) => state.data["calls." + v]);
   }
 
+  // A test's bundle: its own capture, measurement, ledger entry and report.
+  function testBundleLink(test) {
+    const a = el("a", {
+      class: "evidence-link", href: "/v1/tests/" + encodeURIComponent(test.uid) + "/evidence",
+      title: t("test_bundle_hint"), text: t("evidence_bundle"),
+    });
+    a.addEventListener("click", (ev) => {
+      if (!token()) return; // the service answers 401 and says why
+      ev.preventDefault();
+      download(a.getAttribute("href"), "test-" + test.uid + ".zip");
+    });
+    return a;
+  }
+
+  // The figures each piece of evidence rests on, as measured (name: value).
+  function figureList(test) {
+    const list = el("ul", { class: "figures" });
+    for (const e of test.evidence) {
+      for (const [name, value] of Object.entries(e.figures || {})) {
+        list.append(el("li", { dir: "ltr" }, el("code", { text: name }), " " +
+          (typeof value === "number" && !Number.isInteger(value)
+            ? String(Math.round(value * 1000) / 1000) : JSON.stringify(value))));
+      }
+    }
+    return list;
+  }
+
+  function renderTests() {
+    const rows = $("test-rows");
+    const page = state.data.tests;
+    rows.replaceChildren();
+    if (!page) return;
+    for (const test of page.items) {
+      rows.append(el("tr", { "data-uid": test.uid, "data-verdict": test.verdict },
+        el("td", { class: "time", dir: "ltr", text: fmtTime(test.started_ts) }),
+        el("td", { text: t("test_kind." + test.kind) }),
+        el("td", {}, el("bdi", { class: "app", text: appName(test.app) })),
+        el("td", {}, el("span", { class: "badge " + test.verdict,
+          text: t("verdict." + test.verdict) })),
+        el("td", {}, reasonList(test)),
+        el("td", {}, evidenceList(test), figureList(test)),
+        el("td", {}, el("div", { class: "links" }, test.capture_kept || !test.capture_sha256
+          ? testBundleLink(test) : el("span", { text: "—" }),
+        el("a", { class: "report-link", text: t("test_report"),
+          href: "/v1/tests/" + encodeURIComponent(test.uid) + "/report?lang=" + state.lang })))));
+    }
+    labelCells(rows);
+    $("tests-empty").hidden = page.items.length > 0;
+  }
+
   // Each cell gets its column's heading, which the narrow layout shows beside the value.
   function labelCells(tbody) {
     const heads = [...tbody.closest("table").querySelectorAll("thead th")]
@@ -868,7 +920,7 @@
     const sections = state.call
       ? [renderCall]
       : [renderFilters, renderCards, renderTraffic, renderVerdicts, renderLatest, renderProbe,
-         renderCapacity, renderCaptures];
+         renderTests, renderCapacity, renderCaptures];
     const errors = state.errors.slice();
     for (const draw of sections) {
       try { draw(); } catch (e) { errors.push(draw.name + ": " + e.message); }

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from api.active import record_test
+from api.store import SqliteStore
+from policy.ledger import Ledger
+from tests.activetests import measure
 from tests.conftest import ROOT
 from tests.integration.cdp import Browser
 from tests.unit.api.test_api_http import Server, _until
@@ -149,7 +154,8 @@ def test_dashboard_renders_in_chromium(served: tuple[Server, dict[str, Any]],
     assert paths and all(p.split("?")[0] in {
         "/", "/favicon.ico", "/static/dashboard.js", "/static/dashboard.css",
         "/static/i18n.json", "/healthz", "/v1/probe", "/v1/stats/apps", "/v1/flows",
-        "/v1/captures", "/v1/calls", "/v1/stats/capacity"} for p in paths), sorted(set(paths))
+        "/v1/captures", "/v1/calls", "/v1/stats/capacity", "/v1/tests"} for p in paths
+    ), sorted(set(paths))
     assert "/v1/stats/apps?bucket=1" in paths
 
 
@@ -173,6 +179,37 @@ def test_openapi_docs_render_offline(tmp_path: Path) -> None:
     paths = set(re.findall(r'"GET ([^ ]+) HTTP/1\.1"', log))
     assert {"/docs", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css",
             "/openapi.json"} <= paths, paths
+
+
+def test_tests_panel_in_chromium(tmp_path: Path) -> None:
+    # A reachability test measured on loopback, recorded in the data directory's store and
+    # ledger as the service records one, then served.
+    data = tmp_path / "data"
+    data.mkdir()
+    with Ledger(data / "ledger.db", clock=time.time) as ledger:
+        store = SqliteStore(data / "marsad.db", clock=time.time)
+        result = measure(data / "tests")
+        record_test(result, ledger=ledger, store=store)
+        store.close()
+    srv = Server(data)
+    try:
+        _until("the server to answer /healthz", 30.0, srv.up)
+        profile = tmp_path / "profile"
+        dom = _chromium(profile, srv.base + "/", "--dump-dom").stdout
+        row = re.search(r'<tr data-uid="' + result.uid + r'" data-verdict="blocked">(.*?)</tr>',
+                        dom, re.S)
+        assert row is not None, dom[-3000:]
+        cells = row.group(1)
+        assert "reachability (DNS, TCP, TLS, STUN)" in cells
+        assert '<code dir="ltr">tcp-reset</code>' in cells
+        assert result.verdict.evidence[0].text in cells
+        assert '<code>refused</code> ["mmg.whatsapp.net"]' in cells
+        assert f'href="/v1/tests/{result.uid}/evidence"' in cells
+        assert f'href="/v1/tests/{result.uid}/report?lang=en"' in cells
+        dom_ar = _chromium(profile, srv.base + "/?lang=ar", "--dump-dom").stdout
+        assert "الاختبارات النشطة" in dom_ar and "إمكانية الوصول (DNS وTCP وTLS وSTUN)" in dom_ar
+    finally:
+        srv.stop()
 
 
 def _app_colour(app: str) -> str:

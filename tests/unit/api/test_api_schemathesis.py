@@ -32,13 +32,19 @@ TOKEN = "fuzz-token"
 EXAMPLES = 40
 
 
+def _no_network(request: Any, out_dir: Path, policy: Any) -> Any:
+    raise RuntimeError("no active tests while fuzzing")
+
+
 @pytest.fixture
 def api_schema(tmp_path: Path) -> Any:
     # One app per test: schemathesis ends the app's lifespan (closing its store) with
     # each test.
+    # Active tests the fuzzer requests run nothing on the network: the runner refuses.
     app = create_app(Settings(data_dir=tmp_path, api_token=SecretStr(TOKEN),
                               max_upload_bytes=1 << 20,
-                              preload=(ROOT / "captures" / "sample-sip.pcap",)))
+                              preload=(ROOT / "captures" / "sample-sip.pcap",)),
+                     test_runner=_no_network)
     assert app.state.services.jobs.wait(60)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 

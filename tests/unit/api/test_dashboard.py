@@ -18,6 +18,7 @@ from api.main import create_app
 from api.probe_status import ProbeState
 from api.routes.dashboard import ASSETS, CSP, MAX_BUCKETS, app_traffic
 from api.store import JobState, Page, Query
+from policy import records
 from policy.records import Reason, VerdictKind
 from tests.conftest import ROOT
 
@@ -269,7 +270,8 @@ def test_every_label_has_both_languages() -> None:
     needed = ({f"verdict.{v}" for v in VerdictKind} | {f"reason.{r}" for r in Reason}
               | {f"job.{s}" for s in JobState}
               | {f"state.{s}" for s in ProbeState} | {"state.absent", "state.stale",
-                                                      "state.unreadable"})
+                                                      "state.unreadable"}
+              | {f"test_kind.{k}" for k in records.TestKind})
     assert needed <= set(en), needed - set(en)
     for key, text in ar.items():
         assert ARABIC.search(text) or key == "lang_switch", (key, text)

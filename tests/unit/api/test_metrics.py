@@ -32,7 +32,8 @@ from api.metrics import (
 )
 from api.pipeline import AnalysisResult, analyze_capture
 from classifier.records import APPS, Category
-from policy.records import Reason, VerdictKind
+from policy import records
+from policy.records import Reason, Verdict, VerdictKind
 from probe.meter import MeterStats
 from tests.conftest import ROOT, need_tool
 
@@ -46,6 +47,7 @@ CLOSED: dict[str, frozenset[str]] = {
     "reason": frozenset(str(r) for r in Reason) | {"other"},
     "state": frozenset(JOB_STATES) | {"other"},
     "source": frozenset(SOURCES),
+    "kind": frozenset(str(k) for k in records.TestKind),
 }
 
 
@@ -378,7 +380,11 @@ def spec_series() -> set[str]:
 
 def test_metric_names(call: AnalysisResult, blocked: AnalysisResult) -> None:
     report = ProbeReport("eth0", True, 1.0, {})
-    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {}, probes=lambda: [report])
+    reg, m = fresh(active_flows=lambda: 1, jobs=lambda: {}, probes=lambda: [report],
+                   tests=lambda: {("replay", "whatsapp"): 1_700_000_000.0})
+    m.observe_test(records.TestResult(uid="T1", kind=records.TestKind.REPLAY, app="whatsapp",
+                              started_ts=1_700_000_000.0, duration_s=8.0,
+                              verdict=Verdict(VerdictKind.OK, (), ()), test_keys={}))
     m.observe_result(call)
     m.observe_result(blocked)
     m.observe_meter(call.stats)
@@ -537,11 +543,12 @@ def test_dashboard_uses_only_exposed_series() -> None:
         used |= metrics
         # every traffic series is picked by the $probe variable (the probe label the
         # service gives each probe's series), and those with an app by $app; the service's
-        # jobs and the processes' own series (by instance) are not a probe's
+        # jobs and active tests and the processes' own series (by instance) are not a probe's
         for selector in re.findall(r"(marsad_\w+|process_\w+)(\{[^}]*\})?",
                                    "" if title == "probe" else expr):
             if selector[0].startswith("process_") or selector[0] in (
-                    "marsad_analysis_jobs", "marsad_build_info"):
+                    "marsad_analysis_jobs", "marsad_build_info",
+                    "marsad_test_finished_total", "marsad_test_last_timestamp_seconds"):
                 assert "$probe" not in selector[1], (title, selector)
                 continue
             assert 'probe=~"$probe"' in selector[1], (title, selector)

@@ -26,6 +26,7 @@ from api.config import Settings
 from api.main import create_app
 from api.metrics import probe_metrics, write_probe_report
 from api.pipeline import analyze_capture
+from tests.activetests import measure
 from tests.conftest import ROOT, need_tool
 from tests.unit.api.test_metrics import dashboard_exprs, promql_metrics
 
@@ -46,7 +47,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     got = _promtool("check", "rules", str(RULES))
     assert got.returncode == 0, got.stdout + got.stderr
-    assert "SUCCESS: 6 rules found" in got.stdout
+    assert "SUCCESS: 7 rules found" in got.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -69,7 +70,8 @@ def _rules() -> list[dict[str, Any]]:
 def test_the_rules_cover_what_operators_need() -> None:
     alerts = {r["alert"]: r for r in _rules()}
     assert {"MarsadProbeDown", "MarsadProbeNotReporting", "MarsadKernelDrops",
-            "MarsadProcessingLag", "MarsadInterferedCallsRising"} <= set(alerts)
+            "MarsadProcessingLag", "MarsadInterferedCallsRising",
+            "MarsadActiveTestInterfered"} <= set(alerts)
     # probe health is per probe (the service exports every probe on its data directory)
     for name in ("MarsadKernelDrops", "MarsadProcessingLag"):
         assert "by (probe)" in alerts[name]["expr"], name
@@ -126,9 +128,13 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
                        now=time.time())
     settings = Settings(data_dir=tmp / "data", api_token=SecretStr("t"),
                         preload=(ROOT / "captures" / "sample-call.pcap",))
-    app = create_app(settings)
+    # and one active test, measured on loopback, requested through the API
+    app = create_app(settings, test_runner=lambda request, out, _policy: measure(out))
     with TestClient(app) as client:
         assert app.state.services.jobs.wait(60)
+        assert client.post("/v1/tests", headers={"Authorization": "Bearer t"}, json={
+            "kind": "reachability", "app": "whatsapp"}).status_code == 202
+        assert app.state.services.tests.wait(60)
         r = client.get("/metrics", follow_redirects=False)
         assert r.status_code == 200
         serve_names = _names(r.text)
