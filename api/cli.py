@@ -878,7 +878,7 @@ def _run_test_reachability(args: argparse.Namespace) -> int:
             controls=tuple(parse_target(t, app=args.app, group=CONTROL_GROUP)
                            for t in args.control or ()),
             ca_file=args.ca_file, max_addresses=args.max_addresses, total_s=args.total,
-            builtin=not args.only_targets)
+            builtin=not args.only_targets, system_resolver=not args.no_system_resolver)
         result = run_reach_test(spec, Path(args.out), policy=load_policy(args.policy),
                                 capture=not args.no_capture)
         if args.ledger is not None:
@@ -922,6 +922,8 @@ def _add_test_parsers(sub: Any, subparsers: dict[str, argparse.ArgumentParser]) 
                                     "telegram", "viber", "sip"))
     tr.add_argument("--resolver", action="append", metavar="IP[:PORT]",
                     help="also ask this DNS server (repeatable); answers are compared")
+    tr.add_argument("--no-system-resolver", action="store_true",
+                    help="ask only the --resolver servers, not the system's resolver")
     tr.add_argument("--target", action="append", metavar="[tcp:|tls:|stun:]HOST[:PORT]",
                     help="a server of the app to test too (repeatable; SIP's proxy, a "
                          "relay); no scheme: TLS on 443 (SIP: TCP 5060)")

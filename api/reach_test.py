@@ -70,6 +70,8 @@ class ReachSpec:
     max_addresses: int = 4
     total_s: float = 60.0
     builtin: bool = True
+    system_resolver: bool = True
+    """Whether to ask the system's resolver (off: only ``resolvers``)."""
     """Whether to try the app's endpoints from the table (off: only the targets)."""
 
 
@@ -137,11 +139,11 @@ def endpoints_of(spec: ReachSpec) -> tuple[Endpoint, ...]:
 
 
 def _pre_resolve(endpoints: tuple[Endpoint, ...], resolvers: tuple[str, ...],
-                 timeout_s: float) -> set[str]:
+                 timeout_s: float, system: bool) -> set[str]:
     """The addresses the test will (most likely) try: what the names resolve to now."""
     names = [ep for ep in endpoints if not ep.is_address]
     m = run_reachability("pre-resolve", [Endpoint(ep.host, ep.group) for ep in names],
-                         resolvers=resolvers, timeout_s=timeout_s)
+                         resolvers=resolvers, timeout_s=timeout_s, system=system)
     found = {a for q in m.queries for a in q.answers}
     return found | {ep.host for ep in endpoints if ep.is_address}
 
@@ -162,20 +164,26 @@ def run_reach_test(spec: ReachSpec, out_dir: Path, *, policy: Policy,
                    capture: bool = True, iface: str = "any") -> TestResult:
     """Measure, capture, judge and write ``out_dir/<uid>.json`` (and ``.pcap``)."""
     endpoints = endpoints_of(spec)
+    if not spec.system_resolver and not spec.resolvers and any(
+            not ep.is_address for ep in endpoints):
+        raise ReachError("no resolver to ask: name one with --resolver, or keep the "
+                         "system's")
     limits = ReachLimits(spec.timeout_s, spec.max_addresses, spec.total_s, 2, spec.ca_file)
     out_dir.mkdir(parents=True, exist_ok=True)
     capture_keys: dict[str, Any] = {"problem": "capture not asked for"}
     pcap: Path | None = None
     sha: str | None = None
     if capture:
-        expected = _pre_resolve(endpoints, spec.resolvers, spec.timeout_s)
+        expected = _pre_resolve(endpoints, spec.resolvers, spec.timeout_s,
+                                spec.system_resolver)
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".reach-", suffix=".pcap",
                                          delete=False) as tmp:
             tmp_path = Path(tmp.name)
         with TestCapture(tmp_path, _capture_filter(expected, spec.resolvers),
                          iface=iface) as cap:
             m = run_reachability(spec.app, endpoints, resolvers=spec.resolvers,
-                                 timeout_s=spec.timeout_s, limits=limits)
+                                 timeout_s=spec.timeout_s, limits=limits,
+                                 system=spec.system_resolver)
         res = cap.result
         tried = {c.ip for c in m.tcp_connect} | {s.ip for s in m.stun}
         capture_keys = {"problem": res.problem, "packets": res.packets,
@@ -185,7 +193,8 @@ def run_reach_test(spec: ReachSpec, out_dir: Path, *, policy: Policy,
             tmp_path.unlink(missing_ok=True)
     else:
         m = run_reachability(spec.app, endpoints, resolvers=spec.resolvers,
-                             timeout_s=spec.timeout_s, limits=limits)
+                             timeout_s=spec.timeout_s, limits=limits,
+                             system=spec.system_resolver)
         res = None
     judged = judge_reachability(m, policy)
     if res is not None and res.path is not None:

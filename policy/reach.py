@@ -229,8 +229,10 @@ class _Judge:
         main = causes.most_common(1)[0][0]
         n = len(ways)
         if len(failed) < n:
+            # A refused connect is also what a server that is down answers; a reset after
+            # the ClientHello, or another certificate, is what a filter on the name does.
             interfering = [w for w in failed if w.cause in (
-                Reason.TLS_RESET_AFTER_HELLO, Reason.TCP_RESET, Reason.TLS_CERTIFICATE)]
+                Reason.TLS_RESET_AFTER_HELLO, Reason.TLS_CERTIFICATE)]
             if interfering and self.policy.get("reachability", "partial_reset_degraded"):
                 reason = Counter(w.cause for w in interfering).most_common(1)[0][0]
                 assert reason is not None

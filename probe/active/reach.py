@@ -454,10 +454,12 @@ def merge_endpoints(endpoints: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
 
 def run_reachability(app: str, endpoints: Sequence[Endpoint], *,
                      resolvers: Sequence[str] = (), timeout_s: float = 5.0,
-                     limits: ReachLimits | None = None) -> ReachabilityMeasurement:
-    """Measure ``endpoints`` of ``app``: each name asked of the system resolver and of
-    every resolver in ``resolvers`` (``ip`` or ``ip:port``), then TCP connects, TLS
-    handshakes and STUN bindings to the answers (at most ``max_addresses`` per name).
+                     limits: ReachLimits | None = None,
+                     system: bool = True) -> ReachabilityMeasurement:
+    """Measure ``endpoints`` of ``app``: each name asked of the system resolver (unless
+    ``system`` is off) and of every resolver in ``resolvers`` (``ip`` or ``ip:port``),
+    then TCP connects, TLS handshakes and STUN bindings to the answers (at most
+    ``max_addresses`` per name).
 
     ``timeout_s`` is the per-step timeout (it overrides ``limits.timeout_s``). Endpoints
     are tried in the order given; a name listed twice is tried once, with the ports of
@@ -467,7 +469,9 @@ def run_reachability(app: str, endpoints: Sequence[Endpoint], *,
     lim = ReachLimits(timeout_s, base.max_addresses, base.total_s, base.stun_attempts,
                       base.ca_file)
     run = _Run(lim)
-    names = (SYSTEM_RESOLVER, *resolvers)
+    names = (SYSTEM_RESOLVER, *resolvers) if system else tuple(resolvers)
+    if not names and any(not ep.is_address for ep in endpoints):
+        raise ValueError("names to resolve and no resolver to ask")
     merged = merge_endpoints(endpoints)
     for ep in merged:
         if ep.is_address:
