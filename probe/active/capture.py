@@ -10,6 +10,7 @@ still runs and says why it has no capture, rather than failing.
 from __future__ import annotations
 
 import hashlib
+import os
 import select
 import shutil
 import signal
@@ -81,16 +82,20 @@ class TestCapture:
                                       stderr=subprocess.PIPE)
         # tcpdump says "listening on ..." once its socket is open: nothing the test sends
         # after that line is missed.
+        # Read the pipe's bytes as they come (os.read): a buffered readline could take
+        # this line into its buffer together with an earlier one, and select would then
+        # wait on a descriptor with nothing more to say.
         assert self._proc.stderr is not None
+        fd = self._proc.stderr.fileno()
         said = b""
         deadline = time.monotonic() + _READY_S
         while b"listening on" not in said and time.monotonic() < deadline:
-            if not select.select([self._proc.stderr], [], [], deadline - time.monotonic())[0]:
+            if not select.select([fd], [], [], deadline - time.monotonic())[0]:
                 break
-            line = self._proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 4096)
+            if not chunk:
                 break
-            said += line
+            said += chunk
         if b"listening on" not in said:
             self._proc.kill()
             rest = self._proc.communicate()[1]
