@@ -29,10 +29,11 @@ class DnsServer:
     """Answers A questions from ``table`` (name -> addresses); NXDOMAIN for other names,
     an empty NOERROR for AAAA of known names."""
 
-    def __init__(self, table: dict[str, list[str]], ip: str = "127.0.0.1") -> None:
+    def __init__(self, table: dict[str, list[str]], ip: str = "127.0.0.1",
+                 port: int = 0) -> None:
         self.table = {k.rstrip(".").lower(): v for k, v in table.items()}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, 0))
+        self.sock.bind((ip, port))
         self.address = f"{ip}:{self.sock.getsockname()[1]}"
         self.asked: list[str] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -148,9 +149,9 @@ def stun_response(request: bytes, peer: tuple[str, int]) -> bytes:
 class StunServer:
     """Answers STUN Binding requests (UDP) with a success response."""
 
-    def __init__(self, ip: str = "127.0.0.1") -> None:
+    def __init__(self, ip: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, 0))
+        self.sock.bind((ip, port))
         self.port = self.sock.getsockname()[1]
         self.requests: list[bytes] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
