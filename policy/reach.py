@@ -41,11 +41,14 @@ from probe.active.records import (
     TlsHandshake,
 )
 
-__all__ = ["CONTROL_GROUP", "judge_reachability"]
+__all__ = ["CONTROL_GROUP", "RULES", "judge_reachability"]
 
 CONTROL_GROUP = "control"
 """The group of the control targets the user names: not the app's, tried the same way."""
 SYSTEM = "system"
+RULES = ("reachability.dns", "reachability.tcp", "reachability.tls", "reachability.stun",
+         "reachability.control")
+"""The rule names a reachability verdict's evidence carries (docs/VERDICTS.md)."""
 
 _KINDS = ("tcp", "tls", "stun")
 _RESET = frozenset({"connection_refused", "connection_reset"})
