@@ -284,10 +284,17 @@ class _Judge:
                 f"Every {group} endpoint showed a certificate not valid for its name.")
             return "degraded"
         if main is Reason.TLS_RESET_AFTER_HELLO:
+            # TCP connects to the same addresses worked: the path and the server are up.
             excluded.append("the server not listening: TCP connects to the same addresses "
                             "worked")
-        if not elsewhere:
-            # Nothing else of the app's (nor a control) worked: no proof the network is up.
+        elif not elsewhere:
+            # Nothing outside the group (nor a control) worked: no proof the network is up.
+            self._find("unknown", kind, main, failed, {
+                "group": group, "kind": kind, "excluded": excluded[:1], "not_excluded": [
+                    *not_excluded, "the network being down: nothing outside the group "
+                    "answered (name a --control)"]},
+                f"Every {group} endpoint failed {kind} ({main}) and nothing else answered "
+                f"to compare with.")
             return "unknown"
         text = {
             "dns": f"No {group} name resolved with any resolver, while other names did.",
@@ -388,9 +395,8 @@ def judge_reachability(m: ReachabilityMeasurement, policy: Policy) -> TestResult
         unknown = [f for f in j.findings if f.status == "unknown"]
         ordered = blocked + degraded + unknown
         kind = (VerdictKind.BLOCKED if blocked else VerdictKind.DEGRADED if degraded
-                else VerdictKind.OK)
-        verdict = Verdict(kind, tuple(dict.fromkeys(f.evidence.reason for f in ordered
-                                                    if f.status != "unknown")),
+                else VerdictKind.UNKNOWN if unknown else VerdictKind.OK)
+        verdict = Verdict(kind, tuple(dict.fromkeys(f.evidence.reason for f in ordered)),
                           tuple(f.evidence for f in ordered))
     blocking = {k: any(f.status == "blocked" and f.evidence.rule == f"reachability.{k}"
                        for f in j.findings) for k in ("dns", "tcp", "tls", "stun")}

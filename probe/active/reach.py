@@ -26,9 +26,11 @@ import os
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -354,12 +356,27 @@ def _tls_context(ca_file: str | None, *, verify: bool) -> ssl.SSLContext:
 def _system_lookup(host: str, timeout: float) -> tuple[str, ...]:
     """A and AAAA from the operating system's resolver (getaddrinfo), in its order.
 
-    getaddrinfo has no timeout of its own; the system resolver's (resolv.conf) applies.
+    getaddrinfo has no timeout of its own: it runs in a daemon thread, and a lookup that
+    has not returned after ``timeout`` is a ``TimeoutError`` (the thread is left to end
+    on its own; it holds nothing of the test's).
     """
-    del timeout
-    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"getaddrinfo {host}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"the system resolver did not answer {host} in {timeout} s")
+    if "error" in box:
+        raise box["error"]
     seen: dict[str, None] = {}
-    for family, _, _, _, addr in infos:
+    for family, _, _, _, addr in box["infos"]:
         if family in (socket.AF_INET, socket.AF_INET6):
             seen.setdefault(str(addr[0]), None)
     return tuple(seen)

@@ -51,7 +51,9 @@ class ReachLab:
         for ip in (APP_IP, ALT_IP, RELAY_IP, CONTROL_IP, STUN_CONTROL_IP):
             lab.run(lab.relay, ["ip", "addr", "add", f"{ip}/24", "dev", RELAY_IF])
         table = _table()
-        rewritten = dict(table, **{"zoom.us": [ALT_IP]})
+        # The second resolver sends Zoom to another working server (a CDN's answer) and
+        # Viber to an address where nothing listens (a resolver's lie).
+        rewritten = dict(table, **{"zoom.us": [ALT_IP], "viber.com": [DNS2_IP]})
         cfg = {"cert": str(cert), "key": str(key),
                "dns": [{"ip": DNS_IP, "port": 53, "table": table},
                        {"ip": DNS2_IP, "port": 53, "table": rewritten}],
@@ -150,6 +152,14 @@ def test_rewritten_dns_answer_is_recorded_not_blocked(reach: ReachLab) -> None:
     assert keys["dns_consistency"]["status"] == "inconsistent"
     assert keys["dns_consistency"]["answers"]["zoom.us"] == {
         DNS_IP: [APP_IP], DNS2_IP: [ALT_IP]}
+
+
+def test_dns_answer_leading_nowhere_is_degraded_not_blocked(reach: ReachLab) -> None:
+    doc = reach.test("viber", *CONTROL, resolvers=(DNS_IP, DNS2_IP))
+    assert doc["verdict"] == "degraded" and doc["reasons"] == ["dns-inconsistent"]
+    assert doc["test_keys"]["viber_web_status"] == "ok"
+    figures = doc["evidence"][0]["figures"]
+    assert figures["unreachable_from"] == [DNS2_IP] and figures["reachable_from"] == [DNS_IP]
 
 
 def test_everything_down_is_failed_not_blocked(reach: ReachLab) -> None:

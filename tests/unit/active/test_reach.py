@@ -270,3 +270,30 @@ def test_cli_writes_the_result_and_a_ledger_entry(lab: Lab, tmp_path: Path,
         entries = list(led.entries())
     assert [e.subject_uid for e in entries] == [doc["uid"]]
     assert entries[0].verdict == "OK"
+
+
+def test_the_system_resolver_is_asked_by_default(lab: Lab) -> None:
+    # localhost comes from the system's resolver (/etc/hosts), never from the lab's.
+    m = run_reachability("sip", [Endpoint("localhost", "target", tls=(lab.port,))],
+                         timeout_s=2.0)
+    assert m.resolvers == ("system",)
+    assert m.queries[0].resolver == "system" and "127.0.0.1" in m.queries[0].answers
+    assert any(c.ip == "127.0.0.1" and c.failure is None for c in m.tcp_connect)
+
+
+def test_the_total_cap_stops_the_test_and_says_so(lab: Lab) -> None:
+    eps = [Endpoint("ok.test", "web", tls=(lab.port,)),
+           Endpoint("second.test", "web", tls=(lab.port,))]
+    m = run_reachability("zoom", eps, resolvers=[lab.dns.address], system=False,
+                         limits=ReachLimits(total_s=0.0))
+    assert [q.failure for q in m.queries] == ["generic_timeout_error"] * 2
+    assert not m.tcp_connect and m.duration_s < 1
+    assert judge_reachability(m, load_policy()).verdict.kind is VerdictKind.UNKNOWN
+
+
+def test_a_way_failing_with_nothing_outside_its_group_answering_is_unknown(lab: Lab) -> None:
+    # The endpoint's STUN answers but its TCP is refused; nothing else was tried: the
+    # refusal may be the server's, so it is not called blocked (nor ok).
+    eps = [Endpoint("stun.test", "relay", tcp=(lab.port + 1,), stun=(lab.stun.port,))]
+    assert lab.measure("teams", eps) is VerdictKind.UNKNOWN
+    assert lab.last.verdict.reasons == (Reason.TCP_RESET,)
