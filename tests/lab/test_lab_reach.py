@@ -10,6 +10,7 @@ is clean, resets TLS by SNI, drops the app's STUN, or drops everything.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -83,11 +84,14 @@ class ReachLab:
 
 
 @pytest.fixture(scope="module")
-def reach(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReachLab]:
+def reach(lab_available: None, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[ReachLab]:
+    """One lab for the module's scenarios (the servers stay; each test sets its rules and
+    flushes them)."""
     if shutil.which("tcpdump") is None:
         pytest.skip("tcpdump is not installed")
     tmp = tmp_path_factory.mktemp("reach-lab")
-    with NetLab(tmp / "lab") as lab:
+    with NetLab(tmp / "lab", prefix=f"mlab{os.getpid()}-reach-") as lab:
         yield ReachLab(lab, tmp)
 
 
