@@ -41,23 +41,28 @@ TXID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
 NAMES = ["ok.test", "second.test", "sni.test"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Lab:
     """Loopback servers: a good TLS server at .1 and .4, one resetting after the hello at
     .2, nothing at .3 (refused), a STUN server at .1; a DNS server naming them."""
 
     def __init__(self, tmp: Path) -> None:
         self.ca, cert, key = make_ca(tmp, NAMES)
-        self.port = free_port()
-        self.servers: list[TlsServer | StunServer | DnsServer] = [
-            TlsServer("127.0.0.1", self.port, cert, key),
-            TlsServer("127.0.0.4", self.port, cert, key),
-            TlsServer("127.0.0.2", self.port, reset_after_hello=True)]
+        self.servers: list[TlsServer | StunServer | DnsServer] = []
+        # One port on three addresses: the first server picks it; another process may
+        # hold it on a wildcard address, then the next port is tried.
+        for _ in range(20):
+            first = TlsServer("127.0.0.1", 0, cert, key)
+            self.port = first.port
+            self.servers = [first]
+            try:
+                self.servers.append(TlsServer("127.0.0.4", self.port, cert, key))
+                self.servers.append(TlsServer("127.0.0.2", self.port, reset_after_hello=True))
+                break
+            except OSError:
+                for server in self.servers:
+                    server.close()
+        else:
+            raise RuntimeError("no port free on 127.0.0.1, .2 and .4 at once")
         self.stun = StunServer("127.0.0.1")
         self.dns = DnsServer({"ok.test": ["127.0.0.1"], "second.test": ["127.0.0.4"],
                               "sni.test": ["127.0.0.2"], "dead.test": ["127.0.0.3"],
