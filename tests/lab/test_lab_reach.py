@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -134,6 +135,13 @@ def test_tls_reset_by_sni_is_blocked_with_the_signature(reach: ReachLab) -> None
     assert {h["failure"] for h in keys["tls_handshakes"] if h["hostname"] != "control.lab"} \
         <= {"connection_reset", "eof_error"}
     assert keys["stun_blocking"] is False  # the relay's STUN still answered
+    # The test's own capture, read by marsad's passive analysis, shows the same reset.
+    analysed = subprocess.run([sys.executable, "-m", "api.cli", "analyze", "--json",
+                               doc["capture"]], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=True)
+    calls = json.loads(analysed.stdout)["calls"]
+    assert any(c["verdict"] == "blocked" and "tls-reset-after-hello" in c["reasons"]
+               for c in calls), calls
 
 
 def test_app_stun_dropped_is_blocked_when_a_stun_control_answers(reach: ReachLab) -> None:
