@@ -910,6 +910,102 @@ def _run_probe(args: argparse.Namespace) -> int:
     return failed.code
 
 
+def _run_test_reachability(args: argparse.Namespace) -> int:
+    """``marsad test reachability APP``: DNS, TCP, TLS and STUN to the app's endpoints,
+    judged; the result and capture written to ``--out``, an entry in ``--ledger``."""
+    from pathlib import Path
+
+    from api.active import record_test
+    from api.reach_test import (
+        ReachError,
+        ReachSpec,
+        parse_target,
+        run_reach_test,
+    )
+    from policy.errors import EntryRejected
+    from policy.reach import CONTROL_GROUP
+    from policy.rules import load_policy
+    with _reported(errors=(ReachError, PolicyError, EntryRejected, OSError)) as failed:
+        if args.timeout <= 0 or args.total <= 0 or args.max_addresses < 1:
+            raise ReachError("--timeout and --total must be positive, --max-addresses >= 1")
+        spec = ReachSpec(
+            app=args.app, resolvers=tuple(args.resolver or ()), timeout_s=args.timeout,
+            targets=tuple(parse_target(t, app=args.app) for t in args.target or ()),
+            controls=tuple(parse_target(t, app=args.app, group=CONTROL_GROUP)
+                           for t in args.control or ()),
+            ca_file=args.ca_file, max_addresses=args.max_addresses, total_s=args.total,
+            builtin=not args.only_targets, system_resolver=not args.no_system_resolver)
+        result = run_reach_test(spec, Path(args.out), policy=load_policy(args.policy),
+                                capture=not args.no_capture)
+        if args.ledger is not None:
+            with _open_ledger(args.ledger, must_exist=False) as ledger:
+                record_test(result, ledger=ledger)
+    if failed.code is not None:
+        return failed.code
+    if args.json:
+        sys.stdout.write(dumps(result.to_dict()))
+        sys.stdout.write("\n")
+        return EXIT_OK
+    keys = result.test_keys
+    print(f"{result.app} reachability: {result.verdict.kind}"
+          f"{' (' + ', '.join(result.verdict.reasons) + ')' if result.verdict.reasons else ''}")
+    for k, v in keys.items():
+        if k.startswith(f"{result.app}_") and k.endswith("_status"):
+            print(f"  {k}: {v}")
+    print(f"  dns: {keys['dns_consistency']['status']}; control: {keys['control']}; "
+          f"network: {keys['network']}")
+    for ev in result.verdict.evidence:
+        print(f"  - {ev.reason}: {ev.text}")
+    cap = keys["capture"]
+    print(f"  result: {Path(args.out) / (result.uid + '.json')}")
+    print(f"  capture: {result.capture or 'none (' + str(cap.get('problem')) + ')'}")
+    return EXIT_OK
+
+
+def _add_test_parsers(sub: Any, subparsers: dict[str, argparse.ArgumentParser]) -> None:
+    """``marsad test``: the active tests, each kind a subcommand of the group."""
+    tg = sub.add_parser("test", help="active tests: traffic marsad sends itself to test "
+                                     "the path (reachability, replay)")
+    tsub = tg.add_subparsers(dest="test_command", required=True)
+    tr = tsub.add_parser(
+        "reachability", help="DNS, TCP, TLS and STUN to an app's servers (OONI's method)",
+        description="Resolve the app's server names (the system resolver and each "
+                    "--resolver), connect to every answer, make TLS handshakes with the "
+                    "names as SNI and send STUN binding requests; judge whether the "
+                    "network blocked the app. The servers are the app's own, from "
+                    "classifier/data/endpoints.json, plus any --target.")
+    tr.add_argument("app", choices=("whatsapp", "messenger", "teams", "zoom", "signal",
+                                    "telegram", "viber", "sip"))
+    tr.add_argument("--resolver", action="append", metavar="IP[:PORT]",
+                    help="also ask this DNS server (repeatable); answers are compared")
+    tr.add_argument("--no-system-resolver", action="store_true",
+                    help="ask only the --resolver servers, not the system's resolver")
+    tr.add_argument("--target", action="append", metavar="[tcp:|tls:|stun:]HOST[:PORT]",
+                    help="a server of the app to test too (repeatable; SIP's proxy, a "
+                         "relay); no scheme: TLS on 443 (SIP: TCP 5060)")
+    tr.add_argument("--control", action="append", metavar="[tcp:|tls:|stun:]HOST[:PORT]",
+                    help="a server that should work whatever happens to the app: if it "
+                         "fails too the test failed (no network), nothing is blocked")
+    tr.add_argument("--only-targets", action="store_true",
+                    help="test only the --target servers, not the app's own list")
+    tr.add_argument("--ca-file", metavar="FILE",
+                    help="verify servers with this CA bundle instead of the system store")
+    tr.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                    help="per DNS query, connect, handshake and STUN exchange (default 5)")
+    tr.add_argument("--total", type=float, default=60.0, metavar="S",
+                    help="cap on the whole test (default 60)")
+    tr.add_argument("--max-addresses", type=int, default=4, metavar="N",
+                    help="answers tried per name (default 4)")
+    tr.add_argument("--out", default=".", metavar="DIR",
+                    help="where <uid>.json and <uid>.pcap go (default: here)")
+    tr.add_argument("--no-capture", action="store_true", help="do not run tcpdump")
+    tr.add_argument("--ledger", metavar="PATH", help="append the result to this ledger")
+    tr.add_argument("--policy", metavar="FILE", help="policy file (thresholds)")
+    tr.add_argument("--json", action="store_true", help="print the result as JSON")
+    tr.set_defaults(func=_run_test_reachability)
+    subparsers.update(test=tg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marsad", description=(
         "Observe over-the-top voice and video calls and record, with evidence, whether the "
@@ -1085,6 +1181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_meter_options(pr)
     _add_pipeline_options(pr)
     pr.set_defaults(func=_run_probe)
+    _add_test_parsers(sub, subparsers)
     subparsers.update(flows=f, analyze=a, verify=v, evidence=e, report=rp, probe=pr)
     p.set_defaults(subparsers=subparsers)
     return p

@@ -79,6 +79,21 @@ class Reason(StrEnum):
     """The call rang and was cancelled (487) before an answer."""
     TOO_SHORT = "too-short"
     """Too little of the call was captured to judge it."""
+    DNS_FAILURE = "dns-failure"
+    """An active test: the app's names did not resolve (NXDOMAIN, no answer, timeout)
+    while other names did."""
+    DNS_INCONSISTENT = "dns-inconsistent"
+    """An active test: resolvers gave different addresses for a name, and one resolver's
+    addresses could not be reached while another's could."""
+    TLS_CERTIFICATE = "tls-certificate"
+    """An active test: the server behind the app's name showed a certificate that is not
+    the name's (wrong name, unknown authority): interception, or a misconfigured server."""
+    CONTROL_FAILED = "control-failed"
+    """An active test: the control target failed as well as the app: the network, not the
+    app, may be down; nothing is called blocked."""
+    NO_CONTROL = "no-control"
+    """An active test: nothing of the app's worked and no control target was named, so a
+    block cannot be told from a network that is down."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,8 @@ from probe.addresses import is_local_class, local_is_orig
 from probe.records import FlowRecord, TcpFlag
 
 __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
-           "DegradedPolicy", "Policy", "QualityPolicy", "RuleContext", "SipOutcome",
+           "DegradedPolicy", "Policy", "QualityPolicy", "ReachabilityPolicy", "RuleContext",
+           "SipOutcome",
            "ThrottledPolicy", "call_rules", "congested_paths", "explained_by_congestion",
            "explained_by_shaper", "flow_rules", "load_policy", "sip_outcome", "verdict_from"]
 
@@ -113,6 +114,18 @@ class CallsPolicy:
     """Flows of one app from one host closer than this join one call."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReachabilityPolicy:
+    """``reachability``: how the reachability test (:mod:`policy.reach`) reads failures."""
+
+    stun_needs_control: bool = _threshold("yes/no")
+    """All of an app's STUN servers unanswered is blocked only if a STUN control answered
+    (else degraded: UDP may be filtered for every destination)."""
+    partial_reset_degraded: bool = _threshold("yes/no")
+    """Some (not all) endpoints reset after the TLS hello, or showing a certificate not
+    theirs: degraded (blocked needs every way failing)."""
+
+
 _KINDS: dict[type, str] = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
@@ -129,6 +142,7 @@ class Policy:
     degraded: DegradedPolicy
     quality: QualityPolicy
     calls: CallsPolicy
+    reachability: ReachabilityPolicy
     values: dict[str, Any]
     """Section -> key -> value as read, defaults merged with the user's file: the policy's
     identity (:func:`api.evidence.policy_digest` hashes it)."""

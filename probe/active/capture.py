@@ -85,7 +85,11 @@ class TestCapture:
                                       stderr=subprocess.PIPE)
         # tcpdump says "listening on ..." once its socket is open: nothing the test sends
         # after that line is missed.
+        # Read the pipe's bytes as they come (os.read): a buffered readline could take
+        # this line into its buffer together with an earlier one, and select would then
+        # wait on a descriptor with nothing more to say.
         assert self._proc.stderr is not None
+        fd = self._proc.stderr.fileno()
         said = b""
         fd = self._proc.stderr.fileno()  # raw reads: a buffered readline hides lines from select
         deadline = time.monotonic() + _READY_S

@@ -16,10 +16,11 @@ All times are seconds; ``*_ts`` are Unix times, ``t_s`` offsets from the test's 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["DnsQuery", "Interval", "ReachabilityMeasurement", "ReplayKind",
+__all__ = ["DnsQuery", "Endpoint", "Interval", "ReachabilityMeasurement", "ReplayKind",
            "ReplayMeasurement", "ReplayRun", "Series", "StunBinding", "TcpConnect",
            "TlsHandshake"]
 
@@ -148,6 +149,35 @@ class StunBinding:
 
 
 @dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One server a reachability test tries, and the ways to reach it."""
+
+    host: str
+    """A DNS name, or an address literal (then no DNS step and no SNI)."""
+    group: str
+    """The app's endpoint group it belongs to (OONI's ``endpoints``, ``registration``,
+    ``web``...; ``target`` for a server the user named, ``control`` for a control)."""
+    tcp: tuple[int, ...] = ()
+    """Ports to TCP-connect to."""
+    tls: tuple[int, ...] = ()
+    """Ports to make a TLS handshake on, with ``host`` as SNI."""
+    stun: tuple[int, ...] = ()
+    """UDP ports to send a STUN binding request to."""
+    verify: bool = True
+    """Verify the server's certificate chain and name (off for servers whose CA the app
+    pins and the system store does not hold)."""
+
+    @property
+    def is_address(self) -> bool:
+        """Whether ``host`` is an IP address literal."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
 class ReachabilityMeasurement:
     """A reachability test of one app's endpoints."""
 
@@ -158,3 +188,7 @@ class ReachabilityMeasurement:
     tcp_connect: tuple[TcpConnect, ...]
     tls_handshakes: tuple[TlsHandshake, ...]
     stun: tuple[StunBinding, ...]
+    endpoints: tuple[Endpoint, ...] = ()
+    """What was to be tried: the app's endpoints, the user's targets and controls."""
+    resolvers: tuple[str, ...] = ()
+    """The resolvers asked (``system`` first, then those the user named)."""

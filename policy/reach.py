@@ -1,0 +1,420 @@
+"""Judging a reachability test (OONI's method) without calling a working app blocked.
+
+The lessons OONI's instant-messaging tests learnt, applied:
+
+- An endpoint is unreachable in a way (TCP, TLS, STUN) only if that way failed on every
+  address and every port tried; a group of endpoints (OONI's ``endpoints``, ``web``...)
+  is blocked only if every endpoint of the group failed that way.
+- A DNS answer that differs between resolvers is not a block (CDNs answer by place):
+  it is recorded, and degrades the verdict only when one resolver's addresses could not
+  be reached while another's could.
+- A TLS handshake reset (or left unanswered) after the ClientHello while the TCP connect
+  to the same address worked is the signature of blocking by server name (SNI).
+- Nothing is blocked when the network itself is down: if a control target the user named
+  failed too, the test ``failed``; if none was named and nothing of the app's worked, it
+  is ``unknown``.
+- STUN is UDP: all of an app's STUN servers unanswered is a block only if a STUN control
+  answered (``reachability.stun_needs_control``), else UDP may be filtered everywhere.
+
+Every blocked or degraded finding is an :class:`~policy.records.Evidence` whose figures
+list the attempts, the failure strings and the benign explanations the measurement
+excludes (and those it cannot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from policy.records import Evidence, Reason, TestKind, TestResult, Verdict, VerdictKind
+from policy.rules import Policy
+from probe.active.records import (
+    DnsQuery,
+    Endpoint,
+    ReachabilityMeasurement,
+    StunBinding,
+    TcpConnect,
+    TlsHandshake,
+)
+
+__all__ = ["CONTROL_GROUP", "RULES", "judge_reachability"]
+
+CONTROL_GROUP = "control"
+"""The group of the control targets the user names: not the app's, tried the same way."""
+SYSTEM = "system"
+RULES = ("reachability.dns", "reachability.tcp", "reachability.tls", "reachability.stun",
+         "reachability.control")
+"""The rule names a reachability verdict's evidence carries (docs/VERDICTS.md)."""
+
+_KINDS = ("tcp", "tls", "stun")
+_RESET = frozenset({"connection_refused", "connection_reset"})
+_ICMP = frozenset({"host_unreachable", "network_unreachable"})
+_AFTER_HELLO = frozenset({"connection_reset", "eof_error", "generic_timeout_error",
+                          "connection_aborted"})
+_CERT = frozenset({"ssl_invalid_hostname", "ssl_unknown_authority",
+                   "ssl_invalid_certificate"})
+_ANSWERED = frozenset({None, "stun_error_response"})
+"""A STUN error response is an answer: the request crossed the network both ways."""
+_RANK = {"ok": 0, "unknown": 1, "degraded": 2, "blocked": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class _Way:
+    """One endpoint, one way of reaching it: how it went."""
+
+    endpoint: Endpoint
+    kind: str
+    ok: bool
+    cause: Reason | None
+    """Why it failed (None if it worked)."""
+    failures: dict[str, int]
+    """Failure string -> attempts that ended with it."""
+    attempts: int
+    addresses: tuple[str, ...]
+    ts: tuple[float, ...]
+
+
+def _key(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+_Step = TypeVar("_Step", DnsQuery, TcpConnect, TlsHandshake, StunBinding)
+
+
+def _by_host(items: Iterable[_Step]) -> dict[str, list[_Step]]:
+    out: dict[str, list[_Step]] = {}
+    for it in items:
+        out.setdefault(_key(it.hostname), []).append(it)
+    return out
+
+
+class _Steps:
+    """The measurement's steps, by host."""
+
+    def __init__(self, m: ReachabilityMeasurement) -> None:
+        self.queries = _by_host(m.queries)
+        self.tcp = _by_host(m.tcp_connect)
+        self.tls = _by_host(m.tls_handshakes)
+        self.stun = _by_host(m.stun)
+
+    def addresses(self, ep: Endpoint) -> tuple[str, ...]:
+        if ep.is_address:
+            return (ep.host,)
+        seen: dict[str, None] = {}
+        for q in self.queries.get(_key(ep.host), []):
+            for a in q.answers:
+                seen.setdefault(a, None)
+        return tuple(seen)
+
+    def way(self, ep: Endpoint, kind: str) -> _Way:
+        host = _key(ep.host)
+        addrs = self.addresses(ep)
+        if not addrs:
+            qs = self.queries.get(host, [])
+            fails = Counter(q.failure or "dns_no_answer" for q in qs)
+            return _Way(ep, kind, False, Reason.DNS_FAILURE, dict(fails), len(qs), (),
+                        tuple(q.t_s for q in qs))
+        if kind == "stun":
+            st = [s for s in self.stun.get(host, []) if s.port in ep.stun]
+            ok = any(s.failure in _ANSWERED for s in st)
+            fails = Counter(s.failure for s in st if s.failure is not None
+                            and s.failure not in _ANSWERED)
+            cause = None if ok else (Reason.ICMP_UNREACHABLE if fails.keys() & (
+                _ICMP | _RESET) and not fails.keys() - (_ICMP | _RESET)
+                else Reason.STUN_UNANSWERED)
+            return _Way(ep, kind, ok, cause, dict(fails), len(st), addrs,
+                        tuple(s.t_s for s in st))
+        ports = ep.tcp if kind == "tcp" else ep.tls
+        tcp = [c for c in self.tcp.get(host, []) if c.port in ports]
+        if kind == "tcp":
+            ok = any(c.failure is None for c in tcp)
+            fails = Counter(c.failure for c in tcp if c.failure is not None)
+            return _Way(ep, kind, ok, None if ok else _tcp_cause(fails), dict(fails),
+                        len(tcp), addrs, tuple(c.t_s for c in tcp))
+        hs = [h for h in self.tls.get(host, []) if h.port in ports]
+        ok = any(h.failure is None for h in hs)
+        hs_fails = Counter(h.failure for h in hs if h.failure is not None)
+        tcp_fails = Counter(c.failure for c in tcp if c.failure is not None)
+        ts = tuple(sorted({*(c.t_s for c in tcp), *(h.t_s for h in hs)}))
+        if ok:
+            return _Way(ep, kind, True, None, dict(hs_fails + tcp_fails), len(tcp), addrs, ts)
+        if hs_fails:
+            # TCP connected somewhere and the handshake failed there: the TLS cause.
+            if hs_fails.keys() & _AFTER_HELLO:
+                cause = Reason.TLS_RESET_AFTER_HELLO
+            elif hs_fails.keys() <= _CERT:
+                cause = Reason.TLS_CERTIFICATE
+            else:
+                cause = Reason.TLS_RESET_AFTER_HELLO
+            return _Way(ep, kind, False, cause, dict(hs_fails + tcp_fails), len(tcp), addrs,
+                        ts)
+        return _Way(ep, kind, False, _tcp_cause(tcp_fails), dict(tcp_fails), len(tcp), addrs,
+                    ts)
+
+
+def _tcp_cause(fails: Counter[str]) -> Reason:
+    if fails.keys() & _RESET:
+        return Reason.TCP_RESET
+    if fails.keys() & _ICMP:
+        return Reason.ICMP_UNREACHABLE
+    return Reason.SYN_UNANSWERED
+
+
+def _kinds(ep: Endpoint) -> tuple[str, ...]:
+    return tuple(k for k, ports in zip(_KINDS, (ep.tcp, ep.tls, ep.stun), strict=True) if ports)
+
+
+@dataclass(slots=True)
+class _Finding:
+    status: str
+    """blocked, degraded or unknown."""
+    evidence: Evidence
+
+
+class _Judge:
+    def __init__(self, m: ReachabilityMeasurement, policy: Policy) -> None:
+        self.m = m
+        self.policy = policy
+        self.steps = _Steps(m)
+        self.ways: list[_Way] = [self.steps.way(ep, k) for ep in m.endpoints
+                                 for k in _kinds(ep)]
+        self.app_ways = [w for w in self.ways if w.endpoint.group != CONTROL_GROUP]
+        self.control_ways = [w for w in self.ways if w.endpoint.group == CONTROL_GROUP]
+        self.findings: list[_Finding] = []
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _ts(self, ways: Iterable[_Way]) -> tuple[float, float]:
+        ts = [t for w in ways for t in w.ts] or [0.0]
+        return (round(self.m.started_ts + min(ts), 6), round(self.m.started_ts + max(ts), 6))
+
+    def _find(self, status: str, kind: str, reason: Reason, ways: list[_Way],
+              figures: dict[str, Any], text: str) -> None:
+        first, last = self._ts(ways)
+        figures = {"endpoints": [w.endpoint.host for w in ways],
+                   "attempts": sum(w.attempts for w in ways),
+                   "addresses": sorted({a for w in ways for a in w.addresses}),
+                   "failures": dict(sum((Counter(w.failures) for w in ways), Counter())),
+                   **figures}
+        self.findings.append(_Finding(status, Evidence(
+            f"reachability.{kind}", reason, (), (), first, last, figures, text)))
+
+    def _worked_elsewhere(self, kind: str, group: str) -> list[str]:
+        """Hosts, outside ``group``, that were reached (any way; ``stun`` only by STUN)."""
+        ways = [w for w in self.ways if w.ok and w.endpoint.group != group
+                and (kind != "stun" or w.kind == "stun")]
+        return sorted({w.endpoint.host for w in ways})
+
+    # -- the rules ---------------------------------------------------------------------
+
+    def groups(self) -> dict[str, str]:
+        status: dict[str, str] = {}
+        for group in dict.fromkeys(w.endpoint.group for w in self.app_ways):
+            status[group] = "ok"
+            for kind in _KINDS:
+                ways = [w for w in self.app_ways if w.endpoint.group == group and w.kind == kind]
+                if not ways:
+                    continue
+                s = self._group_kind(group, kind, ways)
+                if _RANK[s] > _RANK[status[group]]:
+                    status[group] = s
+        return status
+
+    def _group_kind(self, group: str, kind: str, ways: list[_Way]) -> str:
+        failed = [w for w in ways if not w.ok]
+        if not failed:
+            return "ok"
+        causes = Counter(w.cause for w in failed if w.cause is not None)
+        main = causes.most_common(1)[0][0]
+        n = len(ways)
+        if len(failed) < n:
+            # A refused connect is also what a server that is down answers; a reset after
+            # the ClientHello, or another certificate, is what a filter on the name does.
+            interfering = [w for w in failed if w.cause in (
+                Reason.TLS_RESET_AFTER_HELLO, Reason.TLS_CERTIFICATE)]
+            if interfering and self.policy.reachability.partial_reset_degraded:
+                reason = Counter(w.cause for w in interfering).most_common(1)[0][0]
+                assert reason is not None
+                self._find("degraded", kind, reason, interfering, {
+                    "group": group, "kind": kind, "failed": len(interfering), "of": n,
+                    "excluded": [f"the network being down: {n - len(failed)} endpoint(s) of "
+                                 f"the same group answered"]},
+                    f"{len(interfering)} of {n} {group} endpoints failed {kind} with "
+                    f"{reason} while the others answered.")
+                return "degraded"
+            return "ok"
+        # Every endpoint of the group failed this way.
+        elsewhere = self._worked_elsewhere(kind, group)
+        excluded = [f"one server down: all {n} endpoint(s) of '{group}' failed on every "
+                    f"address and port tried"]
+        not_excluded = ["the app's servers all down at once (one vantage point)"]
+        if elsewhere:
+            excluded.append("the network being down: reached " + ", ".join(elsewhere[:8]))
+        if main is Reason.DNS_FAILURE:
+            resolved = sorted({q.hostname for qs in self.steps.queries.values() for q in qs
+                               if q.answers})
+            if not resolved:
+                self._find("unknown", "dns", main, failed, {
+                    "group": group, "kind": "dns", "excluded": [], "not_excluded": [
+                        "the resolvers being unreachable: no name resolved at all"]},
+                    f"No {group} name resolved, and no other name did either: the "
+                    f"resolvers may be down.")
+                return "unknown"
+            excluded.append("the resolvers being down: resolved " + ", ".join(resolved[:8]))
+            kind = "dns"
+        if kind == "stun" and not elsewhere and self.policy.reachability.stun_needs_control:
+            not_excluded.append("UDP filtered towards every destination: no STUN control "
+                                "answered (name one with --control stun:HOST)")
+            self._find("degraded", kind, main, failed, {
+                "group": group, "kind": kind, "excluded": excluded,
+                "not_excluded": not_excluded},
+                f"No {group} STUN server answered a binding request, and no other STUN "
+                f"server answered either.")
+            return "degraded"
+        if set(causes) == {Reason.TLS_CERTIFICATE}:
+            not_excluded.append("a misconfigured server certificate")
+            self._find("degraded", kind, main, failed, {
+                "group": group, "kind": kind, "excluded": excluded,
+                "not_excluded": not_excluded},
+                f"Every {group} endpoint showed a certificate not valid for its name.")
+            return "degraded"
+        if main is Reason.TLS_RESET_AFTER_HELLO:
+            # TCP connects to the same addresses worked: the path and the server are up.
+            excluded.append("the server not listening: TCP connects to the same addresses "
+                            "worked")
+        elif not elsewhere:
+            # Nothing outside the group (nor a control) worked: no proof the network is up.
+            self._find("unknown", kind, main, failed, {
+                "group": group, "kind": kind, "excluded": excluded[:1], "not_excluded": [
+                    *not_excluded, "the network being down: nothing outside the group "
+                    "answered (name a --control)"]},
+                f"Every {group} endpoint failed {kind} ({main}) and nothing else answered "
+                f"to compare with.")
+            return "unknown"
+        text = {
+            "dns": f"No {group} name resolved with any resolver, while other names did.",
+            "tcp": f"Every TCP connect to the {group} endpoints failed ({main}), on every "
+                   f"address and port, while other hosts answered.",
+            "tls": f"Every TLS handshake with the {group} endpoints failed ({main}) while "
+                   f"other hosts answered.",
+            "stun": f"No {group} STUN server answered a binding request while another STUN "
+                    f"server did.",
+        }[kind]
+        self._find("blocked", kind, main, failed, {
+            "group": group, "kind": kind, "causes": {str(c): k for c, k in causes.items()},
+            "excluded": excluded, "not_excluded": not_excluded}, text)
+        return "blocked"
+
+    def dns(self) -> dict[str, Any]:
+        """Consistency across resolvers; a degraded finding when it mattered."""
+        names: dict[str, dict[str, list[str]]] = {}
+        reached = {c.ip for cs in self.steps.tcp.values() for c in cs if c.failure is None}
+        reached |= {h.ip for hs in self.steps.tls.values() for h in hs if h.failure is None}
+        reached |= {s.ip for ss in self.steps.stun.values() for s in ss
+                    if s.failure in _ANSWERED}
+        tried = {c.ip for cs in self.steps.tcp.values() for c in cs}
+        tried |= {s.ip for ss in self.steps.stun.values() for s in ss}
+        inconsistent: list[str] = []
+        for ep in self.m.endpoints:
+            if ep.is_address or ep.group == CONTROL_GROUP:
+                continue
+            qs = self.steps.queries.get(_key(ep.host), [])
+            views = {q.resolver: sorted(q.answers) for q in qs}
+            names[ep.host] = views
+            answered = {r: set(a) for r, a in views.items() if a}
+            if len({frozenset(a) for a in answered.values()}) > 1:
+                inconsistent.append(ep.host)
+                dead = [r for r, a in answered.items() if a & tried and not a & reached]
+                live = [r for r, a in answered.items() if a & reached]
+                if dead and live:
+                    ways = [w for w in self.app_ways if w.endpoint.host == ep.host]
+                    self._find("degraded", "dns", Reason.DNS_INCONSISTENT, ways, {
+                        "name": ep.host, "answers": views, "unreachable_from": dead,
+                        "reachable_from": live, "excluded": [
+                            "a CDN's answers by place: only the difference in what could "
+                            "be reached counts"]},
+                        f"{ep.host}: the addresses {', '.join(dead)} gave could not be "
+                        f"reached, those {', '.join(live)} gave could.")
+            failed_system = [q for q in qs if q.resolver == SYSTEM and not q.answers]
+            if failed_system and any(q.answers for q in qs if q.resolver != SYSTEM):
+                ways = [w for w in self.app_ways if w.endpoint.host == ep.host]
+                self._find("degraded", "dns", Reason.DNS_FAILURE, ways, {
+                    "name": ep.host, "answers": views,
+                    "system_failure": failed_system[0].failure, "excluded": [
+                        "the name not existing: another resolver answered it"]},
+                    f"{ep.host}: the system resolver failed "
+                    f"({failed_system[0].failure}) while another resolver answered.")
+        several = sum(1 for r in self.m.resolvers) > 1
+        return {"status": ("inconsistent" if inconsistent else
+                           "consistent" if several else "single-resolver"),
+                "inconsistent": inconsistent, "answers": names}
+
+
+def _way_dict(w: _Way) -> dict[str, Any]:
+    return {"host": w.endpoint.host, "group": w.endpoint.group, "kind": w.kind,
+            "status": "ok" if w.ok else "failed", "cause": None if w.cause is None
+            else str(w.cause), "failures": w.failures, "attempts": w.attempts,
+            "addresses": list(w.addresses)}
+
+
+def judge_reachability(m: ReachabilityMeasurement, policy: Policy) -> TestResult:
+    """The verdict on a reachability measurement, with OONI-style ``test_keys``."""
+    j = _Judge(m, policy)
+    app_ok = any(w.ok for w in j.app_ways)
+    control_ok = any(w.ok for w in j.control_ways)
+    network: str
+    if not app_ok and not control_ok:
+        network = "down" if j.control_ways else "unknown"
+        groups = {g: "unknown" for g in dict.fromkeys(w.endpoint.group for w in j.app_ways)}
+        dns_keys = j.dns()
+        j.findings = [f for f in j.findings if f.status == "unknown"]
+        reason = Reason.CONTROL_FAILED if j.control_ways else Reason.NO_CONTROL
+        hosts = sorted({w.endpoint.host for w in j.control_ways})
+        ev = Evidence(
+            "reachability.control", reason, (), (), *j._ts(j.ways),
+            {"app_attempts": sum(w.attempts for w in j.app_ways),
+             "control": hosts, "control_failures": dict(sum(
+                 (Counter(w.failures) for w in j.control_ways), Counter()))},
+            ("The control target " + ", ".join(hosts) + " failed too: the network, not "
+             "the app, may be down." if j.control_ways else
+             "Nothing of the app's answered and no control target was named: a block "
+             "cannot be told from a network that is down."))
+        kind = VerdictKind.FAILED if j.control_ways else VerdictKind.UNKNOWN
+        verdict = Verdict(kind, (reason,), (ev,))
+    else:
+        network = "up"
+        groups = j.groups()
+        dns_keys = j.dns()
+        blocked = [f for f in j.findings if f.status == "blocked"]
+        degraded = [f for f in j.findings if f.status == "degraded"]
+        unknown = [f for f in j.findings if f.status == "unknown"]
+        ordered = blocked + degraded + unknown
+        kind = (VerdictKind.BLOCKED if blocked else VerdictKind.DEGRADED if degraded
+                else VerdictKind.UNKNOWN if unknown else VerdictKind.OK)
+        verdict = Verdict(kind, tuple(dict.fromkeys(f.evidence.reason for f in ordered)),
+                          tuple(f.evidence for f in ordered))
+    blocking = {k: any(f.status == "blocked" and f.evidence.rule == f"reachability.{k}"
+                       for f in j.findings) for k in ("dns", "tcp", "tls", "stun")}
+    test_keys: dict[str, Any] = {
+        "app": m.app,
+        "resolvers": list(m.resolvers),
+        "network": network,
+        "control": ("none" if not j.control_ways else "ok" if control_ok else "failed"),
+        **{f"{m.app}_{g}_status": s for g, s in groups.items()},
+        **{f"{k}_blocking": v for k, v in blocking.items()},
+        "dns_consistency": dns_keys,
+        "endpoints": [_way_dict(w) for w in j.ways],
+        "queries": [asdict(q) | {"answers": list(q.answers)} for q in m.queries],
+        "tcp_connect": [asdict(c) for c in m.tcp_connect],
+        "tls_handshakes": [asdict(h) for h in m.tls_handshakes],
+        "stun": [asdict(s) for s in m.stun],
+    }
+    uid = hashlib.sha256(json.dumps(
+        [m.app, str(TestKind.REACHABILITY), m.started_ts, test_keys], sort_keys=True,
+        default=str).encode()).hexdigest()[:24]
+    return TestResult(uid, TestKind.REACHABILITY, m.app, m.started_ts, m.duration_s, verdict,
+                      test_keys)
