@@ -78,6 +78,21 @@ class Reason(StrEnum):
     """The call rang and was cancelled (487) before an answer."""
     TOO_SHORT = "too-short"
     """Too little of the call was captured to judge it."""
+    REPLAY_BLOCKED = "replay-blocked"
+    """A replay test: the app's trace got nothing through (or its STUN messages alone were
+    lost) while both controls did, over the same path."""
+    REPLAY_SHAPED = "replay-shaped"
+    """A replay test: the app's trace, and neither control, met a shaper's queue (loss
+    while the delay climbed and levelled off)."""
+    REPLAY_DIFFERENTIATED = "replay-differentiated"
+    """A replay test: the app's trace was slower than both controls by Wehe's area and
+    Kolmogorov-Smirnov tests."""
+    REPLAY_PATH_IMPAIRED = "replay-path-impaired"
+    """A replay test: the trace and both controls lost packets alike: a lossy path, not
+    differentiation."""
+    REPLAY_INCONCLUSIVE = "replay-inconclusive"
+    """A replay test that cannot be judged: a run missing or failed, too short, or the
+    original differing from one control only."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,304 @@
+"""The replay test's verdict: did the network treat the app's traffic differently?
+
+A replay measurement holds the app's trace (the *original*) and two controls run over
+the same path in the same test: the trace with inverted payload bits (same sizes and
+timing, no signature) and the trace between random ports. Each direction is judged on
+its own, since a network may throttle only what comes down. In a direction:
+
+- **blocked** (``replay-blocked``) when the original got nothing through while both
+  controls did, or when the original's STUN messages, and they alone, were lost while
+  both controls delivered theirs: the call's set-up gets no answer.
+- **throttled** (``replay-shaped``) when the original, and neither control, shows a
+  shaper's signature: loss while the one-way delay climbed and levelled off (a queue in
+  front of a rate limit), the received rate held at a plateau below the offered one.
+- **throttled** (``replay-differentiated``) by Wehe's decision: the original's
+  throughput samples differ from *each* control's by the area test (relative difference
+  of the means at least ``replay.area_threshold``) and the two-sample Kolmogorov-Smirnov
+  test (p at most ``replay.ks_p_threshold``), the original being the slower, while the
+  two controls agree with each other.
+- **degraded** (``replay-path-impaired``) when all three runs lost packets: the path is
+  lossy for any traffic, which is not differentiation.
+- **unknown** (``replay-inconclusive``) when a run is missing or failed, the runs are too
+  short, the original differs from one control only, or the controls disagree.
+
+Otherwise the verdict is ok. Every interference verdict's text names the benign
+explanations the measurement rules out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import binom, ks_2samp
+
+from policy.legs import delay_shape
+from policy.records import Evidence, Reason, TestKind, TestResult
+from policy.rules import Policy, verdict_from
+from probe.active.records import ReplayKind, ReplayMeasurement, ReplayRun, Series
+
+__all__ = ["judge_replay", "measurement_dict", "throughput_bps"]
+
+EXCLUDED = ("path congestion: both controls crossed the same path in the same test and "
+            "were not affected; the trace's own rate: the inverted control has the same "
+            "packet sizes and timing; the server: it answered both controls")
+"""The benign explanations a verdict against both controls rules out."""
+
+
+def throughput_bps(series: Series, span_s: float) -> list[float]:
+    """Received bits per second of each interval that starts within the trace's span
+    (Wehe's throughput samples)."""
+    return [8.0 * iv.received_bytes / series.interval_s for iv in series.intervals
+            if iv.start_s < span_s]
+
+
+@dataclass(frozen=True, slots=True)
+class _Dir:
+    """One direction of one run, summarised."""
+
+    sent: int
+    received: int
+    lost: frozenset[int]
+    stun: tuple[int, ...]
+    xput: list[float]
+    offered_bps: float
+    delay_rise_ms: float | None
+    plateau: bool
+
+    @property
+    def loss(self) -> float:
+        return (self.sent - self.received) / self.sent if self.sent else 0.0
+
+    @property
+    def delivered(self) -> float:
+        return self.received / self.sent if self.sent else 0.0
+
+
+def _summary(s: Series, span_s: float) -> _Dir:
+    sent = sum(iv.sent_packets for iv in s.intervals)
+    received = sum(iv.received_packets for iv in s.intervals)
+    delays = np.array([np.nan if iv.delay_ms is None else iv.delay_ms
+                       for iv in s.intervals], dtype=np.float64)
+    rise, plateau, _ = delay_shape(delays)
+    offered = 8.0 * sum(iv.sent_bytes for iv in s.intervals) / max(span_s, s.interval_s)
+    return _Dir(sent, received, frozenset(s.lost), s.stun, throughput_bps(s, span_s),
+                offered, rise, plateau)
+
+
+def _span(run: ReplayRun) -> float:
+    """The length of the run's schedule: the last interval in which anything was sent."""
+    last = 0.0
+    for s in (run.up, run.down):
+        for iv in s.intervals:
+            if iv.sent_packets:
+                last = max(last, iv.start_s + s.interval_s)
+    return last
+
+
+def _area(orig: list[float], ctrl: list[float]) -> float:
+    """Wehe's area test: (mean control - mean original) / the larger mean; positive when
+    the original was slower."""
+    a, b = float(np.mean(orig)), float(np.mean(ctrl))
+    top = max(a, b)
+    return (b - a) / top if top > 0 else 0.0
+
+
+def _ks_p(a: list[float], b: list[float]) -> float:
+    if a == b or (len(set(a)) == 1 and set(a) == set(b)):
+        return 1.0
+    return float(ks_2samp(a, b).pvalue)
+
+
+def _r(x: float | None, n: int = 4) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, n)
+
+
+def _ev(rule: str, reason: Reason, run: ReplayRun, figures: dict[str, Any],
+        text: str) -> Evidence:
+    return Evidence(rule, reason, (), (), run.started_ts, run.started_ts + run.duration_s,
+                    figures, text)
+
+
+def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Policy
+                     ) -> tuple[list[Evidence], dict[str, Any]]:
+    """Evidence for one direction, and its figures."""
+    g = pol.get
+    ctrls = {"inverted": i, "random-ports": r}
+    figures: dict[str, Any] = {
+        "direction": d,
+        "sent": {"original": o.sent, "inverted": i.sent, "random-ports": r.sent},
+        "loss": {k: _r(v.loss) for k, v in (("original", o), *ctrls.items())},
+        "mean_bps": {k: _r(float(np.mean(v.xput)) if v.xput else 0.0, 1)
+                     for k, v in (("original", o), *ctrls.items())},
+        "offered_bps": _r(o.offered_bps, 1),
+        "delay_rise_ms": {k: _r(v.delay_rise_ms, 1) for k, v in (("original", o),
+                                                                 *ctrls.items())},
+        "delay_plateau": {k: v.plateau for k, v in (("original", o), *ctrls.items())}}
+    area = {k: _area(o.xput, v.xput) for k, v in ctrls.items()}
+    ks = {k: _ks_p(o.xput, v.xput) for k, v in ctrls.items()}
+    figures["area"] = {k: _r(v) for k, v in area.items()}
+    figures["ks_p"] = {k: _r(v, 6) for k, v in ks.items()}
+    figures["area_controls"] = _r(_area(i.xput, r.xput))
+    figures["thresholds"] = {"area": g("replay", "area_threshold"),
+                             "ks_p": g("replay", "ks_p_threshold")}
+    out: list[Evidence] = []
+    ok_ctrl = min(i.delivered, r.delivered) >= g("replay", "control_min_delivered")
+    where = "from the server" if d == "down" else "to the server"
+
+    # Blocked: nothing of the original got through.
+    if o.sent and o.delivered <= g("replay", "blocked_max_delivered") and ok_ctrl:
+        out.append(_ev("blocked.replay_no_answer", Reason.REPLAY_BLOCKED, run, figures,
+                       f"{o.received} of the original's {o.sent} packets {where} arrived, "
+                       f"while the inverted control delivered {i.delivered:.0%} and the "
+                       f"random-ports control {r.delivered:.0%}. Ruled out: {EXCLUDED}."))
+        return out, figures
+
+    # Blocked: the original's STUN messages, and they alone, were lost.
+    stun_lost = sorted(set(o.stun) & o.lost)
+    other_sent = o.sent - len(o.stun)
+    other_loss = len(o.lost - set(o.stun)) / other_sent if other_sent else 0.0
+    figures["stun"] = {"sent": len(o.stun), "lost_original": len(stun_lost),
+                       "lost_controls": [len(set(c.stun) & c.lost) for c in (i, r)]}
+    if stun_lost and ok_ctrl:
+        p = float(binom.sf(len(stun_lost) - 1, len(o.stun),
+                           max(other_loss, g("replay", "stun_min_base_loss"))))
+        figures["stun"]["p"] = _r(p, 9)
+        delivered_by_ctrls = all(not (set(c.stun) & c.lost & set(stun_lost)) for c in (i, r))
+        if (len(stun_lost) >= g("replay", "stun_min_lost") and delivered_by_ctrls
+                and p <= g("replay", "stun_max_p")):
+            out.append(_ev(
+                "blocked.replay_stun", Reason.REPLAY_BLOCKED, run, figures,
+                f"{len(stun_lost)} of the original's {len(o.stun)} STUN messages {where} "
+                f"were lost (packets {', '.join(map(str, stun_lost[:16]))}) against "
+                f"{other_loss:.1%} of its other packets (chance p={p:.1e}), while both "
+                f"controls delivered the same messages: the call's set-up gets no answer. "
+                f"Ruled out: {EXCLUDED}."))
+
+    # Throttled: a shaper's queue on the original only.
+    def shaped(x: _Dir) -> bool:
+        return (x.loss >= g("replay", "shaper_min_loss") and x.plateau
+                and (x.delay_rise_ms or 0.0) >= g("replay", "shaper_min_delay_rise_ms"))
+    if shaped(o) and not shaped(i) and not shaped(r) and ok_ctrl:
+        half = o.xput[len(o.xput) // 2:]
+        plateau_bps = float(np.median(half)) if half else 0.0
+        figures["plateau_bps"] = _r(plateau_bps, 1)
+        out.append(_ev(
+            "throttled.replay_shaper", Reason.REPLAY_SHAPED, run, figures,
+            f"The original {where} lost {o.loss:.1%} of its packets while its one-way delay "
+            f"rose {o.delay_rise_ms:.0f} ms and levelled off (a queue in front of a rate "
+            f"limit); it was received at about {plateau_bps / 1000:.0f} kbit/s of "
+            f"{o.offered_bps / 1000:.0f} kbit/s offered. The controls lost "
+            f"{i.loss:.1%} (inverted) and {r.loss:.1%} (random ports). Ruled out: "
+            f"{EXCLUDED}."))
+
+    # Wehe's decision against each control.
+    n_min = g("replay", "min_intervals")
+    if min(len(o.xput), len(i.xput), len(r.xput)) < n_min:
+        out.append(_ev("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, run,
+                       figures, f"Too few throughput samples {where} to compare (fewer "
+                       f"than {n_min} intervals)."))
+        return out, figures
+    a_t, p_t = g("replay", "area_threshold"), g("replay", "ks_p_threshold")
+    slower = {k: area[k] >= a_t and ks[k] <= p_t for k in ctrls}
+    faster = {k: area[k] <= -a_t and ks[k] <= p_t for k in ctrls}
+    controls_agree = abs(_area(i.xput, r.xput)) < g("replay", "controls_max_area")
+    if all(slower.values()) and controls_agree:
+        out.append(_ev(
+            "throttled.replay_differentiation", Reason.REPLAY_DIFFERENTIATED, run, figures,
+            f"The original's throughput {where} was {area['inverted']:.0%} below the "
+            f"inverted control's (KS p={ks['inverted']:.1e}) and {area['random-ports']:.0%} "
+            f"below the random-ports control's (KS p={ks['random-ports']:.1e}), while the "
+            f"controls agreed. Ruled out: {EXCLUDED}."))
+    elif (any(slower.values()) or any(faster.values()) or not controls_agree) and not any(
+            e.rule.startswith(("throttled.", "blocked.")) for e in out):
+        which = [k for k in ctrls if slower[k] or faster[k]]
+        why = ("the two controls disagree with each other (the path changed during "
+               "the test)" if not controls_agree else
+               f"the original differs from the {' and '.join(which)} control only"
+               if len(which) == 1 else "the original was faster than the controls")
+        out.append(_ev("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, run,
+                       figures, f"No verdict {where}: {why}."))
+
+    # Every run lost packets: the path, not the app.
+    max_loss = g("replay", "path_max_loss")
+    if not out and min(o.loss, i.loss, r.loss) > max_loss:
+        out.append(_ev(
+            "degraded.replay_path", Reason.REPLAY_PATH_IMPAIRED, run, figures,
+            f"All three runs lost packets {where} (original {o.loss:.1%}, inverted "
+            f"{i.loss:.1%}, random ports {r.loss:.1%}): the path is lossy for any traffic; "
+            "that is not differentiation."))
+    return out, figures
+
+
+def _series_dict(s: Series) -> dict[str, Any]:
+    cols = ("start_s", "sent_packets", "sent_bytes", "received_packets", "received_bytes",
+            "lost_packets", "delay_ms", "jitter_ms")
+    return {"direction": s.direction, "interval_s": s.interval_s, "columns": list(cols),
+            "intervals": [[getattr(iv, c) for c in cols] for iv in s.intervals],
+            "lost": list(s.lost), "stun": list(s.stun)}
+
+
+def measurement_dict(m: ReplayMeasurement) -> dict[str, Any]:
+    """The measurement as plain JSON (``test_keys`` of the result)."""
+    return {"trace": m.trace, "started_ts": m.started_ts, "runs": [
+        {"kind": str(r.kind), "transport": r.transport, "client": list(r.client),
+         "server": list(r.server), "started_ts": r.started_ts, "duration_s": r.duration_s,
+         "answered": r.answered, "failure": r.failure, "up": _series_dict(r.up),
+         "down": _series_dict(r.down)} for r in m.runs]}
+
+
+def _uid(m: ReplayMeasurement, keys: dict[str, Any]) -> str:
+    """``T`` + 17 hex digits of a BLAKE2b digest of the app, the test kind, its start
+    time and its measurement."""
+    text = json.dumps([m.app, "replay", m.started_ts, keys], sort_keys=True)
+    return "T" + hashlib.blake2b(text.encode(), digest_size=9).hexdigest()[:17]
+
+
+def judge_replay(m: ReplayMeasurement, policy: Policy) -> TestResult:
+    """The verdict on a replay test (see the module's docstring)."""
+    keys = measurement_dict(m)
+    runs = {r.kind: r for r in m.runs}
+    duration = max((r.started_ts + r.duration_s for r in m.runs), default=m.started_ts) \
+        - m.started_ts
+    uid = _uid(m, keys)
+    missing = [str(k) for k in ReplayKind if k not in runs]
+    failed = [f"{r.kind}: {r.failure}" for r in m.runs if r.failure is not None
+              and r.kind is not ReplayKind.ORIGINAL]
+    orig = runs.get(ReplayKind.ORIGINAL)
+    if missing or failed or orig is None:
+        text = ("the test lacks the " + ", ".join(missing) + " run(s)" if missing else
+                "a control run failed (" + "; ".join(failed) + ")")
+        ev = Evidence("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, (), (),
+                      m.started_ts, m.started_ts + duration, {"missing": missing,
+                                                              "failed": failed},
+                      f"No verdict: {text}; differentiation needs the original and both "
+                      "controls over the same path.")
+        return TestResult(uid, TestKind.REPLAY, m.app, m.started_ts, round(duration, 3),
+                          verdict_from([ev]), keys)
+    evidence: list[Evidence] = []
+    analysis: dict[str, Any] = {}
+    span = _span(orig)
+    if orig.failure is not None and not orig.answered:
+        # The original's data path failed outright (its TCP connection) while both
+        # controls' worked.
+        analysis["original_failure"] = orig.failure
+        if all(runs[k].answered for k in (ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS)):
+            evidence.append(_ev(
+                "blocked.replay_no_answer", Reason.REPLAY_BLOCKED, orig,
+                {"original_failure": orig.failure},
+                f"The original's {orig.transport} connection failed ({orig.failure}) while "
+                f"both controls' connections to the same server worked. Ruled out: "
+                f"{EXCLUDED}."))
+    for d in ("up", "down"):
+        o, i, r = (_summary(getattr(runs[k], d), span) for k in
+                   (ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS))
+        found, figures = _judge_direction(d, o, i, r, orig, policy)
+        evidence += found
+        analysis[d] = figures
+    keys["analysis"] = analysis
+    return TestResult(uid, TestKind.REPLAY, m.app, m.started_ts, round(duration, 3),
+                      verdict_from(evidence), keys)
