@@ -47,7 +47,7 @@ from probe.addresses import orig_is_local
 from probe.records import FlowRecord
 from probe.speed import pickled_by_position
 
-__all__ = ["Classifier", "Observation", "classify_flows"]
+__all__ = ["MESSENGER_TURN_REALM", "REALM_APPS", "Classifier", "Observation", "classify_flows"]
 
 CALL_APPS = frozenset({"whatsapp", "messenger", "teams", "zoom", "facetime", "viber", "signal",
                        "telegram", "meet", "discord", "webex", "wechat", "line", "imo",
@@ -59,6 +59,9 @@ REALM_APPS = (("whatsapp", "whatsapp"), ("facebook", "messenger"), ("messenger",
               ("discord", "discord"), ("zoom", "zoom"), ("webex", "webex"),
               ("line.me", "line"), ("naver", "line"), ("imo.im", "imo"), ("snapchat", "snapchat"),
               ("apple.com", "facetime"), ("icloud.com", "facetime"))
+MESSENGER_TURN_REALM = "turner.facebook"
+"""What the STUN REALM of Messenger's TURN relays contains (real Messenger calls): the
+signalling of Messenger, not of WhatsApp, whose calls share Meta's STUN types."""
 VENDOR_APPS = {"whatsapp": "whatsapp", "microsoft": "teams", "zoom": "zoom", "google": "meet"}
 SERVICE_CATEGORY = {Service.RELAY: Category.CALL_SETUP, Service.CALL_SETUP: Category.CALL_SETUP,
                     Service.MESSAGING: Category.MESSAGING, Service.MEDIA: Category.WEB,
@@ -433,7 +436,7 @@ def _meta_signalling(facts: Facts) -> str | None:
     if facts.framing == "whatsapp":
         return "whatsapp"
     st = facts.stun
-    if st is not None and "turner.facebook" in (st.realm or "").lower():
+    if st is not None and MESSENGER_TURN_REALM in (st.realm or "").lower():
         return "messenger"
     for name in (facts.sni, facts.http_host, facts.dns_query):
         if name:

@@ -32,8 +32,10 @@ Errors (all from :mod:`probe.errors`)::
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +45,11 @@ from probe.errors import Malformed, Truncated
 from probe.plugins import Framing, PayloadView
 
 __all__ = [
+    "TELEGRAM_PEER_TAG_LEN",
+    "TELEGRAM_RELAY_MARKER",
+    "ZOOM_KEEPALIVE_LEN",
+    "ZOOM_MEDIA_TYPES",
+    "ZOOM_SFU_HEADER_LEN",
     "ZOOM_SFU_RTP",
     "DiscordIpDiscovery",
     "DiscordKeepalive",
@@ -71,7 +78,11 @@ __all__ = [
 # and nDPI's zoom.c; checked against zoom.pcap and that project's published packet bytes.
 
 ZOOM_LAYER = "zoom"
-_ZOOM_SFU_HEADER_LEN = 8  # type(1) sequence(2) unknown(4) direction(1)
+ZOOM_SFU_HEADER_LEN = 8
+"""The SFU header of type-5 packets: type(1) sequence(2) unknown(4) direction(1)."""
+ZOOM_KEEPALIVE_LEN = 13
+"""Keep-alive requests and responses (types 3 and 4) are 13 bytes, bytes 1-3 zero."""
+_ZOOM_SFU_HEADER_LEN = ZOOM_SFU_HEADER_LEN
 
 
 class ZoomSfuType(IntEnum):
@@ -93,8 +104,7 @@ class ZoomMediaKind(StrEnum):
     RTCP = "rtcp"
 
 
-# media type byte -> (kind, offset of the RTP/RTCP header from the media header start)
-_ZOOM_MEDIA: dict[int, tuple[ZoomMediaKind, int]] = {
+ZOOM_MEDIA_TYPES: Mapping[int, tuple[ZoomMediaKind, int]] = MappingProxyType({
     15: (ZoomMediaKind.AUDIO, 19),
     16: (ZoomMediaKind.VIDEO, 24),  # 20 when byte 20 is not 0x02 (no frame-info block)
     13: (ZoomMediaKind.SCREEN_SHARE, 27),  # server screen share, sub-type byte 7 == 0x1e
@@ -102,7 +112,9 @@ _ZOOM_MEDIA: dict[int, tuple[ZoomMediaKind, int]] = {
     33: (ZoomMediaKind.RTCP, 16),
     34: (ZoomMediaKind.RTCP, 16),
     35: (ZoomMediaKind.RTCP, 16),
-}
+})
+"""Media type byte -> (kind, offset of the RTP/RTCP header from the media header start)."""
+_ZOOM_MEDIA = ZOOM_MEDIA_TYPES
 
 
 _ZOOM_VIDEO, _ZOOM_SCREEN = 16, 13
@@ -185,7 +197,7 @@ def parse_zoom_sfu(payload: bytes | bytearray | memoryview) -> ZoomSfu | None:
             return None
         return ZoomSfu(sfu_type, 3, cur.u16(), None, None)
     if sfu_type in (ZoomSfuType.KEEPALIVE_REQ, ZoomSfuType.KEEPALIVE_RSP):
-        if len(buf) != 13 or buf[1:4] != b"\0\0\0":
+        if len(buf) != ZOOM_KEEPALIVE_LEN or buf[1:4] != b"\0\0\0":
             return None
         return ZoomSfu(sfu_type, 3, cur.u16(), None, None)
     if len(buf) >= _ZOOM_SFU_HEADER_LEN + 1:
@@ -348,8 +360,13 @@ def parse_discord(payload: bytes | bytearray | memoryview
 # -- Telegram -------------------------------------------------------------------------------
 
 TELEGRAM_LAYER = "telegram"
-_TG_RUN = 12
-_TG_PEER_TAG_LEN = 16  # libtgvoip: 16-byte peer tag, 12 x 0xFF, then a TL constructor id
+TELEGRAM_PEER_TAG_LEN = 16
+"""libtgvoip's relay packets start with the call's 16-byte peer tag."""
+TELEGRAM_RELAY_MARKER = b"\xff" * 12
+"""In relay requests and replies the peer tag is followed by exactly twelve 0xFF bytes,
+then a TL constructor id."""
+_TG_RUN = len(TELEGRAM_RELAY_MARKER)
+_TG_PEER_TAG_LEN = TELEGRAM_PEER_TAG_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +386,7 @@ def parse_telegram_relay(payload: bytes | bytearray | memoryview) -> TelegramRel
     buf = bytes(payload)
     if len(buf) < 40:
         return None
-    i = buf.find(b"\xff" * _TG_RUN)
+    i = buf.find(TELEGRAM_RELAY_MARKER)
     while i >= 0:
         end = i + _TG_RUN
         run_end = end
@@ -382,7 +399,7 @@ def parse_telegram_relay(payload: bytes | bytearray | memoryview) -> TelegramRel
                 cur.skip(_TG_RUN)
                 return TelegramRelay(i, tag, cur.u32le())
             return TelegramRelay(i, None, None)
-        i = buf.find(b"\xff" * _TG_RUN, run_end)
+        i = buf.find(TELEGRAM_RELAY_MARKER, run_end)
     return None
 
 
