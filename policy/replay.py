@@ -50,11 +50,12 @@ EXCLUDED = ("path congestion: both controls crossed the same path in the same te
 """The benign explanations a verdict against both controls rules out."""
 
 
-def throughput_bps(series: Series, span_s: float) -> list[float]:
-    """Received bits per second of each interval that starts within the trace's span
-    (Wehe's throughput samples)."""
+def throughput_bps(series: Series, window: tuple[float, float]) -> list[float]:
+    """Received bits per second of each interval that starts within ``window`` (Wehe's
+    throughput samples)."""
+    lo, hi = window
     return [8.0 * iv.received_bytes / series.interval_s for iv in series.intervals
-            if iv.start_s < span_s]
+            if lo - 1e-9 <= iv.start_s < hi - 1e-9]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +80,32 @@ class _Dir:
         return self.received / self.sent if self.sent else 0.0
 
 
-def _summary(s: Series, span_s: float) -> _Dir:
+def _summary(s: Series, window: tuple[float, float]) -> _Dir:
     sent = sum(iv.sent_packets for iv in s.intervals)
     received = sum(iv.received_packets for iv in s.intervals)
     delays = np.array([np.nan if iv.delay_ms is None else iv.delay_ms
                        for iv in s.intervals], dtype=np.float64)
     rise, plateau, _ = delay_shape(delays)
-    offered = 8.0 * sum(iv.sent_bytes for iv in s.intervals) / max(span_s, s.interval_s)
-    return _Dir(sent, received, frozenset(s.lost), s.stun, throughput_bps(s, span_s),
+    span = window[1] - window[0]
+    offered = 8.0 * sum(iv.sent_bytes for iv in s.intervals
+                        if window[0] - 1e-9 <= iv.start_s < window[1] - 1e-9) / max(
+        span, s.interval_s)
+    return _Dir(sent, received, frozenset(s.lost), s.stun, throughput_bps(s, window),
                 offered, rise, plateau)
 
 
-def _span(run: ReplayRun) -> float:
-    """The length of the run's schedule: the last interval in which anything was sent."""
-    last = 0.0
-    for s in (run.up, run.down):
-        for iv in s.intervals:
-            if iv.sent_packets:
-                last = max(last, iv.start_s + s.interval_s)
-    return last
+def _window(s: Series) -> tuple[float, float]:
+    """The stretch of whole intervals of sending in a direction, ``(start, end)``: the
+    throughput samples. Intervals the schedule starts or ends within are partly empty in
+    every run (and after the last come only late packets), so they are left out at both
+    ends; in between every interval counts, however much the trace sent in it."""
+    sending = [iv for iv in s.intervals if iv.sent_packets]
+    if not sending:
+        return 0.0, 0.0
+    typical = float(np.median([iv.sent_bytes for iv in sending]))
+    whole = [iv for iv in sending if iv.sent_bytes >= 0.9 * typical]
+    first, last = whole[0], whole[-1]
+    return first.start_s, last.start_s + s.interval_s
 
 
 def _area(orig: list[float], ctrl: list[float]) -> float:
@@ -217,10 +225,13 @@ def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Pol
     elif (any(slower.values()) or any(faster.values()) or not controls_agree) and not any(
             e.rule.startswith(("throttled.", "blocked.")) for e in out):
         which = [k for k in ctrls if slower[k] or faster[k]]
-        why = ("the two controls disagree with each other (the path changed during "
-               "the test)" if not controls_agree else
-               f"the original differs from the {' and '.join(which)} control only"
-               if len(which) == 1 else "the original was faster than the controls")
+        if len(which) == 1:
+            why = (f"the original differs from the {which[0]} control only, so the "
+                   "difference cannot be told from a change of the path")
+        elif not controls_agree:
+            why = "the two controls disagree with each other (the path changed during the test)"
+        else:
+            why = "the original was faster than both controls"
         out.append(_ev("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, run,
                        figures, f"No verdict {where}: {why}."))
 
@@ -272,7 +283,6 @@ def judge_replay(m: ReplayMeasurement, policy: Policy) -> TestResult:
                           verdict_from([ev]), keys)
     evidence: list[Evidence] = []
     analysis: dict[str, Any] = {}
-    span = _span(orig)
     if orig.failure is not None and not orig.answered:
         # The original's data path failed outright (its TCP connection) while both
         # controls' worked.
@@ -285,7 +295,8 @@ def judge_replay(m: ReplayMeasurement, policy: Policy) -> TestResult:
                 f"both controls' connections to the same server worked. Ruled out: "
                 f"{EXCLUDED}."))
     for d in ("up", "down"):
-        o, i, r = (_summary(getattr(runs[k], d), span) for k in
+        window = _window(getattr(orig, d))
+        o, i, r = (_summary(getattr(runs[k], d), window) for k in
                    (ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS))
         found, figures = _judge_direction(d, o, i, r, orig, policy)
         evidence += found

@@ -276,8 +276,8 @@ def build_series(direction: str, sent: Iterable[tuple[int, float]],
     base = pairs[0][0] if pairs else 0.0
     delay = {i: d - base for d, i in pairs}
     arrive = {i: sent_at[i] + delay[i] for i in delay}
-    last = max([span_s, *arrive.values(), *sent_at.values()])
-    n = max(1, math.ceil(last / interval_s + 1e-9))
+    last = max([*arrive.values(), *sent_at.values()], default=0.0)
+    n = max(1, math.ceil(span_s / interval_s - 1e-9), int(last / interval_s) + 1)
 
     def slot(t: float) -> int:
         return min(n - 1, max(0, int(t / interval_s)))
