@@ -315,9 +315,10 @@ def build_series(direction: str, sent: Iterable[tuple[int, float]],
 
 
 def _bind_data(family: int, kind: ReplayKind, transport: str, host: str,
-               wanted: int) -> socket.socket:
+               wanted: int, *, listen: bool = True) -> socket.socket:
     """A data socket: on the trace's port for the original and inverted runs when it can
-    be bound (else any), on a random high port for the random-ports control."""
+    be bound (else any), on a random high port for the random-ports control; a TCP one
+    listens unless ``listen`` is false (the client's, which connects)."""
     stype = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
     tries = [random_port() for _ in range(8)] if kind is ReplayKind.RANDOM_PORTS \
         else [wanted, 0]
@@ -328,7 +329,7 @@ def _bind_data(family: int, kind: ReplayKind, transport: str, host: str,
             if stype == socket.SOCK_STREAM:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
-            if stype == socket.SOCK_STREAM:
+            if stype == socket.SOCK_STREAM and listen:
                 sock.listen(1)
             return sock
         except OSError as exc:
@@ -652,16 +653,8 @@ def _client_run(ctl: _Control, control: socket.socket, trace: Trace, kind: Repla
     family = control.family
     server_ip = str(control.getpeername()[0])
     local_ip = str(control.getsockname()[0])
-    data = _bind_data(family, kind, trace.transport, local_ip, trace.client_port) \
-        if trace.transport == "udp" else socket.socket(family, socket.SOCK_STREAM)
-    if trace.transport == "tcp" and kind is ReplayKind.RANDOM_PORTS:
-        data.close()
-        data = _bind_data(family, kind, "udp", local_ip, 0)  # just to draw a free port
-        cport = data.getsockname()[1]
-        data.close()
-        data = socket.socket(family, socket.SOCK_STREAM)
-        data.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        data.bind((local_ip, cport))
+    data = _bind_data(family, kind, trace.transport, local_ip, trace.client_port,
+                      listen=False)
     cport = data.getsockname()[1]
     ctl.send(op="run", trace=trace.name, sha256=trace.sha256, kind=str(kind),
              transport=trace.transport, seconds=seconds, client_port=cport)
@@ -684,7 +677,17 @@ def _client_run(ctl: _Control, control: socket.socket, trace: Trace, kind: Repla
         else:
             data.settimeout(5.0)
             try:
-                data.connect((server_ip, sport))
+                try:
+                    data.connect((server_ip, sport))
+                except OSError as exc:
+                    if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                        raise
+                    # The last run's connection on the same ports is still closing:
+                    # connect from any port (the server takes what arrives).
+                    data.close()
+                    data = socket.socket(family, socket.SOCK_STREAM)
+                    data.settimeout(5.0)
+                    data.connect((server_ip, sport))
             except OSError as exc:
                 failure = _failure(exc)
                 ctl.send(op="abort")

@@ -210,3 +210,19 @@ def test_series_take_delay_above_the_minimum_and_rfc3550_jitter() -> None:
     j1 = 20 / 16
     assert s.intervals[0].jitter_ms == pytest.approx(j1, abs=1e-3)
     assert s.intervals[1].jitter_ms == pytest.approx(j1 + (20 - j1) / 16, abs=1e-3)
+
+
+def test_a_tcp_trace_is_replayed_over_tcp_and_found_by_its_byte_offsets() -> None:
+    root = Path(__file__).resolve().parents[3]
+    trace = load_trace(root / "captures" / "traces" / "teams-tcp.pcap").cut(1.2)
+    assert trace.transport == "tcp"
+    with ReplayServer("127.0.0.1", 0, TOKEN, {trace.name: trace}) as srv:
+        m = run_replay(trace, *srv.address, TOKEN, seconds=1.2, **FAST)
+    for r in m.runs:
+        assert r.transport == "tcp" and r.failure is None and r.answered
+        for d, s in ((UP, r.up), (DOWN, r.down)):
+            n = len(trace.payloads(d, ReplayKind.ORIGINAL))
+            assert _sum(s, "sent_packets") == n and _sum(s, "received_packets") == n
+    # 1.2 s of this trace is mostly its set-up: too few whole intervals to compare.
+    assert judge_replay(m, load_policy()).verdict.kind in (VerdictKind.OK,
+                                                           VerdictKind.UNKNOWN)
