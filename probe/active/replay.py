@@ -338,6 +338,22 @@ def _bind_data(family: int, kind: ReplayKind, transport: str, host: str,
     raise ReplayError(f"cannot bind a {transport} port: {last}")
 
 
+def _accept_from(listener: socket.socket, peer: str, timeout_s: float) -> socket.socket | None:
+    """The first connection from ``peer`` within ``timeout_s`` (others are closed)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        listener.settimeout(left)
+        try:
+            conn, addr = listener.accept()
+        except OSError:
+            return None
+        if str(addr[0]) == peer:
+            conn.settimeout(None)
+            return conn
+        conn.close()
+    return None
+
+
 class ReplayServer:
     """Serves replays to clients that hold the token, within per-client limits.
 
@@ -537,11 +553,7 @@ class ReplayServer:
         try:
             ctl.send(op="ready", port=data.getsockname()[1])
             if trace.transport == "tcp":
-                data.settimeout(10.0)
-                try:
-                    conn, _ = data.accept()
-                except OSError:
-                    conn = None
+                conn = _accept_from(data, peer, 10.0)
             go = ctl.recv()
             if go["op"] != "go":
                 return  # the client gave up (it could not connect): nothing to replay
