@@ -953,7 +953,9 @@ def _run_test_replay(args: argparse.Namespace) -> int:
               f"against {shown['server']}: {shown['duration_s']:.1f} s, "
               f"{shown['bytes_per_run']} bytes at {shown['rate_bps'] / 1000:.0f} kbit/s per "
               f"run, {shown['runs']} runs (original, inverted, random ports): "
-              f"{shown['total_bytes']} bytes", file=out)
+              f"{shown['total_bytes']} bytes; limits: {spec.limits.max_duration_s:g} s, "
+              f"{spec.limits.max_rate_bps / 1000:g} kbit/s, {spec.limits.max_bytes} bytes",
+              file=out)
         if shown["refused"] is not None:
             raise ReplayError(f"the limits refuse this test: {shown['refused']}")
         if not args.yes:
