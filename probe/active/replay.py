@@ -85,6 +85,10 @@ class ReplayRefused(ReplayError):
     """A limit (the server's, or the client's own) refused the test."""
 
 
+class _Closed(ReplayError):
+    """The other end closed the control connection."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayLimits:
     """Bounds on what a replay may send; both ends enforce them."""
@@ -136,7 +140,7 @@ class _Control:
                 raise ReplayError(f"control line longer than {self.max_line} bytes")
             chunk = self.sock.recv(65536)
             if not chunk:
-                raise ReplayError("the control connection closed")
+                raise _Closed("the control connection closed")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         if len(line) > self.max_line:
@@ -466,12 +470,13 @@ class ReplayServer:
                 if msg["op"] != "run":
                     raise ReplayError(f"unexpected control message {msg['op']!r}")
                 self._run(ctl, peer, msg)
+        except _Closed:
+            pass
         except ReplayError as exc:
-            if "closed" not in str(exc):
-                self._count("malformed")
-                self._say(f"{peer}: {exc}")
-                with contextlib.suppress(OSError):
-                    ctl.send(op="error", error=str(exc))
+            self._count("malformed")
+            self._say(f"{peer}: {exc}")
+            with contextlib.suppress(OSError):
+                ctl.send(op="error", error=str(exc))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._count("malformed")
             self._say(f"{peer}: session ended: {exc}")
@@ -642,6 +647,8 @@ def run_replay(trace: Trace, host: str, port: int, token: bytes, *,
         ctl = _Control(sock, _MAX_SERVER_LINE)
         try:
             hi = ctl.recv()
+            if hi["op"] == "error":
+                raise ReplayRefused(f"the replay server said: {hi.get('error')}")
             if hi["op"] != "challenge" or not isinstance(hi.get("nonce"), str):
                 raise ReplayError(f"not a replay server (it said {hi['op']!r})")
             ctl.send(op="hello", mac=_mac(token, hi["nonce"]))

@@ -226,3 +226,9 @@ def test_a_tcp_trace_is_replayed_over_tcp_and_found_by_its_byte_offsets() -> Non
     # 1.2 s of this trace is mostly its set-up: too few whole intervals to compare.
     assert judge_replay(m, load_policy()).verdict.kind in (VerdictKind.OK,
                                                            VerdictKind.UNKNOWN)
+
+
+def test_a_busy_server_says_so(trace: Trace) -> None:
+    with ReplayServer("127.0.0.1", 0, TOKEN, {trace.name: trace}, max_sessions=0) as srv, \
+            pytest.raises(ReplayRefused, match=r"busy \(0 sessions\)"):
+        run_replay(trace, *srv.address, TOKEN, **FAST)
