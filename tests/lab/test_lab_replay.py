@@ -35,13 +35,17 @@ CLIENT = Path(__file__).resolve().parent / "replay_client.py"
 PORT = 7000
 APP = "whatsapp"
 APP_PORT = "3478"
-"""WhatsApp's trace: its relay's port, RTP v2 media and STUN (captures/traces)."""
+"""The relay port of WhatsApp's and Messenger's traces (captures/traces)."""
 CLEAN_APPS = ("whatsapp", "messenger", "teams", "zoom", "signal", "telegram", "viber", "sip",
               "teams-tcp")
 CLEAN_TESTS = 54
 """At least 50 clean replays (each the original and both controls)."""
 U32_RTP = "0>>22&0x3C@8>>24&0xC0=0x80"
-"""The first byte of the UDP payload says RTP version 2 (the inverted control's says 1)."""
+"""The first byte of the UDP payload says RTP version 2 (the inverted control's says 1):
+WhatsApp's media."""
+U32_CHANNELDATA = "0>>22&0x3C@8>>24&0xC0=0x40"
+"""The first two bits of the UDP payload say TURN ChannelData (RFC 8656 §12; the inverted
+control's say 2): Messenger's media through its relay."""
 U32_STUN = "0>>22&0x3C@12=0x2112A442"
 """The STUN magic cookie at UDP payload offset 4 (RFC 8489)."""
 SECONDS = 3.5
@@ -122,9 +126,10 @@ def _has_root_qdisc(lab: NetLab, dev: str) -> bool:
     return "htb" in out
 
 
-def _throttle(lab: NetLab, kbit: int, devs: tuple[str, ...]) -> None:
-    """Shape the app's packets (its port, with an RTP or a STUN header) to ``kbit`` on
-    the ISP's egress ``devs``, behind a queue of about 300 ms; everything else passes."""
+def _throttle(lab: NetLab, kbit: int, devs: tuple[str, ...], media: str = U32_RTP) -> None:
+    """Shape the app's packets (its port, with its media header or a STUN header) to
+    ``kbit`` on the ISP's egress ``devs``, behind a queue of about 300 ms; everything
+    else passes."""
     for dev in devs:
         limit = max(1600, kbit * 1000 // 8 * 3 // 10)
         lab.tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
@@ -136,7 +141,7 @@ def _throttle(lab: NetLab, kbit: int, devs: tuple[str, ...]) -> None:
         lab.tc("qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:", "bfifo",
                "limit", str(limit))
     for ports in (["--dport", APP_PORT], ["--sport", APP_PORT]):
-        for sig in (U32_RTP, U32_STUN):
+        for sig in (media, U32_STUN):
             lab.iptables("-t", "mangle", "-A", "FORWARD", "-p", "udp", *ports, "-m", "u32",
                          "--u32", sig, "-j", "CLASSIFY", "--set-class", "1:20")
 
@@ -152,7 +157,7 @@ FIGURES: dict[str, Any] = {}
 def test_clean_replays_never_read_as_differentiation(lab: NetLab) -> None:
     _clear(lab)
     t0 = time.monotonic()
-    tests = _replays(lab, "clean", CLEAN_APPS, count=CLEAN_TESTS, parallel=6, seconds=3.0,
+    tests = _replays(lab, "clean", CLEAN_APPS, count=CLEAN_TESTS, parallel=9, seconds=3.0,
                      drain=0.3, pause=0.1)
     verdicts = Counter(t["verdict"] for t in tests)
     FIGURES["clean"] = {"tests": len(tests), "verdicts": dict(verdicts),
@@ -164,17 +169,17 @@ def test_clean_replays_never_read_as_differentiation(lab: NetLab) -> None:
     assert {t["trace"] for t in tests} == set(CLEAN_APPS)
 
 
-@pytest.mark.parametrize(("kbit", "devs", "throttled_dirs"), [
-    (64, (ISP_CALLER_IF, ISP_RELAY_IF), {"up", "down"}),
-    (32, (ISP_CALLER_IF,), {"down"}),
-], ids=["64kbit-both-ways", "32kbit-down-only"])
-def test_a_throttle_of_the_original_alone_is_detected(lab: NetLab, kbit: int,
-                                                       devs: tuple[str, ...],
+@pytest.mark.parametrize(("app", "media", "kbit", "devs", "throttled_dirs"), [
+    ("whatsapp", U32_RTP, 64, (ISP_CALLER_IF, ISP_RELAY_IF), {"up", "down"}),
+    ("messenger", U32_CHANNELDATA, 32, (ISP_CALLER_IF,), {"down"}),
+], ids=["whatsapp-64kbit-both-ways", "messenger-32kbit-down-only"])
+def test_a_throttle_of_the_original_alone_is_detected(lab: NetLab, app: str, media: str,
+                                                       kbit: int, devs: tuple[str, ...],
                                                        throttled_dirs: set[str]) -> None:
     _clear(lab)
-    _throttle(lab, kbit, devs)
+    _throttle(lab, kbit, devs, media)
     try:
-        (t,) = _replays(lab, f"throttle{kbit}", (APP,))
+        (t,) = _replays(lab, f"throttle{kbit}", (app,))
     finally:
         _clear(lab)
     print(f"throttle {kbit} kbit/s:", _summary([t]))
@@ -224,7 +229,7 @@ def test_random_loss_for_every_packet_is_not_interference(lab: NetLab) -> None:
     lab.iptables("-A", "FORWARD", "-p", "udp", "-m", "statistic", "--mode", "random",
                  "--probability", "0.1", "-j", "DROP")
     try:
-        tests = _replays(lab, "random-loss", (APP,), count=2)
+        tests = _replays(lab, "random-loss", (APP,))
     finally:
         _clear(lab)
     print("random loss:", _summary(tests))
