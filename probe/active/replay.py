@@ -584,9 +584,12 @@ class ReplayServer:
             rx.start()
             tx = threading.Thread(target=_play, args=(down, send, t0, log, stop, hold))
             tx.start()
+            # The client says "done" after its whole schedule and the drain.
+            ctl.sock.settimeout(trace.duration_s + _CONTROL_TIMEOUT_S)
             try:
                 done = ctl.recv()
             finally:
+                ctl.sock.settimeout(_CONTROL_TIMEOUT_S)
                 stop.set()
                 tx.join()
                 rx.join()
