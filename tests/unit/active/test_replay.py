@@ -232,3 +232,11 @@ def test_a_busy_server_says_so(trace: Trace) -> None:
     with ReplayServer("127.0.0.1", 0, TOKEN, {trace.name: trace}, max_sessions=0) as srv, \
             pytest.raises(ReplayRefused, match=r"busy \(0 sessions\)"):
         run_replay(trace, *srv.address, TOKEN, **FAST)
+
+
+def test_a_run_longer_than_the_control_timeout_still_ends_cleanly(
+        trace: Trace, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probe.active.replay as replay
+    monkeypatch.setattr(replay, "_CONTROL_TIMEOUT_S", 0.5)  # shorter than the 1.2 s trace
+    m = _replay(trace, kinds=(ReplayKind.ORIGINAL,))
+    assert m.runs[0].answered and m.runs[0].up.lost == ()
