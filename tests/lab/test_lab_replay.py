@@ -76,7 +76,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
     work = tmp_path_factory.mktemp("replay-lab")
     token = work / "token"
     token.write_text("lab-token\n")
-    with NetLab(work, prefix=f"mrep{os.getpid()}-") as nl:
+    with NetLab(work, prefix=f"mlab{os.getpid()}-replay-") as nl:
         nl.spawn(nl.relay, ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "api.cli",
                             "replay-server", "--listen", f"{RELAY_IP}:{PORT}", "--token-file",
                             str(token), "--traces", str(TRACES), "--max-concurrent", "16",
