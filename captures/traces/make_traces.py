@@ -34,6 +34,7 @@ of jitter, and never reordered within a stream.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import json
@@ -58,6 +59,7 @@ from classifier.dpi.framings import (  # noqa: E402
     ZoomMediaKind,
     ZoomSfuType,
 )
+from classifier.dpi.sip import START_LINES  # noqa: E402
 from classifier.dpi.stun import (  # noqa: E402
     MAGIC_COOKIE,
     VENDOR_ATTRIBUTES,
@@ -65,7 +67,6 @@ from classifier.dpi.stun import (  # noqa: E402
     AttrType,
     Vendor,
 )
-from classifier.dpi.sip import START_LINES  # noqa: E402
 from classifier.engine import MESSENGER_TURN_REALM, REALM_APPS  # noqa: E402
 
 CLIENT = "192.0.2.10"
@@ -102,8 +103,6 @@ CREATE_PERMISSION_REQUEST = 0x0008
 CREATE_PERMISSION_SUCCESS = 0x0108
 CHANNEL_BIND_REQUEST = 0x0009
 CHANNEL_BIND_SUCCESS = 0x0109
-REFRESH_REQUEST = 0x0004
-REFRESH_SUCCESS = 0x0104
 FINGERPRINT_XOR = 0x5354554E
 """RFC 8489 §14.7: the CRC-32 of FINGERPRINT is XORed with this."""
 CHANNEL = 0x4000
@@ -111,11 +110,15 @@ CHANNEL = 0x4000
 PROTO_UDP = 17
 """REQUESTED-TRANSPORT for UDP (an IANA protocol number), RFC 8656 §18.8."""
 
-# Vendor numbers, taken from the classifier's tables and checked to be the vendor's
-WA_REQUEST, WA_RESPONSE = 0x0800, 0x0801
-"""WhatsApp's relay request and its answer (message types of Meta's call stack)."""
-WA_TOKEN, WA_VERSION, WA_ROUTE, WA_CHECK, WA_FLAGS = 0x4000, 0x4001, 0x4002, 0x4003, 0x4004
-"""WhatsApp's private attributes in the order its Binding requests carry them."""
+# Vendor numbers, from the classifier's tables (and checked to be the vendor's there)
+WA_REQUEST, WA_RESPONSE = sorted(t for t, v in VENDOR_MESSAGE_TYPES.items()
+                                 if v is Vendor.WHATSAPP)[:2]
+"""WhatsApp's relay request and its answer, 0x0800/0x0801 (message types of Meta's call
+stack)."""
+WA_TOKEN, WA_VERSION, WA_ROUTE, WA_CHECK, WA_FLAGS = (
+    int(AttrType.WHATSAPP_4000), int(AttrType.WHATSAPP_4001), int(AttrType.WHATSAPP_4002),
+    int(AttrType.WHATSAPP_4003), int(AttrType.WHATSAPP_4004))
+"""WhatsApp's private attributes 0x4000-0x4004."""
 MS_SERVICE_QUALITY = int(AttrType.MS_SERVICE_QUALITY)
 MS_CANDIDATE_IDENTIFIER = int(AttrType.MS_CANDIDATE_IDENTIFIER)
 MS_IMPLEMENTATION_VERSION = int(AttrType.MS_IMPLEMENTATION_VERSION)
@@ -170,6 +173,12 @@ class Trace:
     what: str
     follows: str
     packets: list[tuple[int, int, bytes]] = field(default_factory=list)
+    signatures: list[tuple[str, int | None, bytes]] = field(default_factory=list)
+    """What a middlebox could key on: (what, offset in the payload or None for anywhere,
+    bytes). The manifest says how many packets of each direction carry each."""
+
+    def sign(self, what: str, offset: int | None, value: bytes) -> None:
+        self.signatures.append((what, offset, value))
 
     def add(self, t_us: int, direction: int, payload: bytes) -> None:
         self.packets.append((t_us, direction, payload))
@@ -243,23 +252,34 @@ def _frames(trace: Trace) -> Iterator[tuple[int, int, bytes]]:
             src, sport, dst, dport = ends[d]
             yield t, d, ip(d, 17, _udp(src, sport, dst, dport, payload))
         return
-    # TCP: handshake before the first data, data segments carrying the ACK of what the
-    # other side sent so far, and FIN both ways after the last
+    # TCP: handshake before the first data, data segments carrying the ACK of what has
+    # reached their sender (the client has what the capture shows; the server, sending
+    # one path delay before the capture sees its segment, has the client's bytes sent a
+    # round trip before that), and FIN both ways after the last
     rng = random.Random(trace.name + "/isn")
     nxt = {UP: rng.getrandbits(32), DOWN: rng.getrandbits(32)}
     rtt = 2 * _PATH_DELAY_US
+    client_sent: list[tuple[int, int]] = []
+    """(time, sequence number after it) of every client segment, in time order."""
 
     def seg(t: int, d: int, flags: int, payload: bytes = b"") -> tuple[int, int, bytes]:
         src, sport, dst, dport = ends[d]
-        ack = nxt[1 - d] if flags & ACK else 0
+        ack = 0
+        if flags & ACK:
+            ack = nxt[DOWN]
+            if d == DOWN:
+                i = bisect.bisect_right(client_sent, (t - rtt, 1 << 33))
+                ack = client_sent[i - 1][1] if i else client_sent[0][1]
         l4 = _tcp(src, sport, dst, dport, nxt[d], ack, flags, payload, syn=bool(flags & SYN))
         nxt[d] += len(payload) + bool(flags & SYN) + bool(flags & FIN)
+        if d == UP:
+            client_sent.append((t, nxt[UP]))
         return t, d, ip(d, 6, l4)
 
     t0 = packets[0][0]
-    yield seg(t0 - rtt - 200, UP, SYN)
-    yield seg(t0 - 200 - rtt // 2, DOWN, SYN | ACK)
-    yield seg(t0 - 150, UP, ACK)
+    yield seg(t0 - rtt - 400, UP, SYN)
+    yield seg(t0 - 400, DOWN, SYN | ACK)
+    yield seg(t0 - 250, UP, ACK)
     for t, d, payload in packets:
         yield seg(t, d, PSH | ACK, payload)
     end = packets[-1][0]
@@ -347,16 +367,10 @@ class Clock:
     def __init__(self, trace: Trace, rng: random.Random, t_us: int = 0) -> None:
         self.trace, self.rng, self.t = trace, rng, t_us
 
-    def exchange(self, up: bytes, down: bytes | None, *, then_us: int = 2_000,
-                 server_first: bool = False) -> None:
+    def exchange(self, up: bytes, down: bytes, *, then_us: int = 2_000) -> None:
         rtt = 2 * _PATH_DELAY_US + self.rng.randrange(0, 3_000)
-        if server_first and down is not None:
-            self.trace.add(self.t, DOWN, down)
-            self.trace.add(self.t + rtt, UP, up)
-        else:
-            self.trace.add(self.t, UP, up)
-            if down is not None:
-                self.trace.add(self.t + rtt, DOWN, down)
+        self.trace.add(self.t, UP, up)
+        self.trace.add(self.t + rtt, DOWN, down)
         self.t += rtt + then_us
 
 
@@ -366,19 +380,18 @@ _PATH_DELAY_US = 24_000
 
 def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
                     relayed_port: int, peer: tuple[str, int], extra: list[tuple[int, bytes]],
-                    software: str | None = None) -> bytes:
+                    reply: tuple[tuple[int, bytes], ...] = ()) -> None:
     """TURN allocation (RFC 8656 §7): Allocate, 401 with REALM and NONCE, Allocate with
-    long-term credentials, then CreatePermission and ChannelBind for the peer. Returns
-    the key later authenticated requests use. Over TCP the messages are the same bytes,
-    one after the other on the stream (RFC 8656 §12.5)."""
+    long-term credentials, then CreatePermission and ChannelBind for the peer; ``extra``
+    goes into both Allocate requests, ``reply`` into the success. Over TCP the messages
+    are the same bytes, one after the other on the stream (RFC 8656 §12.5)."""
     rng = clock.rng
     key = long_term_key(username, realm, password)
     nonce = rng.randbytes(16).hex().encode()
     transport = [(int(AttrType.REQUESTED_TRANSPORT), struct.pack(">B3x", PROTO_UDP))]
-    sw = [(int(AttrType.SOFTWARE), software.encode())] if software else []
     txid = rng.randbytes(12)
     clock.exchange(
-        stun(ALLOCATE_REQUEST, txid, transport + extra + sw, fingerprint=True),
+        stun(ALLOCATE_REQUEST, txid, transport + extra, fingerprint=True),
         stun(ALLOCATE_ERROR, txid, [(AttrType.ERROR_CODE, error_code(401, "Unauthorized")),
                                     (AttrType.REALM, realm.encode()), (AttrType.NONCE, nonce)],
              fingerprint=True))
@@ -387,11 +400,11 @@ def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
     txid = rng.randbytes(12)
     mapped = xor_address("203.0.113.61", clock.trace.client_port)
     clock.exchange(
-        stun(ALLOCATE_REQUEST, txid, transport + extra + sw + creds, key=key, fingerprint=True),
+        stun(ALLOCATE_REQUEST, txid, transport + extra + creds, key=key, fingerprint=True),
         stun(ALLOCATE_SUCCESS, txid, [(AttrType.XOR_RELAYED_ADDRESS,
                                        xor_address(SERVER, relayed_port)),
                                       (AttrType.XOR_MAPPED_ADDRESS, mapped),
-                                      (AttrType.LIFETIME, struct.pack(">I", 600)), *sw],
+                                      (AttrType.LIFETIME, struct.pack(">I", 600)), *reply],
              key=key, fingerprint=True))
     txid = rng.randbytes(12)
     clock.exchange(
@@ -406,7 +419,6 @@ def turn_allocation(clock: Clock, *, realm: str, username: str, password: str,
               (AttrType.XOR_PEER_ADDRESS, xor_address(*peer)), *creds],
              key=key, fingerprint=True),
         stun(CHANNEL_BIND_SUCCESS, txid, [], key=key, fingerprint=True))
-    return key
 
 
 def ice_check(rng: random.Random, ufrag: str, password: bytes, *, controlling: bool,
@@ -561,9 +573,13 @@ class Media:
     """Voice frame sizes while talking (Opus at 24-40 kb/s)."""
     quiet: tuple[int, int] = (6, 14)
     """Voice frame sizes while listening (Opus comfort noise, DTX off)."""
-    video_delta: tuple[int, int] = (260, 820)
+    video_delta: tuple[int, int] = (250, 780)
     video_key: int = 5200
     video_mtu: int = 1080
+    rtcp: bool = False
+    """SRTCP sender reports on the same 5-tuple (RTP/RTCP multiplexing, RFC 5761)."""
+    feedback_ms: int | None = None
+    """Transport-wide congestion control feedback every so many milliseconds (WebRTC)."""
 
 
 class MediaSender:
@@ -634,13 +650,53 @@ class MediaSender:
                     self._send(base + k * 180, head + self.rng.randbytes(chunk + m.tag))
 
 
+def srtcp(rng: random.Random, first: bytes, ssrc: int, body_len: int, index: int,
+          tag: int) -> bytes:
+    """An SRTCP packet (RFC 3711 §3.4): the first RTCP header and sender SSRC in clear,
+    the rest of the compound packet encrypted, the E flag with the 31-bit SRTCP index,
+    the authentication tag."""
+    return first + struct.pack(">I", ssrc) + rng.randbytes(body_len) + \
+        struct.pack(">I", 0x80000000 | index) + rng.randbytes(tag)
+
+
+def rtcp_flow(trace: Trace, rng: random.Random, sender: MediaSender, start_us: int,
+              end_us: int, media: Media, wrap: Callable[[bytes], bytes]) -> None:
+    """One direction's SRTCP: a sender report with one report block and an SDES CNAME
+    at randomised intervals around 1 s (RFC 3550 §6.3.1), and, where asked, transport-wide
+    congestion feedback (RTPFB, FMT 15) on its own period."""
+    index = 0
+    t = start_us + rng.randrange(300_000, 700_000)
+    while t < end_us:
+        index += 1
+        # SR: 28 bytes + one 24-byte report block; SDES with a 16-character CNAME: 24 bytes
+        first = struct.pack(">BBH", 0x81, 200, (28 + 24) // 4 - 1)
+        trace.add(t + sender._delay(), sender.direction,
+                  wrap(srtcp(rng, first, sender.audio.ssrc, 52 + 24 - 8, index, media.tag)))
+        t += rng.randrange(500_000, 1_500_000)
+    if media.feedback_ms is None:
+        return
+    t = start_us + rng.randrange(50_000, 150_000)
+    while t < end_us:
+        index += 1
+        n = 12 + 8 + 2 * rng.randrange(2, 6) + rng.randrange(4, 14)
+        n += -n % 4
+        first = struct.pack(">BBH", 0x8F, 205, n // 4 - 1)
+        trace.add(t + sender._delay(), sender.direction,
+                  wrap(srtcp(rng, first, sender.audio.ssrc, n - 8, index, media.tag)))
+        t += media.feedback_ms * 1000 + rng.randrange(-20_000, 20_000)
+
+
 def call_media(trace: Trace, rng: random.Random, start_us: int, end_us: int, media: Media,
                wrap: Callable[[bytes], bytes] = lambda b: b) -> None:
     """Both directions of a call's media from ``start_us`` to ``end_us``."""
     talking = talk_spurts(rng, start_us, end_us, starts_talking=True)
-    MediaSender(trace, rng, UP, media, wrap, talking).run(start_us, end_us)
-    MediaSender(trace, rng, DOWN, media, wrap, lambda t: not talking(t)).run(start_us,
-                                                                             end_us)
+    up = MediaSender(trace, rng, UP, media, wrap, talking)
+    up.run(start_us, end_us)
+    down = MediaSender(trace, rng, DOWN, media, wrap, lambda t: not talking(t))
+    down.run(start_us, end_us)
+    if media.rtcp:
+        for sender in (up, down):
+            rtcp_flow(trace, rng, sender, start_us, end_us, media, wrap)
 
 
 END_US = 8_000_000
@@ -649,6 +705,16 @@ END_US = 8_000_000
 
 # ---------------------------------------------------------------------------
 # The traces
+
+
+STUN_COOKIE = struct.pack(">I", MAGIC_COOKIE)
+CHANNEL_BYTES = struct.pack(">H", CHANNEL)
+
+
+def _sign_turn(tr: Trace, realm: str) -> None:
+    tr.sign("STUN magic cookie (RFC 8489 §5)", 4, STUN_COOKIE)
+    tr.sign("TURN REALM naming the app", None, realm.encode())
+    tr.sign("TURN ChannelData on channel 0x4000 (RFC 8656 §12.4)", 0, CHANNEL_BYTES)
 
 
 def make_whatsapp() -> Trace:
@@ -660,13 +726,17 @@ def make_whatsapp() -> Trace:
                "WhatsApp's attributes 0x4000/0x4001/0x4004 answered with XOR-MAPPED-ADDRESS "
                "and 0x4002, its own request/response 0x0800/0x0801 with 0x4003, then SRTP "
                "(Opus PT 120 at 20 ms, H.264 PT 97 at 15 frames/s, one SSRC each per "
-               "direction) with a Binding keep-alive every 2 s",
+               "direction), SRTCP sender reports about once a second each way (RTP/RTCP "
+               "multiplexed) and a Binding keep-alive every 2 s",
                "STUN RFC 8489; WhatsApp's message types and attributes as in the classifier's "
                "tables (classifier.dpi.stun, from nDPI's stun.c); SRTP RFC 3711; Opus RTP "
                "RFC 7587; H.264 RTP RFC 6184")
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
     token = rng.randbytes(16)
+    tr.sign("STUN magic cookie (RFC 8489 §5)", 4, STUN_COOKIE)
+    tr.sign("WhatsApp STUN request type 0x0800", 0, struct.pack(">H", WA_REQUEST))
+    tr.sign("WhatsApp STUN attribute 0x4000 first", 20, struct.pack(">H", WA_TOKEN))
 
     def binding() -> tuple[bytes, bytes]:
         txid = rng.randbytes(12)
@@ -684,7 +754,7 @@ def make_whatsapp() -> Trace:
                    stun(WA_RESPONSE, txid, [(WA_CHECK, rng.randbytes(4))]), then_us=20_000)
     start = clock.t
     call_media(tr, rng, start, END_US, Media(audio_pt=120, audio_step=OPUS_CLOCK_STEP,
-                                             video_pt=97))
+                                             video_pt=97, rtcp=True))
     for k in range(1, 4):
         clock.t = start + k * 2_000_000 + 7_000
         clock.exchange(*binding())
@@ -694,6 +764,7 @@ def make_whatsapp() -> Trace:
 def _webrtc_relayed(tr: Trace, rng: random.Random, realm: str, media: Media) -> None:
     """A WebRTC call through a TURN relay: allocation, ICE checks and DTLS-SRTP in
     ChannelData, a consent check (RFC 7675) every ~4 s."""
+    _sign_turn(tr, realm)
     clock = Clock(tr, rng)
     peer = ("203.0.113.140", 51820)
     user = f"{1767229200 + rng.randrange(0, 86400)}:{rng.randbytes(6).hex()}"
@@ -726,7 +797,8 @@ def make_messenger() -> Trace:
                "CreatePermission and ChannelBind; then in ChannelData: an ICE check, the "
                "DTLS 1.2 handshake (use_srtp), SRTP with Opus PT 111 and VP8 PT 96 at 15 "
                "frames/s (RFC 8285 audio-level and transport-wide-cc extensions, AES-GCM "
-               "tags) and ICE consent checks",
+               "tags), SRTCP sender reports and transport-wide congestion feedback every "
+               "~200 ms each way, and ICE consent checks",
                "TURN RFC 8656; ICE RFC 8445, consent RFC 7675; DTLS-SRTP RFC 5764 over DTLS "
                "1.2 RFC 6347; SRTP AES-GCM RFC 7714; Opus RTP RFC 7587; VP8 RTP RFC 7741; "
                "the REALM of Messenger's relays as the classifier reads it "
@@ -734,7 +806,7 @@ def make_messenger() -> Trace:
     rng = random.Random(tr.name)
     _webrtc_relayed(tr, rng, realm_of("messenger"),
                     Media(audio_pt=111, audio_step=OPUS_CLOCK_STEP, video_pt=96,
-                          webrtc_ext=True, tag=GCM_TAG))
+                          webrtc_ext=True, tag=GCM_TAG, rtcp=True, feedback_ms=200))
     return tr
 
 
@@ -744,14 +816,15 @@ def make_signal() -> Trace:
                f"REALM {realm_of('signal')!r}, authenticated Allocate, CreatePermission, "
                "ChannelBind; then in ChannelData: an ICE check, the DTLS 1.2 handshake "
                "(use_srtp), SRTP with Opus PT 102 and VP8 PT 108 at 15 frames/s (RFC 8285 "
-               "extensions, AES-GCM tags) and ICE consent checks",
+               "extensions, AES-GCM tags), SRTCP sender reports and transport-wide "
+               "congestion feedback every ~200 ms each way, and ICE consent checks",
                "TURN RFC 8656; ICE RFC 8445, consent RFC 7675; DTLS-SRTP RFC 5764; RingRTC "
                "(WebRTC) media; Signal's TURN REALM as in the classifier's table "
                "(classifier.engine.REALM_APPS, from nDPI's stun.c)")
     rng = random.Random(tr.name)
     _webrtc_relayed(tr, rng, realm_of("signal"),
                     Media(audio_pt=102, audio_step=OPUS_CLOCK_STEP, video_pt=108,
-                          webrtc_ext=True, tag=GCM_TAG))
+                          webrtc_ext=True, tag=GCM_TAG, rtcp=True, feedback_ms=200))
     return tr
 
 
@@ -760,17 +833,18 @@ def make_viber() -> Trace:
                "Viber call through Viber's TURN relay on UDP 3478: Allocate, 401 with REALM "
                f"{realm_of('viber')!r}, authenticated Allocate, CreatePermission, ChannelBind; "
                "then SRTP in ChannelData with voice (PT 106, 20 ms at 16 kHz) and video "
-               "(PT 97 at 15 frames/s)",
+               "(PT 97 at 15 frames/s) and SRTCP sender reports",
                "TURN RFC 8656; SRTP RFC 3711; the REALM containing 'viber' as in the "
                "classifier's table (classifier.engine.REALM_APPS, from nDPI's stun.c)")
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
+    _sign_turn(tr, realm_of("viber"))
     turn_allocation(clock, realm=realm_of("viber"),
                     username=f"{1767229200 + rng.randrange(0, 86400)}:{rng.randbytes(4).hex()}",
                     password=rng.randbytes(16).hex(), relayed_port=50112,
                     peer=("203.0.113.150", 40022), extra=[])
     call_media(tr, rng, clock.t + 10_000, END_US,
-               Media(audio_pt=106, audio_step=320, video_pt=97), wrap=channel_data)
+               Media(audio_pt=106, audio_step=320, video_pt=97, rtcp=True), wrap=channel_data)
     return tr
 
 
@@ -778,13 +852,17 @@ def _teams_relay(tr: Trace, rng: random.Random, *, tcp: bool) -> None:
     """Teams: [MS-TURN] allocation with Microsoft's attributes on the transport relay,
     ICE checks with [MS-ICE2] attributes and SRTP (SILK wideband, PT 104) in ChannelData."""
     clock = Clock(tr, rng)
+    tr.sign("STUN magic cookie (RFC 8489 §5)", 4, STUN_COOKIE)
+    tr.sign("MS-SERVICE-QUALITY attribute ([MS-TURN])", None,
+            struct.pack(">HH", MS_SERVICE_QUALITY, 4))
+    tr.sign("TURN ChannelData on channel 0x4000 (RFC 8656 §12.4)", 0, CHANNEL_BYTES)
     wrap: Callable[[bytes], bytes] = (lambda b: channel_data(b, tcp=True)) if tcp else \
         channel_data
     quality = [(MS_VERSION, struct.pack(">I", 6)),
                (MS_SERVICE_QUALITY, struct.pack(">HH", 1, 0))]  # stream type audio, best
-    turn_allocation(clock, realm="rtcmedia", username=rng.randbytes(24).hex(),
+    turn_allocation(clock, realm="teams.microsoft.com", username=rng.randbytes(24).hex(),
                     password=rng.randbytes(16).hex(), relayed_port=51000 + rng.randrange(900),
-                    peer=("203.0.113.170", 50012), extra=quality)
+                    peer=("203.0.113.170", 50012), extra=quality, reply=(quality[0],))
     pwd = rng.randbytes(16).hex().encode()
     ms = [(MS_IMPLEMENTATION_VERSION, struct.pack(">I", 2)),
           (MS_CANDIDATE_IDENTIFIER, rng.randbytes(4))]
@@ -793,17 +871,19 @@ def _teams_relay(tr: Trace, rng: random.Random, *, tcp: bool) -> None:
                               controlling=True, extra=ms)
         clock.exchange(wrap(req), wrap(resp), then_us=25_000)
     call_media(tr, rng, clock.t + 5_000, END_US,
-               Media(audio_pt=104, audio_step=320, talk=(40, 76), quiet=(5, 12)), wrap=wrap)
+               Media(audio_pt=104, audio_step=320, talk=(40, 76), quiet=(5, 12), rtcp=True),
+               wrap=wrap)
 
 
 def make_teams() -> Trace:
     tr = Trace("teams.pcap", "teams", "udp", 50012, 3479,
                "Teams audio through a Teams transport relay on UDP 3479 (the relay's audio "
-               "port): Allocate with MS-VERSION and MS-SERVICE-QUALITY, 401 with REALM "
-               "rtcmedia, authenticated Allocate, CreatePermission, ChannelBind; ICE checks "
-               "with MS-IMPLEMENTATION-VERSION and MS-CANDIDATE-IDENTIFIER and SRTP voice "
-               "(SILK wideband PT 104, 16 kHz, 20 ms) in ChannelData; Teams sends video on "
-               "its own relay port (3480), so this flow carries the voice",
+               "port): Allocate with MS-VERSION and MS-SERVICE-QUALITY, 401 with a REALM naming "
+               "the provider's domain, authenticated Allocate answered with MS-VERSION, "
+               "CreatePermission, ChannelBind; ICE checks with MS-IMPLEMENTATION-VERSION and "
+               "MS-CANDIDATE-IDENTIFIER and SRTP voice "
+               "(SILK wideband PT 104, 16 kHz, 20 ms) and SRTCP in ChannelData; Teams sends "
+               "video on its own relay port (3480), so this flow carries the voice",
                "[MS-TURN] (MS-VERSION, MS-SERVICE-QUALITY), [MS-ICE2] "
                "(MS-IMPLEMENTATION-VERSION, MS-CANDIDATE-IDENTIFIER) with the attribute "
                "numbers of the classifier's table (classifier.dpi.stun.VENDOR_ATTRIBUTES); "
@@ -829,18 +909,25 @@ def make_zoom() -> Trace:
                "Zoom audio with a Zoom multimedia router on UDP 8801: the SFU hellos "
                "(01 00 03 / 02 00 03), keep-alives (types 3 and 4, 13 bytes), then type-5 "
                "packets: the 8-byte SFU header and the audio media header (type 15) with "
-               "the RTP packet behind it (PT 112, 16 kHz, 20 ms); Zoom sends video on a "
-               "flow of its own, so this flow carries the voice",
+               "the RTP packet behind it (PT 112, 16 kHz, 20 ms); the Zoom client opens one "
+               "connection per media type, so this flow carries the voice and the video "
+               "would be a flow of its own",
                "the SFU encapsulation and media header as in the classifier's table "
                "(classifier.dpi.framings: ZOOM_MEDIA_TYPES, ZOOM_SFU_HEADER_LEN, from the "
                "Wireshark Zoom dissector of Princeton's zoom-analysis and nDPI's zoom.c); "
-               "Zoom's firewall rules (UDP 8801-8810)")
+               "Zoom's 'Connection Process' white paper (April 2020: one connection per media "
+               "type to the multimedia router, UDP 8801 first) and firewall rules (UDP "
+               "8801-8810)")
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
     audio_type = next(t for t, (k, _) in ZOOM_MEDIA_TYPES.items() if k is ZoomMediaKind.AUDIO)
     rtp_at = ZOOM_MEDIA_TYPES[audio_type][1]
     seq = {UP: rng.randrange(0, 0x8000), DOWN: rng.randrange(0, 0x8000)}
     direction_byte = {UP: 0, DOWN: 4}
+    tr.sign("Zoom SFU client hello", 0, bytes([ZoomSfuType.CLIENT_HELLO, 0, 3]))
+    tr.sign("Zoom SFU media packet (type 5)", 0, bytes([ZoomSfuType.MEDIA]))
+    tr.sign("Zoom audio media header after the SFU header", ZOOM_SFU_HEADER_LEN,
+            bytes([audio_type]))
 
     def hello(kind: int) -> bytes:
         return bytes([kind, 0x00, 0x03]) + rng.randbytes(rng.randrange(60, 90))
@@ -893,6 +980,9 @@ def make_telegram() -> Trace:
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
     tag = rng.randbytes(TELEGRAM_PEER_TAG_LEN)
+    tr.sign("Telegram relay marker: twelve 0xFF bytes after the peer tag",
+            TELEGRAM_PEER_TAG_LEN, TELEGRAM_RELAY_MARKER)
+    tr.sign("the call's peer tag", 0, tag)
     date = 1767225600
 
     def ping() -> tuple[bytes, bytes]:
@@ -932,6 +1022,9 @@ def make_sip() -> Trace:
                "RFC 4733); the classifier's SIP start lines (classifier.dpi.sip.START_LINES)")
     rng = random.Random(tr.name)
     clock = Clock(tr, rng)
+    tr.sign("SIP INVITE request line", 0, b"INVITE sip:")
+    tr.sign("SIP status line", 0, b"SIP/2.0 ")
+    tr.sign("RTP version 2, PCMA (PT 8)", 0, b"\x80\x08")
     call_id = f"{rng.randbytes(8).hex()}@{CLIENT}"
     tag_a, tag_b = rng.randbytes(4).hex(), rng.randbytes(4).hex()
     branch = "z9hG4bK" + rng.randbytes(6).hex()
@@ -1003,6 +1096,16 @@ MAKERS: tuple[Callable[[], Trace], ...] = (
     make_telegram, make_viber, make_sip)
 
 
+def _signature(packets: list[tuple[int, int, bytes]], what: str, offset: int | None,
+               value: bytes) -> dict[str, object]:
+    """A signature as the manifest lists it, with how many packets carry it each way."""
+    def has(p: bytes) -> bool:
+        return value in p if offset is None else p[offset:offset + len(value)] == value
+    return {"what": what, "offset": offset, "hex": value.hex(),
+            "up_packets": sum(has(p) for _, d, p in packets if d == UP),
+            "down_packets": sum(has(p) for _, d, p in packets if d == DOWN)}
+
+
 def build(outdir: Path) -> dict[str, dict[str, object]]:
     """Write every trace into ``outdir`` and return the manifest."""
     outdir.mkdir(parents=True, exist_ok=True)
@@ -1027,6 +1130,7 @@ def build(outdir: Path) -> dict[str, dict[str, object]]:
             "sha256": hashlib.sha256(data).hexdigest(),
             "packets": len(packets), "duration_s": round(duration, 6), "bytes": len(data),
             "client_port": tr.client_port, "server_port": tr.server_port,
+            "signatures": [_signature(packets, *sig) for sig in tr.signatures],
             "what": tr.what, "follows": tr.follows,
         }
     (outdir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
