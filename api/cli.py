@@ -1006,6 +1006,191 @@ def _add_test_parsers(sub: Any, subparsers: dict[str, argparse.ArgumentParser]) 
     subparsers.update(test=tg)
 
 
+# -- replay tests: `marsad replay-server`, `marsad test replay` ---------------------------------
+
+
+def _token(path: str) -> str:
+    """The token in ``path`` (its first line, stripped); a PolicyError if there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read the token file: {exc}") from None
+    if not token:
+        raise PolicyError(f"{path}: the token file is empty")
+    return token
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _replay_limits(args: argparse.Namespace) -> Any:
+    from probe.active.replay import ReplayLimits
+    return ReplayLimits(max_duration_s=args.max_duration, max_rate_bps=args.max_rate_kbps * 1000,
+                        max_bytes=int(args.max_bytes), max_concurrent=args.max_concurrent)
+
+
+def _add_replay_limits(p: argparse.ArgumentParser, client: bool) -> None:
+    p.add_argument("--max-duration", type=_positive, default=30.0, metavar="S",
+                   help="longest trace replayed (default 30)")
+    p.add_argument("--max-rate-kbps", type=_positive, default=4000.0, metavar="N",
+                   help="highest mean rate of a trace, both ways (default 4000)")
+    p.add_argument("--max-bytes", type=_positive, default=50e6, metavar="N",
+                   help=("bytes all runs of the test may send (default 50000000)" if client
+                         else "bytes one client may replay within an hour (default 50000000)"))
+    p.add_argument("--max-concurrent", type=int, default=2, metavar="N",
+                   help=argparse.SUPPRESS if client else
+                   "runs one client may have going at once (default 2)")
+
+
+def _run_replay_server(args: argparse.Namespace) -> int:
+    """``marsad replay-server``: serve replays of the traces in ``--traces`` to clients
+    that hold the token, until interrupted."""
+    from pathlib import Path
+
+    from api.replay_test import DEFAULT_TRACES
+    from probe.active.replay import ReplayServer
+    from probe.active.trace import TraceError, load_trace
+    host, port = args.listen
+    with _reported(errors=(PolicyError, TraceError, OSError)) as failed:
+        token = _token(args.token_file)
+        folder = args.traces or str(DEFAULT_TRACES)
+        traces = {t.name: t for t in (load_trace(p) for p in sorted(
+            Path(folder).glob("*.pcap")))}
+        if not traces:
+            raise PolicyError(f"{folder}: no traces (*.pcap)")
+        server = ReplayServer(host, port, token.encode(), traces,
+                              limits=_replay_limits(args), max_sessions=args.max_sessions,
+                              log=lambda text: print(f"marsad: {text}", file=sys.stderr))
+    if failed.code is not None:
+        return failed.code
+    shown = ", ".join(sorted(traces))
+    print(f"marsad: replay server on {server.address[0]}:{server.address[1]} with "
+          f"{len(traces)} traces ({shown})", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return EXIT_OK
+
+
+def _run_test_replay(args: argparse.Namespace) -> int:
+    """``marsad test replay APP``: show what the test sends, run it against the user's
+    replay server, judge it; the result and capture go to ``--out``, an entry to
+    ``--ledger``."""
+    from pathlib import Path
+
+    from api.replay_test import DEFAULT_TRACES, ReplaySpec, plan, run_replay_test, trace_for
+    from policy.errors import EntryRejected
+    from policy.rules import load_policy
+    from probe.active.replay import ReplayError
+    from probe.active.trace import TraceError
+    host, port = args.server
+    with _reported(errors=(PolicyError, TraceError, ReplayError, EntryRejected,
+                           OSError)) as failed:
+        spec = ReplaySpec(app=args.app, server=host, port=port, token=_token(args.token_file),
+                          transport="tcp" if args.tcp else "udp", limits=_replay_limits(args),
+                          seconds=args.seconds,
+                          traces=Path(args.traces) if args.traces else DEFAULT_TRACES,
+                          capture=not args.no_capture)
+        policy = load_policy(args.policy)
+        trace = trace_for(spec)
+        shown = plan(spec, trace)
+        out = sys.stderr if args.json else sys.stdout
+        print(f"replay of {trace.name} (sha256 {trace.sha256[:12]}, {shown['transport']}) "
+              f"against {shown['server']}: {shown['duration_s']:.1f} s, "
+              f"{shown['bytes_per_run']} bytes at {shown['rate_bps'] / 1000:.0f} kbit/s per "
+              f"run, {shown['runs']} runs (original, inverted, random ports): "
+              f"{shown['total_bytes']} bytes; limits: {spec.limits.max_duration_s:g} s, "
+              f"{spec.limits.max_rate_bps / 1000:g} kbit/s, {spec.limits.max_bytes} bytes",
+              file=out)
+        if shown["refused"] is not None:
+            raise ReplayError(f"the limits refuse this test: {shown['refused']}")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ReplayError("not confirmed: add --yes to run without asking")
+            if input("run it? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("marsad: not run", file=sys.stderr)
+                return EXIT_OK
+        ledger_cm = _open_ledger(args.ledger, must_exist=False) if args.ledger else \
+            contextlib.nullcontext()
+        with ledger_cm as ledger:
+            result = run_replay_test(spec, Path(args.out), policy=policy, ledger=ledger)
+    if failed.code is not None:
+        return failed.code
+    if args.json:
+        sys.stdout.write(dumps(result.to_dict()))
+        sys.stdout.write("\n")
+        return EXIT_OK
+    reasons = ", ".join(result.verdict.reasons)
+    print(f"{result.app} replay: {result.verdict.kind}{f' ({reasons})' if reasons else ''}")
+    for d in ("up", "down"):
+        a = result.test_keys.get("analysis", {}).get(d)
+        if a:
+            print(f"  {d}: loss {a['loss']}, mean bit/s {a['mean_bps']}, area {a['area']}, "
+                  f"KS p {a['ks_p']}")
+    for ev in result.verdict.evidence:
+        print(f"  - {ev.reason}: {ev.text}")
+    print(f"  result: {Path(args.out) / (result.uid + '.json')}")
+    print(f"  capture: {result.capture or result.test_keys['capture']['problem']}")
+    return EXIT_OK
+
+
+def _add_replay_parsers(sub: Any, subparsers: dict[str, argparse.ArgumentParser]) -> None:
+    """``marsad replay-server`` and ``marsad test replay`` (in the ``test`` group, made
+    here unless another test kind made it)."""
+    rs = sub.add_parser("replay-server", help="serve replay tests to clients holding the "
+                                              "token (Wehe's method)")
+    rs.add_argument("--listen", type=_host_port, required=True, metavar="HOST:PORT",
+                    help="the control channel's address")
+    rs.add_argument("--token-file", required=True, metavar="FILE",
+                    help="file whose first line is the clients' token")
+    rs.add_argument("--traces", metavar="DIR",
+                    help="the traces to serve (default: the project's captures/traces)")
+    rs.add_argument("--max-sessions", type=int, default=16, metavar="N",
+                    help="control connections at once, all clients (default 16)")
+    _add_replay_limits(rs, client=False)
+    rs.set_defaults(func=_run_replay_server)
+    tg = subparsers.get("test")
+    if tg is None:
+        tg = sub.add_parser("test", help="active tests: traffic marsad sends itself to test "
+                                         "the path")
+        tsub = tg.add_subparsers(dest="test_command", required=True)
+        subparsers["test"] = tg
+    else:
+        tsub = next(a for a in tg._actions if isinstance(a, argparse._SubParsersAction))
+    tr = tsub.add_parser(
+        "replay", help="replay an app's call traffic and two controls (Wehe's method)",
+        description="Replay the app's call trace, the same trace with inverted payload "
+                    "bits and the trace between random ports against a replay server you "
+                    "run (marsad replay-server); judge whether the network treated the "
+                    "app's traffic differently. Exit status: 0 the test ran (whatever "
+                    "the verdict), 2 it could not run.")
+    tr.add_argument("app", help="the app whose trace is replayed (a name in captures/traces)")
+    tr.add_argument("--server", type=_host_port, required=True, metavar="HOST:PORT",
+                    help="your replay server")
+    tr.add_argument("--token-file", required=True, metavar="FILE",
+                    help="file whose first line is the server's token")
+    tr.add_argument("--tcp", action="store_true", help="replay the app's TCP trace")
+    tr.add_argument("--seconds", type=_positive, metavar="S",
+                    help="replay only the trace's first S seconds")
+    tr.add_argument("--traces", metavar="DIR", help="where the traces are")
+    tr.add_argument("--out", default=".", metavar="DIR",
+                    help="where <uid>.json and <uid>.pcap go (default: here)")
+    tr.add_argument("--ledger", metavar="PATH", help="append the result to this ledger")
+    tr.add_argument("--policy", metavar="FILE", help="policy file (thresholds)")
+    tr.add_argument("--no-capture", action="store_true", help="do not run tcpdump")
+    tr.add_argument("--yes", action="store_true", help="run without asking")
+    tr.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_replay_limits(tr, client=True)
+    tr.set_defaults(func=_run_test_replay)
+    subparsers["replay-server"] = rs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marsad", description=(
         "Observe over-the-top voice and video calls and record, with evidence, whether the "
@@ -1182,6 +1367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(pr)
     pr.set_defaults(func=_run_probe)
     _add_test_parsers(sub, subparsers)
+    _add_replay_parsers(sub, subparsers)
     subparsers.update(flows=f, analyze=a, verify=v, evidence=e, report=rp, probe=pr)
     p.set_defaults(subparsers=subparsers)
     return p

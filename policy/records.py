@@ -94,6 +94,21 @@ class Reason(StrEnum):
     NO_CONTROL = "no-control"
     """An active test: nothing of the app's worked and no control target was named, so a
     block cannot be told from a network that is down."""
+    REPLAY_BLOCKED = "replay-blocked"
+    """A replay test: the app's trace got nothing through (or its STUN messages alone were
+    lost) while both controls did, over the same path."""
+    REPLAY_SHAPED = "replay-shaped"
+    """A replay test: the app's trace, and neither control, met a shaper's queue (loss
+    while the delay climbed and levelled off)."""
+    REPLAY_DIFFERENTIATED = "replay-differentiated"
+    """A replay test: the app's trace was slower than both controls by Wehe's area and
+    Kolmogorov-Smirnov tests."""
+    REPLAY_PATH_IMPAIRED = "replay-path-impaired"
+    """A replay test: the trace and both controls lost packets alike: a lossy path, not
+    differentiation."""
+    REPLAY_INCONCLUSIVE = "replay-inconclusive"
+    """A replay test that cannot be judged: a run missing or failed, too short, or the
+    original differing from one control only."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,8 @@ from probe.addresses import is_local_class, local_is_orig
 from probe.records import FlowRecord, TcpFlag
 
 __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
-           "DegradedPolicy", "Policy", "QualityPolicy", "ReachabilityPolicy", "RuleContext",
+           "DegradedPolicy", "Policy", "QualityPolicy", "ReachabilityPolicy", "ReplayPolicy",
+           "RuleContext",
            "SipOutcome",
            "ThrottledPolicy", "call_rules", "congested_paths", "explained_by_congestion",
            "explained_by_shaper", "flow_rules", "load_policy", "sip_outcome", "verdict_from"]
@@ -126,6 +127,38 @@ class ReachabilityPolicy:
     theirs: degraded (blocked needs every way failing)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayPolicy:
+    """``replay``: how a replay test (:mod:`policy.replay`) compares the app's trace with
+    its controls (Wehe's area and KS tests, the shaper's queue, blocking)."""
+
+    area_threshold: float = _threshold("ratio", high=1.0)
+    """Wehe's area test: the original's mean throughput this much below a control's
+    (relative to the larger) ..."""
+    ks_p_threshold: float = _threshold("p", high=1.0)
+    """... and the two-sample KS test's p at most this, against both controls."""
+    controls_max_area: float = _threshold("ratio", high=1.0)
+    """The two controls must agree this closely, else inconclusive."""
+    min_intervals: int = _threshold("intervals", low=1)
+    """Throughput samples (0.25 s intervals) each run needs."""
+    control_min_delivered: float = _threshold("ratio", high=1.0)
+    """A control "got through" when it delivered this share."""
+    blocked_max_delivered: float = _threshold("ratio", high=1.0)
+    """The original "got nothing through" at or below this share."""
+    stun_min_lost: int = _threshold("messages", low=1)
+    """STUN messages of the original lost (the controls delivered theirs) ..."""
+    stun_max_p: float = _threshold("p", high=1.0)
+    """... with at most this chance at the original's other loss rate."""
+    stun_min_base_loss: float = _threshold("ratio", high=1.0)
+    """The smallest loss rate that chance is computed with."""
+    shaper_min_loss: float = _threshold("ratio", high=1.0)
+    """A shaper: the original lost this share ..."""
+    shaper_min_delay_rise_ms: float = _threshold("ms")
+    """... while its delay rose this much and levelled off."""
+    path_max_loss: float = _threshold("ratio", high=1.0)
+    """All three runs lost more than this: a lossy path (degraded)."""
+
+
 _KINDS: dict[type, str] = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
@@ -143,6 +176,7 @@ class Policy:
     quality: QualityPolicy
     calls: CallsPolicy
     reachability: ReachabilityPolicy
+    replay: ReplayPolicy
     values: dict[str, Any]
     """Section -> key -> value as read, defaults merged with the user's file: the policy's
     identity (:func:`api.evidence.policy_digest` hashes it)."""

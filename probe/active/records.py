@@ -52,6 +52,11 @@ class Series:
     """``up`` (client to server) or ``down`` (server to client)."""
     interval_s: float
     intervals: tuple[Interval, ...]
+    lost: tuple[int, ...] = ()
+    """Indices (within this direction of the trace) of the packets that never arrived."""
+    stun: tuple[int, ...] = ()
+    """Indices of this direction's STUN messages (RFC 8489 magic cookie): the exchanges a
+    call is set up with, which a censor may drop while letting the media through."""
 
 
 class ReplayKind(StrEnum):

@@ -107,7 +107,7 @@ def test_a_section_with_no_class_yet_is_kept_not_refused(tmp_path: Path,
     reads it) loads, takes the user's values and stays in the policy's identity."""
     import policy.rules
 
-    text = DEFAULTS.read_text() + "\nreplay:\n  min_runs: 3\n"
+    text = DEFAULTS.read_text() + "\nfuture:\n  min_runs: 3\n"
 
     class Packaged:
         def joinpath(self, name: str) -> Packaged:
@@ -117,8 +117,8 @@ def test_a_section_with_no_class_yet_is_kept_not_refused(tmp_path: Path,
             return text
 
     monkeypatch.setattr(policy.rules.resources, "files", lambda package: Packaged())
-    assert load_policy().values["replay"] == {"min_runs": 3}
-    assert load_policy(_file(tmp_path, "replay:\n  min_runs: 5\n")).values["replay"] == {
+    assert load_policy().values["future"] == {"min_runs": 3}
+    assert load_policy(_file(tmp_path, "future:\n  min_runs: 5\n")).values["future"] == {
         "min_runs": 5}
-    with pytest.raises(PolicyError, match=r"unknown key replay\.bogus"):
-        load_policy(_file(tmp_path, "replay:\n  bogus: 5\n"))
+    with pytest.raises(PolicyError, match=r"unknown key future\.bogus"):
+        load_policy(_file(tmp_path, "future:\n  bogus: 5\n"))

@@ -1,0 +1,124 @@
+"""Run a replay test end to end: capture, replay, judge, keep the evidence.
+
+:func:`run_replay_test` loads the app's trace, captures the test's own packets (a
+tcpdump filtered on the replay server's address, when the process may capture), runs
+the original and its two controls against the server, judges them
+(:func:`policy.replay.judge_replay`) and writes ``<uid>.pcap`` and ``<uid>.json`` to the
+output directory; given a ledger, :func:`api.active.record_test` appends the result to it.
+
+Errors: :class:`probe.active.trace.TraceError` (no usable trace for the app),
+:class:`probe.active.replay.ReplayError` / ``ReplayRefused`` (the test could not run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from api.active import record_test
+from policy.ledger import Ledger
+from policy.records import TestResult
+from policy.replay import judge_replay
+from policy.rules import Policy
+from probe.active.capture import TestCapture, peer_filter
+from probe.active.replay import ReplayError, ReplayLimits, run_replay
+from probe.active.trace import Trace, load_trace
+
+__all__ = ["DEFAULT_TRACES", "ReplaySpec", "plan", "run_replay_test",
+           "trace_for"]
+
+DEFAULT_TRACES = Path(__file__).resolve().parent.parent / "captures" / "traces"
+"""The project's traces (``captures/traces``) in a source checkout."""
+RUNS = 3
+"""The original and its two controls."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySpec:
+    """A replay test to run."""
+
+    app: str
+    server: str
+    """The replay server the user runs (host name or address): the only target."""
+    port: int
+    token: str
+    """The server's client token."""
+    transport: str = "udp"
+    """``udp``, or ``tcp`` for the app's TCP fallback trace (``<app>-tcp.pcap``)."""
+    limits: ReplayLimits = field(default_factory=ReplayLimits)
+    seconds: float | None = None
+    """Replay only the trace's first seconds (``None``: all of it)."""
+    traces: Path = DEFAULT_TRACES
+    """Where the traces are."""
+    capture: bool = True
+    """Take the test's own capture (needs tcpdump and the right to capture)."""
+
+
+def trace_for(spec: ReplaySpec) -> Trace:
+    """The trace the spec names (``<app>.pcap``, or ``<app>-tcp.pcap`` for TCP)."""
+    name = spec.app if spec.transport == "udp" else f"{spec.app}-{spec.transport}"
+    return load_trace(spec.traces / f"{name}.pcap")
+
+
+def plan(spec: ReplaySpec, trace: Trace) -> dict[str, Any]:
+    """What the test will send, for the user to see before it runs."""
+    played = trace.cut(spec.seconds) if spec.seconds is not None else trace
+    return {"trace": played.ident, "transport": played.transport,
+            "duration_s": round(played.duration_s, 3), "bytes_per_run": played.bytes_in(),
+            "rate_bps": round(played.rate_bps(), 1), "runs": RUNS,
+            "total_bytes": played.bytes_in() * RUNS,
+            "server": f"{spec.server}:{spec.port}", "limits": spec.limits.to_dict(),
+            "refused": spec.limits.check(played, RUNS)}
+
+
+def run_replay_test(spec: ReplaySpec, out_dir: Path, *, policy: Policy,
+                    ledger: Ledger | None = None) -> TestResult:
+    """Run, judge and write the test (see the module's docstring); with ``ledger``, also
+    record it there."""
+    trace = trace_for(spec)
+    try:
+        infos = socket.getaddrinfo(spec.server, spec.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ReplayError(f"cannot resolve the replay server {spec.server}: {exc}") from exc
+    server_ip = str(infos[0][4][0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".replay-", suffix=".pcap", dir=out_dir)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    tmp_path.unlink()
+    cap = TestCapture(tmp_path, peer_filter([server_ip]))
+    try:
+        if spec.capture:
+            cap.__enter__()
+        try:
+            m = run_replay(trace, server_ip, spec.port, spec.token.encode(),
+                           limits=spec.limits, seconds=spec.seconds)
+        finally:
+            if spec.capture:
+                cap.__exit__(None, None, None)
+        result = judge_replay(m, policy)
+        got = cap.result
+        capture, sha = None, None
+        if got.path is not None and got.path.exists():
+            final = out_dir / f"{result.uid}.pcap"
+            got.path.replace(final)
+            capture, sha = str(final), got.sha256
+        keys = dict(result.test_keys)
+        keys["capture"] = {"problem": got.problem if spec.capture else "not asked for",
+                           "packets": got.packets, "dropped": got.dropped}
+        keys["server"] = f"{spec.server}:{spec.port}"
+        result = dataclasses.replace(result, test_keys=keys, capture=capture,
+                                     capture_sha256=sha)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    (out_dir / f"{result.uid}.json").write_text(
+        json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if ledger is not None:
+        record_test(result, ledger=ledger)
+    return result

@@ -1,0 +1,305 @@
+"""The replay test's verdict: did the network treat the app's traffic differently?
+
+A replay measurement holds the app's trace (the *original*) and two controls run over
+the same path in the same test: the trace with inverted payload bits (same sizes and
+timing, no signature) and the trace between random ports. Each direction is judged on
+its own, since a network may throttle only what comes down. In a direction:
+
+- **blocked** (``replay-blocked``) when the original got nothing through while both
+  controls did, or when the original's STUN messages, and they alone, were lost while
+  both controls delivered theirs: the call's set-up gets no answer.
+- **throttled** (``replay-shaped``) when the original, and neither control, shows a
+  shaper's signature: loss while the one-way delay climbed and levelled off (a queue in
+  front of a rate limit), the received rate held at a plateau below the offered one.
+- **throttled** (``replay-differentiated``) by Wehe's decision: the original's
+  throughput samples differ from *each* control's by the area test (relative difference
+  of the means at least ``replay.area_threshold``) and the two-sample Kolmogorov-Smirnov
+  test (p at most ``replay.ks_p_threshold``), the original being the slower, while the
+  two controls agree with each other.
+- **degraded** (``replay-path-impaired``) when all three runs lost packets: the path is
+  lossy for any traffic, which is not differentiation.
+- **unknown** (``replay-inconclusive``) when a run is missing or failed, the runs are too
+  short, the original differs from one control only, or the controls disagree.
+
+Otherwise the verdict is ok. Every interference verdict's text names the benign
+explanations the measurement rules out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import binom, ks_2samp
+
+from policy.legs import delay_shape
+from policy.records import Evidence, Reason, TestKind, TestResult
+from policy.rules import Policy, verdict_from
+from probe.active.records import ReplayKind, ReplayMeasurement, ReplayRun, Series
+
+__all__ = ["judge_replay", "measurement_dict", "throughput_bps"]
+
+EXCLUDED = ("path congestion: both controls crossed the same path in the same test and "
+            "were not affected; the trace's own rate: the inverted control has the same "
+            "packet sizes and timing; the server: it answered both controls")
+"""The benign explanations a verdict against both controls rules out."""
+
+
+def throughput_bps(series: Series, window: tuple[float, float]) -> list[float]:
+    """Received bits per second of each interval that starts within ``window`` (Wehe's
+    throughput samples)."""
+    lo, hi = window
+    return [8.0 * iv.received_bytes / series.interval_s for iv in series.intervals
+            if lo - 1e-9 <= iv.start_s < hi - 1e-9]
+
+
+@dataclass(frozen=True, slots=True)
+class _Dir:
+    """One direction of one run, summarised."""
+
+    sent: int
+    received: int
+    lost: frozenset[int]
+    stun: tuple[int, ...]
+    xput: list[float]
+    offered_bps: float
+    delay_rise_ms: float | None
+    plateau: bool
+
+    @property
+    def loss(self) -> float:
+        return (self.sent - self.received) / self.sent if self.sent else 0.0
+
+    @property
+    def delivered(self) -> float:
+        return self.received / self.sent if self.sent else 0.0
+
+
+def _summary(s: Series, window: tuple[float, float]) -> _Dir:
+    sent = sum(iv.sent_packets for iv in s.intervals)
+    received = sum(iv.received_packets for iv in s.intervals)
+    delays = np.array([np.nan if iv.delay_ms is None else iv.delay_ms
+                       for iv in s.intervals], dtype=np.float64)
+    rise, plateau, _ = delay_shape(delays)
+    span = window[1] - window[0]
+    offered = 8.0 * sum(iv.sent_bytes for iv in s.intervals
+                        if window[0] - 1e-9 <= iv.start_s < window[1] - 1e-9) / max(
+        span, s.interval_s)
+    return _Dir(sent, received, frozenset(s.lost), s.stun, throughput_bps(s, window),
+                offered, rise, plateau)
+
+
+def _window(s: Series) -> tuple[float, float]:
+    """The stretch of whole intervals of sending in a direction, ``(start, end)``: the
+    throughput samples. Intervals the schedule starts or ends within are partly empty in
+    every run (and after the last come only late packets), so they are left out at both
+    ends; in between every interval counts, however much the trace sent in it."""
+    sending = [iv for iv in s.intervals if iv.sent_packets]
+    if not sending:
+        return 0.0, 0.0
+    typical = float(np.median([iv.sent_bytes for iv in sending]))
+    whole = [iv for iv in sending if iv.sent_bytes >= 0.9 * typical]
+    first, last = whole[0], whole[-1]
+    return first.start_s, last.start_s + s.interval_s
+
+
+def _area(orig: list[float], ctrl: list[float]) -> float:
+    """Wehe's area test: (mean control - mean original) / the larger mean; positive when
+    the original was slower."""
+    a, b = float(np.mean(orig)), float(np.mean(ctrl))
+    top = max(a, b)
+    return (b - a) / top if top > 0 else 0.0
+
+
+def _ks_p(a: list[float], b: list[float]) -> float:
+    if a == b or (len(set(a)) == 1 and set(a) == set(b)):
+        return 1.0
+    return float(ks_2samp(a, b).pvalue)
+
+
+def _r(x: float | None, n: int = 4) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, n)
+
+
+def _ev(rule: str, reason: Reason, run: ReplayRun, figures: dict[str, Any],
+        text: str) -> Evidence:
+    return Evidence(rule, reason, (), (), run.started_ts, run.started_ts + run.duration_s,
+                    figures, text)
+
+
+def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Policy
+                     ) -> tuple[list[Evidence], dict[str, Any]]:
+    """Evidence for one direction, and its figures."""
+    ctrls = {"inverted": i, "random-ports": r}
+    figures: dict[str, Any] = {
+        "direction": d,
+        "sent": {"original": o.sent, "inverted": i.sent, "random-ports": r.sent},
+        "loss": {k: _r(v.loss) for k, v in (("original", o), *ctrls.items())},
+        "mean_bps": {k: _r(float(np.mean(v.xput)) if v.xput else 0.0, 1)
+                     for k, v in (("original", o), *ctrls.items())},
+        "offered_bps": _r(o.offered_bps, 1),
+        "delay_rise_ms": {k: _r(v.delay_rise_ms, 1) for k, v in (("original", o),
+                                                                 *ctrls.items())},
+        "delay_plateau": {k: v.plateau for k, v in (("original", o), *ctrls.items())}}
+    area = {k: _area(o.xput, v.xput) for k, v in ctrls.items()}
+    ks = {k: _ks_p(o.xput, v.xput) for k, v in ctrls.items()}
+    figures["area"] = {k: _r(v) for k, v in area.items()}
+    figures["ks_p"] = {k: _r(v, 6) for k, v in ks.items()}
+    figures["area_controls"] = _r(_area(i.xput, r.xput))
+    figures["thresholds"] = {"area": pol.replay.area_threshold,
+                             "ks_p": pol.replay.ks_p_threshold}
+    out: list[Evidence] = []
+    ok_ctrl = min(i.delivered, r.delivered) >= pol.replay.control_min_delivered
+    where = "from the server" if d == "down" else "to the server"
+
+    # Blocked: nothing of the original got through.
+    if o.sent and o.delivered <= pol.replay.blocked_max_delivered and ok_ctrl:
+        out.append(_ev("blocked.replay_no_answer", Reason.REPLAY_BLOCKED, run, figures,
+                       f"{o.received} of the original's {o.sent} packets {where} arrived, "
+                       f"while the inverted control delivered {i.delivered:.0%} and the "
+                       f"random-ports control {r.delivered:.0%}. Ruled out: {EXCLUDED}."))
+        return out, figures
+
+    # Blocked: the original's STUN messages, and they alone, were lost.
+    stun_lost = sorted(set(o.stun) & o.lost)
+    other_sent = o.sent - len(o.stun)
+    other_loss = len(o.lost - set(o.stun)) / other_sent if other_sent else 0.0
+    figures["stun"] = {"sent": len(o.stun), "lost_original": len(stun_lost),
+                       "lost_controls": [len(set(c.stun) & c.lost) for c in (i, r)]}
+    if stun_lost and ok_ctrl:
+        p = float(binom.sf(len(stun_lost) - 1, len(o.stun),
+                           max(other_loss, pol.replay.stun_min_base_loss)))
+        figures["stun"]["p"] = _r(p, 9)
+        delivered_by_ctrls = all(not (set(c.stun) & c.lost & set(stun_lost)) for c in (i, r))
+        if (len(stun_lost) >= pol.replay.stun_min_lost and delivered_by_ctrls
+                and p <= pol.replay.stun_max_p):
+            out.append(_ev(
+                "blocked.replay_stun", Reason.REPLAY_BLOCKED, run, figures,
+                f"{len(stun_lost)} of the original's {len(o.stun)} STUN messages {where} "
+                f"were lost (packets {', '.join(map(str, stun_lost[:16]))}) against "
+                f"{other_loss:.1%} of its other packets (chance p={p:.1e}), while both "
+                f"controls delivered the same messages: the call's set-up gets no answer. "
+                f"Ruled out: {EXCLUDED}."))
+
+    # Throttled: a shaper's queue on the original only.
+    def shaped(x: _Dir) -> bool:
+        return (x.loss >= pol.replay.shaper_min_loss and x.plateau
+                and (x.delay_rise_ms or 0.0) >= pol.replay.shaper_min_delay_rise_ms)
+    if shaped(o) and not shaped(i) and not shaped(r) and ok_ctrl:
+        half = o.xput[len(o.xput) // 2:]
+        plateau_bps = float(np.median(half)) if half else 0.0
+        figures["plateau_bps"] = _r(plateau_bps, 1)
+        out.append(_ev(
+            "throttled.replay_shaper", Reason.REPLAY_SHAPED, run, figures,
+            f"The original {where} lost {o.loss:.1%} of its packets while its one-way delay "
+            f"rose {o.delay_rise_ms:.0f} ms and levelled off (a queue in front of a rate "
+            f"limit); it was received at about {plateau_bps / 1000:.0f} kbit/s of "
+            f"{o.offered_bps / 1000:.0f} kbit/s offered. The controls lost "
+            f"{i.loss:.1%} (inverted) and {r.loss:.1%} (random ports). Ruled out: "
+            f"{EXCLUDED}."))
+
+    # Wehe's decision against each control.
+    n_min = pol.replay.min_intervals
+    if min(len(o.xput), len(i.xput), len(r.xput)) < n_min:
+        out.append(_ev("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, run,
+                       figures, f"Too few throughput samples {where} to compare (fewer "
+                       f"than {n_min} intervals)."))
+        return out, figures
+    a_t, p_t = pol.replay.area_threshold, pol.replay.ks_p_threshold
+    slower = {k: area[k] >= a_t and ks[k] <= p_t for k in ctrls}
+    faster = {k: area[k] <= -a_t and ks[k] <= p_t for k in ctrls}
+    controls_agree = abs(_area(i.xput, r.xput)) < pol.replay.controls_max_area
+    if all(slower.values()) and controls_agree:
+        out.append(_ev(
+            "throttled.replay_differentiation", Reason.REPLAY_DIFFERENTIATED, run, figures,
+            f"The original's throughput {where} was {area['inverted']:.0%} below the "
+            f"inverted control's (KS p={ks['inverted']:.1e}) and {area['random-ports']:.0%} "
+            f"below the random-ports control's (KS p={ks['random-ports']:.1e}), while the "
+            f"controls agreed. Ruled out: {EXCLUDED}."))
+    elif (any(slower.values()) or any(faster.values()) or not controls_agree) and not any(
+            e.rule.startswith(("throttled.", "blocked.")) for e in out):
+        which = [k for k in ctrls if slower[k] or faster[k]]
+        if len(which) == 1:
+            why = (f"the original differs from the {which[0]} control only, so the "
+                   "difference cannot be told from a change of the path")
+        elif not controls_agree:
+            why = "the two controls disagree with each other (the path changed during the test)"
+        else:
+            why = "the original was faster than both controls"
+        out.append(_ev("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, run,
+                       figures, f"No verdict {where}: {why}."))
+
+    # Every run lost packets: the path, not the app.
+    max_loss = pol.replay.path_max_loss
+    if not out and min(o.loss, i.loss, r.loss) > max_loss:
+        out.append(_ev(
+            "degraded.replay_path", Reason.REPLAY_PATH_IMPAIRED, run, figures,
+            f"All three runs lost packets {where} (original {o.loss:.1%}, inverted "
+            f"{i.loss:.1%}, random ports {r.loss:.1%}): the path is lossy for any traffic; "
+            "that is not differentiation."))
+    return out, figures
+
+
+def measurement_dict(m: ReplayMeasurement) -> dict[str, Any]:
+    """The measurement as plain JSON, field by field (``test_keys["measurement"]``): the
+    record rebuilds from it, so the test can be judged again."""
+    value: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(m)))
+    return value
+
+
+def _uid(m: ReplayMeasurement, keys: dict[str, Any]) -> str:
+    """``T`` + 17 hex digits of a BLAKE2b digest of the app, the test kind, its start
+    time and its measurement."""
+    text = json.dumps([m.app, "replay", m.started_ts, keys], sort_keys=True)
+    return "T" + hashlib.blake2b(text.encode(), digest_size=9).hexdigest()[:17]
+
+
+def judge_replay(m: ReplayMeasurement, policy: Policy) -> TestResult:
+    """The verdict on a replay test (see the module's docstring)."""
+    keys: dict[str, Any] = {"measurement": measurement_dict(m)}
+    runs = {r.kind: r for r in m.runs}
+    duration = max((r.started_ts + r.duration_s for r in m.runs), default=m.started_ts) \
+        - m.started_ts
+    uid = _uid(m, keys)
+    missing = [str(k) for k in ReplayKind if k not in runs]
+    failed = [f"{r.kind}: {r.failure}" for r in m.runs if r.failure is not None
+              and r.kind is not ReplayKind.ORIGINAL]
+    orig = runs.get(ReplayKind.ORIGINAL)
+    if missing or failed or orig is None:
+        text = ("the test lacks the " + ", ".join(missing) + " run(s)" if missing else
+                "a control run failed (" + "; ".join(failed) + ")")
+        ev = Evidence("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, (), (),
+                      m.started_ts, m.started_ts + duration, {"missing": missing,
+                                                              "failed": failed},
+                      f"No verdict: {text}; differentiation needs the original and both "
+                      "controls over the same path.")
+        return TestResult(uid, TestKind.REPLAY, m.app, m.started_ts, round(duration, 3),
+                          verdict_from([ev]), keys)
+    evidence: list[Evidence] = []
+    analysis: dict[str, Any] = {}
+    if orig.failure is not None and not orig.answered:
+        # The original's data path failed outright (its TCP connection) while both
+        # controls' worked.
+        analysis["original_failure"] = orig.failure
+        if all(runs[k].answered for k in (ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS)):
+            evidence.append(_ev(
+                "blocked.replay_no_answer", Reason.REPLAY_BLOCKED, orig,
+                {"original_failure": orig.failure},
+                f"The original's {orig.transport} connection failed ({orig.failure}) while "
+                f"both controls' connections to the same server worked. Ruled out: "
+                f"{EXCLUDED}."))
+    for d in ("up", "down"):
+        window = _window(getattr(orig, d))
+        o, i, r = (_summary(getattr(runs[k], d), window) for k in
+                   (ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS))
+        found, figures = _judge_direction(d, o, i, r, orig, policy)
+        evidence += found
+        analysis[d] = figures
+    keys["analysis"] = analysis
+    return TestResult(uid, TestKind.REPLAY, m.app, m.started_ts, round(duration, 3),
+                      verdict_from(evidence), keys)

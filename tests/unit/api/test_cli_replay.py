@@ -1,0 +1,168 @@
+"""`marsad test replay` and `marsad replay-server`: what a test sends is shown first,
+the result and capture are written, the ledger gets the entry, failures exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from api.cli import main
+from api.replay_test import ReplaySpec, run_replay_test
+from policy.ledger import Ledger
+from policy.rules import load_policy
+from probe.active.replay import ReplayServer
+from probe.active.trace import load_trace
+from tests.unit.active.tracebytes import write_trace
+
+TOKEN = "cli-token"
+
+
+@pytest.fixture
+def traces(tmp_path: Path) -> Path:
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    write_trace(folder / "whatsapp.pcap", 1.2)
+    return folder
+
+
+@pytest.fixture
+def server(traces: Path) -> ReplayServer:
+    t = load_trace(traces / "whatsapp.pcap")
+    with ReplayServer("127.0.0.1", 0, TOKEN.encode(), {t.name: t}) as srv:
+        yield srv
+
+
+def _token(tmp_path: Path, text: str = TOKEN) -> str:
+    p = tmp_path / "token"
+    p.write_text(text + "\n")
+    return str(p)
+
+
+def test_a_replay_test_prints_its_plan_then_its_result_and_records_it(
+        tmp_path: Path, traces: Path, server: ReplayServer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    host, port = server.address
+    out, ledger = tmp_path / "out", tmp_path / "ledger.db"
+    code = main(["test", "replay", "whatsapp", "--server", f"{host}:{port}", "--token-file",
+                 _token(tmp_path), "--traces", str(traces), "--out", str(out), "--ledger",
+                 str(ledger), "--yes", "--json", "--no-capture"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    trace = load_trace(traces / "whatsapp.pcap")
+    assert f"{trace.bytes_in()} bytes" in captured.err and "3 runs" in captured.err
+    assert f"against {host}:{port}" in captured.err
+    result = json.loads(captured.out)
+    assert result["kind"] == "replay" and result["verdict"] == "ok"
+    assert (out / f"{result['uid']}.json").is_file()
+    assert json.loads((out / f"{result['uid']}.json").read_text())["uid"] == result["uid"]
+    with Ledger(str(ledger), clock=lambda: 0.0) as led:
+        (entry,) = led.entries()
+    assert entry.subject_uid == result["uid"] and entry.verdict == "OK"  # enum names
+    assert entry.evidence["test_keys"]["measurement"]["trace"] == trace.ident
+
+
+def test_a_wrong_token_exits_2_with_the_servers_word(tmp_path: Path, traces: Path,
+                                                    server: ReplayServer,
+                                                    capsys: pytest.CaptureFixture[str]
+                                                    ) -> None:
+    host, port = server.address
+    code = main(["test", "replay", "whatsapp", "--server", f"{host}:{port}", "--token-file",
+                 _token(tmp_path, "wrong"), "--traces", str(traces), "--out",
+                 str(tmp_path / "o"), "--yes", "--no-capture"])
+    assert code == 2
+    assert "authentication failed" in capsys.readouterr().err
+
+
+def test_without_yes_and_no_terminal_nothing_is_sent(tmp_path: Path, traces: Path,
+                                                     server: ReplayServer,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    host, port = server.address
+    code = main(["test", "replay", "whatsapp", "--server", f"{host}:{port}", "--token-file",
+                 _token(tmp_path), "--traces", str(traces), "--out", str(tmp_path / "o"),
+                 "--no-capture"])
+    assert code == 2 and "add --yes" in capsys.readouterr().err
+    assert server.counts["sessions"] == 0
+
+
+def test_limits_beyond_the_trace_refuse_before_anything_is_sent(
+        tmp_path: Path, traces: Path, server: ReplayServer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    host, port = server.address
+    code = main(["test", "replay", "whatsapp", "--server", f"{host}:{port}", "--token-file",
+                 _token(tmp_path), "--traces", str(traces), "--max-bytes", "1000", "--yes",
+                 "--no-capture"])
+    assert code == 2 and "the limits refuse this test" in capsys.readouterr().err
+    assert server.counts["sessions"] == 0
+
+
+def test_an_unknown_app_or_a_missing_token_file_exits_2(
+        tmp_path: Path, traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", "replay", "nosuchapp", "--server", "127.0.0.1:9", "--token-file",
+                 _token(tmp_path), "--traces", str(traces), "--yes"]) == 2
+    assert "nosuchapp.pcap" in capsys.readouterr().err
+    assert main(["replay-server", "--listen", "127.0.0.1:0", "--token-file",
+                 str(tmp_path / "none"), "--traces", str(traces)]) == 2
+    assert "cannot read the token file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tcpdump") is None,
+                    reason="needs root and tcpdump to capture")
+def test_the_test_keeps_its_own_capture_of_every_run(tmp_path: Path, traces: Path,
+                                                     server: ReplayServer) -> None:
+    host, port = server.address
+    spec = ReplaySpec(app="whatsapp", server=host, port=port, token=TOKEN, traces=traces)
+    result = run_replay_test(spec, tmp_path / "out", policy=load_policy())
+    assert result.capture == str(tmp_path / "out" / f"{result.uid}.pcap"), \
+        result.test_keys["capture"]
+    data = Path(result.capture).read_bytes()
+    import hashlib
+    assert hashlib.sha256(data).hexdigest() == result.capture_sha256
+    trace = load_trace(traces / "whatsapp.pcap")
+    ports = {(r.client[1], r.server[1]) for r in load_runs(result.test_keys)}
+    seen: set[tuple[int, int]] = set()
+    udp_payloads = 0
+    for _, buf in dpkt.pcap.Reader(io.BytesIO(data)):
+        ip = _ip(buf)
+        if ip is not None and isinstance(ip.data, dpkt.udp.UDP):
+            seen.add((ip.data.sport, ip.data.dport))
+            udp_payloads += 1
+    # The three runs' datagrams, both ways, are in the capture.
+    assert all((c, s) in seen and (s, c) in seen for c, s in ports)
+    assert udp_payloads >= 3 * len(trace.packets)
+    assert not list((tmp_path / "out").glob(".replay-*"))
+
+
+def load_runs(keys: dict[str, object]) -> list[object]:
+    from probe.active.records import ReplayKind, ReplayRun
+
+    class _R:
+        def __init__(self, d: dict[str, object]) -> None:
+            self.kind = ReplayKind(d["kind"])
+            self.client = d["client"]
+            self.server = d["server"]
+    runs = keys["measurement"]["runs"]  # type: ignore[index]
+    assert isinstance(runs, list)
+    _ = ReplayRun
+    return [_R(r) for r in runs]
+
+
+def _ip(buf: bytes) -> dpkt.ip.IP | None:
+    # tcpdump on "any" writes Linux cooked headers (SLL or SLL2).
+    for cls in (dpkt.sll2.SLL2, dpkt.sll.SLL):
+        try:
+            pkt = cls(buf)
+        except (dpkt.dpkt.Error, AttributeError):
+            continue
+        if isinstance(pkt.data, dpkt.ip.IP):
+            return pkt.data
+    return None
