@@ -369,15 +369,9 @@ def run_test(request: TestRequest, out_dir: Path, policy: Policy) -> TestResult:
     if isinstance(request, ReplayRequest):
         mod = _runner_module(TestKind.REPLAY)
         t = request.target
-        spec_cls = mod.ReplaySpec
-        kwargs: dict[str, Any] = {"app": request.app, "server": t.host, "port": t.port,
-                                  "token": t.token(), "transport": request.transport}
-        fields = {f.name: f for f in dataclasses.fields(spec_cls)}
-        limits = fields.get("limits")
-        if limits is not None and limits.default is dataclasses.MISSING and \
-                limits.default_factory is dataclasses.MISSING:
-            kwargs["limits"] = import_module("probe.active.replay").ReplayLimits()
-        result: TestResult = mod.run_replay_test(spec_cls(**kwargs), out_dir, policy=policy)
+        spec = mod.ReplaySpec(app=request.app, server=t.host, port=t.port, token=t.token(),
+                              transport=request.transport)
+        result: TestResult = mod.run_replay_test(spec, out_dir, policy=policy)
         return result
     mod = _runner_module(TestKind.REACHABILITY)
     spec = mod.ReachSpec(app=request.app, resolvers=request.resolvers,
