@@ -50,3 +50,4 @@ def test_a_replay_test_through_the_service_is_judged_recorded_and_counted(
     assert report["ok"] is True and report["entries"] == 1, report
     assert 'marsad_test_finished_total{app="whatsapp",kind="replay",verdict="ok"} 1.0' \
         in metrics
+    assert 'marsad_test_last_timestamp_seconds{app="whatsapp",kind="replay"}' in metrics
