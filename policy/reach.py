@@ -156,6 +156,11 @@ class _Steps:
                     ts)
 
 
+def _is_localhost(name: str) -> bool:
+    name = _key(name)
+    return name == "localhost" or name.endswith(".localhost")
+
+
 def _tcp_cause(fails: Counter[str]) -> Reason:
     if fails.keys() & _RESET:
         return Reason.TCP_RESET
@@ -249,14 +254,23 @@ class _Judge:
             return "ok"
         # Every endpoint of the group failed this way.
         elsewhere = self._worked_elsewhere(kind, group)
-        excluded = [f"one server down: all {n} endpoint(s) of '{group}' failed on every "
-                    f"address and port tried"]
-        not_excluded = ["the app's servers all down at once (one vantage point)"]
+        if n > 1:
+            excluded = [f"one server down: all {n} endpoints of '{group}' failed on every "
+                        f"address and port tried"]
+            not_excluded = ["the app's servers all down at once (one vantage point)"]
+        else:
+            # A group of one endpoint failing is also what that one server being down
+            # (or not serving that port) looks like.
+            excluded = []
+            not_excluded = [f"the one server of '{group}' ({failed[0].endpoint.host}) "
+                            f"being down or not serving the port tried"]
         if elsewhere:
             excluded.append("the network being down: reached " + ", ".join(elsewhere[:8]))
         if main is Reason.DNS_FAILURE:
+            # localhost names (RFC 6761) are answered by the host itself, never by a
+            # resolver: they show nothing about the resolvers being up.
             resolved = sorted({q.hostname for qs in self.steps.queries.values() for q in qs
-                               if q.answers})
+                               if q.answers and not _is_localhost(q.hostname)})
             if not resolved:
                 self._find("unknown", "dns", main, failed, {
                     "group": group, "kind": "dns", "excluded": [], "not_excluded": [

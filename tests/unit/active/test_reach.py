@@ -302,3 +302,34 @@ def test_a_way_failing_with_nothing_outside_its_group_answering_is_unknown(lab: 
     eps = [Endpoint("stun.test", "relay", tcp=(lab.port + 1,), stun=(lab.stun.port,))]
     assert lab.measure("teams", eps) is VerdictKind.UNKNOWN
     assert lab.last.verdict.reasons == (Reason.TCP_RESET,)
+
+
+def test_one_endpoint_refused_does_not_claim_to_exclude_that_server_being_down(
+        lab: Lab) -> None:
+    # A group of one failing is also its one server being down: the evidence says so
+    # instead of listing "one server down" among what it excludes.
+    eps = [Endpoint("dead.test", "endpoints", tcp=(lab.port,)),
+           Endpoint("ok.test", "control", tls=(lab.port,))]
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    figures = lab.last.verdict.evidence[0].figures
+    assert not any("one server down" in e for e in figures["excluded"])
+    assert any("dead.test" in e and "being down" in e for e in figures["not_excluded"])
+    eps.insert(1, Endpoint("127.0.0.3", "endpoints", tcp=(lab.port,)))
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    figures = lab.last.verdict.evidence[0].figures
+    assert any("all 2 endpoints" in e for e in figures["excluded"])
+
+
+def test_localhost_resolving_does_not_show_the_resolvers_are_up(lab: Lab) -> None:
+    # localhost is answered from the hosts file, not by a resolver: an app's name failing
+    # to resolve beside it is no DNS block.
+    eps = [Endpoint("gone.test", "web", tls=(lab.port,)),
+           Endpoint("localhost", "control", tcp=(lab.port,))]
+    m = run_reachability("viber", eps, resolvers=[lab.dns.address], timeout_s=1.0,
+                         limits=ReachLimits(ca_file=str(lab.ca)))
+    assert not any(q.answers for q in m.queries if q.hostname == "gone.test")
+    assert any(q.answers for q in m.queries if q.hostname == "localhost")
+    result = judge_reachability(m, load_policy())
+    assert result.verdict.kind is VerdictKind.UNKNOWN
+    assert result.test_keys["dns_blocking"] is False
+
