@@ -128,11 +128,23 @@ def endpoints_of(spec: ReachSpec) -> tuple[Endpoint, ...]:
     if spec.app not in APPS or spec.app not in REACH_APPS:
         raise ReachError(f"unknown app {spec.app!r} (one of {', '.join(REACH_APPS)})")
     table = app_endpoints(spec.app).endpoints if spec.builtin else ()
+    # A host is measured once (merge_endpoints): a control on a host of the app's would
+    # be folded into the app's group and vanish, and a working control port would make
+    # the app's host look reachable.
+    app_hosts = {_host_key(ep.host) for ep in (*table, *spec.targets)}
+    for ep in spec.controls:
+        if _host_key(ep.host) in app_hosts:
+            raise ReachError(f"--control {ep.host}: the same host as one of the app's "
+                             f"servers or --target; a control must be another server")
     eps = merge_endpoints((*table, *spec.targets, *spec.controls))
     if not any(ep.group != CONTROL_GROUP for ep in eps):
         raise ReachError(f"{spec.app} has no public endpoints to test: name its server with "
                          f"--target HOST[:PORT]")
     return eps
+
+
+def _host_key(host: str) -> str:
+    return host.lower().rstrip(".")
 
 
 def _pre_resolve(endpoints: tuple[Endpoint, ...], resolvers: tuple[str, ...],

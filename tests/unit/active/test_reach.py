@@ -333,3 +333,12 @@ def test_localhost_resolving_does_not_show_the_resolvers_are_up(lab: Lab) -> Non
     assert result.verdict.kind is VerdictKind.UNKNOWN
     assert result.test_keys["dns_blocking"] is False
 
+
+def test_a_control_on_a_host_of_the_apps_is_refused(tmp_path: Path) -> None:
+    # Each host is measured once: such a control would join the target's group and vanish.
+    spec = ReachSpec("signal", builtin=False,
+                     targets=(parse_target("tls:a.test:4431", app="signal"),),
+                     controls=(parse_target("tcp:A.test.:4432", app="signal",
+                                            group="control"),))
+    with pytest.raises(ReachError, match=r"--control a\.test"):
+        run_reach_test(spec, tmp_path, policy=load_policy(), capture=False)
