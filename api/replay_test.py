@@ -28,7 +28,7 @@ from policy.replay import judge_replay
 from policy.rules import Policy
 from probe.active.capture import TestCapture, peer_filter
 from probe.active.replay import ReplayError, ReplayLimits, run_replay
-from probe.active.trace import Trace, load_trace
+from probe.active.trace import Trace, TraceError, load_trace
 
 __all__ = ["DEFAULT_TRACES", "ReplaySpec", "plan", "run_replay_test",
            "trace_for"]
@@ -63,7 +63,12 @@ class ReplaySpec:
 def trace_for(spec: ReplaySpec) -> Trace:
     """The trace the spec names (``<app>.pcap``, or ``<app>-tcp.pcap`` for TCP)."""
     name = spec.app if spec.transport == "udp" else f"{spec.app}-{spec.transport}"
-    return load_trace(spec.traces / f"{name}.pcap")
+    path = spec.traces / f"{name}.pcap"
+    if not path.exists():
+        have = sorted(p.name.removesuffix(".pcap") for p in spec.traces.glob("*.pcap"))
+        raise TraceError(f"{path}: no {spec.transport.upper()} trace for {spec.app!r}; "
+                         f"the traces in {spec.traces}: {', '.join(have) or 'none'}")
+    return load_trace(path)
 
 
 def plan(spec: ReplaySpec, trace: Trace) -> dict[str, Any]:
