@@ -12,6 +12,7 @@ Errors: :class:`probe.active.trace.TraceError` (no usable trace for the app),
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -99,14 +100,9 @@ def run_replay_test(spec: ReplaySpec, out_dir: Path, *, policy: Policy,
     tmp_path.unlink()
     cap = TestCapture(tmp_path, peer_filter([server_ip]))
     try:
-        if spec.capture:
-            cap.__enter__()
-        try:
+        with cap if spec.capture else contextlib.nullcontext(cap):
             m = run_replay(trace, server_ip, spec.port, spec.token.encode(),
                            limits=spec.limits, seconds=spec.seconds)
-        finally:
-            if spec.capture:
-                cap.__exit__(None, None, None)
         result = judge_replay(m, policy)
         got = cap.result
         capture, sha = None, None
