@@ -426,6 +426,9 @@ def judge_reachability(m: ReachabilityMeasurement, policy: Policy) -> TestResult
         "tcp_connect": [asdict(c) for c in m.tcp_connect],
         "tls_handshakes": [asdict(h) for h in m.tls_handshakes],
         "stun": [asdict(s) for s in m.stun],
+        # The measurement whole, field by field: the record rebuilds from it, so the
+        # test can be judged again (marsad verify, api.active.rejudge).
+        "measurement": json.loads(json.dumps(asdict(m))),
     }
     uid = hashlib.sha256(json.dumps(
         [m.app, str(TestKind.REACHABILITY), m.started_ts, test_keys], sort_keys=True,

@@ -342,3 +342,23 @@ def test_a_control_on_a_host_of_the_apps_is_refused(tmp_path: Path) -> None:
                                             group="control"),))
     with pytest.raises(ReachError, match=r"--control a\.test"):
         run_reach_test(spec, tmp_path, policy=load_policy(), capture=False)
+
+
+def test_a_reachability_entry_is_judged_again_by_verify(lab: Lab, tmp_path: Path) -> None:
+    # The result keeps its measurement whole, so the ledger's re-judgement can rebuild it
+    # (it used to find no measurement and call the capture "not given").
+    from api.active import entry_capture_sha256, record_test, rejudge
+    from api.evidence import verify_ledger
+    from policy.records import TestKind
+
+    eps = [Endpoint("dead.test", "endpoints", tcp=(lab.port,)),
+           Endpoint("ok.test", "control", tls=(lab.port,))]
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    result = lab.last
+    assert rejudge(TestKind.REACHABILITY, result.test_keys, load_policy()) == result.verdict
+    with Ledger(tmp_path / "ledger.db", clock=time.time) as ledger:
+        record_test(result, ledger=ledger)
+        report = verify_ledger(ledger)
+    assert report.ok
+    assert report.captures_checked == (entry_capture_sha256(result),)
+    assert report.captures_unavailable == ()
