@@ -313,8 +313,11 @@ class _Judge:
             "dns": f"No {group} name resolved with any resolver, while other names did.",
             "tcp": f"Every TCP connect to the {group} endpoints failed ({main}), on every "
                    f"address and port, while other hosts answered.",
-            "tls": f"Every TLS handshake with the {group} endpoints failed ({main}) while "
-                   f"other hosts answered.",
+            "tls": (f"Every TLS handshake with the {group} endpoints failed ({main}) while "
+                    f"other hosts answered." if main is Reason.TLS_RESET_AFTER_HELLO else
+                    f"No TCP connect for a TLS handshake with the {group} endpoints "
+                    f"succeeded ({main}), on every address and port, while other hosts "
+                    f"answered: no handshake was made."),
             "stun": f"No {group} STUN server answered a binding request while another STUN "
                     f"server did.",
         }[kind]

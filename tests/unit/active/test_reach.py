@@ -362,3 +362,14 @@ def test_a_reachability_entry_is_judged_again_by_verify(lab: Lab, tmp_path: Path
     assert report.ok
     assert report.captures_checked == (entry_capture_sha256(result),)
     assert report.captures_unavailable == ()
+
+
+def test_a_refused_connect_before_a_handshake_is_not_called_a_failed_handshake(
+        lab: Lab) -> None:
+    eps = [Endpoint("dead.test", "web", tls=(lab.port,)),
+           Endpoint("ok.test", "control", tls=(lab.port,))]
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    (ev,) = lab.last.verdict.evidence
+    assert ev.reason is Reason.TCP_RESET
+    assert "No TCP connect for a TLS handshake" in ev.text and "no handshake" in ev.text
+    assert "Every TLS handshake" not in ev.text
