@@ -87,6 +87,7 @@ __all__ = [
     "render_test_markdown",
     "result_from_dict",
     "run_test",
+    "write_result",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,15 @@ def result_from_dict(d: Mapping[str, Any]) -> TestResult:
         raise ValueError(f"a test result needs {exc.args[0]!r}") from None
     except (TypeError, AttributeError) as exc:
         raise ValueError(f"not a test result: {exc}") from None
+
+
+def write_result(result: TestResult, out_dir: Path) -> Path:
+    """Write ``out_dir/<uid>.json``, the file :func:`load_result` reads: the result as
+    JSON, NaN and infinities (not JSON) as null, as in its ledger entry."""
+    path = out_dir / f"{result.uid}.json"
+    path.write_text(json.dumps(json_finite(result.to_dict()), indent=2, sort_keys=True,
+                               allow_nan=False) + "\n", encoding="utf-8")
+    return path
 
 
 def load_result(path: str | Path) -> TestResult:

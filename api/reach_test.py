@@ -20,13 +20,13 @@ Writes ``<out>/<uid>.json`` (the :class:`~policy.records.TestResult`) and
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from api.active import write_result
 from classifier.endpoints import app_endpoints
 from classifier.hostnames import APPS
 from policy.reach import CONTROL_GROUP, judge_reachability
@@ -218,6 +218,5 @@ def run_reach_test(spec: ReachSpec, out_dir: Path, *, policy: Policy,
     result = TestResult(judged.uid, judged.kind, judged.app, judged.started_ts,
                         judged.duration_s, judged.verdict, keys,
                         None if pcap is None else str(pcap), sha)
-    (out_dir / f"{result.uid}.json").write_text(
-        json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_result(result, out_dir)
     return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import socket
 import tempfile
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.active import record_test
+from api.active import record_test, write_result
 from policy.ledger import Ledger
 from policy.records import TestResult
 from policy.replay import judge_replay
@@ -118,8 +117,7 @@ def run_replay_test(spec: ReplaySpec, out_dir: Path, *, policy: Policy,
                                      capture_sha256=sha)
     finally:
         tmp_path.unlink(missing_ok=True)
-    (out_dir / f"{result.uid}.json").write_text(
-        json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_result(result, out_dir)
     if ledger is not None:
         record_test(result, ledger=ledger)
     return result
