@@ -67,9 +67,9 @@ class ReachSpec:
     max_addresses: int = 4
     total_s: float = 60.0
     builtin: bool = True
+    """Whether to try the app's endpoints from the table (off: only the targets)."""
     system_resolver: bool = True
     """Whether to ask the system's resolver (off: only ``resolvers``)."""
-    """Whether to try the app's endpoints from the table (off: only the targets)."""
 
 
 def parse_target(text: str, *, app: str, group: str = TARGET_GROUP) -> Endpoint:
