@@ -58,7 +58,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
 
-from api.evidence import SIGNATURE, _finite, _sign
+from api.evidence import BUNDLE_FORMAT, SIGNATURE, json_finite, sign_manifest
 from api.version import marsad_version
 from policy.ledger import Derivation, Deriver, Ledger, LedgerEntry, canonical_json
 from policy.records import Evidence, Reason, TestKind, TestResult, Verdict, VerdictKind
@@ -87,6 +87,7 @@ __all__ = [
     "render_test_markdown",
     "result_from_dict",
     "run_test",
+    "write_result",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def entry_capture_sha256(result: TestResult) -> str:
     the only record of what happened)."""
     if result.capture_sha256:
         return result.capture_sha256
-    return hashlib.sha256(canonical_json(_finite(result.test_keys)).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(json_finite(result.test_keys)).encode()).hexdigest()
 
 
 class ResultStore(Protocol):
@@ -117,7 +118,7 @@ def record_test(result: TestResult, *, ledger: Ledger,
     return its entry. Any verdict is recorded, ok included."""
     entry = ledger.append(capture_sha256=entry_capture_sha256(result), subject_uid=result.uid,
                           verdict=result.verdict.kind, reasons=result.verdict.reasons,
-                          evidence=_finite(result.to_dict()))
+                          evidence=json_finite(result.to_dict()))
     if store is not None:
         store.add_test(entry.evidence, capture_path=result.capture, ledger_seq=entry.seq)
     return entry
@@ -144,6 +145,15 @@ def result_from_dict(d: Mapping[str, Any]) -> TestResult:
         raise ValueError(f"a test result needs {exc.args[0]!r}") from None
     except (TypeError, AttributeError) as exc:
         raise ValueError(f"not a test result: {exc}") from None
+
+
+def write_result(result: TestResult, out_dir: Path) -> Path:
+    """Write ``out_dir/<uid>.json``, the file :func:`load_result` reads: the result as
+    JSON, NaN and infinities (not JSON) as null, as in its ledger entry."""
+    path = out_dir / f"{result.uid}.json"
+    path.write_text(json.dumps(json_finite(result.to_dict()), indent=2, sort_keys=True,
+                               allow_nan=False) + "\n", encoding="utf-8")
+    return path
 
 
 def load_result(path: str | Path) -> TestResult:
@@ -610,7 +620,7 @@ def _report(result: TestResult, lang: str, files: Mapping[str, str] | None,
     facts.append((lb["capture"], result.capture_sha256 or lb["no_capture"]))
     evidence = tuple(
         (f"{e.reason} ({lb['rule']} {e.rule}): {e.text}",
-         tuple((k, json.dumps(_finite(val), ensure_ascii=False))
+         tuple((k, json.dumps(json_finite(val), ensure_ascii=False))
                for k, val in sorted(e.figures.items())))
         for e in v.evidence)
     sections: list[tuple[str, tuple[str, ...]]] = []
@@ -703,7 +713,7 @@ def build_test_bundle(result: TestResult, *, ledger_entries: Iterable[LedgerEntr
             raise EvidenceError(f"test {result.uid}: {result.capture} has SHA-256 {digest}, "
                                 f"not the {result.capture_sha256} its result names")
         files["test.pcap"] = pcap
-    doc = _finite(result.to_dict())
+    doc = json_finite(result.to_dict())
     if "test.pcap" in files:
         doc["capture"] = "test.pcap"
     files["result.json"] = _json_bytes(doc)
@@ -719,7 +729,7 @@ def build_test_bundle(result: TestResult, *, ledger_entries: Iterable[LedgerEntr
                                                  entries=entries).encode()
     created = clock()
     manifest = {
-        "format": 1, "tool": "marsad", "tool_version": marsad_version(),
+        "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": marsad_version(),
         "created_at": _iso(created), "subject_uid": result.uid, "subject": "test",
         "test": {"kind": str(result.kind), "app": result.app},
         "capture": {"sha256": entry_capture_sha256(result),
@@ -730,7 +740,7 @@ def build_test_bundle(result: TestResult, *, ledger_entries: Iterable[LedgerEntr
     manifest_bytes = _json_bytes(manifest)
     members = [*files.items(), ("manifest.json", manifest_bytes)]
     if signing_key is not None:
-        members.append((SIGNATURE, _sign(manifest_bytes, signing_key)))
+        members.append((SIGNATURE, sign_manifest(manifest_bytes, signing_key)))
     out = io.BytesIO()
     stamp = datetime.fromtimestamp(created, tz=UTC).timetuple()[:6]
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:

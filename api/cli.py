@@ -1022,10 +1022,26 @@ def _token(path: str) -> str:
 
 
 def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``); port 0 listens on a port the system picks."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def _server_host_port(text: str) -> tuple[str, int]:
+    """A server to connect to: ``HOST:PORT`` with a port of 1 to 65535."""
+    host, port = _host_port(text)
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port of 1 to 65535, "
+                                         f"got {text!r}")
+    return host, port
+
+
+_at_least_one = _checked(int, lambda v: v >= 1, "a whole number", "must be 1 or more")
+"""A count that must be at least one (a limit of zero would refuse everything)."""
+_bytes_limit = _checked(float, lambda v: 1 <= v < math.inf, "a number", "must be 1 or more")
+"""A number of bytes, at least one (written 50e6 or 50000000)."""
 
 
 def _replay_limits(args: argparse.Namespace) -> Any:
@@ -1039,10 +1055,10 @@ def _add_replay_limits(p: argparse.ArgumentParser, client: bool) -> None:
                    help="longest trace replayed (default 30)")
     p.add_argument("--max-rate-kbps", type=_positive, default=4000.0, metavar="N",
                    help="highest mean rate of a trace, both ways (default 4000)")
-    p.add_argument("--max-bytes", type=_positive, default=50e6, metavar="N",
+    p.add_argument("--max-bytes", type=_bytes_limit, default=50e6, metavar="N",
                    help=("bytes all runs of the test may send (default 50000000)" if client
                          else "bytes one client may replay within an hour (default 50000000)"))
-    p.add_argument("--max-concurrent", type=int, default=2, metavar="N",
+    p.add_argument("--max-concurrent", type=_at_least_one, default=2, metavar="N",
                    help=argparse.SUPPRESS if client else
                    "runs one client may have going at once (default 2)")
 
@@ -1053,10 +1069,10 @@ def _run_replay_server(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from api.replay_test import DEFAULT_TRACES
-    from probe.active.replay import ReplayServer
+    from probe.active.replay import ReplayError, ReplayServer
     from probe.active.trace import TraceError, load_trace
     host, port = args.listen
-    with _reported(errors=(PolicyError, TraceError, OSError)) as failed:
+    with _reported(errors=(PolicyError, TraceError, ReplayError, OSError)) as failed:
         token = _token(args.token_file)
         folder = args.traces or str(DEFAULT_TRACES)
         traces = {t.name: t for t in (load_trace(p) for p in sorted(
@@ -1151,7 +1167,7 @@ def _add_replay_parsers(sub: Any, subparsers: dict[str, argparse.ArgumentParser]
                     help="file whose first line is the clients' token")
     rs.add_argument("--traces", metavar="DIR",
                     help="the traces to serve (default: the project's captures/traces)")
-    rs.add_argument("--max-sessions", type=int, default=16, metavar="N",
+    rs.add_argument("--max-sessions", type=_at_least_one, default=16, metavar="N",
                     help="control connections at once, all clients (default 16)")
     _add_replay_limits(rs, client=False)
     rs.set_defaults(func=_run_replay_server)
@@ -1171,7 +1187,7 @@ def _add_replay_parsers(sub: Any, subparsers: dict[str, argparse.ArgumentParser]
                     "app's traffic differently. Exit status: 0 the test ran (whatever "
                     "the verdict), 2 it could not run.")
     tr.add_argument("app", help="the app whose trace is replayed (a name in captures/traces)")
-    tr.add_argument("--server", type=_host_port, required=True, metavar="HOST:PORT",
+    tr.add_argument("--server", type=_server_host_port, required=True, metavar="HOST:PORT",
                     help="your replay server")
     tr.add_argument("--token-file", required=True, metavar="FILE",
                     help="file whose first line is the server's token")

@@ -110,11 +110,13 @@ __all__ = [
     "check_bundle",
     "derivations",
     "iter_problem_lines",
+    "json_finite",
     "ledger_items",
     "load_public_key",
     "load_signing_key",
     "policy_digest",
     "record_verdicts",
+    "sign_manifest",
     "verify_ledger",
 ]
 
@@ -162,21 +164,21 @@ def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(canonical_json(policy.values).encode()).hexdigest()
 
 
-def _finite(value: Any) -> Any:
+def json_finite(value: Any) -> Any:
     """The value with NaN and infinities (not JSON) as None, at every depth."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_finite(v) for v in value]
     return value
 
 
 def _verdict_evidence(kind: str, flow_uids: Sequence[str], verdict: Verdict,
                       policy_sha: str) -> dict[str, Any]:
     return {"subject": kind, "flow_uids": list(flow_uids), "policy_sha256": policy_sha,
-            "evidence": [_finite(e.to_dict()) for e in verdict.evidence]}
+            "evidence": [json_finite(e.to_dict()) for e in verdict.evidence]}
 
 
 def ledger_items(result: AnalysisResult, policy: Policy | None = None
@@ -928,7 +930,9 @@ def load_public_key(path: str | Path) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _sign(manifest: bytes, key: Any) -> bytes:
+def sign_manifest(manifest: bytes, key: Any) -> bytes:
+    """The signature file of a bundle: ``manifest`` signed with the Ed25519 private
+    ``key``, with the public key and its SHA-256 to check it by."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     return _json_bytes({"algorithm": "Ed25519", "signed_file": MANIFEST,
@@ -1139,7 +1143,7 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
     manifest_bytes = _json_bytes(manifest)
     members = [*files.items(), (MANIFEST, manifest_bytes)]
     if signing_key is not None:
-        members.append((SIGNATURE, _sign(manifest_bytes, signing_key)))
+        members.append((SIGNATURE, sign_manifest(manifest_bytes, signing_key)))
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in members:
             info = zipfile.ZipInfo(name, date_time=stamp)

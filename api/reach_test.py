@@ -20,13 +20,13 @@ Writes ``<out>/<uid>.json`` (the :class:`~policy.records.TestResult`) and
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from api.active import write_result
 from classifier.endpoints import app_endpoints
 from classifier.hostnames import APPS
 from policy.reach import CONTROL_GROUP, judge_reachability
@@ -67,9 +67,9 @@ class ReachSpec:
     max_addresses: int = 4
     total_s: float = 60.0
     builtin: bool = True
+    """Whether to try the app's endpoints from the table (off: only the targets)."""
     system_resolver: bool = True
     """Whether to ask the system's resolver (off: only ``resolvers``)."""
-    """Whether to try the app's endpoints from the table (off: only the targets)."""
 
 
 def parse_target(text: str, *, app: str, group: str = TARGET_GROUP) -> Endpoint:
@@ -128,11 +128,23 @@ def endpoints_of(spec: ReachSpec) -> tuple[Endpoint, ...]:
     if spec.app not in APPS or spec.app not in REACH_APPS:
         raise ReachError(f"unknown app {spec.app!r} (one of {', '.join(REACH_APPS)})")
     table = app_endpoints(spec.app).endpoints if spec.builtin else ()
+    # A host is measured once (merge_endpoints): a control on a host of the app's would
+    # be folded into the app's group and vanish, and a working control port would make
+    # the app's host look reachable.
+    app_hosts = {_host_key(ep.host) for ep in (*table, *spec.targets)}
+    for ep in spec.controls:
+        if _host_key(ep.host) in app_hosts:
+            raise ReachError(f"--control {ep.host}: the same host as one of the app's "
+                             f"servers or --target; a control must be another server")
     eps = merge_endpoints((*table, *spec.targets, *spec.controls))
     if not any(ep.group != CONTROL_GROUP for ep in eps):
         raise ReachError(f"{spec.app} has no public endpoints to test: name its server with "
                          f"--target HOST[:PORT]")
     return eps
+
+
+def _host_key(host: str) -> str:
+    return host.lower().rstrip(".")
 
 
 def _pre_resolve(endpoints: tuple[Endpoint, ...], resolvers: tuple[str, ...],
@@ -206,6 +218,5 @@ def run_reach_test(spec: ReachSpec, out_dir: Path, *, policy: Policy,
     result = TestResult(judged.uid, judged.kind, judged.app, judged.started_ts,
                         judged.duration_s, judged.verdict, keys,
                         None if pcap is None else str(pcap), sha)
-    (out_dir / f"{result.uid}.json").write_text(
-        json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_result(result, out_dir)
     return result

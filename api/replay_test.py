@@ -12,8 +12,8 @@ Errors: :class:`probe.active.trace.TraceError` (no usable trace for the app),
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import socket
 import tempfile
@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.active import record_test
+from api.active import record_test, write_result
 from policy.ledger import Ledger
 from policy.records import TestResult
 from policy.replay import judge_replay
 from policy.rules import Policy
 from probe.active.capture import TestCapture, peer_filter
 from probe.active.replay import ReplayError, ReplayLimits, run_replay
-from probe.active.trace import Trace, load_trace
+from probe.active.trace import Trace, TraceError, load_trace
 
 __all__ = ["DEFAULT_TRACES", "ReplaySpec", "plan", "run_replay_test",
            "trace_for"]
@@ -63,7 +63,12 @@ class ReplaySpec:
 def trace_for(spec: ReplaySpec) -> Trace:
     """The trace the spec names (``<app>.pcap``, or ``<app>-tcp.pcap`` for TCP)."""
     name = spec.app if spec.transport == "udp" else f"{spec.app}-{spec.transport}"
-    return load_trace(spec.traces / f"{name}.pcap")
+    path = spec.traces / f"{name}.pcap"
+    if not path.exists():
+        have = sorted(p.name.removesuffix(".pcap") for p in spec.traces.glob("*.pcap"))
+        raise TraceError(f"{path}: no {spec.transport.upper()} trace for {spec.app!r}; "
+                         f"the traces in {spec.traces}: {', '.join(have) or 'none'}")
+    return load_trace(path)
 
 
 def plan(spec: ReplaySpec, trace: Trace) -> dict[str, Any]:
@@ -94,14 +99,9 @@ def run_replay_test(spec: ReplaySpec, out_dir: Path, *, policy: Policy,
     tmp_path.unlink()
     cap = TestCapture(tmp_path, peer_filter([server_ip]))
     try:
-        if spec.capture:
-            cap.__enter__()
-        try:
+        with cap if spec.capture else contextlib.nullcontext(cap):
             m = run_replay(trace, server_ip, spec.port, spec.token.encode(),
                            limits=spec.limits, seconds=spec.seconds)
-        finally:
-            if spec.capture:
-                cap.__exit__(None, None, None)
         result = judge_replay(m, policy)
         got = cap.result
         capture, sha = None, None
@@ -117,8 +117,7 @@ def run_replay_test(spec: ReplaySpec, out_dir: Path, *, policy: Policy,
                                      capture_sha256=sha)
     finally:
         tmp_path.unlink(missing_ok=True)
-    (out_dir / f"{result.uid}.json").write_text(
-        json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_result(result, out_dir)
     if ledger is not None:
         record_test(result, ledger=ledger)
     return result

@@ -156,6 +156,11 @@ class _Steps:
                     ts)
 
 
+def _is_localhost(name: str) -> bool:
+    name = _key(name)
+    return name == "localhost" or name.endswith(".localhost")
+
+
 def _tcp_cause(fails: Counter[str]) -> Reason:
     if fails.keys() & _RESET:
         return Reason.TCP_RESET
@@ -249,14 +254,23 @@ class _Judge:
             return "ok"
         # Every endpoint of the group failed this way.
         elsewhere = self._worked_elsewhere(kind, group)
-        excluded = [f"one server down: all {n} endpoint(s) of '{group}' failed on every "
-                    f"address and port tried"]
-        not_excluded = ["the app's servers all down at once (one vantage point)"]
+        if n > 1:
+            excluded = [f"one server down: all {n} endpoints of '{group}' failed on every "
+                        f"address and port tried"]
+            not_excluded = ["the app's servers all down at once (one vantage point)"]
+        else:
+            # A group of one endpoint failing is also what that one server being down
+            # (or not serving that port) looks like.
+            excluded = []
+            not_excluded = [f"the one server of '{group}' ({failed[0].endpoint.host}) "
+                            f"being down or not serving the port tried"]
         if elsewhere:
             excluded.append("the network being down: reached " + ", ".join(elsewhere[:8]))
         if main is Reason.DNS_FAILURE:
+            # localhost names (RFC 6761) are answered by the host itself, never by a
+            # resolver: they show nothing about the resolvers being up.
             resolved = sorted({q.hostname for qs in self.steps.queries.values() for q in qs
-                               if q.answers})
+                               if q.answers and not _is_localhost(q.hostname)})
             if not resolved:
                 self._find("unknown", "dns", main, failed, {
                     "group": group, "kind": "dns", "excluded": [], "not_excluded": [
@@ -299,8 +313,11 @@ class _Judge:
             "dns": f"No {group} name resolved with any resolver, while other names did.",
             "tcp": f"Every TCP connect to the {group} endpoints failed ({main}), on every "
                    f"address and port, while other hosts answered.",
-            "tls": f"Every TLS handshake with the {group} endpoints failed ({main}) while "
-                   f"other hosts answered.",
+            "tls": (f"Every TLS handshake with the {group} endpoints failed ({main}) while "
+                    f"other hosts answered." if main is Reason.TLS_RESET_AFTER_HELLO else
+                    f"No TCP connect for a TLS handshake with the {group} endpoints "
+                    f"succeeded ({main}), on every address and port, while other hosts "
+                    f"answered: no handshake was made."),
             "stun": f"No {group} STUN server answered a binding request while another STUN "
                     f"server did.",
         }[kind]
@@ -412,6 +429,9 @@ def judge_reachability(m: ReachabilityMeasurement, policy: Policy) -> TestResult
         "tcp_connect": [asdict(c) for c in m.tcp_connect],
         "tls_handshakes": [asdict(h) for h in m.tls_handshakes],
         "stun": [asdict(s) for s in m.stun],
+        # The measurement whole, field by field: the record rebuilds from it, so the
+        # test can be judged again (marsad verify, api.active.rejudge).
+        "measurement": json.loads(json.dumps(asdict(m))),
     }
     uid = hashlib.sha256(json.dumps(
         [m.app, str(TestKind.REACHABILITY), m.started_ts, test_keys], sort_keys=True,

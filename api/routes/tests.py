@@ -1,8 +1,9 @@
 """``/v1/tests``: request an active test, follow its job, list and read results.
 
 ``POST /v1/tests`` (token) checks the request against the service's configuration
-(a replay test names one of ``replay_servers``; a reachability test names only
-``test_resolvers``; the app is one of the classifier's) and queues it on
+(a replay test names one of ``replay_servers`` and an app with a trace; a
+reachability test names only ``test_resolvers`` and an app with public endpoints in
+the endpoint table; the app is one of the classifier's) and queues it on
 :class:`api.active.TestJobs`, which runs one test at a time. ``GET
 /v1/tests/jobs/{id}`` follows the job; once ``done`` its ``test_uid`` is the result
 at ``GET /v1/tests/{uid}``, whose evidence bundle is ``GET /v1/tests/{uid}/evidence``
@@ -34,6 +35,7 @@ from api.config import Settings
 from api.deps import MAX_OFFSET, MAX_PAGE, LedgerDep, ServicesDep, SettingsDep, StoreDep, TokenDep
 from api.schemas import ErrorOut, TestIn, TestJobOut, TestOut, TestPage, active_test_out, utc
 from api.store import TestQuery
+from classifier.endpoints import app_endpoints
 from classifier.records import APPS
 from policy.records import TestKind, VerdictKind
 
@@ -72,11 +74,25 @@ def to_request(body: TestIn, settings: Settings) -> TestRequest:
             raise _invalid("server", "a replay test needs 'server': a configured replay server")
         if body.resolvers:
             raise _invalid("resolvers", "'resolvers' is for reachability tests")
-        return ReplayRequest(app=body.app, target=_target(settings, body.server),
-                             transport=body.transport)
+        target = _target(settings, body.server)
+        from api.replay_test import DEFAULT_TRACES
+        name = body.app if body.transport == "udp" else f"{body.app}-{body.transport}"
+        if not (DEFAULT_TRACES / f"{name}.pcap").is_file():
+            have = sorted(t.name.removesuffix(".pcap") for t in DEFAULT_TRACES.glob("*.pcap"))
+            raise _invalid("app", f"no {body.transport.upper()} replay trace for {body.app!r}; "
+                                  f"the traces: {', '.join(have) or 'none'}")
+        return ReplayRequest(app=body.app, target=target, transport=body.transport)
     if body.server is not None:
         raise _invalid("server", "'server' is for replay tests: a reachability test reaches "
                                  "the app's own endpoints")
+    try:
+        endpoints = app_endpoints(body.app).endpoints
+    except KeyError:
+        endpoints = ()
+    if not endpoints:
+        raise _invalid("app", f"{body.app!r} has no public endpoints in the endpoint table "
+                              "(classifier/data/endpoints.json) and the service names no "
+                              "others: test it with 'marsad test reachability APP --target'")
     allowed = set(settings.test_resolvers)
     for r in body.resolvers:
         try:

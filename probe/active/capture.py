@@ -91,7 +91,6 @@ class TestCapture:
         assert self._proc.stderr is not None
         fd = self._proc.stderr.fileno()
         said = b""
-        fd = self._proc.stderr.fileno()  # raw reads: a buffered readline hides lines from select
         deadline = time.monotonic() + _READY_S
         while b"listening on" not in said and time.monotonic() < deadline:
             if not select.select([fd], [], [], deadline - time.monotonic())[0]:

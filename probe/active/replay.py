@@ -78,7 +78,8 @@ packet can only be lost)."""
 
 
 class ReplayError(Exception):
-    """The replay test could not run (server unreachable, protocol error, failed run)."""
+    """The replay test could not run (server unreachable, protocol error, failed run), or
+    the replay server could not listen."""
 
 
 class ReplayRefused(ReplayError):
@@ -378,12 +379,21 @@ class ReplayServer:
         self.max_sessions = max_sessions
         self.impair = impair
         self._log = log
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except OSError as exc:
+            raise ReplayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                              ) from exc
         self._family = info[0]
         self._sock = socket.socket(self._family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(info[4])
-        self._sock.listen(16)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind(info[4])
+            self._sock.listen(16)
+        except OSError as exc:
+            self._sock.close()
+            raise ReplayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                              ) from exc
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sessions = 0

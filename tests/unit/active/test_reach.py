@@ -302,3 +302,74 @@ def test_a_way_failing_with_nothing_outside_its_group_answering_is_unknown(lab: 
     eps = [Endpoint("stun.test", "relay", tcp=(lab.port + 1,), stun=(lab.stun.port,))]
     assert lab.measure("teams", eps) is VerdictKind.UNKNOWN
     assert lab.last.verdict.reasons == (Reason.TCP_RESET,)
+
+
+def test_one_endpoint_refused_does_not_claim_to_exclude_that_server_being_down(
+        lab: Lab) -> None:
+    # A group of one failing is also its one server being down: the evidence says so
+    # instead of listing "one server down" among what it excludes.
+    eps = [Endpoint("dead.test", "endpoints", tcp=(lab.port,)),
+           Endpoint("ok.test", "control", tls=(lab.port,))]
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    figures = lab.last.verdict.evidence[0].figures
+    assert not any("one server down" in e for e in figures["excluded"])
+    assert any("dead.test" in e and "being down" in e for e in figures["not_excluded"])
+    eps.insert(1, Endpoint("127.0.0.3", "endpoints", tcp=(lab.port,)))
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    figures = lab.last.verdict.evidence[0].figures
+    assert any("all 2 endpoints" in e for e in figures["excluded"])
+
+
+def test_localhost_resolving_does_not_show_the_resolvers_are_up(lab: Lab) -> None:
+    # localhost is answered from the hosts file, not by a resolver: an app's name failing
+    # to resolve beside it is no DNS block.
+    eps = [Endpoint("gone.test", "web", tls=(lab.port,)),
+           Endpoint("localhost", "control", tcp=(lab.port,))]
+    m = run_reachability("viber", eps, resolvers=[lab.dns.address], timeout_s=1.0,
+                         limits=ReachLimits(ca_file=str(lab.ca)))
+    assert not any(q.answers for q in m.queries if q.hostname == "gone.test")
+    assert any(q.answers for q in m.queries if q.hostname == "localhost")
+    result = judge_reachability(m, load_policy())
+    assert result.verdict.kind is VerdictKind.UNKNOWN
+    assert result.test_keys["dns_blocking"] is False
+
+
+def test_a_control_on_a_host_of_the_apps_is_refused(tmp_path: Path) -> None:
+    # Each host is measured once: such a control would join the target's group and vanish.
+    spec = ReachSpec("signal", builtin=False,
+                     targets=(parse_target("tls:a.test:4431", app="signal"),),
+                     controls=(parse_target("tcp:A.test.:4432", app="signal",
+                                            group="control"),))
+    with pytest.raises(ReachError, match=r"--control a\.test"):
+        run_reach_test(spec, tmp_path, policy=load_policy(), capture=False)
+
+
+def test_a_reachability_entry_is_judged_again_by_verify(lab: Lab, tmp_path: Path) -> None:
+    # The result keeps its measurement whole, so the ledger's re-judgement can rebuild it
+    # (it used to find no measurement and call the capture "not given").
+    from api.active import entry_capture_sha256, record_test, rejudge
+    from api.evidence import verify_ledger
+    from policy.records import TestKind
+
+    eps = [Endpoint("dead.test", "endpoints", tcp=(lab.port,)),
+           Endpoint("ok.test", "control", tls=(lab.port,))]
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    result = lab.last
+    assert rejudge(TestKind.REACHABILITY, result.test_keys, load_policy()) == result.verdict
+    with Ledger(tmp_path / "ledger.db", clock=time.time) as ledger:
+        record_test(result, ledger=ledger)
+        report = verify_ledger(ledger)
+    assert report.ok
+    assert report.captures_checked == (entry_capture_sha256(result),)
+    assert report.captures_unavailable == ()
+
+
+def test_a_refused_connect_before_a_handshake_is_not_called_a_failed_handshake(
+        lab: Lab) -> None:
+    eps = [Endpoint("dead.test", "web", tls=(lab.port,)),
+           Endpoint("ok.test", "control", tls=(lab.port,))]
+    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    (ev,) = lab.last.verdict.evidence
+    assert ev.reason is Reason.TCP_RESET
+    assert "No TCP connect for a TLS handshake" in ev.text and "no handshake" in ev.text
+    assert "Every TLS handshake" not in ev.text

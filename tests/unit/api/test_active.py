@@ -267,3 +267,18 @@ def test_a_replay_measurement_rebuilds_from_its_json() -> None:
     plain["runs"][0]["kind"] = "mirrored"  # not a ReplayKind
     with pytest.raises(ValueError):
         active.from_plain(ReplayMeasurement, plain)
+
+
+def test_a_result_file_is_strict_json_and_loads_back(tmp_path: Path) -> None:
+    # A NaN figure was written as the bare word NaN, which is not JSON: other readers of
+    # <uid>.json (jq, a browser) refused the file.
+    result = dataclasses.replace(measure(tmp_path, capture=False),
+                                 test_keys={"figure": float("nan"), "ok": 1.5})
+    path = active.write_result(result, tmp_path)
+    assert path == tmp_path / f"{result.uid}.json"
+
+    def refuse(word: str) -> None:
+        raise ValueError(word)
+    doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+    assert doc["test_keys"] == {"figure": None, "ok": 1.5}
+    assert active.load_result(path).uid == result.uid

@@ -220,3 +220,18 @@ def test_a_restart_marks_unfinished_jobs_interrupted(tmp_path: Path,
     assert [s["state"] for s in states] == ["done", "interrupted"]
     assert "request it again" in states[1]["error"]
     assert len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize("body", [
+    {"kind": "reachability", "app": "netflix"},      # the classifier's, no endpoints
+    {"kind": "reachability", "app": "sip"},          # no public endpoints at all
+    {"kind": "replay", "app": "netflix", "server": "lab"},                 # no trace
+    {"kind": "replay", "app": "whatsapp", "server": "lab", "transport": "tcp"},
+])
+def test_an_app_the_test_cannot_run_for_is_refused_not_queued(
+        client: TestClient, recorder: Recorder, body: dict[str, Any]) -> None:
+    # Such a request used to be accepted (202), its job failing later in the runner.
+    resp = client.post("/v1/tests", json=body, headers=AUTH)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"] == ["body", "app"]
+    assert recorder.requests == []

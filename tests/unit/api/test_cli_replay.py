@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -166,3 +167,43 @@ def _ip(buf: bytes) -> dpkt.ip.IP | None:
         if isinstance(pkt.data, dpkt.ip.IP):
             return pkt.data
     return None
+
+
+def test_an_unknown_app_or_transport_names_the_traces_there(
+        tmp_path: Path, traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["nosuchapp"], ["whatsapp", "--tcp"]):
+        assert main(["test", "replay", *args, "--server", "127.0.0.1:9", "--token-file",
+                     _token(tmp_path), "--traces", str(traces), "--yes"]) == 2
+        err = capsys.readouterr().err
+        assert f"the traces in {traces}: whatsapp" in err, err
+    assert "no TCP trace for 'whatsapp'" in err
+
+
+def test_limits_that_would_refuse_everything_are_refused_by_the_parser(
+        tmp_path: Path, traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = _token(tmp_path)
+    # No traces: were a limit let through, the server would stop there, not serve.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad in (["--max-concurrent", "0"], ["--max-sessions", "0"], ["--max-bytes", "0.5"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["replay-server", "--listen", "127.0.0.1:0", "--token-file", token,
+                  "--traces", str(empty), *bad])
+        assert exc.value.code == 2
+        assert f"argument {bad[0]}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["test", "replay", "whatsapp", "--server", "127.0.0.1:0", "--token-file", token,
+              "--traces", str(traces), "--yes", "--no-capture", "--out", str(tmp_path)])
+    assert "a port of 1 to 65535" in capsys.readouterr().err
+
+
+def test_a_port_in_use_names_the_address_the_server_could_not_listen_on(
+        tmp_path: Path, traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["replay-server", "--listen", f"127.0.0.1:{port}", "--token-file",
+                     _token(tmp_path), "--traces", str(traces)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in \
+        capsys.readouterr().err

@@ -4,7 +4,10 @@ shaper's queue, blocking, and loss on every run."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from policy.records import Reason, VerdictKind
 from policy.replay import judge_replay
@@ -79,6 +82,9 @@ def test_original_slower_than_both_controls_down_only_is_differentiation() -> No
     assert ev.figures["area"]["inverted"] >= 0.4 and ev.figures["ks_p"]["inverted"] < 0.05
     for benign in ("path congestion", "the trace's own rate", "the server"):
         assert benign in ev.text
+    # The runs are back-to-back, the original first: one test cannot rule out a passing
+    # change of the path during the original's run, and the text says so.
+    assert "Not ruled out: a passing change of the path during the original's run" in ev.text
     assert r.test_keys["analysis"]["up"]["area"]["inverted"] == 0.0
 
 
@@ -211,3 +217,15 @@ def test_the_result_keeps_the_whole_measurement() -> None:
     assert kept["trace"] == m.trace and len(kept["runs"]) == 3
     assert kept["runs"][0]["down"]["intervals"][0]["received_packets"] == 7
     assert r.uid.startswith("T") and judge_replay(m, POLICY).uid == r.uid
+
+
+def test_a_ks_test_with_ties_writes_nothing_on_stderr() -> None:
+    # These samples make scipy's exact KS calculation fail; it used to warn on stderr in
+    # the middle of `marsad test replay`'s output.
+    code = ("from policy.replay import _ks_p; "
+            "print(_ks_p([1000.0, 2000.0, 0.0, 2000.0, 3000.0], "
+            "[1000.0, 2000.0, 2000.0, 3000.0, 3000.0]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[3])
+    assert done.stderr == ""
+    assert 0.0 < float(done.stdout) <= 1.0
