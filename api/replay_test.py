@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,15 @@ from probe.active.trace import Trace, TraceError, load_trace
 __all__ = ["DEFAULT_TRACES", "ReplaySpec", "plan", "run_replay_test",
            "trace_for"]
 
-DEFAULT_TRACES = Path(__file__).resolve().parent.parent / "captures" / "traces"
+def _default_traces() -> Path:
+    """The project's traces: ``captures/traces`` of the source tree, or where an installed
+    package put them (``share/marsad/traces`` under the environment's prefix)."""
+    source = Path(__file__).resolve().parent.parent / "captures" / "traces"
+    installed = Path(sys.prefix) / "share" / "marsad" / "traces"
+    return source if source.is_dir() or not installed.is_dir() else installed
+
+
+DEFAULT_TRACES = _default_traces()
 """The project's traces (``captures/traces``) in a source checkout."""
 RUNS = 3
 """The original and its two controls."""

@@ -211,3 +211,17 @@ def test_inverted_copy_is_not_named_as_the_app(name: str, tmp_path: Path) -> Non
     pairs = classify(path)
     assert len(pairs) == 1
     assert pairs[0][1].app != entry["app"], pairs[0][1].reason
+
+
+def test_an_installed_package_carries_every_trace() -> None:
+    """pyproject's data-files put the traces where api.replay_test looks for them outside
+    the source tree (share/marsad/traces): every trace of the manifest matches the globs."""
+    import fnmatch
+    import tomllib
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = conf["tool"]["setuptools"]["data-files"]["share/marsad/traces"]
+    names = [f"captures/traces/{n}" for n in
+             json.loads((ROOT / "captures" / "traces" / "MANIFEST.json").read_text())]
+    names.append("captures/traces/MANIFEST.json")
+    assert all(any(fnmatch.fnmatch(n, g) for g in globs) for n in names), (names, globs)
