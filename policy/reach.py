@@ -8,8 +8,15 @@ The lessons OONI's instant-messaging tests learnt, applied:
 - A DNS answer that differs between resolvers is not a block (CDNs answer by place):
   it is recorded, and degrades the verdict only when one resolver's addresses could not
   be reached while another's could.
-- A TLS handshake reset (or left unanswered) after the ClientHello while the TCP connect
-  to the same address worked is the signature of blocking by server name (SNI).
+- One server refusing, ignoring or unreachable is no evidence of a block: a server that
+  is down, or a port that is closed, gives the same packets. A TCP or TLS failure makes
+  a group ``blocked`` only when two or more distinct server addresses of the group all
+  failed the same way; at one address it is ``degraded``, saying what was seen there.
+- A TLS handshake reset right after the ClientHello while the TCP connect to the same
+  address worked is the signature of blocking by server name (SNI): the server accepted
+  the connection, so it is up and listening; that one is ``blocked`` even at one address.
+  A ClientHello left unanswered at one address is ``degraded`` (an overloaded server, or
+  one serving another protocol on the port, does the same).
 - Nothing is blocked when the network itself is down: if a control target the user named
   failed too, the test ``failed``; if none was named and nothing of the app's worked, it
   is ``unknown``.
@@ -53,8 +60,8 @@ RULES = ("reachability.dns", "reachability.tcp", "reachability.tls", "reachabili
 _KINDS = ("tcp", "tls", "stun")
 _RESET = frozenset({"connection_refused", "connection_reset"})
 _ICMP = frozenset({"host_unreachable", "network_unreachable"})
-_AFTER_HELLO = frozenset({"connection_reset", "eof_error", "generic_timeout_error",
-                          "connection_aborted"})
+_HELLO_RESET = frozenset({"connection_reset", "eof_error", "connection_aborted"})
+"""A handshake cut right after the ClientHello (a RST surfaces as one of these)."""
 _CERT = frozenset({"ssl_invalid_hostname", "ssl_unknown_authority",
                    "ssl_invalid_certificate"})
 _ANSWERED = frozenset({None, "stun_error_response"})
@@ -144,16 +151,32 @@ class _Steps:
             return _Way(ep, kind, True, None, dict(hs_fails + tcp_fails), len(tcp), addrs, ts)
         if hs_fails:
             # TCP connected somewhere and the handshake failed there: the TLS cause.
-            if hs_fails.keys() & _AFTER_HELLO:
-                cause = Reason.TLS_RESET_AFTER_HELLO
-            elif hs_fails.keys() <= _CERT:
-                cause = Reason.TLS_CERTIFICATE
-            else:
-                cause = Reason.TLS_RESET_AFTER_HELLO
-            return _Way(ep, kind, False, cause, dict(hs_fails + tcp_fails), len(tcp), addrs,
-                        ts)
+            return _Way(ep, kind, False, _tls_cause(hs_fails), dict(hs_fails + tcp_fails),
+                        len(tcp), addrs, ts)
         return _Way(ep, kind, False, _tcp_cause(tcp_fails), dict(tcp_fails), len(tcp), addrs,
                     ts)
+
+    def seen_by_address(self, ways: Iterable[_Way], kind: str) -> dict[str, str]:
+        """What each server address the ``ways`` (``tcp`` or ``tls``) tried showed, in one
+        phrase of :data:`_SEEN`.
+
+        Endpoints that share an address count once: it is one server. A handshake
+        (recorded only once TCP connected) decides an address's phrase; else its connects.
+        """
+        tcp: dict[str, Counter[str]] = {}
+        hs: dict[str, Counter[str]] = {}
+        for w in ways:
+            host = _key(w.endpoint.host)
+            ports = w.endpoint.tcp if kind == "tcp" else w.endpoint.tls
+            for c in self.tcp.get(host, []):
+                if c.port in ports and c.failure is not None:
+                    tcp.setdefault(c.ip, Counter())[c.failure] += 1
+            if kind == "tls":
+                for h in self.tls.get(host, []):
+                    if h.port in ports and h.failure is not None:
+                        hs.setdefault(h.ip, Counter())[h.failure] += 1
+        return {ip: _tls_seen(hs[ip]) if ip in hs else _SEEN[_tcp_cause(tcp[ip])]
+                for ip in sorted({*tcp, *hs})}
 
 
 def _is_localhost(name: str) -> bool:
@@ -167,6 +190,51 @@ def _tcp_cause(fails: Counter[str]) -> Reason:
     if fails.keys() & _ICMP:
         return Reason.ICMP_UNREACHABLE
     return Reason.SYN_UNANSWERED
+
+
+def _tls_cause(fails: Counter[str]) -> Reason:
+    """The cause of handshakes failing after TCP connected: a certificate not valid for
+    the name, else the ClientHello answered by a reset, an EOF, nothing or an error."""
+    if fails.keys() <= _CERT:
+        return Reason.TLS_CERTIFICATE
+    return Reason.TLS_RESET_AFTER_HELLO
+
+
+_SEEN = {
+    Reason.TCP_RESET: "TCP connects refused (RST)",
+    Reason.SYN_UNANSWERED: "TCP connects unanswered (timeout)",
+    Reason.ICMP_UNREACHABLE: "TCP connects answered by an ICMP unreachable error",
+}
+"""How one address's failed connects looked, by cause."""
+_SEEN_HELLO_RESET = "TCP connected, then a reset right after the ClientHello"
+_SEEN_HELLO_SILENT = "TCP connected, then no answer to the ClientHello (timeout)"
+_SEEN_CERT = "TCP connected, then a certificate not valid for the name"
+_DOWN = "that server being down or the port closed"
+_SERVER_SIDE = {
+    _SEEN[Reason.TCP_RESET]: (_DOWN, "a host with nothing listening on the port refuses "
+                                     "connects the same way"),
+    _SEEN[Reason.SYN_UNANSWERED]: (_DOWN, "a host that is off, or a firewall in front of "
+                                          "it, leaves SYNs unanswered the same way"),
+    _SEEN[Reason.ICMP_UNREACHABLE]: (_DOWN, "the server's own network answers unreachable "
+                                            "for a host that is off"),
+    _SEEN_HELLO_SILENT: ("that server being overloaded or not serving TLS on the port",
+                         "either leaves a ClientHello unanswered the same way"),
+}
+"""For a way failed at one server address: the benign explanation it cannot exclude, and
+why."""
+_NOT_TLS = ("that server not serving TLS on the port",
+            "a server speaking another protocol fails the handshake the same way")
+
+
+def _tls_seen(fails: Counter[str]) -> str:
+    """How one address's failed handshakes looked (TCP to it connected)."""
+    if fails.keys() <= _CERT:
+        return _SEEN_CERT
+    if fails.keys() & _HELLO_RESET:
+        return _SEEN_HELLO_RESET
+    if fails.keys() == {"generic_timeout_error"}:
+        return _SEEN_HELLO_SILENT
+    return "TCP connected, then the handshake failed (" + ", ".join(sorted(fails)) + ")"
 
 
 def _kinds(ep: Endpoint) -> tuple[str, ...]:
@@ -298,8 +366,8 @@ class _Judge:
             return "degraded"
         if main is Reason.TLS_RESET_AFTER_HELLO:
             # TCP connects to the same addresses worked: the path and the server are up.
-            excluded.append("the server not listening: TCP connects to the same addresses "
-                            "worked")
+            excluded.append("the server down or not listening: TCP connects to the same "
+                            "addresses worked")
         elif not elsewhere:
             # Nothing outside the group (nor a control) worked: no proof the network is up.
             self._find("unknown", kind, main, failed, {
@@ -309,6 +377,32 @@ class _Judge:
                 f"Every {group} endpoint failed {kind} ({main}) and nothing else answered "
                 f"to compare with.")
             return "unknown"
+        seen: dict[str, str] = {}
+        servers = ""
+        if kind in ("tcp", "tls"):
+            # One server refusing, silent or unreachable looks the same as that server
+            # being down or its port closed: a block needs two or more server addresses
+            # failing the same way. A reset right after the ClientHello on a connection
+            # the server accepted is the exception: the server is up and listening.
+            seen = self.steps.seen_by_address(failed, kind)
+            phrases = sorted(set(seen.values()))
+            addrs = ", ".join(seen)
+            excluded = [e for e in excluded if not e.startswith("one server down:")]
+            if len(phrases) == 1 and len(seen) >= 2:
+                excluded.insert(0, f"one server down or its port closed: {len(seen)} server "
+                                   f"addresses of '{group}' ({addrs}) all failed the same "
+                                   f"way ({phrases[0]})")
+                not_excluded = ["the app's servers all down at once (one vantage point)"]
+                servers = f" All {len(seen)} server addresses ({addrs}) failed the same " \
+                          f"way: {phrases[0]}."
+            elif phrases == [_SEEN_HELLO_RESET]:
+                not_excluded = [f"the server at {addrs} itself resetting TLS for that name "
+                                f"(one server address, seen from one vantage point)"]
+                servers = f" The server at {addrs} accepted the TCP connection, so it is " \
+                          f"up and its port open; the handshake was reset right after the " \
+                          f"ClientHello, which carries the name (SNI)."
+            else:
+                return self._one_server(group, kind, main, failed, seen, excluded, causes)
         text = {
             "dns": f"No {group} name resolved with any resolver, while other names did.",
             "tcp": f"Every TCP connect to the {group} endpoints failed ({main}), on every "
@@ -320,11 +414,41 @@ class _Judge:
                     f"answered: no handshake was made."),
             "stun": f"No {group} STUN server answered a binding request while another STUN "
                     f"server did.",
-        }[kind]
+        }[kind] + servers
         self._find("blocked", kind, main, failed, {
             "group": group, "kind": kind, "causes": {str(c): k for c, k in causes.items()},
+            **({"seen": seen} if seen else {}),
             "excluded": excluded, "not_excluded": not_excluded}, text)
         return "blocked"
+
+    def _one_server(self, group: str, kind: str, main: Reason, failed: list[_Way],
+                    seen: dict[str, str], excluded: list[str],
+                    causes: Counter[Reason]) -> str:
+        """A TCP or TLS way failed at every endpoint of ``group``, but not on two server
+        addresses the same way: ``degraded``, saying what was seen and what it cannot be
+        told from."""
+        if len(seen) == 1:
+            ((ip, phrase),) = seen.items()
+            benign, why = _SERVER_SIDE.get(phrase, _NOT_TLS)
+            not_excluded = [f"{benign} ({ip}, the group's one server address): {why}"]
+            text = (f"Every {kind.upper()} attempt to group '{group}' failed, all at one "
+                    f"server address ({ip}): {phrase}. That cannot be told from {benign}: "
+                    f"{why}.")
+        elif seen:
+            listed = "; ".join(f"{ip}: {phrase}" for ip, phrase in seen.items())
+            not_excluded = ["each server being down or its port closed, each in its own "
+                            f"way: {listed}"]
+            text = (f"Every {kind.upper()} attempt to group '{group}' failed, at "
+                    f"{len(seen)} server addresses but not the same way ({listed}): no one "
+                    f"pattern to tell a block from servers that are down.")
+        else:
+            not_excluded = ["the servers being down: no connect to them was recorded"]
+            text = (f"Every {kind.upper()} way to group '{group}' failed, but no connect "
+                    f"was recorded to tell how.")
+        self._find("degraded", kind, main, failed, {
+            "group": group, "kind": kind, "causes": {str(c): k for c, k in causes.items()},
+            "seen": seen, "excluded": excluded, "not_excluded": not_excluded}, text)
+        return "degraded"
 
     def dns(self) -> dict[str, Any]:
         """Consistency across resolvers; a degraded finding when it mattered."""

@@ -43,7 +43,9 @@ NAMES = ["ok.test", "second.test", "sni.test"]
 
 class Lab:
     """Loopback servers: a good TLS server at .1 and .4, one resetting after the hello at
-    .2, nothing at .3 (refused), a STUN server at .1; a DNS server naming them."""
+    .2, nothing at .3 and .8 (refused), a STUN server at .1; a DNS server naming them
+    (``deadpair.test`` has both refusing addresses; ``mute.test``, .6, is where a test
+    puts a listener that never answers)."""
 
     def __init__(self, tmp: Path) -> None:
         self.ca, cert, key = make_ca(tmp, NAMES)
@@ -66,6 +68,9 @@ class Lab:
         self.stun = StunServer("127.0.0.1")
         self.dns = DnsServer({"ok.test": ["127.0.0.1"], "second.test": ["127.0.0.4"],
                               "sni.test": ["127.0.0.2"], "dead.test": ["127.0.0.3"],
+                              "dead2.test": ["127.0.0.8"],
+                              "deadpair.test": ["127.0.0.3", "127.0.0.8"],
+                              "mute.test": ["127.0.0.6"],
                               "stun.test": ["127.0.0.1"]})
         self.other_dns = DnsServer({"ok.test": ["127.0.0.4"], "second.test": ["127.0.0.3"]},
                                    ip="127.0.0.5")
@@ -148,6 +153,8 @@ def test_all_reachable_is_ok_and_every_step_is_recorded(lab: Lab) -> None:
 
 
 def test_reset_after_the_hello_with_tcp_working_is_the_sni_signature(lab: Lab) -> None:
+    # One server address (sni.test is 127.0.0.2 only): it accepted the TCP connection, so
+    # the reset right after the ClientHello is no server that is down: still blocked.
     eps = [Endpoint("sni.test", "web", tls=(lab.port,)),
            Endpoint("ok.test", "control", tls=(lab.port,))]
     assert lab.measure("teams", eps) is VerdictKind.BLOCKED
@@ -156,8 +163,32 @@ def test_reset_after_the_hello_with_tcp_working_is_the_sni_signature(lab: Lab) -
     assert keys["tcp_connect"][0]["failure"] is None
     assert keys["tls_handshakes"][0]["failure"] in ("connection_reset", "eof_error")
     assert keys["tls_blocking"] is True and keys["teams_web_status"] == "blocked"
-    figures = lab.last.verdict.evidence[0].figures
-    assert any("TCP connects to the same addresses worked" in e for e in figures["excluded"])
+    (ev,) = lab.last.verdict.evidence
+    assert ev.figures["seen"] == {
+        "127.0.0.2": "TCP connected, then a reset right after the ClientHello"}
+    assert any("TCP connects to the same addresses worked" in e
+               for e in ev.figures["excluded"])
+    assert "127.0.0.2 accepted the TCP connection, so it is up and its port open" in ev.text
+    assert not any("being down" in e for e in ev.figures["not_excluded"])
+
+
+def test_one_address_silent_after_the_hello_is_degraded(lab: Lab) -> None:
+    # TCP is accepted (by the kernel) but nobody ever answers the ClientHello: a server
+    # that is overloaded or speaks another protocol on the port does the same.
+    mute = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    mute.bind(("127.0.0.6", 0))
+    mute.listen(4)
+    try:
+        eps = [Endpoint("mute.test", "web", tls=(mute.getsockname()[1],)),
+               Endpoint("ok.test", "control", tls=(lab.port,))]
+        assert lab.measure("teams", eps) is VerdictKind.DEGRADED
+        assert lab.last.verdict.reasons == (Reason.TLS_RESET_AFTER_HELLO,)
+        assert lab.last.test_keys["tls_handshakes"][0]["failure"] == "generic_timeout_error"
+        assert lab.last.test_keys["tls_blocking"] is False
+        (ev,) = lab.last.verdict.evidence
+        assert "no answer to the ClientHello" in ev.text and "127.0.0.6" in ev.text
+    finally:
+        mute.close()
 
 
 def test_one_endpoint_of_a_group_answering_is_not_blocked(lab: Lab) -> None:
@@ -179,12 +210,49 @@ def test_nothing_working_without_a_control_is_unknown_and_with_a_dead_one_failed
     assert lab.last.test_keys["network"] == "down"
 
 
-def test_every_way_refused_while_the_control_answers_is_blocked(lab: Lab) -> None:
+def test_one_address_refused_while_the_control_answers_is_degraded(lab: Lab) -> None:
+    # A server that is down, or a wrong port, refuses the same way: no evidence of a block.
     eps = [Endpoint("dead.test", "endpoints", tcp=(lab.port, lab.port + 1)),
+           Endpoint("ok.test", "control", tls=(lab.port,))]
+    assert lab.measure("whatsapp", eps) is VerdictKind.DEGRADED
+    assert lab.last.verdict.reasons == (Reason.TCP_RESET,)
+    keys = lab.last.test_keys
+    assert keys["whatsapp_endpoints_status"] == "degraded" and keys["tcp_blocking"] is False
+    (ev,) = lab.last.verdict.evidence
+    assert ev.figures["attempts"] == 2
+    assert ev.figures["seen"] == {"127.0.0.3": "TCP connects refused (RST)"}
+    assert "cannot be told from that server being down or the port closed" in ev.text
+    assert "TCP connects refused (RST)" in ev.text
+
+
+def test_two_addresses_refused_while_the_control_answers_is_blocked(lab: Lab) -> None:
+    eps = [Endpoint("deadpair.test", "endpoints", tcp=(lab.port, lab.port + 1)),
            Endpoint("ok.test", "control", tls=(lab.port,))]
     assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
     assert lab.last.verdict.reasons == (Reason.TCP_RESET,)
-    assert lab.last.verdict.evidence[0].figures["attempts"] == 2
+    assert lab.last.test_keys["tcp_blocking"] is True
+    (ev,) = lab.last.verdict.evidence
+    assert ev.figures["attempts"] == 4
+    assert ev.figures["seen"] == {"127.0.0.3": "TCP connects refused (RST)",
+                                  "127.0.0.8": "TCP connects refused (RST)"}
+    assert any("2 server addresses" in e for e in ev.figures["excluded"])
+
+
+def test_two_addresses_failing_in_different_ways_is_degraded(lab: Lab) -> None:
+    mute = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    mute.bind(("127.0.0.6", 0))
+    mute.listen(4)
+    try:
+        port = mute.getsockname()[1]
+        eps = [Endpoint("mute.test", "web", tls=(port,)),
+               Endpoint("dead.test", "web", tls=(port,)),
+               Endpoint("ok.test", "control", tls=(lab.port,))]
+        assert lab.measure("teams", eps) is VerdictKind.DEGRADED
+        (ev,) = lab.last.verdict.evidence
+        assert set(ev.figures["seen"]) == {"127.0.0.3", "127.0.0.6"}
+        assert "not the same way" in ev.text
+    finally:
+        mute.close()
 
 
 def test_nxdomain_for_the_apps_names_while_others_resolve_is_dns_blocking(lab: Lab) -> None:
@@ -304,20 +372,26 @@ def test_a_way_failing_with_nothing_outside_its_group_answering_is_unknown(lab: 
     assert lab.last.verdict.reasons == (Reason.TCP_RESET,)
 
 
-def test_one_endpoint_refused_does_not_claim_to_exclude_that_server_being_down(
-        lab: Lab) -> None:
+def test_endpoints_on_one_address_are_one_server(lab: Lab) -> None:
     # A group of one failing is also its one server being down: the evidence says so
-    # instead of listing "one server down" among what it excludes.
+    # instead of listing "one server down" among what it excludes. Two endpoints on the
+    # same address are still that one server; a second address refusing too is a block.
     eps = [Endpoint("dead.test", "endpoints", tcp=(lab.port,)),
            Endpoint("ok.test", "control", tls=(lab.port,))]
-    assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
+    assert lab.measure("whatsapp", eps) is VerdictKind.DEGRADED
     figures = lab.last.verdict.evidence[0].figures
     assert not any("one server down" in e for e in figures["excluded"])
-    assert any("dead.test" in e and "being down" in e for e in figures["not_excluded"])
+    assert any("127.0.0.3" in e and "being down" in e for e in figures["not_excluded"])
     eps.insert(1, Endpoint("127.0.0.3", "endpoints", tcp=(lab.port,)))
+    assert lab.measure("whatsapp", eps) is VerdictKind.DEGRADED
+    assert lab.last.verdict.evidence[0].figures["seen"] == {
+        "127.0.0.3": "TCP connects refused (RST)"}
+    eps.insert(1, Endpoint("dead2.test", "endpoints", tcp=(lab.port,)))
     assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
     figures = lab.last.verdict.evidence[0].figures
-    assert any("all 2 endpoints" in e for e in figures["excluded"])
+    assert any("2 server addresses" in e and "127.0.0.3, 127.0.0.8" in e
+               for e in figures["excluded"])
+    assert not any("all 3 endpoints" in e for e in figures["excluded"])
 
 
 def test_localhost_resolving_does_not_show_the_resolvers_are_up(lab: Lab) -> None:
@@ -351,7 +425,7 @@ def test_a_reachability_entry_is_judged_again_by_verify(lab: Lab, tmp_path: Path
     from api.evidence import verify_ledger
     from policy.records import TestKind
 
-    eps = [Endpoint("dead.test", "endpoints", tcp=(lab.port,)),
+    eps = [Endpoint("deadpair.test", "endpoints", tcp=(lab.port,)),
            Endpoint("ok.test", "control", tls=(lab.port,))]
     assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
     result = lab.last
@@ -366,7 +440,7 @@ def test_a_reachability_entry_is_judged_again_by_verify(lab: Lab, tmp_path: Path
 
 def test_a_refused_connect_before_a_handshake_is_not_called_a_failed_handshake(
         lab: Lab) -> None:
-    eps = [Endpoint("dead.test", "web", tls=(lab.port,)),
+    eps = [Endpoint("deadpair.test", "web", tls=(lab.port,)),
            Endpoint("ok.test", "control", tls=(lab.port,))]
     assert lab.measure("whatsapp", eps) is VerdictKind.BLOCKED
     (ev,) = lab.last.verdict.evidence
