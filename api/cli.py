@@ -1120,7 +1120,7 @@ def _run_test_replay(args: argparse.Namespace) -> int:
         print(f"replay of {trace.name} (sha256 {trace.sha256[:12]}, {shown['transport']}) "
               f"against {shown['server']}: {shown['duration_s']:.1f} s, "
               f"{shown['bytes_per_run']} bytes at {shown['rate_bps'] / 1000:.0f} kbit/s per "
-              f"run, {shown['runs']} runs (original, inverted, random ports): "
+              f"run, {shown['runs']} runs (original, inverted, random ports, original again): "
               f"{shown['total_bytes']} bytes; limits: {spec.limits.max_duration_s:g} s, "
               f"{spec.limits.max_rate_bps / 1000:g} kbit/s, {spec.limits.max_bytes} bytes",
               file=out)
