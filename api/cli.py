@@ -1147,8 +1147,10 @@ def _run_test_replay(args: argparse.Namespace) -> int:
     for d in ("up", "down"):
         a = result.test_keys.get("analysis", {}).get(d)
         if a:
+            after = a.get("original_after", {})
             print(f"  {d}: loss {a['loss']}, mean bit/s {a['mean_bps']}, area {a['area']}, "
-                  f"KS p {a['ks_p']}")
+                  f"KS p {a['ks_p']}; the original after the controls: area "
+                  f"{after.get('area')}, KS p {after.get('ks_p')}")
     for ev in result.verdict.evidence:
         print(f"  - {ev.reason}: {ev.text}")
     print(f"  result: {Path(args.out) / (result.uid + '.json')}")

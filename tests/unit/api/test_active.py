@@ -292,7 +292,7 @@ def test_verify_rejudges_a_replay_test_by_both_runs_of_the_original(
     # test_keys["measurement"] gives each its verdict back; a forged "throttled" on the
     # second is found.
     from policy.replay import judge_replay
-    from tests.unit.policy.test_replay_judge import N, PKTS, measurement, series
+    from tests.unit.policy.test_replay_judge import PKTS, N, measurement, series
 
     slow, full = series("down", [7] * N), series("down", [PKTS] * N)
     both = judge_replay(measurement(slow), load_policy())

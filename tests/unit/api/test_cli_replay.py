@@ -225,3 +225,17 @@ def test_the_plan_counts_four_runs_against_the_limits(traces: Path) -> None:
                        traces=traces, limits=ReplayLimits(max_bytes=4 * per_run - 1))
     assert plan(tight, trace)["refused"] == (f"4 runs send {4 * per_run} bytes, the limit "
                                              f"is {4 * per_run - 1}")
+
+
+def test_the_text_output_gives_both_runs_of_the_original(
+        tmp_path: Path, traces: Path, server: ReplayServer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    host, port = server.address
+    code = main(["test", "replay", "whatsapp", "--server", f"{host}:{port}", "--token-file",
+                 _token(tmp_path), "--traces", str(traces), "--out", str(tmp_path / "out"),
+                 "--yes", "--no-capture"])
+    out = capsys.readouterr().out
+    assert code == 0
+    down = next(line for line in out.splitlines() if line.startswith("  down: "))
+    assert "'original': " in down and "'original-after': " in down
+    assert "the original after the controls: area {'inverted': " in down

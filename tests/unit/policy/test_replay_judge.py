@@ -54,7 +54,7 @@ SAME = object()
 def measurement(orig_down: Series | None = None, inv_down: Series | None = None,
                 rp_down: Series | None = None, orig_up: Series | None = None,
                 kinds: Sequence[ReplayKind] = SANDWICH,
-                after_down: Series | None | object = SAME) -> ReplayMeasurement:
+                after_down: Series | object | None = SAME) -> ReplayMeasurement:
     """Runs 6 s apart in the order of ``kinds``; both runs of the original carry
     ``orig_down`` unless ``after_down`` (the second's) says otherwise."""
     runs = []
