@@ -1120,7 +1120,7 @@ def _run_test_replay(args: argparse.Namespace) -> int:
         print(f"replay of {trace.name} (sha256 {trace.sha256[:12]}, {shown['transport']}) "
               f"against {shown['server']}: {shown['duration_s']:.1f} s, "
               f"{shown['bytes_per_run']} bytes at {shown['rate_bps'] / 1000:.0f} kbit/s per "
-              f"run, {shown['runs']} runs (original, inverted, random ports): "
+              f"run, {shown['runs']} runs (original, inverted, random ports, original again): "
               f"{shown['total_bytes']} bytes; limits: {spec.limits.max_duration_s:g} s, "
               f"{spec.limits.max_rate_bps / 1000:g} kbit/s, {spec.limits.max_bytes} bytes",
               file=out)
@@ -1147,8 +1147,10 @@ def _run_test_replay(args: argparse.Namespace) -> int:
     for d in ("up", "down"):
         a = result.test_keys.get("analysis", {}).get(d)
         if a:
+            after = a.get("original_after", {})
             print(f"  {d}: loss {a['loss']}, mean bit/s {a['mean_bps']}, area {a['area']}, "
-                  f"KS p {a['ks_p']}")
+                  f"KS p {a['ks_p']}; the original after the controls: area "
+                  f"{after.get('area')}, KS p {after.get('ks_p')}")
     for ev in result.verdict.evidence:
         print(f"  - {ev.reason}: {ev.text}")
     print(f"  result: {Path(args.out) / (result.uid + '.json')}")

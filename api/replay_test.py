@@ -2,7 +2,7 @@
 
 :func:`run_replay_test` loads the app's trace, captures the test's own packets (a
 tcpdump filtered on the replay server's address, when the process may capture), runs
-the original and its two controls against the server, judges them
+the original, its two controls and the original again against the server, judges them
 (:func:`policy.replay.judge_replay`) and writes ``<uid>.pcap`` and ``<uid>.json`` to the
 output directory; given a ledger, :func:`api.active.record_test` appends the result to it.
 
@@ -28,7 +28,7 @@ from policy.records import TestResult
 from policy.replay import judge_replay
 from policy.rules import Policy
 from probe.active.capture import TestCapture, peer_filter
-from probe.active.replay import ReplayError, ReplayLimits, run_replay
+from probe.active.replay import ALL_KINDS, ReplayError, ReplayLimits, run_replay
 from probe.active.trace import Trace, TraceError, load_trace
 
 __all__ = ["DEFAULT_TRACES", "ReplaySpec", "plan", "run_replay_test",
@@ -44,8 +44,8 @@ def _default_traces() -> Path:
 
 DEFAULT_TRACES = _default_traces()
 """The project's traces (``captures/traces``) in a source checkout."""
-RUNS = 3
-"""The original and its two controls."""
+RUNS = len(ALL_KINDS)
+"""The original, its two controls, and the original again."""
 
 
 @dataclass(frozen=True, slots=True)

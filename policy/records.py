@@ -96,19 +96,20 @@ class Reason(StrEnum):
     block cannot be told from a network that is down."""
     REPLAY_BLOCKED = "replay-blocked"
     """A replay test: the app's trace got nothing through (or its STUN messages alone were
-    lost) while both controls did, over the same path."""
+    lost) while both controls did, over the same path, in both runs of the trace."""
     REPLAY_SHAPED = "replay-shaped"
     """A replay test: the app's trace, and neither control, met a shaper's queue (loss
-    while the delay climbed and levelled off)."""
+    while the delay climbed and levelled off), in both runs of the trace."""
     REPLAY_DIFFERENTIATED = "replay-differentiated"
     """A replay test: the app's trace was slower than both controls by Wehe's area and
-    Kolmogorov-Smirnov tests."""
+    Kolmogorov-Smirnov tests, in both runs of the trace."""
     REPLAY_PATH_IMPAIRED = "replay-path-impaired"
-    """A replay test: the trace and both controls lost packets alike: a lossy path, not
-    differentiation."""
+    """A replay test: both runs of the trace and both controls lost packets alike: a lossy
+    path, not differentiation."""
     REPLAY_INCONCLUSIVE = "replay-inconclusive"
-    """A replay test that cannot be judged: a run missing or failed, too short, or the
-    original differing from one control only."""
+    """A replay test that cannot be judged: a run missing or failed, too short, the
+    original differing from one control only, or its two runs (before and after the
+    controls) disagreeing."""
 
 
 @dataclass(frozen=True, slots=True)

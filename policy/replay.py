@@ -1,9 +1,11 @@
 """The replay test's verdict: did the network treat the app's traffic differently?
 
-A replay measurement holds the app's trace (the *original*) and two controls run over
-the same path in the same test: the trace with inverted payload bits (same sizes and
+A replay measurement holds the app's trace (the *original*) run twice, and two controls
+run between those two runs over the same path in the same test (a sandwich: original,
+inverted, random ports, original): the trace with inverted payload bits (same sizes and
 timing, no signature) and the trace between random ports. Each direction is judged on
-its own, since a network may throttle only what comes down. In a direction:
+its own, since a network may throttle only what comes down. Each run of the original is
+compared with both controls; in a direction:
 
 - **blocked** (``replay-blocked``) when the original got nothing through while both
   controls did, or when the original's STUN messages, and they alone, were lost while
@@ -16,15 +18,21 @@ its own, since a network may throttle only what comes down. In a direction:
   of the means at least ``replay.area_threshold``) and the two-sample Kolmogorov-Smirnov
   test (p at most ``replay.ks_p_threshold``), the original being the slower, while the
   two controls agree with each other.
-- **degraded** (``replay-path-impaired``) when all three runs lost packets: the path is
+
+Each of these interference verdicts needs *both* runs of the original to show it, by the
+same rule, in the same direction: a passing event on the path (another transfer, a radio
+fade) that hits one run of the original alone would otherwise read as interference.
+When one run shows it and the other does not, the verdict is unknown
+(``replay-inconclusive``, rule ``unknown.replay_originals_disagree``) with the figures of
+both runs. Otherwise:
+
+- **degraded** (``replay-path-impaired``) when all four runs lost packets: the path is
   lossy for any traffic, which is not differentiation.
 - **unknown** (``replay-inconclusive``) when a run is missing or failed, the runs are too
-  short, the original differs from one control only, or the controls disagree.
+  short, an original differs from one control only, or the controls disagree.
 
 Otherwise the verdict is ok. Every interference verdict's text names the benign
-explanations the measurement rules out, and the one it cannot: the runs go one after
-the other, the original first, so a passing change of the path during the original's
-run alone is not excluded by one test.
+explanations the measurement rules out, a passing change of the path among them.
 """
 
 from __future__ import annotations
@@ -52,11 +60,14 @@ EXCLUDED = ("path congestion lasting through the test: both controls crossed the
             "inverted control has the same packet sizes and timing; the server: it "
             "answered both controls")
 """The benign explanations a verdict against both controls rules out."""
-NOT_EXCLUDED = ("a passing change of the path during the original's run alone (the runs "
-                "follow one another, the original first); repeat the test to tell")
-"""What such a verdict cannot rule out: the runs are back-to-back, not simultaneous."""
-RULED_OUT = f"Ruled out: {EXCLUDED}. Not ruled out: {NOT_EXCLUDED}."
+RULED_OUT = (f"Ruled out: {EXCLUDED}; a passing change of the path (both original runs, "
+             "before and after the controls, showed it).")
 """The sentence every interference verdict's text ends with."""
+PER_RUN = ("sent", "loss", "mean_bps", "delay_rise_ms", "delay_plateau")
+"""The figures of a direction given per run (the original, the original after the
+controls, and the controls)."""
+AFTER = "original-after"
+"""The key of the second run of the original (after the controls) in per-run figures."""
 
 
 def throughput_bps(series: Series, window: tuple[float, float]) -> list[float]:
@@ -179,7 +190,7 @@ def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Pol
         out.append(_ev("blocked.replay_no_answer", Reason.REPLAY_BLOCKED, run, figures,
                        f"{o.received} of the original's {o.sent} packets {where} arrived, "
                        f"while the inverted control delivered {i.delivered:.0%} and the "
-                       f"random-ports control {r.delivered:.0%}. {RULED_OUT}"))
+                       f"random-ports control {r.delivered:.0%}."))
         return out, figures
 
     # Blocked: the original's STUN messages, and they alone, were lost.
@@ -200,8 +211,7 @@ def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Pol
                 f"{len(stun_lost)} of the original's {len(o.stun)} STUN messages {where} "
                 f"were lost (packets {', '.join(map(str, stun_lost[:16]))}) against "
                 f"{other_loss:.1%} of its other packets (chance p={p:.1e}), while both "
-                f"controls delivered the same messages: the call's set-up gets no answer. "
-                f"{RULED_OUT}"))
+                f"controls delivered the same messages: the call's set-up gets no answer."))
 
     # Throttled: a shaper's queue on the original only.
     def shaped(x: _Dir) -> bool:
@@ -217,8 +227,7 @@ def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Pol
             f"rose {o.delay_rise_ms:.0f} ms and levelled off (a queue in front of a rate "
             f"limit); it was received at about {plateau_bps / 1000:.0f} kbit/s of "
             f"{o.offered_bps / 1000:.0f} kbit/s offered. The controls lost "
-            f"{i.loss:.1%} (inverted) and {r.loss:.1%} (random ports). "
-            f"{RULED_OUT}"))
+            f"{i.loss:.1%} (inverted) and {r.loss:.1%} (random ports)."))
 
     # Wehe's decision against each control.
     n_min = pol.replay.min_intervals
@@ -237,7 +246,7 @@ def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Pol
             f"The original's throughput {where} was {area['inverted']:.0%} below the "
             f"inverted control's (KS p={ks['inverted']:.1e}) and {area['random-ports']:.0%} "
             f"below the random-ports control's (KS p={ks['random-ports']:.1e}), while the "
-            f"controls agreed. {RULED_OUT}"))
+            f"controls agreed."))
     elif (any(slower.values()) or any(faster.values()) or not controls_agree) and not any(
             e.rule.startswith(("throttled.", "blocked.")) for e in out):
         which = [k for k in ctrls if slower[k] or faster[k]]
@@ -251,14 +260,78 @@ def _judge_direction(d: str, o: _Dir, i: _Dir, r: _Dir, run: ReplayRun, pol: Pol
         out.append(_ev("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, run,
                        figures, f"No verdict {where}: {why}."))
 
+    return out, figures
+
+
+_INTERFERENCE = ("throttled.", "blocked.")
+
+
+def _interference(evidence: list[Evidence]) -> dict[str, Evidence]:
+    """The interference verdicts among one run's evidence, by rule."""
+    return {e.rule: e for e in evidence if e.rule.startswith(_INTERFERENCE)}
+
+
+def _both_figures(f1: dict[str, Any], f2: dict[str, Any]) -> dict[str, Any]:
+    """A direction's figures for both runs of the original: the first run's as they are
+    (``original`` in the per-run figures), the second's beside them (``original-after``)
+    and its comparison with the controls under ``original_after``."""
+    out = dict(f1)
+    for k in PER_RUN:
+        first = dict(f1[k])
+        out[k] = {"original": first.pop("original"), AFTER: f2[k]["original"], **first}
+    out["original_after"] = {k: f2[k] for k in ("area", "ks_p", "stun", "plateau_bps")
+                             if k in f2}
+    return out
+
+
+def _combine(d: str, judged: tuple[tuple[list[Evidence], dict[str, Any]], ...],
+             o: tuple[_Dir, _Dir], i: _Dir, r: _Dir, span: tuple[float, float],
+             pol: Policy) -> tuple[list[Evidence], dict[str, Any]]:
+    """One direction's evidence from the judgements of the two runs of the original:
+    an interference rule holds only when both runs show it."""
+    (ev1, f1), (ev2, f2) = judged
+    figures = _both_figures(f1, f2)
+    where = "from the server" if d == "down" else "to the server"
+    first, second = _interference(ev1), _interference(ev2)
+
+    def ev(rule: str, reason: Reason, text: str) -> Evidence:
+        return Evidence(rule, reason, (), (), span[0], span[1], figures, text)
+    agreed = [rule for rule in first if rule in second]
+    if agreed:
+        return [ev(rule, first[rule].reason,
+                   f"Both runs of the original, before and after the controls, showed it. "
+                   f"Before: {first[rule].text} After: {second[rule].text} {RULED_OUT}")
+                for rule in agreed], figures
+    if first or second:
+        def told(found: dict[str, Evidence], x: _Dir, mean: Any) -> str:
+            seen = (", ".join(sorted({str(e.reason) for e in found.values()}))
+                    if found else "no interference")
+            return (f"{seen} (loss {x.loss:.1%}, {float(mean or 0.0) / 1000:.0f} kbit/s "
+                    "received)")
+        mean = figures["mean_bps"]
+        text = (f"No verdict {where}: the two runs of the original disagreed: the run "
+                f"before the controls showed {told(first, o[0], mean['original'])}, the "
+                f"run after them showed {told(second, o[1], mean[AFTER])}, against the controls' "
+                f"loss of {i.loss:.1%} (inverted) and {r.loss:.1%} (random ports). A "
+                "passing change of the path during one run (another transfer, a radio "
+                "fade) does that; the network's treatment of the app would show in both. "
+                + " ".join(f"{when}: {e.text}" for when, found in
+                           (("Before", first), ("After", second)) for e in found.values()))
+        return [ev("unknown.replay_originals_disagree", Reason.REPLAY_INCONCLUSIVE,
+                   text.strip())], figures
+    out: list[Evidence] = []
+    for when, found in (("", ev1), ("The run of the original after the controls: ", ev2)):
+        unsure = [e for e in found if e.rule == "unknown.replay_inconclusive"]
+        if unsure and not out:
+            out.append(ev(unsure[0].rule, unsure[0].reason, when + unsure[0].text))
     # Every run lost packets: the path, not the app.
-    max_loss = pol.replay.path_max_loss
-    if not out and min(o.loss, i.loss, r.loss) > max_loss:
-        out.append(_ev(
-            "degraded.replay_path", Reason.REPLAY_PATH_IMPAIRED, run, figures,
-            f"All three runs lost packets {where} (original {o.loss:.1%}, inverted "
-            f"{i.loss:.1%}, random ports {r.loss:.1%}): the path is lossy for any traffic; "
-            "that is not differentiation."))
+    if not out and min(o[0].loss, o[1].loss, i.loss, r.loss) > pol.replay.path_max_loss:
+        out.append(ev(
+            "degraded.replay_path", Reason.REPLAY_PATH_IMPAIRED,
+            f"All four runs lost packets {where} (the original {o[0].loss:.1%} before and "
+            f"{o[1].loss:.1%} after the controls, inverted {i.loss:.1%}, random ports "
+            f"{r.loss:.1%}): the path is lossy for any traffic; that is not "
+            "differentiation."))
     return out, figures
 
 
@@ -276,6 +349,25 @@ def _uid(m: ReplayMeasurement, keys: dict[str, Any]) -> str:
     return "T" + hashlib.blake2b(text.encode(), digest_size=9).hexdigest()[:17]
 
 
+def _sandwich(m: ReplayMeasurement) -> tuple[list[str], list[ReplayRun]]:
+    """The runs the test lacks, and the two runs of the original that bracket the
+    controls (the first and the last run of the original)."""
+    kinds = {r.kind: r for r in m.runs}
+    missing = [str(k) for k in (ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS)
+               if k not in kinds]
+    originals = [r for r in m.runs if r.kind is ReplayKind.ORIGINAL]
+    controls = [r for r in m.runs if r.kind is not ReplayKind.ORIGINAL]
+    if not originals:
+        missing.insert(0, "original")
+    elif controls:
+        if originals[0].started_ts > min(c.started_ts for c in controls):
+            missing.insert(0, "original (before the controls)")
+        if len(originals) < 2 or originals[-1].started_ts < max(c.started_ts
+                                                                for c in controls):
+            missing.append("original (after the controls)")
+    return missing, [originals[0], originals[-1]] if originals else []
+
+
 def judge_replay(m: ReplayMeasurement, policy: Policy) -> TestResult:
     """The verdict on a replay test (see the module's docstring)."""
     keys: dict[str, Any] = {"measurement": measurement_dict(m)}
@@ -283,38 +375,56 @@ def judge_replay(m: ReplayMeasurement, policy: Policy) -> TestResult:
     duration = max((r.started_ts + r.duration_s for r in m.runs), default=m.started_ts) \
         - m.started_ts
     uid = _uid(m, keys)
-    missing = [str(k) for k in ReplayKind if k not in runs]
+    missing, originals = _sandwich(m)
     failed = [f"{r.kind}: {r.failure}" for r in m.runs if r.failure is not None
               and r.kind is not ReplayKind.ORIGINAL]
-    orig = runs.get(ReplayKind.ORIGINAL)
-    if missing or failed or orig is None:
+    if missing or failed:
         text = ("the test lacks the " + ", ".join(missing) + " run(s)" if missing else
                 "a control run failed (" + "; ".join(failed) + ")")
         ev = Evidence("unknown.replay_inconclusive", Reason.REPLAY_INCONCLUSIVE, (), (),
                       m.started_ts, m.started_ts + duration, {"missing": missing,
                                                               "failed": failed},
-                      f"No verdict: {text}; differentiation needs the original and both "
-                      "controls over the same path.")
+                      f"No verdict: {text}; differentiation needs both controls over the "
+                      "same path, and a run of the original before and after them.")
         return TestResult(uid, TestKind.REPLAY, m.app, m.started_ts, round(duration, 3),
                           verdict_from([ev]), keys)
+    first, last = originals
+    span = (first.started_ts, last.started_ts + last.duration_s)
     evidence: list[Evidence] = []
     analysis: dict[str, Any] = {}
-    if orig.failure is not None and not orig.answered:
-        # The original's data path failed outright (its TCP connection) while both
-        # controls' worked.
-        analysis["original_failure"] = orig.failure
-        if all(runs[k].answered for k in (ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS)):
-            evidence.append(_ev(
-                "blocked.replay_no_answer", Reason.REPLAY_BLOCKED, orig,
-                {"original_failure": orig.failure},
-                f"The original's {orig.transport} connection failed ({orig.failure}) while "
-                f"both controls' connections to the same server worked. "
-                f"{RULED_OUT}"))
+    down = [o.failure for o in originals if o.failure is not None and not o.answered]
+    if down:
+        # A run of the original whose data path failed outright (its TCP connection).
+        analysis["original_failure"] = [o.failure for o in originals]
+        controls_up = all(runs[k].answered for k in (ReplayKind.INVERTED,
+                                                     ReplayKind.RANDOM_PORTS))
+        fig = {"original_failure": [o.failure for o in originals]}
+        if len(down) == 2 and controls_up:
+            evidence.append(Evidence(
+                "blocked.replay_no_answer", Reason.REPLAY_BLOCKED, (), (), *span, fig,
+                f"Both runs of the original, before and after the controls, failed to "
+                f"connect over {first.transport} ({down[0]}; {down[1]}) while both "
+                f"controls' connections to the same server worked. {RULED_OUT}"))
+        elif len(down) == 1 and controls_up:
+            which = "before" if first.failure is not None and not first.answered \
+                else "after"
+            evidence.append(Evidence(
+                "unknown.replay_originals_disagree", Reason.REPLAY_INCONCLUSIVE, (), (),
+                *span, fig,
+                f"No verdict: the two runs of the original disagreed: the run {which} the "
+                f"controls failed to connect over {first.transport} ({down[0]}), the other "
+                "connected, as both controls did. A passing change of the path during one "
+                "run does that; the network's treatment of the app would show in both."))
     for d in ("up", "down"):
-        window = _window(getattr(orig, d))
-        o, i, r = (_summary(getattr(runs[k], d), window) for k in
-                   (ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS))
-        found, figures = _judge_direction(d, o, i, r, orig, policy)
+        window = _window(getattr(first, d))
+        if window[1] <= window[0]:
+            window = _window(getattr(last, d))
+        o1, o2 = (_summary(getattr(o, d), window) for o in originals)
+        i, r = (_summary(getattr(runs[k], d), window) for k in
+                (ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS))
+        judged = (_judge_direction(d, o1, i, r, first, policy),
+                  _judge_direction(d, o2, i, r, last, policy))
+        found, figures = _combine(d, judged, (o1, o2), i, r, span, policy)
         evidence += found
         analysis[d] = figures
     keys["analysis"] = analysis

@@ -156,7 +156,7 @@ class ReplayPolicy:
     shaper_min_delay_rise_ms: float = _threshold("ms")
     """... while its delay rose this much and levelled off."""
     path_max_loss: float = _threshold("ratio", high=1.0)
-    """All three runs lost more than this: a lossy path (degraded)."""
+    """All four runs lost more than this: a lossy path (degraded)."""
 
 
 _KINDS: dict[type, str] = {bool: "true or false", int: "a whole number", float: "a number"}

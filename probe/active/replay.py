@@ -9,6 +9,8 @@ Protocol (one TCP control connection per test; JSON objects, one per line):
 4. per run, client: ``{"op": "run", "trace": NAME, "sha256": HEX, "kind": KIND,
    "transport": "udp"|"tcp", "seconds": S, "client_port": P}``; server: ``ready`` with its
    data port, or ``refused`` with the reason (a limit, an unknown trace, ...).
+   A test's runs are the original, the inverted and the random-ports controls, and the
+   original again (:data:`ALL_KINDS`).
 5. client: ``go``. Both ends now play their direction of the trace on its schedule, over
    UDP (or a TCP connection the client opened for a TCP trace), and log when each packet
    of the other direction arrived. The original and the inverted control run between the
@@ -53,8 +55,8 @@ from typing import Any
 from probe.active.records import Interval, ReplayKind, ReplayMeasurement, ReplayRun, Series
 from probe.active.trace import DOWN, UP, Trace, random_port
 
-__all__ = ["DEFAULT_INTERVAL_S", "Impair", "ReplayError", "ReplayLimits", "ReplayRefused",
-           "ReplayServer", "build_series", "run_replay"]
+__all__ = ["ALL_KINDS", "DEFAULT_INTERVAL_S", "Impair", "ReplayError", "ReplayLimits",
+           "ReplayRefused", "ReplayServer", "build_series", "run_replay"]
 
 PROTOCOL_VERSION = 1
 DEFAULT_INTERVAL_S = 0.25
@@ -68,7 +70,11 @@ DRAIN_S = 1.0
 """How long after its last packet a run waits for late packets (a full shaper queue
 holds some hundreds of milliseconds)."""
 _MAX_DATAGRAM = 65535
-ALL_KINDS = (ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS)
+ALL_KINDS = (ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS,
+             ReplayKind.ORIGINAL)
+"""A test's runs in order: the original, both controls, and the original again (a
+sandwich): a change of the path that passes during one run of the original shows in that
+run alone, so an interference verdict can ask both runs of the original to show it."""
 
 Impair = Callable[[ReplayKind, str, int], float | None]
 """A test hook of the server, asked for each packet (run kind, direction, index): ``None``
@@ -637,7 +643,8 @@ def run_replay(trace: Trace, host: str, port: int, token: bytes, *,
                pause_s: float = 0.5) -> ReplayMeasurement:
     """Replay ``trace`` and its controls against the replay server at ``host:port``.
 
-    The runs go back-to-back in the order of ``kinds`` over one control connection.
+    The runs go back-to-back in the order of ``kinds`` (by default :data:`ALL_KINDS`: the
+    original, both controls, the original again) over one control connection.
     ``seconds`` cuts the trace (both ends cut it the same way); ``drain_s`` is how long
     each run waits for late packets after its last one. Raises
     :class:`ReplayRefused` when the client's own ``limits`` or the server refuse, and

@@ -41,11 +41,11 @@ def test_a_replay_test_through_the_service_is_judged_recorded_and_counted(
             report = client.get("/v1/ledger/verify", params={"rederive": "true"},
                                 headers=AUTH).json()
             metrics = client.get("/metrics").text
-    # A clean loopback path: the trace and both controls delivered alike.
+    # A clean loopback path: both runs of the trace and both controls delivered alike.
     assert test["kind"] == "replay" and test["app"] == "whatsapp"
     assert test["verdict"] == "ok", test["evidence"]
     runs = test["test_keys"]["measurement"]["runs"]
-    assert [r["kind"] for r in runs] == ["original", "inverted", "random-ports"]
+    assert [r["kind"] for r in runs] == ["original", "inverted", "random-ports", "original"]
     assert all(r["answered"] and r["failure"] is None for r in runs)
     assert report["ok"] is True and report["entries"] == 1, report
     assert 'marsad_test_finished_total{app="whatsapp",kind="replay",verdict="ok"} 1.0' \

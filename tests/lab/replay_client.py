@@ -65,7 +65,8 @@ def main() -> int:
               "analysis": {d: {k: v for k, v in r.test_keys.get("analysis", {}).get(
                   d, {}).items() if k in ("area", "ks_p", "loss", "mean_bps", "offered_bps",
                                           "delay_rise_ms", "delay_plateau", "stun",
-                                          "plateau_bps", "area_controls")}
+                                          "plateau_bps", "area_controls",
+                                          "original_after")}
                            for d in ("up", "down")},
               "ports": [[r_.client[1], r_.server[1]] for r_ in m.runs],
               "elapsed_s": round(time.monotonic() - t0, 2)})

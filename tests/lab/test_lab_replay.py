@@ -4,8 +4,10 @@ The replay server runs in the far namespace, the client in the caller's, and the
 namespace between them plays the network: a clean path (at least 50 clean replays, none
 may read as differentiation), throttling of the original alone at two rates (its
 signature, the trace's server port with an RTP or STUN header, matched with iptables
-u32 and sent into an htb class with a short byte queue), a throttle that starts a second
-into the test, STUN alone dropped, and random loss for every packet (not interference).
+u32 and sent into an htb class with a short byte queue), a throttle that starts during
+the first run of the original and stays on, STUN alone dropped, and random loss for every
+packet (not interference). Each test runs the original, both controls, and the original
+again; an interference verdict needs both runs of the original to show it.
 The controls never match: the inverted one has no RTP or STUN header left, the
 random-ports one runs on other ports.
 """
@@ -39,7 +41,7 @@ APP_PORT = "3478"
 CLEAN_APPS = ("whatsapp", "messenger", "teams", "zoom", "signal", "telegram", "viber", "sip",
               "teams-tcp")
 CLEAN_TESTS = 54
-"""At least 50 clean replays (each the original and both controls)."""
+"""At least 50 clean replays (each the original, both controls, the original again)."""
 U32_RTP = "0>>22&0x3C@8>>24&0xC0=0x80"
 """The first byte of the UDP payload says RTP version 2 (the inverted control's says 1):
 WhatsApp's media."""
@@ -103,7 +105,7 @@ def _replays(lab: NetLab, name: str, apps: tuple[str, ...], *, count: int = 1,
             time.sleep(0.02)
         when_started()
     rounds = -(-count // parallel)
-    if bg.wait(timeout=30 + rounds * 3 * (seconds + drain + pause + 1)) is None:
+    if bg.wait(timeout=30 + rounds * 4 * (seconds + drain + pause + 1)) is None:
         bg.stop()
         raise LabError(f"the replay client did not finish: {bg.log()[-2000:]}")
     lines = [json.loads(x) for x in bg.log().splitlines() if x.startswith("{")]
@@ -198,6 +200,8 @@ def test_a_throttle_of_the_original_alone_is_detected(lab: NetLab, app: str, med
 
 
 def test_a_throttle_that_starts_during_the_test_is_detected(lab: NetLab) -> None:
+    # The throttle starts 1.5 s into the first run of the original (4 s long) and stays
+    # on: that run is throttled from then on, the run after the controls throughout.
     _clear(lab)
     try:
         (t,) = _replays(lab, "delayed", (APP,), seconds=4.0,
@@ -206,7 +210,20 @@ def test_a_throttle_that_starts_during_the_test_is_detected(lab: NetLab) -> None
     finally:
         _clear(lab)
     print("delayed throttle:", _summary([t]))
+    FIGURES["delayed"] = {d: {k: t["analysis"][d][k] for k in ("loss", "mean_bps")}
+                          for d in ("up", "down")}
     assert t["verdict"] == "throttled", _summary([t])
+    # The verdict rests on a direction where both runs of the original showed it (in a
+    # direction where the first run's queue had not yet levelled off, it is unknown).
+    assert any(x.startswith("Both runs of the original, before and after the controls, "
+                            "showed it.") for x in t["texts"]), t["texts"]
+    for d in ("up", "down"):
+        mean = t["analysis"][d]["mean_bps"]
+        # The first run of the original was throttled part of the time only, so it got
+        # more through than the second, throttled all along, and less than the controls.
+        assert mean["original-after"] < mean["original"] < min(
+            mean["inverted"], mean["random-ports"]), t["analysis"][d]
+        assert t["analysis"][d]["original_after"]["area"]["inverted"] > 0.2
 
 
 def test_stun_dropped_alone_is_blocked(lab: NetLab) -> None:
@@ -222,6 +239,9 @@ def test_stun_dropped_alone_is_blocked(lab: NetLab) -> None:
     assert t["verdict"] == "blocked", _summary([t])
     assert t["reasons"][0] == "replay-blocked"
     assert t["analysis"]["down"]["stun"]["lost_controls"] == [0, 0]
+    # Both runs of the original lost their STUN messages.
+    assert t["analysis"]["down"]["stun"]["lost_original"] == \
+        t["analysis"]["down"]["original_after"]["stun"]["lost_original"] > 0
 
 
 def test_random_loss_for_every_packet_is_not_interference(lab: NetLab) -> None:
@@ -235,4 +255,5 @@ def test_random_loss_for_every_packet_is_not_interference(lab: NetLab) -> None:
     print("random loss:", _summary(tests))
     for t in tests:
         assert t["verdict"] not in ("throttled", "blocked"), _summary([t])
-        assert 0.04 < t["analysis"]["down"]["loss"]["original"] < 0.18
+        for run in ("original", "original-after", "inverted", "random-ports"):
+            assert 0.04 < t["analysis"]["down"]["loss"][run] < 0.18, _summary([t])

@@ -17,6 +17,7 @@ from policy.replay import judge_replay
 from policy.rules import load_policy
 from probe.active.records import ReplayKind, ReplayMeasurement
 from probe.active.replay import (
+    ALL_KINDS,
     Impair,
     ReplayLimits,
     ReplayRefused,
@@ -38,7 +39,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
 
 
 def _replay(trace: Trace, impair: Impair | None = None,
-            kinds: tuple[ReplayKind, ...] = tuple(ReplayKind)) -> ReplayMeasurement:
+            kinds: tuple[ReplayKind, ...] = ALL_KINDS) -> ReplayMeasurement:
     with ReplayServer("127.0.0.1", 0, TOKEN, {trace.name: trace}, impair=impair) as srv:
         return run_replay(trace, *srv.address, TOKEN, kinds=kinds, **FAST)
 
@@ -49,7 +50,11 @@ def _sum(series: object, field: str) -> int:
 
 def test_a_clean_replay_delivers_every_packet_and_is_ok(trace: Trace) -> None:
     m = _replay(trace)
-    assert [r.kind for r in m.runs] == list(ReplayKind)
+    # The original, both controls, and the original again.
+    assert [r.kind for r in m.runs] == [ReplayKind.ORIGINAL, ReplayKind.INVERTED,
+                                        ReplayKind.RANDOM_PORTS, ReplayKind.ORIGINAL]
+    assert m.runs[0].started_ts < m.runs[1].started_ts < m.runs[2].started_ts \
+        < m.runs[3].started_ts
     assert m.trace == trace.ident and m.app == "whatsapp"
     n_up, n_down = len(trace.payloads(UP, ReplayKind.ORIGINAL)), \
         len(trace.payloads(DOWN, ReplayKind.ORIGINAL))
@@ -79,7 +84,7 @@ def test_every_tenth_packet_dropped_in_the_server_is_counted_lost(trace: Trace) 
         assert r.down.lost == tuple(range(9, n_down, 10))
         assert _sum(r.up, "lost_packets") == n_up // 10
         assert _sum(r.down, "received_packets") == n_down - n_down // 10
-    # Loss on all three runs alike is the path, never differentiation.
+    # Loss on all four runs alike is the path, never differentiation.
     result = judge_replay(m, load_policy())
     assert result.verdict.kind is VerdictKind.DEGRADED
     assert result.verdict.reasons == (Reason.REPLAY_PATH_IMPAIRED,)
@@ -107,7 +112,38 @@ def test_loss_of_the_original_only_is_differentiation_in_its_direction(trace: Tr
     assert result.verdict.kind is VerdictKind.THROTTLED
     assert result.verdict.reasons == (Reason.REPLAY_DIFFERENTIATED,)
     assert [e.figures["direction"] for e in result.verdict.evidence] == ["down"]
-    assert "path congestion" in result.verdict.evidence[0].text
+    text = result.verdict.evidence[0].text
+    assert "path congestion" in text and "both original runs" in text
+    loss = result.verdict.evidence[0].figures["loss"]
+    assert loss["original"] > 0.3 and loss["original-after"] > 0.3
+
+
+def _one_original(which: int) -> Impair:
+    """Loses 2 in 5 of the server's packets in the ``which``-th run of the original only
+    (counted as the server plays each run's first packet down): a passing event."""
+    seen = [0]
+
+    def impair(kind: ReplayKind, d: str, i: int) -> float | None:
+        if kind is ReplayKind.ORIGINAL and d == DOWN:
+            if i == 0:
+                seen[0] += 1
+            if seen[0] == which and i % 5 < 2:
+                return None
+        return 0.0
+    return impair
+
+
+@pytest.mark.parametrize("which", [1, 2], ids=["before-the-controls", "after-the-controls"])
+def test_loss_in_one_run_of_the_original_alone_is_no_verdict(trace: Trace, which: int) -> None:
+    m = _replay(trace, impair=_one_original(which))
+    hit, spared = (m.runs[0], m.runs[3]) if which == 1 else (m.runs[3], m.runs[0])
+    assert len(hit.down.lost) > 0.3 * _sum(hit.down, "sent_packets")
+    assert spared.down.lost == ()
+    result = judge_replay(m, load_policy())
+    assert result.verdict.kind is VerdictKind.UNKNOWN, result.verdict
+    (ev,) = result.verdict.evidence
+    assert ev.rule == "unknown.replay_originals_disagree" and ev.figures["direction"] == "down"
+    assert "the two runs of the original disagreed" in ev.text
 
 
 def test_a_wrong_token_is_refused_and_the_server_goes_on(trace: Trace) -> None:
@@ -183,7 +219,7 @@ def test_the_server_limits_concurrent_runs_of_one_client(trace: Trace) -> None:
 
 
 def test_the_client_refuses_beyond_its_own_limits_before_connecting(trace: Trace) -> None:
-    with pytest.raises(ReplayRefused, match=r"client's limits.*3 runs send"):
+    with pytest.raises(ReplayRefused, match=r"client's limits.*4 runs send"):
         run_replay(trace, "127.0.0.1", 9, TOKEN, limits=ReplayLimits(max_bytes=1000))
 
 

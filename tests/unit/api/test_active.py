@@ -282,3 +282,35 @@ def test_a_result_file_is_strict_json_and_loads_back(tmp_path: Path) -> None:
     doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
     assert doc["test_keys"] == {"figure": None, "ok": 1.5}
     assert active.load_result(path).uid == result.uid
+
+
+def test_verify_rejudges_a_replay_test_by_both_runs_of_the_original(
+        tmp_path: Path, ledger: Ledger) -> None:
+    # Two replay tests kept without a capture (the measurement is the record): one whose
+    # two runs of the original were both slowed (throttled), one where only the run
+    # before the controls was (a passing change of the path: unknown). Re-judging from
+    # test_keys["measurement"] gives each its verdict back; a forged "throttled" on the
+    # second is found.
+    from policy.replay import judge_replay
+    from tests.unit.policy.test_replay_judge import PKTS, N, measurement, series
+
+    slow, full = series("down", [7] * N), series("down", [PKTS] * N)
+    both = judge_replay(measurement(slow), load_policy())
+    one = judge_replay(measurement(slow, after_down=full), load_policy())
+    assert both.verdict.kind is VerdictKind.THROTTLED
+    assert one.verdict.kind is VerdictKind.UNKNOWN
+    assert len(both.test_keys["measurement"]["runs"]) == 4
+    for result in (both, one):
+        assert active.rejudge(records.TestKind.REPLAY, json.loads(json.dumps(
+            result.test_keys)), load_policy()) == result.verdict
+        active.record_test(result, ledger=ledger)
+    report = verify_ledger(ledger, [])
+    assert report.ok, report.problems
+    assert set(report.captures_checked) == {active.entry_capture_sha256(both),
+                                            active.entry_capture_sha256(one)}
+    forged = dataclasses.replace(one, verdict=both.verdict)
+    other = Ledger(tmp_path / "forged.db", clock=lambda: NOW)
+    active.record_test(forged, ledger=other)
+    report = verify_ledger(other, [])
+    assert [p.kind for p in report.problems] == [ProblemKind.DERIVATION_MISMATCH]
+    assert "REPLAY_INCONCLUSIVE" in report.problems[0].detail

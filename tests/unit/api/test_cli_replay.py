@@ -15,10 +15,10 @@ import dpkt
 import pytest
 
 from api.cli import main
-from api.replay_test import ReplaySpec, run_replay_test
+from api.replay_test import ReplaySpec, plan, run_replay_test
 from policy.ledger import Ledger
 from policy.rules import load_policy
-from probe.active.replay import ReplayServer
+from probe.active.replay import ReplayLimits, ReplayServer
 from probe.active.trace import load_trace
 from tests.unit.active.tracebytes import write_trace
 
@@ -57,7 +57,9 @@ def test_a_replay_test_prints_its_plan_then_its_result_and_records_it(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     trace = load_trace(traces / "whatsapp.pcap")
-    assert f"{trace.bytes_in()} bytes" in captured.err and "3 runs" in captured.err
+    # The plan: four runs (the original before and after the controls), their bytes.
+    assert "4 runs (original, inverted, random ports, original again)" in captured.err
+    assert f"{trace.bytes_in() * 4} bytes;" in captured.err
     assert f"against {host}:{port}" in captured.err
     result = json.loads(captured.out)
     assert result["kind"] == "replay" and result["verdict"] == "ok"
@@ -137,9 +139,10 @@ def test_the_test_keeps_its_own_capture_of_every_run(tmp_path: Path, traces: Pat
         if ip is not None and isinstance(ip.data, dpkt.udp.UDP):
             seen.add((ip.data.sport, ip.data.dport))
             udp_payloads += 1
-    # The three runs' datagrams, both ways, are in the capture.
+    # The four runs' datagrams, both ways, are in the capture.
+    assert len(load_runs(result.test_keys)) == 4
     assert all((c, s) in seen and (s, c) in seen for c, s in ports)
-    assert udp_payloads >= 3 * len(trace.packets)
+    assert udp_payloads >= 4 * len(trace.packets)
     assert not list((tmp_path / "out").glob(".replay-*"))
 
 
@@ -207,3 +210,32 @@ def test_a_port_in_use_names_the_address_the_server_could_not_listen_on(
                      _token(tmp_path), "--traces", str(traces)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in \
         capsys.readouterr().err
+
+
+def test_the_plan_counts_four_runs_against_the_limits(traces: Path) -> None:
+    trace = load_trace(traces / "whatsapp.pcap")
+    per_run = trace.bytes_in()
+    spec = ReplaySpec(app="whatsapp", server="192.0.2.7", port=7000, token=TOKEN,
+                      traces=traces, limits=ReplayLimits(max_bytes=4 * per_run))
+    shown = plan(spec, trace)
+    assert shown["runs"] == 4 and shown["total_bytes"] == 4 * per_run
+    assert shown["refused"] is None
+    # Room for three runs is not room for the test.
+    tight = ReplaySpec(app="whatsapp", server="192.0.2.7", port=7000, token=TOKEN,
+                       traces=traces, limits=ReplayLimits(max_bytes=4 * per_run - 1))
+    assert plan(tight, trace)["refused"] == (f"4 runs send {4 * per_run} bytes, the limit "
+                                             f"is {4 * per_run - 1}")
+
+
+def test_the_text_output_gives_both_runs_of_the_original(
+        tmp_path: Path, traces: Path, server: ReplayServer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    host, port = server.address
+    code = main(["test", "replay", "whatsapp", "--server", f"{host}:{port}", "--token-file",
+                 _token(tmp_path), "--traces", str(traces), "--out", str(tmp_path / "out"),
+                 "--yes", "--no-capture"])
+    out = capsys.readouterr().out
+    assert code == 0
+    down = next(line for line in out.splitlines() if line.startswith("  down: "))
+    assert "'original': " in down and "'original-after': " in down
+    assert "the original after the controls: area {'inverted': " in down

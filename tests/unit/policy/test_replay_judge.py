@@ -44,15 +44,30 @@ def clean(direction: str, rng: random.Random | None = None) -> Series:
     return series(direction, [PKTS - (1 if rng.random() < 0.1 else 0) for _ in range(N)])
 
 
+SANDWICH = (ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.RANDOM_PORTS,
+            ReplayKind.ORIGINAL)
+"""The test's runs: the original before and after the two controls."""
+SAME = object()
+"""``after_down``'s default: the second run of the original as the first."""
+
+
 def measurement(orig_down: Series | None = None, inv_down: Series | None = None,
                 rp_down: Series | None = None, orig_up: Series | None = None,
-                kinds: Sequence[ReplayKind] = tuple(ReplayKind)) -> ReplayMeasurement:
-    downs = {ReplayKind.ORIGINAL: orig_down, ReplayKind.INVERTED: inv_down,
-             ReplayKind.RANDOM_PORTS: rp_down}
+                kinds: Sequence[ReplayKind] = SANDWICH,
+                after_down: Series | object | None = SAME) -> ReplayMeasurement:
+    """Runs 6 s apart in the order of ``kinds``; both runs of the original carry
+    ``orig_down`` unless ``after_down`` (the second's) says otherwise."""
     runs = []
+    originals = 0
     for n, k in enumerate(kinds):
+        if k is ReplayKind.ORIGINAL:
+            down = orig_down if originals == 0 or after_down is SAME else after_down
+            originals += 1
+        else:
+            down = inv_down if k is ReplayKind.INVERTED else rp_down
         up = orig_up if (k is ReplayKind.ORIGINAL and orig_up is not None) else clean("up")
-        runs.append(run(k, up, downs[k] or clean("down"), 1000.0 + 6 * n))
+        assert down is None or isinstance(down, Series)
+        runs.append(run(k, up, down or clean("down"), 1000.0 + 6 * n))
     return ReplayMeasurement("whatsapp", "whatsapp@" + "0" * 64, 1000.0, tuple(runs))
 
 
@@ -82,9 +97,13 @@ def test_original_slower_than_both_controls_down_only_is_differentiation() -> No
     assert ev.figures["area"]["inverted"] >= 0.4 and ev.figures["ks_p"]["inverted"] < 0.05
     for benign in ("path congestion", "the trace's own rate", "the server"):
         assert benign in ev.text
-    # The runs are back-to-back, the original first: one test cannot rule out a passing
-    # change of the path during the original's run, and the text says so.
-    assert "Not ruled out: a passing change of the path during the original's run" in ev.text
+    # Both runs of the original, before and after the controls, showed it: a passing
+    # change of the path is ruled out, and the text says so.
+    assert ("a passing change of the path (both original runs, before and after the "
+            "controls, showed it)") in ev.text
+    assert "Not ruled out" not in ev.text
+    assert ev.figures["loss"]["original"] == ev.figures["loss"]["original-after"] > 0.4
+    assert ev.figures["original_after"]["area"]["inverted"] >= 0.4
     assert r.test_keys["analysis"]["up"]["area"]["inverted"] == 0.0
 
 
@@ -196,10 +215,24 @@ def test_stun_lost_at_the_originals_general_loss_rate_is_not_blocked() -> None:
 
 
 def test_a_missing_control_is_inconclusive() -> None:
-    m = measurement(kinds=(ReplayKind.ORIGINAL, ReplayKind.INVERTED))
+    m = measurement(kinds=(ReplayKind.ORIGINAL, ReplayKind.INVERTED, ReplayKind.ORIGINAL))
     r = judge_replay(m, POLICY)
     assert r.verdict.kind is VerdictKind.UNKNOWN
     assert "random-ports" in r.verdict.evidence[0].text
+
+
+def test_a_test_without_the_original_after_the_controls_is_inconclusive() -> None:
+    # Three runs, the original first only (the order before the sandwich): even a
+    # clear slowdown of that one run is no verdict.
+    m = measurement(orig_down=series("down", [7] * N), kinds=tuple(ReplayKind))
+    r = judge_replay(m, POLICY)
+    assert r.verdict.kind is VerdictKind.UNKNOWN
+    assert r.verdict.evidence[0].figures["missing"] == ["original (after the controls)"]
+    # Both runs of the original before the controls bracket nothing either.
+    m = measurement(orig_down=series("down", [7] * N),
+                    kinds=(ReplayKind.ORIGINAL, ReplayKind.ORIGINAL, ReplayKind.INVERTED,
+                           ReplayKind.RANDOM_PORTS))
+    assert judge_replay(m, POLICY).verdict.kind is VerdictKind.UNKNOWN
 
 
 def test_too_few_samples_are_inconclusive() -> None:
@@ -214,7 +247,9 @@ def test_the_result_keeps_the_whole_measurement() -> None:
     m = measurement(orig_down=series("down", [7] * N))
     r = judge_replay(m, POLICY)
     kept = r.test_keys["measurement"]
-    assert kept["trace"] == m.trace and len(kept["runs"]) == 3
+    assert kept["trace"] == m.trace and len(kept["runs"]) == 4
+    assert [x["kind"] for x in kept["runs"]] == ["original", "inverted", "random-ports",
+                                                 "original"]
     assert kept["runs"][0]["down"]["intervals"][0]["received_packets"] == 7
     assert r.uid.startswith("T") and judge_replay(m, POLICY).uid == r.uid
 
@@ -229,3 +264,80 @@ def test_a_ks_test_with_ties_writes_nothing_on_stderr() -> None:
                           check=True, cwd=Path(__file__).resolve().parents[3])
     assert done.stderr == ""
     assert 0.0 < float(done.stdout) <= 1.0
+
+
+SHAPER_DELAYS = [0.0, 30, 60, 90, 120, 150, 170, 175, 178, 180, 179, 181, 180, 180, 179, 180]
+SHAPER_GOT = [12, 12, 11, 10, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]
+STUN = (0, 1, 40, 90)
+IMPAIRED = {
+    "differentiated": series("down", [7] * N),
+    "shaped": series("down", SHAPER_GOT, delays=SHAPER_DELAYS),
+    "nothing through": series("down", [0] * N),
+    "STUN lost": series("down", [PKTS] * N, lost=STUN, stun=STUN),
+}
+"""What one run of the original meets, each an interference verdict when both runs do."""
+
+
+def _one_run_only(impaired: Series, which: str) -> ReplayMeasurement:
+    ctrl = series("down", [PKTS] * N, stun=impaired.stun)
+    if which == "before":
+        return measurement(impaired, ctrl, ctrl, after_down=ctrl)
+    return measurement(ctrl, ctrl, ctrl, after_down=impaired)
+
+
+def test_interference_on_both_runs_of_the_original_is_a_verdict() -> None:
+    expect = {"differentiated": VerdictKind.THROTTLED, "shaped": VerdictKind.THROTTLED,
+              "nothing through": VerdictKind.BLOCKED, "STUN lost": VerdictKind.BLOCKED}
+    for name, impaired in IMPAIRED.items():
+        ctrl = series("down", [PKTS] * N, stun=impaired.stun)
+        r = judge_replay(measurement(impaired, ctrl, ctrl), POLICY)
+        assert r.verdict.kind is expect[name], (name, r.verdict)
+        for ev in r.verdict.evidence:
+            assert ev.text.startswith("Both runs of the original, before and after the "
+                                      "controls, showed it."), ev.text
+            assert ev.text.count("Before: ") == 1 and ev.text.count(" After: ") == 1
+            assert ev.figures["loss"]["original"] == ev.figures["loss"]["original-after"]
+
+
+def test_interference_on_one_run_of_the_original_alone_is_no_verdict() -> None:
+    # A passing event on the path (another download, a radio fade) that hits one run of
+    # the original, before or after the controls, is not the network's treatment of
+    # the app: no throttled, no blocked; the figures of both runs are kept.
+    for name, impaired in IMPAIRED.items():
+        for which in ("before", "after"):
+            r = judge_replay(_one_run_only(impaired, which), POLICY)
+            assert r.verdict.kind is VerdictKind.UNKNOWN, (name, which, r.verdict)
+            assert r.verdict.reasons == (Reason.REPLAY_INCONCLUSIVE,)
+            (ev,) = r.verdict.evidence
+            assert ev.rule == "unknown.replay_originals_disagree"
+            assert ev.figures["direction"] == "down"
+            assert "the two runs of the original disagreed" in ev.text
+            shown = ("the run before the controls showed replay-" if which == "before"
+                     else "the run after them showed replay-")
+            assert shown in ev.text, ev.text
+            clean_key, hit_key = ("original-after", "original") if which == "before" \
+                else ("original", "original-after")
+            assert ev.figures["loss"][clean_key] == 0.0
+            assert ev.figures["loss"][hit_key] > 0.0 or name == "STUN lost"
+            assert "area" in ev.figures["original_after"]
+            assert "Ruled out" not in ev.text
+
+
+def test_the_two_runs_of_the_original_by_different_rules_are_no_verdict() -> None:
+    # Nothing through before the controls, a shaper's queue after them: neither rule is
+    # shown by both runs.
+    ctrl = series("down", [PKTS] * N)
+    r = judge_replay(measurement(IMPAIRED["nothing through"], ctrl, ctrl,
+                                 after_down=series("down", [12] * N)), POLICY)
+    assert r.verdict.kind is VerdictKind.UNKNOWN
+    assert r.verdict.evidence[0].rule == "unknown.replay_originals_disagree"
+
+
+def test_loss_on_the_four_runs_is_a_lossy_path_and_names_them() -> None:
+    lossy = series("down", [10] * N)
+    r = judge_replay(measurement(lossy, lossy, lossy), POLICY)
+    assert r.verdict.reasons == (Reason.REPLAY_PATH_IMPAIRED,)
+    assert "All four runs lost packets" in r.verdict.evidence[0].text
+    # Not when the original after the controls lost nothing.
+    r = judge_replay(measurement(lossy, lossy, lossy, after_down=clean("down")), POLICY)
+    assert Reason.REPLAY_PATH_IMPAIRED not in r.verdict.reasons
