@@ -630,17 +630,24 @@ def _run_evidence(args: argparse.Namespace) -> int:
         result = analyze_capture(args.capture, policy=policy, workers=args.workers)
         data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
                             ledger_entries=entries, signing_key=signing, policy=policy)
-        if args.out is None or os.path.isdir(args.out):
-            args.out = os.path.join(args.out or ".", bundle_name(args.capture, args.uid))
-        tmp = f"{args.out}.part"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, args.out)
+        args.out = _write_bundle(data, args.out, bundle_name(args.capture, args.uid))
     if failed.code is not None:
         return failed.code
     print(f"marsad: wrote {args.out} ({len(data)} bytes"
           f"{', anonymised' if args.anonymize else ''})", file=sys.stderr)
     return _result_status(result)
+
+
+def _write_bundle(data: bytes, out: str | None, name: str) -> str:
+    """Write a bundle to ``out`` (a file, or a directory it is named ``name`` in; default
+    here) through a ``.part`` file renamed into place; returns the path written."""
+    if out is None or os.path.isdir(out):
+        out = os.path.join(out or ".", name)
+    tmp = f"{out}.part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, out)
+    return out
 
 
 def _test_evidence(args: argparse.Namespace) -> int:
@@ -660,12 +667,7 @@ def _test_evidence(args: argparse.Namespace) -> int:
                 entries = ledger.entries()
         signing = None if args.sign is None else load_signing_key(args.sign)
         data = build_test_bundle(result, ledger_entries=entries, signing_key=signing)
-        if args.out is None or os.path.isdir(args.out):
-            args.out = os.path.join(args.out or ".", bundle_name_for_test(result))
-        tmp = f"{args.out}.part"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, args.out)
+        args.out = _write_bundle(data, args.out, bundle_name_for_test(result))
     if failed.code is not None:
         return failed.code
     print(f"marsad: wrote {args.out} ({len(data)} bytes)", file=sys.stderr)

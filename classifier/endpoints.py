@@ -19,14 +19,21 @@ host is not the app's.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from classifier.hostnames import APPS, DATA_DIR, HostRules, RulesError, app_owner, default_rules
+from classifier.hostnames import (
+    APPS,
+    DATA_DIR,
+    HostRules,
+    RulesError,
+    app_owner,
+    default_rules,
+    read_json_object,
+)
 from classifier.owners import OwnerTable, default_table
 from probe.active.records import Endpoint
 
@@ -94,13 +101,7 @@ class EndpointTable:
     @classmethod
     def from_file(cls, path: Path | str) -> EndpointTable:
         """Load and check an endpoint file; raises ``RulesError`` or ``OSError``."""
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RulesError(f"{path}: not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise RulesError(f"{path}: top level must be an object")
-        return cls.from_dict(doc)
+        return cls.from_dict(read_json_object(path))
 
 
 def _ports(item: Mapping[str, Any], key: str, where: str) -> tuple[int, ...]:

@@ -50,6 +50,7 @@ __all__ = [
     "default_rules",
     "match_host",
     "normalize_name",
+    "read_json_object",
 ]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -184,6 +185,18 @@ def _literal_suffix(labels: tuple[str, ...]) -> tuple[str, ...]:
     return labels[cut:]
 
 
+def read_json_object(path: Path | str) -> dict[str, Any]:
+    """A data file's JSON object; raises :class:`RulesError` (not JSON, not an object) or
+    ``OSError``."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RulesError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RulesError(f"{path}: top level must be an object")
+    return doc
+
+
 class HostRules:
     """A hostname rule table with most-specific-wins lookup.
 
@@ -226,13 +239,7 @@ class HostRules:
     @classmethod
     def from_file(cls, path: Path | str) -> HostRules:
         """Load a rules file; raises :class:`RulesError` or ``OSError``."""
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RulesError(f"{path}: not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise RulesError(f"{path}: top level must be an object")
-        return cls.from_dict(doc)
+        return cls.from_dict(read_json_object(path))
 
     def candidates(self, name: str) -> list[HostRule]:
         """Every rule that matches ``name``, most specific first."""
