@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -48,7 +47,6 @@ import threading
 import time
 import types
 import typing
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,7 +56,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
 
-from api.evidence import BUNDLE_FORMAT, SIGNATURE, json_finite, sign_manifest
+from api.evidence import BUNDLE_FORMAT, json_finite, zip_bundle
 from api.version import marsad_version
 from policy.ledger import Derivation, Deriver, Ledger, LedgerEntry, canonical_json
 from policy.records import Evidence, Reason, TestKind, TestResult, Verdict, VerdictKind
@@ -737,18 +735,7 @@ def build_test_bundle(result: TestResult, *, ledger_entries: Iterable[LedgerEntr
         "anonymised": False, "anonymisation": None,
         "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                   for name, data in files.items()}}
-    manifest_bytes = _json_bytes(manifest)
-    members = [*files.items(), ("manifest.json", manifest_bytes)]
-    if signing_key is not None:
-        members.append((SIGNATURE, sign_manifest(manifest_bytes, signing_key)))
-    out = io.BytesIO()
-    stamp = datetime.fromtimestamp(created, tz=UTC).timetuple()[:6]
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members:
-            info = zipfile.ZipInfo(name, date_time=stamp)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, data)
-    return out.getvalue()
+    return zip_bundle(files, manifest, created, signing_key)
 
 
 def _json_bytes(value: Any) -> bytes:

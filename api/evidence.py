@@ -1138,6 +1138,14 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
         "packets": len(packets), "anonymised": anonymize, "anonymisation": anonymisation,
         "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                   for name, data in files.items()}}
+    return zip_bundle(files, manifest, created, signing_key)
+
+
+def zip_bundle(files: dict[str, bytes], manifest: dict[str, Any], created: float,
+               signing_key: Any) -> bytes:
+    """A bundle's zip: its files, the manifest (and its Ed25519 signature with
+    ``signing_key``), every member stamped with the creation time so the same bundle
+    zips to the same bytes."""
     out = io.BytesIO()
     stamp = datetime.fromtimestamp(created, tz=UTC).timetuple()[:6]
     manifest_bytes = _json_bytes(manifest)
