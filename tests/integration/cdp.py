@@ -20,6 +20,11 @@ from typing import Any
 __all__ = ["Browser", "CDPError"]
 
 
+_NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed",
+               "Cannot find context with specified id")
+"""What Chrome answers an evaluation that a navigation interrupted."""
+
+
 class CDPError(Exception):
     """Chromium answered a command with an error, or did not answer in time."""
 
@@ -121,11 +126,21 @@ class Browser:
             raise CDPError(f"{expression}: {got['exceptionDetails']}")
         return got["result"].get("value")
 
+    def _poll(self, expression: str) -> Any:
+        """:meth:`js` for a polling loop: an evaluation that a navigation cut short (the
+        page it ran in went away) is no value yet, not an error."""
+        try:
+            return self.js(expression)
+        except CDPError as exc:
+            if any(m in str(exc) for m in _NAVIGATING):
+                return None
+            raise
+
     def wait(self, what: str, expression: str, timeout_s: float | None = None) -> Any:
         """Poll a script expression until it is truthy; return its value."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         while True:
-            value = self.js(expression)
+            value = self._poll(expression)
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -144,8 +159,8 @@ class Browser:
         ``check``; return its value."""
         deadline = time.monotonic() + self.timeout_s
         while True:
-            value = self.js("document.body && document.body.dataset.state === 'ready' "
-                            f"? ({expression}) : null")
+            value = self._poll("document.body && document.body.dataset.state === 'ready' "
+                               f"? ({expression}) : null")
             if value is not None and check(value):
                 return value
             if time.monotonic() > deadline:
