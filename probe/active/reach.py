@@ -48,16 +48,15 @@ from probe.active.records import (
     TcpConnect,
     TlsHandshake,
 )
+from probe.active.trace import STUN_MAGIC_COOKIE, is_stun
 
-__all__ = ["STUN_MAGIC_COOKIE", "SYSTEM_RESOLVER", "Endpoint", "ReachLimits",
+__all__ = ["SYSTEM_RESOLVER", "Endpoint", "ReachLimits",
            "build_binding_request", "dns_failure", "merge_endpoints", "parse_binding_response",
            "run_reachability", "socket_failure", "ssl_failure"]
 
 SYSTEM_RESOLVER = "system"
 """The ``resolver`` of a query the operating system's resolver answered."""
 
-STUN_MAGIC_COOKIE = 0x2112A442
-"""RFC 8489 §5: the fixed second word of every STUN message."""
 _STUN_BINDING_REQUEST = 0x0001
 _STUN_BINDING_SUCCESS = 0x0101
 _STUN_BINDING_ERROR = 0x0111
@@ -156,7 +155,7 @@ def build_binding_request(transaction_id: bytes) -> bytes:
     value = _STUN_SOFTWARE
     pad = b"\0" * (-len(value) % 4)
     attrs = struct.pack("!HH", _ATTR_SOFTWARE, len(value)) + value + pad
-    return struct.pack("!HHI", _STUN_BINDING_REQUEST, len(attrs), STUN_MAGIC_COOKIE) + \
+    return struct.pack("!HH", _STUN_BINDING_REQUEST, len(attrs)) + STUN_MAGIC_COOKIE + \
         transaction_id + attrs
 
 
@@ -167,12 +166,9 @@ def parse_binding_response(data: bytes, transaction_id: bytes) -> tuple[bool, st
     ``success`` is False for a Binding error response; ``mapped`` is the
     XOR-MAPPED-ADDRESS (or legacy MAPPED-ADDRESS) as ``ip:port`` when present.
     """
-    if len(data) < 20:
+    if not is_stun(data) or data[8:20] != transaction_id:
         return None
-    msg_type, length, cookie = struct.unpack_from("!HHI", data, 0)
-    if cookie != STUN_MAGIC_COOKIE or data[8:20] != transaction_id or length % 4 \
-            or 20 + length > len(data):
-        return None
+    msg_type, length = struct.unpack_from("!HH", data, 0)
     if msg_type not in (_STUN_BINDING_SUCCESS, _STUN_BINDING_ERROR):
         return None
     mapped: str | None = None
@@ -185,9 +181,9 @@ def parse_binding_response(data: bytes, transaction_id: bytes) -> tuple[bool, st
         if atype in (_ATTR_XOR_MAPPED_ADDRESS, _ATTR_MAPPED_ADDRESS) and len(value) >= 8:
             xor = atype == _ATTR_XOR_MAPPED_ADDRESS
             family, port = value[1], struct.unpack_from("!H", value, 2)[0]
-            key = struct.pack("!I", STUN_MAGIC_COOKIE) + transaction_id
+            key = STUN_MAGIC_COOKIE + transaction_id
             if xor:
-                port ^= STUN_MAGIC_COOKIE >> 16
+                port ^= int.from_bytes(STUN_MAGIC_COOKIE[:2], "big")
             raw = value[4:8] if family == 1 else value[4:20]
             if xor:
                 raw = bytes(a ^ b for a, b in zip(raw, key, strict=False))

@@ -27,8 +27,8 @@ import dpkt
 
 from probe.active.records import ReplayKind
 
-__all__ = ["DOWN", "UP", "Trace", "TraceError", "TracePacket", "invert", "is_stun",
-           "load_trace", "random_port"]
+__all__ = ["DOWN", "STUN_MAGIC_COOKIE", "UP", "Trace", "TraceError", "TracePacket", "invert",
+           "is_stun", "load_trace", "random_port"]
 
 UP = "up"
 """Client to server."""
@@ -63,6 +63,7 @@ def invert(payload: bytes) -> bytes:
 
 
 STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
+"""RFC 8489 §5: the fixed second word of every STUN message."""
 
 
 def is_stun(payload: bytes) -> bool:
