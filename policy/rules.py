@@ -471,7 +471,6 @@ def call_rules(call: CallCase, ctx: RuleContext,
     # (taken mid-path or at the far end), so what it saw is the network's doing. A
     # stream captured beside its sender shows neither: its pacing is no measure of the
     # network, so it is not judged.
-    shaped_hosts: set[str] = set()
     paths_of: dict[int | None, set[str]] = {}
     for leg in call.legs:
         paths_of.setdefault(leg.ssrc, set()).add(leg.flow_uid)
@@ -506,7 +505,6 @@ def call_rules(call: CallCase, ctx: RuleContext,
             reason = Reason.DELAYED_THROTTLE if delayed is not None else Reason.RATE_CAPPED
             if delayed is not None:
                 fig["clean_until_s"] = delayed
-            shaped_hosts.update((flow.orig_h, flow.resp_h))
             out.append(_ev("throttled.rate_cap", reason, [flow], [flow.first_frame],
                            fig, f"{what} lost {leg.loss_ratio:.1%} while its one-way delay "
                                 f"rose {rise:.0f} ms and levelled off"
