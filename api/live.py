@@ -98,9 +98,9 @@ from probe import (
     Watermark,
     default_workers,
 )
+from probe.active.capture import KERNEL_BLOCK_TIMEOUT_S
 
 __all__ = [
-    "KERNEL_BLOCK_TIMEOUT_S",
     "CaptureStats",
     "LiveConfig",
     "LiveError",
@@ -163,11 +163,6 @@ def parse_capture_stats(lines: Sequence[str], prev: CaptureStats | None = None) 
     return out
 
 
-KERNEL_BLOCK_TIMEOUT_S = 1.2
-"""How long a packet may wait in the kernel's capture ring before tcpdump gets it: tcpdump's
-1 s packet buffer timeout (the ring block's retire timeout), and a margin."""
-
-
 def tcpdump_command(iface: str, bpf: str | None, *, tcpdump: str = "tcpdump",
                     user: str | None = None, buffer_kib: int = 8192,
                     snaplen: int = 0) -> list[str]:
@@ -178,7 +173,8 @@ def tcpdump_command(iface: str, bpf: str | None, *, tcpdump: str = "tcpdump",
     whole snapshot length, and on loopback (64 KiB MTU) or ``any`` (no MTU) an 8 MiB ring
     then holds a few dozen packets, which a burst overflows. Without it the kernel packs
     packets into blocks and hands a part-filled one over after tcpdump's 1 s timeout
-    (:data:`KERNEL_BLOCK_TIMEOUT_S`), which the probe waits out before it stops tcpdump."""
+    (:data:`probe.active.capture.KERNEL_BLOCK_TIMEOUT_S`), which the probe waits out
+    before it stops tcpdump."""
     argv = [tcpdump, "-i", iface, "-n", "-U", "-B", str(buffer_kib),
             "-s", str(snaplen), "-w", "-"]
     if user is not None:

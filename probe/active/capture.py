@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["CaptureResult", "TestCapture", "peer_filter"]
+__all__ = ["KERNEL_BLOCK_TIMEOUT_S", "CaptureResult", "TestCapture", "peer_filter"]
 
 _SNAPLEN = 65535
 """The largest IP packet: every payload kept whole."""
@@ -28,9 +28,10 @@ _BUFFER_KIB = 32768
 """libpcap's ring (32 MiB): room for seconds of a replay's packets."""
 _READY_S = 10.0
 """How long tcpdump may take to open its socket."""
-_SETTLE_S = 1.2
-"""How long the last packets may take to reach tcpdump after the test ends: the kernel hands
-a part-filled ring block over after tcpdump's 1 s timeout."""
+KERNEL_BLOCK_TIMEOUT_S = 1.2
+"""How long a packet may wait in the kernel's capture ring before tcpdump gets it, so how
+long to wait before stopping tcpdump: without ``--immediate-mode`` the kernel hands a
+part-filled ring block over after tcpdump's 1 s packet buffer timeout (and a margin)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ class TestCapture:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        time.sleep(_SETTLE_S)
+        time.sleep(KERNEL_BLOCK_TIMEOUT_S)
         proc.send_signal(signal.SIGINT)
         try:
             _, err_bytes = proc.communicate(timeout=10)
