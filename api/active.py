@@ -37,17 +37,19 @@ Evidence bundle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 import time
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +63,7 @@ from api.version import marsad_version
 from policy.ledger import Derivation, Deriver, Ledger, LedgerEntry, canonical_json
 from policy.records import Evidence, Reason, TestKind, TestResult, Verdict, VerdictKind
 from policy.rules import Policy
+from probe.active.capture import TestCapture
 
 __all__ = [
     "JUDGES",
@@ -145,9 +148,51 @@ def result_from_dict(d: Mapping[str, Any]) -> TestResult:
         raise ValueError(f"not a test result: {exc}") from None
 
 
+@contextlib.contextmanager
+def capturing(out_dir: Path, kind: str, bpf: str | None, *, iface: str = "any"
+              ) -> Iterator[TestCapture | None]:
+    """Run the block under a :class:`TestCapture` of ``bpf`` to a fresh hidden file in
+    ``out_dir`` (tcpdump creates it; ``None`` for ``bpf``: no capture). The file is
+    removed if the block fails; :func:`keep_capture` gives it its final name."""
+    if bpf is None:
+        yield None
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{kind}-", suffix=".pcap", dir=out_dir)
+    os.close(fd)
+    path = Path(tmp)
+    path.unlink()
+    cap = TestCapture(path, bpf, iface=iface)
+    try:
+        with cap:
+            yield cap
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def keep_capture(cap: TestCapture | None, out_dir: Path, uid: str
+                 ) -> tuple[str | None, str | None, dict[str, Any]]:
+    """The test's capture moved to ``out_dir/<uid>.pcap``: its path and SHA-256 (``None``
+    when there is none), and the ``capture`` part of its ``test_keys`` (why there is none,
+    packets, kernel drops). A capture file that is not kept is removed."""
+    if cap is None:
+        return None, None, {"problem": "capture not asked for"}
+    got = cap.result
+    keys: dict[str, Any] = {"problem": got.problem, "packets": got.packets,
+                            "dropped": got.dropped}
+    if got.path is None or not got.path.exists():
+        cap.path.unlink(missing_ok=True)
+        return None, None, keys
+    final = out_dir / f"{uid}.pcap"
+    got.path.replace(final)
+    return str(final), got.sha256, keys
+
+
 def write_result(result: TestResult, out_dir: Path) -> Path:
     """Write ``out_dir/<uid>.json``, the file :func:`load_result` reads: the result as
     JSON, NaN and infinities (not JSON) as null, as in its ledger entry."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{result.uid}.json"
     path.write_text(json.dumps(json_finite(result.to_dict()), indent=2, sort_keys=True,
                                allow_nan=False) + "\n", encoding="utf-8")

@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from api.active import write_result
+from api.active import capturing, keep_capture, write_result
 from classifier.endpoints import app_endpoints
 from classifier.hostnames import APPS
 from policy.reach import CONTROL_GROUP, judge_reachability
 from policy.records import TestResult
 from policy.rules import Policy
-from probe.active.capture import TestCapture
 from probe.active.reach import Endpoint, ReachLimits, merge_endpoints, run_reachability
 
 __all__ = ["REACH_APPS", "ReachError", "ReachSpec", "parse_target", "run_reach_test"]
@@ -178,38 +175,21 @@ def run_reach_test(spec: ReachSpec, out_dir: Path, *, policy: Policy,
         raise ReachError("no resolver to ask: name one with --resolver, or keep the "
                          "system's")
     limits = ReachLimits(spec.timeout_s, spec.max_addresses, spec.total_s, 2, spec.ca_file)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    capture_keys: dict[str, Any] = {"problem": "capture not asked for"}
-    pcap: Path | None = None
-    sha: str | None = None
+    expected: set[str] = set()
+    bpf = None
     if capture:
         expected = _pre_resolve(endpoints, spec.resolvers, spec.timeout_s,
                                 spec.system_resolver)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".reach-", suffix=".pcap",
-                                         delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        with TestCapture(tmp_path, _capture_filter(expected, spec.resolvers),
-                         iface=iface) as cap:
-            m = run_reachability(spec.app, endpoints, resolvers=spec.resolvers,
-                                 timeout_s=spec.timeout_s, limits=limits,
-                                 system=spec.system_resolver)
-        res = cap.result
-        tried = {c.ip for c in m.tcp_connect} | {s.ip for s in m.stun}
-        capture_keys = {"problem": res.problem, "packets": res.packets,
-                        "dropped": res.dropped, "filter": cap.bpf,
-                        "not_captured": sorted(tried - expected)}
-        if res.path is None:
-            tmp_path.unlink(missing_ok=True)
-    else:
+        bpf = _capture_filter(expected, spec.resolvers)
+    with capturing(out_dir, "reach", bpf, iface=iface) as cap:
         m = run_reachability(spec.app, endpoints, resolvers=spec.resolvers,
                              timeout_s=spec.timeout_s, limits=limits,
                              system=spec.system_resolver)
-        res = None
     judged = judge_reachability(m, policy)
-    if res is not None and res.path is not None:
-        pcap = out_dir / f"{judged.uid}.pcap"
-        res.path.replace(pcap)
-        sha = res.sha256
+    pcap, sha, capture_keys = keep_capture(cap, out_dir, judged.uid)
+    if cap is not None:
+        tried = {c.ip for c in m.tcp_connect} | {s.ip for s in m.stun}
+        capture_keys |= {"filter": cap.bpf, "not_captured": sorted(tried - expected)}
     keys = dict(judged.test_keys)
     keys["capture"] = capture_keys
     keys["limits"] = {"timeout_s": spec.timeout_s, "max_addresses": spec.max_addresses,
@@ -217,6 +197,6 @@ def run_reach_test(spec: ReachSpec, out_dir: Path, *, policy: Policy,
     keys["probe"] = {"hostname": socket.gethostname()}
     result = TestResult(judged.uid, judged.kind, judged.app, judged.started_ts,
                         judged.duration_s, judged.verdict, keys,
-                        None if pcap is None else str(pcap), sha)
+                        pcap, sha)
     write_result(result, out_dir)
     return result

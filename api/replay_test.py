@@ -12,22 +12,19 @@ Errors: :class:`probe.active.trace.TraceError` (no usable trace for the app),
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.active import record_test, write_result
+from api.active import capturing, keep_capture, record_test, write_result
 from policy.ledger import Ledger
 from policy.records import TestResult
 from policy.replay import judge_replay
 from policy.rules import Policy
-from probe.active.capture import TestCapture, peer_filter
+from probe.active.capture import peer_filter
 from probe.active.replay import ALL_KINDS, ReplayError, ReplayLimits, run_replay
 from probe.active.trace import Trace, TraceError, load_trace
 
@@ -101,31 +98,14 @@ def run_replay_test(spec: ReplaySpec, out_dir: Path, *, policy: Policy,
     except OSError as exc:
         raise ReplayError(f"cannot resolve the replay server {spec.server}: {exc}") from exc
     server_ip = str(infos[0][4][0])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".replay-", suffix=".pcap", dir=out_dir)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    tmp_path.unlink()
-    cap = TestCapture(tmp_path, peer_filter([server_ip]))
-    try:
-        with cap if spec.capture else contextlib.nullcontext(cap):
-            m = run_replay(trace, server_ip, spec.port, spec.token.encode(),
-                           limits=spec.limits, seconds=spec.seconds)
-        result = judge_replay(m, policy)
-        got = cap.result
-        capture, sha = None, None
-        if got.path is not None and got.path.exists():
-            final = out_dir / f"{result.uid}.pcap"
-            got.path.replace(final)
-            capture, sha = str(final), got.sha256
-        keys = dict(result.test_keys)
-        keys["capture"] = {"problem": got.problem if spec.capture else "not asked for",
-                           "packets": got.packets, "dropped": got.dropped}
-        keys["server"] = f"{spec.server}:{spec.port}"
-        result = dataclasses.replace(result, test_keys=keys, capture=capture,
-                                     capture_sha256=sha)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    bpf = peer_filter([server_ip]) if spec.capture else None
+    with capturing(out_dir, "replay", bpf) as cap:
+        m = run_replay(trace, server_ip, spec.port, spec.token.encode(),
+                       limits=spec.limits, seconds=spec.seconds)
+    result = judge_replay(m, policy)
+    capture, sha, kept = keep_capture(cap, out_dir, result.uid)
+    keys = {**result.test_keys, "capture": kept, "server": f"{spec.server}:{spec.port}"}
+    result = dataclasses.replace(result, test_keys=keys, capture=capture, capture_sha256=sha)
     write_result(result, out_dir)
     if ledger is not None:
         record_test(result, ledger=ledger)
