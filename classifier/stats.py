@@ -102,8 +102,10 @@ class MediaRules:
     rtp_seq_ok: float = 0.8
     """Share of an RTP stream's sequence steps that must be +1..+3."""
     audio_steps: frozenset[int] = frozenset({80, 160, 240, 320, 441, 480, 640, 882, 960,
-                                             1440, 1920, 2880})
-    """RTP timestamp advance of one audio packet: 10-60 ms at 8, 16, 24, 32, 44.1, 48 kHz."""
+                                             1440, 1920, 2880, 3840, 4800, 5760})
+    """RTP timestamp advance of one audio packet: 10-60 ms at 8, 16, 24, 32, 44.1, 48 kHz,
+    and the 80, 100 and 120 ms an Opus packet may also hold (RFC 6716 §3.2.5: several
+    frames in one packet, up to 120 ms; RFC 7587 §4.1: Opus RTP timestamps count 48 kHz)."""
     audio_max_size: int = 400
     """Median UDP payload of an audio RTP stream is at most this (bytes)."""
     video_min_shared_ts: float = 0.2

@@ -359,6 +359,24 @@ def test_pcap_with_rtp_headers(tmp_path: Path) -> None:
     assert g.reason.startswith("RTP, 2 media stream(s): PT 8 audio (150 pkts, +160/pkt")
 
 
+def test_pcap_with_long_opus_packets(tmp_path: Path) -> None:
+    # Opus packs up to 120 ms in one packet (RFC 6716 §3.2.5) on a 48 kHz RTP clock
+    # (RFC 7587 §4.1): 100 ms packets, a talkspurt of 20 ms ones between, one way.
+    pkts, ts, t = [], 0, 0.0
+    for i in range(150):
+        step = 960 if 60 <= i < 100 else 4800
+        hdr = struct.pack("!BBHII", 0x80, 113, 2000 + i, ts, 0x1000402)
+        pkts.append((t, 0, hdr + bytes(86)))
+        ts += step
+        t += step / 48000
+    path = tmp_path / "opus-100ms.pcap"
+    write_pcap(path, pkts)
+    (flow,) = read_capture(path).flows
+    g = media_guess(flow)
+    assert (g.realtime, g.media) == (True, MediaKind.AUDIO)
+    assert g.reason.startswith("RTP, 1 media stream(s): PT 113 audio (150 pkts, +4800/pkt")
+
+
 def test_pcap_with_encrypted_voice(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     pkts = [(t, way, rng.bytes(n)) for t, way, n in voice(8)]
