@@ -43,6 +43,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from api.pipeline import AnalysisResult
 
 __all__ = [
@@ -430,7 +432,11 @@ class Store(Protocol):
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    """A stored row's JSON: compact, NaN as null, anything else unknown as its text."""
+    return orjson.dumps(value, option=_JSON_OPTS, default=str).decode()
+
+
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 _CAPTURE_COLUMNS = ("id, filename, path, sha256, size_bytes, state, progress, error, created_at, "
