@@ -197,17 +197,40 @@ def _signed32(d: I64) -> I64:
 def _mode(values: I64) -> int:
     if values.size == 0:
         return 0
+    if (values == values[0]).all():  # one value throughout (an audio stream's step)
+        return int(values[0])
     uniq, counts = np.unique(values, return_counts=True)
     return int(uniq[int(np.argmax(counts))])
+
+
+def _median_int(values: npt.NDArray[np.uint16]) -> int:
+    """``int(np.median(values))`` of a non-empty array, without the generic machinery."""
+    s = np.sort(values)
+    n = s.size
+    return int((int(s[(n - 1) // 2]) + int(s[n // 2])) / 2)
+
+
+def _first_copies(idx: I64, seq: I64) -> I64:
+    """``idx`` without the later copies of a sequence number seen before (a packet
+    mirrored both ways or retransmitted), in arrival order."""
+    steps = np.diff(seq) % 65536
+    if (steps > 0).all() and int(steps.sum()) < 65536:
+        return idx  # every step forward and less than one lap in all: no number twice
+    _, first = np.unique(seq, return_index=True)
+    return idx[np.sort(first)]
+
+
+def _distinct_ts(ts: I64, dts: I64) -> int:
+    """How many distinct RTP timestamps ``ts`` holds; ``dts`` its signed steps."""
+    if (dts >= 0).all():  # never back: each step forward starts a new value
+        return 1 + int(np.count_nonzero(dts))
+    return int(np.unique(ts).size)
 
 
 def _rtp_stream(rtp: RtpSeries, mask: npt.NDArray[np.bool_], rules: MediaRules
                 ) -> _RtpStream | None:
     idx = np.flatnonzero(mask)
-    seq = rtp.seq[idx].astype(np.int64)
-    # Drop copies of a packet seen twice (mirrored both ways, retransmitted).
-    _, first = np.unique(seq, return_index=True)
-    idx = idx[np.sort(first)]
+    idx = _first_copies(idx, rtp.seq[idx].astype(np.int64))
     n = int(idx.size)
     if n < rules.min_rtp_packets:
         return None
@@ -223,10 +246,10 @@ def _rtp_stream(rtp: RtpSeries, mask: npt.NDArray[np.bool_], rules: MediaRules
     shared = float(np.mean(dts == 0))
     step = _mode(dts[dts > 0])
     markers = int(rtp.marker[idx].sum())
-    size = int(np.median(rtp.size[idx]))
+    size = _median_int(rtp.size[idx])
     times = rtp.ts[idx]
     duration = float(times[-1] - times[0])
-    frames = int(np.unique(rtp.rtp_ts[idx]).size)
+    frames = _distinct_ts(ts_kept, dts)
     fps = (frames - 1) / duration if duration > 0 else 0.0
     static = STATIC_PAYLOAD_TYPES.get(pt)
     kind: MediaKind | None = None

@@ -584,3 +584,25 @@ def test_a_packet_stamped_years_early_costs_no_memory() -> None:
     assert peak < 5 << 20
     # One lost second of sustained voice among ten: still voice.
     assert (g.realtime, g.media) == (True, MediaKind.AUDIO), g.reason
+
+
+def test_stream_shortcuts_agree_with_the_general_computation() -> None:
+    # The shortcuts for clean streams (sequence always forward, timestamps never back)
+    # give what np.unique / np.median give, on clean and on messy streams alike.
+    from classifier.stats import _distinct_ts, _first_copies, _median_int, _signed32
+
+    rng = np.random.default_rng(7)
+    for case in range(400):
+        n = int(rng.integers(2, 300))
+        start = int(rng.integers(0, 65536))
+        steps = rng.integers(1, 3, n) if case % 2 else rng.integers(-2, 4, n)
+        seq = (start + np.cumsum(steps)) % 65536  # crosses 65535 -> 0 in some cases
+        idx = np.arange(n, dtype=np.int64) * 2
+        _, first = np.unique(seq, return_index=True)
+        assert (_first_copies(idx, seq) == idx[np.sort(first)]).all()
+        ts = (int(rng.integers(0, 1 << 32)) + np.cumsum(
+            rng.choice([0, 0, 3000, 960] if case % 3 else [0, 960, -960], n))) % (1 << 32)
+        dts = _signed32(np.diff(ts))
+        assert _distinct_ts(ts, dts) == np.unique(ts).size
+        sizes = rng.integers(40, 1400, n).astype(np.uint16)
+        assert _median_int(sizes) == int(np.median(sizes))
