@@ -82,7 +82,7 @@ def delay_shape(tmin_ms: F64) -> tuple[float | None, bool, int | None]:
     smooth = np.empty(len(y))
     a, b, c = y[:-2], y[1:-1], y[2:]  # the median of three, without sorting each window
     smooth[1:-1] = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
-    smooth[0], smooth[-1] = np.median(y[:2]), np.median(y[-2:])
+    smooth[0], smooth[-1] = (y[0] + y[1]) / 2, (y[-2] + y[-1]) / 2  # medians of two
     base = float(np.min(smooth[: max(1, min(3, len(smooth)))]))
     rise = float(smooth.max()) - base
     start = None
@@ -119,7 +119,10 @@ def _rtp_leg(flow: FlowRecord, s: RtpStream, out: bool, media: str | None,
         bps = rows[:, 2] * 8.0
         tmin_ms = rows[:, 6] * 1000.0
         rise, plateau, _ = delay_shape(tmin_ms)
-        mean_jitter = float(np.nanmean(rows[:, 5])) if np.isfinite(rows[:, 5]).any() else None
+        jit = rows[:, 5]
+        if np.isfinite(jit).any():  # the mean of the measured seconds (np.nanmean's sum)
+            missing = np.isnan(jit)
+            mean_jitter = float(np.where(missing, 0.0, jit).sum() / (jit.size - missing.sum()))
         # one conversion of the whole table (per-element float() of numpy scalars is slow)
         secs = [tuple(r) for r in np.column_stack(
             (rows[:, 0], rows[:, 1], bps, lost, rows[:, 5], tmin_ms)).astype(np.float64).tolist()]
