@@ -1249,7 +1249,8 @@ def _merge_rate(rate: dict[str, np.ndarray]) -> tuple[I64, I64]:  # type: ignore
 def _streams_of(states: list[StreamState]) -> tuple[RtpStream, ...]:
     """Stream records of one flow, originator's streams first, biggest first."""
     out = [RtpStream(direction=st.direction, ssrc=st.ssrc, pt=st.pt, clock_hz=st.clock,
-                     packets=st.packets, bytes=st.bytes, first_ext_seq=st.first_ext,
+                     packets=st.packets, bytes=st.bytes, cn_packets=st.cn_packets,
+                     first_ext_seq=st.first_ext,
                      max_ext_seq=st.max_ext, reordered=st.reordered, jitter_s=st.jitter_s,
                      first_ts=st.first_ts, last_ts=st.last_ts, seconds=st.seconds)
            for st in states]

@@ -253,13 +253,18 @@ class RtpStream:
     ssrc: int
     """Synchronisation source."""
     pt: int
-    """Payload type of the last packet."""
+    """Payload type of the last packet (with silence suppression, speech and comfort noise
+    alternate under one SSRC: ``cn_packets`` says how much of the stream was noise)."""
     clock_hz: int
     """RTP clock rate (static payload type or estimated); 0 if unknown."""
     packets: int
     """Packets received."""
     bytes: int
     """UDP payload bytes received."""
+    cn_packets: int
+    """Packets received that carried comfort noise (static payload type 13, RFC 3389):
+    the noise a sender with silence suppression sends instead of speech. Counted per
+    packet over the whole life, since such a sender interleaves it with its speech."""
     first_ext_seq: int
     """Extended sequence number of the first packet."""
     max_ext_seq: int
@@ -290,9 +295,9 @@ class RtpStream:
     def to_dict(self) -> dict[str, Any]:
         return {"direction": self.direction, "ssrc": self.ssrc, "pt": self.pt,
                 "clock_hz": self.clock_hz, "packets": self.packets, "bytes": self.bytes,
-                "expected": self.expected, "lost": self.lost, "reordered": self.reordered,
-                "jitter_s": round(self.jitter_s, 6), "first_ts": self.first_ts,
-                "last_ts": self.last_ts}
+                "cn_packets": self.cn_packets, "expected": self.expected, "lost": self.lost,
+                "reordered": self.reordered, "jitter_s": round(self.jitter_s, 6),
+                "first_ts": self.first_ts, "last_ts": self.last_ts}
 
 
 @dataclass(frozen=True, slots=True)

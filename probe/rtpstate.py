@@ -4,11 +4,12 @@ A stream is one (flow, direction, SSRC). For every batch the meter hands over
 the RTP header fields of its packets; this module keeps, per stream, what RFC
 3550 needs to judge the stream over all of its life — extended sequence
 numbers (§A.1), the interarrival jitter estimate (§6.4.1 / §A.8), packets,
-bytes, reordering — and appends one row per stream and second: received
-packets and bytes, highest extended sequence number, reordered packets, the
-jitter estimate at the end of the second, and the minimum and maximum
-relative transit time (arrival − RTP timestamp / clock, taken relative to the
-stream's first packet), whose trend shows a queue building up.
+bytes, reordering, the packets that carried comfort noise — and appends one
+row per stream and second: received packets and bytes, highest extended
+sequence number, reordered packets, the jitter estimate at the end of the
+second, and the minimum and maximum relative transit time (arrival − RTP
+timestamp / clock, taken relative to the stream's first packet), whose trend
+shows a queue building up.
 
 Everything is vectorised over the batch; the only per-stream Python work is
 one dict lookup per stream and batch. A stream is created only once three of
@@ -19,6 +20,14 @@ The clock rate comes from the static payload-type table (RFC 3551,
 :mod:`probe.payload_types`) or, for dynamic types, from the ratio of timestamp
 to arrival-time progress snapped to the common rates; until it is known, jitter
 and transit are not computed.
+
+Comfort noise is counted per packet, over the stream's whole life: static payload
+type 13 (RFC 3551 table 4, format RFC 3389). A sender with silence suppression
+interleaves it with its speech under one SSRC, so a stream's last payload type
+says nothing about what the stream carried; the count does. Type 19, reserved
+by RFC 3551 after drafts gave it to an earlier comfort-noise format, carries no
+assigned meaning and is not counted; comfort noise on a dynamic type (RFC 3389
+§4, other clock rates) is named only by SDP, which this module does not see.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ __all__ = ["RtpStreams", "StreamState"]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 NS = 1_000_000_000
+CN_PT = 13
+"""Comfort noise, the one static type assigned to it (RFC 3551 table 4; RFC 3389 §4)."""
 ALPHA = 15.0 / 16.0
 """RFC 3550 §6.4.1 jitter smoothing: J += (|D| - J) / 16."""
 BLOCK = 512
@@ -103,6 +114,8 @@ class StreamState(NamedTuple):
     clock: int
     packets: int
     bytes: int
+    cn_packets: int
+    """Packets of payload type 13, comfort noise (RFC 3389)."""
     first_ext: int
     max_ext: int
     reordered: int
@@ -119,7 +132,7 @@ class RtpStreams:
 
     FIELDS_I = ("fid", "direction", "ssrc", "pt", "clock", "last_seq", "last_ext", "max_ext",
                 "first_ext", "last_rts", "last_rts_ext", "r0", "s0", "packets", "bytes",
-                "reordered", "first_ns", "last_ns")
+                "cn_packets", "reordered", "first_ns", "last_ns")
     FIELDS_F = ("jitter", "last_transit")
 
     def __init__(self) -> None:
@@ -296,6 +309,7 @@ class RtpStreams:
         i["pt"][s_ids] = pt[ends]
         i["packets"][s_ids] += np.diff(np.append(spos, n))
         i["bytes"][s_ids] += np.add.reduceat(size, spos)
+        i["cn_packets"][s_ids] += np.add.reduceat((pt == CN_PT).astype(np.int64), spos)
         i["reordered"][s_ids] += np.add.reduceat(reord.astype(np.int64), spos)
         i["last_ns"][s_ids] = ts[ends]
         f["jitter"][s_ids] = jit[ends]
@@ -343,9 +357,10 @@ class RtpStreams:
             direction, ssrc = int(i["direction"][s]), int(i["ssrc"][s])
             out.setdefault(fid, []).append(StreamState(
                 direction, ssrc, int(i["pt"][s]), int(i["clock"][s]), int(i["packets"][s]),
-                int(i["bytes"][s]), int(i["first_ext"][s]), int(i["max_ext"][s]),
-                int(i["reordered"][s]), float(f["jitter"][s]), int(i["first_ns"][s]) / NS,
-                int(i["last_ns"][s]) / NS, by_sid.get(s, np.zeros((0, 8)))))
+                int(i["bytes"][s]), int(i["cn_packets"][s]), int(i["first_ext"][s]),
+                int(i["max_ext"][s]), int(i["reordered"][s]), float(f["jitter"][s]),
+                int(i["first_ns"][s]) / NS, int(i["last_ns"][s]) / NS,
+                by_sid.get(s, np.zeros((0, 8)))))
             del self.index[(fid, direction, ssrc)]
         for name in self.FIELDS_I:
             self.i[name][sid_arr] = 0

@@ -238,3 +238,22 @@ def test_conn_rows_of_a_truncated_capture_stop_where_records_stop() -> None:
     assert got == want and got
     assert not rows_reader.status.complete
     assert rows_reader.status.stopped_at == reader.status.stopped_at
+
+
+@pytest.mark.parametrize("chunk_size", [8 << 20, 4096])
+def test_rtp_stream_counts_its_comfort_noise_packets(tmp_path: Path, chunk_size: int) -> None:
+    """Silence suppression: speech (PCMU, type 0) and comfort noise (type 13, RFC 3389)
+    alternate under one SSRC; every CN packet is counted over the stream's whole life,
+    across batches, whatever type the last packet had. Type 19, only reserved by RFC 3551
+    (an earlier CN format's number in drafts), is not comfort noise."""
+    pts = [0] * 60 + [13] * 7 + [0] * 40 + [19] * 5 + [13] * 3 + [0] * 30 + [13] * 2
+    pkts = []
+    for i, pt in enumerate(pts):
+        payload = b"\x40\x11\x22" if pt in (13, 19) else b"\x00" * 160
+        rtp = struct.pack("!BBHII", 0x80, pt, i, i * 160, 0xC0FFEE) + payload
+        pkts.append(_udp(1.0 + i * 0.02, "10.0.0.1", 4000, "10.0.0.2", 4002, rtp))
+    (f,) = _flows(pkts, tmp_path, chunk_size=chunk_size)
+    (s,) = f.rtp_streams
+    assert s.packets == len(pts)
+    assert s.cn_packets == 12 and s.pt == 13
+    assert s.to_dict()["cn_packets"] == 12
