@@ -49,7 +49,7 @@ from policy.rules import (
     sip_outcome,
     verdict_from,
 )
-from probe.records import FlowRecord
+from probe.records import ORIG, FlowRecord
 
 __all__ = ["Analysis", "analyse_calls", "judge_calls", "lone_flow_verdicts"]
 
@@ -194,6 +194,11 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     carried = media_flows or tuple(f for f in members if cls[f.uid].facts.framing is not None
                                    or cls[f.uid].facts.protocol == "dtls")
     fate = _outcome(sip, carried, sides, verdict, pol.calls.answered_packets)
+    if (fate is not CallOutcome.ANSWERED and verdict.kind is VerdictKind.OK
+            and not (dialog is not None and dialog.answered)):
+        # Nothing shows interference, and nothing shows a conversation either: media
+        # that did not flow both ways (a ringback, comfort noise) is no call to call ok.
+        verdict = Verdict(VerdictKind.UNKNOWN, (Reason.NOT_ANSWERED,), ())
     return Call(_call_uid([f.uid for f in members], None if dialog is None else dialog.call_id),
                 call.app, media, tuple(f.uid for f in members),
                 min(f.first_ts for f in members), max(f.last_ts for f in members), local,
@@ -272,8 +277,9 @@ def _call_happened(members: Sequence[FlowRecord], media_flows: Sequence[FlowReco
 
 def _outcome(sip: SipOutcome | None, media_flows: Sequence[FlowRecord], sides: Sides,
              verdict: Verdict, answered_packets: int) -> CallOutcome:
-    """What became of a call: a SIP final answer says it; else packets each way (sent by
-    the local end, received by it) over the flows that carry its media."""
+    """What became of a call: a SIP final answer says it; else media packets each way
+    (sent by the local end, received by it) over the flows that carry its media
+    (:func:`_content_packets`)."""
     if sip is not None:
         return {Reason.SIP_REJECTED: CallOutcome.REJECTED,
                 Reason.SIP_NO_ANSWER: CallOutcome.MISSED}.get(sip.reason,
@@ -281,8 +287,9 @@ def _outcome(sip: SipOutcome | None, media_flows: Sequence[FlowRecord], sides: S
     sent = received = 0
     for f in media_flows:
         mine = sides(f)[1][0] == f.orig_h
-        sent += f.orig_pkts if mine else f.resp_pkts
-        received += f.resp_pkts if mine else f.orig_pkts
+        orig, resp = _content_packets(f)
+        sent += orig if mine else resp
+        received += resp if mine else orig
     if sent >= answered_packets and received >= answered_packets:
         return CallOutcome.ANSWERED
     if max(sent, received) >= answered_packets:
@@ -290,6 +297,22 @@ def _outcome(sip: SipOutcome | None, media_flows: Sequence[FlowRecord], sides: S
     if verdict.kind in (VerdictKind.BLOCKED, VerdictKind.FAILED):
         return CallOutcome.SETUP_FAILED
     return CallOutcome.MISSED
+
+
+def _content_packets(f: FlowRecord) -> tuple[int, int]:
+    """Packets that carried media content, sent by the originator and by the responder.
+
+    In a flow with RTP streams: each direction's RTP packets less those that carried
+    comfort noise (RFC 3389), which a client with silence suppression sends while
+    nobody speaks: a direction whose streams are all comfort noise sent no media, and
+    the flow's other packets (STUN checks, RTCP, DTLS) are no media either. A flow
+    whose packets show no RTP keeps its packet counts: its content cannot be seen."""
+    if not f.rtp_streams:
+        return f.orig_pkts, f.resp_pkts
+    out = [0, 0]
+    for s in f.rtp_streams:
+        out[0 if s.direction == ORIG else 1] += s.packets - s.cn_packets
+    return out[0], out[1]
 
 
 def _failed_paths(failed: list[Evidence], by_uid: dict[str, FlowRecord], sides: Sides,

@@ -32,9 +32,11 @@ class CallOutcome(StrEnum):
     """What became of a call, as its packets show it (whatever the network did)."""
 
     ANSWERED = "answered"
-    """Media flowed both ways: at least ``calls.answered_packets`` media packets each way."""
+    """Media flowed both ways: at least ``calls.answered_packets`` media packets each way
+    (RTP packets of comfort noise, RFC 3389, are no media content and do not count)."""
     ONE_WAY = "one-way"
-    """Media flowed one way only (the other sent fewer than ``calls.answered_packets``)."""
+    """Media flowed one way only (the other sent fewer than ``calls.answered_packets``):
+    a ringback heard while nobody answers, or one-way audio."""
     MISSED = "missed"
     """Set up, or ringing, and given up: no media, a SIP CANCEL or 487."""
     REJECTED = "rejected"
@@ -79,6 +81,9 @@ class Reason(StrEnum):
     """The call rang and was cancelled (487) before an answer."""
     TOO_SHORT = "too-short"
     """Too little of the call was captured to judge it."""
+    NOT_ANSWERED = "not-answered"
+    """Nothing showed interference, but media did not flow both ways (comfort noise not
+    counted) and no signalling said the call was answered: no conversation to judge."""
     DNS_FAILURE = "dns-failure"
     """An active test: the app's names did not resolve (NXDOMAIN, no answer, timeout)
     while other names did."""

@@ -1,0 +1,82 @@
+"""What became of a call, read from what its RTP carried: comfort noise (RFC 3389) is no
+media content, so a caller whose client sent only comfort noise while a ringback came
+back was not answered, and a call with silence suppression on both sides still was.
+Small captures built from RTP headers (RFC 3550 §5.1) and read through the whole
+pipeline."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from api.pipeline import analyze_capture
+from policy.pipeline import AnalysisResult
+from policy.records import Call, CallOutcome, Reason, VerdictKind
+from tests.pcapbytes import pcap, udp_frame
+
+ME, PEER = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+CN = 13
+"""Comfort noise, static payload type (RFC 3551 table 4)."""
+
+
+def _rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
+
+
+def _stream(src: tuple[str, int], dst: tuple[str, int], ssrc: int,
+            spurts: list[tuple[float, float, int]], start: float = 1.0
+            ) -> tuple[list[tuple[float, bytes]], int]:
+    """A sender's RTP stream as captured: ``spurts`` are (from_s, to_s, payload type);
+    speech sends a 160-byte frame every 20 ms, comfort noise (RFC 3389 §4: a noise level
+    and reflection coefficients) an update every 200 ms. Sequence numbers run on across
+    both, timestamps follow the 8 kHz clock. Returns the packets and how many were CN."""
+    pkts, seq, cn = [], 0, 0
+    for a, b, pt in spurts:
+        step = 0.2 if pt == CN else 0.02
+        n = round((b - a) / step)
+        for k in range(n):
+            t = a + k * step
+            payload = b"\x3c\x52\x61\x70\x2e" if pt == CN else b"\x55" * 160
+            pkts.append((start + t, udp_frame(*src, *dst,
+                                              _rtp(pt, seq, round(t * 8000), ssrc, payload))))
+            seq += 1
+            cn += pt == CN
+    return pkts, cn
+
+
+def _analyse(tmp_path: Path, pkts: list[tuple[float, bytes]]) -> tuple[AnalysisResult, Call]:
+    path = tmp_path / "call.pcap"
+    path.write_bytes(pcap(sorted(pkts)))
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    (call,) = result.analysis.calls
+    return result, call
+
+
+def test_comfort_noise_out_and_a_ringback_in_is_no_answered_call(tmp_path: Path) -> None:
+    # The caller's client sends only comfort noise for 20 s (100 packets) while the
+    # server plays G.722 (payload type 9) back: a ringback, nobody answered.
+    out, cn = _stream(ME, PEER, 0x7AC8_1F53, [(0.0, 20.0, CN)])
+    back, _ = _stream(PEER, ME, 1000, [(0.0, 20.0, 9)])
+    _, call = _analyse(tmp_path, out + back)
+    assert cn == 100
+    assert call.outcome is not CallOutcome.ANSWERED, call.outcome
+    assert call.verdict.kind is VerdictKind.UNKNOWN, call.verdict
+    assert call.verdict.reasons == (Reason.NOT_ANSWERED,)
+    assert call.to_dict()["quality"] == {"mos": None, "loss_ratio": None, "jitter_s": None}
+
+
+def test_silence_suppression_both_ways_is_still_an_answered_call(tmp_path: Path) -> None:
+    # Each side talks in turn and sends comfort noise while it listens; both streams
+    # end on comfort noise, so the last payload type of each is 13.
+    a, a_cn = _stream(ME, PEER, 0xAAAA, [(0.0, 3.0, 0), (3.0, 6.0, CN), (6.0, 9.0, 0),
+                                          (9.0, 12.0, CN)])
+    b, b_cn = _stream(PEER, ME, 0xBBBB, [(0.0, 3.0, CN), (3.0, 6.0, 0), (6.0, 9.0, CN),
+                                          (9.0, 12.0, 0), (12.0, 14.0, CN)])
+    result, call = _analyse(tmp_path, a + b)
+    streams = {s.ssrc: s for f in result.flows for s in f.rtp_streams}
+    assert streams[0xAAAA].pt == CN and streams[0xBBBB].pt == CN
+    assert (streams[0xAAAA].cn_packets, streams[0xBBBB].cn_packets) == (a_cn, b_cn)
+    assert call.outcome is CallOutcome.ANSWERED, call.outcome
+    assert call.verdict.kind is VerdictKind.OK, call.verdict
+    assert call.to_dict()["quality"]["mos"] is not None
+
