@@ -302,16 +302,19 @@ def _outcome(sip: SipOutcome | None, media_flows: Sequence[FlowRecord], sides: S
 def _content_packets(f: FlowRecord) -> tuple[int, int]:
     """Packets that carried media content, sent by the originator and by the responder.
 
-    In a flow with RTP streams: each direction's RTP packets less those that carried
-    comfort noise (RFC 3389), which a client with silence suppression sends while
-    nobody speaks: a direction whose streams are all comfort noise sent no media, and
-    the flow's other packets (STUN checks, RTCP, DTLS) are no media either. A flow
-    whose packets show no RTP keeps its packet counts: its content cannot be seen."""
-    if not f.rtp_streams:
-        return f.orig_pkts, f.resp_pkts
-    out = [0, 0]
+    A direction the probe read RTP streams from is judged by its RTP: its packets less
+    those that carried comfort noise (RFC 3389), which a client with silence
+    suppression sends while nobody speaks. A direction whose streams are all comfort
+    noise sent no media, and its other packets (RTCP, STUN checks, DTLS) are control
+    around the media, not media. A direction without any RTP stream keeps its packet
+    count: its media, if any, travels in a framing the probe cannot read."""
+    out = [f.orig_pkts, f.resp_pkts]
+    seen = [False, False]
     for s in f.rtp_streams:
-        out[0 if s.direction == ORIG else 1] += s.packets - s.cn_packets
+        d = 0 if s.direction == ORIG else 1
+        if not seen[d]:
+            seen[d], out[d] = True, 0
+        out[d] += s.packets - s.cn_packets
     return out[0], out[1]
 
 

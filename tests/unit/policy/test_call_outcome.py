@@ -1,13 +1,14 @@
 """What became of a call, read from what its RTP carried: comfort noise (RFC 3389) is no
-media content, so a caller whose client sent only comfort noise while a ringback came
-back was not answered, and a call with silence suppression on both sides still was.
-Small captures built from RTP headers (RFC 3550 §5.1) and read through the whole
-pipeline."""
+media content, so a caller whose client sent comfort noise while a ringback came back
+was not answered, and a call with silence suppression on both sides still was. Small
+captures built from RTP headers (RFC 3550 §5.1) and read through the whole pipeline."""
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
+
+import pytest
 
 from api.pipeline import analyze_capture
 from policy.pipeline import AnalysisResult
@@ -44,6 +45,11 @@ def _stream(src: tuple[str, int], dst: tuple[str, int], ssrc: int,
     return pkts, cn
 
 
+def _binding_request(k: int) -> bytes:
+    """A STUN Binding request (RFC 8489 §5): type, length 0, magic cookie, transaction."""
+    return struct.pack("!HHI", 0x0001, 0, 0x2112A442) + k.to_bytes(12, "big")
+
+
 def _analyse(tmp_path: Path, pkts: list[tuple[float, bytes]]) -> tuple[AnalysisResult, Call]:
     path = tmp_path / "call.pcap"
     path.write_bytes(pcap(sorted(pkts)))
@@ -52,13 +58,22 @@ def _analyse(tmp_path: Path, pkts: list[tuple[float, bytes]]) -> tuple[AnalysisR
     return result, call
 
 
-def test_comfort_noise_out_and_a_ringback_in_is_no_answered_call(tmp_path: Path) -> None:
-    # The caller's client sends only comfort noise for 20 s (100 packets) while the
-    # server plays G.722 (payload type 9) back: a ringback, nobody answered.
-    out, cn = _stream(ME, PEER, 0x7AC8_1F53, [(0.0, 20.0, CN)])
+@pytest.mark.parametrize("spurts", [
+    [(0.0, 20.0, CN)],
+    # a click as the microphone opens: 7 G.722 frames, then comfort noise to the end
+    [(0.0, 0.14, 9), (0.14, 20.0, CN)],
+], ids=["noise-only", "click-then-noise"])
+def test_comfort_noise_out_and_a_ringback_in_is_no_answered_call(
+        tmp_path: Path, spurts: list[tuple[float, float, int]]) -> None:
+    # The caller's client sends comfort noise for 20 s while the server plays G.722
+    # (payload type 9) back: a ringback, nobody answered. STUN consent checks
+    # (RFC 7675) go out beside the media, as they do on an ICE path.
+    out, cn = _stream(ME, PEER, 0x7AC8_1F53, spurts)
     back, _ = _stream(PEER, ME, 1000, [(0.0, 20.0, 9)])
-    _, call = _analyse(tmp_path, out + back)
-    assert cn == 100
+    stun = [(1.0 + k, udp_frame(*ME, *PEER, _binding_request(k))) for k in range(20)]
+    result, call = _analyse(tmp_path, out + back + stun)
+    (flow,) = [f for f in result.flows if f.rtp_streams]
+    assert flow.orig_pkts >= 120 and cn >= 99  # the flow's packets alone read two-way
     assert call.outcome is not CallOutcome.ANSWERED, call.outcome
     assert call.verdict.kind is VerdictKind.UNKNOWN, call.verdict
     assert call.verdict.reasons == (Reason.NOT_ANSWERED,)
@@ -79,4 +94,3 @@ def test_silence_suppression_both_ways_is_still_an_answered_call(tmp_path: Path)
     assert call.outcome is CallOutcome.ANSWERED, call.outcome
     assert call.verdict.kind is VerdictKind.OK, call.verdict
     assert call.to_dict()["quality"]["mos"] is not None
-
