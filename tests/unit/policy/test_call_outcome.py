@@ -94,3 +94,34 @@ def test_silence_suppression_both_ways_is_still_an_answered_call(tmp_path: Path)
     assert call.outcome is CallOutcome.ANSWERED, call.outcome
     assert call.verdict.kind is VerdictKind.OK, call.verdict
     assert call.to_dict()["quality"]["mos"] is not None
+
+
+def _sdp(host: str, port: int) -> str:
+    return (f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0 13\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:13 CN/8000\r\n"
+            "a=sendrecv\r\n")
+
+
+def _sip(first: str, body: str = "", to_tag: str = "") -> bytes:
+    return (f"{first}\r\nVia: SIP/2.0/UDP {ME[0]}:5060;branch=z9hG4bK776asdhds\r\n"
+            f"To: <sip:bob@{PEER[0]}>{to_tag}\r\nFrom: <sip:alice@{ME[0]}>;tag=1928301774\r\n"
+            f"Call-ID: a84b4c76e66710@{ME[0]}\r\nCSeq: 314159 INVITE\r\n"
+            f"Contact: <sip:alice@{ME[0]}>\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def test_a_sip_call_answered_by_a_2xx_is_not_called_unanswered(tmp_path: Path) -> None:
+    # The callee answered (200 OK) and the caller stayed silent: its phone sent comfort
+    # noise only. The media went one way, but the signalling says the call was answered.
+    sip = [(0.5, udp_frame(ME[0], 5060, PEER[0], 5060,
+                           _sip(f"INVITE sip:bob@{PEER[0]} SIP/2.0", _sdp(*ME)))),
+           (0.6, udp_frame(PEER[0], 5060, ME[0], 5060, _sip("SIP/2.0 180 Ringing", "",
+                                                             ";tag=x"))),
+           (0.9, udp_frame(PEER[0], 5060, ME[0], 5060, _sip("SIP/2.0 200 OK", _sdp(*PEER),
+                                                             ";tag=x")))]
+    out, _ = _stream(ME, PEER, 0x1111, [(0.0, 20.0, CN)])
+    back, _ = _stream(PEER, ME, 0x2222, [(0.0, 20.0, 0)])
+    _, call = _analyse(tmp_path, sip + out + back)
+    assert call.extra["sip_call_id"] == f"a84b4c76e66710@{ME[0]}"
+    assert call.outcome is CallOutcome.ONE_WAY, call.outcome
+    assert call.verdict.kind is VerdictKind.OK, call.verdict
