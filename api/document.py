@@ -234,7 +234,7 @@ REASON_WORDS: dict[str, dict[str, str]] = {
            "sip-unanswered": "call set-up got no answer at all",
            "sip-rejected": "the callee's side rejected the call",
            "sip-no-answer": "cancelled before an answer", "too-short": "too short to judge",
-           "not-answered": "not answered: no media both ways"},
+           "no-two-way-media": "no media both ways: no conversation to judge"},
     "fr": {"stun-unanswered": "requêtes STUN sans réponse", "syn-unanswered": "tentatives de "
            "connexion sans réponse", "tcp-reset": "connexion refusée par une réinitialisation",
            "tls-reset-after-hello": "TLS coupé après lecture du nom du serveur",
@@ -247,7 +247,7 @@ REASON_WORDS: dict[str, dict[str, str]] = {
            "sip-unanswered": "l'établissement de l'appel n'a reçu aucune réponse",
            "sip-rejected": "le correspondant a rejeté l'appel",
            "sip-no-answer": "annulé avant la réponse", "too-short": "trop court pour juger",
-           "not-answered": "sans réponse : pas de médias dans les deux sens"},
+           "no-two-way-media": "pas de médias dans les deux sens : aucune conversation à juger"},
     "ar": {"stun-unanswered": "طلبات STUN بلا رد", "syn-unanswered": "محاولات اتصال بلا رد",
            "tcp-reset": "رفض الاتصال بإعادة تعيين",
            "tls-reset-after-hello": "قطع اتصال TLS بعد قراءة اسم الخادم",
@@ -259,7 +259,7 @@ REASON_WORDS: dict[str, dict[str, str]] = {
            "sip-unanswered": "لم يتلق إنشاء المكالمة أي رد",
            "sip-rejected": "رفض الطرف الآخر المكالمة", "sip-no-answer": "ألغيت قبل الرد",
            "too-short": "أقصر من أن يحكم عليها",
-           "not-answered": "لم يُرد عليها: لا وسائط في الاتجاهين"},
+           "no-two-way-media": "لا وسائط في الاتجاهين: لا محادثة للحكم عليها"},
 }
 
 EVIDENCE: dict[str, dict[str, str]] = {

@@ -198,7 +198,7 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
             and not (dialog is not None and dialog.answered)):
         # Nothing shows interference, and nothing shows a conversation either: media
         # that did not flow both ways (a ringback, comfort noise) is no call to call ok.
-        verdict = Verdict(VerdictKind.UNKNOWN, (Reason.NOT_ANSWERED,), ())
+        verdict = Verdict(VerdictKind.UNKNOWN, (Reason.NO_TWO_WAY_MEDIA,), ())
     return Call(_call_uid([f.uid for f in members], None if dialog is None else dialog.call_id),
                 call.app, media, tuple(f.uid for f in members),
                 min(f.first_ts for f in members), max(f.last_ts for f in members), local,

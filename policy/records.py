@@ -81,9 +81,10 @@ class Reason(StrEnum):
     """The call rang and was cancelled (487) before an answer."""
     TOO_SHORT = "too-short"
     """Too little of the call was captured to judge it."""
-    NOT_ANSWERED = "not-answered"
+    NO_TWO_WAY_MEDIA = "no-two-way-media"
     """Nothing showed interference, but media did not flow both ways (comfort noise not
-    counted) and no signalling said the call was answered: no conversation to judge."""
+    counted) and no signalling said the call was answered: no conversation to judge (a
+    call that rang out, or one whose other side sent nothing the capture shows)."""
     DNS_FAILURE = "dns-failure"
     """An active test: the app's names did not resolve (NXDOMAIN, no answer, timeout)
     while other names did."""

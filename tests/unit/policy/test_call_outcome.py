@@ -76,7 +76,7 @@ def test_comfort_noise_out_and_a_ringback_in_is_no_answered_call(
     assert flow.orig_pkts >= 120 and cn >= 99  # the flow's packets alone read two-way
     assert call.outcome is not CallOutcome.ANSWERED, call.outcome
     assert call.verdict.kind is VerdictKind.UNKNOWN, call.verdict
-    assert call.verdict.reasons == (Reason.NOT_ANSWERED,)
+    assert call.verdict.reasons == (Reason.NO_TWO_WAY_MEDIA,)
     assert call.to_dict()["quality"] == {"mos": None, "loss_ratio": None, "jitter_s": None}
 
 
