@@ -7,8 +7,10 @@ ones the probe kept:
 
 - SIP messages (:data:`classifier.dpi.sip.KEEP_WHOLE`) and RTCP sender/receiver reports
   (:data:`classifier.dpi.rtp.KEEP_WHOLE`) are kept whole whatever their rank in a flow;
-- RTP is measured plain, inside TURN ChannelData (:data:`classifier.dpi.stun.TURN_CHANNEL_RTP`)
-  and behind Zoom's media encapsulation (:data:`classifier.dpi.framings.ZOOM_SFU_RTP`).
+- RTP is measured plain, inside TURN ChannelData (:data:`classifier.dpi.stun.TURN_CHANNEL_RTP`),
+  inside Microsoft's Multiplexed TURN messages
+  (:data:`classifier.dpi.stun.MS_TURN_MULTIPLEXED_RTP`) and behind Zoom's media
+  encapsulation (:data:`classifier.dpi.framings.ZOOM_SFU_RTP`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ __all__ = ["PAYLOAD_POLICY", "meter_config"]
 
 PAYLOAD_POLICY = PayloadPolicy(
     keep_whole=sip.KEEP_WHOLE + rtp.KEEP_WHOLE,
-    rtp_framings=(PLAIN_RTP, stun.TURN_CHANNEL_RTP, *framings.ZOOM_SFU_RTP),
+    rtp_framings=(PLAIN_RTP, stun.TURN_CHANNEL_RTP, stun.MS_TURN_MULTIPLEXED_RTP,
+                  *framings.ZOOM_SFU_RTP),
 )
 """The payload policy of every entry point that classifies."""
 

@@ -43,6 +43,8 @@ from probe.plugins import Framing, PayloadView
 
 __all__ = [
     "MAGIC_COOKIE",
+    "MS_TURN_MULTIPLEXED_CHANNEL",
+    "MS_TURN_MULTIPLEXED_RTP",
     "TURN_CHANNEL_RTP",
     "TURN_METHODS",
     "VENDOR_ATTRIBUTES",
@@ -845,6 +847,26 @@ def _channel_data_rtp(view: PayloadView) -> tuple[int, npt.NDArray[np.bool_]]:
 TURN_CHANNEL_RTP = Framing("turn-channel-data", _channel_data_rtp)
 """For the probe (:mod:`probe.plugins`): RTP relayed in TURN ChannelData sits right after
 the 4-byte header of a channel number in RFC 8656's range."""
+
+MS_TURN_MULTIPLEXED_CHANNEL = 0xFF10
+"""[MS-TURN] §2.2.3: the channel ID of a Multiplexed TURN message, which carries the
+streams of many clients over one port of a Microsoft TURN server (Teams' relays)."""
+_MS_MULTIPLEXED_HEADER_LEN = 12
+"""[MS-TURN] §2.2.3: channel ID (2), length (2), MTURN_Session_ID (8), then the data."""
+
+
+def _ms_multiplexed_rtp(view: PayloadView) -> tuple[int, npt.NDArray[np.bool_]]:
+    claimed: npt.NDArray[np.bool_] = (
+        (view.byte(0) == MS_TURN_MULTIPLEXED_CHANNEL >> 8)
+        & (view.byte(1) == MS_TURN_MULTIPLEXED_CHANNEL & 0xFF)
+        # the length field counts what follows it: the session ID and the data
+        & ((view.byte(2) << 8 | view.byte(3)) == view.length - 4))
+    return _MS_MULTIPLEXED_HEADER_LEN, claimed
+
+
+MS_TURN_MULTIPLEXED_RTP = Framing("ms-turn-multiplexed", _ms_multiplexed_rtp)
+"""For the probe: RTP relayed in an [MS-TURN] Multiplexed TURN message sits after its
+12-byte header (channel 0xFF10, length, 8-byte session ID)."""
 
 
 def parse_channel_data(data: bytes | bytearray | memoryview, *, tcp: bool = False) -> ChannelData:

@@ -125,3 +125,55 @@ def test_entry_points_hand_the_policy_to_the_meter() -> None:
     assert meter_config().payloads is PAYLOAD_POLICY
     assert Pipeline().meter.payloads is PAYLOAD_POLICY
     assert LiveConfig(source="-").meter.payloads is PAYLOAD_POLICY
+
+
+def _ms_turn_share(tmp_path: Path, channel: int = 0xFF10, length_fix: int = 0) -> Path:
+    """A screen share relayed in [MS-TURN] §2.2.3 Multiplexed TURN messages: channel ID,
+    length, an 8-byte session ID, then RTP (PT 122, 90 kHz): a frame of 6-12 packets of
+    about 1.1 KB every half second, the marker on each frame's last packet."""
+    import struct
+
+    from scapy.layers.inet import IP, UDP  # type: ignore[attr-defined]
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    rng = random.Random(3)
+    session = bytes.fromhex("7a45cdf193f5cf62")
+    frames, seq, t = [], 1000, 1_700_000_000.0
+    for f in range(28):
+        n = rng.randrange(6, 13)
+        for j in range(n):
+            rtp_pkt = struct.pack("!BBHII", 0x80, (0x80 if j == n - 1 else 0) | 122, seq,
+                                  f * 45000, 0x9405) + rng.randbytes(1100)
+            body = session + rtp_pkt
+            msg = struct.pack("!HH", channel, len(body) + length_fix) + body
+            p = (Ether() / IP(src="10.1.0.2", dst="52.112.0.9")
+                 / UDP(sport=50046, dport=3481) / Raw(msg))
+            p.time = t + f * 0.5 + j * 0.002
+            frames.append(p)
+            seq += 1
+    path = tmp_path / "ms-turn-share.pcap"
+    wrpcap(str(path), frames)
+    return path
+
+
+def test_rtp_inside_ms_turn_multiplexed_messages_is_measured(tmp_path: Path) -> None:
+    from classifier.stats import MediaKind, media_guess
+    from probe import read_capture
+
+    (flow,) = read_capture(_ms_turn_share(tmp_path), meter_config()).flows
+    assert [(s.ssrc, s.packets) for s in flow.rtp_streams] == [(0x9405, flow.orig_pkts)]
+    g = media_guess(flow)
+    assert (g.realtime, g.media) == (True, MediaKind.SCREEN), g.reason
+    assert "PT 122 screen" in g.reason and "2.0 frames/s" in g.reason
+
+
+@pytest.mark.parametrize(("channel", "length_fix"), [(0xFF11, 0), (0xFF10, 4)])
+def test_ms_turn_framing_needs_its_channel_and_length(tmp_path: Path, channel: int,
+                                                      length_fix: int) -> None:
+    from probe import read_capture
+
+    (flow,) = read_capture(_ms_turn_share(tmp_path, channel, length_fix),
+                           meter_config()).flows
+    assert not flow.rtp_streams
