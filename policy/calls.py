@@ -145,9 +145,10 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     pol, cls, local = ctx.policy, ctx.classes, ctx.local
     members, media_flows, dialog = call.flows, call.media_flows, call.dialog
     legs: list[Leg] = []
+    streams = go_live_streams(call.app, members, cls, sides)
     for f in media_flows:
-        legs.extend(flow_legs(f, local, cls[f.uid].media,
-                              pol.quality.assumed_network_delay_ms))
+        kind = "screen" if f.uid in streams and cls[f.uid].media == "video" else cls[f.uid].media
+        legs.extend(flow_legs(f, local, kind, pol.quality.assumed_network_delay_ms))
     reports = [r for f in members for r in cls[f.uid].facts.rtcp_reports]
     if reports:
         clocks = {s.ssrc: s.clock_hz for f in media_flows for s in f.rtp_streams}
@@ -156,6 +157,8 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
                                                   pol.blocked.sip_min_wait_s)
     extra: dict[str, Any] = {} if dialog is None else {
         "sip_call_id": dialog.call_id, "sdp_directions": dialog.directions}
+    if streams:
+        extra["go_live_flows"] = sorted(streams)
     evidence = call_rules(CallCase(members, media_flows, legs, sip,
                                    dialog is not None and dialog.one_way_by_design),
                           ctx, single)
@@ -203,6 +206,32 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
                 call.app, media, tuple(f.uid for f in members),
                 min(f.first_ts for f in members), max(f.last_ts for f in members), local,
                 tuple(legs), call.setup, verdict, fate, extra)
+
+
+def go_live_streams(app: str | None, members: Sequence[FlowRecord],
+                    cls: Mapping[str, Classification], sides: Sides) -> frozenset[str]:
+    """The flows of a Discord call that carry a Go Live stream (a shared screen or
+    window, with its sound).
+
+    Discord's client sends the microphone and the camera over its voice connection, and
+    a Go Live stream over a separate connection to another voice server (Discord's
+    client protocol, "Voice Connections", as the Discord Userdoccers document it:
+    docs.discord.food). So a Discord voice connection to another server that opened
+    while an earlier one was still going carries a stream, whichever way (the
+    streamer's, or a viewer's): its video is screen content. A move to another voice
+    server (the first connection over before the next began) is no stream."""
+    if app != "discord":
+        return frozenset()
+    conns = sorted((f for f in members if f.proto == "udp" and cls[f.uid].app == "discord"
+                    and (cls[f.uid].media is not None or cls[f.uid].facts.framing == "discord")),
+                   key=lambda f: (f.first_ts, f.uid))
+    out = set()
+    for i, f in enumerate(conns):
+        server = sides(f)[0][0]
+        if any(e.first_ts < f.first_ts < e.last_ts and sides(e)[0][0] != server
+               for e in conns[:i]):
+            out.add(f.uid)
+    return frozenset(out)
 
 
 def _own_rules_apply(f: FlowRecord) -> bool:
