@@ -8,6 +8,7 @@ different byte order and resolution put end to end, a stream cut mid-record.
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
 from pathlib import Path
@@ -327,3 +328,22 @@ def test_ring_stops_at_a_corrupt_record_header_and_keeps_what_came_before(
     assert ring.frames == 50
     held = [r for f in ring.files for r in split((tmp_path / f.name).read_bytes())[1]]
     assert held == recs[:50]
+
+
+def test_the_probes_pipes_are_widened(tmp_path: Path) -> None:
+    import fcntl
+
+    from api.live import PIPE_BYTES, widen_pipe
+
+    r, w = os.pipe()
+    try:
+        assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) < PIPE_BYTES
+        widen_pipe(w)
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == PIPE_BYTES  # one buffer, both ends
+    finally:
+        os.close(r)
+        os.close(w)
+    f = tmp_path / "capture.pcap"
+    f.write_bytes(b"\0" * 24)
+    with f.open("rb") as fh:
+        widen_pipe(fh.fileno())  # a file is left as it is
