@@ -73,6 +73,7 @@ from policy.ledger import (
     Derivation,
     Ledger,
     LedgerEntry,
+    NewEntry,
     VerifyReport,
     canonical_json,
 )
@@ -214,7 +215,7 @@ def record_verdicts(ledger: Ledger, result: AnalysisResult,
     latest: dict[str, LedgerEntry] = {}
     for e in ledger.entries(capture_sha256=result.sha256):
         latest[e.subject_uid] = e
-    appended: list[LedgerEntry] = []
+    new: list[NewEntry] = []
     skipped: list[str] = []
     for uid, verdict, evidence in ledger_items(result, policy):
         have = latest.get(uid)
@@ -222,10 +223,8 @@ def record_verdicts(ledger: Ledger, result: AnalysisResult,
                 have.reasons == tuple(r.name for r in verdict.reasons):
             skipped.append(uid)
             continue
-        appended.append(ledger.append(capture_sha256=result.sha256, subject_uid=uid,
-                                      verdict=verdict.kind, reasons=verdict.reasons,
-                                      evidence=evidence))
-    return RecordSummary(tuple(appended), tuple(skipped))
+        new.append(NewEntry(result.sha256, uid, verdict.kind, verdict.reasons, evidence))
+    return RecordSummary(tuple(ledger.append_many(new)), tuple(skipped))
 
 
 # -- verification ---------------------------------------------------------------------------------

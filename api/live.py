@@ -754,7 +754,9 @@ class LiveProbe:
             spans = {(p[3], p[4]): ring.spanning(p[3], p[4]) for p in ready}
         if lost:
             self._lose(len(lost), why)
+        from policy.ledger import NewEntry
         gone = 0
+        entries: list[NewEntry] = []
         for uid, verdict, evidence, first, last in ready:
             files = spans[(first, last)]
             holder = next((f for f in files if f.first_frame <= last <= f.last_frame), None)
@@ -764,9 +766,9 @@ class LiveProbe:
             ev = dict(evidence)
             ev["ring"] = [{"file": f.name, "sha256": f.sha256, "first_frame": f.first_frame,
                            "packets": f.packets} for f in files]
-            self._ledger.append(capture_sha256=holder.sha256, subject_uid=uid,
-                                verdict=verdict.kind, reasons=verdict.reasons, evidence=ev)
-            self.ledger_appended += 1
+            entries.append(NewEntry(holder.sha256, uid, verdict.kind, verdict.reasons, ev))
+        # one transaction for the step's verdicts: one flush to disk, not one each
+        self.ledger_appended += len(self._ledger.append_many(entries))
         if gone:
             self._lose(gone, "the ring no longer holds their packets (its size budget deleted "
                              "the files)" if ring.disabled is None else ring.disabled)

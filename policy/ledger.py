@@ -23,11 +23,11 @@ values, not as strings. The first entry's ``prev_hash`` is 64 zeros
 
 Storage and crash safety
 ------------------------
-The database runs in WAL mode with ``synchronous=FULL``. An append is one
-``BEGIN IMMEDIATE`` transaction that reads the tail and inserts the next entry,
-so two writers (threads or processes) are serialised by SQLite's write lock and
-a crash leaves either the whole entry or nothing: the chain cannot fork or
-break. Triggers refuse ``UPDATE`` and ``DELETE`` on the table.
+The database runs in WAL mode with ``synchronous=FULL``. An append (of one
+entry, or of a batch) is one ``BEGIN IMMEDIATE`` transaction that reads the tail
+and inserts the next entries, so two writers (threads or processes) are
+serialised by SQLite's write lock and a crash leaves either the whole batch or
+nothing: the chain cannot fork or break. Triggers refuse ``UPDATE`` and ``DELETE`` on the table.
 
 What verification can and cannot see
 -------------------------------------
@@ -49,12 +49,12 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum, IntEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from policy.errors import EntryRejected, LedgerFormatError
 
@@ -66,6 +66,7 @@ __all__ = [
     "Deriver",
     "Ledger",
     "LedgerEntry",
+    "NewEntry",
     "Problem",
     "ProblemKind",
     "VerifyReport",
@@ -163,6 +164,22 @@ class LedgerEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.body(), "entry_hash": self.entry_hash}
+
+
+class NewEntry(NamedTuple):
+    """What :meth:`Ledger.append_many` is given for one entry (the ledger adds the rest:
+    its number, time and hashes)."""
+
+    capture_sha256: str
+    """The capture whose packets the verdict rests on."""
+    subject_uid: str
+    """The call or flow judged."""
+    verdict: str | Enum
+    """The verdict."""
+    reasons: tuple[str | Enum, ...]
+    """Its reasons."""
+    evidence: Mapping[str, Any]
+    """Its evidence (canonical JSON once stored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,41 +323,59 @@ class Ledger:
     def append(self, *, capture_sha256: str, subject_uid: str, verdict: str | Enum,
                reasons: Sequence[str | Enum], evidence: Mapping[str, Any]) -> LedgerEntry:
         """Append one entry atomically and return it as stored."""
-        if not _HEX64.fullmatch(capture_sha256):
-            raise EntryRejected(f"capture_sha256 must be 64 lowercase hex digits, "
-                                f"got {capture_sha256!r}")
-        if not subject_uid:
-            raise EntryRejected("subject_uid is empty")
-        reason_codes = tuple(_code(r) for r in reasons)
-        try:
-            # Round-trip once so the stored evidence is exactly what was hashed.
-            evidence_json = canonical_json(dict(evidence))
-        except (TypeError, ValueError) as exc:
-            raise EntryRejected(f"evidence is not canonical JSON: {exc}") from exc
-        evidence_value: dict[str, Any] = json.loads(evidence_json)
+        (entry,) = self.append_many([NewEntry(capture_sha256, subject_uid, verdict,
+                                              tuple(reasons), evidence)])
+        return entry
+
+    def append_many(self, items: Sequence[NewEntry]) -> list[LedgerEntry]:
+        """Append entries in order, in one transaction (all of them or none: a crash
+        leaves the chain as it was before), and return them as stored. One commit, so
+        one flush to disk, for a batch of verdicts instead of one each. Every entry is
+        checked before any is written: one that cannot be stored rejects the batch."""
+        checked = []
+        for item in items:
+            if not _HEX64.fullmatch(item.capture_sha256):
+                raise EntryRejected(f"capture_sha256 must be 64 lowercase hex digits, "
+                                    f"got {item.capture_sha256!r}")
+            if not item.subject_uid:
+                raise EntryRejected("subject_uid is empty")
+            try:
+                # Round-trip once so the stored evidence is exactly what was hashed.
+                evidence_json = canonical_json(dict(item.evidence))
+            except (TypeError, ValueError) as exc:
+                raise EntryRejected(f"evidence is not canonical JSON: {exc}") from exc
+            checked.append((item, tuple(_code(r) for r in item.reasons), evidence_json))
+        if not checked:
+            return []
+        out: list[LedgerEntry] = []
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute(
                     "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-                seq, prev = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
-                entry = LedgerEntry(seq=seq, recorded_at=_iso(self._clock()),
-                                    capture_sha256=capture_sha256, subject_uid=subject_uid,
-                                    verdict=_code(verdict), reasons=reason_codes,
-                                    evidence=evidence_value, prev_hash=prev, entry_hash="")
-                digest = entry_hash(entry.body())
-                db.execute(
-                    f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, entry.recorded_at, capture_sha256, subject_uid, entry.verdict,
-                     canonical_json(list(reason_codes)), evidence_json, prev, digest))
+                seq, prev = (0, GENESIS_HASH) if row is None else (row[0], row[1])
+                for item, reason_codes, evidence_json in checked:
+                    seq += 1
+                    entry = LedgerEntry(seq=seq, recorded_at=_iso(self._clock()),
+                                        capture_sha256=item.capture_sha256,
+                                        subject_uid=item.subject_uid,
+                                        verdict=_code(item.verdict), reasons=reason_codes,
+                                        evidence=json.loads(evidence_json), prev_hash=prev,
+                                        entry_hash="")
+                    digest = entry_hash(entry.body())
+                    db.execute(
+                        f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (seq, entry.recorded_at, item.capture_sha256, item.subject_uid,
+                         entry.verdict, canonical_json(list(reason_codes)), evidence_json,
+                         prev, digest))
+                    out.append(replace(entry, entry_hash=digest))
+                    prev = digest
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return LedgerEntry(seq=seq, recorded_at=entry.recorded_at, capture_sha256=capture_sha256,
-                           subject_uid=subject_uid, verdict=entry.verdict, reasons=reason_codes,
-                           evidence=evidence_value, prev_hash=prev, entry_hash=digest)
+        return out
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -344,3 +344,38 @@ def test_derivation_checks_each_verdict_against_its_capture(ledger: Ledger) -> N
                 Derivation("C3", "OK", ()), Derivation("C4", "OK", ())]
 
     assert ledger.verify(honest).ok
+
+
+def test_a_batch_is_one_chain_and_the_same_as_one_at_a_time(tmp_path: Path) -> None:
+    from policy.ledger import NewEntry
+
+    items = [NewEntry(CAP_A if i % 2 else CAP_B, f"C{i}", Verdict.BLOCKED, ("NO_MEDIA",),
+                      {"flows": [f"F{i}"], "n": i}) for i in range(1, 6)]
+    with Ledger(tmp_path / "batch.db", clock=fixed_clock) as led:
+        led.append(capture_sha256=CAP_A, subject_uid="C0", verdict="OK", reasons=[],
+                   evidence={})
+        batch = led.append_many(items)
+        assert [e.seq for e in batch] == [2, 3, 4, 5, 6]
+        assert led.verify().ok
+        stored = led.entries()
+    with Ledger(tmp_path / "single.db", clock=fixed_clock) as led:
+        led.append(capture_sha256=CAP_A, subject_uid="C0", verdict="OK", reasons=[],
+                   evidence={})
+        for it in items:
+            led.append(capture_sha256=it.capture_sha256, subject_uid=it.subject_uid,
+                       verdict=it.verdict, reasons=it.reasons, evidence=it.evidence)
+        assert led.entries() == stored  # the same entries, hashes and links
+    assert stored[1:] == batch
+
+
+def test_a_batch_with_one_bad_entry_stores_nothing(ledger: Ledger) -> None:
+    from policy.ledger import NewEntry
+
+    fill(ledger, 2)
+    good = NewEntry(CAP_A, "C3", "BLOCKED", (), {"a": 1})
+    with pytest.raises(EntryRejected):
+        ledger.append_many([good, NewEntry(CAP_A, "C4", "BLOCKED", (), {"x": float("nan")})])
+    with pytest.raises(EntryRejected):
+        ledger.append_many([good, NewEntry("not hex", "C4", "BLOCKED", (), {})])
+    assert len(ledger) == 2 and ledger.append_many([]) == []
+    assert ledger.verify().ok
