@@ -65,6 +65,7 @@ __all__ = [
     "open_source",
     "pcap_header",
     "pcap_variant",
+    "record_headers",
     "record_offsets",
 ]
 
@@ -304,6 +305,21 @@ def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
 
 
 _INCL = {"<": struct.Struct("<I").unpack_from, ">": struct.Struct(">I").unpack_from}
+
+
+def record_headers(buf: bytes | bytearray, offs: list[int], order: str
+                   ) -> npt.NDArray[np.int64]:
+    """The first four fields (ts_sec, ts_frac and the two lengths, as written) of the
+    classic pcap record headers at ``offs`` in ``buf``, in byte order ``order``: one row
+    per record. ``buf`` is not held on to (a bytearray may be resized afterwards)."""
+    if not offs:
+        return np.zeros((0, 4), dtype=np.int64)
+    # Row p of this view is the four 32-bit fields starting at byte p.
+    fields = np.ndarray((len(buf) - RECORD_HEADER + 1, 4), dtype=np.dtype(order + "u4"),
+                        buffer=buf, strides=(1, 4))
+    rows = fields[np.asarray(offs, dtype=np.intp)].astype(np.int64)
+    del fields
+    return rows
 
 
 class LinkType(IntEnum):
