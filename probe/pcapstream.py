@@ -161,10 +161,16 @@ class PcapStream:
         be joined), None if the stream was read to its end."""
         self.stop_message: str | None = None
         """Why reading stopped early."""
+        self.record_starts: list[int] | None = None
+        """Where the records of the bytes ``feed`` or ``finish`` last returned start, when
+        they are one run of records passed on unchanged and read as the first section
+        reads them (after the file header, in the first bytes): the capture ring is
+        given them and need not walk the records again. None otherwise."""
 
     # -- the stream -----------------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
         """Take the next input bytes; return the clean bytes they complete."""
+        self.record_starts = None
         if self.kind == "other":
             return data
         if self.stopped_at is not None:
@@ -174,6 +180,7 @@ class PcapStream:
 
     def finish(self) -> bytes:
         """The input ended: return the last clean bytes and note a truncation."""
+        self.record_starts = None
         if self.kind == "other" or self.stopped_at is not None:
             return b""
         if self.kind is None:  # too short to tell: let the flow reader say what it is
@@ -243,7 +250,10 @@ class PcapStream:
         out_sec = self._out
         assert out_sec is not None
         end = len(buf)
-        run = pos  # start of a run of records passed on unchanged
+        run = begin = pos  # start of a run of records passed on unchanged
+        head = len(out)
+        frames = self.frames
+        taken: list[int] = []  # the offsets of the records of the last plain run
         while True:
             cur = self._cur
             assert cur is not None
@@ -263,7 +273,9 @@ class PcapStream:
                 continue
             if (self._fast and not self._extra and cur.order == out_sec.order
                     and cur.frac_ns == out_sec.frac_ns):
-                pos = self._plain_run(buf, pos)
+                pos, taken = self._plain_run(buf, pos)
+                if cur.lengths_swapped != out_sec.lengths_swapped:
+                    taken = []  # the first section reads their lengths otherwise
             if pos + 4 <= end and bytes(buf[pos:pos + 4]) in PCAP_MAGICS:
                 if pos + PCAP_HEADER > end:
                     break
@@ -310,25 +322,29 @@ class PcapStream:
                 run = nxt
             self.frames += 1
             pos = nxt
+        if (self._damage_at is None and run == begin and len(out) == head
+                and len(taken) == self.frames - frames):
+            self.record_starts = [p - begin + head for p in taken]
         if self._damage_at is None:
-            out += buf[run:pos]
+            with memoryview(buf) as view:
+                out += view[run:pos]
         del buf[:pos]
         self._base += pos
         return bytes(out)
 
-    def _plain_run(self, buf: bytearray, pos: int) -> int:
+    def _plain_run(self, buf: bytearray, pos: int) -> tuple[int, list[int]]:
         """Take the run of records from ``pos`` that are passed on as they are, all at
         once: the per-record walk below, without its per-record Python, for a section in
         the first section's byte order and resolution with standard record headers.
-        Counts their frames and time jumps (and notes them) as :meth:`_time` does, and
-        returns the offset of the first record it leaves to the per-record walk: one
-        starting with a pcap magic (a new section, maybe), one not plausible (damage),
-        or one not complete in ``buf``."""
+        Counts their frames and time jumps (and notes them) as :meth:`_time` does.
+        Returns the offset of the first record it leaves to the per-record walk (one
+        starting with a pcap magic: a new section, maybe; one not plausible: damage; one
+        not complete in ``buf``) and the offsets of the records it took."""
         cur = self._cur
         assert cur is not None
         offs, end = record_offsets(buf, pos, cur)
         if not offs:
-            return pos
+            return pos, offs
         sec, frac, len_a, len_b = record_headers(buf, offs, cur.order).T
         swapped = cur.lengths_swapped
         if swapped == "no":
@@ -341,7 +357,7 @@ class PcapStream:
                  & ~np.isin(sec, _MAGIC_WORDS[cur.order]))
         n = len(offs) if plain.all() else int(np.argmin(plain))
         if n == 0:
-            return pos
+            return pos, []
         ts = sec[:n] + frac[:n] * cur.frac_ns / 1e9
         prev = np.empty_like(ts)
         prev[0] = ts[0] if self._last_ts is None else self._last_ts
@@ -362,7 +378,9 @@ class PcapStream:
             self._good_ts = float(ts[-1])
         self._last_ts = float(ts[-1])
         self.frames += n
-        return end if n == len(offs) else offs[n]
+        if n == len(offs):
+            return end, offs
+        return offs[n], offs[:n]
 
     @staticmethod
     def _plausible(sec: PcapHeader, frac: int, incl: int, orig: int) -> bool:

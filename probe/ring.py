@@ -153,11 +153,17 @@ class CaptureRing:
         """Files deleted by the budget."""
 
     # -- the stream -----------------------------------------------------------------------
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes of the stream."""
+    def feed(self, data: bytes, starts: list[int] | None = None) -> None:
+        """Take the next bytes of the stream. ``starts``, when the caller has walked the
+        records already (:attr:`PcapStream.record_starts
+        <probe.pcapstream.PcapStream.record_starts>`), are the offsets in ``data`` of its
+        records, as :func:`~probe.sources.record_offsets` walks them from the end of the
+        file header; ``data`` then holds whole records only."""
         if self.disabled is not None:
             return
         buf = self._buf
+        if buf or not self._fast:
+            starts = None
         buf += data
         pos = 0
         if self._header is None:
@@ -174,7 +180,10 @@ class CaptureRing:
             pos = PCAP_HEADER
         head = self._head
         rec = head.record
-        offs, end = record_offsets(buf, pos, head)
+        if starts is None:
+            offs, end = record_offsets(buf, pos, head)
+        else:
+            offs, end = starts, len(buf)
         start = pos  # first byte not yet written
         cols = self._columns(buf, offs) if self._fast and offs else None
         i = 0
