@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from probe import CaptureRing, PcapStream, RingConfig
-from probe.sources import MAX_RECORD
+from probe.sources import MAX_RECORD, pcap_header, record_offsets
 
 NOKIA_STUFF = 0x9FBFB601
 """Four bytes of the form Nokia's record headers carry."""
@@ -280,3 +280,24 @@ def test_a_later_section_of_an_older_version_is_walked_as_the_first_reads_it(
         got.append((stream.frames, _ring_state(ring, directory)))
     assert got[0][0] == 310
     assert got[0] == got[1]
+
+
+@pytest.mark.parametrize("order", "<>")
+def test_the_record_walk_stops_at_the_first_record_cut_short(order: str) -> None:
+    """:func:`record_offsets` against the plainest walk, over a stream cut everywhere."""
+    rng = random.Random(5)
+    writer = _Writer(rng, order, False, 4)
+    data = b"".join(writer.record(1e9 + i) for i in range(40))
+    header = pcap_header(_file_header(order, False, 4))
+    assert header is not None
+    for cut in range(len(data) + 1):
+        for pos in (0, 1, cut, cut + 3):
+            buf = data[:cut]
+            offs, at = [], pos
+            while at + 16 <= len(buf):
+                nxt = at + 16 + struct.unpack_from(order + "I", buf, at + 8)[0]
+                if nxt > len(buf):
+                    break
+                offs.append(at)
+                at = nxt
+            assert record_offsets(buf, pos, header) == (offs, at)
