@@ -410,14 +410,14 @@ class LiveProbe:
                     with self._lock:
                         clean = self._stream.finish()
                         if self.ring is not None and clean:
-                            self.ring.feed(clean)
+                            self.ring.feed(clean, self._stream.record_starts)
                     self._pass_on(sink, clean)
                     break
                 now = self.clock()
                 with self._lock:
                     clean = self._stream.feed(data)
                     if self.ring is not None and clean:
-                        self.ring.feed(clean)
+                        self.ring.feed(clean, self._stream.record_starts)
                     self._tee_bytes += len(data)
                     self._last_arrival = now
                 frames = self._stream.frames

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from probe.sources import (
     MIN_SNAP,
     PCAP_HEADER,
@@ -50,6 +52,8 @@ from probe.sources import (
     PcapHeader,
     pcap_header,
     pcap_variant,
+    record_headers,
+    record_offsets,
 )
 
 __all__ = ["RESYNC_NEAR_S", "TIME_JUMP_S", "PcapStream"]
@@ -65,6 +69,12 @@ def _section(header: bytes | bytearray) -> PcapHeader | None:
     """The section a 24-byte pcap file header opens (version 2 only), or None."""
     sec = pcap_header(header)
     return sec if sec is not None and sec.major == 2 else None
+
+
+_MAGIC_WORDS = {order: np.array([int.from_bytes(m, "little" if order == "<" else "big")
+                                for m in PCAP_MAGICS], dtype=np.int64)
+                for order in "<>"}
+"""The pcap magics as a record header's first field reads them in each byte order."""
 
 
 def _lengths(sec: PcapHeader, a: int, b: int) -> tuple[int, int]:
@@ -108,10 +118,14 @@ class PcapStream:
     ``feed`` takes the next input bytes and returns the clean bytes ready to pass
     on; ``finish`` is called at the end of input. ``note`` (optional) is called
     with one human line for each damage, section and the first few time jumps.
+    ``fast=False`` walks every record with the per-record code alone (the reference
+    the fast path, :meth:`_plain_run`, is held to).
     """
 
-    def __init__(self, note: Callable[[str], None] | None = None) -> None:
+    def __init__(self, note: Callable[[str], None] | None = None, *,
+                 fast: bool = True) -> None:
         self._note = note or (lambda _line: None)
+        self._fast = fast
         self._buf = bytearray()
         self._base = 0
         """Input offset of ``_buf[0]``."""
@@ -147,10 +161,16 @@ class PcapStream:
         be joined), None if the stream was read to its end."""
         self.stop_message: str | None = None
         """Why reading stopped early."""
+        self.record_starts: list[int] | None = None
+        """Where the records of the bytes ``feed`` or ``finish`` last returned start, when
+        they are one run of records passed on unchanged and read as the first section
+        reads them (after the file header, in the first bytes): the capture ring is
+        given them and need not walk the records again. None otherwise."""
 
     # -- the stream -----------------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
         """Take the next input bytes; return the clean bytes they complete."""
+        self.record_starts = None
         if self.kind == "other":
             return data
         if self.stopped_at is not None:
@@ -160,6 +180,7 @@ class PcapStream:
 
     def finish(self) -> bytes:
         """The input ended: return the last clean bytes and note a truncation."""
+        self.record_starts = None
         if self.kind == "other" or self.stopped_at is not None:
             return b""
         if self.kind is None:  # too short to tell: let the flow reader say what it is
@@ -229,7 +250,10 @@ class PcapStream:
         out_sec = self._out
         assert out_sec is not None
         end = len(buf)
-        run = pos  # start of a run of records passed on unchanged
+        run = begin = pos  # start of a run of records passed on unchanged
+        head = len(out)
+        frames = self.frames
+        taken: list[int] = []  # the offsets of the records of the last plain run
         while True:
             cur = self._cur
             assert cur is not None
@@ -247,6 +271,11 @@ class PcapStream:
                 self._damage_at = None
                 pos = run = found
                 continue
+            if (self._fast and not self._extra and cur.order == out_sec.order
+                    and cur.frac_ns == out_sec.frac_ns):
+                pos, taken = self._plain_run(buf, pos)
+                if cur.lengths_swapped != out_sec.lengths_swapped:
+                    taken = []  # the first section reads their lengths otherwise
             if pos + 4 <= end and bytes(buf[pos:pos + 4]) in PCAP_MAGICS:
                 if pos + PCAP_HEADER > end:
                     break
@@ -293,11 +322,65 @@ class PcapStream:
                 run = nxt
             self.frames += 1
             pos = nxt
+        if (self._damage_at is None and run == begin and len(out) == head
+                and len(taken) == self.frames - frames):
+            self.record_starts = [p - begin + head for p in taken]
         if self._damage_at is None:
-            out += buf[run:pos]
+            with memoryview(buf) as view:
+                out += view[run:pos]
         del buf[:pos]
         self._base += pos
         return bytes(out)
+
+    def _plain_run(self, buf: bytearray, pos: int) -> tuple[int, list[int]]:
+        """Take the run of records from ``pos`` that are passed on as they are, all at
+        once: the per-record walk below, without its per-record Python, for a section in
+        the first section's byte order and resolution with standard record headers.
+        Counts their frames and time jumps (and notes them) as :meth:`_time` does.
+        Returns the offset of the first record it leaves to the per-record walk (one
+        starting with a pcap magic: a new section, maybe; one not plausible: damage; one
+        not complete in ``buf``) and the offsets of the records it took."""
+        cur = self._cur
+        assert cur is not None
+        offs, end = record_offsets(buf, pos, cur)
+        if not offs:
+            return pos, offs
+        sec, frac, len_a, len_b = record_headers(buf, offs, cur.order).T
+        swapped = cur.lengths_swapped
+        if swapped == "no":
+            incl, orig = len_a, len_b
+        elif swapped == "yes":
+            incl, orig = len_b, len_a
+        else:
+            incl, orig = np.minimum(len_a, len_b), np.maximum(len_a, len_b)
+        plain = ((incl <= cur.max_incl) & (frac * cur.frac_ns < 1_000_000_000) & (orig > 0)
+                 & ~np.isin(sec, _MAGIC_WORDS[cur.order]))
+        n = len(offs) if plain.all() else int(np.argmin(plain))
+        if n == 0:
+            return pos, []
+        ts = sec[:n] + frac[:n] * cur.frac_ns / 1e9
+        prev = np.empty_like(ts)
+        prev[0] = ts[0] if self._last_ts is None else self._last_ts
+        prev[1:] = ts[:-1]
+        jump = np.abs(ts - prev) > TIME_JUMP_S
+        if jump.any():
+            at = np.flatnonzero(jump)
+            noted = at[:max(0, 5 - self.time_jumps)]  # as _time notes the first five
+            for j in noted:
+                self.time_jumps += 1
+                self._note(f"frame {self.frames + int(j) + 1}: timestamp jumps "
+                           f"{float(ts[j] - prev[j]):+.0f} s")
+            self.time_jumps += len(at) - len(noted)
+            steady = np.flatnonzero(~jump)
+            if len(steady):
+                self._good_ts = float(ts[steady[-1]])
+        else:
+            self._good_ts = float(ts[-1])
+        self._last_ts = float(ts[-1])
+        self.frames += n
+        if n == len(offs):
+            return end, offs
+        return offs[n], offs[:n]
 
     @staticmethod
     def _plausible(sec: PcapHeader, frac: int, incl: int, orig: int) -> bool:

@@ -25,6 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+import numpy.typing as npt
+
 from probe.prepare import origin_digest
 from probe.sources import (
     MAX_RECORD,
@@ -32,6 +35,7 @@ from probe.sources import (
     RECORD_HEADER,
     PcapHeader,
     pcap_header,
+    record_headers,
     record_offsets,
 )
 
@@ -115,12 +119,15 @@ class CaptureRing:
     has been open ``file_age_s`` of wall clock; ``close`` closes the current file.
     ``on_close`` is called with each file as it is closed. A pcapng or gzip stream
     cannot be split at packet boundaries here: the ring then keeps nothing and
-    :attr:`disabled` says why.
+    :attr:`disabled` says why. ``fast=False`` walks every record with the per-record
+    code alone (the reference the fast path, :meth:`_count_plain`, is held to).
     """
 
     def __init__(self, config: RingConfig, *, clock: Callable[[], float] = time.time,
-                 on_close: Callable[[RingFile], None] | None = None) -> None:
+                 on_close: Callable[[RingFile], None] | None = None,
+                 fast: bool = True) -> None:
         self.cfg = config
+        self._fast = fast
         self._clock = clock
         self._on_close = on_close
         config.directory.mkdir(parents=True, exist_ok=True)
@@ -146,11 +153,17 @@ class CaptureRing:
         """Files deleted by the budget."""
 
     # -- the stream -----------------------------------------------------------------------
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes of the stream."""
+    def feed(self, data: bytes, starts: list[int] | None = None) -> None:
+        """Take the next bytes of the stream. ``starts``, when the caller has walked the
+        records already (:attr:`PcapStream.record_starts
+        <probe.pcapstream.PcapStream.record_starts>`), are the offsets in ``data`` of its
+        records, as :func:`~probe.sources.record_offsets` walks them from the end of the
+        file header; ``data`` then holds whole records only."""
         if self.disabled is not None:
             return
         buf = self._buf
+        if buf or not self._fast:
+            starts = None
         buf += data
         pos = 0
         if self._header is None:
@@ -167,9 +180,20 @@ class CaptureRing:
             pos = PCAP_HEADER
         head = self._head
         rec = head.record
-        offs, end = record_offsets(buf, pos, head)
+        if starts is None:
+            offs, end = record_offsets(buf, pos, head)
+        else:
+            offs, end = starts, len(buf)
         start = pos  # first byte not yet written
-        for pos in offs:
+        cols = self._columns(buf, offs) if self._fast and offs else None
+        i = 0
+        while i < len(offs):
+            if cols is not None:
+                i = self._count_plain(i, start, *cols)
+                if i == len(offs):
+                    break
+            pos = offs[i]
+            i += 1
             sec, frac, incl, wire = rec.unpack_from(buf, pos)
             if incl > MAX_RECORD:
                 self._corrupt(buf, start, pos)
@@ -198,6 +222,38 @@ class CaptureRing:
             return
         self._write(buf, start, end)
         del buf[:end]
+
+    def _columns(self, buf: bytearray, offs: list[int]
+                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64],
+                            npt.NDArray[np.int64]]:
+        """For the records at ``offs``: the third header field (the captured length, as
+        :meth:`feed` reads it), the time, and the end of the record."""
+        head = self._head
+        sec, frac, incl, _wire = record_headers(buf, offs, head.order).T
+        ts = sec + frac * head.frac_ns / 1e9
+        return incl, ts, np.asarray(offs, dtype=np.int64) + RECORD_HEADER + incl
+
+    def _count_plain(self, i: int, start: int, incl: npt.NDArray[np.int64],
+                     ts: npt.NDArray[np.float64], nxt: npt.NDArray[np.int64]) -> int:
+        """Count the records from the ``i``-th on that go into the open file as they are,
+        all at once: :meth:`feed`'s per-record walk without its per-record Python, while
+        the stream's origin is known and a file is open with packets in it. Returns the
+        index of the first record left to the per-record walk: one that closes the file
+        (by size or by capture time), one whose captured length is past
+        :data:`~probe.sources.MAX_RECORD`, or ``i`` when no file is open."""
+        cur = self._open
+        if not self.origin or cur is None or not cur.packets:
+            return i
+        cfg = self.cfg
+        stop = ((incl[i:] > MAX_RECORD) | (nxt[i:] - start > cfg.file_bytes - cur.size)
+                | (ts[i:] - cur.first_ts >= cfg.file_age_s))
+        j = len(incl) if not stop.any() else i + int(np.argmax(stop))
+        if j > i:
+            cur.packets += j - i
+            cur.last_ts = float(ts[j - 1])
+            self.frames += j - i
+            self.newest_ts = max(self.newest_ts, float(ts[i:j].max()))
+        return j
 
     def _corrupt(self, buf: bytearray, start: int, at: int) -> None:
         """A record header at ``at`` cannot be believed: keep what came before, stop."""

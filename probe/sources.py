@@ -65,6 +65,7 @@ __all__ = [
     "open_source",
     "pcap_header",
     "pcap_variant",
+    "record_headers",
     "record_offsets",
 ]
 
@@ -280,7 +281,6 @@ def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
     complete records, and where the walk stopped (the first record not complete in
     ``buf``, or the end). Captured lengths are not checked here: the caller does, in
     bulk (a length past ``header.max_incl`` means a corrupt header)."""
-    incl_at = _INCL[header.order]
     offs: list[int] = []
     ap = offs.append
     end = len(buf)
@@ -294,16 +294,33 @@ def record_offsets(buf: bytes | bytearray, pos: int, header: PcapHeader
             ap(pos)
             pos = nxt
         return offs, pos
-    while pos <= last:
-        nxt = pos + rec_len + incl_at(buf, pos + 8)[0]
-        if nxt > end:
-            break
+    incl_at = _INCL_AT[header.order]
+    while pos <= last:  # one test per record: only the last one taken can be cut short
         ap(pos)
-        pos = nxt
+        pos += rec_len + incl_at(buf, pos)[0]
+    if pos > end and offs:
+        pos = offs.pop()
     return offs, pos
 
 
 _INCL = {"<": struct.Struct("<I").unpack_from, ">": struct.Struct(">I").unpack_from}
+_INCL_AT = {"<": struct.Struct("<8xI").unpack_from, ">": struct.Struct(">8xI").unpack_from}
+"""The captured length of the record header at an offset."""
+
+
+def record_headers(buf: bytes | bytearray, offs: list[int], order: str
+                   ) -> npt.NDArray[np.int64]:
+    """The first four fields (ts_sec, ts_frac and the two lengths, as written) of the
+    classic pcap record headers at ``offs`` in ``buf``, in byte order ``order``: one row
+    per record. ``buf`` is not held on to (a bytearray may be resized afterwards)."""
+    if not offs:
+        return np.zeros((0, 4), dtype=np.int64)
+    # Row p of this view is the four 32-bit fields starting at byte p.
+    fields = np.ndarray((len(buf) - RECORD_HEADER + 1, 4), dtype=np.dtype(order + "u4"),
+                        buffer=buf, strides=(1, 4))
+    rows = fields[np.asarray(offs, dtype=np.intp)].astype(np.int64)
+    del fields
+    return rows
 
 
 class LinkType(IntEnum):
