@@ -990,7 +990,7 @@ def _macs(l2: U64) -> list[list[str | None]]:
     for a, b in l2.tolist():
         for v in (a, b):
             if v not in names:
-                names[v] = ":".join(f"{(v >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+                names[v] = v.to_bytes(6, "big").hex(":")
         out.append([names[a], names[b]])
     return out
 
