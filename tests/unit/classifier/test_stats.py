@@ -345,16 +345,20 @@ def write_pcap(path: Path, packets: Iterable[tuple[float, int, bytes]]) -> None:
     wrpcap(str(path), frames)
 
 
+def _guess_of_pcap(path: Path, packets: list[tuple[float, int, bytes]]) -> MediaGuess:
+    """The media guess of the one flow of a capture of ``packets`` written at ``path``."""
+    write_pcap(path, packets)
+    (flow,) = read_capture(path).flows
+    return media_guess(flow)
+
+
 def test_pcap_with_rtp_headers(tmp_path: Path) -> None:
     pkts = []
     for i in range(150):
         for way in (0, 1):
             hdr = struct.pack("!BBHII", 0x80, 8, i, i * 160, 0xA000 + way)
             pkts.append((i * 0.02 + way * 0.004, way, hdr + bytes(160)))
-    path = tmp_path / "pcma.pcap"
-    write_pcap(path, pkts)
-    (flow,) = read_capture(path).flows
-    g = media_guess(flow)
+    g = _guess_of_pcap(tmp_path / "pcma.pcap", pkts)
     assert (g.realtime, g.media) == (True, MediaKind.AUDIO)
     assert g.reason.startswith("RTP, 2 media stream(s): PT 8 audio (150 pkts, +160/pkt")
 
@@ -369,10 +373,7 @@ def test_pcap_with_long_opus_packets(tmp_path: Path) -> None:
         pkts.append((t, 0, hdr + bytes(86)))
         ts += step
         t += step / 48000
-    path = tmp_path / "opus-100ms.pcap"
-    write_pcap(path, pkts)
-    (flow,) = read_capture(path).flows
-    g = media_guess(flow)
+    g = _guess_of_pcap(tmp_path / "opus-100ms.pcap", pkts)
     assert (g.realtime, g.media) == (True, MediaKind.AUDIO)
     assert g.reason.startswith("RTP, 1 media stream(s): PT 113 audio (150 pkts, +4800/pkt")
 
