@@ -79,12 +79,19 @@ _MAGIC_WORDS = {order: np.array([int.from_bytes(m, "little" if order == "<" else
 
 def _lengths(sec: PcapHeader, a: int, b: int) -> tuple[int, int]:
     """(captured, original) length from a record header's third and fourth fields, in
-    the order the section's version wrote them (:attr:`PcapHeader.lengths_swapped`);
-    the records themselves are passed on as written."""
+    the order the section's version wrote them (:attr:`PcapHeader.lengths_swapped`). A
+    later section whose version wrote them otherwise than the first has its records
+    rewritten the first section's way: what comes out is read with the first header."""
     swapped = sec.lengths_swapped
     if swapped == "yes" or (swapped == "maybe" and a > b):
         return b, a
     return a, b
+
+
+def _written(sec: PcapHeader, incl: int, orig: int) -> tuple[int, int]:
+    """A record header's third and fourth fields for these lengths, as the section's
+    version writes them (:func:`_lengths` reads them back)."""
+    return (orig, incl) if sec.lengths_swapped == "yes" else (incl, orig)
 
 
 VARIANT_WAIT = 1 << 20
@@ -272,10 +279,9 @@ class PcapStream:
                 pos = run = found
                 continue
             if (self._fast and not self._extra and cur.order == out_sec.order
-                    and cur.frac_ns == out_sec.frac_ns):
+                    and cur.frac_ns == out_sec.frac_ns
+                    and cur.lengths_swapped == out_sec.lengths_swapped):
                 pos, taken = self._plain_run(buf, pos)
-                if cur.lengths_swapped != out_sec.lengths_swapped:
-                    taken = []  # the first section reads their lengths otherwise
             if pos + 4 <= end and bytes(buf[pos:pos + 4]) in PCAP_MAGICS:
                 if pos + PCAP_HEADER > end:
                     break
@@ -312,11 +318,12 @@ class PcapStream:
                 break
             ts = sec_s + frac * cur.frac_ns / 1e9
             self._time(ts)
-            if cur.order != out_sec.order or cur.frac_ns != out_sec.frac_ns or self._extra:
+            if (cur.order != out_sec.order or cur.frac_ns != out_sec.frac_ns or self._extra
+                    or _lengths(out_sec, len_a, len_b) != (incl, orig)):
                 out += buf[run:pos]
                 if cur.frac_ns != out_sec.frac_ns:
                     frac = frac * cur.frac_ns // out_sec.frac_ns
-                out += out_sec.record.pack(sec_s, frac, len_a, len_b)
+                out += out_sec.record.pack(sec_s, frac, *_written(out_sec, incl, orig))
                 out += buf[pos + rec_len:nxt]
                 self.converted += not self._extra
                 run = nxt

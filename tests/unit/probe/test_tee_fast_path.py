@@ -260,9 +260,9 @@ def test_the_ring_fast_path_on_a_raw_stream(tmp_path: Path, seed: int) -> None:
 @pytest.mark.parametrize("step", [500, 3000, 1 << 20])
 def test_a_later_section_of_an_older_version_is_walked_as_the_first_reads_it(
         tmp_path: Path, minor: int, step: int) -> None:
-    """The records of a later section whose lengths are in the other field are passed on
-    as written, and the ring walks them with the first section's reading, as it always
-    has: the stream does not hand it their offsets."""
+    """The records of a later section whose lengths are in the other field are rewritten
+    the first section's way, in both walks, and the ring walks them with the first
+    section's reading: the stream does not hand it their offsets."""
     rng = random.Random(minor)
     first, later = _Writer(rng, "<", False, 4), _Writer(rng, "<", False, minor)
     data = (_file_header("<", False, 4) + b"".join(first.record(1e9 + i) for i in range(10))
@@ -301,3 +301,27 @@ def test_the_record_walk_stops_at_the_first_record_cut_short(order: str) -> None
                 offs.append(at)
                 at = nxt
             assert record_offsets(buf, pos, header) == (offs, at)
+
+
+@pytest.mark.parametrize("minor", [2, 3])
+def test_a_later_section_of_an_older_version_reads_as_the_first_section(minor: int) -> None:
+    """What the mender passes on is read with the first file header alone (as the flow
+    reader and the ring read it): a later section of version 2.2 (lengths the other way
+    round) or 2.3 (either way) comes out with each record's captured length in the third
+    field, so the walk meets every record, none of them misread."""
+    rng = random.Random(11 + minor)
+    first, later = _Writer(rng, "<", False, 4), _Writer(rng, "<", False, minor)
+    records = [later.record(1e9 + 20 + i / 8) for i in range(300)]
+    data = (_file_header("<", False, 4) + b"".join(first.record(1e9 + i) for i in range(10))
+            + _file_header("<", False, minor) + b"".join(records))
+    for fast in (False, True):
+        stream = PcapStream(fast=fast)
+        out = stream.feed(data) + stream.finish()
+        sizes, pos = [], 24
+        while pos < len(out):
+            incl, orig = struct.unpack_from("<II", out, pos + 8)
+            assert incl <= orig
+            sizes.append(incl)
+            pos += 16 + incl
+        assert pos == len(out) and len(sizes) == 310
+        assert sizes[10:] == [len(r) - 16 for r in records]
