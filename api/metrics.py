@@ -40,7 +40,7 @@ Series (see :data:`SPECS` for the full list with help texts):
   rate is the mean number of calls in progress (the traffic in erlangs), counted as
   each call ends.
 * ``marsad_call_loss_ratio``, ``marsad_call_jitter_seconds``,
-  ``marsad_call_mos`` {app, source}: histograms of call legs' quality.
+  ``marsad_call_mos`` {app, source}: histograms of the quality of answered calls' legs.
 * ``marsad_capture_received_packets_total``,
   ``marsad_capture_dropped_packets_total``,
   ``marsad_capture_weird_packets_total`` {source}: what the capture delivered.
@@ -116,7 +116,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.probe_status import write_json_atomic
 from classifier.records import APPS, Category, Classification
-from policy.records import Call, FlowVerdict, Reason, TestKind, TestResult, VerdictKind
+from policy.records import (
+    Call,
+    CallOutcome,
+    FlowVerdict,
+    Reason,
+    TestKind,
+    TestResult,
+    VerdictKind,
+)
 from probe import FlowRecord, MeterStats
 
 if TYPE_CHECKING:
@@ -712,7 +720,9 @@ class MarsadMetrics:
                       max(0.0, call.end_ts - call.start_ts))
             for reason in call.verdict.reasons:
                 self._inc("marsad_call_reasons_total", (app, reason_label(reason), source))
-            for leg in call.legs:
+            # How a conversation sounded: a call whose media did not flow both ways had
+            # none, whatever its one-way legs measure (as its record says).
+            for leg in call.legs if call.outcome is CallOutcome.ANSWERED else ():
                 jitter = leg.mean_jitter_s if leg.mean_jitter_s is not None else leg.jitter_s
                 for name, value in (("marsad_call_loss_ratio", leg.loss_ratio),
                                     ("marsad_call_jitter_seconds", jitter),

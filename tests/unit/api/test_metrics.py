@@ -147,8 +147,10 @@ def test_sample_blocked_series(blocked: AnalysisResult) -> None:
     assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") is None
     for reason in ("stun-unanswered", "media-no-return"):
         assert cap(reg, "marsad_call_reasons_total", app="whatsapp", reason=reason) == 1
-    # Only the sent leg exists: one MOS sample.
-    assert cap(reg, "marsad_call_mos_count", app="whatsapp") == 1
+    # Only the sent leg exists, of a call whose media never came back: no conversation,
+    # so no quality sample (as the call's own record says).
+    assert blocked.analysis.calls[0].legs
+    assert cap(reg, "marsad_call_mos_count", app="whatsapp") is None
     apps = {f.uid: app_label(c.app) for f, c in zip(blocked.flows, blocked.classes,
                                                     strict=True)}
     expected = Counter((apps[u], str(v.kind)) for u, v in
@@ -168,7 +170,7 @@ def test_two_captures_add_up(call: AnalysisResult, blocked: AnalysisResult) -> N
     assert cap(reg, "marsad_call_started_total", app="whatsapp") == 2
     assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
     assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="blocked") == 1
-    assert cap(reg, "marsad_call_mos_count", app="whatsapp") == 3
+    assert cap(reg, "marsad_call_mos_count", app="whatsapp") == 2  # the answered call's
 
 
 def test_rate_whole_capture(call: AnalysisResult) -> None:
@@ -575,3 +577,20 @@ def test_dashboard_uses_only_exposed_series() -> None:
                    "process_cpu_seconds_total", "process_resident_memory_bytes",
                    "marsad_build_info"):
         assert needed in used, needed
+
+
+def test_a_call_not_answered_adds_no_quality(call: AnalysisResult) -> None:
+    from dataclasses import replace
+
+    from policy.calls import Analysis
+    from policy.records import CallOutcome
+
+    (only,) = call.analysis.calls
+    one_way = replace(call, analysis=Analysis([replace(only, outcome=CallOutcome.ONE_WAY)],
+                                              call.analysis.flow_verdicts))
+    reg, m = fresh()
+    m.observe_result(one_way)
+    assert cap(reg, "marsad_call_ended_total", app="whatsapp", verdict="ok") == 1
+    for name in ("marsad_call_mos_count", "marsad_call_loss_ratio_count",
+                 "marsad_call_jitter_seconds_count"):
+        assert cap(reg, name, app="whatsapp") is None
