@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import json
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from classifier.hostnames import APPS, DATA_DIR, RulesError, Service
+from classifier.hostnames import APPS, DATA_DIR, RulesError, Service, read_json_object
 
 __all__ = [
     "OWNERS_PATH",
@@ -201,13 +200,7 @@ class OwnerTable:
     @classmethod
     def from_file(cls, path: Path | str) -> OwnerTable:
         """Load an owners file; raises :class:`RulesError` or ``OSError``."""
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RulesError(f"{path}: not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise RulesError(f"{path}: top level must be an object")
-        return cls.from_dict(doc)
+        return cls.from_dict(read_json_object(path))
 
     def lookup(self, ip: str) -> Owner | None:
         """The most specific entry covering ``ip``, or None (also for non-addresses)."""
