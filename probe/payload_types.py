@@ -17,7 +17,7 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["STATIC_PAYLOAD_TYPES", "Media", "PayloadTypeInfo", "static_clock"]
+__all__ = ["COMFORT_NOISE", "STATIC_PAYLOAD_TYPES", "Media", "PayloadTypeInfo", "static_clock"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -44,6 +44,9 @@ class PayloadTypeInfo:
     """Audio channels; None for video."""
 
 
+COMFORT_NOISE = 13
+"""CN, the one static type assigned to comfort noise (RFC 3551 table 4, format RFC 3389)."""
+
 _A, _V = Media.AUDIO, Media.VIDEO
 STATIC_PAYLOAD_TYPES: Mapping[int, PayloadTypeInfo] = MappingProxyType({
     0: PayloadTypeInfo("PCMU", _A, 8000, 1),
@@ -57,7 +60,7 @@ STATIC_PAYLOAD_TYPES: Mapping[int, PayloadTypeInfo] = MappingProxyType({
     10: PayloadTypeInfo("L16", _A, 44100, 2),
     11: PayloadTypeInfo("L16", _A, 44100, 1),
     12: PayloadTypeInfo("QCELP", _A, 8000, 1),
-    13: PayloadTypeInfo("CN", _A, 8000, 1),
+    COMFORT_NOISE: PayloadTypeInfo("CN", _A, 8000, 1),
     14: PayloadTypeInfo("MPA", _A, 90000, None),
     15: PayloadTypeInfo("G728", _A, 8000, 1),
     16: PayloadTypeInfo("DVI4", _A, 11025, 1),

@@ -37,15 +37,13 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from probe.payload_types import static_clock
+from probe.payload_types import COMFORT_NOISE, static_clock
 
 __all__ = ["RtpStreams", "StreamState"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 NS = 1_000_000_000
-CN_PT = 13
-"""Comfort noise, the one static type assigned to it (RFC 3551 table 4; RFC 3389 §4)."""
 ALPHA = 15.0 / 16.0
 """RFC 3550 §6.4.1 jitter smoothing: J += (|D| - J) / 16."""
 BLOCK = 512
@@ -309,7 +307,7 @@ class RtpStreams:
         i["pt"][s_ids] = pt[ends]
         i["packets"][s_ids] += np.diff(np.append(spos, n))
         i["bytes"][s_ids] += np.add.reduceat(size, spos)
-        i["cn_packets"][s_ids] += np.add.reduceat((pt == CN_PT).astype(np.int64), spos)
+        i["cn_packets"][s_ids] += np.add.reduceat((pt == COMFORT_NOISE).astype(np.int64), spos)
         i["reordered"][s_ids] += np.add.reduceat(reord.astype(np.int64), spos)
         i["last_ns"][s_ids] = ts[ends]
         f["jitter"][s_ids] = jit[ends]
