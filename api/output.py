@@ -83,9 +83,10 @@ number of legs and flows, the flows' uids (JSON list), the SIP Call-ID when ther
 one, and the evidence sentences (JSON list)."""
 
 
-def dumps(obj: Any) -> str:
-    """Compact, deterministic JSON (NaN and infinities become null)."""
-    return orjson.dumps(obj, option=_OPTS).decode()
+def dumps(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """Compact, deterministic JSON (NaN and infinities become null); ``default`` turns
+    what JSON has no type for into something it has (else that raises TypeError)."""
+    return orjson.dumps(obj, default=default, option=_OPTS).decode()
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], out: TextIO) -> None:

@@ -43,8 +43,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
+from api.output import dumps
 from api.pipeline import AnalysisResult
 
 __all__ = [
@@ -432,11 +431,8 @@ class Store(Protocol):
 
 
 def _dumps(value: Any) -> str:
-    """A stored row's JSON: compact, NaN as null, anything else unknown as its text."""
-    return orjson.dumps(value, option=_JSON_OPTS, default=str).decode()
-
-
-_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    """A stored row's JSON: the output's JSON, anything without a JSON type as its text."""
+    return dumps(value, default=str)
 
 
 _CAPTURE_COLUMNS = ("id, filename, path, sha256, size_bytes, state, progress, error, created_at, "
