@@ -235,7 +235,6 @@ class LiveConfig:
 _END = object()
 
 
-
 PIPE_BYTES = 1 << 20
 """What the pipes the probe reads (tcpdump's or the standard input, when a pipe) and
 writes (to its flow reader) hold, and what the tee reads at once: Linux's default
@@ -250,6 +249,7 @@ def widen_pipe(fd: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
 
 class LiveProbe:
     """Runs one live capture to its end (see the module docstring).
