@@ -27,7 +27,8 @@ The database runs in WAL mode with ``synchronous=FULL``. An append (of one
 entry, or of a batch) is one ``BEGIN IMMEDIATE`` transaction that reads the tail
 and inserts the next entries, so two writers (threads or processes) are
 serialised by SQLite's write lock and a crash leaves either the whole batch or
-nothing: the chain cannot fork or break. Triggers refuse ``UPDATE`` and ``DELETE`` on the table.
+nothing: the chain cannot fork or break. Triggers refuse ``UPDATE`` and ``DELETE``
+on the table.
 
 What verification can and cannot see
 -------------------------------------
@@ -344,7 +345,8 @@ class Ledger:
                 evidence_json = canonical_json(dict(item.evidence))
             except (TypeError, ValueError) as exc:
                 raise EntryRejected(f"evidence is not canonical JSON: {exc}") from exc
-            checked.append((item, tuple(_code(r) for r in item.reasons), evidence_json))
+            checked.append((item, tuple(_code(r) for r in item.reasons), evidence_json,
+                            json.loads(evidence_json)))
         if not checked:
             return []
         out: list[LedgerEntry] = []
@@ -355,13 +357,13 @@ class Ledger:
                 row = db.execute(
                     "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, prev = (0, GENESIS_HASH) if row is None else (row[0], row[1])
-                for item, reason_codes, evidence_json in checked:
+                for item, reason_codes, evidence_json, evidence_value in checked:
                     seq += 1
                     entry = LedgerEntry(seq=seq, recorded_at=_iso(self._clock()),
                                         capture_sha256=item.capture_sha256,
                                         subject_uid=item.subject_uid,
                                         verdict=_code(item.verdict), reasons=reason_codes,
-                                        evidence=json.loads(evidence_json), prev_hash=prev,
+                                        evidence=evidence_value, prev_hash=prev,
                                         entry_hash="")
                     digest = entry_hash(entry.body())
                     db.execute(
