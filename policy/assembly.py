@@ -17,6 +17,9 @@ How flows become one call:
   call of media streams named by two different apps. The call is named by its
   call flows' apps, evidence that names one app (a REALM, a server name)
   outweighing evidence an organisation's apps share (STUN types, addresses);
+* a group that names no app (a path straight to the peer, a binding to a STUN
+  server no table knows) started within the gap of exactly one named call of the
+  same machine is that call's: ICE checks a candidate of every local address;
 * TCP/TLS/QUIC flows of the same app, or to the call's remote hosts, that
   start up to ``calls.same_call_gap_s`` before the call and before its first
   media (or its end, when no media flowed) are its signalling and are judged
@@ -327,7 +330,7 @@ def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification
     comps: dict[int, list[FlowRecord]] = {}
     for i, f in enumerate(cand):
         comps.setdefault(u.find(i), []).append(f)
-    for members in comps.values():
+    for members in _adopt_unnamed(list(comps.values()), cls, sides, gap_s):
         groups.append(members)
         dialogs.append(None)
     _add_signalling(groups[n_sip:], flows, cls, taken, sides, gap_s)
@@ -341,6 +344,41 @@ def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification
                                    _setup(ordered, cls, None if dialog is None
                                           else dialog.call_id)))
     return Assembly(calls, local, others_answered, capture_end, sides)
+
+
+def _adopt_unnamed(comps: list[list[FlowRecord]], cls: dict[str, Classification],
+                   sides: Sides, gap_s: float) -> list[list[FlowRecord]]:
+    """Each group of call flows that names no app, joined to the one call of the same
+    machine that names one and started within ``gap_s`` of it.
+
+    When a call starts, ICE gathers candidates on a socket per local address (RFC 8445
+    §5.1.1) and checks pairs on each: a path straight to the peer's own address, or a
+    binding to a STUN server no table knows, shares no socket and no remote host with
+    the app's relays and carries nothing that names the app. Started with a call of the
+    same machine, it is that call's other path. With two or more such calls, whose it
+    is cannot be told: it stays a call of its own."""
+    def span(members: list[FlowRecord]) -> float:
+        return min(f.first_ts for f in members)
+
+    def machines_of(members: list[FlowRecord]) -> set[str]:
+        return {sides.machine(lh) for f in members for _, (lh, _) in (sides(f),)}
+
+    named = [m for m in comps if any(cls[f.uid].app is not None for f in m)]
+    if not named:
+        return comps
+    named_info = [(m, span(m), machines_of(m)) for m in named]
+    out: list[list[FlowRecord]] = []
+    for members in comps:
+        if any(cls[f.uid].app is not None for f in members):
+            out.append(members)
+            continue
+        start, hosts = span(members), machines_of(members)
+        near = [m for m, s, h in named_info if abs(s - start) <= gap_s and h & hosts]
+        if len(near) == 1:
+            near[0].extend(members)
+        else:
+            out.append(members)
+    return out
 
 
 def _add_signalling(groups: list[list[FlowRecord]], flows: Sequence[FlowRecord],

@@ -161,3 +161,71 @@ def test_a_call_without_two_way_media_has_no_quality_figures() -> None:
     d = call.to_dict()
     assert (d["verdict"], d["outcome"]) == ("blocked", "one-way")
     assert call.legs and d["quality"] == {"mos": None, "loss_ratio": None, "jitter_s": None}
+
+
+# -- a path that names no app, started with a call of the same machine --------------------------
+
+UNKNOWN_STUN = Flow("udp", "2a02:a03f:c095:7d00::17", 50002, "2a0b:4e07:b8::9", 3478)
+"""A STUN server at an address no table knows (an anonymised capture, a new range)."""
+DIRECT = Flow("udp", "2a02:a03f:c095:7d00::17", 50002, "2a02:a03f:d000:11::44", 61000)
+"""The same socket's path straight to the peer's own address."""
+
+
+def _unnamed_path(cap: gen.Capture, mac: bytes, t: Fraction, rng: random.Random) -> None:
+    _bindings(cap, UNKNOWN_STUN, mac, t, rng)
+    _media(cap, DIRECT, mac, t + 2, rng, 0x0D12EC7)
+
+
+def _relay(cap: gen.Capture, t: Fraction, rng: random.Random, realm: bytes, port: int,
+           server: str, ssrc: int) -> None:
+    """An Allocate answered 401 with a REALM naming the app (RFC 8656 §7.2), then media."""
+    flow = Flow("udp", "192.168.1.8", port, server, 3478)
+    link = _link(HOST)
+    txid = rng.randbytes(12)
+    send_udp(cap, flow, link, t, ORIG, gen.stun_message(gen.ALLOCATE_REQUEST, txid, []))
+    send_udp(cap, flow, link, t + Fraction(4, 100), 1 - ORIG, gen.stun_message(
+        gen.ALLOCATE_ERROR, txid, [(gen.ERROR_CODE, gen.error_code(401, "Unauthorized")),
+                                   (gen.REALM, realm), (gen.NONCE, rng.randbytes(8))]))
+    _media(cap, flow, HOST, t + 1, rng, ssrc)
+
+
+def _with_unnamed(tmp_path: Path, mac: bytes, signal_too: bool = False
+                  ) -> tuple[list[tuple[str | None, set[str]]], dict[int, str]]:
+    rng = random.Random("unnamed")
+    cap = gen.Capture()
+    t = gen.at(8200)
+    _relay(cap, t, rng, b"viber.com", 50000, "52.0.254.200", 0x0B1BE)
+    _unnamed_path(cap, mac, t + Fraction(1, 2), rng)
+    if signal_too:
+        _relay(cap, t + 1, rng, b"turn.signal.org", 50010, "52.0.254.201", 0x51C4A1)
+    gen.save(tmp_path, "u.pcap", cap)
+    result = analyze_capture(tmp_path / "u.pcap", workers=1, hash_capture=False)
+    uid: dict[int, str] = {}
+    for f in result.flows:
+        uid.setdefault(f.orig_p, f.uid)
+        uid[f.resp_p] = f.uid
+    return [(c.app, set(c.flow_uids)) for c in result.analysis.calls], uid
+
+
+def test_a_path_naming_no_app_started_with_a_call_is_that_calls(tmp_path: Path) -> None:
+    calls, uid = _with_unnamed(tmp_path, HOST)
+    assert len(calls) == 1
+    ((app, flows),) = calls
+    assert app == "viber"
+    assert {uid[50000], uid[61000]} <= flows  # the relay's flow and the direct path
+
+
+def test_another_machines_unnamed_path_stays_its_own(tmp_path: Path) -> None:
+    calls, uid = _with_unnamed(tmp_path, NEIGHBOUR)
+    mine = next(flows for _, flows in calls if uid[50000] in flows)
+    assert uid[61000] not in mine
+
+
+def test_an_unnamed_path_during_two_apps_calls_is_nobodys(tmp_path: Path) -> None:
+    # Two calls of two apps started together on one machine: whose the direct path is
+    # cannot be told from the packets; it stays a call of its own.
+    calls, uid = _with_unnamed(tmp_path, HOST, signal_too=True)
+    apps = {app for app, _ in calls}
+    assert {"viber", "signal"} <= apps
+    alone = [(app, flows) for app, flows in calls if uid[61000] in flows]
+    assert alone and alone[0][0] is None and uid[50000] not in alone[0][1]
