@@ -40,8 +40,8 @@ Bool = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True, slots=True)
 class PayloadView:
-    """The UDP payloads of one batch, as columns: where each starts in the batch buffer
-    and how many of its bytes were captured."""
+    """The UDP payloads of one batch, as columns: where each starts in the batch buffer,
+    how many of its bytes were captured and how long it was."""
 
     buf: npt.NDArray[np.uint8]
     """The batch's capture buffer."""
@@ -49,10 +49,13 @@ class PayloadView:
     """Offset of each payload in ``buf``."""
     length: I64
     """Captured bytes of each payload."""
+    wire: I64
+    """Bytes of each payload on the wire, as its IP header counts them: more than
+    :attr:`length` when the capture cut the packet short (a snap length)."""
 
     def subset(self, idx: I64) -> PayloadView:
         """The payloads at positions ``idx`` only."""
-        return PayloadView(self.buf, self.start[idx], self.length[idx])
+        return PayloadView(self.buf, self.start[idx], self.length[idx], self.wire[idx])
 
     def byte(self, rel: int | I64) -> I64:
         """The byte at ``rel`` (a number, or one per payload) from each payload's start.

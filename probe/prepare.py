@@ -380,7 +380,8 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     if len(udp):
         top = len(b.buf) - 1
         upo = cols.pay_off[pidx][udp]
-        off = payloads.rtp_offsets(PayloadView(arr, upo, pay_cap_s[udp]))
+        off = payloads.rtp_offsets(PayloadView(arr, upo, pay_cap_s[udp],
+                                                  cols.pay_len[pidx][udp]))
         ok = off >= 0
         rtp_pos = udp[ok]
         rtp_off = off[ok]

@@ -840,13 +840,20 @@ def _parse_channel(cur: Cursor, buf: bytes, *, tcp: bool) -> ChannelData:
 def _channel_data_rtp(view: PayloadView) -> tuple[int, npt.NDArray[np.bool_]]:
     b0 = view.byte(0)
     lo, hi = _CHANNEL_FIRST_BYTES
-    claimed: npt.NDArray[np.bool_] = (b0 >= lo) & (b0 <= hi)
+    data_len = view.byte(2) << 8 | view.byte(3)
+    claimed: npt.NDArray[np.bool_] = (
+        (b0 >= lo) & (b0 <= hi)
+        # the length field counts the data; over UDP up to 3 padding bytes follow (§12.5)
+        & (view.wire >= data_len + _CHANNEL_HEADER_LEN)
+        & (view.wire <= data_len + _CHANNEL_HEADER_LEN + 3))
     return _CHANNEL_HEADER_LEN, claimed
 
 
 TURN_CHANNEL_RTP = Framing("turn-channel-data", _channel_data_rtp)
 """For the probe (:mod:`probe.plugins`): RTP relayed in TURN ChannelData sits right after
-the 4-byte header of a channel number in RFC 8656's range."""
+the 4-byte header of a channel number in RFC 8656's range, whose length field agrees with
+the payload's. A QUIC short header (RFC 9000 §17.3: first bits 01) starts with the same
+byte range; its next bytes are a connection ID, not a length."""
 
 MS_TURN_MULTIPLEXED_CHANNEL = 0xFF10
 """[MS-TURN] §2.2.3: the channel ID of a Multiplexed TURN message, which carries the
@@ -860,7 +867,7 @@ def _ms_multiplexed_rtp(view: PayloadView) -> tuple[int, npt.NDArray[np.bool_]]:
         (view.byte(0) == MS_TURN_MULTIPLEXED_CHANNEL >> 8)
         & (view.byte(1) == MS_TURN_MULTIPLEXED_CHANNEL & 0xFF)
         # the length field counts what follows it: the session ID and the data
-        & ((view.byte(2) << 8 | view.byte(3)) == view.length - 4))
+        & ((view.byte(2) << 8 | view.byte(3)) == view.wire - 4))
     return _MS_MULTIPLEXED_HEADER_LEN, claimed
 
 

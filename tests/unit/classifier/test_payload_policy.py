@@ -53,8 +53,8 @@ def _scalar_offset(p: bytes) -> int | None:
 def _vector_offsets(payloads: list[bytes]) -> list[int]:
     buf = b"".join(payloads)
     starts = np.cumsum([0] + [len(p) for p in payloads[:-1]]).astype(np.int64)
-    view = PayloadView(np.frombuffer(buf, dtype=np.uint8), starts,
-                       np.asarray([len(p) for p in payloads], dtype=np.int64))
+    lengths = np.asarray([len(p) for p in payloads], dtype=np.int64)
+    view = PayloadView(np.frombuffer(buf, dtype=np.uint8), starts, lengths, lengths)
     offsets = PayloadPolicy(rtp_framings=framings.ZOOM_SFU_RTP).rtp_offsets(view)
     return [int(x) for x in offsets.tolist()]
 
