@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from classifier.records import Classification, Method
@@ -49,6 +49,7 @@ from policy.rules import (
     sip_outcome,
     verdict_from,
 )
+from probe.addresses import local_host
 from probe.records import ORIG, FlowRecord
 
 __all__ = ["Analysis", "analyse_calls", "judge_calls", "lone_flow_verdicts"]
@@ -117,7 +118,12 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
         return ev
 
     for assembled in assembly.calls:
-        judged = _judge(assembled, ctx, sides, by_uid, single, flow_verdicts)
+        near = _call_local(assembled, local, sides)
+        if near == local:
+            judged = _judge(assembled, ctx, sides, by_uid, single, flow_verdicts)
+        else:
+            judged = _judge(assembled, replace(ctx, local=near), Sides(near, sides.who),
+                            by_uid, single, flow_verdicts)
         if judged is not None:
             calls.append(judged)
             for uid in {u for e in judged.verdict.evidence for u in e.flow_uids
@@ -135,6 +141,19 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
             flow_verdicts[f.uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
     return Analysis(calls, flow_verdicts, seen)
+
+
+def _call_local(call: AssembledCall, local: str | None, sides: Sides) -> str | None:
+    """The local host of one call: the capture's (:func:`policy.assembly.vantage`) when
+    its machine is an end of one of the call's flows, else the call's own by the same
+    vote. A tap that carries many subscribers' calls is beside each caller in turn."""
+    if local is None:
+        return None
+    mine = sides.machine(local)
+    if any(sides.machine(f.orig_h) == mine or sides.machine(f.resp_h) == mine
+           for f in call.flows):
+        return local
+    return local_host(call.flows) or local
 
 
 def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,

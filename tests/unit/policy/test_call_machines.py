@@ -229,3 +229,32 @@ def test_an_unnamed_path_during_two_apps_calls_is_nobodys(tmp_path: Path) -> Non
     assert {"viber", "signal"} <= apps
     alone = [(app, flows) for app, flows in calls if uid[61000] in flows]
     assert alone and alone[0][0] is None and uid[50000] not in alone[0][1]
+
+
+# -- a tap carrying two subscribers' calls ------------------------------------------------------
+
+
+def test_each_subscribers_call_is_judged_from_beside_its_caller(tmp_path: Path) -> None:
+    # An operator's tap: two hosts' calls at once. Each call's legs are sent ("out") and
+    # received ("in") as its own caller sent and received them, whichever host the
+    # capture's vote puts beside the tap.
+    rng = random.Random("two subscribers")
+    cap = gen.Capture()
+    t = gen.at(8400)
+    _bindings(cap, V4, HOST, t, rng)
+    _media(cap, V4, HOST, t + 3, rng, 0x7E55E201)
+    other = Flow("udp", "10.20.0.9", 40000, "52.0.254.200", 3478)
+    link = _link(NEIGHBOUR)
+    _bindings(cap, other, NEIGHBOUR, t + 1, rng)
+    for i in range(150):  # sends every 20 ms, receives every 30 ms
+        send_udp(cap, other, link, t + 4 + Fraction(i, 50), ORIG,
+                 gen.rtp(500 + i, 160 * i, 0xA1, 0, rng.randbytes(160)))
+        if i < 100:
+            send_udp(cap, other, link, t + 4 + Fraction(3 * i, 100) + Fraction(1, 1000),
+                     1 - ORIG, gen.rtp(900 + i, 240 * i, 0xB2, 0, rng.randbytes(160)))
+    gen.save(tmp_path, "t.pcap", cap)
+    result = analyze_capture(tmp_path / "t.pcap", workers=1, hash_capture=False)
+    by_local = {c.local: c for c in result.analysis.calls}
+    assert set(by_local) == {"192.168.1.8", "10.20.0.9"}
+    legs = {leg.direction: leg.packets for leg in by_local["10.20.0.9"].legs}
+    assert legs == {"out": 150, "in": 100}
