@@ -25,7 +25,7 @@ from policy.assembly import SipDialog
 from policy.errors import PolicyError
 from policy.legs import delay_shape
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
-from probe.addresses import is_local_class, local_is_orig
+from probe.addresses import AddressClass, address_class, is_local_class, local_is_orig
 from probe.records import FlowRecord, TcpFlag
 
 __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
@@ -408,6 +408,17 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None
     return None
 
 
+def _to_a_group(f: FlowRecord) -> bool:
+    """Whether a flow went to a group rather than one host: a multicast or broadcast
+    address, or a group link-layer address (the I/G bit, IEEE 802 §8.2; a directed
+    broadcast such as 10.0.5.255 shows only there). A group owes its sender no answer."""
+    if {address_class(f.orig_h), address_class(f.resp_h)} & {AddressClass.MULTICAST,
+                                                             AddressClass.BROADCAST}:
+        return True
+    l2 = f.resp_l2_addr
+    return l2 is not None and bool(int(l2[:2], 16) & 1)
+
+
 def _same_network(a: str, b: str) -> bool:
     """Both ends of a local address class (:func:`probe.addresses.is_local_class`) on one
     network (same IPv4 /24 or IPv6 /64): no operator between."""
@@ -448,7 +459,7 @@ def call_rules(call: CallCase, ctx: RuleContext,
     # Media that went out and never came back (unless one-way by design, or no operator
     # network lies between the two ends).
     for f in call.media_flows:
-        if call.one_way_by_design or _same_network(f.orig_h, f.resp_h):
+        if call.one_way_by_design or _same_network(f.orig_h, f.resp_h) or _to_a_group(f):
             continue
         out_local = local_is_orig(f, local)
         sent, got = (f.orig_pkts, f.resp_pkts) if out_local else (f.resp_pkts, f.orig_pkts)

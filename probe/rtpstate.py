@@ -13,8 +13,10 @@ shows a queue building up.
 
 Everything is vectorised over the batch; the only per-stream Python work is
 one dict lookup per stream and batch. A stream is created only once three of
-its packets are seen in one batch (random UDP payloads that merely look like
-RTP never repeat an SSRC, so they do not fill the table).
+its packets are seen in one batch, two of them a forward sequence step after the
+one before (RFC 3550 §A.1's probation): random UDP payloads that merely look like
+RTP never repeat an SSRC, and fixed fields that sit where RTP's would repeat the
+sequence number too, so neither fills the table.
 
 The clock rate comes from the static payload-type table (RFC 3551,
 :mod:`probe.payload_types`) or, for dynamic types, from the ratio of timestamp
@@ -49,6 +51,10 @@ ALPHA = 15.0 / 16.0
 BLOCK = 512
 COMMON_CLOCKS = np.array([8000, 16000, 24000, 32000, 44100, 48000, 90000], dtype=np.float64)
 MIN_NEW_STREAM = 3
+MIN_SEQUENTIAL = 2
+"""RFC 3550 §A.1: a source is valid once this many packets came in sequence."""
+MAX_DROPOUT = 3000
+"""RFC 3550 §A.1: the largest forward sequence step taken as loss, not a restart."""
 
 
 def _seg_start_pos(starts: npt.NDArray[np.bool_]) -> tuple[I64, I64]:
@@ -176,6 +182,15 @@ class RtpStreams:
         starts[1:] = sk[1:] != sk[:-1]
         pos, run = _seg_start_pos(starts)
         counts = np.diff(np.append(pos, n))
+        # RFC 3550 §A.1 probation: a new source needs MIN_SEQUENTIAL forward sequence steps
+        # (a step over lost packets counts; a repeated or wild number does not). Fields
+        # that merely sit where RTP's would (a NetBIOS transaction's flags, a QUIC
+        # connection ID) repeat the same "sequence number" in every packet.
+        sseq = seq[order]
+        step = (sseq[1:] - sseq[:-1]) & 0xFFFF
+        fwd = np.zeros(n, dtype=np.int64)
+        fwd[1:] = (step >= 1) & (step <= MAX_DROPOUT) & ~starts[1:]
+        in_sequence = np.add.reduceat(fwd, pos)
         g_fid = fid[order][pos].tolist()
         g_dir = direction[order][pos].tolist()
         g_ssrc = ssrc[order][pos].tolist()
@@ -185,7 +200,7 @@ class RtpStreams:
             s = self.index.get(key)
             if s is not None:
                 sid[g] = s
-            elif counts[g] >= MIN_NEW_STREAM:
+            elif counts[g] >= MIN_NEW_STREAM and in_sequence[g] >= MIN_SEQUENTIAL:
                 new_groups.append(g)
         if new_groups:
             ng = np.asarray(new_groups, dtype=np.int64)
