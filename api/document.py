@@ -275,9 +275,16 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                 "callee's side ended it",
         "blocked.icmp": "ICMP type {icmp_type} code {icmp_code} from {reporter} quoted this "
                         "flow's packet ({frames})",
+        "unknown.icmp": "ICMP type {icmp_type} code {icmp_code} from {reporter} quoted this "
+                        "flow's packet ({frames}); nothing shows that host up: an offline "
+                        "host or its own firewall explains it",
         "blocked.tcp_reset": "SYN to {endpoint} answered by RST, no SYN-ACK ({frames})",
         "blocked.syn": "{syn_sent} SYN(s) to {endpoint} never answered while other "
                        "connections were",
+        "unknown.tcp_reset": "SYN to {endpoint} answered by RST, no SYN-ACK ({frames}); "
+                             "nothing shows that service up: a closed port explains it",
+        "unknown.syn": "{syn_sent} SYN(s) to {endpoint} never answered; nothing shows that "
+                       "service up: an offline host or a filtered port explains it",
         "blocked.tls_reset": "TLS ClientHello for {sni} ({frames}) answered by a RST instead "
                              "of a ServerHello",
         "throttled.rate_cap": "received stream {ssrc} lost {loss} while its one-way delay "
@@ -299,9 +306,17 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                 "le côté appelé y a mis fin",
         "blocked.icmp": "un ICMP de type {icmp_type} code {icmp_code} venu de {reporter} cite "
                         "un paquet de ce flux ({frames})",
+        "unknown.icmp": "un ICMP de type {icmp_type} code {icmp_code} venu de {reporter} cite "
+                        "un paquet de ce flux ({frames}) ; rien ne montre que cet hôte "
+                        "répondait : un hôte éteint ou son propre pare-feu l'explique",
         "blocked.tcp_reset": "SYN vers {endpoint} répondu par RST, sans SYN-ACK ({frames})",
         "blocked.syn": "{syn_sent} SYN vers {endpoint} jamais répondus alors que d'autres "
                        "connexions l'étaient",
+        "unknown.tcp_reset": "SYN vers {endpoint} répondu par RST, sans SYN-ACK ({frames}) ; "
+                             "rien ne montre que ce service répondait : un port fermé "
+                             "l'explique",
+        "unknown.syn": "{syn_sent} SYN vers {endpoint} jamais répondus ; rien ne montre ce "
+                       "service en service : un hôte éteint ou un port filtré l'explique",
         "blocked.tls_reset": "ClientHello TLS pour {sni} ({frames}) répondu par un RST au lieu "
                              "d'un ServerHello",
         "throttled.rate_cap": "le flux reçu {ssrc} a perdu {loss} pendant que son délai "
@@ -324,9 +339,16 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                 "المتصل به أنهى المكالمة",
         "blocked.icmp": "رسالة ICMP من النوع {icmp_type} والرمز {icmp_code} من {reporter} "
                         "تقتبس حزمة من هذا التدفق ({frames})",
+        "unknown.icmp": "رسالة ICMP من النوع {icmp_type} والرمز {icmp_code} من {reporter} "
+                        "تقتبس حزمة من هذا التدفق ({frames})؛ لا شيء يبين أن المضيف كان "
+                        "يعمل: مضيف مطفأ أو جداره الناري يفسر ذلك",
         "blocked.tcp_reset": "رد على SYN إلى {endpoint} بـ RST دون SYN-ACK ({frames})",
         "blocked.syn": "لم يرد على {syn_sent} SYN إلى {endpoint} بينما رد على اتصالات "
                        "أخرى",
+        "unknown.tcp_reset": "رد على SYN إلى {endpoint} بـ RST دون SYN-ACK ({frames})؛ "
+                             "لا شيء يبين أن الخدمة كانت تعمل: منفذ مغلق يفسر ذلك",
+        "unknown.syn": "لم يرد على {syn_sent} SYN إلى {endpoint}؛ لا شيء يبين أن الخدمة "
+                       "كانت تعمل: مضيف مطفأ أو منفذ مفلتر يفسر ذلك",
         "blocked.tls_reset": "رد على TLS ClientHello لـ {sni} ({frames}) بـ RST بدل "
                              "ServerHello",
         "throttled.rate_cap": "فقد التيار المستقبل {ssrc} نسبة {loss} بينما ارتفع تأخيره "

@@ -41,6 +41,7 @@ from policy.rules import (
     Policy,
     RuleContext,
     SipOutcome,
+    answered_services,
     call_rules,
     congested_paths,
     explained_by_congestion,
@@ -106,7 +107,8 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
     by_uid = {f.uid: f for f in flows}
     cls = {c.uid: c for c in classes}
     local, sides = assembly.local, assembly.sides
-    ctx = RuleContext(pol, cls, local, assembly.others_answered, assembly.capture_end)
+    ctx = RuleContext(pol, cls, local, assembly.others_answered, assembly.capture_end,
+                      answered_services(flows))
     calls: list[Call] = []
     flow_verdicts: dict[str, Verdict] = {}
     single_ev: dict[str, list[Evidence]] = {}  # signalling flows sit in many calls: judge once
@@ -136,7 +138,8 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
         # a flow's own rules look at ICMP errors quoting it, and at TCP
         if f.uid in in_calls or not _own_rules_apply(f):
             continue
-        ev = explained_by_congestion(single(f), [*seen, *congested], by_uid)
+        ev = explained_by_congestion(flow_rules(f, ctx, lone=True), [*seen, *congested],
+                                     by_uid)
         if ev:
             flow_verdicts[f.uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
@@ -191,8 +194,12 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
         # messages alone were dropped, which a failed path does not explain.
         worked = {sides(f)[0][0] for f in media_flows
                   if f.orig_pkts >= 10 and f.resp_pkts >= 10}
+        # An ICMP error quoting a UDP check to such a host is the same failed pair.
         failed_pair = [e for e in evidence
-                       if e.reason in (Reason.STUN_UNANSWERED, Reason.MEDIA_NO_RETURN)
+                       if (e.reason in (Reason.STUN_UNANSWERED, Reason.MEDIA_NO_RETURN)
+                           or (e.reason is Reason.ICMP_UNREACHABLE
+                               and all(by_uid[u].proto == "udp" for u in e.flow_uids
+                                       if u in by_uid)))
                        and not any(sides(by_uid[u])[0][0] in worked
                                    for u in e.flow_uids if u in by_uid)]
         call_level = [e for e in evidence if e not in failed_pair and e.reason not in (
@@ -269,12 +276,12 @@ def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classifica
     judged earlier showed explaining unanswered requests."""
     pol = policy or load_policy()
     cls = {c.uid: c for c in classes}
-    ctx = RuleContext(pol, cls, *vantage(flows, cls))
+    ctx = RuleContext(pol, cls, *vantage(flows, cls), answered_services(flows))
     out: dict[str, Verdict] = {}
     for f in judge:
         if not _own_rules_apply(f):
             continue
-        ev = explained_by_congestion(flow_rules(f, ctx), congested, {f.uid: f})
+        ev = explained_by_congestion(flow_rules(f, ctx, lone=True), congested, {f.uid: f})
         if ev:
             out[f.uid] = verdict_from(ev)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,7 +32,8 @@ __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "Cong
            "DegradedPolicy", "Policy", "QualityPolicy", "ReachabilityPolicy", "ReplayPolicy",
            "RuleContext",
            "SipOutcome",
-           "ThrottledPolicy", "call_rules", "congested_paths", "explained_by_congestion",
+           "ThrottledPolicy", "answered_services", "call_rules", "congested_paths",
+           "explained_by_congestion",
            "explained_by_shaper", "flow_rules", "load_policy", "sip_outcome", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
@@ -264,6 +265,9 @@ class RuleContext:
     no artefact of a one-sided tap."""
     capture_end: float = math.inf
     """The newest packet's time: how long the capture went on after a request."""
+    services_up: frozenset[tuple[str, int]] = frozenset()
+    """Server addresses and ports that answered a TCP handshake in the capture
+    (:func:`answered_services`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,10 +336,30 @@ def _ev(rule: str, reason: Reason, flows: Sequence[FlowRecord], frames: Sequence
                     min(f.first_ts for f in flows), max(f.last_ts for f in flows), figures, text)
 
 
-def flow_rules(flow: FlowRecord, ctx: RuleContext) -> list[Evidence]:
-    """Interference visible on a single flow (TCP/TLS/ICMP)."""
+def answered_services(flows: Iterable[FlowRecord]) -> frozenset[tuple[str, int]]:
+    """The (server address, port) pairs some TCP connection of ``flows`` reached: the
+    server answered its SYN with a SYN-ACK."""
+    return frozenset((f.resp_h, f.resp_p) for f in flows
+                     if f.proto == "tcp" and f.resp_pkts > 0
+                     and f.conn_state not in ("S0", "REJ", "RSTOS0", "SH", "OTH"))
+
+
+def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> list[Evidence]:
+    """Interference visible on a single flow (TCP/TLS/ICMP).
+
+    ``lone``: the flow is in no call. A SYN nobody answered, answered by a RST, or a
+    router's host or network unreachable then shows a block only when something shows the
+    service was there to answer: its app's server (the classifier named the app), or
+    another connection to the same address and port that was answered. Otherwise a host
+    that is offline (a peer that left, a port scan's target) or a port that is closed or
+    filtered explains it, and the verdict is ``unknown`` with the same reason (rules
+    ``unknown.syn``, ``unknown.tcp_reset``, ``unknown.icmp``); so is a prohibition the
+    destination itself sent (its own firewall). A router's "administratively prohibited"
+    stays a block."""
     pol = ctx.policy
     out: list[Evidence] = []
+    shown_up = (not lone or ctx.classes[flow.uid].app is not None
+                or (flow.resp_h, flow.resp_p) in ctx.services_up)
     for n in flow.icmp:
         # A router's unreachable, or anyone's "administratively prohibited", is the network
         # refusing; a port unreachable from the endpoints themselves is just a closed port.
@@ -343,7 +367,11 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext) -> list[Evidence]:
         from_endpoint = n.reporter in (flow.orig_h, flow.resp_h)
         if ((n.family, n.type) in ICMP_BLOCKING or (n.family == 4 and n.type == 3)) and (
                 prohibited or not from_endpoint):
-            out.append(_ev("blocked.icmp", Reason.ICMP_UNREACHABLE, [flow], [n.frame],
+            # In no call: a host or network unreachable is an offline host's too, and a
+            # prohibition from the destination itself is its own firewall's.
+            network = not from_endpoint and (prohibited or shown_up)
+            rule = "blocked.icmp" if not lone or network else "unknown.icmp"
+            out.append(_ev(rule, Reason.ICMP_UNREACHABLE, [flow], [n.frame],
                            {"icmp_type": n.type, "icmp_code": n.code, "reporter": n.reporter},
                            f"ICMP type {n.type} code {n.code} from {n.reporter} quoted this "
                            f"flow's packet (frame {n.frame})"))
@@ -351,18 +379,22 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext) -> list[Evidence]:
     if flow.proto != "tcp":
         return out
     state = flow.conn_state
+    unshown = ("" if shown_up else "; nothing in the capture shows that service up: an "
+               "offline host or a closed or filtered port explains it")
     if state == "REJ":
-        out.append(_ev("blocked.tcp_reset", Reason.TCP_RESET, [flow], [flow.first_frame],
+        rule = "blocked.tcp_reset" if shown_up else "unknown.tcp_reset"
+        out.append(_ev(rule, Reason.TCP_RESET, [flow], [flow.first_frame],
                        {"conn_state": state, "resp_flags": flow.resp_flags},
                        f"SYN to {flow.resp_h}:{flow.resp_p} answered by RST, no SYN-ACK "
-                       f"(frames {flow.first_frame}-{flow.last_frame})"))
+                       f"(frames {flow.first_frame}-{flow.last_frame}){unshown}"))
     elif state in ("S0", "RSTOS0") and ctx.others_answered and \
             flow.orig_pkts >= pol.blocked.syn_min_attempts and \
             ctx.capture_end - flow.first_ts >= pol.blocked.syn_min_wait_s:
-        out.append(_ev("blocked.syn", Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
+        rule = "blocked.syn" if shown_up else "unknown.syn"
+        out.append(_ev(rule, Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
                        {"syn_sent": flow.orig_pkts, "answers": 0},
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
-                       " while other connections were"))
+                       f" while other connections were{unshown}"))
     f = ctx.classes[flow.uid].facts
     # A client that sent its own FIN had given up before any reset: a client whose
     # handshake was cut by a RST has no connection left to close. (Through a shaper's

@@ -1,0 +1,114 @@
+"""Verdicts of flows in no call: silence or a refusal shows a block only when something
+shows the service was there to answer.
+
+A SYN nobody answered, a RST to a SYN, a router's "host unreachable": a peer that went
+offline, a port scan's target, a closed or filtered port and the destination's own
+firewall produce the same packets. For a flow in no call they are ``blocked`` only when
+the classifier named the server's app, or another connection to the same address and
+port was answered in the capture; otherwise ``unknown`` with the same reason. A router's
+"administratively prohibited" stays a block.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[attr-defined]
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from api.pipeline import analyze_capture
+from policy.records import Reason, Verdict, VerdictKind
+from tests.unit.policy.test_verdict_rules import _dns_answered, _pcap, _syn, _udp, _voice
+
+ME, ROUTER, FAR = "192.168.1.50", "192.168.1.1", "203.0.113.77"
+
+
+def _tcp(ts: float, src: tuple[str, int], dst: tuple[str, int], flags: str
+         ) -> tuple[float, bytes]:
+    return ts, bytes(Ether() / IP(src=src[0], dst=dst[0]) /
+                     TCP(sport=src[1], dport=dst[1], flags=flags, seq=1000, ack=1))
+
+
+def _verdicts(tmp_path: Path, packets: list[tuple[float, bytes]]) -> dict[int, Verdict]:
+    path = tmp_path / "lone.pcap"
+    # An answered lookup first (other traffic was answered), a last packet at 20 s.
+    _pcap(path, sorted([*_dns_answered(ME), *packets,
+                        *_dns_answered(ME)[:1], (20.0, _udp(20.0, ME, 40002, ROUTER, 53,
+                                                            b"\x00" * 12)[1])]))
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    return {f.orig_p: result.analysis.flow_verdicts[f.uid] for f in result.flows
+            if f.uid in result.analysis.flow_verdicts}
+
+
+def _kind_and_rule(v: Verdict) -> tuple[VerdictKind, str]:
+    return v.kind, v.evidence[0].rule
+
+
+def test_a_syn_to_a_service_nothing_shows_up_is_unknown(tmp_path: Path) -> None:
+    syns = [_syn(2.0 + t, (ME, 50001), (FAR, 6346)) for t in (0.0, 1.0, 3.0)]
+    v = _verdicts(tmp_path, syns)[50001]
+    assert _kind_and_rule(v) == (VerdictKind.UNKNOWN, "unknown.syn")
+    assert v.reasons == (Reason.SYN_UNANSWERED,)
+
+
+def test_a_syn_to_a_service_that_answered_elsewhere_is_blocked(tmp_path: Path) -> None:
+    answered = [_tcp(1.0, (ME, 50000), (FAR, 443), "S"), _tcp(1.02, (FAR, 443), (ME, 50000), "SA"),
+                _tcp(1.021, (ME, 50000), (FAR, 443), "A")]
+    syns = [_syn(2.0 + t, (ME, 50001), (FAR, 443)) for t in (0.0, 1.0, 3.0)]
+    v = _verdicts(tmp_path, answered + syns)[50001]
+    assert _kind_and_rule(v) == (VerdictKind.BLOCKED, "blocked.syn")
+
+
+def test_a_reset_from_a_closed_port_is_unknown(tmp_path: Path) -> None:
+    refused = [_tcp(2.0, (ME, 50003), (FAR, 3389), "S"), _tcp(2.02, (FAR, 3389), (ME, 50003), "RA")]
+    v = _verdicts(tmp_path, refused)[50003]
+    assert _kind_and_rule(v) == (VerdictKind.UNKNOWN, "unknown.tcp_reset")
+
+
+def _unreachable(reporter: str, code: int) -> list[tuple[float, bytes]]:
+    sent = _udp(2.0, ME, 50004, FAR, 5000, b"\x01" * 40)
+    quoted = IP(src=ME, dst=FAR) / UDP(sport=50004, dport=5000, chksum=0) / Raw(b"\x01" * 8)
+    err = bytes(Ether() / IP(src=reporter, dst=ME) / ICMP(type=3, code=code) / quoted)
+    return [sent, (2.03, err)]
+
+
+def test_a_routers_host_unreachable_for_a_host_nothing_shows_up_is_unknown(
+        tmp_path: Path) -> None:
+    v = _verdicts(tmp_path, _unreachable(ROUTER, 1))[50004]
+    assert _kind_and_rule(v) == (VerdictKind.UNKNOWN, "unknown.icmp")
+
+
+def test_a_routers_administrative_prohibition_is_blocked(tmp_path: Path) -> None:
+    v = _verdicts(tmp_path, _unreachable(ROUTER, 13))[50004]
+    assert _kind_and_rule(v) == (VerdictKind.BLOCKED, "blocked.icmp")
+
+
+def test_the_destinations_own_prohibition_is_unknown(tmp_path: Path) -> None:
+    v = _verdicts(tmp_path, _unreachable(FAR, 10))[50004]
+    assert _kind_and_rule(v) == (VerdictKind.UNKNOWN, "unknown.icmp")
+
+
+def test_an_icmp_error_on_a_failed_candidate_pair_of_a_working_call_is_no_block(
+        tmp_path: Path) -> None:
+    # ICE checks from the call's socket to a peer's address that a router says is
+    # unreachable, while the media flows both ways through the relay from the same
+    # socket: a candidate pair that failed (RFC 8445), listed with the call.
+
+    me, relay, peer = (ME, 40000), ("198.51.100.20", 3478), ("203.0.113.90", 50000)
+    pkts = _voice(me, relay, 0xAAAA, n=500) + _voice(relay, me, 0xBBBB, n=500)
+    for k in range(3):
+        check = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes([k]) * 12
+        pkts.append(_udp(1.0 + k, me[0], me[1], peer[0], peer[1], check))
+        quoted = IP(src=me[0], dst=peer[0]) / UDP(sport=me[1], dport=peer[1], chksum=0) / \
+            Raw(check[:8])
+        pkts.append((1.05 + k, bytes(Ether() / IP(src=ROUTER, dst=me[0]) /
+                                     ICMP(type=3, code=1) / quoted)))
+    path = tmp_path / "pair.pcap"
+    _pcap(path, sorted([*_dns_answered(me[0]), *pkts]))
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    (call,) = result.analysis.calls
+    assert call.verdict.kind is VerdictKind.OK, call.verdict
+    assert not [v for v in result.analysis.flow_verdicts.values()
+                if v.kind is VerdictKind.BLOCKED]
+    assert [p["reason"] for p in call.extra["failed_paths"]] == ["icmp-unreachable"]
