@@ -244,6 +244,7 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
     turn = False
     ms_version = None
     ice = 0
+    sessions: set[str] = set()
     seen = False
     for p in payloads:
         msgs: list[stun.StunMessage | stun.StunGist]
@@ -262,6 +263,14 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
                 if not isinstance(item, stun.StunMessage):
                     turn = True
                     seen = True
+                    # A connectivity check relayed in ChannelData names its ICE session
+                    # too; it is the peers' message, not one to count as the relay's.
+                    inner = item.inner_stun
+                    if inner is not None and (inner.priority is not None
+                                              or inner.ice_controlling is not None
+                                              or inner.ice_controlled is not None) \
+                            and inner.username and inner.username.count(":") == 1:
+                        sessions.add(":".join(sorted(inner.username.split(":"))))
                     continue
                 msgs.append(item)
                 if item.inner is not None:
@@ -275,11 +284,13 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
             cls = m.cls
             if cls is MessageClass.REQUEST:
                 req += 1
+                check = (m.priority is not None or m.use_candidate
+                         or m.ice_controlling is not None or m.ice_controlled is not None)
                 if p.direction == ORIG:
                     orig_req += 1
-                    if (m.priority is not None or m.use_candidate
-                            or m.ice_controlling is not None or m.ice_controlled is not None):
-                        ice += 1
+                    ice += check
+                if check and m.username and m.username.count(":") == 1:
+                    sessions.add(":".join(sorted(m.username.split(":"))))
             elif cls is MessageClass.SUCCESS_RESPONSE:
                 ok += 1
                 resp_resp += p.direction == RESP
@@ -309,7 +320,7 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
         vendors=tuple(sorted(vendors)), realm=realm, software=software,
         mapped=tuple(dict.fromkeys(mapped)), peers=tuple(dict.fromkeys(peers)),
         relayed=tuple(dict.fromkeys(relayed)), turn=turn, ms_version=ms_version,
-        orig_ice_checks=ice)
+        orig_ice_checks=ice, ice_sessions=tuple(sorted(sessions)))
 
 
 def _sip(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],

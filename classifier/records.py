@@ -113,6 +113,11 @@ class StunSummary:
     orig_ice_checks: int = 0
     """Originator requests that are ICE connectivity checks (PRIORITY, USE-CANDIDATE,
     ICE-CONTROLLING/CONTROLLED, RFC 8445 §7.1): aimed at a peer's candidate, not a server."""
+    ice_sessions: tuple[str, ...] = ()
+    """The ICE sessions the flow's connectivity checks belong to: each check's USERNAME is
+    "RFRAG:LFRAG" (RFC 8445 §7.2.2), the same on every candidate pair of one session; kept
+    as the two fragments sorted and joined by a colon, so that both agents' checks give
+    the same key."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "success": self.success, "errors": self.errors,

@@ -17,9 +17,10 @@ How flows become one call:
   call of media streams named by two different apps. The call is named by its
   call flows' apps, evidence that names one app (a REALM, a server name)
   outweighing evidence an organisation's apps share (STUN types, addresses);
-* a group that names no app (a path straight to the peer, a binding to a STUN
-  server no table knows) started within the gap of exactly one named call of the
-  same machine is that call's: ICE checks a candidate of every local address;
+* flows whose ICE connectivity checks carry the same username fragments
+  (RFC 8445 §7.2.2: one session's, on every candidate pair) are one call's,
+  whatever socket, address or relay they go by: a path straight to the peer's
+  own address names no app, the relay it was found beside does;
 * TCP/TLS/QUIC flows of the same app, or to the call's remote hosts, that
   start up to ``calls.same_call_gap_s`` before the call and before its first
   media (or its end, when no media flowed) are its signalling and are judged
@@ -299,6 +300,16 @@ def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification
             u.join(i, by_socket[sock])
         else:
             by_socket[sock] = i
+    # One ICE session's checks carry the same username fragments on every candidate pair
+    # (RFC 8445 §7.2.2), whatever local socket, address family or relay they go by.
+    by_session: dict[str, int] = {}
+    for i, f in enumerate(cand):
+        facts = cls[f.uid].facts.stun
+        for session in () if facts is None else facts.ice_sessions:
+            if session in by_session:
+                u.join(i, by_session[session])
+            else:
+                by_session[session] = i
     # Same local host talking to the same remote host, or to the same app, within the gap:
     # per key, flows sorted by start join while they overlap (with the gap) the run so far.
     # The local host is its machine: a dual-stack host's IPv4 and IPv6 candidates are one
@@ -330,7 +341,7 @@ def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification
     comps: dict[int, list[FlowRecord]] = {}
     for i, f in enumerate(cand):
         comps.setdefault(u.find(i), []).append(f)
-    for members in _adopt_unnamed(list(comps.values()), cls, sides, gap_s):
+    for members in comps.values():
         groups.append(members)
         dialogs.append(None)
     _add_signalling(groups[n_sip:], flows, cls, taken, sides, gap_s)
@@ -344,41 +355,6 @@ def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification
                                    _setup(ordered, cls, None if dialog is None
                                           else dialog.call_id)))
     return Assembly(calls, local, others_answered, capture_end, sides)
-
-
-def _adopt_unnamed(comps: list[list[FlowRecord]], cls: dict[str, Classification],
-                   sides: Sides, gap_s: float) -> list[list[FlowRecord]]:
-    """Each group of call flows that names no app, joined to the one call of the same
-    machine that names one and started within ``gap_s`` of it.
-
-    When a call starts, ICE gathers candidates on a socket per local address (RFC 8445
-    §5.1.1) and checks pairs on each: a path straight to the peer's own address, or a
-    binding to a STUN server no table knows, shares no socket and no remote host with
-    the app's relays and carries nothing that names the app. Started with a call of the
-    same machine, it is that call's other path. With two or more such calls, whose it
-    is cannot be told: it stays a call of its own."""
-    def span(members: list[FlowRecord]) -> float:
-        return min(f.first_ts for f in members)
-
-    def machines_of(members: list[FlowRecord]) -> set[str]:
-        return {sides.machine(lh) for f in members for _, (lh, _) in (sides(f),)}
-
-    named = [m for m in comps if any(cls[f.uid].app is not None for f in m)]
-    if not named:
-        return comps
-    named_info = [(m, span(m), machines_of(m)) for m in named]
-    out: list[list[FlowRecord]] = []
-    for members in comps:
-        if any(cls[f.uid].app is not None for f in members):
-            out.append(members)
-            continue
-        start, hosts = span(members), machines_of(members)
-        near = [m for m, s, h in named_info if abs(s - start) <= gap_s and h & hosts]
-        if len(near) == 1:
-            near[0].extend(members)
-        else:
-            out.append(members)
-    return out
 
 
 def _add_signalling(groups: list[list[FlowRecord]], flows: Sequence[FlowRecord],

@@ -960,6 +960,7 @@ _T_XOR_PEER = int(AttrType.XOR_PEER_ADDRESS)
 _T_XOR_RELAYED = int(AttrType.XOR_RELAYED_ADDRESS)
 _T_SOFTWARE = int(AttrType.SOFTWARE)
 _T_REALM = int(AttrType.REALM)
+_T_USERNAME = int(AttrType.USERNAME)
 _T_DATA = int(AttrType.DATA)
 _T_USE_CANDIDATE = int(AttrType.USE_CANDIDATE)
 _T_PRIORITY = int(AttrType.PRIORITY)
@@ -989,6 +990,7 @@ class StunGist(NamedTuple):
     ice_controlling: int | None
     ms_version: int | None
     ms_implementation_version: int | None
+    username: str | None
 
     @property
     def is_turn(self) -> bool:
@@ -1017,7 +1019,7 @@ def stun_gist(data: bytes) -> StunGist | None:
     vendors = _NO_VENDORS if vendor is None else frozenset((vendor,))
     mapped = xor_mapped = relayed = None
     peers: list[TransportAddress] = []
-    realm = software = None
+    realm = software = username = None
     priority = controlled = controlling = ms_version = ms_implementation = None
     use_candidate = False
     pos = _HEADER_LEN
@@ -1049,6 +1051,8 @@ def stun_gist(data: bytes) -> StunGist | None:
                 software = software if software is not None else _text(value)
             elif a_type == _T_REALM:
                 realm = realm if realm is not None else _text(value)
+            elif a_type == _T_USERNAME:
+                username = username if username is not None else _text(value)
             elif a_type == _T_DATA:
                 return None  # may hold a message of its own: the full parser reads it
             elif a_type == _T_USE_CANDIDATE:
@@ -1071,5 +1075,5 @@ def stun_gist(data: bytes) -> StunGist | None:
     cls = _CLASS_OF_BITS[((msg_type >> 4) & 0x1) | ((msg_type >> 7) & 0x2)]
     return StunGist(msg_type, method, cls, vendors, mapped, xor_mapped, tuple(peers), relayed,
                     realm, software, priority, use_candidate, controlled, controlling,
-                    ms_version, ms_implementation)
+                    ms_version, ms_implementation, username)
 

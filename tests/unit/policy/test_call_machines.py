@@ -163,7 +163,7 @@ def test_a_call_without_two_way_media_has_no_quality_figures() -> None:
     assert call.legs and d["quality"] == {"mos": None, "loss_ratio": None, "jitter_s": None}
 
 
-# -- a path that names no app, started with a call of the same machine --------------------------
+# -- one ICE session over paths that name no app ----------------------------------------------
 
 UNKNOWN_STUN = Flow("udp", "2a02:a03f:c095:7d00::17", 50002, "2a0b:4e07:b8::9", 3478)
 """A STUN server at an address no table knows (an anonymised capture, a new range)."""
@@ -171,14 +171,23 @@ DIRECT = Flow("udp", "2a02:a03f:c095:7d00::17", 50002, "2a02:a03f:d000:11::44", 
 """The same socket's path straight to the peer's own address."""
 
 
-def _unnamed_path(cap: gen.Capture, mac: bytes, t: Fraction, rng: random.Random) -> None:
-    _bindings(cap, UNKNOWN_STUN, mac, t, rng)
-    _media(cap, DIRECT, mac, t + 2, rng, 0x0D12EC7)
+def _check(rng: random.Random, username: bytes) -> bytes:
+    """An ICE connectivity check (RFC 8445 §7.1): USERNAME "RFRAG:LFRAG", PRIORITY."""
+    attrs = [(gen.USERNAME, username), (gen.PRIORITY, struct.pack(">I", 0x6E001EFF))]
+    return gen.stun_message(gen.BINDING_REQUEST, rng.randbytes(12), attrs)
+
+
+def _unnamed_path(cap: gen.Capture, t: Fraction, rng: random.Random, username: bytes) -> None:
+    _bindings(cap, UNKNOWN_STUN, HOST, t, rng)
+    for k in range(3):
+        send_udp(cap, DIRECT, _link(HOST), t + 1 + Fraction(k, 10), ORIG, _check(rng, username))
+    _media(cap, DIRECT, HOST, t + 2, rng, 0x0D12EC7)
 
 
 def _relay(cap: gen.Capture, t: Fraction, rng: random.Random, realm: bytes, port: int,
-           server: str, ssrc: int) -> None:
-    """An Allocate answered 401 with a REALM naming the app (RFC 8656 §7.2), then media."""
+           server: str, ssrc: int, username: bytes) -> None:
+    """An Allocate answered 401 with a REALM naming the app (RFC 8656 §7.2), the peer's
+    checks relayed in ChannelData (§12), then media."""
     flow = Flow("udp", "192.168.1.8", port, server, 3478)
     link = _link(HOST)
     txid = rng.randbytes(12)
@@ -186,18 +195,20 @@ def _relay(cap: gen.Capture, t: Fraction, rng: random.Random, realm: bytes, port
     send_udp(cap, flow, link, t + Fraction(4, 100), 1 - ORIG, gen.stun_message(
         gen.ALLOCATE_ERROR, txid, [(gen.ERROR_CODE, gen.error_code(401, "Unauthorized")),
                                    (gen.REALM, realm), (gen.NONCE, rng.randbytes(8))]))
+    for k in range(2):
+        send_udp(cap, flow, link, t + Fraction(5 + k, 10), 1 - ORIG,
+                 gen.channel_data(gen.CHANNEL, _check(rng, username)))
     _media(cap, flow, HOST, t + 1, rng, ssrc)
 
 
-def _with_unnamed(tmp_path: Path, mac: bytes, signal_too: bool = False
-                  ) -> tuple[list[tuple[str | None, set[str]]], dict[int, str]]:
+def _with_direct_path(tmp_path: Path, direct_user: bytes
+                      ) -> tuple[list[tuple[str | None, set[str]]], dict[int, str]]:
     rng = random.Random("unnamed")
     cap = gen.Capture()
     t = gen.at(8200)
-    _relay(cap, t, rng, b"viber.com", 50000, "52.0.254.200", 0x0B1BE)
-    _unnamed_path(cap, mac, t + Fraction(1, 2), rng)
-    if signal_too:
-        _relay(cap, t + 1, rng, b"turn.signal.org", 50010, "52.0.254.201", 0x51C4A1)
+    # The peer's checks through the relay name the session "peer:mine"; ours go direct.
+    _relay(cap, t, rng, b"viber.com", 50000, "52.0.254.200", 0x0B1BE, b"mIne:pEEr")
+    _unnamed_path(cap, t + Fraction(1, 2), rng, direct_user)
     gen.save(tmp_path, "u.pcap", cap)
     result = analyze_capture(tmp_path / "u.pcap", workers=1, hash_capture=False)
     uid: dict[int, str] = {}
@@ -207,28 +218,18 @@ def _with_unnamed(tmp_path: Path, mac: bytes, signal_too: bool = False
     return [(c.app, set(c.flow_uids)) for c in result.analysis.calls], uid
 
 
-def test_a_path_naming_no_app_started_with_a_call_is_that_calls(tmp_path: Path) -> None:
-    calls, uid = _with_unnamed(tmp_path, HOST)
-    assert len(calls) == 1
+def test_a_path_of_the_same_ice_session_is_that_calls(tmp_path: Path) -> None:
+    calls, uid = _with_direct_path(tmp_path, b"pEEr:mIne")
     ((app, flows),) = calls
     assert app == "viber"
     assert {uid[50000], uid[61000]} <= flows  # the relay's flow and the direct path
 
 
-def test_another_machines_unnamed_path_stays_its_own(tmp_path: Path) -> None:
-    calls, uid = _with_unnamed(tmp_path, NEIGHBOUR)
+def test_a_path_of_another_ice_session_stays_its_own(tmp_path: Path) -> None:
+    # Same machine, same seconds: but another session's fragments. Time alone joins nothing.
+    calls, uid = _with_direct_path(tmp_path, b"oThr:sEss")
     mine = next(flows for _, flows in calls if uid[50000] in flows)
     assert uid[61000] not in mine
-
-
-def test_an_unnamed_path_during_two_apps_calls_is_nobodys(tmp_path: Path) -> None:
-    # Two calls of two apps started together on one machine: whose the direct path is
-    # cannot be told from the packets; it stays a call of its own.
-    calls, uid = _with_unnamed(tmp_path, HOST, signal_too=True)
-    apps = {app for app, _ in calls}
-    assert {"viber", "signal"} <= apps
-    alone = [(app, flows) for app, flows in calls if uid[61000] in flows]
-    assert alone and alone[0][0] is None and uid[50000] not in alone[0][1]
 
 
 # -- a tap carrying two subscribers' calls ------------------------------------------------------
