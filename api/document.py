@@ -276,8 +276,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "blocked.icmp": "ICMP type {icmp_type} code {icmp_code} from {reporter} quoted this "
                         "flow's packet ({frames})",
         "unknown.icmp": "ICMP type {icmp_type} code {icmp_code} from {reporter} quoted this "
-                        "flow's packet ({frames}); nothing shows that host up: an offline "
-                        "host or its own firewall explains it",
+                        "flow's packet ({frames}); the destination's own firewall or an "
+                        "offline host explains it",
         "blocked.tcp_reset": "SYN to {endpoint} answered by RST, no SYN-ACK ({frames})",
         "blocked.syn": "{syn_sent} SYN(s) to {endpoint} never answered while other "
                        "connections were",
@@ -307,16 +307,16 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "blocked.icmp": "un ICMP de type {icmp_type} code {icmp_code} venu de {reporter} cite "
                         "un paquet de ce flux ({frames})",
         "unknown.icmp": "un ICMP de type {icmp_type} code {icmp_code} venu de {reporter} cite "
-                        "un paquet de ce flux ({frames}) ; rien ne montre que cet hôte "
-                        "répondait : un hôte éteint ou son propre pare-feu l'explique",
+                        "un paquet de ce flux ({frames}) ; le pare-feu de la destination "
+                        "ou un hôte éteint l'explique",
         "blocked.tcp_reset": "SYN vers {endpoint} répondu par RST, sans SYN-ACK ({frames})",
         "blocked.syn": "{syn_sent} SYN vers {endpoint} jamais répondus alors que d'autres "
                        "connexions l'étaient",
         "unknown.tcp_reset": "SYN vers {endpoint} répondu par RST, sans SYN-ACK ({frames}) ; "
                              "rien ne montre que ce service répondait : un port fermé "
                              "l'explique",
-        "unknown.syn": "{syn_sent} SYN vers {endpoint} jamais répondus ; rien ne montre ce "
-                       "service en service : un hôte éteint ou un port filtré l'explique",
+        "unknown.syn": "{syn_sent} SYN vers {endpoint} jamais répondus ; rien ne montre que "
+                       "ce service répondait : un hôte éteint ou un port filtré l'explique",
         "blocked.tls_reset": "ClientHello TLS pour {sni} ({frames}) répondu par un RST au lieu "
                              "d'un ServerHello",
         "throttled.rate_cap": "le flux reçu {ssrc} a perdu {loss} pendant que son délai "
@@ -340,8 +340,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "blocked.icmp": "رسالة ICMP من النوع {icmp_type} والرمز {icmp_code} من {reporter} "
                         "تقتبس حزمة من هذا التدفق ({frames})",
         "unknown.icmp": "رسالة ICMP من النوع {icmp_type} والرمز {icmp_code} من {reporter} "
-                        "تقتبس حزمة من هذا التدفق ({frames})؛ لا شيء يبين أن المضيف كان "
-                        "يعمل: مضيف مطفأ أو جداره الناري يفسر ذلك",
+                        "تقتبس حزمة من هذا التدفق ({frames})؛ الجدار الناري للوجهة أو مضيف "
+                        "مطفأ يفسر ذلك",
         "blocked.tcp_reset": "رد على SYN إلى {endpoint} بـ RST دون SYN-ACK ({frames})",
         "blocked.syn": "لم يرد على {syn_sent} SYN إلى {endpoint} بينما رد على اتصالات "
                        "أخرى",

@@ -46,6 +46,7 @@ from policy.rules import (
     congested_paths,
     explained_by_congestion,
     flow_rules,
+    icmp_prohibited,
     load_policy,
     sip_outcome,
     verdict_from,
@@ -120,12 +121,12 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
         return ev
 
     for assembled in assembly.calls:
-        near = _call_local(assembled, local, sides)
-        if near == local:
+        call_local = _call_local(assembled, local, sides)
+        if call_local == local:
             judged = _judge(assembled, ctx, sides, by_uid, single, flow_verdicts)
-        else:
-            judged = _judge(assembled, replace(ctx, local=near), Sides(near, sides.who),
-                            by_uid, single, flow_verdicts)
+        else:  # ``single`` stays valid: flow_rules does not read the local host
+            judged = _judge(assembled, replace(ctx, local=call_local),
+                            Sides(call_local, sides.who), by_uid, single, flow_verdicts)
         if judged is not None:
             calls.append(judged)
             for uid in {u for e in judged.verdict.evidence for u in e.flow_uids
@@ -194,12 +195,11 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
         # messages alone were dropped, which a failed path does not explain.
         worked = {sides(f)[0][0] for f in media_flows
                   if f.orig_pkts >= 10 and f.resp_pkts >= 10}
-        # An ICMP error quoting a UDP check to such a host is the same failed pair.
+        # A router's unreachable quoting a UDP check to such a host is the same failed
+        # pair; a router's "administratively prohibited" says the network refused it.
         failed_pair = [e for e in evidence
                        if (e.reason in (Reason.STUN_UNANSWERED, Reason.MEDIA_NO_RETURN)
-                           or (e.reason is Reason.ICMP_UNREACHABLE
-                               and all(by_uid[u].proto == "udp" for u in e.flow_uids
-                                       if u in by_uid)))
+                           or _unreachable_pair(e, by_uid))
                        and not any(sides(by_uid[u])[0][0] in worked
                                    for u in e.flow_uids if u in by_uid)]
         call_level = [e for e in evidence if e not in failed_pair and e.reason not in (
@@ -390,6 +390,15 @@ def _failed_paths(failed: list[Evidence], by_uid: dict[str, FlowRecord], sides: 
                             f"{', '.join(sorted(worked))}: a candidate pair that failed, "
                             "not interference"})
     return out
+
+
+def _unreachable_pair(e: Evidence, by_uid: dict[str, FlowRecord]) -> bool:
+    """Whether ``e`` is an ICMP unreachable, not a prohibition, quoting UDP flows only."""
+    flows = [by_uid[u] for u in e.flow_uids if u in by_uid]
+    return (e.reason is Reason.ICMP_UNREACHABLE and bool(flows)
+            and all(f.proto == "udp" for f in flows)
+            and not icmp_prohibited(4 if ":" not in flows[0].orig_h else 6,
+                                    int(e.figures.get("icmp_code", -1))))
 
 
 def _two_way_media(media_flows: Sequence[FlowRecord]) -> bool:

@@ -34,9 +34,18 @@ __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "Cong
            "SipOutcome",
            "ThrottledPolicy", "answered_services", "call_rules", "congested_paths",
            "explained_by_congestion",
-           "explained_by_shaper", "flow_rules", "load_policy", "sip_outcome", "verdict_from"]
+           "explained_by_shaper", "flow_rules", "icmp_prohibited", "load_policy", "sip_outcome",
+           "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
+FRAGMENTATION_NEEDED = 4
+"""IPv4 destination unreachable code 4 (RFC 792, RFC 1191): path MTU discovery."""
+
+
+def icmp_prohibited(family: int, code: int) -> bool:
+    """Whether a destination-unreachable code says "administratively prohibited": IPv4
+    codes 9, 10 and 13 (RFC 1812 §5.2.7.1), ICMPv6 code 1 (RFC 4443 §3.1)."""
+    return (family == 4 and code in (9, 10, 13)) or (family == 6 and code == 1)
 STUN_SERVER_PORTS = frozenset({3478, 3479, 3480, 3481, 3482, 3483, 3484, 3485, 3486, 3487, 5349,
                                5350, *range(19302, 19310)})
 """Ports STUN/TURN servers listen on (RFC 8489 §9 3478/5349, and the published app ranges);
@@ -266,7 +275,7 @@ class RuleContext:
     capture_end: float = math.inf
     """The newest packet's time: how long the capture went on after a request."""
     services_up: frozenset[tuple[str, int]] = frozenset()
-    """Server addresses and ports that answered a TCP handshake in the capture
+    """Server addresses and ports that answered a flow among those judged together
     (:func:`answered_services`)."""
 
 
@@ -337,11 +346,11 @@ def _ev(rule: str, reason: Reason, flows: Sequence[FlowRecord], frames: Sequence
 
 
 def answered_services(flows: Iterable[FlowRecord]) -> frozenset[tuple[str, int]]:
-    """The (server address, port) pairs some TCP connection of ``flows`` reached: the
-    server answered its SYN with a SYN-ACK."""
-    return frozenset((f.resp_h, f.resp_p) for f in flows
-                     if f.proto == "tcp" and f.resp_pkts > 0
-                     and f.conn_state not in ("S0", "REJ", "RSTOS0", "SH", "OTH"))
+    """The (server address, port) pairs that answered some flow of ``flows``: a SYN with a
+    SYN-ACK (TCP), a datagram with a datagram back (UDP)."""
+    return frozenset((f.resp_h, f.resp_p) for f in flows if f.resp_pkts > 0 and (
+        (f.proto == "tcp" and f.conn_state not in ("S0", "REJ", "RSTOS0", "SH", "OTH"))
+        or f.proto == "udp"))
 
 
 def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> list[Evidence]:
@@ -358,43 +367,48 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
     stays a block."""
     pol = ctx.policy
     out: list[Evidence] = []
-    shown_up = (not lone or ctx.classes[flow.uid].app is not None
-                or (flow.resp_h, flow.resp_p) in ctx.services_up)
+    service_up = (not lone or ctx.classes[flow.uid].app is not None
+                  or (flow.resp_h, flow.resp_p) in ctx.services_up)
     for n in flow.icmp:
+        if n.family == 4 and n.type == 3 and n.code == FRAGMENTATION_NEEDED:
+            continue  # path MTU discovery (RFC 1191): the path works, with smaller packets
         # A router's unreachable, or anyone's "administratively prohibited", is the network
         # refusing; a port unreachable from the endpoints themselves is just a closed port.
-        prohibited = (n.family == 4 and n.code in (9, 10, 13)) or (n.family == 6 and n.code == 1)
+        prohibited = icmp_prohibited(n.family, n.code)
         from_endpoint = n.reporter in (flow.orig_h, flow.resp_h)
         if ((n.family, n.type) in ICMP_BLOCKING or (n.family == 4 and n.type == 3)) and (
                 prohibited or not from_endpoint):
             # In no call: a host or network unreachable is an offline host's too, and a
             # prohibition from the destination itself is its own firewall's.
-            network = not from_endpoint and (prohibited or shown_up)
-            rule = "blocked.icmp" if not lone or network else "unknown.icmp"
-            out.append(_ev(rule, Reason.ICMP_UNREACHABLE, [flow], [n.frame],
+            from_network = not from_endpoint and (prohibited or service_up)
+            blocked = not lone or from_network
+            why = "" if blocked else ("; the destination's own firewall or an offline host "
+                                      "explains it")
+            out.append(_ev("blocked.icmp" if blocked else "unknown.icmp",
+                           Reason.ICMP_UNREACHABLE, [flow], [n.frame],
                            {"icmp_type": n.type, "icmp_code": n.code, "reporter": n.reporter},
                            f"ICMP type {n.type} code {n.code} from {n.reporter} quoted this "
-                           f"flow's packet (frame {n.frame})"))
+                           f"flow's packet (frame {n.frame}){why}"))
             break
     if flow.proto != "tcp":
         return out
     state = flow.conn_state
-    unshown = ("" if shown_up else "; nothing in the capture shows that service up: an "
-               "offline host or a closed or filtered port explains it")
+    why = ("" if service_up else "; nothing in the capture shows that service up: an "
+           "offline host or a closed or filtered port explains it")
     if state == "REJ":
-        rule = "blocked.tcp_reset" if shown_up else "unknown.tcp_reset"
+        rule = "blocked.tcp_reset" if service_up else "unknown.tcp_reset"
         out.append(_ev(rule, Reason.TCP_RESET, [flow], [flow.first_frame],
                        {"conn_state": state, "resp_flags": flow.resp_flags},
                        f"SYN to {flow.resp_h}:{flow.resp_p} answered by RST, no SYN-ACK "
-                       f"(frames {flow.first_frame}-{flow.last_frame}){unshown}"))
+                       f"(frames {flow.first_frame}-{flow.last_frame}){why}"))
     elif state in ("S0", "RSTOS0") and ctx.others_answered and \
             flow.orig_pkts >= pol.blocked.syn_min_attempts and \
             ctx.capture_end - flow.first_ts >= pol.blocked.syn_min_wait_s:
-        rule = "blocked.syn" if shown_up else "unknown.syn"
+        rule = "blocked.syn" if service_up else "unknown.syn"
         out.append(_ev(rule, Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
                        {"syn_sent": flow.orig_pkts, "answers": 0},
                        f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
-                       f" while other connections were{unshown}"))
+                       f" while other connections were{why}"))
     f = ctx.classes[flow.uid].facts
     # A client that sent its own FIN had given up before any reset: a client whose
     # handshake was cut by a RST has no connection left to close. (Through a shaper's

@@ -49,13 +49,13 @@ class PayloadView:
     """Offset of each payload in ``buf``."""
     length: I64
     """Captured bytes of each payload."""
-    wire: I64
+    full_length: I64
     """Bytes of each payload on the wire, as its IP header counts them: more than
     :attr:`length` when the capture cut the packet short (a snap length)."""
 
     def subset(self, idx: I64) -> PayloadView:
         """The payloads at positions ``idx`` only."""
-        return PayloadView(self.buf, self.start[idx], self.length[idx], self.wire[idx])
+        return PayloadView(self.buf, self.start[idx], self.length[idx], self.full_length[idx])
 
     def byte(self, rel: int | I64) -> I64:
         """The byte at ``rel`` (a number, or one per payload) from each payload's start.

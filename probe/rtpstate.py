@@ -14,7 +14,8 @@ shows a queue building up.
 Everything is vectorised over the batch; the only per-stream Python work is
 one dict lookup per stream and batch. A stream is created only once three of
 its packets are seen in one batch, two of them a forward sequence step after the
-one before (RFC 3550 §A.1's probation): random UDP payloads that merely look like
+one before (a looser form of RFC 3550 §A.1's probation,
+which wants consecutive numbers): random UDP payloads that merely look like
 RTP never repeat an SSRC, and fixed fields that sit where RTP's would repeat the
 sequence number too, so neither fills the table.
 
@@ -182,10 +183,10 @@ class RtpStreams:
         starts[1:] = sk[1:] != sk[:-1]
         pos, run = _seg_start_pos(starts)
         counts = np.diff(np.append(pos, n))
-        # RFC 3550 §A.1 probation: a new source needs MIN_SEQUENTIAL forward sequence steps
-        # (a step over lost packets counts; a repeated or wild number does not). Fields
-        # that merely sit where RTP's would (a NetBIOS transaction's flags, a QUIC
-        # connection ID) repeat the same "sequence number" in every packet.
+        # RFC 3550 §A.1's probation, looser: a new source needs MIN_SEQUENTIAL forward
+        # sequence steps (a step over lost packets counts; a repeated or wild number does
+        # not). Fields that merely sit where RTP's would (a NetBIOS transaction's flags,
+        # a QUIC connection ID) repeat the same "sequence number" in every packet.
         sseq = seq[order]
         step = (sseq[1:] - sseq[:-1]) & 0xFFFF
         fwd = np.zeros(n, dtype=np.int64)

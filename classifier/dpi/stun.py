@@ -844,8 +844,8 @@ def _channel_data_rtp(view: PayloadView) -> tuple[int, npt.NDArray[np.bool_]]:
     claimed: npt.NDArray[np.bool_] = (
         (b0 >= lo) & (b0 <= hi)
         # the length field counts the data; over UDP up to 3 padding bytes follow (§12.5)
-        & (view.wire >= data_len + _CHANNEL_HEADER_LEN)
-        & (view.wire <= data_len + _CHANNEL_HEADER_LEN + 3))
+        & (view.full_length >= data_len + _CHANNEL_HEADER_LEN)
+        & (view.full_length <= data_len + _CHANNEL_HEADER_LEN + 3))
     return _CHANNEL_HEADER_LEN, claimed
 
 
@@ -867,7 +867,7 @@ def _ms_multiplexed_rtp(view: PayloadView) -> tuple[int, npt.NDArray[np.bool_]]:
         (view.byte(0) == MS_TURN_MULTIPLEXED_CHANNEL >> 8)
         & (view.byte(1) == MS_TURN_MULTIPLEXED_CHANNEL & 0xFF)
         # the length field counts what follows it: the session ID and the data
-        & ((view.byte(2) << 8 | view.byte(3)) == view.wire - 4))
+        & ((view.byte(2) << 8 | view.byte(3)) == view.full_length - 4))
     return _MS_MULTIPLEXED_HEADER_LEN, claimed
 
 

@@ -38,6 +38,8 @@ SCORER = SHARED / "eval" / "score_calls.py"
 ETHERNET, COOKED = 1, 113
 MIN_FOUND = 17
 MAX_SPURIOUS = 2
+NO_CALL_RIGHT = 13
+"""Of the 13 captures where no call was answered: none with an "ok" call that has media."""
 
 Frame = tuple[float, bytes]
 
@@ -178,4 +180,4 @@ def test_real_dev_calls_hold_when_the_capture_changes(tmp_path: Path, change: st
     assert got["false_interference"] == 0, run.stdout
     assert got["calls_found"] >= MIN_FOUND, run.stdout
     assert got["spurious_calls"] <= MAX_SPURIOUS, run.stdout
-    assert got["no_call_right"] == 13, run.stdout
+    assert got["no_call_right"] >= NO_CALL_RIGHT, run.stdout

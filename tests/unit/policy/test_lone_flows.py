@@ -18,6 +18,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from api.pipeline import analyze_capture
+from policy.pipeline import AnalysisResult
 from policy.records import Reason, Verdict, VerdictKind
 from tests.unit.policy.test_verdict_rules import _dns_answered, _pcap, _syn, _udp, _voice
 
@@ -33,9 +34,9 @@ def _tcp(ts: float, src: tuple[str, int], dst: tuple[str, int], flags: str
 def _verdicts(tmp_path: Path, packets: list[tuple[float, bytes]]) -> dict[int, Verdict]:
     path = tmp_path / "lone.pcap"
     # An answered lookup first (other traffic was answered), a last packet at 20 s.
+    # The capture goes on to 20 s: long enough after every SYN to judge it.
     _pcap(path, sorted([*_dns_answered(ME), *packets,
-                        *_dns_answered(ME)[:1], (20.0, _udp(20.0, ME, 40002, ROUTER, 53,
-                                                            b"\x00" * 12)[1])]))
+                        _udp(20.0, ME, 40002, ROUTER, 53, b"\x00" * 12)]))
     result = analyze_capture(path, workers=1, hash_capture=False)
     return {f.orig_p: result.analysis.flow_verdicts[f.uid] for f in result.flows
             if f.uid in result.analysis.flow_verdicts}
@@ -89,12 +90,9 @@ def test_the_destinations_own_prohibition_is_unknown(tmp_path: Path) -> None:
     assert _kind_and_rule(v) == (VerdictKind.UNKNOWN, "unknown.icmp")
 
 
-def test_an_icmp_error_on_a_failed_candidate_pair_of_a_working_call_is_no_block(
-        tmp_path: Path) -> None:
-    # ICE checks from the call's socket to a peer's address that a router says is
-    # unreachable, while the media flows both ways through the relay from the same
-    # socket: a candidate pair that failed (RFC 8445), listed with the call.
-
+def _call_with_failed_pair(tmp_path: Path, code: int) -> AnalysisResult:
+    """Media both ways through a relay from one socket; ICE checks from the same socket
+    to a peer's address, each quoted back by a router's ICMP error of ``code``."""
     me, relay, peer = (ME, 40000), ("198.51.100.20", 3478), ("203.0.113.90", 50000)
     pkts = _voice(me, relay, 0xAAAA, n=500) + _voice(relay, me, 0xBBBB, n=500)
     for k in range(3):
@@ -103,12 +101,55 @@ def test_an_icmp_error_on_a_failed_candidate_pair_of_a_working_call_is_no_block(
         quoted = IP(src=me[0], dst=peer[0]) / UDP(sport=me[1], dport=peer[1], chksum=0) / \
             Raw(check[:8])
         pkts.append((1.05 + k, bytes(Ether() / IP(src=ROUTER, dst=me[0]) /
-                                     ICMP(type=3, code=1) / quoted)))
+                                     ICMP(type=3, code=code) / quoted)))
     path = tmp_path / "pair.pcap"
     _pcap(path, sorted([*_dns_answered(me[0]), *pkts]))
-    result = analyze_capture(path, workers=1, hash_capture=False)
+    return analyze_capture(path, workers=1, hash_capture=False)
+
+
+def test_an_icmp_error_on_a_failed_candidate_pair_of_a_working_call_is_no_block(
+        tmp_path: Path) -> None:
+    # A router says the peer's address is unreachable while the media flows both ways
+    # through the relay from the same socket: a candidate pair that failed (RFC 8445),
+    # listed with the call.
+    result = _call_with_failed_pair(tmp_path, 1)
     (call,) = result.analysis.calls
     assert call.verdict.kind is VerdictKind.OK, call.verdict
     assert not [v for v in result.analysis.flow_verdicts.values()
                 if v.kind is VerdictKind.BLOCKED]
     assert [p["reason"] for p in call.extra["failed_paths"]] == ["icmp-unreachable"]
+
+
+def test_a_routers_prohibition_on_a_candidate_pair_stays_a_block(tmp_path: Path) -> None:
+    # "Administratively prohibited" from a router: the network refused that path.
+    result = _call_with_failed_pair(tmp_path, 13)
+    (call,) = result.analysis.calls
+    assert "failed_paths" not in call.extra
+    assert [v.kind for v in result.analysis.flow_verdicts.values()] == [VerdictKind.BLOCKED]
+
+
+def test_a_syn_to_a_named_apps_server_is_blocked(tmp_path: Path) -> None:
+    # The app's server was looked up by name first: an app's servers are there to answer.
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+    server = "157.240.22.60"
+    query = IP(src=ME, dst=ROUTER) / UDP(sport=40100, dport=53) / DNS(
+        id=7, rd=1, qd=DNSQR(qname="web.whatsapp.com"))
+    answer = IP(src=ROUTER, dst=ME) / UDP(sport=53, dport=40100) / DNS(
+        id=7, qr=1, qd=DNSQR(qname="web.whatsapp.com"),
+        an=DNSRR(rrname="web.whatsapp.com", rdata=server, ttl=60))
+    pkts = [(1.0, bytes(Ether() / query)), (1.02, bytes(Ether() / answer))]
+    pkts += [_syn(2.0 + t, (ME, 50005), (server, 443)) for t in (0.0, 1.0, 3.0)]
+    v = _verdicts(tmp_path, pkts)[50005]
+    assert _kind_and_rule(v) == (VerdictKind.BLOCKED, "blocked.syn")
+
+
+def test_a_routers_unreachable_for_a_service_seen_answering_is_blocked(tmp_path: Path) -> None:
+    answered = [_udp(1.0, ME, 50006, FAR, 5000, b"\x02" * 40),
+                _udp(1.03, FAR, 5000, ME, 50006, b"\x03" * 40)]
+    v = _verdicts(tmp_path, answered + _unreachable(ROUTER, 1))[50004]
+    assert _kind_and_rule(v) == (VerdictKind.BLOCKED, "blocked.icmp")
+
+
+def test_fragmentation_needed_is_no_verdict(tmp_path: Path) -> None:
+    # Path MTU discovery (RFC 1191): the path works, with smaller packets.
+    assert 50004 not in _verdicts(tmp_path, _unreachable(ROUTER, 4))

@@ -1,0 +1,47 @@
+"""A new RTP source is tracked once three of its packets are seen in one batch, two of
+them a forward sequence step (at most RFC 3550 §A.1's MAX_DROPOUT) after the one before:
+a looser form of §A.1's probation that lets loss through."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from probe.rtpstate import MAX_DROPOUT, RtpStreams
+
+
+def _accepted(groups: list[tuple[int, list[int]]]) -> list[bool]:
+    """Feed one batch: per (ssrc, sequence numbers), packets 20 ms apart in one flow;
+    return, per group, whether its packets were taken as a stream."""
+    rows = [(ssrc, s, i) for ssrc, seqs in groups for i, s in enumerate(seqs)]
+
+    def col(k: int) -> npt.NDArray[np.int64]:
+        return np.asarray([r[k] for r in rows], dtype=np.int64)
+
+    n = len(rows)
+    ts = col(2) * 20_000_000 + 1_000_000_000
+    got = RtpStreams().update(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), col(0),
+                              col(1), col(2) * 160, np.zeros(n, dtype=np.int64), ts,
+                              np.full(n, 172, dtype=np.int64))
+    out, at = [], 0
+    for _, seqs in groups:
+        out.append(bool(got[at:at + len(seqs)].all()))
+        at += len(seqs)
+    return out
+
+
+def test_in_sequence_and_over_loss_and_a_wrap_are_sources() -> None:
+    assert _accepted([(1, [100, 101, 102]), (2, [10, 13, 17]), (3, [65534, 65535, 0])]) == [
+        True, True, True]
+
+
+def test_repeated_or_wild_numbers_are_no_source() -> None:
+    # A NetBIOS query's flags or a QUIC connection ID where the sequence number would be;
+    # random bytes; a step back.
+    assert _accepted([(4, [0x0110] * 5), (5, [7, 40000, 20000]), (6, [50, 49, 48]),
+                      (7, [1, 2 + MAX_DROPOUT, 3 + 2 * MAX_DROPOUT])]) == [
+        False, False, False, False]
+
+
+def test_one_step_forward_is_not_enough() -> None:
+    assert _accepted([(8, [5, 6, 6])]) == [False]
