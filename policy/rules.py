@@ -433,8 +433,13 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None
     classes, pol = ctx.classes, ctx.policy
     server = [f for f in flows if (st := classes[f.uid].facts.stun) is not None
               and (f.resp_p in STUN_SERVER_PORTS or st.turn)]
-    if any(f.resp_pkts > 0 for f in server):
-        return None  # a STUN/TURN server of the call answered: the path is open (loss happens)
+    # A STUN/TURN server of the call answered: the path is open (loss happens). Its
+    # address and port count wherever they sent from, also on a flow whose first packet
+    # the capture saw going the other way.
+    servers = {(f.resp_h, f.resp_p) for f in server}
+    if any(f.resp_pkts > 0 for f in server) or any(
+            (f.orig_h, f.orig_p) in servers and f.orig_pkts > 0 for f in flows):
+        return None
     stun_flows = [f for f in server
                   if f.duration_s >= 1.0 or ctx.capture_end - f.last_ts >= 2.0]
     if not stun_flows:

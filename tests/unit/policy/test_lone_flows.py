@@ -11,6 +11,7 @@ port was answered in the capture; otherwise ``unknown`` with the same reason. A 
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[attr-defined]
@@ -153,3 +154,28 @@ def test_a_routers_unreachable_for_a_service_seen_answering_is_blocked(tmp_path:
 def test_fragmentation_needed_is_no_verdict(tmp_path: Path) -> None:
     # Path MTU discovery (RFC 1191): the path works, with smaller packets.
     assert 50004 not in _verdicts(tmp_path, _unreachable(ROUTER, 4))
+
+
+def test_a_stun_server_seen_answering_on_a_flow_seen_backwards_is_not_blocked(
+        tmp_path: Path) -> None:
+    # The capture caught one socket's exchange from the server's answer on (so that flow's
+    # first packet goes from the server's port 3478), and the same host's requests from
+    # another socket unanswered: the server answered this host, the path is open.
+    server = ("203.0.113.60", 3478)
+
+    def msg(kind: int, k: int) -> bytes:
+        return struct.pack(">HHI", kind, 0, 0x2112A442) + bytes([k]) * 12
+
+    pkts = []
+    for k in range(6):
+        pkts.append(_udp(1.0 + k, *server, ME, 45658, msg(0x0101, k)))
+        pkts.append(_udp(1.5 + k, ME, 45658, *server, msg(0x0001, k + 1)))
+    for k in range(6):
+        pkts.append(_udp(2.0 + k, ME, 48415, *server, msg(0x0001, 100 + k)))
+    path = tmp_path / "stun.pcap"
+    _pcap(path, sorted([*_dns_answered(ME), *pkts, _udp(20.0, ME, 40002, ROUTER, 53,
+                                                          b"\x00" * 12)]))
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    kinds = {c.verdict.kind for c in result.analysis.calls} | {
+        v.kind for v in result.analysis.flow_verdicts.values()}
+    assert VerdictKind.BLOCKED not in kinds, result.analysis.calls
