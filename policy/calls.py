@@ -393,12 +393,16 @@ def _failed_paths(failed: list[Evidence], by_uid: dict[str, FlowRecord], sides: 
 
 
 def _unreachable_pair(e: Evidence, by_uid: dict[str, FlowRecord]) -> bool:
-    """Whether ``e`` is an ICMP unreachable, not a prohibition, quoting UDP flows only."""
+    """Whether ``e`` is an ICMP unreachable quoting UDP flows only, and not a router's
+    "administratively prohibited" (the network refusing the path). A prohibition the
+    destination sent itself is its own firewall's: a pair that failed, like any other."""
     flows = [by_uid[u] for u in e.flow_uids if u in by_uid]
-    return (e.reason is Reason.ICMP_UNREACHABLE and bool(flows)
-            and all(f.proto == "udp" for f in flows)
-            and not icmp_prohibited(4 if ":" not in flows[0].orig_h else 6,
-                                    int(e.figures.get("icmp_code", -1))))
+    if e.reason is not Reason.ICMP_UNREACHABLE or not flows or any(
+            f.proto != "udp" for f in flows):
+        return False
+    family = 4 if ":" not in flows[0].orig_h else 6
+    from_endpoint = e.figures.get("reporter") in {h for f in flows for h in (f.orig_h, f.resp_h)}
+    return from_endpoint or not icmp_prohibited(family, int(e.figures.get("icmp_code", -1)))
 
 
 def _two_way_media(media_flows: Sequence[FlowRecord]) -> bool:

@@ -91,9 +91,10 @@ def test_the_destinations_own_prohibition_is_unknown(tmp_path: Path) -> None:
     assert _kind_and_rule(v) == (VerdictKind.UNKNOWN, "unknown.icmp")
 
 
-def _call_with_failed_pair(tmp_path: Path, code: int) -> AnalysisResult:
+def _call_with_failed_pair(tmp_path: Path, code: int, reporter: str = ROUTER
+                           ) -> AnalysisResult:
     """Media both ways through a relay from one socket; ICE checks from the same socket
-    to a peer's address, each quoted back by a router's ICMP error of ``code``."""
+    to a peer's address, each quoted back by an ICMP error of ``code`` from ``reporter``."""
     me, relay, peer = (ME, 40000), ("198.51.100.20", 3478), ("203.0.113.90", 50000)
     pkts = _voice(me, relay, 0xAAAA, n=500) + _voice(relay, me, 0xBBBB, n=500)
     for k in range(3):
@@ -101,7 +102,7 @@ def _call_with_failed_pair(tmp_path: Path, code: int) -> AnalysisResult:
         pkts.append(_udp(1.0 + k, me[0], me[1], peer[0], peer[1], check))
         quoted = IP(src=me[0], dst=peer[0]) / UDP(sport=me[1], dport=peer[1], chksum=0) / \
             Raw(check[:8])
-        pkts.append((1.05 + k, bytes(Ether() / IP(src=ROUTER, dst=me[0]) /
+        pkts.append((1.05 + k, bytes(Ether() / IP(src=reporter, dst=me[0]) /
                                      ICMP(type=3, code=code) / quoted)))
     path = tmp_path / "pair.pcap"
     _pcap(path, sorted([*_dns_answered(me[0]), *pkts]))
@@ -179,3 +180,13 @@ def test_a_stun_server_seen_answering_on_a_flow_seen_backwards_is_not_blocked(
     kinds = {c.verdict.kind for c in result.analysis.calls} | {
         v.kind for v in result.analysis.flow_verdicts.values()}
     assert VerdictKind.BLOCKED not in kinds, result.analysis.calls
+
+
+def test_the_peers_own_prohibition_on_a_candidate_pair_is_a_failed_pair(
+        tmp_path: Path) -> None:
+    # The peer's address itself answers "host administratively prohibited": its firewall.
+    result = _call_with_failed_pair(tmp_path, 10, reporter="203.0.113.90")
+    (call,) = result.analysis.calls
+    assert not [v for v in result.analysis.flow_verdicts.values()
+                if v.kind is VerdictKind.BLOCKED]
+    assert [p["reason"] for p in call.extra["failed_paths"]] == ["icmp-unreachable"]
