@@ -23,10 +23,10 @@ SNAPSHOT: dict[str, list[Item]] = {
     # PT 108 streams arrive in bursts: tshark -z rtp,streams shows mean delta 60 ms and a
     # 2.8 s maximum delta for 0x0B865519 and 0x549AA5DA; RFC 3550 jitter 46-51 ms.
     "KakaoTalk_talk.pcap": [("call", None, "degraded", ("high-jitter",))],
-    # WhatsApp STUN (types 0x0800-0x0802) from three IPv6 sources to the Meta relay
-    # [32fb:...:face:b00c:0:74fd]:3478: tshark -Y 'ipv6.addr==32fb:f967:681e:e96b:face:b00c:0:74fd'
-    # shows only outgoing packets, never a reply, while IPv6 traffic elsewhere is answered.
-    "lru_ipv6_caches.pcapng": [("call", "whatsapp", "blocked", ("stun-unanswered",))],
+    # lru_ipv6_caches.pcapng has none: WhatsApp STUN from three IPv6 sources to the Meta
+    # relay [32fb:...:face:b00c:0:74fd]:3478 got no reply, but the same relay address and
+    # port sent 16 packets to a fourth (tshark -Y 'ipv6.src==32fb:f967:681e:e96b:face:b00c:0:74fd',
+    # frames 1-21): the relay was reachable, so the call is unknown, not blocked.
     # tshark -Y 'sip.Status-Code >= 300': INVITEs answered 403 (frames 5, 53, 84), 480
     # (frame 93) and 408 Request Timeout (frames 30, 41); 401/407 challenges are retried.
     "sip.pcap": [("call", "sip", "failed", ("sip-no-answer",)),
