@@ -25,7 +25,13 @@ from policy.assembly import SipDialog
 from policy.errors import PolicyError
 from policy.legs import delay_shape
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
-from probe.addresses import AddressClass, address_class, is_local_class, local_is_orig
+from probe.addresses import (
+    AddressClass,
+    address_class,
+    is_group_l2,
+    is_local_class,
+    local_is_orig,
+)
 from probe.records import FlowRecord, TcpFlag
 
 __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
@@ -466,8 +472,7 @@ def _to_a_group(f: FlowRecord) -> bool:
     if {address_class(f.orig_h), address_class(f.resp_h)} & {AddressClass.MULTICAST,
                                                              AddressClass.BROADCAST}:
         return True
-    l2 = f.resp_l2_addr
-    return l2 is not None and bool(int(l2[:2], 16) & 1)
+    return f.resp_l2_addr is not None and is_group_l2(f.resp_l2_addr)
 
 
 def _same_network(a: str, b: str) -> bool:

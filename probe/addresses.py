@@ -50,6 +50,7 @@ __all__ = [
     "AddressClass",
     "address_class",
     "ends",
+    "is_group_l2",
     "is_local_class",
     "local_host",
     "local_is_orig",
@@ -311,6 +312,12 @@ HOST_V6_PREFIXES = 2
 one, RFC 4193), besides link-local ones."""
 
 
+def is_group_l2(l2: str) -> bool:
+    """Whether a link-layer address (``aa:bb:...``) names a group, not one interface: its
+    I/G bit, the first octet's lowest (IEEE 802 §8.2; broadcast and multicast)."""
+    return bool(int(l2[:2], 16) & 1)
+
+
 def machines(flows: Iterable[FlowRecord]) -> dict[str, str]:
     """Addresses held by one machine, each mapped to that machine's link-layer address,
     by the link-layer addresses ``flows`` were sent from (see the module docstring). An
@@ -318,8 +325,7 @@ def machines(flows: Iterable[FlowRecord]) -> dict[str, str]:
     by_l2: dict[str, set[str]] = {}
     for f in flows:
         for host, l2 in ((f.orig_h, f.orig_l2_addr), (f.resp_h, f.resp_l2_addr)):
-            # group addresses (I/G bit, IEEE 802 §8.2) are never one machine's
-            if l2 is not None and not int(l2[:2], 16) & 1:
+            if l2 is not None and not is_group_l2(l2):  # a group is no one machine
                 by_l2.setdefault(l2, set()).add(host)
     out: dict[str, str] = {}
     for l2 in sorted(by_l2):
