@@ -265,12 +265,9 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
                     seen = True
                     # A connectivity check relayed in ChannelData names its ICE session
                     # too; it is the peers' message, not one to count as the relay's.
-                    inner = item.inner_stun
-                    if inner is not None and (inner.priority is not None
-                                              or inner.ice_controlling is not None
-                                              or inner.ice_controlled is not None) \
-                            and inner.username and inner.username.count(":") == 1:
-                        sessions.add(":".join(sorted(inner.username.split(":"))))
+                    session = None if item.inner_stun is None else _ice_session(item.inner_stun)
+                    if session is not None:
+                        sessions.add(session)
                     continue
                 msgs.append(item)
                 if item.inner is not None:
@@ -284,13 +281,12 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
             cls = m.cls
             if cls is MessageClass.REQUEST:
                 req += 1
-                check = (m.priority is not None or m.use_candidate
-                         or m.ice_controlling is not None or m.ice_controlled is not None)
                 if p.direction == ORIG:
                     orig_req += 1
-                    ice += check
-                if check and m.username and m.username.count(":") == 1:
-                    sessions.add(":".join(sorted(m.username.split(":"))))
+                    ice += _is_ice_check(m)
+                session = _ice_session(m)
+                if session is not None:
+                    sessions.add(session)
             elif cls is MessageClass.SUCCESS_RESPONSE:
                 ok += 1
                 resp_resp += p.direction == RESP
@@ -321,6 +317,23 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
         mapped=tuple(dict.fromkeys(mapped)), peers=tuple(dict.fromkeys(peers)),
         relayed=tuple(dict.fromkeys(relayed)), turn=turn, ms_version=ms_version,
         orig_ice_checks=ice, ice_sessions=tuple(sorted(sessions)))
+
+
+def _is_ice_check(m: stun.StunMessage | stun.StunGist) -> bool:
+    """Whether a request is an ICE connectivity check: it carries PRIORITY, USE-CANDIDATE
+    or ICE-CONTROLLING/CONTROLLED (RFC 8445 §7.1), aimed at a peer's candidate."""
+    return (m.priority is not None or m.use_candidate
+            or m.ice_controlling is not None or m.ice_controlled is not None)
+
+
+def _ice_session(m: stun.StunMessage | stun.StunGist) -> str | None:
+    """The ICE session a connectivity check belongs to: its USERNAME "RFRAG:LFRAG"
+    (RFC 8445 §7.2.2) as the two fragments sorted, so that both agents' checks give one
+    key; None for any other message."""
+    if m.cls is not MessageClass.REQUEST or not _is_ice_check(m) or not m.username \
+            or m.username.count(":") != 1:
+        return None
+    return ":".join(sorted(m.username.split(":")))
 
 
 def _sip(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
