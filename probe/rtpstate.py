@@ -58,6 +58,20 @@ MAX_DROPOUT = 3000
 """RFC 3550 §A.1: the largest forward sequence step taken as loss, not a restart."""
 
 
+def _forward_steps(seq: I64, starts: npt.NDArray[np.bool_], pos: I64) -> I64:
+    """Per group of rows (``starts`` marks each group's first, ``pos`` where each starts;
+    ``seq`` in arrival order within a group), how many packets came a forward step of at
+    most MAX_DROPOUT after the one before: RFC 3550 §A.1's probation, looser (a step over
+    lost packets counts; a repeated or wild number does not). Fields that merely sit where
+    RTP's would (a NetBIOS transaction's flags, a QUIC connection ID) repeat the same
+    "sequence number" in every packet."""
+    step = (seq[1:] - seq[:-1]) & 0xFFFF
+    fwd = np.zeros(len(seq), dtype=np.int64)
+    fwd[1:] = (step >= 1) & (step <= MAX_DROPOUT) & ~starts[1:]
+    out: I64 = np.add.reduceat(fwd, pos)
+    return out
+
+
 def _seg_start_pos(starts: npt.NDArray[np.bool_]) -> tuple[I64, I64]:
     pos = np.flatnonzero(starts)
     run = np.cumsum(starts) - 1
@@ -183,15 +197,6 @@ class RtpStreams:
         starts[1:] = sk[1:] != sk[:-1]
         pos, run = _seg_start_pos(starts)
         counts = np.diff(np.append(pos, n))
-        # RFC 3550 §A.1's probation, looser: a new source needs MIN_SEQUENTIAL forward
-        # sequence steps (a step over lost packets counts; a repeated or wild number does
-        # not). Fields that merely sit where RTP's would (a NetBIOS transaction's flags,
-        # a QUIC connection ID) repeat the same "sequence number" in every packet.
-        sseq = seq[order]
-        step = (sseq[1:] - sseq[:-1]) & 0xFFFF
-        fwd = np.zeros(n, dtype=np.int64)
-        fwd[1:] = (step >= 1) & (step <= MAX_DROPOUT) & ~starts[1:]
-        in_sequence = np.add.reduceat(fwd, pos)
         g_fid = fid[order][pos].tolist()
         g_dir = direction[order][pos].tolist()
         g_ssrc = ssrc[order][pos].tolist()
@@ -201,10 +206,12 @@ class RtpStreams:
             s = self.index.get(key)
             if s is not None:
                 sid[g] = s
-            elif counts[g] >= MIN_NEW_STREAM and in_sequence[g] >= MIN_SEQUENTIAL:
+            elif counts[g] >= MIN_NEW_STREAM:
                 new_groups.append(g)
-        if new_groups:
-            ng = np.asarray(new_groups, dtype=np.int64)
+        ng = np.asarray(new_groups, dtype=np.int64)
+        if len(ng):  # new sources only: known streams need no probation
+            ng = ng[_forward_steps(seq[order], starts, pos)[ng] >= MIN_SEQUENTIAL]
+        if len(ng):
             ids = self._alloc(len(ng))
             sid[ng] = ids
             first_rows = order[pos[ng]]
@@ -223,8 +230,7 @@ class RtpStreams:
             i["s0"][ids] = (1 << 33) + rts[first_rows]
             i["first_ns"][ids] = ts[first_rows]
             i["clock"][ids] = static_clock(pt[first_rows])
-            for r, s in enumerate(ids.tolist()):
-                g = new_groups[r]
+            for g, s in zip(ng.tolist(), ids.tolist(), strict=True):
                 key = (g_fid[g], g_dir[g], g_ssrc[g])
                 self.index[key] = s
                 self.by_flow.setdefault(g_fid[g], []).append(s)

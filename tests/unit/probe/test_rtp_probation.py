@@ -45,3 +45,25 @@ def test_repeated_or_wild_numbers_are_no_source() -> None:
 
 def test_one_step_forward_is_not_enough() -> None:
     assert _accepted([(8, [5, 6, 6])]) == [False]
+
+
+def _feed(streams: RtpStreams, groups: list[tuple[int, list[int]]], t0: int) -> list[bool]:
+    rows = [(ssrc, s, t0 + i) for ssrc, seqs in groups for i, s in enumerate(seqs)]
+    n = len(rows)
+    col = [np.asarray([r[k] for r in rows], dtype=np.int64) for k in range(3)]
+    got = streams.update(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), col[0],
+                         col[1], col[2] * 160, np.zeros(n, dtype=np.int64),
+                         col[2] * 20_000_000 + 1_000_000_000, np.full(n, 172, dtype=np.int64))
+    return [bool(x) for x in got.tolist()]
+
+
+def test_a_batch_of_sources_and_lookalikes_keeps_each_source_under_its_own_ssrc() -> None:
+    streams = RtpStreams()
+    # SSRC 1 sorts first: the lookalike comes before the sources in the batch's groups.
+    first = [(2, [100, 101, 102]), (1, [0x0110] * 5), (5, [10, 13, 17]), (6, [50, 49, 48])]
+    assert _feed(streams, first, 0) == [True] * 3 + [False] * 5 + [True] * 3 + [False] * 3
+    # The next batch: the sources go on, the lookalike still repeats itself.
+    later = [(5, [18, 19, 20]), (1, [0x0110] * 5)]
+    assert _feed(streams, later, 10) == [True] * 3 + [False] * 5
+    taken = streams.take([0])[0]
+    assert sorted((s.ssrc, s.packets) for s in taken) == [(2, 3), (5, 6)]
