@@ -47,16 +47,17 @@ ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 FRAGMENTATION_NEEDED = 4
 """IPv4 destination unreachable code 4 (RFC 792, RFC 1191): path MTU discovery."""
 
-
-def icmp_prohibited(family: int, code: int) -> bool:
-    """Whether a destination-unreachable code says "administratively prohibited": IPv4
-    codes 9, 10 and 13 (RFC 1812 §5.2.7.1), ICMPv6 code 1 (RFC 4443 §3.1)."""
-    return (family == 4 and code in (9, 10, 13)) or (family == 6 and code == 1)
 STUN_SERVER_PORTS = frozenset({3478, 3479, 3480, 3481, 3482, 3483, 3484, 3485, 3486, 3487, 5349,
                                5350, *range(19302, 19310)})
 """Ports STUN/TURN servers listen on (RFC 8489 §9 3478/5349, and the published app ranges);
 requests to other ports are checks against a peer's candidates, which fail by design
 behind NATs and say nothing about the network."""
+
+
+def icmp_prohibited(family: int, code: int) -> bool:
+    """Whether a destination-unreachable code says "administratively prohibited": IPv4
+    codes 9, 10 and 13 (RFC 1812 §5.2.7.1), ICMPv6 code 1 (RFC 4443 §3.1)."""
+    return (family == 4 and code in (9, 10, 13)) or (family == 6 and code == 1)
 
 
 def _threshold(unit: str, low: float = 0.0, high: float | None = None) -> Any:
