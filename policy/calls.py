@@ -400,9 +400,8 @@ def _unreachable_pair(e: Evidence, by_uid: dict[str, FlowRecord]) -> bool:
     if e.reason is not Reason.ICMP_UNREACHABLE or not flows or any(
             f.proto != "udp" for f in flows):
         return False
-    family = 4 if ":" not in flows[0].orig_h else 6
-    from_endpoint = e.figures.get("reporter") in {h for f in flows for h in (f.orig_h, f.resp_h)}
-    return from_endpoint or not icmp_prohibited(family, int(e.figures.get("icmp_code", -1)))
+    return not any(icmp_prohibited(n.family, n.code) and n.reporter not in (f.orig_h, f.resp_h)
+                   for f in flows for n in f.icmp if n.frame in e.frames)
 
 
 def _two_way_media(media_flows: Sequence[FlowRecord]) -> bool:
