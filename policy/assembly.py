@@ -362,8 +362,15 @@ def _add_signalling(groups: list[list[FlowRecord]], flows: Sequence[FlowRecord],
                     gap_s: float) -> None:
     """Signalling flows of the same app or to the same remote hosts, just before or
     during each call of ``groups``, added to it."""
-    sig = [f for f in flows if f.uid not in taken and (
-        cls[f.uid].facts.protocol in SIGNALLING_PROTOCOLS or f.proto == "tcp")]
+    if not groups:
+        return
+    # Only a flow to one of the calls' hosts, or of one of their apps, can join one: the
+    # rest of the window is not looked at.
+    hosts_seen = {h for members in groups for f in members for h in (f.orig_h, f.resp_h)}
+    apps_seen = {cls[f.uid].app for members in groups for f in members} - {None}
+    sig = [f for f in flows if f.uid not in taken
+           and (f.orig_h in hosts_seen or f.resp_h in hosts_seen or cls[f.uid].app in apps_seen)
+           and (cls[f.uid].facts.protocol in SIGNALLING_PROTOCOLS or f.proto == "tcp")]
     sig.sort(key=lambda f: f.first_ts)
     # Keyed by the local host too: in a capture of many hosts (an operator's vantage point)
     # another subscriber's connections are not this call's signalling.

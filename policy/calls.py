@@ -11,7 +11,7 @@ flows make a call, its SIP dialog and set-up), then judges each: its media legs
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -87,22 +87,25 @@ def _call_uid(flow_uids: Sequence[str], dialog: str | None = None) -> str:
 
 def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification],
                   policy: Policy | None = None,
-                  congested: Sequence[CongestedPath] = ()) -> Analysis:
+                  congested: Sequence[CongestedPath] = (),
+                  lone: Collection[str] | None = None) -> Analysis:
     """Calls with legs, quality and verdicts; and verdicts on interfered flows (flows
     outside the calls also judged against ``congested``: paths calls judged earlier
-    showed congested): the calls assembled (:func:`policy.assembly.assemble_calls`), then
-    judged (:func:`judge_calls`)."""
+    showed congested; only those of ``lone`` when given): the calls assembled
+    (:func:`policy.assembly.assemble_calls`), then judged (:func:`judge_calls`)."""
     pol = policy or load_policy()
     return judge_calls(assemble_calls(flows, classes, pol.calls.same_call_gap_s),
-                       flows, classes, pol, congested)
+                       flows, classes, pol, congested, lone)
 
 
 def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
                 classes: Sequence[Classification], pol: Policy,
-                congested: Sequence[CongestedPath] = ()) -> Analysis:
+                congested: Sequence[CongestedPath] = (),
+                lone: Collection[str] | None = None) -> Analysis:
     """Each assembled call of ``flows`` judged: legs, rules, verdict and outcome; calls
     that show no interference and are no call after all (relay upkeep, a transfer judged
-    from packet statistics) dropped; and the verdicts of flows outside every call, their
+    from packet statistics) dropped; and the verdicts of flows outside every call (those
+    of ``lone`` when given: a caller that has settled the others' already), their
     unanswered requests explained by the paths these calls or ``congested`` showed
     congested."""
     by_uid = {f.uid: f for f in flows}
@@ -137,7 +140,8 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
     seen = congested_paths([e for c in calls for e in c.verdict.evidence], by_uid)
     for f in flows:
         # a flow's own rules look at ICMP errors quoting it, and at TCP
-        if f.uid in in_calls or not _own_rules_apply(f):
+        if f.uid in in_calls or not _own_rules_apply(f) or (lone is not None
+                                                             and f.uid not in lone):
             continue
         ev = explained_by_congestion(flow_rules(f, ctx, lone=True), [*seen, *congested],
                                      by_uid)

@@ -185,8 +185,11 @@ class Pipeline:
             # No call can have changed or come due: only flows outside every call settle.
             self._judge_alone(items, point, step)
             return step
+        # Only the flows whose own verdict may be written now need one.
+        lone = {u for u, (f, _) in self._window.items()
+                if u not in self._judged and (final or f.last_ts + settle <= point)}
         analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy,
-                                 self._congested)
+                                 self._congested, lone)
         by_uid = {f.uid: f for f, _ in items}
         done: set[str] = set()
         self._due_calls = []

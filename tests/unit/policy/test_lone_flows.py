@@ -190,3 +190,30 @@ def test_the_peers_own_prohibition_on_a_candidate_pair_is_a_failed_pair(
     assert not [v for v in result.analysis.flow_verdicts.values()
                 if v.kind is VerdictKind.BLOCKED]
     assert [p["reason"] for p in call.extra["failed_paths"]] == ["icmp-unreachable"]
+
+
+def test_lone_limits_which_flows_outside_calls_are_judged(tmp_path: Path) -> None:
+    """The pipeline asks only for the verdicts it may write at a point (``lone``): the
+    other flows outside calls are not judged, and the calls are the same either way."""
+    from classifier.engine import Classifier
+    from policy.calls import analyse_calls
+
+    answered = [_tcp(1.0, (ME, 50000), (FAR, 443), "S"), _tcp(1.02, (FAR, 443), (ME, 50000), "SA"),
+                _tcp(1.021, (ME, 50000), (FAR, 443), "A")]
+    syns = [_syn(2.0 + t, (ME, p), (FAR, 443)) for p in (50001, 50002) for t in (0.0, 1.0, 3.0)]
+    path = tmp_path / "lone.pcap"
+    _pcap(path, sorted([*_dns_answered(ME), *answered, *syns,
+                        *_voice((ME, 40000), (FAR, 40000), 1),
+                        *_voice((FAR, 40000), (ME, 40000), 2),
+                        _udp(20.0, ME, 40002, ROUTER, 53, b"\x00" * 12)]))
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    flows = result.flows
+    classes = Classifier().classify_all(flows)
+    everyone = analyse_calls(flows, classes)
+    blocked = {f.orig_p: f.uid for f in flows if f.uid in everyone.flow_verdicts}
+    assert {50001, 50002} <= set(blocked)
+    only = analyse_calls(flows, classes, lone={blocked[50001]})
+    assert blocked[50001] in only.flow_verdicts and blocked[50002] not in only.flow_verdicts
+    assert only.flow_verdicts[blocked[50001]] == everyone.flow_verdicts[blocked[50001]]
+    assert [c.to_dict() for c in only.calls] == [c.to_dict() for c in everyone.calls]
+    assert everyone.calls
