@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,7 +24,6 @@ from policy.pipeline import (
 )
 from policy.rules import Policy
 from probe import FlowReader, MeterConfig, default_workers
-from probe.ring import ring_origin
 from probe.speed import gc_paused
 
 __all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row"]
@@ -68,13 +66,10 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     ``hash_capture`` computes the file's SHA-256 (for the ledger) alongside. Without
     ``config``, the meter's defaults with the classifier's payload policy. A file of a
     live capture's ring (listed in the ``index.json`` beside it) is analysed with the
-    live stream's identity, so that its flows get the uids the live probe gave them.
+    live stream's identity, so that its flows get the uids the live probe gave them (as
+    every reader of a file does, :class:`~probe.run.FlowReader`).
     """
     config = config or meter_config()
-    if isinstance(source, str | Path) and str(source) != "-" and not config.origin:
-        origin = ring_origin(source)
-        if origin is not None:  # a file of a live capture's ring: the live probe's uids
-            config = replace(config, origin=origin)
     reader = FlowReader(source, config, progress=progress,
                         workers=default_workers() if workers is None else workers)
     hasher = None

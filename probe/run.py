@@ -28,7 +28,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
@@ -50,6 +50,7 @@ from probe.meter import (
 from probe.plugins import PayloadPolicy
 from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
+from probe.ring import ring_origin
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
 from probe.speed import TRIM_EVERY, end_with_parent, trim_heap, widen_pipe
 from probe.wire import (
@@ -259,6 +260,10 @@ class _Step(NamedTuple):
 class FlowReader:
     """Iterate the flows of a capture as they end.
 
+    A file of a live capture's ring (listed in the ``index.json`` beside it) is read with
+    the live stream's identity (:func:`probe.ring.ring_origin`, unless ``config`` names
+    one), so that its flows get the uids the live probe gave them, whoever reads it.
+
     ``progress`` (optional) is called after each batch with the bytes of input
     consumed so far. ``workers=2`` reads and decodes in a second process.
     After iteration, :attr:`status` says whether the capture was read
@@ -270,6 +275,10 @@ class FlowReader:
                  progress: Callable[[int], None] | None = None, workers: int = 1,
                  not_ours: tuple[int, ...] = ()) -> None:
         self.config = config or MeterConfig()
+        if isinstance(source, str | Path) and str(source) != "-" and not self.config.origin:
+            origin = ring_origin(source)
+            if origin is not None:  # a file of a live capture's ring: the live probe's uids
+                self.config = replace(self.config, origin=origin)
         self.not_ours = not_ours
         """File descriptors the reader process closes first (``workers=2``): the write end
         of a pipe it reads, which it would otherwise keep open, so that it never sees EOF."""

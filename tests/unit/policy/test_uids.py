@@ -8,6 +8,8 @@ Call-ID. Built on capture bytes written here and on the bundled samples.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,16 @@ def test_a_live_captures_ring_file_names_its_flows_as_the_live_probe_did(
     # Flows wholly inside a later file (same packets, same times) have their live uid.
     whole = [f for f in later if f.uid in live]
     assert whole and all(live[f.uid]["orig_pkts"] == f.orig_pkts for f in whole)
+    # Every reader of the file names them so: conn.log rows (marsad flows) and the
+    # one-record-per-line analysis (marsad analyze --jsonl) too.
+    from probe import FlowReader
+    rows = {r["uid"] for p in files[1:] for r in FlowReader(p, workers=1).conn_rows()}
+    assert {f.uid for f in later} == rows
+    cli = subprocess.run([sys.executable, "-m", "api.cli", "analyze", "--jsonl",
+                          str(files[-1])], capture_output=True, text=True, check=True, cwd=ROOT)
+    jsonl = {r["uid"] for r in map(json.loads, cli.stdout.splitlines())
+             if r.get("record") == "flow"}
+    assert jsonl and jsonl <= {f.uid for f in later}
     # Without the ring's index, the same file is a capture of its own.
     alone = tmp_path / "alone.pcap"
     alone.write_bytes(files[-1].read_bytes())
