@@ -57,7 +57,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ import orjson
 from api.anonymise import Pseudonyms, rewrite_payload
 from api.pipeline import AnalysisResult, analyze_capture, capture_sha256
 from api.version import marsad_version
+from classifier.payloads import meter_config
 from policy.ledger import (
     Anchor,
     Derivation,
@@ -91,6 +92,7 @@ from probe import (
     pack_addr,
     packet_addresses,
 )
+from probe.ring import ring_origin, ring_stream
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -117,6 +119,7 @@ __all__ = [
     "load_signing_key",
     "policy_digest",
     "record_verdicts",
+    "ring_run",
     "sign_manifest",
     "verify_ledger",
 ]
@@ -243,20 +246,52 @@ def verify_ledger(ledger: Ledger, captures: Sequence[str | Path] = (), *,
     A capture is analysed only if the ledger holds entries about it."""
     by_sha = {capture_sha256(p): Path(p) for p in captures}
 
-    def run(path: Path) -> AnalysisResult:
+    def run(path: Path, sha: str) -> AnalysisResult:
         if analyse is not None:
             return analyse(path)
+        files = ring_run(ledger, sha, path)
+        if files is not None:  # verdicts of subjects that began in earlier ring files
+            return analyze_capture(ring_stream(files), policy=policy, workers=1,
+                                   hash_capture=False,
+                                   config=replace(meter_config(), origin=ring_origin(path)
+                                                  or b""))
         return analyze_capture(path, policy=policy, workers=1)
 
     def derive(sha: str) -> list[Derivation] | None:
         path = by_sha.get(sha)
-        return None if path is None else derivations(run(path))
+        return None if path is None else derivations(run(path, sha))
 
     # Active tests' entries are re-judged from their measurement (api.active).
     from api.active import deriver_with_tests
     return ledger.verify(deriver_with_tests(ledger, policy or load_policy(),
                                             capture_path=by_sha.get, fallback=derive),
                          anchor=anchor)
+
+
+def ring_run(ledger: Ledger, sha: str, path: Path) -> list[Path] | None:
+    """The ring files, in stream order, that the subjects of the entries recorded under
+    ``sha`` span, when ``path`` (the file of that SHA-256) is a live capture's ring file
+    and they span more than it: the live probe records a verdict under the file holding
+    its subject's last frame and lists, in its evidence's ``ring``, every file holding its
+    frames; the subject is re-derived from those files together. They are looked for
+    beside ``path`` and must still have the SHA-256 recorded; None otherwise (the file
+    alone is analysed)."""
+    if ring_origin(path) is None:
+        return None
+    wanted: dict[str, tuple[int, str]] = {}
+    for entry in ledger.entries(capture_sha256=sha):
+        for f in entry.evidence.get("ring") or []:
+            if isinstance(f, dict) and isinstance(f.get("file"), str):
+                wanted[f["file"]] = (int(f.get("first_frame") or 0), str(f.get("sha256")))
+    if len(wanted) < 2:
+        return None
+    files = []
+    for name, (_, digest) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
+        p = path.parent / Path(name).name
+        if not p.is_file() or capture_sha256(p) != digest:
+            return None
+        files.append(p)
+    return files
 
 
 # -- anonymisation --------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ why (:attr:`CaptureRing.disabled`).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,7 @@ from probe.sources import (
     record_offsets,
 )
 
-__all__ = ["INDEX_FILE", "CaptureRing", "RingConfig", "RingFile", "ring_origin"]
+__all__ = ["INDEX_FILE", "CaptureRing", "RingConfig", "RingFile", "ring_origin", "ring_stream"]
 
 NS = 1_000_000_000
 
@@ -393,3 +394,15 @@ def ring_origin(path: str | Path) -> bytes | None:
     except (OSError, ValueError, AttributeError, TypeError):
         return None
     return None
+
+
+def ring_stream(files: Sequence[str | Path]) -> BinaryIO:
+    """The stretch of the stream that consecutive ring files (in stream order) were cut
+    from: the first file whole, then each next one's records (every file starts with a
+    copy of the stream's pcap header). Read into memory: a few files of a ring."""
+    out = io.BytesIO()
+    for i, path in enumerate(files):
+        data = Path(path).read_bytes()
+        out.write(data if i == 0 else data[PCAP_HEADER:])
+    out.seek(0)
+    return out

@@ -1,0 +1,70 @@
+"""A live probe's verdicts re-derived from its capture ring.
+
+The probe records a verdict under the ring file holding its subject's last frame and lists
+every file holding the subject's frames in the evidence (``ring``). A call that began in
+an earlier file is re-derived from those files together, each checked against the SHA-256
+recorded; a file of the run that was changed makes the verdict underivable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from api.evidence import ring_run, verify_ledger
+from api.pipeline import capture_sha256
+from policy.ledger import Ledger
+from tests.conftest import ROOT
+
+
+def _probe(tmp_path: Path) -> tuple[Path, list[Path]]:
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "api.cli", "probe", "-r",
+                    str(ROOT / "captures" / "sample-blocked.pcap"), "--data-dir", str(data),
+                    "--workers", "1", "--ring-age-s", "5"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=120)
+    files = sorted((data / "captures" / "ring").glob("ring-*.pcap"))
+    return data, files
+
+
+def test_a_verdict_whose_packets_span_ring_files_is_re_derived(tmp_path: Path) -> None:
+    data, files = _probe(tmp_path)
+    assert len(files) >= 3
+    with Ledger(data / "ledger.db", clock=time.time) as ledger:
+        entries = ledger.entries()
+        spanning = [e for e in entries if len(e.evidence.get("ring") or []) > 1]
+        assert spanning, "no verdict spans two ring files: the capture no longer tests this"
+        holder = next(f for f in files if capture_sha256(f) == spanning[0].capture_sha256)
+        run = ring_run(ledger, spanning[0].capture_sha256, holder)
+        assert run is not None and len(run) > 1 and run[-1] == holder
+        for f in files:
+            report = verify_ledger(ledger, [f])
+            assert report.ok, (f.name, report.problems)
+        assert set(verify_ledger(ledger, files).captures_checked) == {
+            e.capture_sha256 for e in entries}
+
+
+def test_a_changed_ring_file_of_the_run_makes_the_verdict_underivable(tmp_path: Path) -> None:
+    data, files = _probe(tmp_path)
+    with Ledger(data / "ledger.db", clock=time.time) as ledger:
+        spanning = next(e for e in ledger.entries() if len(e.evidence.get("ring") or []) > 1)
+        holder = next(f for f in files if capture_sha256(f) == spanning.capture_sha256)
+        run = ring_run(ledger, spanning.capture_sha256, holder)
+        assert run is not None
+        earlier = run[0]
+        raw = bytearray(earlier.read_bytes())
+        raw[-5] ^= 0xFF
+        earlier.write_bytes(bytes(raw))
+        assert ring_run(ledger, spanning.capture_sha256, holder) is None
+        report = verify_ledger(ledger, [holder])
+        assert not report.ok
+        assert any(p.seq == spanning.seq for p in report.problems)
+    # Outside its ring (no index beside it), the file is analysed alone.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(holder, alone / holder.name)
+    with Ledger(data / "ledger.db", clock=time.time) as ledger:
+        assert ring_run(ledger, spanning.capture_sha256, alone / holder.name) is None
