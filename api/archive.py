@@ -33,6 +33,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import resource
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
     from api.store import Store
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PARTITION",
@@ -422,7 +425,8 @@ def _commit(fs: AbstractFileSystem, root: str, sha: str,
             tables: Mapping[str, pa.Table], task: Task) -> bool:
     """Write a capture's partitions: each to staging, then renamed into place, the
     manifest last. An earlier manifest of the capture (another version or policy) goes
-    first, so the capture is never listed with rows of two analyses. False if another
+    first, with the earlier rows of every table this task does not write, so the capture
+    is never listed with rows of two analyses. False if another
     task committed the same capture meanwhile (its rows are the same; ours are
     dropped)."""
     stage = posixpath.join(root, _STAGING, f"{sha}-{os.getpid()}-{secrets.token_hex(4)}")
@@ -438,6 +442,12 @@ def _commit(fs: AbstractFileSystem, root: str, sha: str,
             if _same_run(prev, task):  # a duplicate of the batch got there first
                 return False
             fs.rm(manifest, recursive=True)
+            # The earlier analysis's rows of tables this one does not write (calls of an
+            # analysis replaced by flows only, anything of a capture now unreadable) go too.
+            for name in TABLES:
+                old = posixpath.join(root, name, f"{PARTITION}={sha}")
+                if name not in tables and fs.exists(old):
+                    fs.rm(old, recursive=True)
         for name in [n for n in TABLES if n in tables]:
             final = posixpath.join(root, name, f"{PARTITION}={sha}")
             fs.makedirs(posixpath.dirname(final), exist_ok=True)
@@ -707,10 +717,16 @@ def register_dataset(store: Store, out: str) -> list[str]:
     capture whose content is stored already is left alone), so the API and the dashboard
     list their flows, calls and verdicts. Captures that could not be read are not stored.
     The stored capture's path names the dataset, not a file: the store's retention
-    deletes files of the captures it prunes, never the archive's. Returns the ids added."""
+    deletes files of the captures it prunes, never the archive's. Captures a ``marsad
+    flows --out`` task wrote are not stored either: they hold conn.log columns only, no
+    classification, call or verdict (a warning says how many). Returns the ids added."""
     added = []
+    flows_only = 0
     for row in read_table(out, "manifest").to_pylist():
         sha = row[PARTITION]
+        if row.get("command") == "flows":
+            flows_only += 1
+            continue
         if row["status"] == "unreadable" or store.capture_by_sha256(sha) is not None:
             continue
         flows = rows_as_json("flows", read_table(out, "flows", [sha]).to_pylist())
@@ -743,6 +759,10 @@ def register_dataset(store: Store, out: str) -> list[str]:
             "ledger_entries": 0, "warnings": [f"from the dataset {out}"], "dataset": out}
         store.save_rows(capture_id, flows, calls, flow_verdicts, summary)
         added.append(capture_id)
+    if flows_only:
+        log.warning("dataset %s: %d capture(s) written by marsad flows --out (conn.log "
+                    "columns, no analysis) not registered; marsad analyze --out analyses them",
+                    out, flows_only)
     return added
 
 

@@ -6,6 +6,7 @@ without redoing what was done; skipped when already there; redone for another po
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -308,3 +309,29 @@ def test_a_failing_task_does_not_stop_the_batch(tmp_path: Path,
     assert main(["analyze", *caps, "--out", str(out), "--jobs", "1"]) == 0
     manifest = read_table(str(out), "manifest").to_pylist()
     assert sorted(Path(r["path"]).name for r in manifest) == sorted(Path(c).name for c in caps)
+
+
+def test_a_capture_analysed_again_keeps_no_rows_of_the_earlier_analysis(tmp_path: Path) -> None:
+    """The capture's rows are those of its last task only: flows over an analysis leave no
+    call, verdict or evidence of it, and a capture that became unreadable keeps none."""
+    out = tmp_path / "dataset"
+    cap = tmp_path / "blocked.pcap.gz"
+    cap.write_bytes(gzip.compress((ROOT / "captures" / "sample-blocked.pcap").read_bytes()))
+    digest = sha(cap)
+    assert marsad("analyze", str(cap), "--out", str(out), "--jobs", "1").returncode == 0
+    assert read_table(str(out), "calls", [digest]).num_rows > 0
+    assert read_table(str(out), "verdicts", [digest]).num_rows > 0
+    assert marsad("flows", str(cap), "--out", str(out), "--jobs", "1").returncode == 0
+    for table in ("calls", "verdicts", "evidence"):
+        assert read_table(str(out), table, [digest]).num_rows == 0, table
+    assert read_table(str(out), "flows", [digest]).num_rows > 0
+    assert marsad("analyze", str(cap), "--out", str(out), "--jobs", "1").returncode == 0
+    assert read_table(str(out), "calls", [digest]).num_rows > 0
+    # Too little room to decompress it now: unreadable, and nothing of it is left.
+    proc = marsad("analyze", str(cap), "--out", str(out), "--jobs", "1",
+                  "--max-decompressed-bytes", "10")
+    assert proc.returncode == 2, proc.stderr
+    manifest = read_table(str(out), "manifest", [digest]).to_pylist()
+    assert [r["status"] for r in manifest] == ["unreadable"]
+    for table in ("flows", "calls", "verdicts", "evidence"):
+        assert read_table(str(out), table, [digest]).num_rows == 0, table

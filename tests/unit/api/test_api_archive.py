@@ -86,3 +86,16 @@ def test_serve_dataset_shows_its_calls_and_verdicts(tmp_path: Path) -> None:
     # registered once: a restart does not add the captures again
     with service(tmp_path / "registered", datasets=(str(out),)) as again:
         assert len(again.get("/v1/captures").json()["items"]) == len(NAMES)
+
+
+def test_serve_dataset_of_flows_only_registers_nothing_and_says_so(
+        tmp_path: Path, caplog: Any) -> None:
+    """``marsad flows --out`` writes conn.log columns only: no classification, call or
+    verdict for the service to show. Its captures are not registered (a warning says how
+    many), and the service starts."""
+    out = tmp_path / "flows-dataset"
+    assert main(["flows", str(CAPTURES / NAMES[0]), "--out", str(out), "--jobs", "1"]) == 0
+    with caplog.at_level("WARNING"), service(tmp_path / "srv", datasets=(str(out),)) as srv:
+        assert srv.get("/v1/captures").json()["items"] == []
+    assert any("1 capture(s) written by marsad flows --out" in r.getMessage()
+               for r in caplog.records)
