@@ -588,8 +588,9 @@ def _run_evidence(args: argparse.Namespace) -> int:
         check_bundle,
         load_public_key,
         load_signing_key,
+        recorded_settings,
     )
-    from api.pipeline import analyze_capture
+    from api.pipeline import analyze_capture, capture_sha256, settings_configs
     from policy.rules import load_policy
     if args.test is not None and args.check is None:
         return _test_evidence(args)
@@ -623,11 +624,16 @@ def _run_evidence(args: argparse.Namespace) -> int:
         key = None if args.key is None else bytes.fromhex(args.key)
         policy = load_policy(args.policy)
         entries = None
+        settings: dict[str, Any] = {}
         if args.ledger is not None:
             with _open_ledger(args.ledger, must_exist=True) as ledger:
                 entries = ledger.entries()
+                # the settings the capture's verdicts were recorded with, if not the defaults
+                settings = recorded_settings(ledger, capture_sha256(args.capture))
         signing = None if args.sign is None else load_signing_key(args.sign)
-        result = analyze_capture(args.capture, policy=policy, workers=args.workers)
+        meter, pipeline = settings_configs(settings)
+        result = analyze_capture(args.capture, policy=policy, workers=args.workers,
+                                 config=meter, pipeline=pipeline)
         data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
                             ledger_entries=entries, signing_key=signing, policy=policy)
         args.out = _write_bundle(data, args.out, bundle_name(args.capture, args.uid))

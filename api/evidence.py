@@ -66,9 +66,8 @@ import numpy as np
 import orjson
 
 from api.anonymise import Pseudonyms, rewrite_payload
-from api.pipeline import AnalysisResult, analyze_capture, capture_sha256
+from api.pipeline import AnalysisResult, analyze_capture, capture_sha256, settings_configs
 from api.version import marsad_version
-from classifier.payloads import meter_config
 from policy.ledger import (
     Anchor,
     Derivation,
@@ -119,6 +118,7 @@ __all__ = [
     "load_signing_key",
     "policy_digest",
     "record_verdicts",
+    "recorded_settings",
     "ring_run",
     "sign_manifest",
     "verify_ledger",
@@ -197,7 +197,18 @@ def ledger_items(result: AnalysisResult, policy: Policy | None = None
     for uid, v in result.analysis.flow_verdicts.items():
         if v.kind is not VerdictKind.OK:
             out.append((uid, v, _verdict_evidence("flow", (uid,), v, sha)))
+    if result.settings:  # other than the defaults: needed to derive the verdicts again
+        for _, _, ev in out:
+            ev["settings"] = result.settings
     return out
+
+
+def recorded_settings(ledger: Ledger, sha: str) -> dict[str, Any]:
+    """The settings the newest entry of a capture was derived with (``settings`` in its
+    evidence; empty for the defaults)."""
+    entries = ledger.entries(capture_sha256=sha)
+    found = entries[-1].evidence.get("settings") if entries else None
+    return found if isinstance(found, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,13 +260,15 @@ def verify_ledger(ledger: Ledger, captures: Sequence[str | Path] = (), *,
     def run(path: Path, sha: str) -> AnalysisResult:
         if analyse is not None:
             return analyse(path)
+        # with the settings the verdicts were made with, when they were not the defaults
+        meter, pipeline = settings_configs(recorded_settings(ledger, sha))
         files = ring_run(ledger, sha, path)
         if files is not None:  # verdicts of subjects that began in earlier ring files
             return analyze_capture(ring_stream(files), policy=policy, workers=1,
-                                   hash_capture=False,
-                                   config=replace(meter_config(), origin=ring_origin(path)
-                                                  or b""))
-        return analyze_capture(path, policy=policy, workers=1)
+                                   hash_capture=False, pipeline=pipeline,
+                                   config=replace(meter, origin=ring_origin(path) or b""))
+        return analyze_capture(path, policy=policy, workers=1, config=meter,
+                               pipeline=pipeline)
 
     def derive(sha: str) -> list[Derivation] | None:
         path = by_sha.get(sha)

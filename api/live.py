@@ -81,7 +81,7 @@ from typing import IO, Any, BinaryIO, TextIO
 
 from api.metrics import MarsadMetrics, probe_label, write_probe_report
 from api.output import write_jsonl
-from api.pipeline import AnalysisResult, flow_row
+from api.pipeline import AnalysisResult, analysis_settings, flow_row
 from api.probe_status import ProbeState, ProbeStatus, write_probe_status
 from classifier.engine import Observation
 from classifier.payloads import meter_config
@@ -273,6 +273,8 @@ class LiveProbe:
         self.started_at = clock()
         self.pipeline = Pipeline(policy, config.meter, fingerprints=config.fingerprints,
                                  config=config.pipeline)
+        self._settings = analysis_settings(config.meter, config.pipeline)
+        """Settings other than the defaults, recorded with each verdict in the ledger."""
         self.state = ProbeState.STARTING
         self.message: str | None = None
         self.capture_stats = CaptureStats()
@@ -703,7 +705,8 @@ class LiveProbe:
         result = AnalysisResult([f for f, _ in rows.values()], [c for _, c in rows.values()],
                                 Analysis(step.calls, step.flow_verdicts),
                                 self._reader.status if self._reader else _no_status(),
-                                self._reader.stats if self._reader else _no_stats())
+                                self._reader.stats if self._reader else _no_stats(),
+                                settings=self._settings)
         if self._ledger is not None:
             self._queue_ledger(result, by_uid)
         if self._store is not None:  # after the ledger: the summary counts its entries

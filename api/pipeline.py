@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from classifier.payloads import meter_config
 from policy.pipeline import (
@@ -26,7 +27,8 @@ from policy.rules import Policy
 from probe import FlowReader, MeterConfig, default_workers
 from probe.speed import gc_paused
 
-__all__ = ["AnalysisResult", "analyze_capture", "capture_sha256", "flow_row"]
+__all__ = ["RECORDED_METER", "AnalysisResult", "analysis_settings", "analyze_capture",
+           "capture_sha256", "flow_row", "settings_configs"]
 
 
 def capture_sha256(path: str | Path) -> str:
@@ -55,6 +57,46 @@ class _Hasher(threading.Thread):
             self.error = exc
 
 
+RECORDED_METER = ("udp_idle_s", "tcp_idle_s", "other_idle_s", "tcp_close_s", "active_s",
+                  "max_flows", "payload_samples", "payload_snap", "signal_samples",
+                  "payload_full", "payload_tail_snap", "timing_packets", "rtp_detail_packets",
+                  "max_decompressed_bytes")
+"""The meter settings a capture's flows, calls and verdicts depend on (the command line's
+options among them): recorded with a verdict when they are not the defaults."""
+
+
+def analysis_settings(meter: MeterConfig, pipeline: PipelineConfig | None = None
+                      ) -> dict[str, Any]:
+    """The meter and pipeline settings that differ from the defaults, as JSON
+    (``{"meter": {...}, "pipeline": {...}}``, empty for the defaults): what re-deriving a
+    verdict needs besides the capture and the policy (:func:`settings_configs`)."""
+    base = meter_config()
+    out: dict[str, Any] = {}
+    m = {n: getattr(meter, n) for n in RECORDED_METER if getattr(meter, n) != getattr(base, n)}
+    if m:
+        out["meter"] = m
+    if pipeline is not None:
+        p = {f.name: getattr(pipeline, f.name) for f in fields(PipelineConfig)
+             if getattr(pipeline, f.name) != getattr(PipelineConfig(), f.name)}
+        if p:
+            out["pipeline"] = p
+    return out
+
+
+def settings_configs(settings: Mapping[str, Any]) -> tuple[MeterConfig, PipelineConfig]:
+    """The meter and pipeline configurations :func:`analysis_settings` described (unknown
+    names are ignored; a value of the wrong kind is a :class:`ValueError`)."""
+    base = meter_config()
+    meter = settings.get("meter") or {}
+    pipe = settings.get("pipeline") or {}
+    if not isinstance(meter, Mapping) or not isinstance(pipe, Mapping):
+        raise ValueError("settings: meter and pipeline must be objects")
+    m = {k: type(getattr(base, k))(v) for k, v in meter.items() if k in RECORDED_METER}
+    names = {f.name for f in fields(PipelineConfig)}
+    p = {k: float(v) for k, v in pipe.items() if k in names}
+    return meter_config(**m), PipelineConfig(**p)
+
+
 def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = None,
                     config: MeterConfig | None = None, workers: int | None = None,
                     fingerprints: bool = False, hash_capture: bool = True,
@@ -79,6 +121,7 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
     pipe = Pipeline(policy, reader.config, fingerprints=fingerprints, config=pipeline)
     with gc_paused():
         result = analyze_flows(run_capture(reader, pipe), reader)
+    result.settings = analysis_settings(reader.config, pipe.cfg)
     if hasher is not None:
         hasher.join()
         if hasher.error is not None:

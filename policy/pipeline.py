@@ -333,6 +333,10 @@ class AnalysisResult:
     """Decoding problems that belong to no flow."""
     sha256: str | None = None
     """SHA-256 of the capture file, when it was read from a file."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The meter and pipeline settings it was made with that are not the defaults
+    (``api.pipeline.analysis_settings``): recorded with its verdicts, so that they can be
+    derived again."""
 
     def flow_rows(self) -> list[dict[str, Any]]:
         rows = []

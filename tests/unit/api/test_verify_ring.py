@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from api.evidence import ring_run, verify_ledger
-from api.pipeline import capture_sha256
+from api.pipeline import analyze_capture, capture_sha256
 from policy.ledger import Ledger
 from tests.conftest import ROOT
 
@@ -68,3 +68,41 @@ def test_a_changed_ring_file_of_the_run_makes_the_verdict_underivable(tmp_path: 
     shutil.copy(holder, alone / holder.name)
     with Ledger(data / "ledger.db", clock=time.time) as ledger:
         assert ring_run(ledger, spanning.capture_sha256, alone / holder.name) is None
+
+
+def test_verdicts_made_with_other_settings_are_derived_with_them(tmp_path: Path) -> None:
+    """Settings other than the defaults (here a 0.5 s UDP idle timeout, which changes the
+    flows and so the calls) are recorded with each verdict; verify and evidence use them."""
+    cap = ROOT / "captures" / "sample-blocked.pcap"
+    db = tmp_path / "ledger.db"
+    subprocess.run([sys.executable, "-m", "api.cli", "analyze", "--json", "--ledger", str(db),
+                    "--udp-idle", "0.5", str(cap)], cwd=ROOT, check=True, capture_output=True,
+                   timeout=120)
+    with Ledger(db, clock=time.time) as ledger:
+        entries = ledger.entries()
+        assert entries
+        assert all(e.evidence["settings"] == {"meter": {"udp_idle_s": 0.5}} for e in entries)
+        assert verify_ledger(ledger, [cap]).ok
+        uid = entries[0].subject_uid
+    # Analysed with the defaults the capture has no such subject: the settings matter.
+    assert uid not in {c.uid for c in analyze_capture(cap, hash_capture=False).analysis.calls}
+    out = subprocess.run([sys.executable, "-m", "api.cli", "evidence", "--capture", str(cap),
+                          "--ledger", str(db), uid, "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode in (0, 3), out.stderr
+    assert list(tmp_path.glob("*.zip"))
+
+
+def test_settings_round_trip() -> None:
+    from api.pipeline import analysis_settings, settings_configs
+    from classifier.payloads import meter_config
+    from policy.settling import PipelineConfig
+
+    assert analysis_settings(meter_config(), PipelineConfig()) == {}
+    meter = meter_config(udp_idle_s=2.0, payload_samples=3)
+    pipe = PipelineConfig(call_settle_s=0.0)
+    got = analysis_settings(meter, pipe)
+    assert got == {"meter": {"udp_idle_s": 2.0, "payload_samples": 3},
+                   "pipeline": {"call_settle_s": 0.0}}
+    m, p = settings_configs(got)
+    assert m == meter and p == pipe
