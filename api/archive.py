@@ -226,9 +226,17 @@ class Outcome:
 
 
 def _fs(url: str) -> tuple[AbstractFileSystem, str]:
+    if _local_name(url):  # as written, even with fsspec's "::" chaining or glob brackets
+        from fsspec.implementations.local import LocalFileSystem
+        return LocalFileSystem(), os.path.abspath(url)
     from fsspec.core import url_to_fs
     fs, path = url_to_fs(url)
     return fs, path
+
+
+def _local_name(url: str) -> bool:
+    """Whether ``url`` is the name of a local file or directory that exists, as written."""
+    return "://" not in url and os.path.exists(url)
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:
@@ -241,14 +249,15 @@ _CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".gz"
 
 def expand_inputs(specs: Sequence[str]) -> list[str]:
     """Files named by ``specs``: files as given, directories walked for captures (by
-    suffix, recursively), globs expanded; local paths or fsspec URLs. A name that matches
+    suffix, recursively), globs expanded; local paths or fsspec URLs (a local file or
+    directory that exists is taken as named, whatever characters it holds). A name that matches
     nothing is kept, so its task reports it unreadable. Order: as given, each
     directory's and glob's files sorted; a file named twice is kept once."""
     out: list[str] = []
     for spec in specs:
         fs, path = _fs(spec)
         proto = _protocol(spec)
-        if glob.has_magic(path):
+        if glob.has_magic(path) and not _local_name(spec):
             found = sorted(fs.glob(path))
             files = [p for p in found if fs.isfile(p)]
         elif fs.isdir(path):

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from api.archive import PARTITION, TABLES, read_table, rows_as_json
+from api.archive import PARTITION, TABLES, expand_inputs, read_table, rows_as_json
 from api.pipeline import analyze_capture
 from bench.gen_archive import make_archive
 
@@ -335,3 +335,20 @@ def test_a_capture_analysed_again_keeps_no_rows_of_the_earlier_analysis(tmp_path
     assert [r["status"] for r in manifest] == ["unreadable"]
     for table in ("flows", "calls", "verdicts", "evidence"):
         assert read_table(str(out), table, [digest]).num_rows == 0, table
+
+
+def test_local_names_are_read_as_written(tmp_path: Path) -> None:
+    """A local file whose name holds glob brackets or fsspec's ``::`` is that file, as the
+    other commands read it; a glob still expands."""
+    src = ROOT / "captures" / "sample-call.pcap"
+    odd = tmp_path / "in"
+    odd.mkdir()
+    for name in ("cap [1].pcap", "a::b.pcap"):
+        shutil.copy(src, odd / name)
+        out = tmp_path / f"out-{len(name)}"
+        proc = marsad("analyze", str(odd / name), "--out", str(out), "--jobs", "1")
+        assert proc.returncode == 0, proc.stderr
+        rows = read_table(str(out), "manifest").to_pylist()
+        assert [r["status"] for r in rows] == ["ok"] and rows[0]["path"].endswith(name)
+    assert expand_inputs([str(odd / "*.pcap")]) == sorted(
+        str(odd / n) for n in ("a::b.pcap", "cap [1].pcap"))
