@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -567,7 +568,7 @@ def _call_part(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale,
             text += " " + loc.t("english")
         if here and frames not in text:
             text += f" ({frames})"
-        filt = ("tshark -r " + capture_file + " -Y 'frame.number in {"
+        filt = ("tshark -r " + shlex.quote(capture_file) + " -Y 'frame.number in {"
                 + ",".join(str(n) for n in here) + "}'") if here else ""
         ev_rows.append((loc.reason(str(ev.reason)), text, filt))
         events.append((ev.first_ts, loc.t("ev.evidence", reason=loc.reason(str(ev.reason)),
@@ -638,10 +639,14 @@ def build_document(result: AnalysisResult, *, lang: str = "en", capture_name: st
         header.append((loc.t("policy"), policy_sha256))
     for name, sha in sorted((files or {}).items()):
         header.append((f"{loc.t('files')}: {name}", sha))
+    # Commands to paste into a shell: names quoted. Read from standard input, the capture
+    # has no name to give: the command names the file it was saved as.
     verify = [(loc.t("verify.ledger"),
-               f"marsad verify {ledger_name} --capture {capture_name}")]
+               f"marsad verify {shlex.quote(ledger_name)} --capture "
+               f"{'CAPTURE.pcap' if capture_name == '-' else shlex.quote(capture_name)}")]
     if bundle_name:
-        verify.append((loc.t("verify.bundle"), f"marsad evidence --check {bundle_name}"))
+        verify.append((loc.t("verify.bundle"),
+                       f"marsad evidence --check {shlex.quote(bundle_name)}"))
     for part in parts:
         for _, _, filt in part.evidence:
             if filt:

@@ -156,3 +156,14 @@ def test_every_call_bundle_holds_its_report_with_the_bundles_frames(tmp_path: Pa
     anon = zipfile.ZipFile(io.BytesIO(build_bundle(result, call.uid, BLOCKED, True,
                                                    bytes(range(32)))))
     assert "192.168.1.23" not in anon.read("report.en.md").decode()
+
+
+def test_the_commands_to_verify_can_be_pasted_into_a_shell() -> None:
+    """A capture named with spaces is quoted; one read from standard input has no name, so
+    the command names the file it was saved as."""
+    result = analyze_capture(BLOCKED, workers=1)
+    md = render_markdown(build_document(result, lang="en", capture_name="cap ture é.pcap"))
+    assert "marsad verify evidence.db --capture 'cap ture é.pcap'" in md
+    assert "tshark -r 'cap ture é.pcap' -Y" in md
+    stdin = render_markdown(build_document(result, lang="en", capture_name="-"))
+    assert "--capture CAPTURE.pcap" in stdin and "--capture -" not in stdin
