@@ -583,6 +583,7 @@ def _run_evidence(args: argparse.Namespace) -> int:
     """``marsad evidence``: write (or ``--check``) an evidence bundle."""
     from api.evidence import (
         EvidenceError,
+        UnknownSubject,
         build_bundle,
         bundle_name,
         check_bundle,
@@ -634,14 +635,29 @@ def _run_evidence(args: argparse.Namespace) -> int:
         meter, pipeline = settings_configs(settings)
         result = analyze_capture(args.capture, policy=policy, workers=args.workers,
                                  config=meter, pipeline=pipeline)
-        data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
-                            ledger_entries=entries, signing_key=signing, policy=policy)
+        try:
+            data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
+                                ledger_entries=entries, signing_key=signing, policy=policy)
+        except UnknownSubject as exc:
+            raise UnknownSubject(f"{exc}{_ring_hint(entries or [], args.uid)}") from None
         args.out = _write_bundle(data, args.out, bundle_name(args.capture, args.uid))
     if failed.code is not None:
         return failed.code
     print(f"marsad: wrote {args.out} ({len(data)} bytes"
           f"{', anonymised' if args.anonymize else ''})", file=sys.stderr)
     return _result_status(result)
+
+
+def _ring_hint(entries: Sequence[Any], uid: str) -> str:
+    """What to say of a subject missing from a ring file, when the ledger shows its
+    packets span several files of the live probe's ring."""
+    for e in reversed(entries):
+        ring = e.evidence.get("ring") if e.subject_uid == uid else None
+        if isinstance(ring, list) and len(ring) > 1:
+            names = ", ".join(str(f.get("file")) for f in ring if isinstance(f, dict))
+            return (f": its packets span the ring files {names}, and a bundle is cut from one "
+                    "file; marsad verify --capture re-derives it from those files together")
+    return ""
 
 
 def _write_bundle(data: bytes, out: str | None, name: str) -> str:

@@ -106,3 +106,17 @@ def test_settings_round_trip() -> None:
                    "pipeline": {"call_settle_s": 0.0}}
     m, p = settings_configs(got)
     assert m == meter and p == pipe
+
+
+def test_evidence_for_a_subject_spanning_ring_files_says_so(tmp_path: Path) -> None:
+    data, files = _probe(tmp_path)
+    with Ledger(data / "ledger.db", clock=time.time) as ledger:
+        spanning = next(e for e in ledger.entries() if len(e.evidence.get("ring") or []) > 1)
+    holder = next(f for f in files if capture_sha256(f) == spanning.capture_sha256)
+    out = subprocess.run([sys.executable, "-m", "api.cli", "evidence", "--capture", str(holder),
+                          "--ledger", str(data / "ledger.db"), spanning.subject_uid,
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "its packets span the ring files" in out.stderr
+    assert all(f["file"] in out.stderr for f in spanning.evidence["ring"])
