@@ -751,6 +751,8 @@ def _run_report(args: argparse.Namespace) -> int:
         progress = _Progress(capture)
         with _reported(progress, (CaptureError,)) as failed:
             result = analyze_capture(capture, policy=policy, workers=args.workers,
+                                     config=_meter_config(args),
+                                     pipeline=_pipeline_config(args),
                                      progress=progress.update)
         if failed.code is not None:
             code = failed.code
@@ -810,6 +812,8 @@ def _write_documents(args: argparse.Namespace, policy: Any) -> int:
         progress = _Progress(capture)
         with _reported(progress, (CaptureError, ValueError)) as failed:
             result = analyze_capture(capture, policy=policy, workers=args.workers,
+                                     config=_meter_config(args),
+                                     pipeline=_pipeline_config(args),
                                      progress=progress.update)
             doc = build_document(result, lang=args.lang, capture_name=Path(capture).name,
                                  call_uid=args.call, since=since, until=until, policy=policy,
@@ -1311,8 +1315,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true",
                     help="one JSON object {\"captures\": [...]} instead of text")
     rp.add_argument("--policy", metavar="FILE", help="verdict thresholds (YAML)")
-    rp.add_argument("--workers", type=int, choices=(1, 2), default=default_workers(),
-                    help="processes reading the capture")
+    _add_meter_options(rp)
+    _add_pipeline_options(rp)
     rp.add_argument("--format", choices=("md", "html", "pdf"),
                     help="the report to file with an operator or regulator: summary, "
                          "timeline, charts, reasons, hashes and how to verify")

@@ -151,3 +151,19 @@ def test_every_entry_point_gives_the_same_labels_calls_and_verdicts(
     assert got == want[0], "analyze --csv"
     assert _service(path, tmp_path) == want, "service job"
     assert _live(path, policy) == want, "live probe on a stream"
+
+
+def test_report_and_analyze_agree_under_other_settings(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The meter and pipeline options change flows and calls (a 0.5 s UDP idle timeout
+    splits streams); ``report`` takes them as ``analyze`` does, and says the same."""
+    cap = str(ROOT / "captures" / "sample-blocked.pcap")
+    opts = ["--udp-idle", "0.5", "--call-interval", "1", "--call-settle", "5"]
+    main(["analyze", cap, "--json", *opts])
+    want = _from_json(json.loads(capsys.readouterr().out))
+    main(["analyze", cap, "--json"])
+    assert _from_json(json.loads(capsys.readouterr().out))[1] != want[1]  # the options matter
+    main(["report", cap, "--json", *opts])
+    got = json.loads(capsys.readouterr().out)["captures"][0]
+    assert sorted((c["uid"], c["verdict"]) for c in got["calls"]) == sorted(
+        (u, key[2]) for u, key in want[1].items())  # _call_key: (app, media, verdict, ...)
