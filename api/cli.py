@@ -13,8 +13,10 @@ import math
 import os
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from api.output import (
@@ -590,9 +592,12 @@ def _run_evidence(args: argparse.Namespace) -> int:
         load_public_key,
         load_signing_key,
         recorded_settings,
+        ring_files,
+        ring_run,
     )
     from api.pipeline import analyze_capture, capture_sha256, settings_configs
     from policy.rules import load_policy
+    from probe.ring import ring_origin, ring_stream
     if args.test is not None and args.check is None:
         return _test_evidence(args)
     if args.check is not None:
@@ -626,20 +631,35 @@ def _run_evidence(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)
         entries = None
         settings: dict[str, Any] = {}
+        run: list[Path] | None = None
+        ring: list[dict[str, Any]] = []
         if args.ledger is not None:
             with _open_ledger(args.ledger, must_exist=True) as ledger:
                 entries = ledger.entries()
+                sha = capture_sha256(args.capture)
                 # the settings the capture's verdicts were recorded with, if not the defaults
-                settings = recorded_settings(ledger, capture_sha256(args.capture))
+                settings = recorded_settings(ledger, sha)
+                # a live probe's subject whose frames span several of its ring files
+                ring = ring_files(ledger, sha, args.uid)
+                if len(ring) > 1:
+                    run = ring_run(ledger, sha, Path(args.capture), args.uid)
         signing = None if args.sign is None else load_signing_key(args.sign)
         meter, pipeline = settings_configs(settings)
-        result = analyze_capture(args.capture, policy=policy, workers=args.workers,
-                                 config=meter, pipeline=pipeline)
-        try:
-            data = build_bundle(result, args.uid, args.capture, args.anonymize, key,
-                                ledger_entries=entries, signing_key=signing, policy=policy)
-        except UnknownSubject as exc:
-            raise UnknownSubject(f"{exc}{_ring_hint(entries or [], args.uid)}") from None
+        with tempfile.TemporaryDirectory(prefix="marsad-evidence-") as tmp:
+            capture: str | Path = args.capture
+            if run is not None:  # cut from the ring files joined, as recorded
+                capture = Path(tmp) / f"{Path(args.capture).stem}-joined.pcap"
+                capture.write_bytes(ring_stream(run).read())
+                meter = replace(meter, origin=ring_origin(args.capture) or b"")
+            result = analyze_capture(capture, policy=policy, workers=args.workers,
+                                     config=meter, pipeline=pipeline)
+            try:
+                data = build_bundle(result, args.uid, capture, args.anonymize, key,
+                                    ledger_entries=entries, signing_key=signing,
+                                    policy=policy, capture_name=Path(args.capture).name,
+                                    ring=ring if run is not None else None)
+            except UnknownSubject as exc:
+                raise UnknownSubject(f"{exc}{_ring_hint(entries or [], args.uid)}") from None
         args.out = _write_bundle(data, args.out, bundle_name(args.capture, args.uid))
     if failed.code is not None:
         return failed.code
@@ -655,8 +675,8 @@ def _ring_hint(entries: Sequence[Any], uid: str) -> str:
         ring = e.evidence.get("ring") if e.subject_uid == uid else None
         if isinstance(ring, list) and len(ring) > 1:
             names = ", ".join(str(f.get("file")) for f in ring if isinstance(f, dict))
-            return (f": its packets span the ring files {names}, and a bundle is cut from one "
-                    "file; marsad verify --capture re-derives it from those files together")
+            return (f": its packets span the ring files {names}, which are not all beside "
+                    "it with the SHA-256 recorded")
     return ""
 
 

@@ -56,7 +56,7 @@ import struct
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +119,7 @@ __all__ = [
     "policy_digest",
     "record_verdicts",
     "recorded_settings",
+    "ring_files",
     "ring_run",
     "sign_manifest",
     "verify_ledger",
@@ -281,30 +282,44 @@ def verify_ledger(ledger: Ledger, captures: Sequence[str | Path] = (), *,
                          anchor=anchor)
 
 
-def ring_run(ledger: Ledger, sha: str, path: Path) -> list[Path] | None:
+def ring_run(ledger: Ledger, sha: str, path: Path, subject: str | None = None
+             ) -> list[Path] | None:
     """The ring files, in stream order, that the subjects of the entries recorded under
     ``sha`` span, when ``path`` (the file of that SHA-256) is a live capture's ring file
     and they span more than it: the live probe records a verdict under the file holding
     its subject's last frame and lists, in its evidence's ``ring``, every file holding its
     frames; the subject is re-derived from those files together. They are looked for
     beside ``path`` and must still have the SHA-256 recorded; None otherwise (the file
-    alone is analysed)."""
+    alone is analysed). With ``subject``, the files of that subject's entries only."""
     if ring_origin(path) is None:
         return None
-    wanted: dict[str, tuple[int, str]] = {}
-    for entry in ledger.entries(capture_sha256=sha):
-        for f in entry.evidence.get("ring") or []:
-            if isinstance(f, dict) and isinstance(f.get("file"), str):
-                wanted[f["file"]] = (int(f.get("first_frame") or 0), str(f.get("sha256")))
+    wanted = ring_files(ledger, sha, subject)
     if len(wanted) < 2:
         return None
     files = []
-    for name, (_, digest) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
-        p = path.parent / Path(name).name
-        if not p.is_file() or capture_sha256(p) != digest:
+    for f in wanted:
+        p = path.parent / Path(f["file"]).name
+        if not p.is_file() or capture_sha256(p) != f["sha256"]:
             return None
         files.append(p)
     return files
+
+
+def ring_files(ledger: Ledger, sha: str, subject: str | None = None) -> list[dict[str, Any]]:
+    """The ring files the entries recorded under ``sha`` (those of ``subject`` only, when
+    given) list in their evidence's ``ring``, in stream order: ``file``, ``sha256``,
+    ``first_frame``, ``packets``."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in ledger.entries(capture_sha256=sha):
+        if subject is not None and entry.subject_uid != subject:
+            continue
+        ring = entry.evidence.get("ring")
+        for f in ring if isinstance(ring, list) else []:
+            if isinstance(f, dict) and isinstance(f.get("file"), str):
+                found[f["file"]] = {"file": f["file"], "sha256": str(f.get("sha256")),
+                                    "first_frame": int(f.get("first_frame") or 0),
+                                    "packets": int(f.get("packets") or 0)}
+    return sorted(found.values(), key=lambda f: (f["first_frame"], f["file"]))
 
 
 # -- anonymisation --------------------------------------------------------------------------------
@@ -1086,7 +1101,8 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
                  ledger_entries: Sequence[LedgerEntry] | None = None,
                  clock: Callable[[], float] = time.time,
                  capture_name: str | None = None, signing_key: Any = None,
-                 policy: Policy | None = None) -> bytes:
+                 policy: Policy | None = None,
+                 ring: Sequence[Mapping[str, Any]] | None = None) -> bytes:
     """A zip of the evidence about one call (or one flow) of an analysed capture.
 
     ``result`` must come from ``capture_path`` (checked by SHA-256). With
@@ -1105,8 +1121,14 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
     (``packets.pcap``), each with the original capture's beside it
     (``original_frames``...); ``ledger.json`` holds the ledger's entries as recorded,
     in the original capture's numbers.
+
+    ``ring`` lists the ring files ``capture_path`` joins (:func:`probe.ring.ring_stream`:
+    a live probe's subject whose frames span several, :func:`ring_files`); the manifest
+    lists them with the capture, and the ledger's entries are those recorded under the
+    last one (the file holding the subject's last frame).
     """
     sha = capture_sha256(capture_path)
+    ledger_sha = str(ring[-1]["sha256"]) if ring else sha
     if result.sha256 is not None and result.sha256 != sha:
         raise EvidenceError(f"{capture_path}: SHA-256 {sha} differs from the analysed "
                             f"capture's {result.sha256}")
@@ -1135,7 +1157,7 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
     if ledger_entries is not None:
         subjects = flow_uids | {call_uid}
         ledger_doc = [e.to_dict() for e in ledger_entries
-                      if e.capture_sha256 == sha and e.subject_uid in subjects]
+                      if e.capture_sha256 == ledger_sha and e.subject_uid in subjects]
     anonymisation: dict[str, Any] | None = None
     pol: _Policy | None = None
     if anonymize:
@@ -1181,7 +1203,11 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
         "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": marsad_version(),
         "created_at": _iso(created), "subject_uid": call_uid,
         "capture": {"sha256": sha,
-                    "name": os.path.basename(capture_name or str(capture_path))},
+                    "name": os.path.basename(capture_name or str(capture_path)),
+                    **({"ring": [dict(f) for f in ring],
+                        "joined": "the ring files listed, in order: the first whole, then "
+                                  "each next one without its 24-byte pcap header"}
+                       if ring else {})},
         "packets": len(packets), "anonymised": anonymize, "anonymisation": anonymisation,
         "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                   for name, data in files.items()}}

@@ -108,15 +108,44 @@ def test_settings_round_trip() -> None:
     assert m == meter and p == pipe
 
 
-def test_evidence_for_a_subject_spanning_ring_files_says_so(tmp_path: Path) -> None:
+def test_the_bundle_of_a_subject_spanning_ring_files_is_cut_from_them(tmp_path: Path) -> None:
+    """``marsad evidence --ledger`` on the file holding the subject's last frame cuts its
+    packets from the ring files its entry lists, joined; the manifest lists them. With one
+    of them changed, it says which files the subject spans."""
+    import json
+    import zipfile
+
     data, files = _probe(tmp_path)
     with Ledger(data / "ledger.db", clock=time.time) as ledger:
         spanning = next(e for e in ledger.entries() if len(e.evidence.get("ring") or []) > 1)
     holder = next(f for f in files if capture_sha256(f) == spanning.capture_sha256)
-    out = subprocess.run([sys.executable, "-m", "api.cli", "evidence", "--capture", str(holder),
-                          "--ledger", str(data / "ledger.db"), spanning.subject_uid,
-                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+
+    def evidence() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "api.cli", "evidence", "--capture",
+                               str(holder), "--ledger", str(data / "ledger.db"),
+                               spanning.subject_uid, "--out", str(tmp_path / "b.zip")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    out = evidence()
+    assert out.returncode in (0, 3), out.stderr
+    with zipfile.ZipFile(tmp_path / "b.zip") as z:
+        manifest = json.loads(z.read("manifest.json"))
+        ledger_doc = json.loads(z.read("ledger.json"))
+        report = json.loads(z.read("report.json"))
+    assert [f["file"] for f in manifest["capture"]["ring"]] == [
+        f["file"] for f in spanning.evidence["ring"]]
+    assert manifest["capture"]["name"] == holder.name
+    assert [e["seq"] for e in ledger_doc] == [spanning.seq]
+    assert report.get("call", {}).get("uid", spanning.subject_uid) == spanning.subject_uid
+    check = subprocess.run([sys.executable, "-m", "api.cli", "evidence", "--check",
+                            str(tmp_path / "b.zip")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    first = next(holder.parent / f["file"] for f in spanning.evidence["ring"]
+                 if f["file"] != holder.name)
+    raw = bytearray(first.read_bytes())
+    raw[-5] ^= 0xFF
+    first.write_bytes(bytes(raw))
+    out = evidence()
     assert out.returncode == 2
     assert "its packets span the ring files" in out.stderr
-    assert all(f["file"] in out.stderr for f in spanning.evidence["ring"])
