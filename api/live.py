@@ -297,7 +297,7 @@ class LiveProbe:
         self._reader: FlowReader | None = None
         self._tee_bytes = 0
         self._behind = False
-        self._stream = PcapStream(note=lambda line: log.warning("input: %s", line))
+        self._stream = PcapStream(note=self._stream_note)
         self._arrivals: deque[tuple[int, float]] = deque()
         """(frames of the stream so far, wall clock they arrived), one per chunk read: the
         oldest entry not yet metered tells the processing lag."""
@@ -465,6 +465,12 @@ class LiveProbe:
             self._queue.put(exc)
         finally:
             pipe.close()
+
+    def _stream_note(self, line: str) -> None:
+        """What the stream mender says: a mended stream is a warning; the input cut short
+        is an error, as it is however the input is framed (exit status 3)."""
+        stopped = self._stream.stopped_at is not None and line == self._stream.stop_message
+        (log.error if stopped else log.warning)("input: %s", line)
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> int:

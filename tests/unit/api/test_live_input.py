@@ -347,3 +347,22 @@ def test_the_probes_pipes_are_widened(tmp_path: Path) -> None:
     f.write_bytes(b"\0" * 24)
     with f.open("rb") as fh:
         widen_pipe(fh.fileno())  # a file is left as it is
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_cut_input_is_an_error_however_it_is_framed(tmp_path: Path, gz: bool) -> None:
+    """A classic pcap is checked by the stream mender, a compressed one by the reader:
+    either way the cut is logged as an error (the exit status is 3)."""
+    import gzip
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    data = (ROOT / "captures" / "sample-call.pcap").read_bytes()[:100_000]
+    cap = tmp_path / ("cut.pcap.gz" if gz else "cut.pcap")
+    cap.write_bytes(gzip.compress(data) if gz else data)
+    out = subprocess.run([sys.executable, "-m", "api.cli", "probe", "-r", str(cap)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3
+    assert "ERROR input: capture truncated at byte" in out.stderr
+    assert "WARNING input: capture truncated" not in out.stderr
