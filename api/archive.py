@@ -69,6 +69,7 @@ __all__ = [
     "Outcome",
     "Settings",
     "Task",
+    "dataset_capture_file",
     "expand_inputs",
     "make_executor",
     "prepare_output",
@@ -773,6 +774,26 @@ def register_dataset(store: Store, out: str) -> list[str]:
                     "columns, no analysis) not registered; marsad analyze --out analyses them",
                     out, flows_only)
     return added
+
+
+def dataset_capture_file(stored_path: str) -> str | None:
+    """The capture file a capture registered from a dataset (:func:`register_dataset`,
+    stored path ``dataset:DIR#SHA256``) came from, when the file the dataset's manifest
+    names is still there, local, with that SHA-256; None otherwise (or for any other
+    stored path)."""
+    if not stored_path.startswith("dataset:"):
+        return None
+    out, _, sha = stored_path[len("dataset:"):].rpartition("#")
+    try:
+        rows = read_table(out, "manifest", [sha]).to_pylist()
+    except (OSError, ValueError):
+        return None
+    for row in rows:
+        path = row.get("path")
+        if (isinstance(path, str) and "://" not in path and os.path.isfile(path)
+                and capture_sha256(path) == sha):
+            return path
+    return None
 
 
 def _counts(values: Iterable[str]) -> dict[str, int]:

@@ -23,6 +23,7 @@ from api.deps import (
     costly_slot,
 )
 from api.schemas import CallOut, CallPage, ErrorOut, FlowOut, FlowPage
+from api.store import CaptureRow
 from api.store import Query as ListQuery
 
 __all__ = ["router"]
@@ -141,12 +142,9 @@ def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
     from api.version import marsad_version
 
     row = _call(store, uid, capture)
-    capture_row = store.capture(row["capture_id"])
-    if capture_row is None or not Path(capture_row.path).is_file():
-        raise HTTPException(status.HTTP_410_GONE,
-                            "the capture this call came from is no longer kept")
+    capture_row, path = _capture_file(store.capture(row["capture_id"]))
     with costly_slot(svc):  # the report re-analyses the capture
-        result = jobs.analyse(capture_row.path)
+        result = jobs.analyse(path)
     doc = build_document(result, lang=lang, capture_name=capture_row.filename, call_uid=uid,
                          policy=jobs.policy, version=marsad_version(),
                          policy_sha256=policy_digest(jobs.policy))
@@ -158,6 +156,21 @@ def call_report(store: StoreDep, jobs: JobsDep, svc: ServicesDep, uid: str,
     if format == "md":
         return Response(render_markdown(doc), media_type="text/markdown; charset=utf-8")
     return Response(render_html(doc), media_type="text/html; charset=utf-8")
+
+
+def _capture_file(row: CaptureRow | None) -> tuple[CaptureRow, str]:
+    """A stored capture and its file: its own copy, or for a capture registered from a
+    dataset the file the dataset's manifest names, still there with its SHA-256; else
+    410."""
+    if row is not None:
+        if Path(row.path).is_file():
+            return row, str(row.path)
+        from api.archive import dataset_capture_file
+        found = dataset_capture_file(row.path)
+        if found is not None:
+            return row, found
+    raise HTTPException(status.HTTP_410_GONE,
+                        "the capture this call came from is no longer kept")
 
 
 @router.get("/{uid}/evidence", dependencies=[TokenDep],
@@ -175,17 +188,14 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
                       "Pseudonymise addresses in the bundle."))] = False) -> Response:
     """The call's evidence bundle: its packets and the verdict's reasoning (needs the token)."""
     row = _call(store, uid, capture)
-    capture_row = store.capture(row["capture_id"])
-    if capture_row is None or not Path(capture_row.path).is_file():
-        raise HTTPException(status.HTTP_410_GONE,
-                            "the capture this call came from is no longer kept")
+    capture_row, path = _capture_file(store.capture(row["capture_id"]))
     build = bundle_builder()
     if build is None:
         raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED,
                             "evidence bundles are not available in this build "
                             "(api.evidence.build_bundle is missing)")
     with costly_slot(svc):  # the bundle re-analyses the capture
-        result = jobs.analyse(capture_row.path)
+        result = jobs.analyse(path)
     key = settings.anonymize_key
     extra: dict[str, Any] = {}
     params = inspect.signature(build).parameters
@@ -194,7 +204,7 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
     if "capture_name" in params:  # the uploaded file's name, not the stored copy's
         extra["capture_name"] = capture_row.filename
     try:
-        data = build(result, uid, Path(capture_row.path), anonymize,
+        data = build(result, uid, Path(path), anonymize,
                      None if key is None else key.get_secret_value().encode(), **extra)
     except Exception as exc:
         log.exception("evidence bundle for call %s failed", uid)

@@ -99,3 +99,30 @@ def test_serve_dataset_of_flows_only_registers_nothing_and_says_so(
         assert srv.get("/v1/captures").json()["items"] == []
     assert any("1 capture(s) written by marsad flows --out" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_dataset_calls_report_and_evidence_come_from_the_file_its_manifest_names(
+        tmp_path: Path) -> None:
+    """A capture registered from a dataset is no copy of the service's: its call's report
+    and evidence bundle are cut from the file the manifest names while it is there with
+    the same SHA-256, and are gone (410) once it is not."""
+    import shutil
+
+    from pydantic import SecretStr
+
+    cap = tmp_path / "in" / "sample-blocked.pcap"
+    cap.parent.mkdir()
+    shutil.copy(CAPTURES / "sample-blocked.pcap", cap)
+    out = tmp_path / "dataset"
+    assert main(["analyze", str(cap), "--out", str(out), "--jobs", "1"]) == 0
+    auth = {"Authorization": "Bearer t0ken-for-tests"}
+    with service(tmp_path / "srv", datasets=(str(out),),
+                 api_token=SecretStr("t0ken-for-tests")) as srv:
+        calls = srv.get("/v1/calls").json()["items"]
+        uid = next(c["uid"] for c in calls if c["verdict"] == "blocked")
+        report = srv.get(f"/v1/calls/{uid}/report", params={"format": "md"})
+        assert report.status_code == 200 and uid in report.text
+        bundle = srv.get(f"/v1/calls/{uid}/evidence", headers=auth)
+        assert bundle.status_code == 200 and bundle.content[:2] == b"PK"
+        cap.write_bytes(cap.read_bytes()[:-10])  # no longer the file the dataset analysed
+        assert srv.get(f"/v1/calls/{uid}/report").status_code == 410
