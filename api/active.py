@@ -336,7 +336,7 @@ def deriver_with_tests(ledger: Ledger, policy: Policy, *,
     hash (the measurement is the record). The capture is unavailable (``None``) when
     no test entry of it could be re-judged and ``fallback`` has nothing either.
     """
-    def derive(sha: str) -> list[Derivation] | None:
+    def derive(sha: str, context: Mapping[str, Any]) -> list[Derivation] | None:
         entries = ledger.entries(capture_sha256=sha)
         tests = [e for e in entries if is_test_entry(e)]
         out: list[Derivation] = []
@@ -352,7 +352,7 @@ def deriver_with_tests(ledger: Ledger, policy: Policy, *,
                     return None  # this kind cannot be re-judged here
                 out.append(Derivation(e.subject_uid, verdict.kind, verdict.reasons))
         if len(tests) < len(entries) or not tests:
-            got = None if fallback is None else fallback(sha)
+            got = None if fallback is None else fallback(sha, context)
             if got is None:
                 return None
             out.extend(got)

@@ -593,7 +593,7 @@ def _run_evidence(args: argparse.Namespace) -> int:
         load_signing_key,
         recorded_settings,
         ring_files,
-        ring_run,
+        ring_paths,
     )
     from api.pipeline import analyze_capture, capture_sha256, settings_configs
     from policy.rules import load_policy
@@ -637,12 +637,14 @@ def _run_evidence(args: argparse.Namespace) -> int:
             with _open_ledger(args.ledger, must_exist=True) as ledger:
                 entries = ledger.entries()
                 sha = capture_sha256(args.capture)
-                # the settings the capture's verdicts were recorded with, if not the defaults
-                settings = recorded_settings(ledger, sha)
+                # the settings the subject's verdict (else the capture's newest) was
+                # recorded with, if not the defaults
+                settings = (recorded_settings(ledger, sha, args.uid)
+                            or recorded_settings(ledger, sha))
                 # a live probe's subject whose frames span several of its ring files
                 ring = ring_files(ledger, sha, args.uid)
                 if len(ring) > 1:
-                    run = ring_run(ledger, sha, Path(args.capture), args.uid)
+                    run = ring_paths(Path(args.capture), ring)
         signing = None if args.sign is None else load_signing_key(args.sign)
         meter, pipeline = settings_configs(settings)
         with tempfile.TemporaryDirectory(prefix="marsad-evidence-") as tmp:

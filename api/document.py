@@ -624,7 +624,8 @@ def build_document(result: AnalysisResult, *, lang: str = "en", capture_name: st
              and (since is None or c.start_ts >= since) and (until is None or c.start_ts < until)]
     if call_uid is not None and not calls:
         raise ValueError(f"no call {call_uid} in this capture")
-    cap_file = capture_file or capture_name
+    # read from standard input, the capture has no name: the commands name its saved file
+    cap_file = capture_file or ("CAPTURE.pcap" if capture_name == "-" else capture_name)
     parts = tuple(_call_part(c, result, pol, loc, renumber or (lambda n: n), cap_file)
                   for c in calls)
     header: list[tuple[str, str]] = [(loc.t("capture"), capture_name)]

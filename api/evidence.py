@@ -120,7 +120,7 @@ __all__ = [
     "record_verdicts",
     "recorded_settings",
     "ring_files",
-    "ring_run",
+    "ring_paths",
     "sign_manifest",
     "verify_ledger",
 ]
@@ -204,10 +204,12 @@ def ledger_items(result: AnalysisResult, policy: Policy | None = None
     return out
 
 
-def recorded_settings(ledger: Ledger, sha: str) -> dict[str, Any]:
-    """The settings the newest entry of a capture was derived with (``settings`` in its
-    evidence; empty for the defaults)."""
-    entries = ledger.entries(capture_sha256=sha)
+def recorded_settings(ledger: Ledger, sha: str, subject: str | None = None
+                      ) -> dict[str, Any]:
+    """The settings the newest entry of a capture (of ``subject`` in it, when given) was
+    derived with (``settings`` in its evidence; empty for the defaults)."""
+    entries = [e for e in ledger.entries(capture_sha256=sha)
+               if subject is None or e.subject_uid == subject]
     found = entries[-1].evidence.get("settings") if entries else None
     return found if isinstance(found, dict) else {}
 
@@ -258,22 +260,31 @@ def verify_ledger(ledger: Ledger, captures: Sequence[str | Path] = (), *,
     A capture is analysed only if the ledger holds entries about it."""
     by_sha = {capture_sha256(p): Path(p) for p in captures}
 
-    def run(path: Path, sha: str) -> AnalysisResult:
-        if analyse is not None:
-            return analyse(path)
-        # with the settings the verdicts were made with, when they were not the defaults
-        meter, pipeline = settings_configs(recorded_settings(ledger, sha))
-        files = ring_run(ledger, sha, path)
-        if files is not None:  # verdicts of subjects that began in earlier ring files
-            return analyze_capture(ring_stream(files), policy=policy, workers=1,
-                                   hash_capture=False, pipeline=pipeline,
-                                   config=replace(meter, origin=ring_origin(path) or b""))
-        return analyze_capture(path, policy=policy, workers=1, config=meter,
-                               pipeline=pipeline)
-
-    def derive(sha: str) -> list[Derivation] | None:
+    def derive(sha: str, context: Mapping[str, Any]) -> list[Derivation] | None:
+        """The capture's verdicts as the entries of ``context`` were derived: with the
+        settings they recorded, and, for a live probe's subject whose frames span several
+        ring files, from those files joined. Settings that cannot be read, or ring files
+        not beside the capture with the SHA-256 recorded, give no verdict: each such entry
+        does not follow."""
         path = by_sha.get(sha)
-        return None if path is None else derivations(run(path, sha))
+        if path is None:
+            return None
+        if analyse is not None:
+            return derivations(analyse(path))
+        try:
+            meter, pipeline = settings_configs(context.get("settings") or {})
+        except ValueError:
+            return []
+        ring = context.get("ring")
+        if isinstance(ring, list) and len(ring) > 1:
+            files = ring_paths(path, ring)
+            if files is None:
+                return []
+            return derivations(analyze_capture(
+                ring_stream(files), policy=policy, workers=1, hash_capture=False,
+                pipeline=pipeline, config=replace(meter, origin=ring_origin(path) or b"")))
+        return derivations(analyze_capture(path, policy=policy, workers=1, config=meter,
+                                           pipeline=pipeline))
 
     # Active tests' entries are re-judged from their measurement (api.active).
     from api.active import deriver_with_tests
@@ -282,24 +293,23 @@ def verify_ledger(ledger: Ledger, captures: Sequence[str | Path] = (), *,
                          anchor=anchor)
 
 
-def ring_run(ledger: Ledger, sha: str, path: Path, subject: str | None = None
-             ) -> list[Path] | None:
-    """The ring files, in stream order, that the subjects of the entries recorded under
-    ``sha`` span, when ``path`` (the file of that SHA-256) is a live capture's ring file
-    and they span more than it: the live probe records a verdict under the file holding
-    its subject's last frame and lists, in its evidence's ``ring``, every file holding its
-    frames; the subject is re-derived from those files together. They are looked for
-    beside ``path`` and must still have the SHA-256 recorded; None otherwise (the file
-    alone is analysed). With ``subject``, the files of that subject's entries only."""
+def ring_paths(path: Path, ring: Sequence[Any]) -> list[Path] | None:
+    """The files of ``ring`` (a ledger entry's ``ring``: the live capture's ring files its
+    subject's frames span, each ``file``, ``sha256``, ``first_frame``) in stream order,
+    found beside ``path`` (a file of the same ring) with the SHA-256 recorded; None when
+    ``path`` is no ring's file, an item cannot be read, or a file is missing or changed."""
     if ring_origin(path) is None:
         return None
-    wanted = ring_files(ledger, sha, subject)
-    if len(wanted) < 2:
-        return None
+    items: list[tuple[int, str, str]] = []
+    for f in ring:
+        try:
+            items.append((int(f["first_frame"]), str(f["file"]), str(f["sha256"])))
+        except (TypeError, KeyError, ValueError):
+            return None
     files = []
-    for f in wanted:
-        p = path.parent / Path(f["file"]).name
-        if not p.is_file() or capture_sha256(p) != f["sha256"]:
+    for _, name, digest in sorted(items):
+        p = path.parent / Path(name).name
+        if not p.is_file() or capture_sha256(p) != digest:
             return None
         files.append(p)
     return files
@@ -315,10 +325,12 @@ def ring_files(ledger: Ledger, sha: str, subject: str | None = None) -> list[dic
             continue
         ring = entry.evidence.get("ring")
         for f in ring if isinstance(ring, list) else []:
-            if isinstance(f, dict) and isinstance(f.get("file"), str):
-                found[f["file"]] = {"file": f["file"], "sha256": str(f.get("sha256")),
-                                    "first_frame": int(f.get("first_frame") or 0),
+            try:
+                found[f["file"]] = {"file": str(f["file"]), "sha256": str(f["sha256"]),
+                                    "first_frame": int(f["first_frame"]),
                                     "packets": int(f.get("packets") or 0)}
+            except (TypeError, KeyError, ValueError, AttributeError):
+                continue
     return sorted(found.values(), key=lambda f: (f["first_frame"], f["file"]))
 
 

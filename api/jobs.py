@@ -27,15 +27,15 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from api.evidence import EvidenceError, derivations, record_verdicts
-from api.pipeline import AnalysisResult, analyze_capture
+from api.pipeline import AnalysisResult, analyze_capture, settings_configs
 from api.store import CaptureRow, JobState, Store
 from classifier.payloads import meter_config
 from policy.errors import LedgerError
@@ -389,14 +389,24 @@ class Jobs:
             warnings.append(f"verdicts not recorded in the evidence ledger: {exc}")
             return 0
 
-    def derive(self, sha256: str) -> list[Derivation] | None:
-        """Re-derive a stored capture's verdicts (for ledger verification); None when
-        the capture is no longer stored."""
+    def derive(self, sha256: str, context: Mapping[str, Any] | None = None
+               ) -> list[Derivation] | None:
+        """Re-derive a stored capture's verdicts (for ledger verification), with the
+        settings the entries recorded (``context``, :func:`policy.ledger.derivation_context`);
+        None when the capture is no longer stored. Settings the service cannot read give
+        no verdict (each entry then does not follow)."""
         row = self._store.capture_by_sha256(sha256)
         if row is None or not Path(row.path).is_file():
             return None
         try:
-            result = self.analyse(row.path)
+            meter, pipeline = settings_configs((context or {}).get("settings") or {})
+        except ValueError:
+            return []
+        try:
+            result = analyze_capture(row.path, policy=self.policy,
+                                     config=replace(meter,
+                                                    max_decompressed_bytes=self.max_decompressed_bytes),
+                                     pipeline=pipeline, workers=1)
         except CaptureError:
             return None
         return derivations(result)

@@ -8,6 +8,7 @@ service's jobs, ``marsad report``, ``evidence`` and ``verify`` use it; ``marsad 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -59,10 +60,15 @@ class _Hasher(threading.Thread):
 
 RECORDED_METER = ("udp_idle_s", "tcp_idle_s", "other_idle_s", "tcp_close_s", "active_s",
                   "max_flows", "payload_samples", "payload_snap", "signal_samples",
-                  "payload_full", "payload_tail_snap", "timing_packets", "rtp_detail_packets",
-                  "max_decompressed_bytes")
+                  "payload_full", "payload_tail_snap", "timing_packets", "rtp_detail_packets")
 """The meter settings a capture's flows, calls and verdicts depend on (the command line's
-options among them): recorded with a verdict when they are not the defaults."""
+options among them): recorded with a verdict when they are not the defaults. (How far a
+compressed capture may be decompressed decides only whether it is read whole: not
+recorded.)"""
+
+_POSITIVE = frozenset({"udp_idle_s", "tcp_idle_s", "other_idle_s", "tcp_close_s", "active_s",
+                       "max_flows", "cut_s"})
+"""Settings that must be above zero (the others: zero or more)."""
 
 
 def analysis_settings(meter: MeterConfig, pipeline: PipelineConfig | None = None
@@ -84,16 +90,34 @@ def analysis_settings(meter: MeterConfig, pipeline: PipelineConfig | None = None
 
 
 def settings_configs(settings: Mapping[str, Any]) -> tuple[MeterConfig, PipelineConfig]:
-    """The meter and pipeline configurations :func:`analysis_settings` described (unknown
-    names are ignored; a value of the wrong kind is a :class:`ValueError`)."""
+    """The meter and pipeline configurations :func:`analysis_settings` described. Settings
+    read from a ledger are checked as the command line checks its options: a name marsad
+    does not know, a value of the wrong kind (a count that is no whole number) or out of
+    range is a :class:`ValueError`."""
+    if not isinstance(settings, Mapping):
+        raise ValueError("settings: not an object")
     base = meter_config()
     meter = settings.get("meter") or {}
     pipe = settings.get("pipeline") or {}
     if not isinstance(meter, Mapping) or not isinstance(pipe, Mapping):
         raise ValueError("settings: meter and pipeline must be objects")
-    m = {k: type(getattr(base, k))(v) for k, v in meter.items() if k in RECORDED_METER}
     names = {f.name for f in fields(PipelineConfig)}
-    p = {k: float(v) for k, v in pipe.items() if k in names}
+    m: dict[str, Any] = {}
+    p: dict[str, float] = {}
+    for section, known, got in (("meter", RECORDED_METER, meter), ("pipeline", names, pipe)):
+        for k, v in got.items():
+            if k not in known:
+                raise ValueError(f"settings: unknown {section} setting {k!r}")
+            whole = section == "meter" and isinstance(getattr(base, k), int)
+            if (isinstance(v, bool) or not isinstance(v, int | float)
+                    or (whole and not isinstance(v, int)) or not math.isfinite(v)
+                    or v < 0 or (v == 0 and k in _POSITIVE)):
+                raise ValueError(f"settings: {section}.{k} = {v!r} is not a "
+                                 f"{'count' if whole else 'number'} in range")
+            if section == "meter":
+                m[k] = v if whole else float(v)
+            else:
+                p[k] = float(v)
     return meter_config(**m), PipelineConfig(**p)
 
 

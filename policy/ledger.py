@@ -60,6 +60,7 @@ from typing import Any, NamedTuple
 from policy.errors import EntryRejected, LedgerFormatError
 
 __all__ = [
+    "DERIVATION_KEYS",
     "FORMAT_VERSION",
     "GENESIS_HASH",
     "Anchor",
@@ -72,6 +73,7 @@ __all__ = [
     "ProblemKind",
     "VerifyReport",
     "canonical_json",
+    "derivation_context",
     "entry_hash",
 ]
 
@@ -205,8 +207,19 @@ class Derivation:
     """Reason codes, in order."""
 
 
-Deriver = Callable[[str], Iterable[Derivation] | None]
-"""Given a capture's SHA-256, re-derive its verdicts; ``None`` if the capture is unavailable."""
+Deriver = Callable[[str, Mapping[str, Any]], Iterable[Derivation] | None]
+"""Given a capture's SHA-256 and a derivation context (:func:`derivation_context`),
+re-derive its verdicts; ``None`` if the capture is unavailable."""
+
+DERIVATION_KEYS = ("settings", "ring")
+"""Keys of an entry's evidence that say how its verdict was derived, besides the capture
+and the policy: the analysis settings other than the defaults, and the live capture's ring
+files the subject's frames span. Entries are re-derived in groups of the same."""
+
+
+def derivation_context(entry: LedgerEntry) -> dict[str, Any]:
+    """How ``entry``'s verdict was derived (:data:`DERIVATION_KEYS` of its evidence)."""
+    return {k: entry.evidence[k] for k in DERIVATION_KEYS if k in entry.evidence}
 
 
 class ProblemKind(IntEnum):
@@ -531,14 +544,18 @@ def _anchor_problems(rows: Sequence[Sequence[Any]], anchor: Anchor) -> list[Prob
 def _derivation_problems(entries: Sequence[LedgerEntry], derive: Deriver, checked: list[str],
                          unavailable: list[str]) -> list[Problem]:
     out: list[Problem] = []
-    derived: dict[str, dict[str, Derivation] | None] = {}
+    derived: dict[tuple[str, str], dict[str, Derivation] | None] = {}
     for entry in entries:
         cap = entry.capture_sha256
-        if cap not in derived:
-            result = derive(cap)
-            derived[cap] = None if result is None else {d.subject_uid: d for d in result}
-            (unavailable if result is None else checked).append(cap)
-        table = derived[cap]
+        context = derivation_context(entry)
+        key = (cap, canonical_json(context))
+        if key not in derived:
+            result = derive(cap, context)
+            derived[key] = None if result is None else {d.subject_uid: d for d in result}
+            seen = unavailable if result is None else checked
+            if cap not in seen:
+                seen.append(cap)
+        table = derived[key]
         if table is None:
             continue
         d = table.get(entry.subject_uid)

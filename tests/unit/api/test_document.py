@@ -167,3 +167,4 @@ def test_the_commands_to_verify_can_be_pasted_into_a_shell() -> None:
     assert "tshark -r 'cap ture é.pcap' -Y" in md
     stdin = render_markdown(build_document(result, lang="en", capture_name="-"))
     assert "--capture CAPTURE.pcap" in stdin and "--capture -" not in stdin
+    assert "tshark -r CAPTURE.pcap -Y" in stdin and "tshark -r -" not in stdin

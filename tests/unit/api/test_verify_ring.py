@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from api.evidence import ring_run, verify_ledger
+from api.evidence import ring_paths, verify_ledger
 from api.pipeline import analyze_capture, capture_sha256
 from policy.ledger import Ledger
 from tests.conftest import ROOT
@@ -38,7 +38,7 @@ def test_a_verdict_whose_packets_span_ring_files_is_re_derived(tmp_path: Path) -
         spanning = [e for e in entries if len(e.evidence.get("ring") or []) > 1]
         assert spanning, "no verdict spans two ring files: the capture no longer tests this"
         holder = next(f for f in files if capture_sha256(f) == spanning[0].capture_sha256)
-        run = ring_run(ledger, spanning[0].capture_sha256, holder)
+        run = ring_paths(holder, spanning[0].evidence["ring"])
         assert run is not None and len(run) > 1 and run[-1] == holder
         for f in files:
             report = verify_ledger(ledger, [f])
@@ -52,22 +52,25 @@ def test_a_changed_ring_file_of_the_run_makes_the_verdict_underivable(tmp_path: 
     with Ledger(data / "ledger.db", clock=time.time) as ledger:
         spanning = next(e for e in ledger.entries() if len(e.evidence.get("ring") or []) > 1)
         holder = next(f for f in files if capture_sha256(f) == spanning.capture_sha256)
-        run = ring_run(ledger, spanning.capture_sha256, holder)
+        run = ring_paths(holder, spanning.evidence["ring"])
         assert run is not None
         earlier = run[0]
         raw = bytearray(earlier.read_bytes())
         raw[-5] ^= 0xFF
         earlier.write_bytes(bytes(raw))
-        assert ring_run(ledger, spanning.capture_sha256, holder) is None
+        assert ring_paths(holder, spanning.evidence["ring"]) is None
         report = verify_ledger(ledger, [holder])
         assert not report.ok
         assert any(p.seq == spanning.seq for p in report.problems)
+        # Entries that need no changed file still follow.
+        others = [e for e in ledger.entries(capture_sha256=spanning.capture_sha256)
+                  if earlier.name not in {f["file"] for f in e.evidence.get("ring") or []}]
+        assert not {p.seq for p in report.problems} & {e.seq for e in others}
     # Outside its ring (no index beside it), the file is analysed alone.
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(holder, alone / holder.name)
-    with Ledger(data / "ledger.db", clock=time.time) as ledger:
-        assert ring_run(ledger, spanning.capture_sha256, alone / holder.name) is None
+    assert ring_paths(alone / holder.name, spanning.evidence["ring"]) is None
 
 
 def test_verdicts_made_with_other_settings_are_derived_with_them(tmp_path: Path) -> None:
@@ -149,3 +152,41 @@ def test_the_bundle_of_a_subject_spanning_ring_files_is_cut_from_them(tmp_path: 
     out = evidence()
     assert out.returncode == 2
     assert "its packets span the ring files" in out.stderr
+
+
+def test_entries_made_with_different_settings_each_follow(tmp_path: Path) -> None:
+    """One capture analysed with the defaults, then with other settings: each entry is
+    derived with its own."""
+    cap = ROOT / "captures" / "sample-blocked.pcap"
+    db = tmp_path / "ledger.db"
+    for opts in ([], ["--udp-idle", "0.5"]):
+        subprocess.run([sys.executable, "-m", "api.cli", "analyze", "--json", "--ledger",
+                        str(db), *opts, str(cap)], cwd=ROOT, check=True, capture_output=True,
+                       timeout=120)
+    with Ledger(db, clock=time.time) as ledger:
+        assert {bool(e.evidence.get("settings")) for e in ledger.entries()} == {False, True}
+        report = verify_ledger(ledger, [cap])
+        assert report.ok, report.problems
+
+
+def test_settings_that_cannot_be_read_make_an_entry_not_follow(tmp_path: Path) -> None:
+    """A ledger entry whose recorded settings are not settings marsad takes (hand-made,
+    or another version's) does not follow; verify says so instead of failing."""
+    import pytest
+
+    from api.pipeline import settings_configs
+    from policy.ledger import NewEntry
+    from policy.records import Reason, VerdictKind
+
+    for bad in ({"meter": {"udp_idle_s": None}}, {"pipeline": {"cut_s": 0}},
+                {"meter": {"payload_samples": 2.5}}, {"meter": {"nonsense": 1}},
+                {"meter": [1]}, {"pipeline": {"call_settle_s": -1}}):
+        with pytest.raises(ValueError):
+            settings_configs(bad)
+    cap = ROOT / "captures" / "sample-blocked.pcap"
+    with Ledger(tmp_path / "ledger.db", clock=time.time) as ledger:
+        ledger.append_many([NewEntry(capture_sha256(cap), "Kdeadbeef", VerdictKind.BLOCKED,
+                                     (Reason.STUN_UNANSWERED,),
+                                     {"settings": {"pipeline": {"cut_s": 0}}, "ring": 5})])
+        report = verify_ledger(ledger, [cap])
+        assert not report.ok and [p.seq for p in report.problems] == [1]

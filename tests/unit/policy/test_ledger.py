@@ -6,10 +6,11 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from enum import IntEnum
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -325,7 +326,8 @@ def test_derivation_checks_each_verdict_against_its_capture(ledger: Ledger) -> N
                   evidence={})
     calls: list[str] = []
 
-    def derive(sha: str) -> list[Derivation] | None:
+    def derive(sha: str, context: Mapping[str, Any]) -> list[Derivation] | None:
+        assert context == {}  # no settings or ring recorded: the defaults
         calls.append(sha)
         if sha == CAP_B:
             return None  # capture no longer on disk
@@ -338,7 +340,7 @@ def test_derivation_checks_each_verdict_against_its_capture(ledger: Ledger) -> N
                                          (ProblemKind.NOT_DERIVED, 4)]
     assert report.captures_checked == (CAP_A,) and report.captures_unavailable == (CAP_B,)
 
-    def honest(sha: str) -> list[Derivation]:
+    def honest(sha: str, context: Mapping[str, Any]) -> list[Derivation]:
         return [Derivation("C1", "BLOCKED", ("NO_MEDIA",)),
                 Derivation("C2", "THROTTLED", ("DELAY_PLATEAU",)),
                 Derivation("C3", "OK", ()), Derivation("C4", "OK", ())]
@@ -379,3 +381,27 @@ def test_a_batch_with_one_bad_entry_stores_nothing(ledger: Ledger) -> None:
         ledger.append_many([good, NewEntry("not hex", "C4", "BLOCKED", (), {})])
     assert len(ledger) == 2 and ledger.append_many([]) == []
     assert ledger.verify().ok
+
+
+def test_entries_are_derived_in_groups_of_the_same_settings(tmp_path: Path) -> None:
+    """Each entry is derived as it was made: entries of one capture with other recorded
+    settings or ring files are another derivation (the capture counted once)."""
+    ledger = Ledger(tmp_path / "ctx.db", clock=fixed_clock)
+    ledger.append(capture_sha256=CAP_A, subject_uid="C1", verdict="BLOCKED",
+                  reasons=["NO_MEDIA"], evidence={})
+    ledger.append(capture_sha256=CAP_A, subject_uid="C2", verdict="BLOCKED",
+                  reasons=["NO_MEDIA"], evidence={"settings": {"meter": {"udp_idle_s": 1}}})
+    ledger.append(capture_sha256=CAP_A, subject_uid="C3", verdict="BLOCKED",
+                  reasons=["NO_MEDIA"], evidence={"settings": {"meter": {"udp_idle_s": 1}},
+                                                  "other": 1})
+    seen: list[dict[str, Any]] = []
+
+    def derive(sha: str, context: Mapping[str, Any]) -> list[Derivation]:
+        seen.append(dict(context))
+        uids = ("C1",) if not context else ("C2", "C3")
+        return [Derivation(u, "BLOCKED", ("NO_MEDIA",)) for u in uids]
+
+    report = ledger.verify(derive)
+    assert report.ok, report.problems
+    assert seen == [{}, {"settings": {"meter": {"udp_idle_s": 1}}}]
+    assert report.captures_checked == (CAP_A,)
