@@ -201,12 +201,15 @@ class Upload:
             self.path.unlink(missing_ok=True)
 
 
-def analyse_file(path: str, policy: Policy, max_decompressed_bytes: int) -> AnalysisResult:
+def analyse_file(path: str, policy: Policy, max_decompressed_bytes: int,
+                 settings: Mapping[str, Any] | None = None) -> AnalysisResult:
     """A stored capture's analysis with the service's policy, one process: what a job
-    hands to an executor's worker (a local process or a Dask worker)."""
-    return analyze_capture(path, policy=policy,
-                           config=meter_config(max_decompressed_bytes=max_decompressed_bytes),
-                           workers=1)
+    hands to an executor's worker (a local process or a Dask worker). ``settings``: meter
+    and pipeline settings other than the defaults, as a ledger entry records them
+    (:func:`api.pipeline.settings_configs`; a :class:`ValueError` if they cannot be read)."""
+    meter, pipeline = settings_configs(settings or {})
+    return analyze_capture(path, policy=policy, pipeline=pipeline, workers=1,
+                           config=replace(meter, max_decompressed_bytes=max_decompressed_bytes))
 
 
 class Jobs:
@@ -314,15 +317,19 @@ class Jobs:
         """The policy the service judges with."""
         return self._policy
 
-    def analyse(self, path: str | Path,
-                progress: Callable[[int], None] | None = None) -> AnalysisResult:
-        """Analyse a stored capture with the service's policy (one process). On an
-        executor, progress is not followed; a shutdown abandons the wait."""
+    def analyse(self, path: str | Path, progress: Callable[[int], None] | None = None,
+                settings: Mapping[str, Any] | None = None) -> AnalysisResult:
+        """Analyse a stored capture with the service's policy (one process), and with
+        ``settings`` (as :func:`analyse_file` takes them) when given. On an executor,
+        progress is not followed; a shutdown abandons the wait."""
         if self._executor is None:
+            if settings:
+                return analyse_file(str(path), self._policy, self.max_decompressed_bytes,
+                                    settings)
             return analyze_capture(path, policy=self._policy, config=self._meter_config,
                                    workers=1, progress=progress)
         fut = self._executor.submit(analyse_file, str(path), self._policy,
-                                    self.max_decompressed_bytes)
+                                    self.max_decompressed_bytes, settings)
         while True:
             try:
                 result: AnalysisResult = fut.result(timeout=_PROGRESS_EVERY_S)
@@ -398,15 +405,13 @@ class Jobs:
         row = self._store.capture_by_sha256(sha256)
         if row is None or not Path(row.path).is_file():
             return None
+        settings = (context or {}).get("settings") or {}
         try:
-            meter, pipeline = settings_configs((context or {}).get("settings") or {})
+            settings_configs(settings)  # checked here: analyse's own errors are not this
         except ValueError:
             return []
         try:
-            result = analyze_capture(row.path, policy=self.policy,
-                                     config=replace(meter,
-                                                    max_decompressed_bytes=self.max_decompressed_bytes),
-                                     pipeline=pipeline, workers=1)
+            result = self.analyse(row.path, settings=settings)
         except CaptureError:
             return None
         return derivations(result)

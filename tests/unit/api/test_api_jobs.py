@@ -213,3 +213,28 @@ def test_inflation_counts_what_a_gzip_capture_decompresses_to() -> None:
     assert broken.total == 300_000
     broken.feed(gzip.compress(bytes(1000)))
     assert broken.total == 300_000
+
+
+def test_the_services_derivation_uses_the_settings_an_entry_recorded(parts: Parts) -> None:
+    """An entry of a stored capture made with other settings (a probe sharing the data
+    directory, say) is re-derived with them; settings it cannot read make it not follow."""
+    from api.evidence import ledger_items
+    from api.pipeline import analyze_capture
+    from classifier.payloads import meter_config
+    from policy.ledger import NewEntry
+
+    row, _ = parts.jobs.accept(parts.jobs.copy_in(CAPTURES / "sample-blocked.pcap"), "b.pcap")
+    assert parts.jobs.wait(60)
+    other = analyze_capture(row.path, config=meter_config(udp_idle_s=0.5), hash_capture=False)
+    assert other.settings == {"meter": {"udp_idle_s": 0.5}}
+    items = ledger_items(other)
+    assert items and {u for u, _, _ in items} - {
+        e.subject_uid for e in parts.ledger.entries(capture_sha256=row.sha256)}
+    parts.ledger.append_many([NewEntry(row.sha256, u, v.kind, v.reasons, ev)
+                              for u, v, ev in items])
+    assert parts.ledger.verify(parts.jobs.derive).ok
+    uid, v, ev = items[0]
+    parts.ledger.append_many([NewEntry(row.sha256, uid, v.kind, v.reasons,
+                                       {**ev, "settings": {"meter": {"udp_idle_s": 0}}})])
+    report = parts.ledger.verify(parts.jobs.derive)
+    assert [p.seq for p in report.problems] == [len(parts.ledger.entries())]
