@@ -624,8 +624,9 @@ def build_document(result: AnalysisResult, *, lang: str = "en", capture_name: st
              and (since is None or c.start_ts >= since) and (until is None or c.start_ts < until)]
     if call_uid is not None and not calls:
         raise ValueError(f"no call {call_uid} in this capture")
-    # read from standard input, the capture has no name: the commands name its saved file
-    cap_file = capture_file or ("CAPTURE.pcap" if capture_name == "-" else capture_name)
+    # Read from standard input, the capture has no name: the commands name its saved file.
+    saved_as = "CAPTURE.pcap" if capture_name == "-" else capture_name
+    cap_file = capture_file or saved_as
     parts = tuple(_call_part(c, result, pol, loc, renumber or (lambda n: n), cap_file)
                   for c in calls)
     header: list[tuple[str, str]] = [(loc.t("capture"), capture_name)]
@@ -640,11 +641,9 @@ def build_document(result: AnalysisResult, *, lang: str = "en", capture_name: st
         header.append((loc.t("policy"), policy_sha256))
     for name, sha in sorted((files or {}).items()):
         header.append((f"{loc.t('files')}: {name}", sha))
-    # Commands to paste into a shell: names quoted. Read from standard input, the capture
-    # has no name to give: the command names the file it was saved as.
+    # Commands to paste into a shell: names quoted.
     verify = [(loc.t("verify.ledger"),
-               f"marsad verify {shlex.quote(ledger_name)} --capture "
-               f"{'CAPTURE.pcap' if capture_name == '-' else shlex.quote(capture_name)}")]
+               f"marsad verify {shlex.quote(ledger_name)} --capture {shlex.quote(saved_as)}")]
     if bundle_name:
         verify.append((loc.t("verify.bundle"),
                        f"marsad evidence --check {shlex.quote(bundle_name)}"))

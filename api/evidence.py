@@ -300,19 +300,30 @@ def ring_paths(path: Path, ring: Sequence[Any]) -> list[Path] | None:
     ``path`` is no ring's file, an item cannot be read, or a file is missing or changed."""
     if ring_origin(path) is None:
         return None
-    items: list[tuple[int, str, str]] = []
-    for f in ring:
-        try:
-            items.append((int(f["first_frame"]), str(f["file"]), str(f["sha256"])))
-        except (TypeError, KeyError, ValueError):
-            return None
+    items = [f for f in map(_ring_item, ring) if f is not None]
+    if len(items) != len(ring):
+        return None
     files = []
-    for _, name, digest in sorted(items):
-        p = path.parent / Path(name).name
-        if not p.is_file() or capture_sha256(p) != digest:
+    for f in sorted(items, key=_stream_order):
+        p = path.parent / Path(f["file"]).name
+        if not p.is_file() or capture_sha256(p) != f["sha256"]:
             return None
         files.append(p)
     return files
+
+
+def _ring_item(f: Any) -> dict[str, Any] | None:
+    """One file of a ledger entry's ``ring``, its fields of the right kinds; None when it
+    cannot be read."""
+    try:
+        return {"file": str(f["file"]), "sha256": str(f["sha256"]),
+                "first_frame": int(f["first_frame"]), "packets": int(f.get("packets") or 0)}
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+
+
+def _stream_order(f: dict[str, Any]) -> tuple[int, str]:
+    return f["first_frame"], f["file"]
 
 
 def ring_files(ledger: Ledger, sha: str, subject: str | None = None) -> list[dict[str, Any]]:
@@ -324,14 +335,11 @@ def ring_files(ledger: Ledger, sha: str, subject: str | None = None) -> list[dic
         if subject is not None and entry.subject_uid != subject:
             continue
         ring = entry.evidence.get("ring")
-        for f in ring if isinstance(ring, list) else []:
-            try:
-                found[f["file"]] = {"file": str(f["file"]), "sha256": str(f["sha256"]),
-                                    "first_frame": int(f["first_frame"]),
-                                    "packets": int(f.get("packets") or 0)}
-            except (TypeError, KeyError, ValueError, AttributeError):
-                continue
-    return sorted(found.values(), key=lambda f: (f["first_frame"], f["file"]))
+        for item in ring if isinstance(ring, list) else []:
+            f = _ring_item(item)
+            if f is not None:
+                found[f["file"]] = f
+    return sorted(found.values(), key=_stream_order)
 
 
 # -- anonymisation --------------------------------------------------------------------------------
