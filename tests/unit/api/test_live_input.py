@@ -361,8 +361,10 @@ def test_a_cut_input_is_an_error_however_it_is_framed(tmp_path: Path, gz: bool) 
     data = (ROOT / "captures" / "sample-call.pcap").read_bytes()[:100_000]
     cap = tmp_path / ("cut.pcap.gz" if gz else "cut.pcap")
     cap.write_bytes(gzip.compress(data) if gz else data)
+    # Run in tmp_path: the probe keeps its ring in ./captures/ring by default, which in the
+    # project's root would add a capture beside the bundled ones other tests read.
     out = subprocess.run([sys.executable, "-m", "api.cli", "probe", "-r", str(cap)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 3
     assert "ERROR input: capture truncated at byte" in out.stderr
     assert "WARNING input: capture truncated" not in out.stderr
