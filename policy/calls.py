@@ -54,7 +54,7 @@ from policy.rules import (
 from probe.addresses import local_host
 from probe.records import ORIG, FlowRecord
 
-__all__ = ["Analysis", "analyse_calls", "judge_calls", "lone_flow_verdicts"]
+__all__ = ["Analysis", "CallSpan", "analyse_calls", "judge_calls", "lone_flow_verdicts"]
 
 
 @dataclass(slots=True)
@@ -68,6 +68,8 @@ class Analysis:
     congested: list[CongestedPath] = field(default_factory=list)
     """Paths the calls showed congested (a shaper's queue, heavy loss): they explain the
     unanswered requests of flows outside the calls, also ones judged later."""
+    waiting: list[CallSpan] = field(default_factory=list)
+    """Calls assembled but not judged (:func:`judge_calls` with ``due``)."""
 
     def flow_verdict_list(self) -> list[FlowVerdict]:
         return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
@@ -88,33 +90,54 @@ def _call_uid(flow_uids: Sequence[str], dialog: str | None = None) -> str:
 def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification],
                   policy: Policy | None = None,
                   congested: Sequence[CongestedPath] = (),
-                  lone: Collection[str] | None = None) -> Analysis:
+                  lone: Collection[str] | None = None,
+                  due: Callable[[CallSpan], bool] | None = None) -> Analysis:
     """Calls with legs, quality and verdicts; and verdicts on interfered flows (flows
     outside the calls also judged against ``congested``: paths calls judged earlier
     showed congested; only those of ``lone`` when given): the calls assembled
-    (:func:`policy.assembly.assemble_calls`), then judged (:func:`judge_calls`)."""
+    (:func:`policy.assembly.assemble_calls`), then judged (:func:`judge_calls`; only
+    those ``due`` asks for, and what they need, when given)."""
     pol = policy or load_policy()
     return judge_calls(assemble_calls(flows, classes, pol.calls.same_call_gap_s),
-                       flows, classes, pol, congested, lone)
+                       flows, classes, pol, congested, lone, due)
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpan:
+    """What an assembled call will be written with, known before it is judged: its flows,
+    its span and its local host (the same as its :class:`Call`'s)."""
+
+    flow_uids: tuple[str, ...]
+    start_ts: float
+    end_ts: float
+    local: str | None
 
 
 def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
                 classes: Sequence[Classification], pol: Policy,
                 congested: Sequence[CongestedPath] = (),
-                lone: Collection[str] | None = None) -> Analysis:
+                lone: Collection[str] | None = None,
+                due: Callable[[CallSpan], bool] | None = None) -> Analysis:
     """Each assembled call of ``flows`` judged: legs, rules, verdict and outcome; calls
     that show no interference and are no call after all (relay upkeep, a transfer judged
     from packet statistics) dropped; and the verdicts of flows outside every call (those
     of ``lone`` when given: a caller that has settled the others' already), their
     unanswered requests explained by the paths these calls or ``congested`` showed
-    congested."""
+    congested.
+
+    With ``due``, a caller that writes only some calls now (and the others later, from a
+    window that has grown) has only those judged: the calls ``due`` says it writes, and
+    any other whose judgement changes what it writes now: one that may turn out no call
+    (its flows are then judged alone), one that shares a flow with a call written (the
+    flow's verdict is the last call's to judge it, in the assembly's order), and all of
+    them when a flow judged alone shows something their congestion may explain. The
+    others come back in :attr:`Analysis.waiting`, unjudged; the result is otherwise the
+    one judging every call gives."""
     by_uid = {f.uid: f for f in flows}
     cls = {c.uid: c for c in classes}
     local, sides = assembly.local, assembly.sides
     ctx = RuleContext(pol, cls, local, assembly.others_answered, assembly.capture_end,
                       answered_services(flows))
-    calls: list[Call] = []
-    flow_verdicts: dict[str, Verdict] = {}
     single_ev: dict[str, list[Evidence]] = {}  # signalling flows sit in many calls: judge once
 
     def single(f: FlowRecord) -> list[Evidence]:
@@ -123,32 +146,69 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
             ev = single_ev[f.uid] = flow_rules(f, ctx)
         return ev
 
-    for assembled in assembly.calls:
-        call_local = _call_local(assembled, local, sides)
-        if call_local == local:
-            judged = _judge(assembled, ctx, sides, by_uid, single, flow_verdicts)
+    spans = [_span(call, _call_local(call, local, sides)) for call in assembly.calls]
+    judged: dict[int, tuple[Call | None, dict[str, Verdict]]] = {}
+
+    def judge(i: int) -> None:
+        call, span = assembly.calls[i], spans[i]
+        verdicts: dict[str, Verdict] = {}
+        if span.local == local:
+            got = _judge(call, ctx, sides, by_uid, single, verdicts)
         else:  # ``single`` stays valid: flow_rules does not read the local host
-            judged = _judge(assembled, replace(ctx, local=call_local),
-                            Sides(call_local, sides.who), by_uid, single, flow_verdicts)
-        if judged is not None:
-            calls.append(judged)
-            for uid in {u for e in judged.verdict.evidence for u in e.flow_uids
+            got = _judge(call, replace(ctx, local=span.local), Sides(span.local, sides.who),
+                         by_uid, single, verdicts)
+        if got is not None:
+            for uid in {u for e in got.verdict.evidence for u in e.flow_uids
                         if len(e.flow_uids) == 1 and not e.rule.startswith("failed.")}:
-                flow_verdicts[uid] = verdict_from([e for e in judged.verdict.evidence
-                                                   if e.flow_uids == (uid,)])
-    in_calls = {u for c in calls for u in c.flow_uids}
-    seen = congested_paths([e for c in calls for e in c.verdict.evidence], by_uid)
+                verdicts[uid] = verdict_from([e for e in got.verdict.evidence
+                                              if e.flow_uids == (uid,)])
+        judged[i] = (got, verdicts)
+
+    if due is None:
+        wanted = set(range(len(spans)))
+    else:
+        wanted = {i for i, s in enumerate(spans) if due(s)}
+        written = {u for i in wanted for u in spans[i].flow_uids}
+        wanted.update(i for i, call in enumerate(assembly.calls)
+                      if (call.dialog is None
+                          and not _call_happened(call.flows, call.media_flows, cls))
+                      or not written.isdisjoint(spans[i].flow_uids))
+    for i in sorted(wanted):
+        judge(i)
+    in_calls = {u for i, s in enumerate(spans)
+                if i not in judged or judged[i][0] is not None for u in s.flow_uids}
+    alone: dict[str, list[Evidence]] = {}
     for f in flows:
         # a flow's own rules look at ICMP errors quoting it, and at TCP
         if f.uid in in_calls or not _own_rules_apply(f) or (lone is not None
                                                              and f.uid not in lone):
             continue
-        ev = explained_by_congestion(flow_rules(f, ctx, lone=True), [*seen, *congested],
-                                     by_uid)
+        alone[f.uid] = flow_rules(f, ctx, lone=True)
+    if any(alone.values()):  # the congestion every call shows may explain them
+        for i in range(len(spans)):
+            if i not in judged:
+                judge(i)
+    calls: list[Call] = []
+    flow_verdicts: dict[str, Verdict] = {}
+    for i in sorted(judged):
+        got, verdicts = judged[i]
+        flow_verdicts.update(verdicts)
+        if got is not None:
+            calls.append(got)
+    seen = congested_paths([e for c in calls for e in c.verdict.evidence], by_uid)
+    for uid, own in alone.items():
+        ev = explained_by_congestion(own, [*seen, *congested], by_uid)
         if ev:
-            flow_verdicts[f.uid] = verdict_from(ev)
+            flow_verdicts[uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
-    return Analysis(calls, flow_verdicts, seen)
+    return Analysis(calls, flow_verdicts, seen,
+                    [s for i, s in enumerate(spans) if i not in judged])
+
+
+def _span(call: AssembledCall, local: str | None) -> CallSpan:
+    members = call.flows
+    return CallSpan(tuple(f.uid for f in members), min(f.first_ts for f in members),
+                    max(f.last_ts for f in members), local)
 
 
 def _call_local(call: AssembledCall, local: str | None, sides: Sides) -> str | None:

@@ -38,7 +38,7 @@ from classifier.engine import Classifier, Observation
 from classifier.payloads import meter_config
 from classifier.records import Classification
 from policy.assembly import is_call_flow
-from policy.calls import Analysis, analyse_calls, lone_flow_verdicts
+from policy.calls import Analysis, CallSpan, analyse_calls, lone_flow_verdicts
 from policy.records import Call, Verdict
 from policy.rules import CongestedPath, Policy, congested_paths, load_policy
 from policy.settling import PipelineConfig
@@ -188,24 +188,33 @@ class Pipeline:
         # Only the flows whose own verdict may be written now need one.
         lone = {u for u, (f, _) in self._window.items()
                 if u not in self._judged and (final or f.last_ts + settle <= point)}
-        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy,
-                                 self._congested, lone)
         by_uid = {f.uid: f for f, _ in items}
+        written: dict[tuple[str, ...], bool] = {}
+
+        def due(span: CallSpan) -> bool:
+            """Whether a call is written now (a call not written is judged again later,
+            from the window it is written from: only those written need judging now)."""
+            end = span.end_ts
+            w = written[span.flow_uids] = (
+                final or end + self.cfg.call_hold_s <= point
+                or (end + settle <= point and self._going(span, by_uid) > end + settle))
+            return w
+
+        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy,
+                                 self._congested, lone, due)
         done: set[str] = set()
-        self._due_calls = []
         for call in analysis.calls:
-            if final or call.end_ts + self.cfg.call_hold_s <= point or (
-                    call.end_ts + settle <= point
-                    and self._going(call, by_uid) > call.end_ts + settle):
+            if written[call.flow_uids]:
                 step.calls.append(call)
                 done.update(call.flow_uids)
                 self._congested.extend(congested_paths(call.verdict.evidence, by_uid))
-            elif call.end_ts + settle <= point:  # held: a stream may still be going
-                self._due_calls.append(call.end_ts + self.cfg.call_hold_s)
-            else:
-                self._due_calls.append(call.end_ts + settle)
-        self._in_due = {u for call in analysis.calls for u in call.flow_uids if u not in done}
-        in_calls = {u for call in analysis.calls for u in call.flow_uids}
+        calls: list[Call | CallSpan] = [*analysis.calls, *analysis.waiting]
+        # held (a stream may still be going), or not due yet
+        self._due_calls = [c.end_ts + (self.cfg.call_hold_s if c.end_ts + settle <= point
+                                       else settle)
+                           for c in calls if not written[c.flow_uids]]
+        self._in_due = {u for c in calls for u in c.flow_uids if u not in done}
+        in_calls = {u for c in calls for u in c.flow_uids}
         for uid, (f, c) in self._window.items():
             if not self._awaits_verdict(uid) or not (final or f.last_ts + settle <= point):
                 continue
@@ -238,7 +247,7 @@ class Pipeline:
         return (f.proto == "tcp" and f.conn_state in ("S0", "RSTOS0")
                 and self._earliest_related([f], ends(f)[0][0], math.inf) <= f.last_ts)
 
-    def _going(self, call: Call, flows: dict[str, FlowRecord]) -> float:
+    def _going(self, call: Call | CallSpan, flows: dict[str, FlowRecord]) -> float:
         """Start of the earliest UDP flow, not settled yet, that may be another stream of
         ``call`` (:meth:`_earliest_related`); infinity when there is none."""
         return self._earliest_related([flows[u] for u in call.flow_uids], call.local,

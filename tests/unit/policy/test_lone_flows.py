@@ -12,6 +12,7 @@ port was answered in the capture; otherwise ``unknown`` with the same reason. A 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[attr-defined]
@@ -19,8 +20,11 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from api.pipeline import analyze_capture
+from classifier.records import Classification
+from policy.calls import CallSpan
 from policy.pipeline import AnalysisResult
 from policy.records import Reason, Verdict, VerdictKind
+from probe import FlowRecord
 from tests.unit.policy.test_verdict_rules import _dns_answered, _pcap, _syn, _udp, _voice
 
 ME, ROUTER, FAR = "192.168.1.50", "192.168.1.1", "203.0.113.77"
@@ -217,3 +221,60 @@ def test_lone_limits_which_flows_outside_calls_are_judged(tmp_path: Path) -> Non
     assert only.flow_verdicts[blocked[50001]] == everyone.flow_verdicts[blocked[50001]]
     assert [c.to_dict() for c in only.calls] == [c.to_dict() for c in everyone.calls]
     assert everyone.calls
+
+
+def _two_calls(tmp_path: Path, extra: Sequence[tuple[float, bytes]] = ()
+               ) -> tuple[list[FlowRecord], list[Classification]]:
+    """Flows and classifications of a capture with two calls a minute apart."""
+    from classifier.engine import Classifier
+
+    far2 = "198.51.100.20"
+    late = [(ts + 60.0, b) for ts, b in [*_voice((ME, 41000), (far2, 41000), 3),
+                                         *_voice((far2, 41000), (ME, 41000), 4)]]
+    path = tmp_path / "two.pcap"
+    _pcap(path, sorted([*_dns_answered(ME), *_voice((ME, 40000), (FAR, 40000), 1),
+                        *_voice((FAR, 40000), (ME, 40000), 2), *late, *extra]))
+    flows = analyze_capture(path, workers=1, hash_capture=False).flows
+    return flows, Classifier().classify_all(flows)
+
+
+def test_due_judges_the_calls_written_now_and_leaves_the_others_waiting(
+        tmp_path: Path) -> None:
+    """The pipeline writes only the calls that are due at a point (``due``): only those are
+    judged, the others come back unjudged with what it needs to know of them, and what is
+    judged is what judging every call gives."""
+    from policy.calls import analyse_calls
+
+    flows, classes = _two_calls(tmp_path)
+    everyone = analyse_calls(flows, classes)
+    assert len(everyone.calls) == 2 and not everyone.waiting
+    asked = []
+
+    def due(span: CallSpan) -> bool:
+        asked.append(span.flow_uids)
+        return span.end_ts < 30.0
+
+    early = analyse_calls(flows, classes, due=due)
+    assert len(asked) == 2
+    assert [c.to_dict() for c in early.calls] == [everyone.calls[0].to_dict()]
+    (span,) = early.waiting
+    later = everyone.calls[1]
+    assert (span.flow_uids, span.start_ts, span.end_ts, span.local) == (
+        later.flow_uids, later.start_ts, later.end_ts, later.local)
+    assert early.flow_verdicts == everyone.flow_verdicts
+
+
+def test_due_judges_every_call_when_a_flow_judged_alone_shows_something(
+        tmp_path: Path) -> None:
+    """Unanswered SYNs in no call: the congestion a call shows may explain them, so every
+    call is judged, due or not."""
+    from policy.calls import analyse_calls
+
+    syns = [_syn(70.0 + t, (ME, 50001), (FAR, 443)) for t in (0.0, 1.0, 3.0)]
+    flows, classes = _two_calls(tmp_path, syns)
+    everyone = analyse_calls(flows, classes)
+    assert everyone.flow_verdicts
+    early = analyse_calls(flows, classes, due=lambda s: s.end_ts < 30.0)
+    assert not early.waiting
+    assert [c.to_dict() for c in early.calls] == [c.to_dict() for c in everyone.calls]
+    assert early.flow_verdicts == everyone.flow_verdicts
