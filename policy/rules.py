@@ -421,8 +421,11 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
     # handshake was cut by a RST has no connection left to close. (Through a shaper's
     # full queue the ServerHello never comes, the client times out and closes, and the
     # server resets the late segments of a connection it has closed: no interference.)
+    # A server that sent any payload answered the hello: its ServerHello is in a packet
+    # the capture missed (capture loss), not one a reset replaced.
     if f.client_hello and not f.server_hello and flow.resp_flags & TcpFlag.RST and \
-            flow.resp_flags & TcpFlag.SYN and not flow.orig_flags & TcpFlag.FIN:
+            flow.resp_flags & TcpFlag.SYN and not flow.orig_flags & TcpFlag.FIN and \
+            flow.resp_bytes == 0:
         hello = next((p for p in flow.payloads if p.direction == 0), None)
         frames = [hello.frame] if hello is not None else [flow.first_frame]
         out.append(_ev("blocked.tls_reset", Reason.TLS_RESET_AFTER_HELLO, [flow],

@@ -394,7 +394,8 @@ class FlowRecord:
     def conn_state(self) -> str:
         """Zeek's summary of the connection's fate (S0, SF, REJ...); see
         :func:`conn_state`."""
-        return conn_state(self.proto, self.orig_flags, self.resp_flags, self.resp_pkts)
+        return conn_state(self.proto, self.orig_flags, self.resp_flags, self.resp_pkts,
+                          self.resp_bytes)
 
     def lightened(self) -> FlowRecord:
         """This record as later stages keep it once the classifier has observed it: payload
@@ -448,7 +449,7 @@ def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, re
         "duration_s": round(last_ts - first_ts, 6),
         "orig_pkts": orig_pkts, "orig_bytes": orig_bytes, "orig_wire_bytes": orig_wire_bytes,
         "resp_pkts": resp_pkts, "resp_bytes": resp_bytes, "resp_wire_bytes": resp_wire_bytes,
-        "conn_state": conn_state(proto, orig_flags, resp_flags, resp_pkts),
+        "conn_state": conn_state(proto, orig_flags, resp_flags, resp_pkts, resp_bytes),
         "orig_retrans": orig_retrans, "resp_retrans": resp_retrans,
         "first_frame": first_frame, "last_frame": last_frame, "end_reason": end_reason,
         "vlan": vlan, "tunnel": tunnel, "icmp": [n.to_dict() for n in icmp],
@@ -457,10 +458,14 @@ def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, re
     }
 
 
-def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> str:
+def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int,
+               resp_bytes: int = 0) -> str:
     """Zeek's ``conn_state`` of a flow, as Zeek's ``Conn::conn_state`` gives it.
 
-    TCP: S0 SYN without reply; REJ SYN answered by RST; S1 established, not closed;
+    TCP: S0 SYN without reply; REJ SYN answered by RST (and nothing else: a responder
+    that sent payload, ``resp_bytes``, had accepted the connection, and the capture
+    missed its SYN-ACK; Zeek too says REJ only while the originator is still at its
+    SYN or neither side sent data); S1 established, not closed;
     SF normal close; RSTO/RSTR reset by originator/responder after set-up;
     SH originator SYN+FIN without responder; OTH no SYN seen.
     UDP: SF both sides sent, S0 only the originator did. (Zeek also has SHR, only the
@@ -478,7 +483,7 @@ def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int) -> 
     if resp_pkts == 0:
         return "SH" if o & fin else ("RSTOS0" if o & rst else "S0")
     if r & rst and not r & syn:
-        return "REJ"
+        return "REJ" if resp_bytes == 0 else "RSTR"
     established = bool(r & syn and r & ack)
     if not established:
         return "OTH"

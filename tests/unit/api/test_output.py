@@ -205,3 +205,31 @@ def test_an_empty_zeek_log_still_has_its_header_and_close() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0] == "#separator \\x09" and lines[-1] == "#close\t1970-01-01-00-00-00"
     assert len(lines) == 9
+
+
+def test_a_reset_after_payload_is_no_rejected_attempt(tmp_path: Path) -> None:
+    """Zeek's REJ is a SYN answered by a RST; a responder that sent payload had accepted
+    the connection (the capture missed its SYN-ACK): RSTR, reset after set-up."""
+    from scapy.layers.inet import IP, TCP  # type: ignore[attr-defined]
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    me, server = "192.168.1.50", "203.0.113.5"
+
+    def seg(t: float, out: bool, port: int, flags: str, payload: bytes = b"") -> Ether:
+        src, dst, sport, dport = (me, server, port, 443) if out else (server, me, 443, port)
+        pkt = Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags)
+        if payload:
+            pkt = pkt / Raw(payload)
+        pkt.time = t
+        return pkt
+
+    pkts = [seg(1.0, True, 50001, "S"), seg(1.02, False, 50001, "RA"),  # refused
+            seg(2.0, True, 50002, "S"), seg(2.05, True, 50002, "A"),  # SYN-ACK not captured
+            seg(2.06, True, 50002, "PA", b"q" * 40), seg(2.1, False, 50002, "PA", b"r" * 80),
+            seg(3.0, False, 50002, "R")]
+    path = tmp_path / "rej.pcap"
+    wrpcap(str(path), pkts)
+    states = {f.orig_p: f.conn_state for f in FlowReader(path, workers=1)}
+    assert states == {50001: "REJ", 50002: "RSTR"}

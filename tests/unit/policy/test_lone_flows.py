@@ -271,7 +271,9 @@ def test_due_judges_every_call_when_a_flow_judged_alone_shows_something(
     from policy.calls import analyse_calls
 
     syns = [_syn(70.0 + t, (ME, 50001), (FAR, 443)) for t in (0.0, 1.0, 3.0)]
-    flows, classes = _two_calls(tmp_path, syns)
+    # the capture goes on long enough after them to judge them (blocked.syn_min_wait_s)
+    later = _udp(90.0, ME, 40002, ROUTER, 53, b"\x00" * 12)
+    flows, classes = _two_calls(tmp_path, [*syns, later])
     everyone = analyse_calls(flows, classes)
     assert everyone.flow_verdicts
     early = analyse_calls(flows, classes, due=lambda s: s.end_ts < 30.0)

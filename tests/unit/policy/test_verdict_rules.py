@@ -249,7 +249,7 @@ def _syn(ts: float, src: tuple[str, int], dst: tuple[str, int]) -> tuple[float, 
                      TCP(sport=src[1], dport=dst[1], flags="S", seq=1000))
 
 
-@pytest.mark.parametrize("n", [1000, 17000])
+@pytest.mark.parametrize("n", [1200, 17000])
 def test_syns_lost_in_a_shapers_full_queue_are_no_block(tmp_path: Path, n: int) -> None:
     # A token bucket throttles everything toward the far host: the call's media shows the
     # standing queue, and a connection the client opens to that host mid-call loses every
@@ -273,9 +273,10 @@ def test_syns_lost_in_a_shapers_full_queue_are_no_block(tmp_path: Path, n: int) 
 
 def test_syns_unanswered_beside_a_clean_call_are_still_a_block(tmp_path: Path) -> None:
     # The same connection attempts while the call to that host runs clean: nothing on the
-    # path explains the silence, so the rule still fires.
+    # path explains the silence, so the rule still fires (the capture goes on 18 s after
+    # the first SYN: blocked.syn_min_wait_s).
     me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
-    pkts = _voice(peer, me, 0xBBBB, n=1000) + _voice(me, peer, 0xAAAA, n=1000)
+    pkts = _voice(peer, me, 0xBBBB, n=1200) + _voice(me, peer, 0xAAAA, n=1200)
     pkts += _dns_answered(me[0])
     pkts += [_syn(6.0 + t, (me[0], 45000), (peer[0], 443)) for t in (0.0, 1.0, 3.0, 7.0)]
     path = tmp_path / "clean-syn.pcap"
@@ -285,3 +286,39 @@ def test_syns_unanswered_beside_a_clean_call_are_still_a_block(tmp_path: Path) -
     assert call.verdict.kind is VerdictKind.OK, call.verdict
     reasons = {r for v in result.analysis.flow_verdicts.values() for r in v.reasons}
     assert Reason.SYN_UNANSWERED in reasons, result.analysis.flow_verdicts
+
+
+def test_a_serverhello_the_capture_missed_is_no_reset_block(tmp_path: Path) -> None:
+    # The server sent its ServerHello (payload) but the capture lost the packet; the
+    # connection ended with the server's RST much later. A server that sent payload
+    # answered the hello: capture loss, not a reset that replaced the answer.
+    answered = _tls_attempt(10.0, 50003, [(0.05, "s", "A"), (0.3, "c", "A"),
+                                          (20.0, "s", "R")])
+    # the server's data segment (the ServerHello's remainder) the capture did keep
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+    data = (10.2, bytes(Ether() / IP(src="203.0.113.5", dst="192.168.1.50") /
+                        TCP(sport=443, dport=50003, flags="PA", seq=6400, ack=2000) /
+                        Raw(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)))
+    injected = _tls_attempt(40.0, 50004, [(0.005, "s", "R")])
+    path = tmp_path / "tls-loss.pcap"
+    _pcap(path, sorted([*answered, data, *injected]))
+    result = analyze_capture(path, workers=1)
+    by_port = {f.orig_p: f.uid for f in result.flows}
+    verdicts = result.analysis.flow_verdicts
+    assert by_port[50003] not in verdicts, verdicts.get(by_port[50003])
+    assert verdicts[by_port[50004]].reasons == (Reason.TLS_RESET_AFTER_HELLO,)
+
+
+def test_a_syn_the_capture_ends_soon_after_is_not_judged(tmp_path: Path) -> None:
+    # SYNs at 2, 3 and 5 s, the capture over at 10 s: the client was still trying (its
+    # next SYN would go at 9 s, an answer to it later still), so the silence proves
+    # nothing. The same SYNs in a capture that goes on to 20 s are judged.
+    me, far = "192.168.1.50", "203.0.113.77"
+    syns = [_syn(2.0 + t, (me, 50001), (far, 443)) for t in (0.0, 1.0, 3.0)]
+    for end, judged in ((10.0, False), (20.0, True)):
+        path = tmp_path / f"cut-{end:.0f}.pcap"
+        _pcap(path, sorted([*_dns_answered(me), *syns,
+                            _udp(end, me, 40002, "192.168.1.1", 53, b"\x00" * 12)]))
+        result = analyze_capture(path, workers=1)
+        (syn_flow,) = [f for f in result.flows if f.orig_p == 50001]
+        assert (syn_flow.uid in result.analysis.flow_verdicts) is judged, end
