@@ -84,6 +84,9 @@ TEXTS: dict[str, dict[str, str]] = {
                           "one local network).",
         "benign.not_loss_alone": "Loss came with a steady rise of delay (a queue filling "
                                  "up), which random loss on a poor link does not show.",
+        "benign.not_busy": "The host's other traffic on that side of the path carried no more "
+                           "than {r} times the stream's bytes while the queue stood: no busy "
+                           "link explains it.",
         "benign.enough_packets": "Each judged leg had at least {n} packets: enough to measure.",
         "benign.none": "No rule fired, so there was nothing to rule out.",
         "verify.intro": "Anyone can check this report against the packets:",
@@ -141,6 +144,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_loss_alone": "La perte s'accompagnait d'une hausse régulière du délai (une "
                                  "file qui se remplit), ce que ne montre pas une perte "
                                  "aléatoire sur un lien médiocre.",
+        "benign.not_busy": "Le reste du trafic de l'hôte de ce côté du chemin n'a pas porté "
+                           "plus de {r} fois les octets du flux pendant que la file tenait : "
+                           "aucun lien saturé ne l'explique.",
         "benign.enough_packets": "Chaque flux jugé comptait au moins {n} paquets : assez pour "
                                  "mesurer.",
         "benign.none": "Aucune règle ne s'est déclenchée : rien à écarter.",
@@ -196,6 +202,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_lan": "تفصل شبكة مشغل بين الطرفين (ليسا على شبكة محلية واحدة).",
         "benign.not_loss_alone": "صاحب الفقد ارتفاع مطرد في التأخير (طابور يمتلئ)، وهو ما "
                                  "لا يظهر في الفقد العشوائي على وصلة رديئة.",
+        "benign.not_busy": "لم تحمل الحركة الأخرى للمضيف على هذا الجانب من المسار أكثر من "
+                           "{r} ضعف بايتات التيار أثناء امتلاء الطابور: لا وصلة مشغولة تفسر "
+                           "ذلك.",
         "benign.enough_packets": "احتوى كل اتجاه خضع للحكم على {n} حزمة على الأقل: ما يكفي "
                                  "للقياس.",
         "benign.none": "لم تنطبق أي قاعدة، فلا شيء يستبعد.",
@@ -271,6 +280,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                    "{duration_s} s, none came back",
         "blocked.sip": "{invites} SIP INVITE(s) got no response at all in {waited_s} s, not "
                        "even 100 Trying",
+        "unknown.sip": "{invites} SIP INVITE(s) got no response at all in {waited_s} s; "
+                       "nothing in this capture was answered both ways: it may hold one "
+                       "direction only",
         "failed.sip_rejected": "SIP INVITE answered {final}: the callee's side ended it",
         "failed.sip_no_answer": "SIP INVITE answered {final} (cancelled before answer): the "
                                 "callee's side ended it",
@@ -290,8 +302,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "of a ServerHello",
         "throttled.rate_cap": "received stream {ssrc} lost {loss} while its one-way delay "
                               "rose {delay_rise_ms} ms",
-        "degraded.loss": "received stream {ssrc} lost {loss} with no delay build-up "
-                         "({delay_rise_ms} ms): loss, not a rate cap",
+        "degraded.loss": "received stream {ssrc} lost {loss} (delay rise {delay_rise_ms} ms): "
+                         "loss, not shown to be a rate cap",
         "degraded.jitter": "mean jitter {jitter_ms} ms on stream {ssrc}",
         "degraded.mos": "E-model MOS {mos} on stream {ssrc}",
     },
@@ -302,6 +314,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                    "{duration_s} s, aucun retour",
         "blocked.sip": "{invites} INVITE SIP sans aucune réponse en {waited_s} s, pas même "
                        "100 Trying",
+        "unknown.sip": "{invites} INVITE SIP sans aucune réponse en {waited_s} s ; rien dans "
+                       "cette capture n'a reçu de réponse : elle peut ne tenir qu'un sens",
         "failed.sip_rejected": "INVITE SIP répondu par {final} : le côté appelé y a mis fin",
         "failed.sip_no_answer": "INVITE SIP répondu par {final} (annulé avant la réponse) : "
                                 "le côté appelé y a mis fin",
@@ -322,8 +336,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "d'un ServerHello",
         "throttled.rate_cap": "le flux reçu {ssrc} a perdu {loss} pendant que son délai "
                               "aller a augmenté de {delay_rise_ms} ms",
-        "degraded.loss": "le flux reçu {ssrc} a perdu {loss} sans accumulation de délai "
-                         "({delay_rise_ms} ms) : de la perte, pas un plafond de débit",
+        "degraded.loss": "le flux reçu {ssrc} a perdu {loss} (hausse du délai : "
+                         "{delay_rise_ms} ms) : de la perte, sans preuve d'un plafond de débit",
         "degraded.jitter": "gigue moyenne de {jitter_ms} ms sur le flux {ssrc}",
         "degraded.mos": "MOS (modèle E) de {mos} sur le flux {ssrc}",
     },
@@ -334,6 +348,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                    "{duration_s} ث ولم يعد منها شيء",
         "blocked.sip": "لم تتلق {invites} رسالة SIP INVITE أي رد خلال {waited_s} ث، "
                        "ولا حتى 100 Trying",
+        "unknown.sip": "لم تتلق {invites} رسالة SIP INVITE أي رد خلال {waited_s} ث؛ لم "
+                       "يتلق شيء في هذا التسجيل ردا: قد لا يحوي إلا اتجاها واحدا",
         "failed.sip_rejected": "رد على SIP INVITE بالرمز {final}: الطرف المتصل به أنهى "
                                "المكالمة",
         "failed.sip_no_answer": "رد على SIP INVITE بالرمز {final} (ألغيت قبل الرد): الطرف "
@@ -354,8 +370,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "ServerHello",
         "throttled.rate_cap": "فقد التيار المستقبل {ssrc} نسبة {loss} بينما ارتفع تأخيره "
                               "أحادي الاتجاه {delay_rise_ms} م.ث",
-        "degraded.loss": "فقد التيار المستقبل {ssrc} نسبة {loss} دون تراكم في التأخير "
-                         "({delay_rise_ms} م.ث): فقد لا سقف للسرعة",
+        "degraded.loss": "فقد التيار المستقبل {ssrc} نسبة {loss} (ارتفاع التأخير "
+                         "{delay_rise_ms} م.ث): فقد لم يثبت أنه سقف للسرعة",
         "degraded.jitter": "متوسط التذبذب {jitter_ms} م.ث على التيار {ssrc}",
         "degraded.mos": "مؤشر MOS (نموذج E) يساوي {mos} على التيار {ssrc}",
     },
@@ -520,6 +536,7 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
         out.append(loc.t("benign.not_lan"))
     if kinds & {"rate-capped", "delayed-throttle"}:
         out.append(loc.t("benign.not_loss_alone"))
+        out.append(loc.t("benign.not_busy", r=loc.num(pol.throttled.max_other_load_ratio, 1)))
     if kinds & {"rate-capped", "delayed-throttle", "high-loss", "high-jitter", "low-mos"}:
         out.append(loc.t("benign.enough_packets",
                          n=loc.digits(str(pol.degraded.min_packets))))

@@ -38,6 +38,7 @@ from policy.records import (
 from policy.rules import (
     CallCase,
     CongestedPath,
+    HostTraffic,
     Policy,
     RuleContext,
     SipOutcome,
@@ -137,7 +138,7 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
     cls = {c.uid: c for c in classes}
     local, sides = assembly.local, assembly.sides
     ctx = RuleContext(pol, cls, local, assembly.others_answered, assembly.capture_end,
-                      answered_services(flows))
+                      answered_services(flows), HostTraffic(flows))
     single_ev: dict[str, list[Evidence]] = {}  # signalling flows sit in many calls: judge once
 
     def single(f: FlowRecord) -> list[Evidence]:

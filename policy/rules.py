@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import numpy as np
+import numpy.typing as npt
 import yaml
 
 from classifier.records import Classification
@@ -96,6 +97,11 @@ class ThrottledPolicy:
     """How far the one-way delay (per-second minimum) must climb."""
     delayed_min_clean_s: float = _threshold("s")
     """Clean seconds a delayed throttle shows before it bites."""
+    max_other_load_ratio: float = _threshold("ratio")
+    """Other traffic of the host on the stream's side of the path (to it, for a stream it
+    received; from it, for one it sent), over the seconds the queue stood, may carry at
+    most this many times the stream's own bytes: more, and that traffic may have filled
+    the queue (a busy access link), which no rate cap on the call need explain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +290,39 @@ class RuleContext:
     services_up: frozenset[tuple[str, int]] = frozenset()
     """Server addresses and ports that answered a flow among those judged together
     (:func:`answered_services`)."""
+    traffic: HostTraffic | None = None
+    """The bytes every flow judged together carried per second, by host: the load a
+    queue on a host's link also held. None: not known (the busy-link check is skipped)."""
+
+
+class HostTraffic:
+    """What a set of flows carried to and from each host, second by second (their
+    per-second rate series), indexed on first use."""
+
+    __slots__ = ("_by_host", "_flows")
+
+    def __init__(self, flows: Sequence[FlowRecord]) -> None:
+        self._flows = flows
+        self._by_host: dict[str, list[tuple[str, npt.NDArray[np.int64], bool]]] | None = None
+
+    def bytes(self, host: str, inbound: bool, first_s: float, last_s: float,
+              skip: str) -> int:
+        """Bytes the flows other than ``skip`` (a uid) carried to ``host`` (``inbound``) or
+        from it, in the seconds from ``first_s`` to ``last_s``."""
+        if self._by_host is None:
+            self._by_host = {}
+            for f in self._flows:
+                if len(f.rate):
+                    self._by_host.setdefault(f.orig_h, []).append((f.uid, f.rate, True))
+                    self._by_host.setdefault(f.resp_h, []).append((f.uid, f.rate, False))
+        total = 0
+        for uid, rate, is_orig in self._by_host.get(host, ()):
+            if uid == skip:
+                continue
+            col = 4 if is_orig == inbound else 2  # the responder's bytes reach the originator
+            when = (rate[:, 0] >= first_s) & (rate[:, 0] <= last_s)
+            total += int(rate[when, col].sum())
+        return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,9 +541,16 @@ def call_rules(call: CallCase, ctx: RuleContext,
     if sip is not None:
         figures = sip.figures()
         if sip.reason is Reason.SIP_UNANSWERED:
-            out.append(_ev("blocked.sip", sip.reason, flows, sip.frames, figures,
+            # A capture in which nothing was answered both ways may hold one direction
+            # only (a one-sided tap, asymmetric routing): the responses may have gone by
+            # unseen (as for STUN, blocked.require_other_traffic).
+            two_way = ctx.others_answered or not pol.blocked.require_other_traffic
+            out.append(_ev("blocked.sip" if two_way else "unknown.sip", sip.reason, flows,
+                           sip.frames, figures,
                            f"{sip.invites} SIP INVITE(s) got no response at all in "
-                           f"{sip.waited_s:.0f} s, not even 100 Trying"))
+                           f"{sip.waited_s:.0f} s, not even 100 Trying"
+                           + ("" if two_way else "; nothing in this capture was answered "
+                              "both ways: it may hold one direction only")))
         else:
             rule = ("failed.sip_rejected" if sip.reason is Reason.SIP_REJECTED
                     else "failed.sip_no_answer")
@@ -570,6 +616,21 @@ def call_rules(call: CallCase, ctx: RuleContext,
         # A shaper's signature is a standing queue: loss while the delay climbed and then
         # held at the top. Loss with a delay spike that receded (a radio link's
         # retransmissions, a handover) is poor quality, not a rate limit.
+        busy = None
+        if leg.loss_ratio >= pol.throttled.min_loss and \
+                rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
+            busy = _busy_link(leg, flow.uid, receiver if leg.direction == "in" else sender,
+                              ctx)
+        if busy is not None:
+            fig.update(busy)
+            out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
+                           f"{what} lost {leg.loss_ratio:.1%} while its one-way delay rose "
+                           f"{rise:.0f} ms and levelled off, but other traffic "
+                           f"{'to' if leg.direction == 'in' else 'from'} {busy['busy_host']} "
+                           f"carried {busy['other_bytes']} bytes meanwhile against the "
+                           f"stream's {busy['stream_bytes']}: a queue that traffic fills too "
+                           "(a busy link), not shown to be a rate cap"))
+            continue
         if leg.loss_ratio >= pol.throttled.min_loss and \
                 rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
             delayed = _delayed_start(leg, pol)
@@ -658,6 +719,25 @@ def explained_by_shaper(evidence: list[Evidence], flows: Sequence[FlowRecord]
     by_uid = {f.uid: f for f in flows}
     return explained_by_congestion(evidence, congested_paths(evidence, by_uid), by_uid,
                                    overlap=False)
+
+
+def _busy_link(leg: Leg, uid: str, host: str, ctx: RuleContext) -> dict[str, Any] | None:
+    """The figures of a busy link, when other traffic of ``host`` (the stream's end on the
+    local side: its receiver for a stream received, its sender for one sent) on the
+    stream's side of the path, from the second the delay began to climb to the stream's
+    end, carried more than ``throttled.max_other_load_ratio`` times the stream's own
+    bytes; else None (the queue held no such load, or the traffic is not known)."""
+    if ctx.traffic is None or not leg.seconds:
+        return None
+    tmin = np.array([row[5] for row in leg.seconds], dtype=np.float64)
+    _, _, start = delay_shape(tmin)
+    rows = leg.seconds[start or 0:]
+    own = int(sum(row[2] for row in rows) / 8)
+    other = ctx.traffic.bytes(host, leg.direction == "in", rows[0][0], rows[-1][0], uid)
+    if other <= ctx.policy.throttled.max_other_load_ratio * own:
+        return None
+    return {"busy_host": host, "other_bytes": other, "stream_bytes": own,
+            "busy_from_s": rows[0][0], "busy_until_s": rows[-1][0]}
 
 
 def _delayed_start(leg: Leg, pol: Policy) -> float | None:

@@ -67,6 +67,23 @@ def test_invite_without_any_response_is_blocked(tmp_path: Path) -> None:
     assert call.verdict.evidence[0].figures["invites"] == 4
 
 
+def test_invite_in_a_capture_of_one_direction_is_not_a_block(tmp_path: Path) -> None:
+    # The same INVITEs, but nothing in the capture was answered both ways (a tap that
+    # sees only what the host sends): the responses may have gone by unseen.
+    pkts = [_udp(10.0 + t, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
+            for t in (0.0, 0.5, 1.5, 3.5)]
+    pkts += [_udp(9.0 + t, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10)
+             for t in (0.0, 7.0)]
+    path = tmp_path / "one-way.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    (call,) = [c for c in result.analysis.calls if c.app == "sip"]
+    assert call.verdict.kind is VerdictKind.UNKNOWN, call.verdict
+    assert call.verdict.reasons[0] is Reason.SIP_UNANSWERED
+    assert call.verdict.evidence[0].rule == "unknown.sip"
+    assert "one direction only" in call.verdict.evidence[0].text
+
+
 def test_invite_cut_by_the_end_of_the_capture_is_not_judged(tmp_path: Path) -> None:
     pkts = [_udp(10.0 + t, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
             for t in (0.0, 0.5)]
@@ -322,3 +339,43 @@ def test_a_syn_the_capture_ends_soon_after_is_not_judged(tmp_path: Path) -> None
         result = analyze_capture(path, workers=1)
         (syn_flow,) = [f for f in result.flows if f.orig_p == 50001]
         assert (syn_flow.uid in result.analysis.flow_verdicts) is judged, end
+
+
+def _download(me: str, server: str, port: int, t0: float, t1: float, pps: int
+              ) -> list[tuple[float, bytes]]:
+    """A TCP download from ``server`` to ``me``: handshake, then 1400-byte segments."""
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+
+    def seg(t: float, down: bool, flags: str, seq: int, payload: bytes = b""
+            ) -> tuple[float, bytes]:
+        src, dst, sp, dp = (server, me, 443, port) if down else (me, server, port, 443)
+        return t, bytes(Ether() / IP(src=src, dst=dst) /
+                        TCP(sport=sp, dport=dp, flags=flags, seq=seq) / Raw(payload))
+
+    out = [seg(t0, False, "S", 100), seg(t0 + 0.02, True, "SA", 900),
+           seg(t0 + 0.021, False, "A", 101)]
+    n = int((t1 - t0) * pps)
+    out += [seg(t0 + 0.05 + i / pps, True, "A", 901 + i * 1400, b"d" * 1400) for i in range(n)]
+    return out
+
+
+def test_a_queue_the_hosts_own_download_fills_is_no_throttle(tmp_path: Path) -> None:
+    # The received stream shows a shaper's signature (loss, the delay climbing then
+    # holding), but while the queue stood the host was downloading at 30 times the
+    # stream's rate over the same link: that traffic fills the queue too. Degraded, and
+    # the evidence says so. Without the download the same stream is throttled.
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    pkts = _voice(me, peer, 0xAAAA)
+    pkts += _voice(peer, me, 0xBBBB, delay_s=_shaped_delay(500),
+                   lost={i for i in range(200, 500) if i % 8 == 0})
+    for busy, kind in ((True, VerdictKind.DEGRADED), (False, VerdictKind.THROTTLED)):
+        extra = _download(me[0], "198.51.100.80", 45000, 1.5, 10.5, 170) if busy else []
+        path = tmp_path / f"busy-{busy}.pcap"
+        _pcap(path, sorted([*pkts, *extra]))
+        (call,) = analyze_capture(path, workers=1).analysis.calls
+        assert call.verdict.kind is kind, (busy, call.verdict)
+        if busy:
+            ev = call.verdict.evidence[0]
+            assert ev.rule == "degraded.loss" and ev.figures["busy_host"] == me[0]
+            assert ev.figures["other_bytes"] > 10 * ev.figures["stream_bytes"]
+            assert "busy link" in ev.text
