@@ -241,8 +241,9 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     if reports:
         clocks = {s.ssrc: s.clock_hz for f in media_flows for s in f.rtp_streams}
         legs = with_rtcp(legs, reports, clocks)
-    sip = None if dialog is None else sip_outcome(dialog, ctx.capture_end,
-                                                  pol.blocked.sip_min_wait_s)
+    sip = None if dialog is None else sip_outcome(
+        dialog, ctx.capture_end, pol.blocked.sip_min_wait_s,
+        udp=all(by_uid[u].proto == "udp" for u in dialog.flow_uids if u in by_uid))
     extra: dict[str, Any] = {} if dialog is None else {
         "sip_call_id": dialog.call_id, "sdp_directions": dialog.directions}
     if streams:

@@ -351,13 +351,30 @@ class SipOutcome:
                 "reason_phrase": "cancelled before answer" if self.cancelled else "rejected"}
 
 
-def sip_outcome(dialog: SipDialog, capture_end: float, wait_s: float) -> SipOutcome | None:
+SIP_T1_S = 0.5
+"""RFC 3261 §17.1.1.1: T1, the first INVITE retransmission interval over UDP."""
+SIP_TIMER_B_S = 64 * SIP_T1_S
+"""RFC 3261 §17.1.1.2: Timer B, when a client with no response gives the INVITE up."""
+
+
+def sip_outcome(dialog: SipDialog, capture_end: float, wait_s: float,
+                udp: bool = False) -> SipOutcome | None:
     """failed when the INVITE's final answer says the endpoints ended it; blocked when the
     INVITE got no response at all although the capture went on ``wait_s``
-    (``blocked.sip_min_wait_s``)."""
+    (``blocked.sip_min_wait_s``) — unless, over UDP (``udp``), the client stopped
+    sending it again while the capture went on: a client without a response resends its
+    INVITE at intervals that double from T1 until Timer B gives it up (RFC 3261
+    §17.1.1.2, Timer A); one that stopped sooner had its response, which the capture
+    did not hold."""
     invites = dialog.invites
     if invites and not dialog.responded:
         waited = capture_end - invites[0].ts
+        times = sorted(m.ts for m in invites)
+        gap = times[-1] - times[-2] if len(times) > 1 else SIP_T1_S / 2
+        next_due = times[-1] + 2 * max(gap, SIP_T1_S / 2)
+        if udp and times[-1] - times[0] < SIP_TIMER_B_S - SIP_T1_S and \
+                capture_end > next_due + SIP_T1_S:
+            return None  # it stopped resending: answered, out of the capture's sight
         if waited >= wait_s:
             return SipOutcome(Reason.SIP_UNANSWERED, tuple(m.frame for m in invites),
                               invites=len(invites), waited_s=round(waited, 3))

@@ -67,6 +67,23 @@ def test_invite_without_any_response_is_blocked(tmp_path: Path) -> None:
     assert call.verdict.evidence[0].figures["invites"] == 4
 
 
+def test_invite_the_client_stopped_resending_was_answered(tmp_path: Path) -> None:
+    # Over UDP a client with no response resends its INVITE at 0.5, 1.5, 3.5, 7.5 s...
+    # until Timer B (RFC 3261 17.1.1.2). Sent twice, then never again while the capture
+    # went on 10 s: its response came, out of the capture's sight (a lossy tap).
+    pkts = [_udp(10.0 + t, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
+            for t in (0.0, 0.5)]
+    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
+             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
+             _udp(20.0, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
+    path = tmp_path / "stopped.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    (call,) = [c for c in result.analysis.calls if c.app == "sip"]
+    assert call.verdict.kind is not VerdictKind.BLOCKED, call.verdict
+    assert Reason.SIP_UNANSWERED not in call.verdict.reasons
+
+
 def test_invite_in_a_capture_of_one_direction_is_not_a_block(tmp_path: Path) -> None:
     # The same INVITEs, but nothing in the capture was answered both ways (a tap that
     # sees only what the host sends): the responses may have gone by unseen.
