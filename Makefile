@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv captures baseline bench bench-replay clean fuzz fuzz-smoke fuzz-corpus soak
+.PHONY: run test lint venv captures baseline bench bench-replay clean fuzz fuzz-smoke fuzz-corpus soak perturb
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -45,6 +45,12 @@ fuzz-smoke: $(STAMP)
 
 fuzz-corpus: $(STAMP)
 	$(BIN)/python fuzz/make_corpus.py
+
+# Benign damage (capture loss, a cut, a one-sided tap) to every reference capture must
+# add no interference verdict (the suite runs a bounded set in tests/perturb/).
+PERTURB_SETS ?= real-dev,ndpi-dev,ndpi-train
+perturb: $(STAMP)
+	$(BIN)/python -m tests.perturb.perturb --sets $(PERTURB_SETS) --json perturb-result.json
 
 # The long soak (the suite runs a bounded one in tests/soak/test_soak.py)
 SOAK_SECONDS ?= 900
