@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import struct
 import sys
 import tempfile
 import time
@@ -44,7 +45,8 @@ SETS = ("real-dev", "ndpi-dev")
 SEED = 1
 ETHERNET = 1
 
-Packet = tuple[float, bytes]
+Packet = tuple[float, bytes, int]
+"""(timestamp, frame as captured, its length on the wire)."""
 Verdicts = frozenset[tuple[str, str, str, tuple[str, ...]]]
 
 
@@ -64,8 +66,18 @@ def _bursts(pkts: list[Packet], rnd: random.Random) -> list[Packet]:
 
 
 def _busiest_sender(pkts: list[Packet]) -> bytes | None:
-    senders = Counter(buf[6:12] for _, buf in pkts if len(buf) >= 14)
+    senders = Counter(buf[6:12] for _, buf, _ in pkts if len(buf) >= 14)
     return senders.most_common(1)[0][0] if senders else None
+
+
+def _duplicates(pkts: list[Packet], rnd: random.Random) -> list[Packet]:
+    return [q for ts, buf, n in pkts for q in ((ts, buf, n), (ts + 1e-6, buf, n))]
+
+
+def _snap(length: int) -> Callable[[list[Packet], random.Random], list[Packet]]:
+    def damage(pkts: list[Packet], rnd: random.Random) -> list[Packet]:
+        return [(ts, buf[:length], n) for ts, buf, n in pkts]
+    return damage
 
 
 def _one_side(sent: bool) -> Callable[[list[Packet], random.Random], list[Packet]]:
@@ -89,6 +101,10 @@ PERTURBATIONS = (
     Perturbation("bursts", "five buffer overruns, 10-40 packets each", _bursts),
     Perturbation("head", "the capture stopped half-way", lambda p, r: p[:len(p) // 2]),
     Perturbation("tail", "the capture started half-way", lambda p, r: p[len(p) // 2:]),
+    Perturbation("duplicates", "a mirror port copying every packet twice (ingress and "
+                 "egress)", _duplicates),
+    Perturbation("snap-96", "tcpdump -s 96: every frame cut to its first 96 bytes",
+                 _snap(96)),
     Perturbation("sent-only", "a one-sided tap: what the busiest host sent",
                  _one_side(True), ethernet_only=True),
     Perturbation("received-only", "a one-sided tap: all but what the busiest host sent",
@@ -102,16 +118,24 @@ def read_packets(path: Path) -> tuple[int, list[Packet]]:
         magic = fh.read(4)
         fh.seek(0)
         reader: Any = dpkt.pcapng.Reader(fh) if magic == b"\n\r\r\n" else dpkt.pcap.Reader(fh)
-        return reader.datalink(), [(float(ts), bytes(buf)) for ts, buf in reader]
+        return reader.datalink(), [(float(ts), bytes(buf), len(buf)) for ts, buf in reader]
 
 
 def write_packets(path: Path, linktype: int, pkts: list[Packet]) -> None:
-    """A pcapng file (64-bit timestamps: some reference captures hold times a classic pcap
-    header cannot)."""
+    """A pcapng file, microsecond timestamps (64 bits: some reference captures hold times a
+    classic pcap header cannot), each frame's captured and wire lengths (pcapng, RFC draft
+    of the IETF opsawg: section header, interface description, enhanced packet blocks)."""
     with path.open("wb") as fh:
-        writer = dpkt.pcapng.Writer(fh, snaplen=262144, linktype=linktype)
-        for ts, buf in pkts:
-            writer.writepkt(buf, ts)
+        fh.write(struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) +
+                 struct.pack("<I", 28))
+        fh.write(struct.pack("<IIHHII", 1, 20, linktype, 0, 262144, 20))
+        for ts, buf, wire in pkts:
+            us = round(ts * 1e6)
+            pad = -len(buf) % 4
+            total = 32 + len(buf) + pad
+            fh.write(struct.pack("<IIIIIII", 6, total, 0, us >> 32, us & 0xFFFFFFFF,
+                                 len(buf), max(wire, len(buf))))
+            fh.write(buf + b"\0" * pad + struct.pack("<I", total))
 
 
 def interference(result: AnalysisResult) -> Verdicts:

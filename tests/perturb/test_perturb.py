@@ -42,7 +42,7 @@ def test_the_check_sees_interference_damage_would_add(tmp_path: Path) -> None:
                         *_voice(peer, me, 0xBBBB)]))
     peer_ip = bytes(int(x) for x in peer[0].split("."))
 
-    def censor(p: list[tuple[float, bytes]], rnd: object) -> list[tuple[float, bytes]]:
+    def censor(p: list[tuple[float, bytes, int]], rnd: object) -> list[tuple[float, bytes, int]]:
         return [x for x in p if x[1][26:30] != peer_ip]  # IPv4 source address
 
     report = Report()
