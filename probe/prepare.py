@@ -320,14 +320,19 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     pure_syn = tcp & ((flags_s & (TcpFlag.SYN | TcpFlag.ACK)) == TcpFlag.SYN)
     if pure_syn.any():
         closing = tcp & ((flags_s & (TcpFlag.FIN | TcpFlag.RST)) != 0)
-        for _ in range(8):  # each round can only add splits; reuse chains are short
-            rst = closing & ((flags_s & TcpFlag.RST) != 0)
-            fin_a = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 0)
-            fin_b = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 1)
+        rst = closing & ((flags_s & TcpFlag.RST) != 0)
+        fin_a = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 0)
+        fin_b = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 1)
+        # Each round splits at the first SYN after a close in each flow; the SYNs after it
+        # (its retransmissions, a mirror port's copies) belong to the flow it starts,
+        # which the next round looks at afresh. A connection reused more often than the
+        # rounds allow stays one flow past the last of them.
+        for _ in range(64):
             closed = (_segmented_any_before(rst, split)
                       | (_segmented_any_before(fin_a, split)
                          & _segmented_any_before(fin_b, split)))
             new = pure_syn & closed & ~split
+            new &= ~_segmented_any_before(new, split)
             if not new.any():
                 break
             split |= new

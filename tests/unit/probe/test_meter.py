@@ -78,6 +78,22 @@ def test_tcp_port_reuse_after_close_is_a_new_flow(tmp_path: Path) -> None:
     assert flows[1].conn_state == "RSTO"
 
 
+@pytest.mark.parametrize("copies", [1, 4])
+def test_syns_after_a_reset_start_one_flow(tmp_path: Path, copies: int) -> None:
+    # Refused, then tried again half a second later and answered. The new SYN and its
+    # retransmission (or a mirror port's copies of every packet) are one new flow, not a
+    # flow each: split one by one, each SYN was a connection nobody answered.
+    c, s = "10.0.0.1", "10.0.0.2"
+    once = [_tcp(1.0, c, 40000, s, 554, "S", 100), _tcp(1.01, s, 554, c, 40000, "RA", 0),
+            _tcp(1.5, c, 40000, s, 554, "S", 100), _tcp(2.5, c, 40000, s, 554, "S", 100),
+            _tcp(2.51, s, 554, c, 40000, "SA", 500), _tcp(2.52, c, 40000, s, 554, "A", 101)]
+    pkts = [(t + k * 1e-6, b) for t, b in once for k in range(copies)]
+    flows = _flows(pkts, tmp_path)
+    assert [(f.orig_pkts, f.resp_pkts) for f in flows] == [
+        (copies, copies), (3 * copies, copies)]
+    assert [f.conn_state for f in flows] == ["REJ", "S1"]
+
+
 def test_syn_answered_by_rst_is_rej(tmp_path: Path) -> None:
     flows = _flows([_tcp(1.0, "10.0.0.1", 40000, "10.0.0.2", 443, "S"),
                     _tcp(1.01, "10.0.0.2", 443, "10.0.0.1", 40000, "RA")], tmp_path)
