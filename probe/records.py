@@ -463,9 +463,10 @@ def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int,
     """Zeek's ``conn_state`` of a flow, as Zeek's ``Conn::conn_state`` gives it.
 
     TCP: S0 SYN without reply; REJ SYN answered by RST (and nothing else: a responder
-    that sent payload, ``resp_bytes``, had accepted the connection, and the capture
-    missed its SYN-ACK; Zeek too says REJ only while the originator is still at its
-    SYN or neither side sent data); S1 established, not closed;
+    that sent payload, ``resp_bytes``, or an originator that acknowledged something had
+    the connection set up, and the capture missed the SYN-ACK; Zeek too says REJ only
+    while the originator is still at its SYN or neither side sent data); S1
+    established, not closed;
     SF normal close; RSTO/RSTR reset by originator/responder after set-up;
     SH originator SYN+FIN without responder; OTH no SYN seen.
     UDP: SF both sides sent, S0 only the originator did. (Zeek also has SHR, only the
@@ -483,7 +484,7 @@ def conn_state(proto: str, orig_flags: int, resp_flags: int, resp_pkts: int,
     if resp_pkts == 0:
         return "SH" if o & fin else ("RSTOS0" if o & rst else "S0")
     if r & rst and not r & syn:
-        return "REJ" if resp_bytes == 0 else "RSTR"
+        return "REJ" if resp_bytes == 0 and not o & ack else "RSTR"
     established = bool(r & syn and r & ack)
     if not established:
         return "OTH"

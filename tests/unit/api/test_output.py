@@ -208,8 +208,9 @@ def test_an_empty_zeek_log_still_has_its_header_and_close() -> None:
 
 
 def test_a_reset_after_payload_is_no_rejected_attempt(tmp_path: Path) -> None:
-    """Zeek's REJ is a SYN answered by a RST; a responder that sent payload had accepted
-    the connection (the capture missed its SYN-ACK): RSTR, reset after set-up."""
+    """Zeek's REJ is a SYN answered by a RST; a responder that sent payload, or an
+    originator that acknowledged, had the connection set up (the capture missed its
+    SYN-ACK): RSTR, reset after set-up."""
     from scapy.layers.inet import IP, TCP  # type: ignore[attr-defined]
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
@@ -228,8 +229,10 @@ def test_a_reset_after_payload_is_no_rejected_attempt(tmp_path: Path) -> None:
     pkts = [seg(1.0, True, 50001, "S"), seg(1.02, False, 50001, "RA"),  # refused
             seg(2.0, True, 50002, "S"), seg(2.05, True, 50002, "A"),  # SYN-ACK not captured
             seg(2.06, True, 50002, "PA", b"q" * 40), seg(2.1, False, 50002, "PA", b"r" * 80),
-            seg(3.0, False, 50002, "R")]
+            seg(3.0, False, 50002, "R"),
+            seg(4.0, True, 50003, "S"), seg(4.05, True, 50003, "A"),  # SYN-ACK not captured
+            seg(4.06, True, 50003, "PA", b"q" * 40), seg(5.0, False, 50003, "RA")]
     path = tmp_path / "rej.pcap"
     wrpcap(str(path), pkts)
     states = {f.orig_p: f.conn_state for f in FlowReader(path, workers=1)}
-    assert states == {50001: "REJ", 50002: "RSTR"}
+    assert states == {50001: "REJ", 50002: "RSTR", 50003: "RSTR"}
