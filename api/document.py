@@ -84,9 +84,10 @@ TEXTS: dict[str, dict[str, str]] = {
                           "one local network).",
         "benign.not_loss_alone": "Loss came with a steady rise of delay (a queue filling "
                                  "up), which random loss on a poor link does not show.",
-        "benign.not_busy": "The host's other traffic on that side of the path carried no more "
-                           "than {r} times the stream's bytes while the queue stood: no busy "
-                           "link explains it.",
+        "benign.not_busy": "While the queue stood, the host's other traffic on that side of "
+                           "the path that lost packets itself carried no more than {r} times "
+                           "the stream's bytes (counted over the flows that had ended when "
+                           "the call was judged): no busy link seen explains it.",
         "benign.enough_packets": "Each judged leg had at least {n} packets: enough to measure.",
         "benign.none": "No rule fired, so there was nothing to rule out.",
         "verify.intro": "Anyone can check this report against the packets:",
@@ -144,9 +145,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_loss_alone": "La perte s'accompagnait d'une hausse régulière du délai (une "
                                  "file qui se remplit), ce que ne montre pas une perte "
                                  "aléatoire sur un lien médiocre.",
-        "benign.not_busy": "Le reste du trafic de l'hôte de ce côté du chemin n'a pas porté "
-                           "plus de {r} fois les octets du flux pendant que la file tenait : "
-                           "aucun lien saturé ne l'explique.",
+        "benign.not_busy": "Pendant que la file tenait, le reste du trafic de l'hôte de ce côté "
+                           "du chemin qui perdait lui-même des paquets n'a pas porté plus de "
+                           "{r} fois les octets du flux (compté sur les flux terminés quand "
+                           "l'appel a été jugé) : aucun lien saturé observé ne l'explique.",
         "benign.enough_packets": "Chaque flux jugé comptait au moins {n} paquets : assez pour "
                                  "mesurer.",
         "benign.none": "Aucune règle ne s'est déclenchée : rien à écarter.",
@@ -202,9 +204,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_lan": "تفصل شبكة مشغل بين الطرفين (ليسا على شبكة محلية واحدة).",
         "benign.not_loss_alone": "صاحب الفقد ارتفاع مطرد في التأخير (طابور يمتلئ)، وهو ما "
                                  "لا يظهر في الفقد العشوائي على وصلة رديئة.",
-        "benign.not_busy": "لم تحمل الحركة الأخرى للمضيف على هذا الجانب من المسار أكثر من "
-                           "{r} ضعف بايتات التيار أثناء امتلاء الطابور: لا وصلة مشغولة تفسر "
-                           "ذلك.",
+        "benign.not_busy": "أثناء امتلاء الطابور، لم تحمل الحركة الأخرى للمضيف على هذا الجانب "
+                           "من المسار التي فقدت هي نفسها حزما أكثر من {r} ضعف بايتات التيار "
+                           "(محسوبة على التدفقات التي انتهت عند الحكم على المكالمة): لا وصلة "
+                           "مشغولة مرصودة تفسر ذلك.",
         "benign.enough_packets": "احتوى كل اتجاه خضع للحكم على {n} حزمة على الأقل: ما يكفي "
                                  "للقياس.",
         "benign.none": "لم تنطبق أي قاعدة، فلا شيء يستبعد.",
@@ -315,7 +318,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "blocked.sip": "{invites} INVITE SIP sans aucune réponse en {waited_s} s, pas même "
                        "100 Trying",
         "unknown.sip": "{invites} INVITE SIP sans aucune réponse en {waited_s} s ; rien dans "
-                       "cette capture n'a reçu de réponse : elle peut ne tenir qu'un sens",
+                       "cette capture n'a reçu de réponse dans les deux sens : elle peut ne "
+                       "tenir qu'un sens",
         "failed.sip_rejected": "INVITE SIP répondu par {final} : le côté appelé y a mis fin",
         "failed.sip_no_answer": "INVITE SIP répondu par {final} (annulé avant la réponse) : "
                                 "le côté appelé y a mis fin",
@@ -349,7 +353,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "blocked.sip": "لم تتلق {invites} رسالة SIP INVITE أي رد خلال {waited_s} ث، "
                        "ولا حتى 100 Trying",
         "unknown.sip": "لم تتلق {invites} رسالة SIP INVITE أي رد خلال {waited_s} ث؛ لم "
-                       "يتلق شيء في هذا التسجيل ردا: قد لا يحوي إلا اتجاها واحدا",
+                       "يتلق شيء في هذا التسجيل ردا في الاتجاهين: قد لا يحوي إلا اتجاها "
+                       "واحدا",
         "failed.sip_rejected": "رد على SIP INVITE بالرمز {final}: الطرف المتصل به أنهى "
                                "المكالمة",
         "failed.sip_no_answer": "رد على SIP INVITE بالرمز {final} (ألغيت قبل الرد): الطرف "

@@ -52,6 +52,7 @@ from policy.rules import (
     sip_outcome,
     verdict_from,
 )
+from probe import MeterConfig
 from probe.addresses import local_host
 from probe.records import ORIG, FlowRecord
 
@@ -212,6 +213,10 @@ def _span(call: AssembledCall, local: str | None) -> CallSpan:
                     max(f.last_ts for f in members), local)
 
 
+_SIP_KEPT = MeterConfig().payload_samples + MeterConfig().signal_samples
+"""SIP messages the probe keeps per direction of a flow (its default settings)."""
+
+
 def _call_local(call: AssembledCall, local: str | None, sides: Sides) -> str | None:
     """The local host of one call: the capture's (:func:`policy.assembly.vantage`) when
     its machine is an end of one of the call's flows, else the call's own by the same
@@ -243,7 +248,8 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
         legs = with_rtcp(legs, reports, clocks)
     sip = None if dialog is None else sip_outcome(
         dialog, ctx.capture_end, pol.blocked.sip_min_wait_s,
-        udp=all(by_uid[u].proto == "udp" for u in dialog.flow_uids if u in by_uid))
+        udp=all(by_uid[u].proto == "udp" and max(by_uid[u].orig_pkts, by_uid[u].resp_pkts)
+                <= _SIP_KEPT for u in dialog.flow_uids if u in by_uid))
     extra: dict[str, Any] = {} if dialog is None else {
         "sip_call_id": dialog.call_id, "sdp_directions": dialog.directions}
     if streams:

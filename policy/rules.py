@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import numpy as np
-import numpy.typing as npt
 import yaml
 
 from classifier.records import Classification
@@ -303,23 +302,30 @@ class HostTraffic:
 
     def __init__(self, flows: Sequence[FlowRecord]) -> None:
         self._flows = flows
-        self._by_host: dict[str, list[tuple[str, npt.NDArray[np.int64], bool]]] | None = None
+        self._by_host: dict[str, list[tuple[FlowRecord, bool]]] | None = None
 
     def bytes(self, host: str, inbound: bool, first_s: float, last_s: float,
-              skip: str) -> int:
-        """Bytes the flows other than ``skip`` (a uid) carried to ``host`` (``inbound``) or
-        from it, in the seconds from ``first_s`` to ``last_s``."""
+              skip: Collection[str] = (), lossy: bool = False) -> int:
+        """Bytes on the wire the flows other than those of ``skip`` (uids) carried to
+        ``host`` (``inbound``) or from it, in the seconds from ``first_s`` to ``last_s``;
+        with ``lossy``, only TCP flows whose sender on that side resent data (a queue
+        that filled with them dropped some)."""
         if self._by_host is None:
             self._by_host = {}
             for f in self._flows:
                 if len(f.rate):
-                    self._by_host.setdefault(f.orig_h, []).append((f.uid, f.rate, True))
-                    self._by_host.setdefault(f.resp_h, []).append((f.uid, f.rate, False))
+                    self._by_host.setdefault(f.orig_h, []).append((f, True))
+                    self._by_host.setdefault(f.resp_h, []).append((f, False))
         total = 0
-        for uid, rate, is_orig in self._by_host.get(host, ()):
-            if uid == skip:
+        for f, is_orig in self._by_host.get(host, ()):
+            if f.uid in skip:
                 continue
-            col = 4 if is_orig == inbound else 2  # the responder's bytes reach the originator
+            sender_is_orig = is_orig != inbound  # bytes to the host come from the other end
+            if lossy and (f.proto != "tcp"
+                          or not (f.orig_retrans if sender_is_orig else f.resp_retrans)):
+                continue
+            col = 2 if sender_is_orig else 4
+            rate = f.rate
             when = (rate[:, 0] >= first_s) & (rate[:, 0] <= last_s)
             total += int(rate[when, col].sum())
         return total
@@ -365,14 +371,20 @@ def sip_outcome(dialog: SipDialog, capture_end: float, wait_s: float,
     sending it again while the capture went on: a client without a response resends its
     INVITE at intervals that double from T1 until Timer B gives it up (RFC 3261
     §17.1.1.2, Timer A); one that stopped sooner had its response, which the capture
-    did not hold."""
+    did not hold. ``udp`` also says every message of the dialog's flows was kept (a flow
+    with more packets than the probe keeps SIP messages of may hide later resends).
+    Copies of one message closer than 10 ms (a mirror port's duplicates) count once."""
     invites = dialog.invites
     if invites and not dialog.responded:
         waited = capture_end - invites[0].ts
-        times = sorted(m.ts for m in invites)
+        times: list[float] = []
+        for t in sorted(m.ts for m in invites):
+            if not times or t - times[-1] > 0.01:
+                times.append(t)
         gap = times[-1] - times[-2] if len(times) > 1 else SIP_T1_S / 2
         next_due = times[-1] + 2 * max(gap, SIP_T1_S / 2)
-        if udp and times[-1] - times[0] < SIP_TIMER_B_S - SIP_T1_S and \
+        # (the last resend comes 31.5 s after the first; T1 of slack before Timer B)
+        if udp and times[-1] - times[0] < SIP_TIMER_B_S - 2 * SIP_T1_S and \
                 capture_end > next_due + SIP_T1_S:
             return None  # it stopped resending: answered, out of the capture's sight
         if waited >= wait_s:
@@ -636,17 +648,18 @@ def call_rules(call: CallCase, ctx: RuleContext,
         busy = None
         if leg.loss_ratio >= pol.throttled.min_loss and \
                 rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
-            busy = _busy_link(leg, flow.uid, receiver if leg.direction == "in" else sender,
-                              ctx)
+            busy = _busy_link(leg, flow, receiver if leg.direction == "in" else sender,
+                              {f.uid for f in flows}, ctx)
         if busy is not None:
             fig.update(busy)
             out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
                            f"{what} lost {leg.loss_ratio:.1%} while its one-way delay rose "
                            f"{rise:.0f} ms and levelled off, but other traffic "
-                           f"{'to' if leg.direction == 'in' else 'from'} {busy['busy_host']} "
-                           f"carried {busy['other_bytes']} bytes meanwhile against the "
-                           f"stream's {busy['stream_bytes']}: a queue that traffic fills too "
-                           "(a busy link), not shown to be a rate cap"))
+                           f"{'to' if leg.direction == 'in' else 'from'} {busy['busy_host']}, "
+                           f"itself losing packets (TCP retransmissions), carried "
+                           f"{busy['other_bytes']} bytes meanwhile against the stream's "
+                           f"{busy['stream_bytes']}: a queue that traffic fills too (a busy "
+                           "link), not shown to be a rate cap"))
             continue
         if leg.loss_ratio >= pol.throttled.min_loss and \
                 rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
@@ -738,23 +751,32 @@ def explained_by_shaper(evidence: list[Evidence], flows: Sequence[FlowRecord]
                                    overlap=False)
 
 
-def _busy_link(leg: Leg, uid: str, host: str, ctx: RuleContext) -> dict[str, Any] | None:
+def _busy_link(leg: Leg, flow: FlowRecord, host: str, call_uids: Collection[str],
+               ctx: RuleContext) -> dict[str, Any] | None:
     """The figures of a busy link, when other traffic of ``host`` (the stream's end on the
     local side: its receiver for a stream received, its sender for one sent) on the
-    stream's side of the path, from the second the delay began to climb to the stream's
-    end, carried more than ``throttled.max_other_load_ratio`` times the stream's own
-    bytes; else None (the queue held no such load, or the traffic is not known)."""
+    stream's side of the path, from the second the delay began to climb to the last
+    second of the stream's figures, carried more than ``throttled.max_other_load_ratio``
+    times the bytes the stream's flow carried that way, and lost packets itself (TCP
+    flows whose sender resent data: the queue dropped them too); else None. The call's
+    own flows do not count (a shaper on the call holds them all), nor flows that lost
+    nothing (a queue they did not share, like a download past a shaper on the call's
+    packets alone); bytes are wire bytes on both sides."""
     if ctx.traffic is None or not leg.seconds:
         return None
     tmin = np.array([row[5] for row in leg.seconds], dtype=np.float64)
     _, _, start = delay_shape(tmin)
     rows = leg.seconds[start or 0:]
-    own = int(sum(row[2] for row in rows) / 8)
-    other = ctx.traffic.bytes(host, leg.direction == "in", rows[0][0], rows[-1][0], uid)
+    first_s, last_s = rows[0][0], rows[-1][0]
+    to_host = leg.direction == "in"
+    col = 2 if (flow.orig_h == host) != to_host else 4  # the stream's sender's bytes
+    when = (flow.rate[:, 0] >= first_s) & (flow.rate[:, 0] <= last_s)
+    own = int(flow.rate[when, col].sum()) if len(flow.rate) else 0
+    other = ctx.traffic.bytes(host, to_host, first_s, last_s, call_uids, lossy=True)
     if other <= ctx.policy.throttled.max_other_load_ratio * own:
         return None
     return {"busy_host": host, "other_bytes": other, "stream_bytes": own,
-            "busy_from_s": rows[0][0], "busy_until_s": rows[-1][0]}
+            "busy_from_s": first_s, "busy_until_s": last_s}
 
 
 def _delayed_start(leg: Leg, pol: Policy) -> float | None:

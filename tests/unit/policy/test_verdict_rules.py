@@ -84,6 +84,25 @@ def test_invite_the_client_stopped_resending_was_answered(tmp_path: Path) -> Non
     assert Reason.SIP_UNANSWERED not in call.verdict.reasons
 
 
+@pytest.mark.parametrize(("resends", "end", "copies"), [
+    ((0.0, 0.5, 1.5, 3.5, 7.5, 15.5), 20.0, 2),  # still resending; a mirror port's copies
+    ((0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.498), 70.0, 1),  # resent until Timer B, given up
+])
+def test_invite_resent_as_rfc_3261_says_is_still_a_block(
+        tmp_path: Path, resends: tuple[float, ...], end: float, copies: int) -> None:
+    pkts = [_udp(10.0 + t + k * 1e-6, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
+            for t in resends for k in range(copies)]
+    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
+             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
+             _udp(10.0 + end, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
+    path = tmp_path / "resent.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    (call,) = [c for c in result.analysis.calls if c.app == "sip"]
+    assert call.verdict.kind is VerdictKind.BLOCKED, call.verdict
+    assert call.verdict.reasons[0] is Reason.SIP_UNANSWERED
+
+
 def test_invite_in_a_capture_of_one_direction_is_not_a_block(tmp_path: Path) -> None:
     # The same INVITEs, but nothing in the capture was answered both ways (a tap that
     # sees only what the host sends): the responses may have gone by unseen.
@@ -358,9 +377,10 @@ def test_a_syn_the_capture_ends_soon_after_is_not_judged(tmp_path: Path) -> None
         assert (syn_flow.uid in result.analysis.flow_verdicts) is judged, end
 
 
-def _download(me: str, server: str, port: int, t0: float, t1: float, pps: int
-              ) -> list[tuple[float, bytes]]:
-    """A TCP download from ``server`` to ``me``: handshake, then 1400-byte segments."""
+def _download(me: str, server: str, port: int, t0: float, t1: float, pps: int,
+              resent: int = 0) -> list[tuple[float, bytes]]:
+    """A TCP download from ``server`` to ``me``: handshake, then 1400-byte segments, the
+    first ``resent`` of every 50 sent again a second later (a queue dropped them)."""
     from scapy.layers.inet import TCP  # type: ignore[attr-defined]
 
     def seg(t: float, down: bool, flags: str, seq: int, payload: bytes = b""
@@ -373,21 +393,28 @@ def _download(me: str, server: str, port: int, t0: float, t1: float, pps: int
            seg(t0 + 0.021, False, "A", 101)]
     n = int((t1 - t0) * pps)
     out += [seg(t0 + 0.05 + i / pps, True, "A", 901 + i * 1400, b"d" * 1400) for i in range(n)]
+    out += [seg(t0 + 1.05 + i / pps, True, "A", 901 + i * 1400, b"d" * 1400)
+            for i in range(n - pps) if i % 50 < resent]
     return out
 
 
 def test_a_queue_the_hosts_own_download_fills_is_no_throttle(tmp_path: Path) -> None:
     # The received stream shows a shaper's signature (loss, the delay climbing then
     # holding), but while the queue stood the host was downloading at 30 times the
-    # stream's rate over the same link: that traffic fills the queue too. Degraded, and
-    # the evidence says so. Without the download the same stream is throttled.
+    # stream's rate over the same link, and the download lost packets too (its server
+    # resent them): that traffic fills the queue too. Degraded, and the evidence says so.
+    # Without the download, or with one that lost nothing (a queue it did not share: a
+    # shaper on the call's packets alone), the same stream is throttled.
     me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
     pkts = _voice(me, peer, 0xAAAA)
     pkts += _voice(peer, me, 0xBBBB, delay_s=_shaped_delay(500),
                    lost={i for i in range(200, 500) if i % 8 == 0})
-    for busy, kind in ((True, VerdictKind.DEGRADED), (False, VerdictKind.THROTTLED)):
-        extra = _download(me[0], "198.51.100.80", 45000, 1.5, 10.5, 170) if busy else []
-        path = tmp_path / f"busy-{busy}.pcap"
+    for resent, kind in ((2, VerdictKind.DEGRADED), (0, VerdictKind.THROTTLED),
+                         (None, VerdictKind.THROTTLED)):
+        busy = resent == 2
+        extra = [] if resent is None else _download(me[0], "198.51.100.80", 45000, 1.5,
+                                                     10.5, 170, resent)
+        path = tmp_path / f"busy-{resent}.pcap"
         _pcap(path, sorted([*pkts, *extra]))
         (call,) = analyze_capture(path, workers=1).analysis.calls
         assert call.verdict.kind is kind, (busy, call.verdict)
