@@ -47,7 +47,7 @@ ETHERNET = 1
 
 Packet = tuple[float, bytes, int]
 """(timestamp, frame as captured, its length on the wire)."""
-Verdicts = frozenset[tuple[str, str, str, tuple[str, ...]]]
+Verdicts = Counter[tuple[str, str, str, tuple[str, ...]]]
 
 
 def _drop(share: float) -> Callable[[list[Packet], random.Random], list[Packet]]:
@@ -139,13 +139,18 @@ def write_packets(path: Path, linktype: int, pkts: list[Packet]) -> None:
 
 
 def interference(result: AnalysisResult) -> Verdicts:
-    """What the blocked and throttled verdicts say: (scope, app, kind, reasons)."""
-    out = {("call", c.app or "", str(c.verdict.kind), tuple(str(r) for r in c.verdict.reasons))
-           for c in result.analysis.calls if str(c.verdict.kind) in ("blocked", "throttled")}
-    out |= {("flow", "", str(v.kind), tuple(str(r) for r in v.reasons))
-            for v in result.analysis.flow_verdicts.values()
-            if str(v.kind) in ("blocked", "throttled")}
-    return frozenset(out)
+    """What the blocked and throttled verdicts say, (scope, app, kind, reasons), and how
+    many say it: a damaged version that gives one more of a kind the capture already had
+    adds one."""
+    by_uid = {c.uid: c for c in result.classes}
+    out: Verdicts = Counter(
+        ("call", c.app or "", str(c.verdict.kind), tuple(str(r) for r in c.verdict.reasons))
+        for c in result.analysis.calls if str(c.verdict.kind) in ("blocked", "throttled"))
+    out.update(("flow", (by_uid[u].app or "") if u in by_uid else "", str(v.kind),
+                tuple(str(r) for r in v.reasons))
+               for u, v in result.analysis.flow_verdicts.items()
+               if str(v.kind) in ("blocked", "throttled"))
+    return out
 
 
 @dataclass
@@ -191,7 +196,7 @@ def check(path: Path, workdir: Path, report: Report,
         write_packets(out, linktype, damaged)
         got = interference(analyze_capture(out, workers=1, hash_capture=False))
         report.versions += 1
-        for scope, app, kind, reasons in sorted(got - base):
+        for scope, app, kind, reasons in sorted((got - base).elements()):
             report.new.append({"capture": path.name, "perturbation": p.name,
                                "stands_for": p.stands_for, "scope": scope, "app": app,
                                "verdict": kind, "reasons": list(reasons)})
