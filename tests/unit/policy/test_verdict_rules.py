@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from api.pipeline import analyze_capture
-from policy.records import Reason, VerdictKind
+from policy.records import Call, Reason, VerdictKind
 
 INVITE = (b"INVITE sip:bob@198.51.100.7 SIP/2.0\r\n"
           b"Via: SIP/2.0/UDP 192.168.1.50:5060;branch=z9hG4bK776asdhds\r\n"
@@ -67,19 +67,27 @@ def test_invite_without_any_response_is_blocked(tmp_path: Path) -> None:
     assert call.verdict.evidence[0].figures["invites"] == 4
 
 
+def _invite_call(path: Path, resends: tuple[float, ...], end: float, copies: int = 1
+                 ) -> Call:
+    """The SIP call of a capture where an INVITE went out at ``resends`` (s after 10.0),
+    each ``copies`` times, with no response; a DNS exchange answered before it, the
+    capture's last packet ``end`` s after the first INVITE."""
+    pkts = [_udp(10.0 + t + k * 1e-6, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
+            for t in resends for k in range(copies)]
+    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
+             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
+             _udp(10.0 + end, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    (call,) = [c for c in result.analysis.calls if c.app == "sip"]
+    return call
+
+
 def test_invite_the_client_stopped_resending_was_answered(tmp_path: Path) -> None:
     # Over UDP a client with no response resends its INVITE at 0.5, 1.5, 3.5, 7.5 s...
     # until Timer B (RFC 3261 17.1.1.2). Sent twice, then never again while the capture
     # went on 10 s: its response came, out of the capture's sight (a lossy tap).
-    pkts = [_udp(10.0 + t, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
-            for t in (0.0, 0.5)]
-    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
-             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
-             _udp(20.0, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
-    path = tmp_path / "stopped.pcap"
-    _pcap(path, sorted(pkts))
-    result = analyze_capture(path, workers=1)
-    (call,) = [c for c in result.analysis.calls if c.app == "sip"]
+    call = _invite_call(tmp_path / "stopped.pcap", (0.0, 0.5), 10.0)
     assert call.verdict.kind is not VerdictKind.BLOCKED, call.verdict
     assert Reason.SIP_UNANSWERED not in call.verdict.reasons
 
@@ -90,15 +98,7 @@ def test_invite_the_client_stopped_resending_was_answered(tmp_path: Path) -> Non
 ])
 def test_invite_resent_as_rfc_3261_says_is_still_a_block(
         tmp_path: Path, resends: tuple[float, ...], end: float, copies: int) -> None:
-    pkts = [_udp(10.0 + t + k * 1e-6, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
-            for t in resends for k in range(copies)]
-    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
-             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
-             _udp(10.0 + end, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
-    path = tmp_path / "resent.pcap"
-    _pcap(path, sorted(pkts))
-    result = analyze_capture(path, workers=1)
-    (call,) = [c for c in result.analysis.calls if c.app == "sip"]
+    call = _invite_call(tmp_path / "resent.pcap", resends, end, copies)
     assert call.verdict.kind is VerdictKind.BLOCKED, call.verdict
     assert call.verdict.reasons[0] is Reason.SIP_UNANSWERED
 
