@@ -80,6 +80,28 @@ def _snap(length: int) -> Callable[[list[Packet], random.Random], list[Packet]]:
     return damage
 
 
+def _reorder(pkts: list[Packet], rnd: random.Random) -> list[Packet]:
+    out = list(pkts)
+    for i in range(len(out) - 1):
+        if rnd.random() < 0.02:  # a packet overtaken by the next, timestamps as written
+            out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
+def _jitter(pkts: list[Packet], rnd: random.Random) -> list[Packet]:
+    out: list[Packet] = []
+    last = float("-inf")
+    for ts, buf, n in pkts:  # late, never before the packet written ahead of it
+        last = max(ts + rnd.uniform(0.0, 0.005), last)
+        out.append((last, buf, n))
+    return out
+
+
+def _clock_step(pkts: list[Packet], rnd: random.Random) -> list[Packet]:
+    half = len(pkts) // 2
+    return [*pkts[:half], *((ts + 2.0, buf, n) for ts, buf, n in pkts[half:])]
+
+
 def _one_side(sent: bool) -> Callable[[list[Packet], random.Random], list[Packet]]:
     def damage(pkts: list[Packet], rnd: random.Random) -> list[Packet]:
         mac = _busiest_sender(pkts)
@@ -105,6 +127,11 @@ PERTURBATIONS = (
                  "egress)", _duplicates),
     Perturbation("snap-96", "tcpdump -s 96: every frame cut to its first 96 bytes",
                  _snap(96)),
+    Perturbation("reorder", "2 % of packets written after the next one (a capture from "
+                 "several queues)", _reorder),
+    Perturbation("jitter", "timestamps late by up to 5 ms (interrupt coalescing)", _jitter),
+    Perturbation("clock-step", "the capture's clock stepped 2 s ahead half-way (NTP)",
+                 _clock_step),
     Perturbation("sent-only", "a one-sided tap: what the busiest host sent",
                  _one_side(True), ethernet_only=True),
     Perturbation("received-only", "a one-sided tap: all but what the busiest host sent",
