@@ -248,8 +248,9 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
         legs = with_rtcp(legs, reports, clocks)
     sip = None if dialog is None else sip_outcome(
         dialog, ctx.capture_end, pol.blocked.sip_min_wait_s,
-        udp=all(by_uid[u].proto == "udp" and max(by_uid[u].orig_pkts, by_uid[u].resp_pkts)
-                <= _SIP_KEPT for u in dialog.flow_uids if u in by_uid))
+        resends_seen=all(by_uid[u].proto == "udp"
+                         and max(by_uid[u].orig_pkts, by_uid[u].resp_pkts) <= _SIP_KEPT
+                         for u in dialog.flow_uids if u in by_uid))
     extra: dict[str, Any] = {} if dialog is None else {
         "sip_call_id": dialog.call_id, "sdp_directions": dialog.directions}
     if streams:

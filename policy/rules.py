@@ -295,8 +295,8 @@ class RuleContext:
 
 
 class HostTraffic:
-    """What a set of flows carried to and from each host, second by second (their
-    per-second rate series), indexed on first use."""
+    """What a set of flows' TCP flows carried to and from each host, second by second
+    (their per-second rate series), indexed on first use."""
 
     __slots__ = ("_by_host", "_flows")
 
@@ -304,16 +304,16 @@ class HostTraffic:
         self._flows = flows
         self._by_host: dict[str, list[tuple[FlowRecord, bool]]] | None = None
 
-    def bytes(self, host: str, inbound: bool, first_s: float, last_s: float,
-              skip: Collection[str] = (), lossy: bool = False) -> int:
-        """Bytes on the wire the flows other than those of ``skip`` (uids) carried to
-        ``host`` (``inbound``) or from it, in the seconds from ``first_s`` to ``last_s``;
-        with ``lossy``, only TCP flows whose sender on that side resent data (a queue
-        that filled with them dropped some)."""
+    def lossy_bytes(self, host: str, inbound: bool, first_s: float, last_s: float,
+                    skip: Collection[str]) -> int:
+        """Bytes on the wire that TCP flows whose sender on that side resent data (a queue
+        that filled with them dropped some), other than those of ``skip`` (uids), carried
+        to ``host`` (``inbound``) or from it, in the seconds from ``first_s`` to
+        ``last_s``."""
         if self._by_host is None:
             self._by_host = {}
             for f in self._flows:
-                if len(f.rate):
+                if f.proto == "tcp" and len(f.rate):
                     self._by_host.setdefault(f.orig_h, []).append((f, True))
                     self._by_host.setdefault(f.resp_h, []).append((f, False))
         total = 0
@@ -321,8 +321,7 @@ class HostTraffic:
             if f.uid in skip:
                 continue
             sender_is_orig = is_orig != inbound  # bytes to the host come from the other end
-            if lossy and (f.proto != "tcp"
-                          or not (f.orig_retrans if sender_is_orig else f.resp_retrans)):
+            if not (f.orig_retrans if sender_is_orig else f.resp_retrans):
                 continue
             col = 2 if sender_is_orig else 4
             rate = f.rate
@@ -364,15 +363,15 @@ SIP_TIMER_B_S = 64 * SIP_T1_S
 
 
 def sip_outcome(dialog: SipDialog, capture_end: float, wait_s: float,
-                udp: bool = False) -> SipOutcome | None:
+                resends_seen: bool = False) -> SipOutcome | None:
     """failed when the INVITE's final answer says the endpoints ended it; blocked when the
     INVITE got no response at all although the capture went on ``wait_s``
-    (``blocked.sip_min_wait_s``) — unless, over UDP (``udp``), the client stopped
-    sending it again while the capture went on: a client without a response resends its
-    INVITE at intervals that double from T1 until Timer B gives it up (RFC 3261
-    §17.1.1.2, Timer A); one that stopped sooner had its response, which the capture
-    did not hold. ``udp`` also says every message of the dialog's flows was kept (a flow
-    with more packets than the probe keeps SIP messages of may hide later resends).
+    (``blocked.sip_min_wait_s``) — unless the client stopped sending it again while the
+    capture went on: over UDP a client without a response resends its INVITE at
+    intervals that double from T1 until Timer B gives it up (RFC 3261 §17.1.1.2, Timer
+    A); one that stopped sooner had its response, which the capture did not hold.
+    ``resends_seen`` says the dialog holds every resend there was: it went over UDP (TCP
+    does not resend) and the probe kept every SIP message of its flows.
     Copies of one message closer than 10 ms (a mirror port's duplicates) count once."""
     invites = dialog.invites
     if invites and not dialog.responded:
@@ -384,7 +383,7 @@ def sip_outcome(dialog: SipDialog, capture_end: float, wait_s: float,
         gap = times[-1] - times[-2] if len(times) > 1 else SIP_T1_S / 2
         next_due = times[-1] + 2 * max(gap, SIP_T1_S / 2)
         # (the last resend comes 31.5 s after the first; T1 of slack before Timer B)
-        if udp and times[-1] - times[0] < SIP_TIMER_B_S - 2 * SIP_T1_S and \
+        if resends_seen and times[-1] - times[0] < SIP_TIMER_B_S - 2 * SIP_T1_S and \
                 capture_end > next_due + SIP_T1_S:
             return None  # it stopped resending: answered, out of the capture's sight
         if waited >= wait_s:
@@ -645,11 +644,12 @@ def call_rules(call: CallCase, ctx: RuleContext,
         # A shaper's signature is a standing queue: loss while the delay climbed and then
         # held at the top. Loss with a delay spike that receded (a radio link's
         # retransmissions, a handover) is poor quality, not a rate limit.
-        busy = None
-        if leg.loss_ratio >= pol.throttled.min_loss and \
-                rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
-            busy = _busy_link(leg, flow, receiver if leg.direction == "in" else sender,
-                              {f.uid for f in flows}, ctx)
+        shaped = (leg.loss_ratio >= pol.throttled.min_loss
+                  and rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau)
+        start = _rise_start(leg) if shaped else None
+        busy = None if not shaped else _busy_link(
+            leg, start, flow, receiver if leg.direction == "in" else sender,
+            {f.uid for f in flows}, ctx)
         if busy is not None:
             fig.update(busy)
             out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
@@ -661,9 +661,8 @@ def call_rules(call: CallCase, ctx: RuleContext,
                            f"{busy['stream_bytes']}: a queue that traffic fills too (a busy "
                            "link), not shown to be a rate cap"))
             continue
-        if leg.loss_ratio >= pol.throttled.min_loss and \
-                rise >= pol.throttled.min_delay_rise_ms and leg.delay_plateau:
-            delayed = _delayed_start(leg, pol)
+        if shaped:
+            delayed = _delayed_start(leg, start, pol)
             reason = Reason.DELAYED_THROTTLE if delayed is not None else Reason.RATE_CAPPED
             if delayed is not None:
                 fig["clean_until_s"] = delayed
@@ -751,12 +750,21 @@ def explained_by_shaper(evidence: list[Evidence], flows: Sequence[FlowRecord]
                                    overlap=False)
 
 
-def _busy_link(leg: Leg, flow: FlowRecord, host: str, call_uids: Collection[str],
-               ctx: RuleContext) -> dict[str, Any] | None:
+def _rise_start(leg: Leg) -> int | None:
+    """The second (index into ``leg.seconds``) where the leg's one-way delay began to
+    climb (:func:`policy.legs.delay_shape`); None when it did not."""
+    if not leg.seconds:
+        return None
+    _, _, start = delay_shape(np.array([row[5] for row in leg.seconds], dtype=np.float64))
+    return start
+
+
+def _busy_link(leg: Leg, start: int | None, flow: FlowRecord, host: str,
+               call_uids: Collection[str], ctx: RuleContext) -> dict[str, Any] | None:
     """The figures of a busy link, when other traffic of ``host`` (the stream's end on the
     local side: its receiver for a stream received, its sender for one sent) on the
-    stream's side of the path, from the second the delay began to climb to the last
-    second of the stream's figures, carried more than ``throttled.max_other_load_ratio``
+    stream's side of the path, from the second the delay began to climb (``start``) to
+    the last second of the stream's figures, carried more than ``throttled.max_other_load_ratio``
     times the bytes the stream's flow carried that way, and lost packets itself (TCP
     flows whose sender resent data: the queue dropped them too); else None. The call's
     own flows do not count (a shaper on the call holds them all), nor flows that lost
@@ -764,23 +772,22 @@ def _busy_link(leg: Leg, flow: FlowRecord, host: str, call_uids: Collection[str]
     packets alone); bytes are wire bytes on both sides."""
     if ctx.traffic is None or not leg.seconds:
         return None
-    tmin = np.array([row[5] for row in leg.seconds], dtype=np.float64)
-    _, _, start = delay_shape(tmin)
     rows = leg.seconds[start or 0:]
     first_s, last_s = rows[0][0], rows[-1][0]
     to_host = leg.direction == "in"
     col = 2 if (flow.orig_h == host) != to_host else 4  # the stream's sender's bytes
     when = (flow.rate[:, 0] >= first_s) & (flow.rate[:, 0] <= last_s)
     own = int(flow.rate[when, col].sum()) if len(flow.rate) else 0
-    other = ctx.traffic.bytes(host, to_host, first_s, last_s, call_uids, lossy=True)
+    other = ctx.traffic.lossy_bytes(host, to_host, first_s, last_s, call_uids)
     if other <= ctx.policy.throttled.max_other_load_ratio * own:
         return None
     return {"busy_host": host, "other_bytes": other, "stream_bytes": own,
             "busy_from_s": first_s, "busy_until_s": last_s}
 
 
-def _delayed_start(leg: Leg, pol: Policy) -> float | None:
-    """Seconds of clean media before the shaper bit, if there were enough of them.
+def _delayed_start(leg: Leg, start: int | None, pol: Policy) -> float | None:
+    """Seconds of clean media before the shaper bit, if there were enough of them
+    (``start``: :func:`_rise_start` of the leg).
 
     A throttle in place from the start makes the one-way delay climb from the first
     seconds (the queue fills); a delayed one leaves a stretch of flat delay and no loss.
@@ -788,8 +795,6 @@ def _delayed_start(leg: Leg, pol: Policy) -> float | None:
     if not leg.seconds:
         return None
     t0 = leg.seconds[0][0]
-    tmin = np.array([row[5] for row in leg.seconds], dtype=np.float64)
-    _, _, start = delay_shape(tmin)
     first_loss = next((row[0] - t0 for row in leg.seconds if row[3] > 0), None)
     if start is None or first_loss is None:
         return None

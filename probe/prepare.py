@@ -319,8 +319,7 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
     tcp = proto_s == 6
     pure_syn = tcp & ((flags_s & (TcpFlag.SYN | TcpFlag.ACK)) == TcpFlag.SYN)
     if pure_syn.any():
-        closing = tcp & ((flags_s & (TcpFlag.FIN | TcpFlag.RST)) != 0)
-        rst = closing & ((flags_s & TcpFlag.RST) != 0)
+        rst = tcp & ((flags_s & TcpFlag.RST) != 0)
         fin_a = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 0)
         fin_b = tcp & ((flags_s & TcpFlag.FIN) != 0) & (side_s == 1)
         # Each round splits at the first SYN after a close in each flow; the SYNs after it
