@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         Facts,
         Method,
         RtcpReport,
+        RtcpSender,
         SipSummary,
         StunSummary,
     )
@@ -34,6 +35,7 @@ __all__ = [
     "Method",
     "Observation",
     "RtcpReport",
+    "RtcpSender",
     "SipSummary",
     "StunSummary",
     "classify_flows",

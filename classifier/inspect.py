@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
-from classifier.records import Facts, RtcpReport, SipSummary, StunSummary
+from classifier.records import Facts, RtcpReport, RtcpSender, SipSummary, StunSummary
 from probe.errors import ParseError, Truncated
 from probe.records import ORIG, RESP, FlowRecord, PayloadSample, PayloadSamples
 
@@ -55,6 +55,9 @@ def inspect_flow(flow: FlowRecord, fingerprints: bool = False) -> Facts:
         reports = _rtcp_reports(payloads)
         if reports:
             found["rtcp_reports"] = reports
+        senders = _rtcp_senders(payloads, found.get("framing") == "zoom")
+        if senders:
+            found["rtcp_senders"] = senders
     return Facts(flow.uid, notes=tuple(notes), **found)  # type: ignore[arg-type]
 
 
@@ -426,6 +429,39 @@ def _rtcp_reports(payloads: Sequence[PayloadSample]) -> tuple[RtcpReport, ...]:
         for reporter, source, fraction, lost, highest, jitter in blocks:
             out.append(RtcpReport(p.frame, p.ts, p.direction, reporter, source,
                                   fraction / 256.0, lost, highest, jitter))
+    return tuple(out)
+
+
+def _rtcp_senders(payloads: Sequence[PayloadSample], zoom: bool) -> tuple[RtcpSender, ...]:
+    """Sender information of every RTCP sender report in clear: plain RTCP datagrams, and
+    on a Zoom flow the RTCP behind Zoom's media header. A compound that does not walk to
+    its end is SRTCP (RFC 3711 §3.4 encrypts all but the first eight bytes) or damage:
+    its sender information means nothing."""
+    out: list[RtcpSender] = []
+    for p in payloads:
+        d = p.data
+        at = 0
+        if zoom and d and d[0] & 0xC0 != 0x80:
+            try:
+                z = framings.parse_zoom_sfu(d)
+            except ParseError:
+                continue
+            if z is None or z.media is None or z.media.kind is not framings.ZoomMediaKind.RTCP:
+                continue
+            at = z.media.rtp_offset
+        if len(d) < at + 28 or d[at] & 0xC0 != 0x80 or d[at + 1] != rtp.RtcpType.SR:
+            continue
+        try:
+            compound = rtp.parse_rtcp(d[at:])
+        except ParseError:
+            continue
+        if not compound.complete:
+            continue
+        for pkt in compound.packets:
+            si = pkt.sender_info
+            if si is not None and pkt.ssrc is not None:
+                out.append(RtcpSender(p.frame, p.ts, p.direction, pkt.ssrc, si.ntp_timestamp,
+                                      si.rtp_timestamp, si.packet_count, si.octet_count))
     return tuple(out)
 
 

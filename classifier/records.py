@@ -23,6 +23,7 @@ __all__ = [
     "Facts",
     "Method",
     "RtcpReport",
+    "RtcpSender",
     "SipSummary",
     "StunSummary",
 ]
@@ -184,6 +185,30 @@ class RtcpReport:
 
 @pickled_by_position
 @dataclass(frozen=True, slots=True)
+class RtcpSender:
+    """The sender information of one RTCP sender report (RFC 3550 §6.4.1): what the
+    stream's own sender says it had sent by then, whether or not the probe saw it."""
+
+    frame: int
+    """Capture position of the RTCP packet."""
+    ts: float
+    """When it was seen."""
+    direction: int
+    """``ORIG`` or ``RESP``: which side of the flow sent the report."""
+    ssrc: int
+    """SSRC of the sender's stream."""
+    ntp_timestamp: int
+    """The sender's wallclock when it wrote the report (64-bit NTP format)."""
+    rtp_timestamp: int
+    """The stream's RTP timestamp at that same instant."""
+    packets: int
+    """RTP data packets the sender had sent since it started."""
+    octets: int
+    """RTP payload octets the sender had sent since it started."""
+
+
+@pickled_by_position
+@dataclass(frozen=True, slots=True)
 class Facts:
     """What the inspectors found in a flow's payload samples."""
 
@@ -220,6 +245,9 @@ class Facts:
     """App framing recognised (zoom, discord, whatsapp, telegram, viber)."""
     rtcp_reports: tuple[RtcpReport, ...] = ()
     """RTCP report blocks seen (RFC 3550 §6.4): how a receiver saw a source's stream."""
+    rtcp_senders: tuple[RtcpSender, ...] = ()
+    """RTCP sender reports seen, in clear RTCP or behind an app's media header: what
+    each stream's sender says it sent."""
     framing_detail: str | None = None
     """What exactly the framing said (e.g. Zoom media kind)."""
     http_host: str | None = None

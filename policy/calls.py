@@ -24,7 +24,7 @@ from policy.assembly import (
     assemble_calls,
     vantage,
 )
-from policy.legs import flow_legs, with_rtcp
+from policy.legs import flow_legs, reported_streams, with_rtcp
 from policy.records import (
     Call,
     CallOutcome,
@@ -246,6 +246,9 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     if reports:
         clocks = {s.ssrc: s.clock_hz for f in media_flows for s in f.rtp_streams}
         legs = with_rtcp(legs, reports, clocks)
+    seen = {leg.ssrc for leg in legs if leg.ssrc is not None}
+    reported = tuple(r for f in members if cls[f.uid].facts.rtcp_senders
+                     for r in reported_streams(f, cls[f.uid].facts.rtcp_senders, local, seen))
     sip = None if dialog is None else sip_outcome(
         dialog, ctx.capture_end, pol.blocked.sip_min_wait_s,
         resends_seen=all(by_uid[u].proto == "udp"
@@ -290,7 +293,8 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     media_s = max((f.duration_s for f in media_flows), default=0.0)
     unknown = not media_flows or media_s < pol.calls.min_media_s
     verdict = verdict_from(evidence, unknown=unknown and not sip)
-    media = tuple(sorted({leg.media for leg in legs if leg.media}))
+    media = tuple(sorted({leg.media for leg in legs if leg.media}
+                         | {r.media for r in reported}))
     # Media the classifier could not name still flows inside a call app's framing or
     # DTLS: their packets say whether the call was answered.
     carried = media_flows or tuple(f for f in members if cls[f.uid].facts.framing is not None
@@ -304,7 +308,7 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     return Call(_call_uid([f.uid for f in members], None if dialog is None else dialog.call_id),
                 call.app, media, tuple(f.uid for f in members),
                 min(f.first_ts for f in members), max(f.last_ts for f in members), local,
-                tuple(legs), call.setup, verdict, fate, extra)
+                tuple(legs), call.setup, verdict, fate, extra, reported)
 
 
 def go_live_streams(app: str | None, members: Sequence[FlowRecord],

@@ -16,13 +16,13 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from classifier.records import RtcpReport
+from classifier.records import RtcpReport, RtcpSender
 from policy.emodel import Codec, codec_for_payload_type, score
-from policy.records import Leg
+from policy.records import Leg, ReportedStream
 from probe.addresses import local_is_orig
 from probe.records import ORIG, FlowRecord, RtpStream
 
-__all__ = ["delay_shape", "flow_legs", "theil_sen_slope", "with_rtcp"]
+__all__ = ["delay_shape", "flow_legs", "reported_streams", "theil_sen_slope", "with_rtcp"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -174,6 +174,50 @@ def with_rtcp(legs: list[Leg], reports: Sequence[RtcpReport],
         out.append(replace(leg, rtcp_reports=len(reps),
                            rtcp_fraction_lost=sum(r.fraction_lost for r in reps) / len(reps),
                            rtcp_jitter_s=latest.jitter / clock if clock else None))
+    return out
+
+
+AUDIO_CLOCKS_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+"""RTP clock rates of audio: the sampling rates of RFC 3551's audio encodings (§4.5,
+table 4) and of Opus, whose RTP clock is always 48 kHz (RFC 7587 §4.1)."""
+VIDEO_CLOCK_HZ = 90000
+"""The RTP clock of every video encoding (RFC 3551 §5; RFC 6184, RFC 7741, RFC 7798)."""
+CLOCK_TOLERANCE = 0.02
+"""How far a clock measured between two sender reports may stray from a known rate:
+the sender's wallclock and its media clock are different oscillators."""
+REPORTED_MIN_SPAN_S = 0.5
+"""Sender reports must span at least this much of the sender's wallclock to read a clock."""
+
+
+def reported_streams(flow: FlowRecord, senders: Sequence[RtcpSender], local: str | None,
+                     seen: set[int]) -> list[ReportedStream]:
+    """Streams a flow's RTCP sender reports speak of that the probe saw no RTP of (their
+    SSRC is not in ``seen``): a sender keeps counting the RTP packets it sends (RFC 3550
+    §6.4.1) wherever they went. A stream counts when its sender says it sent packets
+    between two of its reports, and the RTP timestamp advanced against the sender's
+    wallclock at a known clock rate, which names the media: a sampling rate is audio, the
+    90 kHz clock video (screen content is sent as video: not told apart here)."""
+    by_stream: dict[tuple[int, int], list[RtcpSender]] = {}
+    for s in senders:
+        if s.ssrc not in seen:
+            by_stream.setdefault((s.direction, s.ssrc), []).append(s)
+    orig_local = local_is_orig(flow, local)
+    out = []
+    for (direction, ssrc), reps in sorted(by_stream.items()):
+        first, last = min(reps, key=lambda r: r.ts), max(reps, key=lambda r: r.ts)
+        span_s = ((last.ntp_timestamp - first.ntp_timestamp) % (1 << 64)) / 2.0 ** 32
+        sent = (last.packets - first.packets) % (1 << 32)
+        if span_s < REPORTED_MIN_SPAN_S or not 0 < sent < 1 << 31:
+            continue
+        hz = ((last.rtp_timestamp - first.rtp_timestamp) % (1 << 32)) / span_s
+        media = next(("audio" for c in AUDIO_CLOCKS_HZ if abs(hz - c) <= CLOCK_TOLERANCE * c),
+                     "video" if abs(hz - VIDEO_CLOCK_HZ) <= CLOCK_TOLERANCE * VIDEO_CLOCK_HZ
+                     else None)
+        if media is None:
+            continue
+        out.append(ReportedStream(flow.uid, "out" if (direction == ORIG) == orig_local else "in",
+                                  media, ssrc, hz, sent,
+                                  (last.octets - first.octets) % (1 << 32), len(reps)))
     return out
 
 

@@ -13,8 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = ["Call", "CallOutcome", "CallSetup", "Evidence", "FlowVerdict", "Leg", "Reason",
-           "SipEvent", "StunSetup", "TcpSetup", "TestKind", "TestResult", "TlsSetup", "Verdict",
-           "VerdictKind"]
+           "ReportedStream", "SipEvent", "StunSetup", "TcpSetup", "TestKind", "TestResult",
+           "TlsSetup", "Verdict", "VerdictKind"]
 
 
 class VerdictKind(StrEnum):
@@ -218,6 +218,35 @@ class Leg:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportedStream:
+    """A media stream the probe saw no RTP of, known from its sender's own RTCP sender
+    reports (RFC 3550 §6.4.1): how many packets it says it sent while the capture ran,
+    and what its RTP clock says it carries."""
+
+    flow_uid: str
+    """The flow that carried the reports."""
+    direction: str
+    """``out`` (the local side sent the stream) or ``in``."""
+    media: str
+    """audio (an audio sampling clock) or video (the 90 kHz clock)."""
+    ssrc: int
+    """The stream's SSRC."""
+    clock_hz: float
+    """RTP timestamp units per second of the sender's wallclock, between its reports."""
+    packets: int
+    """RTP packets the sender says it sent between its first and last report seen."""
+    octets: int
+    """RTP payload octets the sender says it sent between those reports."""
+    reports: int
+    """Sender reports seen."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flow_uid": self.flow_uid, "direction": self.direction, "media": self.media,
+                "ssrc": self.ssrc, "clock_hz": round(self.clock_hz), "packets": self.packets,
+                "octets": self.octets, "reports": self.reports}
+
+
+@dataclass(frozen=True, slots=True)
 class StunSetup:
     """STUN/TURN over a call's flows: requests sent, success and error responses."""
 
@@ -315,6 +344,8 @@ class Call:
     """What became of the call (answered, one-way, missed, rejected, set-up failed)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else worth showing (e.g. the SIP Call-ID)."""
+    reported: tuple[ReportedStream, ...] = ()
+    """Streams the probe saw no RTP of, known from their senders' RTCP reports."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -323,6 +354,8 @@ class Call:
             "duration_s": round(self.end_ts - self.start_ts, 6), "local": self.local,
             "outcome": str(self.outcome), "legs": [leg.to_dict() for leg in self.legs],
             "setup": self.setup.to_dict()}
+        if self.reported:
+            d["reported_streams"] = [r.to_dict() for r in self.reported]
         d.update(self.verdict.to_dict())
         # How a conversation sounded: a call whose media did not flow both ways (blocked,
         # one-way, missed) had none, whatever its one-way legs measure.
