@@ -71,8 +71,15 @@ class BlockedPolicy:
 
     stun_min_requests: int = _threshold("requests")
     """Unanswered STUN/TURN requests to the app's servers needed."""
+    stun_min_resend_s: float = _threshold("s")
+    """How long the unanswered requests to one server must span: a client resends a
+    request that got no response after its retransmission timeout (RFC 8489 §6.2.1), or
+    asks again from a new socket."""
     syn_min_attempts: int = _threshold("SYNs")
-    """Unanswered SYNs needed (an S0 connection)."""
+    """Unanswered SYNs needed (an S0 connection): the first and the client's resends."""
+    syn_min_resend_s: float = _threshold("s")
+    """How long after the first SYN the last must come to be a resend (RFC 6298 §2.1:
+    the first retransmission timeout is 1 s), not a mirror port's copy of the first."""
     syn_min_wait_s: float = _threshold("s")
     """How long the capture must go on after the first SYN."""
     sip_min_wait_s: float = _threshold("s")
@@ -477,6 +484,7 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
                        f"(frames {flow.first_frame}-{flow.last_frame}){why}"))
     elif state in ("S0", "RSTOS0") and ctx.others_answered and \
             flow.orig_pkts >= pol.blocked.syn_min_attempts and \
+            flow.duration_s >= pol.blocked.syn_min_resend_s and \
             ctx.capture_end - flow.first_ts >= pol.blocked.syn_min_wait_s:
         rule = "blocked.syn" if service_up else "unknown.syn"
         out.append(_ev(rule, Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
@@ -526,7 +534,14 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None
     # requests to STUN/TURN servers say whether the app's infrastructure is reachable.
     req = sum(s.orig_requests - s.orig_ice_checks for s in stuns)
     ans = sum(s.resp_responses for s in stuns)
-    if req >= pol.blocked.stun_min_requests and ans == 0 and (
+    # The client tried again: a resend of a request on its socket, or a new request to the
+    # same server (some clients open a new socket for each try).
+    tries: dict[str, list[FlowRecord]] = {}
+    for f in stun_flows:
+        tries.setdefault(f.resp_h, []).append(f)
+    resent = any(max(f.last_ts for f in fs) - min(f.first_ts for f in fs)
+                 >= pol.blocked.stun_min_resend_s for fs in tries.values())
+    if req >= pol.blocked.stun_min_requests and ans == 0 and resent and (
             ctx.others_answered or not pol.blocked.require_other_traffic):
         frames = [p.frame for f in stun_flows for p in f.payloads if p.direction == 0][:16]
         return _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,

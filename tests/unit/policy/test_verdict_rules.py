@@ -423,3 +423,57 @@ def test_a_queue_the_hosts_own_download_fills_is_no_throttle(tmp_path: Path) -> 
             assert ev.rule == "degraded.loss" and ev.figures["busy_host"] == me[0]
             assert ev.figures["other_bytes"] > 10 * ev.figures["stream_bytes"]
             assert "busy link" in ev.text
+
+
+def _binding(ts: float, me: str, server: str, txid: int) -> tuple[float, bytes]:
+    """A STUN Binding request (RFC 8489 §5) to a STUN server's port."""
+    return _udp(ts, me, 40100, server, 3478,
+                struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid.to_bytes(12, "big"))
+
+
+@pytest.mark.parametrize(("offsets", "judged"), [
+    ((0.0,), False),                  # one SYN, never resent: answered out of sight
+    ((0.0, 0.00005), False),          # the same SYN twice from a mirror port
+    ((0.0, 1.0, 3.0, 7.0), True),     # resent 1, 3 and 7 s after (RFC 6298)
+], ids=["once", "mirror-copy", "resent"])
+def test_a_syn_its_client_never_resent_is_no_block(
+        tmp_path: Path, offsets: tuple[float, ...], judged: bool) -> None:
+    # A capture that dropped packets in a burst keeps a SYN and loses the SYN-ACK and the
+    # rest of the connection; Happy Eyeballs (RFC 8305) cancels the attempt another
+    # address won. Either way the client sends no second SYN, which it does when no
+    # answer comes. An earlier connection to the same service was answered.
+    me, far = "192.168.1.50", "203.0.113.77"
+    answered = [_syn(1.0, (me, 50000), (far, 443))]
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+    answered.append((1.02, bytes(Ether() / IP(src=far, dst=me) /
+                                 TCP(sport=443, dport=50000, flags="SA", seq=9, ack=1001))))
+    syns = [_syn(2.0 + t, (me, 50001), (far, 443)) for t in offsets]
+    path = tmp_path / "syn.pcap"
+    _pcap(path, sorted([*_dns_answered(me), *answered, *syns,
+                        _udp(25.0, me, 40002, "192.168.1.1", 53, b"\x00" * 12)]))
+    result = analyze_capture(path, workers=1)
+    (syn_flow,) = [f for f in result.flows if f.orig_p == 50001]
+    v = result.analysis.flow_verdicts.get(syn_flow.uid)
+    if judged:
+        assert v is not None and v.kind is VerdictKind.BLOCKED, v
+        assert v.reasons == (Reason.SYN_UNANSWERED,)
+    else:
+        assert v is None, v
+
+
+@pytest.mark.parametrize(("offsets", "judged"), [
+    ((0.0, 0.01), False),             # two transactions at once, never resent
+    ((0.0, 0.5, 1.5, 3.5), True),     # resent 0.5, 1.5, 3.5 s after (RFC 8489 §6.2.1)
+], ids=["never-resent", "resent"])
+def test_stun_requests_their_client_never_resent_are_no_block(
+        tmp_path: Path, offsets: tuple[float, ...], judged: bool) -> None:
+    me, server = "192.168.1.50", "198.51.100.20"
+    reqs = [_binding(3.0 + t, me, server, k) for k, t in enumerate(offsets)]
+    path = tmp_path / "stun.pcap"
+    _pcap(path, sorted([*_dns_answered(me), *reqs,
+                        _udp(20.0, me, 40002, "192.168.1.1", 53, b"\x00" * 12)]))
+    result = analyze_capture(path, workers=1)
+    (stun_flow,) = [f for f in result.flows if f.orig_p == 40100]
+    kinds = {str(v.kind) for u, v in result.analysis.flow_verdicts.items()
+             if u == stun_flow.uid} | {str(c.verdict.kind) for c in result.analysis.calls}
+    assert ("blocked" in kinds) is judged, kinds
