@@ -10,7 +10,10 @@ the calls found may not fall below today's floors.
 - ``cooked``: Linux cooked capture (``tcpdump -i any``, linktype 113) instead of Ethernet:
   one link-layer address per frame, a direction field;
 - ``outbound-only``: only the frames the capturing host sent, as a tap that records
-  one direction.
+  one direction;
+- ``started-mid-call``: the second half of the frames only, as when the capture was
+  started once the call was going: no DNS lookup, TLS handshake or media set-up of the
+  call is left to name it.
 """
 
 from __future__ import annotations
@@ -145,11 +148,16 @@ def _outbound_only(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]
     return linktype, [fr for fr in frames if fr[1][6:12] == host]
 
 
+def _started_mid_call(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
+    return linktype, frames[len(frames) // 2:]
+
+
 TRANSFORMS: dict[str, Callable[[int, list[Frame]], tuple[int, list[Frame]]]] = {
     "servers-renumbered": _renumbered,
     "capture-loss": _capture_loss,
     "cooked": _cooked,
     "outbound-only": _outbound_only,
+    "started-mid-call": _started_mid_call,
 }
 
 
