@@ -78,9 +78,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.other_traffic": "The network was up: other traffic of the capture was answered.",
         "benign.waited": "The capture went on long enough after the attempt for an answer "
                          "to arrive (at least {s} s).",
-        "benign.resent": "The client sent its connection attempt again after its "
-                         "retransmission timeout: no answer reached it (an answer the "
-                         "capture missed, or an attempt its client gave up, is not resent).",
+        "benign.resent": "The client tried again (resent its attempt, or sent it from a new "
+                         "socket) at least {s} s after its first: no answer reached it (an "
+                         "answer the capture missed, or an attempt its client gave up, is "
+                         "not tried again).",
         "benign.not_one_way": "The call was not one-way by design: no signalling of it asked "
                               "for media one way only.",
         "benign.not_lan": "An operator's network lies between the two ends (they are not on "
@@ -141,10 +142,10 @@ TEXTS: dict[str, dict[str, str]] = {
                                 "reçu une réponse.",
         "benign.waited": "La capture a duré assez longtemps après la tentative pour qu'une "
                          "réponse arrive (au moins {s} s).",
-        "benign.resent": "Le client a renvoyé sa tentative de connexion après son délai de "
-                         "retransmission : aucune réponse ne lui est parvenue (une réponse "
-                         "manquée par la capture, ou une tentative abandonnée par le client, "
-                         "n'est pas renvoyée).",
+        "benign.resent": "Le client a réessayé (renvoyé sa tentative, ou l'a refaite depuis "
+                         "un nouveau socket) au moins {s} s après la première : aucune réponse "
+                         "ne lui est parvenue (une réponse manquée par la capture, ou une "
+                         "tentative abandonnée par le client, n'est pas retentée).",
         "benign.not_one_way": "L'appel n'était pas unidirectionnel par construction : aucune "
                               "signalisation n'a demandé des médias dans un seul sens.",
         "benign.not_lan": "Un réseau d'opérateur sépare les deux extrémités (elles ne sont pas "
@@ -206,9 +207,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "loss": "الفقد", "jitter": "التذبذب", "delay": "ارتفاع التأخير", "threshold": "العتبة",
         "benign.other_traffic": "كانت الشبكة تعمل: تلقت حركة أخرى في التسجيل ردودا.",
         "benign.waited": "استمر التسجيل بعد المحاولة مدة كافية لوصول الرد (على الأقل {s} ث).",
-        "benign.resent": "أعاد العميل إرسال محاولة الاتصال بعد انقضاء مهلة إعادة الإرسال: لم "
-                         "يصله أي رد (الرد الذي فات التسجيل، أو المحاولة التي تخلى عنها "
-                         "العميل، لا يُعاد إرسالها).",
+        "benign.resent": "أعاد العميل المحاولة (أعاد إرسالها أو أرسلها من مقبس جديد) بعد {s} ث "
+                         "على الأقل من الأولى: لم يصله أي رد (الرد الذي فات التسجيل، أو "
+                         "المحاولة التي تخلى عنها العميل، لا تُعاد).",
         "benign.not_one_way": "لم تكن المكالمة أحادية الاتجاه بطبيعتها: لم تطلب أي إشارة "
                               "وسائط في اتجاه واحد فقط.",
         "benign.not_lan": "تفصل شبكة مشغل بين الطرفين (ليسا على شبكة محلية واحدة).",
@@ -546,8 +547,10 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
         out.append(loc.t("benign.waited", s=loc.num(pol.blocked.sip_min_wait_s, 0)))
     if "syn-unanswered" in kinds:
         out.append(loc.t("benign.waited", s=loc.num(pol.blocked.syn_min_wait_s, 0)))
-    if kinds & {"syn-unanswered", "stun-unanswered"}:
-        out.append(loc.t("benign.resent"))
+    if "syn-unanswered" in kinds:
+        out.append(loc.t("benign.resent", s=loc.num(pol.blocked.syn_min_resend_s, 1)))
+    if "stun-unanswered" in kinds:
+        out.append(loc.t("benign.resent", s=loc.num(pol.blocked.stun_min_resend_s, 1)))
     if "media-no-return" in kinds:
         out.append(loc.t("benign.not_one_way"))
         out.append(loc.t("benign.not_lan"))

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         Facts,
         Method,
         RtcpReport,
-        RtcpSender,
+        RtcpSenderInfo,
         SipSummary,
         StunSummary,
     )
@@ -35,7 +35,7 @@ __all__ = [
     "Method",
     "Observation",
     "RtcpReport",
-    "RtcpSender",
+    "RtcpSenderInfo",
     "SipSummary",
     "StunSummary",
     "classify_flows",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
-from classifier.records import Facts, RtcpReport, RtcpSender, SipSummary, StunSummary
+from classifier.records import Facts, RtcpReport, RtcpSenderInfo, SipSummary, StunSummary
 from probe.errors import ParseError, Truncated
 from probe.records import ORIG, RESP, FlowRecord, PayloadSample, PayloadSamples
 
@@ -55,9 +55,9 @@ def inspect_flow(flow: FlowRecord, fingerprints: bool = False) -> Facts:
         reports = _rtcp_reports(payloads)
         if reports:
             found["rtcp_reports"] = reports
-        senders = _rtcp_senders(payloads, found.get("framing") == "zoom")
+        senders = _rtcp_sender_info(payloads, found.get("framing") == "zoom")
         if senders:
-            found["rtcp_senders"] = senders
+            found["rtcp_sender_info"] = senders
     return Facts(flow.uid, notes=tuple(notes), **found)  # type: ignore[arg-type]
 
 
@@ -432,12 +432,13 @@ def _rtcp_reports(payloads: Sequence[PayloadSample]) -> tuple[RtcpReport, ...]:
     return tuple(out)
 
 
-def _rtcp_senders(payloads: Sequence[PayloadSample], zoom: bool) -> tuple[RtcpSender, ...]:
+def _rtcp_sender_info(payloads: Sequence[PayloadSample], zoom: bool
+                      ) -> tuple[RtcpSenderInfo, ...]:
     """Sender information of every RTCP sender report in clear: plain RTCP datagrams, and
     on a Zoom flow the RTCP behind Zoom's media header. A compound that does not walk to
     its end is SRTCP (RFC 3711 §3.4 encrypts all but the first eight bytes) or damage:
     its sender information means nothing."""
-    out: list[RtcpSender] = []
+    out: list[RtcpSenderInfo] = []
     for p in payloads:
         d = p.data
         at = 0
@@ -460,7 +461,7 @@ def _rtcp_senders(payloads: Sequence[PayloadSample], zoom: bool) -> tuple[RtcpSe
         for pkt in compound.packets:
             si = pkt.sender_info
             if si is not None and pkt.ssrc is not None:
-                out.append(RtcpSender(p.frame, p.ts, p.direction, pkt.ssrc, si.ntp_timestamp,
+                out.append(RtcpSenderInfo(p.frame, p.ts, p.direction, pkt.ssrc, si.ntp_timestamp,
                                       si.rtp_timestamp, si.packet_count, si.octet_count))
     return tuple(out)
 

@@ -23,7 +23,7 @@ __all__ = [
     "Facts",
     "Method",
     "RtcpReport",
-    "RtcpSender",
+    "RtcpSenderInfo",
     "SipSummary",
     "StunSummary",
 ]
@@ -185,7 +185,7 @@ class RtcpReport:
 
 @pickled_by_position
 @dataclass(frozen=True, slots=True)
-class RtcpSender:
+class RtcpSenderInfo:
     """The sender information of one RTCP sender report (RFC 3550 §6.4.1): what the
     stream's own sender says it had sent by then, whether or not the probe saw it."""
 
@@ -245,7 +245,7 @@ class Facts:
     """App framing recognised (zoom, discord, whatsapp, telegram, viber)."""
     rtcp_reports: tuple[RtcpReport, ...] = ()
     """RTCP report blocks seen (RFC 3550 §6.4): how a receiver saw a source's stream."""
-    rtcp_senders: tuple[RtcpSender, ...] = ()
+    rtcp_sender_info: tuple[RtcpSenderInfo, ...] = ()
     """RTCP sender reports seen, in clear RTCP or behind an app's media header: what
     each stream's sender says it sent."""
     framing_detail: str | None = None

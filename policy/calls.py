@@ -50,6 +50,7 @@ from policy.rules import (
     icmp_prohibited,
     load_policy,
     sip_outcome,
+    syn_tries,
     verdict_from,
 )
 from probe import MeterConfig
@@ -139,7 +140,7 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
     cls = {c.uid: c for c in classes}
     local, sides = assembly.local, assembly.sides
     ctx = RuleContext(pol, cls, local, assembly.others_answered, assembly.capture_end,
-                      answered_services(flows), HostTraffic(flows))
+                      answered_services(flows), HostTraffic(flows), syn_tries(flows))
     single_ev: dict[str, list[Evidence]] = {}  # signalling flows sit in many calls: judge once
 
     def single(f: FlowRecord) -> list[Evidence]:
@@ -246,9 +247,10 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     if reports:
         clocks = {s.ssrc: s.clock_hz for f in media_flows for s in f.rtp_streams}
         legs = with_rtcp(legs, reports, clocks)
-    seen = {leg.ssrc for leg in legs if leg.ssrc is not None}
-    reported = tuple(r for f in members if cls[f.uid].facts.rtcp_senders
-                     for r in reported_streams(f, cls[f.uid].facts.rtcp_senders, local, seen))
+    seen = {s.ssrc for f in members for s in f.rtp_streams}
+    seen.update(leg.ssrc for leg in legs if leg.ssrc is not None)
+    reported = tuple(reported_streams([(f, cls[f.uid].facts.rtcp_sender_info) for f in members
+                                       if cls[f.uid].facts.rtcp_sender_info], local, seen))
     sip = None if dialog is None else sip_outcome(
         dialog, ctx.capture_end, pol.blocked.sip_min_wait_s,
         resends_seen=all(by_uid[u].proto == "udp"
@@ -293,8 +295,10 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     media_s = max((f.duration_s for f in media_flows), default=0.0)
     unknown = not media_flows or media_s < pol.calls.min_media_s
     verdict = verdict_from(evidence, unknown=unknown and not sip)
+    # A stream the local side says it sent is media it sent; one the far end says it
+    # sent, with none of it seen arriving, is no media received (it may have been lost).
     media = tuple(sorted({leg.media for leg in legs if leg.media}
-                         | {r.media for r in reported}))
+                         | {r.media for r in reported if r.direction == "out"}))
     # Media the classifier could not name still flows inside a call app's framing or
     # DTLS: their packets say whether the call was answered.
     carried = media_flows or tuple(f for f in members if cls[f.uid].facts.framing is not None
@@ -353,7 +357,8 @@ def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classifica
     judged earlier showed explaining unanswered requests."""
     pol = policy or load_policy()
     cls = {c.uid: c for c in classes}
-    ctx = RuleContext(pol, cls, *vantage(flows, cls), answered_services(flows))
+    ctx = RuleContext(pol, cls, *vantage(flows, cls), answered_services(flows),
+                      syn_tries=syn_tries(flows))
     out: dict[str, Verdict] = {}
     for f in judge:
         if not _own_rules_apply(f):

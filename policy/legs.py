@@ -16,10 +16,11 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from classifier.records import RtcpReport, RtcpSender
+from classifier.records import RtcpReport, RtcpSenderInfo
 from policy.emodel import Codec, codec_for_payload_type, score
 from policy.records import Leg, ReportedStream
 from probe.addresses import local_is_orig
+from probe.payload_types import RTP_CLOCKS
 from probe.records import ORIG, FlowRecord, RtpStream
 
 __all__ = ["delay_shape", "flow_legs", "reported_streams", "theil_sen_slope", "with_rtcp"]
@@ -177,47 +178,47 @@ def with_rtcp(legs: list[Leg], reports: Sequence[RtcpReport],
     return out
 
 
-AUDIO_CLOCKS_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-"""RTP clock rates of audio: the sampling rates of RFC 3551's audio encodings (§4.5,
-table 4) and of Opus, whose RTP clock is always 48 kHz (RFC 7587 §4.1)."""
-VIDEO_CLOCK_HZ = 90000
-"""The RTP clock of every video encoding (RFC 3551 §5; RFC 6184, RFC 7741, RFC 7798)."""
 CLOCK_TOLERANCE = 0.02
-"""How far a clock measured between two sender reports may stray from a known rate:
-the sender's wallclock and its media clock are different oscillators."""
+"""How far a clock measured between two sender reports may stray from a known rate
+(:data:`probe.payload_types.RTP_CLOCKS`): the sender's wallclock and its media clock
+are different oscillators."""
 REPORTED_MIN_SPAN_S = 0.5
 """Sender reports must span at least this much of the sender's wallclock to read a clock."""
 
 
-def reported_streams(flow: FlowRecord, senders: Sequence[RtcpSender], local: str | None,
-                     seen: set[int]) -> list[ReportedStream]:
-    """Streams a flow's RTCP sender reports speak of that the probe saw no RTP of (their
-    SSRC is not in ``seen``): a sender keeps counting the RTP packets it sends (RFC 3550
-    §6.4.1) wherever they went. A stream counts when its sender says it sent packets
-    between two of its reports, and the RTP timestamp advanced against the sender's
-    wallclock at a known clock rate, which names the media: a sampling rate is audio, the
-    90 kHz clock video (screen content is sent as video: not told apart here)."""
-    by_stream: dict[tuple[int, int], list[RtcpSender]] = {}
-    for s in senders:
-        if s.ssrc not in seen:
-            by_stream.setdefault((s.direction, s.ssrc), []).append(s)
-    orig_local = local_is_orig(flow, local)
+def reported_streams(members: Sequence[tuple[FlowRecord, Sequence[RtcpSenderInfo]]],
+                     local: str | None, seen: set[int]) -> list[ReportedStream]:
+    """Streams that a call's RTCP sender reports speak of and the probe saw no RTP of
+    (their SSRC is not in ``seen``): a sender keeps counting the RTP packets it sends
+    (RFC 3550 §6.4.1) wherever they went. ``members`` are the call's flows with the
+    sender information each carried; the reports of one stream (its direction and SSRC)
+    are read together, whichever flows carried them. A stream counts when its sender
+    says it sent packets between its first and last report seen, and the RTP timestamp
+    advanced against the sender's wallclock at one of the clocks calls' streams run at,
+    which names the media (screen content is sent as video: not told apart here)."""
+    by_stream: dict[tuple[str, int], list[tuple[RtcpSenderInfo, FlowRecord]]] = {}
+    for flow, senders in members:
+        orig_local = local_is_orig(flow, local)
+        for s in senders:
+            if s.ssrc not in seen:
+                way = "out" if (s.direction == ORIG) == orig_local else "in"
+                by_stream.setdefault((way, s.ssrc), []).append((s, flow))
     out = []
-    for (direction, ssrc), reps in sorted(by_stream.items()):
-        first, last = min(reps, key=lambda r: r.ts), max(reps, key=lambda r: r.ts)
+    for (way, ssrc), reps in sorted(by_stream.items()):
+        first = min(reps, key=lambda r: r[0].ts)[0]
+        last, flow = max(reps, key=lambda r: r[0].ts)
         span_s = ((last.ntp_timestamp - first.ntp_timestamp) % (1 << 64)) / 2.0 ** 32
         sent = (last.packets - first.packets) % (1 << 32)
-        if span_s < REPORTED_MIN_SPAN_S or not 0 < sent < 1 << 31:
-            continue
+        if not REPORTED_MIN_SPAN_S <= span_s < 1 << 31 or not 0 < sent < 1 << 31:
+            continue  # too short to read a clock, the wallclock went back, a count reset
         hz = ((last.rtp_timestamp - first.rtp_timestamp) % (1 << 32)) / span_s
-        media = next(("audio" for c in AUDIO_CLOCKS_HZ if abs(hz - c) <= CLOCK_TOLERANCE * c),
-                     "video" if abs(hz - VIDEO_CLOCK_HZ) <= CLOCK_TOLERANCE * VIDEO_CLOCK_HZ
-                     else None)
+        media = next((str(m) for c, m in RTP_CLOCKS.items()
+                      if abs(hz - c) <= CLOCK_TOLERANCE * c), None)
         if media is None:
             continue
-        out.append(ReportedStream(flow.uid, "out" if (direction == ORIG) == orig_local else "in",
-                                  media, ssrc, hz, sent,
-                                  (last.octets - first.octets) % (1 << 32), len(reps)))
+        out.append(ReportedStream(flow.uid, way, media, ssrc, hz, sent,
+                                  (last.octets - first.octets) % (1 << 32), len(reps),
+                                  first.frame, last.frame))
     return out
 
 

@@ -224,7 +224,7 @@ class ReportedStream:
     and what its RTP clock says it carries."""
 
     flow_uid: str
-    """The flow that carried the reports."""
+    """The flow that carried the last of the reports."""
     direction: str
     """``out`` (the local side sent the stream) or ``in``."""
     media: str
@@ -239,11 +239,16 @@ class ReportedStream:
     """RTP payload octets the sender says it sent between those reports."""
     reports: int
     """Sender reports seen."""
+    first_frame: int
+    """The first of them."""
+    last_frame: int
+    """The last of them."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"flow_uid": self.flow_uid, "direction": self.direction, "media": self.media,
                 "ssrc": self.ssrc, "clock_hz": round(self.clock_hz), "packets": self.packets,
-                "octets": self.octets, "reports": self.reports}
+                "octets": self.octets, "reports": self.reports,
+                "frames": [self.first_frame, self.last_frame]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,8 +349,9 @@ class Call:
     """What became of the call (answered, one-way, missed, rejected, set-up failed)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else worth showing (e.g. the SIP Call-ID)."""
-    reported: tuple[ReportedStream, ...] = ()
-    """Streams the probe saw no RTP of, known from their senders' RTCP reports."""
+    reported_streams: tuple[ReportedStream, ...] = ()
+    """Streams the probe saw no RTP of, known from their senders' RTCP reports; those the
+    local side sent count in :attr:`media`."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -354,8 +360,8 @@ class Call:
             "duration_s": round(self.end_ts - self.start_ts, 6), "local": self.local,
             "outcome": str(self.outcome), "legs": [leg.to_dict() for leg in self.legs],
             "setup": self.setup.to_dict()}
-        if self.reported:
-            d["reported_streams"] = [r.to_dict() for r in self.reported]
+        if self.reported_streams:
+            d["reported_streams"] = [r.to_dict() for r in self.reported_streams]
         d.update(self.verdict.to_dict())
         # How a conversation sounded: a call whose media did not flow both ways (blocked,
         # one-way, missed) had none, whatever its one-way legs measure.

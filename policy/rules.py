@@ -37,11 +37,11 @@ from probe.records import FlowRecord, TcpFlag
 __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
            "DegradedPolicy", "Policy", "QualityPolicy", "ReachabilityPolicy", "ReplayPolicy",
            "RuleContext",
-           "SipOutcome",
+           "SipOutcome", "SynTries",
            "ThrottledPolicy", "answered_services", "call_rules", "congested_paths",
            "explained_by_congestion",
            "explained_by_shaper", "flow_rules", "icmp_prohibited", "load_policy", "sip_outcome",
-           "verdict_from"]
+           "syn_tries", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 FRAGMENTATION_NEEDED = 4
@@ -299,6 +299,9 @@ class RuleContext:
     traffic: HostTraffic | None = None
     """The bytes every flow judged together carried per second, by host: the load a
     queue on a host's link also held. None: not known (the busy-link check is skipped)."""
+    syn_tries: Mapping[tuple[str, str, int], SynTries] | None = None
+    """Unanswered connection attempts among the flows judged together, by (client,
+    server address, server port) (:func:`syn_tries`); None: each flow's own SYNs."""
 
 
 class HostTraffic:
@@ -426,12 +429,64 @@ def _ev(rule: str, reason: Reason, flows: Sequence[FlowRecord], frames: Sequence
                     min(f.first_ts for f in flows), max(f.last_ts for f in flows), figures, text)
 
 
+@dataclass(frozen=True, slots=True)
+class SynTries:
+    """A client's SYNs to one server address and port that nothing answered, over every
+    connection it tried: a connection's own resends, and new connections (sockets) it
+    opened to try again."""
+
+    syns: int
+    """SYNs sent."""
+    connections: int
+    """Connections they belong to."""
+    first_ts: float
+    """The first SYN."""
+    last_ts: float
+    """The last SYN."""
+
+
+def _unanswered_syns(flow: FlowRecord) -> tuple[int, float, float] | None:
+    """The SYNs of an unanswered TCP flow: how many, the first's and the last's times;
+    None when the originator ever set ACK (it had a SYN-ACK the capture did not hold:
+    an ACK, data, or an RST|ACK answering a segment) or the flow was answered. A flow
+    the originator reset (RSTOS0) counts its packets but the RST; the span then runs to
+    the RST."""
+    if flow.orig_flags & TcpFlag.ACK or flow.conn_state not in ("S0", "RSTOS0"):
+        return None
+    syns = flow.orig_pkts - bool(flow.orig_flags & TcpFlag.RST) \
+        - bool(flow.orig_flags & TcpFlag.FIN)
+    return (syns, flow.first_ts, flow.last_ts) if syns > 0 else None
+
+
+def syn_tries(flows: Iterable[FlowRecord]) -> dict[tuple[str, str, int], SynTries]:
+    """Unanswered SYNs of ``flows``, by (client, server address, server port)."""
+    out: dict[tuple[str, str, int], SynTries] = {}
+    for f in flows:
+        got = _unanswered_syns(f) if f.proto == "tcp" else None
+        if got is None:
+            continue
+        n, t0, t1 = got
+        key = (f.orig_h, f.resp_h, f.resp_p)
+        had = out.get(key)
+        out[key] = SynTries(n, 1, t0, t1) if had is None else SynTries(
+            had.syns + n, had.connections + 1, min(had.first_ts, t0), max(had.last_ts, t1))
+    return out
+
+
 def answered_services(flows: Iterable[FlowRecord]) -> frozenset[tuple[str, int]]:
     """The (server address, port) pairs that answered some flow of ``flows``: a SYN with a
     SYN-ACK (TCP), a datagram with a datagram back (UDP)."""
     return frozenset((f.resp_h, f.resp_p) for f in flows if f.resp_pkts > 0 and (
         (f.proto == "tcp" and f.conn_state not in ("S0", "REJ", "RSTOS0", "SH", "OTH"))
         or f.proto == "udp"))
+
+
+def _tries_of(flow: FlowRecord, ctx: RuleContext) -> SynTries | None:
+    """The unanswered attempts ``flow`` belongs to: its client's to the same server
+    address and port (``ctx.syn_tries``), or its own SYNs alone."""
+    if ctx.syn_tries is not None:
+        return ctx.syn_tries.get((flow.orig_h, flow.resp_h, flow.resp_p))
+    return syn_tries([flow]).get((flow.orig_h, flow.resp_h, flow.resp_p))
 
 
 def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> list[Evidence]:
@@ -483,14 +538,18 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
                        f"SYN to {flow.resp_h}:{flow.resp_p} answered by RST, no SYN-ACK "
                        f"(frames {flow.first_frame}-{flow.last_frame}){why}"))
     elif state in ("S0", "RSTOS0") and ctx.others_answered and \
-            flow.orig_pkts >= pol.blocked.syn_min_attempts and \
-            flow.duration_s >= pol.blocked.syn_min_resend_s and \
-            ctx.capture_end - flow.first_ts >= pol.blocked.syn_min_wait_s:
+            ctx.capture_end - flow.first_ts >= pol.blocked.syn_min_wait_s and \
+            (tries := _tries_of(flow, ctx)) is not None and \
+            tries.syns >= pol.blocked.syn_min_attempts and \
+            tries.last_ts - tries.first_ts >= pol.blocked.syn_min_resend_s:
         rule = "blocked.syn" if service_up else "unknown.syn"
+        over = "" if tries.connections == 1 else f" over {tries.connections} connections"
         out.append(_ev(rule, Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
-                       {"syn_sent": flow.orig_pkts, "answers": 0},
-                       f"{flow.orig_pkts} SYN(s) to {flow.resp_h}:{flow.resp_p} never answered"
-                       f" while other connections were{why}"))
+                       {"syn_sent": tries.syns, "connections": tries.connections,
+                        "resend_s": round(tries.last_ts - tries.first_ts, 3), "answers": 0},
+                       f"{tries.syns} SYN(s) to {flow.resp_h}:{flow.resp_p}{over}, sent again"
+                       f" for {tries.last_ts - tries.first_ts:.1f} s, never answered while"
+                       f" other connections were{why}"))
     f = ctx.classes[flow.uid].facts
     # A client that sent its own FIN had given up before any reset: a client whose
     # handshake was cut by a RST has no connection left to close. (Through a shaper's

@@ -17,7 +17,8 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["COMFORT_NOISE", "STATIC_PAYLOAD_TYPES", "Media", "PayloadTypeInfo", "static_clock"]
+__all__ = ["COMFORT_NOISE", "RTP_CLOCKS", "STATIC_PAYLOAD_TYPES", "Media", "PayloadTypeInfo",
+           "static_clock"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -43,6 +44,17 @@ class PayloadTypeInfo:
     channels: int | None
     """Audio channels; None for video."""
 
+
+RTP_CLOCKS: Mapping[int, Media] = MappingProxyType({
+    8000: Media.AUDIO, 16000: Media.AUDIO, 24000: Media.AUDIO, 32000: Media.AUDIO,
+    44100: Media.AUDIO, 48000: Media.AUDIO, 90000: Media.VIDEO})
+"""The RTP timestamp clocks calls' streams run at, and the media each names: the static
+types' 8, 16 and 44.1 kHz and video's 90 kHz (tables 4 and 5 below); Opus's 48 kHz (RFC
+7587 §4.1); the 24 and 32 kHz of wideband codecs carried on dynamic types (SILK's
+super-wideband, G.722.1 Annex C, RFC 5577). 90 kHz also clocks MPEG audio (type 14),
+which no call app sends: it names video. The probe estimates a dynamic type's clock as
+the nearest of these (:mod:`probe.rtpstate`); the policy names a stream known only from
+its sender's reports by them (:func:`policy.legs.reported_streams`)."""
 
 COMFORT_NOISE = 13
 """CN, the one static type assigned to comfort noise (RFC 3551 table 4, format RFC 3389)."""

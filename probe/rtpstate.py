@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from probe.payload_types import COMFORT_NOISE, static_clock
+from probe.payload_types import COMFORT_NOISE, RTP_CLOCKS, static_clock
 
 __all__ = ["RtpStreams", "StreamState"]
 
@@ -50,7 +50,7 @@ NS = 1_000_000_000
 ALPHA = 15.0 / 16.0
 """RFC 3550 §6.4.1 jitter smoothing: J += (|D| - J) / 16."""
 BLOCK = 512
-COMMON_CLOCKS = np.array([8000, 16000, 24000, 32000, 44100, 48000, 90000], dtype=np.float64)
+COMMON_CLOCKS = np.array(sorted(RTP_CLOCKS), dtype=np.float64)
 MIN_NEW_STREAM = 3
 MIN_SEQUENTIAL = 2
 """RFC 3550 §A.1: a source is valid once this many packets came in sequence."""

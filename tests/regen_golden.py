@@ -175,6 +175,10 @@ def _call_line(c: dict[str, Any]) -> dict[str, Any]:
         "legs": [[leg.get("flow_uid"), leg.get("direction"), leg.get("media"),
                   leg.get("packets"), leg.get("expected"), leg.get("loss_ratio"), leg.get("mos")]
                  for leg in c.get("legs") or ()],
+        "reported_streams": [[r.get("flow_uid"), r.get("direction"), r.get("media"),
+                              r.get("ssrc"), r.get("clock_hz"), r.get("packets"),
+                              r.get("reports"), r.get("frames")]
+                             for r in c.get("reported_streams") or ()],
         "stun": setup.get("stun"),
         "tcp": setup.get("tcp"),
         "tls": setup.get("tls"),

@@ -425,55 +425,93 @@ def test_a_queue_the_hosts_own_download_fills_is_no_throttle(tmp_path: Path) -> 
             assert "busy link" in ev.text
 
 
-def _binding(ts: float, me: str, server: str, txid: int) -> tuple[float, bytes]:
+def _binding(ts: float, me: str, server: str, txid: int, port: int = 40100
+             ) -> tuple[float, bytes]:
     """A STUN Binding request (RFC 8489 §5) to a STUN server's port."""
-    return _udp(ts, me, 40100, server, 3478,
+    return _udp(ts, me, port, server, 3478,
                 struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid.to_bytes(12, "big"))
 
 
-@pytest.mark.parametrize(("offsets", "judged"), [
-    ((0.0,), False),                  # one SYN, never resent: answered out of sight
-    ((0.0, 0.00005), False),          # the same SYN twice from a mirror port
-    ((0.0, 1.0, 3.0, 7.0), True),     # resent 1, 3 and 7 s after (RFC 6298)
-], ids=["once", "mirror-copy", "resent"])
+def _tcp_at(ts: float, src: tuple[str, int], dst: tuple[str, int], flags: str,
+            payload: bytes = b"") -> tuple[float, bytes]:
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+    return ts, bytes(Ether() / IP(src=src[0], dst=dst[0]) /
+                     TCP(sport=src[1], dport=dst[1], flags=flags, seq=1000, ack=9) /
+                     Raw(payload))
+
+
+ME_HOST, FAR_HOST = "192.168.1.50", "203.0.113.77"
+
+
+@pytest.mark.parametrize(("tries", "judged"), [
+    # one SYN, never resent: answered out of the capture's sight, or given up
+    ([(0.0, 50001, "S")], False),
+    # the same SYN twice from a mirror port
+    ([(0.0, 50001, "S"), (0.00005, 50001, "S")], False),
+    # the client's ACK and data: it had the SYN-ACK the capture lost
+    ([(0.0, 50001, "S"), (0.7, 50001, "A"), (0.7, 50001, "PA")], False),
+    # the client reset the connection: an RST|ACK answers a segment it received
+    ([(0.0, 50001, "S"), (3.0, 50001, "RA")], False),
+    # the client gave its attempt up (a bare RST): no resend
+    ([(0.0, 50001, "S"), (0.8, 50001, "R")], False),
+    # resent 1, 3 and 7 s after (RFC 6298)
+    ([(0.0, 50001, "S"), (1.0, 50001, "S"), (3.0, 50001, "S"), (7.0, 50001, "S")], True),
+    # tried again from new sockets every 0.7 s, one SYN each
+    ([(0.7 * k, 50001 + k, "S") for k in range(8)], True),
+], ids=["once", "mirror-copy", "acked", "client-rst-ack", "client-rst", "resent",
+        "new-sockets"])
 def test_a_syn_its_client_never_resent_is_no_block(
-        tmp_path: Path, offsets: tuple[float, ...], judged: bool) -> None:
+        tmp_path: Path, tries: list[tuple[float, int, str]], judged: bool) -> None:
     # A capture that dropped packets in a burst keeps a SYN and loses the SYN-ACK and the
     # rest of the connection; Happy Eyeballs (RFC 8305) cancels the attempt another
     # address won. Either way the client sends no second SYN, which it does when no
     # answer comes. An earlier connection to the same service was answered.
-    me, far = "192.168.1.50", "203.0.113.77"
-    answered = [_syn(1.0, (me, 50000), (far, 443))]
-    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
-    answered.append((1.02, bytes(Ether() / IP(src=far, dst=me) /
-                                 TCP(sport=443, dport=50000, flags="SA", seq=9, ack=1001))))
-    syns = [_syn(2.0 + t, (me, 50001), (far, 443)) for t in offsets]
+    me, far = ME_HOST, FAR_HOST
+    answered = [_syn(1.0, (me, 50000), (far, 443)),
+                _tcp_at(1.02, (far, 443), (me, 50000), "SA")]
+    pkts = [_tcp_at(2.0 + t, (me, port), (far, 443), flags,
+                    b"GET / HTTP/1.1\r\n\r\n" if "P" in flags else b"")
+            for t, port, flags in tries]
     path = tmp_path / "syn.pcap"
-    _pcap(path, sorted([*_dns_answered(me), *answered, *syns,
+    _pcap(path, sorted([*_dns_answered(me), *answered, *pkts,
                         _udp(25.0, me, 40002, "192.168.1.1", 53, b"\x00" * 12)]))
     result = analyze_capture(path, workers=1)
-    (syn_flow,) = [f for f in result.flows if f.orig_p == 50001]
-    v = result.analysis.flow_verdicts.get(syn_flow.uid)
+    verdicts = [result.analysis.flow_verdicts.get(f.uid) for f in result.flows
+                if f.proto == "tcp" and f.orig_p != 50000]
     if judged:
-        assert v is not None and v.kind is VerdictKind.BLOCKED, v
-        assert v.reasons == (Reason.SYN_UNANSWERED,)
+        assert verdicts and all(v is not None and v.kind is VerdictKind.BLOCKED
+                                for v in verdicts), verdicts
+        assert all(v is not None and v.reasons == (Reason.SYN_UNANSWERED,)
+                   for v in verdicts)
+        figures = verdicts[0].evidence[0].figures if verdicts[0] else {}
+        assert figures["syn_sent"] == 4 if len(tries) == 4 else figures["connections"] == 8
     else:
-        assert v is None, v
+        assert verdicts and all(v is None for v in verdicts), verdicts
 
 
-@pytest.mark.parametrize(("offsets", "judged"), [
-    ((0.0, 0.01), False),             # two transactions at once, never resent
-    ((0.0, 0.5, 1.5, 3.5), True),     # resent 0.5, 1.5, 3.5 s after (RFC 8489 §6.2.1)
-], ids=["never-resent", "resent"])
+STUN_A, STUN_B = "198.51.100.20", "198.51.100.21"
+
+
+@pytest.mark.parametrize(("requests", "judged"), [
+    # two transactions at once, never resent
+    ([(0.0, 40100, STUN_A), (0.01, 40100, STUN_A)], False),
+    # one request to each of two servers, a second apart: neither server was asked again
+    ([(0.0, 40100, STUN_A), (1.0, 40100, STUN_B)], False),
+    # resent 0.5, 1.5, 3.5 s after (RFC 8489 §6.2.1)
+    ([(t, 40100, STUN_A) for t in (0.0, 0.5, 1.5, 3.5)], True),
+    # asked again from a new socket every second
+    ([(float(k), 40100 + k, STUN_A) for k in range(4)], True),
+], ids=["at-once", "two-servers-once", "resent", "new-sockets"])
 def test_stun_requests_their_client_never_resent_are_no_block(
-        tmp_path: Path, offsets: tuple[float, ...], judged: bool) -> None:
-    me, server = "192.168.1.50", "198.51.100.20"
-    reqs = [_binding(3.0 + t, me, server, k) for k, t in enumerate(offsets)]
+        tmp_path: Path, requests: list[tuple[float, int, str]], judged: bool) -> None:
+    me = "192.168.1.50"
+    reqs = [_binding(3.0 + t, me, server, k, port)
+            for k, (t, port, server) in enumerate(requests)]
     path = tmp_path / "stun.pcap"
     _pcap(path, sorted([*_dns_answered(me), *reqs,
                         _udp(20.0, me, 40002, "192.168.1.1", 53, b"\x00" * 12)]))
     result = analyze_capture(path, workers=1)
-    (stun_flow,) = [f for f in result.flows if f.orig_p == 40100]
-    kinds = {str(v.kind) for u, v in result.analysis.flow_verdicts.items()
-             if u == stun_flow.uid} | {str(c.verdict.kind) for c in result.analysis.calls}
+    stun = {f.uid for f in result.flows if f.resp_p == 3478}
+    kinds = {str(v.kind) for u, v in result.analysis.flow_verdicts.items() if u in stun} \
+        | {str(c.verdict.kind) for c in result.analysis.calls}
     assert ("blocked" in kinds) is judged, kinds
