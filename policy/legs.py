@@ -204,7 +204,9 @@ def reported_streams(members: Sequence[tuple[FlowRecord, Sequence[RtcpSenderInfo
                 way = "out" if (s.direction == ORIG) == orig_local else "in"
                 by_stream.setdefault((way, s.ssrc), []).append((s, flow))
     out = []
-    for (way, ssrc), reps in sorted(by_stream.items()):
+    for (way, ssrc), seen_twice in sorted(by_stream.items()):
+        # one report seen on two flows (a mirror port's copy, a path switch) counts once
+        reps = list({r[0].ntp_timestamp: r for r in seen_twice}.values())
         first = min(reps, key=lambda r: r[0].ts)[0]
         last, flow = max(reps, key=lambda r: r[0].ts)
         span_s = ((last.ntp_timestamp - first.ntp_timestamp) % (1 << 64)) / 2.0 ** 32

@@ -36,12 +36,10 @@ from probe.records import FlowRecord, TcpFlag
 
 __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
            "DegradedPolicy", "Policy", "QualityPolicy", "ReachabilityPolicy", "ReplayPolicy",
-           "RuleContext",
-           "SipOutcome", "SynTries",
-           "ThrottledPolicy", "answered_services", "call_rules", "congested_paths",
-           "explained_by_congestion",
-           "explained_by_shaper", "flow_rules", "icmp_prohibited", "load_policy", "sip_outcome",
-           "syn_tries", "verdict_from"]
+           "RuleContext", "ServiceTries", "SipOutcome", "SynTries", "ThrottledPolicy",
+           "answered_services", "call_rules", "congested_paths", "explained_by_congestion",
+           "explained_by_shaper", "flow_rules", "icmp_prohibited", "load_policy",
+           "service_tries", "sip_outcome", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 FRAGMENTATION_NEEDED = 4
@@ -77,6 +75,9 @@ class BlockedPolicy:
     asks again from a new socket."""
     syn_min_attempts: int = _threshold("SYNs")
     """Unanswered SYNs needed (an S0 connection): the first and the client's resends."""
+    syn_retry_window_s: float = _threshold("s")
+    """How long after an unanswered connection's first SYN a new connection to the same
+    server address and port is its client trying again."""
     syn_min_resend_s: float = _threshold("s")
     """How long after the first SYN the last must come to be a resend (RFC 6298 §2.1:
     the first retransmission timeout is 1 s), not a mirror port's copy of the first."""
@@ -299,9 +300,9 @@ class RuleContext:
     traffic: HostTraffic | None = None
     """The bytes every flow judged together carried per second, by host: the load a
     queue on a host's link also held. None: not known (the busy-link check is skipped)."""
-    syn_tries: Mapping[tuple[str, str, int], SynTries] | None = None
-    """Unanswered connection attempts among the flows judged together, by (client,
-    server address, server port) (:func:`syn_tries`); None: each flow's own SYNs."""
+    syn_tries: Mapping[tuple[str, str, int], ServiceTries] | None = None
+    """Each client's connections to each server address and port among the flows judged
+    together (:func:`service_tries`); None: each flow's own SYNs alone."""
 
 
 class HostTraffic:
@@ -430,47 +431,62 @@ def _ev(rule: str, reason: Reason, flows: Sequence[FlowRecord], frames: Sequence
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceTries:
+    """One client's TCP connections to one server address and port, among the flows
+    judged together."""
+
+    unanswered: tuple[tuple[float, float, int, int], ...]
+    """Connections nothing answered whose client never set ACK: (first SYN, last SYN,
+    SYNs, first frame), by first SYN."""
+    answered: tuple[float, ...]
+    """When each connection that got any reply (or whose client set ACK) began, sorted."""
+
+
+@dataclass(frozen=True, slots=True)
 class SynTries:
-    """A client's SYNs to one server address and port that nothing answered, over every
-    connection it tried: a connection's own resends, and new connections (sockets) it
-    opened to try again."""
+    """The SYNs a client sent to one server address and port from an unanswered
+    connection's first SYN on: that connection's own resends, and the new connections it
+    opened to try again before anything answered it."""
 
     syns: int
     """SYNs sent."""
-    connections: int
-    """Connections they belong to."""
+    frames: tuple[int, ...]
+    """First frame of each connection they belong to."""
     first_ts: float
-    """The first SYN."""
+    """The connection's first SYN."""
     last_ts: float
-    """The last SYN."""
+    """The last SYN counted."""
 
 
 def _unanswered_syns(flow: FlowRecord) -> tuple[int, float, float] | None:
     """The SYNs of an unanswered TCP flow: how many, the first's and the last's times;
     None when the originator ever set ACK (it had a SYN-ACK the capture did not hold:
-    an ACK, data, or an RST|ACK answering a segment) or the flow was answered. A flow
-    the originator reset (RSTOS0) counts its packets but the RST; the span then runs to
-    the RST."""
+    an ACK, data, or an RST|ACK answering a segment) or something answered. A flow the
+    originator reset (RSTOS0) counts as its first SYN alone: its record does not say
+    when the SYNs before the RST were sent."""
     if flow.orig_flags & TcpFlag.ACK or flow.conn_state not in ("S0", "RSTOS0"):
         return None
-    syns = flow.orig_pkts - bool(flow.orig_flags & TcpFlag.RST) \
-        - bool(flow.orig_flags & TcpFlag.FIN)
-    return (syns, flow.first_ts, flow.last_ts) if syns > 0 else None
+    if flow.conn_state == "RSTOS0":
+        return 1, flow.first_ts, flow.first_ts
+    return flow.orig_pkts, flow.first_ts, flow.last_ts
 
 
-def syn_tries(flows: Iterable[FlowRecord]) -> dict[tuple[str, str, int], SynTries]:
-    """Unanswered SYNs of ``flows``, by (client, server address, server port)."""
-    out: dict[tuple[str, str, int], SynTries] = {}
+def service_tries(flows: Iterable[FlowRecord]) -> dict[tuple[str, str, int], ServiceTries]:
+    """TCP connections of ``flows``, by (client, server address, server port)."""
+    unanswered: dict[tuple[str, str, int], list[tuple[float, float, int, int]]] = {}
+    answered: dict[tuple[str, str, int], list[float]] = {}
     for f in flows:
-        got = _unanswered_syns(f) if f.proto == "tcp" else None
-        if got is None:
+        if f.proto != "tcp":
             continue
-        n, t0, t1 = got
         key = (f.orig_h, f.resp_h, f.resp_p)
-        had = out.get(key)
-        out[key] = SynTries(n, 1, t0, t1) if had is None else SynTries(
-            had.syns + n, had.connections + 1, min(had.first_ts, t0), max(had.last_ts, t1))
-    return out
+        got = _unanswered_syns(f)
+        if got is not None:
+            unanswered.setdefault(key, []).append((got[1], got[2], got[0], f.first_frame))
+        elif f.resp_pkts > 0 or f.orig_flags & TcpFlag.ACK:
+            answered.setdefault(key, []).append(f.first_ts)
+    return {key: ServiceTries(tuple(sorted(unanswered.get(key, ()))),
+                              tuple(sorted(answered.get(key, ()))))
+            for key in unanswered.keys() | answered.keys()}
 
 
 def answered_services(flows: Iterable[FlowRecord]) -> frozenset[tuple[str, int]]:
@@ -482,11 +498,25 @@ def answered_services(flows: Iterable[FlowRecord]) -> frozenset[tuple[str, int]]
 
 
 def _tries_of(flow: FlowRecord, ctx: RuleContext) -> SynTries | None:
-    """The unanswered attempts ``flow`` belongs to: its client's to the same server
-    address and port (``ctx.syn_tries``), or its own SYNs alone."""
-    if ctx.syn_tries is not None:
-        return ctx.syn_tries.get((flow.orig_h, flow.resp_h, flow.resp_p))
-    return syn_tries([flow]).get((flow.orig_h, flow.resp_h, flow.resp_p))
+    """The SYNs ``flow``'s client sent to its server address and port from its first SYN
+    on: its own, and those of the unanswered connections it opened to try again within
+    ``blocked.syn_retry_window_s``, up to its first connection there that got a reply.
+    None when ``flow`` was answered."""
+    own = _unanswered_syns(flow)
+    if own is None:
+        return None
+    key = (flow.orig_h, flow.resp_h, flow.resp_p)
+    tries = (ctx.syn_tries if ctx.syn_tries is not None else service_tries([flow])).get(key)
+    t0 = own[1]
+    if tries is None:
+        return SynTries(own[0], (flow.first_frame,), t0, own[2])
+    limit = t0 + ctx.policy.blocked.syn_retry_window_s
+    limit = min(limit, next((a for a in tries.answered if a > t0), limit))
+    mine = [u for u in tries.unanswered if t0 <= u[0] <= limit]
+    if not mine:
+        return SynTries(own[0], (flow.first_frame,), t0, own[2])
+    return SynTries(sum(u[2] for u in mine), tuple(u[3] for u in mine), t0,
+                    max(u[1] for u in mine))
 
 
 def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> list[Evidence]:
@@ -543,9 +573,10 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
             tries.syns >= pol.blocked.syn_min_attempts and \
             tries.last_ts - tries.first_ts >= pol.blocked.syn_min_resend_s:
         rule = "blocked.syn" if service_up else "unknown.syn"
-        over = "" if tries.connections == 1 else f" over {tries.connections} connections"
-        out.append(_ev(rule, Reason.SYN_UNANSWERED, [flow], [flow.first_frame],
-                       {"syn_sent": tries.syns, "connections": tries.connections,
+        n_conn = len(tries.frames)
+        over = "" if n_conn == 1 else f" over {n_conn} connections"
+        out.append(_ev(rule, Reason.SYN_UNANSWERED, [flow], list(tries.frames[:16]),
+                       {"syn_sent": tries.syns, "connections": n_conn,
                         "resend_s": round(tries.last_ts - tries.first_ts, 3), "answers": 0},
                        f"{tries.syns} SYN(s) to {flow.resp_h}:{flow.resp_p}{over}, sent again"
                        f" for {tries.last_ts - tries.first_ts:.1f} s, never answered while"

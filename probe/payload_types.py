@@ -50,8 +50,8 @@ RTP_CLOCKS: Mapping[int, Media] = MappingProxyType({
     44100: Media.AUDIO, 48000: Media.AUDIO, 90000: Media.VIDEO})
 """The RTP timestamp clocks calls' streams run at, and the media each names: the static
 types' 8, 16 and 44.1 kHz and video's 90 kHz (tables 4 and 5 below); Opus's 48 kHz (RFC
-7587 §4.1); the 24 and 32 kHz of wideband codecs carried on dynamic types (SILK's
-super-wideband, G.722.1 Annex C, RFC 5577). 90 kHz also clocks MPEG audio (type 14),
+7587 §4.1); the 24 and 32 kHz of wideband codecs carried on dynamic types (G.722.1
+Annex C at 32 kHz, RFC 5577). 90 kHz also clocks MPEG audio (type 14),
 which no call app sends: it names video. The probe estimates a dynamic type's clock as
 the nearest of these (:mod:`probe.rtpstate`); the policy names a stream known only from
 its sender's reports by them (:func:`policy.legs.reported_streams`)."""

@@ -445,23 +445,35 @@ ME_HOST, FAR_HOST = "192.168.1.50", "203.0.113.77"
 
 @pytest.mark.parametrize(("tries", "judged"), [
     # one SYN, never resent: answered out of the capture's sight, or given up
-    ([(0.0, 50001, "S")], False),
+    ([(0.0, 50001, "S")], set()),
     # the same SYN twice from a mirror port
-    ([(0.0, 50001, "S"), (0.00005, 50001, "S")], False),
+    ([(0.0, 50001, "S"), (0.00005, 50001, "S")], set()),
     # the client's ACK and data: it had the SYN-ACK the capture lost
-    ([(0.0, 50001, "S"), (0.7, 50001, "A"), (0.7, 50001, "PA")], False),
+    ([(0.0, 50001, "S"), (0.7, 50001, "A"), (0.7, 50001, "PA")], set()),
     # the client reset the connection: an RST|ACK answers a segment it received
-    ([(0.0, 50001, "S"), (3.0, 50001, "RA")], False),
+    ([(0.0, 50001, "S"), (3.0, 50001, "RA")], set()),
     # the client gave its attempt up (a bare RST): no resend
-    ([(0.0, 50001, "S"), (0.8, 50001, "R")], False),
+    ([(0.0, 50001, "S"), (0.8, 50001, "R")], set()),
+    # ... also as a mirror port copies it: SYN, its copy, RST, its copy
+    ([(0.0, 50001, "S"), (0.00005, 50001, "S"), (0.8, 50001, "R"),
+      (0.80005, 50001, "R")], set()),
+    # two connections opened together, one given up by a RST 3 s later: no SYN again
+    ([(0.0, 50001, "S"), (0.001, 50002, "S"), (3.0, 50002, "R")], set()),
     # resent 1, 3 and 7 s after (RFC 6298)
-    ([(0.0, 50001, "S"), (1.0, 50001, "S"), (3.0, 50001, "S"), (7.0, 50001, "S")], True),
-    # tried again from new sockets every 0.7 s, one SYN each
-    ([(0.7 * k, 50001 + k, "S") for k in range(8)], True),
-], ids=["once", "mirror-copy", "acked", "client-rst-ack", "client-rst", "resent",
-        "new-sockets"])
+    ([(0.0, 50001, "S"), (1.0, 50001, "S"), (3.0, 50001, "S"), (7.0, 50001, "S")],
+     {50001}),
+    # tried again from new sockets every 0.7 s, one SYN each: every connection but the
+    # last, which nothing followed
+    ([(0.7 * k, 50001 + k, "S") for k in range(8)], set(range(50001, 50008))),
+    # one SYN an hour after another: no try again (past blocked.syn_retry_window_s)
+    ([(0.0, 50001, "S"), (3600.0, 50002, "S")], set()),
+    # a connection in between got its answer: the later one is no try again of the first
+    ([(0.0, 50001, "S"), (20.0, 50003, "S"), (20.02, 50003, "SA*"), (25.0, 50002, "S")],
+     set()),
+], ids=["once", "mirror-copy", "acked", "client-rst-ack", "client-rst", "client-rst-mirror",
+        "parallel-one-reset", "resent", "new-sockets", "an-hour-apart", "answered-between"])
 def test_a_syn_its_client_never_resent_is_no_block(
-        tmp_path: Path, tries: list[tuple[float, int, str]], judged: bool) -> None:
+        tmp_path: Path, tries: list[tuple[float, int, str]], judged: set[int]) -> None:
     # A capture that dropped packets in a burst keeps a SYN and loses the SYN-ACK and the
     # rest of the connection; Happy Eyeballs (RFC 8305) cancels the attempt another
     # address won. Either way the client sends no second SYN, which it does when no
@@ -469,24 +481,36 @@ def test_a_syn_its_client_never_resent_is_no_block(
     me, far = ME_HOST, FAR_HOST
     answered = [_syn(1.0, (me, 50000), (far, 443)),
                 _tcp_at(1.02, (far, 443), (me, 50000), "SA")]
-    pkts = [_tcp_at(2.0 + t, (me, port), (far, 443), flags,
-                    b"GET / HTTP/1.1\r\n\r\n" if "P" in flags else b"")
-            for t, port, flags in tries]
+    pkts = []
+    for t, port, flags in tries:
+        if flags.endswith("*"):  # the server's answer
+            pkts.append(_tcp_at(2.0 + t, (far, 443), (me, port), flags[:-1]))
+        else:
+            pkts.append(_tcp_at(2.0 + t, (me, port), (far, 443), flags,
+                                b"GET / HTTP/1.1\r\n\r\n" if "P" in flags else b""))
+    end = 2.0 + max(t for t, _, _ in tries) + 20.0
     path = tmp_path / "syn.pcap"
     _pcap(path, sorted([*_dns_answered(me), *answered, *pkts,
-                        _udp(25.0, me, 40002, "192.168.1.1", 53, b"\x00" * 12)]))
+                        _udp(end, me, 40002, "192.168.1.1", 53, b"\x00" * 12)]))
     result = analyze_capture(path, workers=1)
-    verdicts = [result.analysis.flow_verdicts.get(f.uid) for f in result.flows
-                if f.proto == "tcp" and f.orig_p != 50000]
-    if judged:
-        assert verdicts and all(v is not None and v.kind is VerdictKind.BLOCKED
-                                for v in verdicts), verdicts
-        assert all(v is not None and v.reasons == (Reason.SYN_UNANSWERED,)
-                   for v in verdicts)
-        figures = verdicts[0].evidence[0].figures if verdicts[0] else {}
-        assert figures["syn_sent"] == 4 if len(tries) == 4 else figures["connections"] == 8
-    else:
-        assert verdicts and all(v is None for v in verdicts), verdicts
+    verdicts = {f.orig_p: result.analysis.flow_verdicts.get(f.uid) for f in result.flows
+                if f.proto == "tcp" and f.orig_p != 50000}
+    got = {port for port, v in verdicts.items() if v is not None}
+    assert got == judged, verdicts
+    for port in judged:
+        v = verdicts[port]
+        assert v is not None and v.kind is VerdictKind.BLOCKED, v
+        assert v.reasons == (Reason.SYN_UNANSWERED,)
+    if judged == {50001} and len(tries) == 4:
+        assert verdicts[50001] is not None
+        figures = verdicts[50001].evidence[0].figures
+        assert (figures["syn_sent"], figures["connections"], figures["resend_s"]) == (4, 1, 7.0)
+    if len(judged) == 7:
+        first = verdicts[50001]
+        assert first is not None
+        figures = first.evidence[0].figures
+        assert (figures["syn_sent"], figures["connections"]) == (8, 8)
+        assert len(first.evidence[0].frames) == 8  # every connection counted, cited
 
 
 STUN_A, STUN_B = "198.51.100.20", "198.51.100.21"
