@@ -293,8 +293,11 @@ def ends(flow: FlowRecord, local: str | None = None
 
 def local_host(flows: Iterable[FlowRecord]) -> str | None:
     """The host the capture was taken next to, by vote over ``flows``: the higher-ranked
-    end of each flow gets two votes, the originator of a flow whose ends rank alike one
-    (ties go to the host seen first). None for no flows."""
+    end of each flow gets two votes; both ends of a flow whose ends rank alike get one,
+    so the host common to most such flows wins, whichever way they were opened (a tap
+    that kept only what the host received sees every flow begin at the far end). Ties
+    go to the host seen first (a flow's originator before its responder). None for no
+    flows."""
     votes: Counter[str] = Counter()
     for f in flows:
         ro, rr = _rank(f.orig_h), _rank(f.resp_h)
@@ -304,6 +307,7 @@ def local_host(flows: Iterable[FlowRecord]) -> str | None:
             votes[f.resp_h] += 2
         else:
             votes[f.orig_h] += 1
+            votes[f.resp_h] += 1
     return votes.most_common(1)[0][0] if votes else None
 
 

@@ -175,6 +175,11 @@ def test_local_host_by_vote(tmp_path: Path) -> None:
     assert local_host([]) is None
     # one flow with a local end outvotes one flow without
     assert local_host([between, back]) == "100.64.0.9"
+    # a one-sided tap that kept what the host received: every flow begins at a server
+    host = "130.104.125.20"
+    received = [_flow(tmp_path, server, host)
+                for server in ("206.247.69.168", "170.114.15.169", "144.195.82.213")]
+    assert local_host(received) == host
 
 
 # -- link-layer addresses and machines -----------------------------------------------------------
