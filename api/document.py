@@ -547,7 +547,6 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
         out.append(loc.t("benign.waited", s=loc.num(pol.blocked.sip_min_wait_s, 0)))
     if "syn-unanswered" in kinds:
         out.append(loc.t("benign.waited", s=loc.num(pol.blocked.syn_min_wait_s, 0)))
-    if "syn-unanswered" in kinds:
         out.append(loc.t("benign.resent", s=loc.num(pol.blocked.syn_min_resend_s, 1)))
     if "stun-unanswered" in kinds:
         out.append(loc.t("benign.resent", s=loc.num(pol.blocked.stun_min_resend_s, 1)))

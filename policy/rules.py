@@ -508,13 +508,12 @@ def _tries_of(flow: FlowRecord, ctx: RuleContext) -> SynTries | None:
     key = (flow.orig_h, flow.resp_h, flow.resp_p)
     tries = (ctx.syn_tries if ctx.syn_tries is not None else service_tries([flow])).get(key)
     t0 = own[1]
-    if tries is None:
-        return SynTries(own[0], (flow.first_frame,), t0, own[2])
     limit = t0 + ctx.policy.blocked.syn_retry_window_s
-    limit = min(limit, next((a for a in tries.answered if a > t0), limit))
-    mine = [u for u in tries.unanswered if t0 <= u[0] <= limit]
-    if not mine:
-        return SynTries(own[0], (flow.first_frame,), t0, own[2])
+    mine: list[tuple[float, float, int, int]] = []
+    if tries is not None:
+        limit = min(limit, next((a for a in tries.answered if a > t0), limit))
+        mine = [u for u in tries.unanswered if t0 <= u[0] <= limit]
+    mine = mine or [(t0, own[2], own[0], flow.first_frame)]  # its own SYNs alone
     return SynTries(sum(u[2] for u in mine), tuple(u[3] for u in mine), t0,
                     max(u[1] for u in mine))
 
