@@ -99,6 +99,7 @@ FLOWS_SCHEMA = pa.schema([
     ("orig_wire_bytes", pa.int64()), ("resp_pkts", pa.int64()), ("resp_bytes", pa.int64()),
     ("resp_wire_bytes", pa.int64()), ("conn_state", pa.string()),
     ("orig_retrans", pa.int64()), ("resp_retrans", pa.int64()),
+    ("orig_missed_bytes", pa.int64()), ("resp_missed_bytes", pa.int64()),
     ("first_frame", pa.int64()), ("last_frame", pa.int64()), ("end_reason", pa.string()),
     ("vlan", pa.int32()), ("tunnel", pa.string()), ("icmp", _J), ("weirds", pa.int64()),
     ("rtp_streams", pa.int64()), ("orig_l2_addr", pa.string()), ("resp_l2_addr", pa.string()),

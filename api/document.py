@@ -33,7 +33,7 @@ from typing import Any
 
 from api.pipeline import AnalysisResult
 from policy.records import Call, Evidence
-from policy.rules import Policy, load_policy
+from policy.rules import HostTraffic, Policy, load_policy
 from probe import FlowRecord
 
 __all__ = ["EVIDENCE", "LANGUAGES", "TEXTS", "CallPart", "Document", "build_document",
@@ -76,6 +76,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "chart.none": "No media to chart.",
         "loss": "loss", "jitter": "jitter", "delay": "delay rise", "threshold": "threshold",
         "benign.other_traffic": "The network was up: other traffic of the capture was answered.",
+        "benign.capture_whole": "The capture holds what came back: of the TCP bytes {host} "
+                                "acknowledged receiving, it missed {missed} (at most {max} "
+                                "allowed), so an answer would be in it.",
         "benign.waited": "The capture went on long enough after the attempt for an answer "
                          "to arrive (at least {s} s).",
         "benign.resent": "The client tried again (resent its attempt, or sent it from a new "
@@ -138,6 +141,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "chart.quality": "Flux reçus comparés aux seuils",
         "chart.none": "Aucun média à représenter.",
         "loss": "perte", "jitter": "gigue", "delay": "hausse du délai", "threshold": "seuil",
+        "benign.capture_whole": "La capture contient ce qui revenait : des octets TCP dont "
+                                "{host} a accusé réception, elle n'en a manqué que {missed} "
+                                "(au plus {max} admis) ; une réponse y figurerait.",
         "benign.other_traffic": "Le réseau fonctionnait : d'autres échanges de la capture ont "
                                 "reçu une réponse.",
         "benign.waited": "La capture a duré assez longtemps après la tentative pour qu'une "
@@ -206,6 +212,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "chart.none": "لا توجد وسائط لرسمها.",
         "loss": "الفقد", "jitter": "التذبذب", "delay": "ارتفاع التأخير", "threshold": "العتبة",
         "benign.other_traffic": "كانت الشبكة تعمل: تلقت حركة أخرى في التسجيل ردودا.",
+        "benign.capture_whole": "يحتوي التسجيل على ما عاد: من بايتات TCP التي أكد {host} "
+                                "استلامها لم يفته سوى {missed} (الحد الأقصى {max})، فلو جاء رد "
+                                "لظهر فيه.",
         "benign.waited": "استمر التسجيل بعد المحاولة مدة كافية لوصول الرد (على الأقل {s} ث).",
         "benign.resent": "أعاد العميل المحاولة (أعاد إرسالها أو أرسلها من مقبس جديد) بعد {s} ث "
                          "على الأقل من الأولى: لم يصله أي رد (الرد الذي فات التسجيل، أو "
@@ -312,6 +321,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "nothing shows that service up: a closed port explains it",
         "unknown.syn": "{syn_sent} SYN(s) to {endpoint} never answered; nothing shows that "
                        "service up: an offline host or a filtered port explains it",
+        "unknown.capture_loss": "no answer to {host} in the capture, but the capture missed "
+                                "{missed} of the TCP bytes {host} acknowledged receiving: the "
+                                "answers may have gone by unseen",
         "blocked.tls_reset": "TLS ClientHello for {sni} ({frames}) answered by a RST instead "
                              "of a ServerHello",
         "throttled.rate_cap": "received stream {ssrc} lost {loss} while its one-way delay "
@@ -347,6 +359,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "l'explique",
         "unknown.syn": "{syn_sent} SYN vers {endpoint} jamais répondus ; rien ne montre que "
                        "ce service répondait : un hôte éteint ou un port filtré l'explique",
+        "unknown.capture_loss": "aucune réponse à {host} dans la capture, mais la capture a "
+                                "manqué {missed} des octets TCP dont {host} a accusé "
+                                "réception : les réponses ont pu passer sans y figurer",
         "blocked.tls_reset": "ClientHello TLS pour {sni} ({frames}) répondu par un RST au lieu "
                              "d'un ServerHello",
         "throttled.rate_cap": "le flux reçu {ssrc} a perdu {loss} pendant que son délai "
@@ -382,6 +397,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "لا شيء يبين أن الخدمة كانت تعمل: منفذ مغلق يفسر ذلك",
         "unknown.syn": "لم يرد على {syn_sent} SYN إلى {endpoint}؛ لا شيء يبين أن الخدمة "
                        "كانت تعمل: مضيف مطفأ أو منفذ مفلتر يفسر ذلك",
+        "unknown.capture_loss": "لا رد على {host} في التسجيل، لكن التسجيل فاته {missed} من "
+                                "بايتات TCP التي أكد {host} استلامها: ربما مرت الردود دون "
+                                "أن تسجل",
         "blocked.tls_reset": "رد على TLS ClientHello لـ {sni} ({frames}) بـ RST بدل "
                              "ServerHello",
         "throttled.rate_cap": "فقد التيار المستقبل {ssrc} نسبة {loss} بينما ارتفع تأخيره "
@@ -491,6 +509,8 @@ def _fmt_figures(ev: Evidence, flows: Mapping[str, FlowRecord], loc: _Locale,
         out.setdefault("hosts", ", ".join(sorted({f.resp_h for f in fl})))
     if isinstance(fig.get("loss_ratio"), int | float):
         out["loss"] = loc.pct(float(fig["loss_ratio"]))
+    if isinstance(fig.get("missed_share"), int | float):
+        out["missed"] = loc.pct(float(fig["missed_share"]))
     if isinstance(fig.get("mean_jitter_s"), int | float):
         out["jitter_ms"] = loc.num(float(fig["mean_jitter_s"]) * 1000, 0)
     if isinstance(fig.get("duration_s"), int | float):
@@ -543,6 +563,11 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
                         "sip-unanswered"}
     if blocking and any(f.orig_pkts and f.resp_pkts for f in result.flows):
         out.append(loc.t("benign.other_traffic"))
+    if (blocking or kinds & {"rate-capped", "delayed-throttle"}) and call.local is not None:
+        got = HostTraffic(result.flows).received(call.local)
+        if got.seen_bytes + got.missed_bytes:
+            out.append(loc.t("benign.capture_whole", host=call.local, missed=loc.pct(got.share),
+                             max=loc.pct(pol.blocked.max_capture_loss)))
     if "sip-unanswered" in kinds:
         out.append(loc.t("benign.waited", s=loc.num(pol.blocked.sip_min_wait_s, 0)))
     if "syn-unanswered" in kinds:

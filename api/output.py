@@ -56,8 +56,8 @@ CONN_CSV_FIELDS = (
     "uid", "proto", "ip_version", "orig_h", "orig_p", "resp_h", "resp_p", "first_ts",
     "last_ts", "duration_s", "orig_pkts", "orig_bytes", "orig_wire_bytes", "resp_pkts",
     "resp_bytes", "resp_wire_bytes", "conn_state", "orig_retrans", "resp_retrans",
-    "first_frame", "last_frame", "end_reason", "vlan", "tunnel", "icmp", "weirds",
-    "rtp_streams", "orig_l2_addr", "resp_l2_addr")
+    "orig_missed_bytes", "resp_missed_bytes", "first_frame", "last_frame", "end_reason",
+    "vlan", "tunnel", "icmp", "weirds", "rtp_streams", "orig_l2_addr", "resp_l2_addr")
 """``marsad flows --csv``: the flow record's conn.log columns
 (:meth:`~probe.records.FlowRecord.conn_dict`), in its order."""
 
@@ -259,12 +259,14 @@ class ZeekConnWriter:
     there is none), one row per :meth:`write`, ``#close`` on :meth:`close`.
 
     Columns marsad cannot fill are unset (``-``), as Zeek leaves them when it lacks the
-    data: ``local_orig``/``local_resp`` (no ``Site::local_nets``), ``missed_bytes``
-    (no stream reassembly), ``orig_ip_bytes``/``resp_ip_bytes`` (the probe counts frame
-    bytes, not IP bytes), ``tunnel_parents`` (the outer connection is not a flow of its
+    data: ``local_orig``/``local_resp`` (no ``Site::local_nets``),
+    ``orig_ip_bytes``/``resp_ip_bytes`` (the probe counts frame bytes, not IP bytes),
+    ``tunnel_parents`` (the outer connection is not a flow of its
     own), ``service`` without a recognised protocol, and ``history`` where
     :func:`zeek_history` has no data. As Zeek does, ``duration``, ``orig_bytes`` and
-    ``resp_bytes`` are unset for a connection of zero duration.
+    ``resp_bytes`` are unset for a connection of zero duration. ``missed_bytes`` is the sum
+    of the record's two ``*_missed_bytes``: bytes acknowledged that the capture never
+    showed (Zeek counts the gaps its reassembly meets; both say the capture lost data).
     """
 
     def __init__(self, out: TextIO, *, clock: Callable[[], float] = time.time) -> None:
@@ -300,7 +302,8 @@ class ZeekConnWriter:
             str(row["orig_bytes"]) if has_span else _UNSET,
             str(row["resp_bytes"]) if has_span else _UNSET,
             _zeek_escape(str(row["conn_state"])) if row["conn_state"] else _UNSET,
-            _UNSET, _UNSET, _UNSET,
+            _UNSET, _UNSET,
+            str(int(row.get("orig_missed_bytes", 0)) + int(row.get("resp_missed_bytes", 0))),
             _UNSET if history is None else (_zeek_escape(history) if history else _EMPTY),
             str(row["orig_pkts"]), _UNSET, str(row["resp_pkts"]), _UNSET, _UNSET)
         self._out.write("\t".join(cells))

@@ -266,14 +266,14 @@ def _batch(lt: int, packets: list[bytes]) -> RawBatch:
                     np.arange(n, dtype=np.int64) * 1_000_000, np.full(n, lt, dtype=np.int32), 1)
 
 
-_FIELDS = ("ipver", "proto", "sport", "dport", "flags", "seq", "pay_off", "pay_len", "pay_cap",
-           "vlan")
+_FIELDS = ("ipver", "proto", "sport", "dport", "flags", "seq", "ack", "pay_off", "pay_len",
+           "pay_cap", "vlan")
 
 
 def _decoded_ok(b: RawBatch, d: Decoded) -> None:
     n = len(b)
     for name in ("kind", "ipver", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport",
-                 "dport", "flags", "seq", "pay_off", "pay_len", "pay_cap", "vlan", "zone",
+                 "dport", "flags", "seq", "ack", "pay_off", "pay_len", "pay_cap", "vlan", "zone",
                  "tunnel"):
         _check(len(getattr(d, name)) == n, f"column {name} has {len(getattr(d, name))} of {n}")
     flow = np.flatnonzero(d.kind == KIND_FLOW)

@@ -358,7 +358,7 @@ def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classifica
     pol = policy or load_policy()
     cls = {c.uid: c for c in classes}
     ctx = RuleContext(pol, cls, *vantage(flows, cls), answered_services(flows),
-                      syn_tries=service_tries(flows))
+                      HostTraffic(flows), service_tries(flows))
     out: dict[str, Verdict] = {}
     for f in judge:
         if not _own_rules_apply(f):

@@ -34,12 +34,12 @@ from probe.addresses import (
 )
 from probe.records import FlowRecord, TcpFlag
 
-__all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CongestedPath",
-           "DegradedPolicy", "Policy", "QualityPolicy", "ReachabilityPolicy", "ReplayPolicy",
-           "RuleContext", "ServiceTries", "SipOutcome", "SynTries", "ThrottledPolicy",
-           "answered_services", "call_rules", "congested_paths", "explained_by_congestion",
-           "explained_by_shaper", "flow_rules", "icmp_prohibited", "load_policy",
-           "service_tries", "sip_outcome", "verdict_from"]
+__all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CaptureLoss",
+           "CongestedPath", "DegradedPolicy", "HostTraffic", "Policy", "QualityPolicy",
+           "ReachabilityPolicy", "ReplayPolicy", "RuleContext", "ServiceTries", "SipOutcome",
+           "SynTries", "ThrottledPolicy", "answered_services", "call_rules", "congested_paths",
+           "explained_by_congestion", "explained_by_shaper", "flow_rules", "icmp_prohibited",
+           "load_policy", "service_tries", "sip_outcome", "unseen_answers", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 FRAGMENTATION_NEEDED = 4
@@ -92,6 +92,10 @@ class BlockedPolicy:
     """Packets of outgoing media with nothing back."""
     require_other_traffic: bool = _threshold("yes/no")
     """Call silence a block only when other flows of the capture got answers."""
+    max_capture_loss: float = _threshold("ratio", high=1.0)
+    """Silence toward a host is a block only while the capture missed at most this share
+    of the TCP bytes that host acknowledged receiving (:meth:`HostTraffic.received`):
+    beyond it, the answers may have gone by unseen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +309,27 @@ class RuleContext:
     together (:func:`service_tries`); None: each flow's own SYNs alone."""
 
 
+@dataclass(frozen=True, slots=True)
+class CaptureLoss:
+    """Of the TCP payload a host acknowledged receiving, what the capture showed and what
+    it missed (:attr:`FlowRecord.orig_missed_bytes`): packets the capture lost, or a tap
+    that records one direction only."""
+
+    host: str
+    seen_bytes: int
+    missed_bytes: int
+
+    @property
+    def share(self) -> float:
+        """The share of the acknowledged bytes the capture missed (0 when there were none)."""
+        total = self.seen_bytes + self.missed_bytes
+        return self.missed_bytes / total if total else 0.0
+
+    def figures(self) -> dict[str, Any]:
+        return {"host": self.host, "tcp_bytes_seen": self.seen_bytes,
+                "tcp_bytes_missed": self.missed_bytes, "missed_share": round(self.share, 4)}
+
+
 class HostTraffic:
     """What a set of flows' TCP flows carried to and from each host, second by second
     (their per-second rate series), indexed on first use."""
@@ -321,14 +346,8 @@ class HostTraffic:
         that filled with them dropped some), other than those of ``skip`` (uids), carried
         to ``host`` (``inbound``) or from it, in the seconds from ``first_s`` to
         ``last_s``."""
-        if self._by_host is None:
-            self._by_host = {}
-            for f in self._flows:
-                if f.proto == "tcp" and len(f.rate):
-                    self._by_host.setdefault(f.orig_h, []).append((f, True))
-                    self._by_host.setdefault(f.resp_h, []).append((f, False))
         total = 0
-        for f, is_orig in self._by_host.get(host, ()):
+        for f, is_orig in self._flows_of(host):
             if f.uid in skip:
                 continue
             sender_is_orig = is_orig != inbound  # bytes to the host come from the other end
@@ -339,6 +358,49 @@ class HostTraffic:
             when = (rate[:, 0] >= first_s) & (rate[:, 0] <= last_s)
             total += int(rate[when, col].sum())
         return total
+
+    def received(self, host: str) -> CaptureLoss:
+        """The TCP payload sent to ``host`` that the capture showed, and what ``host``
+        acknowledged beyond it (RFC 9293 §3.4: an acknowledgement says the bytes before it
+        arrived), over all its TCP flows."""
+        seen = missed = 0
+        for f, is_orig in self._flows_of(host):
+            seen += f.resp_bytes if is_orig else f.orig_bytes
+            missed += f.resp_missed_bytes if is_orig else f.orig_missed_bytes
+        return CaptureLoss(host, seen, missed)
+
+    def _flows_of(self, host: str) -> list[tuple[FlowRecord, bool]]:
+        """The TCP flows with ``host`` at one end, each with whether it is the originator."""
+        if self._by_host is None:
+            self._by_host = {}
+            for f in self._flows:
+                if f.proto == "tcp" and len(f.rate):
+                    self._by_host.setdefault(f.orig_h, []).append((f, True))
+                    self._by_host.setdefault(f.resp_h, []).append((f, False))
+        return self._by_host.get(host, [])
+
+
+def unseen_answers(host: str | None, ctx: RuleContext) -> CaptureLoss | None:
+    """What the capture missed of what ``host`` received, when it is more than
+    ``blocked.max_capture_loss``: silence toward ``host`` then proves nothing (the
+    answers may be among what the capture lost). None when within bounds or unknown."""
+    if host is None or ctx.traffic is None:
+        return None
+    got = ctx.traffic.received(host)
+    if got.missed_bytes and got.share > ctx.policy.blocked.max_capture_loss:
+        return got
+    return None
+
+
+def _unseen(ev: Evidence, lost: CaptureLoss) -> Evidence:
+    """``ev``, a block read from silence, made ``unknown.capture_loss``: the capture
+    missed too much of what its host received for the silence to mean anything."""
+    return Evidence("unknown.capture_loss", ev.reason, ev.flow_uids, ev.frames,
+                    ev.first_ts, ev.last_ts, {**ev.figures, **lost.figures()},
+                    f"{ev.text}; but the capture missed {lost.share:.0%} of the TCP bytes "
+                    f"{lost.host} acknowledged receiving ({lost.missed_bytes} of "
+                    f"{lost.seen_bytes + lost.missed_bytes}): the answers may have gone by "
+                    "unseen (capture loss, or a tap that records one direction)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,12 +636,14 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
         rule = "blocked.syn" if service_up else "unknown.syn"
         n_conn = len(tries.frames)
         over = "" if n_conn == 1 else f" over {n_conn} connections"
-        out.append(_ev(rule, Reason.SYN_UNANSWERED, [flow], list(tries.frames[:16]),
-                       {"syn_sent": tries.syns, "connections": n_conn,
-                        "resend_s": round(tries.last_ts - tries.first_ts, 3), "answers": 0},
-                       f"{tries.syns} SYN(s) to {flow.resp_h}:{flow.resp_p}{over}, sent again"
-                       f" for {tries.last_ts - tries.first_ts:.1f} s, never answered while"
-                       f" other connections were{why}"))
+        ev = _ev(rule, Reason.SYN_UNANSWERED, [flow], list(tries.frames[:16]),
+                 {"syn_sent": tries.syns, "connections": n_conn,
+                  "resend_s": round(tries.last_ts - tries.first_ts, 3), "answers": 0},
+                 f"{tries.syns} SYN(s) to {flow.resp_h}:{flow.resp_p}{over}, sent again"
+                 f" for {tries.last_ts - tries.first_ts:.1f} s, never answered while"
+                 f" other connections were{why}")
+        lost = unseen_answers(flow.orig_h, ctx) if service_up else None
+        out.append(ev if lost is None else _unseen(ev, lost))
     f = ctx.classes[flow.uid].facts
     # A client that sent its own FIN had given up before any reset: a client whose
     # handshake was cut by a RST has no connection left to close. (Through a shaper's
@@ -633,10 +697,13 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None
     if req >= pol.blocked.stun_min_requests and ans == 0 and resent and (
             ctx.others_answered or not pol.blocked.require_other_traffic):
         frames = [p.frame for f in stun_flows for p in f.payloads if p.direction == 0][:16]
-        return _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,
-                   {"stun_requests": req, "stun_responses": ans},
-                   f"{req} STUN requests to {', '.join(sorted({f.resp_h for f in stun_flows}))}"
-                   f" got no response while other traffic was answered")
+        ev = _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,
+                 {"stun_requests": req, "stun_responses": ans},
+                 f"{req} STUN requests to {', '.join(sorted({f.resp_h for f in stun_flows}))}"
+                 f" got no response while other traffic was answered")
+        lost = next((x for h in sorted({f.orig_h for f in stun_flows})
+                     if (x := unseen_answers(h, ctx)) is not None), None)
+        return ev if lost is None else _unseen(ev, lost)
     return None
 
 
@@ -677,12 +744,14 @@ def call_rules(call: CallCase, ctx: RuleContext,
             # only (a one-sided tap, asymmetric routing): the responses may have gone by
             # unseen (as for STUN, blocked.require_other_traffic).
             two_way = ctx.others_answered or not pol.blocked.require_other_traffic
-            out.append(_ev("blocked.sip" if two_way else "unknown.sip", sip.reason, flows,
-                           sip.frames, figures,
-                           f"{sip.invites} SIP INVITE(s) got no response at all in "
-                           f"{sip.waited_s:.0f} s, not even 100 Trying"
-                           + ("" if two_way else "; nothing in this capture was answered "
-                              "both ways: it may hold one direction only")))
+            sip_ev = _ev("blocked.sip" if two_way else "unknown.sip", sip.reason, flows,
+                         sip.frames, figures,
+                         f"{sip.invites} SIP INVITE(s) got no response at all in "
+                         f"{sip.waited_s:.0f} s, not even 100 Trying"
+                         + ("" if two_way else "; nothing in this capture was answered "
+                            "both ways: it may hold one direction only"))
+            lost = unseen_answers(local, ctx) if two_way else None
+            out.append(sip_ev if lost is None else _unseen(sip_ev, lost))
         else:
             rule = ("failed.sip_rejected" if sip.reason is Reason.SIP_REJECTED
                     else "failed.sip_no_answer")
@@ -708,12 +777,14 @@ def call_rules(call: CallCase, ctx: RuleContext,
                 f.duration_s >= pol.blocked.media_no_return_min_s and \
                 classes[f.uid].facts.protocol not in ("rtcp",) and (
                     ctx.others_answered or not pol.blocked.require_other_traffic):
-            out.append(_ev("blocked.media_no_return", Reason.MEDIA_NO_RETURN, [f],
-                           [f.first_frame, f.last_frame],
-                           {"sent_pkts": sent, "received_pkts": 0,
-                            "duration_s": round(f.duration_s, 3)},
-                           f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
-                           f"{f.duration_s:.1f} s, none came back"))
+            ev = _ev("blocked.media_no_return", Reason.MEDIA_NO_RETURN, [f],
+                     [f.first_frame, f.last_frame],
+                     {"sent_pkts": sent, "received_pkts": 0,
+                      "duration_s": round(f.duration_s, 3)},
+                     f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
+                     f"{f.duration_s:.1f} s, none came back")
+            lost = unseen_answers(f.orig_h if out_local else f.resp_h, ctx)
+            out.append(ev if lost is None else _unseen(ev, lost))
     # Shaping and quality, on every stream whose loss and delay this capture can see:
     # those the local side received, and those it sent that arrived here with sequence
     # gaps or a delay build-up — the capture then lies past the network they crossed
@@ -764,6 +835,18 @@ def call_rules(call: CallCase, ctx: RuleContext,
                            f"{busy['other_bytes']} bytes meanwhile against the stream's "
                            f"{busy['stream_bytes']}: a queue that traffic fills too (a busy "
                            "link), not shown to be a rate cap"))
+            continue
+        # Sequence numbers missing where the capture itself lost packets (its host
+        # acknowledged TCP data it never showed) may be the capture's loss, not the path's.
+        lost = unseen_answers(receiver, ctx) if shaped else None
+        if lost is not None:
+            fig.update(lost.figures())
+            out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
+                           f"{what} lost {leg.loss_ratio:.1%} while its one-way delay rose "
+                           f"{rise:.0f} ms and levelled off, but the capture itself missed "
+                           f"{lost.share:.0%} of the TCP bytes {receiver} acknowledged "
+                           "receiving: the loss may be the capture's, not shown to be a "
+                           "rate cap"))
             continue
         if shaped:
             delayed = _delayed_start(leg, start, pol)

@@ -62,6 +62,8 @@ class Decoded:
     dport: I64
     flags: npt.NDArray[np.uint8]
     seq: I64
+    ack: I64
+    """TCP acknowledgement number (0 for other protocols)."""
     pay_off: I64
     pay_len: I64
     pay_cap: I64
@@ -234,6 +236,7 @@ class Decoder:
         dport = np.zeros(n, dtype=np.int64)
         flags = np.zeros(n, dtype=np.int64)
         seq = np.zeros(n, dtype=np.int64)
+        ack = np.zeros(n, dtype=np.int64)
         hdr = np.zeros(n, dtype=np.int64)
         fast = np.zeros(n, dtype=bool)
         ip = ipver > 0
@@ -248,6 +251,7 @@ class Decoder:
             sport[g] = _be16(arr, Lg)
             dport[g] = _be16(arr, Lg + 2)
             seq[g] = _be32(arr, Lg + 4)
+            ack[g] = _be32(arr, Lg + 8)
             flags[g] = _u8(arr, Lg + 13)
             hdr[g] = thl[good]
             fast[g] = True
@@ -287,7 +291,7 @@ class Decoder:
         tunnel = np.full(n, TUNNEL_NONE, dtype=np.uint8)
 
         cols = Decoded(kind, ipver, src_hi, src_lo, dst_hi, dst_lo, proto.astype(np.uint8),
-                       sport, dport, flags.astype(np.uint8), seq, pay_off, pay_len, pay_cap,
+                       sport, dport, flags.astype(np.uint8), seq, ack, pay_off, pay_len, pay_cap,
                        vlan, zone, tunnel, [], [], 0)
         slow_idx = np.flatnonzero(slow)
         cols.slow = len(slow_idx)
@@ -322,6 +326,7 @@ class Decoder:
             cols.dport[i] = info.dport
             cols.flags[i] = info.flags
             cols.seq[i] = info.seq
+            cols.ack[i] = info.ack
             cols.pay_off[i] = info.pay_off
             cols.pay_len[i] = info.pay_len
             cols.pay_cap[i] = info.pay_cap

@@ -112,6 +112,8 @@ class PacketInfo(NamedTuple):
     quote: IcmpQuote | None
     frag_key: tuple[int, int, int, int, int] | None = None
     """Set on a non-first fragment whose first fragment was not seen yet."""
+    ack: int = 0
+    """TCP acknowledgement number (0 for other protocols and where the header was cut)."""
 
 
 class _Ctx:
@@ -395,7 +397,7 @@ class SlowDecoder:
             dport = cur.u16()
             try:
                 seq = cur.u32()
-                cur.skip(4)
+                ack = cur.u32()
                 thl = (cur.u8() >> 4) * 4
                 flags = cur.u8()
             except Truncated as exc:
@@ -405,11 +407,11 @@ class SlowDecoder:
             if thl < 20 or thl > ip_pay:
                 ctx.weird = WeirdInfo("tcp", start + 12 - ctx.base, "bad-data-offset")
                 return PacketInfo(ver, src, dst, 6, sport, dport, flags, seq, cur.end, 0, 0,
-                                  ctx.vlan, ctx.zone, ctx.tunnel, None)
+                                  ctx.vlan, ctx.zone, ctx.tunnel, None, ack=ack)
             pay_off = start + thl
             return PacketInfo(ver, src, dst, 6, sport, dport, flags, seq, pay_off, ip_pay - thl,
                               max(min(cur.end - pay_off, ip_pay - thl), 0), ctx.vlan, ctx.zone,
-                              ctx.tunnel, None)
+                              ctx.tunnel, None, ack=ack)
         if proto == 17:
             cur.layer = "udp"
             start = cur.pos

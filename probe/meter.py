@@ -239,6 +239,11 @@ class _Log:
                    for c, d in zip(self.chunks, self.dead, strict=True))
 
 
+_UNSET_IS_MINUS_ONE = frozenset({"seq_base", "ack_base", "fid"})
+"""Table columns whose empty value is -1 (a sequence or acknowledgement number not seen yet,
+a free slot), not 0."""
+
+
 @dataclass(slots=True)
 class _Table:
     """Structure-of-arrays flow table; row = slot."""
@@ -258,6 +263,8 @@ class _Table:
     retrans: I64 = field(init=False)
     seq_base: I64 = field(init=False)
     seq_max: I64 = field(init=False)
+    ack_base: I64 = field(init=False)
+    ack_max: I64 = field(init=False)
     n_pay: I64 = field(init=False)
     n_timing: I64 = field(init=False)
     n_rtp: I64 = field(init=False)
@@ -282,6 +289,8 @@ class _Table:
         self.retrans = np.zeros((c, 2), dtype=np.int64)
         self.seq_base = np.full((c, 2), -1, dtype=np.int64)
         self.seq_max = np.zeros((c, 2), dtype=np.int64)
+        self.ack_base = np.full((c, 2), -1, dtype=np.int64)
+        self.ack_max = np.zeros((c, 2), dtype=np.int64)
         self.n_pay = np.zeros((c, 2), dtype=np.int64)
         self.n_timing = np.zeros(c, dtype=np.int64)
         self.n_rtp = np.zeros(c, dtype=np.int64)
@@ -298,7 +307,7 @@ class _Table:
             old = getattr(self, name)
             shape = (new, *old.shape[1:])
             arr = np.zeros(shape, dtype=old.dtype)
-            if name in ("seq_base", "fid"):
+            if name in _UNSET_IS_MINUS_ONE:
                 arr[:] = -1
             arr[: self.cap] = old
             setattr(self, name, arr)
@@ -309,7 +318,7 @@ class _Table:
             if name == "cap":
                 continue
             arr = getattr(self, name)
-            arr[slots] = -1 if name in ("seq_base", "fid") else 0
+            arr[slots] = -1 if name in _UNSET_IS_MINUS_ONE else 0
 
 
 @functools.lru_cache(maxsize=65536)
@@ -584,6 +593,9 @@ class FlowMeter:
         tcp_data = (proto_s == 6) & (pay_s > 0)
         if tcp_data.any():
             self._retrans(np.flatnonzero(tcp_data), p, seg_s, seg_slot, side_s, pay_s)
+        tcp_ack = (proto_s == 6) & ((flags_s & TcpFlag.ACK) != 0)
+        if tcp_ack.any():
+            self._acks(np.flatnonzero(tcp_ack), p, seg_s, seg_slot, side_s)
         # Timing series: the first packets of each flow.
         rank = np.arange(n, dtype=np.int64) - spos[seg_s]
         keep = rank + t.n_timing[slot_s] < cfg.timing_packets
@@ -743,6 +755,47 @@ class FlowMeter:
         t.seq_max[slot[lastpos], side[lastpos]] = np.maximum(cm[lastpos] - offset[lastpos],
                                                              carried[lastpos])
 
+    def _acks(self, sel: I64, p: Prepared, seg_s: I64, seg_slot: I64, side_s: I64) -> None:
+        """The furthest each side acknowledged: its first acknowledgement number, and how
+        far past it the others went (RFC 9293 §3.4, modulo 2**32; one that went back, a
+        reordered segment, counts as none)."""
+        t = self._t
+        ss = seg_s[sel] * 2 + side_s[sel]
+        o = np.argsort(ss, kind="stable")
+        sel = sel[o]
+        ss = ss[o]
+        slot = seg_slot[seg_s[sel]]
+        side = side_s[sel]
+        ack = p.ack[sel]
+        firsts = seg_rank(ss) == 0
+        unknown = firsts & (t.ack_base[slot, side] < 0)
+        t.ack_base[slot[unknown], side[unknown]] = ack[unknown]
+        rel = (ack - t.ack_base[slot, side]) & 0xFFFFFFFF
+        rel[rel >= 1 << 31] = 0
+        starts = np.flatnonzero(firsts)
+        top = np.maximum.reduceat(rel, starts)
+        gs, gd = slot[starts], side[starts]
+        t.ack_max[gs, gd] = np.maximum(t.ack_max[gs, gd], top)
+
+    def _missed(self, slots: I64) -> I64:
+        """Per flow and side, payload bytes that side sent which the capture never showed
+        though the other side acknowledged them (Zeek's ``missed_bytes``, by direction):
+        the capture lost them, or sees one direction only. A lower bound: of what the other
+        side acknowledged while the capture watched, less the bytes seen (resent ones
+        included) and a FIN; or, where this side's data was seen, what was acknowledged
+        past its first seen byte less the bytes seen from there."""
+        t = self._t
+        base, top = t.ack_base[slots][:, ::-1], t.ack_max[slots][:, ::-1]  # the other side's
+        pay = t.pay[slots]
+        seen = base >= 0
+        span = np.where(seen, top - pay - 1, 0)
+        sbase = t.seq_base[slots]
+        acked = (base + top - sbase) & 0xFFFFFFFF
+        past = np.where(seen & (sbase >= 0) & (acked < 1 << 31),
+                        acked - np.minimum(pay, t.seq_max[slots]) - 1, 0)
+        out: I64 = np.maximum(np.maximum(span, past), 0)
+        return out
+
     def _attach_icmp(self, frame: int, ts: int, q: IcmpQuote) -> None:
         five, _ = key_row((*split_addr(q.src, q.ipver), q.sport),
                           (*split_addr(q.dst, q.ipver), q.dport), q.proto)
@@ -847,7 +900,8 @@ class FlowMeter:
             first_ns=t.first_ns[slots], last_ns=t.last_ns[slots],
             first_frame=t.first_frame[slots], last_frame=t.last_frame[slots],
             pkts=t.pkts[slots], pay=t.pay[slots], wire=t.wire[slots], flags=t.flags[slots],
-            retrans=t.retrans[slots], tunnel=t.tunnel[slots], l2=t.l2[slots], n_rtp=n_rtp,
+            retrans=t.retrans[slots], missed=self._missed(slots), tunnel=t.tunnel[slots],
+            l2=t.l2[slots], n_rtp=n_rtp,
             tim_ts=tim["ts"], tim_len=tim["len"], tim_dir=tim["side"], tim_flags=tim["flags"],
             tim_a=tim_a, tim_z=tim_z, rate=rate_rows,
             rate_a=np.searchsorted(rate_fid, fids, side="left"),
@@ -944,6 +998,9 @@ class Ended:
     wire: I64
     flags: I64
     retrans: I64
+    missed: I64
+    """Per flow and side, the bytes that side sent which the capture missed
+    (:meth:`FlowMeter._missed`)."""
     tunnel: npt.NDArray[np.uint8]
     l2: U64
     n_rtp: I64
@@ -1065,6 +1122,7 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     plain = e.plain()
     (_, _, _, _, _, _, _, first_ns, last_ns, first_fr, last_fr, pkts, pay, wire, flags, retr,
      tunnels, _, _, l2) = plain
+    missed = e.missed.tolist()
     reasons = e.reasons
     tim = NO_TIMING  # a light record's timing series: the shared empty ones
     if not light:
@@ -1099,13 +1157,13 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             off = p_off[pa:pz]
             payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz], pc.direction[pa:pz],
                                       off, off if light else pc.length[pa:pz])
-        n_pk, n_pay, n_wire, fl, rt = pkts[j], pay[j], wire[j], flags[j], retr[j]
+        n_pk, n_pay, n_wire, fl, rt, ms = pkts[j], pay[j], wire[j], flags[j], retr[j], missed[j]
         out.append(new_record(  # FlowRecord's fields, in order
             uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,
             n_pk[o], n_pay[o], n_wire[o], n_pk[r], n_pay[r], n_wire[r], fl[o], fl[r], rt[o],
             rt[r], first_fr[j], last_fr[j], reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]),
-            l2[j][o], l2[j][r], () if ic is None else tuple(ic), weirds, payloads, *tim, rr,
-            rtp_series, rtp_streams))
+            l2[j][o], l2[j][r], ms[o], ms[r], () if ic is None else tuple(ic), weirds,
+            payloads, *tim, rr, rtp_series, rtp_streams))
     return out
 
 
@@ -1116,6 +1174,7 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
     plain = e.plain()
     (_, _, _, _, _, _, _, first_ns, last_ns, first_fr, last_fr, pkts, pay, wire, flags, retr,
      tunnels, _, _, l2) = plain
+    missed = e.missed.tolist()
     reasons = e.reasons
     out = []
     for j, ident, (_, streams), ic, w in _each_flow(e, plain):
@@ -1125,7 +1184,8 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
             pkts[j][o], pay[j][o], wire[j][o], pkts[j][r], pay[j][r], wire[j][r],
             flags[j][o], flags[j][r], retr[j][o], retr[j][r], first_fr[j], last_fr[j],
             reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]), () if ic is None else ic,
-            0 if w is None else len(w), len(streams), l2[j][o], l2[j][r]))
+            0 if w is None else len(w), len(streams), l2[j][o], l2[j][r], missed[j][o],
+            missed[j][r]))
     return out
 
 

@@ -76,6 +76,8 @@ class Prepared:
     side: I64
     """0 if the packet was sent by endpoint ``a`` of the key (the lower one)."""
     seq: I64
+    ack: I64
+    """TCP acknowledgement number (0 for other protocols)."""
     pay_len: I64
     wire: I64
     ipver: npt.NDArray[np.uint8]
@@ -407,7 +409,7 @@ def prepare(b: RawBatch, cols: Decoded, idle_ns: I64, payload_samples: int,
         weird_sorted=weird_sorted, clock_steps=n_clock,
         icmp=[(b.frame0 + i, int(ts_list[i]), q) for i, q in cols.icmp],
         frame=b.frame0 + pidx, ts=ts_s, proto=proto_s, flags=flags_s, side=side_s,
-        seq=cols.seq[pidx], pay_len=pay_s, wire=b.wirelen[pidx],
+        seq=cols.seq[pidx], ack=cols.ack[pidx], pay_len=pay_s, wire=b.wirelen[pidx],
         ipver=cols.ipver[pidx], tunnel=cols.tunnel[pidx], group=g_s, gpos=gpos,
         gkeys=np.ascontiguousarray(keys[first]) if n else np.zeros((0, KEY_WIDTH), np.uint64),
         gl2=group_l2(b, pidx[gpos], side_s[gpos]),

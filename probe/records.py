@@ -361,6 +361,14 @@ class FlowRecord:
     (Zeek's ``orig_l2_addr``); None when the link layer has none or does not say."""
     resp_l2_addr: str | None = None
     """Link-layer address of the responder's side in the flow's first packet."""
+    orig_missed_bytes: int = 0
+    """TCP payload bytes the originator sent that the capture never showed, though the
+    responder acknowledged them (Zeek's ``missed_bytes``, this direction's share): lost by
+    the capture, or a tap that sees one direction only. A lower bound; 0 for other
+    protocols."""
+    resp_missed_bytes: int = 0
+    """TCP payload bytes the responder sent that the capture never showed, though the
+    originator acknowledged them."""
     icmp: tuple[IcmpNotice, ...] = ()
     """ICMP errors that quoted this flow's packets."""
     weirds: tuple[Weird, ...] = ()
@@ -427,7 +435,7 @@ class FlowRecord:
             self.orig_flags, self.resp_flags, self.orig_retrans, self.resp_retrans,
             self.first_frame, self.last_frame, self.end_reason, self.vlan, self.tunnel,
             self.icmp, len(self.weirds), len(self.rtp_streams), self.orig_l2_addr,
-            self.resp_l2_addr)
+            self.resp_l2_addr, self.orig_missed_bytes, self.resp_missed_bytes)
 
 
 def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, resp_h: str,
@@ -437,7 +445,8 @@ def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, re
              first_frame: int, last_frame: int, end_reason: str, vlan: int | None,
              tunnel: str | None, icmp: Sequence[IcmpNotice], weirds: int,
              rtp_streams: int, orig_l2_addr: str | None = None,
-             resp_l2_addr: str | None = None) -> dict[str, Any]:
+             resp_l2_addr: str | None = None, orig_missed_bytes: int = 0,
+             resp_missed_bytes: int = 0) -> dict[str, Any]:
     """A flow's conn.log row (what ``marsad flows`` prints), from its
     :class:`FlowRecord` fields; ``weirds`` and ``rtp_streams`` are counts. The one place
     the row's keys, order and rounding are written: a record's :meth:`FlowRecord.conn_dict`
@@ -451,6 +460,7 @@ def conn_row(uid: str, proto: str, ip_version: int, orig_h: str, orig_p: int, re
         "resp_pkts": resp_pkts, "resp_bytes": resp_bytes, "resp_wire_bytes": resp_wire_bytes,
         "conn_state": conn_state(proto, orig_flags, resp_flags, resp_pkts, resp_bytes),
         "orig_retrans": orig_retrans, "resp_retrans": resp_retrans,
+        "orig_missed_bytes": orig_missed_bytes, "resp_missed_bytes": resp_missed_bytes,
         "first_frame": first_frame, "last_frame": last_frame, "end_reason": end_reason,
         "vlan": vlan, "tunnel": tunnel, "icmp": [n.to_dict() for n in icmp],
         "weirds": weirds, "rtp_streams": rtp_streams,

@@ -11,6 +11,11 @@ the calls found may not fall below today's floors.
   one link-layer address per frame, a direction field;
 - ``outbound-only``: only the frames the capturing host sent, as a tap that records
   one direction;
+- ``inbound-only``: only the frames it received (and its LAN's broadcasts), the other
+  direction;
+- ``return-path-elsewhere``: none of the frames it received from the internet, all the
+  rest: a tap past which the return path does not run (asymmetric routing) sees the
+  host's exchanges with its own network both ways, and its internet traffic one way;
 - ``started-mid-call``: the second half of the frames only, as when the capture was
   started once the call was going: no DNS lookup, TLS handshake or media set-up of the
   call is left to name it.
@@ -43,6 +48,12 @@ MIN_FOUND = 17
 MAX_SPURIOUS = 2
 NO_CALL_RIGHT = 13
 """Of the 13 captures where no call was answered: none with an "ok" call that has media."""
+ONE_SIDED_FLOORS = {"inbound-only": (9, 10)}
+"""(calls found, most spurious calls) where the capture holds only what the host received:
+a call whose far end sent nothing (a muted peer, a meeting the host joined alone) leaves
+no media to find, and its signalling makes a call with no media, which the scorer counts
+as spurious. The floors keep what one side shows found; no blocked or throttled call
+either way."""
 
 Frame = tuple[float, bytes]
 
@@ -61,18 +72,27 @@ def _write(path: Path, linktype: int, frames: list[Frame]) -> None:
 
 
 def _host_mac(frames: list[Frame]) -> bytes:
-    """The capturing host's link-layer address: the sender whose frames went to the most
-    IP addresses (the router's go to the host's few)."""
-    dests: defaultdict[bytes, set[bytes]] = defaultdict(set)
+    """The capturing host's link-layer address. Nearly every frame goes between the host
+    and its router, so both are the busiest; the router forwards from every server
+    (many source addresses), the host sends from its own few (IPv4, IPv6 and temporary
+    IPv6 addresses)."""
+    frames_of: defaultdict[bytes, int] = defaultdict(int)
+    sources: defaultdict[bytes, set[bytes]] = defaultdict(set)
     for _, buf in frames:
         if len(buf) < 34:
             continue
-        etype = buf[12:14]
+        etype, mac = buf[12:14], buf[6:12]
         if etype == b"\x08\x00":
-            dests[buf[6:12]].add(buf[30:34])
+            sources[mac].add(buf[26:30])
         elif etype == b"\x86\xdd" and len(buf) >= 54:
-            dests[buf[6:12]].add(buf[38:54])
-    return max(dests, key=lambda m: len(dests[m])) if dests else b""
+            sources[mac].add(buf[22:38])
+        else:
+            continue
+        frames_of[mac] += 1
+    if not frames_of:
+        return b""
+    busy = sorted(frames_of, key=lambda m: -frames_of[m])[:2]
+    return min(busy, key=lambda m: (len(sources[m]), -frames_of[m]))
 
 
 def _renumbered(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
@@ -148,6 +168,33 @@ def _outbound_only(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]
     return linktype, [fr for fr in frames if fr[1][6:12] == host]
 
 
+def _inbound_only(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
+    if linktype == COOKED:
+        return linktype, [fr for fr in frames if fr[1][:2] != b"\x00\x04"]
+    host = _host_mac(frames)
+    return linktype, [fr for fr in frames if fr[1][6:12] != host]
+
+
+def _return_path_elsewhere(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
+    """What the host received from the internet is gone; what it sent, and its traffic
+    with its own network both ways, are kept (asymmetric routing past a tap)."""
+    off = {ETHERNET: 14, COOKED: 16}.get(linktype)
+    if off is None:
+        return linktype, frames
+    host = b"" if linktype == COOKED else _host_mac(frames)
+
+    def from_internet(buf: bytes) -> bool:
+        incoming = buf[:2] != b"\x00\x04" if linktype == COOKED else buf[6:12] != host
+        version = buf[off] >> 4 if len(buf) > off else 0
+        if not incoming or version not in (4, 6) or len(buf) < off + (20 if version == 4
+                                                                         else 40):
+            return False
+        raw = buf[off + 12:off + 16] if version == 4 else buf[off + 8:off + 24]
+        return ipaddress.ip_address(raw).is_global
+
+    return linktype, [fr for fr in frames if not from_internet(fr[1])]
+
+
 def _started_mid_call(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
     return linktype, frames[len(frames) // 2:]
 
@@ -157,6 +204,8 @@ TRANSFORMS: dict[str, Callable[[int, list[Frame]], tuple[int, list[Frame]]]] = {
     "capture-loss": _capture_loss,
     "cooked": _cooked,
     "outbound-only": _outbound_only,
+    "inbound-only": _inbound_only,
+    "return-path-elsewhere": _return_path_elsewhere,
     "started-mid-call": _started_mid_call,
 }
 
@@ -186,6 +235,7 @@ def test_real_dev_calls_hold_when_the_capture_changes(tmp_path: Path, change: st
     headline = run.stdout.strip().splitlines()[-1]
     got = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)(?:/\d+)?", headline)}
     assert got["false_interference"] == 0, run.stdout
-    assert got["calls_found"] >= MIN_FOUND, run.stdout
-    assert got["spurious_calls"] <= MAX_SPURIOUS, run.stdout
+    min_found, max_spurious = ONE_SIDED_FLOORS.get(change, (MIN_FOUND, MAX_SPURIOUS))
+    assert got["calls_found"] >= min_found, run.stdout
+    assert got["spurious_calls"] <= max_spurious, run.stdout
     assert got["no_call_right"] >= NO_CALL_RIGHT, run.stdout

@@ -101,6 +101,27 @@ def test_evidence_sentences_are_translated_from_their_templates(lang: str) -> No
     assert set(EVIDENCE["en"]) == set(EVIDENCE["fr"]) == set(EVIDENCE["ar"])
 
 
+@pytest.mark.parametrize("lang", ["en", "fr", "ar"])
+def test_what_the_capture_missed_is_said_in_every_language(lang: str, tmp_path: Path) -> None:
+    # Silence in a capture that missed half of what its host acknowledged receiving is
+    # unknown, and says how much it missed; where it missed nothing the block stands and
+    # the report names that among the benign explanations ruled out.
+    from tests.unit.policy.test_verdict_rules import ME_HOST, silence_capture
+    lossy = analyze_capture(silence_capture(tmp_path / "lossy.pcap", 0.5), workers=1)
+    by_uid = {f.uid: f for f in lossy.flows}
+    (call,) = lossy.analysis.calls
+    (ev,) = call.verdict.evidence
+    assert ev.rule == "unknown.capture_loss"
+    text, translated = evidence_sentence(ev, by_uid, lang)
+    assert translated and ME_HOST in text
+    assert {"en": "50.0%", "fr": "50,0\u00a0%", "ar": "٥٠٫٠٪"}[lang] in text, text
+    whole = analyze_capture(silence_capture(tmp_path / "whole.pcap", 1.0), workers=1)
+    md = render_markdown(build_document(whole, lang=lang, capture_name="whole.pcap"))
+    want = {"en": "The capture holds what came back", "fr": "La capture contient ce qui",
+            "ar": "يحتوي التسجيل على ما عاد"}[lang]
+    assert want in md, md
+
+
 def test_arabic_reads_right_to_left_with_its_digits_or_western_ones() -> None:
     result = analyze_capture(BLOCKED)
     ar = render_html(build_document(result, lang="ar", capture_name=BLOCKED.name))

@@ -539,3 +539,105 @@ def test_stun_requests_their_client_never_resent_are_no_block(
     kinds = {str(v.kind) for u, v in result.analysis.flow_verdicts.items() if u in stun} \
         | {str(c.verdict.kind) for c in result.analysis.calls}
     assert ("blocked" in kinds) is judged, kinds
+
+
+def _fetch(me: str, server: str, t0: float, segments: int, kept: float
+           ) -> list[tuple[float, bytes]]:
+    """A TCP download to ``me``: handshake, ``segments`` 1400-byte segments each
+    acknowledged by ``me``; of the server's segments only the first ``kept`` share is in
+    the capture (what a capture that lost them, or a tap the return path bypasses, holds);
+    every acknowledgement of ``me`` is."""
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+
+    def seg(t: float, down: bool, flags: str, seq: int, ack: int, payload: bytes = b""
+            ) -> tuple[float, bytes]:
+        src, dst, sp, dp = (server, me, 443, 45500) if down else (me, server, 45500, 443)
+        return t, bytes(Ether() / IP(src=src, dst=dst) /
+                        TCP(sport=sp, dport=dp, flags=flags, seq=seq, ack=ack) / Raw(payload))
+
+    out = [seg(t0, False, "S", 100, 0), seg(t0 + 0.02, True, "SA", 900, 101),
+           seg(t0 + 0.021, False, "A", 101, 901)]
+    for i in range(segments):
+        t = t0 + 0.05 + i * 0.01
+        if i < kept * segments:
+            out.append(seg(t, True, "A", 901 + i * 1400, 101, b"d" * 1400))
+        out.append(seg(t + 0.001, False, "A", 101, 901 + (i + 1) * 1400))
+    return out
+
+
+def silence_capture(path: Path, kept: float) -> Path:
+    """SYNs and STUN requests of ``ME_HOST`` resent and never answered, beside a download
+    it acknowledged whole, of which the capture holds the ``kept`` share (:func:`_fetch`);
+    the service the SYNs went to had answered an earlier connection."""
+    me = ME_HOST
+    pkts = [*_dns_answered(me), *_fetch(me, "198.51.100.80", 1.0, 200, kept)]
+    pkts += [_syn(0.8, (me, 50000), (FAR_HOST, 443)),
+             _tcp_at(0.82, (FAR_HOST, 443), (me, 50000), "SA")]
+    pkts += [_syn(3.0 + t, (me, 50001), (FAR_HOST, 443)) for t in (0.0, 1.0, 3.0, 7.0)]
+    pkts += [_binding(3.0 + t, me, STUN_A, 7) for t in (0.0, 0.5, 1.5, 3.5)]
+    pkts.append(_udp(25.0, me, 40002, "192.168.1.1", 53, b"\x00" * 12))
+    _pcap(path, sorted(pkts))
+    return path
+
+
+@pytest.mark.parametrize(("kept", "kind"), [(1.0, VerdictKind.BLOCKED),
+                                             (0.95, VerdictKind.BLOCKED),
+                                             (0.5, VerdictKind.UNKNOWN),
+                                             (0.0, VerdictKind.UNKNOWN)])
+def test_silence_in_a_capture_that_missed_what_the_host_received(
+        tmp_path: Path, kept: float, kind: VerdictKind) -> None:
+    # The host resent its SYNs and STUN requests and got no answer; meanwhile it
+    # acknowledged a download's bytes (RFC 9293 §3.4: the bytes before an acknowledgement
+    # arrived). Where the capture shows them all, or nearly, the silence is the network's.
+    # Where it missed more than blocked.max_capture_loss of them (a lossy capture, a tap
+    # the return path bypasses), the answers may be among what it missed: unknown, and the
+    # evidence says how much the capture missed.
+    me = ME_HOST
+    result = analyze_capture(silence_capture(tmp_path / "lossy.pcap", kept), workers=1)
+    judged = [v for u, v in result.analysis.flow_verdicts.items()
+              if any(f.uid == u and f.resp_h in (FAR_HOST, STUN_A) for f in result.flows)]
+    judged += [c.verdict for c in result.analysis.calls]
+    assert judged and {v.kind for v in judged} == {kind}, judged
+    reasons = {r for v in judged for r in v.reasons}
+    assert reasons == {Reason.SYN_UNANSWERED, Reason.STUN_UNANSWERED}, reasons
+    if kind is VerdictKind.UNKNOWN:
+        for v in judged:
+            (ev,) = v.evidence
+            assert ev.rule == "unknown.capture_loss", ev
+            assert ev.figures["host"] == me
+            assert ev.figures["missed_share"] >= 0.5 - 0.01
+            assert "may have gone by unseen" in ev.text
+
+
+def test_media_with_no_return_where_the_capture_holds_one_direction(tmp_path: Path) -> None:
+    # The host's media went out for 10 s and nothing came back; its TCP acknowledgements
+    # show it received a download the capture never showed (only what the host sent is
+    # here): no block. The same with the download seen whole is a block.
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    for kept, kind in ((0.0, VerdictKind.UNKNOWN), (1.0, VerdictKind.BLOCKED)):
+        pkts = [*_voice(me, peer, 0xAAAA), *_dns_answered(me[0]),
+                *_fetch(me[0], "198.51.100.80", 1.0, 100, kept)]
+        path = tmp_path / f"one-way-{kept}.pcap"
+        _pcap(path, sorted(pkts))
+        (call,) = analyze_capture(path, workers=1).analysis.calls
+        assert call.verdict.kind is kind, call.verdict
+        assert Reason.MEDIA_NO_RETURN in call.verdict.reasons
+
+
+def test_shaped_loss_where_the_capture_lost_packets_is_degraded(tmp_path: Path) -> None:
+    # A received stream shows a shaper's signature, but the capture missed half of a
+    # download its host acknowledged: the stream's missing sequence numbers may be the
+    # capture's loss. Degraded, saying so; with the download seen whole, throttled.
+    me, peer = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
+    pkts = _voice(me, peer, 0xAAAA)
+    pkts += _voice(peer, me, 0xBBBB, delay_s=_shaped_delay(500),
+                   lost={i for i in range(200, 500) if i % 8 == 0})
+    for kept, kind in ((0.5, VerdictKind.DEGRADED), (1.0, VerdictKind.THROTTLED)):
+        path = tmp_path / f"shaped-{kept}.pcap"
+        _pcap(path, sorted([*pkts, *_fetch(me[0], "198.51.100.80", 0.5, 40, kept)]))
+        (call,) = analyze_capture(path, workers=1).analysis.calls
+        assert call.verdict.kind is kind, call.verdict
+        if kind is VerdictKind.DEGRADED:
+            ev = call.verdict.evidence[0]
+            assert ev.rule == "degraded.loss" and ev.figures["missed_share"] > 0.4
+            assert "may be the capture's" in ev.text
