@@ -239,6 +239,11 @@ class _Log:
                    for c, d in zip(self.chunks, self.dead, strict=True))
 
 
+MAX_ACKED_PER_PACKET = 2 * 65535
+"""The most one segment can acknowledge that is new: delayed acknowledgements cover two
+full segments (RFC 9293 §3.8.6.3), and a receive offload hands the stack segments of up
+to 64 KiB."""
+
 _UNSET_IS_MINUS_ONE = frozenset({"seq_base", "ack_base", "fid"})
 """Table columns whose empty value is -1 (a sequence or acknowledgement number not seen yet,
 a free slot), not 0."""
@@ -593,7 +598,7 @@ class FlowMeter:
         tcp_data = (proto_s == 6) & (pay_s > 0)
         if tcp_data.any():
             self._retrans(np.flatnonzero(tcp_data), p, seg_s, seg_slot, side_s, pay_s)
-        tcp_ack = (proto_s == 6) & ((flags_s & TcpFlag.ACK) != 0)
+        tcp_ack = (proto_s == 6) & ((flags_s & (TcpFlag.ACK | TcpFlag.RST)) == TcpFlag.ACK)
         if tcp_ack.any():
             self._acks(np.flatnonzero(tcp_ack), p, seg_s, seg_slot, side_s)
         # Timing series: the first packets of each flow.
@@ -758,7 +763,8 @@ class FlowMeter:
     def _acks(self, sel: I64, p: Prepared, seg_s: I64, seg_slot: I64, side_s: I64) -> None:
         """The furthest each side acknowledged: its first acknowledgement number, and how
         far past it the others went (RFC 9293 §3.4, modulo 2**32; one that went back, a
-        reordered segment, counts as none)."""
+        reordered segment, counts as none). Resets are left out: a reset another box
+        forged may carry any number."""
         t = self._t
         ss = seg_s[sel] * 2 + side_s[sel]
         o = np.argsort(ss, kind="stable")
@@ -783,9 +789,13 @@ class FlowMeter:
         the capture lost them, or sees one direction only. A lower bound: of what the other
         side acknowledged while the capture watched, less the bytes seen (resent ones
         included) and a FIN; or, where this side's data was seen, what was acknowledged
-        past its first seen byte less the bytes seen from there."""
+        past its first seen byte less the bytes seen from there. Never more than
+        :data:`MAX_ACKED_PER_PACKET` per packet of the acknowledging side: an
+        acknowledgement number that jumped (a new connection on the same ports that the
+        capture missed the start of) is no count of bytes."""
         t = self._t
         base, top = t.ack_base[slots][:, ::-1], t.ack_max[slots][:, ::-1]  # the other side's
+        top = np.minimum(top, t.pkts[slots][:, ::-1] * MAX_ACKED_PER_PACKET)
         pay = t.pay[slots]
         seen = base >= 0
         span = np.where(seen, top - pay - 1, 0)

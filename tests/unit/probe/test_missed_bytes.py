@@ -108,3 +108,19 @@ def test_udp_has_none(tmp_path: Path) -> None:
     pkts = [(0.0, bytes(Ether() / IP(src=C, dst=S) / UDP(sport=5, dport=6) / Raw(b"x")))]
     f = _flow(pkts, tmp_path)
     assert (f.orig_missed_bytes, f.resp_missed_bytes) == (0, 0)
+
+
+def test_a_forged_reset_with_any_acknowledgement_counts_for_nothing(tmp_path: Path) -> None:
+    pkts = _exchange()
+    pkts.insert(9, _seg(0.061, True, "RA", 1301, 5001 + 2**30))  # another box's reset
+    f = _flow(pkts, tmp_path)
+    assert (f.orig_missed_bytes, f.resp_missed_bytes) == (0, 0)
+
+
+def test_an_acknowledgement_that_jumped_counts_no_more_than_its_packets_carry(
+        tmp_path: Path) -> None:
+    # The capture lost a new connection's SYNs on the same ports: its first ACK jumps
+    # ahead by a random amount; two packets of the client acknowledge at most 2 x 128 KiB.
+    pkts = [_seg(0.0, True, "A", 1000, 5000), _seg(0.1, True, "A", 1000, 5000 + 2**30)]
+    f = _flow(pkts, tmp_path)
+    assert f.resp_missed_bytes <= 2 * 2 * 65535
