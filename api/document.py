@@ -321,6 +321,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "nothing shows that service up: a closed port explains it",
         "unknown.syn": "{syn_sent} SYN(s) to {endpoint} never answered; nothing shows that "
                        "service up: an offline host or a filtered port explains it",
+        "unknown.family_unanswered": "no answer in the capture, but nothing of it over "
+                                     "IPv{ip_version} went past the host's own network and "
+                                     "came back: IPv{ip_version} may not work there at all",
         "unknown.capture_loss": "no answer to {host} in the capture, but the capture missed "
                                 "{missed} of the TCP bytes {host} acknowledged receiving: the "
                                 "answers may have gone by unseen",
@@ -330,6 +333,10 @@ EVIDENCE: dict[str, dict[str, str]] = {
                               "rose {delay_rise_ms} ms",
         "degraded.loss": "received stream {ssrc} lost {loss} (delay rise {delay_rise_ms} ms): "
                          "loss, not shown to be a rate cap",
+        "degraded.capture_loss": "stream {ssrc} lost {loss} while its delay rose "
+                                 "{delay_rise_ms} ms, but the capture itself missed {missed} "
+                                 "of the TCP bytes {host} acknowledged receiving: the loss "
+                                 "may be the capture's",
         "degraded.jitter": "mean jitter {jitter_ms} ms on stream {ssrc}",
         "degraded.mos": "E-model MOS {mos} on stream {ssrc}",
     },
@@ -359,6 +366,10 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "l'explique",
         "unknown.syn": "{syn_sent} SYN vers {endpoint} jamais répondus ; rien ne montre que "
                        "ce service répondait : un hôte éteint ou un port filtré l'explique",
+        "unknown.family_unanswered": "aucune réponse dans la capture, mais rien n'y est passé "
+                                     "en IPv{ip_version} au-delà du réseau de l'hôte avec un "
+                                     "retour : l'IPv{ip_version} n'y fonctionne peut-être pas "
+                                     "du tout",
         "unknown.capture_loss": "aucune réponse à {host} dans la capture, mais la capture a "
                                 "manqué {missed} des octets TCP dont {host} a accusé "
                                 "réception : les réponses ont pu passer sans y figurer",
@@ -368,6 +379,10 @@ EVIDENCE: dict[str, dict[str, str]] = {
                               "aller a augmenté de {delay_rise_ms} ms",
         "degraded.loss": "le flux reçu {ssrc} a perdu {loss} (hausse du délai : "
                          "{delay_rise_ms} ms) : de la perte, sans preuve d'un plafond de débit",
+        "degraded.capture_loss": "le flux {ssrc} a perdu {loss} pendant que son délai "
+                                 "augmentait de {delay_rise_ms} ms, mais la capture a "
+                                 "elle-même manqué {missed} des octets TCP dont {host} a "
+                                 "accusé réception : la perte peut venir de la capture",
         "degraded.jitter": "gigue moyenne de {jitter_ms} ms sur le flux {ssrc}",
         "degraded.mos": "MOS (modèle E) de {mos} sur le flux {ssrc}",
     },
@@ -397,6 +412,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                              "لا شيء يبين أن الخدمة كانت تعمل: منفذ مغلق يفسر ذلك",
         "unknown.syn": "لم يرد على {syn_sent} SYN إلى {endpoint}؛ لا شيء يبين أن الخدمة "
                        "كانت تعمل: مضيف مطفأ أو منفذ مفلتر يفسر ذلك",
+        "unknown.family_unanswered": "لا رد في التسجيل، لكن لا شيء فيه عبر IPv{ip_version} "
+                                     "تجاوز شبكة المضيف وعاد: ربما لا يعمل IPv{ip_version} "
+                                     "هناك إطلاقا",
         "unknown.capture_loss": "لا رد على {host} في التسجيل، لكن التسجيل فاته {missed} من "
                                 "بايتات TCP التي أكد {host} استلامها: ربما مرت الردود دون "
                                 "أن تسجل",
@@ -406,6 +424,10 @@ EVIDENCE: dict[str, dict[str, str]] = {
                               "أحادي الاتجاه {delay_rise_ms} م.ث",
         "degraded.loss": "فقد التيار المستقبل {ssrc} نسبة {loss} (ارتفاع التأخير "
                          "{delay_rise_ms} م.ث): فقد لم يثبت أنه سقف للسرعة",
+        "degraded.capture_loss": "فقد التيار {ssrc} نسبة {loss} بينما ارتفع تأخيره "
+                                 "{delay_rise_ms} م.ث، لكن التسجيل نفسه فاته {missed} من "
+                                 "بايتات TCP التي أكد {host} استلامها: قد يكون الفقد من "
+                                 "التسجيل",
         "degraded.jitter": "متوسط التذبذب {jitter_ms} م.ث على التيار {ssrc}",
         "degraded.mos": "مؤشر MOS (نموذج E) يساوي {mos} على التيار {ssrc}",
     },
@@ -563,9 +585,11 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
                         "sip-unanswered"}
     if blocking and any(f.orig_pkts and f.resp_pkts for f in result.flows):
         out.append(loc.t("benign.other_traffic"))
-    if (blocking or kinds & {"rate-capped", "delayed-throttle"}) and call.local is not None:
+    judged = {e.rule for e in call.verdict.evidence}
+    if call.local is not None and judged & {"blocked.stun", "blocked.syn", "blocked.sip",
+                                            "blocked.media_no_return", "throttled.rate_cap"}:
         got = HostTraffic(result.flows).received(call.local)
-        if got.seen_bytes + got.missed_bytes:
+        if got.seen_bytes + got.missed_bytes and got.share <= pol.blocked.max_capture_loss:
             out.append(loc.t("benign.capture_whole", host=call.local, missed=loc.pct(got.share),
                              max=loc.pct(pol.blocked.max_capture_loss)))
     if "sip-unanswered" in kinds:

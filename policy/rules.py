@@ -39,7 +39,8 @@ __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "Capt
            "ReachabilityPolicy", "ReplayPolicy", "RuleContext", "ServiceTries", "SipOutcome",
            "SynTries", "ThrottledPolicy", "answered_services", "call_rules", "congested_paths",
            "explained_by_congestion", "explained_by_shaper", "flow_rules", "icmp_prohibited",
-           "load_policy", "service_tries", "sip_outcome", "unseen_answers", "verdict_from"]
+           "internet_families", "load_policy", "service_tries", "sip_outcome", "unseen_answers",
+           "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 FRAGMENTATION_NEEDED = 4
@@ -307,6 +308,9 @@ class RuleContext:
     syn_tries: Mapping[tuple[str, str, int], ServiceTries] | None = None
     """Each client's connections to each server address and port among the flows judged
     together (:func:`service_tries`); None: each flow's own SYNs alone."""
+    internet_families: frozenset[int] | None = None
+    """The IP versions the flows judged together show working to the internet
+    (:func:`internet_families`); None: not known (not checked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,12 +363,15 @@ class HostTraffic:
             total += int(rate[when, col].sum())
         return total
 
-    def received(self, host: str) -> CaptureLoss:
+    def received(self, host: str, first_s: float = -math.inf, last_s: float = math.inf
+                 ) -> CaptureLoss:
         """The TCP payload sent to ``host`` that the capture showed, and what ``host``
         acknowledged beyond it (RFC 9293 §3.4: an acknowledgement says the bytes before it
-        arrived), over all its TCP flows."""
+        arrived), over its TCP flows alive at some time from ``first_s`` to ``last_s``."""
         seen = missed = 0
         for f, is_orig in self._flows_of(host):
+            if f.last_ts < first_s or f.first_ts > last_s:
+                continue
             seen += f.resp_bytes if is_orig else f.orig_bytes
             missed += f.resp_missed_bytes if is_orig else f.orig_missed_bytes
         return CaptureLoss(host, seen, missed)
@@ -380,16 +387,56 @@ class HostTraffic:
         return self._by_host.get(host, [])
 
 
-def unseen_answers(host: str | None, ctx: RuleContext) -> CaptureLoss | None:
-    """What the capture missed of what ``host`` received, when it is more than
-    ``blocked.max_capture_loss``: silence toward ``host`` then proves nothing (the
-    answers may be among what the capture lost). None when within bounds or unknown."""
+LOSS_WINDOW_S = 60.0
+"""How far around a silence :func:`unseen_answers` looks at what the capture missed: a
+capture loses packets in bursts (a busy disk, a CPU spike), so what it lost an hour before
+says little about the minute that matters."""
+
+
+def unseen_answers(host: str | None, ctx: RuleContext, first_s: float = -math.inf,
+                   last_s: float = math.inf) -> CaptureLoss | None:
+    """What the capture missed of what ``host`` received over the TCP flows alive within
+    :data:`LOSS_WINDOW_S` of the time from ``first_s`` to ``last_s`` (of all its TCP flows
+    when none was), when it is more than ``blocked.max_capture_loss``: silence toward
+    ``host`` then proves nothing (the answers may be among what the capture lost). None
+    when within bounds or unknown."""
     if host is None or ctx.traffic is None:
         return None
-    got = ctx.traffic.received(host)
+    got = ctx.traffic.received(host, first_s - LOSS_WINDOW_S, last_s + LOSS_WINDOW_S)
+    if not got.seen_bytes + got.missed_bytes:
+        got = ctx.traffic.received(host)
     if got.missed_bytes and got.share > ctx.policy.blocked.max_capture_loss:
         return got
     return None
+
+
+def internet_families(flows: Iterable[FlowRecord]) -> frozenset[int]:
+    """The IP versions in which some flow between two networks (not both ends on one local
+    network, :func:`_same_network`) was seen both ways: the versions the capture shows
+    working past the host's own network."""
+    return frozenset(f.ip_version for f in flows if f.orig_pkts > 0 and f.resp_pkts > 0
+                     and not _same_network(f.orig_h, f.resp_h))
+
+
+def _heard_nothing(ev: Evidence, hosts: str | Sequence[str] | None, ip_version: int,
+                   ctx: RuleContext) -> Evidence:
+    """``ev``, a block read from silence toward ``hosts`` over IP ``ip_version``, as it
+    stands; or ``unknown`` when the capture cannot show that silence: nothing of the
+    capture in that IP version went to the internet and came back (a network or host whose
+    IPv6, say, does not work past it: rule ``unknown.family_unanswered``), or the capture
+    missed too much of what the host received (:func:`unseen_answers`:
+    ``unknown.capture_loss``)."""
+    if ctx.internet_families is not None and ip_version not in ctx.internet_families:
+        return Evidence("unknown.family_unanswered", ev.reason, ev.flow_uids, ev.frames,
+                        ev.first_ts, ev.last_ts, {**ev.figures, "ip_version": ip_version},
+                        f"{ev.text}; but nothing of the capture over IPv{ip_version} went "
+                        f"past the host's own network and came back: IPv{ip_version} may "
+                        "not work there at all, for any destination")
+    for host in [hosts] if hosts is None or isinstance(hosts, str) else hosts:
+        lost = unseen_answers(host, ctx, ev.first_ts, ev.last_ts)
+        if lost is not None:
+            return _unseen(ev, lost)
+    return ev
 
 
 def _unseen(ev: Evidence, lost: CaptureLoss) -> Evidence:
@@ -642,8 +689,8 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
                  f"{tries.syns} SYN(s) to {flow.resp_h}:{flow.resp_p}{over}, sent again"
                  f" for {tries.last_ts - tries.first_ts:.1f} s, never answered while"
                  f" other connections were{why}")
-        lost = unseen_answers(flow.orig_h, ctx) if service_up else None
-        out.append(ev if lost is None else _unseen(ev, lost))
+        out.append(_heard_nothing(ev, flow.orig_h, flow.ip_version, ctx) if service_up
+                   else ev)
     f = ctx.classes[flow.uid].facts
     # A client that sent its own FIN had given up before any reset: a client whose
     # handshake was cut by a RST has no connection left to close. (Through a shaper's
@@ -701,9 +748,8 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None
                  {"stun_requests": req, "stun_responses": ans},
                  f"{req} STUN requests to {', '.join(sorted({f.resp_h for f in stun_flows}))}"
                  f" got no response while other traffic was answered")
-        lost = next((x for h in sorted({f.orig_h for f in stun_flows})
-                     if (x := unseen_answers(h, ctx)) is not None), None)
-        return ev if lost is None else _unseen(ev, lost)
+        return _heard_nothing(ev, sorted({f.orig_h for f in stun_flows}),
+                              max(f.ip_version for f in stun_flows), ctx)
     return None
 
 
@@ -750,8 +796,9 @@ def call_rules(call: CallCase, ctx: RuleContext,
                          f"{sip.waited_s:.0f} s, not even 100 Trying"
                          + ("" if two_way else "; nothing in this capture was answered "
                             "both ways: it may hold one direction only"))
-            lost = unseen_answers(local, ctx) if two_way else None
-            out.append(sip_ev if lost is None else _unseen(sip_ev, lost))
+            senders = sorted({f.orig_h for f in flows if classes[f.uid].facts.sip})
+            out.append(_heard_nothing(sip_ev, senders or local, flows[0].ip_version, ctx)
+                       if two_way else sip_ev)
         else:
             rule = ("failed.sip_rejected" if sip.reason is Reason.SIP_REJECTED
                     else "failed.sip_no_answer")
@@ -783,8 +830,8 @@ def call_rules(call: CallCase, ctx: RuleContext,
                       "duration_s": round(f.duration_s, 3)},
                      f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
                      f"{f.duration_s:.1f} s, none came back")
-            lost = unseen_answers(f.orig_h if out_local else f.resp_h, ctx)
-            out.append(ev if lost is None else _unseen(ev, lost))
+            out.append(_heard_nothing(ev, f.orig_h if out_local else f.resp_h, f.ip_version,
+                                      ctx))
     # Shaping and quality, on every stream whose loss and delay this capture can see:
     # those the local side received, and those it sent that arrived here with sequence
     # gaps or a delay build-up — the capture then lies past the network they crossed
@@ -838,10 +885,11 @@ def call_rules(call: CallCase, ctx: RuleContext,
             continue
         # Sequence numbers missing where the capture itself lost packets (its host
         # acknowledged TCP data it never showed) may be the capture's loss, not the path's.
-        lost = unseen_answers(receiver, ctx) if shaped else None
+        lost = unseen_answers(receiver, ctx, flow.first_ts, flow.last_ts) if shaped else None
         if lost is not None:
             fig.update(lost.figures())
-            out.append(_ev("degraded.loss", Reason.HIGH_LOSS, [flow], [flow.first_frame], fig,
+            out.append(_ev("degraded.capture_loss", Reason.HIGH_LOSS, [flow],
+                           [flow.first_frame], fig,
                            f"{what} lost {leg.loss_ratio:.1%} while its one-way delay rose "
                            f"{rise:.0f} ms and levelled off, but the capture itself missed "
                            f"{lost.share:.0%} of the TCP bytes {receiver} acknowledged "

@@ -595,7 +595,8 @@ class FlowMeter:
         fid_s: I64 = t.fid[slot_s]
         dir_s = (side_s != np.where(t.orig_is_a[slot_s], 0, 1)).astype(np.uint8)
 
-        tcp_data = (proto_s == 6) & (pay_s > 0)
+        # A later fragment of a segment carries no TCP header (flags 0): no sequence number
+        tcp_data = (proto_s == 6) & (pay_s > 0) & (flags_s != 0)
         if tcp_data.any():
             self._retrans(np.flatnonzero(tcp_data), p, seg_s, seg_slot, side_s, pay_s)
         tcp_ack = (proto_s == 6) & ((flags_s & (TcpFlag.ACK | TcpFlag.RST)) == TcpFlag.ACK)
@@ -786,24 +787,22 @@ class FlowMeter:
     def _missed(self, slots: I64) -> I64:
         """Per flow and side, payload bytes that side sent which the capture never showed
         though the other side acknowledged them (Zeek's ``missed_bytes``, by direction):
-        the capture lost them, or sees one direction only. A lower bound: of what the other
-        side acknowledged while the capture watched, less the bytes seen (resent ones
-        included) and a FIN; or, where this side's data was seen, what was acknowledged
-        past its first seen byte less the bytes seen from there. Never more than
+        the capture lost them, or sees one direction only. Where some of this side's data
+        was seen, what the other side acknowledged past its first byte seen, less the bytes
+        seen (resent ones included, so it errs low) and a FIN; where none was, all it
+        acknowledged while the capture watched, but a FIN. Never more than
         :data:`MAX_ACKED_PER_PACKET` per packet of the acknowledging side: an
         acknowledgement number that jumped (a new connection on the same ports that the
         capture missed the start of) is no count of bytes."""
         t = self._t
         base, top = t.ack_base[slots][:, ::-1], t.ack_max[slots][:, ::-1]  # the other side's
-        top = np.minimum(top, t.pkts[slots][:, ::-1] * MAX_ACKED_PER_PACKET)
-        pay = t.pay[slots]
-        seen = base >= 0
-        span = np.where(seen, top - pay - 1, 0)
-        sbase = t.seq_base[slots]
-        acked = (base + top - sbase) & 0xFFFFFFFF
-        past = np.where(seen & (sbase >= 0) & (acked < 1 << 31),
-                        acked - np.minimum(pay, t.seq_max[slots]) - 1, 0)
-        out: I64 = np.maximum(np.maximum(span, past), 0)
+        limit = t.pkts[slots][:, ::-1] * MAX_ACKED_PER_PACKET
+        first = t.seq_base[slots]
+        acked = (base + top - first) & 0xFFFFFFFF
+        acked = np.where(acked < 1 << 31, np.minimum(acked, limit), 0)
+        past = acked - np.minimum(t.pay[slots], t.seq_max[slots]) - 1
+        span = np.minimum(top, limit) - 1
+        out: I64 = np.maximum(np.where(base >= 0, np.where(first >= 0, past, span), 0), 0)
         return out
 
     def _attach_icmp(self, frame: int, ts: int, q: IcmpQuote) -> None:

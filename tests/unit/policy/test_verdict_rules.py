@@ -30,6 +30,10 @@ def _pcap(path: Path, packets: list[tuple[float, bytes]]) -> None:
     path.write_bytes(b"".join(out))
 
 
+RESOLVER = "198.51.100.53"
+"""The operator's DNS resolver: a lookup it answered is traffic that went past the host's
+own network and came back (the rules' control: that network path works)."""
+
 _HEADERS: dict[tuple[str, int, str, int, int], bytes] = {}
 
 
@@ -52,8 +56,8 @@ def unanswered_invite(path: Path) -> Path:
     pkts = [_udp(10.0 + t, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
             for t in (0.0, 0.5, 1.5, 3.5)]
     # Other traffic is answered: a DNS exchange.
-    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
-             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
+    pkts += [_udp(9.0, "192.168.1.50", 40000, RESOLVER, 53, b"\x12\x34" + b"\x00" * 10),
+             _udp(9.1, RESOLVER, 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
              _udp(16.0, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
     _pcap(path, sorted(pkts))
     return path
@@ -74,8 +78,8 @@ def _invite_call(path: Path, resends: tuple[float, ...], end: float, copies: int
     capture's last packet ``end`` s after the first INVITE."""
     pkts = [_udp(10.0 + t + k * 1e-6, "192.168.1.50", 5060, "198.51.100.7", 5060, INVITE)
             for t in resends for k in range(copies)]
-    pkts += [_udp(9.0, "192.168.1.50", 40000, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
-             _udp(9.1, "192.168.1.1", 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
+    pkts += [_udp(9.0, "192.168.1.50", 40000, RESOLVER, 53, b"\x12\x34" + b"\x00" * 10),
+             _udp(9.1, RESOLVER, 53, "192.168.1.50", 40000, b"\x12\x34\x80" + b"\x00" * 9),
              _udp(10.0 + end, "192.168.1.50", 40001, "192.168.1.1", 53, b"\x12\x35" + b"\x00" * 10)]
     _pcap(path, sorted(pkts))
     result = analyze_capture(path, workers=1)
@@ -291,9 +295,10 @@ def test_reset_after_the_client_gave_up_is_no_block(tmp_path: Path) -> None:
 
 
 def _dns_answered(me: str) -> list[tuple[float, bytes]]:
-    """A lookup answered before the call: other traffic was answered."""
-    return [_udp(0.5, me, 40001, "192.168.1.1", 53, b"\x12\x34" + b"\x00" * 10),
-            _udp(0.6, "192.168.1.1", 53, me, 40001, b"\x12\x34\x80" + b"\x00" * 9)]
+    """A lookup the operator's resolver answered before the call: other traffic went past
+    the local network and was answered."""
+    return [_udp(0.5, me, 40001, RESOLVER, 53, b"\x12\x34" + b"\x00" * 10),
+            _udp(0.6, RESOLVER, 53, me, 40001, b"\x12\x34\x80" + b"\x00" * 9)]
 
 
 def _syn(ts: float, src: tuple[str, int], dst: tuple[str, int]) -> tuple[float, bytes]:
@@ -639,5 +644,44 @@ def test_shaped_loss_where_the_capture_lost_packets_is_degraded(tmp_path: Path) 
         assert call.verdict.kind is kind, call.verdict
         if kind is VerdictKind.DEGRADED:
             ev = call.verdict.evidence[0]
-            assert ev.rule == "degraded.loss" and ev.figures["missed_share"] > 0.4
+            assert ev.rule == "degraded.capture_loss" and ev.figures["missed_share"] > 0.4
             assert "may be the capture's" in ev.text
+
+
+def _udp6(ts: float, src: str, sport: int, dst: str, dport: int, payload: bytes
+          ) -> tuple[float, bytes]:
+    from scapy.layers.inet6 import IPv6
+    return ts, bytes(Ether() / IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport) /
+                     Raw(payload))
+
+
+@pytest.mark.parametrize("v6_works", [False, True])
+def test_silence_over_an_ip_version_that_works_nowhere(tmp_path: Path, v6_works: bool
+                                                       ) -> None:
+    # The host resends STUN requests to its app's server over IPv6 and gets nothing back,
+    # while IPv4 works. If no IPv6 exchange of the capture went past the host's network
+    # and came back, the network's IPv6 may not work at all (home routers often announce
+    # it with no route behind): unknown. With another IPv6 exchange answered, a block.
+    me6, stun6 = "2001:db8:1::50", "2001:db8:99::20"
+    pkts = [*_dns_answered(ME_HOST)]
+    pkts += [_udp6(3.0 + t, me6, 40100, stun6, 3478,
+                   struct.pack("!HHI", 0x0001, 0, 0x2112A442) + (7).to_bytes(12, "big"))
+             for t in (0.0, 0.5, 1.5, 3.5)]
+    if v6_works:  # a lookup over IPv6 to a resolver past the local network, answered
+        pkts += [_udp6(1.0, me6, 40200, "2001:db8:53::1", 53, b"\x12\x34" + b"\x00" * 10),
+                 _udp6(1.1, "2001:db8:53::1", 53, me6, 40200, b"\x12\x34\x80" + b"\x00" * 9)]
+    pkts.append(_udp(20.0, ME_HOST, 40002, "192.168.1.1", 53, b"\x00" * 12))
+    path = tmp_path / "v6.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    stun = next(f.uid for f in result.flows if f.resp_p == 3478)
+    verdict = result.analysis.flow_verdicts.get(stun) or next(
+        c.verdict for c in result.analysis.calls if stun in c.flow_uids)
+    assert verdict.reasons == (Reason.STUN_UNANSWERED,), verdict
+    if v6_works:
+        assert verdict.kind is VerdictKind.BLOCKED, verdict
+    else:
+        assert verdict.kind is VerdictKind.UNKNOWN, verdict
+        (ev,) = verdict.evidence
+        assert ev.rule == "unknown.family_unanswered" and ev.figures["ip_version"] == 6
+        assert "IPv6 may not work there at all" in ev.text

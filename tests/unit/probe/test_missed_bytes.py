@@ -13,13 +13,15 @@ from scapy.packet import Raw
 from probe import FlowRecord, MeterConfig, read_capture
 from tests.pcapbytes import pcap
 
-C, S = "10.0.0.1", "192.0.2.80"
+C, S = "10.0.0.1", "203.0.113.80"
+ETHER = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+"""Addresses given: scapy would otherwise look the destination's up."""
 
 
 def _seg(t: float, to_server: bool, flags: str, seq: int, ack: int = 0, data: bytes = b""
          ) -> tuple[float, bytes]:
     src, dst, sport, dport = (C, S, 40000, 443) if to_server else (S, C, 443, 40000)
-    pkt = Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
+    pkt = ETHER / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
                                                seq=seq % 2**32, ack=ack % 2**32)
     return t, bytes(pkt / Raw(data) if data else pkt)
 
@@ -65,11 +67,14 @@ def test_a_reply_segment_the_capture_lost_is_missed(tmp_path: Path) -> None:
     assert (f.orig_missed_bytes, f.resp_missed_bytes) == (0, 1000)
 
 
-def test_the_first_reply_segment_lost_is_missed_too(tmp_path: Path) -> None:
+def test_the_count_starts_at_the_first_byte_seen(tmp_path: Path) -> None:
+    # As Zeek counts: bytes before the first seen (lost with the first reply segment, or
+    # sent before the capture began and acknowledged after) are not counted.
     pkts = _exchange()
-    del pkts[4]  # before any data of the server was seen
-    f = _flow(pkts, tmp_path)
-    assert f.resp_missed_bytes == 1000
+    del pkts[4]
+    assert _flow(pkts, tmp_path).resp_missed_bytes == 0
+    del pkts[7]  # the third reply segment, acknowledged: that one is
+    assert _flow(pkts, tmp_path).resp_missed_bytes == 1000
 
 
 def test_a_tap_that_sees_only_the_clients_packets(tmp_path: Path) -> None:
@@ -105,7 +110,7 @@ def test_an_acknowledgement_that_went_back_counts_for_nothing(tmp_path: Path) ->
 
 def test_udp_has_none(tmp_path: Path) -> None:
     from scapy.layers.inet import UDP  # type: ignore[attr-defined]
-    pkts = [(0.0, bytes(Ether() / IP(src=C, dst=S) / UDP(sport=5, dport=6) / Raw(b"x")))]
+    pkts = [(0.0, bytes(ETHER / IP(src=C, dst=S) / UDP(sport=5, dport=6) / Raw(b"x")))]
     f = _flow(pkts, tmp_path)
     assert (f.orig_missed_bytes, f.resp_missed_bytes) == (0, 0)
 
@@ -124,3 +129,17 @@ def test_an_acknowledgement_that_jumped_counts_no_more_than_its_packets_carry(
     pkts = [_seg(0.0, True, "A", 1000, 5000), _seg(0.1, True, "A", 1000, 5000 + 2**30)]
     f = _flow(pkts, tmp_path)
     assert f.resp_missed_bytes <= 2 * 2 * 65535
+
+
+def test_later_fragments_of_a_segment_carry_no_sequence_number(tmp_path: Path) -> None:
+    # A reply segment split into IP fragments arriving last fragment first: the
+    # fragments after the first carry no TCP header, so no sequence number to count from.
+    pkts = _exchange(replies=2, size=1400)
+    reply = Ether(pkts[4][1])
+    frags = [bytes(ETHER / fr) for fr in
+             __import__("scapy.layers.inet", fromlist=["fragment"]).fragment(reply[IP],
+                                                                           fragsize=512)]
+    pkts[4:5] = [(pkts[4][0] + i * 1e-4, fr) for i, fr in enumerate(reversed(frags))]
+    f = _flow(pkts, tmp_path)
+    assert (f.orig_missed_bytes, f.resp_missed_bytes) == (0, 0)
+    assert f.resp_retrans == 0
