@@ -239,6 +239,16 @@ class _Log:
                    for c, d in zip(self.chunks, self.dead, strict=True))
 
 
+def _by_flow_side(sel: I64, seg_s: I64, seg_slot: I64, side_s: I64
+                  ) -> tuple[I64, I64, I64, npt.NDArray[np.bool_]]:
+    """The packets ``sel`` (sorted positions) grouped by flow and side, in batch order
+    within each: their positions, table slots and sides, and which opens its group."""
+    ss = seg_s[sel] * 2 + side_s[sel]
+    o = np.argsort(ss, kind="stable")
+    sel, ss = sel[o], ss[o]
+    return sel, seg_slot[seg_s[sel]], side_s[sel], seg_rank(ss) == 0
+
+
 MAX_ACKED_PER_PACKET = 2 * 65535
 """The most one segment can acknowledge that is new: delayed acknowledgements cover two
 full segments (RFC 9293 §3.8.6.3), and a receive offload hands the stack segments of up
@@ -732,15 +742,9 @@ class FlowMeter:
                  pay_s: I64) -> None:
         """Count TCP segments whose data was already covered in the same direction."""
         t = self._t
-        ss = seg_s[sel] * 2 + side_s[sel]
-        o = np.argsort(ss, kind="stable")
-        sel = sel[o]
-        ss = ss[o]
-        slot = seg_slot[seg_s[sel]]
-        side = side_s[sel]
+        sel, slot, side, firsts = _by_flow_side(sel, seg_s, seg_slot, side_s)
         seq = p.seq[sel]
         ln = pay_s[sel]
-        firsts = seg_rank(ss) == 0
         unknown = firsts & (t.seq_base[slot, side] < 0)
         t.seq_base[slot[unknown], side[unknown]] = seq[unknown]
         base = t.seq_base[slot, side]
@@ -767,14 +771,8 @@ class FlowMeter:
         reordered segment, counts as none). Resets are left out: a reset another box
         forged may carry any number."""
         t = self._t
-        ss = seg_s[sel] * 2 + side_s[sel]
-        o = np.argsort(ss, kind="stable")
-        sel = sel[o]
-        ss = ss[o]
-        slot = seg_slot[seg_s[sel]]
-        side = side_s[sel]
+        sel, slot, side, firsts = _by_flow_side(sel, seg_s, seg_slot, side_s)
         ack = p.ack[sel]
-        firsts = seg_rank(ss) == 0
         unknown = firsts & (t.ack_base[slot, side] < 0)
         t.ack_base[slot[unknown], side[unknown]] = ack[unknown]
         rel = (ack - t.ack_base[slot, side]) & 0xFFFFFFFF
