@@ -390,12 +390,7 @@ class Classifier:
         app = v.app if v is not None else None
         # QUIC carries HTTP/3 and the apps' APIs, not their call media (SRTP over UDP):
         # its request/response bursts must not pass for a screen share.
-        # Over TCP, only a call app's flow that carried payload both ways at a call's rate
-        # throughout: the media of a call whose UDP was blocked on the way goes to the
-        # app's relay over TCP or TLS 443 (TURN over TCP, RFC 6062; Teams' and Zoom's
-        # documented fallbacks), while a download or an upload carries payload one way.
-        if guess.realtime and proto not in ("quic", "gquic") and (
-                flow.proto == "udp" or (app in CALL_APPS and _two_way_payload(flow))):
+        if guess.realtime and flow.proto == "udp" and proto not in ("quic", "gquic"):
             media = str(guess.media) if guess.media is not None else "audio"
             cat = {"audio": Category.VOICE, "video": Category.VIDEO,
                    "screen": Category.SCREEN}.get(media, Category.VOICE)
@@ -431,19 +426,6 @@ def _media(flow: FlowRecord) -> MediaGuess:
     if flow.duration_s < 2.0 and not flow.rtp_streams and flow.rtp is None:
         return _TOO_SHORT
     return media_guess(flow)
-
-
-TCP_MEDIA_MIN_BPS = 1000.0
-"""Payload bytes per second each direction of a TCP flow must carry, over its life, to be
-a call's media: Opus at its lowest rate (6 kbit/s, RFC 6716) in each direction is about
-750 bytes a second before any framing; a download's requests and acknowledgements, or an
-upload's replies, carry far less one way."""
-
-
-def _two_way_payload(flow: FlowRecord) -> bool:
-    """Whether a flow carried payload both ways at a call's rate (:data:`TCP_MEDIA_MIN_BPS`)."""
-    span = flow.duration_s
-    return span > 0 and min(flow.orig_bytes, flow.resp_bytes) / span >= TCP_MEDIA_MIN_BPS
 
 
 def _meta_signalling(facts: Facts) -> str | None:
