@@ -577,10 +577,11 @@ def _duration(s: float, loc: _Locale) -> str:
 def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> list[str]:
     """Benign explanations the rules ruled out before the verdict, as the rules check
     them (``policy/rules.py``)."""
-    kinds = {e.reason.value for e in call.verdict.evidence}
-    out: list[str] = []
-    if not kinds:
+    if not call.verdict.evidence:
         return [loc.t("benign.none")]
+    # An unknown rule's evidence names a reason it could not establish: nothing ruled out
+    kinds = {e.reason.value for e in call.verdict.evidence if not e.rule.startswith("unknown.")}
+    out: list[str] = []
     blocking = kinds & {"stun-unanswered", "syn-unanswered", "media-no-return",
                         "sip-unanswered"}
     if blocking and any(f.orig_pkts and f.resp_pkts for f in result.flows):
@@ -588,7 +589,7 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
     judged = {e.rule for e in call.verdict.evidence}
     if call.local is not None and judged & {"blocked.stun", "blocked.syn", "blocked.sip",
                                             "blocked.media_no_return", "throttled.rate_cap"}:
-        got = HostTraffic(result.flows).received(call.local)
+        got = HostTraffic(result.flows).received_near(call.local, call.start_ts, call.end_ts)
         if got.seen_bytes + got.missed_bytes and got.share <= pol.blocked.max_capture_loss:
             out.append(loc.t("benign.capture_whole", host=call.local, missed=loc.pct(got.share),
                              max=loc.pct(pol.blocked.max_capture_loss)))
@@ -780,7 +781,7 @@ def render_markdown(doc: Document) -> str:
         out += [f"- **{r}**: {text}" + (f" — `{filt}`" if filt else "")
                 for r, text, filt in part.evidence] or ["-"]
         out += ["", f"### {lb['benign']}", ""]
-        out += [f"- {b}" for b in part.benign]
+        out += [f"- {b}" for b in part.benign] or ["-"]
         out.append("")
     out += [f"## {lb['verify']}", "", lb["verify.intro"], ""]
     out += [f"- {what}\n\n  ```\n  {cmd}\n  ```" for what, cmd in doc.verify]

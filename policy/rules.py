@@ -376,6 +376,13 @@ class HostTraffic:
             missed += f.resp_missed_bytes if is_orig else f.orig_missed_bytes
         return CaptureLoss(host, seen, missed)
 
+    def received_near(self, host: str, first_s: float, last_s: float) -> CaptureLoss:
+        """:meth:`received` over the TCP flows alive within :data:`LOSS_WINDOW_S` of the
+        time from ``first_s`` to ``last_s``; over all of them when none was (a capture
+        that holds one direction shows it in every flow, whenever)."""
+        got = self.received(host, first_s - LOSS_WINDOW_S, last_s + LOSS_WINDOW_S)
+        return got if got.seen_bytes + got.missed_bytes else self.received(host)
+
     def _flows_of(self, host: str) -> list[tuple[FlowRecord, bool]]:
         """The TCP flows with ``host`` at one end, each with whether it is the originator."""
         if self._by_host is None:
@@ -402,31 +409,42 @@ def unseen_answers(host: str | None, ctx: RuleContext, first_s: float = -math.in
     when within bounds or unknown."""
     if host is None or ctx.traffic is None:
         return None
-    got = ctx.traffic.received(host, first_s - LOSS_WINDOW_S, last_s + LOSS_WINDOW_S)
-    if not got.seen_bytes + got.missed_bytes:
-        got = ctx.traffic.received(host)
+    got = ctx.traffic.received_near(host, first_s, last_s)
     if got.missed_bytes and got.share > ctx.policy.blocked.max_capture_loss:
         return got
     return None
 
 
 def internet_families(flows: Iterable[FlowRecord]) -> frozenset[int]:
-    """The IP versions in which some flow between two networks (not both ends on one local
-    network, :func:`_same_network`) was seen both ways: the versions the capture shows
-    working past the host's own network."""
+    """The IP versions in which some TCP or UDP flow with a global end (RFC 6890: no local
+    class) went past the link its other end is on (not one IPv4 /24 or IPv6 /64, neither
+    end link-local) and was seen both ways: the versions the capture shows working past
+    the host's own network. Neighbour discovery and the router's own services on the link
+    show nothing of the route beyond."""
     return frozenset(f.ip_version for f in flows if f.orig_pkts > 0 and f.resp_pkts > 0
-                     and not _same_network(f.orig_h, f.resp_h))
+                     and f.proto in ("tcp", "udp") and _past_the_link(f.orig_h, f.resp_h))
+
+
+def _past_the_link(a: str, b: str) -> bool:
+    ca, cb = address_class(a), address_class(b)
+    if AddressClass.GLOBAL not in (ca, cb) or AddressClass.LINK_LOCAL in (ca, cb):
+        return False
+    x, y = ipaddress.ip_address(a.partition("%")[0]), ipaddress.ip_address(b.partition("%")[0])
+    bits = 24 if x.version == 4 else 64
+    return y not in ipaddress.ip_network(f"{x}/{bits}", strict=False)
 
 
 def _heard_nothing(ev: Evidence, hosts: str | Sequence[str] | None, ip_version: int,
                    ctx: RuleContext) -> Evidence:
     """``ev``, a block read from silence toward ``hosts`` over IP ``ip_version``, as it
-    stands; or ``unknown`` when the capture cannot show that silence: nothing of the
-    capture in that IP version went to the internet and came back (a network or host whose
-    IPv6, say, does not work past it: rule ``unknown.family_unanswered``), or the capture
+    stands; or ``unknown`` when the capture cannot show that silence: the silence was over
+    IPv6 and nothing of the capture over IPv6 went past the host's link and came back
+    (:func:`internet_families`; a network that announces IPv6 with no working route behind
+    it fails every IPv6 attempt: rule ``unknown.family_unanswered``), or the capture
     missed too much of what the host received (:func:`unseen_answers`:
     ``unknown.capture_loss``)."""
-    if ctx.internet_families is not None and ip_version not in ctx.internet_families:
+    if ip_version == 6 and ctx.internet_families is not None and \
+            6 not in ctx.internet_families:
         return Evidence("unknown.family_unanswered", ev.reason, ev.flow_uids, ev.frames,
                         ev.first_ts, ev.last_ts, {**ev.figures, "ip_version": ip_version},
                         f"{ev.text}; but nothing of the capture over IPv{ip_version} went "
@@ -749,7 +767,7 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None
                  f"{req} STUN requests to {', '.join(sorted({f.resp_h for f in stun_flows}))}"
                  f" got no response while other traffic was answered")
         return _heard_nothing(ev, sorted({f.orig_h for f in stun_flows}),
-                              max(f.ip_version for f in stun_flows), ctx)
+                              min(f.ip_version for f in stun_flows), ctx)
     return None
 
 
@@ -796,8 +814,9 @@ def call_rules(call: CallCase, ctx: RuleContext,
                          f"{sip.waited_s:.0f} s, not even 100 Trying"
                          + ("" if two_way else "; nothing in this capture was answered "
                             "both ways: it may hold one direction only"))
-            senders = sorted({f.orig_h for f in flows if classes[f.uid].facts.sip})
-            out.append(_heard_nothing(sip_ev, senders or local, flows[0].ip_version, ctx)
+            sip_flows = [f for f in flows if classes[f.uid].facts.sip] or list(flows)
+            out.append(_heard_nothing(sip_ev, sorted({f.orig_h for f in sip_flows}),
+                                      min(f.ip_version for f in sip_flows), ctx)
                        if two_way else sip_ev)
         else:
             rule = ("failed.sip_rejected" if sip.reason is Reason.SIP_REJECTED

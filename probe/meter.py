@@ -787,8 +787,9 @@ class FlowMeter:
         though the other side acknowledged them (Zeek's ``missed_bytes``, by direction):
         the capture lost them, or sees one direction only. Where some of this side's data
         was seen, what the other side acknowledged past its first byte seen, less the bytes
-        seen (resent ones included, so it errs low) and a FIN; where none was, all it
-        acknowledged while the capture watched, but a FIN. Never more than
+        seen (resent ones and later IP fragments included, so it errs low) and a FIN;
+        where none was, all it acknowledged while the capture watched, but a FIN. Never
+        more than
         :data:`MAX_ACKED_PER_PACKET` per packet of the acknowledging side: an
         acknowledgement number that jumped (a new connection on the same ports that the
         capture missed the start of) is no count of bytes."""
@@ -798,7 +799,7 @@ class FlowMeter:
         first = t.seq_base[slots]
         acked = (base + top - first) & 0xFFFFFFFF
         acked = np.where(acked < 1 << 31, np.minimum(acked, limit), 0)
-        past = acked - np.minimum(t.pay[slots], t.seq_max[slots]) - 1
+        past = acked - t.pay[slots] - 1
         span = np.minimum(top, limit) - 1
         out: I64 = np.maximum(np.where(base >= 0, np.where(first >= 0, past, span), 0), 0)
         return out
