@@ -69,8 +69,8 @@ TEXTS: dict[str, dict[str, str]] = {
                         "degraded quality: {reasons}.",
         "sum.failed": "The {app} call of {date}, from {start}, did not go through, and the "
                       "evidence points to the call's own ends, not the network: {reasons}.",
-        "sum.unknown": "The {app} call of {date}, from {start}, cannot be judged: too little of "
-                       "it was captured.",
+        "sum.unknown": "The {app} call of {date}, from {start}, cannot be judged from this "
+                       "capture: {reasons}.",
         "chart.rate": "Media rate each way (kbit/s per second)",
         "chart.quality": "Received legs against the thresholds",
         "chart.none": "No media to chart.",
@@ -135,8 +135,8 @@ TEXTS: dict[str, dict[str, str]] = {
                         "avec une qualité dégradée : {reasons}.",
         "sum.failed": "L'appel {app} du {date}, à partir de {start}, n'a pas abouti, et les "
                       "preuves désignent les extrémités de l'appel, pas le réseau : {reasons}.",
-        "sum.unknown": "L'appel {app} du {date}, à partir de {start}, ne peut pas être jugé : "
-                       "trop peu en a été capturé.",
+        "sum.unknown": "L'appel {app} du {date}, à partir de {start}, ne peut pas être jugé "
+                       "sur cette capture : {reasons}.",
         "chart.rate": "Débit des médias dans chaque sens (kbit/s par seconde)",
         "chart.quality": "Flux reçus comparés aux seuils",
         "chart.none": "Aucun média à représenter.",
@@ -205,8 +205,8 @@ TEXTS: dict[str, dict[str, str]] = {
                         "بجودة متدهورة: {reasons}.",
         "sum.failed": "مكالمة {app} بتاريخ {date}، من الساعة {start}، لم تتم، وتشير الأدلة "
                       "إلى طرفي المكالمة لا إلى الشبكة: {reasons}.",
-        "sum.unknown": "مكالمة {app} بتاريخ {date}، من الساعة {start}، لا يمكن الحكم عليها: "
-                       "لم يسجل منها ما يكفي.",
+        "sum.unknown": "مكالمة {app} بتاريخ {date}، من الساعة {start}، لا يمكن الحكم عليها "
+                       "من هذا التسجيل: {reasons}.",
         "chart.rate": "معدل الوسائط في كل اتجاه (كيلوبت/ث في كل ثانية)",
         "chart.quality": "الاتجاهات المستقبلة مقارنة بالعتبات",
         "chart.none": "لا توجد وسائط لرسمها.",
