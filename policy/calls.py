@@ -48,7 +48,6 @@ from policy.rules import (
     explained_by_congestion,
     flow_rules,
     icmp_prohibited,
-    internet_families,
     load_policy,
     service_tries,
     sip_outcome,
@@ -141,8 +140,7 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
     cls = {c.uid: c for c in classes}
     local, sides = assembly.local, assembly.sides
     ctx = RuleContext(pol, cls, local, assembly.others_answered, assembly.capture_end,
-                      answered_services(flows), HostTraffic(flows), service_tries(flows),
-                      internet_families(flows))
+                      answered_services(flows), HostTraffic(flows), service_tries(flows))
     single_ev: dict[str, list[Evidence]] = {}  # signalling flows sit in many calls: judge once
 
     def single(f: FlowRecord) -> list[Evidence]:
@@ -360,7 +358,7 @@ def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classifica
     pol = policy or load_policy()
     cls = {c.uid: c for c in classes}
     ctx = RuleContext(pol, cls, *vantage(flows, cls), answered_services(flows),
-                      HostTraffic(flows), service_tries(flows), internet_families(flows))
+                      HostTraffic(flows), service_tries(flows))
     out: dict[str, Verdict] = {}
     for f in judge:
         if not _own_rules_apply(f):

@@ -303,14 +303,12 @@ class RuleContext:
     """Server addresses and ports that answered a flow among those judged together
     (:func:`answered_services`)."""
     traffic: HostTraffic | None = None
-    """The bytes every flow judged together carried per second, by host: the load a
-    queue on a host's link also held. None: not known (the busy-link check is skipped)."""
+    """The flows judged together, by host: the load a queue on a host's link also held,
+    what the capture missed of what each host received, the IP versions that worked past
+    the link. None: not known (those checks are skipped)."""
     syn_tries: Mapping[tuple[str, str, int], ServiceTries] | None = None
     """Each client's connections to each server address and port among the flows judged
     together (:func:`service_tries`); None: each flow's own SYNs alone."""
-    internet_families: frozenset[int] | None = None
-    """The IP versions the flows judged together show working to the internet
-    (:func:`internet_families`); None: not known (not checked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,11 +336,18 @@ class HostTraffic:
     """What a set of flows' TCP flows carried to and from each host, second by second
     (their per-second rate series), indexed on first use."""
 
-    __slots__ = ("_by_host", "_flows")
+    __slots__ = ("_by_host", "_families", "_flows")
 
     def __init__(self, flows: Sequence[FlowRecord]) -> None:
         self._flows = flows
         self._by_host: dict[str, list[tuple[FlowRecord, bool]]] | None = None
+        self._families: frozenset[int] | None = None
+
+    def internet_families(self) -> frozenset[int]:
+        """:func:`internet_families` of these flows, worked out on first use."""
+        if self._families is None:
+            self._families = internet_families(self._flows)
+        return self._families
 
     def lossy_bytes(self, host: str, inbound: bool, first_s: float, last_s: float,
                     skip: Collection[str]) -> int:
@@ -443,8 +448,8 @@ def _heard_nothing(ev: Evidence, hosts: str | Sequence[str] | None, ip_version: 
     it fails every IPv6 attempt: rule ``unknown.family_unanswered``), or the capture
     missed too much of what the host received (:func:`unseen_answers`:
     ``unknown.capture_loss``)."""
-    if ip_version == 6 and ctx.internet_families is not None and \
-            6 not in ctx.internet_families:
+    if ip_version == 6 and ctx.traffic is not None and \
+            6 not in ctx.traffic.internet_families():
         return Evidence("unknown.family_unanswered", ev.reason, ev.flow_uids, ev.frames,
                         ev.first_ts, ev.last_ts, {**ev.figures, "ip_version": ip_version},
                         f"{ev.text}; but nothing of the capture over IPv{ip_version} went "
