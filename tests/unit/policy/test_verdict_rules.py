@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from api.pipeline import analyze_capture
-from policy.records import Call, Reason, VerdictKind
+from policy.records import Call, Reason, Verdict, VerdictKind
 
 INVITE = (b"INVITE sip:bob@198.51.100.7 SIP/2.0\r\n"
           b"Via: SIP/2.0/UDP 192.168.1.50:5060;branch=z9hG4bK776asdhds\r\n"
@@ -655,6 +655,25 @@ def _udp6(ts: float, src: str, sport: int, dst: str, dport: int, payload: bytes
                      IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(payload))
 
 
+ME6, STUN6 = "2a0b:1111:1::50", "2a0b:2222:99::20"
+
+
+def _ipv6_stun_verdict(tmp_path: Path, extra: list[tuple[float, bytes]]) -> Verdict:
+    """The verdict on STUN requests ME6 resent to STUN6 over IPv6 and never got answered,
+    in a capture where an IPv4 lookup was answered, with ``extra`` packets besides."""
+    pkts = [*_dns_answered(ME_HOST), *extra]
+    pkts += [_udp6(3.0 + t, ME6, 40100, STUN6, 3478,
+                   struct.pack("!HHI", 0x0001, 0, 0x2112A442) + (7).to_bytes(12, "big"))
+             for t in (0.0, 0.5, 1.5, 3.5)]
+    pkts.append(_udp(20.0, ME_HOST, 40002, "192.168.1.1", 53, b"\x00" * 12))
+    path = tmp_path / "v6.pcap"
+    _pcap(path, sorted(pkts))
+    result = analyze_capture(path, workers=1)
+    stun = next(f.uid for f in result.flows if f.resp_p == 3478)
+    return result.analysis.flow_verdicts.get(stun) or next(
+        c.verdict for c in result.analysis.calls if stun in c.flow_uids)
+
+
 @pytest.mark.parametrize("v6_works", [False, True])
 def test_silence_over_an_ip_version_that_works_nowhere(tmp_path: Path, v6_works: bool
                                                        ) -> None:
@@ -662,21 +681,11 @@ def test_silence_over_an_ip_version_that_works_nowhere(tmp_path: Path, v6_works:
     # while IPv4 works. If no IPv6 exchange of the capture went past the host's network
     # and came back, the network's IPv6 may not work at all (home routers often announce
     # it with no route behind): unknown. With another IPv6 exchange answered, a block.
-    me6, stun6 = "2a0b:1111:1::50", "2a0b:2222:99::20"
-    pkts = [*_dns_answered(ME_HOST)]
-    pkts += [_udp6(3.0 + t, me6, 40100, stun6, 3478,
-                   struct.pack("!HHI", 0x0001, 0, 0x2112A442) + (7).to_bytes(12, "big"))
-             for t in (0.0, 0.5, 1.5, 3.5)]
-    if v6_works:  # a lookup over IPv6 to a resolver past the local network, answered
-        pkts += [_udp6(1.0, me6, 40200, "2a0b:3333:53::1", 53, b"\x12\x34" + b"\x00" * 10),
-                 _udp6(1.1, "2a0b:3333:53::1", 53, me6, 40200, b"\x12\x34\x80" + b"\x00" * 9)]
-    pkts.append(_udp(20.0, ME_HOST, 40002, "192.168.1.1", 53, b"\x00" * 12))
-    path = tmp_path / "v6.pcap"
-    _pcap(path, sorted(pkts))
-    result = analyze_capture(path, workers=1)
-    stun = next(f.uid for f in result.flows if f.resp_p == 3478)
-    verdict = result.analysis.flow_verdicts.get(stun) or next(
-        c.verdict for c in result.analysis.calls if stun in c.flow_uids)
+    resolver6 = "2a0b:3333:53::1"  # a lookup over IPv6 past the local network, answered
+    verdict = _ipv6_stun_verdict(tmp_path, [
+        _udp6(1.0, ME6, 40200, resolver6, 53, b"\x12\x34" + b"\x00" * 10),
+        _udp6(1.1, resolver6, 53, ME6, 40200, b"\x12\x34\x80" + b"\x00" * 9)]
+        if v6_works else [])
     assert verdict.reasons == (Reason.STUN_UNANSWERED,), verdict
     if v6_works:
         assert verdict.kind is VerdictKind.BLOCKED, verdict
@@ -691,10 +700,9 @@ def test_silence_over_ipv4_beside_a_broken_ipv6_is_still_judged(tmp_path: Path) 
     # The client asks its app's server over both IP versions and nothing answers either;
     # IPv6 works nowhere in the capture, IPv4 does (the lookup): the IPv4 silence is a
     # block, whatever IPv6 does.
-    me6, stun6 = "2a0b:1111:1::50", "2a0b:2222:99::20"
     pkts = [*_dns_answered(ME_HOST)]
     for t in (0.0, 0.5, 1.5, 3.5):
-        pkts.append(_udp6(3.0 + t, me6, 40100, stun6, 3478,
+        pkts.append(_udp6(3.0 + t, ME6, 40100, STUN6, 3478,
                           struct.pack("!HHI", 0x0001, 0, 0x2112A442) + (7).to_bytes(12, "big")))
         pkts.append(_binding(3.0 + t, ME_HOST, STUN_A, 8))
     pkts.append(_udp(20.0, ME_HOST, 40002, "192.168.1.1", 53, b"\x00" * 12))
@@ -714,24 +722,14 @@ def test_ipv6_on_the_link_alone_shows_no_route_beyond(tmp_path: Path, neighbour:
     # router's address in the host's /64; neighbour discovery) says nothing of the route
     # past it: silence toward the app's server over IPv6 stays unknown.
     from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, IPv6
-    me6, router6, stun6 = "2a0b:1111:1::50", "2a0b:1111:1::1", "2a0b:2222:99::20"
-    pkts = [*_dns_answered(ME_HOST)]
-    pkts += [_udp6(3.0 + t, me6, 40100, stun6, 3478,
-                   struct.pack("!HHI", 0x0001, 0, 0x2112A442) + (7).to_bytes(12, "big"))
-             for t in (0.0, 0.5, 1.5, 3.5)]
+    router6 = "2a0b:1111:1::1"
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
     if neighbour == "router-on-link":
-        pkts += [_udp6(1.0, me6, 40200, router6, 53, b"\x12\x34" + b"\x00" * 10),
-                 _udp6(1.1, router6, 53, me6, 40200, b"\x12\x34\x80" + b"\x00" * 9)]
+        extra = [_udp6(1.0, ME6, 40200, router6, 53, b"\x12\x34" + b"\x00" * 10),
+                 _udp6(1.1, router6, 53, ME6, 40200, b"\x12\x34\x80" + b"\x00" * 9)]
     else:
-        pkts += [(1.0, bytes(eth / IPv6(src="fe80::1", dst=me6) / ICMPv6ND_NS(tgt=me6))),
-                 (1.1, bytes(eth / IPv6(src=me6, dst="fe80::1") / ICMPv6ND_NA(tgt=me6)))]
-    pkts.append(_udp(20.0, ME_HOST, 40002, "192.168.1.1", 53, b"\x00" * 12))
-    path = tmp_path / "v6link.pcap"
-    _pcap(path, sorted(pkts))
-    result = analyze_capture(path, workers=1)
-    stun = next(f.uid for f in result.flows if f.resp_p == 3478)
-    verdict = result.analysis.flow_verdicts.get(stun) or next(
-        c.verdict for c in result.analysis.calls if stun in c.flow_uids)
+        extra = [(1.0, bytes(eth / IPv6(src="fe80::1", dst=ME6) / ICMPv6ND_NS(tgt=ME6))),
+                 (1.1, bytes(eth / IPv6(src=ME6, dst="fe80::1") / ICMPv6ND_NA(tgt=ME6)))]
+    verdict = _ipv6_stun_verdict(tmp_path, extra)
     assert verdict.kind is VerdictKind.UNKNOWN, verdict
     assert verdict.evidence[0].rule == "unknown.family_unanswered"
