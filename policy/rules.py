@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -434,12 +434,19 @@ def _past_the_link(a: str, b: str) -> bool:
     ca, cb = address_class(a), address_class(b)
     if AddressClass.GLOBAL not in (ca, cb) or AddressClass.LINK_LOCAL in (ca, cb):
         return False
+    return not _one_prefix(a, b)
+
+
+def _one_prefix(a: str, b: str) -> bool:
+    """Both addresses in one IPv4 /24 or one IPv6 /64 (the usual size of a link)."""
     x, y = ipaddress.ip_address(a.partition("%")[0]), ipaddress.ip_address(b.partition("%")[0])
+    if x.version != y.version:
+        return False
     bits = 24 if x.version == 4 else 64
-    return y not in ipaddress.ip_network(f"{x}/{bits}", strict=False)
+    return y in ipaddress.ip_network(f"{x}/{bits}", strict=False)
 
 
-def _heard_nothing(ev: Evidence, hosts: str | Sequence[str] | None, ip_version: int,
+def _heard_nothing(ev: Evidence, hosts: Iterable[str], ip_version: int,
                    ctx: RuleContext) -> Evidence:
     """``ev``, a block read from silence toward ``hosts`` over IP ``ip_version``, as it
     stands; or ``unknown`` when the capture cannot show that silence: the silence was over
@@ -450,12 +457,12 @@ def _heard_nothing(ev: Evidence, hosts: str | Sequence[str] | None, ip_version: 
     ``unknown.capture_loss``)."""
     if ip_version == 6 and ctx.traffic is not None and \
             6 not in ctx.traffic.internet_families():
-        return Evidence("unknown.family_unanswered", ev.reason, ev.flow_uids, ev.frames,
-                        ev.first_ts, ev.last_ts, {**ev.figures, "ip_version": ip_version},
-                        f"{ev.text}; but nothing of the capture over IPv{ip_version} went "
-                        f"past the host's own network and came back: IPv{ip_version} may "
-                        "not work there at all, for any destination")
-    for host in [hosts] if hosts is None or isinstance(hosts, str) else hosts:
+        return replace(ev, rule="unknown.family_unanswered",
+                       figures={**ev.figures, "ip_version": ip_version},
+                       text=f"{ev.text}; but nothing of the capture over IPv{ip_version} went "
+                            f"past the host's own network and came back: IPv{ip_version} may "
+                            "not work there at all, for any destination")
+    for host in hosts:
         lost = unseen_answers(host, ctx, ev.first_ts, ev.last_ts)
         if lost is not None:
             return _unseen(ev, lost)
@@ -465,12 +472,11 @@ def _heard_nothing(ev: Evidence, hosts: str | Sequence[str] | None, ip_version: 
 def _unseen(ev: Evidence, lost: CaptureLoss) -> Evidence:
     """``ev``, a block read from silence, made ``unknown.capture_loss``: the capture
     missed too much of what its host received for the silence to mean anything."""
-    return Evidence("unknown.capture_loss", ev.reason, ev.flow_uids, ev.frames,
-                    ev.first_ts, ev.last_ts, {**ev.figures, **lost.figures()},
-                    f"{ev.text}; but the capture missed {lost.share:.0%} of the TCP bytes "
-                    f"{lost.host} acknowledged receiving ({lost.missed_bytes} of "
-                    f"{lost.seen_bytes + lost.missed_bytes}): the answers may have gone by "
-                    "unseen (capture loss, or a tap that records one direction)")
+    return replace(ev, rule="unknown.capture_loss", figures={**ev.figures, **lost.figures()},
+                   text=f"{ev.text}; but the capture missed {lost.share:.0%} of the TCP bytes "
+                        f"{lost.host} acknowledged receiving ({lost.missed_bytes} of "
+                        f"{lost.seen_bytes + lost.missed_bytes}): the answers may have gone "
+                        "by unseen (capture loss, or a tap that records one direction)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,7 +718,7 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
                  f"{tries.syns} SYN(s) to {flow.resp_h}:{flow.resp_p}{over}, sent again"
                  f" for {tries.last_ts - tries.first_ts:.1f} s, never answered while"
                  f" other connections were{why}")
-        out.append(_heard_nothing(ev, flow.orig_h, flow.ip_version, ctx) if service_up
+        out.append(_heard_nothing(ev, [flow.orig_h], flow.ip_version, ctx) if service_up
                    else ev)
     f = ctx.classes[flow.uid].facts
     # A client that sent its own FIN had given up before any reset: a client whose
@@ -789,14 +795,7 @@ def _to_a_group(f: FlowRecord) -> bool:
 def _same_network(a: str, b: str) -> bool:
     """Both ends of a local address class (:func:`probe.addresses.is_local_class`) on one
     network (same IPv4 /24 or IPv6 /64): no operator between."""
-    if not (is_local_class(a) and is_local_class(b)):
-        return False
-    x, y = ipaddress.ip_address(a.partition("%")[0]), ipaddress.ip_address(b.partition("%")[0])
-    if x.version != y.version:
-        return False
-    bits = 24 if x.version == 4 else 64
-    net = ipaddress.ip_network(f"{x}/{bits}", strict=False)
-    return y in net
+    return is_local_class(a) and is_local_class(b) and _one_prefix(a, b)
 
 
 def call_rules(call: CallCase, ctx: RuleContext,
@@ -854,8 +853,8 @@ def call_rules(call: CallCase, ctx: RuleContext,
                       "duration_s": round(f.duration_s, 3)},
                      f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
                      f"{f.duration_s:.1f} s, none came back")
-            out.append(_heard_nothing(ev, f.orig_h if out_local else f.resp_h, f.ip_version,
-                                      ctx))
+            out.append(_heard_nothing(ev, [f.orig_h if out_local else f.resp_h],
+                                      f.ip_version, ctx))
     # Shaping and quality, on every stream whose loss and delay this capture can see:
     # those the local side received, and those it sent that arrived here with sequence
     # gaps or a delay build-up — the capture then lies past the network they crossed
