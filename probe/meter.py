@@ -789,8 +789,7 @@ class FlowMeter:
         was seen, what the other side acknowledged past its first byte seen, less the bytes
         seen (resent ones and later IP fragments included, so it errs low) and a FIN;
         where none was, all it acknowledged while the capture watched, but a FIN. Never
-        more than
-        :data:`MAX_ACKED_PER_PACKET` per packet of the acknowledging side: an
+        more than :data:`MAX_ACKED_PER_PACKET` per packet of the acknowledging side: an
         acknowledgement number that jumped (a new connection on the same ports that the
         capture missed the start of) is no count of bytes."""
         t = self._t
@@ -1038,14 +1037,16 @@ class Ended:
     def plain(self) -> tuple[list[Any], ...]:
         """The per-flow columns as Python lists (converted in one go each): the key's
         address halves, ports word and zone, then orig_is_a, first/last ns and frame,
-        pkts, pay, wire, flags, retrans (pairs per side), tunnel, n_rtp, fid and the
-        link-layer addresses (a pair per flow, as text or None)."""
+        pkts, pay, wire, flags, retrans (pairs per side), tunnel, n_rtp, fid, the
+        link-layer addresses (a pair per flow, as text or None) and the missed bytes
+        (pairs per side)."""
         key = self.key
         return (*(key[:, i].tolist() for i in range(6)), self.orig_is_a.tolist(),
                 self.first_ns.tolist(), self.last_ns.tolist(), self.first_frame.tolist(),
                 self.last_frame.tolist(), self.pkts.tolist(), self.pay.tolist(),
                 self.wire.tolist(), self.flags.tolist(), self.retrans.tolist(),
-                self.tunnel.tolist(), self.n_rtp.tolist(), self.fid.tolist(), _macs(self.l2))
+                self.tunnel.tolist(), self.n_rtp.tolist(), self.fid.tolist(), _macs(self.l2),
+                self.missed.tolist())
 
 
 def _macs(l2: U64) -> list[list[str | None]]:
@@ -1129,8 +1130,7 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     without building them whole first."""
     plain = e.plain()
     (_, _, _, _, _, _, _, first_ns, last_ns, first_fr, last_fr, pkts, pay, wire, flags, retr,
-     tunnels, _, _, l2) = plain
-    missed = e.missed.tolist()
+     tunnels, _, _, l2, missed) = plain
     reasons = e.reasons
     tim = NO_TIMING  # a light record's timing series: the shared empty ones
     if not light:
@@ -1181,8 +1181,7 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
     The same values, keys and key order as building the records and asking each."""
     plain = e.plain()
     (_, _, _, _, _, _, _, first_ns, last_ns, first_fr, last_fr, pkts, pay, wire, flags, retr,
-     tunnels, _, _, l2) = plain
-    missed = e.missed.tolist()
+     tunnels, _, _, l2, missed) = plain
     reasons = e.reasons
     out = []
     for j, ident, (_, streams), ic, w in _each_flow(e, plain):
