@@ -161,18 +161,23 @@ def _cooked(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
                     for ts, buf in frames if len(buf) >= 14]
 
 
-def _outbound_only(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
+def _sent_by_host(linktype: int, frames: list[Frame]) -> Callable[[bytes], bool]:
+    """Whether a frame was sent by the capturing host: the cooked header's direction
+    (4, outgoing), else the host's link-layer address as the source."""
     if linktype == COOKED:
-        return linktype, [fr for fr in frames if fr[1][:2] == b"\x00\x04"]
+        return lambda buf: buf[:2] == b"\x00\x04"
     host = _host_mac(frames)
-    return linktype, [fr for fr in frames if fr[1][6:12] == host]
+    return lambda buf: buf[6:12] == host
+
+
+def _outbound_only(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
+    sent = _sent_by_host(linktype, frames)
+    return linktype, [fr for fr in frames if sent(fr[1])]
 
 
 def _inbound_only(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
-    if linktype == COOKED:
-        return linktype, [fr for fr in frames if fr[1][:2] != b"\x00\x04"]
-    host = _host_mac(frames)
-    return linktype, [fr for fr in frames if fr[1][6:12] != host]
+    sent = _sent_by_host(linktype, frames)
+    return linktype, [fr for fr in frames if not sent(fr[1])]
 
 
 def _return_path_elsewhere(linktype: int, frames: list[Frame]) -> tuple[int, list[Frame]]:
@@ -181,13 +186,12 @@ def _return_path_elsewhere(linktype: int, frames: list[Frame]) -> tuple[int, lis
     off = {ETHERNET: 14, COOKED: 16}.get(linktype)
     if off is None:
         return linktype, frames
-    host = b"" if linktype == COOKED else _host_mac(frames)
+    sent = _sent_by_host(linktype, frames)
 
     def from_internet(buf: bytes) -> bool:
-        incoming = buf[:2] != b"\x00\x04" if linktype == COOKED else buf[6:12] != host
         version = buf[off] >> 4 if len(buf) > off else 0
-        if not incoming or version not in (4, 6) or len(buf) < off + (20 if version == 4
-                                                                         else 40):
+        if sent(buf) or version not in (4, 6) or len(buf) < off + (20 if version == 4
+                                                                   else 40):
             return False
         raw = buf[off + 12:off + 16] if version == 4 else buf[off + 8:off + 24]
         return ipaddress.ip_address(raw).is_global
