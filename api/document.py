@@ -87,6 +87,9 @@ TEXTS: dict[str, dict[str, str]] = {
                          "not tried again).",
         "benign.not_one_way": "The call was not one-way by design: no signalling of it asked "
                               "for media one way only.",
+        "benign.no_tcp_fallback": "The call did not go through another way: no TCP "
+                                  "connection of its app carried a call's worth of data "
+                                  "both ways meanwhile.",
         "benign.not_lan": "An operator's network lies between the two ends (they are not on "
                           "one local network).",
         "benign.not_loss_alone": "Loss came with a steady rise of delay (a queue filling "
@@ -154,6 +157,9 @@ TEXTS: dict[str, dict[str, str]] = {
                          "tentative abandonnée par le client, n'est pas retentée).",
         "benign.not_one_way": "L'appel n'était pas unidirectionnel par construction : aucune "
                               "signalisation n'a demandé des médias dans un seul sens.",
+        "benign.no_tcp_fallback": "L'appel n'est pas passé par un autre chemin : aucune "
+                                  "connexion TCP de son application n'a échangé dans les "
+                                  "deux sens le débit d'un appel pendant ce temps.",
         "benign.not_lan": "Un réseau d'opérateur sépare les deux extrémités (elles ne sont pas "
                           "sur un même réseau local).",
         "benign.not_loss_alone": "La perte s'accompagnait d'une hausse régulière du délai (une "
@@ -221,6 +227,8 @@ TEXTS: dict[str, dict[str, str]] = {
                          "المحاولة التي تخلى عنها العميل، لا تُعاد).",
         "benign.not_one_way": "لم تكن المكالمة أحادية الاتجاه بطبيعتها: لم تطلب أي إشارة "
                               "وسائط في اتجاه واحد فقط.",
+        "benign.no_tcp_fallback": "لم تمر المكالمة بطريق آخر: لم يتبادل أي اتصال TCP "
+                                  "لتطبيقها بيانات مكالمة في الاتجاهين خلال ذلك.",
         "benign.not_lan": "تفصل شبكة مشغل بين الطرفين (ليسا على شبكة محلية واحدة).",
         "benign.not_loss_alone": "صاحب الفقد ارتفاع مطرد في التأخير (طابور يمتلئ)، وهو ما "
                                  "لا يظهر في الفقد العشوائي على وصلة رديئة.",
@@ -337,6 +345,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                  "{delay_rise_ms} ms, but the capture itself missed {missed} "
                                  "of the TCP bytes {host} acknowledged receiving: the loss "
                                  "may be the capture's",
+        "degraded.tcp_fallback": "no answer over UDP, but the call's app carried payload "
+                                 "both ways over TCP to {tcp_server} in {tcp_two_way_s} "
+                                 "seconds meanwhile: the call went through over TCP",
         "degraded.jitter": "mean jitter {jitter_ms} ms on stream {ssrc}",
         "degraded.mos": "E-model MOS {mos} on stream {ssrc}",
     },
@@ -379,6 +390,10 @@ EVIDENCE: dict[str, dict[str, str]] = {
                               "aller a augmenté de {delay_rise_ms} ms",
         "degraded.loss": "le flux reçu {ssrc} a perdu {loss} (hausse du délai : "
                          "{delay_rise_ms} ms) : de la perte, sans preuve d'un plafond de débit",
+        "degraded.tcp_fallback": "aucune réponse en UDP, mais l'application de l'appel a "
+                                 "échangé des données dans les deux sens en TCP avec "
+                                 "{tcp_server} pendant {tcp_two_way_s} secondes : l'appel "
+                                 "est passé par TCP",
         "degraded.capture_loss": "le flux {ssrc} a perdu {loss} pendant que son délai "
                                  "augmentait de {delay_rise_ms} ms, mais la capture a "
                                  "elle-même manqué {missed} des octets TCP dont {host} a "
@@ -424,6 +439,9 @@ EVIDENCE: dict[str, dict[str, str]] = {
                               "أحادي الاتجاه {delay_rise_ms} م.ث",
         "degraded.loss": "فقد التيار المستقبل {ssrc} نسبة {loss} (ارتفاع التأخير "
                          "{delay_rise_ms} م.ث): فقد لم يثبت أنه سقف للسرعة",
+        "degraded.tcp_fallback": "لا رد عبر UDP، لكن تطبيق المكالمة تبادل بيانات في "
+                                 "الاتجاهين عبر TCP مع {tcp_server} خلال {tcp_two_way_s} "
+                                 "ثانية: مرت المكالمة عبر TCP",
         "degraded.capture_loss": "فقد التيار {ssrc} نسبة {loss} بينما ارتفع تأخيره "
                                  "{delay_rise_ms} م.ث، لكن التسجيل نفسه فاته {missed} من "
                                  "بايتات TCP التي أكد {host} استلامها: قد يكون الفقد من "
@@ -600,6 +618,8 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
         out.append(loc.t("benign.resent", s=loc.num(pol.blocked.syn_min_resend_s, 1)))
     if "stun-unanswered" in kinds:
         out.append(loc.t("benign.resent", s=loc.num(pol.blocked.stun_min_resend_s, 1)))
+    if judged & {"blocked.stun", "blocked.media_no_return"}:
+        out.append(loc.t("benign.no_tcp_fallback"))
     if "media-no-return" in kinds:
         out.append(loc.t("benign.not_one_way"))
         out.append(loc.t("benign.not_lan"))

@@ -261,7 +261,7 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     if streams:
         extra["go_live_flows"] = sorted(streams)
     evidence = call_rules(CallCase(members, media_flows, legs, sip,
-                                   dialog is not None and dialog.one_way_by_design),
+                                   dialog is not None and dialog.one_way_by_design, call.app),
                           ctx, single)
     if _two_way_media(media_flows):
         # The call worked: a failed candidate path (ICMP, a refused side connection) is

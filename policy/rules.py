@@ -20,6 +20,7 @@ from typing import Any, get_type_hints
 import numpy as np
 import yaml
 
+from classifier.hostnames import app_owner
 from classifier.records import Classification
 from policy.assembly import SipDialog
 from policy.errors import PolicyError
@@ -34,13 +35,14 @@ from probe.addresses import (
 )
 from probe.records import FlowRecord, TcpFlag
 
-__all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy", "CaptureLoss",
-           "CongestedPath", "DegradedPolicy", "HostTraffic", "Policy", "QualityPolicy",
-           "ReachabilityPolicy", "ReplayPolicy", "RuleContext", "ServiceTries", "SipOutcome",
-           "SynTries", "ThrottledPolicy", "answered_services", "call_rules", "congested_paths",
-           "explained_by_congestion", "explained_by_shaper", "flow_rules", "icmp_prohibited",
-           "internet_families", "load_policy", "service_tries", "sip_outcome", "unseen_answers",
-           "verdict_from"]
+__all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy",
+           "CaptureLoss", "CongestedPath", "DegradedPolicy", "HostTraffic", "Policy",
+           "QualityPolicy", "ReachabilityPolicy", "ReplayPolicy", "RuleContext",
+           "ServiceTries", "SipOutcome", "SynTries", "TcpFallback", "ThrottledPolicy",
+           "answered_services", "call_rules", "congested_paths",
+           "explained_by_congestion", "explained_by_shaper", "flow_rules",
+           "icmp_prohibited", "internet_families", "load_policy", "service_tries",
+           "sip_outcome", "tcp_fallback", "unseen_answers", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
 FRAGMENTATION_NEEDED = 4
@@ -97,6 +99,12 @@ class BlockedPolicy:
     """Silence toward a host is a block only while the capture missed at most this share
     of the TCP bytes that host acknowledged receiving (:meth:`HostTraffic.received`):
     beyond it, the answers may have gone by unseen."""
+    tcp_fallback_min_s: int = _threshold("s")
+    """Seconds in which a TCP connection of the call's app carried payload both ways
+    (:func:`tcp_fallback`) that make it the call's path: the app fell back to TCP."""
+    tcp_fallback_min_bytes_s: int = _threshold("bytes/s")
+    """Payload each way that makes such a second: a voice stream's, not a transfer's
+    acknowledgements or window updates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +364,7 @@ class HostTraffic:
         to ``host`` (``inbound``) or from it, in the seconds from ``first_s`` to
         ``last_s``."""
         total = 0
-        for f, is_orig in self._flows_of(host):
+        for f, is_orig in self.flows_of(host):
             if f.uid in skip:
                 continue
             sender_is_orig = is_orig != inbound  # bytes to the host come from the other end
@@ -374,7 +382,7 @@ class HostTraffic:
         acknowledged beyond it (RFC 9293 §3.4: an acknowledgement says the bytes before it
         arrived), over its TCP flows alive at some time from ``first_s`` to ``last_s``."""
         seen = missed = 0
-        for f, is_orig in self._flows_of(host):
+        for f, is_orig in self.flows_of(host):
             if f.last_ts < first_s or f.first_ts > last_s:
                 continue
             seen += f.resp_bytes if is_orig else f.orig_bytes
@@ -388,7 +396,7 @@ class HostTraffic:
         got = self.received(host, first_s - LOSS_WINDOW_S, last_s + LOSS_WINDOW_S)
         return got if got.seen_bytes + got.missed_bytes else self.received(host)
 
-    def _flows_of(self, host: str) -> list[tuple[FlowRecord, bool]]:
+    def flows_of(self, host: str) -> list[tuple[FlowRecord, bool]]:
         """The TCP flows with ``host`` at one end, each with whether it is the originator."""
         if self._by_host is None:
             self._by_host = {}
@@ -446,15 +454,95 @@ def _one_prefix(a: str, b: str) -> bool:
     return y in ipaddress.ip_network(f"{x}/{bits}", strict=False)
 
 
+TCP_FRAME_OVERHEAD = 118
+"""The most bytes of a TCP frame that are not payload: Ethernet with an 802.1Q tag (18), an
+IPv6 header (40) and a TCP header with the most options (60). What is left of a second's
+frame bytes after this much per packet is payload at least (a pure acknowledgement leaves
+nothing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TcpFallback:
+    """A TCP connection of a call's app that carried payload both ways, second after
+    second, around a silence of the call's UDP (:func:`tcp_fallback`)."""
+
+    flow: FlowRecord
+    seconds: int
+    """Seconds in which it carried ``blocked.tcp_fallback_min_bytes_s`` each way."""
+    first_s: int
+    last_s: int
+
+    def figures(self) -> dict[str, Any]:
+        f = self.flow
+        return {"tcp_flow": f.uid, "tcp_server": f"{f.resp_h}:{f.resp_p}",
+                "tcp_two_way_s": self.seconds, "tcp_from_s": self.first_s,
+                "tcp_to_s": self.last_s}
+
+
+def tcp_fallback(app: str | None, hosts: Iterable[str], first_s: float, last_s: float,
+                 ctx: RuleContext) -> TcpFallback | None:
+    """A TCP connection of ``hosts`` to ``app``'s organisation that carried a call's
+    worth of payload both ways, second after second, within :data:`LOSS_WINDOW_S` of a
+    silence from ``first_s`` to ``last_s``: the app carried the call over TCP.
+
+    Call apps fall back to TCP when UDP gets nowhere (TURN over TCP or TLS, RFC 8656
+    §3.1 and RFC 6062; ICE-TCP, RFC 6544; Teams and Zoom document TCP 443 as their
+    fallback): then the UDP silence is the path the app gave up, not the call's fate. A
+    second counts when each way carried at least ``blocked.tcp_fallback_min_bytes_s``
+    of payload (frame bytes less :data:`TCP_FRAME_OVERHEAD` per packet): a download's
+    acknowledgements, an upload's window updates and a chat's occasional messages do
+    not. Its seconds must number ``blocked.tcp_fallback_min_s`` and fill four fifths of
+    the span from the first to the last (a stream, not a few bursts)."""
+    if app is None or ctx.traffic is None:
+        return None
+    pol = ctx.policy.blocked
+    org = app_owner(app) or app
+    best: TcpFallback | None = None
+    for host in hosts:
+        for f, _ in ctx.traffic.flows_of(host):
+            other = ctx.classes[f.uid].app
+            if other is None or (app_owner(other) or other) != org:
+                continue
+            if f.last_ts < first_s - LOSS_WINDOW_S or f.first_ts > last_s + LOSS_WINDOW_S:
+                continue
+            r = f.rate
+            sent = r[:, 2] - TCP_FRAME_OVERHEAD * r[:, 1]
+            got = r[:, 4] - TCP_FRAME_OVERHEAD * r[:, 3]
+            both = r[(sent >= pol.tcp_fallback_min_bytes_s)
+                     & (got >= pol.tcp_fallback_min_bytes_s), 0]
+            both = both[(both >= first_s - LOSS_WINDOW_S) & (both <= last_s + LOSS_WINDOW_S)]
+            if len(both) < pol.tcp_fallback_min_s:
+                continue
+            span = int(both[-1] - both[0]) + 1
+            if len(both) < 0.8 * span:
+                continue
+            got_one = TcpFallback(f, len(both), int(both[0]), int(both[-1]))
+            if best is None or got_one.seconds > best.seconds:
+                best = got_one
+    return best
+
+
 def _heard_nothing(ev: Evidence, hosts: Iterable[str], ip_version: int,
-                   ctx: RuleContext) -> Evidence:
+                   ctx: RuleContext, app: str | None = None) -> Evidence:
     """``ev``, a block read from silence toward ``hosts`` over IP ``ip_version``, as it
     stands; or ``unknown`` when the capture cannot show that silence: the silence was over
     IPv6 and nothing of the capture over IPv6 went past the host's link and came back
     (:func:`internet_families`; a network that announces IPv6 with no working route behind
     it fails every IPv6 attempt: rule ``unknown.family_unanswered``), or the capture
     missed too much of what the host received (:func:`unseen_answers`:
-    ``unknown.capture_loss``)."""
+    ``unknown.capture_loss``). ``degraded`` when ``app``, the call's, carried the call
+    over TCP meanwhile (:func:`tcp_fallback`: rule ``degraded.tcp_fallback``)."""
+    hosts = list(hosts)
+    carried = tcp_fallback(app, hosts, ev.first_ts, ev.last_ts, ctx)
+    if carried is not None:
+        f = carried.flow
+        return replace(ev, rule="degraded.tcp_fallback",
+                       figures={**ev.figures, **carried.figures()},
+                       text=f"{ev.text}; but the call's app carried payload both ways over "
+                            f"TCP to {f.resp_h}:{f.resp_p} in {carried.seconds} seconds "
+                            "meanwhile: the app fell back to TCP and the call went through "
+                            "(a firewall of the host's own network blocks UDP as well as an "
+                            "operator does)")
     if ip_version == 6 and ctx.traffic is not None and \
             6 not in ctx.traffic.internet_families():
         return replace(ev, rule="unknown.family_unanswered",
@@ -560,6 +648,8 @@ class CallCase:
     sip: SipOutcome | None = None
     one_way_by_design: bool = False
     """Its SDP made the media one-way (no return is then no block)."""
+    app: str | None = None
+    """The call's app (:func:`tcp_fallback` looks for its TCP connections)."""
 
 
 def _ev(rule: str, reason: Reason, flows: Sequence[FlowRecord], frames: Sequence[int],
@@ -740,7 +830,8 @@ def flow_rules(flow: FlowRecord, ctx: RuleContext, *, lone: bool = False) -> lis
     return out
 
 
-def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None:
+def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext, app: str | None = None
+               ) -> Evidence | None:
     # Unanswered: nothing at all came back on the STUN 5-tuple (any reply, even a TCP ACK
     # or a vendor's odd message type, shows the server is reachable), and the capture went
     # on long enough for an answer to have arrived.
@@ -778,7 +869,7 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext) -> Evidence | None
                  f"{req} STUN requests to {', '.join(sorted({f.resp_h for f in stun_flows}))}"
                  f" got no response while other traffic was answered")
         return _heard_nothing(ev, sorted({f.orig_h for f in stun_flows}),
-                              min(f.ip_version for f in stun_flows), ctx)
+                              min(f.ip_version for f in stun_flows), ctx, app)
     return None
 
 
@@ -828,7 +919,7 @@ def call_rules(call: CallCase, ctx: RuleContext,
             out.append(_ev(rule, sip.reason, flows, sip.frames, figures,
                            f"SIP INVITE answered {sip.final} "
                            f"({figures['reason_phrase']}): the callee's side ended it"))
-    ev = _stun_rule(flows, ctx)
+    ev = _stun_rule(flows, ctx, call.app)
     if ev is not None:
         out.append(ev)
     for f in flows:
@@ -854,7 +945,7 @@ def call_rules(call: CallCase, ctx: RuleContext,
                      f"{sent} media packets sent to {f.resp_h}:{f.resp_p} over "
                      f"{f.duration_s:.1f} s, none came back")
             out.append(_heard_nothing(ev, [f.orig_h if out_local else f.resp_h],
-                                      f.ip_version, ctx))
+                                      f.ip_version, ctx, call.app))
     # Shaping and quality, on every stream whose loss and delay this capture can see:
     # those the local side received, and those it sent that arrived here with sequence
     # gaps or a delay build-up — the capture then lies past the network they crossed

@@ -733,3 +733,80 @@ def test_ipv6_on_the_link_alone_shows_no_route_beyond(tmp_path: Path, neighbour:
     verdict = _ipv6_stun_verdict(tmp_path, extra)
     assert verdict.kind is VerdictKind.UNKNOWN, verdict
     assert verdict.evidence[0].rule == "unknown.family_unanswered"
+
+
+TEAMS_STUN, TEAMS_TCP = "52.112.10.10", "52.112.10.11"
+"""Addresses in Microsoft's published range for Teams media (52.112.0.0/14)."""
+
+
+def _tls_stream(me: tuple[str, int], server: tuple[str, int], sni: str, t0: float,
+                seconds: int, up: int, down: int) -> list[tuple[float, bytes]]:
+    """A TCP connection from ``me`` to ``server``: handshake, a ClientHello naming ``sni``,
+    then for ``seconds`` 25 segments a second each way, of ``up`` payload bytes from
+    ``me`` and ``down`` from the server (0: a bare acknowledgement)."""
+    import random
+
+    from scapy.layers.inet import TCP  # type: ignore[attr-defined]
+
+    from captures.make_captures import tls_client_hello
+    eth_up = Ether(src="02:00:00:00:00:50", dst="02:00:00:00:00:01")
+    eth_down = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:50")
+    seq = {True: 1000, False: 9000}
+
+    def seg(t: float, mine: bool, flags: str, payload: bytes = b"") -> tuple[float, bytes]:
+        src, dst, eth = (me, server, eth_up) if mine else (server, me, eth_down)
+        pkt = eth / IP(src=src[0], dst=dst[0]) / TCP(
+            sport=src[1], dport=dst[1], flags=flags, seq=seq[mine], ack=seq[not mine])
+        seq[mine] += len(payload) + (1 if "S" in flags else 0)
+        return t, bytes(pkt / Raw(payload)) if payload else bytes(pkt)
+
+    out = [seg(t0, True, "S"), seg(t0 + 0.02, False, "SA"), seg(t0 + 0.021, True, "A"),
+           seg(t0 + 0.03, True, "PA", tls_client_hello(sni, random.Random(3)))]
+    for i in range(seconds * 25):
+        t = t0 + 0.1 + i / 25
+        out.append(seg(t, True, "PA" if up else "A", b"\x17\x03\x03" + b"u" * (up - 3)
+                       if up else b""))
+        out.append(seg(t + 0.005, False, "PA" if down else "A",
+                       b"\x17\x03\x03" + b"d" * (down - 3) if down else b""))
+    return out
+
+
+@pytest.mark.parametrize(("sni", "up", "down", "kind"), [
+    # the call's app carried voice both ways over TCP 443 after its UDP got nowhere
+    ("worldaz.relay.teams.microsoft.com", 160, 160, VerdictKind.DEGRADED),
+    # a download from the app's servers: payload one way, bare acknowledgements back
+    ("worldaz.relay.teams.microsoft.com", 0, 1200, VerdictKind.BLOCKED),
+    # a trickle both ways (a chat's keep-alives): under a voice stream's rate
+    ("worldaz.relay.teams.microsoft.com", 20, 20, VerdictKind.BLOCKED),
+    # two-way payload, but with another app's server
+    ("www.example.org", 160, 160, VerdictKind.BLOCKED),
+], ids=["voice-over-tcp", "download", "trickle", "other-app"])
+def test_a_call_its_app_carried_over_tcp_is_no_block(
+        tmp_path: Path, sni: str, up: int, down: int, kind: VerdictKind) -> None:
+    # Teams asks its relay over UDP 3478 and gets nothing back, resending; then the
+    # same app carries the call over TCP 443 to its relay (TURN over TLS, the documented
+    # fallback). The call went through: degraded, and the evidence names the connection.
+    # Without a call's worth of payload both ways on a connection of the call's app,
+    # the UDP silence is a block, as before.
+    me = ME_HOST
+    ms_version = struct.pack("!HHI", 0x8070, 4, 3)  # [MS-ICE2] MS-IMPLEMENTATION-VERSION
+    stun = [_udp(3.0 + t, me, 40100, TEAMS_STUN, 3478,
+                 struct.pack("!HHI", 0x0001, len(ms_version), 0x2112A442)
+                 + (9).to_bytes(12, "big") + ms_version) for t in (0.0, 0.5, 1.5, 3.5)]
+    tcp = _tls_stream((me, 50443), (TEAMS_TCP if sni != "www.example.org"
+                                    else "198.51.100.80", 443), sni, 8.0, 20, up, down)
+    path = tmp_path / "fallback.pcap"
+    _pcap(path, sorted([*_dns_answered(me), *stun, *tcp]))
+    result = analyze_capture(path, workers=1)
+    calls = [c for c in result.analysis.calls if c.app == "teams"]
+    assert calls, result.analysis.calls
+    (call,) = calls
+    assert call.verdict.kind is kind, call.verdict
+    (ev,) = [e for e in call.verdict.evidence if e.reason is Reason.STUN_UNANSWERED]
+    if kind is VerdictKind.DEGRADED:
+        assert ev.rule == "degraded.tcp_fallback"
+        assert ev.figures["tcp_server"] == f"{TEAMS_TCP}:443"
+        assert ev.figures["tcp_two_way_s"] >= 18
+        assert "fell back to TCP" in ev.text
+    else:
+        assert ev.rule == "blocked.stun"
