@@ -88,8 +88,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_one_way": "The call was not one-way by design: no signalling of it asked "
                               "for media one way only.",
         "benign.no_tcp_fallback": "The call did not go through another way: no TCP "
-                                  "connection of its app carried a call's worth of data "
-                                  "both ways meanwhile.",
+                                  "connection of the host to {app} carried a call's worth "
+                                  "of data both ways from then on.",
         "benign.not_lan": "An operator's network lies between the two ends (they are not on "
                           "one local network).",
         "benign.not_loss_alone": "Loss came with a steady rise of delay (a queue filling "
@@ -158,8 +158,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_one_way": "L'appel n'était pas unidirectionnel par construction : aucune "
                               "signalisation n'a demandé des médias dans un seul sens.",
         "benign.no_tcp_fallback": "L'appel n'est pas passé par un autre chemin : aucune "
-                                  "connexion TCP de son application n'a échangé dans les "
-                                  "deux sens le débit d'un appel pendant ce temps.",
+                                  "connexion TCP de l'hôte vers {app} n'a échangé dans les "
+                                  "deux sens le débit d'un appel à partir de ce moment.",
         "benign.not_lan": "Un réseau d'opérateur sépare les deux extrémités (elles ne sont pas "
                           "sur un même réseau local).",
         "benign.not_loss_alone": "La perte s'accompagnait d'une hausse régulière du délai (une "
@@ -228,7 +228,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_one_way": "لم تكن المكالمة أحادية الاتجاه بطبيعتها: لم تطلب أي إشارة "
                               "وسائط في اتجاه واحد فقط.",
         "benign.no_tcp_fallback": "لم تمر المكالمة بطريق آخر: لم يتبادل أي اتصال TCP "
-                                  "لتطبيقها بيانات مكالمة في الاتجاهين خلال ذلك.",
+                                  "من المضيف إلى {app} بيانات مكالمة في الاتجاهين بعد ذلك.",
         "benign.not_lan": "تفصل شبكة مشغل بين الطرفين (ليسا على شبكة محلية واحدة).",
         "benign.not_loss_alone": "صاحب الفقد ارتفاع مطرد في التأخير (طابور يمتلئ)، وهو ما "
                                  "لا يظهر في الفقد العشوائي على وصلة رديئة.",
@@ -347,7 +347,7 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                  "may be the capture's",
         "degraded.tcp_fallback": "no answer over UDP, but the call's app carried payload "
                                  "both ways over TCP to {tcp_server} in {tcp_two_way_s} "
-                                 "seconds meanwhile: the call went through over TCP",
+                                 "seconds from then on: the call went through over TCP",
         "degraded.jitter": "mean jitter {jitter_ms} ms on stream {ssrc}",
         "degraded.mos": "E-model MOS {mos} on stream {ssrc}",
     },
@@ -618,8 +618,8 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
         out.append(loc.t("benign.resent", s=loc.num(pol.blocked.syn_min_resend_s, 1)))
     if "stun-unanswered" in kinds:
         out.append(loc.t("benign.resent", s=loc.num(pol.blocked.stun_min_resend_s, 1)))
-    if judged & {"blocked.stun", "blocked.media_no_return"}:
-        out.append(loc.t("benign.no_tcp_fallback"))
+    if call.app is not None and judged & {"blocked.stun", "blocked.media_no_return"}:
+        out.append(loc.t("benign.no_tcp_fallback", app=call.app))
     if "media-no-return" in kinds:
         out.append(loc.t("benign.not_one_way"))
         out.append(loc.t("benign.not_lan"))

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import numpy as np
+import numpy.typing as npt
 import yaml
 
-from classifier.hostnames import app_owner
 from classifier.records import Classification
 from policy.assembly import SipDialog
 from policy.errors import PolicyError
@@ -32,6 +32,7 @@ from probe.addresses import (
     is_group_l2,
     is_local_class,
     local_is_orig,
+    machines,
 )
 from probe.records import FlowRecord, TcpFlag
 
@@ -344,12 +345,13 @@ class HostTraffic:
     """What a set of flows' TCP flows carried to and from each host, second by second
     (their per-second rate series), indexed on first use."""
 
-    __slots__ = ("_by_host", "_families", "_flows")
+    __slots__ = ("_by_host", "_families", "_flows", "_machines")
 
     def __init__(self, flows: Sequence[FlowRecord]) -> None:
         self._flows = flows
         self._by_host: dict[str, list[tuple[FlowRecord, bool]]] | None = None
         self._families: frozenset[int] | None = None
+        self._machines: dict[str, str] | None = None
 
     def internet_families(self) -> frozenset[int]:
         """:func:`internet_families` of these flows, worked out on first use."""
@@ -395,6 +397,17 @@ class HostTraffic:
         that holds one direction shows it in every flow, whenever)."""
         got = self.received(host, first_s - LOSS_WINDOW_S, last_s + LOSS_WINDOW_S)
         return got if got.seen_bytes + got.missed_bytes else self.received(host)
+
+    def same_machine(self, hosts: Iterable[str]) -> list[str]:
+        """``hosts`` and every other address of the same machines (one link-layer
+        address: :func:`probe.addresses.machines`), ``hosts`` first."""
+        if self._machines is None:
+            self._machines = machines(self._flows)
+        out = list(dict.fromkeys(hosts))
+        l2s = {self._machines[h] for h in out if h in self._machines}
+        if l2s:
+            out += [h for h, l2 in self._machines.items() if l2 in l2s and h not in out]
+        return out
 
     def flows_of(self, host: str) -> list[tuple[FlowRecord, bool]]:
         """The TCP flows with ``host`` at one end, each with whether it is the originator."""
@@ -454,17 +467,19 @@ def _one_prefix(a: str, b: str) -> bool:
     return y in ipaddress.ip_network(f"{x}/{bits}", strict=False)
 
 
-TCP_FRAME_OVERHEAD = 118
-"""The most bytes of a TCP frame that are not payload: Ethernet with an 802.1Q tag (18), an
-IPv6 header (40) and a TCP header with the most options (60). What is left of a second's
-frame bytes after this much per packet is payload at least (a pure acknowledgement leaves
-nothing)."""
+TCP_OPTIONS_SLACK = 40
+"""Bytes of TCP options one packet may carry beyond its connection's average (SACK blocks
+on the acknowledgements of a lossy transfer: up to 40, RFC 9293 §3.1, RFC 2018)."""
+
+TCP_FALLBACK_FILL = 0.8
+"""The share of the seconds from the first to the last two-way second of a connection that
+must be two-way for it to be a stream (:func:`tcp_fallback`), not a few bursts."""
 
 
 @dataclass(frozen=True, slots=True)
 class TcpFallback:
     """A TCP connection of a call's app that carried payload both ways, second after
-    second, around a silence of the call's UDP (:func:`tcp_fallback`)."""
+    second, from the time of a silence of the call's UDP (:func:`tcp_fallback`)."""
 
     flow: FlowRecord
     seconds: int
@@ -479,46 +494,57 @@ class TcpFallback:
                 "tcp_to_s": self.last_s}
 
 
+def _payload_per_second(f: FlowRecord, orig: bool) -> npt.NDArray[np.int64]:
+    """Payload bytes at least, per second of ``f.rate``, one way: the second's frame bytes
+    less, per packet, the connection's own average headers that way (link layer, any
+    tunnel, IP, TCP) and :data:`TCP_OPTIONS_SLACK`."""
+    pkts, wire, payload = ((f.orig_pkts, f.orig_wire_bytes, f.orig_bytes) if orig
+                           else (f.resp_pkts, f.resp_wire_bytes, f.resp_bytes))
+    head = (wire - payload) / pkts if pkts else 0.0
+    col = 1 if orig else 3
+    return (f.rate[:, col + 1] - (head + TCP_OPTIONS_SLACK) * f.rate[:, col]).astype(np.int64)
+
+
 def tcp_fallback(app: str | None, hosts: Iterable[str], first_s: float, last_s: float,
                  ctx: RuleContext) -> TcpFallback | None:
-    """A TCP connection of ``hosts`` to ``app``'s organisation that carried a call's
-    worth of payload both ways, second after second, within :data:`LOSS_WINDOW_S` of a
-    silence from ``first_s`` to ``last_s``: the app carried the call over TCP.
+    """A TCP connection of ``hosts`` (any address of the same machine) to a server of
+    ``app`` that carried a call's worth of payload both ways, second after second, from
+    the start of a silence from ``first_s`` to ``last_s`` until :data:`LOSS_WINDOW_S`
+    after it: the app carried the call over TCP.
 
     Call apps fall back to TCP when UDP gets nowhere (TURN over TCP or TLS, RFC 8656
     §3.1 and RFC 6062; ICE-TCP, RFC 6544; Teams and Zoom document TCP 443 as their
     fallback): then the UDP silence is the path the app gave up, not the call's fate. A
     second counts when each way carried at least ``blocked.tcp_fallback_min_bytes_s``
-    of payload (frame bytes less :data:`TCP_FRAME_OVERHEAD` per packet): a download's
-    acknowledgements, an upload's window updates and a chat's occasional messages do
-    not. Its seconds must number ``blocked.tcp_fallback_min_s`` and fill four fifths of
-    the span from the first to the last (a stream, not a few bursts)."""
+    of payload (:func:`_payload_per_second`): a download's acknowledgements, an upload's
+    window updates and a chat's occasional messages do not. Its seconds must number
+    ``blocked.tcp_fallback_min_s`` and fill :data:`TCP_FALLBACK_FILL` of the span from
+    the first to the last. Only the call's own app counts, not its organisation's other
+    services (Meta's Facebook beside WhatsApp, Google's YouTube beside Meet)."""
     if app is None or ctx.traffic is None:
         return None
     pol = ctx.policy.blocked
-    org = app_owner(app) or app
     best: TcpFallback | None = None
-    for host in hosts:
+    seen: set[str] = set()
+    for host in ctx.traffic.same_machine(hosts):
         for f, _ in ctx.traffic.flows_of(host):
-            other = ctx.classes[f.uid].app
-            if other is None or (app_owner(other) or other) != org:
+            if f.uid in seen or ctx.classes[f.uid].app != app:
                 continue
-            if f.last_ts < first_s - LOSS_WINDOW_S or f.first_ts > last_s + LOSS_WINDOW_S:
+            seen.add(f.uid)
+            if f.last_ts < first_s or f.first_ts > last_s + LOSS_WINDOW_S:
                 continue
-            r = f.rate
-            sent = r[:, 2] - TCP_FRAME_OVERHEAD * r[:, 1]
-            got = r[:, 4] - TCP_FRAME_OVERHEAD * r[:, 3]
-            both = r[(sent >= pol.tcp_fallback_min_bytes_s)
-                     & (got >= pol.tcp_fallback_min_bytes_s), 0]
-            both = both[(both >= first_s - LOSS_WINDOW_S) & (both <= last_s + LOSS_WINDOW_S)]
+            floor = pol.tcp_fallback_min_bytes_s
+            two_way = (_payload_per_second(f, True) >= floor) & (
+                _payload_per_second(f, False) >= floor)
+            both = f.rate[two_way, 0]
+            both = both[(both >= math.floor(first_s)) & (both <= last_s + LOSS_WINDOW_S)]
             if len(both) < pol.tcp_fallback_min_s:
                 continue
-            span = int(both[-1] - both[0]) + 1
-            if len(both) < 0.8 * span:
+            if len(both) < TCP_FALLBACK_FILL * (int(both[-1] - both[0]) + 1):
                 continue
-            got_one = TcpFallback(f, len(both), int(both[0]), int(both[-1]))
-            if best is None or got_one.seconds > best.seconds:
-                best = got_one
+            got = TcpFallback(f, len(both), int(both[0]), int(both[-1]))
+            if best is None or got.seconds > best.seconds:
+                best = got
     return best
 
 
@@ -531,7 +557,7 @@ def _heard_nothing(ev: Evidence, hosts: Iterable[str], ip_version: int,
     it fails every IPv6 attempt: rule ``unknown.family_unanswered``), or the capture
     missed too much of what the host received (:func:`unseen_answers`:
     ``unknown.capture_loss``). ``degraded`` when ``app``, the call's, carried the call
-    over TCP meanwhile (:func:`tcp_fallback`: rule ``degraded.tcp_fallback``)."""
+    over TCP from then on (:func:`tcp_fallback`: rule ``degraded.tcp_fallback``)."""
     hosts = list(hosts)
     carried = tcp_fallback(app, hosts, ev.first_ts, ev.last_ts, ctx)
     if carried is not None:
@@ -540,7 +566,7 @@ def _heard_nothing(ev: Evidence, hosts: Iterable[str], ip_version: int,
                        figures={**ev.figures, **carried.figures()},
                        text=f"{ev.text}; but the call's app carried payload both ways over "
                             f"TCP to {f.resp_h}:{f.resp_p} in {carried.seconds} seconds "
-                            "meanwhile: the app fell back to TCP and the call went through "
+                            "from then on: the app fell back to TCP and the call went through "
                             "(a firewall of the host's own network blocks UDP as well as an "
                             "operator does)")
     if ip_version == 6 and ctx.traffic is not None and \

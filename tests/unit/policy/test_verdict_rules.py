@@ -771,41 +771,54 @@ def _tls_stream(me: tuple[str, int], server: tuple[str, int], sni: str, t0: floa
     return out
 
 
-@pytest.mark.parametrize(("sni", "up", "down", "kind"), [
+TEAMS_RELAY = "worldaz.relay.teams.microsoft.com"
+META_STUN, META_TCP = "157.240.0.10", "157.240.0.11"
+"""Addresses in Meta's published ranges (157.240.0.0/16)."""
+
+
+@pytest.mark.parametrize(("app", "sni", "server", "t0", "up", "down", "kind"), [
     # the call's app carried voice both ways over TCP 443 after its UDP got nowhere
-    ("worldaz.relay.teams.microsoft.com", 160, 160, VerdictKind.DEGRADED),
+    ("teams", TEAMS_RELAY, TEAMS_TCP, 8.0, 160, 160, VerdictKind.DEGRADED),
     # a download from the app's servers: payload one way, bare acknowledgements back
-    ("worldaz.relay.teams.microsoft.com", 0, 1200, VerdictKind.BLOCKED),
+    ("teams", TEAMS_RELAY, TEAMS_TCP, 8.0, 0, 1200, VerdictKind.BLOCKED),
     # a trickle both ways (a chat's keep-alives): under a voice stream's rate
-    ("worldaz.relay.teams.microsoft.com", 20, 20, VerdictKind.BLOCKED),
+    ("teams", TEAMS_RELAY, TEAMS_TCP, 8.0, 20, 20, VerdictKind.BLOCKED),
     # two-way payload, but with another app's server
-    ("www.example.org", 160, 160, VerdictKind.BLOCKED),
-], ids=["voice-over-tcp", "download", "trickle", "other-app"])
+    ("teams", "www.example.org", "198.51.100.80", 8.0, 160, 160, VerdictKind.BLOCKED),
+    # ... or with another app of the same organisation (Facebook beside WhatsApp)
+    ("whatsapp", "www.facebook.com", META_TCP, 8.0, 160, 160, VerdictKind.BLOCKED),
+    # ... or over before the call's UDP went unanswered
+    ("teams", TEAMS_RELAY, TEAMS_TCP, -25.0, 160, 160, VerdictKind.BLOCKED),
+], ids=["voice-over-tcp", "download", "trickle", "other-app", "same-organisation",
+        "before-the-call"])
 def test_a_call_its_app_carried_over_tcp_is_no_block(
-        tmp_path: Path, sni: str, up: int, down: int, kind: VerdictKind) -> None:
-    # Teams asks its relay over UDP 3478 and gets nothing back, resending; then the
+        tmp_path: Path, app: str, sni: str, server: str, t0: float, up: int, down: int,
+        kind: VerdictKind) -> None:
+    # The app asks its relay over UDP 3478 and gets nothing back, resending; then the
     # same app carries the call over TCP 443 to its relay (TURN over TLS, the documented
     # fallback). The call went through: degraded, and the evidence names the connection.
-    # Without a call's worth of payload both ways on a connection of the call's app,
-    # the UDP silence is a block, as before.
+    # Without a call's worth of payload both ways on a connection of the call's own app
+    # from then on, the UDP silence is a block, as before.
     me = ME_HOST
-    ms_version = struct.pack("!HHI", 0x8070, 4, 3)  # [MS-ICE2] MS-IMPLEMENTATION-VERSION
-    stun = [_udp(3.0 + t, me, 40100, TEAMS_STUN, 3478,
-                 struct.pack("!HHI", 0x0001, len(ms_version), 0x2112A442)
-                 + (9).to_bytes(12, "big") + ms_version) for t in (0.0, 0.5, 1.5, 3.5)]
-    tcp = _tls_stream((me, 50443), (TEAMS_TCP if sni != "www.example.org"
-                                    else "198.51.100.80", 443), sni, 8.0, 20, up, down)
+    if app == "teams":
+        attr = struct.pack("!HHI", 0x8070, 4, 3)  # [MS-ICE2] MS-IMPLEMENTATION-VERSION
+        stun_to, head = TEAMS_STUN, struct.pack("!HHI", 0x0001, len(attr), 0x2112A442)
+    else:
+        attr = b""  # WhatsApp's own STUN message type (nDPI stun.c: 0x0800-0x0805)
+        stun_to, head = META_STUN, struct.pack("!HHI", 0x0801, 0, 0x2112A442)
+    base = 30.0
+    stun = [_udp(base + t, me, 40100, stun_to, 3478, head + (9).to_bytes(12, "big") + attr)
+            for t in (0.0, 0.5, 1.5, 3.5)]
+    tcp = _tls_stream((me, 50443), (server, 443), sni, base + t0, 20, up, down)
     path = tmp_path / "fallback.pcap"
     _pcap(path, sorted([*_dns_answered(me), *stun, *tcp]))
     result = analyze_capture(path, workers=1)
-    calls = [c for c in result.analysis.calls if c.app == "teams"]
-    assert calls, result.analysis.calls
-    (call,) = calls
+    (call,) = [c for c in result.analysis.calls if c.app == app]
     assert call.verdict.kind is kind, call.verdict
     (ev,) = [e for e in call.verdict.evidence if e.reason is Reason.STUN_UNANSWERED]
     if kind is VerdictKind.DEGRADED:
         assert ev.rule == "degraded.tcp_fallback"
-        assert ev.figures["tcp_server"] == f"{TEAMS_TCP}:443"
+        assert ev.figures["tcp_server"] == f"{server}:443"
         assert ev.figures["tcp_two_way_s"] >= 18
         assert "fell back to TCP" in ev.text
     else:
