@@ -109,14 +109,14 @@ class Observation:
 
 def _remote(flow: FlowRecord) -> tuple[str, int]:
     """The far end of a flow (:func:`probe.addresses.orig_is_local`)."""
-    if orig_is_local(flow.orig_h, flow.resp_h):
+    if orig_is_local(flow.orig_h, flow.resp_h, flow.orig_p, flow.resp_p):
         return flow.resp_h, flow.resp_p
     return flow.orig_h, flow.orig_p
 
 
 def _local(flow: FlowRecord) -> tuple[str, int]:
     """The near end of a flow: the other end than :func:`_remote`."""
-    if orig_is_local(flow.orig_h, flow.resp_h):
+    if orig_is_local(flow.orig_h, flow.resp_h, flow.orig_p, flow.resp_p):
         return flow.orig_h, flow.orig_p
     return flow.resp_h, flow.resp_p
 

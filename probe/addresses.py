@@ -21,10 +21,11 @@ them for the far side.
 for a multicast or broadcast group (it stands for the receivers next to the
 capture; the sender is the far end), 0 for anything else. Per flow
 (:func:`orig_is_local`, :func:`local_is_orig`) the originator is local unless
-the responder ranks higher; a known local host, when it is one of the flow's
-ends, decides first. Over a set of flows (:func:`local_host`) the local host is
-chosen by vote: the higher-ranked end of a flow gets two votes, the originator
-of a flow whose ends rank alike gets one.
+the responder ranks higher, or the ends rank alike and the originator sent from a
+server's port to a client's (the capture's first packet was a server's answer); a
+known local host, when it is one of the flow's ends, decides first. Over a set of
+flows (:func:`local_host`) the local host is chosen by vote: the higher-ranked
+end of a flow gets two votes, both ends of a flow whose ends rank alike get one.
 
 **One machine, several addresses** (:func:`machines`). A dual-stack host sends from
 one IPv4 address and several IPv6 ones (stable and temporary addresses, RFC 8981)
@@ -47,6 +48,7 @@ from probe.records import FlowRecord
 
 __all__ = [
     "LOCAL_CLASSES",
+    "SERVER_PORTS",
     "AddressClass",
     "address_class",
     "ends",
@@ -56,6 +58,7 @@ __all__ = [
     "local_is_orig",
     "machines",
     "orig_is_local",
+    "serves",
 ]
 
 
@@ -257,19 +260,34 @@ def _rank(addr: str) -> int:
     return r
 
 
-def orig_is_local(orig_h: str, resp_h: str) -> bool:
-    """Whether the originator is the local end of a flow between these addresses, by
-    their classes alone: yes unless the responder ranks higher (see the module
-    docstring)."""
+SERVER_PORTS = frozenset({3478, 5349, 5060, 5061})
+"""Ports above the system range that servers listen on by standard: STUN and TURN
+(RFC 8489 §9, RFC 8656), SIP (RFC 3261 §19.1.2)."""
+
+
+def serves(port: int) -> bool:
+    """Whether ``port`` is one a server listens on: a system port (1-1023, RFC 6335 §6,
+    assigned to services and not handed out to clients) or one of :data:`SERVER_PORTS`."""
+    return 0 < port < 1024 or port in SERVER_PORTS
+
+
+def orig_is_local(orig_h: str, resp_h: str, orig_p: int = 0, resp_p: int = 0) -> bool:
+    """Whether the originator is the local end of a flow between these addresses (and
+    ports, when given): yes unless the responder ranks higher by its address class (see
+    the module docstring); between ends that rank alike, yes unless the originator sent
+    from a server's port (:func:`serves`) to a client's (1024 and up): its first packet
+    in the capture was a server's answer (a capture begun mid-connection, or one that
+    holds what the host received only)."""
+    server_first = resp_p >= 1024 and serves(orig_p)
     rr = _RANK.get(resp_h)
     if rr is None:
         rr = _rank(resp_h)
-    if not rr:  # the common case, a responder of no special rank: one lookup
+    if not rr and not server_first:  # the common case: one lookup
         return True
     ro = _RANK.get(orig_h)
     if ro is None:
         ro = _rank(orig_h)
-    return ro >= rr
+    return ro > rr or (ro == rr and not server_first)
 
 
 def local_is_orig(flow: FlowRecord, local: str | None = None) -> bool:
@@ -280,7 +298,7 @@ def local_is_orig(flow: FlowRecord, local: str | None = None) -> bool:
             return True
         if flow.resp_h == local:
             return False
-    return orig_is_local(flow.orig_h, flow.resp_h)
+    return orig_is_local(flow.orig_h, flow.resp_h, flow.orig_p, flow.resp_p)
 
 
 def ends(flow: FlowRecord, local: str | None = None

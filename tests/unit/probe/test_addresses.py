@@ -104,11 +104,12 @@ def _pcap(frames: list[bytes]) -> bytes:
     return out.getvalue()
 
 
-def _flow(tmp_path: Path, src: str, dst: str) -> FlowRecord:
+def _flow(tmp_path: Path, src: str, dst: str, sport: int = 40000, dport: int = 3478
+          ) -> FlowRecord:
     """One UDP flow whose first packet goes from ``src`` to ``dst``, and one answer."""
     ip = IPv6 if ":" in src else IP
-    frames = [bytes(Ether() / ip(src=src, dst=dst) / UDP(sport=40000, dport=3478) / Raw(b"x")),
-              bytes(Ether() / ip(src=dst, dst=src) / UDP(sport=3478, dport=40000) / Raw(b"y"))]
+    frames = [bytes(Ether() / ip(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"x")),
+              bytes(Ether() / ip(src=dst, dst=src) / UDP(sport=dport, dport=sport) / Raw(b"y"))]
     path = tmp_path / "f.pcap"
     path.write_bytes(_pcap(frames))
     flows = read_capture(path).flows
@@ -152,6 +153,27 @@ def test_ends_of_one_rank_make_the_originator_local(tmp_path: Path, a: str, b: s
     f = _flow(tmp_path, src, dst)
     assert local_is_orig(f)
     assert ends(f)[0][0] == src
+
+
+@pytest.mark.parametrize(("sport", "dport", "orig_local"), [
+    (3478, 51000, False),  # a STUN server's answer seen first (RFC 8489 §9)
+    (123, 60519, False),  # an NTP server's (a system port, RFC 6335 §6)
+    (5060, 40000, False),  # a SIP server's
+    (123, 123, True),  # server port to server port: NTP's symmetric mode, no telling
+    (52000, 51000, True),  # client port to client port: two peers
+    (8801, 61344, True),  # a port no standard gives a server: the originator, as ever
+])
+def test_ends_of_one_rank_a_server_port_first_makes_the_responder_local(
+        tmp_path: Path, sport: int, dport: int, orig_local: bool) -> None:
+    # A capture begun mid-exchange, or one that holds only what the host received, sees
+    # a server's answer first: its port says which end serves.
+    f = _flow(tmp_path, "203.0.113.1", "198.51.100.2", sport, dport)
+    assert local_is_orig(f) is orig_local
+    assert orig_is_local(f.orig_h, f.resp_h, f.orig_p, f.resp_p) is orig_local
+    assert orig_is_local(f.orig_h, f.resp_h)  # without the ports: the originator
+    # A higher-ranked end still decides first.
+    g = _flow(tmp_path, "203.0.113.1", "192.168.1.5", sport, dport)
+    assert not local_is_orig(g)
 
 
 @pytest.mark.parametrize("swap", [False, True])
