@@ -35,6 +35,10 @@ __all__ = [
 ]
 
 VXLAN_PORT = 4789
+PKTAP_MIN_HEADER = 108
+"""The shortest PKTAP header (Wireshark packet-pktap.c ``MIN_PKTAP_HDR_LEN``)."""
+PKTAP_PACKET = 1
+"""PKTAP record type of a packet (``PKT_REC_PACKET``); other records carry none."""
 GTPU_PORT = 2152
 
 TUNNEL_NONE = 0
@@ -204,6 +208,23 @@ class SlowDecoder:
             inner = cur.u32le()
             if hlen < 8:
                 raise Malformed("ppi", start, "bad-header-length")
+            cur.seek(start + hlen)
+            ctx.depth += 1
+            return self._link(cur, inner, ctx)
+        if lt in (LinkType.PKTAP, LinkType.USER2) and ctx.depth == 0:
+            # Apple's PKTAP (macOS `tcpdump -i any` or `-k`): a little-endian header of its
+            # own length, a record type (1: a packet) and the DLT of the packet that
+            # follows; then interface, process and service fields (Wireshark packet-pktap.c,
+            # at least 108 bytes in all).
+            cur.layer = "pktap"
+            start = cur.pos
+            hlen = cur.u32le()
+            record = cur.u32le()
+            inner = cur.u32le()
+            if hlen < PKTAP_MIN_HEADER:
+                raise Malformed("pktap", start, "bad-header-length")
+            if record != PKTAP_PACKET:
+                return None
             cur.seek(start + hlen)
             ctx.depth += 1
             return self._link(cur, inner, ctx)

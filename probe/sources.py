@@ -337,9 +337,12 @@ class LinkType(IntEnum):
     C_HDLC = 104
     LOOP = 108
     LINUX_SLL = 113
+    USER2 = 149
+    """Apple's PKTAP as macOS 10.9 wrote it (Wireshark reads it as :attr:`PKTAP`)."""
     PPI = 192
     IPV4 = 228
     IPV6 = 229
+    PKTAP = 258
     LINUX_SLL2 = 276
 
 

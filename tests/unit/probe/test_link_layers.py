@@ -1,7 +1,8 @@
 """Link types beyond Ethernet and cooked Linux: PPP (9, 50; RFC 1661/1662), Cisco HDLC
 (104; RFC 1547 §4.3.1) which PPP link types may also carry, PPPoE session frames
-with no Ethernet header (51) and PPI (192), whose header names the link type of the
-packet it wraps. Each capture holds one UDP flow; its packets are counted whole."""
+with no Ethernet header (51), PPI (192) and Apple's PKTAP (258, and 149 as macOS 10.9
+wrote it), whose headers name the link type of the packet they wrap. Each capture
+holds one UDP flow; its packets are counted whole."""
 
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ def _ppi(inner_dlt: int, frame: bytes) -> bytes:
     return struct.pack("<BBHI", 0, 0, 8 + len(field), inner_dlt) + field + frame
 
 
+def _pktap(inner_dlt: int, frame: bytes, record: int = 1) -> bytes:
+    """Apple's PKTAP header (Wireshark packet-pktap.c): length, record type, DLT, the
+    interface name (24 bytes), flags, protocol family, link-layer header and trailer
+    lengths, pid, command (20), service class, interface type and unit, effective pid and
+    command (20): 108 bytes, little-endian."""
+    head = struct.pack("<III24sIIIII20sIHHI20s", 108, record, inner_dlt, b"en0", 0, 2, 14, 0,
+                       501, b"FaceTime", 0, 6, 0, 501, b"FaceTime")
+    return head + frame
+
+
 ETH = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
 CASES: dict[str, tuple[int, Callable[[int], bytes]]] = {
     "ppp-hdlc-framing": (9, lambda i: b"\xff\x03\x00\x21" + _ip_udp(i)),
@@ -48,6 +59,10 @@ CASES: dict[str, tuple[int, Callable[[int], bytes]]] = {
     "pppoe-session": (51, lambda i: b"\x11\x00\x00\x01\x00\x42\x00\x21" + _ip_udp(i)),
     "ppi-ethernet": (192, lambda i: _ppi(1, ETH + _ip_udp(i))),
     "ppi-raw-ip": (192, lambda i: _ppi(101, _ip_udp(i))),
+    "pktap-ethernet": (258, lambda i: _pktap(1, ETH + _ip_udp(i))),
+    "pktap-raw-ip-utun": (258, lambda i: _pktap(12, _ip_udp(i))),
+    "pktap-null-loopback": (258, lambda i: _pktap(0, struct.pack("<I", 30) + _ip_udp(i, True))),
+    "pktap-as-user2": (149, lambda i: _pktap(1, ETH + _ip_udp(i))),
 }
 
 
@@ -72,6 +87,22 @@ def test_control_frames_carry_no_flow(tmp_path: Path) -> None:
         path.write_bytes(_pcap(lt, [frame, frame]))
         run = read_capture(path, workers=1)
         assert run.status.complete and run.flows == [] and run.weirds == []
+
+
+def test_pktap_records_other_than_packets_carry_no_flow(tmp_path: Path) -> None:
+    path = tmp_path / "pktap.pcap"
+    path.write_bytes(_pcap(258, [_pktap(1, ETH + _ip_udp(0), record=2),
+                                 _pktap(1, ETH + _ip_udp(1))]))
+    run = read_capture(path, workers=1)
+    assert [f.orig_pkts for f in run.flows] == [1] and run.weirds == []
+
+
+def test_pktap_header_shorter_than_its_fields_is_weird(tmp_path: Path) -> None:
+    path = tmp_path / "pktap-short.pcap"
+    frame = _pktap(1, ETH + _ip_udp(0))
+    path.write_bytes(_pcap(258, [struct.pack("<I", 40) + frame[4:]]))
+    run = read_capture(path, workers=1)
+    assert run.flows == [] and len(run.weirds) == 1
 
 
 def test_ppi_wrapping_ppi_is_weird(tmp_path: Path) -> None:
