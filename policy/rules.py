@@ -29,6 +29,7 @@ from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
 from probe.addresses import (
     AddressClass,
     address_class,
+    ends,
     is_group_l2,
     is_local_class,
     local_is_orig,
@@ -487,9 +488,15 @@ class TcpFallback:
     first_s: int
     last_s: int
 
+    @property
+    def server(self) -> str:
+        """The connection's far end, ``host:port`` (:func:`probe.addresses.ends`)."""
+        host, port = ends(self.flow)[1]
+        return f"{host}:{port}"
+
     def figures(self) -> dict[str, Any]:
         f = self.flow
-        return {"tcp_flow": f.uid, "tcp_server": f"{f.resp_h}:{f.resp_p}",
+        return {"tcp_flow": f.uid, "tcp_server": self.server,
                 "tcp_two_way_s": self.seconds, "tcp_from_s": self.first_s,
                 "tcp_to_s": self.last_s}
 
@@ -561,11 +568,10 @@ def _heard_nothing(ev: Evidence, hosts: Iterable[str], ip_version: int,
     hosts = list(hosts)
     carried = tcp_fallback(app, hosts, ev.first_ts, ev.last_ts, ctx)
     if carried is not None:
-        f = carried.flow
         return replace(ev, rule="degraded.tcp_fallback",
                        figures={**ev.figures, **carried.figures()},
                        text=f"{ev.text}; but the call's app carried payload both ways over "
-                            f"TCP to {f.resp_h}:{f.resp_p} in {carried.seconds} seconds "
+                            f"TCP to {carried.server} in {carried.seconds} seconds "
                             "from then on: the app fell back to TCP and the call went through "
                             "(a firewall of the host's own network blocks UDP as well as an "
                             "operator does)")
