@@ -50,7 +50,7 @@ def test_default_bound_is_generous() -> None:
 def test_reading_stops_at_the_bound_and_keeps_what_came_before(tmp_path: Path,
                                                               chunk: int) -> None:
     path = tmp_path / "bomb.pcap.gz"
-    path.write_bytes(_bomb(16 << 20))
+    path.write_bytes(_bomb(4 << 20))
     run = read_capture(path, MeterConfig(max_decompressed_bytes=1 << 20, chunk_size=chunk))
     st = run.status
     assert not st.complete and st.stopped_at is not None
@@ -58,7 +58,7 @@ def test_reading_stops_at_the_bound_and_keeps_what_came_before(tmp_path: Path,
     assert st.message == (f"stopped at byte {st.stopped_at}: the capture decompresses to "
                           "more than the limit of 1048576 bytes (max_decompressed_bytes)")
     assert [f.orig_pkts for f in run.flows] == [100]
-    exact = len(GOOD) + (16 << 20)
+    exact = len(GOOD) + (4 << 20)
     assert read_capture(path, MeterConfig(max_decompressed_bytes=exact)).status.complete
     assert not read_capture(path, MeterConfig(max_decompressed_bytes=exact - 1)).status.complete
 
