@@ -740,9 +740,9 @@ TEAMS_STUN, TEAMS_TCP = "52.112.10.10", "52.112.10.11"
 
 
 def _tls_stream(me: tuple[str, int], server: tuple[str, int], sni: str, t0: float,
-                seconds: int, up: int, down: int) -> list[tuple[float, bytes]]:
+                seconds: int, up: int, down: int, pps: int = 25) -> list[tuple[float, bytes]]:
     """A TCP connection from ``me`` to ``server``: handshake, a ClientHello naming ``sni``,
-    then for ``seconds`` 25 segments a second each way, of ``up`` payload bytes from
+    then for ``seconds`` ``pps`` segments a second each way, of ``up`` payload bytes from
     ``me`` and ``down`` from the server (0: a bare acknowledgement)."""
     import random
 
@@ -762,8 +762,8 @@ def _tls_stream(me: tuple[str, int], server: tuple[str, int], sni: str, t0: floa
 
     out = [seg(t0, True, "S"), seg(t0 + 0.02, False, "SA"), seg(t0 + 0.021, True, "A"),
            seg(t0 + 0.03, True, "PA", tls_client_hello(sni, random.Random(3)))]
-    for i in range(seconds * 25):
-        t = t0 + 0.1 + i / 25
+    for i in range(seconds * pps):
+        t = t0 + 0.1 + i / pps
         out.append(seg(t, True, "PA" if up else "A", b"\x17\x03\x03" + b"u" * (up - 3)
                        if up else b""))
         out.append(seg(t + 0.005, False, "PA" if down else "A",
@@ -823,3 +823,32 @@ def test_a_call_its_app_carried_over_tcp_is_no_block(
         assert "fell back to TCP" in ev.text
     else:
         assert ev.rule == "blocked.stun"
+
+
+def test_a_download_seen_inside_a_tunnel_is_no_fallback(tmp_path: Path) -> None:
+    # A capture taken on a tunnel (VXLAN over IPv6, with a VLAN tag outside): every frame
+    # carries 74 bytes of outer headers. A download from the call's app at 150 segments a
+    # second, acknowledged segment by segment, puts 150 bare acknowledgements a second
+    # the other way: counted against the connection's own headers they carry no payload,
+    # so the app's UDP silence stays a block.
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Dot1Q
+    from scapy.layers.vxlan import VXLAN
+
+    me = ME_HOST
+    attr = struct.pack("!HHI", 0x8070, 4, 3)
+    stun = [_udp(30.0 + t, me, 40100, TEAMS_STUN, 3478,
+                 struct.pack("!HHI", 0x0001, len(attr), 0x2112A442) + (9).to_bytes(12, "big")
+                 + attr) for t in (0.0, 0.5, 1.5, 3.5)]
+    tcp = _tls_stream((me, 50443), (TEAMS_TCP, 443), TEAMS_RELAY, 38.0, 20, 0, 1200, pps=150)
+    outer = (Ether(src="02:00:00:00:aa:01", dst="02:00:00:00:aa:02") / Dot1Q(vlan=7)
+             / IPv6(src="2001:db8:ff::1", dst="2001:db8:ff::2")
+             / UDP(sport=49152, dport=4789, chksum=0) / VXLAN(vni=42))
+    pkts = [(t, bytes(outer / Raw(frame)))
+            for t, frame in sorted([*_dns_answered(me), *stun, *tcp])]
+    path = tmp_path / "tunnel.pcap"
+    _pcap(path, pkts)
+    result = analyze_capture(path, workers=1)
+    (call,) = [c for c in result.analysis.calls if c.app == "teams"]
+    assert call.verdict.kind is VerdictKind.BLOCKED, call.verdict
+    assert call.verdict.evidence[0].rule == "blocked.stun"
