@@ -178,10 +178,10 @@ class Assembly:
 def vantage(flows: Sequence[FlowRecord], classes: dict[str, Classification]
             ) -> tuple[str | None, bool, float]:
     """What the verdict rules take from all the flows judged together: the local host (by
-    vote over the call flows, else over all), whether any flow was answered both ways, and
-    the newest packet's time."""
+    vote over the call flows, ties told apart by a vote over all; else over all), whether
+    any flow was answered both ways, and the newest packet's time."""
     call_flows = [f for f in flows if _is_call_flow(f, classes[f.uid])]
-    return (local_host(call_flows or list(flows)),
+    return (local_host(call_flows or list(flows), flows if call_flows else ()),
             any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows),
             max((f.last_ts for f in flows), default=0.0))
 

@@ -309,13 +309,7 @@ def ends(flow: FlowRecord, local: str | None = None
     return (flow.resp_h, flow.resp_p), (flow.orig_h, flow.orig_p)
 
 
-def local_host(flows: Iterable[FlowRecord]) -> str | None:
-    """The host the capture was taken next to, by vote over ``flows``: the higher-ranked
-    end of each flow gets two votes; both ends of a flow whose ends rank alike get one,
-    so the host common to most such flows wins, whichever way they were opened (a tap
-    that kept only what the host received sees every flow begin at the far end). Ties
-    go to the host seen first (a flow's originator before its responder). None for no
-    flows."""
+def _votes(flows: Iterable[FlowRecord]) -> Counter[str]:
     votes: Counter[str] = Counter()
     for f in flows:
         ro, rr = _rank(f.orig_h), _rank(f.resp_h)
@@ -326,7 +320,27 @@ def local_host(flows: Iterable[FlowRecord]) -> str | None:
         else:
             votes[f.orig_h] += 1
             votes[f.resp_h] += 1
-    return votes.most_common(1)[0][0] if votes else None
+    return votes
+
+
+def local_host(flows: Iterable[FlowRecord], tie_break: Iterable[FlowRecord] = ()
+               ) -> str | None:
+    """The host the capture was taken next to, by vote over ``flows``: the higher-ranked
+    end of each flow gets two votes; both ends of a flow whose ends rank alike get one,
+    so the host common to most such flows wins, whichever way they were opened (a tap
+    that kept only what the host received sees every flow begin at the far end). Hosts
+    that tie are told apart by the same vote over ``tie_break`` (the capture's other
+    flows: a call's flows all join the same two ends, the capture's flows share the local
+    one); then the host seen first wins (a flow's originator before its responder).
+    None for no flows."""
+    ranked = _votes(flows).most_common()
+    if not ranked:
+        return None
+    tied = [h for h, n in ranked if n == ranked[0][1]]
+    if len(tied) > 1:
+        wider = _votes(tie_break)
+        return max(tied, key=lambda h: wider[h])  # the first of the best: max is stable
+    return tied[0]
 
 
 HOST_V6_PREFIXES = 2

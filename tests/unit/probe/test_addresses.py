@@ -202,6 +202,13 @@ def test_local_host_by_vote(tmp_path: Path) -> None:
     received = [_flow(tmp_path, server, host)
                 for server in ("206.247.69.168", "170.114.15.169", "144.195.82.213")]
     assert local_host(received) == host
+    # ... and a call's flows in it, all between the host and one server, tie: the capture's
+    # other flows, which share the host, tell them apart
+    server = "206.247.69.168"
+    call = [_flow(tmp_path, server, host, 8801, port) for port in (61342, 61344, 61345)]
+    assert local_host(call) == server  # the host seen first, without more to go by
+    assert local_host(call, [*call, *received]) == host
+    assert local_host(received, call) == host  # no tie: the vote over ``flows`` decides
 
 
 # -- link-layer addresses and machines -----------------------------------------------------------
