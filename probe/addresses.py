@@ -275,10 +275,11 @@ def orig_is_local(orig_h: str, resp_h: str, orig_p: int = 0, resp_p: int = 0) ->
     """Whether the originator is the local end of a flow between these addresses (and
     ports, when given): yes unless the responder ranks higher by its address class (see
     the module docstring); between ends that rank alike, yes unless the originator sent
-    from a server's port (:func:`serves`) to a client's (1024 and up): its first packet
-    in the capture was a server's answer (a capture begun mid-connection, or one that
-    holds what the host received only)."""
-    server_first = resp_p >= 1024 and serves(orig_p)
+    from a server's port (:func:`serves`) to a client's (1024 and up, and no server's: SIP
+    phones and trunks send from 5060 to 5060): its first packet in the capture was a
+    server's answer (a capture begun mid-connection, or one that holds what the host
+    received only)."""
+    server_first = resp_p >= 1024 and serves(orig_p) and not serves(resp_p)
     rr = _RANK.get(resp_h)
     if rr is None:
         rr = _rank(resp_h)

@@ -160,6 +160,7 @@ def test_ends_of_one_rank_make_the_originator_local(tmp_path: Path, a: str, b: s
     (123, 60519, False),  # an NTP server's (a system port, RFC 6335 §6)
     (5060, 40000, False),  # a SIP server's
     (123, 123, True),  # server port to server port: NTP's symmetric mode, no telling
+    (5060, 5060, True),  # ... a SIP phone's request to its server, or a trunk's
     (52000, 51000, True),  # client port to client port: two peers
     (8801, 61344, True),  # a port no standard gives a server: the originator, as ever
 ])
