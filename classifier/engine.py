@@ -43,7 +43,7 @@ from classifier.records import (
     Method,
 )
 from classifier.stats import MediaGuess, media_guess
-from probe.addresses import orig_is_local
+from probe.addresses import is_local_class, orig_is_local
 from probe.records import FlowRecord
 from probe.speed import pickled_by_position
 
@@ -218,7 +218,13 @@ class Classifier:
                     self._call_endpoints.setdefault(ep, (app[0], "STUN address"))
 
     def _learn_call(self, flow: FlowRecord, c: Classification) -> None:
-        if c.app is None:
+        # A SIP flow's far end is a proxy or trunk that serves every call; which end is far
+        # shows only where the address classes say it (a phone behind a NAT and its
+        # provider): between two phones and a PBX of one network, or two public hosts,
+        # marking either end would name all its other traffic sip. Its media endpoints
+        # come from its SDP (:meth:`_learn`).
+        if c.app is None or (c.facts.sip and is_local_class(flow.orig_h)
+                             == is_local_class(flow.resp_h)):
             return
         rh = _remote(flow)[0]
         if flow.proto == "udp":

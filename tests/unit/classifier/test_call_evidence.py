@@ -109,3 +109,26 @@ def test_skinny_only_on_its_port(tmp_path: Path) -> None:
     assert cat == Category.CALL_SETUP
     [(_, cat, _)] = _classify(tmp_path, tcp_flow(988))
     assert cat not in CALL_CATEGORIES
+
+
+def test_a_sip_flow_makes_neither_end_a_call_peer(tmp_path: Path) -> None:
+    # A PBX sends a phone an INVITE (5060 to 5060: both ends of a private network, either
+    # may be the local one); minutes later another host of the network talks to the
+    # phone on an unrelated port. The phone's SIP makes that traffic no call: a SIP flow's
+    # ends serve every call and anything else, and its media come from its SDP.
+    pbx, phone, other = "10.99.0.5", "10.20.0.10", "10.20.0.30"
+    invite = (f"INVITE sip:100@{phone} SIP/2.0\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bK1\r\n"
+              f"From: <sip:200@{pbx}>;tag=1\r\nTo: <sip:100@{phone}>\r\nCall-ID: c1@{pbx}\r\n"
+              "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+    ringing = (f"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP {pbx}:5060;branch=z9hG4bK1\r\n"
+               f"From: <sip:200@{pbx}>;tag=1\r\nTo: <sip:100@{phone}>;tag=2\r\n"
+               f"Call-ID: c1@{pbx}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+    t0 = 1_700_000_000.0
+    packets = [(t0, udp_frame(pbx, 5060, phone, 5060, invite)),
+               (t0 + 0.01, udp_frame(phone, 5060, pbx, 5060, ringing))]
+    for i in range(6):  # a peer-to-peer ping between two hosts of the network
+        packets += [(t0 + 120 + i, udp_frame(other, 45000, phone, 51413, b"d1:ad2:id20:" * 4)),
+                    (t0 + 120.05 + i, udp_frame(phone, 51413, other, 45000, b"d1:rd2:id20:" * 4))]
+    sip, ping = _classify(tmp_path, packets)
+    assert sip[0] == "sip"
+    assert ping[0] is None and ping[1] not in CALL_CATEGORIES, ping
