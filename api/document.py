@@ -89,7 +89,8 @@ TEXTS: dict[str, dict[str, str]] = {
                               "for media one way only.",
         "benign.no_tcp_fallback": "The call did not go through another way: no TCP "
                                   "connection of the host to {app} carried a call's worth "
-                                  "of data both ways from then on.",
+                                  "of data both ways from the silence until a minute after "
+                                  "it.",
         "benign.not_lan": "An operator's network lies between the two ends (they are not on "
                           "one local network).",
         "benign.not_loss_alone": "Loss came with a steady rise of delay (a queue filling "
@@ -159,7 +160,8 @@ TEXTS: dict[str, dict[str, str]] = {
                               "signalisation n'a demandé des médias dans un seul sens.",
         "benign.no_tcp_fallback": "L'appel n'est pas passé par un autre chemin : aucune "
                                   "connexion TCP de l'hôte vers {app} n'a échangé dans les "
-                                  "deux sens le débit d'un appel à partir de ce moment.",
+                                  "deux sens le débit d'un appel entre le silence et la "
+                                  "minute qui l'a suivi.",
         "benign.not_lan": "Un réseau d'opérateur sépare les deux extrémités (elles ne sont pas "
                           "sur un même réseau local).",
         "benign.not_loss_alone": "La perte s'accompagnait d'une hausse régulière du délai (une "
@@ -228,7 +230,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "benign.not_one_way": "لم تكن المكالمة أحادية الاتجاه بطبيعتها: لم تطلب أي إشارة "
                               "وسائط في اتجاه واحد فقط.",
         "benign.no_tcp_fallback": "لم تمر المكالمة بطريق آخر: لم يتبادل أي اتصال TCP "
-                                  "من المضيف إلى {app} بيانات مكالمة في الاتجاهين بعد ذلك.",
+                                  "من المضيف إلى {app} بيانات بمعدل مكالمة في الاتجاهين من "
+                                  "بدء الصمت حتى دقيقة بعد انتهائه.",
         "benign.not_lan": "تفصل شبكة مشغل بين الطرفين (ليسا على شبكة محلية واحدة).",
         "benign.not_loss_alone": "صاحب الفقد ارتفاع مطرد في التأخير (طابور يمتلئ)، وهو ما "
                                  "لا يظهر في الفقد العشوائي على وصلة رديئة.",
@@ -347,7 +350,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
                                  "may be the capture's",
         "degraded.tcp_fallback": "no answer over UDP, but the call's app carried payload "
                                  "both ways over TCP to {tcp_server} in {tcp_two_way_s} "
-                                 "seconds from then on: the call went through over TCP",
+                                 "seconds from the silence on: the call went through over "
+                                 "TCP",
         "degraded.jitter": "mean jitter {jitter_ms} ms on stream {ssrc}",
         "degraded.mos": "E-model MOS {mos} on stream {ssrc}",
     },
@@ -392,8 +396,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
                          "{delay_rise_ms} ms) : de la perte, sans preuve d'un plafond de débit",
         "degraded.tcp_fallback": "aucune réponse en UDP, mais l'application de l'appel a "
                                  "échangé des données dans les deux sens en TCP avec "
-                                 "{tcp_server} pendant {tcp_two_way_s} secondes : l'appel "
-                                 "est passé par TCP",
+                                 "{tcp_server} au cours de {tcp_two_way_s} secondes à partir "
+                                 "du silence : l'appel est passé par TCP",
         "degraded.capture_loss": "le flux {ssrc} a perdu {loss} pendant que son délai "
                                  "augmentait de {delay_rise_ms} ms, mais la capture a "
                                  "elle-même manqué {missed} des octets TCP dont {host} a "
@@ -440,8 +444,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "degraded.loss": "فقد التيار المستقبل {ssrc} نسبة {loss} (ارتفاع التأخير "
                          "{delay_rise_ms} م.ث): فقد لم يثبت أنه سقف للسرعة",
         "degraded.tcp_fallback": "لا رد عبر UDP، لكن تطبيق المكالمة تبادل بيانات في "
-                                 "الاتجاهين عبر TCP مع {tcp_server} خلال {tcp_two_way_s} "
-                                 "ثانية: مرت المكالمة عبر TCP",
+                                 "الاتجاهين عبر TCP مع {tcp_server} في {tcp_two_way_s} "
+                                 "ثانية ابتداءً من الصمت: مرت المكالمة عبر TCP",
         "degraded.capture_loss": "فقد التيار {ssrc} نسبة {loss} بينما ارتفع تأخيره "
                                  "{delay_rise_ms} م.ث، لكن التسجيل نفسه فاته {missed} من "
                                  "بايتات TCP التي أكد {host} استلامها: قد يكون الفقد من "
