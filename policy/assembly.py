@@ -181,7 +181,7 @@ def vantage(flows: Sequence[FlowRecord], classes: dict[str, Classification]
     vote over the call flows, ties told apart by a vote over all; else over all), whether
     any flow was answered both ways, and the newest packet's time."""
     call_flows = [f for f in flows if _is_call_flow(f, classes[f.uid])]
-    return (local_host(call_flows or list(flows), flows if call_flows else ()),
+    return (local_host(call_flows or list(flows), flows),
             any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows),
             max((f.last_ts for f in flows), default=0.0))
 

@@ -531,6 +531,7 @@ def tcp_fallback(app: str | None, hosts: Iterable[str], first_s: float, last_s: 
     if app is None or ctx.traffic is None:
         return None
     pol = ctx.policy.blocked
+    floor = pol.tcp_fallback_min_bytes_s
     best: TcpFallback | None = None
     seen: set[str] = set()
     for host in ctx.traffic.same_machine(hosts):
@@ -540,7 +541,6 @@ def tcp_fallback(app: str | None, hosts: Iterable[str], first_s: float, last_s: 
             seen.add(f.uid)
             if f.last_ts < first_s or f.first_ts > last_s + LOSS_WINDOW_S:
                 continue
-            floor = pol.tcp_fallback_min_bytes_s
             two_way = (_payload_per_second(f, True) >= floor) & (
                 _payload_per_second(f, False) >= floor)
             both = f.rate[two_way, 0]
