@@ -430,11 +430,16 @@ def test_a_queue_the_hosts_own_download_fills_is_no_throttle(tmp_path: Path) -> 
             assert "busy link" in ev.text
 
 
-def _binding(ts: float, me: str, server: str, txid: int, port: int = 40100
-             ) -> tuple[float, bytes]:
-    """A STUN Binding request (RFC 8489 §5) to a STUN server's port."""
-    return _udp(ts, me, port, server, 3478,
-                struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid.to_bytes(12, "big"))
+def _binding(ts: float, me: str, server: str, txid: int, port: int = 40100,
+             kind: int = 0x0001, attrs: bytes = b"") -> tuple[float, bytes]:
+    """A STUN Binding request (RFC 8489 §5; or a message of type ``kind``) with ``attrs``,
+    to a STUN server's port."""
+    return _udp(ts, me, port, server, 3478, struct.pack("!HHI", kind, len(attrs), 0x2112A442)
+                + txid.to_bytes(12, "big") + attrs)
+
+
+MS_VERSION = struct.pack("!HHI", 0x8070, 4, 3)
+"""[MS-ICE2] MS-IMPLEMENTATION-VERSION: a Teams client's STUN attribute."""
 
 
 def _tcp_at(ts: float, src: tuple[str, int], dst: tuple[str, int], flags: str,
@@ -800,14 +805,12 @@ def test_a_call_its_app_carried_over_tcp_is_no_block(
     # Without a call's worth of payload both ways on a connection of the call's own app
     # from then on, the UDP silence is a block, as before.
     me = ME_HOST
-    if app == "teams":
-        attr = struct.pack("!HHI", 0x8070, 4, 3)  # [MS-ICE2] MS-IMPLEMENTATION-VERSION
-        stun_to, head = TEAMS_STUN, struct.pack("!HHI", 0x0001, len(attr), 0x2112A442)
-    else:
-        attr = b""  # WhatsApp's own STUN message type (nDPI stun.c: 0x0800-0x0805)
-        stun_to, head = META_STUN, struct.pack("!HHI", 0x0801, 0, 0x2112A442)
+    # Teams' STUN carries its own attribute; WhatsApp's has its own message type (nDPI
+    # stun.c: 0x0800-0x0805).
+    stun_to, msg_type, attrs = ((TEAMS_STUN, 0x0001, MS_VERSION) if app == "teams"
+                                else (META_STUN, 0x0801, b""))
     base = 30.0
-    stun = [_udp(base + t, me, 40100, stun_to, 3478, head + (9).to_bytes(12, "big") + attr)
+    stun = [_binding(base + t, me, stun_to, 9, kind=msg_type, attrs=attrs)
             for t in (0.0, 0.5, 1.5, 3.5)]
     tcp = _tls_stream((me, 50443), (server, 443), sni, base + t0, 20, up, down)
     path = tmp_path / "fallback.pcap"
@@ -836,10 +839,7 @@ def test_a_download_seen_inside_a_tunnel_is_no_fallback(tmp_path: Path) -> None:
     from scapy.layers.vxlan import VXLAN
 
     me = ME_HOST
-    attr = struct.pack("!HHI", 0x8070, 4, 3)
-    stun = [_udp(30.0 + t, me, 40100, TEAMS_STUN, 3478,
-                 struct.pack("!HHI", 0x0001, len(attr), 0x2112A442) + (9).to_bytes(12, "big")
-                 + attr) for t in (0.0, 0.5, 1.5, 3.5)]
+    stun = [_binding(30.0 + t, me, TEAMS_STUN, 9, attrs=MS_VERSION) for t in (0.0, 0.5, 1.5, 3.5)]
     tcp = _tls_stream((me, 50443), (TEAMS_TCP, 443), TEAMS_RELAY, 38.0, 20, 0, 1200, pps=150)
     outer = (Ether(src="02:00:00:00:aa:01", dst="02:00:00:00:aa:02") / Dot1Q(vlan=7)
              / IPv6(src="2001:db8:ff::1", dst="2001:db8:ff::2")
