@@ -112,11 +112,16 @@ def _setup(setup: CallSetup) -> str:
 
 
 def _call_section(call: Call) -> CallSection:
-    facts = (("app", call.app or "unknown"), ("media", ", ".join(call.media) or "-"),
-             ("local host", call.local or "?"), ("start", _utc(call.start_ts)),
-             ("duration", f"{call.end_ts - call.start_ts:.1f} s"),
-             ("verdict", str(call.verdict.kind)), ("reasons", _reasons(call.verdict)),
-             ("set-up", _setup(call.setup)), ("flows", str(len(call.flow_uids))))
+    facts: tuple[tuple[str, str], ...] = (
+        ("app", call.app or "unknown"), ("media", ", ".join(call.media) or "-"),
+        ("local host", call.local or "?"), ("start", _utc(call.start_ts)),
+        ("duration", f"{call.end_ts - call.start_ts:.1f} s"), ("outcome", str(call.outcome)),
+        ("verdict", str(call.verdict.kind)), ("reasons", _reasons(call.verdict)),
+        ("set-up", _setup(call.setup)), ("flows", str(len(call.flow_uids))))
+    if call.early_media:
+        facts += (("early media", "; ".join(
+            f"{leg.media or 'unnamed'} {leg.direction}, {leg.packets} packets"
+            for leg in call.early_media) + " (while it rang)"),)
     return CallSection(call.uid, facts, tuple(_leg_row(leg) for leg in call.legs),
                        tuple(e.text for e in call.verdict.evidence), str(call.verdict.kind))
 

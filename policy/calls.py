@@ -37,6 +37,7 @@ from policy.records import (
 )
 from policy.rules import (
     CallCase,
+    CallsPolicy,
     CongestedPath,
     HostTraffic,
     Policy,
@@ -303,7 +304,13 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     # DTLS: their packets say whether the call was answered.
     carried = media_flows or tuple(f for f in members if cls[f.uid].facts.framing is not None
                                    or cls[f.uid].facts.protocol == "dtls")
-    fate = _outcome(sip, carried, sides, verdict, pol.calls.answered_packets)
+    fate = _outcome(sip, carried, sides, verdict, pol.calls,
+                    dialog is not None and dialog.answered)
+    early: tuple[Leg, ...] = ()
+    if fate is CallOutcome.MISSED and legs:
+        # Media heard while it rang (a ringback, an announcement: RFC 3960's early
+        # media) is no media of the call: its legs are kept as early media.
+        early, legs, media = tuple(legs), [], ()
     if (fate is not CallOutcome.ANSWERED and verdict.kind is VerdictKind.OK
             and not (dialog is not None and dialog.answered)):
         # Nothing shows interference, and nothing shows a conversation either: media
@@ -312,7 +319,7 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
     return Call(_call_uid([f.uid for f in members], None if dialog is None else dialog.call_id),
                 call.app, media, tuple(f.uid for f in members),
                 min(f.first_ts for f in members), max(f.last_ts for f in members), local,
-                tuple(legs), call.setup, verdict, fate, extra, reported)
+                tuple(legs), call.setup, verdict, fate, extra, reported, early)
 
 
 def go_live_streams(app: str | None, members: Sequence[FlowRecord],
@@ -413,22 +420,35 @@ def _call_happened(members: Sequence[FlowRecord], media_flows: Sequence[FlowReco
 
 
 def _outcome(sip: SipOutcome | None, media_flows: Sequence[FlowRecord], sides: Sides,
-             verdict: Verdict, answered_packets: int) -> CallOutcome:
+             verdict: Verdict, pol: CallsPolicy, sip_answered: bool) -> CallOutcome:
     """What became of a call: a SIP final answer says it; else media packets each way
     (sent by the local end, received by it) over the flows that carry its media
-    (:func:`_content_packets`)."""
+    (:func:`_content_packets`).
+
+    Media received while the local end, whose RTP the probe read, sent none (comfort
+    noise at most) for no longer than a phone rings (``calls.ringing_max_s``) is a call
+    that rang out: the caller heard a ringback or an announcement (early media, RFC
+    3960) and nobody spoke on its side; unless a SIP 2xx answered it (a silent caller). A
+    local end whose packets the capture does not hold (a capture of one direction) shows
+    nothing of the kind: one-way."""
     if sip is not None:
         return {Reason.SIP_REJECTED: CallOutcome.REJECTED,
                 Reason.SIP_NO_ANSWER: CallOutcome.MISSED}.get(sip.reason,
                                                                CallOutcome.SETUP_FAILED)
     sent = received = 0
+    local_rtp_read = False
     for f in media_flows:
         mine = sides(f)[1][0] == f.orig_h
         orig, resp = _content_packets(f)
         sent += orig if mine else resp
         received += resp if mine else orig
+        local_rtp_read |= any((s.direction == ORIG) == mine for s in f.rtp_streams)
+    answered_packets = pol.answered_packets
     if sent >= answered_packets and received >= answered_packets:
         return CallOutcome.ANSWERED
+    if (received >= answered_packets and local_rtp_read and not sip_answered
+            and max(f.duration_s for f in media_flows) <= pol.ringing_max_s):
+        return CallOutcome.MISSED
     if max(sent, received) >= answered_packets:
         return CallOutcome.ONE_WAY
     if verdict.kind in (VerdictKind.BLOCKED, VerdictKind.FAILED):

@@ -352,6 +352,9 @@ class Call:
     reported_streams: tuple[ReportedStream, ...] = ()
     """Streams the probe saw no RTP of, known from their senders' RTCP reports; those the
     local side sent count in :attr:`media`."""
+    early_media: tuple[Leg, ...] = ()
+    """Of a call that rang out (``missed``): the streams heard while it rang, a ringback or
+    an announcement (RFC 3960's early media), which are no media of the call."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -360,6 +363,8 @@ class Call:
             "duration_s": round(self.end_ts - self.start_ts, 6), "local": self.local,
             "outcome": str(self.outcome), "legs": [leg.to_dict() for leg in self.legs],
             "setup": self.setup.to_dict()}
+        if self.early_media:
+            d["early_media"] = [leg.to_dict() for leg in self.early_media]
         if self.reported_streams:
             d["reported_streams"] = [r.to_dict() for r in self.reported_streams]
         d.update(self.verdict.to_dict())

@@ -156,6 +156,9 @@ class CallsPolicy:
     """Shorter media is judged unknown (too short)."""
     answered_packets: int = _threshold("packets")
     """Media packets each way that make a call answered."""
+    ringing_max_s: float = _threshold("s")
+    """Media received while the local end sent none, for no longer than this, is a call
+    that rang out (a ringback), not a one-way call."""
     same_call_gap_s: float = _threshold("s")
     """Flows of one app from one host closer than this join one call."""
 

@@ -164,6 +164,7 @@ def _call_line(c: dict[str, Any]) -> dict[str, Any]:
         "local": c.get("local"),
         "flows": sorted(c.get("flow_uids") or ()),
         "duration_s": c.get("duration_s"),
+        "outcome": c.get("outcome"),
         "verdict": c.get("verdict"),
         "reasons": c.get("reasons"),
         "evidence": [_drop_empty({"rule": e.get("rule"), "reason": e.get("reason"),
@@ -175,6 +176,8 @@ def _call_line(c: dict[str, Any]) -> dict[str, Any]:
         "legs": [[leg.get("flow_uid"), leg.get("direction"), leg.get("media"),
                   leg.get("packets"), leg.get("expected"), leg.get("loss_ratio"), leg.get("mos")]
                  for leg in c.get("legs") or ()],
+        "early_media": [[leg.get("flow_uid"), leg.get("direction"), leg.get("media"),
+                         leg.get("packets")] for leg in c.get("early_media") or ()],
         "reported_streams": [[r.get("flow_uid"), r.get("direction"), r.get("media"),
                               r.get("ssrc"), r.get("clock_hz"), r.get("packets"),
                               r.get("reports"), r.get("frames")]

@@ -23,7 +23,7 @@ SCORER = SHARED / "eval" / "score_calls.py"
 
 FLOORS = {"calls_found": 18, "media_ok": 13, "no_call_right": 13}
 """Today's figures (of 18 answered calls, 14 with stated media, 13 without a call)."""
-MAX_SPURIOUS = 1
+MAX_SPURIOUS = 0
 MAX_FALSE_INTERFERENCE = 0
 
 

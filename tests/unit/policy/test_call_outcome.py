@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from api.pipeline import analyze_capture
+from api.report import build_report, render_text
 from policy.pipeline import AnalysisResult
 from policy.records import Call, CallOutcome, Reason, VerdictKind
 from tests.pcapbytes import pcap, udp_frame
@@ -74,10 +75,38 @@ def test_comfort_noise_out_and_a_ringback_in_is_no_answered_call(
     result, call = _analyse(tmp_path, out + back + stun)
     (flow,) = [f for f in result.flows if f.rtp_streams]
     assert flow.orig_pkts >= 120 and cn >= 99  # the flow's packets alone read two-way
-    assert call.outcome is not CallOutcome.ANSWERED, call.outcome
+    assert call.outcome is CallOutcome.MISSED, call.outcome
     assert call.verdict.kind is VerdictKind.UNKNOWN, call.verdict
     assert call.verdict.reasons == (Reason.NO_TWO_WAY_MEDIA,)
-    assert call.to_dict()["quality"] == {"mos": None, "loss_ratio": None, "jitter_s": None}
+    d = call.to_dict()
+    assert d["quality"] == {"mos": None, "loss_ratio": None, "jitter_s": None}
+    # The ringback is early media (RFC 3960), kept and measured, but no media of the call.
+    assert call.media == () and call.legs == () and d["legs"] == []
+    early = {(leg.direction, leg.ssrc): leg.packets for leg in call.early_media}
+    assert early[("in", 1000)] == 1000 and [e["ssrc"] for e in d["early_media"]] == [
+        leg.ssrc for leg in call.early_media]
+    text = render_text(build_report(result, "call.pcap"))
+    assert "outcome      missed" in text and "audio in, 1000 packets" in text, text
+
+
+def test_media_received_longer_than_a_phone_rings_is_one_way(tmp_path: Path) -> None:
+    # The same silence on the local side, but the far end's media ran for 90 s, longer
+    # than calls.ringing_max_s (60 s): a listener whose own side stayed silent, no ringback.
+    out, _ = _stream(ME, PEER, 0x7AC8_1F53, [(0.0, 90.0, CN)])
+    back, _ = _stream(PEER, ME, 1000, [(0.0, 90.0, 9)])
+    _, call = _analyse(tmp_path, out + back)
+    assert call.outcome is CallOutcome.ONE_WAY, call.outcome
+    assert call.media == ("audio",) and call.legs and not call.early_media
+
+
+def test_a_capture_of_the_incoming_direction_alone_is_one_way(tmp_path: Path) -> None:
+    # Only what the local host received: its own side is not in the capture, so nothing
+    # shows it was silent, and the call is not taken for one that rang out.
+    back, _ = _stream(PEER, ME, 1000, [(0.0, 20.0, 9)])
+    _, call = _analyse(tmp_path, back)
+    assert call.local == ME[0]
+    assert call.outcome is CallOutcome.ONE_WAY, call.outcome
+    assert call.media == ("audio",) and not call.early_media
 
 
 def test_silence_suppression_both_ways_is_still_an_answered_call(tmp_path: Path) -> None:
