@@ -101,6 +101,7 @@ from probe import (
     default_workers,
 )
 from probe.active.capture import KERNEL_BLOCK_TIMEOUT_S
+from probe.speed import GcTimetable
 
 __all__ = [
     "CaptureStats",
@@ -451,6 +452,7 @@ class LiveProbe:
         try:
             # reading, decoding and batch preparation in a second process, as for a file
             reader = FlowReader(pipe, self.cfg.meter, workers=default_workers())
+            reader.gc_timetable = GcTimetable()
             with self._sink_lock:  # the tee must not close its end while the process forks
                 if self._sink_open:
                     reader.not_ours = (write_end,)
@@ -477,8 +479,17 @@ class LiveProbe:
         """Capture until the stream ends or ``stop`` is set; return the exit status: 0 done,
         2 the input could not be read (or the capture could not start), 3 the input was
         cut short (truncated, or a section that cannot be joined) or a reported verdict
-        could not be put in the ledger (the status file and the log say which)."""
-        stop = stop or threading.Event()
+        could not be put in the ledger (the status file and the log say which).
+
+        Cyclic garbage is collected by the clock meanwhile (:class:`GcTimetable`)."""
+        gc_timetable = GcTimetable()
+        gc_timetable.start()
+        try:
+            return self._run(stop or threading.Event(), gc_timetable)
+        finally:
+            gc_timetable.stop()
+
+    def _run(self, stop: threading.Event, gc_timetable: GcTimetable) -> int:
         try:
             src = self._open_input()
         except LiveError as exc:
@@ -523,6 +534,7 @@ class LiveProbe:
                         item = None
                 if item is not None:
                     self._queue.put(item)
+                gc_timetable.tick()
                 now = self.clock()
                 self._quiet_link(now)
                 if (not self._tool_shown and self._proc is not None

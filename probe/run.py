@@ -52,7 +52,7 @@ from probe.prepare import Prepared, prepare
 from probe.records import FlowRecord, Weird
 from probe.ring import ring_origin
 from probe.sources import CaptureSource, LinkType, ReadStatus, open_source
-from probe.speed import TRIM_EVERY, end_with_parent, trim_heap, widen_pipe
+from probe.speed import TRIM_EVERY, GcTimetable, end_with_parent, trim_heap, widen_pipe
 from probe.wire import (
     Batch,
     CaptureFailed,
@@ -139,7 +139,7 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
              n_payloads: int, snap: tuple[int, int, int], payloads: PayloadPolicy,
              conn: Connection, requests: Connection | None,
              observe: Callable[[FlowRecord], Any] | None, not_ours: tuple[int, ...] = (),
-             parent: int = 0) -> None:
+             parent: int = 0, timetable: GcTimetable | None = None) -> None:
     """Child process: read, decode and prepare batches, send them to the parent.
 
     With ``requests``, also observe the finished flows the parent sends (gathered
@@ -152,6 +152,8 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
             os.close(fd)
     out = _Outbox(conn, OUTBOX_DEPTH)
     serving = _Serving(observe)
+    if timetable is not None:
+        timetable.start()
     try:
         for i, p in enumerate(_prepared(src, Decoder(), idle_ns, n_payloads, snap, payloads),
                              1):
@@ -164,6 +166,8 @@ def _produce(src: CaptureSource, idle_ns: np.ndarray,  # type: ignore[type-arg]
                         break
             if i % TRIM_EVERY == 0:
                 trim_heap()
+            if timetable is not None:
+                timetable.tick()
         out.send(End(src.status))
         trim_heap()
         if requests is not None:
@@ -282,6 +286,9 @@ class FlowReader:
         self.not_ours = not_ours
         """File descriptors the reader process closes first (``workers=2``): the write end
         of a pipe it reads, which it would otherwise keep open, so that it never sees EOF."""
+        self.gc_timetable: GcTimetable | None = None
+        """Cyclic garbage collection by the clock in the reader process (a live capture,
+        which runs as long as it runs); None leaves the collector as the process found it."""
         self._src = open_source(source, self.config.chunk_size,
                                 self.config.max_decompressed_bytes)
         self.meter = FlowMeter(self.config)
@@ -536,7 +543,8 @@ class _ReaderProcess:
         self._proc = ctx.Process(target=_produce, name="marsad-reader", daemon=True,
                                  args=(reader._src, reader.meter.idle_ns, cfg.payload_samples,
                                        reader.meter.snaps, cfg.payloads, send, req_recv,
-                                       observe, reader.not_ours, os.getpid()))
+                                       observe, reader.not_ours, os.getpid(),
+                                       reader.gc_timetable))
         self._proc.start()
         send.close()
         reader._src.close()

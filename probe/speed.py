@@ -21,6 +21,8 @@ None of these changes what is computed; each only changes what it costs:
 * :func:`end_with_parent`: a forked reader process ends with the process that forked
   it, however that one ends.
 * :func:`gc_paused`: no cyclic garbage collection while a capture is analysed.
+* :class:`GcTimetable`: in a process that runs as long as a live capture, cyclic garbage
+  collected by the clock rather than every few hundred allocations.
 * :func:`keep_until_exit` and :func:`exit_at_once`: a batch command ends its process
   as soon as its output is written, without the interpreter freeing every object first.
 
@@ -36,6 +38,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -44,6 +47,7 @@ from typing import Any, NoReturn, TypeVar
 
 __all__ = [
     "TRIM_EVERY",
+    "GcTimetable",
     "end_with_parent",
     "exit_at_once",
     "exit_follows",
@@ -178,6 +182,56 @@ def gc_paused() -> Iterator[None]:
         if was:
             gc.freeze()
             gc.unfreeze()
+            gc.enable()
+
+
+class GcTimetable:
+    """Cyclic garbage collection by the clock, for a process that runs as long as a live
+    capture does (the live probe and its reader process).
+
+    With the collector's own schedule, every 700 net allocations start a collection of
+    the young objects, and every so often one of all of them; metering and judging a
+    stream of packets allocates millions, and the collector mostly walks objects that
+    are still in use. Here the automatic collector is off and :meth:`tick`, called from
+    the process's loop, collects the objects allocated since the last collection every
+    ``young_s`` seconds and every object every ``full_s`` seconds: cyclic garbage is
+    still found, a few seconds (or, once old, a minute) after it became garbage.
+    Reference counting frees everything else at once, as always.
+
+    :meth:`start` also moves what exists by then (modules, classes, settings) out of
+    the collector's sight for good (``gc.freeze``): it lives as long as the process.
+    """
+
+    def __init__(self, young_s: float = 2.0, full_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.young_s = young_s
+        self.full_s = full_s
+        self._clock = clock
+        self._next_young = self._next_full = 0.0
+        self._was = False
+
+    def start(self) -> None:
+        """Freeze what exists, turn the automatic collector off, start the clock."""
+        self._was = gc.isenabled()
+        gc.freeze()
+        gc.disable()
+        now = self._clock()
+        self._next_young, self._next_full = now + self.young_s, now + self.full_s
+
+    def tick(self) -> None:
+        """Collect if a collection is due."""
+        now = self._clock()
+        if now >= self._next_full:
+            gc.collect()
+            self._next_young, self._next_full = now + self.young_s, now + self.full_s
+        elif now >= self._next_young:
+            gc.collect(1)
+            self._next_young = now + self.young_s
+
+    def stop(self) -> None:
+        """The automatic collector back as it was, what was frozen in its sight again."""
+        gc.unfreeze()
+        if self._was:
             gc.enable()
 
 

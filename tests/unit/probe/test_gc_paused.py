@@ -1,11 +1,12 @@
-"""The collector pause around an analysis (probe.speed.gc_paused)."""
+"""The collector pause around an analysis (probe.speed.gc_paused) and the collector on
+a timetable of a live capture (probe.speed.GcTimetable)."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
-from probe.speed import gc_paused
+from probe.speed import GcTimetable, gc_paused
 
 
 class _Node:
@@ -48,3 +49,35 @@ def test_what_was_allocated_meanwhile_joins_the_oldest_generation() -> None:
     assert ref() is not None  # not in the young generations
     gc.collect()
     assert ref() is None  # cyclic garbage is still found by a full collection
+
+
+def test_a_timetable_collects_young_garbage_when_due_and_all_of_it_on_the_full_beat() -> None:
+    now = [100.0]
+    table = GcTimetable(young_s=2.0, full_s=60.0, clock=lambda: now[0])
+    table.start()
+    try:
+        assert not gc.isenabled()
+        young = _cycle()
+        now[0] += 1.0
+        table.tick()
+        assert young() is not None  # not due yet, and no collection by allocation counts
+        now[0] += 1.0
+        table.tick()
+        assert young() is None  # the young collection found it
+        survivor = _Node()
+        survivor.other = _Node()
+        survivor.other.other = survivor
+        now[0] += 2.0
+        table.tick()  # the cycle is still in use: promoted to the oldest generation
+        old = weakref.ref(survivor)
+        del survivor
+        for _ in range(10):
+            now[0] += 2.0
+            table.tick()
+        assert old() is not None  # young collections leave the oldest generation alone
+        now[0] = 100.0 + 60.0
+        table.tick()
+        assert old() is None  # the full collection, once a minute
+    finally:
+        table.stop()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
