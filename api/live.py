@@ -528,6 +528,7 @@ class LiveProbe:
                     break
                 while isinstance(item, tuple | Watermark):  # and whatever else is ready
                     self._take(item)
+                    gc_timetable.tick()  # due however long the queue stays full
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:

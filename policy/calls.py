@@ -306,16 +306,17 @@ def _judge(call: AssembledCall, ctx: RuleContext, sides: Sides,
                                    or cls[f.uid].facts.protocol == "dtls")
     fate = _outcome(sip, carried, sides, verdict, pol.calls,
                     dialog is not None and dialog.answered)
-    early: tuple[Leg, ...] = ()
-    if fate is CallOutcome.MISSED and legs:
-        # Media heard while it rang (a ringback, an announcement: RFC 3960's early
-        # media) is no media of the call: its legs are kept as early media.
-        early, legs, media = tuple(legs), [], ()
     if (fate is not CallOutcome.ANSWERED and verdict.kind is VerdictKind.OK
             and not (dialog is not None and dialog.answered)):
         # Nothing shows interference, and nothing shows a conversation either: media
         # that did not flow both ways (a ringback, comfort noise) is no call to call ok.
         verdict = Verdict(VerdictKind.UNKNOWN, (Reason.NO_TWO_WAY_MEDIA,), ())
+    early: tuple[Leg, ...] = ()
+    if fate is CallOutcome.MISSED and legs and verdict.kind is VerdictKind.UNKNOWN:
+        # Media heard while it rang (a ringback, an announcement: RFC 3960's early
+        # media) is no media of the call: its legs are kept as early media. Legs a
+        # verdict rests on (loss, delay) stay the call's legs, where its figures are.
+        early, legs, media = tuple(legs), [], ()
     return Call(_call_uid([f.uid for f in members], None if dialog is None else dialog.call_id),
                 call.app, media, tuple(f.uid for f in members),
                 min(f.first_ts for f in members), max(f.last_ts for f in members), local,
@@ -425,12 +426,13 @@ def _outcome(sip: SipOutcome | None, media_flows: Sequence[FlowRecord], sides: S
     (sent by the local end, received by it) over the flows that carry its media
     (:func:`_content_packets`).
 
-    Media received while the local end, whose RTP the probe read, sent none (comfort
-    noise at most) for no longer than a phone rings (``calls.ringing_max_s``) is a call
-    that rang out: the caller heard a ringback or an announcement (early media, RFC
-    3960) and nobody spoke on its side; unless a SIP 2xx answered it (a silent caller). A
-    local end whose packets the capture does not hold (a capture of one direction) shows
-    nothing of the kind: one-way."""
+    Media received while the local end, whose RTP the probe read, sent almost none
+    (fewer than ``calls.answered_packets`` packets of content: comfort noise does not
+    count), over a span of the media flows no longer than a phone rings
+    (``calls.ringing_max_s``), is a call that rang out: the caller heard a ringback or
+    an announcement (early media, RFC 3960) and nobody spoke on its side; unless a SIP
+    2xx answered it (a silent caller). A local end whose packets the capture does not
+    hold (a capture of one direction) shows nothing of the kind: one-way."""
     if sip is not None:
         return {Reason.SIP_REJECTED: CallOutcome.REJECTED,
                 Reason.SIP_NO_ANSWER: CallOutcome.MISSED}.get(sip.reason,
@@ -447,7 +449,8 @@ def _outcome(sip: SipOutcome | None, media_flows: Sequence[FlowRecord], sides: S
     if sent >= answered_packets and received >= answered_packets:
         return CallOutcome.ANSWERED
     if (received >= answered_packets and local_rtp_read and not sip_answered
-            and max(f.duration_s for f in media_flows) <= pol.ringing_max_s):
+            and (max(f.last_ts for f in media_flows) - min(f.first_ts for f in media_flows)
+                 <= pol.ringing_max_s)):
         return CallOutcome.MISSED
     if max(sent, received) >= answered_packets:
         return CallOutcome.ONE_WAY

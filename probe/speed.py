@@ -195,14 +195,18 @@ class GcTimetable:
     are still in use. Here the automatic collector is off and :meth:`tick`, called from
     the process's loop, collects the objects allocated since the last collection every
     ``young_s`` seconds and every object every ``full_s`` seconds: cyclic garbage is
-    still found, a few seconds (or, once old, a minute) after it became garbage.
-    Reference counting frees everything else at once, as always.
+    still found, a few seconds (or, once old, minutes) after it became garbage.
+    Reference counting frees everything else at once, as always. A full collection
+    walks the whole heap with every thread stopped (about 0.3 s for two million
+    objects), hence its long period.
 
     :meth:`start` also moves what exists by then (modules, classes, settings) out of
-    the collector's sight for good (``gc.freeze``): it lives as long as the process.
+    the collector's sight (``gc.freeze``): it lives as long as the run. :meth:`stop`
+    gives the collector back everything frozen in the process, for the process
+    that goes on after the run.
     """
 
-    def __init__(self, young_s: float = 2.0, full_s: float = 60.0,
+    def __init__(self, young_s: float = 2.0, full_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.young_s = young_s
         self.full_s = full_s

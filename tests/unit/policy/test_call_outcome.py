@@ -12,6 +12,7 @@ import pytest
 
 from api.pipeline import analyze_capture
 from api.report import build_report, render_text
+from classifier.payloads import meter_config
 from policy.pipeline import AnalysisResult
 from policy.records import Call, CallOutcome, Reason, VerdictKind
 from tests.pcapbytes import pcap, udp_frame
@@ -97,6 +98,35 @@ def test_media_received_longer_than_a_phone_rings_is_one_way(tmp_path: Path) -> 
     _, call = _analyse(tmp_path, out + back)
     assert call.outcome is CallOutcome.ONE_WAY, call.outcome
     assert call.media == ("audio",) and call.legs and not call.early_media
+
+
+def test_a_call_cut_into_flows_shorter_than_a_ring_is_judged_over_its_whole_span(
+        tmp_path: Path) -> None:
+    # The listener of the 90 s call above, metered with a 30 s active timeout: three
+    # flows of 30 s each, one call whose media spans 90 s. Still no ringback.
+    out, _ = _stream(ME, PEER, 0x7AC8_1F53, [(0.0, 90.0, CN)])
+    back, _ = _stream(PEER, ME, 1000, [(0.0, 90.0, 9)])
+    path = tmp_path / "call.pcap"
+    path.write_bytes(pcap(sorted(out + back)))
+    result = analyze_capture(path, workers=1, hash_capture=False,
+                             config=meter_config(active_s=30.0))
+    assert len([f for f in result.flows if f.rtp_streams]) >= 3
+    (call,) = result.analysis.calls
+    assert call.outcome is CallOutcome.ONE_WAY, call.outcome
+    assert call.media == ("audio",) and not call.early_media
+
+
+def test_a_missed_call_whose_verdict_rests_on_its_streams_keeps_them_as_legs(
+        tmp_path: Path) -> None:
+    # A ringback that lost a fifth of its packets: the verdict (degraded, from the
+    # loss) names figures of the stream, which stay in the call's legs.
+    out, _ = _stream(ME, PEER, 0x7AC8_1F53, [(0.0, 20.0, CN)])
+    back, _ = _stream(PEER, ME, 1000, [(0.0, 20.0, 9)])
+    back = [p for i, p in enumerate(back) if i % 5 != 2]
+    _, call = _analyse(tmp_path, out + back)
+    assert call.outcome is CallOutcome.MISSED, call.outcome
+    assert call.verdict.kind is VerdictKind.DEGRADED, call.verdict
+    assert call.legs and not call.early_media and call.media == ("audio",)
 
 
 def test_a_capture_of_the_incoming_direction_alone_is_one_way(tmp_path: Path) -> None:
