@@ -157,8 +157,9 @@ class CallsPolicy:
     answered_packets: int = _threshold("packets")
     """Media packets each way that make a call answered."""
     ringing_max_s: float = _threshold("s")
-    """Media received while the local end sent none, for no longer than this, is a call
-    that rang out (a ringback), not a one-way call."""
+    """Media received while the local end sent almost none (fewer than
+    ``answered_packets`` of content), its media flows spanning no longer than this, is a
+    call that rang out (a ringback), not a one-way call."""
     same_call_gap_s: float = _threshold("s")
     """Flows of one app from one host closer than this join one call."""
 

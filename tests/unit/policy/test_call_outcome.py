@@ -15,6 +15,7 @@ from api.report import build_report, render_text
 from classifier.payloads import meter_config
 from policy.pipeline import AnalysisResult
 from policy.records import Call, CallOutcome, Reason, VerdictKind
+from probe import MeterConfig
 from tests.pcapbytes import pcap, udp_frame
 
 ME, PEER = ("192.168.1.50", 40000), ("203.0.113.9", 50000)
@@ -52,10 +53,11 @@ def _binding_request(k: int) -> bytes:
     return struct.pack("!HHI", 0x0001, 0, 0x2112A442) + k.to_bytes(12, "big")
 
 
-def _analyse(tmp_path: Path, pkts: list[tuple[float, bytes]]) -> tuple[AnalysisResult, Call]:
+def _analyse(tmp_path: Path, pkts: list[tuple[float, bytes]],
+             config: MeterConfig | None = None) -> tuple[AnalysisResult, Call]:
     path = tmp_path / "call.pcap"
     path.write_bytes(pcap(sorted(pkts)))
-    result = analyze_capture(path, workers=1, hash_capture=False)
+    result = analyze_capture(path, workers=1, hash_capture=False, config=config)
     (call,) = result.analysis.calls
     return result, call
 
@@ -106,12 +108,8 @@ def test_a_call_cut_into_flows_shorter_than_a_ring_is_judged_over_its_whole_span
     # flows of 30 s each, one call whose media spans 90 s. Still no ringback.
     out, _ = _stream(ME, PEER, 0x7AC8_1F53, [(0.0, 90.0, CN)])
     back, _ = _stream(PEER, ME, 1000, [(0.0, 90.0, 9)])
-    path = tmp_path / "call.pcap"
-    path.write_bytes(pcap(sorted(out + back)))
-    result = analyze_capture(path, workers=1, hash_capture=False,
-                             config=meter_config(active_s=30.0))
+    result, call = _analyse(tmp_path, out + back, meter_config(active_s=30.0))
     assert len([f for f in result.flows if f.rtp_streams]) >= 3
-    (call,) = result.analysis.calls
     assert call.outcome is CallOutcome.ONE_WAY, call.outcome
     assert call.media == ("audio",) and not call.early_media
 
