@@ -34,6 +34,7 @@ from typing import Any
 from api.pipeline import AnalysisResult
 from policy.records import Call, Evidence
 from policy.rules import HostTraffic, Policy, load_policy
+from policy.window import FlowWindow
 from probe import FlowRecord
 
 __all__ = ["EVIDENCE", "LANGUAGES", "TEXTS", "CallPart", "Document", "build_document",
@@ -611,7 +612,8 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
     judged = {e.rule for e in call.verdict.evidence}
     if call.local is not None and judged & {"blocked.stun", "blocked.syn", "blocked.sip",
                                             "blocked.media_no_return", "throttled.rate_cap"}:
-        got = HostTraffic(result.flows).received_near(call.local, call.start_ts, call.end_ts)
+        window = FlowWindow.of(result.flows, result.classes)
+        got = HostTraffic(window).received_near(call.local, call.start_ts, call.end_ts)
         if got.seen_bytes + got.missed_bytes and got.share <= pol.blocked.max_capture_loss:
             out.append(loc.t("benign.capture_whole", host=call.local, missed=loc.pct(got.share),
                              max=loc.pct(pol.blocked.max_capture_loss)))

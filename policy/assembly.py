@@ -38,25 +38,27 @@ applies the rules.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from classifier.hostnames import app_owner
 from classifier.owners import lookup as owner_of
-from classifier.records import CALL_CATEGORIES, Category, Classification, Method, SipSummary
+from classifier.records import Classification, Method, SipSummary
 from policy.records import CallSetup, SipEvent, StunSetup, TcpSetup, TlsSetup
-from probe.addresses import ends, local_host, machines
+from policy.window import (
+    MEDIA_CATEGORIES,
+    SETUP_PROTOCOLS,
+    FlowWindow,
+    builds_calls,
+    is_call_flow,
+)
+from probe.addresses import MachineIndex, ends
 from probe.records import FlowRecord
 
 __all__ = ["MEDIA_CATEGORIES", "SETUP_PROTOCOLS", "AssembledCall", "Assembly", "Sides",
            "SipDialog", "assemble_calls", "is_call_flow", "vantage"]
 
-MEDIA_CATEGORIES = frozenset({Category.VOICE, Category.VIDEO, Category.SCREEN})
-SETUP_PROTOCOLS = frozenset({"stun", "dtls", "rtcp", "rtp", "sip", "zoom", "discord",
-                             "telegram", "mgcp", "h323", "sccp", "agora", "mumble"})
-SIGNALLING_PROTOCOLS = frozenset({"tls", "quic", "gquic", "http", "whatsapp"})
 ONE_WAY_DIRECTIONS = frozenset({"sendonly", "recvonly", "inactive"})
 """SDP directions of media that flows one way by design (RFC 3264 §5.1)."""
 
@@ -138,28 +140,34 @@ class Sides:
     (:func:`probe.addresses.machines`) is the local one (a peer that opened a flow to
     the host's other address)."""
 
-    __slots__ = ("_memo", "local", "who")
+    __slots__ = ("_any", "_machine", "_memo", "local", "who")
 
-    def __init__(self, local: str | None, who: dict[str, str]) -> None:
+    def __init__(self, local: str | None, who: MachineIndex) -> None:
         self.local = local
         self.who = who
+        self._any = bool(who)
         self._memo: dict[str, tuple[End, End]] = {}
+        self._machine: dict[str, str] = {}
 
     def __call__(self, f: FlowRecord) -> tuple[End, End]:
         got = self._memo.get(f.uid)
         if got is None:
             near, far = ends(f, self.local)
-            who, local = self.who, self.local
-            if who and local is not None:
-                mine = who.get(local)
-                if mine is not None and who.get(far[0]) == mine and who.get(near[0]) != mine:
+            local = self.local
+            if self._any and local is not None:
+                mine = self.machine(local)
+                if (mine != local and self.machine(far[0]) == mine
+                        and self.machine(near[0]) != mine):
                     near, far = far, near
             got = self._memo[f.uid] = (far, near)
         return got
 
     def machine(self, host: str) -> str:
         """The machine an address belongs to (the address itself when unknown)."""
-        return self.who.get(host, host)
+        got = self._machine.get(host)
+        if got is None:
+            got = self._machine[host] = self.who.get(host) or host
+        return got
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,27 +183,11 @@ class Assembly:
     sides: Sides
 
 
-def vantage(flows: Sequence[FlowRecord], classes: dict[str, Classification]
-            ) -> tuple[str | None, bool, float]:
+def vantage(window: FlowWindow) -> tuple[str | None, bool, float]:
     """What the verdict rules take from all the flows judged together: the local host (by
     vote over the call flows, ties told apart by a vote over all; else over all), whether
     any flow was answered both ways, and the newest packet's time."""
-    call_flows = [f for f in flows if _is_call_flow(f, classes[f.uid])]
-    return (local_host(call_flows or list(flows), flows),
-            any(f.resp_pkts > 0 and f.orig_pkts > 0 for f in flows),
-            max((f.last_ts for f in flows), default=0.0))
-
-
-def is_call_flow(f: FlowRecord, c: Classification) -> bool:
-    """Whether :func:`assemble_calls` builds calls on this flow (a call category, or a call
-    set-up protocol over UDP) or on the dialog it carries (SIP)."""
-    return _is_call_flow(f, c) or bool(c.facts.sip)
-
-
-def _is_call_flow(f: FlowRecord, c: Classification) -> bool:
-    if c.category in CALL_CATEGORIES:
-        return True
-    return f.proto == "udp" and c.facts.protocol in SETUP_PROTOCOLS
+    return window.local_host(), window.others_answered, window.capture_end
 
 
 class _Union:
@@ -240,7 +232,7 @@ def _org(app: str | None, remote: str) -> str | None:
     return owner.owner if owner is not None else None
 
 
-def _sip_dialogs(flows: Sequence[FlowRecord], classes: dict[str, Classification]
+def _sip_dialogs(flows: Sequence[FlowRecord], classes: Mapping[str, Classification]
                  ) -> list[SipDialog]:
     """The SIP dialogs that carried an INVITE, by their first message."""
     uids: dict[str, set[str]] = {}
@@ -261,29 +253,23 @@ def _sip_dialogs(flows: Sequence[FlowRecord], classes: dict[str, Classification]
     return dialogs
 
 
-def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification],
-                   gap_s: float) -> Assembly:
-    """The calls of ``flows``: the flows of each (``gap_s`` is ``calls.same_call_gap_s``),
-    its SIP dialog, the app it is named by and its set-up."""
-    by_uid = {f.uid: f for f in flows}
-    cls = {c.uid: c for c in classes}
-    call_flows = [f for f in flows if _is_call_flow(f, cls[f.uid])]
-    local, others_answered, capture_end = vantage(flows, cls)
-    sides = Sides(local, machines(flows))
+def assemble_calls(window: FlowWindow, gap_s: float) -> Assembly:
+    """The calls of the flows of ``window``: the flows of each (``gap_s`` is
+    ``calls.same_call_gap_s``), its SIP dialog, the app it is named by and its set-up."""
+    by_uid = window.flows
+    cls = window.classes
+    call_flows = window.call_flows()
+    local, others_answered, capture_end = vantage(window)
+    sides = Sides(local, window.machines)
 
     groups: list[list[FlowRecord]] = []
     dialogs: list[SipDialog | None] = []
     taken: set[str] = set()
     # SIP dialogs and the media their SDP announced.
-    for d in _sip_dialogs(flows, cls):
+    for d in _sip_dialogs(window.sip_flows(), cls):
         members = [by_uid[u] for u in d.flow_uids]
-        endpoints = d.media_endpoints
         have = set(d.flow_uids)
-        for f in flows:
-            if f.uid in have or f.proto != "udp":
-                continue
-            if (f.orig_h, f.orig_p) in endpoints or (f.resp_h, f.resp_p) in endpoints:
-                members.append(f)
+        members += [f for f in window.udp_on(d.media_endpoints) if f.uid not in have]
         groups.append(members)
         dialogs.append(d)
         taken.update(f.uid for f in members)
@@ -344,7 +330,7 @@ def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification
     for members in comps.values():
         groups.append(members)
         dialogs.append(None)
-    _add_signalling(groups[n_sip:], flows, cls, taken, sides, gap_s)
+    _add_signalling(groups[n_sip:], window, taken, sides, gap_s)
     calls = []
     for members, dialog in zip(groups, dialogs, strict=True):
         ordered = tuple(sorted({f.uid: f for f in members}.values(),
@@ -357,37 +343,34 @@ def assemble_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification
     return Assembly(calls, local, others_answered, capture_end, sides)
 
 
-def _add_signalling(groups: list[list[FlowRecord]], flows: Sequence[FlowRecord],
-                    cls: dict[str, Classification], taken: set[str], sides: Sides,
-                    gap_s: float) -> None:
+def _add_signalling(groups: list[list[FlowRecord]], window: FlowWindow, taken: set[str],
+                    sides: Sides, gap_s: float) -> None:
     """Signalling flows of the same app or to the same remote hosts, just before or
     during each call of ``groups``, added to it."""
-    if not groups:
-        return
-    # Only a flow to one of the calls' hosts, or of one of their apps, can join one: the
-    # rest of the window is not looked at.
-    hosts_seen = {h for members in groups for f in members for h in (f.orig_h, f.resp_h)}
-    apps_seen = {cls[f.uid].app for members in groups for f in members} - {None}
-    sig = [f for f in flows if f.uid not in taken
-           and (f.orig_h in hosts_seen or f.resp_h in hosts_seen or cls[f.uid].app in apps_seen)
-           and (cls[f.uid].facts.protocol in SIGNALLING_PROTOCOLS or f.proto == "tcp")]
-    sig.sort(key=lambda f: f.first_ts)
+    cls = window.classes
     # Keyed by the local host too: in a capture of many hosts (an operator's vantage point)
-    # another subscriber's connections are not this call's signalling.
-    by_remote: dict[tuple[str, str], list[FlowRecord]] = {}
-    by_app: dict[tuple[str, str], list[FlowRecord]] = {}
-    for f in sig:
-        (rh, _), (lh, _) = sides(f)
-        lm = sides.machine(lh)
-        by_remote.setdefault((lm, rh), []).append(f)
-        if cls[f.uid].app is not None:
-            by_app.setdefault((lm, str(cls[f.uid].app)), []).append(f)
+    # another subscriber's connections are not this call's signalling. Only the flows of
+    # a call's remote hosts or of its apps that started in its time are looked at.
+
+    def pool(kind: str, machine: str, key: str, start: float, until: float
+             ) -> list[FlowRecord]:
+        """The signalling flows (:meth:`FlowWindow.signalling`) of one local machine to a
+        remote host, or of an app, that started from ``start`` to ``until``."""
+        got = []
+        for f in window.signalling(kind, key, start, until):
+            if f.uid in taken:
+                continue
+            (rh, _), (lh, _) = sides(f)
+            if sides.machine(lh) == machine and (kind == "app" or rh == key):
+                got.append(f)
+        return got
+
     for members in groups:
         ends_ = [sides(f) for f in members]
         hosts = {sides.machine(lh) for _, (lh, _) in ends_}
-        apps = {(lh, str(cls[f.uid].app)) for f in members if cls[f.uid].app is not None
-                for lh in hosts}
-        remotes = {(sides.machine(lh), rh) for (rh, _), (lh, _) in ends_}
+        apps = sorted({(lh, str(cls[f.uid].app)) for f in members
+                       if cls[f.uid].app is not None for lh in hosts})
+        remotes = sorted({(sides.machine(lh), rh) for (rh, _), (lh, _) in ends_})
         start = min(f.first_ts for f in members) - gap_s
         end = max(f.last_ts for f in members)
         have = {m.uid for m in members}
@@ -395,12 +378,9 @@ def _add_signalling(groups: list[list[FlowRecord]], flows: Sequence[FlowRecord],
         # other business (chat, downloads), not this call's (a call without media: its end).
         until = min((f.first_ts for f in members
                      if cls[f.uid].category in MEDIA_CATEGORIES), default=end)
-        pools = [by_remote.get(r, []) for r in remotes] + [by_app.get(a, []) for a in apps]
-        for pool in pools:
-            lo = bisect.bisect_left(pool, start, key=lambda f: f.first_ts)
-            for f in pool[lo:]:
-                if f.first_ts > until:
-                    break
+        for got in [pool("remote", m, rh, start, until) for m, rh in remotes] + [
+                pool("app", m, a, start, until) for m, a in apps]:
+            for f in got:
                 if f.uid not in have:
                     have.add(f.uid)
                     members.append(f)
@@ -420,7 +400,7 @@ def _call_app(members: Sequence[FlowRecord], cls: dict[str, Classification]) -> 
     for only_call in (True, False):
         for f in members:
             c = cls[f.uid]
-            if c.app is not None and (not only_call or _is_call_flow(f, c)):
+            if c.app is not None and (not only_call or builds_calls(f, c)):
                 votes[c.app] += 3 if c.method in NAMED_BY_APP else 1
         if votes:
             break

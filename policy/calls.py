@@ -43,22 +43,22 @@ from policy.rules import (
     Policy,
     RuleContext,
     SipOutcome,
-    answered_services,
     call_rules,
     congested_paths,
     explained_by_congestion,
     flow_rules,
     icmp_prohibited,
     load_policy,
-    service_tries,
     sip_outcome,
     verdict_from,
 )
+from policy.window import FlowWindow
 from probe import MeterConfig
 from probe.addresses import local_host
 from probe.records import ORIG, FlowRecord
 
-__all__ = ["Analysis", "CallSpan", "analyse_calls", "judge_calls", "lone_flow_verdicts"]
+__all__ = ["Analysis", "CallSpan", "analyse_calls", "analyse_window", "judge_calls",
+           "lone_flow_verdicts"]
 
 
 @dataclass(slots=True)
@@ -96,14 +96,22 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                   congested: Sequence[CongestedPath] = (),
                   lone: Collection[str] | None = None,
                   due: Callable[[CallSpan], bool] | None = None) -> Analysis:
+    """:func:`analyse_window` over a window of these flows (``classes``: one per flow)."""
+    return analyse_window(FlowWindow.of(flows, classes), policy, congested, lone, due)
+
+
+def analyse_window(window: FlowWindow, policy: Policy | None = None,
+                   congested: Sequence[CongestedPath] = (),
+                   lone: Collection[str] | None = None,
+                   due: Callable[[CallSpan], bool] | None = None) -> Analysis:
     """Calls with legs, quality and verdicts; and verdicts on interfered flows (flows
     outside the calls also judged against ``congested``: paths calls judged earlier
     showed congested; only those of ``lone`` when given): the calls assembled
     (:func:`policy.assembly.assemble_calls`), then judged (:func:`judge_calls`; only
     those ``due`` asks for, and what they need, when given)."""
     pol = policy or load_policy()
-    return judge_calls(assemble_calls(flows, classes, pol.calls.same_call_gap_s),
-                       flows, classes, pol, congested, lone, due)
+    return judge_calls(assemble_calls(window, pol.calls.same_call_gap_s), window, pol,
+                       congested, lone, due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +125,16 @@ class CallSpan:
     local: str | None
 
 
-def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
-                classes: Sequence[Classification], pol: Policy,
+def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
                 congested: Sequence[CongestedPath] = (),
                 lone: Collection[str] | None = None,
                 due: Callable[[CallSpan], bool] | None = None) -> Analysis:
-    """Each assembled call of ``flows`` judged: legs, rules, verdict and outcome; calls
-    that show no interference and are no call after all (relay upkeep, a transfer judged
-    from packet statistics) dropped; and the verdicts of flows outside every call (those
-    of ``lone`` when given: a caller that has settled the others' already), their
-    unanswered requests explained by the paths these calls or ``congested`` showed
-    congested.
+    """Each assembled call of the flows of ``window`` judged: legs, rules, verdict and
+    outcome; calls that show no interference and are no call after all (relay upkeep, a
+    transfer judged from packet statistics) dropped; and the verdicts of flows outside
+    every call (those of ``lone`` when given: a caller that has settled the others'
+    already), their unanswered requests explained by the paths these calls or
+    ``congested`` showed congested.
 
     With ``due``, a caller that writes only some calls now (and the others later, from a
     window that has grown) has only those judged: the calls ``due`` says it writes, and
@@ -137,11 +144,11 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
     them when a flow judged alone shows something their congestion may explain. The
     others come back in :attr:`Analysis.waiting`, unjudged; the result is otherwise the
     one judging every call gives."""
-    by_uid = {f.uid: f for f in flows}
-    cls = {c.uid: c for c in classes}
+    by_uid = window.flows
+    cls = window.classes
     local, sides = assembly.local, assembly.sides
     ctx = RuleContext(pol, cls, local, assembly.others_answered, assembly.capture_end,
-                      answered_services(flows), HostTraffic(flows), service_tries(flows))
+                      window.services_up, HostTraffic(window), window.service_tries)
     single_ev: dict[str, list[Evidence]] = {}  # signalling flows sit in many calls: judge once
 
     def single(f: FlowRecord) -> list[Evidence]:
@@ -182,10 +189,9 @@ def judge_calls(assembly: Assembly, flows: Sequence[FlowRecord],
     in_calls = {u for i, s in enumerate(spans)
                 if i not in judged or judged[i][0] is not None for u in s.flow_uids}
     alone: dict[str, list[Evidence]] = {}
-    for f in flows:
+    for f in window.ordered(None if lone is None else (u for u in lone if u in window)):
         # a flow's own rules look at ICMP errors quoting it, and at TCP
-        if f.uid in in_calls or not _own_rules_apply(f) or (lone is not None
-                                                             and f.uid not in lone):
+        if f.uid in in_calls or not _own_rules_apply(f):
             continue
         alone[f.uid] = flow_rules(f, ctx, lone=True)
     if any(alone.values()):  # the congestion every call shows may explain them
@@ -355,18 +361,17 @@ def _own_rules_apply(f: FlowRecord) -> bool:
     return bool(f.icmp) or f.proto == "tcp"
 
 
-def lone_flow_verdicts(flows: Sequence[FlowRecord], classes: Sequence[Classification],
-                       judge: Sequence[FlowRecord], policy: Policy | None = None,
+def lone_flow_verdicts(window: FlowWindow, judge: Sequence[FlowRecord],
+                       policy: Policy | None = None,
                        congested: Sequence[CongestedPath] = ()) -> dict[str, Verdict]:
-    """Verdicts of the flows ``judge`` (a subset of ``flows``, none of them in a call) on
+    """Verdicts of the flows ``judge`` (flows of ``window``, none of them in a call) on
     their own packets, as :func:`analyse_calls` gives them to flows outside every call:
     ICMP errors quoting them and TCP handshakes, with the local side, "other flows were
-    answered" and the capture's end taken from ``flows``, and the ``congested`` paths calls
-    judged earlier showed explaining unanswered requests."""
+    answered" and the capture's end taken from the window, and the ``congested`` paths
+    calls judged earlier showed explaining unanswered requests."""
     pol = policy or load_policy()
-    cls = {c.uid: c for c in classes}
-    ctx = RuleContext(pol, cls, *vantage(flows, cls), answered_services(flows),
-                      HostTraffic(flows), service_tries(flows))
+    ctx = RuleContext(pol, window.classes, *vantage(window), window.services_up,
+                      HostTraffic(window), window.service_tries)
     out: dict[str, Verdict] = {}
     for f in judge:
         if not _own_rules_apply(f):

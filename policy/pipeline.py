@@ -12,7 +12,7 @@ into batches, on the wall clock or on the output format:
 * at points of a fixed grid of capture time (``cut_s``), the flows whose timeout ran out
   before the point are *settled*: they are classified together (the classifier's two
   passes, with what it learned from earlier flows) and join the *window*;
-* the window is grouped into calls (:func:`policy.calls.analyse_calls`); a call is
+* the window is grouped into calls (:func:`policy.calls.analyse_window`); a call is
   written once the capture's clock has passed its end by ``call_settle_s`` and no UDP
   flow that may be another of its streams (to one of its remote hosts, on one of its
   local sockets, or of its local host and started during the call) and started before
@@ -38,13 +38,14 @@ from classifier.engine import Classifier, Observation
 from classifier.payloads import meter_config
 from classifier.records import Classification
 from policy.assembly import is_call_flow
-from policy.calls import Analysis, CallSpan, analyse_calls, lone_flow_verdicts
+from policy.calls import Analysis, CallSpan, analyse_window, lone_flow_verdicts
 from policy.records import Call, Verdict
 from policy.rules import CongestedPath, Policy, congested_paths, load_policy
 from policy.settling import PipelineConfig
+from policy.window import FlowWindow
 from probe import FlowReader, FlowRecord, MeterConfig, ReadStatus, Weird
 from probe.addresses import ends
-from probe.meter import NO_OPEN_FLOWS, MeterStats, OpenFlows
+from probe.meter import NO_OPEN_FLOWS, EndStarts, MeterStats, OpenFlows
 from probe.run import Watermark
 
 __all__ = ["AnalysisResult", "Pipeline", "PipelineConfig", "Step", "analyze_flows",
@@ -87,6 +88,8 @@ class Pipeline:
         self.classifier = Classifier(fingerprints=fingerprints)
         self._pending: dict[str, tuple[FlowRecord, Observation]] = {}
         self._window: dict[str, tuple[FlowRecord, Classification]] = {}
+        self._flows = FlowWindow()
+        """The window's flows, as the calls are assembled and judged from."""
         self._judged: set[str] = set()
         """Window flows whose own verdict is settled (written, or none)."""
         self._due_calls: list[float] = []
@@ -99,6 +102,8 @@ class Pipeline:
         self._first_due = math.inf
         """The earliest time at which a call or a window flow's verdict comes due."""
         self._open_udp: OpenFlows = NO_OPEN_FLOWS
+        self._pending_udp: EndStarts | None = None
+        """When the pending UDP flows started, by each end (built when first asked)."""
         self._congested: list[CongestedPath] = []
         """Paths written calls showed congested, kept for the window's length: they explain
         unanswered requests of flows judged after the call."""
@@ -113,6 +118,7 @@ class Pipeline:
     def push(self, flow: FlowRecord, observation: Observation) -> None:
         """A flow the probe ended (lightened or not), with its observation."""
         self._pending[flow.uid] = (flow, observation)
+        self._pending_udp = None
         self._first_ripe = min(self._first_ripe, self._ripe_at(flow))
 
     def advance(self, watermark: Watermark) -> list[Step]:
@@ -170,25 +176,26 @@ class Pipeline:
         if ripe:
             for f, _ in ripe:
                 del self._pending[f.uid]
+            self._pending_udp = None
             ripe.sort(key=lambda fo: (fo[0].first_frame, fo[0].uid))
             flows = [f for f, _ in ripe]
             classes = self.classifier.classify_all(flows, {f.uid: o for f, o in ripe})
             for f, c in zip(flows, classes, strict=True):
                 self._window[f.uid] = (f, c)
+                self._flows.add(f, c)
                 step.flows.append((f, c))
         if not self._window:
             return step
         settle = self.cfg.call_settle_s
-        items = sorted(self._window.values(), key=lambda fc: (fc[0].first_frame, fc[0].uid))
         if not (final or any(is_call_flow(f, c) for f, c in step.flows)
                 or any(t <= point for t in self._due_calls)):
             # No call can have changed or come due: only flows outside every call settle.
-            self._judge_alone(items, point, step)
+            self._judge_alone(point, step)
             return step
         # Only the flows whose own verdict may be written now need one.
         lone = {u for u, (f, _) in self._window.items()
                 if u not in self._judged and (final or f.last_ts + settle <= point)}
-        by_uid = {f.uid: f for f, _ in items}
+        by_uid = self._flows.flows
         written: dict[tuple[str, ...], bool] = {}
 
         def due(span: CallSpan) -> bool:
@@ -200,8 +207,7 @@ class Pipeline:
                 or (end + settle <= point and self._going(span, by_uid) > end + settle))
             return w
 
-        analysis = analyse_calls([f for f, _ in items], [c for _, c in items], self.policy,
-                                 self._congested, lone, due)
+        analysis = analyse_window(self._flows, self.policy, self._congested, lone, due)
         done: set[str] = set()
         for call in analysis.calls:
             if written[call.flow_uids]:
@@ -272,26 +278,24 @@ class Pipeline:
             else:
                 hosts.update((f.orig_h, f.resp_h))
         local = {local_host} if local_host is not None else set()
-        earliest = min(self._open_udp.earliest_touching(hosts, sockets),
-                       self._open_udp.earliest_touching(local, (), since=since))
-        for f, _ in self._pending.values():
-            if f.proto != "udp" or f.first_ts >= earliest:
-                continue
-            if (f.orig_h in hosts or f.resp_h in hosts or (f.orig_h, f.orig_p) in sockets
-                    or (f.resp_h, f.resp_p) in sockets
-                    or (f.first_ts >= since and (f.orig_h in local or f.resp_h in local))):
-                earliest = f.first_ts
-        return earliest
+        pending = self._pending_udp
+        if pending is None:
+            pending = self._pending_udp = EndStarts()
+            pending.add_many((f.orig_h, f.orig_p, f.resp_h, f.resp_p, f.first_ts)
+                             for f, _ in self._pending.values() if f.proto == "udp")
+        return min(self._open_udp.earliest_touching(hosts, sockets),
+                   self._open_udp.earliest_touching(local, (), since=since),
+                   pending.earliest(hosts, sockets), pending.earliest(local, (), since=since))
 
-    def _judge_alone(self, items: list[tuple[FlowRecord, Classification]], point: float,
-                     step: Step) -> None:
+    def _judge_alone(self, point: float, step: Step) -> None:
         """Settle the verdicts of window flows outside every call whose time has come."""
         settle = self.cfg.call_settle_s
-        ripe = [f for f, c in items if self._awaits_verdict(f.uid) and f.last_ts + settle <= point
-                and not self._held_alone(f, c, point)]
+        ripe = self._flows.ordered(
+            u for u, (f, c) in self._window.items()
+            if self._awaits_verdict(u) and f.last_ts + settle <= point
+            and not self._held_alone(f, c, point))
         if ripe:
-            verdicts = lone_flow_verdicts([f for f, _ in items], [c for _, c in items], ripe,
-                                          self.policy, self._congested)
+            verdicts = lone_flow_verdicts(self._flows, ripe, self.policy, self._congested)
             self._judged.update(f.uid for f in ripe)
             step.flow_verdicts.update(verdicts)
             step.window = {u: self._window[u] for u in verdicts}
@@ -305,6 +309,7 @@ class Pipeline:
                     if u in done or final or (u in self._judged and u not in self._in_due
                                               and f.last_ts < keep_after)]:
             del self._window[uid]
+            self._flows.remove(uid)
             self._judged.discard(uid)
 
 

@@ -9,9 +9,9 @@ throttled > degraded > ok.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -26,6 +26,7 @@ from policy.assembly import SipDialog
 from policy.errors import PolicyError
 from policy.legs import delay_shape
 from policy.records import Evidence, Leg, Reason, Verdict, VerdictKind
+from policy.window import FlowWindow, ServiceTries, one_prefix, unanswered_syns
 from probe.addresses import (
     AddressClass,
     address_class,
@@ -33,7 +34,6 @@ from probe.addresses import (
     is_group_l2,
     is_local_class,
     local_is_orig,
-    machines,
 )
 from probe.records import FlowRecord, TcpFlag
 
@@ -41,9 +41,9 @@ __all__ = ["CONGESTION_RULES", "BlockedPolicy", "CallCase", "CallsPolicy",
            "CaptureLoss", "CongestedPath", "DegradedPolicy", "HostTraffic", "Policy",
            "QualityPolicy", "ReachabilityPolicy", "ReplayPolicy", "RuleContext",
            "ServiceTries", "SipOutcome", "SynTries", "TcpFallback", "ThrottledPolicy",
-           "answered_services", "call_rules", "congested_paths",
+           "call_rules", "congested_paths",
            "explained_by_congestion", "explained_by_shaper", "flow_rules",
-           "icmp_prohibited", "internet_families", "load_policy", "service_tries",
+           "icmp_prohibited", "load_policy",
            "sip_outcome", "tcp_fallback", "unseen_answers", "verdict_from"]
 
 ICMP_BLOCKING = {(4, 3): "unreachable", (6, 1): "unreachable"}
@@ -313,16 +313,17 @@ class RuleContext:
     no artefact of a one-sided tap."""
     capture_end: float = math.inf
     """The newest packet's time: how long the capture went on after a request."""
-    services_up: frozenset[tuple[str, int]] = frozenset()
+    services_up: AbstractSet[tuple[str, int]] = frozenset()
     """Server addresses and ports that answered a flow among those judged together
-    (:func:`answered_services`)."""
+    (:attr:`policy.window.FlowWindow.services_up`)."""
     traffic: HostTraffic | None = None
     """The flows judged together, by host: the load a queue on a host's link also held,
     what the capture missed of what each host received, the IP versions that worked past
     the link. None: not known (those checks are skipped)."""
-    syn_tries: Mapping[tuple[str, str, int], ServiceTries] | None = None
-    """Each client's connections to each server address and port among the flows judged
-    together (:func:`service_tries`); None: each flow's own SYNs alone."""
+    syn_tries: Callable[[tuple[str, str, int]], ServiceTries | None] | None = None
+    """A client's connections to a server address and port among the flows judged
+    together, by (client, server address, server port)
+    (:meth:`policy.window.FlowWindow.service_tries`); None: each flow's own SYNs alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,22 +348,19 @@ class CaptureLoss:
 
 
 class HostTraffic:
-    """What a set of flows' TCP flows carried to and from each host, second by second
-    (their per-second rate series), indexed on first use."""
+    """What the TCP flows of a window (:class:`policy.window.FlowWindow`) carried to and
+    from each host, second by second (their per-second rate series)."""
 
-    __slots__ = ("_by_host", "_families", "_flows", "_machines")
+    __slots__ = ("_by_host", "_window")
 
-    def __init__(self, flows: Sequence[FlowRecord]) -> None:
-        self._flows = flows
-        self._by_host: dict[str, list[tuple[FlowRecord, bool]]] | None = None
-        self._families: frozenset[int] | None = None
-        self._machines: dict[str, str] | None = None
+    def __init__(self, window: FlowWindow) -> None:
+        self._window = window
+        self._by_host: dict[str, list[tuple[FlowRecord, bool]]] = {}
 
     def internet_families(self) -> frozenset[int]:
-        """:func:`internet_families` of these flows, worked out on first use."""
-        if self._families is None:
-            self._families = internet_families(self._flows)
-        return self._families
+        """The IP versions the window's flows show working past the host's own network
+        (:meth:`policy.window.FlowWindow.internet_families`)."""
+        return self._window.internet_families()
 
     def lossy_bytes(self, host: str, inbound: bool, first_s: float, last_s: float,
                     skip: Collection[str]) -> int:
@@ -406,23 +404,18 @@ class HostTraffic:
     def same_machine(self, hosts: Iterable[str]) -> list[str]:
         """``hosts`` and every other address of the same machines (one link-layer
         address: :func:`probe.addresses.machines`), ``hosts`` first."""
-        if self._machines is None:
-            self._machines = machines(self._flows)
+        who = self._window.machines
         out = list(dict.fromkeys(hosts))
-        l2s = {self._machines[h] for h in out if h in self._machines}
-        if l2s:
-            out += [h for h, l2 in self._machines.items() if l2 in l2s and h not in out]
+        l2s = sorted({l2 for h in out if (l2 := who.get(h)) is not None})
+        out += [h for l2 in l2s for h in who.hosts_of(l2) if h not in out]
         return out
 
     def flows_of(self, host: str) -> list[tuple[FlowRecord, bool]]:
         """The TCP flows with ``host`` at one end, each with whether it is the originator."""
-        if self._by_host is None:
-            self._by_host = {}
-            for f in self._flows:
-                if f.proto == "tcp" and len(f.rate):
-                    self._by_host.setdefault(f.orig_h, []).append((f, True))
-                    self._by_host.setdefault(f.resp_h, []).append((f, False))
-        return self._by_host.get(host, [])
+        got = self._by_host.get(host)
+        if got is None:
+            got = self._by_host[host] = self._window.tcp_flows_of(host)
+        return got
 
 
 LOSS_WINDOW_S = 60.0
@@ -444,32 +437,6 @@ def unseen_answers(host: str | None, ctx: RuleContext, first_s: float = -math.in
     if got.missed_bytes and got.share > ctx.policy.blocked.max_capture_loss:
         return got
     return None
-
-
-def internet_families(flows: Iterable[FlowRecord]) -> frozenset[int]:
-    """The IP versions in which some TCP or UDP flow with a global end (RFC 6890: no local
-    class) went past the link its other end is on (not one IPv4 /24 or IPv6 /64, neither
-    end link-local) and was seen both ways: the versions the capture shows working past
-    the host's own network. Neighbour discovery and the router's own services on the link
-    show nothing of the route beyond."""
-    return frozenset(f.ip_version for f in flows if f.orig_pkts > 0 and f.resp_pkts > 0
-                     and f.proto in ("tcp", "udp") and _past_the_link(f.orig_h, f.resp_h))
-
-
-def _past_the_link(a: str, b: str) -> bool:
-    ca, cb = address_class(a), address_class(b)
-    if AddressClass.GLOBAL not in (ca, cb) or AddressClass.LINK_LOCAL in (ca, cb):
-        return False
-    return not _one_prefix(a, b)
-
-
-def _one_prefix(a: str, b: str) -> bool:
-    """Both addresses in one IPv4 /24 or one IPv6 /64 (the usual size of a link)."""
-    x, y = ipaddress.ip_address(a.partition("%")[0]), ipaddress.ip_address(b.partition("%")[0])
-    if x.version != y.version:
-        return False
-    bits = 24 if x.version == 4 else 64
-    return y in ipaddress.ip_network(f"{x}/{bits}", strict=False)
 
 
 TCP_OPTIONS_SLACK = 40
@@ -564,11 +531,12 @@ def _heard_nothing(ev: Evidence, hosts: Iterable[str], ip_version: int,
     """``ev``, a block read from silence toward ``hosts`` over IP ``ip_version``, as it
     stands; or ``unknown`` when the capture cannot show that silence: the silence was over
     IPv6 and nothing of the capture over IPv6 went past the host's link and came back
-    (:func:`internet_families`; a network that announces IPv6 with no working route behind
-    it fails every IPv6 attempt: rule ``unknown.family_unanswered``), or the capture
-    missed too much of what the host received (:func:`unseen_answers`:
-    ``unknown.capture_loss``). ``degraded`` when ``app``, the call's, carried the call
-    over TCP from then on (:func:`tcp_fallback`: rule ``degraded.tcp_fallback``)."""
+    (:meth:`policy.window.FlowWindow.internet_families`; a network that announces IPv6
+    with no working route behind it fails every IPv6 attempt: rule
+    ``unknown.family_unanswered``), or the capture missed too much of what the host
+    received (:func:`unseen_answers`: ``unknown.capture_loss``). ``degraded`` when
+    ``app``, the call's, carried the call over TCP from then on (:func:`tcp_fallback`:
+    rule ``degraded.tcp_fallback``)."""
     hosts = list(hosts)
     carried = tcp_fallback(app, hosts, ev.first_ts, ev.last_ts, ctx)
     if carried is not None:
@@ -695,18 +663,6 @@ def _ev(rule: str, reason: Reason, flows: Sequence[FlowRecord], frames: Sequence
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceTries:
-    """One client's TCP connections to one server address and port, among the flows
-    judged together."""
-
-    unanswered: tuple[tuple[float, float, int, int], ...]
-    """Connections nothing answered whose client never set ACK: (first SYN, last SYN,
-    SYNs, first frame), by first SYN."""
-    answered: tuple[float, ...]
-    """When each connection that got any reply (or whose client set ACK) began, sorted."""
-
-
-@dataclass(frozen=True, slots=True)
 class SynTries:
     """The SYNs a client sent to one server address and port from an unanswered
     connection's first SYN on: that connection's own resends, and the new connections it
@@ -722,55 +678,16 @@ class SynTries:
     """The last SYN counted."""
 
 
-def _unanswered_syns(flow: FlowRecord) -> tuple[int, float, float] | None:
-    """The SYNs of an unanswered TCP flow: how many, the first's and the last's times;
-    None when the originator ever set ACK (it had a SYN-ACK the capture did not hold:
-    an ACK, data, or an RST|ACK answering a segment) or something answered. A flow the
-    originator reset (RSTOS0) counts as its first SYN alone: its record does not say
-    when the SYNs before the RST were sent."""
-    if flow.orig_flags & TcpFlag.ACK or flow.conn_state not in ("S0", "RSTOS0"):
-        return None
-    if flow.conn_state == "RSTOS0":
-        return 1, flow.first_ts, flow.first_ts
-    return flow.orig_pkts, flow.first_ts, flow.last_ts
-
-
-def service_tries(flows: Iterable[FlowRecord]) -> dict[tuple[str, str, int], ServiceTries]:
-    """TCP connections of ``flows``, by (client, server address, server port)."""
-    unanswered: dict[tuple[str, str, int], list[tuple[float, float, int, int]]] = {}
-    answered: dict[tuple[str, str, int], list[float]] = {}
-    for f in flows:
-        if f.proto != "tcp":
-            continue
-        key = (f.orig_h, f.resp_h, f.resp_p)
-        got = _unanswered_syns(f)
-        if got is not None:
-            unanswered.setdefault(key, []).append((got[1], got[2], got[0], f.first_frame))
-        elif f.resp_pkts > 0 or f.orig_flags & TcpFlag.ACK:
-            answered.setdefault(key, []).append(f.first_ts)
-    return {key: ServiceTries(tuple(sorted(unanswered.get(key, ()))),
-                              tuple(sorted(answered.get(key, ()))))
-            for key in unanswered.keys() | answered.keys()}
-
-
-def answered_services(flows: Iterable[FlowRecord]) -> frozenset[tuple[str, int]]:
-    """The (server address, port) pairs that answered some flow of ``flows``: a SYN with a
-    SYN-ACK (TCP), a datagram with a datagram back (UDP)."""
-    return frozenset((f.resp_h, f.resp_p) for f in flows if f.resp_pkts > 0 and (
-        (f.proto == "tcp" and f.conn_state not in ("S0", "REJ", "RSTOS0", "SH", "OTH"))
-        or f.proto == "udp"))
-
-
 def _tries_of(flow: FlowRecord, ctx: RuleContext) -> SynTries | None:
     """The SYNs ``flow``'s client sent to its server address and port from its first SYN
     on: its own, and those of the unanswered connections it opened to try again within
     ``blocked.syn_retry_window_s``, up to its first connection there that got a reply.
     None when ``flow`` was answered."""
-    own = _unanswered_syns(flow)
+    own = unanswered_syns(flow)
     if own is None:
         return None
     key = (flow.orig_h, flow.resp_h, flow.resp_p)
-    tries = (ctx.syn_tries if ctx.syn_tries is not None else service_tries([flow])).get(key)
+    tries = ctx.syn_tries(key) if ctx.syn_tries is not None else None
     t0 = own[1]
     limit = t0 + ctx.policy.blocked.syn_retry_window_s
     mine: list[tuple[float, float, int, int]] = []
@@ -922,7 +839,7 @@ def _to_a_group(f: FlowRecord) -> bool:
 def _same_network(a: str, b: str) -> bool:
     """Both ends of a local address class (:func:`probe.addresses.is_local_class`) on one
     network (same IPv4 /24 or IPv6 /64): no operator between."""
-    return is_local_class(a) and is_local_class(b) and _one_prefix(a, b)
+    return is_local_class(a) and is_local_class(b) and one_prefix(a, b)
 
 
 def call_rules(call: CallCase, ctx: RuleContext,

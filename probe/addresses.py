@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import IntEnum
+from typing import Any
 
 from probe.records import FlowRecord
 
@@ -50,8 +51,10 @@ __all__ = [
     "LOCAL_CLASSES",
     "SERVER_PORTS",
     "AddressClass",
+    "MachineIndex",
     "address_class",
     "ends",
+    "flow_votes",
     "is_group_l2",
     "is_local_class",
     "local_host",
@@ -310,37 +313,42 @@ def ends(flow: FlowRecord, local: str | None = None
     return (flow.resp_h, flow.resp_p), (flow.orig_h, flow.orig_p)
 
 
+def flow_votes(flow: FlowRecord) -> tuple[tuple[str, int], ...]:
+    """The votes one flow gives in :func:`local_host`: two to its higher-ranked end, one to
+    each end when they rank alike (the originator first)."""
+    ro, rr = _rank(flow.orig_h), _rank(flow.resp_h)
+    if ro > rr:
+        return ((flow.orig_h, 2),)
+    if rr > ro:
+        return ((flow.resp_h, 2),)
+    return ((flow.orig_h, 1), (flow.resp_h, 1))
+
+
 def _votes(flows: Iterable[FlowRecord]) -> Counter[str]:
     votes: Counter[str] = Counter()
     for f in flows:
-        ro, rr = _rank(f.orig_h), _rank(f.resp_h)
-        if ro > rr:
-            votes[f.orig_h] += 2
-        elif rr > ro:
-            votes[f.resp_h] += 2
-        else:
-            votes[f.orig_h] += 1
-            votes[f.resp_h] += 1
+        for host, n in flow_votes(f):
+            votes[host] += n
     return votes
 
 
-def local_host(flows: Iterable[FlowRecord], tie_break: Iterable[FlowRecord] = ()
-               ) -> str | None:
+def local_host(flows: Iterable[FlowRecord],
+               tie_break: Iterable[FlowRecord] | Mapping[str, int] = ()) -> str | None:
     """The host the capture was taken next to, by vote over ``flows``: the higher-ranked
     end of each flow gets two votes; both ends of a flow whose ends rank alike get one,
     so the host common to most such flows wins, whichever way they were opened (a tap
     that kept only what the host received sees every flow begin at the far end). Hosts
     that tie are told apart by the same vote over ``tie_break`` (the capture's other
-    flows: a call's flows all join the same two ends, the capture's flows share the local
-    one); then the host seen first wins (a flow's originator before its responder).
-    None for no flows."""
+    flows, or their votes already counted: a call's flows all join the same two ends,
+    the capture's flows share the local one); then the host seen first wins (a flow's
+    originator before its responder). None for no flows."""
     ranked = _votes(flows).most_common()
     if not ranked:
         return None
     tied = [h for h, n in ranked if n == ranked[0][1]]
     if len(tied) > 1:
-        wider = _votes(tie_break)
-        return max(tied, key=lambda h: wider[h])  # the first of the best: max is stable
+        wider = tie_break if isinstance(tie_break, Mapping) else _votes(tie_break)
+        return max(tied, key=lambda h: wider.get(h, 0))  # the first of the best: max is stable
     return tied[0]
 
 
@@ -348,38 +356,106 @@ HOST_V6_PREFIXES = 2
 """/64 prefixes one machine's IPv6 addresses may span (a global prefix and a unique local
 one, RFC 4193), besides link-local ones."""
 
+_NOT_A_MACHINE = frozenset({_A.LINK_LOCAL, _A.UNSPECIFIED, _A.MULTICAST, _A.BROADCAST,
+                            _A.LOOPBACK})
+"""Address classes that say nothing of how many machines a link-layer address is."""
+
 
 def is_group_l2(l2: str) -> bool:
     """Whether a link-layer address (``aa:bb:...``) names a group, not one interface: its
     I/G bit, the first octet's lowest (IEEE 802 §8.2; broadcast and multicast)."""
-    return bool(int(l2[:2], 16) & 1)
+    return l2[1] in "13579bdfBDF"
+
+
+class MachineIndex:
+    """:func:`machines` over a set of flows that changes (:meth:`add`, :meth:`remove`):
+    which addresses each link-layer address sent from, counted per flow end, so that
+    what one address stands for is known without looking at every flow again."""
+
+    __slots__ = ("_ends", "_hosts", "_l2s", "_v4", "_v6")
+
+    def __init__(self) -> None:
+        self._ends: dict[tuple[str, str], int] = {}
+        """Flow ends per (link-layer address, address)."""
+        self._hosts: dict[str, set[str]] = {}
+        """Per link-layer address (no group), the addresses it sent from."""
+        self._l2s: dict[str, set[str]] = {}
+        """Per address, the link-layer addresses (no group) it was sent from."""
+        self._v4: dict[str, set[str]] = {}
+        """Per link-layer address, its routable IPv4 addresses."""
+        self._v6: dict[str, dict[bytes, int]] = {}
+        """Per link-layer address, the /64 prefixes of its routable IPv6 addresses (with
+        how many addresses each)."""
+
+    def add(self, flow: FlowRecord) -> None:
+        self._count(flow.orig_l2_addr, flow.orig_h, 1)
+        self._count(flow.resp_l2_addr, flow.resp_h, 1)
+
+    def remove(self, flow: FlowRecord) -> None:
+        self._count(flow.orig_l2_addr, flow.orig_h, -1)
+        self._count(flow.resp_l2_addr, flow.resp_h, -1)
+
+    def _count(self, l2: str | None, host: str, n: int) -> None:
+        if l2 is None:
+            return
+        key = (l2, host)
+        was = self._ends.get(key, 0)
+        now = was + n
+        if now:
+            self._ends[key] = now
+        else:
+            del self._ends[key]
+        if (was and now) or is_group_l2(l2):  # the same pairs; a group is no one machine
+            return
+        change: Any = set.add if now else set.discard
+        change(self._hosts.setdefault(l2, set()), host)
+        change(self._l2s.setdefault(host, set()), l2)
+        cls = address_class(host)
+        if cls is not None and cls not in _NOT_A_MACHINE:
+            if ":" in host:
+                prefix = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])[:8]
+                v6 = self._v6.setdefault(l2, {})
+                left = v6.get(prefix, 0) + (1 if now else -1)
+                if left:
+                    v6[prefix] = left
+                else:
+                    del v6[prefix]
+            else:
+                change(self._v4.setdefault(l2, set()), host)
+        for index, k in ((self._hosts, l2), (self._l2s, host), (self._v4, l2), (self._v6, l2)):
+            if k in index and not index[k]:
+                del index[k]
+
+    def _one_machine(self, l2: str) -> bool:
+        return (len(self._v4.get(l2, ())) <= 1
+                and len(self._v6.get(l2, ())) <= HOST_V6_PREFIXES)
+
+    def get(self, host: str, default: str | None = None) -> str | None:
+        """The link-layer address standing for ``host``'s machine: the first, in sorted
+        order, of those it was sent from that carried one machine's addresses."""
+        l2s = self._l2s.get(host)
+        if l2s:
+            mine = [l2 for l2 in l2s if self._one_machine(l2)]
+            if mine:
+                return min(mine)
+        return default
+
+    def __bool__(self) -> bool:
+        return any(self._one_machine(l2) for l2 in self._hosts)
+
+    def hosts_of(self, l2: str) -> list[str]:
+        """The addresses ``l2`` stands for (those whose machine it is), sorted."""
+        return sorted(h for h in self._hosts.get(l2, ()) if self.get(h) == l2)
+
+    def as_dict(self) -> dict[str, str]:
+        return {h: l2 for h in self._l2s if (l2 := self.get(h)) is not None}
 
 
 def machines(flows: Iterable[FlowRecord]) -> dict[str, str]:
     """Addresses held by one machine, each mapped to that machine's link-layer address,
     by the link-layer addresses ``flows`` were sent from (see the module docstring). An
     address seen from no such link-layer address is absent: it stands for itself."""
-    by_l2: dict[str, set[str]] = {}
+    index = MachineIndex()
     for f in flows:
-        for host, l2 in ((f.orig_h, f.orig_l2_addr), (f.resp_h, f.resp_l2_addr)):
-            if l2 is not None and not is_group_l2(l2):  # a group is no one machine
-                by_l2.setdefault(l2, set()).add(host)
-    out: dict[str, str] = {}
-    for l2 in sorted(by_l2):
-        hosts = by_l2[l2]
-        v4 = set()
-        v6 = set()
-        for h in hosts:
-            cls = address_class(h)
-            if cls is None or cls in (_A.LINK_LOCAL, _A.UNSPECIFIED, _A.MULTICAST,
-                                      _A.BROADCAST, _A.LOOPBACK):
-                continue
-            if ":" in h:
-                v6.add(socket.inet_pton(socket.AF_INET6, h.partition("%")[0])[:8])
-            else:
-                v4.add(h)
-        if len(v4) > 1 or len(v6) > HOST_V6_PREFIXES:
-            continue
-        for h in hosts:
-            out.setdefault(h, l2)
-    return out
+        index.add(f)
+    return index.as_dict()

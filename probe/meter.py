@@ -27,6 +27,7 @@ connection closed by FIN in both directions or by RST is ended after
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import socket
@@ -67,8 +68,8 @@ from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import MAX_DECOMPRESSED, RawBatch
 from probe.speed import out_of_band
 
-__all__ = ["NO_OPEN_FLOWS", "Ended", "FlowMeter", "MeterConfig", "MeterStats", "OpenFlows",
-           "build_records", "conn_rows"]
+__all__ = ["NO_OPEN_FLOWS", "EndStarts", "Ended", "FlowMeter", "MeterConfig", "MeterStats",
+           "OpenFlows", "build_records", "conn_rows"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -940,26 +941,80 @@ class OpenFlows:
     b_port: U64
     first_ts: npt.NDArray[np.float64]
 
+    _ends: EndStarts = field(default_factory=lambda: EndStarts(), compare=False, repr=False)
+    """Their starts by endpoint, indexed on the first question."""
+
     def earliest_touching(self, hosts: Iterable[str], sockets: Iterable[tuple[str, int]],
                           since: float = float("-inf")) -> float:
         """Start of the earliest of these flows with an endpoint at one of ``hosts`` or on
         one of ``sockets`` (address, port), among those that started at ``since`` or later;
         infinity when none does."""
-        hit = self.first_ts >= since
-        if not hit.any():
+        ends = self._ends
+        if not ends and len(self.first_ts):
+            ends.add_many(zip(
+                zip(self.a_hi.tolist(), self.a_lo.tolist(), strict=True), self.a_port.tolist(),
+                zip(self.b_hi.tolist(), self.b_lo.tolist(), strict=True), self.b_port.tolist(),
+                self.first_ts.tolist(), strict=True))
+        if not ends:
             return float("inf")
-        near = np.zeros(len(hit), dtype=bool)
-        for h in hosts:
-            hi, lo = (np.uint64(x) for x in pack_addr(h))
-            near |= ((self.a_hi == hi) & (self.a_lo == lo)) | ((self.b_hi == hi)
-                                                               & (self.b_lo == lo))
-        for h, port in sockets:
-            hi, lo = (np.uint64(x) for x in pack_addr(h))
-            p = np.uint64(port)
-            near |= ((self.a_hi == hi) & (self.a_lo == lo) & (self.a_port == p)) | (
-                (self.b_hi == hi) & (self.b_lo == lo) & (self.b_port == p))
-        hit &= near
-        return float(self.first_ts[hit].min()) if hit.any() else float("inf")
+        return ends.earliest([_packed(h) for h in hosts],
+                             [(_packed(h), port) for h, port in sockets], since)
+
+
+class EndStarts:
+    """When flows started, by each of their ends: a host, and a host with a port (keys
+    of any one form), so that the earliest flow touching some ends is found without
+    looking at every flow."""
+
+    __slots__ = ("_ready", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: dict[Any, list[float]] = {}
+        self._ready = True
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def add_many(self, flows: Iterable[tuple[Any, int, Any, int, float]]) -> None:
+        """Flows, each as (host, port, other host, other port, start)."""
+        starts = self._starts
+        for a, ap, b, bp, ts in flows:
+            for key in (a, (a, ap), b, (b, bp)):
+                got = starts.get(key)
+                if got is None:
+                    starts[key] = [ts]
+                else:
+                    got.append(ts)
+        self._ready = False
+
+    def earliest(self, hosts: Iterable[Any], sockets: Iterable[tuple[Any, int]],
+                 since: float = float("-inf")) -> float:
+        """The earliest start, at ``since`` or later, of a flow with an end at one of
+        ``hosts`` or on one of ``sockets``; infinity when there is none."""
+        if not self._ready:
+            for starts in self._starts.values():
+                starts.sort()
+            self._ready = True
+        best = float("inf")
+        for key in [*hosts, *sockets]:
+            starts = self._starts.get(key, [])
+            if starts:
+                i = bisect.bisect_left(starts, since)
+                if i < len(starts) and starts[i] < best:
+                    best = starts[i]
+        return best
+
+
+_PACKED: dict[str, tuple[int, int]] = {}
+
+
+def _packed(host: str) -> tuple[int, int]:
+    got = _PACKED.get(host)
+    if got is None:
+        if len(_PACKED) >= 1 << 16:
+            _PACKED.clear()
+        got = _PACKED[host] = pack_addr(host)
+    return got
 
 
 _NONE = np.zeros(0, dtype=np.uint64)

@@ -15,6 +15,7 @@ from policy.assembly import assemble_calls
 from policy.calls import analyse_calls
 from policy.records import CallOutcome, Reason, SipEvent, VerdictKind
 from policy.rules import load_policy, sip_outcome
+from policy.window import FlowWindow
 from probe.records import FlowRecord
 from tests.conftest import ROOT
 from tests.unit.policy.test_verdict_rules import INVITE, _pcap, _udp
@@ -34,7 +35,8 @@ def _response(status: int, phrase: str) -> bytes:
 
 def test_a_sip_call_is_assembled_with_its_dialog_and_typed_set_up() -> None:
     r = analyze_capture(CAPTURES / "sample-sip.pcap", workers=1)
-    (call,) = assemble_calls(r.flows, r.classes, load_policy().calls.same_call_gap_s).calls
+    gap = load_policy().calls.same_call_gap_s
+    (call,) = assemble_calls(FlowWindow.of(r.flows, r.classes), gap).calls
     d = call.dialog
     assert d is not None and d.call_id == CALL_ID
     assert [m.method or m.status for m in d.messages] == [
@@ -73,7 +75,7 @@ def test_the_final_answer_of_the_dialog_is_judged(tmp_path: Path, status: int, p
     path = tmp_path / "final.pcap"
     _pcap(path, pkts)
     r = analyze_capture(path, workers=1)
-    (call,) = assemble_calls(r.flows, r.classes, 60.0).calls
+    (call,) = assemble_calls(FlowWindow.of(r.flows, r.classes), 60.0).calls
     assert call.dialog is not None and call.dialog.final is not None
     assert call.dialog.final.status == status and not call.dialog.answered
     found = sip_outcome(call.dialog, 14.0, 4.0)

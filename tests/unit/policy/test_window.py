@@ -1,0 +1,142 @@
+"""The window of flows judged together keeps its counts and indexes as flows come and go:
+whatever the order of joins and departures, it reads the same as a window built from the
+flows it holds, on every bundled capture's flows together."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from api.pipeline import analyze_capture
+from classifier.records import Classification
+from policy.window import FlowWindow
+from probe.addresses import MachineIndex, is_group_l2, machines
+from probe.meter import EndStarts
+from probe.records import FlowRecord
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+from gen_capture import PROFILES, generate
+
+
+@cache
+def _pool() -> tuple[list[FlowRecord], list[Classification]]:
+    """The flows of every bundled capture that reads cleanly (calls, SIP, TCP tries, ICMP
+    errors) and of a small capture of the benchmark's synthetic traffic (many clients,
+    each with its own link-layer address, IPv4 and IPv6, calls among web flows)."""
+    flows: list[FlowRecord] = []
+    classes: list[Classification] = []
+    synthetic = Path(tempfile.mkdtemp()) / "synth.pcap"
+    generate(20_000, 500, 1, 3, synthetic, PROFILES["calls"])
+    paths = sorted((ROOT / "captures").glob("*.pcap")) + sorted(
+        (ROOT / "captures" / "apps").glob("*.pcap")) + [synthetic]
+    seen: set[str] = set()
+    for path in paths:
+        if path.name.startswith("bad-"):
+            continue
+        r = analyze_capture(path, workers=1)
+        for f, c in zip(r.flows, r.classes, strict=True):
+            if f.uid not in seen:  # one flow in several encapsulations: the same uid
+                seen.add(f.uid)
+                flows.append(f)
+                classes.append(c)
+    shutil.rmtree(synthetic.parent)
+    return flows, classes
+
+
+def _reading(w: FlowWindow, flows: list[FlowRecord]) -> dict[str, Any]:
+    """Everything the rules read from a window, asked about every host, app, end and
+    client-server pair of ``flows``."""
+    hosts = sorted({h for f in flows for h in (f.orig_h, f.resp_h)})
+    apps = sorted({c.app for c in w.classes.values() if c.app is not None})
+    ends = {(f.orig_h, f.orig_p) for f in flows} | {(f.resp_h, f.resp_p) for f in flows}
+    tries = {(f.orig_h, f.resp_h, f.resp_p) for f in flows if f.proto == "tcp"}
+    return {
+        "flows": sorted(w.flows),
+        "ordered": [f.uid for f in w.ordered()],
+        "calls": [f.uid for f in w.call_flows()],
+        "sip": [f.uid for f in w.sip_flows()],
+        "udp_on": [f.uid for f in w.udp_on(ends)],
+        "local": w.local_host(),
+        "answered": w.others_answered,
+        "end": w.capture_end,
+        "services": sorted(w.services_up),
+        "tries": {k: w.service_tries(k) for k in sorted(tries)},
+        "families": w.internet_families(),
+        "machines": w.machines.as_dict(),
+        "machine_hosts": {l2: w.machines.hosts_of(l2) for l2 in set(w.machines.as_dict().values())},
+        "signalling": {(kind, k): [f.uid for f in w.signalling(kind, k, -1e18, 1e18)]
+                       for kind, keys in (("remote", hosts), ("app", apps)) for k in keys},
+        "tcp": {h: [(f.uid, o) for f, o in w.tcp_flows_of(h)] for h in hosts},
+    }
+
+
+def test_a_window_kept_current_reads_as_one_built_from_its_flows() -> None:
+    flows, classes = _pool()
+    by_uid = {c.uid: c for c in classes}
+    rng = random.Random(5)
+    w = FlowWindow()
+    for f in rng.sample(flows, len(flows)):  # any order of joining
+        w.add(f, by_uid[f.uid])
+    assert _reading(w, flows) == _reading(FlowWindow.of(flows, classes), flows)
+    gone = rng.sample(flows, len(flows) // 2)
+    for f in gone:
+        w.remove(f.uid)
+    left = [f for f in flows if f.uid in w]
+    assert len(left) == len(flows) - len(gone)
+    assert _reading(w, flows) == _reading(FlowWindow.of(left, classes), flows)
+    for f in gone:  # back again, and one flow replaced by itself
+        w.add(f, by_uid[f.uid])
+    w.add(flows[0], by_uid[flows[0].uid])
+    assert _reading(w, flows) == _reading(FlowWindow.of(flows, classes), flows)
+    for f in flows:
+        w.remove(f.uid)
+    assert _reading(w, flows) == _reading(FlowWindow(), flows)
+    assert w.local_host() is None and w.capture_end == 0.0 and not w.machines
+
+
+def test_the_window_reads_what_its_flows_show() -> None:
+    flows, classes = _pool()
+    w = FlowWindow.of(flows, classes)
+    assert w.capture_end == max(f.last_ts for f in flows)
+    assert w.others_answered == any(f.orig_pkts and f.resp_pkts for f in flows)
+    assert set(w.services_up) == {(f.resp_h, f.resp_p) for f in flows if f.resp_pkts and (
+        f.proto == "udp" or (f.proto == "tcp" and f.conn_state not in (
+            "S0", "REJ", "RSTOS0", "SH", "OTH")))}
+    assert w.internet_families() == {4, 6}
+    assert w.machines.as_dict() == machines(flows)
+
+
+def test_machine_index_follows_flows_leaving() -> None:
+    flows, _ = _pool()
+    index = MachineIndex()
+    for f in flows:
+        index.add(f)
+    half = flows[::2]
+    for f in flows[1::2]:
+        index.remove(f)
+    assert index.as_dict() == machines(half)
+    assert index.as_dict()  # the bundled captures carry hosts' own link-layer addresses
+
+
+def test_group_link_layer_addresses() -> None:
+    assert is_group_l2("01:00:5e:00:00:fb") and is_group_l2("ff:ff:ff:ff:ff:ff")
+    assert is_group_l2("33:33:00:00:00:01")
+    assert not is_group_l2("5c:e4:2a:f6:5e:46") and not is_group_l2("f0:4d:d4:46:58:1b")
+
+
+def test_end_starts_finds_the_earliest_flow_touching_some_ends() -> None:
+    ends = EndStarts()
+    ends.add_many([("10.0.0.2", 6000, "203.0.113.4", 3478, 20.0),
+                   ("10.0.0.2", 6002, "198.51.100.9", 3478, 50.0),
+                   ("10.0.0.3", 7000, "203.0.113.4", 3478, 10.0)])
+    assert ends.earliest(["203.0.113.4"], []) == 10.0
+    assert ends.earliest([], [("10.0.0.2", 6002)]) == 50.0
+    assert ends.earliest(["10.0.0.2"], [], since=30.0) == 50.0
+    assert ends.earliest(["10.0.0.2"], [], since=60.0) == float("inf")
+    assert ends.earliest(["192.0.2.1"], [("10.0.0.2", 6001)]) == float("inf")
