@@ -29,6 +29,7 @@ a call or a flow verdict is due), so a jump in capture time costs nothing.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,13 @@ class Pipeline:
         """The window's flows, as the calls are assembled and judged from."""
         self._judged: set[str] = set()
         """Window flows whose own verdict is settled (written, or none)."""
+        self._unjudged: dict[str, None] = {}
+        """The other window flows, in the window's order."""
+        self._judged_ends: list[tuple[float, str]] = []
+        """Heap of (last packet time, uid) of judged flows: which leave the window next."""
+        self._leaving: set[str] = set()
+        """Judged flows older than the window kept while a call still to be written has
+        them."""
         self._due_calls: list[float] = []
         """When each call found in the window but not yet written is next looked at."""
         self._in_due: set[str] = set()
@@ -158,16 +166,12 @@ class Pipeline:
         self._first_ripe = min((self._ripe_at(f) for f, _ in self._pending.values()),
                                default=math.inf)
         settle = self.cfg.call_settle_s
+        window = self._window
         self._first_due = min([*self._due_calls,
-                               *(f.last_ts + settle for u, (f, _) in self._window.items()
-                                 if self._awaits_verdict(u))],
+                               *(window[u][0].last_ts + settle for u in self._unjudged
+                                 if u not in self._in_due)],
                               default=math.inf)
         return step
-
-    def _awaits_verdict(self, uid: str) -> bool:
-        """Whether a window flow's own verdict is still to be settled (not judged yet, and
-        not in a call still to be written, which judges it)."""
-        return uid not in self._judged and uid not in self._in_due
 
     def _settle_at(self, point: float, final: bool) -> Step:
         self._clock = point
@@ -182,6 +186,7 @@ class Pipeline:
             classes = self.classifier.classify_all(flows, {f.uid: o for f, o in ripe})
             for f, c in zip(flows, classes, strict=True):
                 self._window[f.uid] = (f, c)
+                self._unjudged[f.uid] = None
                 self._flows.add(f, c)
                 step.flows.append((f, c))
         if not self._window:
@@ -193,8 +198,8 @@ class Pipeline:
             self._judge_alone(point, step)
             return step
         # Only the flows whose own verdict may be written now need one.
-        lone = {u for u, (f, _) in self._window.items()
-                if u not in self._judged and (final or f.last_ts + settle <= point)}
+        lone = {u for u in self._unjudged
+                if final or self._window[u][0].last_ts + settle <= point}
         by_uid = self._flows.flows
         written: dict[tuple[str, ...], bool] = {}
 
@@ -221,12 +226,13 @@ class Pipeline:
                            for c in calls if not written[c.flow_uids]]
         self._in_due = {u for c in calls for u in c.flow_uids if u not in done}
         in_calls = {u for c in calls for u in c.flow_uids}
-        for uid, (f, c) in self._window.items():
-            if not self._awaits_verdict(uid) or not (final or f.last_ts + settle <= point):
+        for uid in list(self._unjudged):
+            f, c = self._window[uid]
+            if uid in self._in_due or not (final or f.last_ts + settle <= point):
                 continue
             if not final and uid not in in_calls and self._held_alone(f, c, point):
                 continue
-            self._judged.add(uid)
+            self._judge(uid)
             v = analysis.flow_verdicts.get(uid)
             if v is not None:
                 step.flow_verdicts[uid] = v
@@ -234,11 +240,18 @@ class Pipeline:
             v = analysis.flow_verdicts.get(uid)
             if v is not None and uid not in self._judged:
                 step.flow_verdicts[uid] = v
-            self._judged.add(uid)
+            self._judge(uid)
         step.window = {u: self._window[u] for u in
                        done | set(step.flow_verdicts) if u in self._window}
         self._forget(point, done, final)
         return step
+
+    def _judge(self, uid: str) -> None:
+        """A window flow's own verdict is settled."""
+        if uid not in self._judged:
+            self._judged.add(uid)
+            del self._unjudged[uid]
+            heapq.heappush(self._judged_ends, (self._window[uid][0].last_ts, uid))
 
     def _held_alone(self, f: FlowRecord, c: Classification, point: float) -> bool:
         """Whether a flow in no call is held at ``point``. A call flow: set-up alone is no
@@ -290,13 +303,14 @@ class Pipeline:
     def _judge_alone(self, point: float, step: Step) -> None:
         """Settle the verdicts of window flows outside every call whose time has come."""
         settle = self.cfg.call_settle_s
+        window = self._window
         ripe = self._flows.ordered(
-            u for u, (f, c) in self._window.items()
-            if self._awaits_verdict(u) and f.last_ts + settle <= point
-            and not self._held_alone(f, c, point))
+            u for u in self._unjudged if u not in self._in_due
+            and window[u][0].last_ts + settle <= point and not self._held_alone(*window[u], point))
         if ripe:
             verdicts = lone_flow_verdicts(self._flows, ripe, self.policy, self._congested)
-            self._judged.update(f.uid for f in ripe)
+            for f in ripe:
+                self._judge(f.uid)
             step.flow_verdicts.update(verdicts)
             step.window = {u: self._window[u] for u in verdicts}
         self._forget(point, set(), final=False)
@@ -305,12 +319,29 @@ class Pipeline:
         """Drop the written calls' flows, and judged flows older than the window."""
         keep_after = point - self.cfg.window_s
         self._congested = [p for p in self._congested if final or p.last_ts >= keep_after]
-        for uid in [u for u, (f, _) in self._window.items()
-                    if u in done or final or (u in self._judged and u not in self._in_due
-                                              and f.last_ts < keep_after)]:
+        if final:
+            gone = list(self._window)
+        else:
+            ends = self._judged_ends
+            while ends and ends[0][0] < keep_after:
+                _, uid = heapq.heappop(ends)
+                if uid in self._judged:  # not gone already
+                    self._leaving.add(uid)
+            gone = [u for u in done if u in self._window]
+            for uid in list(self._leaving):
+                if uid not in self._judged:
+                    self._leaving.discard(uid)
+                elif uid not in self._in_due:
+                    self._leaving.discard(uid)
+                    gone.append(uid)
+        for uid in dict.fromkeys(gone):
             del self._window[uid]
             self._flows.remove(uid)
             self._judged.discard(uid)
+            self._unjudged.pop(uid, None)
+        if final:
+            self._judged_ends.clear()
+            self._leaving.clear()
 
 
 def flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:
