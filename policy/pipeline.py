@@ -14,11 +14,12 @@ into batches, on the wall clock or on the output format:
   passes, with what it learned from earlier flows) and join the *window*;
 * the window is grouped into calls (:func:`policy.calls.analyse_window`); a call is
   written once the capture's clock has passed its end by ``call_settle_s`` and no UDP
-  flow that may be another of its streams (to one of its remote hosts, on one of its
-  local sockets, or of its local host and started during the call) and started before
-  that is still going or waiting to settle (the watermark lists the flows still open),
-  or at the latest ``call_hold_s`` after its end; its flows then leave the window. A
-  flow's own verdict is written once the clock has passed its end by ``call_settle_s``;
+  flow that may be another of its streams (between its local host and one of its remote
+  hosts, on one of its local sockets, or of its local host and started during the call)
+  and started before that is still going or waiting to settle (the watermark lists the
+  flows still open), or at the latest ``call_hold_s`` after its end; its flows then
+  leave the window. A flow's own verdict is written once the clock has passed its end
+  by ``call_settle_s``;
 * flows that are neither in a call nor still young leave the window after ``window_s``,
   so memory follows the traffic of the last minutes, not the capture;
 * at the end of input everything left is settled, grouped and written.
@@ -275,18 +276,21 @@ class Pipeline:
     def _earliest_related(self, members: list[FlowRecord], local_host: str | None,
                           since: float) -> float:
         """Start of the earliest UDP flow, not settled yet, that may be another stream of
-        the call ``members`` make: one to a remote host of theirs, or on one of their local
-        sockets (ICE uses one local port for every candidate pair), or one of the local
-        host's that started since ``since`` (a stream to another relay); infinity when
-        there is none."""
+        the call ``members`` make: one between its local host and a remote host of theirs,
+        or on one of their local sockets (ICE uses one local port for every candidate
+        pair), or one of the local host's that started since ``since`` (a stream to another
+        relay); infinity when there is none. Another host's stream to the same relay or
+        server is not this call's (a capture of many subscribers: one relay serves them
+        all). A member with neither end at ``local_host``: any flow to either of its ends."""
         hosts: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
         sockets: set[tuple[str, int]] = set()
         for f in members:
             if f.orig_h == local_host:
-                hosts.add(f.resp_h)
+                pairs.add((f.orig_h, f.resp_h))
                 sockets.add((f.orig_h, f.orig_p))
             elif f.resp_h == local_host:
-                hosts.add(f.orig_h)
+                pairs.add((f.resp_h, f.orig_h))
                 sockets.add((f.resp_h, f.resp_p))
             else:
                 hosts.update((f.orig_h, f.resp_h))
@@ -296,9 +300,10 @@ class Pipeline:
             pending = self._pending_udp = EndStarts()
             pending.add_many((f.orig_h, f.orig_p, f.resp_h, f.resp_p, f.first_ts)
                              for f, _ in self._pending.values() if f.proto == "udp")
-        return min(self._open_udp.earliest_touching(hosts, sockets),
+        return min(self._open_udp.earliest_touching(hosts, sockets, pairs=pairs),
                    self._open_udp.earliest_touching(local, (), since=since),
-                   pending.earliest(hosts, sockets), pending.earliest(local, (), since=since))
+                   pending.earliest(hosts, sockets, pairs=pairs),
+                   pending.earliest(local, (), since=since))
 
     def _judge_alone(self, point: float, step: Step) -> None:
         """Settle the verdicts of window flows outside every call whose time has come."""

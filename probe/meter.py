@@ -945,10 +945,11 @@ class OpenFlows:
     """Their starts by endpoint, indexed on the first question."""
 
     def earliest_touching(self, hosts: Iterable[str], sockets: Iterable[tuple[str, int]],
-                          since: float = float("-inf")) -> float:
+                          since: float = float("-inf"),
+                          pairs: Iterable[tuple[str, str]] = ()) -> float:
         """Start of the earliest of these flows with an endpoint at one of ``hosts`` or on
-        one of ``sockets`` (address, port), among those that started at ``since`` or later;
-        infinity when none does."""
+        one of ``sockets`` (address, port), or between the two hosts of one of ``pairs``,
+        among those that started at ``since`` or later; infinity when none does."""
         ends = self._ends
         if not ends and len(self.first_ts):
             ends.add_many(zip(
@@ -958,13 +959,14 @@ class OpenFlows:
         if not ends:
             return float("inf")
         return ends.earliest([_packed(h) for h in hosts],
-                             [(_packed(h), port) for h, port in sockets], since)
+                             [(_packed(h), port) for h, port in sockets], since,
+                             [(_packed(a), _packed(b)) for a, b in pairs])
 
 
 class EndStarts:
-    """When flows started, by each of their ends: a host, and a host with a port (keys
-    of any one form), so that the earliest flow touching some ends is found without
-    looking at every flow."""
+    """When flows started, by each of their ends (a host, and a host with a port) and by
+    the pair of hosts they join (hosts as keys of any one form), so that the earliest flow
+    touching some ends is found without looking at every flow."""
 
     __slots__ = ("_ready", "_starts")
 
@@ -979,7 +981,7 @@ class EndStarts:
         """Flows, each as (host, port, other host, other port, start)."""
         starts = self._starts
         for a, ap, b, bp, ts in flows:
-            for key in (a, (a, ap), b, (b, bp)):
+            for key in (a, (a, ap), b, (b, bp), _pair(a, b)):
                 got = starts.get(key)
                 if got is None:
                     starts[key] = [ts]
@@ -988,21 +990,27 @@ class EndStarts:
         self._ready = False
 
     def earliest(self, hosts: Iterable[Any], sockets: Iterable[tuple[Any, int]],
-                 since: float = float("-inf")) -> float:
+                 since: float = float("-inf"), pairs: Iterable[tuple[Any, Any]] = ()
+                 ) -> float:
         """The earliest start, at ``since`` or later, of a flow with an end at one of
-        ``hosts`` or on one of ``sockets``; infinity when there is none."""
+        ``hosts`` or on one of ``sockets``, or between the hosts of one of ``pairs``;
+        infinity when there is none."""
         if not self._ready:
             for starts in self._starts.values():
                 starts.sort()
             self._ready = True
         best = float("inf")
-        for key in [*hosts, *sockets]:
+        for key in [*hosts, *sockets, *(_pair(a, b) for a, b in pairs)]:
             starts = self._starts.get(key, [])
             if starts:
                 i = bisect.bisect_left(starts, since)
                 if i < len(starts) and starts[i] < best:
                     best = starts[i]
         return best
+
+
+def _pair(a: Any, b: Any) -> tuple[str, Any, Any]:
+    return ("pair", a, b) if a <= b else ("pair", b, a)
 
 
 _PACKED: dict[str, tuple[int, int]] = {}

@@ -16,6 +16,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from api.pipeline import analyze_capture
+from policy.pipeline import Pipeline, PipelineConfig, run_capture
+from probe import FlowReader, MeterConfig
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "captures"))
@@ -259,3 +261,31 @@ def test_each_subscribers_call_is_judged_from_beside_its_caller(tmp_path: Path) 
     assert set(by_local) == {"192.168.1.8", "10.20.0.9"}
     legs = {leg.direction: leg.packets for leg in by_local["10.20.0.9"].legs}
     assert legs == {"out": 150, "in": 100}
+
+
+def test_another_hosts_stream_to_the_same_relay_does_not_hold_a_call(tmp_path: Path) -> None:
+    """One relay serves many subscribers: while another host's stream to it goes on, a
+    call that has ended is written once it has settled, not held as if that stream were
+    one of its own (a capture at an operator's tap sees every subscriber's)."""
+    rng = random.Random("relay")
+    cap = gen.Capture()
+    t = gen.at(9000)
+    _bindings(cap, V4, HOST, t, rng)
+    _media(cap, V4, HOST, t + 3, rng, 0x7E55E201)
+    other = Flow("udp", "192.168.1.9", 50100, META_V4, 3478)
+    link = _link(NEIGHBOUR)
+    for i in range(120):  # a minute of the neighbour's stream, two packets a second each way
+        for direction, s in ((ORIG, 0x0BB0), (1 - ORIG, 0x0BB1)):
+            send_udp(cap, other, link, t + Fraction(i, 2) + Fraction(direction, 1000),
+                     direction, gen.rtp(i, 480 * i, s, 111, rng.randbytes(60)))
+    gen.save(tmp_path, "r.pcap", cap)
+    meter = MeterConfig(udp_idle_s=3, tcp_idle_s=3, tcp_close_s=1)
+    reader = FlowReader(tmp_path / "r.pcap", meter, workers=1)
+    pipeline = Pipeline(None, reader.config,
+                        config=PipelineConfig(cut_s=1, call_settle_s=2, call_hold_s=3600))
+    steps = list(run_capture(reader, pipeline))
+    mine = [i for i, s in enumerate(steps) for c in s.calls if c.local == "192.168.1.8"]
+    theirs = [i for i, s in enumerate(steps) for c in s.calls if c.local == "192.168.1.9"]
+    assert mine and theirs
+    assert mine[0] < len(steps) - 1  # written along the way, while the neighbour's goes on
+    assert steps[mine[0]].calls[0].end_ts < steps[theirs[0]].calls[0].start_ts + 60
