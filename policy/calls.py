@@ -74,6 +74,9 @@ class Analysis:
     unanswered requests of flows outside the calls, also ones judged later."""
     waiting: list[CallSpan] = field(default_factory=list)
     """Calls assembled but not judged (:func:`judge_calls` with ``due``)."""
+    no_calls: list[CallSpan] = field(default_factory=list)
+    """Groups of flows without a SIP dialog assembled and judged to be no call (relay
+    upkeep, a transfer judged from packet statistics), or given as ``settled``."""
 
     def flow_verdict_list(self) -> list[FlowVerdict]:
         return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
@@ -95,23 +98,27 @@ def analyse_calls(flows: Sequence[FlowRecord], classes: Sequence[Classification]
                   policy: Policy | None = None,
                   congested: Sequence[CongestedPath] = (),
                   lone: Collection[str] | None = None,
-                  due: Callable[[CallSpan], bool] | None = None) -> Analysis:
+                  due: Callable[[CallSpan], bool] | None = None,
+                  settled: Collection[tuple[str, ...]] = ()) -> Analysis:
     """:func:`analyse_window` over a window of these flows (``classes``: one per flow)."""
-    return analyse_window(FlowWindow.of(flows, classes), policy, congested, lone, due)
+    return analyse_window(FlowWindow.of(flows, classes), policy, congested, lone, due,
+                          settled)
 
 
 def analyse_window(window: FlowWindow, policy: Policy | None = None,
                    congested: Sequence[CongestedPath] = (),
                    lone: Collection[str] | None = None,
-                   due: Callable[[CallSpan], bool] | None = None) -> Analysis:
+                   due: Callable[[CallSpan], bool] | None = None,
+                   settled: Collection[tuple[str, ...]] = ()) -> Analysis:
     """Calls with legs, quality and verdicts; and verdicts on interfered flows (flows
     outside the calls also judged against ``congested``: paths calls judged earlier
     showed congested; only those of ``lone`` when given): the calls assembled
     (:func:`policy.assembly.assemble_calls`), then judged (:func:`judge_calls`; only
-    those ``due`` asks for, and what they need, when given)."""
+    those ``due`` asks for, and what they need, when given; groups of flows ``settled``
+    as no call are not judged again)."""
     pol = policy or load_policy()
     return judge_calls(assemble_calls(window, pol.calls.same_call_gap_s), window, pol,
-                       congested, lone, due)
+                       congested, lone, due, settled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +135,8 @@ class CallSpan:
 def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
                 congested: Sequence[CongestedPath] = (),
                 lone: Collection[str] | None = None,
-                due: Callable[[CallSpan], bool] | None = None) -> Analysis:
+                due: Callable[[CallSpan], bool] | None = None,
+                settled: Collection[tuple[str, ...]] = ()) -> Analysis:
     """Each assembled call of the flows of ``window`` judged: legs, rules, verdict and
     outcome; calls that show no interference and are no call after all (relay upkeep, a
     transfer judged from packet statistics) dropped; and the verdicts of flows outside
@@ -143,7 +151,12 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
     flow's verdict is the last call's to judge it, in the assembly's order), and all of
     them when a flow judged alone shows something their congestion may explain. The
     others come back in :attr:`Analysis.waiting`, unjudged; the result is otherwise the
-    one judging every call gives."""
+    one judging every call gives.
+
+    A group without a SIP dialog whose flows (by uid, in the assembly's order) are among
+    ``settled`` was judged to be no call when a caller wrote it: it is taken as no call
+    again without being judged (its flows stay in the window as context; a flow that
+    joins it makes another group, judged afresh)."""
     by_uid = window.flows
     cls = window.classes
     local, sides = assembly.local, assembly.sides
@@ -158,7 +171,9 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
         return ev
 
     spans = [_span(call, _call_local(call, local, sides)) for call in assembly.calls]
-    judged: dict[int, tuple[Call | None, dict[str, Verdict]]] = {}
+    judged: dict[int, tuple[Call | None, dict[str, Verdict]]] = {
+        i: (None, {}) for i, s in enumerate(spans)
+        if s.flow_uids in settled and assembly.calls[i].dialog is None}
 
     def judge(i: int) -> None:
         call, span = assembly.calls[i], spans[i]
@@ -184,7 +199,7 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
                       if (call.dialog is None
                           and not _call_happened(call.flows, call.media_flows, cls))
                       or not written.isdisjoint(spans[i].flow_uids))
-    for i in sorted(wanted):
+    for i in sorted(wanted - judged.keys()):
         judge(i)
     in_calls = {u for i, s in enumerate(spans)
                 if i not in judged or judged[i][0] is not None for u in s.flow_uids}
@@ -212,7 +227,9 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
             flow_verdicts[uid] = verdict_from(ev)
     calls.sort(key=lambda c: (c.start_ts, c.uid))
     return Analysis(calls, flow_verdicts, seen,
-                    [s for i, s in enumerate(spans) if i not in judged])
+                    [s for i, s in enumerate(spans) if i not in judged],
+                    [spans[i] for i in sorted(judged)
+                     if judged[i][0] is None and assembly.calls[i].dialog is None])
 
 
 def _span(call: AssembledCall, local: str | None) -> CallSpan:

@@ -98,6 +98,9 @@ class Pipeline:
         """The other window flows, in the window's order."""
         self._judged_ends: list[tuple[float, str]] = []
         """Heap of (last packet time, uid) of judged flows: which leave the window next."""
+        self._no_calls: set[tuple[str, ...]] = set()
+        """Groups of window flows written as no call (their flows' uids): not judged
+        again."""
         self._leaving: set[str] = set()
         """Judged flows older than the window kept while a call still to be written has
         them."""
@@ -213,7 +216,9 @@ class Pipeline:
                 or (end + settle <= point and self._going(span, by_uid) > end + settle))
             return w
 
-        analysis = analyse_window(self._flows, self.policy, self._congested, lone, due)
+        analysis = analyse_window(self._flows, self.policy, self._congested, lone, due,
+                                  self._no_calls)
+        self._no_calls.update(s.flow_uids for s in analysis.no_calls if written[s.flow_uids])
         done: set[str] = set()
         for call in analysis.calls:
             if written[call.flow_uids]:
@@ -344,6 +349,8 @@ class Pipeline:
             self._flows.remove(uid)
             self._judged.discard(uid)
             self._unjudged.pop(uid, None)
+        if gone:
+            self._no_calls = {g for g in self._no_calls if all(u in self._window for u in g)}
         if final:
             self._judged_ends.clear()
             self._leaving.clear()

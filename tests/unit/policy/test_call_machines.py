@@ -15,7 +15,11 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
+
+import policy.calls
 from api.pipeline import analyze_capture
+from policy.calls import analyse_calls
 from policy.pipeline import Pipeline, PipelineConfig, run_capture
 from probe import FlowReader, MeterConfig
 from tests.conftest import ROOT
@@ -289,3 +293,25 @@ def test_another_hosts_stream_to_the_same_relay_does_not_hold_a_call(tmp_path: P
     assert mine and theirs
     assert mine[0] < len(steps) - 1  # written along the way, while the neighbour's goes on
     assert steps[mine[0]].calls[0].end_ts < steps[theirs[0]].calls[0].start_ts + 60
+
+
+def test_a_group_settled_as_no_call_is_not_judged_again(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline judges its window again at every settle; a group of flows it wrote as
+    no call (relay upkeep) is taken as such again, not judged once per settle."""
+    rng = random.Random("outcomes")
+    cap = gen.Capture()
+    _bindings(cap, V4, HOST, gen.at(9000), rng)
+    gen.save(tmp_path, "n.pcap", cap)
+    r = analyze_capture(tmp_path / "n.pcap", workers=1, hash_capture=False)
+    first = analyse_calls(r.flows, r.classes)
+    assert not first.calls and [s.flow_uids for s in first.no_calls] == [
+        tuple(f.uid for f in r.flows)]
+    judged: list[object] = []
+    real = policy.calls._judge
+    monkeypatch.setattr(policy.calls, "_judge", lambda *a: judged.append(a) or real(*a))
+    again = analyse_calls(r.flows, r.classes, settled={first.no_calls[0].flow_uids})
+    assert judged == [] and again.no_calls == first.no_calls and not again.calls
+    assert again.flow_verdicts == first.flow_verdicts
+    analyse_calls(r.flows, r.classes)
+    assert len(judged) == 1  # without it, judged again
