@@ -38,6 +38,8 @@ applies the rules.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -352,18 +354,25 @@ def _add_signalling(groups: list[list[FlowRecord]], window: FlowWindow, taken: s
     # another subscriber's connections are not this call's signalling. Only the flows of
     # a call's remote hosts or of its apps that started in its time are looked at.
 
+    pools: dict[tuple[str, str], dict[str, list[FlowRecord]]] = {}
+
     def pool(kind: str, machine: str, key: str, start: float, until: float
              ) -> list[FlowRecord]:
         """The signalling flows (:meth:`FlowWindow.signalling`) of one local machine to a
         remote host, or of an app, that started from ``start`` to ``until``."""
-        got = []
-        for f in window.signalling(kind, key, start, until):
-            if f.uid in taken:
-                continue
-            (rh, _), (lh, _) = sides(f)
-            if sides.machine(lh) == machine and (kind == "app" or rh == key):
-                got.append(f)
-        return got
+        by_machine = pools.get((kind, key))
+        if by_machine is None:  # sorted by start: stable, the window's order within a time
+            by_machine = pools[(kind, key)] = {}
+            for f in window.signalling(kind, key, -math.inf, math.inf):
+                if f.uid in taken:
+                    continue
+                (rh, _), (lh, _) = sides(f)
+                if kind == "app" or rh == key:
+                    by_machine.setdefault(sides.machine(lh), []).append(f)
+        got = by_machine.get(machine, [])
+        lo = bisect.bisect_left(got, start, key=lambda f: f.first_ts)
+        hi = bisect.bisect_right(got, until, lo=lo, key=lambda f: f.first_ts)
+        return got[lo:hi]
 
     for members in groups:
         ends_ = [sides(f) for f in members]

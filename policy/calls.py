@@ -193,7 +193,7 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
     if due is None:
         wanted = set(range(len(spans)))
     else:
-        wanted = {i for i, s in enumerate(spans) if due(s)}
+        wanted = {i for i, s in enumerate(spans) if i not in judged and due(s)}
         written = {u for i in wanted for u in spans[i].flow_uids}
         wanted.update(i for i, call in enumerate(assembly.calls)
                       if (call.dialog is None

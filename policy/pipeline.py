@@ -218,7 +218,8 @@ class Pipeline:
 
         analysis = analyse_window(self._flows, self.policy, self._congested, lone, due,
                                   self._no_calls)
-        self._no_calls.update(s.flow_uids for s in analysis.no_calls if written[s.flow_uids])
+        self._no_calls.update(s.flow_uids for s in analysis.no_calls
+                              if written.get(s.flow_uids))
         done: set[str] = set()
         for call in analysis.calls:
             if written[call.flow_uids]:
