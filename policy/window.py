@@ -139,17 +139,16 @@ class FlowWindow:
     :meth:`of` builds one from lists; :meth:`add` and :meth:`remove` keep one current.
     """
 
-    __slots__ = ("_app", "_both_ways", "_by_end", "_by_host", "_calls", "_ends", "_families",
-                 "_services", "_sig", "_sip", "_tries", "_votes", "classes", "flows",
-                 "machines")
+    __slots__ = ("_both_ways", "_by_end", "_calls", "_ends", "_families", "_services", "_sig",
+                 "_sip", "_tcp", "_tries", "_votes", "classes", "flows", "machines")
 
     def __init__(self) -> None:
         self.flows: dict[str, FlowRecord] = {}
         self.classes: dict[str, Classification] = {}
         self.machines = MachineIndex()
         """Which addresses are one machine's (:func:`probe.addresses.machines`)."""
-        self._by_host: dict[str, set[str]] = {}
-        self._app: dict[str, set[str]] = {}
+        self._tcp: dict[str, set[str]] = {}
+        """TCP flows with a rate series, by each end."""
         self._by_end: dict[End, set[str]] = {}
         """UDP flows by each of their ends."""
         self._calls: set[str] = set()
@@ -204,12 +203,10 @@ class FlowWindow:
     def _count(self, f: FlowRecord, c: Classification, n: int) -> None:
         uid = f.uid
         put = _add if n > 0 else _drop
-        put(self._by_host, f.orig_h, uid)
-        if f.resp_h != f.orig_h:
-            put(self._by_host, f.resp_h, uid)
-        if c.app is not None:
-            put(self._app, c.app, uid)
-        if f.proto == "udp":
+        if f.proto == "tcp" and len(f.rate):
+            put(self._tcp, f.orig_h, uid)
+            put(self._tcp, f.resp_h, uid)
+        elif f.proto == "udp":
             put(self._by_end, (f.orig_h, f.orig_p), uid)  # type: ignore[arg-type]
             put(self._by_end, (f.resp_h, f.resp_p), uid)  # type: ignore[arg-type]
         if builds_calls(f, c):
@@ -290,14 +287,6 @@ class FlowWindow:
             uids.update(self._by_end.get(end, ()))
         return self.ordered(uids)
 
-    def of_host(self, host: str) -> set[str]:
-        """The uids of the flows with ``host`` at one end."""
-        return self._by_host.get(host, set())
-
-    def of_app(self, app: str) -> set[str]:
-        """The uids of the flows named ``app``."""
-        return self._app.get(app, set())
-
     def signalling(self, kind: str, key: str, start: float, until: float
                    ) -> list[FlowRecord]:
         """The TCP flows and flows of a signalling protocol with ``key`` at one end (kind
@@ -323,19 +312,24 @@ class FlowWindow:
             return None
         top = max(self._votes.values())
         tied = [h for h, n in self._votes.items() if n == top]
-        return tied[0] if len(tied) == 1 else min(tied, key=self._first_vote)
+        if len(tied) == 1:
+            return tied[0]
+        first = self._first_votes(set(tied))
+        return min(tied, key=first.__getitem__)
 
-    def _first_vote(self, host: str) -> tuple[int, str, int]:
-        """Where ``host`` first got a vote, in the window's order (an originator's before
-        its responder's)."""
-        best = (1 << 62, "", 0)
-        for uid in self.of_host(host):
-            f = self.flows[uid]
+    def _first_votes(self, hosts: set[str]) -> dict[str, tuple[int, str, int]]:
+        """Where each of ``hosts`` first got a vote, in the window's order (an originator's
+        before its responder's). A walk over the window: asked only on a tie with no call
+        flow."""
+        best = dict.fromkeys(hosts, (1 << 62, "", 0))
+        for uid, f in self.flows.items():
+            if f.orig_h not in hosts and f.resp_h not in hosts:
+                continue
             ro, rr = _rank(f.orig_h), _rank(f.resp_h)
-            if f.orig_h == host and ro >= rr:
-                best = min(best, (f.first_frame, uid, 0))
-            elif f.resp_h == host and rr >= ro:
-                best = min(best, (f.first_frame, uid, 1))
+            if f.orig_h in hosts and ro >= rr:
+                best[f.orig_h] = min(best[f.orig_h], (f.first_frame, uid, 0))
+            if f.resp_h in hosts and rr >= ro and f.resp_h != f.orig_h:
+                best[f.resp_h] = min(best[f.resp_h], (f.first_frame, uid, 1))
         return best
 
     @property
@@ -388,12 +382,11 @@ class FlowWindow:
         """The TCP flows with a rate series and ``host`` at one end, in order, each with
         whether ``host`` is its originator."""
         out: list[tuple[FlowRecord, bool]] = []
-        for f in self.ordered(self.of_host(host)):
-            if f.proto == "tcp" and len(f.rate):
-                if f.orig_h == host:
-                    out.append((f, True))
-                if f.resp_h == host:
-                    out.append((f, False))
+        for f in self.ordered(self._tcp.get(host, ())):
+            if f.orig_h == host:
+                out.append((f, True))
+            if f.resp_h == host:
+                out.append((f, False))
         return out
 
 

@@ -8,14 +8,15 @@ import random
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from api.pipeline import analyze_capture
 from classifier.records import Classification
-from policy.window import FlowWindow
-from probe.addresses import MachineIndex, is_group_l2, machines
+from policy.window import FlowWindow, builds_calls
+from probe.addresses import MachineIndex, is_group_l2, local_host, machines
 from probe.meter import EndStarts
 from probe.records import FlowRecord
 from tests.conftest import ROOT
@@ -140,3 +141,24 @@ def test_end_starts_finds_the_earliest_flow_touching_some_ends() -> None:
     assert ends.earliest(["10.0.0.2"], [], since=30.0) == 50.0
     assert ends.earliest(["10.0.0.2"], [], since=60.0) == float("inf")
     assert ends.earliest(["192.0.2.1"], [("10.0.0.2", 6001)]) == float("inf")
+
+
+def test_the_local_host_is_the_vote_over_every_flow_when_no_call_flow_is_in_it() -> None:
+    """With no call flow, the window's local host is :func:`local_host` over its flows in
+    the window's order: the most votes, and of hosts that tie, the one seen first."""
+    flows, classes = _pool()
+    by_uid = {c.uid: c for c in classes}
+    plain = [f for f in flows if not builds_calls(f, by_uid[f.uid])]
+    ordered = sorted(plain, key=lambda f: (f.first_frame, f.uid))
+    assert FlowWindow.of(plain, classes).local_host() == local_host(ordered, ordered)
+    # Four hosts of one rank, one flow each way round: a tie, the first flow's originator.
+    base = [f for f in plain if f.proto == "tcp"][:3]
+    ends = [("203.0.113.7", "198.51.100.2"), ("198.51.100.2", "203.0.113.9"),
+            ("203.0.113.9", "203.0.113.7")]
+    tie = [replace(f, uid=f"Ctie{i}", first_frame=100 - i, orig_h=a, resp_h=b,
+                   orig_l2_addr=None, resp_l2_addr=None)
+           for i, (f, (a, b)) in enumerate(zip(base, ends, strict=True))]
+    want = local_host(sorted(tie, key=lambda f: (f.first_frame, f.uid)), tie)
+    assert want == "203.0.113.9"  # the originator of the flow seen first (frame 98)
+    assert FlowWindow.of(tie, [replace(by_uid[f.uid], uid=t.uid)
+                               for f, t in zip(base, tie, strict=True)]).local_host() == want
