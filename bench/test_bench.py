@@ -629,3 +629,22 @@ def test_batch_bench_runs_and_reports(tmp_path: Path, monkeypatch: pytest.Monkey
     assert all(run["returncode"] == 2 for rs in result["runs"].values() for run in rs)
     folder = bb.folder_of(12, 300, 2000)
     assert (folder / "kinds.json").is_file()
+
+
+def test_a_long_capture_is_periods_one_after_the_other(tmp_path: Path) -> None:
+    """``long_capture.py``: each period is its own traffic (another seed), moved a span
+    later; the whole reads as one capture in time order."""
+    import long_capture
+
+    out = tmp_path / "long.pcap"
+    info = long_capture.write_long(4000, 3, 11, "calls", out)
+    with out.open("rb") as fh:
+        stamps = [ts for ts, _ in dpkt.pcap.Reader(fh)]
+    assert len(stamps) == info["packets"] and info["periods"] == 3
+    assert stamps == sorted(stamps)
+    span = gc.BASE_SPAN_US / 1e6
+    first = stamps[0]
+    per_period = [sum(1 for t in stamps if first + k * span <= t < first + (k + 1) * span + 1)
+                  for k in range(3)]
+    assert all(n > 3000 for n in per_period)  # every period carries its own traffic
+    assert stamps[-1] - first > 2 * span and info["span_s"] == 3 * span
