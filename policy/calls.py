@@ -76,7 +76,8 @@ class Analysis:
     """Calls assembled but not judged (:func:`judge_calls` with ``due``)."""
     no_calls: list[CallSpan] = field(default_factory=list)
     """Groups of flows without a SIP dialog assembled and judged to be no call (relay
-    upkeep, a transfer judged from packet statistics), or given as ``settled``."""
+    upkeep, a transfer judged from packet statistics), or given as ``settled`` (their
+    local host, not asked for, None)."""
 
     def flow_verdict_list(self) -> list[FlowVerdict]:
         return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
@@ -170,10 +171,12 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
             ev = single_ev[f.uid] = flow_rules(f, ctx)
         return ev
 
-    spans = [_span(call, _call_local(call, local, sides)) for call in assembly.calls]
-    judged: dict[int, tuple[Call | None, dict[str, Verdict]]] = {
-        i: (None, {}) for i, s in enumerate(spans)
-        if s.flow_uids in settled and assembly.calls[i].dialog is None}
+    done = {i for i, call in enumerate(assembly.calls)
+            if call.dialog is None and tuple(f.uid for f in call.flows) in settled}
+    # a settled group's local host is not asked for: it is not judged, nor written
+    spans = [_span(call, None if i in done else _call_local(call, local, sides))
+             for i, call in enumerate(assembly.calls)]
+    judged: dict[int, tuple[Call | None, dict[str, Verdict]]] = {i: (None, {}) for i in done}
 
     def judge(i: int) -> None:
         call, span = assembly.calls[i], spans[i]
