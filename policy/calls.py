@@ -75,9 +75,9 @@ class Analysis:
     waiting: list[CallSpan] = field(default_factory=list)
     """Calls assembled but not judged (:func:`judge_calls` with ``due``)."""
     no_calls: list[CallSpan] = field(default_factory=list)
-    """Groups of flows without a SIP dialog assembled and judged to be no call (relay
-    upkeep, a transfer judged from packet statistics), or given as ``settled`` (their
-    local host, not asked for, None)."""
+    """Groups of flows judged to be no call that stay so whatever else the window holds
+    (answered relay upkeep: :func:`_settles`), or given as ``settled`` (their local host,
+    not asked for, None)."""
 
     def flow_verdict_list(self) -> list[FlowVerdict]:
         return [FlowVerdict(u, v) for u, v in self.flow_verdicts.items()]
@@ -154,10 +154,11 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
     others come back in :attr:`Analysis.waiting`, unjudged; the result is otherwise the
     one judging every call gives.
 
-    A group without a SIP dialog whose flows (by uid, in the assembly's order) are among
-    ``settled`` was judged to be no call when a caller wrote it: it is taken as no call
-    again without being judged (its flows stay in the window as context; a flow that
-    joins it makes another group, judged afresh)."""
+    A group whose flows (by uid, in the assembly's order) are among ``settled`` was
+    judged to be no call when a caller wrote it, and no other flow can change that
+    (:func:`_settles`): it is taken as no call again without being judged (its flows
+    stay in the window as context; a flow that joins it makes another group, judged
+    afresh)."""
     by_uid = window.flows
     cls = window.classes
     local, sides = assembly.local, assembly.sides
@@ -172,7 +173,7 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
         return ev
 
     done = {i for i, call in enumerate(assembly.calls)
-            if call.dialog is None and tuple(f.uid for f in call.flows) in settled}
+            if _settles(call) and tuple(f.uid for f in call.flows) in settled}
     # a settled group's local host is not asked for: it is not judged, nor written
     spans = [_span(call, None if i in done else _call_local(call, local, sides))
              for i, call in enumerate(assembly.calls)]
@@ -232,7 +233,19 @@ def judge_calls(assembly: Assembly, window: FlowWindow, pol: Policy,
     return Analysis(calls, flow_verdicts, seen,
                     [s for i, s in enumerate(spans) if i not in judged],
                     [spans[i] for i in sorted(judged)
-                     if judged[i][0] is None and assembly.calls[i].dialog is None])
+                     if judged[i][0] is None and _settles(assembly.calls[i])])
+
+
+def _settles(call: AssembledCall) -> bool:
+    """Whether a group judged to be no call stays no call however the rest of the window
+    changes: every flow of it UDP, answered both ways, with no ICMP error quoting it (no
+    SIP dialog). Nothing then for a rule that reads silence, a reset or an error, the
+    rules whose reading depends on the other flows (whether anything else was answered,
+    how long the capture went on, which IP versions reached past the link): unanswered
+    STUN that a later answered flow shows to be a block is judged again at every settle."""
+    return call.dialog is None and all(
+        f.proto == "udp" and f.orig_pkts > 0 and f.resp_pkts > 0 and not f.icmp
+        for f in call.flows)
 
 
 def _span(call: AssembledCall, local: str | None) -> CallSpan:

@@ -190,7 +190,8 @@ class Pipeline:
             classes = self.classifier.classify_all(flows, {f.uid: o for f, o in ripe})
             for f, c in zip(flows, classes, strict=True):
                 self._window[f.uid] = (f, c)
-                self._unjudged[f.uid] = None
+                if f.uid not in self._judged:
+                    self._unjudged[f.uid] = None
                 self._flows.add(f, c)
                 step.flows.append((f, c))
         if not self._window:

@@ -192,7 +192,12 @@ class FlowWindow:
         self.flows[uid] = f
         self.classes[uid] = c
         self._count(f, c, 1)
-        heapq.heappush(self._ends, (-f.last_ts, uid))
+        ends = self._ends
+        if len(ends) > 2 * len(self.flows) + 64:  # mostly flows gone: start afresh
+            ends[:] = [(-g.last_ts, u) for u, g in self.flows.items()]
+            heapq.heapify(ends)
+        else:
+            heapq.heappush(ends, (-f.last_ts, uid))
 
     def remove(self, uid: str) -> None:
         """A flow leaves."""

@@ -316,3 +316,31 @@ def test_a_group_settled_as_no_call_is_not_judged_again(tmp_path: Path,
     assert again.flow_verdicts == first.flow_verdicts
     analyse_calls(r.flows, r.classes)
     assert len(judged) == 1  # without it, judged again
+
+
+def test_unanswered_stun_is_judged_again_when_a_later_flow_is_answered(tmp_path: Path
+                                                                        ) -> None:
+    """A group the pipeline finds no call may become one as the window grows: STUN
+    nobody answered is no block while nothing else in the capture was answered (a tap
+    that holds one direction), and a block once something was. Only answered relay
+    upkeep is settled for good; this group is judged again, as a whole capture judges
+    it."""
+    from tests.unit.policy.test_verdict_rules import _pcap, _udp
+
+    me, server, resolver = "192.168.1.50", "203.0.113.9", "198.51.100.53"
+    packets = [_udp(10.0 + t, me, 40100, server, 3478,
+                    struct.pack("!HHI", 1, 0, 0x2112A442) + (i + 1).to_bytes(12, "big"))
+               for i, t in enumerate((0.0, 0.5, 1.5, 3.5))]
+    packets += [_udp(40.0, me, 40000, resolver, 53, b"\x12\x34" + bytes(10)),
+                _udp(40.1, resolver, 53, me, 40000, b"\x12\x34\x80" + bytes(9))]
+    path = tmp_path / "late.pcap"
+    _pcap(path, sorted(packets))
+    meter = MeterConfig(udp_idle_s=3, tcp_idle_s=3, tcp_close_s=1)
+    reader = FlowReader(path, meter, workers=1)
+    steps = list(run_capture(reader, Pipeline(None, reader.config,
+                                              config=PipelineConfig(cut_s=1, call_settle_s=2))))
+    calls = [c for s in steps for c in s.calls]
+    assert [(str(c.verdict.kind), [e.rule for e in c.verdict.evidence]) for c in calls] == [
+        ("blocked", ["blocked.stun"])]
+    whole = analyze_capture(path, workers=1, hash_capture=False).analysis.calls
+    assert [c.uid for c in whole] == [c.uid for c in calls]

@@ -162,3 +162,22 @@ def test_the_local_host_is_the_vote_over_every_flow_when_no_call_flow_is_in_it()
     assert want == "203.0.113.9"  # the originator of the flow seen first (frame 98)
     assert FlowWindow.of(tie, [replace(by_uid[f.uid], uid=t.uid)
                                for f, t in zip(base, tie, strict=True)]).local_host() == want
+
+
+def test_what_the_window_keeps_follows_the_flows_in_it() -> None:
+    """A window that flows pass through (the pipeline's) keeps no trace of the flows
+    that left: its heap of ends is rebuilt once it mostly holds departed flows."""
+    flows, classes = _pool()
+    by_uid = {c.uid: c for c in classes}
+    w = FlowWindow()
+    for i, f in enumerate(flows * 20):
+        if f.uid in w:
+            w.remove(f.uid)
+        w.add(f, by_uid[f.uid])
+        if i >= 100:
+            old = flows[(i - 100) % len(flows)]
+            if old.uid in w:
+                w.remove(old.uid)
+    assert len(w) <= 100
+    assert len(w._ends) <= 2 * (len(w) + 1) + 65  # not one entry per flow ever added
+    assert w.capture_end == max(f.last_ts for f in w.flows.values())
