@@ -597,7 +597,8 @@ def _duration(s: float, loc: _Locale) -> str:
     return f"{loc.num(s, 1)} {unit}"
 
 
-def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> list[str]:
+def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale,
+            traffic: Callable[[], HostTraffic]) -> list[str]:
     """Benign explanations the rules ruled out before the verdict, as the rules check
     them (``policy/rules.py``)."""
     if not call.verdict.evidence:
@@ -612,8 +613,7 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
     judged = {e.rule for e in call.verdict.evidence}
     if call.local is not None and judged & {"blocked.stun", "blocked.syn", "blocked.sip",
                                             "blocked.media_no_return", "throttled.rate_cap"}:
-        window = FlowWindow.of(result.flows, result.classes)
-        got = HostTraffic(window).received_near(call.local, call.start_ts, call.end_ts)
+        got = traffic().received_near(call.local, call.start_ts, call.end_ts)
         if got.seen_bytes + got.missed_bytes and got.share <= pol.blocked.max_capture_loss:
             out.append(loc.t("benign.capture_whole", host=call.local, missed=loc.pct(got.share),
                              max=loc.pct(pol.blocked.max_capture_loss)))
@@ -639,7 +639,8 @@ def _benign(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale) -> li
 
 
 def _call_part(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale,
-               renumber: Callable[[int], int | None], capture_file: str) -> CallPart:
+               renumber: Callable[[int], int | None], capture_file: str,
+               traffic: Callable[[], HostTraffic]) -> CallPart:
     by_uid = {f.uid: f for f in result.flows}
     cls = {f.uid: c for f, c in zip(result.flows, result.classes, strict=True)}
     members = [by_uid[u] for u in call.flow_uids if u in by_uid]
@@ -712,7 +713,7 @@ def _call_part(call: Call, result: AnalysisResult, pol: Policy, loc: _Locale,
             quality.append((f"{name}: {loc.t('delay')}", leg.delay_rise_ms,
                             pol.throttled.min_delay_rise_ms, "ms"))
     return CallPart(call.uid, facts, summary, timeline, tuple(series), tuple(quality),
-                    tuple(ev_rows), tuple(_benign(call, result, pol, loc)), v)
+                    tuple(ev_rows), tuple(_benign(call, result, pol, loc, traffic)), v)
 
 
 def build_document(result: AnalysisResult, *, lang: str = "en", capture_name: str,
@@ -739,8 +740,16 @@ def build_document(result: AnalysisResult, *, lang: str = "en", capture_name: st
     # Read from standard input, the capture has no name: the commands name its saved file.
     saved_as = "CAPTURE.pcap" if capture_name == "-" else capture_name
     cap_file = capture_file or saved_as
-    parts = tuple(_call_part(c, result, pol, loc, renumber or (lambda n: n), cap_file)
-                  for c in calls)
+    traffic: list[HostTraffic] = []
+
+    def host_traffic() -> HostTraffic:
+        """The capture's TCP traffic by host, indexed once for every call that asks."""
+        if not traffic:
+            traffic.append(HostTraffic(FlowWindow.of(result.flows, result.classes)))
+        return traffic[0]
+
+    parts = tuple(_call_part(c, result, pol, loc, renumber or (lambda n: n), cap_file,
+                             host_traffic) for c in calls)
     header: list[tuple[str, str]] = [(loc.t("capture"), capture_name)]
     if result.sha256:
         header.append((loc.t("sha256"), result.sha256))
