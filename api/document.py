@@ -23,6 +23,7 @@ maintained HTML-to-PDF library) write a :class:`Document`.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import shlex
@@ -740,13 +741,9 @@ def build_document(result: AnalysisResult, *, lang: str = "en", capture_name: st
     # Read from standard input, the capture has no name: the commands name its saved file.
     saved_as = "CAPTURE.pcap" if capture_name == "-" else capture_name
     cap_file = capture_file or saved_as
-    traffic: list[HostTraffic] = []
-
-    def host_traffic() -> HostTraffic:
-        """The capture's TCP traffic by host, indexed once for every call that asks."""
-        if not traffic:
-            traffic.append(HostTraffic(FlowWindow.of(result.flows, result.classes)))
-        return traffic[0]
+    # The capture's TCP traffic by host, indexed once for every call that asks.
+    host_traffic = functools.cache(
+        lambda: HostTraffic(FlowWindow.of(result.flows, result.classes)))
 
     parts = tuple(_call_part(c, result, pol, loc, renumber or (lambda n: n), cap_file,
                              host_traffic) for c in calls)

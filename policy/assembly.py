@@ -39,7 +39,6 @@ applies the rules.
 from __future__ import annotations
 
 import bisect
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -352,8 +351,7 @@ def _add_signalling(groups: list[list[FlowRecord]], window: FlowWindow, taken: s
     cls = window.classes
     # Keyed by the local host too: in a capture of many hosts (an operator's vantage point)
     # another subscriber's connections are not this call's signalling. Only the flows of
-    # a call's remote hosts or of its apps that started in its time are looked at.
-
+    # the calls' remote hosts and apps are looked at, each key's once.
     pools: dict[tuple[str, str], dict[str, list[FlowRecord]]] = {}
 
     def pool(kind: str, machine: str, key: str, start: float, until: float
@@ -363,7 +361,7 @@ def _add_signalling(groups: list[list[FlowRecord]], window: FlowWindow, taken: s
         by_machine = pools.get((kind, key))
         if by_machine is None:  # sorted by start: stable, the window's order within a time
             by_machine = pools[(kind, key)] = {}
-            for f in window.signalling(kind, key, -math.inf, math.inf):
+            for f in window.signalling(kind, key):
                 if f.uid in taken:
                     continue
                 (rh, _), (lh, _) = sides(f)

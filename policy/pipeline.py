@@ -89,9 +89,9 @@ class Pipeline:
         self.cfg = config or PipelineConfig()
         self.classifier = Classifier(fingerprints=fingerprints)
         self._pending: dict[str, tuple[FlowRecord, Observation]] = {}
-        self._window: dict[str, tuple[FlowRecord, Classification]] = {}
-        self._flows = FlowWindow()
-        """The window's flows, as the calls are assembled and judged from."""
+        self._window = FlowWindow()
+        """The settled flows calls are assembled and judged from (see the module
+        docstring)."""
         self._judged: set[str] = set()
         """Window flows whose own verdict is settled (written, or none)."""
         self._unjudged: dict[str, None] = {}
@@ -170,9 +170,9 @@ class Pipeline:
         self._first_ripe = min((self._ripe_at(f) for f, _ in self._pending.values()),
                                default=math.inf)
         settle = self.cfg.call_settle_s
-        window = self._window
+        flows = self._window.flows
         self._first_due = min([*self._due_calls,
-                               *(window[u][0].last_ts + settle for u in self._unjudged
+                               *(flows[u].last_ts + settle for u in self._unjudged
                                  if u not in self._in_due)],
                               default=math.inf)
         return step
@@ -189,10 +189,9 @@ class Pipeline:
             flows = [f for f, _ in ripe]
             classes = self.classifier.classify_all(flows, {f.uid: o for f, o in ripe})
             for f, c in zip(flows, classes, strict=True):
-                self._window[f.uid] = (f, c)
+                self._window.add(f, c)
                 if f.uid not in self._judged:
                     self._unjudged[f.uid] = None
-                self._flows.add(f, c)
                 step.flows.append((f, c))
         if not self._window:
             return step
@@ -204,8 +203,8 @@ class Pipeline:
             return step
         # Only the flows whose own verdict may be written now need one.
         lone = {u for u in self._unjudged
-                if final or self._window[u][0].last_ts + settle <= point}
-        by_uid = self._flows.flows
+                if final or self._window.flows[u].last_ts + settle <= point}
+        by_uid = self._window.flows
         written: dict[tuple[str, ...], bool] = {}
 
         def due(span: CallSpan) -> bool:
@@ -217,7 +216,7 @@ class Pipeline:
                 or (end + settle <= point and self._going(span, by_uid) > end + settle))
             return w
 
-        analysis = analyse_window(self._flows, self.policy, self._congested, lone, due,
+        analysis = analyse_window(self._window, self.policy, self._congested, lone, due,
                                   self._no_calls)
         self._no_calls.update(s.flow_uids for s in analysis.no_calls
                               if written.get(s.flow_uids))
@@ -259,7 +258,7 @@ class Pipeline:
         if uid not in self._judged:
             self._judged.add(uid)
             del self._unjudged[uid]
-            heapq.heappush(self._judged_ends, (self._window[uid][0].last_ts, uid))
+            heapq.heappush(self._judged_ends, (self._window.flows[uid].last_ts, uid))
 
     def _held_alone(self, f: FlowRecord, c: Classification, point: float) -> bool:
         """Whether a flow in no call is held at ``point``. A call flow: set-up alone is no
@@ -316,11 +315,12 @@ class Pipeline:
         """Settle the verdicts of window flows outside every call whose time has come."""
         settle = self.cfg.call_settle_s
         window = self._window
-        ripe = self._flows.ordered(
-            u for u in self._unjudged if u not in self._in_due
-            and window[u][0].last_ts + settle <= point and not self._held_alone(*window[u], point))
+        ripe = window.ordered(
+            u for u in self._unjudged
+            if u not in self._in_due and window.flows[u].last_ts + settle <= point
+            and not self._held_alone(*window[u], point))
         if ripe:
-            verdicts = lone_flow_verdicts(self._flows, ripe, self.policy, self._congested)
+            verdicts = lone_flow_verdicts(window, ripe, self.policy, self._congested)
             for f in ripe:
                 self._judge(f.uid)
             step.flow_verdicts.update(verdicts)
@@ -347,8 +347,7 @@ class Pipeline:
                     self._leaving.discard(uid)
                     gone.append(uid)
         for uid in dict.fromkeys(gone):
-            del self._window[uid]
-            self._flows.remove(uid)
+            self._window.remove(uid)
             self._judged.discard(uid)
             self._unjudged.pop(uid, None)
         if gone:

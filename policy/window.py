@@ -22,7 +22,7 @@ import bisect
 import heapq
 import ipaddress
 from collections import Counter
-from collections.abc import Collection, Iterable, KeysView
+from collections.abc import Collection, Iterable, Iterator, KeysView
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,11 +121,11 @@ def _order(f: FlowRecord) -> tuple[int, str]:
     return f.first_frame, f.uid
 
 
-def _add(index: dict[str, set[str]], key: str, uid: str) -> None:
+def _add(index: dict[Any, set[str]], key: Any, uid: str) -> None:
     index.setdefault(key, set()).add(uid)
 
 
-def _drop(index: dict[str, set[str]], key: str, uid: str) -> None:
+def _drop(index: dict[Any, set[str]], key: Any, uid: str) -> None:
     got = index.get(key)
     if got is not None:
         got.discard(uid)
@@ -183,6 +183,14 @@ class FlowWindow:
     def __contains__(self, uid: object) -> bool:
         return uid in self.flows
 
+    def __iter__(self) -> Iterator[str]:
+        """The uids of its flows."""
+        return iter(self.flows)
+
+    def __getitem__(self, uid: str) -> tuple[FlowRecord, Classification]:
+        """A flow and its classification."""
+        return self.flows[uid], self.classes[uid]
+
     # -- keeping it current ----------------------------------------------------------------
     def add(self, f: FlowRecord, c: Classification) -> None:
         """A flow joins (one already in under its uid is replaced)."""
@@ -212,8 +220,8 @@ class FlowWindow:
             put(self._tcp, f.orig_h, uid)
             put(self._tcp, f.resp_h, uid)
         elif f.proto == "udp":
-            put(self._by_end, (f.orig_h, f.orig_p), uid)  # type: ignore[arg-type]
-            put(self._by_end, (f.resp_h, f.resp_p), uid)  # type: ignore[arg-type]
+            put(self._by_end, (f.orig_h, f.orig_p), uid)
+            put(self._by_end, (f.resp_h, f.resp_p), uid)
         if builds_calls(f, c):
             self._calls.add(uid) if n > 0 else self._calls.discard(uid)
         if c.facts.sip:
@@ -292,19 +300,10 @@ class FlowWindow:
             uids.update(self._by_end.get(end, ()))
         return self.ordered(uids)
 
-    def signalling(self, kind: str, key: str, start: float, until: float
-                   ) -> list[FlowRecord]:
+    def signalling(self, kind: str, key: str) -> list[FlowRecord]:
         """The TCP flows and flows of a signalling protocol with ``key`` at one end (kind
-        "remote") or named app ``key`` (kind "app") that started from ``start`` to
-        ``until``, by start (then in order)."""
-        got = self._sig.get((kind, key), [])
-        lo = bisect.bisect_left(got, (start,))
-        out = []
-        for ts, _, uid in got[lo:]:
-            if ts > until:
-                break
-            out.append(self.flows[uid])
-        return out
+        "remote") or named app ``key`` (kind "app"), by start (then in order)."""
+        return [self.flows[uid] for _, _, uid in self._sig.get((kind, key), ())]
 
     def local_host(self) -> str | None:
         """The local host: by vote over the call flows, hosts that tie told apart by the

@@ -1013,16 +1013,9 @@ def _pair(a: Any, b: Any) -> tuple[str, Any, Any]:
     return ("pair", a, b) if a <= b else ("pair", b, a)
 
 
-_PACKED: dict[str, tuple[int, int]] = {}
-
-
-def _packed(host: str) -> tuple[int, int]:
-    got = _PACKED.get(host)
-    if got is None:
-        if len(_PACKED) >= 1 << 16:
-            _PACKED.clear()
-        got = _PACKED[host] = pack_addr(host)
-    return got
+_packed = functools.lru_cache(maxsize=1 << 16)(pack_addr)
+"""An address in the key's form, each address parsed once (the same hosts are asked
+about at every settle)."""
 
 
 _NONE = np.zeros(0, dtype=np.uint64)

@@ -71,7 +71,7 @@ def _reading(w: FlowWindow, flows: list[FlowRecord]) -> dict[str, Any]:
         "families": w.internet_families(),
         "machines": w.machines.as_dict(),
         "machine_hosts": {l2: w.machines.hosts_of(l2) for l2 in set(w.machines.as_dict().values())},
-        "signalling": {(kind, k): [f.uid for f in w.signalling(kind, k, -1e18, 1e18)]
+        "signalling": {(kind, k): [f.uid for f in w.signalling(kind, k)]
                        for kind, keys in (("remote", hosts), ("app", apps)) for k in keys},
         "tcp": {h: [(f.uid, o) for f, o in w.tcp_flows_of(h)] for h in hosts},
     }
