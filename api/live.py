@@ -6,7 +6,8 @@ ring buffer and BPF filter do the capturing; tcpdump drops its privileges with
 ``marsad probe -r FILE|-`` reads any pcap or pcapng stream. A classic pcap
 stream is first checked and mended (:class:`~probe.pcapstream.PcapStream`:
 resynchronised after damage, concatenated captures joined, a cut-off end
-reported, timestamp jumps counted); the clean stream is teed:
+reported, timestamp jumps counted); the clean stream is teed (by a process of its own,
+:class:`~probe.tee.TeeProcess`, which reads the input):
 
 * into the :class:`~probe.ring.CaptureRing`, a directory of pcap files rotated by size and
   by age and deleted beyond a total size budget and a retention time on the
@@ -16,7 +17,8 @@ reported, timestamp jumps counted); the clean stream is teed:
   and the ring keeps ``index.json``: for every file its first frame number
   (frames count from 1 over the whole stream, as in the flow records), packet
   count, first and last packet time, size and, once closed, SHA-256;
-* into a :class:`~probe.run.FlowReader` (in a thread), whose flows come out as
+* into a :class:`~probe.run.FlowReader` (a thread of the probe's process, which forks
+  a reader process to read and decode), whose flows come out as
   their idle, active or TCP-close timeouts expire in capture time. On a live
   interface whose link is quiet (every packet received is metered and none has
   arrived for a second) the capture clock is run on by the wall clock: idle
@@ -73,7 +75,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -91,12 +93,12 @@ from policy.records import Verdict
 from policy.rules import Policy
 from probe import (
     CaptureError,
-    CaptureRing,
     FlowReader,
     FlowRecord,
     MeterConfig,
-    PcapStream,
     RingConfig,
+    TeeProcess,
+    TeeState,
     Watermark,
     default_workers,
 )
@@ -282,10 +284,6 @@ class LiveProbe:
         self._stats_lines: list[str] = []
         self._lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=10000)
-        self._sink_lock = threading.Lock()
-        self._sink_open = True
-        """Whether the tee still holds the write end of the flow reader's pipe (the reader
-        process, forked meanwhile, closes its copy of it by number)."""
         self._pending_ledger: list[tuple[str, Verdict, dict[str, Any], int, int]] = []
         self.flows_finished = 0
         self.calls = 0
@@ -296,14 +294,11 @@ class LiveProbe:
         self._flow_verdicts: Counter[str] = Counter()
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: FlowReader | None = None
-        self._tee_bytes = 0
         self._behind = False
-        self._stream = PcapStream(note=self._stream_note)
-        self._arrivals: deque[tuple[int, float]] = deque()
-        """(frames of the stream so far, wall clock they arrived), one per chunk read: the
-        oldest entry not yet metered tells the processing lag."""
-        self._last_arrival = 0.0
-        self._stopping = False
+        self._tee: TeeProcess | None = None
+        self._tee_state = TeeState()
+        """What the tee said last (:meth:`_refresh`): the stream's repairs, the ring's
+        closed files, the arrival of the oldest packet not yet metered."""
         self._stderr: threading.Thread | None = None
         self._tool_lines: list[str] = []
         """tcpdump's lines held back until the capture is seen running (on failure they are
@@ -314,9 +309,6 @@ class LiveProbe:
         self.unledgered = 0
         """Verdicts reported (other than ok) that could not be put in the ledger."""
         self._unledgered_why: str | None = None
-        self.ring: CaptureRing | None = None
-        if config.ring is not None:
-            self.ring = CaptureRing(config.ring, clock=clock)
         self._store: Any = None
         self._ledger: Any = None
         from api.store import LIVE_PREFIX
@@ -388,7 +380,7 @@ class LiveProbe:
         """One line on why the capture failed: for tcpdump that delivered no packet, what
         it said, made plain (no permission, no such interface)."""
         proc = self._proc
-        if proc is None or self._stream.frames > 0:
+        if proc is None or self._frames() > 0:
             return str(exc)
         if self._stderr is not None:
             self._stderr.join(timeout=2)
@@ -397,66 +389,13 @@ class LiveProbe:
         return _diagnose_tcpdump(self.cfg.source, self.cfg.tcpdump, said, proc.returncode,
                                  str(exc))
 
-    def _tee(self, src: IO[bytes], sink: int) -> None:
-        """Copy the stream, checked and mended (:class:`~probe.pcapstream.PcapStream`), into
-        the ring and into the flow reader's pipe."""
-        fd = src.fileno()
-        try:
-            while True:
-                try:
-                    data = os.read(fd, PIPE_BYTES)
-                except OSError as exc:
-                    if not self._stopping:
-                        log.error("capture stream unreadable: %s", exc)
-                    break
-                if not data:
-                    with self._lock:
-                        clean = self._stream.finish()
-                        if self.ring is not None and clean:
-                            self.ring.feed(clean, self._stream.record_starts)
-                    self._pass_on(sink, clean)
-                    break
-                now = self.clock()
-                with self._lock:
-                    clean = self._stream.feed(data)
-                    if self.ring is not None and clean:
-                        self.ring.feed(clean, self._stream.record_starts)
-                    self._tee_bytes += len(data)
-                    self._last_arrival = now
-                frames = self._stream.frames
-                if frames and (not self._arrivals or self._arrivals[-1][0] < frames):
-                    self._arrivals.append((frames, now))
-                if not self._pass_on(sink, clean):
-                    return
-        finally:
-            with self._sink_lock, contextlib.suppress(OSError):
-                self._sink_open = False
-                os.close(sink)
-            with contextlib.suppress(OSError):
-                src.close()
-
-    @staticmethod
-    def _pass_on(sink: int, data: bytes) -> bool:
-        """Write all of ``data`` to the flow reader's pipe; False if the reader is gone."""
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(sink, view)
-            except BrokenPipeError:
-                return False
-            view = view[n:]
-        return True
-
-    def _read_flows(self, pipe: BinaryIO, write_end: int) -> None:
+    def _read_flows(self, pipe: BinaryIO) -> None:
         """The flow reader, in a thread: flows and watermarks into the queue."""
         try:
             # reading, decoding and batch preparation in a second process, as for a file
             reader = FlowReader(pipe, self.cfg.meter, workers=default_workers())
             reader.gc_timetable = GcTimetable()
-            with self._sink_lock:  # the tee must not close its end while the process forks
-                if self._sink_open:
-                    reader.not_ours = (write_end,)
-                reader.start(stream_too=True)
+            reader.start(stream_too=True)
             self._reader = reader
             for item in reader.observed_with_clock(self.pipeline.observe):
                 self._queue.put(item)
@@ -467,12 +406,6 @@ class LiveProbe:
             self._queue.put(exc)
         finally:
             pipe.close()
-
-    def _stream_note(self, line: str) -> None:
-        """What the stream mender says: a mended stream is a warning; the input cut short
-        is an error, as it is however the input is framed (exit status 3)."""
-        stopped = self._stream.stopped_at is not None and line == self._stream.stop_message
-        (log.error if stopped else log.warning)("input: %s", line)
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> int:
@@ -498,11 +431,13 @@ class LiveProbe:
         r, w = os.pipe()
         widen_pipe(w)
         widen_pipe(src.fileno())
+        # the tee, in its own process, reads the input; the flow reader reads what it passes
+        self._tee = TeeProcess(src.fileno(), w, self.cfg.ring, clock=self.clock, not_ours=(r,))
+        os.close(w)  # the flow reader sees the end of the stream when the tee's end shuts
+        src.close()
         pipe = os.fdopen(r, "rb")
-        tee = threading.Thread(target=self._tee, args=(src, w), name="marsad-tee", daemon=True)
-        reader = threading.Thread(target=self._read_flows, args=(pipe, w), name="marsad-meter",
+        reader = threading.Thread(target=self._read_flows, args=(pipe,), name="marsad-meter",
                                   daemon=True)
-        tee.start()
         reader.start()
         self.state = ProbeState.RUNNING
         self._write_status()
@@ -512,11 +447,11 @@ class LiveProbe:
         try:
             while True:
                 if stop.is_set() and not stopping:
-                    stopping = self._stopping = True
+                    stopping = True
                     self.state = ProbeState.STOPPING
-                    self._stop_capture(src)
+                    self._stop_capture()
                     if self._proc is None:
-                        break  # a stream read by a thread cannot be interrupted: stop here
+                        break  # the tee is stopped: what it passed on is judged, no more
                 try:
                     item = self._queue.get(timeout=0.2)
                 except queue.Empty:
@@ -540,16 +475,15 @@ class LiveProbe:
                 self._quiet_link(now)
                 if (not self._tool_shown and self._proc is not None
                         and self._proc.poll() is None
-                        and (self._stream.frames or now - self.started_at >= 1.0)):
+                        and (self._frames() or now - self.started_at >= 1.0)):
                     self._show_tool_lines()  # tcpdump is capturing: show what it said
                 if now >= next_status:
                     next_status = now + self.cfg.status_interval_s
                     self._health()
         finally:
             if self._proc is not None and self._proc.poll() is None:
-                self._stop_capture(src)
+                self._stop_capture()
             wait_s = 10.0 if self._proc is not None or not stopping else 0.5
-            tee.join(timeout=wait_s)
             reader.join(timeout=wait_s)
             if self._proc is not None:
                 try:
@@ -557,9 +491,10 @@ class LiveProbe:
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait()
-        with self._lock:
-            if self.ring is not None:
-                self.ring.close()
+        # the input has ended (or the run stops): the ring is closed, the tee says all
+        done = self._metered()
+        self._tee_state = (self._tee.finish(done) if failure is None and not stopping
+                           else self._tee.stop(done))
         if failure is None:
             self._emit(self.pipeline.finish())
         self._flush_ledger(final=True)
@@ -595,7 +530,7 @@ class LiveProbe:
         if cut_at is not None:
             code = 3
             notes.append(cut_why or f"the input stopped at byte {cut_at}")
-            if self._stream.stopped_at is None:  # the stream logged its own
+            if self._tee_state.stopped_at is None:  # the tee logged its own
                 log.error("input: %s", cut_why)
         if self.unledgered:
             code = 3
@@ -613,14 +548,15 @@ class LiveProbe:
     def truncated(self) -> tuple[int | None, str | None]:
         """(byte offset of the input where reading stopped early, why), or (None, None)
         when the input was read to its end."""
-        if self._stream.stopped_at is not None:
-            return self._stream.stopped_at, self._stream.stop_message
+        state = self._tee_state
+        if state.stopped_at is not None:
+            return state.stopped_at, state.stop_message
         reader = self._reader
         if reader is not None and not reader.status.complete:  # a pcapng stream's damage
             return reader.status.stopped_at, reader.status.message
         return None, None
 
-    def _stop_capture(self, src: IO[bytes]) -> None:
+    def _stop_capture(self) -> None:
         if self._proc is not None:
             if self._proc.poll() is None:
                 # The packets of the kernel's last part-filled block reach tcpdump only
@@ -628,9 +564,8 @@ class LiveProbe:
                 time.sleep(KERNEL_BLOCK_TIMEOUT_S)
                 with contextlib.suppress(ProcessLookupError):
                     self._proc.send_signal(signal.SIGTERM)
-        else:
-            with contextlib.suppress(OSError):
-                src.close()
+        elif self._tee is not None:  # a stream: stop reading it where it is
+            self._tee_state = self._tee.stop(self._metered())
 
     def _fail(self, message: str) -> None:
         self.state = ProbeState.ERROR
@@ -665,9 +600,10 @@ class LiveProbe:
         """How long a live link has been quiet: wall-clock seconds since the last input
         arrived, once every packet that arrived is metered; 0 when reading a stream or a
         file (-r), whose time is its own, or while packets wait."""
-        if not self.cfg.interface or self._last_arrival <= 0 or self.backlog() > 0:
+        last = self._tee.last_arrival if self._tee is not None else 0.0
+        if not self.cfg.interface or last <= 0 or self.backlog() > 0:
             return 0.0
-        return max(0.0, self.clock() - self._last_arrival)
+        return max(0.0, self.clock() - last)
 
     def _quiet_link(self, now: float) -> None:
         """On a quiet live link, end the flows idle by the wall clock (no packet moves the
@@ -744,9 +680,10 @@ class LiveProbe:
             first = min(a for a, _ in frames)
             last = max(z for _, z in frames)
             self._pending_ledger.append((uid, verdict, evidence, first, last))
-        if self._pending_ledger and self.ring is not None:
-            with self._lock:  # the packets behind the verdicts go into a closed file now
-                self.ring.seal(max(p[4] for p in self._pending_ledger))
+        if self._pending_ledger and self.cfg.ring is not None and self._tee is not None:
+            # the packets behind the verdicts go into a closed file now
+            self._tee_state = self._tee.seal(max(p[4] for p in self._pending_ledger),
+                                             self._metered())
         self._flush_ledger()
 
     def _flush_ledger(self, final: bool = False) -> None:
@@ -760,20 +697,19 @@ class LiveProbe:
             return
         lost: list[tuple[str, Verdict, dict[str, Any], int, int]] = []
         why = ""
-        with self._lock:
-            ring = self.ring
-            if ring is None:
-                lost, self._pending_ledger = self._pending_ledger, []
-                self._lose(len(lost), "no capture ring is kept (--no-ring)")
-                return
-            closed = ring.closed_through()
-            ready = [p for p in self._pending_ledger if p[4] <= closed]
-            rest = [p for p in self._pending_ledger if p[4] > closed]
-            if rest and (final or ring.disabled is not None):
-                lost, rest = rest, []
-                why = ring.disabled or "their packets are in no closed ring file"
-            self._pending_ledger = rest
-            spans = {(p[3], p[4]): ring.spanning(p[3], p[4]) for p in ready}
+        if self.cfg.ring is None:
+            lost, self._pending_ledger = self._pending_ledger, []
+            self._lose(len(lost), "no capture ring is kept (--no-ring)")
+            return
+        ring = self._tee_state
+        closed = ring.ring_closed_through
+        ready = [p for p in self._pending_ledger if p[4] <= closed]
+        rest = [p for p in self._pending_ledger if p[4] > closed]
+        if rest and (final or ring.ring_disabled is not None):
+            lost, rest = rest, []
+            why = ring.ring_disabled or "their packets are in no closed ring file"
+        self._pending_ledger = rest
+        spans = {(p[3], p[4]): ring.spanning(p[3], p[4]) for p in ready}
         if lost:
             self._lose(len(lost), why)
         from policy.ledger import NewEntry
@@ -793,7 +729,8 @@ class LiveProbe:
         self.ledger_appended += len(self._ledger.append_many(entries))
         if gone:
             self._lose(gone, "the ring no longer holds their packets (its size budget deleted "
-                             "the files)" if ring.disabled is None else ring.disabled)
+                             "the files)" if ring.ring_disabled is None
+                      else ring.ring_disabled)
 
     def _lose(self, n: int, why: str) -> None:
         self.unledgered += n
@@ -805,28 +742,38 @@ class LiveProbe:
         """Processing lag: how long the oldest packet received but not yet metered has been
         waiting (wall clock); 0 when every packet received is metered. Packet times play
         no part: a capture replayed with -r is not "behind" for being old."""
-        reader = self._reader
-        done = reader.stats.packets if reader is not None else 0
-        arrivals = self._arrivals
-        while arrivals and arrivals[0][0] <= done:
-            arrivals.popleft()
-        if not arrivals:
+        oldest = self._tee_state.oldest_waiting  # as of the tee's last answer
+        if self.backlog() == 0 or oldest is None:
             return 0.0
-        return max(0.0, self.clock() - arrivals[0][1])
+        return max(0.0, self.clock() - oldest)
 
     def backlog(self) -> int:
         """Packets received but not metered yet."""
-        reader = self._reader
-        if reader is None:
+        if self._reader is None:
             return 0
-        return max(0, self._stream.frames - reader.stats.packets)
+        return max(0, self._frames() - self._metered())
+
+    def _frames(self) -> int:
+        """Packets the tee has passed on."""
+        return self._tee.frames if self._tee is not None else 0
+
+    def _metered(self) -> int:
+        """Packets the flow reader has metered."""
+        reader = self._reader
+        return reader.stats.packets if reader is not None else 0
+
+    def _refresh(self) -> None:
+        """Ask the tee how the stream and the ring stand (the ring closes a file open long
+        enough meanwhile)."""
+        if self._tee is not None:
+            self._tee_state = self._tee.report(self._metered())
 
     def _health_line(self) -> str:
         reader = self._reader
         weird = reader.stats.weird if reader is not None else 0
         parts = [f"lag {self.lag_s():.1f} s", f"backlog {self.backlog()} packets",
                  f"{weird} weird packets", f"ledger {self.ledger_appended}"]
-        stream = self._stream
+        stream = self._tee_state
         if self.unledgered:
             parts.append(f"{self.unledgered} verdict(s) NOT in the ledger")
         if stream.skipped_bytes:
@@ -835,10 +782,10 @@ class LiveProbe:
             parts.append(f"{stream.time_jumps} timestamp jumps")
         if stream.sections > 1:
             parts.append(f"{stream.sections} concatenated captures")
-        if self.ring is not None:
-            parts.append(f"ring {len(self.ring.files)} closed files")
-            if self.ring.disabled:
-                parts.append(self.ring.disabled)
+        if self.cfg.ring is not None:
+            parts.append(f"ring {len(stream.ring_files)} closed files")
+            if stream.ring_disabled:
+                parts.append(stream.ring_disabled)
         st = self.capture_stats
         if self._proc is not None:
             parts.append(f"kernel received {st.received} dropped {st.dropped}")
@@ -848,9 +795,8 @@ class LiveProbe:
         if self._proc is not None and self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGUSR1)
-        with self._lock:
-            if self.ring is not None:
-                self.ring.tick()
+        if not final:
+            self._refresh()
         self._flush_ledger()
         reader = self._reader
         behind = self.backlog() > 0 and self.lag_s() > self.cfg.behind_s
@@ -876,8 +822,8 @@ class LiveProbe:
                 self.metrics.observe_capture(received=reader.stats.packets, dropped=0)
             if reader is not None:
                 self.metrics.observe_meter(reader.stats, lag_s=self.lag_s())
-            self.metrics.observe_probe(skipped_bytes=self._stream.skipped_bytes,
-                                       time_jumps=self._stream.time_jumps,
+            self.metrics.observe_probe(skipped_bytes=self._tee_state.skipped_bytes,
+                                       time_jumps=self._tee_state.time_jumps,
                                        unledgered=self.unledgered)
         self._write_status()
 
@@ -886,14 +832,16 @@ class LiveProbe:
         reader = self._reader
         packets = reader.stats.packets if reader is not None else 0
         st = self.capture_stats
+        tee = self._tee_state
         return ProbeStatus(
             state=self.state, interface=self.cfg.source, pid=os.getpid(),
             started_at=self.started_at, updated_at=self.clock(), packets=packets,
-            bytes=self._tee_bytes, dropped=st.dropped + st.if_dropped,
+            bytes=self._tee.bytes_read if self._tee is not None else 0,
+            dropped=st.dropped + st.if_dropped,
             flows_active=reader.meter.active_flows() if reader is not None else 0,
             flows_finished=self.flows_finished, calls=self.calls, verdicts=dict(self.verdicts),
             message=self.message, lag_s=round(self.lag_s(), 3),
-            skipped_bytes=self._stream.skipped_bytes, time_jumps=self._stream.time_jumps,
+            skipped_bytes=tee.skipped_bytes, time_jumps=tee.time_jumps,
             truncated_at=self.truncated()[0], ledgered=self.ledger_appended,
             unledgered=self.unledgered)
 
@@ -906,8 +854,8 @@ class LiveProbe:
         if self.unledgered:
             warnings.append(f"{self.unledgered} reported verdict(s) not in the ledger: "
                             f"{self._unledgered_why}")
-        if self._stream.skipped_bytes:
-            warnings.append(f"{self._stream.skipped_bytes} damaged bytes skipped")
+        if self._tee_state.skipped_bytes:
+            warnings.append(f"{self._tee_state.skipped_bytes} damaged bytes skipped")
         return {"format": "pcap", "compressed": False, "packets": s.packets,
                 "flows": s.flows_finished, "calls": s.calls,
                 "weirds": self._reader.stats.weird if self._reader is not None else 0,

@@ -2,7 +2,7 @@
 
 The names below are the probe's public surface; :mod:`probe.addresses`,
 :mod:`probe.flowkey`, :mod:`probe.extract`, :mod:`probe.linklayer`, :mod:`probe.pcapstream`,
-:mod:`probe.records`, :mod:`probe.ring`, :mod:`probe.run` and :mod:`probe.sources`
+:mod:`probe.records`, :mod:`probe.ring`, :mod:`probe.run`, :mod:`probe.sources` and :mod:`probe.tee`
 are public modules too. The decoder,
 the batch preparation and the flow table (:mod:`probe.decode`,
 :mod:`probe.prepare`, :mod:`probe.meter`) are the probe's own: the service
@@ -48,6 +48,7 @@ from probe.records import (
 from probe.ring import CaptureRing, RingConfig, RingFile
 from probe.run import CaptureRun, FlowReader, Watermark, default_workers, read_capture
 from probe.sources import MAX_DECOMPRESSED, ReadStatus, open_source
+from probe.tee import TeeProcess, TeeState
 
 __all__ = [
     "LINK_ADDRESSES",
@@ -81,6 +82,8 @@ __all__ = [
     "RtpSeries",
     "RtpStream",
     "TcpFlag",
+    "TeeProcess",
+    "TeeState",
     "Truncated",
     "UnsupportedLinkType",
     "Watermark",
