@@ -93,6 +93,7 @@ from policy.records import Verdict
 from policy.rules import Policy
 from probe import (
     CaptureError,
+    CaptureRing,
     FlowReader,
     FlowRecord,
     MeterConfig,
@@ -309,6 +310,9 @@ class LiveProbe:
         self.unledgered = 0
         """Verdicts reported (other than ok) that could not be put in the ledger."""
         self._unledgered_why: str | None = None
+        self._ring = CaptureRing(config.ring, clock=clock) if config.ring is not None else None
+        """The capture ring, made here (a directory that cannot be made fails here) and kept
+        by the tee process once it starts (:class:`~probe.tee.TeeProcess`)."""
         self._store: Any = None
         self._ledger: Any = None
         from api.store import LIVE_PREFIX
@@ -432,7 +436,7 @@ class LiveProbe:
         widen_pipe(w)
         widen_pipe(src.fileno())
         # the tee, in its own process, reads the input; the flow reader reads what it passes
-        self._tee = TeeProcess(src.fileno(), w, self.cfg.ring, clock=self.clock, not_ours=(r,))
+        self._tee = TeeProcess(src.fileno(), w, self._ring, clock=self.clock, not_ours=(r,))
         os.close(w)  # the flow reader sees the end of the stream when the tee's end shuts
         src.close()
         pipe = os.fdopen(r, "rb")

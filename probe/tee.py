@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from probe.pcapstream import PcapStream
-from probe.ring import CaptureRing, RingConfig, RingFile
+from probe.ring import CaptureRing, RingFile
 from probe.speed import end_with_parent
 
 __all__ = ["TEE_READ_BYTES", "TeeProcess", "TeeState"]
@@ -109,6 +109,8 @@ class _Seal:
 @dataclass(frozen=True, slots=True)
 class _Finish:
     done: int
+    wait_s: float
+    """How long the tee waits for the end of its input before it stops there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +123,15 @@ _Request = _Report | _Seal | _Finish | _Stop
 
 class TeeProcess:
     """The tee, forked at construction: it reads ``src_fd`` to its end and writes the clean
-    stream to ``sink_fd``; with ``ring``, it keeps a capture ring too. The caller closes
+    stream to ``sink_fd``; with ``ring`` (made by the caller, so that a ring directory that
+    cannot be made fails there, and used by the tee process alone from then on), it keeps
+    the capture ring too. The caller closes
     its own copies of both descriptors once this returns (the flow reader sees the end of
     the stream only when every write end is shut). ``clock`` is the wall clock the ring
     and the arrival times use; ``not_ours`` are descriptors the tee process closes at
     once (the write end of a pipe it reads, held here: its end of input needs it shut)."""
 
-    def __init__(self, src_fd: int, sink_fd: int, ring: RingConfig | None, *,
+    def __init__(self, src_fd: int, sink_fd: int, ring: CaptureRing | None, *,
                  clock: Callable[[], float] = time.time,
                  not_ours: tuple[int, ...] = ()) -> None:
         ctx = mp.get_context("fork")
@@ -170,17 +174,17 @@ class TeeProcess:
         """Close the ring file holding ``last_frame`` (:meth:`CaptureRing.seal`)."""
         return self._ask(_Seal(last_frame, done))
 
-    def finish(self, done: int, timeout_s: float = 10.0) -> TeeState:
+    def finish(self, done: int, wait_s: float = 10.0) -> TeeState:
         """The final state, once the input has ended and the ring is closed; then the tee
-        process ends. After ``timeout_s`` without an answer the tee is stopped."""
-        state = self._ask(_Finish(done), timeout_s)
-        if not state.ended:
-            state = self.stop(done)
+        process ends. An input that has not ended within ``wait_s`` is stopped where it
+        is (:meth:`stop`)."""
+        state = self._ask(_Finish(done, wait_s), wait_s + 5.0)
         self.close()
         return state
 
     def stop(self, done: int) -> TeeState:
-        """Close the ring and end the tee now, wherever the input is."""
+        """End the tee now, wherever the input is: after the write in flight (the flow
+        reader gets whole records only), the ring closed."""
         state = self._ask(_Stop(done), 5.0)
         self.close()
         return state
@@ -231,45 +235,20 @@ class _Tee:
     counters: Any
     stream: PcapStream = field(default_factory=_noted_stream)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a chunk is checked and kept: the stream and the ring are shared."""
+    writing: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a chunk is passed on: a stop waits for it."""
+    stopping: threading.Event = field(default_factory=threading.Event)
     arrivals: deque[tuple[int, float]] = field(default_factory=deque)
     """(frames of the stream so far, wall clock they arrived), one per chunk read."""
     ended: threading.Event = field(default_factory=threading.Event)
 
     def copy(self, src: int, sink: int) -> None:
         """Read ``src`` to its end; check, keep and pass on what it holds."""
-        stream, ring, counters = self.stream, self.ring, self.counters
         try:
-            while True:
-                try:
-                    data = os.read(src, TEE_READ_BYTES)
-                except OSError as exc:
-                    log.error("capture stream unreadable: %s", exc)
-                    break
-                if not data:
-                    with self.lock:
-                        if self.ended.is_set():
-                            break
-                        clean = stream.finish()
-                        if ring is not None and clean:
-                            ring.feed(clean, stream.record_starts)
-                    counters[_FRAMES] = stream.frames
-                    _pass_on(sink, clean)
-                    break
-                now = self.clock()
-                with self.lock:
-                    if self.ended.is_set():  # stopped meanwhile: the ring is closed
-                        break
-                    clean = stream.feed(data)
-                    if ring is not None and clean:
-                        ring.feed(clean, stream.record_starts)
-                    frames = stream.frames
-                    if frames and (not self.arrivals or self.arrivals[-1][0] < frames):
-                        self.arrivals.append((frames, now))
-                counters[_FRAMES] = frames
-                counters[_BYTES] += len(data)
-                counters[_ARRIVAL] = now
-                if not _pass_on(sink, clean):
-                    break
+            self._copy(src, sink)
+        except Exception:  # a ring that cannot be written (disk full): the probe hears why
+            log.exception("the capture stream's tee failed")
         finally:
             with contextlib.suppress(OSError):
                 os.close(sink)
@@ -277,12 +256,52 @@ class _Tee:
                 os.close(src)
             self.end()
 
+    def _copy(self, src: int, sink: int) -> None:
+        stream, ring, counters = self.stream, self.ring, self.counters
+        while True:
+            try:
+                data = os.read(src, TEE_READ_BYTES)
+            except OSError as exc:
+                log.error("capture stream unreadable: %s", exc)
+                return
+            now = self.clock()
+            with self.lock:
+                if self.ended.is_set():  # stopped meanwhile: the ring is closed
+                    return
+                clean = stream.feed(data) if data else stream.finish()
+                if ring is not None and clean:
+                    ring.feed(clean, stream.record_starts)
+                frames = stream.frames
+                if data and frames and (not self.arrivals or self.arrivals[-1][0] < frames):
+                    self.arrivals.append((frames, now))
+            counters[_BYTES] += len(data)
+            if data:
+                counters[_ARRIVAL] = now
+            with self.writing:
+                if self.stopping.is_set():
+                    return
+                passed = _pass_on(sink, clean)
+            counters[_FRAMES] = frames
+            if not data or not passed:
+                return
+
     def end(self) -> None:
         """The input ended, or the tee is stopped: close the ring; nothing more is read."""
         with self.lock:
-            if not self.ended.is_set() and self.ring is not None:
-                self.ring.close()
-            self.ended.set()
+            try:
+                if not self.ended.is_set() and self.ring is not None:
+                    self.ring.close()
+            except OSError as exc:
+                log.error("the capture ring's last file could not be closed: %s", exc)
+            finally:
+                self.ended.set()
+
+    def halt(self) -> None:
+        """Stop where the input is: the write in flight completes (a reader that stopped
+        reading is not waited for long), nothing more is passed on, the ring is closed."""
+        self.stopping.set()
+        self.writing.acquire(timeout=5.0)  # held until the process ends
+        self.end()
 
     def state(self, done: int) -> TeeState:
         with self.lock:
@@ -291,7 +310,7 @@ class _Tee:
                 arrivals.popleft()
             s, ring = self.stream, self.ring
             return TeeState(
-                frames=s.frames, bytes_read=int(self.counters[_BYTES]),
+                frames=int(self.counters[_FRAMES]), bytes_read=int(self.counters[_BYTES]),
                 skipped_bytes=s.skipped_bytes, time_jumps=s.time_jumps, sections=s.sections,
                 stopped_at=s.stopped_at, stop_message=s.stop_message,
                 oldest_waiting=arrivals[0][1] if arrivals else None,
@@ -316,9 +335,10 @@ class _Tee:
                     if self.ring is not None and not self.ended.is_set():
                         self.ring.tick()
             elif isinstance(req, _Finish):
-                self.ended.wait()
+                if not self.ended.wait(req.wait_s):
+                    self.halt()
             elif isinstance(req, _Stop):
-                self.end()
+                self.halt()
             try:
                 conn.send(self.state(req.done))
             except OSError:
@@ -327,7 +347,7 @@ class _Tee:
                 return
 
 
-def _tee_main(src: int, sink: int, ring_cfg: RingConfig | None, clock: Callable[[], float],
+def _tee_main(src: int, sink: int, ring: CaptureRing | None, clock: Callable[[], float],
               counters: Any, conn: Connection, parents_end: Connection, parent: int,
               not_ours: tuple[int, ...]) -> None:
     """The tee process: copy the stream in a thread, answer requests in this one."""
@@ -336,8 +356,7 @@ def _tee_main(src: int, sink: int, ring_cfg: RingConfig | None, clock: Callable[
     for fd in not_ours:
         with contextlib.suppress(OSError):
             os.close(fd)
-    tee = _Tee(CaptureRing(ring_cfg, clock=clock) if ring_cfg is not None else None, clock,
-               counters)
+    tee = _Tee(ring, clock, counters)
     copier = threading.Thread(target=tee.copy, args=(src, sink), name="marsad-tee-copy",
                               daemon=True)
     copier.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from probe import RingConfig, TeeProcess
+from probe import CaptureRing, RingConfig, TeeProcess
 from tests.pcapbytes import split
 
 CAPTURES = Path(__file__).resolve().parents[3] / "captures"
@@ -32,7 +32,7 @@ def _drain(fd: int, into: bytearray) -> threading.Thread:
     return t
 
 
-def _start(data: bytes | None, ring: RingConfig | None) -> tuple[TeeProcess, bytearray,
+def _start(data: bytes | None, ring: CaptureRing | None) -> tuple[TeeProcess, bytearray,
                                                                  threading.Thread, int]:
     """A tee reading a pipe fed ``data`` (and left open when ``data`` is None), its output
     collected; returns the tee, the output, the collecting thread and the input's write
@@ -54,7 +54,7 @@ def _start(data: bytes | None, ring: RingConfig | None) -> tuple[TeeProcess, byt
 
 def test_stream_passed_on_and_kept_whole(call: bytes, tmp_path: Path) -> None:
     _, records = split(call)
-    tee, out, drain, _ = _start(call, RingConfig(tmp_path))
+    tee, out, drain, _ = _start(call, CaptureRing(RingConfig(tmp_path)))
     drain.join(timeout=30)
     state = tee.finish(done=len(records))
     assert bytes(out) == call
@@ -85,7 +85,7 @@ def test_seal_and_stop_on_a_stream_that_goes_on(call: bytes, tmp_path: Path) -> 
     """A file is closed for the ledger while the input is still open; stopping ends the
     tee where it is, the ring closed, and the reader sees the end of the stream."""
     head, records = split(call)
-    tee, out, drain, src_w = _start(None, RingConfig(tmp_path))
+    tee, out, drain, src_w = _start(None, CaptureRing(RingConfig(tmp_path)))
     try:
         os.write(src_w, head + b"".join(records[:10]))
         deadline = time.monotonic() + 30
@@ -101,5 +101,55 @@ def test_seal_and_stop_on_a_stream_that_goes_on(call: bytes, tmp_path: Path) -> 
         drain.join(timeout=30)
         assert not drain.is_alive() and bytes(out) == head + b"".join(records[:10])
         assert tee.report(done=10) == final  # nothing changes any more
+    finally:
+        os.close(src_w)
+
+
+def test_stopped_mid_stream_the_reader_gets_whole_records(call: bytes) -> None:
+    """Stopped while it copies a stream that keeps coming to a reader that keeps reading:
+    what was passed on ends at a record's end, and the frames it says it passed on are
+    the records the reader got."""
+    head, records = split(call)
+    body = b"".join(records)
+    tee, out, drain, src_w = _start(None, None)
+    done = threading.Event()
+
+    def feed() -> None:
+        with open(src_w, "wb", closefd=False) as fh:
+            fh.write(head)
+            while not done.is_set():
+                try:
+                    fh.write(body)
+                    fh.flush()
+                except (BrokenPipeError, ValueError):
+                    return
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while tee.frames < 3 * len(records) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        final = tee.stop(done=0)
+        drain.join(timeout=30)
+        assert final.ended and not drain.is_alive()
+        got_head, got = split(bytes(out))  # whole records only (split asserts it)
+        assert got_head == head and len(got) == final.frames >= 3 * len(records)
+    finally:
+        done.set()
+        os.close(src_w)
+        feeder.join(timeout=10)
+
+
+def test_finish_on_an_input_that_does_not_end_stops_it(call: bytes) -> None:
+    head, records = split(call)
+    tee, out, drain, src_w = _start(None, None)
+    try:
+        os.write(src_w, head + b"".join(records[:5]))
+        started = time.monotonic()
+        final = tee.finish(done=1, wait_s=0.5)
+        assert final.ended and 1 <= final.frames <= 5 and time.monotonic() - started < 10
+        drain.join(timeout=30)
+        assert bytes(out) == head + b"".join(records[:final.frames])
     finally:
         os.close(src_w)
