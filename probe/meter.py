@@ -1151,10 +1151,19 @@ def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[i
               ) -> tuple[RtpSeries | None, tuple[RtpStream, ...]]:
     """Gathered flow ``j``'s RTP series and whole-life streams: kept only when the flow
     looks like RTP (:func:`_rtp_series`); ``pkts`` is its (a, b) packet counts."""
-    if rtp is None or n_rtp < 4:
+    if rtp is None or n_rtp < 4 or not states:
         return None, ()
-    series = _rtp_series(rtp, rtp_a[j], rtp_z[j], min(pkts[0] + pkts[1], cap), n_rtp > cap)
-    if series is None or states is None:
+    a, z = rtp_a[j], rtp_z[j]
+    if n_rtp > sum(st.packets for st in states):
+        # the packets of sources still on probation when the flow ended are no RTP series'
+        side, ssrc = rtp["side"][a:z], rtp["ssrc"][a:z]
+        real = np.zeros(z - a, dtype=bool)
+        for st in states:
+            real |= (side == st.direction) & (ssrc == st.ssrc)
+        rtp = {k: v[a:z][real] for k, v in rtp.items()}
+        a, z = 0, int(real.sum())
+    series = _rtp_series(rtp, a, z, min(pkts[0] + pkts[1], cap), n_rtp > cap)
+    if series is None:
         return series, ()
     return series, _streams_of(states)
 

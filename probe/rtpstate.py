@@ -11,18 +11,30 @@ second, and the minimum and maximum relative transit time (arrival − RTP
 timestamp / clock, taken relative to the stream's first packet), whose trend
 shows a queue building up.
 
-Everything is vectorised over the batch; the only per-stream Python work is
-one dict lookup per stream and batch. A stream is created only once three of
-its packets are seen in one batch, two of them a forward sequence step after the
-one before (a looser form of RFC 3550 §A.1's probation,
-which wants consecutive numbers): random UDP payloads that merely look like
-RTP never repeat an SSRC, and fixed fields that sit where RTP's would repeat the
-sequence number too, so neither fills the table.
+Everything is vectorised over the batch; the per-stream Python work is one dict
+lookup per stream and batch, and reading the clock of a dynamic payload type. A stream
+counts once three of its packets have been seen, two of them a forward sequence step
+after the one before (a looser form of RFC 3550 §A.1's probation, which wants
+consecutive numbers): random UDP payloads that merely look like RTP never repeat an
+SSRC, and fixed fields that sit where RTP's would repeat the sequence number too. Until
+then the source is a *candidate*, followed from its first packet like a stream, so that
+what a stream comes to does not depend on where the batches were cut (a live stream's
+batches end where the pipe ran dry). A candidate still one when its flow ends is not
+reported, and the meter drops its packets from the flow's RTP series; one that has sent
+nothing for ``CANDIDATE_IDLE_S`` of capture time is forgotten at the end of a batch, so
+that look-alike payloads leave bounded state behind. Only there do batches still
+matter: a source silent that long before its third packet may keep or lose its first
+packets depending on where a batch ended (no call's stream pauses that long as it
+starts).
 
 The clock rate comes from the static payload-type table (RFC 3551,
-:mod:`probe.payload_types`) or, for dynamic types, from the ratio of timestamp
-to arrival-time progress snapped to the common rates; until it is known, jitter
-and transit are not computed.
+:mod:`probe.payload_types`) or, for dynamic types, from the stream's own timestamp
+progress per second of arrival, snapped to the common rates: the median over its
+first ``CLOCK_SECONDS`` seconds (one timestamp jump at a stream's start must not turn
+48 kHz into 90 kHz), or over what a shorter stream had. The packets that arrive before
+it is known wait; their transit and jitter are worked out once it is, as if it had been
+known from the first packet. Everything here is thus the same however the packets were
+cut into batches (floating-point sums aside, in the last bits).
 
 Comfort noise is counted per packet, over the stream's whole life: static payload
 type 13 (RFC 3551 table 4, format RFC 3389). A sender with silence suppression
@@ -51,6 +63,27 @@ ALPHA = 15.0 / 16.0
 """RFC 3550 §6.4.1 jitter smoothing: J += (|D| - J) / 16."""
 BLOCK = 512
 COMMON_CLOCKS = np.array(sorted(RTP_CLOCKS), dtype=np.float64)
+_CLOCKS = sorted(RTP_CLOCKS)
+CLOCK_SECONDS = 6
+"""A dynamic payload type's clock is read once a stream has had packets in this many
+seconds (of arrival time): the median of the RTP timestamp progress per second of arrival
+between the first packets of consecutive seconds. Read from the stream's first packet
+over a shorter span, one jump of its timestamps at the start (a sender that resumed, a
+burst of buffered audio) makes 48 kHz read as 90 kHz; the median of five seconds lets
+two of them go astray."""
+MIN_CLOCK_SPAN_S = 0.5
+"""A stream that ends sooner than that is read over its whole life, if it lasted this
+long."""
+MAX_CLOCK_SECONDS = 12
+"""A stream whose progress fits no common clock by its this-many-th second is given none
+(no transit or jitter)."""
+CLOCK_MATCH = 0.15
+"""How near (relative) the timestamp progress must be to a common clock rate."""
+_NO_CLOCK = -1
+"""``clock`` of a stream whose progress fit no common clock."""
+CANDIDATE_IDLE_S = 10.0
+"""A source still on probation that sent nothing for this long is forgotten (its next
+packet, if any, starts it again): what random payloads leave behind stays bounded."""
 MIN_NEW_STREAM = 3
 MIN_SEQUENTIAL = 2
 """RFC 3550 §A.1: a source is valid once this many packets came in sequence."""
@@ -58,18 +91,45 @@ MAX_DROPOUT = 3000
 """RFC 3550 §A.1: the largest forward sequence step taken as loss, not a restart."""
 
 
-def _forward_steps(seq: I64, starts: npt.NDArray[np.bool_], pos: I64) -> I64:
-    """Per group of rows (``starts`` marks each group's first, ``pos`` where each starts;
-    ``seq`` in arrival order within a group), how many packets came a forward step of at
-    most MAX_DROPOUT after the one before: RFC 3550 §A.1's probation, looser (a step over
-    lost packets counts; a repeated or wild number does not). Fields that merely sit where
-    RTP's would (a NetBIOS transaction's flags, a QUIC connection ID) repeat the same
-    "sequence number" in every packet."""
-    step = (seq[1:] - seq[:-1]) & 0xFFFF
-    fwd = np.zeros(len(seq), dtype=np.int64)
-    fwd[1:] = (step >= 1) & (step <= MAX_DROPOUT) & ~starts[1:]
-    out: I64 = np.add.reduceat(fwd, pos)
-    return out
+def _read_clock(t: I64, r: I64, r0: int, at_end: bool = False) -> int:
+    """The clock a stream's packets (arrival ns ``t``, extended RTP timestamps ``r``, in
+    arrival order; ``r0`` its first arrival) run at: 0 while it cannot be told yet, -1
+    once it fits none (:data:`CLOCK_SECONDS`). ``at_end``: the stream ended, read what it
+    had: the per-second median over three seconds or more, else the progress over its
+    whole life if that lasted :data:`MIN_CLOCK_SPAN_S`."""
+    seconds = (int(t[-1]) - r0) // NS + 1
+    if seconds < min(CLOCK_SECONDS, 4 if at_end else CLOCK_SECONDS):  # too few to read
+        if not at_end:
+            return 0
+        span = (int(t[-1]) - r0) / NS
+        if span < MIN_CLOCK_SPAN_S:
+            return 0
+        return max(_nearest_clock((int(r[-1]) - int(r[0])) / span), 0)
+    sec = (t - r0) // NS
+    first = np.flatnonzero(np.r_[True, sec[1:] != sec[:-1]])  # each second's first packet
+    dt = np.diff(t[first]) / NS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.diff(r[first]) / dt
+    for k in range(CLOCK_SECONDS - 1, min(len(rate), MAX_CLOCK_SECONDS - 1) + 1):
+        c = _nearest_clock(float(np.median(rate[:k])))
+        if c:
+            return c
+    if len(rate) >= MAX_CLOCK_SECONDS - 1:
+        return -1
+    if not at_end:
+        return 0
+    if len(rate) >= 3:
+        return max(_nearest_clock(float(np.median(rate))), 0)
+    span = (int(t[-1]) - r0) / NS
+    if span < MIN_CLOCK_SPAN_S:
+        return 0
+    return max(_nearest_clock((int(r[-1]) - int(r[0])) / span), 0)
+
+
+def _nearest_clock(rate: float) -> int:
+    """The common clock within :data:`CLOCK_MATCH` of ``rate``, or 0."""
+    c = min(_CLOCKS, key=lambda c: abs(c - rate) / c)
+    return c if abs(c - rate) / c < CLOCK_MATCH else 0
 
 
 def _seg_start_pos(starts: npt.NDArray[np.bool_]) -> tuple[I64, I64]:
@@ -151,7 +211,7 @@ class RtpStreams:
 
     FIELDS_I = ("fid", "direction", "ssrc", "pt", "clock", "last_seq", "last_ext", "max_ext",
                 "first_ext", "last_rts", "last_rts_ext", "r0", "s0", "packets", "bytes",
-                "cn_packets", "reordered", "first_ns", "last_ns")
+                "cn_packets", "reordered", "first_ns", "last_ns", "forward", "valid")
     FIELDS_F = ("jitter", "last_transit")
 
     def __init__(self) -> None:
@@ -163,8 +223,17 @@ class RtpStreams:
         self.i: dict[str, I64] = {f: np.zeros(0, dtype=np.int64) for f in self.FIELDS_I}
         self.f: dict[str, F64] = {f: np.zeros(0) for f in self.FIELDS_F}
         self.sec_chunks: list[dict[str, np.ndarray]] = []  # type: ignore[type-arg]
+        self.stale: list[int] = []
+        """Slots of forgotten candidates whose per-second rows are still in
+        :attr:`sec_chunks`."""
+        self.unclocked: dict[int, list[tuple[I64, I64]]] = {}
+        """(arrival ns, extended RTP timestamps) of the packets of each stream whose clock
+        is not known yet, in arrival order: their transit and jitter are worked out once
+        it is."""
 
     def _alloc(self, k: int) -> I64:
+        if len(self.free) < k:
+            self._purge()
         while len(self.free) < k:
             old = self.cap
             new = max(64, old * 2)
@@ -184,7 +253,8 @@ class RtpStreams:
                ts: I64, size: I64) -> npt.NDArray[np.bool_]:
         """Fold one batch of RTP packets (in arrival order per flow) into the state.
 
-        Returns which rows belong to a tracked stream.
+        Returns which rows belong to a stream or a candidate (:meth:`take` says which
+        sources became streams).
         """
         n = len(fid)
         accepted = np.zeros(n, dtype=bool)
@@ -196,7 +266,6 @@ class RtpStreams:
         starts = np.ones(n, dtype=bool)
         starts[1:] = sk[1:] != sk[:-1]
         pos, run = _seg_start_pos(starts)
-        counts = np.diff(np.append(pos, n))
         g_fid = fid[order][pos].tolist()
         g_dir = direction[order][pos].tolist()
         g_ssrc = ssrc[order][pos].tolist()
@@ -206,11 +275,9 @@ class RtpStreams:
             s = self.index.get(key)
             if s is not None:
                 sid[g] = s
-            elif counts[g] >= MIN_NEW_STREAM:
+            else:
                 new_groups.append(g)
         ng = np.asarray(new_groups, dtype=np.int64)
-        if len(ng):  # new sources only: known streams need no probation
-            ng = ng[_forward_steps(seq[order], starts, pos)[ng] >= MIN_SEQUENTIAL]
         if len(ng):
             ids = self._alloc(len(ng))
             sid[ng] = ids
@@ -236,18 +303,15 @@ class RtpStreams:
                 self.by_flow.setdefault(g_fid[g], []).append(s)
             self.f["jitter"][ids] = 0.0
             self.f["last_transit"][ids] = np.nan
-        keep_g = sid >= 0
-        if not keep_g.any():
-            return accepted
-        keep_rows = keep_g[run]
-        o = order[keep_rows]
+        o = order
         accepted[o] = True
-        sid_r = sid[run][keep_rows]
+        sid_r = sid[run]
         st = np.ones(len(o), dtype=bool)
         st[1:] = sid_r[1:] != sid_r[:-1]
         spos, srun = _seg_start_pos(st)
         s_ids = sid_r[spos]
         self._fold(s_ids, st, spos, srun, seq[o], rts[o], pt[o], ts[o], size[o], fid[o])
+        self._forget_idle(int(ts.max()) - int(CANDIDATE_IDLE_S * NS))
         return accepted
 
     def _fold(self, s_ids: I64, st: npt.NDArray[np.bool_], spos: I64, srun: I64, seq: I64,
@@ -276,22 +340,8 @@ class RtpStreams:
         prev_rts[spos] = i["last_rts"][s_ids]
         rstep = ((rts - prev_rts + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
         rts_ext = i["last_rts_ext"][s_ids][srun] + _seg_cumsum(rstep, st)
-        # Clock rate: static table, else estimated from this batch's progress.
-        clock = i["clock"][s_ids].copy()
-        unknown = np.flatnonzero(clock == 0)
-        if len(unknown):
-            ends = np.append(spos[1:], n) - 1
-            d_t = (ts[ends] - i["r0"][s_ids]) / NS
-            d_r = (rts_ext[ends] - i["s0"][s_ids]).astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(d_t > 0.5, d_r / d_t, 0.0)
-            near = np.abs(COMMON_CLOCKS[None, :] - ratio[:, None]) / COMMON_CLOCKS[None, :]
-            best = np.argmin(near, axis=1)
-            good = near[np.arange(len(ratio)), best] < 0.15
-            est = np.where(good, COMMON_CLOCKS[best], 0).astype(np.int64)
-            clock[unknown] = est[unknown]
-            i["clock"][s_ids[unknown]] = est[unknown]
-        clk = clock[srun].astype(np.float64)
+        # Clock rate: static table, else estimated (:meth:`_learn_clocks`).
+        clk = self._learn_clocks(s_ids, srun, ts, rts_ext)[srun].astype(np.float64)
         have = clk > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             transit = np.where(have, (ts - i["r0"][s_ids][srun]) / NS
@@ -317,8 +367,13 @@ class RtpStreams:
             "tmin": np.fmin.reduceat(transit, rpos), "tmax": np.fmax.reduceat(transit, rpos)}
         self.sec_chunks.append(seconds)
         if len(self.sec_chunks) > 64:
+            self._purge()
             self.sec_chunks = [{k: np.concatenate([c[k] for c in self.sec_chunks])
                                 for k in self.sec_chunks[0]}]
+        # Probation: forward steps, not counting a source's first packet (no step before it).
+        fwd = (step >= 1) & (step <= MAX_DROPOUT)
+        fwd[spos[i["packets"][s_ids] == 0]] = False
+        i["forward"][s_ids] += np.add.reduceat(fwd.astype(np.int64), spos)
         # Fold the batch into the state.
         ends = np.append(spos[1:], n) - 1
         i["last_seq"][s_ids] = seq[ends]
@@ -332,18 +387,171 @@ class RtpStreams:
         i["cn_packets"][s_ids] += np.add.reduceat((pt == COMFORT_NOISE).astype(np.int64), spos)
         i["reordered"][s_ids] += np.add.reduceat(reord.astype(np.int64), spos)
         i["last_ns"][s_ids] = ts[ends]
+        i["valid"][s_ids] |= ((i["packets"][s_ids] >= MIN_NEW_STREAM)
+                              & (i["forward"][s_ids] >= MIN_SEQUENTIAL))
         f["jitter"][s_ids] = jit[ends]
         last_tr = transit[ends]
         f["last_transit"][s_ids] = np.where(np.isfinite(last_tr), last_tr,
                                             f["last_transit"][s_ids])
 
+    def _learn_clocks(self, s_ids: I64, srun: I64, ts: I64, rts_ext: I64) -> I64:
+        """The clock of each stream of the batch (0: not known yet, -1: none).
+
+        A dynamic payload type's clock is read from the stream's own progress
+        (:func:`_read_clock`) at the first packet of its :data:`CLOCK_SECONDS`-th second
+        of arrivals, or at the next second where that reading fits a common rate; at the
+        end of a shorter stream, over what it had (:meth:`_clock_at_end`). It holds from
+        the stream's first packet on: until it is known the packets wait in
+        :attr:`unclocked`, and once it is their transit and jitter are worked out as if
+        it had been known from the start. What a stream comes to is therefore the same
+        however its packets were cut into batches."""
+        i = self.i
+        clock = i["clock"][s_ids].copy()
+        todo = np.flatnonzero(clock == 0)
+        if not len(todo):
+            return clock
+        bounds = np.searchsorted(srun, np.stack((todo, todo + 1)))
+        learnt: list[tuple[int, int]] = []
+        for g, a, z in zip(todo.tolist(), bounds[0].tolist(), bounds[1].tolist(), strict=True):
+            s = int(s_ids[g])
+            waiting = self.unclocked.setdefault(s, [])
+            waiting.append((ts[a:z], rts_ext[a:z]))
+            if (int(ts[z - 1]) - int(i["r0"][s])) // NS < CLOCK_SECONDS - 1:
+                continue  # cannot have reached its CLOCK_SECONDS-th second yet
+            if len(waiting) > 2:  # one piece for what came before this batch
+                waiting[:-1] = [(np.concatenate([t for t, _ in waiting[:-1]]),
+                                 np.concatenate([r for _, r in waiting[:-1]]))]
+            t_all = np.concatenate([t for t, _ in waiting]) if len(waiting) > 1 else ts[a:z]
+            r_all = np.concatenate([r for _, r in waiting]) if len(waiting) > 1 else rts_ext[a:z]
+            got = _read_clock(t_all, r_all, int(i["r0"][s]))
+            if got != 0:
+                clock[g] = got
+                waiting.pop()  # this batch's packets are worked out with the rest of it
+                if got > 0 and waiting:
+                    learnt.append((s, got))
+                else:
+                    del self.unclocked[s]
+        i["clock"][s_ids] = clock
+        if learnt:
+            self._catch_up(learnt)
+        return clock
+
+    def _clock_at_end(self, sids: list[int]) -> None:
+        """Streams ending before their clock was read: read it over what they had."""
+        learnt: list[tuple[int, int]] = []
+        i = self.i
+        for s in sids:
+            waiting = self.unclocked.get(s)
+            if not waiting or i["clock"][s] != 0:
+                continue
+            got = _read_clock(np.concatenate([t for t, _ in waiting]),
+                              np.concatenate([r for _, r in waiting]), int(i["r0"][s]),
+                              at_end=True)
+            if got > 0:
+                i["clock"][s] = got
+                learnt.append((s, got))
+        if learnt:
+            self._catch_up(learnt)
+
+    def _catch_up(self, learnt: list[tuple[int, int]]) -> None:
+        """Work out the transit and jitter of the packets that waited for their streams'
+        clocks: into the per-second rows written without them, and the running jitter and
+        last transit."""
+        parts = [(s, clk, self.unclocked.pop(s)) for s, clk in learnt if s in self.unclocked]
+        if not parts:
+            return
+        i, f = self.i, self.f
+        sid = np.concatenate([np.full(sum(len(t) for t, _ in w), s, dtype=np.int64)
+                              for s, _, w in parts])
+        ts = np.concatenate([t for _, _, w in parts for t, _ in w])
+        rts_ext = np.concatenate([r for _, _, w in parts for _, r in w])
+        clk = np.concatenate([np.full(sum(len(t) for t, _ in w), float(c)) for _, c, w in parts])
+        n = len(ts)
+        st = np.ones(n, dtype=bool)
+        st[1:] = sid[1:] != sid[:-1]
+        transit = (ts - i["r0"][sid]) / NS - (rts_ext - i["s0"][sid]) / clk
+        prev = np.empty(n)
+        prev[1:] = transit[:-1]
+        prev[st] = np.nan
+        d = np.abs(transit - prev)
+        d = np.where(np.isfinite(d), d, 0.0)
+        spos = np.flatnonzero(st)
+        jit = _iir(d, st, np.zeros(len(spos)))
+        sec = ts // NS
+        rs = st.copy()
+        rs[1:] |= sec[1:] != sec[:-1]
+        rpos = np.flatnonzero(rs)
+        rend = np.append(rpos[1:], n) - 1
+        # the seconds' rows, written while the clock was not known, get what they lacked
+        key = sid[rpos] << 32 | sec[rpos]
+        order = np.argsort(key)
+        key = key[order]
+        jitter, tmin, tmax = (jit[rend][order], np.fmin.reduceat(transit, rpos)[order],
+                              np.fmax.reduceat(transit, rpos)[order])
+        lookup = np.zeros(self.cap, dtype=bool)
+        lookup[sid[spos]] = True
+        for c in self.sec_chunks:
+            rows = np.flatnonzero(lookup[c["sid"]])
+            if not len(rows):
+                continue
+            want = c["sid"][rows] << 32 | c["sec"][rows]
+            at = np.minimum(np.searchsorted(key, want), len(key) - 1)
+            found = key[at] == want  # every one: all the stream's rows so far waited
+            rows, at = rows[found], at[found]
+            c["jitter"][rows] = jitter[at]
+            c["tmin"][rows] = tmin[at]
+            c["tmax"][rows] = tmax[at]
+        ends = np.append(spos[1:], n) - 1
+        f["jitter"][sid[spos]] = jit[ends]
+        f["last_transit"][sid[spos]] = transit[ends]
+
+    def _forget_idle(self, before_ns: int) -> None:
+        """Drop the candidates whose last packet came before ``before_ns``."""
+        i = self.i
+        idle = np.flatnonzero((i["packets"] > 0) & (i["valid"] == 0) & (i["last_ns"] < before_ns))
+        if not len(idle):
+            return
+        for s in idle.tolist():
+            fid = int(i["fid"][s])
+            del self.index[(fid, int(i["direction"][s]), int(i["ssrc"][s]))]
+            left = self.by_flow[fid]
+            left.remove(s)
+            if not left:
+                del self.by_flow[fid]
+        self._release(idle)
+
+    def _release(self, sids: I64) -> None:
+        """Free these slots; their per-second rows go at the next purge (:meth:`_purge`),
+        and the slots are not used again before it."""
+        for name in self.FIELDS_I:
+            self.i[name][sids] = 0
+        for s in sids.tolist():
+            self.unclocked.pop(s, None)
+        self.stale.extend(sids.tolist())
+
+    def _purge(self) -> None:
+        """Drop the per-second rows of released slots, which are free again."""
+        if not self.stale:
+            return
+        lookup = np.zeros(self.cap, dtype=bool)
+        lookup[self.stale] = True
+        chunks = []
+        for c in self.sec_chunks:
+            m = lookup[c["sid"]]
+            chunks.append({k: v[~m] for k, v in c.items()} if m.any() else c)
+        self.sec_chunks = chunks
+        self.free.extend(self.stale)
+        self.stale = []
+
     def take(self, fids: list[int]) -> dict[int, list[StreamState]]:
-        """Remove the streams of finished flows and return them, per flow serial."""
+        """Remove the sources of finished flows; return those that became streams, per flow
+        serial."""
         sids: list[int] = []
         for fid in fids:
             sids.extend(self.by_flow.pop(fid, ()))
         if not sids:
             return {}
+        self._clock_at_end(sids)
         sid_arr = np.asarray(sids, dtype=np.int64)
         lookup = np.zeros(self.cap, dtype=bool)
         lookup[sid_arr] = True
@@ -361,6 +569,10 @@ class RtpStreams:
         rows = ({k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts
                 else None)
         i, f = self.i, self.f
+        valid = i["valid"][sid_arr] != 0
+        if rows is not None and not valid.all():  # a candidate's seconds go with it
+            keep = i["valid"][rows["sid"]] != 0
+            rows = {k: v[keep] for k, v in rows.items()} if keep.any() else None
         out: dict[int, list[StreamState]] = {}
         by_sid: dict[int, npt.NDArray[np.float64]] = {}
         if rows is not None:
@@ -372,18 +584,23 @@ class RtpStreams:
             bounds = np.flatnonzero(np.diff(sid_sorted)) + 1
             for chunk in np.split(np.arange(len(sid_sorted)), bounds):
                 by_sid[int(sid_sorted[chunk[0]])] = _merge_seconds(table[chunk])
-        for s in sids:
+        for s, real_stream in zip(sids, valid.tolist(), strict=True):
             fid = int(i["fid"][s])
             direction, ssrc = int(i["direction"][s]), int(i["ssrc"][s])
+            del self.index[(fid, direction, ssrc)]
+            if not real_stream:
+                continue
             out.setdefault(fid, []).append(StreamState(
-                direction, ssrc, int(i["pt"][s]), int(i["clock"][s]), int(i["packets"][s]),
+                direction, ssrc, int(i["pt"][s]), max(int(i["clock"][s]), 0),
+                int(i["packets"][s]),
                 int(i["bytes"][s]), int(i["cn_packets"][s]), int(i["first_ext"][s]),
                 int(i["max_ext"][s]), int(i["reordered"][s]), float(f["jitter"][s]),
                 int(i["first_ns"][s]) / NS, int(i["last_ns"][s]) / NS,
                 by_sid.get(s, np.zeros((0, 8)))))
-            del self.index[(fid, direction, ssrc)]
         for name in self.FIELDS_I:
             self.i[name][sid_arr] = 0
+        for s in sids:
+            self.unclocked.pop(s, None)
         self.free.extend(sids)
         return out
 
