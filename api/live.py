@@ -3,11 +3,11 @@
 ``marsad probe -i IFACE`` starts ``tcpdump -i IFACE -U -w -`` (libpcap's kernel
 ring buffer and BPF filter do the capturing; tcpdump drops its privileges with
 ``-Z`` when started as root) and reads its standard output;
-``marsad probe -r FILE|-`` reads any pcap or pcapng stream. A classic pcap
-stream is first checked and mended (:class:`~probe.pcapstream.PcapStream`:
-resynchronised after damage, concatenated captures joined, a cut-off end
-reported, timestamp jumps counted); the clean stream is teed (by a process of its own,
-:class:`~probe.tee.TeeProcess`, which reads the input):
+``marsad probe -r FILE|-`` reads any pcap or pcapng stream. The input is read by the
+tee, a process of its own (:class:`~probe.tee.TeeProcess`): a classic pcap stream is
+first checked and mended there (:class:`~probe.pcapstream.PcapStream`: resynchronised
+after damage, concatenated captures joined, a cut-off end reported, timestamp jumps
+counted), and the clean stream is teed:
 
 * into the :class:`~probe.ring.CaptureRing`, a directory of pcap files rotated by size and
   by age and deleted beyond a total size budget and a retention time on the

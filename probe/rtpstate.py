@@ -1,4 +1,5 @@
-"""Running RTP state per stream, over a flow's whole life, in constant memory.
+"""Running RTP state per stream, over a flow's whole life, in constant memory (but for
+the packets of a dynamic payload type that wait, a few seconds of them, for its clock).
 
 A stream is one (flow, direction, SSRC). For every batch the meter hands over
 the RTP header fields of its packets; this module keeps, per stream, what RFC
@@ -67,13 +68,15 @@ _CLOCKS = sorted(RTP_CLOCKS)
 CLOCK_SECONDS = 6
 """A dynamic payload type's clock is read once a stream has had packets in this many
 seconds (of arrival time): the median of the RTP timestamp progress per second of arrival
-between the first packets of consecutive seconds. Read from the stream's first packet
-over a shorter span, one jump of its timestamps at the start (a sender that resumed, a
-burst of buffered audio) makes 48 kHz read as 90 kHz; the median of five seconds lets
-two of them go astray."""
+between the first packets of consecutive seconds, read again at each further second
+while it fits no common rate (up to ``MAX_CLOCK_SECONDS``). Read from the stream's first
+packet over a shorter span, one jump of its timestamps at the start (a sender that
+resumed, a burst of buffered audio) makes 48 kHz read as 90 kHz; the median of five
+seconds lets two of them go astray."""
 MIN_CLOCK_SPAN_S = 0.5
-"""A stream that ends sooner than that is read over its whole life, if it lasted this
-long."""
+"""A stream that ends before its clock was read gets the median of the seconds it had
+when it had three readings or more, else the progress over its whole life if that
+lasted this long (else no clock)."""
 MAX_CLOCK_SECONDS = 12
 """A stream whose progress fits no common clock by its this-many-th second is given none
 (no transit or jitter)."""
@@ -85,8 +88,10 @@ CANDIDATE_IDLE_S = 10.0
 """A source still on probation that sent nothing for this long is forgotten (its next
 packet, if any, starts it again): what random payloads leave behind stays bounded."""
 MIN_NEW_STREAM = 3
+"""Packets a source must have sent to count as a stream (``MIN_SEQUENTIAL`` too)."""
 MIN_SEQUENTIAL = 2
-"""RFC 3550 §A.1: a source is valid once this many packets came in sequence."""
+"""Forward sequence steps (each at most ``MAX_DROPOUT``) its packets must have made: RFC
+3550 §A.1's probation, which wants this many packets in sequence, made looser."""
 MAX_DROPOUT = 3000
 """RFC 3550 §A.1: the largest forward sequence step taken as loss, not a restart."""
 
@@ -94,7 +99,7 @@ MAX_DROPOUT = 3000
 def _read_clock(t: I64, r: I64, r0: int, at_end: bool = False) -> int:
     """The clock a stream's packets (arrival ns ``t``, extended RTP timestamps ``r``, in
     arrival order; ``r0`` its first arrival) run at: 0 while it cannot be told yet, -1
-    once it fits none (:data:`CLOCK_SECONDS`). ``at_end``: the stream ended, read what it
+    once it fits none (:data:`MAX_CLOCK_SECONDS`). ``at_end``: the stream ended, read what it
     had: the per-second median over three seconds or more, else the progress over its
     whole life if that lasted :data:`MIN_CLOCK_SPAN_S`."""
     seconds = (int(t[-1]) - r0) // NS + 1

@@ -21,7 +21,7 @@ What the probe's process needs of the tee crosses two ways:
   input has ended) and :meth:`~TeeProcess.stop` (close the ring and end now: a stream
   read by the tee cannot be interrupted otherwise).
 
-A thread of the tee process answers requests; it and the copying loop share the stream and
+The tee process's main thread answers requests, another copies; they share the stream and
 the ring under one lock, which the loop holds only while it checks a chunk and hands it to
 the ring, never while it waits to read or to write.
 """

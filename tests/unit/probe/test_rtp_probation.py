@@ -5,6 +5,8 @@ where the batches were cut."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -118,7 +120,7 @@ def _state_in_batches(cols: dict[str, npt.NDArray[np.int64]], cuts: list[int]
                       ) -> tuple[int, int, float, npt.NDArray[np.float64]]:
     streams = RtpStreams()
     bounds = [0, *cuts, len(cols["ts"])]
-    for a, z in zip(bounds, bounds[1:], strict=False):
+    for a, z in itertools.pairwise(bounds):
         streams.update(*(cols[c][a:z] for c in ("fid", "direction", "ssrc", "seq", "rts",
                                                   "pt", "ts", "size")))
     [state] = streams.take([0])[0]
