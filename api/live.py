@@ -105,6 +105,7 @@ from probe import (
 )
 from probe.active.capture import KERNEL_BLOCK_TIMEOUT_S
 from probe.speed import GcTimetable
+from probe.tee import TEE_READ_BYTES
 
 __all__ = [
     "CaptureStats",
@@ -239,9 +240,9 @@ class LiveConfig:
 _END = object()
 
 
-PIPE_BYTES = 1 << 20
+PIPE_BYTES = TEE_READ_BYTES
 """What the pipes the probe reads (tcpdump's or the standard input, when a pipe) and
-writes (to its flow reader) hold, and what the tee reads at once: Linux's default
+writes (to its flow reader) hold, and what the tee reads at once (1 MiB): Linux's default
 ceiling for an unprivileged ``F_SETPIPE_SZ`` (``/proc/sys/fs/pipe-max-size``), sixteen
 times the default 64 KiB. Fewer, larger reads and writes; and a writer (tcpdump) that
 can run further ahead before it blocks."""
@@ -705,15 +706,15 @@ class LiveProbe:
             lost, self._pending_ledger = self._pending_ledger, []
             self._lose(len(lost), "no capture ring is kept (--no-ring)")
             return
-        ring = self._tee_state
-        closed = ring.ring_closed_through
+        tee = self._tee_state
+        closed = tee.ring_closed_through
         ready = [p for p in self._pending_ledger if p[4] <= closed]
         rest = [p for p in self._pending_ledger if p[4] > closed]
-        if rest and (final or ring.ring_disabled is not None):
+        if rest and (final or tee.ring_disabled is not None):
             lost, rest = rest, []
-            why = ring.ring_disabled or "their packets are in no closed ring file"
+            why = tee.ring_disabled or "their packets are in no closed ring file"
         self._pending_ledger = rest
-        spans = {(p[3], p[4]): ring.spanning(p[3], p[4]) for p in ready}
+        spans = {(p[3], p[4]): tee.spanning(p[3], p[4]) for p in ready}
         if lost:
             self._lose(len(lost), why)
         from policy.ledger import NewEntry
@@ -733,8 +734,8 @@ class LiveProbe:
         self.ledger_appended += len(self._ledger.append_many(entries))
         if gone:
             self._lose(gone, "the ring no longer holds their packets (its size budget deleted "
-                             "the files)" if ring.ring_disabled is None
-                      else ring.ring_disabled)
+                             "the files)" if tee.ring_disabled is None
+                      else tee.ring_disabled)
 
     def _lose(self, n: int, why: str) -> None:
         self.unledgered += n

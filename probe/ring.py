@@ -20,7 +20,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +40,8 @@ from probe.sources import (
     record_offsets,
 )
 
-__all__ = ["INDEX_FILE", "CaptureRing", "RingConfig", "RingFile", "ring_origin", "ring_stream"]
+__all__ = ["INDEX_FILE", "CaptureRing", "RingConfig", "RingFile", "files_spanning", "ring_origin",
+           "ring_stream"]
 
 NS = 1_000_000_000
 
@@ -362,8 +363,7 @@ class CaptureRing:
 
     def spanning(self, first_frame: int, last_frame: int) -> list[RingFile]:
         """Closed files still in the ring holding any frame of ``first..last``."""
-        return [f for f in self.files
-                if f.first_frame <= last_frame and f.last_frame >= first_frame]
+        return files_spanning(self.files, first_frame, last_frame)
 
     def _write_index(self) -> None:
         files = [f.to_dict() for f in self.files]
@@ -377,6 +377,12 @@ class CaptureRing:
             doc["origin"] = self.origin.hex()
         tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+
+
+def files_spanning(files: Iterable[RingFile], first_frame: int, last_frame: int
+                   ) -> list[RingFile]:
+    """The files, of a ring's closed files, that hold any frame of ``first..last``."""
+    return [f for f in files if f.first_frame <= last_frame and f.last_frame >= first_frame]
 
 
 def ring_origin(path: str | Path) -> bytes | None:

@@ -63,8 +63,7 @@ NS = 1_000_000_000
 ALPHA = 15.0 / 16.0
 """RFC 3550 §6.4.1 jitter smoothing: J += (|D| - J) / 16."""
 BLOCK = 512
-COMMON_CLOCKS = np.array(sorted(RTP_CLOCKS), dtype=np.float64)
-_CLOCKS = sorted(RTP_CLOCKS)
+COMMON_CLOCKS = tuple(sorted(RTP_CLOCKS))
 CLOCK_SECONDS = 6
 """A dynamic payload type's clock is read once a stream has had packets in this many
 seconds (of arrival time): the median of the RTP timestamp progress per second of arrival
@@ -103,38 +102,55 @@ def _read_clock(t: I64, r: I64, r0: int, at_end: bool = False) -> int:
     had: the per-second median over three seconds or more, else the progress over its
     whole life if that lasted :data:`MIN_CLOCK_SPAN_S`."""
     seconds = (int(t[-1]) - r0) // NS + 1
-    if seconds < min(CLOCK_SECONDS, 4 if at_end else CLOCK_SECONDS):  # too few to read
-        if not at_end:
-            return 0
-        span = (int(t[-1]) - r0) / NS
-        if span < MIN_CLOCK_SPAN_S:
-            return 0
-        return max(_nearest_clock((int(r[-1]) - int(r[0])) / span), 0)
-    sec = (t - r0) // NS
-    first = np.flatnonzero(np.r_[True, sec[1:] != sec[:-1]])  # each second's first packet
-    dt = np.diff(t[first]) / NS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.diff(r[first]) / dt
-    for k in range(CLOCK_SECONDS - 1, min(len(rate), MAX_CLOCK_SECONDS - 1) + 1):
-        c = _nearest_clock(float(np.median(rate[:k])))
-        if c:
-            return c
-    if len(rate) >= MAX_CLOCK_SECONDS - 1:
-        return -1
+    if seconds >= (4 if at_end else CLOCK_SECONDS):  # enough seconds to read
+        sec = (t - r0) // NS
+        first = np.flatnonzero(np.r_[True, sec[1:] != sec[:-1]])  # each second's first packet
+        dt = np.diff(t[first]) / NS
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = np.diff(r[first]) / dt
+        for k in range(CLOCK_SECONDS - 1, min(len(rate), MAX_CLOCK_SECONDS - 1) + 1):
+            c = _nearest_clock(float(np.median(rate[:k])))
+            if c:
+                return c
+        if len(rate) >= MAX_CLOCK_SECONDS - 1:
+            return _NO_CLOCK
+        if at_end and len(rate) >= 3:
+            return _nearest_clock(float(np.median(rate)))
     if not at_end:
         return 0
-    if len(rate) >= 3:
-        return max(_nearest_clock(float(np.median(rate))), 0)
     span = (int(t[-1]) - r0) / NS
     if span < MIN_CLOCK_SPAN_S:
         return 0
-    return max(_nearest_clock((int(r[-1]) - int(r[0])) / span), 0)
+    return _nearest_clock((int(r[-1]) - int(r[0])) / span)
 
 
 def _nearest_clock(rate: float) -> int:
     """The common clock within :data:`CLOCK_MATCH` of ``rate``, or 0."""
-    c = min(_CLOCKS, key=lambda c: abs(c - rate) / c)
+    c = min(COMMON_CLOCKS, key=lambda c: abs(c - rate) / c)
     return c if abs(c - rate) / c < CLOCK_MATCH else 0
+
+
+def _jitter(transit: F64, st: npt.NDArray[np.bool_], spos: I64, last_transit: F64,
+            jitter: F64) -> F64:
+    """The RFC 3550 §6.4.1 jitter estimate after each packet of streams laid end to end
+    (``st`` marks each stream's first packet, at ``spos``), from each stream's last
+    transit and jitter before them; a packet without a transit (NaN) moves nothing."""
+    prev = np.empty(len(transit))
+    prev[1:] = transit[:-1]
+    prev[spos] = last_transit
+    d = np.abs(transit - prev)
+    return _iir(np.where(np.isfinite(d), d, 0.0), st, jitter)
+
+
+def _seconds(ts: I64, st: npt.NDArray[np.bool_]) -> tuple[I64, I64, I64]:
+    """Each packet's second, and the first and last packet of each stream's seconds
+    (streams laid end to end, ``st`` marking each one's first packet)."""
+    n = len(ts)
+    sec = ts // NS
+    rs = st.copy()
+    rs[1:] |= sec[1:] != sec[:-1]
+    rpos = np.flatnonzero(rs)
+    return sec, rpos, np.append(rpos[1:], n) - 1
 
 
 def _seg_start_pos(starts: npt.NDArray[np.bool_]) -> tuple[I64, I64]:
@@ -352,18 +368,9 @@ class RtpStreams:
             transit = np.where(have, (ts - i["r0"][s_ids][srun]) / NS
                                - (rts_ext - i["s0"][s_ids][srun]) / np.where(have, clk, 1.0),
                                np.nan)
-        prev_tr = np.empty(n)
-        prev_tr[1:] = transit[:-1]
-        prev_tr[spos] = f["last_transit"][s_ids]
-        d = np.abs(transit - prev_tr)
-        d = np.where(np.isfinite(d), d, 0.0)
-        jit = _iir(d, st, f["jitter"][s_ids])
+        jit = _jitter(transit, st, spos, f["last_transit"][s_ids], f["jitter"][s_ids])
         # Per-second rows.
-        sec = ts // NS
-        rs = st.copy()
-        rs[1:] |= sec[1:] != sec[:-1]
-        rpos = np.flatnonzero(rs)
-        rend = np.append(rpos[1:], n) - 1
+        sec, rpos, rend = _seconds(ts, st)
         seconds = {
             "fid": fid[rpos], "sid": s_ids[srun[rpos]], "sec": sec[rpos],
             "pkts": np.diff(np.append(rpos, n)), "bytes": np.add.reduceat(size, rpos),
@@ -419,23 +426,19 @@ class RtpStreams:
         learnt: list[tuple[int, int]] = []
         for g, a, z in zip(todo.tolist(), bounds[0].tolist(), bounds[1].tolist(), strict=True):
             s = int(s_ids[g])
-            waiting = self.unclocked.setdefault(s, [])
-            waiting.append((ts[a:z], rts_ext[a:z]))
+            waiting = self.unclocked.setdefault(s, [])  # earlier batches' packets
             if (int(ts[z - 1]) - int(i["r0"][s])) // NS < CLOCK_SECONDS - 1:
+                waiting.append((ts[a:z], rts_ext[a:z]))
                 continue  # cannot have reached its CLOCK_SECONDS-th second yet
-            if len(waiting) > 2:  # one piece for what came before this batch
-                waiting[:-1] = [(np.concatenate([t for t, _ in waiting[:-1]]),
-                                 np.concatenate([r for _, r in waiting[:-1]]))]
-            t_all = np.concatenate([t for t, _ in waiting]) if len(waiting) > 1 else ts[a:z]
-            r_all = np.concatenate([r for _, r in waiting]) if len(waiting) > 1 else rts_ext[a:z]
-            got = _read_clock(t_all, r_all, int(i["r0"][s]))
-            if got != 0:
-                clock[g] = got
-                waiting.pop()  # this batch's packets are worked out with the rest of it
-                if got > 0 and waiting:
-                    learnt.append((s, got))
-                else:
-                    del self.unclocked[s]
+            t_all = np.concatenate([*(t for t, _ in waiting), ts[a:z]])
+            r_all = np.concatenate([*(r for _, r in waiting), rts_ext[a:z]])
+            clock[g] = got = _read_clock(t_all, r_all, int(i["r0"][s]))
+            if got == 0:
+                waiting[:] = [(t_all, r_all)]  # one piece from now on
+            elif got > 0 and waiting:  # this batch's packets are worked out with the rest
+                learnt.append((s, got))
+            else:
+                del self.unclocked[s]
         i["clock"][s_ids] = clock
         if learnt:
             self._catch_up(learnt)
@@ -466,27 +469,18 @@ class RtpStreams:
         if not parts:
             return
         i, f = self.i, self.f
-        sid = np.concatenate([np.full(sum(len(t) for t, _ in w), s, dtype=np.int64)
-                              for s, _, w in parts])
+        lengths = [sum(len(t) for t, _ in w) for _, _, w in parts]
+        sid = np.repeat(np.asarray([s for s, _, _ in parts], dtype=np.int64), lengths)
+        clk = np.repeat(np.asarray([float(c) for _, c, _ in parts]), lengths)
         ts = np.concatenate([t for _, _, w in parts for t, _ in w])
         rts_ext = np.concatenate([r for _, _, w in parts for _, r in w])
-        clk = np.concatenate([np.full(sum(len(t) for t, _ in w), float(c)) for _, c, w in parts])
         n = len(ts)
         st = np.ones(n, dtype=bool)
         st[1:] = sid[1:] != sid[:-1]
-        transit = (ts - i["r0"][sid]) / NS - (rts_ext - i["s0"][sid]) / clk
-        prev = np.empty(n)
-        prev[1:] = transit[:-1]
-        prev[st] = np.nan
-        d = np.abs(transit - prev)
-        d = np.where(np.isfinite(d), d, 0.0)
         spos = np.flatnonzero(st)
-        jit = _iir(d, st, np.zeros(len(spos)))
-        sec = ts // NS
-        rs = st.copy()
-        rs[1:] |= sec[1:] != sec[:-1]
-        rpos = np.flatnonzero(rs)
-        rend = np.append(rpos[1:], n) - 1
+        transit = (ts - i["r0"][sid]) / NS - (rts_ext - i["s0"][sid]) / clk
+        jit = _jitter(transit, st, spos, np.full(len(spos), np.nan), np.zeros(len(spos)))
+        sec, rpos, rend = _seconds(ts, st)
         # the seconds' rows, written while the clock was not known, get what they lacked
         key = sid[rpos] << 32 | sec[rpos]
         order = np.argsort(key)

@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from probe.pcapstream import PcapStream
-from probe.ring import CaptureRing, RingFile
+from probe.ring import CaptureRing, RingFile, files_spanning
 from probe.speed import end_with_parent
 
 __all__ = ["TEE_READ_BYTES", "TeeProcess", "TeeState"]
@@ -89,8 +89,7 @@ class TeeState:
     def spanning(self, first_frame: int, last_frame: int) -> list[RingFile]:
         """Closed ring files holding any frame of ``first..last``
         (:meth:`CaptureRing.spanning`)."""
-        return [f for f in self.ring_files
-                if f.first_frame <= last_frame and f.last_frame >= first_frame]
+        return files_spanning(self.ring_files, first_frame, last_frame)
 
 
 # -- requests ------------------------------------------------------------------------------
