@@ -174,7 +174,7 @@ class Classifier:
         for f in flows:
             c = first[f.uid]
             if f.proto == "udp" and (c.app is None or c.method in (
-                    Method.IP_OWNER, Method.STATS, Method.PORT)):
+                    Method.IP_OWNER, Method.STATS, Method.PORT)) and self._call_peer_known(f):
                 c2 = self._decide(f, facts[f.uid], guesses[f.uid])
                 # a call peer names the flow only where its own evidence did not already
                 # name that app (else the flow would cite itself, or a flow that cited it)
@@ -192,6 +192,13 @@ class Classifier:
         if c.app in CALL_APPS and c.category in CALL_CATEGORIES:
             self._learn_call(flow, c)
         return c
+
+    def _call_peer_known(self, flow: FlowRecord) -> bool:
+        """Whether a call flow taught an end of ``flow`` (the only way a second
+        :meth:`_decide` can name it by :attr:`Method.CALL_PEER`)."""
+        rh, rp = _remote(flow)
+        return ((rh, rp) in self._call_endpoints or _local(flow) in self._call_endpoints
+                or rh in self._call_hosts)
 
     # -- learning -----------------------------------------------------------------------
     def _learn(self, flow: FlowRecord, facts: Facts) -> None:

@@ -10,6 +10,7 @@ MOS estimate is ITU-T G.107's E-model (``policy.emodel``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -108,29 +109,33 @@ def _rtp_leg(flow: FlowRecord, s: RtpStream, out: bool, media: str | None,
              assumed_delay_ms: float) -> Leg:
     rows = s.seconds
     secs: list[tuple[float, ...]] = []
-    lost_total = max(s.lost, 0)
     mean_jitter = None
     rise = None
     plateau = False
     if len(rows):
-        max_ext = rows[:, 3]
-        prev = np.concatenate(([s.first_ext_seq - 1], np.maximum.accumulate(max_ext)[:-1]))
-        expected = np.maximum(max_ext - prev, 0)
-        lost = np.maximum(expected - rows[:, 1], 0)
-        bps = rows[:, 2] * 8.0
-        tmin_ms = rows[:, 6] * 1000.0
-        rise, plateau, _ = delay_shape(tmin_ms)
+        # Row by row over one conversion of the table: the series are a few seconds long
+        # as often as an hour, and per-row numpy calls cost more than the arithmetic.
+        prev = s.first_ext_seq - 1.0  # the highest extended sequence number before it
+        top = -math.inf
+        tmin_ms = []
+        for sec, pkts, nbytes, max_ext, _reord, jit, tmin, _tmax in rows.tolist():
+            lost = max(max(max_ext - prev, 0.0) - pkts, 0.0)
+            top = max(top, max_ext)
+            prev = top
+            ms = tmin * 1000.0
+            tmin_ms.append(ms)
+            secs.append((sec, pkts, nbytes * 8.0, lost, jit, ms))
+        if len(tmin_ms) >= 3:  # fewer seconds show no rise
+            rise, plateau, _ = delay_shape(np.array(tmin_ms))
         jit = rows[:, 5]
         if np.isfinite(jit).any():  # the mean of the measured seconds (np.nanmean's sum)
             missing = np.isnan(jit)
             mean_jitter = float(np.where(missing, 0.0, jit).sum() / (jit.size - missing.sum()))
-        # one conversion of the whole table (per-element float() of numpy scalars is slow)
-        secs = [tuple(r) for r in np.column_stack(
-            (rows[:, 0], rows[:, 1], bps, lost, rows[:, 5], tmin_ms)).astype(np.float64).tolist()]
-        mean_bps = float(bps.mean())
+        mean_bps = float(rows[:, 2].mean()) * 8.0
     else:
         span = max(s.last_ts - s.first_ts, 1e-9)
         mean_bps = s.bytes * 8 / span
+    lost_total = max(s.lost, 0)
     expected_all = s.expected
     loss = lost_total / expected_all if expected_all > 0 else None
     mos = None

@@ -329,32 +329,35 @@ class Pipeline:
 
     def _forget(self, point: float, done: set[str], final: bool) -> None:
         """Drop the written calls' flows, and judged flows older than the window."""
+        if final:  # everything is written: the window goes whole, not flow by flow
+            self._window = FlowWindow()
+            self._judged.clear()
+            self._unjudged.clear()
+            self._no_calls.clear()
+            self._judged_ends.clear()
+            self._leaving.clear()
+            self._congested.clear()
+            return
         keep_after = point - self.cfg.window_s
-        self._congested = [p for p in self._congested if final or p.last_ts >= keep_after]
-        if final:
-            gone = list(self._window)
-        else:
-            ends = self._judged_ends
-            while ends and ends[0][0] < keep_after:
-                _, uid = heapq.heappop(ends)
-                if uid in self._judged:  # not gone already
-                    self._leaving.add(uid)
-            gone = [u for u in done if u in self._window]
-            for uid in list(self._leaving):
-                if uid not in self._judged:
-                    self._leaving.discard(uid)
-                elif uid not in self._in_due:
-                    self._leaving.discard(uid)
-                    gone.append(uid)
+        self._congested = [p for p in self._congested if p.last_ts >= keep_after]
+        ends = self._judged_ends
+        while ends and ends[0][0] < keep_after:
+            _, uid = heapq.heappop(ends)
+            if uid in self._judged:  # not gone already
+                self._leaving.add(uid)
+        gone = [u for u in done if u in self._window]
+        for uid in list(self._leaving):
+            if uid not in self._judged:
+                self._leaving.discard(uid)
+            elif uid not in self._in_due:
+                self._leaving.discard(uid)
+                gone.append(uid)
         for uid in dict.fromkeys(gone):
             self._window.remove(uid)
             self._judged.discard(uid)
             self._unjudged.pop(uid, None)
         if gone:
             self._no_calls = {g for g in self._no_calls if all(u in self._window for u in g)}
-        if final:
-            self._judged_ends.clear()
-            self._leaving.clear()
 
 
 def flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:
