@@ -87,8 +87,9 @@ from api.pipeline import AnalysisResult, analysis_settings, flow_row
 from api.probe_status import ProbeState, ProbeStatus, write_probe_status
 from classifier.engine import Observation
 from classifier.payloads import meter_config
+from classifier.records import Classification
 from policy.calls import Analysis
-from policy.pipeline import Pipeline, PipelineConfig, Step
+from policy.pipeline import Pipeline, PipelineConfig, Step, with_verdict
 from policy.records import Verdict
 from policy.rules import Policy
 from probe import (
@@ -638,12 +639,17 @@ class LiveProbe:
             self.calls += 1
             kind = str(call.verdict.kind)
             self.verdicts[kind] = self.verdicts.get(kind, 0) + 1
+        # Each row is made once, for the store and the output alike.
+        flows = {f.uid: (f, c) for f, c in step.flows}
+        flows.update(step.window)  # a call's flows are stored again, carrying its uid
+        flow_rows = {u: flow_row(f, c) for u, (f, c) in flows.items()}
+        calls = [call.to_dict() for call in step.calls]
+        verdicts = {u: v.to_dict() for u, v in step.flow_verdicts.items()}
         # Stored and ledgered before it is reported: a verdict printed is one on record.
-        self._record(step)
-        rows = [{"record": "flow", **flow_row(f, c)} for f, c in step.flows]
-        rows += [{"record": "call", **call.to_dict()} for call in step.calls]
-        rows += [{"record": "flow-verdict", "uid": u, **v.to_dict()}
-                 for u, v in step.flow_verdicts.items()]
+        self._record(step, flows, flow_rows, calls, verdicts)
+        rows = [{"record": "flow", **flow_rows[f.uid]} for f, _ in step.flows]
+        rows += [{"record": "call", **d} for d in calls]
+        rows += [{"record": "flow-verdict", "uid": u, **d} for u, d in verdicts.items()]
         write_jsonl(rows, self.out)
         self.out.flush()
         if self.metrics is not None:
@@ -657,20 +663,24 @@ class LiveProbe:
                     Analysis([], step.flow_verdicts).flow_verdict_list(),
                     [f for f, _ in vf], [c for _, c in vf])
 
-    def _record(self, step: Step) -> None:
-        """Store the new flows, calls and verdicts; queue ledger entries."""
-        rows = {f.uid: (f, c) for f, c in step.flows}
-        rows.update(step.window)  # a call's flows are stored again, carrying its uid
-        by_uid = {u: f for u, (f, _) in rows.items()}
-        result = AnalysisResult([f for f, _ in rows.values()], [c for _, c in rows.values()],
-                                Analysis(step.calls, step.flow_verdicts),
-                                self._reader.status if self._reader else _no_status(),
-                                self._reader.stats if self._reader else _no_stats(),
-                                settings=self._settings)
+    def _record(self, step: Step, flows: dict[str, tuple[FlowRecord, Classification]],
+                flow_rows: dict[str, dict[str, Any]], calls: list[dict[str, Any]],
+                verdicts: dict[str, dict[str, Any]]) -> None:
+        """Store the step's flows (``flows``, their rows ``flow_rows``: read, not changed),
+        calls and verdicts (their ``to_dict()``); queue ledger entries."""
         if self._ledger is not None:
-            self._queue_ledger(result, by_uid)
+            result = AnalysisResult([f for f, _ in flows.values()],
+                                    [c for _, c in flows.values()],
+                                    Analysis(step.calls, step.flow_verdicts),
+                                    self._reader.status if self._reader else _no_status(),
+                                    self._reader.stats if self._reader else _no_stats(),
+                                    settings=self._settings)
+            self._queue_ledger(result, {u: f for u, (f, _) in flows.items()})
         if self._store is not None:  # after the ledger: the summary counts its entries
-            self._store.save_results(self._capture_id, result, self._summary())
+            own = step.flow_verdicts
+            self._store.save_rows(
+                self._capture_id, [with_verdict(dict(flow_rows[u]), own.get(u)) for u in flows],
+                calls, verdicts, self._summary())
 
     def _queue_ledger(self, result: AnalysisResult, by_uid: dict[str, FlowRecord]) -> None:
         """Queue the ledger entries of a step's verdicts and append those whose packets are

@@ -51,7 +51,7 @@ from probe.meter import NO_OPEN_FLOWS, EndStarts, MeterStats, OpenFlows
 from probe.run import Watermark
 
 __all__ = ["AnalysisResult", "Pipeline", "PipelineConfig", "Step", "analyze_flows",
-           "flow_row", "run_capture"]
+           "flow_row", "run_capture", "with_verdict"]
 
 _EPSILON_S = 1e-3
 """Margin between a flow's timeout and a grid point (float rounding of ns timestamps)."""
@@ -376,6 +376,15 @@ def flow_row(rec: FlowRecord, c: Classification) -> dict[str, Any]:
     return row
 
 
+def with_verdict(row: dict[str, Any], verdict: Verdict | None) -> dict[str, Any]:
+    """A flow's row (:func:`flow_row`) with its own verdict, if it has one: the stored
+    and ``--json`` form."""
+    if verdict is not None:
+        row["verdict"] = str(verdict.kind)
+        row["reasons"] = [str(x) for x in verdict.reasons]
+    return row
+
+
 @dataclass(slots=True)
 class AnalysisResult:
     """Everything derived from one capture."""
@@ -400,15 +409,9 @@ class AnalysisResult:
     derived again."""
 
     def flow_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for f, c in zip(self.flows, self.classes, strict=True):
-            row = flow_row(f, c)
-            v = self.analysis.flow_verdicts.get(f.uid)
-            if v is not None:
-                row["verdict"] = str(v.kind)
-                row["reasons"] = [str(x) for x in v.reasons]
-            rows.append(row)
-        return rows
+        verdicts = self.analysis.flow_verdicts
+        return [with_verdict(flow_row(f, c), verdicts.get(f.uid))
+                for f, c in zip(self.flows, self.classes, strict=True)]
 
     def to_json(self) -> dict[str, Any]:
         """The ``marsad analyze --json`` object."""
