@@ -115,6 +115,7 @@ def _rtp_leg(flow: FlowRecord, s: RtpStream, out: bool, media: str | None,
     if len(rows):
         # Row by row over one conversion of the table: the series are a few seconds long
         # as often as an hour, and per-row numpy calls cost more than the arithmetic.
+        # max_ext (from the packets' sequence numbers) is never NaN, unlike jitter and transit
         prev = s.first_ext_seq - 1.0  # the highest extended sequence number before it
         top = -math.inf
         tmin_ms = []

@@ -147,7 +147,8 @@ class Pipeline:
         return steps
 
     def finish(self) -> Step:
-        """End of input: settle, group and write everything left."""
+        """End of input: settle, group and write everything left. The pipeline takes no
+        flow after it (its clock stands at infinity and its window is gone)."""
         return self._settle(math.inf, final=True)
 
     # -- settling -------------------------------------------------------------------------
@@ -248,8 +249,8 @@ class Pipeline:
             if v is not None and uid not in self._judged:
                 step.flow_verdicts[uid] = v
             self._judge(uid)
-        step.window = {u: self._window[u] for u in
-                       done | set(step.flow_verdicts) if u in self._window}
+        step.window = {f.uid: (f, self._window.classes[f.uid]) for f in self._window.ordered(
+            u for u in done | set(step.flow_verdicts) if u in self._window)}
         self._forget(point, done, final)
         return step
 

@@ -84,12 +84,10 @@ OUTBOX_DEPTH = 3
 """Batches the reader process may have pickled and queued beyond the one being written:
 they absorb the bursts of flows ending in this process (a few MiB each)."""
 
-EOF_CHUNK = 256
-"""Flows per chunk when :meth:`FlowReader.observed` empties the table at the end of input.
-Each chunk waiting for the reader process is held here, and once more while it is sent;
-and once this process has observed its share, what it waits for is what the reader
-process still has to observe (up to :data:`SHARE_AHEAD` chunks): small chunks keep both
-short."""
+EOF_CHUNK = 1024
+"""Flows per chunk when :meth:`FlowReader.observed` empties the table at the end of input:
+each chunk waiting for the reader process is held here, and once more while it is sent,
+so the chunk is half the usual one."""
 
 FINISH_CHUNK = 2048
 """Flows per chunk when the end of input empties the table otherwise."""
