@@ -372,7 +372,7 @@ class MachineIndex:
     which addresses each link-layer address sent from, counted per flow end, so that
     what one address stands for is known without looking at every flow again."""
 
-    __slots__ = ("_ends", "_hosts", "_l2s", "_v4", "_v6")
+    __slots__ = ("_ends", "_got", "_hosts", "_l2s", "_v4", "_v6")
 
     def __init__(self) -> None:
         self._ends: dict[tuple[str, str], int] = {}
@@ -386,6 +386,9 @@ class MachineIndex:
         self._v6: dict[str, dict[bytes, int]] = {}
         """Per link-layer address, the /64 prefixes of its routable IPv6 addresses (with
         how many addresses each)."""
+        self._got: dict[str, str | None] = {}
+        """What :meth:`get` found per address, kept until a change can alter it: the
+        calls of a window ask it for the same addresses at every settle."""
 
     def add(self, flow: FlowRecord) -> None:
         self._count(flow.orig_l2_addr, flow.orig_h, 1)
@@ -407,6 +410,7 @@ class MachineIndex:
             del self._ends[key]
         if (was and now) or is_group_l2(l2):  # the same pairs; a group is no one machine
             return
+        one_before = self._one_machine(l2)
         change: Any = set.add if now else set.discard
         change(self._hosts.setdefault(l2, set()), host)
         change(self._l2s.setdefault(host, set()), l2)
@@ -422,6 +426,12 @@ class MachineIndex:
                     del v6[prefix]
             else:
                 change(self._v4.setdefault(l2, set()), host)
+        # what get() found for this address, and, if l2 stopped or started standing for
+        # one machine, for every address sent from it
+        self._got.pop(host, None)
+        if self._one_machine(l2) != one_before:
+            for h in self._hosts.get(l2, ()):
+                self._got.pop(h, None)
         for index, k in ((self._hosts, l2), (self._l2s, host), (self._v4, l2), (self._v6, l2)):
             if k in index and not index[k]:
                 del index[k]
@@ -433,12 +443,13 @@ class MachineIndex:
     def get(self, host: str, default: str | None = None) -> str | None:
         """The link-layer address standing for ``host``'s machine: the first, in sorted
         order, of those it was sent from that carried one machine's addresses."""
-        l2s = self._l2s.get(host)
-        if l2s:
-            mine = [l2 for l2 in l2s if self._one_machine(l2)]
-            if mine:
-                return min(mine)
-        return default
+        if host in self._got:
+            got = self._got[host]
+        else:
+            l2s = self._l2s.get(host)
+            mine = [l2 for l2 in l2s if self._one_machine(l2)] if l2s else None
+            got = self._got[host] = min(mine) if mine else None
+        return default if got is None else got
 
     def __bool__(self) -> bool:
         return any(self._one_machine(l2) for l2 in self._hosts)

@@ -125,6 +125,56 @@ def test_machine_index_follows_flows_leaving() -> None:
     assert index.as_dict()  # the bundled captures carry hosts' own link-layer addresses
 
 
+def test_machine_index_answers_stay_current_while_asked_between_changes() -> None:
+    """``get`` keeps its answers between changes; every join and departure that can alter
+    one (an address's own link-layer addresses, or one of them coming to stand, or no
+    longer standing, for one machine) must drop it: asked after each step, the index
+    answers as one built afresh from the flows it holds."""
+    flows, _ = _pool()
+    order = list(flows)
+    random.Random(7).shuffle(order)
+    hosts = sorted({h for f in flows for h in (f.orig_h, f.resp_h)})
+    index = MachineIndex()
+    held: list[FlowRecord] = []
+    steps = [order[i:i + max(1, len(order) // 12)] for i in range(0, len(order),
+                                                                  max(1, len(order) // 12))]
+    for step in steps:
+        for f in step:
+            index.add(f)
+        held += step
+        assert {h: g for h in hosts if (g := index.get(h)) is not None} == machines(held)
+    for step in steps[::2]:
+        for f in step:
+            index.remove(f)
+        gone = {f.uid for f in step}
+        held = [f for f in held if f.uid not in gone]
+        assert {h: g for h in hosts if (g := index.get(h)) is not None} == machines(held)
+
+
+def test_machine_index_forgets_an_answer_when_a_link_layer_address_stops_being_one_machine(
+        ) -> None:
+    """A link-layer address that sends from a second IPv4 address is a router, no longer
+    one machine: an address already answered by it is answered afresh (and again once the
+    second address has gone)."""
+    base = _pool()[0][0]
+    mac = "02:00:5e:10:00:01"
+
+    def flow(uid: str, host: str) -> FlowRecord:
+        return replace(base, uid=uid, orig_h=host, resp_h="198.51.100.7", orig_l2_addr=mac,
+                       resp_l2_addr="02:00:5e:10:00:02")
+
+    index = MachineIndex()
+    a, b = flow("a", "192.0.2.10"), flow("b", "192.0.2.11")
+    index.add(a)
+    assert index.get("192.0.2.10") == mac
+    index.add(b)
+    assert index.get("192.0.2.10") is None and index.get("192.0.2.11") is None
+    index.remove(b)
+    assert index.get("192.0.2.10") == mac
+    index.remove(a)
+    assert index.get("192.0.2.10") is None
+
+
 def test_group_link_layer_addresses() -> None:
     assert is_group_l2("01:00:5e:00:00:fb") and is_group_l2("ff:ff:ff:ff:ff:ff")
     assert is_group_l2("33:33:00:00:00:01")
