@@ -118,16 +118,13 @@ def _rtp_leg(flow: FlowRecord, s: RtpStream, out: bool, media: str | None,
         # max_ext (from the packets' sequence numbers) is never NaN, unlike jitter and transit
         prev = s.first_ext_seq - 1.0  # the highest extended sequence number before it
         top = -math.inf
-        tmin_ms = []
-        for sec, pkts, nbytes, max_ext, _reord, jit, tmin, _tmax in rows.tolist():
+        for sec, pkts, nbytes, max_ext, _reord, jitter, tmin, _tmax in rows.tolist():
             lost = max(max(max_ext - prev, 0.0) - pkts, 0.0)
             top = max(top, max_ext)
             prev = top
-            ms = tmin * 1000.0
-            tmin_ms.append(ms)
-            secs.append((sec, pkts, nbytes * 8.0, lost, jit, ms))
-        if len(tmin_ms) >= 3:  # fewer seconds show no rise
-            rise, plateau, _ = delay_shape(np.array(tmin_ms))
+            secs.append((sec, pkts, nbytes * 8.0, lost, jitter, tmin * 1000.0))
+        if len(rows) >= 3:  # fewer seconds show no rise
+            rise, plateau, _ = delay_shape(rows[:, 6] * 1000.0)
         jit = rows[:, 5]
         if np.isfinite(jit).any():  # the mean of the measured seconds (np.nanmean's sum)
             missing = np.isnan(jit)
