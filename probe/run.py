@@ -84,10 +84,11 @@ OUTBOX_DEPTH = 3
 """Batches the reader process may have pickled and queued beyond the one being written:
 they absorb the bursts of flows ending in this process (a few MiB each)."""
 
-EOF_CHUNK = 1024
+EOF_CHUNK = 256
 """Flows per chunk when :meth:`FlowReader.observed` empties the table at the end of input:
 each chunk waiting for the reader process is held here, and once more while it is sent,
-so the chunk is half the usual one."""
+so the chunk is small; and small chunks let both processes run out of flows at about the
+same time."""
 
 FINISH_CHUNK = 2048
 """Flows per chunk when the end of input empties the table otherwise."""
@@ -440,8 +441,9 @@ class FlowReader:
         input it has none), observes part of the flows: each chunk of finished flows goes
         to it while fewer than :data:`SHARE_AHEAD` chunks are waiting there (before the
         end of input, only when it is well ahead: it had another batch queued in front of
-        the one that ended them), and is observed here otherwise. Flows come out in the
-        same order either way.
+        the one that ended them; after it, only while the flows waiting there are no more
+        than those still in the table), and is observed here otherwise. Flows come out in
+        the same order either way.
 
         After the flows each batch ended comes a :class:`Watermark`: every flow whose
         timeout (:meth:`~probe.meter.MeterConfig.timeout_s`) had run out by its time has
@@ -460,14 +462,29 @@ class FlowReader:
                        ] = deque()
         seq = 0
 
+        left: int | None = None
+        """After the end of input, the flows still in the table that no chunk has taken."""
+
+        def share(n: int, eof: bool) -> bool:
+            """Whether the reader process is to observe the next ``n`` flows."""
+            nonlocal left
+            if not eof:
+                # Only while the reader is well ahead (it had queued another batch in
+                # front of the one just taken): observing then costs it nothing this
+                # process waits for.
+                return proc.outstanding < SHARE_AHEAD and proc.ahead > 0
+            # The end of input: the flows waiting there must not outlast what is left to
+            # do here, or this process ends up waiting for them.
+            if left is None:
+                left = self.meter.active_flows()
+            left -= n
+            return proc.outstanding < SHARE_AHEAD and proc.outstanding_flows + n <= left
+
         def take(ended: list[Ended], eof: bool) -> None:
             nonlocal seq
             for e in ended:
                 seq += 1
-                # Before the end of input, only while the reader is well ahead (it had
-                # queued another batch in front of the one just taken): observing then
-                # costs it nothing this process waits for.
-                if proc.outstanding < SHARE_AHEAD and (eof or proc.ahead > 0):
+                if share(len(e.reasons), eof):
                     proc.request(seq, e)
                     pending.append((seq, e, None))
                 else:
@@ -553,6 +570,10 @@ class _ReaderProcess:
         """Observations received, by request number."""
         self.outstanding = 0
         """Requests sent and not answered yet."""
+        self.outstanding_flows = 0
+        """The flows of those requests."""
+        self._asked: dict[int, int] = {}
+        """The number of flows of each request not answered yet."""
         self.ahead = 0
         """Batches the reader process had queued, not yet written, in front of the last
         message when it queued that one (none in front of an answer): how far it is ahead
@@ -583,6 +604,8 @@ class _ReaderProcess:
         """Have the reader process observe these flows; the answer comes as
         ``results[seq]``, in the order asked."""
         self.outstanding += 1
+        self.outstanding_flows += len(ended.reasons)
+        self._asked[seq] = len(ended.reasons)
         self._queue.put(Observe(seq, ended))
 
     def poll(self) -> bool:
@@ -601,6 +624,7 @@ class _ReaderProcess:
         if isinstance(msg, Observed):
             self.results[msg.seq] = msg.observations
             self.outstanding -= 1
+            self.outstanding_flows -= self._asked.pop(msg.seq)
         elif isinstance(msg, CaptureFailed):
             raise msg.error()
         elif isinstance(msg, ReaderFailed):

@@ -49,9 +49,12 @@ def test_same_pairs_in_the_same_order_with_one_or_two_processes(name: str) -> No
     assert [ob for _, ob in one] == [_digest(r) for r in FlowReader(path, workers=1)]
 
 
-def test_the_reader_process_takes_a_share_and_order_holds() -> None:
-    """Small batches: many chunks end before and at the end of input; some are observed
-    in the reader process, the rest here, and the flows still come out in order."""
+def test_the_reader_process_takes_a_share_and_order_holds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches and chunks: many chunks end before and at the end of input; some are
+    observed in the reader process, the rest here, and the flows still come out in order."""
+    import probe.run as run
+    monkeypatch.setattr(run, "EOF_CHUNK", 2)
     path = CAPTURES / "sample-call.pcap"
     cfg = MeterConfig(chunk_size=4096)
     want = [_digest(r) for r in FlowReader(path, cfg, workers=1)]
@@ -189,9 +192,12 @@ def test_the_reader_outbox_keeps_order_and_stops_on_a_closed_pipe() -> None:
     out.close()
 
 
-def test_a_reader_started_early_takes_its_observer_later() -> None:
+def test_a_reader_started_early_takes_its_observer_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """start() forks the reader process before the observer exists (the CLI loads the
     classifier meanwhile); observed() then sends it the observer, pickled."""
+    import probe.run as run
+    monkeypatch.setattr(run, "EOF_CHUNK", 2)
     path = CAPTURES / "sample-call.pcap"
     cfg = MeterConfig(chunk_size=4096)
     want = [_digest(r) for r in FlowReader(path, cfg, workers=1)]
@@ -226,3 +232,49 @@ def test_starting_a_reader_on_a_stream_does_nothing() -> None:
         assert reader._started is None  # a pipe is read in this process only
         got = [rec.uid for rec, _ in reader.observed(_digest)]
     assert got and got == [rec.uid for rec in FlowReader(cap, workers=1)]
+
+
+@pytest.fixture(scope="module")
+def many_flows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few hundred flows, most of them still open at the end of input."""
+    out = tmp_path_factory.mktemp("eof") / "calls.pcap"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gen_capture.py"), "--profile", "calls",
+                    "--packets", "20000", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    return out
+
+
+def test_at_the_end_of_input_the_reader_holds_no_more_than_is_left_here(
+        many_flows: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emptying the table, this process hands chunks to the reader process only while the
+    flows waiting there are no more than those it still has to take itself, so that it does
+    not end up waiting for them: the last chunk is observed here."""
+    import probe.run as run
+    monkeypatch.setattr(run, "EOF_CHUNK", 16)
+    left = [0]
+    gathered = run.FlowMeter.finish_gathered
+
+    def counting(meter: FlowMeter, chunk: int):  # type: ignore[no-untyped-def]
+        left[0] = meter.active_flows()
+        for e in gathered(meter, chunk):
+            left[0] -= len(e.reasons)
+            yield e
+
+    asked: list[tuple[int, int]] = []
+    request = run._ReaderProcess.request
+
+    def recording(proc: run._ReaderProcess, seq: int, ended: run.Ended) -> None:
+        request(proc, seq, ended)
+        if ended.reasons[0] == "eof":
+            asked.append((proc.outstanding_flows, left[0]))
+
+    monkeypatch.setattr(run.FlowMeter, "finish_gathered", counting)
+    monkeypatch.setattr(run._ReaderProcess, "request", recording)
+    want = [_digest(r) for r in FlowReader(many_flows, workers=1)]
+    pairs = list(FlowReader(many_flows, workers=2).observed(_where))
+    assert [ob for _, (ob, _) in pairs] == want
+    eof = [pid for r, (_, pid) in pairs if r.end_reason == "eof"]
+    assert len(eof) > 100
+    assert asked, "the reader process observed nothing at the end of input"
+    assert all(waiting <= still for waiting, still in asked), asked[-8:]
+    assert eof[-16:] == [os.getpid()] * 16
