@@ -63,6 +63,7 @@ from probe.records import (
     Weird,
     conn_row,
     new_record,
+    no_offsets,
 )
 from probe.rtpstate import RtpStreams, StreamState
 from probe.sources import MAX_DECOMPRESSED, RawBatch
@@ -1210,8 +1211,6 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     n = len(e)
     pay_a, pay_z = (pc.a.tolist(), pc.z.tolist()) if pc is not None else ([0] * n, [0] * n)
     pool = b"" if light or pc is None else pc.pool
-    if pc is not None:  # light: one column of zeros is every sample's offset and length
-        p_off = np.zeros(len(pc.length), np.int64) if light else pc.off
     out = []
     for j, ident, (rtp_series, rtp_streams), ic, w in _each_flow(e, plain):
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = ident
@@ -1227,9 +1226,9 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
         if pc is None or pa == pz:
             payloads = _NO_PAYLOADS
         else:
-            off = p_off[pa:pz]
             payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz], pc.direction[pa:pz],
-                                      off, off if light else pc.length[pa:pz])
+                                      *((no_offsets(pz - pa),) * 2 if light
+                                        else (pc.off[pa:pz], pc.length[pa:pz])))
         n_pk, n_pay, n_wire, fl, rt, ms = pkts[j], pay[j], wire[j], flags[j], retr[j], missed[j]
         out.append(new_record(  # FlowRecord's fields, in order
             uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,

@@ -9,6 +9,7 @@ record as compact arrays so nobody has to keep every packet.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -125,6 +126,16 @@ def _as_list(column: Column) -> list[Any]:
     return column.tolist() if isinstance(column, np.ndarray) else list(column)
 
 
+@functools.lru_cache(maxsize=256)
+def no_offsets(n: int) -> npt.NDArray[np.int64]:
+    """``n`` zeros, read-only and shared: the offsets and lengths of ``n`` samples whose
+    bytes were dropped (one array for every light flow with as many samples, not one
+    each)."""
+    zeros = np.zeros(n, np.int64)
+    zeros.flags.writeable = False
+    return zeros
+
+
 class PayloadSamples(Sequence[PayloadSample]):
     """A flow's payload samples: columns over one byte pool, items made on demand.
 
@@ -154,7 +165,7 @@ class PayloadSamples(Sequence[PayloadSample]):
 
     def without_data(self) -> PayloadSamples:
         """The same samples (frames, times, directions) with empty payload bytes."""
-        zeros = np.zeros(len(self._frame), np.int64)
+        zeros = no_offsets(len(self._frame))
         return PayloadSamples(b"", self._frame, self._ts, self._dir, zeros, zeros)
 
     def _item(self, i: int) -> PayloadSample:

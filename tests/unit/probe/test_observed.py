@@ -278,3 +278,28 @@ def test_at_the_end_of_input_the_reader_holds_no_more_than_is_left_here(
     assert asked, "the reader process observed nothing at the end of input"
     assert all(waiting <= still for waiting, still in asked), asked[-8:]
     assert eof[-16:] == [os.getpid()] * 16
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_light_samples_share_one_read_only_column_of_zeros(light: bool) -> None:
+    """A light flow's samples keep their frames, times and directions; their offsets and
+    lengths (all zero) are one shared array per number of samples, not one per flow."""
+    from probe.records import no_offsets
+    path = CAPTURES / "sample-call.pcap"
+    if light:
+        meter = FlowMeter()
+        reader = FlowReader(path, workers=1)
+        ended = [e for m in reader._inline() if isinstance(m, Batch)
+                 for e in meter.apply_gathered(m.prepared)]
+        ended += list(meter.finish_gathered())
+        recs = [r for e in ended for r in build_records(e, light=True)]
+    else:
+        recs = [r.lightened() for r in FlowReader(path, workers=1)]
+    sampled = [r for r in recs if len(r.payloads)]
+    assert len(sampled) > 3
+    for r in sampled:
+        pay = r.payloads
+        assert isinstance(pay, PayloadSamples) and not pay.has_data
+        zeros = no_offsets(len(pay))
+        assert pay._off is zeros and pay._len is zeros and not zeros.flags.writeable
+        assert not zeros.any()
