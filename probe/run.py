@@ -441,8 +441,9 @@ class FlowReader:
         input it has none), observes part of the flows: each chunk of finished flows goes
         to it while fewer than :data:`SHARE_AHEAD` chunks are waiting there (before the
         end of input, only when it is well ahead: it had another batch queued in front of
-        the one that ended them; after it, only while the flows waiting there are no more
-        than those still in the table), and is observed here otherwise. Flows come out in
+        the one that ended them; after it, only while the flows waiting there, the chunk's
+        with them, are no more than those still in the table), and is observed here
+        otherwise. Flows come out in
         the same order either way.
 
         After the flows each batch ended comes a :class:`Watermark`: every flow whose
@@ -462,23 +463,18 @@ class FlowReader:
                        ] = deque()
         seq = 0
 
-        left: int | None = None
-        """After the end of input, the flows still in the table that no chunk has taken."""
-
         def share(n: int, eof: bool) -> bool:
             """Whether the reader process is to observe the next ``n`` flows."""
-            nonlocal left
             if not eof:
                 # Only while the reader is well ahead (it had queued another batch in
                 # front of the one just taken): observing then costs it nothing this
                 # process waits for.
                 return proc.outstanding < SHARE_AHEAD and proc.ahead > 0
-            # The end of input: the flows waiting there must not outlast what is left to
-            # do here, or this process ends up waiting for them.
-            if left is None:
-                left = self.meter.active_flows()
-            left -= n
-            return proc.outstanding < SHARE_AHEAD and proc.outstanding_flows + n <= left
+            # The end of input: the flows waiting there must not outlast those still in
+            # the table (each chunk leaves it as it is gathered), or this process ends up
+            # waiting for them.
+            return (proc.outstanding < SHARE_AHEAD
+                    and proc.outstanding_flows + n <= self.meter.active_flows())
 
         def take(ended: list[Ended], eof: bool) -> None:
             nonlocal seq

@@ -246,38 +246,47 @@ def many_flows(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_at_the_end_of_input_the_reader_holds_no_more_than_is_left_here(
         many_flows: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Emptying the table, this process hands chunks to the reader process only while the
-    flows waiting there are no more than those it still has to take itself, so that it does
-    not end up waiting for them: the last chunk is observed here."""
+    """Emptying the table, this process hands a chunk to the reader process only while the
+    flows waiting there, the chunk's with them, are no more than those still in the table,
+    so that it does not end up waiting for them: the last chunks are observed here.
+
+    One batch (nothing is shared before the end of input) and a reader process that answers
+    nothing until every chunk has been taken make the share exact: each chunk goes to it
+    exactly when the flows already sent, plus its own, fit in what is left after it."""
     import probe.run as run
-    monkeypatch.setattr(run, "EOF_CHUNK", 16)
-    left = [0]
+    chunk = 16
+    monkeypatch.setattr(run, "EOF_CHUNK", chunk)
+    monkeypatch.setattr(run, "SHARE_AHEAD", 10_000)
+    taken = multiprocessing.get_context("fork").Event()
+    here = os.getpid()
+    sizes: list[tuple[int, int]] = []  # (flows of each chunk, flows still in the table after it)
     gathered = run.FlowMeter.finish_gathered
 
-    def counting(meter: FlowMeter, chunk: int):  # type: ignore[no-untyped-def]
-        left[0] = meter.active_flows()
-        for e in gathered(meter, chunk):
-            left[0] -= len(e.reasons)
+    def counting(meter: FlowMeter, n: int):  # type: ignore[no-untyped-def]
+        for e in gathered(meter, n):
+            sizes.append((len(e.reasons), meter.active_flows()))
             yield e
+        taken.set()
 
-    asked: list[tuple[int, int]] = []
-    request = run._ReaderProcess.request
+    def observe(rec: FlowRecord) -> tuple[tuple[str, int, str, int], int]:
+        if os.getpid() != here and rec.end_reason == "eof":
+            assert taken.wait(60)
+        return _where(rec)
 
-    def recording(proc: run._ReaderProcess, seq: int, ended: run.Ended) -> None:
-        request(proc, seq, ended)
-        if ended.reasons[0] == "eof":
-            asked.append((proc.outstanding_flows, left[0]))
-
+    cfg = MeterConfig(chunk_size=64 << 20)
+    want = [_digest(r) for r in FlowReader(many_flows, cfg, workers=1)]
     monkeypatch.setattr(run.FlowMeter, "finish_gathered", counting)
-    monkeypatch.setattr(run._ReaderProcess, "request", recording)
-    want = [_digest(r) for r in FlowReader(many_flows, workers=1)]
-    pairs = list(FlowReader(many_flows, workers=2).observed(_where))
+    pairs = list(FlowReader(many_flows, cfg, workers=2).observed(observe))
     assert [ob for _, (ob, _) in pairs] == want
-    eof = [pid for r, (_, pid) in pairs if r.end_reason == "eof"]
-    assert len(eof) > 100
-    assert asked, "the reader process observed nothing at the end of input"
-    assert all(waiting <= still for waiting, still in asked), asked[-8:]
-    assert eof[-16:] == [os.getpid()] * 16
+    eof = [pid != here for r, (_, pid) in pairs if r.end_reason == "eof"]
+    assert len(eof) > 100 and len(sizes) > 8
+    expect, sent = [], 0
+    for n, still in sizes:
+        share = sent + n <= still
+        sent += n if share else 0
+        expect += [share] * n
+    assert eof == expect
+    assert any(eof) and not any(eof[-2 * chunk:])
 
 
 @pytest.mark.parametrize("light", [False, True])
