@@ -638,9 +638,21 @@ class FlowMeter:
         if len(p.pay_pos):
             pp = p.pay_pos
             ps, pside = slot_s[pp], side_s[pp]
-            flow_rank = p.pay_rank + t.n_pay[ps, pside]
-            keep = (flow_rank < cfg.payload_samples) | (
-                p.pay_signal & (t.n_pay[ps, pside] < cfg.payload_samples + cfg.signal_samples))
+            had = t.n_pay[ps, pside]
+            flow_rank = p.pay_rank + had
+            keep = flow_rank < cfg.payload_samples
+            extra = np.flatnonzero(p.pay_signal & ~keep)
+            if len(extra):
+                # Signalling beyond a flow's first samples, while it has room: every one of
+                # its first samples comes before them in the batch, and so does each of
+                # them kept already, in its flow's and direction's order.
+                g = ps[extra] * 2 + pside[extra]
+                o = np.argsort(g, kind="stable")
+                nth = np.empty(len(extra), np.int64)
+                nth[o] = seg_rank(g[o])
+                room = cfg.payload_samples + cfg.signal_samples - np.maximum(
+                    had[extra], cfg.payload_samples)
+                keep[extra] = nth < room
             if keep.any():
                 kk = np.flatnonzero(keep)
                 np.add.at(t.n_pay, (ps[kk], pside[kk]), 1)

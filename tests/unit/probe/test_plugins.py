@@ -45,6 +45,22 @@ def test_whole_payloads_only_where_declared(tmp_path: Path) -> None:
     assert all(len(p.data) == len(messages[0]) for p in sip.payloads)
 
 
+def test_whole_payloads_stop_at_the_cap_within_one_batch(tmp_path: Path) -> None:
+    """Payloads kept whole beyond a flow's first samples stop at ``signal_samples`` more,
+    however many of them one batch holds, and whatever the other payloads between them."""
+    cfg = MeterConfig()
+    cap = cfg.payload_samples + cfg.signal_samples
+    sip = PayloadPolicy(keep_whole=(Prefix.of("sip", b"OPTI"),))
+    messages = [b"OPTIONS sip:a@b SIP/2.0\r\n" + i.to_bytes(2, "big") * 100 for i in range(300)]
+    flow = _flow(tmp_path, messages, sip)
+    assert [p.data for p in flow.payloads] == messages[:cap]
+    mixed = [b"X" * 50] * 3 + [m if i % 3 else b"Y" * 60 for i, m in enumerate(messages)]
+    flow = _flow(tmp_path, mixed, sip)
+    first = mixed[:cfg.payload_samples]
+    later = [m for m in mixed[cfg.payload_samples:] if m.startswith(b"OPTI")]
+    assert [p.data for p in flow.payloads] == first + later[:cap - len(first)]
+
+
 def _rtp(seq: int) -> bytes:
     return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x5151) + b"\xd5" * 160
 
