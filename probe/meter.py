@@ -1238,9 +1238,12 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
         if pc is None or pa == pz:
             payloads = _NO_PAYLOADS
         else:
+            if light:  # no bytes: every light flow with as many samples shares its zeros
+                off = length = no_offsets(pz - pa)
+            else:
+                off, length = pc.off[pa:pz], pc.length[pa:pz]
             payloads = PayloadSamples(pool, pc.frame[pa:pz], pc.ts[pa:pz], pc.direction[pa:pz],
-                                      *((no_offsets(pz - pa),) * 2 if light
-                                        else (pc.off[pa:pz], pc.length[pa:pz])))
+                                      off, length)
         n_pk, n_pay, n_wire, fl, rt, ms = pkts[j], pay[j], wire[j], flags[j], retr[j], missed[j]
         out.append(new_record(  # FlowRecord's fields, in order
             uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,

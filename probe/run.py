@@ -443,8 +443,7 @@ class FlowReader:
         end of input, only when it is well ahead: it had another batch queued in front of
         the one that ended them; after it, only while the flows waiting there, the chunk's
         with them, are no more than those still in the table), and is observed here
-        otherwise. Flows come out in
-        the same order either way.
+        otherwise. Flows come out in the same order either way.
 
         After the flows each batch ended comes a :class:`Watermark`: every flow whose
         timeout (:meth:`~probe.meter.MeterConfig.timeout_s`) had run out by its time has
@@ -480,7 +479,7 @@ class FlowReader:
             nonlocal seq
             for e in ended:
                 seq += 1
-                if share(len(e.reasons), eof):
+                if share(len(e), eof):
                     proc.request(seq, e)
                     pending.append((seq, e, None))
                 else:
@@ -564,12 +563,8 @@ class _ReaderProcess:
         self.source = reader._src.status.source
         self.results: dict[int, list[Any]] = {}
         """Observations received, by request number."""
-        self.outstanding = 0
-        """Requests sent and not answered yet."""
-        self.outstanding_flows = 0
-        """The flows of those requests."""
         self._asked: dict[int, int] = {}
-        """The number of flows of each request not answered yet."""
+        """The requests sent and not answered yet: how many flows each, by number."""
         self.ahead = 0
         """Batches the reader process had queued, not yet written, in front of the last
         message when it queued that one (none in front of an answer): how far it is ahead
@@ -599,10 +594,18 @@ class _ReaderProcess:
     def request(self, seq: int, ended: Ended) -> None:
         """Have the reader process observe these flows; the answer comes as
         ``results[seq]``, in the order asked."""
-        self.outstanding += 1
-        self.outstanding_flows += len(ended.reasons)
-        self._asked[seq] = len(ended.reasons)
+        self._asked[seq] = len(ended)
         self._queue.put(Observe(seq, ended))
+
+    @property
+    def outstanding(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._asked)
+
+    @property
+    def outstanding_flows(self) -> int:
+        """The flows of those requests."""
+        return sum(self._asked.values())
 
     def poll(self) -> bool:
         """Whether a message is waiting."""
@@ -619,8 +622,7 @@ class _ReaderProcess:
         self.ahead = msg.queued if isinstance(msg, Batch) else 0
         if isinstance(msg, Observed):
             self.results[msg.seq] = msg.observations
-            self.outstanding -= 1
-            self.outstanding_flows -= self._asked.pop(msg.seq)
+            del self._asked[msg.seq]
         elif isinstance(msg, CaptureFailed):
             raise msg.error()
         elif isinstance(msg, ReaderFailed):

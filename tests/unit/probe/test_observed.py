@@ -264,7 +264,7 @@ def test_at_the_end_of_input_the_reader_holds_no_more_than_is_left_here(
 
     def counting(meter: FlowMeter, n: int):  # type: ignore[no-untyped-def]
         for e in gathered(meter, n):
-            sizes.append((len(e.reasons), meter.active_flows()))
+            sizes.append((len(e), meter.active_flows()))
             yield e
         taken.set()
 
