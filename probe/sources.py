@@ -31,8 +31,10 @@ import os
 import select
 import struct
 import sys
+import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -476,6 +478,107 @@ PIPE_GAP_S = 0.05
 """How long reading a pipe waits for more input before a batch is handed on."""
 PIPE_BATCH_S = 0.25
 """The longest a batch read from a pipe gathers input after its first bytes."""
+READ_AHEAD_PIECE = 1 << 20
+"""The most one read of a pipe takes (a pipe the probe widens holds as much)."""
+READ_AHEAD_BYTES = 16 << 20
+"""How much of a pipe may wait, read ahead, for the batch that takes it: one batch of the
+default ``chunk_size``."""
+
+
+class _ReadAhead:
+    """Reads a pipe in a thread of its own, up to :data:`READ_AHEAD_BYTES` ahead of the
+    batches that take it, so that whoever writes the pipe goes on while a batch is being
+    decoded instead of waiting for the pipe to be drained (a pipe holds 1 MiB at most; a
+    batch is 16). The thread reads a duplicate of ``fd``, closed when it ends: at the end
+    of the input, at an error (raised by the :meth:`read` that reaches it), or once
+    :meth:`close` is called and its read in flight comes back."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
+        self._pieces: deque[bytes | OSError] = deque()
+        """What was read and not taken yet; b"" for the end of the input."""
+        self._held = 0
+        """Bytes in ``_pieces``."""
+        self._cond = threading.Condition()
+        self._left = b""
+        self._error: OSError | None = None
+        self._ended = False
+        self._closed = False
+        threading.Thread(target=self._run, name="marsad-read-ahead", daemon=True).start()
+
+    def _run(self) -> None:
+        cond = self._cond
+        try:
+            while True:
+                with cond:
+                    while self._held >= READ_AHEAD_BYTES and not self._closed:
+                        cond.wait()
+                    if self._closed:
+                        return
+                try:
+                    data: bytes | OSError = os.read(self._fd, READ_AHEAD_PIECE)
+                except OSError as exc:
+                    data = exc
+                with cond:
+                    self._pieces.append(data)
+                    if isinstance(data, bytes):
+                        self._held += len(data)
+                    cond.notify_all()
+                if not data or isinstance(data, OSError):
+                    return
+        finally:
+            os.close(self._fd)
+            with cond:  # closed, the input ends where it was read to
+                self._pieces.append(b"")
+                cond.notify_all()
+
+    def _take(self, timeout: float | None) -> bytes | OSError | None:
+        """The next piece read, waiting at most ``timeout`` (None: as long as it takes)."""
+        with self._cond:
+            if not self._pieces and not self._cond.wait_for(lambda: self._pieces, timeout):
+                return None
+            item = self._pieces.popleft()
+            if isinstance(item, bytes):
+                self._held -= len(item)
+            self._cond.notify_all()
+            return item
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes, as :meth:`_Input.read` takes them from a pipe: what arrives
+        while more keeps coming (each wait for more at most :data:`PIPE_GAP_S`) until
+        :data:`PIPE_BATCH_S` after the first bytes; b"" at the end of the input."""
+        parts = [self._left] if self._left else []
+        got = len(self._left)
+        deadline = 0.0
+        while got < n and not self._ended and self._error is None:
+            timeout = None
+            if parts:
+                now = time.monotonic()
+                deadline = deadline or now + PIPE_BATCH_S
+                timeout = min(PIPE_GAP_S, deadline - now)
+                if timeout <= 0:
+                    break
+            item = self._take(timeout)
+            if item is None:
+                break
+            if isinstance(item, OSError):
+                self._error = item
+            elif not item:
+                self._ended = True
+            else:
+                parts.append(item)
+                got += len(item)
+        out = b"".join(parts)
+        self._left = out[n:]
+        if not out and self._error is not None:
+            raise self._error
+        return out[:n] if len(out) > n else out
+
+    def close(self) -> None:
+        """Read no more (a read in flight completes and is dropped)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 class _Input:
@@ -501,6 +604,7 @@ class _Input:
         except (OSError, AttributeError, io.UnsupportedOperation):
             self._fd = None
             self._is_pipe = False
+        self._ahead: _ReadAhead | None = None
 
     def _peek_raw(self, n: int) -> bytes:
         peek = getattr(self._raw, "peek", None)
@@ -531,6 +635,19 @@ class _Input:
             got += n
         return got
 
+    def read_ahead(self) -> None:
+        """From now on, read an uncompressed pipe ahead, in a thread of this process
+        (:class:`_ReadAhead`). Called by the process that reads the batches, once it
+        reads them: never before a fork, whose child would have the queue without the
+        thread."""
+        if self._ahead is None and self._is_pipe and not self.compressed \
+                and self._fd is not None:
+            self._ahead = _ReadAhead(self._fd)
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; on a pipe, returns early with what is available."""
         if not self.compressed:
@@ -553,6 +670,8 @@ class _Input:
         writer fills whole batches while a quiet link's packets are not held back long."""
         if not self._is_pipe:
             return self._stream.read(n)
+        if self._ahead is not None:
+            return self._ahead.read(n)
         out = bytearray()
         read1 = getattr(self._stream, "read1", self._stream.read)
         deadline = 0.0
@@ -617,6 +736,7 @@ class CaptureSource:
         self._detect()
 
     def close(self) -> None:
+        self._in.close()
         if self._owned is not None:
             self._owned.close()
             self._owned = None
@@ -660,7 +780,9 @@ class CaptureSource:
 
     # -- iteration -----------------------------------------------------------
     def batches(self) -> Iterator[RawBatch]:
-        """Yield batches until the end of input or the first damage."""
+        """Yield batches until the end of input or the first damage. A pipe is read ahead
+        from here on (:meth:`_Input.read_ahead`), in the process that takes the batches."""
+        self._in.read_ahead()
         try:
             if self._kind == "pcap":
                 yield from self._pcap_batches()
