@@ -543,10 +543,11 @@ class _ReadAhead:
             self._cond.notify_all()
             return item
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int, after: bytes | bytearray | memoryview = b"") -> bytes:
         """Up to ``n`` bytes, as :meth:`_Input.read` takes them from a pipe: what arrives
         while more keeps coming (each wait for more at most :data:`PIPE_GAP_S`) until
-        :data:`PIPE_BATCH_S` after the first bytes; b"" at the end of the input."""
+        :data:`PIPE_BATCH_S` after the first bytes; b"" at the end of the input. They
+        come ``after`` the bytes given, joined to them in the one copy."""
         parts = [self._left] if self._left else []
         got = len(self._left)
         deadline = 0.0
@@ -568,11 +569,15 @@ class _ReadAhead:
             else:
                 parts.append(item)
                 got += len(item)
-        out = b"".join(parts)
-        self._left = out[n:]
-        if not out and self._error is not None:
+        if got > n:  # the last piece goes past n: its rest is read next
+            last = parts[-1]
+            cut = len(last) - (got - n)
+            parts[-1], self._left = last[:cut], last[cut:]
+        else:
+            self._left = b""
+        if not got and self._error is not None:
             raise self._error
-        return out[:n] if len(out) > n else out
+        return b"".join([after, *parts]) if after else b"".join(parts)
 
     def close(self) -> None:
         """Read no more (a read in flight completes and is dropped)."""
@@ -648,21 +653,26 @@ class _Input:
         if self._ahead is not None:
             self._ahead.close()
 
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes; on a pipe, returns early with what is available."""
+    def read(self, n: int, after: bytes | bytearray | memoryview = b"") -> bytes:
+        """Up to ``n`` bytes; on a pipe, returns early with what is available. They come
+        ``after`` the bytes given (what is left of the last chunk), joined to them in one
+        copy."""
+        if self._ahead is not None:
+            return self._ahead.read(n, after)
         if not self.compressed:
-            return self._read(n)
-        if self.over:
-            return b""
-        # One byte past the bound tells a capture that ends exactly there from one that
-        # goes on; no more than that is ever decompressed.
-        room = self.max_decompressed - self.inflated
-        data = self._read(min(n, room + 1))
-        if len(data) > room:
-            self.over = True
-            data = data[:room]
-        self.inflated += len(data)
-        return data
+            data = self._read(n)
+        elif self.over:
+            data = b""
+        else:
+            # One byte past the bound tells a capture that ends exactly there from one
+            # that goes on; no more than that is ever decompressed.
+            room = self.max_decompressed - self.inflated
+            data = self._read(min(n, room + 1))
+            if len(data) > room:
+                self.over = True
+                data = data[:room]
+            self.inflated += len(data)
+        return b"".join((after, data)) if after else data
 
     def _read(self, n: int) -> bytes:
         """Up to ``n`` bytes. On a pipe: what arrives while more keeps coming (each wait for
@@ -670,8 +680,6 @@ class _Input:
         writer fills whole batches while a quiet link's packets are not held back long."""
         if not self._is_pipe:
             return self._stream.read(n)
-        if self._ahead is not None:
-            return self._ahead.read(n)
         out = bytearray()
         read1 = getattr(self._stream, "read1", self._stream.read)
         deadline = 0.0
@@ -807,12 +815,13 @@ class CaptureSource:
                 del new[left + got:]
             return new, pos, got == 0
         try:
-            nxt = self._in.read(self.chunk_size)
+            with memoryview(buf) as whole, whole[pos:] as rest:
+                joined = self._in.read(self.chunk_size, after=rest)
         except (OSError, EOFError, gzip.BadGzipFile, struct.error, zlib.error) as exc:
             self.status.damaged(self.status.bytes_read,
                                 f"input unreadable after byte {self.status.bytes_read}: {exc}")
             return buf[pos:], pos, True
-        return buf[pos:] + nxt, pos, not nxt
+        return joined, pos, len(joined) == len(buf) - pos
 
     def _pcap_batches(self) -> Iterator[RawBatch]:
         st = self.status
