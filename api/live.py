@@ -508,7 +508,8 @@ class LiveProbe:
             self._store.save_results(self._capture_id, AnalysisResult(
                 [], [], Analysis([], {}), self._reader.status if self._reader else _no_status(),
                 self._reader.stats if self._reader else _no_stats()), self._summary())
-        time.sleep(0.05)  # tcpdump's last statistics lines
+        if self._proc is not None:
+            time.sleep(0.05)  # tcpdump's last statistics lines
         if self._stderr is not None:
             self._stderr.join(timeout=1)
         if failure is not None:
