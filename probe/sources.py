@@ -25,6 +25,7 @@ appendix A OPB; the record header variants as Wireshark's wiretap/libpcap.c read
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -489,25 +490,31 @@ class _ReadAhead:
     """Reads a pipe in a thread of its own, up to :data:`READ_AHEAD_BYTES` ahead of the
     batches that take it, so that whoever writes the pipe goes on while a batch is being
     decoded instead of waiting for the pipe to be drained (a pipe holds 1 MiB at most; a
-    batch is 16). The thread reads a duplicate of ``fd``, closed when it ends: at the end
-    of the input, at an error (raised by the :meth:`read` that reaches it), or once
-    :meth:`close` is called and its read in flight comes back."""
+    batch is 16). ``left`` is what was read from the pipe before and not taken yet. The
+    thread reads a duplicate of ``fd``, closed when it ends: at the end of the input, at an
+    error (raised by the :meth:`read` that reaches it), or once :meth:`close` is called
+    and its read in flight comes back."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, left: bytes = b"") -> None:
         self._fd = os.dup(fd)
-        self._pieces: deque[bytes | OSError] = deque()
-        """What was read and not taken yet; b"" for the end of the input."""
+        self._pieces: deque[bytes | BaseException] = deque()
+        """What was read and not taken yet, then b"" for the end of the input (or the
+        error that ended it)."""
         self._held = 0
         """Bytes in ``_pieces``."""
         self._cond = threading.Condition()
-        self._left = b""
-        self._error: OSError | None = None
+        self._left = left
+        self._error: BaseException | None = None
         self._ended = False
         self._closed = False
         threading.Thread(target=self._run, name="marsad-read-ahead", daemon=True).start()
 
+    def _read_piece(self) -> bytes:
+        return os.read(self._fd, READ_AHEAD_PIECE)
+
     def _run(self) -> None:
         cond = self._cond
+        end: bytes | BaseException = b""
         try:
             while True:
                 with cond:
@@ -515,28 +522,30 @@ class _ReadAhead:
                         cond.wait()
                     if self._closed:
                         return
-                try:
-                    data: bytes | OSError = os.read(self._fd, READ_AHEAD_PIECE)
-                except OSError as exc:
-                    data = exc
+                data = self._read_piece()
+                if not data:
+                    return
                 with cond:
                     self._pieces.append(data)
-                    if isinstance(data, bytes):
-                        self._held += len(data)
+                    self._held += len(data)
                     cond.notify_all()
-                if not data or isinstance(data, OSError):
-                    return
+        except BaseException as exc:  # the read that reaches it raises it
+            end = exc
         finally:
-            os.close(self._fd)
-            with cond:  # closed, the input ends where it was read to
-                self._pieces.append(b"")
+            with cond:
+                self._pieces.append(end)
                 cond.notify_all()
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
-    def _take(self, timeout: float | None) -> bytes | OSError | None:
-        """The next piece read, waiting at most ``timeout`` (None: as long as it takes)."""
+    def _take(self, timeout: float | None) -> bytes | BaseException | None:
+        """The next piece read, waiting at most ``timeout`` (None: as long as it takes);
+        b"" once closed and nothing read is left."""
         with self._cond:
-            if not self._pieces and not self._cond.wait_for(lambda: self._pieces, timeout):
+            if not self._cond.wait_for(lambda: self._pieces or self._closed, timeout):
                 return None
+            if not self._pieces:
+                return b""
             item = self._pieces.popleft()
             if isinstance(item, bytes):
                 self._held -= len(item)
@@ -562,7 +571,7 @@ class _ReadAhead:
             item = self._take(timeout)
             if item is None:
                 break
-            if isinstance(item, OSError):
+            if isinstance(item, BaseException):
                 self._error = item
             elif not item:
                 self._ended = True
@@ -580,7 +589,7 @@ class _ReadAhead:
         return b"".join([after, *parts]) if after else b"".join(parts)
 
     def close(self) -> None:
-        """Read no more (a read in flight completes and is dropped)."""
+        """Read no more: :meth:`read` gives what was read ahead, then the end."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -610,6 +619,8 @@ class _Input:
             self._fd = None
             self._is_pipe = False
         self._ahead: _ReadAhead | None = None
+        self._carry = b""
+        """Read from a pipe past what a read asked for, given first by the next one."""
 
     def _peek_raw(self, n: int) -> bytes:
         peek = getattr(self._raw, "peek", None)
@@ -647,7 +658,7 @@ class _Input:
         thread."""
         if self._ahead is None and self._is_pipe and not self.compressed \
                 and self._fd is not None:
-            self._ahead = _ReadAhead(self._fd)
+            self._ahead, self._carry = _ReadAhead(self._fd, self._carry), b""
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -680,12 +691,19 @@ class _Input:
         writer fills whole batches while a quiet link's packets are not held back long."""
         if not self._is_pipe:
             return self._stream.read(n)
-        out = bytearray()
+        out = bytearray(self._carry)
+        self._carry = b""
         read1 = getattr(self._stream, "read1", self._stream.read)
         deadline = 0.0
         while len(out) < n:
+            want = n - len(out)
+            if not self.compressed:
+                # Never less than the file object may hold in its buffer (peeked at, or
+                # filled by a short read): the read ahead of the descriptor, if one starts
+                # later, would never see what was left there.
+                want = max(want, READ_AHEAD_PIECE)
             try:
-                part = read1(n - len(out))
+                part = read1(want)
             except EOFError:
                 break
             if not part:
@@ -697,6 +715,9 @@ class _Input:
                 wait = min(PIPE_GAP_S, deadline - now)
                 if wait <= 0 or not select.select([self._fd], [], [], wait)[0]:
                     break
+        if len(out) > n:
+            self._carry = bytes(out[n:])
+            del out[n:]
         return bytes(out)
 
 

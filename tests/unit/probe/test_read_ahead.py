@@ -4,13 +4,20 @@ is decoded, what it wrote comes out whole and in order, and its end and errors c
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import threading
 import time
 
 import pytest
 
-from probe.sources import PIPE_GAP_S, READ_AHEAD_BYTES, READ_AHEAD_PIECE, _ReadAhead
+from probe.sources import (
+    PIPE_GAP_S,
+    READ_AHEAD_BYTES,
+    READ_AHEAD_PIECE,
+    _ReadAhead,
+    open_source,
+)
 
 
 def _writer(fd: int, data: bytes, written: list[int]) -> threading.Thread:
@@ -100,3 +107,75 @@ def test_an_error_is_raised_by_the_read_that_reaches_it() -> None:
             os.close(fd)
         with pytest.raises(OSError):
             ahead.read(100)
+
+
+def test_a_piece_longer_than_asked_is_given_in_order() -> None:
+    r, w = os.pipe()
+    data = os.urandom(60000)
+    ahead = _ReadAhead(r)
+    os.close(r)
+    os.write(w, data)  # one piece, read at once
+    os.close(w)
+    got = b""
+    while chunk := ahead.read(1000):
+        assert len(chunk) <= 1000
+        got += chunk
+    assert got == data
+
+
+def test_an_error_after_data_comes_after_the_data() -> None:
+    class Failing(_ReadAhead):
+        calls = 0
+
+        def _read_piece(self) -> bytes:
+            self.calls += 1
+            if self.calls == 1:
+                return b"abc"
+            raise OSError(5, "Input/output error")
+
+    r, w = os.pipe()
+    ahead = Failing(r)
+    os.close(r)
+    try:
+        assert ahead.read(100) == b"abc"
+        with pytest.raises(OSError):
+            ahead.read(100)
+    finally:
+        os.close(w)
+
+
+def test_a_read_after_close_ends_however_quiet_the_writer() -> None:
+    r, w = os.pipe()
+    ahead = _ReadAhead(r)
+    os.close(r)
+    os.write(w, b"x" * 10)
+    time.sleep(0.2)
+    ahead.close()
+    assert ahead.read(100) == b"x" * 10
+    t0 = time.monotonic()
+    assert ahead.read(100) == b""  # the writer is still there, writing nothing
+    assert time.monotonic() - t0 < 1.0
+    os.close(w)
+
+
+def _pcap(n: int) -> bytes:
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i in range(n):
+        frame = bytes(12) + b"\x08\x00" + bytes(28 + i % 50)  # Ethernet, an IPv4 type
+        out.append(struct.pack("<IIII", 1000 + i, 0, len(frame), len(frame)) + frame)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("chunk_size", [1024, 4096, 1 << 20])
+def test_a_capture_through_a_pipe_comes_whole_whatever_the_chunk(chunk_size: int) -> None:
+    """The first chunk is read before the read ahead starts (the format is told from it),
+    through the file object's buffer: nothing it held may be skipped."""
+    data = _pcap(2000)
+    r, w = os.pipe()
+    written = [0]
+    writer = _writer(w, data, written)
+    src = open_source(os.fdopen(r, "rb"), chunk_size=chunk_size)
+    packets = sum(len(b) for b in src.batches())
+    writer.join(10)
+    assert packets == 2000
+    assert src.status.complete
