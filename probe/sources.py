@@ -607,6 +607,8 @@ class _Input:
         self.inflated = 0
         """Decompressed bytes given so far."""
         self.over = False
+        self._buffered = 0
+        """What the file object held in its buffer when peeked at (0 once drained)."""
         head = self._peek_raw(2)
         self.compressed = head == GZIP_MAGIC
         self._stream: BinaryIO = (
@@ -625,7 +627,9 @@ class _Input:
     def _peek_raw(self, n: int) -> bytes:
         peek = getattr(self._raw, "peek", None)
         if peek is not None:
-            return bytes(peek(n)[:n])
+            held = peek(n)  # all the file object holds, at least n bytes if it can
+            self._buffered = len(held)
+            return bytes(held[:n])
         pos = self._raw.tell()
         data = self._raw.read(n)
         self._raw.seek(pos)
@@ -698,10 +702,12 @@ class _Input:
         while len(out) < n:
             want = n - len(out)
             if not self.compressed:
-                # Never less than the file object may hold in its buffer (peeked at, or
-                # filled by a short read): the read ahead of the descriptor, if one starts
-                # later, would never see what was left there.
-                want = max(want, READ_AHEAD_PIECE)
+                # Never less than the file object holds in its buffer (what the peek
+                # filled it with): the read ahead of the descriptor, if one starts later,
+                # would never see what was left there. Once empty, it stays so (a read1
+                # from an empty buffer reads the descriptor straight into its result).
+                want = max(want, READ_AHEAD_PIECE, self._buffered)
+                self._buffered = 0
             try:
                 part = read1(want)
             except EOFError:
