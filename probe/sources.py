@@ -486,6 +486,15 @@ READ_AHEAD_BYTES = 16 << 20
 default ``chunk_size``."""
 
 
+def _next_wait(deadline: float) -> tuple[float, float]:
+    """How long a batch being gathered from a pipe waits for more input (at most
+    :data:`PIPE_GAP_S`, and never past :data:`PIPE_BATCH_S` after its first bytes), and
+    its deadline: ``deadline`` is 0 until the first bytes have come."""
+    now = time.monotonic()
+    deadline = deadline or now + PIPE_BATCH_S
+    return deadline, min(PIPE_GAP_S, deadline - now)
+
+
 class _ReadAhead:
     """Reads a pipe in a thread of its own, up to :data:`READ_AHEAD_BYTES` ahead of the
     batches that take it, so that whoever writes the pipe goes on while a batch is being
@@ -563,9 +572,7 @@ class _ReadAhead:
         while got < n and not self._ended and self._error is None:
             timeout = None
             if parts:
-                now = time.monotonic()
-                deadline = deadline or now + PIPE_BATCH_S
-                timeout = min(PIPE_GAP_S, deadline - now)
+                deadline, timeout = _next_wait(deadline)
                 if timeout <= 0:
                     break
             item = self._take(timeout)
@@ -716,9 +723,7 @@ class _Input:
                 break
             out += part
             if self._fd is not None and not self.compressed:
-                now = time.monotonic()
-                deadline = deadline or now + PIPE_BATCH_S
-                wait = min(PIPE_GAP_S, deadline - now)
+                deadline, wait = _next_wait(deadline)
                 if wait <= 0 or not select.select([self._fd], [], [], wait)[0]:
                     break
         if len(out) > n:

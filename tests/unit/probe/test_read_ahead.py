@@ -149,9 +149,10 @@ class _Scripted(_ReadAhead):
     """Reads b"abc", then fails with ``error``."""
 
     error: BaseException = OSError(5, "Input/output error")
+    calls = 0
 
     def _read_piece(self) -> bytes:
-        self.calls = getattr(self, "calls", 0) + 1
+        self.calls += 1
         if self.calls == 1:
             return b"abc"
         raise self.error
