@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import math
 import os
 import sqlite3
@@ -44,7 +45,10 @@ from probe.speed import exit_at_once, exit_follows, gc_paused, keep_until_exit
 
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult
+    from classifier import Classification
     from policy.pipeline import Step
+    from policy.records import Call, Verdict
+    from probe import FlowRecord
 
 # The classifier, the policy and the pipeline are imported where they are used: a
 # command that reads a capture starts its reader process first, and reading then goes
@@ -392,7 +396,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     # and over are all alive until the command ends.
     with _reported(progress) as failed, gc_paused():
         reader = None
-        if fmt == "jsonl":
+        if fmt in ("jsonl", "json"):
             reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
                                 workers=args.workers)
             reader.start()  # reading begins while the rest loads
@@ -403,13 +407,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
         if reader is not None:
             pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
                             config=_pipeline_config(args))
-            # A step is let go once written: the memory is the window's, however long the
+            # A step is let go once written (--jsonl) or once made into the document's
+            # text (--json): the records' memory is the window's, however long the
             # capture (holding every step to the end is faster on long captures, 7 % on
             # bench/README's 24-minute one, but grows with the capture without bound).
+            doc = _JsonDocument(pipe.cfg.window_s) if fmt == "json" else None
             for step in run_capture(reader, pipe):
-                _write_step(step, out)
+                if doc is None:
+                    _write_step(step, out)
+                else:
+                    doc.add(step)
+                del step
+            if doc is not None:
+                doc.write(out)
             status, stats = reader.status, reader.stats
-            keep_until_exit(reader)
+            keep_until_exit(reader, doc)
         else:
             result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
                                      workers=args.workers, fingerprints=args.ja4,
@@ -449,6 +461,63 @@ def _write_step(step: Step, out: Any) -> None:
     write_jsonl([{"record": "call", **call.to_dict()} for call in step.calls], out)
     write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
                  for u, v in step.flow_verdicts.items()], out)
+
+
+class _JsonDocument:
+    """``marsad analyze --json``'s object, gathered step by step: each flow's record is
+    made into its row's JSON (:func:`~policy.pipeline.flow_row`) and let go once the
+    pipeline's window no longer holds it either (``window_s`` of capture time after its
+    last packet), so that a record and its row are never both kept; a flow's own verdict,
+    which may settle later, is added to its row at the end. What it writes is
+    ``dumps(result.to_json())`` of the same capture's
+    :class:`~policy.pipeline.AnalysisResult`, byte for byte."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._held: list[tuple[float, int, FlowRecord, Classification]] = []
+        """The flows not made into rows yet, a heap by last packet."""
+        self._now = -math.inf
+        """The latest last packet of a flow settled: capture time, about."""
+        self._rows: list[tuple[int, str, str]] = []
+        """(first frame, uid, the row's JSON) of each flow made into its row."""
+        self._calls: list[Call] = []
+        self._verdicts: dict[str, Verdict] = {}
+
+    def add(self, step: Step) -> None:
+        held = self._held
+        for f, c in step.flows:
+            heapq.heappush(held, (f.last_ts, len(self._rows) + len(held), f, c))
+            self._now = max(self._now, f.last_ts)
+        self._calls.extend(step.calls)
+        self._verdicts.update(step.flow_verdicts)
+        self._make_rows(self._now - self._window_s)
+
+    def _make_rows(self, before: float) -> None:
+        from policy.pipeline import flow_row
+        held, rows = self._held, self._rows
+        while held and held[0][0] < before:
+            _, _, f, c = heapq.heappop(held)
+            rows.append((f.first_frame, f.uid, dumps(flow_row(f, c))))
+
+    def write(self, out: Any) -> None:
+        """Write the object (the steps given, none of them held by the caller any more)."""
+        import orjson
+
+        from policy.pipeline import with_verdict
+        self._make_rows(math.inf)
+        self._rows.sort(key=lambda r: (r[0], r[1]))
+        verdicts = self._verdicts
+        out.write('{"flows":[')
+        for at in range(0, len(self._rows), 1024):  # a text of 1,024 rows at a time
+            if at:
+                out.write(",")
+            out.write(",".join(text if uid not in verdicts else
+                               dumps(with_verdict(orjson.loads(text), verdicts[uid]))
+                               for _, uid, text in self._rows[at:at + 1024]))
+        out.write('],"calls":')
+        self._calls.sort(key=lambda c: (c.start_ts, c.uid))
+        out.write(dumps([call.to_dict() for call in self._calls]))
+        out.write("}\n")
 
 
 def _write_result(result: AnalysisResult, fmt: str, out: Any,

@@ -21,6 +21,7 @@ import pytest
 from api.cli import main
 from api.jobs import Jobs
 from api.live import LiveConfig, LiveProbe
+from api.output import dumps
 from api.pipeline import analyze_capture
 from api.store import JobState, Query, SqliteStore
 from policy.ledger import Ledger
@@ -139,9 +140,10 @@ def test_every_entry_point_gives_the_same_labels_calls_and_verdicts(
         path: Path, tmp_path: Path, policy: Any, capsys: pytest.CaptureFixture[str]) -> None:
     if not _readable(path):
         pytest.skip(f"{path.name}: not a capture marsad reads (covered by the format tests)")
-    want = _from_json(analyze_capture(path, hash_capture=False).to_json())
-    main(["analyze", str(path), "--json"])
-    assert _from_json(json.loads(capsys.readouterr().out)) == want, "analyze --json"
+    result = analyze_capture(path, hash_capture=False)
+    want = _from_json(result.to_json())
+    main(["analyze", str(path), "--json"])  # gathered step by step, the result never whole
+    assert capsys.readouterr().out == dumps(result.to_json()) + "\n", "analyze --json"
     main(["analyze", str(path), "--jsonl"])
     assert _from_jsonl(capsys.readouterr().out) == want, "analyze --jsonl"
     main(["analyze", str(path), "--csv"])
