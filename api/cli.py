@@ -403,20 +403,25 @@ def _run_analyze(args: argparse.Namespace) -> int:
         from api.pipeline import analyze_capture
         from policy.pipeline import Pipeline, run_capture
         from policy.rules import load_policy
-        policy = load_policy(args.policy)
+        try:
+            policy = load_policy(args.policy)
+        except BaseException:
+            if reader is not None:  # started, never to be read: its process is ended
+                reader.close()
+            raise
         if reader is not None:
             pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
                             config=_pipeline_config(args))
-            # A step is let go once written (--jsonl) or once made into the document's
-            # text (--json): the records' memory is the window's, however long the
-            # capture (holding every step to the end is faster on long captures, 7 % on
+            # A step is let go once written (--jsonl) or made into the document's text
+            # (--json): the records' memory is the window's, however long the capture
+            # (holding every step to the end is faster on long captures, 7 % on
             # bench/README's 24-minute one, but grows with the capture without bound).
             doc = _JsonDocument(pipe.cfg.window_s) if fmt == "json" else None
             for step in run_capture(reader, pipe):
                 if doc is None:
                     _write_step(step, out)
                 else:
-                    doc.add(step)
+                    doc.add(step, pipe.clock)
                 del step
             if doc is not None:
                 doc.write(out)
@@ -465,46 +470,46 @@ def _write_step(step: Step, out: Any) -> None:
 
 class _JsonDocument:
     """``marsad analyze --json``'s object, gathered step by step: each flow's record is
-    made into its row's JSON (:func:`~policy.pipeline.flow_row`) and let go once the
-    pipeline's window no longer holds it either (``window_s`` of capture time after its
-    last packet), so that a record and its row are never both kept; a flow's own verdict,
-    which may settle later, is added to its row at the end. What it writes is
+    made into its row's JSON text (:func:`~policy.pipeline.flow_row`) and let go once the
+    pipeline's clock is ``window_s`` past its last packet (when the window lets most
+    flows go; a call's flows may stay there longer); a flow's own verdict, which may
+    settle later, is added to its row at the end. What it writes is
     ``dumps(result.to_json())`` of the same capture's
-    :class:`~policy.pipeline.AnalysisResult`, byte for byte."""
+    :class:`~policy.pipeline.AnalysisResult`, byte for byte. The rows' text (about a
+    kilobyte a flow), the calls and the verdicts still grow with the capture."""
 
     def __init__(self, window_s: float) -> None:
         self._window_s = window_s
         self._held: list[tuple[float, int, FlowRecord, Classification]] = []
         """The flows not made into rows yet, a heap by last packet."""
-        self._now = -math.inf
-        """The latest last packet of a flow settled: capture time, about."""
         self._rows: list[tuple[int, str, str]] = []
         """(first frame, uid, the row's JSON) of each flow made into its row."""
         self._calls: list[Call] = []
         self._verdicts: dict[str, Verdict] = {}
 
-    def add(self, step: Step) -> None:
+    def add(self, step: Step, clock: float) -> None:
+        """A step the pipeline settled; ``clock``: the pipeline's clock after it."""
         held = self._held
         for f, c in step.flows:
             heapq.heappush(held, (f.last_ts, len(self._rows) + len(held), f, c))
-            self._now = max(self._now, f.last_ts)
         self._calls.extend(step.calls)
         self._verdicts.update(step.flow_verdicts)
-        self._make_rows(self._now - self._window_s)
+        horizon = clock - self._window_s
+        while held and held[0][0] < horizon:
+            self._make_row()
 
-    def _make_rows(self, before: float) -> None:
+    def _make_row(self) -> None:
         from policy.pipeline import flow_row
-        held, rows = self._held, self._rows
-        while held and held[0][0] < before:
-            _, _, f, c = heapq.heappop(held)
-            rows.append((f.first_frame, f.uid, dumps(flow_row(f, c))))
+        _, _, f, c = heapq.heappop(self._held)
+        self._rows.append((f.first_frame, f.uid, dumps(flow_row(f, c))))
 
     def write(self, out: Any) -> None:
         """Write the object (the steps given, none of them held by the caller any more)."""
         import orjson
 
         from policy.pipeline import with_verdict
-        self._make_rows(math.inf)
+        while self._held:
+            self._make_row()
         self._rows.sort(key=lambda r: (r[0], r[1]))
         verdicts = self._verdicts
         out.write('{"flows":[')

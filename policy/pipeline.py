@@ -122,6 +122,13 @@ class Pipeline:
         """The UDP flows the probe has not ended yet."""
 
     @property
+    def clock(self) -> float:
+        """The last grid point settled, in capture time (-inf before the first, inf after
+        :meth:`finish`): the window holds flows whose last packet is up to ``window_s``
+        before it, and those of calls still due."""
+        return self._clock
+
+    @property
     def observe(self) -> Callable[[FlowRecord], Observation]:
         """The order-free observation :meth:`push` wants with each flow."""
         return self.classifier.observe

@@ -315,6 +315,14 @@ class FlowReader:
         if not self._src.stream or stream_too:
             self._started = _ReaderProcess(self, None, requests=True)
 
+    def close(self) -> None:
+        """End a reader process started (:meth:`start`) and never iterated: the caller
+        failed before reading (a policy that does not load); its source is closed."""
+        proc, self._started = self._started, None
+        if proc is not None:
+            proc.close()
+        self._src.close()
+
     def _reader_process(self, observe: Callable[[FlowRecord], Any] | None) -> _ReaderProcess:
         """The started reader process, given ``observe``, or a new one."""
         proc, self._started = self._started, None

@@ -3,6 +3,8 @@ prints and its exit status are those of :func:`api.cli.main`."""
 
 from __future__ import annotations
 
+import gc
+import multiprocessing as mp
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +68,36 @@ def test_records_are_held_only_when_the_process_ends_next(fmt: str,
     monkeypatch.setattr(speed, "_exit_follows", True)
     assert main(["analyze", cap, fmt]) == 0
     out = capsys.readouterr().out
-    held = [x for obj in kept for x in (obj.flows if hasattr(obj, "flows") else
-                                        obj if isinstance(obj, list) else [])]
-    flows = [x for x in held if isinstance(x, FlowRecord)]
     # each step is let go once written (--jsonl) or made into the object's text (--json):
-    # what is held for the exit is the reader and, for --json, that text
-    assert not flows and out.count('"uid":"C') > 3
-    assert (fmt == "--jsonl") == (len([x for x in kept if x is not None]) == 1)
+    # what is held for the exit is the reader and, for --json, that text; no record
+    assert out.count('"uid":"C') > 3
+    held = [x for x in kept if x is not None]
+    assert (fmt == "--jsonl") == (len(held) == 1)
+    assert not [x for x in _reachable(held) if isinstance(x, FlowRecord)]
+
+
+def _reachable(roots: list[object], limit: int = 200_000) -> list[object]:
+    """The objects reachable from ``roots`` (at most ``limit`` of them)."""
+    seen = {id(r) for r in roots}
+    todo, out = list(roots), []
+    while todo and len(out) < limit:
+        obj = todo.pop()
+        out.append(obj)
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen and not isinstance(ref, type):
+                seen.add(id(ref))
+                todo.append(ref)
+    return out
+
+
+def test_a_policy_that_does_not_load_leaves_no_reader_process(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The reader process starts before the policy loads (reading overlaps the imports);
+    when the policy fails, it is ended, not left blocked on its pipe."""
+    bad = tmp_path / "policy.toml"
+    bad.write_text("this is not [ a policy\n")
+    before = set(mp.active_children())
+    code = main(["analyze", str(CAPTURES / "sample-call.pcap"), "--json", "--workers", "2",
+                 "--policy", str(bad)])
+    assert code != 0 and "policy" in capsys.readouterr().err.lower()
+    assert set(mp.active_children()) <= before
