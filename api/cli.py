@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import heapq
 import math
 import os
 import sqlite3
@@ -44,11 +43,9 @@ from probe import (
 from probe.speed import exit_at_once, exit_follows, gc_paused, keep_until_exit
 
 if TYPE_CHECKING:
+    from api.output import GatheredResult
     from api.pipeline import AnalysisResult
-    from classifier import Classification
     from policy.pipeline import Step
-    from policy.records import Call, Verdict
-    from probe import FlowRecord
 
 # The classifier, the policy and the pipeline are imported where they are used: a
 # command that reads a capture starts its reader process first, and reading then goes
@@ -395,46 +392,34 @@ def _run_analyze(args: argparse.Namespace) -> int:
     # The collector stays paused through the output too: the records it would walk over
     # and over are all alive until the command ends.
     with _reported(progress) as failed, gc_paused():
-        reader = None
-        if fmt in ("jsonl", "json"):
-            reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
-                                workers=args.workers)
-            reader.start()  # reading begins while the rest loads
-        from api.pipeline import analyze_capture
+        reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
+                            workers=args.workers)
+        reader.start()  # reading begins while the rest loads
+        from api.output import GatheredResult
         from policy.pipeline import Pipeline, run_capture
         from policy.rules import load_policy
         try:
             policy = load_policy(args.policy)
         except BaseException:
-            if reader is not None:  # started, never to be read: its process is ended
-                reader.close()
+            reader.close()  # started, never to be read: its process is ended
             raise
-        if reader is not None:
-            pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
-                            config=_pipeline_config(args))
-            # A step is let go once written (--jsonl) or made into the document's text
-            # (--json): the records' memory is the window's, however long the capture
-            # (holding every step to the end is faster on long captures, 7 % on
-            # bench/README's 24-minute one, but grows with the capture without bound).
-            doc = _JsonDocument(pipe.cfg.window_s) if fmt == "json" else None
-            for step in run_capture(reader, pipe):
-                if doc is None:
-                    _write_step(step, out)
-                else:
-                    doc.add(step, pipe.clock)
-                del step
-            if doc is not None:
-                doc.write(out)
-            status, stats = reader.status, reader.stats
-            keep_until_exit(reader, doc)
-        else:
-            result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
-                                     workers=args.workers, fingerprints=args.ja4,
-                                     pipeline=_pipeline_config(args),
-                                     hash_capture=False, progress=progress.update)
-            _write_result(result, fmt, out, args.calls_csv)
-            status, stats = result.status, result.stats
-            keep_until_exit(result)
+        pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
+                        config=_pipeline_config(args))
+        # A step is let go once written (--jsonl) or made into its flows' text (the other
+        # formats, written whole at the end): the records' memory is the window's, however
+        # long the capture (holding every step to the end is faster on long captures, 7 %
+        # on bench/README's 24-minute one, but grows with the capture without bound).
+        whole = None if fmt == "jsonl" else GatheredResult(fmt, pipe.cfg.window_s)
+        for step in run_capture(reader, pipe):
+            if whole is None:
+                _write_step(step, out)
+            else:
+                whole.add(step, pipe.clock)
+            del step
+        if whole is not None:
+            _write_whole(whole, out, args.calls_csv)
+        status, stats = reader.status, reader.stats
+        keep_until_exit(reader, whole)
     if failed.code is not None:
         return failed.code
     return _finish_status(status, stats)
@@ -468,61 +453,20 @@ def _write_step(step: Step, out: Any) -> None:
                  for u, v in step.flow_verdicts.items()], out)
 
 
-class _JsonDocument:
-    """``marsad analyze --json``'s object, gathered step by step: each flow's record is
-    made into its row's JSON text (:func:`~policy.pipeline.flow_row`) and let go once the
-    pipeline's clock is ``window_s`` past its last packet (when the window lets most
-    flows go; a call's flows may stay there longer); a flow's own verdict, which may
-    settle later, is added to its row at the end. What it writes is
-    ``dumps(result.to_json())`` of the same capture's
-    :class:`~policy.pipeline.AnalysisResult`, byte for byte. The rows' text (about a
-    kilobyte a flow), the calls and the verdicts still grow with the capture."""
-
-    def __init__(self, window_s: float) -> None:
-        self._window_s = window_s
-        self._held: list[tuple[float, int, FlowRecord, Classification]] = []
-        """The flows not made into rows yet, a heap by last packet."""
-        self._rows: list[tuple[int, str, str]] = []
-        """(first frame, uid, the row's JSON) of each flow made into its row."""
-        self._calls: list[Call] = []
-        self._verdicts: dict[str, Verdict] = {}
-
-    def add(self, step: Step, clock: float) -> None:
-        """A step the pipeline settled; ``clock``: the pipeline's clock after it."""
-        held = self._held
-        for f, c in step.flows:
-            heapq.heappush(held, (f.last_ts, len(self._rows) + len(held), f, c))
-        self._calls.extend(step.calls)
-        self._verdicts.update(step.flow_verdicts)
-        horizon = clock - self._window_s
-        while held and held[0][0] < horizon:
-            self._make_row()
-
-    def _make_row(self) -> None:
-        from policy.pipeline import flow_row
-        _, _, f, c = heapq.heappop(self._held)
-        self._rows.append((f.first_frame, f.uid, dumps(flow_row(f, c))))
-
-    def write(self, out: Any) -> None:
-        """Write the object (the steps given, none of them held by the caller any more)."""
-        import orjson
-
-        from policy.pipeline import with_verdict
-        while self._held:
-            self._make_row()
-        self._rows.sort(key=lambda r: (r[0], r[1]))
-        verdicts = self._verdicts
-        out.write('{"flows":[')
-        for at in range(0, len(self._rows), 1024):  # a text of 1,024 rows at a time
-            if at:
-                out.write(",")
-            out.write(",".join(text if uid not in verdicts else
-                               dumps(with_verdict(orjson.loads(text), verdicts[uid]))
-                               for _, uid, text in self._rows[at:at + 1024]))
-        out.write('],"calls":')
-        self._calls.sort(key=lambda c: (c.start_ts, c.uid))
-        out.write(dumps([call.to_dict() for call in self._calls]))
-        out.write("}\n")
+def _write_whole(whole: GatheredResult, out: Any, calls_csv: str | None = None) -> None:
+    """``marsad analyze``'s output of a whole capture (``--json``, ``--csv``, ``--zeek``)."""
+    if whole.fmt == "json":
+        whole.write_json(out)
+    elif whole.fmt == "zeek":
+        whole.write_zeek(out)
+    elif calls_csv is None:
+        whole.write_csv(out)
+        if whole.calls:
+            print(f"marsad: {len(whole.calls)} call(s) not written: --calls-csv FILE writes "
+                  "them", file=sys.stderr)
+    else:
+        with open(calls_csv, "w", encoding="utf-8", newline="") as calls_out:
+            whole.write_csv(out, calls_out)
 
 
 def _write_result(result: AnalysisResult, fmt: str, out: Any,

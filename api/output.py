@@ -15,6 +15,8 @@ readers take marsad's flows as they take Zeek's.
 from __future__ import annotations
 
 import csv
+import heapq
+import io
 import json
 import math
 import time
@@ -29,7 +31,8 @@ from probe import ORIG, TcpFlag
 if TYPE_CHECKING:
     from api.pipeline import AnalysisResult
     from classifier.records import Classification
-    from policy.records import Call
+    from policy.pipeline import Step
+    from policy.records import Call, Verdict
     from probe import FlowRecord
 
 __all__ = [
@@ -113,6 +116,9 @@ class CsvWriter:
         self._w = csv.DictWriter(out, fieldnames=list(self._fields), extrasaction="raise",
                                  lineterminator="\n")
         self._started = False
+        self._line_buf = io.StringIO()
+        self._line_w = csv.DictWriter(self._line_buf, fieldnames=list(self._fields),
+                                      extrasaction="raise", lineterminator="\n")
 
     def _start(self) -> None:
         if not self._started:
@@ -122,6 +128,19 @@ class CsvWriter:
     def write(self, row: Mapping[str, Any]) -> None:
         self._start()
         self._w.writerow({k: _cell(v) for k, v in row.items()})
+
+    def line(self, row: Mapping[str, Any]) -> str:
+        """The line :meth:`write` would write for ``row``, not written."""
+        buf = self._line_buf
+        buf.seek(0)
+        buf.truncate()
+        self._line_w.writerow({k: _cell(v) for k, v in row.items()})
+        return buf.getvalue()
+
+    def write_line(self, line: str) -> None:
+        """Write a line made by :meth:`line` (the header first, as :meth:`write` does)."""
+        self._start()
+        self._out.write(line)
 
     def close(self) -> None:
         """Write the header if no row came (an empty table still says its columns)."""
@@ -254,6 +273,27 @@ def _zeek_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d-%H-%M-%S")
 
 
+def _zeek_line(row: Mapping[str, Any], *, service: str | None,
+               history: str | None) -> str:
+    """One conn.log line of a flow's conn.log columns (:meth:`FlowRecord.conn_dict`)."""
+    duration = float(row["duration_s"])
+    has_span = duration > 0 and math.isfinite(duration)
+    cells = (
+        f"{float(row['first_ts']):.6f}", _zeek_escape(str(row["uid"])),
+        str(row["orig_h"]), str(row["orig_p"]), str(row["resp_h"]), str(row["resp_p"]),
+        _TRANSPORTS.get(str(row["proto"]), "unknown_transport"),
+        _UNSET if service is None else _zeek_escape(service),
+        f"{duration:.6f}" if has_span else _UNSET,
+        str(row["orig_bytes"]) if has_span else _UNSET,
+        str(row["resp_bytes"]) if has_span else _UNSET,
+        _zeek_escape(str(row["conn_state"])) if row["conn_state"] else _UNSET,
+        _UNSET, _UNSET,
+        str(int(row.get("orig_missed_bytes", 0)) + int(row.get("resp_missed_bytes", 0))),
+        _UNSET if history is None else (_zeek_escape(history) if history else _EMPTY),
+        str(row["orig_pkts"]), _UNSET, str(row["resp_pkts"]), _UNSET, _UNSET)
+    return "\t".join(cells) + "\n"
+
+
 class ZeekConnWriter:
     """Zeek ``conn.log`` TSV: the header before the first row (or at :meth:`close` when
     there is none), one row per :meth:`write`, ``#close`` on :meth:`close`.
@@ -290,30 +330,23 @@ class ZeekConnWriter:
     def write(self, row: Mapping[str, Any], *, service: str | None = None,
               history: str | None = None) -> None:
         """One flow, from its conn.log columns (:meth:`FlowRecord.conn_dict`)."""
-        self._open()
-        duration = float(row["duration_s"])
-        has_span = duration > 0 and math.isfinite(duration)
-        cells = (
-            f"{float(row['first_ts']):.6f}", _zeek_escape(str(row["uid"])),
-            str(row["orig_h"]), str(row["orig_p"]), str(row["resp_h"]), str(row["resp_p"]),
-            _TRANSPORTS.get(str(row["proto"]), "unknown_transport"),
-            _UNSET if service is None else _zeek_escape(service),
-            f"{duration:.6f}" if has_span else _UNSET,
-            str(row["orig_bytes"]) if has_span else _UNSET,
-            str(row["resp_bytes"]) if has_span else _UNSET,
-            _zeek_escape(str(row["conn_state"])) if row["conn_state"] else _UNSET,
-            _UNSET, _UNSET,
-            str(int(row.get("orig_missed_bytes", 0)) + int(row.get("resp_missed_bytes", 0))),
-            _UNSET if history is None else (_zeek_escape(history) if history else _EMPTY),
-            str(row["orig_pkts"]), _UNSET, str(row["resp_pkts"]), _UNSET, _UNSET)
-        self._out.write("\t".join(cells))
-        self._out.write("\n")
+        self.write_line(_zeek_line(row, service=service, history=history))
 
     def write_record(self, rec: FlowRecord, c: Classification | None = None) -> None:
         """One flow record, with its Zeek service from the classification when given."""
+        self.write_line(self.record_line(rec, c))
+
+    @staticmethod
+    def record_line(rec: FlowRecord, c: Classification | None = None) -> str:
+        """The line :meth:`write_record` writes for ``rec``, not written."""
         row = rec.conn_dict()
-        self.write(row, service=None if c is None else zeek_service(c.facts.protocol),
-                   history=zeek_history(row, rec))
+        return _zeek_line(row, service=None if c is None else zeek_service(c.facts.protocol),
+                          history=zeek_history(row, rec))
+
+    def write_line(self, line: str) -> None:
+        """Write a line made by :meth:`record_line` (the header first)."""
+        self._open()
+        self._out.write(line)
 
     def close(self) -> None:
         """The closing ``#close`` line, as Zeek writes when it rotates or ends a log."""
@@ -341,3 +374,117 @@ def write_analysis_zeek(result: AnalysisResult, out: TextIO, *,
     for rec, c in zip(result.flows, result.classes, strict=True):
         w.write_record(rec, c)
     w.close()
+
+
+_VERDICT_CELLS = ("verdict", "reasons")
+assert FLOW_CSV_FIELDS[-2:] == _VERDICT_CELLS, "GatheredResult.write_csv appends them last"
+
+
+class GatheredResult:
+    """``marsad analyze``'s output of a whole capture (``--json``, ``--csv`` or ``--zeek``,
+    the ``fmt``), gathered from the pipeline's steps as they settle rather than from an
+    :class:`~policy.pipeline.AnalysisResult` held whole: each flow's record is made into
+    its output's text (its ``--json`` row, CSV line or conn.log line) and let go once the
+    pipeline's clock is ``window_s`` past its last packet (when the window lets most flows
+    go; a call's flows may stay there longer). A flow's own verdict, which may settle
+    later, is added to its row or line at the end. What it writes is, byte for byte, what
+    the writers of a whole result write (:meth:`AnalysisResult.to_json`,
+    :func:`write_analysis_csv`, :func:`write_analysis_zeek`). The rows' text (about a
+    kilobyte a flow), the calls and the verdicts still grow with the capture."""
+
+    def __init__(self, fmt: str, window_s: float) -> None:
+        if fmt not in ("json", "csv", "zeek"):
+            raise ValueError(f"no whole-capture output {fmt!r}")
+        self.fmt = fmt
+        self._window_s = window_s
+        self._held: list[tuple[float, int, FlowRecord, Classification]] = []
+        """The flows not made into text yet, a heap by last packet."""
+        self._rows: list[tuple[int, str, str]] = []
+        """(first frame, uid, the text) of each flow made into its text."""
+        self._calls: list[Call] = []
+        self._verdicts: dict[str, Verdict] = {}
+        self._csv = CsvWriter(io.StringIO(), FLOW_CSV_FIELDS)
+        self._finished = False
+
+    def add(self, step: Step, clock: float) -> None:
+        """A step the pipeline settled; ``clock``: the pipeline's clock after it
+        (:attr:`Pipeline.clock <policy.pipeline.Pipeline.clock>`)."""
+        held = self._held
+        for f, c in step.flows:
+            heapq.heappush(held, (f.last_ts, len(self._rows) + len(held), f, c))
+        self._calls.extend(step.calls)
+        self._verdicts.update(step.flow_verdicts)
+        horizon = clock - self._window_s
+        while held and held[0][0] < horizon:
+            self._make_row()
+
+    def _make_row(self) -> None:
+        from policy.pipeline import flow_row
+        _, _, f, c = heapq.heappop(self._held)
+        if self.fmt == "json":
+            text = dumps(flow_row(f, c))
+        elif self.fmt == "csv":
+            text = self._csv.line(flow_row(f, c))
+        else:
+            text = ZeekConnWriter.record_line(f, c)
+        self._rows.append((f.first_frame, f.uid, text))
+
+    def _finish(self) -> None:
+        """Every flow made into its text; the rows and the calls in their order."""
+        if not self._finished:
+            self._finished = True
+            while self._held:
+                self._make_row()
+            self._rows.sort(key=lambda r: (r[0], r[1]))
+            self._calls.sort(key=lambda c: (c.start_ts, c.uid))
+
+    @property
+    def calls(self) -> list[Call]:
+        """The calls, by start (every step added)."""
+        self._finish()
+        return self._calls
+
+    def write_json(self, out: TextIO) -> None:
+        """The ``--json`` object: ``dumps(result.to_json())`` and a newline."""
+        from policy.pipeline import with_verdict
+        self._finish()
+        verdicts = self._verdicts
+        out.write('{"flows":[')
+        rows = self._rows
+        for at in range(0, len(rows), 1024):  # a text of 1,024 rows at a time
+            if at:
+                out.write(",")
+            out.write(",".join(text if uid not in verdicts else
+                               dumps(with_verdict(orjson.loads(text), verdicts[uid]))
+                               for _, uid, text in rows[at:at + 1024]))
+        out.write('],"calls":')
+        out.write(dumps([call.to_dict() for call in self._calls]))
+        out.write("}\n")
+
+    def write_csv(self, out: TextIO, calls_out: TextIO | None = None) -> None:
+        """The ``--csv`` tables, as :func:`write_analysis_csv` writes them."""
+        from policy.pipeline import with_verdict
+        self._finish()
+        w = CsvWriter(out, FLOW_CSV_FIELDS)
+        verdicts = self._verdicts
+        tail = io.StringIO()
+        cells = csv.writer(tail, lineterminator="")
+        for _, uid, line in self._rows:
+            v = verdicts.get(uid)
+            if v is not None:  # its last two cells, empty so far: the verdict and reasons
+                tail.seek(0)
+                tail.truncate()
+                cells.writerow([_cell(x) for x in with_verdict({}, v).values()])
+                line = f"{line[:-3]},{tail.getvalue()}\n"
+            w.write_line(line)
+        w.close()
+        if calls_out is not None:
+            write_calls_csv(self._calls, calls_out)
+
+    def write_zeek(self, out: TextIO, *, clock: Callable[[], float] = time.time) -> None:
+        """The ``--zeek`` conn.log, as :func:`write_analysis_zeek` writes it."""
+        self._finish()
+        w = ZeekConnWriter(out, clock=clock)
+        for _, _, line in self._rows:
+            w.write_line(line)
+        w.close()

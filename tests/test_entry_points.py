@@ -21,7 +21,7 @@ import pytest
 from api.cli import main
 from api.jobs import Jobs
 from api.live import LiveConfig, LiveProbe
-from api.output import dumps
+from api.output import dumps, write_analysis_csv, write_analysis_zeek
 from api.pipeline import analyze_capture
 from api.store import JobState, Query, SqliteStore
 from policy.ledger import Ledger
@@ -79,6 +79,12 @@ def _from_jsonl(text: str) -> tuple[Labels, Calls, dict[str, Any]]:
         elif r["record"] == "flow-verdict":
             verdicts[r["uid"]] = r["verdict"]
     return labels, calls, verdicts
+
+
+def _timeless(conn_log: str) -> list[str]:
+    """A conn.log's lines but the times it was opened and closed."""
+    return [line for line in conn_log.splitlines()
+            if not line.startswith(("#open", "#close"))]
 
 
 def _readable(path: Path) -> bool:
@@ -146,11 +152,20 @@ def test_every_entry_point_gives_the_same_labels_calls_and_verdicts(
     assert capsys.readouterr().out == dumps(result.to_json()) + "\n", "analyze --json"
     main(["analyze", str(path), "--jsonl"])
     assert _from_jsonl(capsys.readouterr().out) == want, "analyze --jsonl"
-    main(["analyze", str(path), "--csv"])
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    calls_csv = tmp_path / "calls.csv"
+    main(["analyze", str(path), "--csv", "--calls-csv", str(calls_csv)])
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO(text)))
     got = {r["uid"]: _flow_key({k: (v or None) for k, v in r.items()}) for r in rows
            if r.get("uid", "").startswith("C")}
     assert got == want[0], "analyze --csv"
+    flows_out, calls_out = io.StringIO(), io.StringIO()
+    write_analysis_csv(result, flows_out, calls_out)  # the whole result's tables, the same
+    assert (text, calls_csv.read_text()) == (flows_out.getvalue(), calls_out.getvalue())
+    main(["analyze", str(path), "--zeek"])
+    zeek = io.StringIO()
+    write_analysis_zeek(result, zeek)
+    assert _timeless(capsys.readouterr().out) == _timeless(zeek.getvalue()), "analyze --zeek"
     assert _service(path, tmp_path) == want, "service job"
     assert _live(path, policy) == want, "live probe on a stream"
 
