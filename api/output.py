@@ -377,7 +377,19 @@ def write_analysis_zeek(result: AnalysisResult, out: TextIO, *,
 
 
 _VERDICT_CELLS = ("verdict", "reasons")
-assert FLOW_CSV_FIELDS[-2:] == _VERDICT_CELLS, "GatheredResult.write_csv appends them last"
+assert FLOW_CSV_FIELDS[-2:] == _VERDICT_CELLS, "with_verdict_cells fills them last"
+
+
+def with_verdict_cells(line: str, cells: Iterable[Any]) -> str:
+    """A :data:`FLOW_CSV_FIELDS` line made by :meth:`CsvWriter.line` for a row without a
+    verdict (its last two cells empty) with those two cells, ``verdict`` and ``reasons``,
+    filled: the line :meth:`CsvWriter.line` makes for the row with them. Each cell is
+    quoted as the row's writer quotes it (the same dialect and line end)."""
+    if not line.endswith(",,\n"):
+        raise ValueError("not a line whose verdict cells are empty")
+    tail = io.StringIO()
+    csv.writer(tail, lineterminator="\n").writerow([_cell(x) for x in cells])
+    return f"{line[:-3]},{tail.getvalue()}"
 
 
 class GatheredResult:
@@ -467,16 +479,10 @@ class GatheredResult:
         self._finish()
         w = CsvWriter(out, FLOW_CSV_FIELDS)
         verdicts = self._verdicts
-        tail = io.StringIO()
-        cells = csv.writer(tail, lineterminator="")
         for _, uid, line in self._rows:
             v = verdicts.get(uid)
-            if v is not None:  # its last two cells, empty so far: the verdict and reasons
-                tail.seek(0)
-                tail.truncate()
-                cells.writerow([_cell(x) for x in with_verdict({}, v).values()])
-                line = f"{line[:-3]},{tail.getvalue()}\n"
-            w.write_line(line)
+            w.write_line(line if v is None else
+                         with_verdict_cells(line, with_verdict({}, v).values()))
         w.close()
         if calls_out is not None:
             write_calls_csv(self._calls, calls_out)

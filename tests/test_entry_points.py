@@ -82,9 +82,9 @@ def _from_jsonl(text: str) -> tuple[Labels, Calls, dict[str, Any]]:
 
 
 def _timeless(conn_log: str) -> list[str]:
-    """A conn.log's lines but the times it was opened and closed."""
-    return [line for line in conn_log.splitlines()
-            if not line.startswith(("#open", "#close"))]
+    """A conn.log's lines, without the times it was opened and closed."""
+    return [line.split("\t")[0] if line.startswith(("#open", "#close")) else line
+            for line in conn_log.splitlines()]
 
 
 def _readable(path: Path) -> bool:

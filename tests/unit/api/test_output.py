@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api.cli import main
 from api.output import (
@@ -20,6 +22,7 @@ from api.output import (
     ZEEK_CONN_TYPES,
     CsvWriter,
     ZeekConnWriter,
+    with_verdict_cells,
 )
 from api.pipeline import analyze_capture
 from probe import FlowReader
@@ -236,3 +239,20 @@ def test_a_reset_after_payload_is_no_rejected_attempt(tmp_path: Path) -> None:
     wrpcap(str(path), pkts)
     states = {f.orig_p: f.conn_state for f in FlowReader(path, workers=1)}
     assert states == {50001: "REJ", 50002: "RSTR", 50003: "RSTR"}
+
+
+_CELL_TEXT = st.text(alphabet=st.sampled_from('ab,"\n\r; \t'), max_size=8)
+
+
+@given(ja4=_CELL_TEXT, kind=_CELL_TEXT, reasons=st.lists(_CELL_TEXT, max_size=3))
+def test_verdict_cells_filled_in_a_line_as_the_writer_writes_them(ja4: str, kind: str,
+                                                                 reasons: list[str]) -> None:
+    """``analyze --csv`` makes a flow's line before its verdict settles and fills the last
+    two cells at the end: the same bytes as the line of the row with its verdict, whatever
+    the cells hold (commas, quotes, line ends)."""
+    w = CsvWriter(io.StringIO(), FLOW_CSV_FIELDS)
+    row = {"uid": "C1", "app": "sip", "ja4": ja4}
+    assert with_verdict_cells(w.line(row), [kind, reasons]) == \
+        w.line({**row, "verdict": kind, "reasons": reasons})
+    with pytest.raises(ValueError):
+        with_verdict_cells(w.line({**row, "verdict": kind or "x"}), [kind, reasons])
