@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from api.output import (
     CONN_CSV_FIELDS,
@@ -459,14 +459,9 @@ def _write_whole(whole: GatheredResult, out: Any, calls_csv: str | None = None) 
         whole.write_json(out)
     elif whole.fmt == "zeek":
         whole.write_zeek(out)
-    elif calls_csv is None:
-        whole.write_csv(out)
-        if whole.calls:
-            print(f"marsad: {len(whole.calls)} call(s) not written: --calls-csv FILE writes "
-                  "them", file=sys.stderr)
     else:
-        with open(calls_csv, "w", encoding="utf-8", newline="") as calls_out:
-            whole.write_csv(out, calls_out)
+        _csv_tables(lambda calls_out: whole.write_csv(out, calls_out), len(whole.calls),
+                    calls_csv)
 
 
 def _write_result(result: AnalysisResult, fmt: str, out: Any,
@@ -481,7 +476,8 @@ def _write_result(result: AnalysisResult, fmt: str, out: Any,
         write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
                      for u, v in result.analysis.flow_verdicts.items()], out)
     elif fmt == "csv":
-        _write_csv(result, out, calls_csv)
+        _csv_tables(lambda calls_out: write_analysis_csv(result, out, calls_out),
+                    len(result.analysis.calls), calls_csv)
     elif fmt == "zeek":
         write_analysis_zeek(result, out)
     else:
@@ -489,16 +485,19 @@ def _write_result(result: AnalysisResult, fmt: str, out: Any,
         out.write("\n")
 
 
-def _write_csv(result: AnalysisResult, out: Any, calls_csv: str | None) -> None:
-    """``marsad analyze --csv``: flows on ``out``, calls to the ``--calls-csv`` file."""
+def _csv_tables(write: Callable[[TextIO | None], None], calls: int,
+                calls_csv: str | None) -> None:
+    """``marsad analyze --csv``: ``write`` the flows (on the output) and, given a file to
+    write them to, the calls; without ``--calls-csv``, say how many calls were not
+    written."""
     if calls_csv is None:
-        write_analysis_csv(result, out)
-        if result.analysis.calls:
-            print(f"marsad: {len(result.analysis.calls)} call(s) not written: --calls-csv "
-                  f"FILE writes them", file=sys.stderr)
+        write(None)
+        if calls:
+            print(f"marsad: {calls} call(s) not written: --calls-csv FILE writes them",
+                  file=sys.stderr)
         return
     with open(calls_csv, "w", encoding="utf-8", newline="") as calls_out:
-        write_analysis_csv(result, out, calls_out)
+        write(calls_out)
 
 
 def _result_status(result: AnalysisResult) -> int:
