@@ -14,6 +14,13 @@ SHARED = ROOT.parent / "shared"
 NDPI_DEV = SHARED / "captures" / "ndpi-dev"
 
 
+def timeless(conn_log: str) -> str:
+    """A conn.log (or any output holding one) without the times it says it was opened and
+    closed, which differ from run to run."""
+    return "\n".join(line.split("\t")[0] if line.startswith(("#open", "#close")) else line
+                     for line in conn_log.split("\n"))
+
+
 def shared_captures() -> list[Path]:
     """Every capture of the reference set (empty when ../shared is absent)."""
     if not NDPI_DEV.is_dir():

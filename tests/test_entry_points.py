@@ -26,7 +26,7 @@ from api.pipeline import analyze_capture
 from api.store import JobState, Query, SqliteStore
 from policy.ledger import Ledger
 from policy.rules import load_policy
-from tests.conftest import ROOT
+from tests.conftest import ROOT, timeless
 
 SHARED = ROOT.parent / "shared" / "captures"
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".gz")
@@ -79,12 +79,6 @@ def _from_jsonl(text: str) -> tuple[Labels, Calls, dict[str, Any]]:
         elif r["record"] == "flow-verdict":
             verdicts[r["uid"]] = r["verdict"]
     return labels, calls, verdicts
-
-
-def _timeless(conn_log: str) -> list[str]:
-    """A conn.log's lines, without the times it was opened and closed."""
-    return [line.split("\t")[0] if line.startswith(("#open", "#close")) else line
-            for line in conn_log.splitlines()]
 
 
 def _readable(path: Path) -> bool:
@@ -165,7 +159,7 @@ def test_every_entry_point_gives_the_same_labels_calls_and_verdicts(
     main(["analyze", str(path), "--zeek"])
     zeek = io.StringIO()
     write_analysis_zeek(result, zeek)
-    assert _timeless(capsys.readouterr().out) == _timeless(zeek.getvalue()), "analyze --zeek"
+    assert timeless(capsys.readouterr().out) == timeless(zeek.getvalue()), "analyze --zeek"
     assert _service(path, tmp_path) == want, "service job"
     assert _live(path, policy) == want, "live probe on a stream"
 

@@ -22,18 +22,13 @@ from api.cli import main
 from api.output import dumps, write_analysis_csv, write_analysis_zeek
 from api.pipeline import analyze_capture
 from probe import FlowRecord
+from tests.conftest import timeless
 from tests.pcapbytes import pcap, udp_frame
 
 FLOWS = 1200
 SPACING_S = 2.0
 """One short flow every 2 s: 2,400 s of capture, four times the pipeline's 600 s window;
 more rows than ``--json`` writes in one piece (1,024)."""
-
-
-def _timeless(text: str) -> str:
-    """An output without the times a conn.log says it was opened and closed."""
-    return "\n".join(line.split("\t")[0] if line.startswith(("#open", "#close")) else line
-                     for line in text.split("\n"))
 
 
 SERVER = "192.0.2.53"
@@ -87,7 +82,7 @@ def test_records_written_are_let_go(fmt: str, tmp_path: Path, monkeypatch: pytes
             write_analysis_csv(result, whole)
         else:
             write_analysis_zeek(result, whole)
-        assert _timeless(out) == _timeless(whole.getvalue())
+        assert timeless(out) == timeless(whole.getvalue())
     assert len(alive) > 10
     # the window holds about 600 s of flows (300 of them; the UDP timeout and the JSON
     # object's lag add a few dozen); holding every flow written to the end (as both
