@@ -776,6 +776,7 @@ class CaptureSource:
         self._detect()
 
     def close(self) -> None:
+        self._pending = b""  # the first chunk, read ahead when opened: nothing reads it now
         self._in.close()
         if self._owned is not None:
             self._owned.close()
