@@ -1160,12 +1160,14 @@ def _flow_ident(a_hi: int, a_lo: int, b_hi: int, b_lo: int, kk: int, zone: int,
 
 
 def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[int],  # type: ignore[type-arg]
-              j: int, n_rtp: int, pkts: list[int], cap: int, states: list[StreamState] | None
-              ) -> tuple[RtpSeries | None, tuple[RtpStream, ...]]:
-    """Gathered flow ``j``'s RTP series and whole-life streams: kept only when the flow
-    looks like RTP (:func:`_rtp_series`); ``pkts`` is its (a, b) packet counts."""
+              j: int, n_rtp: int, pkts: list[int], cap: int, states: list[StreamState] | None,
+              series: bool = True) -> tuple[RtpSeries | None, list[StreamState]]:
+    """Gathered flow ``j``'s RTP series and the states of its whole-life streams, kept only
+    when the flow looks like RTP (:func:`_looks_like_rtp`); ``pkts`` is its (a, b) packet
+    counts. Without ``series``, only whether it looks so is worked out (the series comes
+    back None): all a conn.log row needs, which counts the streams."""
     if rtp is None or n_rtp < 4 or not states:
-        return None, ()
+        return None, []
     a, z = rtp_a[j], rtp_z[j]
     if n_rtp > sum(st.packets for st in states):
         # the packets of sources still on probation when the flow ended are no RTP series'
@@ -1175,21 +1177,21 @@ def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[i
             real |= (side == st.direction) & (ssrc == st.ssrc)
         rtp = {k: v[a:z][real] for k, v in rtp.items()}
         a, z = 0, int(real.sum())
-    series = _rtp_series(rtp, a, z, min(pkts[0] + pkts[1], cap), n_rtp > cap)
-    if series is None:
-        return series, ()
-    return series, _streams_of(states)
+    if not _looks_like_rtp(rtp, a, z, min(pkts[0] + pkts[1], cap)):
+        return None, []
+    return (_rtp_series(rtp, a, z, n_rtp > cap) if series else None), states
 
 
 _Ident = tuple[int, int, str, int, str, int, str, int, int | None, str]
 
 
-def _each_flow(e: Ended, plain: tuple[list[Any], ...]) -> Iterator[
-        tuple[int, _Ident, tuple[RtpSeries | None, tuple[RtpStream, ...]],
+def _each_flow(e: Ended, plain: tuple[list[Any], ...], series: bool = True) -> Iterator[
+        tuple[int, _Ident, tuple[RtpSeries | None, list[StreamState]],
               list[IcmpNotice] | None, list[tuple[int, int, WeirdInfo]] | None]]:
     """What a gathered flow's record and its conn.log row are both made from, flow by
-    flow: its row ``j``, identity (:func:`_flow_ident`), RTP series and streams
-    (:func:`_flow_rtp`), ICMP notices and weirds. ``plain`` is :meth:`Ended.plain`."""
+    flow: its row ``j``, identity (:func:`_flow_ident`), RTP series and streams' states
+    (:func:`_flow_rtp`, no series without ``series``), ICMP notices and weirds. ``plain``
+    is :meth:`Ended.plain`."""
     a_hi, a_lo, b_hi, b_lo, k4, zone, o_is_a, first_ns, last_ns = plain[:9]
     pkts, wire, n_rtp, fid_l = plain[11], plain[13], plain[17], plain[18]
     rtp, rtp_a, rtp_z, cap = e.rtp, e.rtp_a.tolist(), e.rtp_z.tolist(), e.rtp_cap
@@ -1198,7 +1200,8 @@ def _each_flow(e: Ended, plain: tuple[list[Any], ...]) -> Iterator[
         fid = fid_l[j]
         yield (j, _flow_ident(a_hi[j], a_lo[j], b_hi[j], b_lo[j], k4[j], zone[j], o_is_a[j],
                               first_ns[j], e.origin, last_ns[j], pkts[j], wire[j]),
-               _flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap, streams.get(fid)),
+               _flow_rtp(rtp, rtp_a, rtp_z, j, n_rtp[j], pkts[j], cap, streams.get(fid),
+                         series),
                icmp.get(fid), weird_log.get(fid))
 
 
@@ -1224,7 +1227,7 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     pay_a, pay_z = (pc.a.tolist(), pc.z.tolist()) if pc is not None else ([0] * n, [0] * n)
     pool = b"" if light or pc is None else pc.pool
     out = []
-    for j, ident, (rtp_series, rtp_streams), ic, w in _each_flow(e, plain):
+    for j, ident, (rtp_series, states), ic, w in _each_flow(e, plain):
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = ident
         if not light:
             tim = (tim_ts[tim_a[j]:tim_z[j]], tim_len[tim_a[j]:tim_z[j]],
@@ -1250,7 +1253,7 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             n_pk[o], n_pay[o], n_wire[o], n_pk[r], n_pay[r], n_wire[r], fl[o], fl[r], rt[o],
             rt[r], first_fr[j], last_fr[j], reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]),
             l2[j][o], l2[j][r], ms[o], ms[r], () if ic is None else tuple(ic), weirds,
-            payloads, *tim, rr, rtp_series, rtp_streams))
+            payloads, *tim, rr, rtp_series, _streams_of(states) if states else ()))
     return out
 
 
@@ -1263,7 +1266,7 @@ def conn_rows(e: Ended) -> list[dict[str, Any]]:
      tunnels, _, _, l2, missed) = plain
     reasons = e.reasons
     out = []
-    for j, ident, (_, streams), ic, w in _each_flow(e, plain):
+    for j, ident, (_, streams), ic, w in _each_flow(e, plain, series=False):
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = ident
         out.append(conn_row(
             uid, pname, ver, oh, op, rh, rp, first_ns[j] / NS, last_ns[j] / NS,
@@ -1403,18 +1406,18 @@ def _streams_of(states: list[StreamState]) -> tuple[RtpStream, ...]:
     return tuple(sorted(out, key=lambda s: (s.direction, -s.packets, s.ssrc)))
 
 
-def _rtp_series(rtp: dict[str, np.ndarray], a: int, z: int, flow_pkts: int,  # type: ignore[type-arg]
-                truncated: bool) -> RtpSeries | None:
-    """Keep the RTP samples only if the flow looks like RTP: many packets of few SSRCs.
+def _looks_like_rtp(rtp: dict[str, np.ndarray], a: int, z: int,  # type: ignore[type-arg]
+                    flow_pkts: int) -> bool:
+    """Whether a flow's RTP samples (rows ``a:z``) are kept: many packets of few SSRCs.
 
     ICE flows mix STUN, DTLS and RTCP with the media, so 20 RTP packets are enough
     even when they are not half of the flow.
     """
     n = z - a
+    if n < 4 or (n < flow_pkts // 2 and n < 20):
+        return False
     ssrc = rtp["ssrc"][a:z]
     side = rtp["side"][a:z]
-    if n < 4 or (n < flow_pkts // 2 and n < 20):
-        return None
     # A media stream keeps its SSRC: the top two SSRCs per direction cover nearly everything.
     covered = 0
     for d in (0, 1):
@@ -1422,8 +1425,14 @@ def _rtp_series(rtp: dict[str, np.ndarray], a: int, z: int, flow_pkts: int,  # t
         if len(s):
             _, counts = np.unique(s, return_counts=True)
             covered += int(np.sort(counts)[-2:].sum())
-    if covered < 0.8 * n:
-        return None
+    return covered >= 0.8 * n
+
+
+def _rtp_series(rtp: dict[str, np.ndarray], a: int, z: int,  # type: ignore[type-arg]
+                truncated: bool) -> RtpSeries:
+    """The RTP samples of rows ``a:z`` (:func:`_looks_like_rtp`) as a flow's series."""
+    ssrc = rtp["ssrc"][a:z]
+    side = rtp["side"][a:z]
     return RtpSeries(
         ts=rtp["ts"][a:z].astype(np.float64) / NS, direction=side.astype(np.uint8),
         seq=rtp["seq"][a:z].astype(np.uint16), rtp_ts=rtp["rts"][a:z].astype(np.uint32),
