@@ -1207,8 +1207,8 @@ def _each_flow(e: Ended, plain: tuple[list[Any], ...], series: bool = True) -> I
 
 def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     """The flow records of gathered flows, in the order gathered; with ``light``, as
-    :meth:`FlowRecord.lightened` would make them (no payload bytes, no timing series),
-    without building them whole first."""
+    :meth:`FlowRecord.lightened` would make them (no payload bytes, no timing or RTP
+    series), without building them whole first."""
     plain = e.plain()
     (_, _, _, _, _, _, _, first_ns, last_ns, first_fr, last_fr, pkts, pay, wire, flags, retr,
      tunnels, _, _, l2, missed) = plain
@@ -1227,7 +1227,7 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
     pay_a, pay_z = (pc.a.tolist(), pc.z.tolist()) if pc is not None else ([0] * n, [0] * n)
     pool = b"" if light or pc is None else pc.pool
     out = []
-    for j, ident, (rtp_series, states), ic, w in _each_flow(e, plain):
+    for j, ident, (rtp_series, states), ic, w in _each_flow(e, plain, series=not light):
         o, r, pname, ver, oh, op, rh, rp, vlan, uid = ident
         if not light:
             tim = (tim_ts[tim_a[j]:tim_z[j]], tim_len[tim_a[j]:tim_z[j]],

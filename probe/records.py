@@ -400,7 +400,7 @@ class FlowRecord:
     without packets are absent."""
     rtp: RtpSeries | None = None
     """Per-packet RTP header fields of the first packets (``MeterConfig.rtp_detail_packets``)
-    of a flow that carries RTP."""
+    of a flow that carries RTP (None in a light record, :meth:`lightened`)."""
     rtp_streams: tuple[RtpStream, ...] = ()
     """Every RTP stream of the flow, judged over its whole life."""
 
@@ -418,14 +418,17 @@ class FlowRecord:
 
     def lightened(self) -> FlowRecord:
         """This record as later stages keep it once the classifier has observed it: payload
-        samples without their bytes (frames, times and directions stay citable) and no
-        per-packet timing series; counters, the rate series and RTP state are kept. A
-        record that is light already is returned as it is."""
+        samples without their bytes (frames, times and directions stay citable), no
+        per-packet timing series and no per-packet RTP series (:attr:`rtp`, which only the
+        classifier's media guess reads); counters, the rate series and the RTP streams
+        (:attr:`rtp_streams`, what call quality is measured from) are kept. A record that
+        is light already is returned as it is."""
         pay = self.payloads
         light: Sequence[PayloadSample]
         if isinstance(pay, PayloadSamples):
-            if not pay.has_data and not (len(self.pkt_ts) or len(self.pkt_len)
-                                         or len(self.pkt_dir) or len(self.pkt_flags)):
+            if not pay.has_data and self.rtp is None and not (
+                    len(self.pkt_ts) or len(self.pkt_len) or len(self.pkt_dir)
+                    or len(self.pkt_flags)):
                 return self
             light = pay.without_data()
         else:
@@ -433,6 +436,7 @@ class FlowRecord:
         # a positional copy through new_record, not dataclasses.replace: done per flow
         values = list(_record_values(self))
         values[_PAYLOADS_AT] = light
+        values[_RTP_AT] = None
         for at, empty in _TIMING_EMPTY:
             values[at] = empty
         return new_record(*values)
@@ -524,6 +528,7 @@ _FIELD_NAMES = tuple(f.name for f in fields(FlowRecord))
 _record_values = operator.attrgetter(*_FIELD_NAMES)
 
 _PAYLOADS_AT = _FIELD_NAMES.index("payloads")
+_RTP_AT = _FIELD_NAMES.index("rtp")
 NO_TIMING = (np.zeros(0, np.float64), np.zeros(0, np.int32), np.zeros(0, np.uint8),
              np.zeros(0, np.uint8))
 """A light record's ``pkt_ts``, ``pkt_len``, ``pkt_dir`` and ``pkt_flags`` (shared, read-only)."""

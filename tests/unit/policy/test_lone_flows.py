@@ -199,7 +199,6 @@ def test_the_peers_own_prohibition_on_a_candidate_pair_is_a_failed_pair(
 def test_lone_limits_which_flows_outside_calls_are_judged(tmp_path: Path) -> None:
     """The pipeline asks only for the verdicts it may write at a point (``lone``): the
     other flows outside calls are not judged, and the calls are the same either way."""
-    from classifier.engine import Classifier
     from policy.calls import analyse_calls
 
     answered = [_tcp(1.0, (ME, 50000), (FAR, 443), "S"), _tcp(1.02, (FAR, 443), (ME, 50000), "SA"),
@@ -211,8 +210,7 @@ def test_lone_limits_which_flows_outside_calls_are_judged(tmp_path: Path) -> Non
                         *_voice((FAR, 40000), (ME, 40000), 2),
                         _udp(20.0, ME, 40002, ROUTER, 53, b"\x00" * 12)]))
     result = analyze_capture(path, workers=1, hash_capture=False)
-    flows = result.flows
-    classes = Classifier().classify_all(flows)
+    flows, classes = result.flows, result.classes  # as the pipeline classified them
     everyone = analyse_calls(flows, classes)
     blocked = {f.orig_p: f.uid for f in flows if f.uid in everyone.flow_verdicts}
     assert {50001, 50002} <= set(blocked)

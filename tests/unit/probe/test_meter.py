@@ -145,6 +145,11 @@ def test_rtp_series_kept_over_whole_life(tmp_path: Path) -> None:
     assert list(f.rtp.seq[:3]) == [0, 1, 2]
     assert int(f.rtp.ssrc[0]) == 0x1234
     assert int(f.rtp.rtp_ts[-1]) == 299 * 160
+    # once observed, the series goes (only the media guess reads it); the stream stays
+    light = f.lightened()
+    assert light.rtp is None and f.rtp is not None
+    assert light.rtp_streams == f.rtp_streams and light.rtp_streams[0].packets == 300
+    assert light.lightened() is light
 
 
 def test_random_udp_is_not_taken_for_rtp(tmp_path: Path) -> None:
