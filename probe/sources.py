@@ -311,12 +311,12 @@ _INCL_AT = {"<": struct.Struct("<8xI").unpack_from, ">": struct.Struct(">8xI").u
 """The captured length of the record header at an offset."""
 
 
-def record_headers(buf: bytes | bytearray, offs: list[int], order: str
+def record_headers(buf: bytes | bytearray, offs: list[int] | npt.NDArray[np.int64], order: str
                    ) -> npt.NDArray[np.int64]:
     """The first four fields (ts_sec, ts_frac and the two lengths, as written) of the
     classic pcap record headers at ``offs`` in ``buf``, in byte order ``order``: one row
     per record. ``buf`` is not held on to (a bytearray may be resized afterwards)."""
-    if not offs:
+    if not len(offs):
         return np.zeros((0, 4), dtype=np.int64)
     # Row p of this view is the four 32-bit fields starting at byte p.
     fields = np.ndarray((len(buf) - RECORD_HEADER + 1, 4), dtype=np.dtype(order + "u4"),
@@ -898,9 +898,7 @@ class CaptureSource:
                 bad = True
             if offs:
                 o = np.asarray(offs, dtype=np.int64)
-                arr = np.frombuffer(buf, dtype=np.uint8)
-                hdr = arr[o[:, None] + np.arange(16)].view(">u4" if self._big else "<u4")
-                hdr = hdr.astype(np.int64)
+                hdr = record_headers(buf, o, ">" if self._big else "<")
                 if swapped == "yes":
                     hdr = hdr[:, [0, 1, 3, 2]]
                 elif swapped == "maybe":
