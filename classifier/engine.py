@@ -146,9 +146,10 @@ class Classifier:
     def observe(self, flow: FlowRecord) -> Observation:
         """What the flow's own bytes and timing say, independent of every other flow.
 
-        The expensive part of classification; it needs the payload samples, so a caller
-        that streams flows observes each one as it ends and can then drop its payload
-        bytes and timing series (:meth:`FlowRecord.lightened`) before :meth:`classify_all`.
+        The expensive part of classification; it needs the payload samples, timing and
+        RTP series, so a caller that streams flows observes each one as it ends and can
+        then drop them (:meth:`FlowRecord.lightened`) before :meth:`classify_all`, which
+        must then be given the observations (a light record observed again says less).
         """
         return Observation(inspect_flow(flow, self.fingerprints), _media(flow))
 

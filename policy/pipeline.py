@@ -398,7 +398,8 @@ class AnalysisResult:
     """Everything derived from one capture."""
 
     flows: list[FlowRecord]
-    """Flow records, by first packet."""
+    """Flow records, by first packet; light (:meth:`FlowRecord.lightened`): observed
+    already, they are not to be classified again (:attr:`classes` holds what they are)."""
     classes: list[Classification]
     """One classification per flow, same order."""
     analysis: Analysis

@@ -442,7 +442,7 @@ class FlowReader:
         """Iterate the flows as they end, each with ``observe(flow)``.
 
         The flows come out lightened (:meth:`FlowRecord.lightened`: what ``observe`` was
-        to take from their payload bytes and timing series has been taken). ``observe``
+        to take from their payload bytes, timing and RTP series has been taken). ``observe``
         must depend on the flow alone (not on the flows before it) and return a picklable
         value. With ``workers=2`` on a capture file, the reader process, which
         has time to spare (reading is the lighter half of the work, and after the end of

@@ -223,17 +223,16 @@ def test_lone_limits_which_flows_outside_calls_are_judged(tmp_path: Path) -> Non
 
 def _two_calls(tmp_path: Path, extra: Sequence[tuple[float, bytes]] = ()
                ) -> tuple[list[FlowRecord], list[Classification]]:
-    """Flows and classifications of a capture with two calls a minute apart."""
-    from classifier.engine import Classifier
-
+    """Flows and classifications (the pipeline's) of a capture with two calls a minute
+    apart."""
     far2 = "198.51.100.20"
     late = [(ts + 60.0, b) for ts, b in [*_voice((ME, 41000), (far2, 41000), 3),
                                          *_voice((far2, 41000), (ME, 41000), 4)]]
     path = tmp_path / "two.pcap"
     _pcap(path, sorted([*_dns_answered(ME), *_voice((ME, 40000), (FAR, 40000), 1),
                         *_voice((FAR, 40000), (ME, 40000), 2), *late, *extra]))
-    flows = analyze_capture(path, workers=1, hash_capture=False).flows
-    return flows, Classifier().classify_all(flows)
+    result = analyze_capture(path, workers=1, hash_capture=False)
+    return result.flows, result.classes
 
 
 def test_due_judges_the_calls_written_now_and_leaves_the_others_waiting(
