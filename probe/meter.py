@@ -1169,17 +1169,20 @@ def _flow_rtp(rtp: dict[str, np.ndarray] | None, rtp_a: list[int], rtp_z: list[i
     if rtp is None or n_rtp < 4 or not states:
         return None, []
     a, z = rtp_a[j], rtp_z[j]
+    side, ssrc = rtp["side"][a:z], rtp["ssrc"][a:z]
+    real: npt.NDArray[np.bool_] | None = None
     if n_rtp > sum(st.packets for st in states):
         # the packets of sources still on probation when the flow ended are no RTP series'
-        side, ssrc = rtp["side"][a:z], rtp["ssrc"][a:z]
         real = np.zeros(z - a, dtype=bool)
         for st in states:
             real |= (side == st.direction) & (ssrc == st.ssrc)
-        rtp = {k: v[a:z][real] for k, v in rtp.items()}
-        a, z = 0, int(real.sum())
-    if not _looks_like_rtp(rtp, a, z, min(pkts[0] + pkts[1], cap)):
+        side, ssrc = side[real], ssrc[real]
+    if not _looks_like_rtp(ssrc, side, min(pkts[0] + pkts[1], cap)):
         return None, []
-    return (_rtp_series(rtp, a, z, n_rtp > cap) if series else None), states
+    if not series:
+        return None, states
+    rows = {k: v[a:z] if real is None else v[a:z][real] for k, v in rtp.items()}
+    return _rtp_series(rows, n_rtp > cap), states
 
 
 _Ident = tuple[int, int, str, int, str, int, str, int, int | None, str]
@@ -1253,7 +1256,7 @@ def build_records(e: Ended, light: bool = False) -> list[FlowRecord]:
             n_pk[o], n_pay[o], n_wire[o], n_pk[r], n_pay[r], n_wire[r], fl[o], fl[r], rt[o],
             rt[r], first_fr[j], last_fr[j], reasons[j], vlan, TUNNEL_NAMES.get(tunnels[j]),
             l2[j][o], l2[j][r], ms[o], ms[r], () if ic is None else tuple(ic), weirds,
-            payloads, *tim, rr, rtp_series, _streams_of(states) if states else ()))
+            payloads, *tim, rr, rtp_series, _streams_of(states)))
     return out
 
 
@@ -1406,18 +1409,17 @@ def _streams_of(states: list[StreamState]) -> tuple[RtpStream, ...]:
     return tuple(sorted(out, key=lambda s: (s.direction, -s.packets, s.ssrc)))
 
 
-def _looks_like_rtp(rtp: dict[str, np.ndarray], a: int, z: int,  # type: ignore[type-arg]
+def _looks_like_rtp(ssrc: np.ndarray, side: np.ndarray,  # type: ignore[type-arg]
                     flow_pkts: int) -> bool:
-    """Whether a flow's RTP samples (rows ``a:z``) are kept: many packets of few SSRCs.
+    """Whether a flow's RTP samples (their SSRCs and sides) are kept: many packets of few
+    SSRCs.
 
     ICE flows mix STUN, DTLS and RTCP with the media, so 20 RTP packets are enough
     even when they are not half of the flow.
     """
-    n = z - a
+    n = len(ssrc)
     if n < 4 or (n < flow_pkts // 2 and n < 20):
         return False
-    ssrc = rtp["ssrc"][a:z]
-    side = rtp["side"][a:z]
     # A media stream keeps its SSRC: the top two SSRCs per direction cover nearly everything.
     covered = 0
     for d in (0, 1):
@@ -1428,15 +1430,14 @@ def _looks_like_rtp(rtp: dict[str, np.ndarray], a: int, z: int,  # type: ignore[
     return covered >= 0.8 * n
 
 
-def _rtp_series(rtp: dict[str, np.ndarray], a: int, z: int,  # type: ignore[type-arg]
-                truncated: bool) -> RtpSeries:
-    """The RTP samples of rows ``a:z`` (:func:`_looks_like_rtp`) as a flow's series."""
-    ssrc = rtp["ssrc"][a:z]
-    side = rtp["side"][a:z]
+def _rtp_series(rows: dict[str, np.ndarray], truncated: bool  # type: ignore[type-arg]
+                ) -> RtpSeries:
+    """A flow's RTP samples (``rows``: its rows of each column, :func:`_looks_like_rtp`)
+    as its series."""
     return RtpSeries(
-        ts=rtp["ts"][a:z].astype(np.float64) / NS, direction=side.astype(np.uint8),
-        seq=rtp["seq"][a:z].astype(np.uint16), rtp_ts=rtp["rts"][a:z].astype(np.uint32),
-        ssrc=ssrc.astype(np.uint32), pt=rtp["pt"][a:z].astype(np.uint8),
-        marker=rtp["mk"][a:z].astype(np.uint8), size=rtp["size"][a:z].astype(np.uint16),
-        offset=rtp["off"][a:z].astype(np.uint8), frame=rtp["frame"][a:z].astype(np.int64),
+        ts=rows["ts"].astype(np.float64) / NS, direction=rows["side"].astype(np.uint8),
+        seq=rows["seq"].astype(np.uint16), rtp_ts=rows["rts"].astype(np.uint32),
+        ssrc=rows["ssrc"].astype(np.uint32), pt=rows["pt"].astype(np.uint8),
+        marker=rows["mk"].astype(np.uint8), size=rows["size"].astype(np.uint16),
+        offset=rows["off"].astype(np.uint8), frame=rows["frame"].astype(np.int64),
         truncated=truncated)
