@@ -29,6 +29,8 @@ Payloads (:func:`rewrite_payload`)
       FINGERPRINT is recomputed. MESSAGE-INTEGRITY needs a key the bundle does not have
       and no longer verifies (:attr:`Rewritten.integrity_broken` counts them).
     * DNS (port 53, mDNS 5353): A and AAAA answers that hold a local address.
+    * Zoom's peer-to-peer hello (:class:`classifier.dpi.framings.ZoomP2pHello`): its
+      sender's address, written as text in a length-value field.
     * SIP and SDP (RFC 3261, 4566), ICE candidates in SDP (RFC 8839): every local
       address written as text, a local endpoint's ``addr:port``, the ``m=`` and
       ``a=rtcp`` ports of a description whose connection address is local, a
@@ -50,6 +52,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from classifier.dpi.framings import parse_zoom_p2p_hello
 
 __all__ = ["KEPT_PORTS", "Names", "Pseudonyms", "Rewritten", "rewrite_payload"]
 
@@ -227,7 +231,7 @@ class Rewritten:
     data: bytes
     """The payload, rewritten (the same object when nothing changed)."""
     kind: str | None = None
-    """``stun``, ``dns`` or ``sip`` when the payload was read as one."""
+    """``stun``, ``dns``, ``sip`` or ``zoom`` when the payload was read as one."""
     changes: int = 0
     """Addresses and ports rewritten."""
     integrity_broken: int = 0
@@ -477,13 +481,27 @@ def _stun_stream(data: bytes, local: Local, names: Names, out: Rewritten) -> byt
     return b"".join(pieces) + data[pos:]
 
 
+def _zoom_p2p(data: bytes, local: Local, names: Names, out: Rewritten) -> bytes | None:
+    """A Zoom peer-to-peer hello whose address field names a local address, with that
+    field (and its length) rewritten; None for any other payload."""
+    hello = parse_zoom_p2p_hello(data)
+    if hello is None or hello.address is None or not _is_local_text(hello.address, local):
+        return None
+    new = names.address(hello.address).encode("ascii")
+    at, end = hello.address_at, hello.address_at + hello.address_len
+    out.addresses.append(hello.address)
+    out.changes += 1
+    return data[:at - 4] + struct.pack("!I", len(new)) + new + data[end:]
+
+
 def rewrite_payload(data: bytes, proto: str, ports: tuple[int, int], local: Local,
                     names: Names) -> Rewritten:
     """``data`` (a UDP or TCP payload between ``ports``) with the local side's addresses
-    and ports rewritten wherever STUN, DNS or SIP/SDP carry them; see the module
+    and ports rewritten wherever STUN, DNS, SIP/SDP or Zoom's hello carry them; see the module
     docstring."""
     out = Rewritten(data)
-    for kind, fn in (("stun", _stun), ("stun", _stun_stream), ("sip", _sip)):
+    for kind, fn in (("stun", _stun), ("stun", _stun_stream), ("sip", _sip),
+                     ("zoom", _zoom_p2p)):
         got = fn(data, local, names, out)
         if got is not None:
             out.kind, out.data = kind, got

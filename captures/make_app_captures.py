@@ -545,6 +545,89 @@ def make_webex(outdir: Path) -> None:
     save(outdir, "webex.pcap", cap)
 
 
+def zoom_p2p_hello(rng: random.Random, address: str) -> bytes:
+    """The first packet of a Zoom peer-to-peer media flow, laid out as nDPI's zoom.c
+    checks it: ``1f 02 01``, the rest of a 24-byte header, the sender's address as text
+    and an identifier, each behind a 4-byte big-endian length, then four zero bytes."""
+    ident = rng.randbytes(16).hex().encode()
+    return (b"\x1f\x02\x01" + rng.randbytes(21) + struct.pack(">I", len(address))
+            + address.encode() + struct.pack(">I", len(ident)) + ident + b"\0\0\0\0")
+
+
+def zoom_media(media_type: int, rtp_at: int, rng: random.Random) -> Wrap:
+    """A Zoom media header (Princeton-Cabernet/zoom-analysis, as nDPI's zoom.c reads it:
+    the type byte, then the RTP packet ``rtp_at`` bytes from its start)."""
+    def wrap(packet: bytes) -> bytes:
+        head = bytearray(rng.randbytes(rtp_at))
+        head[0] = media_type
+        if media_type == ZOOM_SCREEN_SFU:
+            head[7] = 0x1E  # a screen-share packet that carries RTP
+        return bytes(head) + packet
+    return wrap
+
+
+def zoom_sfu(inner: Wrap, direction: int) -> Wrap:
+    """Zoom's SFU encapsulation of type 5 (media) around a media header: the type byte,
+    a sequence number, four bytes, and the direction byte (0 to Zoom, 4 from it)."""
+    seq = iter(range(1, 1 << 16))
+
+    def wrap(packet: bytes) -> bytes:
+        return struct.pack(">BHIB", 5, next(seq), 0, direction) + inner(packet)
+    return wrap
+
+
+def screen_frames(cap: Capture, flow: Flow, t0: Fraction, seconds: Fraction,
+                  rng: random.Random, ssrc: int, wrap: Wrap) -> Fraction:
+    """A one-way screen share of a screen that hardly changes: 6 frames a second of 1-2
+    RTP packets of 300-500 bytes every 166 ms (one timestamp per frame at 90 kHz, marker on its last
+    packet)."""
+    seq = rng.randrange(0, 0x8000)
+    rts = rng.getrandbits(31)
+    for i in range(int(seconds * 6)):
+        ts = t0 + Fraction(i * 166, 1000)
+        n = rng.randrange(1, 3)
+        for k in range(n):
+            packet = rtp(seq, rts + 15000 * i, ssrc, 99, rng.randbytes(rng.randrange(300, 500)),
+                         marker=k == n - 1)
+            send_udp(cap, flow, eth, ts + Fraction(k, 1000), ORIG, wrap(packet))
+            seq += 1
+    return t0 + seconds
+
+
+ZOOM_AUDIO, ZOOM_SCREEN_SFU, ZOOM_SCREEN_P2P = 15, 13, 30
+"""Zoom media header types (audio; screen share through the SFU and peer to peer)."""
+
+
+def make_zoom(outdir: Path) -> None:
+    """Zoom: a peer-to-peer call on ports no rule knows, and a screen share through a Zoom
+    server.
+
+    Zoom, 'Zoom network firewall or proxy server settings' (support.zoom.com KB0060548):
+    meeting media on UDP 8801-8810 to Zoom's published ranges (e.g. 170.114.0.0/16).
+    The packet layouts (SFU encapsulation of type 5, media headers 15 audio and 13/30
+    screen share with the RTP packet 19, 27 and 20 bytes in, the peer-to-peer hello) are
+    those of Princeton-Cabernet/zoom-analysis as nDPI's zoom.c reads them.
+    """
+    rng = random.Random("zoom")
+    cap = Capture()
+    t = at(11000)
+    p2p = Flow("udp", PHONE, 51234, PEER, 46757)
+    send_udp(cap, p2p, eth, t, ORIG, zoom_p2p_hello(rng, PHONE))
+    send_udp(cap, p2p, eth, t + Fraction(40, 1000), RESP, zoom_p2p_hello(rng, PEER))
+    audio = zoom_media(ZOOM_AUDIO, 19, rng)
+    te = voice(cap, p2p, t + Fraction(1, 10), Fraction(1), rng, Voice(0x01000402, 99, 960),
+               Voice(0x01000802, 99, 960), wrap=audio)
+    share = Flow("udp", PHONE, 51236, PEER, 46759)
+    send_udp(cap, share, eth, t + Fraction(1, 2), ORIG, zoom_p2p_hello(rng, PHONE))
+    send_udp(cap, share, eth, t + Fraction(54, 100), RESP, zoom_p2p_hello(rng, PEER))
+    screen_frames(cap, share, t + 1, Fraction(3, 2), rng, 0x01000803,
+                  zoom_media(ZOOM_SCREEN_P2P, 20, rng))
+    server = Flow("udp", PHONE, 51238, "170.114.10.76", 8801)
+    screen_frames(cap, server, te + 1, Fraction(2), rng, 0x01000403,
+                  zoom_sfu(zoom_media(ZOOM_SCREEN_SFU, 27, rng), 0))
+    save(outdir, "zoom.pcap", cap)
+
+
 ENTRIES = [
     Entry("facetime.pcap",
           "an iPhone's FaceTime call: DNS and TLS to identity.ess.apple.com, the push channel "
@@ -614,6 +697,14 @@ ENTRIES = [
           "Cisco help article WBX000028782 'Network Requirements for Webex Services' "
           "(*.wbx2.com, UDP 5004/9000, IP subnets for Webex media services)",
           make_webex),
+    Entry("zoom.pcap",
+          "Zoom: a peer-to-peer call on UDP 51234-46757 (the peer-to-peer hello both ways, "
+          "then 1 s of two-way RTP behind media headers of type 15), a peer-to-peer screen "
+          "share (type 30) on another pair of ports, and a screen share through a Zoom "
+          "server on UDP 8801 (SFU type 5 around media headers of type 13)",
+          "Zoom KB0060548 (UDP 8801-8810, Zoom's ranges such as 170.114.0.0/16); the packet "
+          "layouts of Princeton-Cabernet/zoom-analysis as read by nDPI's zoom.c",
+          make_zoom),
 ]
 
 README_HEAD = """# captures/apps/

@@ -31,6 +31,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from classifier.dpi.framings import ZoomMediaKind
 from classifier.hostnames import HostMatch, Service, match_host
 from classifier.inspect import inspect_flow
 from classifier.owners import Owner
@@ -59,6 +60,12 @@ REALM_APPS = (("whatsapp", "whatsapp"), ("facebook", "messenger"), ("messenger",
               ("discord", "discord"), ("zoom", "zoom"), ("webex", "webex"),
               ("line.me", "line"), ("naver", "line"), ("imo.im", "imo"), ("snapchat", "snapchat"),
               ("apple.com", "facetime"), ("icloud.com", "facetime"))
+_ZOOM_PICTURES = {str(ZoomMediaKind.VIDEO): Category.VIDEO,
+                  str(ZoomMediaKind.SCREEN_SHARE): Category.SCREEN}
+"""What a Zoom media header that carries pictures makes a real-time flow."""
+_ZOOM_MEDIA = {str(ZoomMediaKind.AUDIO): Category.VOICE, **_ZOOM_PICTURES}
+"""What a Zoom media header with an RTP packet behind it makes a flow whose statistics
+alone do not show real-time media (a one-way screen share, a short stream)."""
 MESSENGER_TURN_REALM = "turner.facebook"
 """What the STUN REALM of Messenger's TURN relays contains (real Messenger calls): the
 signalling of Messenger, not of WhatsApp, whose calls share Meta's STUN types."""
@@ -296,8 +303,11 @@ class Classifier:
                                 Service.CALL_SETUP)
             return _Verdict(stun_app[0], stun_app[1], 0.95, stun_app[2], Service.CALL_SETUP)
         if facts.framing == "zoom":
+            carries = (f" ({facts.framing_detail} media headers)"
+                       if facts.framing_detail in _ZOOM_MEDIA else "")
             return _Verdict("zoom", Method.FRAMING, 0.9,
-                            f"Zoom media encapsulation on UDP {flow.resp_p}", Service.RELAY)
+                            f"Zoom media encapsulation on UDP {flow.resp_p}{carries}",
+                            Service.RELAY)
         if facts.framing == "discord":
             return _Verdict("discord", Method.FRAMING, 0.95, "Discord voice IP discovery",
                             Service.RELAY)
@@ -408,10 +418,13 @@ class Classifier:
             media = str(guess.media) if guess.media is not None else "audio"
             cat = {"audio": Category.VOICE, "video": Category.VIDEO,
                    "screen": Category.SCREEN}.get(media, Category.VOICE)
-            if facts.framing == "zoom" and facts.framing_detail in ("video", "screen"):
-                cat = Category.VIDEO if facts.framing_detail == "video" else Category.SCREEN
+            if facts.framing == "zoom" and facts.framing_detail in _ZOOM_PICTURES:
+                cat = _ZOOM_PICTURES[facts.framing_detail]
                 media = facts.framing_detail
             return cat, media
+        if (facts.framing == "zoom" and flow.proto == "udp"
+                and facts.framing_detail in _ZOOM_MEDIA):
+            return _ZOOM_MEDIA[facts.framing_detail], facts.framing_detail
         if guess.streaming or (app in STREAMING_APPS and v is not None
                                and v.service is Service.STREAMING):
             return Category.STREAMING, None

@@ -8,7 +8,7 @@ note and the others go on: inspection never raises.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
@@ -77,24 +77,16 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         _sip(payloads, False, found, notes)
         return
     # STUN's first byte is below 0x40 (the two top bits are zero): a cheap first test
+    # (any sample: STUN is kept whole, and a capture that starts mid-call sees it late)
     if kind in (Kind.STUN, Kind.TURN_CHANNEL) or any(
-            p.data[:1] < b"\x40" and stun.looks_like_stun(p.data) for p in payloads[:4]):
+            p.data[:1] < b"\x40" and stun.looks_like_stun(p.data) for p in payloads):
         _stun(payloads, False, found, notes)
     if ports & _ZOOM_PORT_SET:
-        for p in payloads:
-            try:
-                z = framings.parse_zoom_sfu(p.data)
-            except ParseError:
-                continue
-            if z is not None:
-                found.setdefault("framing", "zoom")
-                media = getattr(z, "media", None)
-                kind_name = getattr(media, "kind", None) if media is not None else None
-                if kind_name is not None:
-                    found["framing_detail"] = str(kind_name)
-                    break
-        if found.get("framing") == "zoom":
-            found.setdefault("protocol", "zoom")
+        _zoom(payloads, framings.parse_zoom_sfu, found)
+    elif any(framings.parse_zoom_p2p_hello(p.data) for p in payloads[:4]):
+        # a peer-to-peer flow (any port): media headers without the SFU header
+        found.update(framing="zoom", protocol="zoom")
+        _zoom(payloads, framings.parse_zoom_media, found)
     if "protocol" not in found and any(0x14 <= p.data[0] <= 0x3F for p in payloads
                                        if p.data):
         _dtls(orig, resp, found, notes)
@@ -492,6 +484,34 @@ def _telephony_udp(orig: list[PayloadSample], resp: list[PayloadSample],
     rtcp_ok = sum(rtp.is_rtcp_compound_start(p.data) for p in payloads[:6])
     if rtcp_ok >= min(2, len(payloads)) and rtcp_ok * 2 >= min(len(payloads), 6):
         found["protocol"] = "rtcp"
+
+
+def _zoom(payloads: Sequence[PayloadSample],
+          parse: Callable[[bytes], framings.ZoomSfu | framings.ZoomMedia | None],
+          found: dict[str, object]) -> None:
+    """Zoom's framing (``parse``: the SFU's, or the bare media header of peer-to-peer
+    flows); its detail the media the first media header that carries some (audio,
+    video or screen) names, else ``rtcp``."""
+    detail = None
+    for p in payloads:
+        try:
+            z = parse(p.data)
+        except ParseError:
+            continue
+        if z is None:
+            continue
+        found.setdefault("framing", "zoom")
+        media = z.media if isinstance(z, framings.ZoomSfu) else z
+        if media is None:
+            continue
+        if media.kind is not framings.ZoomMediaKind.RTCP:
+            detail = str(media.kind)
+            break
+        detail = detail or str(media.kind)
+    if detail is not None:
+        found["framing_detail"] = detail
+    if found.get("framing") == "zoom":
+        found.setdefault("protocol", "zoom")
 
 
 def _framings_udp(payloads: Sequence[PayloadSample], found: dict[str, object]) -> None:

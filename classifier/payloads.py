@@ -5,8 +5,9 @@ module assembles their declarations into the one :class:`~probe.plugins.PayloadP
 every entry point hands the meter, so that the payloads the inspectors read are the
 ones the probe kept:
 
-- SIP messages (:data:`classifier.dpi.sip.KEEP_WHOLE`) and RTCP sender/receiver reports
-  (:data:`classifier.dpi.rtp.KEEP_WHOLE`) are kept whole whatever their rank in a flow;
+- SIP messages (:data:`classifier.dpi.sip.KEEP_WHOLE`), RTCP sender/receiver reports
+  (:data:`classifier.dpi.rtp.KEEP_WHOLE`) and STUN messages other than media indications
+  (:data:`classifier.dpi.stun.KEEP_WHOLE`) are kept whole whatever their rank in a flow;
 - RTP is measured plain, inside TURN ChannelData (:data:`classifier.dpi.stun.TURN_CHANNEL_RTP`),
   inside Microsoft's Multiplexed TURN messages
   (:data:`classifier.dpi.stun.MS_TURN_MULTIPLEXED_RTP`) and behind Zoom's media
@@ -24,7 +25,7 @@ from probe.plugins import PLAIN_RTP, PayloadPolicy
 __all__ = ["PAYLOAD_POLICY", "meter_config"]
 
 PAYLOAD_POLICY = PayloadPolicy(
-    keep_whole=sip.KEEP_WHOLE + rtp.KEEP_WHOLE,
+    keep_whole=sip.KEEP_WHOLE + rtp.KEEP_WHOLE + stun.KEEP_WHOLE,
     rtp_framings=(PLAIN_RTP, stun.TURN_CHANNEL_RTP, stun.MS_TURN_MULTIPLEXED_RTP,
                   *framings.ZOOM_SFU_RTP),
 )

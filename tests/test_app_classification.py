@@ -127,8 +127,8 @@ REAL = [
     Expect("stun_wa_call.pcapng", "udp", ("192.168.12.156", 46652), ("93.57.123.227", 3478),
            "whatsapp", V, "audio", "stun-type", "0x0801, 0x0802 are WhatsApp's", "WhatsAppCall"),
     Expect("wa_video.pcap", "udp", ("192.168.2.12", 53688), ("31.13.86.48", 3478),
-           "whatsapp", Category.VIDEO, "video", "stun-attr", "STUN attributes 0x4000-0x4007",
-           "WhatsAppCall"),
+           "whatsapp", Category.VIDEO, "video", "stun-type",
+           "STUN message types 0x0800, 0x0801, 0x0802 are WhatsApp's", "WhatsAppCall"),
     # Facebook web
     Expect("facebook.pcap", "tcp", ("192.168.43.18", 44614), ("31.13.86.36", 443),
            "facebook", W, None, "sni", "server name www.facebook.com", "Facebook"),
@@ -363,6 +363,14 @@ GEN = [
            "ip-owner", "is in 62.109.192.0/18 (cisco"),
     Expect("webex.pcap", "tcp", (PHONE, 57002), ("203.0.113.170", 443), "webex", M, None,
            "sni", "server name locus-a.wbx2.com"),
+    # Zoom: peer to peer on ports no rule knows (the hello, media headers), and a screen
+    # share through a Zoom server
+    Expect("zoom.pcap", "udp", (PHONE, 51234), ("198.51.100.44", 46757), "zoom", V,
+           "audio", "framing", "Zoom media encapsulation on UDP 46757 (audio media headers)"),
+    Expect("zoom.pcap", "udp", (PHONE, 51236), ("198.51.100.44", 46759), "zoom", Category.SCREEN,
+           "screen", "framing", "(screen media headers)"),
+    Expect("zoom.pcap", "udp", (PHONE, 51238), ("170.114.10.76", 8801), "zoom",
+           Category.SCREEN, "screen", "framing", "on UDP 8801 (screen media headers)"),
 ]
 
 
@@ -377,7 +385,7 @@ def test_every_app_has_a_flow_test() -> None:
 
 
 def test_generated_captures_stay_small() -> None:
-    assert len(GENERATED) == 8
+    assert len(GENERATED) == 9
     for name in GENERATED:
         assert (APPS_DIR / name).stat().st_size < 30_000, name
 

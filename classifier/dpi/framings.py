@@ -96,11 +96,12 @@ class ZoomSfuType(IntEnum):
 
 
 class ZoomMediaKind(StrEnum):
-    """What a Zoom media header carries."""
+    """What a Zoom media header carries (the first three values are marsad's media
+    names)."""
 
     AUDIO = "audio"
     VIDEO = "video"
-    SCREEN_SHARE = "screen_share"
+    SCREEN_SHARE = "screen"
     RTCP = "rtcp"
 
 
@@ -271,30 +272,49 @@ the offsets :data:`_ZOOM_MEDIA` gives (the same table :func:`parse_zoom_sfu` rea
 
 @dataclass(frozen=True, slots=True)
 class ZoomP2pHello:
-    """First packet of a Zoom peer-to-peer media flow (``1f 02 01`` ... four zero bytes)."""
+    """First packet of a Zoom peer-to-peer media flow, as nDPI's ``zoom.c`` reads it:
+    ``1f 02 01``, a 24-byte header, then length-value fields (a 4-byte big-endian length
+    each) holding the sender's address as text and an identifier, then four zero bytes."""
 
     length: int
     """Payload length."""
     address: str | None
-    """First dotted-quad IPv4 text found in the packet (the sender's own address)."""
+    """The address field, when it is an IP address in text."""
+    address_at: int
+    """Offset of the address field's text (its 4-byte length is just before it)."""
+    address_len: int
+    """Length of the address field's text."""
+
+
+_ZOOM_P2P_HELLO = b"\x1f\x02\x01"
+_ZOOM_P2P_FIELDS_AT = 24
+_ZOOM_P2P_MIN_LEN = 37
+"""nDPI's ``zoom.c`` looks for the hello in payloads longer than 36 bytes."""
 
 
 def parse_zoom_p2p_hello(payload: bytes | bytearray | memoryview) -> ZoomP2pHello | None:
-    """Zoom P2P hello: starts ``1f 02 01`` and ends with four zero bytes."""
+    """Zoom P2P hello (:class:`ZoomP2pHello`): its two length-value fields and the four
+    zero bytes after them must make up the payload exactly."""
     buf = bytes(payload)
-    if len(buf) < 8 or buf[:3] != b"\x1f\x02\x01" or buf[-4:] != b"\0\0\0\0":
+    n = len(buf)
+    if n < _ZOOM_P2P_MIN_LEN or buf[:3] != _ZOOM_P2P_HELLO or buf[-4:] != b"\0\0\0\0":
         return None
-    return ZoomP2pHello(len(buf), _first_ipv4_text(buf))
+    at = _ZOOM_P2P_FIELDS_AT
+    ip_len = int.from_bytes(buf[at:at + 4], "big")
+    uuid_at = at + 4 + ip_len
+    if uuid_at + 4 >= n:
+        return None
+    uuid_len = int.from_bytes(buf[uuid_at:uuid_at + 4], "big")
+    if uuid_at + 4 + uuid_len + 4 != n:
+        return None
+    return ZoomP2pHello(n, _ip_text(buf[at + 4:uuid_at]), at + 4, ip_len)
 
 
-def _first_ipv4_text(buf: bytes) -> str | None:
-    text = "".join(chr(b) if 0x2E <= b <= 0x39 and b != 0x2F else " " for b in buf)
-    for word in text.split():
-        try:
-            return str(ipaddress.IPv4Address(word))
-        except ValueError:
-            continue
-    return None
+def _ip_text(field: bytes) -> str | None:
+    try:
+        return str(ipaddress.ip_address(field.rstrip(b"\0").decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 # -- Discord --------------------------------------------------------------------------------

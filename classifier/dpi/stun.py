@@ -39,9 +39,10 @@ import numpy.typing as npt
 
 from probe.cursor import Cursor
 from probe.errors import Malformed, ParseError, Truncated
-from probe.plugins import Framing, PayloadView
+from probe.plugins import Framing, PayloadView, Prefix
 
 __all__ = [
+    "KEEP_WHOLE",
     "MAGIC_COOKIE",
     "MS_TURN_MULTIPLEXED_CHANNEL",
     "MS_TURN_MULTIPLEXED_RTP",
@@ -165,6 +166,7 @@ def _plausible_type(msg_type: int) -> bool:
     return msg_type in VENDOR_MESSAGE_TYPES
 
 
+
 # -- attributes ------------------------------------------------------------------------------
 
 
@@ -270,8 +272,21 @@ VENDOR_MESSAGE_TYPES: Mapping[int, Vendor] = MappingProxyType({
     0x0800: Vendor.WHATSAPP, 0x0801: Vendor.WHATSAPP, 0x0802: Vendor.WHATSAPP,
     0x0804: Vendor.WHATSAPP, 0x0805: Vendor.WHATSAPP,
 })
-"""Non-standard message types -> vendor (0x0800-0x0802 per nDPI; 0x0804/0x0805 seen in
-stun_wa_call.pcapng)."""
+"""Non-standard message types -> vendor: the 0x08xx types nDPI's stun.c names WhatsApp
+calls by (0x0800-0x0802, 0x0804, 0x0805)."""
+
+_KEPT_TYPES = (0x0001, 0x0101, 0x0111, 0x0011,  # Binding request, answers, indication
+               0x0004, 0x0104, 0x0114,  # TURN Refresh (RFC 8656 §7.3): USERNAME, REALM
+               0x0008, 0x0108, 0x0118,  # CreatePermission (§9)
+               0x0009, 0x0109, 0x0119,  # ChannelBind (§11), refreshed every 10 minutes
+               *VENDOR_MESSAGE_TYPES)
+KEEP_WHOLE = tuple(Prefix(f"stun-0x{t:04x}", t << 16, 0xFFFF0000) for t in _KEPT_TYPES)
+"""For the probe (:mod:`probe.plugins`): STUN messages that are no media (not Send or
+Data indications) are kept whatever their rank in a flow, by their first two bytes
+(the message type): the checks that keep a call's path alive (ICE consent freshness
+every few seconds, RFC 7675 §5.1; TURN refreshes and permissions, RFC 8656) carry the
+attributes that name the app (REALM, SOFTWARE, vendor attributes) in a flow whose
+first packets the capture missed. The inspector validates each (magic cookie, length)."""
 
 _ADDRESS_ATTRS = frozenset({AttrType.MAPPED_ADDRESS, AttrType.RESPONSE_ADDRESS,
                             AttrType.SOURCE_ADDRESS, AttrType.CHANGED_ADDRESS,

@@ -137,10 +137,15 @@ def test_zoom_p2p_media() -> None:
 
 
 def test_zoom_p2p_hello() -> None:
-    # no capture at hand holds one: built from the documented layout (1f 02 01 ... 00000000)
-    hello = bytes.fromhex("1f0201") + b"\x0b192.168.1.7" + b"\x00" * 4
+    # the layout nDPI's zoom.c checks: 24-byte header, length-value address and
+    # identifier, four zero bytes (tests/unit/classifier/test_late_evidence.py has more)
+    address, ident = b"192.168.1.7", b"0123456789abcdef"
+    hello = (bytes.fromhex("1f0201") + bytes(21) + len(address).to_bytes(4, "big") + address
+             + len(ident).to_bytes(4, "big") + ident + b"\x00" * 4)
     h = parse_zoom_p2p_hello(hello)
     assert h is not None and h.address == "192.168.1.7"
+    # the first three bytes and the trailing zeros alone are not a hello
+    assert parse_zoom_p2p_hello(bytes.fromhex("1f0201") + b"\x0b192.168.1.7" + bytes(28)) is None
     for other in REAL:
         assert parse_zoom_p2p_hello(other) is None
 
