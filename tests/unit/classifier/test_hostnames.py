@@ -155,6 +155,11 @@ def test_packaged_table_is_versioned_and_sourced() -> None:
     ("identity.ess.apple.com", "facetime", Service.CALL_SETUP),
     ("1-courier.push.apple.com", None, Service.PUSH),
     ("stun.l.google.com", None, Service.RELAY),
+    ("feelinsonice-hrd.appspot.com", "snapchat", Service.MESSAGING),  # Snapchat's API host
+    ("other-app.appspot.com", None, None),  # Google App Engine hosts everyone
+    ("relay1.addlive.io", "snapchat", Service.RELAY),
+    ("dl-obs.official.line.naver.jp", "line", Service.MESSAGING),
+    ("www.naver.jp", None, None),
 ])
 def test_packaged_names(name: str, app: str | None, service: Service | None) -> None:
     found = match_host(name)

@@ -156,6 +156,7 @@ def test_bad_blocks_are_rejected(bad: dict[str, Any], message: str) -> None:
     ("2001:4860:4864:6:ffff::1", "google", "meet", Service.RELAY),
     ("52.122.3.4", "microsoft", "teams", Service.RELAY),
     ("2603:1063:1::1", "microsoft", "teams", Service.RELAY),
+    ("13.107.64.20", "microsoft", "teams", Service.RELAY),  # listed until 2024
     ("2620:1ec:6::5", "microsoft", "teams", Service.ANY),
     ("157.240.9.53", "meta", "whatsapp", Service.MESSAGING),  # WhatsApp's /32 inside Meta's /17
     ("157.240.9.55", "meta", None, Service.ANY),
