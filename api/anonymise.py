@@ -29,8 +29,9 @@ Payloads (:func:`rewrite_payload`)
       FINGERPRINT is recomputed. MESSAGE-INTEGRITY needs a key the bundle does not have
       and no longer verifies (:attr:`Rewritten.integrity_broken` counts them).
     * DNS (port 53, mDNS 5353): A and AAAA answers that hold a local address.
-    * Zoom's peer-to-peer hello (:class:`classifier.dpi.framings.ZoomP2pHello`): its
-      sender's address, written as text in a length-value field.
+    * Zoom's peer-to-peer hello (:class:`classifier.dpi.framings.ZoomP2pHello`): the
+      address it is sent to, written as text in a length-value field, and that end's
+      port beside it.
     * SIP and SDP (RFC 3261, 4566), ICE candidates in SDP (RFC 8839): every local
       address written as text, a local endpoint's ``addr:port``, the ``m=`` and
       ``a=rtcp`` ports of a description whose connection address is local, a
@@ -53,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from classifier.dpi.framings import parse_zoom_p2p_hello
+from classifier.dpi.framings import ZOOM_P2P_PORT_AT, parse_zoom_p2p_hello
 
 __all__ = ["KEPT_PORTS", "Names", "Pseudonyms", "Rewritten", "rewrite_payload"]
 
@@ -482,16 +483,18 @@ def _stun_stream(data: bytes, local: Local, names: Names, out: Rewritten) -> byt
 
 
 def _zoom_p2p(data: bytes, local: Local, names: Names, out: Rewritten) -> bytes | None:
-    """A Zoom peer-to-peer hello whose address field names a local address, with that
-    field (and its length) rewritten; None for any other payload."""
+    """A Zoom peer-to-peer hello sent to a local address, with that address (as text, its
+    length field following it) and port rewritten; None for any other payload."""
     hello = parse_zoom_p2p_hello(data)
     if hello is None or hello.address is None or not _is_local_text(hello.address, local):
         return None
     new = names.address(hello.address).encode("ascii")
     at, end = hello.address_at, hello.address_at + hello.address_len
+    port = names.port(hello.port)
     out.addresses.append(hello.address)
-    out.changes += 1
-    return data[:at - 4] + struct.pack("!I", len(new)) + new + data[end:]
+    out.changes += 2
+    return (data[:ZOOM_P2P_PORT_AT] + struct.pack("!H", port) + data[ZOOM_P2P_PORT_AT + 2:at - 4]
+            + struct.pack("!I", len(new)) + new + data[end:])
 
 
 def rewrite_payload(data: bytes, proto: str, ports: tuple[int, int], local: Local,

@@ -545,13 +545,16 @@ def make_webex(outdir: Path) -> None:
     save(outdir, "webex.pcap", cap)
 
 
-def zoom_p2p_hello(rng: random.Random, address: str) -> bytes:
+def zoom_p2p_hello(rng: random.Random, to: tuple[str, int]) -> bytes:
     """The first packet of a Zoom peer-to-peer media flow, laid out as nDPI's zoom.c
-    checks it: ``1f 02 01``, the rest of a 24-byte header, the sender's address as text
-    and an identifier, each behind a 4-byte big-endian length, then four zero bytes."""
+    checks it: ``1f 02 01``, the rest of a 24-byte header (bytes 22-23: the port it is
+    sent to), the address it is sent to as text and an identifier, each behind a 4-byte
+    big-endian length, then four zero bytes (as real clients send it)."""
+    address, port = to
     ident = rng.randbytes(16).hex().encode()
-    return (b"\x1f\x02\x01" + rng.randbytes(21) + struct.pack(">I", len(address))
-            + address.encode() + struct.pack(">I", len(ident)) + ident + b"\0\0\0\0")
+    return (b"\x1f\x02\x01" + rng.randbytes(19) + struct.pack(">H", port)
+            + struct.pack(">I", len(address)) + address.encode()
+            + struct.pack(">I", len(ident)) + ident + b"\0\0\0\0")
 
 
 def zoom_media(media_type: int, rtp_at: int, rng: random.Random) -> Wrap:
@@ -612,14 +615,17 @@ def make_zoom(outdir: Path) -> None:
     cap = Capture()
     t = at(11000)
     p2p = Flow("udp", PHONE, 51234, PEER, 46757)
-    send_udp(cap, p2p, eth, t, ORIG, zoom_p2p_hello(rng, PHONE))
-    send_udp(cap, p2p, eth, t + Fraction(40, 1000), RESP, zoom_p2p_hello(rng, PEER))
+    send_udp(cap, p2p, eth, t, ORIG, zoom_p2p_hello(rng, (p2p.resp_h, p2p.resp_p)))
+    send_udp(cap, p2p, eth, t + Fraction(40, 1000), RESP,
+             zoom_p2p_hello(rng, (p2p.orig_h, p2p.orig_p)))
     audio = zoom_media(ZOOM_AUDIO, 19, rng)
-    te = voice(cap, p2p, t + Fraction(1, 10), Fraction(1), rng, Voice(0x01000402, 99, 960),
-               Voice(0x01000802, 99, 960), wrap=audio)
+    te = voice(cap, p2p, t + Fraction(1, 10), Fraction(11, 5), rng, Voice(0x01000402, 99, 960),
+               Voice(0x01000802, 99, 960), wrap=audio, size=(16, 24))
     share = Flow("udp", PHONE, 51236, PEER, 46759)
-    send_udp(cap, share, eth, t + Fraction(1, 2), ORIG, zoom_p2p_hello(rng, PHONE))
-    send_udp(cap, share, eth, t + Fraction(54, 100), RESP, zoom_p2p_hello(rng, PEER))
+    send_udp(cap, share, eth, t + Fraction(1, 2), ORIG,
+             zoom_p2p_hello(rng, (share.resp_h, share.resp_p)))
+    send_udp(cap, share, eth, t + Fraction(54, 100), RESP,
+             zoom_p2p_hello(rng, (share.orig_h, share.orig_p)))
     screen_frames(cap, share, t + 1, Fraction(3, 2), rng, 0x01000803,
                   zoom_media(ZOOM_SCREEN_P2P, 20, rng))
     server = Flow("udp", PHONE, 51238, "170.114.10.76", 8801)
@@ -699,7 +705,7 @@ ENTRIES = [
           make_webex),
     Entry("zoom.pcap",
           "Zoom: a peer-to-peer call on UDP 51234-46757 (the peer-to-peer hello both ways, "
-          "then 1 s of two-way RTP behind media headers of type 15), a peer-to-peer screen "
+          "then 2.2 s of two-way RTP behind media headers of type 15), a peer-to-peer screen "
           "share (type 30) on another pair of ports, and a screen share through a Zoom "
           "server on UDP 8801 (SFU type 5 around media headers of type 13)",
           "Zoom KB0060548 (UDP 8801-8810, Zoom's ranges such as 170.114.0.0/16); the packet "

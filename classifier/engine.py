@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from classifier.dpi.framings import ZoomMediaKind
+from classifier.dpi.quic import QuicVersion
 from classifier.hostnames import HostMatch, Service, match_host
 from classifier.inspect import inspect_flow
 from classifier.owners import Owner
@@ -63,9 +64,8 @@ REALM_APPS = (("whatsapp", "whatsapp"), ("facebook", "messenger"), ("messenger",
 _ZOOM_PICTURES = {str(ZoomMediaKind.VIDEO): Category.VIDEO,
                   str(ZoomMediaKind.SCREEN_SHARE): Category.SCREEN}
 """What a Zoom media header that carries pictures makes a real-time flow."""
-_ZOOM_MEDIA = {str(ZoomMediaKind.AUDIO): Category.VOICE, **_ZOOM_PICTURES}
-"""What a Zoom media header with an RTP packet behind it makes a flow whose statistics
-alone do not show real-time media (a one-way screen share, a short stream)."""
+_ZOOM_MEDIA = frozenset({str(ZoomMediaKind.AUDIO), *_ZOOM_PICTURES})
+"""The media a Zoom framing detail can name (else it is ``rtcp``)."""
 MESSENGER_TURN_REALM = "turner.facebook"
 """What the STUN REALM of Messenger's TURN relays contains (real Messenger calls): the
 signalling of Messenger, not of WhatsApp, whose calls share Meta's STUN types."""
@@ -80,7 +80,8 @@ CALL_CONTROL = frozenset({"sip", "rtcp", "mgcp", "h323", "sccp", "mumble", "agor
 validated over several packets). STUN and DTLS are not among them: games, remote
 desktops, cloud gaming and VPNs use them too, so they make a flow call setup only when
 a call app is behind them."""
-CALL_FRAMINGS = frozenset({"zoom", "discord", "telegram", "whatsapp", "viber", "imo"})
+CALL_FRAMINGS = frozenset({"zoom", "discord", "telegram", "whatsapp", "viber", "imo",
+                           "rtp-in-gquic"})
 """App framings that carry call media or its relay control."""
 FACETIME_UDP = (range(3478, 3498), range(16384, 16388), range(16393, 16403))
 
@@ -308,6 +309,11 @@ class Classifier:
             return _Verdict("zoom", Method.FRAMING, 0.9,
                             f"Zoom media encapsulation on UDP {flow.resp_p}{carries}",
                             Service.RELAY)
+        if facts.framing == "rtp-in-gquic" and facts.quic_version == QuicVersion.Q046:
+            return _Verdict("snapchat", Method.FRAMING, 0.8,
+                            "RTP/RTCP multiplexed on a gQUIC Q046 connection whose CHLO names "
+                            "no server (Snapchat's calls, as nDPI's quic.c reads them)",
+                            Service.RELAY)
         if facts.framing == "discord":
             return _Verdict("discord", Method.FRAMING, 0.95, "Discord voice IP discovery",
                             Service.RELAY)
@@ -422,13 +428,11 @@ class Classifier:
                 cat = _ZOOM_PICTURES[facts.framing_detail]
                 media = facts.framing_detail
             return cat, media
-        if (facts.framing == "zoom" and flow.proto == "udp"
-                and facts.framing_detail in _ZOOM_MEDIA):
-            return _ZOOM_MEDIA[facts.framing_detail], facts.framing_detail
         if guess.streaming or (app in STREAMING_APPS and v is not None
                                and v.service is Service.STREAMING):
             return Category.STREAMING, None
-        if proto in CALL_CONTROL or facts.framing in ("zoom", "discord", "telegram"):
+        if proto in CALL_CONTROL or facts.framing in ("zoom", "discord", "telegram",
+                                                      "rtp-in-gquic"):
             return Category.CALL_SETUP, None
         if proto in ("stun", "dtls") and app in CALL_APPS:  # a call app's STUN/TURN, any transport
             return Category.CALL_SETUP, None

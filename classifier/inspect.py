@@ -77,10 +77,16 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         _sip(payloads, False, found, notes)
         return
     # STUN's first byte is below 0x40 (the two top bits are zero): a cheap first test
-    # (any sample: STUN is kept whole, and a capture that starts mid-call sees it late)
+    late_stun = False
     if kind in (Kind.STUN, Kind.TURN_CHANNEL) or any(
-            p.data[:1] < b"\x40" and stun.looks_like_stun(p.data) for p in payloads):
+            p.data[:1] < b"\x40" and stun.looks_like_stun(p.data) for p in payloads[:4]):
         _stun(payloads, False, found, notes)
+    elif any(p.data[:1] < b"\x40" and stun.looks_like_stun(p.data) for p in payloads[4:]):
+        # STUN kept later in the flow (a capture that starts mid-call): its attributes
+        # count, but the flow is what its first packets are (RTP, RTCP...) unless
+        # nothing else names it
+        _stun(payloads, False, found, notes)
+        late_stun = found.pop("protocol", None) == "stun"
     if ports & _ZOOM_PORT_SET:
         _zoom(payloads, framings.parse_zoom_sfu, found)
     elif any(framings.parse_zoom_p2p_hello(p.data) for p in payloads[:4]):
@@ -92,6 +98,8 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         _dtls(orig, resp, found, notes)
     if "protocol" not in found and orig and (first[0] & 0xC0 == 0xC0 or ports & {443, 80}):
         _quic(orig, found, notes, fingerprints)
+        if found.get("protocol") == "gquic" and not found.get("sni"):
+            _rtp_beside_gquic(flow, payloads, found)
     if "protocol" not in found:
         _framings_udp(payloads, found)
     if "protocol" not in found:
@@ -100,6 +108,8 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
             len(p.data) for p in payloads) >= 8:
         # H.225.0 RAS is PER-encoded with no fixed bytes: its registered port is the evidence.
         found.update(protocol="h323", framing_detail="RAS (UDP 1719)")
+    if late_stun and "protocol" not in found and not flow.rtp_streams:
+        found["protocol"] = "stun"
 
 
 def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[PayloadSample],
@@ -274,7 +284,9 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
             if m.vendors:
                 vendors.update(str(v) for v in m.vendors)
             cls = m.cls
-            if cls is MessageClass.REQUEST:
+            if m.msg_type in stun.VENDOR_MESSAGE_TYPES:
+                orig_req += p.direction == ORIG
+            elif cls is MessageClass.REQUEST:
                 req += 1
                 if p.direction == ORIG:
                     orig_req += 1
@@ -389,7 +401,8 @@ def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str],
         notes.append(f"quic: {exc}")
         return
     if isinstance(hello, quic.GquicHello):
-        found.update(protocol="gquic", sni=hello.sni, client_hello=True)
+        found.update(protocol="gquic", sni=hello.sni, quic_version=hello.version,
+                     client_hello=True)
     elif isinstance(hello, quic.QuicNames):  # the names are all the classifier needs
         found.update(protocol="quic", sni=hello.sni, alpn=hello.alpn,
                      quic_version=hello.version, client_hello=True)
@@ -398,6 +411,17 @@ def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str],
                      quic_version=hello.version, client_hello=True)
         if fingerprints:
             found["ja4"] = hello.ja4
+
+
+def _rtp_beside_gquic(flow: FlowRecord, payloads: Sequence[PayloadSample],
+                      found: dict[str, object]) -> None:
+    """RTP or RTCP multiplexed on a gQUIC connection after a CHLO that names no server, as
+    nDPI's quic.c looks for it (Snapchat's calls): RTCP compound packets (RFC 3550 A.2
+    validity, kept whole by the probe) on at least two datagrams, or RTP streams the
+    probe validated. No gQUIC packet starts with a byte of 0x80-0xBF."""
+    rtcp = sum(1 for p in payloads if rtp.is_rtcp_compound_start(p.data))
+    if rtcp >= 2 or flow.rtp_streams:
+        found["framing"] = "rtp-in-gquic"
 
 
 def _rtcp_reports(payloads: Sequence[PayloadSample]) -> tuple[RtcpReport, ...]:
@@ -490,8 +514,11 @@ def _zoom(payloads: Sequence[PayloadSample],
           parse: Callable[[bytes], framings.ZoomSfu | framings.ZoomMedia | None],
           found: dict[str, object]) -> None:
     """Zoom's framing (``parse``: the SFU's, or the bare media header of peer-to-peer
-    flows); its detail the media the first media header that carries some (audio,
-    video or screen) names, else ``rtcp``."""
+    flows). Its detail is the media (audio, video or screen) of the first media headers
+    that two packets or more show with one SSRC and an RTP payload type of RFC 3551's
+    ranges (0-34, 96-127), else ``rtcp`` when RTCP headers are there: one header of a
+    few checked bytes is no evidence of a stream."""
+    seen: dict[tuple[framings.ZoomMediaKind, int], int] = {}
     detail = None
     for p in payloads:
         try:
@@ -504,10 +531,16 @@ def _zoom(payloads: Sequence[PayloadSample],
         media = z.media if isinstance(z, framings.ZoomSfu) else z
         if media is None:
             continue
-        if media.kind is not framings.ZoomMediaKind.RTCP:
+        if media.kind is framings.ZoomMediaKind.RTCP:
+            detail = detail or str(media.kind)
+            continue
+        if not (media.payload_type <= 34 or 96 <= media.payload_type <= 127):
+            continue
+        key = (media.kind, media.ssrc)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] >= 2:
             detail = str(media.kind)
             break
-        detail = detail or str(media.kind)
     if detail is not None:
         found["framing_detail"] = detail
     if found.get("framing") == "zoom":

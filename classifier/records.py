@@ -80,7 +80,9 @@ class StunSummary:
     """The STUN/TURN exchange of a flow, as far as its payload samples show."""
 
     requests: int
-    """Requests sent (any method), from either side."""
+    """Requests of a registered method sent, from either side (a vendor's own message
+    types, such as WhatsApp's 0x08xx, are neither requests nor answers here: their
+    meaning is not published)."""
     success: int
     """Success responses."""
     errors: int
@@ -88,7 +90,8 @@ class StunSummary:
     indications: int
     """Indications (TURN Send/Data, keepalives)."""
     orig_requests: int
-    """Requests sent by the originator."""
+    """Messages sent by the originator that expect an answer: requests, and a vendor's
+    own message types (an unanswered WhatsApp ping is as unanswered as a Binding)."""
     resp_responses: int
     """Responses (success or error) sent by the responder."""
     methods: tuple[int, ...]

@@ -99,8 +99,8 @@ class MeterConfig:
     """Bytes kept of each of the first ``payload_full`` samples per direction (handshakes)."""
     signal_samples: int = 64
     """Further payloads the payload policy keeps whole (``payloads.keep_whole``: the
-    classifier's SIP messages and RTCP reports) kept per direction beyond
-    ``payload_samples``: what they say may come late in a flow."""
+    classifier's SIP messages, RTCP reports and STUN other than media indications) kept
+    per direction beyond ``payload_samples``: what they say may come late in a flow."""
     payload_full: int = 3
     """Samples per direction kept up to ``payload_snap`` bytes; later ones are cut shorter."""
     payload_tail_snap: int = 256

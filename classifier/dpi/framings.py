@@ -49,6 +49,7 @@ __all__ = [
     "TELEGRAM_RELAY_MARKER",
     "ZOOM_KEEPALIVE_LEN",
     "ZOOM_MEDIA_TYPES",
+    "ZOOM_P2P_PORT_AT",
     "ZOOM_SFU_HEADER_LEN",
     "ZOOM_SFU_RTP",
     "DiscordIpDiscovery",
@@ -274,7 +275,9 @@ the offsets :data:`_ZOOM_MEDIA` gives (the same table :func:`parse_zoom_sfu` rea
 class ZoomP2pHello:
     """First packet of a Zoom peer-to-peer media flow, as nDPI's ``zoom.c`` reads it:
     ``1f 02 01``, a 24-byte header, then length-value fields (a 4-byte big-endian length
-    each) holding the sender's address as text and an identifier, then four zero bytes."""
+    each) holding an address as text and an identifier, then four zero bytes. In real
+    captures (real-dev ``zoom-menace31-stop-video``) the address is the one the hello is
+    sent to, and header bytes 22-23 that end's port."""
 
     length: int
     """Payload length."""
@@ -284,10 +287,14 @@ class ZoomP2pHello:
     """Offset of the address field's text (its 4-byte length is just before it)."""
     address_len: int
     """Length of the address field's text."""
+    port: int
+    """Header bytes 22-23 (big-endian): the port of the end the address names."""
 
 
 _ZOOM_P2P_HELLO = b"\x1f\x02\x01"
 _ZOOM_P2P_FIELDS_AT = 24
+ZOOM_P2P_PORT_AT = 22
+"""Where a peer-to-peer hello's header holds the port of the end it is sent to."""
 _ZOOM_P2P_MIN_LEN = 37
 """nDPI's ``zoom.c`` looks for the hello in payloads longer than 36 bytes."""
 
@@ -295,9 +302,11 @@ _ZOOM_P2P_MIN_LEN = 37
 def parse_zoom_p2p_hello(payload: bytes | bytearray | memoryview) -> ZoomP2pHello | None:
     """Zoom P2P hello (:class:`ZoomP2pHello`): its two length-value fields and the four
     zero bytes after them must make up the payload exactly."""
+    if len(payload) < _ZOOM_P2P_MIN_LEN or bytes(payload[:3]) != _ZOOM_P2P_HELLO:
+        return None  # most payloads: nothing copied
     buf = bytes(payload)
     n = len(buf)
-    if n < _ZOOM_P2P_MIN_LEN or buf[:3] != _ZOOM_P2P_HELLO or buf[-4:] != b"\0\0\0\0":
+    if buf[-4:] != b"\0\0\0\0":
         return None
     at = _ZOOM_P2P_FIELDS_AT
     ip_len = int.from_bytes(buf[at:at + 4], "big")
@@ -307,7 +316,8 @@ def parse_zoom_p2p_hello(payload: bytes | bytearray | memoryview) -> ZoomP2pHell
     uuid_len = int.from_bytes(buf[uuid_at:uuid_at + 4], "big")
     if uuid_at + 4 + uuid_len + 4 != n:
         return None
-    return ZoomP2pHello(n, _ip_text(buf[at + 4:uuid_at]), at + 4, ip_len)
+    return ZoomP2pHello(n, _ip_text(buf[at + 4:uuid_at]), at + 4, ip_len,
+                        int.from_bytes(buf[ZOOM_P2P_PORT_AT:ZOOM_P2P_PORT_AT + 2], "big"))
 
 
 def _ip_text(field: bytes) -> str | None:

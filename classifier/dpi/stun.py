@@ -278,15 +278,17 @@ calls by (0x0800-0x0802, 0x0804, 0x0805)."""
 _KEPT_TYPES = (0x0001, 0x0101, 0x0111, 0x0011,  # Binding request, answers, indication
                0x0004, 0x0104, 0x0114,  # TURN Refresh (RFC 8656 §7.3): USERNAME, REALM
                0x0008, 0x0108, 0x0118,  # CreatePermission (§9)
-               0x0009, 0x0109, 0x0119,  # ChannelBind (§11), refreshed every 10 minutes
-               *VENDOR_MESSAGE_TYPES)
-KEEP_WHOLE = tuple(Prefix(f"stun-0x{t:04x}", t << 16, 0xFFFF0000) for t in _KEPT_TYPES)
+               0x0009, 0x0109, 0x0119)  # ChannelBind (§11), refreshed every 10 minutes
+KEEP_WHOLE = (*(Prefix(f"stun-0x{t:04x}", t << 16, 0xFFFF0003) for t in _KEPT_TYPES),
+              *(Prefix(f"stun-0x{t:04x}", t << 16, 0xFFFF0000) for t in VENDOR_MESSAGE_TYPES))
 """For the probe (:mod:`probe.plugins`): STUN messages that are no media (not Send or
-Data indications) are kept whatever their rank in a flow, by their first two bytes
-(the message type): the checks that keep a call's path alive (ICE consent freshness
-every few seconds, RFC 7675 §5.1; TURN refreshes and permissions, RFC 8656) carry the
-attributes that name the app (REALM, SOFTWARE, vendor attributes) in a flow whose
-first packets the capture missed. The inspector validates each (magic cookie, length)."""
+Data indications) are kept whatever their rank in a flow, by their first four bytes
+(the message type, and for registered types a length that is a multiple of four, RFC
+8489 §5; WhatsApp's own types do not keep to that): the checks that keep a call's path
+alive (ICE consent freshness every few seconds, RFC 7675 §5.1; TURN refreshes and
+permissions, RFC 8656) carry the attributes that name the app (REALM, SOFTWARE, vendor
+attributes) in a flow whose first packets the capture missed. The inspector validates
+each (magic cookie, length)."""
 
 _ADDRESS_ATTRS = frozenset({AttrType.MAPPED_ADDRESS, AttrType.RESPONSE_ADDRESS,
                             AttrType.SOURCE_ADDRESS, AttrType.CHANGED_ADDRESS,

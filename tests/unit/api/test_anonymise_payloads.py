@@ -174,21 +174,23 @@ def test_a_stun_answer_quoted_by_an_icmp_error_is_rewritten_too() -> None:
     assert _ip_checksum(icmp_out + b"\0" * (len(icmp_out) % 2)) == 0
 
 
-def _zoom_hello(address: str) -> bytes:
+def _zoom_hello(address: str, port: int) -> bytes:
     ident = b"0123456789abcdef0123456789abcdef"
-    return (b"\x1f\x02\x01" + bytes(range(21)) + struct.pack("!I", len(address))
-            + address.encode() + struct.pack("!I", len(ident)) + ident + b"\0\0\0\0")
+    return (b"\x1f\x02\x01" + bytes(range(19)) + struct.pack("!H", port)
+            + struct.pack("!I", len(address)) + address.encode()
+            + struct.pack("!I", len(ident)) + ident + b"\0\0\0\0")
 
 
 @pytest.mark.parametrize("addr", [PHONE4, PHONE6])
-def test_zoom_p2p_hello_names_the_sender_as_text(addr: str) -> None:
+def test_zoom_p2p_hello_sent_to_the_subscriber(addr: str) -> None:
     from classifier.dpi.framings import parse_zoom_p2p_hello
 
     names = Pseudonyms(KEY)
-    out = rewrite_payload(_zoom_hello(addr), "udp", (51234, 46757), _local, names)
-    assert out.kind == "zoom" and out.addresses == [addr] and out.changes == 1
+    out = rewrite_payload(_zoom_hello(addr, 51234), "udp", (46757, 51234), _local, names)
+    assert out.kind == "zoom" and out.addresses == [addr] and out.changes == 2
     hello = parse_zoom_p2p_hello(out.data)  # still a hello: the lengths follow the text
-    assert hello is not None and hello.address == names.address(addr)
-    assert addr.encode() not in out.data
-    remote = _zoom_hello("198.51.100.44")  # the peer's own hello is not the subscriber's
-    assert rewrite_payload(remote, "udp", (46757, 51234), _local, names).data is remote
+    assert hello is not None
+    assert (hello.address, hello.port) == (names.address(addr), names.port(51234))
+    assert addr.encode() not in out.data and struct.pack("!H", 51234) not in out.data
+    remote = _zoom_hello("198.51.100.44", 46757)  # the subscriber's hello to its peer
+    assert rewrite_payload(remote, "udp", (51234, 46757), _local, names).data is remote

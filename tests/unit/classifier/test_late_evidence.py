@@ -4,8 +4,8 @@ A capture that starts mid-call misses a media flow's first STUN exchange; what n
 app then is the STUN the call keeps sending (ICE consent checks every few seconds, RFC
 7675 §5.1; TURN refreshes, RFC 8656 §7.3), which the probe keeps whatever its rank in the
 flow. Zoom's peer-to-peer flows use any port: their first packet (the peer-to-peer hello)
-and the media headers behind it name them, as nDPI's zoom.c reads them; a media header
-of type 13 or 30 is a screen share.
+and the media headers behind it name them, as nDPI's zoom.c reads them; media headers of
+type 13 or 30 are a screen share.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import pytest
 
 from api.pipeline import analyze_capture
 from classifier.dpi.framings import parse_zoom_p2p_hello
+from classifier.payloads import meter_config
 from classifier.records import Category
 from policy.pipeline import AnalysisResult
-from tests.conftest import ROOT
+from probe import read_capture
+from tests.conftest import ROOT, need_shared
 
 sys.path.insert(0, str(ROOT / "captures"))
 
@@ -29,6 +31,7 @@ import make_app_captures as gen
 from make_captures import ORIG, RESP, Flow, eth, send_udp, write_pcap
 
 PHONE, PEER = gen.PHONE, gen.PEER
+REAL_DEV = ROOT.parent / "shared" / "captures" / "real-dev" / "pcap"
 
 
 def _analyze(tmp_path: Path, cap: gen.Capture) -> AnalysisResult:
@@ -76,16 +79,32 @@ def test_a_late_consent_check_makes_the_flow_stun(tmp_path: Path) -> None:
 
 def test_zoom_p2p_hello_follows_ndpi_layout() -> None:
     rng = random.Random("hello")
-    hello = gen.zoom_p2p_hello(rng, "192.168.1.7")
+    hello = gen.zoom_p2p_hello(rng, ("192.168.1.7", 51234))
     got = parse_zoom_p2p_hello(hello)
-    assert got is not None and (got.length, got.address) == (len(hello), "192.168.1.7")
+    assert got is not None
+    assert (got.length, got.address, got.port) == (len(hello), "192.168.1.7", 51234)
     # the lengths must add up to the payload: one byte more or less is not a hello
     assert parse_zoom_p2p_hello(hello[:-5] + b"\0\0\0\0") is None
     assert parse_zoom_p2p_hello(hello[:-4] + b"\0" + b"\0\0\0\0") is None
+    # an address length that runs past the payload, or leaves no room for the next length
+    huge = hello[:24] + (1 << 31).to_bytes(4, "big") + hello[28:]
+    assert parse_zoom_p2p_hello(huge) is None
+    tight = hello[:24] + (len(hello) - 32).to_bytes(4, "big") + hello[28:]
+    assert parse_zoom_p2p_hello(tight) is None
     # the three leading bytes and trailing zeros alone (any UDP payload may have them)
     assert parse_zoom_p2p_hello(b"\x1f\x02\x01" + bytes(range(40)) + b"\0\0\0\0") is None
 
 
+def test_zoom_p2p_hello_of_a_real_client() -> None:
+    """In a real capture the hello names the address and port it is sent to."""
+    need_shared()
+    path = REAL_DEV / "zoom-menace31-stop-video.pcapng"
+    run = read_capture(path, meter_config())
+    hellos = [(f, h) for f in run.flows if f.proto == "udp" for p in f.payloads
+              if (h := parse_zoom_p2p_hello(p.data)) is not None]
+    assert hellos
+    for f, h in hellos:
+        assert (h.address, h.port) == (f.resp_h, f.resp_p)  # sent by the originator here
 @pytest.fixture(scope="module")
 def zoom(tmp_path_factory: pytest.TempPathFactory) -> AnalysisResult:
     out = tmp_path_factory.mktemp("zoom")
@@ -95,7 +114,6 @@ def zoom(tmp_path_factory: pytest.TempPathFactory) -> AnalysisResult:
 
 @pytest.mark.parametrize(("port", "category", "media"), [
     (46757, Category.VOICE, "audio"),  # peer to peer, media header 15
-    (46759, Category.SCREEN, "screen"),  # peer to peer, media header 30, one way
     (8801, Category.SCREEN, "screen"),  # through a Zoom server, media header 13
 ])
 def test_zoom_media_headers(zoom: AnalysisResult, port: int, category: Category,
@@ -105,10 +123,43 @@ def test_zoom_media_headers(zoom: AnalysisResult, port: int, category: Category,
     assert f"({media} media headers)" in c.reason
 
 
+def test_a_one_way_zoom_share_too_sparse_for_media_is_call_setup(zoom: AnalysisResult) -> None:
+    """Media headers name what a flow carries; whether it is real-time media is still its
+    packets' to show: a one-way stream of a few packets a second is call set-up."""
+    (c,) = [c for f, c in zip(zoom.flows, zoom.classes, strict=True) if f.resp_p == 46759]
+    assert (c.app, c.category, c.facts.framing_detail) == ("zoom", Category.CALL_SETUP,
+                                                           "screen")
+
+
 def test_zoom_call_of_both_kinds(zoom: AnalysisResult) -> None:
     (call,) = zoom.analysis.calls
     assert call.app == "zoom" and set(call.media) == {"audio", "screen"}
     assert str(call.verdict.kind) == "ok"
+
+
+def test_stray_zoom_like_packets_on_a_zoom_port_make_no_media(tmp_path: Path) -> None:
+    """A flow on a Zoom port with one packet that reads as an SFU media header (type 5,
+    a media type byte, RTP version bits) among random ones, sent one way: no stream of
+    media headers, so no media and no call to judge blocked."""
+    rng = random.Random("stray")
+    cap = gen.Capture()
+    flow = Flow("udp", PHONE, 8805, PEER, 40000)
+    t = gen.at(13000)
+    for i in range(60):
+        data = bytearray(rng.randbytes(rng.randrange(60, 200)))
+        data[0] = 5 if i == 3 else rng.choice([1, 2, 3, 4, 6, 7])
+        if i == 3:
+            data[8], data[8 + 19] = 15, 0x80
+        send_udp(cap, flow, eth, t + Fraction(i, 10), ORIG, bytes(data))
+    other = Flow("udp", PHONE, 53001, "203.0.113.9", 53)
+    send_udp(cap, other, eth, t, ORIG, rng.randbytes(40))
+    send_udp(cap, other, eth, t + Fraction(1, 50), RESP, rng.randbytes(80))
+    result = _analyze(tmp_path, cap)
+    c = next(c for f, c in zip(result.flows, result.classes, strict=True) if f.orig_p == 8805)
+    assert c.category not in (Category.VOICE, Category.VIDEO, Category.SCREEN)
+    assert c.facts.framing_detail is None
+    for call in result.analysis.calls:
+        assert str(call.verdict.kind) not in ("blocked", "throttled")
 
 
 def test_p2p_hello_and_media_headers_on_random_udp_are_not_zoom(tmp_path: Path) -> None:
