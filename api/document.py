@@ -310,8 +310,8 @@ REASON_WORDS: dict[str, dict[str, str]] = {
 
 EVIDENCE: dict[str, dict[str, str]] = {
     "en": {
-        "blocked.stun": "{stun_requests} STUN requests to {hosts} got no response while other "
-                        "traffic was answered",
+        "blocked.stun": "{stun_requests} STUN requests or pings to {hosts} got no response "
+                        "while other traffic was answered",
         "blocked.media_no_return": "{sent_pkts} media packets sent to {endpoint} over "
                                    "{duration_s} s, none came back",
         "blocked.sip": "{invites} SIP INVITE(s) got no response at all in {waited_s} s, not "
@@ -358,8 +358,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "degraded.mos": "E-model MOS {mos} on stream {ssrc}",
     },
     "fr": {
-        "blocked.stun": "{stun_requests} requêtes STUN vers {hosts} n'ont reçu aucune réponse "
-                        "alors que le reste du trafic en recevait",
+        "blocked.stun": "{stun_requests} requêtes ou pings STUN vers {hosts} n'ont reçu "
+                        "aucune réponse alors que le reste du trafic en recevait",
         "blocked.media_no_return": "{sent_pkts} paquets de médias envoyés vers {endpoint} en "
                                    "{duration_s} s, aucun retour",
         "blocked.sip": "{invites} INVITE SIP sans aucune réponse en {waited_s} s, pas même "
@@ -408,7 +408,7 @@ EVIDENCE: dict[str, dict[str, str]] = {
         "degraded.mos": "MOS (modèle E) de {mos} sur le flux {ssrc}",
     },
     "ar": {
-        "blocked.stun": "لم تتلق {stun_requests} طلبات STUN إلى {hosts} أي رد بينما تلقت "
+        "blocked.stun": "لم تتلق {stun_requests} طلبات أو رسائل STUN إلى {hosts} أي رد بينما تلقت "
                         "الحركة الأخرى ردودا",
         "blocked.media_no_return": "أرسلت {sent_pkts} حزمة وسائط إلى {endpoint} خلال "
                                    "{duration_s} ث ولم يعد منها شيء",

@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from classifier.dpi.framings import ZoomMediaKind
-from classifier.dpi.quic import QuicVersion
 from classifier.hostnames import HostMatch, Service, match_host
 from classifier.inspect import inspect_flow
 from classifier.owners import Owner
@@ -309,7 +308,7 @@ class Classifier:
             return _Verdict("zoom", Method.FRAMING, 0.9,
                             f"Zoom media encapsulation on UDP {flow.resp_p}{carries}",
                             Service.RELAY)
-        if facts.framing == "rtp-in-gquic" and facts.quic_version == QuicVersion.Q046:
+        if facts.framing == "rtp-in-gquic":  # Q046 only (classifier.inspect)
             return _Verdict("snapchat", Method.FRAMING, 0.8,
                             "RTP/RTCP multiplexed on a gQUIC Q046 connection whose CHLO names "
                             "no server (Snapchat's calls, as nDPI's quic.c reads them)",

@@ -22,6 +22,9 @@ DNS_PORTS = frozenset({53, 5353, 5355})
 SIP_PORTS = frozenset({5060, 5061, 5080})
 ZOOM_PORTS = range(8801, 8811)
 _ZOOM_PORT_SET = frozenset(ZOOM_PORTS)
+_ZOOM_SFU_TYPES = frozenset(int(t) for t in framings.ZoomSfuType)
+_ZOOM_TYPED_MIN = 4
+"""Datagrams that must all open with an SFU type byte (nDPI's zoom.c waits for four)."""
 H323_RAS_PORT = 1719
 SCCP_PORT = 2000
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
@@ -98,7 +101,8 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         _dtls(orig, resp, found, notes)
     if "protocol" not in found and orig and (first[0] & 0xC0 == 0xC0 or ports & {443, 80}):
         _quic(orig, found, notes, fingerprints)
-        if found.get("protocol") == "gquic" and not found.get("sni"):
+        if (found.get("protocol") == "gquic" and not found.get("sni")
+                and found.get("quic_version") == quic.QuicVersion.Q046):
             _rtp_beside_gquic(flow, payloads, found)
     if "protocol" not in found:
         _framings_udp(payloads, found)
@@ -415,8 +419,8 @@ def _quic(orig: list[PayloadSample], found: dict[str, object], notes: list[str],
 
 def _rtp_beside_gquic(flow: FlowRecord, payloads: Sequence[PayloadSample],
                       found: dict[str, object]) -> None:
-    """RTP or RTCP multiplexed on a gQUIC connection after a CHLO that names no server, as
-    nDPI's quic.c looks for it (Snapchat's calls): RTCP compound packets (RFC 3550 A.2
+    """RTP or RTCP multiplexed on a gQUIC Q046 connection after a CHLO that names no
+    server, as nDPI's quic.c looks for it (Snapchat's calls): RTCP compound packets (RFC 3550 A.2
     validity, kept whole by the probe) on at least two datagrams, or RTP streams the
     probe validated. No gQUIC packet starts with a byte of 0x80-0xBF."""
     rtcp = sum(1 for p in payloads if rtp.is_rtcp_compound_start(p.data))
@@ -514,12 +518,17 @@ def _zoom(payloads: Sequence[PayloadSample],
           parse: Callable[[bytes], framings.ZoomSfu | framings.ZoomMedia | None],
           found: dict[str, object]) -> None:
     """Zoom's framing (``parse``: the SFU's, or the bare media header of peer-to-peer
-    flows). Its detail is the media (audio, video or screen) of the first media headers
-    that two packets or more show with one SSRC and an RTP payload type of RFC 3551's
-    ranges (0-34, 96-127), else ``rtcp`` when RTCP headers are there: one header of a
-    few checked bytes is no evidence of a stream."""
+    flows, whose hello has named them already). On the SFU's ports the framing takes a
+    checked structure, as nDPI's zoom.c takes it: a hello or keep-alive of the SFU,
+    media headers on two packets or more, or (nDPI's rule for types 3 and 4, whose
+    bodies vary) an SFU type byte opening every one of four datagrams or more; one
+    type-5 byte is any datagram's first byte once in 256. The detail is the media
+    (audio, video or screen) of the first media headers that two packets or more show
+    with one SSRC and an RTP payload type of RFC 3551's ranges (0-34, 96-127), else
+    ``rtcp`` when RTCP headers are there."""
     seen: dict[tuple[framings.ZoomMediaKind, int], int] = {}
     detail = None
+    headers = 0
     for p in payloads:
         try:
             z = parse(p.data)
@@ -527,9 +536,16 @@ def _zoom(payloads: Sequence[PayloadSample],
             continue
         if z is None:
             continue
-        found.setdefault("framing", "zoom")
+        if isinstance(z, framings.ZoomSfu) and z.sfu_type != framings.ZoomSfuType.MEDIA:
+            found.setdefault("framing", "zoom")  # a hello or keep-alive
+            continue
         media = z.media if isinstance(z, framings.ZoomSfu) else z
         if media is None:
+            continue
+        headers += 1
+        if headers >= 2:
+            found.setdefault("framing", "zoom")
+        if detail is not None and detail != str(framings.ZoomMediaKind.RTCP):
             continue
         if media.kind is framings.ZoomMediaKind.RTCP:
             detail = detail or str(media.kind)
@@ -540,11 +556,15 @@ def _zoom(payloads: Sequence[PayloadSample],
         seen[key] = seen.get(key, 0) + 1
         if seen[key] >= 2:
             detail = str(media.kind)
-            break
+    if (found.get("framing") != "zoom" and parse is framings.parse_zoom_sfu
+            and len(payloads) >= _ZOOM_TYPED_MIN
+            and all(p.data[:1] and p.data[0] in _ZOOM_SFU_TYPES for p in payloads)):
+        found["framing"] = "zoom"  # every datagram opens with an SFU type, as nDPI's rule
+    if found.get("framing") != "zoom":
+        return
     if detail is not None:
         found["framing_detail"] = detail
-    if found.get("framing") == "zoom":
-        found.setdefault("protocol", "zoom")
+    found.setdefault("protocol", "zoom")
 
 
 def _framings_udp(payloads: Sequence[PayloadSample], found: dict[str, object]) -> None:

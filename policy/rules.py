@@ -819,8 +819,9 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext, app: str | None = 
         frames = [p.frame for f in stun_flows for p in f.payloads if p.direction == 0][:16]
         ev = _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,
                  {"stun_requests": req, "stun_responses": ans},
-                 f"{req} STUN requests to {', '.join(sorted({f.resp_h for f in stun_flows}))}"
-                 f" got no response while other traffic was answered")
+                 f"{req} STUN requests or pings to "
+                 f"{', '.join(sorted({f.resp_h for f in stun_flows}))} got no response while "
+                 "other traffic was answered")
         return _heard_nothing(ev, sorted({f.orig_h for f in stun_flows}),
                               min(f.ip_version for f in stun_flows), ctx, app)
     return None

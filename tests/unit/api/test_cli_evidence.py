@@ -254,7 +254,7 @@ def test_report_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "report", BLOCKED, *W1)
     assert code == 0
     assert "verdict     blocked" in out and "reasons     stun-unanswered, media-no-return" in out
-    assert "evidence: 9 STUN requests to 157.240.27.54, 31.13.70.49" in out
+    assert "evidence: 9 STUN requests or pings to 157.240.27.54, 31.13.70.49" in out
     code, out, _ = run(capsys, "report", str(CAPTURES / "icmp-errors.pcap"), *W1)
     assert code == 0 and "Interfered flows outside calls" in out
     code, _, _ = run(capsys, "report", str(CAPTURES / "bad-text.pcap"), *W1)

@@ -45,7 +45,7 @@ def test_blocked_call_report() -> None:
     row = dict(zip(LEG_COLUMNS, leg, strict=True))
     assert row["dir"] == "out" and row["packets"] == "300" and row["loss"] == "0.0%"
     assert re.fullmatch(r"\d\.\d\d", row["MOS"])
-    assert sec.evidence[0].startswith("9 STUN requests to 157.240.27.54")
+    assert sec.evidence[0].startswith("9 STUN requests or pings to 157.240.27.54")
     assert "none came back" in sec.evidence[1]
     text = render_text(rep)
     assert f"Call {sec.uid}" in text and "evidence: 306 media packets" in text
