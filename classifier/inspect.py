@@ -91,6 +91,9 @@ def _udp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         _stun(payloads, False, found, notes)
         late_stun = found.pop("protocol", None) == "stun"
     if ports & _ZOOM_PORT_SET:
+        if len(payloads) >= _ZOOM_TYPED_MIN and all(
+                p.data[:1] and p.data[0] in _ZOOM_SFU_TYPES for p in payloads):
+            found["framing"] = "zoom"  # every datagram opens with an SFU type: nDPI's rule
         _zoom(payloads, framings.parse_zoom_sfu, found)
     elif any(framings.parse_zoom_p2p_hello(p.data) for p in payloads[:4]):
         # a peer-to-peer flow (any port): media headers without the SFU header
@@ -521,8 +524,9 @@ def _zoom(payloads: Sequence[PayloadSample],
     flows, whose hello has named them already). On the SFU's ports the framing takes a
     checked structure, as nDPI's zoom.c takes it: a hello or keep-alive of the SFU,
     media headers on two packets or more, or (nDPI's rule for types 3 and 4, whose
-    bodies vary) an SFU type byte opening every one of four datagrams or more; one
-    type-5 byte is any datagram's first byte once in 256. The detail is the media
+    bodies vary; :func:`_udp` checks it) an SFU type byte opening every one of four
+    datagrams or more; one type-5 byte is any datagram's first byte once in 256. The
+    detail is the media
     (audio, video or screen) of the first media headers that two packets or more show
     with one SSRC and an RTP payload type of RFC 3551's ranges (0-34, 96-127), else
     ``rtcp`` when RTCP headers are there."""
@@ -556,10 +560,6 @@ def _zoom(payloads: Sequence[PayloadSample],
         seen[key] = seen.get(key, 0) + 1
         if seen[key] >= 2:
             detail = str(media.kind)
-    if (found.get("framing") != "zoom" and parse is framings.parse_zoom_sfu
-            and len(payloads) >= _ZOOM_TYPED_MIN
-            and all(p.data[:1] and p.data[0] in _ZOOM_SFU_TYPES for p in payloads)):
-        found["framing"] = "zoom"  # every datagram opens with an SFU type, as nDPI's rule
     if found.get("framing") != "zoom":
         return
     if detail is not None:
