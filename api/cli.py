@@ -25,8 +25,6 @@ from api.output import (
     CsvWriter,
     ZeekConnWriter,
     dumps,
-    write_analysis_csv,
-    write_analysis_zeek,
     write_jsonl,
 )
 from api.version import marsad_version
@@ -43,9 +41,13 @@ from probe import (
 from probe.speed import exit_at_once, exit_follows, gc_paused, keep_until_exit
 
 if TYPE_CHECKING:
+    from api.evidence import LedgerItem
     from api.output import GatheredResult
     from api.pipeline import AnalysisResult
+    from policy.ledger import Ledger
     from policy.pipeline import Step
+    from policy.records import Call, Verdict
+    from policy.rules import Policy
 
 # The classifier, the policy and the pipeline are imported where they are used: a
 # command that reads a capture starts its reader process first, and reading then goes
@@ -386,23 +388,33 @@ def _run_flows(args: argparse.Namespace) -> int:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    """``marsad analyze``; with ``--ledger``, also record every verdict other than ok."""
     fmt = args.fmt or "json"
+    if args.ledger is not None and args.capture == "-":
+        print("marsad: --ledger needs a capture file (its SHA-256 is recorded), not stdin",
+              file=sys.stderr)
+        return EXIT_UNREADABLE
     progress = _Progress(args.capture)
     out = sys.stdout
+    recorded = None
     # The collector stays paused through the output too: the records it would walk over
     # and over are all alive until the command ends.
-    with _reported(progress) as failed, gc_paused():
+    with _reported(progress) as failed, gc_paused(), _maybe_ledger(args.ledger) as ledger:
         reader = FlowReader(args.capture, _meter_config(args), progress=progress.update,
                             workers=args.workers)
         reader.start()  # reading begins while the rest loads
         from api.output import GatheredResult
+        from api.pipeline import CaptureHasher
         from policy.pipeline import Pipeline, run_capture
         from policy.rules import load_policy
+        hasher = None if ledger is None else CaptureHasher(args.capture)
         try:
             policy = load_policy(args.policy)
         except BaseException:
             reader.close()  # started, never to be read: its process is ended
             raise
+        if hasher is not None:
+            hasher.start()
         pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
                         config=_pipeline_config(args))
         # A step is let go once written (--jsonl) or made into its flows' text (the other
@@ -410,7 +422,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
         # long the capture (holding every step to the end is faster on long captures, 7 %
         # on bench/README's 24-minute one, but grows with the capture without bound).
         whole = None if fmt == "jsonl" else GatheredResult(fmt, pipe.cfg.window_s)
+        verdicts = None if ledger is None else _LedgerVerdicts()
         for step in run_capture(reader, pipe):
+            if verdicts is not None:
+                verdicts.add(step)
             if whole is None:
                 _write_step(step, out)
             else:
@@ -419,10 +434,50 @@ def _run_analyze(args: argparse.Namespace) -> int:
         if whole is not None:
             _write_whole(whole, out, args.calls_csv)
         status, stats = reader.status, reader.stats
+        if ledger is not None and hasher is not None and verdicts is not None:
+            from api.evidence import record_items
+            from api.pipeline import analysis_settings
+            progress.stop()
+            recorded = record_items(ledger, hasher.result(), verdicts.items(
+                analysis_settings(reader.config, pipe.cfg), policy))
         keep_until_exit(reader, whole)
     if failed.code is not None:
         return failed.code
+    if recorded is not None:
+        print(f"marsad: ledger {args.ledger}: {len(recorded.appended)} verdict(s) recorded, "
+              f"{len(recorded.skipped)} already there", file=sys.stderr)
     return _finish_status(status, stats)
+
+
+class _LedgerVerdicts:
+    """What ``marsad analyze --ledger`` records, gathered from the pipeline's steps as they
+    settle: the calls judged other than ok and every flow's own verdict (a later step's
+    replacing an earlier one's), in the order a whole result holds them."""
+
+    def __init__(self) -> None:
+        self._calls: list[Call] = []
+        self._flows: dict[str, Verdict] = {}
+
+    def add(self, step: Step) -> None:
+        from policy.records import VerdictKind
+        self._calls.extend(c for c in step.calls if c.verdict.kind is not VerdictKind.OK)
+        self._flows.update(step.flow_verdicts)
+
+    def items(self, settings: dict[str, Any], policy: Policy) -> list[LedgerItem]:
+        """The ledger's items (:func:`api.evidence.verdict_items`)."""
+        from api.evidence import verdict_items
+        calls = sorted(self._calls, key=lambda c: (c.start_ts, c.uid))
+        return verdict_items(calls, self._flows, settings, policy)
+
+
+@contextlib.contextmanager
+def _maybe_ledger(path: str | None) -> Iterator[Ledger | None]:
+    """The ledger at ``path`` opened (created if missing) for the command, or None."""
+    if path is None:
+        yield None
+        return
+    with _open_ledger(path, must_exist=False) as ledger:
+        yield ledger
 
 
 def _finish(reader: FlowReader) -> int:
@@ -464,27 +519,6 @@ def _write_whole(whole: GatheredResult, out: Any, calls_csv: str | None = None) 
                     calls_csv)
 
 
-def _write_result(result: AnalysisResult, fmt: str, out: Any,
-                  calls_csv: str | None = None) -> None:
-    """``marsad analyze`` output of a finished result, in the records _run_analyze writes."""
-    from api.pipeline import flow_row
-    if fmt == "jsonl":
-        write_jsonl([{"record": "flow", **flow_row(f, c)}
-                     for f, c in zip(result.flows, result.classes, strict=True)], out)
-        write_jsonl([{"record": "call", **call.to_dict()} for call in result.analysis.calls],
-                    out)
-        write_jsonl([{"record": "flow-verdict", "uid": u, **v.to_dict()}
-                     for u, v in result.analysis.flow_verdicts.items()], out)
-    elif fmt == "csv":
-        _csv_tables(lambda calls_out: write_analysis_csv(result, out, calls_out),
-                    len(result.analysis.calls), calls_csv)
-    elif fmt == "zeek":
-        write_analysis_zeek(result, out)
-    else:
-        out.write(dumps(result.to_json()))
-        out.write("\n")
-
-
 def _csv_tables(write: Callable[[TextIO | None], None], calls: int,
                 calls_csv: str | None) -> None:
     """``marsad analyze --csv``: ``write`` the flows (on the output) and, given a file to
@@ -515,34 +549,6 @@ def _open_ledger(path: str, must_exist: bool) -> Any:
         return Ledger(path, clock=time.time)
     except sqlite3.Error as exc:
         raise PolicyError(f"{path}: cannot open the ledger: {exc}") from None
-
-
-def _run_analyze_ledger(args: argparse.Namespace) -> int:
-    """``marsad analyze``; with ``--ledger``, also record every verdict other than ok."""
-    if args.ledger is None:
-        return _run_analyze(args)
-    from api.evidence import record_verdicts
-    from api.pipeline import analyze_capture
-    from policy.rules import load_policy
-    if args.capture == "-":
-        print("marsad: --ledger needs a capture file (its SHA-256 is recorded), not stdin",
-              file=sys.stderr)
-        return EXIT_UNREADABLE
-    progress = _Progress(args.capture)
-    with _reported(progress) as failed, _open_ledger(args.ledger, must_exist=False) as ledger:
-        policy = load_policy(args.policy)
-        result = analyze_capture(args.capture, policy=policy, config=_meter_config(args),
-                                 workers=args.workers, fingerprints=args.ja4,
-                                 pipeline=_pipeline_config(args),
-                                 progress=progress.update)
-        progress.stop()
-        _write_result(result, args.fmt or "json", sys.stdout, args.calls_csv)
-        done = record_verdicts(ledger, result, policy)
-    if failed.code is not None:
-        return failed.code
-    print(f"marsad: ledger {args.ledger}: {len(done.appended)} verdict(s) recorded, "
-          f"{len(done.skipped)} already there", file=sys.stderr)
-    return _result_status(result)
 
 
 def _parse_anchor(text: str) -> Any:
@@ -1302,7 +1308,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ledger", metavar="PATH",
                    help="also record every verdict other than ok in this evidence ledger "
                         "(created if missing; a verdict already recorded is not repeated)")
-    a.set_defaults(func=_run_analyze_ledger)
+    a.set_defaults(func=_run_analyze)
     v = sub.add_parser("verify", help="check an evidence ledger's chain and re-derive its "
                                       "verdicts from the captures")
     v.add_argument("ledger", help="the ledger file")

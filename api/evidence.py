@@ -103,6 +103,7 @@ __all__ = [
     "BundleCheck",
     "BundleError",
     "EvidenceError",
+    "LedgerItem",
     "PrefixAnonymiser",
     "RecordSummary",
     "UnknownSubject",
@@ -117,11 +118,13 @@ __all__ = [
     "load_public_key",
     "load_signing_key",
     "policy_digest",
+    "record_items",
     "record_verdicts",
     "recorded_settings",
     "ring_files",
     "ring_paths",
     "sign_manifest",
+    "verdict_items",
     "verify_ledger",
 ]
 
@@ -186,21 +189,34 @@ def _verdict_evidence(kind: str, flow_uids: Sequence[str], verdict: Verdict,
             "evidence": [json_finite(e.to_dict()) for e in verdict.evidence]}
 
 
-def ledger_items(result: AnalysisResult, policy: Policy | None = None
-                 ) -> list[tuple[str, Verdict, dict[str, Any]]]:
-    """(subject uid, verdict, evidence dict) for every verdict other than ok, calls first."""
+LedgerItem = tuple[str, Verdict, dict[str, Any]]
+"""(subject uid, verdict, evidence dict): what a ledger entry is made of."""
+
+
+def ledger_items(result: AnalysisResult, policy: Policy | None = None) -> list[LedgerItem]:
+    """The items of every verdict of ``result`` other than ok, calls first."""
+    return verdict_items(result.analysis.calls, result.analysis.flow_verdicts,
+                         result.settings, policy)
+
+
+def verdict_items(calls: Iterable[Call], flow_verdicts: Mapping[str, Verdict],
+                  settings: Mapping[str, Any], policy: Policy | None = None
+                  ) -> list[LedgerItem]:
+    """The items of every verdict other than ok among these calls (in their order) and
+    flows' own verdicts, calls first; ``settings``: the meter and pipeline settings other
+    than the defaults they were derived with (``api.pipeline.analysis_settings``)."""
     sha = policy_digest(policy or load_policy())
-    out: list[tuple[str, Verdict, dict[str, Any]]] = []
-    for call in result.analysis.calls:
+    out: list[LedgerItem] = []
+    for call in calls:
         if call.verdict.kind is not VerdictKind.OK:
             out.append((call.uid, call.verdict,
                         _verdict_evidence("call", call.flow_uids, call.verdict, sha)))
-    for uid, v in result.analysis.flow_verdicts.items():
+    for uid, v in flow_verdicts.items():
         if v.kind is not VerdictKind.OK:
             out.append((uid, v, _verdict_evidence("flow", (uid,), v, sha)))
-    if result.settings:  # other than the defaults: needed to derive the verdicts again
+    if settings:  # other than the defaults: needed to derive the verdicts again
         for _, _, ev in out:
-            ev["settings"] = result.settings
+            ev["settings"] = dict(settings)
     return out
 
 
@@ -229,18 +245,26 @@ def record_verdicts(ledger: Ledger, result: AnalysisResult,
     """Append the result's verdicts (other than ok) that the ledger does not hold yet."""
     if result.sha256 is None:
         raise EvidenceError("the capture was not read from a file: no SHA-256 to record")
+    return record_items(ledger, result.sha256, ledger_items(result, policy))
+
+
+def record_items(ledger: Ledger, capture_sha: str, items: Iterable[LedgerItem]
+                 ) -> RecordSummary:
+    """Append the items (:func:`verdict_items`) of the capture whose SHA-256 is
+    ``capture_sha`` that the ledger does not hold yet: a subject already recorded for it
+    with the same verdict and reasons is skipped."""
     latest: dict[str, LedgerEntry] = {}
-    for e in ledger.entries(capture_sha256=result.sha256):
+    for e in ledger.entries(capture_sha256=capture_sha):
         latest[e.subject_uid] = e
     new: list[NewEntry] = []
     skipped: list[str] = []
-    for uid, verdict, evidence in ledger_items(result, policy):
+    for uid, verdict, evidence in items:
         have = latest.get(uid)
         if have is not None and have.verdict == verdict.kind.name and \
                 have.reasons == tuple(r.name for r in verdict.reasons):
             skipped.append(uid)
             continue
-        new.append(NewEntry(result.sha256, uid, verdict.kind, verdict.reasons, evidence))
+        new.append(NewEntry(capture_sha, uid, verdict.kind, verdict.reasons, evidence))
     return RecordSummary(tuple(ledger.append_many(new)), tuple(skipped))
 
 

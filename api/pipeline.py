@@ -28,8 +28,8 @@ from policy.rules import Policy
 from probe import FlowReader, MeterConfig, default_workers
 from probe.speed import gc_paused
 
-__all__ = ["RECORDED_METER", "AnalysisResult", "analysis_settings", "analyze_capture",
-           "capture_sha256", "flow_row", "settings_configs"]
+__all__ = ["RECORDED_METER", "AnalysisResult", "CaptureHasher", "analysis_settings",
+           "analyze_capture", "capture_sha256", "flow_row", "settings_configs"]
 
 
 def capture_sha256(path: str | Path) -> str:
@@ -41,7 +41,7 @@ def capture_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-class _Hasher(threading.Thread):
+class CaptureHasher(threading.Thread):
     """SHA-256 of a capture file, computed beside the analysis (hashlib lets go of the
     GIL on large blocks, so this uses the time the other core has spare)."""
 
@@ -56,6 +56,14 @@ class _Hasher(threading.Thread):
             self.digest = capture_sha256(self.path)
         except OSError as exc:
             self.error = exc
+
+    def result(self) -> str:
+        """The digest, once the file is read; raises the error reading it met."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.digest is not None
+        return self.digest
 
 
 RECORDED_METER = ("udp_idle_s", "tcp_idle_s", "other_idle_s", "tcp_close_s", "active_s",
@@ -140,15 +148,12 @@ def analyze_capture(source: str | Path | BinaryIO, *, policy: Policy | None = No
                         workers=default_workers() if workers is None else workers)
     hasher = None
     if hash_capture and isinstance(source, str | Path) and str(source) != "-":
-        hasher = _Hasher(source)
+        hasher = CaptureHasher(source)
         hasher.start()
     pipe = Pipeline(policy, reader.config, fingerprints=fingerprints, config=pipeline)
     with gc_paused():
         result = analyze_flows(run_capture(reader, pipe), reader)
     result.settings = analysis_settings(reader.config, pipe.cfg)
     if hasher is not None:
-        hasher.join()
-        if hasher.error is not None:
-            raise hasher.error
-        result.sha256 = hasher.digest
+        result.sha256 = hasher.result()
     return result

@@ -8,10 +8,14 @@ import sqlite3
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from api.cli import main
+from api.evidence import record_verdicts
+from api.pipeline import analyze_capture
+from classifier.payloads import meter_config
 from policy.ledger import Ledger
 from tests.conftest import NDPI_DEV, ROOT, need_shared, need_tool
 
@@ -66,22 +70,44 @@ def test_analyze_ledger_records_once_and_prints_the_same(tmp_path: Path,
     judged = [f["uid"] for f in json.loads(plain)["flows"] if "verdict" in f]
     assert [e.subject_uid for e in entries] == [call["uid"], *judged]
     assert entries[0].evidence["evidence"][0]["frames"] == call["evidence"][0]["frames"]
-    # The jsonl records are the ones analyze writes without a ledger (its streaming mode
-    # drops payload samples before judging calls, so only their verdicts are compared).
+    # --jsonl writes, with a ledger, what it writes without one.
     _, lines_plain, _ = run(capsys, "analyze", BLOCKED, "--jsonl", *W1)
     _, lines_rec, _ = run(capsys, "analyze", BLOCKED, "--jsonl", "--ledger", str(path), *W1)
-
-    def summary(text: str) -> list[tuple[str, str, str, list[str]]]:
-        recs = [json.loads(x) for x in text.splitlines()]
-        return sorted((r["record"], r["uid"], r.get("verdict", ""), r.get("reasons", []))
-                      for r in recs)
-
-    assert summary(lines_plain) == summary(lines_rec)
-    flows = sorted(x for x in lines_plain.splitlines() if x.startswith('{"record":"flow"'))
-    assert flows == sorted(x for x in lines_rec.splitlines()
-                           if x.startswith('{"record":"flow"'))
+    assert lines_rec == lines_plain and lines_plain.count('"record":"flow"') > 1
     # stdin has no SHA-256 to record.
     assert run(capsys, "analyze", "-", "--ledger", str(path))[0] == 2
+
+
+def _entries(path: Path) -> list[tuple[Any, ...]]:
+    with Ledger(path, clock=lambda: 0.0) as led:
+        return [(e.capture_sha256, e.subject_uid, e.verdict, e.reasons, e.evidence)
+                for e in led.entries()]
+
+
+@pytest.mark.parametrize("fmt", ["--json", "--jsonl", "--csv", "--zeek"])
+def test_analyze_ledger_records_what_a_whole_result_records(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    """``analyze --ledger`` gathers the verdicts from the pipeline's steps as they settle,
+    in every output format: the entries are those of the whole result (the same subjects,
+    verdicts, reasons and evidence, in the same order), settings other than the defaults
+    recorded with them."""
+    caps = [BLOCKED, ICMP]
+    if NDPI_DEV.is_dir():
+        caps += [str(NDPI_DEV / "pcap" / n) for n in ("sip.pcap", "teams.pcap", "h323.pcap",
+                                                       "lru_ipv6_caches.pcapng")]
+        caps += [str(SIP_488)]
+    streamed, whole = tmp_path / "streamed.db", tmp_path / "whole.db"
+    for cap in caps:
+        code, _, err = run(capsys, "analyze", cap, fmt, "--udp-idle", "90", "--ledger",
+                           str(streamed), *W1)
+        assert code == 0, err
+        with Ledger(whole, clock=lambda: 0.0) as led:
+            record_verdicts(led, analyze_capture(cap, workers=1,
+                                                 config=meter_config(udp_idle_s=90.0)))
+    got, want = _entries(streamed), _entries(whole)
+    assert got == want
+    assert len(want) >= 5 and all(e[4]["settings"] == {"meter": {"udp_idle_s": 90.0}}
+                                   for e in want)
 
 
 def test_failed_sip_call_goes_into_the_ledger(tmp_path: Path,
