@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from classifier.dpi.framings import ZoomMediaKind
 from classifier.hostnames import HostMatch, Service, match_host
 from classifier.inspect import inspect_flow
-from classifier.owners import Owner
+from classifier.owners import Owner, nat64_embedded
 from classifier.owners import lookup as _owner_lookup
 from classifier.records import (
     CALL_CATEGORIES,
@@ -93,6 +93,13 @@ def _match(name: str) -> HostMatch | None:
 @functools.lru_cache(maxsize=65536)
 def owner_lookup(addr: str) -> Owner | None:
     return _owner_lookup(addr)
+
+
+def _as_owned(addr: str) -> str:
+    """An address as a reason names it when it was looked up among the owners: with the
+    IPv4 address it stands for when it is one of NAT64's (RFC 6052)."""
+    v4 = nat64_embedded(addr)
+    return addr if v4 is None else f"{addr} (NAT64 for {v4})"
 
 
 @dataclass(slots=True)
@@ -359,8 +366,9 @@ class Classifier:
             if own is not None and own.owner == "meta" and meta_app is not None:
                 # Meta's STUN servers and relays serve both its call apps.
                 return _Verdict(meta_app, Method.IP_OWNER, 0.7,
-                                f"STUN/RTP to {rh} in {own.prefix} (Meta's call servers) from "
-                                f"a host whose signalling is {meta_app}'s only", Service.RELAY)
+                                f"STUN/RTP to {_as_owned(rh)} in {own.prefix} (Meta's call "
+                                f"servers) from a host whose signalling is {meta_app}'s only",
+                                Service.RELAY)
         name = self._dns.get(rh)
         if name is not None:
             v = self._name_verdict(name, Method.DNS, f"DNS answer named {rh}")
@@ -376,7 +384,8 @@ class Classifier:
             if own.app == "facetime" and not _facetime_shape(flow, facts):
                 return None
             return _Verdict(own.app, Method.IP_OWNER, 0.6,
-                            f"{rh} is in {own.prefix} ({own.owner}, {own.source})",
+                            f"{_as_owned(rh)} is in {own.prefix} ({own.owner}, "
+                            f"{own.source})",
                             Service(str(own.service)) if str(own.service) in Service.__members__
                             .values() else None)
         return None

@@ -13,6 +13,12 @@ specific prefix that covers it, so a lookup is one binary search:
 (``numpy.searchsorted``; IPv4 as unsigned integers, IPv6 as 16-byte
 big-endian strings, which order like the addresses they encode).
 
+An address is looked up as the IPv4 address it stands for when it is IPv4-mapped
+(``::ffff:0:0/96``) or in the NAT64 well-known prefix ``64:ff9b::/96`` (RFC 6052
+§2.1, the last 32 bits holding the IPv4 address): on an IPv6-only access network
+(mobile networks with 464XLAT, RFC 6877) DNS64 gives every IPv4-only server such an
+address, and the probe sees the server there.
+
 When two blocks list the very same prefix, the entry with a named service
 (not ``any``) wins over ``any``, then the one naming fewer apps, then the
 later one in the file.
@@ -44,6 +50,7 @@ __all__ = [
     "default_table",
     "lookup",
     "lookup_many",
+    "nat64_embedded",
     "parse_address",
 ]
 
@@ -52,6 +59,9 @@ OWNERS_PATH = DATA_DIR / "ip_owners.json"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_NAT64_WKP = 0x0064_FF9B_0000_0000_0000_0000
+"""The top 96 bits of the NAT64 well-known prefix 64:ff9b::/96 (RFC 6052 §2.1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +88,30 @@ class Owner:
 
 
 def parse_address(text: str) -> IPAddress | None:
-    """Parse an IPv4/IPv6 address; IPv4-mapped IPv6 becomes IPv4; None if invalid."""
+    """Parse an IPv4/IPv6 address; IPv4-mapped IPv6 and an address of the NAT64
+    well-known prefix become the IPv4 address they stand for; None if invalid."""
     try:
         addr = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped
+        if int(addr) >> 32 == _NAT64_WKP:
+            return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return addr
+
+
+def nat64_embedded(text: str) -> str | None:
+    """The IPv4 address an address of the NAT64 well-known prefix 64:ff9b::/96 stands
+    for (RFC 6052 §2.1), else None."""
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and int(addr) >> 32 == _NAT64_WKP:
+        return str(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return None
 
 
 def _address_value(text: str) -> tuple[int, int] | None:
@@ -99,7 +125,7 @@ def _address_value(text: str) -> tuple[int, int] | None:
     except OSError:  # leading zeros, a scope id, spaces, junk: the library decides
         addr = parse_address(text)
         return None if addr is None else (addr.version, int(addr))
-    if value >> 32 == 0xFFFF:  # IPv4-mapped
+    if value >> 32 in (0xFFFF, _NAT64_WKP):  # IPv4-mapped, NAT64's well-known prefix
         return 4, value & 0xFFFFFFFF
     return 6, value
 

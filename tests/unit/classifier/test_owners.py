@@ -48,6 +48,8 @@ NESTED = OwnerTable.from_dict({"version": 1, "updated": "2026-01-01", "blocks": 
     ("2A03:2880:EFFF:FFFF:FFFF:FFFF:FFFF:FFFF", "2a03:2880::/32", Service.ANY),
     ("2a03:2880:ffff:ffff:ffff:ffff:ffff:ffff", "2a03:2880:f000::/36", Service.MESSAGING),
     ("::ffff:157.240.0.61", "157.240.0.60/31", Service.MESSAGING),  # IPv4-mapped
+    ("64:ff9b::157.240.0.61", "157.240.0.60/31", Service.MESSAGING),  # NAT64 (RFC 6052)
+    ("64:ff9b::9df0:c880", "157.240.200.128/25", Service.RELAY),
     ("52.115.255.255", "52.112.0.0/14", Service.RELAY),  # duplicate: named service wins
     ("1.2.3.4", "1.0.0.0/8", Service.ANY),
 ])
@@ -60,9 +62,20 @@ def test_longest_prefix(ip: str, prefix: str, service: Service) -> None:
 @pytest.mark.parametrize("ip", [
     "157.241.0.0", "157.239.255.255", "52.116.0.0", "2a03:2881::", "2a03:287f:ffff::",
     "::", "255.255.255.255", "not an ip", "", "157.240.0.1/32", "1.2.3",
+    # NAT64 prefixes other than the well-known one: where they put the IPv4 address is
+    # the network's choice (RFC 6052 §2.2, RFC 8215)
+    "64:ff9b:1::157.240.0.61", "64:ff9a::157.240.0.61", "64:ff9b:0:0:1::9df0:3d",
 ])
 def test_outside_or_invalid(ip: str) -> None:
     assert NESTED.lookup(ip) is None
+
+
+def test_nat64_addresses_name_the_ipv4_address_they_stand_for() -> None:
+    assert owners.nat64_embedded("64:ff9b::206.247.1.1") == "206.247.1.1"
+    assert owners.nat64_embedded("64:FF9B::CEF7:101") == "206.247.1.1"
+    for other in ("206.247.1.1", "::ffff:206.247.1.1", "64:ff9b:1::cef7:101", "junk", ""):
+        assert owners.nat64_embedded(other) is None
+    assert lookup("64:ff9b::206.247.1.1") == lookup("206.247.1.1") is not None
 
 
 def test_owner_app_property() -> None:
@@ -90,7 +103,7 @@ def _probe_addresses(table: OwnerTable, rng: random.Random) -> list[str]:
     out += [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(500)]
     out += [str(ipaddress.IPv6Address((0x2A03_2880 << 96) | rng.getrandbits(96)))
             for _ in range(200)]
-    out += ["junk", "::ffff:91.108.4.9"]
+    out += ["junk", "::ffff:91.108.4.9", "64:ff9b::91.108.4.9", "64:ff9b::9d"]
     return out
 
 
