@@ -10,7 +10,8 @@ Pseudonyms
     the reserved block 240.0.0.0/4 (RFC 1112 §4, "reserved for future use"), IPv6 to the
     documentation prefix 2001:db8::/32 (RFC 3849). A private block keeps its own place in
     240.0.0.0/4 (10/8 to 240/8, 172.16/12 to 241.16/12, 192.168/16 to 242.168/16,
-    100.64/10 to 243.64/10, 169.254/16 to 244.254/16, 127/8 to 245/8) and its host bits
+    100.64/10 to 243.64/10, 169.254/16 to 244.254/16, 127/8 to 245/8, 192.0.0/29 to
+    246.0.0/29) and its host bits
     go through the keyed prefix-preserving map (Crypto-PAn construction), so two hosts
     of one subnet stay in one subnet; any other address (a subscriber's public address)
     goes to 250.0.0.0/8 by 24 bits of the same map. An IPv6 address keeps its /64
@@ -78,7 +79,8 @@ _V4_HOMES: tuple[tuple[int, int, int], ...] = tuple(
     for net, plen, home in (
         ("10.0.0.0", 8, "240.0.0.0"), ("172.16.0.0", 12, "241.16.0.0"),
         ("192.168.0.0", 16, "242.168.0.0"), ("100.64.0.0", 10, "243.64.0.0"),
-        ("169.254.0.0", 16, "244.254.0.0"), ("127.0.0.0", 8, "245.0.0.0")))
+        ("169.254.0.0", 16, "244.254.0.0"), ("127.0.0.0", 8, "245.0.0.0"),
+        ("192.0.0.0", 29, "246.0.0.0")))
 """(private block, prefix length, its place in 240.0.0.0/4)."""
 _V4_OTHER = int(ipaddress.IPv4Address("250.0.0.0"))
 _V6_DOC = int(ipaddress.IPv6Address("2001:db8::"))

@@ -382,7 +382,7 @@ class PrefixAnonymiser(Pseudonyms):
 
 REWRITTEN_CLASSES = LOCAL_CLASSES | {AddressClass.LOOPBACK}
 """Address classes always rewritten: the local classes of :mod:`probe.addresses`
-(RFC 1918, RFC 6598, link-local, unique local) and loopback."""
+(RFC 1918, RFC 6598, RFC 7335, link-local, unique local) and loopback."""
 
 
 @dataclass(slots=True)

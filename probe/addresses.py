@@ -13,7 +13,9 @@ the class of the IPv4 address inside it.
 
 **Local classes** (:func:`is_local_class`) are the addresses a subscriber's
 device has behind an operator: private (RFC 1918), carrier-grade NAT shared
-space (RFC 6598), unique local (RFC 4193) and link-local (RFC 3927, RFC 4291).
+space (RFC 6598), the IPv4 service continuity prefix (RFC 7335: the IPv4 address of a
+464XLAT client's translator, 192.0.0.4 on Android phones of IPv6-only mobile
+networks), unique local (RFC 4193) and link-local (RFC 3927, RFC 4291).
 Documentation and benchmarking blocks are *not* local: test captures often use
 them for the far side.
 
@@ -99,20 +101,25 @@ class AddressClass(IntEnum):
     BENCHMARKING = 10
     """Benchmarking: 198.18.0.0/15 (RFC 2544), 2001:2::/48 (RFC 5180)."""
     IETF_PROTOCOL = 11
-    """IETF protocol assignments not globally reachable: 192.0.0.0/24 (RFC 6890 section
-    2.2.2; 192.0.0.0/29 DS-Lite RFC 7335, 192.0.0.170/31 NAT64 discovery RFC 7050),
-    2001::/23 (RFC 2928) outside its globally reachable entries, 64:ff9b:1::/48
-    (local-use IPv4/IPv6 translation, RFC 8215)."""
+    """IETF protocol assignments not globally reachable: 192.0.0.0/24 outside the
+    service continuity prefix (RFC 6890 section 2.2.2; 192.0.0.170/31 NAT64 discovery
+    RFC 7050), 2001::/23 (RFC 2928) outside its globally reachable entries,
+    64:ff9b:1::/48 (local-use IPv4/IPv6 translation, RFC 8215)."""
     DISCARD = 12
     """Discard-only, 100::/64 (RFC 6666)."""
     RESERVED = 13
     """Reserved: 240.0.0.0/4 (RFC 1112 section 4), fec0::/10 (deprecated site-local,
     RFC 3879), 2001:10::/28 (deprecated ORCHID, RFC 4843), and IPv6 outside 2000::/3
     not listed above (RFC 4291 section 2.4)."""
+    SERVICE_CONTINUITY = 14
+    """The IPv4 service continuity prefix, 192.0.0.0/29 (RFC 7335): the IPv4 side of a
+    DS-Lite B4 element (RFC 6333) or a 464XLAT client's translator (CLAT, RFC 6877), a
+    subscriber's device or router behind an operator's IPv6-only network."""
 
 
 LOCAL_CLASSES = frozenset({AddressClass.PRIVATE, AddressClass.SHARED,
-                           AddressClass.UNIQUE_LOCAL, AddressClass.LINK_LOCAL})
+                           AddressClass.SERVICE_CONTINUITY, AddressClass.UNIQUE_LOCAL,
+                           AddressClass.LINK_LOCAL})
 """The classes of addresses a subscriber's device has behind an operator."""
 
 _A = AddressClass
@@ -124,7 +131,7 @@ _V4_BLOCKS: tuple[tuple[str, int, AddressClass], ...] = (
     ("192.0.0.9", 32, _A.GLOBAL),
     ("192.0.0.10", 32, _A.GLOBAL),
     ("192.0.0.170", 31, _A.IETF_PROTOCOL),
-    ("192.0.0.0", 29, _A.IETF_PROTOCOL),
+    ("192.0.0.0", 29, _A.SERVICE_CONTINUITY),
     ("192.0.0.0", 24, _A.IETF_PROTOCOL),
     ("192.0.2.0", 24, _A.DOCUMENTATION),
     ("198.51.100.0", 24, _A.DOCUMENTATION),
@@ -246,7 +253,8 @@ def address_class(addr: str) -> AddressClass | None:
 
 def is_local_class(addr: str) -> bool:
     """Whether ``addr`` is of a class a subscriber's device has behind an operator
-    (:data:`LOCAL_CLASSES`: private, shared/CGNAT, unique local, link-local)."""
+    (:data:`LOCAL_CLASSES`: private, shared/CGNAT, service continuity, unique local,
+    link-local)."""
     return _rank(addr) == 2
 
 

@@ -128,10 +128,12 @@ def test_sip_headers_sdp_and_candidates_and_the_content_length() -> None:
 def test_pseudonyms_are_never_routable() -> None:
     names = Pseudonyms(KEY)
     for addr in ("10.1.2.3", "172.16.5.4", "192.168.1.23", "100.64.0.9", "169.254.1.1",
-                 "127.0.0.1", "8.8.8.8", "130.104.37.81"):
+                 "127.0.0.1", "192.0.0.4", "8.8.8.8", "130.104.37.81"):
         assert ipaddress.ip_address(names.address(addr)) in ipaddress.ip_network("240.0.0.0/4")
     for addr in ("fe80::1", "fd00::50", "2a02:a03f::1"):
         assert ipaddress.ip_address(names.address(addr)) in ipaddress.ip_network("2001:db8::/32")
+    assert ipaddress.ip_address(names.address("192.0.0.4")) in ipaddress.ip_network(
+        "246.0.0.0/29")  # a 464XLAT translator's address keeps its block's place
     # A subnet stays a subnet.
     a, b = names.address("192.168.1.23"), names.address("192.168.1.1")
     assert ipaddress.ip_network(f"{a}/24", strict=False) == \

@@ -50,7 +50,9 @@ CLASSES = [
     ("198.18.0.1", C.BENCHMARKING), ("198.19.255.255", C.BENCHMARKING),
     ("198.20.0.1", C.GLOBAL), ("2001:2::1", C.BENCHMARKING),
     # IETF protocol assignments (RFC 6890 section 2.2.2) and their global anycast entries
-    ("192.0.0.5", C.IETF_PROTOCOL), ("192.0.0.170", C.IETF_PROTOCOL),
+    ("192.0.0.8", C.IETF_PROTOCOL), ("192.0.0.170", C.IETF_PROTOCOL),
+    # the IPv4 service continuity prefix (RFC 7335): DS-Lite and 464XLAT clients
+    ("192.0.0.4", C.SERVICE_CONTINUITY), ("192.0.0.7", C.SERVICE_CONTINUITY),
     ("192.0.0.9", C.GLOBAL), ("192.0.0.10", C.GLOBAL), ("2001:1::5", C.IETF_PROTOCOL),
     ("2001:1::2", C.GLOBAL), ("64:ff9b:1::1", C.IETF_PROTOCOL),
     # reserved: RFC 1112 class E, deprecated site-local and ORCHID
@@ -89,7 +91,8 @@ def test_not_an_address(addr: str) -> None:
 
 
 def test_local_classes_are_those_behind_an_operator() -> None:
-    assert {C.PRIVATE, C.SHARED, C.UNIQUE_LOCAL, C.LINK_LOCAL} == A.LOCAL_CLASSES
+    assert {C.PRIVATE, C.SHARED, C.SERVICE_CONTINUITY, C.UNIQUE_LOCAL,
+            C.LINK_LOCAL} == A.LOCAL_CLASSES
 
 
 # -- which end is local, on flows read from real packets ------------------------------------------
@@ -123,6 +126,7 @@ PAIRS = [
     # (near, far): the near end is local whichever end sent first
     ("192.168.1.23", "157.240.1.1"),
     ("100.64.12.7", "157.240.1.1"),  # behind a carrier NAT
+    ("192.0.0.4", "157.240.1.1"),  # a phone's 464XLAT translator (RFC 7335, RFC 6877)
     ("10.0.0.5", "203.0.113.9"),  # a documentation address is a far end
     ("10.0.0.5", "198.18.0.1"),  # so is a benchmarking one
     ("169.254.3.4", "8.8.8.8"),
