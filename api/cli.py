@@ -867,8 +867,11 @@ def _write_documents(args: argparse.Namespace, policy: Any) -> int:
         if failed.code is not None:
             code = failed.code
             continue
-        if not result.status.complete and code == EXIT_OK:
-            code = EXIT_PARTIAL
+        if not result.status.complete:
+            print(f"marsad: warning: {capture}: {result.status.message}; the report covers "
+                  f"the flows before byte {result.status.stopped_at}", file=sys.stderr)
+            if code == EXIT_OK:
+                code = EXIT_PARTIAL
         suffix = {"md": "md", "html": "html", "pdf": "pdf"}[args.format]
         if out_dir is not None:
             target = out_dir / f"{Path(capture).name}.report.{args.lang}.{suffix}"

@@ -159,6 +159,35 @@ def test_the_cli_writes_each_format(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["report", str(BLOCKED), "--format", "pdf", "--workers", "1"]) == 2
 
 
+@pytest.mark.parametrize("lang", ["en", "fr", "ar"])
+def test_a_report_of_a_damaged_capture_says_where_it_stops(
+        lang: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What a report rests on stops where the capture was cut: the document says so at
+    its head, in its language, with the byte offset, and the command warns (exit 3)."""
+    data = (CAPTURES / "sample-call.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:100_000])
+    result = analyze_capture(cut, workers=1)
+    at = result.status.stopped_at
+    assert not result.status.complete and at is not None and 0 < at < 100_000
+    md = render_markdown(build_document(result, lang=lang, capture_name="cut.pcap"))
+    head = md.split("\n\n")[1]  # the header's lines
+    words = {"en": "Damaged capture", "fr": "Capture endommagée", "ar": "تسجيل تالف"}[lang]
+    number = str(at).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")) if lang == "ar" \
+        else str(at)
+    assert words in head and number in head, head
+    whole = render_markdown(build_document(analyze_capture(CAPTURES / "sample-call.pcap",
+                                                           workers=1),
+                                           lang=lang, capture_name="sample-call.pcap"))
+    assert words not in whole
+    out = tmp_path / f"cut.{lang}.html"
+    assert main(["report", str(cut), "--format", "html", "--lang", lang, "--out", str(out),
+                 "--workers", "1"]) == 3
+    err = capsys.readouterr().err
+    assert f"marsad: warning: {cut}: capture truncated at byte {at}" in err
+    assert words in out.read_text(encoding="utf-8")
+
+
 def test_every_call_bundle_holds_its_report_with_the_bundles_frames(tmp_path: Path) -> None:
     result = analyze_capture(BLOCKED)
     call = result.analysis.calls[0]
