@@ -256,6 +256,7 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
     turn = False
     ms_version = None
     ice = 0
+    asked: list[int] = []  # frames of the originator's requests that are no ICE check
     sessions: set[str] = set()
     seen = False
     for p in payloads:
@@ -292,12 +293,17 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
                 vendors.update(str(v) for v in m.vendors)
             cls = m.cls
             if m.msg_type in stun.VENDOR_MESSAGE_TYPES:
-                orig_req += p.direction == ORIG
+                if p.direction == ORIG:
+                    orig_req += 1
+                    asked.append(p.frame)
             elif cls is MessageClass.REQUEST:
                 req += 1
                 if p.direction == ORIG:
                     orig_req += 1
-                    ice += _is_ice_check(m)
+                    if _is_ice_check(m):
+                        ice += 1
+                    else:
+                        asked.append(p.frame)
                 session = _ice_session(m)
                 if session is not None:
                     sessions.add(session)
@@ -330,7 +336,8 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
         vendors=tuple(sorted(vendors)), realm=realm, software=software,
         mapped=tuple(dict.fromkeys(mapped)), peers=tuple(dict.fromkeys(peers)),
         relayed=tuple(dict.fromkeys(relayed)), turn=turn, ms_version=ms_version,
-        orig_ice_checks=ice, ice_sessions=tuple(sorted(sessions)))
+        orig_ice_checks=ice, ice_sessions=tuple(sorted(sessions)),
+        orig_request_frames=tuple(dict.fromkeys(asked)))
 
 
 def _is_ice_check(m: stun.StunMessage | stun.StunGist) -> bool:

@@ -122,6 +122,10 @@ class StunSummary:
     "RFRAG:LFRAG" (RFC 8445 §7.2.2), the same on every candidate pair of one session; kept
     as the two fragments sorted and joined by a colon, so that both agents' checks give
     the same key."""
+    orig_request_frames: tuple[int, ...] = ()
+    """The frames of the originator's messages that expect an answer and are no ICE
+    connectivity check (``orig_requests`` less ``orig_ice_checks``), in order: what a
+    verdict on unanswered STUN cites."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "success": self.success, "errors": self.errors,

@@ -816,7 +816,8 @@ def _stun_rule(flows: Sequence[FlowRecord], ctx: RuleContext, app: str | None = 
                  >= pol.blocked.stun_min_resend_s for fs in tries.values())
     if req >= pol.blocked.stun_min_requests and ans == 0 and resent and (
             ctx.others_answered or not pol.blocked.require_other_traffic):
-        frames = [p.frame for f in stun_flows for p in f.payloads if p.direction == 0][:16]
+        # the requests counted, not the media the same socket sent
+        frames = sorted(n for s in stuns for n in s.orig_request_frames)[:16]
         ev = _ev("blocked.stun", Reason.STUN_UNANSWERED, stun_flows, frames,
                  {"stun_requests": req, "stun_responses": ans},
                  f"{req} STUN requests or pings to "

@@ -276,6 +276,8 @@ VENDOR_MESSAGE_TYPES: Mapping[int, Vendor] = MappingProxyType({
 calls by (0x0800-0x0802, 0x0804, 0x0805)."""
 
 _KEPT_TYPES = (0x0001, 0x0101, 0x0111, 0x0011,  # Binding request, answers, indication
+               0x0003, 0x0103, 0x0113,  # TURN Allocate (RFC 8656 §7.2): retried after the
+               # 401 challenge and on every relay a client tries, often past 256 bytes
                0x0004, 0x0104, 0x0114,  # TURN Refresh (RFC 8656 §7.3): USERNAME, REALM
                0x0008, 0x0108, 0x0118,  # CreatePermission (§9)
                0x0009, 0x0109, 0x0119)  # ChannelBind (§11), refreshed every 10 minutes

@@ -77,6 +77,32 @@ def test_a_late_consent_check_makes_the_flow_stun(tmp_path: Path) -> None:
     assert c.app is None and c.category is Category.VOICE  # no app named by a plain check
 
 
+def test_every_allocate_is_read_whole_however_late(tmp_path: Path) -> None:
+    """A client asks a TURN relay for an allocation six times (the 401 challenge, then a
+    retry on each refresh of its credentials, as WhatsApp's clients do on every relay they
+    try), each request longer than the bytes the probe keeps of a flow's later payloads,
+    each answered: all six requests and answers are counted (RFC 8656 §7.2)."""
+    rng = random.Random("allocate")
+    cap = gen.Capture()
+    flow = Flow("udp", PHONE, 52010, PEER, 3478)
+    t = gen.at(12000)
+    attrs = [(gen.USERNAME, b"u" * 120), (gen.REALM, b"relay.example"),
+             (gen.SOFTWARE, b"s" * 100)]
+    for i in range(6):
+        txid = rng.randbytes(12)
+        req = gen.stun_message(0x0003, txid, attrs, fingerprint=True)
+        assert len(req) > meter_config().payload_tail_snap
+        send_udp(cap, flow, eth, t + i, ORIG, req)
+        send_udp(cap, flow, eth, t + i + Fraction(3, 100), RESP, gen.stun_message(
+            0x0103, txid, [(gen.XOR_MAPPED_ADDRESS, gen.xor_mapped(gen.PUBLIC, flow.orig_p))],
+            fingerprint=True))
+    result = _analyze(tmp_path, cap)
+    ((_, c),) = zip(result.flows, result.classes, strict=True)
+    st = c.facts.stun
+    assert st is not None and st.turn
+    assert (st.requests, st.success, st.orig_requests) == (6, 6, 6)
+
+
 def test_zoom_p2p_hello_follows_ndpi_layout() -> None:
     rng = random.Random("hello")
     hello = gen.zoom_p2p_hello(rng, ("192.168.1.7", 51234))

@@ -852,3 +852,25 @@ def test_a_download_seen_inside_a_tunnel_is_no_fallback(tmp_path: Path) -> None:
     (call,) = [c for c in result.analysis.calls if c.app == "teams"]
     assert call.verdict.kind is VerdictKind.BLOCKED, call.verdict
     assert call.verdict.evidence[0].rule == "blocked.stun"
+
+
+def test_unanswered_stun_evidence_cites_the_requests_not_the_media() -> None:
+    """The bundled blocked call: its socket sends STUN Binding requests and WhatsApp's
+    pings, then RTP to the relay, and nothing comes back. The evidence cites the frames of
+    the requests and pings it counts, and no RTP frame sent on the same socket."""
+    from scapy.utils import rdpcap
+
+    from classifier.dpi import stun as stun_dpi
+    from tests.conftest import ROOT
+
+    path = ROOT / "captures" / "sample-blocked.pcap"
+    result = analyze_capture(path, workers=1)
+    (call,) = result.analysis.calls
+    (ev,) = [e for e in call.verdict.evidence if e.rule == "blocked.stun"]
+    packets = rdpcap(str(path))
+    cited = [bytes(packets[n - 1][UDP].payload) for n in ev.frames]
+    assert len(cited) == ev.figures["stun_requests"] >= 6
+    assert all(stun_dpi.looks_like_stun(p) for p in cited)
+    sent = [bytes(p[UDP].payload) for p in packets
+            if UDP in p and p[IP].dst == "157.240.27.54"]
+    assert sum(not stun_dpi.looks_like_stun(p) for p in sent) >= 300  # the media, uncited
