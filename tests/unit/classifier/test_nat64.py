@@ -36,7 +36,9 @@ def _call(path: Path, phone: str, relay: str) -> Path:
         t = 1_700_000_000.0 + i * 0.02
         for d, (src, dst, sport, dport, ssrc) in enumerate((
                 (phone, relay, 40000, 3478, 0x1111), (relay, phone, 3478, 40000, 0x2222))):
-            p = (Ether() / ip(src=src, dst=dst) / UDP(sport=sport, dport=dport)
+            # both link-layer addresses given: scapy would otherwise ask the network
+            p = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                 / ip(src=src, dst=dst) / UDP(sport=sport, dport=dport)
                  / _rtp(i, i * 960, ssrc))
             p.time = t + d * 0.003
             pkts.append(p)
