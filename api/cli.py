@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
 import os
 import sqlite3
@@ -254,9 +255,12 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 def _add_format(p: argparse.ArgumentParser, calls: bool = False) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--json", dest="fmt", action="store_const", const="json",
-                   help="one JSON object {\"flows\": [...]} at the end")
+                   help=("one JSON object {\"flows\": [...], \"calls\": [...]} at the end "
+                         "(the default)") if calls else
+                   "one JSON object {\"flows\": [...]} at the end")
     g.add_argument("--jsonl", dest="fmt", action="store_const", const="jsonl",
-                   help="one JSON record per line, as flows end")
+                   help="one JSON record per line, as flows end"
+                        + ("" if calls else " (the default)"))
     g.add_argument("--csv", dest="fmt", action="store_const", const="csv",
                    help="CSV, one row per flow, with a fixed header (see api/output.py)"
                         + ("; calls go to --calls-csv FILE" if calls else ""))
@@ -330,11 +334,19 @@ def _reported(progress: _Progress | None = None,
     except errors as exc:
         if progress is not None:
             progress.stop()
-        print(f"marsad: {exc}", file=sys.stderr)
+        print(f"marsad: {_said(exc)}", file=sys.stderr)
         outcome.code = EXIT_UNREADABLE
     finally:
         if progress is not None:
             progress.stop()
+
+
+def _said(exc: BaseException) -> str:
+    """An error as one line: a system error names its file first, the way the other
+    errors do ("F: no such file or directory"), not as ``[Errno 2] ...: 'F'``."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
+    return str(exc)
 
 
 def _run_flows(args: argparse.Namespace) -> int:
@@ -396,7 +408,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     progress = _Progress(args.capture)
     out = sys.stdout
-    recorded = None
+    recorded = tail = None
     # The collector stays paused through the output too: the records it would walk over
     # and over are all alive until the command ends.
     with _reported(progress) as failed, gc_paused(), _maybe_ledger(args.ledger) as ledger:
@@ -431,22 +443,31 @@ def _run_analyze(args: argparse.Namespace) -> int:
             else:
                 whole.add(step, pipe.clock)
             del step
+        progress.stop()  # before anything else goes to the terminal
         if whole is not None:
             _write_whole(whole, out, args.calls_csv)
         status, stats = reader.status, reader.stats
         if ledger is not None and hasher is not None and verdicts is not None:
             from api.evidence import record_items
             from api.pipeline import analysis_settings
-            progress.stop()
             recorded = record_items(ledger, hasher.result(), verdicts.items(
                 analysis_settings(reader.config, pipe.cfg), policy))
+            tail = ledger.anchor()
         keep_until_exit(reader, whole)
     if failed.code is not None:
         return failed.code
     if recorded is not None:
         print(f"marsad: ledger {args.ledger}: {len(recorded.appended)} verdict(s) recorded, "
-              f"{len(recorded.skipped)} already there", file=sys.stderr)
+              f"{len(recorded.skipped)} already there{_anchor_note(tail)}", file=sys.stderr)
     return _finish_status(status, stats)
+
+
+def _anchor_note(tail: Any) -> str:
+    """What to keep outside a ledger to show later that no entry was cut from its end
+    (``marsad verify --anchor``): its last entry's position and hash."""
+    if tail is None:
+        return ""
+    return f"; its end is {tail.seq}:{tail.entry_hash} (keep it elsewhere: verify --anchor)"
 
 
 class _LedgerVerdicts:
@@ -545,6 +566,9 @@ def _open_ledger(path: str, must_exist: bool) -> Any:
     from policy.ledger import Ledger
     if must_exist and not os.path.isfile(path):
         raise PolicyError(f"{path}: no such ledger")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise PolicyError(f"{path}: cannot create the ledger: no directory {folder}")
     try:
         return Ledger(path, clock=time.time)
     except sqlite3.Error as exc:
@@ -572,6 +596,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         with _open_ledger(args.ledger, must_exist=True) as ledger:
             report = verify_ledger(ledger, captures, policy=policy, anchor=anchor)
             recorded = {e.capture_sha256 for e in ledger.entries()}
+            tail = ledger.anchor()
     if failed.code is not None:
         return failed.code
     unused = sorted(c for sha, c in shas.items() if sha not in recorded)
@@ -585,7 +610,9 @@ def _run_verify(args: argparse.Namespace) -> int:
             "captures_checked": [{"sha256": s, "file": shas.get(s)} for s in
                                  report.captures_checked],
             "captures_unavailable": list(report.captures_unavailable),
-            "captures_without_entries": unused}))
+            "captures_without_entries": unused,
+            # entries cut from the end leave a whole chain: an anchor kept elsewhere shows it
+            "anchor": None if tail is None else f"{tail.seq}:{tail.entry_hash}"}))
         sys.stdout.write("\n")
     else:
         state = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
@@ -599,6 +626,10 @@ def _run_verify(args: argparse.Namespace) -> int:
                   f" capture(s) not given with --capture")
         for c in unused:
             print(f"  {c}: no entries in the ledger")
+        if report.ok and tail is not None:
+            print(f"  its end is {tail.seq}:{tail.entry_hash}: entries cut from the end leave "
+                  f"a whole chain; keep this elsewhere and give it as --anchor to show none "
+                  f"were")
     return EXIT_OK if report.ok else 1
 
 
@@ -636,9 +667,10 @@ def _run_evidence(args: argparse.Namespace) -> int:
             print(f"signature {checked.signature}: Ed25519 key sha256 {checked.signer}"
                   f"{'' if trusted is not None else ' (compare it with the signer you trust)'}")
         cap = checked.manifest.get("capture") or {}
-        print(f"{args.check}: {'intact' if checked.ok else 'MODIFIED'}; capture sha256 "
+        print(f"{args.check}: {_bundle_state(checked)}; capture sha256 "
               f"{cap.get('sha256')}, anonymised: {checked.manifest.get('anonymised')}, "
-              f"signed: {'no' if checked.signature == 'none' else checked.signature}")
+              f"signed: {'no' if checked.signature == 'none' else checked.signature}"
+              f"{' (its manifest)' if checked.signature == 'valid' else ''}")
         return EXIT_OK if checked.ok else 1
     missing = [o for o, v in (("CALL_UID", args.uid), ("--capture", args.capture))
                if v is None]
@@ -691,6 +723,21 @@ def _run_evidence(args: argparse.Namespace) -> int:
     return _result_status(result)
 
 
+def _bundle_state(checked: Any) -> str:
+    """A checked bundle in a few words: its files and its signature are told apart (a
+    signature by a key other than the one trusted leaves every file as it was signed)."""
+    from api.evidence import SIGNATURE
+    if checked.ok:
+        return "intact"
+    if any(not p.startswith(SIGNATURE) for p in checked.problems):
+        return "MODIFIED"
+    if checked.signature == "untrusted":
+        return "files as signed, but NOT signed by the key given"
+    if checked.signature == "none":
+        return "NOT signed (a signature was expected)"
+    return "MODIFIED after signing (the signature does not verify)"
+
+
 def _ring_hint(entries: Sequence[Any], uid: str) -> str:
     """What to say of a subject missing from a ring file, when the ledger shows its
     packets span several files of the live probe's ring."""
@@ -708,6 +755,10 @@ def _write_bundle(data: bytes, out: str | None, name: str) -> str:
     here) through a ``.part`` file renamed into place; returns the path written."""
     if out is None or os.path.isdir(out):
         out = os.path.join(out or ".", name)
+    folder = os.path.dirname(out) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such directory to write the bundle in",
+                                folder)
     tmp = f"{out}.part"
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -1298,7 +1349,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print each flow's payload samples (hex) and RTP stream summaries")
     _add_meter_options(f)
     f.set_defaults(func=_run_flows)
-    a = sub.add_parser("analyze", help="flows with their app, category and media")
+    a = sub.add_parser("analyze", help="flows with their app, category and media; calls "
+                                        "with their quality and verdicts")
     a.add_argument("capture", nargs="+", help=_CAPTURES_HELP)
     _add_format(a, calls=True)
     _add_batch_options(a)

@@ -73,6 +73,8 @@ def test_a_signed_bundle_verifies_and_names_its_signer(tmp_path: Path,
     code, out = _run(capsys, "evidence", "--check", str(bundle), "--public-key",
                      str(other_pub))
     assert code == 1 and "signed: untrusted" in out
+    assert "b.zip: files as signed, but NOT signed by the key given" in out
+    assert "MODIFIED" not in out  # every file is as it was signed
 
 
 def test_a_re_hashed_manifest_no_longer_verifies(tmp_path: Path,
@@ -100,6 +102,7 @@ def test_a_re_hashed_manifest_no_longer_verifies(tmp_path: Path,
     assert checked.checked and checked.signature == "invalid" and not checked.ok
     code, out = _run(capsys, "evidence", "--check", str(bundle), "--public-key", str(pub))
     assert code == 1 and "does not match manifest.json" in out
+    assert "b.zip: MODIFIED after signing (the signature does not verify)" in out
     # Dropping the signature instead: a check that expects one says it is missing.
     del files["manifest.sig"]
     buf = io.BytesIO()
@@ -109,6 +112,7 @@ def test_a_re_hashed_manifest_no_longer_verifies(tmp_path: Path,
     bundle.write_bytes(buf.getvalue())
     code, out = _run(capsys, "evidence", "--check", str(bundle), "--public-key", str(pub))
     assert code == 1 and "manifest.sig: missing" in out
+    assert "b.zip: NOT signed (a signature was expected)" in out
     assert check_bundle(bundle).signature == "none"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import subprocess
 import zipfile
@@ -192,6 +193,41 @@ def test_verify_catches_a_verdict_the_packets_do_not_support(
     assert code == 1
     assert "entry 6: does not follow from the packets: stored THROTTLED ['RATE_CAPPED'], " \
            "capture gives BLOCKED ['STUN_UNANSWERED', 'MEDIA_NO_RETURN']" in out
+
+
+def test_the_end_of_a_ledger_is_said_so_that_a_cut_can_be_shown(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A chain cut at its end is still a whole chain: what shows the cut is the end
+    noted elsewhere, which ``analyze --ledger`` and ``verify`` print for that."""
+    path = tmp_path / "l.db"
+    code, _, err = run(capsys, "analyze", BLOCKED, "--ledger", str(path), *W1)
+    end = re.search(r"its end is (\d+:[0-9a-f]{64})", err)
+    assert code == 0 and end is not None
+    code, out, _ = run(capsys, "verify", str(path))
+    assert code == 0 and f"its end is {end[1]}" in out
+    code, out, _ = run(capsys, "verify", str(path), "--json")
+    assert json.loads(out)["anchor"] == end[1]
+    db = attacker(path)
+    db.execute("DELETE FROM entries WHERE seq = (SELECT MAX(seq) FROM entries)")
+    db.close()
+    assert run(capsys, "verify", str(path))[0] == 0  # the chain alone cannot tell
+    code, out, _ = run(capsys, "verify", str(path), "--anchor", end[1])
+    assert code == 1 and "tail cut or rewritten" in out
+
+
+def test_errors_name_the_file_or_folder(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "l.db"
+    assert run(capsys, "analyze", BLOCKED, "--ledger", str(path), *W1)[0] == 0
+    missing = tmp_path / "nope.pcap"
+    code, _, err = run(capsys, "verify", str(path), "--capture", str(missing))
+    assert code == 2 and err.strip() == f"marsad: {missing}: no such file or directory"
+    with Ledger(path, clock=lambda: 0.0) as led:
+        uid = led.entries()[0].subject_uid
+    code, _, err = run(capsys, "evidence", uid, "--capture", BLOCKED, "--out",
+                       str(tmp_path / "no" / "b.zip"))
+    assert code == 2
+    assert err.strip() == f"marsad: {tmp_path / 'no'}: no such directory to write the bundle in"
 
 
 def test_verify_anchor_and_bad_inputs(ledger_path: Path, tmp_path: Path,

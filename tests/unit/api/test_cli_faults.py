@@ -70,7 +70,11 @@ def test_an_unopenable_ledger_is_one_line() -> None:
     got = _run("analyze", str(CAPTURES / "sample-call.pcap"), "--ledger", "/proc/nope/x.db")
     assert got.returncode == EXIT_UNREADABLE
     assert "Traceback" not in got.stderr
-    assert got.stderr.strip() == ("marsad: /proc/nope/x.db: cannot open the ledger: unable "
+    assert got.stderr.strip() == ("marsad: /proc/nope/x.db: cannot create the ledger: no "
+                                  "directory /proc/nope")
+    got = _run("analyze", str(CAPTURES / "sample-call.pcap"), "--ledger", str(CAPTURES))
+    assert got.returncode == EXIT_UNREADABLE and "Traceback" not in got.stderr
+    assert got.stderr.strip() == (f"marsad: {CAPTURES}: cannot open the ledger: unable "
                                   "to open database file")
 
 
