@@ -9,8 +9,16 @@
     ok: "#2e8b57", degraded: "#d8a31a", throttled: "#e0702b",
     blocked: "#c8333b", failed: "#7a5ab8", unknown: "#8a94a3",
   };
-  // App colours: one per app name, the same in every view and on every load (a hash of
-  // the name picks the palette entry), never a verdict's colour.
+  // App colours: one per app, the same in every view and on every load, never a
+  // verdict's colour. Each app of the output contract (classifier.records.APPS) has its
+  // own; another name (a newer classifier's) gets a palette entry by a hash of the name.
+  const APP_COLOURS = {
+    whatsapp: "#0f6e6e", messenger: "#3b82c4", facebook: "#1d3f8f", teams: "#5a4fcf",
+    zoom: "#1f9bb0", facetime: "#6d8a1f", viber: "#9c3fa8", signal: "#2f6f9f",
+    telegram: "#4f9fd8", meet: "#4b7d3a", discord: "#7b68c8", webex: "#c06a12",
+    wechat: "#2f8f4f", line: "#8fa31a", imo: "#b5487f", snapchat: "#b8a000",
+    sip: "#a0522d", youtube: "#8c2b4a", netflix: "#5c3a1e",
+  };
   const PALETTE = ["#0f6e6e", "#3b82c4", "#b5487f", "#6d8a1f", "#8c5a2b", "#1f9bb0",
                    "#5a4fcf", "#a0522d", "#2f6f9f", "#9c3fa8", "#4b7d3a", "#c06a12"];
   const GREY = "#9aa4b2";
@@ -75,6 +83,7 @@
   function appColour(app) {
     if (app === null || app === undefined || app === "") return GREY;
     if (app === "\u0000others") return DARK_GREY;
+    if (Object.prototype.hasOwnProperty.call(APP_COLOURS, app)) return APP_COLOURS[app];
     let h = 0x811c9dc5; // FNV-1a
     for (const ch of String(app)) {
       h ^= ch.codePointAt(0);

@@ -212,8 +212,31 @@ def test_tests_panel_in_chromium(tmp_path: Path) -> None:
         srv.stop()
 
 
+def _app_colours() -> dict[str, str]:
+    """The page's own colour of each app of the output contract."""
+    js = (ROOT / "api" / "dashboard" / "dashboard.js").read_text(encoding="utf-8")
+    block = re.search(r"const APP_COLOURS = \{(.*?)\};", js, re.S)
+    assert block is not None
+    return dict(re.findall(r'(\w+): "(#[0-9a-f]{6})"', block.group(1)))
+
+
+def test_every_app_has_a_colour_of_its_own() -> None:
+    """The apps a chart may show side by side are never drawn alike (two of them once
+    hashed to one palette entry: whatsapp and sip on the sample dashboard)."""
+    from classifier.records import APPS
+    colours = _app_colours()
+    assert set(colours) == APPS
+    assert len(set(colours.values())) == len(colours)
+    assert not set(colours.values()) & {"#2e8b57", "#d8a31a", "#e0702b", "#c8333b", "#7a5ab8",
+                                        "#8a94a3", "#9aa4b2", "#6b7480"}  # verdicts, greys
+
+
 def _app_colour(app: str) -> str:
-    """The colour the page gives an app: FNV-1a of its name into the page's palette."""
+    """The colour the page gives an app: its own, else FNV-1a of its name into the page's
+    palette."""
+    own = _app_colours().get(app)
+    if own is not None:
+        return own
     js = (ROOT / "api" / "dashboard" / "dashboard.js").read_text(encoding="utf-8")
     block = re.search(r"const PALETTE = \[(.*?)\];", js, re.S)
     assert block is not None
