@@ -98,8 +98,9 @@ def _reasons(v: Verdict) -> str:
 def _setup(setup: CallSetup) -> str:
     parts = []
     stun, tcp, tls, sip = setup.stun, setup.tcp, setup.tls, setup.sip
-    if stun.requests:
-        parts.append(f"STUN {stun.requests} requests / {stun.success} answered")
+    if stun.requests or stun.pings:
+        pings = f", {stun.pings} pings" if stun.pings else ""
+        parts.append(f"STUN {stun.requests} requests{pings} / {stun.success} answered")
     if tcp.connections:
         parts.append(f"TCP {tcp.connections} ({tcp.established} established, "
                      f"{tcp.refused} refused, {tcp.unanswered} unanswered)")

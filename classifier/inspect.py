@@ -245,7 +245,7 @@ def _dns(orig: list[PayloadSample], resp: list[PayloadSample], tcp: bool,
 
 def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object],
           notes: list[str]) -> None:
-    req = ok = err = ind = orig_req = resp_resp = 0
+    req = ok = err = ind = orig_req = resp_resp = pings = 0
     methods: set[int] = set()
     types: set[int] = set()
     vendors: set[str] = set()
@@ -295,6 +295,7 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
             if m.msg_type in stun.VENDOR_MESSAGE_TYPES:
                 if p.direction == ORIG:
                     orig_req += 1
+                    pings += 1
                     asked.append(p.frame)
             elif cls is MessageClass.REQUEST:
                 req += 1
@@ -337,7 +338,7 @@ def _stun(payloads: Sequence[PayloadSample], tcp: bool, found: dict[str, object]
         mapped=tuple(dict.fromkeys(mapped)), peers=tuple(dict.fromkeys(peers)),
         relayed=tuple(dict.fromkeys(relayed)), turn=turn, ms_version=ms_version,
         orig_ice_checks=ice, ice_sessions=tuple(sorted(sessions)),
-        orig_request_frames=tuple(dict.fromkeys(asked)))
+        orig_pings=pings, orig_request_frames=tuple(dict.fromkeys(asked)))
 
 
 def _is_ice_check(m: stun.StunMessage | stun.StunGist) -> bool:

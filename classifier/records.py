@@ -122,6 +122,9 @@ class StunSummary:
     "RFRAG:LFRAG" (RFC 8445 §7.2.2), the same on every candidate pair of one session; kept
     as the two fragments sorted and joined by a colon, so that both agents' checks give
     the same key."""
+    orig_pings: int = 0
+    """Messages of a vendor's own types the originator sent (WhatsApp's 0x08xx), counted
+    in ``orig_requests`` but not in ``requests``: a set-up summary shows them apart."""
     orig_request_frames: tuple[int, ...] = ()
     """The frames of the originator's messages that expect an answer and are no ICE
     connectivity check (``orig_requests`` less ``orig_ice_checks``), in order: what a

@@ -421,7 +421,7 @@ def _setup(members: Sequence[FlowRecord], cls: dict[str, Classification],
            call_id: str | None) -> CallSetup:
     """STUN, TCP and TLS counts over a call's flows, its dialog's SIP messages (those of
     ``call_id`` for a SIP call) and the time to its first media."""
-    stun_req = stun_ok = stun_err = 0
+    stun_req = stun_ok = stun_err = pings = 0
     sip: list[SipEvent] = []
     connections = established = refused = unanswered = 0
     hellos = server_hellos = 0
@@ -431,6 +431,7 @@ def _setup(members: Sequence[FlowRecord], cls: dict[str, Classification],
             stun_req += facts.stun.requests
             stun_ok += facts.stun.success
             stun_err += facts.stun.errors
+            pings += facts.stun.orig_pings
         for m in facts.sip:
             if call_id is not None and m.call_id != call_id:
                 continue
@@ -451,7 +452,7 @@ def _setup(members: Sequence[FlowRecord], cls: dict[str, Classification],
     first = min(f.first_ts for f in members)
     first_media = min((f.first_ts for f in members
                        if cls[f.uid].category in MEDIA_CATEGORIES), default=None)
-    return CallSetup(StunSetup(stun_req, stun_ok, stun_err),
+    return CallSetup(StunSetup(stun_req, stun_ok, stun_err, pings),
                      tuple(sorted(sip, key=lambda m: m.ts)),
                      TcpSetup(connections, established, refused, unanswered),
                      TlsSetup(hellos, server_hellos), first_media,

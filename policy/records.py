@@ -253,11 +253,14 @@ class ReportedStream:
 
 @dataclass(frozen=True, slots=True)
 class StunSetup:
-    """STUN/TURN over a call's flows: requests sent, success and error responses."""
+    """STUN/TURN over a call's flows: requests sent, success and error responses, and the
+    pings of an app's own message types its caller sent (WhatsApp's 0x08xx; what answers
+    them is not published, so they are neither requests nor answered here)."""
 
     requests: int = 0
     success: int = 0
     errors: int = 0
+    pings: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +312,7 @@ class CallSetup:
 
     def to_dict(self) -> dict[str, Any]:
         return {"stun": {"requests": self.stun.requests, "success": self.stun.success,
-                         "errors": self.stun.errors},
+                         "errors": self.stun.errors, "pings": self.stun.pings},
                 "sip": [{"ts": m.ts, "frame": m.frame, "message": m.message,
                          "call_id": m.call_id} for m in self.sip],
                 "tcp": {"connections": self.tcp.connections,

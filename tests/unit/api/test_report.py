@@ -39,7 +39,7 @@ def test_blocked_call_report() -> None:
     assert facts["start"] == "2023-11-14 22:30:00.030 UTC"
     assert facts["duration"] == f"{r.analysis.calls[0].end_ts - r.analysis.calls[0].start_ts:.1f} s"
     # the registered requests; WhatsApp's own 0x08xx pings are not counted as requests
-    assert facts["set-up"].startswith("STUN 6 requests / 0 answered")
+    assert facts["set-up"].startswith("STUN 6 requests, 3 pings / 0 answered")
     # The outgoing media leg: packets counted, no loss, an E-model MOS.
     [leg] = sec.legs
     row = dict(zip(LEG_COLUMNS, leg, strict=True))
