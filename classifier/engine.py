@@ -95,6 +95,16 @@ def owner_lookup(addr: str) -> Owner | None:
     return _owner_lookup(addr)
 
 
+def _host_key(addr: str) -> str:
+    """The address a host is learned and looked up under: an address of NAT64's
+    well-known prefix as the IPv4 address it stands for (RFC 6052), so that a server an
+    IPv6-only network reaches at 64:ff9b::a.b.c.d is the one SDP, STUN or a DNS A
+    answer named a.b.c.d."""
+    if addr.startswith("64:ff9b:"):
+        return nat64_embedded(addr) or addr
+    return addr
+
+
 def _as_owned(addr: str) -> str:
     """An address as a reason names it when it was looked up among the owners: with the
     IPv4 address it stands for when it is one of NAT64's (RFC 6052)."""
@@ -212,21 +222,22 @@ class Classifier:
         """Whether a call flow taught an end of ``flow`` (the only way a second
         :meth:`_decide` can name it by :attr:`Method.CALL_PEER`)."""
         rh, rp = _remote(flow)
+        rh = _host_key(rh)
         return ((rh, rp) in self._call_endpoints or _local(flow) in self._call_endpoints
                 or rh in self._call_hosts)
 
     # -- learning -----------------------------------------------------------------------
     def _learn(self, flow: FlowRecord, facts: Facts) -> None:
         for name, addr in facts.dns_answers:
-            self._dns[addr] = name
+            self._dns[_host_key(addr)] = name
         if facts.sni:
-            self._dns.setdefault(_remote(flow)[0], facts.sni.lower())
+            self._dns.setdefault(_host_key(_remote(flow)[0]), facts.sni.lower())
         if facts.sip:
             self._sip_seen = True
             for m in facts.sip:
                 for addr, port, _media, _dir in m.media:
-                    self._sdp[(addr, port)] = m.call_id or "?"
-                    self._call_endpoints[(addr, port)] = ("sip", "SDP")
+                    self._sdp[(_host_key(addr), port)] = m.call_id or "?"
+                    self._call_endpoints[(_host_key(addr), port)] = ("sip", "SDP")
         if facts.protocol == "h323":
             self._h323_pairs.add(frozenset((flow.orig_h, flow.resp_h)))
         meta = _meta_signalling(facts)
@@ -236,8 +247,9 @@ class Classifier:
         if st is not None:
             app = self._stun_app(facts)
             if app is not None:
-                for ep in (*st.mapped, *st.peers, *st.relayed):
-                    self._call_endpoints.setdefault(ep, (app[0], "STUN address"))
+                for addr, port in (*st.mapped, *st.peers, *st.relayed):
+                    self._call_endpoints.setdefault((_host_key(addr), port),
+                                                    (app[0], "STUN address"))
 
     def _learn_call(self, flow: FlowRecord, c: Classification) -> None:
         # A SIP flow's far end is a proxy or trunk that serves every call; which end is far
@@ -248,7 +260,7 @@ class Classifier:
         if c.app is None or (c.facts.sip and is_local_class(flow.orig_h)
                              == is_local_class(flow.resp_h)):
             return
-        rh = _remote(flow)[0]
+        rh = _host_key(_remote(flow)[0])
         if flow.proto == "udp":
             self._call_hosts.setdefault(rh, (c.app, f"{c.app} call flow {flow.uid}"))
             self._call_endpoints.setdefault(_local(flow), (c.app, f"call flow {flow.uid}"))
@@ -356,7 +368,8 @@ class Classifier:
             if v is not None:
                 return v
         rh, rp = _remote(flow)
-        ep = self._call_endpoints.get((rh, rp)) or self._call_endpoints.get(_local(flow))
+        ep = (self._call_endpoints.get((_host_key(rh), rp))
+              or self._call_endpoints.get(_local(flow)))
         if ep is not None and flow.proto == "udp":
             return _Verdict(ep[0], Method.CALL_PEER, 0.8,
                             f"endpoint {rh}:{rp} learned from {ep[1]}", Service.RELAY)
@@ -369,13 +382,13 @@ class Classifier:
                                 f"STUN/RTP to {_as_owned(rh)} in {own.prefix} (Meta's call "
                                 f"servers) from a host whose signalling is {meta_app}'s only",
                                 Service.RELAY)
-        name = self._dns.get(rh)
+        name = self._dns.get(_host_key(rh))
         if name is not None:
             v = self._name_verdict(name, Method.DNS, f"DNS answer named {rh}")
             if v is not None and v.app is not None:
                 return v
         if flow.proto == "udp":
-            host = self._call_hosts.get(rh)
+            host = self._call_hosts.get(_host_key(rh))
             if host is not None:
                 return _Verdict(host[0], Method.CALL_PEER, 0.7,
                                 f"{rh} carried a {host[1]}", Service.RELAY)

@@ -59,3 +59,46 @@ def test_a_call_through_nat64_is_named_as_without_it(tmp_path: Path) -> None:
                                                           v4.method)
     assert v6.app == "line" and v6.method == "ip-owner"
     assert f"{NAT64} (NAT64 for {LINE_RELAY}) is in 147.92.128.0/17" in v6.reason
+
+
+def _sip(path: Path) -> Path:
+    """A phone on an IPv6-only network calls through its provider's IPv4 proxy (reached
+    at its NAT64 address); the 200 OK's SDP names the IPv4 media server, which the
+    phone's RTP reaches at its NAT64 address."""
+    mac = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+    proxy, media = "64:ff9b::c633:640a", "198.51.100.20"  # 198.51.100.10 through NAT64
+    sdp = (f"v=0\r\no=- 1 1 IN IP4 {media}\r\ns=-\r\nc=IN IP4 {media}\r\nt=0 0\r\n"
+           "m=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    head = ("Via: SIP/2.0/UDP [2a01:e0a:1f:2d0::7]:5060;branch=z9hG4bK1\r\n"
+            "From: <sip:alice@example.org>;tag=1\r\nTo: <sip:bob@example.org>\r\n"
+            "Call-ID: nat64-call@example.org\r\nCSeq: 1 INVITE\r\n"
+            "Contact: <sip:alice@[2a01:e0a:1f:2d0::7]>\r\n")
+    invite = ("INVITE sip:bob@example.org SIP/2.0\r\n" + head
+              + "Content-Length: 0\r\n\r\n").encode()
+    ok = ("SIP/2.0 200 OK\r\n" + head + "Content-Type: application/sdp\r\n"
+          f"Content-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
+    t0 = 1_700_000_000.0
+    pkts = []
+    for t, src, dst, data in ((t0, PHONE6, proxy, invite), (t0 + 0.2, proxy, PHONE6, ok)):
+        p = Ether(**mac) / IPv6(src=src, dst=dst) / UDP(sport=5060, dport=5060) / data
+        p.time = t
+        pkts.append(p)
+    nat = f"64:ff9b::{media}"
+    for i in range(150):
+        for d, (src, dst, sport, dport, ssrc) in enumerate((
+                (PHONE6, nat, 40000, 30000, 0x1111), (nat, PHONE6, 30000, 40000, 0x2222))):
+            rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, ssrc) + bytes(160)
+            p = Ether(**mac) / IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport) / rtp
+            p.time = t0 + 0.5 + i * 0.02 + d * 0.003
+            pkts.append(p)
+    wrpcap(str(path), pkts)
+    return path
+
+
+def test_media_an_sdp_names_by_its_ipv4_address_is_found_through_nat64(tmp_path: Path) -> None:
+    run = read_capture(_sip(tmp_path / "sip.pcap"), meter_config())
+    by_port = {f.resp_p if f.orig_h == PHONE6 else f.orig_p: c
+               for f, c in zip(run.flows, classify_flows(run.flows), strict=True)}
+    media = by_port[30000]
+    assert (media.app, media.method) == ("sip", "call-peer"), media.reason
+    assert "SDP" in media.reason
