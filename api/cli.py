@@ -594,9 +594,9 @@ def _run_verify(args: argparse.Namespace) -> int:
         captures = args.capture or []
         shas = {capture_sha256(c): c for c in captures}
         with _open_ledger(args.ledger, must_exist=True) as ledger:
+            tail = ledger.anchor()  # before the walk: an entry appended since is not said
             report = verify_ledger(ledger, captures, policy=policy, anchor=anchor)
             recorded = {e.capture_sha256 for e in ledger.entries()}
-            tail = ledger.anchor()
     if failed.code is not None:
         return failed.code
     unused = sorted(c for sha, c in shas.items() if sha not in recorded)
@@ -612,7 +612,8 @@ def _run_verify(args: argparse.Namespace) -> int:
             "captures_unavailable": list(report.captures_unavailable),
             "captures_without_entries": unused,
             # entries cut from the end leave a whole chain: an anchor kept elsewhere shows it
-            "anchor": None if tail is None else f"{tail.seq}:{tail.entry_hash}"}))
+            "anchor": None if tail is None or not report.ok
+            else f"{tail.seq}:{tail.entry_hash}"}))
         sys.stdout.write("\n")
     else:
         state = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
@@ -680,6 +681,7 @@ def _run_evidence(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     with _reported(errors=(CaptureError, PolicyError, EvidenceError, OSError,
                            ValueError)) as failed:
+        _bundle_folder(args.out)  # before the analysis, not after it
         key = None if args.key is None else bytes.fromhex(args.key)
         policy = load_policy(args.policy)
         entries = None
@@ -729,7 +731,7 @@ def _bundle_state(checked: Any) -> str:
     from api.evidence import SIGNATURE
     if checked.ok:
         return "intact"
-    if any(not p.startswith(SIGNATURE) for p in checked.problems):
+    if any(not p.startswith(f"{SIGNATURE}: ") for p in checked.problems):
         return "MODIFIED"
     if checked.signature == "untrusted":
         return "files as signed, but NOT signed by the key given"
@@ -755,15 +757,23 @@ def _write_bundle(data: bytes, out: str | None, name: str) -> str:
     here) through a ``.part`` file renamed into place; returns the path written."""
     if out is None or os.path.isdir(out):
         out = os.path.join(out or ".", name)
-    folder = os.path.dirname(out) or "."
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(errno.ENOENT, "no such directory to write the bundle in",
-                                folder)
+    _bundle_folder(out)
     tmp = f"{out}.part"
     with open(tmp, "wb") as fh:
         fh.write(data)
     os.replace(tmp, out)
     return out
+
+
+def _bundle_folder(out: str | None) -> None:
+    """Raise when ``out`` (a bundle's file, or the directory it goes in) has no folder
+    to be written in."""
+    if out is None or os.path.isdir(out):
+        return
+    folder = os.path.dirname(out) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such directory to write the bundle in",
+                                folder)
 
 
 def _test_evidence(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from classifier.dpi.framings import ZoomMediaKind
 from classifier.hostnames import HostMatch, Service, match_host
 from classifier.inspect import inspect_flow
-from classifier.owners import Owner, nat64_embedded
+from classifier.owners import Owner
 from classifier.owners import lookup as _owner_lookup
 from classifier.records import (
     CALL_CATEGORIES,
@@ -44,7 +44,7 @@ from classifier.records import (
     Method,
 )
 from classifier.stats import MediaGuess, media_guess
-from probe.addresses import is_local_class, orig_is_local
+from probe.addresses import host_key, is_local_class, nat64_embedded, orig_is_local
 from probe.records import FlowRecord
 from probe.speed import pickled_by_position
 
@@ -95,16 +95,6 @@ def owner_lookup(addr: str) -> Owner | None:
     return _owner_lookup(addr)
 
 
-def _host_key(addr: str) -> str:
-    """The address a host is learned and looked up under: an address of NAT64's
-    well-known prefix as the IPv4 address it stands for (RFC 6052), so that a server an
-    IPv6-only network reaches at 64:ff9b::a.b.c.d is the one SDP, STUN or a DNS A
-    answer named a.b.c.d."""
-    if addr.startswith("64:ff9b:"):
-        return nat64_embedded(addr) or addr
-    return addr
-
-
 def _as_owned(addr: str) -> str:
     """An address as a reason names it when it was looked up among the owners: with the
     IPv4 address it stands for when it is one of NAT64's (RFC 6052)."""
@@ -143,6 +133,13 @@ def _local(flow: FlowRecord) -> tuple[str, int]:
     if orig_is_local(flow.orig_h, flow.resp_h, flow.orig_p, flow.resp_p):
         return flow.orig_h, flow.orig_p
     return flow.resp_h, flow.resp_p
+
+
+def _local_end(flow: FlowRecord) -> tuple[str, int]:
+    """:func:`_local` as learned endpoints are keyed (:func:`probe.addresses.host_key`):
+    between two ends of one rank the near end may be a server reached through NAT64."""
+    h, p = _local(flow)
+    return host_key(h), p
 
 
 class Classifier:
@@ -222,22 +219,22 @@ class Classifier:
         """Whether a call flow taught an end of ``flow`` (the only way a second
         :meth:`_decide` can name it by :attr:`Method.CALL_PEER`)."""
         rh, rp = _remote(flow)
-        rh = _host_key(rh)
-        return ((rh, rp) in self._call_endpoints or _local(flow) in self._call_endpoints
+        rh = host_key(rh)
+        return ((rh, rp) in self._call_endpoints or _local_end(flow) in self._call_endpoints
                 or rh in self._call_hosts)
 
     # -- learning -----------------------------------------------------------------------
     def _learn(self, flow: FlowRecord, facts: Facts) -> None:
         for name, addr in facts.dns_answers:
-            self._dns[_host_key(addr)] = name
+            self._dns[host_key(addr)] = name
         if facts.sni:
-            self._dns.setdefault(_host_key(_remote(flow)[0]), facts.sni.lower())
+            self._dns.setdefault(host_key(_remote(flow)[0]), facts.sni.lower())
         if facts.sip:
             self._sip_seen = True
             for m in facts.sip:
                 for addr, port, _media, _dir in m.media:
-                    self._sdp[(_host_key(addr), port)] = m.call_id or "?"
-                    self._call_endpoints[(_host_key(addr), port)] = ("sip", "SDP")
+                    self._sdp[(host_key(addr), port)] = m.call_id or "?"
+                    self._call_endpoints[(host_key(addr), port)] = ("sip", "SDP")
         if facts.protocol == "h323":
             self._h323_pairs.add(frozenset((flow.orig_h, flow.resp_h)))
         meta = _meta_signalling(facts)
@@ -248,7 +245,7 @@ class Classifier:
             app = self._stun_app(facts)
             if app is not None:
                 for addr, port in (*st.mapped, *st.peers, *st.relayed):
-                    self._call_endpoints.setdefault((_host_key(addr), port),
+                    self._call_endpoints.setdefault((host_key(addr), port),
                                                     (app[0], "STUN address"))
 
     def _learn_call(self, flow: FlowRecord, c: Classification) -> None:
@@ -260,10 +257,10 @@ class Classifier:
         if c.app is None or (c.facts.sip and is_local_class(flow.orig_h)
                              == is_local_class(flow.resp_h)):
             return
-        rh = _host_key(_remote(flow)[0])
+        rh = host_key(_remote(flow)[0])
         if flow.proto == "udp":
             self._call_hosts.setdefault(rh, (c.app, f"{c.app} call flow {flow.uid}"))
-            self._call_endpoints.setdefault(_local(flow), (c.app, f"call flow {flow.uid}"))
+            self._call_endpoints.setdefault(_local_end(flow), (c.app, f"call flow {flow.uid}"))
 
     # -- deciding -------------------------------------------------------------------------
     def _stun_app(self, facts: Facts) -> tuple[str, Method, str] | None:
@@ -368,8 +365,8 @@ class Classifier:
             if v is not None:
                 return v
         rh, rp = _remote(flow)
-        ep = (self._call_endpoints.get((_host_key(rh), rp))
-              or self._call_endpoints.get(_local(flow)))
+        ep = (self._call_endpoints.get((host_key(rh), rp))
+              or self._call_endpoints.get(_local_end(flow)))
         if ep is not None and flow.proto == "udp":
             return _Verdict(ep[0], Method.CALL_PEER, 0.8,
                             f"endpoint {rh}:{rp} learned from {ep[1]}", Service.RELAY)
@@ -382,13 +379,13 @@ class Classifier:
                                 f"STUN/RTP to {_as_owned(rh)} in {own.prefix} (Meta's call "
                                 f"servers) from a host whose signalling is {meta_app}'s only",
                                 Service.RELAY)
-        name = self._dns.get(_host_key(rh))
+        name = self._dns.get(host_key(rh))
         if name is not None:
             v = self._name_verdict(name, Method.DNS, f"DNS answer named {rh}")
             if v is not None and v.app is not None:
                 return v
         if flow.proto == "udp":
-            host = self._call_hosts.get(_host_key(rh))
+            host = self._call_hosts.get(host_key(rh))
             if host is not None:
                 return _Verdict(host[0], Method.CALL_PEER, 0.7,
                                 f"{rh} carried a {host[1]}", Service.RELAY)

@@ -50,7 +50,6 @@ __all__ = [
     "default_table",
     "lookup",
     "lookup_many",
-    "nat64_embedded",
     "parse_address",
 ]
 
@@ -100,18 +99,6 @@ def parse_address(text: str) -> IPAddress | None:
         if int(addr) >> 32 == _NAT64_WKP:
             return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return addr
-
-
-def nat64_embedded(text: str) -> str | None:
-    """The IPv4 address an address of the NAT64 well-known prefix 64:ff9b::/96 stands
-    for (RFC 6052 §2.1), else None."""
-    try:
-        addr = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and int(addr) >> 32 == _NAT64_WKP:
-        return str(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
-    return None
 
 
 def _address_value(text: str) -> tuple[int, int] | None:

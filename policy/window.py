@@ -33,6 +33,7 @@ from probe.addresses import (
     _rank,
     address_class,
     flow_votes,
+    host_key,
     local_host,
 )
 from probe.records import FlowRecord, TcpFlag
@@ -219,9 +220,9 @@ class FlowWindow:
         if f.proto == "tcp" and len(f.rate):
             put(self._tcp, f.orig_h, uid)
             put(self._tcp, f.resp_h, uid)
-        elif f.proto == "udp":
-            put(self._by_end, (f.orig_h, f.orig_p), uid)
-            put(self._by_end, (f.resp_h, f.resp_p), uid)
+        elif f.proto == "udp":  # by the host an SDP may name (NAT64: its IPv4 address)
+            put(self._by_end, (host_key(f.orig_h), f.orig_p), uid)
+            put(self._by_end, (host_key(f.resp_h), f.resp_p), uid)
         if builds_calls(f, c):
             self._calls.add(uid) if n > 0 else self._calls.discard(uid)
         if c.facts.sip:
@@ -294,10 +295,11 @@ class FlowWindow:
         return self.ordered(self._sip)
 
     def udp_on(self, ends: Collection[End]) -> list[FlowRecord]:
-        """The UDP flows with an end among ``ends``, in order."""
+        """The UDP flows with an end among ``ends``, in order (an end reached through
+        NAT64 as the IPv4 address it stands for, :func:`probe.addresses.host_key`)."""
         uids: set[str] = set()
-        for end in ends:
-            uids.update(self._by_end.get(end, ()))
+        for host, port in ends:
+            uids.update(self._by_end.get((host_key(host), port), ()))
         return self.ordered(uids)
 
     def signalling(self, kind: str, key: str) -> list[FlowRecord]:

@@ -57,11 +57,13 @@ __all__ = [
     "address_class",
     "ends",
     "flow_votes",
+    "host_key",
     "is_group_l2",
     "is_local_class",
     "local_host",
     "local_is_orig",
     "machines",
+    "nat64_embedded",
     "orig_is_local",
     "serves",
 ]
@@ -235,6 +237,35 @@ def _classify(addr: str) -> AddressClass | None:
 _CLASS: dict[str, AddressClass | None] = {}
 _RANK: dict[str, int] = {}
 _CACHE_MAX = 1 << 20
+
+
+_NAT64_WKP = 0x0064_FF9B_0000_0000_0000_0000
+"""The top 96 bits of the NAT64 well-known prefix 64:ff9b::/96 (RFC 6052 §2.1)."""
+
+
+def nat64_embedded(addr: str) -> str | None:
+    """The IPv4 address an address of the NAT64 well-known prefix 64:ff9b::/96 stands
+    for (RFC 6052 §2.1: its last 32 bits), else None. On an IPv6-only access network
+    (464XLAT, RFC 6877) DNS64 gives every IPv4-only server such an address, and the
+    probe sees the server there."""
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, addr.strip()), "big")
+    except (OSError, ValueError):
+        return None
+    if value >> 32 != _NAT64_WKP:
+        return None
+    return socket.inet_ntop(socket.AF_INET, (value & 0xFFFFFFFF).to_bytes(4, "big"))
+
+
+def host_key(addr: str) -> str:
+    """The address a host is known by when what was learned of it (an SDP or STUN
+    address, a DNS answer, a call's far end) is matched with the flows that reach it: an
+    address of NAT64's well-known prefix as the IPv4 address it stands for, any other as
+    it is. A server an IPv6-only network reaches at 64:ff9b::a.b.c.d is the one an SDP
+    names a.b.c.d."""
+    if addr.startswith("64:ff9b:"):
+        return nat64_embedded(addr) or addr
+    return addr
 
 
 def address_class(addr: str) -> AddressClass | None:

@@ -212,7 +212,20 @@ def test_the_end_of_a_ledger_is_said_so_that_a_cut_can_be_shown(
     db.close()
     assert run(capsys, "verify", str(path))[0] == 0  # the chain alone cannot tell
     code, out, _ = run(capsys, "verify", str(path), "--anchor", end[1])
-    assert code == 1 and "tail cut or rewritten" in out
+    assert code == 1 and "tail cut or rewritten" in out and "its end is" not in out
+    code, out, _ = run(capsys, "verify", str(path), "--anchor", end[1], "--json")
+    assert code == 1 and json.loads(out)["anchor"] is None  # no end vouched for
+
+
+def test_a_stray_file_named_like_the_signature_is_a_change_to_the_files() -> None:
+    from api.cli import _bundle_state
+    from api.evidence import BundleCheck
+    stray = BundleCheck({}, ("manifest.sig.txt: in the zip but not in the manifest",), (),
+                        "valid")
+    assert _bundle_state(stray) == "MODIFIED"
+    other = BundleCheck({}, ("manifest.sig: signed by key ab, not the one given",), (),
+                        "untrusted")
+    assert _bundle_state(other) == "files as signed, but NOT signed by the key given"
 
 
 def test_errors_name_the_file_or_folder(tmp_path: Path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -61,14 +62,15 @@ def test_a_call_through_nat64_is_named_as_without_it(tmp_path: Path) -> None:
     assert f"{NAT64} (NAT64 for {LINE_RELAY}) is in 147.92.128.0/17" in v6.reason
 
 
-def _sip(path: Path) -> Path:
+def _sip(path: Path, direction: str = "sendrecv") -> Path:
     """A phone on an IPv6-only network calls through its provider's IPv4 proxy (reached
     at its NAT64 address); the 200 OK's SDP names the IPv4 media server, which the
-    phone's RTP reaches at its NAT64 address."""
+    phone's RTP reaches at its NAT64 address. With ``direction`` sendonly the SDP makes
+    the media one-way: only the phone sends."""
     mac = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
     proxy, media = "64:ff9b::c633:640a", "198.51.100.20"  # 198.51.100.10 through NAT64
     sdp = (f"v=0\r\no=- 1 1 IN IP4 {media}\r\ns=-\r\nc=IN IP4 {media}\r\nt=0 0\r\n"
-           "m=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+           f"m=audio 30000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na={direction}\r\n")
     head = ("Via: SIP/2.0/UDP [2a01:e0a:1f:2d0::7]:5060;branch=z9hG4bK1\r\n"
             "From: <sip:alice@example.org>;tag=1\r\nTo: <sip:bob@example.org>\r\n"
             "Call-ID: nat64-call@example.org\r\nCSeq: 1 INVITE\r\n"
@@ -87,6 +89,8 @@ def _sip(path: Path) -> Path:
     for i in range(150):
         for d, (src, dst, sport, dport, ssrc) in enumerate((
                 (PHONE6, nat, 40000, 30000, 0x1111), (nat, PHONE6, 30000, 40000, 0x2222))):
+            if d and direction == "sendonly":
+                continue
             rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, ssrc) + bytes(160)
             p = Ether(**mac) / IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport) / rtp
             p.time = t0 + 0.5 + i * 0.02 + d * 0.003
@@ -102,3 +106,20 @@ def test_media_an_sdp_names_by_its_ipv4_address_is_found_through_nat64(tmp_path:
     media = by_port[30000]
     assert (media.app, media.method) == ("sip", "call-peer"), media.reason
     assert "SDP" in media.reason
+
+
+@pytest.mark.parametrize("direction", ["sendrecv", "sendonly"])
+def test_a_sip_call_through_nat64_is_one_call_with_its_dialog(tmp_path: Path,
+                                                             direction: str) -> None:
+    """The media is joined to the dialog whose SDP named its server's IPv4 address: one
+    call, judged with its SDP, so media one-way by design is no block."""
+    from api.pipeline import analyze_capture
+    from policy.records import VerdictKind
+
+    result = analyze_capture(_sip(tmp_path / "sip.pcap", direction), workers=1)
+    (call,) = result.analysis.calls
+    assert call.extra.get("sip_call_id") == "nat64-call@example.org"
+    assert len(call.flow_uids) == 2
+    assert call.verdict.kind not in (VerdictKind.BLOCKED, VerdictKind.THROTTLED), call.verdict
+    if direction == "sendrecv":
+        assert call.verdict.kind is VerdictKind.OK, call.verdict

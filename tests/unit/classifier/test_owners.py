@@ -71,10 +71,14 @@ def test_outside_or_invalid(ip: str) -> None:
 
 
 def test_nat64_addresses_name_the_ipv4_address_they_stand_for() -> None:
-    assert owners.nat64_embedded("64:ff9b::206.247.1.1") == "206.247.1.1"
-    assert owners.nat64_embedded("64:FF9B::CEF7:101") == "206.247.1.1"
-    for other in ("206.247.1.1", "::ffff:206.247.1.1", "64:ff9b:1::cef7:101", "junk", ""):
-        assert owners.nat64_embedded(other) is None
+    from probe.addresses import host_key, nat64_embedded
+    assert nat64_embedded("64:ff9b::206.247.1.1") == "206.247.1.1"
+    assert nat64_embedded("64:FF9B::CEF7:101") == "206.247.1.1"
+    assert host_key("64:ff9b::cef7:101") == "206.247.1.1"
+    for other in ("206.247.1.1", "::ffff:206.247.1.1", "64:ff9b:1::cef7:101", "junk", "",
+                  "64:ff9b::1:cef7:101"):
+        assert nat64_embedded(other) is None
+        assert host_key(other) == other
     assert lookup("64:ff9b::206.247.1.1") == lookup("206.247.1.1") is not None
 
 
