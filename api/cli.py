@@ -714,7 +714,8 @@ def _run_evidence(args: argparse.Namespace) -> int:
                 data = build_bundle(result, args.uid, capture, args.anonymize, key,
                                     ledger_entries=entries, signing_key=signing,
                                     policy=policy, capture_name=Path(args.capture).name,
-                                    ring=ring if run is not None else None)
+                                    ring=ring if run is not None else None,
+                                    ledger_name=Path(args.ledger or "evidence.db").name)
             except UnknownSubject as exc:
                 raise UnknownSubject(f"{exc}{_ring_hint(entries or [], args.uid)}") from None
         args.out = _write_bundle(data, args.out, bundle_name(args.capture, args.uid))

@@ -1146,7 +1146,8 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
                  clock: Callable[[], float] = time.time,
                  capture_name: str | None = None, signing_key: Any = None,
                  policy: Policy | None = None,
-                 ring: Sequence[Mapping[str, Any]] | None = None) -> bytes:
+                 ring: Sequence[Mapping[str, Any]] | None = None,
+                 ledger_name: str = "evidence.db") -> bytes:
     """A zip of the evidence about one call (or one flow) of an analysed capture.
 
     ``result`` must come from ``capture_path`` (checked by SHA-256). With
@@ -1166,7 +1167,8 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
     (``original_frames``...); ``ledger.json`` holds the ledger's entries as recorded,
     in the original capture's numbers.
 
-    ``ring`` lists the ring files ``capture_path`` joins (:func:`probe.ring.ring_stream`:
+    ``ledger_name`` is the ledger's file name, for the reports' command that verifies
+    it. ``ring`` lists the ring files ``capture_path`` joins (:func:`probe.ring.ring_stream`:
     a live probe's subject whose frames span several, :func:`ring_files`); the manifest
     lists them with the capture, and the ledger's entries are those recorded under the
     last one (the file holding the subject's last frame).
@@ -1241,7 +1243,7 @@ def build_bundle(result: AnalysisResult, call_uid: str, capture_path: str | Path
     if call is not None:
         files.update(_documents(result, call_uid, files, renumber, pcap_name,
                                 capture_name or os.path.basename(str(capture_path)),
-                                policy or load_policy(), pol))
+                                policy or load_policy(), pol, ledger_name))
     created = clock()
     manifest = {
         "format": BUNDLE_FORMAT, "tool": "marsad", "tool_version": marsad_version(),
@@ -1283,7 +1285,7 @@ REPORT_LANGUAGES = ("en", "fr", "ar")
 
 def _documents(result: AnalysisResult, call_uid: str, files: dict[str, bytes],
                renumber: _Renumber, pcap_name: str, capture_name: str, policy: Policy,
-               pol: _Policy | None) -> dict[str, bytes]:
+               pol: _Policy | None, ledger_name: str) -> dict[str, bytes]:
     """``report.<lang>.html`` for each of :data:`REPORT_LANGUAGES` and ``report.en.md``:
     the call's report, citing the bundle's own frames and the other files' SHA-256; with
     ``pol``, its addresses and ports anonymised as the packets are."""
@@ -1295,7 +1297,8 @@ def _documents(result: AnalysisResult, call_uid: str, files: dict[str, bytes],
                              policy=policy, files=digests, renumber=renumber.frame,
                              capture_file=pcap_name,
                              bundle_name=bundle_name(capture_name, call_uid),
-                             version=marsad_version(), policy_sha256=policy_digest(policy))
+                             ledger_name=ledger_name, version=marsad_version(),
+                             policy_sha256=policy_digest(policy))
         texts = {f"report.{lang}.html": render_html(doc)}
         if lang == "en":
             texts["report.en.md"] = render_markdown(doc)

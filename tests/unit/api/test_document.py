@@ -204,7 +204,12 @@ def test_every_call_bundle_holds_its_report_with_the_bundles_frames(tmp_path: Pa
     assert f"tshark -r packets.pcap -Y 'frame.number in {{{here}}}'" in md
     assert "original capture's frames 29" in md
     assert "marsad evidence --check sample-blocked-" in md
+    assert "marsad verify evidence.db --capture sample-blocked.pcap" in md
     assert "report.ar.html" in manifest and 'dir="rtl"' in html
+    # The command names the ledger the bundle's entries came from.
+    with zipfile.ZipFile(io.BytesIO(build_bundle(result, call.uid, BLOCKED, False, None,
+                                                 ledger_name="my ledger.db"))) as z:
+        assert "marsad verify 'my ledger.db' --capture" in z.read("report.en.md").decode()
     anon = zipfile.ZipFile(io.BytesIO(build_bundle(result, call.uid, BLOCKED, True,
                                                    bytes(range(32)))))
     assert "192.168.1.23" not in anon.read("report.en.md").decode()
