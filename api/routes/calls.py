@@ -203,6 +203,8 @@ def call_evidence(store: StoreDep, jobs: JobsDep, ledger: LedgerDep, settings: S
         extra["ledger_entries"] = ledger.entries(capture_sha256=capture_row.sha256)
     if "capture_name" in params:  # the uploaded file's name, not the stored copy's
         extra["capture_name"] = capture_row.filename
+    if "ledger_name" in params:  # the service's own ledger, in its data directory
+        extra["ledger_name"] = settings.ledger_path.name
     try:
         data = build(result, uid, Path(path), anonymize,
                      None if key is None else key.get_secret_value().encode(), **extra)

@@ -381,7 +381,9 @@ def test_evidence_bundle(loaded: TestClient) -> None:
         assert {"report.json", "manifest.json"} <= names
         report = json.loads(z.read("report.json"))
         manifest = json.loads(z.read("manifest.json"))
+        md = z.read("report.en.md").decode()
     assert manifest["capture"]["name"] == "sample-blocked.pcap"
+    assert "marsad verify ledger.db --capture sample-blocked.pcap" in md  # the service's
     assert report["subject_uid"] == blocked["uid"]
     assert report["call"]["verdict"] == "blocked"
     assert loaded.get("/v1/calls/Knope/evidence", headers=AUTH).status_code == 404
