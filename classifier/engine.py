@@ -154,8 +154,6 @@ class Classifier:
         """(address, port) -> (app, how it was learned), from STUN and SDP."""
         self._call_hosts: dict[str, tuple[str, str]] = {}
         """Relay/server address -> (app, how), from flows already named as calls."""
-        self._sdp: dict[tuple[str, int], str] = {}
-        """SDP media endpoint -> Call-ID that announced it."""
         self._sip_seen = False
         self._h323_pairs: set[frozenset[str]] = set()
         """Host pairs with H.225.0 call signalling (their TPKT flows are H.245)."""
@@ -233,7 +231,6 @@ class Classifier:
             self._sip_seen = True
             for m in facts.sip:
                 for addr, port, _media, _dir in m.media:
-                    self._sdp[(host_key(addr), port)] = m.call_id or "?"
                     self._call_endpoints[(host_key(addr), port)] = ("sip", "SDP")
         if facts.protocol == "h323":
             self._h323_pairs.add(frozenset((flow.orig_h, flow.resp_h)))

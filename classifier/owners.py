@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from classifier.hostnames import APPS, DATA_DIR, RulesError, Service, read_json_object
+from probe.addresses import NAT64_WELL_KNOWN
 
 __all__ = [
     "OWNERS_PATH",
@@ -58,9 +59,6 @@ OWNERS_PATH = DATA_DIR / "ip_owners.json"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_NAT64_WKP = 0x0064_FF9B_0000_0000_0000_0000
-"""The top 96 bits of the NAT64 well-known prefix 64:ff9b::/96 (RFC 6052 §2.1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +94,7 @@ def parse_address(text: str) -> IPAddress | None:
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.ipv4_mapped is not None:
             return addr.ipv4_mapped
-        if int(addr) >> 32 == _NAT64_WKP:
+        if int(addr) >> 32 == NAT64_WELL_KNOWN:
             return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return addr
 
@@ -112,7 +110,7 @@ def _address_value(text: str) -> tuple[int, int] | None:
     except OSError:  # leading zeros, a scope id, spaces, junk: the library decides
         addr = parse_address(text)
         return None if addr is None else (addr.version, int(addr))
-    if value >> 32 in (0xFFFF, _NAT64_WKP):  # IPv4-mapped, NAT64's well-known prefix
+    if value >> 32 in (0xFFFF, NAT64_WELL_KNOWN):  # IPv4-mapped, NAT64's well-known prefix
         return 4, value & 0xFFFFFFFF
     return 6, value
 

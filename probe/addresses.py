@@ -51,6 +51,7 @@ from probe.records import FlowRecord
 
 __all__ = [
     "LOCAL_CLASSES",
+    "NAT64_WELL_KNOWN",
     "SERVER_PORTS",
     "AddressClass",
     "MachineIndex",
@@ -239,8 +240,9 @@ _RANK: dict[str, int] = {}
 _CACHE_MAX = 1 << 20
 
 
-_NAT64_WKP = 0x0064_FF9B_0000_0000_0000_0000
-"""The top 96 bits of the NAT64 well-known prefix 64:ff9b::/96 (RFC 6052 §2.1)."""
+NAT64_WELL_KNOWN = 0x0064_FF9B_0000_0000_0000_0000
+"""The top 96 bits of the NAT64 well-known prefix 64:ff9b::/96 (RFC 6052 §2.1): an
+IPv6 address whose value shifted right by 32 is this stands for its last 32 bits."""
 
 
 def nat64_embedded(addr: str) -> str | None:
@@ -252,7 +254,7 @@ def nat64_embedded(addr: str) -> str | None:
         value = int.from_bytes(socket.inet_pton(socket.AF_INET6, addr.strip()), "big")
     except (OSError, ValueError):
         return None
-    if value >> 32 != _NAT64_WKP:
+    if value >> 32 != NAT64_WELL_KNOWN:
         return None
     return socket.inet_ntop(socket.AF_INET, (value & 0xFFFFFFFF).to_bytes(4, "big"))
 
