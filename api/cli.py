@@ -42,7 +42,7 @@ from probe import (
 from probe.speed import exit_at_once, exit_follows, gc_paused, keep_until_exit
 
 if TYPE_CHECKING:
-    from api.evidence import LedgerItem
+    from api.evidence import RecordSummary
     from api.output import GatheredResult
     from api.pipeline import AnalysisResult
     from policy.ledger import Ledger
@@ -416,17 +416,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
                             workers=args.workers)
         reader.start()  # reading begins while the rest loads
         from api.output import GatheredResult
-        from api.pipeline import CaptureHasher
         from policy.pipeline import Pipeline, run_capture
         from policy.rules import load_policy
-        hasher = None if ledger is None else CaptureHasher(args.capture)
         try:
             policy = load_policy(args.policy)
         except BaseException:
             reader.close()  # started, never to be read: its process is ended
             raise
-        if hasher is not None:
-            hasher.start()
+        verdicts = None if ledger is None else _LedgerVerdicts(args.capture)
         pipe = Pipeline(policy, reader.config, fingerprints=args.ja4,
                         config=_pipeline_config(args))
         # A step is let go once written (--jsonl) or made into its flows' text (the other
@@ -434,7 +431,6 @@ def _run_analyze(args: argparse.Namespace) -> int:
         # long the capture (holding every step to the end is faster on long captures, 7 %
         # on bench/README's 24-minute one, but grows with the capture without bound).
         whole = None if fmt == "jsonl" else GatheredResult(fmt, pipe.cfg.window_s)
-        verdicts = None if ledger is None else _LedgerVerdicts()
         for step in run_capture(reader, pipe):
             if verdicts is not None:
                 verdicts.add(step)
@@ -447,11 +443,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
         if whole is not None:
             _write_whole(whole, out, args.calls_csv)
         status, stats = reader.status, reader.stats
-        if ledger is not None and hasher is not None and verdicts is not None:
-            from api.evidence import record_items
+        if ledger is not None and verdicts is not None:
             from api.pipeline import analysis_settings
-            recorded = record_items(ledger, hasher.result(), verdicts.items(
-                analysis_settings(reader.config, pipe.cfg), policy))
+            recorded = verdicts.record(ledger, analysis_settings(reader.config, pipe.cfg),
+                                       policy)
             tail = ledger.anchor()
         keep_until_exit(reader, whole)
     if failed.code is not None:
@@ -467,28 +462,34 @@ def _anchor_note(tail: Any) -> str:
     (``marsad verify --anchor``): its last entry's position and hash."""
     if tail is None:
         return ""
-    return f"; its end is {tail.seq}:{tail.entry_hash} (keep it elsewhere: verify --anchor)"
+    return f"; its end is {tail} (keep it elsewhere: verify --anchor)"
 
 
 class _LedgerVerdicts:
     """What ``marsad analyze --ledger`` records, gathered from the pipeline's steps as they
     settle: the calls judged other than ok and every flow's own verdict (a later step's
-    replacing an earlier one's), in the order a whole result holds them."""
+    replacing an earlier one's), in the order a whole result holds them; the capture
+    file's SHA-256 is computed beside the run from the start."""
 
-    def __init__(self) -> None:
+    def __init__(self, capture: str) -> None:
+        from api.pipeline import CaptureHasher
         self._calls: list[Call] = []
         self._flows: dict[str, Verdict] = {}
+        self._hasher = CaptureHasher(capture)
+        self._hasher.start()
 
     def add(self, step: Step) -> None:
         from policy.records import VerdictKind
         self._calls.extend(c for c in step.calls if c.verdict.kind is not VerdictKind.OK)
         self._flows.update(step.flow_verdicts)
 
-    def items(self, settings: dict[str, Any], policy: Policy) -> list[LedgerItem]:
-        """The ledger's items (:func:`api.evidence.verdict_items`)."""
-        from api.evidence import verdict_items
+    def record(self, ledger: Ledger, settings: dict[str, Any], policy: Policy
+               ) -> RecordSummary:
+        """Append what the ledger does not hold yet (:func:`api.evidence.record_items`)."""
+        from api.evidence import record_items, verdict_items
         calls = sorted(self._calls, key=lambda c: (c.start_ts, c.uid))
-        return verdict_items(calls, self._flows, settings, policy)
+        return record_items(ledger, self._hasher.result(),
+                            verdict_items(calls, self._flows, settings, policy))
 
 
 @contextlib.contextmanager
@@ -612,8 +613,7 @@ def _run_verify(args: argparse.Namespace) -> int:
             "captures_unavailable": list(report.captures_unavailable),
             "captures_without_entries": unused,
             # entries cut from the end leave a whole chain: an anchor kept elsewhere shows it
-            "anchor": None if tail is None or not report.ok
-            else f"{tail.seq}:{tail.entry_hash}"}))
+            "anchor": None if tail is None or not report.ok else str(tail)}))
         sys.stdout.write("\n")
     else:
         state = "no problems" if report.ok else f"{len(report.problems)} problem(s)"
@@ -628,7 +628,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         for c in unused:
             print(f"  {c}: no entries in the ledger")
         if report.ok and tail is not None:
-            print(f"  its end is {tail.seq}:{tail.entry_hash}: entries cut from the end leave "
+            print(f"  its end is {tail}: entries cut from the end leave "
                   f"a whole chain; keep this elsewhere and give it as --anchor to show none "
                   f"were")
     return EXIT_OK if report.ok else 1
@@ -929,11 +929,9 @@ def _write_documents(args: argparse.Namespace, policy: Any) -> int:
         if failed.code is not None:
             code = failed.code
             continue
-        if not result.status.complete:
-            print(f"marsad: warning: {capture}: {result.status.message}; the report covers "
-                  f"the flows before byte {result.status.stopped_at}", file=sys.stderr)
-            if code == EXIT_OK:
-                code = EXIT_PARTIAL
+        partial = _finish_status(result.status, result.stats)  # warns as analyze does
+        if code == EXIT_OK:
+            code = partial
         suffix = {"md": "md", "html": "html", "pdf": "pdf"}[args.format]
         if out_dir is not None:
             target = out_dir / f"{Path(capture).name}.report.{args.lang}.{suffix}"

@@ -194,6 +194,10 @@ class Anchor:
     entry_hash: str
     """Its hash at the time."""
 
+    def __str__(self) -> str:
+        """``SEQ:SHA256``, as ``marsad verify --anchor`` reads it."""
+        return f"{self.seq}:{self.entry_hash}"
+
 
 @dataclass(frozen=True, slots=True)
 class Derivation:

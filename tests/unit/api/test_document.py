@@ -184,7 +184,8 @@ def test_a_report_of_a_damaged_capture_says_where_it_stops(
     assert main(["report", str(cut), "--format", "html", "--lang", lang, "--out", str(out),
                  "--workers", "1"]) == 3
     err = capsys.readouterr().err
-    assert f"marsad: warning: {cut}: capture truncated at byte {at}" in err
+    assert f"marsad: {cut}: capture truncated at byte {at}" in err
+    assert f"flows before byte {at} were reported" in err
     assert words in out.read_text(encoding="utf-8")
 
 
