@@ -28,6 +28,7 @@ earlier one of the same call.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -284,20 +285,50 @@ class Classifier:
                 return vendor_app, Method.STUN_ATTR, f"STUN attributes private to {vendor}"
         return None
 
-    def _name_verdict(self, name: str, method: Method, what: str) -> _Verdict | None:
+    def _name_verdict(self, name: str, method: Method, what: str,
+                      shown: str | None = None) -> _Verdict | None:
+        """The app a host name matches; the reason names it as ``shown`` if given."""
         m: HostMatch | None = _match(name)
         if m is None:
             return None
         if m.app is None:
-            return _Verdict(None, method, 0.5, f"{what} {name} ({m.owner})", m.service,
-                            detail=m.owner)
+            return _Verdict(None, method, 0.5, f"{what} {shown or name} ({m.owner})",
+                            m.service, detail=m.owner)
         detail = None
         if m.app == "teams":
             # nDPI cannot tell them apart; the name often can.
             detail = "skype" if ("skype" in name or "lync" in name) else "microsoft-teams"
-        return _Verdict(m.app, method, 0.9 if method is not Method.DNS else 0.8,
-                        f"{what} {name} matches {m.rule}"
+        return _Verdict(m.app, method, 0.9 if method not in (Method.DNS, Method.TLS_CERT)
+                        else 0.8,
+                        f"{what} {shown or name} matches {m.rule}"
                         + (f" ({detail})" if detail else ""), m.service, detail=detail)
+
+    def _cert_verdict(self, names: tuple[str, ...]) -> _Verdict | None:
+        """The app a server's certificate names (nDPI reads it the same way when the
+        ClientHello names none): its first name (the subject's common name), else its
+        other names when every one that names an app names the same one. A certificate
+        shared by an organisation's services (Meta's lists messenger.com beside
+        facebook.com, Google's youtube.com beside google.com) names none by the others."""
+        def verdict(name: str) -> _Verdict | None:
+            # A wildcard covers the names below it (RFC 6125 §6.4.3): match its base.
+            v = self._name_verdict(name.removeprefix("*."), Method.TLS_CERT,
+                                   "server certificate for", shown=name)
+            return v if v is not None and v.app is not None else None
+
+        first = verdict(names[0])
+        if first is not None:
+            return first
+        by_app: dict[str, _Verdict] = {}
+        for name in names[1:]:
+            v = verdict(name)
+            if v is not None:
+                by_app.setdefault(str(v.app), v)
+        if len(by_app) != 1:
+            return None
+        v = next(iter(by_app.values()))
+        v.reason += (f" (of its {len(names)} names, the first {names[0]}, those that "
+                     f"name an app all name {v.app})")
+        return v
 
     def _meta_call_app(self, flow: FlowRecord) -> str | None:
         """The one Meta call app the local host's own signalling names, if just one."""
@@ -356,6 +387,13 @@ class Classifier:
         if facts.http_host:
             v = self._name_verdict(facts.http_host, Method.SNI, "HTTP Host")
             if v is not None and v.app is not None:
+                return v
+        if facts.cert_names and not facts.http_host and not _a_host_name(facts.sni):
+            # Only when the client named no server: a certificate also lists the names
+            # of the server's other services (Microsoft's telemetry certificate lists
+            # pipe.skype.com), and the name a client asked for is the one it reached.
+            v = self._cert_verdict(facts.cert_names)
+            if v is not None:
                 return v
         if facts.protocol == "dns" and facts.dns_query:
             v = self._name_verdict(facts.dns_query, Method.DNS_QUERY, "DNS question")
@@ -472,6 +510,18 @@ def _media(flow: FlowRecord) -> MediaGuess:
     if flow.duration_s < 2.0 and not flow.rtp_streams and flow.rtp is None:
         return _TOO_SHORT
     return media_guess(flow)
+
+
+def _a_host_name(name: str | None) -> bool:
+    """Whether a server name names a host: RFC 6066 §3 forbids address literals in it,
+    which some clients send all the same."""
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return True
+    return False
 
 
 def _meta_signalling(facts: Facts) -> str | None:

@@ -14,6 +14,7 @@ from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony,
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
 from classifier.records import Facts, RtcpReport, RtcpSenderInfo, SipSummary, StunSummary
 from probe.errors import ParseError, Truncated
+from probe.meter import MeterConfig
 from probe.records import ORIG, RESP, FlowRecord, PayloadSample, PayloadSamples
 
 __all__ = ["inspect_flow"]
@@ -29,6 +30,9 @@ H323_RAS_PORT = 1719
 SCCP_PORT = 2000
 HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ")
 _SIP_FIRST_BYTES = frozenset(start[:1] for start in sip.START_LINES)
+CERT_SEGMENTS = MeterConfig().payload_full
+"""The first payloads back that may carry the server's certificate: the probe keeps
+these per direction at full length (a handshake's), the later ones cut short."""
 
 
 def _split(payloads: Sequence[PayloadSample]) -> tuple[list[PayloadSample], list[PayloadSample]]:
@@ -148,9 +152,15 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         # RFC 8446 §5.1: the first record back is a plaintext handshake (ServerHello, type 2)
         # or a plaintext alert (content type 21: level, description).
         if len(r) >= 6 and r[0] == 0x16 and r[5] == 0x02:
-            found["server_hello"] = True
+            _server_tls(resp, found, notes)
         elif len(r) >= 7 and r[0] == 0x15 and r[1] == 0x03:
             found["tls_alert"] = (r[5], r[6])
+        return
+    if not o and len(r) >= 6 and r[0] == 0x16 and r[5] == 0x02 and r[1] == 0x03:
+        # Only the server's side was captured (an asymmetric route, a tap on one
+        # direction): its ServerHello still says TLS, and its certificate whose it is.
+        found["protocol"] = "tls"
+        _server_tls(resp, found, notes)
         return
     if o.startswith(HTTP_METHODS):
         found["protocol"] = "http"
@@ -199,6 +209,21 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
     t = telephony.parse_bfcp([p.data for p in payloads[:4]], tcp=True)
     if t is not None:
         found.update(protocol=t.protocol, framing_detail=t.what)
+
+
+def _server_tls(resp: list[PayloadSample], found: dict[str, object], notes: list[str]
+                ) -> None:
+    """A ServerHello came back: and the names of the server's certificate, when the
+    first payloads back carry it whole (before TLS 1.3 it is sent in the clear)."""
+    found["server_hello"] = True
+    try:
+        der = tls.server_certificate(b"".join(p.data for p in resp[:CERT_SEGMENTS]))
+        if der is not None:
+            found["cert_names"] = tls.certificate_names(der)
+    except Truncated:
+        pass  # the certificate goes on past the samples kept whole: nothing to say
+    except ParseError as exc:
+        notes.append(f"tls server certificate: {exc}")
 
 
 def _starts_sip(payloads: Sequence[PayloadSample]) -> bool:

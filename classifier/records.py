@@ -62,6 +62,7 @@ class Method(StrEnum):
     FRAMING = "framing"
     SNI = "sni"
     QUIC_SNI = "quic-sni"
+    TLS_CERT = "tls-cert"
     DNS = "dns"
     DNS_QUERY = "dns-query"
     IP_OWNER = "ip-owner"
@@ -241,6 +242,9 @@ class Facts:
     """A ServerHello came back."""
     tls_alert: tuple[int, int] | None = None
     """(level, description) of a TLS alert from the responder."""
+    cert_names: tuple[str, ...] = ()
+    """DNS names of the server's certificate, sent in the clear before TLS 1.3: subject
+    common name first, then subjectAltName entries."""
     dns_query: str | None = None
     """First DNS question name."""
     dns_answers: tuple[tuple[str, str], ...] = ()

@@ -394,7 +394,8 @@ def _add_signalling(groups: list[list[FlowRecord]], window: FlowWindow, taken: s
 
 
 NAMED_BY_APP = frozenset({Method.STUN_REALM, Method.STUN_ATTR, Method.SNI, Method.QUIC_SNI,
-                          Method.DNS, Method.DNS_QUERY, Method.SIP, Method.SDP})
+                          Method.TLS_CERT, Method.DNS, Method.DNS_QUERY, Method.SIP,
+                          Method.SDP})
 """Methods that name one app from its own servers' names and attributes; the others (STUN
 message types, framings, address owners, call peers) may be shared by the apps of one
 organisation: Messenger calls use WhatsApp's relays and STUN types."""

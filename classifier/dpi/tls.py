@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
@@ -39,6 +40,7 @@ __all__ = [
     "TlsAlert",
     "TlsRecord",
     "Transport",
+    "certificate_names",
     "find_alert",
     "is_grease",
     "iter_records",
@@ -53,6 +55,7 @@ __all__ = [
     "parse_tls_client_hello",
     "parse_tls_server_hello",
     "reassemble_handshake",
+    "server_certificate",
 ]
 
 LAYER = "tls"
@@ -633,6 +636,81 @@ def parse_tls_server_hello(data: bytes, layer: str = LAYER) -> ServerHello:
     (first record is not handshake); use :func:`find_alert` to read the alert.
     """
     return parse_server_hello(_leading_handshake(data, layer), layer)
+
+
+# -- the server's certificate (TLS 1.2 and earlier) -------------------------------
+
+def server_certificate(data: bytes, layer: str = LAYER) -> bytes | None:
+    """The DER bytes of the server's own certificate, read from the responder's TLS records.
+
+    Before TLS 1.3 the server's Certificate message follows its ServerHello in the clear
+    (RFC 5246 §7.3, §7.4.2); its list starts with the server's own certificate, the
+    signers' after it. Under TLS 1.3 it is encrypted (RFC 8446 §4.4.2): None when the
+    ServerHello selects 1.3, or when the plaintext handshake ends without a Certificate.
+    Raises :class:`Truncated` when the input ends before that certificate is whole and
+    :class:`Malformed` when the records or messages contradict the RFCs.
+    """
+    parts: list[bytes] = []
+    ended = False  # a record of another type ends the plaintext handshake
+    for rec in iter_records(data, layer):
+        if rec.content_type != ContentType.HANDSHAKE:
+            ended = True
+            break
+        parts.append(rec.fragment)
+    buf = b"".join(parts)
+    cur = Cursor(buf, layer)
+    while not cur.eof():
+        start = cur.pos
+        msg_type, length = parse_handshake_header(cur)
+        if msg_type == HandshakeType.CERTIFICATE:
+            total = cur.u24()
+            if total > length - 3:
+                raise Malformed(layer, start, f"certificate list of {total} bytes in a "
+                                f"{length}-byte message")
+            if total == 0:
+                return None  # an empty list: the server sent no certificate
+            return cur.take(cur.u24())
+        if msg_type == HandshakeType.SERVER_HELLO:
+            with cur.block(length):
+                hello = parse_server_hello_body(cur)
+            if hello.selected_version >= 0x0304:
+                return None
+            continue
+        if msg_type != HandshakeType.HELLO_REQUEST:
+            return None  # anything else before the Certificate: the server sends none
+        cur.take(length)
+    if ended:
+        return None  # a resumed session: ChangeCipherSpec right after the ServerHello
+    if not buf:
+        raise Truncated(layer, len(data), "no plaintext handshake record")
+    raise Truncated(layer, len(data), "input ends before the server's Certificate")
+
+
+def certificate_names(der: bytes) -> tuple[str, ...]:
+    """The DNS names a certificate is for, lower-cased: its subject's common name first,
+    then its subjectAltName dNSName entries in order (RFC 5280 §4.1.2.6, §4.2.1.6), each
+    once. Raises :class:`Malformed` when ``der`` is not a certificate."""
+    from cryptography import x509
+    from cryptography.utils import CryptographyDeprecationWarning
+    from cryptography.x509.oid import NameOID
+
+    try:
+        with warnings.catch_warnings():
+            # Certificates RFC 5280 forbids but servers send (a serial number that is not
+            # positive...) are still read; the library warns of a future refusal.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
+        cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            alt = san.value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            alt = []
+    except (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType) as exc:
+        raise Malformed(LAYER, 0, f"certificate: {exc}") from None
+    names = (n.strip().lower() for n in (*cns, *alt) if isinstance(n, str))
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 # -- JA4 ------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
+import ipaddress
 import random
 from pathlib import Path
 
@@ -23,6 +25,7 @@ def vec(name: str) -> bytes:
 
 CURL_CH = vec("443-curl_f4.bin")  # 443-curl.pcap frame 4: curl -> www.ntop.org
 CURL_SERVER = vec("443-curl_f6.bin")  # 443-curl.pcap frame 6: ServerHello, Certificate...
+CURL_SERVER_2 = vec("443-curl_f7.bin")  # frame 7: the rest of the Certificate message
 
 
 def test_client_hello_from_curl_capture() -> None:
@@ -124,6 +127,66 @@ def test_server_hello_and_no_alert() -> None:
     assert tls.find_alert(CURL_SERVER) is None
 
 
+def test_server_certificate_of_the_curl_capture() -> None:
+    # TLS 1.2: ServerHello, then the Certificate in the clear (RFC 5246 §7.3); the
+    # server's certificate is the first of its list and ends in the second segment.
+    der = tls.server_certificate(CURL_SERVER + CURL_SERVER_2)
+    assert der is not None and len(der) == 1365
+    assert tls.certificate_names(der) == ("www.ntop.org",)
+    with pytest.raises(Truncated):
+        tls.server_certificate(CURL_SERVER)  # the first segment holds 1,318 of its bytes
+
+
+def _server_hello_record(version: int) -> bytes:
+    """A ServerHello in a handshake record; ``version`` 0x0304 is selected through
+    supported_versions, as TLS 1.3 does (RFC 8446 §4.2.1)."""
+    ext = b"" if version < 0x0304 else b"\x00\x2b\x00\x02" + version.to_bytes(2, "big")
+    body = (b"\x03\x03" + bytes(range(32)) + b"\x00" + b"\x13\x01" + b"\x00"
+            + len(ext).to_bytes(2, "big") + ext)
+    msg = b"\x02" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + len(msg).to_bytes(2, "big") + msg
+
+
+def test_no_server_certificate_under_tls13_or_on_resumption() -> None:
+    # TLS 1.3 encrypts the Certificate (RFC 8446 §4.4.2): what follows the ServerHello
+    # is ChangeCipherSpec and application data, never read as a certificate.
+    encrypted = b"\x14\x03\x03\x00\x01\x01" + b"\x17\x03\x03\x00\x20" + bytes(32)
+    assert tls.server_certificate(_server_hello_record(0x0304) + encrypted) is None
+    assert tls.server_certificate(_server_hello_record(0x0304)) is None
+    # A resumed TLS 1.2 session: ChangeCipherSpec right after the ServerHello.
+    assert tls.server_certificate(_server_hello_record(0x0303) + encrypted) is None
+    # A full TLS 1.2 handshake cut after its ServerHello: more bytes would tell.
+    with pytest.raises(Truncated):
+        tls.server_certificate(_server_hello_record(0x0303))
+    with pytest.raises(Malformed):
+        tls.server_certificate(b"HTTP/1.1 200 OK\r\n\r\n")
+
+
+def test_certificate_names_common_name_first_then_alt_names() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "*.Example.ORG")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(datetime.datetime(2026, 1, 1))
+            .not_valid_after(datetime.datetime(2027, 1, 1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("*.example.org"), x509.DNSName("example.net"),
+                 x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    der = cert.public_bytes(Encoding.DER)
+    assert tls.certificate_names(der) == ("*.example.org", "example.net")
+    with pytest.raises(Malformed):
+        tls.certificate_names(der[:-1])  # cut short
+    with pytest.raises(Malformed):
+        tls.certificate_names(b"\x30\x03\x02\x01\x00")
+
+
 def test_alert_instead_of_server_hello() -> None:
     # The alert body of dtls.pcap frame 6 (fatal unexpected_message) in a TLS record.
     body = vec("dtls_f6_gtp_inner.bin")[13:]
@@ -165,7 +228,7 @@ def test_junk_is_malformed() -> None:
 
 def test_fuzz_only_parse_errors() -> None:
     rng = random.Random(1)
-    seeds = [CURL_CH, CURL_SERVER]
+    seeds = [CURL_CH, CURL_SERVER, CURL_SERVER + CURL_SERVER_2]
     for _ in range(3000):
         base = rng.choice(seeds)
         kind = rng.randrange(3)
@@ -179,13 +242,15 @@ def test_fuzz_only_parse_errors() -> None:
                 mutated[rng.randrange(len(mutated))] = rng.randrange(256)
             data = bytes(mutated)
         for func in (tls.parse_tls_client_hello, tls.parse_tls_server_hello, tls.find_alert,
-                     tls.parse_client_hello):
+                     tls.parse_client_hello, tls.server_certificate):
             try:
                 result = func(data)
+                if isinstance(result, ClientHello):
+                    tls.ja4(result)
+                elif isinstance(result, bytes):  # a certificate's bytes, perhaps mangled
+                    tls.certificate_names(result)
             except ParseError:
                 continue
-            if isinstance(result, ClientHello):
-                tls.ja4(result)
 
 
 def test_names_fast_path_agrees_with_the_full_parser() -> None:
