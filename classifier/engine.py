@@ -28,7 +28,6 @@ earlier one of the same call.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -304,11 +303,11 @@ class Classifier:
                         + (f" ({detail})" if detail else ""), m.service, detail=detail)
 
     def _cert_verdict(self, names: tuple[str, ...]) -> _Verdict | None:
-        """The app a server's certificate names (nDPI reads it the same way when the
-        ClientHello names none): its first name (the subject's common name), else its
-        other names when every one that names an app names the same one. A certificate
-        shared by an organisation's services (Meta's lists messenger.com beside
-        facebook.com, Google's youtube.com beside google.com) names none by the others."""
+        """The app a server's certificate names (nDPI reads it too): its first name (the
+        subject's common name), else its other names when every one of them names the
+        same app. A certificate shared by services (Meta's lists messenger.com beside
+        facebook.com, a Google front end's youtube.com beside google.com and gstatic.com,
+        a CDN's its customers' beside its own) names none by its other names."""
         def verdict(name: str) -> _Verdict | None:
             # A wildcard covers the names below it (RFC 6125 §6.4.3): match its base.
             v = self._name_verdict(name.removeprefix("*."), Method.TLS_CERT,
@@ -316,18 +315,16 @@ class Classifier:
             return v if v is not None and v.app is not None else None
 
         first = verdict(names[0])
-        if first is not None:
+        if first is not None or len(names) < 2:
             return first
-        by_app: dict[str, _Verdict] = {}
-        for name in names[1:]:
-            v = verdict(name)
-            if v is not None:
-                by_app.setdefault(str(v.app), v)
-        if len(by_app) != 1:
+        others = [verdict(name) for name in names[1:]]
+        apps = {v.app if v is not None else None for v in others}
+        if len(apps) != 1 or None in apps:
             return None
-        v = next(iter(by_app.values()))
-        v.reason += (f" (of its {len(names)} names, the first {names[0]}, those that "
-                     f"name an app all name {v.app})")
+        v = others[0]
+        assert v is not None
+        v.reason += (f" (every other name of its {len(names)} names, all but the first "
+                     f"{names[0]}, names {v.app})")
         return v
 
     def _meta_call_app(self, flow: FlowRecord) -> str | None:
@@ -388,10 +385,7 @@ class Classifier:
             v = self._name_verdict(facts.http_host, Method.SNI, "HTTP Host")
             if v is not None and v.app is not None:
                 return v
-        if facts.cert_names and not facts.http_host and not _a_host_name(facts.sni):
-            # Only when the client named no server: a certificate also lists the names
-            # of the server's other services (Microsoft's telemetry certificate lists
-            # pipe.skype.com), and the name a client asked for is the one it reached.
+        if facts.cert_names:  # read only where the client named no server
             v = self._cert_verdict(facts.cert_names)
             if v is not None:
                 return v
@@ -510,18 +504,6 @@ def _media(flow: FlowRecord) -> MediaGuess:
     if flow.duration_s < 2.0 and not flow.rtp_streams and flow.rtp is None:
         return _TOO_SHORT
     return media_guess(flow)
-
-
-def _a_host_name(name: str | None) -> bool:
-    """Whether a server name names a host: RFC 6066 §3 forbids address literals in it,
-    which some clients send all the same."""
-    if not name:
-        return False
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return True
-    return False
 
 
 def _meta_signalling(facts: Facts) -> str | None:

@@ -8,6 +8,7 @@ note and the others go on: inspection never raises.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 
 from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
@@ -32,7 +33,9 @@ HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", 
 _SIP_FIRST_BYTES = frozenset(start[:1] for start in sip.START_LINES)
 CERT_SEGMENTS = MeterConfig().payload_full
 """The first payloads back that may carry the server's certificate: the probe keeps
-these per direction at full length (a handshake's), the later ones cut short."""
+these per direction at full length (a handshake's), the later ones cut short. The
+default's figure: with fewer kept whole, the later ones read as a certificate cut short
+(no names); with more, a longer certificate is not read."""
 
 
 def _split(payloads: Sequence[PayloadSample]) -> tuple[list[PayloadSample], list[PayloadSample]]:
@@ -138,29 +141,34 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         if "protocol" in found:
             return
     if o[:1] == b"\x16":
+        unnamed = False  # the ClientHello was read, and names no server
         try:
             if fingerprints:
                 ch = tls.parse_tls_client_hello(o)
                 found.update(protocol="tls", sni=ch.sni, alpn=tuple(ch.alpn), client_hello=True,
                              ja4=tls.ja4(ch, tls.Transport.TCP))
+                unnamed = not names_host(ch.sni)
             else:  # the names are all the classifier needs
                 sni, alpn = tls.tls_client_hello_names(o)
                 found.update(protocol="tls", sni=sni, alpn=alpn, client_hello=True)
+                unnamed = not names_host(sni)
         except ParseError as exc:
             notes.append(f"tls client hello: {exc}")
             found["protocol"] = "tls"
         # RFC 8446 §5.1: the first record back is a plaintext handshake (ServerHello, type 2)
         # or a plaintext alert (content type 21: level, description).
         if len(r) >= 6 and r[0] == 0x16 and r[5] == 0x02:
-            _server_tls(resp, found, notes)
+            found["server_hello"] = True
+            if unnamed:
+                _server_certificate(resp, found, notes)
         elif len(r) >= 7 and r[0] == 0x15 and r[1] == 0x03:
             found["tls_alert"] = (r[5], r[6])
         return
     if not o and len(r) >= 6 and r[0] == 0x16 and r[5] == 0x02 and r[1] == 0x03:
         # Only the server's side was captured (an asymmetric route, a tap on one
         # direction): its ServerHello still says TLS, and its certificate whose it is.
-        found["protocol"] = "tls"
-        _server_tls(resp, found, notes)
+        found.update(protocol="tls", server_hello=True)
+        _server_certificate(resp, found, notes)
         return
     if o.startswith(HTTP_METHODS):
         found["protocol"] = "http"
@@ -211,11 +219,24 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         found.update(protocol=t.protocol, framing_detail=t.what)
 
 
-def _server_tls(resp: list[PayloadSample], found: dict[str, object], notes: list[str]
-                ) -> None:
-    """A ServerHello came back: and the names of the server's certificate, when the
-    first payloads back carry it whole (before TLS 1.3 it is sent in the clear)."""
-    found["server_hello"] = True
+def names_host(name: str | None) -> bool:
+    """Whether a TLS server name names a host: not empty, and not an address, which RFC
+    6066 §3 forbids there and some clients send all the same."""
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return True
+    return False
+
+
+def _server_certificate(resp: list[PayloadSample], found: dict[str, object],
+                        notes: list[str]) -> None:
+    """The names of the server's certificate, when the first payloads back carry it
+    whole (before TLS 1.3 it is sent in the clear). Read only where the client named no
+    server: a certificate lists the server's other services too, and the name a client
+    asks for is the one it reached."""
     try:
         der = tls.server_certificate(b"".join(p.data for p in resp[:CERT_SEGMENTS]))
         if der is not None:

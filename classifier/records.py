@@ -243,8 +243,9 @@ class Facts:
     tls_alert: tuple[int, int] | None = None
     """(level, description) of a TLS alert from the responder."""
     cert_names: tuple[str, ...] = ()
-    """DNS names of the server's certificate, sent in the clear before TLS 1.3: subject
-    common name first, then subjectAltName entries."""
+    """DNS names of the server's certificate (subject common name first, then the
+    subjectAltName entries), read where it is sent in the clear (before TLS 1.3) and the
+    client named no server: a ClientHello read whole with no server name, or none seen."""
     dns_query: str | None = None
     """First DNS question name."""
     dns_answers: tuple[tuple[str, str], ...] = ()

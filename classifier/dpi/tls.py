@@ -645,45 +645,56 @@ def server_certificate(data: bytes, layer: str = LAYER) -> bytes | None:
 
     Before TLS 1.3 the server's Certificate message follows its ServerHello in the clear
     (RFC 5246 §7.3, §7.4.2); its list starts with the server's own certificate, the
-    signers' after it. Under TLS 1.3 it is encrypted (RFC 8446 §4.4.2): None when the
-    ServerHello selects 1.3, or when the plaintext handshake ends without a Certificate.
-    Raises :class:`Truncated` when the input ends before that certificate is whole and
-    :class:`Malformed` when the records or messages contradict the RFCs.
+    signers' after it. Under TLS 1.3 and its drafts it is encrypted (RFC 8446 §4.4.2):
+    None when the ServerHello selects 1.3, when the plaintext handshake ends without a
+    Certificate (a resumed session) or when the server sends none. The records are read
+    only until that certificate is whole: what follows it is never looked at. Raises
+    :class:`Truncated` when the input ends first and :class:`Malformed` when the records
+    or messages contradict the RFCs.
     """
-    parts: list[bytes] = []
-    ended = False  # a record of another type ends the plaintext handshake
+    buf = b""
+    pos = 0  # where the next handshake message starts in ``buf``
     for rec in iter_records(data, layer):
         if rec.content_type != ContentType.HANDSHAKE:
-            ended = True
-            break
-        parts.append(rec.fragment)
-    buf = b"".join(parts)
-    cur = Cursor(buf, layer)
-    while not cur.eof():
-        start = cur.pos
-        msg_type, length = parse_handshake_header(cur)
-        if msg_type == HandshakeType.CERTIFICATE:
-            total = cur.u24()
-            if total > length - 3:
-                raise Malformed(layer, start, f"certificate list of {total} bytes in a "
-                                f"{length}-byte message")
-            if total == 0:
-                return None  # an empty list: the server sent no certificate
-            return cur.take(cur.u24())
-        if msg_type == HandshakeType.SERVER_HELLO:
-            with cur.block(length):
-                hello = parse_server_hello_body(cur)
-            if hello.selected_version >= 0x0304:
-                return None
-            continue
-        if msg_type != HandshakeType.HELLO_REQUEST:
-            return None  # anything else before the Certificate: the server sends none
-        cur.take(length)
-    if ended:
-        return None  # a resumed session: ChangeCipherSpec right after the ServerHello
-    if not buf:
-        raise Truncated(layer, len(data), "no plaintext handshake record")
-    raise Truncated(layer, len(data), "input ends before the server's Certificate")
+            return None  # the plaintext handshake ended with no Certificate
+        buf += rec.fragment
+        while len(buf) - pos >= 4:
+            msg_type, length = buf[pos], int.from_bytes(buf[pos + 1:pos + 4], "big")
+            body = pos + 4
+            if msg_type == HandshakeType.CERTIFICATE:
+                if length < 3:
+                    raise Malformed(layer, pos, f"{length}-byte Certificate message")
+                if len(buf) - body < 3:
+                    break
+                total = int.from_bytes(buf[body:body + 3], "big")
+                if total + 3 != length or 0 < total < 3:
+                    raise Malformed(layer, pos, f"certificate list of {total} bytes in a "
+                                    f"{length}-byte Certificate message")
+                if total == 0:
+                    return None  # an empty list: the server sent no certificate
+                if len(buf) - body < 6:
+                    break
+                first = int.from_bytes(buf[body + 3:body + 6], "big")
+                if not 0 < first <= total - 3:
+                    raise Malformed(layer, pos, f"first certificate of {first} bytes in a "
+                                    f"{total}-byte list")
+                if len(buf) - body - 6 < first:
+                    break
+                return buf[body + 6:body + 6 + first]
+            if len(buf) - body < length:
+                break
+            if msg_type == HandshakeType.SERVER_HELLO:
+                if buf[body] == 0x7F:
+                    return None  # a TLS 1.3 draft's version (0x7fNN): encrypted from here
+                cur = Cursor(buf, layer, body, body + length)
+                if parse_server_hello_body(cur).selected_version >= 0x0304:
+                    return None
+            elif msg_type != HandshakeType.HELLO_REQUEST:
+                return None  # anything else before the Certificate: the server sends none
+            pos = body + length
+    if not data:
+        raise Truncated(layer, 0, "no TLS record")
+    raise Truncated(layer, len(data), "input ends before the server's certificate is whole")
 
 
 def certificate_names(der: bytes) -> tuple[str, ...]:
@@ -694,21 +705,22 @@ def certificate_names(der: bytes) -> tuple[str, ...]:
     from cryptography.utils import CryptographyDeprecationWarning
     from cryptography.x509.oid import NameOID
 
-    try:
-        with warnings.catch_warnings():
-            # Certificates RFC 5280 forbids but servers send (a serial number that is not
-            # positive...) are still read; the library warns of a future refusal.
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
-        cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    # Certificates RFC 5280 forbids but servers send (a serial number that is not
+    # positive...) are still read: the library, which reads parts of a certificate only
+    # when asked, warns then of a future refusal, and nobody here can act on it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            alt = san.value.get_values_for_type(x509.DNSName)
-        except x509.ExtensionNotFound:
-            alt = []
-    except (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
-            x509.UnsupportedGeneralNameType) as exc:
-        raise Malformed(LAYER, 0, f"certificate: {exc}") from None
+            cert = x509.load_der_x509_certificate(der)
+            cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                alt = san.value.get_values_for_type(x509.DNSName)
+            except x509.ExtensionNotFound:
+                alt = []
+        except (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType) as exc:
+            raise Malformed(LAYER, 0, f"certificate: {exc}") from None
     names = (n.strip().lower() for n in (*cns, *alt) if isinstance(n, str))
     return tuple(dict.fromkeys(n for n in names if n))
 

@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import ipaddress
 import random
+import warnings
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,62 @@ def test_no_server_certificate_under_tls13_or_on_resumption() -> None:
         tls.server_certificate(b"HTTP/1.1 200 OK\r\n\r\n")
 
 
+def _certificate_record(der: bytes, total: int | None = None) -> bytes:
+    chain = len(der).to_bytes(3, "big") + der
+    body = (len(chain) if total is None else total).to_bytes(3, "big") + chain
+    msg = b"\x0b" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + len(msg).to_bytes(2, "big") + msg
+
+
+def test_server_certificate_reads_no_further_than_the_certificate() -> None:
+    der = tls.server_certificate(CURL_SERVER + CURL_SERVER_2)
+    assert der is not None
+    flight = _server_hello_record(0x0303) + _certificate_record(der)
+    assert tls.server_certificate(flight) == der
+    # What follows it is not looked at: a record header cut short, bytes of no record.
+    assert tls.server_certificate(flight + b"\x16\x03") == der
+    assert tls.server_certificate(flight + b"GET / HTTP/1.1\r\n") == der
+    # One record holding both messages, and a message split over two records.
+    msg = flight[5:_server_hello_len() + 5] + _certificate_record(der)[5:]
+    assert tls.server_certificate(b"\x16\x03\x03" + len(msg).to_bytes(2, "big") + msg) == der
+    cut = 60
+    split = (b"\x16\x03\x03" + cut.to_bytes(2, "big") + msg[:cut] + b"\x16\x03\x03"
+             + (len(msg) - cut).to_bytes(2, "big") + msg[cut:])
+    assert tls.server_certificate(split) == der
+
+
+def _server_hello_len() -> int:
+    return len(_server_hello_record(0x0303)) - 5
+
+
+def test_server_certificate_lengths_that_contradict_each_other() -> None:
+    sh = _server_hello_record(0x0303)
+    der = b"\x30" * 40
+    with pytest.raises(Malformed):  # the list says less than the message holds
+        tls.server_certificate(sh + _certificate_record(der, total=len(der)))
+    with pytest.raises(Malformed):  # a list too short to hold a certificate's length
+        tls.server_certificate(sh + b"\x16\x03\x03\x00\x08\x0b\x00\x00\x04\x00\x00\x01\x00")
+    with pytest.raises(Malformed):  # a message too short to hold the list's length
+        tls.server_certificate(sh + b"\x16\x03\x03\x00\x05\x0b\x00\x00\x01\x00")
+    # The first certificate longer than its list.
+    body = (10).to_bytes(3, "big") + len(der).to_bytes(3, "big") + der[:7]
+    msg = b"\x0b" + len(body).to_bytes(3, "big") + body
+    with pytest.raises(Malformed):
+        tls.server_certificate(sh + b"\x16\x03\x03" + len(msg).to_bytes(2, "big") + msg)
+    # An empty list: the server sent no certificate.
+    assert tls.server_certificate(sh + b"\x16\x03\x03\x00\x07\x0b\x00\x00\x03\x00\x00\x00") \
+        is None
+
+
+def test_no_server_certificate_from_a_tls13_draft() -> None:
+    # Drafts up to -21 of TLS 1.3 put 0x7fNN in the ServerHello's version field; what
+    # follows is encrypted, whatever it looks like.
+    body = b"\x7f\x12" + bytes(32) + b"\x13\x01" + b"\x00\x00"
+    msg = b"\x02" + len(body).to_bytes(3, "big") + body
+    hello = b"\x16\x03\x01" + len(msg).to_bytes(2, "big") + msg
+    assert tls.server_certificate(hello + _certificate_record(b"\x30" * 40)) is None
+
+
 def test_certificate_names_common_name_first_then_alt_names() -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -181,6 +238,20 @@ def test_certificate_names_common_name_first_then_alt_names() -> None:
             .sign(key, hashes.SHA256()))
     der = cert.public_bytes(Encoding.DER)
     assert tls.certificate_names(der) == ("*.example.org", "example.net")
+    # A serial number that is not positive (RFC 5280 §4.1.2.2 forbids it; servers send
+    # it): read all the same, with no warning let out of the reading.
+    at = der.index(bytes.fromhex("a003020102020107")) + 7  # version v3, serial 7
+    negative = der[:at] + b"\x87" + der[at + 1:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tls.certificate_names(negative) == ("*.example.org", "example.net")
+        # The library reads the extensions only when asked, and warns then: a byte of the
+        # curl capture's certificate changed so that an extension's serial number is not
+        # positive.
+        ntop = tls.server_certificate(CURL_SERVER + CURL_SERVER_2)
+        assert ntop is not None and ntop[586] == 0x80
+        with contextlib.suppress(Malformed):
+            tls.certificate_names(ntop[:586] + b"\x82" + ntop[587:])
     with pytest.raises(Malformed):
         tls.certificate_names(der[:-1])  # cut short
     with pytest.raises(Malformed):

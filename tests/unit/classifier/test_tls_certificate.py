@@ -55,13 +55,15 @@ def _records(handshakes: bytes) -> bytes:
     return out
 
 
-def _client_hello(sni: str | None) -> bytes:
+def _client_hello(sni: str | None, padding: int = 0) -> bytes:
     ext = b""
+    if padding:  # the padding extension (RFC 7685), before the server name
+        ext = b"\x00\x15" + padding.to_bytes(2, "big") + bytes(padding)
     if sni is not None:
         host = sni.encode()
         entry = b"\x00" + len(host).to_bytes(2, "big") + host
         data = len(entry).to_bytes(2, "big") + entry
-        ext = b"\x00\x00" + len(data).to_bytes(2, "big") + data
+        ext += b"\x00\x00" + len(data).to_bytes(2, "big") + data
     body = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\xc0\x2f" + b"\x01\x00"
             + len(ext).to_bytes(2, "big") + ext)
     return _records(_handshake(1, body))
@@ -74,8 +76,10 @@ def _server_flight(der: bytes) -> bytes:
                     + _handshake(14, b""))
 
 
-def _capture(path: Path, der: bytes, sni: str | None = None, client: bool = True) -> Path:
-    """One TLS 1.2 connection; ``client=False`` keeps only the server's packets."""
+def _capture(path: Path, der: bytes, sni: str | None = None, client: bool = True,
+             padding: int = 0) -> Path:
+    """One TLS 1.2 connection; ``client=False`` keeps only the server's packets, and
+    ``padding`` pads the ClientHello, sent as one segment, by that many bytes."""
     t = [1_700_000_000.0]
     seq = {PHONE: 1000, SERVER: 5000}
     pkts = []
@@ -94,7 +98,7 @@ def _capture(path: Path, der: bytes, sni: str | None = None, client: bool = True
     send(PHONE, "S")
     send(SERVER, "SA")
     send(PHONE, "A")
-    send(PHONE, "PA", _client_hello(sni))
+    send(PHONE, "PA", _client_hello(sni, padding))
     flight = _server_flight(der)
     for i in range(0, len(flight), MSS):
         send(SERVER, "PA", flight[i:i + MSS])
@@ -129,17 +133,23 @@ def test_a_shared_certificate_is_named_by_its_common_name(tmp_path: Path) -> Non
     assert (c.app, c.method) == ("facebook", "tls-cert")
 
 
-def test_other_names_count_only_when_they_agree(tmp_path: Path) -> None:
+def test_other_names_count_only_when_every_one_names_the_app(tmp_path: Path) -> None:
     der = _certificate("www.example.org", ["www.example.org", "*.zoom.us", "zoom.us"])
     c = _classify(_capture(tmp_path / "zoom.pcap", der))
     assert (c.app, c.method) == ("zoom", "tls-cert")
-    assert "of its 3 names, the first www.example.org, those that name an app all name " \
+    assert "every other name of its 3 names, all but the first www.example.org, names " \
            "zoom" in c.reason
-    der = _certificate("www.example.org", ["www.example.org", "*.youtube.com",
-                                           "meet.google.com"])
+    # A front end's certificate: its other names are the organisation's other services,
+    # some of which name no app (google.com, gstatic.com): no app by its names.
+    der = _certificate("*.google.com", ["*.google.com", "*.youtube.com", "*.gstatic.com",
+                                        "youtu.be"])
     c = _classify(_capture(tmp_path / "google.pcap", der))
     assert c.app is None and c.method != "tls-cert"
-    assert c.facts.cert_names == ("www.example.org", "*.youtube.com", "meet.google.com")
+    assert c.facts.cert_names == ("*.google.com", "*.youtube.com", "*.gstatic.com", "youtu.be")
+    # A CDN's shared certificate: one customer's name among others.
+    der = _certificate("a248.e.example-cdn.net", ["*.example-cdn.net", "*.whatsapp.net"])
+    c = _classify(_capture(tmp_path / "cdn.pcap", der))
+    assert c.app is None
 
 
 def test_the_client_hellos_server_name_comes_first(tmp_path: Path) -> None:
@@ -147,12 +157,27 @@ def test_the_client_hellos_server_name_comes_first(tmp_path: Path) -> None:
     c = _classify(_capture(tmp_path / "sni.pcap", der, sni="web.whatsapp.com"))
     assert (c.app, c.method) == ("whatsapp", "sni")
     # A server name that names no app is still the service the client reached: the
-    # certificate's names (a server's other services among them) do not overrule it.
-    c = _classify(_capture(tmp_path / "other.pcap", der, sni="telemetry.example.org"))
-    assert c.app is None and c.facts.cert_names == ("*.zoom.us",)
-    # An address in place of a name (RFC 6066 §3 forbids it) names nothing.
-    c = _classify(_capture(tmp_path / "literal.pcap", der, sni=SERVER))
-    assert (c.app, c.method) == ("zoom", "tls-cert")
+    # certificate (which lists a server's other services too) is not read.
+    for name in ("telemetry.example.org", "telemetry.example.org."):
+        c = _classify(_capture(tmp_path / "other.pcap", der, sni=name))
+        assert c.app is None and c.facts.cert_names == ()
+    # An address in place of a name (RFC 6066 §3 forbids it), or an empty name, names
+    # nothing.
+    for name in (SERVER, ""):
+        c = _classify(_capture(tmp_path / "literal.pcap", der, sni=name))
+        assert (c.app, c.method) == ("zoom", "tls-cert")
+
+
+def test_a_client_hello_not_read_whole_is_no_sign_of_no_name(tmp_path: Path) -> None:
+    # One 2.7 KB segment (a capture made with segmentation offload): the probe keeps its
+    # first 2,048 bytes, the server name past them is lost, and the certificate, which
+    # could name another of the server's services, is not read in its place.
+    der = _certificate("*.zoom.us", [])
+    path = _capture(tmp_path / "offload.pcap", der, sni="telemetry.example.org",
+                    padding=2600)
+    c = _classify(path)
+    assert c.facts.client_hello is False and c.facts.protocol == "tls"
+    assert c.facts.cert_names == () and c.app is None
 
 
 def test_only_the_servers_side_captured(tmp_path: Path) -> None:
