@@ -369,8 +369,10 @@ def _run_flows(args: argparse.Namespace) -> int:
     with _reported(progress, (CaptureError,)) as failed:
         # Payload samples and timing series are kept only when they are printed.
         config = _meter_config(args, None if args.samples else 0)
-        if not args.samples and zeek is None:  # Zeek's TCP history comes from the series
-            config = replace(config, timing_packets=0)
+        if not args.samples:  # the conn.log columns count RTP streams and no more
+            config = replace(config, rtp_quality=False)
+            if zeek is None:  # Zeek's TCP history comes from the series
+                config = replace(config, timing_packets=0)
         reader = FlowReader(args.capture, config, progress=progress.update,
                             workers=args.workers)
         if zeek is not None:

@@ -110,6 +110,11 @@ class MeterConfig:
     rtp_detail_packets: int = 2000
     """RTP packets per flow kept one by one (``FlowRecord.rtp``, 20 s of a two-way 50 pps
     call); every packet still counts in the whole-life ``FlowRecord.rtp_streams``."""
+    rtp_quality: bool = True
+    """Whether the whole-life streams carry their timing figures (clock, jitter, transit,
+    per-second rows: what the classifier and the calls read). Without, a stream says only
+    that it is one, its packets, bytes and sequence figures: what the conn.log columns
+    count, all that ``marsad flows`` prints unless asked for samples."""
     max_decompressed_bytes: int = MAX_DECOMPRESSED
     """Most bytes a gzip-compressed capture is read to once decompressed (64 GiB); beyond,
     reading stops as at damage (what came before is kept, the offset is named)."""
@@ -376,7 +381,7 @@ class FlowMeter:
         self._rtp = _Log(("ts", "side", "seq", "rts", "ssrc", "pt", "mk", "size", "off",
                           "frame"))
         self._pay_log = _PayloadLog()
-        self._streams = RtpStreams()
+        self._streams = RtpStreams(quality=self.cfg.rtp_quality)
         self._icmp: dict[int, list[IcmpNotice]] = {}
         self._flow_weirds: dict[int, list[tuple[int, int, WeirdInfo]]] = {}
         self.idle_ns = np.full(256, int(self.cfg.other_idle_s * NS), dtype=np.int64)

@@ -235,7 +235,12 @@ class RtpStreams:
                 "cn_packets", "reordered", "first_ns", "last_ns", "forward", "valid")
     FIELDS_F = ("jitter", "last_transit")
 
-    def __init__(self) -> None:
+    def __init__(self, quality: bool = True) -> None:
+        self.quality = quality
+        """Whether each stream's clock, transit, jitter and per-second rows are worked
+        out (what the classifier and the calls read). Without, a stream's state says only
+        that it is one, its packets, bytes and sequence figures: what a flow's conn.log
+        columns count (``marsad flows``), at a fraction of the cost."""
         self.cap = 0
         self.n = 0
         self.index: dict[tuple[int, int, int], int] = {}
@@ -337,7 +342,7 @@ class RtpStreams:
 
     def _fold(self, s_ids: I64, st: npt.NDArray[np.bool_], spos: I64, srun: I64, seq: I64,
               rts: I64, pt: I64, ts: I64, size: I64, fid: I64) -> None:
-        i, f = self.i, self.f
+        i = self.i
         n = len(seq)
         # Extended sequence numbers (RFC 3550 A.1): unwrap 16-bit steps.
         prev_seq = np.empty(n, dtype=np.int64)
@@ -355,6 +360,33 @@ class RtpStreams:
         prev_max[spos] = carried[spos] + off[spos]
         prev_max = np.maximum(prev_max, carried + off)
         reord = (ext + off) < prev_max
+        if self.quality:
+            self._quality(s_ids, st, spos, srun, rts, ts, size, fid, ext, reord)
+        # Probation: forward steps, not counting a source's first packet (no step before it).
+        fwd = (step >= 1) & (step <= MAX_DROPOUT)
+        fwd[spos[i["packets"][s_ids] == 0]] = False
+        i["forward"][s_ids] += np.add.reduceat(fwd.astype(np.int64), spos)
+        # Fold the batch into the state.
+        ends = np.append(spos[1:], n) - 1
+        i["last_seq"][s_ids] = seq[ends]
+        i["last_ext"][s_ids] = ext[ends]
+        i["max_ext"][s_ids] = np.maximum(carried[spos], np.maximum.reduceat(ext, spos))
+        i["pt"][s_ids] = pt[ends]
+        i["packets"][s_ids] += np.diff(np.append(spos, n))
+        i["bytes"][s_ids] += np.add.reduceat(size, spos)
+        i["cn_packets"][s_ids] += np.add.reduceat((pt == COMFORT_NOISE).astype(np.int64), spos)
+        i["reordered"][s_ids] += np.add.reduceat(reord.astype(np.int64), spos)
+        i["last_ns"][s_ids] = ts[ends]
+        i["valid"][s_ids] |= ((i["packets"][s_ids] >= MIN_NEW_STREAM)
+                              & (i["forward"][s_ids] >= MIN_SEQUENTIAL))
+
+    def _quality(self, s_ids: I64, st: npt.NDArray[np.bool_], spos: I64, srun: I64,
+                 rts: I64, ts: I64, size: I64, fid: I64, ext: I64,
+                 reord: npt.NDArray[np.bool_]) -> None:
+        """The batch's timing figures: RTP timestamps unwrapped, each stream's clock,
+        transit and jitter, and its per-second rows."""
+        i, f = self.i, self.f
+        n = len(ts)
         # RTP timestamps unwrapped (32-bit).
         prev_rts = np.empty(n, dtype=np.int64)
         prev_rts[1:] = rts[:-1]
@@ -382,25 +414,9 @@ class RtpStreams:
             self._purge()
             self.sec_chunks = [{k: np.concatenate([c[k] for c in self.sec_chunks])
                                 for k in self.sec_chunks[0]}]
-        # Probation: forward steps, not counting a source's first packet (no step before it).
-        fwd = (step >= 1) & (step <= MAX_DROPOUT)
-        fwd[spos[i["packets"][s_ids] == 0]] = False
-        i["forward"][s_ids] += np.add.reduceat(fwd.astype(np.int64), spos)
-        # Fold the batch into the state.
         ends = np.append(spos[1:], n) - 1
-        i["last_seq"][s_ids] = seq[ends]
-        i["last_ext"][s_ids] = ext[ends]
-        i["max_ext"][s_ids] = np.maximum(carried[spos], np.maximum.reduceat(ext, spos))
         i["last_rts"][s_ids] = rts[ends]
         i["last_rts_ext"][s_ids] = rts_ext[ends]
-        i["pt"][s_ids] = pt[ends]
-        i["packets"][s_ids] += np.diff(np.append(spos, n))
-        i["bytes"][s_ids] += np.add.reduceat(size, spos)
-        i["cn_packets"][s_ids] += np.add.reduceat((pt == COMFORT_NOISE).astype(np.int64), spos)
-        i["reordered"][s_ids] += np.add.reduceat(reord.astype(np.int64), spos)
-        i["last_ns"][s_ids] = ts[ends]
-        i["valid"][s_ids] |= ((i["packets"][s_ids] >= MIN_NEW_STREAM)
-                              & (i["forward"][s_ids] >= MIN_SEQUENTIAL))
         f["jitter"][s_ids] = jit[ends]
         last_tr = transit[ends]
         f["last_transit"][s_ids] = np.where(np.isfinite(last_tr), last_tr,
@@ -550,7 +566,8 @@ class RtpStreams:
             sids.extend(self.by_flow.pop(fid, ()))
         if not sids:
             return {}
-        self._clock_at_end(sids)
+        if self.quality:
+            self._clock_at_end(sids)
         sid_arr = np.asarray(sids, dtype=np.int64)
         lookup = np.zeros(self.cap, dtype=bool)
         lookup[sid_arr] = True

@@ -158,3 +158,33 @@ def test_a_timestamp_jump_at_the_start_does_not_change_the_clock() -> None:
     for cuts in ([], [26], list(range(3, 400, 11))):
         clock, _, jitter, _ = _state_in_batches(cols, cuts)
         assert clock == 48000 and jitter < 0.01, cuts
+
+
+def test_without_timing_figures_the_same_sources_become_the_same_streams() -> None:
+    """``RtpStreams(quality=False)`` (what ``marsad flows`` counts streams with) finds the
+    streams the full state finds, with the same packets, bytes and sequence figures, on
+    the bundled call's packets; it works out no clock, jitter or per-second rows."""
+    from pathlib import Path
+
+    from probe import read_capture
+    from probe.meter import MeterConfig
+
+    path = Path(__file__).resolve().parents[3] / "captures" / "sample-call.pcap"
+    full = read_capture(path, MeterConfig())
+    counts = read_capture(path, MeterConfig(rtp_quality=False))
+
+    def streams(run: object, timing: bool) -> list[tuple[object, ...]]:
+        out = []
+        for f in run.flows:  # type: ignore[attr-defined]
+            for s in f.rtp_streams:
+                out.append((f.uid, s.direction, s.ssrc, s.pt, s.packets, s.bytes,
+                            s.cn_packets, s.first_ext_seq, s.max_ext_seq, s.reordered)
+                           + ((s.clock_hz, s.jitter_s) if timing else ()))
+        return out
+
+    assert streams(full, False) == streams(counts, False)
+    assert len(streams(full, False)) >= 2  # the call's two directions at least
+    assert all(s.jitter_s > 0 for f in full.flows for s in f.rtp_streams)
+    assert all(s.jitter_s == 0 and len(s.seconds) == 0
+               for f in counts.flows for s in f.rtp_streams)
+    assert [f.conn_dict() for f in full.flows] == [f.conn_dict() for f in counts.flows]
