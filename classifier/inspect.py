@@ -8,11 +8,11 @@ note and the others go on: inspection never raises.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 
 from classifier.dpi import dns, dtls, framings, quic, rtp, sip, stun, telephony, tls
 from classifier.dpi.stun import Kind, MessageClass, classify_first_byte
+from classifier.owners import parse_address
 from classifier.records import Facts, RtcpReport, RtcpSenderInfo, SipSummary, StunSummary
 from probe.errors import ParseError, Truncated
 from probe.meter import MeterConfig
@@ -141,17 +141,14 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         if "protocol" in found:
             return
     if o[:1] == b"\x16":
-        unnamed = False  # the ClientHello was read, and names no server
         try:
             if fingerprints:
                 ch = tls.parse_tls_client_hello(o)
                 found.update(protocol="tls", sni=ch.sni, alpn=tuple(ch.alpn), client_hello=True,
                              ja4=tls.ja4(ch, tls.Transport.TCP))
-                unnamed = not names_host(ch.sni)
             else:  # the names are all the classifier needs
                 sni, alpn = tls.tls_client_hello_names(o)
                 found.update(protocol="tls", sni=sni, alpn=alpn, client_hello=True)
-                unnamed = not names_host(sni)
         except ParseError as exc:
             notes.append(f"tls client hello: {exc}")
             found["protocol"] = "tls"
@@ -159,7 +156,8 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         # or a plaintext alert (content type 21: level, description).
         if len(r) >= 6 and r[0] == 0x16 and r[5] == 0x02:
             found["server_hello"] = True
-            if unnamed:
+            # only where the ClientHello was read whole and names no server
+            if found.get("client_hello") and not _names_host(found.get("sni")):
                 _server_certificate(resp, found, notes)
         elif len(r) >= 7 and r[0] == 0x15 and r[1] == 0x03:
             found["tls_alert"] = (r[5], r[6])
@@ -219,16 +217,10 @@ def _tcp(flow: FlowRecord, payloads: Sequence[PayloadSample], orig: list[Payload
         found.update(protocol=t.protocol, framing_detail=t.what)
 
 
-def names_host(name: str | None) -> bool:
+def _names_host(name: object) -> bool:
     """Whether a TLS server name names a host: not empty, and not an address, which RFC
     6066 §3 forbids there and some clients send all the same."""
-    if not name:
-        return False
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return True
-    return False
+    return isinstance(name, str) and bool(name) and parse_address(name.strip("[]")) is None
 
 
 def _server_certificate(resp: list[PayloadSample], found: dict[str, object],
